@@ -1,0 +1,218 @@
+"""Service configuration, read from the environment once at start-up.
+
+A missing or malformed setting raises ConfigError naming the variable; the CLI prints that
+one line and exits 2. Secrets (keys, consumer secret) never appear in a message or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from auth_service.crypto import Keyring, KeyringError
+
+PREFIX = "GARMIN_AUTH_"
+DEFAULT_DATABASE_URL = "sqlite:///garmin-auth.sqlite3"
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """Lease lifetimes, in seconds."""
+
+    default_ttl: float = 300.0
+    max_ttl: float = 3600.0
+    # The shortest ttl a caller may ask for; shorter leases would expire mid-RPC.
+    min_ttl: float = 5.0
+
+
+@dataclass(frozen=True)
+class LoginSettings:
+    """Login throttling and MFA challenges."""
+
+    limit: int = 5
+    window_seconds: float = 3600.0
+    mfa_challenge_ttl_seconds: float = 600.0
+    mfa_max_wrong_codes: int = 3
+
+
+@dataclass(frozen=True, repr=False)
+class UpstreamSettings:
+    """How to reach Garmin."""
+
+    consumer_key: str
+    consumer_secret: str
+    base_url: str | None = None
+    timeout_seconds: float = 10.0
+    retries: int = 2
+
+    def __repr__(self) -> str:
+        return f"UpstreamSettings(base_url={self.base_url!r}, timeout_seconds={self.timeout_seconds})"
+
+
+@dataclass(frozen=True, repr=False)
+class Settings:
+    """Everything the service reads from the environment."""
+
+    database_url: str
+    keyring: Keyring
+    upstream: UpstreamSettings
+    listen: str = DEFAULT_LISTEN
+    callers_file: Path | None = None
+    allow_unauthenticated: bool = False
+    grace_period_seconds: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    leases: LeaseSettings = field(default_factory=LeaseSettings)
+    login: LoginSettings = field(default_factory=LoginSettings)
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(database={redacted_database_url(self.database_url)!r}, listen={self.listen!r}, "
+            f"keyring={self.keyring!r}, upstream={self.upstream!r})"
+        )
+
+
+def redacted_database_url(url: str) -> str:
+    """The URL without its password, fit for a log line."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def raw(self, name: str) -> str | None:
+        value = self.env.get(PREFIX + name)
+        return value.strip() if value is not None and value.strip() else None
+
+    def required(self, name: str) -> str:
+        value = self.raw(name)
+        if value is None:
+            raise ConfigError(PREFIX + name, "is required but not set")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(PREFIX + name, f"expected a number, got {value!r}") from None
+        if not minimum <= number <= maximum:
+            raise ConfigError(PREFIX + name, f"must be between {minimum:g} and {maximum:g}")
+        return number
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(PREFIX + name, f"expected a whole number, got {value!r}") from None
+        if not minimum <= number <= maximum:
+            raise ConfigError(PREFIX + name, f"must be between {minimum} and {maximum}")
+        return number
+
+    def flag(self, name: str) -> bool:
+        value = (self.raw(name) or "false").lower()
+        if value in {"1", "true", "yes", "on"}:
+            return True
+        if value in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(PREFIX + name, f"expected true or false, got {value!r}")
+
+
+def _database_url(reader: _Reader) -> str:
+    url = reader.raw("DATABASE_URL") or DEFAULT_DATABASE_URL
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(PREFIX + "DATABASE_URL", "is not a SQLAlchemy URL") from None
+    if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise ConfigError(
+            PREFIX + "DATABASE_URL", "must be postgresql+psycopg://... or sqlite:///..."
+        )
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+        raise ConfigError(PREFIX + "DATABASE_URL", "PostgreSQL URLs must use postgresql+psycopg://")
+    return url
+
+
+def _upstream(reader: _Reader) -> UpstreamSettings:
+    base_url = reader.raw("UPSTREAM_URL")
+    if base_url is not None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(PREFIX + "UPSTREAM_URL", "must start with http:// or https://")
+        base_url = base_url.rstrip("/")
+    return UpstreamSettings(
+        consumer_key=reader.required("OAUTH_CONSUMER_KEY"),
+        consumer_secret=reader.required("OAUTH_CONSUMER_SECRET"),
+        base_url=base_url,
+        timeout_seconds=reader.number("UPSTREAM_TIMEOUT", 10.0, minimum=0.1, maximum=300),
+        retries=reader.integer("UPSTREAM_RETRIES", 2, minimum=0, maximum=10),
+    )
+
+
+def _listen(reader: _Reader) -> str:
+    listen = reader.raw("LISTEN") or DEFAULT_LISTEN
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(PREFIX + "LISTEN", f"expected host:port, got {listen!r}")
+    return listen
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and check every setting; raises ConfigError on the first problem."""
+    reader = _Reader(os.environ if env is None else env)
+    try:
+        keyring = Keyring.parse(reader.required("ENCRYPTION_KEYS"))
+    except KeyringError as exc:
+        raise ConfigError(PREFIX + "ENCRYPTION_KEYS", str(exc)) from None
+    callers = reader.raw("CALLERS_FILE")
+    allow_unauthenticated = reader.flag("ALLOW_UNAUTHENTICATED")
+    if callers is None and not allow_unauthenticated:
+        raise ConfigError(
+            PREFIX + "CALLERS_FILE",
+            "is required (set GARMIN_AUTH_ALLOW_UNAUTHENTICATED=true only for local development)",
+        )
+    default_ttl = reader.number("LEASE_DEFAULT_TTL", 300.0, minimum=5, maximum=86400)
+    max_ttl = reader.number("LEASE_MAX_TTL", 3600.0, minimum=5, maximum=86400)
+    if default_ttl > max_ttl:
+        raise ConfigError(PREFIX + "LEASE_DEFAULT_TTL", "must not exceed GARMIN_AUTH_LEASE_MAX_TTL")
+    return Settings(
+        database_url=_database_url(reader),
+        keyring=keyring,
+        upstream=_upstream(reader),
+        listen=_listen(reader),
+        callers_file=Path(callers) if callers else None,
+        allow_unauthenticated=allow_unauthenticated,
+        grace_period_seconds=reader.number("GRACE_PERIOD", 10.0, minimum=0, maximum=600),
+        max_message_bytes=reader.integer(
+            "MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=64 * 1024, maximum=64 * 1024 * 1024
+        ),
+        leases=LeaseSettings(default_ttl=default_ttl, max_ttl=max_ttl),
+        login=LoginSettings(
+            limit=reader.integer("LOGIN_LIMIT", 5, minimum=1, maximum=1000),
+            window_seconds=reader.number("LOGIN_WINDOW", 3600.0, minimum=1, maximum=7 * 86400),
+            mfa_challenge_ttl_seconds=reader.number(
+                "MFA_CHALLENGE_TTL", 600.0, minimum=30, maximum=3600
+            ),
+        ),
+    )

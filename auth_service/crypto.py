@@ -1,0 +1,123 @@
+"""Encryption at rest: AES-256-GCM with a key ring.
+
+Blob layout: b"\x01" | len(kid) (1 byte) | kid (ASCII) | nonce (12 bytes) | ciphertext+tag.
+The associated data binds a blob to its row and column, so a blob copied into another
+user's row fails to decrypt. The first key of GARMIN_AUTH_ENCRYPTION_KEYS encrypts; every
+listed key decrypts (rotation: add a new key first, run `rotate-keys`, then drop the old).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+BLOB_VERSION = 1
+NONCE_BYTES = 12
+KEY_BYTES = 32
+_KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class KeyringError(ValueError):
+    """The key configuration is malformed. The message never contains key material."""
+
+
+class DecryptionError(Exception):
+    """A blob failed to decrypt: unknown key id, wrong row, or tampering."""
+
+
+@dataclass(frozen=True, repr=False)
+class Keyring:
+    """Ordered AES-256-GCM keys; the first is primary."""
+
+    keys: tuple[tuple[str, bytes], ...]
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise KeyringError("no key given")
+        kids = [kid for kid, _ in self.keys]
+        if len(set(kids)) != len(kids):
+            raise KeyringError("a key id appears twice")
+        for kid, key in self.keys:
+            if not _KID_PATTERN.match(kid):
+                raise KeyringError(f"key id {kid!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
+            if len(key) != KEY_BYTES:
+                raise KeyringError(f"key {kid!r} must decode to {KEY_BYTES} bytes")
+
+    def __repr__(self) -> str:
+        return f"Keyring(kids={[kid for kid, _ in self.keys]})"
+
+    @classmethod
+    def parse(cls, value: str) -> Keyring:
+        """Parse `kid:base64,kid:base64,...` (the first is primary)."""
+        entries = [part.strip() for part in value.split(",") if part.strip()]
+        if not entries:
+            raise KeyringError("expected kid:base64-of-32-bytes[,kid:base64...]")
+        keys: list[tuple[str, bytes]] = []
+        for position, entry in enumerate(entries, start=1):
+            kid, sep, encoded = entry.partition(":")
+            if not sep or not kid:
+                raise KeyringError(f"entry {position} is not kid:base64-of-32-bytes")
+            try:
+                key = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise KeyringError(f"key {kid!r} is not valid base64") from None
+            keys.append((kid, key))
+        return cls(tuple(keys))
+
+    @staticmethod
+    def generate_key_value(kid: str) -> str:
+        """A fresh `kid:base64` entry (for development set-ups and rotation)."""
+        return f"{kid}:{base64.b64encode(os.urandom(KEY_BYTES)).decode()}"
+
+    @property
+    def primary_kid(self) -> str:
+        return self.keys[0][0]
+
+    def encrypt(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        kid, key = self.keys[0]
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = AESGCM(key).encrypt(nonce, plaintext, associated_data)
+        kid_bytes = kid.encode("ascii")
+        return bytes([BLOB_VERSION, len(kid_bytes)]) + kid_bytes + nonce + sealed
+
+    def decrypt(self, blob: bytes, associated_data: bytes) -> bytes:
+        kid = self.key_id_of(blob)
+        key = dict(self.keys).get(kid)
+        if key is None:
+            raise DecryptionError(f"blob was encrypted under unknown key id {kid!r}")
+        start = 2 + len(kid)
+        nonce, sealed = blob[start : start + NONCE_BYTES], blob[start + NONCE_BYTES :]
+        try:
+            return AESGCM(key).decrypt(nonce, sealed, associated_data)
+        except InvalidTag:
+            raise DecryptionError("blob failed authentication (wrong row or tampered)") from None
+
+    @staticmethod
+    def key_id_of(blob: bytes) -> str:
+        if len(blob) < 2 or blob[0] != BLOB_VERSION:
+            raise DecryptionError("not an encrypted blob of a known version")
+        kid_len = blob[1]
+        if len(blob) < 2 + kid_len + NONCE_BYTES + 16:
+            raise DecryptionError("blob is truncated")
+        return blob[2 : 2 + kid_len].decode("ascii", errors="replace")
+
+
+def session_aad(user_id: str) -> bytes:
+    """Associated data of a user's stored session."""
+    return b"garmin_authentication_state.session_ciphertext\x00" + user_id.encode()
+
+
+def challenge_aad(challenge_id_sha256: str, user_id: str) -> bytes:
+    """Associated data of a pending MFA challenge."""
+    return (
+        b"garmin_mfa_challenge.pending_ciphertext\x00"
+        + challenge_id_sha256.encode()
+        + b"\x00"
+        + user_id.encode()
+    )

@@ -1,0 +1,129 @@
+"""Plain domain values shared by the service layer, the storage layer and the upstream adapter."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class SessionState(enum.StrEnum):
+    """Stored state of a user's session (mirrors garmin_auth.v1.SessionState)."""
+
+    NOT_CONNECTED = "NOT_CONNECTED"
+    MFA_PENDING = "MFA_PENDING"
+    ACTIVE = "ACTIVE"
+    AUTH_EXPIRED = "AUTH_EXPIRED"
+
+
+@dataclass(frozen=True, repr=False)
+class OAuth1Token:
+    """Garmin's long-lived OAuth1 token. Secret: never logged (repr hides it)."""
+
+    oauth_token: str
+    oauth_token_secret: str
+    mfa_token: str | None = None
+    mfa_expires_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        return "OAuth1Token(<redacted>)"
+
+
+@dataclass(frozen=True, repr=False)
+class OAuth2Token:
+    """Garmin's short-lived OAuth2 bearer token. Secret: never logged (repr hides it)."""
+
+    scope: str
+    jti: str
+    token_type: str
+    access_token: str
+    refresh_token: str
+    expires_at: datetime
+    refresh_token_expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"OAuth2Token(<redacted>, expires_at={self.expires_at.isoformat()})"
+
+
+@dataclass(frozen=True, repr=False)
+class GarminTokens:
+    """Everything garth needs to act as the user: the stored, encrypted session."""
+
+    oauth1: OAuth1Token
+    oauth2: OAuth2Token
+    domain: str = "garmin.com"
+
+    def __repr__(self) -> str:
+        return f"GarminTokens(<redacted>, domain={self.domain!r})"
+
+
+@dataclass(frozen=True, repr=False)
+class PendingMfa:
+    """What a replica needs to finish a login that Garmin interrupted for MFA.
+
+    Holds Garmin's SSO cookies (the code is bound to them): secret, stored encrypted.
+    """
+
+    cookies: list[dict[str, str | None]]
+    login_params: dict[str, str]
+    mfa_method: str
+    domain: str
+
+    def __repr__(self) -> str:
+        return f"PendingMfa(<redacted>, mfa_method={self.mfa_method!r}, domain={self.domain!r})"
+
+
+@dataclass(frozen=True)
+class LoginSucceeded:
+    """Garmin accepted the credentials without MFA."""
+
+    tokens: GarminTokens
+
+
+@dataclass(frozen=True)
+class LoginNeedsMfa:
+    """Garmin wants an MFA code before it issues tokens."""
+
+    pending: PendingMfa
+
+
+LoginResult = LoginSucceeded | LoginNeedsMfa
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """A live lease as callers see it."""
+
+    lease_id: str
+    user_id: str
+    holder: str
+    fencing_token: int
+    acquired_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class SessionStatusView:
+    """A session's status as callers see it: never a secret."""
+
+    user_id: str
+    state: SessionState
+    session_version: int = 0
+    last_validated_at: datetime | None = None
+    access_token_expires_at: datetime | None = None
+    last_synced_at: datetime | None = None
+    synced_through: datetime | None = None
+    last_sync_attempt_at: datetime | None = None
+    invalidated_reason: str | None = None
+    invalidated_at: datetime | None = None
+    updated_at: datetime | None = None
+    lease: LeaseView | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    """A granted lease with the tokens to use under it."""
+
+    lease: LeaseView
+    tokens: GarminTokens
+    status: SessionStatusView

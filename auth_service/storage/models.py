@@ -1,0 +1,151 @@
+"""SQLAlchemy models. Every timestamp is timezone-aware UTC.
+
+Rows of `garmin_authentication_state` are never deleted: DeleteSession wipes a row back to
+NOT_CONNECTED and keeps `fencing_token`, so a user who disconnects and reconnects still sees
+fencing tokens that only grow (a sink that recorded token 7 must never be handed token 1).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from auth_service.domain.models import SessionState
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+USER_ID_LENGTH = 128
+LEASE_ID_LENGTH = 64
+HOLDER_LENGTH = 256
+REASON_LENGTH = 512
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp that always comes back as UTC, SQLite included.
+
+    SQLite stores no offset, so values are normalised to UTC on the way in and tagged UTC on
+    the way out; PostgreSQL stores `timestamptz`.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class GarminAuthenticationState(Base):
+    """One row per user: the user's Garmin session, its lease and its sync bookkeeping."""
+
+    __tablename__ = "garmin_authentication_state"
+
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
+    state: Mapped[SessionState] = mapped_column(
+        Enum(
+            SessionState,
+            name="session_state",
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            validate_strings=True,
+        )
+    )
+    # AES-256-GCM blob (auth_service.crypto) of the GarminTokens; NULL whenever the row holds
+    # no usable session (NOT_CONNECTED, MFA_PENDING without an earlier session, AUTH_EXPIRED).
+    session_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Grows by one every time the stored tokens change (login, import, refresh, wipe).
+    session_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    access_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # The lease. lease_id is NULL when nobody holds the session; a row whose lease_expires_at
+    # has passed is free even if lease_id is still set (takeover overwrites it).
+    lease_id: Mapped[str | None] = mapped_column(String(LEASE_ID_LENGTH), unique=True)
+    lease_holder: Mapped[str | None] = mapped_column(String(HOLDER_LENGTH))
+    lease_acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The token of the latest grant for this user; only ever grows, survives DeleteSession.
+    fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    last_validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    synced_through: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_sync_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    invalidated_reason: Mapped[str | None] = mapped_column(String(REASON_LENGTH))
+    invalidated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # LeaseNextSession walks ACTIVE sessions in sync order.
+        Index("ix_garmin_authentication_state_due", "state", "last_synced_at"),
+    )
+
+
+class GarminMfaChallenge(Base):
+    """A login waiting for its MFA code. At most one per user: a new Login supersedes it."""
+
+    __tablename__ = "garmin_mfa_challenge"
+
+    # SHA-256 (hex) of the challenge id handed to the caller: a database dump reveals no
+    # usable challenge id.
+    challenge_id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        String(USER_ID_LENGTH),
+        ForeignKey("garmin_authentication_state.user_id", ondelete="CASCADE"),
+        unique=True,
+    )
+    # AES-256-GCM blob of the PendingMfa (Garmin's SSO cookies and login parameters).
+    pending_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    mfa_method: Mapped[str] = mapped_column(String(32))
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Set while one replica submits a code to Garmin, so a challenge completes at most once.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class GarminLoginThrottle(Base):
+    """Per-user login counter for a fixed window, shared by every replica."""
+
+    __tablename__ = "garmin_login_throttle"
+
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
+    window_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
