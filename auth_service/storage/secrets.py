@@ -1,0 +1,99 @@
+"""Serialising secrets for encryption at rest. Only this module turns tokens into bytes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from auth_service.crypto import Keyring, challenge_aad, session_aad
+from auth_service.domain.models import GarminTokens, OAuth1Token, OAuth2Token, PendingMfa
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def tokens_to_json(tokens: GarminTokens) -> dict[str, Any]:
+    return {
+        "oauth1": {
+            "oauth_token": tokens.oauth1.oauth_token,
+            "oauth_token_secret": tokens.oauth1.oauth_token_secret,
+            "mfa_token": tokens.oauth1.mfa_token,
+            "mfa_expires_at": _ts(tokens.oauth1.mfa_expires_at),
+        },
+        "oauth2": {
+            "scope": tokens.oauth2.scope,
+            "jti": tokens.oauth2.jti,
+            "token_type": tokens.oauth2.token_type,
+            "access_token": tokens.oauth2.access_token,
+            "refresh_token": tokens.oauth2.refresh_token,
+            "expires_at": _ts(tokens.oauth2.expires_at),
+            "refresh_token_expires_at": _ts(tokens.oauth2.refresh_token_expires_at),
+        },
+        "domain": tokens.domain,
+    }
+
+
+def tokens_from_json(data: dict[str, Any]) -> GarminTokens:
+    o1, o2 = data["oauth1"], data["oauth2"]
+    expires_at = _dt(o2["expires_at"])
+    refresh_expires_at = _dt(o2["refresh_token_expires_at"])
+    assert expires_at is not None and refresh_expires_at is not None
+    return GarminTokens(
+        oauth1=OAuth1Token(
+            oauth_token=o1["oauth_token"],
+            oauth_token_secret=o1["oauth_token_secret"],
+            mfa_token=o1.get("mfa_token"),
+            mfa_expires_at=_dt(o1.get("mfa_expires_at")),
+        ),
+        oauth2=OAuth2Token(
+            scope=o2["scope"],
+            jti=o2["jti"],
+            token_type=o2["token_type"],
+            access_token=o2["access_token"],
+            refresh_token=o2["refresh_token"],
+            expires_at=expires_at,
+            refresh_token_expires_at=refresh_expires_at,
+        ),
+        domain=data.get("domain") or "garmin.com",
+    )
+
+
+class SecretBox:
+    """Seals and opens the secrets stored in the database, each bound to its row."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+
+    def seal_tokens(self, user_id: str, tokens: GarminTokens) -> bytes:
+        plaintext = json.dumps(tokens_to_json(tokens), separators=(",", ":")).encode()
+        return self.keyring.encrypt(plaintext, session_aad(user_id))
+
+    def open_tokens(self, user_id: str, blob: bytes) -> GarminTokens:
+        return tokens_from_json(json.loads(self.keyring.decrypt(blob, session_aad(user_id))))
+
+    def seal_pending(self, challenge_id_sha256: str, user_id: str, pending: PendingMfa) -> bytes:
+        plaintext = json.dumps(
+            {
+                "cookies": pending.cookies,
+                "login_params": pending.login_params,
+                "mfa_method": pending.mfa_method,
+                "domain": pending.domain,
+            },
+            separators=(",", ":"),
+        ).encode()
+        return self.keyring.encrypt(plaintext, challenge_aad(challenge_id_sha256, user_id))
+
+    def open_pending(self, challenge_id_sha256: str, user_id: str, blob: bytes) -> PendingMfa:
+        data = json.loads(self.keyring.decrypt(blob, challenge_aad(challenge_id_sha256, user_id)))
+        return PendingMfa(
+            cookies=data["cookies"],
+            login_params=data["login_params"],
+            mfa_method=data["mfa_method"],
+            domain=data["domain"],
+        )
