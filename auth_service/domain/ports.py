@@ -37,7 +37,7 @@ class GarminUpstream(Protocol):
 
         Refreshes first when the access token has expired and allow_refresh is true; returns
         the tokens in force afterwards (the same object when nothing was refreshed). With
-        allow_refresh false and an expired access token it raises GarminUnavailable rather
-        than refreshing behind a lease holder's back... see the adapter for details.
+        allow_refresh false (a lease holder owns refreshing) it never refreshes: the caller
+        checks beforehand that the access token has not expired.
         """
         ...
