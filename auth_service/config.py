@@ -19,6 +19,7 @@ from auth_service.crypto import Keyring, KeyringError
 PREFIX = "GARMIN_AUTH_"
 DEFAULT_DATABASE_URL = "sqlite:///garmin-auth.sqlite3"
 DEFAULT_LISTEN = "127.0.0.1:50051"
+MAX_PORT = 65535
 
 
 class ConfigError(ValueError):
@@ -60,7 +61,9 @@ class UpstreamSettings:
     retries: int = 2
 
     def __repr__(self) -> str:
-        return f"UpstreamSettings(base_url={self.base_url!r}, timeout_seconds={self.timeout_seconds})"
+        return (
+            f"UpstreamSettings(base_url={self.base_url!r}, timeout_seconds={self.timeout_seconds})"
+        )
 
 
 @dataclass(frozen=True, repr=False)
@@ -80,8 +83,8 @@ class Settings:
 
     def __repr__(self) -> str:
         return (
-            f"Settings(database={redacted_database_url(self.database_url)!r}, listen={self.listen!r}, "
-            f"keyring={self.keyring!r}, upstream={self.upstream!r})"
+            f"Settings(database={redacted_database_url(self.database_url)!r}, "
+            f"listen={self.listen!r}, keyring={self.keyring!r}, upstream={self.upstream!r})"
         )
 
 
@@ -173,18 +176,29 @@ def _upstream(reader: _Reader) -> UpstreamSettings:
 def _listen(reader: _Reader) -> str:
     listen = reader.raw("LISTEN") or DEFAULT_LISTEN
     host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= MAX_PORT:
         raise ConfigError(PREFIX + "LISTEN", f"expected host:port, got {listen!r}")
     return listen
+
+
+def load_database_url(env: Mapping[str, str] | None = None) -> str:
+    """Only the database URL (for commands that need nothing else, like `migrate`)."""
+    return _database_url(_Reader(os.environ if env is None else env))
+
+
+def load_keyring(env: Mapping[str, str] | None = None) -> Keyring:
+    """Only the key ring (for `rotate-keys`)."""
+    reader = _Reader(os.environ if env is None else env)
+    try:
+        return Keyring.parse(reader.required("ENCRYPTION_KEYS"))
+    except KeyringError as exc:
+        raise ConfigError(PREFIX + "ENCRYPTION_KEYS", str(exc)) from None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting; raises ConfigError on the first problem."""
     reader = _Reader(os.environ if env is None else env)
-    try:
-        keyring = Keyring.parse(reader.required("ENCRYPTION_KEYS"))
-    except KeyringError as exc:
-        raise ConfigError(PREFIX + "ENCRYPTION_KEYS", str(exc)) from None
+    keyring = load_keyring(env)
     callers = reader.raw("CALLERS_FILE")
     allow_unauthenticated = reader.flag("ALLOW_UNAUTHENTICATED")
     if callers is None and not allow_unauthenticated:

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 BLOB_VERSION = 1
 NONCE_BYTES = 12
 KEY_BYTES = 32
+_HEADER_BYTES = 2  # version, kid length
+_TAG_BYTES = 16
 _KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -91,7 +93,7 @@ class Keyring:
         key = dict(self.keys).get(kid)
         if key is None:
             raise DecryptionError(f"blob was encrypted under unknown key id {kid!r}")
-        start = 2 + len(kid)
+        start = _HEADER_BYTES + len(kid)
         nonce, sealed = blob[start : start + NONCE_BYTES], blob[start + NONCE_BYTES :]
         try:
             return AESGCM(key).decrypt(nonce, sealed, associated_data)
@@ -100,12 +102,12 @@ class Keyring:
 
     @staticmethod
     def key_id_of(blob: bytes) -> str:
-        if len(blob) < 2 or blob[0] != BLOB_VERSION:
+        if len(blob) < _HEADER_BYTES or blob[0] != BLOB_VERSION:
             raise DecryptionError("not an encrypted blob of a known version")
         kid_len = blob[1]
-        if len(blob) < 2 + kid_len + NONCE_BYTES + 16:
+        if len(blob) < _HEADER_BYTES + kid_len + NONCE_BYTES + _TAG_BYTES:
             raise DecryptionError("blob is truncated")
-        return blob[2 : 2 + kid_len].decode("ascii", errors="replace")
+        return blob[_HEADER_BYTES : _HEADER_BYTES + kid_len].decode("ascii", errors="replace")
 
 
 def session_aad(user_id: str) -> bytes:

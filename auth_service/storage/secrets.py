@@ -43,7 +43,8 @@ def tokens_from_json(data: dict[str, Any]) -> GarminTokens:
     o1, o2 = data["oauth1"], data["oauth2"]
     expires_at = _dt(o2["expires_at"])
     refresh_expires_at = _dt(o2["refresh_token_expires_at"])
-    assert expires_at is not None and refresh_expires_at is not None
+    if expires_at is None or refresh_expires_at is None:
+        raise ValueError("stored session lacks token expiry times")
     return GarminTokens(
         oauth1=OAuth1Token(
             oauth_token=o1["oauth_token"],

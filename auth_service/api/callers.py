@@ -1,0 +1,179 @@
+"""Who may call: the callers file and the role each RPC needs.
+
+The callers file (GARMIN_AUTH_CALLERS_FILE) is TOML:
+
+    [[callers]]
+    name = "web-app"
+    token_sha256 = "<hex sha256 of the bearer token>"
+    roles = ["admin"]
+
+The file holds only hashes, so it is no secret by itself. It is re-read when it changes, so a
+revoked token stops working without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import threading
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from auth_service.domain.errors import CallerForbidden, CallerUnauthenticated
+
+log = logging.getLogger(__name__)
+
+ADMIN, WORKER, VIEWER = "admin", "worker", "viewer"
+ROLES = frozenset({ADMIN, WORKER, VIEWER})
+
+# The roles allowed to call each RPC of garmin_auth.v1.GarminAuthService.
+RPC_ROLES: dict[str, frozenset[str]] = {
+    "Login": frozenset({ADMIN}),
+    "SubmitMfa": frozenset({ADMIN}),
+    "ImportSession": frozenset({ADMIN}),
+    "DeleteSession": frozenset({ADMIN}),
+    "GetStatus": frozenset({ADMIN, WORKER, VIEWER}),
+    "ListSessions": frozenset({ADMIN, VIEWER}),
+    "LeaseSession": frozenset({WORKER}),
+    "LeaseNextSession": frozenset({WORKER}),
+    "RenewLease": frozenset({WORKER}),
+    "ReleaseLease": frozenset({WORKER}),
+    "ReportRefreshed": frozenset({WORKER}),
+    "ReportInvalidated": frozenset({WORKER}),
+}
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_RELOAD_CHECK_SECONDS = 2.0
+
+
+class CallersFileError(ValueError):
+    """The callers file is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller."""
+
+    name: str
+    roles: frozenset[str]
+
+
+@dataclass(frozen=True, repr=False)
+class _Entry:
+    caller: Caller
+    token_sha256: bytes
+
+
+DEVELOPMENT_CALLER = Caller(name="development-unauthenticated", roles=ROLES)
+
+
+def token_sha256(token: str) -> str:
+    """The hex digest to put in the callers file for a bearer token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_callers(text: str, source: str) -> list[_Entry]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CallersFileError(f"{source}: not valid TOML ({exc})") from None
+    raw = data.get("callers")
+    if not isinstance(raw, list) or not raw:
+        raise CallersFileError(f"{source}: expected at least one [[callers]] table")
+    entries: list[_Entry] = []
+    for index, item in enumerate(raw, start=1):
+        where = f"{source}: callers entry {index}"
+        if not isinstance(item, dict):
+            raise CallersFileError(f"{where}: not a table")
+        name, digest, roles = item.get("name"), item.get("token_sha256"), item.get("roles")
+        if not isinstance(name, str) or not name.strip():
+            raise CallersFileError(f"{where}: name must be a non-empty string")
+        if not isinstance(digest, str) or not _HEX64.match(digest.lower()):
+            raise CallersFileError(f"{where} ({name}): token_sha256 must be 64 hex characters")
+        if (
+            not isinstance(roles, list)
+            or not roles
+            or not all(isinstance(r, str) and r in ROLES for r in roles)
+        ):
+            raise CallersFileError(
+                f"{where} ({name}): roles must be a non-empty list of {sorted(ROLES)}"
+            )
+        entries.append(_Entry(Caller(name, frozenset(roles)), bytes.fromhex(digest.lower())))
+    names = [entry.caller.name for entry in entries]
+    if len(set(names)) != len(names):
+        raise CallersFileError(f"{source}: caller names must be unique")
+    return entries
+
+
+class CallerRegistry:
+    """Authenticates bearer tokens against the callers file and authorises RPCs."""
+
+    def __init__(self, path: Path | None, *, allow_unauthenticated: bool = False) -> None:
+        self._path = path
+        self._allow_unauthenticated = allow_unauthenticated
+        self._lock = threading.Lock()
+        self._entries: list[_Entry] = []
+        self._mtime: float | None = None
+        self._checked_at = 0.0
+        if path is not None:
+            self._load()
+
+    def _load(self) -> None:
+        assert self._path is not None
+        try:
+            stat = self._path.stat()
+            text = self._path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CallersFileError(f"{self._path}: cannot read ({exc.strerror})") from None
+        self._entries = parse_callers(text, str(self._path))
+        self._mtime = stat.st_mtime
+
+    def _maybe_reload(self) -> None:
+        if self._path is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked_at < _RELOAD_CHECK_SECONDS:
+                return
+            self._checked_at = now
+            try:
+                if self._path.stat().st_mtime == self._mtime:
+                    return
+                self._load()
+                log.info("callers file reloaded", extra={"callers": len(self._entries)})
+            except (OSError, CallersFileError):
+                # Keep serving with the callers we had; a broken edit must not lock everyone out.
+                log.exception("callers file not reloaded; keeping the callers already loaded")
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        """The caller presenting `authorization` ("Bearer <token>")."""
+        if self._path is None and self._allow_unauthenticated:
+            return DEVELOPMENT_CALLER
+        self._maybe_reload()
+        if not authorization:
+            raise CallerUnauthenticated("missing authorization metadata (Bearer token)")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise CallerUnauthenticated("authorization metadata must be 'Bearer <token>'")
+        presented = hashlib.sha256(token.strip().encode()).digest()
+        found: Caller | None = None
+        # Compare against every entry, in constant time each, so timing reveals nothing.
+        for entry in self._entries:
+            if hmac.compare_digest(presented, entry.token_sha256):
+                found = entry.caller
+        if found is None:
+            raise CallerUnauthenticated("unknown bearer token")
+        return found
+
+    @staticmethod
+    def authorize(caller: Caller, rpc: str) -> None:
+        allowed = RPC_ROLES.get(rpc, frozenset())
+        if not caller.roles & allowed:
+            raise CallerForbidden(
+                f"caller {caller.name!r} (roles {sorted(caller.roles)}) may not call {rpc}; "
+                f"it needs one of {sorted(allowed)}"
+            )

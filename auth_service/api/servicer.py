@@ -1,0 +1,146 @@
+"""The gRPC servicer: each method translates a request into a domain call and the result back.
+
+Authentication, authorisation, logging and error mapping happen once, in the interceptor.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import grpc
+
+from auth_service.api import convert
+from auth_service.domain.leases import LeaseService
+from auth_service.domain.sessions import SessionService
+from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
+
+
+def _ttl(
+    request: pb.LeaseSessionRequest | pb.LeaseNextSessionRequest | pb.RenewLeaseRequest,
+) -> timedelta | None:
+    return convert.from_duration(request.ttl, "ttl", present=request.HasField("ttl"))
+
+
+class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
+    """garmin_auth.v1.GarminAuthService over SessionService and LeaseService."""
+
+    def __init__(self, sessions: SessionService, leases: LeaseService) -> None:
+        self._sessions = sessions
+        self._leases = leases
+
+    def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
+        answer = self._sessions.login(request.user_id, request.email, request.password)
+        return pb.LoginResponse(
+            outcome=pb.LOGIN_OUTCOME_MFA_REQUIRED
+            if answer.mfa_challenge_id
+            else pb.LOGIN_OUTCOME_AUTHENTICATED,
+            mfa_challenge_id=answer.mfa_challenge_id or "",
+            mfa_method=answer.mfa_method or "",
+            mfa_expires_at=convert.timestamp(answer.mfa_expires_at),
+            status=convert.status_to_proto(answer.status),
+        )
+
+    def SubmitMfa(
+        self, request: pb.SubmitMfaRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitMfaResponse:
+        status = self._sessions.submit_mfa(request.mfa_challenge_id, request.code)
+        return pb.SubmitMfaResponse(status=convert.status_to_proto(status))
+
+    def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetStatusResponse:
+        status = self._sessions.get_status(request.user_id, validate=request.validate)
+        return pb.GetStatusResponse(status=convert.status_to_proto(status))
+
+    def ImportSession(
+        self, request: pb.ImportSessionRequest, context: grpc.ServicerContext
+    ) -> pb.ImportSessionResponse:
+        source = request.WhichOneof("source")
+        status = self._sessions.import_session(
+            request.user_id,
+            tokens=convert.tokens_from_proto(request.session, "session")
+            if source == "session"
+            else None,
+            garth_token=request.garth_token if source == "garth_token" else None,
+        )
+        return pb.ImportSessionResponse(status=convert.status_to_proto(status))
+
+    def DeleteSession(
+        self, request: pb.DeleteSessionRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteSessionResponse:
+        self._sessions.delete_session(request.user_id)
+        return pb.DeleteSessionResponse()
+
+    def ListSessions(
+        self, request: pb.ListSessionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListSessionsResponse:
+        page = self._sessions.list_sessions(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            state=convert.state_from_proto(request.state),
+        )
+        return pb.ListSessionsResponse(
+            sessions=[convert.status_to_proto(status) for status in page.sessions],
+            next_page_token=page.next_page_token,
+        )
+
+    def LeaseSession(
+        self, request: pb.LeaseSessionRequest, context: grpc.ServicerContext
+    ) -> pb.LeaseSessionResponse:
+        grant = self._leases.lease_session(request.user_id, request.holder, _ttl(request))
+        return pb.LeaseSessionResponse(
+            lease=convert.lease_to_proto(grant.lease),
+            session=convert.tokens_to_proto(grant.tokens),
+            status=convert.status_to_proto(grant.status),
+        )
+
+    def LeaseNextSession(
+        self, request: pb.LeaseNextSessionRequest, context: grpc.ServicerContext
+    ) -> pb.LeaseNextSessionResponse:
+        grant = self._leases.lease_next_session(
+            request.holder,
+            _ttl(request),
+            convert.from_duration(
+                request.min_sync_interval,
+                "min_sync_interval",
+                present=request.HasField("min_sync_interval"),
+            ),
+        )
+        if grant is None:
+            return pb.LeaseNextSessionResponse()
+        return pb.LeaseNextSessionResponse(
+            lease=convert.lease_to_proto(grant.lease),
+            session=convert.tokens_to_proto(grant.tokens),
+            status=convert.status_to_proto(grant.status),
+        )
+
+    def RenewLease(
+        self, request: pb.RenewLeaseRequest, context: grpc.ServicerContext
+    ) -> pb.RenewLeaseResponse:
+        lease = self._leases.renew_lease(request.lease_id, _ttl(request))
+        return pb.RenewLeaseResponse(lease=convert.lease_to_proto(lease))
+
+    def ReleaseLease(
+        self, request: pb.ReleaseLeaseRequest, context: grpc.ServicerContext
+    ) -> pb.ReleaseLeaseResponse:
+        synced_through = (
+            convert.from_timestamp(request.synced_through, "synced_through")
+            if request.HasField("synced_through")
+            else None
+        )
+        status = self._leases.release_lease(request.lease_id, synced_through)
+        return pb.ReleaseLeaseResponse(status=convert.status_to_proto(status))
+
+    def ReportRefreshed(
+        self, request: pb.ReportRefreshedRequest, context: grpc.ServicerContext
+    ) -> pb.ReportRefreshedResponse:
+        tokens = convert.tokens_from_proto(request.session, "session")
+        status = self._leases.report_refreshed(request.lease_id, tokens)
+        return pb.ReportRefreshedResponse(status=convert.status_to_proto(status))
+
+    def ReportInvalidated(
+        self, request: pb.ReportInvalidatedRequest, context: grpc.ServicerContext
+    ) -> pb.ReportInvalidatedResponse:
+        status = self._leases.report_invalidated(request.lease_id, request.reason)
+        return pb.ReportInvalidatedResponse(status=convert.status_to_proto(status))

@@ -1,0 +1,114 @@
+"""`garmin-auth-service`: serve, migrate, rotate-keys, hash-token."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from auth_service.api.callers import CallersFileError, token_sha256
+from auth_service.config import (
+    ConfigError,
+    load_database_url,
+    load_keyring,
+    load_settings,
+    redacted_database_url,
+)
+from auth_service.logging_setup import configure_logging
+
+log = logging.getLogger("auth_service")
+
+EXIT_CONFIG = 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from auth_service.server import build_application, serve_until_signalled, start_server
+    from auth_service.storage.maintenance import is_at_head
+
+    settings = load_settings()
+    if not is_at_head(settings.database_url):
+        print(
+            f"garmin-auth-service: the database ({redacted_database_url(settings.database_url)}) "
+            "is not at the latest migration; run `garmin-auth-service migrate` first",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if settings.allow_unauthenticated:
+        log.warning(
+            "GARMIN_AUTH_ALLOW_UNAUTHENTICATED is set: EVERY caller gets EVERY role, including "
+            "the worker role that receives Garmin tokens. Development only; never in production."
+        )
+    running = start_server(build_application(settings))
+    print(f"garmin-auth-service listening on port {running.port}", file=sys.stderr, flush=True)
+    serve_until_signalled(running)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from auth_service.storage.maintenance import current_revision, upgrade_to_head
+
+    url = load_database_url()
+    upgrade_to_head(url)
+    print(f"database {redacted_database_url(url)} is at revision {current_revision(url)}")
+    return 0
+
+
+def _rotate_keys(args: argparse.Namespace) -> int:
+    from auth_service.storage.database import create_engine_for
+    from auth_service.storage.maintenance import rotate_keys
+
+    keyring = load_keyring()
+    engine = create_engine_for(load_database_url())
+    try:
+        report = rotate_keys(engine, keyring, batch_size=args.batch_size)
+    finally:
+        engine.dispose()
+    print(report)
+    return 1 if getattr(report, "undecryptable", None) else 0
+
+
+def _hash_token(args: argparse.Namespace) -> int:
+    token = sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("token: ")
+    if not token:
+        print("garmin-auth-service: no token given", file=sys.stderr)
+        return EXIT_CONFIG
+    print(token_sha256(token))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="garmin-auth-service",
+        description="Keeps users' Garmin Connect sessions and lends them to sync workers.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the gRPC server").set_defaults(run=_serve)
+    commands.add_parser("migrate", help="upgrade the database to the latest schema").set_defaults(
+        run=_migrate
+    )
+    rotate = commands.add_parser(
+        "rotate-keys", help="re-encrypt every stored secret under the primary key (online)"
+    )
+    rotate.add_argument("--batch-size", type=int, default=500)
+    rotate.set_defaults(run=_rotate_keys)
+    commands.add_parser(
+        "hash-token", help="print the token_sha256 of a bearer token read from stdin"
+    ).set_defaults(run=_hash_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging()
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except (ConfigError, CallersFileError) as exc:
+        print(f"garmin-auth-service: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

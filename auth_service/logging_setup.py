@@ -1,0 +1,77 @@
+"""Structured logs: one JSON object per line, with a redaction filter as the last line of
+defence (anything that looks like a token, password or key is masked even if a future log
+call passes one by mistake)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+REDACTED = "[REDACTED]"
+# Fields a log record may carry as `extra`; everything else stays out of the line.
+CONTEXT_FIELDS = ("rpc", "caller", "user_id", "lease_id", "outcome", "latency_ms", "callers")
+_SECRET_PATTERNS = [
+    # key=value / "key": "value" pairs whose key names a secret.
+    re.compile(
+        r"(?i)((?:password|passwd|secret|token|access_token|refresh_token|oauth_token"
+        r"|oauth_token_secret|authorization|api[_-]?key|cookie|mfa[_-]?code)"
+        r"[\"']?\s*[:=]\s*[\"']?)([^\"'\s,;&}]+)"
+    ),
+    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]+)"),
+    # Long opaque strings (JWTs, base64 blobs, hex keys) anywhere in a line.
+    re.compile(r"()\b(eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9._-]{10,})"),
+    re.compile(r"()([A-Za-z0-9+/_-]{40,}={0,2})"),
+]
+
+
+def redact(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in the rendered message and in string extras."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if isinstance(value, str):
+                setattr(record, name, redact(value))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """time, level, logger, message and the context fields, as one JSON line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(line, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # urllib3 logs full URLs at DEBUG; they can carry OAuth parameters.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

@@ -1,0 +1,159 @@
+"""Composition root and the running server: health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from sqlalchemy import Engine
+
+from auth_service.api.callers import CallerRegistry
+from auth_service.api.interceptor import ServiceInterceptor
+from auth_service.api.reflection import enable_reflection
+from auth_service.api.servicer import GarminAuthServicer
+from auth_service.clock import Clock, SystemClock
+from auth_service.config import Settings, redacted_database_url
+from auth_service.domain.leases import LeaseService
+from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.sessions import SessionService
+from auth_service.storage.database import create_engine_for, database_is_reachable, session_factory
+from auth_service.storage.secrets import SecretBox
+from auth_service.upstream.garth_adapter import GarthUpstream, tokens_from_garth_dumps
+from garmin_auth.v1 import garmin_auth_pb2, garmin_auth_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = garmin_auth_pb2.DESCRIPTOR.services_by_name["GarminAuthService"].full_name
+HEALTH_PROBE_SECONDS = 2.0
+WORKER_THREADS = 32
+
+
+@dataclass
+class Application:
+    """Everything one replica is made of."""
+
+    settings: Settings
+    engine: Engine
+    sessions: SessionService
+    leases: LeaseService
+    callers: CallerRegistry
+
+
+def build_application(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    upstream: GarminUpstream | None = None,
+) -> Application:
+    clock = clock or SystemClock()
+    upstream = upstream or GarthUpstream(settings.upstream)
+    engine = create_engine_for(settings.database_url)
+    db = session_factory(engine)
+    box = SecretBox(settings.keyring)
+    return Application(
+        settings=settings,
+        engine=engine,
+        sessions=SessionService(db, box, upstream, clock, settings.login, tokens_from_garth_dumps),
+        leases=LeaseService(db, box, upstream, clock, settings.leases),
+        callers=CallerRegistry(
+            settings.callers_file, allow_unauthenticated=settings.allow_unauthenticated
+        ),
+    )
+
+
+@dataclass
+class RunningServer:
+    """A started gRPC server and the threads that keep its health current."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    application: Application
+    _stop_probe: threading.Event = field(default_factory=threading.Event)
+
+    def probe_once(self) -> bool:
+        serving = database_is_reachable(self.application.engine)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+        return serving
+
+    def _probe_loop(self) -> None:
+        was_serving: bool | None = None
+        while not self._stop_probe.wait(HEALTH_PROBE_SECONDS):
+            serving = self.probe_once()
+            if serving != was_serving:
+                log.log(
+                    logging.INFO if serving else logging.ERROR,
+                    "database %s; health %s",
+                    "reachable" if serving else "unreachable",
+                    "SERVING" if serving else "NOT_SERVING",
+                )
+                was_serving = serving
+
+    def start_probe(self) -> None:
+        threading.Thread(target=self._probe_loop, name="health-probe", daemon=True).start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING first, then let in-flight calls finish within `grace`."""
+        self._stop_probe.set()
+        self.health.enter_graceful_shutdown()
+        grace = self.application.settings.grace_period_seconds if grace is None else grace
+        self.server.stop(grace).wait()
+        self.application.engine.dispose()
+
+
+def start_server(application: Application, listen: str | None = None) -> RunningServer:
+    settings = application.settings
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="rpc"),
+        interceptors=[ServiceInterceptor(application.callers)],
+        options=options,
+    )
+    garmin_auth_pb2_grpc.add_GarminAuthServiceServicer_to_server(
+        GarminAuthServicer(application.sessions, application.leases), server
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    enable_reflection([SERVICE_NAME, health.SERVICE_NAME], server)
+    port = server.add_insecure_port(listen or settings.listen)
+    server.start()
+    running = RunningServer(server, port, health_servicer, application)
+    running.probe_once()
+    running.start_probe()
+    log.info(
+        "serving %s on port %d (database %s)",
+        SERVICE_NAME,
+        port,
+        redacted_database_url(settings.database_url),
+    )
+    return running
+
+
+def serve_until_signalled(running: RunningServer) -> None:
+    """Block until SIGTERM/SIGINT, then stop gracefully."""
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s received; stopping gracefully", signal.Signals(signum).name)
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    stopping.wait()
+    running.stop()
+    log.info("stopped")

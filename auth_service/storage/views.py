@@ -1,0 +1,44 @@
+"""Read models: what a stored row looks like to callers (never a secret)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from auth_service.domain.models import LeaseView, SessionStatusView
+from auth_service.storage.models import GarminAuthenticationState
+
+
+def live_lease(row: GarminAuthenticationState, now: datetime) -> LeaseView | None:
+    """The row's lease if it is still live at `now`."""
+    if (
+        row.lease_id is None
+        or row.lease_expires_at is None
+        or row.lease_acquired_at is None
+        or row.lease_expires_at <= now
+    ):
+        return None
+    return LeaseView(
+        lease_id=row.lease_id,
+        user_id=row.user_id,
+        holder=row.lease_holder or "",
+        fencing_token=row.fencing_token,
+        acquired_at=row.lease_acquired_at,
+        expires_at=row.lease_expires_at,
+    )
+
+
+def status_view(row: GarminAuthenticationState, now: datetime) -> SessionStatusView:
+    return SessionStatusView(
+        user_id=row.user_id,
+        state=row.state,
+        session_version=row.session_version,
+        last_validated_at=row.last_validated_at,
+        access_token_expires_at=row.access_token_expires_at,
+        last_synced_at=row.last_synced_at,
+        synced_through=row.synced_through,
+        last_sync_attempt_at=row.last_sync_attempt_at,
+        invalidated_reason=row.invalidated_reason,
+        invalidated_at=row.invalidated_at,
+        updated_at=row.updated_at,
+        lease=live_lease(row, now),
+    )
