@@ -66,7 +66,8 @@ def _rotate_keys(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     print(report)
-    return 1 if getattr(report, "undecryptable", None) else 0
+    # Anything left behind (undecryptable or still changing) means the old key is still needed.
+    return 0 if report.complete else 1
 
 
 def _hash_token(args: argparse.Namespace) -> int:

@@ -45,9 +45,12 @@ class Keyring:
         kids = [kid for kid, _ in self.keys]
         if len(set(kids)) != len(kids):
             raise KeyringError("a key id appears twice")
-        for kid, key in self.keys:
+        for position, (kid, key) in enumerate(self.keys, start=1):
+            # A malformed key id may be a key pasted in the wrong place: name only its position.
             if not _KID_PATTERN.match(kid):
-                raise KeyringError(f"key id {kid!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
+                raise KeyringError(
+                    f"entry {position}: the key id must be 1-64 characters of A-Z a-z 0-9 . _ -"
+                )
             if len(key) != KEY_BYTES:
                 raise KeyringError(f"key {kid!r} must decode to {KEY_BYTES} bytes")
 
@@ -65,6 +68,10 @@ class Keyring:
             kid, sep, encoded = entry.partition(":")
             if not sep or not kid:
                 raise KeyringError(f"entry {position} is not kid:base64-of-32-bytes")
+            if not _KID_PATTERN.match(kid):
+                raise KeyringError(
+                    f"entry {position}: the key id must be 1-64 characters of A-Z a-z 0-9 . _ -"
+                )
             try:
                 key = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):

@@ -1,0 +1,155 @@
+"""Engines and sessions for the two supported backends: PostgreSQL (psycopg 3) and SQLite.
+
+How concurrent writers are serialised
+-------------------------------------
+PostgreSQL: READ COMMITTED plus row locks. A read-modify-write must lock what it reads
+(`select(...).with_for_update()`); PostgreSQL then queues the second writer behind the first.
+
+SQLite: one writer at a time for the whole file. Python's sqlite3 driver normally opens
+transactions lazily (BEGIN DEFERRED, and only before DML), so two threads that both read
+and then write each hold a read snapshot and the second one's write fails at once with
+"database is locked" (SQLITE_BUSY_SNAPSHOT ignores busy_timeout). We therefore take over
+BEGIN ourselves and issue `BEGIN IMMEDIATE`, which takes the write lock up front: a second
+writer waits (up to busy_timeout) at BEGIN instead of failing half-way, and every
+transaction sees the latest committed data. `with_for_update()` is a no-op on SQLite, so
+repository code written for PostgreSQL is correct here too. WAL keeps readers that are not
+inside a transaction unblocked by the writer.
+
+A purely read-only unit of work may opt out of the write lock with
+`engine.execution_options(sqlite_begin="DEFERRED")` (see SQLITE_BEGIN_OPTION); the health
+check does, so it never queues behind a long write.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from auth_service.config import redacted_database_url
+
+log = logging.getLogger(__name__)
+
+# Execution option read by our SQLite BEGIN hook: "IMMEDIATE" (default) or "DEFERRED".
+SQLITE_BEGIN_OPTION = "sqlite_begin"
+_SQLITE_BEGIN_MODES = frozenset({"IMMEDIATE", "DEFERRED", "EXCLUSIVE"})
+
+# How long a SQLite writer waits for the file lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_SECONDS = 15.0
+
+# PostgreSQL limits. A statement running longer than this is a bug or a stuck lock; failing
+# it frees the pool slot and the gRPC call reports an error instead of hanging.
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
+POSTGRES_STATEMENT_TIMEOUT_MS = 30_000
+POSTGRES_POOL_SIZE = 10
+POSTGRES_MAX_OVERFLOW = 10
+POSTGRES_POOL_TIMEOUT_SECONDS = 10.0
+# Recycle before typical load-balancer / server idle limits cut connections.
+POSTGRES_POOL_RECYCLE_SECONDS = 1800
+
+
+def create_engine_for(
+    url: str,
+    *,
+    pool_size: int = POSTGRES_POOL_SIZE,
+    max_overflow: int = POSTGRES_MAX_OVERFLOW,
+    statement_timeout_ms: int = POSTGRES_STATEMENT_TIMEOUT_MS,
+) -> Engine:
+    """An Engine configured for this service; `url` is a postgresql+psycopg or sqlite URL.
+
+    The pool arguments only apply to PostgreSQL; size them to the gRPC worker count.
+    `statement_timeout_ms=0` disables the PostgreSQL statement timeout.
+    """
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        engine = _sqlite_engine(url)
+    elif backend == "postgresql":
+        engine = _postgres_engine(url, pool_size, max_overflow, statement_timeout_ms)
+    else:
+        raise ValueError(f"unsupported database backend {backend!r}")
+    log.debug("database engine created for %s", redacted_database_url(url))
+    return engine
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(
+        url,
+        # gRPC serves each call on a pool thread; SQLAlchemy's pool hands a connection to
+        # one thread at a time, so sharing across threads is safe.
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+    )
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_sqlite_transaction)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # Stop the driver from issuing its own (deferred, DML-only) BEGIN; _begin_sqlite_transaction
+    # issues ours. This also makes DDL transactional, which migrations rely on.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # Per-connection setting, off by default in SQLite: without it ON DELETE CASCADE and
+        # the MFA challenge's user reference are not enforced.
+        cursor.execute("PRAGMA foreign_keys = ON")
+        # Persistent in the file; readers keep working while a writer commits.
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
+        # synchronous stays at its default (FULL): with NORMAL a power cut can lose the last
+        # commits, and a lost fencing-token increment could hand out a token twice.
+    finally:
+        cursor.close()
+
+
+def _begin_sqlite_transaction(connection: Connection) -> None:
+    mode = str(connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")).upper()
+    if mode not in _SQLITE_BEGIN_MODES:
+        raise ValueError(f"{SQLITE_BEGIN_OPTION} must be one of {sorted(_SQLITE_BEGIN_MODES)}")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _postgres_engine(
+    url: str, pool_size: int, max_overflow: int, statement_timeout_ms: int
+) -> Engine:
+    return create_engine(
+        url,
+        # A replica restart or failover leaves dead connections in the pool; ping on checkout.
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=POSTGRES_POOL_TIMEOUT_SECONDS,
+        pool_recycle=POSTGRES_POOL_RECYCLE_SECONDS,
+        connect_args={
+            "connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS,
+            # Set at connection start-up, so it also covers pool pre-pings and survives
+            # rollbacks (a SET inside a transaction would be undone by ROLLBACK).
+            "options": f"-c statement_timeout={int(statement_timeout_ms)}",
+            "application_name": "garmin-auth",
+        },
+    )
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to `engine`. Objects stay readable after commit (no lazy reload)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def database_is_reachable(engine: Engine) -> bool:
+    """True if a trivial query succeeds (for the gRPC health service); never raises."""
+    try:
+        with engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}).connect() as connection:
+            connection.execute(text("SELECT 1")).scalar_one()
+    except (SQLAlchemyError, OSError) as exc:
+        # Only the exception type: driver messages can echo connection parameters.
+        log.warning(
+            "database %s unreachable: %s",
+            redacted_database_url(engine.url.render_as_string(hide_password=True)),
+            type(exc).__name__,
+        )
+        return False
+    return True

@@ -1,0 +1,124 @@
+"""Alembic environment. The database URL always comes from our code, never from this file.
+
+Where the URL comes from, in order:
+1. `Config.attributes["database_url"]`, set by auth_service.storage.maintenance (the service
+   and its CLI migrate this way);
+2. `alembic -x database_url=...` when authoring revisions with the alembic CLI;
+3. the service settings (GARMIN_AUTH_DATABASE_URL, through config.load_database_url).
+"""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+from typing import Any, Literal
+
+from alembic import context
+from alembic.autogenerate.api import AutogenContext
+from sqlalchemy.engine import Connection, make_url
+
+from auth_service.config import load_database_url
+from auth_service.storage.database import create_engine_for
+from auth_service.storage.maintenance import DATABASE_URL_ATTRIBUTE
+from auth_service.storage.models import Base, UTCDateTime
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _database_url() -> str:
+    explicit = config.attributes.get(DATABASE_URL_ATTRIBUTE)
+    if explicit:
+        return str(explicit)
+    from_cli = context.get_x_argument(as_dictionary=True).get(DATABASE_URL_ATTRIBUTE)
+    if from_cli:
+        return from_cli
+    return load_database_url()
+
+
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
+    # Revisions must not import our models (they change; old revisions must not), so our
+    # UTC type is written as the plain column type it stores.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+def _configure(**kwargs: Any) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        compare_type=True,
+        render_item=_render_item,
+        **kwargs,
+    )
+
+
+def run_migrations_offline(url: str) -> None:
+    """Emit SQL to stdout (`alembic upgrade --sql`) instead of touching a database."""
+    _configure(
+        url=url,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        render_as_batch=make_url(url).get_backend_name() == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online(url: str) -> None:
+    # No statement timeout: a migration may legitimately rewrite a whole table.
+    engine = create_engine_for(url, statement_timeout_ms=0)
+    try:
+        with engine.connect() as connection:
+            _migrate(connection)
+    finally:
+        engine.dispose()
+
+
+def _migrate(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch operations rebuild a table (create copy, drop, rename); with foreign keys ON,
+        # dropping a parent table would cascade-delete its children. The pragma is ignored
+        # inside a transaction, so it goes to the driver before Alembic begins one; the
+        # connection is discarded with the engine afterwards.
+        _driver_connection(connection).execute("PRAGMA foreign_keys = OFF")
+    _configure(
+        connection=connection,
+        render_as_batch=sqlite,
+        # Our SQLite engine issues BEGIN itself, which makes SQLite DDL transactional: a
+        # failed upgrade rolls back entirely, as on PostgreSQL.
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+        if sqlite:
+            _check_foreign_keys(connection)
+
+
+def _driver_connection(connection: Connection) -> Any:
+    driver_connection = connection.connection.driver_connection
+    if driver_connection is None:
+        raise RuntimeError("the database connection is closed")
+    return driver_connection
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    # Foreign keys were off during the migration; refuse to commit one that broke them.
+    violations = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if violations:
+        tables = sorted({str(row[0]) for row in violations})
+        raise RuntimeError(f"migration left foreign key violations in {', '.join(tables)}")
+
+
+def main() -> None:
+    if config.config_file_name is not None:
+        # Only the alembic CLI (alembic.ini) configures logging; the service owns its own.
+        fileConfig(config.config_file_name, disable_existing_loggers=False)
+    url = _database_url()
+    if context.is_offline_mode():
+        run_migrations_offline(url)
+    else:
+        run_migrations_online(url)
+
+
+main()
