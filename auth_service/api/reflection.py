@@ -30,7 +30,8 @@ def _v1_message_classes() -> tuple[type[Any], type[Any]]:
         file_proto.package = V1
         for message in file_proto.message_type:
             for field in message.field:
-                field.type_name = field.type_name.replace(f".{V1ALPHA}.", f".{V1}.")
+                if field.HasField("type_name"):
+                    field.type_name = field.type_name.replace(f".{V1ALPHA}.", f".{V1}.")
         for service in file_proto.service:
             for method in service.method:
                 method.input_type = method.input_type.replace(f".{V1ALPHA}.", f".{V1}.")
