@@ -70,6 +70,14 @@ def _rotate_keys(args: argparse.Namespace) -> int:
     return 0 if report.complete else 1
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from auth_service.demo import run_demo
+
+    return run_demo(Path(args.folder), once=args.once)
+
+
 def _hash_token(args: argparse.Namespace) -> int:
     token = sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("token: ")
     if not token:
@@ -94,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--batch-size", type=int, default=500)
     rotate.set_defaults(run=_rotate_keys)
+    demo = commands.add_parser(
+        "demo", help="run everything on embedded defaults (SQLite, dev key, Garmin emulator)"
+    )
+    demo.add_argument("--folder", default="demo-data", help="where the demo keeps its state")
+    demo.add_argument("--once", action="store_true", help="stop after the demo instead of serving")
+    demo.set_defaults(run=_demo)
     commands.add_parser(
         "hash-token", help="print the token_sha256 of a bearer token read from stdin"
     ).set_defaults(run=_hash_token)

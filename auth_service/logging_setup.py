@@ -73,5 +73,20 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # urllib3 logs full URLs at DEBUG; they can carry OAuth parameters.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    quiet_third_party_loggers()
+
+
+# Third-party loggers that, below WARNING, write what must never be logged (urllib3: full URLs
+# with SSO tickets; oauthlib / requests_oauthlib: OAuth parameters and signatures) or only
+# noise (alembic's plugin list). They stay at WARNING even when an operator asks for DEBUG.
+THIRD_PARTY_LOG_LEVELS = {
+    "urllib3": logging.WARNING,
+    "oauthlib": logging.WARNING,
+    "requests_oauthlib": logging.WARNING,
+    "alembic": logging.WARNING,
+}
+
+
+def quiet_third_party_loggers() -> None:
+    for name, level in THIRD_PARTY_LOG_LEVELS.items():
+        logging.getLogger(name).setLevel(level)

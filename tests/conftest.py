@@ -1,3 +1,3 @@
 """Root conftest: fixtures live in tests/fixtures/ and are registered here."""
 
-pytest_plugins = ["tests.fixtures.database", "tests.fixtures.servers"]
+pytest_plugins = ["tests.fixtures.database", "tests.fixtures.servers", "tests.fixtures.logs"]

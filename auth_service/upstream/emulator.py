@@ -193,6 +193,17 @@ _ACTIVITY_KINDS = (
 # --- The emulator ----------------------------------------------------------------------
 
 
+# Across every emulator of the process: a test suite checks its logs against all of them.
+_EVERY_SECRET: set[str] = set()
+_EVERY_SECRET_LOCK = threading.Lock()
+
+
+def every_secret_issued() -> set[str]:
+    """Every secret any emulator of this process knew or issued (for log-leak checks)."""
+    with _EVERY_SECRET_LOCK:
+        return set(_EVERY_SECRET)
+
+
 class GarminEmulator:
     """Garmin's SSO, OAuth and Connect API endpoints, in a background thread.
 
@@ -236,6 +247,8 @@ class GarminEmulator:
         self._api_calls: list[ApiCall] = []
         self._consumer_keys_seen: list[str] = []
         self._signature_failures = 0
+        # Every secret handed out, so tests can prove none of them reaches a log line.
+        self._issued: set[str] = set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -310,6 +323,7 @@ class GarminEmulator:
                 utc_offset=utc_offset,
             )
             self._users[email.lower()] = user
+            self._remember(password, user.mfa_code)
             self._activities.setdefault(email.lower(), [])
             return user
 
@@ -500,6 +514,23 @@ class GarminEmulator:
         with self._lock:
             return self._signature_failures
 
+    def _remember(self, *values: str | None) -> None:
+        issued = {value for value in values if value}
+        with self._lock:
+            self._issued.update(issued)
+        with _EVERY_SECRET_LOCK:
+            _EVERY_SECRET.update(issued)
+
+    def secrets_issued(self) -> set[str]:
+        """Every password, MFA code, cookie, ticket and token this emulator knows or issued."""
+        with self._lock:
+            known = {self.consumer_secret, *self._issued}
+            for user in self._users.values():
+                known.update((user.password, user.mfa_code))
+            for grant in self._oauth1.values():
+                known.update(v for v in (grant.token, grant.secret, grant.mfa_token) if v)
+            return known
+
     def reset_records(self) -> None:
         with self._lock:
             self._request_counts.clear()
@@ -544,6 +575,7 @@ class GarminEmulator:
 
     def _sign_in(self, request: _Incoming) -> _Reply:
         session_id = secrets.token_urlsafe(24)
+        self._remember(session_id)
         with self._lock:
             self._sso_sessions[session_id] = _SsoSession(session_id)
         reply = _html_reply("GARMIN Authentication Application")
@@ -614,6 +646,7 @@ class GarminEmulator:
 
     def _new_ticket(self, user: EmulatedUser, *, via_mfa: bool) -> str:
         ticket = f"ST-{next(self._ids):07d}-{secrets.token_urlsafe(16)}-cas"
+        self._remember(ticket)
         self._tickets[ticket] = _Ticket(
             email=user.email.lower(), via_mfa=via_mfa, expires_at=time.time() + TICKET_TTL_SECONDS
         )
@@ -649,6 +682,7 @@ class GarminEmulator:
                 mfa_token=secrets.token_hex(16) if ticket.via_mfa else None,
             )
             self._oauth1[grant.token] = grant
+            self._remember(grant.token, grant.secret, grant.mfa_token)
         answer = {"oauth_token": grant.token, "oauth_token_secret": grant.secret}
         if grant.mfa_token is not None:
             expires = datetime.now(UTC) + timedelta(days=365)
@@ -672,6 +706,8 @@ class GarminEmulator:
             if grant.mfa_token is not None and form.get("mfa_token") != grant.mfa_token:
                 return _error_reply(401, "mfa_token required")
             access_token = "eyJ" + secrets.token_urlsafe(48)
+            refresh_token = "eyJ" + secrets.token_urlsafe(32)
+            self._remember(access_token, refresh_token)
             self._access[access_token] = _AccessGrant(
                 email=grant.email, expires_at=time.time() + self.access_token_expires_in
             )
@@ -683,7 +719,7 @@ class GarminEmulator:
                 "jti": secrets.token_hex(16),
                 "access_token": access_token,
                 "token_type": "Bearer",
-                "refresh_token": "eyJ" + secrets.token_urlsafe(32),
+                "refresh_token": refresh_token,
                 "expires_in": self.access_token_expires_in,
                 "refresh_token_expires_in": self.refresh_token_expires_in,
             },
@@ -914,9 +950,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._handle()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        # Request lines carry tickets in their query: keep them out of normal logs.
-        log.debug("emulator: %s", format % args)
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: ARG002 - the stdlib signature
+        # Request lines carry SSO tickets and OAuth parameters in their query: log the method,
+        # the path and the status only (a malformed request may have no path at all).
+        path = urlsplit(getattr(self, "path", "") or "").path
+        status = args[1] if len(args) > 1 else "-"
+        log.debug("emulator: %s %s -> %s", getattr(self, "command", "?"), path, status)
 
     def send_error(
         self,

@@ -1,0 +1,172 @@
+"""`garmin-auth-service demo`: the whole thing on embedded defaults, for a first look.
+
+It keeps its state in one folder (default ./demo-data): a development encryption key and
+caller tokens (made once, printed), a SQLite database, and a Garmin emulator as upstream
+unless GARMIN_AUTH_UPSTREAM_URL points elsewhere. It starts the service, connects a demo user
+through Login + MFA over gRPC, then keeps serving (or stops, with --once) so you can try the
+grpcurl examples it prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+
+from auth_service.api.callers import token_sha256
+from auth_service.config import load_settings
+from auth_service.crypto import Keyring
+from auth_service.server import RunningServer, build_application, start_server
+from auth_service.storage.maintenance import upgrade_to_head
+from auth_service.upstream.emulator import (
+    DEFAULT_CONSUMER_KEY,
+    DEFAULT_CONSUMER_SECRET,
+    GarminEmulator,
+)
+from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
+
+DEMO_EMAIL = "demo@example.com"
+DEMO_PASSWORD = "demo-password"  # noqa: S105 - the emulator's demo account
+DEMO_MFA_CODE = "123456"
+DEMO_USER_ID = "demo-user"
+ROLES = ("admin", "worker", "viewer")
+
+
+@dataclass(frozen=True)
+class DemoState:
+    """What the demo keeps between runs (development values only)."""
+
+    encryption_keys: str
+    tokens: dict[str, str]
+
+    @classmethod
+    def load_or_create(cls, folder: Path) -> DemoState:
+        path = folder / "dev-secrets.json"
+        if path.exists():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(data["encryption_keys"], data["tokens"])
+        state = cls(
+            encryption_keys=Keyring.generate_key_value("dev"),
+            tokens={role: f"dev-{role}-{secrets.token_urlsafe(18)}" for role in ROLES},
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps({"encryption_keys": state.encryption_keys, "tokens": state.tokens}),
+            encoding="utf-8",
+        )
+        path.chmod(0o600)
+        return state
+
+    def write_callers_file(self, path: Path) -> Path:
+        path.write_text(
+            "".join(
+                f'[[callers]]\nname = "dev-{role}"\ntoken_sha256 = "{token_sha256(token)}"\n'
+                f'roles = ["{role}"]\n\n'
+                for role, token in self.tokens.items()
+            ),
+            encoding="utf-8",
+        )
+        return path
+
+
+def _environment(folder: Path, state: DemoState, upstream_url: str | None) -> dict[str, str]:
+    env = {
+        "GARMIN_AUTH_DATABASE_URL": f"sqlite:///{folder / 'garmin-auth.sqlite3'}",
+        "GARMIN_AUTH_ENCRYPTION_KEYS": state.encryption_keys,
+        "GARMIN_AUTH_CALLERS_FILE": str(state.write_callers_file(folder / "callers.toml")),
+        "GARMIN_AUTH_LISTEN": os.environ.get("GARMIN_AUTH_LISTEN", "127.0.0.1:50051"),
+        "GARMIN_AUTH_OAUTH_CONSUMER_KEY": DEFAULT_CONSUMER_KEY,
+        "GARMIN_AUTH_OAUTH_CONSUMER_SECRET": DEFAULT_CONSUMER_SECRET,
+    }
+    if upstream_url:
+        env["GARMIN_AUTH_UPSTREAM_URL"] = upstream_url
+    # What the operator set wins over the demo's defaults.
+    env.update({k: v for k, v in os.environ.items() if k.startswith("GARMIN_AUTH_")})
+    return env
+
+
+def _start_emulator() -> GarminEmulator:
+    emulator = GarminEmulator().start()
+    emulator.add_user(DEMO_EMAIL, DEMO_PASSWORD, mfa=True, mfa_code=DEMO_MFA_CODE)
+    emulator.add_activities(DEMO_EMAIL, 5)
+    return emulator
+
+
+def connect_demo_user(target: str, admin_token: str, out: TextIO) -> None:
+    """Login + MFA over gRPC, as an application's backend would do it."""
+    metadata = (("authorization", f"Bearer {admin_token}"),)
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GarminAuthServiceStub(channel)
+        answer = stub.Login(
+            pb.LoginRequest(user_id=DEMO_USER_ID, email=DEMO_EMAIL, password=DEMO_PASSWORD),
+            metadata=metadata,
+            timeout=30,
+        )
+        print(f"Login({DEMO_USER_ID}) -> {pb.LoginOutcome.Name(answer.outcome)}", file=out)
+        if answer.outcome != pb.LOGIN_OUTCOME_MFA_REQUIRED:
+            return
+        print(
+            f"  Garmin sent a code by {answer.mfa_method}; the emulator's is {DEMO_MFA_CODE}",
+            file=out,
+        )
+        done = stub.SubmitMfa(
+            pb.SubmitMfaRequest(mfa_challenge_id=answer.mfa_challenge_id, code=DEMO_MFA_CODE),
+            metadata=metadata,
+            timeout=30,
+        )
+        print(f"SubmitMfa -> {pb.SessionState.Name(done.status.state)}", file=out)
+
+
+def _print_examples(running: RunningServer, state: DemoState, folder: Path, out: TextIO) -> None:
+    target = f"127.0.0.1:{running.port}"
+    admin = state.tokens["admin"]
+    print(
+        f"""
+garmin-auth-service is serving on {target} (SQLite, development key, emulator upstream).
+Development caller tokens (kept in {folder / "dev-secrets.json"}):
+  admin  {state.tokens["admin"]}
+  worker {state.tokens["worker"]}
+  viewer {state.tokens["viewer"]}
+Try:
+  grpcurl -plaintext {target} list
+  grpcurl -plaintext {target} grpc.health.v1.Health/Check
+  grpcurl -plaintext -H 'authorization: Bearer {admin}' \\
+      -d '{{"user_id": "{DEMO_USER_ID}"}}' {target} garmin_auth.v1.GarminAuthService/GetStatus
+Stop with Ctrl-C.""",
+        file=out,
+        flush=True,
+    )
+
+
+def run_demo(folder: Path, *, once: bool, out: TextIO = sys.stdout) -> int:
+    state = DemoState.load_or_create(folder)
+    upstream_url = os.environ.get("GARMIN_AUTH_UPSTREAM_URL")
+    emulator = None if upstream_url else _start_emulator()
+    try:
+        settings = load_settings(
+            _environment(folder, state, upstream_url or (emulator.url if emulator else None))
+        )
+        upgrade_to_head(settings.database_url)
+        running = start_server(build_application(settings))
+        try:
+            if emulator is not None:
+                connect_demo_user(f"127.0.0.1:{running.port}", state.tokens["admin"], out)
+            _print_examples(running, state, folder, out)
+            if not once:
+                threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            running.stop(grace=1)
+    finally:
+        if emulator is not None:
+            emulator.stop()
+    return 0

@@ -1,0 +1,152 @@
+"""Servicer unit tests with grpcio-testing: in-process, no network on the gRPC side.
+
+They check the translation between protobuf and the domain, with the real domain services on
+SQLite and the Garmin emulator behind them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import grpc_testing
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from auth_service.api.servicer import GarminAuthServicer
+from auth_service.config import Settings
+from auth_service.domain.errors import InvalidArgument
+from auth_service.server import build_application
+from auth_service.upstream.emulator import GarminEmulator
+from garmin_auth.v1 import garmin_auth_pb2 as pb
+
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GarminAuthService"]
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def server(service_settings: Settings) -> Iterator[grpc_testing.Server]:
+    application = build_application(service_settings)
+    servicer = GarminAuthServicer(application.sessions, application.leases)
+    yield grpc_testing.server_from_dictionary({SERVICE: servicer}, grpc_testing.strict_real_time())
+    application.engine.dispose()
+
+
+def invoke(server: grpc_testing.Server, rpc: str, request: Any) -> tuple[Any, grpc.StatusCode]:
+    call = server.invoke_unary_unary(SERVICE.methods_by_name[rpc], {}, request, None)
+    response, _, code, _ = call.termination()
+    return response, code
+
+
+def connect(server: grpc_testing.Server, garmin: GarminEmulator, user_id: str) -> None:
+    garmin.add_user(f"{user_id}@example.com", PASSWORD)
+    _, code = invoke(
+        server,
+        "Login",
+        pb.LoginRequest(user_id=user_id, email=f"{user_id}@example.com", password=PASSWORD),
+    )
+    assert code == grpc.StatusCode.OK
+
+
+def test_login_translates_outcome_and_status(
+    server: grpc_testing.Server, garmin: GarminEmulator
+) -> None:
+    garmin.add_user("mfa@example.com", PASSWORD, mfa=True, mfa_code="111222")
+    response, code = invoke(
+        server, "Login", pb.LoginRequest(user_id="m", email="mfa@example.com", password=PASSWORD)
+    )
+    assert code == grpc.StatusCode.OK
+    assert response.outcome == pb.LOGIN_OUTCOME_MFA_REQUIRED
+    assert response.mfa_method == "email"
+    assert response.HasField("mfa_expires_at")
+    assert response.status.user_id == "m"
+    assert response.status.state == pb.SESSION_STATE_MFA_PENDING
+
+
+def test_lease_next_with_nothing_due_is_an_empty_response(server: grpc_testing.Server) -> None:
+    response, code = invoke(server, "LeaseNextSession", pb.LeaseNextSessionRequest(holder="w"))
+    assert code == grpc.StatusCode.OK
+    assert not response.HasField("lease")
+    assert not response.HasField("session")
+
+
+def test_lease_renew_release_round_trip(
+    server: grpc_testing.Server, garmin: GarminEmulator
+) -> None:
+    connect(server, garmin, "rita")
+    granted, _ = invoke(
+        server,
+        "LeaseSession",
+        pb.LeaseSessionRequest(user_id="rita", holder="w", ttl=duration_pb2.Duration(seconds=120)),
+    )
+    lease = granted.lease
+    assert lease.user_id == "rita"
+    assert lease.fencing_token == 1
+    span = lease.expires_at.ToDatetime() - lease.acquired_at.ToDatetime()
+    assert span == timedelta(seconds=120)
+    assert granted.session.oauth1.oauth_token
+    assert granted.session.domain == "garmin.com"
+    assert granted.status.lease.lease_id == lease.lease_id
+
+    renewed, _ = invoke(
+        server,
+        "RenewLease",
+        pb.RenewLeaseRequest(lease_id=lease.lease_id, ttl=duration_pb2.Duration(seconds=600)),
+    )
+    assert renewed.lease.expires_at.ToDatetime() > lease.expires_at.ToDatetime()
+
+    through = timestamp_pb2.Timestamp()
+    through.FromDatetime(datetime.now(UTC) - timedelta(hours=1))
+    released, _ = invoke(
+        server,
+        "ReleaseLease",
+        pb.ReleaseLeaseRequest(lease_id=lease.lease_id, synced_through=through),
+    )
+    assert released.status.synced_through == through
+    assert not released.status.HasField("lease")
+
+
+def test_report_refreshed_converts_the_session_both_ways(
+    server: grpc_testing.Server, garmin: GarminEmulator
+) -> None:
+    connect(server, garmin, "sam")
+    granted, _ = invoke(server, "LeaseSession", pb.LeaseSessionRequest(user_id="sam", holder="w"))
+    session = pb.GarminSession()
+    session.CopyFrom(granted.session)
+    session.oauth2.access_token = "eyJ-rotated-access-token-value"
+    reported, code = invoke(
+        server,
+        "ReportRefreshed",
+        pb.ReportRefreshedRequest(lease_id=granted.lease.lease_id, session=session),
+    )
+    assert code == grpc.StatusCode.OK
+    assert reported.status.session_version == granted.status.session_version + 1
+    invoke(server, "ReleaseLease", pb.ReleaseLeaseRequest(lease_id=granted.lease.lease_id))
+    again, _ = invoke(server, "LeaseSession", pb.LeaseSessionRequest(user_id="sam", holder="w"))
+    assert again.session == session
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pb.LeaseSessionRequest(user_id="u", holder="w", ttl=duration_pb2.Duration(seconds=10**12)),
+        pb.LeaseSessionRequest(user_id="u", holder="w", ttl=duration_pb2.Duration(seconds=-5)),
+        pb.LeaseSessionRequest(
+            user_id="u", holder="w", ttl=duration_pb2.Duration(seconds=1, nanos=-(10**9))
+        ),
+    ],
+)
+def test_unusable_durations_are_invalid_arguments(
+    service_settings: Settings, request_: pb.LeaseSessionRequest
+) -> None:
+    """Straight through the servicer: the domain error that the interceptor maps."""
+    application = build_application(service_settings)
+    servicer = GarminAuthServicer(application.sessions, application.leases)
+    with pytest.raises(InvalidArgument) as raised:
+        servicer.LeaseSession(request_, None)  # type: ignore[arg-type]
+    assert [v.field for v in raised.value.violations] == ["ttl"]
+    application.engine.dispose()
