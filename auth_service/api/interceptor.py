@@ -4,7 +4,6 @@ servicer methods therefore stay plain translators."""
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -14,15 +13,13 @@ import grpc
 
 from auth_service.api.callers import Caller, CallerRegistry
 from auth_service.api.errors import INTERNAL_ROW, row_for, to_status
+from auth_service.domain.context import current_caller_name
 from auth_service.domain.errors import DomainError
 
 SERVICE_PREFIX = "/garmin_auth.v1.GarminAuthService/"
 
 log = logging.getLogger("auth_service.rpc")
 
-current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
-    "current_caller", default=None
-)
 
 UnaryBehavior = Callable[[Any, grpc.ServicerContext], Any]
 
@@ -64,11 +61,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             try:
                 caller = self._registry.authenticate(_metadata_value(context, "authorization"))
                 self._registry.authorize(caller, rpc)
-                token = current_caller.set(caller)
+                token = current_caller_name.set(caller.name)
                 try:
                     return behavior(request, context)
                 finally:
-                    current_caller.reset(token)
+                    current_caller_name.reset(token)
             # Every error must become a documented status, so catch them all here.
             except Exception as exc:
                 row = row_for(exc)
