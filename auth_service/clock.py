@@ -72,13 +72,14 @@ class DatabaseClock:
 
     def now(self) -> datetime:
         synced_at = self._synced_at
-        if synced_at is None or time.monotonic() - synced_at >= self._resync_seconds:
-            # One thread measures; the others keep the offset they have meanwhile.
-            if self._lock.acquire(blocking=synced_at is None):
-                try:
-                    self.sync()
-                finally:
-                    self._lock.release()
+        due = synced_at is None or time.monotonic() - synced_at >= self._resync_seconds
+        # One thread measures; the others keep the offset they have meanwhile (only the very
+        # first reading waits, as there is no offset yet).
+        if due and self._lock.acquire(blocking=synced_at is None):
+            try:
+                self.sync()
+            finally:
+                self._lock.release()
         return self._base.now() + self._offset
 
     def sync(self) -> None:
