@@ -1,0 +1,8 @@
+"""The sync worker: leases users' Garmin sessions from the auth service and syncs their
+activities into a directory or the worker's own PostgreSQL database.
+
+Modules: ``cli`` (the ``garmin-sync-worker`` command), ``config`` (flags and environment),
+``runner`` (the thread pool and exit codes), ``sync`` (one user's Load-Use-Update),
+``keeper`` (background lease renewal), ``control`` (stop, deadline, Garmin's pause),
+``sinks`` (directory and PostgreSQL), ``client`` (the typed gRPC client), ``progress``.
+"""

@@ -1,0 +1,179 @@
+"""The worker's configuration: command-line flags plus GARMIN_SYNC_* environment variables.
+
+Anything missing or malformed raises ConfigError naming the flag or variable; the CLI prints
+that one line and exits 2. Secrets (the bearer token, the OAuth consumer secret, a sink
+password) never appear in a message or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Final
+
+from auth_service.config import UpstreamSettings
+from sync_worker.client import AuthClientConfig
+from sync_worker.sinks import UnsafeUserId, check_user_id, libpq_url, redacted_url
+from sync_worker.sync import SyncOptions
+
+ENV_PREFIX: Final = "GARMIN_SYNC_"
+DEFAULT_TARGET: Final = "127.0.0.1:50051"
+DEFAULT_CONCURRENCY: Final = 4
+MAX_CONCURRENCY: Final = 64
+DEFAULT_MIN_SYNC_INTERVAL: Final = timedelta(minutes=15)
+DEFAULT_LEASE_TTL: Final = timedelta(minutes=5)
+# The service refuses shorter leases (they would expire mid-call).
+MIN_LEASE_TTL: Final = timedelta(seconds=5)
+MAX_LEASE_TTL: Final = timedelta(hours=1)
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable is missing or malformed."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+
+
+def parse_duration(text: str, name: str) -> timedelta:
+    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` (a bare number is seconds)."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise ConfigError(name, f"expected a duration like 90s, 15m, 2h or 1d, got {text!r}")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2) or "s"])
+
+
+def default_holder() -> str:
+    """What identifies this worker to operators: the pod (hostname) and the process."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:256]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything one `garmin-sync-worker run` needs."""
+
+    auth: AuthClientConfig
+    sync: SyncOptions
+    users: tuple[str, ...] = ()
+    all_users: bool = False
+    concurrency: int = DEFAULT_CONCURRENCY
+    holder: str = field(default_factory=default_holder)
+    max_runtime: float | None = None
+    min_sync_interval: timedelta = DEFAULT_MIN_SYNC_INTERVAL
+    out_dir: Path | None = None
+    sink_url: str | None = None
+    progress_interval: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.all_users == bool(self.users):
+            raise ConfigError("--user/--all", "give either --user ID (repeatable) or --all")
+        if (self.out_dir is None) == (self.sink_url is None):
+            raise ConfigError("--out/--sink", "give exactly one of --out DIR or --sink URL")
+        if self.sink_url is not None and self.sync.with_files:
+            raise ConfigError(
+                "--with-files", "needs --out DIR (the PostgreSQL sink keeps summaries)"
+            )
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ConfigError("--concurrency", f"must be between 1 and {MAX_CONCURRENCY}")
+        if not MIN_LEASE_TTL <= self.sync.lease_ttl <= MAX_LEASE_TTL:
+            raise ConfigError("--lease-ttl", "must be between 5s and 1h")
+        if not self.holder or len(self.holder) > 256 or not self.holder.isprintable():  # noqa: PLR2004
+            raise ConfigError("--holder", "must be 1-256 printable characters")
+        for user in self.users:
+            try:
+                check_user_id(user)
+            except UnsafeUserId as exc:
+                raise ConfigError("--user", str(exc)) from None
+
+    def __repr__(self) -> str:
+        sink = redacted_url(self.sink_url) if self.sink_url else str(self.out_dir)
+        return f"WorkerConfig(auth={self.auth!r}, sink={sink!r}, holder={self.holder!r})"
+
+
+class Environment:
+    """GARMIN_SYNC_* variables; blank counts as unset."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str) -> str | None:
+        value = self._env.get(ENV_PREFIX + name)
+        return value.strip() if value is not None and value.strip() else None
+
+    def required(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise ConfigError(ENV_PREFIX + name, "is required but not set")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        value = self.get(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(ENV_PREFIX + name, f"expected a number, got {value!r}") from None
+        if not minimum <= number <= maximum:
+            raise ConfigError(ENV_PREFIX + name, f"must be between {minimum:g} and {maximum:g}")
+        return number
+
+    def path(self, name: str) -> Path | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(ENV_PREFIX + name, "names no readable file")
+        return path
+
+
+def auth_client_config(
+    env: Environment, target: str | None, rpc_timeout: float
+) -> AuthClientConfig:
+    ca, cert, key = env.path("TLS_CA"), env.path("TLS_CERT"), env.path("TLS_KEY")
+    if ca is None and (cert is not None or key is not None):
+        raise ConfigError(ENV_PREFIX + "TLS_CERT", "a client certificate needs GARMIN_SYNC_TLS_CA")
+    if (cert is None) != (key is None):
+        raise ConfigError(ENV_PREFIX + "TLS_KEY", "GARMIN_SYNC_TLS_CERT and _KEY go together")
+    return AuthClientConfig(
+        target=target or env.get("AUTH_TARGET") or DEFAULT_TARGET,
+        token=env.required("AUTH_TOKEN"),
+        timeout_seconds=rpc_timeout,
+        tls_ca_file=ca,
+        tls_cert_file=cert,
+        tls_key_file=key,
+        tls_server_name=env.get("TLS_SERVER_NAME"),
+    )
+
+
+def upstream_settings(env: Environment) -> UpstreamSettings:
+    base_url = env.get("UPSTREAM_URL")
+    if base_url is not None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(ENV_PREFIX + "UPSTREAM_URL", "must start with http:// or https://")
+        base_url = base_url.rstrip("/")
+    return UpstreamSettings(
+        # Required: a refresh signed with the wrong consumer is answered 401, which would
+        # read as Garmin rejecting every session.
+        consumer_key=env.required("OAUTH_CONSUMER_KEY"),
+        consumer_secret=env.required("OAUTH_CONSUMER_SECRET"),
+        base_url=base_url,
+        timeout_seconds=env.number("UPSTREAM_TIMEOUT", 10.0, minimum=0.1, maximum=300),
+        retries=int(env.number("UPSTREAM_RETRIES", 2, minimum=0, maximum=10)),
+    )
+
+
+def check_sink_url(url: str) -> str:
+    try:
+        libpq_url(url)
+    except ValueError as exc:
+        raise ConfigError("--sink", str(exc)) from None
+    return url

@@ -1,0 +1,108 @@
+"""What every thread of a run shares: stop (SIGTERM), a fatal auth-service failure, the run's
+deadline, and the "slow down until" that a Garmin 429 imposes on every thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sync_worker.client import AuthServiceError
+
+log = logging.getLogger(__name__)
+
+# Garmin said 429 without a Retry-After: pause this long.
+DEFAULT_RATE_LIMIT_PAUSE = 60.0
+# Longest single wait, so a stop request is noticed promptly even if an event is missed.
+_WAIT_SLICE = 0.5
+
+
+class RunControl:
+    """Thread-safe run state. ``interrupted`` means: stop taking users, abandon current ones."""
+
+    def __init__(
+        self,
+        max_runtime: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._deadline = None if max_runtime is None else clock() + max_runtime
+        self._lock = threading.Lock()
+        self._interrupt = threading.Event()
+        self._stop_requested = False
+        self._fatal: AuthServiceError | None = None
+        self._pause_until = 0.0
+
+    # --- stop and fatal ------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """SIGTERM: may be called from a signal handler (no lock taken)."""
+        self._stop_requested = True
+        self._interrupt.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    def fail(self, error: AuthServiceError) -> None:
+        """The auth service is unreachable or refuses us: the run cannot go on."""
+        with self._lock:
+            if self._fatal is None:
+                self._fatal = error
+        self._interrupt.set()
+
+    @property
+    def fatal(self) -> AuthServiceError | None:
+        with self._lock:
+            return self._fatal
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupt.is_set()
+
+    def past_deadline(self) -> bool:
+        return self._deadline is not None and self._clock() >= self._deadline
+
+    def may_take_users(self) -> bool:
+        return not self.interrupted and not self.past_deadline()
+
+    # --- pacing --------------------------------------------------------------------------
+
+    def slow_down(self, retry_after: float | None) -> float:
+        """Pause every thread's Garmin calls for Retry-After seconds; returns the pause."""
+        pause = DEFAULT_RATE_LIMIT_PAUSE if retry_after is None else max(0.0, retry_after)
+        with self._lock:
+            self._pause_until = max(self._pause_until, self._clock() + pause)
+        log.warning("Garmin is rate limiting: pausing Garmin calls for %.0f s", pause)
+        return pause
+
+    def pause_remaining(self) -> float:
+        with self._lock:
+            return max(0.0, self._pause_until - self._clock())
+
+    def wait_for_garmin(self) -> bool:
+        """Block while Garmin asked us to slow down. False when the run is interrupted or
+        the pause outlasts the deadline (the caller gives up instead of waiting)."""
+        while True:
+            if self.interrupted:
+                return False
+            with self._lock:
+                pause_until = self._pause_until
+            remaining = pause_until - self._clock()
+            if remaining <= 0:
+                return True
+            if self._deadline is not None and pause_until > self._deadline:
+                return False
+            self._interrupt.wait(min(remaining, _WAIT_SLICE))
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep unless interrupted; False when interrupted."""
+        end = self._clock() + seconds
+        while not self.interrupted:
+            remaining = end - self._clock()
+            if remaining <= 0:
+                return True
+            self._interrupt.wait(min(remaining, _WAIT_SLICE))
+        return False

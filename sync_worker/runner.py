@@ -1,0 +1,271 @@
+"""A run: N threads, each leasing a user and syncing it, until the users are done.
+
+``--user`` leases the named users (LeaseSession); ``--all`` drains what LeaseNextSession
+hands out until nothing is due, the deadline passes, or the run is interrupted, and never
+syncs a user twice in one run. Each finished user prints one JSON line on ``out``; the run
+ends with a summary line. The exit code follows CronJob semantics (see ``exit_code``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Final, TextIO
+
+from sync_worker.client import (
+    GARMIN_RATE_LIMITED,
+    LEASE_HELD,
+    LEASE_LOST,
+    SESSION_NOT_ACTIVE,
+    AuthClient,
+    AuthServiceError,
+    LeasedSession,
+)
+from sync_worker.config import WorkerConfig
+from sync_worker.control import RunControl
+from sync_worker.progress import Progress
+from sync_worker.sinks import Sink, open_sink
+from sync_worker.sync import Outcome, UserResult, sync_user
+
+log = logging.getLogger(__name__)
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_CONFIG: Final = 2
+EXIT_AUTH_SERVICE: Final = 3
+EXIT_SIGTERM: Final = 143
+# --all: give up after this many LeaseNextSession failures in a row (Garmin down at refresh).
+MAX_GRANT_FAILURES: Final = 3
+_POLL_SECONDS: Final = 0.2
+
+
+@dataclass(frozen=True)
+class RunReport:
+    results: tuple[UserResult, ...]
+    seconds: float
+    exit_code: int
+    fatal: AuthServiceError | None
+    stopped: bool
+
+    @property
+    def summary(self) -> dict[str, int]:
+        return summarize(self.results)
+
+
+def summarize(results: tuple[UserResult, ...] | list[UserResult]) -> dict[str, int]:
+    counts = Counter(result.outcome for result in results)
+    return {outcome.value: counts.get(outcome, 0) for outcome in Outcome}
+
+
+def exit_code(results: list[UserResult], control: RunControl) -> int:
+    """143 after SIGTERM; 3 when the auth service was unreachable or refused us; 1 when any
+    user FAILED; else 0 (AUTH_EXPIRED, RATE_LIMITED, LEASE_LOST are normal life, and a
+    failing Job would only make Kubernetes hit Garmin again)."""
+    if control.stop_requested:
+        return EXIT_SIGTERM
+    if control.fatal is not None:
+        return EXIT_AUTH_SERVICE
+    if any(result.outcome is Outcome.FAILED for result in results):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+class _Run:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        client: AuthClient,
+        sink: Sink,
+        control: RunControl,
+        out: TextIO,
+        progress: Progress,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.sink = sink
+        self.control = control
+        self.out = out
+        self.progress = progress
+        self.lock = threading.Lock()
+        self.results: list[UserResult] = []
+        self.seen: set[str] = set()
+        self.queue = list(dict.fromkeys(config.users))
+
+    # --- results -------------------------------------------------------------------------
+
+    def emit(self, result: UserResult, *, was_running: bool = True) -> None:
+        with self.lock:
+            self.results.append(result)
+            self.out.write(json.dumps(result.as_json()) + "\n")
+            self.out.flush()
+        self.progress.user_finished(result, was_running=was_running)
+
+    def sync(self, leased: LeasedSession, leased_at: float) -> None:
+        self.progress.user_started()
+        result = sync_user(
+            self.client,
+            leased,
+            self.sink,
+            self.config.sync,
+            self.control,
+            leased_at=leased_at,
+        )
+        self.emit(result)
+
+    # --- --user ID ... ---------------------------------------------------------------------
+
+    def next_named(self) -> str | None:
+        with self.lock:
+            return self.queue.pop(0) if self.queue else None
+
+    def named_loop(self) -> None:
+        while self.control.may_take_users():
+            user = self.next_named()
+            if user is None:
+                return
+            if not self.control.wait_for_garmin():
+                return
+            leased_at = time.monotonic()
+            try:
+                leased = self.client.lease_session(
+                    user, self.config.holder, self.config.sync.lease_ttl
+                )
+            except AuthServiceError as exc:
+                self.refused(user, exc)
+                continue
+            self.sync(leased, leased_at)
+
+    def refused(self, user: str, exc: AuthServiceError) -> None:
+        """LeaseSession said no: say what that means for the user (or stop the run)."""
+        if exc.fatal:
+            self.control.fail(exc)
+            return
+        outcome = Outcome.FAILED
+        if exc.reason in (LEASE_HELD, LEASE_LOST):
+            # Someone else is syncing this user right now.
+            outcome = Outcome.LEASE_LOST
+        elif exc.reason == SESSION_NOT_ACTIVE:
+            # Not connected any more (or the service's refresh was just rejected).
+            outcome = Outcome.AUTH_EXPIRED
+        elif exc.reason == GARMIN_RATE_LIMITED:
+            self.control.slow_down(exc.retry_after)
+            outcome = Outcome.RATE_LIMITED
+        self.emit(UserResult(user, outcome, detail=f"LeaseSession: {exc}"), was_running=False)
+
+    # --- --all -------------------------------------------------------------------------
+
+    def drain_loop(self) -> None:
+        failures = 0
+        while self.control.may_take_users() and self.control.wait_for_garmin():
+            leased_at = time.monotonic()
+            try:
+                leased = self.client.lease_next_session(
+                    self.config.holder, self.config.sync.lease_ttl, self.config.min_sync_interval
+                )
+            except AuthServiceError as exc:
+                if exc.fatal:
+                    self.control.fail(exc)
+                    return
+                if exc.reason == GARMIN_RATE_LIMITED:
+                    self.control.slow_down(exc.retry_after)
+                    continue
+                failures += 1
+                log.warning("LeaseNextSession failed: %s", exc)
+                if failures >= MAX_GRANT_FAILURES:
+                    return
+                continue
+            failures = 0
+            if leased is None:
+                return  # nothing is due
+            with self.lock:
+                again = leased.user_id in self.seen
+                self.seen.add(leased.user_id)
+            if again:
+                # Everything more overdue than a user we already did is done: hand it back.
+                self.release_unused(leased)
+                return
+            self.sync(leased, leased_at)
+
+    def release_unused(self, leased: LeasedSession) -> None:
+        try:
+            self.client.release_lease(leased.lease_id, None)
+        except AuthServiceError as exc:
+            if exc.fatal:
+                self.control.fail(exc)
+
+    # --- the pool ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        loop: Callable[[], None] = self.drain_loop if self.config.all_users else self.named_loop
+        threads = self.config.concurrency
+        if not self.config.all_users:
+            threads = min(threads, len(self.queue))
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sync") as pool:
+            futures: set[Future[None]] = {pool.submit(loop) for _ in range(threads)}
+            # Poll rather than block, so the main thread keeps handling signals and progress.
+            while futures:
+                done, futures = wait(futures, timeout=_POLL_SECONDS, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    error = future.exception()
+                    if error is not None:
+                        # A bug in a loop: stop taking users, let the others end cleanly.
+                        log.error("a sync thread failed", exc_info=error)
+                        self.control.request_stop()
+                self.progress.tick()
+
+
+def run(
+    config: WorkerConfig,
+    *,
+    out: TextIO,
+    err: TextIO,
+    control: RunControl | None = None,
+    client: AuthClient | None = None,
+    sink: Sink | None = None,
+) -> RunReport:
+    """One run of the worker. Raises SinkError when the sink cannot take writes at all."""
+    started = time.monotonic()
+    control = control or RunControl(config.max_runtime)
+    own_client = client is None
+    own_sink = sink is None
+    client = client or AuthClient(config.auth)
+    sink = sink or open_sink(config.out_dir, config.sink_url)
+    try:
+        sink.check()
+        progress = Progress(
+            err,
+            total=None if config.all_users else len(set(config.users)),
+            interval=config.progress_interval,
+        )
+        state = _Run(config, client, sink, control, out, progress)
+        try:
+            state.run()
+        finally:
+            progress.close()
+    finally:
+        if own_client:
+            client.close()
+        if own_sink:
+            sink.close()
+    seconds = time.monotonic() - started
+    results = list(state.results)
+    out.write(
+        json.dumps(
+            {"summary": summarize(results), "users": len(results), "seconds": round(seconds, 3)}
+        )
+        + "\n"
+    )
+    out.flush()
+    return RunReport(
+        results=tuple(results),
+        seconds=seconds,
+        exit_code=exit_code(results, control),
+        fatal=control.fatal,
+        stopped=control.stop_requested,
+    )

@@ -1,0 +1,369 @@
+"""One user's sync under a lease: Load (the lease) - Use (Garmin) - Update (report, release).
+
+1. The lease brings the tokens; a GarminApiSession (the adapter's isolated garth client, one
+   per user) makes every Garmin call, passing fresh headers on each.
+2. Activity summaries are paged from ``synced_through - overlap`` (first run: ``now -
+   backfill``), newest first; with files, each activity's original file too.
+3. Each item is written to the sink idempotently, after checking the lease is still ours.
+4. Garmin refreshed the tokens during the run -> ReportRefreshed before the release.
+5. ReleaseLease with synced_through = start of the newest activity safely stored, only when
+   the whole window was read (a partial read must not move it past unread activities).
+
+Outcomes follow what Garmin and the service answered: a definite rejection is AUTH_EXPIRED
+(ReportInvalidated, which ends the lease); 429 is RATE_LIMITED (and pauses the whole run);
+5xx/timeouts are retried a bounded number of times, then FAILED; LEASE_LOST from any call or
+a fencing refusal from the sink is LEASE_LOST, and nothing more is written.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypeVar
+
+from auth_service.config import UpstreamSettings
+from auth_service.domain.errors import (
+    GarminRateLimited,
+    GarminSessionRejected,
+    GarminUnavailable,
+)
+from auth_service.domain.models import GarminTokens
+from auth_service.upstream.garth_adapter import GarminApiSession
+from sync_worker.client import AuthClient, AuthServiceError, LeasedSession
+from sync_worker.control import RunControl
+from sync_worker.keeper import LeaseGone, LeaseKeeper
+from sync_worker.sinks import Activity, FencingRefused, Sink, SinkError, UnsafeUserId, UserSink
+
+log = logging.getLogger(__name__)
+
+ACTIVITIES_PATH: Final = "/activitylist-service/activities/search/activities"
+DOWNLOAD_PREFIX: Final = "/download-service/files/activity/"
+GARMIN_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
+# Garmin filters the list by the activity's local date, which may be a day off UTC's.
+LOCAL_DATE_SLACK: Final = timedelta(days=1)
+# A runaway listing (Garmin ignoring the window) must end: 1,000 pages of 100 is plenty.
+MAX_PAGES: Final = 1000
+_MAX_ACTIVITY_ID: Final = 2**63 - 1
+
+T = TypeVar("T")
+
+
+class Outcome(enum.StrEnum):
+    SYNCED = "SYNCED"
+    NOTHING_NEW = "NOTHING_NEW"
+    AUTH_EXPIRED = "AUTH_EXPIRED"
+    RATE_LIMITED = "RATE_LIMITED"
+    LEASE_LOST = "LEASE_LOST"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    upstream: UpstreamSettings
+    lease_ttl: timedelta = timedelta(minutes=5)
+    backfill: timedelta = timedelta(days=30)
+    overlap: timedelta = timedelta(days=1)
+    with_files: bool = False
+    page_size: int = 100
+    # Attempts per Garmin call answered 5xx or timed out (the adapter retries GETs too).
+    garmin_attempts: int = 3
+    garmin_backoff_seconds: float = 1.0
+    renew_fraction: float = 1 / 3
+
+
+@dataclass(frozen=True)
+class UserResult:
+    user_id: str
+    outcome: Outcome
+    items: int = 0
+    refreshed: bool = False
+    seconds: float = 0.0
+    # For stderr only (never a secret): why the outcome is what it is.
+    detail: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "outcome": self.outcome.value,
+            "items": self.items,
+            "refreshed": self.refreshed,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _Interrupted(Exception):
+    """The run is stopping (SIGTERM, auth service gone) or Garmin's pause outlasts it."""
+
+    def __init__(self, outcome: Outcome, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+
+
+def parse_activity(raw: object) -> Activity | None:
+    """An activity from Garmin's list, or None when it lacks a usable id."""
+    if not isinstance(raw, dict):
+        return None
+    activity_id = raw.get("activityId")
+    if isinstance(activity_id, str) and activity_id.isdigit():
+        activity_id = int(activity_id)
+    # The id becomes a file name and a key: a positive integer or nothing.
+    if isinstance(activity_id, bool) or not isinstance(activity_id, int):
+        return None
+    if not 0 < activity_id <= _MAX_ACTIVITY_ID:
+        return None
+    return Activity(activity_id, raw, _start_time(raw))
+
+
+def _start_time(raw: dict[str, Any]) -> datetime | None:
+    text = raw.get("startTimeGMT")
+    if isinstance(text, str):
+        for candidate in (text[:19], text):
+            try:
+                return datetime.strptime(candidate, GARMIN_TIME_FORMAT).replace(tzinfo=UTC)
+            except ValueError:
+                continue
+    millis = raw.get("beginTimestamp")
+    if isinstance(millis, int) and not isinstance(millis, bool) and millis > 0:
+        try:
+            return datetime.fromtimestamp(millis / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+class UserSync:
+    """Syncs one leased user; ``run()`` always ends the lease's story (release, report, or
+    knowing it is lost) and returns the user's result."""
+
+    def __init__(
+        self,
+        client: AuthClient,
+        leased: LeasedSession,
+        sink: Sink,
+        options: SyncOptions,
+        control: RunControl,
+        *,
+        leased_at: float,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._client = client
+        self._leased = leased
+        self._sink = sink
+        self._options = options
+        self._control = control
+        self._now = now
+        self._keeper = LeaseKeeper(
+            client,
+            leased.lease_id,
+            options.lease_ttl,
+            leased_at,
+            control,
+            fraction=options.renew_fraction,
+        )
+        self._items = 0
+        self._newest: datetime | None = None
+
+    def run(self) -> UserResult:
+        started = time.monotonic()
+        try:
+            outcome, detail, refreshed_tokens = self._use()
+        # A bug must cost one user, not the run, and must still end the lease.
+        except Exception as exc:
+            log.exception("user %s: unexpected %s", self._leased.user_id, type(exc).__name__)
+            outcome, detail, refreshed_tokens = (
+                Outcome.FAILED,
+                f"internal error ({type(exc).__name__})",
+                None,
+            )
+        outcome, detail, refreshed = self._update(outcome, detail, refreshed_tokens)
+        return UserResult(
+            user_id=self._leased.user_id,
+            outcome=outcome,
+            items=self._items,
+            refreshed=refreshed,
+            seconds=time.monotonic() - started,
+            detail=detail,
+        )
+
+    # --- Use: Garmin and the sink --------------------------------------------------------
+
+    def _use(self) -> tuple[Outcome, str, GarminTokens | None]:
+        self._keeper.start()
+        user_sink: UserSink | None = None
+        try:
+            with GarminApiSession(self._leased.tokens, self._options.upstream) as api:
+                try:
+                    user_sink = self._sink.for_user(
+                        self._leased.user_id, self._leased.fencing_token
+                    )
+                    self._read_window(api, user_sink)
+                    outcome = Outcome.SYNCED if self._items else Outcome.NOTHING_NEW
+                    detail = f"{self._items} new or changed"
+                except GarminSessionRejected as exc:
+                    outcome, detail = Outcome.AUTH_EXPIRED, str(exc)
+                except GarminRateLimited as exc:
+                    self._control.slow_down(exc.retry_after_seconds)
+                    outcome, detail = Outcome.RATE_LIMITED, str(exc)
+                except GarminUnavailable as exc:
+                    outcome, detail = Outcome.FAILED, str(exc)
+                except (LeaseGone, FencingRefused) as exc:
+                    outcome, detail = Outcome.LEASE_LOST, str(exc)
+                except _Interrupted as exc:
+                    outcome, detail = exc.outcome, str(exc)
+                except (SinkError, UnsafeUserId) as exc:
+                    outcome, detail = Outcome.FAILED, f"sink: {exc}"
+                # None unless garth refreshed and the OAuth1 token is intact.
+                refreshed_tokens = api.current_tokens()
+        finally:
+            if user_sink is not None:
+                user_sink.close()
+            self._keeper.stop()
+        if self._keeper.lost and outcome is not Outcome.AUTH_EXPIRED:
+            outcome, detail = Outcome.LEASE_LOST, "the service answered LEASE_LOST"
+        return outcome, detail, refreshed_tokens
+
+    def _window_start(self) -> datetime:
+        previous = self._leased.synced_through
+        if previous is None:
+            return self._now() - self._options.backfill
+        # Devices upload late: re-read the overlap; idempotent writes make it free.
+        return previous - self._options.overlap
+
+    def _read_window(self, api: GarminApiSession, user_sink: UserSink) -> None:
+        since = self._window_start() - LOCAL_DATE_SLACK
+        until = self._now() + LOCAL_DATE_SLACK
+        limit = self._options.page_size
+        start = 0
+        for _ in range(MAX_PAGES):
+            params = {
+                "start": start,
+                "limit": limit,
+                "startDate": since.date().isoformat(),
+                "endDate": until.date().isoformat(),
+            }
+            page = self._garmin(functools.partial(api.get_json, ACTIVITIES_PATH, params))
+            if not isinstance(page, list):
+                raise GarminUnavailable("Garmin answered something unreadable (activity list)")
+            for raw in page:
+                self._store(api, user_sink, raw)
+            if len(page) < limit:
+                return
+            start += len(page)
+        raise GarminUnavailable("Garmin's activity list did not end")
+
+    def _store(self, api: GarminApiSession, user_sink: UserSink, raw: object) -> None:
+        activity = parse_activity(raw)
+        if activity is None:
+            log.warning("user %s: skipped an activity without a usable id", self._leased.user_id)
+            return
+        wrote_file = False
+        if self._options.with_files and not user_sink.has_file(activity.activity_id):
+            path = f"{DOWNLOAD_PREFIX}{activity.activity_id}"
+            content = self._garmin(lambda: api.download(path))
+            self._checkpoint()
+            wrote_file = user_sink.write_file(activity.activity_id, content)
+        self._checkpoint()
+        wrote_summary = user_sink.write_summary(activity)
+        if wrote_file or wrote_summary:
+            self._items += 1
+        # Stored now or already identical: either way it is safely in the sink.
+        if activity.start_time is not None and (
+            self._newest is None or activity.start_time > self._newest
+        ):
+            self._newest = activity.start_time
+
+    def _checkpoint(self) -> None:
+        """Before every write and Garmin call: is the lease ours, is the run still on?"""
+        self._keeper.check()
+        if self._control.interrupted:
+            raise _Interrupted(Outcome.FAILED, "the run was stopped before this user finished")
+
+    def _garmin(self, call: Callable[[], T]) -> T:
+        """One Garmin call with bounded retries on 5xx/timeouts, honouring the run's pause."""
+        attempts = max(1, self._options.garmin_attempts)
+        for attempt in range(1, attempts + 1):
+            self._checkpoint()
+            waited = self._control.wait_for_garmin()
+            # The pause may have been long: the lease and the run are checked again.
+            self._checkpoint()
+            if not waited:
+                raise _Interrupted(
+                    Outcome.RATE_LIMITED, "Garmin's rate-limit pause outlasts the run"
+                )
+            try:
+                return call()
+            except GarminUnavailable as exc:
+                if attempt == attempts:
+                    raise
+                delay = self._options.garmin_backoff_seconds * 2 ** (attempt - 1)
+                log.info(
+                    "user %s: %s; retry %d in %.1f s", self._leased.user_id, exc, attempt, delay
+                )
+                self._control.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # --- Update: report and release --------------------------------------------------------
+
+    def _synced_through(self, outcome: Outcome) -> datetime | None:
+        """Only a complete read moves it; never backwards, never past now."""
+        if outcome not in (Outcome.SYNCED, Outcome.NOTHING_NEW):
+            return None
+        candidates = [t for t in (self._leased.synced_through, self._newest) if t is not None]
+        if not candidates:
+            return None
+        return min(max(candidates), self._now())
+
+    def _update(
+        self, outcome: Outcome, detail: str, refreshed_tokens: GarminTokens | None
+    ) -> tuple[Outcome, str, bool]:
+        lease_id = self._leased.lease_id
+        if outcome is Outcome.LEASE_LOST:
+            # Not ours any more: no report, no release.
+            return outcome, detail, False
+        if outcome is Outcome.AUTH_EXPIRED:
+            # Garmin definitely rejected the session: the service wipes it and ends the lease.
+            try:
+                self._client.report_invalidated(lease_id, detail)
+            except AuthServiceError as exc:
+                return (*self._rpc_failed(exc, "ReportInvalidated"), False)
+            return outcome, detail, False
+        refreshed = False
+        if refreshed_tokens is not None:
+            # Before anything else is released: the old access token may be gone at Garmin.
+            try:
+                self._client.report_refreshed(lease_id, refreshed_tokens)
+                refreshed = True
+            except AuthServiceError as exc:
+                if exc.lease_lost or exc.fatal:
+                    return (*self._rpc_failed(exc, "ReportRefreshed"), False)
+                log.warning("ReportRefreshed failed (%s); releasing anyway", exc.code.name)
+        try:
+            self._client.release_lease(lease_id, self._synced_through(outcome))
+        except AuthServiceError as exc:
+            return (*self._rpc_failed(exc, "ReleaseLease"), refreshed)
+        return outcome, detail, refreshed
+
+    def _rpc_failed(self, exc: AuthServiceError, rpc: str) -> tuple[Outcome, str]:
+        if exc.lease_lost:
+            return Outcome.LEASE_LOST, f"{rpc} answered LEASE_LOST"
+        if exc.fatal:
+            self._control.fail(exc)
+        return Outcome.FAILED, f"{rpc} failed: {exc.code.name} {exc.reason}".strip()
+
+
+def sync_user(
+    client: AuthClient,
+    leased: LeasedSession,
+    sink: Sink,
+    options: SyncOptions,
+    control: RunControl,
+    *,
+    leased_at: float,
+) -> UserResult:
+    """Sync one leased user and end its lease (see UserSync)."""
+    return UserSync(client, leased, sink, options, control, leased_at=leased_at).run()

@@ -1,0 +1,386 @@
+"""What Garmin and the auth service can do to a run: 429, 5xx, slow and hanging answers, the
+service down at start and mid-run, refused credentials, and leases lost mid-run.
+
+These exercise the worker, not the storage: they run on SQLite only (the PostgreSQL sink's
+fencing has its own variant here)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from auth_service.upstream.emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
+from garmin_auth.v1 import garmin_auth_pb2 as pb
+from sync_worker.client import AuthClient, AuthServiceError
+from sync_worker.sinks import DirectorySink, PostgresSink, Sink
+from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
+
+from . import (
+    PASSWORD,
+    RecordingSink,
+    WorkerRun,
+    connect,
+    email_of,
+    make_config,
+    run_worker,
+    status,
+    summaries,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def backend() -> str:
+    """The auth service's database: SQLite only in this module."""
+    return "sqlite"
+
+
+def assert_released_unsynced(service: Replica, user_id: str) -> None:
+    """The attempt counted, the session is untouched, synced_through did not move."""
+    after = status(service, user_id)
+    assert after.state == pb.SESSION_STATE_ACTIVE
+    assert after.invalidated_reason == ""
+    assert not after.HasField("lease")
+    assert not after.HasField("synced_through")
+    assert after.HasField("last_sync_attempt_at")
+
+
+# --- Garmin -----------------------------------------------------------------------------
+
+
+def test_429_stops_that_user_and_slows_the_whole_run(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    connect(service, garmin, "amy", activities=2)
+    connect(service, garmin, "ben", activities=2)
+    garmin.fail_next(ACTIVITIES_PATH, 429, retry_after=1)
+    started = time.monotonic()
+
+    result = run_worker(
+        make_config(service.target, garmin, tmp_path, users=("amy", "ben"), concurrency=1)
+    )
+
+    assert result.exit_code == 0
+    assert result.outcome("amy") == "RATE_LIMITED"
+    assert result.outcome("ben") == "SYNCED"
+    # ben's Garmin calls waited for the Retry-After second.
+    assert time.monotonic() - started >= 1.0
+    assert_released_unsynced(service, "amy")
+    assert len(summaries(tmp_path, "ben")) == 2
+
+
+def test_a_429_pause_longer_than_the_run_ends_it_without_waiting(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    connect(service, garmin, "amy", activities=1)
+    connect(service, garmin, "ben", activities=1)
+    garmin.fail_next(ACTIVITIES_PATH, 429, retry_after=3600)
+    started = time.monotonic()
+
+    result = run_worker(
+        make_config(
+            service.target, garmin, tmp_path, users=("amy", "ben"), concurrency=1, max_runtime=30
+        )
+    )
+
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 0
+    assert result.outcome("amy") == "RATE_LIMITED"
+    # Nobody else is leased while Garmin's pause outlasts the run.
+    assert "ben" not in result.users
+    assert not status(service, "ben").HasField("last_sync_attempt_at")
+
+
+def test_a_transient_5xx_is_retried(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    connect(service, garmin, "cat", activities=2)
+    garmin.fail_next(ACTIVITIES_PATH, 503, count=2)
+
+    result = run_worker(make_config(service.target, garmin, tmp_path, users=("cat",)))
+
+    assert result.exit_code == 0
+    assert result.outcome("cat") == "SYNCED"
+    assert garmin.request_count(ACTIVITIES_PATH) == 3
+
+
+def test_a_persistent_5xx_fails_the_user_without_invalidating(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    connect(service, garmin, "cat", activities=2)
+    # Page 1 (the newest activity) answers; page 2 never does.
+    garmin.fail_next(ACTIVITIES_PATH, None, count=1)
+    garmin.fail_next(ACTIVITIES_PATH, 502, count=100)
+
+    result = run_worker(make_config(service.target, garmin, tmp_path, users=("cat",), page_size=1))
+
+    assert result.exit_code == 1
+    assert result.outcome("cat") == "FAILED"
+    # Bounded: page 1, then the configured attempts at page 2, then give up.
+    assert garmin.request_count(ACTIVITIES_PATH) == 1 + 3
+    # The newest activity is stored, but synced_through must not pass the unread one.
+    assert len(summaries(tmp_path, "cat")) == 1
+    assert_released_unsynced(service, "cat")
+
+
+def test_a_slow_upstream_within_the_timeout_still_syncs(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    connect(service, garmin, "dot", activities=2)
+    garmin.latency_seconds = 0.3
+
+    result = run_worker(
+        make_config(service.target, garmin, tmp_path, users=("dot",), with_files=True)
+    )
+
+    assert result.outcome("dot") == "SYNCED"
+    assert result.users["dot"]["items"] == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "fault"),
+    [(ACTIVITIES_PATH, "hang"), (DOWNLOAD_PREFIX, "hang"), (DOWNLOAD_PREFIX, "reset")],
+    ids=["list-hangs", "download-hangs", "download-resets"],
+)
+def test_a_hanging_or_resetting_upstream_fails_the_user_in_bounded_time(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path, path: str, fault: str
+) -> None:
+    connect(service, garmin, "eli", activities=2)
+    garmin.fail_next(path, fault, count=100, delay=3)
+    started = time.monotonic()
+
+    result = run_worker(
+        make_config(
+            service.target,
+            garmin,
+            tmp_path,
+            users=("eli",),
+            with_files=True,
+            upstream_timeout=0.4,
+            garmin_attempts=2,
+        )
+    )
+
+    assert time.monotonic() - started < 8
+    assert result.exit_code == 1
+    assert result.outcome("eli") == "FAILED"
+    assert_released_unsynced(service, "eli")
+
+
+# --- The auth service -------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_auth_service_down_at_start_exits_3(garmin: GarminEmulator, tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run_worker(make_config(f"127.0.0.1:{closed_port()}", garmin, tmp_path, all_users=True))
+
+    assert result.exit_code == 3
+    assert result.report.fatal is not None
+    assert result.report.fatal.unreachable
+    assert result.summary["users"] == 0
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [("not-a-known-token-0123456789", "CALLER_UNAUTHENTICATED"), (None, "CALLER_FORBIDDEN")],
+    ids=["unknown-token", "viewer-role"],
+)
+def test_refused_worker_credentials_exit_3(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path, token: str | None, reason: str
+) -> None:
+    connect(service, garmin, "fox", activities=1)
+    config = make_config(
+        service.target, garmin, tmp_path, users=("fox",), token=token or ROLE_TOKENS["viewer"]
+    )
+
+    result = run_worker(config)
+
+    assert result.exit_code == 3
+    assert result.report.fatal is not None
+    assert result.report.fatal.credentials_refused
+    assert result.report.fatal.reason == reason
+    assert "fox" not in result.users
+
+
+def test_auth_service_down_mid_run_exits_3_without_hanging(
+    service_factory: ServiceFactory, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    replica = service_factory.start()
+    connect(replica, garmin, "gus", activities=3)
+    connect(replica, garmin, "hal", activities=3)
+    sink = RecordingSink(DirectorySink(tmp_path))
+
+    def stop_service(event: object) -> None:
+        if replica in service_factory.replicas:
+            service_factory.replicas.remove(replica)
+            replica.stop()
+
+    sink.after_write = stop_service
+    started = time.monotonic()
+
+    result = run_worker(
+        make_config(
+            replica.target, garmin, tmp_path, users=("gus", "hal"), concurrency=1, page_size=1
+        ),
+        sink=sink,
+    )
+
+    assert time.monotonic() - started < 20
+    assert result.exit_code == 3
+    assert result.report.fatal is not None
+    assert result.report.fatal.unreachable
+    # The user in flight could not be released: FAILED; nobody else was taken.
+    assert result.outcome("gus") == "FAILED"
+    assert "hal" not in result.users
+
+
+def test_a_user_leased_by_someone_else_is_left_alone(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    connect(service, garmin, "ida", activities=1)
+    service.call("LeaseSession", pb.LeaseSessionRequest(user_id="ida", holder="other"), "worker")
+
+    result = run_worker(make_config(service.target, garmin, tmp_path, users=("ida", "ghost")))
+
+    assert result.outcome("ida") == "LEASE_LOST"
+    assert not (tmp_path / "ida").exists()
+    # An unknown user is an operator's mistake: FAILED, exit 1.
+    assert result.outcome("ghost") == "FAILED"
+    assert result.exit_code == 1
+    assert status(service, "ida").lease.holder == "other"
+
+
+# --- A lease lost mid-run ---------------------------------------------------------------
+
+
+class RenewalWatcher(AuthClient):
+    """The real client; notes when a renewal answers LEASE_LOST."""
+
+    lost: threading.Event
+
+    def renew_lease(self, lease_id: str, ttl: timedelta | None) -> datetime:
+        try:
+            return super().renew_lease(lease_id, ttl)
+        except AuthServiceError as exc:
+            if exc.lease_lost:
+                self.lost.set()
+            raise
+
+
+def sink_of_kind(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[Sink, str | None]:
+    if kind == "postgresql":
+        url = str(request.getfixturevalue("sink_url"))
+        return PostgresSink(url), url
+    return DirectorySink(tmp_path), None
+
+
+def reconnect(service: Replica, user: str) -> None:
+    """The user disconnects Garmin and logs in again: any live lease on the user ends."""
+    service.call("DeleteSession", pb.DeleteSessionRequest(user_id=user))
+    service.call("Login", pb.LoginRequest(user_id=user, email=email_of(user), password=PASSWORD))
+
+
+@pytest.mark.parametrize(
+    ("guard", "sink_kind"),
+    [("renewal", "directory"), ("fencing", "directory"), ("fencing", "postgresql")],
+)
+def test_a_stale_worker_writes_nothing_after_a_takeover(
+    service: Replica,
+    garmin: GarminEmulator,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    guard: str,
+    sink_kind: str,
+) -> None:
+    """Worker A is stalled after its first write when its lease ends (DeleteSession, a new
+    login) and worker B syncs the user. A must write nothing after that: either its renewal
+    answers LEASE_LOST first ("renewal"), or, renewing too rarely to notice, the sink refuses
+    its lower fencing token ("fencing")."""
+    user = "joy"
+    connect(service, garmin, user, activities=6)
+    inner, sink_url = sink_of_kind(sink_kind, tmp_path, request)
+    # "fencing": a long ttl renewed at 95% of it, so A cannot learn of the loss in time.
+    ttl, fraction = (5, 1 / 3) if guard == "renewal" else (60, 0.95)
+    stale_config = make_config(
+        service.target,
+        garmin,
+        tmp_path,
+        users=(user,),
+        holder="worker-a",
+        page_size=1,
+        lease_ttl=timedelta(seconds=ttl),
+        renew_fraction=fraction,
+        sink_url=sink_url,
+    )
+    stale_client = RenewalWatcher(stale_config.auth)
+    stale_client.lost = threading.Event()
+    stale_sink = RecordingSink(inner)
+    first_write, fresh_done = threading.Event(), threading.Event()
+
+    def stall(_event: object) -> None:
+        # A stalls (as in a slow Garmin call) until B has synced the user.
+        if not first_write.is_set():
+            first_write.set()
+            assert fresh_done.wait(30)
+            if guard == "renewal":
+                assert stale_client.lost.wait(30)
+
+    stale_sink.after_write = stall
+    stale: list[WorkerRun] = []
+    thread = threading.Thread(
+        target=lambda: stale.append(run_worker(stale_config, client=stale_client, sink=stale_sink))
+    )
+    thread.start()
+    try:
+        assert first_write.wait(30)
+        reconnect(service, user)
+        fresh_sink = RecordingSink(inner)
+        fresh = run_worker(
+            make_config(
+                service.target,
+                garmin,
+                tmp_path,
+                users=(user,),
+                holder="worker-b",
+                page_size=1,
+                sink_url=sink_url,
+            ),
+            sink=fresh_sink,
+        )
+        [takeover] = fresh_sink.of("claim")
+    finally:
+        fresh_done.set()
+        thread.join(30)
+        stale_client.close()
+    [stale_run] = stale
+
+    assert fresh.outcome(user) == "SYNCED"
+    assert fresh.users[user]["items"] == 5
+    assert stale_run.outcome(user) == "LEASE_LOST"
+    assert stale_run.exit_code == 0
+    # A's one write happened before B took over; nothing of A's after.
+    stale_writes = stale_sink.of("write")
+    assert len(stale_writes) == 1
+    assert stale_writes[0].at < takeover.at
+    refused = stale_sink.of("refused")
+    # With frequent renewals A learns of the loss before trying; otherwise the fence says no.
+    assert len(refused) == (0 if guard == "renewal" else 1)
+    assert all(event.fencing_token < takeover.fencing_token for event in refused)
+    after = status(service, user)
+    assert not after.HasField("lease")
+    assert after.HasField("synced_through")

@@ -1,0 +1,202 @@
+"""The sinks on their own: atomic idempotent files, fencing, safe names, the PostgreSQL
+upsert; and the parsing of Garmin's activity summaries."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from sync_worker.sinks import (
+    Activity,
+    DirectorySink,
+    FencingRefused,
+    PostgresSink,
+    SinkError,
+    UnsafeUserId,
+    check_user_id,
+    redacted_url,
+    summary_bytes,
+)
+from sync_worker.sync import parse_activity
+
+
+def activity(activity_id: int = 42, name: str = "Run 1") -> Activity:
+    summary: dict[str, Any] = {
+        "activityId": activity_id,
+        "activityName": name,
+        "startTimeGMT": "2026-03-01 07:30:00",
+    }
+    return Activity(activity_id, summary, datetime(2026, 3, 1, 7, 30, tzinfo=UTC))
+
+
+# --- user ids and activity ids ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("user_id", ["ann", "a.b@c:d+e-f_g", "x" * 128, "..a", "a.."])
+def test_safe_user_ids_are_accepted(user_id: str) -> None:
+    assert check_user_id(user_id) == user_id
+
+
+@pytest.mark.parametrize(
+    "user_id", ["", ".", "..", "a/b", "../etc", "a\\b", "x" * 129, "ümlaut", "a b", "a\x00"]
+)
+def test_unsafe_user_ids_are_refused(user_id: str, tmp_path: Path) -> None:
+    with pytest.raises(UnsafeUserId):
+        check_user_id(user_id)
+    with pytest.raises(UnsafeUserId):
+        DirectorySink(tmp_path).for_user(user_id, 1)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"activityId": "../../etc/passwd"},
+        {"activityId": True},
+        {"activityId": -3},
+        {"activityId": 0},
+        {"activityId": 2**64},
+        {"activityId": 1.5},
+        {"name": "no id"},
+        ["not", "a", "dict"],
+    ],
+)
+def test_activities_without_a_usable_id_are_skipped(raw: object) -> None:
+    assert parse_activity(raw) is None
+
+
+def test_activity_start_times_are_utc() -> None:
+    parsed = parse_activity({"activityId": "17", "startTimeGMT": "2026-03-01 07:30:00.0"})
+    assert parsed is not None
+    assert parsed.activity_id == 17
+    assert parsed.start_time == datetime(2026, 3, 1, 7, 30, tzinfo=UTC)
+    by_timestamp = parse_activity({"activityId": 18, "beginTimestamp": 1772350200000})
+    assert by_timestamp is not None
+    assert by_timestamp.start_time == datetime(2026, 3, 1, 7, 30, tzinfo=UTC)
+    assert parse_activity({"activityId": 19})
+    assert parse_activity({"activityId": 19}).start_time is None  # type: ignore[union-attr]
+
+
+# --- the directory sink -----------------------------------------------------------------
+
+
+def test_directory_sink_writes_each_item_once_and_atomically(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path / "out")
+    sink.check()
+    user = sink.for_user("ann", 1)
+    try:
+        assert user.write_summary(activity()) is True
+        assert user.write_summary(activity()) is False  # identical: nothing written
+        assert user.write_file(42, b"PK zip") is True
+        assert user.has_file(42)
+        assert user.write_file(42, b"PK zip") is False
+        assert user.write_summary(activity(name="Renamed")) is True  # changed at Garmin
+    finally:
+        user.close()
+    folder = tmp_path / "out" / "ann" / "activities"
+    assert sorted(path.name for path in folder.iterdir()) == ["42.json", "42.zip"]
+    assert json.loads((folder / "42.json").read_text())["activityName"] == "Renamed"
+    assert (folder / "42.json").read_bytes() == summary_bytes(activity(name="Renamed").summary)
+
+
+def test_directory_sink_refuses_a_stale_fencing_token(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path)
+    stale = sink.for_user("ann", 3)
+    stale.write_summary(activity(1))
+    newer = sink.for_user("ann", 4)
+    try:
+        newer.write_summary(activity(2))
+        with pytest.raises(FencingRefused):
+            stale.write_summary(activity(3))
+        with pytest.raises(FencingRefused):
+            stale.write_file(3, b"zip")
+        with pytest.raises(FencingRefused):
+            sink.for_user("ann", 2)
+        # The newer holder goes on; another user is not affected.
+        assert newer.write_summary(activity(4)) is True
+        other = sink.for_user("bob", 1)
+        other.close()
+    finally:
+        stale.close()
+        newer.close()
+    assert sorted(p.name for p in (tmp_path / "ann" / "activities").iterdir()) == [
+        "1.json",
+        "2.json",
+        "4.json",
+    ]
+
+
+def test_directory_sink_reports_an_unwritable_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SinkError):
+        DirectorySink(blocker / "out").check()
+
+
+# --- the PostgreSQL sink ----------------------------------------------------------------
+
+
+def rows(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as connection:
+        return connection.execute(
+            "SELECT user_id, activity_id, summary->>'activityName', start_time_gmt, fencing_token"
+            " FROM garmin_activity ORDER BY user_id, activity_id"
+        ).fetchall()
+
+
+def test_postgres_sink_upserts_idempotently(sink_url: str) -> None:
+    sink = PostgresSink(sink_url)
+    sink.check()
+    sink.init_schema()  # idempotent
+    user = sink.for_user("ann", 7)
+    try:
+        assert user.write_summary(activity()) is True
+        assert user.write_summary(activity()) is False
+        assert user.write_summary(activity(name="Renamed")) is True
+        assert user.has_file(42) is False
+    finally:
+        user.close()
+    assert rows(sink_url) == [
+        ("ann", 42, "Renamed", datetime(2026, 3, 1, 7, 30, tzinfo=UTC), 7),
+    ]
+
+
+def test_postgres_sink_refuses_a_lower_fencing_token(sink_url: str) -> None:
+    sink = PostgresSink(sink_url)
+    stale = sink.for_user("ann", 5)
+    stale.write_summary(activity(1, "from five"))
+    newer = sink.for_user("ann", 6)
+    try:
+        newer.write_summary(activity(1, "from six"))
+        with pytest.raises(FencingRefused):
+            stale.write_summary(activity(1, "stale overwrite"))
+        with pytest.raises(FencingRefused):
+            stale.write_summary(activity(2, "stale insert"))
+        with pytest.raises(FencingRefused):
+            sink.for_user("ann", 4)
+        # Same token again (a retried write by the current holder) is fine.
+        assert newer.write_summary(activity(3, "from six")) is True
+    finally:
+        stale.close()
+        newer.close()
+    assert [(row[1], row[2], row[4]) for row in rows(sink_url)] == [
+        (1, "from six", 6),
+        (3, "from six", 6),
+    ]
+    with psycopg.connect(sink_url) as connection:
+        fence = connection.execute(
+            "SELECT fencing_token FROM garmin_sync_fence WHERE user_id = 'ann'"
+        ).fetchone()
+    assert fence == (6,)
+
+
+def test_sink_urls_are_shown_without_password() -> None:
+    assert (
+        redacted_url("postgresql://app:s3cret@db:5432/sync") == "postgresql://app:***@db:5432/sync"
+    )
+    assert redacted_url("postgresql://db/sync") == "postgresql://db/sync"

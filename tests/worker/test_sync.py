@@ -1,0 +1,243 @@
+"""The sync worker end to end, in process, on SQLite and PostgreSQL: a real auth service
+over gRPC, the real garth adapter, and the Garmin emulator over HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import pytest
+
+from auth_service.api.convert import tokens_to_proto
+from auth_service.crypto import Keyring
+from auth_service.domain.models import GarminTokens, LoginSucceeded
+from auth_service.upstream.emulator import (
+    ACTIVITIES_PATH,
+    DOWNLOAD_PREFIX,
+    PROFILE_PATH,
+    GarminEmulator,
+)
+from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
+from garmin_auth.v1 import garmin_auth_pb2 as pb
+from sync_worker.client import AuthClient
+from sync_worker.sinks import DirectorySink
+from tests.fixtures.servers import Replica
+
+from . import (
+    PASSWORD,
+    RecordingSink,
+    activity_files,
+    connect,
+    email_of,
+    make_config,
+    run_worker,
+    status,
+    stored_row,
+    stored_tokens,
+    summaries,
+    upstream,
+    utc,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_a_valid_session_is_synced_with_no_manual_step(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    connect(service, garmin, "ann", activities=4)
+    created = garmin.add_activities(email_of("ann"), 1, first_start=datetime.now(UTC))
+    newest = utc(created[0]["startTimeGMT"])
+
+    result = run_worker(make_config(service.target, garmin, tmp_path, users=("ann",)))
+
+    assert result.exit_code == 0
+    assert result.users["ann"]["outcome"] == "SYNCED"
+    assert result.users["ann"]["items"] == 5
+    assert result.users["ann"]["refreshed"] is False
+    assert result.summary["summary"]["SYNCED"] == 1
+    assert len(summaries(tmp_path, "ann")) == 5
+    after = status(service, "ann")
+    assert after.state == pb.SESSION_STATE_ACTIVE
+    assert not after.HasField("lease")
+    assert after.synced_through.ToDatetime(tzinfo=UTC) == newest
+    assert after.HasField("last_synced_at")
+    # The worker role may read the status too (what an operator's tooling would use).
+    with AuthClient(make_config(service.target, garmin, tmp_path, users=("ann",)).auth) as client:
+        assert client.get_status("ann").synced_through == after.synced_through
+
+
+def test_an_expired_refreshable_session_is_refreshed_and_persisted(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path, database_url: str, keyring: Keyring
+) -> None:
+    """The service refreshes centrally at lease time; the new tokens are stored encrypted."""
+    email = email_of("bea")
+    garmin.add_user(email, PASSWORD)
+    garmin.add_activities(email, 2)
+    login = GarthUpstream(upstream(garmin)).login(email, PASSWORD)
+    assert isinstance(login, LoginSucceeded)
+    expired_oauth2 = dataclasses.replace(
+        login.tokens.oauth2, expires_at=datetime.now(UTC) - timedelta(minutes=5)
+    )
+    imported = dataclasses.replace(login.tokens, oauth2=expired_oauth2)
+    service.call(
+        "ImportSession",
+        pb.ImportSessionRequest(user_id="bea", session=tokens_to_proto(imported)),
+    )
+    garmin.reset_records()
+
+    result = run_worker(make_config(service.target, garmin, tmp_path, users=("bea",)))
+
+    assert result.outcome("bea") == "SYNCED"
+    assert result.users["bea"]["items"] == 2
+    stored = stored_tokens(database_url, keyring, "bea")
+    assert stored is not None
+    assert stored.oauth2.access_token != imported.oauth2.access_token
+    assert stored.oauth2.expires_at > datetime.now(UTC) + timedelta(minutes=30)
+    assert stored.oauth1.oauth_token == imported.oauth1.oauth_token
+    # One exchange, by the service at lease time; the worker had no need to refresh.
+    assert garmin.exchange_count(email) == 1
+    assert result.users["bea"]["refreshed"] is False
+    # The persisted tokens are the ones Garmin accepts now.
+    with GarminApiSession(stored, upstream(garmin)) as api:
+        assert api.get_json(PROFILE_PATH)["userName"] == email
+
+
+class RecordingClient(AuthClient):
+    """The real client, noting the order of the calls that end a lease."""
+
+    calls: list[str]
+
+    def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> pb.SessionStatus:
+        self.calls.append("ReportRefreshed")
+        return super().report_refreshed(lease_id, tokens)
+
+    def release_lease(self, lease_id: str, synced_through: datetime | None) -> pb.SessionStatus:
+        self.calls.append("ReleaseLease")
+        return super().release_lease(lease_id, synced_through)
+
+    def report_invalidated(self, lease_id: str, reason: str) -> pb.SessionStatus:
+        self.calls.append("ReportInvalidated")
+        return super().report_invalidated(lease_id, reason)
+
+
+def test_a_token_expiring_mid_run_is_refreshed_by_garth_and_reported_before_release(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path, database_url: str, keyring: Keyring
+) -> None:
+    email = connect(service, garmin, "cai", activities=6)
+    before = stored_tokens(database_url, keyring, "cai")
+    assert before is not None
+    version_before = status(service, "cai").session_version
+    config = make_config(service.target, garmin, tmp_path, users=("cai",), page_size=2)
+    # After the first write, Garmin considers the access token expired (the service does not).
+    sink = RecordingSink(DirectorySink(tmp_path))
+    sink.after_write = lambda _event: garmin.expire_access_tokens(email)
+    client = RecordingClient(config.auth)
+    client.calls = []
+    try:
+        result = run_worker(config, client=client, sink=sink)
+    finally:
+        client.close()
+
+    assert result.outcome("cai") == "SYNCED"
+    assert result.users["cai"]["items"] == 6
+    assert result.users["cai"]["refreshed"] is True
+    assert client.calls == ["ReportRefreshed", "ReleaseLease"]
+    after = stored_tokens(database_url, keyring, "cai")
+    assert after is not None
+    assert after.oauth2.access_token != before.oauth2.access_token
+    assert after.oauth1 == before.oauth1
+    assert status(service, "cai").session_version == version_before + 1
+    with GarminApiSession(after, upstream(garmin)) as api:
+        assert api.get_json(PROFILE_PATH)["userName"] == email
+
+
+def test_a_session_revoked_at_garmin_ends_auth_expired_and_is_wiped(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path, database_url: str
+) -> None:
+    email = connect(service, garmin, "dan", activities=3)
+    config = make_config(service.target, garmin, tmp_path, users=("dan",), page_size=1)
+    sink = RecordingSink(DirectorySink(tmp_path))
+    sink.after_write = lambda _event: garmin.revoke_tokens(email)  # mid-run
+    client = RecordingClient(config.auth)
+    client.calls = []
+    try:
+        result = run_worker(config, client=client, sink=sink)
+    finally:
+        client.close()
+
+    assert result.exit_code == 0
+    assert result.outcome("dan") == "AUTH_EXPIRED"
+    assert client.calls == ["ReportInvalidated"]
+    assert stored_row(database_url, "dan").session_ciphertext is None
+    after = status(service, "dan")
+    assert after.state == pb.SESSION_STATE_AUTH_EXPIRED
+    assert "401" in after.invalidated_reason
+    assert not after.HasField("lease")
+    assert not after.HasField("synced_through")
+    # The item written before the rejection stays; nothing was written after it.
+    assert len(summaries(tmp_path, "dan")) == 1
+
+
+def test_a_second_run_fetches_only_what_is_new(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    email = connect(service, garmin, "eve", activities=5)
+    config = make_config(service.target, garmin, tmp_path, users=("eve",), with_files=True)
+
+    first = run_worker(config)
+    assert first.outcome("eve") == "SYNCED"
+    assert first.users["eve"]["items"] == 5
+    assert garmin.request_count(DOWNLOAD_PREFIX) == 5
+    synced_through = status(service, "eve").synced_through.ToDatetime(tzinfo=UTC)
+
+    garmin.reset_records()
+    new = garmin.add_activities(
+        email, 2, first_start=datetime.now(UTC) - timedelta(minutes=30), every=timedelta(minutes=5)
+    )
+    second = run_worker(config)
+
+    assert second.outcome("eve") == "SYNCED"
+    assert second.users["eve"]["items"] == 2
+    # Only the new activities' files were downloaded; the listing was one page.
+    assert garmin.request_count(DOWNLOAD_PREFIX) == 2
+    assert {call.path for call in garmin.api_calls if call.path.startswith(DOWNLOAD_PREFIX)} == {
+        f"{DOWNLOAD_PREFIX}{activity['activityId']}" for activity in new
+    }
+    [listing] = [call for call in garmin.api_calls if call.path == ACTIVITIES_PATH]
+    window_start = parse_qs(listing.query)["startDate"][0]
+    # synced_through minus the overlap (1 day) minus a day for local dates.
+    assert window_start == (synced_through - timedelta(days=2)).date().isoformat()
+    assert status(service, "eve").synced_through.ToDatetime(tzinfo=UTC) == utc(
+        new[-1]["startTimeGMT"]
+    )
+    assert len(activity_files(tmp_path, "eve")) == 14  # 7 summaries + 7 originals
+
+    third = run_worker(config)
+    assert third.outcome("eve") == "NOTHING_NEW"
+    assert third.users["eve"]["items"] == 0
+
+
+def test_all_drains_50_users_with_concurrency_8(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    users = [f"user-{index:02d}" for index in range(50)]
+    for user in users:
+        connect(service, garmin, user, activities=2)
+    garmin.latency_seconds = 0.01
+    sink = RecordingSink(DirectorySink(tmp_path))
+
+    result = run_worker(
+        make_config(service.target, garmin, tmp_path, all_users=True, concurrency=8), sink=sink
+    )
+
+    assert result.exit_code == 0
+    assert result.summary["users"] == 50
+    assert result.summary["summary"]["SYNCED"] == 50
+    assert sorted(result.users) == users
+    assert 1 < sink.max_in_flight <= 8
+    for user in users:
+        assert len(summaries(tmp_path, user)) == 2
+    assert all(not status(service, user).HasField("lease") for user in users[:5])
