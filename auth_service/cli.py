@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from auth_service.api.callers import CallersFileError, token_sha256
 from auth_service.config import (
     ConfigError,
+    load_audit_retention_days,
     load_database_url,
     load_keyring,
     load_settings,
@@ -78,6 +79,33 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.folder), once=args.once)
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    from auth_service.checks import run_checks
+
+    results = run_checks()
+    for result in results:
+        print(result.line(), flush=True)
+    return 0 if all(result.ok for result in results) else 1
+
+
+def _prune_audit(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from auth_service.storage.database import create_engine_for
+    from auth_service.storage.maintenance import prune_audit
+
+    days = args.older_than if args.older_than is not None else load_audit_retention_days()
+    if days < 1:
+        raise ConfigError("--older-than", "must be at least 1 day")
+    engine = create_engine_for(load_database_url())
+    try:
+        deleted = prune_audit(engine, timedelta(days=days))
+    finally:
+        engine.dispose()
+    print(f"deleted {deleted} audit events older than {days} days")
+    return 0
+
+
 def _hash_token(args: argparse.Namespace) -> int:
     token = sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("token: ")
     if not token:
@@ -108,9 +136,23 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--folder", default="demo-data", help="where the demo keeps its state")
     demo.add_argument("--once", action="store_true", help="stop after the demo instead of serving")
     demo.set_defaults(run=_demo)
+    prune = commands.add_parser(
+        "prune-audit", help="delete audit events older than the retention (default 90 days)"
+    )
+    prune.add_argument(
+        "--older-than",
+        type=int,
+        metavar="DAYS",
+        help="retention in days (default: GARMIN_AUTH_AUDIT_RETENTION_DAYS, else 90)",
+    )
+    prune.set_defaults(run=_prune_audit)
     commands.add_parser(
         "hash-token", help="print the token_sha256 of a bearer token read from stdin"
     ).set_defaults(run=_hash_token)
+    commands.add_parser(
+        "check-config",
+        help="check settings, database, migrations, keys, callers, TLS files; exit 1 on a problem",
+    ).set_defaults(run=_check_config)
     return parser
 
 

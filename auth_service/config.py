@@ -66,6 +66,34 @@ class UpstreamSettings:
         )
 
 
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS for the gRPC port; with `client_ca`, mutual TLS (client certificates required)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    # How often a new connection may make the server look at the files again. cert-manager
+    # rotates in place; a check every few seconds keeps stat() calls off most handshakes
+    # and still picks up a rotation well within a minute.
+    reload_check_seconds: float = 5.0
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca_file is not None
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The Prometheus endpoint (a separate HTTP port; None: no endpoint)."""
+
+    listen: str | None = None
+    # Gauges read from the database (sessions by state, leases, MFA challenges) are cached
+    # this long, so a scrape every few seconds from several Prometheus servers costs at most
+    # one set of queries per interval.
+    database_cache_seconds: float = 5.0
+
+
 @dataclass(frozen=True, repr=False)
 class Settings:
     """Everything the service reads from the environment."""
@@ -80,11 +108,14 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     leases: LeaseSettings = field(default_factory=LeaseSettings)
     login: LoginSettings = field(default_factory=LoginSettings)
+    tls: TlsSettings | None = None
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def __repr__(self) -> str:
         return (
             f"Settings(database={redacted_database_url(self.database_url)!r}, "
-            f"listen={self.listen!r}, keyring={self.keyring!r}, upstream={self.upstream!r})"
+            f"listen={self.listen!r}, keyring={self.keyring!r}, upstream={self.upstream!r}, "
+            f"tls={self.tls!r}, metrics={self.metrics!r})"
         )
 
 
@@ -173,17 +204,67 @@ def _upstream(reader: _Reader) -> UpstreamSettings:
     )
 
 
-def _listen(reader: _Reader) -> str:
-    listen = reader.raw("LISTEN") or DEFAULT_LISTEN
+def check_host_port(name: str, listen: str) -> str:
+    """`listen` if it is host:port; ConfigError naming GARMIN_AUTH_<name> otherwise."""
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= MAX_PORT:
-        raise ConfigError(PREFIX + "LISTEN", f"expected host:port, got {listen!r}")
+        raise ConfigError(PREFIX + name, f"expected host:port, got {listen!r}")
     return listen
+
+
+def _listen(reader: _Reader) -> str:
+    return check_host_port("LISTEN", reader.raw("LISTEN") or DEFAULT_LISTEN)
+
+
+def _metrics(reader: _Reader) -> MetricsSettings:
+    listen = reader.raw("METRICS_LISTEN")
+    return MetricsSettings(
+        listen=None if listen is None else check_host_port("METRICS_LISTEN", listen)
+    )
+
+
+def load_tls_settings(env: Mapping[str, str] | None = None) -> TlsSettings | None:
+    """Only the TLS file paths (None: plaintext). Whether the files load is checked when
+    the server starts (auth_service.tls) and by `check-config`."""
+    reader = _Reader(os.environ if env is None else env)
+    cert, key, client_ca = (
+        reader.raw("TLS_CERT"),
+        reader.raw("TLS_KEY"),
+        reader.raw("TLS_CLIENT_CA"),
+    )
+    # A certificate without its key (or the reverse) is a half-done set-up: refuse it rather
+    # than silently serving plaintext.
+    if cert is None and key is not None:
+        raise ConfigError(PREFIX + "TLS_CERT", "is required when GARMIN_AUTH_TLS_KEY is set")
+    if key is None and cert is not None:
+        raise ConfigError(PREFIX + "TLS_KEY", "is required when GARMIN_AUTH_TLS_CERT is set")
+    if cert is None or key is None:
+        if client_ca is not None:
+            raise ConfigError(
+                PREFIX + "TLS_CLIENT_CA",
+                "needs GARMIN_AUTH_TLS_CERT and GARMIN_AUTH_TLS_KEY (mutual TLS is TLS first)",
+            )
+        return None
+    return TlsSettings(
+        cert_file=Path(cert),
+        key_file=Path(key),
+        client_ca_file=Path(client_ca) if client_ca else None,
+    )
 
 
 def load_database_url(env: Mapping[str, str] | None = None) -> str:
     """Only the database URL (for commands that need nothing else, like `migrate`)."""
     return _database_url(_Reader(os.environ if env is None else env))
+
+
+DEFAULT_AUDIT_RETENTION_DAYS = 90
+
+
+def load_audit_retention_days(env: Mapping[str, str] | None = None) -> int:
+    """How many days of audit events `prune-audit` keeps."""
+    return _Reader(os.environ if env is None else env).integer(
+        "AUDIT_RETENTION_DAYS", DEFAULT_AUDIT_RETENTION_DAYS, minimum=1, maximum=36500
+    )
 
 
 def load_keyring(env: Mapping[str, str] | None = None) -> Keyring:
@@ -229,4 +310,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 "MFA_CHALLENGE_TTL", 600.0, minimum=30, maximum=3600
             ),
         ),
+        tls=load_tls_settings(env),
+        metrics=_metrics(reader),
     )

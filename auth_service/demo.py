@@ -1,10 +1,11 @@
-"""`garmin-auth-service demo`: the whole thing on embedded defaults, for a first look.
+"""`garmin-auth-service demo`: the whole job on embedded defaults, for a first look.
 
 It keeps its state in one folder (default ./demo-data): a development encryption key and
 caller tokens (made once, printed), a SQLite database, and a Garmin emulator as upstream
 unless GARMIN_AUTH_UPSTREAM_URL points elsewhere. It starts the service, connects a demo user
-through Login + MFA over gRPC, then keeps serving (or stops, with --once) so you can try the
-grpcurl examples it prints.
+through Login + MFA over gRPC, runs `garmin-sync-worker` once into demo-data/out and shows
+what it synced, then keeps serving (or stops, with --once) so you can try the grpcurl
+examples it prints.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -125,6 +127,44 @@ def connect_demo_user(target: str, admin_token: str, out: TextIO) -> None:
         print(f"SubmitMfa -> {pb.SessionState.Name(done.status.state)}", file=out)
 
 
+def run_worker_once(
+    target: str, state: DemoState, upstream_url: str, folder: Path, out: TextIO
+) -> int:
+    """Run the real worker command, as a CronJob would, and show what it wrote."""
+    out_dir = folder / "out"
+    command = [
+        str(Path(sys.executable).parent / "garmin-sync-worker"),
+        "run",
+        "--user",
+        DEMO_USER_ID,
+        "--out",
+        str(out_dir),
+        "--with-files",
+    ]
+    env = {
+        **os.environ,
+        "GARMIN_SYNC_AUTH_TARGET": target,
+        "GARMIN_SYNC_AUTH_TOKEN": state.tokens["worker"],
+        "GARMIN_SYNC_UPSTREAM_URL": upstream_url,
+        "GARMIN_SYNC_OAUTH_CONSUMER_KEY": DEFAULT_CONSUMER_KEY,
+        "GARMIN_SYNC_OAUTH_CONSUMER_SECRET": DEFAULT_CONSUMER_SECRET,
+    }
+    print(
+        f"\n$ garmin-sync-worker run --user {DEMO_USER_ID} --out {out_dir} --with-files", file=out
+    )
+    result = subprocess.run(  # noqa: S603 - our own console script, fixed arguments
+        command, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    print(result.stdout.rstrip(), file=out)
+    files = sorted((out_dir / DEMO_USER_ID / "activities").glob("*"))
+    print(f"exit {result.returncode}; {len(files)} files in {out_dir / DEMO_USER_ID}:", file=out)
+    for path in files:
+        print(f"  {path.name}  ({path.stat().st_size} bytes)", file=out)
+    if result.returncode != 0:
+        print(result.stderr.rstrip(), file=out)
+    return result.returncode
+
+
 def _print_examples(running: RunningServer, state: DemoState, folder: Path, out: TextIO) -> None:
     target = f"127.0.0.1:{running.port}"
     admin = state.tokens["admin"]
@@ -158,7 +198,10 @@ def run_demo(folder: Path, *, once: bool, out: TextIO = sys.stdout) -> int:
         running = start_server(build_application(settings))
         try:
             if emulator is not None:
-                connect_demo_user(f"127.0.0.1:{running.port}", state.tokens["admin"], out)
+                target = f"127.0.0.1:{running.port}"
+                connect_demo_user(target, state.tokens["admin"], out)
+                if run_worker_once(target, state, emulator.url, folder, out) != 0:
+                    return 1
             _print_examples(running, state, folder, out)
             if not once:
                 threading.Event().wait()

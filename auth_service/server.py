@@ -1,4 +1,4 @@
-"""Composition root and the running server: health, reflection, graceful stop."""
+"""Composition root and the running server: health, reflection, TLS, metrics, graceful stop."""
 
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ from auth_service.api.callers import CallerRegistry
 from auth_service.api.interceptor import ServiceInterceptor
 from auth_service.api.reflection import enable_reflection
 from auth_service.api.servicer import GarminAuthServicer
-from auth_service.clock import Clock, SystemClock
-from auth_service.config import Settings, redacted_database_url
+from auth_service.clock import Clock, clock_for
+from auth_service.config import PREFIX, ConfigError, Settings, redacted_database_url
 from auth_service.domain.leases import LeaseService
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.sessions import SessionService
+from auth_service.metrics import MetricsEndpoint, ServiceMetrics, start_metrics_endpoint
 from auth_service.storage.database import create_engine_for, database_is_reachable, session_factory
 from auth_service.storage.secrets import SecretBox
+from auth_service.tls import CertificateReloader
 from auth_service.upstream.garth_adapter import GarthUpstream, tokens_from_garth_dumps
 from garmin_auth.v1 import garmin_auth_pb2, garmin_auth_pb2_grpc
 
@@ -43,6 +45,7 @@ class Application:
     sessions: SessionService
     leases: LeaseService
     callers: CallerRegistry
+    metrics: ServiceMetrics
 
 
 def build_application(
@@ -51,9 +54,10 @@ def build_application(
     clock: Clock | None = None,
     upstream: GarminUpstream | None = None,
 ) -> Application:
-    clock = clock or SystemClock()
     upstream = upstream or GarthUpstream(settings.upstream)
     engine = create_engine_for(settings.database_url)
+    # The database's clock rules every expiry decision, so replicas agree (auth_service.clock).
+    clock = clock or clock_for(engine)
     db = session_factory(engine)
     box = SecretBox(settings.keyring)
     return Application(
@@ -64,6 +68,7 @@ def build_application(
         callers=CallerRegistry(
             settings.callers_file, allow_unauthenticated=settings.allow_unauthenticated
         ),
+        metrics=ServiceMetrics(engine, clock, settings.metrics),
     )
 
 
@@ -75,7 +80,15 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     application: Application
+    # The /metrics HTTP endpoint, when GARMIN_AUTH_METRICS_LISTEN is set.
+    metrics_endpoint: MetricsEndpoint | None = None
+    # The server's TLS credentials (and what they currently serve), when TLS is on.
+    certificates: CertificateReloader | None = None
     _stop_probe: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_endpoint is None else self.metrics_endpoint.port
 
     def probe_once(self) -> bool:
         serving = database_is_reachable(self.application.engine)
@@ -110,6 +123,9 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         grace = self.application.settings.grace_period_seconds if grace is None else grace
         self.server.stop(grace).wait()
+        # Scraped until the end, so the last RPCs' figures can still be collected.
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
         self.application.engine.dispose()
 
 
@@ -119,9 +135,22 @@ def start_server(application: Application, listen: str | None = None) -> Running
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
+    # Read before anything listens, so broken TLS files stop start-up with one line.
+    certificates = CertificateReloader(settings.tls) if settings.tls is not None else None
+    metrics = application.metrics
+    metrics.initialize_rpcs(
+        SERVICE_NAME,
+        garmin_auth_pb2.DESCRIPTOR.services_by_name["GarminAuthService"].methods_by_name,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="rpc"),
-        interceptors=[ServiceInterceptor(application.callers)],
+        interceptors=[
+            ServiceInterceptor(
+                application.callers,
+                metrics,
+                client_certificates=settings.tls is not None and settings.tls.mutual,
+            )
+        ],
         options=options,
     )
     garmin_auth_pb2_grpc.add_GarminAuthServiceServicer_to_server(
@@ -130,18 +159,45 @@ def start_server(application: Application, listen: str | None = None) -> Running
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection([SERVICE_NAME, health.SERVICE_NAME], server)
-    port = server.add_insecure_port(listen or settings.listen)
+    address = listen or settings.listen
+    if certificates is not None:
+        port = server.add_secure_port(address, certificates.credentials())
+    else:
+        port = server.add_insecure_port(address)
+    endpoint = _start_metrics(application)
     server.start()
-    running = RunningServer(server, port, health_servicer, application)
+    running = RunningServer(server, port, health_servicer, application, endpoint, certificates)
     running.probe_once()
     running.start_probe()
     log.info(
-        "serving %s on port %d (database %s)",
+        "serving %s on port %d (%s; metrics %s; database %s)",
         SERVICE_NAME,
         port,
+        _transport_description(certificates),
+        f"on port {endpoint.port}" if endpoint is not None else "off",
         redacted_database_url(settings.database_url),
     )
     return running
+
+
+def _start_metrics(application: Application) -> MetricsEndpoint | None:
+    listen = application.settings.metrics.listen
+    if listen is None:
+        return None
+    try:
+        return start_metrics_endpoint(listen, application.metrics.registry)
+    except OSError as exc:
+        # Port taken or address not local: one line naming the variable, like any setting.
+        raise ConfigError(
+            PREFIX + "METRICS_LISTEN", f"cannot listen on {listen} ({exc.strerror})"
+        ) from None
+
+
+def _transport_description(certificates: CertificateReloader | None) -> str:
+    if certificates is None:
+        return "plaintext"
+    kind = "mutual TLS" if certificates.mutual else "TLS"
+    return f"{kind}, certificate {certificates.material.describe()}"
 
 
 def serve_until_signalled(running: RunningServer) -> None:

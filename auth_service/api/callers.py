@@ -7,8 +7,14 @@ The callers file (GARMIN_AUTH_CALLERS_FILE) is TOML:
     token_sha256 = "<hex sha256 of the bearer token>"
     roles = ["admin"]
 
-The file holds only hashes, so it is no secret by itself. It is re-read when it changes, so a
-revoked token stops working without a restart.
+    [[callers]]
+    name = "sync-worker"
+    cert_name = "sync-worker.garmin-auth.svc"   # mutual TLS: client certificate CN or DNS SAN
+    roles = ["worker"]
+
+Each entry has exactly one of `token_sha256` and `cert_name`. The file holds only hashes and
+names, so it is no secret by itself. It is re-read when it changes, so a revoked token or
+certificate name stops working without a restart.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import re
 import threading
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +51,13 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "ReleaseLease": frozenset({WORKER}),
     "ReportRefreshed": frozenset({WORKER}),
     "ReportInvalidated": frozenset({WORKER}),
+    "ListAuditEvents": frozenset({ADMIN, VIEWER}),
 }
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# A common name or DNS name: words of A-Z a-z 0-9 . _ @ : + - separated by single spaces.
+# No "*": an entry names one client, and a wildcard certificate must not stand for it.
+_CERT_NAME = re.compile(r"^[A-Za-z0-9._@:+-]+( [A-Za-z0-9._@:+-]+)*$")
 _RELOAD_CHECK_SECONDS = 2.0
 
 
@@ -65,7 +76,9 @@ class Caller:
 @dataclass(frozen=True, repr=False)
 class _Entry:
     caller: Caller
-    token_sha256: bytes
+    # Exactly one of the two is set.
+    token_sha256: bytes | None = None
+    cert_name: str | None = None
 
 
 DEVELOPMENT_CALLER = Caller(name="development-unauthenticated", roles=ROLES)
@@ -84,29 +97,54 @@ def parse_callers(text: str, source: str) -> list[_Entry]:
     raw = data.get("callers")
     if not isinstance(raw, list) or not raw:
         raise CallersFileError(f"{source}: expected at least one [[callers]] table")
-    entries: list[_Entry] = []
-    for index, item in enumerate(raw, start=1):
-        where = f"{source}: callers entry {index}"
-        if not isinstance(item, dict):
-            raise CallersFileError(f"{where}: not a table")
-        name, digest, roles = item.get("name"), item.get("token_sha256"), item.get("roles")
-        if not isinstance(name, str) or not name.strip():
-            raise CallersFileError(f"{where}: name must be a non-empty string")
-        if not isinstance(digest, str) or not _HEX64.match(digest.lower()):
-            raise CallersFileError(f"{where} ({name}): token_sha256 must be 64 hex characters")
-        if (
-            not isinstance(roles, list)
-            or not roles
-            or not all(isinstance(r, str) and r in ROLES for r in roles)
-        ):
-            raise CallersFileError(
-                f"{where} ({name}): roles must be a non-empty list of {sorted(ROLES)}"
-            )
-        entries.append(_Entry(Caller(name, frozenset(roles)), bytes.fromhex(digest.lower())))
+    entries = [
+        _parse_entry(item, f"{source}: callers entry {index}")
+        for index, item in enumerate(raw, start=1)
+    ]
     names = [entry.caller.name for entry in entries]
     if len(set(names)) != len(names):
         raise CallersFileError(f"{source}: caller names must be unique")
+    # Two entries for one certificate name would make the caller (and its roles) depend on
+    # the order of the file.
+    cert_names = [entry.cert_name for entry in entries if entry.cert_name is not None]
+    if len(set(cert_names)) != len(cert_names):
+        raise CallersFileError(f"{source}: cert_name values must be unique")
     return entries
+
+
+def _parse_entry(item: object, where: str) -> _Entry:
+    if not isinstance(item, dict):
+        raise CallersFileError(f"{where}: not a table")
+    name, digest, roles = item.get("name"), item.get("token_sha256"), item.get("roles")
+    cert_name = item.get("cert_name")
+    if not isinstance(name, str) or not name.strip():
+        raise CallersFileError(f"{where}: name must be a non-empty string")
+    if (digest is None) == (cert_name is None):
+        raise CallersFileError(f"{where} ({name}): give exactly one of token_sha256 and cert_name")
+    if (
+        not isinstance(roles, list)
+        or not roles
+        or not all(isinstance(r, str) and r in ROLES for r in roles)
+    ):
+        raise CallersFileError(
+            f"{where} ({name}): roles must be a non-empty list of {sorted(ROLES)}"
+        )
+    caller = Caller(name, frozenset(roles))
+    if cert_name is not None:
+        if not isinstance(cert_name, str) or not _CERT_NAME.match(cert_name):
+            raise CallersFileError(
+                f"{where} ({name}): cert_name must be a certificate common name or DNS name"
+            )
+        return _Entry(caller, cert_name=_normalise_cert_name(cert_name))
+    if not isinstance(digest, str) or not _HEX64.match(digest.lower()):
+        raise CallersFileError(f"{where} ({name}): token_sha256 must be 64 hex characters")
+    return _Entry(caller, token_sha256=bytes.fromhex(digest.lower()))
+
+
+def _normalise_cert_name(name: str) -> str:
+    # DNS names compare case-insensitively; common names are compared the same way so that
+    # one entry covers a certificate whatever its issuer's capitalisation.
+    return name.strip().lower()
 
 
 class CallerRegistry:
@@ -149,11 +187,26 @@ class CallerRegistry:
                 # Keep serving with the callers we had; a broken edit must not lock everyone out.
                 log.exception("callers file not reloaded; keeping the callers already loaded")
 
-    def authenticate(self, authorization: str | None) -> Caller:
-        """The caller presenting `authorization` ("Bearer <token>")."""
+    @property
+    def entries(self) -> list[_Entry]:
+        """The entries currently loaded (for `check-config`)."""
+        return list(self._entries)
+
+    def authenticate(
+        self, authorization: str | None, certificate_names: Sequence[str] = ()
+    ) -> Caller:
+        """The caller presenting `authorization` ("Bearer <token>") or, without one, the
+        caller whose cert_name is among `certificate_names` (the verified client
+        certificate's CN and DNS SANs; empty unless mutual TLS is on).
+
+        A bearer token wins over the certificate: under mutual TLS every client needs a
+        certificate from the CA, and a token caller (grpcurl, a backend) may share one.
+        """
         if self._path is None and self._allow_unauthenticated:
             return DEVELOPMENT_CALLER
         self._maybe_reload()
+        if not authorization and certificate_names:
+            return self._by_certificate(certificate_names)
         if not authorization:
             raise CallerUnauthenticated("missing authorization metadata (Bearer token)")
         scheme, _, token = authorization.partition(" ")
@@ -163,11 +216,23 @@ class CallerRegistry:
         found: Caller | None = None
         # Compare against every entry, in constant time each, so timing reveals nothing.
         for entry in self._entries:
-            if hmac.compare_digest(presented, entry.token_sha256):
+            if entry.token_sha256 is not None and hmac.compare_digest(
+                presented, entry.token_sha256
+            ):
                 found = entry.caller
         if found is None:
             raise CallerUnauthenticated("unknown bearer token")
         return found
+
+    def _by_certificate(self, certificate_names: Sequence[str]) -> Caller:
+        presented = {_normalise_cert_name(name) for name in certificate_names}
+        for entry in self._entries:
+            if entry.cert_name is not None and entry.cert_name in presented:
+                return entry.caller
+        # Certificate names are no secret; naming them tells the operator which entry to add.
+        raise CallerUnauthenticated(
+            f"the client certificate ({', '.join(sorted(presented))}) matches no caller"
+        )
 
     @staticmethod
     def authorize(caller: Caller, rpc: str) -> None:

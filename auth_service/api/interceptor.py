@@ -1,6 +1,10 @@
 """One server interceptor around every GarminAuthService RPC: authenticate the caller, check
-its role, log one line, and turn exceptions into statuses through the error table. The
-servicer methods therefore stay plain translators."""
+its role, log one line, count it in the replica's metrics, and turn exceptions into statuses
+through the error table. The servicer methods therefore stay plain translators.
+
+The health service's unary Check is counted in the metrics too. The streaming RPCs (health
+Watch, reflection) pass through untouched: wrapping them would hide health Watch's
+non-blocking handler from gRPC, and they are not worth that."""
 
 from __future__ import annotations
 
@@ -15,8 +19,15 @@ from auth_service.api.callers import Caller, CallerRegistry
 from auth_service.api.errors import INTERNAL_ROW, row_for, to_status
 from auth_service.domain.context import current_caller_name
 from auth_service.domain.errors import DomainError
+from auth_service.domain.events import current_listener
+from auth_service.metrics import ServiceMetrics
+from auth_service.tls import certificate_identities
 
-SERVICE_PREFIX = "/garmin_auth.v1.GarminAuthService/"
+SERVICE_NAME = "garmin_auth.v1.GarminAuthService"
+SERVICE_PREFIX = f"/{SERVICE_NAME}/"
+# RPCs whose successful answer carries a lease (LeaseNextSession's only when one was due).
+GRANTING_RPCS = frozenset({"LeaseSession", "LeaseNextSession"})
+LEASE_LOST = "LEASE_LOST"
 
 log = logging.getLogger("auth_service.rpc")
 
@@ -31,11 +42,34 @@ def _metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
     return None
 
 
-class ServiceInterceptor(grpc.ServerInterceptor):
-    """Authentication, authorisation, logging and error mapping for our service's RPCs."""
+def _split_method(method: str) -> tuple[str, str]:
+    """'/pkg.Service/Method' -> ('pkg.Service', 'Method')."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
 
-    def __init__(self, registry: CallerRegistry) -> None:
+
+def _status_name(context: grpc.ServicerContext) -> str | None:
+    # ServicerContext.code() exists since grpcio 1.38; grpc-stubs does not know it yet.
+    code = getattr(context, "code", lambda: None)()
+    return code.name if isinstance(code, grpc.StatusCode) else None
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """Authentication, authorisation, logging, metrics and error mapping for our RPCs."""
+
+    def __init__(
+        self,
+        registry: CallerRegistry,
+        metrics: ServiceMetrics | None = None,
+        *,
+        client_certificates: bool = False,
+    ) -> None:
+        """`client_certificates`: the server runs mutual TLS, so the certificate a client
+        presents was verified against GARMIN_AUTH_TLS_CLIENT_CA and may name the caller.
+        Without it certificates are never looked at."""
         self._registry = registry
+        self._metrics = metrics
+        self._client_certificates = client_certificates
 
     def intercept_service(
         self,
@@ -44,37 +78,59 @@ class ServiceInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or not method.startswith(SERVICE_PREFIX) or handler.unary_unary is None:
+        if handler is None or handler.unary_unary is None:
             return handler
-        rpc = method.removeprefix(SERVICE_PREFIX)
+        if method.startswith(SERVICE_PREFIX):
+            behavior = self._wrap(method.removeprefix(SERVICE_PREFIX), handler.unary_unary)
+        elif self._metrics is not None:
+            behavior = self._counted(*_split_method(method), handler.unary_unary)
+        else:
+            return handler
         return grpc.unary_unary_rpc_method_handler(
-            self._wrap(rpc, handler.unary_unary),
+            behavior,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _certificate_names(self, context: grpc.ServicerContext) -> tuple[str, ...]:
+        if not self._client_certificates:
+            return ()
+        return certificate_identities(context.auth_context())
 
     def _wrap(self, rpc: str, behavior: UnaryBehavior) -> UnaryBehavior:
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             caller: Caller | None = None
-            outcome = "OK"
+            outcome = code = "OK"
+            response: Any = None
+            if self._metrics is not None:
+                self._metrics.rpc_started(SERVICE_NAME, rpc)
+            # The domain and the upstream adapter report lease takeovers and calls to Garmin
+            # to whoever listens for this RPC: this replica's metrics.
+            listening = current_listener.set(self._metrics)
             try:
-                caller = self._registry.authenticate(_metadata_value(context, "authorization"))
+                caller = self._registry.authenticate(
+                    _metadata_value(context, "authorization"), self._certificate_names(context)
+                )
                 self._registry.authorize(caller, rpc)
                 token = current_caller_name.set(caller.name)
                 try:
-                    return behavior(request, context)
+                    response = behavior(request, context)
+                    return response
                 finally:
                     current_caller_name.reset(token)
             # Every error must become a documented status, so catch them all here.
             except Exception as exc:
                 row = row_for(exc)
-                outcome = row.reason
+                outcome, code = row.reason, row.code.name
                 if row is INTERNAL_ROW and not isinstance(exc, DomainError):
                     log.exception("unexpected error in %s", rpc, extra={"rpc": rpc})
                 context.abort_with_status(to_status(exc))
                 raise  # unreachable: abort_with_status raises
             finally:
+                current_listener.reset(listening)
+                latency = time.perf_counter() - started
+                self._count(rpc, code, outcome, response, latency)
                 log.info(
                     "%s %s",
                     rpc,
@@ -83,8 +139,40 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                         "rpc": rpc,
                         "caller": caller.name if caller else None,
                         "outcome": outcome,
-                        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "latency_ms": round(latency * 1000, 2),
                     },
                 )
 
         return guarded
+
+    def _count(self, rpc: str, code: str, outcome: str, response: Any, latency: float) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.rpc_handled(SERVICE_NAME, rpc, code, latency)
+        if rpc in GRANTING_RPCS and response is not None and response.HasField("lease"):
+            self._metrics.lease_granted(rpc)
+        if outcome == LEASE_LOST:
+            self._metrics.lease_lost(rpc)
+
+    def _counted(self, service: str, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        """Metrics only, for the other services' unary RPCs (health Check)."""
+        metrics = self._metrics
+        assert metrics is not None
+
+        def counted(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            metrics.rpc_started(service, method)
+            code = "UNKNOWN"
+            try:
+                response = behavior(request, context)
+            except Exception:
+                code = _status_name(context) or "UNKNOWN"
+                raise
+            else:
+                # Health answers NOT_FOUND for an unknown service by setting the code.
+                code = _status_name(context) or "OK"
+                return response
+            finally:
+                metrics.rpc_handled(service, method, code, time.perf_counter() - started)
+
+        return counted

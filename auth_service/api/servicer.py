@@ -10,6 +10,7 @@ from datetime import timedelta
 import grpc
 
 from auth_service.api import convert
+from auth_service.domain.audit import AuditEventView, AuditFilter, AuditService
 from auth_service.domain.leases import LeaseService
 from auth_service.domain.sessions import SessionService
 from garmin_auth.v1 import garmin_auth_pb2 as pb
@@ -22,12 +23,33 @@ def _ttl(
     return convert.from_duration(request.ttl, "ttl", present=request.HasField("ttl"))
 
 
-class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
-    """garmin_auth.v1.GarminAuthService over SessionService and LeaseService."""
+def _audit_event_to_proto(event: AuditEventView) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        event_id=event.event_id,
+        occurred_at=convert.timestamp(event.occurred_at),
+        caller=event.caller,
+        rpc=event.rpc,
+        user_id=event.user_id or "",
+        outcome_code=event.outcome_code,
+        outcome_reason=event.outcome_reason,
+        lease_id=event.lease_id or "",
+        fencing_token=event.fencing_token or 0,
+    )
 
-    def __init__(self, sessions: SessionService, leases: LeaseService) -> None:
+
+class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
+    """garmin_auth.v1.GarminAuthService over SessionService, LeaseService and AuditService."""
+
+    def __init__(
+        self,
+        sessions: SessionService,
+        leases: LeaseService,
+        audit: AuditService | None = None,
+    ) -> None:
         self._sessions = sessions
         self._leases = leases
+        # The audit trail lives in the same database as the leases.
+        self._audit = audit if audit is not None else AuditService(leases.db)
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
         answer = self._sessions.login(request.user_id, request.email, request.password)
@@ -144,3 +166,24 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     ) -> pb.ReportInvalidatedResponse:
         status = self._leases.report_invalidated(request.lease_id, request.reason)
         return pb.ReportInvalidatedResponse(status=convert.status_to_proto(status))
+
+    def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: grpc.ServicerContext
+    ) -> pb.ListAuditEventsResponse:
+        query = AuditFilter(
+            user_id=request.user_id or None,
+            start_time=convert.from_timestamp(request.start_time, "start_time")
+            if request.HasField("start_time")
+            else None,
+            end_time=convert.from_timestamp(request.end_time, "end_time")
+            if request.HasField("end_time")
+            else None,
+            oldest_first=request.oldest_first,
+        )
+        page = self._audit.list_events(
+            query, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListAuditEventsResponse(
+            events=[_audit_event_to_proto(event) for event in page.events],
+            next_page_token=page.next_page_token,
+        )

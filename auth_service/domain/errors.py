@@ -1,16 +1,25 @@
 """Domain errors. The gRPC layer maps each class to a status code and an ErrorInfo reason
 through one table (auth_service.api.errors); domain code never imports grpc.
 
+Each class also names that answer itself (`code_name`, `reason`), so the audit trail records
+the same outcome the caller gets without the domain importing the api layer; a test keeps the
+two in step (tests/audit/test_outcomes.py).
+
 Messages are shown to callers: they must never contain a secret.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class DomainError(Exception):
     """Base of every error the service answers on purpose."""
+
+    # The gRPC status code name and the ErrorInfo reason this error answers with.
+    code_name: ClassVar[str] = "INTERNAL"
+    reason: ClassVar[str] = "INTERNAL"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -28,6 +37,9 @@ class FieldViolation:
 class InvalidArgument(DomainError):
     """The request is malformed; `violations` says which fields and why."""
 
+    code_name = "INVALID_ARGUMENT"
+    reason = "INVALID_ARGUMENT"
+
     def __init__(self, violations: list[FieldViolation]) -> None:
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
         super().__init__(f"invalid request: {summary}")
@@ -37,37 +49,64 @@ class InvalidArgument(DomainError):
 class CallerUnauthenticated(DomainError):
     """No or an unknown caller credential."""
 
+    code_name = "UNAUTHENTICATED"
+    reason = "CALLER_UNAUTHENTICATED"
+
 
 class CallerForbidden(DomainError):
     """The caller is known but its roles do not allow the RPC."""
+
+    code_name = "PERMISSION_DENIED"
+    reason = "CALLER_FORBIDDEN"
 
 
 class SessionNotFound(DomainError):
     """No session is stored for the user (or the user is unknown)."""
 
+    code_name = "NOT_FOUND"
+    reason = "SESSION_NOT_FOUND"
+
 
 class MfaChallengeNotFound(DomainError):
     """The MFA challenge does not exist, expired, was superseded or used up its attempts."""
+
+    code_name = "NOT_FOUND"
+    reason = "MFA_CHALLENGE_NOT_FOUND"
 
 
 class MfaChallengeBusy(DomainError):
     """Another SubmitMfa for the same challenge is in flight; retry shortly."""
 
+    code_name = "ABORTED"
+    reason = "MFA_CHALLENGE_BUSY"
+
 
 class SessionNotActive(DomainError):
     """The session exists but is not ACTIVE (MFA pending, AUTH_EXPIRED, not connected)."""
+
+    code_name = "FAILED_PRECONDITION"
+    reason = "SESSION_NOT_ACTIVE"
 
 
 class LeaseLost(DomainError):
     """The lease is expired, released, taken over or never existed."""
 
+    code_name = "FAILED_PRECONDITION"
+    reason = "LEASE_LOST"
+
 
 class LeaseHeld(DomainError):
     """Another live lease holds the session."""
 
+    code_name = "ABORTED"
+    reason = "LEASE_HELD"
+
 
 class LoginRateLimited(DomainError):
     """Too many logins for this user within the configured window; Garmin was not called."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+    reason = "LOGIN_RATE_LIMITED"
 
     def __init__(self, message: str, retry_after_seconds: float) -> None:
         super().__init__(message)
@@ -84,9 +123,15 @@ class UpstreamError(DomainError):
 class GarminCredentialsRejected(UpstreamError):
     """Garmin refused the email/password."""
 
+    code_name = "PERMISSION_DENIED"
+    reason = "GARMIN_CREDENTIALS_REJECTED"
+
 
 class MfaCodeRejected(UpstreamError):
     """Garmin refused the MFA code; the challenge stays usable."""
+
+    code_name = "PERMISSION_DENIED"
+    reason = "MFA_CODE_REJECTED"
 
 
 class GarminSessionRejected(UpstreamError):
@@ -95,9 +140,15 @@ class GarminSessionRejected(UpstreamError):
     This is the only upstream error that means the session is dead.
     """
 
+    code_name = "FAILED_PRECONDITION"
+    reason = "SESSION_NOT_ACTIVE"
+
 
 class GarminRateLimited(UpstreamError):
     """Garmin answered 429. Try later; the session is not affected."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+    reason = "GARMIN_RATE_LIMITED"
 
     def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
         super().__init__(message)
@@ -109,3 +160,6 @@ class GarminUnavailable(UpstreamError):
 
     Try later; the session is not affected.
     """
+
+    code_name = "UNAVAILABLE"
+    reason = "GARMIN_UNAVAILABLE"

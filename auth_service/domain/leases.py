@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.clock import Clock
 from auth_service.config import LeaseSettings
+from auth_service.domain import audit
+from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
     FieldViolation,
     GarminRateLimited,
@@ -31,6 +33,7 @@ from auth_service.domain.errors import (
     SessionNotActive,
     SessionNotFound,
 )
+from auth_service.domain.events import service_events
 from auth_service.domain.models import (
     GarminTokens,
     LeaseGrant,
@@ -72,10 +75,12 @@ def new_lease_id() -> str:
 
 @dataclass(frozen=True)
 class _Granted:
-    """A grant as committed, with the session version its tokens belong to."""
+    """A grant as committed, with the session version its tokens belong to and the RPC that
+    asked for it (the audit trail names it on the central refresh's events too)."""
 
     grant: LeaseGrant
     session_version: int
+    rpc: AuditedRpc
 
 
 class LeaseService:
@@ -140,7 +145,7 @@ class LeaseService:
                 )
                 if row is None:
                     return None
-                granted = self._granted(row, now)
+                granted = self._granted(session, row, now, AuditedRpc.LEASE_NEXT_SESSION)
             try:
                 return self._hand_out(granted)
             except GarminSessionRejected:
@@ -157,7 +162,16 @@ class LeaseService:
             row = LeaseRepository(session).renew(
                 lease_id, now=now, expires_at=now + self._lifetime(ttl)
             )
-            return self._live_lease(row, now)
+            lease = self._live_lease(row, now)
+            audit.record(
+                session,
+                rpc=AuditedRpc.RENEW_LEASE,
+                now=now,
+                outcome=audit.OK,
+                user_id=lease.user_id,
+                lease=lease,
+            )
+            return lease
 
     def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatusView:
         """End a live lease; synced_through set means the sync succeeded up to then."""
@@ -169,6 +183,14 @@ class LeaseService:
             row = LeaseRepository(session).release(lease_id, now=now, synced_through=synced_through)
             if row is None:
                 raise _lease_lost()
+            audit.record(
+                session,
+                rpc=AuditedRpc.RELEASE_LEASE,
+                now=now,
+                outcome=audit.OK,
+                user_id=row.user_id,
+                lease=audit.LeaseRef(lease_id, row.fencing_token),
+            )
             return status_view(row, now)
 
     def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> SessionStatusView:
@@ -181,14 +203,26 @@ class LeaseService:
             # store conditionally (the UPDATE re-checks the lease and the user, so a lease
             # that died in between changes nothing).
             leased = repo.find_by_lease(lease_id, now)
-            if leased is None:
-                raise _lease_lost()
-            sealed = self._seal(leased.user_id, tokens)
-            row = repo.store_refreshed(lease_id, sealed=sealed, now=now)
-            if row is None:
-                raise _lease_lost()
-            log.debug("refreshed tokens stored for user %s by its lease holder", row.user_id)
-            return status_view(row, now)
+            row = None
+            if leased is not None:
+                sealed = self._seal(leased.user_id, tokens)
+                row = repo.store_refreshed(lease_id, sealed=sealed, now=now)
+            if row is not None:
+                audit.record(
+                    session,
+                    rpc=AuditedRpc.REPORT_REFRESHED,
+                    now=now,
+                    outcome=audit.OK,
+                    user_id=row.user_id,
+                    lease=audit.LeaseRef(lease_id, row.fencing_token),
+                )
+                log.debug("refreshed tokens stored for user %s by its lease holder", row.user_id)
+                return status_view(row, now)
+            # A holder without a live lease tried to store tokens: recorded, committed, answered.
+            audit.record_lease_lost(
+                session, rpc=AuditedRpc.REPORT_REFRESHED, now=now, lease_id=lease_id
+            )
+        raise _lease_lost()
 
     def report_invalidated(self, lease_id: str, reason: str) -> SessionStatusView:
         """Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended."""
@@ -196,10 +230,23 @@ class LeaseService:
         now = self.clock.now()
         with self.db.begin() as session:
             row = LeaseRepository(session).invalidate(lease_id, now=now, reason=reason)
-            if row is None:
-                raise _lease_lost()
-            log.info("session of user %s invalidated by its lease holder", row.user_id)
-            return status_view(row, now)
+            if row is not None:
+                audit.record(
+                    session,
+                    rpc=AuditedRpc.REPORT_INVALIDATED,
+                    now=now,
+                    outcome=audit.OK,
+                    user_id=row.user_id,
+                    lease=audit.LeaseRef(lease_id, row.fencing_token),
+                )
+                log.info("session of user %s invalidated by its lease holder", row.user_id)
+                return status_view(row, now)
+            # A holder without a live lease tried to end the session: recorded, committed,
+            # answered.
+            audit.record_lease_lost(
+                session, rpc=AuditedRpc.REPORT_INVALIDATED, now=now, lease_id=lease_id
+            )
+        raise _lease_lost()
 
     # --- granting ----------------------------------------------------------------------
 
@@ -208,6 +255,8 @@ class LeaseService:
         now = self.clock.now()
         with self.db.begin() as session:
             repo = LeaseRepository(session)
+            # A lease id still set on a row we may grant is a lease that expired unended.
+            taken_over = (before := repo.find(user_id)) is not None and before.lease_id is not None
             row = repo.grant(
                 user_id,
                 lease_id=new_lease_id(),
@@ -218,19 +267,26 @@ class LeaseService:
             if row is None:
                 _raise_refusal(repo.find(user_id), now)
                 return None
-            return self._granted(row, now)
+            if taken_over:
+                service_events().lease_taken_over()
+            return self._granted(session, row, now, AuditedRpc.LEASE_SESSION)
 
-    def _granted(self, row: GarminAuthenticationState, now: datetime) -> _Granted:
-        """Views of a freshly granted row, built inside its transaction."""
+    def _granted(
+        self, session: Session, row: GarminAuthenticationState, now: datetime, rpc: AuditedRpc
+    ) -> _Granted:
+        """Views of a freshly granted row, built inside its transaction, which also records
+        the grant."""
         lease = self._live_lease(row, now)
         if row.session_ciphertext is None:
             # An ACTIVE row always holds a session; if not, no token can be handed out.
             raise SessionNotActive("the session holds no tokens; log in again")
         tokens = self.box.open_tokens(row.user_id, row.session_ciphertext)
+        audit.record(session, rpc=rpc, now=now, outcome=audit.OK, user_id=row.user_id, lease=lease)
         log.debug("lease granted on user %s (fencing token %d)", row.user_id, row.fencing_token)
         return _Granted(
             grant=LeaseGrant(lease=lease, tokens=tokens, status=status_view(row, now)),
             session_version=row.session_version,
+            rpc=rpc,
         )
 
     def _hand_out(self, granted: _Granted) -> LeaseGrant:
@@ -244,12 +300,11 @@ class LeaseService:
 
     def _refresh_centrally(self, granted: _Granted) -> LeaseGrant:
         grant = granted.grant
-        lease_id = grant.lease.lease_id
         try:
             # Outside any transaction: nothing is locked while Garmin answers.
             fresh = self.upstream.refresh(grant.tokens)
-        except GarminSessionRejected:
-            self._invalidate_rejected(grant.lease, granted.session_version)
+        except GarminSessionRejected as rejected:
+            self._invalidate_rejected(granted, rejected)
             raise
         except (GarminRateLimited, GarminUnavailable) as exc:
             if grant.tokens.oauth2.expires_at > self.clock.now():
@@ -261,11 +316,11 @@ class LeaseService:
                     type(exc).__name__,
                 )
                 return grant
-            self._release_unused(lease_id)
+            self._release_unused(granted, exc)
             raise
-        except Exception:
+        except Exception as exc:
             # Unexpected: do not leave the session stuck under a lease nobody will use.
-            self._release_unused(lease_id)
+            self._release_unused(granted, exc)
             raise
         return self._store_fresh(granted, fresh)
 
@@ -281,31 +336,60 @@ class LeaseService:
                 # Expired, or the user logged in again meanwhile: the new session wins and
                 # these tokens are dropped.
                 raise LeaseLost("the lease ended while the session was being refreshed")
+            audit.record(
+                session,
+                rpc=granted.rpc,
+                now=now,
+                outcome=audit.SESSION_REFRESHED,
+                user_id=row.user_id,
+                lease=lease,
+            )
             return LeaseGrant(
                 lease=self._live_lease(row, now), tokens=fresh, status=status_view(row, now)
             )
 
-    def _invalidate_rejected(self, lease: LeaseView, session_version: int) -> None:
+    def _invalidate_rejected(self, granted: _Granted, rejected: GarminSessionRejected) -> None:
+        lease = granted.grant.lease
         now = self.clock.now()
         with self.db.begin() as session:
             row = LeaseRepository(session).invalidate(
                 lease.lease_id,
                 now=now,
                 reason=CENTRAL_REFRESH_REJECTED,
-                expected_version=session_version,
+                expected_version=granted.session_version,
             )
+            if row is not None:
+                # What LeaseSession answers (SESSION_NOT_ACTIVE); LeaseNextSession moves on.
+                audit.record(
+                    session,
+                    rpc=granted.rpc,
+                    now=now,
+                    outcome=audit.outcome_of(rejected),
+                    user_id=row.user_id,
+                    lease=lease,
+                )
         if row is None:
             # The session changed under us (new login, or our lease expired and was taken
             # over): the rejected tokens may no longer be the stored ones.
             raise LeaseLost("the lease ended while the session was being refreshed")
         log.info("session of user %s invalidated: Garmin rejected its refresh", lease.user_id)
 
-    def _release_unused(self, lease_id: str) -> None:
+    def _release_unused(self, granted: _Granted, failure: BaseException) -> None:
         """Release a lease we granted but cannot hand out; counts as a sync attempt so a
         queue-draining worker moves on to the next user instead of hammering Garmin."""
+        lease = granted.grant.lease
         now = self.clock.now()
         with self.db.begin() as session:
-            LeaseRepository(session).release(lease_id, now=now, synced_through=None)
+            row = LeaseRepository(session).release(lease.lease_id, now=now, synced_through=None)
+            if row is not None:
+                audit.record(
+                    session,
+                    rpc=granted.rpc,
+                    now=now,
+                    outcome=audit.outcome_of(failure),
+                    user_id=row.user_id,
+                    lease=lease,
+                )
 
     # --- helpers -----------------------------------------------------------------------
 

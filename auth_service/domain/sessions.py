@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from auth_service.clock import Clock
 from auth_service.config import LoginSettings
 from auth_service.crypto import DecryptionError
-from auth_service.domain import validation
+from auth_service.domain import audit, validation
+from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
     FieldViolation,
     GarminSessionRejected,
@@ -158,9 +159,18 @@ class SessionService:
         with self._db.begin() as session:
             sessions, challenges = SessionRepository(session), ChallengeRepository(session)
             row = sessions.get_or_create_for_update(user_id, now)
+            ended = live_lease(row, now)
             challenges.delete_for_user(user_id)  # a new login supersedes any pending one
             if not isinstance(result, LoginNeedsMfa):
                 install_tokens(row, self._box, result.tokens, now, validated=True)
+                audit.record(
+                    session,
+                    rpc=AuditedRpc.LOGIN,
+                    now=now,
+                    outcome=audit.OK,
+                    user_id=user_id,
+                    lease=ended,
+                )
                 return LoginAnswer(status=status_view(row, now))
             challenge_id = secrets.token_urlsafe(32)
             digest = _challenge_digest(challenge_id)
@@ -180,6 +190,13 @@ class SessionService:
                 # A working session stays in force until the new login completes.
                 row.state = SessionState.MFA_PENDING
             row.updated_at = now
+            audit.record(
+                session,
+                rpc=AuditedRpc.LOGIN,
+                now=now,
+                outcome=audit.MFA_REQUIRED,
+                user_id=user_id,
+            )
             return LoginAnswer(
                 status=status_view(row, now),
                 mfa_challenge_id=challenge_id,
@@ -189,6 +206,7 @@ class SessionService:
 
     def _consume_login_attempt(self, user_id: str) -> None:
         now = self._clock.now()
+        refusal: LoginRateLimited | None = None
         with self._db.begin() as session:
             wait = ThrottleRepository(session).consume(
                 user_id,
@@ -196,11 +214,20 @@ class SessionService:
                 limit=self._settings.limit,
                 window=timedelta(seconds=self._settings.window_seconds),
             )
-        if wait is not None:
-            raise LoginRateLimited(
-                f"too many logins for this user; retry in {wait.total_seconds():.0f}s",
-                retry_after_seconds=wait.total_seconds(),
-            )
+            if wait is not None:
+                refusal = LoginRateLimited(
+                    f"too many logins for this user; retry in {wait.total_seconds():.0f}s",
+                    retry_after_seconds=wait.total_seconds(),
+                )
+                audit.record(
+                    session,
+                    rpc=AuditedRpc.LOGIN,
+                    now=now,
+                    outcome=audit.outcome_of(refusal),
+                    user_id=user_id,
+                )
+        if refusal is not None:
+            raise refusal
 
     def submit_mfa(self, mfa_challenge_id: str, code: str) -> SessionStatusView:
         validation.raise_if_any(
@@ -211,8 +238,8 @@ class SessionService:
         user_id, pending, claimed_until = self._claim_challenge(digest)
         try:
             tokens = self._upstream.resume_mfa(pending, code)
-        except MfaCodeRejected:
-            self._count_wrong_code(digest, claimed_until)
+        except MfaCodeRejected as rejected:
+            self._count_wrong_code(digest, claimed_until, rejected)
             raise
         except BaseException:
             self._release_claim(digest, claimed_until)
@@ -225,7 +252,16 @@ class SessionService:
                 raise MfaChallengeNotFound("the MFA challenge was superseded or deleted")
             ChallengeRepository(session).delete(challenge)
             row = SessionRepository(session).get_or_create_for_update(user_id, now)
+            ended = live_lease(row, now)
             install_tokens(row, self._box, tokens, now, validated=True)
+            audit.record(
+                session,
+                rpc=AuditedRpc.SUBMIT_MFA,
+                now=now,
+                outcome=audit.OK,
+                user_id=user_id,
+                lease=ended,
+            )
             return status_view(row, now)
 
     def _claim_challenge(self, digest: str) -> tuple[str, PendingMfa, datetime]:
@@ -252,7 +288,9 @@ class SessionService:
             challenge.claimed_until = claimed_until
             return challenge.user_id, pending, claimed_until
 
-    def _count_wrong_code(self, digest: str, claimed_until: datetime) -> None:
+    def _count_wrong_code(
+        self, digest: str, claimed_until: datetime, rejected: MfaCodeRejected
+    ) -> None:
         now = self._clock.now()
         with self._db.begin() as session:
             challenges = ChallengeRepository(session)
@@ -261,6 +299,13 @@ class SessionService:
                 return
             challenge.failed_attempts += 1
             challenge.claimed_until = None
+            audit.record(
+                session,
+                rpc=AuditedRpc.SUBMIT_MFA,
+                now=now,
+                outcome=audit.outcome_of(rejected),
+                user_id=challenge.user_id,
+            )
             if challenge.failed_attempts >= self._settings.mfa_max_wrong_codes:
                 challenges.delete(challenge)
                 SessionRepository(session).settle_abandoned_mfa(now, challenge.user_id)
@@ -318,15 +363,27 @@ class SessionService:
             assert row is not None  # rows are never deleted
             if row.session_version == version and row.state == SessionState.ACTIVE:
                 # Unchanged since we read it: Garmin's answer is about this very session.
+                ended, outcome = None, audit.OK
                 if rejected is not None:
+                    ended = live_lease(row, now)  # invalidating ends it
                     invalidate(row, f"validation: {rejected}", now)
+                    outcome = audit.SESSION_INVALIDATED
                 else:
                     if refreshed is not None:
                         row.session_ciphertext = self._box.seal_tokens(user_id, refreshed)
                         row.session_version += 1
                         row.access_token_expires_at = refreshed.oauth2.expires_at
+                        outcome = audit.SESSION_REFRESHED
                     row.last_validated_at = now
                     row.updated_at = now
+                audit.record(
+                    session,
+                    rpc=AuditedRpc.GET_STATUS,
+                    now=now,
+                    outcome=outcome,
+                    user_id=user_id,
+                    lease=ended,
+                )
             return status_view(row, now)
 
     # --- Import, delete, list ------------------------------------------------------------
@@ -347,8 +404,17 @@ class SessionService:
         now = self._clock.now()
         with self._db.begin() as session:
             row = SessionRepository(session).get_or_create_for_update(user_id, now)
+            ended = live_lease(row, now)
             ChallengeRepository(session).delete_for_user(user_id)
             install_tokens(row, self._box, tokens, now, validated=False)
+            audit.record(
+                session,
+                rpc=AuditedRpc.IMPORT_SESSION,
+                now=now,
+                outcome=audit.OK,
+                user_id=user_id,
+                lease=ended,
+            )
             return status_view(row, now)
 
     def delete_session(self, user_id: str) -> None:
@@ -359,6 +425,7 @@ class SessionService:
             row = SessionRepository(session).get(user_id, for_update=True)
             if row is None:
                 return
+            ended = live_lease(row, now)
             # The row stays as NOT_CONNECTED so fencing tokens keep growing if the user returns.
             end_lease(row)
             row.state = SessionState.NOT_CONNECTED
@@ -370,6 +437,14 @@ class SessionService:
             row.last_sync_attempt_at = None
             row.invalidated_reason = row.invalidated_at = None
             row.updated_at = now
+            audit.record(
+                session,
+                rpc=AuditedRpc.DELETE_SESSION,
+                now=now,
+                outcome=audit.OK,
+                user_id=user_id,
+                lease=ended,
+            )
 
     def list_sessions(
         self, *, page_size: int, page_token: str, state: SessionState | None

@@ -1,4 +1,5 @@
-"""Schema migrations and encryption-key rotation: the operator's tools for the database.
+"""Schema migrations, encryption-key rotation and audit pruning: the operator's tools for the
+database.
 
 Migrations live in the `auth_service_migrations` package (the repository's migrations/
 directory); Alembic is configured here in code, so an installed service needs no alembic.ini.
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from alembic import command
@@ -25,7 +27,8 @@ from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
 from auth_service.crypto import BLOB_VERSION, DecryptionError, Keyring, challenge_aad, session_aad
-from auth_service.storage.database import SQLITE_BEGIN_OPTION, create_engine_for
+from auth_service.storage.audit_repository import AuditRepository
+from auth_service.storage.database import SQLITE_BEGIN_OPTION, create_engine_for, session_factory
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ MIGRATIONS_PACKAGE = "auth_service_migrations"
 DATABASE_URL_ATTRIBUTE = "database_url"
 # How often rotate_keys retries a row that a concurrent writer keeps changing.
 ROTATION_ATTEMPTS_PER_ROW = 3
+# Audit events prune_audit deletes per transaction.
+PRUNE_BATCH_SIZE = 1000
 
 
 class SchemaDriftError(RuntimeError):
@@ -331,3 +336,36 @@ def _log_report(report: RotationReport) -> None:
             len(report.unfinished_user_ids),
             list(report.unfinished_user_ids),
         )
+
+
+# --- audit trail ---------------------------------------------------------------------------
+
+
+def prune_audit(
+    engine: Engine,
+    older_than: timedelta,
+    *,
+    batch_size: int = PRUNE_BATCH_SIZE,
+    now: datetime | None = None,
+) -> int:
+    """Delete the audit events that occurred before `now - older_than`; returns how many.
+
+    Deletes oldest first, `batch_size` events per short transaction, so a large backlog never
+    holds a long lock and an interrupted run keeps what it already deleted. Safe to run while
+    the service serves (new events are never old enough to match).
+    """
+    if older_than < timedelta(0):
+        raise ValueError("older_than must not be negative")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    cutoff = (now or datetime.now(UTC)) - older_than
+    db = session_factory(engine)
+    deleted = 0
+    while True:
+        with db.begin() as session:
+            batch = AuditRepository(session).delete_older_than(cutoff, limit=batch_size)
+        deleted += batch
+        if batch < batch_size:
+            break
+    log.info("audit pruned: %d event(s) before %s deleted", deleted, cutoff.isoformat())
+    return deleted

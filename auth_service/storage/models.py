@@ -3,6 +3,9 @@
 Rows of `garmin_authentication_state` are never deleted: DeleteSession wipes a row back to
 NOT_CONNECTED and keeps `fencing_token`, so a user who disconnects and reconnects still sees
 fencing tokens that only grow (a sink that recorded token 7 must never be handed token 1).
+
+Rows of `garmin_audit_event` are only ever inserted (in the transaction of the change they
+record) and deleted by `prune_audit` once older than the retention.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ USER_ID_LENGTH = 128
 LEASE_ID_LENGTH = 64
 HOLDER_LENGTH = 256
 REASON_LENGTH = 512
+CALLER_LENGTH = 256
+RPC_LENGTH = 64
+OUTCOME_CODE_LENGTH = 32
+OUTCOME_REASON_LENGTH = 64
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -153,3 +160,41 @@ class GarminLoginThrottle(Base):
     user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
     window_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class GarminAuditEvent(Base):
+    """One audited change (or security-relevant refusal): who, which RPC, whose session, how
+    it ended. Never a secret: no token, password, MFA code or challenge id is ever stored."""
+
+    __tablename__ = "garmin_audit_event"
+
+    # Grows with every event. INTEGER on SQLite (the rowid, AUTOINCREMENT); BIGSERIAL on
+    # PostgreSQL.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The caller's name from the callers file; "system" when no caller is known.
+    caller: Mapped[str] = mapped_column(String(CALLER_LENGTH))
+    # The RPC's name, e.g. "LeaseSession".
+    rpc: Mapped[str] = mapped_column(String(RPC_LENGTH))
+    # The user whose session the event concerns; NULL only when no user could be named.
+    user_id: Mapped[str | None] = mapped_column(String(USER_ID_LENGTH))
+    # gRPC status code name ("OK", "PERMISSION_DENIED", ...) and reason ("OK",
+    # "MFA_CODE_REJECTED", ...); see auth_service.domain.audit.
+    outcome_code: Mapped[str] = mapped_column(String(OUTCOME_CODE_LENGTH))
+    outcome_reason: Mapped[str] = mapped_column(String(OUTCOME_REASON_LENGTH))
+    # The lease the event concerns, when one does.
+    lease_id: Mapped[str | None] = mapped_column(String(LEASE_ID_LENGTH))
+    fencing_token: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # ListAuditEvents by user, newest or oldest first (keyset on occurred_at, id).
+        Index("ix_garmin_audit_event_user_time", "user_id", "occurred_at", "id"),
+        # ListAuditEvents without a user filter, and prune_audit.
+        Index("ix_garmin_audit_event_time", "occurred_at", "id"),
+        # LEASE_LOST refusals name the user the presented lease was granted for.
+        Index("ix_garmin_audit_event_lease_id", "lease_id"),
+        # AUTOINCREMENT: ids are never reused, even after prune_audit emptied the table.
+        {"sqlite_autoincrement": True},
+    )

@@ -87,6 +87,7 @@ from auth_service.domain.models import (
     OAuth2Token,
     PendingMfa,
 )
+from auth_service.metrics import observe_upstream_send
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ class _UpstreamTransport(HTTPAdapter):
         self._base = urlsplit(settings.base_url) if settings.base_url else None
         self._timeout = settings.timeout_seconds
 
+    @observe_upstream_send  # metrics: endpoint template, outcome, latency (auth_service.metrics)
     def send(
         self,
         request: PreparedRequest,

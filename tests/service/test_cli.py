@@ -192,8 +192,30 @@ def test_demo_runs_end_to_end_on_embedded_defaults(tmp_path: Path) -> None:
     result = run_cli("demo", "--once", "--folder", str(tmp_path / "demo"), env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "SubmitMfa -> SESSION_STATE_ACTIVE" in result.stdout
+    assert '"outcome": "SYNCED", "items": 5' in result.stdout
+    files = sorted(
+        p.name for p in (tmp_path / "demo" / "out" / "demo-user" / "activities").iterdir()
+    )
+    assert len([name for name in files if name.endswith(".json")]) == 5
+    assert len([name for name in files if name.endswith(".zip")]) == 5
     assert "grpcurl -plaintext" in result.stdout
     # A second run reuses the same development key and tokens.
     again = run_cli("demo", "--once", "--folder", str(tmp_path / "demo"), env=env, timeout=120)
     assert again.returncode == 0, again.stderr
+    # A fresh emulator each run: same activity ids, so the folder holds no duplicates.
+    activities = tmp_path / "demo" / "out" / "demo-user" / "activities"
+    assert len(list(activities.glob("*.json"))) == 5
     assert "demo-password" not in result.stderr + again.stderr
+
+
+def test_prune_audit_keeps_recent_events(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    assert run_cli("migrate", env=env).returncode == 0
+    pruned = run_cli("prune-audit", env=env)
+    assert pruned.returncode == 0, pruned.stderr
+    assert "deleted 0 audit events older than 90 days" in pruned.stdout
+    explicit = run_cli("prune-audit", "--older-than", "7", env=env)
+    assert "older than 7 days" in explicit.stdout
+    bad = run_cli("prune-audit", env={**env, "GARMIN_AUTH_AUDIT_RETENTION_DAYS": "0"})
+    assert bad.returncode == 2
+    assert "GARMIN_AUTH_AUDIT_RETENTION_DAYS" in bad.stderr

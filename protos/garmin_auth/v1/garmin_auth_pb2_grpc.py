@@ -95,6 +95,11 @@ class GarminAuthServiceStub:
                 request_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ReportInvalidatedRequest.SerializeToString,
                 response_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ReportInvalidatedResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/garmin_auth.v1.GarminAuthService/ListAuditEvents',
+                request_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class GarminAuthServiceServicer:
@@ -200,6 +205,15 @@ class GarminAuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """ListAuditEvents pages through the audit trail: who changed whose session,
+        through which RPC, and how it ended. Newest first unless oldest_first.
+        Roles: admin, viewer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GarminAuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +276,11 @@ def add_GarminAuthServiceServicer_to_server(servicer, server):
                     servicer.ReportInvalidated,
                     request_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ReportInvalidatedRequest.FromString,
                     response_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ReportInvalidatedResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -589,6 +608,33 @@ class GarminAuthService:
             '/garmin_auth.v1.GarminAuthService/ReportInvalidated',
             garmin__auth_dot_v1_dot_garmin__auth__pb2.ReportInvalidatedRequest.SerializeToString,
             garmin__auth_dot_v1_dot_garmin__auth__pb2.ReportInvalidatedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/garmin_auth.v1.GarminAuthService/ListAuditEvents',
+            garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsRequest.SerializeToString,
+            garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

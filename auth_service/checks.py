@@ -1,0 +1,329 @@
+"""`garmin-auth-service check-config`: everything the service needs, checked before it starts.
+
+Each check reads only what it needs from the environment, so one broken setting does not hide
+the state of the others; one line per check, `ok` or `FAIL`, then the exit status says whether
+anything failed. Lines carry file names, key ids, counts, certificate subjects and redacted
+URLs: never a key, token, password or secret.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy import Engine, LargeBinary, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import InstrumentedAttribute
+
+from auth_service.api.callers import CallerRegistry, CallersFileError
+from auth_service.config import (
+    PREFIX,
+    ConfigError,
+    TlsSettings,
+    check_host_port,
+    load_database_url,
+    load_keyring,
+    load_settings,
+    load_tls_settings,
+    redacted_database_url,
+)
+from auth_service.crypto import (
+    BLOB_VERSION,
+    DecryptionError,
+    Keyring,
+    challenge_aad,
+    session_aad,
+)
+from auth_service.logging_setup import redact
+from auth_service.storage.database import SQLITE_BEGIN_OPTION, create_engine_for
+from auth_service.storage.maintenance import current_revision, head_revision
+from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
+from auth_service.tls import TlsFilesError, load_material
+
+PROBE_AAD = b"garmin-auth check-config probe"
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+
+
+class CheckFailed(Exception):
+    """A check found a problem; the message is the line's detail."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+
+
+class _Checks:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.results: list[CheckResult] = []
+        self.engine: Engine | None = None
+        self.database_ok = False
+        self.at_head = False
+
+    def run(self, name: str, check: Callable[[], str]) -> bool:
+        try:
+            detail = check()
+        except (CheckFailed, ConfigError, CallersFileError) as exc:
+            self.results.append(CheckResult(name, False, str(exc)))
+            return False
+        # A check that crashes is a failed check, reported on its line, not a traceback.
+        except Exception as exc:  # noqa: BLE001
+            self.results.append(
+                CheckResult(name, False, f"unexpected {type(exc).__name__}: {redact(str(exc))}")
+            )
+            return False
+        self.results.append(CheckResult(name, True, detail))
+        return True
+
+    def raw(self, name: str) -> str | None:
+        value = self.env.get(PREFIX + name, "").strip()
+        return value or None
+
+    # --- the checks ---------------------------------------------------------------------
+
+    def settings(self) -> str:
+        load_settings(self.env)
+        return "every GARMIN_AUTH_* setting parses"
+
+    def database(self) -> str:
+        url = load_database_url(self.env)
+        shown = redacted_database_url(url)
+        parsed = make_url(url)
+        # Connecting would create an empty SQLite file: a typo in the path must not look fine.
+        if (
+            parsed.get_backend_name() == "sqlite"
+            and parsed.database not in (None, "", ":memory:")
+            and not Path(str(parsed.database)).exists()
+        ):
+            raise CheckFailed(f"{shown}: the file does not exist (run migrate to create it)")
+        self.engine = create_engine_for(url)
+        try:
+            with self._reader().connect() as connection:
+                connection.execute(text("SELECT 1")).scalar_one()
+        except (SQLAlchemyError, OSError) as exc:
+            raise CheckFailed(f"{shown} unreachable ({_driver_problem(exc, url)})") from None
+        self.database_ok = True
+        return f"{shown} reachable"
+
+    def migrations(self) -> str:
+        if not self.database_ok:
+            raise CheckFailed("not checked: the database is unreachable")
+        url = load_database_url(self.env)
+        current, head = current_revision(url), head_revision()
+        if current is None:
+            raise CheckFailed(f"never migrated; head is {head}: run `garmin-auth-service migrate`")
+        if current != head:
+            raise CheckFailed(
+                f"at revision {current}, head is {head}: run `garmin-auth-service migrate`"
+            )
+        self.at_head = True
+        return f"at head ({head})"
+
+    def keys(self) -> str:
+        keyring = load_keyring(self.env)
+        for kid, key in keyring.keys:
+            # Each key on its own, since the ring only ever encrypts with the first.
+            single = Keyring(((kid, key),))
+            probe = os.urandom(32)
+            try:
+                if single.decrypt(single.encrypt(probe, PROBE_AAD), PROBE_AAD) != probe:
+                    raise CheckFailed(f"key {kid!r} does not decrypt what it encrypted")
+            except DecryptionError:
+                raise CheckFailed(f"key {kid!r} does not decrypt what it encrypted") from None
+        kids = ", ".join(kid for kid, _ in keyring.keys)
+        return (
+            f"{len(keyring.keys)} key(s) ({kids}), primary {keyring.primary_kid}; "
+            "each encrypts and decrypts a probe"
+        )
+
+    def stored_secrets(self) -> str:
+        if not self.at_head:
+            raise CheckFailed("not checked: the database is unreachable or not migrated")
+        keyring = load_keyring(self.env)
+        sessions = self._blobs(
+            keyring,
+            "session",
+            GarminAuthenticationState.session_ciphertext,
+            GarminAuthenticationState.user_id,
+            lambda row: session_aad(row[0]),
+            GarminAuthenticationState.user_id,
+        )
+        challenges = self._blobs(
+            keyring,
+            "MFA challenge",
+            GarminMfaChallenge.pending_ciphertext,
+            GarminMfaChallenge.challenge_id_sha256,
+            lambda row: challenge_aad(row[0], row[1]),
+            GarminMfaChallenge.user_id,
+        )
+        return f"sessions: {sessions}; MFA challenges: {challenges}"
+
+    def _blobs(
+        self,
+        keyring: Keyring,
+        what: str,
+        blob: InstrumentedAttribute[bytes | None] | InstrumentedAttribute[bytes],
+        row_key: InstrumentedAttribute[str],
+        aad: Callable[[tuple[str, str]], bytes],
+        user_id: InstrumentedAttribute[str],
+    ) -> str:
+        """Counts of `blob` by key id, with one blob per key id decrypted."""
+        counts: list[str] = []
+        assert self.engine is not None
+        with self._reader().connect() as connection:
+            total = connection.execute(select(func.count()).where(blob.is_not(None))).scalar_one()
+            counted = 0
+            for kid, _ in keyring.keys:
+                # The blob header is version | len(kid) | kid (auth_service.crypto): compared
+                # in SQL, so only one blob per key id leaves the database.
+                header = bytes([BLOB_VERSION, len(kid)]) + kid.encode("ascii")
+                under_kid = func.substr(blob, 1, len(header), type_=LargeBinary) == header
+                number = connection.execute(select(func.count()).where(under_kid)).scalar_one()
+                if number == 0:
+                    continue
+                counted += number
+                counts.append(f"{kid}={number}")
+                sample = connection.execute(
+                    select(row_key, user_id, blob).where(under_kid).order_by(row_key).limit(1)
+                ).one()
+                assert sample[2] is not None  # it matched a header
+                try:
+                    keyring.decrypt(sample[2], aad((sample[0], sample[1])))
+                except DecryptionError:
+                    raise CheckFailed(
+                        f"the {what} of user {sample[1]!r} is under key id {kid!r} but that "
+                        "key does not decrypt it (a different key under the same id?)"
+                    ) from None
+        if total > counted:
+            raise CheckFailed(
+                f"{total - counted} {what}(s) under a key id not in "
+                f"GARMIN_AUTH_ENCRYPTION_KEYS (found {', '.join(counts) or 'none'} under "
+                "configured ids); put the old key back"
+            )
+        if total == 0:
+            return "none stored"
+        return f"{', '.join(counts)} (one per key id decrypted)"
+
+    def callers(self) -> str:
+        path = self.raw("CALLERS_FILE")
+        if path is None:
+            if (self.raw("ALLOW_UNAUTHENTICATED") or "").lower() in TRUE_VALUES:
+                return (
+                    "no callers file; GARMIN_AUTH_ALLOW_UNAUTHENTICATED gives every caller "
+                    "every role (development only)"
+                )
+            raise CheckFailed("GARMIN_AUTH_CALLERS_FILE is not set")
+        entries = CallerRegistry(Path(path)).entries
+        by_certificate = [entry for entry in entries if entry.cert_name is not None]
+        tls = self._tls_settings_or_none()
+        if by_certificate and (tls is None or not tls.mutual):
+            names = ", ".join(entry.caller.name for entry in by_certificate)
+            raise CheckFailed(
+                f"{path}: caller(s) {names} use cert_name, but mutual TLS is off "
+                "(set GARMIN_AUTH_TLS_CLIENT_CA), so they can never authenticate"
+            )
+        return (
+            f"{path}: {len(entries)} caller(s), {len(entries) - len(by_certificate)} by token, "
+            f"{len(by_certificate)} by client certificate"
+        )
+
+    def _tls_settings_or_none(self) -> TlsSettings | None:
+        try:
+            return load_tls_settings(self.env)
+        except ConfigError:
+            return None
+
+    def tls(self) -> str:
+        settings = load_tls_settings(self.env)
+        if settings is None:
+            return "off (plaintext gRPC; set GARMIN_AUTH_TLS_CERT and GARMIN_AUTH_TLS_KEY)"
+        try:
+            material = load_material(settings)
+        except TlsFilesError as exc:
+            raise CheckFailed(str(exc)) from None
+        now = datetime.now(UTC)
+        if material.not_after < now:
+            raise CheckFailed(f"the certificate has expired: {material.describe()}")
+        if material.not_before > now:
+            raise CheckFailed(f"the certificate is not valid yet: {material.describe()}")
+        if settings.mutual:
+            authorities = "; ".join(material.client_ca_subjects)
+            return f"mutual TLS; certificate {material.describe()}; client CA {authorities}"
+        return f"TLS; certificate {material.describe()}"
+
+    def upstream(self) -> str:
+        url = self.raw("UPSTREAM_URL")
+        if url is None:
+            return "Garmin Connect itself (GARMIN_AUTH_UPSTREAM_URL unset)"
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise CheckFailed("GARMIN_AUTH_UPSTREAM_URL is not a URL (bad host or port)") from None
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise CheckFailed("GARMIN_AUTH_UPSTREAM_URL must be http(s)://host[:port][/path]")
+        if parts.username or parts.password:
+            # Not echoed: the user-info part may hold a password.
+            raise CheckFailed("GARMIN_AUTH_UPSTREAM_URL must not carry user:password@")
+        if parts.query or parts.fragment:
+            raise CheckFailed(
+                "GARMIN_AUTH_UPSTREAM_URL must not have a query or fragment (they are dropped)"
+            )
+        where = parts.hostname + (f":{port}" if port is not None else "")
+        return f"every request to Garmin goes to {parts.scheme}://{where}{parts.path}"
+
+    def metrics(self) -> str:
+        listen = self.raw("METRICS_LISTEN")
+        if listen is None:
+            return "off (set GARMIN_AUTH_METRICS_LISTEN=host:port to serve /metrics)"
+        return f"/metrics on {check_host_port('METRICS_LISTEN', listen)}"
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _reader(self) -> Engine:
+        assert self.engine is not None
+        # A read needs no SQLite write lock.
+        return self.engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+def _driver_problem(exc: BaseException, url: str) -> str:
+    """The exception's type and first line, without the URL's password."""
+    original = getattr(exc, "orig", None) or exc
+    message = (str(original).strip().splitlines() or [""])[0]
+    password = make_url(url).password
+    if password:
+        message = message.replace(str(password), "***")
+    return f"{type(original).__name__}: {redact(message)}" if message else type(original).__name__
+
+
+def run_checks(env: Mapping[str, str] | None = None) -> list[CheckResult]:
+    """Every check, in order; see the module docstring."""
+    checks = _Checks(os.environ if env is None else env)
+    try:
+        checks.run("settings", checks.settings)
+        checks.run("database", checks.database)
+        checks.run("migrations", checks.migrations)
+        checks.run("encryption keys", checks.keys)
+        checks.run("stored secrets", checks.stored_secrets)
+        checks.run("callers", checks.callers)
+        checks.run("tls", checks.tls)
+        checks.run("upstream", checks.upstream)
+        checks.run("metrics", checks.metrics)
+    finally:
+        checks.close()
+    return checks.results

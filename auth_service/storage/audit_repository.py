@@ -1,0 +1,128 @@
+"""Queries for the audit trail (garmin_audit_event).
+
+Events are inserted by the service layer inside the transaction of the change they record;
+like every repository, this one never commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import and_, delete, insert, or_, select
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from auth_service.storage.models import GarminAuditEvent
+
+Event = GarminAuditEvent
+
+
+@dataclass(frozen=True)
+class NewAuditEvent:
+    """The columns of one event to insert (the id is the database's)."""
+
+    occurred_at: datetime
+    caller: str
+    rpc: str
+    user_id: str | None
+    outcome_code: str
+    outcome_reason: str
+    lease_id: str | None = None
+    fencing_token: int | None = None
+
+
+@dataclass(frozen=True)
+class LeaseOwner:
+    """Whom a lease was granted to, as the audit trail recorded the grant."""
+
+    user_id: str
+    fencing_token: int | None
+
+
+class AuditRepository:
+    """Audit events on one SQLAlchemy session (one transaction of the service layer)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, event: NewAuditEvent) -> None:
+        """Insert one event now, so a failure surfaces inside the caller's transaction."""
+        self.session.execute(
+            insert(Event).values(
+                occurred_at=event.occurred_at,
+                caller=event.caller,
+                rpc=event.rpc,
+                user_id=event.user_id,
+                outcome_code=event.outcome_code,
+                outcome_reason=event.outcome_reason,
+                lease_id=event.lease_id,
+                fencing_token=event.fencing_token,
+            )
+        )
+
+    def lease_owner(self, lease_id: str) -> LeaseOwner | None:
+        """The user a lease id was granted for, if an event of that lease is still kept.
+
+        Every grant writes an event carrying its lease id, so this names the user even after
+        the lease was released or taken over (until prune_audit removes the grant's events).
+        """
+        row = self.session.execute(
+            select(Event.user_id, Event.fencing_token)
+            .where(Event.lease_id == lease_id, Event.user_id.is_not(None))
+            .order_by(Event.id)
+            .limit(1)
+        ).first()
+        if row is None or row.user_id is None:
+            return None
+        return LeaseOwner(user_id=row.user_id, fencing_token=row.fencing_token)
+
+    def list_page(
+        self,
+        *,
+        user_id: str | None,
+        start_time: datetime | None,
+        end_time: datetime | None,
+        after: tuple[datetime, int] | None,
+        oldest_first: bool,
+        limit: int,
+    ) -> list[GarminAuditEvent]:
+        """Up to `limit` events in (occurred_at, id) order, newest first unless oldest_first.
+
+        Keyset pagination: `after` is the (occurred_at, id) of the previous page's last event.
+        """
+        query = select(Event)
+        if user_id is not None:
+            query = query.where(Event.user_id == user_id)
+        if start_time is not None:
+            query = query.where(Event.occurred_at >= start_time)
+        if end_time is not None:
+            query = query.where(Event.occurred_at < end_time)
+        if after is not None:
+            at, event_id = after
+            if oldest_first:
+                query = query.where(
+                    or_(Event.occurred_at > at, and_(Event.occurred_at == at, Event.id > event_id))
+                )
+            else:
+                query = query.where(
+                    or_(Event.occurred_at < at, and_(Event.occurred_at == at, Event.id < event_id))
+                )
+        if oldest_first:
+            query = query.order_by(Event.occurred_at.asc(), Event.id.asc())
+        else:
+            query = query.order_by(Event.occurred_at.desc(), Event.id.desc())
+        return list(self.session.scalars(query.limit(limit)))
+
+    def delete_older_than(self, cutoff: datetime, *, limit: int) -> int:
+        """Delete up to `limit` of the oldest events with occurred_at < cutoff; the count."""
+        oldest = (
+            select(Event.id)
+            .where(Event.occurred_at < cutoff)
+            .order_by(Event.occurred_at, Event.id)
+            .limit(limit)
+        )
+        statement = delete(Event).where(Event.id.in_(oldest))
+        result = self.session.execute(statement, execution_options={"synchronize_session": False})
+        return cast(CursorResult[Any], result).rowcount or 0
