@@ -29,8 +29,6 @@ challenge id. A lease id is recorded only when the service granted it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import hashlib
 import json
@@ -39,17 +37,17 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.domain import validation
+from auth_service.domain import page_tokens, validation
 from auth_service.domain.context import current_caller_name
-from auth_service.domain.errors import DomainError, FieldViolation, InvalidArgument, LeaseLost
+from auth_service.domain.errors import DomainError, FieldViolation, LeaseLost
 from auth_service.domain.models import LeaseView
+from auth_service.domain.page_tokens import decode_page_token, encode_page_token
 from auth_service.storage.audit_repository import AuditRepository, NewAuditEvent
 from auth_service.storage.models import CALLER_LENGTH, GarminAuditEvent
 
 SYSTEM_CALLER = "system"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-MAX_PAGE_TOKEN_LENGTH = 1024
 
 
 class AuditedRpc(enum.StrEnum):
@@ -246,35 +244,20 @@ def _view(row: GarminAuditEvent) -> AuditEventView:
 
 
 def _encode_page_token(occurred_at: datetime, event_id: int, query: AuditFilter) -> str:
-    payload = json.dumps(
-        {"at": occurred_at.isoformat(), "id": event_id, "filter": query.fingerprint()}
-    )
-    return base64.urlsafe_b64encode(payload.encode()).decode()
+    return encode_page_token({"at": occurred_at.isoformat(), "id": event_id}, query.fingerprint())
 
 
 def _decode_page_token(token: str, query: AuditFilter) -> tuple[datetime, int] | None:
-    if not token:
+    position = decode_page_token(token, query.fingerprint())
+    if position is None:
         return None
-    bad = InvalidArgument([FieldViolation("page_token", "is not a token this service issued")])
-    if len(token) > MAX_PAGE_TOKEN_LENGTH:
-        raise bad
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise bad from None
-    if not isinstance(payload, dict):
-        raise bad
-    at, event_id = payload.get("at"), payload.get("id")
+    at, event_id = position.get("at"), position.get("id")
     if not isinstance(at, str) or not isinstance(event_id, int) or isinstance(event_id, bool):
-        raise bad
+        raise page_tokens.not_ours()
     try:
         occurred_at = datetime.fromisoformat(at)
     except ValueError:
-        raise bad from None
+        raise page_tokens.not_ours() from None
     if occurred_at.tzinfo is None:
-        raise bad
-    if payload.get("filter") != query.fingerprint():
-        raise InvalidArgument(
-            [FieldViolation("page_token", "was issued for a different filter or order")]
-        )
+        raise page_tokens.not_ours()
     return occurred_at, event_id

@@ -6,10 +6,7 @@ Garmin, then apply the answer conditionally (the row may have changed meanwhile)
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -21,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from auth_service.clock import Clock
 from auth_service.config import LoginSettings
 from auth_service.crypto import DecryptionError
-from auth_service.domain import audit, validation
+from auth_service.domain import audit, page_tokens, validation
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
     FieldViolation,
@@ -41,6 +38,7 @@ from auth_service.domain.models import (
     SessionState,
     SessionStatusView,
 )
+from auth_service.domain.page_tokens import decode_page_token, encode_page_token
 from auth_service.domain.ports import GarminUpstream
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.repository import (
@@ -55,7 +53,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-MAX_PAGE_TOKEN_LENGTH = 1024
 # How long one replica may hold a challenge while it submits the code to Garmin.
 MFA_CLAIM_SECONDS = 120.0
 
@@ -466,24 +463,14 @@ class SessionService:
 
 
 def _encode_page_token(after_user_id: str, state: SessionState | None) -> str:
-    payload = json.dumps({"after": after_user_id, "state": state.value if state else None})
-    return base64.urlsafe_b64encode(payload.encode()).decode()
+    return encode_page_token({"after": after_user_id}, state.value if state else None)
 
 
 def _decode_page_token(token: str, state: SessionState | None) -> str | None:
-    if not token:
+    position = decode_page_token(token, state.value if state else None)
+    if position is None:
         return None
-    bad = InvalidArgument([FieldViolation("page_token", "is not a token this service issued")])
-    if len(token) > MAX_PAGE_TOKEN_LENGTH:
-        raise bad
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise bad from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("after"), str):
-        raise bad
-    if payload.get("state") != (state.value if state else None):
-        raise InvalidArgument(
-            [FieldViolation("page_token", "was issued for a different state filter")]
-        )
-    return str(payload["after"])
+    after = position.get("after")
+    if not isinstance(after, str):
+        raise page_tokens.not_ours()
+    return after
