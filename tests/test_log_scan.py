@@ -31,3 +31,16 @@ def test_scan_finds_a_secret_in_a_message_an_extra_and_a_traceback() -> None:
     leaks = leaked_secrets(handler.texts, every_secret_issued())
     assert len(leaks) == 3
     assert all(leak.startswith("tests.scan: a 22-character secret") for leak in leaks)
+
+
+def test_scan_finds_word_shaped_tokens_alone_and_glued_to_a_label() -> None:
+    token = "eyJ" + "a1B2c3D4e5F6g7H8i9J0" * 2
+    texts = [
+        ("a", f"Authorization: Bearer {token}"),
+        ("b", f"access_token={token}&x=1"),
+        ("c", f'"oauth_token": "{token}"'),
+        ("d", f"prefix{token}"),
+        ("e", f"{token}suffix"),
+        ("f", "eyJa1B2 nothing to see"),
+    ]
+    assert sorted(leak.split(":")[0] for leak in leaked_secrets(texts, {token})) == list("abcde")

@@ -138,7 +138,8 @@ EXPIRY_MARGIN_SECONDS: Final = 30.0
 
 # What garth and requests raise when Garmin misbehaves. RequestException is an OSError;
 # ValueError covers JSON decoding and pydantic validation; KeyError/TypeError/AttributeError
-# come from garth reading answers that lack a field or have the wrong shape.
+# come from garth reading answers that lack a field or have the wrong shape; RecursionError
+# from JSON nested deeper than the parser can follow (a broken or hostile answer).
 _GARTH_FAILURES: Final = (
     GarthException,
     OSError,
@@ -147,6 +148,7 @@ _GARTH_FAILURES: Final = (
     TypeError,
     AttributeError,
     ArithmeticError,
+    RecursionError,
 )
 
 

@@ -1,0 +1,87 @@
+"""Fixtures of the lease tests. Garmin is the emulator over real HTTP, reached through the
+real garth adapter; the database is SQLite or PostgreSQL (`db_sessionmaker`, tests/fixtures)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from auth_service.clock import FakeClock
+from auth_service.config import UpstreamSettings
+from auth_service.crypto import Keyring
+from auth_service.domain.leases import LeaseService
+from auth_service.storage.secrets import SecretBox
+from auth_service.upstream.emulator import GarminEmulator
+from auth_service.upstream.garth_adapter import GarthUpstream
+
+from . import GarminAccounts, build_service
+
+CONSUMER_KEY = "lease-test-consumer-key"
+CONSUMER_SECRET = "lease-test-consumer-secret"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    # Garmin's tokens carry real expiry times, so the service's clock starts at real time.
+    return FakeClock(datetime.now(UTC))
+
+
+@pytest.fixture
+def box(keyring: Keyring) -> SecretBox:
+    return SecretBox(keyring)
+
+
+@pytest.fixture(scope="package")
+def running_emulator() -> Iterator[GarminEmulator]:
+    with GarminEmulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emulator(running_emulator: GarminEmulator) -> Iterator[GarminEmulator]:
+    """The package's emulator (stopping one takes ~50 ms: one per test would add seconds),
+    with no pending fault, no latency and empty records for each test. Accounts and tokens
+    of earlier tests remain, as they would at Garmin; every test logs in its own sessions."""
+    running_emulator.clear_faults()
+    running_emulator.latency_seconds = 0.0
+    running_emulator.reset_records()
+    yield running_emulator
+    running_emulator.clear_faults()
+
+
+@pytest.fixture
+def upstream(emulator: GarminEmulator) -> GarthUpstream:
+    return GarthUpstream(
+        UpstreamSettings(
+            consumer_key=CONSUMER_KEY,
+            consumer_secret=CONSUMER_SECRET,
+            base_url=emulator.url,
+            timeout_seconds=5.0,
+            # Retries would only repeat GETs of a login; the exchange (a POST) never is.
+            retries=0,
+        )
+    )
+
+
+@pytest.fixture
+def accounts(
+    emulator: GarminEmulator,
+    upstream: GarthUpstream,
+    clock: FakeClock,
+    db_sessionmaker: sessionmaker[Session],
+    box: SecretBox,
+) -> GarminAccounts:
+    return GarminAccounts(emulator, upstream, clock, db_sessionmaker, box)
+
+
+@pytest.fixture
+def service(
+    db_sessionmaker: sessionmaker[Session],
+    box: SecretBox,
+    upstream: GarthUpstream,
+    clock: FakeClock,
+) -> LeaseService:
+    return build_service(db_sessionmaker, box, upstream, clock)
