@@ -50,10 +50,9 @@ from auth_service.domain.validation import (
     check_user_id,
     raise_if_any,
 )
-from auth_service.storage.lease_repository import LeaseRepository, SealedSession
-from auth_service.storage.models import GarminAuthenticationState
+from auth_service.storage.lease_repository import GrantedRow, LeaseRepository, SealedSession
 from auth_service.storage.secrets import SecretBox
-from auth_service.storage.views import live_lease, status_view
+from auth_service.storage.views import SessionRow, live_lease, status_view
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +135,16 @@ class LeaseService:
         for _ in range(MAX_REJECTED_SKIPS):
             now = self.clock.now()
             with self.db.begin() as session:
-                row = LeaseRepository(session).grant_next(
+                grant = LeaseRepository(session).grant_next(
                     lease_id=new_lease_id(),
                     holder=holder,
                     now=now,
                     expires_at=now + lifetime,
                     due_before=now - (min_sync_interval or timedelta(0)),
                 )
-                if row is None:
+                if grant is None:
                     return None
-                granted = self._granted(session, row, now, AuditedRpc.LEASE_NEXT_SESSION)
+                granted = self._granted(session, grant, now, AuditedRpc.LEASE_NEXT_SESSION)
             try:
                 return self._hand_out(granted)
             except GarminSessionRejected:
@@ -255,27 +254,27 @@ class LeaseService:
         now = self.clock.now()
         with self.db.begin() as session:
             repo = LeaseRepository(session)
-            # A lease id still set on a row we may grant is a lease that expired unended.
-            taken_over = (before := repo.find(user_id)) is not None and before.lease_id is not None
-            row = repo.grant(
+            grant = repo.grant(
                 user_id,
                 lease_id=new_lease_id(),
                 holder=holder,
                 now=now,
                 expires_at=now + lifetime,
             )
-            if row is None:
+            if grant is None:
                 _raise_refusal(repo.find(user_id), now)
                 return None
-            if taken_over:
-                service_events().lease_taken_over()
-            return self._granted(session, row, now, AuditedRpc.LEASE_SESSION)
+            return self._granted(session, grant, now, AuditedRpc.LEASE_SESSION)
 
     def _granted(
-        self, session: Session, row: GarminAuthenticationState, now: datetime, rpc: AuditedRpc
+        self, session: Session, grant: GrantedRow, now: datetime, rpc: AuditedRpc
     ) -> _Granted:
         """Views of a freshly granted row, built inside its transaction, which also records
         the grant."""
+        row = grant.row
+        if grant.took_over:
+            # The row still named a lease that expired without being released.
+            service_events().lease_taken_over()
         lease = self._live_lease(row, now)
         if row.session_ciphertext is None:
             # An ACTIVE row always holds a session; if not, no token can be handed out.
@@ -412,7 +411,7 @@ class LeaseService:
         return ttl if ttl is not None else timedelta(seconds=self.settings.default_ttl)
 
     @staticmethod
-    def _live_lease(row: GarminAuthenticationState | None, now: datetime) -> LeaseView:
+    def _live_lease(row: SessionRow | None, now: datetime) -> LeaseView:
         lease = None if row is None else live_lease(row, now)
         if lease is None:
             raise _lease_lost()
@@ -423,7 +422,7 @@ def _lease_lost() -> LeaseLost:
     return LeaseLost("the lease is expired, released, taken over or unknown")
 
 
-def _raise_refusal(row: GarminAuthenticationState | None, now: datetime) -> None:
+def _raise_refusal(row: SessionRow | None, now: datetime) -> None:
     """Say why a grant was refused; return only if it should simply be retried."""
     if row is None or row.state is SessionState.NOT_CONNECTED:
         raise SessionNotFound("no Garmin session is stored for this user")

@@ -46,8 +46,12 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 15.0
 # it frees the pool slot and the gRPC call reports an error instead of hanging.
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
 POSTGRES_STATEMENT_TIMEOUT_MS = 30_000
-POSTGRES_POOL_SIZE = 10
-POSTGRES_MAX_OVERFLOW = 10
+# A fixed pool, no overflow: an overflow connection is closed as soon as it is returned, so
+# under load the service opened and closed dozens of connections a second (each costs
+# PostgreSQL a process). Transactions never span a call to Garmin, so 16 connections serve
+# the 32 gRPC threads; a thread that finds none free waits for one (pool timeout).
+POSTGRES_POOL_SIZE = 16
+POSTGRES_MAX_OVERFLOW = 0
 POSTGRES_POOL_TIMEOUT_SECONDS = 10.0
 # Recycle before typical load-balancer / server idle limits cut connections.
 POSTGRES_POOL_RECYCLE_SECONDS = 1800

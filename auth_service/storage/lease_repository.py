@@ -11,6 +11,10 @@ A lease is *live* when its lease_id matches, it has not expired (`lease_expires_
 and the session is still ACTIVE. A row whose lease expired is free even though lease_id is
 still set: the next grant overwrites it, which kills the old lease_id for good.
 
+These are the hottest statements of the service, so they are built ONCE, at import, as Core
+statements with bound parameters, and return plain rows: building a statement per call and
+loading ORM objects cost more CPU than PostgreSQL spends running them (benchmarks/README.md).
+
 Repositories never commit: the service layer owns transactions. On SQLite every
 transaction takes the write lock at BEGIN (auth_service.storage.database), so a read that
 precedes a write in the same transaction cannot go stale.
@@ -20,15 +24,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Update, and_, case, literal, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import (
+    Row,
+    Select,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    case,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
 
 from auth_service.domain.models import SessionState
 from auth_service.storage.models import GarminAuthenticationState, UTCDateTime
+from auth_service.storage.views import SessionRow
 
-State = GarminAuthenticationState
+T: Table = cast(Table, GarminAuthenticationState.__table__)
+ACTIVE = SessionState.ACTIVE
 
 # Column values that end a lease. Release, invalidation, and the session service's
 # login/import/delete all use these, so "no lease" looks the same whoever ended it.
@@ -39,11 +56,6 @@ ENDED_LEASE: dict[str, Any] = {
     "lease_acquired_at": None,
     "lease_expires_at": None,
 }
-
-# ORM-enabled UPDATE ... RETURNING: skip the in-session synchronisation (RETURNING already
-# brings the new row) and overwrite any copy of the row the session already holds.
-_RETURNING_OPTIONS: dict[str, Any] = {"synchronize_session": False, "populate_existing": True}
-_READ_OPTIONS: dict[str, Any] = {"populate_existing": True}
 
 
 @dataclass(frozen=True, repr=False)
@@ -58,33 +70,151 @@ class SealedSession:
         return f"SealedSession(user_id={self.user_id!r}, <sealed>)"
 
 
-def lease_is_free(now: datetime) -> ColumnElement[bool]:
-    """Nobody holds a live lease on the row at `now` (never leased, released or expired)."""
-    return or_(State.lease_expires_at.is_(None), State.lease_expires_at <= now)
+@dataclass(frozen=True)
+class GrantedRow:
+    """A row just granted, and whether the grant took over a lease that expired unreleased."""
+
+    row: SessionRow
+    took_over: bool
 
 
-def lease_is_live(lease_id: str, now: datetime) -> ColumnElement[bool]:
-    """The row is held by exactly this lease, which has not expired, on an ACTIVE session."""
-    return and_(
-        State.lease_id == lease_id,
-        State.lease_expires_at > now,
-        State.state == SessionState.ACTIVE,
+# --- Bound parameters (typed, so SQLite gets its UTC-normalised timestamps) --------------
+
+_NOW = bindparam("p_now", type_=UTCDateTime())
+_EXPIRES_AT = bindparam("p_expires_at", type_=UTCDateTime())
+_DUE_BEFORE = bindparam("p_due_before", type_=UTCDateTime())
+_SYNCED_THROUGH = bindparam("p_synced_through", type_=UTCDateTime())
+_TOKENS_EXPIRE_AT = bindparam("p_tokens_expire_at", type_=UTCDateTime())
+_USER_ID = bindparam("p_user_id", type_=T.c.user_id.type)
+_LEASE_ID = bindparam("p_lease_id", type_=T.c.lease_id.type)
+_NEW_LEASE_ID = bindparam("p_new_lease_id", type_=T.c.lease_id.type)
+_HOLDER = bindparam("p_holder", type_=T.c.lease_holder.type)
+_CIPHERTEXT = bindparam("p_ciphertext", type_=T.c.session_ciphertext.type)
+_VERSION = bindparam("p_version", type_=T.c.session_version.type)
+_REASON = bindparam("p_reason", type_=T.c.invalidated_reason.type)
+
+# Nobody holds a live lease on the row (never leased, released, or expired).
+_FREE = or_(T.c.lease_expires_at.is_(None), T.c.lease_expires_at <= _NOW)
+# The row is held by exactly this lease, which has not expired, on an ACTIVE session.
+_LIVE = and_(T.c.lease_id == _LEASE_ID, T.c.lease_expires_at > _NOW, T.c.state == ACTIVE)
+# Due for a sync: free, ACTIVE, and neither synced nor attempted since `due_before`.
+_DUE = and_(
+    T.c.state == ACTIVE,
+    _FREE,
+    or_(T.c.last_sync_attempt_at.is_(None), T.c.last_sync_attempt_at < _DUE_BEFORE),
+    or_(T.c.last_synced_at.is_(None), T.c.last_synced_at < _DUE_BEFORE),
+)
+# Never synced first, then the oldest sync; user_id makes the order total. The partial index
+# ix_garmin_authentication_state_due has exactly this order, so the database walks it and
+# stops at the first due row instead of sorting every due row.
+_DUE_ORDER = (T.c.last_synced_at.is_not(None), T.c.last_synced_at, T.c.user_id)
+
+# The fencing token grows in the same statement that grants: no two grants can ever share a
+# token, and a later grant always sees a larger one.
+_GRANT_VALUES: dict[str, Any] = {
+    "lease_id": _NEW_LEASE_ID,
+    "lease_holder": _HOLDER,
+    "lease_acquired_at": _NOW,
+    "lease_expires_at": _EXPIRES_AT,
+    "fencing_token": T.c.fencing_token + 1,
+    "updated_at": _NOW,
+}
+
+
+def _grant_through(candidate: Select[Any]) -> Update:
+    """PostgreSQL: lock the candidate row and grant it in one statement, returning the
+    lease id the row held before (set = an expired lease was taken over).
+
+    The candidate is a CTE, which PostgreSQL runs exactly once. (As a subquery in FROM it
+    could be rescanned per joined row and, skipping the row just granted, name a second.)"""
+    chosen = candidate.cte("candidate")
+    return (
+        update(T)
+        .where(T.c.user_id == chosen.c.user_id, T.c.state == ACTIVE, _FREE)
+        .values(_GRANT_VALUES)
+        .returning(*T.c, chosen.c.previous_lease_id)
     )
 
 
-def _grant_values(
-    lease_id: str, holder: str, now: datetime, expires_at: datetime
-) -> dict[str, Any]:
-    # The fencing token grows in the same statement that grants: no two grants can ever
-    # share a token, and a later grant always sees a larger one.
-    return {
-        "lease_id": lease_id,
-        "lease_holder": holder,
-        "lease_acquired_at": now,
-        "lease_expires_at": expires_at,
-        "fencing_token": State.fencing_token + 1,
-        "updated_at": now,
-    }
+_CANDIDATE_BY_USER = select(T.c.user_id, T.c.lease_id.label("previous_lease_id")).where(
+    T.c.user_id == _USER_ID, T.c.state == ACTIVE, _FREE
+)
+# SKIP LOCKED: concurrent callers on other replicas each take a different due row, without a
+# table lock (a row granted and committed meanwhile fails the re-check; the next is taken).
+_CANDIDATE_DUE = select(T.c.user_id, T.c.lease_id.label("previous_lease_id")).where(_DUE)
+_CANDIDATE_DUE = _CANDIDATE_DUE.order_by(*_DUE_ORDER).limit(1)
+
+_PG_GRANT = _grant_through(_CANDIDATE_BY_USER.with_for_update())
+_PG_GRANT_NEXT = _grant_through(_CANDIDATE_DUE.with_for_update(skip_locked=True))
+# SQLite: one writer at a time (BEGIN IMMEDIATE), so reading the candidate first and then
+# granting it by user id cannot race; SQLite's RETURNING cannot name a joined table.
+_GRANT_USER = (
+    update(T)
+    .where(T.c.user_id == _USER_ID, T.c.state == ACTIVE, _FREE)
+    .values(_GRANT_VALUES)
+    .returning(*T.c)
+)
+
+_FIND = select(*T.c).where(T.c.user_id == _USER_ID)
+_FIND_BY_LEASE = select(*T.c).where(_LIVE)
+_RENEW = (
+    update(T).where(_LIVE).values(lease_expires_at=_EXPIRES_AT, updated_at=_NOW).returning(*T.c)
+)
+_RELEASE_VALUES: dict[str, Any] = {**ENDED_LEASE, "last_sync_attempt_at": _NOW, "updated_at": _NOW}
+_RELEASE = update(T).where(_LIVE).values(_RELEASE_VALUES).returning(*T.c)
+_RELEASE_SYNCED = (
+    update(T)
+    .where(_LIVE)
+    .values(
+        {
+            **_RELEASE_VALUES,
+            "last_synced_at": _NOW,
+            # synced_through never moves backwards: a late, shorter sync keeps the old mark.
+            "synced_through": case(
+                (
+                    or_(T.c.synced_through.is_(None), T.c.synced_through < _SYNCED_THROUGH),
+                    _SYNCED_THROUGH,
+                ),
+                else_=T.c.synced_through,
+            ),
+        }
+    )
+    .returning(*T.c)
+)
+_END_LEASE = update(T).where(_LIVE).values({**ENDED_LEASE, "updated_at": _NOW}).returning(*T.c)
+_STORE_REFRESHED = (
+    update(T)
+    .where(_LIVE, T.c.user_id == _USER_ID)
+    .values(
+        session_ciphertext=_CIPHERTEXT,
+        session_version=T.c.session_version + 1,
+        access_token_expires_at=_TOKENS_EXPIRE_AT,
+        last_validated_at=_NOW,
+        updated_at=_NOW,
+    )
+    .returning(*T.c)
+)
+_INVALIDATE = (
+    update(T)
+    .where(_LIVE)
+    .values(
+        {
+            **ENDED_LEASE,
+            "state": SessionState.AUTH_EXPIRED,
+            "session_ciphertext": None,
+            "access_token_expires_at": None,
+            "session_version": T.c.session_version + 1,
+            "invalidated_reason": _REASON,
+            "invalidated_at": _NOW,
+            "updated_at": _NOW,
+        }
+    )
+    .returning(*T.c)
+)
+# With an expected session version (central refresh): the row must still hold the session
+# the tokens were refreshed from, so a login or import that landed meanwhile wins.
+_STORE_REFRESHED_AT_VERSION = _STORE_REFRESHED.where(T.c.session_version == _VERSION)
+_INVALIDATE_AT_VERSION = _INVALIDATE.where(T.c.session_version == _VERSION)
 
 
 class LeaseRepository:
@@ -92,31 +222,28 @@ class LeaseRepository:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self._postgresql = session.get_bind().dialect.name == "postgresql"
 
     # --- reads -------------------------------------------------------------------------
 
-    def find(self, user_id: str) -> GarminAuthenticationState | None:
+    def find(self, user_id: str) -> SessionRow | None:
         """The user's row as it is now (used to explain why a grant was refused)."""
-        return self.session.get(State, user_id, populate_existing=True)
+        return self._one(_FIND, p_user_id=user_id)
 
-    def find_by_lease(self, lease_id: str, now: datetime) -> GarminAuthenticationState | None:
+    def find_by_lease(self, lease_id: str, now: datetime) -> SessionRow | None:
         """The row a live lease holds, if the lease is live at `now`."""
-        stmt = select(State).where(lease_is_live(lease_id, now))
-        return self.session.execute(stmt, execution_options=_READ_OPTIONS).scalars().one_or_none()
+        return self._one(_FIND_BY_LEASE, p_lease_id=lease_id, p_now=now)
 
     # --- grants ------------------------------------------------------------------------
 
     def grant(
         self, user_id: str, *, lease_id: str, holder: str, now: datetime, expires_at: datetime
-    ) -> GarminAuthenticationState | None:
+    ) -> GrantedRow | None:
         """Lease the user's ACTIVE session if no live lease holds it; None when refused."""
-        stmt = (
-            update(State)
-            .where(State.user_id == user_id, State.state == SessionState.ACTIVE)
-            .where(lease_is_free(now))
-            .values(_grant_values(lease_id, holder, now, expires_at))
-        )
-        return self._returning(stmt)
+        values = _grant_params(lease_id, holder, now, expires_at)
+        if self._postgresql:
+            return self._granted(_PG_GRANT, p_user_id=user_id, **values)
+        return self._grant_sqlite(_CANDIDATE_BY_USER, p_user_id=user_id, **values)
 
     def grant_next(
         self,
@@ -126,79 +253,47 @@ class LeaseRepository:
         now: datetime,
         expires_at: datetime,
         due_before: datetime,
-    ) -> GarminAuthenticationState | None:
-        """Lease the most overdue free ACTIVE session; None when nothing is due.
+    ) -> GrantedRow | None:
+        """Lease the most overdue free ACTIVE session; None when nothing is due."""
+        values = _grant_params(lease_id, holder, now, expires_at)
+        if self._postgresql:
+            return self._granted(_PG_GRANT_NEXT, p_due_before=due_before, **values)
+        return self._grant_sqlite(_CANDIDATE_DUE, p_due_before=due_before, **values)
 
-        One statement: UPDATE ... WHERE user_id = (SELECT ... LIMIT 1 FOR UPDATE SKIP LOCKED).
-        On PostgreSQL the subquery locks the chosen row and skips rows another replica is
-        granting right now, so concurrent callers each get a different user without a table
-        lock (a row whose lease was granted and committed meanwhile fails the re-check and the
-        next candidate is taken). SQLite has no row locks and SQLAlchemy omits the clause
-        there: the statement runs under SQLite's single write lock, which serialises callers.
-        """
-        candidate = aliased(State)
-        due = (
-            select(candidate.user_id)
-            .where(
-                candidate.state == SessionState.ACTIVE,
-                or_(candidate.lease_expires_at.is_(None), candidate.lease_expires_at <= now),
-                or_(
-                    candidate.last_sync_attempt_at.is_(None),
-                    candidate.last_sync_attempt_at < due_before,
-                ),
-                or_(candidate.last_synced_at.is_(None), candidate.last_synced_at < due_before),
-            )
-            # Never synced first, then the oldest sync; user_id makes the order total.
-            .order_by(candidate.last_synced_at.asc().nulls_first(), candidate.user_id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        stmt = (
-            update(State)
-            .where(State.user_id == due, State.state == SessionState.ACTIVE)
-            .where(lease_is_free(now))
-            .values(_grant_values(lease_id, holder, now, expires_at))
-        )
-        return self._returning(stmt)
+    def _granted(self, statement: Update, **params: Any) -> GrantedRow | None:
+        row = self.session.execute(statement, params).first()
+        if row is None:
+            return None
+        return GrantedRow(cast(SessionRow, row), took_over=row.previous_lease_id is not None)
+
+    def _grant_sqlite(self, candidate: Select[Any], **params: Any) -> GrantedRow | None:
+        chosen = self.session.execute(candidate, params).first()
+        if chosen is None:
+            return None
+        row = self._one(_GRANT_USER, **{**params, "p_user_id": chosen.user_id})
+        if row is None:
+            return None
+        return GrantedRow(row, took_over=chosen.previous_lease_id is not None)
 
     # --- the holder's calls ----------------------------------------------------------
 
-    def renew(
-        self, lease_id: str, *, now: datetime, expires_at: datetime
-    ) -> GarminAuthenticationState | None:
+    def renew(self, lease_id: str, *, now: datetime, expires_at: datetime) -> SessionRow | None:
         """Move a live lease's expiry to `expires_at`; None when the lease is dead."""
-        stmt = (
-            update(State)
-            .where(lease_is_live(lease_id, now))
-            .values(lease_expires_at=expires_at, updated_at=now)
-        )
-        return self._returning(stmt)
+        return self._one(_RENEW, p_lease_id=lease_id, p_now=now, p_expires_at=expires_at)
 
     def release(
         self, lease_id: str, *, now: datetime, synced_through: datetime | None
-    ) -> GarminAuthenticationState | None:
+    ) -> SessionRow | None:
         """End a live lease, recording the sync attempt (and success); None when dead."""
-        values: dict[str, Any] = {**ENDED_LEASE, "last_sync_attempt_at": now, "updated_at": now}
-        if synced_through is not None:
-            new = literal(synced_through, UTCDateTime())
-            values["last_synced_at"] = now
-            # synced_through never moves backwards: a late, shorter sync keeps the old mark.
-            values["synced_through"] = case(
-                (or_(State.synced_through.is_(None), State.synced_through < new), new),
-                else_=State.synced_through,
-            )
-        stmt = update(State).where(lease_is_live(lease_id, now)).values(values)
-        return self._returning(stmt)
-
-    def end_lease(self, lease_id: str, *, now: datetime) -> GarminAuthenticationState | None:
-        """End a live lease without recording anything else; None when it is dead."""
-        stmt = (
-            update(State)
-            .where(lease_is_live(lease_id, now))
-            .values({**ENDED_LEASE, "updated_at": now})
+        if synced_through is None:
+            return self._one(_RELEASE, p_lease_id=lease_id, p_now=now)
+        return self._one(
+            _RELEASE_SYNCED, p_lease_id=lease_id, p_now=now, p_synced_through=synced_through
         )
-        return self._returning(stmt)
+
+    def end_lease(self, lease_id: str, *, now: datetime) -> SessionRow | None:
+        """End a live lease without recording anything else; None when it is dead."""
+        return self._one(_END_LEASE, p_lease_id=lease_id, p_now=now)
 
     def store_refreshed(
         self,
@@ -207,27 +302,23 @@ class LeaseRepository:
         sealed: SealedSession,
         now: datetime,
         expected_version: int | None = None,
-    ) -> GarminAuthenticationState | None:
+    ) -> SessionRow | None:
         """Store refreshed tokens under a live lease; None when the lease is dead.
 
         The tokens are sealed for one user's row, so the row must still be that user's.
         With `expected_version` (central refresh) the row must also still hold the session
         version the tokens were refreshed from, so an import that landed meanwhile wins.
         """
-        stmt = (
-            update(State)
-            .where(lease_is_live(lease_id, now), State.user_id == sealed.user_id)
-            .values(
-                session_ciphertext=sealed.ciphertext,
-                session_version=State.session_version + 1,
-                access_token_expires_at=sealed.access_token_expires_at,
-                last_validated_at=now,
-                updated_at=now,
-            )
-        )
-        if expected_version is not None:
-            stmt = stmt.where(State.session_version == expected_version)
-        return self._returning(stmt)
+        params: dict[str, Any] = {
+            "p_lease_id": lease_id,
+            "p_now": now,
+            "p_user_id": sealed.user_id,
+            "p_ciphertext": sealed.ciphertext,
+            "p_tokens_expire_at": sealed.access_token_expires_at,
+        }
+        if expected_version is None:
+            return self._one(_STORE_REFRESHED, **params)
+        return self._one(_STORE_REFRESHED_AT_VERSION, **params, p_version=expected_version)
 
     def invalidate(
         self,
@@ -236,30 +327,26 @@ class LeaseRepository:
         now: datetime,
         reason: str,
         expected_version: int | None = None,
-    ) -> GarminAuthenticationState | None:
+    ) -> SessionRow | None:
         """Mark the session AUTH_EXPIRED, wipe its secrets, end the lease; None when dead."""
-        stmt = (
-            update(State)
-            .where(lease_is_live(lease_id, now))
-            .values(
-                {
-                    **ENDED_LEASE,
-                    "state": SessionState.AUTH_EXPIRED,
-                    "session_ciphertext": None,
-                    "access_token_expires_at": None,
-                    "session_version": State.session_version + 1,
-                    "invalidated_reason": reason,
-                    "invalidated_at": now,
-                    "updated_at": now,
-                }
-            )
-        )
-        if expected_version is not None:
-            stmt = stmt.where(State.session_version == expected_version)
-        return self._returning(stmt)
+        params: dict[str, Any] = {"p_lease_id": lease_id, "p_now": now, "p_reason": reason}
+        if expected_version is None:
+            return self._one(_INVALIDATE, **params)
+        return self._one(_INVALIDATE_AT_VERSION, **params, p_version=expected_version)
 
     # --- plumbing ----------------------------------------------------------------------
 
-    def _returning(self, stmt: Update) -> GarminAuthenticationState | None:
-        result = self.session.execute(stmt.returning(State), execution_options=_RETURNING_OPTIONS)
-        return result.scalars().one_or_none()
+    def _one(self, statement: Update | Select[Any], **params: Any) -> SessionRow | None:
+        row: Row[Any] | None = self.session.execute(statement, params).first()
+        return cast("SessionRow | None", row)
+
+
+def _grant_params(
+    lease_id: str, holder: str, now: datetime, expires_at: datetime
+) -> dict[str, Any]:
+    return {
+        "p_new_lease_id": lease_id,
+        "p_holder": holder,
+        "p_now": now,
+        "p_expires_at": expires_at,
+    }

@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -124,8 +125,19 @@ class GarminAuthenticationState(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (
-        # LeaseNextSession walks ACTIVE sessions in sync order.
-        Index("ix_garmin_authentication_state_due", "state", "last_synced_at"),
+        # LeaseNextSession walks ACTIVE sessions in sync order (never synced first, then the
+        # oldest sync) and stops at the first due one: an index in exactly that order, over
+        # ACTIVE rows only, keeps it flat however many sessions are stored. The order is
+        # spelled (last_synced_at IS NOT NULL, last_synced_at) because SQLite indexes cannot
+        # say NULLS FIRST and PostgreSQL's ascending order puts NULLs last.
+        Index(
+            "ix_garmin_authentication_state_due",
+            text("(last_synced_at IS NOT NULL)"),
+            "last_synced_at",
+            "user_id",
+            postgresql_where=text("state = 'ACTIVE'"),
+            sqlite_where=text("state = 'ACTIVE'"),
+        ),
     )
 
 

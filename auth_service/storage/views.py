@@ -3,12 +3,52 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
-from auth_service.domain.models import LeaseView, SessionStatusView
-from auth_service.storage.models import GarminAuthenticationState
+from auth_service.domain.models import LeaseView, SessionState, SessionStatusView
 
 
-def live_lease(row: GarminAuthenticationState, now: datetime) -> LeaseView | None:
+class SessionRow(Protocol):
+    """A garmin_authentication_state row: the ORM object, or a plain row the lease
+    repository's Core statements return (same column names, same types)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def state(self) -> SessionState: ...
+    @property
+    def session_ciphertext(self) -> bytes | None: ...
+    @property
+    def session_version(self) -> int: ...
+    @property
+    def access_token_expires_at(self) -> datetime | None: ...
+    @property
+    def lease_id(self) -> str | None: ...
+    @property
+    def lease_holder(self) -> str | None: ...
+    @property
+    def lease_acquired_at(self) -> datetime | None: ...
+    @property
+    def lease_expires_at(self) -> datetime | None: ...
+    @property
+    def fencing_token(self) -> int: ...
+    @property
+    def last_validated_at(self) -> datetime | None: ...
+    @property
+    def last_synced_at(self) -> datetime | None: ...
+    @property
+    def synced_through(self) -> datetime | None: ...
+    @property
+    def last_sync_attempt_at(self) -> datetime | None: ...
+    @property
+    def invalidated_reason(self) -> str | None: ...
+    @property
+    def invalidated_at(self) -> datetime | None: ...
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+def live_lease(row: SessionRow, now: datetime) -> LeaseView | None:
     """The row's lease if it is still live at `now`."""
     if (
         row.lease_id is None
@@ -27,7 +67,7 @@ def live_lease(row: GarminAuthenticationState, now: datetime) -> LeaseView | Non
     )
 
 
-def status_view(row: GarminAuthenticationState, now: datetime) -> SessionStatusView:
+def status_view(row: SessionRow, now: datetime) -> SessionStatusView:
     return SessionStatusView(
         user_id=row.user_id,
         state=row.state,

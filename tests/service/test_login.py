@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from datetime import timedelta
@@ -19,6 +20,7 @@ from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.emulator import GarminEmulator
 from auth_service.upstream.garth_adapter import GarminApiSession
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from tests.fixtures.logs import RecordingHandler
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 
 PASSWORD = "correct horse battery staple"
@@ -290,3 +292,25 @@ def test_pending_challenge_is_stored_encrypted(
     assert challenge_id not in row.challenge_id_sha256
     assert b"lou@example.com" not in row.pending_ciphertext
     assert row.expires_at - row.created_at == timedelta(minutes=10)
+
+
+def test_passwords_and_mfa_codes_never_reach_the_logs(
+    service_factory: ServiceFactory, garmin: GarminEmulator, no_secret_in_logs: RecordingHandler
+) -> None:
+    """MFA codes are too short for the suite-wide scan: look for them (and the password)
+    explicitly, as whole digit runs, in every record of an MFA login with a wrong code."""
+    garmin.add_user("mia@example.com", "pw-Xq7!unusual", mfa=True, mfa_code="918273")
+    first, second = service_factory.start(), service_factory.start()
+    challenge = login(first, "mia", "mia@example.com", "pw-Xq7!unusual").mfa_challenge_id
+    expect_failure(
+        lambda: second.call(
+            "SubmitMfa", pb.SubmitMfaRequest(mfa_challenge_id=challenge, code="564738")
+        )
+    )
+    second.call("SubmitMfa", pb.SubmitMfaRequest(mfa_challenge_id=challenge, code="918273"))
+    texts = "\n".join(text for _, text in no_secret_in_logs.texts)
+    assert "SubmitMfa" in texts  # the flow was logged at all
+    for secret in ("918273", "564738"):
+        assert not re.search(rf"(?<!\d){secret}(?!\d)", texts)
+    assert "pw-Xq7!unusual" not in texts
+    assert challenge not in texts

@@ -1,0 +1,257 @@
+"""Lease throughput of one service process on PostgreSQL, against two baselines measured in
+the same run: the same process's grpc.health.v1 Check (its gRPC ceiling) and the repository's
+own grant + release statements issued directly with psycopg (workers touching the database).
+
+    .venv/bin/python -m benchmarks.lease_throughput [--duration S] [--quick] [--processes K]
+        [--service-revision REV]
+
+10,000 ACTIVE sessions are COPYed into a fresh database (each with its own encrypted blob and a
+token valid for ten years: no lease triggers a central refresh). First one caller (N = 1:
+latency floors, no targets), then N = 8 and 32 callers in flight, from a separate process;
+each workload runs for a warm-up and then a measured window:
+
+- health: Check.
+- lease_session: LeaseSession + ReleaseLease over distinct users (both calls count as RPCs).
+- lease_next: LeaseNextSession(min_sync_interval = 1 h) + ReleaseLease. Every session starts
+  last synced 2-3 h ago, so each is handed out once per round; the sync columns are reset
+  before each window (a round never runs out at these rates; `exhausted` would say so).
+- direct_tx: the grant and release UPDATEs with psycopg, each in BEGIN/COMMIT; one statement
+  counts like one RPC. direct_autocommit and direct_tx_preping are the same statements in
+  autocommit and after a pre-ping `SELECT 1`: evidence for the levers, no target.
+
+Server CPU per RPC is the service process's utime+stime over the window divided by the RPCs
+completed in it; PostgreSQL's is that of the backends connected to the benchmark's database
+(a lower bound: a backend that disconnects inside the window takes its CPU with it).
+`other_cpu` is what the rest of the machine burned meanwhile: on a shared box, read the
+figures of a window with a large `other_cpu` with care. `db_connections_opened` is the rate of new
+connections to the database inside the window (pg_stat_database.sessions): the service's
+pool closing and reopening connections under load.
+
+--processes K starts K service processes on the same port (gRPC sets SO_REUSEPORT, so the
+kernel spreads connections over them; callers use one channel per 4 in flight) and sums
+their CPU: what one replica gains from more processes, with no change to the service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from benchmarks.harness import (
+    TABLE,
+    Credentials,
+    LeaseStatements,
+    PostgresDatabase,
+    Report,
+    ServiceProcess,
+    ServiceTree,
+    Workdir,
+    blob_size,
+    capture_lease_statements,
+    log,
+    percentile,
+    ratio,
+    seed_sessions,
+    service_stack,
+)
+from benchmarks.load import LoadSpec, Measured, measure
+
+USERS = 10_000
+IN_FLIGHT = (8, 32)
+GRPC = ("health", "lease_session", "lease_next")
+DIRECT = ("direct_tx", "direct_autocommit", "direct_tx_preping")
+# One caller: each call's latency is its own round trips and CPU, with nothing queued ahead.
+SINGLE_CALLER = ("health", "lease_session", *DIRECT)
+LEASE_VS_HEALTH = 0.5
+LEASE_VS_DIRECT = 0.3
+P99_GOAL_MS = 25.0
+P99_GOAL_IN_FLIGHT = 8
+
+
+def reset_due(database: PostgresDatabase) -> None:
+    """Every session free and last synced 2-3 h ago: all due for min_sync_interval = 1 h."""
+    database.execute(
+        f"UPDATE {TABLE} SET last_synced_at = now() - interval '2 hours' "
+        "- random() * interval '1 hour', last_sync_attempt_at = NULL, lease_id = NULL, "
+        "lease_holder = NULL, lease_acquired_at = NULL, lease_expires_at = NULL"
+    )
+    database.vacuum_analyze()
+
+
+def report_phase(report: Report, name: str, measured: Measured, *, grpc_phase: bool) -> None:
+    result, cpu = measured.result, measured.cpu
+    latencies = result.all_latencies()
+    unit = "rpc/s" if grpc_phase else "stmt/s"
+    report.figure(f"{name}_rate", result.rate, unit)
+    report.figure(f"{name}_p50", percentile(latencies, 50), "ms")
+    report.figure(f"{name}_p99", percentile(latencies, 99), "ms")
+    if grpc_phase:
+        report.figure(f"{name}_server_cpu_per_rpc", measured.per_call_ms(cpu.server), "ms")
+        report.figure(f"{name}_server_cpu", cpu.server / cpu.wall, "cores")
+        report.figure(
+            f"{name}_server_system_cpu_share", ratio(cpu.server_system, cpu.server), "fraction"
+        )
+        report.figure(
+            f"{name}_server_context_switches_per_rpc",
+            ratio(cpu.server_switches, result.calls),
+            "switches",
+        )
+        report.figure(f"{name}_db_connections_opened", cpu.sessions / cpu.wall, "conn/s")
+    report.figure(f"{name}_postgres_cpu_per_call", measured.per_call_ms(cpu.postgres), "ms")
+    report.figure(f"{name}_client_cpu", result.client_cpu / result.elapsed, "cores")
+    # Everything else on the machine (another test run on a shared box shows up here).
+    other = cpu.machine - cpu.server - cpu.postgres - result.client_cpu
+    report.figure(f"{name}_other_cpu", max(other, 0.0) / cpu.wall, "cores")
+    if result.errors or not grpc_phase or name.startswith("lease"):
+        report.figure(f"{name}_errors", sum(result.errors.values()), "calls")
+    for what, count in sorted(result.errors.items()):
+        report.note(f"{name}: {count} x {what}")
+    if result.exhausted:
+        report.note(f"{name}: the round of due sessions ran out before the window ended")
+
+
+def run(args: argparse.Namespace, report: Report) -> None:
+    with Workdir() as workdir:
+        tree = ServiceTree(workdir, args.service_revision)
+        report.note(f"service code: {tree.describe()}")
+        with service_stack(workdir, tree=tree) as stack:
+            measure_stack(args, report, *stack)
+
+
+def measure_stack(
+    args: argparse.Namespace,
+    report: Report,
+    database: PostgresDatabase,
+    credentials: Credentials,
+    service: ServiceProcess,
+) -> None:
+    now = datetime.now(UTC)
+    log(f"seeding {args.users} sessions into {database.name}")
+    seed_sessions(
+        database,
+        credentials.keyring,
+        range(args.users),
+        lambda i: now - timedelta(hours=2, seconds=i % 3600),
+        now=now,
+    )
+    database.vacuum_analyze()
+    report.figure("sessions", args.users, "rows")
+    report.figure("session_blob", blob_size(credentials.keyring), "bytes")
+    statements = capture_lease_statements(database.url)
+    service.start()
+    report.figure("start_to_serving", service.wait_serving(), "s")
+    # More processes on the same port (gRPC sets SO_REUSEPORT): the kernel spreads the
+    # callers' connections over them. The figures then sum the CPU of every process.
+    extras = [
+        ServiceProcess(service.env, service.log_path.with_name(f"service-{n}.log"))
+        for n in range(1, args.processes)
+    ]
+    try:
+        for extra in extras:
+            extra.start()
+            extra.wait_listening()
+        report.figure("service_processes", args.processes, "processes")
+        pids = [service.pid, *(extra.pid for extra in extras)]
+        run_phases(args, report, database, credentials, service.target, pids, statements)
+    finally:
+        for extra in extras:
+            extra.stop()
+
+
+def run_phases(
+    args: argparse.Namespace,
+    report: Report,
+    database: PostgresDatabase,
+    credentials: Credentials,
+    target: str,
+    server_pids: list[int],
+    statements: LeaseStatements,
+) -> None:
+    rates: dict[str, float] = {}
+    p99s: dict[str, float] = {}
+    next_user = 0
+    phases = [(1, workload) for workload in SINGLE_CALLER if args.single_caller] + [
+        (in_flight, workload) for in_flight in args.in_flight for workload in (*GRPC, *DIRECT)
+    ]
+    for in_flight, workload in phases:
+        name = f"{workload}_n{in_flight}"
+        if workload == "lease_next":
+            reset_due(database)
+        spec = LoadSpec(
+            workload=workload,
+            in_flight=in_flight,
+            duration=args.duration,
+            warmup=args.warmup,
+            target=target,
+            metadata=credentials.worker_metadata(),
+            user_count=args.users,
+            first_user=next_user,
+            conninfo=database.conninfo,
+            grant=statements.grant,
+            release=statements.release,
+        )
+        log(f"{name}: {args.warmup:g} s warm-up + {args.duration:g} s")
+        measured = measure(spec, server_pids if workload in GRPC else [], database.name)
+        next_user = measured.result.next_user
+        report_phase(report, name, measured, grpc_phase=workload in GRPC)
+        rates[name] = measured.result.rate
+        p99s[name] = percentile(measured.result.all_latencies(), 99)
+    for in_flight in args.in_flight:
+        health, direct = rates[f"health_n{in_flight}"], rates[f"direct_tx_n{in_flight}"]
+        for lease in ("lease_session", "lease_next"):
+            rate = rates[f"{lease}_n{in_flight}"]
+            report.at_least(
+                f"{lease}_vs_health_n{in_flight}", rate / health if health else 0, LEASE_VS_HEALTH
+            )
+            report.at_least(
+                f"{lease}_vs_direct_psycopg_n{in_flight}",
+                rate / direct if direct else 0,
+                LEASE_VS_DIRECT,
+            )
+            if in_flight == P99_GOAL_IN_FLIGHT:
+                report.at_most(f"{lease}_p99_n{in_flight}_ms", p99s[f"{lease}_n{in_flight}"], 25)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.lease_throughput")
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per phase")
+    parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds first")
+    parser.add_argument("--quick", action="store_true", help="2 s phases (a smoke run)")
+    parser.add_argument("--users", type=int, default=USERS)
+    parser.add_argument(
+        "--no-single-caller",
+        dest="single_caller",
+        action="store_false",
+        help="skip the N=1 latency phases (health, lease_session, direct_*)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="service processes sharing the port (SO_REUSEPORT); default 1",
+    )
+    parser.add_argument(
+        "--in-flight",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=list(IN_FLIGHT),
+        help="comma-separated caller counts (default 8,32)",
+    )
+    ServiceTree.add_argument(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = min(args.duration, 2.0), min(args.warmup, 0.5)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = Report()
+    run(args, report)
+    log("done" + (f"; targets failed: {', '.join(report.failed)}" if report.failed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
