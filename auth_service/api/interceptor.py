@@ -18,7 +18,7 @@ import grpc
 from auth_service.api.callers import Caller, CallerRegistry
 from auth_service.api.errors import INTERNAL_ROW, row_for, to_status
 from auth_service.domain.context import current_caller_name
-from auth_service.domain.errors import DomainError
+from auth_service.domain.errors import DomainError, FieldViolation, InvalidArgument
 from auth_service.domain.events import current_listener
 from auth_service.metrics import ServiceMetrics
 from auth_service.tls import certificate_identities
@@ -33,6 +33,41 @@ log = logging.getLogger("auth_service.rpc")
 
 
 UnaryBehavior = Callable[[Any, grpc.ServicerContext], Any]
+Deserializer = Callable[[bytes], Any]
+
+
+class _Undecodable:
+    """Stands for request bytes that are not a well-formed message of the RPC's type.
+
+    gRPC itself answers INTERNAL ("Exception deserializing request!") when a deserializer
+    raises, before any interceptor runs; bad input must answer INVALID_ARGUMENT instead, and
+    only after the caller was authenticated (an anonymous caller learns nothing more)."""
+
+    def __init__(self, message_name: str) -> None:
+        self.message_name = message_name
+
+
+def _tolerant(deserializer: Deserializer | None) -> Deserializer | None:
+    if deserializer is None:
+        return None
+    message_name = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        # Whatever the protobuf runtime raises on malformed bytes (DecodeError, invalid
+        # UTF-8 in a string field, ...): the bytes, not the service, are at fault.
+        except Exception:  # noqa: BLE001
+            return _Undecodable(message_name)
+
+    return deserialize
+
+
+def _refuse_if_undecodable(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            [FieldViolation("request", f"is not a well-formed {request.message_name} message")]
+        )
 
 
 def _metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
@@ -80,15 +115,17 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or handler.unary_unary is None:
             return handler
+        deserializer = handler.request_deserializer
         if method.startswith(SERVICE_PREFIX):
             behavior = self._wrap(method.removeprefix(SERVICE_PREFIX), handler.unary_unary)
+            deserializer = _tolerant(deserializer)
         elif self._metrics is not None:
             behavior = self._counted(*_split_method(method), handler.unary_unary)
         else:
             return handler
         return grpc.unary_unary_rpc_method_handler(
             behavior,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
 
@@ -113,6 +150,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     _metadata_value(context, "authorization"), self._certificate_names(context)
                 )
                 self._registry.authorize(caller, rpc)
+                _refuse_if_undecodable(request)
                 token = current_caller_name.set(caller.name)
                 try:
                     response = behavior(request, context)

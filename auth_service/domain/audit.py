@@ -33,7 +33,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,6 +48,8 @@ from auth_service.storage.models import CALLER_LENGTH, GarminAuditEvent
 SYSTEM_CALLER = "system"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Event ids are BIGINT: a page token naming a larger one cannot be ours.
+MAX_EVENT_ID = 2**63 - 1
 
 
 class AuditedRpc(enum.StrEnum):
@@ -252,12 +254,20 @@ def _decode_page_token(token: str, query: AuditFilter) -> tuple[datetime, int] |
     if position is None:
         return None
     at, event_id = position.get("at"), position.get("id")
-    if not isinstance(at, str) or not isinstance(event_id, int) or isinstance(event_id, bool):
+    # Page tokens are not signed: a crafted position must not reach the query out of range
+    # (an id beyond BIGINT, a time that overflows when converted to UTC).
+    if (
+        not isinstance(at, str)
+        or not isinstance(event_id, int)
+        or isinstance(event_id, bool)
+        or not 0 <= event_id <= MAX_EVENT_ID
+    ):
         raise page_tokens.not_ours()
     try:
         occurred_at = datetime.fromisoformat(at)
-    except ValueError:
+        in_utc = occurred_at.astimezone(UTC) if occurred_at.tzinfo is not None else None
+    except (ValueError, OverflowError):
         raise page_tokens.not_ours() from None
-    if occurred_at.tzinfo is None:
+    if in_utc is None:
         raise page_tokens.not_ours()
-    return occurred_at, event_id
+    return in_utc, event_id

@@ -471,6 +471,8 @@ def _decode_page_token(token: str, state: SessionState | None) -> str | None:
     if position is None:
         return None
     after = position.get("after")
-    if not isinstance(after, str):
+    # Page tokens are not signed: a position must look like one we issued (a stored user id),
+    # or a crafted one would reach the query (NUL bytes fail on PostgreSQL).
+    if not isinstance(after, str) or validation.check_user_id(after):
         raise page_tokens.not_ours()
     return after

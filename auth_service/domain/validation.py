@@ -1,5 +1,8 @@
 """Request validation. Each check returns the violations it found so one INVALID_ARGUMENT
-answer can list every bad field at once. Descriptions never echo secret values."""
+answer can list every bad field at once. Descriptions never echo secret values.
+
+Patterns are applied with `fullmatch`: with `match`, "$" also matches before a trailing
+newline, which let "alice\n" pass as a user id."""
 
 from __future__ import annotations
 
@@ -25,13 +28,13 @@ def _printable(value: str) -> bool:
 
 
 def check_user_id(value: str, field: str = "user_id") -> list[FieldViolation]:
-    if not USER_ID_PATTERN.match(value):
+    if not USER_ID_PATTERN.fullmatch(value):
         return [FieldViolation(field, USER_ID_RULE)]
     return []
 
 
 def check_email(value: str, field: str = "email") -> list[FieldViolation]:
-    if not MIN_EMAIL_LENGTH <= len(value) <= MAX_EMAIL_LENGTH or not EMAIL_PATTERN.match(value):
+    if not MIN_EMAIL_LENGTH <= len(value) <= MAX_EMAIL_LENGTH or not EMAIL_PATTERN.fullmatch(value):
         return [FieldViolation(field, "must be an email address of 3-254 characters")]
     return []
 
@@ -43,7 +46,7 @@ def check_password(value: str, field: str = "password") -> list[FieldViolation]:
 
 
 def check_mfa_code(value: str, field: str = "code") -> list[FieldViolation]:
-    if not MFA_CODE_PATTERN.match(value):
+    if not MFA_CODE_PATTERN.fullmatch(value):
         return [FieldViolation(field, "must be 4-10 digits")]
     return []
 
@@ -52,7 +55,7 @@ def check_opaque_id(value: str, field: str) -> list[FieldViolation]:
     """Lease and challenge ids are ours: anything else cannot exist, but say so plainly."""
     if not value:
         return [FieldViolation(field, "is required")]
-    if not TOKEN_ID_PATTERN.match(value):
+    if not TOKEN_ID_PATTERN.fullmatch(value):
         return [FieldViolation(field, "is not a well-formed id")]
     return []
 

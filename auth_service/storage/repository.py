@@ -168,7 +168,11 @@ class ThrottleRepository:
             .where(GarminLoginThrottle.user_id == user_id)
             .with_for_update()
         ).one()
-        if now - row.window_started_at >= window or row.window_started_at > now:
+        elapsed = now - row.window_started_at
+        # A window that started "after" our time is the same window: replicas agree on time
+        # only to within milliseconds, and our time was read before we waited for this row.
+        # Only a start a whole window ahead (a clock that was badly wrong) begins a new one.
+        if elapsed >= window or elapsed <= -window:
             row.window_started_at, row.attempts = now, 0
         if row.attempts >= limit:
             return row.window_started_at + window - now

@@ -634,7 +634,8 @@ def _decode_dumps(s: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ValueError("garth session string: not base64") from None
     try:
         pair = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    # RecursionError: JSON nested deeper than the parser's stack (a few kB of "[").
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValueError("garth session string: not JSON") from None
     if (
         not isinstance(pair, list)
