@@ -76,11 +76,13 @@ def state_from_proto(value: int) -> SessionState | None:
     return state
 
 
-def lease_to_proto(lease: LeaseView | None) -> pb.Lease | None:
+def lease_to_proto(lease: LeaseView | None, *, reveal_lease_id: bool = True) -> pb.Lease | None:
     if lease is None:
         return None
     return pb.Lease(
-        lease_id=lease.lease_id,
+        # A lease id is its holder's key to renew, report and release: only the holder sees
+        # it (in the answers to its own lease calls), never a status reader.
+        lease_id=lease.lease_id if reveal_lease_id else "",
         user_id=lease.user_id,
         holder=lease.holder,
         fencing_token=lease.fencing_token,
@@ -89,7 +91,9 @@ def lease_to_proto(lease: LeaseView | None) -> pb.Lease | None:
     )
 
 
-def status_to_proto(status: SessionStatusView) -> pb.SessionStatus:
+def status_to_proto(
+    status: SessionStatusView, *, reveal_lease_id: bool = False
+) -> pb.SessionStatus:
     return pb.SessionStatus(
         user_id=status.user_id,
         state=state_to_proto(status.state),
@@ -98,7 +102,7 @@ def status_to_proto(status: SessionStatusView) -> pb.SessionStatus:
         last_synced_at=timestamp(status.last_synced_at),
         synced_through=timestamp(status.synced_through),
         invalidated_reason=status.invalidated_reason or "",
-        lease=lease_to_proto(status.lease),
+        lease=lease_to_proto(status.lease, reveal_lease_id=reveal_lease_id),
         invalidated_at=timestamp(status.invalidated_at),
         session_version=status.session_version,
         last_sync_attempt_at=timestamp(status.last_sync_attempt_at),

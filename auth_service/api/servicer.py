@@ -114,7 +114,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         return pb.LeaseSessionResponse(
             lease=convert.lease_to_proto(grant.lease),
             session=convert.tokens_to_proto(grant.tokens),
-            status=convert.status_to_proto(grant.status),
+            status=convert.status_to_proto(grant.status, reveal_lease_id=True),
         )
 
     def LeaseNextSession(
@@ -134,7 +134,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         return pb.LeaseNextSessionResponse(
             lease=convert.lease_to_proto(grant.lease),
             session=convert.tokens_to_proto(grant.tokens),
-            status=convert.status_to_proto(grant.status),
+            status=convert.status_to_proto(grant.status, reveal_lease_id=True),
         )
 
     def RenewLease(

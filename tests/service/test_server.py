@@ -13,8 +13,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from auth_service.api.callers import RPC_ROLES, token_sha256
 from auth_service.api.reflection import _v1_message_classes
+from auth_service.upstream.emulator import GarminEmulator
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
+from tests.service.test_status_import_delete import garmin_tokens, import_tokens
 
 
 def test_call_without_token_is_unauthenticated(service: Replica) -> None:
@@ -144,3 +146,20 @@ def test_callers_file_holds_only_hashes(service: Replica) -> None:
     text = callers.read_text()
     assert "admin-token" not in text
     assert token_sha256("admin-token-0123456789abcdef") in text
+
+
+def test_lease_ids_reach_only_their_holder(service: Replica, garmin: GarminEmulator) -> None:
+    """A lease id is the holder's key: status readers see who holds a lease, not its id."""
+    import_tokens(service, "lee", garmin_tokens(service, garmin, "lee@example.com"))
+    granted = service.call(
+        "LeaseSession", pb.LeaseSessionRequest(user_id="lee", holder="w-1"), role="worker"
+    )
+    assert granted.lease.lease_id
+    assert granted.status.lease.lease_id == granted.lease.lease_id
+    for role in ("admin", "worker", "viewer"):
+        status = service.call("GetStatus", pb.GetStatusRequest(user_id="lee"), role=role).status
+        assert status.lease.holder == "w-1"
+        assert status.lease.fencing_token == granted.lease.fencing_token
+        assert status.lease.lease_id == ""
+    listed = service.call("ListSessions", pb.ListSessionsRequest(), role="viewer").sessions
+    assert [s.lease.lease_id for s in listed if s.user_id == "lee"] == [""]
