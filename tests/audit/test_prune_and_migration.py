@@ -18,6 +18,7 @@ from auth_service.storage.maintenance import (
 )
 from auth_service.storage.models import Base
 from tests.audit import Spec, insert_events, read_events
+from tests.fixtures.database import table_names
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 RETENTION = timedelta(days=90)
@@ -68,15 +69,7 @@ def test_prune_refuses_nonsense(engine: Engine) -> None:
         prune_audit(engine, RETENTION, batch_size=0)
 
 
-def _tables(url: str) -> set[str]:
-    engine = create_engine_for(url)
-    try:
-        return set(inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
-
-
-def test_migration_0002_down_and_up_keeps_the_other_tables(empty_database_url: str) -> None:
+def test_migration_0002_down_and_up_keeps_the_othertable_names(empty_database_url: str) -> None:
     url = empty_database_url
     upgrade_to_head(url)
     assert current_revision(url) == head_revision()
@@ -95,13 +88,13 @@ def test_migration_0002_down_and_up_keeps_the_other_tables(empty_database_url: s
 
     downgrade(url, "0001")
     assert current_revision(url) == "0001"
-    tables = _tables(url)
+    tables = table_names(url)
     assert "garmin_audit_event" not in tables
     assert {"garmin_authentication_state", "garmin_login_throttle"} <= tables
 
     upgrade_to_head(url)
     model_tables = {table.name for table in Base.metadata.sorted_tables}
-    assert _tables(url) == model_tables | {"alembic_version"}
+    assert table_names(url) == model_tables | {"alembic_version"}
     check_no_drift(url)
     assert read_events(url) == []  # the table came back empty
     engine = create_engine_for(url)

@@ -21,17 +21,9 @@ from auth_service.storage.maintenance import (
     upgrade_to_head,
 )
 from auth_service.storage.models import Base
-from tests.fixtures.database import pg_dump
+from tests.fixtures.database import pg_dump, table_names
 
 MODEL_TABLES = {table.name for table in Base.metadata.sorted_tables}
-
-
-def _tables(url: str) -> set[str]:
-    engine = create_engine_for(url)
-    try:
-        return set(inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def test_upgrade_downgrade_round_trip(empty_database_url: str) -> None:
@@ -42,12 +34,12 @@ def test_upgrade_downgrade_round_trip(empty_database_url: str) -> None:
     upgrade_to_head(url)
     assert current_revision(url) == head_revision()
     assert is_at_head(url)
-    assert _tables(url) == MODEL_TABLES | {"alembic_version"}
+    assert table_names(url) == MODEL_TABLES | {"alembic_version"}
 
     downgrade(url, "base")
     assert current_revision(url) is None
     assert not is_at_head(url)
-    assert _tables(url) <= {"alembic_version"}
+    assert table_names(url) <= {"alembic_version"}
 
     upgrade_to_head(url)
     assert is_at_head(url)
