@@ -73,10 +73,19 @@ def holding(service: Replica, holder: str) -> pb.Lease | None:
     return lease if lease.holder == holder else None
 
 
-def wait_for_lease_and_a_write(service: Replica, out: Path, holder: str, writes: int) -> pb.Lease:
+def wait_for_lease_and_a_write(
+    service: Replica, database_url: str, out: Path, holder: str, writes: int
+) -> pb.Lease:
+    """The worker's lease once it wrote. GetStatus shows who holds a lease but never its id
+    (the holder's key), so the id is read from the table, as a stalled worker still has it."""
     wait_until(lambda: len(summaries(out, USER)) >= writes, 30, f"{holder}'s write")
     lease = holding(service, holder)
     assert lease is not None
+    row = stored_row(database_url, USER)
+    assert row is not None
+    assert row.lease_id is not None
+    assert row.fencing_token == lease.fencing_token
+    lease.lease_id = row.lease_id
     return lease
 
 
@@ -145,7 +154,7 @@ def test_killed_and_paused_workers_are_taken_over_and_their_late_calls_refused(
     # 1. A worker is SIGKILLed while it holds the lease.
     killed = start_worker(env, out, "killed")
     try:
-        dead = wait_for_lease_and_a_write(service, out, "killed", writes=1)
+        dead = wait_for_lease_and_a_write(service, database_url, out, "killed", writes=1)
     finally:
         killed.kill()
         killed.communicate(timeout=10)
@@ -164,7 +173,7 @@ def test_killed_and_paused_workers_are_taken_over_and_their_late_calls_refused(
     try:
         wait_until(lambda: holding(service, "paused") is not None, 30, "the takeover")
         stalled = wait_for_lease_and_a_write(
-            service, out, "paused", writes=len(summaries(out, USER)) + 1
+            service, database_url, out, "paused", writes=len(summaries(out, USER)) + 1
         )
         paused.send_signal(signal.SIGSTOP)
         assert stalled.fencing_token == dead.fencing_token + 1
