@@ -13,7 +13,9 @@ It serves, on one plain-HTTP port, what garth believes are several https hosts:
   ``/download-service/files/activity/{id}``.
 
 Tests drive it through thread-safe Python methods (``add_user``, ``revoke_tokens``,
-``fail_next``...). ``python -m auth_service.upstream.emulator --port N`` runs it for demos.
+``fail_next``...). ``python -m auth_service.upstream.emulator --port N`` runs it for demos and
+benchmarks (``--latency``, ``--users-from-file``); a process that runs it reads its request
+counters at ``GET /__emulator/request-counts`` (no latency, not counted, not Garmin's).
 Every answer, including to malformed requests, is JSON unless Garmin would answer otherwise.
 """
 
@@ -38,6 +40,7 @@ from datetime import UTC, date, datetime, timedelta
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -61,6 +64,8 @@ EXCHANGE_PATH = "/oauth-service/oauth/exchange/user/2.0"
 PROFILE_PATH = "/userprofile-service/socialProfile"
 ACTIVITIES_PATH = "/activitylist-service/activities/search/activities"
 DOWNLOAD_PREFIX = "/download-service/files/activity/"
+# The emulator's own control endpoint (for a process that runs it): request counts by path.
+REQUEST_COUNTS_PATH = "/__emulator/request-counts"
 
 # Requests larger than this are refused: the emulator only ever needs small JSON/form bodies.
 MAX_BODY_BYTES = 1024 * 1024
@@ -977,6 +982,10 @@ class _Handler(BaseHTTPRequestHandler):
         except _BadRequest as exc:
             self._write(_error_reply(400, str(exc)))
             return
+        if request.method == "GET" and request.path == REQUEST_COUNTS_PATH:
+            # Not a Garmin endpoint: answered at once and left out of the counts.
+            self._write(_json_reply(200, emulator.request_counts()))
+            return
         emulator._count(request.path)
         emulator._sleep(emulator.latency_seconds)
         fault = emulator._take_fault(request.path)
@@ -1077,6 +1086,15 @@ def _parse_user(spec: str) -> tuple[str, str, str | None]:
     return email, password, code or None
 
 
+def _read_users(path: str) -> list[tuple[str, str, str | None]]:
+    """EMAIL:PASSWORD[:MFA_CODE] per line; blank lines and lines starting with # are skipped."""
+    try:
+        specs = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from None
+    return [_parse_user(spec) for spec in specs if spec and not spec.startswith("#")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m auth_service.upstream.emulator",
@@ -1095,7 +1113,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="EMAIL:PASSWORD[:MFA_CODE]",
         help="an account (repeatable); with an MFA code the login needs it",
     )
+    parser.add_argument(
+        "--users-from-file",
+        type=_read_users,
+        default=[],
+        metavar="PATH",
+        help="accounts, one EMAIL:PASSWORD[:MFA_CODE] per line (added to --user)",
+    )
     parser.add_argument("--activities", type=int, default=5, help="activities per account")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, metavar="SECONDS", help="added to every answer"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     emulator = GarminEmulator(
@@ -1105,7 +1133,8 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
     )
-    users = args.user or [("demo@example.com", "demo-password", None)]
+    emulator.latency_seconds = max(0.0, args.latency)
+    users = [*args.user, *args.users_from_file] or [("demo@example.com", "demo-password", None)]
     for email, password, code in users:
         emulator.add_user(email, password, mfa=code is not None, mfa_code=code)
         emulator.add_activities(email, args.activities)

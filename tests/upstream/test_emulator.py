@@ -8,13 +8,18 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import zipfile
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
 import requests
 from oauthlib.oauth1 import Client as OAuth1Client
 
+from auth_service.config import UpstreamSettings
+from auth_service.domain.errors import GarminCredentialsRejected
+from auth_service.domain.models import LoginSucceeded
 from auth_service.upstream.emulator import (
     ACTIVITIES_PATH,
     DOWNLOAD_PREFIX,
@@ -22,10 +27,12 @@ from auth_service.upstream.emulator import (
     LOGIN_PATH,
     PREAUTHORIZED_PATH,
     PROFILE_PATH,
+    REQUEST_COUNTS_PATH,
     SIGN_IN_PATH,
     EmulatedUser,
     GarminEmulator,
 )
+from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
 
 from .conftest import CONSUMER_KEY, CONSUMER_SECRET
 
@@ -274,6 +281,66 @@ def test_runs_as_a_module_and_prints_its_url() -> None:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
         assert requests.get(f"{url}{SIGN_IN_PATH}", timeout=5).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_cli_adds_latency_and_users_from_a_file_and_reports_request_counts(
+    tmp_path: Path,
+) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text(
+        "# benchmark accounts\nfirst@example.com:pw-1\n\nsecond@example.com:pw-2\n",
+        encoding="utf-8",
+    )
+    latency = 0.05
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "auth_service.upstream.emulator",
+            "--port",
+            "0",
+            "--consumer-key",
+            CONSUMER_KEY,
+            "--consumer-secret",
+            CONSUMER_SECRET,
+            "--users-from-file",
+            str(users),
+            "--activities",
+            "3",
+            "--latency",
+            str(latency),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        settings = UpstreamSettings(CONSUMER_KEY, CONSUMER_SECRET, base_url=url)
+        login = GarthUpstream(settings).login("second@example.com", "pw-2")
+        assert isinstance(login, LoginSucceeded)
+        before = requests.get(f"{url}{REQUEST_COUNTS_PATH}", timeout=TIMEOUT).json()
+
+        started = time.perf_counter()
+        with GarminApiSession(login.tokens, settings) as api:
+            listed = api.get_json(ACTIVITIES_PATH, {"start": 0, "limit": 100})
+        elapsed = time.perf_counter() - started
+        after = requests.get(f"{url}{REQUEST_COUNTS_PATH}", timeout=TIMEOUT).json()
+
+        assert len(listed) == 3
+        assert elapsed >= latency
+        assert before[LOGIN_PATH] == 1
+        assert after == {**before, ACTIVITIES_PATH: 1}  # the counts endpoint counts nothing
+        # Every account of the file exists (the comment and the blank line were skipped, or
+        # the emulator would have refused to start); a wrong password is still refused.
+        assert isinstance(
+            GarthUpstream(settings).login("first@example.com", "pw-1"), LoginSucceeded
+        )
+        with pytest.raises(GarminCredentialsRejected):
+            GarthUpstream(settings).login("first@example.com", "pw-2")
     finally:
         process.terminate()
         process.wait(timeout=10)
