@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = Report()
     run(args, report)
-    log("done" + (f"; targets failed: {', '.join(report.failed)}" if report.failed else ""))
+    report.log_done()
     return 0
 
 

@@ -102,6 +102,10 @@ class Report:
     def at_most(self, name: str, measured: float, goal: float) -> bool:
         return self._target(name, measured, f"<={_number(goal)}", measured <= goal)
 
+    def log_done(self) -> None:
+        """The closing progress line: which targets failed, if any."""
+        log("done" + (f"; targets failed: {', '.join(self.failed)}" if self.failed else ""))
+
     def _target(self, name: str, measured: float, goal: str, passed: bool) -> bool:
         if not passed:
             self.failed.append(name)
