@@ -156,19 +156,12 @@ class SessionService:
         with self._db.begin() as session:
             sessions, challenges = SessionRepository(session), ChallengeRepository(session)
             row = sessions.get_or_create_for_update(user_id, now)
-            ended = live_lease(row, now)
             challenges.delete_for_user(user_id)  # a new login supersedes any pending one
             if not isinstance(result, LoginNeedsMfa):
-                install_tokens(row, self._box, result.tokens, now, validated=True)
-                audit.record(
-                    session,
-                    rpc=AuditedRpc.LOGIN,
-                    now=now,
-                    outcome=audit.OK,
-                    user_id=user_id,
-                    lease=ended,
+                status = self._connect(
+                    session, row, result.tokens, now, rpc=AuditedRpc.LOGIN, validated=True
                 )
-                return LoginAnswer(status=status_view(row, now))
+                return LoginAnswer(status=status)
             challenge_id = secrets.token_urlsafe(32)
             digest = _challenge_digest(challenge_id)
             expires_at = now + timedelta(seconds=self._settings.mfa_challenge_ttl_seconds)
@@ -200,6 +193,23 @@ class SessionService:
                 mfa_method=result.pending.mfa_method,
                 mfa_expires_at=expires_at,
             )
+
+    def _connect(
+        self,
+        session: Session,
+        row: GarminAuthenticationState,
+        tokens: GarminTokens,
+        now: datetime,
+        *,
+        rpc: AuditedRpc,
+        validated: bool,
+    ) -> SessionStatusView:
+        """Make `tokens` the user's ACTIVE session (Login, SubmitMfa, ImportSession) and
+        record it in the same transaction, naming the live lease it ended, if any."""
+        ended = live_lease(row, now)
+        install_tokens(row, self._box, tokens, now, validated=validated)
+        audit.record(session, rpc=rpc, now=now, outcome=audit.OK, user_id=row.user_id, lease=ended)
+        return status_view(row, now)
 
     def _consume_login_attempt(self, user_id: str) -> None:
         now = self._clock.now()
@@ -249,17 +259,9 @@ class SessionService:
                 raise MfaChallengeNotFound("the MFA challenge was superseded or deleted")
             ChallengeRepository(session).delete(challenge)
             row = SessionRepository(session).get_or_create_for_update(user_id, now)
-            ended = live_lease(row, now)
-            install_tokens(row, self._box, tokens, now, validated=True)
-            audit.record(
-                session,
-                rpc=AuditedRpc.SUBMIT_MFA,
-                now=now,
-                outcome=audit.OK,
-                user_id=user_id,
-                lease=ended,
+            return self._connect(
+                session, row, tokens, now, rpc=AuditedRpc.SUBMIT_MFA, validated=True
             )
-            return status_view(row, now)
 
     def _claim_challenge(self, digest: str) -> tuple[str, PendingMfa, datetime]:
         now = self._clock.now()
@@ -401,18 +403,10 @@ class SessionService:
         now = self._clock.now()
         with self._db.begin() as session:
             row = SessionRepository(session).get_or_create_for_update(user_id, now)
-            ended = live_lease(row, now)
             ChallengeRepository(session).delete_for_user(user_id)
-            install_tokens(row, self._box, tokens, now, validated=False)
-            audit.record(
-                session,
-                rpc=AuditedRpc.IMPORT_SESSION,
-                now=now,
-                outcome=audit.OK,
-                user_id=user_id,
-                lease=ended,
+            return self._connect(
+                session, row, tokens, now, rpc=AuditedRpc.IMPORT_SESSION, validated=False
             )
-            return status_view(row, now)
 
     def delete_session(self, user_id: str) -> None:
         validation.raise_if_any(validation.check_user_id(user_id))
