@@ -27,13 +27,13 @@ from auth_service.config import load_settings
 from auth_service.crypto import Keyring
 from auth_service.server import RunningServer, build_application, start_server
 from auth_service.storage.maintenance import upgrade_to_head
-from auth_service.upstream.emulator import (
+from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
+from garmin_emulator.emulator import (
     DEFAULT_CONSUMER_KEY,
     DEFAULT_CONSUMER_SECRET,
     GarminEmulator,
 )
-from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password"  # noqa: S105 - the emulator's demo account

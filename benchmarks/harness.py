@@ -527,7 +527,7 @@ def service_environment(
 
 
 class EmulatorProcess:
-    """`python -m auth_service.upstream.emulator` in its own process; `url` once started."""
+    """`python -m garmin_emulator` in its own process; `url` once started."""
 
     def __init__(self, log_path: Path, extra_args: Sequence[str] = ()) -> None:
         self.log_path = log_path
@@ -541,7 +541,7 @@ class EmulatorProcess:
                 [
                     sys.executable,
                     "-m",
-                    "auth_service.upstream.emulator",
+                    "garmin_emulator",
                     "--port",
                     "0",
                     "--consumer-key",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from auth_service.upstream.emulator import GarminEmulator, every_secret_issued
+from garmin_emulator.emulator import GarminEmulator, every_secret_issued
 from tests.fixtures.logs import RecordingHandler, leaked_secrets
 
 

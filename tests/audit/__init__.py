@@ -16,9 +16,9 @@ from auth_service.api.convert import tokens_to_proto
 from auth_service.domain.models import GarminTokens, LoginSucceeded
 from auth_service.storage.database import create_engine_for
 from auth_service.storage.models import GarminAuditEvent
-from auth_service.upstream.emulator import GarminEmulator
 from auth_service.upstream.garth_adapter import GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_emulator.emulator import GarminEmulator
 from tests.fixtures.servers import Replica
 
 PASSWORD = "audit-password-1234"

@@ -14,8 +14,8 @@ from auth_service.config import UpstreamSettings
 from auth_service.crypto import Keyring
 from auth_service.domain.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
-from auth_service.upstream.emulator import GarminEmulator
 from auth_service.upstream.garth_adapter import GarthUpstream
+from garmin_emulator.emulator import GarminEmulator
 
 from . import GarminAccounts, build_service
 

@@ -49,8 +49,8 @@ from auth_service.domain.audit import AuditFilter
 from auth_service.domain.page_tokens import encode_page_token
 from auth_service.server import RunningServer, build_application, start_server
 from auth_service.storage.maintenance import upgrade_to_head
-from auth_service.upstream.emulator import GarminEmulator
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_emulator.emulator import GarminEmulator
 from tests.fixtures.database import PostgresServer, sqlite_url
 from tests.fixtures.servers import (
     CONSUMER_KEY,

@@ -23,13 +23,13 @@ from auth_service.crypto import Keyring
 from auth_service.domain.models import SessionState
 from auth_service.domain.sessions import MFA_CLAIM_SECONDS
 from auth_service.storage.secrets import SecretBox
-from auth_service.upstream.emulator import (
+from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_emulator.emulator import (
     EXCHANGE_PATH,
     LOGIN_PATH,
     VERIFY_MFA_PATH,
     GarminEmulator,
 )
-from garmin_auth.v1 import garmin_auth_pb2 as pb
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 
 from . import (

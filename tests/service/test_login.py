@@ -17,9 +17,9 @@ from auth_service.crypto import Keyring
 from auth_service.storage.database import create_engine_for
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
-from auth_service.upstream.emulator import GarminEmulator
 from auth_service.upstream.garth_adapter import GarminApiSession
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_emulator.emulator import GarminEmulator
 from tests.fixtures.logs import RecordingHandler
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 

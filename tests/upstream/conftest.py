@@ -11,8 +11,8 @@ import pytest
 
 from auth_service.config import UpstreamSettings
 from auth_service.domain.models import GarminTokens, LoginSucceeded
-from auth_service.upstream.emulator import EmulatedUser, GarminEmulator
 from auth_service.upstream.garth_adapter import GarthUpstream
+from garmin_emulator.emulator import EmulatedUser, GarminEmulator
 
 CONSUMER_KEY = "test-consumer-key"
 CONSUMER_SECRET = "test-consumer-secret"

@@ -19,7 +19,8 @@ from auth_service.domain.errors import (
     GarminUnavailable,
 )
 from auth_service.domain.models import GarminTokens
-from auth_service.upstream.emulator import (
+from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
+from garmin_emulator.emulator import (
     ACTIVITIES_PATH,
     DOWNLOAD_PREFIX,
     EXCHANGE_PATH,
@@ -27,7 +28,6 @@ from auth_service.upstream.emulator import (
     EmulatedUser,
     GarminEmulator,
 )
-from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
 
 from .conftest import expired_everywhere, login_tokens
 

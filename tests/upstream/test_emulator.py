@@ -20,7 +20,8 @@ from oauthlib.oauth1 import Client as OAuth1Client
 from auth_service.config import UpstreamSettings
 from auth_service.domain.errors import GarminCredentialsRejected
 from auth_service.domain.models import LoginSucceeded
-from auth_service.upstream.emulator import (
+from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
+from garmin_emulator.emulator import (
     ACTIVITIES_PATH,
     DOWNLOAD_PREFIX,
     EXCHANGE_PATH,
@@ -32,7 +33,6 @@ from auth_service.upstream.emulator import (
     EmulatedUser,
     GarminEmulator,
 )
-from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
 
 from .conftest import CONSUMER_KEY, CONSUMER_SECRET
 
@@ -272,7 +272,7 @@ def test_reset_fault_resets_the_connection(emulator: GarminEmulator) -> None:
 
 def test_runs_as_a_module_and_prints_its_url() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "auth_service.upstream.emulator", "--port", "0"],
+        [sys.executable, "-m", "garmin_emulator", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -299,7 +299,7 @@ def test_cli_adds_latency_and_users_from_a_file_and_reports_request_counts(
         [
             sys.executable,
             "-m",
-            "auth_service.upstream.emulator",
+            "garmin_emulator",
             "--port",
             "0",
             "--consumer-key",

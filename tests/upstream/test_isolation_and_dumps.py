@@ -17,13 +17,13 @@ import pytest
 
 from auth_service.config import UpstreamSettings
 from auth_service.domain.models import GarminTokens, LoginNeedsMfa
-from auth_service.upstream.emulator import ACTIVITIES_PATH, EmulatedUser, GarminEmulator
 from auth_service.upstream.garth_adapter import (
     GarminApiSession,
     GarthUpstream,
     tokens_from_garth_dumps,
     tokens_to_garth_dumps,
 )
+from garmin_emulator.emulator import ACTIVITIES_PATH, EmulatedUser, GarminEmulator
 
 from .conftest import PASSWORD, expired_everywhere, login_tokens
 

@@ -18,7 +18,8 @@ from auth_service.domain.errors import (
     MfaCodeRejected,
 )
 from auth_service.domain.models import LoginNeedsMfa, LoginSucceeded, PendingMfa
-from auth_service.upstream.emulator import (
+from auth_service.upstream.garth_adapter import GarthUpstream
+from garmin_emulator.emulator import (
     EXCHANGE_PATH,
     LOGIN_PATH,
     PREAUTHORIZED_PATH,
@@ -27,7 +28,6 @@ from auth_service.upstream.emulator import (
     EmulatedUser,
     GarminEmulator,
 )
-from auth_service.upstream.garth_adapter import GarthUpstream
 
 from .conftest import CONSUMER_KEY, PASSWORD, make_settings
 

@@ -15,13 +15,13 @@ from auth_service.domain.errors import (
     GarminUnavailable,
 )
 from auth_service.domain.models import GarminTokens
-from auth_service.upstream.emulator import (
+from auth_service.upstream.garth_adapter import GarthUpstream, retry_after_seconds
+from garmin_emulator.emulator import (
     EXCHANGE_PATH,
     PROFILE_PATH,
     EmulatedUser,
     GarminEmulator,
 )
-from auth_service.upstream.garth_adapter import GarthUpstream, retry_after_seconds
 
 from .conftest import expired_everywhere, locally_expired, make_settings
 

@@ -13,14 +13,14 @@ import pytest
 from auth_service.api.convert import tokens_to_proto
 from auth_service.crypto import Keyring
 from auth_service.domain.models import GarminTokens, LoginSucceeded
-from auth_service.upstream.emulator import (
+from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
+from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_emulator.emulator import (
     ACTIVITIES_PATH,
     DOWNLOAD_PREFIX,
     PROFILE_PATH,
     GarminEmulator,
 )
-from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
-from garmin_auth.v1 import garmin_auth_pb2 as pb
 from sync_worker.client import AuthClient
 from sync_worker.sinks import DirectorySink
 from tests.fixtures.servers import Replica

@@ -13,7 +13,7 @@ It serves, on one plain-HTTP port, what garth believes are several https hosts:
   ``/download-service/files/activity/{id}``.
 
 Tests drive it through thread-safe Python methods (``add_user``, ``revoke_tokens``,
-``fail_next``...). ``python -m auth_service.upstream.emulator --port N`` runs it for demos and
+``fail_next``...). ``python -m garmin_emulator --port N`` runs it for demos and
 benchmarks (``--latency``, ``--users-from-file``); a process that runs it reads its request
 counters at ``GET /__emulator/request-counts`` (no latency, not counted, not Garmin's).
 Every answer, including to malformed requests, is JSON unless Garmin would answer otherwise.
@@ -1097,7 +1097,7 @@ def _read_users(path: str) -> list[tuple[str, str, str | None]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m auth_service.upstream.emulator",
+        prog="python -m garmin_emulator",
         description="Run the Garmin emulator (SSO, OAuth, Connect API) until interrupted.",
     )
     parser.add_argument("--host", default="127.0.0.1")
