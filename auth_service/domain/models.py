@@ -6,6 +6,23 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+# The token values are shared with the worker (garmin_client); the domain speaks of them too.
+from garmin_client.tokens import GarminTokens, OAuth1Token, OAuth2Token
+
+__all__ = [
+    "GarminTokens",
+    "LeaseGrant",
+    "LeaseView",
+    "LoginNeedsMfa",
+    "LoginResult",
+    "LoginSucceeded",
+    "OAuth1Token",
+    "OAuth2Token",
+    "PendingMfa",
+    "SessionState",
+    "SessionStatusView",
+]
+
 
 class SessionState(enum.StrEnum):
     """Stored state of a user's session (mirrors garmin_auth.v1.SessionState)."""
@@ -14,47 +31,6 @@ class SessionState(enum.StrEnum):
     MFA_PENDING = "MFA_PENDING"
     ACTIVE = "ACTIVE"
     AUTH_EXPIRED = "AUTH_EXPIRED"
-
-
-@dataclass(frozen=True, repr=False)
-class OAuth1Token:
-    """Garmin's long-lived OAuth1 token. Secret: never logged (repr hides it)."""
-
-    oauth_token: str
-    oauth_token_secret: str
-    mfa_token: str | None = None
-    mfa_expires_at: datetime | None = None
-
-    def __repr__(self) -> str:
-        return "OAuth1Token(<redacted>)"
-
-
-@dataclass(frozen=True, repr=False)
-class OAuth2Token:
-    """Garmin's short-lived OAuth2 bearer token. Secret: never logged (repr hides it)."""
-
-    scope: str
-    jti: str
-    token_type: str
-    access_token: str
-    refresh_token: str
-    expires_at: datetime
-    refresh_token_expires_at: datetime
-
-    def __repr__(self) -> str:
-        return f"OAuth2Token(<redacted>, expires_at={self.expires_at.isoformat()})"
-
-
-@dataclass(frozen=True, repr=False)
-class GarminTokens:
-    """Everything garth needs to act as the user: the stored, encrypted session."""
-
-    oauth1: OAuth1Token
-    oauth2: OAuth2Token
-    domain: str = "garmin.com"
-
-    def __repr__(self) -> str:
-        return f"GarminTokens(<redacted>, domain={self.domain!r})"
 
 
 @dataclass(frozen=True, repr=False)
