@@ -51,7 +51,6 @@ import psycopg
 from google.protobuf import duration_pb2, timestamp_pb2
 from grpc_status import rpc_status
 
-from auth_service.api.convert import tokens_to_proto
 from auth_service.storage.secrets import SecretBox
 from benchmarks.harness import (
     TABLE,
@@ -72,6 +71,7 @@ from benchmarks.harness import (
 )
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
+from garmin_client.session_proto import tokens_to_proto
 
 RPC_TIMEOUT_SECONDS = 10.0
 CHECK_INTERVAL_SECONDS = 1.0

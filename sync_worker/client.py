@@ -30,11 +30,12 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from auth_service.api.convert import tokens_from_proto, tokens_to_proto
+from auth_service.api.convert import tokens_from_proto
 from auth_service.domain.errors import InvalidArgument
 from auth_service.domain.models import GarminTokens
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
+from garmin_client.session_proto import tokens_to_proto
 
 log = logging.getLogger(__name__)
 

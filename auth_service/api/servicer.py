@@ -15,6 +15,7 @@ from auth_service.domain.leases import LeaseService
 from auth_service.domain.sessions import SessionService
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
+from garmin_client.session_proto import tokens_to_proto
 
 
 def _ttl(
@@ -26,7 +27,7 @@ def _ttl(
 def _audit_event_to_proto(event: AuditEventView) -> pb.AuditEvent:
     return pb.AuditEvent(
         event_id=event.event_id,
-        occurred_at=convert.timestamp(event.occurred_at),
+        occurred_at=event.occurred_at,
         caller=event.caller,
         rpc=event.rpc,
         user_id=event.user_id or "",
@@ -59,7 +60,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
             else pb.LOGIN_OUTCOME_AUTHENTICATED,
             mfa_challenge_id=answer.mfa_challenge_id or "",
             mfa_method=answer.mfa_method or "",
-            mfa_expires_at=convert.timestamp(answer.mfa_expires_at),
+            mfa_expires_at=answer.mfa_expires_at,
             status=convert.status_to_proto(answer.status),
         )
 
@@ -113,7 +114,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         grant = self._leases.lease_session(request.user_id, request.holder, _ttl(request))
         return pb.LeaseSessionResponse(
             lease=convert.lease_to_proto(grant.lease),
-            session=convert.tokens_to_proto(grant.tokens),
+            session=tokens_to_proto(grant.tokens),
             status=convert.status_to_proto(grant.status, reveal_lease_id=True),
         )
 
@@ -133,7 +134,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
             return pb.LeaseNextSessionResponse()
         return pb.LeaseNextSessionResponse(
             lease=convert.lease_to_proto(grant.lease),
-            session=convert.tokens_to_proto(grant.tokens),
+            session=tokens_to_proto(grant.tokens),
             status=convert.status_to_proto(grant.status, reveal_lease_id=True),
         )
 

@@ -27,7 +27,6 @@ from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from auth_service.api.convert import tokens_to_proto
 from auth_service.domain.models import GarminTokens, OAuth1Token, OAuth2Token
 from auth_service.storage.models import (
     GarminAuditEvent,
@@ -36,6 +35,7 @@ from auth_service.storage.models import (
 )
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
+from garmin_client.session_proto import tokens_to_proto
 from tests.fixtures.servers import CONSUMER_KEY, CONSUMER_SECRET, ROLE_TOKENS, failure_of
 
 SERVICE_CLI = str(Path(sys.executable).with_name("garmin-auth-service"))

@@ -18,12 +18,12 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from auth_service.api.convert import tokens_to_proto
 from auth_service.crypto import Keyring
 from auth_service.domain.models import SessionState
 from auth_service.domain.sessions import MFA_CLAIM_SECONDS
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_client.session_proto import tokens_to_proto
 from garmin_emulator.emulator import (
     EXCHANGE_PATH,
     LOGIN_PATH,

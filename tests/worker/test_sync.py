@@ -10,11 +10,11 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from auth_service.api.convert import tokens_to_proto
 from auth_service.crypto import Keyring
 from auth_service.domain.models import GarminTokens, LoginSucceeded
 from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_client.session_proto import tokens_to_proto
 from garmin_emulator.emulator import (
     ACTIVITIES_PATH,
     DOWNLOAD_PREFIX,
