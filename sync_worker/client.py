@@ -1,15 +1,13 @@
 """A small typed client for garmin_auth.v1.GarminAuthService, as the sync worker uses it.
 
-Every call carries the worker's bearer token and a deadline. UNAVAILABLE (and only that: the
-service answers it before anything was committed, or the network failed) is retried a bounded
-number of times with exponential backoff and full jitter. Every other failure becomes an
-``AuthServiceError`` holding the status code, the google.rpc.ErrorInfo reason and the
-RetryInfo delay the service put in its rich status, so callers branch on reasons rather than
-on message text.
+Every call goes through the generated stub's own method, carries the worker's bearer token and
+a deadline, and returns our own values (``lease_grants``), never a protobuf message.
+UNAVAILABLE (and only that: the service answers it before anything was committed, or the
+network failed) is retried a bounded number of times with exponential backoff and full
+jitter. Every other failure becomes an ``AuthServiceError`` (``client_errors``).
 
 Secrets: the bearer token lives only in the call metadata; leased Garmin tokens are handed
-out as ``GarminTokens``, whose repr is redacted. Error messages are the service's, which never
-carry a secret, or our own.
+out as ``GarminTokens``, whose repr is redacted.
 """
 
 from __future__ import annotations
@@ -20,35 +18,43 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Protocol, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from auth_service.api.convert import tokens_from_proto
-from auth_service.domain.errors import InvalidArgument
-from auth_service.domain.models import GarminTokens
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
-from garmin_client.session_proto import tokens_to_proto
+from garmin_client.session_proto import MalformedSession, tokens_to_proto
+from garmin_client.tokens import GarminTokens
+from sync_worker.client_errors import MALFORMED_GRANT, AuthServiceError, error_from_rpc
+from sync_worker.lease_grants import (
+    LeasedSession,
+    SessionStatus,
+    read_datetime,
+    read_grant,
+    read_status,
+)
 
 log = logging.getLogger(__name__)
 
-# ErrorInfo reasons the worker acts on (the README's error table has them all).
-LEASE_LOST: Final = "LEASE_LOST"
-LEASE_HELD: Final = "LEASE_HELD"
-SESSION_NOT_FOUND: Final = "SESSION_NOT_FOUND"
-SESSION_NOT_ACTIVE: Final = "SESSION_NOT_ACTIVE"
-GARMIN_RATE_LIMITED: Final = "GARMIN_RATE_LIMITED"
-GARMIN_UNAVAILABLE: Final = "GARMIN_UNAVAILABLE"
-CALLER_REASONS: Final = frozenset({"CALLER_UNAUTHENTICATED", "CALLER_FORBIDDEN"})
-# Our own reason for a grant whose tokens cannot be read (a service bug, not the user's).
-MALFORMED_GRANT: Final = "MALFORMED_GRANT"
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+_Rpc = grpc.UnaryUnaryMultiCallable
+
+
+class _WorkerStub(Protocol):
+    """The worker's methods of the generated stub, typed (protoc writes no hints for them)."""
+
+    LeaseSession: _Rpc[pb.LeaseSessionRequest, pb.LeaseSessionResponse]
+    LeaseNextSession: _Rpc[pb.LeaseNextSessionRequest, pb.LeaseNextSessionResponse]
+    RenewLease: _Rpc[pb.RenewLeaseRequest, pb.RenewLeaseResponse]
+    ReleaseLease: _Rpc[pb.ReleaseLeaseRequest, pb.ReleaseLeaseResponse]
+    ReportRefreshed: _Rpc[pb.ReportRefreshedRequest, pb.ReportRefreshedResponse]
+    ReportInvalidated: _Rpc[pb.ReportInvalidatedRequest, pb.ReportInvalidatedResponse]
+    GetStatus: _Rpc[pb.GetStatusRequest, pb.GetStatusResponse]
 
 
 @dataclass(frozen=True, repr=False)
@@ -72,105 +78,6 @@ class AuthClientConfig:
         return f"AuthClientConfig(target={self.target!r}, tls={self.tls_ca_file is not None})"
 
 
-class AuthServiceError(Exception):
-    """A call failed: the gRPC code, ErrorInfo reason, message and RetryInfo delay."""
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        reason: str,
-        message: str,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(f"{code.name}{f' {reason}' if reason else ''}: {message}")
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.retry_after = retry_after
-
-    @property
-    def lease_lost(self) -> bool:
-        return self.reason == LEASE_LOST
-
-    @property
-    def credentials_refused(self) -> bool:
-        """The service does not accept the worker's token (or its role)."""
-        return self.code == grpc.StatusCode.UNAUTHENTICATED or self.reason in CALLER_REASONS
-
-    @property
-    def unreachable(self) -> bool:
-        """The service itself cannot serve us (network, overload, its database), as opposed
-        to an answer about one user (GARMIN_UNAVAILABLE is Garmin failing, not the service)."""
-        if self.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return True
-        return self.code == grpc.StatusCode.UNAVAILABLE and self.reason != GARMIN_UNAVAILABLE
-
-    @property
-    def fatal(self) -> bool:
-        """Nothing more can be done in this run: exit 3."""
-        return self.unreachable or self.credentials_refused
-
-
-@dataclass(frozen=True, repr=False)
-class LeasedSession:
-    """A granted lease with the tokens to use under it."""
-
-    lease_id: str
-    user_id: str
-    holder: str
-    fencing_token: int
-    expires_at: datetime
-    # How far earlier syncs got; None when never synced.
-    synced_through: datetime | None
-    tokens: GarminTokens
-    status: pb.SessionStatus
-
-    def __repr__(self) -> str:
-        return f"LeasedSession(user_id={self.user_id!r}, fencing_token={self.fencing_token})"
-
-
-def _error_of(error: grpc.RpcError) -> AuthServiceError:
-    """Decode the rich status (ErrorInfo, RetryInfo) of a failed call."""
-    # The errors grpc raises for unary calls are also grpc.Call objects; the stubs do not say.
-    code_of, details_of = getattr(error, "code", None), getattr(error, "details", None)
-    code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
-    message = (details_of() if callable(details_of) else None) or ""
-    reason, retry_after = "", None
-    try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except ValueError:
-        # A status whose details disagree with the call's code: keep code and message.
-        status = None
-    for packed in status.details if status is not None else ():
-        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            packed.Unpack(info)
-            reason = str(info.reason)
-        elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            packed.Unpack(retry)
-            retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
-    return AuthServiceError(code, reason, message, retry_after)
-
-
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(value.astimezone(UTC))
-    return message
-
-
-def _duration(value: timedelta | None) -> duration_pb2.Duration | None:
-    if value is None:
-        return None
-    message = duration_pb2.Duration()
-    message.FromTimedelta(value)
-    return message
-
-
-def _datetime(message: timestamp_pb2.Timestamp) -> datetime:
-    return message.ToDatetime(tzinfo=UTC)
-
-
 class AuthClient:
     """Typed calls on GarminAuthService with the worker role. Thread-safe (one channel)."""
 
@@ -183,7 +90,7 @@ class AuthClient:
         self._config = config
         self._sleep = sleep
         self._channel = _channel(config)
-        self._stub = pb_grpc.GarminAuthServiceStub(self._channel)
+        self._stub: _WorkerStub = pb_grpc.GarminAuthServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {config.token}"),)
         self._closed = threading.Event()
 
@@ -206,8 +113,8 @@ class AuthClient:
     # --- the worker's RPCs ---------------------------------------------------------------
 
     def lease_session(self, user_id: str, holder: str, ttl: timedelta | None) -> LeasedSession:
-        request = pb.LeaseSessionRequest(user_id=user_id, holder=holder, ttl=_duration(ttl))
-        response: pb.LeaseSessionResponse = self._call("LeaseSession", request)
+        request = pb.LeaseSessionRequest(user_id=user_id, holder=holder, ttl=ttl)
+        response = self._call(self._stub.LeaseSession, request, "LeaseSession")
         return self._grant(response.lease, response.session, response.status)
 
     def lease_next_session(
@@ -215,42 +122,38 @@ class AuthClient:
     ) -> LeasedSession | None:
         """The most overdue session, or None when nothing is due."""
         request = pb.LeaseNextSessionRequest(
-            holder=holder, ttl=_duration(ttl), min_sync_interval=_duration(min_sync_interval)
+            holder=holder, ttl=ttl, min_sync_interval=min_sync_interval
         )
-        response: pb.LeaseNextSessionResponse = self._call("LeaseNextSession", request)
+        response = self._call(self._stub.LeaseNextSession, request, "LeaseNextSession")
         if not response.HasField("lease"):
             return None
         return self._grant(response.lease, response.session, response.status)
 
     def renew_lease(self, lease_id: str, ttl: timedelta | None) -> datetime:
         """Extend the lease; returns its new expiry."""
-        request = pb.RenewLeaseRequest(lease_id=lease_id, ttl=_duration(ttl))
-        response: pb.RenewLeaseResponse = self._call("RenewLease", request)
-        return _datetime(response.lease.expires_at)
+        request = pb.RenewLeaseRequest(lease_id=lease_id, ttl=ttl)
+        response = self._call(self._stub.RenewLease, request, "RenewLease")
+        return read_datetime(response.lease.expires_at)
 
-    def release_lease(self, lease_id: str, synced_through: datetime | None) -> pb.SessionStatus:
-        request = pb.ReleaseLeaseRequest(
-            lease_id=lease_id,
-            synced_through=None if synced_through is None else _timestamp(synced_through),
-        )
-        response: pb.ReleaseLeaseResponse = self._call("ReleaseLease", request)
-        return response.status
+    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatus:
+        request = pb.ReleaseLeaseRequest(lease_id=lease_id, synced_through=synced_through)
+        response = self._call(self._stub.ReleaseLease, request, "ReleaseLease")
+        return read_status(response.status)
 
-    def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> pb.SessionStatus:
+    def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> SessionStatus:
         request = pb.ReportRefreshedRequest(lease_id=lease_id, session=tokens_to_proto(tokens))
-        response: pb.ReportRefreshedResponse = self._call("ReportRefreshed", request)
-        return response.status
+        response = self._call(self._stub.ReportRefreshed, request, "ReportRefreshed")
+        return read_status(response.status)
 
-    def report_invalidated(self, lease_id: str, reason: str) -> pb.SessionStatus:
+    def report_invalidated(self, lease_id: str, reason: str) -> SessionStatus:
         request = pb.ReportInvalidatedRequest(lease_id=lease_id, reason=reason[:512])
-        response: pb.ReportInvalidatedResponse = self._call("ReportInvalidated", request)
-        return response.status
+        response = self._call(self._stub.ReportInvalidated, request, "ReportInvalidated")
+        return read_status(response.status)
 
-    def get_status(self, user_id: str) -> pb.SessionStatus:
-        response: pb.GetStatusResponse = self._call(
-            "GetStatus", pb.GetStatusRequest(user_id=user_id)
-        )
-        return response.status
+    def get_status(self, user_id: str) -> SessionStatus:
+        request = pb.GetStatusRequest(user_id=user_id)
+        response = self._call(self._stub.GetStatus, request, "GetStatus")
+        return read_status(response.status)
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -258,27 +161,16 @@ class AuthClient:
         self, lease: pb.Lease, session: pb.GarminSession, status: pb.SessionStatus
     ) -> LeasedSession:
         try:
-            tokens = tokens_from_proto(session, "session")
-        except InvalidArgument:
+            return read_grant(lease, session, status)
+        except MalformedSession as exc:
             # Never happens with a sound service; do not leave the user locked until the ttl.
+            log.warning("lease for user %s: the granted session's %s", lease.user_id, exc)
             self._release_quietly(lease.lease_id)
             raise AuthServiceError(
                 grpc.StatusCode.INTERNAL,
                 MALFORMED_GRANT,
                 "the service handed out a session the worker cannot read",
             ) from None
-        return LeasedSession(
-            lease_id=lease.lease_id,
-            user_id=lease.user_id,
-            holder=lease.holder,
-            fencing_token=lease.fencing_token,
-            expires_at=_datetime(lease.expires_at),
-            synced_through=(
-                _datetime(status.synced_through) if status.HasField("synced_through") else None
-            ),
-            tokens=tokens,
-            status=status,
-        )
 
     def _release_quietly(self, lease_id: str) -> None:
         try:
@@ -286,8 +178,8 @@ class AuthClient:
         except AuthServiceError as exc:
             log.warning("could not release an unusable lease: %s", exc)
 
-    def _call(self, rpc: str, request: Any) -> Any:
-        method = getattr(self._stub, rpc)
+    def _call(self, method: _Rpc[RequestT, ResponseT], request: RequestT, rpc: str) -> ResponseT:
+        """One RPC with a deadline on every attempt; UNAVAILABLE retried up to the bound."""
         config = self._config
         attempt = 0
         while True:
@@ -295,7 +187,7 @@ class AuthClient:
             try:
                 return method(request, metadata=self._metadata, timeout=config.timeout_seconds)
             except grpc.RpcError as raw:
-                error = _error_of(raw)
+                error = error_from_rpc(raw)
             if error.code != grpc.StatusCode.UNAVAILABLE or attempt >= config.attempts:
                 raise error
             # Full jitter: replicas restarting together must not be hit in lockstep.

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sync_worker.client import AuthServiceError
+from sync_worker.client_errors import AuthServiceError
 
 log = logging.getLogger(__name__)
 

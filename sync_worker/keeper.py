@@ -14,7 +14,8 @@ import threading
 import time
 from datetime import timedelta
 
-from sync_worker.client import AuthClient, AuthServiceError
+from sync_worker.client import AuthClient
+from sync_worker.client_errors import AuthServiceError
 from sync_worker.control import RunControl
 
 log = logging.getLogger(__name__)

@@ -18,17 +18,17 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Final, TextIO
 
-from sync_worker.client import (
+from sync_worker.client import AuthClient
+from sync_worker.client_errors import (
     GARMIN_RATE_LIMITED,
     LEASE_HELD,
     LEASE_LOST,
     SESSION_NOT_ACTIVE,
-    AuthClient,
     AuthServiceError,
-    LeasedSession,
 )
 from sync_worker.config import WorkerConfig
 from sync_worker.control import RunControl
+from sync_worker.lease_grants import LeasedSession
 from sync_worker.progress import Progress
 from sync_worker.sinks import Sink, open_sink
 from sync_worker.sync import Outcome, UserResult, sync_user

@@ -34,9 +34,11 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.models import GarminTokens
 from auth_service.upstream.garth_adapter import GarminApiSession
-from sync_worker.client import AuthClient, AuthServiceError, LeasedSession
+from sync_worker.client import AuthClient
+from sync_worker.client_errors import AuthServiceError
 from sync_worker.control import RunControl
 from sync_worker.keeper import LeaseGone, LeaseKeeper
+from sync_worker.lease_grants import LeasedSession
 from sync_worker.sinks import Activity, FencingRefused, Sink, SinkError, UnsafeUserId, UserSink
 
 log = logging.getLogger(__name__)

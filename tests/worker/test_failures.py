@@ -16,7 +16,8 @@ import pytest
 
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator.emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
-from sync_worker.client import AuthClient, AuthServiceError
+from sync_worker.client import AuthClient
+from sync_worker.client_errors import AuthServiceError
 from sync_worker.sinks import DirectorySink, PostgresSink, Sink
 from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
 

@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from auth_service.config import UpstreamSettings
-from sync_worker.client import AuthClientConfig, AuthServiceError
+from sync_worker.client import AuthClientConfig
+from sync_worker.client_errors import AuthServiceError
 from sync_worker.config import WorkerConfig
 from sync_worker.control import DEFAULT_RATE_LIMIT_PAUSE, RunControl
 from sync_worker.progress import Progress

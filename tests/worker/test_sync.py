@@ -22,6 +22,7 @@ from garmin_emulator.emulator import (
     GarminEmulator,
 )
 from sync_worker.client import AuthClient
+from sync_worker.lease_grants import SessionStatus
 from sync_worker.sinks import DirectorySink
 from tests.fixtures.servers import Replica
 
@@ -66,7 +67,9 @@ def test_a_valid_session_is_synced_with_no_manual_step(
     assert after.HasField("last_synced_at")
     # The worker role may read the status too (what an operator's tooling would use).
     with AuthClient(make_config(service.target, garmin, tmp_path, users=("ann",)).auth) as client:
-        assert client.get_status("ann").synced_through == after.synced_through
+        assert client.get_status("ann").synced_through == after.synced_through.ToDatetime(
+            tzinfo=UTC
+        )
 
 
 def test_an_expired_refreshable_session_is_refreshed_and_persisted(
@@ -110,15 +113,15 @@ class RecordingClient(AuthClient):
 
     calls: list[str]
 
-    def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> pb.SessionStatus:
+    def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> SessionStatus:
         self.calls.append("ReportRefreshed")
         return super().report_refreshed(lease_id, tokens)
 
-    def release_lease(self, lease_id: str, synced_through: datetime | None) -> pb.SessionStatus:
+    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatus:
         self.calls.append("ReleaseLease")
         return super().release_lease(lease_id, synced_through)
 
-    def report_invalidated(self, lease_id: str, reason: str) -> pb.SessionStatus:
+    def report_invalidated(self, lease_id: str, reason: str) -> SessionStatus:
         self.calls.append("ReportInvalidated")
         return super().report_invalidated(lease_id, reason)
 

@@ -1,0 +1,86 @@
+"""What a failed call on the auth service means to the worker: ``AuthServiceError``.
+
+The service answers every failure with a rich status (google.rpc.Status) carrying an ErrorInfo
+reason and, when waiting helps, a RetryInfo delay; callers branch on those, never on message
+text. Messages are the service's, which never carry a secret, or our own.
+"""
+
+from __future__ import annotations
+
+from typing import Final, cast
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+# ErrorInfo reasons the worker acts on (the README's error table has them all).
+LEASE_LOST: Final = "LEASE_LOST"
+LEASE_HELD: Final = "LEASE_HELD"
+SESSION_NOT_FOUND: Final = "SESSION_NOT_FOUND"
+SESSION_NOT_ACTIVE: Final = "SESSION_NOT_ACTIVE"
+GARMIN_RATE_LIMITED: Final = "GARMIN_RATE_LIMITED"
+GARMIN_UNAVAILABLE: Final = "GARMIN_UNAVAILABLE"
+CALLER_REASONS: Final = frozenset({"CALLER_UNAUTHENTICATED", "CALLER_FORBIDDEN"})
+# Our own reason for a grant whose tokens cannot be read (a service bug, not the user's).
+MALFORMED_GRANT: Final = "MALFORMED_GRANT"
+
+
+class AuthServiceError(Exception):
+    """A call failed: the gRPC code, ErrorInfo reason, message and RetryInfo delay."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}{f' {reason}' if reason else ''}: {message}")
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.reason == LEASE_LOST
+
+    @property
+    def credentials_refused(self) -> bool:
+        """The service does not accept the worker's token (or its role)."""
+        return self.code == grpc.StatusCode.UNAUTHENTICATED or self.reason in CALLER_REASONS
+
+    @property
+    def unreachable(self) -> bool:
+        """The service itself cannot serve us (network, overload, its database), as opposed
+        to an answer about one user (GARMIN_UNAVAILABLE is Garmin failing, not the service)."""
+        if self.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return True
+        return self.code == grpc.StatusCode.UNAVAILABLE and self.reason != GARMIN_UNAVAILABLE
+
+    @property
+    def fatal(self) -> bool:
+        """Nothing more can be done in this run: exit 3."""
+        return self.unreachable or self.credentials_refused
+
+
+def error_from_rpc(error: grpc.RpcError) -> AuthServiceError:
+    """Decode a failed call: its code, message and rich status (ErrorInfo, RetryInfo)."""
+    code, message = error.code(), error.details() or ""
+    reason, retry_after = "", None
+    try:
+        # grpc raises each failed unary call as an RpcError that is also its grpc.Call.
+        status = rpc_status.from_call(cast(grpc.Call, error))
+    except ValueError:
+        # A status whose details disagree with the call's code: keep code and message.
+        status = None
+    for packed in status.details if status is not None else ():
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+            reason = str(info.reason)
+        elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            packed.Unpack(retry)
+            retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    return AuthServiceError(code, reason, message, retry_after)
