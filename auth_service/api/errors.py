@@ -1,13 +1,15 @@
-"""The one table from domain errors to gRPC status codes and google.rpc.ErrorInfo reasons.
+"""How errors answer over gRPC: a status code, a google.rpc.ErrorInfo reason and details.
 
-Every error answer carries an ErrorInfo with domain "garmin-auth.v1"; INVALID_ARGUMENT adds a
-BadRequest with field violations, rate limits add a RetryInfo. Anything not in the table is a
-bug and answers INTERNAL with a generic message (details go to the log, never to the caller).
+Each domain error class names its own answer (`code_name`, `reason`); this module only turns
+those names into gRPC values, so the mapping is written once. Driver errors that mean "the
+database did not answer" answer DATABASE_UNAVAILABLE. Every answer carries an ErrorInfo with
+domain "garmin-auth.v1"; INVALID_ARGUMENT adds a BadRequest with field violations, rate limits
+add a RetryInfo. Anything else is a bug and answers INTERNAL with a generic message (details go
+to the log, never to the caller).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -22,69 +24,58 @@ from auth_service.domain import errors
 
 ERROR_DOMAIN = "garmin-auth.v1"
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class ErrorRow:
-    """How one domain error answers."""
+    """How one error answers."""
 
     code: grpc.StatusCode
     reason: str
 
 
-class DatabaseUnavailable(Exception):
-    """The database did not answer (stand-in for driver errors in the table)."""
-
-
-# Ordered: the first row whose class matches wins (subclasses before their bases).
-ERROR_TABLE: dict[type[BaseException], ErrorRow] = {
-    errors.InvalidArgument: ErrorRow(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
-    errors.CallerUnauthenticated: ErrorRow(
-        grpc.StatusCode.UNAUTHENTICATED, "CALLER_UNAUTHENTICATED"
-    ),
-    errors.CallerForbidden: ErrorRow(grpc.StatusCode.PERMISSION_DENIED, "CALLER_FORBIDDEN"),
-    errors.GarminCredentialsRejected: ErrorRow(
-        grpc.StatusCode.PERMISSION_DENIED, "GARMIN_CREDENTIALS_REJECTED"
-    ),
-    errors.MfaCodeRejected: ErrorRow(grpc.StatusCode.PERMISSION_DENIED, "MFA_CODE_REJECTED"),
-    errors.SessionNotFound: ErrorRow(grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"),
-    errors.MfaChallengeNotFound: ErrorRow(grpc.StatusCode.NOT_FOUND, "MFA_CHALLENGE_NOT_FOUND"),
-    errors.MfaChallengeBusy: ErrorRow(grpc.StatusCode.ABORTED, "MFA_CHALLENGE_BUSY"),
-    errors.SessionNotActive: ErrorRow(grpc.StatusCode.FAILED_PRECONDITION, "SESSION_NOT_ACTIVE"),
-    errors.GarminSessionRejected: ErrorRow(
-        grpc.StatusCode.FAILED_PRECONDITION, "SESSION_NOT_ACTIVE"
-    ),
-    errors.LeaseLost: ErrorRow(grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST"),
-    errors.LeaseHeld: ErrorRow(grpc.StatusCode.ABORTED, "LEASE_HELD"),
-    errors.LoginRateLimited: ErrorRow(grpc.StatusCode.RESOURCE_EXHAUSTED, "LOGIN_RATE_LIMITED"),
-    errors.GarminRateLimited: ErrorRow(grpc.StatusCode.RESOURCE_EXHAUSTED, "GARMIN_RATE_LIMITED"),
-    errors.GarminUnavailable: ErrorRow(grpc.StatusCode.UNAVAILABLE, "GARMIN_UNAVAILABLE"),
-    DatabaseUnavailable: ErrorRow(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
-    OperationalError: ErrorRow(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
-    PoolTimeoutError: ErrorRow(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
-}
-
 INTERNAL_ROW = ErrorRow(grpc.StatusCode.INTERNAL, "INTERNAL")
+DATABASE_UNAVAILABLE_ROW = ErrorRow(grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
 # When Garmin says "slow down" without saying how long, callers wait this long.
 DEFAULT_GARMIN_RETRY_SECONDS = 60.0
 
 
+def domain_error_classes() -> list[type[errors.DomainError]]:
+    """DomainError and every subclass defined so far, bases before their subclasses."""
+    found: list[type[errors.DomainError]] = []
+    pending: list[type[errors.DomainError]] = [errors.DomainError]
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def row_of(cls: type[errors.DomainError]) -> ErrorRow:
+    """The answer the class names (KeyError if its code_name is not a gRPC status code)."""
+    return ErrorRow(grpc.StatusCode[cls.code_name], cls.reason)
+
+
+def documented_rows() -> set[ErrorRow]:
+    """Every answer the service gives on purpose (the README's error table)."""
+    domain_rows = {row_of(cls) for cls in domain_error_classes()}
+    return (domain_rows - {INTERNAL_ROW}) | {DATABASE_UNAVAILABLE_ROW}
+
+
 def row_for(exc: BaseException) -> ErrorRow:
-    """The table row of an exception (INTERNAL for anything unexpected)."""
-    for cls in type(exc).__mro__:
-        row = ERROR_TABLE.get(cls)
-        if row is not None:
-            return row
+    """The answer to an exception (INTERNAL for anything unexpected)."""
+    if isinstance(exc, errors.DomainError):
+        return row_of(type(exc))
+    if isinstance(exc, OperationalError | PoolTimeoutError):
+        return DATABASE_UNAVAILABLE_ROW
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return ERROR_TABLE[DatabaseUnavailable]
+        return DATABASE_UNAVAILABLE_ROW
     return INTERNAL_ROW
 
 
 def _message(exc: BaseException, row: ErrorRow) -> str:
     if isinstance(exc, errors.DomainError):
         return exc.message
-    if row.reason == "DATABASE_UNAVAILABLE":
+    if row == DATABASE_UNAVAILABLE_ROW:
         return "the database is unavailable; retry later"
     return "internal error"
 

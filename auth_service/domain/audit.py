@@ -88,7 +88,7 @@ LEASE_LOST = Outcome(LeaseLost.code_name, LeaseLost.reason)
 
 
 def outcome_of(error: BaseException) -> Outcome:
-    """The answer `error` gives callers (auth_service.api.errors.ERROR_TABLE agrees)."""
+    """The answer `error` gives callers, as its class names it."""
     if isinstance(error, DomainError):
         return Outcome(error.code_name, error.reason)
     return INTERNAL

@@ -1,9 +1,7 @@
-"""Domain errors. The gRPC layer maps each class to a status code and an ErrorInfo reason
-through one table (auth_service.api.errors); domain code never imports grpc.
-
-Each class also names that answer itself (`code_name`, `reason`), so the audit trail records
-the same outcome the caller gets without the domain importing the api layer; a test keeps the
-two in step (tests/audit/test_outcomes.py).
+"""Domain errors. Each class names the answer it gives callers (`code_name`, a gRPC status
+code name, and `reason`, the google.rpc.ErrorInfo reason): the one place that mapping is
+written. auth_service.api.errors turns those names into gRPC values and the audit trail records
+them, so domain code never imports grpc.
 
 Messages are shown to callers: they must never contain a secret.
 """

@@ -1,61 +1,52 @@
-"""Every row of the domain-error table answers its documented code, reason and details."""
+"""What a caller gets for every error class, and the README's error table says the same."""
 
 from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from auth_service.api.errors import ERROR_DOMAIN, ERROR_TABLE, DatabaseUnavailable, to_status
+from auth_service.api.errors import (
+    DEFAULT_GARMIN_RETRY_SECONDS,
+    ERROR_DOMAIN,
+    documented_rows,
+    domain_error_classes,
+    row_for,
+    to_status,
+)
 from auth_service.domain import errors
 
-# One representative instance per table row, with the answer the README documents.
-CASES: list[tuple[BaseException, grpc.StatusCode, str]] = [
-    (
-        errors.InvalidArgument([errors.FieldViolation("user_id", "is required")]),
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "INVALID_ARGUMENT",
+Detail = TypeVar("Detail")
+README = Path(__file__).resolve().parents[2] / "README.md"
+CLASSES = domain_error_classes()
+# Classes whose constructor takes more than a message.
+MAKERS: dict[type[errors.DomainError], Callable[[], errors.DomainError]] = {
+    errors.InvalidArgument: lambda: errors.InvalidArgument(
+        [errors.FieldViolation("user_id", "is required")]
     ),
-    (errors.CallerUnauthenticated("x"), grpc.StatusCode.UNAUTHENTICATED, "CALLER_UNAUTHENTICATED"),
-    (errors.CallerForbidden("x"), grpc.StatusCode.PERMISSION_DENIED, "CALLER_FORBIDDEN"),
-    (
-        errors.GarminCredentialsRejected("x"),
-        grpc.StatusCode.PERMISSION_DENIED,
-        "GARMIN_CREDENTIALS_REJECTED",
-    ),
-    (errors.MfaCodeRejected("x"), grpc.StatusCode.PERMISSION_DENIED, "MFA_CODE_REJECTED"),
-    (errors.SessionNotFound("x"), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"),
-    (errors.MfaChallengeNotFound("x"), grpc.StatusCode.NOT_FOUND, "MFA_CHALLENGE_NOT_FOUND"),
-    (errors.MfaChallengeBusy("x"), grpc.StatusCode.ABORTED, "MFA_CHALLENGE_BUSY"),
-    (errors.SessionNotActive("x"), grpc.StatusCode.FAILED_PRECONDITION, "SESSION_NOT_ACTIVE"),
-    (
-        errors.GarminSessionRejected("x"),
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "SESSION_NOT_ACTIVE",
-    ),
-    (errors.LeaseLost("x"), grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST"),
-    (errors.LeaseHeld("x"), grpc.StatusCode.ABORTED, "LEASE_HELD"),
-    (
-        errors.LoginRateLimited("x", retry_after_seconds=12.2),
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "LOGIN_RATE_LIMITED",
-    ),
-    (
-        errors.GarminRateLimited("x", retry_after_seconds=30),
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "GARMIN_RATE_LIMITED",
-    ),
-    (errors.GarminUnavailable("x"), grpc.StatusCode.UNAVAILABLE, "GARMIN_UNAVAILABLE"),
-    (DatabaseUnavailable(), grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
-    (
-        OperationalError("SELECT 1", {}, Exception("connection refused")),
-        grpc.StatusCode.UNAVAILABLE,
-        "DATABASE_UNAVAILABLE",
-    ),
-    (PoolTimeoutError("pool exhausted"), grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+    errors.LoginRateLimited: lambda: errors.LoginRateLimited("slow down", 12.2),
+}
+# The two classes no code raises on purpose: they only group the others.
+BASES = {errors.DomainError, errors.UpstreamError}
+RAISED = [cls for cls in CLASSES if cls not in BASES]
+DATABASE_ERRORS: list[BaseException] = [
+    OperationalError("SELECT 1", {}, Exception("connection refused")),
+    PoolTimeoutError("pool exhausted"),
+    DBAPIError("SELECT 1", {}, Exception("server closed"), connection_invalidated=True),
 ]
+
+
+def _make(cls: type[errors.DomainError]) -> errors.DomainError:
+    maker = MAKERS.get(cls)
+    return maker() if maker else cls(f"{cls.__name__} happened")
 
 
 def _details(status: grpc.Status) -> list[object]:
@@ -72,44 +63,62 @@ def _details(status: grpc.Status) -> list[object]:
                 message = cls()
                 packed.Unpack(message)
                 found.append(message)
+    assert len(found) == len(rich.details)  # no detail of another kind
     return found
 
 
-def test_every_table_row_has_a_case() -> None:
-    covered = {type(exc) for exc, _, _ in CASES}
-    assert set(ERROR_TABLE) == covered
+def _of(kind: type[Detail], details: list[object]) -> list[Detail]:
+    return [d for d in details if isinstance(d, kind)]
 
 
-@pytest.mark.parametrize(
-    ("exc", "code", "reason"), CASES, ids=[type(case[0]).__name__ for case in CASES]
-)
-def test_row_answers_code_reason_and_details(
-    exc: BaseException, code: grpc.StatusCode, reason: str
-) -> None:
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
+def test_each_error_class_names_a_real_grpc_status_code(cls: type[errors.DomainError]) -> None:
+    assert cls.code_name in grpc.StatusCode.__members__
+    assert cls.code_name != "OK"
+    assert re.fullmatch(r"[A-Z][A-Z_]*", cls.reason)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
+def test_what_a_caller_gets_for_each_error_class(cls: type[errors.DomainError]) -> None:
+    exc = _make(cls)
     status = to_status(exc)
-    assert status.code == code
+    assert status.code == grpc.StatusCode[cls.code_name]
+    assert status.details == exc.message
+    assert status.details
     details = _details(status)
-    infos = [d for d in details if isinstance(d, error_details_pb2.ErrorInfo)]
+    infos = _of(error_details_pb2.ErrorInfo, details)
     assert len(infos) == 1
-    assert infos[0].reason == reason
-    assert infos[0].domain == ERROR_DOMAIN
-    retry = [d for d in details if isinstance(d, error_details_pb2.RetryInfo)]
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        assert len(retry) == 1
-        assert retry[0].retry_delay.seconds >= 1
+    assert (infos[0].reason, infos[0].domain) == (cls.reason, ERROR_DOMAIN)
+    retry = _of(error_details_pb2.RetryInfo, details)
+    if status.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        waited = getattr(exc, "retry_after_seconds", None) or DEFAULT_GARMIN_RETRY_SECONDS
+        assert [r.retry_delay.seconds for r in retry] == [math.ceil(waited)]
     else:
         assert retry == []
-    bad_request = [d for d in details if isinstance(d, error_details_pb2.BadRequest)]
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        assert [v.field for v in bad_request[0].field_violations] == ["user_id"]
+    bad_request = _of(error_details_pb2.BadRequest, details)
+    if status.code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert len(bad_request) == 1
+        assert [(v.field, v.description) for v in bad_request[0].field_violations] == [
+            ("user_id", "is required")
+        ]
     else:
         assert bad_request == []
 
 
-def test_unexpected_exception_is_internal_without_details_leaking() -> None:
-    status = to_status(RuntimeError("secret-token-abc123 exploded"))
-    assert status.code == grpc.StatusCode.INTERNAL
-    assert "secret" not in status.details
+@pytest.mark.parametrize("cls", RAISED, ids=lambda cls: cls.__name__)
+def test_every_raised_error_has_an_answer_of_its_own(cls: type[errors.DomainError]) -> None:
+    assert row_for(_make(cls)) in documented_rows()
+
+
+@pytest.mark.parametrize("exc", DATABASE_ERRORS, ids=lambda exc: type(exc).__name__)
+def test_database_errors_answer_unavailable_without_the_driver_message(
+    exc: BaseException,
+) -> None:
+    status = to_status(exc)
+    assert status.code == grpc.StatusCode.UNAVAILABLE
+    assert status.details == "the database is unavailable; retry later"
+    infos = _of(error_details_pb2.ErrorInfo, _details(status))
+    assert [(i.reason, i.domain) for i in infos] == [("DATABASE_UNAVAILABLE", ERROR_DOMAIN)]
 
 
 def test_database_errors_never_leak_the_driver_message() -> None:
@@ -117,3 +126,35 @@ def test_database_errors_never_leak_the_driver_message() -> None:
         OperationalError("SELECT", {}, Exception("password authentication failed for hunter2"))
     )
     assert "hunter2" not in status.details
+
+
+def test_unexpected_exception_is_internal_without_details_leaking() -> None:
+    status = to_status(RuntimeError("secret-token-abc123 exploded"))
+    assert status.code == grpc.StatusCode.INTERNAL
+    assert "secret" not in status.details
+    assert status.details
+
+
+def _readme_error_table() -> list[tuple[str, str, str]]:
+    section = README.read_text().split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 4:
+            rows.append((cells[0].strip("`"), cells[1].strip("`"), cells[3]))
+    return rows
+
+
+def test_the_readme_error_table_lists_every_answer_once() -> None:
+    documented = [(code, reason) for code, reason, _ in _readme_error_table()]
+    assert len(documented) == len(set(documented))
+    assert set(documented) == {(row.code.name, row.reason) for row in documented_rows()}
+
+
+def test_the_readme_names_the_extra_details_each_answer_carries() -> None:
+    extras = {(code, reason): extra for code, reason, extra in _readme_error_table()}
+    for cls in RAISED:
+        details = _details(to_status(_make(cls)))
+        extra = extras[(cls.code_name, cls.reason)]
+        assert ("BadRequest" in extra) == bool(_of(error_details_pb2.BadRequest, details))
+        assert ("RetryInfo" in extra) == bool(_of(error_details_pb2.RetryInfo, details))
