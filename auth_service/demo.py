@@ -29,11 +29,6 @@ from auth_service.server import RunningServer, build_application, start_server
 from auth_service.storage.maintenance import upgrade_to_head
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
-from garmin_emulator.emulator import (
-    DEFAULT_CONSUMER_KEY,
-    DEFAULT_CONSUMER_SECRET,
-    GarminEmulator,
-)
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password"  # noqa: S105 - the emulator's demo account
@@ -79,27 +74,30 @@ class DemoState:
         return path
 
 
-def _environment(folder: Path, state: DemoState, upstream_url: str | None) -> dict[str, str]:
+@dataclass(frozen=True)
+class Consumer:
+    """The OAuth1 consumer the service and the worker sign Garmin requests with."""
+
+    key: str
+    secret: str
+
+
+def _environment(
+    folder: Path, state: DemoState, upstream_url: str | None, consumer: Consumer
+) -> dict[str, str]:
     env = {
         "GARMIN_AUTH_DATABASE_URL": f"sqlite:///{folder / 'garmin-auth.sqlite3'}",
         "GARMIN_AUTH_ENCRYPTION_KEYS": state.encryption_keys,
         "GARMIN_AUTH_CALLERS_FILE": str(state.write_callers_file(folder / "callers.toml")),
         "GARMIN_AUTH_LISTEN": os.environ.get("GARMIN_AUTH_LISTEN", "127.0.0.1:50051"),
-        "GARMIN_AUTH_OAUTH_CONSUMER_KEY": DEFAULT_CONSUMER_KEY,
-        "GARMIN_AUTH_OAUTH_CONSUMER_SECRET": DEFAULT_CONSUMER_SECRET,
+        "GARMIN_AUTH_OAUTH_CONSUMER_KEY": consumer.key,
+        "GARMIN_AUTH_OAUTH_CONSUMER_SECRET": consumer.secret,
     }
     if upstream_url:
         env["GARMIN_AUTH_UPSTREAM_URL"] = upstream_url
     # What the operator set wins over the demo's defaults.
     env.update({k: v for k, v in os.environ.items() if k.startswith("GARMIN_AUTH_")})
     return env
-
-
-def _start_emulator() -> GarminEmulator:
-    emulator = GarminEmulator().start()
-    emulator.add_user(DEMO_EMAIL, DEMO_PASSWORD, mfa=True, mfa_code=DEMO_MFA_CODE)
-    emulator.add_activities(DEMO_EMAIL, 5)
-    return emulator
 
 
 def connect_demo_user(target: str, admin_token: str, out: TextIO) -> None:
@@ -128,7 +126,7 @@ def connect_demo_user(target: str, admin_token: str, out: TextIO) -> None:
 
 
 def run_worker_once(
-    target: str, state: DemoState, upstream_url: str, folder: Path, out: TextIO
+    target: str, state: DemoState, upstream_url: str, consumer: Consumer, folder: Path, out: TextIO
 ) -> int:
     """Run the real worker command, as a CronJob would, and show what it wrote."""
     out_dir = folder / "out"
@@ -146,8 +144,8 @@ def run_worker_once(
         "GARMIN_SYNC_AUTH_TARGET": target,
         "GARMIN_SYNC_AUTH_TOKEN": state.tokens["worker"],
         "GARMIN_SYNC_UPSTREAM_URL": upstream_url,
-        "GARMIN_SYNC_OAUTH_CONSUMER_KEY": DEFAULT_CONSUMER_KEY,
-        "GARMIN_SYNC_OAUTH_CONSUMER_SECRET": DEFAULT_CONSUMER_SECRET,
+        "GARMIN_SYNC_OAUTH_CONSUMER_KEY": consumer.key,
+        "GARMIN_SYNC_OAUTH_CONSUMER_SECRET": consumer.secret,
     }
     print(
         f"\n$ garmin-sync-worker run --user {DEMO_USER_ID} --out {out_dir} --with-files", file=out
@@ -187,12 +185,27 @@ Stop with Ctrl-C.""",
 
 
 def run_demo(folder: Path, *, once: bool, out: TextIO = sys.stdout) -> int:
+    # Imported here, not at the top: the emulator is not part of the product (the image does
+    # not ship it); the demo runs from a source checkout, where it is present.
+    from garmin_emulator import (  # noqa: PLC0415
+        DEFAULT_CONSUMER_KEY,
+        DEFAULT_CONSUMER_SECRET,
+        GarminEmulator,
+    )
+
+    consumer = Consumer(DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET)
     state = DemoState.load_or_create(folder)
     upstream_url = os.environ.get("GARMIN_AUTH_UPSTREAM_URL")
-    emulator = None if upstream_url else _start_emulator()
+    emulator: GarminEmulator | None = None
+    if not upstream_url:
+        emulator = GarminEmulator().start()
+        emulator.add_user(DEMO_EMAIL, DEMO_PASSWORD, mfa=True, mfa_code=DEMO_MFA_CODE)
+        emulator.add_activities(DEMO_EMAIL, 5)
     try:
         settings = load_settings(
-            _environment(folder, state, upstream_url or (emulator.url if emulator else None))
+            _environment(
+                folder, state, upstream_url or (emulator.url if emulator else None), consumer
+            )
         )
         upgrade_to_head(settings.database_url)
         running = start_server(build_application(settings))
@@ -200,7 +213,7 @@ def run_demo(folder: Path, *, once: bool, out: TextIO = sys.stdout) -> int:
             if emulator is not None:
                 target = f"127.0.0.1:{running.port}"
                 connect_demo_user(target, state.tokens["admin"], out)
-                if run_worker_once(target, state, emulator.url, folder, out) != 0:
+                if run_worker_once(target, state, emulator.url, consumer, folder, out) != 0:
                     return 1
             _print_examples(running, state, folder, out)
             if not once:

@@ -94,7 +94,7 @@ from benchmarks.harness import (
 from benchmarks.profile_server import parse_frame
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
-from garmin_emulator.emulator import EXCHANGE_PATH, REQUEST_COUNTS_PATH
+from garmin_emulator import EXCHANGE_PATH, REQUEST_COUNTS_PATH
 
 USERS = 200
 ACTIVITIES = 20

@@ -1,5 +1,5 @@
-"""`python -m garmin_emulator`: serve the emulator (see garmin_emulator.emulator.main)."""
+"""`python -m garmin_emulator`: serve the emulator (see garmin_emulator.cli)."""
 
-from garmin_emulator.emulator import main
+from garmin_emulator.cli import main
 
 raise SystemExit(main())

@@ -1,15 +1,45 @@
-"""The suite-wide log scan (tests/fixtures/logs.py) finds what it is meant to find."""
+"""The suite-wide log scan (tests/fixtures/logs.py) finds what it is meant to find, in the
+secrets of every emulator the tests start."""
 
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
-from garmin_emulator.emulator import GarminEmulator, every_secret_issued
+import requests
+
+from garmin_emulator import SIGN_IN_PATH
+from tests.fixtures.emulators import every_secret_issued, scanned_emulator
 from tests.fixtures.logs import RecordingHandler, leaked_secrets
+
+TESTS = Path(__file__).resolve().parent
+FACTORY = TESTS / "fixtures" / "emulators.py"
+
+
+def test_every_emulator_the_tests_make_reports_its_secrets() -> None:
+    """An emulator built directly would keep its secrets from the scans."""
+    direct = [
+        str(path.relative_to(TESTS))
+        for path in sorted(TESTS.rglob("*.py"))
+        if path != FACTORY and re.search(r"\bGarminEmulator\(", path.read_text(encoding="utf-8"))
+    ]
+    assert direct == [], "build emulators with tests.fixtures.emulators.scanned_emulator"
+
+
+def test_emulator_reports_what_it_issues_over_http() -> None:
+    with scanned_emulator(consumer_secret="a-consumer-secret-to-scan") as garmin:
+        garmin.add_user("issued@example.com", "issued-password", mfa=True, mfa_code="97531")
+        session = requests.Session()
+        session.get(f"{garmin.url}{SIGN_IN_PATH}", timeout=5)
+    cookies = set(session.cookies.values())
+    assert len(cookies) == 1
+    expected = cookies | {"a-consumer-secret-to-scan", "issued-password", "97531"}
+    assert expected <= every_secret_issued()
 
 
 def test_scan_finds_a_secret_in_a_message_an_extra_and_a_traceback() -> None:
-    with GarminEmulator() as garmin:
+    with scanned_emulator() as garmin:
         garmin.add_user("scan@example.com", "a-long-enough-password")
     handler = RecordingHandler()
     logger = logging.getLogger("tests.scan")

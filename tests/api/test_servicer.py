@@ -20,7 +20,7 @@ from auth_service.config import Settings
 from auth_service.domain.errors import InvalidArgument
 from auth_service.server import build_application
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 

@@ -13,7 +13,7 @@ import pytest
 
 from auth_service.config import LoginSettings
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import EXCHANGE_PATH, GarminEmulator
+from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 from tests.audit import (
     PASSWORD,
     AuditLog,

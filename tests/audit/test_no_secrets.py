@@ -8,8 +8,9 @@ from sqlalchemy import text
 
 from auth_service.storage.database import create_engine_for
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import EXCHANGE_PATH, GarminEmulator, every_secret_issued
+from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 from tests.audit import PASSWORD, connect, garmin_tokens, import_tokens, lease
+from tests.fixtures.emulators import every_secret_issued
 from tests.fixtures.servers import CONSUMER_SECRET, ROLE_TOKENS, Replica, expect_failure
 
 # Every column that holds text; the others are ids, timestamps and fencing tokens.

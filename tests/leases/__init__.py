@@ -24,7 +24,7 @@ from auth_service.storage.models import GarminAuthenticationState
 from auth_service.storage.repository import SessionRepository
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth_adapter import GarthUpstream
-from garmin_emulator.emulator import EXCHANGE_PATH, GarminEmulator
+from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 
 PASSWORD = "correct horse battery staple"
 # How long a held token exchange stays open: ample for a row write or a clock move.

@@ -15,7 +15,8 @@ from auth_service.crypto import Keyring
 from auth_service.domain.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth_adapter import GarthUpstream
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
+from tests.fixtures.emulators import scanned_emulator
 
 from . import GarminAccounts, build_service
 
@@ -36,7 +37,7 @@ def box(keyring: Keyring) -> SecretBox:
 
 @pytest.fixture(scope="package")
 def running_emulator() -> Iterator[GarminEmulator]:
-    with GarminEmulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as emu:
+    with scanned_emulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as emu:
         yield emu
 
 

@@ -27,7 +27,7 @@ from auth_service.domain.leases import CENTRAL_REFRESH_REJECTED, LeaseService
 from auth_service.domain.models import LeaseGrant, SessionState
 from auth_service.logging_setup import redact
 from auth_service.storage.secrets import SecretBox
-from garmin_emulator.emulator import EXCHANGE_PATH, FAULT_RESET, GarminEmulator
+from garmin_emulator import EXCHANGE_PATH, FAULT_RESET, GarminEmulator
 
 from . import (
     GarminAccounts,

@@ -14,7 +14,7 @@ from auth_service.domain.errors import GarminRateLimited, GarminSessionRejected,
 from auth_service.domain.leases import LeaseService
 from auth_service.domain.models import LeaseGrant, SessionState
 from auth_service.storage.secrets import SecretBox
-from garmin_emulator.emulator import EXCHANGE_PATH, GarminEmulator
+from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 
 from . import GarminAccounts, read_row, stored_tokens
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from auth_service.crypto import Keyring
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import write_callers_file
 
 from . import ReplicaProcess, StartReplica, free_port, service_env

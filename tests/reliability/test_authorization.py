@@ -22,7 +22,7 @@ from google.protobuf import timestamp_pb2
 
 from auth_service.api.callers import ROLES, RPC_ROLES, token_sha256
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
 
 from . import PASSWORD, audit_events, outcome_of, record_figures, session_proto, stored_row

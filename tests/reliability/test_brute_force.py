@@ -27,7 +27,7 @@ import pytest
 
 from auth_service.config import LoginSettings
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import LOGIN_PATH, VERIFY_MFA_PATH, GarminEmulator
+from garmin_emulator import LOGIN_PATH, VERIFY_MFA_PATH, GarminEmulator
 from tests.fixtures.servers import Replica, ServiceFactory, failure_of
 
 from . import PASSWORD, SkewedClock, challenges_of, record_figures

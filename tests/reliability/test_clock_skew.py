@@ -25,7 +25,7 @@ from auth_service.clock import Clock, DatabaseClock
 from auth_service.config import LoginSettings
 from auth_service.storage.database import create_engine_for
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 
 from . import PASSWORD, SkewedClock, record_figures, session_proto

@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import Replica, RpcFailure, ServiceFactory, failure_of
 
 from . import PASSWORD, SkewedClock, record_figures, session_proto

@@ -50,8 +50,8 @@ from auth_service.domain.page_tokens import encode_page_token
 from auth_service.server import RunningServer, build_application, start_server
 from auth_service.storage.maintenance import upgrade_to_head
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import GarminEmulator
 from tests.fixtures.database import PostgresServer, sqlite_url
+from tests.fixtures.emulators import scanned_emulator
 from tests.fixtures.servers import (
     CONSUMER_KEY,
     CONSUMER_SECRET,
@@ -364,7 +364,7 @@ def target(
         template: Path = request.getfixturevalue("sqlite_template")
         shutil.copyfile(template, folder / "fuzz.sqlite3")
         url = sqlite_url(folder / "fuzz.sqlite3")
-    with GarminEmulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as garmin:
+    with scanned_emulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as garmin:
         garmin.add_user("fuzz@example.com", PASSWORD, mfa=True, mfa_code="123456")
         settings_ = Settings(
             database_url=url,

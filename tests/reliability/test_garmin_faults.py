@@ -26,7 +26,7 @@ from auth_service.domain.models import SessionState
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.session_proto import tokens_to_proto
-from garmin_emulator.emulator import (
+from garmin_emulator import (
     EXCHANGE_PATH,
     LOGIN_PATH,
     PROFILE_PATH,

@@ -21,7 +21,8 @@ from auth_service.config import ConfigError, load_settings
 from auth_service.crypto import Keyring
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
+from tests.fixtures.emulators import scanned_emulator
 from tests.fixtures.servers import CONSUMER_KEY, CONSUMER_SECRET, ROLE_TOKENS, write_callers_file
 
 CLI = str(Path(sys.executable).parent / "garmin-auth-service")
@@ -117,7 +118,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, GarminEmulator]]:
-    with GarminEmulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as garmin:
+    with scanned_emulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as garmin:
         target = f"127.0.0.1:{free_port()}"
         env = base_env(
             tmp_path,

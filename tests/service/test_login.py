@@ -19,7 +19,7 @@ from auth_service.storage.models import GarminAuthenticationState, GarminMfaChal
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth_adapter import GarminApiSession
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from tests.fixtures.logs import RecordingHandler
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 

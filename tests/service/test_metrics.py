@@ -20,7 +20,7 @@ from auth_service.config import MetricsSettings
 from auth_service.domain.events import current_listener
 from auth_service.metrics import endpoint_template, go_code_name, observe_upstream_send
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 from tests.service.test_login import PASSWORD, login
 from tests.service.test_status_import_delete import garmin_tokens, import_tokens

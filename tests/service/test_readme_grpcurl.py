@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import ROLE_TOKENS, Replica
 
 README = Path(__file__).resolve().parents[2] / "README.md"

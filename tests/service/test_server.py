@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from auth_service.api.callers import RPC_ROLES, token_sha256
 from auth_service.api.reflection import _v1_message_classes
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 from tests.service.test_status_import_delete import garmin_tokens, import_tokens
 

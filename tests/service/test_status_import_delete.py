@@ -17,7 +17,7 @@ from auth_service.domain.models import GarminTokens, LoginSucceeded
 from auth_service.upstream.garth_adapter import GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.session_proto import tokens_to_proto
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import Replica, expect_failure
 from tests.service.test_login import PASSWORD, login, stored_row
 

@@ -12,7 +12,8 @@ import pytest
 from auth_service.config import UpstreamSettings
 from auth_service.domain.models import GarminTokens, LoginSucceeded
 from auth_service.upstream.garth_adapter import GarthUpstream
-from garmin_emulator.emulator import EmulatedUser, GarminEmulator
+from garmin_emulator import EmulatedUser, GarminEmulator
+from tests.fixtures.emulators import scanned_emulator
 
 CONSUMER_KEY = "test-consumer-key"
 CONSUMER_SECRET = "test-consumer-secret"
@@ -21,7 +22,7 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture
 def emulator() -> Iterator[GarminEmulator]:
-    with GarminEmulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as emu:
+    with scanned_emulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as emu:
         yield emu
 
 

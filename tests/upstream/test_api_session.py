@@ -20,7 +20,7 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.models import GarminTokens
 from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
-from garmin_emulator.emulator import (
+from garmin_emulator import (
     ACTIVITIES_PATH,
     DOWNLOAD_PREFIX,
     EXCHANGE_PATH,

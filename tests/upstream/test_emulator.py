@@ -21,7 +21,7 @@ from auth_service.config import UpstreamSettings
 from auth_service.domain.errors import GarminCredentialsRejected
 from auth_service.domain.models import LoginSucceeded
 from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
-from garmin_emulator.emulator import (
+from garmin_emulator import (
     ACTIVITIES_PATH,
     DOWNLOAD_PREFIX,
     EXCHANGE_PATH,

@@ -23,7 +23,7 @@ from auth_service.upstream.garth_adapter import (
     tokens_from_garth_dumps,
     tokens_to_garth_dumps,
 )
-from garmin_emulator.emulator import ACTIVITIES_PATH, EmulatedUser, GarminEmulator
+from garmin_emulator import ACTIVITIES_PATH, EmulatedUser, GarminEmulator
 
 from .conftest import PASSWORD, expired_everywhere, login_tokens
 

@@ -19,7 +19,7 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.models import LoginNeedsMfa, LoginSucceeded, PendingMfa
 from auth_service.upstream.garth_adapter import GarthUpstream
-from garmin_emulator.emulator import (
+from garmin_emulator import (
     EXCHANGE_PATH,
     LOGIN_PATH,
     PREAUTHORIZED_PATH,

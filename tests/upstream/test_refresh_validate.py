@@ -16,7 +16,7 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.models import GarminTokens
 from auth_service.upstream.garth_adapter import GarthUpstream, retry_after_seconds
-from garmin_emulator.emulator import (
+from garmin_emulator import (
     EXCHANGE_PATH,
     PROFILE_PATH,
     EmulatedUser,

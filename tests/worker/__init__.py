@@ -25,7 +25,7 @@ from auth_service.storage.database import create_engine_for
 from auth_service.storage.models import GarminAuthenticationState
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from sync_worker.client import AuthClient, AuthClientConfig
 from sync_worker.config import WorkerConfig
 from sync_worker.control import RunControl

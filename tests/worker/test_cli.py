@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from auth_service.crypto import Keyring
-from garmin_emulator.emulator import DOWNLOAD_PREFIX, GarminEmulator
+from garmin_emulator import DOWNLOAD_PREFIX, GarminEmulator
 from sync_worker import cli
 from sync_worker.sinks import libpq_url
 from tests.fixtures.database import PostgresServer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from garmin_emulator.emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
+from garmin_emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
 from sync_worker.sinks import DirectorySink
 from tests.fixtures.servers import Replica
 

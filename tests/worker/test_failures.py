@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator.emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
+from garmin_emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
 from sync_worker.client import AuthClient
 from sync_worker.client_errors import AuthServiceError
 from sync_worker.sinks import DirectorySink, PostgresSink, Sink

@@ -15,7 +15,7 @@ from auth_service.domain.models import GarminTokens, LoginSucceeded
 from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.session_proto import tokens_to_proto
-from garmin_emulator.emulator import (
+from garmin_emulator import (
     ACTIVITIES_PATH,
     DOWNLOAD_PREFIX,
     PROFILE_PATH,

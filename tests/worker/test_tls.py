@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from auth_service.config import TlsSettings
-from garmin_emulator.emulator import GarminEmulator
+from garmin_emulator import GarminEmulator
 from tests.fixtures.certificates import Authority
 from tests.fixtures.servers import Replica, ServiceFactory
 

@@ -1,0 +1,18 @@
+"""The URL paths the emulator answers: Garmin's (as garth 0.8.0 calls them) and its own."""
+
+from __future__ import annotations
+
+# sso.garmin.com: the mobile JSON sign-in.
+SIGN_IN_PATH = "/mobile/sso/en/sign-in"
+LOGIN_PATH = "/mobile/api/login"
+VERIFY_MFA_PATH = "/mobile/api/mfa/verifyCode"
+EMBED_PATH = "/portal/sso/embed"
+# connectapi.garmin.com: the OAuth1-signed token endpoints.
+PREAUTHORIZED_PATH = "/oauth-service/oauth/preauthorized"
+EXCHANGE_PATH = "/oauth-service/oauth/exchange/user/2.0"
+# connectapi.garmin.com: the Bearer API the sync needs.
+PROFILE_PATH = "/userprofile-service/socialProfile"
+ACTIVITIES_PATH = "/activitylist-service/activities/search/activities"
+DOWNLOAD_PREFIX = "/download-service/files/activity/"
+# The emulator's own control endpoint (for a process that runs it): request counts by path.
+REQUEST_COUNTS_PATH = "/__emulator/request-counts"
