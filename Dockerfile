@@ -25,10 +25,16 @@ COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY auth_service ./auth_service
 COPY sync_worker ./sync_worker
+COPY garmin_client ./garmin_client
 COPY migrations ./migrations
+# pyproject.toml lists every package of the repository, the Garmin emulator among them (tests,
+# benchmarks and the demo need it installed), so the build needs its source too.
+COPY garmin_emulator ./garmin_emulator
 # A regular (non-editable) install of the project and its pinned dependencies; every
-# dependency is a wheel, so no compiler is needed.
+# dependency is a wheel, so no compiler is needed. Then the emulator is deleted: the product
+# never runs it, so the image does not ship it (rm fails the build if it is not found there).
 RUN pip install --no-cache-dir . \
+    && rm -r /opt/venv/lib/python3.11/site-packages/garmin_emulator \
     && python -m compileall -q /opt/venv/lib
 
 
