@@ -22,7 +22,8 @@ from auth_service.config import PREFIX, ConfigError, Settings, redacted_database
 from auth_service.domain.leases import LeaseService
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.sessions import SessionService
-from auth_service.metrics import MetricsEndpoint, ServiceMetrics, start_metrics_endpoint
+from auth_service.metrics.endpoint import MetricsEndpoint, start_metrics_endpoint
+from auth_service.metrics.service import ServiceMetrics
 from auth_service.storage.database import create_engine_for, database_is_reachable, session_factory
 from auth_service.storage.secrets import SecretBox
 from auth_service.tls import CertificateReloader

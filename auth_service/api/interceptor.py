@@ -20,7 +20,7 @@ from auth_service.api.errors import INTERNAL_ROW, row_for, to_status
 from auth_service.domain.context import current_caller_name
 from auth_service.domain.errors import DomainError, FieldViolation, InvalidArgument
 from auth_service.domain.events import current_listener
-from auth_service.metrics import ServiceMetrics
+from auth_service.metrics.service import ServiceMetrics
 from auth_service.tls import certificate_identities
 
 SERVICE_NAME = "garmin_auth.v1.GarminAuthService"

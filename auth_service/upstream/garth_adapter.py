@@ -87,7 +87,7 @@ from auth_service.domain.models import (
     OAuth2Token,
     PendingMfa,
 )
-from auth_service.metrics import observe_upstream_send
+from auth_service.metrics.upstream import observe_upstream_send
 
 log = logging.getLogger(__name__)
 

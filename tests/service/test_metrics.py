@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from auth_service.clock import FakeClock
 from auth_service.config import MetricsSettings
 from auth_service.domain.events import current_listener
-from auth_service.metrics import endpoint_template, go_code_name, observe_upstream_send
+from auth_service.metrics.service import go_code_name
+from auth_service.metrics.upstream import endpoint_template, observe_upstream_send
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure

@@ -1,0 +1,30 @@
+"""Prometheus metrics of one replica, served on their own HTTP port (GARMIN_AUTH_METRICS_LISTEN).
+
+Every replica (Application) has its own CollectorRegistry, so several servers in one process
+(the tests) never share or collide on a metric.
+
+RPCs, with go-grpc-prometheus's names and labels so the usual gRPC dashboards work:
+  grpc_server_started_total{grpc_type, grpc_service, grpc_method}
+  grpc_server_handled_total{grpc_type, grpc_service, grpc_method, grpc_code}
+  grpc_server_handling_seconds{grpc_type, grpc_service, grpc_method} (histogram)
+recorded by auth_service.api.interceptor for GarminAuthService and for the health service's
+unary Check. grpc_code is the status code as go-grpc-prometheus names it ("OK",
+"InvalidArgument", "Unavailable", ...), so existing dashboards and alerts match.
+
+The service's own work:
+  garmin_auth_lease_grants_total{grpc_method}     LeaseSession / LeaseNextSession that granted
+  garmin_auth_lease_takeovers_total               LeaseSession grants that replaced an expired,
+                                                  never released lease
+  garmin_auth_lease_losses_total{grpc_method}     answers LEASE_LOST
+  garmin_auth_upstream_requests_total{endpoint, outcome}
+  garmin_auth_upstream_request_seconds{endpoint}  (histogram)
+  garmin_auth_sessions{state}                     read from the database at scrape time
+  garmin_auth_leases_live                         ditto
+  garmin_auth_leases_expired                      leases that expired without being released
+  garmin_auth_mfa_challenges_pending              ditto
+  garmin_auth_database_metrics_up                 1 when the gauges above could be read
+
+Modules: `service` (ServiceMetrics: the registry, the RPC, lease and upstream counters),
+`database` (the gauges read from the database at scrape time), `upstream` (timing each
+request to Garmin), `endpoint` (the /metrics HTTP server).
+"""

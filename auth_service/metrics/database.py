@@ -1,0 +1,137 @@
+"""The gauges read from the database at scrape time: sessions by state, leases, pending MFA
+challenges."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import ColumnElement, Engine, and_, case, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from auth_service.clock import Clock
+from auth_service.domain.models import SessionState
+from auth_service.storage.database import SQLITE_BEGIN_OPTION
+from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
+
+log = logging.getLogger(__name__)
+
+
+def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+@dataclass(frozen=True)
+class _Figures:
+    sessions: dict[SessionState, int]
+    leases_live: int
+    leases_expired: int
+    mfa_pending: int
+
+
+class DatabaseCollector(Collector):
+    """Sessions by state, leases and pending MFA challenges, counted at scrape time.
+
+    Three cheap aggregate queries, cached for `cache_seconds` so that frequent scrapes (or
+    several Prometheus servers) do not turn into load on the database. When the database
+    does not answer, the gauges are left out rather than reported stale, and
+    garmin_auth_database_metrics_up says 0.
+    """
+
+    def __init__(self, engine: Engine, clock: Clock, cache_seconds: float) -> None:
+        # A read needs no SQLite write lock.
+        self._engine = engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._cached: tuple[float, _Figures | None] | None = None
+        self._was_up = True
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only: registering must not query the database.
+        return self._families(None, describe=True)
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self._cache_seconds:
+                self._cached = (now, self._read())
+            figures = self._cached[1]
+        return self._families(figures)
+
+    def _read(self) -> _Figures | None:
+        state = GarminAuthenticationState
+        now: datetime = self._clock.now()
+        try:
+            with self._engine.connect() as connection:
+                sessions = dict(
+                    connection.execute(
+                        select(state.state, func.count()).group_by(state.state)
+                    ).all()
+                )
+                live, expired = connection.execute(
+                    select(
+                        _count_if(
+                            and_(
+                                state.state == SessionState.ACTIVE,
+                                state.lease_expires_at > now,
+                            )
+                        ),
+                        _count_if(state.lease_expires_at <= now),
+                    ).where(state.lease_id.is_not(None))
+                ).one()
+                pending = connection.execute(
+                    select(func.count())
+                    .select_from(GarminMfaChallenge)
+                    .where(GarminMfaChallenge.expires_at > now)
+                ).scalar_one()
+        except (SQLAlchemyError, OSError) as exc:
+            if self._was_up:
+                # Only the type: driver messages can echo connection parameters.
+                log.warning("metrics: database unreadable (%s)", type(exc).__name__)
+            self._was_up = False
+            return None
+        self._was_up = True
+        return _Figures(
+            sessions={SessionState(key): int(value) for key, value in sessions.items()},
+            leases_live=int(live),
+            leases_expired=int(expired),
+            mfa_pending=int(pending),
+        )
+
+    @staticmethod
+    def _families(figures: _Figures | None, *, describe: bool = False) -> list[Metric]:
+        up = GaugeMetricFamily(
+            "garmin_auth_database_metrics_up",
+            "1 when the last read of the database gauges succeeded.",
+        )
+        if not describe:
+            up.add_metric([], 0 if figures is None else 1)
+        families: list[Metric] = [up]
+        sessions = GaugeMetricFamily(
+            "garmin_auth_sessions", "Stored Garmin sessions by state.", labels=["state"]
+        )
+        live = GaugeMetricFamily(
+            "garmin_auth_leases_live", "Leases held right now (not expired, session ACTIVE)."
+        )
+        expired = GaugeMetricFamily(
+            "garmin_auth_leases_expired",
+            "Leases that expired without being released or ended, not yet taken over.",
+        )
+        pending = GaugeMetricFamily(
+            "garmin_auth_mfa_challenges_pending", "MFA challenges waiting for their code."
+        )
+        if figures is not None:
+            for session_state in SessionState:
+                sessions.add_metric([session_state.value], figures.sessions.get(session_state, 0))
+            live.add_metric([], figures.leases_live)
+            expired.add_metric([], figures.leases_expired)
+            pending.add_metric([], figures.mfa_pending)
+        families.extend([sessions, live, expired, pending])
+        return families

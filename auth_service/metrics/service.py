@@ -1,0 +1,140 @@
+"""ServiceMetrics: one replica's registry and its counters (RPCs with go-grpc-prometheus's
+names and labels, leases, requests to Garmin); the package docstring lists every metric."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from sqlalchemy import Engine
+
+from auth_service.clock import Clock
+from auth_service.config import MetricsSettings
+from auth_service.metrics.database import DatabaseCollector
+
+UNARY = "unary"
+
+
+def go_code_name(name: str) -> str:
+    """A status code as go-grpc-prometheus labels it (Go's codes.Code.String()):
+    INVALID_ARGUMENT -> InvalidArgument, CANCELLED -> Canceled, OK -> OK."""
+    if name == "OK":
+        return name
+    if name == "CANCELLED":
+        return "Canceled"
+    return "".join(word.capitalize() for word in name.split("_"))
+
+
+# Every status code, so dashboards see zero series for each method before the first error
+# (go-grpc-prometheus' InitializeMetrics does the same).
+ALL_CODES = tuple(go_code_name(code.name) for code in grpc.StatusCode)
+# Garmin's answers take from tens of milliseconds to seconds (login, timeouts at 10 s).
+UPSTREAM_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ServiceMetrics:
+    """The metrics of one replica. Implements auth_service.domain.events.ServiceEvents."""
+
+    def __init__(self, engine: Engine, clock: Clock, settings: MetricsSettings) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._standard_collectors()
+        rpc_labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.started = Counter(
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            rpc_labels,
+            registry=self.registry,
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            [*rpc_labels, "grpc_code"],
+            registry=self.registry,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            rpc_labels,
+            registry=self.registry,
+        )
+        self.grants = Counter(
+            "garmin_auth_lease_grants_total",
+            "Leases granted (LeaseSession, or LeaseNextSession that found a due session).",
+            ["grpc_method"],
+            registry=self.registry,
+        )
+        self.takeovers = Counter(
+            "garmin_auth_lease_takeovers_total",
+            "LeaseSession grants that replaced a lease which had expired without being "
+            "released (its holder stalled or died).",
+            registry=self.registry,
+        )
+        self.losses = Counter(
+            "garmin_auth_lease_losses_total",
+            "Calls answered LEASE_LOST (the holder's lease had expired, was taken over, "
+            "released or ended by a delete or login).",
+            ["grpc_method"],
+            registry=self.registry,
+        )
+        self.upstream_requests = Counter(
+            "garmin_auth_upstream_requests_total",
+            "Requests to Garmin by endpoint (path template) and outcome (2xx, 3xx, 4xx, 429, "
+            "5xx, timeout, error).",
+            ["endpoint", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_seconds = Histogram(
+            "garmin_auth_upstream_request_seconds",
+            "Latency of requests to Garmin (including urllib3's retries of a GET).",
+            ["endpoint"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=self.registry,
+        )
+        for method in ("LeaseSession", "LeaseNextSession"):
+            self.grants.labels(method)
+        self.database = DatabaseCollector(engine, clock, settings.database_cache_seconds)
+        self.registry.register(self.database)
+
+    def _standard_collectors(self) -> None:
+        # What the default registry would show: process memory, CPU and file descriptors,
+        # Python version, garbage collection.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+
+    def initialize_rpcs(self, service: str, methods: Iterable[str]) -> None:
+        """Create the zero series of every method and code of `service`."""
+        for method in methods:
+            self.started.labels(UNARY, service, method)
+            self.handling.labels(UNARY, service, method)
+            for code in ALL_CODES:
+                self.handled.labels(UNARY, service, method, code)
+
+    # --- recorded by the interceptor ------------------------------------------------------
+
+    def rpc_started(self, service: str, method: str) -> None:
+        self.started.labels(UNARY, service, method).inc()
+
+    def rpc_handled(self, service: str, method: str, code: str, seconds: float) -> None:
+        self.handled.labels(UNARY, service, method, go_code_name(code)).inc()
+        self.handling.labels(UNARY, service, method).observe(seconds)
+
+    def lease_granted(self, method: str) -> None:
+        self.grants.labels(method).inc()
+
+    def lease_lost(self, method: str) -> None:
+        self.losses.labels(method).inc()
+
+    # --- auth_service.domain.events.ServiceEvents ----------------------------------------
+
+    def lease_taken_over(self) -> None:
+        self.takeovers.inc()
+
+    def upstream_call(self, endpoint: str, outcome: str, seconds: float) -> None:
+        self.upstream_requests.labels(endpoint, outcome).inc()
+        self.upstream_seconds.labels(endpoint).observe(seconds)
