@@ -33,16 +33,16 @@ from auth_service.config import (
     redacted_database_url,
 )
 from auth_service.crypto import (
-    BLOB_VERSION,
     DecryptionError,
     Keyring,
+    blob_header,
     challenge_aad,
     session_aad,
 )
 from auth_service.logging_setup import redact
 from auth_service.storage.database import SQLITE_BEGIN_OPTION, create_engine_for
-from auth_service.storage.maintenance import current_revision, head_revision
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
+from auth_service.storage.schema import current_revision, head_revision
 from auth_service.tls import TlsFilesError, load_material
 
 PROBE_AAD = b"garmin-auth check-config probe"
@@ -185,9 +185,9 @@ class _Checks:
             total = connection.execute(select(func.count()).where(blob.is_not(None))).scalar_one()
             counted = 0
             for kid, _ in keyring.keys:
-                # The blob header is version | len(kid) | kid (auth_service.crypto): compared
-                # in SQL, so only one blob per key id leaves the database.
-                header = bytes([BLOB_VERSION, len(kid)]) + kid.encode("ascii")
+                # The blob header, compared in SQL, so only one blob per key id leaves the
+                # database.
+                header = blob_header(kid)
                 under_kid = func.substr(blob, 1, len(header), type_=LargeBinary) == header
                 number = connection.execute(select(func.count()).where(under_kid)).scalar_one()
                 if number == 0:

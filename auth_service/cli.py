@@ -26,7 +26,7 @@ EXIT_CONFIG = 2
 
 def _serve(args: argparse.Namespace) -> int:
     from auth_service.server import build_application, serve_until_signalled, start_server
-    from auth_service.storage.maintenance import is_at_head
+    from auth_service.storage.schema import is_at_head
 
     settings = load_settings()
     if not is_at_head(settings.database_url):
@@ -48,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from auth_service.storage.maintenance import current_revision, upgrade_to_head
+    from auth_service.storage.schema import current_revision, upgrade_to_head
 
     url = load_database_url()
     upgrade_to_head(url)
@@ -58,7 +58,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _rotate_keys(args: argparse.Namespace) -> int:
     from auth_service.storage.database import create_engine_for
-    from auth_service.storage.maintenance import rotate_keys
+    from auth_service.storage.key_rotation import rotate_keys
 
     keyring = load_keyring()
     engine = create_engine_for(load_database_url())
@@ -91,8 +91,8 @@ def _check_config(args: argparse.Namespace) -> int:
 def _prune_audit(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
+    from auth_service.storage.audit_pruning import prune_audit
     from auth_service.storage.database import create_engine_for
-    from auth_service.storage.maintenance import prune_audit
 
     days = args.older_than if args.older_than is not None else load_audit_retention_days()
     if days < 1:

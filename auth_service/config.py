@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from auth_service.crypto import Keyring, KeyringError
+from auth_service.domain.policies import LeaseSettings, LoginSettings
 
 PREFIX = "GARMIN_AUTH_"
 DEFAULT_DATABASE_URL = "sqlite:///garmin-auth.sqlite3"
@@ -28,26 +29,6 @@ class ConfigError(ValueError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
-
-
-@dataclass(frozen=True)
-class LeaseSettings:
-    """Lease lifetimes, in seconds."""
-
-    default_ttl: float = 300.0
-    max_ttl: float = 3600.0
-    # The shortest ttl a caller may ask for; shorter leases would expire mid-RPC.
-    min_ttl: float = 5.0
-
-
-@dataclass(frozen=True)
-class LoginSettings:
-    """Login throttling and MFA challenges."""
-
-    limit: int = 5
-    window_seconds: float = 3600.0
-    mfa_challenge_ttl_seconds: float = 600.0
-    mfa_max_wrong_codes: int = 3
 
 
 @dataclass(frozen=True, repr=False)
@@ -110,6 +91,9 @@ class Settings:
     login: LoginSettings = field(default_factory=LoginSettings)
     tls: TlsSettings | None = None
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    # Seconds between background housekeeping passes (expired MFA challenges, stale login
+    # counters, abandoned MFA sessions).
+    housekeeping_interval_seconds: float = 300.0
 
     def __repr__(self) -> str:
         return (
@@ -312,4 +296,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         tls=load_tls_settings(env),
         metrics=_metrics(reader),
+        housekeeping_interval_seconds=reader.number(
+            "HOUSEKEEPING_INTERVAL", 300.0, minimum=1, maximum=86400
+        ),
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import re
 from dataclasses import dataclass
@@ -88,12 +90,20 @@ class Keyring:
     def primary_kid(self) -> str:
         return self.keys[0][0]
 
+    def derived_keys(self, label: str) -> tuple[bytes, ...]:
+        """One key per ring entry for another purpose than encryption, primary first.
+
+        Each is HMAC-SHA256(entry, label): the same on every replica, as secret as the ring,
+        and never the encryption key itself. Keeping every entry lets a verifier accept what
+        was signed before a rotation.
+        """
+        return tuple(hmac.new(key, label.encode(), hashlib.sha256).digest() for _, key in self.keys)
+
     def encrypt(self, plaintext: bytes, associated_data: bytes) -> bytes:
         kid, key = self.keys[0]
         nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(key).encrypt(nonce, plaintext, associated_data)
-        kid_bytes = kid.encode("ascii")
-        return bytes([BLOB_VERSION, len(kid_bytes)]) + kid_bytes + nonce + sealed
+        return blob_header(kid) + nonce + sealed
 
     def decrypt(self, blob: bytes, associated_data: bytes) -> bytes:
         kid = self.key_id_of(blob)
@@ -115,6 +125,12 @@ class Keyring:
         if len(blob) < _HEADER_BYTES + kid_len + NONCE_BYTES + _TAG_BYTES:
             raise DecryptionError("blob is truncated")
         return blob[_HEADER_BYTES : _HEADER_BYTES + kid_len].decode("ascii", errors="replace")
+
+
+def blob_header(kid: str) -> bytes:
+    """How every blob encrypted under `kid` begins (stored blobs can be matched on it)."""
+    kid_bytes = kid.encode("ascii")
+    return bytes([BLOB_VERSION, len(kid_bytes)]) + kid_bytes
 
 
 def session_aad(user_id: str) -> bytes:

@@ -26,7 +26,7 @@ from auth_service.api.callers import token_sha256
 from auth_service.config import load_settings
 from auth_service.crypto import Keyring
 from auth_service.server import RunningServer, build_application, start_server
-from auth_service.storage.maintenance import upgrade_to_head
+from auth_service.storage.schema import upgrade_to_head
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
 

@@ -17,15 +17,18 @@ from auth_service.api.callers import CallerRegistry
 from auth_service.api.interceptor import ServiceInterceptor
 from auth_service.api.reflection import enable_reflection
 from auth_service.api.servicer import GarminAuthServicer
-from auth_service.clock import Clock, clock_for
 from auth_service.config import PREFIX, ConfigError, Settings, redacted_database_url
-from auth_service.domain.leases import LeaseService
+from auth_service.domain.clock import Clock
+from auth_service.domain.paging import Pager
 from auth_service.domain.ports import GarminUpstream
-from auth_service.domain.sessions import SessionService
 from auth_service.metrics.endpoint import MetricsEndpoint, start_metrics_endpoint
 from auth_service.metrics.service import ServiceMetrics
+from auth_service.services.housekeeping import Housekeeper
+from auth_service.services.use_cases import UseCases, build_use_cases
+from auth_service.storage.clock import clock_for
 from auth_service.storage.database import create_engine_for, database_is_reachable, session_factory
 from auth_service.storage.secrets import SecretBox
+from auth_service.storage.unit_of_work import SqlStore
 from auth_service.tls import CertificateReloader
 from auth_service.upstream.garth_adapter import GarthUpstream, tokens_from_garth_dumps
 from garmin_auth.v1 import garmin_auth_pb2, garmin_auth_pb2_grpc
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = garmin_auth_pb2.DESCRIPTOR.services_by_name["GarminAuthService"].full_name
 HEALTH_PROBE_SECONDS = 2.0
 WORKER_THREADS = 32
+# Page tokens are signed with keys derived from the encryption keyring under this label.
+PAGE_TOKEN_KEY_LABEL = "garmin-auth page tokens v1"  # noqa: S105 - a label, not a secret
 
 
 @dataclass
@@ -43,8 +48,7 @@ class Application:
 
     settings: Settings
     engine: Engine
-    sessions: SessionService
-    leases: LeaseService
+    use_cases: UseCases
     callers: CallerRegistry
     metrics: ServiceMetrics
 
@@ -57,15 +61,23 @@ def build_application(
 ) -> Application:
     upstream = upstream or GarthUpstream(settings.upstream)
     engine = create_engine_for(settings.database_url)
-    # The database's clock rules every expiry decision, so replicas agree (auth_service.clock).
+    # The database's clock rules every expiry decision, so replicas agree
+    # (auth_service.storage.clock).
     clock = clock or clock_for(engine)
-    db = session_factory(engine)
-    box = SecretBox(settings.keyring)
+    store = SqlStore(session_factory(engine), SecretBox(settings.keyring))
+    pager = Pager(settings.keyring.derived_keys(PAGE_TOKEN_KEY_LABEL))
     return Application(
         settings=settings,
         engine=engine,
-        sessions=SessionService(db, box, upstream, clock, settings.login, tokens_from_garth_dumps),
-        leases=LeaseService(db, box, upstream, clock, settings.leases),
+        use_cases=build_use_cases(
+            store,
+            clock,
+            upstream,
+            pager,
+            login=settings.login,
+            leases=settings.leases,
+            garth_token_parser=tokens_from_garth_dumps,
+        ),
         callers=CallerRegistry(
             settings.callers_file, allow_unauthenticated=settings.allow_unauthenticated
         ),
@@ -75,12 +87,13 @@ def build_application(
 
 @dataclass
 class RunningServer:
-    """A started gRPC server and the threads that keep its health current."""
+    """A started gRPC server and the threads that keep its health and its data current."""
 
     server: grpc.Server
     port: int
     health: health.HealthServicer
     application: Application
+    housekeeper: Housekeeper
     # The /metrics HTTP endpoint, when GARMIN_AUTH_METRICS_LISTEN is set.
     metrics_endpoint: MetricsEndpoint | None = None
     # The server's TLS credentials (and what they currently serve), when TLS is on.
@@ -124,6 +137,7 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         grace = self.application.settings.grace_period_seconds if grace is None else grace
         self.server.stop(grace).wait()
+        self.housekeeper.stop()
         # Scraped until the end, so the last RPCs' figures can still be collected.
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
@@ -155,7 +169,7 @@ def start_server(application: Application, listen: str | None = None) -> Running
         options=options,
     )
     garmin_auth_pb2_grpc.add_GarminAuthServiceServicer_to_server(
-        GarminAuthServicer(application.sessions, application.leases), server
+        GarminAuthServicer(application.use_cases), server
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -167,9 +181,15 @@ def start_server(application: Application, listen: str | None = None) -> Running
         port = server.add_insecure_port(address)
     endpoint = _start_metrics(application)
     server.start()
-    running = RunningServer(server, port, health_servicer, application, endpoint, certificates)
+    housekeeper = Housekeeper(
+        application.use_cases.housekeeping, settings.housekeeping_interval_seconds
+    )
+    running = RunningServer(
+        server, port, health_servicer, application, housekeeper, endpoint, certificates
+    )
     running.probe_once()
     running.start_probe()
+    housekeeper.start()
     log.info(
         "serving %s on port %d (%s; metrics %s; database %s)",
         SERVICE_NAME,

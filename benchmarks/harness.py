@@ -40,14 +40,16 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from auth_service.api.callers import token_sha256
 from auth_service.crypto import Keyring
 from auth_service.domain.models import GarminTokens, OAuth1Token, OAuth2Token, SessionState
 from auth_service.storage.database import create_engine_for, session_factory
-from auth_service.storage.lease_repository import LeaseRepository
+from auth_service.storage.lease_repository import SqlLeaseRepository
 from auth_service.storage.models import GarminAuthenticationState
 from auth_service.storage.secrets import SecretBox
+from auth_service.storage.session_repository import SqlSessionRepository
 
 ADMIN_URL_ENV = "BENCH_POSTGRES_URL"
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -836,8 +838,15 @@ class LeaseStatements:
     release: CapturedStatement
 
 
+def lease_repository(session: Session) -> SqlLeaseRepository:
+    """The service's lease repository on `session` (grants and releases seal nothing, so a
+    throwaway key serves)."""
+    box = SecretBox(Keyring.parse(Keyring.generate_key_value("bench")))
+    return SqlLeaseRepository(session, SqlSessionRepository(session, box))
+
+
 def capture_lease_statements(database_url: str) -> LeaseStatements:
-    """Run LeaseRepository.grant/grant_next/release once each (rolled back) and record the
+    """Run SqlLeaseRepository.grant/grant_next/release once each (rolled back) and record the
     statement each sent, so a baseline can issue exactly the service's SQL."""
     engine = create_engine_for(database_url)
     captured: list[CapturedStatement] = []
@@ -852,7 +861,7 @@ def capture_lease_statements(database_url: str) -> LeaseStatements:
     event.listen(engine, "before_cursor_execute", record)
     try:
         with session_factory(engine)() as session:
-            repository = LeaseRepository(session)
+            repository = lease_repository(session)
             repository.grant(
                 SENTINEL_USER,
                 lease_id=SENTINEL_LEASE,

@@ -8,7 +8,7 @@ for a few seconds per variant, and reports per statement the wall time (its roun
 this process's CPU time (its Python):
 
 - orm_tx_preping: the service's path: `session_factory(create_engine_for(url))`, a
-  `with db.begin()` unit of work around LeaseRepository.grant / .release (ORM-enabled
+  `with db.begin()` unit of work around SqlLeaseRepository.grant / .release (ORM-enabled
   UPDATE ... RETURNING), pool_pre_ping on. This is what LeaseService does per RPC, minus
   gRPC, validation, views and logging.
 - orm_tx: the same with pool_pre_ping off.
@@ -42,7 +42,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session
 
 from auth_service.storage.database import create_engine_for, session_factory
-from auth_service.storage.lease_repository import LeaseRepository
+from auth_service.storage.lease_repository import SqlLeaseRepository
 from benchmarks.harness import (
     SENTINEL_EXPIRES,
     SENTINEL_HOLDER,
@@ -57,6 +57,7 @@ from benchmarks.harness import (
     ServiceTree,
     Workdir,
     capture_lease_statements,
+    lease_repository,
     log,
     seed_sessions,
     service_stack,
@@ -86,9 +87,9 @@ def orm_cycle(url: str, *, pre_ping: bool, autocommit: bool) -> Iterator[Cycle]:
         )
     db = session_factory(engine)
 
-    def unit(work: Callable[[LeaseRepository], Any]) -> Any:
+    def unit(work: Callable[[SqlLeaseRepository], Any]) -> Any:
         with db.begin() as session:
-            return work(LeaseRepository(session))
+            return work(lease_repository(session))
 
     def cycle(user: str) -> None:
         now, lease = datetime.now(UTC), _lease_id()
@@ -128,7 +129,7 @@ def _release_params(statements: LeaseStatements, lease: str) -> dict[str, Any]:
 
 
 class _CoreSession:
-    """Just enough of a Session for LeaseRepository: its statements run on a Connection,
+    """Just enough of a Session for SqlLeaseRepository: its statements run on a Connection,
     i.e. through SQLAlchemy Core (no ORM plugin, no identity map, plain rows)."""
 
     def __init__(self, connection: Connection) -> None:
@@ -145,9 +146,9 @@ def core_cycle(url: str, *, autocommit: bool) -> Iterator[Cycle]:
         url, pool_pre_ping=False, isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED"
     )
 
-    def unit(work: Callable[[LeaseRepository], Any]) -> Any:
+    def unit(work: Callable[[SqlLeaseRepository], Any]) -> Any:
         with engine.begin() as connection:
-            return work(LeaseRepository(cast(Session, _CoreSession(connection))))
+            return work(lease_repository(cast(Session, _CoreSession(connection))))
 
     def cycle(user: str) -> None:
         now, lease = datetime.now(UTC), _lease_id()

@@ -1,7 +1,7 @@
 """Alembic environment. The database URL always comes from our code, never from this file.
 
 Where the URL comes from, in order:
-1. `Config.attributes["database_url"]`, set by auth_service.storage.maintenance (the service
+1. `Config.attributes["database_url"]`, set by auth_service.storage.schema (the service
    and its CLI migrate this way);
 2. `alembic -x database_url=...` when authoring revisions with the alembic CLI;
 3. the service settings (GARMIN_AUTH_DATABASE_URL, through config.load_database_url).
@@ -18,8 +18,8 @@ from sqlalchemy.engine import Connection, make_url
 
 from auth_service.config import load_database_url
 from auth_service.storage.database import create_engine_for
-from auth_service.storage.maintenance import DATABASE_URL_ATTRIBUTE
 from auth_service.storage.models import Base, UTCDateTime
+from auth_service.storage.schema import DATABASE_URL_ATTRIBUTE
 
 config = context.config
 target_metadata = Base.metadata

@@ -10,9 +10,8 @@ from datetime import timedelta
 import grpc
 
 from auth_service.api import convert
-from auth_service.domain.audit import AuditEventView, AuditFilter, AuditService
-from auth_service.domain.leases import LeaseService
-from auth_service.domain.sessions import SessionService
+from auth_service.domain.audit import AuditEventView, AuditFilter
+from auth_service.services.use_cases import UseCases
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
 from garmin_client.session_proto import tokens_to_proto
@@ -39,21 +38,16 @@ def _audit_event_to_proto(event: AuditEventView) -> pb.AuditEvent:
 
 
 class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
-    """garmin_auth.v1.GarminAuthService over SessionService, LeaseService and AuditService."""
+    """garmin_auth.v1.GarminAuthService over the use cases (auth_service.services)."""
 
-    def __init__(
-        self,
-        sessions: SessionService,
-        leases: LeaseService,
-        audit: AuditService | None = None,
-    ) -> None:
-        self._sessions = sessions
-        self._leases = leases
-        # The audit trail lives in the same database as the leases.
-        self._audit = audit if audit is not None else AuditService(leases.db)
+    def __init__(self, use_cases: UseCases) -> None:
+        self._connect = use_cases.connect
+        self._sessions = use_cases.sessions
+        self._leases = use_cases.leases
+        self._audit = use_cases.audit_log
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
-        answer = self._sessions.login(request.user_id, request.email, request.password)
+        answer = self._connect.login(request.user_id, request.email, request.password)
         return pb.LoginResponse(
             outcome=pb.LOGIN_OUTCOME_MFA_REQUIRED
             if answer.mfa_challenge_id
@@ -67,7 +61,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def SubmitMfa(
         self, request: pb.SubmitMfaRequest, context: grpc.ServicerContext
     ) -> pb.SubmitMfaResponse:
-        status = self._sessions.submit_mfa(request.mfa_challenge_id, request.code)
+        status = self._connect.submit_mfa(request.mfa_challenge_id, request.code)
         return pb.SubmitMfaResponse(status=convert.status_to_proto(status))
 
     def GetStatus(
@@ -80,7 +74,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self, request: pb.ImportSessionRequest, context: grpc.ServicerContext
     ) -> pb.ImportSessionResponse:
         source = request.WhichOneof("source")
-        status = self._sessions.import_session(
+        status = self._connect.import_session(
             request.user_id,
             tokens=convert.tokens_from_proto(request.session, "session")
             if source == "session"

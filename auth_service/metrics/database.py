@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import ColumnElement, Engine, and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from auth_service.clock import Clock
+from auth_service.domain.clock import Clock
 from auth_service.domain.models import SessionState
 from auth_service.storage.database import SQLITE_BEGIN_OPTION
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge

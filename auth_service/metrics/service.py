@@ -12,8 +12,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from sqlalchemy import Engine
 
-from auth_service.clock import Clock
 from auth_service.config import MetricsSettings
+from auth_service.domain.clock import Clock
 from auth_service.metrics.database import DatabaseCollector
 
 UNARY = "unary"

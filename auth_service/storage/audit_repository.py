@@ -1,13 +1,13 @@
-"""Queries for the audit trail (garmin_audit_event).
+"""Queries for the audit trail (garmin_audit_event): implements
+auth_service.domain.repositories.AuditRepository, plus the deletion prune_audit uses.
 
-Events are inserted by the service layer inside the transaction of the change they record;
-like every repository, this one never commits.
+Events are inserted by the use cases inside the transaction of the change they record; like
+every repository, this one never commits.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -15,6 +15,7 @@ from sqlalchemy import Table, and_, delete, insert, or_, select
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
+from auth_service.domain.audit import AuditEventView, LeaseOwner, NewAuditEvent
 from auth_service.storage.models import GarminAuditEvent
 
 Event = GarminAuditEvent
@@ -23,29 +24,7 @@ Event = GarminAuditEvent
 _INSERT_EVENT = insert(cast(Table, Event.__table__))
 
 
-@dataclass(frozen=True)
-class NewAuditEvent:
-    """The columns of one event to insert (the id is the database's)."""
-
-    occurred_at: datetime
-    caller: str
-    rpc: str
-    user_id: str | None
-    outcome_code: str
-    outcome_reason: str
-    lease_id: str | None = None
-    fencing_token: int | None = None
-
-
-@dataclass(frozen=True)
-class LeaseOwner:
-    """Whom a lease was granted to, as the audit trail recorded the grant."""
-
-    user_id: str
-    fencing_token: int | None
-
-
-class AuditRepository:
+class SqlAuditRepository:
     """Audit events on one SQLAlchemy session (one transaction of the service layer)."""
 
     def __init__(self, session: Session) -> None:
@@ -80,7 +59,7 @@ class AuditRepository:
         after: tuple[datetime, int] | None,
         oldest_first: bool,
         limit: int,
-    ) -> list[GarminAuditEvent]:
+    ) -> list[AuditEventView]:
         """Up to `limit` events in (occurred_at, id) order, newest first unless oldest_first.
 
         Keyset pagination: `after` is the (occurred_at, id) of the previous page's last event.
@@ -106,7 +85,7 @@ class AuditRepository:
             query = query.order_by(Event.occurred_at.asc(), Event.id.asc())
         else:
             query = query.order_by(Event.occurred_at.desc(), Event.id.desc())
-        return list(self.session.scalars(query.limit(limit)))
+        return [_view(event) for event in self.session.scalars(query.limit(limit))]
 
     def delete_older_than(self, cutoff: datetime, *, limit: int) -> int:
         """Delete up to `limit` of the oldest events with occurred_at < cutoff; the count."""
@@ -119,3 +98,17 @@ class AuditRepository:
         statement = delete(Event).where(Event.id.in_(oldest))
         result = self.session.execute(statement, execution_options={"synchronize_session": False})
         return cast(CursorResult[Any], result).rowcount or 0
+
+
+def _view(row: GarminAuditEvent) -> AuditEventView:
+    return AuditEventView(
+        event_id=row.id,
+        occurred_at=row.occurred_at,
+        caller=row.caller,
+        rpc=row.rpc,
+        user_id=row.user_id,
+        outcome_code=row.outcome_code,
+        outcome_reason=row.outcome_reason,
+        lease_id=row.lease_id,
+        fencing_token=row.fencing_token,
+    )

@@ -6,7 +6,7 @@ server, as user postgres), brings it to head with `alembic upgrade head`, checks
 `alembic check` that the models and the migrations agree (no autogenerate drift), and drops the
 database again, whatever happened. Exit status 0 when both pass.
 
-The two steps are auth_service.storage.maintenance.upgrade_to_head(url) and check_no_drift(url);
+The two steps are auth_service.storage.schema.upgrade_to_head(url) and check_no_drift(url);
 they are imported only when this runs, so a missing one is reported as such.
 """
 
@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL, make_url
 
 URL_VARIABLE = "GARMIN_AUTH_TEST_POSTGRES_URL"
 DEFAULT_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-MAINTENANCE_MODULE = "auth_service.storage.maintenance"
+SCHEMA_MODULE = "auth_service.storage.schema"
 STEPS = ("upgrade_to_head", "check_no_drift")
 
 
@@ -40,13 +40,13 @@ def _say(message: str) -> None:
 
 def load_steps() -> list[tuple[str, Callable[[str], object]]]:
     """The maintenance functions, in order; raises MigrationCheckError naming what is missing."""
-    if importlib.util.find_spec(MAINTENANCE_MODULE) is None:
-        raise MigrationCheckError(f"{MAINTENANCE_MODULE} does not exist")
+    if importlib.util.find_spec(SCHEMA_MODULE) is None:
+        raise MigrationCheckError(f"{SCHEMA_MODULE} does not exist")
     # Imported normally: an error inside the module shows its own traceback.
-    module = importlib.import_module(MAINTENANCE_MODULE)
+    module = importlib.import_module(SCHEMA_MODULE)
     missing = [name for name in STEPS if not callable(getattr(module, name, None))]
     if missing:
-        raise MigrationCheckError(f"{MAINTENANCE_MODULE} lacks {', '.join(missing)}(url)")
+        raise MigrationCheckError(f"{SCHEMA_MODULE} lacks {', '.join(missing)}(url)")
     return [(name, getattr(module, name)) for name in STEPS]
 
 

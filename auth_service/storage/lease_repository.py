@@ -22,81 +22,30 @@ precedes a write in the same transaction cannot go stale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import (
-    Row,
-    Select,
-    Table,
-    Update,
-    and_,
-    bindparam,
-    case,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Row, Select, Update, and_, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
-from auth_service.domain.models import SessionState
-from auth_service.storage.models import GarminAuthenticationState, UTCDateTime
-from auth_service.storage.views import SessionRow
+from auth_service.domain.models import GarminTokens
+from auth_service.domain.repositories import GrantedRow
+from auth_service.domain.views import SessionRow
+from auth_service.storage import session_rows as rows
+from auth_service.storage.models import UTCDateTime
+from auth_service.storage.session_repository import SqlSessionRepository
 
-T: Table = cast(Table, GarminAuthenticationState.__table__)
-ACTIVE = SessionState.ACTIVE
-
-# Column values that end a lease. Release, invalidation, and the session service's
-# login/import/delete all use these, so "no lease" looks the same whoever ended it.
-# fencing_token is deliberately absent: it only ever grows.
-ENDED_LEASE: dict[str, Any] = {
-    "lease_id": None,
-    "lease_holder": None,
-    "lease_acquired_at": None,
-    "lease_expires_at": None,
-}
-
-
-@dataclass(frozen=True, repr=False)
-class SealedSession:
-    """Tokens sealed for one user's row (SecretBox.seal_tokens) and their OAuth2 expiry."""
-
-    user_id: str
-    ciphertext: bytes
-    access_token_expires_at: datetime
-
-    def __repr__(self) -> str:
-        return f"SealedSession(user_id={self.user_id!r}, <sealed>)"
-
-
-@dataclass(frozen=True)
-class GrantedRow:
-    """A row just granted, and whether the grant took over a lease that expired unreleased."""
-
-    row: SessionRow
-    took_over: bool
-
-
-# --- Bound parameters (typed, so SQLite gets its UTC-normalised timestamps) --------------
-
-_NOW = bindparam("p_now", type_=UTCDateTime())
+T = rows.T
+ACTIVE = rows.ACTIVE
+_NOW = rows.NOW
+_FREE = rows.FREE
+_LIVE = rows.LIVE
 _EXPIRES_AT = bindparam("p_expires_at", type_=UTCDateTime())
 _DUE_BEFORE = bindparam("p_due_before", type_=UTCDateTime())
 _SYNCED_THROUGH = bindparam("p_synced_through", type_=UTCDateTime())
-_TOKENS_EXPIRE_AT = bindparam("p_tokens_expire_at", type_=UTCDateTime())
-_USER_ID = bindparam("p_user_id", type_=T.c.user_id.type)
-_LEASE_ID = bindparam("p_lease_id", type_=T.c.lease_id.type)
 _NEW_LEASE_ID = bindparam("p_new_lease_id", type_=T.c.lease_id.type)
 _HOLDER = bindparam("p_holder", type_=T.c.lease_holder.type)
-_CIPHERTEXT = bindparam("p_ciphertext", type_=T.c.session_ciphertext.type)
-_VERSION = bindparam("p_version", type_=T.c.session_version.type)
-_REASON = bindparam("p_reason", type_=T.c.invalidated_reason.type)
 
-# Nobody holds a live lease on the row (never leased, released, or expired).
-_FREE = or_(T.c.lease_expires_at.is_(None), T.c.lease_expires_at <= _NOW)
-# The row is held by exactly this lease, which has not expired, on an ACTIVE session.
-_LIVE = and_(T.c.lease_id == _LEASE_ID, T.c.lease_expires_at > _NOW, T.c.state == ACTIVE)
 # Due for a sync: free, ACTIVE, and neither synced nor attempted since `due_before`.
 _DUE = and_(
     T.c.state == ACTIVE,
@@ -137,7 +86,7 @@ def _grant_through(candidate: Select[Any]) -> Update:
 
 
 _CANDIDATE_BY_USER = select(T.c.user_id, T.c.lease_id.label("previous_lease_id")).where(
-    T.c.user_id == _USER_ID, T.c.state == ACTIVE, _FREE
+    T.c.user_id == rows.USER_ID, T.c.state == ACTIVE, _FREE
 )
 # SKIP LOCKED: concurrent callers on other replicas each take a different due row, without a
 # table lock (a row granted and committed meanwhile fails the re-check; the next is taken).
@@ -150,17 +99,21 @@ _PG_GRANT_NEXT = _grant_through(_CANDIDATE_DUE.with_for_update(skip_locked=True)
 # granting it by user id cannot race; SQLite's RETURNING cannot name a joined table.
 _GRANT_USER = (
     update(T)
-    .where(T.c.user_id == _USER_ID, T.c.state == ACTIVE, _FREE)
+    .where(T.c.user_id == rows.USER_ID, T.c.state == ACTIVE, _FREE)
     .values(_GRANT_VALUES)
     .returning(*T.c)
 )
 
-_FIND = select(*T.c).where(T.c.user_id == _USER_ID)
+_FIND = select(*T.c).where(T.c.user_id == rows.USER_ID)
 _FIND_BY_LEASE = select(*T.c).where(_LIVE)
 _RENEW = (
     update(T).where(_LIVE).values(lease_expires_at=_EXPIRES_AT, updated_at=_NOW).returning(*T.c)
 )
-_RELEASE_VALUES: dict[str, Any] = {**ENDED_LEASE, "last_sync_attempt_at": _NOW, "updated_at": _NOW}
+_RELEASE_VALUES: dict[str, Any] = {
+    **rows.ENDED_LEASE,
+    "last_sync_attempt_at": _NOW,
+    "updated_at": _NOW,
+}
 _RELEASE = update(T).where(_LIVE).values(_RELEASE_VALUES).returning(*T.c)
 _RELEASE_SYNCED = (
     update(T)
@@ -181,47 +134,22 @@ _RELEASE_SYNCED = (
     )
     .returning(*T.c)
 )
-_END_LEASE = update(T).where(_LIVE).values({**ENDED_LEASE, "updated_at": _NOW}).returning(*T.c)
 _STORE_REFRESHED = (
-    update(T)
-    .where(_LIVE, T.c.user_id == _USER_ID)
-    .values(
-        session_ciphertext=_CIPHERTEXT,
-        session_version=T.c.session_version + 1,
-        access_token_expires_at=_TOKENS_EXPIRE_AT,
-        last_validated_at=_NOW,
-        updated_at=_NOW,
-    )
-    .returning(*T.c)
+    update(T).where(_LIVE, T.c.user_id == rows.USER_ID).values(rows.REFRESHED).returning(*T.c)
 )
-_INVALIDATE = (
-    update(T)
-    .where(_LIVE)
-    .values(
-        {
-            **ENDED_LEASE,
-            "state": SessionState.AUTH_EXPIRED,
-            "session_ciphertext": None,
-            "access_token_expires_at": None,
-            "session_version": T.c.session_version + 1,
-            "invalidated_reason": _REASON,
-            "invalidated_at": _NOW,
-            "updated_at": _NOW,
-        }
-    )
-    .returning(*T.c)
-)
+_INVALIDATE = update(T).where(_LIVE).values(rows.INVALIDATED).returning(*T.c)
 # With an expected session version (central refresh): the row must still hold the session
 # the tokens were refreshed from, so a login or import that landed meanwhile wins.
-_STORE_REFRESHED_AT_VERSION = _STORE_REFRESHED.where(T.c.session_version == _VERSION)
-_INVALIDATE_AT_VERSION = _INVALIDATE.where(T.c.session_version == _VERSION)
+_STORE_REFRESHED_AT_VERSION = _STORE_REFRESHED.where(T.c.session_version == rows.VERSION)
+_INVALIDATE_AT_VERSION = _INVALIDATE.where(T.c.session_version == rows.VERSION)
 
 
-class LeaseRepository:
+class SqlLeaseRepository:
     """Lease queries on one SQLAlchemy session (one transaction of the service layer)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, sessions: SqlSessionRepository) -> None:
         self.session = session
+        self._sessions = sessions
         self._postgresql = session.get_bind().dialect.name == "postgresql"
 
     # --- reads -------------------------------------------------------------------------
@@ -291,15 +219,12 @@ class LeaseRepository:
             _RELEASE_SYNCED, p_lease_id=lease_id, p_now=now, p_synced_through=synced_through
         )
 
-    def end_lease(self, lease_id: str, *, now: datetime) -> SessionRow | None:
-        """End a live lease without recording anything else; None when it is dead."""
-        return self._one(_END_LEASE, p_lease_id=lease_id, p_now=now)
-
     def store_refreshed(
         self,
         lease_id: str,
         *,
-        sealed: SealedSession,
+        user_id: str,
+        tokens: GarminTokens,
         now: datetime,
         expected_version: int | None = None,
     ) -> SessionRow | None:
@@ -312,9 +237,8 @@ class LeaseRepository:
         params: dict[str, Any] = {
             "p_lease_id": lease_id,
             "p_now": now,
-            "p_user_id": sealed.user_id,
-            "p_ciphertext": sealed.ciphertext,
-            "p_tokens_expire_at": sealed.access_token_expires_at,
+            "p_user_id": user_id,
+            **self._sessions.sealed(user_id, tokens),
         }
         if expected_version is None:
             return self._one(_STORE_REFRESHED, **params)
@@ -329,7 +253,11 @@ class LeaseRepository:
         expected_version: int | None = None,
     ) -> SessionRow | None:
         """Mark the session AUTH_EXPIRED, wipe its secrets, end the lease; None when dead."""
-        params: dict[str, Any] = {"p_lease_id": lease_id, "p_now": now, "p_reason": reason}
+        params: dict[str, Any] = {
+            "p_lease_id": lease_id,
+            "p_now": now,
+            "p_reason": rows.reason_param(reason),
+        }
         if expected_version is None:
             return self._one(_INVALIDATE, **params)
         return self._one(_INVALIDATE_AT_VERSION, **params, p_version=expected_version)

@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from auth_service.domain.audit import CALLER_LENGTH
 from auth_service.domain.models import SessionState
 
 NAMING_CONVENTION = {
@@ -42,7 +43,6 @@ USER_ID_LENGTH = 128
 LEASE_ID_LENGTH = 64
 HOLDER_LENGTH = 256
 REASON_LENGTH = 512
-CALLER_LENGTH = 256
 RPC_LENGTH = 64
 OUTCOME_CODE_LENGTH = 32
 OUTCOME_REASON_LENGTH = 64

@@ -68,8 +68,8 @@ from requests.utils import should_bypass_proxies
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util.retry import Retry
 
-from auth_service.clock import Clock, SystemClock
 from auth_service.config import UpstreamSettings
+from auth_service.domain.clock import Clock, SystemClock
 from auth_service.domain.errors import (
     GarminCredentialsRejected,
     GarminRateLimited,

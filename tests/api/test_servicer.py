@@ -31,7 +31,7 @@ PASSWORD = "correct horse battery staple"
 @pytest.fixture
 def server(service_settings: Settings) -> Iterator[grpc_testing.Server]:
     application = build_application(service_settings)
-    servicer = GarminAuthServicer(application.sessions, application.leases)
+    servicer = GarminAuthServicer(application.use_cases)
     yield grpc_testing.server_from_dictionary({SERVICE: servicer}, grpc_testing.strict_real_time())
     application.engine.dispose()
 
@@ -145,7 +145,7 @@ def test_unusable_durations_are_invalid_arguments(
 ) -> None:
     """Straight through the servicer: the domain error that the interceptor maps."""
     application = build_application(service_settings)
-    servicer = GarminAuthServicer(application.sessions, application.leases)
+    servicer = GarminAuthServicer(application.use_cases)
     with pytest.raises(InvalidArgument) as raised:
         servicer.LeaseSession(request_, None)  # type: ignore[arg-type]
     assert [v.field for v in raised.value.violations] == ["ttl"]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
-from auth_service.config import LoginSettings
+from auth_service.domain.policies import LoginSettings
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 from tests.audit import (

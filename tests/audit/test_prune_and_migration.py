@@ -7,16 +7,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, inspect, text
 
+from auth_service.storage.audit_pruning import prune_audit
 from auth_service.storage.database import create_engine_for
-from auth_service.storage.maintenance import (
+from auth_service.storage.models import Base
+from auth_service.storage.schema import (
     check_no_drift,
     current_revision,
     downgrade,
     head_revision,
-    prune_audit,
     upgrade_to_head,
 )
-from auth_service.storage.models import Base
 from tests.audit import Spec, insert_events, read_events
 from tests.fixtures.database import table_names
 

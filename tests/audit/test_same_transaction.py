@@ -10,8 +10,9 @@ from sqlalchemy.exc import IntegrityError
 
 from auth_service import server
 from auth_service.config import Settings
-from auth_service.domain import audit, leases, sessions
+from auth_service.domain import audit
 from auth_service.domain.models import GarminTokens, LoginSucceeded, SessionState
+from auth_service.services import connect, leases
 from auth_service.storage.models import GarminAuthenticationState
 from auth_service.upstream.garth_adapter import GarthUpstream
 from garmin_emulator import GarminEmulator
@@ -51,14 +52,14 @@ def test_failure_after_the_event_rolls_back_import_and_its_event(
 ) -> None:
     tokens = _tokens(service_settings, garmin, "ann")
     # status_view runs after the change and its event, inside the transaction.
-    monkeypatch.setattr(sessions, "status_view", _explode)
+    monkeypatch.setattr(connect, "status_view", _explode)
     with pytest.raises(Boom):
-        application.sessions.import_session("ann", tokens=tokens, garth_token=None)
+        application.use_cases.connect.import_session("ann", tokens=tokens, garth_token=None)
     assert stored_row(database_url, "ann") is None
     assert read_events(database_url) == []
 
     monkeypatch.undo()
-    application.sessions.import_session("ann", tokens=tokens, garth_token=None)
+    application.use_cases.connect.import_session("ann", tokens=tokens, garth_token=None)
     assert [event.summary for event in read_events(database_url)] == [
         ("system", "ImportSession", "ann", "OK", "OK")
     ]
@@ -71,7 +72,7 @@ def test_failure_after_the_event_rolls_back_grant_and_release(
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    application.sessions.import_session(
+    application.use_cases.connect.import_session(
         "bob", tokens=_tokens(service_settings, garmin, "bob"), garth_token=None
     )
     imported = read_events(database_url)
@@ -80,20 +81,20 @@ def test_failure_after_the_event_rolls_back_grant_and_release(
     with monkeypatch.context() as patch:
         patch.setattr(leases, "status_view", _explode)
         with pytest.raises(Boom):
-            application.leases.lease_session("bob", "w", None)
+            application.use_cases.leases.lease_session("bob", "w", None)
     row = stored_row(database_url, "bob")
     assert row is not None
     assert (row.lease_id, row.fencing_token) == (None, 0)
     assert read_events(database_url, imported[-1].id) == []
 
-    grant = application.leases.lease_session("bob", "w", None)
+    grant = application.use_cases.leases.lease_session("bob", "w", None)
     granted = read_events(database_url, imported[-1].id)
     assert [event.summary for event in granted] == [("system", "LeaseSession", "bob", "OK", "OK")]
 
     with monkeypatch.context() as patch:
         patch.setattr(leases, "status_view", _explode)
         with pytest.raises(Boom):
-            application.leases.release_lease(grant.lease.lease_id, None)
+            application.use_cases.leases.release_lease(grant.lease.lease_id, None)
     row = stored_row(database_url, "bob")
     assert row is not None
     assert row.lease_id == grant.lease.lease_id  # still held: the release was rolled back
@@ -108,18 +109,18 @@ def test_a_failing_event_insert_rolls_back_the_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tokens = _tokens(service_settings, garmin, "cal")
-    application.sessions.import_session("cal", tokens=tokens, garth_token=None)
+    application.use_cases.connect.import_session("cal", tokens=tokens, garth_token=None)
     before = read_events(database_url)
     version = _row(database_url, "cal").session_version
 
     # The database refuses the event itself (caller is NOT NULL): the change goes with it.
     monkeypatch.setattr(audit, "caller_name", lambda: None)
     with pytest.raises(IntegrityError):
-        application.leases.lease_session("cal", "w", None)
+        application.use_cases.leases.lease_session("cal", "w", None)
     with pytest.raises(IntegrityError):
-        application.sessions.import_session("cal", tokens=tokens, garth_token=None)
+        application.use_cases.connect.import_session("cal", tokens=tokens, garth_token=None)
     with pytest.raises(IntegrityError):
-        application.sessions.delete_session("cal")
+        application.use_cases.sessions.delete_session("cal")
 
     row = _row(database_url, "cal")
     assert row.state == SessionState.ACTIVE

@@ -1,6 +1,7 @@
 """Helpers shared by the lease tests: real Garmin tokens from the emulator, a way to act
-while a token exchange is in flight, and the row writes the session service makes
-(login/import and delete), so lease tests can drive them. Fixtures are in conftest.py."""
+while a token exchange is in flight, and the row writes the connect and session-admin use
+cases make (login and delete, through the very repository methods they call), so lease tests
+can drive them. Fixtures are in conftest.py."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from typing import cast
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.clock import Clock
-from auth_service.config import LeaseSettings
-from auth_service.domain.leases import LeaseService
-from auth_service.domain.models import GarminTokens, LoginSucceeded, SessionState
+from auth_service.domain.clock import Clock
+from auth_service.domain.models import GarminTokens, LoginSucceeded
+from auth_service.domain.policies import LeaseSettings
 from auth_service.domain.ports import GarminUpstream
-from auth_service.storage.lease_repository import ENDED_LEASE
+from auth_service.domain.views import SessionRow
+from auth_service.services.leases import LeaseService
+from auth_service.services.unit_of_work import UnitsOfWork
 from auth_service.storage.models import GarminAuthenticationState
-from auth_service.storage.repository import SessionRepository
 from auth_service.storage.secrets import SecretBox
+from auth_service.storage.session_repository import SqlSessionRepository
+from auth_service.storage.unit_of_work import SqlStore
 from auth_service.upstream.garth_adapter import GarthUpstream
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 
@@ -145,48 +150,23 @@ def _act_on_arrival(
 def activate_session(
     session: Session, box: SecretBox, user_id: str, tokens: GarminTokens, now: datetime
 ) -> None:
-    """What a successful Login/SubmitMfa/ImportSession does to the user's row.
-
-    A new session replaces whatever was there: ACTIVE, the sealed tokens, a new session
-    version, no invalidation, and any live lease ended (its holder's next call answers
-    LEASE_LOST). fencing_token is kept, so the next grant is larger than every earlier one.
-    """
-    row = SessionRepository(session).get_or_create_for_update(user_id, now)
-    row.state = SessionState.ACTIVE
-    row.session_ciphertext = box.seal_tokens(user_id, tokens)
-    row.session_version += 1
-    row.access_token_expires_at = tokens.oauth2.expires_at
-    row.last_validated_at = now
-    row.invalidated_reason = None
-    row.invalidated_at = None
-    _end_lease(row)
-    row.updated_at = now
+    """What a successful Login/SubmitMfa does to the user's row (the repository methods they
+    call): ACTIVE, the sealed tokens, a new session version, no invalidation, and any live
+    lease ended (its holder's next call answers LEASE_LOST). fencing_token is kept."""
+    sessions = SqlSessionRepository(session, box)
+    sessions.lock_or_create(user_id, now)
+    sessions.install_tokens(user_id, tokens, now, validated=True)
 
 
-def delete_session(session: Session, user_id: str, now: datetime) -> bool:
-    """What DeleteSession does: the row goes back to NOT_CONNECTED, secrets wiped, lease
-    ended, sync bookkeeping cleared; fencing_token is kept. False when there is no row."""
-    row = SessionRepository(session).get(user_id, for_update=True)
-    if row is None:
+def delete_session(session: Session, box: SecretBox, user_id: str, now: datetime) -> bool:
+    """What DeleteSession does to the row (the repository methods it calls): back to
+    NOT_CONNECTED, secrets wiped, lease ended, sync bookkeeping cleared; fencing_token is
+    kept. False when there is no row."""
+    sessions = SqlSessionRepository(session, box)
+    if sessions.lock(user_id) is None:
         return False
-    row.state = SessionState.NOT_CONNECTED
-    row.session_ciphertext = None
-    row.session_version += 1
-    row.access_token_expires_at = None
-    row.last_validated_at = None
-    row.invalidated_reason = None
-    row.invalidated_at = None
-    row.last_synced_at = None
-    row.synced_through = None
-    row.last_sync_attempt_at = None
-    _end_lease(row)
-    row.updated_at = now
+    sessions.disconnect(user_id, now)
     return True
-
-
-def _end_lease(row: GarminAuthenticationState) -> None:
-    for column, value in ENDED_LEASE.items():
-        setattr(row, column, value)
 
 
 def seed_active(
@@ -196,12 +176,13 @@ def seed_active(
         activate_session(session, box, user_id, tokens, now)
 
 
-def read_row(db: sessionmaker[Session], user_id: str) -> GarminAuthenticationState:
+def read_row(db: sessionmaker[Session], user_id: str) -> SessionRow:
+    """The user's row as stored."""
+    table = GarminAuthenticationState.__table__
     with db() as session:
-        row = SessionRepository(session).get(user_id)
+        row = session.execute(select(table).where(table.c.user_id == user_id)).first()
         assert row is not None
-        session.expunge(row)
-        return row
+        return cast(SessionRow, row)
 
 
 def stored_tokens(db: sessionmaker[Session], box: SecretBox, user_id: str) -> GarminTokens | None:
@@ -216,4 +197,6 @@ def build_service(
     clock: Clock,
     settings: LeaseSettings | None = None,
 ) -> LeaseService:
-    return LeaseService(db, box, upstream, clock, settings or LeaseSettings())
+    return LeaseService(
+        UnitsOfWork(SqlStore(db, box), clock), upstream, settings or LeaseSettings()
+    )

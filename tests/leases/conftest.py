@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.clock import FakeClock
 from auth_service.config import UpstreamSettings
 from auth_service.crypto import Keyring
-from auth_service.domain.leases import LeaseService
+from auth_service.domain.clock import FakeClock
+from auth_service.services.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth_adapter import GarthUpstream
 from garmin_emulator import GarminEmulator

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.clock import FakeClock
+from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import (
     DomainError,
     GarminRateLimited,
@@ -23,9 +23,10 @@ from auth_service.domain.errors import (
     SessionNotActive,
     UpstreamError,
 )
-from auth_service.domain.leases import CENTRAL_REFRESH_REJECTED, LeaseService
 from auth_service.domain.models import LeaseGrant, SessionState
 from auth_service.logging_setup import redact
+from auth_service.services.central_refresh import CENTRAL_REFRESH_REJECTED
+from auth_service.services.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
 from garmin_emulator import EXCHANGE_PATH, FAULT_RESET, GarminEmulator
 
@@ -144,7 +145,7 @@ def test_busy_garmin_hands_out_a_still_valid_token(
     version = read_row(db_sessionmaker, USER).session_version
     emulator.fail_next(EXCHANGE_PATH, busy.fault, retry_after=busy.retry_after)
 
-    with caplog.at_level(logging.WARNING, logger="auth_service.domain.leases"):
+    with caplog.at_level(logging.WARNING, logger="auth_service.services.central_refresh"):
         grant = service.lease_session(USER, HOLDER, None)
 
     assert emulator.request_count(EXCHANGE_PATH) == 1

@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.clock import FakeClock
+from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import GarminRateLimited, GarminSessionRejected, LeaseHeld
-from auth_service.domain.leases import LeaseService
 from auth_service.domain.models import LeaseGrant, SessionState
+from auth_service.services.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.clock import FakeClock
+from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import LeaseHeld, LeaseLost
-from auth_service.domain.leases import LeaseService
 from auth_service.domain.models import LeaseGrant, SessionState
+from auth_service.services.leases import LeaseService
 from auth_service.storage.database import create_engine_for, session_factory
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth_adapter import GarthUpstream

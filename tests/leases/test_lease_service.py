@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.clock import FakeClock
-from auth_service.config import LeaseSettings
+from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import (
     InvalidArgument,
     LeaseHeld,
@@ -16,10 +18,11 @@ from auth_service.domain.errors import (
     SessionNotActive,
     SessionNotFound,
 )
-from auth_service.domain.leases import LeaseService
 from auth_service.domain.models import SessionState
+from auth_service.domain.policies import LeaseSettings
 from auth_service.domain.validation import TOKEN_ID_PATTERN
-from auth_service.storage.repository import SessionRepository
+from auth_service.services.leases import LeaseService
+from auth_service.storage.models import GarminAuthenticationState
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth_adapter import GarthUpstream
 
@@ -47,9 +50,12 @@ def active(accounts: GarminAccounts) -> str:
 
 def _set_state(db: sessionmaker[Session], user_id: str, state: SessionState) -> None:
     with db.begin() as session:
-        row = SessionRepository(session).get(user_id, for_update=True)
-        assert row is not None
-        row.state = state
+        changed = session.execute(
+            update(GarminAuthenticationState)
+            .where(GarminAuthenticationState.user_id == user_id)
+            .values(state=state)
+        )
+        assert cast(CursorResult[Any], changed).rowcount == 1
 
 
 def _fields(error: InvalidArgument) -> set[str]:
@@ -114,10 +120,14 @@ def test_lease_unknown_user_is_not_found(service: LeaseService) -> None:
 
 
 def test_lease_deleted_session_is_not_found(
-    service: LeaseService, active: str, db_sessionmaker: sessionmaker[Session], clock: FakeClock
+    service: LeaseService,
+    active: str,
+    db_sessionmaker: sessionmaker[Session],
+    box: SecretBox,
+    clock: FakeClock,
 ) -> None:
     with db_sessionmaker.begin() as session:
-        delete_session(session, active, clock.now())
+        delete_session(session, box, active, clock.now())
     with pytest.raises(SessionNotFound):
         service.lease_session(active, HOLDER, None)
 
@@ -178,6 +188,7 @@ def test_fencing_tokens_grow_across_grants_releases_delete_and_login(
     active: str,
     accounts: GarminAccounts,
     db_sessionmaker: sessionmaker[Session],
+    box: SecretBox,
     clock: FakeClock,
 ) -> None:
     seen = []
@@ -186,7 +197,7 @@ def test_fencing_tokens_grow_across_grants_releases_delete_and_login(
         seen.append(grant.lease.fencing_token)
         service.release_lease(grant.lease.lease_id, None)
     with db_sessionmaker.begin() as session:
-        delete_session(session, active, clock.now())
+        delete_session(session, box, active, clock.now())
     accounts.seed(active, LONG)
     seen.append(service.lease_session(active, HOLDER, None).lease.fencing_token)
     accounts.seed(active, LONG)
@@ -455,11 +466,15 @@ def test_reactivation_after_invalidation_clears_it(
 
 
 def test_delete_ends_the_live_lease_and_keeps_the_fencing_token(
-    service: LeaseService, active: str, db_sessionmaker: sessionmaker[Session], clock: FakeClock
+    service: LeaseService,
+    active: str,
+    db_sessionmaker: sessionmaker[Session],
+    box: SecretBox,
+    clock: FakeClock,
 ) -> None:
     grant = service.lease_session(active, HOLDER, None)
     with db_sessionmaker.begin() as session:
-        assert delete_session(session, active, clock.now())
+        assert delete_session(session, box, active, clock.now())
     with pytest.raises(LeaseLost):
         service.renew_lease(grant.lease.lease_id, None)
     with pytest.raises(LeaseLost):

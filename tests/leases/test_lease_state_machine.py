@@ -28,7 +28,7 @@ from hypothesis.stateful import (
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.clock import FakeClock
+from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import (
     DomainError,
     LeaseHeld,
@@ -36,8 +36,8 @@ from auth_service.domain.errors import (
     SessionNotActive,
     SessionNotFound,
 )
-from auth_service.domain.leases import LeaseService
 from auth_service.domain.models import GarminTokens, LeaseGrant, SessionState
+from auth_service.services.leases import LeaseService
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth_adapter import GarthUpstream
@@ -144,14 +144,16 @@ class LeaseMachine(RuleBasedStateMachine):
     @rule(user_id=st.sampled_from(USERS))
     def disconnect(self, user_id: str) -> None:
         with self.db.begin() as session:
-            existed = delete_session(session, user_id, self.clock.now())
+            existed = delete_session(session, self.box, user_id, self.clock.now())
         user = self.model[user_id]
         assert existed == user.exists
         if not existed:
             return
         fencing, version, granted = user.fencing, user.version, user.granted_tokens
+        # The version counts changes of the stored tokens: only an ACTIVE row holds any.
+        wiped = 1 if user.state is SessionState.ACTIVE else 0
         self.model[user_id] = ModelUser(
-            exists=True, fencing=fencing, version=version + 1, granted_tokens=granted
+            exists=True, fencing=fencing, version=version + wiped, granted_tokens=granted
         )
 
     # --- the lease protocol ----------------------------------------------------------

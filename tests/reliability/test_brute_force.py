@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from auth_service.config import LoginSettings
+from auth_service.domain.policies import LoginSettings
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import LOGIN_PATH, VERIFY_MFA_PATH, GarminEmulator
 from tests.fixtures.servers import Replica, ServiceFactory, failure_of

@@ -1,4 +1,4 @@
-"""Which clock rules: the database's (auth_service.clock). Two replicas on PostgreSQL whose
+"""Which clock rules: the database's (auth_service.storage.clock). Two replicas on PostgreSQL whose
 machine clocks disagree by a minute (one 30 s ahead, one 30 s behind; the database runs on
 this machine's true clock) agree on when a lease expires and when an MFA challenge expires,
 to within the offset measurement, because each reads the database's time through a
@@ -21,8 +21,9 @@ import pytest
 from google.protobuf import duration_pb2
 from sqlalchemy import Engine
 
-from auth_service.clock import Clock, DatabaseClock
-from auth_service.config import LoginSettings
+from auth_service.domain.clock import Clock
+from auth_service.domain.policies import LoginSettings
+from auth_service.storage.clock import DatabaseClock
 from auth_service.storage.database import create_engine_for
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import GarminEmulator

@@ -40,8 +40,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from auth_service.crypto import Keyring
-from auth_service.storage.maintenance import upgrade_to_head
 from auth_service.storage.models import GarminAuditEvent, GarminAuthenticationState
+from auth_service.storage.schema import upgrade_to_head
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 

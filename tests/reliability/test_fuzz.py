@@ -43,12 +43,13 @@ from hypothesis import strategies as st
 
 from auth_service.api.callers import RPC_ROLES
 from auth_service.api.errors import DATABASE_UNAVAILABLE_ROW, documented_rows
-from auth_service.config import LoginSettings, Settings, UpstreamSettings
+from auth_service.config import Settings, UpstreamSettings
 from auth_service.crypto import Keyring
 from auth_service.domain.audit import AuditFilter
-from auth_service.domain.page_tokens import encode_page_token
+from auth_service.domain.paging import Pager
+from auth_service.domain.policies import LoginSettings
 from auth_service.server import RunningServer, build_application, start_server
-from auth_service.storage.maintenance import upgrade_to_head
+from auth_service.storage.schema import upgrade_to_head
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from tests.fixtures.database import PostgresServer, sqlite_url
 from tests.fixtures.emulators import scanned_emulator
@@ -197,10 +198,13 @@ iso_times = st.one_of(
 AUDIT_FINGERPRINT = AuditFilter(
     user_id=None, start_time=None, end_time=None, oldest_first=False
 ).fingerprint()
+# Page tokens as an attacker makes them: well formed, signed with a key the service lacks.
+FORGED = Pager([b"a key the service does not hold!"])
+encode_page_token = FORGED.issue
 page_tokens = st.one_of(
     strings,
-    # Tokens this service could have issued for a request without filters, holding any
-    # position at all: page tokens are not signed.
+    # Tokens shaped like the service's for a request without filters, holding any position
+    # at all, under a forged signature.
     st.builds(
         lambda after: encode_page_token({"after": after}, None),
         st.one_of(json_values, user_ids),

@@ -20,7 +20,7 @@ from google.protobuf import duration_pb2
 
 from auth_service.crypto import Keyring
 from auth_service.domain.models import SessionState
-from auth_service.domain.sessions import MFA_CLAIM_SECONDS
+from auth_service.services.connect import MFA_CLAIM_SECONDS
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.session_proto import tokens_to_proto

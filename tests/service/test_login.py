@@ -12,8 +12,8 @@ import grpc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from auth_service.config import LoginSettings
 from auth_service.crypto import Keyring
+from auth_service.domain.policies import LoginSettings
 from auth_service.storage.database import create_engine_for
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox

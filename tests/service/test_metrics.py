@@ -15,8 +15,8 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from auth_service.clock import FakeClock
 from auth_service.config import MetricsSettings
+from auth_service.domain.clock import FakeClock
 from auth_service.domain.events import current_listener
 from auth_service.metrics.service import go_code_name
 from auth_service.metrics.upstream import endpoint_template, observe_upstream_send

@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine
 
-from auth_service.clock import DatabaseClock, FakeClock, SystemClock, clock_for
+from auth_service.domain.clock import FakeClock, SystemClock
+from auth_service.storage.clock import DatabaseClock, clock_for
 from auth_service.storage.database import create_engine_for
 
 on_postgresql = pytest.mark.parametrize("backend", ["postgresql"])

@@ -1,4 +1,4 @@
-"""Alembic migrations (migrations/, auth_service.storage.maintenance) on both backends."""
+"""Alembic migrations (migrations/, auth_service.storage.schema) on both backends."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Engine, inspect, text
 
 from auth_service.storage.database import create_engine_for
-from auth_service.storage.maintenance import (
+from auth_service.storage.models import Base
+from auth_service.storage.schema import (
     SchemaDriftError,
     check_no_drift,
     current_revision,
@@ -20,7 +21,6 @@ from auth_service.storage.maintenance import (
     migrations_directory,
     upgrade_to_head,
 )
-from auth_service.storage.models import Base
 from tests.fixtures.database import pg_dump, table_names
 
 MODEL_TABLES = {table.name for table in Base.metadata.sorted_tables}

@@ -1,4 +1,4 @@
-"""Online key rotation (maintenance.rotate_keys) on both backends."""
+"""Online key rotation (key_rotation.rotate_keys) on both backends."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from auth_service.domain.models import (
     PendingMfa,
     SessionState,
 )
-from auth_service.storage.maintenance import rotate_keys
+from auth_service.storage.key_rotation import rotate_keys
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
 
@@ -325,7 +325,7 @@ def test_undecryptable_blobs_are_reported_and_left_alone(
             .values(pending_ciphertext=b"\x01\x03old" + b"\x00" * 40)
         )
 
-    with caplog.at_level("INFO", logger="auth_service.storage.maintenance"):
+    with caplog.at_level("INFO", logger="auth_service.storage.key_rotation"):
         report = rotate_keys(engine, new_keyring, batch_size=2)
 
     assert sorted(report.undecryptable_session_user_ids) == ["alice", "bob", "carol"]

@@ -1,4 +1,4 @@
-"""Read models: what a stored row looks like to callers (never a secret)."""
+"""Read models: what a stored session row looks like to callers (never a secret)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from auth_service.domain.models import LeaseView, SessionState, SessionStatusVie
 
 
 class SessionRow(Protocol):
-    """A garmin_authentication_state row: the ORM object, or a plain row the lease
-    repository's Core statements return (same column names, same types)."""
+    """A garmin_authentication_state row as the repositories return it (the columns by
+    name, with these types)."""
 
     @property
     def user_id(self) -> str: ...

@@ -1,4 +1,4 @@
-"""Time sources.
+"""The database's clock.
 
 Which clock rules: the DATABASE's. Every replica decides lease expiry, takeovers and MFA
 challenge expiry against timestamps that other replicas wrote, so they must agree on "now"
@@ -8,8 +8,8 @@ and the database every `resync_seconds` (correcting for half the round trip) and
 the local clock. Replicas then agree to within a few milliseconds plus the drift between
 syncs, whatever their own clocks say.
 
-SQLite runs in this process, on this machine's clock, so SystemClock is the database clock.
-Tests drive time with FakeClock.
+SQLite runs in this process, on this machine's clock, so SystemClock (auth_service.domain.clock)
+is the database clock there.
 """
 
 from __future__ import annotations
@@ -17,39 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from auth_service.domain.clock import Clock, SystemClock
+
 log = logging.getLogger(__name__)
-
-
-class Clock(Protocol):
-    """Something that tells the current UTC time."""
-
-    def now(self) -> datetime: ...
-
-
-class SystemClock:
-    """The machine's clock."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-class FakeClock:
-    """A clock that only moves when told to (tests)."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        self._now += timedelta(seconds=seconds)
 
 
 class DatabaseClock:

@@ -1,0 +1,251 @@
+"""What the use cases need from storage: one transaction's repositories (ports).
+
+auth_service.storage implements them with SQLAlchemy. Repositories never commit: a use case
+opens a transaction (Store.transaction), calls them, and the transaction commits when the
+block ends without an exception. Every change of a session row is one method here, written
+once in storage and used by every path that makes that change.
+
+Repositories seal and open the secrets they store: a use case hands them GarminTokens and
+PendingMfa and gets them back, never ciphertext. SecretUnreadable says a stored secret no key
+opens (unknown key id, tampering, a blob copied into another row).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from auth_service.domain.audit import AuditEventView, LeaseOwner, NewAuditEvent
+from auth_service.domain.models import GarminTokens, PendingMfa, SessionState
+from auth_service.domain.views import SessionRow
+
+
+class SecretUnreadable(Exception):
+    """A stored secret failed to decrypt. The message never contains key material."""
+
+
+@dataclass(frozen=True)
+class GrantedRow:
+    """A row just granted, and whether the grant took over a lease that expired unreleased."""
+
+    row: SessionRow
+    took_over: bool
+
+
+@dataclass(frozen=True, repr=False)
+class MfaChallenge:
+    """A pending MFA challenge as stored (its SSO cookies still sealed)."""
+
+    challenge_id_sha256: str
+    user_id: str
+    failed_attempts: int
+    claimed_until: datetime | None
+    expires_at: datetime
+    sealed_pending: bytes
+
+    def __repr__(self) -> str:
+        return f"MfaChallenge(user_id={self.user_id!r}, <sealed>)"
+
+
+class SessionRepository(Protocol):
+    """The users' session rows (garmin_authentication_state)."""
+
+    def find(self, user_id: str, now: datetime) -> SessionRow | None:
+        """The row as callers see it at `now`: an MFA_PENDING row whose challenge is gone
+        reads as what it settles to (settle_abandoned_mfa), without writing anything."""
+        ...
+
+    def list_page(
+        self, *, after_user_id: str | None, state: SessionState | None, limit: int, now: datetime
+    ) -> list[SessionRow]:
+        """Up to `limit` rows as `find` sees them, by user_id, after `after_user_id`."""
+        ...
+
+    def lock(self, user_id: str) -> SessionRow | None:
+        """The row, locked for this transaction; None when the user has none."""
+        ...
+
+    def lock_or_create(self, user_id: str, now: datetime) -> SessionRow:
+        """The row, locked; created NOT_CONNECTED when the user is new."""
+        ...
+
+    def install_tokens(
+        self, user_id: str, tokens: GarminTokens, now: datetime, *, validated: bool
+    ) -> SessionRow:
+        """Make `tokens` the user's ACTIVE session (login, MFA, import); a live lease ends."""
+        ...
+
+    def mark_mfa_pending(self, user_id: str, now: datetime) -> SessionRow:
+        """A login waits for its MFA code: MFA_PENDING, unless a working session stays ACTIVE."""
+        ...
+
+    def disconnect(self, user_id: str, now: datetime) -> SessionRow | None:
+        """Back to NOT_CONNECTED: secrets wiped, lease ended, sync bookkeeping cleared."""
+        ...
+
+    def store_validation(
+        self, user_id: str, *, version: int, refreshed: GarminTokens | None, now: datetime
+    ) -> SessionRow | None:
+        """Garmin accepted session `version` (refreshed: with these new tokens); None when
+        the row no longer holds that ACTIVE session."""
+        ...
+
+    def invalidate(
+        self, user_id: str, *, version: int, reason: str, now: datetime
+    ) -> SessionRow | None:
+        """Garmin rejected session `version`: AUTH_EXPIRED, secrets wiped, lease ended; None
+        when the row no longer holds that ACTIVE session."""
+        ...
+
+    def settle_abandoned_mfa(self, now: datetime, user_id: str | None = None) -> int:
+        """MFA_PENDING rows whose challenge is gone fall back to what they were before."""
+        ...
+
+    def open_tokens(self, row: SessionRow) -> GarminTokens:
+        """The tokens an ACTIVE row holds; raises SecretUnreadable."""
+        ...
+
+
+class ChallengeRepository(Protocol):
+    """Pending MFA challenges (garmin_mfa_challenge)."""
+
+    def lock(self, challenge_id_sha256: str) -> MfaChallenge | None: ...
+
+    def add(
+        self,
+        challenge_id_sha256: str,
+        user_id: str,
+        pending: PendingMfa,
+        *,
+        expires_at: datetime,
+        now: datetime,
+    ) -> None: ...
+
+    def open_pending(self, challenge: MfaChallenge) -> PendingMfa:
+        """The challenge's SSO cookies and login parameters; raises SecretUnreadable."""
+        ...
+
+    def claim(self, challenge_id_sha256: str, until: datetime) -> None:
+        """Mark the challenge as being submitted to Garmin by this replica until `until`."""
+        ...
+
+    def release_claim(self, challenge_id_sha256: str, *, wrong_code: bool) -> None:
+        """End the claim; with `wrong_code`, count one more failed attempt."""
+        ...
+
+    def delete(self, challenge_id_sha256: str) -> None: ...
+
+    def delete_for_user(self, user_id: str) -> None: ...
+
+    def delete_expired(self, now: datetime) -> int:
+        """Delete every challenge that expired by `now` (their SSO cookies with them)."""
+        ...
+
+
+class ThrottleRepository(Protocol):
+    """Per-user login counters (garmin_login_throttle), shared by every replica."""
+
+    def consume(
+        self, user_id: str, now: datetime, *, limit: int, window: timedelta
+    ) -> timedelta | None:
+        """Count one login attempt; returns how long to wait instead when over the limit."""
+        ...
+
+    def purge_stale(self, now: datetime, window: timedelta) -> int:
+        """Delete counters whose window has ended (or that start in the future)."""
+        ...
+
+
+class LeaseRepository(Protocol):
+    """The lease columns of the session rows, each change one conditional statement.
+
+    A lease is live while its lease_id matches, it has not expired and the session is
+    ACTIVE; every method that names a lease returns None when it is not live.
+    """
+
+    def find(self, user_id: str) -> SessionRow | None: ...
+
+    def find_by_lease(self, lease_id: str, now: datetime) -> SessionRow | None: ...
+
+    def grant(
+        self, user_id: str, *, lease_id: str, holder: str, now: datetime, expires_at: datetime
+    ) -> GrantedRow | None: ...
+
+    def grant_next(
+        self,
+        *,
+        lease_id: str,
+        holder: str,
+        now: datetime,
+        expires_at: datetime,
+        due_before: datetime,
+    ) -> GrantedRow | None: ...
+
+    def renew(self, lease_id: str, *, now: datetime, expires_at: datetime) -> SessionRow | None: ...
+
+    def release(
+        self, lease_id: str, *, now: datetime, synced_through: datetime | None
+    ) -> SessionRow | None: ...
+
+    def store_refreshed(
+        self,
+        lease_id: str,
+        *,
+        user_id: str,
+        tokens: GarminTokens,
+        now: datetime,
+        expected_version: int | None = None,
+    ) -> SessionRow | None: ...
+
+    def invalidate(
+        self, lease_id: str, *, now: datetime, reason: str, expected_version: int | None = None
+    ) -> SessionRow | None: ...
+
+
+class AuditRepository(Protocol):
+    """The audit trail (garmin_audit_event)."""
+
+    def add(self, event: NewAuditEvent) -> None: ...
+
+    def lease_owner(self, lease_id: str) -> LeaseOwner | None: ...
+
+    def list_page(
+        self,
+        *,
+        user_id: str | None,
+        start_time: datetime | None,
+        end_time: datetime | None,
+        after: tuple[datetime, int] | None,
+        oldest_first: bool,
+        limit: int,
+    ) -> list[AuditEventView]: ...
+
+
+class Transaction(Protocol):
+    """The repositories of one open transaction."""
+
+    @property
+    def sessions(self) -> SessionRepository: ...
+    @property
+    def challenges(self) -> ChallengeRepository: ...
+    @property
+    def throttle(self) -> ThrottleRepository: ...
+    @property
+    def leases(self) -> LeaseRepository: ...
+    @property
+    def audit_events(self) -> AuditRepository: ...
+
+
+class Store(Protocol):
+    """Where the service keeps its state."""
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A transaction: committed when the block ends, rolled back when it raises."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractContextManager[Transaction | None]:
+        """A transaction that only one replica at a time gets for `name`; None (and nothing
+        to do) while another replica holds it."""
+        ...

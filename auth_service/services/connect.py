@@ -1,0 +1,222 @@
+"""Connecting a user's Garmin account: Login, SubmitMfa and ImportSession.
+
+Transactions are short and never span a call to Garmin: read what is needed, commit, call
+Garmin, then apply the answer conditionally (the row may have changed meanwhile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from auth_service.domain import audit, validation
+from auth_service.domain.audit import AuditedRpc
+from auth_service.domain.errors import (
+    FieldViolation,
+    LoginRateLimited,
+    MfaChallengeBusy,
+    MfaChallengeNotFound,
+    MfaCodeRejected,
+)
+from auth_service.domain.models import GarminTokens, LoginNeedsMfa, PendingMfa, SessionStatusView
+from auth_service.domain.policies import LoginSettings
+from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.repositories import SecretUnreadable
+from auth_service.domain.views import SessionRow, live_lease, status_view
+from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
+
+log = logging.getLogger(__name__)
+
+# How long one replica may hold a challenge while it submits the code to Garmin.
+MFA_CLAIM_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class LoginAnswer:
+    """What Login answers: a status, plus the challenge when Garmin wants an MFA code."""
+
+    status: SessionStatusView
+    mfa_challenge_id: str | None = None
+    mfa_method: str | None = None
+    mfa_expires_at: datetime | None = None
+
+
+def challenge_digest(challenge_id: str) -> str:
+    """What is stored of a challenge id: a database dump reveals no usable one."""
+    return hashlib.sha256(challenge_id.encode()).hexdigest()
+
+
+class ConnectService:
+    """Login, SubmitMfa, ImportSession."""
+
+    def __init__(
+        self,
+        uow: UnitsOfWork,
+        upstream: GarminUpstream,
+        settings: LoginSettings,
+        garth_token_parser: Callable[[str], GarminTokens],
+    ) -> None:
+        self._uow = uow
+        self._upstream = upstream
+        self._settings = settings
+        self._parse_garth_token = garth_token_parser
+
+    # --- Login -------------------------------------------------------------------------
+
+    def login(self, user_id: str, email: str, password: str) -> LoginAnswer:
+        validation.raise_if_any(
+            validation.check_user_id(user_id),
+            validation.check_email(email),
+            validation.check_password(password),
+        )
+        self._consume_login_attempt(user_id)
+        result = self._upstream.login(email, password)
+        with self._uow() as uow:
+            row = uow.sessions.lock_or_create(user_id, uow.now)
+            uow.challenges.delete_for_user(user_id)  # a new login supersedes any pending one
+            if not isinstance(result, LoginNeedsMfa):
+                status = _connect(uow, row, result.tokens, AuditedRpc.LOGIN, validated=True)
+                return LoginAnswer(status=status)
+            return self._ask_for_mfa(uow, user_id, result.pending)
+
+    def _ask_for_mfa(self, uow: UnitOfWork, user_id: str, pending: PendingMfa) -> LoginAnswer:
+        challenge_id = secrets.token_urlsafe(32)
+        expires_at = uow.now + timedelta(seconds=self._settings.mfa_challenge_ttl_seconds)
+        uow.challenges.add(
+            challenge_digest(challenge_id), user_id, pending, expires_at=expires_at, now=uow.now
+        )
+        row = uow.sessions.mark_mfa_pending(user_id, uow.now)
+        uow.audit.record(AuditedRpc.LOGIN, audit.MFA_REQUIRED, user_id=user_id)
+        return LoginAnswer(
+            status=status_view(row, uow.now),
+            mfa_challenge_id=challenge_id,
+            mfa_method=pending.mfa_method,
+            mfa_expires_at=expires_at,
+        )
+
+    def _consume_login_attempt(self, user_id: str) -> None:
+        refusal: LoginRateLimited | None = None
+        with self._uow() as uow:
+            wait = uow.throttle.consume(
+                user_id,
+                uow.now,
+                limit=self._settings.limit,
+                window=timedelta(seconds=self._settings.window_seconds),
+            )
+            if wait is not None:
+                refusal = LoginRateLimited(
+                    f"too many logins for this user; retry in {wait.total_seconds():.0f}s",
+                    retry_after_seconds=wait.total_seconds(),
+                )
+                uow.audit.record(AuditedRpc.LOGIN, audit.outcome_of(refusal), user_id=user_id)
+        if refusal is not None:
+            raise refusal
+
+    # --- SubmitMfa ---------------------------------------------------------------------
+
+    def submit_mfa(self, mfa_challenge_id: str, code: str) -> SessionStatusView:
+        validation.raise_if_any(
+            validation.check_opaque_id(mfa_challenge_id, "mfa_challenge_id"),
+            validation.check_mfa_code(code),
+        )
+        digest = challenge_digest(mfa_challenge_id)
+        user_id, pending, claimed_until = self._claim_challenge(digest)
+        try:
+            tokens = self._upstream.resume_mfa(pending, code)
+        except MfaCodeRejected as rejected:
+            self._count_wrong_code(digest, claimed_until, rejected)
+            raise
+        except BaseException:
+            self._release_claim(digest, claimed_until)
+            raise
+        with self._uow() as uow:
+            challenge = uow.challenges.lock(digest)
+            if challenge is None or challenge.claimed_until != claimed_until:
+                # Deleted or superseded while Garmin answered: the user's newer intent wins.
+                raise MfaChallengeNotFound("the MFA challenge was superseded or deleted")
+            uow.challenges.delete(digest)
+            row = uow.sessions.lock_or_create(user_id, uow.now)
+            return _connect(uow, row, tokens, AuditedRpc.SUBMIT_MFA, validated=True)
+
+    def _claim_challenge(self, digest: str) -> tuple[str, PendingMfa, datetime]:
+        """Take the challenge for one submission; refusals still commit what they drop."""
+        refusal: MfaChallengeNotFound | MfaChallengeBusy
+        with self._uow() as uow:
+            challenge = uow.challenges.lock(digest)
+            if challenge is None or challenge.expires_at <= uow.now:
+                if challenge is not None:
+                    uow.challenges.delete(digest)
+                    uow.sessions.settle_abandoned_mfa(uow.now, challenge.user_id)
+                refusal = MfaChallengeNotFound(
+                    "no such MFA challenge (expired, used or superseded)"
+                )
+            elif challenge.claimed_until is not None and challenge.claimed_until > uow.now:
+                refusal = MfaChallengeBusy("another SubmitMfa for this challenge is in progress")
+            else:
+                try:
+                    pending = uow.challenges.open_pending(challenge)
+                except SecretUnreadable:
+                    log.exception("MFA challenge failed to decrypt; dropping it")
+                    uow.challenges.delete(digest)
+                    refusal = MfaChallengeNotFound("no such MFA challenge")
+                else:
+                    claimed_until = uow.now + timedelta(seconds=MFA_CLAIM_SECONDS)
+                    uow.challenges.claim(digest, claimed_until)
+                    return challenge.user_id, pending, claimed_until
+        raise refusal
+
+    def _count_wrong_code(
+        self, digest: str, claimed_until: datetime, rejected: MfaCodeRejected
+    ) -> None:
+        with self._uow() as uow:
+            challenge = uow.challenges.lock(digest)
+            if challenge is None or challenge.claimed_until != claimed_until:
+                return
+            uow.challenges.release_claim(digest, wrong_code=True)
+            uow.audit.record(
+                AuditedRpc.SUBMIT_MFA, audit.outcome_of(rejected), user_id=challenge.user_id
+            )
+            if challenge.failed_attempts + 1 >= self._settings.mfa_max_wrong_codes:
+                uow.challenges.delete(digest)
+                uow.sessions.settle_abandoned_mfa(uow.now, challenge.user_id)
+
+    def _release_claim(self, digest: str, claimed_until: datetime) -> None:
+        with self._uow() as uow:
+            challenge = uow.challenges.lock(digest)
+            if challenge is not None and challenge.claimed_until == claimed_until:
+                uow.challenges.release_claim(digest, wrong_code=False)
+
+    # --- ImportSession -----------------------------------------------------------------
+
+    def import_session(
+        self, user_id: str, *, tokens: GarminTokens | None, garth_token: str | None
+    ) -> SessionStatusView:
+        violations = validation.check_user_id(user_id)
+        if tokens is None and garth_token is None:
+            violations.append(FieldViolation("source", "set session or garth_token"))
+        elif tokens is None and garth_token is not None:
+            try:
+                tokens = self._parse_garth_token(garth_token)
+            except ValueError as exc:
+                violations.append(FieldViolation("garth_token", str(exc)))
+        validation.raise_if_any(violations)
+        assert tokens is not None
+        with self._uow() as uow:
+            row = uow.sessions.lock_or_create(user_id, uow.now)
+            uow.challenges.delete_for_user(user_id)
+            return _connect(uow, row, tokens, AuditedRpc.IMPORT_SESSION, validated=False)
+
+
+def _connect(
+    uow: UnitOfWork, locked: SessionRow, tokens: GarminTokens, rpc: AuditedRpc, *, validated: bool
+) -> SessionStatusView:
+    """Make `tokens` the user's ACTIVE session (Login, SubmitMfa, ImportSession) and record
+    it in the same transaction, naming the live lease it ended, if any."""
+    ended = live_lease(locked, uow.now)
+    row = uow.sessions.install_tokens(locked.user_id, tokens, uow.now, validated=validated)
+    uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=ended)
+    return status_view(row, uow.now)

@@ -1,0 +1,260 @@
+"""The lease protocol: workers borrow a user's Garmin session, one holder at a time.
+
+Every grant, renewal, release and report is one short unit of work around one conditional
+statement (auth_service.domain.repositories.LeaseRepository). Garmin is only ever called
+between transactions (auth_service.services.central_refresh): no row lock or open transaction
+is held across an HTTP call.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import datetime, timedelta
+
+from auth_service.domain import audit
+from auth_service.domain.audit import AuditedRpc, LeaseRef
+from auth_service.domain.errors import (
+    FieldViolation,
+    GarminSessionRejected,
+    LeaseHeld,
+    LeaseLost,
+    SessionNotActive,
+    SessionNotFound,
+)
+from auth_service.domain.events import service_events
+from auth_service.domain.models import (
+    GarminTokens,
+    LeaseGrant,
+    LeaseView,
+    SessionState,
+    SessionStatusView,
+)
+from auth_service.domain.policies import LeaseSettings
+from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.repositories import GrantedRow
+from auth_service.domain.validation import (
+    check_duration,
+    check_holder,
+    check_opaque_id,
+    check_reason,
+    check_user_id,
+    raise_if_any,
+)
+from auth_service.domain.views import SessionRow, live_lease, status_view
+from auth_service.services.central_refresh import CentralRefresh, Granted
+from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
+
+log = logging.getLogger(__name__)
+
+MAX_MIN_SYNC_INTERVAL = timedelta(days=30)
+# LeaseNextSession skips at most this many due sessions that Garmin rejects in one call.
+MAX_REJECTED_SKIPS = 5
+# A worker's clock may run a little ahead of ours; a synced_through further ahead is a bug.
+SYNCED_THROUGH_SKEW = timedelta(minutes=5)
+# Bytes of randomness in a lease id: token_urlsafe(24) gives 32 URL-safe characters.
+LEASE_ID_BYTES = 24
+# A refused grant is re-read to say why; if the lease vanished in between, try again.
+_GRANT_ATTEMPTS = 3
+
+
+def new_lease_id() -> str:
+    return secrets.token_urlsafe(LEASE_ID_BYTES)
+
+
+class LeaseService:
+    """LeaseSession, LeaseNextSession, RenewLease, ReleaseLease, Report{Refreshed,Invalidated}."""
+
+    def __init__(self, uow: UnitsOfWork, upstream: GarminUpstream, settings: LeaseSettings) -> None:
+        self._uow = uow
+        self._settings = settings
+        self._refresh = CentralRefresh(uow, upstream)
+
+    # --- grants ------------------------------------------------------------------------
+
+    def lease_session(self, user_id: str, holder: str, ttl: timedelta | None) -> LeaseGrant:
+        """Lease one user's ACTIVE session (refreshing its token first when needed)."""
+        raise_if_any(check_user_id(user_id), check_holder(holder), self._ttl_violations(ttl))
+        lifetime = self._lifetime(ttl)
+        for _ in range(_GRANT_ATTEMPTS):
+            with self._uow() as uow:
+                lease_id, expires_at = new_lease_id(), uow.now + lifetime
+                grant = uow.leases.grant(
+                    user_id, lease_id=lease_id, holder=holder, now=uow.now, expires_at=expires_at
+                )
+                if grant is None:
+                    _raise_refusal(uow.leases.find(user_id), uow.now)
+                    continue
+                granted = _granted(uow, grant, AuditedRpc.LEASE_SESSION)
+            return self._refresh.hand_out(granted)
+        # The lease kept changing hands between our grant and our look at it.
+        raise LeaseHeld("the session is leased by another holder; try again shortly")
+
+    def lease_next_session(
+        self, holder: str, ttl: timedelta | None, min_sync_interval: timedelta | None
+    ) -> LeaseGrant | None:
+        """Lease the most overdue ACTIVE session; None when nothing is due."""
+        raise_if_any(
+            check_holder(holder),
+            self._ttl_violations(ttl),
+            check_duration(
+                min_sync_interval,
+                "min_sync_interval",
+                minimum=timedelta(0),
+                maximum=MAX_MIN_SYNC_INTERVAL,
+            ),
+        )
+        lifetime = self._lifetime(ttl)
+        # A due session whose central refresh Garmin rejects is invalidated and skipped: the
+        # worker asked for "the next session", not for that user, so it gets the next one.
+        for _ in range(MAX_REJECTED_SKIPS):
+            with self._uow() as uow:
+                grant = uow.leases.grant_next(
+                    lease_id=new_lease_id(),
+                    holder=holder,
+                    now=uow.now,
+                    expires_at=uow.now + lifetime,
+                    due_before=uow.now - (min_sync_interval or timedelta(0)),
+                )
+                if grant is None:
+                    return None
+                granted = _granted(uow, grant, AuditedRpc.LEASE_NEXT_SESSION)
+            try:
+                return self._refresh.hand_out(granted)
+            except GarminSessionRejected:
+                log.info("due session rejected by Garmin at refresh; leasing the next one")
+        return None
+
+    # --- the holder's calls ----------------------------------------------------------
+
+    def renew_lease(self, lease_id: str, ttl: timedelta | None) -> LeaseView:
+        """Extend a live lease to now + ttl."""
+        raise_if_any(check_opaque_id(lease_id, "lease_id"), self._ttl_violations(ttl))
+        with self._uow() as uow:
+            row = uow.leases.renew(lease_id, now=uow.now, expires_at=uow.now + self._lifetime(ttl))
+            lease = _live_lease(row, uow.now)
+            uow.audit.record(AuditedRpc.RENEW_LEASE, audit.OK, user_id=lease.user_id, lease=lease)
+            return lease
+
+    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatusView:
+        """End a live lease; synced_through set means the sync succeeded up to then."""
+        raise_if_any(
+            check_opaque_id(lease_id, "lease_id"),
+            _synced_through_violations(synced_through, self._uow.now()),
+        )
+        with self._uow() as uow:
+            row = uow.leases.release(lease_id, now=uow.now, synced_through=synced_through)
+            if row is None:
+                raise _lease_lost()
+            lease = LeaseRef(lease_id, row.fencing_token)
+            uow.audit.record(AuditedRpc.RELEASE_LEASE, audit.OK, user_id=row.user_id, lease=lease)
+            return status_view(row, uow.now)
+
+    def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> SessionStatusView:
+        """Store tokens the holder's garth refreshed. Only a live lease's holder may."""
+        raise_if_any(check_opaque_id(lease_id, "lease_id"))
+        with self._uow() as uow:
+            # The ciphertext is bound to the user's row: find the user the lease names, then
+            # store conditionally (the UPDATE re-checks the lease and the user, so a lease
+            # that died in between changes nothing).
+            leased = uow.leases.find_by_lease(lease_id, uow.now)
+            row = None
+            if leased is not None:
+                row = uow.leases.store_refreshed(
+                    lease_id, user_id=leased.user_id, tokens=tokens, now=uow.now
+                )
+            if row is not None:
+                lease = LeaseRef(lease_id, row.fencing_token)
+                uow.audit.record(
+                    AuditedRpc.REPORT_REFRESHED, audit.OK, user_id=row.user_id, lease=lease
+                )
+                log.debug("refreshed tokens stored for user %s by its lease holder", row.user_id)
+                return status_view(row, uow.now)
+            # A holder without a live lease tried to store tokens: recorded, committed, answered.
+            uow.audit.record_lease_lost(AuditedRpc.REPORT_REFRESHED, lease_id)
+        raise _lease_lost()
+
+    def report_invalidated(self, lease_id: str, reason: str) -> SessionStatusView:
+        """Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended."""
+        raise_if_any(check_opaque_id(lease_id, "lease_id"), check_reason(reason))
+        with self._uow() as uow:
+            row = uow.leases.invalidate(lease_id, now=uow.now, reason=reason)
+            if row is not None:
+                lease = LeaseRef(lease_id, row.fencing_token)
+                uow.audit.record(
+                    AuditedRpc.REPORT_INVALIDATED, audit.OK, user_id=row.user_id, lease=lease
+                )
+                log.info("session of user %s invalidated by its lease holder", row.user_id)
+                return status_view(row, uow.now)
+            # A holder without a live lease tried to end the session: recorded, committed,
+            # answered.
+            uow.audit.record_lease_lost(AuditedRpc.REPORT_INVALIDATED, lease_id)
+        raise _lease_lost()
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _ttl_violations(self, ttl: timedelta | None) -> list[FieldViolation]:
+        return check_duration(
+            ttl,
+            "ttl",
+            minimum=timedelta(seconds=self._settings.min_ttl),
+            maximum=timedelta(seconds=self._settings.max_ttl),
+        )
+
+    def _lifetime(self, ttl: timedelta | None) -> timedelta:
+        return ttl if ttl is not None else timedelta(seconds=self._settings.default_ttl)
+
+
+def _granted(uow: UnitOfWork, grant: GrantedRow, rpc: AuditedRpc) -> Granted:
+    """Views of a freshly granted row, built inside its transaction, which also records the
+    grant."""
+    row = grant.row
+    if grant.took_over:
+        # The row still named a lease that expired without being released.
+        service_events().lease_taken_over()
+    lease = _live_lease(row, uow.now)
+    if row.session_ciphertext is None:
+        # An ACTIVE row always holds a session; if not, no token can be handed out.
+        raise SessionNotActive("the session holds no tokens; log in again")
+    tokens = uow.sessions.open_tokens(row)
+    uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=lease)
+    log.debug("lease granted on user %s (fencing token %d)", row.user_id, row.fencing_token)
+    return Granted(
+        grant=LeaseGrant(lease=lease, tokens=tokens, status=status_view(row, uow.now)),
+        session_version=row.session_version,
+        rpc=rpc,
+    )
+
+
+def _live_lease(row: SessionRow | None, now: datetime) -> LeaseView:
+    lease = None if row is None else live_lease(row, now)
+    if lease is None:
+        raise _lease_lost()
+    return lease
+
+
+def _lease_lost() -> LeaseLost:
+    return LeaseLost("the lease is expired, released, taken over or unknown")
+
+
+def _raise_refusal(row: SessionRow | None, now: datetime) -> None:
+    """Say why a grant was refused; return only if it should simply be retried."""
+    if row is None or row.state is SessionState.NOT_CONNECTED:
+        raise SessionNotFound("no Garmin session is stored for this user")
+    if row.state is not SessionState.ACTIVE:
+        raise SessionNotActive(f"the session is {row.state.value}, not ACTIVE")
+    lease = live_lease(row, now)
+    if lease is not None:
+        raise LeaseHeld(
+            f"the session is leased by {lease.holder!r} until {lease.expires_at.isoformat()}"
+        )
+
+
+def _synced_through_violations(value: datetime | None, now: datetime) -> list[FieldViolation]:
+    if value is None:
+        return []
+    if value.tzinfo is None:
+        return [FieldViolation("synced_through", "must carry a time zone")]
+    if value > now + SYNCED_THROUGH_SKEW:
+        return [FieldViolation("synced_through", "must not be in the future")]
+    return []

@@ -1,0 +1,134 @@
+"""Looking after stored sessions: GetStatus (with Garmin's opinion on request), DeleteSession
+and ListSessions.
+
+Reads only read: an MFA_PENDING row whose challenge is gone is shown as what it settles to
+(the repositories derive it; housekeeping writes it). GetStatus with validate calls Garmin
+between two transactions and stores the answer only if the session is still the one asked
+about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from auth_service.domain import audit, validation
+from auth_service.domain.audit import AuditedRpc
+from auth_service.domain.errors import GarminSessionRejected, LeaseHeld, SessionNotActive
+from auth_service.domain.models import GarminTokens, SessionState, SessionStatusView
+from auth_service.domain.paging import Pager, check_page_size
+from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.views import live_lease, status_view
+from auth_service.services.unit_of_work import UnitsOfWork
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    """One page of ListSessions."""
+
+    sessions: list[SessionStatusView]
+    next_page_token: str
+
+
+class SessionAdmin:
+    """GetStatus, DeleteSession, ListSessions."""
+
+    def __init__(self, uow: UnitsOfWork, upstream: GarminUpstream, pager: Pager) -> None:
+        self._uow = uow
+        self._upstream = upstream
+        self._pager = pager
+
+    # --- GetStatus ---------------------------------------------------------------------
+
+    def get_status(self, user_id: str, *, validate: bool) -> SessionStatusView:
+        validation.raise_if_any(validation.check_user_id(user_id))
+        with self._uow() as uow:
+            row = uow.sessions.find(user_id, uow.now)
+            if row is None:
+                return SessionStatusView(user_id=user_id, state=SessionState.NOT_CONNECTED)
+            if not validate:
+                return status_view(row, uow.now)
+            if row.state != SessionState.ACTIVE or row.session_ciphertext is None:
+                raise SessionNotActive(f"the session is {row.state.value}; nothing to validate")
+            tokens = uow.sessions.open_tokens(row)
+            version, lease, now = row.session_version, live_lease(row, uow.now), uow.now
+        if lease is not None and tokens.oauth2.expires_at <= now:
+            raise LeaseHeld(
+                f"the session is leased by {lease.holder!r} until {lease.expires_at.isoformat()} "
+                "and its access token needs a refresh, which belongs to the lease holder"
+            )
+        try:
+            current = self._upstream.validate(tokens, allow_refresh=lease is None)
+        except GarminSessionRejected as exc:
+            return self._apply_validation(user_id, version, None, rejected=exc.message)
+        return self._apply_validation(user_id, version, current if current is not tokens else None)
+
+    def _apply_validation(
+        self,
+        user_id: str,
+        version: int,
+        refreshed: GarminTokens | None,
+        *,
+        rejected: str | None = None,
+    ) -> SessionStatusView:
+        with self._uow() as uow:
+            locked = uow.sessions.lock(user_id)
+            assert locked is not None  # rows are never deleted
+            if locked.session_version != version or locked.state != SessionState.ACTIVE:
+                # Changed since we read it: Garmin's answer is about a session that is gone.
+                return status_view(locked, uow.now)
+            ended = None
+            if rejected is not None:
+                ended = live_lease(locked, uow.now)  # invalidating ends it
+                row = uow.sessions.invalidate(
+                    user_id, version=version, reason=f"validation: {rejected}", now=uow.now
+                )
+                outcome = audit.SESSION_INVALIDATED
+            else:
+                row = uow.sessions.store_validation(
+                    user_id, version=version, refreshed=refreshed, now=uow.now
+                )
+                outcome = audit.OK if refreshed is None else audit.SESSION_REFRESHED
+            assert row is not None  # locked above with this very version
+            uow.audit.record(AuditedRpc.GET_STATUS, outcome, user_id=user_id, lease=ended)
+            return status_view(row, uow.now)
+
+    # --- DeleteSession -----------------------------------------------------------------
+
+    def delete_session(self, user_id: str) -> None:
+        validation.raise_if_any(validation.check_user_id(user_id))
+        with self._uow() as uow:
+            uow.challenges.delete_for_user(user_id)
+            locked = uow.sessions.lock(user_id)
+            if locked is None:
+                return
+            ended = live_lease(locked, uow.now)
+            uow.sessions.disconnect(user_id, uow.now)
+            uow.audit.record(AuditedRpc.DELETE_SESSION, audit.OK, user_id=user_id, lease=ended)
+
+    # --- ListSessions ------------------------------------------------------------------
+
+    def list_sessions(
+        self, *, page_size: int, page_token: str, state: SessionState | None
+    ) -> SessionPage:
+        validation.raise_if_any(check_page_size(page_size))
+        fingerprint = state.value if state else None
+        request = self._pager.request(page_size, page_token, fingerprint, _after_user_id)
+        with self._uow() as uow:
+            rows = uow.sessions.list_page(
+                after_user_id=request.after, state=state, limit=request.fetch, now=uow.now
+            )
+            views = [status_view(row, uow.now) for row in rows]
+        shown, next_token = self._pager.page(views, request, fingerprint, _position)
+        return SessionPage(sessions=shown, next_page_token=next_token)
+
+
+def _after_user_id(position: dict[str, Any]) -> str:
+    after = position["after"]
+    if not isinstance(after, str):
+        raise TypeError("the position is not a user id")
+    return after
+
+
+def _position(view: SessionStatusView) -> dict[str, Any]:
+    return {"after": view.user_id}

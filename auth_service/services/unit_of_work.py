@@ -1,0 +1,119 @@
+"""The one way a use case touches storage: a unit of work.
+
+`with self._uow() as uow:` opens one transaction and binds to it, once, what every use case
+repeated around it: the time the decision is made at (`uow.now`), the repositories, and the
+audit trail (`uow.audit.record(...)` writes an event in that very transaction, so an event
+exists if and only if its change was committed; auth_service.domain.audit has the rules).
+
+"Now" is read before the transaction opens: reading the database's clock may need a
+connection of its own, which must never wait for one held by a transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from auth_service.domain import audit
+from auth_service.domain.audit import AuditedRpc, LeaseRef, NewAuditEvent, Outcome
+from auth_service.domain.clock import Clock
+from auth_service.domain.models import LeaseView
+from auth_service.domain.repositories import (
+    AuditRepository,
+    ChallengeRepository,
+    LeaseRepository,
+    SessionRepository,
+    Store,
+    ThrottleRepository,
+    Transaction,
+)
+
+
+class AuditTrail:
+    """Writes audit events in one transaction, at its time, naming the RPC's caller."""
+
+    def __init__(self, events: AuditRepository, now: datetime) -> None:
+        self._events = events
+        self._now = now
+
+    def record(
+        self,
+        rpc: AuditedRpc,
+        outcome: Outcome,
+        *,
+        user_id: str | None,
+        lease: LeaseView | LeaseRef | None = None,
+    ) -> None:
+        self._events.add(
+            NewAuditEvent(
+                occurred_at=self._now,
+                caller=audit.caller_name(),
+                rpc=rpc.value,
+                user_id=user_id,
+                outcome_code=outcome.code,
+                outcome_reason=outcome.reason,
+                lease_id=lease.lease_id if lease else None,
+                fencing_token=lease.fencing_token if lease else None,
+            )
+        )
+
+    def record_lease_lost(self, rpc: AuditedRpc, lease_id: str) -> None:
+        """A LEASE_LOST refusal, named by the lease's grant event when the lease was ours.
+
+        A presented lease id that no kept event names is not recorded (it may not be ours at
+        all, and nothing the caller sends is stored unless the service issued it).
+        """
+        owner = self._events.lease_owner(lease_id)
+        self.record(
+            rpc,
+            audit.LEASE_LOST,
+            user_id=owner.user_id if owner else None,
+            lease=LeaseRef(lease_id, owner.fencing_token) if owner else None,
+        )
+
+
+class UnitOfWork:
+    """One transaction: its time, its repositories and its audit trail."""
+
+    def __init__(self, transaction: Transaction, now: datetime) -> None:
+        self.now = now
+        self._transaction = transaction
+        self.audit = AuditTrail(transaction.audit_events, now)
+
+    @property
+    def sessions(self) -> SessionRepository:
+        return self._transaction.sessions
+
+    @property
+    def challenges(self) -> ChallengeRepository:
+        return self._transaction.challenges
+
+    @property
+    def throttle(self) -> ThrottleRepository:
+        return self._transaction.throttle
+
+    @property
+    def leases(self) -> LeaseRepository:
+        return self._transaction.leases
+
+    @property
+    def audit_events(self) -> AuditRepository:
+        return self._transaction.audit_events
+
+
+class UnitsOfWork:
+    """Opens units of work on one store, timed by one clock."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+
+    @contextmanager
+    def __call__(self) -> Iterator[UnitOfWork]:
+        now = self.clock.now()
+        with self.store.transaction() as transaction:
+            yield UnitOfWork(transaction, now)
+
+    def now(self) -> datetime:
+        return self.clock.now()

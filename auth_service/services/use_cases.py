@@ -1,0 +1,50 @@
+"""Every use case of one replica, built from the ports the composition root hands in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from auth_service.domain.clock import Clock
+from auth_service.domain.models import GarminTokens
+from auth_service.domain.paging import Pager
+from auth_service.domain.policies import LeaseSettings, LoginSettings
+from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.repositories import Store
+from auth_service.services.audit_log import AuditLog
+from auth_service.services.connect import ConnectService
+from auth_service.services.housekeeping import Housekeeping
+from auth_service.services.leases import LeaseService
+from auth_service.services.session_admin import SessionAdmin
+from auth_service.services.unit_of_work import UnitsOfWork
+
+
+@dataclass(frozen=True)
+class UseCases:
+    """What the gRPC servicer (and the background housekeeper) call."""
+
+    connect: ConnectService
+    sessions: SessionAdmin
+    leases: LeaseService
+    audit_log: AuditLog
+    housekeeping: Housekeeping
+
+
+def build_use_cases(
+    store: Store,
+    clock: Clock,
+    upstream: GarminUpstream,
+    pager: Pager,
+    *,
+    login: LoginSettings,
+    leases: LeaseSettings,
+    garth_token_parser: Callable[[str], GarminTokens],
+) -> UseCases:
+    uow = UnitsOfWork(store, clock)
+    return UseCases(
+        connect=ConnectService(uow, upstream, login, garth_token_parser),
+        sessions=SessionAdmin(uow, upstream, pager),
+        leases=LeaseService(uow, upstream, leases),
+        audit_log=AuditLog(uow, pager),
+        housekeeping=Housekeeping(store, clock, login),
+    )

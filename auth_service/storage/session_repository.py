@@ -1,0 +1,171 @@
+"""The session rows: reads as callers see them, and the connect/disconnect/validate changes.
+
+Implements auth_service.domain.repositories.SessionRepository. Every change is one UPDATE
+built from auth_service.storage.session_rows and returns the row as written; rows that are
+changed after being read are read `FOR UPDATE` (PostgreSQL; SQLite serialises writers
+itself), so concurrent replicas never lose an update. Never commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Row, Select, Update, case, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from auth_service.crypto import DecryptionError
+from auth_service.domain.models import GarminTokens, SessionState
+from auth_service.domain.repositories import SecretUnreadable
+from auth_service.domain.views import SessionRow
+from auth_service.storage import session_rows as rows
+from auth_service.storage.secrets import SecretBox
+from auth_service.storage.upsert import insert_ignoring_conflict
+
+T = rows.T
+_BY_USER = T.c.user_id == rows.USER_ID
+
+_FIND = rows.AS_SEEN.where(_BY_USER)
+_LOCK = T.select().where(_BY_USER).with_for_update()
+_INSTALL = update(T).where(_BY_USER).values(rows.INSTALLED).returning(*T.c)
+_MFA_PENDING = (
+    update(T)
+    .where(_BY_USER)
+    .values(
+        # A working session stays in force until the new login completes.
+        state=case((T.c.state == rows.ACTIVE, T.c.state), else_=SessionState.MFA_PENDING),
+        updated_at=rows.NOW,
+    )
+    .returning(*T.c)
+)
+_DISCONNECT = update(T).where(_BY_USER).values(rows.DISCONNECTED).returning(*T.c)
+# GetStatus(validate): Garmin's answer is about session p_version; a login or import that
+# landed meanwhile wins.
+_AT_VERSION = (_BY_USER, T.c.session_version == rows.VERSION, T.c.state == rows.ACTIVE)
+_VALIDATED = update(T).where(*_AT_VERSION).values(rows.VALIDATED).returning(*T.c)
+_REFRESHED = update(T).where(*_AT_VERSION).values(rows.REFRESHED).returning(*T.c)
+_INVALIDATE = update(T).where(*_AT_VERSION).values(rows.INVALIDATED).returning(*T.c)
+_SETTLE = (
+    update(T)
+    .where(rows.ABANDONED_MFA)
+    .values(state=rows.SETTLED_STATE, updated_at=rows.NOW)
+    .execution_options(synchronize_session=False)
+)
+
+
+class SqlSessionRepository:
+    """The garmin_authentication_state rows on one SQLAlchemy session."""
+
+    def __init__(self, session: Session, box: SecretBox) -> None:
+        self.session = session
+        self.box = box
+
+    # --- reads -------------------------------------------------------------------------
+
+    def find(self, user_id: str, now: datetime) -> SessionRow | None:
+        return self._one(_FIND, p_user_id=user_id, p_now=now)
+
+    def list_page(
+        self, *, after_user_id: str | None, state: SessionState | None, limit: int, now: datetime
+    ) -> list[SessionRow]:
+        """Keyset pagination by user_id: stable under inserts."""
+        query = rows.AS_SEEN.order_by(T.c.user_id)
+        if after_user_id is not None:
+            query = query.where(T.c.user_id > after_user_id)
+        if state is not None:
+            query = query.where(rows.seen_in(state))
+        result = self.session.execute(query.limit(limit), {"p_now": now}).all()
+        return cast("list[SessionRow]", result)
+
+    def lock(self, user_id: str) -> SessionRow | None:
+        return self._one(_LOCK, p_user_id=user_id)
+
+    def lock_or_create(self, user_id: str, now: datetime) -> SessionRow:
+        insert_ignoring_conflict(
+            self.session,
+            T,
+            {
+                "user_id": user_id,
+                "state": SessionState.NOT_CONNECTED,
+                "session_version": 0,
+                "fencing_token": 0,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        row = self.lock(user_id)
+        assert row is not None  # inserted above or by a racing replica; rows are never deleted
+        return row
+
+    def open_tokens(self, row: SessionRow) -> GarminTokens:
+        if row.session_ciphertext is None:
+            raise SecretUnreadable("the row holds no session")
+        try:
+            return self.box.open_tokens(row.user_id, row.session_ciphertext)
+        except DecryptionError as exc:
+            raise SecretUnreadable(str(exc)) from None
+
+    # --- changes -----------------------------------------------------------------------
+
+    def install_tokens(
+        self, user_id: str, tokens: GarminTokens, now: datetime, *, validated: bool
+    ) -> SessionRow:
+        row = self._one(
+            _INSTALL,
+            **self.sealed(user_id, tokens),
+            p_user_id=user_id,
+            p_now=now,
+            p_validated_at=now if validated else None,
+        )
+        assert row is not None  # the use case locked or created it in this transaction
+        return row
+
+    def mark_mfa_pending(self, user_id: str, now: datetime) -> SessionRow:
+        row = self._one(_MFA_PENDING, p_user_id=user_id, p_now=now)
+        assert row is not None  # the use case locked or created it in this transaction
+        return row
+
+    def disconnect(self, user_id: str, now: datetime) -> SessionRow | None:
+        return self._one(_DISCONNECT, p_user_id=user_id, p_now=now)
+
+    def store_validation(
+        self, user_id: str, *, version: int, refreshed: GarminTokens | None, now: datetime
+    ) -> SessionRow | None:
+        params: dict[str, Any] = {"p_user_id": user_id, "p_version": version, "p_now": now}
+        if refreshed is None:
+            return self._one(_VALIDATED, **params)
+        return self._one(_REFRESHED, **params, **self.sealed(user_id, refreshed))
+
+    def invalidate(
+        self, user_id: str, *, version: int, reason: str, now: datetime
+    ) -> SessionRow | None:
+        return self._one(
+            _INVALIDATE,
+            p_user_id=user_id,
+            p_version=version,
+            p_reason=rows.reason_param(reason),
+            p_now=now,
+        )
+
+    def settle_abandoned_mfa(self, now: datetime, user_id: str | None = None) -> int:
+        if user_id is None:
+            result = self.session.execute(_SETTLE, {"p_now": now})
+        else:
+            result = self.session.execute(
+                _SETTLE.where(_BY_USER), {"p_now": now, "p_user_id": user_id}
+            )
+        return cast(CursorResult[Any], result).rowcount or 0
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def sealed(self, user_id: str, tokens: GarminTokens) -> dict[str, Any]:
+        """The parameters that store `tokens` in the user's row (sealed for that row)."""
+        return {
+            "p_ciphertext": self.box.seal_tokens(user_id, tokens),
+            "p_tokens_expire_at": tokens.oauth2.expires_at,
+        }
+
+    def _one(self, statement: Update | Select[Any], **params: Any) -> SessionRow | None:
+        row: Row[Any] | None = self.session.execute(statement, params).first()
+        return cast("SessionRow | None", row)

@@ -1,0 +1,156 @@
+"""Each change of a session row (garmin_authentication_state), written once.
+
+The session and lease repositories build their statements from these: whichever path
+installs tokens, stores refreshed ones, invalidates, disconnects or ends a lease, the row
+ends up the same. Values are bound parameters (`p_*`), so statements are built once, at
+import; the repositories pass the parameters.
+
+How a row reads: an MFA_PENDING row whose challenge is gone (expired, used up, deleted)
+reads as what it settles to, AUTH_EXPIRED when the session had been invalidated and
+NOT_CONNECTED otherwise. Reads show it that way without writing; housekeeping writes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    case,
+    exists,
+    or_,
+    select,
+    type_coerce,
+)
+
+from auth_service.domain.models import SessionState
+from auth_service.storage.models import (
+    REASON_LENGTH,
+    GarminAuthenticationState,
+    GarminMfaChallenge,
+    UTCDateTime,
+)
+
+T: Table = cast(Table, GarminAuthenticationState.__table__)
+_CHALLENGE: Table = cast(Table, GarminMfaChallenge.__table__)
+ACTIVE = SessionState.ACTIVE
+
+# --- bound parameters (typed, so SQLite gets its UTC-normalised timestamps) --------------
+
+NOW = bindparam("p_now", type_=UTCDateTime())
+VALIDATED_AT = bindparam("p_validated_at", type_=UTCDateTime())
+TOKENS_EXPIRE_AT = bindparam("p_tokens_expire_at", type_=UTCDateTime())
+USER_ID = bindparam("p_user_id", type_=T.c.user_id.type)
+LEASE_ID = bindparam("p_lease_id", type_=T.c.lease_id.type)
+CIPHERTEXT = bindparam("p_ciphertext", type_=T.c.session_ciphertext.type)
+VERSION = bindparam("p_version", type_=T.c.session_version.type)
+REASON = bindparam("p_reason", type_=T.c.invalidated_reason.type)
+
+
+def reason_param(reason: str) -> str:
+    """An invalidation reason as stored (the column's width)."""
+    return reason[:REASON_LENGTH]
+
+
+# --- the changes ---------------------------------------------------------------------------
+
+# No lease: its lease_id is dead from now on. fencing_token is deliberately absent: it only
+# ever grows, across delete and re-login.
+ENDED_LEASE: dict[str, Any] = {
+    "lease_id": None,
+    "lease_holder": None,
+    "lease_acquired_at": None,
+    "lease_expires_at": None,
+}
+
+# Login, SubmitMfa, ImportSession: the newest credentials win, so a live lease on the old
+# session ends and its holder's later reports answer LEASE_LOST. p_validated_at is now for a
+# login (Garmin just issued the tokens), NULL for an import.
+INSTALLED: dict[str, Any] = {
+    **ENDED_LEASE,
+    "state": ACTIVE,
+    "session_ciphertext": CIPHERTEXT,
+    "session_version": T.c.session_version + 1,
+    "access_token_expires_at": TOKENS_EXPIRE_AT,
+    "last_validated_at": VALIDATED_AT,
+    "invalidated_reason": None,
+    "invalidated_at": None,
+    "updated_at": NOW,
+}
+
+# Garmin accepted the session (GetStatus with validate, or a refresh that just worked).
+VALIDATED: dict[str, Any] = {"last_validated_at": NOW, "updated_at": NOW}
+
+# Refreshed tokens replace the stored ones (holder's report, central refresh, validation).
+REFRESHED: dict[str, Any] = {
+    **VALIDATED,
+    "session_ciphertext": CIPHERTEXT,
+    "session_version": T.c.session_version + 1,
+    "access_token_expires_at": TOKENS_EXPIRE_AT,
+}
+
+# Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended.
+INVALIDATED: dict[str, Any] = {
+    **ENDED_LEASE,
+    "state": SessionState.AUTH_EXPIRED,
+    "session_ciphertext": None,
+    "access_token_expires_at": None,
+    "session_version": T.c.session_version + 1,
+    "invalidated_reason": REASON,
+    "invalidated_at": NOW,
+    "updated_at": NOW,
+}
+
+# DeleteSession: the row stays, as NOT_CONNECTED, so fencing tokens keep growing if the user
+# returns. The version grows only when there were tokens to wipe.
+DISCONNECTED: dict[str, Any] = {
+    **ENDED_LEASE,
+    "state": SessionState.NOT_CONNECTED,
+    "session_version": case(
+        (T.c.session_ciphertext.is_not(None), T.c.session_version + 1),
+        else_=T.c.session_version,
+    ),
+    "session_ciphertext": None,
+    "access_token_expires_at": None,
+    "last_validated_at": None,
+    "last_synced_at": None,
+    "synced_through": None,
+    "last_sync_attempt_at": None,
+    "invalidated_reason": None,
+    "invalidated_at": None,
+    "updated_at": NOW,
+}
+
+# --- abandoned MFA -------------------------------------------------------------------------
+
+_LIVE_CHALLENGE = (
+    exists().where(_CHALLENGE.c.user_id == T.c.user_id, _CHALLENGE.c.expires_at > NOW).correlate(T)
+)
+# MFA_PENDING is only ever set while the row holds no working session, so it falls back to
+# what the row was before the login started.
+ABANDONED_MFA: ColumnElement[bool] = and_(T.c.state == SessionState.MFA_PENDING, ~_LIVE_CHALLENGE)
+SETTLED_STATE = case(
+    (T.c.invalidated_at.is_not(None), SessionState.AUTH_EXPIRED.value),
+    else_=SessionState.NOT_CONNECTED.value,
+)
+# The state as callers see it at p_now.
+_seen_state = type_coerce(case((ABANDONED_MFA, SETTLED_STATE), else_=T.c.state), T.c.state.type)
+
+# The row as callers see it: every column, with the state as seen.
+AS_SEEN = select(
+    *(_seen_state.label("state") if column.name == "state" else column for column in T.c)
+)
+
+
+def seen_in(state: SessionState) -> ColumnElement[bool]:
+    """Rows that callers see in `state` at p_now."""
+    return _seen_state == state
+
+
+# Nobody holds a live lease on the row (never leased, released, or expired).
+FREE = or_(T.c.lease_expires_at.is_(None), T.c.lease_expires_at <= NOW)
+# The row is held by exactly this lease, which has not expired, on an ACTIVE session.
+LIVE = and_(T.c.lease_id == LEASE_ID, T.c.lease_expires_at > NOW, T.c.state == ACTIVE)

@@ -1,0 +1,59 @@
+"""The login throttle: implements auth_service.domain.repositories.ThrottleRepository.
+
+One counter per user for a fixed window, shared by every replica. Never commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, delete, or_, select
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from auth_service.storage.models import GarminLoginThrottle
+from auth_service.storage.upsert import insert_ignoring_conflict
+
+
+class SqlThrottleRepository:
+    """Per-user login counters on one SQLAlchemy session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def consume(
+        self, user_id: str, now: datetime, *, limit: int, window: timedelta
+    ) -> timedelta | None:
+        insert_ignoring_conflict(
+            self.session,
+            cast(Table, GarminLoginThrottle.__table__),
+            {"user_id": user_id, "window_started_at": now, "attempts": 0},
+        )
+        row = self.session.scalars(
+            select(GarminLoginThrottle)
+            .where(GarminLoginThrottle.user_id == user_id)
+            .with_for_update()
+        ).one()
+        elapsed = now - row.window_started_at
+        # A window that started "after" our time is the same window: replicas agree on time
+        # only to within milliseconds, and our time was read before we waited for this row.
+        # Only a start a whole window ahead (a clock that was badly wrong) begins a new one.
+        if elapsed >= window or elapsed <= -window:
+            row.window_started_at, row.attempts = now, 0
+        if row.attempts >= limit:
+            return row.window_started_at + window - now
+        row.attempts += 1
+        return None
+
+    def purge_stale(self, now: datetime, window: timedelta) -> int:
+        result = self.session.execute(
+            delete(GarminLoginThrottle).where(
+                # The windows `consume` would start afresh anyway.
+                or_(
+                    GarminLoginThrottle.window_started_at <= now - window,
+                    GarminLoginThrottle.window_started_at >= now + window,
+                )
+            )
+        )
+        return cast(CursorResult[Any], result).rowcount or 0

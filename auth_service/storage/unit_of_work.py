@@ -1,0 +1,84 @@
+"""The SQLAlchemy store: implements auth_service.domain.repositories.Store.
+
+One transaction per `transaction()` block (committed when it ends, rolled back when it
+raises), its repositories bound to it. The composition root builds one SqlStore per replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from auth_service.storage.audit_repository import SqlAuditRepository
+from auth_service.storage.challenge_repository import SqlChallengeRepository
+from auth_service.storage.lease_repository import SqlLeaseRepository
+from auth_service.storage.secrets import SecretBox
+from auth_service.storage.session_repository import SqlSessionRepository
+from auth_service.storage.throttle_repository import SqlThrottleRepository
+
+_TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+
+
+class SqlTransaction:
+    """The repositories of one open SQLAlchemy transaction (built when first used)."""
+
+    def __init__(self, session: Session, box: SecretBox) -> None:
+        self._session = session
+        self._box = box
+
+    @cached_property
+    def sessions(self) -> SqlSessionRepository:
+        return SqlSessionRepository(self._session, self._box)
+
+    @cached_property
+    def challenges(self) -> SqlChallengeRepository:
+        return SqlChallengeRepository(self._session, self._box)
+
+    @cached_property
+    def throttle(self) -> SqlThrottleRepository:
+        return SqlThrottleRepository(self._session)
+
+    @cached_property
+    def leases(self) -> SqlLeaseRepository:
+        return SqlLeaseRepository(self._session, self.sessions)
+
+    @cached_property
+    def audit_events(self) -> SqlAuditRepository:
+        return SqlAuditRepository(self._session)
+
+
+class SqlStore:
+    """Transactions on one database, with the secret box that seals what they store."""
+
+    def __init__(self, db: sessionmaker[Session], box: SecretBox) -> None:
+        self._db = db
+        self._box = box
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTransaction]:
+        with self._db.begin() as session:
+            yield SqlTransaction(session, self._box)
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[SqlTransaction | None]:
+        """PostgreSQL: a transaction-scoped advisory lock, tried without waiting, so of the
+        replicas that try at once exactly one gets it (and it is released at commit, or when
+        a crashed replica's connection closes). SQLite: one process, and BEGIN IMMEDIATE
+        already serialises every writer."""
+        with self._db.begin() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                taken = session.execute(_TRY_LOCK, {"key": advisory_lock_key(name)}).scalar_one()
+                if not taken:
+                    yield None
+                    return
+            yield SqlTransaction(session, self._box)
+
+
+def advisory_lock_key(name: str) -> int:
+    """A stable signed 64-bit key for `name` (PostgreSQL advisory locks take a bigint)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
