@@ -99,8 +99,7 @@ class Pager:
     def issue(self, position: dict[str, Any], filter_fingerprint: object) -> str:
         payload = json.dumps({"position": position, "filter": filter_fingerprint})
         body = base64.urlsafe_b64encode(payload.encode()).decode()
-        signature = base64.urlsafe_b64encode(self._sign(body, self._keys[0])).decode()
-        return body + _SEPARATOR + signature
+        return body + _SEPARATOR + self._sign(body, self._keys[0]).decode()
 
     def _read(self, token: str, filter_fingerprint: object) -> dict[str, Any] | None:
         """The position a token carries; None for the first page (no token)."""
@@ -109,12 +108,13 @@ class Pager:
         if len(token) > MAX_PAGE_TOKEN_LENGTH:
             raise not_ours()
         body, _, signature = token.partition(_SEPARATOR)
+        # Compared as the text it was issued as: one signature has exactly one spelling.
+        presented = signature.encode()
+        if not any(hmac.compare_digest(presented, self._sign(body, k)) for k in self._keys):
+            raise not_ours()
         try:
-            presented = base64.urlsafe_b64decode(signature.encode())
-            if not any(hmac.compare_digest(presented, self._sign(body, k)) for k in self._keys):
-                raise not_ours()
             payload = json.loads(base64.urlsafe_b64decode(body.encode()))
-        except (binascii.Error, ValueError, UnicodeError):
+        except (binascii.Error, ValueError):
             raise not_ours() from None
         if not isinstance(payload, dict) or not isinstance(payload.get("position"), dict):
             raise not_ours()
@@ -127,4 +127,4 @@ class Pager:
 
     @staticmethod
     def _sign(body: str, key: bytes) -> bytes:
-        return hmac.new(key, body.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(hmac.new(key, body.encode(), hashlib.sha256).digest())

@@ -39,7 +39,7 @@ def _say(message: str) -> None:
 
 
 def load_steps() -> list[tuple[str, Callable[[str], object]]]:
-    """The maintenance functions, in order; raises MigrationCheckError naming what is missing."""
+    """The schema functions, in order; raises MigrationCheckError naming what is missing."""
     if importlib.util.find_spec(SCHEMA_MODULE) is None:
         raise MigrationCheckError(f"{SCHEMA_MODULE} does not exist")
     # Imported normally: an error inside the module shows its own traceback.

@@ -61,6 +61,7 @@ def run_cli(
         ("GARMIN_AUTH_LISTEN", "nonsense", "GARMIN_AUTH_LISTEN"),
         ("GARMIN_AUTH_LEASE_MAX_TTL", "soon", "GARMIN_AUTH_LEASE_MAX_TTL"),
         ("GARMIN_AUTH_UPSTREAM_URL", "ftp://x", "GARMIN_AUTH_UPSTREAM_URL"),
+        ("GARMIN_AUTH_HOUSEKEEPING_INTERVAL", "0", "GARMIN_AUTH_HOUSEKEEPING_INTERVAL"),
         ("GARMIN_AUTH_CALLERS_FILE", "", "GARMIN_AUTH_CALLERS_FILE: is required"),
     ],
 )
@@ -94,6 +95,12 @@ def test_development_flag_allows_running_without_callers_file() -> None:
     assert settings.allow_unauthenticated
     with pytest.raises(ConfigError, match="GARMIN_AUTH_CALLERS_FILE"):
         load_settings({**env, "GARMIN_AUTH_ALLOW_UNAUTHENTICATED": "false"})
+
+
+def test_housekeeping_interval_defaults_to_five_minutes(tmp_path: Path) -> None:
+    assert load_settings(base_env(tmp_path)).housekeeping_interval_seconds == 300
+    custom = base_env(tmp_path, GARMIN_AUTH_HOUSEKEEPING_INTERVAL="30")
+    assert load_settings(custom).housekeeping_interval_seconds == 30
 
 
 def test_settings_repr_holds_no_secret(tmp_path: Path) -> None:
