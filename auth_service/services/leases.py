@@ -163,33 +163,22 @@ class LeaseService:
                 row = uow.leases.store_refreshed(
                     lease_id, user_id=leased.user_id, tokens=tokens, now=uow.now
                 )
-            if row is not None:
-                lease = LeaseRef(lease_id, row.fencing_token)
-                uow.audit.record(
-                    AuditedRpc.REPORT_REFRESHED, audit.OK, user_id=row.user_id, lease=lease
-                )
-                log.debug("refreshed tokens stored for user %s by its lease holder", row.user_id)
-                return status_view(row, uow.now)
-            # A holder without a live lease tried to store tokens: recorded, committed, answered.
-            uow.audit.record_lease_lost(AuditedRpc.REPORT_REFRESHED, lease_id)
-        raise _lease_lost()
+            status = _reported(uow, AuditedRpc.REPORT_REFRESHED, lease_id, row)
+        if status is None:
+            raise _lease_lost()
+        log.debug("refreshed tokens stored for user %s by its lease holder", status.user_id)
+        return status
 
     def report_invalidated(self, lease_id: str, reason: str) -> SessionStatusView:
         """Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"), check_reason(reason))
         with self._uow() as uow:
             row = uow.leases.invalidate(lease_id, now=uow.now, reason=reason)
-            if row is not None:
-                lease = LeaseRef(lease_id, row.fencing_token)
-                uow.audit.record(
-                    AuditedRpc.REPORT_INVALIDATED, audit.OK, user_id=row.user_id, lease=lease
-                )
-                log.info("session of user %s invalidated by its lease holder", row.user_id)
-                return status_view(row, uow.now)
-            # A holder without a live lease tried to end the session: recorded, committed,
-            # answered.
-            uow.audit.record_lease_lost(AuditedRpc.REPORT_INVALIDATED, lease_id)
-        raise _lease_lost()
+            status = _reported(uow, AuditedRpc.REPORT_INVALIDATED, lease_id, row)
+        if status is None:
+            raise _lease_lost()
+        log.info("session of user %s invalidated by its lease holder", status.user_id)
+        return status
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -224,6 +213,19 @@ def _granted(uow: UnitOfWork, grant: GrantedRow, rpc: AuditedRpc) -> Granted:
         session_version=row.session_version,
         rpc=rpc,
     )
+
+
+def _reported(
+    uow: UnitOfWork, rpc: AuditedRpc, lease_id: str, row: SessionRow | None
+) -> SessionStatusView | None:
+    """Record a holder's report: its change, or (None) the refusal of a holder without a live
+    lease, which is committed too and answered LEASE_LOST once the transaction ends."""
+    if row is None:
+        uow.audit.record_lease_lost(rpc, lease_id)
+        return None
+    lease = LeaseRef(lease_id, row.fencing_token)
+    uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=lease)
+    return status_view(row, uow.now)
 
 
 def _live_lease(row: SessionRow | None, now: datetime) -> LeaseView:
