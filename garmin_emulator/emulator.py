@@ -1,6 +1,6 @@
 """GarminEmulator: what a test holds. It starts and stops the server and drives the
 emulated Garmin through thread-safe methods (accounts, activities, token state, faults) and
-reads back what Garmin saw."""
+reads back what Garmin saw; the DI sign-in's own controls come from `di_controls`."""
 
 from __future__ import annotations
 
@@ -12,27 +12,40 @@ from types import TracebackType
 from typing import Any
 
 from garmin_emulator.activities import new_activity
+from garmin_emulator.connect_api import ConnectApi
+from garmin_emulator.di_controls import DiControls
+from garmin_emulator.di_oauth import DiOAuth
 from garmin_emulator.faults import Faults
 from garmin_emulator.oauth import OAuth
+from garmin_emulator.options import DiOptions
 from garmin_emulator.routes import Router
 from garmin_emulator.server import HttpServer
 from garmin_emulator.sso import Sso
-from garmin_emulator.state import ApiCall, EmulatedUser, EmulatorState, Records, SecretListener
+from garmin_emulator.state import (
+    LIVE,
+    REVOKED,
+    ApiCall,
+    EmulatedUser,
+    EmulatorState,
+    Records,
+    SecretListener,
+)
 
 DEFAULT_CONSUMER_KEY = "emulator-consumer-key"
 DEFAULT_CONSUMER_SECRET = "emulator-consumer-secret"  # noqa: S105 (a demo value)
 
 
-class GarminEmulator:
-    """Garmin's SSO, OAuth and Connect API endpoints, in a background thread.
+class GarminEmulator(DiControls):
+    """Garmin's SSO, OAuth (garth's and DI's) and Connect API endpoints, in a background thread.
 
     Thread-safe: the control methods and the request handlers share one lock. `on_secret`,
     when given, is called with every password, MFA code, cookie, ticket and token the
     emulator knows or issues (from whichever thread issues it), so a test suite can prove
-    none of them reaches a log line.
+    none of them reaches a log line. `di` (also the attribute `di`, changeable while it runs)
+    says how it plays the DI points Garmin's sources leave uncertain.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (keyword-only settings of a test double, each defaulted)
         self,
         *,
         consumer_key: str = DEFAULT_CONSUMER_KEY,
@@ -42,6 +55,7 @@ class GarminEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         on_secret: SecretListener | None = None,
+        di: DiOptions | None = None,
     ) -> None:
         self.consumer_key = consumer_key
         self.consumer_secret = consumer_secret
@@ -59,7 +73,18 @@ class GarminEmulator:
             access_token_expires_in=access_token_expires_in,
             refresh_token_expires_in=refresh_token_expires_in,
         )
-        self._router = Router(self._state, self._faults, Sso(self._state), oauth)
+        self.di = di or DiOptions()
+        # Signs the DI access tokens (JWTs); never leaves the emulator.
+        key = secrets.token_bytes(32)
+        self._di_oauth = DiOAuth(self._state, self.di, key)
+        self._router = Router(
+            self._state,
+            self._faults,
+            sso=Sso(self._state, self.di),
+            oauth=oauth,
+            di_oauth=self._di_oauth,
+            api=ConnectApi(self._state, self.di, key),
+        )
         self._http: HttpServer | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -176,7 +201,8 @@ class GarminEmulator:
     # --- token state ---------------------------------------------------------------------
 
     def revoke_tokens(self, email: str) -> None:
-        """Revoke every OAuth1 and OAuth2 token of the user: the exchange and the API say 401."""
+        """Revoke every token of the user (a revoked account): garth's exchange and the API
+        say 401, a DI refresh says invalid_grant."""
         key = email.lower()
         with self._state.lock:
             for grant in self._state.oauth1.values():
@@ -185,9 +211,13 @@ class GarminEmulator:
             for access in self._state.access.values():
                 if access.email == key:
                     access.revoked = True
+            for refresh in self._state.di_refresh.values():
+                if refresh.email == key and refresh.status == LIVE:
+                    refresh.status = REVOKED
 
     def expire_access_tokens(self, email: str) -> None:
-        """Make every access token of the user expired on Garmin's side (the API says 401)."""
+        """Make every access token of the user (garth's and DI's) expired on Garmin's side (the
+        API says 401)."""
         key = email.lower()
         with self._state.lock:
             for access in self._state.access.values():

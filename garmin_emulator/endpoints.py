@@ -1,4 +1,5 @@
-"""The URL paths the emulator answers: Garmin's (as garth 0.8.0 calls them) and its own."""
+"""The URL paths the emulator answers: Garmin's (as garth 0.8.0 and the DI OAuth2 clients call
+them) and its own."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ EMBED_PATH = "/portal/sso/embed"
 # connectapi.garmin.com: the OAuth1-signed token endpoints.
 PREAUTHORIZED_PATH = "/oauth-service/oauth/preauthorized"
 EXCHANGE_PATH = "/oauth-service/oauth/exchange/user/2.0"
+# diauth.garmin.com (diauth.garmin.cn for garmin.cn accounts): DI OAuth2 tickets and refreshes.
+DI_TOKEN_PATH = "/di-oauth2-service/oauth/token"  # noqa: S105 (a path)
 # connectapi.garmin.com: the Bearer API the sync needs.
 PROFILE_PATH = "/userprofile-service/socialProfile"
 ACTIVITIES_PATH = "/activitylist-service/activities/search/activities"

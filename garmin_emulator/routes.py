@@ -1,13 +1,16 @@
-"""Which endpoint answers a request: the method and path table over SSO, OAuth and the API,
-with the per-request bookkeeping the HTTP side asks for (counts, latency, faults)."""
+"""Which endpoint answers a request: the method and path table over SSO, garth's OAuth, DI's
+token endpoint and the API, with the per-request bookkeeping the HTTP side asks for (counts,
+requests in flight, latency, faults)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from garmin_emulator.connect_api import ConnectApi
+from garmin_emulator.di_oauth import DiOAuth
 from garmin_emulator.endpoints import (
     ACTIVITIES_PATH,
+    DI_TOKEN_PATH,
     DOWNLOAD_PREFIX,
     EMBED_PATH,
     EXCHANGE_PATH,
@@ -20,17 +23,25 @@ from garmin_emulator.endpoints import (
 from garmin_emulator.faults import Fault, Faults
 from garmin_emulator.oauth import OAuth
 from garmin_emulator.sso import Sso
-from garmin_emulator.state import EmulatorState
+from garmin_emulator.state import EmulatorState, bump
 from garmin_emulator.wire import Incoming, Reply, error_reply
 
 
 class Router:
     """The emulator's site (garmin_emulator.server.Site)."""
 
-    def __init__(self, state: EmulatorState, faults: Faults, sso: Sso, oauth: OAuth) -> None:
+    def __init__(
+        self,
+        state: EmulatorState,
+        faults: Faults,
+        *,
+        sso: Sso,
+        oauth: OAuth,
+        di_oauth: DiOAuth,
+        api: ConnectApi,
+    ) -> None:
         self._state = state
         self._faults = faults
-        api = ConnectApi(state)
         self._routes: dict[tuple[str, str], Callable[[Incoming], Reply]] = {
             ("GET", SIGN_IN_PATH): sso.sign_in,
             ("POST", LOGIN_PATH): sso.login,
@@ -38,17 +49,26 @@ class Router:
             ("GET", EMBED_PATH): sso.embed,
             ("GET", PREAUTHORIZED_PATH): oauth.preauthorized,
             ("POST", EXCHANGE_PATH): oauth.exchange,
+            ("POST", DI_TOKEN_PATH): di_oauth.token,
             ("GET", PROFILE_PATH): api.profile,
             ("GET", ACTIVITIES_PATH): api.activity_list,
         }
         self._download = api.download
         # Added to every answer (seconds); tests raise it to provoke timeouts everywhere.
         self.latency_seconds = 0.0
+        # Per path: requests arrived and not yet answered (outlives reset_records).
+        self._in_flight: dict[str, int] = {}
 
-    def count(self, path: str) -> None:
+    def arrived(self, path: str) -> None:
         with self._state.lock:
-            counts = self._state.records.request_counts
-            counts[path] = counts.get(path, 0) + 1
+            records = self._state.records
+            bump(records.request_counts, path)
+            now = self._in_flight[path] = self._in_flight.get(path, 0) + 1
+            records.in_flight_peaks[path] = max(records.in_flight_peaks.get(path, 0), now)
+
+    def left(self, path: str) -> None:
+        with self._state.lock:
+            self._in_flight[path] -= 1
 
     def take_fault(self, path: str) -> Fault | None:
         return self._faults.take(path)

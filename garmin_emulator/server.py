@@ -32,8 +32,11 @@ class Site(Protocol):
         """Added to every answer."""
         ...
 
-    def count(self, path: str) -> None:
-        """Record one request to `path`."""
+    def arrived(self, path: str) -> None:
+        """Record one request to `path`, in flight until `left` is called for it."""
+
+    def left(self, path: str) -> None:
+        """The request to `path` was answered, refused, reset or dropped."""
 
     def take_fault(self, path: str) -> Fault | None:
         """The injected fault this request plays, if any."""
@@ -139,19 +142,39 @@ class _Handler(BaseHTTPRequestHandler):
             # Not a Garmin endpoint: answered at once and left out of the counts.
             self._write(json_reply(200, site.request_counts()))
             return
-        site.count(request.path)
+        site.arrived(request.path)
+        try:
+            ending = self._answer(site, request)
+        finally:
+            # Before the client hears back, so its next request never overlaps this one in
+            # the in-flight counts.
+            site.left(request.path)
+        if isinstance(ending, Reply):
+            self._write(ending)
+        elif ending == FAULT_RESET:
+            self._reset_connection()
+        else:
+            self.close_connection = True
+
+    def _answer(self, site: Site, request: Incoming) -> Reply | str:
+        """The reply, or the fault (FAULT_RESET, FAULT_HANG) that ends the exchange instead."""
         self._owner.pause(site.latency_seconds)
         fault = site.take_fault(request.path)
-        if fault is not None and self._play(fault):
-            return
+        if fault is not None:
+            if fault.status == FAULT_RESET:
+                return FAULT_RESET
+            self._owner.pause(fault.delay)
+            if fault.status == FAULT_HANG:
+                return FAULT_HANG
+            if fault.status is not None:
+                return fault.reply()
         try:
-            reply = site.route(request)
+            return site.route(request)
         except BadRequest as exc:
-            reply = error_reply(400, str(exc))
+            return error_reply(400, str(exc))
         except Exception:
             log.exception("emulator: handler failed")
-            reply = error_reply(500, "internal error")
-        self._write(reply)
+            return error_reply(500, "internal error")
 
     def _parse(self) -> Incoming:
         split = urlsplit(self.path)
@@ -184,20 +207,6 @@ class _Handler(BaseHTTPRequestHandler):
             except CookieError:
                 continue
         return {name: morsel.value for name, morsel in jar.items()}
-
-    def _play(self, fault: Fault) -> bool:
-        """Play the fault; True when it replaced the normal answer."""
-        if fault.status == FAULT_RESET:
-            self._reset_connection()
-            return True
-        self._owner.pause(fault.delay)
-        if fault.status == FAULT_HANG:
-            self.close_connection = True
-            return True
-        if fault.status is None:
-            return False
-        self._write(fault.reply())
-        return True
 
     def _reset_connection(self) -> None:
         # SO_LINGER 0 turns close() into a TCP RST: the client sees "connection reset".

@@ -1,12 +1,12 @@
-"""What the emulator remembers: accounts, their activities, SSO sessions, tickets and grants,
-and the records tests read back. One lock guards all of it; every secret it hands out is
-reported to the owner's listener."""
+"""What the emulator remembers: accounts, their activities, SSO sessions, tickets, garth's and
+DI's grants, and the records tests read back. One lock guards all of it; every secret it hands
+out is reported to the owner's listener."""
 
 from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -40,12 +40,37 @@ class ApiCall:
     # Whose access token the Authorization header carried; None for a missing/unknown token.
     token_owner: str | None
     status: int
+    # "di" or "garth" for a token the emulator issued, else None.
+    token_kind: str | None = None
+    # The Garmin app headers the request carried (wire.APP_HEADERS), names as sent.
+    app_headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """One request to the DI token endpoint, as the emulator saw it (no secrets)."""
+
+    # The host the client meant (diauth.garmin.com, diauth.garmin.cn), from X-Forwarded-Host.
+    host: str
+    grant_type: str
+    client_id: str
+    # Whose ticket or refresh token it carried; None when the emulator did not know it.
+    email: str | None
+    status: int
+    # "issued", "invalid_grant", "invalid_ticket", "invalid_client" or "invalid_request".
+    outcome: str
+    app_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class SsoSession:
     session_id: str
     pending_mfa_email: str | None = None
+    # When the pending MFA login stops being usable (epoch seconds).
+    pending_expires_at: float = 0.0
+    # The ticket-granting cookie of a session the mobile login started (None: the sign-in
+    # page started it); the MFA step must present it.
+    castgc: str | None = None
 
 
 @dataclass
@@ -53,6 +78,8 @@ class Ticket:
     email: str
     via_mfa: bool
     expires_at: float
+    # The service URL the ticket was issued for; a DI exchange must name the same.
+    service_url: str = ""
     used: bool = False
 
 
@@ -70,6 +97,28 @@ class AccessGrant:
     email: str
     expires_at: float
     revoked: bool = False
+    # Set for DI access tokens (None: garth's OAuth2), with the service URL of their sign-in.
+    client_id: str | None = None
+    service_url: str = ""
+
+
+# DiRefreshToken.status values.
+LIVE = "live"
+ROTATED = "rotated"
+REVOKED = "revoked"
+
+
+@dataclass
+class DiRefreshToken:
+    """One DI refresh token; every rotation of one sign-in shares its `family`."""
+
+    email: str
+    client_id: str
+    family: int
+    service_url: str
+    expires_at: float
+    # LIVE until refreshed once (ROTATED) or revoked (REVOKED).
+    status: str = LIVE
 
 
 @dataclass
@@ -81,6 +130,19 @@ class Records:
     api_calls: list[ApiCall] = field(default_factory=list)
     consumer_keys_seen: list[str] = field(default_factory=list)
     signature_failures: int = 0
+    # Per lower-cased email: DI tickets exchanged, refreshes that rotated, and presentations
+    # of a refresh token that had already been rotated out.
+    ticket_exchanges: dict[str, int] = field(default_factory=dict)
+    di_refreshes: dict[str, int] = field(default_factory=dict)
+    refresh_token_reuses: dict[str, int] = field(default_factory=dict)
+    token_requests: list[TokenRequest] = field(default_factory=list)
+    # Per path: the most requests in flight at once.
+    in_flight_peaks: dict[str, int] = field(default_factory=dict)
+
+
+def bump(counts: dict[str, int], key: str) -> None:
+    """Add one to a per-key count."""
+    counts[key] = counts.get(key, 0) + 1
 
 
 class EmulatorState:
@@ -99,6 +161,9 @@ class EmulatorState:
         self.tickets: dict[str, Ticket] = {}
         self.oauth1: dict[str, OAuth1Grant] = {}
         self.access: dict[str, AccessGrant] = {}
+        self.di_refresh: dict[str, DiRefreshToken] = {}
+        # Family -> its newest refresh token.
+        self.di_families: dict[int, str] = {}
         self.records = Records()
         self._on_secret = on_secret
 

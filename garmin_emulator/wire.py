@@ -9,9 +9,21 @@ from dataclasses import dataclass, field
 from datetime import date
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from oauthlib.oauth1.rfc5849 import utils as oauth_utils
+
+# The headers Garmin's Android app sends with DI token and API calls.
+APP_HEADERS = (
+    "User-Agent",
+    "X-Garmin-User-Agent",
+    "X-Garmin-Paired-App-Version",
+    "X-Garmin-Client-Platform",
+    "X-App-Ver",
+    "X-Lang",
+    "X-GCExperience",
+)
+_APP_HEADERS_LOWER = {name.lower() for name in APP_HEADERS}
 
 
 @dataclass
@@ -60,6 +72,30 @@ class Incoming:
     @property
     def authorization(self) -> str | None:
         return self.headers.get("Authorization")
+
+    @property
+    def host(self) -> str:
+        """The host the client meant (X-Forwarded-Host when routed here, else Host)."""
+        return urlsplit(self.original_url).hostname or ""
+
+    @property
+    def app_headers(self) -> dict[str, str]:
+        """The Garmin app headers (APP_HEADERS) the request carried, names as sent."""
+        return {
+            name: value
+            for name, value in self.headers.items()
+            if name.lower() in _APP_HEADERS_LOWER
+        }
+
+    def form(self) -> dict[str, str]:
+        """The urlencoded form body (the last value of a repeated field)."""
+        if "application/x-www-form-urlencoded" not in self.headers.get("Content-Type", ""):
+            raise BadRequest("the body must be application/x-www-form-urlencoded")
+        try:
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the body is not UTF-8") from None
+        return dict(parse_qsl(text, keep_blank_values=True))
 
     def json_object(self) -> dict[str, Any]:
         try:
