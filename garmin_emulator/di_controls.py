@@ -22,7 +22,7 @@ BLOCK_CAPTCHA = "captcha"
 class DiControls:
     """GarminEmulator's DI methods; thread-safe like the rest."""
 
-    di: DiOptions
+    _di: DiOptions
     _state: EmulatorState
     _faults: Faults
     _di_oauth: DiOAuth
@@ -36,7 +36,7 @@ class DiControls:
     ) -> dict[str, Any]:
         """A fresh DI token pair for the user, as a ticket exchange answers it (not counted)."""
         with self._state.lock:
-            expires_at = time.time() + self.di.refresh_token_expires_in
+            expires_at = time.time() + self._di.refresh_token_expires_in
             return self._di_oauth.issue(
                 email.lower(), client_id, service_url, expires_at, family=None
             )

@@ -41,8 +41,8 @@ class GarminEmulator(DiControls):
     Thread-safe: the control methods and the request handlers share one lock. `on_secret`,
     when given, is called with every password, MFA code, cookie, ticket and token the
     emulator knows or issues (from whichever thread issues it), so a test suite can prove
-    none of them reaches a log line. `di` (also the attribute `di`, changeable while it runs)
-    says how it plays the DI points Garmin's sources leave uncertain.
+    none of them reaches a log line. `di` says how it plays the DI points Garmin's sources
+    leave uncertain.
     """
 
     def __init__(  # noqa: PLR0913 (keyword-only settings of a test double, each defaulted)
@@ -73,17 +73,17 @@ class GarminEmulator(DiControls):
             access_token_expires_in=access_token_expires_in,
             refresh_token_expires_in=refresh_token_expires_in,
         )
-        self.di = di or DiOptions()
+        self._di = di or DiOptions()
         # Signs the DI access tokens (JWTs); never leaves the emulator.
         key = secrets.token_bytes(32)
-        self._di_oauth = DiOAuth(self._state, self.di, key)
+        self._di_oauth = DiOAuth(self._state, self._di, key)
         self._router = Router(
             self._state,
             self._faults,
-            sso=Sso(self._state, self.di),
+            sso=Sso(self._state, self._di),
             oauth=oauth,
             di_oauth=self._di_oauth,
-            api=ConnectApi(self._state, self.di, key),
+            api=ConnectApi(self._state, self._di, key),
         )
         self._http: HttpServer | None = None
 
@@ -116,6 +116,11 @@ class GarminEmulator(DiControls):
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    @property
+    def di(self) -> DiOptions:
+        """How the DI sign-in is played; change its fields (not the object) while it runs."""
+        return self._di
 
     @property
     def latency_seconds(self) -> float:
