@@ -23,7 +23,6 @@ from sqlalchemy.orm import InstrumentedAttribute
 from auth_service.api.callers import CallerRegistry, CallersFileError
 from auth_service.config import (
     PREFIX,
-    ConfigError,
     TlsSettings,
     check_host_port,
     load_database_url,
@@ -39,11 +38,12 @@ from auth_service.crypto import (
     challenge_aad,
     session_aad,
 )
-from auth_service.logging_setup import redact
 from auth_service.storage.database import SQLITE_BEGIN_OPTION, create_engine_for
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.schema import current_revision, head_revision
 from auth_service.tls import TlsFilesError, load_material
+from garmin_client.env import ConfigError
+from garmin_client.logging_setup import redact
 
 PROBE_AAD = b"garmin-auth check-config probe"
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})

@@ -10,14 +10,14 @@ from collections.abc import Callable, Sequence
 
 from auth_service.api.callers import CallersFileError, token_sha256
 from auth_service.config import (
-    ConfigError,
     load_audit_retention_days,
     load_database_url,
     load_keyring,
     load_settings,
     redacted_database_url,
 )
-from auth_service.logging_setup import configure_logging
+from garmin_client.env import ConfigError
+from garmin_client.logging_setup import configure_logging
 
 log = logging.getLogger("auth_service")
 

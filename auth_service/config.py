@@ -16,35 +16,13 @@ from sqlalchemy.exc import ArgumentError
 
 from auth_service.crypto import Keyring, KeyringError
 from auth_service.domain.policies import LeaseSettings, LoginSettings
+from garmin_client.env import ConfigError, EnvReader
+from garmin_client.settings import UpstreamSettings, read_upstream_settings
 
 PREFIX = "GARMIN_AUTH_"
 DEFAULT_DATABASE_URL = "sqlite:///garmin-auth.sqlite3"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 MAX_PORT = 65535
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed."""
-
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
-
-
-@dataclass(frozen=True, repr=False)
-class UpstreamSettings:
-    """How to reach Garmin."""
-
-    consumer_key: str
-    consumer_secret: str
-    base_url: str | None = None
-    timeout_seconds: float = 10.0
-    retries: int = 2
-
-    def __repr__(self) -> str:
-        return (
-            f"UpstreamSettings(base_url={self.base_url!r}, timeout_seconds={self.timeout_seconds})"
-        )
 
 
 @dataclass(frozen=True)
@@ -111,81 +89,21 @@ def redacted_database_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def raw(self, name: str) -> str | None:
-        value = self.env.get(PREFIX + name)
-        return value.strip() if value is not None and value.strip() else None
-
-    def required(self, name: str) -> str:
-        value = self.raw(name)
-        if value is None:
-            raise ConfigError(PREFIX + name, "is required but not set")
-        return value
-
-    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(PREFIX + name, f"expected a number, got {value!r}") from None
-        if not minimum <= number <= maximum:
-            raise ConfigError(PREFIX + name, f"must be between {minimum:g} and {maximum:g}")
-        return number
-
-    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise ConfigError(PREFIX + name, f"expected a whole number, got {value!r}") from None
-        if not minimum <= number <= maximum:
-            raise ConfigError(PREFIX + name, f"must be between {minimum} and {maximum}")
-        return number
-
-    def flag(self, name: str) -> bool:
-        value = (self.raw(name) or "false").lower()
-        if value in {"1", "true", "yes", "on"}:
-            return True
-        if value in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(PREFIX + name, f"expected true or false, got {value!r}")
-
-
-def _database_url(reader: _Reader) -> str:
-    url = reader.raw("DATABASE_URL") or DEFAULT_DATABASE_URL
+def _database_url(reader: EnvReader) -> str:
+    url = reader.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(PREFIX + "DATABASE_URL", "is not a SQLAlchemy URL") from None
+        raise reader.error("DATABASE_URL", "is not a SQLAlchemy URL") from None
     if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
-        raise ConfigError(
-            PREFIX + "DATABASE_URL", "must be postgresql+psycopg://... or sqlite:///..."
-        )
+        raise reader.error("DATABASE_URL", "must be postgresql+psycopg://... or sqlite:///...")
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
-        raise ConfigError(PREFIX + "DATABASE_URL", "PostgreSQL URLs must use postgresql+psycopg://")
+        raise reader.error("DATABASE_URL", "PostgreSQL URLs must use postgresql+psycopg://")
     return url
 
 
-def _upstream(reader: _Reader) -> UpstreamSettings:
-    base_url = reader.raw("UPSTREAM_URL")
-    if base_url is not None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(PREFIX + "UPSTREAM_URL", "must start with http:// or https://")
-        base_url = base_url.rstrip("/")
-    return UpstreamSettings(
-        consumer_key=reader.required("OAUTH_CONSUMER_KEY"),
-        consumer_secret=reader.required("OAUTH_CONSUMER_SECRET"),
-        base_url=base_url,
-        timeout_seconds=reader.number("UPSTREAM_TIMEOUT", 10.0, minimum=0.1, maximum=300),
-        retries=reader.integer("UPSTREAM_RETRIES", 2, minimum=0, maximum=10),
-    )
+def _reader(env: Mapping[str, str] | None) -> EnvReader:
+    return EnvReader(os.environ if env is None else env, PREFIX)
 
 
 def check_host_port(name: str, listen: str) -> str:
@@ -196,12 +114,12 @@ def check_host_port(name: str, listen: str) -> str:
     return listen
 
 
-def _listen(reader: _Reader) -> str:
-    return check_host_port("LISTEN", reader.raw("LISTEN") or DEFAULT_LISTEN)
+def _listen(reader: EnvReader) -> str:
+    return check_host_port("LISTEN", reader.get("LISTEN") or DEFAULT_LISTEN)
 
 
-def _metrics(reader: _Reader) -> MetricsSettings:
-    listen = reader.raw("METRICS_LISTEN")
+def _metrics(reader: EnvReader) -> MetricsSettings:
+    listen = reader.get("METRICS_LISTEN")
     return MetricsSettings(
         listen=None if listen is None else check_host_port("METRICS_LISTEN", listen)
     )
@@ -210,22 +128,22 @@ def _metrics(reader: _Reader) -> MetricsSettings:
 def load_tls_settings(env: Mapping[str, str] | None = None) -> TlsSettings | None:
     """Only the TLS file paths (None: plaintext). Whether the files load is checked when
     the server starts (auth_service.tls) and by `check-config`."""
-    reader = _Reader(os.environ if env is None else env)
+    reader = _reader(env)
     cert, key, client_ca = (
-        reader.raw("TLS_CERT"),
-        reader.raw("TLS_KEY"),
-        reader.raw("TLS_CLIENT_CA"),
+        reader.get("TLS_CERT"),
+        reader.get("TLS_KEY"),
+        reader.get("TLS_CLIENT_CA"),
     )
     # A certificate without its key (or the reverse) is a half-done set-up: refuse it rather
     # than silently serving plaintext.
     if cert is None and key is not None:
-        raise ConfigError(PREFIX + "TLS_CERT", "is required when GARMIN_AUTH_TLS_KEY is set")
+        raise reader.error("TLS_CERT", "is required when GARMIN_AUTH_TLS_KEY is set")
     if key is None and cert is not None:
-        raise ConfigError(PREFIX + "TLS_KEY", "is required when GARMIN_AUTH_TLS_CERT is set")
+        raise reader.error("TLS_KEY", "is required when GARMIN_AUTH_TLS_CERT is set")
     if cert is None or key is None:
         if client_ca is not None:
-            raise ConfigError(
-                PREFIX + "TLS_CLIENT_CA",
+            raise reader.error(
+                "TLS_CLIENT_CA",
                 "needs GARMIN_AUTH_TLS_CERT and GARMIN_AUTH_TLS_KEY (mutual TLS is TLS first)",
             )
         return None
@@ -238,7 +156,7 @@ def load_tls_settings(env: Mapping[str, str] | None = None) -> TlsSettings | Non
 
 def load_database_url(env: Mapping[str, str] | None = None) -> str:
     """Only the database URL (for commands that need nothing else, like `migrate`)."""
-    return _database_url(_Reader(os.environ if env is None else env))
+    return _database_url(_reader(env))
 
 
 DEFAULT_AUDIT_RETENTION_DAYS = 90
@@ -246,39 +164,39 @@ DEFAULT_AUDIT_RETENTION_DAYS = 90
 
 def load_audit_retention_days(env: Mapping[str, str] | None = None) -> int:
     """How many days of audit events `prune-audit` keeps."""
-    return _Reader(os.environ if env is None else env).integer(
+    return _reader(env).integer(
         "AUDIT_RETENTION_DAYS", DEFAULT_AUDIT_RETENTION_DAYS, minimum=1, maximum=36500
     )
 
 
 def load_keyring(env: Mapping[str, str] | None = None) -> Keyring:
     """Only the key ring (for `rotate-keys`)."""
-    reader = _Reader(os.environ if env is None else env)
+    reader = _reader(env)
     try:
         return Keyring.parse(reader.required("ENCRYPTION_KEYS"))
     except KeyringError as exc:
-        raise ConfigError(PREFIX + "ENCRYPTION_KEYS", str(exc)) from None
+        raise reader.error("ENCRYPTION_KEYS", str(exc)) from None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting; raises ConfigError on the first problem."""
-    reader = _Reader(os.environ if env is None else env)
+    reader = _reader(env)
     keyring = load_keyring(env)
-    callers = reader.raw("CALLERS_FILE")
+    callers = reader.get("CALLERS_FILE")
     allow_unauthenticated = reader.flag("ALLOW_UNAUTHENTICATED")
     if callers is None and not allow_unauthenticated:
-        raise ConfigError(
-            PREFIX + "CALLERS_FILE",
+        raise reader.error(
+            "CALLERS_FILE",
             "is required (set GARMIN_AUTH_ALLOW_UNAUTHENTICATED=true only for local development)",
         )
     default_ttl = reader.number("LEASE_DEFAULT_TTL", 300.0, minimum=5, maximum=86400)
     max_ttl = reader.number("LEASE_MAX_TTL", 3600.0, minimum=5, maximum=86400)
     if default_ttl > max_ttl:
-        raise ConfigError(PREFIX + "LEASE_DEFAULT_TTL", "must not exceed GARMIN_AUTH_LEASE_MAX_TTL")
+        raise reader.error("LEASE_DEFAULT_TTL", "must not exceed GARMIN_AUTH_LEASE_MAX_TTL")
     return Settings(
         database_url=_database_url(reader),
         keyring=keyring,
-        upstream=_upstream(reader),
+        upstream=read_upstream_settings(reader),
         listen=_listen(reader),
         callers_file=Path(callers) if callers else None,
         allow_unauthenticated=allow_unauthenticated,

@@ -17,7 +17,7 @@ from auth_service.api.callers import CallerRegistry
 from auth_service.api.interceptor import ServiceInterceptor
 from auth_service.api.reflection import enable_reflection
 from auth_service.api.servicer import GarminAuthServicer
-from auth_service.config import PREFIX, ConfigError, Settings, redacted_database_url
+from auth_service.config import PREFIX, Settings, redacted_database_url
 from auth_service.domain.clock import Clock
 from auth_service.domain.paging import Pager
 from auth_service.domain.ports import GarminUpstream
@@ -32,6 +32,7 @@ from auth_service.storage.unit_of_work import SqlStore
 from auth_service.tls import CertificateReloader
 from auth_service.upstream.garth_adapter import GarthUpstream, tokens_from_garth_dumps
 from garmin_auth.v1 import garmin_auth_pb2, garmin_auth_pb2_grpc
+from garmin_client.env import ConfigError
 
 log = logging.getLogger(__name__)
 

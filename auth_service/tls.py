@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import NameOID
 
-from auth_service.config import PREFIX, ConfigError, TlsSettings
+from auth_service.config import PREFIX, TlsSettings
+from garmin_client.env import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("sqlalchemy orm (ORM-enabled UPDATE ... RETURNING, row loading)", "sqlalchemy/orm/"),
     ("sqlalchemy core (compile cache, execution context, result)", "sqlalchemy/"),
     ("logging (stdlib + JSON formatter + redaction)", "logging/"),
-    ("logging (stdlib + JSON formatter + redaction)", "auth_service/logging_setup.py"),
+    ("logging (stdlib + JSON formatter + redaction)", "garmin_client/logging_setup.py"),
     ("json", "json/"),
     ("crypto (AES-GCM, key ring)", "cryptography/"),
     ("crypto (AES-GCM, key ring)", "auth_service/crypto.py"),

@@ -19,18 +19,19 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
+from garmin_client.env import ConfigError, EnvReader
+from garmin_client.logging_setup import configure_logging
+from garmin_client.settings import read_upstream_settings
 from sync_worker.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE_TTL,
     DEFAULT_MIN_SYNC_INTERVAL,
-    ConfigError,
-    Environment,
+    ENV_PREFIX,
     WorkerConfig,
     auth_client_config,
     check_sink_url,
     default_holder,
     parse_duration,
-    upstream_settings,
 )
 from sync_worker.control import RunControl
 from sync_worker.runner import EXIT_CONFIG, run
@@ -98,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace, env: Environment) -> WorkerConfig:
+def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
     if not 1 <= args.page_size <= 1000:  # noqa: PLR2004
         raise ConfigError("--page-size", "must be between 1 and 1000")
     if not 0 <= args.backfill_days <= 3650:  # noqa: PLR2004
@@ -116,7 +117,7 @@ def _config(args: argparse.Namespace, env: Environment) -> WorkerConfig:
     return WorkerConfig(
         auth=auth_client_config(env, args.target, args.rpc_timeout),
         sync=SyncOptions(
-            upstream=upstream_settings(env),
+            upstream=read_upstream_settings(env),
             lease_ttl=args.lease_ttl,
             backfill=timedelta(days=args.backfill_days),
             overlap=args.overlap,
@@ -150,7 +151,7 @@ def _stop_on_signals(control: RunControl) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _run(args: argparse.Namespace, env: Environment) -> int:
+def _run(args: argparse.Namespace, env: EnvReader) -> int:
     config = _config(args, env)
     control = RunControl(config.max_runtime)
     with _stop_on_signals(control):
@@ -165,7 +166,7 @@ def _run(args: argparse.Namespace, env: Environment) -> int:
     return report.exit_code
 
 
-def _init_sink(args: argparse.Namespace, env: Environment) -> int:
+def _init_sink(args: argparse.Namespace, env: EnvReader) -> int:
     url = args.sink or env.get("SINK")
     if url is None:
         raise ConfigError("--sink", "give the sink database URL (or GARMIN_SYNC_SINK)")
@@ -175,10 +176,8 @@ def _init_sink(args: argparse.Namespace, env: Environment) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from auth_service.logging_setup import configure_logging
-
     args = _parser().parse_args(argv)
-    env = Environment(os.environ)
+    env = EnvReader(os.environ, ENV_PREFIX)
     level = (env.get("LOG_LEVEL") or "INFO").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         print(f"{PROG}: configuration error: GARMIN_SYNC_LOG_LEVEL: unknown level", file=sys.stderr)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
 
-from auth_service.config import UpstreamSettings
+from garmin_client.env import ConfigError, EnvReader
 from sync_worker.client import AuthClientConfig
 from sync_worker.sinks import UnsafeUserId, check_user_id, libpq_url, redacted_url
 from sync_worker.sync import SyncOptions
@@ -32,14 +31,6 @@ MIN_LEASE_TTL: Final = timedelta(seconds=5)
 MAX_LEASE_TTL: Final = timedelta(hours=1)
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-class ConfigError(ValueError):
-    """A flag or environment variable is missing or malformed."""
-
-    def __init__(self, name: str, problem: str) -> None:
-        super().__init__(f"{name}: {problem}")
-        self.name = name
 
 
 def parse_duration(text: str, name: str) -> timedelta:
@@ -97,52 +88,12 @@ class WorkerConfig:
         return f"WorkerConfig(auth={self.auth!r}, sink={sink!r}, holder={self.holder!r})"
 
 
-class Environment:
-    """GARMIN_SYNC_* variables; blank counts as unset."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def get(self, name: str) -> str | None:
-        value = self._env.get(ENV_PREFIX + name)
-        return value.strip() if value is not None and value.strip() else None
-
-    def required(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            raise ConfigError(ENV_PREFIX + name, "is required but not set")
-        return value
-
-    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
-        value = self.get(name)
-        if value is None:
-            return default
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(ENV_PREFIX + name, f"expected a number, got {value!r}") from None
-        if not minimum <= number <= maximum:
-            raise ConfigError(ENV_PREFIX + name, f"must be between {minimum:g} and {maximum:g}")
-        return number
-
-    def path(self, name: str) -> Path | None:
-        value = self.get(name)
-        if value is None:
-            return None
-        path = Path(value)
-        if not path.is_file():
-            raise ConfigError(ENV_PREFIX + name, "names no readable file")
-        return path
-
-
-def auth_client_config(
-    env: Environment, target: str | None, rpc_timeout: float
-) -> AuthClientConfig:
+def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -> AuthClientConfig:
     ca, cert, key = env.path("TLS_CA"), env.path("TLS_CERT"), env.path("TLS_KEY")
     if ca is None and (cert is not None or key is not None):
-        raise ConfigError(ENV_PREFIX + "TLS_CERT", "a client certificate needs GARMIN_SYNC_TLS_CA")
+        raise env.error("TLS_CERT", "a client certificate needs GARMIN_SYNC_TLS_CA")
     if (cert is None) != (key is None):
-        raise ConfigError(ENV_PREFIX + "TLS_KEY", "GARMIN_SYNC_TLS_CERT and _KEY go together")
+        raise env.error("TLS_KEY", "GARMIN_SYNC_TLS_CERT and _KEY go together")
     return AuthClientConfig(
         target=target or env.get("AUTH_TARGET") or DEFAULT_TARGET,
         token=env.required("AUTH_TOKEN"),
@@ -151,23 +102,6 @@ def auth_client_config(
         tls_cert_file=cert,
         tls_key_file=key,
         tls_server_name=env.get("TLS_SERVER_NAME"),
-    )
-
-
-def upstream_settings(env: Environment) -> UpstreamSettings:
-    base_url = env.get("UPSTREAM_URL")
-    if base_url is not None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(ENV_PREFIX + "UPSTREAM_URL", "must start with http:// or https://")
-        base_url = base_url.rstrip("/")
-    return UpstreamSettings(
-        # Required: a refresh signed with the wrong consumer is answered 401, which would
-        # read as Garmin rejecting every session.
-        consumer_key=env.required("OAUTH_CONSUMER_KEY"),
-        consumer_secret=env.required("OAUTH_CONSUMER_SECRET"),
-        base_url=base_url,
-        timeout_seconds=env.number("UPSTREAM_TIMEOUT", 10.0, minimum=0.1, maximum=300),
-        retries=int(env.number("UPSTREAM_RETRIES", 2, minimum=0, maximum=10)),
     )
 
 

@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg.types.json import Jsonb
 
-# The auth service's rule for user ids; checked again here because the id becomes a path.
-_USER_ID: Final = re.compile(r"[A-Za-z0-9._@:+-]{1,128}")
+from garmin_client.user_ids import USER_ID_RULE, is_user_id
+
 _FENCE_FILE: Final = ".fencing-token"
 
 
@@ -44,8 +43,9 @@ class UnsafeUserId(ValueError):
 
 
 def check_user_id(user_id: str) -> str:
-    if not _USER_ID.fullmatch(user_id) or user_id in {".", ".."}:
-        raise UnsafeUserId("a user id must be 1-128 characters of A-Z a-z 0-9 . _ - @ : +")
+    """The auth service's rule, checked again here because the id becomes a path."""
+    if not is_user_id(user_id) or user_id in {".", ".."}:
+        raise UnsafeUserId(f"a user id {USER_ID_RULE}")
     return user_id
 
 

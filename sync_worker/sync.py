@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
-from auth_service.config import UpstreamSettings
 from auth_service.domain.errors import (
     GarminRateLimited,
     GarminSessionRejected,
@@ -34,6 +33,7 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.models import GarminTokens
 from auth_service.upstream.garth_adapter import GarminApiSession
+from garmin_client.settings import UpstreamSettings
 from sync_worker.client import AuthClient
 from sync_worker.client_errors import AuthServiceError
 from sync_worker.control import RunControl

@@ -11,9 +11,8 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from auth_service.domain.errors import FieldViolation, InvalidArgument
+from garmin_client.user_ids import USER_ID_RULE, is_user_id
 
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9._@:+-]{1,128}$")
-USER_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ - @ : +"
 EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
 MFA_CODE_PATTERN = re.compile(r"^[0-9]{4,10}$")
 TOKEN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -28,7 +27,7 @@ def _printable(value: str) -> bool:
 
 
 def check_user_id(value: str, field: str = "user_id") -> list[FieldViolation]:
-    if not USER_ID_PATTERN.fullmatch(value):
+    if not is_user_id(value):
         return [FieldViolation(field, USER_ID_RULE)]
     return []
 

@@ -68,7 +68,6 @@ from requests.utils import should_bypass_proxies
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util.retry import Retry
 
-from auth_service.config import UpstreamSettings
 from auth_service.domain.clock import Clock, SystemClock
 from auth_service.domain.errors import (
     GarminCredentialsRejected,
@@ -88,6 +87,7 @@ from auth_service.domain.models import (
     PendingMfa,
 )
 from auth_service.metrics.upstream import observe_upstream_send
+from garmin_client.settings import UpstreamSettings
 
 log = logging.getLogger(__name__)
 

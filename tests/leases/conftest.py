@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.config import UpstreamSettings
 from auth_service.crypto import Keyring
 from auth_service.domain.clock import FakeClock
 from auth_service.services.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth_adapter import GarthUpstream
+from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
 from tests.fixtures.emulators import scanned_emulator
 

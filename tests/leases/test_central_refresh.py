@@ -24,10 +24,10 @@ from auth_service.domain.errors import (
     UpstreamError,
 )
 from auth_service.domain.models import LeaseGrant, SessionState
-from auth_service.logging_setup import redact
 from auth_service.services.central_refresh import CENTRAL_REFRESH_REJECTED
 from auth_service.services.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
+from garmin_client.logging_setup import redact
 from garmin_emulator import EXCHANGE_PATH, FAULT_RESET, GarminEmulator
 
 from . import (

@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 
 from auth_service.api.callers import RPC_ROLES
 from auth_service.api.errors import DATABASE_UNAVAILABLE_ROW, documented_rows
-from auth_service.config import Settings, UpstreamSettings
+from auth_service.config import Settings
 from auth_service.crypto import Keyring
 from auth_service.domain.audit import AuditFilter
 from auth_service.domain.paging import Pager
@@ -51,6 +51,7 @@ from auth_service.domain.policies import LoginSettings
 from auth_service.server import RunningServer, build_application, start_server
 from auth_service.storage.schema import upgrade_to_head
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_client.settings import UpstreamSettings
 from tests.fixtures.database import PostgresServer, sqlite_url
 from tests.fixtures.emulators import scanned_emulator
 from tests.fixtures.servers import (

@@ -17,10 +17,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auth_service.config import ConfigError, load_settings
+from auth_service.config import load_settings
 from auth_service.crypto import Keyring
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
+from garmin_client.env import ConfigError
 from garmin_emulator import GarminEmulator
 from tests.fixtures.emulators import scanned_emulator
 from tests.fixtures.servers import CONSUMER_KEY, CONSUMER_SECRET, ROLE_TOKENS, write_callers_file

@@ -21,11 +21,12 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_service.api.callers import CallersFileError, parse_callers
-from auth_service.config import PREFIX, ConfigError, Settings, TlsSettings, load_settings
+from auth_service.config import PREFIX, Settings, TlsSettings, load_settings
 from auth_service.server import RunningServer, build_application, start_server
 from auth_service.tls import TlsFilesError, certificate_identities
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
+from garmin_client.env import ConfigError
 from tests.fixtures.certificates import Authority, Issued
 from tests.fixtures.logs import RecordingHandler
 from tests.fixtures.servers import ROLE_TOKENS, expect_failure, write_callers_file

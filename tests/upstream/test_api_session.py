@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 import garth
 import pytest
 
-from auth_service.config import UpstreamSettings
 from auth_service.domain.errors import (
     GarminRateLimited,
     GarminSessionRejected,
@@ -20,6 +19,7 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.models import GarminTokens
 from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
+from garmin_client.settings import UpstreamSettings
 from garmin_emulator import (
     ACTIVITIES_PATH,
     DOWNLOAD_PREFIX,

@@ -17,10 +17,10 @@ import pytest
 import requests
 from oauthlib.oauth1 import Client as OAuth1Client
 
-from auth_service.config import UpstreamSettings
 from auth_service.domain.errors import GarminCredentialsRejected
 from auth_service.domain.models import LoginSucceeded
 from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
+from garmin_client.settings import UpstreamSettings
 from garmin_emulator import (
     ACTIVITIES_PATH,
     DOWNLOAD_PREFIX,

@@ -15,7 +15,6 @@ from pathlib import Path
 import garth
 import pytest
 
-from auth_service.config import UpstreamSettings
 from auth_service.domain.models import GarminTokens, LoginNeedsMfa
 from auth_service.upstream.garth_adapter import (
     GarminApiSession,
@@ -23,6 +22,7 @@ from auth_service.upstream.garth_adapter import (
     tokens_from_garth_dumps,
     tokens_to_garth_dumps,
 )
+from garmin_client.settings import UpstreamSettings
 from garmin_emulator import ACTIVITIES_PATH, EmulatedUser, GarminEmulator
 
 from .conftest import PASSWORD, expired_everywhere, login_tokens

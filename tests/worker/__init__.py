@@ -18,13 +18,13 @@ from typing import Any, cast
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from auth_service.config import UpstreamSettings
 from auth_service.crypto import Keyring
 from auth_service.domain.models import GarminTokens
 from auth_service.storage.database import create_engine_for
 from auth_service.storage.models import GarminAuthenticationState
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
 from sync_worker.client import AuthClient, AuthClientConfig
 from sync_worker.config import WorkerConfig

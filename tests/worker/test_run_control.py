@@ -7,7 +7,7 @@ import io
 import grpc
 import pytest
 
-from auth_service.config import UpstreamSettings
+from garmin_client.settings import UpstreamSettings
 from sync_worker.client import AuthClientConfig
 from sync_worker.client_errors import AuthServiceError
 from sync_worker.config import WorkerConfig

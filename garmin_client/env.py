@@ -1,0 +1,83 @@
+"""Settings from environment variables: one reader for the service (GARMIN_AUTH_*) and the
+worker (GARMIN_SYNC_*), and the one error a bad setting raises.
+
+A blank variable counts as unset. Messages name the variable and what is wrong with it; they
+quote a bad value only where it cannot be a secret (numbers, flags), never a required string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting (an environment variable or a command-line flag) is missing or malformed."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+class EnvReader:
+    """Reads ``<prefix><NAME>`` variables and checks them."""
+
+    def __init__(self, env: Mapping[str, str], prefix: str) -> None:
+        self._env = env
+        self.prefix = prefix
+
+    def get(self, name: str) -> str | None:
+        value = self._env.get(self.prefix + name)
+        return value.strip() if value is not None and value.strip() else None
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        """The ConfigError naming ``<prefix><NAME>``."""
+        return ConfigError(self.prefix + name, problem)
+
+    def required(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise self.error(name, "is required but not set")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        value = self.get(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise self.error(name, f"expected a number, got {value!r}") from None
+        if not minimum <= number <= maximum:
+            raise self.error(name, f"must be between {minimum:g} and {maximum:g}")
+        return number
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        value = self.get(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise self.error(name, f"expected a whole number, got {value!r}") from None
+        if not minimum <= number <= maximum:
+            raise self.error(name, f"must be between {minimum} and {maximum}")
+        return number
+
+    def flag(self, name: str) -> bool:
+        value = (self.get(name) or "false").lower()
+        if value in {"1", "true", "yes", "on"}:
+            return True
+        if value in {"0", "false", "no", "off"}:
+            return False
+        raise self.error(name, f"expected true or false, got {value!r}")
+
+    def path(self, name: str) -> Path | None:
+        """A file that must exist and be readable, or None when unset."""
+        value = self.get(name)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_file():
+            raise self.error(name, "names no readable file")
+        return path

@@ -1,0 +1,45 @@
+"""How to reach Garmin, and reading it from the environment (the service's GARMIN_AUTH_*
+and the worker's GARMIN_SYNC_* variables have the same names after the prefix)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from garmin_client.env import EnvReader
+
+
+@dataclass(frozen=True, repr=False)
+class UpstreamSettings:
+    """How to reach Garmin. The consumer secret never appears in the repr."""
+
+    consumer_key: str
+    consumer_secret: str
+    # Every Garmin host is sent here instead (path and query kept), e.g. the emulator.
+    base_url: str | None = None
+    # Per request.
+    timeout_seconds: float = 10.0
+    # Repeats of a GET answered 408/5xx.
+    retries: int = 2
+
+    def __repr__(self) -> str:
+        return (
+            f"UpstreamSettings(base_url={self.base_url!r}, timeout_seconds={self.timeout_seconds})"
+        )
+
+
+def read_upstream_settings(reader: EnvReader) -> UpstreamSettings:
+    """UPSTREAM_URL, OAUTH_CONSUMER_KEY/_SECRET, UPSTREAM_TIMEOUT, UPSTREAM_RETRIES."""
+    base_url = reader.get("UPSTREAM_URL")
+    if base_url is not None:
+        if not base_url.startswith(("http://", "https://")):
+            raise reader.error("UPSTREAM_URL", "must start with http:// or https://")
+        base_url = base_url.rstrip("/")
+    return UpstreamSettings(
+        # Required: a refresh signed with the wrong consumer is answered 401, which would
+        # read as Garmin rejecting every session.
+        consumer_key=reader.required("OAUTH_CONSUMER_KEY"),
+        consumer_secret=reader.required("OAUTH_CONSUMER_SECRET"),
+        base_url=base_url,
+        timeout_seconds=reader.number("UPSTREAM_TIMEOUT", 10.0, minimum=0.1, maximum=300),
+        retries=reader.integer("UPSTREAM_RETRIES", 2, minimum=0, maximum=10),
+    )
