@@ -30,7 +30,8 @@ from auth_service.storage.database import create_engine_for, database_is_reachab
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
 from auth_service.tls import CertificateReloader
-from auth_service.upstream.garth_adapter import GarthUpstream, tokens_from_garth_dumps
+from auth_service.upstream.garth.dumps import tokens_from_garth_dumps
+from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2, garmin_auth_pb2_grpc
 from garmin_client.env import ConfigError
 

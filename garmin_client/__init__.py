@@ -2,4 +2,14 @@
 
 No gRPC server, no SQLAlchemy, no Prometheus: the worker installs and runs on this package,
 the generated stubs (garmin_auth) and its own code alone (an import-linter contract).
+
+* ``tokens``: Garmin's tokens for one user, as plain values.
+* ``errors`` / ``answers``: Garmin's answers as errors, and how a failed call is classified.
+* ``settings`` / ``env``: how to reach Garmin, and the environment reader both sides use.
+* ``transport`` / ``observe``: the HTTP adapter every request goes through (timeout, retries,
+  routing to ``*_UPSTREAM_URL``), and the hook the service's metrics count with.
+* ``isolation``: garth defused; the only module that imports garth. ``garth_tokens`` converts
+  our tokens to garth's and back; ``endpoints`` names Garmin's paths.
+* ``api_session``: authenticated Connect API GETs as one user (the worker's Garmin calls).
+* ``user_ids``: the user-id rule; ``logging_setup``: JSON logs with redaction.
 """

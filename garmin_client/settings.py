@@ -16,9 +16,8 @@ class UpstreamSettings:
     consumer_secret: str
     # Every Garmin host is sent here instead (path and query kept), e.g. the emulator.
     base_url: str | None = None
-    # Per request.
     timeout_seconds: float = 10.0
-    # Repeats of a GET answered 408/5xx.
+    # Repeats of a GET answered 408/5xx (garmin_client.transport).
     retries: int = 2
 
     def __repr__(self) -> str:

@@ -1,6 +1,6 @@
 """One user's sync under a lease: Load (the lease) - Use (Garmin) - Update (report, release).
 
-1. The lease brings the tokens; a GarminApiSession (the adapter's isolated garth client, one
+1. The lease brings the tokens; a GarminApiSession (garmin_client's isolated garth client, one
    per user) makes every Garmin call, passing fresh headers on each.
 2. Activity summaries are paged from ``synced_through - overlap`` (first run: ``now -
    backfill``), newest first; with files, each activity's original file too.
@@ -26,14 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
-from auth_service.domain.errors import (
-    GarminRateLimited,
-    GarminSessionRejected,
-    GarminUnavailable,
-)
-from auth_service.domain.models import GarminTokens
-from auth_service.upstream.garth_adapter import GarminApiSession
+from garmin_client.api_session import GarminApiSession
+from garmin_client.errors import RateLimited, SessionRejected, Unavailable
 from garmin_client.settings import UpstreamSettings
+from garmin_client.tokens import GarminTokens
 from sync_worker.client import AuthClient
 from sync_worker.client_errors import AuthServiceError
 from sync_worker.control import RunControl
@@ -72,7 +68,7 @@ class SyncOptions:
     overlap: timedelta = timedelta(days=1)
     with_files: bool = False
     page_size: int = 100
-    # Attempts per Garmin call answered 5xx or timed out (the adapter retries GETs too).
+    # Attempts per Garmin call answered 5xx or timed out (the transport retries GETs too).
     garmin_attempts: int = 3
     garmin_backoff_seconds: float = 1.0
     renew_fraction: float = 1 / 3
@@ -206,12 +202,12 @@ class UserSync:
                     self._read_window(api, user_sink)
                     outcome = Outcome.SYNCED if self._items else Outcome.NOTHING_NEW
                     detail = f"{self._items} new or changed"
-                except GarminSessionRejected as exc:
+                except SessionRejected as exc:
                     outcome, detail = Outcome.AUTH_EXPIRED, str(exc)
-                except GarminRateLimited as exc:
+                except RateLimited as exc:
                     self._control.slow_down(exc.retry_after_seconds)
                     outcome, detail = Outcome.RATE_LIMITED, str(exc)
-                except GarminUnavailable as exc:
+                except Unavailable as exc:
                     outcome, detail = Outcome.FAILED, str(exc)
                 except (LeaseGone, FencingRefused) as exc:
                     outcome, detail = Outcome.LEASE_LOST, str(exc)
@@ -250,13 +246,13 @@ class UserSync:
             }
             page = self._garmin(functools.partial(api.get_json, ACTIVITIES_PATH, params))
             if not isinstance(page, list):
-                raise GarminUnavailable("Garmin answered something unreadable (activity list)")
+                raise Unavailable("Garmin answered something unreadable (activity list)")
             for raw in page:
                 self._store(api, user_sink, raw)
             if len(page) < limit:
                 return
             start += len(page)
-        raise GarminUnavailable("Garmin's activity list did not end")
+        raise Unavailable("Garmin's activity list did not end")
 
     def _store(self, api: GarminApiSession, user_sink: UserSink, raw: object) -> None:
         activity = parse_activity(raw)
@@ -299,7 +295,7 @@ class UserSync:
                 )
             try:
                 return call()
-            except GarminUnavailable as exc:
+            except Unavailable as exc:
                 if attempt == attempts:
                     raise
                 delay = self._options.garmin_backoff_seconds * 2 ** (attempt - 1)

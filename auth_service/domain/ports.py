@@ -1,5 +1,5 @@
-"""What the domain needs from Garmin. auth_service.upstream.garth_adapter implements it with
-garth; tests use the real adapter against the emulator over HTTP.
+"""What the domain needs from Garmin. The providers in auth_service.upstream implement it (the
+garth one today); tests use the real provider against the emulator over HTTP.
 
 Every method raises only the UpstreamError subclasses of auth_service.domain.errors:
 GarminSessionRejected is the one that means "this session is dead"; GarminRateLimited and

@@ -25,6 +25,7 @@ The service's own work:
   garmin_auth_database_metrics_up                 1 when the gauges above could be read
 
 Modules: `service` (ServiceMetrics: the registry, the RPC, lease and upstream counters),
-`database` (the gauges read from the database at scrape time), `upstream` (timing each
-request to Garmin), `endpoint` (the /metrics HTTP server).
+`database` (the gauges read from the database at scrape time), `endpoint` (the /metrics HTTP
+server). Requests to Garmin are timed by garmin_client's transport and reach ServiceMetrics
+through auth_service.upstream.observer and the RPC's listener (auth_service.domain.events).
 """

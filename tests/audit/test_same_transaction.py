@@ -14,7 +14,7 @@ from auth_service.domain import audit
 from auth_service.domain.models import GarminTokens, LoginSucceeded, SessionState
 from auth_service.services import connect, leases
 from auth_service.storage.models import GarminAuthenticationState
-from auth_service.upstream.garth_adapter import GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_emulator import GarminEmulator
 from tests.audit import PASSWORD, read_events
 from tests.service.test_login import stored_row

@@ -28,7 +28,7 @@ from auth_service.storage.models import GarminAuthenticationState
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.session_repository import SqlSessionRepository
 from auth_service.storage.unit_of_work import SqlStore
-from auth_service.upstream.garth_adapter import GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 
 PASSWORD = "correct horse battery staple"

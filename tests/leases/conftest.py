@@ -13,7 +13,7 @@ from auth_service.crypto import Keyring
 from auth_service.domain.clock import FakeClock
 from auth_service.services.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
-from auth_service.upstream.garth_adapter import GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
 from tests.fixtures.emulators import scanned_emulator

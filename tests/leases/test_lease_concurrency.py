@@ -20,7 +20,7 @@ from auth_service.domain.models import LeaseGrant, SessionState
 from auth_service.services.leases import LeaseService
 from auth_service.storage.database import create_engine_for, session_factory
 from auth_service.storage.secrets import SecretBox
-from auth_service.upstream.garth_adapter import GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
 
 from . import GarminAccounts, build_service, read_row, stored_tokens
 

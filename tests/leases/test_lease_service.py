@@ -24,7 +24,7 @@ from auth_service.domain.validation import TOKEN_ID_PATTERN
 from auth_service.services.leases import LeaseService
 from auth_service.storage.models import GarminAuthenticationState
 from auth_service.storage.secrets import SecretBox
-from auth_service.upstream.garth_adapter import GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
 
 from . import (
     GarminAccounts,

@@ -40,7 +40,7 @@ from auth_service.domain.models import GarminTokens, LeaseGrant, SessionState
 from auth_service.services.leases import LeaseService
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
-from auth_service.upstream.garth_adapter import GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 
 from . import GarminAccounts, activate_session, build_service, delete_session, with_expiry

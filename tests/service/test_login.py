@@ -17,8 +17,8 @@ from auth_service.domain.policies import LoginSettings
 from auth_service.storage.database import create_engine_for
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
-from auth_service.upstream.garth_adapter import GarminApiSession
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_client.api_session import GarminApiSession
 from garmin_emulator import GarminEmulator
 from tests.fixtures.logs import RecordingHandler
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure

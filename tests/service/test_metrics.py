@@ -19,8 +19,9 @@ from auth_service.config import MetricsSettings
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.events import current_listener
 from auth_service.metrics.service import go_code_name
-from auth_service.metrics.upstream import endpoint_template, observe_upstream_send
+from auth_service.upstream.observer import RpcListenerObserver
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_client.observe import endpoint_template, observed
 from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 from tests.service.test_login import PASSWORD, login
@@ -277,14 +278,26 @@ class _Recorder:
         self.calls.append((endpoint, outcome))
 
 
+SendT = Callable[[object, requests.PreparedRequest], requests.Response]
+
+
+def observe_upstream_send(send: SendT) -> SendT:
+    """`send`, observed as garmin_client's transport observes it for the service."""
+
+    def observed_send(self: object, request: requests.PreparedRequest) -> requests.Response:
+        return observed(RpcListenerObserver(), request, lambda: send(self, request))
+
+    return observed_send
+
+
 def test_upstream_hook_outcomes() -> None:
-    def send_raising(error: Exception) -> Callable[..., requests.Response]:
+    def send_raising(error: Exception) -> SendT:
         def send(_self: object, _request: requests.PreparedRequest) -> requests.Response:
             raise error
 
         return observe_upstream_send(send)
 
-    def send_answering(status: int) -> Callable[..., requests.Response]:
+    def send_answering(status: int) -> SendT:
         def send(_self: object, _request: requests.PreparedRequest) -> requests.Response:
             response = requests.Response()
             response.status_code = status

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from auth_service.domain.models import GarminTokens, LoginSucceeded
-from auth_service.upstream.garth_adapter import GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.session_proto import tokens_to_proto
 from garmin_emulator import GarminEmulator

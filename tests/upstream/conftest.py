@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from auth_service.domain.models import GarminTokens, LoginSucceeded
-from auth_service.upstream.garth_adapter import GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import EmulatedUser, GarminEmulator
 from tests.fixtures.emulators import scanned_emulator

@@ -12,13 +12,10 @@ from datetime import UTC, datetime
 import garth
 import pytest
 
-from auth_service.domain.errors import (
-    GarminRateLimited,
-    GarminSessionRejected,
-    GarminUnavailable,
-)
 from auth_service.domain.models import GarminTokens
-from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
+from garmin_client.api_session import GarminApiSession
+from garmin_client.errors import RateLimited, SessionRejected, Unavailable
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import (
     ACTIVITIES_PATH,
@@ -76,7 +73,7 @@ def test_someone_elses_activity_is_not_found(
 
     with (
         GarminApiSession(tokens, settings) as session,
-        pytest.raises(GarminUnavailable, match="404"),
+        pytest.raises(Unavailable, match="404"),
     ):
         session.download(f"{DOWNLOAD_PREFIX}{theirs['activityId']}")
 
@@ -120,7 +117,7 @@ def test_failed_refresh_is_not_reported_and_keeps_the_oauth1(
     emulator.fail_next(EXCHANGE_PATH, 429, retry_after=60)
 
     with GarminApiSession(stale, settings) as session:
-        with pytest.raises(GarminRateLimited) as caught:
+        with pytest.raises(RateLimited) as caught:
             session.get_json(PROFILE_PATH)
         assert caught.value.retry_after_seconds == 60
         assert session.refreshed is False
@@ -154,7 +151,7 @@ def test_revoked_session_is_session_rejected(
     emulator.revoke_tokens(user.email)
 
     with GarminApiSession(tokens, settings) as session:
-        with pytest.raises(GarminSessionRejected):
+        with pytest.raises(SessionRejected):
             session.get_json(ACTIVITIES_PATH)
         assert session.current_tokens() is None
 
@@ -162,11 +159,11 @@ def test_revoked_session_is_session_rejected(
 @pytest.mark.parametrize(
     ("fault", "body", "error"),
     [
-        (429, None, GarminRateLimited),
-        (503, None, GarminUnavailable),
-        (200, "<html>maintenance</html>", GarminUnavailable),
-        (200, "[{", GarminUnavailable),
-        ("reset", None, GarminUnavailable),
+        (429, None, RateLimited),
+        (503, None, Unavailable),
+        (200, "<html>maintenance</html>", Unavailable),
+        (200, "[{", Unavailable),
+        ("reset", None, Unavailable),
     ],
 )
 def test_api_failures_are_classified(
@@ -250,7 +247,7 @@ def test_a_401_later_in_the_session_tries_the_exchange_before_giving_up(
         emulator.expire_access_tokens(user.email)  # Garmin drops the new token early
         session.get_json(PROFILE_PATH)  # 401, refresh again, retry
         emulator.revoke_tokens(user.email)
-        with pytest.raises(GarminSessionRejected):
+        with pytest.raises(SessionRejected):
             session.get_json(PROFILE_PATH)  # 401, exchange 401: dead
 
     assert [call.status for call in emulator.api_calls] == [200, 401, 200, 401]

@@ -19,7 +19,8 @@ from oauthlib.oauth1 import Client as OAuth1Client
 
 from auth_service.domain.errors import GarminCredentialsRejected
 from auth_service.domain.models import LoginSucceeded
-from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
+from garmin_client.api_session import GarminApiSession
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import (
     ACTIVITIES_PATH,

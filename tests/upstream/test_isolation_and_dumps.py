@@ -16,12 +16,9 @@ import garth
 import pytest
 
 from auth_service.domain.models import GarminTokens, LoginNeedsMfa
-from auth_service.upstream.garth_adapter import (
-    GarminApiSession,
-    GarthUpstream,
-    tokens_from_garth_dumps,
-    tokens_to_garth_dumps,
-)
+from auth_service.upstream.garth.dumps import tokens_from_garth_dumps, tokens_to_garth_dumps
+from auth_service.upstream.garth.provider import GarthUpstream
+from garmin_client.api_session import GarminApiSession
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import ACTIVITIES_PATH, EmulatedUser, GarminEmulator
 
@@ -70,7 +67,7 @@ def test_garth_environment_does_not_affect_the_adapter(
 def test_import_hides_garth_environment_and_restores_it() -> None:
     # Both set makes garth's import-time global Client() raise: the import must not see them.
     code = (
-        "import os, auth_service.upstream.garth_adapter, garth; "
+        "import os, garmin_client.isolation, garth; "
         "print(os.environ['GARTH_HOME'], os.environ['GARTH_TOKEN'], "
         "os.environ['garth_telemetry_enabled'], garth.client.oauth1_token)"
     )

@@ -18,7 +18,7 @@ from auth_service.domain.errors import (
     MfaCodeRejected,
 )
 from auth_service.domain.models import LoginNeedsMfa, LoginSucceeded, PendingMfa
-from auth_service.upstream.garth_adapter import GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_emulator import (
     EXCHANGE_PATH,
     LOGIN_PATH,

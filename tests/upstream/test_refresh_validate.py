@@ -15,7 +15,8 @@ from auth_service.domain.errors import (
     GarminUnavailable,
 )
 from auth_service.domain.models import GarminTokens
-from auth_service.upstream.garth_adapter import GarthUpstream, retry_after_seconds
+from auth_service.upstream.garth.provider import GarthUpstream
+from garmin_client.answers import retry_after_seconds
 from garmin_emulator import (
     EXCHANGE_PATH,
     PROFILE_PATH,

@@ -12,8 +12,9 @@ import pytest
 
 from auth_service.crypto import Keyring
 from auth_service.domain.models import GarminTokens, LoginSucceeded
-from auth_service.upstream.garth_adapter import GarminApiSession, GarthUpstream
+from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_client.api_session import GarminApiSession
 from garmin_client.session_proto import tokens_to_proto
 from garmin_emulator import (
     ACTIVITIES_PATH,

@@ -1,0 +1,106 @@
+"""``GarminUpstream`` with garth: login and MFA (auth_service.upstream.garth.sso), the OAuth1
+-> OAuth2 exchange, and validation against the Connect API.
+
+One isolated garth client per call (garmin_client.isolation), so it is thread-safe. Raises
+only the domain's ``UpstreamError`` subclasses, with messages that never contain a token,
+password, cookie or ticket. Every request to Garmin is counted by the listener of the RPC in
+progress (auth_service.upstream.observer), if any.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Final
+
+from auth_service.domain.clock import Clock, SystemClock
+from auth_service.domain.models import LoginResult, PendingMfa
+from auth_service.upstream.garth.errors import domain_errors
+from auth_service.upstream.garth.sso import resume, sign_in
+from auth_service.upstream.observer import RpcListenerObserver
+from garmin_client.answers import failure
+from garmin_client.endpoints import DEFAULT_DOMAIN, PROFILE_PATH
+from garmin_client.errors import AccessTokenRejected, Unavailable
+from garmin_client.garth_tokens import bearer, oauth1_to_garth, oauth2_from_garth
+from garmin_client.isolation import GARTH_FAILURES, IsolatedClient, client_for_call, garth
+from garmin_client.settings import UpstreamSettings
+from garmin_client.tokens import GarminTokens, OAuth2Token
+
+# validate() refreshes an access token this close to its expiry, so it does not lapse mid-call.
+EXPIRY_MARGIN_SECONDS: Final = 30.0
+
+
+_OBSERVER: Final = RpcListenerObserver()
+
+
+class GarthUpstream:
+    """``GarminUpstream`` with garth."""
+
+    def __init__(self, settings: UpstreamSettings, *, clock: Clock | None = None) -> None:
+        self._settings = settings
+        self._clock = clock or SystemClock()
+
+    def _client(self, domain: str) -> contextlib.AbstractContextManager[IsolatedClient]:
+        return client_for_call(self._settings, domain, _OBSERVER)
+
+    def login(self, email: str, password: str) -> LoginResult:
+        with domain_errors(), self._client(DEFAULT_DOMAIN) as client:
+            return sign_in(client, email, password)
+
+    def resume_mfa(self, pending: PendingMfa, code: str) -> GarminTokens:
+        with domain_errors(), self._client(pending.domain) as client:
+            return resume(client, pending, code)
+
+    def refresh(self, tokens: GarminTokens) -> GarminTokens:
+        with domain_errors():
+            return self._refresh(tokens)
+
+    def validate(self, tokens: GarminTokens, *, allow_refresh: bool) -> GarminTokens:
+        with domain_errors():
+            return self._validate(tokens, allow_refresh=allow_refresh)
+
+    def _refresh(self, tokens: GarminTokens) -> GarminTokens:
+        # The exchange is done here rather than through Client.refresh_oauth2, so the result
+        # is built from the OAuth1 we were given and the OAuth2 Garmin just issued.
+        with self._client(tokens.domain) as client:
+            try:
+                fresh = garth.sso.exchange(oauth1_to_garth(tokens.oauth1, tokens.domain), client)
+                oauth2 = oauth2_from_garth(fresh)
+            except GARTH_FAILURES as exc:
+                raise failure("token refresh", exc, judging_tokens=True) from None
+        return GarminTokens(oauth1=tokens.oauth1, oauth2=oauth2, domain=tokens.domain)
+
+    def _validate(self, tokens: GarminTokens, *, allow_refresh: bool) -> GarminTokens:
+        current = tokens
+        if allow_refresh and self._expiring(tokens.oauth2):
+            current = self._refresh(tokens)
+        try:
+            self._fetch_profile(current)
+        except AccessTokenRejected:
+            if not allow_refresh or current is not tokens:
+                raise
+            # Garmin refused an access token we believed valid (revoked, clock skew): only a
+            # refused exchange proves the session itself dead.
+            current = self._refresh(tokens)
+            self._fetch_profile(current)
+        return current
+
+    def _expiring(self, token: OAuth2Token) -> bool:
+        return (token.expires_at - self._clock.now()).total_seconds() <= EXPIRY_MARGIN_SECONDS
+
+    def _fetch_profile(self, tokens: GarminTokens) -> None:
+        # api=False with our own Authorization: with api=True garth would refresh an expired
+        # token on its own, which validate(allow_refresh=False) must never do.
+        with self._client(tokens.domain) as client:
+            try:
+                response = client.request(
+                    "GET",
+                    "connectapi",
+                    PROFILE_PATH,
+                    api=False,
+                    headers={"Authorization": bearer(tokens.oauth2)},
+                )
+                profile = response.json()
+            except GARTH_FAILURES as exc:
+                raise failure("validation", exc, judging_tokens=True) from None
+        if not isinstance(profile, dict):
+            raise Unavailable("Garmin answered something unreadable (Connect API)")

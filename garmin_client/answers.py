@@ -1,0 +1,139 @@
+"""What a failed garth call means, as a garmin_client error (garmin_client.errors).
+
+* 429 anywhere -> RateLimited (retry_after_seconds from Retry-After, seconds or date).
+* When Garmin judges stored tokens: 401 on the token exchange -> SessionRejected; 401 on the
+  Connect API -> AccessTokenRejected (a refresh may still save the session). 403 is not a
+  definite rejection (Garmin's edge answers 403 to clients it dislikes).
+* Everything else (5xx, other 4xx, a 401 while logging in, timeouts, connection errors,
+  malformed JSON, HTML where JSON was expected, missing fields) -> Unavailable.
+
+Every failure is logged as one line: the operation, the error's class, the status and path
+or the exception's class. Never a message, a URL or a body, which may carry secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+import requests
+from requests.models import Response
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+
+from garmin_client.endpoints import EXCHANGE_PATH, PREAUTHORIZED_PATH, step_name
+from garmin_client.errors import (
+    AccessTokenRejected,
+    GarminError,
+    RateLimited,
+    SessionRejected,
+    Unavailable,
+)
+from garmin_client.isolation import GarthHTTPError
+
+log = logging.getLogger(__name__)
+
+
+def http_response(exc: BaseException) -> Response | None:
+    """Garmin's answer behind a garth or requests error, if there was one."""
+    if isinstance(exc, GarthHTTPError):
+        return exc.error.response
+    if isinstance(exc, requests.HTTPError):
+        return exc.response
+    return None
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        return _seconds_until_http_date(text, now or datetime.now(UTC))
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _seconds_until_http_date(text: str, now: datetime) -> float | None:
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - now).total_seconds())
+
+
+def _from_status(response: Response, *, judging_tokens: bool) -> GarminError:
+    status = response.status_code
+    path = urlsplit(response.url or "").path
+    step = step_name(path)
+    if status == HTTPStatus.TOO_MANY_REQUESTS:
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        return RateLimited(f"Garmin is rate limiting ({step}, HTTP 429)", retry_after)
+    if judging_tokens and status == HTTPStatus.UNAUTHORIZED:
+        if path == EXCHANGE_PATH:
+            return SessionRejected("Garmin refused the session (HTTP 401 on the token exchange)")
+        if path != PREAUTHORIZED_PATH:
+            return AccessTokenRejected("Garmin refused the session (HTTP 401 on the Connect API)")
+    return Unavailable(f"Garmin answered HTTP {status} ({step})")
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    if isinstance(exc, requests.Timeout):
+        return True
+    # Once a GET's retries are used up, requests reports a read timeout as a ConnectionError
+    # wrapping urllib3's MaxRetryError(reason=ReadTimeoutError).
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, Urllib3TimeoutError)
+
+
+def _without_answer(cause: BaseException) -> Unavailable:
+    """No HTTP status to go by: the network failed or the answer could not be read."""
+    if _is_timeout(cause):
+        return Unavailable("Garmin did not answer in time")
+    # Before OSError: requests' JSONDecodeError is both a ValueError and a RequestException.
+    if isinstance(cause, ValueError):
+        return Unavailable("Garmin answered something unreadable")
+    if isinstance(cause, OSError):
+        return Unavailable("Garmin could not be reached")
+    return Unavailable("Garmin answered something unreadable")
+
+
+def classify(exc: BaseException, *, judging_tokens: bool) -> GarminError:
+    """The error a failed garth call means. `judging_tokens`: Garmin was judging stored
+    tokens (exchange, API), not an email, password or MFA code."""
+    if isinstance(exc, GarminError):
+        return exc
+    response = http_response(exc)
+    if response is not None:
+        return _from_status(response, judging_tokens=judging_tokens)
+    return _without_answer(exc.error if isinstance(exc, GarthHTTPError) else exc)
+
+
+def log_failure(operation: str, error: Exception, exc: BaseException, *, routine: bool) -> None:
+    """One line per failed call; `routine` failures (a refused password) are only INFO."""
+    response = http_response(exc)
+    detail = (
+        f"HTTP {response.status_code} on {urlsplit(response.url or '').path}"
+        if response is not None
+        else type(exc).__name__
+    )
+    log.log(
+        logging.INFO if routine else logging.WARNING,
+        "garmin %s failed: %s (%s)",
+        operation,
+        type(error).__name__,
+        detail,
+    )
+
+
+def failure(operation: str, exc: BaseException, *, judging_tokens: bool) -> GarminError:
+    """Classify a failed garth call and log it."""
+    error = classify(exc, judging_tokens=judging_tokens)
+    log_failure(operation, error, exc, routine=False)
+    return error

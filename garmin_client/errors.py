@@ -1,0 +1,42 @@
+"""What Garmin answered, as errors: the session is dead, Garmin asks us to wait, or Garmin
+could not be used. The worker acts on them directly; the service's garth provider turns them
+into its domain errors (auth_service.upstream.garth.errors).
+
+Messages name the step and the HTTP status, never a token, password, cookie or ticket.
+"""
+
+from __future__ import annotations
+
+
+class GarminError(Exception):
+    """Base of the errors that describe Garmin's answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SessionRejected(GarminError):
+    """Garmin definitely rejected the session (401 on the token exchange or on the API).
+
+    The only answer that means the stored session is dead.
+    """
+
+
+class AccessTokenRejected(SessionRejected):
+    """A 401 from the Connect API, not from the exchange: a refresh may still save it."""
+
+
+class RateLimited(GarminError):
+    """Garmin answered 429. Try later; the session is not affected."""
+
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Unavailable(GarminError):
+    """Garmin was unreachable, answered 5xx, timed out or answered something unreadable.
+
+    Try later; the session is not affected.
+    """

@@ -1,0 +1,68 @@
+"""A hook for whoever counts requests to Garmin (the service's metrics), so this package needs
+no metrics library: the transport reports every request it finished to its observer.
+
+What an observer sees is safe to label a metric with: the path with identifying segments
+replaced (never the query, which may carry an SSO ticket), a status class and the latency.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Final, Protocol
+from urllib.parse import urlsplit
+
+import requests
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+
+
+class RequestObserver(Protocol):
+    """Receives one call per request; must be cheap and must never raise."""
+
+    def upstream_call(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """`endpoint` is a path template; `outcome` is a status class ("2xx", "429", ...),
+        "timeout" or "error"; `seconds` includes the retries of a GET."""
+
+
+# A path segment that identifies something (a number, a UUID or long hex id, an e-mail, an
+# over-long token) becomes "{id}", so the endpoint label never carries a user's identifier
+# and its values stay few.
+_IDENTIFYING_SEGMENT: Final = re.compile(r"^(\d+|[0-9A-Fa-f-]{16,}|[^/]*@[^/]*|[^/]{48,})$")
+
+
+def endpoint_template(url: str) -> str:
+    """The path of `url` with identifying segments replaced, never its query."""
+    path = urlsplit(url).path or "/"
+    return "/".join(
+        "{id}" if _IDENTIFYING_SEGMENT.match(segment) else segment for segment in path.split("/")
+    )
+
+
+def _status_outcome(status: int) -> str:
+    # 429 is Garmin's answer to most fresh logins since March 2026: worth its own series.
+    return "429" if status == 429 else f"{status // 100}xx"  # noqa: PLR2004
+
+
+def observed(
+    observer: RequestObserver | None,
+    request: requests.PreparedRequest,
+    send: Callable[[], requests.Response],
+) -> requests.Response:
+    """`send()`, reported to `observer` (if any) once it answered or failed."""
+    if observer is None:
+        return send()
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        response = send()
+    except (requests.Timeout, Urllib3TimeoutError):
+        outcome = "timeout"
+        raise
+    else:
+        outcome = _status_outcome(response.status_code)
+        return response
+    finally:
+        observer.upstream_call(
+            endpoint_template(request.url or ""), outcome, time.perf_counter() - started
+        )

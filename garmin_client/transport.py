@@ -1,0 +1,93 @@
+"""The HTTP adapter every request to Garmin goes through (mounted on https:// of each client):
+our timeout, our retries, the observer, and the optional routing of every Garmin host to one
+base URL (GARMIN_AUTH_UPSTREAM_URL / GARMIN_SYNC_UPSTREAM_URL, e.g. the emulator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+from requests.adapters import HTTPAdapter
+from requests.models import PreparedRequest, Response
+from requests.utils import should_bypass_proxies
+from urllib3.util.retry import Retry
+
+from garmin_client.observe import RequestObserver, observed
+from garmin_client.settings import UpstreamSettings
+
+# Statuses worth retrying on an idempotent GET; 429 is not one of them (we never wait on it).
+RETRY_STATUSES: Final = (408, 500, 502, 503, 504)
+RETRY_BACKOFF_FACTOR: Final = 0.2
+
+
+def _retry_policy(retries: int) -> Retry:
+    return Retry(
+        total=retries,
+        status_forcelist=RETRY_STATUSES,
+        # A POST (login, MFA code, token exchange) may have taken effect: never resend it.
+        allowed_methods=frozenset({"GET"}),
+        backoff_factor=RETRY_BACKOFF_FACTOR,
+        # A 429's Retry-After can say an hour: the caller decides, we never sleep on it.
+        respect_retry_after_header=False,
+        # After the last retry hand back Garmin's answer, so it is classified by its status.
+        raise_on_status=False,
+    )
+
+
+class UpstreamTransport(HTTPAdapter):
+    """Sends with our timeout and retries, reports to the observer, routes to the base URL.
+
+    With a base URL it sends https://<host>/<path>?<query> to <base>/<path>?<query>, telling
+    the receiver the original host in X-Forwarded-Host so it can check OAuth1 signatures,
+    which cover the original URL. Callers see the URL they asked for on the response.
+    """
+
+    def __init__(self, settings: UpstreamSettings, observer: RequestObserver | None = None) -> None:
+        super().__init__(max_retries=_retry_policy(settings.retries))
+        self._base = urlsplit(settings.base_url) if settings.base_url else None
+        self._timeout = settings.timeout_seconds
+        self._observer = observer
+
+    def send(
+        self,
+        request: PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> Response:
+        routed = request if self._base is None else self._routed(request)
+        if routed is not request and proxies and should_bypass_proxies(routed.url or "", None):
+            # The session chose proxies for the original host, not for the base URL's.
+            proxies = {}
+        response = observed(
+            self._observer,
+            request,
+            lambda: super(UpstreamTransport, self).send(
+                routed,
+                stream,
+                self._timeout if timeout is None else timeout,
+                verify,
+                cert,
+                proxies,
+            ),
+        )
+        if routed is not request:
+            # Callers (garth, our classifier, cookie handling) must see the URL they asked for.
+            response.url = request.url or ""
+            response.request = request
+        return response
+
+    def _routed(self, request: PreparedRequest) -> PreparedRequest:
+        assert self._base is not None
+        original = urlsplit(request.url or "")
+        routed = request.copy()
+        base_path = self._base.path.rstrip("/")
+        routed.url = urlunsplit(
+            (self._base.scheme, self._base.netloc, base_path + original.path, original.query, "")
+        )
+        routed.headers["X-Forwarded-Host"] = original.netloc
+        return routed
