@@ -6,8 +6,8 @@ the generated stubs (garmin_auth) and its own code alone (an import-linter contr
 * ``tokens``: Garmin's tokens for one user, as plain values.
 * ``errors`` / ``answers``: Garmin's answers as errors, and how a failed call is classified.
 * ``settings`` / ``env``: how to reach Garmin, and the environment reader both sides use.
-* ``transport`` / ``observe``: the HTTP adapter every request goes through (timeout, retries,
-  routing to ``*_UPSTREAM_URL``), and the hook the service's metrics count with.
+* ``transport`` / ``retry`` / ``observe``: the HTTP adapter every request goes through (routing
+  to ``*_UPSTREAM_URL``), the one retry layer, and the hook the service's metrics count with.
 * ``isolation``: garth defused; the only module that imports garth. ``garth_tokens`` converts
   our tokens to garth's and back; ``endpoints`` names Garmin's paths.
 * ``api_session``: authenticated Connect API GETs as one user (the worker's Garmin calls).

@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.models import Response
-from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from garmin_client.endpoints import EXCHANGE_PATH, PREAUTHORIZED_PATH, step_name
 from garmin_client.errors import (
@@ -83,18 +82,9 @@ def _from_status(response: Response, *, judging_tokens: bool) -> GarminError:
     return Unavailable(f"Garmin answered HTTP {status} ({step})")
 
 
-def _is_timeout(exc: BaseException) -> bool:
-    if isinstance(exc, requests.Timeout):
-        return True
-    # Once a GET's retries are used up, requests reports a read timeout as a ConnectionError
-    # wrapping urllib3's MaxRetryError(reason=ReadTimeoutError).
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, Urllib3TimeoutError)
-
-
 def _without_answer(cause: BaseException) -> Unavailable:
     """No HTTP status to go by: the network failed or the answer could not be read."""
-    if _is_timeout(cause):
+    if isinstance(cause, requests.Timeout):
         return Unavailable("Garmin did not answer in time")
     # Before OSError: requests' JSONDecodeError is both a ValueError and a RequestException.
     if isinstance(cause, ValueError):

@@ -16,8 +16,9 @@ class UpstreamSettings:
     consumer_secret: str
     # Every Garmin host is sent here instead (path and query kept), e.g. the emulator.
     base_url: str | None = None
+    # Per request; one call (retries and backoff included) gets at most (retries + 1) times it.
     timeout_seconds: float = 10.0
-    # Repeats of a GET answered 408/5xx (garmin_client.transport).
+    # Repeats of a GET answered 408/5xx or failing on the network (garmin_client.retry).
     retries: int = 2
 
     def __repr__(self) -> str:

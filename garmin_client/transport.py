@@ -1,39 +1,21 @@
 """The HTTP adapter every request to Garmin goes through (mounted on https:// of each client):
-our timeout, our retries, the observer, and the optional routing of every Garmin host to one
-base URL (GARMIN_AUTH_UPSTREAM_URL / GARMIN_SYNC_UPSTREAM_URL, e.g. the emulator).
+our timeout, the one retry layer, the observer, and the optional routing of every Garmin host
+to one base URL (GARMIN_AUTH_UPSTREAM_URL / GARMIN_SYNC_UPSTREAM_URL, e.g. the emulator).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from requests.adapters import HTTPAdapter
 from requests.models import PreparedRequest, Response
 from requests.utils import should_bypass_proxies
-from urllib3.util.retry import Retry
 
 from garmin_client.observe import RequestObserver, observed
+from garmin_client.retry import RetryPolicy, Timeout, send_with_retries
 from garmin_client.settings import UpstreamSettings
-
-# Statuses worth retrying on an idempotent GET; 429 is not one of them (we never wait on it).
-RETRY_STATUSES: Final = (408, 500, 502, 503, 504)
-RETRY_BACKOFF_FACTOR: Final = 0.2
-
-
-def _retry_policy(retries: int) -> Retry:
-    return Retry(
-        total=retries,
-        status_forcelist=RETRY_STATUSES,
-        # A POST (login, MFA code, token exchange) may have taken effect: never resend it.
-        allowed_methods=frozenset({"GET"}),
-        backoff_factor=RETRY_BACKOFF_FACTOR,
-        # A 429's Retry-After can say an hour: the caller decides, we never sleep on it.
-        respect_retry_after_header=False,
-        # After the last retry hand back Garmin's answer, so it is classified by its status.
-        raise_on_status=False,
-    )
 
 
 class UpstreamTransport(HTTPAdapter):
@@ -45,9 +27,11 @@ class UpstreamTransport(HTTPAdapter):
     """
 
     def __init__(self, settings: UpstreamSettings, observer: RequestObserver | None = None) -> None:
-        super().__init__(max_retries=_retry_policy(settings.retries))
+        # No urllib3 retries: send_with_retries is the only layer that repeats a request.
+        super().__init__(max_retries=0)
         self._base = urlsplit(settings.base_url) if settings.base_url else None
         self._timeout = settings.timeout_seconds
+        self._policy = RetryPolicy.of(settings)
         self._observer = observer
 
     def send(
@@ -63,16 +47,17 @@ class UpstreamTransport(HTTPAdapter):
         if routed is not request and proxies and should_bypass_proxies(routed.url or "", None):
             # The session chose proxies for the original host, not for the base URL's.
             proxies = {}
+
+        def send_once(attempt_timeout: Timeout) -> Response:
+            return super(UpstreamTransport, self).send(
+                routed, stream, attempt_timeout, verify, cert, proxies
+            )
+
         response = observed(
             self._observer,
             request,
-            lambda: super(UpstreamTransport, self).send(
-                routed,
-                stream,
-                self._timeout if timeout is None else timeout,
-                verify,
-                cert,
-                proxies,
+            lambda: send_with_retries(
+                routed, send_once, self._policy, self._timeout if timeout is None else timeout
             ),
         )
         if routed is not request:

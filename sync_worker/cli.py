@@ -89,8 +89,6 @@ def _parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--sink", default=None, metavar="postgresql://...")
     run_cmd.add_argument("--target", default=None, help="auth service host:port")
     run_cmd.add_argument("--rpc-timeout", type=float, default=30.0, help="seconds per RPC")
-    run_cmd.add_argument("--garmin-attempts", type=int, default=3)
-    run_cmd.add_argument("--garmin-backoff", type=float, default=1.0, help="seconds")
     run_cmd.add_argument("--progress-interval", type=float, default=30.0, help="seconds")
     run_cmd.set_defaults(handler=_run)
     init = commands.add_parser("init-sink", help="create the PostgreSQL sink's tables")
@@ -104,8 +102,6 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
         raise ConfigError("--page-size", "must be between 1 and 1000")
     if not 0 <= args.backfill_days <= 3650:  # noqa: PLR2004
         raise ConfigError("--backfill-days", "must be between 0 and 3650")
-    if not 1 <= args.garmin_attempts <= 10:  # noqa: PLR2004
-        raise ConfigError("--garmin-attempts", "must be between 1 and 10")
     if args.rpc_timeout <= 0:
         raise ConfigError("--rpc-timeout", "must be positive")
     # Flags win over the environment; the environment suits a CronJob's Secret.
@@ -123,8 +119,6 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
             overlap=args.overlap,
             with_files=args.with_files,
             page_size=args.page_size,
-            garmin_attempts=args.garmin_attempts,
-            garmin_backoff_seconds=max(0.0, args.garmin_backoff),
         ),
         users=tuple(args.user),
         all_users=args.all,

@@ -96,13 +96,3 @@ class RunControl:
             if self._deadline is not None and pause_until > self._deadline:
                 return False
             self._interrupt.wait(min(remaining, _WAIT_SLICE))
-
-    def sleep(self, seconds: float) -> bool:
-        """Sleep unless interrupted; False when interrupted."""
-        end = self._clock() + seconds
-        while not self.interrupted:
-            remaining = end - self._clock()
-            if remaining <= 0:
-                return True
-            self._interrupt.wait(min(remaining, _WAIT_SLICE))
-        return False

@@ -11,7 +11,8 @@
 
 Outcomes follow what Garmin and the service answered: a definite rejection is AUTH_EXPIRED
 (ReportInvalidated, which ends the lease); 429 is RATE_LIMITED (and pauses the whole run);
-5xx/timeouts are retried a bounded number of times, then FAILED; LEASE_LOST from any call or
+5xx/timeouts are retried a bounded number of times (by garmin_client.retry, the one retry
+layer), then FAILED; LEASE_LOST from any call or
 a fencing refusal from the sink is LEASE_LOST, and nothing more is written.
 """
 
@@ -68,9 +69,6 @@ class SyncOptions:
     overlap: timedelta = timedelta(days=1)
     with_files: bool = False
     page_size: int = 100
-    # Attempts per Garmin call answered 5xx or timed out (the transport retries GETs too).
-    garmin_attempts: int = 3
-    garmin_backoff_seconds: float = 1.0
     renew_fraction: float = 1 / 3
 
 
@@ -282,28 +280,14 @@ class UserSync:
             raise _Interrupted(Outcome.FAILED, "the run was stopped before this user finished")
 
     def _garmin(self, call: Callable[[], T]) -> T:
-        """One Garmin call with bounded retries on 5xx/timeouts, honouring the run's pause."""
-        attempts = max(1, self._options.garmin_attempts)
-        for attempt in range(1, attempts + 1):
-            self._checkpoint()
-            waited = self._control.wait_for_garmin()
-            # The pause may have been long: the lease and the run are checked again.
-            self._checkpoint()
-            if not waited:
-                raise _Interrupted(
-                    Outcome.RATE_LIMITED, "Garmin's rate-limit pause outlasts the run"
-                )
-            try:
-                return call()
-            except Unavailable as exc:
-                if attempt == attempts:
-                    raise
-                delay = self._options.garmin_backoff_seconds * 2 ** (attempt - 1)
-                log.info(
-                    "user %s: %s; retry %d in %.1f s", self._leased.user_id, exc, attempt, delay
-                )
-                self._control.sleep(delay)
-        raise AssertionError("unreachable")
+        """One Garmin call, after the run's rate-limit pause (garmin_client retries it)."""
+        self._checkpoint()
+        waited = self._control.wait_for_garmin()
+        # The pause may have been long: the lease and the run are checked again.
+        self._checkpoint()
+        if not waited:
+            raise _Interrupted(Outcome.RATE_LIMITED, "Garmin's rate-limit pause outlasts the run")
+        return call()
 
     # --- Update: report and release --------------------------------------------------------
 

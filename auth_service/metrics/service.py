@@ -90,7 +90,7 @@ class ServiceMetrics:
         )
         self.upstream_seconds = Histogram(
             "garmin_auth_upstream_request_seconds",
-            "Latency of requests to Garmin (including urllib3's retries of a GET).",
+            "Latency of requests to Garmin (including garmin_client's retries of a GET).",
             ["endpoint"],
             buckets=UPSTREAM_BUCKETS,
             registry=self.registry,

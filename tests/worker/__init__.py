@@ -61,14 +61,13 @@ def connect(
     return email
 
 
-def upstream(garmin: GarminEmulator, *, timeout: float = 2.0) -> UpstreamSettings:
-    # retries=0: the worker's own bounded retries are what the tests exercise.
+def upstream(garmin: GarminEmulator, *, timeout: float = 2.0, retries: int = 2) -> UpstreamSettings:
     return UpstreamSettings(
         consumer_key=CONSUMER_KEY,
         consumer_secret=CONSUMER_SECRET,
         base_url=garmin.url,
         timeout_seconds=timeout,
-        retries=0,
+        retries=retries,
     )
 
 
@@ -86,12 +85,12 @@ def make_config(
     max_runtime: float | None = None,
     min_sync_interval: timedelta = timedelta(minutes=15),
     upstream_timeout: float = 2.0,
+    upstream_retries: int = 2,
     **sync: Any,
 ) -> WorkerConfig:
     options = SyncOptions(
-        upstream=upstream(garmin, timeout=upstream_timeout),
+        upstream=upstream(garmin, timeout=upstream_timeout, retries=upstream_retries),
         lease_ttl=timedelta(seconds=10),
-        garmin_backoff_seconds=0.05,
     )
     return WorkerConfig(
         auth=AuthClientConfig(
@@ -309,7 +308,7 @@ def worker_env(target: str, garmin: GarminEmulator, **extra: str) -> dict[str, s
         GARMIN_SYNC_OAUTH_CONSUMER_KEY=CONSUMER_KEY,
         GARMIN_SYNC_OAUTH_CONSUMER_SECRET=CONSUMER_SECRET,
         GARMIN_SYNC_UPSTREAM_TIMEOUT="2",
-        GARMIN_SYNC_UPSTREAM_RETRIES="0",
+        GARMIN_SYNC_UPSTREAM_RETRIES="2",
     )
     env.update(extra)
     return env

@@ -164,7 +164,7 @@ def test_a_hanging_or_resetting_upstream_fails_the_user_in_bounded_time(
             users=("eli",),
             with_files=True,
             upstream_timeout=0.4,
-            garmin_attempts=2,
+            upstream_retries=1,
         )
     )
 

@@ -54,7 +54,6 @@ def test_stop_and_fatal_interrupt_waits() -> None:
     control.slow_down(3600)
     control.request_stop()
     assert control.wait_for_garmin() is False
-    assert control.sleep(3600) is False
     assert control.stop_requested
     failed = RunControl()
     error = AuthServiceError(grpc.StatusCode.UNAVAILABLE, "", "connection refused")

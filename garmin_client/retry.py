@@ -1,0 +1,136 @@
+"""The one retry layer for requests to Garmin, bounded in attempts and in time.
+
+The transport (garmin_client.transport) sends every request through `send_with_retries`;
+nothing above it (garth, the providers, the worker) retries a failure again, so one failing
+GET costs at most `retries + 1` HTTP requests and `(retries + 1) * timeout` seconds, backoff
+included.
+
+What is repeated:
+* a GET answered 408 or 5xx, or failing on the network (reset, timeout): GETs change nothing;
+* any request whose connection was never made (refused, connect timeout): Garmin never saw it.
+
+What never is:
+* a 429: Garmin asked us to wait, possibly for an hour; the caller honours Retry-After;
+* a POST (login, MFA code, token exchange) that may have reached Garmin: it may have taken
+  effect, and a repeated MFA code or exchange can burn the user's challenge or token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import requests
+from urllib3.exceptions import NewConnectionError
+
+from garmin_client.observe import endpoint_template
+from garmin_client.settings import UpstreamSettings
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES: Final = frozenset({408, 500, 502, 503, 504})
+# The first repeat waits this long, each further one twice as long as the one before.
+BACKOFF_SECONDS: Final = 0.2
+# An attempt given less time than this would only time out: the call gives up instead.
+MIN_ATTEMPT_SECONDS: Final = 0.1
+
+Timeout = float | tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts per request (the first included) and the time they may take together."""
+
+    attempts: int
+    timeout_seconds: float
+    backoff_seconds: float = BACKOFF_SECONDS
+
+    @classmethod
+    def of(cls, settings: UpstreamSettings) -> RetryPolicy:
+        return cls(attempts=settings.retries + 1, timeout_seconds=settings.timeout_seconds)
+
+    @property
+    def budget_seconds(self) -> float:
+        return self.timeout_seconds * self.attempts
+
+    def delay_before(self, attempt: int) -> float:
+        """The wait before attempt number `attempt` (2 for the first repeat)."""
+        return self.backoff_seconds * 2.0 ** (attempt - 2)
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """Whether the request failed before a connection existed (Garmin cannot have seen it)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    # requests wraps urllib3's MaxRetryError, whose `reason` says what failed.
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
+
+
+def _may_repeat_failure(method: str, exc: requests.RequestException) -> bool:
+    if method == "GET":
+        return isinstance(exc, requests.ConnectionError | requests.Timeout)
+    return _never_sent(exc)
+
+
+def _clipped(timeout: Timeout, remaining: float) -> Timeout:
+    if timeout is None:
+        return remaining
+    if isinstance(timeout, tuple):
+        return (min(timeout[0], remaining), min(timeout[1], remaining))
+    return min(timeout, remaining)
+
+
+def send_with_retries(
+    request: requests.PreparedRequest,
+    send_once: Callable[[Timeout], requests.Response],
+    policy: RetryPolicy,
+    timeout: Timeout,
+    *,
+    sleep: Callable[[float], Any] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> requests.Response:
+    """`send_once(timeout)` until it answers something final or the policy is spent.
+
+    After the last attempt Garmin's answer is returned as it is (so it is classified by its
+    status) and the last failure is raised.
+    """
+    method = (request.method or "GET").upper()
+    deadline = monotonic() + policy.budget_seconds
+    attempt = 1
+    while True:
+        response: requests.Response | None = None
+        failure: requests.RequestException | None = None
+        try:
+            response = send_once(_clipped(timeout, deadline - monotonic()))
+        except requests.RequestException as exc:
+            if not _may_repeat_failure(method, exc):
+                raise
+            failure = exc
+        if response is not None and (method != "GET" or response.status_code not in RETRY_STATUSES):
+            return response
+        attempt += 1
+        delay = policy.delay_before(attempt)
+        if attempt > policy.attempts or monotonic() + delay + MIN_ATTEMPT_SECONDS > deadline:
+            if failure is not None:
+                raise failure
+            assert response is not None
+            return response
+        if response is not None:
+            what = f"HTTP {response.status_code}"
+            response.close()
+        else:
+            what = type(failure).__name__
+        log.info(
+            "garmin %s %s: %s; repeat %d of %d in %.1f s",
+            method,
+            endpoint_template(request.url or ""),
+            what,
+            attempt - 1,
+            policy.attempts - 1,
+            delay,
+        )
+        sleep(delay)
