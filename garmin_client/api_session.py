@@ -56,7 +56,7 @@ class GarminApiSession:
         self._settings = settings
         self._client = IsolatedClient(settings, tokens.domain)
         self._initial_oauth2 = oauth2_to_garth(tokens.oauth2, time.time())
-        self._client.oauth1_token = oauth1_to_garth(tokens.oauth1, tokens.domain)
+        self._client.oauth1_token = oauth1_to_garth(tokens.oauth1_token(), tokens.domain)
         self._client.oauth2_token = self._initial_oauth2
 
     def __enter__(self) -> GarminApiSession:

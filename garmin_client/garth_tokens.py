@@ -49,6 +49,8 @@ def oauth2_from_garth(token: GarthOAuth2Token) -> OAuth2Token:
 
 def oauth2_to_garth(token: OAuth2Token, now: float) -> GarthOAuth2Token:
     expires_at = int(token.expires_at.timestamp())
+    if token.refresh_token_expires_at is None:
+        raise ValueError("a garth OAuth2 token always has a refresh expiry")
     refresh_expires_at = int(token.refresh_token_expires_at.timestamp())
     # garth keeps the original lifetimes in *_expires_in; only *_expires_at drives its
     # decisions. We keep no lifetime, so the remaining one stands in for it.

@@ -6,8 +6,18 @@ the lease it was granted. Every one of them is a secret: their reprs hide the to
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime
+
+
+class SessionKind(enum.StrEnum):
+    """Which of Garmin's sign-ins a session comes from (mirrors garmin_auth.v1.SessionKind)."""
+
+    # garth's legacy flow: an OAuth1 token (lives ~1 year) exchanged for OAuth2 access tokens.
+    GARTH = "GARTH"
+    # Garmin's current DI OAuth2 sign-in: rotating refresh tokens bound to a client id.
+    DI_OAUTH2 = "DI_OAUTH2"
 
 
 @dataclass(frozen=True, repr=False)
@@ -33,7 +43,9 @@ class OAuth2Token:
     access_token: str
     refresh_token: str
     expires_at: datetime
-    refresh_token_expires_at: datetime
+    # None: not known, as for a DI pair imported from python-garminconnect's token file (it
+    # stores no expiry); such a session is due for keep-alive at once.
+    refresh_token_expires_at: datetime | None
 
     def __repr__(self) -> str:
         return f"OAuth2Token(<redacted>, expires_at={self.expires_at.isoformat()})"
@@ -41,11 +53,34 @@ class OAuth2Token:
 
 @dataclass(frozen=True, repr=False)
 class GarminTokens:
-    """Everything garth needs to act as the user: the stored, encrypted session."""
+    """One user's Garmin session: the stored, encrypted secret.
 
-    oauth1: OAuth1Token
+    A garth session has ``oauth1`` (exchanged for ``oauth2`` access tokens); a DI OAuth2
+    session has ``di_client_id`` instead (every refresh must use it: refresh tokens are bound
+    to their client id) and a rotating ``oauth2.refresh_token``.
+    """
+
+    oauth1: OAuth1Token | None
     oauth2: OAuth2Token
     domain: str = "garmin.com"
+    di_client_id: str | None = None
+    # DI: the refresh-token lifetime Garmin last stated for this session (refresh answers
+    # usually omit it; the next expiry is then reckoned from this one).
+    refresh_token_lifetime_seconds: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.oauth1 is None) == (self.di_client_id is None):
+            raise ValueError("a session has either an OAuth1 token (garth) or a DI client id")
+
+    def oauth1_token(self) -> OAuth1Token:
+        """The garth session's OAuth1 token (a DI session has none: asking is a bug)."""
+        if self.oauth1 is None:
+            raise ValueError("a DI OAuth2 session has no OAuth1 token")
+        return self.oauth1
+
+    @property
+    def kind(self) -> SessionKind:
+        return SessionKind.GARTH if self.oauth1 is not None else SessionKind.DI_OAUTH2
 
     def __repr__(self) -> str:
-        return f"GarminTokens(<redacted>, domain={self.domain!r})"
+        return f"GarminTokens(<redacted>, kind={self.kind.value}, domain={self.domain!r})"

@@ -11,14 +11,19 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from auth_service.domain.errors import FieldViolation, InvalidArgument
-from auth_service.domain.models import GarminTokens, LeaseView, SessionState, SessionStatusView
+from auth_service.domain.models import (
+    GarminTokens,
+    LeaseView,
+    SessionKind,
+    SessionState,
+    SessionStatusView,
+)
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client import session_proto
 from garmin_client.session_proto import (
     DOMAINS,
     OAUTH1_TEXT,
     OAUTH2_TEXT,
-    OAUTH2_TIMES,
     MalformedSession,
     timestamp_in_range,
 )
@@ -99,6 +104,8 @@ def status_to_proto(
         session_version=status.session_version,
         last_sync_attempt_at=status.last_sync_attempt_at,
         updated_at=status.updated_at,
+        kind=session_proto.KINDS[status.kind] if status.kind else pb.SESSION_KIND_UNSPECIFIED,
+        refresh_token_expires_at=status.refresh_token_expires_at,
     )
 
 
@@ -116,23 +123,38 @@ def _required_text(value: str, field: str, violations: list[FieldViolation]) -> 
 
 def tokens_from_proto(session: pb.GarminSession, field: str) -> GarminTokens:
     """Validate and convert a GarminSession; InvalidArgument lists every bad field."""
+    try:
+        kind = session_proto.kind_of(session)
+    except MalformedSession as exc:
+        raise InvalidArgument([FieldViolation(f"{field}.{exc.field}", exc.problem)]) from None
+    parts = ("oauth1", "oauth2") if kind is SessionKind.GARTH else ("oauth2",)
     violations = [
         FieldViolation(f"{field}.{part}", "is required")
-        for part in ("oauth1", "oauth2")
+        for part in parts
         if not session.HasField(part)
     ]
     if session.domain and session.domain not in DOMAINS:
         violations.append(FieldViolation(f"{field}.domain", f"must be one of {sorted(DOMAINS)}"))
     if violations:
         raise InvalidArgument(violations)
-    o1, o2 = session.oauth1, session.oauth2
-    for name in OAUTH1_TEXT:
-        _required_text(getattr(o1, name), f"{field}.oauth1.{name}", violations)
-    if len(o1.mfa_token) > _MAX_TOKEN_FIELD or not o1.mfa_token.isprintable():
-        violations.append(FieldViolation(f"{field}.oauth1.mfa_token", "is malformed"))
+    o2 = session.oauth2
+    if kind is SessionKind.GARTH:
+        o1 = session.oauth1
+        for name in OAUTH1_TEXT:
+            _required_text(getattr(o1, name), f"{field}.oauth1.{name}", violations)
+        if len(o1.mfa_token) > _MAX_TOKEN_FIELD or not o1.mfa_token.isprintable():
+            violations.append(FieldViolation(f"{field}.oauth1.mfa_token", "is malformed"))
+    else:
+        _required_text(session.di_client_id, f"{field}.di_client_id", violations)
     for name in OAUTH2_TEXT:
         _required_text(getattr(o2, name), f"{field}.oauth2.{name}", violations)
-    for name in OAUTH2_TIMES:
+    # A DI pair may come without its refresh expiry (the service learns it at the next refresh).
+    times = (
+        ("expires_at",)
+        if kind is SessionKind.DI_OAUTH2
+        else ("expires_at", "refresh_token_expires_at")
+    )
+    for name in times:
         if not o2.HasField(name):
             violations.append(FieldViolation(f"{field}.oauth2.{name}", "is required"))
     if violations:
@@ -140,5 +162,5 @@ def tokens_from_proto(session: pb.GarminSession, field: str) -> GarminTokens:
     try:
         return session_proto.tokens_from_proto(session)
     except MalformedSession as exc:
-        # All the checks above passed: what is left is a time out of range.
+        # The checks above passed: what is left is a time out of range or a stray part.
         raise InvalidArgument([FieldViolation(f"{field}.{exc.field}", exc.problem)]) from None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 # The token values are shared with the worker (garmin_client); the domain speaks of them too.
-from garmin_client.tokens import GarminTokens, OAuth1Token, OAuth2Token
+from garmin_client.tokens import GarminTokens, OAuth1Token, OAuth2Token, SessionKind
 
 __all__ = [
     "GarminTokens",
@@ -19,6 +19,7 @@ __all__ = [
     "OAuth1Token",
     "OAuth2Token",
     "PendingMfa",
+    "SessionKind",
     "SessionState",
     "SessionStatusView",
 ]
@@ -87,6 +88,8 @@ class SessionStatusView:
     session_version: int = 0
     last_validated_at: datetime | None = None
     access_token_expires_at: datetime | None = None
+    kind: SessionKind | None = None
+    refresh_token_expires_at: datetime | None = None
     last_synced_at: datetime | None = None
     synced_through: datetime | None = None
     last_sync_attempt_at: datetime | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from auth_service.domain.models import LeaseView, SessionState, SessionStatusView
+from auth_service.domain.models import LeaseView, SessionKind, SessionState, SessionStatusView
 
 
 class SessionRow(Protocol):
@@ -22,6 +22,10 @@ class SessionRow(Protocol):
     def session_version(self) -> int: ...
     @property
     def access_token_expires_at(self) -> datetime | None: ...
+    @property
+    def session_kind(self) -> SessionKind | None: ...
+    @property
+    def refresh_token_expires_at(self) -> datetime | None: ...
     @property
     def lease_id(self) -> str | None: ...
     @property
@@ -74,6 +78,8 @@ def status_view(row: SessionRow, now: datetime) -> SessionStatusView:
         session_version=row.session_version,
         last_validated_at=row.last_validated_at,
         access_token_expires_at=row.access_token_expires_at,
+        kind=row.session_kind,
+        refresh_token_expires_at=row.refresh_token_expires_at,
         last_synced_at=row.last_synced_at,
         synced_through=row.synced_through,
         last_sync_attempt_at=row.last_sync_attempt_at,

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from auth_service.domain.audit import CALLER_LENGTH
-from auth_service.domain.models import SessionState
+from auth_service.domain.models import SessionKind, SessionState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -124,6 +124,22 @@ class GarminAuthenticationState(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
+    # Added by migration 0004, so last (the order SQLite keeps after ALTER TABLE).
+    # Which sign-in the stored session comes from; NULL whenever no session is stored.
+    session_kind: Mapped[SessionKind | None] = mapped_column(
+        Enum(
+            SessionKind,
+            name="session_kind",
+            native_enum=False,
+            create_constraint=True,
+            length=16,
+            validate_strings=True,
+        )
+    )
+    # DI sessions: when the refresh token dies unless used (NULL: unknown, e.g. just imported
+    # from a token file, which makes it due for keep-alive at once). NULL for garth sessions.
+    refresh_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
     __table_args__ = (
         # LeaseNextSession walks ACTIVE sessions in sync order (never synced first, then the
         # oldest sync) and stops at the first due one: an index in exactly that order, over
@@ -137,6 +153,13 @@ class GarminAuthenticationState(Base):
             "user_id",
             postgresql_where=text("state = 'ACTIVE'"),
             sqlite_where=text("state = 'ACTIVE'"),
+        ),
+        # Keep-alive walks ACTIVE DI sessions by refresh-token expiry, soonest first.
+        Index(
+            "ix_garmin_authentication_state_keepalive",
+            "refresh_token_expires_at",
+            postgresql_where=text("state = 'ACTIVE' AND session_kind = 'DI_OAUTH2'"),
+            sqlite_where=text("state = 'ACTIVE' AND session_kind = 'DI_OAUTH2'"),
         ),
     )
 

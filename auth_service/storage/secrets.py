@@ -19,34 +19,41 @@ def _dt(value: float | None) -> datetime | None:
 
 
 def tokens_to_json(tokens: GarminTokens) -> dict[str, Any]:
+    o1, o2 = tokens.oauth1, tokens.oauth2
     return {
-        "oauth1": {
-            "oauth_token": tokens.oauth1.oauth_token,
-            "oauth_token_secret": tokens.oauth1.oauth_token_secret,
-            "mfa_token": tokens.oauth1.mfa_token,
-            "mfa_expires_at": _ts(tokens.oauth1.mfa_expires_at),
+        "oauth1": None
+        if o1 is None
+        else {
+            "oauth_token": o1.oauth_token,
+            "oauth_token_secret": o1.oauth_token_secret,
+            "mfa_token": o1.mfa_token,
+            "mfa_expires_at": _ts(o1.mfa_expires_at),
         },
         "oauth2": {
-            "scope": tokens.oauth2.scope,
-            "jti": tokens.oauth2.jti,
-            "token_type": tokens.oauth2.token_type,
-            "access_token": tokens.oauth2.access_token,
-            "refresh_token": tokens.oauth2.refresh_token,
-            "expires_at": _ts(tokens.oauth2.expires_at),
-            "refresh_token_expires_at": _ts(tokens.oauth2.refresh_token_expires_at),
+            "scope": o2.scope,
+            "jti": o2.jti,
+            "token_type": o2.token_type,
+            "access_token": o2.access_token,
+            "refresh_token": o2.refresh_token,
+            "expires_at": _ts(o2.expires_at),
+            "refresh_token_expires_at": _ts(o2.refresh_token_expires_at),
         },
         "domain": tokens.domain,
+        "di_client_id": tokens.di_client_id,
+        "refresh_token_lifetime_seconds": tokens.refresh_token_lifetime_seconds,
     }
 
 
 def tokens_from_json(data: dict[str, Any]) -> GarminTokens:
-    o1, o2 = data["oauth1"], data["oauth2"]
+    # Sessions stored before DI sessions existed have no di_client_id: they are garth's.
+    o1, o2 = data.get("oauth1"), data["oauth2"]
     expires_at = _dt(o2["expires_at"])
-    refresh_expires_at = _dt(o2["refresh_token_expires_at"])
-    if expires_at is None or refresh_expires_at is None:
-        raise ValueError("stored session lacks token expiry times")
+    if expires_at is None:
+        raise ValueError("stored session lacks its access token's expiry")
     return GarminTokens(
-        oauth1=OAuth1Token(
+        oauth1=None
+        if o1 is None
+        else OAuth1Token(
             oauth_token=o1["oauth_token"],
             oauth_token_secret=o1["oauth_token_secret"],
             mfa_token=o1.get("mfa_token"),
@@ -59,9 +66,11 @@ def tokens_from_json(data: dict[str, Any]) -> GarminTokens:
             access_token=o2["access_token"],
             refresh_token=o2["refresh_token"],
             expires_at=expires_at,
-            refresh_token_expires_at=refresh_expires_at,
+            refresh_token_expires_at=_dt(o2.get("refresh_token_expires_at")),
         ),
         domain=data.get("domain") or "garmin.com",
+        di_client_id=data.get("di_client_id"),
+        refresh_token_lifetime_seconds=data.get("refresh_token_lifetime_seconds"),
     )
 
 

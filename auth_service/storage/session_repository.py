@@ -16,7 +16,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from auth_service.crypto import DecryptionError
-from auth_service.domain.models import GarminTokens, SessionState
+from auth_service.domain.models import GarminTokens, SessionKind, SessionState
 from auth_service.domain.repositories import SecretUnreadable
 from auth_service.domain.views import SessionRow
 from auth_service.storage import session_rows as rows
@@ -164,6 +164,13 @@ class SqlSessionRepository:
         return {
             "p_ciphertext": self.box.seal_tokens(user_id, tokens),
             "p_tokens_expire_at": tokens.oauth2.expires_at,
+            "p_kind": tokens.kind,
+            # Only a DI session dies with its refresh token; garth's lives on its OAuth1.
+            "p_refresh_expires_at": (
+                tokens.oauth2.refresh_token_expires_at
+                if tokens.kind is SessionKind.DI_OAUTH2
+                else None
+            ),
         }
 
     def _one(self, statement: Update | Select[Any], **params: Any) -> SessionRow | None:

@@ -43,6 +43,8 @@ ACTIVE = SessionState.ACTIVE
 NOW = bindparam("p_now", type_=UTCDateTime())
 VALIDATED_AT = bindparam("p_validated_at", type_=UTCDateTime())
 TOKENS_EXPIRE_AT = bindparam("p_tokens_expire_at", type_=UTCDateTime())
+REFRESH_EXPIRES_AT = bindparam("p_refresh_expires_at", type_=UTCDateTime())
+KIND = bindparam("p_kind", type_=T.c.session_kind.type)
 USER_ID = bindparam("p_user_id", type_=T.c.user_id.type)
 LEASE_ID = bindparam("p_lease_id", type_=T.c.lease_id.type)
 CIPHERTEXT = bindparam("p_ciphertext", type_=T.c.session_ciphertext.type)
@@ -75,6 +77,8 @@ INSTALLED: dict[str, Any] = {
     "session_ciphertext": CIPHERTEXT,
     "session_version": T.c.session_version + 1,
     "access_token_expires_at": TOKENS_EXPIRE_AT,
+    "session_kind": KIND,
+    "refresh_token_expires_at": REFRESH_EXPIRES_AT,
     "last_validated_at": VALIDATED_AT,
     "invalidated_reason": None,
     "invalidated_at": None,
@@ -90,6 +94,8 @@ REFRESHED: dict[str, Any] = {
     "session_ciphertext": CIPHERTEXT,
     "session_version": T.c.session_version + 1,
     "access_token_expires_at": TOKENS_EXPIRE_AT,
+    "session_kind": KIND,
+    "refresh_token_expires_at": REFRESH_EXPIRES_AT,
 }
 
 # Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended.
@@ -98,6 +104,8 @@ INVALIDATED: dict[str, Any] = {
     "state": SessionState.AUTH_EXPIRED,
     "session_ciphertext": None,
     "access_token_expires_at": None,
+    "session_kind": None,
+    "refresh_token_expires_at": None,
     "session_version": T.c.session_version + 1,
     "invalidated_reason": REASON,
     "invalidated_at": NOW,
@@ -115,6 +123,8 @@ DISCONNECTED: dict[str, Any] = {
     ),
     "session_ciphertext": None,
     "access_token_expires_at": None,
+    "session_kind": None,
+    "refresh_token_expires_at": None,
     "last_validated_at": None,
     "last_synced_at": None,
     "synced_through": None,

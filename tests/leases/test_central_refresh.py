@@ -367,8 +367,8 @@ def test_no_secret_reaches_a_log_line_or_an_error_message(
     messages.append(rejected.value.message)
 
     secrets = (
-        tokens.oauth1.oauth_token,
-        tokens.oauth1.oauth_token_secret,
+        tokens.oauth1_token().oauth_token,
+        tokens.oauth1_token().oauth_token_secret,
         tokens.oauth2.access_token,
         tokens.oauth2.refresh_token,
         grant.lease.lease_id,

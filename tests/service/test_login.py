@@ -91,7 +91,7 @@ def test_mfa_login_completes_on_another_replica(
     assert row.state.value == "ACTIVE"
     assert row.session_ciphertext is not None
     tokens = SecretBox(keyring).open_tokens("bob", row.session_ciphertext)
-    assert tokens.oauth1.oauth_token
+    assert tokens.oauth1_token().oauth_token
     # A validation against Garmin proves the stored session is a working one.
     status = second.call("GetStatus", pb.GetStatusRequest(user_id="bob", validate=True)).status
     assert status.state == pb.SESSION_STATE_ACTIVE

@@ -182,7 +182,8 @@ def _garth_tokens(
     """A user's own garth session, as garth itself builds it."""
     tokens = GarthUpstream(service.running.application.settings.upstream).login(email, PASSWORD)
     assert isinstance(tokens, LoginSucceeded)
-    o1, o2 = tokens.tokens.oauth1, tokens.tokens.oauth2
+    o1, o2 = tokens.tokens.oauth1_token(), tokens.tokens.oauth2
+    assert o2.refresh_token_expires_at is not None
     now = int(datetime.now(UTC).timestamp())
     return (
         garth.auth_tokens.OAuth1Token(

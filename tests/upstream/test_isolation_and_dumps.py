@@ -138,8 +138,9 @@ def test_dumps_from_garth_with_a_naive_mfa_timestamp_is_utc() -> None:
     tokens = tokens_from_garth_dumps(base64.b64encode(json.dumps(pair).encode()).decode())
 
     assert tokens.domain == "garmin.cn"
-    assert tokens.oauth1.mfa_expires_at is not None
-    assert tokens.oauth1.mfa_expires_at.isoformat() == "2026-08-02T05:56:10+00:00"
+    mfa_expires_at = tokens.oauth1_token().mfa_expires_at
+    assert mfa_expires_at is not None
+    assert mfa_expires_at.isoformat() == "2026-08-02T05:56:10+00:00"
     assert tokens.oauth2.expires_at.timestamp() == 1_800_000_000
 
 

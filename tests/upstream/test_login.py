@@ -50,9 +50,9 @@ def test_login_without_mfa_returns_tokens(
     assert isinstance(result, LoginSucceeded)
     tokens = result.tokens
     assert tokens.domain == "garmin.com"
-    assert tokens.oauth1.oauth_token
-    assert tokens.oauth1.oauth_token_secret
-    assert tokens.oauth1.mfa_token is None
+    assert tokens.oauth1_token().oauth_token
+    assert tokens.oauth1_token().oauth_token_secret
+    assert tokens.oauth1_token().mfa_token is None
     assert tokens.oauth2.token_type == "Bearer"
     expected_expiry = before + timedelta(seconds=emulator.access_token_expires_in)
     assert abs((tokens.oauth2.expires_at - expected_expiry).total_seconds()) < 5
@@ -168,9 +168,10 @@ def test_mfa_login_then_right_code_returns_tokens(
     assert pending.login_params["clientId"] == "GCM_ANDROID_DARK"
     assert [c["name"] for c in pending.cookies] == ["GARMIN-SSO-CUST-GUID"]
     assert pending.cookies[0]["domain"] == "sso.garmin.com"
-    assert tokens.oauth1.mfa_token is not None
-    assert tokens.oauth1.mfa_expires_at is not None
-    assert tokens.oauth1.mfa_expires_at.tzinfo is not None
+    assert tokens.oauth1_token().mfa_token is not None
+    mfa_expires_at = tokens.oauth1_token().mfa_expires_at
+    assert mfa_expires_at is not None
+    assert mfa_expires_at.tzinfo is not None
     assert emulator.exchange_count(mfa_user.email) == 1
 
 
@@ -185,7 +186,7 @@ def test_wrong_mfa_code_is_rejected_then_the_right_one_works(
     tokens = upstream.resume_mfa(pending, mfa_user.mfa_code)
 
     assert "INVALID_MFA_CODE" in str(caught.value)
-    assert tokens.oauth1.mfa_token is not None
+    assert tokens.oauth1_token().mfa_token is not None
     assert mfa_user.password not in caplog.text
 
 
@@ -203,7 +204,7 @@ def test_mfa_code_with_another_logins_cookies_fails(
     with pytest.raises(MfaCodeRejected):
         upstream.resume_mfa(no_cookies, mfa_user.mfa_code)
     # The right cookies still work: the challenge was not consumed by the failures.
-    assert upstream.resume_mfa(mine, mfa_user.mfa_code).oauth1.mfa_token
+    assert upstream.resume_mfa(mine, mfa_user.mfa_code).oauth1_token().mfa_token
 
 
 def test_mfa_code_is_single_use(upstream: GarthUpstream, mfa_user: EmulatedUser) -> None:

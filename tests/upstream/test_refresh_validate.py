@@ -67,8 +67,8 @@ def test_refresh_of_a_revoked_session_is_session_rejected(
     with pytest.raises(GarminSessionRejected) as caught:
         upstream.refresh(tokens)
 
-    assert tokens.oauth1.oauth_token not in caught.value.message
-    assert tokens.oauth1.oauth_token_secret not in caught.value.message
+    assert tokens.oauth1_token().oauth_token not in caught.value.message
+    assert tokens.oauth1_token().oauth_token_secret not in caught.value.message
 
 
 def test_refresh_signed_with_the_wrong_consumer_secret_is_refused(

@@ -250,8 +250,8 @@ def test_a_run_prints_one_line_per_user_and_never_a_secret(
     secrets = {
         WORKER_TOKEN,
         CONSUMER_SECRET,
-        before.oauth1.oauth_token,
-        before.oauth1.oauth_token_secret,
+        before.oauth1_token().oauth_token,
+        before.oauth1_token().oauth_token_secret,
         before.oauth2.access_token,
         before.oauth2.refresh_token,
         after.oauth2.access_token,

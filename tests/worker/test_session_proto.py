@@ -10,7 +10,7 @@ import pytest
 
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.session_proto import MalformedSession, tokens_from_proto, tokens_to_proto
-from garmin_client.tokens import GarminTokens, OAuth1Token, OAuth2Token
+from garmin_client.tokens import GarminTokens, OAuth1Token, OAuth2Token, SessionKind
 
 EXPIRES = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 TOKENS = GarminTokens(
@@ -32,7 +32,7 @@ def test_tokens_survive_the_round_trip() -> None:
     with_mfa = dataclasses.replace(
         TOKENS,
         oauth1=dataclasses.replace(
-            TOKENS.oauth1,
+            TOKENS.oauth1_token(),
             mfa_token="mfa-1",
             mfa_expires_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(microseconds=5),
         ),
@@ -82,3 +82,37 @@ def test_a_session_that_cannot_be_used_names_the_field_not_the_value(
     assert raised.value.field == field
     for secret in ("o1-secret", "access-1", "refresh-1"):
         assert secret not in str(raised.value)
+
+
+DI_TOKENS = GarminTokens(
+    oauth1=None,
+    oauth2=dataclasses.replace(TOKENS.oauth2, refresh_token_expires_at=None),
+    domain="garmin.cn",
+    di_client_id="GARMIN_CONNECT_MOBILE_ANDROID_DI_2025Q2",
+)
+
+
+def test_a_di_session_survives_the_round_trip_without_oauth1() -> None:
+    session = tokens_to_proto(DI_TOKENS)
+    assert not session.HasField("oauth1")
+    assert session.kind == pb.SESSION_KIND_DI_OAUTH2
+    assert tokens_from_proto(session) == DI_TOKENS
+    assert tokens_from_proto(session).kind is SessionKind.DI_OAUTH2
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda s: s.ClearField("di_client_id"), "di_client_id"),
+        (lambda s: s.oauth1.CopyFrom(tokens_to_proto(TOKENS).oauth1), "oauth1"),
+        (lambda s: setattr(s, "kind", 7), "kind"),
+    ],
+)
+def test_a_malformed_di_session_names_the_field(
+    change: Callable[[pb.GarminSession], object], field: str
+) -> None:
+    session = tokens_to_proto(DI_TOKENS)
+    change(session)
+    with pytest.raises(MalformedSession) as raised:
+        tokens_from_proto(session)
+    assert raised.value.field == field

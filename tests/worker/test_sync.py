@@ -100,7 +100,7 @@ def test_an_expired_refreshable_session_is_refreshed_and_persisted(
     assert stored is not None
     assert stored.oauth2.access_token != imported.oauth2.access_token
     assert stored.oauth2.expires_at > datetime.now(UTC) + timedelta(minutes=30)
-    assert stored.oauth1.oauth_token == imported.oauth1.oauth_token
+    assert stored.oauth1_token().oauth_token == imported.oauth1_token().oauth_token
     # One exchange, by the service at lease time; the worker had no need to refresh.
     assert garmin.exchange_count(email) == 1
     assert result.users["bea"]["refreshed"] is False

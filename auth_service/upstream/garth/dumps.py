@@ -18,7 +18,7 @@ from garmin_client.tokens import GarminTokens
 def tokens_to_garth_dumps(tokens: GarminTokens) -> str:
     """The session as garth's ``Client.dumps()`` string."""
     pair = [
-        garth_asdict(oauth1_to_garth(tokens.oauth1, tokens.domain)),
+        garth_asdict(oauth1_to_garth(tokens.oauth1_token(), tokens.domain)),
         garth_asdict(oauth2_to_garth(tokens.oauth2, time.time())),
     ]
     return base64.b64encode(json.dumps(pair).encode()).decode()

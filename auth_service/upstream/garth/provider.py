@@ -63,7 +63,9 @@ class GarthUpstream:
         # is built from the OAuth1 we were given and the OAuth2 Garmin just issued.
         with self._client(tokens.domain) as client:
             try:
-                fresh = garth.sso.exchange(oauth1_to_garth(tokens.oauth1, tokens.domain), client)
+                fresh = garth.sso.exchange(
+                    oauth1_to_garth(tokens.oauth1_token(), tokens.domain), client
+                )
                 oauth2 = oauth2_from_garth(fresh)
             except GARTH_FAILURES as exc:
                 raise failure("token refresh", exc, judging_tokens=True) from None

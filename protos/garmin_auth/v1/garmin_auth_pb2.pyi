@@ -24,6 +24,12 @@ class LoginOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOGIN_OUTCOME_UNSPECIFIED: _ClassVar[LoginOutcome]
     LOGIN_OUTCOME_AUTHENTICATED: _ClassVar[LoginOutcome]
     LOGIN_OUTCOME_MFA_REQUIRED: _ClassVar[LoginOutcome]
+
+class SessionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SESSION_KIND_UNSPECIFIED: _ClassVar[SessionKind]
+    SESSION_KIND_GARTH: _ClassVar[SessionKind]
+    SESSION_KIND_DI_OAUTH2: _ClassVar[SessionKind]
 SESSION_STATE_UNSPECIFIED: SessionState
 SESSION_STATE_NOT_CONNECTED: SessionState
 SESSION_STATE_MFA_PENDING: SessionState
@@ -32,9 +38,12 @@ SESSION_STATE_AUTH_EXPIRED: SessionState
 LOGIN_OUTCOME_UNSPECIFIED: LoginOutcome
 LOGIN_OUTCOME_AUTHENTICATED: LoginOutcome
 LOGIN_OUTCOME_MFA_REQUIRED: LoginOutcome
+SESSION_KIND_UNSPECIFIED: SessionKind
+SESSION_KIND_GARTH: SessionKind
+SESSION_KIND_DI_OAUTH2: SessionKind
 
 class SessionStatus(_message.Message):
-    __slots__ = ("user_id", "state", "last_validated_at", "access_token_expires_at", "last_synced_at", "synced_through", "invalidated_reason", "lease", "invalidated_at", "session_version", "last_sync_attempt_at", "updated_at")
+    __slots__ = ("user_id", "state", "last_validated_at", "access_token_expires_at", "last_synced_at", "synced_through", "invalidated_reason", "lease", "invalidated_at", "session_version", "last_sync_attempt_at", "updated_at", "kind", "refresh_token_expires_at")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_VALIDATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +56,8 @@ class SessionStatus(_message.Message):
     SESSION_VERSION_FIELD_NUMBER: _ClassVar[int]
     LAST_SYNC_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_TOKEN_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     state: SessionState
     last_validated_at: _timestamp_pb2.Timestamp
@@ -59,7 +70,9 @@ class SessionStatus(_message.Message):
     session_version: int
     last_sync_attempt_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., last_validated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_synced_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., synced_through: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., invalidated_reason: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., invalidated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_version: _Optional[int] = ..., last_sync_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    kind: SessionKind
+    refresh_token_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., last_validated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_synced_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., synced_through: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., invalidated_reason: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., invalidated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_version: _Optional[int] = ..., last_sync_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[SessionKind, str]] = ..., refresh_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("lease_id", "user_id", "holder", "fencing_token", "acquired_at", "expires_at")
@@ -108,14 +121,18 @@ class OAuth2Token(_message.Message):
     def __init__(self, scope: _Optional[str] = ..., jti: _Optional[str] = ..., token_type: _Optional[str] = ..., access_token: _Optional[str] = ..., refresh_token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refresh_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GarminSession(_message.Message):
-    __slots__ = ("oauth1", "oauth2", "domain")
+    __slots__ = ("oauth1", "oauth2", "domain", "di_client_id", "kind")
     OAUTH1_FIELD_NUMBER: _ClassVar[int]
     OAUTH2_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    DI_CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     oauth1: OAuth1Token
     oauth2: OAuth2Token
     domain: str
-    def __init__(self, oauth1: _Optional[_Union[OAuth1Token, _Mapping]] = ..., oauth2: _Optional[_Union[OAuth2Token, _Mapping]] = ..., domain: _Optional[str] = ...) -> None: ...
+    di_client_id: str
+    kind: SessionKind
+    def __init__(self, oauth1: _Optional[_Union[OAuth1Token, _Mapping]] = ..., oauth2: _Optional[_Union[OAuth2Token, _Mapping]] = ..., domain: _Optional[str] = ..., di_client_id: _Optional[str] = ..., kind: _Optional[_Union[SessionKind, str]] = ...) -> None: ...
 
 class LoginRequest(_message.Message):
     __slots__ = ("user_id", "email", "password")
@@ -170,14 +187,16 @@ class GetStatusResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
 
 class ImportSessionRequest(_message.Message):
-    __slots__ = ("user_id", "session", "garth_token")
+    __slots__ = ("user_id", "session", "garth_token", "garminconnect_tokens")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     GARTH_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    GARMINCONNECT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session: GarminSession
     garth_token: str
-    def __init__(self, user_id: _Optional[str] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ..., garth_token: _Optional[str] = ...) -> None: ...
+    garminconnect_tokens: str
+    def __init__(self, user_id: _Optional[str] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ..., garth_token: _Optional[str] = ..., garminconnect_tokens: _Optional[str] = ...) -> None: ...
 
 class ImportSessionResponse(_message.Message):
     __slots__ = ("status",)
