@@ -34,8 +34,9 @@ from sync_worker.config import (
     parse_duration,
 )
 from sync_worker.control import RunControl
+from sync_worker.postgres_sink import PostgresSink, redacted_url
 from sync_worker.runner import EXIT_CONFIG, run
-from sync_worker.sinks import PostgresSink, SinkError, redacted_url
+from sync_worker.sinks import SinkError
 from sync_worker.sync import SyncOptions
 
 PROG = "garmin-sync-worker"

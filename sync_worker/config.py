@@ -17,7 +17,8 @@ from typing import Final
 
 from garmin_client.env import ConfigError, EnvReader
 from sync_worker.client import AuthClientConfig
-from sync_worker.sinks import UnsafeUserId, check_user_id, libpq_url, redacted_url
+from sync_worker.postgres_sink import libpq_url, redacted_url
+from sync_worker.sinks import UnsafeUserId, check_user_id
 from sync_worker.sync import SyncOptions
 
 ENV_PREFIX: Final = "GARMIN_SYNC_"

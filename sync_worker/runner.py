@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, TextIO
 
 from sync_worker.client import AuthClient
@@ -28,9 +29,11 @@ from sync_worker.client_errors import (
 )
 from sync_worker.config import WorkerConfig
 from sync_worker.control import RunControl
+from sync_worker.directory_sink import DirectorySink
 from sync_worker.lease_grants import LeasedSession
+from sync_worker.postgres_sink import PostgresSink
 from sync_worker.progress import Progress
-from sync_worker.sinks import Sink, open_sink
+from sync_worker.sinks import Sink
 from sync_worker.sync import Outcome, UserResult, sync_user
 
 log = logging.getLogger(__name__)
@@ -269,3 +272,11 @@ def run(
         fatal=control.fatal,
         stopped=control.stop_requested,
     )
+
+
+def open_sink(out_dir: Path | None, sink_url: str | None) -> Sink:
+    """The sink the command line chose (exactly one of the two is set)."""
+    if sink_url is not None:
+        return PostgresSink(sink_url)
+    assert out_dir is not None
+    return DirectorySink(out_dir)

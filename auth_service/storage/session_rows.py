@@ -98,40 +98,40 @@ REFRESHED: dict[str, Any] = {
     "refresh_token_expires_at": REFRESH_EXPIRES_AT,
 }
 
-# Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended.
-INVALIDATED: dict[str, Any] = {
+# No stored session any more (invalidated or deleted): secrets wiped, lease ended.
+_WIPED: dict[str, Any] = {
     **ENDED_LEASE,
-    "state": SessionState.AUTH_EXPIRED,
     "session_ciphertext": None,
     "access_token_expires_at": None,
     "session_kind": None,
     "refresh_token_expires_at": None,
+    "updated_at": NOW,
+}
+
+# Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended.
+INVALIDATED: dict[str, Any] = {
+    **_WIPED,
+    "state": SessionState.AUTH_EXPIRED,
     "session_version": T.c.session_version + 1,
     "invalidated_reason": REASON,
     "invalidated_at": NOW,
-    "updated_at": NOW,
 }
 
 # DeleteSession: the row stays, as NOT_CONNECTED, so fencing tokens keep growing if the user
 # returns. The version grows only when there were tokens to wipe.
 DISCONNECTED: dict[str, Any] = {
-    **ENDED_LEASE,
+    **_WIPED,
     "state": SessionState.NOT_CONNECTED,
     "session_version": case(
         (T.c.session_ciphertext.is_not(None), T.c.session_version + 1),
         else_=T.c.session_version,
     ),
-    "session_ciphertext": None,
-    "access_token_expires_at": None,
-    "session_kind": None,
-    "refresh_token_expires_at": None,
     "last_validated_at": None,
     "last_synced_at": None,
     "synced_through": None,
     "last_sync_attempt_at": None,
     "invalidated_reason": None,
     "invalidated_at": None,
-    "updated_at": NOW,
 }
 
 # --- abandoned MFA -------------------------------------------------------------------------

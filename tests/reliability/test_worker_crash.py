@@ -27,7 +27,8 @@ from google.protobuf import timestamp_pb2
 
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import DOWNLOAD_PREFIX, GarminEmulator
-from sync_worker.sinks import DirectorySink, FencingRefused
+from sync_worker.directory_sink import DirectorySink
+from sync_worker.sinks import FencingRefused
 from tests.fixtures.servers import Replica, expect_failure
 from tests.worker import WORKER_SCRIPT, connect, status, summaries, worker_env
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from sync_worker.sinks import PostgresSink, libpq_url
+from sync_worker.postgres_sink import PostgresSink, libpq_url
 from tests.fixtures.database import PostgresServer
 
 

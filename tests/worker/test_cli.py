@@ -18,7 +18,7 @@ import pytest
 from auth_service.crypto import Keyring
 from garmin_emulator import DOWNLOAD_PREFIX, GarminEmulator
 from sync_worker import cli
-from sync_worker.sinks import libpq_url
+from sync_worker.postgres_sink import libpq_url
 from tests.fixtures.database import PostgresServer
 from tests.fixtures.servers import CONSUMER_SECRET, Replica
 

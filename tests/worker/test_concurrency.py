@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from garmin_emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
-from sync_worker.sinks import DirectorySink
+from sync_worker.directory_sink import DirectorySink
 from tests.fixtures.servers import Replica
 
 from . import (

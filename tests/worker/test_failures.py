@@ -18,7 +18,9 @@ from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
 from sync_worker.client import AuthClient
 from sync_worker.client_errors import AuthServiceError
-from sync_worker.sinks import DirectorySink, PostgresSink, Sink
+from sync_worker.directory_sink import DirectorySink
+from sync_worker.postgres_sink import PostgresSink
+from sync_worker.sinks import Sink
 from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
 
 from . import (

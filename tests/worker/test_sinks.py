@@ -11,15 +11,14 @@ from typing import Any
 import psycopg
 import pytest
 
+from sync_worker.directory_sink import DirectorySink
+from sync_worker.postgres_sink import PostgresSink, redacted_url
 from sync_worker.sinks import (
     Activity,
-    DirectorySink,
     FencingRefused,
-    PostgresSink,
     SinkError,
     UnsafeUserId,
     check_user_id,
-    redacted_url,
     summary_bytes,
 )
 from sync_worker.sync import parse_activity

@@ -23,8 +23,8 @@ from garmin_emulator import (
     GarminEmulator,
 )
 from sync_worker.client import AuthClient
+from sync_worker.directory_sink import DirectorySink
 from sync_worker.lease_grants import SessionStatus
-from sync_worker.sinks import DirectorySink
 from tests.fixtures.servers import Replica
 
 from . import (

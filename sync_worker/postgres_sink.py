@@ -1,0 +1,187 @@
+"""The PostgreSQL sink: the worker's own database (never the auth service's), one
+transaction per write, fenced by the lease's token in the same statement."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from sync_worker.sinks import (
+    Activity,
+    FencingRefused,
+    SinkError,
+    check_user_id,
+    claimed,
+)
+
+SCHEMA_SQL: Final = """
+CREATE TABLE IF NOT EXISTS garmin_sync_fence (
+    user_id text PRIMARY KEY,
+    fencing_token bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS garmin_activity (
+    user_id text NOT NULL,
+    activity_id bigint NOT NULL,
+    summary jsonb NOT NULL,
+    start_time_gmt timestamptz,
+    fencing_token bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, activity_id)
+);
+"""
+# Serializes concurrent init-sink runs (CREATE TABLE IF NOT EXISTS races on the catalog).
+_SCHEMA_LOCK_KEY: Final = 0x6761726D696E  # "garmin"
+
+# Raise the user's fence to our token (refused when a higher one is recorded), then upsert
+# the activity unless identical: one statement, so the check and the write are atomic, and
+# the fence row's lock serializes every writer of the user until commit.
+_CLAIM_SQL: Final = """
+INSERT INTO garmin_sync_fence AS f (user_id, fencing_token, updated_at)
+VALUES (%(user_id)s, %(token)s, now())
+ON CONFLICT (user_id) DO UPDATE
+    SET fencing_token = EXCLUDED.fencing_token, updated_at = EXCLUDED.updated_at
+    WHERE f.fencing_token <= EXCLUDED.fencing_token
+RETURNING f.fencing_token
+"""
+_UPSERT_SQL: Final = """
+WITH fence AS (
+    INSERT INTO garmin_sync_fence AS f (user_id, fencing_token, updated_at)
+    VALUES (%(user_id)s, %(token)s, now())
+    ON CONFLICT (user_id) DO UPDATE
+        SET fencing_token = EXCLUDED.fencing_token, updated_at = EXCLUDED.updated_at
+        WHERE f.fencing_token <= EXCLUDED.fencing_token
+    RETURNING f.fencing_token
+), written AS (
+    INSERT INTO garmin_activity AS a
+        (user_id, activity_id, summary, start_time_gmt, fencing_token, updated_at)
+    SELECT %(user_id)s::text, %(activity_id)s::bigint, %(summary)s::jsonb, %(start)s::timestamptz,
+           fence.fencing_token, now()
+    FROM fence
+    ON CONFLICT (user_id, activity_id) DO UPDATE
+        SET summary = EXCLUDED.summary,
+            start_time_gmt = EXCLUDED.start_time_gmt,
+            fencing_token = EXCLUDED.fencing_token,
+            updated_at = EXCLUDED.updated_at
+        WHERE a.fencing_token <= EXCLUDED.fencing_token
+          AND (a.summary IS DISTINCT FROM EXCLUDED.summary
+               OR a.start_time_gmt IS DISTINCT FROM EXCLUDED.start_time_gmt)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM written)
+"""
+
+
+def libpq_url(url: str) -> str:
+    """Accept the SQLAlchemy spelling too (postgresql+psycopg://) and hand libpq its own."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0] not in {"postgresql", "postgres"}:
+        raise ValueError("the sink URL must start with postgresql://")
+    return "postgresql://" + rest
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its password, fit for a message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
+
+
+def _problem(exc: psycopg.Error) -> str:
+    # libpq's first line names the failure (host, database, user) without the password.
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0] if first else 'no detail'}"
+
+
+class PostgresSink:
+    """Table ``garmin_activity`` keyed by (user_id, activity_id), fenced per user by
+    ``garmin_sync_fence``. One connection per user being synced (autocommit)."""
+
+    def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
+        self._url = libpq_url(url)
+        self._connect_timeout = connect_timeout
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(
+                self._url, autocommit=True, connect_timeout=self._connect_timeout
+            )
+        except psycopg.Error as exc:
+            raise SinkError(f"cannot connect to the sink database ({_problem(exc)})") from None
+
+    def init_schema(self) -> None:
+        """Create the tables (idempotent)."""
+        with self._connect() as connection, connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+            connection.execute(SCHEMA_SQL)
+
+    def check(self) -> None:
+        with self._connect() as connection:
+            row = connection.execute(
+                "SELECT to_regclass('garmin_activity') IS NOT NULL"
+                " AND to_regclass('garmin_sync_fence') IS NOT NULL"
+            ).fetchone()
+        if not row or not row[0]:
+            raise SinkError(
+                "the sink database has no garmin_activity table: "
+                "run `garmin-sync-worker init-sink --sink URL` first"
+            )
+
+    def for_user(self, user_id: str, fencing_token: int) -> _PostgresUserSink:
+        return claimed(_PostgresUserSink(self._connect(), check_user_id(user_id), fencing_token))
+
+    def close(self) -> None:
+        return None
+
+
+class _PostgresUserSink:
+    def __init__(self, connection: psycopg.Connection[Any], user_id: str, token: int) -> None:
+        self._connection = connection
+        self._user_id = user_id
+        self._token = token
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def _refused(self) -> FencingRefused:
+        return FencingRefused("a newer lease holder has written for this user")
+
+    def claim(self) -> None:
+        try:
+            row = self._connection.execute(
+                _CLAIM_SQL, {"user_id": self._user_id, "token": self._token}
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise SinkError(f"cannot write to the sink database ({_problem(exc)})") from None
+        if row is None:
+            raise self._refused()
+
+    # The UserSink protocol's signatures; this sink keeps no files (--with-files needs --out).
+    def has_file(self, activity_id: int) -> bool:  # noqa: ARG002
+        return False
+
+    def write_file(self, activity_id: int, content: bytes) -> bool:  # noqa: ARG002
+        raise SinkError("the PostgreSQL sink stores summaries only")
+
+    def write_summary(self, activity: Activity) -> bool:
+        parameters = {
+            "user_id": self._user_id,
+            "token": self._token,
+            "activity_id": activity.activity_id,
+            "summary": Jsonb(activity.summary),
+            "start": activity.start_time,
+        }
+        try:
+            row = self._connection.execute(_UPSERT_SQL, parameters).fetchone()
+        except psycopg.Error as exc:
+            raise SinkError(f"cannot write to the sink database ({_problem(exc)})") from None
+        fenced, written = row if row is not None else (0, 0)
+        if not fenced:
+            raise self._refused()
+        return bool(written)
