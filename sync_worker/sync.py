@@ -31,23 +31,22 @@ from garmin_client.api_session import GarminApiSession
 from garmin_client.errors import RateLimited, SessionRejected, Unavailable
 from garmin_client.settings import UpstreamSettings
 from garmin_client.tokens import GarminTokens
+from sync_worker.activity_list import parse_activity
 from sync_worker.client import AuthClient
 from sync_worker.client_errors import AuthServiceError
 from sync_worker.control import RunControl
 from sync_worker.keeper import LeaseGone, LeaseKeeper
 from sync_worker.lease_grants import LeasedSession
-from sync_worker.sinks import Activity, FencingRefused, Sink, SinkError, UnsafeUserId, UserSink
+from sync_worker.sinks import FencingRefused, Sink, SinkError, UnsafeUserId, UserSink
 
 log = logging.getLogger(__name__)
 
 ACTIVITIES_PATH: Final = "/activitylist-service/activities/search/activities"
 DOWNLOAD_PREFIX: Final = "/download-service/files/activity/"
-GARMIN_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
 # Garmin filters the list by the activity's local date, which may be a day off UTC's.
 LOCAL_DATE_SLACK: Final = timedelta(days=1)
 # A runaway listing (Garmin ignoring the window) must end: 1,000 pages of 100 is plenty.
 MAX_PAGES: Final = 1000
-_MAX_ACTIVITY_ID: Final = 2**63 - 1
 
 T = TypeVar("T")
 
@@ -98,38 +97,6 @@ class _Interrupted(Exception):
     def __init__(self, outcome: Outcome, detail: str) -> None:
         super().__init__(detail)
         self.outcome = outcome
-
-
-def parse_activity(raw: object) -> Activity | None:
-    """An activity from Garmin's list, or None when it lacks a usable id."""
-    if not isinstance(raw, dict):
-        return None
-    activity_id = raw.get("activityId")
-    if isinstance(activity_id, str) and activity_id.isdigit():
-        activity_id = int(activity_id)
-    # The id becomes a file name and a key: a positive integer or nothing.
-    if isinstance(activity_id, bool) or not isinstance(activity_id, int):
-        return None
-    if not 0 < activity_id <= _MAX_ACTIVITY_ID:
-        return None
-    return Activity(activity_id, raw, _start_time(raw))
-
-
-def _start_time(raw: dict[str, Any]) -> datetime | None:
-    text = raw.get("startTimeGMT")
-    if isinstance(text, str):
-        for candidate in (text[:19], text):
-            try:
-                return datetime.strptime(candidate, GARMIN_TIME_FORMAT).replace(tzinfo=UTC)
-            except ValueError:
-                continue
-    millis = raw.get("beginTimestamp")
-    if isinstance(millis, int) and not isinstance(millis, bool) and millis > 0:
-        try:
-            return datetime.fromtimestamp(millis / 1000, tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    return None
 
 
 class UserSync:

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from sync_worker.activity_list import parse_activity
 from sync_worker.directory_sink import DirectorySink
 from sync_worker.postgres_sink import PostgresSink, redacted_url
 from sync_worker.sinks import (
@@ -21,7 +22,6 @@ from sync_worker.sinks import (
     check_user_id,
     summary_bytes,
 )
-from sync_worker.sync import parse_activity
 
 
 def activity(activity_id: int = 42, name: str = "Run 1") -> Activity:

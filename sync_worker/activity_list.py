@@ -1,0 +1,44 @@
+"""Reading Garmin's activity list: which entries are activities the worker can store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sync_worker.sinks import Activity
+
+GARMIN_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
+# The id becomes a file name and a database key: at most a signed 64-bit integer.
+_MAX_ACTIVITY_ID: Final = 2**63 - 1
+
+
+def parse_activity(raw: object) -> Activity | None:
+    """An activity from Garmin's list, or None when it lacks a usable id."""
+    if not isinstance(raw, dict):
+        return None
+    activity_id = raw.get("activityId")
+    if isinstance(activity_id, str) and activity_id.isdigit():
+        activity_id = int(activity_id)
+    # The id becomes a file name and a key: a positive integer or nothing.
+    if isinstance(activity_id, bool) or not isinstance(activity_id, int):
+        return None
+    if not 0 < activity_id <= _MAX_ACTIVITY_ID:
+        return None
+    return Activity(activity_id, raw, _start_time(raw))
+
+
+def _start_time(raw: dict[str, Any]) -> datetime | None:
+    text = raw.get("startTimeGMT")
+    if isinstance(text, str):
+        for candidate in (text[:19], text):
+            try:
+                return datetime.strptime(candidate, GARMIN_TIME_FORMAT).replace(tzinfo=UTC)
+            except ValueError:
+                continue
+    millis = raw.get("beginTimestamp")
+    if isinstance(millis, int) and not isinstance(millis, bool) and millis > 0:
+        try:
+            return datetime.fromtimestamp(millis / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
