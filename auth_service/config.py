@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from auth_service.crypto import Keyring, KeyringError
-from auth_service.domain.policies import LeaseSettings, LoginSettings
+from auth_service.domain.policies import LeaseSettings, LoginSettings, RefreshSettings
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.settings import UpstreamSettings, read_upstream_settings
 
@@ -23,6 +23,10 @@ PREFIX = "GARMIN_AUTH_"
 DEFAULT_DATABASE_URL = "sqlite:///garmin-auth.sqlite3"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 MAX_PORT = 65535
+# A refresh claim outlives one Garmin call (every attempt timing out) by this much.
+CLAIM_MARGIN_SECONDS = 30.0
+# Waiting for another replica's claim: its whole life, and a little more.
+CLAIM_WAIT_EXTRA_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024
     leases: LeaseSettings = field(default_factory=LeaseSettings)
     login: LoginSettings = field(default_factory=LoginSettings)
+    refresh: RefreshSettings = field(default_factory=RefreshSettings)
     tls: TlsSettings | None = None
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # Seconds between background housekeeping passes (expired MFA challenges, stale login
@@ -100,6 +105,22 @@ def _database_url(reader: EnvReader) -> str:
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
         raise reader.error("DATABASE_URL", "PostgreSQL URLs must use postgresql+psycopg://")
     return url
+
+
+def _refresh(reader: EnvReader, upstream: UpstreamSettings) -> RefreshSettings:
+    claim = upstream.timeout_seconds * (upstream.retries + 1) + CLAIM_MARGIN_SECONDS
+    return RefreshSettings(
+        concurrency=reader.integer("REFRESH_CONCURRENCY", 4, minimum=1, maximum=256),
+        claim_seconds=claim,
+        wait_seconds=claim + CLAIM_WAIT_EXTRA_SECONDS,
+        keepalive_interval_seconds=reader.number(
+            "KEEPALIVE_INTERVAL", 300.0, minimum=1, maximum=86400
+        ),
+        # At most 29 days: a DI refresh token lives about 30 days from its last use.
+        keepalive_window_seconds=reader.number(
+            "KEEPALIVE_WINDOW", 604800.0, minimum=600, maximum=29 * 86400
+        ),
+    )
 
 
 def _reader(env: Mapping[str, str] | None) -> EnvReader:
@@ -193,10 +214,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     max_ttl = reader.number("LEASE_MAX_TTL", 3600.0, minimum=5, maximum=86400)
     if default_ttl > max_ttl:
         raise reader.error("LEASE_DEFAULT_TTL", "must not exceed GARMIN_AUTH_LEASE_MAX_TTL")
+    upstream = read_upstream_settings(reader)
     return Settings(
         database_url=_database_url(reader),
         keyring=keyring,
-        upstream=read_upstream_settings(reader),
+        upstream=upstream,
         listen=_listen(reader),
         callers_file=Path(callers) if callers else None,
         allow_unauthenticated=allow_unauthenticated,
@@ -212,6 +234,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 "MFA_CHALLENGE_TTL", 600.0, minimum=30, maximum=3600
             ),
         ),
+        refresh=_refresh(reader, upstream),
         tls=load_tls_settings(env),
         metrics=_metrics(reader),
         housekeeping_interval_seconds=reader.number(

@@ -23,7 +23,7 @@ from auth_service.domain.paging import Pager
 from auth_service.domain.ports import GarminUpstream
 from auth_service.metrics.endpoint import MetricsEndpoint, start_metrics_endpoint
 from auth_service.metrics.service import ServiceMetrics
-from auth_service.services.housekeeping import Housekeeper
+from auth_service.services.periodic import Periodic
 from auth_service.services.use_cases import UseCases, build_use_cases
 from auth_service.storage.clock import clock_for
 from auth_service.storage.database import create_engine_for, database_is_reachable, session_factory
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = garmin_auth_pb2.DESCRIPTOR.services_by_name["GarminAuthService"].full_name
 HEALTH_PROBE_SECONDS = 2.0
 WORKER_THREADS = 32
+# Keep-alive passes of replicas started together drift apart by up to this fraction.
+KEEPALIVE_JITTER = 0.2
 # Page tokens are signed with keys derived from the encryption keyring under this label.
 PAGE_TOKEN_KEY_LABEL = "garmin-auth page tokens v1"  # noqa: S105 - a label, not a secret
 
@@ -68,6 +70,7 @@ def build_application(
     clock = clock or clock_for(engine)
     store = SqlStore(session_factory(engine), SecretBox(settings.keyring))
     pager = Pager(settings.keyring.derived_keys(PAGE_TOKEN_KEY_LABEL))
+    metrics = ServiceMetrics(engine, clock, settings.metrics)
     return Application(
         settings=settings,
         engine=engine,
@@ -78,12 +81,14 @@ def build_application(
             pager,
             login=settings.login,
             leases=settings.leases,
+            refresh=settings.refresh,
+            refresh_events=metrics,
             garth_token_parser=tokens_from_garth_dumps,
         ),
         callers=CallerRegistry(
             settings.callers_file, allow_unauthenticated=settings.allow_unauthenticated
         ),
-        metrics=ServiceMetrics(engine, clock, settings.metrics),
+        metrics=metrics,
     )
 
 
@@ -95,7 +100,8 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     application: Application
-    housekeeper: Housekeeper
+    housekeeper: Periodic
+    keepalive: Periodic
     # The /metrics HTTP endpoint, when GARMIN_AUTH_METRICS_LISTEN is set.
     metrics_endpoint: MetricsEndpoint | None = None
     # The server's TLS credentials (and what they currently serve), when TLS is on.
@@ -140,6 +146,7 @@ class RunningServer:
         grace = self.application.settings.grace_period_seconds if grace is None else grace
         self.server.stop(grace).wait()
         self.housekeeper.stop()
+        self.keepalive.stop()
         # Scraped until the end, so the last RPCs' figures can still be collected.
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
@@ -183,15 +190,30 @@ def start_server(application: Application, listen: str | None = None) -> Running
         port = server.add_insecure_port(address)
     endpoint = _start_metrics(application)
     server.start()
-    housekeeper = Housekeeper(
-        application.use_cases.housekeeping, settings.housekeeping_interval_seconds
+    use_cases = application.use_cases
+    housekeeper = Periodic(
+        "housekeeping", use_cases.housekeeping.run_once, settings.housekeeping_interval_seconds
+    )
+    keepalive = Periodic(
+        "keepalive",
+        use_cases.keepalive.run_once,
+        settings.refresh.keepalive_interval_seconds,
+        jitter=KEEPALIVE_JITTER,
     )
     running = RunningServer(
-        server, port, health_servicer, application, housekeeper, endpoint, certificates
+        server=server,
+        port=port,
+        health=health_servicer,
+        application=application,
+        housekeeper=housekeeper,
+        keepalive=keepalive,
+        metrics_endpoint=endpoint,
+        certificates=certificates,
     )
     running.probe_once()
     running.start_probe()
     housekeeper.start()
+    keepalive.start()
     log.info(
         "serving %s on port %d (%s; metrics %s; database %s)",
         SERVICE_NAME,

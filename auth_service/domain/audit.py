@@ -58,6 +58,8 @@ class AuditedRpc(enum.StrEnum):
     RELEASE_LEASE = "ReleaseLease"
     REPORT_REFRESHED = "ReportRefreshed"
     REPORT_INVALIDATED = "ReportInvalidated"
+    # Not an RPC: the background refresh of DI sessions whose refresh token dies soon.
+    KEEP_ALIVE = "KeepAlive"
 
 
 @dataclass(frozen=True)

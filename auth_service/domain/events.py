@@ -26,6 +26,47 @@ class ServiceEvents(Protocol):
         or "error"."""
 
 
+class RefreshEvents(Protocol):
+    """Receives what the central refresh does (a replica's metrics); cheap, never raising.
+
+    Unlike ServiceEvents it is handed to the refresher when the replica is built: keep-alive
+    refreshes outside any RPC and must be counted too.
+    """
+
+    def refresh_finished(self, kind: str, outcome: str, seconds: float) -> None:
+        """One refresh this replica claimed ended. `kind` is a SessionKind value; `outcome`
+        one of REFRESH_OUTCOMES."""
+
+    def refresh_waited(self, outcome: str) -> None:
+        """A refresh found another replica's claim and waited; `outcome` is one of
+        WAIT_OUTCOMES."""
+
+    def rotated_pair_unstored(self, seconds: float) -> None:
+        """How long a pair Garmin issued lived only in this replica's memory before its
+        commit landed (a crash within it loses a DI session)."""
+
+
+# rotated: stored; rejected: Garmin said the session is dead (it ended); superseded: the row
+# changed meanwhile (a newer token or a login won); rate_limited, unavailable: Garmin was
+# busy (nothing changed); error: anything else (nothing changed).
+REFRESH_OUTCOMES = ("rotated", "rejected", "superseded", "rate_limited", "unavailable", "error")
+# rotated: the other replica's tokens were used; released: its refresh failed; timeout.
+WAIT_OUTCOMES = ("rotated", "released", "timeout")
+
+
+class NoRefreshEvents:
+    """RefreshEvents that ignores everything (tests of the use cases alone)."""
+
+    def refresh_finished(self, kind: str, outcome: str, seconds: float) -> None:  # noqa: ARG002
+        return None
+
+    def refresh_waited(self, outcome: str) -> None:  # noqa: ARG002
+        return None
+
+    def rotated_pair_unstored(self, seconds: float) -> None:  # noqa: ARG002
+        return None
+
+
 class _NoListener:
     def lease_taken_over(self) -> None:
         return None

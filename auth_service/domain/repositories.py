@@ -204,6 +204,56 @@ class LeaseRepository(Protocol):
     ) -> SessionRow | None: ...
 
 
+@dataclass(frozen=True)
+class KeepAliveCandidate:
+    """An ACTIVE DI session whose refresh token dies soon (or at an unknown time)."""
+
+    user_id: str
+    session_version: int
+    refresh_token_expires_at: datetime | None
+
+
+class RefreshRepository(Protocol):
+    """Claims on refreshing a session, and storing what the claimed refresh brought.
+
+    A claim is one conditional statement: it holds only if the row still has the expected
+    session version, is ACTIVE and has no live claim, so of the replicas that try at once
+    exactly one gets it. Every change of the stored tokens ends the claim.
+    """
+
+    def claim(
+        self,
+        user_id: str,
+        *,
+        version: int,
+        claim_id: str,
+        now: datetime,
+        until: datetime,
+        unleased: bool = False,
+    ) -> SessionRow | None:
+        """Claim the refresh of session `version` until `until` (with `unleased`, only if
+        no live lease holds the session); None when refused."""
+        ...
+
+    def release(self, user_id: str, *, claim_id: str) -> None:
+        """End our claim without storing anything (Garmin was busy, or we failed)."""
+        ...
+
+    def store_rotated(
+        self, user_id: str, *, version: int, tokens: GarminTokens, now: datetime
+    ) -> SessionRow | None:
+        """Store the tokens a refresh of session `version` brought (the claim ends); None
+        when the row no longer holds that ACTIVE session (a login or import won)."""
+        ...
+
+    def keepalive_candidates(
+        self, *, now: datetime, dies_before: datetime, limit: int
+    ) -> list[KeepAliveCandidate]:
+        """ACTIVE DI sessions whose refresh token dies before `dies_before` or at an unknown
+        time, not under a live lease or claim, soonest (unknown first) first."""
+        ...
+
+
 class AuditRepository(Protocol):
     """The audit trail (garmin_audit_event)."""
 
@@ -234,6 +284,8 @@ class Transaction(Protocol):
     def throttle(self) -> ThrottleRepository: ...
     @property
     def leases(self) -> LeaseRepository: ...
+    @property
+    def refreshes(self) -> RefreshRepository: ...
     @property
     def audit_events(self) -> AuditRepository: ...
 

@@ -18,7 +18,16 @@ The service's own work:
   garmin_auth_lease_losses_total{grpc_method}     answers LEASE_LOST
   garmin_auth_upstream_requests_total{endpoint, outcome}
   garmin_auth_upstream_request_seconds{endpoint}  (histogram)
+  garmin_auth_refreshes_total{kind, outcome}      refreshes this replica claimed, by session
+                                                  kind and outcome (rotated, rejected, ...)
+  garmin_auth_refresh_seconds{kind}               Garmin's part of a refresh (histogram)
+  garmin_auth_refresh_waits_total{outcome}        refreshes that waited on another's claim
+  garmin_auth_rotated_pair_unstored_seconds       how long a new token pair lived only in
+                                                  memory before its commit (histogram)
   garmin_auth_sessions{state}                     read from the database at scrape time
+  garmin_auth_keepalive_lag_seconds               seconds until the soonest refresh-token
+                                                  expiry among ACTIVE DI sessions (ditto)
+  garmin_auth_di_sessions_expiry_unknown          ACTIVE DI sessions of unknown refresh expiry
   garmin_auth_leases_live                         ditto
   garmin_auth_leases_expired                      leases that expired without being released
   garmin_auth_mfa_challenges_pending              ditto

@@ -1,5 +1,5 @@
 """The gauges read from the database at scrape time: sessions by state, leases, pending MFA
-challenges."""
+challenges, and how close the soonest DI refresh token is to dying (keep-alive lag)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Engine, and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from auth_service.domain.clock import Clock
-from auth_service.domain.models import SessionState
+from auth_service.domain.models import SessionKind, SessionState
 from auth_service.storage.database import SQLITE_BEGIN_OPTION
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 
@@ -33,6 +33,17 @@ class _Figures:
     leases_live: int
     leases_expired: int
     mfa_pending: int
+    # Seconds until the soonest refresh-token expiry among ACTIVE DI sessions (None: none).
+    keepalive_lag: float | None
+    di_expiry_unknown: int
+
+
+def _utc(value: datetime | str) -> datetime:
+    """An aggregate's timestamp: SQLite returns it without its zone (and as text through
+    min()); the column's UTC is restored here."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class DatabaseCollector(Collector):
@@ -91,6 +102,15 @@ class DatabaseCollector(Collector):
                     .select_from(GarminMfaChallenge)
                     .where(GarminMfaChallenge.expires_at > now)
                 ).scalar_one()
+                soonest, unknown = connection.execute(
+                    select(
+                        func.min(state.refresh_token_expires_at),
+                        _count_if(state.refresh_token_expires_at.is_(None)),
+                    ).where(
+                        state.state == SessionState.ACTIVE,
+                        state.session_kind == SessionKind.DI_OAUTH2,
+                    )
+                ).one()
         except (SQLAlchemyError, OSError) as exc:
             if self._was_up:
                 # Only the type: driver messages can echo connection parameters.
@@ -103,6 +123,8 @@ class DatabaseCollector(Collector):
             leases_live=int(live),
             leases_expired=int(expired),
             mfa_pending=int(pending),
+            keepalive_lag=None if soonest is None else (_utc(soonest) - now).total_seconds(),
+            di_expiry_unknown=int(unknown),
         )
 
     @staticmethod
@@ -133,5 +155,19 @@ class DatabaseCollector(Collector):
             live.add_metric([], figures.leases_live)
             expired.add_metric([], figures.leases_expired)
             pending.add_metric([], figures.mfa_pending)
-        families.extend([sessions, live, expired, pending])
+        lag = GaugeMetricFamily(
+            "garmin_auth_keepalive_lag_seconds",
+            "Seconds until the soonest refresh-token expiry among ACTIVE DI sessions (keep-alive "
+            "should keep it above GARMIN_AUTH_KEEPALIVE_WINDOW minus one interval; below zero, "
+            "a session has died). Absent when there is none.",
+        )
+        unknown = GaugeMetricFamily(
+            "garmin_auth_di_sessions_expiry_unknown",
+            "ACTIVE DI sessions whose refresh-token expiry is not known yet (imported).",
+        )
+        if figures is not None:
+            if figures.keepalive_lag is not None:
+                lag.add_metric([], figures.keepalive_lag)
+            unknown.add_metric([], figures.di_expiry_unknown)
+        families.extend([sessions, live, expired, pending, lag, unknown])
         return families

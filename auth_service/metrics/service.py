@@ -14,6 +14,8 @@ from sqlalchemy import Engine
 
 from auth_service.config import MetricsSettings
 from auth_service.domain.clock import Clock
+from auth_service.domain.events import REFRESH_OUTCOMES, WAIT_OUTCOMES
+from auth_service.domain.models import SessionKind
 from auth_service.metrics.database import DatabaseCollector
 
 UNARY = "unary"
@@ -34,10 +36,14 @@ def go_code_name(name: str) -> str:
 ALL_CODES = tuple(go_code_name(code.name) for code in grpc.StatusCode)
 # Garmin's answers take from tens of milliseconds to seconds (login, timeouts at 10 s).
 UPSTREAM_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A commit normally lands in milliseconds; a database restart keeps pairs in memory for
+# seconds to minutes.
+UNSTORED_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0)
 
 
 class ServiceMetrics:
-    """The metrics of one replica. Implements auth_service.domain.events.ServiceEvents."""
+    """The metrics of one replica. Implements auth_service.domain.events.ServiceEvents and
+    RefreshEvents."""
 
     def __init__(self, engine: Engine, clock: Clock, settings: MetricsSettings) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -97,8 +103,45 @@ class ServiceMetrics:
         )
         for method in ("LeaseSession", "LeaseNextSession"):
             self.grants.labels(method)
+        self._refresh_metrics()
         self.database = DatabaseCollector(engine, clock, settings.database_cache_seconds)
         self.registry.register(self.database)
+
+    def _refresh_metrics(self) -> None:
+        self.refreshes = Counter(
+            "garmin_auth_refreshes_total",
+            "Session refreshes this replica claimed and sent to Garmin, by session kind and "
+            "outcome (rotated, rejected, superseded, rate_limited, unavailable, error).",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.refresh_seconds = Histogram(
+            "garmin_auth_refresh_seconds",
+            "Time Garmin took to answer a refresh this replica claimed.",
+            ["kind"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=self.registry,
+        )
+        self.refresh_waits = Counter(
+            "garmin_auth_refresh_waits_total",
+            "Refreshes that found another replica's claim and waited, by how the wait ended "
+            "(rotated: its tokens were used; released: its refresh failed; timeout).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.unstored = Histogram(
+            "garmin_auth_rotated_pair_unstored_seconds",
+            "How long a token pair Garmin issued lived only in this replica's memory before "
+            "its commit landed (a crash within it loses a DI session).",
+            buckets=UNSTORED_BUCKETS,
+            registry=self.registry,
+        )
+        for kind in SessionKind:
+            self.refresh_seconds.labels(kind.value)
+            for outcome in REFRESH_OUTCOMES:
+                self.refreshes.labels(kind.value, outcome)
+        for outcome in WAIT_OUTCOMES:
+            self.refresh_waits.labels(outcome)
 
     def _standard_collectors(self) -> None:
         # What the default registry would show: process memory, CPU and file descriptors,
@@ -138,3 +181,15 @@ class ServiceMetrics:
     def upstream_call(self, endpoint: str, outcome: str, seconds: float) -> None:
         self.upstream_requests.labels(endpoint, outcome).inc()
         self.upstream_seconds.labels(endpoint).observe(seconds)
+
+    # --- auth_service.domain.events.RefreshEvents ----------------------------------------
+
+    def refresh_finished(self, kind: str, outcome: str, seconds: float) -> None:
+        self.refreshes.labels(kind, outcome).inc()
+        self.refresh_seconds.labels(kind).observe(seconds)
+
+    def refresh_waited(self, outcome: str) -> None:
+        self.refresh_waits.labels(outcome).inc()
+
+    def rotated_pair_unstored(self, seconds: float) -> None:
+        self.unstored.observe(seconds)

@@ -1,9 +1,12 @@
-"""Central refresh: a lease is handed out with a token that outlives it.
+"""Central refresh at grant time: a lease is handed out with a session that outlives it.
 
-A grant whose stored OAuth2 token would expire before the lease does is refreshed here, after
-the grant, so only the new holder's request talks to Garmin (several workers asking at once:
-one grant, one exchange). Garmin is called outside any transaction; its answer is stored only
-if the lease is still ours and the session version unchanged.
+A grant whose stored access token would expire before the lease does (or, for a DI session,
+whose refresh token would die by then) is refreshed here, after the grant, through the
+single-flight refresher (auth_service.services.session_refresh): only the new holder's request
+talks to Garmin, and never at the same time as another replica's refresh of the session. The
+refreshed tokens are stored before they are handed out, even if the lease ended meanwhile
+(they are the session's, and a rotated DI pair must never be dropped); the holder then gets
+LEASE_LOST.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from auth_service.domain import audit
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
     GarminRateLimited,
-    GarminSessionRejected,
     GarminUnavailable,
     LeaseLost,
+    SessionNotActive,
 )
-from auth_service.domain.models import GarminTokens, LeaseGrant
-from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.models import LeaseGrant
+from auth_service.domain.policies import refresh_due
 from auth_service.domain.views import live_lease, status_view
+from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 
 log = logging.getLogger(__name__)
@@ -40,22 +44,20 @@ class Granted:
 
 
 class CentralRefresh:
-    """Hands out grants, refreshing their token first when it would expire during the lease."""
+    """Hands out grants, refreshing their session first when it would expire during the
+    lease."""
 
-    def __init__(self, uow: UnitsOfWork, upstream: GarminUpstream) -> None:
+    def __init__(self, uow: UnitsOfWork, refresher: SessionRefresher) -> None:
         self._uow = uow
-        self._upstream = upstream
+        self._refresher = refresher
 
     def hand_out(self, granted: Granted) -> LeaseGrant:
         grant = granted.grant
-        if grant.tokens.oauth2.expires_at > grant.lease.expires_at:
+        if not refresh_due(grant.tokens, grant.lease.expires_at):
             return grant
+        asker = RefreshAsker(granted.rpc, reason_for=lambda _message: CENTRAL_REFRESH_REJECTED)
         try:
-            # Outside any transaction: nothing is locked while Garmin answers.
-            fresh = self._upstream.refresh(grant.tokens)
-        except GarminSessionRejected as rejected:
-            self._invalidate_rejected(granted, rejected)
-            raise
+            refreshed = self._refresher.refresh(grant.lease.user_id, granted.session_version, asker)
         except (GarminRateLimited, GarminUnavailable) as exc:
             if grant.tokens.oauth2.expires_at > self._uow.now():
                 # Garmin is busy, not saying no: the current token still works for now,
@@ -68,49 +70,22 @@ class CentralRefresh:
                 return grant
             self._release_unused(granted, exc)
             raise
+        except SessionNotActive:
+            # Deleted or ended meanwhile, which ended our lease too.
+            raise _lease_lost() from None
         except Exception as exc:
-            # Unexpected: do not leave the session stuck under a lease nobody will use.
+            # Rejected (the session ended, our lease with it), or unexpected: do not leave
+            # the session stuck under a lease nobody will use.
             self._release_unused(granted, exc)
             raise
-        return self._store_fresh(granted, fresh)
-
-    def _store_fresh(self, granted: Granted, fresh: GarminTokens) -> LeaseGrant:
-        lease = granted.grant.lease
-        with self._uow() as uow:
-            row = uow.leases.store_refreshed(
-                lease.lease_id,
-                user_id=lease.user_id,
-                tokens=fresh,
-                now=uow.now,
-                expected_version=granted.session_version,
-            )
-            renewed = None if row is None else live_lease(row, uow.now)
-            if row is None or renewed is None:
-                # Expired, or the user logged in again meanwhile: the new session wins and
-                # these tokens are dropped.
-                raise LeaseLost("the lease ended while the session was being refreshed")
-            uow.audit.record(granted.rpc, audit.SESSION_REFRESHED, user_id=row.user_id, lease=lease)
-            return LeaseGrant(lease=renewed, tokens=fresh, status=status_view(row, uow.now))
-
-    def _invalidate_rejected(self, granted: Granted, rejected: GarminSessionRejected) -> None:
-        lease = granted.grant.lease
-        with self._uow() as uow:
-            row = uow.leases.invalidate(
-                lease.lease_id,
-                now=uow.now,
-                reason=CENTRAL_REFRESH_REJECTED,
-                expected_version=granted.session_version,
-            )
-            if row is not None:
-                # What LeaseSession answers (SESSION_NOT_ACTIVE); LeaseNextSession moves on.
-                uow.audit.record(
-                    granted.rpc, audit.outcome_of(rejected), user_id=row.user_id, lease=lease
-                )
-        if row is None:
-            # The session changed under us (new login, or our lease expired and was taken
-            # over): the rejected tokens may no longer be the stored ones.
-            raise LeaseLost("the lease ended while the session was being refreshed")
-        log.info("session of user %s invalidated: Garmin rejected its refresh", lease.user_id)
+        now = self._uow.now()
+        lease = live_lease(refreshed.row, now)
+        if lease is None or lease.lease_id != grant.lease.lease_id:
+            # Expired, or the user logged in again meanwhile (which ended the lease).
+            raise _lease_lost()
+        return LeaseGrant(
+            lease=lease, tokens=refreshed.tokens, status=status_view(refreshed.row, now)
+        )
 
     def _release_unused(self, granted: Granted, failure: BaseException) -> None:
         """Release a lease we granted but cannot hand out; counts as a sync attempt so a
@@ -122,3 +97,7 @@ class CentralRefresh:
                 uow.audit.record(
                     granted.rpc, audit.outcome_of(failure), user_id=row.user_id, lease=lease
                 )
+
+
+def _lease_lost() -> LeaseLost:
+    return LeaseLost("the lease ended while the session was being refreshed")

@@ -10,7 +10,6 @@ replicas never repeat each other's deletes. Nothing here is audited: no RPC chan
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -61,30 +60,3 @@ class Housekeeping:
                 report.throttles_deleted,
             )
         return report
-
-
-class Housekeeper:
-    """Runs housekeeping every `interval_seconds` on a daemon thread until stopped."""
-
-    def __init__(self, housekeeping: Housekeeping, interval_seconds: float) -> None:
-        self._housekeeping = housekeeping
-        self._interval = interval_seconds
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="housekeeping", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stopping.wait(self._interval):
-            try:
-                self._housekeeping.run_once()
-            # The database may be down for a while; the next pass tries again. Only the type
-            # is logged: driver messages can echo connection parameters.
-            except Exception as exc:  # noqa: BLE001
-                log.warning("housekeeping pass failed (%s); retrying later", type(exc).__name__)

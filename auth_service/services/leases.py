@@ -31,7 +31,6 @@ from auth_service.domain.models import (
     SessionStatusView,
 )
 from auth_service.domain.policies import LeaseSettings
-from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.repositories import GrantedRow
 from auth_service.domain.validation import (
     check_duration,
@@ -43,6 +42,7 @@ from auth_service.domain.validation import (
 )
 from auth_service.domain.views import SessionRow, live_lease, status_view
 from auth_service.services.central_refresh import CentralRefresh, Granted
+from auth_service.services.session_refresh import SessionRefresher
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,12 @@ def new_lease_id() -> str:
 class LeaseService:
     """LeaseSession, LeaseNextSession, RenewLease, ReleaseLease, Report{Refreshed,Invalidated}."""
 
-    def __init__(self, uow: UnitsOfWork, upstream: GarminUpstream, settings: LeaseSettings) -> None:
+    def __init__(
+        self, uow: UnitsOfWork, refresher: SessionRefresher, settings: LeaseSettings
+    ) -> None:
         self._uow = uow
         self._settings = settings
-        self._refresh = CentralRefresh(uow, upstream)
+        self._refresh = CentralRefresh(uow, refresher)
 
     # --- grants ------------------------------------------------------------------------
 

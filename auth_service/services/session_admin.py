@@ -4,7 +4,8 @@ and ListSessions.
 Reads only read: an MFA_PENDING row whose challenge is gone is shown as what it settles to
 (the repositories derive it; housekeeping writes it). GetStatus with validate calls Garmin
 between two transactions and stores the answer only if the session is still the one asked
-about.
+about; a token that needs refreshing first is refreshed through the single-flight refresher
+(auth_service.services.session_refresh), like every refresh the service makes.
 """
 
 from __future__ import annotations
@@ -15,11 +16,20 @@ from typing import Any
 from auth_service.domain import audit, validation
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import GarminSessionRejected, LeaseHeld, SessionNotActive
-from auth_service.domain.models import GarminTokens, SessionState, SessionStatusView
+from auth_service.domain.models import SessionState, SessionStatusView
 from auth_service.domain.paging import Pager, check_page_size
+from auth_service.domain.policies import ACCESS_EXPIRY_MARGIN
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import live_lease, status_view
+from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
+
+# GetStatus(validate) records a rejection as such, with Garmin's reason.
+_VALIDATING = RefreshAsker(
+    AuditedRpc.GET_STATUS,
+    reason_for=lambda message: f"validation: {message}",
+    rejected_outcome=audit.SESSION_INVALIDATED,
+)
 
 
 @dataclass(frozen=True)
@@ -33,9 +43,16 @@ class SessionPage:
 class SessionAdmin:
     """GetStatus, DeleteSession, ListSessions."""
 
-    def __init__(self, uow: UnitsOfWork, upstream: GarminUpstream, pager: Pager) -> None:
+    def __init__(
+        self,
+        uow: UnitsOfWork,
+        upstream: GarminUpstream,
+        refresher: SessionRefresher,
+        pager: Pager,
+    ) -> None:
         self._uow = uow
         self._upstream = upstream
+        self._refresher = refresher
         self._pager = pager
 
     # --- GetStatus ---------------------------------------------------------------------
@@ -57,19 +74,45 @@ class SessionAdmin:
                 f"the session is leased by {lease.holder!r} until {lease.expires_at.isoformat()} "
                 "and its access token needs a refresh, which belongs to the lease holder"
             )
+        if lease is None and tokens.oauth2.expires_at <= now + ACCESS_EXPIRY_MARGIN:
+            return self._refresh_and_validate(user_id, version)
         try:
-            current = self._upstream.validate(tokens, allow_refresh=lease is None)
+            self._upstream.validate(tokens, allow_refresh=False)
         except GarminSessionRejected as exc:
-            return self._apply_validation(user_id, version, None, rejected=exc.message)
-        return self._apply_validation(user_id, version, current if current is not tokens else None)
+            if lease is not None:
+                return self._apply_validation(user_id, version, rejected=exc.message)
+            # Garmin refused an access token we believed valid (revoked, clock skew): only a
+            # refused refresh proves the session itself dead.
+            return self._refresh_and_validate(user_id, version)
+        return self._apply_validation(user_id, version)
+
+    def _refresh_and_validate(self, user_id: str, version: int) -> SessionStatusView:
+        """Refresh (single flight; a rejection ends the session there), then validate the
+        tokens in force. The refresh itself stored them as validated."""
+        try:
+            refreshed = self._refresher.refresh(user_id, version, _VALIDATING)
+        except GarminSessionRejected:
+            return self._status(user_id)
+        try:
+            self._upstream.validate(refreshed.tokens, allow_refresh=False)
+        except GarminSessionRejected as exc:
+            return self._apply_validation(
+                user_id, refreshed.row.session_version, rejected=exc.message
+            )
+        if refreshed.by_us:
+            with self._uow() as uow:
+                return status_view(refreshed.row, uow.now)
+        return self._apply_validation(user_id, refreshed.row.session_version)
+
+    def _status(self, user_id: str) -> SessionStatusView:
+        with self._uow() as uow:
+            row = uow.sessions.find(user_id, uow.now)
+            if row is None:
+                return SessionStatusView(user_id=user_id, state=SessionState.NOT_CONNECTED)
+            return status_view(row, uow.now)
 
     def _apply_validation(
-        self,
-        user_id: str,
-        version: int,
-        refreshed: GarminTokens | None,
-        *,
-        rejected: str | None = None,
+        self, user_id: str, version: int, *, rejected: str | None = None
     ) -> SessionStatusView:
         with self._uow() as uow:
             locked = uow.sessions.lock(user_id)
@@ -86,9 +129,9 @@ class SessionAdmin:
                 outcome = audit.SESSION_INVALIDATED
             else:
                 row = uow.sessions.store_validation(
-                    user_id, version=version, refreshed=refreshed, now=uow.now
+                    user_id, version=version, refreshed=None, now=uow.now
                 )
-                outcome = audit.OK if refreshed is None else audit.SESSION_REFRESHED
+                outcome = audit.OK
             assert row is not None  # locked above with this very version
             uow.audit.record(AuditedRpc.GET_STATUS, outcome, user_id=user_id, lease=ended)
             return status_view(row, uow.now)

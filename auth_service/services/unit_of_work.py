@@ -23,6 +23,7 @@ from auth_service.domain.repositories import (
     AuditRepository,
     ChallengeRepository,
     LeaseRepository,
+    RefreshRepository,
     SessionRepository,
     Store,
     ThrottleRepository,
@@ -96,6 +97,10 @@ class UnitOfWork:
     @property
     def leases(self) -> LeaseRepository:
         return self._transaction.leases
+
+    @property
+    def refreshes(self) -> RefreshRepository:
+        return self._transaction.refreshes
 
     @property
     def audit_events(self) -> AuditRepository:

@@ -6,31 +6,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from auth_service.domain.clock import Clock
+from auth_service.domain.events import RefreshEvents
 from auth_service.domain.models import GarminTokens
 from auth_service.domain.paging import Pager
-from auth_service.domain.policies import LeaseSettings, LoginSettings
+from auth_service.domain.policies import LeaseSettings, LoginSettings, RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.repositories import Store
 from auth_service.services.audit_log import AuditLog
 from auth_service.services.connect import ConnectService
 from auth_service.services.housekeeping import Housekeeping
+from auth_service.services.keepalive import KeepAlive
 from auth_service.services.leases import LeaseService
 from auth_service.services.session_admin import SessionAdmin
+from auth_service.services.session_refresh import SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 
 
 @dataclass(frozen=True)
 class UseCases:
-    """What the gRPC servicer (and the background housekeeper) call."""
+    """What the gRPC servicer (and the background housekeeping and keep-alive) call."""
 
     connect: ConnectService
     sessions: SessionAdmin
     leases: LeaseService
     audit_log: AuditLog
     housekeeping: Housekeeping
+    keepalive: KeepAlive
 
 
-def build_use_cases(
+def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by name
     store: Store,
     clock: Clock,
     upstream: GarminUpstream,
@@ -38,13 +42,18 @@ def build_use_cases(
     *,
     login: LoginSettings,
     leases: LeaseSettings,
+    refresh: RefreshSettings,
+    refresh_events: RefreshEvents,
     garth_token_parser: Callable[[str], GarminTokens],
 ) -> UseCases:
     uow = UnitsOfWork(store, clock)
+    # One refresher per replica: its bound on refreshes in flight covers every caller.
+    refresher = SessionRefresher(uow, upstream, refresh, refresh_events)
     return UseCases(
         connect=ConnectService(uow, upstream, login, garth_token_parser),
-        sessions=SessionAdmin(uow, upstream, pager),
-        leases=LeaseService(uow, upstream, leases),
+        sessions=SessionAdmin(uow, upstream, refresher, pager),
+        leases=LeaseService(uow, refresher, leases),
         audit_log=AuditLog(uow, pager),
         housekeeping=Housekeeping(store, clock, login),
+        keepalive=KeepAlive(uow, refresher, refresh),
     )

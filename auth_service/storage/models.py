@@ -46,6 +46,7 @@ REASON_LENGTH = 512
 RPC_LENGTH = 64
 OUTCOME_CODE_LENGTH = 32
 OUTCOME_REASON_LENGTH = 64
+CLAIM_ID_LENGTH = 64
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -139,6 +140,12 @@ class GarminAuthenticationState(Base):
     # DI sessions: when the refresh token dies unless used (NULL: unknown, e.g. just imported
     # from a token file, which makes it due for keep-alive at once). NULL for garth sessions.
     refresh_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # Added by migration 0005. A claim on the session's next refresh (random id, expiry): one
+    # replica at a time calls Garmin for it, because DI refresh tokens rotate and a second
+    # refresh with the same token loses the account. Cleared whenever the tokens change.
+    refresh_claim_id: Mapped[str | None] = mapped_column(String(CLAIM_ID_LENGTH))
+    refresh_claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         # LeaseNextSession walks ACTIVE sessions in sync order (never synced first, then the

@@ -68,11 +68,16 @@ ENDED_LEASE: dict[str, Any] = {
     "lease_expires_at": None,
 }
 
+# No refresh claim: whenever the stored tokens change, a claim on refreshing the old ones is
+# over (its holder's answer is about a session version that is gone).
+CLAIM_ENDED: dict[str, Any] = {"refresh_claim_id": None, "refresh_claimed_until": None}
+
 # Login, SubmitMfa, ImportSession: the newest credentials win, so a live lease on the old
 # session ends and its holder's later reports answer LEASE_LOST. p_validated_at is now for a
 # login (Garmin just issued the tokens), NULL for an import.
 INSTALLED: dict[str, Any] = {
     **ENDED_LEASE,
+    **CLAIM_ENDED,
     "state": ACTIVE,
     "session_ciphertext": CIPHERTEXT,
     "session_version": T.c.session_version + 1,
@@ -91,6 +96,7 @@ VALIDATED: dict[str, Any] = {"last_validated_at": NOW, "updated_at": NOW}
 # Refreshed tokens replace the stored ones (holder's report, central refresh, validation).
 REFRESHED: dict[str, Any] = {
     **VALIDATED,
+    **CLAIM_ENDED,
     "session_ciphertext": CIPHERTEXT,
     "session_version": T.c.session_version + 1,
     "access_token_expires_at": TOKENS_EXPIRE_AT,
@@ -101,6 +107,7 @@ REFRESHED: dict[str, Any] = {
 # No stored session any more (invalidated or deleted): secrets wiped, lease ended.
 _WIPED: dict[str, Any] = {
     **ENDED_LEASE,
+    **CLAIM_ENDED,
     "session_ciphertext": None,
     "access_token_expires_at": None,
     "session_kind": None,

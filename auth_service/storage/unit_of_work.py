@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from auth_service.storage.audit_repository import SqlAuditRepository
 from auth_service.storage.challenge_repository import SqlChallengeRepository
 from auth_service.storage.lease_repository import SqlLeaseRepository
+from auth_service.storage.refresh_repository import SqlRefreshRepository
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.session_repository import SqlSessionRepository
 from auth_service.storage.throttle_repository import SqlThrottleRepository
@@ -46,6 +47,10 @@ class SqlTransaction:
     @cached_property
     def leases(self) -> SqlLeaseRepository:
         return SqlLeaseRepository(self._session, self.sessions)
+
+    @cached_property
+    def refreshes(self) -> SqlRefreshRepository:
+        return SqlRefreshRepository(self._session, self.sessions)
 
     @cached_property
     def audit_events(self) -> SqlAuditRepository:

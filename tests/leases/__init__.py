@@ -18,11 +18,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import Clock
+from auth_service.domain.events import NoRefreshEvents
 from auth_service.domain.models import GarminTokens, LoginSucceeded
-from auth_service.domain.policies import LeaseSettings
+from auth_service.domain.policies import LeaseSettings, RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import SessionRow
 from auth_service.services.leases import LeaseService
+from auth_service.services.session_refresh import SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 from auth_service.storage.models import GarminAuthenticationState
 from auth_service.storage.secrets import SecretBox
@@ -196,7 +198,8 @@ def build_service(
     upstream: GarminUpstream,
     clock: Clock,
     settings: LeaseSettings | None = None,
+    refresh: RefreshSettings | None = None,
 ) -> LeaseService:
-    return LeaseService(
-        UnitsOfWork(SqlStore(db, box), clock), upstream, settings or LeaseSettings()
-    )
+    uow = UnitsOfWork(SqlStore(db, box), clock)
+    refresher = SessionRefresher(uow, upstream, refresh or RefreshSettings(), NoRefreshEvents())
+    return LeaseService(uow, refresher, settings or LeaseSettings())

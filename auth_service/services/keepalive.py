@@ -1,0 +1,120 @@
+"""Keep-alive: DI sessions are refreshed before their refresh token dies unused.
+
+A DI refresh token that is not used for about 30 days dies, and with it the session of a
+user who simply did not sync. Each pass takes the ACTIVE DI sessions whose refresh token dies
+within the window, or at an unknown time (an imported token file), soonest first, skipping
+sessions under a live lease (their holder's grant refreshes them when needed), and refreshes
+them through the single-flight refresher without waiting on anyone's claim. On PostgreSQL the
+replica that finds another one choosing its batch skips its pass (Store.exclusive); replicas
+whose passes overlap anyway never refresh a session twice, because each refresh is claimed.
+Garth sessions are left alone: their OAuth1 token lives about a year whatever we do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from auth_service.domain.audit import AuditedRpc
+from auth_service.domain.errors import (
+    GarminRateLimited,
+    GarminSessionRejected,
+    GarminUnavailable,
+    SessionNotActive,
+)
+from auth_service.domain.policies import RefreshSettings
+from auth_service.domain.repositories import KeepAliveCandidate
+from auth_service.services.session_refresh import RefreshAsker, RefreshBusy, SessionRefresher
+from auth_service.services.unit_of_work import UnitsOfWork
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "garmin-auth.keepalive"
+KEEPALIVE_REJECTED = "Garmin rejected the session when keep-alive refreshed it"
+_ASKER = RefreshAsker(AuditedRpc.KEEP_ALIVE, reason_for=lambda _message: KEEPALIVE_REJECTED)
+
+
+@dataclass(frozen=True)
+class KeepAliveReport:
+    """What one pass did; `ran` is False when another replica was choosing its batch."""
+
+    ran: bool
+    # Refreshed by this pass.
+    refreshed: int = 0
+    # Claimed, leased or refreshed elsewhere meanwhile, or no longer active.
+    skipped: int = 0
+    # Garmin busy (429, 5xx, timeout) or an unexpected failure: the next pass tries again.
+    failed: int = 0
+    # Garmin rejected the refresh: the session is AUTH_EXPIRED.
+    ended: int = 0
+
+
+class KeepAlive:
+    """One keep-alive pass."""
+
+    def __init__(
+        self, uow: UnitsOfWork, refresher: SessionRefresher, settings: RefreshSettings
+    ) -> None:
+        self._uow = uow
+        self._refresher = refresher
+        self._settings = settings
+
+    def run_once(self) -> KeepAliveReport:
+        now = self._uow.now()
+        with self._uow.store.exclusive(LOCK_NAME) as transaction:
+            if transaction is None:
+                return KeepAliveReport(ran=False)
+            candidates = transaction.refreshes.keepalive_candidates(
+                now=now,
+                dies_before=now + timedelta(seconds=self._settings.keepalive_window_seconds),
+                limit=self._settings.keepalive_batch,
+            )
+        if not candidates:
+            return KeepAliveReport(ran=True)
+        # As many at once as the refresher lets reach Garmin; it bounds them anyway.
+        workers = min(self._settings.concurrency, len(candidates))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keepalive") as pool:
+            results = Counter(pool.map(self._keep, candidates))
+        report = KeepAliveReport(
+            ran=True,
+            refreshed=results["refreshed"],
+            skipped=results["skipped"],
+            failed=results["failed"],
+            ended=results["ended"],
+        )
+        log.info(
+            "keep-alive: %d DI session(s) refreshed, %d skipped, %d failed, %d ended by Garmin",
+            report.refreshed,
+            report.skipped,
+            report.failed,
+            report.ended,
+        )
+        return report
+
+    def _keep(self, candidate: KeepAliveCandidate) -> str:
+        try:
+            refreshed = self._refresher.refresh_unless_claimed(
+                candidate.user_id, candidate.session_version, _ASKER
+            )
+        except (RefreshBusy, SessionNotActive):
+            return "skipped"
+        except GarminSessionRejected:
+            return "ended"
+        except (GarminRateLimited, GarminUnavailable) as exc:
+            log.warning(
+                "keep-alive of user %s failed (%s); next pass",
+                candidate.user_id,
+                type(exc).__name__,
+            )
+            return "failed"
+        except Exception as exc:  # noqa: BLE001 - one session's failure must not stop the pass
+            log.warning(
+                "keep-alive of user %s failed (%s); next pass",
+                candidate.user_id,
+                type(exc).__name__,
+            )
+            return "failed"
+        return "refreshed" if refreshed.by_us else "skipped"

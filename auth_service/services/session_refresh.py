@@ -1,0 +1,292 @@
+"""The one way the service refreshes a stored session: single flight across replicas.
+
+DI refresh tokens rotate: every refresh kills the old refresh token, so two refreshes with
+the same token lose the account. Every refresh the service makes (lease grants, GetStatus
+with validate, keep-alive) comes here:
+
+1. A short transaction claims the refresh on the row, only if the row still holds the
+   expected session version and no live claim (RefreshRepository.claim). A caller that finds
+   another replica's claim waits, polling the row, until the version moves, and then uses the
+   new tokens without calling Garmin.
+2. The winner calls Garmin outside any transaction, with at most `concurrency` refreshes of
+   this replica in flight at once.
+3. The rotated pair is committed before anyone gets to use it. If the commit fails (the
+   database is restarting) the pair stays in memory and the commit is retried until it lands
+   or `commit_retry_seconds` pass: an old refresh token is never sent again, and a new pair
+   is dropped only when a crash hits that window (docs/RELIABILITY.md).
+4. Garmin saying the session is dead (invalid_grant, 401) ends it only after re-reading the
+   row shows no newer token; 429, 5xx and timeouts release the claim and change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from auth_service.domain import audit
+from auth_service.domain.audit import AuditedRpc, Outcome
+from auth_service.domain.errors import (
+    DomainError,
+    GarminRateLimited,
+    GarminSessionRejected,
+    GarminUnavailable,
+    SessionNotActive,
+)
+from auth_service.domain.events import RefreshEvents
+from auth_service.domain.models import GarminTokens, SessionState
+from auth_service.domain.policies import RefreshSettings
+from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.views import SessionRow, live_lease
+from auth_service.services.unit_of_work import UnitsOfWork
+
+log = logging.getLogger(__name__)
+
+# Bytes of randomness in a claim id (32 URL-safe characters).
+CLAIM_ID_BYTES = 24
+# How often a waiting caller looks at the row again.
+POLL_SECONDS = 0.05
+# The longest pause between two attempts to commit a rotated pair.
+MAX_COMMIT_BACKOFF_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RefreshAsker:
+    """Who asks for a refresh: the RPC its audit events name, and what a rejection stores."""
+
+    rpc: AuditedRpc
+    # The invalidated_reason stored when Garmin rejects the refresh, given Garmin's message.
+    reason_for: Callable[[str], str]
+    # The outcome recorded for that invalidation (None: the rejection's own answer).
+    rejected_outcome: Outcome | None = None
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """The session's tokens after a refresh, and its row as stored with them."""
+
+    tokens: GarminTokens
+    row: SessionRow
+    # False when another replica (or a login) had already replaced the tokens asked about.
+    by_us: bool
+
+
+class RefreshBusy(Exception):
+    """Another replica holds the claim (only `refresh_unless_claimed` raises it)."""
+
+
+class SessionRefresher:
+    """Refreshes sessions, one refresh per rotation across replicas; one per replica."""
+
+    def __init__(
+        self,
+        uow: UnitsOfWork,
+        upstream: GarminUpstream,
+        settings: RefreshSettings,
+        events: RefreshEvents,
+    ) -> None:
+        self._uow = uow
+        self._upstream = upstream
+        self._settings = settings
+        self._events = events
+        self._slots = threading.BoundedSemaphore(settings.concurrency)
+
+    def refresh(self, user_id: str, expected_version: int, asker: RefreshAsker) -> Refreshed:
+        """Refresh session `expected_version` of the user, or use the tokens that replaced it.
+
+        Raises GarminSessionRejected (the session ended), GarminRateLimited or
+        GarminUnavailable (nothing changed; also when another replica's refresh failed or
+        did not finish in time) and SessionNotActive (the session is gone).
+        """
+        return self._refresh(user_id, expected_version, asker, wait=True)
+
+    def refresh_unless_claimed(
+        self, user_id: str, expected_version: int, asker: RefreshAsker
+    ) -> Refreshed:
+        """Like refresh, but for sessions nobody is using: raises RefreshBusy instead of
+        waiting for another's claim, or when a live lease holds the session."""
+        return self._refresh(user_id, expected_version, asker, wait=False)
+
+    # --- claiming ------------------------------------------------------------------------
+
+    def _refresh(
+        self, user_id: str, expected_version: int, asker: RefreshAsker, *, wait: bool
+    ) -> Refreshed:
+        deadline = time.monotonic() + self._settings.wait_seconds
+        waited = False
+        while True:
+            row, tokens = self._current(user_id)
+            if row.session_version != expected_version:
+                if waited:
+                    self._events.refresh_waited("rotated")
+                return Refreshed(tokens, row, by_us=False)
+            now = self._uow.now()
+            if row.refresh_claimed_until is not None and row.refresh_claimed_until > now:
+                if not wait:
+                    raise RefreshBusy(user_id)
+                if time.monotonic() > deadline:
+                    self._events.refresh_waited("timeout")
+                    raise GarminUnavailable("another replica is still refreshing this session")
+                waited = True
+                time.sleep(POLL_SECONDS)
+                continue
+            if waited and row.refresh_claimed_until is None:
+                # Released, not expired: the other replica's refresh failed (Garmin busy).
+                # Asking Garmin again at once would only add to its load.
+                self._events.refresh_waited("released")
+                raise GarminUnavailable("the session's refresh failed just now; try again shortly")
+            with self._slots:
+                claim_id = secrets.token_urlsafe(CLAIM_ID_BYTES)
+                claimed = self._claim(user_id, expected_version, claim_id, unleased=not wait)
+                if claimed is None:
+                    if not wait:
+                        raise RefreshBusy(user_id)
+                    continue  # another replica got there first: look again
+                fresh = self._call_garmin(claimed, claim_id, asker)
+            if isinstance(fresh, Refreshed):
+                return fresh
+            return self._store(claimed, fresh, asker)
+
+    def _current(self, user_id: str) -> tuple[SessionRow, GarminTokens]:
+        with self._uow() as uow:
+            row = uow.leases.find(user_id)
+            if row is None or row.state is not SessionState.ACTIVE or not row.session_ciphertext:
+                raise SessionNotActive("the session is no longer active")
+            return row, uow.sessions.open_tokens(row)
+
+    def _claim(
+        self, user_id: str, version: int, claim_id: str, *, unleased: bool
+    ) -> SessionRow | None:
+        with self._uow() as uow:
+            until = uow.now + timedelta(seconds=self._settings.claim_seconds)
+            return uow.refreshes.claim(
+                user_id,
+                version=version,
+                claim_id=claim_id,
+                now=uow.now,
+                until=until,
+                unleased=unleased,
+            )
+
+    def _release(self, user_id: str, claim_id: str) -> None:
+        try:
+            with self._uow() as uow:
+                uow.refreshes.release(user_id, claim_id=claim_id)
+        # The claim then simply expires; only the type is logged (driver messages can echo
+        # connection parameters).
+        except Exception as exc:  # noqa: BLE001
+            log.warning("refresh claim of user %s not released (%s)", user_id, type(exc).__name__)
+
+    # --- Garmin ----------------------------------------------------------------------------
+
+    def _call_garmin(
+        self, claimed: SessionRow, claim_id: str, asker: RefreshAsker
+    ) -> GarminTokens | Refreshed:
+        user_id = claimed.user_id
+        kind = claimed.session_kind.value if claimed.session_kind else "UNKNOWN"
+        started = time.monotonic()
+        try:
+            with self._uow() as uow:
+                tokens = uow.sessions.open_tokens(claimed)
+            # Outside any transaction: nothing is locked while Garmin answers.
+            fresh = self._upstream.refresh(tokens)
+        except GarminSessionRejected as rejected:
+            outcome, result = self._rejected(claimed, rejected, asker)
+            self._events.refresh_finished(kind, outcome, time.monotonic() - started)
+            if result is None:
+                raise
+            return result
+        except (GarminRateLimited, GarminUnavailable) as busy:
+            self._release(user_id, claim_id)
+            outcome = "rate_limited" if isinstance(busy, GarminRateLimited) else "unavailable"
+            self._events.refresh_finished(kind, outcome, time.monotonic() - started)
+            raise
+        except Exception:
+            self._release(user_id, claim_id)
+            self._events.refresh_finished(kind, "error", time.monotonic() - started)
+            raise
+        self._events.refresh_finished(kind, "rotated", time.monotonic() - started)
+        return fresh
+
+    def _rejected(
+        self, claimed: SessionRow, rejected: GarminSessionRejected, asker: RefreshAsker
+    ) -> tuple[str, Refreshed | None]:
+        """End the session Garmin rejected, unless the row has moved on meanwhile (then the
+        rejection is about a token nobody uses any more: the newer tokens are the answer)."""
+        user_id = claimed.user_id
+        with self._uow() as uow:
+            locked = uow.sessions.lock(user_id)
+            if (
+                locked is not None
+                and locked.session_version == claimed.session_version
+                and locked.state is SessionState.ACTIVE
+            ):
+                ended = live_lease(locked, uow.now)
+                uow.sessions.invalidate(
+                    user_id,
+                    version=claimed.session_version,
+                    reason=asker.reason_for(rejected.message),
+                    now=uow.now,
+                )
+                outcome = asker.rejected_outcome or audit.outcome_of(rejected)
+                uow.audit.record(asker.rpc, outcome, user_id=user_id, lease=ended)
+                log.info("session of user %s ended: Garmin rejected its refresh", user_id)
+                return "rejected", None
+            if locked is None or locked.state is not SessionState.ACTIVE:
+                raise SessionNotActive("the session is no longer active")
+            newer = Refreshed(uow.sessions.open_tokens(locked), locked, by_us=False)
+        log.info("user %s: Garmin rejected a token the session no longer holds", user_id)
+        return "superseded", newer
+
+    # --- storing ---------------------------------------------------------------------------
+
+    def _store(self, claimed: SessionRow, fresh: GarminTokens, asker: RefreshAsker) -> Refreshed:
+        user_id, version = claimed.user_id, claimed.session_version
+        since = time.monotonic()
+        deadline = since + self._settings.commit_retry_seconds
+        backoff = POLL_SECONDS
+        while True:
+            try:
+                stored = self._commit(user_id, version, fresh, asker)
+                break
+            except DomainError:
+                raise
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    log.error(  # noqa: TRY400 - the type only: driver messages can echo secrets
+                        "rotated tokens of user %s could not be stored for %.0f s (%s); "
+                        "giving up: the session may need a new login",
+                        user_id,
+                        self._settings.commit_retry_seconds,
+                        type(exc).__name__,
+                    )
+                    raise
+                log.warning(
+                    "rotated tokens of user %s not stored yet (%s); retrying",
+                    user_id,
+                    type(exc).__name__,
+                )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, MAX_COMMIT_BACKOFF_SECONDS)
+        self._events.rotated_pair_unstored(time.monotonic() - since)
+        if stored is not None:
+            return Refreshed(fresh, stored, by_us=True)
+        # A login or import replaced the session while Garmin answered: it wins, and the
+        # pair of the session it replaced is dropped.
+        log.info("user %s: session replaced during its refresh; refreshed tokens dropped", user_id)
+        row, tokens = self._current(user_id)
+        return Refreshed(tokens, row, by_us=False)
+
+    def _commit(
+        self, user_id: str, version: int, fresh: GarminTokens, asker: RefreshAsker
+    ) -> SessionRow | None:
+        with self._uow() as uow:
+            row = uow.refreshes.store_rotated(user_id, version=version, tokens=fresh, now=uow.now)
+            if row is not None:
+                lease = live_lease(row, uow.now)
+                uow.audit.record(asker.rpc, audit.SESSION_REFRESHED, user_id=user_id, lease=lease)
+            return row

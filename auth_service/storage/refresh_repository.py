@@ -1,0 +1,127 @@
+"""Claims on refreshing a session, and the keep-alive's walk over DI sessions.
+
+Implements auth_service.domain.repositories.RefreshRepository. A claim is one conditional
+UPDATE ... RETURNING: on PostgreSQL the row lock makes concurrent claimers queue and re-check
+the condition after the winner commits (so exactly one gets it); on SQLite one writer at a
+time does the same. Storing what a refresh brought is the session rows' own REFRESHED change
+(auth_service.storage.session_rows), which also ends the claim. Never commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Integer, Row, and_, bindparam, or_, select, update
+from sqlalchemy.orm import Session
+
+from auth_service.domain.models import GarminTokens, SessionKind
+from auth_service.domain.repositories import KeepAliveCandidate
+from auth_service.domain.views import SessionRow
+from auth_service.storage import session_rows as rows
+from auth_service.storage.models import UTCDateTime
+from auth_service.storage.session_repository import SqlSessionRepository
+
+T = rows.T
+_UNTIL = bindparam("p_until", type_=UTCDateTime())
+_DIES_BEFORE = bindparam("p_dies_before", type_=UTCDateTime())
+_CLAIM_ID = bindparam("p_claim_id", type_=T.c.refresh_claim_id.type)
+_LIMIT = bindparam("p_limit", type_=Integer())
+
+_UNCLAIMED = or_(T.c.refresh_claimed_until.is_(None), T.c.refresh_claimed_until <= rows.NOW)
+_CLAIM = (
+    update(T)
+    .where(
+        T.c.user_id == rows.USER_ID,
+        T.c.session_version == rows.VERSION,
+        T.c.state == rows.ACTIVE,
+        _UNCLAIMED,
+    )
+    .values(refresh_claim_id=_CLAIM_ID, refresh_claimed_until=_UNTIL)
+    .returning(*T.c)
+)
+# Keep-alive leaves leased sessions to their holder's grant.
+_CLAIM_UNLEASED = _CLAIM.where(rows.FREE)
+_RELEASE = (
+    update(T)
+    .where(T.c.user_id == rows.USER_ID, T.c.refresh_claim_id == _CLAIM_ID)
+    .values(rows.CLAIM_ENDED)
+)
+
+# Keep-alive: ACTIVE DI rows (the partial index ix_garmin_authentication_state_keepalive),
+# nobody leasing or refreshing them now.
+_ACTIVE_DI_FREE = and_(
+    T.c.state == rows.ACTIVE,
+    T.c.session_kind == SessionKind.DI_OAUTH2,
+    rows.FREE,
+    _UNCLAIMED,
+)
+_CANDIDATE_COLUMNS = (T.c.user_id, T.c.session_version, T.c.refresh_token_expires_at)
+# Unknown expiries first (an imported token file: it may die any day), then soonest first.
+# Two queries rather than one NULLS FIRST order, so each walks the index in its own order.
+_UNKNOWN_EXPIRY = (
+    select(*_CANDIDATE_COLUMNS)
+    .where(_ACTIVE_DI_FREE, T.c.refresh_token_expires_at.is_(None))
+    .order_by(T.c.user_id)
+    .limit(_LIMIT)
+)
+_DYING = (
+    select(*_CANDIDATE_COLUMNS)
+    .where(_ACTIVE_DI_FREE, T.c.refresh_token_expires_at < _DIES_BEFORE)
+    .order_by(T.c.refresh_token_expires_at, T.c.user_id)
+    .limit(_LIMIT)
+)
+
+
+class SqlRefreshRepository:
+    """Refresh claims on one SQLAlchemy session (one transaction of the service layer)."""
+
+    def __init__(self, session: Session, sessions: SqlSessionRepository) -> None:
+        self.session = session
+        self._sessions = sessions
+
+    def claim(
+        self,
+        user_id: str,
+        *,
+        version: int,
+        claim_id: str,
+        now: datetime,
+        until: datetime,
+        unleased: bool = False,
+    ) -> SessionRow | None:
+        row: Row[Any] | None = self.session.execute(
+            _CLAIM_UNLEASED if unleased else _CLAIM,
+            {
+                "p_user_id": user_id,
+                "p_version": version,
+                "p_claim_id": claim_id,
+                "p_now": now,
+                "p_until": until,
+            },
+        ).first()
+        return cast("SessionRow | None", row)
+
+    def release(self, user_id: str, *, claim_id: str) -> None:
+        self.session.execute(_RELEASE, {"p_user_id": user_id, "p_claim_id": claim_id})
+
+    def store_rotated(
+        self, user_id: str, *, version: int, tokens: GarminTokens, now: datetime
+    ) -> SessionRow | None:
+        # The very change GetStatus(validate) makes when it refreshed: written once.
+        return self._sessions.store_validation(user_id, version=version, refreshed=tokens, now=now)
+
+    def keepalive_candidates(
+        self, *, now: datetime, dies_before: datetime, limit: int
+    ) -> list[KeepAliveCandidate]:
+        found = [
+            KeepAliveCandidate(row.user_id, row.session_version, row.refresh_token_expires_at)
+            for row in self.session.execute(_UNKNOWN_EXPIRY, {"p_now": now, "p_limit": limit})
+        ]
+        if len(found) < limit:
+            params = {"p_now": now, "p_dies_before": dies_before, "p_limit": limit - len(found)}
+            found.extend(
+                KeepAliveCandidate(row.user_id, row.session_version, row.refresh_token_expires_at)
+                for row in self.session.execute(_DYING, params)
+            )
+        return found

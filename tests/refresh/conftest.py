@@ -1,0 +1,101 @@
+"""Fixtures of the refresh tests: one package-wide emulator (reset per test), the test DI
+upstream over real HTTP, and two replicas on the test's database (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from auth_service.crypto import Keyring
+from auth_service.domain.clock import FakeClock
+from auth_service.domain.policies import RefreshSettings
+from auth_service.storage.database import create_engine_for, session_factory
+from auth_service.storage.secrets import SecretBox
+from garmin_client.settings import UpstreamSettings
+from garmin_emulator import GarminEmulator
+from tests.fixtures.di_upstream import DiTestUpstream
+from tests.fixtures.emulators import scanned_emulator
+
+from . import DiAccounts, Replica, build_replica
+
+CONSUMER_KEY = "refresh-test-consumer-key"
+CONSUMER_SECRET = "refresh-test-consumer-secret"
+# Short enough that a held request times out quickly; a claim outlives it.
+TIMEOUT_SECONDS = 2.0
+SETTINGS = RefreshSettings(concurrency=4, claim_seconds=10.0, wait_seconds=15.0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    # Garmin's tokens carry real expiry times, so the service's clock starts at real time.
+    return FakeClock(datetime.now(UTC))
+
+
+@pytest.fixture
+def box(keyring: Keyring) -> SecretBox:
+    return SecretBox(keyring)
+
+
+@pytest.fixture(scope="package")
+def running_emulator() -> Iterator[GarminEmulator]:
+    with scanned_emulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emulator(running_emulator: GarminEmulator) -> Iterator[GarminEmulator]:
+    running_emulator.clear_faults()
+    running_emulator.latency_seconds = 0.0
+    running_emulator.reset_records()
+    yield running_emulator
+    running_emulator.clear_faults()
+    running_emulator.latency_seconds = 0.0
+
+
+@pytest.fixture
+def upstream(emulator: GarminEmulator) -> DiTestUpstream:
+    return DiTestUpstream(
+        UpstreamSettings(
+            consumer_key=CONSUMER_KEY,
+            consumer_secret=CONSUMER_SECRET,
+            base_url=emulator.url,
+            timeout_seconds=TIMEOUT_SECONDS,
+            retries=0,
+        )
+    )
+
+
+@pytest.fixture
+def second_engine(database_url: str) -> Iterator[Engine]:
+    """A second replica's own engine (own pool, own connections) on the same database."""
+    engine = create_engine_for(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def replicas(
+    db_sessionmaker: sessionmaker[Session],
+    second_engine: Engine,
+    box: SecretBox,
+    upstream: DiTestUpstream,
+    clock: FakeClock,
+) -> tuple[Replica, Replica]:
+    return (
+        build_replica(db_sessionmaker, box, upstream, clock, SETTINGS),
+        build_replica(session_factory(second_engine), box, upstream, clock, SETTINGS),
+    )
+
+
+@pytest.fixture
+def accounts(
+    emulator: GarminEmulator,
+    clock: FakeClock,
+    db_sessionmaker: sessionmaker[Session],
+    box: SecretBox,
+) -> DiAccounts:
+    return DiAccounts(emulator, clock, db_sessionmaker, box)
