@@ -14,6 +14,7 @@ version to move. A claim whose holder died expires at refresh_claimed_until.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import sqlalchemy as sa
 from alembic import op
@@ -47,7 +48,7 @@ def _partial_indexes_kept() -> None:
     op.create_index(KEEPALIVE_INDEX, TABLE, ["refresh_token_expires_at"], sqlite_where=ACTIVE_DI)
 
 
-def _recreate() -> str:
+def _recreate() -> Literal["auto", "always"]:
     """SQLite: copy the table, so its DDL reads as the models write it (ALTER TABLE ADD
     COLUMN would append the columns to the last line). PostgreSQL: plain ALTER TABLE."""
     return "always" if op.get_bind().dialect.name == "sqlite" else "auto"
