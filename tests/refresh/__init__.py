@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.clock import Clock
 from auth_service.domain.events import NoRefreshEvents, RefreshEvents
 from auth_service.domain.models import GarminTokens
@@ -22,7 +23,7 @@ from auth_service.domain.ports import GarminUpstream
 from auth_service.services.keepalive import KeepAlive
 from auth_service.services.leases import LeaseService
 from auth_service.services.session_admin import SessionAdmin
-from auth_service.services.session_refresh import SessionRefresher
+from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
@@ -31,6 +32,8 @@ from tests.fixtures.di_upstream import di_tokens
 from tests.leases import seed_active
 
 ARRIVAL_TIMEOUT_SECONDS = 10.0
+# A refresh asked for by a test (named like GetStatus's in the audit trail).
+ASKER = RefreshAsker(AuditedRpc.GET_STATUS, reason_for=lambda message: f"test: {message}")
 
 
 @dataclass

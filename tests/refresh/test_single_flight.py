@@ -11,7 +11,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import (
     GarminRateLimited,
@@ -21,19 +20,17 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
 from auth_service.services.central_refresh import CENTRAL_REFRESH_REJECTED
-from auth_service.services.session_refresh import RefreshAsker
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.session_repository import SqlSessionRepository
 from garmin_emulator import DI_TOKEN_PATH, FAULT_RESET, GarminEmulator
 from tests.fixtures.di_upstream import DiTestUpstream
 from tests.leases import read_row, stored_tokens
 
-from . import DiAccounts, Replica, during_next_refresh
+from . import ASKER, DiAccounts, Replica, during_next_refresh
 
 pytestmark = pytest.mark.timeout(120)
 
 USER = "di-user"
-ASKER = RefreshAsker(AuditedRpc.GET_STATUS, reason_for=lambda message: f"test: {message}")
 ASKERS = 16
 
 
