@@ -1,0 +1,94 @@
+"""A rotated pair is never dropped: the database stops while Garmin answers a refresh, and
+the pair lands once it is back. A private PostgreSQL cluster (tests/reliability/cluster.py),
+so stopping it touches no other test."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from auth_service.domain.clock import FakeClock
+from auth_service.domain.events import NoRefreshEvents
+from auth_service.domain.policies import RefreshSettings
+from auth_service.storage.database import create_engine_for, session_factory
+from auth_service.storage.schema import upgrade_to_head
+from auth_service.storage.secrets import SecretBox
+from garmin_emulator import GarminEmulator
+from tests.fixtures.di_upstream import DiTestUpstream
+from tests.leases import read_row, stored_tokens
+from tests.reliability.cluster import PrivateCluster
+
+from . import ASKER, DiAccounts, build_replica, during_next_refresh
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
+
+USER = "outage-user"
+DOWN_SECONDS = 3.0
+
+
+class _Recorder(NoRefreshEvents):
+    def __init__(self) -> None:
+        self.unstored: list[float] = []
+
+    def rotated_pair_unstored(self, seconds: float) -> None:
+        self.unstored.append(seconds)
+
+
+@pytest.fixture
+def cluster() -> Iterator[PrivateCluster]:
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+        upgrade_to_head(cluster.url)
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_the_rotated_pair_lands_after_the_database_returns(
+    cluster: PrivateCluster,
+    emulator: GarminEmulator,
+    upstream: DiTestUpstream,
+    box: SecretBox,
+    clock: FakeClock,
+) -> None:
+    engine = create_engine_for(cluster.url)
+    try:
+        db = session_factory(engine)
+        accounts = DiAccounts(emulator, clock, db, box)
+        old = accounts.seed(USER, access_in=timedelta(seconds=-5))
+        version = read_row(db, USER).session_version
+        events = _Recorder()
+        replica = build_replica(db, box, upstream, clock, RefreshSettings(), events)
+        restarted = threading.Event()
+
+        def outage() -> None:
+            cluster.stop("fast")
+
+            def restart() -> None:
+                time.sleep(DOWN_SECONDS)
+                cluster.start()
+                restarted.set()
+
+            threading.Thread(target=restart, daemon=True).start()
+
+        # The database stops while Garmin holds our refresh; Garmin then rotates the pair.
+        with during_next_refresh(emulator, outage, hold=1.0):
+            refreshed = replica.refresher.refresh(USER, version, ASKER)
+
+        assert restarted.is_set()
+        assert refreshed.by_us
+        assert stored_tokens(db, box, USER) == refreshed.tokens
+        assert refreshed.tokens.oauth2.refresh_token != old.oauth2.refresh_token
+        assert accounts.refreshes(USER) == 1
+        assert accounts.reuses(USER) == 0
+        assert read_row(db, USER).session_version == version + 1
+        # The pair lived in memory only for the rest of the outage.
+        assert len(events.unstored) == 1
+        assert events.unstored[0] > 0.5
+    finally:
+        engine.dispose()
