@@ -1,0 +1,54 @@
+"""The refresh and keep-alive settings: defaults, bounds, and the claim sized from the
+upstream timeout (a claim must outlive one Garmin call)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from auth_service.config import load_settings
+from garmin_client.env import ConfigError
+from tests.service.test_cli import base_env
+
+
+def test_defaults(tmp_path: Path) -> None:
+    refresh = load_settings(base_env(tmp_path)).refresh
+    assert refresh.concurrency == 4
+    assert refresh.keepalive_interval_seconds == 300
+    assert refresh.keepalive_window_seconds == 604800
+    # UPSTREAM_TIMEOUT 10 s x (2 retries + 1) + 30 s margin; a waiter waits a little longer.
+    assert refresh.claim_seconds == 60
+    assert refresh.wait_seconds > refresh.claim_seconds
+
+
+def test_values_from_the_environment(tmp_path: Path) -> None:
+    env = base_env(
+        tmp_path,
+        GARMIN_AUTH_REFRESH_CONCURRENCY="8",
+        GARMIN_AUTH_KEEPALIVE_INTERVAL="60",
+        GARMIN_AUTH_KEEPALIVE_WINDOW="86400",
+        GARMIN_AUTH_UPSTREAM_TIMEOUT="5",
+        GARMIN_AUTH_UPSTREAM_RETRIES="0",
+    )
+    refresh = load_settings(env).refresh
+    assert (refresh.concurrency, refresh.keepalive_interval_seconds) == (8, 60)
+    assert refresh.keepalive_window_seconds == 86400
+    assert refresh.claim_seconds == 35
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REFRESH_CONCURRENCY", "0"),
+        ("REFRESH_CONCURRENCY", "many"),
+        ("KEEPALIVE_INTERVAL", "0"),
+        # A refresh token dies about 30 days after its last use: a wider window is a typo.
+        ("KEEPALIVE_WINDOW", str(30 * 86400)),
+    ],
+)
+def test_bad_values_stop_start_up_naming_the_variable(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"GARMIN_AUTH_{name}"):
+        load_settings(base_env(tmp_path, **{f"GARMIN_AUTH_{name}": value}))
