@@ -16,6 +16,10 @@ with validate, keep-alive) comes here:
    is dropped only when a crash hits that window (docs/RELIABILITY.md).
 4. Garmin saying the session is dead (invalid_grant, 401) ends it only after re-reading the
    row shows no newer token; 429, 5xx and timeouts release the claim and change nothing.
+
+Garth sessions take every step but the claim: their exchange rotates nothing (the OAuth1 token
+stays), so a second exchange is harmless, while a claim left by a replica killed inside
+Garmin would keep the session from being refreshed for a whole claim lifetime.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from auth_service.domain.errors import (
     SessionNotActive,
 )
 from auth_service.domain.events import RefreshEvents
-from auth_service.domain.models import GarminTokens, SessionState
+from auth_service.domain.models import GarminTokens, SessionKind, SessionState
 from auth_service.domain.policies import RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import SessionRow, live_lease
@@ -140,8 +144,11 @@ class SessionRefresher:
                 self._events.refresh_waited("released")
                 raise GarminUnavailable("the session's refresh failed just now; try again shortly")
             with self._slots:
-                claim_id = secrets.token_urlsafe(CLAIM_ID_BYTES)
-                claimed = self._claim(user_id, expected_version, claim_id, unleased=not wait)
+                claim_id: str | None = None
+                claimed: SessionRow | None = row
+                if row.session_kind is SessionKind.DI_OAUTH2:
+                    claim_id = secrets.token_urlsafe(CLAIM_ID_BYTES)
+                    claimed = self._claim(user_id, expected_version, claim_id, unleased=not wait)
                 if claimed is None:
                     if not wait:
                         raise RefreshBusy(user_id)
@@ -172,7 +179,9 @@ class SessionRefresher:
                 unleased=unleased,
             )
 
-    def _release(self, user_id: str, claim_id: str) -> None:
+    def _release(self, user_id: str, claim_id: str | None) -> None:
+        if claim_id is None:
+            return
         try:
             with self._uow() as uow:
                 uow.refreshes.release(user_id, claim_id=claim_id)
@@ -184,7 +193,7 @@ class SessionRefresher:
     # --- Garmin ----------------------------------------------------------------------------
 
     def _call_garmin(
-        self, claimed: SessionRow, claim_id: str, asker: RefreshAsker
+        self, claimed: SessionRow, claim_id: str | None, asker: RefreshAsker
     ) -> GarminTokens | Refreshed:
         user_id = claimed.user_id
         kind = claimed.session_kind.value if claimed.session_kind else "UNKNOWN"

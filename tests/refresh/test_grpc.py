@@ -79,14 +79,17 @@ def test_the_server_keeps_an_idle_session_alive_in_the_background(
         provider=upstream, refresh=RefreshSettings(keepalive_interval_seconds=0.2)
     )
 
+    def dies_at() -> datetime | None:
+        return read_row(db_sessionmaker, "grpc-idle").refresh_token_expires_at
+
+    # Garmin counts the rotation before the pair is committed: wait for the row.
+    far = datetime.now(UTC) + timedelta(days=29)
     deadline = time.monotonic() + 20
-    while di_accounts.refreshes("grpc-idle") == 0 and time.monotonic() < deadline:
+    while (dies_at() or far) <= far and time.monotonic() < deadline:
         time.sleep(0.05)
 
+    assert (dies_at() or far) > far
     assert di_accounts.refreshes("grpc-idle") == 1
-    dies_at = read_row(db_sessionmaker, "grpc-idle").refresh_token_expires_at
-    assert dies_at is not None
-    assert dies_at > datetime.now(UTC) + timedelta(days=29)
     status = replica.call("GetStatus", pb.GetStatusRequest(user_id="grpc-idle")).status
     assert status.refresh_token_expires_at.ToDatetime(UTC) > datetime.now(UTC) + timedelta(days=29)
     assert _refreshes(replica, "rotated") == 1
