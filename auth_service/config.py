@@ -11,11 +11,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from curl_cffi.requests.impersonate import REAL_TARGET_MAP, BrowserType
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from auth_service.crypto import Keyring, KeyringError
-from auth_service.domain.policies import LeaseSettings, LoginSettings, RefreshSettings
+from auth_service.domain.policies import (
+    ANDROID_SERVICE_URL,
+    DEFAULT_IMPERSONATE,
+    DEFAULT_REFRESH_LIFETIME_SECONDS,
+    IOS_SERVICE_URL,
+    KNOWN_DI_CLIENT_IDS,
+    DiSettings,
+    LeaseSettings,
+    LoginFlow,
+    LoginSettings,
+    RefreshSettings,
+    RefusedClientId,
+)
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.settings import UpstreamSettings, read_upstream_settings
 
@@ -77,12 +90,15 @@ class Settings:
     # Seconds between background housekeeping passes (expired MFA challenges, stale login
     # counters, abandoned MFA sessions).
     housekeeping_interval_seconds: float = 300.0
+    # Which sign-in new logins use, and how the DI sign-in talks to Garmin.
+    login_flow: LoginFlow = LoginFlow.DI
+    di: DiSettings = field(default_factory=DiSettings)
 
     def __repr__(self) -> str:
         return (
             f"Settings(database={redacted_database_url(self.database_url)!r}, "
             f"listen={self.listen!r}, keyring={self.keyring!r}, upstream={self.upstream!r}, "
-            f"tls={self.tls!r}, metrics={self.metrics!r})"
+            f"tls={self.tls!r}, metrics={self.metrics!r}, login_flow={self.login_flow.value!r})"
         )
 
 
@@ -199,6 +215,60 @@ def load_keyring(env: Mapping[str, str] | None = None) -> Keyring:
         raise reader.error("ENCRYPTION_KEYS", str(exc)) from None
 
 
+def impersonation_profiles() -> frozenset[str]:
+    """The profiles curl_cffi knows (exact versions and its aliases such as "safari_ios")."""
+    return frozenset(str(b.value) for b in BrowserType) | frozenset(REAL_TARGET_MAP)
+
+
+def _names(reader: EnvReader, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = reader.get(name)
+    if value is None:
+        return default
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not names or len(set(names)) != len(names):
+        raise reader.error(name, "expected a comma-separated list without repeats")
+    return names
+
+
+def _service_urls(reader: EnvReader) -> tuple[str, ...]:
+    service_urls = _names(reader, "DI_SERVICE_URLS", (IOS_SERVICE_URL, ANDROID_SERVICE_URL))
+    if not all(url.startswith("https://") for url in service_urls):
+        raise reader.error("DI_SERVICE_URLS", "every service URL must start with https://")
+    return service_urls
+
+
+def _di_settings(reader: EnvReader) -> DiSettings:
+    client_ids = _names(reader, "DI_CLIENT_IDS", KNOWN_DI_CLIENT_IDS)
+    if not all(part.replace("_", "").isalnum() for part in client_ids):
+        raise reader.error("DI_CLIENT_IDS", "client ids are letters, digits and underscores")
+    impersonate = reader.get("DI_IMPERSONATE") or DEFAULT_IMPERSONATE
+    if impersonate not in impersonation_profiles():
+        raise reader.error("DI_IMPERSONATE", "is not a curl_cffi impersonation profile")
+    refused = (reader.get("DI_ON_REFUSED_CLIENT_ID") or RefusedClientId.STOP.value).lower()
+    if refused not in {item.value for item in RefusedClientId}:
+        raise reader.error("DI_ON_REFUSED_CLIENT_ID", f"expected stop or next, got {refused!r}")
+    return DiSettings(
+        client_ids=client_ids,
+        service_url=_service_urls(reader)[0],
+        impersonate=impersonate,
+        plain_http=reader.flag("DI_PLAIN_HTTP"),
+        on_refused_client_id=RefusedClientId(refused),
+        refresh_lifetime_seconds=reader.integer(
+            "DI_REFRESH_LIFETIME",
+            DEFAULT_REFRESH_LIFETIME_SECONDS,
+            minimum=3600,
+            maximum=365 * 86400,
+        ),
+    )
+
+
+def _login_flow(reader: EnvReader) -> LoginFlow:
+    value = (reader.get("LOGIN_FLOW") or LoginFlow.DI.value).lower()
+    if value not in {flow.value for flow in LoginFlow}:
+        raise reader.error("LOGIN_FLOW", f"expected di or garth, got {value!r}")
+    return LoginFlow(value)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting; raises ConfigError on the first problem."""
     reader = _reader(env)
@@ -233,6 +303,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             mfa_challenge_ttl_seconds=reader.number(
                 "MFA_CHALLENGE_TTL", 600.0, minimum=30, maximum=3600
             ),
+            signin_cooldown_seconds=reader.number(
+                "SIGNIN_COOLDOWN", 7200.0, minimum=0, maximum=7 * 86400
+            ),
+            service_urls=_service_urls(reader),
         ),
         refresh=_refresh(reader, upstream),
         tls=load_tls_settings(env),
@@ -240,4 +314,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         housekeeping_interval_seconds=reader.number(
             "HOUSEKEEPING_INTERVAL", 300.0, minimum=1, maximum=86400
         ),
+        login_flow=_login_flow(reader),
+        di=_di_settings(reader),
     )

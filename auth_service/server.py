@@ -24,14 +24,18 @@ from auth_service.domain.ports import GarminUpstream
 from auth_service.metrics.endpoint import MetricsEndpoint, start_metrics_endpoint
 from auth_service.metrics.service import ServiceMetrics
 from auth_service.services.periodic import Periodic
+from auth_service.services.session_import import TokenParsers
 from auth_service.services.use_cases import UseCases, build_use_cases
 from auth_service.storage.clock import clock_for
 from auth_service.storage.database import create_engine_for, database_is_reachable, session_factory
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
 from auth_service.tls import CertificateReloader
+from auth_service.upstream.di.garminconnect import tokens_from_garminconnect
+from auth_service.upstream.di.provider import DiUpstream
 from auth_service.upstream.garth.dumps import tokens_from_garth_dumps
 from auth_service.upstream.garth.provider import GarthUpstream
+from auth_service.upstream.router import UpstreamRouter
 from garmin_auth.v1 import garmin_auth_pb2, garmin_auth_pb2_grpc
 from garmin_client.env import ConfigError
 
@@ -63,7 +67,11 @@ def build_application(
     clock: Clock | None = None,
     upstream: GarminUpstream | None = None,
 ) -> Application:
-    upstream = upstream or GarthUpstream(settings.upstream)
+    upstream = upstream or UpstreamRouter(
+        garth=GarthUpstream(settings.upstream),
+        di=DiUpstream(settings.upstream, settings.di),
+        login_flow=settings.login_flow,
+    )
     engine = create_engine_for(settings.database_url)
     # The database's clock rules every expiry decision, so replicas agree
     # (auth_service.storage.clock).
@@ -83,7 +91,9 @@ def build_application(
             leases=settings.leases,
             refresh=settings.refresh,
             refresh_events=metrics,
-            garth_token_parser=tokens_from_garth_dumps,
+            token_parsers=TokenParsers(
+                garth=tokens_from_garth_dumps, garminconnect=tokens_from_garminconnect
+            ),
         ),
         callers=CallerRegistry(
             settings.callers_file, allow_unauthenticated=settings.allow_unauthenticated

@@ -39,7 +39,8 @@ def endpoint_template(url: str) -> str:
     )
 
 
-def _status_outcome(status: int) -> str:
+def status_outcome(status: int) -> str:
+    """The outcome label of an HTTP answer (for senders that are not a requests adapter)."""
     # 429 is Garmin's answer to most fresh logins since March 2026: worth its own series.
     return "429" if status == 429 else f"{status // 100}xx"  # noqa: PLR2004
 
@@ -60,7 +61,7 @@ def observed(
         outcome = "timeout"
         raise
     else:
-        outcome = _status_outcome(response.status_code)
+        outcome = status_outcome(response.status_code)
         return response
     finally:
         observer.upstream_call(

@@ -18,6 +18,18 @@ from garmin_client.retry import RetryPolicy, Timeout, send_with_retries
 from garmin_client.settings import UpstreamSettings
 
 
+def routed_url(base_url: str, url: str) -> tuple[str, str]:
+    """Where a request for `url` goes when every Garmin host is routed to `base_url`, and the
+    original host to tell the receiver (X-Forwarded-Host): path and query are kept.
+
+    The one routing rule: this transport and the DI provider's SSO client both use it."""
+    base, original = urlsplit(base_url), urlsplit(url)
+    routed = urlunsplit(
+        (base.scheme, base.netloc, base.path.rstrip("/") + original.path, original.query, "")
+    )
+    return routed, original.netloc
+
+
 class UpstreamTransport(HTTPAdapter):
     """Sends with our timeout and retries, reports to the observer, routes to the base URL.
 
@@ -29,7 +41,7 @@ class UpstreamTransport(HTTPAdapter):
     def __init__(self, settings: UpstreamSettings, observer: RequestObserver | None = None) -> None:
         # No urllib3 retries: send_with_retries is the only layer that repeats a request.
         super().__init__(max_retries=0)
-        self._base = urlsplit(settings.base_url) if settings.base_url else None
+        self._base = settings.base_url
         self._timeout = settings.timeout_seconds
         self._policy = RetryPolicy.of(settings)
         self._observer = observer
@@ -68,11 +80,6 @@ class UpstreamTransport(HTTPAdapter):
 
     def _routed(self, request: PreparedRequest) -> PreparedRequest:
         assert self._base is not None
-        original = urlsplit(request.url or "")
         routed = request.copy()
-        base_path = self._base.path.rstrip("/")
-        routed.url = urlunsplit(
-            (self._base.scheme, self._base.netloc, base_path + original.path, original.query, "")
-        )
-        routed.headers["X-Forwarded-Host"] = original.netloc
+        routed.url, routed.headers["X-Forwarded-Host"] = routed_url(self._base, request.url or "")
         return routed

@@ -42,6 +42,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "Login": frozenset({ADMIN}),
     "SubmitMfa": frozenset({ADMIN}),
     "ImportSession": frozenset({ADMIN}),
+    "ExchangeServiceTicket": frozenset({ADMIN}),
     "DeleteSession": frozenset({ADMIN}),
     "GetStatus": frozenset({ADMIN, WORKER, VIEWER}),
     "ListSessions": frozenset({ADMIN, VIEWER}),

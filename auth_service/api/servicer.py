@@ -42,6 +42,8 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
 
     def __init__(self, use_cases: UseCases) -> None:
         self._connect = use_cases.connect
+        self._imports = use_cases.imports
+        self._tickets = use_cases.tickets
         self._sessions = use_cases.sessions
         self._leases = use_cases.leases
         self._audit = use_cases.audit_log
@@ -74,14 +76,25 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self, request: pb.ImportSessionRequest, context: grpc.ServicerContext
     ) -> pb.ImportSessionResponse:
         source = request.WhichOneof("source")
-        status = self._connect.import_session(
+        status = self._imports.import_session(
             request.user_id,
             tokens=convert.tokens_from_proto(request.session, "session")
             if source == "session"
             else None,
             garth_token=request.garth_token if source == "garth_token" else None,
+            garminconnect_tokens=request.garminconnect_tokens
+            if source == "garminconnect_tokens"
+            else None,
         )
         return pb.ImportSessionResponse(status=convert.status_to_proto(status))
+
+    def ExchangeServiceTicket(
+        self, request: pb.ExchangeServiceTicketRequest, context: grpc.ServicerContext
+    ) -> pb.ExchangeServiceTicketResponse:
+        status = self._tickets.exchange_service_ticket(
+            request.user_id, request.service_ticket, request.service_url
+        )
+        return pb.ExchangeServiceTicketResponse(status=convert.status_to_proto(status))
 
     def DeleteSession(
         self, request: pb.DeleteSessionRequest, context: grpc.ServicerContext

@@ -51,6 +51,7 @@ class AuditedRpc(enum.StrEnum):
     SUBMIT_MFA = "SubmitMfa"
     GET_STATUS = "GetStatus"
     IMPORT_SESSION = "ImportSession"
+    EXCHANGE_SERVICE_TICKET = "ExchangeServiceTicket"
     DELETE_SESSION = "DeleteSession"
     LEASE_SESSION = "LeaseSession"
     LEASE_NEXT_SESSION = "LeaseNextSession"

@@ -132,6 +132,13 @@ class MfaCodeRejected(UpstreamError):
     reason = "MFA_CODE_REJECTED"
 
 
+class ServiceTicketRejected(UpstreamError):
+    """Garmin refused a service ticket: used, expired, or issued for another service URL."""
+
+    code_name = "FAILED_PRECONDITION"
+    reason = "SERVICE_TICKET_REJECTED"
+
+
 class GarminSessionRejected(UpstreamError):
     """Garmin definitely rejected the session (401 on the token exchange or on the API).
 

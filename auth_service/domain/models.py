@@ -45,9 +45,14 @@ class PendingMfa:
     login_params: dict[str, str]
     mfa_method: str
     domain: str
+    # The sign-in that started the login, so the same one finishes it on any replica.
+    flow: SessionKind = SessionKind.GARTH
 
     def __repr__(self) -> str:
-        return f"PendingMfa(<redacted>, mfa_method={self.mfa_method!r}, domain={self.domain!r})"
+        return (
+            f"PendingMfa(<redacted>, mfa_method={self.mfa_method!r}, domain={self.domain!r}, "
+            f"flow={self.flow.value})"
+        )
 
 
 @dataclass(frozen=True)

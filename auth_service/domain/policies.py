@@ -1,19 +1,27 @@
 """The service's policies as plain values: lease lifetimes, login throttling, MFA challenges,
-central refresh and keep-alive.
+central refresh and keep-alive, and how the service signs in to Garmin (which flow, the
+DI sign-in's uncertain points).
 
 auth_service.config reads them from the environment; the use cases only ever see these.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Final
 
 from auth_service.domain.models import GarminTokens, SessionKind
 
 # An access token this close to its expiry is refreshed before use, so it does not lapse
 # mid-call (the garth provider's validate uses the same margin).
 ACCESS_EXPIRY_MARGIN = timedelta(seconds=30)
+
+# The Garmin Connect apps' service URLs: tickets for them give tokens the API accepts (the
+# browser widget's URL gives tokens the API refuses for some accounts since June 2026).
+IOS_SERVICE_URL: Final = "https://mobile.integration.garmin.com/gcm/ios"
+ANDROID_SERVICE_URL: Final = "https://mobile.integration.garmin.com/gcm/android"
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,59 @@ class LoginSettings:
     window_seconds: float = 3600.0
     mfa_challenge_ttl_seconds: float = 600.0
     mfa_max_wrong_codes: int = 3
+    # After Garmin's sign-in answered 429 for an account, its logins wait this long (or
+    # Garmin's Retry-After, if longer) without calling Garmin.
+    signin_cooldown_seconds: float = 7200.0
+    # The service URLs a DI ticket may be issued for; the first is the default (logins ask
+    # for it, ExchangeServiceTicket assumes it).
+    service_urls: tuple[str, ...] = (IOS_SERVICE_URL, ANDROID_SERVICE_URL)
+
+
+class LoginFlow(enum.StrEnum):
+    """GARMIN_AUTH_LOGIN_FLOW: which sign-in new logins use."""
+
+    DI = "di"
+    GARTH = "garth"
+
+
+# The client ids Garmin's apps use for DI OAuth2, newest first.
+KNOWN_DI_CLIENT_IDS: Final = (
+    "GARMIN_CONNECT_MOBILE_ANDROID_DI_2025Q2",
+    "GARMIN_CONNECT_MOBILE_ANDROID_DI_2024Q4",
+    "GARMIN_CONNECT_MOBILE_ANDROID_DI",
+    "GARMIN_CONNECT_MOBILE_IOS_DI",
+)
+# A refresh answer usually omits the new refresh token's lifetime; ~30 days is what Garmin
+# states when it does.
+DEFAULT_REFRESH_LIFETIME_SECONDS: Final = 30 * 86400
+DEFAULT_IMPERSONATE: Final = "safari_ios"
+
+
+class RefusedClientId(enum.StrEnum):
+    """What a ticket exchange does when Garmin refuses a client id."""
+
+    # Give up: whether a refused client id burns the single-use ticket is not known, and a
+    # burnt ticket tried again only adds refusals.
+    STOP = "stop"
+    # Try the next configured client id with the same ticket (python-garminconnect does).
+    NEXT = "next"
+
+
+@dataclass(frozen=True)
+class DiSettings:
+    """How the DI provider signs in and refreshes (every uncertain point is one of these)."""
+
+    client_ids: tuple[str, ...] = KNOWN_DI_CLIENT_IDS
+    # The service URL logins ask tickets for (the first of GARMIN_AUTH_DI_SERVICE_URLS).
+    service_url: str = IOS_SERVICE_URL
+    # curl_cffi's browser profile for the SSO calls' TLS handshake.
+    impersonate: str = DEFAULT_IMPERSONATE
+    # Send the SSO calls with plain requests instead (e.g. to the emulator on http://).
+    plain_http: bool = False
+    on_refused_client_id: RefusedClientId = RefusedClientId.STOP
+    # The refresh-token lifetime assumed when Garmin never stated one for the session.
+    refresh_lifetime_seconds: int = DEFAULT_REFRESH_LIFETIME_SECONDS
+
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""What the domain needs from Garmin. The providers in auth_service.upstream implement it (the
-garth one today); tests use the real provider against the emulator over HTTP.
+"""What the domain needs from Garmin. The providers in auth_service.upstream implement it
+(garth's legacy sign-in and Garmin's DI OAuth2, behind one router); tests use the real
+providers against the emulator over HTTP.
 
 Every method raises only the UpstreamError subclasses of auth_service.domain.errors:
 GarminSessionRejected is the one that means "this session is dead"; GarminRateLimited and
@@ -24,11 +25,20 @@ class GarminUpstream(Protocol):
         """Finish an MFA login; raises MfaCodeRejected, GarminRateLimited, GarminUnavailable."""
         ...
 
-    def refresh(self, tokens: GarminTokens) -> GarminTokens:
-        """Exchange the OAuth1 token for a fresh OAuth2 token.
+    def exchange_service_ticket(self, ticket: str, service_url: str) -> GarminTokens:
+        """A DI session for a service ticket the user got from Garmin's own sign-in page.
 
-        Raises GarminSessionRejected (401: the session is dead), GarminRateLimited or
-        GarminUnavailable (the session is untouched and still good).
+        Raises ServiceTicketRejected (used, expired, another service URL), GarminRateLimited,
+        GarminUnavailable.
+        """
+        ...
+
+    def refresh(self, tokens: GarminTokens) -> GarminTokens:
+        """A fresh access token: garth exchanges the OAuth1 token; DI rotates the refresh
+        token (the old one dies: the answer must be stored before anything else).
+
+        Raises GarminSessionRejected (the session is dead: 401 on garth's exchange, DI's
+        invalid_grant), GarminRateLimited or GarminUnavailable (the session is untouched).
         """
         ...
 

@@ -154,7 +154,16 @@ class ThrottleRepository(Protocol):
         ...
 
     def purge_stale(self, now: datetime, window: timedelta) -> int:
-        """Delete counters whose window has ended (or that start in the future)."""
+        """Delete counters whose window has ended (or that start in the future), unless
+        their sign-in cooldown still runs."""
+        ...
+
+    def cooldown_until(self, user_id: str) -> datetime | None:
+        """When the user's sign-in cooldown ends (None: none was ever started)."""
+        ...
+
+    def start_cooldown(self, user_id: str, until: datetime, now: datetime) -> None:
+        """No login for the user reaches Garmin before `until` (a later end wins)."""
         ...
 
 

@@ -16,6 +16,8 @@ from garmin_client.user_ids import USER_ID_RULE, is_user_id
 EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
 MFA_CODE_PATTERN = re.compile(r"^[0-9]{4,10}$")
 TOKEN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+# Garmin's CAS service tickets: "ST-<digits>-<random>-<suffix>" ("...-sso" today).
+SERVICE_TICKET_PATTERN = re.compile(r"^ST-[0-9]{1,20}-[A-Za-z0-9]{8,100}-[a-z]{1,16}$")
 MIN_EMAIL_LENGTH, MAX_EMAIL_LENGTH = 3, 254
 MAX_PASSWORD_LENGTH = 256
 MAX_HOLDER_LENGTH = 256
@@ -47,6 +49,20 @@ def check_password(value: str, field: str = "password") -> list[FieldViolation]:
 def check_mfa_code(value: str, field: str = "code") -> list[FieldViolation]:
     if not MFA_CODE_PATTERN.fullmatch(value):
         return [FieldViolation(field, "must be 4-10 digits")]
+    return []
+
+
+def check_service_ticket(value: str, field: str = "service_ticket") -> list[FieldViolation]:
+    if not SERVICE_TICKET_PATTERN.fullmatch(value):
+        return [FieldViolation(field, "must be a Garmin service ticket (ST-...)")]
+    return []
+
+
+def check_service_url(
+    value: str, allowed: tuple[str, ...], field: str = "service_url"
+) -> list[FieldViolation]:
+    if value not in allowed:
+        return [FieldViolation(field, f"must be one of {', '.join(allowed)}")]
     return []
 
 

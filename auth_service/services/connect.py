@@ -1,4 +1,4 @@
-"""Connecting a user's Garmin account: Login, SubmitMfa and ImportSession.
+"""Connecting a user's Garmin account by signing in: Login and SubmitMfa.
 
 Transactions are short and never span a call to Garmin: read what is needed, commit, call
 Garmin, then apply the answer conditionally (the row may have changed meanwhile).
@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from auth_service.domain import audit, validation
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
-    FieldViolation,
+    GarminRateLimited,
     LoginRateLimited,
     MfaChallengeBusy,
     MfaChallengeNotFound,
@@ -27,6 +26,7 @@ from auth_service.domain.policies import LoginSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.repositories import SecretUnreadable
 from auth_service.domain.views import SessionRow, live_lease, status_view
+from auth_service.services.signin_cooldown import SignInCooldown
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,13 @@ def challenge_digest(challenge_id: str) -> str:
 
 
 class ConnectService:
-    """Login, SubmitMfa, ImportSession."""
+    """Login, SubmitMfa."""
 
-    def __init__(
-        self,
-        uow: UnitsOfWork,
-        upstream: GarminUpstream,
-        settings: LoginSettings,
-        garth_token_parser: Callable[[str], GarminTokens],
-    ) -> None:
+    def __init__(self, uow: UnitsOfWork, upstream: GarminUpstream, settings: LoginSettings) -> None:
         self._uow = uow
         self._upstream = upstream
         self._settings = settings
-        self._parse_garth_token = garth_token_parser
+        self._cooldown = SignInCooldown(settings.signin_cooldown_seconds)
 
     # --- Login -------------------------------------------------------------------------
 
@@ -74,12 +68,13 @@ class ConnectService:
             validation.check_password(password),
         )
         self._consume_login_attempt(user_id)
-        result = self._upstream.login(email, password)
+        with self._cooldown.watching(self._uow, user_id):
+            result = self._upstream.login(email, password)
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
             uow.challenges.delete_for_user(user_id)  # a new login supersedes any pending one
             if not isinstance(result, LoginNeedsMfa):
-                status = _connect(uow, row, result.tokens, AuditedRpc.LOGIN, validated=True)
+                status = connect_tokens(uow, row, result.tokens, AuditedRpc.LOGIN, validated=True)
                 return LoginAnswer(status=status)
             return self._ask_for_mfa(uow, user_id, result.pending)
 
@@ -99,19 +94,24 @@ class ConnectService:
         )
 
     def _consume_login_attempt(self, user_id: str) -> None:
-        refusal: LoginRateLimited | None = None
         with self._uow() as uow:
-            wait = uow.throttle.consume(
-                user_id,
-                uow.now,
-                limit=self._settings.limit,
-                window=timedelta(seconds=self._settings.window_seconds),
+            # Garmin asked us to back off this account: refused, not even counted.
+            refusal: LoginRateLimited | GarminRateLimited | None = self._cooldown.refusal(
+                uow, user_id
             )
-            if wait is not None:
-                refusal = LoginRateLimited(
-                    f"too many logins for this user; retry in {wait.total_seconds():.0f}s",
-                    retry_after_seconds=wait.total_seconds(),
+            if refusal is None:
+                wait = uow.throttle.consume(
+                    user_id,
+                    uow.now,
+                    limit=self._settings.limit,
+                    window=timedelta(seconds=self._settings.window_seconds),
                 )
+                if wait is not None:
+                    refusal = LoginRateLimited(
+                        f"too many logins for this user; retry in {wait.total_seconds():.0f}s",
+                        retry_after_seconds=wait.total_seconds(),
+                    )
+            if refusal is not None:
                 uow.audit.record(AuditedRpc.LOGIN, audit.outcome_of(refusal), user_id=user_id)
         if refusal is not None:
             raise refusal
@@ -126,7 +126,8 @@ class ConnectService:
         digest = challenge_digest(mfa_challenge_id)
         user_id, pending, claimed_until = self._claim_challenge(digest)
         try:
-            tokens = self._upstream.resume_mfa(pending, code)
+            with self._cooldown.watching(self._uow, user_id):
+                tokens = self._upstream.resume_mfa(pending, code)
         except MfaCodeRejected as rejected:
             self._count_wrong_code(digest, claimed_until, rejected)
             raise
@@ -140,7 +141,7 @@ class ConnectService:
                 raise MfaChallengeNotFound("the MFA challenge was superseded or deleted")
             uow.challenges.delete(digest)
             row = uow.sessions.lock_or_create(user_id, uow.now)
-            return _connect(uow, row, tokens, AuditedRpc.SUBMIT_MFA, validated=True)
+            return connect_tokens(uow, row, tokens, AuditedRpc.SUBMIT_MFA, validated=True)
 
     def _claim_challenge(self, digest: str) -> tuple[str, PendingMfa, datetime]:
         """Take the challenge for one submission; refusals still commit what they drop."""
@@ -190,31 +191,12 @@ class ConnectService:
             if challenge is not None and challenge.claimed_until == claimed_until:
                 uow.challenges.release_claim(digest, wrong_code=False)
 
-    # --- ImportSession -----------------------------------------------------------------
 
-    def import_session(
-        self, user_id: str, *, tokens: GarminTokens | None, garth_token: str | None
-    ) -> SessionStatusView:
-        violations = validation.check_user_id(user_id)
-        if tokens is None and garth_token is None:
-            violations.append(FieldViolation("source", "set session or garth_token"))
-        elif tokens is None and garth_token is not None:
-            try:
-                tokens = self._parse_garth_token(garth_token)
-            except ValueError as exc:
-                violations.append(FieldViolation("garth_token", str(exc)))
-        validation.raise_if_any(violations)
-        assert tokens is not None
-        with self._uow() as uow:
-            row = uow.sessions.lock_or_create(user_id, uow.now)
-            uow.challenges.delete_for_user(user_id)
-            return _connect(uow, row, tokens, AuditedRpc.IMPORT_SESSION, validated=False)
-
-
-def _connect(
+def connect_tokens(
     uow: UnitOfWork, locked: SessionRow, tokens: GarminTokens, rpc: AuditedRpc, *, validated: bool
 ) -> SessionStatusView:
-    """Make `tokens` the user's ACTIVE session (Login, SubmitMfa, ImportSession) and record
+    """Make `tokens` the user's ACTIVE session (every way in: Login, SubmitMfa, ImportSession,
+    ExchangeServiceTicket) and record
     it in the same transaction, naming the live lease it ended, if any."""
     ended = live_lease(locked, uow.now)
     row = uow.sessions.install_tokens(locked.user_id, tokens, uow.now, validated=validated)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from auth_service.domain.clock import Clock
 from auth_service.domain.events import RefreshEvents
-from auth_service.domain.models import GarminTokens
 from auth_service.domain.paging import Pager
 from auth_service.domain.policies import LeaseSettings, LoginSettings, RefreshSettings
 from auth_service.domain.ports import GarminUpstream
@@ -19,6 +17,8 @@ from auth_service.services.keepalive import KeepAlive
 from auth_service.services.leases import LeaseService
 from auth_service.services.session_admin import SessionAdmin
 from auth_service.services.session_refresh import SessionRefresher
+from auth_service.services.session_import import SessionImport, TokenParsers
+from auth_service.services.ticket_exchange import TicketExchange
 from auth_service.services.unit_of_work import UnitsOfWork
 
 
@@ -27,6 +27,8 @@ class UseCases:
     """What the gRPC servicer (and the background housekeeping and keep-alive) call."""
 
     connect: ConnectService
+    imports: SessionImport
+    tickets: TicketExchange
     sessions: SessionAdmin
     leases: LeaseService
     audit_log: AuditLog
@@ -44,13 +46,15 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     leases: LeaseSettings,
     refresh: RefreshSettings,
     refresh_events: RefreshEvents,
-    garth_token_parser: Callable[[str], GarminTokens],
+    token_parsers: TokenParsers,
 ) -> UseCases:
     uow = UnitsOfWork(store, clock)
     # One refresher per replica: its bound on refreshes in flight covers every caller.
     refresher = SessionRefresher(uow, upstream, refresh, refresh_events)
     return UseCases(
-        connect=ConnectService(uow, upstream, login, garth_token_parser),
+        connect=ConnectService(uow, upstream, login),
+        imports=SessionImport(uow, upstream, token_parsers),
+        tickets=TicketExchange(uow, upstream, login.service_urls),
         sessions=SessionAdmin(uow, upstream, refresher, pager),
         leases=LeaseService(uow, refresher, leases),
         audit_log=AuditLog(uow, pager),

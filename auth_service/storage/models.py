@@ -202,6 +202,8 @@ class GarminLoginThrottle(Base):
     user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
     window_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Garmin's sign-in answered 429 for this account: no login reaches Garmin before then.
+    signin_cooldown_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class GarminAuditEvent(Base):

@@ -7,7 +7,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auth_service.crypto import Keyring, challenge_aad, session_aad
-from auth_service.domain.models import GarminTokens, OAuth1Token, OAuth2Token, PendingMfa
+from auth_service.domain.models import (
+    GarminTokens,
+    OAuth1Token,
+    OAuth2Token,
+    PendingMfa,
+    SessionKind,
+)
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -94,6 +100,7 @@ class SecretBox:
                 "login_params": pending.login_params,
                 "mfa_method": pending.mfa_method,
                 "domain": pending.domain,
+                "flow": pending.flow.value,
             },
             separators=(",", ":"),
         ).encode()
@@ -106,4 +113,6 @@ class SecretBox:
             login_params=data["login_params"],
             mfa_method=data["mfa_method"],
             domain=data["domain"],
+            # Challenges stored before DI logins existed name no flow: they are garth's.
+            flow=SessionKind(data.get("flow", SessionKind.GARTH.value)),
         )

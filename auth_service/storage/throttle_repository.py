@@ -1,6 +1,7 @@
 """The login throttle: implements auth_service.domain.repositories.ThrottleRepository.
 
-One counter per user for a fixed window, shared by every replica. Never commits.
+One counter per user for a fixed window, and the user's sign-in cooldown after Garmin
+answered 429, shared by every replica. Never commits.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, or_, select
+from sqlalchemy import Table, delete, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -25,11 +26,7 @@ class SqlThrottleRepository:
     def consume(
         self, user_id: str, now: datetime, *, limit: int, window: timedelta
     ) -> timedelta | None:
-        insert_ignoring_conflict(
-            self.session,
-            cast(Table, GarminLoginThrottle.__table__),
-            {"user_id": user_id, "window_started_at": now, "attempts": 0},
-        )
+        self._ensure_row(user_id, now)
         row = self.session.scalars(
             select(GarminLoginThrottle)
             .where(GarminLoginThrottle.user_id == user_id)
@@ -53,7 +50,39 @@ class SqlThrottleRepository:
                 or_(
                     GarminLoginThrottle.window_started_at <= now - window,
                     GarminLoginThrottle.window_started_at >= now + window,
-                )
+                ),
+                or_(
+                    GarminLoginThrottle.signin_cooldown_until.is_(None),
+                    GarminLoginThrottle.signin_cooldown_until <= now,
+                ),
             )
         )
         return cast(CursorResult[Any], result).rowcount or 0
+
+    def cooldown_until(self, user_id: str) -> datetime | None:
+        return self.session.scalar(
+            select(GarminLoginThrottle.signin_cooldown_until).where(
+                GarminLoginThrottle.user_id == user_id
+            )
+        )
+
+    def start_cooldown(self, user_id: str, until: datetime, now: datetime) -> None:
+        self._ensure_row(user_id, now)
+        self.session.execute(
+            update(GarminLoginThrottle)
+            .where(
+                GarminLoginThrottle.user_id == user_id,
+                or_(
+                    GarminLoginThrottle.signin_cooldown_until.is_(None),
+                    GarminLoginThrottle.signin_cooldown_until < until,
+                ),
+            )
+            .values(signin_cooldown_until=until)
+        )
+
+    def _ensure_row(self, user_id: str, now: datetime) -> None:
+        insert_ignoring_conflict(
+            self.session,
+            cast(Table, GarminLoginThrottle.__table__),
+            {"user_id": user_id, "window_started_at": now, "attempts": 0},
+        )

@@ -54,12 +54,12 @@ def test_failure_after_the_event_rolls_back_import_and_its_event(
     # status_view runs after the change and its event, inside the transaction.
     monkeypatch.setattr(connect, "status_view", _explode)
     with pytest.raises(Boom):
-        application.use_cases.connect.import_session("ann", tokens=tokens, garth_token=None)
+        application.use_cases.imports.import_session("ann", tokens=tokens, garth_token=None)
     assert stored_row(database_url, "ann") is None
     assert read_events(database_url) == []
 
     monkeypatch.undo()
-    application.use_cases.connect.import_session("ann", tokens=tokens, garth_token=None)
+    application.use_cases.imports.import_session("ann", tokens=tokens, garth_token=None)
     assert [event.summary for event in read_events(database_url)] == [
         ("system", "ImportSession", "ann", "OK", "OK")
     ]
@@ -72,7 +72,7 @@ def test_failure_after_the_event_rolls_back_grant_and_release(
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    application.use_cases.connect.import_session(
+    application.use_cases.imports.import_session(
         "bob", tokens=_tokens(service_settings, garmin, "bob"), garth_token=None
     )
     imported = read_events(database_url)
@@ -109,7 +109,7 @@ def test_a_failing_event_insert_rolls_back_the_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tokens = _tokens(service_settings, garmin, "cal")
-    application.use_cases.connect.import_session("cal", tokens=tokens, garth_token=None)
+    application.use_cases.imports.import_session("cal", tokens=tokens, garth_token=None)
     before = read_events(database_url)
     version = _row(database_url, "cal").session_version
 
@@ -118,7 +118,7 @@ def test_a_failing_event_insert_rolls_back_the_change(
     with pytest.raises(IntegrityError):
         application.use_cases.leases.lease_session("cal", "w", None)
     with pytest.raises(IntegrityError):
-        application.use_cases.connect.import_session("cal", tokens=tokens, garth_token=None)
+        application.use_cases.imports.import_session("cal", tokens=tokens, garth_token=None)
     with pytest.raises(IntegrityError):
         application.use_cases.sessions.delete_session("cal")
 

@@ -20,8 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from auth_service.domain.clock import Clock
 from auth_service.domain.events import NoRefreshEvents
 from auth_service.domain.models import GarminTokens, LoginSucceeded
-from auth_service.domain.policies import LeaseSettings, RefreshSettings
-from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.policies import DiSettings, LeaseSettings, LoginFlow, RefreshSettings
 from auth_service.domain.views import SessionRow
 from auth_service.services.leases import LeaseService
 from auth_service.services.session_refresh import SessionRefresher
@@ -30,7 +29,9 @@ from auth_service.storage.models import GarminAuthenticationState
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.session_repository import SqlSessionRepository
 from auth_service.storage.unit_of_work import SqlStore
+from auth_service.upstream.di.provider import DiUpstream
 from auth_service.upstream.garth.provider import GarthUpstream
+from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 
 PASSWORD = "correct horse battery staple"
@@ -195,11 +196,16 @@ def stored_tokens(db: sessionmaker[Session], box: SecretBox, user_id: str) -> Ga
 def build_service(
     db: sessionmaker[Session],
     box: SecretBox,
-    upstream: GarminUpstream,
+    upstream: GarthUpstream,
     clock: Clock,
     settings: LeaseSettings | None = None,
     refresh: RefreshSettings | None = None,
 ) -> LeaseService:
+    router = UpstreamRouter(
+        garth=upstream,
+        di=DiUpstream(upstream.settings, DiSettings()),
+        login_flow=LoginFlow.GARTH,
+    )
     uow = UnitsOfWork(SqlStore(db, box), clock)
-    refresher = SessionRefresher(uow, upstream, refresh or RefreshSettings(), NoRefreshEvents())
+    refresher = SessionRefresher(uow, router, refresh or RefreshSettings(), NoRefreshEvents())
     return LeaseService(uow, refresher, settings or LeaseSettings())

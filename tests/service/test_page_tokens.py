@@ -28,7 +28,7 @@ USERS = ("user-a", "user-b", "user-c")
 def application(service_settings: Settings) -> Iterator[Application]:
     application = build_application(service_settings)
     for user_id in USERS:
-        application.use_cases.connect.import_session(
+        application.use_cases.imports.import_session(
             user_id, tokens=fake_tokens(user_id), garth_token=None
         )
     yield application

@@ -39,6 +39,10 @@ class GarthUpstream:
         self._settings = settings
         self._clock = clock or SystemClock()
 
+    @property
+    def settings(self) -> UpstreamSettings:
+        return self._settings
+
     def _client(self, domain: str) -> contextlib.AbstractContextManager[IsolatedClient]:
         return client_for_call(self._settings, domain, _OBSERVER)
 

@@ -204,6 +204,22 @@ class ImportSessionResponse(_message.Message):
     status: SessionStatus
     def __init__(self, status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
 
+class ExchangeServiceTicketRequest(_message.Message):
+    __slots__ = ("user_id", "service_ticket", "service_url")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_TICKET_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_URL_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    service_ticket: str
+    service_url: str
+    def __init__(self, user_id: _Optional[str] = ..., service_ticket: _Optional[str] = ..., service_url: _Optional[str] = ...) -> None: ...
+
+class ExchangeServiceTicketResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: SessionStatus
+    def __init__(self, status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
+
 class DeleteSessionRequest(_message.Message):
     __slots__ = ("user_id",)
     USER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -55,6 +55,11 @@ class GarminAuthServiceStub:
                 request_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ImportSessionRequest.SerializeToString,
                 response_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ImportSessionResponse.FromString,
                 _registered_method=True)
+        self.ExchangeServiceTicket = channel.unary_unary(
+                '/garmin_auth.v1.GarminAuthService/ExchangeServiceTicket',
+                request_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ExchangeServiceTicketRequest.SerializeToString,
+                response_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ExchangeServiceTicketResponse.FromString,
+                _registered_method=True)
         self.DeleteSession = channel.unary_unary(
                 '/garmin_auth.v1.GarminAuthService/DeleteSession',
                 request_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.DeleteSessionRequest.SerializeToString,
@@ -135,6 +140,15 @@ class GarminAuthServiceServicer:
     def ImportSession(self, request, context):
         """ImportSession stores tokens a user already has (from garth or another
         client) as the user's ACTIVE session. Role: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExchangeServiceTicket(self, request, context):
+        """ExchangeServiceTicket turns a service ticket from Garmin's own sign-in page
+        (the user signed in in their browser) into the user's ACTIVE DI session:
+        the way in while Garmin blocks sign-ins from servers. Role: admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -236,6 +250,11 @@ def add_GarminAuthServiceServicer_to_server(servicer, server):
                     servicer.ImportSession,
                     request_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ImportSessionRequest.FromString,
                     response_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ImportSessionResponse.SerializeToString,
+            ),
+            'ExchangeServiceTicket': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExchangeServiceTicket,
+                    request_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ExchangeServiceTicketRequest.FromString,
+                    response_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ExchangeServiceTicketResponse.SerializeToString,
             ),
             'DeleteSession': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSession,
@@ -392,6 +411,33 @@ class GarminAuthService:
             '/garmin_auth.v1.GarminAuthService/ImportSession',
             garmin__auth_dot_v1_dot_garmin__auth__pb2.ImportSessionRequest.SerializeToString,
             garmin__auth_dot_v1_dot_garmin__auth__pb2.ImportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExchangeServiceTicket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/garmin_auth.v1.GarminAuthService/ExchangeServiceTicket',
+            garmin__auth_dot_v1_dot_garmin__auth__pb2.ExchangeServiceTicketRequest.SerializeToString,
+            garmin__auth_dot_v1_dot_garmin__auth__pb2.ExchangeServiceTicketResponse.FromString,
             options,
             channel_credentials,
             insecure,

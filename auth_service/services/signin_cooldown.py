@@ -1,0 +1,54 @@
+"""The per-account sign-in cooldown: after Garmin's sign-in answered 429 for a user, that
+user's logins are refused (GARMIN_RATE_LIMITED, with RetryInfo) without calling Garmin, on
+every replica, until the cooldown ends. Retrying into a 429 only extends Garmin's block.
+
+ExchangeServiceTicket is not held back: a ticket from the user's own browser is the way in
+while Garmin blocks this server's sign-ins.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from auth_service.domain.errors import GarminRateLimited
+from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
+
+log = logging.getLogger(__name__)
+
+
+class SignInCooldown:
+    """Refuses logins during a user's cooldown; starts one when Garmin answers 429."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+
+    def refusal(self, uow: UnitOfWork, user_id: str) -> GarminRateLimited | None:
+        """The answer to a login during the user's cooldown (None: no cooldown runs)."""
+        until = uow.throttle.cooldown_until(user_id)
+        if until is None or until <= uow.now:
+            return None
+        wait = (until - uow.now).total_seconds()
+        return GarminRateLimited(
+            f"Garmin rate-limited sign-ins for this account; retry in {wait:.0f}s",
+            retry_after_seconds=wait,
+        )
+
+    @contextmanager
+    def watching(self, uow: UnitsOfWork, user_id: str) -> Iterator[None]:
+        """Starts the user's cooldown when the block raises GarminRateLimited."""
+        try:
+            yield
+        except GarminRateLimited as limited:
+            seconds = max(self._seconds, limited.retry_after_seconds or 0.0)
+            with uow() as unit:
+                unit.throttle.start_cooldown(
+                    user_id, unit.now + timedelta(seconds=seconds), now=unit.now
+                )
+            log.warning(
+                "Garmin's sign-in answered 429 for user %s; no login for %.0fs", user_id, seconds
+            )
+            limited.retry_after_seconds = seconds
+            raise

@@ -1,0 +1,46 @@
+"""ExchangeServiceTicket: the way in while Garmin blocks server sign-ins. The user signs in
+on Garmin's own page in their browser, and the application passes the service ticket that
+page hands out; the service exchanges it for a DI session.
+
+Tickets are single-use and live about a minute: the exchange happens at once, and a ticket
+Garmin refuses (used, expired, issued for another service URL) answers
+SERVICE_TICKET_REJECTED.
+"""
+
+from __future__ import annotations
+
+from auth_service.domain import validation
+from auth_service.domain.audit import AuditedRpc
+from auth_service.domain.models import SessionStatusView
+from auth_service.domain.ports import GarminUpstream
+from auth_service.services.connect import connect_tokens
+from auth_service.services.unit_of_work import UnitsOfWork
+
+
+class TicketExchange:
+    """ExchangeServiceTicket."""
+
+    def __init__(
+        self, uow: UnitsOfWork, upstream: GarminUpstream, service_urls: tuple[str, ...]
+    ) -> None:
+        self._uow = uow
+        self._upstream = upstream
+        # The first is the default: the iOS app's, unless configured otherwise.
+        self._service_urls = service_urls
+
+    def exchange_service_ticket(
+        self, user_id: str, service_ticket: str, service_url: str
+    ) -> SessionStatusView:
+        service_url = service_url or self._service_urls[0]
+        validation.raise_if_any(
+            validation.check_user_id(user_id),
+            validation.check_service_ticket(service_ticket),
+            validation.check_service_url(service_url, self._service_urls),
+        )
+        tokens = self._upstream.exchange_service_ticket(service_ticket, service_url)
+        with self._uow() as uow:
+            row = uow.sessions.lock_or_create(user_id, uow.now)
+            uow.challenges.delete_for_user(user_id)  # a new session supersedes a pending login
+            return connect_tokens(
+                uow, row, tokens, AuditedRpc.EXCHANGE_SERVICE_TICKET, validated=True
+            )

@@ -1,0 +1,77 @@
+"""python-garminconnect's ``garmin_tokens.json`` (``di_token``, ``di_refresh_token``,
+``di_client_id``) to our tokens: what ImportSession accepts from its users.
+
+The file stores no expiry: the access expiry is the JWT's ``exp``; the refresh expiry is
+unknown (None) until the service's first refresh learns it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Final
+
+from auth_service.domain.models import GarminTokens, OAuth2Token
+from auth_service.upstream.di.jwt_payload import jwt_payload
+from garmin_client.endpoints import DEFAULT_DOMAIN
+
+_CLIENT_ID: Final = re.compile(r"[A-Z0-9_]{1,128}")
+_MAX_TOKEN: Final = 8192
+# garmin.cn accounts get their tokens from diauth.garmin.cn and must refresh there.
+_ISSUER_DOMAINS: Final = {"https://diauth.garmin.cn": "garmin.cn"}
+
+
+def _text(data: dict[str, object], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"garmin_tokens.json: {name} is missing or not a string")
+    if len(value) > _MAX_TOKEN or not value.isprintable() or any(c.isspace() for c in value):
+        raise ValueError(f"garmin_tokens.json: {name} is malformed")
+    return value
+
+
+def tokens_from_garminconnect(text: str) -> GarminTokens:
+    """Parse the file's JSON. Raises ValueError, never quoting the input, on anything
+    malformed: not JSON, a field missing, an access token that is not a JWT with ``exp``, or
+    a JWT issued to another client id than the file names."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError("garmin_tokens.json: not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("garmin_tokens.json: expected a JSON object")  # noqa: TRY004 (input)
+    access_token = _text(data, "di_token")
+    refresh_token = _text(data, "di_refresh_token")
+    client_id = _text(data, "di_client_id")
+    if not _CLIENT_ID.fullmatch(client_id):
+        raise ValueError("garmin_tokens.json: di_client_id is malformed")
+    try:
+        claims = jwt_payload(access_token)
+    except ValueError as exc:
+        raise ValueError(f"garmin_tokens.json: di_token: {exc}") from None
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int):
+        raise ValueError("garmin_tokens.json: di_token has no expiry (exp)")  # noqa: TRY004
+    try:
+        expires_at = datetime.fromtimestamp(exp, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("garmin_tokens.json: di_token's expiry is out of range") from None
+    if claims.get("client_id") not in (None, client_id):
+        raise ValueError("garmin_tokens.json: di_token was issued to another client id")
+    scope = claims.get("scope")
+    jti = claims.get("jti")
+    return GarminTokens(
+        oauth1=None,
+        oauth2=OAuth2Token(
+            scope=" ".join(scope) if isinstance(scope, list) else str(scope or ""),
+            jti=jti if isinstance(jti, str) else "",
+            token_type="bearer",  # noqa: S106 (a token type)
+            access_token=access_token,
+            refresh_token=refresh_token,
+            expires_at=expires_at,
+            refresh_token_expires_at=None,
+        ),
+        domain=_ISSUER_DOMAINS.get(str(claims.get("iss")), DEFAULT_DOMAIN),
+        di_client_id=client_id,
+    )

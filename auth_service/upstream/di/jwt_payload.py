@@ -1,0 +1,26 @@
+"""The payload of a DI access token (a JWT): what clients read from it (``exp``,
+``client_id``, ``iss``). The signature is Garmin's to check, not ours."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Final
+
+_JWT_PARTS: Final = 3
+
+
+def jwt_payload(token: str) -> dict[str, Any]:
+    """The JWT's middle part as a JSON object; ValueError (quoting nothing) otherwise."""
+    parts = token.split(".")
+    if len(parts) != _JWT_PARTS or not all(parts):
+        raise ValueError("not a JWT (header.payload.signature)")
+    part = parts[1]
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (binascii.Error, UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError("the JWT's payload is not base64url JSON") from None
+    if not isinstance(payload, dict):
+        raise ValueError("the JWT's payload is not a JSON object")  # noqa: TRY004 (input)
+    return payload

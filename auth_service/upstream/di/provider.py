@@ -1,0 +1,155 @@
+"""``GarminUpstream`` for DI OAuth2 sessions: login and MFA (sso), the ticket exchange with the
+configured client ids, rotating refreshes (token_endpoint) and validation against the
+Connect API with the session's Bearer token and the app headers.
+
+Raises only the domain's ``UpstreamError`` subclasses, with messages that never contain a
+token, password, cookie or ticket. Thread-safe: nothing is shared between calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Final
+
+import requests
+
+from auth_service.domain.clock import Clock, SystemClock
+from auth_service.domain.errors import (
+    GarminRateLimited,
+    GarminSessionRejected,
+    GarminUnavailable,
+)
+from auth_service.domain.models import (
+    GarminTokens,
+    LoginNeedsMfa,
+    LoginResult,
+    LoginSucceeded,
+    PendingMfa,
+)
+from auth_service.domain.policies import DiSettings, RefusedClientId
+from auth_service.upstream.di.sso import SsoLogin
+from auth_service.upstream.di.sso_http import SsoHttp
+from auth_service.upstream.di.token_endpoint import APP_HEADERS, ClientIdRefused, TokenEndpoint
+from auth_service.upstream.observer import RpcListenerObserver
+from garmin_client.answers import retry_after_seconds
+from garmin_client.endpoints import DEFAULT_DOMAIN, PROFILE_PATH
+from garmin_client.settings import UpstreamSettings
+from garmin_client.transport import UpstreamTransport
+
+log = logging.getLogger(__name__)
+
+# validate() refreshes an access token this close to its expiry, so it does not lapse mid-call.
+EXPIRY_MARGIN_SECONDS: Final = 30.0
+_OBSERVER: Final = RpcListenerObserver()
+
+
+class _AccessTokenRefused(Exception):
+    """The Connect API answered 401 ("Token is not active") to the access token."""
+
+
+class DiUpstream:
+    """``GarminUpstream`` with Garmin's DI OAuth2 sign-in."""
+
+    def __init__(
+        self, upstream: UpstreamSettings, settings: DiSettings, *, clock: Clock | None = None
+    ) -> None:
+        self._upstream = upstream
+        self._settings = settings
+        self._clock = clock or SystemClock()
+        self._tokens = TokenEndpoint(upstream, settings, self._clock, _OBSERVER)
+        self._sso = SsoLogin(
+            SsoHttp(
+                upstream,
+                impersonate=settings.impersonate,
+                plain_http=settings.plain_http,
+                observer=_OBSERVER,
+            ),
+            settings.service_url,
+        )
+
+    def login(self, email: str, password: str) -> LoginResult:
+        outcome = self._sso.login(email, password)
+        if isinstance(outcome, PendingMfa):
+            return LoginNeedsMfa(outcome)
+        return LoginSucceeded(self.exchange_service_ticket(outcome, self._settings.service_url))
+
+    def resume_mfa(self, pending: PendingMfa, code: str) -> GarminTokens:
+        ticket = self._sso.verify_mfa(pending, code)
+        service_url = pending.login_params.get("service", self._settings.service_url)
+        return self.exchange_service_ticket(ticket, service_url)
+
+    def exchange_service_ticket(self, ticket: str, service_url: str) -> GarminTokens:
+        """The ticket's token pair, with the configured client ids in order; what a refused id
+        leads to is GARMIN_AUTH_DI_ON_REFUSED_CLIENT_ID's choice."""
+        for client_id in self._settings.client_ids:
+            try:
+                return self._tokens.exchange_ticket(ticket, service_url, client_id, DEFAULT_DOMAIN)
+            except ClientIdRefused:
+                pass
+            log.error("Garmin refused the DI client id %s for a ticket exchange", client_id)
+            if self._settings.on_refused_client_id is RefusedClientId.STOP:
+                break
+        raise GarminUnavailable(
+            "Garmin refused the configured DI client id: check GARMIN_AUTH_DI_CLIENT_IDS"
+        )
+
+    def refresh(self, tokens: GarminTokens) -> GarminTokens:
+        return self._tokens.refresh(tokens)
+
+    def validate(self, tokens: GarminTokens, *, allow_refresh: bool) -> GarminTokens:
+        current = tokens
+        if allow_refresh and self._expiring(tokens):
+            current = self.refresh(tokens)
+        try:
+            self._fetch_profile(current)
+        except _AccessTokenRefused:
+            if not allow_refresh or current is not tokens:
+                raise GarminSessionRejected(
+                    "Garmin refused the session (HTTP 401 on the Connect API)"
+                ) from None
+            # An access token we believed valid was refused (revoked, clock skew): only a
+            # refused refresh proves the session itself dead.
+            current = self.refresh(tokens)
+            try:
+                self._fetch_profile(current)
+            except _AccessTokenRefused:
+                raise GarminSessionRejected(
+                    "Garmin refused a freshly refreshed token (HTTP 401 on the Connect API)"
+                ) from None
+        return current
+
+    def _expiring(self, tokens: GarminTokens) -> bool:
+        remaining = tokens.oauth2.expires_at - self._clock.now()
+        return remaining.total_seconds() <= EXPIRY_MARGIN_SECONDS
+
+    def _fetch_profile(self, tokens: GarminTokens) -> None:
+        headers = {**APP_HEADERS, "Authorization": f"Bearer {tokens.oauth2.access_token}"}
+        with requests.Session() as session:
+            session.mount("https://", UpstreamTransport(self._upstream, _OBSERVER))
+            try:
+                response = session.get(
+                    f"https://connectapi.{tokens.domain}{PROFILE_PATH}",
+                    headers=headers,
+                    timeout=self._upstream.timeout_seconds,
+                )
+            except requests.Timeout:
+                raise GarminUnavailable("Garmin did not answer in time (validation)") from None
+            except requests.RequestException:
+                raise GarminUnavailable("Garmin could not be reached (validation)") from None
+            status = response.status_code
+            if status == HTTPStatus.UNAUTHORIZED:
+                raise _AccessTokenRefused
+            if status == HTTPStatus.TOO_MANY_REQUESTS:
+                raise GarminRateLimited(
+                    "Garmin is rate limiting (validation, HTTP 429)",
+                    retry_after_seconds(response.headers.get("Retry-After")),
+                )
+            if status != HTTPStatus.OK:
+                raise GarminUnavailable(f"Garmin answered HTTP {status} (validation)")
+            try:
+                profile = response.json()
+            except ValueError:
+                profile = None
+        if not isinstance(profile, dict):
+            raise GarminUnavailable("Garmin answered something unreadable (Connect API)")

@@ -1,0 +1,159 @@
+"""Garmin's mobile JSON login and its MFA step, and what each SSO answer means.
+
+* ``SUCCESSFUL`` with ``serviceTicketId`` -> the ticket (exchanged by the provider).
+* ``MFA_REQUIRED`` -> a PendingMfa holding the SSO cookies of that answer (the code is bound
+  to them), so SubmitMfa may finish on any replica.
+* 401 or another answer type on the login -> GarminCredentialsRejected; on the MFA step ->
+  MfaCodeRejected (the challenge stays usable).
+* 429 -> GarminRateLimited (the service starts the account's sign-in cooldown).
+* ``CAPTCHA_REQUIRED``, 403, an HTML page, 5xx -> GarminUnavailable: Garmin's edge is blocking
+  this server for now; ExchangeServiceTicket is the way in meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from http import HTTPStatus
+from typing import Any, Final
+
+from auth_service.domain.errors import (
+    GarminCredentialsRejected,
+    GarminRateLimited,
+    GarminUnavailable,
+    MfaCodeRejected,
+    UpstreamError,
+)
+from auth_service.domain.models import PendingMfa, SessionKind
+from auth_service.upstream.di.sso_http import SsoAnswer, SsoHttp
+from garmin_client.answers import retry_after_seconds
+from garmin_client.endpoints import DEFAULT_DOMAIN, LOGIN_PATH, VERIFY_MFA_PATH
+
+log = logging.getLogger(__name__)
+
+# The iOS app's SSO client (the facts file's login URL).
+SSO_CLIENT_ID: Final = "GCM_IOS_DARK"
+SSO_LOCALE: Final = "en-US"
+_SSO_TYPE: Final = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_BLOCKED_TYPES: Final = frozenset({"CAPTCHA_REQUIRED"})
+
+
+def _sso_url(domain: str, path: str) -> str:
+    return f"https://sso.{domain}{path}"
+
+
+def _params(service_url: str) -> dict[str, str]:
+    return {"clientId": SSO_CLIENT_ID, "locale": SSO_LOCALE, "service": service_url}
+
+
+def _answer_type(answer: SsoAnswer) -> str | None:
+    status = answer.payload.get("responseStatus") if isinstance(answer.payload, dict) else None
+    kind = status.get("type") if isinstance(status, dict) else None
+    return kind if isinstance(kind, str) and kind else None
+
+
+def _ticket(answer: SsoAnswer) -> str | None:
+    ticket = answer.payload.get("serviceTicketId") if isinstance(answer.payload, dict) else None
+    return ticket if isinstance(ticket, str) and ticket else None
+
+
+def _shown(kind: str) -> str:
+    return kind if _SSO_TYPE.fullmatch(kind) else "unexpected type"
+
+
+def _failure(answer: SsoAnswer, step: str) -> UpstreamError:
+    """What a non-successful answer means, for either step (refusals are the callers')."""
+    if answer.status == HTTPStatus.TOO_MANY_REQUESTS:
+        return GarminRateLimited(
+            f"Garmin is rate limiting sign-ins ({step}, HTTP 429)",
+            retry_after_seconds(answer.retry_after),
+        )
+    kind = _answer_type(answer)
+    if kind in _BLOCKED_TYPES:
+        return GarminUnavailable(f"Garmin's sign-in wants a captcha ({step}); try later")
+    if answer.status == HTTPStatus.OK and kind is None:
+        return GarminUnavailable(f"Garmin answered something unreadable ({step})")
+    return GarminUnavailable(f"Garmin answered HTTP {answer.status} ({step})")
+
+
+def _cookies(pending: PendingMfa) -> dict[str, str]:
+    return {
+        name: cookie.get("value") or ""
+        for cookie in pending.cookies
+        if (name := cookie.get("name"))
+    }
+
+
+class SsoLogin:
+    """The two SSO steps over one SsoHttp."""
+
+    def __init__(self, http: SsoHttp, service_url: str) -> None:
+        self._http = http
+        self._service_url = service_url
+
+    def login(self, email: str, password: str) -> str | PendingMfa:
+        """The service ticket, or the pending login when Garmin wants an MFA code."""
+        answer = self._http.post_json(
+            _sso_url(DEFAULT_DOMAIN, LOGIN_PATH),
+            _params(self._service_url),
+            {"username": email, "password": password, "rememberMe": True, "captchaToken": ""},
+            {},
+        )
+        kind = _answer_type(answer)
+        ticket = _ticket(answer)
+        if answer.status == HTTPStatus.OK and kind == "SUCCESSFUL" and ticket is not None:
+            return ticket
+        if answer.status == HTTPStatus.OK and kind == "MFA_REQUIRED":
+            return self._pending(answer)
+        refused = answer.status == HTTPStatus.UNAUTHORIZED or (
+            answer.status == HTTPStatus.OK and kind is not None and kind not in _BLOCKED_TYPES
+        )
+        if refused:
+            log.info("garmin sign-in refused the credentials (HTTP %d)", answer.status)
+            shown = f" ({_shown(kind)})" if kind else ""
+            raise GarminCredentialsRejected(f"Garmin refused the email or password{shown}")
+        error = _failure(answer, "login")
+        log.warning("garmin login failed: %s (HTTP %d)", type(error).__name__, answer.status)
+        raise error
+
+    def verify_mfa(self, pending: PendingMfa, code: str) -> str:
+        """The service ticket for the MFA code, on the pending login's SSO cookies."""
+        answer = self._http.post_json(
+            _sso_url(pending.domain, VERIFY_MFA_PATH),
+            _params(pending.login_params.get("service", self._service_url)),
+            {
+                "mfaMethod": pending.mfa_method,
+                "mfaVerificationCode": code,
+                "rememberMyBrowser": True,
+                "reconsentList": [],
+                "mfaSetup": False,
+            },
+            _cookies(pending),
+        )
+        kind = _answer_type(answer)
+        ticket = _ticket(answer)
+        if answer.status == HTTPStatus.OK and kind == "SUCCESSFUL" and ticket is not None:
+            return ticket
+        refused = answer.status in (HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED) or (
+            answer.status == HTTPStatus.OK and kind is not None and kind not in _BLOCKED_TYPES
+        )
+        if refused:
+            log.info("garmin MFA verification refused the code (HTTP %d)", answer.status)
+            shown = f" ({_shown(kind)})" if kind else ""
+            raise MfaCodeRejected(f"Garmin refused the MFA code{shown}")
+        error = _failure(answer, "MFA verification")
+        log.warning(
+            "garmin MFA verification failed: %s (HTTP %d)", type(error).__name__, answer.status
+        )
+        raise error
+
+    def _pending(self, answer: SsoAnswer) -> PendingMfa:
+        info: Any = answer.payload.get("customerMfaInfo")
+        method = info.get("mfaLastMethodUsed") if isinstance(info, dict) else None
+        return PendingMfa(
+            cookies=[{"name": name, "value": value} for name, value in answer.cookies.items()],
+            login_params={"service": self._service_url},
+            mfa_method=method if isinstance(method, str) and method else "email",
+            domain=DEFAULT_DOMAIN,
+            flow=SessionKind.DI_OAUTH2,
+        )

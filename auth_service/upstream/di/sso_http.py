@@ -1,0 +1,164 @@
+"""How the DI provider sends its SSO calls: JSON POSTs to sso.garmin.com with a browser-like
+TLS handshake (curl_cffi impersonating GARMIN_AUTH_DI_IMPERSONATE), because Cloudflare
+fingerprints TLS there and blocks plain Python clients more often; or, where configured
+(GARMIN_AUTH_DI_PLAIN_HTTP), with plain requests through garmin_client's transport.
+
+Both route every host to GARMIN_AUTH_UPSTREAM_URL by garmin_client.transport's rule and report
+each request to the observer. Neither repeats a login or MFA POST: one that reached Garmin
+may have taken effect (an MFA code spent, a ticket issued).
+
+Cookies never go through a cookie jar: the pending MFA login must travel to another replica,
+so the provider reads the Set-Cookie headers of each answer and sends them back explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlencode, urlsplit
+
+import requests
+from curl_cffi import requests as curl_requests
+from curl_cffi.requests.exceptions import RequestException as CurlRequestException
+from curl_cffi.requests.exceptions import Timeout as CurlTimeout
+
+from auth_service.domain.errors import GarminUnavailable
+from garmin_client.observe import RequestObserver, endpoint_template, status_outcome
+from garmin_client.settings import UpstreamSettings
+from garmin_client.transport import UpstreamTransport, routed_url
+
+log = logging.getLogger(__name__)
+
+# The iOS app's web view, as the facts file records it.
+SSO_HEADERS: Final = {
+    "User-Agent": (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 18_7 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) Mobile/15E148"
+    ),
+    "Content-Type": "application/json",
+    "Accept": "application/json, text/plain, */*",
+    "Origin": "https://sso.garmin.com",
+}
+
+
+@dataclass(frozen=True, repr=False)
+class SsoAnswer:
+    """Garmin's answer to one SSO call. Secret (cookies): the repr shows the status only."""
+
+    status: int
+    path: str
+    payload: Any
+    retry_after: str | None
+    cookies: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"SsoAnswer(status={self.status}, path={self.path!r})"
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _cookie_pair(header: str) -> tuple[str, str] | None:
+    name, sep, value = header.split(";", 1)[0].partition("=")
+    return (name.strip(), value.strip()) if sep and name.strip() else None
+
+
+def _cookie_header(cookies: Mapping[str, str]) -> dict[str, str]:
+    return {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
+
+
+class SsoHttp:
+    """Sends the SSO calls; raises GarminUnavailable when no answer came."""
+
+    def __init__(
+        self,
+        upstream: UpstreamSettings,
+        *,
+        impersonate: str,
+        plain_http: bool,
+        observer: RequestObserver | None,
+    ) -> None:
+        self._upstream = upstream
+        self._impersonate = impersonate
+        self._plain_http = plain_http
+        self._observer = observer
+
+    def post_json(
+        self,
+        url: str,
+        params: Mapping[str, str],
+        body: Mapping[str, Any],
+        cookies: Mapping[str, str],
+    ) -> SsoAnswer:
+        full = f"{url}?{urlencode(params)}"
+        headers = {**SSO_HEADERS, **_cookie_header(cookies)}
+        if self._plain_http:
+            return self._post_plain(full, headers, body)
+        return self._post_impersonating(full, headers, body)
+
+    def _post_plain(self, url: str, headers: dict[str, str], body: Mapping[str, Any]) -> SsoAnswer:
+        with requests.Session() as session:
+            session.mount("https://", UpstreamTransport(self._upstream, self._observer))
+            try:
+                response = session.post(
+                    url,
+                    data=json.dumps(body),
+                    headers=headers,
+                    timeout=self._upstream.timeout_seconds,
+                )
+            except requests.Timeout:
+                raise GarminUnavailable("Garmin did not answer in time (sign-in)") from None
+            except requests.RequestException:
+                raise GarminUnavailable("Garmin could not be reached (sign-in)") from None
+            return SsoAnswer(
+                status=response.status_code,
+                path=urlsplit(url).path,
+                payload=_json(response.text),
+                retry_after=response.headers.get("Retry-After"),
+                cookies={cookie.name: cookie.value or "" for cookie in response.cookies},
+            )
+
+    def _post_impersonating(
+        self, url: str, headers: dict[str, str], body: Mapping[str, Any]
+    ) -> SsoAnswer:
+        target = url
+        if self._upstream.base_url is not None:
+            target, headers["X-Forwarded-Host"] = routed_url(self._upstream.base_url, url)
+        started, outcome = time.perf_counter(), "error"
+        try:
+            with curl_requests.Session(impersonate=self._impersonate) as session:
+                response = session.post(
+                    target,
+                    data=json.dumps(body),
+                    headers=headers,
+                    timeout=self._upstream.timeout_seconds,
+                    allow_redirects=False,
+                )
+            outcome = status_outcome(response.status_code)
+        except CurlTimeout:
+            outcome = "timeout"
+            raise GarminUnavailable("Garmin did not answer in time (sign-in)") from None
+        except CurlRequestException as exc:
+            log.warning("garmin sign-in failed: %s", type(exc).__name__)
+            raise GarminUnavailable("Garmin could not be reached (sign-in)") from None
+        finally:
+            if self._observer is not None:
+                self._observer.upstream_call(
+                    endpoint_template(url), outcome, time.perf_counter() - started
+                )
+        pairs = (_cookie_pair(h) for h in response.headers.get_list("set-cookie"))
+        return SsoAnswer(
+            status=response.status_code,
+            path=urlsplit(url).path,
+            payload=_json(response.text),
+            retry_after=response.headers.get("Retry-After"),
+            cookies=dict(pair for pair in pairs if pair is not None),
+        )

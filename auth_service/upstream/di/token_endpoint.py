@@ -1,0 +1,250 @@
+"""diauth's token endpoint (diauth.garmin.cn for garmin.cn accounts): a service ticket becomes
+a token pair, a refresh token becomes a new pair (rotation: the old refresh token dies).
+
+Clients authenticate with HTTP Basic "<client_id>:". Requests go through garmin_client's
+transport (routing, timeout, observer); it never repeats a POST that may have reached Garmin,
+and this module never does either: a repeated rotation would present a dead refresh token.
+
+What Garmin's answers mean:
+* 200 -> the pair; the access expiry from ``expires_in`` (else the JWT's ``exp``), the refresh
+  expiry from ``refresh_token_expires_in`` (else now + the lifetime Garmin last stated for the
+  session, else the configured default).
+* 400 ``invalid_grant`` -> on a ticket ServiceTicketRejected, on a refresh GarminSessionRejected.
+* 401 ``invalid_client`` on a ticket -> ClientIdRefused (the provider decides what is next).
+* 429 -> GarminRateLimited; 5xx, other answers, timeouts -> GarminUnavailable.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from http import HTTPStatus
+from typing import Any, Final
+
+import requests
+
+from auth_service.domain.clock import Clock
+from auth_service.domain.errors import (
+    GarminRateLimited,
+    GarminSessionRejected,
+    GarminUnavailable,
+    ServiceTicketRejected,
+    UpstreamError,
+)
+from auth_service.domain.models import GarminTokens, OAuth2Token
+from auth_service.domain.policies import DiSettings
+from auth_service.upstream.di.jwt_payload import jwt_payload
+from garmin_client.answers import retry_after_seconds
+from garmin_client.observe import RequestObserver
+from garmin_client.settings import UpstreamSettings
+from garmin_client.transport import UpstreamTransport
+
+log = logging.getLogger(__name__)
+
+DI_TOKEN_PATH: Final = "/di-oauth2-service/oauth/token"  # noqa: S105 (a path)
+SERVICE_TICKET_GRANT: Final = (
+    "https://connectapi.garmin.com/di-oauth2-service/oauth/grant/service_ticket"
+)
+REFRESH_TOKEN_GRANT: Final = "refresh_token"  # noqa: S105 (a grant type)
+# The Android app's headers (the facts file's "app headers"), on every diauth and API call.
+APP_HEADERS: Final = {
+    "User-Agent": "GCM-Android-5.23",
+    "X-Garmin-User-Agent": (
+        "com.garmin.android.apps.connectmobile/5.23; ; "
+        "Google/sdk_gphone64_arm64/google; Android/33; Dalvik/2.1.0"
+    ),
+    "X-Garmin-Paired-App-Version": "10861",
+    "X-Garmin-Client-Platform": "Android",
+    "X-App-Ver": "10861",
+    "X-Lang": "en",
+    "X-GCExperience": "GC5",
+}
+
+
+class ClientIdRefused(Exception):
+    """Garmin refused the client id a ticket was presented with (not a domain error: the
+    provider tries the next id or gives up, as configured)."""
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    payload: Any
+    retry_after: str | None
+
+
+def _basic(client_id: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:".encode()).decode("ascii")
+
+
+def _error_code(answer: _Answer) -> str | None:
+    error = answer.payload.get("error") if isinstance(answer.payload, dict) else None
+    return error if isinstance(error, str) else None
+
+
+class TokenEndpoint:
+    """Ticket exchanges and refreshes against diauth.<domain>."""
+
+    def __init__(
+        self,
+        upstream: UpstreamSettings,
+        settings: DiSettings,
+        clock: Clock,
+        observer: RequestObserver | None,
+    ) -> None:
+        self._upstream = upstream
+        self._settings = settings
+        self._clock = clock
+        self._observer = observer
+
+    def exchange_ticket(
+        self, ticket: str, service_url: str, client_id: str, domain: str
+    ) -> GarminTokens:
+        """Raises ClientIdRefused, ServiceTicketRejected, GarminRateLimited, GarminUnavailable."""
+        answer = self._post(
+            domain,
+            client_id,
+            {
+                "client_id": client_id,
+                "service_ticket": ticket,
+                "grant_type": SERVICE_TICKET_GRANT,
+                "service_url": service_url,
+            },
+            "ticket exchange",
+        )
+        if answer.status == HTTPStatus.OK:
+            return self._tokens(answer, client_id, domain, previous=None)
+        if answer.status == HTTPStatus.UNAUTHORIZED and _error_code(answer) == "invalid_client":
+            raise ClientIdRefused(client_id)
+        if answer.status == HTTPStatus.BAD_REQUEST and _error_code(answer) == "invalid_grant":
+            raise ServiceTicketRejected(
+                "Garmin refused the service ticket (used, expired or for another service URL)"
+            )
+        raise self._failure(answer, "ticket exchange")
+
+    def refresh(self, tokens: GarminTokens) -> GarminTokens:
+        """The rotated pair, with the session's own client id and domain. Raises
+        GarminSessionRejected (invalid_grant), GarminRateLimited, GarminUnavailable."""
+        client_id = tokens.di_client_id
+        if client_id is None:
+            raise ValueError("a garth session has no DI refresh token")
+        answer = self._post(
+            tokens.domain,
+            client_id,
+            {
+                "grant_type": REFRESH_TOKEN_GRANT,
+                "client_id": client_id,
+                "refresh_token": tokens.oauth2.refresh_token,
+            },
+            "refresh",
+        )
+        if answer.status == HTTPStatus.OK:
+            return self._tokens(answer, client_id, tokens.domain, previous=tokens)
+        if answer.status == HTTPStatus.BAD_REQUEST and _error_code(answer) == "invalid_grant":
+            log.info("garmin refresh refused the refresh token (invalid_grant)")
+            raise GarminSessionRejected("Garmin refused the refresh token (invalid_grant)")
+        if answer.status == HTTPStatus.UNAUTHORIZED:
+            # The client id is refused, not the session: never end a session over our settings.
+            log.error("Garmin refused the session's DI client id %s on refresh", client_id)
+        raise self._failure(answer, "refresh")
+
+    def _post(self, domain: str, client_id: str, form: dict[str, str], step: str) -> _Answer:
+        headers = {
+            **APP_HEADERS,
+            "Authorization": _basic(client_id),
+            "Accept": "application/json",
+        }
+        with requests.Session() as session:
+            session.mount("https://", UpstreamTransport(self._upstream, self._observer))
+            try:
+                response = session.post(
+                    f"https://diauth.{domain}{DI_TOKEN_PATH}",
+                    data=form,
+                    headers=headers,
+                    timeout=self._upstream.timeout_seconds,
+                    allow_redirects=False,
+                )
+            except requests.Timeout:
+                raise GarminUnavailable(f"Garmin did not answer in time ({step})") from None
+            except requests.RequestException:
+                raise GarminUnavailable(f"Garmin could not be reached ({step})") from None
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = None
+            return _Answer(response.status_code, payload, response.headers.get("Retry-After"))
+
+    def _failure(self, answer: _Answer, step: str) -> UpstreamError:
+        if answer.status == HTTPStatus.TOO_MANY_REQUESTS:
+            error: UpstreamError = GarminRateLimited(
+                f"Garmin is rate limiting ({step}, HTTP 429)",
+                retry_after_seconds(answer.retry_after),
+            )
+        else:
+            error = GarminUnavailable(f"Garmin answered HTTP {answer.status} ({step})")
+        log.warning("garmin %s failed: %s (HTTP %d)", step, type(error).__name__, answer.status)
+        return error
+
+    def _tokens(
+        self, answer: _Answer, client_id: str, domain: str, *, previous: GarminTokens | None
+    ) -> GarminTokens:
+        payload = answer.payload
+        if not isinstance(payload, dict):
+            raise GarminUnavailable("Garmin answered something unreadable (token endpoint)")
+        now = self._clock.now()
+        try:
+            access_token, refresh_token = (
+                _text(payload, "access_token"),
+                _text(payload, "refresh_token"),
+            )
+            expires_at = self._access_expiry(payload, access_token, now)
+            lifetime = _optional_seconds(payload.get("refresh_token_expires_in"))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise GarminUnavailable(
+                "Garmin answered something unreadable (token endpoint)"
+            ) from None
+        known = lifetime or (previous.refresh_token_lifetime_seconds if previous else None)
+        refresh_expires_at = now + timedelta(
+            seconds=known or self._settings.refresh_lifetime_seconds
+        )
+        return GarminTokens(
+            oauth1=None,
+            oauth2=OAuth2Token(
+                scope=str(payload.get("scope") or ""),
+                jti=str(payload.get("jti") or ""),
+                token_type=str(payload.get("token_type") or "bearer"),
+                access_token=access_token,
+                refresh_token=refresh_token,
+                expires_at=expires_at,
+                refresh_token_expires_at=refresh_expires_at,
+            ),
+            domain=domain,
+            di_client_id=client_id,
+            refresh_token_lifetime_seconds=known,
+        )
+
+    @staticmethod
+    def _access_expiry(payload: dict[str, Any], access_token: str, now: datetime) -> datetime:
+        expires_in = _optional_seconds(payload.get("expires_in"))
+        if expires_in is not None:
+            return now + timedelta(seconds=expires_in)
+        claims = jwt_payload(access_token)
+        return datetime.fromtimestamp(int(claims["exp"]), now.tzinfo)
+
+
+def _text(payload: dict[str, Any], name: str) -> str:
+    value = payload[name]
+    if not isinstance(value, str) or not value:
+        raise ValueError(name)
+    return value
+
+
+def _optional_seconds(value: object) -> int | None:
+    """A positive whole number of seconds, or None when Garmin left it out."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError("not a positive number of seconds")
+    return int(value)
