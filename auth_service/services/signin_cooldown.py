@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class SignInCooldown:
-    """Refuses logins during a user's cooldown; starts one when Garmin answers 429."""
+    """Refuses logins during a user's cooldown; starts one when Garmin answers 429, lasting
+    `seconds` or Garmin's Retry-After if longer (0 seconds: no cooldown at all)."""
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
@@ -42,6 +43,8 @@ class SignInCooldown:
         try:
             yield
         except GarminRateLimited as limited:
+            if self._seconds <= 0:
+                raise  # turned off (GARMIN_AUTH_SIGNIN_COOLDOWN=0): Garmin's answer as it is
             seconds = max(self._seconds, limited.retry_after_seconds or 0.0)
             with uow() as unit:
                 unit.throttle.start_cooldown(

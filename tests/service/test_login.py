@@ -231,8 +231,13 @@ def test_failed_and_pending_relogin_keep_the_active_session(
 
 
 def test_garmin_rate_limit_and_outage_answer_retryable_errors(
-    service: Replica, garmin: GarminEmulator
+    service_factory: ServiceFactory, garmin: GarminEmulator
 ) -> None:
+    # Without the sign-in cooldown, so the second login reaches Garmin (tests/service/
+    # test_di_signin.py covers the cooldown).
+    service = service_factory.start(
+        login=LoginSettings(limit=20, window_seconds=3600, signin_cooldown_seconds=0)
+    )
     garmin.add_user("ida@example.com", PASSWORD)
     garmin.fail_next("/mobile/api/login", 429, retry_after=120)
     limited = expect_failure(lambda: login(service, "ida", "ida@example.com"))
