@@ -286,3 +286,20 @@ def test_malformed_metrics_address(env: dict[str, str]) -> None:
     problems = failed(run_checks(env))
     assert problems["metrics"].startswith("GARMIN_AUTH_METRICS_LISTEN: expected host:port")
     assert problems["settings"].startswith("GARMIN_AUTH_METRICS_LISTEN")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GARMIN_AUTH_LOGIN_FLOW", "oauth1"),
+        ("GARMIN_AUTH_DI_IMPERSONATE", "netscape4"),
+        ("GARMIN_AUTH_DI_ON_REFUSED_CLIENT_ID", "retry"),
+        ("GARMIN_AUTH_DI_SERVICE_URLS", "http://plain.example"),
+        ("GARMIN_AUTH_DI_CLIENT_IDS", "A,A"),
+        ("GARMIN_AUTH_SIGNIN_COOLDOWN", "-1"),
+    ],
+)
+def test_sign_in_settings_are_checked(env: dict[str, str], variable: str, value: str) -> None:
+    env[variable] = value
+    assert failed(run_checks(env))["settings"].startswith(variable)

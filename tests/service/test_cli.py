@@ -19,6 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_service.config import load_settings
 from auth_service.crypto import Keyring
+from auth_service.domain.policies import (
+    ANDROID_SERVICE_URL,
+    IOS_SERVICE_URL,
+    DiSettings,
+    LoginFlow,
+    RefusedClientId,
+)
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
 from garmin_client.env import ConfigError
@@ -96,6 +103,33 @@ def test_development_flag_allows_running_without_callers_file() -> None:
     assert settings.allow_unauthenticated
     with pytest.raises(ConfigError, match="GARMIN_AUTH_CALLERS_FILE"):
         load_settings({**env, "GARMIN_AUTH_ALLOW_UNAUTHENTICATED": "false"})
+
+
+def test_new_logins_take_garmins_di_sign_in_by_default(tmp_path: Path) -> None:
+    settings = load_settings(base_env(tmp_path))
+    assert settings.login_flow is LoginFlow.DI
+    assert settings.di == DiSettings()
+    assert settings.login.signin_cooldown_seconds == 7200
+    assert settings.login.service_urls[0] == IOS_SERVICE_URL
+    custom = {
+        **base_env(tmp_path),
+        "GARMIN_AUTH_LOGIN_FLOW": "GARTH",
+        "GARMIN_AUTH_DI_CLIENT_IDS": "GARMIN_CONNECT_MOBILE_IOS_DI",
+        "GARMIN_AUTH_DI_SERVICE_URLS": f"{ANDROID_SERVICE_URL},{IOS_SERVICE_URL}",
+        "GARMIN_AUTH_DI_IMPERSONATE": "chrome",
+        "GARMIN_AUTH_DI_PLAIN_HTTP": "1",
+        "GARMIN_AUTH_DI_ON_REFUSED_CLIENT_ID": "next",
+    }
+    settings = load_settings(custom)
+    assert settings.login_flow is LoginFlow.GARTH
+    assert settings.di == DiSettings(
+        client_ids=("GARMIN_CONNECT_MOBILE_IOS_DI",),
+        service_url=ANDROID_SERVICE_URL,
+        impersonate="chrome",
+        plain_http=True,
+        on_refused_client_id=RefusedClientId.NEXT,
+    )
+    assert settings.login.service_urls == (ANDROID_SERVICE_URL, IOS_SERVICE_URL)
 
 
 def test_housekeeping_interval_defaults_to_five_minutes(tmp_path: Path) -> None:
