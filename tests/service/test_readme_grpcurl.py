@@ -13,6 +13,7 @@ import pytest
 
 from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import ROLE_TOKENS, Replica
+from tests.upstream.di_http import ticket_for
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCK = re.compile(
@@ -31,11 +32,14 @@ def grpcurl_binary() -> str:
     return found
 
 
-def run_script(script: str, target: str) -> subprocess.CompletedProcess[str]:
+def run_script(
+    script: str, target: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PATH": f"{Path(grpcurl_binary()).parent}{os.pathsep}{os.environ['PATH']}",
         "ADMIN_TOKEN": ROLE_TOKENS["admin"],
+        **(extra_env or {}),
     }
     return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script.replace(README_TARGET, target)],
@@ -51,9 +55,12 @@ def test_readme_examples_run_against_a_live_server(
     service: Replica, garmin: GarminEmulator
 ) -> None:
     garmin.add_user("alice@example.com", "alice-password", mfa=True, mfa_code="123456")
+    # The ticket Bob's browser got from Garmin's own sign-in page.
+    garmin.add_user("bob@example.com", "bob-password")
+    ticket = ticket_for(garmin, "bob@example.com", "bob-password")
     match = BLOCK.search(README.read_text(encoding="utf-8"))
     assert match, "README lost its grpcurl examples block"
-    result = run_script(match.group(1), service.target)
+    result = run_script(match.group(1), service.target, {"TICKET": ticket})
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "garmin_auth.v1.GarminAuthService" in out  # list
@@ -61,6 +68,7 @@ def test_readme_examples_run_against_a_live_server(
     assert '"status": "SERVING"' in out  # health
     assert "SESSION_STATE_NOT_CONNECTED" in out  # GetStatus before the login
     assert out.count("SESSION_STATE_ACTIVE") >= 2  # SubmitMfa, then the validation
+    assert "SESSION_KIND_DI_OAUTH2" in out  # ExchangeServiceTicket
     # grpcurl before 1.8.7 prints proto field names, later releases JSON names.
     assert '"last_validated_at"' in out or '"lastValidatedAt"' in out
 
