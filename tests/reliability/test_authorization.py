@@ -58,6 +58,9 @@ def requests(lease_id: str) -> dict[str, Any]:
         "ImportSession": pb.ImportSessionRequest(
             user_id="victim", session=session_proto("intruder")
         ),
+        "ExchangeServiceTicket": pb.ExchangeServiceTicketRequest(
+            user_id="victim", service_ticket="ST-0000001-abcdefghijABCDEFGHIJ-sso"
+        ),
         "DeleteSession": pb.DeleteSessionRequest(user_id="victim"),
         "ListSessions": pb.ListSessionsRequest(),
         "LeaseSession": pb.LeaseSessionRequest(user_id="victim", holder="intruder"),

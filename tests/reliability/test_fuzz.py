@@ -635,6 +635,18 @@ FOUND = {
             user_id="deep", garth_token=base64.b64encode(b"[" * 100_000).decode()
         ).SerializeToString(),
     ),
+    "garminconnect-tokens-nested-too-deep": (
+        "ImportSession",
+        pb.ImportSessionRequest(
+            user_id="deep", garminconnect_tokens="[" * 100_000
+        ).SerializeToString(),
+    ),
+    "service-ticket-with-a-trailing-newline": (
+        "ExchangeServiceTicket",
+        pb.ExchangeServiceTicketRequest(
+            user_id="alice", service_ticket="ST-0000001-abcdefghijABCDEFGHIJ-sso\n"
+        ).SerializeToString(),
+    ),
     "user-id-with-a-trailing-newline": (
         "DeleteSession",
         pb.DeleteSessionRequest(user_id="alice\n").SerializeToString(),
