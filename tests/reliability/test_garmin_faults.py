@@ -175,7 +175,10 @@ def test_garmin_fault_answers_the_documented_error_and_invalidates_nothing(
     replica = service_factory.start(
         upstream=dataclasses.replace(
             service_factory.base_settings.upstream, timeout_seconds=UPSTREAM_TIMEOUT
-        )
+        ),
+        # Garmin's own answer, not the sign-in cooldown a 429 starts (tests/service/
+        # test_di_signin.py covers that).
+        login=dataclasses.replace(service_factory.base_settings.login, signin_cooldown_seconds=0),
     )
     garmin.add_user(EMAIL, PASSWORD)
     login(replica)
