@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from auth_service.config import MetricsSettings
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.events import current_listener
+from auth_service.domain.policies import DiSettings, LoginFlow
 from auth_service.metrics.service import go_code_name
 from auth_service.upstream.observer import RpcListenerObserver
 from garmin_auth.v1 import garmin_auth_pb2 as pb
@@ -185,6 +186,21 @@ def test_upstream_calls_by_endpoint_and_outcome(
     }
     assert endpoints
     assert not any("?" in endpoint or "ticket" in endpoint for endpoint in endpoints)
+
+
+@pytest.mark.parametrize("plain_http", [False, True], ids=["curl_cffi", "requests"])
+def test_di_sign_in_calls_are_counted_whichever_client_sends_them(
+    service_factory: ServiceFactory, garmin: GarminEmulator, plain_http: bool
+) -> None:
+    replica = with_metrics(
+        service_factory, login_flow=LoginFlow.DI, di=DiSettings(plain_http=plain_http)
+    )
+    garmin.add_user("dia@example.com", PASSWORD)
+    delta = moved(replica, lambda: login(replica, "dia", "dia@example.com"))
+    login_call = {"endpoint": "/mobile/api/login", "outcome": "2xx"}
+    assert delta("garmin_auth_upstream_requests_total", **login_call) == 1
+    token_call = {"endpoint": "/di-oauth2-service/oauth/token", "outcome": "2xx"}
+    assert delta("garmin_auth_upstream_requests_total", **token_call) == 1
 
 
 def test_gauges_follow_the_database(
