@@ -96,7 +96,6 @@ class DiSettings:
     refresh_lifetime_seconds: int = DEFAULT_REFRESH_LIFETIME_SECONDS
 
 
-
 @dataclass(frozen=True)
 class RefreshSettings:
     """Central refresh (one replica per rotation) and keep-alive of DI sessions, in seconds."""

@@ -12,23 +12,23 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from auth_service.domain import audit, validation
+from auth_service.domain import validation
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
     FieldViolation,
     GarminRateLimited,
-    GarminSessionRejected,
     GarminUnavailable,
 )
 from auth_service.domain.models import GarminTokens, SessionStatusView
-from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import status_view
 from auth_service.services.connect import connect_tokens
+from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 
 log = logging.getLogger(__name__)
 
 IMPORTED_PAIR_REJECTED = "Garmin rejected the imported refresh token"
+_IMPORT_ASKER = RefreshAsker(AuditedRpc.IMPORT_SESSION, lambda _: IMPORTED_PAIR_REJECTED)
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,11 @@ class TokenParsers:
 class SessionImport:
     """ImportSession."""
 
-    def __init__(self, uow: UnitsOfWork, upstream: GarminUpstream, parsers: TokenParsers) -> None:
+    def __init__(
+        self, uow: UnitsOfWork, refresher: SessionRefresher, parsers: TokenParsers
+    ) -> None:
         self._uow = uow
-        self._upstream = upstream
+        self._refresher = refresher
         self._parsers = parsers
 
     def import_session(
@@ -79,7 +81,7 @@ class SessionImport:
             status = connect_tokens(uow, row, tokens, AuditedRpc.IMPORT_SESSION, validated=False)
         if not refresh_now:
             return status
-        return self._refresh_imported(status, tokens)
+        return self._refresh_imported(status)
 
     @staticmethod
     def _parsed(
@@ -94,36 +96,18 @@ class SessionImport:
             violations.append(FieldViolation(field, str(exc)))
             return None
 
-    def _refresh_imported(
-        self, imported: SessionStatusView, tokens: GarminTokens
-    ) -> SessionStatusView:
-        user_id, version = imported.user_id, imported.session_version
+    def _refresh_imported(self, imported: SessionStatusView) -> SessionStatusView:
+        # Through the one refresher: claimed on the row, the rotated pair committed (and
+        # retried into a database that refuses it) before anything else sees it.
         try:
-            fresh = self._upstream.refresh(tokens)
+            refreshed = self._refresher.refresh(
+                imported.user_id, imported.session_version, _IMPORT_ASKER
+            )
         except (GarminRateLimited, GarminUnavailable) as exc:
             log.warning(
                 "imported session of user %s not refreshed yet (%s); keep-alive will",
-                user_id,
+                imported.user_id,
                 type(exc).__name__,
             )
             return imported
-        except GarminSessionRejected as rejected:
-            with self._uow() as uow:
-                row = uow.sessions.invalidate(
-                    user_id, version=version, reason=IMPORTED_PAIR_REJECTED, now=uow.now
-                )
-                if row is not None:
-                    uow.audit.record(
-                        AuditedRpc.IMPORT_SESSION, audit.outcome_of(rejected), user_id=user_id
-                    )
-            raise
-        with self._uow() as uow:
-            row = uow.sessions.store_validation(
-                user_id, version=version, refreshed=fresh, now=uow.now
-            )
-            if row is None:
-                # Replaced meanwhile (a new login or import): the user's newer intent wins.
-                current = uow.sessions.find(user_id, uow.now)
-                return imported if current is None else status_view(current, uow.now)
-            uow.audit.record(AuditedRpc.IMPORT_SESSION, audit.SESSION_REFRESHED, user_id=user_id)
-            return status_view(row, uow.now)
+        return status_view(refreshed.row, self._uow.now())

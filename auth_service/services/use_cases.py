@@ -16,8 +16,8 @@ from auth_service.services.housekeeping import Housekeeping
 from auth_service.services.keepalive import KeepAlive
 from auth_service.services.leases import LeaseService
 from auth_service.services.session_admin import SessionAdmin
-from auth_service.services.session_refresh import SessionRefresher
 from auth_service.services.session_import import SessionImport, TokenParsers
+from auth_service.services.session_refresh import SessionRefresher
 from auth_service.services.ticket_exchange import TicketExchange
 from auth_service.services.unit_of_work import UnitsOfWork
 
@@ -53,7 +53,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     refresher = SessionRefresher(uow, upstream, refresh, refresh_events)
     return UseCases(
         connect=ConnectService(uow, upstream, login),
-        imports=SessionImport(uow, upstream, token_parsers),
+        imports=SessionImport(uow, refresher, token_parsers),
         tickets=TicketExchange(uow, upstream, login.service_urls),
         sessions=SessionAdmin(uow, upstream, refresher, pager),
         leases=LeaseService(uow, refresher, leases),

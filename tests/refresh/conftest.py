@@ -15,9 +15,10 @@ from auth_service.domain.clock import FakeClock
 from auth_service.domain.policies import RefreshSettings
 from auth_service.storage.database import create_engine_for, session_factory
 from auth_service.storage.secrets import SecretBox
+from auth_service.upstream.router import UpstreamRouter
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
-from tests.fixtures.di_upstream import DiTestUpstream
+from tests.fixtures.di_upstream import both_providers
 from tests.fixtures.emulators import scanned_emulator
 
 from . import DiAccounts, Replica, build_replica
@@ -57,8 +58,8 @@ def emulator(running_emulator: GarminEmulator) -> Iterator[GarminEmulator]:
 
 
 @pytest.fixture
-def upstream(emulator: GarminEmulator) -> DiTestUpstream:
-    return DiTestUpstream(
+def upstream(emulator: GarminEmulator) -> UpstreamRouter:
+    return both_providers(
         UpstreamSettings(
             consumer_key=CONSUMER_KEY,
             consumer_secret=CONSUMER_SECRET,
@@ -82,7 +83,7 @@ def replicas(
     db_sessionmaker: sessionmaker[Session],
     second_engine: Engine,
     box: SecretBox,
-    upstream: DiTestUpstream,
+    upstream: UpstreamRouter,
     clock: FakeClock,
 ) -> tuple[Replica, Replica]:
     return (

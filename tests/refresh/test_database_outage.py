@@ -17,8 +17,8 @@ from auth_service.domain.policies import RefreshSettings
 from auth_service.storage.database import create_engine_for, session_factory
 from auth_service.storage.schema import upgrade_to_head
 from auth_service.storage.secrets import SecretBox
+from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import GarminEmulator
-from tests.fixtures.di_upstream import DiTestUpstream
 from tests.leases import read_row, stored_tokens
 from tests.reliability.cluster import PrivateCluster
 
@@ -52,7 +52,7 @@ def cluster() -> Iterator[PrivateCluster]:
 def test_the_rotated_pair_lands_after_the_database_returns(
     cluster: PrivateCluster,
     emulator: GarminEmulator,
-    upstream: DiTestUpstream,
+    upstream: UpstreamRouter,
     box: SecretBox,
     clock: FakeClock,
 ) -> None:

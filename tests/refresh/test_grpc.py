@@ -18,7 +18,7 @@ from auth_service.domain.policies import RefreshSettings
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
-from tests.fixtures.di_upstream import DiTestUpstream
+from tests.fixtures.di_upstream import both_providers
 from tests.fixtures.servers import ServiceFactory
 from tests.leases import read_row
 
@@ -45,7 +45,7 @@ def _refreshes(replica: object, outcome: str) -> float:
 def test_16_get_status_callers_on_two_replicas_refresh_once(
     service_factory: ServiceFactory, garmin: GarminEmulator, di_accounts: DiAccounts
 ) -> None:
-    upstream = DiTestUpstream(service_factory.base_settings.upstream)
+    upstream = both_providers(service_factory.base_settings.upstream)
     replicas = [service_factory.start(provider=upstream) for _ in range(2)]
     di_accounts.seed("grpc-di", access_in=timedelta(seconds=-5))
     garmin.fail_next(DI_TOKEN_PATH, None, delay=0.3)
@@ -73,7 +73,7 @@ def test_the_server_keeps_an_idle_session_alive_in_the_background(
     di_accounts: DiAccounts,
     db_sessionmaker: sessionmaker[Session],
 ) -> None:
-    upstream = DiTestUpstream(service_factory.base_settings.upstream)
+    upstream = both_providers(service_factory.base_settings.upstream)
     di_accounts.seed("grpc-idle", refresh_in=timedelta(days=2))
     replica = service_factory.start(
         provider=upstream, refresh=RefreshSettings(keepalive_interval_seconds=0.2)

@@ -14,8 +14,8 @@ from auth_service.domain.clock import FakeClock
 from auth_service.domain.models import LoginSucceeded, SessionState
 from auth_service.services.keepalive import KEEPALIVE_REJECTED, KeepAliveReport
 from auth_service.storage.secrets import SecretBox
+from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
-from tests.fixtures.di_upstream import DiTestUpstream
 from tests.leases import read_row, seed_active, stored_tokens
 
 from . import ASKER, DiAccounts, Replica
@@ -113,7 +113,7 @@ def test_keepalive_ends_a_revoked_session_and_leaves_garth_sessions_alone(
     replicas: tuple[Replica, Replica],
     accounts: DiAccounts,
     emulator: GarminEmulator,
-    upstream: DiTestUpstream,
+    upstream: UpstreamRouter,
     db_sessionmaker: sessionmaker[Session],
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,

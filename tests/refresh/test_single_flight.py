@@ -22,8 +22,8 @@ from auth_service.domain.models import GarminTokens, SessionKind, SessionState
 from auth_service.services.central_refresh import CENTRAL_REFRESH_REJECTED
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.session_repository import SqlSessionRepository
+from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import DI_TOKEN_PATH, FAULT_RESET, GarminEmulator
-from tests.fixtures.di_upstream import DiTestUpstream
 from tests.leases import read_row, stored_tokens
 
 from . import ASKER, DiAccounts, Replica, during_next_refresh
@@ -140,7 +140,7 @@ def test_invalid_grant_when_another_replica_already_rotated_ends_nothing(
     replicas: tuple[Replica, Replica],
     accounts: DiAccounts,
     emulator: GarminEmulator,
-    upstream: DiTestUpstream,
+    upstream: UpstreamRouter,
     db_sessionmaker: sessionmaker[Session],
     box: SecretBox,
     clock: FakeClock,
