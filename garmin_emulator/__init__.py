@@ -16,12 +16,14 @@ Tests drive it through `GarminEmulator`'s thread-safe methods (``add_user``,
 ``revoke_tokens``, ``fail_next``, the DI ones of `di_controls`...) and read back what Garmin
 saw (request and token counts, reuses of dead refresh tokens, requests in flight);
 `python -m garmin_emulator --port N` runs it for demos
-and benchmarks (`cli`), and a process that runs it reads its request counters at
-``GET /__emulator/request-counts`` (no latency, not counted, not Garmin's). Every answer,
-including to malformed requests, is JSON unless Garmin would answer otherwise.
+and benchmarks (`cli`), and a process that runs it uses the control paths of `control`
+(no latency, not counted, not Garmin's): ``GET /__emulator/request-counts``,
+``POST /__emulator/di-tokens`` (DI token pairs in bulk) and ``GET /__emulator/di-records``.
+Every answer, including to malformed requests, is JSON unless Garmin would answer otherwise.
 
 The other modules: `state` (what it remembers), `activities` (made-up activities and files),
 `faults` (injected failures), `routes` (which endpoint answers), `server` (the HTTP side),
+`control` (the control paths),
 `wire` (request and reply values), `endpoints` (the paths).
 
 Nothing in auth_service/, sync_worker/ or garmin_client/ imports it (an import-linter contract)
@@ -33,7 +35,9 @@ from garmin_emulator.di_oauth import INVALID_TICKET, REFRESH_TOKEN_GRANT, SERVIC
 from garmin_emulator.emulator import DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, GarminEmulator
 from garmin_emulator.endpoints import (
     ACTIVITIES_PATH,
+    DI_RECORDS_PATH,
     DI_TOKEN_PATH,
+    DI_TOKENS_PATH,
     DOWNLOAD_PREFIX,
     EMBED_PATH,
     EXCHANGE_PATH,
@@ -64,6 +68,8 @@ __all__ = [
     "BLOCK_RATE_LIMITED",
     "DEFAULT_CONSUMER_KEY",
     "DEFAULT_CONSUMER_SECRET",
+    "DI_RECORDS_PATH",
+    "DI_TOKENS_PATH",
     "DI_TOKEN_PATH",
     "DOWNLOAD_PREFIX",
     "EMBED_PATH",

@@ -4,6 +4,7 @@ a token pair directly, kill refresh tokens, block logins, and count what Garmin 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from garmin_emulator.di_oauth import DiOAuth
@@ -125,6 +126,20 @@ class DiControls:
         """Every request to the DI token endpoint, oldest first."""
         with self._state.lock:
             return list(self._state.records.token_requests)
+
+    def di_records(self) -> dict[str, Any]:
+        """Everything above at once, JSON-ready (what ``GET /__emulator/di-records`` answers):
+        per lower-cased email the tickets exchanged, the rotations and the reuses of dead
+        refresh tokens; the token endpoint's answers by outcome; the peak in flight by path."""
+        with self._state.lock:
+            records = self._state.records
+            return {
+                "ticket_exchanges": dict(records.ticket_exchanges),
+                "di_refreshes": dict(records.di_refreshes),
+                "refresh_token_reuses": dict(records.refresh_token_reuses),
+                "token_outcomes": dict(Counter(r.outcome for r in records.token_requests)),
+                "peak_in_flight": dict(records.in_flight_peaks),
+            }
 
     def peak_in_flight(self, path: str = DI_TOKEN_PATH) -> int:
         """The most requests to ``path`` (default the DI token endpoint) in flight at once."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from garmin_emulator.activities import new_activity
 from garmin_emulator.connect_api import ConnectApi
+from garmin_emulator.control import ControlApi
 from garmin_emulator.di_controls import DiControls
 from garmin_emulator.di_oauth import DiOAuth
 from garmin_emulator.faults import Faults
@@ -98,7 +99,7 @@ class GarminEmulator(DiControls):
 
     def start(self) -> GarminEmulator:
         if self._http is None:
-            self._http = HttpServer(self._router, self._host, self._port)
+            self._http = HttpServer(self._router, ControlApi(self).answer, self._host, self._port)
         return self
 
     def stop(self) -> None:
@@ -159,6 +160,11 @@ class GarminEmulator(DiControls):
             state.remember(password, user.mfa_code)
             state.activities.setdefault(email.lower(), [])
             return user
+
+    def known_emails(self) -> set[str]:
+        """The lower-cased emails of every account."""
+        with self._state.lock:
+            return set(self._state.users)
 
     def user(self, email: str) -> EmulatedUser:
         with self._state.lock:

@@ -17,5 +17,9 @@ DI_TOKEN_PATH = "/di-oauth2-service/oauth/token"  # noqa: S105 (a path)
 PROFILE_PATH = "/userprofile-service/socialProfile"
 ACTIVITIES_PATH = "/activitylist-service/activities/search/activities"
 DOWNLOAD_PREFIX = "/download-service/files/activity/"
-# The emulator's own control endpoint (for a process that runs it): request counts by path.
-REQUEST_COUNTS_PATH = "/__emulator/request-counts"
+# The emulator's own control endpoints (for a process that runs it; garmin_emulator.control):
+# request counts by path, DI token pairs issued in bulk, what the DI token endpoint saw.
+CONTROL_PREFIX = "/__emulator/"
+REQUEST_COUNTS_PATH = CONTROL_PREFIX + "request-counts"
+DI_TOKENS_PATH = CONTROL_PREFIX + "di-tokens"
+DI_RECORDS_PATH = CONTROL_PREFIX + "di-records"

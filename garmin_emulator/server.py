@@ -8,15 +8,19 @@ import logging
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from garmin_emulator.endpoints import REQUEST_COUNTS_PATH
+from garmin_emulator.endpoints import CONTROL_PREFIX
 from garmin_emulator.faults import FAULT_HANG, FAULT_RESET, Fault
-from garmin_emulator.wire import BadRequest, Incoming, Reply, error_reply, json_reply
+from garmin_emulator.wire import BadRequest, Incoming, Reply, error_reply
+
+# Answers the emulator's own control paths (CONTROL_PREFIX): garmin_emulator.control.
+Control = Callable[[Incoming], Reply]
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +49,14 @@ class Site(Protocol):
         """The answer (raises BadRequest for a malformed request)."""
         ...
 
-    def request_counts(self) -> dict[str, int]:
-        """Requests per path, for the control endpoint."""
-        ...
-
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], site: Site) -> None:
+    def __init__(self, address: tuple[str, int], site: Site, control: Control) -> None:
         super().__init__(address, _Handler)
         self.site = site
+        self.control = control
         # Set on stop: wakes handlers sleeping on latency, delays or hangs so they end promptly.
         self.stopping = threading.Event()
 
@@ -65,10 +66,11 @@ class _Server(ThreadingHTTPServer):
 
 
 class HttpServer:
-    """Serves a site on host:port (0: a free port) until stopped."""
+    """Serves a site, and the emulator's control paths, on host:port (0: a free port) until
+    stopped."""
 
-    def __init__(self, site: Site, host: str, port: int) -> None:
-        self._server = _Server((host, port), site)
+    def __init__(self, site: Site, control: Control, host: str, port: int) -> None:
+        self._server = _Server((host, port), site, control)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -138,9 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
         except BadRequest as exc:
             self._write(error_reply(400, str(exc)))
             return
-        if request.method == "GET" and request.path == REQUEST_COUNTS_PATH:
-            # Not a Garmin endpoint: answered at once and left out of the counts.
-            self._write(json_reply(200, site.request_counts()))
+        if request.path.startswith(CONTROL_PREFIX):
+            # Not Garmin's: answered at once, without faults, and left out of the counts.
+            self._write(self._owner.control(request))
             return
         site.arrived(request.path)
         try:
