@@ -218,6 +218,10 @@ def report_storm(
     report.figure("storm_wall_over_ideal", ratio(wall, ideal), "x")
     report.figure("garmin_refreshes", sum(refreshes.values()), "refreshes")
     report.figure("refresh_rate", ratio(sum(refreshes.values()), wall), "refreshes/s")
+    # Token requests x Garmin's answer time / wall: how many of the C x R slots Garmin kept
+    # busy on average (a lower bound: the emulator's own work is left out).
+    answered = sum(records["token_outcomes"].values())
+    report.figure("garmin_mean_in_flight", ratio(answered * args.latency, wall), "requests")
     for outcome, count in sorted(records["token_outcomes"].items()):
         report.figure(f"token_answers_{outcome}", count, "answers")
     by_asker = database.execute(
@@ -228,7 +232,12 @@ def report_storm(
         report.figure(f"refreshed_by_{rpc}", count, "sessions")
     lease_ms = leases.latencies_ms("LeaseNextSession", started, ended)
     report.figure("leases_during_storm", len(lease_ms), "calls")
+    # The share of leases whose grant refreshed its session itself (a grant that waited for
+    # keep-alive's claim instead is not counted).
+    by_lease = dict(by_asker).get("LeaseNextSession", 0)
+    report.figure("leases_refreshing_share", ratio(by_lease, len(lease_ms)), "fraction")
     report.figure("lease_p50_during_storm", percentile(lease_ms, 50), "ms")
+    report.figure("lease_p90_during_storm", percentile(lease_ms, 90), "ms")
     report.figure("lease_max_during_storm", max(lease_ms, default=float("nan")), "ms")
     for what, count in sorted(leases.errors.items()):
         report.note(f"{count} x {what}")
