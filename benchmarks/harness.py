@@ -866,12 +866,14 @@ def capture_lease_statements(database_url: str) -> LeaseStatements:
                 SENTINEL_USER,
                 lease_id=SENTINEL_LEASE,
                 holder=SENTINEL_HOLDER,
+                caller=SENTINEL_HOLDER,
                 now=SENTINEL_NOW,
                 expires_at=SENTINEL_EXPIRES,
             )
             repository.grant_next(
                 lease_id=SENTINEL_LEASE,
                 holder=SENTINEL_HOLDER,
+                caller=SENTINEL_HOLDER,
                 now=SENTINEL_NOW,
                 expires_at=SENTINEL_EXPIRES,
                 due_before=SENTINEL_DUE,

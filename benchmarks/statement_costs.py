@@ -95,7 +95,7 @@ def orm_cycle(url: str, *, pre_ping: bool, autocommit: bool) -> Iterator[Cycle]:
         now, lease = datetime.now(UTC), _lease_id()
         row = unit(
             lambda repo: repo.grant(
-                user, lease_id=lease, holder="bench", now=now, expires_at=now + TTL
+                user, lease_id=lease, holder="bench", caller="bench", now=now, expires_at=now + TTL
             )
         )
         if row is None:
@@ -154,7 +154,7 @@ def core_cycle(url: str, *, autocommit: bool) -> Iterator[Cycle]:
         now, lease = datetime.now(UTC), _lease_id()
         row = unit(
             lambda repo: repo.grant(
-                user, lease_id=lease, holder="bench", now=now, expires_at=now + TTL
+                user, lease_id=lease, holder="bench", caller="bench", now=now, expires_at=now + TTL
             )
         )
         if row is None:

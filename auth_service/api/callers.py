@@ -11,10 +11,18 @@ The callers file (GARMIN_AUTH_CALLERS_FILE) is TOML:
     name = "sync-worker"
     cert_name = "sync-worker.garmin-auth.svc"   # mutual TLS: client certificate CN or DNS SAN
     roles = ["worker"]
+    user_id_prefix = "tenant-a:"                # optional: may lease only these users
 
 Each entry has exactly one of `token_sha256` and `cert_name`. The file holds only hashes and
-names, so it is no secret by itself. It is re-read when it changes, so a revoked token or
-certificate name stops working without a restart.
+names, so it is no secret by itself.
+
+Roles: `worker` leases sessions and gets an access token per grant, never the session's
+long-lived secrets; `worker_full` (legacy workers that refresh by themselves) also gets the
+full session on grants and may ReportRefreshed. An entry with `user_id_prefix` may lease (and
+read the status of) only users whose id starts with it; without one, every user.
+
+The file is re-read when it changes, so a revoked token or certificate name stops working
+without a restart.
 """
 
 from __future__ import annotations
@@ -27,15 +35,18 @@ import threading
 import time
 import tomllib
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
 from auth_service.domain.errors import CallerForbidden, CallerUnauthenticated
+from garmin_client.user_ids import is_user_id
 
 log = logging.getLogger(__name__)
 
-ADMIN, WORKER, VIEWER = "admin", "worker", "viewer"
-ROLES = frozenset({ADMIN, WORKER, VIEWER})
+ADMIN, WORKER, WORKER_FULL, VIEWER = "admin", "worker", "worker_full", "viewer"
+ROLES = frozenset({ADMIN, WORKER, WORKER_FULL, VIEWER})
+_WORKERS = frozenset({WORKER, WORKER_FULL})
 
 # The roles allowed to call each RPC of garmin_auth.v1.GarminAuthService.
 RPC_ROLES: dict[str, frozenset[str]] = {
@@ -44,14 +55,15 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "ImportSession": frozenset({ADMIN}),
     "ExchangeServiceTicket": frozenset({ADMIN}),
     "DeleteSession": frozenset({ADMIN}),
-    "GetStatus": frozenset({ADMIN, WORKER, VIEWER}),
+    "GetStatus": frozenset({ADMIN, VIEWER}) | _WORKERS,
     "ListSessions": frozenset({ADMIN, VIEWER}),
-    "LeaseSession": frozenset({WORKER}),
-    "LeaseNextSession": frozenset({WORKER}),
-    "RenewLease": frozenset({WORKER}),
-    "ReleaseLease": frozenset({WORKER}),
-    "ReportRefreshed": frozenset({WORKER}),
-    "ReportInvalidated": frozenset({WORKER}),
+    "LeaseSession": _WORKERS,
+    "LeaseNextSession": _WORKERS,
+    "RenewLease": _WORKERS,
+    "RefreshLease": _WORKERS,
+    "ReleaseLease": _WORKERS,
+    "ReportRefreshed": frozenset({WORKER_FULL}),
+    "ReportInvalidated": _WORKERS,
     "ListAuditEvents": frozenset({ADMIN, VIEWER}),
 }
 
@@ -68,10 +80,24 @@ class CallersFileError(ValueError):
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated caller."""
+    """An authenticated caller; `user_id_prefix` (None: every user) scopes which users it
+    may lease."""
 
     name: str
     roles: frozenset[str]
+    user_id_prefix: str | None = None
+
+    @property
+    def full_sessions(self) -> bool:
+        """Whether grants hand this caller the whole session, not just an access token."""
+        return WORKER_FULL in self.roles
+
+    def may_reach(self, user_id: str) -> bool:
+        return self.user_id_prefix is None or user_id.startswith(self.user_id_prefix)
+
+
+# The caller of the RPC being served (set by the interceptor); None outside an RPC.
+current_caller: ContextVar[Caller | None] = ContextVar("current_caller", default=None)
 
 
 @dataclass(frozen=True, repr=False)
@@ -117,7 +143,7 @@ def _parse_entry(item: object, where: str) -> _Entry:
     if not isinstance(item, dict):
         raise CallersFileError(f"{where}: not a table")
     name, digest, roles = item.get("name"), item.get("token_sha256"), item.get("roles")
-    cert_name = item.get("cert_name")
+    cert_name, prefix = item.get("cert_name"), item.get("user_id_prefix")
     if not isinstance(name, str) or not name.strip():
         raise CallersFileError(f"{where}: name must be a non-empty string")
     if (digest is None) == (cert_name is None):
@@ -130,7 +156,12 @@ def _parse_entry(item: object, where: str) -> _Entry:
         raise CallersFileError(
             f"{where} ({name}): roles must be a non-empty list of {sorted(ROLES)}"
         )
-    caller = Caller(name, frozenset(roles))
+    # A prefix is the start of a user id: non-empty, and only characters user ids may hold.
+    if prefix is not None and (not isinstance(prefix, str) or not is_user_id(prefix)):
+        raise CallersFileError(
+            f"{where} ({name}): user_id_prefix must be the non-empty start of a user id"
+        )
+    caller = Caller(name, frozenset(roles), prefix)
     if cert_name is not None:
         if not isinstance(cert_name, str) or not _CERT_NAME.match(cert_name):
             raise CallersFileError(

@@ -73,6 +73,16 @@ def state_from_proto(value: int) -> SessionState | None:
     return state
 
 
+def access_to_proto(tokens: GarminTokens) -> pb.AccessToken:
+    """What a worker needs to call the Connect API, and nothing that outlives it."""
+    return pb.AccessToken(
+        token=tokens.oauth2.access_token,
+        token_type=tokens.oauth2.token_type,
+        expires_at=tokens.oauth2.expires_at,
+        domain=tokens.domain or "garmin.com",
+    )
+
+
 def lease_to_proto(lease: LeaseView | None, *, reveal_lease_id: bool = True) -> pb.Lease | None:
     if lease is None:
         return None

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from auth_service.api.callers import Caller, CallerRegistry
+from auth_service.api.callers import Caller, CallerRegistry, current_caller
 from auth_service.api.errors import INTERNAL_ROW, row_for, to_status
 from auth_service.domain.context import current_caller_name
 from auth_service.domain.errors import DomainError, FieldViolation, InvalidArgument
@@ -152,10 +152,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 self._registry.authorize(caller, rpc)
                 _refuse_if_undecodable(request)
                 token = current_caller_name.set(caller.name)
+                caller_token = current_caller.set(caller)
                 try:
                     response = behavior(request, context)
                     return response
                 finally:
+                    current_caller.reset(caller_token)
                     current_caller_name.reset(token)
             # Every error must become a documented status, so catch them all here.
             except Exception as exc:

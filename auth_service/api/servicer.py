@@ -10,7 +10,10 @@ from datetime import timedelta
 import grpc
 
 from auth_service.api import convert
+from auth_service.api.callers import Caller, current_caller
 from auth_service.domain.audit import AuditEventView, AuditFilter
+from auth_service.domain.errors import CallerForbidden
+from auth_service.domain.models import GarminTokens
 from auth_service.services.use_cases import UseCases
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
@@ -37,6 +40,28 @@ def _audit_event_to_proto(event: AuditEventView) -> pb.AuditEvent:
     )
 
 
+def _caller() -> Caller | None:
+    return current_caller.get()
+
+
+def _scope() -> str | None:
+    caller = _caller()
+    return None if caller is None else caller.user_id_prefix
+
+
+def _check_reach(user_id: str) -> None:
+    """A scoped caller reaches only its users; decided on the id alone, before any read."""
+    caller = _caller()
+    if caller is not None and not caller.may_reach(user_id):
+        raise CallerForbidden(f"caller {caller.name!r} may not reach users outside its scope")
+
+
+def _full_session(tokens: GarminTokens) -> pb.GarminSession | None:
+    """The whole session for worker_full callers (legacy workers); nothing for the rest."""
+    caller = _caller()
+    return tokens_to_proto(tokens) if caller is not None and caller.full_sessions else None
+
+
 class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     """garmin_auth.v1.GarminAuthService over the use cases (auth_service.services)."""
 
@@ -46,6 +71,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self._tickets = use_cases.tickets
         self._sessions = use_cases.sessions
         self._leases = use_cases.leases
+        self._lease_refresh = use_cases.lease_refresh
         self._audit = use_cases.audit_log
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
@@ -69,6 +95,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetStatusResponse:
+        _check_reach(request.user_id)
         status = self._sessions.get_status(request.user_id, validate=request.validate)
         return pb.GetStatusResponse(status=convert.status_to_proto(status))
 
@@ -118,11 +145,14 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def LeaseSession(
         self, request: pb.LeaseSessionRequest, context: grpc.ServicerContext
     ) -> pb.LeaseSessionResponse:
-        grant = self._leases.lease_session(request.user_id, request.holder, _ttl(request))
+        grant = self._leases.lease_session(
+            request.user_id, request.holder, _ttl(request), user_id_prefix=_scope()
+        )
         return pb.LeaseSessionResponse(
             lease=convert.lease_to_proto(grant.lease),
-            session=tokens_to_proto(grant.tokens),
+            session=_full_session(grant.tokens),
             status=convert.status_to_proto(grant.status, reveal_lease_id=True),
+            access=convert.access_to_proto(grant.tokens),
         )
 
     def LeaseNextSession(
@@ -136,13 +166,15 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
                 "min_sync_interval",
                 present=request.HasField("min_sync_interval"),
             ),
+            user_id_prefix=_scope(),
         )
         if grant is None:
             return pb.LeaseNextSessionResponse()
         return pb.LeaseNextSessionResponse(
             lease=convert.lease_to_proto(grant.lease),
-            session=tokens_to_proto(grant.tokens),
+            session=_full_session(grant.tokens),
             status=convert.status_to_proto(grant.status, reveal_lease_id=True),
+            access=convert.access_to_proto(grant.tokens),
         )
 
     def RenewLease(
@@ -150,6 +182,15 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     ) -> pb.RenewLeaseResponse:
         lease = self._leases.renew_lease(request.lease_id, _ttl(request))
         return pb.RenewLeaseResponse(lease=convert.lease_to_proto(lease))
+
+    def RefreshLease(
+        self, request: pb.RefreshLeaseRequest, context: grpc.ServicerContext
+    ) -> pb.RefreshLeaseResponse:
+        answer = self._lease_refresh.refresh_lease(request.lease_id, request.session_version)
+        return pb.RefreshLeaseResponse(
+            access=convert.access_to_proto(answer.tokens),
+            status=convert.status_to_proto(answer.status),
+        )
 
     def ReleaseLease(
         self, request: pb.ReleaseLeaseRequest, context: grpc.ServicerContext

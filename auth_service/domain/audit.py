@@ -6,8 +6,9 @@ change was committed. The rule:
 
 - Every committed change of an RPC writes one event: Login, SubmitMfa, ImportSession,
   DeleteSession (when the user had a row), LeaseSession and LeaseNextSession (per grant),
-  RenewLease, ReleaseLease, ReportRefreshed, ReportInvalidated, and GetStatus with validate
-  when Garmin's answer was stored. A lease grant whose token needed a central refresh writes a
+  RenewLease, ReleaseLease, ReportRefreshed, ReportInvalidated, RefreshLease when it refreshed
+  (or Garmin's refusal invalidated the session), and GetStatus with validate when Garmin's
+  answer was stored. A lease grant whose token needed a central refresh writes a
   second event for the refresh's own change (tokens stored, session invalidated, or the
   unusable lease released).
 - Refusals are recorded only where they carry security value and a transaction of the call is
@@ -59,6 +60,7 @@ class AuditedRpc(enum.StrEnum):
     RELEASE_LEASE = "ReleaseLease"
     REPORT_REFRESHED = "ReportRefreshed"
     REPORT_INVALIDATED = "ReportInvalidated"
+    REFRESH_LEASE = "RefreshLease"
     # Not an RPC: the background refresh of DI sessions whose refresh token dies soon.
     KEEP_ALIVE = "KeepAlive"
 

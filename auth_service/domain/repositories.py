@@ -179,18 +179,32 @@ class LeaseRepository(Protocol):
     def find_by_lease(self, lease_id: str, now: datetime) -> SessionRow | None: ...
 
     def grant(
-        self, user_id: str, *, lease_id: str, holder: str, now: datetime, expires_at: datetime
-    ) -> GrantedRow | None: ...
+        self,
+        user_id: str,
+        *,
+        lease_id: str,
+        holder: str,
+        caller: str,
+        now: datetime,
+        expires_at: datetime,
+    ) -> GrantedRow | None:
+        """Grant, binding the lease to `caller` (the authenticated caller's name)."""
+        ...
 
     def grant_next(
         self,
         *,
         lease_id: str,
         holder: str,
+        caller: str,
         now: datetime,
         expires_at: datetime,
         due_before: datetime,
-    ) -> GrantedRow | None: ...
+        user_id_prefix: str | None = None,
+    ) -> GrantedRow | None:
+        """Grant the most overdue session, among users whose id starts with
+        `user_id_prefix` when given."""
+        ...
 
     def renew(self, lease_id: str, *, now: datetime, expires_at: datetime) -> SessionRow | None: ...
 

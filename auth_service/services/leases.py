@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from auth_service.domain import audit
 from auth_service.domain.audit import AuditedRpc, LeaseRef
 from auth_service.domain.errors import (
+    CallerForbidden,
     FieldViolation,
     GarminSessionRejected,
     LeaseHeld,
@@ -42,6 +43,7 @@ from auth_service.domain.validation import (
 )
 from auth_service.domain.views import SessionRow, live_lease, status_view
 from auth_service.services.central_refresh import CentralRefresh, Granted
+from auth_service.services.lease_holders import check_same_account, held_by_caller
 from auth_service.services.session_refresh import SessionRefresher
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
@@ -74,15 +76,31 @@ class LeaseService:
 
     # --- grants ------------------------------------------------------------------------
 
-    def lease_session(self, user_id: str, holder: str, ttl: timedelta | None) -> LeaseGrant:
-        """Lease one user's ACTIVE session (refreshing its token first when needed)."""
+    def lease_session(
+        self,
+        user_id: str,
+        holder: str,
+        ttl: timedelta | None,
+        *,
+        user_id_prefix: str | None = None,
+    ) -> LeaseGrant:
+        """Lease one user's ACTIVE session (refreshing its token first when needed); a
+        caller scoped to `user_id_prefix` may lease only users whose id starts with it."""
         raise_if_any(check_user_id(user_id), check_holder(holder), self._ttl_violations(ttl))
+        if user_id_prefix is not None and not user_id.startswith(user_id_prefix):
+            # Decided on the id alone, before any read: says nothing about the user.
+            raise CallerForbidden("this caller may not lease sessions outside its user scope")
         lifetime = self._lifetime(ttl)
         for _ in range(_GRANT_ATTEMPTS):
             with self._uow() as uow:
                 lease_id, expires_at = new_lease_id(), uow.now + lifetime
                 grant = uow.leases.grant(
-                    user_id, lease_id=lease_id, holder=holder, now=uow.now, expires_at=expires_at
+                    user_id,
+                    lease_id=lease_id,
+                    holder=holder,
+                    caller=audit.caller_name(),
+                    now=uow.now,
+                    expires_at=expires_at,
                 )
                 if grant is None:
                     _raise_refusal(uow.leases.find(user_id), uow.now)
@@ -93,9 +111,15 @@ class LeaseService:
         raise LeaseHeld("the session is leased by another holder; try again shortly")
 
     def lease_next_session(
-        self, holder: str, ttl: timedelta | None, min_sync_interval: timedelta | None
+        self,
+        holder: str,
+        ttl: timedelta | None,
+        min_sync_interval: timedelta | None,
+        *,
+        user_id_prefix: str | None = None,
     ) -> LeaseGrant | None:
-        """Lease the most overdue ACTIVE session; None when nothing is due."""
+        """Lease the most overdue ACTIVE session (among the users whose id starts with
+        `user_id_prefix`, when given); None when nothing is due."""
         raise_if_any(
             check_holder(holder),
             self._ttl_violations(ttl),
@@ -114,9 +138,11 @@ class LeaseService:
                 grant = uow.leases.grant_next(
                     lease_id=new_lease_id(),
                     holder=holder,
+                    caller=audit.caller_name(),
                     now=uow.now,
                     expires_at=uow.now + lifetime,
                     due_before=uow.now - (min_sync_interval or timedelta(0)),
+                    user_id_prefix=user_id_prefix,
                 )
                 if grant is None:
                     return None
@@ -133,7 +159,11 @@ class LeaseService:
         """Extend a live lease to now + ttl."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"), self._ttl_violations(ttl))
         with self._uow() as uow:
-            row = uow.leases.renew(lease_id, now=uow.now, expires_at=uow.now + self._lifetime(ttl))
+            row = None
+            if held_by_caller(uow, lease_id) is not None:
+                row = uow.leases.renew(
+                    lease_id, now=uow.now, expires_at=uow.now + self._lifetime(ttl)
+                )
             lease = _live_lease(row, uow.now)
             uow.audit.record(AuditedRpc.RENEW_LEASE, audit.OK, user_id=lease.user_id, lease=lease)
             return lease
@@ -145,7 +175,9 @@ class LeaseService:
             _synced_through_violations(synced_through, self._uow.now()),
         )
         with self._uow() as uow:
-            row = uow.leases.release(lease_id, now=uow.now, synced_through=synced_through)
+            row = None
+            if held_by_caller(uow, lease_id) is not None:
+                row = uow.leases.release(lease_id, now=uow.now, synced_through=synced_through)
             if row is None:
                 raise _lease_lost()
             lease = LeaseRef(lease_id, row.fencing_token)
@@ -153,15 +185,17 @@ class LeaseService:
             return status_view(row, uow.now)
 
     def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> SessionStatusView:
-        """Store tokens the holder's garth refreshed. Only a live lease's holder may."""
+        """Store tokens the holder's garth refreshed. Only a live lease's holder may, and
+        only tokens of the stored session's account."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"))
         with self._uow() as uow:
             # The ciphertext is bound to the user's row: find the user the lease names, then
             # store conditionally (the UPDATE re-checks the lease and the user, so a lease
             # that died in between changes nothing).
-            leased = uow.leases.find_by_lease(lease_id, uow.now)
+            leased = held_by_caller(uow, lease_id)
             row = None
             if leased is not None:
+                check_same_account(uow.sessions.open_tokens(leased), tokens)
                 row = uow.leases.store_refreshed(
                     lease_id, user_id=leased.user_id, tokens=tokens, now=uow.now
                 )
@@ -175,7 +209,9 @@ class LeaseService:
         """Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"), check_reason(reason))
         with self._uow() as uow:
-            row = uow.leases.invalidate(lease_id, now=uow.now, reason=reason)
+            row = None
+            if held_by_caller(uow, lease_id) is not None:
+                row = uow.leases.invalidate(lease_id, now=uow.now, reason=reason)
             status = _reported(uow, AuditedRpc.REPORT_INVALIDATED, lease_id, row)
         if status is None:
             raise _lease_lost()

@@ -14,6 +14,7 @@ from auth_service.services.audit_log import AuditLog
 from auth_service.services.connect import ConnectService
 from auth_service.services.housekeeping import Housekeeping
 from auth_service.services.keepalive import KeepAlive
+from auth_service.services.lease_refresh import LeaseRefresh
 from auth_service.services.leases import LeaseService
 from auth_service.services.session_admin import SessionAdmin
 from auth_service.services.session_import import SessionImport, TokenParsers
@@ -31,6 +32,7 @@ class UseCases:
     tickets: TicketExchange
     sessions: SessionAdmin
     leases: LeaseService
+    lease_refresh: LeaseRefresh
     audit_log: AuditLog
     housekeeping: Housekeeping
     keepalive: KeepAlive
@@ -57,6 +59,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
         tickets=TicketExchange(uow, upstream, login.service_urls),
         sessions=SessionAdmin(uow, upstream, refresher, pager),
         leases=LeaseService(uow, refresher, leases),
+        lease_refresh=LeaseRefresh(uow, upstream),
         audit_log=AuditLog(uow, pager),
         housekeeping=Housekeeping(store, clock, login),
         keepalive=KeepAlive(uow, refresher, refresh),

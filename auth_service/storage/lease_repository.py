@@ -25,7 +25,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, Update, and_, bindparam, case, or_, select, update
+from sqlalchemy import Row, Select, Update, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from auth_service.domain.models import GarminTokens
@@ -45,6 +45,8 @@ _DUE_BEFORE = bindparam("p_due_before", type_=UTCDateTime())
 _SYNCED_THROUGH = bindparam("p_synced_through", type_=UTCDateTime())
 _NEW_LEASE_ID = bindparam("p_new_lease_id", type_=T.c.lease_id.type)
 _HOLDER = bindparam("p_holder", type_=T.c.lease_holder.type)
+_CALLER = bindparam("p_caller", type_=T.c.lease_caller.type)
+_PREFIX = bindparam("p_prefix", type_=T.c.user_id.type)
 
 # Due for a sync: free, ACTIVE, and neither synced nor attempted since `due_before`.
 _DUE = and_(
@@ -63,6 +65,7 @@ _DUE_ORDER = (T.c.last_synced_at.is_not(None), T.c.last_synced_at, T.c.user_id)
 _GRANT_VALUES: dict[str, Any] = {
     "lease_id": _NEW_LEASE_ID,
     "lease_holder": _HOLDER,
+    "lease_caller": _CALLER,
     "lease_acquired_at": _NOW,
     "lease_expires_at": _EXPIRES_AT,
     "fencing_token": T.c.fencing_token + 1,
@@ -91,10 +94,17 @@ _CANDIDATE_BY_USER = select(T.c.user_id, T.c.lease_id.label("previous_lease_id")
 # SKIP LOCKED: concurrent callers on other replicas each take a different due row, without a
 # table lock (a row granted and committed meanwhile fails the re-check; the next is taken).
 _CANDIDATE_DUE = select(T.c.user_id, T.c.lease_id.label("previous_lease_id")).where(_DUE)
+# A scoped caller (a user_id_prefix in the callers file) picks only among its users.
+# substr/length rather than LIKE: user ids may contain "_", which LIKE reads as a wildcard.
+_CANDIDATE_DUE_SCOPED = _CANDIDATE_DUE.where(
+    func.substr(T.c.user_id, 1, func.length(_PREFIX)) == _PREFIX
+)
 _CANDIDATE_DUE = _CANDIDATE_DUE.order_by(*_DUE_ORDER).limit(1)
+_CANDIDATE_DUE_SCOPED = _CANDIDATE_DUE_SCOPED.order_by(*_DUE_ORDER).limit(1)
 
 _PG_GRANT = _grant_through(_CANDIDATE_BY_USER.with_for_update())
 _PG_GRANT_NEXT = _grant_through(_CANDIDATE_DUE.with_for_update(skip_locked=True))
+_PG_GRANT_NEXT_SCOPED = _grant_through(_CANDIDATE_DUE_SCOPED.with_for_update(skip_locked=True))
 # SQLite: one writer at a time (BEGIN IMMEDIATE), so reading the candidate first and then
 # granting it by user id cannot race; SQLite's RETURNING cannot name a joined table.
 _GRANT_USER = (
@@ -165,10 +175,17 @@ class SqlLeaseRepository:
     # --- grants ------------------------------------------------------------------------
 
     def grant(
-        self, user_id: str, *, lease_id: str, holder: str, now: datetime, expires_at: datetime
+        self,
+        user_id: str,
+        *,
+        lease_id: str,
+        holder: str,
+        caller: str,
+        now: datetime,
+        expires_at: datetime,
     ) -> GrantedRow | None:
         """Lease the user's ACTIVE session if no live lease holds it; None when refused."""
-        values = _grant_params(lease_id, holder, now, expires_at)
+        values = _grant_params(lease_id, holder, caller, now, expires_at)
         if self._postgresql:
             return self._granted(_PG_GRANT, p_user_id=user_id, **values)
         return self._grant_sqlite(_CANDIDATE_BY_USER, p_user_id=user_id, **values)
@@ -178,15 +195,24 @@ class SqlLeaseRepository:
         *,
         lease_id: str,
         holder: str,
+        caller: str,
         now: datetime,
         expires_at: datetime,
         due_before: datetime,
+        user_id_prefix: str | None = None,
     ) -> GrantedRow | None:
-        """Lease the most overdue free ACTIVE session; None when nothing is due."""
-        values = _grant_params(lease_id, holder, now, expires_at)
+        """Lease the most overdue free ACTIVE session (of a user whose id starts with
+        `user_id_prefix`, when given); None when nothing is due."""
+        values = {**_grant_params(lease_id, holder, caller, now, expires_at)}
+        values["p_due_before"] = due_before
+        if user_id_prefix is not None:
+            values["p_prefix"] = user_id_prefix
+            if self._postgresql:
+                return self._granted(_PG_GRANT_NEXT_SCOPED, **values)
+            return self._grant_sqlite(_CANDIDATE_DUE_SCOPED, **values)
         if self._postgresql:
-            return self._granted(_PG_GRANT_NEXT, p_due_before=due_before, **values)
-        return self._grant_sqlite(_CANDIDATE_DUE, p_due_before=due_before, **values)
+            return self._granted(_PG_GRANT_NEXT, **values)
+        return self._grant_sqlite(_CANDIDATE_DUE, **values)
 
     def _granted(self, statement: Update, **params: Any) -> GrantedRow | None:
         row = self.session.execute(statement, params).first()
@@ -270,11 +296,12 @@ class SqlLeaseRepository:
 
 
 def _grant_params(
-    lease_id: str, holder: str, now: datetime, expires_at: datetime
+    lease_id: str, holder: str, caller: str, now: datetime, expires_at: datetime
 ) -> dict[str, Any]:
     return {
         "p_new_lease_id": lease_id,
         "p_holder": holder,
+        "p_caller": caller,
         "p_now": now,
         "p_expires_at": expires_at,
     }

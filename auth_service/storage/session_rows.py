@@ -66,6 +66,7 @@ ENDED_LEASE: dict[str, Any] = {
     "lease_holder": None,
     "lease_acquired_at": None,
     "lease_expires_at": None,
+    "lease_caller": None,
 }
 
 # No refresh claim: whenever the stored tokens change, a claim on refreshing the old ones is

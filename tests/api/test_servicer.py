@@ -15,6 +15,7 @@ import grpc_testing
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from auth_service.api.callers import ROLES, Caller, current_caller
 from auth_service.api.servicer import GarminAuthServicer
 from auth_service.config import Settings
 from auth_service.domain.errors import InvalidArgument
@@ -28,10 +29,31 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GarminAuthService"]
 PASSWORD = "correct horse battery staple"
 
 
+class CalledAs:
+    """The servicer as the interceptor runs it for `caller` (grpc_testing runs none)."""
+
+    def __init__(self, servicer: GarminAuthServicer, caller: Caller) -> None:
+        self._servicer = servicer
+        self._caller = caller
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._servicer, name)
+
+        def called(request: Any, context: grpc.ServicerContext) -> Any:
+            token = current_caller.set(self._caller)
+            try:
+                return method(request, context)
+            finally:
+                current_caller.reset(token)
+
+        return called
+
+
 @pytest.fixture
 def server(service_settings: Settings) -> Iterator[grpc_testing.Server]:
     application = build_application(service_settings)
-    servicer = GarminAuthServicer(application.use_cases)
+    # Every role, worker_full included: the translations of the full session are tested too.
+    servicer = CalledAs(GarminAuthServicer(application.use_cases), Caller("tester", ROLES))
     yield grpc_testing.server_from_dictionary({SERVICE: servicer}, grpc_testing.strict_real_time())
     application.engine.dispose()
 
@@ -90,6 +112,8 @@ def test_lease_renew_release_round_trip(
     assert span == timedelta(seconds=120)
     assert granted.session.oauth1.oauth_token
     assert granted.session.domain == "garmin.com"
+    assert granted.access.token == granted.session.oauth2.access_token
+    assert granted.access.domain == "garmin.com"
     assert granted.status.lease.lease_id == lease.lease_id
 
     renewed, _ = invoke(

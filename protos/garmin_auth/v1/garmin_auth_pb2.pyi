@@ -120,6 +120,18 @@ class OAuth2Token(_message.Message):
     refresh_token_expires_at: _timestamp_pb2.Timestamp
     def __init__(self, scope: _Optional[str] = ..., jti: _Optional[str] = ..., token_type: _Optional[str] = ..., access_token: _Optional[str] = ..., refresh_token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refresh_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class AccessToken(_message.Message):
+    __slots__ = ("token", "token_type", "expires_at", "domain")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    token_type: str
+    expires_at: _timestamp_pb2.Timestamp
+    domain: str
+    def __init__(self, token: _Optional[str] = ..., token_type: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., domain: _Optional[str] = ...) -> None: ...
+
 class GarminSession(_message.Message):
     __slots__ = ("oauth1", "oauth2", "domain", "di_client_id", "kind")
     OAUTH1_FIELD_NUMBER: _ClassVar[int]
@@ -259,14 +271,16 @@ class LeaseSessionRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., holder: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class LeaseSessionResponse(_message.Message):
-    __slots__ = ("lease", "session", "status")
+    __slots__ = ("lease", "session", "status", "access")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     session: GarminSession
     status: SessionStatus
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
+    access: AccessToken
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ..., access: _Optional[_Union[AccessToken, _Mapping]] = ...) -> None: ...
 
 class LeaseNextSessionRequest(_message.Message):
     __slots__ = ("holder", "ttl", "min_sync_interval")
@@ -279,14 +293,16 @@ class LeaseNextSessionRequest(_message.Message):
     def __init__(self, holder: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_sync_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class LeaseNextSessionResponse(_message.Message):
-    __slots__ = ("lease", "session", "status")
+    __slots__ = ("lease", "session", "status", "access")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     session: GarminSession
     status: SessionStatus
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
+    access: AccessToken
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ..., access: _Optional[_Union[AccessToken, _Mapping]] = ...) -> None: ...
 
 class RenewLeaseRequest(_message.Message):
     __slots__ = ("lease_id", "ttl")
@@ -343,6 +359,22 @@ class ReportInvalidatedResponse(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     status: SessionStatus
     def __init__(self, status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
+
+class RefreshLeaseRequest(_message.Message):
+    __slots__ = ("lease_id", "session_version")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    session_version: int
+    def __init__(self, lease_id: _Optional[str] = ..., session_version: _Optional[int] = ...) -> None: ...
+
+class RefreshLeaseResponse(_message.Message):
+    __slots__ = ("access", "status")
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    access: AccessToken
+    status: SessionStatus
+    def __init__(self, access: _Optional[_Union[AccessToken, _Mapping]] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
     __slots__ = ("event_id", "occurred_at", "caller", "rpc", "user_id", "outcome_code", "outcome_reason", "lease_id", "fencing_token")

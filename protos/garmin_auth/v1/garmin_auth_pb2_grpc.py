@@ -105,6 +105,11 @@ class GarminAuthServiceStub:
                 request_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.RefreshLease = channel.unary_unary(
+                '/garmin_auth.v1.GarminAuthService/RefreshLease',
+                request_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseRequest.SerializeToString,
+                response_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class GarminAuthServiceServicer:
@@ -131,7 +136,7 @@ class GarminAuthServiceServicer:
     def GetStatus(self, request, context):
         """GetStatus answers the state of a user's session from the database; with
         validate it also checks the session against Garmin. Roles: admin, worker,
-        viewer.
+        worker_full, viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,23 +177,24 @@ class GarminAuthServiceServicer:
 
     def LeaseSession(self, request, context):
         """LeaseSession grants an exclusive lease on one user's ACTIVE session and
-        returns its tokens, refreshed first when they would expire during the
-        lease. Role: worker.
+        returns an access token, refreshed first when it would expire during the
+        lease (the full session only to worker_full). Roles: worker, worker_full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def LeaseNextSession(self, request, context):
-        """LeaseNextSession leases the most overdue ACTIVE session that nobody holds;
-        the response has no lease when nothing is due. Role: worker.
+        """LeaseNextSession leases the most overdue ACTIVE session that nobody holds
+        (among the users the caller may lease); the response has no lease when
+        nothing is due. Roles: worker, worker_full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RenewLease(self, request, context):
-        """RenewLease extends a live lease. Role: worker.
+        """RenewLease extends a live lease. Roles: worker, worker_full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,15 +202,16 @@ class GarminAuthServiceServicer:
 
     def ReleaseLease(self, request, context):
         """ReleaseLease ends a lease, recording how far the sync got when it
-        succeeded. Role: worker.
+        succeeded. Roles: worker, worker_full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportRefreshed(self, request, context):
-        """ReportRefreshed stores tokens that the lease holder's garth refreshed.
-        Role: worker.
+        """ReportRefreshed stores tokens that the lease holder's garth refreshed; the
+        session must be the stored one's (same OAuth1 token or DI client id). Role:
+        worker_full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -213,7 +220,7 @@ class GarminAuthServiceServicer:
     def ReportInvalidated(self, request, context):
         """ReportInvalidated tells the service that Garmin definitely rejected the
         leased session: it becomes AUTH_EXPIRED, its secrets are wiped and the
-        lease ends. Role: worker.
+        lease ends. Roles: worker, worker_full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,6 +230,16 @@ class GarminAuthServiceServicer:
         """ListAuditEvents pages through the audit trail: who changed whose session,
         through which RPC, and how it ended. Newest first unless oldest_first.
         Roles: admin, viewer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshLease(self, request, context):
+        """RefreshLease answers a fresh access token for the holder's live lease: the
+        stored one when the session already moved past the holder's
+        session_version, otherwise one refresh with Garmin (any number of calls
+        carrying the same version cause one refresh). Roles: worker, worker_full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -300,6 +317,11 @@ def add_GarminAuthServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'RefreshLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshLease,
+                    request_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseRequest.FromString,
+                    response_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -681,6 +703,33 @@ class GarminAuthService:
             '/garmin_auth.v1.GarminAuthService/ListAuditEvents',
             garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsRequest.SerializeToString,
             garmin__auth_dot_v1_dot_garmin__auth__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/garmin_auth.v1.GarminAuthService/RefreshLease',
+            garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseRequest.SerializeToString,
+            garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,
