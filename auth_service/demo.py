@@ -76,7 +76,7 @@ class DemoState:
 
 @dataclass(frozen=True)
 class Consumer:
-    """The OAuth1 consumer the service and the worker sign Garmin requests with."""
+    """The OAuth1 consumer the service signs Garmin requests with."""
 
     key: str
     secret: str
@@ -129,7 +129,7 @@ def connect_demo_user(target: str, admin_token: str, out: TextIO) -> None:
 
 
 def run_worker_once(
-    target: str, state: DemoState, upstream_url: str, consumer: Consumer, folder: Path, out: TextIO
+    target: str, state: DemoState, upstream_url: str, folder: Path, out: TextIO
 ) -> int:
     """Run the real worker command, as a CronJob would, and show what it wrote."""
     out_dir = folder / "out"
@@ -147,8 +147,6 @@ def run_worker_once(
         "GARMIN_SYNC_AUTH_TARGET": target,
         "GARMIN_SYNC_AUTH_TOKEN": state.tokens["worker"],
         "GARMIN_SYNC_UPSTREAM_URL": upstream_url,
-        "GARMIN_SYNC_OAUTH_CONSUMER_KEY": consumer.key,
-        "GARMIN_SYNC_OAUTH_CONSUMER_SECRET": consumer.secret,
     }
     print(
         f"\n$ garmin-sync-worker run --user {DEMO_USER_ID} --out {out_dir} --with-files", file=out
@@ -216,7 +214,7 @@ def run_demo(folder: Path, *, once: bool, out: TextIO = sys.stdout) -> int:
             if emulator is not None:
                 target = f"127.0.0.1:{running.port}"
                 connect_demo_user(target, state.tokens["admin"], out)
-                if run_worker_once(target, state, emulator.url, consumer, folder, out) != 0:
+                if run_worker_once(target, state, emulator.url, folder, out) != 0:
                     return 1
             _print_examples(running, state, folder, out)
             if not once:

@@ -1,4 +1,5 @@
-"""What a failed garth call means, as a garmin_client error (garmin_client.errors).
+"""What a failed call to Garmin (garth's or a plain requests one) means, as a garmin_client
+error (garmin_client.errors). Imports no garth: the worker classifies its calls here too.
 
 * 429 anywhere -> RateLimited (retry_after_seconds from Retry-After, seconds or date).
 * When Garmin judges stored tokens: 401 on the token exchange -> SessionRejected; 401 on the
@@ -31,17 +32,22 @@ from garmin_client.errors import (
     SessionRejected,
     Unavailable,
 )
-from garmin_client.isolation import GarthHTTPError
 
 log = logging.getLogger(__name__)
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The requests error behind a garth one: garth wraps what requests raised in a
+    GarthHTTPError's `error` (read by name, so this module needs no garth)."""
+    inner = getattr(exc, "error", None)
+    return inner if isinstance(inner, requests.RequestException) else exc
+
+
 def http_response(exc: BaseException) -> Response | None:
     """Garmin's answer behind a garth or requests error, if there was one."""
-    if isinstance(exc, GarthHTTPError):
-        return exc.error.response
-    if isinstance(exc, requests.HTTPError):
-        return exc.response
+    cause = _cause(exc)
+    if isinstance(cause, requests.HTTPError):
+        return cause.response
     return None
 
 
@@ -95,14 +101,14 @@ def _without_answer(cause: BaseException) -> Unavailable:
 
 
 def classify(exc: BaseException, *, judging_tokens: bool) -> GarminError:
-    """The error a failed garth call means. `judging_tokens`: Garmin was judging stored
+    """The error a failed call means. `judging_tokens`: Garmin was judging stored
     tokens (exchange, API), not an email, password or MFA code."""
     if isinstance(exc, GarminError):
         return exc
     response = http_response(exc)
     if response is not None:
         return _from_status(response, judging_tokens=judging_tokens)
-    return _without_answer(exc.error if isinstance(exc, GarthHTTPError) else exc)
+    return _without_answer(_cause(exc))
 
 
 def log_failure(operation: str, error: Exception, exc: BaseException, *, routine: bool) -> None:
@@ -123,7 +129,7 @@ def log_failure(operation: str, error: Exception, exc: BaseException, *, routine
 
 
 def failure(operation: str, exc: BaseException, *, judging_tokens: bool) -> GarminError:
-    """Classify a failed garth call and log it."""
+    """Classify a failed call and log it."""
     error = classify(exc, judging_tokens=judging_tokens)
     log_failure(operation, error, exc, routine=False)
     return error

@@ -27,8 +27,11 @@ class UpstreamSettings:
         )
 
 
-def read_upstream_settings(reader: EnvReader) -> UpstreamSettings:
-    """UPSTREAM_URL, OAUTH_CONSUMER_KEY/_SECRET, UPSTREAM_TIMEOUT, UPSTREAM_RETRIES."""
+def read_upstream_settings(reader: EnvReader, *, oauth_consumer: bool = True) -> UpstreamSettings:
+    """UPSTREAM_URL, OAUTH_CONSUMER_KEY/_SECRET, UPSTREAM_TIMEOUT, UPSTREAM_RETRIES.
+
+    Without `oauth_consumer` (the worker: it only sends access tokens and signs nothing) the
+    consumer is neither read nor set."""
     base_url = reader.get("UPSTREAM_URL")
     if base_url is not None:
         if not base_url.startswith(("http://", "https://")):
@@ -37,8 +40,8 @@ def read_upstream_settings(reader: EnvReader) -> UpstreamSettings:
     return UpstreamSettings(
         # Required: a refresh signed with the wrong consumer is answered 401, which would
         # read as Garmin rejecting every session.
-        consumer_key=reader.required("OAUTH_CONSUMER_KEY"),
-        consumer_secret=reader.required("OAUTH_CONSUMER_SECRET"),
+        consumer_key=reader.required("OAUTH_CONSUMER_KEY") if oauth_consumer else "",
+        consumer_secret=reader.required("OAUTH_CONSUMER_SECRET") if oauth_consumer else "",
         base_url=base_url,
         timeout_seconds=reader.number("UPSTREAM_TIMEOUT", 10.0, minimum=0.1, maximum=300),
         retries=reader.integer("UPSTREAM_RETRIES", 2, minimum=0, maximum=10),

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="lease users' sessions and sync their activities",
         description="Environment: GARMIN_SYNC_AUTH_TARGET, GARMIN_SYNC_AUTH_TOKEN (bearer, "
-        "role worker), GARMIN_SYNC_UPSTREAM_URL, GARMIN_SYNC_OAUTH_CONSUMER_KEY/_SECRET, "
+        "role worker), GARMIN_SYNC_UPSTREAM_URL, "
         "GARMIN_SYNC_TLS_CA/_CERT/_KEY/_SERVER_NAME, GARMIN_SYNC_UPSTREAM_TIMEOUT/_RETRIES, "
         "GARMIN_SYNC_OUT, GARMIN_SYNC_SINK.",
     )
@@ -114,7 +114,7 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
     return WorkerConfig(
         auth=auth_client_config(env, args.target, args.rpc_timeout),
         sync=SyncOptions(
-            upstream=read_upstream_settings(env),
+            upstream=read_upstream_settings(env, oauth_consumer=False),
             lease_ttl=args.lease_ttl,
             backfill=timedelta(days=args.backfill_days),
             overlap=args.overlap,

@@ -6,8 +6,9 @@ UNAVAILABLE (and only that: the service answers it before anything was committed
 network failed) is retried a bounded number of times with exponential backoff and full
 jitter. Every other failure becomes an ``AuthServiceError`` (``client_errors``).
 
-Secrets: the bearer token lives only in the call metadata; leased Garmin tokens are handed
-out as ``GarminTokens``, whose repr is redacted.
+Secrets: the bearer token lives only in the call metadata; a lease's Garmin access token is
+handed out as ``AccessToken``, whose repr is redacted. The worker never gets (or sends) more
+of a session than that.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import grpc
 
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
-from garmin_client.session_proto import MalformedSession, tokens_to_proto
-from garmin_client.tokens import GarminTokens
+from garmin_client.session_proto import MalformedSession
 from sync_worker.client_errors import MALFORMED_GRANT, AuthServiceError, error_from_rpc
 from sync_worker.lease_grants import (
+    AccessToken,
     LeasedSession,
     SessionStatus,
+    read_access,
     read_datetime,
     read_grant,
     read_status,
@@ -52,7 +54,7 @@ class _WorkerStub(Protocol):
     LeaseNextSession: _Rpc[pb.LeaseNextSessionRequest, pb.LeaseNextSessionResponse]
     RenewLease: _Rpc[pb.RenewLeaseRequest, pb.RenewLeaseResponse]
     ReleaseLease: _Rpc[pb.ReleaseLeaseRequest, pb.ReleaseLeaseResponse]
-    ReportRefreshed: _Rpc[pb.ReportRefreshedRequest, pb.ReportRefreshedResponse]
+    RefreshLease: _Rpc[pb.RefreshLeaseRequest, pb.RefreshLeaseResponse]
     ReportInvalidated: _Rpc[pb.ReportInvalidatedRequest, pb.ReportInvalidatedResponse]
     GetStatus: _Rpc[pb.GetStatusRequest, pb.GetStatusResponse]
 
@@ -115,7 +117,7 @@ class AuthClient:
     def lease_session(self, user_id: str, holder: str, ttl: timedelta | None) -> LeasedSession:
         request = pb.LeaseSessionRequest(user_id=user_id, holder=holder, ttl=ttl)
         response = self._call(self._stub.LeaseSession, request, "LeaseSession")
-        return self._grant(response.lease, response.session, response.status)
+        return self._grant(response.lease, response.access, response.status)
 
     def lease_next_session(
         self, holder: str, ttl: timedelta | None, min_sync_interval: timedelta | None
@@ -127,7 +129,7 @@ class AuthClient:
         response = self._call(self._stub.LeaseNextSession, request, "LeaseNextSession")
         if not response.HasField("lease"):
             return None
-        return self._grant(response.lease, response.session, response.status)
+        return self._grant(response.lease, response.access, response.status)
 
     def renew_lease(self, lease_id: str, ttl: timedelta | None) -> datetime:
         """Extend the lease; returns its new expiry."""
@@ -140,10 +142,16 @@ class AuthClient:
         response = self._call(self._stub.ReleaseLease, request, "ReleaseLease")
         return read_status(response.status)
 
-    def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> SessionStatus:
-        request = pb.ReportRefreshedRequest(lease_id=lease_id, session=tokens_to_proto(tokens))
-        response = self._call(self._stub.ReportRefreshed, request, "ReportRefreshed")
-        return read_status(response.status)
+    def refresh_lease(self, lease_id: str, session_version: int) -> AccessToken:
+        """A fresh access token: the holder's token of `session_version` was refused."""
+        request = pb.RefreshLeaseRequest(lease_id=lease_id, session_version=session_version)
+        response = self._call(self._stub.RefreshLease, request, "RefreshLease")
+        try:
+            return read_access(response.access, response.status.session_version)
+        except MalformedSession as exc:
+            raise AuthServiceError(
+                grpc.StatusCode.INTERNAL, MALFORMED_GRANT, f"RefreshLease answered an {exc}"
+            ) from None
 
     def report_invalidated(self, lease_id: str, reason: str) -> SessionStatus:
         request = pb.ReportInvalidatedRequest(lease_id=lease_id, reason=reason[:512])
@@ -158,18 +166,18 @@ class AuthClient:
     # --- plumbing ------------------------------------------------------------------------
 
     def _grant(
-        self, lease: pb.Lease, session: pb.GarminSession, status: pb.SessionStatus
+        self, lease: pb.Lease, access: pb.AccessToken, status: pb.SessionStatus
     ) -> LeasedSession:
         try:
-            return read_grant(lease, session, status)
+            return read_grant(lease, access, status)
         except MalformedSession as exc:
             # Never happens with a sound service; do not leave the user locked until the ttl.
-            log.warning("lease for user %s: the granted session's %s", lease.user_id, exc)
+            log.warning("lease for user %s: the granted %s", lease.user_id, exc)
             self._release_quietly(lease.lease_id)
             raise AuthServiceError(
                 grpc.StatusCode.INTERNAL,
                 MALFORMED_GRANT,
-                "the service handed out a session the worker cannot read",
+                "the service handed out an access token the worker cannot read",
             ) from None
 
     def _release_quietly(self, lease_id: str) -> None:

@@ -1,8 +1,9 @@
 """What the auth service's answers mean to the worker, as our own values.
 
 The client reads each answer here once, so no protobuf message reaches the rest of the
-worker: a granted lease becomes a ``LeasedSession`` (tokens included, repr redacted) and a
-session's status a ``SessionStatus``.
+worker: a granted lease becomes a ``LeasedSession`` (its access token included, repr redacted)
+and a session's status a ``SessionStatus``. The worker never sees more of a session than an
+access token: nothing it holds outlives the token.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_client.session_proto import tokens_from_proto
-from garmin_client.tokens import GarminTokens
+from garmin_client.session_proto import DOMAINS, MalformedSession, timestamp_in_range
 
 
 class SessionState(enum.Enum):
@@ -44,8 +44,23 @@ class SessionStatus:
 
 
 @dataclass(frozen=True, repr=False)
+class AccessToken:
+    """A bearer token for connectapi.<domain> and the session version it belongs to (which
+    RefreshLease wants back). Secret: the repr hides it."""
+
+    token: str
+    token_type: str
+    expires_at: datetime
+    domain: str
+    session_version: int
+
+    def __repr__(self) -> str:
+        return f"AccessToken(<redacted>, expires_at={self.expires_at.isoformat()})"
+
+
+@dataclass(frozen=True, repr=False)
 class LeasedSession:
-    """A granted lease with the tokens to use under it."""
+    """A granted lease with the access token to use under it."""
 
     lease_id: str
     user_id: str
@@ -54,7 +69,7 @@ class LeasedSession:
     expires_at: datetime
     # How far earlier syncs got; None when never synced.
     synced_through: datetime | None
-    tokens: GarminTokens
+    access: AccessToken
     status: SessionStatus
 
     def __repr__(self) -> str:
@@ -80,12 +95,27 @@ def read_status(status: pb.SessionStatus) -> SessionStatus:
     )
 
 
-def read_grant(
-    lease: pb.Lease, session: pb.GarminSession, status: pb.SessionStatus
-) -> LeasedSession:
-    """The lease granted; MalformedSession when its tokens cannot be used."""
-    tokens = tokens_from_proto(session)
+def read_access(access: pb.AccessToken, session_version: int) -> AccessToken:
+    """The access token answered; MalformedSession when it cannot be used."""
+    if not access.token:
+        raise MalformedSession("access.token", "is empty")
+    if access.domain not in DOMAINS:
+        raise MalformedSession("access.domain", "is not a Garmin domain")
+    if not access.HasField("expires_at") or not timestamp_in_range(access.expires_at):
+        raise MalformedSession("access.expires_at", "is missing or out of range")
+    return AccessToken(
+        token=access.token,
+        token_type=access.token_type or "Bearer",
+        expires_at=read_datetime(access.expires_at),
+        domain=access.domain,
+        session_version=session_version,
+    )
+
+
+def read_grant(lease: pb.Lease, access: pb.AccessToken, status: pb.SessionStatus) -> LeasedSession:
+    """The lease granted; MalformedSession when its access token cannot be used."""
     read = read_status(status)
+    token = read_access(access, read.session_version)
     return LeasedSession(
         lease_id=lease.lease_id,
         user_id=lease.user_id,
@@ -93,7 +123,7 @@ def read_grant(
         fencing_token=lease.fencing_token,
         expires_at=read_datetime(lease.expires_at),
         synced_through=read.synced_through,
-        tokens=tokens,
+        access=token,
         status=read,
     )
 

@@ -1,16 +1,17 @@
 """One user's sync under a lease: Load (the lease) - Use (Garmin) - Update (report, release).
 
-1. The lease brings the tokens; a GarminApiSession (garmin_client's isolated garth client, one
-   per user) makes every Garmin call, passing fresh headers on each.
+1. The lease brings an access token (nothing longer-lived); every Garmin call sends it as a
+   bearer to connectapi.<domain> (sync_worker.leased_api), and a refused or expired token is
+   replaced once through RefreshLease.
 2. Activity summaries are paged from ``synced_through - overlap`` (first run: ``now -
    backfill``), newest first; with files, each activity's original file too.
 3. Each item is written to the sink idempotently, after checking the lease is still ours.
-4. Garmin refreshed the tokens during the run -> ReportRefreshed before the release.
-5. ReleaseLease with synced_through = start of the newest activity safely stored, only when
+4. ReleaseLease with synced_through = start of the newest activity safely stored, only when
    the whole window was read (a partial read must not move it past unread activities).
 
 Outcomes follow what Garmin and the service answered: a definite rejection is AUTH_EXPIRED
-(ReportInvalidated, which ends the lease); 429 is RATE_LIMITED (and pauses the whole run);
+(ReportInvalidated, which ends the lease; unless the service's own refresh found the session
+dead, which already ended it); 429 is RATE_LIMITED (and pauses the whole run);
 5xx/timeouts are retried a bounded number of times (by garmin_client.retry, the one retry
 layer), then FAILED; LEASE_LOST from any call or
 a fencing refusal from the sink is LEASE_LOST, and nothing more is written.
@@ -27,16 +28,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
-from garmin_client.api_session import GarminApiSession
+from garmin_client.connect_api import ConnectApi
 from garmin_client.errors import RateLimited, SessionRejected, Unavailable
 from garmin_client.settings import UpstreamSettings
-from garmin_client.tokens import GarminTokens
 from sync_worker.activity_list import parse_activity
 from sync_worker.client import AuthClient
 from sync_worker.client_errors import AuthServiceError
 from sync_worker.control import RunControl
 from sync_worker.keeper import LeaseGone, LeaseKeeper
 from sync_worker.lease_grants import LeasedSession
+from sync_worker.leased_api import LeasedApi, SessionEndedByService
 from sync_worker.sinks import FencingRefused, Sink, SinkError, UnsafeUserId, UserSink
 
 log = logging.getLogger(__name__)
@@ -130,36 +131,37 @@ class UserSync:
         )
         self._items = 0
         self._newest: datetime | None = None
+        self._refreshes = 0
+        # The service's refresh invalidated the session: AUTH_EXPIRED with nothing to report.
+        self._ended_by_service = False
 
     def run(self) -> UserResult:
         started = time.monotonic()
         try:
-            outcome, detail, refreshed_tokens = self._use()
+            outcome, detail = self._use()
         # A bug must cost one user, not the run, and must still end the lease.
         except Exception as exc:
             log.exception("user %s: unexpected %s", self._leased.user_id, type(exc).__name__)
-            outcome, detail, refreshed_tokens = (
-                Outcome.FAILED,
-                f"internal error ({type(exc).__name__})",
-                None,
-            )
-        outcome, detail, refreshed = self._update(outcome, detail, refreshed_tokens)
+            outcome, detail = Outcome.FAILED, f"internal error ({type(exc).__name__})"
+        outcome, detail = self._update(outcome, detail)
         return UserResult(
             user_id=self._leased.user_id,
             outcome=outcome,
             items=self._items,
-            refreshed=refreshed,
+            refreshed=self._refreshes > 0,
             seconds=time.monotonic() - started,
             detail=detail,
         )
 
     # --- Use: Garmin and the sink --------------------------------------------------------
 
-    def _use(self) -> tuple[Outcome, str, GarminTokens | None]:
+    def _use(self) -> tuple[Outcome, str]:
         self._keeper.start()
         user_sink: UserSink | None = None
+        access = self._leased.access
         try:
-            with GarminApiSession(self._leased.tokens, self._options.upstream) as api:
+            with ConnectApi(self._options.upstream, access.domain) as connect_api:
+                api = LeasedApi(connect_api, self._client, self._leased.lease_id, access)
                 try:
                     user_sink = self._sink.for_user(
                         self._leased.user_id, self._leased.fencing_token
@@ -168,6 +170,9 @@ class UserSync:
                     outcome = Outcome.SYNCED if self._items else Outcome.NOTHING_NEW
                     detail = f"{self._items} new or changed"
                 except SessionRejected as exc:
+                    outcome, detail = Outcome.AUTH_EXPIRED, str(exc)
+                except SessionEndedByService as exc:
+                    self._ended_by_service = True
                     outcome, detail = Outcome.AUTH_EXPIRED, str(exc)
                 except RateLimited as exc:
                     self._control.slow_down(exc.retry_after_seconds)
@@ -180,15 +185,17 @@ class UserSync:
                     outcome, detail = exc.outcome, str(exc)
                 except (SinkError, UnsafeUserId) as exc:
                     outcome, detail = Outcome.FAILED, f"sink: {exc}"
-                # None unless garth refreshed and the OAuth1 token is intact.
-                refreshed_tokens = api.current_tokens()
+                except AuthServiceError as exc:
+                    # RefreshLease failed in a way that is about the service, not the user.
+                    outcome, detail = self._rpc_failed(exc, "RefreshLease")
+                self._refreshes = api.refreshes
         finally:
             if user_sink is not None:
                 user_sink.close()
             self._keeper.stop()
         if self._keeper.lost and outcome is not Outcome.AUTH_EXPIRED:
             outcome, detail = Outcome.LEASE_LOST, "the service answered LEASE_LOST"
-        return outcome, detail, refreshed_tokens
+        return outcome, detail
 
     def _window_start(self) -> datetime:
         previous = self._leased.synced_through
@@ -197,7 +204,7 @@ class UserSync:
         # Devices upload late: re-read the overlap; idempotent writes make it free.
         return previous - self._options.overlap
 
-    def _read_window(self, api: GarminApiSession, user_sink: UserSink) -> None:
+    def _read_window(self, api: LeasedApi, user_sink: UserSink) -> None:
         since = self._window_start() - LOCAL_DATE_SLACK
         until = self._now() + LOCAL_DATE_SLACK
         limit = self._options.page_size
@@ -219,7 +226,7 @@ class UserSync:
             start += len(page)
         raise Unavailable("Garmin's activity list did not end")
 
-    def _store(self, api: GarminApiSession, user_sink: UserSink, raw: object) -> None:
+    def _store(self, api: LeasedApi, user_sink: UserSink, raw: object) -> None:
         activity = parse_activity(raw)
         if activity is None:
             log.warning("user %s: skipped an activity without a usable id", self._leased.user_id)
@@ -267,35 +274,24 @@ class UserSync:
             return None
         return min(max(candidates), self._now())
 
-    def _update(
-        self, outcome: Outcome, detail: str, refreshed_tokens: GarminTokens | None
-    ) -> tuple[Outcome, str, bool]:
+    def _update(self, outcome: Outcome, detail: str) -> tuple[Outcome, str]:
         lease_id = self._leased.lease_id
-        if outcome is Outcome.LEASE_LOST:
-            # Not ours any more: no report, no release.
-            return outcome, detail, False
+        if outcome is Outcome.LEASE_LOST or self._ended_by_service:
+            # Not ours any more (or ended by the service with the session): no report, no
+            # release.
+            return outcome, detail
         if outcome is Outcome.AUTH_EXPIRED:
             # Garmin definitely rejected the session: the service wipes it and ends the lease.
             try:
                 self._client.report_invalidated(lease_id, detail)
             except AuthServiceError as exc:
-                return (*self._rpc_failed(exc, "ReportInvalidated"), False)
-            return outcome, detail, False
-        refreshed = False
-        if refreshed_tokens is not None:
-            # Before anything else is released: the old access token may be gone at Garmin.
-            try:
-                self._client.report_refreshed(lease_id, refreshed_tokens)
-                refreshed = True
-            except AuthServiceError as exc:
-                if exc.lease_lost or exc.fatal:
-                    return (*self._rpc_failed(exc, "ReportRefreshed"), False)
-                log.warning("ReportRefreshed failed (%s); releasing anyway", exc.code.name)
+                return self._rpc_failed(exc, "ReportInvalidated")
+            return outcome, detail
         try:
             self._client.release_lease(lease_id, self._synced_through(outcome))
         except AuthServiceError as exc:
-            return (*self._rpc_failed(exc, "ReleaseLease"), refreshed)
-        return outcome, detail, refreshed
+            return self._rpc_failed(exc, "ReleaseLease")
+        return outcome, detail
 
     def _rpc_failed(self, exc: AuthServiceError, rpc: str) -> tuple[Outcome, str]:
         if exc.lease_lost:

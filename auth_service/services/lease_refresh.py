@@ -25,7 +25,7 @@ from auth_service.services.unit_of_work import UnitsOfWork
 
 log = logging.getLogger(__name__)
 
-REFRESH_LEASE_REJECTED = "Garmin rejected the session when its lease holder asked for a token"
+REFRESH_LEASE_REJECTED = "Garmin rejected the session's refresh for its lease holder"
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ class LeaseRefresh:
             row = uow.leases.invalidate(
                 lease_id,
                 now=uow.now,
-                reason=REFRESH_LEASE_REJECTED,
+                # The domain error's message names the step and HTTP status, never a secret.
+                reason=f"{REFRESH_LEASE_REJECTED} ({rejected})",
                 expected_version=held.session_version,
             )
             if row is not None:

@@ -62,6 +62,7 @@ def connect(
 
 
 def upstream(garmin: GarminEmulator, *, timeout: float = 2.0, retries: int = 2) -> UpstreamSettings:
+    """The service's way to Garmin (with the OAuth1 consumer: tests check what it stored)."""
     return UpstreamSettings(
         consumer_key=CONSUMER_KEY,
         consumer_secret=CONSUMER_SECRET,
@@ -305,8 +306,6 @@ def worker_env(target: str, garmin: GarminEmulator, **extra: str) -> dict[str, s
         GARMIN_SYNC_AUTH_TARGET=target,
         GARMIN_SYNC_AUTH_TOKEN=WORKER_TOKEN,
         GARMIN_SYNC_UPSTREAM_URL=garmin.url,
-        GARMIN_SYNC_OAUTH_CONSUMER_KEY=CONSUMER_KEY,
-        GARMIN_SYNC_OAUTH_CONSUMER_SECRET=CONSUMER_SECRET,
         GARMIN_SYNC_UPSTREAM_TIMEOUT="2",
         GARMIN_SYNC_UPSTREAM_RETRIES="2",
     )

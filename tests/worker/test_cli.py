@@ -109,7 +109,7 @@ def main_in_process(
 @pytest.mark.parametrize(
     ("args", "drop", "mentions"),
     [
-        (["run", "--user", "a", "--out", "x"], "GARMIN_SYNC_OAUTH_CONSUMER_SECRET", "CONSUMER"),
+        (["run", "--user", "a", "--out", "x"], "GARMIN_SYNC_AUTH_TOKEN", "AUTH_TOKEN"),
         (["run", "--user", "a", "--all", "--out", "x"], None, "--all"),
         (["run", "--out", "x"], None, "--all"),
         (["run", "--all"], None, "--out"),
@@ -122,7 +122,7 @@ def main_in_process(
         (["frobnicate"], None, "invalid choice"),
     ],
     ids=[
-        "no-consumer",
+        "no-auth-token",
         "user-and-all",
         "neither",
         "no-sink",

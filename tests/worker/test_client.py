@@ -20,12 +20,9 @@ from grpc_status import rpc_status
 
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
-from garmin_client.session_proto import tokens_from_proto, tokens_to_proto
-from garmin_client.tokens import GarminTokens
 from sync_worker.client import AuthClient, AuthClientConfig
 from sync_worker.client_errors import MALFORMED_GRANT, AuthServiceError
-from sync_worker.lease_grants import LeasedSession, SessionState, SessionStatus
-from tests.worker.test_session_proto import TOKENS
+from sync_worker.lease_grants import AccessToken, LeasedSession, SessionState, SessionStatus
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -34,6 +31,9 @@ TIMEOUT = 5.0
 ATTEMPTS = 3
 SYNCED = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 EXPIRES = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+ACCESS = pb.AccessToken(
+    token="access-1", token_type="Bearer", expires_at=EXPIRES, domain="garmin.com"
+)
 
 
 def session_status(user_id: str = "ann") -> pb.SessionStatus:
@@ -93,8 +93,8 @@ class RecordingService(pb_grpc.GarminAuthServiceServicer):
     """Answers every worker RPC soundly and notes how each call arrived."""
 
     seen: list[Seen] = field(default_factory=list)
-    refreshed: list[GarminTokens] = field(default_factory=list)
-    session: pb.GarminSession = field(default_factory=lambda: tokens_to_proto(TOKENS))
+    refreshed: list[tuple[str, int]] = field(default_factory=list)
+    access: pb.AccessToken = field(default_factory=lambda: ACCESS)
     next_due: bool = True
 
     def note(self, rpc: str, context: grpc.ServicerContext) -> None:
@@ -105,7 +105,7 @@ class RecordingService(pb_grpc.GarminAuthServiceServicer):
         self, request: pb.LeaseSessionRequest, context: grpc.ServicerContext
     ) -> pb.LeaseSessionResponse:
         self.note("LeaseSession", context)
-        return pb.LeaseSessionResponse(lease=lease(), session=self.session, status=session_status())
+        return pb.LeaseSessionResponse(lease=lease(), access=self.access, status=session_status())
 
     def LeaseNextSession(
         self, request: pb.LeaseNextSessionRequest, context: grpc.ServicerContext
@@ -114,7 +114,7 @@ class RecordingService(pb_grpc.GarminAuthServiceServicer):
         if not self.next_due:
             return pb.LeaseNextSessionResponse()
         return pb.LeaseNextSessionResponse(
-            lease=lease(), session=self.session, status=session_status()
+            lease=lease(), access=self.access, status=session_status()
         )
 
     def RenewLease(
@@ -129,12 +129,17 @@ class RecordingService(pb_grpc.GarminAuthServiceServicer):
         self.note(f"ReleaseLease {request.lease_id}", context)
         return pb.ReleaseLeaseResponse(status=session_status())
 
-    def ReportRefreshed(
-        self, request: pb.ReportRefreshedRequest, context: grpc.ServicerContext
-    ) -> pb.ReportRefreshedResponse:
-        self.note("ReportRefreshed", context)
-        self.refreshed.append(tokens_from_proto(request.session))
-        return pb.ReportRefreshedResponse(status=session_status())
+    def RefreshLease(
+        self, request: pb.RefreshLeaseRequest, context: grpc.ServicerContext
+    ) -> pb.RefreshLeaseResponse:
+        self.note("RefreshLease", context)
+        self.refreshed.append((request.lease_id, request.session_version))
+        fresh = pb.AccessToken()
+        fresh.CopyFrom(self.access)
+        fresh.token = "access-2"
+        status = session_status()
+        status.session_version += 1
+        return pb.RefreshLeaseResponse(access=fresh, status=status)
 
     def ReportInvalidated(
         self, request: pb.ReportInvalidatedRequest, context: grpc.ServicerContext
@@ -204,7 +209,8 @@ def test_every_call_carries_the_bearer_token_and_a_deadline_and_returns_our_type
         assert (granted.lease_id, granted.user_id, granted.fencing_token) == ("lease-1", "ann", 3)
         assert granted.expires_at == EXPIRES
         assert granted.synced_through == SYNCED
-        assert granted.tokens == TOKENS
+        assert granted.access == AccessToken("access-1", "Bearer", EXPIRES, "garmin.com", 7)
+        assert "access-1" not in repr(granted) + repr(granted.access)
         assert granted.status == SessionStatus(
             user_id="ann",
             state=SessionState.ACTIVE,
@@ -216,7 +222,9 @@ def test_every_call_carries_the_bearer_token_and_a_deadline_and_returns_our_type
         assert isinstance(client.lease_next_session("w1", None, None), LeasedSession)
         assert client.renew_lease("lease-1", None) == EXPIRES
         assert client.release_lease("lease-1", SYNCED) == granted.status
-        assert client.report_refreshed("lease-1", TOKENS) == granted.status
+        assert client.refresh_lease("lease-1", 7) == AccessToken(
+            "access-2", "Bearer", EXPIRES, "garmin.com", 8
+        )
         invalidated = client.report_invalidated("lease-1", "401 from Garmin")
         assert invalidated.state is SessionState.AUTH_EXPIRED
         assert invalidated.invalidated_reason == "401 from Garmin"
@@ -224,13 +232,13 @@ def test_every_call_carries_the_bearer_token_and_a_deadline_and_returns_our_type
         fake.next_due = False
         assert client.lease_next_session("w1", None, None) is None
 
-    assert fake.refreshed == [TOKENS]
+    assert fake.refreshed == [("lease-1", 7)]
     assert [seen.rpc for seen in fake.seen] == [
         "LeaseSession",
         "LeaseNextSession",
         "RenewLease",
         "ReleaseLease lease-1",
-        "ReportRefreshed",
+        "RefreshLease",
         "ReportInvalidated",
         "GetStatus",
         "LeaseNextSession",
@@ -381,10 +389,12 @@ def test_a_status_whose_details_disagree_with_the_code_keeps_code_and_message() 
 
 
 @pytest.mark.parametrize("lease_next", [False, True])
-def test_a_malformed_grant_is_released_and_reported(lease_next: bool) -> None:
-    broken = tokens_to_proto(TOKENS)
-    broken.oauth2.ClearField("access_token")
-    fake = RecordingService(session=broken)
+@pytest.mark.parametrize("breaks", ["token", "domain", "expires_at"])
+def test_a_malformed_grant_is_released_and_reported(lease_next: bool, breaks: str) -> None:
+    broken = pb.AccessToken()
+    broken.CopyFrom(ACCESS)
+    broken.ClearField(breaks)
+    fake = RecordingService(access=broken)
     with client_of(fake, []) as client:
         lease_it: Callable[[], object] = (
             (lambda: client.lease_next_session("w1", None, None))

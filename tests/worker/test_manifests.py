@@ -115,10 +115,10 @@ def test_the_worker_cronjob_never_overlaps_and_its_arguments_parse() -> None:
     assert {
         "GARMIN_SYNC_AUTH_TARGET",
         "GARMIN_SYNC_AUTH_TOKEN",
-        "GARMIN_SYNC_OAUTH_CONSUMER_KEY",
-        "GARMIN_SYNC_OAUTH_CONSUMER_SECRET",
         "GARMIN_SYNC_OUT",
     } <= env
+    # The worker signs nothing: it holds access tokens only (issue 13).
+    assert not any("CONSUMER" in name for name in env)
 
 
 def test_every_secret_reference_exists_in_the_example_secrets() -> None:

@@ -1,5 +1,6 @@
 """The sync worker end to end, in process, on SQLite and PostgreSQL: a real auth service
-over gRPC, the real garth adapter, and the Garmin emulator over HTTP."""
+over gRPC (with its real garth adapter), the worker on access tokens only, and the Garmin
+emulator over HTTP."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from auth_service.crypto import Keyring
-from auth_service.domain.models import GarminTokens, LoginSucceeded
+from auth_service.domain.models import LoginSucceeded
 from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.api_session import GarminApiSession
@@ -24,7 +25,7 @@ from garmin_emulator import (
 )
 from sync_worker.client import AuthClient
 from sync_worker.directory_sink import DirectorySink
-from sync_worker.lease_grants import SessionStatus
+from sync_worker.lease_grants import AccessToken, SessionStatus
 from tests.fixtures.servers import Replica
 
 from . import (
@@ -114,9 +115,9 @@ class RecordingClient(AuthClient):
 
     calls: list[str]
 
-    def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> SessionStatus:
-        self.calls.append("ReportRefreshed")
-        return super().report_refreshed(lease_id, tokens)
+    def refresh_lease(self, lease_id: str, session_version: int) -> AccessToken:
+        self.calls.append("RefreshLease")
+        return super().refresh_lease(lease_id, session_version)
 
     def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatus:
         self.calls.append("ReleaseLease")
@@ -127,7 +128,7 @@ class RecordingClient(AuthClient):
         return super().report_invalidated(lease_id, reason)
 
 
-def test_a_token_expiring_mid_run_is_refreshed_by_garth_and_reported_before_release(
+def test_a_token_expiring_mid_run_is_refreshed_once_through_refresh_lease(
     service: Replica, garmin: GarminEmulator, tmp_path: Path, database_url: str, keyring: Keyring
 ) -> None:
     email = connect(service, garmin, "cai", activities=6)
@@ -137,7 +138,14 @@ def test_a_token_expiring_mid_run_is_refreshed_by_garth_and_reported_before_rele
     config = make_config(service.target, garmin, tmp_path, users=("cai",), page_size=2)
     # After the first write, Garmin considers the access token expired (the service does not).
     sink = RecordingSink(DirectorySink(tmp_path))
-    sink.after_write = lambda _event: garmin.expire_access_tokens(email)
+    writes: list[object] = []
+
+    def expire_after_the_first_write(event: object) -> None:
+        writes.append(event)
+        if len(writes) == 1:
+            garmin.expire_access_tokens(email)
+
+    sink.after_write = expire_after_the_first_write
     client = RecordingClient(config.auth)
     client.calls = []
     try:
@@ -148,7 +156,9 @@ def test_a_token_expiring_mid_run_is_refreshed_by_garth_and_reported_before_rele
     assert result.outcome("cai") == "SYNCED"
     assert result.users["cai"]["items"] == 6
     assert result.users["cai"]["refreshed"] is True
-    assert client.calls == ["ReportRefreshed", "ReleaseLease"]
+    assert client.calls == ["RefreshLease", "ReleaseLease"]
+    # The login's exchange and one more, by the service: the worker holds no OAuth1 token.
+    assert garmin.exchange_count(email) == 2
     after = stored_tokens(database_url, keyring, "cai")
     assert after is not None
     assert after.oauth2.access_token != before.oauth2.access_token
@@ -174,7 +184,9 @@ def test_a_session_revoked_at_garmin_ends_auth_expired_and_is_wiped(
 
     assert result.exit_code == 0
     assert result.outcome("dan") == "AUTH_EXPIRED"
-    assert client.calls == ["ReportInvalidated"]
+    # The API's 401 makes the worker ask for a fresh token; the service's exchange is refused,
+    # so the service ends the session itself and the worker has nothing left to report.
+    assert client.calls == ["RefreshLease"]
     assert stored_row(database_url, "dan").session_ciphertext is None
     after = status(service, "dan")
     assert after.state == pb.SESSION_STATE_AUTH_EXPIRED
