@@ -140,16 +140,17 @@ class GarminAuthenticationState(Base):
     # DI sessions: when the refresh token dies unless used (NULL: unknown, e.g. just imported
     # from a token file, which makes it due for keep-alive at once). NULL for garth sessions.
     refresh_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # Added by migration 0006. The authenticated caller (callers file name) that obtained the
-    # lease: holder calls from any other caller answer LEASE_LOST, so a lease id that leaked
-    # to another worker is of no use to it. NULL whenever lease_id is.
-    lease_caller: Mapped[str | None] = mapped_column(String(CALLER_LENGTH))
 
     # Added by migration 0005. A claim on the session's next refresh (random id, expiry): one
     # replica at a time calls Garmin for it, because DI refresh tokens rotate and a second
     # refresh with the same token loses the account. Cleared whenever the tokens change.
     refresh_claim_id: Mapped[str | None] = mapped_column(String(CLAIM_ID_LENGTH))
     refresh_claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # Added by migration 0007. The authenticated caller (callers file name) that obtained the
+    # lease: holder calls from any other caller answer LEASE_LOST, so a lease id that leaked
+    # to another worker is of no use to it. NULL whenever lease_id is.
+    lease_caller: Mapped[str | None] = mapped_column(String(CALLER_LENGTH))
 
     __table_args__ = (
         # LeaseNextSession walks ACTIVE sessions in sync order (never synced first, then the

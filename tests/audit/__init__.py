@@ -163,10 +163,13 @@ def connect(
     return tokens
 
 
-def lease(service: Replica, user_id: str, holder: str = "w-1") -> pb.LeaseSessionResponse:
+def lease(
+    service: Replica, user_id: str, holder: str = "w-1", role: str = "worker"
+) -> pb.LeaseSessionResponse:
+    """A grant; role "worker_full" for the full session (and ReportRefreshed under it)."""
     return cast(
         pb.LeaseSessionResponse,
         service.call(
-            "LeaseSession", pb.LeaseSessionRequest(user_id=user_id, holder=holder), role="worker"
+            "LeaseSession", pb.LeaseSessionRequest(user_id=user_id, holder=holder), role=role
         ),
     )

@@ -24,7 +24,7 @@ from tests.audit import (
 )
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 
-ADMIN, WORKER = "admin-caller", "worker-caller"
+ADMIN, WORKER, WORKER_FULL = "admin-caller", "worker-caller", "worker_full-caller"
 UNKNOWN_LEASE_ID = "A" * 32
 
 
@@ -261,25 +261,25 @@ def test_reports_under_a_live_lease(
     service: Replica, garmin: GarminEmulator, log: AuditLog
 ) -> None:
     connect(service, garmin, "max")
-    granted = lease(service, "max")
+    granted = lease(service, "max", role="worker_full")
     grant = granted.lease
     log.mark()
     service.call(
         "ReportRefreshed",
         pb.ReportRefreshedRequest(lease_id=grant.lease_id, session=granted.session),
-        role="worker",
+        role="worker_full",
     )
     event = log.one()
-    assert event.summary == (WORKER, "ReportRefreshed", "max", "OK", "OK")
+    assert event.summary == (WORKER_FULL, "ReportRefreshed", "max", "OK", "OK")
     assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
 
     service.call(
         "ReportInvalidated",
         pb.ReportInvalidatedRequest(lease_id=grant.lease_id, reason="401 from the API"),
-        role="worker",
+        role="worker_full",
     )
     event = log.one()
-    assert event.summary == (WORKER, "ReportInvalidated", "max", "OK", "OK")
+    assert event.summary == (WORKER_FULL, "ReportInvalidated", "max", "OK", "OK")
     assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
 
 
@@ -287,21 +287,29 @@ def test_reports_under_a_dead_lease_are_recorded_as_lease_lost(
     service: Replica, garmin: GarminEmulator, log: AuditLog
 ) -> None:
     connect(service, garmin, "ned")
-    granted = lease(service, "ned")
+    granted = lease(service, "ned", role="worker_full")
     grant = granted.lease
-    service.call("ReleaseLease", pb.ReleaseLeaseRequest(lease_id=grant.lease_id), role="worker")
+    service.call(
+        "ReleaseLease", pb.ReleaseLeaseRequest(lease_id=grant.lease_id), role="worker_full"
+    )
     log.mark()
 
     refused = expect_failure(
         lambda: service.call(
             "ReportRefreshed",
             pb.ReportRefreshedRequest(lease_id=grant.lease_id, session=granted.session),
-            role="worker",
+            role="worker_full",
         )
     )
     assert refused.reason == "LEASE_LOST"
     event = log.one()
-    assert event.summary == (WORKER, "ReportRefreshed", "ned", "FAILED_PRECONDITION", "LEASE_LOST")
+    assert event.summary == (
+        WORKER_FULL,
+        "ReportRefreshed",
+        "ned",
+        "FAILED_PRECONDITION",
+        "LEASE_LOST",
+    )
     # Named by the lease's grant, even though the row no longer holds that lease.
     assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
 
@@ -309,13 +317,13 @@ def test_reports_under_a_dead_lease_are_recorded_as_lease_lost(
         lambda: service.call(
             "ReportInvalidated",
             pb.ReportInvalidatedRequest(lease_id=grant.lease_id, reason="401"),
-            role="worker",
+            role="worker_full",
         )
     )
     assert refused.reason == "LEASE_LOST"
     event = log.one()
     assert event.summary == (
-        WORKER,
+        WORKER_FULL,
         "ReportInvalidated",
         "ned",
         "FAILED_PRECONDITION",

@@ -54,21 +54,23 @@ def _every_audited_flow(service: Replica, garmin: GarminEmulator) -> set[str]:
     connect(service, garmin, "cal", expired=True)
     service.call("GetStatus", pb.GetStatusRequest(user_id="cal", validate=True))
     connect(service, garmin, "dee", expired=True)
-    granted = lease(service, "dee")
+    granted = lease(service, "dee", role="worker_full")
     grant = granted.lease
-    service.call("RenewLease", pb.RenewLeaseRequest(lease_id=grant.lease_id), role="worker")
+    service.call("RenewLease", pb.RenewLeaseRequest(lease_id=grant.lease_id), role="worker_full")
     service.call(
         "ReportRefreshed",
         pb.ReportRefreshedRequest(lease_id=grant.lease_id, session=granted.session),
-        role="worker",
+        role="worker_full",
     )
-    service.call("ReleaseLease", pb.ReleaseLeaseRequest(lease_id=grant.lease_id), role="worker")
+    service.call(
+        "ReleaseLease", pb.ReleaseLeaseRequest(lease_id=grant.lease_id), role="worker_full"
+    )
     # Reports under the dead lease (recorded as LEASE_LOST).
     expect_failure(
         lambda: service.call(
             "ReportRefreshed",
             pb.ReportRefreshedRequest(lease_id=grant.lease_id, session=granted.session),
-            role="worker",
+            role="worker_full",
         )
     )
     nxt = service.call("LeaseNextSession", pb.LeaseNextSessionRequest(holder="w"), role="worker")

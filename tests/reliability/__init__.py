@@ -91,12 +91,16 @@ def answer_of(call: Callable[[], Any]) -> tuple[tuple[str, str], Any]:
 # --- fake sessions ---------------------------------------------------------------------------
 
 
-def fake_tokens(marker: str, *, expires_at: datetime | None = None) -> GarminTokens:
+def fake_tokens(
+    marker: str, *, expires_at: datetime | None = None, account: str | None = None
+) -> GarminTokens:
     """A well-formed Garmin session that Garmin never issued (for tests that never call
-    Garmin with it). `marker` makes it recognisable in the database afterwards."""
+    Garmin with it). `marker` makes it recognisable in the database afterwards; `account`
+    (default: the marker) names its OAuth1 token, which a refresh of it keeps."""
     expires = expires_at or datetime.now(UTC) + timedelta(days=365)
+    owner = account or marker
     return GarminTokens(
-        oauth1=OAuth1Token(oauth_token=f"oauth1-{marker}", oauth_token_secret=f"secret-{marker}"),
+        oauth1=OAuth1Token(oauth_token=f"oauth1-{owner}", oauth_token_secret=f"secret-{owner}"),
         oauth2=OAuth2Token(
             scope="CONNECT_READ",
             jti=f"jti-{marker}",
@@ -109,8 +113,10 @@ def fake_tokens(marker: str, *, expires_at: datetime | None = None) -> GarminTok
     )
 
 
-def session_proto(marker: str, *, expires_at: datetime | None = None) -> pb.GarminSession:
-    return tokens_to_proto(fake_tokens(marker, expires_at=expires_at))
+def session_proto(
+    marker: str, *, expires_at: datetime | None = None, account: str | None = None
+) -> pb.GarminSession:
+    return tokens_to_proto(fake_tokens(marker, expires_at=expires_at, account=account))
 
 
 # --- clocks ----------------------------------------------------------------------------------

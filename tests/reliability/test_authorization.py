@@ -66,6 +66,7 @@ def requests(lease_id: str) -> dict[str, Any]:
         "LeaseSession": pb.LeaseSessionRequest(user_id="victim", holder="intruder"),
         "LeaseNextSession": pb.LeaseNextSessionRequest(holder="intruder"),
         "RenewLease": pb.RenewLeaseRequest(lease_id=lease_id),
+        "RefreshLease": pb.RefreshLeaseRequest(lease_id=lease_id, session_version=1),
         "ReleaseLease": pb.ReleaseLeaseRequest(lease_id=lease_id, synced_through=synced),
         "ReportRefreshed": pb.ReportRefreshedRequest(
             lease_id=lease_id, session=session_proto("intruder")

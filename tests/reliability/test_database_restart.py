@@ -166,7 +166,8 @@ def lease_loop(
     rng = random.Random(index)  # noqa: S311 - spreads load, guards nothing
     stubs = [replica.stub for replica in replicas]
     ttl = duration_pb2.Duration(seconds=TTL_SECONDS)
-    metadata = bearer("worker")
+    # worker_full: these workers report refreshed tokens themselves (a legacy worker).
+    metadata = bearer("worker_full")
     count = 0
     while not stop.is_set():
         user, stub = rng.choice(USERS), rng.choice(stubs)
@@ -192,7 +193,8 @@ def lease_loop(
         count += 1
         marker = f"w{index}-{count}-{secrets.token_hex(4)}"
         stub = rng.choice(stubs)
-        report = pb.ReportRefreshedRequest(lease_id=lease.lease_id, session=session_proto(marker))
+        refreshed = session_proto(marker, account=user)
+        report = pb.ReportRefreshedRequest(lease_id=lease.lease_id, session=refreshed)
         outcome, _ = ledger.call(
             "ReportRefreshed",
             partial(stub.ReportRefreshed, report, metadata=metadata, timeout=RPC_TIMEOUT_SECONDS),

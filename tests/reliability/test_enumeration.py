@@ -66,7 +66,7 @@ def login(replica: Replica, user: str, password: str = PASSWORD) -> Any:
 def lease(replica: Replica, user: str, holder: str, ttl: int = 60) -> pb.Lease:
     request = pb.LeaseSessionRequest(user_id=user, holder=holder)
     request.ttl.seconds = ttl
-    answer: pb.LeaseSessionResponse = replica.call("LeaseSession", request, role="worker")
+    answer: pb.LeaseSessionResponse = replica.call("LeaseSession", request, role="worker_full")
     return answer.lease
 
 
@@ -92,12 +92,12 @@ def test_dead_and_guessed_lease_ids_are_answered_alike(replicas: tuple[Replica, 
         "invalidated": (invalidated := lease(now, "u-invalid", "w1")).lease_id,
         "deleted": lease(now, "u-deleted", "w1").lease_id,
     }
-    now.call("ReleaseLease", pb.ReleaseLeaseRequest(lease_id=released.lease_id), role="worker")
+    now.call("ReleaseLease", pb.ReleaseLeaseRequest(lease_id=released.lease_id), role="worker_full")
     live = lease(later, "u-taken", "w2")  # a takeover, two hours on
     now.call(
         "ReportInvalidated",
         pb.ReportInvalidatedRequest(lease_id=invalidated.lease_id, reason="401"),
-        role="worker",
+        role="worker_full",
     )
     now.call("DeleteSession", pb.DeleteSessionRequest(user_id="u-deleted"))
     guesses = {
@@ -110,6 +110,7 @@ def test_dead_and_guessed_lease_ids_are_answered_alike(replicas: tuple[Replica, 
     synced.GetCurrentTime()
     calls = {
         "RenewLease": lambda lease_id: pb.RenewLeaseRequest(lease_id=lease_id),
+        "RefreshLease": lambda lease_id: pb.RefreshLeaseRequest(lease_id=lease_id),
         "ReleaseLease": lambda lease_id: pb.ReleaseLeaseRequest(
             lease_id=lease_id, synced_through=synced
         ),
@@ -127,7 +128,7 @@ def test_dead_and_guessed_lease_ids_are_answered_alike(replicas: tuple[Replica, 
     for rpc, build in calls.items():
         answers = {
             (replica is now, name): failure(
-                partial(replica.call, rpc, build(lease_id), role="worker")
+                partial(replica.call, rpc, build(lease_id), role="worker_full")
             )
             for replica, name, lease_id in asked
         }
@@ -214,7 +215,7 @@ def test_unknown_and_never_connected_users_are_answered_alike(
     refusals = {
         user: failure(
             lambda user=user: now.call(
-                "LeaseSession", pb.LeaseSessionRequest(user_id=user, holder="w"), role="worker"
+                "LeaseSession", pb.LeaseSessionRequest(user_id=user, holder="w"), role="worker_full"
             )
         )
         for user in (unknown, near_guess, "tried", "gone")

@@ -224,7 +224,8 @@ def test_replica_killed_mid_lease_grant(
         request = pb.LeaseSessionRequest(
             user_id=user, holder=holder, ttl=duration_pb2.Duration(seconds=5)
         )
-        return replica.call("LeaseSession", request, role="worker")
+        # worker_full: the grant's full session shows what the survivor refreshed.
+        return replica.call("LeaseSession", request, role="worker_full")
 
     # fay's lease is granted by the doomed replica and is in use when it dies.
     fay_lease = lease(doomed, "fay", "worker-a").lease
@@ -236,7 +237,7 @@ def test_replica_killed_mid_lease_grant(
         pb.LeaseSessionRequest(
             user_id="eve", holder="worker-a", ttl=duration_pb2.Duration(seconds=5)
         ),
-        "worker",
+        "worker_full",
     )
     kill_while_inside_garmin(doomed, garmin, EXCHANGE_PATH, arrivals=exchanges + 1)
     assert cut_off(call)[0] == "UNAVAILABLE"
@@ -287,7 +288,9 @@ def test_replica_killed_mid_lease_grant(
     # The dead replica's caller, should it ever come back, holds nothing.
     late = expect_failure(
         lambda: survivor.call(
-            "ReleaseLease", pb.ReleaseLeaseRequest(lease_id=fay_lease.lease_id), role="worker"
+            "ReleaseLease",
+            pb.ReleaseLeaseRequest(lease_id=fay_lease.lease_id),
+            role="worker_full",
         )
     )
     assert (late.code, late.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST")

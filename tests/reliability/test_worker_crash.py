@@ -32,7 +32,7 @@ from sync_worker.sinks import FencingRefused
 from tests.fixtures.servers import Replica, expect_failure
 from tests.worker import WORKER_SCRIPT, connect, status, summaries, worker_env
 
-from . import audit_events, record_figures, session_proto, stored_row, wait_until
+from . import audit_events, record_figures, stored_row, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,15 +91,12 @@ def wait_for_lease_and_a_write(
 
 
 def late_calls(lease_id: str) -> list[tuple[str, Any]]:
-    """Every call a holder makes with its lease, as a stalled holder would make them late."""
+    """Every call a worker makes with its lease, as a stalled holder would make them late."""
     synced = timestamp_pb2.Timestamp()
     synced.FromDatetime(datetime.now(UTC))
     return [
         ("RenewLease", pb.RenewLeaseRequest(lease_id=lease_id)),
-        (
-            "ReportRefreshed",
-            pb.ReportRefreshedRequest(lease_id=lease_id, session=session_proto("late")),
-        ),
+        ("RefreshLease", pb.RefreshLeaseRequest(lease_id=lease_id, session_version=1)),
         ("ReportInvalidated", pb.ReportInvalidatedRequest(lease_id=lease_id, reason="401 late")),
         ("ReleaseLease", pb.ReleaseLeaseRequest(lease_id=lease_id, synced_through=synced)),
     ]

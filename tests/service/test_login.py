@@ -227,7 +227,7 @@ def test_failed_and_pending_relogin_keep_the_active_session(
     grant = service.call(
         "LeaseSession", pb.LeaseSessionRequest(user_id="hal", holder="worker-1"), role="worker"
     )
-    assert grant.session.oauth2.access_token
+    assert grant.access.token
 
 
 def test_garmin_rate_limit_and_outage_answer_retryable_errors(

@@ -167,7 +167,7 @@ def test_import_from_a_real_garth_dumps_string(service: Replica, garmin: GarminE
     ).status
     assert status.state == pb.SESSION_STATE_ACTIVE
     grant = service.call(
-        "LeaseSession", pb.LeaseSessionRequest(user_id="gil", holder="w"), role="worker"
+        "LeaseSession", pb.LeaseSessionRequest(user_id="gil", holder="w"), role="worker_full"
     )
     dumped_oauth1, dumped_oauth2 = json.loads(base64.b64decode(dumped))
     assert grant.session.oauth1.oauth_token == dumped_oauth1["oauth_token"]
