@@ -10,6 +10,7 @@ the generated stubs (garmin_auth) and its own code alone (an import-linter contr
   to ``*_UPSTREAM_URL``), the one retry layer, and the hook the service's metrics count with.
 * ``isolation``: garth defused; the only module that imports garth. ``garth_tokens`` converts
   our tokens to garth's and back; ``endpoints`` names Garmin's paths.
-* ``api_session``: authenticated Connect API GETs as one user (the worker's Garmin calls).
+* ``connect_api``: Connect API GETs with an access token only (the worker's Garmin calls; no
+  garth). ``api_session``: the same through garth with a whole session, refreshing by itself.
 * ``user_ids``: the user-id rule; ``logging_setup``: JSON logs with redaction.
 """

@@ -39,6 +39,7 @@ def run_script(
         **os.environ,
         "PATH": f"{Path(grpcurl_binary()).parent}{os.pathsep}{os.environ['PATH']}",
         "ADMIN_TOKEN": ROLE_TOKENS["admin"],
+        "WORKER_TOKEN": ROLE_TOKENS["worker"],
         **(extra_env or {}),
     }
     return subprocess.run(
@@ -71,6 +72,9 @@ def test_readme_examples_run_against_a_live_server(
     assert "SESSION_KIND_DI_OAUTH2" in out  # ExchangeServiceTicket
     # grpcurl before 1.8.7 prints proto field names, later releases JSON names.
     assert '"last_validated_at"' in out or '"lastValidatedAt"' in out
+    # RefreshLease answered the worker an access token, and nothing of the session.
+    assert '"access"' in out
+    assert '"oauth1"' not in out
 
 
 def test_grpcurl_without_token_and_with_wrong_role(service: Replica) -> None:
