@@ -416,8 +416,8 @@ def profile_round(args: argparse.Namespace, stack: Stack) -> tuple[WorkerRun, Pa
 THREAD_TIME: tuple[tuple[str, str], ...] = (
     ("LeaseNextSession (gRPC call, waiting included)", "AuthClient.lease_next_session"),
     ("ReleaseLease (gRPC call, waiting included)", "AuthClient.release_lease"),
-    ("Garmin: activity list (HTTP, its 50 ms included)", "GarminApiSession.get_json"),
-    ("Garmin: client set-up and close", "GarminApiSession."),
+    ("Garmin: activity list (HTTP, its 50 ms included)", "ConnectApi.get_json"),
+    ("Garmin: client set-up and close", "ConnectApi."),
     ("sink: summaries (temp file, fsync, rename, fence)", "_DirectoryUserSink.write_summary"),
     ("sink: flush (directory fsync)", "_DirectoryUserSink.flush"),
     ("sink: claim and close (fence file)", "_DirectoryUserSink"),

@@ -11,6 +11,6 @@ the generated stubs (garmin_auth) and its own code alone (an import-linter contr
 * ``isolation``: garth defused; the only module that imports garth. ``garth_tokens`` converts
   our tokens to garth's and back; ``endpoints`` names Garmin's paths.
 * ``connect_api``: Connect API GETs with an access token only (the worker's Garmin calls; no
-  garth). ``api_session``: the same through garth with a whole session, refreshing by itself.
+  garth).
 * ``user_ids``: the user-id rule; ``logging_setup``: JSON logs with redaction.
 """

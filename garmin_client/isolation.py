@@ -174,7 +174,7 @@ class _NoTelemetry(Telemetry):
 
 
 class IsolatedClient(garth.Client):
-    """A garth.Client for one call (or one GarminApiSession).
+    """A garth.Client for one call.
 
     Reads nothing from the environment, writes no files, sends no telemetry, and sends
     every request through UpstreamTransport.

@@ -18,7 +18,7 @@ from auth_service.storage.database import create_engine_for
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_client.api_session import GarminApiSession
+from garmin_client.connect_api import ConnectApi
 from garmin_emulator import GarminEmulator
 from tests.fixtures.logs import RecordingHandler
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
@@ -59,8 +59,9 @@ def test_login_without_mfa_stores_an_encrypted_active_session(
     assert row.session_ciphertext is not None
     tokens = SecretBox(keyring).open_tokens("ann", row.session_ciphertext)
     # The stored tokens are the ones Garmin issued: Garmin accepts them.
-    with GarminApiSession(tokens, service.running.application.settings.upstream) as api:
-        assert api.get_json("/userprofile-service/socialProfile")["userName"]
+    with ConnectApi(service.running.application.settings.upstream, tokens.domain) as api:
+        profile = api.get_json("/userprofile-service/socialProfile", tokens.oauth2.access_token)
+        assert profile["userName"]
     assert PASSWORD.encode() not in row.session_ciphertext
     assert tokens.oauth2.access_token.encode() not in row.session_ciphertext
 

@@ -20,7 +20,7 @@ from oauthlib.oauth1 import Client as OAuth1Client
 from auth_service.domain.errors import GarminCredentialsRejected
 from auth_service.domain.models import LoginSucceeded
 from auth_service.upstream.garth.provider import GarthUpstream
-from garmin_client.api_session import GarminApiSession
+from garmin_client.connect_api import ConnectApi
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import (
     ACTIVITIES_PATH,
@@ -326,8 +326,9 @@ def test_cli_adds_latency_and_users_from_a_file_and_reports_request_counts(
         before = requests.get(f"{url}{REQUEST_COUNTS_PATH}", timeout=TIMEOUT).json()
 
         started = time.perf_counter()
-        with GarminApiSession(login.tokens, settings) as api:
-            listed = api.get_json(ACTIVITIES_PATH, {"start": 0, "limit": 100})
+        with ConnectApi(settings, login.tokens.domain) as api:
+            token = login.tokens.oauth2.access_token
+            listed = api.get_json(ACTIVITIES_PATH, token, {"start": 0, "limit": 100})
         elapsed = time.perf_counter() - started
         after = requests.get(f"{url}{REQUEST_COUNTS_PATH}", timeout=TIMEOUT).json()
 

@@ -18,9 +18,9 @@ import pytest
 from auth_service.domain.models import GarminTokens, LoginNeedsMfa
 from auth_service.upstream.garth.dumps import tokens_from_garth_dumps, tokens_to_garth_dumps
 from auth_service.upstream.garth.provider import GarthUpstream
-from garmin_client.api_session import GarminApiSession
+from garmin_client.isolation import client_for_call
 from garmin_client.settings import UpstreamSettings
-from garmin_emulator import ACTIVITIES_PATH, EmulatedUser, GarminEmulator
+from garmin_emulator import EmulatedUser, GarminEmulator
 
 from .conftest import PASSWORD, expired_everywhere, login_tokens
 
@@ -52,11 +52,8 @@ def test_garth_environment_does_not_affect_the_adapter(
     upstream.resume_mfa(pending.pending, mfa_user.mfa_code)
     refreshed = upstream.refresh(tokens)
     upstream.validate(expired_everywhere(emulator, refreshed, user.email), allow_refresh=True)
-    with GarminApiSession(tokens, settings) as session:
-        session.get_json(ACTIVITIES_PATH)
-        client = session._client
+    with client_for_call(settings, tokens.domain) as client:
         assert client.telemetry.enabled is False
-        assert client.oauth1_token is not None
         assert client.sess.hooks["response"] == []
 
     assert not garth_home.exists()

@@ -9,7 +9,7 @@ import pytest
 
 from auth_service.domain.errors import GarminUnavailable
 from auth_service.upstream.garth.provider import GarthUpstream
-from garmin_client.api_session import GarminApiSession
+from garmin_client.connect_api import ConnectApi
 from garmin_client.errors import RateLimited, Unavailable
 from garmin_client.tokens import GarminTokens
 from garmin_emulator import ACTIVITIES_PATH, EXCHANGE_PATH, GarminEmulator
@@ -26,8 +26,8 @@ def test_one_failing_get_makes_retries_plus_one_requests(
     emulator.fail_next(ACTIVITIES_PATH, 503, count=100)
 
     settings = make_settings(emulator, retries=retries)
-    with GarminApiSession(tokens, settings) as session, pytest.raises(Unavailable, match="503"):
-        session.get_json(ACTIVITIES_PATH)
+    with ConnectApi(settings, tokens.domain) as session, pytest.raises(Unavailable, match="503"):
+        session.get_json(ACTIVITIES_PATH, tokens.oauth2.access_token)
 
     assert emulator.request_count(ACTIVITIES_PATH) == retries + 1
 
@@ -41,8 +41,8 @@ def test_a_hanging_get_is_bounded_in_attempts_and_time(
 
     settings = make_settings(emulator, timeout_seconds=timeout, retries=retries)
     late = pytest.raises(Unavailable, match="did not answer in time")
-    with GarminApiSession(tokens, settings) as session, late:
-        session.get_json(ACTIVITIES_PATH)
+    with ConnectApi(settings, tokens.domain) as session, late:
+        session.get_json(ACTIVITIES_PATH, tokens.oauth2.access_token)
 
     # (retries + 1) * timeout, backoff included, plus the time it takes to notice.
     assert time.monotonic() - started < timeout * (retries + 1) + 0.5
@@ -53,8 +53,8 @@ def test_a_429_is_never_repeated(emulator: GarminEmulator, tokens: GarminTokens)
     emulator.fail_next(ACTIVITIES_PATH, 429, count=100, retry_after=7)
 
     settings = make_settings(emulator, retries=2)
-    with GarminApiSession(tokens, settings) as session, pytest.raises(RateLimited) as caught:
-        session.get_json(ACTIVITIES_PATH)
+    with ConnectApi(settings, tokens.domain) as session, pytest.raises(RateLimited) as caught:
+        session.get_json(ACTIVITIES_PATH, tokens.oauth2.access_token)
 
     assert caught.value.retry_after_seconds == 7
     assert emulator.request_count(ACTIVITIES_PATH) == 1

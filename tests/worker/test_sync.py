@@ -15,7 +15,7 @@ from auth_service.crypto import Keyring
 from auth_service.domain.models import LoginSucceeded
 from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_client.api_session import GarminApiSession
+from garmin_client.connect_api import ConnectApi
 from garmin_client.session_proto import tokens_to_proto
 from garmin_emulator import (
     ACTIVITIES_PATH,
@@ -106,8 +106,8 @@ def test_an_expired_refreshable_session_is_refreshed_and_persisted(
     assert garmin.exchange_count(email) == 1
     assert result.users["bea"]["refreshed"] is False
     # The persisted tokens are the ones Garmin accepts now.
-    with GarminApiSession(stored, upstream(garmin)) as api:
-        assert api.get_json(PROFILE_PATH)["userName"] == email
+    with ConnectApi(upstream(garmin), stored.domain) as api:
+        assert api.get_json(PROFILE_PATH, stored.oauth2.access_token)["userName"] == email
 
 
 class RecordingClient(AuthClient):
@@ -164,8 +164,8 @@ def test_a_token_expiring_mid_run_is_refreshed_once_through_refresh_lease(
     assert after.oauth2.access_token != before.oauth2.access_token
     assert after.oauth1 == before.oauth1
     assert status(service, "cai").session_version == version_before + 1
-    with GarminApiSession(after, upstream(garmin)) as api:
-        assert api.get_json(PROFILE_PATH)["userName"] == email
+    with ConnectApi(upstream(garmin), after.domain) as api:
+        assert api.get_json(PROFILE_PATH, after.oauth2.access_token)["userName"] == email
 
 
 def test_a_session_revoked_at_garmin_ends_auth_expired_and_is_wiped(
