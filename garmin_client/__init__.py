@@ -8,9 +8,8 @@ the generated stubs (garmin_auth) and its own code alone (an import-linter contr
 * ``settings`` / ``env``: how to reach Garmin, and the environment reader both sides use.
 * ``transport`` / ``retry`` / ``observe``: the HTTP adapter every request goes through (routing
   to ``*_UPSTREAM_URL``), the one retry layer, and the hook the service's metrics count with.
-* ``isolation``: garth defused; the only module that imports garth. ``garth_tokens`` converts
-  our tokens to garth's and back; ``endpoints`` names Garmin's paths.
-* ``connect_api``: Connect API GETs with an access token only (the worker's Garmin calls; no
-  garth).
+* ``endpoints``: Garmin's paths. No module here imports garth (the service's garth provider
+  holds garth's isolation: auth_service.upstream.garth).
+* ``connect_api``: Connect API GETs with an access token only (the worker's Garmin calls).
 * ``user_ids``: the user-id rule; ``logging_setup``: JSON logs with redaction.
 """

@@ -4,7 +4,7 @@ service signs in to Garmin and keeps a session alive.
 * ``di/``: Garmin's current DI OAuth2 sign-in (new logins, service tickets, rotating refresh
   tokens).
 * ``garth/``: Garmin's legacy SSO login (with MFA) and the OAuth1 -> OAuth2 exchange, through
-  garth 0.8.0 (isolated by garmin_client.isolation); existing sessions keep working on it.
+  garth 0.8.0 (isolated by ``garth/isolation``); existing sessions keep working on it.
 * ``router``: the port over both, as the composition root (auth_service.server) wires it.
 * ``observer``: how every provider's requests reach the service's metrics.
 

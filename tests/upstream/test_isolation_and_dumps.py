@@ -17,8 +17,8 @@ import pytest
 
 from auth_service.domain.models import GarminTokens, LoginNeedsMfa
 from auth_service.upstream.garth.dumps import tokens_from_garth_dumps, tokens_to_garth_dumps
+from auth_service.upstream.garth.isolation import client_for_call
 from auth_service.upstream.garth.provider import GarthUpstream
-from garmin_client.isolation import client_for_call
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import EmulatedUser, GarminEmulator
 
@@ -64,7 +64,7 @@ def test_garth_environment_does_not_affect_the_adapter(
 def test_import_hides_garth_environment_and_restores_it() -> None:
     # Both set makes garth's import-time global Client() raise: the import must not see them.
     code = (
-        "import os, garmin_client.isolation, garth; "
+        "import os, auth_service.upstream.garth.isolation, garth; "
         "print(os.environ['GARTH_HOME'], os.environ['GARTH_TOKEN'], "
         "os.environ['garth_telemetry_enabled'], garth.client.oauth1_token)"
     )

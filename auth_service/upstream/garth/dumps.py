@@ -9,9 +9,9 @@ import json
 import time
 from typing import Any
 
+from auth_service.upstream.garth.isolation import GarthOAuth1Token, GarthOAuth2Token, garth_asdict
+from auth_service.upstream.garth.tokens import oauth1_to_garth, oauth2_to_garth, tokens_from_garth
 from garmin_client.endpoints import DEFAULT_DOMAIN
-from garmin_client.garth_tokens import oauth1_to_garth, oauth2_to_garth, tokens_from_garth
-from garmin_client.isolation import GarthOAuth1Token, GarthOAuth2Token, garth_asdict
 from garmin_client.tokens import GarminTokens
 
 

@@ -1,7 +1,7 @@
 """``GarminUpstream`` with garth: login and MFA (auth_service.upstream.garth.sso), the OAuth1
 -> OAuth2 exchange, and validation against the Connect API.
 
-One isolated garth client per call (garmin_client.isolation), so it is thread-safe. Raises
+One isolated garth client per call (``isolation``), so it is thread-safe. Raises
 only the domain's ``UpstreamError`` subclasses, with messages that never contain a token,
 password, cookie or ticket. Every request to Garmin is counted by the listener of the RPC in
 progress (auth_service.upstream.observer), if any.
@@ -15,13 +15,18 @@ from typing import Final
 from auth_service.domain.clock import Clock, SystemClock
 from auth_service.domain.models import LoginResult, PendingMfa
 from auth_service.upstream.garth.errors import domain_errors
+from auth_service.upstream.garth.isolation import (
+    GARTH_FAILURES,
+    IsolatedClient,
+    client_for_call,
+    garth,
+)
 from auth_service.upstream.garth.sso import resume, sign_in
+from auth_service.upstream.garth.tokens import bearer, oauth1_to_garth, oauth2_from_garth
 from auth_service.upstream.observer import RpcListenerObserver
 from garmin_client.answers import failure
 from garmin_client.endpoints import DEFAULT_DOMAIN, PROFILE_PATH
 from garmin_client.errors import AccessTokenRejected, Unavailable
-from garmin_client.garth_tokens import bearer, oauth1_to_garth, oauth2_from_garth
-from garmin_client.isolation import GARTH_FAILURES, IsolatedClient, client_for_call, garth
 from garmin_client.settings import UpstreamSettings
 from garmin_client.tokens import GarminTokens, OAuth2Token
 

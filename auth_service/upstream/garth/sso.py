@@ -25,10 +25,15 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.models import LoginNeedsMfa, LoginResult, LoginSucceeded, PendingMfa
 from auth_service.upstream.garth.errors import as_domain
+from auth_service.upstream.garth.isolation import (
+    GARTH_FAILURES,
+    GarthException,
+    IsolatedClient,
+    garth,
+)
+from auth_service.upstream.garth.tokens import tokens_from_garth
 from garmin_client.answers import failure, http_response, log_failure
 from garmin_client.endpoints import EXCHANGE_PATH, LOGIN_PATH, PREAUTHORIZED_PATH, VERIFY_MFA_PATH
-from garmin_client.garth_tokens import tokens_from_garth
-from garmin_client.isolation import GARTH_FAILURES, GarthException, IsolatedClient, garth
 from garmin_client.tokens import GarminTokens
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from auth_service.upstream.garth.isolation import GarthOAuth1Token, GarthOAuth2Token
 from garmin_client.errors import Unavailable
-from garmin_client.isolation import GarthOAuth1Token, GarthOAuth2Token
 from garmin_client.tokens import GarminTokens, OAuth1Token, OAuth2Token
 
 
