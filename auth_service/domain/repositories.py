@@ -213,18 +213,10 @@ class LeaseRepository(Protocol):
     ) -> SessionRow | None: ...
 
     def store_refreshed(
-        self,
-        lease_id: str,
-        *,
-        user_id: str,
-        tokens: GarminTokens,
-        now: datetime,
-        expected_version: int | None = None,
+        self, lease_id: str, *, user_id: str, tokens: GarminTokens, now: datetime
     ) -> SessionRow | None: ...
 
-    def invalidate(
-        self, lease_id: str, *, now: datetime, reason: str, expected_version: int | None = None
-    ) -> SessionRow | None: ...
+    def invalidate(self, lease_id: str, *, now: datetime, reason: str) -> SessionRow | None: ...
 
 
 @dataclass(frozen=True)

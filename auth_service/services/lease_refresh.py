@@ -4,28 +4,33 @@ Workers get access tokens only (issue 13), so when Garmin refuses one mid-sync t
 here instead of refreshing by itself. The holder says which session version its token came
 with: when the stored session has already moved past it (another call refreshed meanwhile)
 and its token still works, that token is the answer and Garmin is not called. Otherwise the
-service refreshes, outside any transaction, and stores the answer only if the lease is still
-the caller's and the session version unchanged.
+single-flight refresher (auth_service.services.session_refresh) refreshes the stored version:
+any number of calls at once, on any replica, cause one refresh at Garmin, and the pair is
+stored before anyone gets its access token.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
-from auth_service.domain import audit
-from auth_service.domain.audit import AuditedRpc, LeaseRef
-from auth_service.domain.errors import FieldViolation, GarminSessionRejected, LeaseLost
+from auth_service.domain.audit import AuditedRpc
+from auth_service.domain.errors import FieldViolation, LeaseLost, SessionNotActive
 from auth_service.domain.models import GarminTokens, SessionStatusView
-from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.policies import ACCESS_EXPIRY_MARGIN
 from auth_service.domain.validation import check_opaque_id, raise_if_any
-from auth_service.domain.views import SessionRow, status_view
+from auth_service.domain.views import SessionRow, live_lease, status_view
 from auth_service.services.lease_holders import held_by_caller
+from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 
-log = logging.getLogger(__name__)
-
-REFRESH_LEASE_REJECTED = "Garmin rejected the session's refresh for its lease holder"
+REFRESH_LEASE_REJECTED = "Garmin rejected the session when its lease holder asked for a token"
+# A holder that got a 401 asks from every request it had in flight at once: garth sessions
+# are claimed too, so a burst of them is one exchange at Garmin (the issue's promise).
+_ASKER = RefreshAsker(
+    AuditedRpc.REFRESH_LEASE,
+    reason_for=lambda _message: REFRESH_LEASE_REJECTED,
+    claims_every_kind=True,
+)
 
 
 @dataclass(frozen=True)
@@ -37,18 +42,12 @@ class AccessGrant:
     status: SessionStatusView
 
 
-@dataclass(frozen=True)
-class _Held:
-    row: SessionRow
-    current: AccessGrant
-
-
 class LeaseRefresh:
     """RefreshLease."""
 
-    def __init__(self, uow: UnitsOfWork, upstream: GarminUpstream) -> None:
+    def __init__(self, uow: UnitsOfWork, refresher: SessionRefresher) -> None:
         self._uow = uow
-        self._upstream = upstream
+        self._refresher = refresher
 
     def refresh_lease(self, lease_id: str, session_version: int) -> AccessGrant:
         """The holder's token of `session_version` stopped working: answer a fresh one."""
@@ -58,73 +57,29 @@ class LeaseRefresh:
             if session_version < 0
             else [],
         )
-        held = self._held(lease_id)
-        current = held.current
-        if held.row.session_version > session_version and self._still_valid(current.tokens):
+        row, tokens = self._held(lease_id)
+        usable_until = self._uow.now() + ACCESS_EXPIRY_MARGIN
+        if row.session_version > session_version and tokens.oauth2.expires_at > usable_until:
             # Refreshed since the holder's token was issued: one refresh served every caller.
-            return current
+            return AccessGrant(tokens, status_view(row, self._uow.now()))
         try:
-            # Outside any transaction: nothing is locked while Garmin answers.
-            fresh = self._upstream.refresh(current.tokens)
-        except GarminSessionRejected as rejected:
-            self._invalidate(lease_id, held.row, rejected)
-            raise
-        return self._store(lease_id, held.row, fresh)
+            refreshed = self._refresher.refresh(row.user_id, row.session_version, _ASKER)
+        except SessionNotActive:
+            # Deleted, or ended by a login meanwhile: the lease ended with it.
+            raise _lease_lost() from None
+        now = self._uow.now()
+        lease = live_lease(refreshed.row, now)
+        if lease is None or lease.lease_id != lease_id:
+            # The lease ended while Garmin answered; the refreshed pair is stored all the same.
+            raise _lease_lost()
+        return AccessGrant(refreshed.tokens, status_view(refreshed.row, now))
 
-    def _held(self, lease_id: str) -> _Held:
+    def _held(self, lease_id: str) -> tuple[SessionRow, GarminTokens]:
         with self._uow() as uow:
             row = held_by_caller(uow, lease_id)
             if row is None:
                 raise _lease_lost()
-            tokens = uow.sessions.open_tokens(row)
-            return _Held(row, AccessGrant(tokens, status_view(row, uow.now)))
-
-    def _still_valid(self, tokens: GarminTokens) -> bool:
-        return tokens.oauth2.expires_at > self._uow.now()
-
-    def _store(self, lease_id: str, held: SessionRow, fresh: GarminTokens) -> AccessGrant:
-        with self._uow() as uow:
-            row = uow.leases.store_refreshed(
-                lease_id,
-                user_id=held.user_id,
-                tokens=fresh,
-                now=uow.now,
-                expected_version=held.session_version,
-            )
-            if row is not None:
-                lease = LeaseRef(lease_id, row.fencing_token)
-                uow.audit.record(
-                    AuditedRpc.REFRESH_LEASE,
-                    audit.SESSION_REFRESHED,
-                    user_id=row.user_id,
-                    lease=lease,
-                )
-                return AccessGrant(fresh, status_view(row, uow.now))
-        # The lease ended, or the session changed meanwhile (a login, an import, another
-        # refresh): what is stored now wins, if the lease is still the caller's.
-        return self._held(lease_id).current
-
-    def _invalidate(self, lease_id: str, held: SessionRow, rejected: GarminSessionRejected) -> None:
-        with self._uow() as uow:
-            row = uow.leases.invalidate(
-                lease_id,
-                now=uow.now,
-                # The domain error's message names the step and HTTP status, never a secret.
-                reason=f"{REFRESH_LEASE_REJECTED} ({rejected})",
-                expected_version=held.session_version,
-            )
-            if row is not None:
-                lease = LeaseRef(lease_id, row.fencing_token)
-                uow.audit.record(
-                    AuditedRpc.REFRESH_LEASE,
-                    audit.outcome_of(rejected),
-                    user_id=row.user_id,
-                    lease=lease,
-                )
-        if row is None:
-            # The session changed under us: the rejected tokens may not be the stored ones.
-            raise _lease_lost()
-        log.info("session of user %s invalidated: Garmin rejected its refresh", held.user_id)
+            return row, uow.sessions.open_tokens(row)
 
 
 def _lease_lost() -> LeaseLost:

@@ -19,7 +19,10 @@ with validate, keep-alive) comes here:
 
 Garth sessions take every step but the claim: their exchange rotates nothing (the OAuth1 token
 stays), so a second exchange is harmless, while a claim left by a replica killed inside
-Garmin would keep the session from being refreshed for a whole claim lifetime.
+Garmin would keep the session from being refreshed for a whole claim lifetime. The exception
+is RefreshLease (auth_service.services.lease_refresh): a worker whose token Garmin refused
+asks from every request it had in flight at once, and each would be one more exchange at an
+endpoint that answers 429 when called often; its asker claims garth sessions too.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ class RefreshAsker:
     reason_for: Callable[[str], str]
     # The outcome recorded for that invalidation (None: the rejection's own answer).
     rejected_outcome: Outcome | None = None
+    # Claim garth sessions too (their exchange rotates nothing, so only askers that come in
+    # bursts need it: see the module docstring).
+    claims_every_kind: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,7 @@ class SessionRefresher:
             with self._slots:
                 claim_id: str | None = None
                 claimed: SessionRow | None = row
-                if row.session_kind is SessionKind.DI_OAUTH2:
+                if asker.claims_every_kind or row.session_kind is SessionKind.DI_OAUTH2:
                     claim_id = secrets.token_urlsafe(CLAIM_ID_BYTES)
                     claimed = self._claim(user_id, expected_version, claim_id, unleased=not wait)
                 if claimed is None:

@@ -59,7 +59,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
         tickets=TicketExchange(uow, upstream, login.service_urls),
         sessions=SessionAdmin(uow, upstream, refresher, pager),
         leases=LeaseService(uow, refresher, leases),
-        lease_refresh=LeaseRefresh(uow, upstream),
+        lease_refresh=LeaseRefresh(uow, refresher),
         audit_log=AuditLog(uow, pager),
         housekeeping=Housekeeping(store, clock, login),
         keepalive=KeepAlive(uow, refresher, refresh),

@@ -150,8 +150,6 @@ _STORE_REFRESHED = (
 _INVALIDATE = update(T).where(_LIVE).values(rows.INVALIDATED).returning(*T.c)
 # With an expected session version (central refresh): the row must still hold the session
 # the tokens were refreshed from, so a login or import that landed meanwhile wins.
-_STORE_REFRESHED_AT_VERSION = _STORE_REFRESHED.where(T.c.session_version == rows.VERSION)
-_INVALIDATE_AT_VERSION = _INVALIDATE.where(T.c.session_version == rows.VERSION)
 
 
 class SqlLeaseRepository:
@@ -246,47 +244,25 @@ class SqlLeaseRepository:
         )
 
     def store_refreshed(
-        self,
-        lease_id: str,
-        *,
-        user_id: str,
-        tokens: GarminTokens,
-        now: datetime,
-        expected_version: int | None = None,
+        self, lease_id: str, *, user_id: str, tokens: GarminTokens, now: datetime
     ) -> SessionRow | None:
         """Store refreshed tokens under a live lease; None when the lease is dead.
 
         The tokens are sealed for one user's row, so the row must still be that user's.
-        With `expected_version` (central refresh) the row must also still hold the session
-        version the tokens were refreshed from, so an import that landed meanwhile wins.
         """
-        params: dict[str, Any] = {
-            "p_lease_id": lease_id,
-            "p_now": now,
-            "p_user_id": user_id,
+        return self._one(
+            _STORE_REFRESHED,
+            p_lease_id=lease_id,
+            p_now=now,
+            p_user_id=user_id,
             **self._sessions.sealed(user_id, tokens),
-        }
-        if expected_version is None:
-            return self._one(_STORE_REFRESHED, **params)
-        return self._one(_STORE_REFRESHED_AT_VERSION, **params, p_version=expected_version)
+        )
 
-    def invalidate(
-        self,
-        lease_id: str,
-        *,
-        now: datetime,
-        reason: str,
-        expected_version: int | None = None,
-    ) -> SessionRow | None:
+    def invalidate(self, lease_id: str, *, now: datetime, reason: str) -> SessionRow | None:
         """Mark the session AUTH_EXPIRED, wipe its secrets, end the lease; None when dead."""
-        params: dict[str, Any] = {
-            "p_lease_id": lease_id,
-            "p_now": now,
-            "p_reason": rows.reason_param(reason),
-        }
-        if expected_version is None:
-            return self._one(_INVALIDATE, **params)
-        return self._one(_INVALIDATE_AT_VERSION, **params, p_version=expected_version)
+        return self._one(
+            _INVALIDATE, p_lease_id=lease_id, p_now=now, p_reason=rows.reason_param(reason)
+        )
 
     # --- plumbing ----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.crypto import Keyring
-from auth_service.domain.clock import FakeClock
+from auth_service.domain.clock import FakeClock, SystemClock
 from auth_service.domain.policies import RefreshSettings
 from auth_service.storage.database import create_engine_for, session_factory
 from auth_service.storage.secrets import SecretBox
@@ -100,3 +100,12 @@ def accounts(
     box: SecretBox,
 ) -> DiAccounts:
     return DiAccounts(emulator, clock, db_sessionmaker, box)
+
+
+@pytest.fixture
+def di_accounts(
+    garmin: GarminEmulator, db_sessionmaker: sessionmaker[Session], keyring: Keyring
+) -> DiAccounts:
+    """DI sessions for gRPC tests: issued by the `garmin` emulator of the servers fixture and
+    stored at real time (the replicas' clock)."""
+    return DiAccounts(garmin, SystemClock(), db_sessionmaker, SecretBox(keyring))

@@ -12,10 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.crypto import Keyring
-from auth_service.domain.clock import SystemClock
 from auth_service.domain.policies import RefreshSettings
-from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
 from tests.fixtures.di_upstream import both_providers
@@ -25,13 +22,6 @@ from tests.leases import read_row
 from . import DiAccounts
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def di_accounts(
-    garmin: GarminEmulator, db_sessionmaker: sessionmaker[Session], keyring: Keyring
-) -> DiAccounts:
-    return DiAccounts(garmin, SystemClock(), db_sessionmaker, SecretBox(keyring))
 
 
 def _refreshes(replica: object, outcome: str) -> float:
