@@ -23,12 +23,13 @@ from auth_service.services.lease_holders import held_by_caller
 from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 
-REFRESH_LEASE_REJECTED = "Garmin rejected the session when its lease holder asked for a token"
+REFRESH_LEASE_REJECTED = "Garmin rejected the session's refresh for its lease holder"
 # A holder that got a 401 asks from every request it had in flight at once: garth sessions
 # are claimed too, so a burst of them is one exchange at Garmin (the promise).
 _ASKER = RefreshAsker(
     AuditedRpc.REFRESH_LEASE,
-    reason_for=lambda _message: REFRESH_LEASE_REJECTED,
+    # The domain error's message names the step and HTTP status, never a secret.
+    reason_for=lambda message: f"{REFRESH_LEASE_REJECTED} ({message})",
     claims_every_kind=True,
 )
 
