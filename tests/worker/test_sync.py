@@ -25,8 +25,8 @@ from garmin_emulator import (
 )
 from sync_worker.client import AuthClient
 from sync_worker.directory_sink import DirectorySink
-from sync_worker.lease_grants import AccessToken, SessionStatus
 from tests.fixtures.servers import Replica
+from tests.worker.recording_client import RecordingClient
 
 from . import (
     PASSWORD,
@@ -108,24 +108,6 @@ def test_an_expired_refreshable_session_is_refreshed_and_persisted(
     # The persisted tokens are the ones Garmin accepts now.
     with ConnectApi(upstream(garmin), stored.domain) as api:
         assert api.get_json(PROFILE_PATH, stored.oauth2.access_token)["userName"] == email
-
-
-class RecordingClient(AuthClient):
-    """The real client, noting the order of the calls that end a lease."""
-
-    calls: list[str]
-
-    def refresh_lease(self, lease_id: str, session_version: int) -> AccessToken:
-        self.calls.append("RefreshLease")
-        return super().refresh_lease(lease_id, session_version)
-
-    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatus:
-        self.calls.append("ReleaseLease")
-        return super().release_lease(lease_id, synced_through)
-
-    def report_invalidated(self, lease_id: str, reason: str) -> SessionStatus:
-        self.calls.append("ReportInvalidated")
-        return super().report_invalidated(lease_id, reason)
 
 
 def test_a_token_expiring_mid_run_is_refreshed_once_through_refresh_lease(

@@ -1,0 +1,26 @@
+"""The worker's real auth client, noting the holder calls that refresh or end a lease."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sync_worker.client import AuthClient
+from sync_worker.lease_grants import AccessToken, SessionStatus
+
+
+class RecordingClient(AuthClient):
+    """The real client, noting the order of the calls that end a lease."""
+
+    calls: list[str]
+
+    def refresh_lease(self, lease_id: str, session_version: int) -> AccessToken:
+        self.calls.append("RefreshLease")
+        return super().refresh_lease(lease_id, session_version)
+
+    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatus:
+        self.calls.append("ReleaseLease")
+        return super().release_lease(lease_id, synced_through)
+
+    def report_invalidated(self, lease_id: str, reason: str) -> SessionStatus:
+        self.calls.append("ReportInvalidated")
+        return super().report_invalidated(lease_id, reason)
