@@ -92,9 +92,6 @@ def _environment(
         "GARMIN_AUTH_LISTEN": os.environ.get("GARMIN_AUTH_LISTEN", "127.0.0.1:50051"),
         "GARMIN_AUTH_OAUTH_CONSUMER_KEY": consumer.key,
         "GARMIN_AUTH_OAUTH_CONSUMER_SECRET": consumer.secret,
-        # The sync worker reads Garmin with garth sessions only, so far: the demo's user signs
-        # in with garth's flow until the worker speaks DI.
-        "GARMIN_AUTH_LOGIN_FLOW": "garth",
     }
     if upstream_url:
         env["GARMIN_AUTH_UPSTREAM_URL"] = upstream_url

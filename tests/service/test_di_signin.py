@@ -67,7 +67,7 @@ def test_login_creates_a_di_session(
     assert garmin.live_refresh_tokens("dee@example.com") == [tokens.oauth2.refresh_token]
 
     lease = first.call(
-        "LeaseSession", pb.LeaseSessionRequest(user_id="dee", holder="w"), role="worker"
+        "LeaseSession", pb.LeaseSessionRequest(user_id="dee", holder="w"), role="worker_full"
     )
     assert lease.session.kind == pb.SESSION_KIND_DI_OAUTH2
     assert lease.session.di_client_id == KNOWN_DI_CLIENT_IDS[0]
