@@ -61,7 +61,7 @@ class CentralRefresh:
         except (GarminRateLimited, GarminUnavailable) as exc:
             if grant.tokens.oauth2.expires_at > self._uow.now():
                 # Garmin is busy, not saying no: the current token still works for now,
-                # and the holder's garth will refresh it later and report.
+                # and the holder asks RefreshLease for a new one when Garmin refuses it.
                 log.warning(
                     "central refresh for user %s failed (%s); handing out the current token",
                     grant.lease.user_id,
