@@ -31,6 +31,7 @@ The service's own work:
   garmin_auth_leases_live                         ditto
   garmin_auth_leases_expired                      leases that expired without being released
   garmin_auth_mfa_challenges_pending              ditto
+  garmin_auth_signin_cooldowns_active             accounts waiting out a sign-in cooldown (429)
   garmin_auth_database_metrics_up                 1 when the gauges above could be read
 
 Modules: `service` (ServiceMetrics: the registry, the RPC, lease and upstream counters),

@@ -1,5 +1,6 @@
 """The gauges read from the database at scrape time: sessions by state, leases, pending MFA
-challenges, and how close the soonest DI refresh token is to dying (keep-alive lag)."""
+challenges, how close the soonest DI refresh token is to dying (keep-alive lag), and the
+accounts whose sign-ins wait out a cooldown after Garmin's 429."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from auth_service.domain.clock import Clock
 from auth_service.domain.models import SessionKind, SessionState
 from auth_service.storage.database import SQLITE_BEGIN_OPTION
-from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
+from auth_service.storage.models import (
+    GarminAuthenticationState,
+    GarminLoginThrottle,
+    GarminMfaChallenge,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ class _Figures:
     # Seconds until the soonest refresh-token expiry among ACTIVE DI sessions (None: none).
     keepalive_lag: float | None
     di_expiry_unknown: int
+    signin_cooldowns: int
 
 
 def _utc(value: datetime | str) -> datetime:
@@ -111,6 +117,11 @@ class DatabaseCollector(Collector):
                         state.session_kind == SessionKind.DI_OAUTH2,
                     )
                 ).one()
+                cooling = connection.execute(
+                    select(func.count())
+                    .select_from(GarminLoginThrottle)
+                    .where(GarminLoginThrottle.signin_cooldown_until > now)
+                ).scalar_one()
         except (SQLAlchemyError, OSError) as exc:
             if self._was_up:
                 # Only the type: driver messages can echo connection parameters.
@@ -125,6 +136,7 @@ class DatabaseCollector(Collector):
             mfa_pending=int(pending),
             keepalive_lag=None if soonest is None else (_utc(soonest) - now).total_seconds(),
             di_expiry_unknown=int(unknown),
+            signin_cooldowns=int(cooling),
         )
 
     @staticmethod
@@ -165,9 +177,15 @@ class DatabaseCollector(Collector):
             "garmin_auth_di_sessions_expiry_unknown",
             "ACTIVE DI sessions whose refresh-token expiry is not known yet (imported).",
         )
+        cooldowns = GaugeMetricFamily(
+            "garmin_auth_signin_cooldowns_active",
+            "Accounts whose sign-ins wait out a cooldown after Garmin's sign-in answered 429 "
+            "(GARMIN_AUTH_SIGNIN_COOLDOWN): their logins are answered without calling Garmin.",
+        )
         if figures is not None:
             if figures.keepalive_lag is not None:
                 lag.add_metric([], figures.keepalive_lag)
             unknown.add_metric([], figures.di_expiry_unknown)
-        families.extend([sessions, live, expired, pending, lag, unknown])
+            cooldowns.add_metric([], figures.signin_cooldowns)
+        families.extend([sessions, live, expired, pending, lag, unknown, cooldowns])
         return families

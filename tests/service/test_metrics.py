@@ -23,7 +23,7 @@ from auth_service.metrics.service import go_code_name
 from auth_service.upstream.observer import RpcListenerObserver
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.observe import endpoint_template, observed
-from garmin_emulator import GarminEmulator
+from garmin_emulator import BLOCK_RATE_LIMITED, GarminEmulator
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 from tests.service.test_login import PASSWORD, login
 from tests.service.test_status_import_delete import garmin_tokens, import_tokens
@@ -219,6 +219,18 @@ def test_gauges_follow_the_database(
     assert value(after, "garmin_auth_sessions", state="AUTH_EXPIRED") == 0
     assert value(after, "garmin_auth_mfa_challenges_pending") == 1
     assert value(after, "garmin_auth_leases_live") == 0
+
+
+def test_signin_cooldowns_are_counted(
+    service_factory: ServiceFactory, garmin: GarminEmulator
+) -> None:
+    replica = with_metrics(service_factory, login_flow=LoginFlow.DI, di=DiSettings(plain_http=True))
+    assert value(scrape(replica), "garmin_auth_signin_cooldowns_active") == 0
+    garmin.add_user("coy@example.com", PASSWORD)
+    garmin.block_logins(BLOCK_RATE_LIMITED, retry_after=60)
+    limited = expect_failure(lambda: login(replica, "coy", "coy@example.com"))
+    assert limited.reason == "GARMIN_RATE_LIMITED"
+    assert value(scrape(replica), "garmin_auth_signin_cooldowns_active") == 1
 
 
 @sqlite_only
