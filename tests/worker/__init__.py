@@ -29,10 +29,12 @@ from garmin_emulator import GarminEmulator
 from sync_worker.client import AuthClient, AuthClientConfig
 from sync_worker.config import WorkerConfig
 from sync_worker.control import RunControl
+from sync_worker.directory_sink import DirectorySink
 from sync_worker.runner import RunReport, run
 from sync_worker.sinks import Activity, Sink, UserSink
 from sync_worker.sync import SyncOptions
 from tests.fixtures.servers import CONSUMER_KEY, CONSUMER_SECRET, ROLE_TOKENS, Replica
+from tests.worker.recording_client import RecordingClient
 
 PASSWORD = "correct horse battery staple"
 WORKER_TOKEN = ROLE_TOKENS["worker"]
@@ -315,3 +317,31 @@ def worker_env(target: str, garmin: GarminEmulator, **extra: str) -> dict[str, s
 
 def utc(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+@dataclass
+class RevokedRun:
+    """A worker run during which Garmin revoked the user's account."""
+
+    email: str
+    run: WorkerRun
+    # The holder calls the worker made that refresh or end a lease, in order.
+    calls: list[str]
+
+
+def run_revoked_mid_run(
+    service: Replica, garmin: GarminEmulator, out_dir: Path, user_id: str
+) -> RevokedRun:
+    """Connect `user_id` with three activities, revoke the account at Garmin right after the
+    worker's first write, and run the worker for that user alone, one item per page."""
+    email = connect(service, garmin, user_id, activities=3)
+    config = make_config(service.target, garmin, out_dir, users=(user_id,), page_size=1)
+    sink = RecordingSink(DirectorySink(out_dir))
+    sink.after_write = lambda _event: garmin.revoke_tokens(email)  # mid-run
+    client = RecordingClient(config.auth)
+    client.calls = []
+    try:
+        result = run_worker(config, client=client, sink=sink)
+    finally:
+        client.close()
+    return RevokedRun(email, result, client.calls)

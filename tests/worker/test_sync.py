@@ -35,6 +35,7 @@ from . import (
     connect,
     email_of,
     make_config,
+    run_revoked_mid_run,
     run_worker,
     status,
     stored_row,
@@ -153,22 +154,14 @@ def test_a_token_expiring_mid_run_is_refreshed_once_through_refresh_lease(
 def test_a_session_revoked_at_garmin_ends_auth_expired_and_is_wiped(
     service: Replica, garmin: GarminEmulator, tmp_path: Path, database_url: str
 ) -> None:
-    email = connect(service, garmin, "dan", activities=3)
-    config = make_config(service.target, garmin, tmp_path, users=("dan",), page_size=1)
-    sink = RecordingSink(DirectorySink(tmp_path))
-    sink.after_write = lambda _event: garmin.revoke_tokens(email)  # mid-run
-    client = RecordingClient(config.auth)
-    client.calls = []
-    try:
-        result = run_worker(config, client=client, sink=sink)
-    finally:
-        client.close()
+    revoked = run_revoked_mid_run(service, garmin, tmp_path, "dan")
+    result = revoked.run
 
     assert result.exit_code == 0
     assert result.outcome("dan") == "AUTH_EXPIRED"
     # The API's 401 makes the worker ask for a fresh token; the service's exchange is refused,
     # so the service ends the session itself and the worker has nothing left to report.
-    assert client.calls == ["RefreshLease"]
+    assert revoked.calls == ["RefreshLease"]
     assert stored_row(database_url, "dan").session_ciphertext is None
     after = status(service, "dan")
     assert after.state == pb.SESSION_STATE_AUTH_EXPIRED

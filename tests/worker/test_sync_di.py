@@ -24,6 +24,7 @@ from . import (
     RecordingSink,
     connect,
     make_config,
+    run_revoked_mid_run,
     run_worker,
     status,
     stored_row,
@@ -98,22 +99,14 @@ def test_a_di_session_whose_token_expires_mid_run_is_synced_after_one_refresh_le
 def test_a_revoked_di_session_ends_auth_expired_and_is_wiped(
     di_service: Replica, garmin: GarminEmulator, tmp_path: Path, database_url: str
 ) -> None:
-    email = connect(di_service, garmin, "dib", activities=3)
-    config = make_config(di_service.target, garmin, tmp_path, users=("dib",), page_size=1)
-    sink = RecordingSink(DirectorySink(tmp_path))
-    sink.after_write = lambda _event: garmin.revoke_tokens(email)  # mid-run
-    client = RecordingClient(config.auth)
-    client.calls = []
-    try:
-        result = run_worker(config, client=client, sink=sink)
-    finally:
-        client.close()
+    revoked = run_revoked_mid_run(di_service, garmin, tmp_path, "dib")
+    email, result = revoked.email, revoked.run
 
     assert result.exit_code == 0
     assert result.outcome("dib") == "AUTH_EXPIRED"
     # The API's 401 makes the worker ask for a fresh token; Garmin answers the service's
     # refresh invalid_grant, so the service ends the session and the worker reports nothing.
-    assert client.calls == ["RefreshLease"]
+    assert revoked.calls == ["RefreshLease"]
     assert garmin.refresh_token_reuses(email) == 0
     assert stored_row(database_url, "dib").session_ciphertext is None
     after = status(di_service, "dib")
