@@ -16,7 +16,7 @@ from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
-from tests.fixtures.emulators import scanned_emulator
+from tests.fixtures.emulators import cleared, scanned_emulator
 
 from . import GarminAccounts, build_service
 
@@ -44,13 +44,9 @@ def running_emulator() -> Iterator[GarminEmulator]:
 @pytest.fixture
 def emulator(running_emulator: GarminEmulator) -> Iterator[GarminEmulator]:
     """The package's emulator (stopping one takes ~50 ms: one per test would add seconds),
-    with no pending fault, no latency and empty records for each test. Accounts and tokens
-    of earlier tests remain, as they would at Garmin; every test logs in its own sessions."""
-    running_emulator.clear_faults()
-    running_emulator.latency_seconds = 0.0
-    running_emulator.reset_records()
-    yield running_emulator
-    running_emulator.clear_faults()
+    cleared for each test; every test logs in its own sessions."""
+    with cleared(running_emulator) as emulator:
+        yield emulator
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from auth_service.upstream.router import UpstreamRouter
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
 from tests.fixtures.di_upstream import both_providers
-from tests.fixtures.emulators import scanned_emulator
+from tests.fixtures.emulators import cleared, scanned_emulator
 
 from . import DiAccounts, Replica, build_replica
 
@@ -49,12 +49,8 @@ def running_emulator() -> Iterator[GarminEmulator]:
 
 @pytest.fixture
 def emulator(running_emulator: GarminEmulator) -> Iterator[GarminEmulator]:
-    running_emulator.clear_faults()
-    running_emulator.latency_seconds = 0.0
-    running_emulator.reset_records()
-    yield running_emulator
-    running_emulator.clear_faults()
-    running_emulator.latency_seconds = 0.0
+    with cleared(running_emulator) as emulator:
+        yield emulator
 
 
 @pytest.fixture
