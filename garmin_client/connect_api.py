@@ -18,8 +18,9 @@ import requests
 from requests.models import Response
 
 from garmin_client.answers import failure
+from garmin_client.endpoints import DOMAINS
 from garmin_client.errors import Unavailable
-from garmin_client.session_proto import DOMAINS
+from garmin_client.observe import RequestObserver
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
 
@@ -55,12 +56,14 @@ class ConnectApi:
     """One HTTP session to connectapi.<domain>. Thread-safe as requests' Session is for GETs;
     the worker uses one per user anyway."""
 
-    def __init__(self, settings: UpstreamSettings, domain: str) -> None:
+    def __init__(
+        self, settings: UpstreamSettings, domain: str, observer: RequestObserver | None = None
+    ) -> None:
         if domain not in DOMAINS:
             raise ValueError("unknown Garmin domain")
         self._base = f"https://connectapi.{domain}"
         self._session = requests.Session()
-        self._session.mount("https://", UpstreamTransport(settings))
+        self._session.mount("https://", UpstreamTransport(settings, observer))
         self._timeout = settings.timeout_seconds
 
     def __enter__(self) -> ConnectApi:

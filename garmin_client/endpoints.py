@@ -1,11 +1,13 @@
-"""The Garmin paths whose answers mean something particular, and the name of each step in
-messages and logs (a path, never a URL: queries carry SSO tickets)."""
+"""Garmin's domains, the Garmin paths whose answers mean something particular, and the name of
+each step in messages and logs (a path, never a URL: queries carry SSO tickets)."""
 
 from __future__ import annotations
 
 from typing import Final
 
 DEFAULT_DOMAIN: Final = "garmin.com"
+# The domains Garmin accounts live on (garmin.cn for China).
+DOMAINS: Final = frozenset({DEFAULT_DOMAIN, "garmin.cn"})
 SIGN_IN_PATH: Final = "/mobile/sso/en/sign-in"
 LOGIN_PATH: Final = "/mobile/api/login"
 VERIFY_MFA_PATH: Final = "/mobile/api/mfa/verifyCode"

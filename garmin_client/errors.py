@@ -1,6 +1,6 @@
 """What Garmin answered, as errors: the session is dead, Garmin asks us to wait, or Garmin
 could not be used. The worker acts on them directly; the service's garth provider turns them
-into its domain errors (auth_service.upstream.garth.errors).
+into its domain errors (auth_service.upstream.errors).
 
 Messages name the step and the HTTP status, never a token, password, cookie or ticket.
 """

@@ -14,9 +14,9 @@ from typing import Final
 from google.protobuf import timestamp_pb2
 
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_client.endpoints import DOMAINS
 from garmin_client.tokens import GarminTokens, OAuth1Token, OAuth2Token, SessionKind
 
-DOMAINS: Final = frozenset({"garmin.com", "garmin.cn"})
 # The text fields of each token that no request to Garmin can do without.
 OAUTH1_TEXT: Final = ("oauth_token", "oauth_token_secret")
 OAUTH2_TEXT: Final = ("scope", "jti", "token_type", "access_token", "refresh_token")

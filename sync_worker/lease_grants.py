@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_client.session_proto import DOMAINS, MalformedSession, timestamp_in_range
+from garmin_client.endpoints import DOMAINS
+from garmin_client.session_proto import MalformedSession, timestamp_in_range
 
 
 class SessionState(enum.Enum):

@@ -20,8 +20,8 @@ from auth_service.domain.models import (
 )
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client import session_proto
+from garmin_client.endpoints import DOMAINS
 from garmin_client.session_proto import (
-    DOMAINS,
     OAUTH1_TEXT,
     OAUTH2_TEXT,
     MalformedSession,

@@ -7,6 +7,7 @@ service signs in to Garmin and keeps a session alive.
   garth 0.8.0 (isolated by ``garth/isolation``); existing sessions keep working on it.
 * ``router``: the port over both, as the composition root (auth_service.server) wires it.
 * ``observer``: how every provider's requests reach the service's metrics.
+* ``errors``: the one translation of garmin_client's errors into the domain's.
 
 A further provider goes in its own folder, implements the same port, raises the domain's
 ``UpstreamError`` subclasses, passes ``observer.RpcListenerObserver`` to garmin_client's

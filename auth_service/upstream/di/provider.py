@@ -9,14 +9,10 @@ token, password, cookie or ticket. Thread-safe: nothing is shared between calls.
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 from typing import Final
-
-import requests
 
 from auth_service.domain.clock import Clock, SystemClock
 from auth_service.domain.errors import (
-    GarminRateLimited,
     GarminSessionRejected,
     GarminUnavailable,
 )
@@ -30,12 +26,13 @@ from auth_service.domain.models import (
 from auth_service.domain.policies import DiSettings, RefusedClientId
 from auth_service.upstream.di.sso import SsoLogin
 from auth_service.upstream.di.sso_http import SsoHttp
-from auth_service.upstream.di.token_endpoint import APP_HEADERS, ClientIdRefused, TokenEndpoint
+from auth_service.upstream.di.token_endpoint import ClientIdRefused, TokenEndpoint
+from auth_service.upstream.errors import as_domain
 from auth_service.upstream.observer import RpcListenerObserver
-from garmin_client.answers import retry_after_seconds
+from garmin_client.connect_api import ConnectApi
 from garmin_client.endpoints import DEFAULT_DOMAIN, PROFILE_PATH
+from garmin_client.errors import AccessTokenRejected, GarminError
 from garmin_client.settings import UpstreamSettings
-from garmin_client.transport import UpstreamTransport
 
 log = logging.getLogger(__name__)
 
@@ -124,32 +121,13 @@ class DiUpstream:
         return remaining.total_seconds() <= EXPIRY_MARGIN_SECONDS
 
     def _fetch_profile(self, tokens: GarminTokens) -> None:
-        headers = {**APP_HEADERS, "Authorization": f"Bearer {tokens.oauth2.access_token}"}
-        with requests.Session() as session:
-            session.mount("https://", UpstreamTransport(self._upstream, _OBSERVER))
+        # The worker's Connect API client: bearer, the app's headers, the one transport.
+        with ConnectApi(self._upstream, tokens.domain, _OBSERVER) as api:
             try:
-                response = session.get(
-                    f"https://connectapi.{tokens.domain}{PROFILE_PATH}",
-                    headers=headers,
-                    timeout=self._upstream.timeout_seconds,
-                )
-            except requests.Timeout:
-                raise GarminUnavailable("Garmin did not answer in time (validation)") from None
-            except requests.RequestException:
-                raise GarminUnavailable("Garmin could not be reached (validation)") from None
-            status = response.status_code
-            if status == HTTPStatus.UNAUTHORIZED:
-                raise _AccessTokenRefused
-            if status == HTTPStatus.TOO_MANY_REQUESTS:
-                raise GarminRateLimited(
-                    "Garmin is rate limiting (validation, HTTP 429)",
-                    retry_after_seconds(response.headers.get("Retry-After")),
-                )
-            if status != HTTPStatus.OK:
-                raise GarminUnavailable(f"Garmin answered HTTP {status} (validation)")
-            try:
-                profile = response.json()
-            except ValueError:
-                profile = None
+                profile = api.get_json(PROFILE_PATH, tokens.oauth2.access_token)
+            except AccessTokenRejected:
+                raise _AccessTokenRefused from None
+            except GarminError as error:
+                raise as_domain(error) from None
         if not isinstance(profile, dict):
             raise GarminUnavailable("Garmin answered something unreadable (Connect API)")

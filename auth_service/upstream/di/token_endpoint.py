@@ -37,6 +37,7 @@ from auth_service.domain.models import GarminTokens, OAuth2Token
 from auth_service.domain.policies import DiSettings
 from auth_service.upstream.di.jwt_payload import jwt_payload
 from garmin_client.answers import retry_after_seconds
+from garmin_client.connect_api import APP_HEADERS
 from garmin_client.observe import RequestObserver
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
@@ -48,19 +49,6 @@ SERVICE_TICKET_GRANT: Final = (
     "https://connectapi.garmin.com/di-oauth2-service/oauth/grant/service_ticket"
 )
 REFRESH_TOKEN_GRANT: Final = "refresh_token"  # noqa: S105 (a grant type)
-# The Android app's headers (the facts file's "app headers"), on every diauth and API call.
-APP_HEADERS: Final = {
-    "User-Agent": "GCM-Android-5.23",
-    "X-Garmin-User-Agent": (
-        "com.garmin.android.apps.connectmobile/5.23; ; "
-        "Google/sdk_gphone64_arm64/google; Android/33; Dalvik/2.1.0"
-    ),
-    "X-Garmin-Paired-App-Version": "10861",
-    "X-Garmin-Client-Platform": "Android",
-    "X-App-Ver": "10861",
-    "X-Lang": "en",
-    "X-GCExperience": "GC5",
-}
 
 
 class ClientIdRefused(Exception):

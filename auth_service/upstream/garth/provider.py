@@ -14,7 +14,7 @@ from typing import Final
 
 from auth_service.domain.clock import Clock, SystemClock
 from auth_service.domain.models import LoginResult, PendingMfa
-from auth_service.upstream.garth.errors import domain_errors
+from auth_service.upstream.errors import domain_errors
 from auth_service.upstream.garth.isolation import (
     GARTH_FAILURES,
     IsolatedClient,

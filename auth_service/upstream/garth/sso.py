@@ -24,7 +24,7 @@ from auth_service.domain.errors import (
     UpstreamError,
 )
 from auth_service.domain.models import LoginNeedsMfa, LoginResult, LoginSucceeded, PendingMfa
-from auth_service.upstream.garth.errors import as_domain
+from auth_service.upstream.errors import as_domain
 from auth_service.upstream.garth.isolation import (
     GARTH_FAILURES,
     GarthException,

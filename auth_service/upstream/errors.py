@@ -1,8 +1,8 @@
-"""garmin_client's errors as the domain's: the one place the garth provider translates them.
+"""garmin_client's errors as the domain's: the one place the providers translate them.
 
 garmin_client answers only what the worker also needs (session rejected, rate limited,
 unavailable); the refusals only a login can meet (GarminCredentialsRejected, MfaCodeRejected)
-are raised as domain errors directly by auth_service.upstream.garth.sso.
+are raised as domain errors directly by the providers' sign-in modules.
 """
 
 from __future__ import annotations
