@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from auth_service.crypto import Keyring, KeyringError
+from auth_service.domain.garmin_limits import GarminLimitSettings
 from auth_service.domain.policies import (
     ANDROID_SERVICE_URL,
     DEFAULT_IMPERSONATE,
@@ -93,6 +94,8 @@ class Settings:
     # Which sign-in new logins use, and how the DI sign-in talks to Garmin.
     login_flow: LoginFlow = LoginFlow.DI
     di: DiSettings = field(default_factory=DiSettings)
+    # How Garmin's 429s are honoured: per-account cooldowns, per-endpoint breakers.
+    limits: GarminLimitSettings = field(default_factory=GarminLimitSettings)
 
     def __repr__(self) -> str:
         return (
@@ -136,6 +139,23 @@ def _refresh(reader: EnvReader, upstream: UpstreamSettings) -> RefreshSettings:
         keepalive_window_seconds=reader.number(
             "KEEPALIVE_WINDOW", 604800.0, minimum=600, maximum=29 * 86400
         ),
+        keepalive_rate=reader.number("KEEPALIVE_RATE", 10.0, minimum=0.01, maximum=1000),
+    )
+
+
+def _limits(reader: EnvReader) -> GarminLimitSettings:
+    default_wait = reader.number("RATE_LIMIT_DEFAULT_WAIT", 60.0, minimum=1, maximum=86400)
+    max_wait = reader.number("RATE_LIMIT_MAX_WAIT", 3600.0, minimum=1, maximum=7 * 86400)
+    if default_wait > max_wait:
+        raise reader.error(
+            "RATE_LIMIT_DEFAULT_WAIT", "must not exceed GARMIN_AUTH_RATE_LIMIT_MAX_WAIT"
+        )
+    return GarminLimitSettings(
+        default_wait_seconds=default_wait,
+        max_wait_seconds=max_wait,
+        breaker_threshold=reader.integer("BREAKER_THRESHOLD", 5, minimum=0, maximum=100000),
+        breaker_window_seconds=reader.number("BREAKER_WINDOW", 60.0, minimum=1, maximum=86400),
+        probe_seconds=reader.number("BREAKER_PROBE_TIMEOUT", 60.0, minimum=1, maximum=3600),
     )
 
 
@@ -285,6 +305,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if default_ttl > max_ttl:
         raise reader.error("LEASE_DEFAULT_TTL", "must not exceed GARMIN_AUTH_LEASE_MAX_TTL")
     upstream = read_upstream_settings(reader)
+    login_flow = _login_flow(reader)
     return Settings(
         database_url=_database_url(reader),
         keyring=keyring,
@@ -307,6 +328,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 "SIGNIN_COOLDOWN", 7200.0, minimum=0, maximum=7 * 86400
             ),
             service_urls=_service_urls(reader),
+            flow=login_flow,
         ),
         refresh=_refresh(reader, upstream),
         tls=load_tls_settings(env),
@@ -314,6 +336,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         housekeeping_interval_seconds=reader.number(
             "HOUSEKEEPING_INTERVAL", 300.0, minimum=1, maximum=86400
         ),
-        login_flow=_login_flow(reader),
+        login_flow=login_flow,
         di=_di_settings(reader),
+        limits=_limits(reader),
     )

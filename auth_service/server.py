@@ -91,6 +91,8 @@ def build_application(
             leases=settings.leases,
             refresh=settings.refresh,
             refresh_events=metrics,
+            limits=settings.limits,
+            limit_events=metrics,
             token_parsers=TokenParsers(
                 garth=tokens_from_garth_dumps, garminconnect=tokens_from_garminconnect
             ),
@@ -156,6 +158,7 @@ class RunningServer:
         grace = self.application.settings.grace_period_seconds if grace is None else grace
         self.server.stop(grace).wait()
         self.housekeeper.stop()
+        self.application.use_cases.keepalive.halt()
         self.keepalive.stop()
         # Scraped until the end, so the last RPCs' figures can still be collected.
         if self.metrics_endpoint is not None:

@@ -59,6 +59,7 @@ from garmin_emulator.options import RECORDED_REFRESH_TOKEN_EXPIRES_IN
 SESSIONS = 10_000
 QUIET_LEASE_P99_GOAL_MS = 25.0
 KEEPALIVE_INTERVAL_SECONDS = 1
+KEEPALIVE_RATE = 1000
 # A refresh token the service believes dies this soon (well inside the keep-alive window).
 DYING_IN = timedelta(hours=1)
 # After the storm, no session may be due again for this long (the new pair lives ~30 days).
@@ -95,6 +96,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
             extra = {
                 "GARMIN_AUTH_REFRESH_CONCURRENCY": str(args.concurrency),
                 "GARMIN_AUTH_KEEPALIVE_INTERVAL": str(KEEPALIVE_INTERVAL_SECONDS),
+                # The storm measures the refresh slots, not keep-alive's pace toward Garmin.
+                "GARMIN_AUTH_KEEPALIVE_RATE": str(KEEPALIVE_RATE),
             }
             replicas = [
                 ServiceProcess(

@@ -80,6 +80,10 @@ MFA_REQUIRED = Outcome("OK", "MFA_REQUIRED")
 SESSION_REFRESHED = Outcome("OK", "SESSION_REFRESHED")
 # GetStatus(validate): Garmin rejected the session, which is now AUTH_EXPIRED.
 SESSION_INVALIDATED = Outcome("OK", "SESSION_INVALIDATED")
+# Garmin answered 429 for the account: no call for it reaches Garmin until the cooldown
+# ends (auth_service.services.garmin_gate). Recorded once per cooldown, under the RPC (or
+# KeepAlive) whose call met the 429.
+COOLDOWN_STARTED = Outcome("OK", "GARMIN_COOLDOWN_STARTED")
 INTERNAL = Outcome("INTERNAL", "INTERNAL")
 LEASE_LOST = Outcome(LeaseLost.code_name, LeaseLost.reason)
 

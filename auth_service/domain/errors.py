@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from auth_service.domain.garmin_limits import GarminEndpoint
+
 
 class DomainError(Exception):
     """Base of every error the service answers on purpose."""
@@ -155,9 +157,19 @@ class GarminRateLimited(UpstreamError):
     code_name = "RESOURCE_EXHAUSTED"
     reason = "GARMIN_RATE_LIMITED"
 
-    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after_seconds: float | None = None,
+        endpoint: GarminEndpoint | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+        # The endpoint that answered 429, when the provider knows it (its breaker counts it).
+        self.endpoint = endpoint
+        # Set when the service answered for Garmin, Garmin not called: why
+        # ("account_cooldown" or "breaker_open"; auth_service.services.garmin_gate).
+        self.held_back: str | None = None
 
 
 class GarminUnavailable(UpstreamError):

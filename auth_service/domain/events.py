@@ -67,6 +67,34 @@ class NoRefreshEvents:
         return None
 
 
+class LimitEvents(Protocol):
+    """Receives what the service does about Garmin's 429s (a replica's metrics); cheap,
+    never raising. Handed to the gate when the replica is built, like RefreshEvents."""
+
+    def call_suppressed(self, endpoint: str, reason: str) -> None:
+        """A call to `endpoint` was answered without Garmin; `reason` is one of
+        SUPPRESSION_REASONS."""
+
+    def rate_limited(self, endpoint: str, breaker_opened: bool) -> None:
+        """Garmin answered 429 at `endpoint`; `breaker_opened` when that opened its breaker."""
+
+
+# account_cooldown: the account waits out a 429; signin_cooldown: its sign-ins wait out the
+# longer GARMIN_AUTH_SIGNIN_COOLDOWN; breaker_open: the endpoint's breaker is open (or
+# half-open with its probe out); in_flight: another sign-in of the account is with Garmin.
+SUPPRESSION_REASONS = ("account_cooldown", "signin_cooldown", "breaker_open", "in_flight")
+
+
+class NoLimitEvents:
+    """LimitEvents that ignores everything (tests of the use cases alone)."""
+
+    def call_suppressed(self, endpoint: str, reason: str) -> None:  # noqa: ARG002
+        return None
+
+    def rate_limited(self, endpoint: str, breaker_opened: bool) -> None:  # noqa: ARG002
+        return None
+
+
 class _NoListener:
     def lease_taken_over(self) -> None:
         return None

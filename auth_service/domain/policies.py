@@ -34,6 +34,13 @@ class LeaseSettings:
     min_ttl: float = 5.0
 
 
+class LoginFlow(enum.StrEnum):
+    """GARMIN_AUTH_LOGIN_FLOW: which sign-in new logins use."""
+
+    DI = "di"
+    GARTH = "garth"
+
+
 @dataclass(frozen=True)
 class LoginSettings:
     """Login throttling and MFA challenges."""
@@ -48,13 +55,9 @@ class LoginSettings:
     # The service URLs a DI ticket may be issued for; the first is the default (logins ask
     # for it, ExchangeServiceTicket assumes it).
     service_urls: tuple[str, ...] = (IOS_SERVICE_URL, ANDROID_SERVICE_URL)
-
-
-class LoginFlow(enum.StrEnum):
-    """GARMIN_AUTH_LOGIN_FLOW: which sign-in new logins use."""
-
-    DI = "di"
-    GARTH = "garth"
+    # Which sign-in new logins use (GARMIN_AUTH_LOGIN_FLOW): it decides the endpoints a
+    # login reaches, whose breakers it honours.
+    flow: LoginFlow = LoginFlow.DI
 
 
 # The client ids Garmin's apps use for DI OAuth2, newest first.
@@ -114,6 +117,8 @@ class RefreshSettings:
     keepalive_window_seconds: float = 604800.0
     # Sessions one keep-alive pass takes on at most (soonest expiry first).
     keepalive_batch: int = 1000
+    # Keep-alive refreshes started per second per replica at most (spaced with jitter).
+    keepalive_rate: float = 10.0
 
 
 def refresh_due(tokens: GarminTokens, until: datetime) -> bool:

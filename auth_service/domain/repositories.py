@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from auth_service.domain.audit import AuditEventView, LeaseOwner, NewAuditEvent
+from auth_service.domain.garmin_limits import AccountLimit, Breaker, GarminEndpoint
 from auth_service.domain.models import GarminTokens, PendingMfa, SessionState
 from auth_service.domain.views import SessionRow
 
@@ -167,6 +168,61 @@ class ThrottleRepository(Protocol):
         ...
 
 
+class GarminLimitRepository(Protocol):
+    """Garmin's 429s as every replica sees them: per-account cooldowns
+    (garmin_account_cooldown) and one breaker per endpoint (garmin_endpoint_breaker)."""
+
+    def account(self, user_id: str) -> AccountLimit | None:
+        """The account's cooldown and claimed call (None: neither ever, or purged)."""
+        ...
+
+    def start_account_cooldown(
+        self, user_id: str, endpoint: GarminEndpoint, until: datetime, now: datetime
+    ) -> bool:
+        """No call for the account reaches Garmin before `until` (a later end wins); True
+        when no cooldown of the account was running at `now` (a new one starts)."""
+        ...
+
+    def claim_call(self, user_id: str, now: datetime, until: datetime) -> bool:
+        """Take the account's one call to Garmin until `until`; False while another call
+        of the account holds it or its cooldown runs."""
+        ...
+
+    def release_call(self, user_id: str) -> None:
+        """The account's claimed call is over."""
+        ...
+
+    def breakers(self, endpoints: tuple[GarminEndpoint, ...]) -> list[Breaker]:
+        """The stored breakers among `endpoints` (one never tripped has no row)."""
+        ...
+
+    def count_rate_limited(self, endpoint: GarminEndpoint, now: datetime, window: timedelta) -> int:
+        """Count one 429 of the endpoint in its window (a window older than `window`
+        starts again); returns the count, the endpoint's row locked until commit."""
+        ...
+
+    def open_breaker(self, endpoint: GarminEndpoint, until: datetime) -> None:
+        """Open the endpoint's breaker until `until` (a later end wins); any probe is over."""
+        ...
+
+    def claim_probe(self, endpoint: GarminEndpoint, now: datetime, until: datetime) -> bool:
+        """Take the half-open breaker's one probe; False when it is not half-open at `now`
+        or another call's probe is still out."""
+        ...
+
+    def close_breaker(self, endpoint: GarminEndpoint) -> None:
+        """The probe was answered: calls go through again, counting from zero."""
+        ...
+
+    def release_probe(self, endpoint: GarminEndpoint) -> None:
+        """The probe did not reach Garmin (or got no answer): another call may probe."""
+        ...
+
+    def purge_ended(self, now: datetime) -> int:
+        """Delete accounts whose cooldown and claimed call have both ended."""
+        ...
+
+
 class LeaseRepository(Protocol):
     """The lease columns of the session rows, each change one conditional statement.
 
@@ -303,6 +359,8 @@ class Transaction(Protocol):
     def refreshes(self) -> RefreshRepository: ...
     @property
     def audit_events(self) -> AuditRepository: ...
+    @property
+    def limits(self) -> GarminLimitRepository: ...
 
 
 class Store(Protocol):

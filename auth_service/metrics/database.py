@@ -1,6 +1,7 @@
 """The gauges read from the database at scrape time: sessions by state, leases, pending MFA
-challenges, how close the soonest DI refresh token is to dying (keep-alive lag), and the
-accounts whose sign-ins wait out a cooldown after Garmin's 429."""
+challenges, how close the soonest DI refresh token is to dying (keep-alive lag), the
+accounts whose sign-ins (or any call) wait out a cooldown after Garmin's 429, and the state of
+each Garmin endpoint's breaker."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from sqlalchemy import ColumnElement, Engine, and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from auth_service.domain.clock import Clock
+from auth_service.domain.garmin_limits import BreakerPhase, GarminEndpoint, breaker_phase
 from auth_service.domain.models import SessionKind, SessionState
 from auth_service.storage.database import SQLITE_BEGIN_OPTION
 from auth_service.storage.models import (
+    GarminAccountLimit,
     GarminAuthenticationState,
+    GarminEndpointBreaker,
     GarminLoginThrottle,
     GarminMfaChallenge,
 )
@@ -42,6 +46,8 @@ class _Figures:
     keepalive_lag: float | None
     di_expiry_unknown: int
     signin_cooldowns: int
+    account_cooldowns: int
+    breakers: dict[GarminEndpoint, BreakerPhase]
 
 
 def _utc(value: datetime | str) -> datetime:
@@ -122,6 +128,14 @@ class DatabaseCollector(Collector):
                     .select_from(GarminLoginThrottle)
                     .where(GarminLoginThrottle.signin_cooldown_until > now)
                 ).scalar_one()
+                accounts = connection.execute(
+                    select(func.count())
+                    .select_from(GarminAccountLimit)
+                    .where(GarminAccountLimit.cooling_until > now)
+                ).scalar_one()
+                breakers = connection.execute(
+                    select(GarminEndpointBreaker.endpoint, GarminEndpointBreaker.open_until)
+                ).all()
         except (SQLAlchemyError, OSError) as exc:
             if self._was_up:
                 # Only the type: driver messages can echo connection parameters.
@@ -137,6 +151,11 @@ class DatabaseCollector(Collector):
             keepalive_lag=None if soonest is None else (_utc(soonest) - now).total_seconds(),
             di_expiry_unknown=int(unknown),
             signin_cooldowns=int(cooling),
+            account_cooldowns=int(accounts),
+            breakers={
+                GarminEndpoint(name): breaker_phase(None if until is None else _utc(until), now)
+                for name, until in breakers
+            },
         )
 
     @staticmethod
@@ -188,4 +207,28 @@ class DatabaseCollector(Collector):
             unknown.add_metric([], figures.di_expiry_unknown)
             cooldowns.add_metric([], figures.signin_cooldowns)
         families.extend([sessions, live, expired, pending, lag, unknown, cooldowns])
+        families.extend(_limit_families(figures))
         return families
+
+
+def _limit_families(figures: _Figures | None) -> list[Metric]:
+    accounts = GaugeMetricFamily(
+        "garmin_auth_account_cooldowns_active",
+        "Accounts that no call reaches Garmin for until Garmin's Retry-After has passed "
+        "(after a 429 from any endpoint).",
+    )
+    breakers = GaugeMetricFamily(
+        "garmin_auth_garmin_breaker_state",
+        "Each Garmin endpoint's breaker, shared by every replica: 0 closed, 1 open (no call "
+        "goes out), 2 half-open (one probe call may go out).",
+        labels=["endpoint"],
+    )
+    if figures is not None:
+        accounts.add_metric([], figures.account_cooldowns)
+        for endpoint in GarminEndpoint:
+            phase = figures.breakers.get(endpoint, BreakerPhase.CLOSED)
+            breakers.add_metric([endpoint.value], _PHASE_VALUES[phase])
+    return [accounts, breakers]
+
+
+_PHASE_VALUES = {BreakerPhase.CLOSED: 0, BreakerPhase.OPEN: 1, BreakerPhase.HALF_OPEN: 2}

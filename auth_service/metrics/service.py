@@ -14,7 +14,8 @@ from sqlalchemy import Engine
 
 from auth_service.config import MetricsSettings
 from auth_service.domain.clock import Clock
-from auth_service.domain.events import REFRESH_OUTCOMES, WAIT_OUTCOMES
+from auth_service.domain.events import REFRESH_OUTCOMES, SUPPRESSION_REASONS, WAIT_OUTCOMES
+from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import SessionKind
 from auth_service.metrics.database import DatabaseCollector
 
@@ -142,6 +143,26 @@ class ServiceMetrics:
                 self.refreshes.labels(kind.value, outcome)
         for outcome in WAIT_OUTCOMES:
             self.refresh_waits.labels(outcome)
+        self.suppressed = Counter(
+            "garmin_auth_garmin_calls_suppressed_total",
+            "Calls to Garmin the service answered itself (GARMIN_RATE_LIMITED) because the "
+            "account waits out a 429 (account_cooldown) or the endpoint's breaker is open "
+            "(breaker_open), by endpoint.",
+            ["endpoint", "reason"],
+            registry=self.registry,
+        )
+        self.rate_limited_answers = Counter(
+            "garmin_auth_garmin_rate_limited_total",
+            "429s Garmin answered this replica, by endpoint, and how many of them opened the "
+            "endpoint's breaker (opened=true).",
+            ["endpoint", "opened"],
+            registry=self.registry,
+        )
+        for endpoint in GarminEndpoint:
+            for reason in SUPPRESSION_REASONS:
+                self.suppressed.labels(endpoint.value, reason)
+            for opened in ("true", "false"):
+                self.rate_limited_answers.labels(endpoint.value, opened)
 
     def _standard_collectors(self) -> None:
         # What the default registry would show: process memory, CPU and file descriptors,
@@ -193,3 +214,11 @@ class ServiceMetrics:
 
     def rotated_pair_unstored(self, seconds: float) -> None:
         self.unstored.observe(seconds)
+
+    # --- auth_service.domain.events.LimitEvents ------------------------------------------
+
+    def call_suppressed(self, endpoint: str, reason: str) -> None:
+        self.suppressed.labels(endpoint, reason).inc()
+
+    def rate_limited(self, endpoint: str, breaker_opened: bool) -> None:
+        self.rate_limited_answers.labels(endpoint, "true" if breaker_opened else "false").inc()

@@ -21,11 +21,19 @@ from auth_service.domain.errors import (
     MfaChallengeNotFound,
     MfaCodeRejected,
 )
-from auth_service.domain.models import GarminTokens, LoginNeedsMfa, PendingMfa, SessionStatusView
-from auth_service.domain.policies import LoginSettings
+from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
+from auth_service.domain.models import (
+    GarminTokens,
+    LoginNeedsMfa,
+    PendingMfa,
+    SessionKind,
+    SessionStatusView,
+)
+from auth_service.domain.policies import LoginFlow, LoginSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.repositories import SecretUnreadable
 from auth_service.domain.views import SessionRow, live_lease, status_view
+from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.signin_cooldown import SignInCooldown
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
@@ -53,11 +61,20 @@ def challenge_digest(challenge_id: str) -> str:
 class ConnectService:
     """Login, SubmitMfa."""
 
-    def __init__(self, uow: UnitsOfWork, upstream: GarminUpstream, settings: LoginSettings) -> None:
+    def __init__(
+        self,
+        uow: UnitsOfWork,
+        upstream: GarminUpstream,
+        settings: LoginSettings,
+        gate: GarminGate | None = None,
+    ) -> None:
         self._uow = uow
         self._upstream = upstream
         self._settings = settings
         self._cooldown = SignInCooldown(settings.signin_cooldown_seconds)
+        self._gate = gate or GarminGate(uow, GarminLimitSettings())
+        kind = SessionKind.GARTH if settings.flow is LoginFlow.GARTH else SessionKind.DI_OAUTH2
+        self._login_endpoints = endpoints_of(GarminCall.LOGIN, kind)
 
     # --- Login -------------------------------------------------------------------------
 
@@ -68,7 +85,10 @@ class ConnectService:
             validation.check_password(password),
         )
         self._consume_login_attempt(user_id)
-        with self._cooldown.watching(self._uow, user_id):
+        with (
+            self._cooldown.watching(self._uow, user_id),
+            self._gate.calling(user_id, self._login_endpoints, AuditedRpc.LOGIN, exclusive=True),
+        ):
             result = self._upstream.login(email, password)
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
@@ -99,6 +119,10 @@ class ConnectService:
             refusal: LoginRateLimited | GarminRateLimited | None = self._cooldown.refusal(
                 uow, user_id
             )
+            if refusal is not None:
+                self._gate.suppressed(self._login_endpoints[0], "signin_cooldown")
+            else:
+                refusal = self._gate.refusal(uow, user_id, self._login_endpoints)
             if refusal is None:
                 wait = uow.throttle.consume(
                     user_id,
@@ -126,7 +150,11 @@ class ConnectService:
         digest = challenge_digest(mfa_challenge_id)
         user_id, pending, claimed_until = self._claim_challenge(digest)
         try:
-            with self._cooldown.watching(self._uow, user_id):
+            endpoints = endpoints_of(GarminCall.RESUME_MFA, pending.flow)
+            with (
+                self._cooldown.watching(self._uow, user_id),
+                self._gate.calling(user_id, endpoints, AuditedRpc.SUBMIT_MFA, exclusive=True),
+            ):
                 tokens = self._upstream.resume_mfa(pending, code)
         except MfaCodeRejected as rejected:
             self._count_wrong_code(digest, claimed_until, rejected)

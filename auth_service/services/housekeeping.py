@@ -2,7 +2,8 @@
 
 Each pass, in one transaction: expired MFA challenges are deleted (with the SSO cookies they
 hold), MFA_PENDING sessions whose challenge is gone are settled (reads already show them
-settled; this writes it), and login counters whose window has ended are dropped. On PostgreSQL
+settled; this writes it), and login counters whose window has ended and account cooldowns
+(after Garmin's 429) that have ended are dropped. On PostgreSQL
 a replica that finds another one's pass in progress skips its own (Store.exclusive), so the
 replicas never repeat each other's deletes. Nothing here is audited: no RPC changed anything.
 """
@@ -30,6 +31,7 @@ class HousekeepingReport:
     challenges_deleted: int = 0
     sessions_settled: int = 0
     throttles_deleted: int = 0
+    cooldowns_deleted: int = 0
 
 
 class Housekeeping:
@@ -50,13 +52,21 @@ class Housekeeping:
                 challenges_deleted=transaction.challenges.delete_expired(now),
                 sessions_settled=transaction.sessions.settle_abandoned_mfa(now),
                 throttles_deleted=transaction.throttle.purge_stale(now, self._window),
+                cooldowns_deleted=transaction.limits.purge_ended(now),
             )
-        if report.challenges_deleted or report.sessions_settled or report.throttles_deleted:
+        if (
+            report.challenges_deleted
+            or report.sessions_settled
+            or report.throttles_deleted
+            or report.cooldowns_deleted
+        ):
             log.info(
                 "housekeeping: %d expired MFA challenge(s) deleted, %d abandoned MFA "
-                "session(s) settled, %d stale login counter(s) deleted",
+                "session(s) settled, %d stale login counter(s) and %d ended cooldown(s) "
+                "deleted",
                 report.challenges_deleted,
                 report.sessions_settled,
                 report.throttles_deleted,
+                report.cooldowns_deleted,
             )
         return report

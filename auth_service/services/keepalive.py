@@ -8,13 +8,22 @@ them through the single-flight refresher without waiting on anyone's claim. On P
 replica that finds another one choosing its batch skips its pass (Store.exclusive); replicas
 whose passes overlap anyway never refresh a session twice, because each refresh is claimed.
 Garth sessions are left alone: their OAuth1 token lives about a year whatever we do.
+
+Keep-alive is the one caller that could hammer Garmin on its own, so it is the most careful
+one: its refreshes start at most `keepalive_rate` per second per replica, spaced with jitter;
+an account waiting out a 429 is skipped; and the first 429 of a pass, or an open breaker of
+the token endpoint, ends the pass: the rest waits for the next one
+(auth_service.services.garmin_gate).
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import threading
+import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -50,6 +59,9 @@ class KeepAliveReport:
     failed: int = 0
     # Garmin rejected the refresh: the session is AUTH_EXPIRED.
     ended: int = 0
+    # Left for the next pass: Garmin asked us to wait (a 429, a cooldown, an open breaker)
+    # or the replica is stopping.
+    deferred: int = 0
 
 
 class KeepAlive:
@@ -61,6 +73,12 @@ class KeepAlive:
         self._uow = uow
         self._refresher = refresher
         self._settings = settings
+        self._halting = threading.Event()
+
+    def halt(self) -> None:
+        """Stop starting refreshes (the replica is stopping); the pass in progress ends
+        after the refreshes already under way."""
+        self._halting.set()
 
     def run_once(self) -> KeepAliveReport:
         now = self._uow.now()
@@ -74,27 +92,60 @@ class KeepAlive:
             )
         if not candidates:
             return KeepAliveReport(ran=True)
-        # As many at once as the refresher lets reach Garmin; it bounds them anyway.
-        workers = min(self._settings.concurrency, len(candidates))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keepalive") as pool:
-            results = Counter(pool.map(self._keep, candidates))
+        results = self._refresh_paced(candidates)
         report = KeepAliveReport(
             ran=True,
             refreshed=results["refreshed"],
             skipped=results["skipped"],
             failed=results["failed"],
             ended=results["ended"],
+            deferred=results["deferred"] + len(candidates) - results.total(),
         )
         log.info(
-            "keep-alive: %d DI session(s) refreshed, %d skipped, %d failed, %d ended by Garmin",
+            "keep-alive: %d DI session(s) refreshed, %d skipped, %d failed, %d ended by "
+            "Garmin, %d left for the next pass",
             report.refreshed,
             report.skipped,
             report.failed,
             report.ended,
+            report.deferred,
         )
         return report
 
-    def _keep(self, candidate: KeepAliveCandidate) -> str:
+    def _refresh_paced(self, candidates: list[KeepAliveCandidate]) -> Counter[str]:
+        """Start the candidates' refreshes at the configured rate, with jitter, until
+        Garmin pushes back or the replica stops."""
+        pushed_back = threading.Event()
+        # As many at once as the refresher lets reach Garmin; it bounds them anyway.
+        workers = min(self._settings.concurrency, len(candidates))
+        started: list[Future[str]] = []
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keepalive") as pool:
+            for candidate in candidates:
+                if started and self._pause(pushed_back):
+                    break
+                started.append(pool.submit(self._keep, candidate, pushed_back))
+        return Counter(future.result() for future in started)
+
+    def _pause(self, pushed_back: threading.Event) -> bool:
+        """Wait for the next start (jittered around 1/rate); True to stop starting."""
+        rate = self._settings.keepalive_rate
+        # Not cryptographic: only spreads the calls over time.
+        pause = random.uniform(0.5, 1.5) / rate if rate > 0 else 0.0  # noqa: S311
+        deadline = time.monotonic() + pause
+        while True:
+            if pushed_back.is_set() or self._halting.is_set():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            pushed_back.wait(min(left, 0.1))
+
+    def _keep(self, candidate: KeepAliveCandidate, pushed_back: threading.Event) -> str:
+        if pushed_back.is_set() or self._halting.is_set():
+            return "deferred"  # queued before the pushback: not started
+        return self._refresh_one(candidate, pushed_back)
+
+    def _refresh_one(self, candidate: KeepAliveCandidate, pushed_back: threading.Event) -> str:
         try:
             refreshed = self._refresher.refresh_unless_claimed(
                 candidate.user_id, candidate.session_version, _ASKER
@@ -103,7 +154,14 @@ class KeepAlive:
             return "skipped"
         except GarminSessionRejected:
             return "ended"
-        except (GarminRateLimited, GarminUnavailable) as exc:
+        except GarminRateLimited as limited:
+            if limited.held_back != "account_cooldown":
+                # A 429, or an open breaker: Garmin wants less from us; the next pass
+                # takes the rest.
+                pushed_back.set()
+            log.info("keep-alive of user %s deferred (%s)", candidate.user_id, limited.message)
+            return "deferred"
+        except GarminUnavailable as exc:
             log.warning(
                 "keep-alive of user %s failed (%s); next pass",
                 candidate.user_id,

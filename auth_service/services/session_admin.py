@@ -15,12 +15,19 @@ from typing import Any
 
 from auth_service.domain import audit, validation
 from auth_service.domain.audit import AuditedRpc
-from auth_service.domain.errors import GarminSessionRejected, LeaseHeld, SessionNotActive
-from auth_service.domain.models import SessionState, SessionStatusView
+from auth_service.domain.errors import (
+    GarminRateLimited,
+    GarminSessionRejected,
+    LeaseHeld,
+    SessionNotActive,
+)
+from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
+from auth_service.domain.models import GarminTokens, SessionState, SessionStatusView
 from auth_service.domain.paging import Pager, check_page_size
 from auth_service.domain.policies import ACCESS_EXPIRY_MARGIN
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import live_lease, status_view
+from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 
@@ -49,11 +56,13 @@ class SessionAdmin:
         upstream: GarminUpstream,
         refresher: SessionRefresher,
         pager: Pager,
+        gate: GarminGate | None = None,
     ) -> None:
         self._uow = uow
         self._upstream = upstream
         self._refresher = refresher
         self._pager = pager
+        self._gate = gate or GarminGate(uow, GarminLimitSettings())
 
     # --- GetStatus ---------------------------------------------------------------------
 
@@ -76,10 +85,17 @@ class SessionAdmin:
             )
         if lease is None and tokens.oauth2.expires_at <= now + ACCESS_EXPIRY_MARGIN:
             return self._refresh_and_validate(user_id, version)
+        return self._validate_stored(user_id, version, tokens, leased=lease is not None)
+
+    def _validate_stored(
+        self, user_id: str, version: int, tokens: GarminTokens, *, leased: bool
+    ) -> SessionStatusView:
+        """Validate the stored access token and store Garmin's answer."""
         try:
-            self._upstream.validate(tokens, allow_refresh=False)
+            if not self._validate(user_id, tokens):
+                return self._status(user_id)
         except GarminSessionRejected as exc:
-            if lease is not None:
+            if leased:
                 return self._apply_validation(user_id, version, rejected=exc.message)
             # Garmin refused an access token we believed valid (revoked, clock skew): only a
             # refused refresh proves the session itself dead.
@@ -94,7 +110,8 @@ class SessionAdmin:
         except GarminSessionRejected:
             return self._status(user_id)
         try:
-            self._upstream.validate(refreshed.tokens, allow_refresh=False)
+            if not self._validate(user_id, refreshed.tokens):
+                return self._status(user_id)
         except GarminSessionRejected as exc:
             return self._apply_validation(
                 user_id, refreshed.row.session_version, rejected=exc.message
@@ -103,6 +120,23 @@ class SessionAdmin:
             with self._uow() as uow:
                 return status_view(refreshed.row, uow.now)
         return self._apply_validation(user_id, refreshed.row.session_version)
+
+    def _validate(self, user_id: str, tokens: GarminTokens) -> bool:
+        """Garmin's opinion of the access token, through the gate (never refreshing).
+
+        One validation of an account at a time: a caller that finds another's under way waits
+        for it and shares its answer (False: the other one's, now stored). Raises
+        GarminSessionRejected, GarminRateLimited, GarminUnavailable."""
+        endpoints = endpoints_of(GarminCall.VALIDATE, tokens.kind)
+        try:
+            with self._gate.calling(user_id, endpoints, AuditedRpc.GET_STATUS, exclusive=True):
+                self._upstream.validate(tokens, allow_refresh=False)
+        except GarminRateLimited as refused:
+            if refused.held_back != "in_flight":
+                raise
+            self._gate.wait_for_call(user_id, endpoints)  # raises when it met a 429
+            return False
+        return True
 
     def _status(self, user_id: str) -> SessionStatusView:
         with self._uow() as uow:

@@ -16,6 +16,10 @@ with validate, keep-alive) comes here:
    is dropped only when a crash hits that window (docs/RELIABILITY.md).
 4. Garmin saying the session is dead (invalid_grant, 401) ends it only after re-reading the
    row shows no newer token; 429, 5xx and timeouts release the claim and change nothing.
+5. Garmin's 429s are honoured through the gate (auth_service.services.garmin_gate): during
+   the account's cooldown, or while the endpoint's breaker is open, nobody claims and
+   GarminRateLimited says how long to wait; a 429 starts the cooldown before the claim is
+   released, so the callers waiting on the claim see it instead of asking Garmin in turn.
 
 Garth sessions take every step but the claim: their exchange rotates nothing (the OAuth1 token
 stays), so a second exchange is harmless, while a claim left by a replica killed inside
@@ -31,12 +35,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 
 from auth_service.domain import audit
-from auth_service.domain.audit import AuditedRpc, Outcome
 from auth_service.domain.errors import (
     DomainError,
     GarminRateLimited,
@@ -45,11 +46,21 @@ from auth_service.domain.errors import (
     SessionNotActive,
 )
 from auth_service.domain.events import RefreshEvents
+from auth_service.domain.garmin_limits import (
+    GarminCall,
+    GarminEndpoint,
+    GarminLimitSettings,
+    endpoints_of,
+)
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
 from auth_service.domain.policies import RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import SessionRow, live_lease
+from auth_service.services.garmin_gate import Admission, GarminGate
+from auth_service.services.refresh_askers import RefreshAsker, RefreshBusy, Refreshed
 from auth_service.services.unit_of_work import UnitsOfWork
+
+__all__ = ["RefreshAsker", "RefreshBusy", "Refreshed", "SessionRefresher"]
 
 log = logging.getLogger(__name__)
 
@@ -61,34 +72,6 @@ POLL_SECONDS = 0.05
 MAX_COMMIT_BACKOFF_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class RefreshAsker:
-    """Who asks for a refresh: the RPC its audit events name, and what a rejection stores."""
-
-    rpc: AuditedRpc
-    # The invalidated_reason stored when Garmin rejects the refresh, given Garmin's message.
-    reason_for: Callable[[str], str]
-    # The outcome recorded for that invalidation (None: the rejection's own answer).
-    rejected_outcome: Outcome | None = None
-    # Claim garth sessions too (their exchange rotates nothing, so only askers that come in
-    # bursts need it: see the module docstring).
-    claims_every_kind: bool = False
-
-
-@dataclass(frozen=True)
-class Refreshed:
-    """The session's tokens after a refresh, and its row as stored with them."""
-
-    tokens: GarminTokens
-    row: SessionRow
-    # False when another replica (or a login) had already replaced the tokens asked about.
-    by_us: bool
-
-
-class RefreshBusy(Exception):
-    """Another replica holds the claim (only `refresh_unless_claimed` raises it)."""
-
-
 class SessionRefresher:
     """Refreshes sessions, one refresh per rotation across replicas; one per replica."""
 
@@ -98,11 +81,13 @@ class SessionRefresher:
         upstream: GarminUpstream,
         settings: RefreshSettings,
         events: RefreshEvents,
+        gate: GarminGate | None = None,
     ) -> None:
         self._uow = uow
         self._upstream = upstream
         self._settings = settings
         self._events = events
+        self._gate = gate or GarminGate(uow, GarminLimitSettings())
         self._slots = threading.BoundedSemaphore(settings.concurrency)
 
     def refresh(self, user_id: str, expected_version: int, asker: RefreshAsker) -> Refreshed:
@@ -129,7 +114,7 @@ class SessionRefresher:
         deadline = time.monotonic() + self._settings.wait_seconds
         waited = False
         while True:
-            row, tokens = self._current(user_id)
+            row, tokens, refused = self._current(user_id, check_limits=True)
             if row.session_version != expected_version:
                 if waited:
                     self._events.refresh_waited("rotated")
@@ -144,6 +129,8 @@ class SessionRefresher:
                 waited = True
                 time.sleep(POLL_SECONDS)
                 continue
+            if refused is not None:
+                raise refused  # Garmin asked us to wait: nobody claims, nobody calls
             if waited and row.refresh_claimed_until is None:
                 # Released, not expired: the other replica's refresh failed (Garmin busy).
                 # Asking Garmin again at once would only add to its load.
@@ -159,17 +146,29 @@ class SessionRefresher:
                     if not wait:
                         raise RefreshBusy(user_id)
                     continue  # another replica got there first: look again
-                fresh = self._call_garmin(claimed, claim_id, asker)
+                fresh = self._call_garmin(claimed, claim_id, asker, self._admit(claimed, claim_id))
             if isinstance(fresh, Refreshed):
                 return fresh
             return self._store(claimed, fresh, asker)
 
-    def _current(self, user_id: str) -> tuple[SessionRow, GarminTokens]:
+    def _current(
+        self, user_id: str, *, check_limits: bool = False
+    ) -> tuple[SessionRow, GarminTokens, GarminRateLimited | None]:
+        """The row, its tokens and (check_limits) the gate's refusal, in one transaction."""
         with self._uow() as uow:
             row = uow.leases.find(user_id)
             if row is None or row.state is not SessionState.ACTIVE or not row.session_ciphertext:
                 raise SessionNotActive("the session is no longer active")
-            return row, uow.sessions.open_tokens(row)
+            refused = self._gate.refusal(uow, user_id, _endpoints(row)) if check_limits else None
+            return row, uow.sessions.open_tokens(row), refused
+
+    def _admit(self, claimed: SessionRow, claim_id: str | None) -> Admission:
+        """The gate's word just before the call (a breaker may have opened since we looked)."""
+        try:
+            return self._gate.admit(claimed.user_id, _endpoints(claimed))
+        except BaseException:
+            self._release(claimed.user_id, claim_id)
+            raise
 
     def _claim(
         self, user_id: str, version: int, claim_id: str, *, unleased: bool
@@ -199,7 +198,11 @@ class SessionRefresher:
     # --- Garmin ----------------------------------------------------------------------------
 
     def _call_garmin(
-        self, claimed: SessionRow, claim_id: str | None, asker: RefreshAsker
+        self,
+        claimed: SessionRow,
+        claim_id: str | None,
+        asker: RefreshAsker,
+        admission: Admission,
     ) -> GarminTokens | Refreshed:
         user_id = claimed.user_id
         kind = claimed.session_kind.value if claimed.session_kind else "UNKNOWN"
@@ -210,20 +213,29 @@ class SessionRefresher:
             # Outside any transaction: nothing is locked while Garmin answers.
             fresh = self._upstream.refresh(tokens)
         except GarminSessionRejected as rejected:
+            self._gate.answered(admission)
             outcome, result = self._rejected(claimed, rejected, asker)
             self._events.refresh_finished(kind, outcome, time.monotonic() - started)
             if result is None:
                 raise
             return result
-        except (GarminRateLimited, GarminUnavailable) as busy:
+        except GarminRateLimited as limited:
+            # Before the claim is released: the callers waiting on it must find the cooldown.
+            self._gate.rate_limited(admission, limited, asker.rpc)
             self._release(user_id, claim_id)
-            outcome = "rate_limited" if isinstance(busy, GarminRateLimited) else "unavailable"
-            self._events.refresh_finished(kind, outcome, time.monotonic() - started)
+            self._events.refresh_finished(kind, "rate_limited", time.monotonic() - started)
+            raise
+        except GarminUnavailable:
+            self._gate.unanswered(admission)
+            self._release(user_id, claim_id)
+            self._events.refresh_finished(kind, "unavailable", time.monotonic() - started)
             raise
         except Exception:
+            self._gate.unanswered(admission)
             self._release(user_id, claim_id)
             self._events.refresh_finished(kind, "error", time.monotonic() - started)
             raise
+        self._gate.answered(admission)
         self._events.refresh_finished(kind, "rotated", time.monotonic() - started)
         return fresh
 
@@ -293,7 +305,7 @@ class SessionRefresher:
         # A login or import replaced the session while Garmin answered: it wins, and the
         # pair of the session it replaced is dropped.
         log.info("user %s: session replaced during its refresh; refreshed tokens dropped", user_id)
-        row, tokens = self._current(user_id)
+        row, tokens, _ = self._current(user_id)
         return Refreshed(tokens, row, by_us=False)
 
     def _commit(
@@ -305,3 +317,7 @@ class SessionRefresher:
                 lease = live_lease(row, uow.now)
                 uow.audit.record(asker.rpc, audit.SESSION_REFRESHED, user_id=user_id, lease=lease)
             return row
+
+
+def _endpoints(row: SessionRow) -> tuple[GarminEndpoint, ...]:
+    return endpoints_of(GarminCall.REFRESH, row.session_kind)

@@ -43,6 +43,8 @@ class SignInCooldown:
         try:
             yield
         except GarminRateLimited as limited:
+            if limited.held_back is not None:
+                raise  # answered without Garmin (auth_service.services.garmin_gate)
             if self._seconds <= 0:
                 raise  # turned off (GARMIN_AUTH_SIGNIN_COOLDOWN=0): Garmin's answer as it is
             seconds = max(self._seconds, limited.retry_after_seconds or 0.0)

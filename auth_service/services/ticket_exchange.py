@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from auth_service.domain import validation
 from auth_service.domain.audit import AuditedRpc
-from auth_service.domain.models import SessionStatusView
+from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
+from auth_service.domain.models import SessionKind, SessionStatusView
 from auth_service.domain.ports import GarminUpstream
 from auth_service.services.connect import connect_tokens
+from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.unit_of_work import UnitsOfWork
 
 
@@ -21,10 +23,15 @@ class TicketExchange:
     """ExchangeServiceTicket."""
 
     def __init__(
-        self, uow: UnitsOfWork, upstream: GarminUpstream, service_urls: tuple[str, ...]
+        self,
+        uow: UnitsOfWork,
+        upstream: GarminUpstream,
+        service_urls: tuple[str, ...],
+        gate: GarminGate | None = None,
     ) -> None:
         self._uow = uow
         self._upstream = upstream
+        self._gate = gate or GarminGate(uow, GarminLimitSettings())
         # The first is the default: the iOS app's, unless configured otherwise.
         self._service_urls = service_urls
 
@@ -37,7 +44,13 @@ class TicketExchange:
             validation.check_service_ticket(service_ticket),
             validation.check_service_url(service_url, self._service_urls),
         )
-        tokens = self._upstream.exchange_service_ticket(service_ticket, service_url)
+        # Not held back by the account's sign-in cooldown (this is the way in while Garmin
+        # blocks our sign-ins), but by Garmin's 429s like every call.
+        endpoints = endpoints_of(GarminCall.EXCHANGE_TICKET, SessionKind.DI_OAUTH2)
+        with self._gate.calling(
+            user_id, endpoints, AuditedRpc.EXCHANGE_SERVICE_TICKET, exclusive=True
+        ):
+            tokens = self._upstream.exchange_service_ticket(service_ticket, service_url)
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
             uow.challenges.delete_for_user(user_id)  # a new session supersedes a pending login

@@ -22,6 +22,7 @@ from auth_service.domain.models import LeaseView
 from auth_service.domain.repositories import (
     AuditRepository,
     ChallengeRepository,
+    GarminLimitRepository,
     LeaseRepository,
     RefreshRepository,
     SessionRepository,
@@ -105,6 +106,10 @@ class UnitOfWork:
     @property
     def audit_events(self) -> AuditRepository:
         return self._transaction.audit_events
+
+    @property
+    def limits(self) -> GarminLimitRepository:
+        return self._transaction.limits
 
 
 class UnitsOfWork:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from auth_service.domain.clock import Clock
-from auth_service.domain.events import RefreshEvents
+from auth_service.domain.events import LimitEvents, RefreshEvents
+from auth_service.domain.garmin_limits import GarminLimitSettings
 from auth_service.domain.paging import Pager
 from auth_service.domain.policies import LeaseSettings, LoginSettings, RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.repositories import Store
 from auth_service.services.audit_log import AuditLog
 from auth_service.services.connect import ConnectService
+from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.housekeeping import Housekeeping
 from auth_service.services.keepalive import KeepAlive
 from auth_service.services.lease_refresh import LeaseRefresh
@@ -49,15 +51,19 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     refresh: RefreshSettings,
     refresh_events: RefreshEvents,
     token_parsers: TokenParsers,
+    limits: GarminLimitSettings | None = None,
+    limit_events: LimitEvents | None = None,
 ) -> UseCases:
     uow = UnitsOfWork(store, clock)
+    # Every call to Garmin passes the one gate: Garmin's 429s honoured on every replica.
+    gate = GarminGate(uow, limits or GarminLimitSettings(), limit_events)
     # One refresher per replica: its bound on refreshes in flight covers every caller.
-    refresher = SessionRefresher(uow, upstream, refresh, refresh_events)
+    refresher = SessionRefresher(uow, upstream, refresh, refresh_events, gate)
     return UseCases(
-        connect=ConnectService(uow, upstream, login),
+        connect=ConnectService(uow, upstream, login, gate),
         imports=SessionImport(uow, refresher, token_parsers),
-        tickets=TicketExchange(uow, upstream, login.service_urls),
-        sessions=SessionAdmin(uow, upstream, refresher, pager),
+        tickets=TicketExchange(uow, upstream, login.service_urls, gate),
+        sessions=SessionAdmin(uow, upstream, refresher, pager, gate),
         leases=LeaseService(uow, refresher, leases),
         lease_refresh=LeaseRefresh(uow, refresher),
         audit_log=AuditLog(uow, pager),

@@ -47,6 +47,7 @@ RPC_LENGTH = 64
 OUTCOME_CODE_LENGTH = 32
 OUTCOME_REASON_LENGTH = 64
 CLAIM_ID_LENGTH = 64
+ENDPOINT_LENGTH = 32
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -209,6 +210,37 @@ class GarminLoginThrottle(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Garmin's sign-in answered 429 for this account: no login reaches Garmin before then.
     signin_cooldown_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class GarminAccountLimit(Base):
+    """One account's state toward Garmin: its cooldown after a 429 (no call reaches Garmin
+    until `cooling_until`) and its one sign-in (or validation) in flight.
+
+    Any replica may make the account's next call, so both live here; rows whose cooldown and
+    call have ended are deleted by housekeeping.
+    """
+
+    __tablename__ = "garmin_account_limit"
+
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
+    # The endpoint that answered 429 (auth_service.domain.garmin_limits.GarminEndpoint).
+    endpoint: Mapped[str | None] = mapped_column(String(ENDPOINT_LENGTH))
+    cooling_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cooling_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    call_claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class GarminEndpointBreaker(Base):
+    """One Garmin endpoint's breaker, shared by every replica: its 429s in the current
+    window and, while open or half-open, when the wait ends and whether a probe is out."""
+
+    __tablename__ = "garmin_endpoint_breaker"
+
+    endpoint: Mapped[str] = mapped_column(String(ENDPOINT_LENGTH), primary_key=True)
+    window_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    rate_limited_calls: Mapped[int] = mapped_column(Integer, default=0)
+    open_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    probe_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class GarminAuditEvent(Base):

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from auth_service.storage.audit_repository import SqlAuditRepository
 from auth_service.storage.challenge_repository import SqlChallengeRepository
 from auth_service.storage.lease_repository import SqlLeaseRepository
+from auth_service.storage.limit_repository import SqlGarminLimitRepository
 from auth_service.storage.refresh_repository import SqlRefreshRepository
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.session_repository import SqlSessionRepository
@@ -55,6 +56,10 @@ class SqlTransaction:
     @cached_property
     def audit_events(self) -> SqlAuditRepository:
         return SqlAuditRepository(self._session)
+
+    @cached_property
+    def limits(self) -> SqlGarminLimitRepository:
+        return SqlGarminLimitRepository(self._session)
 
 
 class SqlStore:

@@ -9,8 +9,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 
-def insert_ignoring_conflict(session: Session, table: Table, values: dict[str, Any]) -> None:
-    """Insert the row unless one with the same key exists already."""
+def insert_ignoring_conflict(session: Session, table: Table, values: dict[str, Any]) -> bool:
+    """Insert the row unless one with the same key exists already; True when inserted."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(table).values(**values).on_conflict_do_nothing())
+    # RETURNING rather than rowcount: psycopg reports no row count for ON CONFLICT inserts.
+    statement = insert(table).values(**values).on_conflict_do_nothing()
+    inserted = session.execute(statement.returning(*table.primary_key.columns)).first()
+    return inserted is not None

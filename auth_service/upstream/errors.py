@@ -16,21 +16,23 @@ from auth_service.domain.errors import (
     GarminUnavailable,
     UpstreamError,
 )
+from auth_service.domain.garmin_limits import GarminEndpoint
 from garmin_client.errors import GarminError, RateLimited, SessionRejected
 
 
-def as_domain(error: GarminError) -> UpstreamError:
+def as_domain(error: GarminError, endpoint: GarminEndpoint | None = None) -> UpstreamError:
+    """The domain's error for `error`; a 429 names `endpoint` (whose breaker counts it)."""
     if isinstance(error, SessionRejected):
         return GarminSessionRejected(error.message)
     if isinstance(error, RateLimited):
-        return GarminRateLimited(error.message, error.retry_after_seconds)
+        return GarminRateLimited(error.message, error.retry_after_seconds, endpoint)
     return GarminUnavailable(error.message)
 
 
 @contextlib.contextmanager
-def domain_errors() -> Iterator[None]:
+def domain_errors(endpoint: GarminEndpoint | None = None) -> Iterator[None]:
     """Raise garmin_client's errors leaving the block as the domain's (without chaining)."""
     try:
         yield
     except GarminError as error:
-        raise as_domain(error) from None
+        raise as_domain(error, endpoint) from None

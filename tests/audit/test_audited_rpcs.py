@@ -402,8 +402,11 @@ def test_central_refresh_rate_limited_records_the_release(
     garmin.fail_next(EXCHANGE_PATH, 429, retry_after=30)
     refused = expect_failure(lambda: lease(service, "quin"))
     assert refused.reason == "GARMIN_RATE_LIMITED"
-    grant_event, released = log.new()
+    grant_event, cooling, released = log.new()
     assert grant_event.summary == (WORKER, "LeaseSession", "quin", "OK", "OK")
+    # The account's cooldown started (no call for it reaches Garmin for Retry-After).
+    assert cooling.summary == (WORKER, "LeaseSession", "quin", "OK", "GARMIN_COOLDOWN_STARTED")
+    assert cooling.lease_id is None
     assert released.summary == (
         WORKER,
         "LeaseSession",

@@ -89,6 +89,7 @@ def test_429_with_an_expired_token_invalidates_nothing(
     accounts: GarminAccounts,
     db_sessionmaker: sessionmaker[Session],
     box: SecretBox,
+    clock: FakeClock,
 ) -> None:
     old = accounts.seed(USER, timedelta(minutes=-5))
     emulator.fail_next(EXCHANGE_PATH, 429, retry_after=120)
@@ -101,7 +102,14 @@ def test_429_with_an_expired_token_invalidates_nothing(
     assert row.state is SessionState.ACTIVE
     assert row.lease_id is None
     assert stored_tokens(db_sessionmaker, box, USER) == old
-    # Garmin recovers: the next grant refreshes.
+    # Until Garmin's Retry-After has passed, grants are refused without asking Garmin.
+    clock.advance(119)
+    with pytest.raises(GarminRateLimited) as waiting:
+        service.lease_session(USER, "worker-a", None)
+    assert waiting.value.retry_after_seconds == pytest.approx(1, abs=0.01)
+    assert emulator.request_count(EXCHANGE_PATH) == 1
+    # Then the next grant refreshes.
+    clock.advance(1)
     assert service.lease_session(USER, "worker-a", None).tokens.oauth1 == old.oauth1
     assert accounts.exchanges(USER) == 1
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from http import HTTPStatus
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -178,7 +179,7 @@ def test_invalid_grant_when_another_replica_already_rotated_ends_nothing(
         pytest.param("timeout", GarminUnavailable, id="timeout"),
     ],
 )
-def test_busy_garmin_never_ends_a_session(
+def test_busy_garmin_never_ends_a_session(  # noqa: PLR0917 - fixtures and parameters
     replicas: tuple[Replica, Replica],
     accounts: DiAccounts,
     emulator: GarminEmulator,
@@ -186,6 +187,7 @@ def test_busy_garmin_never_ends_a_session(
     box: SecretBox,
     fault: int | str,
     error: type[UpstreamError],
+    clock: FakeClock,
 ) -> None:
     tokens = accounts.seed(USER, access_in=timedelta(seconds=-5))
     version = read_row(db_sessionmaker, USER).session_version
@@ -207,6 +209,15 @@ def test_busy_garmin_never_ends_a_session(
     assert row.lease_id is None
     assert stored_tokens(db_sessionmaker, box, USER) == tokens
     emulator.clear_faults()
+    if fault == HTTPStatus.TOO_MANY_REQUESTS:
+        # Garmin asked for a wait (no Retry-After: the default 60 s): no replica asks again
+        # before it has passed.
+        calls = emulator.request_count(DI_TOKEN_PATH)
+        with pytest.raises(GarminRateLimited) as refused:
+            replicas[1].leases.lease_session(USER, "worker-b", None)
+        assert refused.value.held_back == "account_cooldown"
+        assert emulator.request_count(DI_TOKEN_PATH) == calls
+        clock.advance(61)
     grant = replicas[1].leases.lease_session(USER, "worker-b", None)
     assert grant.tokens.kind is SessionKind.DI_OAUTH2
     assert accounts.refreshes(USER) == 1

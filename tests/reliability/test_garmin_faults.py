@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from typing import Any
 
 import grpc
@@ -218,6 +219,15 @@ def test_garmin_fault_answers_the_documented_error_and_invalidates_nothing(
     assert status.state == pb.SESSION_STATE_ACTIVE
     assert not status.HasField("lease")
 
+    if fault.status == HTTPStatus.TOO_MANY_REQUESTS:
+        # Garmin asked for a wait: the same call is answered without Garmin until it has
+        # passed, on every replica (tests/limits checks that it works again afterwards).
+        calls = garmin.request_count(scenario.path)
+        waiting = expect_failure(lambda: scenario.call(replica, prepared))
+        assert (waiting.code, waiting.reason) == (fault.code, fault.reason)
+        assert 0 < (waiting.retry_seconds or 0) <= (fault.retry_seconds or 0)
+        assert garmin.request_count(scenario.path) == calls
+        return
     # Garmin behaves again: the same call works (a slow SubmitMfa was answered by Garmin
     # after we gave up, which used the code up: that user logs in again).
     if rpc == "SubmitMfa" and fault.delay:

@@ -10,6 +10,7 @@ visible: a row is either as it was before the call or as a completed call leaves
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -50,6 +51,8 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.postgres]
 
 HANG_SECONDS = 60  # longer than the test: the emulator wakes hung handlers when it stops
 SLOW_UPSTREAM = {"GARMIN_AUTH_UPSTREAM_TIMEOUT": "60"}  # the killed replica never gives up
+# How long the killed replica's claim on a user's one sign-in outlives it.
+SIGNIN_CLAIM_SECONDS = 2
 
 
 @pytest.fixture
@@ -97,7 +100,11 @@ def test_replica_killed_mid_login_leaves_nothing_half_written(
     garmin: GarminEmulator,
     database_url: str,
 ) -> None:
-    doomed = replica_processes(database_url, **SLOW_UPSTREAM)
+    doomed = replica_processes(
+        database_url,
+        **SLOW_UPSTREAM,
+        GARMIN_AUTH_BREAKER_PROBE_TIMEOUT=str(SIGNIN_CLAIM_SECONDS),
+    )
     survivor = service_factory.start()
     garmin.add_user(email("ann"), PASSWORD)
     garmin.add_user(email("bob"), PASSWORD, mfa=True, mfa_code="246810")
@@ -130,6 +137,11 @@ def test_replica_killed_mid_login_leaves_nothing_half_written(
     assert challenges_of(database_url, "bob") == []
     status = survivor.call("GetStatus", pb.GetStatusRequest(user_id="bob")).status
     assert status.state == pb.SESSION_STATE_NOT_CONNECTED
+    # The killed replica's sign-in of bob still holds his one call to Garmin until its claim
+    # expires (GARMIN_AUTH_BREAKER_PROBE_TIMEOUT; short here): answered without Garmin.
+    waiting = expect_failure(lambda: survivor.call("Login", login_request("bob")))
+    assert waiting.reason == "GARMIN_RATE_LIMITED"
+    time.sleep(SIGNIN_CLAIM_SECONDS)
     answer = survivor.call("Login", login_request("bob"))
     assert answer.outcome == pb.LOGIN_OUTCOME_MFA_REQUIRED
     done = survivor.call(

@@ -205,9 +205,17 @@ def test_refresh_lease_passes_on_garmins_rate_limit_with_retry_info(
         "GARMIN_RATE_LIMITED",
     )
     assert limited.retry_seconds is not None
-    # The lease and session are untouched.
-    again = refresh(service, granted.lease.lease_id, granted.status.session_version)
-    assert again.status.state == pb.SESSION_STATE_ACTIVE
+    # The lease and session are untouched; asking again during the account's cooldown is
+    # answered the same way without Garmin.
+    calls = garmin.request_count(EXCHANGE_PATH)
+    again = expect_failure(
+        lambda: refresh(service, granted.lease.lease_id, granted.status.session_version)
+    )
+    assert again.reason == "GARMIN_RATE_LIMITED"
+    assert garmin.request_count(EXCHANGE_PATH) == calls
+    status = service.call("GetStatus", pb.GetStatusRequest(user_id="ida")).status
+    assert status.state == pb.SESSION_STATE_ACTIVE
+    assert status.lease.fencing_token == granted.lease.fencing_token
 
 
 def test_a_scoped_worker_leases_only_its_users(

@@ -234,8 +234,8 @@ def test_failed_and_pending_relogin_keep_the_active_session(
 def test_garmin_rate_limit_and_outage_answer_retryable_errors(
     service_factory: ServiceFactory, garmin: GarminEmulator
 ) -> None:
-    # Without the sign-in cooldown, so the second login reaches Garmin (tests/service/
-    # test_di_signin.py covers the cooldown).
+    # Without the sign-in cooldown (tests/service/test_di_signin.py covers it): the account's
+    # cooldown after a 429 is Garmin's Retry-After.
     service = service_factory.start(
         login=LoginSettings(limit=20, window_seconds=3600, signin_cooldown_seconds=0)
     )
@@ -247,13 +247,22 @@ def test_garmin_rate_limit_and_outage_answer_retryable_errors(
         "GARMIN_RATE_LIMITED",
     )
     assert limited.retry_seconds == 120
+    # Until Garmin's Retry-After has passed the account is not sent to Garmin again.
+    calls = garmin.request_count("/mobile/api/login")
+    waiting = expect_failure(lambda: login(service, "ida", "ida@example.com"))
+    assert (waiting.reason, garmin.request_count("/mobile/api/login")) == (
+        "GARMIN_RATE_LIMITED",
+        calls,
+    )
 
+    garmin.add_user("ivo@example.com", PASSWORD)
     garmin.fail_next("/mobile/api/login", 503)
-    down = expect_failure(lambda: login(service, "ida", "ida@example.com"))
+    down = expect_failure(lambda: login(service, "ivo", "ivo@example.com"))
     assert (down.code, down.reason) == (grpc.StatusCode.UNAVAILABLE, "GARMIN_UNAVAILABLE")
 
-    status = service.call("GetStatus", pb.GetStatusRequest(user_id="ida")).status
-    assert status.state == pb.SESSION_STATE_NOT_CONNECTED
+    for user in ("ida", "ivo"):
+        status = service.call("GetStatus", pb.GetStatusRequest(user_id=user)).status
+        assert status.state == pb.SESSION_STATE_NOT_CONNECTED
 
 
 def test_login_rate_limit_holds_across_replicas_without_calling_garmin(

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from auth_service.config import MetricsSettings
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.events import current_listener
+from auth_service.domain.garmin_limits import GarminLimitSettings
 from auth_service.domain.policies import DiSettings, LoginFlow
 from auth_service.metrics.service import go_code_name
 from auth_service.upstream.observer import RpcListenerObserver
@@ -231,6 +232,35 @@ def test_signin_cooldowns_are_counted(
     limited = expect_failure(lambda: login(replica, "coy", "coy@example.com"))
     assert limited.reason == "GARMIN_RATE_LIMITED"
     assert value(scrape(replica), "garmin_auth_signin_cooldowns_active") == 1
+
+
+def test_garmin_limits_are_visible(service_factory: ServiceFactory, garmin: GarminEmulator) -> None:
+    replica = with_metrics(
+        service_factory,
+        login_flow=LoginFlow.DI,
+        di=DiSettings(plain_http=True),
+        limits=GarminLimitSettings(breaker_threshold=1),
+    )
+    before = scrape(replica)
+    assert value(before, "garmin_auth_account_cooldowns_active") == 0
+    assert value(before, "garmin_auth_garmin_breaker_state", endpoint="sso") == 0
+    garmin.add_user("cal@example.com", PASSWORD)
+    garmin.block_logins(BLOCK_RATE_LIMITED, retry_after=60)
+    expect_failure(lambda: login(replica, "cal", "cal@example.com"))
+    again = expect_failure(lambda: login(replica, "cal", "cal@example.com"))
+    assert again.reason == "GARMIN_RATE_LIMITED"
+
+    after = scrape(replica)
+    assert value(after, "garmin_auth_account_cooldowns_active") == 1
+    # One 429 reaches the threshold of 1: the breaker of the sign-in endpoint is open.
+    assert value(after, "garmin_auth_garmin_breaker_state", endpoint="sso") == 1
+    assert value(after, "garmin_auth_garmin_breaker_state", endpoint="di_token") == 0
+    assert value(after, "garmin_auth_garmin_rate_limited_total", endpoint="sso", opened="true") == 1
+    # The second login never reached Garmin: the account's sign-in cooldown answered it.
+    suppressed = value(
+        after, "garmin_auth_garmin_calls_suppressed_total", endpoint="sso", reason="signin_cooldown"
+    )
+    assert suppressed == 1
 
 
 @sqlite_only

@@ -16,6 +16,7 @@ from auth_service.domain.errors import (
     GarminSessionRejected,
     GarminUnavailable,
 )
+from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import (
     GarminTokens,
     LoginNeedsMfa,
@@ -128,6 +129,6 @@ class DiUpstream:
             except AccessTokenRejected:
                 raise _AccessTokenRefused from None
             except GarminError as error:
-                raise as_domain(error) from None
+                raise as_domain(error, GarminEndpoint.CONNECT_API) from None
         if not isinstance(profile, dict):
             raise GarminUnavailable("Garmin answered something unreadable (Connect API)")

@@ -24,6 +24,7 @@ from auth_service.domain.errors import (
     MfaCodeRejected,
     UpstreamError,
 )
+from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import PendingMfa, SessionKind
 from auth_service.upstream.di.sso_http import SsoAnswer, SsoHttp
 from garmin_client.answers import retry_after_seconds
@@ -67,6 +68,7 @@ def _failure(answer: SsoAnswer, step: str) -> UpstreamError:
         return GarminRateLimited(
             f"Garmin is rate limiting sign-ins ({step}, HTTP 429)",
             retry_after_seconds(answer.retry_after),
+            GarminEndpoint.SSO,
         )
     kind = _answer_type(answer)
     if kind in _BLOCKED_TYPES:

@@ -33,6 +33,7 @@ from auth_service.domain.errors import (
     ServiceTicketRejected,
     UpstreamError,
 )
+from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import GarminTokens, OAuth2Token
 from auth_service.domain.policies import DiSettings
 from auth_service.upstream.di.jwt_payload import jwt_payload
@@ -169,6 +170,7 @@ class TokenEndpoint:
             error: UpstreamError = GarminRateLimited(
                 f"Garmin is rate limiting ({step}, HTTP 429)",
                 retry_after_seconds(answer.retry_after),
+                GarminEndpoint.DI_TOKEN,
             )
         else:
             error = GarminUnavailable(f"Garmin answered HTTP {answer.status} ({step})")

@@ -13,6 +13,7 @@ import contextlib
 from typing import Final
 
 from auth_service.domain.clock import Clock, SystemClock
+from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import LoginResult, PendingMfa
 from auth_service.upstream.errors import domain_errors
 from auth_service.upstream.garth.isolation import (
@@ -60,11 +61,13 @@ class GarthUpstream:
             return resume(client, pending, code)
 
     def refresh(self, tokens: GarminTokens) -> GarminTokens:
-        with domain_errors():
+        with domain_errors(GarminEndpoint.OAUTH_EXCHANGE):
             return self._refresh(tokens)
 
     def validate(self, tokens: GarminTokens, *, allow_refresh: bool) -> GarminTokens:
-        with domain_errors():
+        # A 429 of the exchange inside (allow_refresh) counts against the Connect API too:
+        # callers that let it refresh here never do in the service (RefreshLease does).
+        with domain_errors(GarminEndpoint.CONNECT_API):
             return self._validate(tokens, allow_refresh=allow_refresh)
 
     def _refresh(self, tokens: GarminTokens) -> GarminTokens:

@@ -23,6 +23,7 @@ from auth_service.domain.errors import (
     MfaCodeRejected,
     UpstreamError,
 )
+from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import LoginNeedsMfa, LoginResult, LoginSucceeded, PendingMfa
 from auth_service.upstream.errors import as_domain
 from auth_service.upstream.garth.isolation import (
@@ -82,14 +83,18 @@ def _login_failure(operation: str, exc: BaseException, client: IsolatedClient) -
         # A refused password or code is routine.
         log_failure(operation, rejection, exc, routine=True)
         return rejection
-    error = as_domain(failure(operation, exc, judging_tokens=False))
     response = http_response(exc)
-    if response is not None and response.status_code == HTTPStatus.UNAUTHORIZED:
-        path = urlsplit(response.url or "").path
-        if path in (PREAUTHORIZED_PATH, EXCHANGE_PATH):
-            log.error(
-                "Garmin refused a freshly issued ticket or token: check the OAuth consumer key"
-            )
+    path = urlsplit(response.url or "").path if response is not None else ""
+    # Sign-in ends with the ticket exchanged for tokens at connectapi's OAuth endpoints.
+    endpoint = (
+        GarminEndpoint.OAUTH_EXCHANGE
+        if path in (PREAUTHORIZED_PATH, EXCHANGE_PATH)
+        else GarminEndpoint.SSO
+    )
+    error = as_domain(failure(operation, exc, judging_tokens=False), endpoint)
+    unauthorized = response is not None and response.status_code == HTTPStatus.UNAUTHORIZED
+    if unauthorized and endpoint is GarminEndpoint.OAUTH_EXCHANGE:
+        log.error("Garmin refused a freshly issued ticket or token: check the OAuth consumer key")
     return error
 
 

@@ -1,0 +1,304 @@
+"""The gate every call to Garmin passes: Garmin's 429s honoured across every replica.
+
+Before a call: refused (GarminRateLimited with the time left, Garmin not called) while the
+account waits out a 429 or while a breaker of an endpoint the call may reach is open; when a
+breaker is half-open, the call becomes its one probe, or is refused while another call
+probes. Sign-ins and validations are also one at a time per account (`exclusive`): two at
+once would both meet the same 429 (refreshes are one at a time by their own claim).
+
+After a 429: the account's cooldown starts (an audit event says so), the endpoint's
+429 is counted, and the breaker opens when the count reaches the threshold or the call was
+the probe. A probe that Garmin answered otherwise closes the breaker; one that got no answer
+lets the next call probe. The rules and their settings: auth_service.domain.garmin_limits.
+
+State lives in the database (two small tables, migration 0008), read in one short
+transaction before the call: a refresh in the steady state costs one read (its own claim
+already makes it one at a time); a sign-in also writes its claim and its release.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from auth_service.domain import audit
+from auth_service.domain.audit import AuditedRpc
+from auth_service.domain.errors import GarminRateLimited, GarminUnavailable, UpstreamError
+from auth_service.domain.events import LimitEvents, NoLimitEvents
+from auth_service.domain.garmin_limits import BreakerPhase, GarminEndpoint, GarminLimitSettings
+from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
+
+log = logging.getLogger(__name__)
+
+# The wait suggested to a call refused because another of the account is with Garmin.
+IN_FLIGHT_RETRY_SECONDS = 2.0
+# How often a caller waiting for another's call looks at the account again.
+WAIT_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A call let through: for whom, to which endpoints, and the breakers it probes."""
+
+    user_id: str | None
+    endpoints: tuple[GarminEndpoint, ...]
+    probes: frozenset[GarminEndpoint] = field(default_factory=frozenset)
+    # The account's one call was claimed for this one (released when it is settled).
+    claimed: bool = False
+
+
+class GarminGate:
+    """Admits calls to Garmin and records its 429s, for one replica (the state is shared)."""
+
+    def __init__(
+        self,
+        uow: UnitsOfWork,
+        settings: GarminLimitSettings,
+        events: LimitEvents | None = None,
+    ) -> None:
+        self._uow = uow
+        self._settings = settings
+        self._events = events or NoLimitEvents()
+
+    @property
+    def settings(self) -> GarminLimitSettings:
+        return self._settings
+
+    # --- before -----------------------------------------------------------------------------
+
+    def refusal(
+        self, uow: UnitOfWork, user_id: str | None, endpoints: tuple[GarminEndpoint, ...]
+    ) -> GarminRateLimited | None:
+        """Inside the caller's transaction, reading only: why a call would be refused now
+        (None: it would be let through or probe). For callers that check before claiming."""
+        refused = self._read_refusal(uow, user_id, endpoints)
+        if refused is None:
+            return None
+        endpoint, reason, wait = refused
+        return self._refused(endpoint, reason, wait)
+
+    def admit(
+        self,
+        user_id: str | None,
+        endpoints: tuple[GarminEndpoint, ...],
+        *,
+        exclusive: bool = False,
+    ) -> Admission:
+        """Let a call through (`exclusive`: as the account's only one in flight), or raise
+        GarminRateLimited (Garmin not called)."""
+        with self._uow() as uow:
+            refused = self._read_refusal(uow, user_id, endpoints)
+            if refused is None and exclusive and user_id is not None:
+                refused = self._claim_call(uow, user_id, endpoints)
+            if refused is None:
+                probes = self._claim_probes(uow, endpoints)
+                if probes is not None:
+                    return Admission(user_id, endpoints, probes, claimed=exclusive)
+                refused = (endpoints[0], "breaker_open", self._settings.probe_seconds)
+            # Raised inside: the transaction rolls back whatever was claimed.
+            endpoint, reason, wait = refused
+            raise self._refused(endpoint, reason, wait)
+
+    def wait_for_call(self, user_id: str, endpoints: tuple[GarminEndpoint, ...]) -> None:
+        """Wait until the account's claimed call is over (at most probe_seconds); raises the
+        gate's refusal when it left a cooldown (or a breaker) behind."""
+        deadline = time.monotonic() + self._settings.probe_seconds
+        while time.monotonic() < deadline:
+            with self._uow() as uow:
+                account = uow.limits.account(user_id)
+                if account is None or not account.call_out(uow.now):
+                    refused = self.refusal(uow, user_id, endpoints)
+                    if refused is not None:
+                        raise refused
+                    return
+            time.sleep(WAIT_POLL_SECONDS)
+        raise self._refused(endpoints[0], "in_flight", IN_FLIGHT_RETRY_SECONDS)
+
+    def _claim_call(
+        self, uow: UnitOfWork, user_id: str, endpoints: tuple[GarminEndpoint, ...]
+    ) -> tuple[GarminEndpoint, str, float] | None:
+        until = uow.now + timedelta(seconds=self._settings.probe_seconds)
+        if uow.limits.claim_call(user_id, uow.now, until):
+            return None
+        account = uow.limits.account(user_id)
+        if account is not None and account.cooling(uow.now):
+            # Claimed and answered 429 since we looked: the cooldown is the answer.
+            assert account.cooling_until is not None
+            wait = _seconds(account.cooling_until - uow.now)
+            return account.endpoint or endpoints[0], "account_cooldown", wait
+        # The call under way ends within seconds (a claim only outlives a dead replica's):
+        # ask again then, when its outcome (a session, or a cooldown) is known.
+        return endpoints[0], "in_flight", IN_FLIGHT_RETRY_SECONDS
+
+    def _read_refusal(
+        self, uow: UnitOfWork, user_id: str | None, endpoints: tuple[GarminEndpoint, ...]
+    ) -> tuple[GarminEndpoint, str, float] | None:
+        now = uow.now
+        account = uow.limits.account(user_id) if user_id is not None else None
+        if account is not None and account.cooling(now):
+            assert account.cooling_until is not None
+            endpoint = account.endpoint or endpoints[0]
+            return endpoint, "account_cooldown", _seconds(account.cooling_until - now)
+        for breaker in uow.limits.breakers(endpoints):
+            phase = breaker.phase(now)
+            if phase is BreakerPhase.OPEN:
+                assert breaker.open_until is not None
+                return breaker.endpoint, "breaker_open", _seconds(breaker.open_until - now)
+            if phase is BreakerPhase.HALF_OPEN and breaker.probe_out(now):
+                assert breaker.probe_until is not None
+                return breaker.endpoint, "breaker_open", _seconds(breaker.probe_until - now)
+        return None
+
+    def _claim_probes(
+        self, uow: UnitOfWork, endpoints: tuple[GarminEndpoint, ...]
+    ) -> frozenset[GarminEndpoint] | None:
+        """Claim the probe of every half-open breaker among `endpoints` (None: another call
+        took one first)."""
+        now = uow.now
+        half_open = [
+            breaker.endpoint
+            for breaker in uow.limits.breakers(endpoints)
+            if breaker.phase(now) is BreakerPhase.HALF_OPEN
+        ]
+        until = now + timedelta(seconds=self._settings.probe_seconds)
+        for endpoint in half_open:
+            if not uow.limits.claim_probe(endpoint, now, until):
+                return None  # the transaction rolls back with the refusal: no probe kept
+        return frozenset(half_open)
+
+    def suppressed(self, endpoint: GarminEndpoint, reason: str) -> None:
+        """Count a call answered without Garmin for a reason of the caller's own."""
+        self._events.call_suppressed(endpoint.value, reason)
+
+    def _refused(self, endpoint: GarminEndpoint, reason: str, wait: float) -> GarminRateLimited:
+        self.suppressed(endpoint, reason)
+        what = {
+            "account_cooldown": "this account is waiting out Garmin's rate limit",
+            "in_flight": "another sign-in of this account is with Garmin right now",
+        }.get(reason, f"Garmin's {endpoint.value} endpoint is rate-limiting this service")
+        refusal = GarminRateLimited(f"{what}; retry in {wait:.0f}s", retry_after_seconds=wait)
+        refusal.held_back = reason
+        return refusal
+
+    # --- after ------------------------------------------------------------------------------
+
+    def rate_limited(self, admission: Admission, error: GarminRateLimited, rpc: AuditedRpc) -> None:
+        """Garmin answered 429: start the account's cooldown, count the endpoint's 429, open
+        its breaker when due. Sets the error's retry_after_seconds to the wait imposed."""
+        wait = self._settings.wait_for(error.retry_after_seconds)
+        endpoint = error.endpoint or admission.endpoints[-1]
+        error.retry_after_seconds = wait
+        try:
+            opened = self._record_429(admission, endpoint, wait, rpc)
+        # The 429 still reaches the caller; only the record of it is lost (the type only:
+        # driver messages can echo connection parameters).
+        except Exception as exc:  # noqa: BLE001
+            log.error(  # noqa: TRY400
+                "Garmin's 429 at %s for user %s not recorded (%s)",
+                endpoint.value,
+                admission.user_id,
+                type(exc).__name__,
+            )
+            return
+        self._events.rate_limited(endpoint.value, opened)
+        log.warning(
+            "Garmin answered 429 at %s for user %s; holding back %.0fs%s",
+            endpoint.value,
+            admission.user_id,
+            wait,
+            " (breaker open for every account)" if opened else "",
+        )
+
+    def _record_429(
+        self, admission: Admission, endpoint: GarminEndpoint, wait: float, rpc: AuditedRpc
+    ) -> bool:
+        """Start the cooldown, count the 429, open the breaker when due (True: opened)."""
+        opened = False
+        with self._uow() as uow:
+            until = uow.now + timedelta(seconds=wait)
+            if admission.user_id is not None and uow.limits.start_account_cooldown(
+                admission.user_id, endpoint, until, uow.now
+            ):
+                uow.audit.record(rpc, audit.COOLDOWN_STARTED, user_id=admission.user_id)
+            if self._settings.breaker_threshold > 0:
+                count = uow.limits.count_rate_limited(
+                    endpoint, uow.now, timedelta(seconds=self._settings.breaker_window_seconds)
+                )
+                if endpoint in admission.probes or count >= self._settings.breaker_threshold:
+                    uow.limits.open_breaker(endpoint, until)
+                    opened = True
+            for other in admission.probes - {endpoint}:
+                uow.limits.release_probe(other)
+            if admission.claimed and admission.user_id is not None:
+                uow.limits.release_call(admission.user_id)
+        return opened
+
+    def answered(self, admission: Admission) -> None:
+        """Garmin answered (anything but 429): the breakers this call probed close."""
+        if self._settle(admission, close=True) and admission.probes:
+            log.info("Garmin answered the probe at %s: calls resume", _names(admission.probes))
+
+    def unanswered(self, admission: Admission) -> None:
+        """The call got no answer from Garmin (or was not made): another call may probe."""
+        self._settle(admission, close=False)
+
+    def _settle(self, admission: Admission, *, close: bool) -> bool:
+        """Close the probed breakers (or let another call probe) and release the account's
+        claimed call; False when nothing was to do or the database refused (the claims then
+        expire after probe_seconds)."""
+        if not admission.probes and not admission.claimed:
+            return False
+        try:
+            with self._uow() as uow:
+                for endpoint in admission.probes:
+                    if close:
+                        uow.limits.close_breaker(endpoint)
+                    else:
+                        uow.limits.release_probe(endpoint)
+                if admission.claimed and admission.user_id is not None:
+                    uow.limits.release_call(admission.user_id)
+        except Exception as exc:  # noqa: BLE001 - see rate_limited
+            log.warning(
+                "probe of %s not settled (%s)", _names(admission.probes), type(exc).__name__
+            )
+            return False
+        return True
+
+    @contextmanager
+    def calling(
+        self,
+        user_id: str | None,
+        endpoints: tuple[GarminEndpoint, ...],
+        rpc: AuditedRpc,
+        *,
+        exclusive: bool = False,
+    ) -> Iterator[Admission]:
+        """Admit the block's call to Garmin and settle its answer."""
+        admission = self.admit(user_id, endpoints, exclusive=exclusive)
+        try:
+            yield admission
+        except GarminRateLimited as error:
+            self.rate_limited(admission, error, rpc)
+            raise
+        except GarminUnavailable:
+            self.unanswered(admission)
+            raise
+        except UpstreamError:
+            self.answered(admission)  # a refusal is an answer: the endpoint works
+            raise
+        except BaseException:
+            self.unanswered(admission)
+            raise
+        self.answered(admission)
+
+
+def _seconds(delta: timedelta) -> float:
+    return max(delta.total_seconds(), 0.0)
+
+
+def _names(endpoints: frozenset[GarminEndpoint]) -> str:
+    return ", ".join(sorted(e.value for e in endpoints))

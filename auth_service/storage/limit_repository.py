@@ -1,0 +1,175 @@
+"""Garmin's 429s as every replica sees them: implements
+auth_service.domain.repositories.GarminLimitRepository. Never commits."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, delete, or_, select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from auth_service.domain.garmin_limits import AccountLimit, Breaker, GarminEndpoint
+from auth_service.storage.models import GarminAccountLimit, GarminEndpointBreaker
+from auth_service.storage.upsert import insert_ignoring_conflict
+
+_ACCOUNTS = cast(Table, GarminAccountLimit.__table__)
+_BREAKERS = cast(Table, GarminEndpointBreaker.__table__)
+
+
+def _rows(result: object) -> int:
+    return cast(CursorResult[Any], result).rowcount or 0
+
+
+class SqlGarminLimitRepository:
+    """Account limits and endpoint breakers on one SQLAlchemy session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # --- accounts --------------------------------------------------------------------------
+
+    def account(self, user_id: str) -> AccountLimit | None:
+        row = self.session.get(GarminAccountLimit, user_id)
+        if row is None:
+            return None
+        return AccountLimit(
+            user_id=row.user_id,
+            cooling_until=row.cooling_until,
+            endpoint=None if row.endpoint is None else GarminEndpoint(row.endpoint),
+            call_claimed_until=row.call_claimed_until,
+        )
+
+    def start_account_cooldown(
+        self, user_id: str, endpoint: GarminEndpoint, until: datetime, now: datetime
+    ) -> bool:
+        values = {
+            "user_id": user_id,
+            "endpoint": endpoint.value,
+            "cooling_until": until,
+            "cooling_started_at": now,
+        }
+        if insert_ignoring_conflict(self.session, _ACCOUNTS, values):
+            return True
+        # Locked from here to the commit: two replicas' 429s for one account start one cooldown.
+        row = self.session.scalars(
+            select(GarminAccountLimit)
+            .where(GarminAccountLimit.user_id == user_id)
+            .with_for_update()
+        ).one()
+        new = row.cooling_until is None or row.cooling_until <= now
+        if new:
+            row.cooling_started_at = now
+        if new or (row.cooling_until is not None and row.cooling_until < until):
+            row.cooling_until, row.endpoint = until, endpoint.value
+        return new
+
+    def claim_call(self, user_id: str, now: datetime, until: datetime) -> bool:
+        if insert_ignoring_conflict(
+            self.session, _ACCOUNTS, {"user_id": user_id, "call_claimed_until": until}
+        ):
+            return True
+        limit = GarminAccountLimit
+        result = self.session.execute(
+            update(limit)
+            .where(
+                limit.user_id == user_id,
+                or_(limit.call_claimed_until.is_(None), limit.call_claimed_until <= now),
+                or_(limit.cooling_until.is_(None), limit.cooling_until <= now),
+            )
+            .values(call_claimed_until=until)
+        )
+        return _rows(result) == 1
+
+    def release_call(self, user_id: str) -> None:
+        self.session.execute(
+            update(GarminAccountLimit)
+            .where(GarminAccountLimit.user_id == user_id)
+            .values(call_claimed_until=None)
+        )
+
+    def purge_ended(self, now: datetime) -> int:
+        limit = GarminAccountLimit
+        result = self.session.execute(
+            delete(limit).where(
+                and_(
+                    or_(limit.cooling_until.is_(None), limit.cooling_until <= now),
+                    or_(limit.call_claimed_until.is_(None), limit.call_claimed_until <= now),
+                )
+            )
+        )
+        return _rows(result)
+
+    # --- endpoints -------------------------------------------------------------------------
+
+    def breakers(self, endpoints: tuple[GarminEndpoint, ...]) -> list[Breaker]:
+        rows = self.session.scalars(
+            select(GarminEndpointBreaker).where(
+                GarminEndpointBreaker.endpoint.in_([e.value for e in endpoints])
+            )
+        )
+        return [_breaker(row) for row in rows]
+
+    def count_rate_limited(self, endpoint: GarminEndpoint, now: datetime, window: timedelta) -> int:
+        insert_ignoring_conflict(
+            self.session,
+            _BREAKERS,
+            {"endpoint": endpoint.value, "window_started_at": now, "rate_limited_calls": 0},
+        )
+        row = self.session.scalars(
+            select(GarminEndpointBreaker)
+            .where(GarminEndpointBreaker.endpoint == endpoint.value)
+            .with_for_update()
+        ).one()
+        elapsed = now - row.window_started_at
+        # Replicas agree on time only to within milliseconds: a window that starts a little
+        # "after" our time is the current one.
+        if elapsed >= window or elapsed <= -window:
+            row.window_started_at, row.rate_limited_calls = now, 0
+        row.rate_limited_calls += 1
+        return row.rate_limited_calls
+
+    def open_breaker(self, endpoint: GarminEndpoint, until: datetime) -> None:
+        self.session.execute(
+            update(GarminEndpointBreaker)
+            .where(GarminEndpointBreaker.endpoint == endpoint.value)
+            .values(open_until=until, probe_until=None)
+        )
+
+    def claim_probe(self, endpoint: GarminEndpoint, now: datetime, until: datetime) -> bool:
+        breaker = GarminEndpointBreaker
+        result = self.session.execute(
+            update(breaker)
+            .where(
+                breaker.endpoint == endpoint.value,
+                breaker.open_until <= now,
+                or_(breaker.probe_until.is_(None), breaker.probe_until <= now),
+            )
+            .values(probe_until=until)
+        )
+        return _rows(result) == 1
+
+    def close_breaker(self, endpoint: GarminEndpoint) -> None:
+        self.session.execute(
+            update(GarminEndpointBreaker)
+            .where(GarminEndpointBreaker.endpoint == endpoint.value)
+            .values(open_until=None, probe_until=None, rate_limited_calls=0)
+        )
+
+    def release_probe(self, endpoint: GarminEndpoint) -> None:
+        self.session.execute(
+            update(GarminEndpointBreaker)
+            .where(GarminEndpointBreaker.endpoint == endpoint.value)
+            .values(probe_until=None)
+        )
+
+
+def _breaker(row: GarminEndpointBreaker) -> Breaker:
+    return Breaker(
+        endpoint=GarminEndpoint(row.endpoint),
+        window_started_at=row.window_started_at,
+        rate_limited_calls=row.rate_limited_calls,
+        open_until=row.open_until,
+        probe_until=row.probe_until,
+    )
