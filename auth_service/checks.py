@@ -11,24 +11,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, LargeBinary, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute
 
-from auth_service.api.callers import CallerRegistry, CallersFileError
+from auth_service.api.callers import CallersFileError
+from auth_service.checks_exposure import CheckFailed, exposure_checks, without_files
 from auth_service.config import (
     PREFIX,
-    TlsSettings,
-    check_host_port,
     load_database_url,
     load_keyring,
     load_settings,
-    load_tls_settings,
     redacted_database_url,
 )
 from auth_service.crypto import (
@@ -38,19 +34,19 @@ from auth_service.crypto import (
     challenge_aad,
     session_aad,
 )
-from auth_service.storage.database import SQLITE_BEGIN_OPTION, create_engine_for
+from auth_service.serving_config import with_secret_files
+from auth_service.storage.database import (
+    SQLITE_BEGIN_OPTION,
+    create_engine_for,
+    describe_database_error,
+)
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.schema import current_revision, head_revision
-from auth_service.tls import TlsFilesError, load_material
 from garmin_client.env import ConfigError
 from garmin_client.logging_setup import redact
 
 PROBE_AAD = b"garmin-auth check-config probe"
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
-
-
-class CheckFailed(Exception):
-    """A check found a problem; the message is the line's detail."""
 
 
 @dataclass(frozen=True)
@@ -215,80 +211,6 @@ class _Checks:
             return "none stored"
         return f"{', '.join(counts)} (one per key id decrypted)"
 
-    def callers(self) -> str:
-        path = self.raw("CALLERS_FILE")
-        if path is None:
-            if (self.raw("ALLOW_UNAUTHENTICATED") or "").lower() in TRUE_VALUES:
-                return (
-                    "no callers file; GARMIN_AUTH_ALLOW_UNAUTHENTICATED gives every caller "
-                    "every role (development only)"
-                )
-            raise CheckFailed("GARMIN_AUTH_CALLERS_FILE is not set")
-        entries = CallerRegistry(Path(path)).entries
-        by_certificate = [entry for entry in entries if entry.cert_name is not None]
-        tls = self._tls_settings_or_none()
-        if by_certificate and (tls is None or not tls.mutual):
-            names = ", ".join(entry.caller.name for entry in by_certificate)
-            raise CheckFailed(
-                f"{path}: caller(s) {names} use cert_name, but mutual TLS is off "
-                "(set GARMIN_AUTH_TLS_CLIENT_CA), so they can never authenticate"
-            )
-        return (
-            f"{path}: {len(entries)} caller(s), {len(entries) - len(by_certificate)} by token, "
-            f"{len(by_certificate)} by client certificate"
-        )
-
-    def _tls_settings_or_none(self) -> TlsSettings | None:
-        try:
-            return load_tls_settings(self.env)
-        except ConfigError:
-            return None
-
-    def tls(self) -> str:
-        settings = load_tls_settings(self.env)
-        if settings is None:
-            return "off (plaintext gRPC; set GARMIN_AUTH_TLS_CERT and GARMIN_AUTH_TLS_KEY)"
-        try:
-            material = load_material(settings)
-        except TlsFilesError as exc:
-            raise CheckFailed(str(exc)) from None
-        now = datetime.now(UTC)
-        if material.not_after < now:
-            raise CheckFailed(f"the certificate has expired: {material.describe()}")
-        if material.not_before > now:
-            raise CheckFailed(f"the certificate is not valid yet: {material.describe()}")
-        if settings.mutual:
-            authorities = "; ".join(material.client_ca_subjects)
-            return f"mutual TLS; certificate {material.describe()}; client CA {authorities}"
-        return f"TLS; certificate {material.describe()}"
-
-    def upstream(self) -> str:
-        url = self.raw("UPSTREAM_URL")
-        if url is None:
-            return "Garmin Connect itself (GARMIN_AUTH_UPSTREAM_URL unset)"
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            raise CheckFailed("GARMIN_AUTH_UPSTREAM_URL is not a URL (bad host or port)") from None
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise CheckFailed("GARMIN_AUTH_UPSTREAM_URL must be http(s)://host[:port][/path]")
-        if parts.username or parts.password:
-            # Not echoed: the user-info part may hold a password.
-            raise CheckFailed("GARMIN_AUTH_UPSTREAM_URL must not carry user:password@")
-        if parts.query or parts.fragment:
-            raise CheckFailed(
-                "GARMIN_AUTH_UPSTREAM_URL must not have a query or fragment (they are dropped)"
-            )
-        where = parts.hostname + (f":{port}" if port is not None else "")
-        return f"every request to Garmin goes to {parts.scheme}://{where}{parts.path}"
-
-    def metrics(self) -> str:
-        listen = self.raw("METRICS_LISTEN")
-        if listen is None:
-            return "off (set GARMIN_AUTH_METRICS_LISTEN=host:port to serve /metrics)"
-        return f"/metrics on {check_host_port('METRICS_LISTEN', listen)}"
-
     # --- helpers ------------------------------------------------------------------------
 
     def _reader(self) -> Engine:
@@ -302,28 +224,26 @@ class _Checks:
 
 
 def _driver_problem(exc: BaseException, url: str) -> str:
-    """The exception's type and first line, without the URL's password."""
-    original = getattr(exc, "orig", None) or exc
-    message = (str(original).strip().splitlines() or [""])[0]
-    password = make_url(url).password
-    if password:
-        message = message.replace(str(password), "***")
-    return f"{type(original).__name__}: {redact(message)}" if message else type(original).__name__
+    return describe_database_error(exc, url)
 
 
 def run_checks(env: Mapping[str, str] | None = None) -> list[CheckResult]:
     """Every check, in order; see the module docstring."""
-    checks = _Checks(os.environ if env is None else env)
+    raw_env = os.environ if env is None else env
+    try:
+        resolved = with_secret_files(raw_env)
+    except ConfigError as exc:
+        # Reported on its own line; the other checks read what they can without the files.
+        return [CheckResult("secret files", False, str(exc)), *run_checks(without_files(raw_env))]
+    checks = _Checks(resolved)
     try:
         checks.run("settings", checks.settings)
         checks.run("database", checks.database)
         checks.run("migrations", checks.migrations)
         checks.run("encryption keys", checks.keys)
         checks.run("stored secrets", checks.stored_secrets)
-        checks.run("callers", checks.callers)
-        checks.run("tls", checks.tls)
-        checks.run("upstream", checks.upstream)
-        checks.run("metrics", checks.metrics)
+        for name, check in exposure_checks(checks.env):
+            checks.run(name, check)
     finally:
         checks.close()
     return checks.results

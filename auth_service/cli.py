@@ -1,12 +1,16 @@
-"""`garmin-auth-service`: serve, migrate, rotate-keys, hash-token."""
+"""`garmin-auth-service`: serve, migrate, rotate-keys, hash-token, new-caller-token,
+health-check, check-config, prune-audit, demo."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from auth_service.api.callers import CallersFileError, token_sha256
 from auth_service.config import (
@@ -16,20 +20,45 @@ from auth_service.config import (
     load_settings,
     redacted_database_url,
 )
+from auth_service.operator_commands import (
+    HEALTH_SERVICES,
+    check_token_length,
+    health_check,
+    new_caller_entry,
+)
+from auth_service.serving_config import load_log_level, plaintext_upstream
 from garmin_client.env import ConfigError
 from garmin_client.logging_setup import configure_logging
 
 log = logging.getLogger("auth_service")
 
 EXIT_CONFIG = 2
+EXIT_DATABASE = 3
 
 
 def _serve(args: argparse.Namespace) -> int:
     from auth_service.server import build_application, serve_until_signalled, start_server
+    from auth_service.storage.database import describe_database_error
     from auth_service.storage.schema import is_at_head
 
     settings = load_settings()
-    if not is_at_head(settings.database_url):
+    for problem in plaintext_upstream(settings.upstream.base_url, settings.di.plain_http):
+        log.warning(
+            "%s: Garmin passwords and tokens cross the network unencrypted (emulator only; "
+            "refused when GARMIN_AUTH_ENVIRONMENT=production)",
+            problem,
+        )
+    try:
+        at_head = is_at_head(settings.database_url)
+    except SQLAlchemyError as exc:
+        # One JSON line an operator can read, not a driver traceback.
+        log.error(  # noqa: TRY400 - the traceback is what we leave out on purpose
+            "cannot start: the database %s does not answer: %s",
+            redacted_database_url(settings.database_url),
+            describe_database_error(exc, settings.database_url),
+        )
+        return EXIT_DATABASE
+    if not at_head:
         print(
             f"garmin-auth-service: the database ({redacted_database_url(settings.database_url)}) "
             "is not at the latest migration; run `garmin-auth-service migrate` first",
@@ -111,8 +140,23 @@ def _hash_token(args: argparse.Namespace) -> int:
     if not token:
         print("garmin-auth-service: no token given", file=sys.stderr)
         return EXIT_CONFIG
+    check_token_length(token)
     print(token_sha256(token))
     return 0
+
+
+def _new_caller_token(args: argparse.Namespace) -> int:
+    token, entry = new_caller_entry(args.name, args.role, args.user_id_prefix)
+    print(f"token (give it to the caller; it is not stored anywhere): {token}")
+    print("callers-file entry:")
+    print(entry)
+    return 0
+
+
+def _health_check(args: argparse.Namespace) -> int:
+    serving, line = health_check(args.service)
+    print(line)
+    return 0 if serving else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,6 +193,21 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "hash-token", help="print the token_sha256 of a bearer token read from stdin"
     ).set_defaults(run=_hash_token)
+    new_token = commands.add_parser(
+        "new-caller-token", help="print a new bearer token and its callers-file entry"
+    )
+    new_token.add_argument("--name", required=True, help="the caller's name in the file")
+    new_token.add_argument(
+        "--role", required=True, action="append", help="admin, viewer, worker or worker_full"
+    )
+    new_token.add_argument("--user-id-prefix", help="optional: the users it may reach")
+    new_token.set_defaults(run=_new_caller_token)
+    health = commands.add_parser(
+        "health-check",
+        help="ask the local health listener (GARMIN_AUTH_HEALTH_LISTEN); exit 0 if SERVING",
+    )
+    health.add_argument("--service", choices=HEALTH_SERVICES, default="liveness")
+    health.set_defaults(run=_health_check)
     commands.add_parser(
         "check-config",
         help="check settings, database, migrations, keys, callers, TLS files; exit 1 on a problem",
@@ -158,9 +217,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging()
     run: Callable[[argparse.Namespace], int] = args.run
     try:
+        configure_logging(load_log_level(os.environ))
         return run(args)
     except (ConfigError, CallersFileError) as exc:
         print(f"garmin-auth-service: configuration error: {exc}", file=sys.stderr)

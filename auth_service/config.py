@@ -30,6 +30,14 @@ from auth_service.domain.policies import (
     RefreshSettings,
     RefusedClientId,
 )
+from auth_service.serving_config import (
+    ServingSettings,
+    check_development_flag,
+    check_plaintext_upstream,
+    plaintext_upstream,
+    read_serving_settings,
+    with_secret_files,
+)
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.settings import UpstreamSettings, read_upstream_settings
 
@@ -96,6 +104,8 @@ class Settings:
     di: DiSettings = field(default_factory=DiSettings)
     # How Garmin's 429s are honoured: per-account cooldowns, per-endpoint breakers.
     limits: GarminLimitSettings = field(default_factory=GarminLimitSettings)
+    # Health listener, reflection, connection age, environment (auth_service.serving_config).
+    serving: ServingSettings = field(default_factory=ServingSettings)
 
     def __repr__(self) -> str:
         return (
@@ -160,7 +170,8 @@ def _limits(reader: EnvReader) -> GarminLimitSettings:
 
 
 def _reader(env: Mapping[str, str] | None) -> EnvReader:
-    return EnvReader(os.environ if env is None else env, PREFIX)
+    # Secrets may come from files (GARMIN_AUTH_<NAME>_FILE), as Kubernetes mounts them.
+    return EnvReader(with_secret_files(os.environ if env is None else env), PREFIX)
 
 
 def check_host_port(name: str, listen: str) -> str:
@@ -296,21 +307,30 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     callers = reader.get("CALLERS_FILE")
     allow_unauthenticated = reader.flag("ALLOW_UNAUTHENTICATED")
     if callers is None and not allow_unauthenticated:
-        raise reader.error(
-            "CALLERS_FILE",
-            "is required (set GARMIN_AUTH_ALLOW_UNAUTHENTICATED=true only for local development)",
-        )
+        raise reader.error("CALLERS_FILE", "is required (who may call, by token hash or cert)")
     default_ttl = reader.number("LEASE_DEFAULT_TTL", 300.0, minimum=5, maximum=86400)
     max_ttl = reader.number("LEASE_MAX_TTL", 3600.0, minimum=5, maximum=86400)
     if default_ttl > max_ttl:
         raise reader.error("LEASE_DEFAULT_TTL", "must not exceed GARMIN_AUTH_LEASE_MAX_TTL")
     upstream = read_upstream_settings(reader)
     login_flow = _login_flow(reader)
+    serving = read_serving_settings(reader)
+    listen = _listen(reader)
+    di = _di_settings(reader)
+    check_development_flag(
+        reader,
+        allow_unauthenticated=allow_unauthenticated,
+        listen=listen,
+        production=serving.production,
+    )
+    check_plaintext_upstream(
+        plaintext_upstream(upstream.base_url, di.plain_http), production=serving.production
+    )
     return Settings(
         database_url=_database_url(reader),
         keyring=keyring,
         upstream=upstream,
-        listen=_listen(reader),
+        listen=listen,
         callers_file=Path(callers) if callers else None,
         allow_unauthenticated=allow_unauthenticated,
         grace_period_seconds=reader.number("GRACE_PERIOD", 10.0, minimum=0, maximum=600),
@@ -337,6 +357,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "HOUSEKEEPING_INTERVAL", 300.0, minimum=1, maximum=86400
         ),
         login_flow=login_flow,
-        di=_di_settings(reader),
+        di=di,
         limits=_limits(reader),
+        serving=serving,
     )

@@ -92,6 +92,8 @@ def _environment(
         "GARMIN_AUTH_LISTEN": os.environ.get("GARMIN_AUTH_LISTEN", "127.0.0.1:50051"),
         "GARMIN_AUTH_OAUTH_CONSUMER_KEY": consumer.key,
         "GARMIN_AUTH_OAUTH_CONSUMER_SECRET": consumer.secret,
+        # The demo's main port answers health; no second port to collide on.
+        "GARMIN_AUTH_HEALTH_LISTEN": "off",
     }
     if upstream_url:
         env["GARMIN_AUTH_UPSTREAM_URL"] = upstream_url
@@ -172,8 +174,8 @@ Development caller tokens (kept in {folder / "dev-secrets.json"}):
   worker {state.tokens["worker"]}
   viewer {state.tokens["viewer"]}
 Try:
-  grpcurl -plaintext {target} list
-  grpcurl -plaintext {target} grpc.health.v1.Health/Check
+  grpcurl -plaintext -H 'authorization: Bearer {admin}' {target} list
+  grpcurl -plaintext -H 'authorization: Bearer {admin}' {target} grpc.health.v1.Health/Check
   grpcurl -plaintext -H 'authorization: Bearer {admin}' \\
       -d '{{"user_id": "{DEMO_USER_ID}"}}' {target} garmin_auth.v1.GarminAuthService/GetStatus
 Stop with Ctrl-C.""",

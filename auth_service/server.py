@@ -1,31 +1,40 @@
-"""Composition root and the running server: health, reflection, TLS, metrics, graceful stop."""
+"""Composition root and the running server: health, reflection, TLS, metrics, graceful stop.
+
+How the server stays available to its callers when someone else misbehaves (issue 14): an
+anonymous call is refused before it takes a worker thread (auth_service.api.interceptor);
+health and reflection have thread pools of their own, reflection streams are capped; every
+connection carries a bounded number of streams, is closed when idle and recycled at a
+maximum age; and probes go to a separate asyncio health listener (auth_service.health)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from sqlalchemy import Engine
 
 from auth_service.api.callers import CallerRegistry
-from auth_service.api.interceptor import ServiceInterceptor
+from auth_service.api.interceptor import Pools, ServiceInterceptor, StreamGate
 from auth_service.api.reflection import enable_reflection
 from auth_service.api.servicer import GarminAuthServicer
 from auth_service.config import PREFIX, Settings, redacted_database_url
 from auth_service.domain.clock import Clock
 from auth_service.domain.paging import Pager
 from auth_service.domain.ports import GarminUpstream
+from auth_service.health import HealthBoard, HealthListener, HealthListenerError
 from auth_service.metrics.endpoint import MetricsEndpoint, start_metrics_endpoint
 from auth_service.metrics.service import ServiceMetrics
 from auth_service.services.periodic import Periodic
 from auth_service.services.session_import import TokenParsers
 from auth_service.services.use_cases import UseCases, build_use_cases
+from auth_service.serving_config import ReflectionMode
 from auth_service.storage.clock import clock_for
 from auth_service.storage.database import create_engine_for, database_is_reachable, session_factory
 from auth_service.storage.secrets import SecretBox
@@ -44,6 +53,20 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = garmin_auth_pb2.DESCRIPTOR.services_by_name["GarminAuthService"].full_name
 HEALTH_PROBE_SECONDS = 2.0
 WORKER_THREADS = 32
+# Health on the main port (kept for clients that check it there; probes use the health
+# listener): a few threads of its own, so idle health calls cannot take the RPC threads.
+HEALTH_THREADS = 4
+# Concurrent reflection streams (each holds a thread while its client idles); more are
+# answered RESOURCE_EXHAUSTED TOO_MANY_STREAMS at once.
+REFLECTION_STREAMS = 8
+# Streams one connection may carry at a time. A worker process multiplexes its threads over
+# one channel; far more than any of ours needs, far fewer than gRPC's unlimited default.
+MAX_STREAMS_PER_CONNECTION = 64
+# A connection without a call for this long is closed (clients reconnect transparently).
+MAX_CONNECTION_IDLE_MS = 180_000
+# Calls still running when a connection reaches its maximum age get this long to finish;
+# it also bounds how long any idle stream can live (GARMIN_AUTH_MAX_CONNECTION_AGE + this).
+MAX_CONNECTION_AGE_GRACE_MS = 30_000
 # Keep-alive passes of replicas started together drift apart by up to this fraction.
 KEEPALIVE_JITTER = 0.2
 # Page tokens are signed with keys derived from the encryption keyring under this label.
@@ -110,7 +133,7 @@ class RunningServer:
 
     server: grpc.Server
     port: int
-    health: health.HealthServicer
+    health: HealthBoard
     application: Application
     housekeeper: Periodic
     keepalive: Periodic
@@ -118,21 +141,23 @@ class RunningServer:
     metrics_endpoint: MetricsEndpoint | None = None
     # The server's TLS credentials (and what they currently serve), when TLS is on.
     certificates: CertificateReloader | None = None
+    # The health-only listener, when GARMIN_AUTH_HEALTH_LISTEN is not off.
+    health_listener: HealthListener | None = None
+    pools: Pools | None = None
     _stop_probe: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def health_port(self) -> int | None:
+        return None if self.health_listener is None else self.health_listener.port
 
     @property
     def metrics_port(self) -> int | None:
         return None if self.metrics_endpoint is None else self.metrics_endpoint.port
 
     def probe_once(self) -> bool:
+        """Readiness follows the database; liveness never does (auth_service.health)."""
         serving = database_is_reachable(self.application.engine)
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, status)
+        self.health.set_ready(serving)
         return serving
 
     def _probe_loop(self) -> None:
@@ -142,7 +167,7 @@ class RunningServer:
             if serving != was_serving:
                 log.log(
                     logging.INFO if serving else logging.ERROR,
-                    "database %s; health %s",
+                    "database %s; readiness %s (liveness stays SERVING)",
                     "reachable" if serving else "unreachable",
                     "SERVING" if serving else "NOT_SERVING",
                 )
@@ -157,6 +182,11 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         grace = self.application.settings.grace_period_seconds if grace is None else grace
         self.server.stop(grace).wait()
+        if self.health_listener is not None:
+            self.health_listener.stop(0)
+        if self.pools is not None:
+            self.pools.health.shutdown(wait=False, cancel_futures=True)
+            self.pools.reflection.shutdown(wait=False, cancel_futures=True)
         self.housekeeper.stop()
         self.application.use_cases.keepalive.halt()
         self.keepalive.stop()
@@ -166,12 +196,16 @@ class RunningServer:
         self.application.engine.dispose()
 
 
-def start_server(application: Application, listen: str | None = None) -> RunningServer:
+def start_server(
+    application: Application,
+    listen: str | None = None,
+    *,
+    extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+) -> RunningServer:
+    """Start serving. `extra_handlers` (tests) are served behind the same interceptor, so
+    the access table decides who may call them: nobody, unless it lists them."""
     settings = application.settings
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-    ]
+    options = _server_options(settings)
     # Read before anything listens, so broken TLS files stop start-up with one line.
     certificates = CertificateReloader(settings.tls) if settings.tls is not None else None
     metrics = application.metrics
@@ -179,6 +213,15 @@ def start_server(application: Application, listen: str | None = None) -> Running
         SERVICE_NAME,
         garmin_auth_pb2.DESCRIPTOR.services_by_name["GarminAuthService"].methods_by_name,
     )
+    pools = Pools(
+        health=futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="health"),
+        reflection=futures.ThreadPoolExecutor(REFLECTION_STREAMS, thread_name_prefix="reflection"),
+        reflection_gate=StreamGate(REFLECTION_STREAMS),
+    )
+    reflection = settings.serving.reflection
+    # No maximum_concurrent_rpcs: it counts every call, health and refusals included, so
+    # idle anonymous health calls could make gRPC refuse authenticated callers. Refusing
+    # anonymous calls before they take a thread, and the pools above, bound what they cost.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="rpc"),
         interceptors=[
@@ -186,6 +229,8 @@ def start_server(application: Application, listen: str | None = None) -> Running
                 application.callers,
                 metrics,
                 client_certificates=settings.tls is not None and settings.tls.mutual,
+                open_reflection=reflection is ReflectionMode.OPEN,
+                pools=pools,
             )
         ],
         options=options,
@@ -193,9 +238,12 @@ def start_server(application: Application, listen: str | None = None) -> Running
     garmin_auth_pb2_grpc.add_GarminAuthServiceServicer_to_server(
         GarminAuthServicer(application.use_cases), server
     )
+    server.add_generic_rpc_handlers(tuple(extra_handlers))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection([SERVICE_NAME, health.SERVICE_NAME], server)
+    if reflection is not ReflectionMode.OFF:
+        enable_reflection([SERVICE_NAME, health.SERVICE_NAME], server)
+    health_listener = _start_health_listener(settings)
     address = listen or settings.listen
     if certificates is not None:
         port = server.add_secure_port(address, certificates.credentials())
@@ -216,26 +264,53 @@ def start_server(application: Application, listen: str | None = None) -> Running
     running = RunningServer(
         server=server,
         port=port,
-        health=health_servicer,
+        health=HealthBoard(health_servicer, health_listener),
         application=application,
         housekeeper=housekeeper,
         keepalive=keepalive,
         metrics_endpoint=endpoint,
         certificates=certificates,
+        health_listener=health_listener,
+        pools=pools,
     )
     running.probe_once()
     running.start_probe()
     housekeeper.start()
     keepalive.start()
     log.info(
-        "serving %s on port %d (%s; metrics %s; database %s)",
+        "serving %s on port %d (%s; health %s; reflection %s; metrics %s; database %s)",
         SERVICE_NAME,
         port,
         _transport_description(certificates),
+        f"on port {health_listener.port}" if health_listener is not None else "main port only",
+        reflection.value,
         f"on port {endpoint.port}" if endpoint is not None else "off",
         redacted_database_url(settings.database_url),
     )
     return running
+
+
+def _server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
+        # gRPC adds +-10% jitter, so replicas started together do not drop every
+        # connection at once; a Service then spreads the reconnecting workers over replicas.
+        ("grpc.max_connection_age_ms", int(settings.serving.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
+    ]
+
+
+def _start_health_listener(settings: Settings) -> HealthListener | None:
+    address = settings.serving.health_listen
+    if address is None:
+        return None
+    try:
+        return HealthListener(address).start()
+    except HealthListenerError as exc:
+        raise ConfigError(PREFIX + "HEALTH_LISTEN", str(exc)) from None
 
 
 def _start_metrics(application: Application) -> MetricsEndpoint | None:

@@ -266,20 +266,24 @@ def _identities_of_pem(pem: bytes) -> tuple[str, ...]:
         certificate = x509.load_pem_x509_certificate(pem)
     except ValueError:
         return ()
-    names = [
-        str(attribute.value)
-        for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    ]
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names.extend(san.value.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
-        pass
-    return tuple(names)
+        san = None
+    if san is not None and len(san.value) > 0:
+        # RFC 6125: a certificate with subject alternative names is identified by them
+        # alone. Its CN is often whatever the issuing tool put there (a pod name), and must
+        # not make it match a callers entry meant for another client.
+        return tuple(san.value.get_values_for_type(x509.DNSName))
+    return tuple(
+        str(attribute.value)
+        for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    )
 
 
 def certificate_identities(auth_context: object) -> tuple[str, ...]:
-    """The verified client certificate's subject CN and DNS SANs, from grpc's auth context.
+    """The verified client certificate's DNS SANs, or its subject CN when it has no SANs,
+    from grpc's auth context.
 
     Only DNS SANs count (not URI, e-mail or IP SANs), so the PEM is parsed rather than
     trusting grpc's flattened `x509_subject_alternative_name`; parsing is cached per

@@ -517,6 +517,7 @@ def service_environment(
         **(tree.environment() if tree is not None else {}),
         "GARMIN_AUTH_DATABASE_URL": database.url,
         "GARMIN_AUTH_LISTEN": f"127.0.0.1:{port}",
+        "GARMIN_AUTH_HEALTH_LISTEN": "off",
         "GARMIN_AUTH_ENCRYPTION_KEYS": credentials.keyring_value,
         "GARMIN_AUTH_CALLERS_FILE": str(credentials.callers_file),
         "GARMIN_AUTH_OAUTH_CONSUMER_KEY": CONSUMER_KEY,
@@ -579,10 +580,11 @@ class EmulatorProcess:
 
 
 def health_status(channel: grpc.Channel, timeout: float = 0.5) -> int | None:
-    """The overall health status, or None when the server does not answer yet."""
+    """The readiness status (the database answers), or None when the server does not answer
+    yet."""
     try:
         answer = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
+            health_pb2.HealthCheckRequest(service="readiness"), timeout=timeout, wait_for_ready=True
         )
     except grpc.RpcError:
         return None

@@ -66,7 +66,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str | int = "INFO") -> None:
+    """JSON lines on stderr at `level` (the service's GARMIN_AUTH_LOG_LEVEL); third-party
+    loggers that could write secrets stay at WARNING whatever the level."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactingFilter())

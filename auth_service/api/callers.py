@@ -22,7 +22,9 @@ full session on grants and may ReportRefreshed. An entry with `user_id_prefix` m
 read the status of) only users whose id starts with it; without one, every user.
 
 The file is re-read when it changes, so a revoked token or certificate name stops working
-without a restart.
+without a restart. An edit that cannot be read or parsed fails closed: every caller is refused
+(UNAUTHENTICATED CALLERS_FILE_INVALID) and each reload attempt logs an ERROR until the file
+is fixed; keeping the old entries would keep a token working that the edit meant to revoke.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
-from auth_service.domain.errors import CallerForbidden, CallerUnauthenticated
+from auth_service.domain.errors import CallerForbidden, CallersFileInvalid, CallerUnauthenticated
 from garmin_client.user_ids import is_user_id
 
 log = logging.getLogger(__name__)
@@ -187,8 +189,10 @@ class CallerRegistry:
         self._allow_unauthenticated = allow_unauthenticated
         self._lock = threading.Lock()
         self._entries: list[_Entry] = []
-        self._mtime: float | None = None
+        self._signature: tuple[int, int] | None = None
         self._checked_at = 0.0
+        # Why the file on disk is unusable (None: the entries are the file's).
+        self._broken: str | None = None
         if path is not None:
             self._load()
 
@@ -200,7 +204,8 @@ class CallerRegistry:
         except OSError as exc:
             raise CallersFileError(f"{self._path}: cannot read ({exc.strerror})") from None
         self._entries = parse_callers(text, str(self._path))
-        self._mtime = stat.st_mtime
+        self._signature = (stat.st_mtime_ns, stat.st_size)
+        self._broken = None
 
     def _maybe_reload(self) -> None:
         if self._path is None:
@@ -211,13 +216,29 @@ class CallerRegistry:
                 return
             self._checked_at = now
             try:
-                if self._path.stat().st_mtime == self._mtime:
+                stat = self._path.stat()
+                signature = (stat.st_mtime_ns, stat.st_size)
+            except OSError as exc:
+                signature = None
+                problem = f"{self._path}: cannot read ({exc.strerror})"
+            else:
+                if signature == self._signature:
                     return
-                self._load()
-                log.info("callers file reloaded", extra={"callers": len(self._entries)})
-            except (OSError, CallersFileError):
-                # Keep serving with the callers we had; a broken edit must not lock everyone out.
-                log.exception("callers file not reloaded; keeping the callers already loaded")
+                try:
+                    self._load()
+                except CallersFileError as exc:
+                    problem = str(exc)
+                else:
+                    log.info("callers file reloaded", extra={"callers": len(self._entries)})
+                    return
+            # Fail closed: the edit may have been meant to revoke someone.
+            self._entries, self._broken, self._signature = [], problem, signature
+            log.error("callers file unusable; REFUSING EVERY CALLER until it is fixed: %s", problem)
+
+    @property
+    def broken(self) -> str | None:
+        """Why every caller is refused right now (None: the file is fine)."""
+        return self._broken
 
     @property
     def entries(self) -> list[_Entry]:
@@ -237,6 +258,11 @@ class CallerRegistry:
         if self._path is None and self._allow_unauthenticated:
             return DEVELOPMENT_CALLER
         self._maybe_reload()
+        if self._broken is not None:
+            raise CallersFileInvalid(
+                "the service's callers file is invalid; every caller is refused until an "
+                "operator fixes it"
+            )
         if not authorization and certificate_names:
             return self._by_certificate(certificate_names)
         if not authorization:

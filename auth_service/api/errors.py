@@ -81,7 +81,7 @@ def _message(exc: BaseException, row: ErrorRow) -> str:
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    if isinstance(exc, errors.LoginRateLimited | errors.GarminRateLimited):
+    if isinstance(exc, errors.LoginRateLimited | errors.GarminRateLimited | errors.TooManyStreams):
         return exc.retry_after_seconds or DEFAULT_GARMIN_RETRY_SECONDS
     return None
 

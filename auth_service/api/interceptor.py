@@ -1,38 +1,56 @@
-"""One server interceptor around every GarminAuthService RPC: authenticate the caller, check
-its role, log one line, count it in the replica's metrics, and turn exceptions into statuses
-through the error table. The servicer methods therefore stay plain translators.
+"""One server interceptor around every method the server exposes: look the method up in the
+access table (auth_service.api.method_access: deny by default), authenticate the caller,
+check its role, log one line, count it in the replica's metrics, and turn exceptions into
+statuses through the error table. The servicer methods therefore stay plain translators.
 
-The health service's unary Check is counted in the metrics too. The streaming RPCs (health
-Watch, reflection) pass through untouched: wrapping them would hide health Watch's
-non-blocking handler from gRPC, and they are not worth that."""
+Every handler kind (unary-unary, unary-stream, stream-unary, stream-stream) goes through the
+same gate. A refusal is decided on gRPC's polling thread from the metadata alone, before a
+worker thread is taken, and answered by a handler that never waits for the request: gRPC
+reads a unary request on the worker thread before calling the handler, so an anonymous
+client sending headers and no message would otherwise hold a thread for as long as it likes.
+(Under mutual TLS a call without a token is let through to the handler, which reads the
+client certificate; only a client whose certificate our CA signed gets that far.)
+
+Health and reflection run on their own small thread pools, so neither idle probes nor idle
+reflection streams can take the threads our RPCs need; reflection streams are also capped
+(excess: RESOURCE_EXHAUSTED TOO_MANY_STREAMS).
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from auth_service.api.callers import Caller, CallerRegistry, current_caller
 from auth_service.api.errors import INTERNAL_ROW, row_for, to_status
+from auth_service.api.method_access import SERVICE_NAME, Access, Kind, access_for
 from auth_service.domain.context import current_caller_name
-from auth_service.domain.errors import DomainError, FieldViolation, InvalidArgument
+from auth_service.domain.errors import (
+    CallerForbidden,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    TooManyStreams,
+)
 from auth_service.domain.events import current_listener
 from auth_service.metrics.service import ServiceMetrics
 from auth_service.tls import certificate_identities
 
-SERVICE_NAME = "garmin_auth.v1.GarminAuthService"
-SERVICE_PREFIX = f"/{SERVICE_NAME}/"
 # RPCs whose successful answer carries a lease (LeaseNextSession's only when one was due).
 GRANTING_RPCS = frozenset({"LeaseSession", "LeaseNextSession"})
 LEASE_LOST = "LEASE_LOST"
 
 log = logging.getLogger("auth_service.rpc")
 
-
-UnaryBehavior = Callable[[Any, grpc.ServicerContext], Any]
+Behavior = Callable[..., Any]
 Deserializer = Callable[[bytes], Any]
 
 
@@ -70,17 +88,17 @@ def _refuse_if_undecodable(request: Any) -> None:
         )
 
 
-def _metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
-    for item_key, value in context.invocation_metadata() or ():
+def _checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        _refuse_if_undecodable(request)
+        yield request
+
+
+def _metadata_value(metadata: Any, key: str) -> str | None:
+    for item_key, value in metadata or ():
         if item_key == key:
-            return value.decode() if isinstance(value, bytes) else value
+            return value.decode() if isinstance(value, bytes) else str(value)
     return None
-
-
-def _split_method(method: str) -> tuple[str, str]:
-    """'/pkg.Service/Method' -> ('pkg.Service', 'Method')."""
-    service, _, name = method.lstrip("/").rpartition("/")
-    return service, name
 
 
 def _status_name(context: grpc.ServicerContext) -> str | None:
@@ -89,8 +107,107 @@ def _status_name(context: grpc.ServicerContext) -> str | None:
     return code.name if isinstance(code, grpc.StatusCode) else None
 
 
+class StreamGate:
+    """At most `limit` concurrent streams of one kind."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active = 0
+        self._lock = threading.Lock()
+
+    @property
+    def full(self) -> bool:
+        return self._active >= self.limit
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self._active >= self.limit:
+                return False
+            self._active += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+
+@dataclass(frozen=True)
+class Pools:
+    """The thread pools apart from the server's own (which serves our RPCs)."""
+
+    # Health Check/Watch on the main port: a few threads of their own.
+    health: futures.ThreadPoolExecutor
+    # Reflection streams: as many threads as the gate admits streams.
+    reflection: futures.ThreadPoolExecutor
+    reflection_gate: StreamGate
+
+
+@dataclass
+class _Outcome:
+    code: str = "OK"
+    reason: str = "OK"
+    response: Any = None
+
+
+def _with_pool(behavior: Behavior, pool: futures.ThreadPoolExecutor | None) -> Behavior:
+    """`behavior`, run by gRPC on `pool` instead of the server's own thread pool."""
+    if pool is None:
+        return behavior
+
+    def on_pool(*args: Any, **kwargs: Any) -> Any:
+        return behavior(*args, **kwargs)
+
+    # gRPC reads these attributes off the behavior (grpc._server).
+    on_pool.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    non_blocking = getattr(behavior, "experimental_non_blocking", False)
+    on_pool.experimental_non_blocking = non_blocking  # type: ignore[attr-defined]
+    return on_pool
+
+
+def _same_kind(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Behavior], Behavior],
+    stream: Callable[[Behavior], Behavior],
+    deserializer: Deserializer | None,
+) -> grpc.RpcMethodHandler:
+    """A handler of `handler`'s kind whose behavior is wrapped by `unary` (unary response)
+    or `stream` (streaming response)."""
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary), deserializer, serializer
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(handler.unary_stream), deserializer, serializer
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary), deserializer, serializer
+        )
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(
+        stream(handler.stream_stream), deserializer, serializer
+    )
+
+
+@contextmanager
+def _as_caller(caller: Caller | None) -> Iterator[None]:
+    """Run the body as `caller` (for the domain's audit trail and scope checks)."""
+    if caller is None:  # a public method: nobody to name
+        yield
+        return
+    name_token = current_caller_name.set(caller.name)
+    caller_token = current_caller.set(caller)
+    try:
+        yield
+    finally:
+        current_caller.reset(caller_token)
+        current_caller_name.reset(name_token)
+
+
 class ServiceInterceptor(grpc.ServerInterceptor):
-    """Authentication, authorisation, logging, metrics and error mapping for our RPCs."""
+    """Access control, logging, metrics and error mapping for every method."""
 
     def __init__(
         self,
@@ -98,6 +215,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         metrics: ServiceMetrics | None = None,
         *,
         client_certificates: bool = False,
+        open_reflection: bool = False,
+        pools: Pools | None = None,
     ) -> None:
         """`client_certificates`: the server runs mutual TLS, so the certificate a client
         presents was verified against GARMIN_AUTH_TLS_CLIENT_CA and may name the caller.
@@ -105,6 +224,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self._registry = registry
         self._metrics = metrics
         self._client_certificates = client_certificates
+        self._open_reflection = open_reflection
+        self._pools = pools
 
     def intercept_service(
         self,
@@ -112,92 +233,229 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or handler.unary_unary is None:
-            return handler
+        if handler is None:
+            return None  # gRPC answers UNIMPLEMENTED
+        access = access_for(handler_call_details.method, open_reflection=self._open_reflection)
+        if access.kind is Kind.PUBLIC and access.service == "grpc.health.v1.Health":
+            return self._health(access, handler)
+        pool = None
+        reflection = access.service != SERVICE_NAME and access.kind is not Kind.DENIED
+        if reflection and self._pools is not None:
+            if self._pools.reflection_gate.full:
+                too_many = TooManyStreams("too many reflection streams; retry later")
+                return self._refusal(access, handler, too_many)
+            pool = self._pools.reflection
+        # Decided here, on the polling thread: see the module docstring.
+        authorization = _metadata_value(handler_call_details.invocation_metadata, "authorization")
+        caller: Caller | None = None
+        try:
+            caller = self._precheck(access, authorization)
+        except DomainError as refused:
+            return self._refusal(access, handler, refused)
+        return self._guarded(access, handler, caller, authorization, pool)
+
+    # --- the decision -------------------------------------------------------------------
+
+    def _precheck(self, access: Access, authorization: str | None) -> Caller | None:
+        """The caller, when the metadata decides it; None when the handler must (public
+        methods, and token-less calls under mutual TLS). Raises the refusal."""
+        if access.kind is Kind.DENIED:
+            raise CallerForbidden(f"{access.service}/{access.method} is not open to any caller")
+        if access.kind is Kind.PUBLIC:
+            return None
+        if authorization is None and self._client_certificates:
+            return None
+        caller = self._registry.authenticate(authorization)
+        self._authorize(access, caller)
+        return caller
+
+    def _admit(
+        self, access: Access, context: grpc.ServicerContext, authorization: str | None
+    ) -> Caller | None:
+        """On the worker thread: the caller the metadata did not decide (client certificate)."""
+        if access.kind is Kind.PUBLIC:
+            return None
+        certificate_names = (
+            certificate_identities(context.auth_context()) if self._client_certificates else ()
+        )
+        caller = self._registry.authenticate(authorization, certificate_names)
+        self._authorize(access, caller)
+        return caller
+
+    def _authorize(self, access: Access, caller: Caller) -> None:
+        if access.kind is Kind.ROLES:
+            self._registry.authorize(caller, access.method)
+
+    # --- handlers -----------------------------------------------------------------------
+
+    def _refusal(
+        self, access: Access, handler: grpc.RpcMethodHandler, refused: DomainError
+    ) -> grpc.RpcMethodHandler:
+        """A handler that answers `refused` at once. Request-streaming whatever the method's
+        kind, so gRPC does not wait for a request message first (the status is all the
+        client sees; its framing does not depend on the handler kind)."""
+
+        def refuse(_requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            with self._call(access, context, None, precomputed=refused):
+                pass  # unreachable: _call aborts
+
+        return grpc.stream_unary_rpc_method_handler(
+            refuse, request_deserializer=None, response_serializer=handler.response_serializer
+        )
+
+    def _guarded(
+        self,
+        access: Access,
+        handler: grpc.RpcMethodHandler,
+        caller: Caller | None,
+        authorization: str | None,
+        pool: futures.ThreadPoolExecutor | None,
+    ) -> grpc.RpcMethodHandler:
+        ours = access.service == SERVICE_NAME
+        streaming_requests = handler.request_streaming
+
+        def prepared(request: Any) -> Any:
+            if not ours:
+                return request
+            if streaming_requests:
+                return _checked_stream(request)
+            _refuse_if_undecodable(request)
+            return request
+
+        def unary(behavior: Behavior) -> Behavior:
+            def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+                with self._call(access, context, authorization, caller=caller) as outcome:
+                    outcome.response = behavior(prepared(request), context)
+                    return outcome.response
+
+            return _with_pool(guarded, pool)
+
+        def stream(behavior: Behavior) -> Behavior:
+            def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                with self._call(access, context, authorization, caller=caller):
+                    yield from behavior(prepared(request), context)
+
+            return _with_pool(guarded, pool)
+
         deserializer = handler.request_deserializer
-        if method.startswith(SERVICE_PREFIX):
-            behavior = self._wrap(method.removeprefix(SERVICE_PREFIX), handler.unary_unary)
+        if ours:
             deserializer = _tolerant(deserializer)
-        elif self._metrics is not None:
-            behavior = self._counted(*_split_method(method), handler.unary_unary)
-        else:
-            return handler
+        return _same_kind(handler, unary, stream, deserializer)
+
+    @contextmanager
+    def _call(
+        self,
+        access: Access,
+        context: grpc.ServicerContext,
+        authorization: str | None,
+        *,
+        caller: Caller | None = None,
+        precomputed: DomainError | None = None,
+    ) -> Iterator[_Outcome]:
+        """One call from admission to its log line: the body runs as the admitted caller;
+        whatever it raises becomes a documented status."""
+        started = time.perf_counter()
+        outcome = _Outcome()
+        ours = access.service == SERVICE_NAME
+        gate = self._pools.reflection_gate if self._pools is not None and not ours else None
+        entered = False
+        if ours and self._metrics is not None:
+            self._metrics.rpc_started(SERVICE_NAME, access.method)
+        # The domain and the upstream adapter report lease takeovers and calls to Garmin
+        # to whoever listens for this RPC: this replica's metrics.
+        listening = current_listener.set(self._metrics)
+        try:
+            caller = self._enter(access, context, authorization, caller, precomputed, gate)
+            entered = gate is not None
+            with _as_caller(caller):
+                yield outcome
+        # Every error must become a documented status, so catch them all here.
+        except Exception as exc:
+            row = row_for(exc)
+            outcome.reason, outcome.code = row.reason, row.code.name
+            if row is INTERNAL_ROW and not isinstance(exc, DomainError):
+                log.exception("unexpected error in %s", access.method, extra={"rpc": access.method})
+            context.abort_with_status(to_status(exc))
+            raise  # unreachable: abort_with_status raises
+        finally:
+            if entered and gate is not None:
+                gate.leave()
+            current_listener.reset(listening)
+            latency = time.perf_counter() - started
+            if ours:
+                self._count(access.method, outcome, latency)
+            # Our RPCs are logged each; other services only when refused.
+            if ours or outcome.code != "OK":
+                rpc = access.method if ours else f"{access.service}/{access.method}"
+                self._record(rpc, caller, outcome, latency)
+
+    def _enter(
+        self,
+        access: Access,
+        context: grpc.ServicerContext,
+        authorization: str | None,
+        caller: Caller | None,
+        precomputed: DomainError | None,
+        gate: StreamGate | None,
+    ) -> Caller | None:
+        """The admitted caller (None for a public method); raises the refusal."""
+        if precomputed is not None:
+            raise precomputed
+        if caller is None:
+            caller = self._admit(access, context, authorization)
+        if gate is not None and not gate.enter():
+            raise TooManyStreams("too many reflection streams; retry later")
+        return caller
+
+    @staticmethod
+    def _record(rpc: str, caller: Caller | None, outcome: _Outcome, latency: float) -> None:
+        log.info(
+            "%s %s",
+            rpc,
+            outcome.reason,
+            extra={
+                "rpc": rpc,
+                "caller": caller.name if caller else None,
+                "outcome": outcome.reason,
+                "latency_ms": round(latency * 1000, 2),
+            },
+        )
+
+    def _count(self, rpc: str, outcome: _Outcome, latency: float) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.rpc_handled(SERVICE_NAME, rpc, outcome.code, latency)
+        response = outcome.response
+        if rpc in GRANTING_RPCS and response is not None and response.HasField("lease"):
+            self._metrics.lease_granted(rpc)
+        if outcome.reason == LEASE_LOST:
+            self._metrics.lease_lost(rpc)
+
+    # --- health -------------------------------------------------------------------------
+
+    def _health(self, access: Access, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Health needs no caller: counted in the metrics, served on the health pool."""
+        pool = self._pools.health if self._pools is not None else None
+        if handler.unary_unary is None:
+            # Watch: non-blocking (no thread while it waits); only its request is read on
+            # the pool.
+            assert handler.unary_stream is not None
+            return grpc.unary_stream_rpc_method_handler(
+                _with_pool(handler.unary_stream, pool),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=deserializer,
+            _with_pool(self._counted(access, handler.unary_unary), pool),
+            request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _certificate_names(self, context: grpc.ServicerContext) -> tuple[str, ...]:
-        if not self._client_certificates:
-            return ()
-        return certificate_identities(context.auth_context())
-
-    def _wrap(self, rpc: str, behavior: UnaryBehavior) -> UnaryBehavior:
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            caller: Caller | None = None
-            outcome = code = "OK"
-            response: Any = None
-            if self._metrics is not None:
-                self._metrics.rpc_started(SERVICE_NAME, rpc)
-            # The domain and the upstream adapter report lease takeovers and calls to Garmin
-            # to whoever listens for this RPC: this replica's metrics.
-            listening = current_listener.set(self._metrics)
-            try:
-                caller = self._registry.authenticate(
-                    _metadata_value(context, "authorization"), self._certificate_names(context)
-                )
-                self._registry.authorize(caller, rpc)
-                _refuse_if_undecodable(request)
-                token = current_caller_name.set(caller.name)
-                caller_token = current_caller.set(caller)
-                try:
-                    response = behavior(request, context)
-                    return response
-                finally:
-                    current_caller.reset(caller_token)
-                    current_caller_name.reset(token)
-            # Every error must become a documented status, so catch them all here.
-            except Exception as exc:
-                row = row_for(exc)
-                outcome, code = row.reason, row.code.name
-                if row is INTERNAL_ROW and not isinstance(exc, DomainError):
-                    log.exception("unexpected error in %s", rpc, extra={"rpc": rpc})
-                context.abort_with_status(to_status(exc))
-                raise  # unreachable: abort_with_status raises
-            finally:
-                current_listener.reset(listening)
-                latency = time.perf_counter() - started
-                self._count(rpc, code, outcome, response, latency)
-                log.info(
-                    "%s %s",
-                    rpc,
-                    outcome,
-                    extra={
-                        "rpc": rpc,
-                        "caller": caller.name if caller else None,
-                        "outcome": outcome,
-                        "latency_ms": round(latency * 1000, 2),
-                    },
-                )
-
-        return guarded
-
-    def _count(self, rpc: str, code: str, outcome: str, response: Any, latency: float) -> None:
-        if self._metrics is None:
-            return
-        self._metrics.rpc_handled(SERVICE_NAME, rpc, code, latency)
-        if rpc in GRANTING_RPCS and response is not None and response.HasField("lease"):
-            self._metrics.lease_granted(rpc)
-        if outcome == LEASE_LOST:
-            self._metrics.lease_lost(rpc)
-
-    def _counted(self, service: str, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
-        """Metrics only, for the other services' unary RPCs (health Check)."""
+    def _counted(self, access: Access, behavior: Behavior) -> Behavior:
         metrics = self._metrics
-        assert metrics is not None
+        if metrics is None:
+            return behavior
+        service, method = access.service, access.method
 
         def counted(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()

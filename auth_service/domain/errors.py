@@ -53,6 +53,22 @@ class CallerUnauthenticated(DomainError):
     reason = "CALLER_UNAUTHENTICATED"
 
 
+class CallersFileInvalid(CallerUnauthenticated):
+    """The callers file was edited into something unreadable: every caller is refused until
+    it is fixed (a revoked token must not keep working on the old copy)."""
+
+    reason = "CALLERS_FILE_INVALID"
+
+
+class TooManyStreams(DomainError):
+    """A capped kind of stream (server reflection) has all its slots taken."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+    reason = "TOO_MANY_STREAMS"
+    # Told to the caller (RetryInfo): streams end within seconds when their clients are done.
+    retry_after_seconds: ClassVar[float] = 5.0
+
+
 class CallerForbidden(DomainError):
     """The caller is known but its roles do not allow the RPC."""
 

@@ -32,12 +32,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from auth_service.config import redacted_database_url
+from garmin_client.logging_setup import redact
 
 log = logging.getLogger(__name__)
 
 # Execution option read by our SQLite BEGIN hook: "IMMEDIATE" (default) or "DEFERRED".
 SQLITE_BEGIN_OPTION = "sqlite_begin"
 _SQLITE_BEGIN_MODES = frozenset({"IMMEDIATE", "DEFERRED", "EXCLUSIVE"})
+
+# Bound values (ciphertexts, hashes, user ids, lease ids) stay out of the text of a failed
+# statement's exception, which reaches logs and check-config lines.
+HIDE_PARAMETERS = True
 
 # How long a SQLite writer waits for the file lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_SECONDS = 15.0
@@ -83,6 +88,7 @@ def create_engine_for(
 def _sqlite_engine(url: str) -> Engine:
     engine = create_engine(
         url,
+        hide_parameters=HIDE_PARAMETERS,
         # gRPC serves each call on a pool thread; SQLAlchemy's pool hands a connection to
         # one thread at a time, so sharing across threads is safe.
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
@@ -122,6 +128,7 @@ def _postgres_engine(
 ) -> Engine:
     return create_engine(
         url,
+        hide_parameters=HIDE_PARAMETERS,
         # A replica restart or failover leaves dead connections in the pool; ping on checkout.
         pool_pre_ping=True,
         pool_size=pool_size,
@@ -157,3 +164,14 @@ def database_is_reachable(engine: Engine) -> bool:
         )
         return False
     return True
+
+
+def describe_database_error(exc: BaseException, url: str) -> str:
+    """The driver error's type and first line, without the URL's password, for one log or
+    check-config line (never a traceback)."""
+    original = getattr(exc, "orig", None) or exc
+    message = (str(original).strip().splitlines() or [""])[0]
+    password = make_url(url).password
+    if password:
+        message = message.replace(str(password), "***")
+    return f"{type(original).__name__}: {redact(message)}" if message else type(original).__name__

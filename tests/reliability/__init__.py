@@ -194,6 +194,8 @@ def service_env(
         GARMIN_AUTH_UPSTREAM_URL=upstream_url,
         GARMIN_AUTH_GRACE_PERIOD="0",
         GARMIN_AUTH_LOGIN_LIMIT="1000",
+        # Probes are played on the main port; several replicas run side by side.
+        GARMIN_AUTH_HEALTH_LISTEN="off",
     )
     env.update(extra)
     return env
@@ -248,11 +250,12 @@ class ReplicaProcess:
     def call(self, rpc: str, request: Any, role: str = "admin", timeout: float = 15) -> Any:
         return getattr(self.stub, rpc)(request, metadata=bearer(role), timeout=timeout)
 
-    def health(self, timeout: float = 1.0) -> int | None:
-        """The overall health status, or None when the process does not answer."""
+    def health(self, timeout: float = 1.0, service: str = "readiness") -> int | None:
+        """The health status of `service` (readiness: follows the database; liveness: the
+        process answers), or None when the process does not answer."""
         try:
             answer = health_pb2_grpc.HealthStub(self.channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
         except grpc.RpcError:
             return None

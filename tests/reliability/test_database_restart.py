@@ -4,9 +4,9 @@ leasing, reporting refreshed tokens and releasing in a loop, while the cluster i
 `fast` mode and later in `immediate` mode (a crash) and started again.
 
 During each outage every RPC answers UNAVAILABLE with reason DATABASE_UNAVAILABLE (never
-INTERNAL), health goes NOT_SERVING; afterwards health is SERVING again and leases are granted
-by the very same processes (no restart). Then the invariants are checked against what the
-workers were told and what the database holds:
+INTERNAL), readiness goes NOT_SERVING while liveness stays SERVING; afterwards readiness is
+SERVING again and leases are granted by the very same processes (no restart). Then the
+invariants are checked against what the workers were told and what the database holds:
 
 - at most one live lease per user (client side: no grant while another worker holds an
   unexpired lease; server side: in the audit trail, each grant comes after the previous
@@ -308,6 +308,9 @@ def test_postgresql_stopped_fast_and_immediate_under_8_lease_workers(
         cluster.stop(mode)
         down_at = time.monotonic()
         wait_until(lambda: all_health(NOT_SERVING), 15, f"NOT_SERVING after a {mode} stop")
+        # Readiness follows the database; liveness must not (issue 14, finding 3), or
+        # Kubernetes would restart every replica during the outage.
+        assert all(replica.health(service="liveness") == SERVING for replica in replicas)
         wait_until(
             lambda: sum(a.outcome == UNAVAILABLE for a in ledger.between(down_at, 1e12)) >= 20,
             15,

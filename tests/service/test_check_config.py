@@ -108,6 +108,7 @@ def test_good_configuration_passes_every_check(env: dict[str, str], database_url
         "tls",
         "upstream",
         "metrics",
+        "serving",
     ]
     assert "at head" in checks["migrations"].detail
     assert "2 key(s) (k2, k1), primary k2" in checks["encryption keys"].detail
@@ -116,6 +117,10 @@ def test_good_configuration_passes_every_check(env: dict[str, str], database_url
     assert "4 caller(s), 4 by token, 0 by client certificate" in checks["callers"].detail
     assert checks["tls"].detail.startswith("mutual TLS; certificate CN=localhost")
     assert "http://127.0.0.1:8080/garmin" in checks["upstream"].detail
+    assert "WARNING: GARMIN_AUTH_UPSTREAM_URL is http://" in checks["upstream"].detail
+    assert checks["serving"].detail.startswith(
+        "health listener 0.0.0.0:8081; reflection authenticated; connections recycled after 300 s"
+    )
     text = "\n".join(result.line() for result in results)
     for secret in (key_material(K1), key_material(K2), CONSUMER_SECRET):
         assert secret not in text
@@ -126,7 +131,7 @@ def test_command_prints_one_line_per_check_and_exits_zero(env: dict[str, str]) -
     result = run_cli("check-config", env={**_process_env(), **env})
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 9
+    assert len(lines) == 10
     assert all(line.startswith("ok   ") for line in lines)
 
 
@@ -303,3 +308,45 @@ def test_malformed_metrics_address(env: dict[str, str]) -> None:
 def test_sign_in_settings_are_checked(env: dict[str, str], variable: str, value: str) -> None:
     env[variable] = value
     assert failed(run_checks(env))["settings"].startswith(variable)
+
+
+# --- exposure (issue 14) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_development_flag_fails_outside_loopback(env: dict[str, str]) -> None:
+    env["GARMIN_AUTH_ALLOW_UNAUTHENTICATED"] = "true"
+    env["GARMIN_AUTH_LISTEN"] = "0.0.0.0:50051"
+    problems = failed(run_checks(env))
+    assert "is not a loopback address" in problems["callers"]
+    assert problems["settings"].startswith("GARMIN_AUTH_ALLOW_UNAUTHENTICATED: is refused")
+    env["GARMIN_AUTH_LISTEN"] = "127.0.0.1:50051"
+    assert "callers" not in failed(run_checks(env))
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_plaintext_upstream_fails_in_production(env: dict[str, str]) -> None:
+    env["GARMIN_AUTH_ENVIRONMENT"] = "production"
+    problems = failed(run_checks(env))
+    assert "production refuses a plaintext upstream" in problems["upstream"]
+    assert problems["settings"].startswith("GARMIN_AUTH_ENVIRONMENT: production refuses")
+    env["GARMIN_AUTH_UPSTREAM_URL"] = "https://garmin.proxy.example"
+    assert failed(run_checks(env)) == {}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_secrets_from_files(env: dict[str, str], tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(env.pop("GARMIN_AUTH_ENCRYPTION_KEYS") + "\n")
+    url_file = tmp_path / "url"
+    url_file.write_text(env.pop("GARMIN_AUTH_DATABASE_URL"))
+    env["GARMIN_AUTH_ENCRYPTION_KEYS_FILE"] = str(keys_file)
+    env["GARMIN_AUTH_DATABASE_URL_FILE"] = str(url_file)
+    assert failed(run_checks(env)) == {}
+    env["GARMIN_AUTH_ENCRYPTION_KEYS"] = K2  # and the file: which one? refused
+    problems = failed(run_checks(env))
+    assert problems["secret files"] == (
+        "GARMIN_AUTH_ENCRYPTION_KEYS_FILE: set either GARMIN_AUTH_ENCRYPTION_KEYS or "
+        "GARMIN_AUTH_ENCRYPTION_KEYS_FILE"
+    )
+    assert key_material(K2) not in "\n".join(problems.values())

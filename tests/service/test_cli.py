@@ -4,6 +4,7 @@ graceful stop on SIGTERM, migrations, and the demo."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,10 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
+from auth_service.api.callers import parse_callers
 from auth_service.config import load_settings
 from auth_service.crypto import Keyring
 from auth_service.domain.policies import (
@@ -26,6 +30,8 @@ from auth_service.domain.policies import (
     LoginFlow,
     RefusedClientId,
 )
+from auth_service.operator_commands import MIN_TOKEN_LENGTH
+from auth_service.storage.database import create_engine_for
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
 from garmin_client.env import ConfigError
@@ -34,6 +40,7 @@ from tests.fixtures.emulators import scanned_emulator
 from tests.fixtures.servers import CONSUMER_KEY, CONSUMER_SECRET, ROLE_TOKENS, write_callers_file
 
 CLI = str(Path(sys.executable).parent / "garmin-auth-service")
+LONG_TOKEN = "a-bearer-token-of-forty-characters-12345"
 
 
 def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -45,6 +52,8 @@ def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
             "GARMIN_AUTH_CALLERS_FILE": str(write_callers_file(tmp_path / "callers.toml")),
             "GARMIN_AUTH_OAUTH_CONSUMER_KEY": CONSUMER_KEY,
             "GARMIN_AUTH_OAUTH_CONSUMER_SECRET": CONSUMER_SECRET,
+            # Not the default 0.0.0.0:8081: tests run side by side.
+            "GARMIN_AUTH_HEALTH_LISTEN": f"127.0.0.1:{free_port()}",
         }
     )
     env.update(overrides)
@@ -71,6 +80,7 @@ def run_cli(
         ("GARMIN_AUTH_UPSTREAM_URL", "ftp://x", "GARMIN_AUTH_UPSTREAM_URL"),
         ("GARMIN_AUTH_HOUSEKEEPING_INTERVAL", "0", "GARMIN_AUTH_HOUSEKEEPING_INTERVAL"),
         ("GARMIN_AUTH_CALLERS_FILE", "", "GARMIN_AUTH_CALLERS_FILE: is required"),
+        ("GARMIN_AUTH_LOG_LEVEL", "chatty", "GARMIN_AUTH_LOG_LEVEL: expected one of DEBUG"),
     ],
 )
 def test_bad_setting_stops_start_up_with_one_line_naming_it(
@@ -101,8 +111,89 @@ def test_development_flag_allows_running_without_callers_file() -> None:
     settings = load_settings(env)
     assert settings.callers_file is None
     assert settings.allow_unauthenticated
-    with pytest.raises(ConfigError, match="GARMIN_AUTH_CALLERS_FILE"):
+    with pytest.raises(ConfigError, match="GARMIN_AUTH_CALLERS_FILE") as missing:
         load_settings({**env, "GARMIN_AUTH_ALLOW_UNAUTHENTICATED": "false"})
+    # The error no longer suggests the development flag (issue 14, finding 6).
+    assert "ALLOW_UNAUTHENTICATED" not in str(missing.value)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:50051", "10.0.0.5:50051", "[::]:50051", "db:50051"])
+def test_development_flag_is_refused_outside_loopback(tmp_path: Path, listen: str) -> None:
+    result = run_cli(
+        "serve",
+        env=base_env(tmp_path, GARMIN_AUTH_ALLOW_UNAUTHENTICATED="true", GARMIN_AUTH_LISTEN=listen),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "garmin-auth-service: configuration error: GARMIN_AUTH_ALLOW_UNAUTHENTICATED: is "
+        f"refused: GARMIN_AUTH_LISTEN ({listen}) is not a loopback address "
+        "(127.0.0.0/8, ::1, localhost)"
+    ]
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:1", "127.8.9.10:1", "[::1]:1", "localhost:1"])
+def test_development_flag_is_allowed_on_loopback(tmp_path: Path, listen: str) -> None:
+    env = base_env(tmp_path, GARMIN_AUTH_ALLOW_UNAUTHENTICATED="true", GARMIN_AUTH_LISTEN=listen)
+    assert load_settings(env).allow_unauthenticated
+    with pytest.raises(ConfigError, match="GARMIN_AUTH_ENVIRONMENT=production"):
+        load_settings({**env, "GARMIN_AUTH_ENVIRONMENT": "production"})
+
+
+def test_secrets_may_come_from_files(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    keys = tmp_path / "keys"
+    keys.write_text(env.pop("GARMIN_AUTH_ENCRYPTION_KEYS") + "\n")  # as a Secret mounts it
+    url = tmp_path / "url"
+    url.write_text("postgresql+psycopg://garmin:from-a-file@db/garmin?sslmode=verify-full\n")
+    env["GARMIN_AUTH_ENCRYPTION_KEYS_FILE"] = str(keys)
+    env["GARMIN_AUTH_DATABASE_URL_FILE"] = str(url)
+    env.pop("GARMIN_AUTH_DATABASE_URL")
+    settings = load_settings(env)
+    assert settings.database_url.endswith("@db/garmin?sslmode=verify-full")
+    assert settings.keyring.primary_kid == "k1"
+    with pytest.raises(ConfigError, match="GARMIN_AUTH_DATABASE_URL_FILE: set either"):
+        load_settings({**env, "GARMIN_AUTH_DATABASE_URL": "sqlite:///x"})
+    with pytest.raises(ConfigError, match="GARMIN_AUTH_ENCRYPTION_KEYS_FILE: cannot read"):
+        load_settings({**env, "GARMIN_AUTH_ENCRYPTION_KEYS_FILE": str(tmp_path / "none")})
+
+
+def test_plaintext_upstream_is_refused_in_production(tmp_path: Path) -> None:
+    env = base_env(tmp_path, GARMIN_AUTH_UPSTREAM_URL="http://emulator:8080")
+    assert load_settings(env).serving.environment == "development"
+    with pytest.raises(ConfigError, match="production refuses a plaintext upstream"):
+        load_settings({**env, "GARMIN_AUTH_ENVIRONMENT": "production"})
+    production = {**env, "GARMIN_AUTH_ENVIRONMENT": "production"}
+    production["GARMIN_AUTH_UPSTREAM_URL"] = "https://proxy.example"
+    assert load_settings(production).serving.production
+    with pytest.raises(ConfigError, match="DI_PLAIN_HTTP"):
+        load_settings({**production, "GARMIN_AUTH_DI_PLAIN_HTTP": "true"})
+
+
+def test_serving_settings_and_their_defaults(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    env.pop("GARMIN_AUTH_HEALTH_LISTEN")
+    serving = load_settings(env).serving
+    assert serving.health_listen == "0.0.0.0:8081"
+    assert serving.reflection.value == "authenticated"
+    assert serving.max_connection_age_seconds == 300
+    custom = load_settings(
+        {
+            **env,
+            "GARMIN_AUTH_HEALTH_LISTEN": "off",
+            "GARMIN_AUTH_REFLECTION": "open",
+            "GARMIN_AUTH_MAX_CONNECTION_AGE": "60",
+        }
+    ).serving
+    assert (custom.health_listen, custom.reflection.value) == (None, "open")
+    assert custom.max_connection_age_seconds == 60
+    for variable, value in (
+        ("GARMIN_AUTH_REFLECTION", "maybe"),
+        ("GARMIN_AUTH_HEALTH_LISTEN", "8081"),
+        ("GARMIN_AUTH_MAX_CONNECTION_AGE", "1"),
+        ("GARMIN_AUTH_ENVIRONMENT", "prod"),
+    ):
+        with pytest.raises(ConfigError, match=variable):
+            load_settings({**env, variable: value})
 
 
 def test_new_logins_take_garmins_di_sign_in_by_default(tmp_path: Path) -> None:
@@ -219,14 +310,14 @@ def test_migrate_is_idempotent(tmp_path: Path) -> None:
 def test_hash_token_prints_the_callers_file_digest(tmp_path: Path) -> None:
     result = subprocess.run(
         [CLI, "hash-token"],
-        input="my-token\n",
+        input=LONG_TOKEN + "\n",
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
         env=base_env(tmp_path),
     )
-    assert result.stdout.strip() == hashlib.sha256(b"my-token").hexdigest()
+    assert result.stdout.strip() == hashlib.sha256(LONG_TOKEN.encode()).hexdigest()
 
 
 def test_demo_runs_end_to_end_on_embedded_defaults(tmp_path: Path) -> None:
@@ -262,3 +353,84 @@ def test_prune_audit_keeps_recent_events(tmp_path: Path) -> None:
     bad = run_cli("prune-audit", env={**env, "GARMIN_AUTH_AUDIT_RETENTION_DAYS": "0"})
     assert bad.returncode == 2
     assert "GARMIN_AUTH_AUDIT_RETENTION_DAYS" in bad.stderr
+
+
+def test_new_caller_token_prints_a_long_token_and_its_entry(tmp_path: Path) -> None:
+    result = run_cli(
+        "new-caller-token", "--name", "sync-worker", "--role", "worker", env=base_env(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    first, *entry = result.stdout.strip().splitlines()
+    token = first.rsplit(" ", 1)[1]
+    assert len(token) >= MIN_TOKEN_LENGTH
+    (parsed,) = parse_callers("\n".join(entry[1:]), "printed entry")
+    assert parsed.caller.name == "sync-worker"
+    assert parsed.caller.roles == frozenset({"worker"})
+    assert parsed.token_sha256 == hashlib.sha256(token.encode()).digest()
+    again = run_cli("new-caller-token", "--name", "x", "--role", "admin", env=base_env(tmp_path))
+    assert token not in again.stdout  # fresh each time
+    bad = run_cli("new-caller-token", "--name", "x", "--role", "root", env=base_env(tmp_path))
+    assert bad.returncode == 2
+
+
+def test_hash_token_refuses_a_short_token(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [CLI, "hash-token"],
+        input="short-token\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=base_env(tmp_path),
+    )
+    assert result.returncode == 2
+    assert f"at least {MIN_TOKEN_LENGTH}" in result.stderr
+
+
+def test_health_check_command(tmp_path: Path) -> None:
+    env = base_env(tmp_path, GARMIN_AUTH_LISTEN=f"127.0.0.1:{free_port()}")
+    assert run_cli("migrate", env=env).returncode == 0
+    process = subprocess.Popen(
+        [CLI, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        with grpc.insecure_channel(env["GARMIN_AUTH_LISTEN"]) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        live = run_cli("health-check", env=env)
+        assert (live.returncode, live.stdout) == (0, "liveness: SERVING\n")
+        ready = run_cli("health-check", "--service", "readiness", env=env)
+        assert (ready.returncode, ready.stdout) == (0, "readiness: SERVING\n")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    gone = run_cli("health-check", env=env)
+    assert gone.returncode == 1
+    assert gone.stdout.startswith("liveness: no answer from 127.0.0.1:")
+    off = run_cli("health-check", env={**env, "GARMIN_AUTH_HEALTH_LISTEN": "off"})
+    assert off.returncode == 2
+
+
+def test_unreachable_database_at_start_up_is_one_json_line(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://garmin:db-password-123@127.0.0.1:{free_port()}/garmin"
+    result = run_cli("serve", env=base_env(tmp_path, GARMIN_AUTH_DATABASE_URL=url))
+    assert result.returncode == 3
+    (line,) = result.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR"
+    assert "does not answer: OperationalError" in record["message"]
+    assert "garmin:***@127.0.0.1" in record["message"]
+    assert "db-password-123" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_failing_statement_shows_no_bound_value(database_url: str) -> None:
+    engine = create_engine_for(database_url)
+    try:
+        with pytest.raises(SQLAlchemyError) as raised, engine.connect() as connection:
+            connection.execute(
+                text("SELECT * FROM no_such_table WHERE lease_id = :lease_id"),
+                {"lease_id": "bound-secret-lease-id"},
+            )
+    finally:
+        engine.dispose()
+    assert "bound-secret-lease-id" not in str(raised.value)

@@ -13,9 +13,18 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from auth_service.api.callers import RPC_ROLES, token_sha256
 from auth_service.api.reflection import _v1_message_classes
+from auth_service.serving_config import ReflectionMode, ServingSettings
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import GarminEmulator
-from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
+from tests.fixtures.servers import (
+    ROLE_TOKENS,
+    Replica,
+    RpcFailure,
+    ServiceFactory,
+    expect_failure,
+    failure_of,
+    write_callers_file,
+)
 from tests.service.test_status_import_delete import garmin_tokens, import_tokens
 
 
@@ -102,9 +111,9 @@ def test_invalid_fields_answer_every_violation(service: Replica) -> None:
     assert code.field_violations == ["code"]
 
 
-def test_health_is_serving_for_both_names(service: Replica) -> None:
+def test_health_is_serving_for_every_name(service: Replica) -> None:
     health = health_pb2_grpc.HealthStub(service.channel)
-    for name in ("", "garmin_auth.v1.GarminAuthService"):
+    for name in ("", "liveness", "readiness", "garmin_auth.v1.GarminAuthService"):
         answer = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -113,15 +122,17 @@ def test_health_goes_not_serving_on_graceful_stop(service_factory: ServiceFactor
     replica = service_factory.start()
     health = health_pb2_grpc.HealthStub(replica.channel)
     replica.running.health.enter_graceful_shutdown()
-    answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-    assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", "liveness", "readiness"):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _listed_services(channel: grpc.Channel, version: str) -> set[str]:
+def _listed_services(channel: grpc.Channel, version: str, role: str | None = "viewer") -> set[str]:
+    metadata = () if role is None else (("authorization", f"Bearer {ROLE_TOKENS[role]}"),)
     if version == "v1alpha":
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
-        answers = stub.ServerReflectionInfo(iter([request]), timeout=5)
+        answers = stub.ServerReflectionInfo(iter([request]), timeout=5, metadata=metadata)
         return {s.name for a in answers for s in a.list_services_response.service}
     request_cls, response_cls = _v1_message_classes()
     call = channel.stream_stream(
@@ -129,7 +140,7 @@ def _listed_services(channel: grpc.Channel, version: str) -> set[str]:
         request_serializer=lambda m: m.SerializeToString(),
         response_deserializer=response_cls.FromString,
     )
-    answers = call(iter([request_cls(list_services="")]), timeout=5)
+    answers = call(iter([request_cls(list_services="")]), timeout=5, metadata=metadata)
     return {s.name for a in answers for s in a.list_services_response.service}
 
 
@@ -138,6 +149,79 @@ def test_reflection_answers_both_protocol_versions(service: Replica, version: st
     names = _listed_services(service.channel, version)
     assert "garmin_auth.v1.GarminAuthService" in names
     assert "grpc.health.v1.Health" in names
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_needs_a_caller_unless_open(
+    service_factory: ServiceFactory, version: str
+) -> None:
+    guarded = service_factory.start()
+    with pytest.raises(grpc.RpcError) as refused:
+        _listed_services(guarded.channel, version, role=None)
+    assert failure_of(refused.value).reason == "CALLER_UNAUTHENTICATED"
+    for role in ROLE_TOKENS:  # any role will do
+        assert "grpc.health.v1.Health" in _listed_services(guarded.channel, version, role)
+    opened = service_factory.start(serving=ServingSettings(reflection=ReflectionMode.OPEN))
+    assert "grpc.health.v1.Health" in _listed_services(opened.channel, version, role=None)
+    off = service_factory.start(serving=ServingSettings(reflection=ReflectionMode.OFF))
+    with pytest.raises(grpc.RpcError) as missing:
+        _listed_services(off.channel, version)
+    assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_botched_callers_file_refuses_every_caller_until_fixed(service: Replica) -> None:
+    """Finding 8: a reload that cannot parse must not keep the old entries (a revoked token
+    would keep working); every caller is refused until the file is fixed."""
+    callers = service.running.application.settings.callers_file
+    assert callers is not None
+    status = pb.GetStatusRequest(user_id="u")
+    service.call("GetStatus", status, role="viewer")  # A works
+    _rewrite(callers, "[[callers]\nname = 'broken")
+    refused = _wait_for_refusal(service, "viewer")
+    assert (refused.code, refused.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CALLERS_FILE_INVALID",
+    )
+    assert failure_of_call(service, "admin").reason == "CALLERS_FILE_INVALID"
+    # Fixed, without the viewer: the viewer stays refused, the admin is back.
+    write_callers_file(callers, {"admin": ROLE_TOKENS["admin"]})
+    _touch_later(callers, 10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            service.call("GetStatus", status, role="admin")
+            break
+        except grpc.RpcError:
+            time.sleep(0.2)
+    service.call("GetStatus", status, role="admin")
+    assert failure_of_call(service, "viewer").reason == "CALLER_UNAUTHENTICATED"
+
+
+def _rewrite(path: Path, text: str) -> None:
+    path.write_text(text)
+    _touch_later(path, 5)
+
+
+def _touch_later(path: Path, seconds: float) -> None:
+    future = time.time() + seconds
+    os.utime(path, (future, future))
+
+
+def failure_of_call(service: Replica, role: str) -> RpcFailure:
+    return expect_failure(
+        lambda: service.call("GetStatus", pb.GetStatusRequest(user_id="u"), role=role)
+    )
+
+
+def _wait_for_refusal(service: Replica, role: str) -> RpcFailure:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            service.call("GetStatus", pb.GetStatusRequest(user_id="u"), role=role)
+        except grpc.RpcError as error:
+            return failure_of(error)
+        time.sleep(0.2)
+    raise AssertionError(f"{role} was never refused")
 
 
 def test_callers_file_holds_only_hashes(service: Replica) -> None:

@@ -274,6 +274,21 @@ def test_certificate_matching_no_caller_is_unauthenticated(start_tls: StartTls, 
     assert "stranger" in failure.message
 
 
+def test_the_common_name_does_not_count_when_the_certificate_has_sans(
+    start_tls: StartTls, pki: Pki
+) -> None:
+    """RFC 6125: the viewer entry names a CN; a certificate with that CN but SANs of its
+    own is identified by its SANs only, so it is not the viewer. Before the fix it was."""
+    server = start_tls(mutual=True)
+    lookalike = pki.ca.issue(VIEWER_CN, dns_names=("someone-else.example",))
+    failure = expect_failure(lambda: get_status(server.channel(client=lookalike)))
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CALLER_UNAUTHENTICATED",
+    )
+    assert get_status(server.channel(client=pki.viewer)).status.user_id == "alice"
+
+
 def test_bearer_token_over_tls(start_tls: StartTls) -> None:
     server = start_tls(mutual=False)
     channel = server.channel()
@@ -302,9 +317,10 @@ def test_certificates_are_ignored_without_mutual_tls(start_tls: StartTls, pki: P
     assert refused(lambda: get_status(channel)) == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_identities_are_the_common_name_and_dns_names(pki: Pki) -> None:
+def test_identities_are_the_dns_names_else_the_common_name(pki: Pki) -> None:
     names = certificate_identities({"x509_pem_cert": [pki.worker.cert_pem]})
-    assert names == ("sync-worker-7d9f", WORKER_DNS)
+    assert names == (WORKER_DNS,)  # its CN (a pod name) does not count beside SANs
+    assert certificate_identities({"x509_pem_cert": [pki.viewer.cert_pem]}) == (VIEWER_CN,)
     assert certificate_identities({}) == ()
     assert certificate_identities({"x509_common_name": [b"only-cn"]}) == ("only-cn",)
 

@@ -1,0 +1,151 @@
+"""Health: what the service names mean, and the health-only listener.
+
+Names (grpc.health.v1.Health/Check `service`):
+
+- "" and "liveness": SERVING while the process runs (NOT_SERVING once it stops gracefully).
+  Never tied to the database: a database outage must not make Kubernetes restart every
+  replica into a crash loop.
+- "readiness" and "garmin_auth.v1.GarminAuthService": SERVING only while the database
+  answers (checked every couple of seconds), so a replica without its database is taken out
+  of the Service's endpoints and put back by itself.
+
+The health listener (GARMIN_AUTH_HEALTH_LISTEN, default 0.0.0.0:8081, plaintext, only the
+Health service) is what probes use. It is an asyncio gRPC server on its own thread and event
+loop: a call waiting for its request costs a coroutine, not a thread, so no number of idle
+connections or streams keeps it from answering, and nothing on the main port (TLS, callers,
+busy threads) is in its way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import _async as async_health
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from auth_service.api.method_access import SERVICE_NAME
+
+log = logging.getLogger(__name__)
+
+LIVENESS_NAMES = ("", "liveness")
+READINESS_NAMES = ("readiness", SERVICE_NAME)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+CALL_TIMEOUT_SECONDS = 10.0
+T = TypeVar("T")
+# Probes are tiny; a connection carries a handful of them at a time, idles briefly and is
+# recycled often, so a client cannot pin resources on this listener for long.
+HEALTH_SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 4096),
+    ("grpc.max_concurrent_streams", 4),
+    ("grpc.max_connection_idle_ms", 30_000),
+    ("grpc.max_connection_age_ms", 60_000),
+    ("grpc.max_connection_age_grace_ms", 5_000),
+    # A second process on the same port must fail to start, not share the probes.
+    ("grpc.so_reuseport", 0),
+]
+
+
+class HealthListenerError(OSError):
+    """The health listener could not bind its address."""
+
+
+_loop_lock = threading.Lock()
+_shared_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _health_loop() -> asyncio.AbstractEventLoop:
+    """The one event loop (on its own daemon thread) every health listener of the process
+    runs on: gRPC's asyncio support binds to a single loop per process."""
+    global _shared_loop  # noqa: PLW0603 - one loop per process, created on first use
+    with _loop_lock:
+        if _shared_loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="health-listener", daemon=True).start()
+            _shared_loop = loop
+        return _shared_loop
+
+
+class HealthListener:
+    """The health-only asyncio gRPC server, on the process's health event loop."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.port = 0
+        self._loop = _health_loop()
+        self._servicer: async_health.HealthServicer | None = None
+        self._server: grpc.aio.Server | None = None
+
+    def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT_SECONDS) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def start(self) -> HealthListener:
+        self._run(self._start())
+        return self
+
+    async def _start(self) -> None:
+        # Created on the loop: the servicer's locks and conditions belong to it.
+        servicer = async_health.HealthServicer()
+        server = grpc.aio.server(options=HEALTH_SERVER_OPTIONS)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        try:
+            self.port = server.add_insecure_port(self.address)
+        except RuntimeError as exc:
+            raise HealthListenerError(f"cannot listen on {self.address} ({exc})") from None
+        for name in LIVENESS_NAMES:
+            await servicer.set(name, SERVING)
+        for name in READINESS_NAMES:
+            await servicer.set(name, NOT_SERVING)
+        await server.start()
+        self._servicer, self._server = servicer, server
+
+    def set(self, names: Iterable[str], status: int) -> None:
+        servicer = self._servicer
+        assert servicer is not None
+
+        async def apply() -> None:
+            for name in names:
+                await servicer.set(name, status)
+
+        self._run(apply())
+
+    def enter_graceful_shutdown(self) -> None:
+        assert self._servicer is not None
+        self._run(self._servicer.enter_graceful_shutdown())
+
+    def stop(self, grace: float) -> None:
+        if self._server is not None:
+            self._run(self._server.stop(grace), grace + CALL_TIMEOUT_SECONDS)
+            self._server = None
+
+
+class HealthBoard:
+    """Every health servicer of the replica (the main port's, the health listener's), set
+    together."""
+
+    def __init__(self, main: health.HealthServicer, listener: HealthListener | None) -> None:
+        self.main = main
+        self.listener = listener
+        self._set(LIVENESS_NAMES, SERVING)
+        self._set(READINESS_NAMES, NOT_SERVING)
+
+    def _set(self, names: Iterable[str], status: int) -> None:
+        names = tuple(names)
+        for name in names:
+            self.main.set(name, status)
+        if self.listener is not None:
+            self.listener.set(names, status)
+
+    def set_ready(self, ready: bool) -> None:
+        self._set(READINESS_NAMES, SERVING if ready else NOT_SERVING)
+
+    def enter_graceful_shutdown(self) -> None:
+        """Everything NOT_SERVING, for good: the replica is on its way out."""
+        self.main.enter_graceful_shutdown()
+        if self.listener is not None:
+            self.listener.enter_graceful_shutdown()

@@ -1,0 +1,79 @@
+"""Small operator commands: `health-check` (the container's HEALTHCHECK) and
+`new-caller-token` (a fresh bearer token and its callers-file entry)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+
+from auth_service.api.callers import ROLES, token_sha256
+from auth_service.serving_config import PREFIX, ServingSettings, read_serving_settings
+from garmin_client.env import ConfigError, EnvReader
+
+# Shorter bearer tokens are refused by new-caller-token and hash-token. Entries already in a
+# callers file are hashes, so their tokens' length cannot be checked.
+MIN_TOKEN_LENGTH = 32
+# 32 random bytes: 43 URL-safe characters.
+TOKEN_BYTES = 32
+HEALTH_CHECK_TIMEOUT_SECONDS = 3.0
+HEALTH_SERVICES = ("liveness", "readiness")
+
+
+def health_check(service: str, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """Ask this machine's health listener about `service`: (SERVING?, one line)."""
+    import grpc  # noqa: PLC0415 - only this command needs gRPC loaded
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    serving = _serving(env)
+    if serving.health_listen is None:
+        raise ConfigError(PREFIX + "HEALTH_LISTEN", "is off; there is no health listener to ask")
+    host, _, port = serving.health_listen.rpartition(":")
+    # The listener may bind every address; the probe always asks over loopback.
+    target = f"[::1]:{port}" if host.strip("[]") == "::1" else f"127.0.0.1:{port}"
+    with grpc.insecure_channel(target) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=HEALTH_CHECK_TIMEOUT_SECONDS,
+            )
+        except grpc.RpcError as error:
+            return False, f"{service}: no answer from {target} ({error.code().name})"
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    return answer.status == health_pb2.HealthCheckResponse.SERVING, f"{service}: {status}"
+
+
+def _serving(env: Mapping[str, str] | None) -> ServingSettings:
+    return read_serving_settings(EnvReader(os.environ if env is None else env, PREFIX))
+
+
+def check_token_length(token: str) -> None:
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            "token",
+            f"is {len(token)} characters; bearer tokens need at least {MIN_TOKEN_LENGTH} "
+            "(use `garmin-auth-service new-caller-token`)",
+        )
+
+
+def new_caller_entry(
+    name: str, roles: Sequence[str], user_id_prefix: str | None = None
+) -> tuple[str, str]:
+    """A fresh token and the callers-file entry that admits it (only its sha256)."""
+    if not name.strip():
+        raise ConfigError("--name", "must not be empty")
+    unknown = sorted(set(roles) - ROLES)
+    if unknown or not roles:
+        raise ConfigError("--role", f"expected roles among {sorted(ROLES)}")
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    check_token_length(token)
+    lines = [
+        "[[callers]]",
+        f"name = {json.dumps(name)}",
+        f'token_sha256 = "{token_sha256(token)}"',
+        f"roles = {json.dumps(sorted(set(roles)))}",
+    ]
+    if user_id_prefix is not None:
+        lines.append(f"user_id_prefix = {json.dumps(user_id_prefix)}")
+    return token, "\n".join(lines)
