@@ -18,13 +18,16 @@ from types import FrameType
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
+from prometheus_client import Gauge
 from sqlalchemy import Engine
 
 from auth_service.api.callers import CallerRegistry
-from auth_service.api.interceptor import Pools, ServiceInterceptor, StreamGate
+from auth_service.api.handlers import Pools
+from auth_service.api.interceptor import ServiceInterceptor
 from auth_service.api.reflection import enable_reflection
 from auth_service.api.servicer import GarminAuthServicer
 from auth_service.config import PREFIX, Settings, redacted_database_url
+from auth_service.connection_limits import new_pools, server_options
 from auth_service.domain.clock import Clock
 from auth_service.domain.paging import Pager
 from auth_service.domain.ports import GarminUpstream
@@ -53,20 +56,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = garmin_auth_pb2.DESCRIPTOR.services_by_name["GarminAuthService"].full_name
 HEALTH_PROBE_SECONDS = 2.0
 WORKER_THREADS = 32
-# Health on the main port (kept for clients that check it there; probes use the health
-# listener): a few threads of its own, so idle health calls cannot take the RPC threads.
-HEALTH_THREADS = 4
-# Concurrent reflection streams (each holds a thread while its client idles); more are
-# answered RESOURCE_EXHAUSTED TOO_MANY_STREAMS at once.
-REFLECTION_STREAMS = 8
-# Streams one connection may carry at a time. A worker process multiplexes its threads over
-# one channel; far more than any of ours needs, far fewer than gRPC's unlimited default.
-MAX_STREAMS_PER_CONNECTION = 64
-# A connection without a call for this long is closed (clients reconnect transparently).
-MAX_CONNECTION_IDLE_MS = 180_000
-# Calls still running when a connection reaches its maximum age get this long to finish;
-# it also bounds how long any idle stream can live (GARMIN_AUTH_MAX_CONNECTION_AGE + this).
-MAX_CONNECTION_AGE_GRACE_MS = 30_000
 # Keep-alive passes of replicas started together drift apart by up to this fraction.
 KEEPALIVE_JITTER = 0.2
 # Page tokens are signed with keys derived from the encryption keyring under this label.
@@ -102,6 +91,14 @@ def build_application(
     store = SqlStore(session_factory(engine), SecretBox(settings.keyring))
     pager = Pager(settings.keyring.derived_keys(PAGE_TOKEN_KEY_LABEL))
     metrics = ServiceMetrics(engine, clock, settings.metrics)
+    callers = CallerRegistry(
+        settings.callers_file, allow_unauthenticated=settings.allow_unauthenticated
+    )
+    Gauge(
+        "garmin_auth_callers_file_invalid",
+        "1 while the callers file cannot be read or parsed and every caller is refused.",
+        registry=metrics.registry,
+    ).set_function(lambda: float(callers.refresh() is not None))
     return Application(
         settings=settings,
         engine=engine,
@@ -120,9 +117,7 @@ def build_application(
                 garth=tokens_from_garth_dumps, garminconnect=tokens_from_garminconnect
             ),
         ),
-        callers=CallerRegistry(
-            settings.callers_file, allow_unauthenticated=settings.allow_unauthenticated
-        ),
+        callers=callers,
         metrics=metrics,
     )
 
@@ -205,7 +200,7 @@ def start_server(
     """Start serving. `extra_handlers` (tests) are served behind the same interceptor, so
     the access table decides who may call them: nobody, unless it lists them."""
     settings = application.settings
-    options = _server_options(settings)
+    options = server_options(settings)
     # Read before anything listens, so broken TLS files stop start-up with one line.
     certificates = CertificateReloader(settings.tls) if settings.tls is not None else None
     metrics = application.metrics
@@ -213,11 +208,7 @@ def start_server(
         SERVICE_NAME,
         garmin_auth_pb2.DESCRIPTOR.services_by_name["GarminAuthService"].methods_by_name,
     )
-    pools = Pools(
-        health=futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="health"),
-        reflection=futures.ThreadPoolExecutor(REFLECTION_STREAMS, thread_name_prefix="reflection"),
-        reflection_gate=StreamGate(REFLECTION_STREAMS),
-    )
+    pools = new_pools()
     reflection = settings.serving.reflection
     # No maximum_concurrent_rpcs: it counts every call, health and refusals included, so
     # idle anonymous health calls could make gRPC refuse authenticated callers. Refusing
@@ -288,19 +279,6 @@ def start_server(
         redacted_database_url(settings.database_url),
     )
     return running
-
-
-def _server_options(settings: Settings) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
-        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
-        # gRPC adds +-10% jitter, so replicas started together do not drop every
-        # connection at once; a Service then spreads the reconnecting workers over replicas.
-        ("grpc.max_connection_age_ms", int(settings.serving.max_connection_age_seconds * 1000)),
-        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
-    ]
 
 
 def _start_health_listener(settings: Settings) -> HealthListener | None:

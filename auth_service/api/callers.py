@@ -235,9 +235,10 @@ class CallerRegistry:
             self._entries, self._broken, self._signature = [], problem, signature
             log.error("callers file unusable; REFUSING EVERY CALLER until it is fixed: %s", problem)
 
-    @property
-    def broken(self) -> str | None:
-        """Why every caller is refused right now (None: the file is fine)."""
+    def refresh(self) -> str | None:
+        """Look at the file again if it is time; why every caller is refused right now (None:
+        the file is fine). For the metric, which must not wait for a call."""
+        self._maybe_reload()
         return self._broken
 
     @property

@@ -19,7 +19,6 @@ reflection streams can take the threads our RPCs need; reflection streams are al
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -30,14 +29,21 @@ from typing import Any
 import grpc
 
 from auth_service.api.callers import Caller, CallerRegistry, current_caller
+from auth_service.api.decoding import checked_stream, refuse_if_undecodable, tolerant
 from auth_service.api.errors import INTERNAL_ROW, row_for, to_status
+from auth_service.api.handlers import (
+    Behavior,
+    Pools,
+    StreamGate,
+    health_handler,
+    same_kind,
+    with_pool,
+)
 from auth_service.api.method_access import SERVICE_NAME, Access, Kind, access_for
 from auth_service.domain.context import current_caller_name
 from auth_service.domain.errors import (
     CallerForbidden,
     DomainError,
-    FieldViolation,
-    InvalidArgument,
     TooManyStreams,
 )
 from auth_service.domain.events import current_listener
@@ -50,49 +56,6 @@ LEASE_LOST = "LEASE_LOST"
 
 log = logging.getLogger("auth_service.rpc")
 
-Behavior = Callable[..., Any]
-Deserializer = Callable[[bytes], Any]
-
-
-class _Undecodable:
-    """Stands for request bytes that are not a well-formed message of the RPC's type.
-
-    gRPC itself answers INTERNAL ("Exception deserializing request!") when a deserializer
-    raises, before any interceptor runs; bad input must answer INVALID_ARGUMENT instead, and
-    only after the caller was authenticated (an anonymous caller learns nothing more)."""
-
-    def __init__(self, message_name: str) -> None:
-        self.message_name = message_name
-
-
-def _tolerant(deserializer: Deserializer | None) -> Deserializer | None:
-    if deserializer is None:
-        return None
-    message_name = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        # Whatever the protobuf runtime raises on malformed bytes (DecodeError, invalid
-        # UTF-8 in a string field, ...): the bytes, not the service, are at fault.
-        except Exception:  # noqa: BLE001
-            return _Undecodable(message_name)
-
-    return deserialize
-
-
-def _refuse_if_undecodable(request: Any) -> None:
-    if isinstance(request, _Undecodable):
-        raise InvalidArgument(
-            [FieldViolation("request", f"is not a well-formed {request.message_name} message")]
-        )
-
-
-def _checked_stream(requests: Iterator[Any]) -> Iterator[Any]:
-    for request in requests:
-        _refuse_if_undecodable(request)
-        yield request
-
 
 def _metadata_value(metadata: Any, key: str) -> str | None:
     for item_key, value in metadata or ():
@@ -101,94 +64,11 @@ def _metadata_value(metadata: Any, key: str) -> str | None:
     return None
 
 
-def _status_name(context: grpc.ServicerContext) -> str | None:
-    # ServicerContext.code() exists since grpcio 1.38; grpc-stubs does not know it yet.
-    code = getattr(context, "code", lambda: None)()
-    return code.name if isinstance(code, grpc.StatusCode) else None
-
-
-class StreamGate:
-    """At most `limit` concurrent streams of one kind."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._active = 0
-        self._lock = threading.Lock()
-
-    @property
-    def full(self) -> bool:
-        return self._active >= self.limit
-
-    def enter(self) -> bool:
-        with self._lock:
-            if self._active >= self.limit:
-                return False
-            self._active += 1
-            return True
-
-    def leave(self) -> None:
-        with self._lock:
-            self._active -= 1
-
-
-@dataclass(frozen=True)
-class Pools:
-    """The thread pools apart from the server's own (which serves our RPCs)."""
-
-    # Health Check/Watch on the main port: a few threads of their own.
-    health: futures.ThreadPoolExecutor
-    # Reflection streams: as many threads as the gate admits streams.
-    reflection: futures.ThreadPoolExecutor
-    reflection_gate: StreamGate
-
-
 @dataclass
 class _Outcome:
     code: str = "OK"
     reason: str = "OK"
     response: Any = None
-
-
-def _with_pool(behavior: Behavior, pool: futures.ThreadPoolExecutor | None) -> Behavior:
-    """`behavior`, run by gRPC on `pool` instead of the server's own thread pool."""
-    if pool is None:
-        return behavior
-
-    def on_pool(*args: Any, **kwargs: Any) -> Any:
-        return behavior(*args, **kwargs)
-
-    # gRPC reads these attributes off the behavior (grpc._server).
-    on_pool.experimental_thread_pool = pool  # type: ignore[attr-defined]
-    non_blocking = getattr(behavior, "experimental_non_blocking", False)
-    on_pool.experimental_non_blocking = non_blocking  # type: ignore[attr-defined]
-    return on_pool
-
-
-def _same_kind(
-    handler: grpc.RpcMethodHandler,
-    unary: Callable[[Behavior], Behavior],
-    stream: Callable[[Behavior], Behavior],
-    deserializer: Deserializer | None,
-) -> grpc.RpcMethodHandler:
-    """A handler of `handler`'s kind whose behavior is wrapped by `unary` (unary response)
-    or `stream` (streaming response)."""
-    serializer = handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary), deserializer, serializer
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            stream(handler.unary_stream), deserializer, serializer
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            unary(handler.stream_unary), deserializer, serializer
-        )
-    assert handler.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(
-        stream(handler.stream_stream), deserializer, serializer
-    )
 
 
 @contextmanager
@@ -237,7 +117,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             return None  # gRPC answers UNIMPLEMENTED
         access = access_for(handler_call_details.method, open_reflection=self._open_reflection)
         if access.kind is Kind.PUBLIC and access.service == "grpc.health.v1.Health":
-            return self._health(access, handler)
+            return health_handler(access, handler, self._metrics, self._pools)
         pool = None
         reflection = access.service != SERVICE_NAME and access.kind is not Kind.DENIED
         if reflection and self._pools is not None:
@@ -318,8 +198,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             if not ours:
                 return request
             if streaming_requests:
-                return _checked_stream(request)
-            _refuse_if_undecodable(request)
+                return checked_stream(request)
+            refuse_if_undecodable(request)
             return request
 
         def unary(behavior: Behavior) -> Behavior:
@@ -328,19 +208,19 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     outcome.response = behavior(prepared(request), context)
                     return outcome.response
 
-            return _with_pool(guarded, pool)
+            return with_pool(guarded, pool)
 
         def stream(behavior: Behavior) -> Behavior:
             def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 with self._call(access, context, authorization, caller=caller):
                     yield from behavior(prepared(request), context)
 
-            return _with_pool(guarded, pool)
+            return with_pool(guarded, pool)
 
         deserializer = handler.request_deserializer
         if ours:
-            deserializer = _tolerant(deserializer)
-        return _same_kind(handler, unary, stream, deserializer)
+            deserializer = tolerant(deserializer)
+        return same_kind(handler, unary, stream, deserializer)
 
     @contextmanager
     def _call(
@@ -430,47 +310,3 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             self._metrics.lease_granted(rpc)
         if outcome.reason == LEASE_LOST:
             self._metrics.lease_lost(rpc)
-
-    # --- health -------------------------------------------------------------------------
-
-    def _health(self, access: Access, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """Health needs no caller: counted in the metrics, served on the health pool."""
-        pool = self._pools.health if self._pools is not None else None
-        if handler.unary_unary is None:
-            # Watch: non-blocking (no thread while it waits); only its request is read on
-            # the pool.
-            assert handler.unary_stream is not None
-            return grpc.unary_stream_rpc_method_handler(
-                _with_pool(handler.unary_stream, pool),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            _with_pool(self._counted(access, handler.unary_unary), pool),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-    def _counted(self, access: Access, behavior: Behavior) -> Behavior:
-        metrics = self._metrics
-        if metrics is None:
-            return behavior
-        service, method = access.service, access.method
-
-        def counted(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            metrics.rpc_started(service, method)
-            code = "UNKNOWN"
-            try:
-                response = behavior(request, context)
-            except Exception:
-                code = _status_name(context) or "UNKNOWN"
-                raise
-            else:
-                # Health answers NOT_FOUND for an unknown service by setting the code.
-                code = _status_name(context) or "OK"
-                return response
-            finally:
-                metrics.rpc_handled(service, method, code, time.perf_counter() - started)
-
-        return counted

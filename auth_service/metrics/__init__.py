@@ -33,6 +33,8 @@ The service's own work:
   garmin_auth_mfa_challenges_pending              ditto
   garmin_auth_signin_cooldowns_active             accounts waiting out a sign-in cooldown (429)
   garmin_auth_database_metrics_up                 1 when the gauges above could be read
+  garmin_auth_callers_file_invalid                1 while the callers file is unusable and
+                                                  every caller is refused (auth_service.server)
 
 Modules: `service` (ServiceMetrics: the registry, the RPC, lease and upstream counters),
 `database` (the gauges read from the database at scrape time), `endpoint` (the /metrics HTTP

@@ -183,6 +183,8 @@ def test_a_botched_callers_file_refuses_every_caller_until_fixed(service: Replic
         "CALLERS_FILE_INVALID",
     )
     assert failure_of_call(service, "admin").reason == "CALLERS_FILE_INVALID"
+    registry = service.running.application.metrics.registry
+    assert registry.get_sample_value("garmin_auth_callers_file_invalid") == 1
     # Fixed, without the viewer: the viewer stays refused, the admin is back.
     write_callers_file(callers, {"admin": ROLE_TOKENS["admin"]})
     _touch_later(callers, 10)
@@ -195,6 +197,7 @@ def test_a_botched_callers_file_refuses_every_caller_until_fixed(service: Replic
             time.sleep(0.2)
     service.call("GetStatus", status, role="admin")
     assert failure_of_call(service, "viewer").reason == "CALLER_UNAUTHENTICATED"
+    assert registry.get_sample_value("garmin_auth_callers_file_invalid") == 0
 
 
 def _rewrite(path: Path, text: str) -> None:
