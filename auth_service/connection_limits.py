@@ -20,9 +20,11 @@ REFLECTION_STREAMS = 8
 MAX_STREAMS_PER_CONNECTION = 64
 # A connection without a call for this long is closed (clients reconnect transparently).
 MAX_CONNECTION_IDLE_MS = 180_000
-# Calls still running when a connection reaches its maximum age get this long to finish;
-# it also bounds how long any idle stream can live (GARMIN_AUTH_MAX_CONNECTION_AGE + this).
-MAX_CONNECTION_AGE_GRACE_MS = 30_000
+# Calls still running when a connection reaches its maximum age get this long to finish:
+# more than our longest RPC (a grant that waits out another replica's refresh claim, about
+# 70 s with the default Garmin timeouts). It also bounds how long any idle stream can live
+# (GARMIN_AUTH_MAX_CONNECTION_AGE + this).
+MAX_CONNECTION_AGE_GRACE_MS = 120_000
 
 
 def new_pools() -> Pools:
