@@ -139,7 +139,11 @@ class HealthBoard:
         for name in names:
             self.main.set(name, status)
         if self.listener is not None:
-            self.listener.set(names, status)
+            try:
+                self.listener.set(names, status)
+            # The probe thread calls this every few seconds; it must outlive a hiccup.
+            except Exception:
+                log.exception("the health listener did not take status %s", status)
 
     def set_ready(self, ready: bool) -> None:
         self._set(READINESS_NAMES, SERVING if ready else NOT_SERVING)
