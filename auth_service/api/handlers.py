@@ -97,7 +97,7 @@ def same_kind(
     )
 
 
-def _status_name(context: grpc.ServicerContext) -> str | None:
+def status_name(context: grpc.ServicerContext) -> str | None:
     # ServicerContext.code() exists since grpcio 1.38; grpc-stubs does not know it yet.
     code = getattr(context, "code", lambda: None)()
     return code.name if isinstance(code, grpc.StatusCode) else None
@@ -139,11 +139,11 @@ def _counted(access: Access, behavior: Behavior, metrics: ServiceMetrics | None)
         try:
             response = behavior(request, context)
         except Exception:
-            code = _status_name(context) or "UNKNOWN"
+            code = status_name(context) or "UNKNOWN"
             raise
         else:
             # Health answers NOT_FOUND for an unknown service by setting the code.
-            code = _status_name(context) or "OK"
+            code = status_name(context) or "OK"
             return response
         finally:
             metrics.rpc_handled(service, method, code, time.perf_counter() - started)

@@ -37,6 +37,7 @@ from auth_service.api.handlers import (
     StreamGate,
     health_handler,
     same_kind,
+    status_name,
     with_pool,
 )
 from auth_service.api.method_access import SERVICE_NAME, Access, Kind, access_for
@@ -251,6 +252,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 yield outcome
         # Every error must become a documented status, so catch them all here.
         except Exception as exc:
+            aborted = status_name(context)
+            if aborted not in (None, "OK") and not isinstance(exc, DomainError):
+                # The handler aborted with a status of its own: keep it.
+                outcome.reason = outcome.code = aborted
+                raise
             row = row_for(exc)
             outcome.reason, outcome.code = row.reason, row.code.name
             if row is INTERNAL_ROW and not isinstance(exc, DomainError):

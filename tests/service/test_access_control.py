@@ -39,10 +39,13 @@ def client_stream(requests: Iterator[Message], _context: grpc.ServicerContext) -
     return Message(user_id=f"{_caller_name()}:" + ",".join(r.user_id for r in requests))
 
 
-def bidi(requests: Iterator[Message], _context: grpc.ServicerContext) -> Iterator[Message]:
+def bidi(requests: Iterator[Message], context: grpc.ServicerContext) -> Iterator[Message]:
     for request in requests:
         if request.user_id == "missing":
             raise SessionNotFound("no session for user 'missing'")
+        if request.user_id == "abort":
+            # A handler may still end its stream with a status of its own.
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "consumer too slow")
         yield Message(user_id=f"{_caller_name()}:{request.user_id}")
 
 
@@ -164,6 +167,13 @@ def test_a_streaming_handlers_errors_become_documented_statuses(
         next(answers)
     failure = failure_of(raised.value)
     assert (failure.code, failure.reason) == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+    aborting = call(iter([Message(user_id="abort")]), metadata=admin, timeout=10)
+    with pytest.raises(grpc.RpcError) as aborted:
+        list(aborting)
+    assert (aborted.value.code(), aborted.value.details()) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "consumer too slow",
+    )
     # Bytes that are not a message of the method's type: INVALID_ARGUMENT, never INTERNAL.
     raw = channel.stream_stream(
         f"/{SERVICE}/TestBidi", request_serializer=None, response_deserializer=None
