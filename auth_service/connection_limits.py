@@ -15,6 +15,9 @@ HEALTH_THREADS = 4
 # Concurrent reflection streams (each holds a thread while its client idles); more are
 # answered RESOURCE_EXHAUSTED TOO_MANY_STREAMS at once.
 REFLECTION_STREAMS = 8
+# A reflection stream that sends no request for this long is cancelled (grpcurl sends its
+# requests back to back and closes the stream at once).
+REFLECTION_IDLE_SECONDS = 30.0
 # Streams one connection may carry at a time. A worker process multiplexes its threads over
 # one channel; far more than any of ours needs, far fewer than gRPC's unlimited default.
 MAX_STREAMS_PER_CONNECTION = 64
@@ -32,6 +35,7 @@ def new_pools() -> Pools:
         health=futures.ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="health"),
         reflection=futures.ThreadPoolExecutor(REFLECTION_STREAMS, thread_name_prefix="reflection"),
         reflection_gate=StreamGate(REFLECTION_STREAMS),
+        reflection_idle_seconds=REFLECTION_IDLE_SECONDS,
     )
 
 

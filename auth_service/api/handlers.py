@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +53,29 @@ class Pools:
     # Reflection streams: as many threads as the gate admits streams.
     reflection: futures.ThreadPoolExecutor
     reflection_gate: StreamGate
+    # A reflection stream whose client sends nothing for this long is cancelled, so idle
+    # streams do not keep the gate's slots.
+    reflection_idle_seconds: float
+
+
+def idle_limited(
+    requests: Iterator[Any], context: grpc.ServicerContext, seconds: float
+) -> Generator[Any, None, None]:
+    """`requests`, but the call is cancelled when the client sends none for `seconds` (only
+    the wait for the next request counts, not the handler's work on the last one)."""
+    iterator = iter(requests)
+    while True:
+        # One timer thread per waiting stream; streams that get here are capped (StreamGate).
+        timer = threading.Timer(seconds, context.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            request = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            timer.cancel()
+        yield request
 
 
 def with_pool(behavior: Behavior, pool: futures.ThreadPoolExecutor | None) -> Behavior:

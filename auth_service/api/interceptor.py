@@ -13,7 +13,7 @@ client certificate; only a client whose certificate our CA signed gets that far.
 
 Health and reflection run on their own small thread pools, so neither idle probes nor idle
 reflection streams can take the threads our RPCs need; reflection streams are also capped
-(excess: RESOURCE_EXHAUSTED TOO_MANY_STREAMS).
+(excess: RESOURCE_EXHAUSTED TOO_MANY_STREAMS) and cancelled when they idle.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from auth_service.api.handlers import (
     Pools,
     StreamGate,
     health_handler,
+    idle_limited,
     same_kind,
     status_name,
     with_pool,
@@ -211,10 +212,23 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
             return with_pool(guarded, pool)
 
+        idle_seconds = (
+            self._pools.reflection_idle_seconds
+            if pool is not None and self._pools is not None and streaming_requests
+            else None
+        )
+
         def stream(behavior: Behavior) -> Behavior:
             def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 with self._call(access, context, authorization, caller=caller):
-                    yield from behavior(prepared(request), context)
+                    requests = prepared(request)
+                    if idle_seconds is None:
+                        yield from behavior(requests, context)
+                        return
+                    # Reflection: a stream kept open without requests gives its slot back.
+                    limited = idle_limited(requests, context, idle_seconds)
+                    with closing(limited):
+                        yield from behavior(limited, context)
 
             return with_pool(guarded, pool)
 

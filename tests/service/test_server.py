@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -11,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from auth_service import connection_limits
 from auth_service.api.callers import RPC_ROLES, token_sha256
 from auth_service.api.reflection import _v1_message_classes
 from auth_service.serving_config import ReflectionMode, ServingSettings
@@ -167,6 +170,34 @@ def test_reflection_needs_a_caller_unless_open(
     with pytest.raises(grpc.RpcError) as missing:
         _listed_services(off.channel, version)
     assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_an_idle_reflection_stream_gives_its_slot_back(
+    service_factory: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 1: open reflection is capped at a few streams; one kept open without requests
+    is cancelled after the idle limit, while a stream that keeps asking lives on."""
+    monkeypatch.setattr(connection_limits, "REFLECTION_IDLE_SECONDS", 1.0)
+    replica = service_factory.start(serving=ServingSettings(reflection=ReflectionMode.OPEN))
+    stub = reflection_pb2_grpc.ServerReflectionStub(replica.channel)
+    release = threading.Event()
+
+    def idle() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        release.wait(10)
+        yield from ()
+
+    def busy() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        for _ in range(6):  # 3 s in all, each request within the limit
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            time.sleep(0.5)
+
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as cancelled:
+        list(stub.ServerReflectionInfo(idle(), timeout=10))
+    release.set()
+    assert cancelled.value.code() == grpc.StatusCode.CANCELLED
+    assert time.monotonic() - started < 5
+    assert len(list(stub.ServerReflectionInfo(busy(), timeout=10))) == 6
 
 
 def test_a_botched_callers_file_refuses_every_caller_until_fixed(service: Replica) -> None:
