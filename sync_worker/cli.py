@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="lease users' sessions and sync their activities",
         description="Environment: GARMIN_SYNC_AUTH_TARGET, GARMIN_SYNC_AUTH_TOKEN (bearer, "
-        "role worker), GARMIN_SYNC_UPSTREAM_URL, "
+        "role worker) or GARMIN_SYNC_AUTH_TOKEN_FILE (a file holding it), "
+        "GARMIN_SYNC_UPSTREAM_URL, "
         "GARMIN_SYNC_TLS_CA/_CERT/_KEY/_SERVER_NAME, GARMIN_SYNC_UPSTREAM_TIMEOUT/_RETRIES, "
         "GARMIN_SYNC_OUT, GARMIN_SYNC_SINK.",
     )

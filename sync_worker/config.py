@@ -97,13 +97,40 @@ def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -
         raise env.error("TLS_KEY", "GARMIN_SYNC_TLS_CERT and _KEY go together")
     return AuthClientConfig(
         target=target or env.get("AUTH_TARGET") or DEFAULT_TARGET,
-        token=env.required("AUTH_TOKEN"),
+        token=auth_token(env),
         timeout_seconds=rpc_timeout,
         tls_ca_file=ca,
         tls_cert_file=cert,
         tls_key_file=key,
         tls_server_name=env.get("TLS_SERVER_NAME"),
     )
+
+
+def auth_token(env: EnvReader) -> str:
+    """The bearer token: GARMIN_SYNC_AUTH_TOKEN, or the content of the file that
+    GARMIN_SYNC_AUTH_TOKEN_FILE names (a Kubernetes Secret mounted as a file, so the token is in
+    no environment a child process or `kubectl describe` would show). Both set is an error:
+    which one wins would be a guess."""
+    path = env.get("AUTH_TOKEN_FILE")
+    if path is None:
+        token = env.get("AUTH_TOKEN")
+        if token is None:
+            raise env.error(
+                "AUTH_TOKEN",
+                f"is required but not set (or name its file in {env.prefix}AUTH_TOKEN_FILE)",
+            )
+        return token
+    if env.get("AUTH_TOKEN") is not None:
+        raise env.error("AUTH_TOKEN_FILE", f"set either {env.prefix}AUTH_TOKEN or this, not both")
+    try:
+        # A mounted Secret often ends with a newline; the token never contains whitespace.
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise env.error("AUTH_TOKEN_FILE", f"cannot read {path} ({problem})") from None
+    if not token:
+        raise env.error("AUTH_TOKEN_FILE", f"{path} is empty")
+    return token
 
 
 def check_sink_url(url: str) -> str:
