@@ -66,7 +66,7 @@ ensure_checkov() {
         rm -f "$log"
         echo "$want_stamp" >"$stamp"
     fi
-    echo "checkov $("$CHECKOV_VENV/bin/checkov" --version)"
+    echo "checkov $("$CHECKOV_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("checkov"))')"
 }
 
 # Renders each kustomization into $RENDERED/<name>.yaml (what `kubectl apply -k` would send).
