@@ -90,6 +90,7 @@ def lease_to_proto(lease: LeaseView | None, *, reveal_lease_id: bool = True) -> 
         # A lease id is its holder's key to renew, report and release: only the holder sees
         # it (in the answers to its own lease calls), never a status reader.
         lease_id=lease.lease_id if reveal_lease_id else "",
+        lease_ref=lease.lease_ref,
         user_id=lease.user_id,
         holder=lease.holder,
         fencing_token=lease.fencing_token,

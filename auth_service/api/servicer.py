@@ -35,7 +35,7 @@ def _audit_event_to_proto(event: AuditEventView) -> pb.AuditEvent:
         user_id=event.user_id or "",
         outcome_code=event.outcome_code,
         outcome_reason=event.outcome_reason,
-        lease_id=event.lease_id or "",
+        lease_ref=event.lease_ref or "",
         fencing_token=event.fencing_token or 0,
     )
 

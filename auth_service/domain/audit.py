@@ -26,7 +26,8 @@ of the answer the change led to (the domain errors name both: errors.DomainError
 SESSION_INVALIDATED when that says better what changed.
 
 Never a secret: events hold names, ids, codes and times; no token, password, MFA code or
-challenge id. A lease id is recorded only when the service granted it.
+challenge id. A lease is recorded by its id's digest (auth_service.domain.lease_ids), and
+only when the service granted it; readers of the trail see the digest's short reference.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def caller_name() -> str:
 class LeaseRef:
     """The lease an event concerns, when no LeaseView of it is at hand."""
 
-    lease_id: str
+    lease_digest: str
     fencing_token: int | None
 
 
@@ -119,6 +120,7 @@ class NewAuditEvent:
     user_id: str | None
     outcome_code: str
     outcome_reason: str
+    # The lease id's digest (the column keeps its name lease_id; migration 0008).
     lease_id: str | None = None
     fencing_token: int | None = None
 
@@ -142,7 +144,8 @@ class AuditEventView:
     user_id: str | None
     outcome_code: str
     outcome_reason: str
-    lease_id: str | None
+    # The lease's non-secret reference (auth_service.domain.lease_ids.lease_ref), never its id.
+    lease_ref: str | None
     fencing_token: int | None
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 # The token values are shared with the worker (garmin_client); the domain speaks of them too.
+from auth_service.domain.lease_ids import lease_ref
 from garmin_client.tokens import GarminTokens, OAuth1Token, OAuth2Token, SessionKind
 
 __all__ = [
@@ -74,14 +75,24 @@ LoginResult = LoginSucceeded | LoginNeedsMfa
 
 @dataclass(frozen=True)
 class LeaseView:
-    """A live lease as callers see it."""
+    """A live lease as callers see it.
 
-    lease_id: str
+    `lease_digest` is what the database keeps of the lease id (auth_service.domain.lease_ids);
+    `lease_id` itself is set only in the answer to the holder's own grant, and empty in every
+    view read back from a row."""
+
+    lease_digest: str
     user_id: str
     holder: str
     fencing_token: int
     acquired_at: datetime
     expires_at: datetime
+    lease_id: str = field(default="", repr=False)
+
+    @property
+    def lease_ref(self) -> str:
+        """The lease's non-secret reference, as status readers and the audit trail see it."""
+        return lease_ref(self.lease_digest)
 
 
 @dataclass(frozen=True)

@@ -226,19 +226,20 @@ class GarminLimitRepository(Protocol):
 class LeaseRepository(Protocol):
     """The lease columns of the session rows, each change one conditional statement.
 
-    A lease is live while its lease_id matches, it has not expired and the session is
+    A lease is live while its lease id's digest (lease_digest: every method takes the digest,
+    never the id) matches, it has not expired and the session is
     ACTIVE; every method that names a lease returns None when it is not live.
     """
 
     def find(self, user_id: str) -> SessionRow | None: ...
 
-    def find_by_lease(self, lease_id: str, now: datetime) -> SessionRow | None: ...
+    def find_by_lease(self, lease_digest: str, now: datetime) -> SessionRow | None: ...
 
     def grant(
         self,
         user_id: str,
         *,
-        lease_id: str,
+        lease_digest: str,
         holder: str,
         caller: str,
         now: datetime,
@@ -250,7 +251,7 @@ class LeaseRepository(Protocol):
     def grant_next(
         self,
         *,
-        lease_id: str,
+        lease_digest: str,
         holder: str,
         caller: str,
         now: datetime,
@@ -262,17 +263,19 @@ class LeaseRepository(Protocol):
         `user_id_prefix` when given."""
         ...
 
-    def renew(self, lease_id: str, *, now: datetime, expires_at: datetime) -> SessionRow | None: ...
+    def renew(
+        self, lease_digest: str, *, now: datetime, expires_at: datetime
+    ) -> SessionRow | None: ...
 
     def release(
-        self, lease_id: str, *, now: datetime, synced_through: datetime | None
+        self, lease_digest: str, *, now: datetime, synced_through: datetime | None
     ) -> SessionRow | None: ...
 
     def store_refreshed(
-        self, lease_id: str, *, user_id: str, tokens: GarminTokens, now: datetime
+        self, lease_digest: str, *, user_id: str, tokens: GarminTokens, now: datetime
     ) -> SessionRow | None: ...
 
-    def invalidate(self, lease_id: str, *, now: datetime, reason: str) -> SessionRow | None: ...
+    def invalidate(self, lease_digest: str, *, now: datetime, reason: str) -> SessionRow | None: ...
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,7 @@ class AuditRepository(Protocol):
 
     def add(self, event: NewAuditEvent) -> None: ...
 
-    def lease_owner(self, lease_id: str) -> LeaseOwner | None: ...
+    def lease_owner(self, lease_digest: str) -> LeaseOwner | None: ...
 
     def list_page(
         self,

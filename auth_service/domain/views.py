@@ -31,7 +31,10 @@ class SessionRow(Protocol):
     @property
     def refresh_claimed_until(self) -> datetime | None: ...
     @property
-    def lease_id(self) -> str | None: ...
+    def lease_id(self) -> str | None:
+        """The SHA-256 digest of the lease id (auth_service.domain.lease_ids), never the id."""
+        ...
+
     @property
     def lease_holder(self) -> str | None: ...
     @property
@@ -68,7 +71,7 @@ def live_lease(row: SessionRow, now: datetime) -> LeaseView | None:
     ):
         return None
     return LeaseView(
-        lease_id=row.lease_id,
+        lease_digest=row.lease_id,
         user_id=row.user_id,
         holder=row.lease_holder or "",
         fencing_token=row.fencing_token,

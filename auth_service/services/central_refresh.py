@@ -11,6 +11,7 @@ LEASE_LOST.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -80,11 +81,15 @@ class CentralRefresh:
             raise
         now = self._uow.now()
         lease = live_lease(refreshed.row, now)
-        if lease is None or lease.lease_id != grant.lease.lease_id:
+        if lease is None or lease.lease_digest != grant.lease.lease_digest:
             # Expired, or the user logged in again meanwhile (which ended the lease).
             raise _lease_lost()
+        # The row holds the digest: the holder's answer carries the id from the grant.
+        lease = dataclasses.replace(lease, lease_id=grant.lease.lease_id)
         return LeaseGrant(
-            lease=lease, tokens=refreshed.tokens, status=status_view(refreshed.row, now)
+            lease=lease,
+            tokens=refreshed.tokens,
+            status=dataclasses.replace(status_view(refreshed.row, now), lease=lease),
         )
 
     def _release_unused(self, granted: Granted, failure: BaseException) -> None:
@@ -92,7 +97,7 @@ class CentralRefresh:
         queue-draining worker moves on to the next user instead of hammering Garmin."""
         lease = granted.grant.lease
         with self._uow() as uow:
-            row = uow.leases.release(lease.lease_id, now=uow.now, synced_through=None)
+            row = uow.leases.release(lease.lease_digest, now=uow.now, synced_through=None)
             if row is not None:
                 uow.audit.record(
                     granted.rpc, audit.outcome_of(failure), user_id=row.user_id, lease=lease

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from auth_service.domain import audit
 from auth_service.domain.errors import FieldViolation, InvalidArgument
+from auth_service.domain.lease_ids import lease_digest, matches
 from auth_service.domain.models import GarminTokens
 from auth_service.domain.views import SessionRow
 from auth_service.services.unit_of_work import UnitOfWork
@@ -20,9 +21,13 @@ def held_by_caller(uow: UnitOfWork, lease_id: str) -> SessionRow | None:
     """The row `lease_id` holds live, if the calling caller obtained that lease; else None.
 
     Read in the caller's transaction, before its conditional UPDATE by lease id: a lease id
-    names one grant, whose caller never changes, so the check cannot go stale."""
-    row = uow.leases.find_by_lease(lease_id, uow.now)
-    if row is None or row.lease_caller != audit.caller_name():
+    names one grant, whose caller never changes, so the check cannot go stale. The row is
+    found by the id's digest (the only thing stored) and the digests compared again in
+    constant time."""
+    row = uow.leases.find_by_lease(lease_digest(lease_id), uow.now)
+    if row is None or not matches(row.lease_id, lease_id):
+        return None
+    if row.lease_caller != audit.caller_name():
         return None
     return row
 

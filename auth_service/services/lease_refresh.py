@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import FieldViolation, LeaseLost, SessionNotActive
+from auth_service.domain.lease_ids import matches
 from auth_service.domain.models import GarminTokens, SessionStatusView
 from auth_service.domain.policies import ACCESS_EXPIRY_MARGIN
 from auth_service.domain.validation import check_opaque_id, raise_if_any
@@ -70,7 +71,7 @@ class LeaseRefresh:
             raise _lease_lost() from None
         now = self._uow.now()
         lease = live_lease(refreshed.row, now)
-        if lease is None or lease.lease_id != lease_id:
+        if lease is None or not matches(lease.lease_digest, lease_id):
             # The lease ended while Garmin answered; the refreshed pair is stored all the same.
             raise _lease_lost()
         return AccessGrant(refreshed.tokens, status_view(refreshed.row, now))

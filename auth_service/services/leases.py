@@ -8,6 +8,7 @@ is held across an HTTP call.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from auth_service.domain.errors import (
     SessionNotFound,
 )
 from auth_service.domain.events import service_events
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.models import (
     GarminTokens,
     LeaseGrant,
@@ -96,7 +98,7 @@ class LeaseService:
                 lease_id, expires_at = new_lease_id(), uow.now + lifetime
                 grant = uow.leases.grant(
                     user_id,
-                    lease_id=lease_id,
+                    lease_digest=lease_digest(lease_id),
                     holder=holder,
                     caller=audit.caller_name(),
                     now=uow.now,
@@ -105,7 +107,7 @@ class LeaseService:
                 if grant is None:
                     _raise_refusal(uow.leases.find(user_id), uow.now)
                     continue
-                granted = _granted(uow, grant, AuditedRpc.LEASE_SESSION)
+                granted = _granted(uow, grant, AuditedRpc.LEASE_SESSION, lease_id)
             return self._refresh.hand_out(granted)
         # The lease kept changing hands between our grant and our look at it.
         raise LeaseHeld("the session is leased by another holder; try again shortly")
@@ -135,8 +137,9 @@ class LeaseService:
         # worker asked for "the next session", not for that user, so it gets the next one.
         for _ in range(MAX_REJECTED_SKIPS):
             with self._uow() as uow:
+                lease_id = new_lease_id()
                 grant = uow.leases.grant_next(
-                    lease_id=new_lease_id(),
+                    lease_digest=lease_digest(lease_id),
                     holder=holder,
                     caller=audit.caller_name(),
                     now=uow.now,
@@ -146,7 +149,7 @@ class LeaseService:
                 )
                 if grant is None:
                     return None
-                granted = _granted(uow, grant, AuditedRpc.LEASE_NEXT_SESSION)
+                granted = _granted(uow, grant, AuditedRpc.LEASE_NEXT_SESSION, lease_id)
             try:
                 return self._refresh.hand_out(granted)
             except GarminSessionRejected:
@@ -158,15 +161,17 @@ class LeaseService:
     def renew_lease(self, lease_id: str, ttl: timedelta | None) -> LeaseView:
         """Extend a live lease to now + ttl."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"), self._ttl_violations(ttl))
+        digest = lease_digest(lease_id)
         with self._uow() as uow:
             row = None
             if held_by_caller(uow, lease_id) is not None:
                 row = uow.leases.renew(
-                    lease_id, now=uow.now, expires_at=uow.now + self._lifetime(ttl)
+                    digest, now=uow.now, expires_at=uow.now + self._lifetime(ttl)
                 )
             lease = _live_lease(row, uow.now)
             uow.audit.record(AuditedRpc.RENEW_LEASE, audit.OK, user_id=lease.user_id, lease=lease)
-            return lease
+            # The holder presented the id: its own answer may name it.
+            return dataclasses.replace(lease, lease_id=lease_id)
 
     def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatusView:
         """End a live lease; synced_through set means the sync succeeded up to then."""
@@ -174,13 +179,14 @@ class LeaseService:
             check_opaque_id(lease_id, "lease_id"),
             _synced_through_violations(synced_through, self._uow.now()),
         )
+        digest = lease_digest(lease_id)
         with self._uow() as uow:
             row = None
             if held_by_caller(uow, lease_id) is not None:
-                row = uow.leases.release(lease_id, now=uow.now, synced_through=synced_through)
+                row = uow.leases.release(digest, now=uow.now, synced_through=synced_through)
             if row is None:
                 raise _lease_lost()
-            lease = LeaseRef(lease_id, row.fencing_token)
+            lease = LeaseRef(digest, row.fencing_token)
             uow.audit.record(AuditedRpc.RELEASE_LEASE, audit.OK, user_id=row.user_id, lease=lease)
             return status_view(row, uow.now)
 
@@ -197,9 +203,9 @@ class LeaseService:
             if leased is not None:
                 check_same_account(uow.sessions.open_tokens(leased), tokens)
                 row = uow.leases.store_refreshed(
-                    lease_id, user_id=leased.user_id, tokens=tokens, now=uow.now
+                    lease_digest(lease_id), user_id=leased.user_id, tokens=tokens, now=uow.now
                 )
-            status = _reported(uow, AuditedRpc.REPORT_REFRESHED, lease_id, row)
+            status = _reported(uow, AuditedRpc.REPORT_REFRESHED, lease_digest(lease_id), row)
         if status is None:
             raise _lease_lost()
         log.debug("refreshed tokens stored for user %s by its lease holder", status.user_id)
@@ -211,8 +217,8 @@ class LeaseService:
         with self._uow() as uow:
             row = None
             if held_by_caller(uow, lease_id) is not None:
-                row = uow.leases.invalidate(lease_id, now=uow.now, reason=reason)
-            status = _reported(uow, AuditedRpc.REPORT_INVALIDATED, lease_id, row)
+                row = uow.leases.invalidate(lease_digest(lease_id), now=uow.now, reason=reason)
+            status = _reported(uow, AuditedRpc.REPORT_INVALIDATED, lease_digest(lease_id), row)
         if status is None:
             raise _lease_lost()
         log.info("session of user %s invalidated by its lease holder", status.user_id)
@@ -232,14 +238,15 @@ class LeaseService:
         return ttl if ttl is not None else timedelta(seconds=self._settings.default_ttl)
 
 
-def _granted(uow: UnitOfWork, grant: GrantedRow, rpc: AuditedRpc) -> Granted:
+def _granted(uow: UnitOfWork, grant: GrantedRow, rpc: AuditedRpc, lease_id: str) -> Granted:
     """Views of a freshly granted row, built inside its transaction, which also records the
-    grant."""
+    grant. The row holds only the lease id's digest: the id itself goes into the holder's
+    answer from here, and nowhere else."""
     row = grant.row
     if grant.took_over:
         # The row still named a lease that expired without being released.
         service_events().lease_taken_over()
-    lease = _live_lease(row, uow.now)
+    lease = dataclasses.replace(_live_lease(row, uow.now), lease_id=lease_id)
     if row.session_ciphertext is None:
         # An ACTIVE row always holds a session; if not, no token can be handed out.
         raise SessionNotActive("the session holds no tokens; log in again")
@@ -247,21 +254,25 @@ def _granted(uow: UnitOfWork, grant: GrantedRow, rpc: AuditedRpc) -> Granted:
     uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=lease)
     log.debug("lease granted on user %s (fencing token %d)", row.user_id, row.fencing_token)
     return Granted(
-        grant=LeaseGrant(lease=lease, tokens=tokens, status=status_view(row, uow.now)),
+        grant=LeaseGrant(
+            lease=lease,
+            tokens=tokens,
+            status=dataclasses.replace(status_view(row, uow.now), lease=lease),
+        ),
         session_version=row.session_version,
         rpc=rpc,
     )
 
 
 def _reported(
-    uow: UnitOfWork, rpc: AuditedRpc, lease_id: str, row: SessionRow | None
+    uow: UnitOfWork, rpc: AuditedRpc, digest: str, row: SessionRow | None
 ) -> SessionStatusView | None:
     """Record a holder's report: its change, or (None) the refusal of a holder without a live
     lease, which is committed too and answered LEASE_LOST once the transaction ends."""
     if row is None:
-        uow.audit.record_lease_lost(rpc, lease_id)
+        uow.audit.record_lease_lost(rpc, digest)
         return None
-    lease = LeaseRef(lease_id, row.fencing_token)
+    lease = LeaseRef(digest, row.fencing_token)
     uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=lease)
     return status_view(row, uow.now)
 

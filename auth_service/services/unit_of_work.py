@@ -55,23 +55,23 @@ class AuditTrail:
                 user_id=user_id,
                 outcome_code=outcome.code,
                 outcome_reason=outcome.reason,
-                lease_id=lease.lease_id if lease else None,
+                lease_id=lease.lease_digest if lease else None,
                 fencing_token=lease.fencing_token if lease else None,
             )
         )
 
-    def record_lease_lost(self, rpc: AuditedRpc, lease_id: str) -> None:
+    def record_lease_lost(self, rpc: AuditedRpc, lease_digest: str) -> None:
         """A LEASE_LOST refusal, named by the lease's grant event when the lease was ours.
 
-        A presented lease id that no kept event names is not recorded (it may not be ours at
-        all, and nothing the caller sends is stored unless the service issued it).
+        A presented lease whose digest no kept event names is not recorded (it may not be
+        ours at all, and nothing the caller sends is stored unless the service issued it).
         """
-        owner = self._events.lease_owner(lease_id)
+        owner = self._events.lease_owner(lease_digest)
         self.record(
             rpc,
             audit.LEASE_LOST,
             user_id=owner.user_id if owner else None,
-            lease=LeaseRef(lease_id, owner.fencing_token) if owner else None,
+            lease=LeaseRef(lease_digest, owner.fencing_token) if owner else None,
         )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from auth_service.domain.audit import AuditEventView, LeaseOwner, NewAuditEvent
+from auth_service.domain.lease_ids import lease_ref
 from auth_service.storage.models import GarminAuditEvent
 
 Event = GarminAuditEvent
@@ -34,15 +35,17 @@ class SqlAuditRepository:
         """Insert one event now, so a failure surfaces inside the caller's transaction."""
         self.session.execute(_INSERT_EVENT, dataclasses.asdict(event))
 
-    def lease_owner(self, lease_id: str) -> LeaseOwner | None:
-        """The user a lease id was granted for, if an event of that lease is still kept.
+    def lease_owner(self, lease_digest: str) -> LeaseOwner | None:
+        """The user a lease was granted for (named by its id's digest), if an event of that
+        lease is still kept.
 
-        Every grant writes an event carrying its lease id, so this names the user even after
-        the lease was released or taken over (until prune_audit removes the grant's events).
+        Every grant writes an event carrying its lease id's digest, so this names the user even
+        after the lease was released or taken over (until prune_audit removes the grant's
+        events).
         """
         row = self.session.execute(
             select(Event.user_id, Event.fencing_token)
-            .where(Event.lease_id == lease_id, Event.user_id.is_not(None))
+            .where(Event.lease_id == lease_digest, Event.user_id.is_not(None))
             .order_by(Event.id)
             .limit(1)
         ).first()
@@ -109,6 +112,6 @@ def _view(row: GarminAuditEvent) -> AuditEventView:
         user_id=row.user_id,
         outcome_code=row.outcome_code,
         outcome_reason=row.outcome_reason,
-        lease_id=row.lease_id,
+        lease_ref=None if row.lease_id is None else lease_ref(row.lease_id),
         fencing_token=row.fencing_token,
     )

@@ -7,6 +7,10 @@ both win. A statement that matched no row means "the rule did not hold"; the ser
 turns that into the matching domain error. (ReportRefreshed first reads which user a lease
 names, because the ciphertext is sealed for that user's row; its UPDATE re-checks both.)
 
+The lease_id column holds the SHA-256 digest of the lease id, never the id: every method
+takes the digest (auth_service.domain.lease_ids), which the service layer computes from what
+the holder presents.
+
 A lease is *live* when its lease_id matches, it has not expired (`lease_expires_at > now`)
 and the session is still ACTIVE. A row whose lease expired is free even though lease_id is
 still set: the next grant overwrites it, which kills the old lease_id for good.
@@ -166,9 +170,9 @@ class SqlLeaseRepository:
         """The user's row as it is now (used to explain why a grant was refused)."""
         return self._one(_FIND, p_user_id=user_id)
 
-    def find_by_lease(self, lease_id: str, now: datetime) -> SessionRow | None:
+    def find_by_lease(self, lease_digest: str, now: datetime) -> SessionRow | None:
         """The row a live lease holds, if the lease is live at `now`."""
-        return self._one(_FIND_BY_LEASE, p_lease_id=lease_id, p_now=now)
+        return self._one(_FIND_BY_LEASE, p_lease_id=lease_digest, p_now=now)
 
     # --- grants ------------------------------------------------------------------------
 
@@ -176,14 +180,14 @@ class SqlLeaseRepository:
         self,
         user_id: str,
         *,
-        lease_id: str,
+        lease_digest: str,
         holder: str,
         caller: str,
         now: datetime,
         expires_at: datetime,
     ) -> GrantedRow | None:
         """Lease the user's ACTIVE session if no live lease holds it; None when refused."""
-        values = _grant_params(lease_id, holder, caller, now, expires_at)
+        values = _grant_params(lease_digest, holder, caller, now, expires_at)
         if self._postgresql:
             return self._granted(_PG_GRANT, p_user_id=user_id, **values)
         return self._grant_sqlite(_CANDIDATE_BY_USER, p_user_id=user_id, **values)
@@ -191,7 +195,7 @@ class SqlLeaseRepository:
     def grant_next(
         self,
         *,
-        lease_id: str,
+        lease_digest: str,
         holder: str,
         caller: str,
         now: datetime,
@@ -201,7 +205,7 @@ class SqlLeaseRepository:
     ) -> GrantedRow | None:
         """Lease the most overdue free ACTIVE session (of a user whose id starts with
         `user_id_prefix`, when given); None when nothing is due."""
-        values = {**_grant_params(lease_id, holder, caller, now, expires_at)}
+        values = {**_grant_params(lease_digest, holder, caller, now, expires_at)}
         values["p_due_before"] = due_before
         if user_id_prefix is not None:
             values["p_prefix"] = user_id_prefix
@@ -229,22 +233,22 @@ class SqlLeaseRepository:
 
     # --- the holder's calls ----------------------------------------------------------
 
-    def renew(self, lease_id: str, *, now: datetime, expires_at: datetime) -> SessionRow | None:
+    def renew(self, lease_digest: str, *, now: datetime, expires_at: datetime) -> SessionRow | None:
         """Move a live lease's expiry to `expires_at`; None when the lease is dead."""
-        return self._one(_RENEW, p_lease_id=lease_id, p_now=now, p_expires_at=expires_at)
+        return self._one(_RENEW, p_lease_id=lease_digest, p_now=now, p_expires_at=expires_at)
 
     def release(
-        self, lease_id: str, *, now: datetime, synced_through: datetime | None
+        self, lease_digest: str, *, now: datetime, synced_through: datetime | None
     ) -> SessionRow | None:
         """End a live lease, recording the sync attempt (and success); None when dead."""
         if synced_through is None:
-            return self._one(_RELEASE, p_lease_id=lease_id, p_now=now)
+            return self._one(_RELEASE, p_lease_id=lease_digest, p_now=now)
         return self._one(
-            _RELEASE_SYNCED, p_lease_id=lease_id, p_now=now, p_synced_through=synced_through
+            _RELEASE_SYNCED, p_lease_id=lease_digest, p_now=now, p_synced_through=synced_through
         )
 
     def store_refreshed(
-        self, lease_id: str, *, user_id: str, tokens: GarminTokens, now: datetime
+        self, lease_digest: str, *, user_id: str, tokens: GarminTokens, now: datetime
     ) -> SessionRow | None:
         """Store refreshed tokens under a live lease; None when the lease is dead.
 
@@ -252,16 +256,16 @@ class SqlLeaseRepository:
         """
         return self._one(
             _STORE_REFRESHED,
-            p_lease_id=lease_id,
+            p_lease_id=lease_digest,
             p_now=now,
             p_user_id=user_id,
             **self._sessions.sealed(user_id, tokens),
         )
 
-    def invalidate(self, lease_id: str, *, now: datetime, reason: str) -> SessionRow | None:
+    def invalidate(self, lease_digest: str, *, now: datetime, reason: str) -> SessionRow | None:
         """Mark the session AUTH_EXPIRED, wipe its secrets, end the lease; None when dead."""
         return self._one(
-            _INVALIDATE, p_lease_id=lease_id, p_now=now, p_reason=rows.reason_param(reason)
+            _INVALIDATE, p_lease_id=lease_digest, p_now=now, p_reason=rows.reason_param(reason)
         )
 
     # --- plumbing ----------------------------------------------------------------------
@@ -272,10 +276,10 @@ class SqlLeaseRepository:
 
 
 def _grant_params(
-    lease_id: str, holder: str, caller: str, now: datetime, expires_at: datetime
+    lease_digest: str, holder: str, caller: str, now: datetime, expires_at: datetime
 ) -> dict[str, Any]:
     return {
-        "p_new_lease_id": lease_id,
+        "p_new_lease_id": lease_digest,
         "p_holder": holder,
         "p_caller": caller,
         "p_now": now,

@@ -107,8 +107,10 @@ class GarminAuthenticationState(Base):
     session_version: Mapped[int] = mapped_column(BigInteger, default=0)
     access_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    # The lease. lease_id is NULL when nobody holds the session; a row whose lease_expires_at
-    # has passed is free even if lease_id is still set (takeover overwrites it).
+    # The lease. lease_id holds the SHA-256 hex digest of the lease id, never the id (only
+    # its holder has that; auth_service.domain.lease_ids). NULL when nobody holds the
+    # session; a row whose lease_expires_at has passed is free even if lease_id is still set
+    # (takeover overwrites it).
     lease_id: Mapped[str | None] = mapped_column(String(LEASE_ID_LENGTH), unique=True)
     lease_holder: Mapped[str | None] = mapped_column(String(HOLDER_LENGTH))
     lease_acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -265,7 +267,7 @@ class GarminAuditEvent(Base):
     # "MFA_CODE_REJECTED", ...); see auth_service.domain.audit.
     outcome_code: Mapped[str] = mapped_column(String(OUTCOME_CODE_LENGTH))
     outcome_reason: Mapped[str] = mapped_column(String(OUTCOME_REASON_LENGTH))
-    # The lease the event concerns, when one does.
+    # The lease the event concerns, when one does: its id's SHA-256 hex digest, never the id.
     lease_id: Mapped[str | None] = mapped_column(String(LEASE_ID_LENGTH))
     fencing_token: Mapped[int | None] = mapped_column(BigInteger)
 

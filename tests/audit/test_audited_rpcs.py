@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.policies import LoginSettings
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
@@ -137,7 +138,10 @@ def test_delete_names_the_live_lease_it_ended(
     service.call("DeleteSession", pb.DeleteSessionRequest(user_id="fay"))
     event = log.one()
     assert event.summary == (ADMIN, "DeleteSession", "fay", "OK", "OK")
-    assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
+    assert (event.lease_id, event.fencing_token) == (
+        lease_digest(grant.lease_id),
+        grant.fencing_token,
+    )
 
 
 def test_import_over_a_leased_session_names_the_lease_it_ended(
@@ -149,7 +153,10 @@ def test_import_over_a_leased_session_names_the_lease_it_ended(
     import_tokens(service, "gus", tokens)
     event = log.one()
     assert event.summary == (ADMIN, "ImportSession", "gus", "OK", "OK")
-    assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
+    assert (event.lease_id, event.fencing_token) == (
+        lease_digest(grant.lease_id),
+        grant.fencing_token,
+    )
 
 
 # --- GetStatus(validate) -----------------------------------------------------------------
@@ -197,7 +204,10 @@ def test_get_status_validate_behind_a_lease_names_it_only_when_it_ends_it(
     service.call("GetStatus", pb.GetStatusRequest(user_id="zed", validate=True))
     event = log.one()
     assert event.summary == (ADMIN, "GetStatus", "zed", "OK", "SESSION_INVALIDATED")
-    assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
+    assert (event.lease_id, event.fencing_token) == (
+        lease_digest(grant.lease_id),
+        grant.fencing_token,
+    )
 
 
 # --- the lease protocol ------------------------------------------------------------------
@@ -209,17 +219,26 @@ def test_lease_renew_release(service: Replica, garmin: GarminEmulator, log: Audi
     grant = lease(service, "kim").lease
     event = log.one()
     assert event.summary == (WORKER, "LeaseSession", "kim", "OK", "OK")
-    assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
+    assert (event.lease_id, event.fencing_token) == (
+        lease_digest(grant.lease_id),
+        grant.fencing_token,
+    )
 
     service.call("RenewLease", pb.RenewLeaseRequest(lease_id=grant.lease_id), role="worker")
     event = log.one()
     assert event.summary == (WORKER, "RenewLease", "kim", "OK", "OK")
-    assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
+    assert (event.lease_id, event.fencing_token) == (
+        lease_digest(grant.lease_id),
+        grant.fencing_token,
+    )
 
     service.call("ReleaseLease", pb.ReleaseLeaseRequest(lease_id=grant.lease_id), role="worker")
     event = log.one()
     assert event.summary == (WORKER, "ReleaseLease", "kim", "OK", "OK")
-    assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
+    assert (event.lease_id, event.fencing_token) == (
+        lease_digest(grant.lease_id),
+        grant.fencing_token,
+    )
 
     # A dead lease's renewal or release changes nothing and is not recorded.
     renewed = expect_failure(
@@ -254,7 +273,10 @@ def test_lease_next_session(service: Replica, garmin: GarminEmulator, log: Audit
     ).lease
     event = log.one()
     assert event.summary == (WORKER, "LeaseNextSession", "lea", "OK", "OK")
-    assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
+    assert (event.lease_id, event.fencing_token) == (
+        lease_digest(grant.lease_id),
+        grant.fencing_token,
+    )
 
 
 def test_reports_under_a_live_lease(
@@ -271,7 +293,10 @@ def test_reports_under_a_live_lease(
     )
     event = log.one()
     assert event.summary == (WORKER_FULL, "ReportRefreshed", "max", "OK", "OK")
-    assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
+    assert (event.lease_id, event.fencing_token) == (
+        lease_digest(grant.lease_id),
+        grant.fencing_token,
+    )
 
     service.call(
         "ReportInvalidated",
@@ -280,7 +305,10 @@ def test_reports_under_a_live_lease(
     )
     event = log.one()
     assert event.summary == (WORKER_FULL, "ReportInvalidated", "max", "OK", "OK")
-    assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
+    assert (event.lease_id, event.fencing_token) == (
+        lease_digest(grant.lease_id),
+        grant.fencing_token,
+    )
 
 
 def test_reports_under_a_dead_lease_are_recorded_as_lease_lost(
@@ -311,7 +339,10 @@ def test_reports_under_a_dead_lease_are_recorded_as_lease_lost(
         "LEASE_LOST",
     )
     # Named by the lease's grant, even though the row no longer holds that lease.
-    assert (event.lease_id, event.fencing_token) == (grant.lease_id, grant.fencing_token)
+    assert (event.lease_id, event.fencing_token) == (
+        lease_digest(grant.lease_id),
+        grant.fencing_token,
+    )
 
     refused = expect_failure(
         lambda: service.call(
@@ -329,7 +360,7 @@ def test_reports_under_a_dead_lease_are_recorded_as_lease_lost(
         "FAILED_PRECONDITION",
         "LEASE_LOST",
     )
-    assert event.lease_id == grant.lease_id
+    assert event.lease_id == lease_digest(grant.lease_id)
     # The session itself was untouched.
     status = service.call("GetStatus", pb.GetStatusRequest(user_id="ned")).status
     assert status.state == pb.SESSION_STATE_ACTIVE
@@ -366,7 +397,7 @@ def test_grant_with_central_refresh_writes_the_grant_and_the_refresh(
         (WORKER, "LeaseSession", "oli", "OK", "SESSION_REFRESHED"),
     ]
     assert {(event.lease_id, event.fencing_token) for event in events} == {
-        (grant.lease_id, grant.fencing_token)
+        (lease_digest(grant.lease_id), grant.fencing_token)
     }
 
 

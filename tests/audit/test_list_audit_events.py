@@ -76,7 +76,7 @@ def test_newest_first_by_default_and_every_field_is_answered(
     assert newest.occurred_at.ToDatetime(tzinfo=UTC) == T0 + timedelta(minutes=4)
     assert (newest.rpc, newest.user_id, newest.caller) == ("ReportInvalidated", "", "worker-caller")
     assert (newest.outcome_code, newest.outcome_reason) == ("OK", "OK")
-    assert (newest.lease_id, newest.fencing_token) == ("", 0)
+    assert (newest.lease_id, newest.lease_ref, newest.fencing_token) == ("", "", 0)
 
 
 def test_oldest_first(service: Replica, seeded: list[Spec]) -> None:

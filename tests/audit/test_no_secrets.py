@@ -1,6 +1,6 @@
 """No secret ever reaches the audit trail: after every audited flow, the table is scanned for
 every secret the Garmin emulator knew or issued, the caller tokens, the consumer secret, the
-MFA challenge ids and codes handed out."""
+MFA challenge ids and codes and the lease ids handed out."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def _every_audited_flow(service: Replica, garmin: GarminEmulator) -> set[str]:
     connect(service, garmin, "dee", expired=True)
     granted = lease(service, "dee", role="worker_full")
     grant = granted.lease
+    seen.add(grant.lease_id)
     service.call("RenewLease", pb.RenewLeaseRequest(lease_id=grant.lease_id), role="worker_full")
     service.call(
         "ReportRefreshed",
@@ -74,6 +75,7 @@ def _every_audited_flow(service: Replica, garmin: GarminEmulator) -> set[str]:
         )
     )
     nxt = service.call("LeaseNextSession", pb.LeaseNextSessionRequest(holder="w"), role="worker")
+    seen.add(nxt.lease.lease_id)
     service.call(
         "ReportInvalidated",
         pb.ReportInvalidatedRequest(lease_id=nxt.lease.lease_id, reason="401 from the API"),

@@ -23,6 +23,7 @@ from auth_service.domain.errors import (
     SessionNotActive,
     UpstreamError,
 )
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.models import LeaseGrant, SessionState
 from auth_service.services.central_refresh import CENTRAL_REFRESH_REJECTED
 from auth_service.services.leases import LeaseService
@@ -155,7 +156,7 @@ def test_busy_garmin_hands_out_a_still_valid_token(
     row = read_row(db_sessionmaker, USER)
     assert row.state is SessionState.ACTIVE
     assert row.session_version == version
-    assert row.lease_id == grant.lease.lease_id
+    assert row.lease_id == lease_digest(grant.lease.lease_id)
     assert stored_tokens(db_sessionmaker, box, USER) == tokens
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import GarminRateLimited, GarminSessionRejected, LeaseHeld
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.models import LeaseGrant, SessionState
 from auth_service.services.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
@@ -133,7 +134,7 @@ def test_429_with_a_still_valid_token_hands_it_out(
     row = read_row(db_sessionmaker, USER)
     assert (row.state, row.lease_id, row.session_version) == (
         SessionState.ACTIVE,
-        grant.lease.lease_id,
+        lease_digest(grant.lease.lease_id),
         1,
     )
     assert stored_tokens(db_sessionmaker, box, USER) == old

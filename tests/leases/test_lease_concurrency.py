@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import LeaseHeld, LeaseLost
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.models import LeaseGrant, SessionState
 from auth_service.services.leases import LeaseService
 from auth_service.storage.database import create_engine_for, session_factory
@@ -82,7 +83,7 @@ def test_32_threads_on_two_replicas_get_exactly_one_grant(
         refusals = [r for r in results if isinstance(r, LeaseHeld)]
         assert len(grants) == 1
         assert len(refusals) == 31
-        assert read_row(db_sessionmaker, "u-1").lease_id == grants[0].lease.lease_id
+        assert read_row(db_sessionmaker, "u-1").lease_id == lease_digest(grants[0].lease.lease_id)
         tokens_seen.append(grants[0].lease.fencing_token)
         clock.advance(60)  # the lease expires: the next round is a takeover
     assert tokens_seen == [1, 2, 3]
@@ -145,7 +146,7 @@ def test_paused_holder_is_refused_after_takeover(
     row = read_row(db_sessionmaker, "u-1")
     assert row.state is SessionState.ACTIVE
     assert row.session_version == status.session_version
-    assert row.lease_id == taker.lease.lease_id
+    assert row.lease_id == lease_digest(taker.lease.lease_id)
     assert row.last_synced_at is None
     assert stored_tokens(db_sessionmaker, box, "u-1") == newer
 

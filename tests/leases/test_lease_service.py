@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ from auth_service.domain.errors import (
     SessionNotActive,
     SessionNotFound,
 )
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.models import SessionState
 from auth_service.domain.policies import LeaseSettings
 from auth_service.domain.validation import TOKEN_ID_PATTERN
@@ -85,7 +87,7 @@ def test_lease_grants_exclusive_lease_with_tokens_and_status(
     assert grant.status.state is SessionState.ACTIVE
     assert grant.status.lease == grant.lease
     row = read_row(db_sessionmaker, USER)
-    assert row.lease_id == grant.lease.lease_id
+    assert row.lease_id == lease_digest(grant.lease.lease_id)
     assert row.fencing_token == 1
 
 
@@ -159,7 +161,7 @@ def test_lease_held_by_live_lease_is_refused_saying_by_whom_until_when(
     assert HOLDER in caught.value.message
     assert first.lease.expires_at.isoformat() in caught.value.message
     row = read_row(db_sessionmaker, active)
-    assert (row.lease_id, row.fencing_token) == (first.lease.lease_id, 1)
+    assert (row.lease_id, row.fencing_token) == (lease_digest(first.lease.lease_id), 1)
 
 
 def test_expired_lease_is_taken_over_and_the_old_lease_is_dead(
@@ -350,7 +352,8 @@ def test_report_refreshed_stores_tokens_for_the_live_holder(
     assert status.session_version == grant.status.session_version + 1
     assert status.last_validated_at == clock.now()
     assert status.access_token_expires_at == fresh.oauth2.expires_at
-    assert status.lease == grant.lease  # the lease goes on
+    # The lease goes on (a status read back from the row never names the id).
+    assert status.lease == dataclasses.replace(grant.lease, lease_id="")
     assert stored_tokens(db_sessionmaker, box, active) == fresh
 
 

@@ -36,6 +36,7 @@ from auth_service.domain.errors import (
     SessionNotActive,
     SessionNotFound,
 )
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.models import GarminTokens, LeaseGrant, SessionState
 from auth_service.services.leases import LeaseService
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
@@ -367,7 +368,7 @@ class LeaseMachine(RuleBasedStateMachine):
                 and row.lease_expires_at > now
                 else None
             )
-            assert row_live == (None if live is None else live.lease_id)
+            assert row_live == (None if live is None else lease_digest(live.lease_id))
             assert (row.last_synced_at, row.synced_through, row.last_sync_attempt_at) == (
                 user.last_synced_at,
                 user.synced_through,

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.models import LoginSucceeded, SessionState
 from auth_service.services.keepalive import KEEPALIVE_REJECTED, KeepAliveReport
 from auth_service.storage.secrets import SecretBox
@@ -55,7 +56,7 @@ def test_idle_sessions_are_refreshed_before_their_refresh_token_dies(
     assert fresh.oauth2.refresh_token != dying.oauth2.refresh_token
     # Never a leased session, nor one far from dying.
     assert accounts.refreshes("ka-leased") == 0
-    assert read_row(db_sessionmaker, "ka-leased").lease_id == grant.lease.lease_id
+    assert read_row(db_sessionmaker, "ka-leased").lease_id == lease_digest(grant.lease.lease_id)
     assert accounts.refreshes("ka-far") == 0
     assert read_row(db_sessionmaker, "ka-far").session_version == versions["ka-far"]
     for user in ("ka-dying", "ka-unknown", "ka-far", "ka-leased"):

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.crypto import Keyring
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.policies import LoginFlow
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
@@ -75,7 +76,7 @@ def test_16_refresh_lease_calls_on_two_replicas_rotate_a_di_session_once(
     assert {answer.access.domain for answer in answers} == {"garmin.com"}
     row = read_row(db_sessionmaker, "rl-di")
     assert (row.session_version, row.refresh_claim_id) == (version + 1, None)
-    assert row.lease_id == granted.lease.lease_id
+    assert row.lease_id == lease_digest(granted.lease.lease_id)
 
 
 def test_16_refresh_lease_calls_on_two_replicas_exchange_a_garth_session_once(

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from auth_service.crypto import Keyring
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.storage.models import GarminAuditEvent, GarminAuthenticationState
 from auth_service.storage.schema import upgrade_to_head
 from auth_service.storage.secrets import SecretBox
@@ -371,7 +372,7 @@ def check_leases_in_the_audit_trail(database_url: str, ledger: Ledger) -> None:
     timestamps are read before the transaction begins, so only ids order them."""
     events = audit_events(database_url)
     grants: dict[str, list[GarminAuditEvent]] = defaultdict(list)
-    released_at: dict[str, int] = {}  # lease id -> id of its release event
+    released_at: dict[str, int] = {}  # lease id's digest -> id of its release event
     for event in events:
         if event.outcome_code != "OK" or event.lease_id is None:
             continue
@@ -383,9 +384,9 @@ def check_leases_in_the_audit_trail(database_url: str, ledger: Ledger) -> None:
     # Every grant a worker was told about was committed, with the token it was told.
     committed = {(e.lease_id, e.fencing_token) for user in grants.values() for e in user}
     for grant in ledger.grants:
-        assert (grant.lease_id, grant.fencing_token) in committed, grant
+        assert (lease_digest(grant.lease_id), grant.fencing_token) in committed, grant
     # Every acknowledged release was committed.
-    assert set(ledger.released) <= set(released_at)
+    assert {lease_digest(lease_id) for lease_id in ledger.released} <= set(released_at)
     ttl = timedelta(seconds=TTL_SECONDS)
     for user_id, user_grants in grants.items():
         tokens = [event.fencing_token or 0 for event in user_grants]
@@ -420,7 +421,7 @@ def check_every_acknowledged_report_is_stored(
     acknowledged = [report for report in ledger.reports if report.outcome == ("OK", "")]
     assert acknowledged
     for report in acknowledged:
-        assert report.lease_id in stored_reports, report
+        assert lease_digest(report.lease_id) in stored_reports, report
     box = SecretBox(keyring)
     for user_id in USERS:
         row = stored_row(database_url, user_id)

@@ -75,20 +75,22 @@ class SessionStatus(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., last_validated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_synced_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., synced_through: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., invalidated_reason: _Optional[str] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., invalidated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_version: _Optional[int] = ..., last_sync_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[SessionKind, str]] = ..., refresh_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("lease_id", "user_id", "holder", "fencing_token", "acquired_at", "expires_at")
+    __slots__ = ("lease_id", "user_id", "holder", "fencing_token", "acquired_at", "expires_at", "lease_ref")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
     FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ACQUIRED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REF_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     user_id: str
     holder: str
     fencing_token: int
     acquired_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, lease_id: _Optional[str] = ..., user_id: _Optional[str] = ..., holder: _Optional[str] = ..., fencing_token: _Optional[int] = ..., acquired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    lease_ref: str
+    def __init__(self, lease_id: _Optional[str] = ..., user_id: _Optional[str] = ..., holder: _Optional[str] = ..., fencing_token: _Optional[int] = ..., acquired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_ref: _Optional[str] = ...) -> None: ...
 
 class OAuth1Token(_message.Message):
     __slots__ = ("oauth_token", "oauth_token_secret", "mfa_token", "mfa_expires_at")
@@ -377,7 +379,7 @@ class RefreshLeaseResponse(_message.Message):
     def __init__(self, access: _Optional[_Union[AccessToken, _Mapping]] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
 
 class AuditEvent(_message.Message):
-    __slots__ = ("event_id", "occurred_at", "caller", "rpc", "user_id", "outcome_code", "outcome_reason", "lease_id", "fencing_token")
+    __slots__ = ("event_id", "occurred_at", "caller", "rpc", "user_id", "outcome_code", "outcome_reason", "lease_id", "fencing_token", "lease_ref")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
@@ -387,6 +389,7 @@ class AuditEvent(_message.Message):
     OUTCOME_REASON_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_REF_FIELD_NUMBER: _ClassVar[int]
     event_id: int
     occurred_at: _timestamp_pb2.Timestamp
     caller: str
@@ -396,7 +399,8 @@ class AuditEvent(_message.Message):
     outcome_reason: str
     lease_id: str
     fencing_token: int
-    def __init__(self, event_id: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., caller: _Optional[str] = ..., rpc: _Optional[str] = ..., user_id: _Optional[str] = ..., outcome_code: _Optional[str] = ..., outcome_reason: _Optional[str] = ..., lease_id: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
+    lease_ref: str
+    def __init__(self, event_id: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., caller: _Optional[str] = ..., rpc: _Optional[str] = ..., user_id: _Optional[str] = ..., outcome_code: _Optional[str] = ..., outcome_reason: _Optional[str] = ..., lease_id: _Optional[str] = ..., fencing_token: _Optional[int] = ..., lease_ref: _Optional[str] = ...) -> None: ...
 
 class ListAuditEventsRequest(_message.Message):
     __slots__ = ("user_id", "start_time", "end_time", "page_size", "page_token", "oldest_first")
