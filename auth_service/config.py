@@ -150,6 +150,10 @@ def _refresh(reader: EnvReader, upstream: UpstreamSettings) -> RefreshSettings:
             "KEEPALIVE_WINDOW", 604800.0, minimum=600, maximum=29 * 86400
         ),
         keepalive_rate=reader.number("KEEPALIVE_RATE", 10.0, minimum=0.01, maximum=1000),
+        # Issue 14: GetStatus(validate) calls Garmin; at most once per user per interval.
+        validate_interval_seconds=reader.number(
+            "VALIDATE_INTERVAL", 60.0, minimum=0, maximum=86400
+        ),
     )
 
 

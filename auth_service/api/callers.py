@@ -69,6 +69,10 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "ListAuditEvents": frozenset({ADMIN, VIEWER}),
 }
 
+# GetStatus with validate=true calls Garmin and may refresh or end the session: not a read,
+# so only these roles may ask for it (issue 14); every GetStatus role may read.
+VALIDATE_ROLES = frozenset({ADMIN})
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # A common name or DNS name: words of A-Z a-z 0-9 . _ @ : + - separated by single spaces.
 # No "*": an entry names one client, and a wildcard certificate must not stand for it.

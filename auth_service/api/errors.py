@@ -81,7 +81,13 @@ def _message(exc: BaseException, row: ErrorRow) -> str:
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    if isinstance(exc, errors.LoginRateLimited | errors.GarminRateLimited | errors.TooManyStreams):
+    if isinstance(
+        exc,
+        errors.LoginRateLimited
+        | errors.GarminRateLimited
+        | errors.TooManyStreams
+        | errors.ValidateRateLimited,
+    ):
         return exc.retry_after_seconds or DEFAULT_GARMIN_RETRY_SECONDS
     return None
 

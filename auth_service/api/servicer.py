@@ -10,7 +10,7 @@ from datetime import timedelta
 import grpc
 
 from auth_service.api import convert
-from auth_service.api.callers import Caller, current_caller
+from auth_service.api.callers import VALIDATE_ROLES, Caller, current_caller
 from auth_service.domain.audit import AuditEventView, AuditFilter
 from auth_service.domain.errors import CallerForbidden
 from auth_service.domain.models import GarminTokens
@@ -56,6 +56,16 @@ def _check_reach(user_id: str) -> None:
         raise CallerForbidden(f"caller {caller.name!r} may not reach users outside its scope")
 
 
+def _check_may_validate() -> None:
+    """GetStatus(validate) calls Garmin and may change the session: admins only."""
+    caller = _caller()
+    if caller is not None and not caller.roles & VALIDATE_ROLES:
+        raise CallerForbidden(
+            f"caller {caller.name!r} may read statuses but not validate them with Garmin "
+            f"(validate=true needs one of {sorted(VALIDATE_ROLES)})"
+        )
+
+
 def _full_session(tokens: GarminTokens) -> pb.GarminSession | None:
     """The whole session for worker_full callers (legacy workers); nothing for the rest."""
     caller = _caller()
@@ -96,6 +106,8 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self, request: pb.GetStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetStatusResponse:
         _check_reach(request.user_id)
+        if request.validate:
+            _check_may_validate()
         status = self._sessions.get_status(request.user_id, validate=request.validate)
         return pb.GetStatusResponse(status=convert.status_to_proto(status))
 

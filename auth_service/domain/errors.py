@@ -129,6 +129,18 @@ class LoginRateLimited(DomainError):
         self.retry_after_seconds: float | None = retry_after_seconds
 
 
+class ValidateRateLimited(DomainError):
+    """GetStatus(validate) for a user validated with Garmin too recently on this replica;
+    Garmin was not called (issue 14: a caller must not turn validate into a Garmin flood)."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+    reason = "VALIDATE_RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds: float | None = retry_after_seconds
+
+
 # --- What Garmin answered (raised by the upstream adapter) -----------------------------
 
 

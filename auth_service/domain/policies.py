@@ -119,6 +119,9 @@ class RefreshSettings:
     keepalive_batch: int = 1000
     # Keep-alive refreshes started per second per replica at most (spaced with jitter).
     keepalive_rate: float = 10.0
+    # GetStatus(validate) calls Garmin for a user at most once per this many seconds, per
+    # replica (0: no limit); sooner asks answer VALIDATE_RATE_LIMITED.
+    validate_interval_seconds: float = 60.0
 
 
 def refresh_due(tokens: GarminTokens, until: datetime) -> bool:

@@ -4,13 +4,15 @@ and ListSessions.
 Reads only read: an MFA_PENDING row whose challenge is gone is shown as what it settles to
 (the repositories derive it; housekeeping writes it). GetStatus with validate calls Garmin
 between two transactions and stores the answer only if the session is still the one asked
-about; a token that needs refreshing first is refreshed through the single-flight refresher
+about, at most once per user per interval (auth_service.services.validation_limit); a
+token that needs refreshing first is refreshed through the single-flight refresher
 (auth_service.services.session_refresh), like every refresh the service makes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from auth_service.domain import audit, validation
@@ -30,6 +32,7 @@ from auth_service.domain.views import live_lease, status_view
 from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
+from auth_service.services.validation_limit import ValidationLimit
 
 # GetStatus(validate) records a rejection as such, with Garmin's reason.
 _VALIDATING = RefreshAsker(
@@ -57,12 +60,15 @@ class SessionAdmin:
         refresher: SessionRefresher,
         pager: Pager,
         gate: GarminGate | None = None,
+        *,
+        validate_interval: float = 0.0,
     ) -> None:
         self._uow = uow
         self._upstream = upstream
         self._refresher = refresher
         self._pager = pager
         self._gate = gate or GarminGate(uow, GarminLimitSettings())
+        self._validations = ValidationLimit(timedelta(seconds=validate_interval))
 
     # --- GetStatus ---------------------------------------------------------------------
 
@@ -78,6 +84,8 @@ class SessionAdmin:
                 raise SessionNotActive(f"the session is {row.state.value}; nothing to validate")
             tokens = uow.sessions.open_tokens(row)
             version, lease, now = row.session_version, live_lease(row, uow.now), uow.now
+        # Counted only when Garmin would be asked; refused before it is.
+        self._validations.admit(user_id, now)
         if lease is not None and tokens.oauth2.expires_at <= now:
             raise LeaseHeld(
                 f"the session is leased by {lease.holder!r} until {lease.expires_at.isoformat()} "

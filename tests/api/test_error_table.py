@@ -33,6 +33,7 @@ MAKERS: dict[type[errors.DomainError], Callable[[], errors.DomainError]] = {
         [errors.FieldViolation("user_id", "is required")]
     ),
     errors.LoginRateLimited: lambda: errors.LoginRateLimited("slow down", 12.2),
+    errors.ValidateRateLimited: lambda: errors.ValidateRateLimited("not yet", 41.5),
 }
 # The two classes no code raises on purpose: they only group the others.
 BASES = {errors.DomainError, errors.UpstreamError}

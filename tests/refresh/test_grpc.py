@@ -66,7 +66,8 @@ def test_the_server_keeps_an_idle_session_alive_in_the_background(
     upstream = both_providers(service_factory.base_settings.upstream)
     di_accounts.seed("grpc-idle", refresh_in=timedelta(days=2))
     replica = service_factory.start(
-        provider=upstream, refresh=RefreshSettings(keepalive_interval_seconds=0.2)
+        provider=upstream,
+        refresh=RefreshSettings(keepalive_interval_seconds=0.2, validate_interval_seconds=0.0),
     )
 
     def dies_at() -> datetime | None:
