@@ -32,7 +32,7 @@ class UnsafeUserId(ValueError):
 
 def check_user_id(user_id: str) -> str:
     """The auth service's rule, checked again here because the id becomes a path."""
-    if not is_user_id(user_id) or user_id in {".", ".."}:
+    if not is_user_id(user_id):
         raise UnsafeUserId(f"a user id {USER_ID_RULE}")
     return user_id
 

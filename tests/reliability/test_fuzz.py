@@ -94,7 +94,8 @@ ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
 
 def valid_user_id(value: str) -> bool:
-    return re.fullmatch(r"[A-Za-z0-9._@:+\-]{1,128}", value, flags=re.ASCII) is not None
+    shape = re.fullmatch(r"[A-Za-z0-9._@:+\-]{1,128}", value, flags=re.ASCII) is not None
+    return shape and value not in {".", ".."}
 
 
 def valid_opaque_id(value: str) -> bool:
@@ -153,7 +154,11 @@ random_bytes_ids = st.one_of(
     st.text(alphabet=ID_CHARS, min_size=14, max_size=66),
 )
 ids = st.one_of(random_bytes_ids, strings)
-user_ids = st.one_of(st.text(alphabet=USER_ID_CHARS, min_size=1, max_size=130), strings)
+user_ids = st.one_of(
+    st.text(alphabet=USER_ID_CHARS, min_size=1, max_size=130),
+    st.sampled_from([".", "..", "..."]),
+    strings,
+)
 codes = st.one_of(st.text(alphabet="0123456789", max_size=12), strings)
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
