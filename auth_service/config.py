@@ -245,9 +245,24 @@ def load_keyring(env: Mapping[str, str] | None = None) -> Keyring:
     """Only the key ring (for `rotate-keys`)."""
     reader = _reader(env)
     try:
-        return Keyring.parse(reader.required("ENCRYPTION_KEYS"))
+        keyring = Keyring.parse(reader.required("ENCRYPTION_KEYS"))
     except KeyringError as exc:
         raise reader.error("ENCRYPTION_KEYS", str(exc)) from None
+    return _with_primary(reader, keyring)
+
+
+def _with_primary(reader: EnvReader, keyring: Keyring) -> Keyring:
+    """Issue 14: which known key encrypts is its own setting, so a rolling update can teach
+    every replica a new key before any replica encrypts with it. Unset: the first key, as
+    before the setting existed."""
+    primary = reader.get("ENCRYPTION_PRIMARY_KEY_ID")
+    if primary is None:
+        return keyring
+    if primary not in {kid for kid, _ in keyring.keys}:
+        raise reader.error(
+            "ENCRYPTION_PRIMARY_KEY_ID", "names no key id of GARMIN_AUTH_ENCRYPTION_KEYS"
+        )
+    return Keyring(keyring.keys, primary)
 
 
 def impersonation_profiles() -> frozenset[str]:

@@ -2,8 +2,13 @@
 
 Blob layout: b"\x01" | len(kid) (1 byte) | kid (ASCII) | nonce (12 bytes) | ciphertext+tag.
 The associated data binds a blob to its row and column, so a blob copied into another
-user's row fails to decrypt. The first key of GARMIN_AUTH_ENCRYPTION_KEYS encrypts; every
-listed key decrypts (rotation: add a new key first, run `rotate-keys`, then drop the old).
+user's row fails to decrypt.
+
+Knowing a key and encrypting with it are separate (issue 14): every key of the ring decrypts,
+and only the primary one encrypts (GARMIN_AUTH_ENCRYPTION_PRIMARY_KEY_ID; the first listed key
+when unset). So a rolling update can first teach every replica a new key, and only then make
+it primary: no replica ever meets a blob under a key it does not know (README, "Rotating the
+encryption key").
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ class DecryptionError(Exception):
 
 @dataclass(frozen=True, repr=False)
 class Keyring:
-    """Ordered AES-256-GCM keys; the first is primary."""
+    """AES-256-GCM keys that all decrypt; `primary` (default: the first) encrypts."""
 
     keys: tuple[tuple[str, bytes], ...]
+    primary: str | None = None
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -47,6 +53,8 @@ class Keyring:
         kids = [kid for kid, _ in self.keys]
         if len(set(kids)) != len(kids):
             raise KeyringError("a key id appears twice")
+        if self.primary is not None and self.primary not in kids:
+            raise KeyringError(f"the primary key id {self.primary!r} is not among the keys")
         for position, (kid, key) in enumerate(self.keys, start=1):
             # A malformed key id may be a key pasted in the wrong place: name only its position.
             if not _KID_PATTERN.match(kid):
@@ -57,11 +65,12 @@ class Keyring:
                 raise KeyringError(f"key {kid!r} must decode to {KEY_BYTES} bytes")
 
     def __repr__(self) -> str:
-        return f"Keyring(kids={[kid for kid, _ in self.keys]})"
+        return f"Keyring(kids={[kid for kid, _ in self.keys]}, primary={self.primary_kid!r})"
 
     @classmethod
-    def parse(cls, value: str) -> Keyring:
-        """Parse `kid:base64,kid:base64,...` (the first is primary)."""
+    def parse(cls, value: str, primary: str | None = None) -> Keyring:
+        """Parse `kid:base64,kid:base64,...`; `primary` names the key that encrypts (None:
+        the first)."""
         entries = [part.strip() for part in value.split(",") if part.strip()]
         if not entries:
             raise KeyringError("expected kid:base64-of-32-bytes[,kid:base64...]")
@@ -79,7 +88,7 @@ class Keyring:
             except (binascii.Error, ValueError):
                 raise KeyringError(f"key {kid!r} is not valid base64") from None
             keys.append((kid, key))
-        return cls(tuple(keys))
+        return cls(tuple(keys), primary)
 
     @staticmethod
     def generate_key_value(kid: str) -> str:
@@ -88,7 +97,11 @@ class Keyring:
 
     @property
     def primary_kid(self) -> str:
-        return self.keys[0][0]
+        return self.primary if self.primary is not None else self.keys[0][0]
+
+    def _ordered(self) -> list[tuple[str, bytes]]:
+        """The keys, primary first."""
+        return sorted(self.keys, key=lambda entry: entry[0] != self.primary_kid)
 
     def derived_keys(self, label: str) -> tuple[bytes, ...]:
         """One key per ring entry for another purpose than encryption, primary first.
@@ -97,10 +110,12 @@ class Keyring:
         and never the encryption key itself. Keeping every entry lets a verifier accept what
         was signed before a rotation.
         """
-        return tuple(hmac.new(key, label.encode(), hashlib.sha256).digest() for _, key in self.keys)
+        return tuple(
+            hmac.new(key, label.encode(), hashlib.sha256).digest() for _, key in self._ordered()
+        )
 
     def encrypt(self, plaintext: bytes, associated_data: bytes) -> bytes:
-        kid, key = self.keys[0]
+        kid, key = self._ordered()[0]
         nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(key).encrypt(nonce, plaintext, associated_data)
         return blob_header(kid) + nonce + sealed

@@ -6,8 +6,8 @@ Create Date: 2026-12-02
 
 Issue 14 (finding 4): a lease id is its holder's key, yet the session rows and the audit
 trail kept it in clear (and ListAuditEvents showed it to viewers). From this revision the
-service stores and compares only the lowercase hex SHA-256 of a lease id
-(auth_service.domain.lease_ids), which fits the existing 64-character columns exactly, so the
+service stores and compares only the lowercase hex SHA-256 of a lease id (the service's
+domain module lease_ids), which fits the existing 64-character columns exactly, so the
 schema does not change: this revision hashes the stored ids in place, on both tables.
 
 A lease granted before the upgrade keeps working after it: its holder still presents the
