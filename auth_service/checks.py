@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, LargeBinary, func, select, text
+from sqlalchemy import Engine, LargeBinary, func, literal, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute
@@ -32,7 +32,7 @@ from auth_service.crypto import (
     Keyring,
     blob_header,
     challenge_aad,
-    session_aad,
+    stored_session_aad,
 )
 from auth_service.serving_config import with_secret_files
 from auth_service.storage.database import (
@@ -152,8 +152,9 @@ class _Checks:
             "session",
             GarminAuthenticationState.session_ciphertext,
             GarminAuthenticationState.user_id,
-            lambda row: session_aad(row[0]),
+            lambda row: stored_session_aad(row[1], row[3], row[2]),
             GarminAuthenticationState.user_id,
+            version=GarminAuthenticationState.session_version,
         )
         challenges = self._blobs(
             keyring,
@@ -171,10 +172,12 @@ class _Checks:
         what: str,
         blob: InstrumentedAttribute[bytes | None] | InstrumentedAttribute[bytes],
         row_key: InstrumentedAttribute[str],
-        aad: Callable[[tuple[str, str]], bytes],
+        aad: Callable[[tuple[str, str, bytes, int]], bytes],
         user_id: InstrumentedAttribute[str],
+        version: InstrumentedAttribute[int] | None = None,
     ) -> str:
-        """Counts of `blob` by key id, with one blob per key id decrypted."""
+        """Counts of `blob` by key id, with one blob per key id decrypted (`aad` gets the
+        sample's row key, user id, blob and session version)."""
         counts: list[str] = []
         assert self.engine is not None
         with self._reader().connect() as connection:
@@ -183,19 +186,23 @@ class _Checks:
             for kid, _ in keyring.keys:
                 # The blob header, compared in SQL, so only one blob per key id leaves the
                 # database.
-                header = blob_header(kid)
-                under_kid = func.substr(blob, 1, len(header), type_=LargeBinary) == header
+                # From its second byte on, the header is the same for every blob format.
+                header = blob_header(kid)[1:]
+                under_kid = func.substr(blob, 2, len(header), type_=LargeBinary) == header
                 number = connection.execute(select(func.count()).where(under_kid)).scalar_one()
                 if number == 0:
                     continue
                 counted += number
                 counts.append(f"{kid}={number}")
                 sample = connection.execute(
-                    select(row_key, user_id, blob).where(under_kid).order_by(row_key).limit(1)
+                    select(row_key, user_id, blob, version if version is not None else literal(0))
+                    .where(under_kid)
+                    .order_by(row_key)
+                    .limit(1)
                 ).one()
                 assert sample[2] is not None  # it matched a header
                 try:
-                    keyring.decrypt(sample[2], aad((sample[0], sample[1])))
+                    keyring.decrypt(sample[2], aad((sample[0], sample[1], sample[2], sample[3])))
                 except DecryptionError:
                     raise CheckFailed(
                         f"the {what} of user {sample[1]!r} is under key id {kid!r} but that "

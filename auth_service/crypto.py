@@ -1,8 +1,12 @@
 """Encryption at rest: AES-256-GCM with a key ring.
 
-Blob layout: b"\x01" | len(kid) (1 byte) | kid (ASCII) | nonce (12 bytes) | ciphertext+tag.
-The associated data binds a blob to its row and column, so a blob copied into another
-user's row fails to decrypt.
+Blob layout: format (1 byte) | len(kid) (1 byte) | kid (ASCII) | nonce (12 bytes) |
+ciphertext+tag. The associated data binds a blob to its row and column, so a blob copied into
+another user's row fails to decrypt. A stored session's blob of format 2 also binds the
+row's session_version (issue 14): a database writer who puts an older ciphertext of the same
+row back, after the version moved on, gets a blob that fails to decrypt, not an old session.
+Format 1 (written before) binds no version; it stays readable, and rotate-keys (or the next
+write of the row) replaces it by a format-2 blob.
 
 Knowing a key and encrypting with it are separate (issue 14): every key of the ring decrypts,
 and only the primary one encrypts (GARMIN_AUTH_ENCRYPTION_PRIMARY_KEY_ID; the first listed key
@@ -24,7 +28,10 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+# The blob formats: 1 binds row and column; 2 also binds the session version (sessions).
 BLOB_VERSION = 1
+VERSION_BOUND_BLOB = 2
+_BLOB_FORMATS = frozenset({BLOB_VERSION, VERSION_BOUND_BLOB})
 NONCE_BYTES = 12
 KEY_BYTES = 32
 _HEADER_BYTES = 2  # version, kid length
@@ -114,11 +121,15 @@ class Keyring:
             hmac.new(key, label.encode(), hashlib.sha256).digest() for _, key in self._ordered()
         )
 
-    def encrypt(self, plaintext: bytes, associated_data: bytes) -> bytes:
+    def encrypt(
+        self, plaintext: bytes, associated_data: bytes, *, blob_format: int = BLOB_VERSION
+    ) -> bytes:
+        """Seal under the primary key; `blob_format` records which associated data the
+        caller bound (VERSION_BOUND_BLOB: one that names the session version)."""
         kid, key = self._ordered()[0]
         nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(key).encrypt(nonce, plaintext, associated_data)
-        return blob_header(kid) + nonce + sealed
+        return blob_header(kid, blob_format) + nonce + sealed
 
     def decrypt(self, blob: bytes, associated_data: bytes) -> bytes:
         kid = self.key_id_of(blob)
@@ -134,7 +145,7 @@ class Keyring:
 
     @staticmethod
     def key_id_of(blob: bytes) -> str:
-        if len(blob) < _HEADER_BYTES or blob[0] != BLOB_VERSION:
+        if len(blob) < _HEADER_BYTES or blob[0] not in _BLOB_FORMATS:
             raise DecryptionError("not an encrypted blob of a known version")
         kid_len = blob[1]
         if len(blob) < _HEADER_BYTES + kid_len + NONCE_BYTES + _TAG_BYTES:
@@ -142,15 +153,35 @@ class Keyring:
         return blob[_HEADER_BYTES : _HEADER_BYTES + kid_len].decode("ascii", errors="replace")
 
 
-def blob_header(kid: str) -> bytes:
-    """How every blob encrypted under `kid` begins (stored blobs can be matched on it)."""
+def blob_header(kid: str, blob_format: int = BLOB_VERSION) -> bytes:
+    """How every blob of `blob_format` encrypted under `kid` begins (stored blobs can be
+    matched on it; from the second byte on, it is the same for every format)."""
     kid_bytes = kid.encode("ascii")
-    return bytes([BLOB_VERSION, len(kid_bytes)]) + kid_bytes
+    return bytes([blob_format, len(kid_bytes)]) + kid_bytes
 
 
-def session_aad(user_id: str) -> bytes:
-    """Associated data of a user's stored session."""
-    return b"garmin_authentication_state.session_ciphertext\x00" + user_id.encode()
+def blob_format(blob: bytes) -> int:
+    """The format a blob was written in (DecryptionError for none we know)."""
+    if not blob or blob[0] not in _BLOB_FORMATS:
+        raise DecryptionError("not an encrypted blob of a known version")
+    return blob[0]
+
+
+def session_aad(user_id: str, session_version: int | None = None) -> bytes:
+    """Associated data of a user's stored session: bound to the session version it is
+    stored with (VERSION_BOUND_BLOB), or, for blobs written before (None), not."""
+    aad = b"garmin_authentication_state.session_ciphertext\x00" + user_id.encode()
+    if session_version is None:
+        return aad
+    return aad + b"\x00session_version=" + str(session_version).encode()
+
+
+def stored_session_aad(user_id: str, session_version: int, blob: bytes) -> bytes:
+    """The associated data a stored session blob opens with: its format says whether it
+    bound the row's version."""
+    if blob_format(blob) == VERSION_BOUND_BLOB:
+        return session_aad(user_id, session_version)
+    return session_aad(user_id)
 
 
 def challenge_aad(challenge_id_sha256: str, user_id: str) -> bytes:

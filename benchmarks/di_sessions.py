@@ -91,7 +91,7 @@ def seed_di_sessions(
                 tokens_from_garminconnect(json.dumps(file)), refresh_expiry(index), lifetime_seconds
             )
             synced = last_synced_at(index)
-            copy.write_row(_row(uid, box.seal_tokens(uid, tokens), tokens, synced, now))
+            copy.write_row(_row(uid, box.seal_tokens(uid, 1, tokens), tokens, synced, now))
     return len(files)
 
 

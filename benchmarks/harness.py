@@ -773,7 +773,7 @@ def seed_sessions(
                 (
                     uid,
                     SessionState.ACTIVE.value,
-                    box.seal_tokens(uid, bench_tokens(expires)),
+                    box.seal_tokens(uid, 1, bench_tokens(expires)),
                     1,
                     expires,
                     0,
@@ -792,7 +792,7 @@ def seed_sessions(
 def blob_size(keyring: Keyring) -> int:
     """Bytes of one seeded session blob."""
     expires = datetime.now(UTC) + timedelta(days=3650)
-    return len(SecretBox(keyring).seal_tokens(user_id(0), bench_tokens(expires)))
+    return len(SecretBox(keyring).seal_tokens(user_id(0), 1, bench_tokens(expires)))
 
 
 # --- the repository's SQL ----------------------------------------------------------------
@@ -866,14 +866,14 @@ def capture_lease_statements(database_url: str) -> LeaseStatements:
             repository = lease_repository(session)
             repository.grant(
                 SENTINEL_USER,
-                lease_id=SENTINEL_LEASE,
+                lease_digest=SENTINEL_LEASE,
                 holder=SENTINEL_HOLDER,
                 caller=SENTINEL_HOLDER,
                 now=SENTINEL_NOW,
                 expires_at=SENTINEL_EXPIRES,
             )
             repository.grant_next(
-                lease_id=SENTINEL_LEASE,
+                lease_digest=SENTINEL_LEASE,
                 holder=SENTINEL_HOLDER,
                 caller=SENTINEL_HOLDER,
                 now=SENTINEL_NOW,

@@ -405,7 +405,7 @@ def check_stored_tokens(
             continue
         possible = {reports[acked[-1]][0]}
         possible |= {d for d, outcome, _ in reports[acked[-1] + 1 :] if outcome in UNKNOWN_OUTCOMES}
-        stored = digest(box.open_tokens(user, bytes(blob)).oauth2.access_token)
+        stored = digest(box.open_tokens(user, version, bytes(blob)).oauth2.access_token)
         if stored not in possible:
             audit.lost(f"{user}: the stored tokens are not the last acknowledged report's")
 

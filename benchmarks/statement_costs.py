@@ -95,7 +95,12 @@ def orm_cycle(url: str, *, pre_ping: bool, autocommit: bool) -> Iterator[Cycle]:
         now, lease = datetime.now(UTC), _lease_id()
         row = unit(
             lambda repo: repo.grant(
-                user, lease_id=lease, holder="bench", caller="bench", now=now, expires_at=now + TTL
+                user,
+                lease_digest=lease,
+                holder="bench",
+                caller="bench",
+                now=now,
+                expires_at=now + TTL,
             )
         )
         if row is None:
@@ -154,7 +159,12 @@ def core_cycle(url: str, *, autocommit: bool) -> Iterator[Cycle]:
         now, lease = datetime.now(UTC), _lease_id()
         row = unit(
             lambda repo: repo.grant(
-                user, lease_id=lease, holder="bench", caller="bench", now=now, expires_at=now + TTL
+                user,
+                lease_digest=lease,
+                holder="bench",
+                caller="bench",
+                now=now,
+                expires_at=now + TTL,
             )
         )
         if row is None:

@@ -118,6 +118,15 @@ class LeaseHeld(DomainError):
     reason = "LEASE_HELD"
 
 
+class SecretUnreadable(DomainError):
+    """A stored secret (a session, an MFA challenge's SSO cookies) fails to decrypt: its key
+    is not configured, or the ciphertext was altered, moved to another row or rolled back to
+    an older one in the database. The message never contains key material."""
+
+    code_name = "DATA_LOSS"
+    reason = "SECRET_UNREADABLE"
+
+
 class LoginRateLimited(DomainError):
     """Too many logins for this user within the configured window; Garmin was not called."""
 

@@ -6,8 +6,9 @@ block ends without an exception. Every change of a session row is one method her
 once in storage and used by every path that makes that change.
 
 Repositories seal and open the secrets they store: a use case hands them GarminTokens and
-PendingMfa and gets them back, never ciphertext. SecretUnreadable says a stored secret no key
-opens (unknown key id, tampering, a blob copied into another row).
+PendingMfa and gets them back, never ciphertext. SecretUnreadable (auth_service.domain.errors,
+answered DATA_LOSS) says a stored secret no key opens (unknown key id, tampering, a blob
+copied into another row or rolled back to an older one).
 """
 
 from __future__ import annotations
@@ -21,10 +22,6 @@ from auth_service.domain.audit import AuditEventView, LeaseOwner, NewAuditEvent
 from auth_service.domain.garmin_limits import AccountLimit, Breaker, GarminEndpoint
 from auth_service.domain.models import GarminTokens, PendingMfa, SessionState
 from auth_service.domain.views import SessionRow
-
-
-class SecretUnreadable(Exception):
-    """A stored secret failed to decrypt. The message never contains key material."""
 
 
 @dataclass(frozen=True)

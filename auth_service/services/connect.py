@@ -20,6 +20,7 @@ from auth_service.domain.errors import (
     MfaChallengeBusy,
     MfaChallengeNotFound,
     MfaCodeRejected,
+    SecretUnreadable,
 )
 from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
 from auth_service.domain.models import (
@@ -31,7 +32,6 @@ from auth_service.domain.models import (
 )
 from auth_service.domain.policies import LoginFlow, LoginSettings
 from auth_service.domain.ports import GarminUpstream
-from auth_service.domain.repositories import SecretUnreadable
 from auth_service.domain.views import SessionRow, live_lease, status_view
 from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.signin_cooldown import SignInCooldown

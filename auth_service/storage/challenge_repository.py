@@ -13,8 +13,9 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from auth_service.crypto import DecryptionError
+from auth_service.domain.errors import SecretUnreadable
 from auth_service.domain.models import PendingMfa
-from auth_service.domain.repositories import MfaChallenge, SecretUnreadable
+from auth_service.domain.repositories import MfaChallenge
 from auth_service.storage.models import GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
 

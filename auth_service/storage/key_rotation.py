@@ -1,5 +1,7 @@
 """Encryption-key rotation: re-encrypt every stored blob under the keyring's primary key,
-online, without overwriting a concurrent writer's newer blob."""
+online, without overwriting a concurrent writer's newer blob. Session blobs written before
+they bound the session version (format 1) are rewritten in format 2 even when their key is
+already the primary one (issue 14)."""
 
 from __future__ import annotations
 
@@ -8,17 +10,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, LargeBinary, Select, func, select, true, update
+from sqlalchemy import Engine, LargeBinary, Select, func, literal, select, true, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
 from auth_service.crypto import (
+    BLOB_VERSION,
+    VERSION_BOUND_BLOB,
     DecryptionError,
     Keyring,
     blob_header,
     challenge_aad,
     session_aad,
+    stored_session_aad,
 )
 from auth_service.storage.database import SQLITE_BEGIN_OPTION
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
@@ -59,34 +64,46 @@ class RotationReport:
 
 
 @dataclass(frozen=True)
+class _StaleBlob:
+    row_key: str
+    user_id: str
+    blob: bytes
+    # The row's session version (sessions); 0 for columns that bind none.
+    version: int
+
+
+@dataclass(frozen=True)
 class _BlobColumn:
-    """An encrypted column, its row key and how its associated data is built."""
+    """An encrypted column, its row key, the format it is written in and how the associated
+    data of a stored blob (opening) and of its rewrite (sealing) are built."""
 
     row_key: InstrumentedAttribute[str]
     user_id: InstrumentedAttribute[str]
     blob: InstrumentedAttribute[Any]
-    aad: Callable[[str, str], bytes]  # (row key, user id) -> associated data
+    version: InstrumentedAttribute[int] | None
+    blob_format: int
+    opening_aad: Callable[[_StaleBlob], bytes]
+    sealing_aad: Callable[[_StaleBlob], bytes]
 
 
 _SESSIONS = _BlobColumn(
     row_key=GarminAuthenticationState.user_id,
     user_id=GarminAuthenticationState.user_id,
     blob=GarminAuthenticationState.session_ciphertext,
-    aad=lambda _row_key, user_id: session_aad(user_id),
+    version=GarminAuthenticationState.session_version,
+    blob_format=VERSION_BOUND_BLOB,
+    opening_aad=lambda row: stored_session_aad(row.user_id, row.version, row.blob),
+    sealing_aad=lambda row: session_aad(row.user_id, row.version),
 )
 _CHALLENGES = _BlobColumn(
     row_key=GarminMfaChallenge.challenge_id_sha256,
     user_id=GarminMfaChallenge.user_id,
     blob=GarminMfaChallenge.pending_ciphertext,
-    aad=challenge_aad,
+    version=None,
+    blob_format=BLOB_VERSION,
+    opening_aad=lambda row: challenge_aad(row.row_key, row.user_id),
+    sealing_aad=lambda row: challenge_aad(row.row_key, row.user_id),
 )
-
-
-@dataclass(frozen=True)
-class _StaleBlob:
-    row_key: str
-    user_id: str
-    blob: bytes
 
 
 @dataclass
@@ -144,14 +161,15 @@ class _ColumnRotation:
             after = batch[-1].row_key
         return self.tally
 
-    def _stale_rows(self) -> Select[tuple[str, str, Any]]:
+    def _stale_rows(self) -> Select[tuple[str, str, Any, int]]:
         column = self.column
         # Comparing the blob header in SQL skips rows already rotated without shipping their
-        # blobs to us.
-        header = blob_header(self.keyring.primary_kid)
+        # blobs to us. The header starts with the format: older formats are stale too.
+        header = blob_header(self.keyring.primary_kid, column.blob_format)
         prefix = func.substr(column.blob, 1, len(header), type_=LargeBinary)
+        version = column.version if column.version is not None else literal(0)
         return (
-            select(column.row_key, column.user_id, column.blob)
+            select(column.row_key, column.user_id, column.blob, version)
             .where(column.blob.is_not(None), prefix != header)
             .order_by(column.row_key)
         )
@@ -159,14 +177,20 @@ class _ColumnRotation:
     def _after(self, row_key: str | None) -> ColumnElement[bool]:
         return true() if row_key is None else self.column.row_key > row_key
 
-    def _read_stale(self, statement: Select[tuple[str, str, Any]], limit: int) -> list[_StaleBlob]:
+    def _read_stale(
+        self, statement: Select[tuple[str, str, Any, int]], limit: int
+    ) -> list[_StaleBlob]:
         with self.reader.connect() as connection:
             rows = connection.execute(statement.limit(limit)).all()
-        return [_StaleBlob(row_key=row[0], user_id=row[1], blob=row[2]) for row in rows]
+        return [
+            _StaleBlob(row_key=row[0], user_id=row[1], blob=row[2], version=row[3]) for row in rows
+        ]
 
     def _reencrypt(self, row: _StaleBlob) -> bytes:
-        aad = self.column.aad(row.row_key, row.user_id)
-        return self.keyring.encrypt(self.keyring.decrypt(row.blob, aad), aad)
+        plaintext = self.keyring.decrypt(row.blob, self.column.opening_aad(row))
+        return self.keyring.encrypt(
+            plaintext, self.column.sealing_aad(row), blob_format=self.column.blob_format
+        )
 
     def _rewrite_batch(self, batch: list[_StaleBlob]) -> list[str]:
         """Re-encrypt a batch outside any transaction, then write it in one short transaction.
@@ -191,11 +215,13 @@ class _ColumnRotation:
     def _swap_blob(self, connection: Connection, row: _StaleBlob, new_blob: bytes) -> bool:
         """Replace the blob only if the row still holds the one we read (compare-and-swap)."""
         column = self.column
-        result = connection.execute(
-            update(column.row_key.class_)
-            .where(column.row_key == row.row_key, column.blob == row.blob)
-            .values({column.blob: new_blob})
+        statement = update(column.row_key.class_).where(
+            column.row_key == row.row_key, column.blob == row.blob
         )
+        if column.version is not None:
+            # The rewrite is sealed for the version read: the row must still be at it.
+            statement = statement.where(column.version == row.version)
+        result = connection.execute(statement.values({column.blob: new_blob}))
         return result.rowcount == 1
 
     def _retry_row(self, row_key: str) -> None:

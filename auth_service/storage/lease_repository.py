@@ -149,7 +149,10 @@ _RELEASE_SYNCED = (
     .returning(*T.c)
 )
 _STORE_REFRESHED = (
-    update(T).where(_LIVE, T.c.user_id == rows.USER_ID).values(rows.REFRESHED).returning(*T.c)
+    update(T)
+    .where(_LIVE, T.c.user_id == rows.USER_ID, T.c.session_version == rows.VERSION)
+    .values(rows.REFRESHED)
+    .returning(*T.c)
 )
 _INVALIDATE = update(T).where(_LIVE).values(rows.INVALIDATED).returning(*T.c)
 # With an expected session version (central refresh): the row must still hold the session
@@ -252,14 +255,18 @@ class SqlLeaseRepository:
     ) -> SessionRow | None:
         """Store refreshed tokens under a live lease; None when the lease is dead.
 
-        The tokens are sealed for one user's row, so the row must still be that user's.
+        The tokens are sealed for one user's row at the version they make it, so the row
+        (locked first) must still be that user's, at the version read.
         """
+        version = self._sessions.locked_version(user_id)
+        if version is None:
+            return None
         return self._one(
             _STORE_REFRESHED,
             p_lease_id=lease_digest,
             p_now=now,
             p_user_id=user_id,
-            **self._sessions.sealed(user_id, tokens),
+            **self._sessions.sealed_over(version, user_id, tokens),
         )
 
     def invalidate(self, lease_digest: str, *, now: datetime, reason: str) -> SessionRow | None:

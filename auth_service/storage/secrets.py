@@ -6,7 +6,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from auth_service.crypto import Keyring, challenge_aad, session_aad
+from auth_service.crypto import (
+    VERSION_BOUND_BLOB,
+    Keyring,
+    challenge_aad,
+    session_aad,
+    stored_session_aad,
+)
 from auth_service.domain.models import (
     GarminTokens,
     OAuth1Token,
@@ -86,12 +92,18 @@ class SecretBox:
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
 
-    def seal_tokens(self, user_id: str, tokens: GarminTokens) -> bytes:
+    def seal_tokens(self, user_id: str, session_version: int, tokens: GarminTokens) -> bytes:
+        """Seal for the user's row at `session_version`: the version the row will hold once
+        the blob is stored (issue 14: an older blob of the row cannot be put back)."""
         plaintext = json.dumps(tokens_to_json(tokens), separators=(",", ":")).encode()
-        return self.keyring.encrypt(plaintext, session_aad(user_id))
+        return self.keyring.encrypt(
+            plaintext, session_aad(user_id, session_version), blob_format=VERSION_BOUND_BLOB
+        )
 
-    def open_tokens(self, user_id: str, blob: bytes) -> GarminTokens:
-        return tokens_from_json(json.loads(self.keyring.decrypt(blob, session_aad(user_id))))
+    def open_tokens(self, user_id: str, session_version: int, blob: bytes) -> GarminTokens:
+        """Open the blob the user's row holds at `session_version`."""
+        aad = stored_session_aad(user_id, session_version, blob)
+        return tokens_from_json(json.loads(self.keyring.decrypt(blob, aad)))
 
     def seal_pending(self, challenge_id_sha256: str, user_id: str, pending: PendingMfa) -> bytes:
         plaintext = json.dumps(

@@ -8,6 +8,7 @@ itself), so concurrent replicas never lose an update. Never commits.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, cast
 
@@ -16,19 +17,28 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from auth_service.crypto import DecryptionError
+from auth_service.domain.errors import SecretUnreadable
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
-from auth_service.domain.repositories import SecretUnreadable
 from auth_service.domain.views import SessionRow
 from auth_service.storage import session_rows as rows
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.upsert import insert_ignoring_conflict
+
+log = logging.getLogger(__name__)
 
 T = rows.T
 _BY_USER = T.c.user_id == rows.USER_ID
 
 _FIND = rows.AS_SEEN.where(_BY_USER)
 _LOCK = T.select().where(_BY_USER).with_for_update()
-_INSTALL = update(T).where(_BY_USER).values(rows.INSTALLED).returning(*T.c)
+# Every statement that stores a new blob names the version it replaces (p_version): the blob
+# was sealed for the one after it (issue 14), and a row that moved on meanwhile is not hit.
+_INSTALL = (
+    update(T)
+    .where(_BY_USER, T.c.session_version == rows.VERSION)
+    .values(rows.INSTALLED)
+    .returning(*T.c)
+)
 _MFA_PENDING = (
     update(T)
     .where(_BY_USER)
@@ -102,9 +112,14 @@ class SqlSessionRepository:
         if row.session_ciphertext is None:
             raise SecretUnreadable("the row holds no session")
         try:
-            return self.box.open_tokens(row.user_id, row.session_ciphertext)
+            return self.box.open_tokens(row.user_id, row.session_version, row.session_ciphertext)
         except DecryptionError as exc:
-            raise SecretUnreadable(str(exc)) from None
+            # An operator's problem (a key missing, or the database altered): say so in the
+            # log too. The message names the key id at most, never key material.
+            log.warning("the stored session of user %s fails to decrypt: %s", row.user_id, exc)
+            raise SecretUnreadable(
+                f"the stored session fails to decrypt ({exc}); log in again"
+            ) from None
 
     # --- changes -----------------------------------------------------------------------
 
@@ -113,7 +128,7 @@ class SqlSessionRepository:
     ) -> SessionRow:
         row = self._one(
             _INSTALL,
-            **self.sealed(user_id, tokens),
+            **self.sealed_over(self._locked_version(user_id), user_id, tokens),
             p_user_id=user_id,
             p_now=now,
             p_validated_at=now if validated else None,
@@ -135,7 +150,7 @@ class SqlSessionRepository:
         params: dict[str, Any] = {"p_user_id": user_id, "p_version": version, "p_now": now}
         if refreshed is None:
             return self._one(_VALIDATED, **params)
-        return self._one(_REFRESHED, **params, **self.sealed(user_id, refreshed))
+        return self._one(_REFRESHED, **{**params, **self.sealed_over(version, user_id, refreshed)})
 
     def invalidate(
         self, user_id: str, *, version: int, reason: str, now: datetime
@@ -159,10 +174,26 @@ class SqlSessionRepository:
 
     # --- plumbing ----------------------------------------------------------------------
 
-    def sealed(self, user_id: str, tokens: GarminTokens) -> dict[str, Any]:
-        """The parameters that store `tokens` in the user's row (sealed for that row)."""
+    def _locked_version(self, user_id: str) -> int:
+        """The session version of the user's row, locked for this transaction (PostgreSQL;
+        SQLite's writer holds the database), so the version a blob is sealed for stays."""
+        row = self.lock(user_id)
+        if row is None:
+            raise LookupError(f"no session row for user {user_id!r}")
+        return row.session_version
+
+    def locked_version(self, user_id: str) -> int | None:
+        """Like _locked_version, None when the user has no row."""
+        row = self.lock(user_id)
+        return None if row is None else row.session_version
+
+    def sealed_over(self, version: int, user_id: str, tokens: GarminTokens) -> dict[str, Any]:
+        """The parameters that store `tokens` in the user's row now at `version`: sealed for
+        that row at the version the store makes it (version + 1), with p_version so the
+        statement only hits the row still at `version`."""
         return {
-            "p_ciphertext": self.box.seal_tokens(user_id, tokens),
+            "p_version": version,
+            "p_ciphertext": self.box.seal_tokens(user_id, version + 1, tokens),
             "p_tokens_expire_at": tokens.oauth2.expires_at,
             "p_kind": tokens.kind,
             # Only a DI session dies with its refresh token; garth's lives on its OAuth1.

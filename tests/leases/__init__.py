@@ -189,8 +189,9 @@ def read_row(db: sessionmaker[Session], user_id: str) -> SessionRow:
 
 
 def stored_tokens(db: sessionmaker[Session], box: SecretBox, user_id: str) -> GarminTokens | None:
-    blob = read_row(db, user_id).session_ciphertext
-    return None if blob is None else box.open_tokens(user_id, blob)
+    row = read_row(db, user_id)
+    blob = row.session_ciphertext
+    return None if blob is None else box.open_tokens(user_id, row.session_version, blob)
 
 
 def build_service(

@@ -351,7 +351,7 @@ class LeaseMachine(RuleBasedStateMachine):
             stored = (
                 None
                 if row.session_ciphertext is None
-                else self.box.open_tokens(user_id, row.session_ciphertext)
+                else self.box.open_tokens(user_id, row.session_version, row.session_ciphertext)
             )
             assert stored == user.tokens
             expected_expiry = None if user.tokens is None else user.tokens.oauth2.expires_at

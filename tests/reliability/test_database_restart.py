@@ -433,5 +433,7 @@ def check_every_acknowledged_report_is_stored(
         last_acked = max((i for i, r in enumerate(reports) if r.outcome == ("OK", "")), default=-1)
         possible = {user_id if last_acked < 0 else reports[last_acked].marker}
         possible |= {r.marker for r in reports[last_acked + 1 :] if r.outcome in UNKNOWN_OUTCOMES}
-        stored = box.open_tokens(user_id, row.session_ciphertext).oauth2.access_token
+        stored = box.open_tokens(
+            user_id, row.session_version, row.session_ciphertext
+        ).oauth2.access_token
         assert stored.removeprefix("access-") in possible, (user_id, stored)

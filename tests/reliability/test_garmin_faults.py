@@ -122,7 +122,9 @@ def prepare_lease(replica: Replica, garmin: GarminEmulator, prepared: Prepared) 
     row = stored_row(prepared.database_url, USER)
     assert row is not None
     assert row.session_ciphertext is not None
-    tokens = SecretBox(prepared.keyring).open_tokens(USER, row.session_ciphertext)
+    tokens = SecretBox(prepared.keyring).open_tokens(
+        USER, row.session_version, row.session_ciphertext
+    )
     expired = tokens_to_proto(tokens)
     expired.oauth2.expires_at.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
     replica.call("ImportSession", pb.ImportSessionRequest(user_id=USER, session=expired))

@@ -225,7 +225,7 @@ def test_replica_killed_mid_lease_grant(
     row = stored_row(database_url, "eve")
     assert row is not None
     assert row.session_ciphertext is not None
-    tokens = box.open_tokens("eve", row.session_ciphertext)
+    tokens = box.open_tokens("eve", row.session_version, row.session_ciphertext)
     expired = tokens_to_proto(tokens)
     expired.oauth2.expires_at.FromDatetime(datetime.now(UTC) - timedelta(minutes=5))
     survivor.call("ImportSession", pb.ImportSessionRequest(user_id="eve", session=expired))
@@ -294,9 +294,9 @@ def test_replica_killed_mid_lease_grant(
     after = stored_row(database_url, "eve")
     assert after is not None
     assert after.session_version == before.session_version + 1
-    assert box.open_tokens("eve", after.session_ciphertext or b"").oauth2.access_token == (
-        fresh.access_token
-    )
+    assert box.open_tokens(
+        "eve", after.session_version, after.session_ciphertext or b""
+    ).oauth2.access_token == (fresh.access_token)
     # The dead replica's caller, should it ever come back, holds nothing.
     late = expect_failure(
         lambda: survivor.call(

@@ -70,7 +70,7 @@ def store_session(database_url: str, user_id: str, key_entry: str) -> None:
                     user_id=user_id,
                     state=SessionState.ACTIVE,
                     session_ciphertext=SecretBox(Keyring.parse(key_entry)).seal_tokens(
-                        user_id, tokens
+                        user_id, 1, tokens
                     ),
                     session_version=1,
                     access_token_expires_at=tokens.oauth2.expires_at,

@@ -61,7 +61,7 @@ def test_login_creates_a_di_session(
     row = stored_row(database_url, "dee")
     assert row is not None
     assert row.session_ciphertext is not None
-    tokens = SecretBox(keyring).open_tokens("dee", row.session_ciphertext)
+    tokens = SecretBox(keyring).open_tokens("dee", row.session_version, row.session_ciphertext)
     assert tokens.kind is SessionKind.DI_OAUTH2
     assert tokens.di_client_id == KNOWN_DI_CLIENT_IDS[0]
     assert garmin.live_refresh_tokens("dee@example.com") == [tokens.oauth2.refresh_token]

@@ -57,7 +57,7 @@ def test_login_without_mfa_stores_an_encrypted_active_session(
     row = stored_row(database_url, "ann")
     assert row is not None
     assert row.session_ciphertext is not None
-    tokens = SecretBox(keyring).open_tokens("ann", row.session_ciphertext)
+    tokens = SecretBox(keyring).open_tokens("ann", row.session_version, row.session_ciphertext)
     # The stored tokens are the ones Garmin issued: Garmin accepts them.
     with ConnectApi(service.running.application.settings.upstream, tokens.domain) as api:
         profile = api.get_json("/userprofile-service/socialProfile", tokens.oauth2.access_token)
@@ -91,7 +91,7 @@ def test_mfa_login_completes_on_another_replica(
     assert row is not None
     assert row.state.value == "ACTIVE"
     assert row.session_ciphertext is not None
-    tokens = SecretBox(keyring).open_tokens("bob", row.session_ciphertext)
+    tokens = SecretBox(keyring).open_tokens("bob", row.session_version, row.session_ciphertext)
     assert tokens.oauth1_token().oauth_token
     # A validation against Garmin proves the stored session is a working one.
     status = second.call("GetStatus", pb.GetStatusRequest(user_id="bob", validate=True)).status

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.crypto import Keyring
+from auth_service.crypto import BLOB_VERSION, Keyring
 from auth_service.domain.models import (
     GarminTokens,
     OAuth1Token,
@@ -91,7 +91,7 @@ def _store(
             GarminAuthenticationState(
                 user_id=user_id,
                 state=SessionState.ACTIVE if with_session else SessionState.MFA_PENDING,
-                session_ciphertext=box.seal_tokens(user_id, _tokens(user_id))
+                session_ciphertext=box.seal_tokens(user_id, 0, _tokens(user_id))
                 if with_session
                 else None,
                 created_at=T0,
@@ -152,9 +152,11 @@ class HookedKeyring(Keyring):
         super().__init__(base.keys)
         object.__setattr__(self, "before_encrypt", before_encrypt)
 
-    def encrypt(self, plaintext: bytes, associated_data: bytes) -> bytes:
+    def encrypt(
+        self, plaintext: bytes, associated_data: bytes, *, blob_format: int = BLOB_VERSION
+    ) -> bytes:
         self.before_encrypt(associated_data)  # type: ignore[attr-defined]
-        return super().encrypt(plaintext, associated_data)
+        return super().encrypt(plaintext, associated_data, blob_format=blob_format)
 
 
 USERS = [f"user-{n:02d}" for n in range(7)]
@@ -185,7 +187,7 @@ def test_every_blob_ends_under_the_new_primary_and_still_opens(
     with db_sessionmaker() as session:
         for row in session.scalars(select(GarminAuthenticationState)):
             if row.session_ciphertext is not None:
-                opened = box.open_tokens(row.user_id, row.session_ciphertext)
+                opened = box.open_tokens(row.user_id, row.session_version, row.session_ciphertext)
                 assert opened.oauth2.access_token == f"access-{row.user_id}-1"
         for challenge in session.scalars(select(GarminMfaChallenge)):
             pending = box.open_pending(
@@ -229,11 +231,11 @@ def test_concurrent_write_is_never_overwritten(
         _store(db_sessionmaker, old_keyring, user_id)
     # A replica refreshes user-03's tokens (under the new primary) while rotation holds the
     # old blob in hand.
-    fresh_blob = SecretBox(new_keyring).seal_tokens("user-03", _tokens("user-03", generation=2))
+    fresh_blob = SecretBox(new_keyring).seal_tokens("user-03", 0, _tokens("user-03", generation=2))
 
     def writer(associated_data: bytes) -> None:
         if (
-            associated_data.endswith(b"\x00user-03")
+            associated_data.endswith(b"\x00user-03\x00session_version=0")
             and _session_blob(engine, "user-03") != fresh_blob
         ):
             _set_session_blob(engine, "user-03", fresh_blob)
@@ -256,7 +258,7 @@ def test_concurrent_write_under_the_old_key_is_retried(
     # A replica still running with the old primary writes generation 2 during rotation: the
     # row is re-read and its new content rotated, never replaced by our stale copy.
     _store(db_sessionmaker, old_keyring, "alice")
-    stale_write = SecretBox(old_keyring).seal_tokens("alice", _tokens("alice", generation=2))
+    stale_write = SecretBox(old_keyring).seal_tokens("alice", 0, _tokens("alice", generation=2))
     calls = 0
 
     def writer(_associated_data: bytes) -> None:
@@ -270,7 +272,7 @@ def test_concurrent_write_under_the_old_key_is_retried(
     blob = _session_blob(engine, "alice")
     assert blob is not None
     assert Keyring.key_id_of(blob) == "new"
-    assert SecretBox(new_only).open_tokens("alice", blob).oauth2.access_token == "access-alice-2"
+    assert SecretBox(new_only).open_tokens("alice", 0, blob).oauth2.access_token == "access-alice-2"
     assert (report.sessions_rotated, report.conflicts) == (1, 1)
     assert report.complete
 
@@ -288,7 +290,9 @@ def test_a_row_that_keeps_changing_is_reported_unfinished(
     def writer(_associated_data: bytes) -> None:
         nonlocal generation
         generation += 1
-        _set_session_blob(engine, "alice", box.seal_tokens("alice", _tokens("alice", generation)))
+        _set_session_blob(
+            engine, "alice", box.seal_tokens("alice", 0, _tokens("alice", generation))
+        )
 
     report = rotate_keys(engine, HookedKeyring(new_keyring, writer))
 
@@ -296,7 +300,7 @@ def test_a_row_that_keeps_changing_is_reported_unfinished(
     assert not report.complete
     blob = _session_blob(engine, "alice")
     assert blob is not None
-    assert box.open_tokens("alice", blob).oauth2.access_token == f"access-alice-{generation}"
+    assert box.open_tokens("alice", 0, blob).oauth2.access_token == f"access-alice-{generation}"
 
 
 def test_undecryptable_blobs_are_reported_and_left_alone(
@@ -313,7 +317,7 @@ def test_undecryptable_blobs_are_reported_and_left_alone(
     bob_blob = _session_blob(engine, "bob")
     assert alice_blob is not None
     assert bob_blob is not None
-    unknown_key = SecretBox(lost_key).seal_tokens("alice", _tokens("alice"))
+    unknown_key = SecretBox(lost_key).seal_tokens("alice", 0, _tokens("alice"))
     tampered = bob_blob[:-1] + bytes([bob_blob[-1] ^ 1])
     _set_session_blob(engine, "alice", unknown_key)
     _set_session_blob(engine, "bob", tampered)

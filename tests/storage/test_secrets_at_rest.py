@@ -51,7 +51,7 @@ def _write_secrets(
                     refresh_token_expires_at=T0 + timedelta(days=30),
                 ),
             )
-            blob = box.seal_tokens(user_id, tokens)
+            blob = box.seal_tokens(user_id, 0, tokens)
             blobs.append(blob)
             session.add(
                 GarminAuthenticationState(

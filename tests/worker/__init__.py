@@ -175,8 +175,11 @@ def stored_row(database_url: str, user_id: str) -> GarminAuthenticationState:
 
 
 def stored_tokens(database_url: str, keyring: Keyring, user_id: str) -> GarminTokens | None:
-    blob = stored_row(database_url, user_id).session_ciphertext
-    return None if blob is None else SecretBox(keyring).open_tokens(user_id, blob)
+    row = stored_row(database_url, user_id)
+    blob = row.session_ciphertext
+    return (
+        None if blob is None else SecretBox(keyring).open_tokens(user_id, row.session_version, blob)
+    )
 
 
 def activity_files(out_dir: Path, user_id: str) -> list[str]:
