@@ -33,7 +33,7 @@ from sync_worker.config import (
     default_holder,
     parse_duration,
 )
-from sync_worker.control import RunControl
+from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE, RunControl
 from sync_worker.postgres_sink import PostgresSink, redacted_url
 from sync_worker.runner import EXIT_CONFIG, run
 from sync_worker.sinks import SinkError
@@ -92,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--target", default=None, help="auth service host:port")
     run_cmd.add_argument("--rpc-timeout", type=float, default=30.0, help="seconds per RPC")
     run_cmd.add_argument("--progress-interval", type=float, default=30.0, help="seconds")
+    run_cmd.add_argument(
+        "--max-garmin-unavailable",
+        type=int,
+        default=DEFAULT_MAX_GARMIN_UNAVAILABLE,
+        metavar="N",
+        help="give up (exit 4) after Garmin's being down failed N users in a row",
+    )
     run_cmd.set_defaults(handler=_run)
     init = commands.add_parser("init-sink", help="create the PostgreSQL sink's tables")
     init.add_argument("--sink", default=None, metavar="postgresql://...")
@@ -131,6 +138,7 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
         out_dir=out,
         sink_url=None if sink_url is None else check_sink_url(sink_url),
         progress_interval=max(1.0, args.progress_interval),
+        max_garmin_unavailable=args.max_garmin_unavailable,
     )
 
 
@@ -149,7 +157,7 @@ def _stop_on_signals(control: RunControl) -> Iterator[None]:
 
 def _run(args: argparse.Namespace, env: EnvReader) -> int:
     config = _config(args, env)
-    control = RunControl(config.max_runtime)
+    control = RunControl(config.max_runtime, max_garmin_unavailable=config.max_garmin_unavailable)
     with _stop_on_signals(control):
         report = run(config, out=sys.stdout, err=sys.stderr, control=control)
     fatal = report.fatal
@@ -158,6 +166,12 @@ def _run(args: argparse.Namespace, env: EnvReader) -> int:
         status = " ".join(part for part in (fatal.code.name, fatal.reason) if part)
         print(
             f"{PROG}: the auth service at {config.auth.target} {what} ({status})", file=sys.stderr
+        )
+    if report.garmin_outage is not None:
+        print(
+            f"{PROG}: {report.garmin_outage}; stopped taking users (exit 4). Garmin is down or "
+            "blocking us: run again later",
+            file=sys.stderr,
         )
     return report.exit_code
 

@@ -17,6 +17,7 @@ from typing import Final
 
 from garmin_client.env import ConfigError, EnvReader
 from sync_worker.client import AuthClientConfig
+from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE
 from sync_worker.postgres_sink import libpq_url, redacted_url
 from sync_worker.sinks import UnsafeUserId, check_user_id
 from sync_worker.sync import SyncOptions
@@ -25,6 +26,7 @@ ENV_PREFIX: Final = "GARMIN_SYNC_"
 DEFAULT_TARGET: Final = "127.0.0.1:50051"
 DEFAULT_CONCURRENCY: Final = 4
 MAX_CONCURRENCY: Final = 64
+MAX_GARMIN_UNAVAILABLE: Final = 1000
 DEFAULT_MIN_SYNC_INTERVAL: Final = timedelta(minutes=15)
 DEFAULT_LEASE_TTL: Final = timedelta(minutes=5)
 # The service refuses shorter leases (they would expire mid-call).
@@ -62,6 +64,8 @@ class WorkerConfig:
     out_dir: Path | None = None
     sink_url: str | None = None
     progress_interval: float = 30.0
+    # Users in a row that Garmin's being unavailable may fail before the run gives up.
+    max_garmin_unavailable: int = DEFAULT_MAX_GARMIN_UNAVAILABLE
 
     def __post_init__(self) -> None:
         if self.all_users == bool(self.users):
@@ -71,6 +75,10 @@ class WorkerConfig:
         if self.sink_url is not None and self.sync.with_files:
             raise ConfigError(
                 "--with-files", "needs --out DIR (the PostgreSQL sink keeps summaries)"
+            )
+        if not 1 <= self.max_garmin_unavailable <= MAX_GARMIN_UNAVAILABLE:
+            raise ConfigError(
+                "--max-garmin-unavailable", f"must be between 1 and {MAX_GARMIN_UNAVAILABLE}"
             )
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise ConfigError("--concurrency", f"must be between 1 and {MAX_CONCURRENCY}")

@@ -1,5 +1,13 @@
 """What every thread of a run shares: stop (SIGTERM), a fatal auth-service failure, the run's
-deadline, and the "slow down until" that a Garmin 429 imposes on every thread."""
+deadline, the "slow down until" that a Garmin 429 imposes on every thread, and the count of
+users in a row that Garmin's being unavailable failed.
+
+A Garmin outage must not be multiplied by the run (issue 14): each user Garmin fails (5xx or
+timeouts after garmin_client's bounded retries, or GARMIN_UNAVAILABLE from the service's own
+refresh) pauses every thread's next Garmin call with exponential backoff, and after
+``max_garmin_unavailable`` such users in a row the run stops leasing users, abandons the ones
+in flight (their leases are released) and ends with its own exit code. A user Garmin served
+resets the count."""
 
 from __future__ import annotations
 
@@ -14,6 +22,11 @@ log = logging.getLogger(__name__)
 
 # Garmin said 429 without a Retry-After: pause this long.
 DEFAULT_RATE_LIMIT_PAUSE = 60.0
+# Users in a row that Garmin's being unavailable may fail before the run gives up.
+DEFAULT_MAX_GARMIN_UNAVAILABLE = 3
+# The pause after the first such user; it doubles with each next one, up to the cap.
+DEFAULT_UNAVAILABLE_BACKOFF = 5.0
+MAX_UNAVAILABLE_BACKOFF = 60.0
 # Longest single wait, so a stop request is noticed promptly even if an event is missed.
 _WAIT_SLICE = 0.5
 
@@ -26,8 +39,14 @@ class RunControl:
         max_runtime: float | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        max_garmin_unavailable: int = DEFAULT_MAX_GARMIN_UNAVAILABLE,
+        unavailable_backoff: float = DEFAULT_UNAVAILABLE_BACKOFF,
     ) -> None:
         self._clock = clock
+        self._max_unavailable = max_garmin_unavailable
+        self._unavailable_backoff = unavailable_backoff
+        self._unavailable_in_a_row = 0
+        self._garmin_outage: str | None = None
         self._deadline = None if max_runtime is None else clock() + max_runtime
         self._lock = threading.Lock()
         self._interrupt = threading.Event()
@@ -67,6 +86,45 @@ class RunControl:
 
     def may_take_users(self) -> bool:
         return not self.interrupted and not self.past_deadline()
+
+    # --- Garmin outages ---------------------------------------------------------------------
+
+    def garmin_unavailable(self, what: str) -> None:
+        """Garmin's being unavailable failed a user: back off, or give up on the run."""
+        with self._lock:
+            self._unavailable_in_a_row += 1
+            count = self._unavailable_in_a_row
+            if count >= self._max_unavailable:
+                if self._garmin_outage is None:
+                    self._garmin_outage = (
+                        f"Garmin was unavailable for {count} user(s) in a row (last: {what})"
+                    )
+                give_up = True
+            else:
+                give_up = False
+                pause = min(MAX_UNAVAILABLE_BACKOFF, self._unavailable_backoff * 2 ** (count - 1))
+                self._pause_until = max(self._pause_until, self._clock() + pause)
+        if give_up:
+            log.error("Garmin is unavailable (%s): the run stops taking users", what)
+            self._interrupt.set()
+        else:
+            log.warning(
+                "Garmin is unavailable (%s, %d in a row): pausing Garmin calls for %.1f s",
+                what,
+                count,
+                pause,
+            )
+
+    def garmin_answered(self) -> None:
+        """Garmin served a user: an outage, if there was one, is over."""
+        with self._lock:
+            self._unavailable_in_a_row = 0
+
+    @property
+    def garmin_outage(self) -> str | None:
+        """Why the run gave up on Garmin; None when it did not."""
+        with self._lock:
+            return self._garmin_outage
 
     # --- pacing --------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Final, TextIO
 from sync_worker.client import AuthClient
 from sync_worker.client_errors import (
     GARMIN_RATE_LIMITED,
+    GARMIN_UNAVAILABLE,
     LEASE_HELD,
     LEASE_LOST,
     SESSION_NOT_ACTIVE,
@@ -42,6 +43,7 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_CONFIG: Final = 2
 EXIT_AUTH_SERVICE: Final = 3
+EXIT_GARMIN_UNAVAILABLE: Final = 4
 EXIT_SIGTERM: Final = 143
 # --all: give up after this many LeaseNextSession failures in a row (Garmin down at refresh).
 MAX_GRANT_FAILURES: Final = 3
@@ -55,6 +57,8 @@ class RunReport:
     exit_code: int
     fatal: AuthServiceError | None
     stopped: bool
+    # Why the run gave up on Garmin (too many users in a row failed by its being down).
+    garmin_outage: str | None = None
 
     @property
     def summary(self) -> dict[str, int]:
@@ -67,13 +71,16 @@ def summarize(results: tuple[UserResult, ...] | list[UserResult]) -> dict[str, i
 
 
 def exit_code(results: list[UserResult], control: RunControl) -> int:
-    """143 after SIGTERM; 3 when the auth service was unreachable or refused us; 1 when any
-    user FAILED; else 0 (AUTH_EXPIRED, RATE_LIMITED, LEASE_LOST are normal life, and a
-    failing Job would only make Kubernetes hit Garmin again)."""
+    """143 after SIGTERM; 3 when the auth service was unreachable or refused us; 4 when the
+    run gave up on Garmin (unavailable for too many users in a row); 1 when any user FAILED;
+    else 0 (AUTH_EXPIRED, RATE_LIMITED, LEASE_LOST are normal life, and a failing Job would
+    only make Kubernetes hit Garmin again)."""
     if control.stop_requested:
         return EXIT_SIGTERM
     if control.fatal is not None:
         return EXIT_AUTH_SERVICE
+    if control.garmin_outage is not None:
+        return EXIT_GARMIN_UNAVAILABLE
     if any(result.outcome is Outcome.FAILED for result in results):
         return EXIT_FAILED
     return EXIT_OK
@@ -159,6 +166,9 @@ class _Run:
         elif exc.reason == GARMIN_RATE_LIMITED:
             self.control.slow_down(exc.retry_after)
             outcome = Outcome.RATE_LIMITED
+        elif exc.reason == GARMIN_UNAVAILABLE:
+            # The service's refresh for the grant found Garmin down.
+            self.control.garmin_unavailable(f"LeaseSession for {user}")
         self.emit(UserResult(user, outcome, detail=f"LeaseSession: {exc}"), was_running=False)
 
     # --- --all -------------------------------------------------------------------------
@@ -177,6 +187,10 @@ class _Run:
                     return
                 if exc.reason == GARMIN_RATE_LIMITED:
                     self.control.slow_down(exc.retry_after)
+                    continue
+                if exc.reason == GARMIN_UNAVAILABLE:
+                    # Counted with the run's other Garmin outages (backoff, then give up).
+                    self.control.garmin_unavailable("LeaseNextSession")
                     continue
                 failures += 1
                 log.warning("LeaseNextSession failed: %s", exc)
@@ -234,7 +248,9 @@ def run(
 ) -> RunReport:
     """One run of the worker. Raises SinkError when the sink cannot take writes at all."""
     started = time.monotonic()
-    control = control or RunControl(config.max_runtime)
+    control = control or RunControl(
+        config.max_runtime, max_garmin_unavailable=config.max_garmin_unavailable
+    )
     own_client = client is None
     own_sink = sink is None
     client = client or AuthClient(config.auth)
@@ -271,6 +287,7 @@ def run(
         exit_code=exit_code(results, control),
         fatal=control.fatal,
         stopped=control.stop_requested,
+        garmin_outage=control.garmin_outage,
     )
 
 

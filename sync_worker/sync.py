@@ -13,7 +13,8 @@ Outcomes follow what Garmin and the service answered: a definite rejection is AU
 (ReportInvalidated, which ends the lease; unless the service's own refresh found the session
 dead, which already ended it); 429 is RATE_LIMITED (and pauses the whole run);
 5xx/timeouts are retried a bounded number of times (by garmin_client.retry, the one retry
-layer), then FAILED; LEASE_LOST from any call or
+layer), then FAILED, and counted as an outage by the run (sync_worker.control: backoff, then
+the run gives up); LEASE_LOST from any call or
 a fencing refusal from the sink is LEASE_LOST, and nothing more is written.
 """
 
@@ -167,6 +168,7 @@ class UserSync:
                         self._leased.user_id, self._leased.fencing_token
                     )
                     self._read_window(api, user_sink)
+                    self._control.garmin_answered()
                     outcome = Outcome.SYNCED if self._items else Outcome.NOTHING_NEW
                     detail = f"{self._items} new or changed"
                 except SessionRejected as exc:
@@ -178,6 +180,7 @@ class UserSync:
                     self._control.slow_down(exc.retry_after_seconds)
                     outcome, detail = Outcome.RATE_LIMITED, str(exc)
                 except Unavailable as exc:
+                    self._control.garmin_unavailable(f"user {self._leased.user_id}: {exc}")
                     outcome, detail = Outcome.FAILED, str(exc)
                 except (LeaseGone, FencingRefused) as exc:
                     outcome, detail = Outcome.LEASE_LOST, str(exc)

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from auth_service.crypto import Keyring
-from garmin_emulator import DOWNLOAD_PREFIX, GarminEmulator
+from garmin_emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
 from sync_worker import cli
 from sync_worker.postgres_sink import libpq_url
 from tests.fixtures.database import PostgresServer
@@ -210,6 +210,23 @@ def test_refused_credentials_exit_3(
         result.stderr
     )
     assert "wrong-token" not in result.stderr
+
+
+def test_a_garmin_outage_exits_4_with_one_clear_line(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    for user in ("oli", "pia"):
+        connect(service, garmin, user, activities=1)
+    garmin.fail_next(ACTIVITIES_PATH, 503, count=1000)
+    env = worker_env(service.target, garmin)
+    result = worker(
+        env, "run", "--all", "--concurrency", "1", "--max-garmin-unavailable", "1",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 4
+    assert "Garmin was unavailable for 1 user(s) in a row" in result.stderr
+    assert "stopped taking users (exit 4)" in result.stderr
+    assert json_lines(result.stdout)[-1]["users"] == 1
 
 
 # --- a whole run ------------------------------------------------------------------------

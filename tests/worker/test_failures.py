@@ -18,8 +18,10 @@ from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
 from sync_worker.client import AuthClient
 from sync_worker.client_errors import AuthServiceError
+from sync_worker.control import RunControl
 from sync_worker.directory_sink import DirectorySink
 from sync_worker.postgres_sink import PostgresSink
+from sync_worker.runner import EXIT_GARMIN_UNAVAILABLE
 from sync_worker.sinks import Sink
 from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
 
@@ -130,6 +132,55 @@ def test_a_persistent_5xx_fails_the_user_without_invalidating(
     # The newest activity is stored, but synced_through must not pass the unread one.
     assert len(summaries(tmp_path, "cat")) == 1
     assert_released_unsynced(service, "cat")
+
+
+def test_a_garmin_outage_is_not_multiplied_by_the_run(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """Issue 14: Garmin answering 503 to everything fails a few users, with a growing pause
+    between them, and then the run stops leasing users and exits 4."""
+    users = ("gia", "hal", "ivo", "jon", "kim", "lou")
+    for user in users:
+        connect(service, garmin, user, activities=1)
+    garmin.fail_next(ACTIVITIES_PATH, 503, count=1000)
+    control = RunControl(max_garmin_unavailable=3, unavailable_backoff=0.2)
+    started = time.monotonic()
+
+    result = run_worker(
+        make_config(service.target, garmin, tmp_path, all_users=True, concurrency=1),
+        control=control,
+    )
+
+    assert result.exit_code == EXIT_GARMIN_UNAVAILABLE
+    assert result.report.garmin_outage is not None
+    assert "3 user(s) in a row" in result.report.garmin_outage
+    assert [line["outcome"] for line in result.lines[:-1]] == ["FAILED"] * 3
+    # Three users, each with garmin_client's bounded attempts (1 + 2 retries), and no more.
+    assert garmin.request_count(ACTIVITIES_PATH) == 3 * 3
+    attempted = [user for user in users if status(service, user).HasField("last_sync_attempt_at")]
+    assert len(attempted) == 3
+    for user in attempted:
+        assert_released_unsynced(service, user)
+    # Backed off between them: 0.2 s, then 0.4 s.
+    assert time.monotonic() - started >= 0.6
+
+
+def test_a_user_garmin_serves_ends_the_count(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    connect(service, garmin, "max", activities=1)
+    connect(service, garmin, "ned", activities=1)
+    garmin.fail_next(ACTIVITIES_PATH, 503, count=3)  # max's three attempts; ned is served
+    control = RunControl(max_garmin_unavailable=2, unavailable_backoff=0.05)
+
+    result = run_worker(
+        make_config(service.target, garmin, tmp_path, users=("max", "ned"), concurrency=1),
+        control=control,
+    )
+
+    assert (result.outcome("max"), result.outcome("ned")) == ("FAILED", "SYNCED")
+    assert result.exit_code == 1
+    assert control.garmin_outage is None
 
 
 def test_a_slow_upstream_within_the_timeout_still_syncs(
