@@ -194,6 +194,7 @@ class LeaseService:
         """Store tokens the holder's garth refreshed. Only a live lease's holder may, and
         only tokens of the stored session's account."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"))
+        digest = lease_digest(lease_id)
         with self._uow() as uow:
             # The ciphertext is bound to the user's row: find the user the lease names, then
             # store conditionally (the UPDATE re-checks the lease and the user, so a lease
@@ -203,9 +204,9 @@ class LeaseService:
             if leased is not None:
                 check_same_account(uow.sessions.open_tokens(leased), tokens)
                 row = uow.leases.store_refreshed(
-                    lease_digest(lease_id), user_id=leased.user_id, tokens=tokens, now=uow.now
+                    digest, user_id=leased.user_id, tokens=tokens, now=uow.now
                 )
-            status = _reported(uow, AuditedRpc.REPORT_REFRESHED, lease_digest(lease_id), row)
+            status = _reported(uow, AuditedRpc.REPORT_REFRESHED, digest, row)
         if status is None:
             raise _lease_lost()
         log.debug("refreshed tokens stored for user %s by its lease holder", status.user_id)
@@ -214,11 +215,12 @@ class LeaseService:
     def report_invalidated(self, lease_id: str, reason: str) -> SessionStatusView:
         """Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"), check_reason(reason))
+        digest = lease_digest(lease_id)
         with self._uow() as uow:
             row = None
             if held_by_caller(uow, lease_id) is not None:
-                row = uow.leases.invalidate(lease_digest(lease_id), now=uow.now, reason=reason)
-            status = _reported(uow, AuditedRpc.REPORT_INVALIDATED, lease_digest(lease_id), row)
+                row = uow.leases.invalidate(digest, now=uow.now, reason=reason)
+            status = _reported(uow, AuditedRpc.REPORT_INVALIDATED, digest, row)
         if status is None:
             raise _lease_lost()
         log.info("session of user %s invalidated by its lease holder", status.user_id)

@@ -126,9 +126,11 @@ class SqlSessionRepository:
     def install_tokens(
         self, user_id: str, tokens: GarminTokens, now: datetime, *, validated: bool
     ) -> SessionRow:
+        version = self.locked_version(user_id)
+        assert version is not None  # the use case locked or created it in this transaction
         row = self._one(
             _INSTALL,
-            **self.sealed_over(self._locked_version(user_id), user_id, tokens),
+            **self.sealed_over(version, user_id, tokens),
             p_user_id=user_id,
             p_now=now,
             p_validated_at=now if validated else None,
@@ -174,16 +176,10 @@ class SqlSessionRepository:
 
     # --- plumbing ----------------------------------------------------------------------
 
-    def _locked_version(self, user_id: str) -> int:
-        """The session version of the user's row, locked for this transaction (PostgreSQL;
-        SQLite's writer holds the database), so the version a blob is sealed for stays."""
-        row = self.lock(user_id)
-        if row is None:
-            raise LookupError(f"no session row for user {user_id!r}")
-        return row.session_version
-
     def locked_version(self, user_id: str) -> int | None:
-        """Like _locked_version, None when the user has no row."""
+        """The session version of the user's row (None: no row), locked for this transaction
+        (PostgreSQL; SQLite's writer holds the database), so the version a blob is sealed
+        for cannot move before the blob is stored."""
         row = self.lock(user_id)
         return None if row is None else row.session_version
 

@@ -171,8 +171,9 @@ def test_get_status_validate_records_what_it_stored(
     garmin.revoke_tokens("jon@example.com")
     log.mark()
 
-    service.call("GetStatus", pb.GetStatusRequest(user_id="hal", validate=True), role="viewer")
-    assert log.one().summary == ("viewer-caller", "GetStatus", "hal", "OK", "OK")
+    # Only an admin may validate (issue 14); the event names it.
+    service.call("GetStatus", pb.GetStatusRequest(user_id="hal", validate=True), role="admin")
+    assert log.one().summary == (ADMIN, "GetStatus", "hal", "OK", "OK")
     service.call("GetStatus", pb.GetStatusRequest(user_id="ivy", validate=True))
     assert log.one().summary == (ADMIN, "GetStatus", "ivy", "OK", "SESSION_REFRESHED")
     status = service.call("GetStatus", pb.GetStatusRequest(user_id="jon", validate=True)).status
