@@ -120,7 +120,7 @@ class NewAuditEvent:
     user_id: str | None
     outcome_code: str
     outcome_reason: str
-    # The lease id's digest (the column keeps its name lease_id; migration 0008).
+    # The lease id's digest (the column keeps its name lease_id; migration 0009).
     lease_id: str | None = None
     fencing_token: int | None = None
 

@@ -6,7 +6,7 @@ trail and every status reader see its digest or a short reference made from that
 
 Why an unkeyed SHA-256 and not an HMAC under the keyring: a lease id carries 192 random bits,
 so its digest can be neither inverted nor brute-forced, and a key would add nothing but tie
-every live lease (and migration 0008, which hashes stored ids in place) to the encryption
+every live lease (and migration 0009, which hashes stored ids in place) to the encryption
 keys and their rotation.
 
 A holder's call is looked up by the digest of the id it presents; the row found is then

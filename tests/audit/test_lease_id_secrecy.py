@@ -1,5 +1,5 @@
 """A lease id reaches only its holder (issue 14, finding 4): viewers see a short reference in
-ListAuditEvents and GetStatus, the database holds only the id's SHA-256, and migration 0008
+ListAuditEvents and GetStatus, the database holds only the id's SHA-256, and migration 0009
 hashes the ids an older release stored in clear without ending the leases they name."""
 
 from __future__ import annotations
@@ -89,13 +89,13 @@ def test_the_database_never_holds_a_lease_id(
     assert lease_digest(leases[1].lease_id).encode() in stored
 
 
-def test_migration_0008_hashes_stored_ids_and_their_leases_live_on(
+def test_migration_0009_hashes_stored_ids_and_their_leases_live_on(
     service: Replica, garmin: GarminEmulator, database_url: str
 ) -> None:
     connect(service, garmin, "cal")
     granted = lease(service, "cal")
     lease_id = granted.lease.lease_id
-    # As revision 0007's service left it: the id in clear in the row and the grant's event.
+    # As revision 0008's service left it: the id in clear in the row and the grant's event.
     engine = create_engine_for(database_url)
     try:
         with engine.begin() as connection:
@@ -104,7 +104,7 @@ def test_migration_0008_hashes_stored_ids_and_their_leases_live_on(
                     text(f"UPDATE {table} SET lease_id = :id WHERE lease_id IS NOT NULL"),  # noqa: S608
                     {"id": lease_id},
                 )
-            connection.execute(text("UPDATE alembic_version SET version_num = '0007'"))
+            connection.execute(text("UPDATE alembic_version SET version_num = '0008'"))
     finally:
         engine.dispose()
     assert {event.lease_id for event in read_events(database_url)} == {None, lease_id}
