@@ -84,13 +84,13 @@ class SessionAdmin:
                 raise SessionNotActive(f"the session is {row.state.value}; nothing to validate")
             tokens = uow.sessions.open_tokens(row)
             version, lease, now = row.session_version, live_lease(row, uow.now), uow.now
-        # Counted only when Garmin would be asked; refused before it is.
-        self._validations.admit(user_id, now)
         if lease is not None and tokens.oauth2.expires_at <= now:
             raise LeaseHeld(
                 f"the session is leased by {lease.holder!r} until {lease.expires_at.isoformat()} "
                 "and its access token needs a refresh, which belongs to the lease holder"
             )
+        # Counted only when Garmin is about to be asked; refused before it is.
+        self._validations.admit(user_id, now)
         if lease is None and tokens.oauth2.expires_at <= now + ACCESS_EXPIRY_MARGIN:
             return self._refresh_and_validate(user_id, version)
         return self._validate_stored(user_id, version, tokens, leased=lease is not None)
