@@ -24,7 +24,9 @@ AUDIT_IGNORE="$ROOT/requirements/audit-ignore.txt"
 
 ensure_kubectl() {
     if [ -x "$KUBECTL" ] && echo "$KUBECTL_SHA256  $KUBECTL" | sha256sum --check --status; then
-        "$KUBECTL" version --client 2>/dev/null | head -n 1
+        # sed reads to the end: `head -n 1` would close the pipe before kubectl's second line,
+        # and under pipefail its SIGPIPE (exit 141) fails the step now and then.
+        "$KUBECTL" version --client 2>/dev/null | sed -n 1p
         return 0
     fi
     if [ "$(uname -m)" != "x86_64" ]; then
@@ -46,7 +48,7 @@ ensure_kubectl() {
     mkdir -p "$TOOLS/bin"
     install -m 0755 "$tmp/kubectl/kubectl" "$KUBECTL"
     rm -rf "$tmp"
-    "$KUBECTL" version --client 2>/dev/null | head -n 1
+    "$KUBECTL" version --client 2>/dev/null | sed -n 1p
 }
 
 ensure_checkov() {
