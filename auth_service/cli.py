@@ -181,7 +181,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--once", action="store_true", help="stop after the demo instead of serving")
     demo.set_defaults(run=_demo)
     prune = commands.add_parser(
-        "prune-audit", help="delete audit events older than the retention (default 90 days)"
+        "prune-audit",
+        help="delete audit events and change log entries older than the retention "
+        "(default 90 days)",
     )
     prune.add_argument(
         "--older-than",

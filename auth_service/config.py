@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from auth_service.crypto import Keyring, KeyringError
+from auth_service.domain.changes import StreamSettings, WebhookSettings
 from auth_service.domain.garmin_limits import GarminLimitSettings
 from auth_service.domain.policies import (
     ANDROID_SERVICE_URL,
@@ -38,6 +39,7 @@ from auth_service.serving_config import (
     read_serving_settings,
     with_secret_files,
 )
+from auth_service.stream_config import read_stream_settings, read_webhook_settings
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.settings import UpstreamSettings, read_upstream_settings
 
@@ -106,6 +108,9 @@ class Settings:
     limits: GarminLimitSettings = field(default_factory=GarminLimitSettings)
     # Health listener, reflection, connection age, environment (auth_service.serving_config).
     serving: ServingSettings = field(default_factory=ServingSettings)
+    # WatchSessionEvents and webhooks (auth_service.stream_config).
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     def __repr__(self) -> str:
         return (
@@ -379,4 +384,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         di=di,
         limits=_limits(reader),
         serving=serving,
+        stream=read_stream_settings(reader),
+        webhooks=read_webhook_settings(reader),
     )

@@ -28,6 +28,7 @@ from auth_service.api.reflection import enable_reflection
 from auth_service.api.servicer import GarminAuthServicer
 from auth_service.config import PREFIX, Settings, redacted_database_url
 from auth_service.connection_limits import new_pools, server_options
+from auth_service.domain.change_ports import ChangeSignal
 from auth_service.domain.clock import Clock
 from auth_service.domain.paging import Pager
 from auth_service.domain.ports import GarminUpstream
@@ -38,6 +39,10 @@ from auth_service.services.periodic import Periodic
 from auth_service.services.session_import import TokenParsers
 from auth_service.services.use_cases import UseCases, build_use_cases
 from auth_service.serving_config import ReflectionMode
+from auth_service.services.use_cases import ChangeStreamPorts, UseCases, build_use_cases
+from auth_service.services.webhooks import WebhookDelivery
+from auth_service.storage.change_sequencer import ChangeSequencer
+from auth_service.storage.change_signal import change_signal_for
 from auth_service.storage.clock import clock_for
 from auth_service.storage.database import create_engine_for, database_is_reachable, session_factory
 from auth_service.storage.secrets import SecretBox
@@ -48,6 +53,7 @@ from auth_service.upstream.di.provider import DiUpstream
 from auth_service.upstream.garth.dumps import tokens_from_garth_dumps
 from auth_service.upstream.garth.provider import GarthUpstream
 from auth_service.upstream.router import UpstreamRouter
+from auth_service.upstream.webhook import HttpWebhookSender
 from garmin_auth.v1 import garmin_auth_pb2, garmin_auth_pb2_grpc
 from garmin_client.env import ConfigError
 
@@ -71,6 +77,21 @@ class Application:
     use_cases: UseCases
     callers: CallerRegistry
     metrics: ServiceMetrics
+    # Numbers the change log's committed entries (started with the server).
+    sequencer: ChangeSequencer
+
+
+def change_stream_ports(settings: Settings, signal: ChangeSignal) -> ChangeStreamPorts:
+    """WatchSessionEvents' signal and settings; the webhook sender when a URL is set."""
+    hooks = settings.webhooks
+    sender = (
+        None
+        if hooks.url is None
+        else HttpWebhookSender(hooks.url, hooks.secret, timeout_seconds=hooks.timeout_seconds)
+    )
+    return ChangeStreamPorts(
+        signal=signal, stream=settings.stream, webhooks=hooks, webhook_sender=sender
+    )
 
 
 def build_application(
@@ -88,7 +109,10 @@ def build_application(
     # The database's clock rules every expiry decision, so replicas agree
     # (auth_service.storage.clock).
     clock = clock or clock_for(engine)
-    store = SqlStore(session_factory(engine), SecretBox(settings.keyring))
+    signal = change_signal_for(engine)
+    db = session_factory(engine)
+    store = SqlStore(db, SecretBox(settings.keyring), on_changes=signal.wake)
+    sequencer = ChangeSequencer(db, signal, settings.stream.poll_seconds)
     pager = Pager(settings.keyring.derived_keys(PAGE_TOKEN_KEY_LABEL))
     metrics = ServiceMetrics(engine, clock, settings.metrics)
     callers = CallerRegistry(
@@ -116,9 +140,11 @@ def build_application(
             token_parsers=TokenParsers(
                 garth=tokens_from_garth_dumps, garminconnect=tokens_from_garminconnect
             ),
+            changes=change_stream_ports(settings, signal),
         ),
         callers=callers,
         metrics=metrics,
+        sequencer=sequencer,
     )
 
 
@@ -132,6 +158,8 @@ class RunningServer:
     application: Application
     housekeeper: Periodic
     keepalive: Periodic
+    # Webhook delivery passes, when GARMIN_AUTH_WEBHOOK_URL is set.
+    webhooks: Periodic | None = None
     # The /metrics HTTP endpoint, when GARMIN_AUTH_METRICS_LISTEN is set.
     metrics_endpoint: MetricsEndpoint | None = None
     # The server's TLS credentials (and what they currently serve), when TLS is on.
@@ -176,6 +204,10 @@ class RunningServer:
         self._stop_probe.set()
         self.health.enter_graceful_shutdown()
         grace = self.application.settings.grace_period_seconds if grace is None else grace
+        # Watch streams never finish by themselves: end them now (REPLICA_STOPPING), so the
+        # grace period is for the unary calls.
+        use_cases = self.application.use_cases
+        use_cases.session_events.stop()
         self.server.stop(grace).wait()
         if self.health_listener is not None:
             self.health_listener.stop(0)
@@ -185,6 +217,11 @@ class RunningServer:
         self.housekeeper.stop()
         self.application.use_cases.keepalive.halt()
         self.keepalive.stop()
+        if self.webhooks is not None and use_cases.webhooks is not None:
+            self.webhooks.stop()
+            _release_webhooks(use_cases.webhooks)
+        self.application.sequencer.stop()
+        use_cases.session_events.signal.close()
         # Scraped until the end, so the last RPCs' figures can still be collected.
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
@@ -252,6 +289,11 @@ def start_server(
         settings.refresh.keepalive_interval_seconds,
         jitter=KEEPALIVE_JITTER,
     )
+    webhooks = (
+        None
+        if use_cases.webhooks is None
+        else Periodic("webhooks", use_cases.webhooks.run_once, settings.webhooks.poll_seconds)
+    )
     running = RunningServer(
         server=server,
         port=port,
@@ -259,6 +301,7 @@ def start_server(
         application=application,
         housekeeper=housekeeper,
         keepalive=keepalive,
+        webhooks=webhooks,
         metrics_endpoint=endpoint,
         certificates=certificates,
         health_listener=health_listener,
@@ -268,6 +311,9 @@ def start_server(
     running.start_probe()
     housekeeper.start()
     keepalive.start()
+    application.sequencer.start()
+    if webhooks is not None:
+        webhooks.start()
     log.info(
         "serving %s on port %d (%s; health %s; reflection %s; metrics %s; database %s)",
         SERVICE_NAME,
@@ -289,6 +335,14 @@ def _start_health_listener(settings: Settings) -> HealthListener | None:
         return HealthListener(address).start()
     except HealthListenerError as exc:
         raise ConfigError(PREFIX + "HEALTH_LISTEN", str(exc)) from None
+
+
+def _release_webhooks(delivery: WebhookDelivery) -> None:
+    """Hand the webhook claim over at once; a replica that cannot waits out its lease."""
+    try:
+        delivery.release()
+    except Exception as exc:  # noqa: BLE001 - stopping anyway; the claim expires by itself
+        log.warning("could not release the webhook claim (%s)", type(exc).__name__)
 
 
 def _start_metrics(application: Application) -> MetricsEndpoint | None:

@@ -67,6 +67,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "ReportRefreshed": frozenset({WORKER_FULL}),
     "ReportInvalidated": _WORKERS,
     "ListAuditEvents": frozenset({ADMIN, VIEWER}),
+    "WatchSessionEvents": frozenset({ADMIN, VIEWER}),
 }
 
 # GetStatus with validate=true calls Garmin and may refresh or end the session: not a read,

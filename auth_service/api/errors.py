@@ -86,7 +86,9 @@ def _retry_after(exc: BaseException) -> float | None:
         errors.LoginRateLimited
         | errors.GarminRateLimited
         | errors.TooManyStreams
-        | errors.ValidateRateLimited,
+        | errors.ValidateRateLimited
+        | errors.TooManyWatchers
+        | errors.ConsumerTooSlow,
     ):
         return exc.retry_after_seconds or DEFAULT_GARMIN_RETRY_SECONDS
     return None

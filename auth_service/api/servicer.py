@@ -5,14 +5,16 @@ Authentication, authorisation, logging and error mapping happen once, in the int
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import grpc
 
-from auth_service.api import convert
+from auth_service.api import convert, stream_convert
 from auth_service.api.callers import VALIDATE_ROLES, Caller, current_caller
+from auth_service.api.stream_guard import SendGuard
 from auth_service.domain.audit import AuditEventView, AuditFilter
-from auth_service.domain.errors import CallerForbidden
+from auth_service.domain.errors import CallerForbidden, CallerUnauthenticated
 from auth_service.domain.models import GarminTokens
 from auth_service.services.use_cases import UseCases
 from garmin_auth.v1 import garmin_auth_pb2 as pb
@@ -83,6 +85,8 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self._leases = use_cases.leases
         self._lease_refresh = use_cases.lease_refresh
         self._audit = use_cases.audit_log
+        self._events = use_cases.session_events
+        self._send_guard = SendGuard(use_cases.session_events.settings.send_timeout_seconds)
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
         answer = self._connect.login(request.user_id, request.email, request.password)
@@ -248,3 +252,18 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
             events=[_audit_event_to_proto(event) for event in page.events],
             next_page_token=page.next_page_token,
         )
+
+    def WatchSessionEvents(
+        self, request: pb.WatchSessionEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SessionEvent]:
+        # Fail closed: the interceptor admits a caller before any stream starts; a stream
+        # that reached here without one was let through unchecked.
+        if _caller() is None:
+            raise CallerUnauthenticated("no authenticated caller")
+        if request.user_id:
+            _check_reach(request.user_id)
+        wanted = stream_convert.change_filter(request, _scope())
+        watch = self._events.watch(request.after_cursor, wanted)
+        context.add_callback(watch.cancel)
+        events = (stream_convert.event_to_proto(item) for item in watch)
+        yield from self._send_guard.guarded(events, context)

@@ -217,3 +217,42 @@ class GarminUnavailable(UpstreamError):
 
     code_name = "UNAVAILABLE"
     reason = "GARMIN_UNAVAILABLE"
+
+
+# --- WatchSessionEvents (issue 16) ---------------------------------------------------------
+
+
+class TooManyWatchers(DomainError):
+    """Every WatchSessionEvents slot of this replica is taken (GARMIN_AUTH_MAX_WATCHERS): a
+    stream holds a server thread for as long as it lasts. Retry later or on another replica."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+    reason = "TOO_MANY_WATCHERS"
+    # RetryInfo: streams come and go; a few seconds is a fair wait.
+    retry_after_seconds: float | None = 5.0
+
+
+class ConsumerTooSlow(DomainError):
+    """A WatchSessionEvents consumer stopped reading: one event waited longer than
+    GARMIN_AUTH_STREAM_SEND_TIMEOUT to be sent. Reconnect with the last cursor read."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+    reason = "CONSUMER_TOO_SLOW"
+    # Reconnect soon, once reading again.
+    retry_after_seconds: float | None = 1.0
+
+
+class CursorExpired(DomainError):
+    """WatchSessionEvents: changes after the cursor were pruned (prune-audit). Read the
+    current statuses (ListSessions) and watch from an empty cursor."""
+
+    code_name = "FAILED_PRECONDITION"
+    reason = "CURSOR_EXPIRED"
+
+
+class ReplicaStopping(DomainError):
+    """The replica serving a WatchSessionEvents stream is stopping; resume from the last
+    cursor read (on any replica)."""
+
+    code_name = "UNAVAILABLE"
+    reason = "REPLICA_STOPPING"

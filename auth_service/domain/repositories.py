@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from auth_service.domain.audit import AuditEventView, LeaseOwner, NewAuditEvent
+from auth_service.domain.change_ports import ChangeLogRepository, WebhookCursorRepository
 from auth_service.domain.garmin_limits import AccountLimit, Breaker, GarminEndpoint
 from auth_service.domain.models import GarminTokens, PendingMfa, SessionState
 from auth_service.domain.views import SessionRow
@@ -361,6 +362,10 @@ class Transaction(Protocol):
     def audit_events(self) -> AuditRepository: ...
     @property
     def limits(self) -> GarminLimitRepository: ...
+    @property
+    def changes(self) -> ChangeLogRepository: ...
+    @property
+    def webhook_cursor(self) -> WebhookCursorRepository: ...
 
 
 class Store(Protocol):

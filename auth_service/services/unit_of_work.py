@@ -17,6 +17,7 @@ from datetime import datetime
 
 from auth_service.domain import audit
 from auth_service.domain.audit import AuditedRpc, LeaseRef, NewAuditEvent, Outcome
+from auth_service.domain.change_ports import ChangeLogRepository, WebhookCursorRepository
 from auth_service.domain.clock import Clock
 from auth_service.domain.models import LeaseView
 from auth_service.domain.repositories import (
@@ -110,6 +111,14 @@ class UnitOfWork:
     @property
     def limits(self) -> GarminLimitRepository:
         return self._transaction.limits
+
+    @property
+    def changes(self) -> ChangeLogRepository:
+        return self._transaction.changes
+
+    @property
+    def webhook_cursor(self) -> WebhookCursorRepository:
+        return self._transaction.webhook_cursor
 
 
 class UnitsOfWork:

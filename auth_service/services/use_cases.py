@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from auth_service.domain.change_ports import ChangeSignal, WebhookSender
+from auth_service.domain.changes import StreamSettings, WebhookSettings
 from auth_service.domain.clock import Clock
 from auth_service.domain.events import LimitEvents, RefreshEvents
 from auth_service.domain.garmin_limits import GarminLimitSettings
@@ -19,10 +21,22 @@ from auth_service.services.keepalive import KeepAlive
 from auth_service.services.lease_refresh import LeaseRefresh
 from auth_service.services.leases import LeaseService
 from auth_service.services.session_admin import SessionAdmin
+from auth_service.services.session_events import SessionEvents
 from auth_service.services.session_import import SessionImport, TokenParsers
 from auth_service.services.session_refresh import SessionRefresher
 from auth_service.services.ticket_exchange import TicketExchange
 from auth_service.services.unit_of_work import UnitsOfWork
+from auth_service.services.webhooks import WebhookDelivery
+
+
+@dataclass(frozen=True)
+class ChangeStreamPorts:
+    """What WatchSessionEvents and webhooks need (issue 16)."""
+
+    signal: ChangeSignal
+    stream: StreamSettings
+    webhooks: WebhookSettings
+    webhook_sender: WebhookSender | None
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,9 @@ class UseCases:
     audit_log: AuditLog
     housekeeping: Housekeeping
     keepalive: KeepAlive
+    session_events: SessionEvents
+    # None when no GARMIN_AUTH_WEBHOOK_URL is set.
+    webhooks: WebhookDelivery | None
 
 
 def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by name
@@ -53,6 +70,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     token_parsers: TokenParsers,
     limits: GarminLimitSettings | None = None,
     limit_events: LimitEvents | None = None,
+    changes: ChangeStreamPorts,
 ) -> UseCases:
     uow = UnitsOfWork(store, clock)
     # Every call to Garmin passes the one gate: Garmin's 429s honoured on every replica.
@@ -76,4 +94,8 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
         audit_log=AuditLog(uow, pager),
         housekeeping=Housekeeping(store, clock, login),
         keepalive=KeepAlive(uow, refresher, refresh),
+        session_events=SessionEvents(uow, changes.signal, changes.stream),
+        webhooks=None
+        if changes.webhook_sender is None
+        else WebhookDelivery(uow, changes.webhook_sender, changes.webhooks),
     )

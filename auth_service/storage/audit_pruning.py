@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 
 from auth_service.storage.audit_repository import SqlAuditRepository
+from auth_service.storage.change_log import SqlChangeLog
 from auth_service.storage.database import session_factory
 
 log = logging.getLogger(__name__)
@@ -42,5 +43,18 @@ def prune_audit(
         deleted += batch
         if batch < batch_size:
             break
-    log.info("audit pruned: %d event(s) before %s deleted", deleted, cutoff.isoformat())
+    changes = 0
+    # The change log (WatchSessionEvents, webhooks) is kept as long as the audit trail.
+    while True:
+        with db.begin() as session:
+            batch = SqlChangeLog(session).delete_older_than(cutoff, limit=batch_size)
+        changes += batch
+        if batch < batch_size:
+            break
+    log.info(
+        "audit pruned: %d event(s) and %d change log entr(ies) before %s deleted",
+        deleted,
+        changes,
+        cutoff.isoformat(),
+    )
     return deleted

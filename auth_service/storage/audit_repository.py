@@ -15,7 +15,8 @@ from sqlalchemy import Table, and_, delete, insert, or_, select
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from auth_service.domain.audit import AuditEventView, LeaseOwner, NewAuditEvent
+from auth_service.domain.audit import OK, AuditEventView, LeaseOwner, NewAuditEvent
+from auth_service.domain.changes import PendingChange
 from auth_service.domain.lease_ids import lease_ref
 from auth_service.storage.models import GarminAuditEvent
 
@@ -30,10 +31,15 @@ class SqlAuditRepository:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        # The changes of one user's session this transaction's events record, for the change
+        # log (auth_service.storage.change_log), which numbers them right before the commit.
+        self.pending_changes: list[PendingChange] = []
 
     def add(self, event: NewAuditEvent) -> None:
         """Insert one event now, so a failure surfaces inside the caller's transaction."""
         self.session.execute(_INSERT_EVENT, dataclasses.asdict(event))
+        if event.user_id is not None and event.outcome_code == OK.code:
+            self.pending_changes.append(PendingChange(event.user_id, event.rpc, event.occurred_at))
 
     def lease_owner(self, lease_digest: str) -> LeaseOwner | None:
         """The user a lease was granted for (named by its id's digest), if an event of that

@@ -22,6 +22,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     TypeDecorator,
     text,
 )
@@ -281,3 +282,69 @@ class GarminAuditEvent(Base):
         # AUTOINCREMENT: ids are never reused, even after prune_audit emptied the table.
         {"sqlite_autoincrement": True},
     )
+
+
+class GarminSessionChange(Base):
+    """The change log (issue 16): one entry per audited change of a user's session, written
+    in the change's transaction and numbered once committed, in commit order
+    (auth_service.storage.change_log). Never a secret or a lease id: `status` is the
+    session's status as callers see it."""
+
+    __tablename__ = "garmin_session_change"
+
+    # Insertion order (INTEGER AUTOINCREMENT on SQLite, BIGSERIAL on PostgreSQL); not commit
+    # order, so never shown: `position` is.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    # The position in the log; NULL until a sequencing pass numbered the committed entry.
+    position: Mapped[int | None] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH))
+    # The RPC whose change this is (the audit event's), e.g. "ReportInvalidated".
+    rpc: Mapped[str] = mapped_column(String(RPC_LENGTH))
+    # The session's state after the change, a SessionState value (WatchSessionEvents
+    # filters on it).
+    state: Mapped[str] = mapped_column(String(16))
+    # The status after the change, as JSON (auth_service.storage.change_log's codec).
+    status: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        # Followers read by position; a position is never handed out twice.
+        Index("ix_garmin_session_change_position", "position", unique=True),
+        # One user's changes (WatchSessionEvents with user_id).
+        Index("ix_garmin_session_change_user", "user_id", "position"),
+        # The entries a sequencing pass numbers.
+        Index(
+            "ix_garmin_session_change_pending",
+            "id",
+            postgresql_where=text("position IS NULL"),
+            sqlite_where=text("position IS NULL"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class GarminChangeCounter(Base):
+    """The one row holding the last position handed out; its row lock orders commits."""
+
+    __tablename__ = "garmin_change_counter"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_position: Mapped[int] = mapped_column(BigInteger)
+
+
+class GarminWebhookCursor(Base):
+    """How far webhooks were delivered, and which replica delivers them now (a claim with a
+    lease, so one replica at a time POSTs and a crashed one is replaced)."""
+
+    __tablename__ = "garmin_webhook_cursor"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # Every change up to this position was accepted by the receiver (a 2xx).
+    delivered_through: Mapped[int] = mapped_column(BigInteger)
+    # Failed attempts at the next change, and when the next attempt may start (backoff).
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(CLAIM_ID_LENGTH))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -425,3 +425,25 @@ class ListAuditEventsResponse(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
     next_page_token: str
     def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchSessionEventsRequest(_message.Message):
+    __slots__ = ("after_cursor", "states", "user_id")
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    after_cursor: str
+    states: _containers.RepeatedScalarFieldContainer[SessionState]
+    user_id: str
+    def __init__(self, after_cursor: _Optional[str] = ..., states: _Optional[_Iterable[_Union[SessionState, str]]] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class SessionEvent(_message.Message):
+    __slots__ = ("cursor", "status", "rpc", "occurred_at")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    cursor: str
+    status: SessionStatus
+    rpc: str
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, cursor: _Optional[str] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ..., rpc: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

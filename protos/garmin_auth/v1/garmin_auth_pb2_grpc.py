@@ -110,6 +110,11 @@ class GarminAuthServiceStub:
                 request_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseRequest.SerializeToString,
                 response_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseResponse.FromString,
                 _registered_method=True)
+        self.WatchSessionEvents = channel.unary_stream(
+                '/garmin_auth.v1.GarminAuthService/WatchSessionEvents',
+                request_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.WatchSessionEventsRequest.SerializeToString,
+                response_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.SessionEvent.FromString,
+                _registered_method=True)
 
 
 class GarminAuthServiceServicer:
@@ -245,6 +250,20 @@ class GarminAuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSessionEvents(self, request, context):
+        """WatchSessionEvents replays every change of users' sessions after
+        after_cursor, then follows new ones as they commit: in commit order, with no
+        gap and no duplicate, across replica restarts and reconnects to another
+        replica (resume with the last cursor read). Idle streams get heartbeats. A
+        consumer that stops reading is cut off (RESOURCE_EXHAUSTED,
+        CONSUMER_TOO_SLOW); a replica serves GARMIN_AUTH_MAX_WATCHERS streams at
+        most (RESOURCE_EXHAUSTED, TOO_MANY_WATCHERS). Roles: admin, viewer.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GarminAuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -322,6 +341,11 @@ def add_GarminAuthServiceServicer_to_server(servicer, server):
                     servicer.RefreshLease,
                     request_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseRequest.FromString,
                     response_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseResponse.SerializeToString,
+            ),
+            'WatchSessionEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSessionEvents,
+                    request_deserializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.WatchSessionEventsRequest.FromString,
+                    response_serializer=garmin__auth_dot_v1_dot_garmin__auth__pb2.SessionEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -730,6 +754,33 @@ class GarminAuthService:
             '/garmin_auth.v1.GarminAuthService/RefreshLease',
             garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseRequest.SerializeToString,
             garmin__auth_dot_v1_dot_garmin__auth__pb2.RefreshLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSessionEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/garmin_auth.v1.GarminAuthService/WatchSessionEvents',
+            garmin__auth_dot_v1_dot_garmin__auth__pb2.WatchSessionEventsRequest.SerializeToString,
+            garmin__auth_dot_v1_dot_garmin__auth__pb2.SessionEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,286 @@
+"""The change log (garmin_session_change): numbered in commit order, without gaps.
+
+Why not the entry's own id: a BIGSERIAL is handed out when a row is inserted, not when its
+transaction commits. A transaction that took id 10 can commit after one that took id 11, so a
+follower that read up to 11 would have moved past 10 for ever. Nor PostgreSQL's transaction
+ids with a pg_snapshot_xmin watermark: any long transaction in the cluster, even of another
+database, would hold every stream back.
+
+So an entry is written without a position, in the transaction of its change, and numbered
+after it committed by a sequencing pass (the outbox pattern, with one writer of positions at a
+time). A pass takes an advisory lock (PostgreSQL; a replica that finds it taken leaves the
+work to the pass under way or the next one) and the one-row counter's lock, reads the entries
+still without a position (only committed ones are visible, and the statement starts after the
+locks are held, so it sees everything committed before), numbers them from the counter on and
+moves the counter, in one transaction. Passes are therefore one sequence across replicas:
+positions only grow and are never reused, and since a pass commits its positions and the
+counter together, a reader that sees the counter at N sees every position up to N: no gap, no
+duplicate. Entries of one pass are numbered in the order they were written; one user's changes
+are written in commit order (the user's row lock orders them), so their positions follow their
+commits.
+
+Writers never wait for one another or for a pass: every replica's sequencer thread
+(auth_service.storage.change_sequencer) runs the passes, woken by this replica's commits and
+by the NOTIFY a pass sends on PostgreSQL, and at least every poll interval, so the entries of
+a replica that died right after its commit get their numbers from another one.
+
+Entries keep the session's status as the transaction left it (read back in the transaction,
+after its changes), as JSON: the status view's fields, and the lease without its id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from auth_service.domain.changes import ChangeBatch, ChangeFilter, PendingChange, SessionChange
+from auth_service.domain.models import LeaseView, SessionKind, SessionState, SessionStatusView
+from auth_service.domain.views import status_view
+from auth_service.storage.models import GarminChangeCounter, GarminSessionChange
+from auth_service.storage.session_repository import SqlSessionRepository
+from auth_service.storage.upsert import insert_ignoring_conflict
+
+Change = GarminSessionChange
+Counter = GarminChangeCounter
+# The channel PostgreSQL followers LISTEN on (auth_service.storage.change_signal).
+NOTIFY_CHANNEL = "garmin_auth_session_changes"
+_NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
+# The advisory lock of a sequencing pass (a stable 64-bit key for its name).
+_SEQUENCER_KEY = int.from_bytes(
+    hashlib.sha256(b"garmin-auth.change-log-sequencer").digest()[:8], "big", signed=True
+)
+_TRY_LOCK = text(f"SELECT pg_try_advisory_xact_lock({_SEQUENCER_KEY})")
+_LOCK = text(f"SELECT pg_advisory_xact_lock({_SEQUENCER_KEY})")
+_COUNTER_ID = 1
+_INSERT = insert(cast(Table, Change.__table__))
+# Entries numbered per pass; a pass that finds more leaves them to the next.
+SEQUENCE_BATCH = 1000
+_PENDING = select(Change.id).where(Change.position.is_(None)).order_by(Change.id)
+_ANY_PENDING = _PENDING.limit(1)
+_TABLE = cast(Table, Change.__table__)
+_NUMBER = (
+    update(_TABLE).where(_TABLE.c.id == bindparam("p_id")).values(position=bindparam("p_position"))
+)
+_TIMES = (
+    "last_validated_at",
+    "access_token_expires_at",
+    "refresh_token_expires_at",
+    "last_synced_at",
+    "synced_through",
+    "last_sync_attempt_at",
+    "invalidated_at",
+    "updated_at",
+)
+
+
+class SqlChangeLog:
+    """The change log on one SQLAlchemy session (one transaction). Never commits."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def append(self, pending: Sequence[PendingChange], sessions: SqlSessionRepository) -> None:
+        """Insert `pending`, not yet numbered (sequence_pending numbers them once committed),
+        with the status this transaction leaves: call at the end of the transaction."""
+        if not pending:
+            return
+        self.session.execute(
+            _INSERT,
+            [
+                {
+                    "position": None,
+                    "occurred_at": change.occurred_at,
+                    "user_id": change.user_id,
+                    "rpc": change.rpc,
+                    "state": status.state.value,
+                    "status": encode_status(status),
+                }
+                for change, status in (
+                    (change, _status_now(sessions, change)) for change in pending
+                )
+            ],
+        )
+
+    def sequence_pending(self, *, limit: int = SEQUENCE_BATCH, wait: bool = False) -> int:
+        """Number the committed entries that have no position yet; how many (see the module's
+        docstring). `wait`: wait for a pass under way instead of leaving the work to it, so
+        that everything committed before the call is numbered when it returns."""
+        if self.session.execute(_ANY_PENDING).first() is None:
+            return 0
+        postgresql = self.session.get_bind().dialect.name == "postgresql"
+        # One pass at a time, and the others do not queue: the pass under way, or the next
+        # (the next commit's, a follower's poll), numbers their entries too. SQLite
+        # serialises writers anyway.
+        if postgresql and wait:
+            self.session.execute(_LOCK)
+        elif postgresql and not self.session.execute(_TRY_LOCK).scalar_one():
+            return 0
+        last = self._advance(0)
+        if last is None:
+            self._recreate_counter()
+            last = self._advance(0)
+            assert last is not None
+        # A new statement, after the lock: it sees every entry committed before it.
+        ids = list(self.session.scalars(_PENDING.limit(limit)))
+        if not ids:
+            return 0
+        self.session.execute(
+            _NUMBER,
+            [{"p_id": entry, "p_position": last + 1 + offset} for offset, entry in enumerate(ids)],
+        )
+        self._advance(len(ids))
+        if postgresql:
+            self.session.execute(_NOTIFY)
+        return len(ids)
+
+    def _advance(self, count: int) -> int | None:
+        return self.session.execute(
+            update(Counter)
+            .where(Counter.id == _COUNTER_ID)
+            .values(last_position=Counter.last_position + count)
+            .returning(Counter.last_position)
+        ).scalar_one_or_none()
+
+    def _recreate_counter(self) -> None:
+        """The migration creates the counter's row; should it be gone (a table emptied by
+        hand), it starts again after the last position kept."""
+        kept = self.session.execute(select(func.max(Change.position))).scalar_one_or_none()
+        insert_ignoring_conflict(
+            self.session,
+            cast(Table, Counter.__table__),
+            {"id": _COUNTER_ID, "last_position": kept or 0},
+        )
+
+    def head(self) -> int:
+        """The last position handed out (every position up to it is committed)."""
+        return head_of(self.session)
+
+    def first_kept(self) -> int:
+        # The head first: read after it, an empty log may have got entries meanwhile (every
+        # statement sees its own snapshot), and those must not count as pruned.
+        head = self.head()
+        oldest = self.session.execute(select(func.min(Change.position))).scalar_one_or_none()
+        return int(oldest) if oldest is not None else head + 1
+
+    def delete_older_than(self, cutoff: datetime, *, limit: int) -> int:
+        """Delete up to `limit` of the oldest entries with occurred_at < cutoff; the count.
+        Positions only grow with time, so what is left is always a suffix of the log."""
+        oldest = (
+            select(Change.id)
+            .where(Change.occurred_at < cutoff, Change.position.is_not(None))
+            .order_by(Change.position)
+            .limit(limit)
+        )
+        statement = delete(Change).where(Change.id.in_(oldest))
+        result = self.session.execute(statement, execution_options={"synchronize_session": False})
+        return cast(CursorResult[Any], result).rowcount or 0
+
+    def read_after(self, position: int, wanted: ChangeFilter, *, limit: int) -> ChangeBatch:
+        """Up to `limit` entries after `position` that `wanted` matches, in position order.
+
+        The head is read first and bounds the read: every entry up to it is committed and
+        visible, so a filtered read that found fewer than `limit` has looked through it."""
+        head = self.head()
+        query = select(Change).where(Change.position > position, Change.position <= head)
+        if wanted.states:
+            query = query.where(Change.state.in_(sorted(s.value for s in wanted.states)))
+        if wanted.user_id is not None:
+            query = query.where(Change.user_id == wanted.user_id)
+        if wanted.user_id_prefix is not None:
+            query = query.where(Change.user_id.startswith(wanted.user_id_prefix, autoescape=True))
+        rows = list(self.session.scalars(query.order_by(Change.position).limit(limit)))
+        last = rows[-1].position if rows else None
+        read_through = last if last is not None and len(rows) == limit else max(head, position)
+        return ChangeBatch(changes=[_change(row) for row in rows], read_through=read_through)
+
+
+def head_of(session: Session) -> int:
+    last = session.execute(
+        select(Counter.last_position).where(Counter.id == _COUNTER_ID)
+    ).scalar_one_or_none()
+    if last is None:  # no counter row: nothing was ever numbered after the last kept entry
+        last = session.execute(select(func.max(Change.position))).scalar_one_or_none()
+    return int(last or 0)
+
+
+def _status_now(sessions: SqlSessionRepository, change: PendingChange) -> SessionStatusView:
+    row = sessions.find(change.user_id, change.occurred_at)
+    if row is None:
+        return SessionStatusView(user_id=change.user_id, state=SessionState.NOT_CONNECTED)
+    return status_view(row, change.occurred_at)
+
+
+def _change(row: GarminSessionChange) -> SessionChange:
+    assert row.position is not None  # only numbered entries are read
+    return SessionChange(
+        position=row.position,
+        occurred_at=row.occurred_at,
+        rpc=row.rpc,
+        status=decode_status(row.status),
+    )
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _parse_time(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def encode_status(status: SessionStatusView) -> str:
+    """The status as JSON; the lease loses its id (a holder's key, never shown to readers)."""
+    document: dict[str, Any] = {
+        "user_id": status.user_id,
+        "state": status.state.value,
+        "session_version": status.session_version,
+        "kind": status.kind.value if status.kind else None,
+        "invalidated_reason": status.invalidated_reason,
+        **{name: _time(getattr(status, name)) for name in _TIMES},
+    }
+    if status.lease is not None:
+        document["lease"] = {
+            "holder": status.lease.holder,
+            "fencing_token": status.lease.fencing_token,
+            "acquired_at": status.lease.acquired_at.isoformat(),
+            "expires_at": status.lease.expires_at.isoformat(),
+        }
+    return json.dumps(document, separators=(",", ":"))
+
+
+def decode_status(value: str) -> SessionStatusView:
+    document = json.loads(value)
+    lease = document.get("lease")
+    time = {name: _parse_time(document[name]) for name in _TIMES}
+    return SessionStatusView(
+        user_id=document["user_id"],
+        state=SessionState(document["state"]),
+        session_version=document["session_version"],
+        kind=SessionKind(document["kind"]) if document["kind"] else None,
+        invalidated_reason=document["invalidated_reason"],
+        last_validated_at=time["last_validated_at"],
+        access_token_expires_at=time["access_token_expires_at"],
+        refresh_token_expires_at=time["refresh_token_expires_at"],
+        last_synced_at=time["last_synced_at"],
+        synced_through=time["synced_through"],
+        last_sync_attempt_at=time["last_sync_attempt_at"],
+        invalidated_at=time["invalidated_at"],
+        updated_at=time["updated_at"],
+        lease=None
+        if lease is None
+        else LeaseView(
+            lease_id="",
+            user_id=document["user_id"],
+            holder=lease["holder"],
+            fencing_token=lease["fencing_token"],
+            acquired_at=datetime.fromisoformat(lease["acquired_at"]),
+            expires_at=datetime.fromisoformat(lease["expires_at"]),
+        ),
+    )

@@ -1,0 +1,65 @@
+"""The change stream's and the webhooks' settings (issue 16), read from the environment with
+the rest of auth_service.config (kept apart so that module stays about everything else).
+
+A webhook secret comes from GARMIN_AUTH_WEBHOOK_SECRET or, better in Kubernetes, the file
+GARMIN_AUTH_WEBHOOK_SECRET_FILE names (a mounted Secret); never both. It never appears in a
+message or a repr.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from auth_service.domain.changes import StreamSettings, WebhookSettings
+from garmin_client.env import EnvReader
+
+# Shorter secrets are guessable enough to forge signatures with.
+MIN_SECRET_LENGTH = 16
+
+
+def read_stream_settings(reader: EnvReader) -> StreamSettings:
+    return StreamSettings(
+        max_watchers=reader.integer("MAX_WATCHERS", 8, minimum=0, maximum=1000),
+        heartbeat_seconds=reader.number("STREAM_HEARTBEAT", 15.0, minimum=0.1, maximum=3600),
+        poll_seconds=reader.number("STREAM_POLL", 1.0, minimum=0.05, maximum=60),
+        send_timeout_seconds=reader.number("STREAM_SEND_TIMEOUT", 30.0, minimum=0.5, maximum=3600),
+    )
+
+
+def _secret(reader: EnvReader) -> bytes:
+    value = reader.get("WEBHOOK_SECRET")
+    path = reader.path("WEBHOOK_SECRET_FILE")
+    if value is not None and path is not None:
+        raise reader.error("WEBHOOK_SECRET", "set it or GARMIN_AUTH_WEBHOOK_SECRET_FILE, not both")
+    name = "WEBHOOK_SECRET"
+    if path is not None:
+        name = "WEBHOOK_SECRET_FILE"
+        value = path.read_text(encoding="utf-8").strip()
+    if value is None:
+        raise reader.error("WEBHOOK_SECRET", "is required when GARMIN_AUTH_WEBHOOK_URL is set")
+    if len(value) < MIN_SECRET_LENGTH:
+        raise reader.error(name, f"must be at least {MIN_SECRET_LENGTH} characters")
+    return value.encode()
+
+
+def read_webhook_settings(reader: EnvReader) -> WebhookSettings:
+    url = reader.get("WEBHOOK_URL")
+    if url is None:
+        return WebhookSettings()
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise reader.error("WEBHOOK_URL", "expected an http:// or https:// URL")
+    initial = reader.number("WEBHOOK_BACKOFF_INITIAL", 1.0, minimum=0.01, maximum=3600)
+    maximum = reader.number("WEBHOOK_BACKOFF_MAX", 300.0, minimum=0.01, maximum=86400)
+    if initial > maximum:
+        raise reader.error(
+            "WEBHOOK_BACKOFF_INITIAL", "must not exceed GARMIN_AUTH_WEBHOOK_BACKOFF_MAX"
+        )
+    return WebhookSettings(
+        url=url,
+        secret=_secret(reader),
+        timeout_seconds=reader.number("WEBHOOK_TIMEOUT", 10.0, minimum=0.1, maximum=300),
+        backoff_initial_seconds=initial,
+        backoff_max_seconds=maximum,
+        poll_seconds=reader.number("WEBHOOK_POLL", 1.0, minimum=0.05, maximum=60),
+    )
