@@ -23,7 +23,7 @@ from google.protobuf import timestamp_pb2
 from auth_service.api.callers import ROLES, RPC_ROLES, VALIDATE_ROLES, token_sha256
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import GarminEmulator
-from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
+from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory, first_answer
 
 from . import PASSWORD, audit_events, outcome_of, record_figures, session_proto, stored_row
 
@@ -76,13 +76,14 @@ def requests(lease_id: str) -> dict[str, Any]:
         ),
         "ReportInvalidated": pb.ReportInvalidatedRequest(lease_id=lease_id, reason="intruder"),
         "ListAuditEvents": pb.ListAuditEventsRequest(user_id="victim"),
+        "WatchSessionEvents": pb.WatchSessionEventsRequest(after_cursor="0", user_id="victim"),
     }
 
 
 def answer(replica: Replica, rpc: str, request: Any, authorization: str | None) -> tuple[str, str]:
     metadata = () if authorization is None else (("authorization", authorization),)
     try:
-        getattr(replica.stub, rpc)(request, metadata=metadata, timeout=10)
+        first_answer(getattr(replica.stub, rpc)(request, metadata=metadata, timeout=10))
     except grpc.RpcError as error:
         return outcome_of(error)
     return "OK", ""

@@ -59,6 +59,7 @@ from tests.fixtures.servers import (
     CONSUMER_SECRET,
     ROLE_TOKENS,
     failure_of,
+    first_answer,
     write_callers_file,
 )
 
@@ -69,6 +70,7 @@ pytestmark = pytest.mark.timeout(240)
 SERVICE = "garmin_auth.v1.GarminAuthService"
 LIMIT = 256 * 1024
 RPCS = sorted(RPC_ROLES)
+SERVICE_METHODS = pb.DESCRIPTOR.services_by_name["GarminAuthService"].methods_by_name
 EXAMPLES = 50
 # Every documented answer but the ones bad input must never cause.
 DOCUMENTED = {(row.code.name, row.reason) for row in documented_rows() - {DATABASE_UNAVAILABLE_ROW}}
@@ -329,6 +331,14 @@ class Target:
             response_deserializer=lambda payload: payload,
         )
 
+    def raw_stream(self, rpc: str) -> grpc.UnaryStreamMultiCallable:
+        """A server-streaming RPC with bytes in and out."""
+        return self.channel.unary_stream(
+            f"/{SERVICE}/{rpc}",
+            request_serializer=lambda payload: payload,
+            response_deserializer=lambda payload: payload,
+        )
+
     def send(
         self, rpc: str, payload: bytes, token: str | None = None, role: str | None = None
     ) -> tuple[str, str]:
@@ -337,8 +347,13 @@ class Target:
         gRPC's own refusal of an oversized message."""
         role = role or sorted(RPC_ROLES[rpc])[0]
         credential = token if token is not None else f"Bearer {ROLE_TOKENS[role]}"
+        metadata = (("authorization", credential),)
         try:
-            self.raw(rpc)(payload, metadata=(("authorization", credential),), timeout=30)
+            if SERVICE_METHODS[rpc].server_streaming:
+                # A stream that was let in follows for ever: its first message is the answer.
+                first_answer(self.raw_stream(rpc)(payload, metadata=metadata, timeout=30))
+            else:
+                self.raw(rpc)(payload, metadata=metadata, timeout=30)
         except grpc.RpcError as error:
             failure = failure_of(error)
             if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED and not failure.reason:

@@ -75,6 +75,10 @@ def test_readme_examples_run_against_a_live_server(
     # RefreshLease answered the worker an access token, and nothing of the session.
     assert '"access"' in out
     assert '"oauth1"' not in out
+    # WatchSessionEvents replayed the changes above, in order, from cursor 1.
+    assert '"cursor": "1"' in out
+    assert '"rpc": "SubmitMfa"' in out
+    assert '"rpc": "RefreshLease"' in out
 
 
 def test_grpcurl_without_token_and_with_wrong_role(service: Replica) -> None:
