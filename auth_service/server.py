@@ -42,7 +42,7 @@ from auth_service.serving_config import ReflectionMode
 from auth_service.services.use_cases import ChangeStreamPorts, UseCases, build_use_cases
 from auth_service.services.webhooks import WebhookDelivery
 from auth_service.storage.change_sequencer import ChangeSequencer
-from auth_service.storage.change_signal import change_signal_for
+from auth_service.storage.change_signal import LocalChangeSignal, change_signal_for
 from auth_service.storage.clock import clock_for
 from auth_service.storage.database import create_engine_for, database_is_reachable, session_factory
 from auth_service.storage.secrets import SecretBox
@@ -77,8 +77,10 @@ class Application:
     use_cases: UseCases
     callers: CallerRegistry
     metrics: ServiceMetrics
-    # Numbers the change log's committed entries (started with the server).
+    # Numbers the change log's committed entries, and wakes followers (started with the
+    # server: an application built for a test starts no thread and opens no connection).
     sequencer: ChangeSequencer
+    change_signal: LocalChangeSignal
 
 
 def change_stream_ports(settings: Settings, signal: ChangeSignal) -> ChangeStreamPorts:
@@ -145,6 +147,7 @@ def build_application(
         callers=callers,
         metrics=metrics,
         sequencer=sequencer,
+        change_signal=signal,
     )
 
 
@@ -311,6 +314,7 @@ def start_server(
     running.start_probe()
     housekeeper.start()
     keepalive.start()
+    application.change_signal.start()
     application.sequencer.start()
     if webhooks is not None:
         webhooks.start()

@@ -42,6 +42,10 @@ class LocalChangeSignal:
             self._generation += 1
             self._condition.notify_all()
 
+    def start(self) -> LocalChangeSignal:
+        """Nothing to start."""
+        return self
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -83,7 +87,7 @@ class ListeningChangeSignal(LocalChangeSignal):
 
 
 def change_signal_for(engine: Engine) -> LocalChangeSignal:
-    """The signal for the engine's backend (started)."""
+    """The signal for the engine's backend (start() it with the server)."""
     if engine.dialect.name == "postgresql":
-        return ListeningChangeSignal(engine).start()
+        return ListeningChangeSignal(engine)
     return LocalChangeSignal()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from auth_service.domain.changes import StreamSettings, WebhookSettings
 from auth_service.domain.clock import Clock
 from auth_service.domain.events import NoRefreshEvents
 from auth_service.domain.garmin_limits import GarminLimitSettings
@@ -19,7 +20,8 @@ from auth_service.domain.paging import Pager
 from auth_service.domain.policies import LeaseSettings, LoginSettings, RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.services.session_import import TokenParsers
-from auth_service.services.use_cases import UseCases, build_use_cases
+from auth_service.services.use_cases import ChangeStreamPorts, UseCases, build_use_cases
+from auth_service.storage.change_signal import LocalChangeSignal
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
 from auth_service.upstream.di.garminconnect import tokens_from_garminconnect
@@ -84,6 +86,12 @@ def build_replica(
         ),
         limits=limits,
         limit_events=events,
+        changes=ChangeStreamPorts(
+            signal=LocalChangeSignal(),
+            stream=StreamSettings(),
+            webhooks=WebhookSettings(),
+            webhook_sender=None,
+        ),
     )
     return Replica(use_cases, events)
 
