@@ -37,10 +37,9 @@ from auth_service.metrics.endpoint import MetricsEndpoint, start_metrics_endpoin
 from auth_service.metrics.service import ServiceMetrics
 from auth_service.services.periodic import Periodic
 from auth_service.services.session_import import TokenParsers
-from auth_service.services.use_cases import UseCases, build_use_cases
-from auth_service.serving_config import ReflectionMode
 from auth_service.services.use_cases import ChangeStreamPorts, UseCases, build_use_cases
 from auth_service.services.webhooks import WebhookDelivery
+from auth_service.serving_config import ReflectionMode
 from auth_service.storage.change_sequencer import ChangeSequencer
 from auth_service.storage.change_signal import LocalChangeSignal, change_signal_for
 from auth_service.storage.clock import clock_for

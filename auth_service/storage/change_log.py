@@ -247,6 +247,8 @@ def encode_status(status: SessionStatusView) -> str:
     }
     if status.lease is not None:
         document["lease"] = {
+            # The non-secret reference only: the log is read by viewers.
+            "lease_ref": status.lease.lease_ref,
             "holder": status.lease.holder,
             "fencing_token": status.lease.fencing_token,
             "acquired_at": status.lease.acquired_at.isoformat(),
@@ -276,7 +278,8 @@ def decode_status(value: str) -> SessionStatusView:
         lease=None
         if lease is None
         else LeaseView(
-            lease_id="",
+            # lease_ref() of a reference is the reference itself (a prefix of the digest).
+            lease_digest=lease.get("lease_ref", ""),
             user_id=document["user_id"],
             holder=lease["holder"],
             fencing_token=lease["fencing_token"],
