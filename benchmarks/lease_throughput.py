@@ -3,7 +3,7 @@ the same run: the same process's grpc.health.v1 Check (its gRPC ceiling) and the
 own grant + release statements issued directly with psycopg (workers touching the database).
 
     .venv/bin/python -m benchmarks.lease_throughput [--duration S] [--quick] [--processes K]
-        [--service-revision REV]
+        [--in-flight 8,32] [--floor-only] [--no-single-caller] [--service-revision REV]
 
 10,000 ACTIVE sessions are COPYed into a fresh database (each with its own encrypted blob and a
 token valid for ten years: no lease triggers a central refresh). First one caller (N = 1:
@@ -15,9 +15,18 @@ each workload runs for a warm-up and then a measured window:
 - lease_next: LeaseNextSession(min_sync_interval = 1 h) + ReleaseLease. Every session starts
   last synced 2-3 h ago, so each is handed out once per round; the sync columns are reset
   before each window (a round never runs out at these rates; `exhausted` would say so).
+- floor_sync / floor_asyncio: the same LeaseSession + ReleaseLease load against the floor
+  (benchmarks.floor_server: one autocommitted UPDATE ... RETURNING through a pool of the
+  service's size and AES-256-GCM of a 1 KiB blob per RPC, nothing else), its sync and its
+  asyncio variant, as many processes as the service has, run right after lease_session.
 - direct_tx: the grant and release UPDATEs with psycopg, each in BEGIN/COMMIT; one statement
   counts like one RPC. direct_autocommit and direct_tx_preping are the same statements in
   autocommit and after a pre-ping `SELECT 1`: evidence for the levers, no target.
+
+Targets: lease_vs_floor = lease_session's rate ÷ the better floor's at N = 8 (>= 0.8) and
+lease_cpu_ms = the service's CPU per lease RPC at N = 8 (<= 0.5 ms), plus the older ratios to
+health and to direct psycopg. `--floor-only` runs just health, lease_session and the floors
+per caller count (the two targets, in a third of the time).
 
 Server CPU per RPC is the service process's utime+stime over the window divided by the RPCs
 completed in it; PostgreSQL's is that of the backends connected to the benchmark's database
@@ -37,8 +46,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from benchmarks.floor_server import FloorProcess
 from benchmarks.harness import (
     TABLE,
     Credentials,
@@ -50,6 +61,7 @@ from benchmarks.harness import (
     Workdir,
     blob_size,
     capture_lease_statements,
+    free_port,
     log,
     percentile,
     ratio,
@@ -61,6 +73,8 @@ from benchmarks.load import LoadSpec, Measured, measure
 USERS = 10_000
 IN_FLIGHT = (8, 32)
 GRPC = ("health", "lease_session", "lease_next")
+# The floor servers (benchmarks.floor_server), driven with the lease_session load.
+FLOORS = ("floor_sync", "floor_asyncio")
 DIRECT = ("direct_tx", "direct_autocommit", "direct_tx_preping")
 # One caller: each call's latency is its own round trips and CPU, with nothing queued ahead.
 SINGLE_CALLER = ("health", "lease_session", *DIRECT)
@@ -68,6 +82,8 @@ LEASE_VS_HEALTH = 0.5
 LEASE_VS_DIRECT = 0.3
 P99_GOAL_MS = 25.0
 P99_GOAL_IN_FLIGHT = 8
+LEASE_VS_FLOOR = 0.8
+LEASE_CPU_MS = 0.5
 
 
 def reset_due(database: PostgresDatabase) -> None:
@@ -104,7 +120,7 @@ def report_phase(report: Report, name: str, measured: Measured, *, grpc_phase: b
     # Everything else on the machine (another test run on a shared box shows up here).
     other = cpu.machine - cpu.server - cpu.postgres - result.client_cpu
     report.figure(f"{name}_other_cpu", max(other, 0.0) / cpu.wall, "cores")
-    if result.errors or not grpc_phase or name.startswith("lease"):
+    if result.errors or not grpc_phase or name.startswith(("lease", "floor")):
         report.figure(f"{name}_errors", sum(result.errors.values()), "calls")
     for what, count in sorted(result.errors.items()):
         report.note(f"{name}: {count} x {what}")
@@ -148,16 +164,46 @@ def measure_stack(
         ServiceProcess(service.env, service.log_path.with_name(f"service-{n}.log"))
         for n in range(1, args.processes)
     ]
+    # As many floor processes per variant as service processes, each variant on its own port.
+    floors = {
+        variant: [
+            FloorProcess(
+                variant.removeprefix("floor_"),
+                database.conninfo,
+                target,
+                service.log_path.with_name(f"{variant}-{n}.log"),
+            )
+            for n in range(args.processes)
+        ]
+        for variant, target in ((name, f"127.0.0.1:{free_port()}") for name in FLOORS)
+    }
+    everyone: list[ServiceProcess | FloorProcess] = [
+        *extras,
+        *(floor for group in floors.values() for floor in group),
+    ]
     try:
-        for extra in extras:
-            extra.start()
-            extra.wait_listening()
+        for process in everyone:
+            process.start()
+            process.wait_listening()
         report.figure("service_processes", args.processes, "processes")
+        servers = {
+            name: Servers(group[0].target, [floor.pid for floor in group])
+            for name, group in floors.items()
+        }
         pids = [service.pid, *(extra.pid for extra in extras)]
-        run_phases(args, report, database, credentials, service.target, pids, statements)
+        servers.update(dict.fromkeys(GRPC, Servers(service.target, pids)))
+        run_phases(args, report, database, credentials, servers, statements)
     finally:
-        for extra in extras:
-            extra.stop()
+        for process in everyone:
+            process.stop()
+
+
+@dataclass(frozen=True)
+class Servers:
+    """Where a gRPC phase sends its load and whose CPU it reads."""
+
+    target: str
+    pids: list[int]
 
 
 def run_phases(
@@ -165,26 +211,28 @@ def run_phases(
     report: Report,
     database: PostgresDatabase,
     credentials: Credentials,
-    target: str,
-    server_pids: list[int],
+    servers: dict[str, Servers],
     statements: LeaseStatements,
 ) -> None:
     rates: dict[str, float] = {}
     p99s: dict[str, float] = {}
+    cpu_ms: dict[str, float] = {}
     next_user = 0
     phases = [(1, workload) for workload in SINGLE_CALLER if args.single_caller] + [
-        (in_flight, workload) for in_flight in args.in_flight for workload in (*GRPC, *DIRECT)
+        (in_flight, workload) for in_flight in args.in_flight for workload in phase_order(args)
     ]
     for in_flight, workload in phases:
         name = f"{workload}_n{in_flight}"
         if workload == "lease_next":
             reset_due(database)
+        grpc_phase = workload in servers
+        server = servers.get(workload, Servers("", []))
         spec = LoadSpec(
-            workload=workload,
+            workload="lease_session" if workload in FLOORS else workload,
             in_flight=in_flight,
             duration=args.duration,
             warmup=args.warmup,
-            target=target,
+            target=server.target,
             metadata=credentials.worker_metadata(),
             user_count=args.users,
             first_user=next_user,
@@ -193,25 +241,60 @@ def run_phases(
             release=statements.release,
         )
         log(f"{name}: {args.warmup:g} s warm-up + {args.duration:g} s")
-        measured = measure(spec, server_pids if workload in GRPC else [], database.name)
+        measured = measure(spec, server.pids, database.name)
         next_user = measured.result.next_user
-        report_phase(report, name, measured, grpc_phase=workload in GRPC)
+        report_phase(report, name, measured, grpc_phase=grpc_phase)
         rates[name] = measured.result.rate
         p99s[name] = percentile(measured.result.all_latencies(), 99)
+        cpu_ms[name] = measured.per_call_ms(measured.cpu.server)
+    report_floor(report, args.in_flight, rates, cpu_ms)
     for in_flight in args.in_flight:
-        health, direct = rates[f"health_n{in_flight}"], rates[f"direct_tx_n{in_flight}"]
+        health, direct = rates[f"health_n{in_flight}"], rates.get(f"direct_tx_n{in_flight}", 0)
         for lease in ("lease_session", "lease_next"):
+            if f"{lease}_n{in_flight}" not in rates:  # --floor-only
+                continue
             rate = rates[f"{lease}_n{in_flight}"]
             report.at_least(
                 f"{lease}_vs_health_n{in_flight}", rate / health if health else 0, LEASE_VS_HEALTH
             )
-            report.at_least(
-                f"{lease}_vs_direct_psycopg_n{in_flight}",
-                rate / direct if direct else 0,
-                LEASE_VS_DIRECT,
-            )
+            if direct:
+                report.at_least(
+                    f"{lease}_vs_direct_psycopg_n{in_flight}", rate / direct, LEASE_VS_DIRECT
+                )
             if in_flight == P99_GOAL_IN_FLIGHT:
                 report.at_most(f"{lease}_p99_n{in_flight}_ms", p99s[f"{lease}_n{in_flight}"], 25)
+
+
+def phase_order(args: argparse.Namespace) -> list[str]:
+    """Per caller count: health, then our lease cycle right beside the floors', then the
+    rest (LeaseNextSession and the direct statements, skipped by --floor-only)."""
+    if args.floor_only:
+        return ["health", "lease_session", *FLOORS]
+    return ["health", "lease_session", *FLOORS, "lease_next", *DIRECT]
+
+
+def report_floor(
+    report: Report, in_flight: Sequence[int], rates: dict[str, float], cpu_ms: dict[str, float]
+) -> None:
+    """lease_vs_floor: our LeaseSession + ReleaseLease rate over the better floor variant's
+    (the same load, the same caller count, the same run); lease_cpu_ms: the service's CPU per
+    lease RPC at N = 8 (or the first caller count measured)."""
+    for n in in_flight:
+        floor = max(rates[f"{variant}_n{n}"] for variant in FLOORS)
+        lease = rates[f"lease_session_n{n}"]
+        for variant in FLOORS:
+            report.figure(
+                f"lease_vs_{variant}_n{n}", ratio(lease, rates[f"{variant}_n{n}"]), "ratio"
+            )
+            report.figure(
+                f"lease_cpu_vs_{variant}_n{n}",
+                ratio(cpu_ms[f"lease_session_n{n}"], cpu_ms[f"{variant}_n{n}"]),
+                "ratio",
+            )
+        name = "lease_vs_floor" if n == P99_GOAL_IN_FLIGHT else f"lease_vs_floor_n{n}"
+        report.at_least(name, ratio(lease, floor), LEASE_VS_FLOOR)
+    n = P99_GOAL_IN_FLIGHT if P99_GOAL_IN_FLIGHT in in_flight else in_flight[0]
+    report.at_most("lease_cpu_ms", cpu_ms[f"lease_session_n{n}"], LEASE_CPU_MS)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -237,6 +320,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=lambda text: [int(part) for part in text.split(",")],
         default=list(IN_FLIGHT),
         help="comma-separated caller counts (default 8,32)",
+    )
+    parser.add_argument(
+        "--floor-only",
+        action="store_true",
+        help="per caller count only health, lease_session and the two floors (the targets)",
     )
     ServiceTree.add_argument(parser)
     args = parser.parse_args(argv)

@@ -1,0 +1,39 @@
+"""benchmarks/lease_throughput.py --floor-only at a tiny size, run as an operator runs it:
+the service and both floor servers (benchmarks/floor_server.py) in their own processes serve
+the lease load without errors, and the floor targets are printed (their verdicts depend on
+the machine's load, so they are not asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.fixtures.database import PostgresServer
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
+
+
+def test_lease_and_floor_phases_run_side_by_side(
+    pg_server: PostgresServer, pg_admin_url: str
+) -> None:
+    env = {**os.environ, "BENCH_POSTGRES_URL": pg_admin_url}
+    command = [sys.executable, "-m", "benchmarks.lease_throughput", "--floor-only"]
+    command += ["--no-single-caller", "--in-flight", "2", "--users", "300"]
+    command += ["--duration", "0.5", "--warmup", "0.2"]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=100, check=False)
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = {
+        line.split()[1]: float(line.split()[2])
+        for line in run.stdout.splitlines()
+        if line.startswith("figure ")
+    }
+    targets = {line.split()[1] for line in run.stdout.splitlines() if line.startswith("target ")}
+    assert {"lease_vs_floor_n2", "lease_cpu_ms"} <= targets
+    for phase in ("lease_session_n2", "floor_sync_n2", "floor_asyncio_n2"):
+        assert figures[f"{phase}_rate"] > 0, run.stdout
+        assert figures[f"{phase}_errors"] == 0, run.stdout
+    assert figures["lease_vs_floor_sync_n2"] > 0
