@@ -1,5 +1,5 @@
 """The directory sink: one folder per user on a volume, each item written atomically and
-fenced by the lease's token under flock(2)."""
+fenced by the lease's token under flock(2), made durable once per user by commit()."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -23,16 +25,37 @@ from sync_worker.sinks import (
 _FENCE_FILE: Final = ".fencing-token"
 
 
+@dataclass
+class FsyncCounts:
+    """How many fsyncs the sink issued, by kind (what its durability costs; read by tests
+    and benchmarks). Shared by every user's sink: updated under a lock."""
+
+    items: int = 0
+    directories: int = 0
+    fences: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, items: int = 0, directories: int = 0, fences: int = 0) -> None:
+        with self._lock:
+            self.items += items
+            self.directories += directories
+            self.fences += fences
+
+
 class DirectorySink:
     """``DIR/<user_id>/activities/<activityId>.json`` (+ ``.zip`` with the original file).
 
-    Writes go to a temporary file in the same directory, are fsynced, then renamed over the
-    target, so a reader (or a crash) never sees half an item. The user's fencing token is kept
-    in ``DIR/<user_id>/.fencing-token`` and checked under flock(2) around every write.
+    Each item goes to a temporary file in the same directory, is fsynced, then renamed over
+    the target, so a reader (or a crash, even a power cut) never sees half an item. The
+    renames become durable together: ``commit()`` fsyncs the user's directory once, before
+    the worker releases the lease (which moves synced_through past those items). The user's
+    fencing token is kept in ``DIR/<user_id>/.fencing-token`` and checked under flock(2)
+    around every write.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.fsyncs = FsyncCounts()
 
     def check(self) -> None:
         try:
@@ -44,20 +67,33 @@ class DirectorySink:
 
     def for_user(self, user_id: str, fencing_token: int) -> _DirectoryUserSink:
         folder = self.root / check_user_id(user_id)
+        # The user's first claim creates its folder: the entries in the root and the folder
+        # are made durable by that sync's commit. (Were a worker to die between the two, the
+        # next claim comes a lease ttl later, long after the kernel's own journal commit.)
+        fresh = not (folder / _FENCE_FILE).exists()
         try:
             (folder / "activities").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(f"cannot create the user's directory: {exc.strerror}") from None
-        return claimed(_DirectoryUserSink(folder, fencing_token))
+        directories = [folder / "activities", *((folder, self.root) if fresh else ())]
+        return claimed(_DirectoryUserSink(folder, fencing_token, self.fsyncs, directories))
 
     def close(self) -> None:
         return None
 
 
 class _DirectoryUserSink:
-    def __init__(self, folder: Path, fencing_token: int) -> None:
+    def __init__(
+        self, folder: Path, fencing_token: int, fsyncs: FsyncCounts, directories: list[Path]
+    ) -> None:
         self._activities = folder / "activities"
         self._token = fencing_token
+        self._fsyncs = fsyncs
+        # Directories whose entries commit() must make durable: the activities directory
+        # once an item was written or found in place (a previous run may have renamed it and
+        # died before its commit), the folder and the root on the user's first sync.
+        self._directories = directories
+        self._touched = len(directories) > 1
         self._fence = os.open(folder / _FENCE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
 
     def close(self) -> None:
@@ -80,6 +116,7 @@ class _DirectoryUserSink:
                 os.ftruncate(self._fence, 0)
                 os.pwrite(self._fence, f"{self._token}\n".encode(), 0)
                 os.fsync(self._fence)
+                self._fsyncs.add(fences=1)
             yield
         finally:
             fcntl.flock(self._fence, fcntl.LOCK_UN)
@@ -98,17 +135,35 @@ class _DirectoryUserSink:
         path = self._activities / f"{activity.activity_id}.json"
         return self._write(path, summary_bytes(activity.summary))
 
+    def commit(self) -> None:
+        """One fsync per directory holding new entries: every item written (or found in
+        place) since the claim is now durable, names included."""
+        if not self._touched:
+            return
+        try:
+            for directory in self._directories:
+                _fsync_directory(directory)
+        except OSError as exc:
+            raise SinkError(f"cannot make the user's items durable: {exc.strerror}") from None
+        self._fsyncs.add(directories=len(self._directories))
+        self._directories = [self._activities]
+        self._touched = False
+
     def _write(self, path: Path, content: bytes) -> bool:
         try:
             with self._fenced():
-                return _atomic_write(path, content)
+                self._touched = True
+                written = _atomic_write(path, content)
         except OSError as exc:
             raise SinkError(f"cannot write {path.name}: {exc.strerror}") from None
+        if written:
+            self._fsyncs.add(items=1)
+        return written
 
 
 def _atomic_write(path: Path, content: bytes) -> bool:
-    """Temp file in the same directory, fsync, rename, fsync the directory. False when the
-    file already holds exactly this content (nothing is written twice)."""
+    """Temp file in the same directory, fsync, rename (the directory is fsynced by commit()).
+    False when the file already holds exactly this content (nothing is written twice)."""
     with contextlib.suppress(FileNotFoundError):
         if path.stat().st_size == len(content) and path.read_bytes() == content:
             return False
@@ -117,16 +172,20 @@ def _atomic_write(path: Path, content: bytes) -> bool:
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
             handle.flush()
+            # The content is on disk before the name points at it: after a power cut the
+            # name holds the old item or the whole new one, never a torn one.
             os.fsync(handle.fileno())
         Path(temporary).replace(path)
     except BaseException:
         with contextlib.suppress(OSError):
             Path(temporary).unlink()
         raise
-    # The rename itself must survive a power cut too.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
     return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

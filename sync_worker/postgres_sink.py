@@ -169,6 +169,9 @@ class _PostgresUserSink:
     def write_file(self, activity_id: int, content: bytes) -> bool:  # noqa: ARG002
         raise SinkError("the PostgreSQL sink stores summaries only")
 
+    def commit(self) -> None:
+        """Nothing to do: each write is its own committed transaction."""
+
     def write_summary(self, activity: Activity) -> bool:
         parameters = {
             "user_id": self._user_id,

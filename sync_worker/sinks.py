@@ -2,7 +2,8 @@
 PostgreSQL database (never the auth service's).
 
 Both sinks are idempotent (a re-run writes nothing twice: identical content is skipped), write
-each item atomically (a crash leaves no half-written item), and fence writes by the lease's
+each item atomically (a crash leaves no half-written item), make what they stored durable by
+``commit()`` before the lease is released, and fence writes by the lease's
 fencing token: once a holder with a higher token has written for a user, a stale holder's
 writes are refused with ``FencingRefused``, so a worker whose lease was taken over can never
 overwrite the newer holder's data.
@@ -59,6 +60,11 @@ class UserSink(Protocol):
 
     def write_summary(self, activity: Activity) -> bool:
         """Store the summary; False when identical content was already there."""
+        ...
+
+    def commit(self) -> None:
+        """Make every item stored so far durable (it survives a power cut); called once per
+        user, before ReleaseLease moves synced_through past those items."""
         ...
 
     def close(self) -> None: ...

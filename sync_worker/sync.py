@@ -5,7 +5,8 @@
    replaced once through RefreshLease.
 2. Activity summaries are paged from ``synced_through - overlap`` (first run: ``now -
    backfill``), newest first; with files, each activity's original file too.
-3. Each item is written to the sink idempotently, after checking the lease is still ours.
+3. Each item is written to the sink idempotently, after checking the lease is still ours;
+   once the window is read, the sink makes them durable together (``commit()``).
 4. ReleaseLease with synced_through = start of the newest activity safely stored, only when
    the whole window was read (a partial read must not move it past unread activities).
 
@@ -169,6 +170,8 @@ class UserSync:
                     )
                     self._read_window(api, user_sink)
                     self._control.garmin_answered()
+                    # Durable before ReleaseLease moves synced_through past these items.
+                    user_sink.commit()
                     outcome = Outcome.SYNCED if self._items else Outcome.NOTHING_NEW
                     detail = f"{self._items} new or changed"
                 except SessionRejected as exc:

@@ -293,6 +293,10 @@ class _RecordingUserSink:
             self.parent.after_write(event)
         return written
 
+    def commit(self) -> None:
+        self.inner.commit()
+        self.parent.record(self._event("commit"))
+
     def close(self) -> None:
         self.parent.record(self._event("close"))
         self.inner.close()

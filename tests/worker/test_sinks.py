@@ -199,3 +199,33 @@ def test_sink_urls_are_shown_without_password() -> None:
         redacted_url("postgresql://app:s3cret@db:5432/sync") == "postgresql://app:***@db:5432/sync"
     )
     assert redacted_url("postgresql://db/sync") == "postgresql://db/sync"
+
+
+def test_directory_sink_fsyncs_each_item_once_and_its_directory_once_per_commit(
+    tmp_path: Path,
+) -> None:
+    sink = DirectorySink(tmp_path)
+    first = sink.for_user("ann", 1)
+    try:
+        for activity_id in range(1, 21):
+            assert first.write_summary(activity(activity_id)) is True
+        assert first.write_summary(activity(1)) is False  # identical: no write, no fsync
+        # Visible at once (renamed), durable once committed.
+        assert len(list((tmp_path / "ann" / "activities").iterdir())) == 20
+        assert (sink.fsyncs.items, sink.fsyncs.directories) == (20, 0)
+        first.commit()
+        # activities/, the user's folder and the root: the user's first commit.
+        assert (sink.fsyncs.items, sink.fsyncs.directories) == (20, 3)
+        first.commit()  # nothing new since: nothing to fsync
+        assert sink.fsyncs.directories == 3
+    finally:
+        first.close()
+    second = sink.for_user("ann", 2)
+    try:
+        for activity_id in range(21, 41):
+            second.write_summary(activity(activity_id))
+        second.commit()
+    finally:
+        second.close()
+    assert (sink.fsyncs.items, sink.fsyncs.directories, sink.fsyncs.fences) == (40, 4, 2)
+    assert not list(tmp_path.glob("ann/activities/.*.tmp"))
