@@ -3,8 +3,11 @@ workers does to the service while something else (a refresh storm) happens.
 
 `in_flight` callers, spread over the given service addresses (one HTTP/2 connection per
 caller), each call LeaseNextSession(min_sync_interval = 0: every session is due, the least
-recently synced first) and then ReleaseLease(synced_through = now), closed loop. Every call's
-end (wall clock, so the parent can cut out a window) and latency is kept.
+recently synced first) and then ReleaseLease(synced_through = now), closed loop; or, with
+`rate` (cycles per second, all callers together), open loop: caller i starts its cycles on a
+fixed schedule (one every in_flight / rate seconds, staggered), and a late one starts at once
+without catching up. Every call's end (wall clock, so the parent can cut out a window) and
+latency is kept.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ async def _caller(
     metadata: tuple[tuple[str, str], ...],
     stop: Event,
     result: LoopResult,
+    schedule: tuple[float, float] | None = None,
 ) -> None:
+    """`schedule` = (first start, period) on the perf_counter clock: open loop."""
     ttl = duration_pb2.Duration(seconds=LEASE_TTL_SECONDS)
     due = duration_pb2.Duration(seconds=0)
     request = pb.LeaseNextSessionRequest(holder="bench-storm", ttl=ttl, min_sync_interval=due)
@@ -58,7 +63,11 @@ async def _caller(
         target, options=[("grpc.use_local_subchannel_pool", 1)]
     ) as channel:
         stub = pb_grpc.GarminAuthServiceStub(channel)
+        next_start = schedule[0] if schedule else 0.0
         while not stop.is_set():
+            if schedule is not None:
+                await asyncio.sleep(max(next_start - time.perf_counter(), 0.0))
+                next_start = max(next_start + schedule[1], time.perf_counter())
             started = time.perf_counter()
             try:
                 answer = await stub.LeaseNextSession(
@@ -96,10 +105,21 @@ async def _drive(
     metadata: tuple[tuple[str, str], ...],
     in_flight: int,
     stop: Event,
+    rate: float | None = None,
 ) -> LoopResult:
     result = LoopResult()
+    first, period = time.perf_counter() + 0.5, in_flight / rate if rate else 0.0
     await asyncio.gather(
-        *(_caller(targets[i % len(targets)], metadata, stop, result) for i in range(in_flight))
+        *(
+            _caller(
+                targets[i % len(targets)],
+                metadata,
+                stop,
+                result,
+                (first + period * i / in_flight, period) if rate else None,
+            )
+            for i in range(in_flight)
+        )
     )
     return result
 
@@ -110,10 +130,11 @@ def _child(
     in_flight: int,
     stop: Event,
     pipe: Connection,
+    rate: float | None = None,
 ) -> None:
     try:
         pipe.send(("started", None))
-        pipe.send(("result", asyncio.run(_drive(targets, metadata, in_flight, stop))))
+        pipe.send(("result", asyncio.run(_drive(targets, metadata, in_flight, stop, rate))))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
         pipe.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -124,14 +145,18 @@ class LeaseLoop:
     """The looping workers, from `with` until `stop()` (which returns what they measured)."""
 
     def __init__(
-        self, targets: Sequence[str], metadata: tuple[tuple[str, str], ...], in_flight: int
+        self,
+        targets: Sequence[str],
+        metadata: tuple[tuple[str, str], ...],
+        in_flight: int,
+        rate: float | None = None,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self._stop = context.Event()
         self._pipe, child_end = context.Pipe()
         self._process = context.Process(
             target=_child,
-            args=(list(targets), metadata, in_flight, self._stop, child_end),
+            args=(list(targets), metadata, in_flight, self._stop, child_end, rate),
             daemon=True,
         )
         self._child_end = child_end

@@ -11,7 +11,8 @@ load) and one caller (N = 1, a separate process) runs LeaseNextSession + Release
 Every cycle marks a session synced, so the due set is restored before each round; at 10k
 (100 due sessions) the window is made of several rounds.
 
-Target: LeaseNextSession p50 at 1M <= 1.5 x p50 at 10k (the due query must walk an index,
+Target: lease_next_p50_ratio = LeaseNextSession p50 at the largest size (1M) ÷ at the smallest
+(10k) <= 1.2 (issue 15; the due query must walk an index,
 not the table). At 1M the script prints EXPLAIN (ANALYZE, BUFFERS) of the repository's own
 grant_next statement (captured from SQLAlchemy; run in a rolled-back transaction).
 
@@ -61,7 +62,7 @@ from benchmarks.load import LoadSpec, measure
 SIZES = (10_000, 100_000, 1_000_000)
 DUE_EVERY = 100  # 1% of the sessions are due
 MIN_SYNC_INTERVAL_SECONDS = 3600
-P50_RATIO_GOAL = 1.5
+P50_RATIO_GOAL = 1.2
 STATEMENT_RUNS = 40
 # --try-index: an index whose order is the due query's order (never synced first), and the
 # due query rewritten so that order is an index range: OR ... IS NULL becomes coalesce().
@@ -364,11 +365,12 @@ def run_sizes(
     report_plan(
         report, f"due_query_{label(largest)}", *explain_due_query(database, statements.grant_next)
     )
-    report.at_most(
+    report.figure(
         f"lease_next_p50_{label(largest)}_vs_{label(smallest)}",
         ratio(p50s[largest], p50s[smallest]),
-        P50_RATIO_GOAL,
+        "ratio",
     )
+    report.at_most("lease_next_p50_ratio", ratio(p50s[largest], p50s[smallest]), P50_RATIO_GOAL)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

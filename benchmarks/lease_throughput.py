@@ -28,6 +28,10 @@ lease_cpu_ms = the service's CPU per lease RPC at N = 8 (<= 0.5 ms), plus the ol
 health and to direct psycopg. `--floor-only` runs just health, lease_session and the floors
 per caller count (the two targets, in a third of the time).
 
+`--soak-minutes M` runs the soak instead (benchmarks/lease_soak.py): the capacity of
+LeaseNextSession + ReleaseLease cycles in a closed loop, then M minutes at 80% of it in an
+open loop; target soak_p99_last_vs_first <= 1.2.
+
 Server CPU per RPC is the service process's utime+stime over the window divided by the RPCs
 completed in it; PostgreSQL's is that of the backends connected to the benchmark's database
 (a lower bound: a backend that disconnects inside the window takes its CPU with it).
@@ -68,6 +72,7 @@ from benchmarks.harness import (
     seed_sessions,
     service_stack,
 )
+from benchmarks.lease_soak import run_soak
 from benchmarks.load import LoadSpec, Measured, measure
 
 USERS = 10_000
@@ -191,6 +196,16 @@ def measure_stack(
             for name, group in floors.items()
         }
         pids = [service.pid, *(extra.pid for extra in extras)]
+        if args.soak_minutes:
+            run_soak(
+                report,
+                [service.target],
+                credentials.worker_metadata(),
+                pids,
+                minutes=args.soak_minutes,
+                capacity_seconds=args.duration,
+            )
+            return
         servers.update(dict.fromkeys(GRPC, Servers(service.target, pids)))
         run_phases(args, report, database, credentials, servers, statements)
     finally:
@@ -325,6 +340,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--floor-only",
         action="store_true",
         help="per caller count only health, lease_session and the two floors (the targets)",
+    )
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="instead of the phases: capacity (closed loop), then M minutes at 80%% of it "
+        "(benchmarks.lease_soak); target soak_p99_last_vs_first",
     )
     ServiceTree.add_argument(parser)
     args = parser.parse_args(argv)
