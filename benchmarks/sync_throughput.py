@@ -38,6 +38,15 @@ Each round runs the real console script `garmin-sync-worker run --all --concurre
   `cpu_floor_wall_per_round` is all of that divided by the machine's cores: no schedule on
   this machine can finish sooner.
   `other_cpu` is what the rest of the machine burned meanwhile (another run on a shared box).
+- PostgreSQL operations per user: pg_stat_database's xact_commit, xact_rollback and
+  tup_inserted/updated/deleted of the service's database around each round (read 1.5 s after
+  it, when idle backends have reported their counters).
+
+Targets (issue 15): sync_cpu_ms_per_user = worker + service + PostgreSQL CPU per user (the
+emulator stands for Garmin and is left out) <= 5 ms; sync_wall_vs_ideal <= 1.5; and
+auth_share_of_wall <= 5%. The worker's directory sink fsyncs each item once and each user's
+directory once (sync_worker.directory_sink); every round writes into a fresh --out
+directory, so every sync is a user's first (its folder and the root are fsynced too).
 
 Between rounds every session is made due and never-synced again, so each round syncs 20 new
 activities per user again, into a fresh directory (`--out-base DIR` chooses where: a tmpfs
@@ -360,6 +369,23 @@ class Totals:
     emulator_cpu: float = 0.0
     machine_cpu: float = 0.0
     window: float = 0.0
+    database: Counter[str] = field(default_factory=Counter)
+
+
+DATABASE_COUNTERS = ("xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted")
+# Backends report their statistics when idle, at most once a second: wait that long before
+# reading the counters after a round.
+STATS_SETTLE_SECONDS = 1.5
+
+
+def database_counters(database: PostgresDatabase) -> Counter[str]:
+    """pg_stat_database's transaction and row counters of the service's database (the
+    reading's own transaction is counted by the next reading: one per reading, taken off)."""
+    columns = ", ".join(DATABASE_COUNTERS)
+    [row] = database.execute(
+        f"SELECT {columns} FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return Counter(dict(zip(DATABASE_COUNTERS, (int(value) for value in row), strict=True)))
 
 
 def measure_round(args: argparse.Namespace, stack: Stack, totals: Totals, number: int) -> None:
@@ -368,10 +394,16 @@ def measure_round(args: argparse.Namespace, stack: Stack, totals: Totals, number
     counts_before = emulator_counts(stack.emulator_url)
     handling_before = Handling.scrape(stack.metrics_url)
     emulator_before = process_cpu_seconds(stack.emulator_pid)
+    time.sleep(STATS_SETTLE_SECONDS)
+    database_before = database_counters(stack.database)
     cpu_before = CpuSample.take(service, stack.database.name)
     run = run_worker(stack.worker_env, sink_for(stack, number), args.concurrency, log_path)
     cpu = cpu_before.until(CpuSample.take(service, stack.database.name))
     emulator_cpu = process_cpu_seconds(stack.emulator_pid) - emulator_before
+    time.sleep(STATS_SETTLE_SECONDS)
+    database_after = database_counters(stack.database)
+    database_after.subtract(database_before)
+    database_after["xact_commit"] -= 1
     handling = handling_before.until(Handling.scrape(stack.metrics_url))
     requests_ = emulator_counts(stack.emulator_url)
     requests_.subtract(counts_before)
@@ -387,6 +419,7 @@ def measure_round(args: argparse.Namespace, stack: Stack, totals: Totals, number
     totals.postgres_cpu += cpu.postgres
     totals.emulator_cpu += emulator_cpu
     totals.machine_cpu += cpu.machine
+    totals.database.update(database_after)
     totals.window += cpu.wall
     log(
         f"round {number}: {run.users} users in {run.seconds:.3f} s "
@@ -459,6 +492,27 @@ def print_profile(raw: Path, run: WorkerRun) -> None:
 # --- the report --------------------------------------------------------------------------
 
 
+def report_database(report: Report, counters: Counter[str], users: int) -> None:
+    """PostgreSQL's work per synced user, from its own counters (the service's database; the
+    sink's, with --sink-database, is another one)."""
+    for counter in DATABASE_COUNTERS:
+        report.figure(f"postgres_{counter}_per_user", ratio(counters[counter], users), "")
+
+
+def report_cpu_target(
+    report: Report, totals: Totals, worker_cpu: float, per_user_ms: float
+) -> None:
+    """Worker + service + PostgreSQL CPU per user, the split on a note line."""
+    ours = worker_cpu + totals.server_cpu + totals.postgres_cpu
+    report.note(
+        f"CPU per user: worker {worker_cpu * per_user_ms:.2f} + service "
+        f"{totals.server_cpu * per_user_ms:.2f} + PostgreSQL "
+        f"{totals.postgres_cpu * per_user_ms:.2f} ms (emulator "
+        f"{totals.emulator_cpu * per_user_ms:.2f} ms, not counted)"
+    )
+    report.at_most("sync_cpu_ms_per_user", ours * per_user_ms, SYNC_CPU_MS_PER_USER_GOAL)
+
+
 def report_totals(
     args: argparse.Namespace, report: Report, totals: Totals, empty: WorkerRun
 ) -> None:
@@ -505,6 +559,7 @@ def report_totals(
     report.figure("server_cpu", ratio(totals.server_cpu, totals.window), "cores")
     report.figure("postgres_cpu_per_user", totals.postgres_cpu * per_user_ms, "ms")
     report.figure("emulator_cpu_per_user", totals.emulator_cpu * per_user_ms, "ms")
+    report_database(report, totals.database, users)
     worker_process_cpu = sum(run.cpu for run in runs)
     other = totals.machine_cpu - totals.server_cpu - totals.postgres_cpu - totals.emulator_cpu
     other -= worker_process_cpu
@@ -527,14 +582,7 @@ def report_totals(
         "auth share = sum of grpc_server_handling_seconds over the window's GarminAuthService "
         "RPCs / concurrency / wall (server-side handling; network and client excluded)"
     )
-    ours = worker_cpu + totals.server_cpu + totals.postgres_cpu
-    report.note(
-        f"CPU per user: worker {worker_cpu * per_user_ms:.2f} + service "
-        f"{totals.server_cpu * per_user_ms:.2f} + PostgreSQL "
-        f"{totals.postgres_cpu * per_user_ms:.2f} ms (emulator "
-        f"{totals.emulator_cpu * per_user_ms:.2f} ms, not counted)"
-    )
-    report.at_most("sync_cpu_ms_per_user", ours * per_user_ms, SYNC_CPU_MS_PER_USER_GOAL)
+    report_cpu_target(report, totals, worker_cpu, per_user_ms)
     report.at_most("sync_wall_vs_ideal", ratio(wall, ideal), WALL_VS_IDEAL_GOAL)
     auth_share = ratio(totals.handling.seconds / args.concurrency, wall)
     report.at_most("auth_share_of_wall", auth_share, AUTH_SHARE_GOAL)
