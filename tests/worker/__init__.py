@@ -208,7 +208,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 @dataclass(frozen=True)
 class SinkEvent:
-    """One thing a user sink did: claim, write (written or identical), refused, close."""
+    """One thing a user sink did: claim, write (written or identical), refused, commit, close."""
 
     kind: str
     user_id: str
