@@ -434,7 +434,8 @@ def profile_round(args: argparse.Namespace, stack: Stack) -> tuple[WorkerRun, Pa
     args.profile.mkdir(parents=True, exist_ok=True)
     raw = args.profile / "worker.collapsed.txt"
     log(f"one more round with the worker under py-spy -> {raw}")
-    spy = [venv_script("py-spy"), "record", "--idle", "--rate", str(PROFILE_RATE)]
+    spy = [venv_script("py-spy"), "record", "--rate", str(PROFILE_RATE)]
+    spy += [] if args.profile_on_cpu else ["--idle"]
     spy += ["--format", "raw", "--output", str(raw), "--"]
     run = run_worker(
         stack.worker_env,
@@ -464,7 +465,7 @@ THREAD_TIME: tuple[tuple[str, str], ...] = (
 SYNC_THREAD = "_Run.drain_loop"
 
 
-def print_profile(raw: Path, run: WorkerRun) -> None:
+def print_profile(raw: Path, run: WorkerRun, *, on_cpu: bool = False) -> None:
     """The sync threads' time by operation, and their top functions by self time."""
     shares: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
@@ -481,7 +482,8 @@ def print_profile(raw: Path, run: WorkerRun) -> None:
         what = next((name for name, marker in THREAD_TIME if any(marker in x for x in labels)), "")
         shares[what or "other (picking the next user, thread pool)"] += count
     print(f"# worker under py-spy: run {run.seconds:.2f} s (unprofiled rounds above)")
-    print(f"# sync threads' time ({total} samples at {PROFILE_RATE} Hz, waits included):")
+    sampled = "on CPU only" if on_cpu else "waits included"
+    print(f"# sync threads' time ({total} samples at {PROFILE_RATE} Hz, {sampled}):")
     for name, count in shares.most_common():
         print(f"#   {count / max(total, 1):6.1%}  {name}")
     print(f"# top {PROFILE_TOP} functions by self time in the sync threads:")
@@ -684,7 +686,7 @@ def measure_stack(
     report_totals(args, report, totals, empty)
     if args.profile is not None:
         profiled, raw = profile_round(args, stack)
-        print_profile(raw, profiled)
+        print_profile(raw, profiled, on_cpu=args.profile_on_cpu)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -713,6 +715,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="then one more round under py-spy (every thread): raw stacks kept in DIR, and "
         "where the sync threads' time went",
+    )
+    parser.add_argument(
+        "--profile-on-cpu",
+        action="store_true",
+        help="with --profile: sample only threads that run (where the worker's CPU goes), "
+        "not those waiting",
     )
     ServiceTree.add_argument(parser)
     args = parser.parse_args(argv)
