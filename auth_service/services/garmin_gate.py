@@ -29,7 +29,12 @@ from auth_service.domain import audit
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import GarminRateLimited, GarminUnavailable, UpstreamError
 from auth_service.domain.events import LimitEvents, NoLimitEvents
-from auth_service.domain.garmin_limits import BreakerPhase, GarminEndpoint, GarminLimitSettings
+from auth_service.domain.garmin_limits import (
+    Breaker,
+    BreakerPhase,
+    GarminEndpoint,
+    GarminLimitSettings,
+)
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 log = logging.getLogger(__name__)
@@ -64,10 +69,6 @@ class GarminGate:
         self._settings = settings
         self._events = events or NoLimitEvents()
 
-    @property
-    def settings(self) -> GarminLimitSettings:
-        return self._settings
-
     # --- before -----------------------------------------------------------------------------
 
     def refusal(
@@ -75,7 +76,7 @@ class GarminGate:
     ) -> GarminRateLimited | None:
         """Inside the caller's transaction, reading only: why a call would be refused now
         (None: it would be let through or probe). For callers that check before claiming."""
-        refused = self._read_refusal(uow, user_id, endpoints)
+        refused = self._read_refusal(uow, user_id, endpoints, uow.limits.breakers(endpoints))
         if refused is None:
             return None
         endpoint, reason, wait = refused
@@ -91,11 +92,12 @@ class GarminGate:
         """Let a call through (`exclusive`: as the account's only one in flight), or raise
         GarminRateLimited (Garmin not called)."""
         with self._uow() as uow:
-            refused = self._read_refusal(uow, user_id, endpoints)
+            breakers = uow.limits.breakers(endpoints)
+            refused = self._read_refusal(uow, user_id, endpoints, breakers)
             if refused is None and exclusive and user_id is not None:
                 refused = self._claim_call(uow, user_id, endpoints)
             if refused is None:
-                probes = self._claim_probes(uow, endpoints)
+                probes = self._claim_probes(uow, breakers)
                 if probes is not None:
                     return Admission(user_id, endpoints, probes, claimed=exclusive)
                 refused = (endpoints[0], "breaker_open", self._settings.probe_seconds)
@@ -135,7 +137,11 @@ class GarminGate:
         return endpoints[0], "in_flight", IN_FLIGHT_RETRY_SECONDS
 
     def _read_refusal(
-        self, uow: UnitOfWork, user_id: str | None, endpoints: tuple[GarminEndpoint, ...]
+        self,
+        uow: UnitOfWork,
+        user_id: str | None,
+        endpoints: tuple[GarminEndpoint, ...],
+        breakers: list[Breaker],
     ) -> tuple[GarminEndpoint, str, float] | None:
         now = uow.now
         account = uow.limits.account(user_id) if user_id is not None else None
@@ -143,7 +149,7 @@ class GarminGate:
             assert account.cooling_until is not None
             endpoint = account.endpoint or endpoints[0]
             return endpoint, "account_cooldown", _seconds(account.cooling_until - now)
-        for breaker in uow.limits.breakers(endpoints):
+        for breaker in breakers:
             phase = breaker.phase(now)
             if phase is BreakerPhase.OPEN:
                 assert breaker.open_until is not None
@@ -154,15 +160,13 @@ class GarminGate:
         return None
 
     def _claim_probes(
-        self, uow: UnitOfWork, endpoints: tuple[GarminEndpoint, ...]
+        self, uow: UnitOfWork, breakers: list[Breaker]
     ) -> frozenset[GarminEndpoint] | None:
-        """Claim the probe of every half-open breaker among `endpoints` (None: another call
-        took one first)."""
+        """Claim the probe of every half-open breaker among `breakers`, as read in this
+        transaction (None: another call took one first)."""
         now = uow.now
         half_open = [
-            breaker.endpoint
-            for breaker in uow.limits.breakers(endpoints)
-            if breaker.phase(now) is BreakerPhase.HALF_OPEN
+            breaker.endpoint for breaker in breakers if breaker.phase(now) is BreakerPhase.HALF_OPEN
         ]
         until = now + timedelta(seconds=self._settings.probe_seconds)
         for endpoint in half_open:
