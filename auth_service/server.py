@@ -110,10 +110,14 @@ def build_application(
     # The database's clock rules every expiry decision, so replicas agree
     # (auth_service.storage.clock).
     clock = clock or clock_for(engine)
+    # Two signals: `committed` wakes the sequencer when this replica committed changes, and
+    # `signal` wakes the change stream's followers once positions moved (on PostgreSQL also
+    # from every other replica, by NOTIFY).
     signal = change_signal_for(engine)
+    committed = LocalChangeSignal()
     db = session_factory(engine)
-    store = SqlStore(db, SecretBox(settings.keyring), on_changes=signal.wake)
-    sequencer = ChangeSequencer(db, signal, settings.stream.poll_seconds)
+    store = SqlStore(db, SecretBox(settings.keyring), on_changes=committed.wake)
+    sequencer = ChangeSequencer(db, committed, signal, settings.stream.poll_seconds)
     pager = Pager(settings.keyring.derived_keys(PAGE_TOKEN_KEY_LABEL))
     metrics = ServiceMetrics(engine, clock, settings.metrics)
     callers = CallerRegistry(

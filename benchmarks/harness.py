@@ -880,7 +880,12 @@ def capture_lease_statements(database_url: str) -> LeaseStatements:
                 expires_at=SENTINEL_EXPIRES,
                 due_before=SENTINEL_DUE,
             )
-            repository.release(SENTINEL_LEASE, now=SENTINEL_NOW, synced_through=SENTINEL_SYNCED)
+            repository.release(
+                SENTINEL_LEASE,
+                caller=SENTINEL_HOLDER,
+                now=SENTINEL_NOW,
+                synced_through=SENTINEL_SYNCED,
+            )
             session.rollback()
     finally:
         engine.dispose()

@@ -106,7 +106,10 @@ def orm_cycle(url: str, *, pre_ping: bool, autocommit: bool) -> Iterator[Cycle]:
         if row is None:
             raise RuntimeError("grant refused")
         now = datetime.now(UTC)
-        if unit(lambda repo: repo.release(lease, now=now, synced_through=now)) is None:
+        released = unit(
+            lambda repo: repo.release(lease, caller="bench", now=now, synced_through=now)
+        )
+        if released is None:
             raise RuntimeError("release refused")
 
     try:
@@ -170,7 +173,10 @@ def core_cycle(url: str, *, autocommit: bool) -> Iterator[Cycle]:
         if row is None:
             raise RuntimeError("grant refused")
         now = datetime.now(UTC)
-        if unit(lambda repo: repo.release(lease, now=now, synced_through=now)) is None:
+        released = unit(
+            lambda repo: repo.release(lease, caller="bench", now=now, synced_through=now)
+        )
+        if released is None:
             raise RuntimeError("release refused")
 
     try:

@@ -30,6 +30,9 @@ class PendingChange:
     user_id: str
     rpc: str
     occurred_at: datetime
+    # The status the transaction leaves, when the use case holds the row its last statement
+    # returned; None: the change log reads it back before the commit.
+    status: SessionStatusView | None = None
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from auth_service.domain.audit import AuditEventView, LeaseOwner, NewAuditEvent
+from auth_service.domain.audit import AuditedRpc, AuditEventView, LeaseOwner, NewAuditEvent
 from auth_service.domain.change_ports import ChangeLogRepository, WebhookCursorRepository
 from auth_service.domain.garmin_limits import AccountLimit, Breaker, GarminEndpoint
-from auth_service.domain.models import GarminTokens, PendingMfa, SessionState
+from auth_service.domain.models import GarminTokens, PendingMfa, SessionState, SessionStatusView
 from auth_service.domain.views import SessionRow
 
 
@@ -242,11 +242,16 @@ class LeaseRepository(Protocol):
         caller: str,
         now: datetime,
         expires_at: datetime,
+        record_as: AuditedRpc | None = None,
     ) -> GrantedRow | None:
-        """Grant, binding the lease to `caller` (the authenticated caller's name)."""
+        """Grant, binding the lease to `caller` (the authenticated caller's name).
+
+        `record_as` (here and below): the same statement also writes the change's audit event
+        (this RPC, `caller`, outcome OK, at `now`) and its change-log entry (the use case
+        then records nothing itself)."""
         ...
 
-    def grant_next(
+    def grant_next(  # noqa: PLR0913 - keyword-only: what the grant sets and selects by
         self,
         *,
         lease_digest: str,
@@ -256,18 +261,35 @@ class LeaseRepository(Protocol):
         expires_at: datetime,
         due_before: datetime,
         user_id_prefix: str | None = None,
+        record_as: AuditedRpc | None = None,
     ) -> GrantedRow | None:
         """Grant the most overdue session, among users whose id starts with
         `user_id_prefix` when given."""
         ...
 
     def renew(
-        self, lease_digest: str, *, now: datetime, expires_at: datetime
-    ) -> SessionRow | None: ...
+        self,
+        lease_digest: str,
+        *,
+        caller: str,
+        now: datetime,
+        expires_at: datetime,
+        record_as: AuditedRpc | None = None,
+    ) -> SessionRow | None:
+        """Extend a live lease that `caller` obtained; None when dead or another caller's."""
+        ...
 
     def release(
-        self, lease_digest: str, *, now: datetime, synced_through: datetime | None
-    ) -> SessionRow | None: ...
+        self,
+        lease_digest: str,
+        *,
+        caller: str,
+        now: datetime,
+        synced_through: datetime | None,
+        record_as: AuditedRpc | None = None,
+    ) -> SessionRow | None:
+        """End a live lease that `caller` obtained; None when dead or another caller's."""
+        ...
 
     def store_refreshed(
         self, lease_digest: str, *, user_id: str, tokens: GarminTokens, now: datetime
@@ -329,7 +351,10 @@ class RefreshRepository(Protocol):
 class AuditRepository(Protocol):
     """The audit trail (garmin_audit_event)."""
 
-    def add(self, event: NewAuditEvent) -> None: ...
+    def add(self, event: NewAuditEvent, *, leaves: SessionStatusView | None = None) -> None:
+        """Record `event` in this transaction. `leaves`: the user's status as the transaction
+        leaves it, when the caller holds it (else the change log reads it back)."""
+        ...
 
     def lease_owner(self, lease_digest: str) -> LeaseOwner | None: ...
 

@@ -97,7 +97,10 @@ class CentralRefresh:
         queue-draining worker moves on to the next user instead of hammering Garmin."""
         lease = granted.grant.lease
         with self._uow() as uow:
-            row = uow.leases.release(lease.lease_digest, now=uow.now, synced_through=None)
+            # Still in the granting RPC: its caller obtained the lease.
+            row = uow.leases.release(
+                lease.lease_digest, caller=audit.caller_name(), now=uow.now, synced_through=None
+            )
             if row is not None:
                 uow.audit.record(
                     granted.rpc, audit.outcome_of(failure), user_id=row.user_id, lease=lease

@@ -93,7 +93,9 @@ class LeaseService:
             # Decided on the id alone, before any read: says nothing about the user.
             raise CallerForbidden("this caller may not lease sessions outside its user scope")
         lifetime = self._lifetime(ttl)
+        rpc = AuditedRpc.LEASE_SESSION
         for _ in range(_GRANT_ATTEMPTS):
+            # One statement grants and records the grant; a refusal is explained by a read.
             with self._uow() as uow:
                 lease_id, expires_at = new_lease_id(), uow.now + lifetime
                 grant = uow.leases.grant(
@@ -103,11 +105,12 @@ class LeaseService:
                     caller=audit.caller_name(),
                     now=uow.now,
                     expires_at=expires_at,
+                    record_as=rpc,
                 )
                 if grant is None:
                     _raise_refusal(uow.leases.find(user_id), uow.now)
                     continue
-                granted = _granted(uow, grant, AuditedRpc.LEASE_SESSION, lease_id)
+                granted = _granted(uow, grant, rpc, lease_id)
             return self._refresh.hand_out(granted)
         # The lease kept changing hands between our grant and our look at it.
         raise LeaseHeld("the session is leased by another holder; try again shortly")
@@ -135,6 +138,7 @@ class LeaseService:
         lifetime = self._lifetime(ttl)
         # A due session whose central refresh Garmin rejects is invalidated and skipped: the
         # worker asked for "the next session", not for that user, so it gets the next one.
+        rpc = AuditedRpc.LEASE_NEXT_SESSION
         for _ in range(MAX_REJECTED_SKIPS):
             with self._uow() as uow:
                 lease_id = new_lease_id()
@@ -146,10 +150,11 @@ class LeaseService:
                     expires_at=uow.now + lifetime,
                     due_before=uow.now - (min_sync_interval or timedelta(0)),
                     user_id_prefix=user_id_prefix,
+                    record_as=rpc,
                 )
                 if grant is None:
                     return None
-                granted = _granted(uow, grant, AuditedRpc.LEASE_NEXT_SESSION, lease_id)
+                granted = _granted(uow, grant, rpc, lease_id)
             try:
                 return self._refresh.hand_out(granted)
             except GarminSessionRejected:
@@ -163,13 +168,16 @@ class LeaseService:
         raise_if_any(check_opaque_id(lease_id, "lease_id"), self._ttl_violations(ttl))
         digest = lease_digest(lease_id)
         with self._uow() as uow:
-            row = None
-            if held_by_caller(uow, lease_id) is not None:
-                row = uow.leases.renew(
-                    digest, now=uow.now, expires_at=uow.now + self._lifetime(ttl)
-                )
+            # The UPDATE matches only a live lease that this caller obtained (lease_holders),
+            # and records the renewal.
+            row = uow.leases.renew(
+                digest,
+                caller=audit.caller_name(),
+                now=uow.now,
+                expires_at=uow.now + self._lifetime(ttl),
+                record_as=AuditedRpc.RENEW_LEASE,
+            )
             lease = _live_lease(row, uow.now)
-            uow.audit.record(AuditedRpc.RENEW_LEASE, audit.OK, user_id=lease.user_id, lease=lease)
             # The holder presented the id: its own answer may name it.
             return dataclasses.replace(lease, lease_id=lease_id)
 
@@ -181,13 +189,17 @@ class LeaseService:
         )
         digest = lease_digest(lease_id)
         with self._uow() as uow:
-            row = None
-            if held_by_caller(uow, lease_id) is not None:
-                row = uow.leases.release(digest, now=uow.now, synced_through=synced_through)
+            # The UPDATE matches only a live lease that this caller obtained (lease_holders),
+            # and records the release.
+            row = uow.leases.release(
+                digest,
+                caller=audit.caller_name(),
+                now=uow.now,
+                synced_through=synced_through,
+                record_as=AuditedRpc.RELEASE_LEASE,
+            )
             if row is None:
                 raise _lease_lost()
-            lease = LeaseRef(digest, row.fencing_token)
-            uow.audit.record(AuditedRpc.RELEASE_LEASE, audit.OK, user_id=row.user_id, lease=lease)
             return status_view(row, uow.now)
 
     def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> SessionStatusView:
@@ -241,9 +253,9 @@ class LeaseService:
 
 
 def _granted(uow: UnitOfWork, grant: GrantedRow, rpc: AuditedRpc, lease_id: str) -> Granted:
-    """Views of a freshly granted row, built inside its transaction, which also records the
-    grant. The row holds only the lease id's digest: the id itself goes into the holder's
-    answer from here, and nowhere else."""
+    """Views of a freshly granted row, built inside its transaction (the grant's statement
+    recorded it). The row holds only the lease id's digest: the id itself goes into the
+    holder's answer from here, and nowhere else."""
     row = grant.row
     if grant.took_over:
         # The row still named a lease that expired without being released.
@@ -253,7 +265,6 @@ def _granted(uow: UnitOfWork, grant: GrantedRow, rpc: AuditedRpc, lease_id: str)
         # An ACTIVE row always holds a session; if not, no token can be handed out.
         raise SessionNotActive("the session holds no tokens; log in again")
     tokens = uow.sessions.open_tokens(row)
-    uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=lease)
     log.debug("lease granted on user %s (fencing token %d)", row.user_id, row.fencing_token)
     return Granted(
         grant=LeaseGrant(
@@ -275,8 +286,9 @@ def _reported(
         uow.audit.record_lease_lost(rpc, digest)
         return None
     lease = LeaseRef(digest, row.fencing_token)
-    uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=lease)
-    return status_view(row, uow.now)
+    status = status_view(row, uow.now)
+    uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=lease, leaves=status)
+    return status
 
 
 def _live_lease(row: SessionRow | None, now: datetime) -> LeaseView:

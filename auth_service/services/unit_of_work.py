@@ -19,7 +19,7 @@ from auth_service.domain import audit
 from auth_service.domain.audit import AuditedRpc, LeaseRef, NewAuditEvent, Outcome
 from auth_service.domain.change_ports import ChangeLogRepository, WebhookCursorRepository
 from auth_service.domain.clock import Clock
-from auth_service.domain.models import LeaseView
+from auth_service.domain.models import LeaseView, SessionStatusView
 from auth_service.domain.repositories import (
     AuditRepository,
     ChallengeRepository,
@@ -47,7 +47,10 @@ class AuditTrail:
         *,
         user_id: str | None,
         lease: LeaseView | LeaseRef | None = None,
+        leaves: SessionStatusView | None = None,
     ) -> None:
+        """`leaves`: the user's status as this transaction will commit it, when the use case
+        holds the row its last change returned (saves reading it back for the change log)."""
         self._events.add(
             NewAuditEvent(
                 occurred_at=self._now,
@@ -58,7 +61,8 @@ class AuditTrail:
                 outcome_reason=outcome.reason,
                 lease_id=lease.lease_digest if lease else None,
                 fencing_token=lease.fencing_token if lease else None,
-            )
+            ),
+            leaves=leaves,
         )
 
     def record_lease_lost(self, rpc: AuditedRpc, lease_digest: str) -> None:

@@ -44,7 +44,11 @@ def prune_audit(
         if batch < batch_size:
             break
     changes = 0
-    # The change log (WatchSessionEvents, webhooks) is kept as long as the audit trail.
+    # The change log (WatchSessionEvents, webhooks) is kept as long as the audit trail. Its
+    # entries are deleted by position, so the committed ones still waiting for theirs (the
+    # sequencers gather commits for a few milliseconds) are numbered first.
+    with db.begin() as session:
+        SqlChangeLog(session).sequence_pending(wait=True)
     while True:
         with db.begin() as session:
             batch = SqlChangeLog(session).delete_older_than(cutoff, limit=batch_size)

@@ -12,34 +12,55 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, delete, insert, or_, select
-from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import CursorResult, Row
 
 from auth_service.domain.audit import OK, AuditEventView, LeaseOwner, NewAuditEvent
 from auth_service.domain.changes import PendingChange
 from auth_service.domain.lease_ids import lease_ref
+from auth_service.domain.models import SessionStatusView
+from auth_service.storage.executor import Executor
 from auth_service.storage.models import GarminAuditEvent
 
 Event = GarminAuditEvent
 # Built once: every lease grant and release inserts an event, and building the statement per
 # call costs more than running it.
-_INSERT_EVENT = insert(cast(Table, Event.__table__))
+EVENTS = cast(Table, Event.__table__)
+_INSERT_EVENT = insert(EVENTS)
+_EVENT_FIELDS = tuple(field.name for field in dataclasses.fields(NewAuditEvent))
 
 
 class SqlAuditRepository:
     """Audit events on one SQLAlchemy session (one transaction of the service layer)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Executor) -> None:
         self.session = session
         # The changes of one user's session this transaction's events record, for the change
-        # log (auth_service.storage.change_log), which numbers them right before the commit.
+        # log (auth_service.storage.change_log), which appends them right before the commit.
         self.pending_changes: list[PendingChange] = []
+        # Events recorded but not inserted yet: they go in with the change log's entries, as
+        # the transaction's last statement (auth_service.storage.trail_writer), or before
+        # anything reads the trail in this transaction.
+        self._unwritten: list[dict[str, Any]] = []
 
-    def add(self, event: NewAuditEvent) -> None:
-        """Insert one event now, so a failure surfaces inside the caller's transaction."""
-        self.session.execute(_INSERT_EVENT, dataclasses.asdict(event))
+    def add(self, event: NewAuditEvent, *, leaves: SessionStatusView | None = None) -> None:
+        """Record one event, inserted at the latest right before the commit (a failure still
+        rolls the whole transaction back)."""
+        self._unwritten.append(event_values(event))
         if event.user_id is not None and event.outcome_code == OK.code:
-            self.pending_changes.append(PendingChange(event.user_id, event.rpc, event.occurred_at))
+            self.pending_changes.append(
+                PendingChange(event.user_id, event.rpc, event.occurred_at, status=leaves)
+            )
+
+    def take_unwritten(self) -> list[dict[str, Any]]:
+        """The events not inserted yet, as column values; the caller inserts them."""
+        unwritten, self._unwritten = self._unwritten, []
+        return unwritten
+
+    def flush(self) -> None:
+        """Insert the events recorded so far (before this transaction reads the trail)."""
+        unwritten = self.take_unwritten()
+        if unwritten:
+            self.session.execute(_INSERT_EVENT, unwritten)
 
     def lease_owner(self, lease_digest: str) -> LeaseOwner | None:
         """The user a lease was granted for (named by its id's digest), if an event of that
@@ -49,6 +70,7 @@ class SqlAuditRepository:
         after the lease was released or taken over (until prune_audit removes the grant's
         events).
         """
+        self.flush()
         row = self.session.execute(
             select(Event.user_id, Event.fencing_token)
             .where(Event.lease_id == lease_digest, Event.user_id.is_not(None))
@@ -73,7 +95,9 @@ class SqlAuditRepository:
 
         Keyset pagination: `after` is the (occurred_at, id) of the previous page's last event.
         """
-        query = select(Event)
+        self.flush()
+        # Core rows, not ORM objects: this repository may run on a Core connection.
+        query = select(*EVENTS.c)
         if user_id is not None:
             query = query.where(Event.user_id == user_id)
         if start_time is not None:
@@ -94,10 +118,11 @@ class SqlAuditRepository:
             query = query.order_by(Event.occurred_at.asc(), Event.id.asc())
         else:
             query = query.order_by(Event.occurred_at.desc(), Event.id.desc())
-        return [_view(event) for event in self.session.scalars(query.limit(limit))]
+        return [_view(event) for event in self.session.execute(query.limit(limit))]
 
     def delete_older_than(self, cutoff: datetime, *, limit: int) -> int:
         """Delete up to `limit` of the oldest events with occurred_at < cutoff; the count."""
+        self.flush()
         oldest = (
             select(Event.id)
             .where(Event.occurred_at < cutoff)
@@ -109,7 +134,12 @@ class SqlAuditRepository:
         return cast(CursorResult[Any], result).rowcount or 0
 
 
-def _view(row: GarminAuditEvent) -> AuditEventView:
+def event_values(event: NewAuditEvent) -> dict[str, Any]:
+    """The event's column values (a shallow copy: dataclasses.asdict deep-copies each)."""
+    return {name: getattr(event, name) for name in _EVENT_FIELDS}
+
+
+def _view(row: Row[Any]) -> AuditEventView:
     return AuditEventView(
         event_id=row.id,
         occurred_at=row.occurred_at,

@@ -10,12 +10,12 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, insert, update
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import Session
 
 from auth_service.crypto import DecryptionError
 from auth_service.domain.errors import SecretUnreadable
 from auth_service.domain.models import PendingMfa
 from auth_service.domain.repositories import MfaChallenge
+from auth_service.storage.executor import Executor
 from auth_service.storage.models import GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
 
@@ -35,7 +35,7 @@ _MFA_METHOD_LENGTH = 32
 class SqlChallengeRepository:
     """Pending MFA challenges on one SQLAlchemy session."""
 
-    def __init__(self, session: Session, box: SecretBox) -> None:
+    def __init__(self, session: Executor, box: SecretBox) -> None:
         self.session = session
         self.box = box
 

@@ -33,16 +33,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
-from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import CursorResult, Row
 
 from auth_service.domain.changes import ChangeBatch, ChangeFilter, PendingChange, SessionChange
 from auth_service.domain.models import LeaseView, SessionKind, SessionState, SessionStatusView
 from auth_service.domain.views import status_view
+from auth_service.storage.executor import Executor, dialect_name
 from auth_service.storage.models import GarminChangeCounter, GarminSessionChange
 from auth_service.storage.session_repository import SqlSessionRepository
 from auth_service.storage.upsert import insert_ignoring_conflict
@@ -59,7 +60,8 @@ _SEQUENCER_KEY = int.from_bytes(
 _TRY_LOCK = text(f"SELECT pg_try_advisory_xact_lock({_SEQUENCER_KEY})")
 _LOCK = text(f"SELECT pg_advisory_xact_lock({_SEQUENCER_KEY})")
 _COUNTER_ID = 1
-_INSERT = insert(cast(Table, Change.__table__))
+CHANGES = cast(Table, Change.__table__)
+_INSERT = insert(CHANGES)
 # Entries numbered per pass; a pass that finds more leaves them to the next.
 SEQUENCE_BATCH = 1000
 _PENDING = select(Change.id).where(Change.position.is_(None)).order_by(Change.id)
@@ -68,7 +70,32 @@ _TABLE = cast(Table, Change.__table__)
 _NUMBER = (
     update(_TABLE).where(_TABLE.c.id == bindparam("p_id")).values(position=bindparam("p_position"))
 )
-_TIMES = (
+# PostgreSQL, under the pass's lock: number up to :p_limit pending entries after the counter
+# and move the counter past them, in one statement. Only a pass (holding the lock) changes the
+# counter, so the value this statement's snapshot reads is the current one. `last` is NULL when
+# the counter row is missing (id 1 is _COUNTER_ID).
+_PG_NUMBER = text(
+    """
+    WITH counter AS (
+        SELECT last_position FROM garmin_change_counter WHERE id = 1
+    ), pending AS (
+        SELECT id, row_number() OVER (ORDER BY id) AS rank
+        FROM garmin_session_change WHERE position IS NULL ORDER BY id LIMIT :p_limit
+    ), numbered AS (
+        UPDATE garmin_session_change AS entry
+        SET position = counter.last_position + pending.rank
+        FROM pending, counter WHERE entry.id = pending.id
+        RETURNING entry.position
+    ), moved AS (
+        UPDATE garmin_change_counter
+        SET last_position = last_position + (SELECT count(*) FROM numbered)
+        WHERE id = 1
+        RETURNING last_position
+    )
+    SELECT (SELECT count(*) FROM numbered) AS numbered, (SELECT last_position FROM moved) AS last
+    """
+)
+TIMES = (
     "last_validated_at",
     "access_token_expires_at",
     "refresh_token_expires_at",
@@ -80,54 +107,67 @@ _TIMES = (
 )
 
 
+@dataclass(frozen=True)
+class SequencePass:
+    """What one sequencing pass did: how many entries it numbered, and whether it found the
+    lock held by another replica's pass (which may have started before our entries were
+    committed: try again shortly)."""
+
+    numbered: int
+    busy: bool = False
+
+
 class SqlChangeLog:
     """The change log on one SQLAlchemy session (one transaction). Never commits."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Executor) -> None:
         self.session = session
 
     def append(self, pending: Sequence[PendingChange], sessions: SqlSessionRepository) -> None:
         """Insert `pending`, not yet numbered (sequence_pending numbers them once committed),
         with the status this transaction leaves: call at the end of the transaction."""
-        if not pending:
-            return
-        self.session.execute(
-            _INSERT,
-            [
-                {
-                    "position": None,
-                    "occurred_at": change.occurred_at,
-                    "user_id": change.user_id,
-                    "rpc": change.rpc,
-                    "state": status.state.value,
-                    "status": encode_status(status),
-                }
-                for change, status in (
-                    (change, _status_now(sessions, change)) for change in pending
-                )
-            ],
-        )
+        if pending:
+            self.session.execute(_INSERT, entry_rows(pending, sessions))
 
     def sequence_pending(self, *, limit: int = SEQUENCE_BATCH, wait: bool = False) -> int:
         """Number the committed entries that have no position yet; how many (see the module's
         docstring). `wait`: wait for a pass under way instead of leaving the work to it, so
         that everything committed before the call is numbered when it returns."""
-        if self.session.execute(_ANY_PENDING).first() is None:
-            return 0
-        postgresql = self.session.get_bind().dialect.name == "postgresql"
+        return self.sequence_pass(limit=limit, wait=wait).numbered
+
+    def sequence_pass(self, *, limit: int = SEQUENCE_BATCH, wait: bool = False) -> SequencePass:
+        """sequence_pending, also saying whether another replica's pass held the lock."""
+        postgresql = dialect_name(self.session) == "postgresql"
+        # The sequencer passes only when woken by a commit: on PostgreSQL it goes straight
+        # for the lock (one statement less per pass); a watch's start checks first.
+        if (wait or not postgresql) and self.session.execute(_ANY_PENDING).first() is None:
+            return SequencePass(0)
         # One pass at a time, and the others do not queue: the pass under way, or the next
         # (the next commit's, a follower's poll), numbers their entries too. SQLite
         # serialises writers anyway.
         if postgresql and wait:
             self.session.execute(_LOCK)
         elif postgresql and not self.session.execute(_TRY_LOCK).scalar_one():
-            return 0
+            return SequencePass(0, busy=True)
+        if postgresql:
+            # A new statement, after the lock: it sees every entry committed before it.
+            numbered, last = self.session.execute(_PG_NUMBER, {"p_limit": limit}).one()
+            if last is None:  # no counter row: recreated below, then numbered as on SQLite
+                numbered = self._number_stepwise(limit)
+        else:
+            numbered = self._number_stepwise(limit)
+        if postgresql and numbered:
+            self.session.execute(_NOTIFY)
+        return SequencePass(numbered)
+
+    def _number_stepwise(self, limit: int) -> int:
+        """Read the counter, number the pending entries after it, move it: three statements
+        (SQLite cannot modify rows in a WITH clause; PostgreSQL uses _PG_NUMBER)."""
         last = self._advance(0)
         if last is None:
             self._recreate_counter()
             last = self._advance(0)
             assert last is not None
-        # A new statement, after the lock: it sees every entry committed before it.
         ids = list(self.session.scalars(_PENDING.limit(limit)))
         if not ids:
             return 0
@@ -136,8 +176,6 @@ class SqlChangeLog:
             [{"p_id": entry, "p_position": last + 1 + offset} for offset, entry in enumerate(ids)],
         )
         self._advance(len(ids))
-        if postgresql:
-            self.session.execute(_NOTIFY)
         return len(ids)
 
     def _advance(self, count: int) -> int | None:
@@ -188,20 +226,40 @@ class SqlChangeLog:
         The head is read first and bounds the read: every entry up to it is committed and
         visible, so a filtered read that found fewer than `limit` has looked through it."""
         head = self.head()
-        query = select(Change).where(Change.position > position, Change.position <= head)
+        # Core rows, not ORM objects: this repository may run on a Core connection.
+        query = select(*CHANGES.c).where(Change.position > position, Change.position <= head)
         if wanted.states:
             query = query.where(Change.state.in_(sorted(s.value for s in wanted.states)))
         if wanted.user_id is not None:
             query = query.where(Change.user_id == wanted.user_id)
         if wanted.user_id_prefix is not None:
             query = query.where(Change.user_id.startswith(wanted.user_id_prefix, autoescape=True))
-        rows = list(self.session.scalars(query.order_by(Change.position).limit(limit)))
+        rows = list(self.session.execute(query.order_by(Change.position).limit(limit)))
         last = rows[-1].position if rows else None
         read_through = last if last is not None and len(rows) == limit else max(head, position)
         return ChangeBatch(changes=[_change(row) for row in rows], read_through=read_through)
 
 
-def head_of(session: Session) -> int:
+def entry_rows(
+    pending: Sequence[PendingChange], sessions: SqlSessionRepository
+) -> list[dict[str, Any]]:
+    """The column values of `pending`'s entries, without a position, each with the status
+    this transaction leaves: the one the use case handed over, else read back now (call at
+    the end of the transaction)."""
+    return [
+        {
+            "position": None,
+            "occurred_at": change.occurred_at,
+            "user_id": change.user_id,
+            "rpc": change.rpc,
+            "state": status.state.value,
+            "status": encode_status(status),
+        }
+        for change, status in ((change, _status_left(sessions, change)) for change in pending)
+    ]
+
+
+def head_of(session: Executor) -> int:
     last = session.execute(
         select(Counter.last_position).where(Counter.id == _COUNTER_ID)
     ).scalar_one_or_none()
@@ -210,14 +268,16 @@ def head_of(session: Session) -> int:
     return int(last or 0)
 
 
-def _status_now(sessions: SqlSessionRepository, change: PendingChange) -> SessionStatusView:
+def _status_left(sessions: SqlSessionRepository, change: PendingChange) -> SessionStatusView:
+    if change.status is not None:
+        return change.status
     row = sessions.find(change.user_id, change.occurred_at)
     if row is None:
         return SessionStatusView(user_id=change.user_id, state=SessionState.NOT_CONNECTED)
     return status_view(row, change.occurred_at)
 
 
-def _change(row: GarminSessionChange) -> SessionChange:
+def _change(row: Row[Any]) -> SessionChange:
     assert row.position is not None  # only numbered entries are read
     return SessionChange(
         position=row.position,
@@ -243,7 +303,7 @@ def encode_status(status: SessionStatusView) -> str:
         "session_version": status.session_version,
         "kind": status.kind.value if status.kind else None,
         "invalidated_reason": status.invalidated_reason,
-        **{name: _time(getattr(status, name)) for name in _TIMES},
+        **{name: _time(getattr(status, name)) for name in TIMES},
     }
     if status.lease is not None:
         document["lease"] = {
@@ -260,7 +320,7 @@ def encode_status(status: SessionStatusView) -> str:
 def decode_status(value: str) -> SessionStatusView:
     document = json.loads(value)
     lease = document.get("lease")
-    time = {name: _parse_time(document[name]) for name in _TIMES}
+    time = {name: _parse_time(document[name]) for name in TIMES}
     return SessionStatusView(
         user_id=document["user_id"],
         state=SessionState(document["state"]),

@@ -1,11 +1,12 @@
 """Numbering the change log's committed entries in the background, one pass after another
 (auth_service.storage.change_log explains the passes).
 
-Every replica runs one sequencer thread. It wakes when this replica committed entries (the
-change signal), when another replica's pass NOTIFYed (PostgreSQL), and every poll interval,
-and runs passes until nothing is left to number, then wakes the followers. Writers never wait
-for it; followers run a pass themselves before each read, so an entry never waits longer than
-a follower's poll for its number, whatever happened to the replica that wrote it.
+Every replica runs one sequencer thread. It wakes when this replica committed entries, and
+every poll interval (so the entries of a replica that died right after its commit get their
+numbers from another), gives the commits of the next few milliseconds the chance to join, runs
+passes until nothing is left to number, then wakes this replica's followers (PostgreSQL's
+NOTIFY wakes every replica's). Writers never wait for it; a watch runs a pass itself when it
+starts, so what it replays includes everything committed before.
 """
 
 from __future__ import annotations
@@ -15,31 +16,48 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.storage.change_log import SEQUENCE_BATCH, SqlChangeLog
+from auth_service.storage.change_log import SEQUENCE_BATCH, SequencePass, SqlChangeLog
 from auth_service.storage.change_signal import LocalChangeSignal
 
 log = logging.getLogger(__name__)
+# How long a woken sequencer lets further commits gather before its pass: a follower sees a
+# change this much later, and a busy replica runs at most one pass per this interval.
+COALESCE_SECONDS = 0.01
 
 
-def sequence_all(db: sessionmaker[Session]) -> int:
-    """Passes until a pass numbers less than a full batch; how many entries were numbered."""
-    total, numbered = 0, SEQUENCE_BATCH
-    while numbered == SEQUENCE_BATCH:
+def sequence_all(db: sessionmaker[Session]) -> SequencePass:
+    """Passes until a pass numbers less than a full batch: how many entries were numbered,
+    and whether the last pass found another replica's pass under way."""
+    total, done = 0, SequencePass(SEQUENCE_BATCH)
+    while done.numbered == SEQUENCE_BATCH:
         with db.begin() as session:
-            numbered = SqlChangeLog(session).sequence_pending()
-        total += numbered
-    return total
+            done = SqlChangeLog(session).sequence_pass()
+        total += done.numbered
+    return SequencePass(total, busy=done.busy)
 
 
 class ChangeSequencer:
-    """The background thread of one replica."""
+    """The background thread of one replica.
+
+    It waits on `committed` (this replica's commits that appended entries), and wakes
+    `followers` after every pass that numbered some. Its own NOTIFY and other replicas' do not
+    wake it: they mean "positions moved", which is the followers' business. A pass that found
+    another replica's pass under way is tried again after COALESCE_SECONDS, since that pass
+    may have started before our entries were committed."""
 
     def __init__(
-        self, db: sessionmaker[Session], signal: LocalChangeSignal, poll_seconds: float
+        self,
+        db: sessionmaker[Session],
+        committed: LocalChangeSignal,
+        followers: LocalChangeSignal,
+        poll_seconds: float,
+        coalesce_seconds: float = COALESCE_SECONDS,
     ) -> None:
         self._db = db
-        self._signal = signal
+        self._committed = committed
+        self._followers = followers
         self._poll = poll_seconds
+        self._coalesce = coalesce_seconds
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="change-sequencer", daemon=True)
 
@@ -49,20 +67,27 @@ class ChangeSequencer:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._signal.wake()
+        self._committed.wake()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            seen = self._signal.generation()
+            seen = self._committed.generation()
+            busy = False
             try:
-                if sequence_all(self._db):
+                done = sequence_all(self._db)
+                busy = done.busy
+                if done.numbered:
                     # SQLite has no NOTIFY: this replica's followers learn of it here.
-                    self._signal.wake()
-                    continue
+                    self._followers.wake()
             # The database may be down for a while; the next wake-up tries again. Only the
             # type is logged: driver messages can echo connection parameters.
             except Exception as exc:  # noqa: BLE001
                 log.warning("change log not numbered (%s); retrying", type(exc).__name__)
-            self._signal.wait(seen, self._poll)
+            if not busy:
+                # Commits made during the pass have moved the generation: no wait then.
+                self._committed.wait(seen, self._poll)
+            # Let the commits of the next few milliseconds join the pass: under load one
+            # pass numbers many entries instead of one pass per commit.
+            self._stopping.wait(self._coalesce)

@@ -30,14 +30,20 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Select, Update, and_, bindparam, case, func, or_, select, update
-from sqlalchemy.orm import Session
 
+from auth_service.domain.audit import OK, AuditedRpc, NewAuditEvent
+from auth_service.domain.changes import PendingChange
 from auth_service.domain.models import GarminTokens
 from auth_service.domain.repositories import GrantedRow
-from auth_service.domain.views import SessionRow
+from auth_service.domain.views import SessionRow, status_view
 from auth_service.storage import session_rows as rows
+from auth_service.storage.audit_repository import event_values
+from auth_service.storage.change_log import entry_rows
+from auth_service.storage.executor import Executor, dialect_name
+from auth_service.storage.lease_trail import with_trail
 from auth_service.storage.models import UTCDateTime
 from auth_service.storage.session_repository import SqlSessionRepository
+from auth_service.storage.trail_writer import write_trail
 
 T = rows.T
 ACTIVE = rows.ACTIVE
@@ -120,18 +126,24 @@ _GRANT_USER = (
 
 _FIND = select(*T.c).where(T.c.user_id == rows.USER_ID)
 _FIND_BY_LEASE = select(*T.c).where(_LIVE)
+# Renewal and release: the lease must be live AND have been obtained by the calling caller
+# (auth_service.services.lease_holders): a leaked lease id is worth nothing to anyone else.
+_LIVE_FOR_CALLER = and_(_LIVE, T.c.lease_caller == _CALLER)
 _RENEW = (
-    update(T).where(_LIVE).values(lease_expires_at=_EXPIRES_AT, updated_at=_NOW).returning(*T.c)
+    update(T)
+    .where(_LIVE_FOR_CALLER)
+    .values(lease_expires_at=_EXPIRES_AT, updated_at=_NOW)
+    .returning(*T.c)
 )
 _RELEASE_VALUES: dict[str, Any] = {
     **rows.ENDED_LEASE,
     "last_sync_attempt_at": _NOW,
     "updated_at": _NOW,
 }
-_RELEASE = update(T).where(_LIVE).values(_RELEASE_VALUES).returning(*T.c)
+_RELEASE = update(T).where(_LIVE_FOR_CALLER).values(_RELEASE_VALUES).returning(*T.c)
 _RELEASE_SYNCED = (
     update(T)
-    .where(_LIVE)
+    .where(_LIVE_FOR_CALLER)
     .values(
         {
             **_RELEASE_VALUES,
@@ -158,14 +170,29 @@ _INVALIDATE = update(T).where(_LIVE).values(rows.INVALIDATED).returning(*T.c)
 # With an expected session version (central refresh): the row must still hold the session
 # the tokens were refreshed from, so a login or import that landed meanwhile wins.
 
+# The same statements, also writing the change's audit event and change-log entry (grants:
+# the row's new lease id is the event's; holder calls: the presented lease's digest).
+_RECORDED: dict[Update, Select[Any]] = {
+    **{
+        grant: with_trail(grant, lease_digest=None, with_lease=True)
+        for grant in (_PG_GRANT, _PG_GRANT_NEXT, _PG_GRANT_NEXT_SCOPED)
+    },
+    _RENEW: with_trail(_RENEW, lease_digest=rows.LEASE_ID, with_lease=True),
+    _RELEASE: with_trail(_RELEASE, lease_digest=rows.LEASE_ID, with_lease=False),
+    _RELEASE_SYNCED: with_trail(_RELEASE_SYNCED, lease_digest=rows.LEASE_ID, with_lease=False),
+}
+
 
 class SqlLeaseRepository:
     """Lease queries on one SQLAlchemy session (one transaction of the service layer)."""
 
-    def __init__(self, session: Session, sessions: SqlSessionRepository) -> None:
+    def __init__(self, session: Executor, sessions: SqlSessionRepository) -> None:
         self.session = session
         self._sessions = sessions
-        self._postgresql = session.get_bind().dialect.name == "postgresql"
+        self._postgresql = dialect_name(session) == "postgresql"
+        # Whether a statement with `record_as` wrote a change-log entry (the store wakes the
+        # sequencer after the commit).
+        self.recorded_changes = False
 
     # --- reads -------------------------------------------------------------------------
 
@@ -188,14 +215,17 @@ class SqlLeaseRepository:
         caller: str,
         now: datetime,
         expires_at: datetime,
+        record_as: AuditedRpc | None = None,
     ) -> GrantedRow | None:
-        """Lease the user's ACTIVE session if no live lease holds it; None when refused."""
+        """Lease the user's ACTIVE session if no live lease holds it; None when refused.
+        `record_as`: write the grant's audit event and change-log entry with it."""
         values = _grant_params(lease_digest, holder, caller, now, expires_at)
+        values["p_user_id"] = user_id
         if self._postgresql:
-            return self._granted(_PG_GRANT, p_user_id=user_id, **values)
-        return self._grant_sqlite(_CANDIDATE_BY_USER, p_user_id=user_id, **values)
+            return self._granted(_PG_GRANT, record_as, caller, **values)
+        return self._grant_sqlite(_CANDIDATE_BY_USER, record_as, **values)
 
-    def grant_next(
+    def grant_next(  # noqa: PLR0913 - keyword-only: what the grant sets and selects by
         self,
         *,
         lease_digest: str,
@@ -205,6 +235,7 @@ class SqlLeaseRepository:
         expires_at: datetime,
         due_before: datetime,
         user_id_prefix: str | None = None,
+        record_as: AuditedRpc | None = None,
     ) -> GrantedRow | None:
         """Lease the most overdue free ACTIVE session (of a user whose id starts with
         `user_id_prefix`, when given); None when nothing is due."""
@@ -213,42 +244,112 @@ class SqlLeaseRepository:
         if user_id_prefix is not None:
             values["p_prefix"] = user_id_prefix
             if self._postgresql:
-                return self._granted(_PG_GRANT_NEXT_SCOPED, **values)
-            return self._grant_sqlite(_CANDIDATE_DUE_SCOPED, **values)
+                return self._granted(_PG_GRANT_NEXT_SCOPED, record_as, caller, **values)
+            return self._grant_sqlite(_CANDIDATE_DUE_SCOPED, record_as, **values)
         if self._postgresql:
-            return self._granted(_PG_GRANT_NEXT, **values)
-        return self._grant_sqlite(_CANDIDATE_DUE, **values)
+            return self._granted(_PG_GRANT_NEXT, record_as, caller, **values)
+        return self._grant_sqlite(_CANDIDATE_DUE, record_as, **values)
 
-    def _granted(self, statement: Update, **params: Any) -> GrantedRow | None:
-        row = self.session.execute(statement, params).first()
+    def _granted(
+        self, statement: Update, record_as: AuditedRpc | None, caller: str, **params: Any
+    ) -> GrantedRow | None:
+        if record_as is not None:
+            params.update(p_trail_caller=caller, p_trail_rpc=record_as.value)
+            row = self.session.execute(_RECORDED[statement], params).first()
+            self.recorded_changes |= row is not None
+        else:
+            row = self.session.execute(statement, params).first()
         if row is None:
             return None
         return GrantedRow(cast(SessionRow, row), took_over=row.previous_lease_id is not None)
 
-    def _grant_sqlite(self, candidate: Select[Any], **params: Any) -> GrantedRow | None:
+    def _grant_sqlite(
+        self, candidate: Select[Any], record_as: AuditedRpc | None, **params: Any
+    ) -> GrantedRow | None:
         chosen = self.session.execute(candidate, params).first()
         if chosen is None:
             return None
         row = self._one(_GRANT_USER, **{**params, "p_user_id": chosen.user_id})
         if row is None:
             return None
+        if record_as is not None:
+            self._record(record_as, params["p_caller"], params["p_now"], row, row.lease_id)
         return GrantedRow(row, took_over=chosen.previous_lease_id is not None)
 
     # --- the holder's calls ----------------------------------------------------------
 
-    def renew(self, lease_digest: str, *, now: datetime, expires_at: datetime) -> SessionRow | None:
-        """Move a live lease's expiry to `expires_at`; None when the lease is dead."""
-        return self._one(_RENEW, p_lease_id=lease_digest, p_now=now, p_expires_at=expires_at)
+    def renew(
+        self,
+        lease_digest: str,
+        *,
+        caller: str,
+        now: datetime,
+        expires_at: datetime,
+        record_as: AuditedRpc | None = None,
+    ) -> SessionRow | None:
+        """Move the expiry of a live lease `caller` obtained to `expires_at`; None when the
+        lease is dead or another caller's."""
+        return self._holder_call(
+            _RENEW,
+            record_as,
+            p_lease_id=lease_digest,
+            p_caller=caller,
+            p_now=now,
+            p_expires_at=expires_at,
+        )
 
     def release(
-        self, lease_digest: str, *, now: datetime, synced_through: datetime | None
+        self,
+        lease_digest: str,
+        *,
+        caller: str,
+        now: datetime,
+        synced_through: datetime | None,
+        record_as: AuditedRpc | None = None,
     ) -> SessionRow | None:
-        """End a live lease, recording the sync attempt (and success); None when dead."""
+        """End a live lease `caller` obtained, recording the sync attempt (and success); None
+        when the lease is dead or another caller's."""
+        params: dict[str, Any] = {"p_lease_id": lease_digest, "p_caller": caller, "p_now": now}
         if synced_through is None:
-            return self._one(_RELEASE, p_lease_id=lease_digest, p_now=now)
-        return self._one(
-            _RELEASE_SYNCED, p_lease_id=lease_digest, p_now=now, p_synced_through=synced_through
+            return self._holder_call(_RELEASE, record_as, **params)
+        return self._holder_call(
+            _RELEASE_SYNCED, record_as, p_synced_through=synced_through, **params
         )
+
+    def _holder_call(
+        self, statement: Update, record_as: AuditedRpc | None, **params: Any
+    ) -> SessionRow | None:
+        if record_as is None:
+            return self._one(statement, **params)
+        if self._postgresql:
+            params.update(p_trail_caller=params["p_caller"], p_trail_rpc=record_as.value)
+            row = self._one(_RECORDED[statement], **params)
+            self.recorded_changes |= row is not None
+            return row
+        row = self._one(statement, **params)
+        if row is not None:
+            self._record(record_as, params["p_caller"], params["p_now"], row, params["p_lease_id"])
+        return row
+
+    def _record(
+        self, rpc: AuditedRpc, caller: str, now: datetime, row: SessionRow, digest: str | None
+    ) -> None:
+        """SQLite: the audit event and change-log entry of the change that left `row`, as
+        PostgreSQL's one statement writes them (auth_service.storage.lease_trail)."""
+        status = status_view(row, now)
+        event = NewAuditEvent(
+            occurred_at=now,
+            caller=caller,
+            rpc=rpc.value,
+            user_id=row.user_id,
+            outcome_code=OK.code,
+            outcome_reason=OK.reason,
+            lease_id=digest,
+            fencing_token=row.fencing_token,
+        )
+        change = PendingChange(row.user_id, rpc.value, now, status=status)
+        write_trail(self.session, [event_values(event)], entry_rows([change], self._sessions))
+        self.recorded_changes = True
 
     def store_refreshed(
         self, lease_digest: str, *, user_id: str, tokens: GarminTokens, now: datetime

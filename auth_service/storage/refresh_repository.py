@@ -13,12 +13,12 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Integer, Row, and_, bindparam, or_, select, update
-from sqlalchemy.orm import Session
 
 from auth_service.domain.models import GarminTokens, SessionKind
 from auth_service.domain.repositories import KeepAliveCandidate
 from auth_service.domain.views import SessionRow
 from auth_service.storage import session_rows as rows
+from auth_service.storage.executor import Executor
 from auth_service.storage.models import UTCDateTime
 from auth_service.storage.session_repository import SqlSessionRepository
 
@@ -76,7 +76,7 @@ _DYING = (
 class SqlRefreshRepository:
     """Refresh claims on one SQLAlchemy session (one transaction of the service layer)."""
 
-    def __init__(self, session: Session, sessions: SqlSessionRepository) -> None:
+    def __init__(self, session: Executor, sessions: SqlSessionRepository) -> None:
         self.session = session
         self._sessions = sessions
 

@@ -14,13 +14,13 @@ from typing import Any, cast
 
 from sqlalchemy import Row, Select, Update, case, update
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import Session
 
 from auth_service.crypto import DecryptionError
 from auth_service.domain.errors import SecretUnreadable
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
 from auth_service.domain.views import SessionRow
 from auth_service.storage import session_rows as rows
+from auth_service.storage.executor import Executor
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.upsert import insert_ignoring_conflict
 
@@ -67,7 +67,7 @@ _SETTLE = (
 class SqlSessionRepository:
     """The garmin_authentication_state rows on one SQLAlchemy session."""
 
-    def __init__(self, session: Session, box: SecretBox) -> None:
+    def __init__(self, session: Executor, box: SecretBox) -> None:
         self.session = session
         self.box = box
 

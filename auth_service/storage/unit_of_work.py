@@ -11,75 +11,101 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 
-from sqlalchemy import text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.storage.audit_repository import SqlAuditRepository
 from auth_service.storage.challenge_repository import SqlChallengeRepository
-from auth_service.storage.change_log import SqlChangeLog
+from auth_service.storage.change_log import SqlChangeLog, entry_rows
 from auth_service.storage.lease_repository import SqlLeaseRepository
 from auth_service.storage.limit_repository import SqlGarminLimitRepository
 from auth_service.storage.refresh_repository import SqlRefreshRepository
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.session_repository import SqlSessionRepository
 from auth_service.storage.throttle_repository import SqlThrottleRepository
+from auth_service.storage.trail_writer import write_trail
 from auth_service.storage.webhook_cursor import SqlWebhookCursor
 
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 
 
 class SqlTransaction:
-    """The repositories of one open SQLAlchemy transaction (built when first used)."""
+    """The repositories of one open transaction (built when first used).
 
-    def __init__(self, session: Session, box: SecretBox) -> None:
-        self._session = session
+    It runs on a Core connection (auth_service.storage.executor); the repositories that load
+    and change ORM objects share an ORM session joined to the connection's transaction, which
+    is flushed before the commit and never commits or rolls back by itself."""
+
+    def __init__(self, connection: Connection, box: SecretBox) -> None:
+        self._connection = connection
         self._box = box
 
     @cached_property
+    def _orm(self) -> Session:
+        # rollback_only: the session never ends the connection's transaction; the store does.
+        return Session(
+            bind=self._connection, join_transaction_mode="rollback_only", expire_on_commit=False
+        )
+
+    @cached_property
     def sessions(self) -> SqlSessionRepository:
-        return SqlSessionRepository(self._session, self._box)
+        return SqlSessionRepository(self._connection, self._box)
 
     @cached_property
     def challenges(self) -> SqlChallengeRepository:
-        return SqlChallengeRepository(self._session, self._box)
+        return SqlChallengeRepository(self._connection, self._box)
 
     @cached_property
     def throttle(self) -> SqlThrottleRepository:
-        return SqlThrottleRepository(self._session)
+        return SqlThrottleRepository(self._orm)
 
     @cached_property
     def leases(self) -> SqlLeaseRepository:
-        return SqlLeaseRepository(self._session, self.sessions)
+        return SqlLeaseRepository(self._connection, self.sessions)
 
     @cached_property
     def refreshes(self) -> SqlRefreshRepository:
-        return SqlRefreshRepository(self._session, self.sessions)
+        return SqlRefreshRepository(self._connection, self.sessions)
 
     @cached_property
     def audit_events(self) -> SqlAuditRepository:
-        return SqlAuditRepository(self._session)
+        return SqlAuditRepository(self._connection)
 
     @cached_property
     def limits(self) -> SqlGarminLimitRepository:
-        return SqlGarminLimitRepository(self._session)
+        return SqlGarminLimitRepository(self._orm)
 
     @cached_property
     def changes(self) -> SqlChangeLog:
-        return SqlChangeLog(self._session)
+        return SqlChangeLog(self._connection)
 
     @cached_property
     def webhook_cursor(self) -> SqlWebhookCursor:
-        return SqlWebhookCursor(self._session)
+        return SqlWebhookCursor(self._orm)
 
     def before_commit(self) -> bool:
-        """Append the changes this transaction's audit events recorded to the change log, as
-        the last statements before COMMIT (with the status the transaction leaves). True when
-        there were any: they are numbered once committed (storage.change_sequencer)."""
+        """Insert this transaction's audit events and the change-log entries of the changes
+        they record (with the status the transaction leaves), as the last statement before
+        COMMIT. True when there were entries: they are numbered once committed
+        (storage.change_sequencer)."""
+        orm = self.__dict__.get("_orm")
+        if isinstance(orm, Session):
+            orm.flush()
+        leases = self.__dict__.get("leases")
+        recorded = isinstance(leases, SqlLeaseRepository) and leases.recorded_changes
         events = self.__dict__.get("audit_events")
-        if not isinstance(events, SqlAuditRepository) or not events.pending_changes:
-            return False
-        self.changes.append(events.pending_changes, self.sessions)
-        return True
+        if not isinstance(events, SqlAuditRepository):
+            return recorded
+        entries = entry_rows(events.pending_changes, self.sessions)
+        write_trail(self._connection, events.take_unwritten(), entries)
+        return recorded or bool(entries)
+
+    def close(self) -> None:
+        """Let go of the ORM session, if one was opened (the connection's transaction is
+        the store's to end)."""
+        orm = self.__dict__.get("_orm")
+        if isinstance(orm, Session):
+            orm.close()
 
 
 class SqlStore:
@@ -93,16 +119,20 @@ class SqlStore:
     ) -> None:
         """`on_changes` is called after a commit that appended to the change log (it wakes
         this replica's followers at once, whatever the backend)."""
-        self._db = db
+        # Units of work run on Core connections of the sessions' engine.
+        self._engine: Engine = db.kw["bind"]
         self._box = box
         self._on_changes = on_changes
 
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:
-        with self._db.begin() as session:
-            transaction = SqlTransaction(session, self._box)
-            yield transaction
-            changed = transaction.before_commit()
+        with self._engine.begin() as connection:
+            transaction = SqlTransaction(connection, self._box)
+            try:
+                yield transaction
+                changed = transaction.before_commit()
+            finally:
+                transaction.close()
         if changed:
             self._after_changes()
 
@@ -112,15 +142,18 @@ class SqlStore:
         replicas that try at once exactly one gets it (and it is released at commit, or when
         a crashed replica's connection closes). SQLite: one process, and BEGIN IMMEDIATE
         already serialises every writer."""
-        with self._db.begin() as session:
-            if session.get_bind().dialect.name == "postgresql":
-                taken = session.execute(_TRY_LOCK, {"key": advisory_lock_key(name)}).scalar_one()
-                if not taken:
+        with self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                key = {"key": advisory_lock_key(name)}
+                if not connection.execute(_TRY_LOCK, key).scalar_one():
                     yield None
                     return
-            transaction = SqlTransaction(session, self._box)
-            yield transaction
-            changed = transaction.before_commit()
+            transaction = SqlTransaction(connection, self._box)
+            try:
+                yield transaction
+                changed = transaction.before_commit()
+            finally:
+                transaction.close()
         if changed:
             self._after_changes()
 

@@ -6,12 +6,13 @@ from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+
+from auth_service.storage.executor import Executor, dialect_name
 
 
-def insert_ignoring_conflict(session: Session, table: Table, values: dict[str, Any]) -> bool:
+def insert_ignoring_conflict(session: Executor, table: Table, values: dict[str, Any]) -> bool:
     """Insert the row unless one with the same key exists already; True when inserted."""
-    dialect = session.get_bind().dialect.name
+    dialect = dialect_name(session)
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # RETURNING rather than rowcount: psycopg reports no row count for ON CONFLICT inserts.
     statement = insert(table).values(**values).on_conflict_do_nothing()

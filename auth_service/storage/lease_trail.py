@@ -1,0 +1,135 @@
+"""Lease statements that write their own audit event and change-log entry (PostgreSQL).
+
+A grant, renewal or release changes one row, and its audit event and change-log entry say
+what the row became. On PostgreSQL all three are written by ONE statement: the row's UPDATE
+as a data-modifying WITH clause, and two INSERTs that read what it returned: a lease RPC's
+transaction is BEGIN, one statement, COMMIT. (Measured with callgrind through the use cases:
+1.35 M instructions per lease RPC, against 1.92 M with the trail as a second statement. Running
+the one statement in autocommit cost more, 1.57 M: switching the pooled connection's isolation
+level back and forth outweighs the BEGIN and COMMIT it saves.)
+
+The entry's status is the JSON that auth_service.storage.change_log's encode_status writes,
+built by PostgreSQL from the returned row: times as PostgreSQL writes a timestamptz in JSON
+(ISO 8601 with its offset, which decode_status reads back to the same instant), the lease
+(grants and renewals: the row holds a live one) by its reference, never its digest.
+tests/stream/test_statement_trail.py holds the two to the same decoded status.
+
+The statements are kept under psycopg's 4 KiB limit for caching a query's parsed form (a
+longer one is parsed again at every execution): the session table is aliased in them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    Update,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal_column,
+    null,
+    select,
+)
+from sqlalchemy.sql.util import ClauseAdapter
+
+from auth_service.domain.audit import OK
+from auth_service.domain.lease_ids import LEASE_REF_LENGTH
+from auth_service.storage import session_rows as rows
+from auth_service.storage.audit_repository import EVENTS
+from auth_service.storage.change_log import CHANGES, TIMES
+from auth_service.storage.models import UTCDateTime
+
+# The audit event's caller and RPC (its time is the statement's p_now).
+TRAIL_CALLER = bindparam("p_trail_caller", type_=EVENTS.c.caller.type)
+TRAIL_RPC = bindparam("p_trail_rpc", type_=EVENTS.c.rpc.type)
+
+
+def _constant(value: str) -> ColumnElement[str]:
+    """A string constant written into the statement, not bound: keys and formats are ours,
+    and each bound value costs a parameter per execution."""
+    if "'" in value:
+        raise ValueError("a constant must not contain a quote")
+    return literal_column(f"'{value}'", Text)
+
+
+def _status_json(done: Any, *, with_lease: bool) -> ColumnElement[str]:
+    lease: ColumnElement[Any] = null()
+    if with_lease:
+        lease = func.json_build_object(
+            _constant("lease_ref"),
+            func.substr(done.c.lease_id, 1, LEASE_REF_LENGTH),
+            _constant("holder"),
+            done.c.lease_holder,
+            _constant("fencing_token"),
+            done.c.fencing_token,
+            _constant("acquired_at"),
+            done.c.lease_acquired_at,
+            _constant("expires_at"),
+            done.c.lease_expires_at,
+        )
+    fields: list[Any] = [
+        _constant("user_id"),
+        done.c.user_id,
+        _constant("state"),
+        done.c.state,
+        _constant("session_version"),
+        done.c.session_version,
+        _constant("kind"),
+        done.c.session_kind,
+        _constant("invalidated_reason"),
+        done.c.invalidated_reason,
+    ]
+    for name in TIMES:
+        fields += [_constant(name), done.c[name]]
+    fields += [_constant("lease"), lease]
+    return cast(func.json_build_object(*fields), Text)
+
+
+def with_trail(
+    change: Update, *, lease_digest: ColumnElement[Any] | None, with_lease: bool
+) -> Select[Any]:
+    """`change` (an UPDATE ... RETURNING every column of one session row), plus the INSERTs of
+    its audit event (outcome OK) and change-log entry: one statement returning what `change`
+    returns. `lease_digest`: the event's lease digest (None: the row's own lease_id, as after
+    a grant); `with_lease`: the row holds a live lease after the change."""
+    # "s.user_id" rather than "garmin_authentication_state.user_id", two dozen times.
+    done = ClauseAdapter(rows.T.alias("s")).traverse(change).cte("done")
+    digest = done.c.lease_id if lease_digest is None else lease_digest
+    event = insert(EVENTS).from_select(
+        [
+            "occurred_at",
+            "caller",
+            "rpc",
+            "user_id",
+            "outcome_code",
+            "outcome_reason",
+            "lease_id",
+            "fencing_token",
+        ],
+        select(
+            rows.NOW,
+            TRAIL_CALLER,
+            TRAIL_RPC,
+            done.c.user_id,
+            _constant(OK.code),
+            _constant(OK.reason),
+            digest,
+            done.c.fencing_token,
+        ),
+    )
+    entry = insert(CHANGES).from_select(
+        ["occurred_at", "user_id", "rpc", "state", "status"],
+        select(
+            bindparam("p_now", type_=UTCDateTime()),
+            done.c.user_id,
+            TRAIL_RPC,
+            cast(done.c.state, CHANGES.c.state.type),
+            _status_json(done, with_lease=with_lease),
+        ),
+    )
+    return select(*done.c).add_cte(event.cte("event"), entry.cte("entry"))
