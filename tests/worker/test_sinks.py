@@ -229,3 +229,36 @@ def test_directory_sink_fsyncs_each_item_once_and_its_directory_once_per_commit(
         second.close()
     assert (sink.fsyncs.items, sink.fsyncs.directories, sink.fsyncs.fences) == (40, 4, 2)
     assert not list(tmp_path.glob("ann/activities/.*.tmp"))
+
+
+def test_directory_sink_replaces_what_a_writer_that_died_mid_item_left(tmp_path: Path) -> None:
+    """The temporary file's name is fixed (the fence lets one writer in at a time): a torn
+    one left by a crash is overwritten, never renamed into place as it was."""
+    sink = DirectorySink(tmp_path)
+    user_sink = sink.for_user("ann", 1)
+    try:
+        activities = tmp_path / "ann" / "activities"
+        (activities / ".42.json.tmp").write_bytes(b'{"torn": ')
+        assert user_sink.write_summary(activity(42)) is True
+        user_sink.commit()
+    finally:
+        user_sink.close()
+    assert (activities / "42.json").read_bytes() == summary_bytes(activity(42).summary)
+    assert [path.name for path in activities.iterdir()] == ["42.json"]
+
+
+def test_directory_sink_does_not_follow_a_link_planted_as_its_temporary_file(
+    tmp_path: Path,
+) -> None:
+    sink = DirectorySink(tmp_path / "out")
+    user_sink = sink.for_user("ann", 1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"untouched")
+    try:
+        (tmp_path / "out" / "ann" / "activities" / ".42.json.tmp").symlink_to(elsewhere)
+        with pytest.raises(SinkError):
+            user_sink.write_summary(activity(42))
+    finally:
+        user_sink.close()
+    assert elsewhere.read_bytes() == b"untouched"
+    assert not (tmp_path / "out" / "ann" / "activities" / "42.json").exists()
