@@ -4,8 +4,10 @@ fenced by the lease's token under flock(2), made durable once per user by commit
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,10 +96,18 @@ class _DirectoryUserSink:
         self._directories = directories
         self._touched = len(directories) > 1
         self._fence = os.open(folder / _FENCE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        # Items are opened, renamed and made durable relative to this descriptor: no path
+        # is resolved (or built) per item.
+        try:
+            self._activities_fd = os.open(self._activities, _DIRECTORY_FLAGS)
+        except BaseException:
+            os.close(self._fence)
+            raise
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fence)
+        for fd in (self._activities_fd, self._fence):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     @contextlib.contextmanager
     def _fenced(self) -> Iterator[None]:
@@ -124,7 +134,14 @@ class _DirectoryUserSink:
             pass
 
     def has_file(self, activity_id: int) -> bool:
-        return (self._activities / f"{activity_id}.zip").is_file()
+        try:
+            mode = os.stat(f"{activity_id}.zip", dir_fd=self._activities_fd).st_mode
+        except OSError as exc:
+            # What Path.is_file() takes for "no such file" (anything else is a sink error).
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return False
+            raise SinkError(f"cannot look for {activity_id}.zip: {exc.strerror}") from None
+        return stat.S_ISREG(mode)
 
     def write_file(self, activity_id: int, content: bytes) -> bool:
         return self._write(f"{activity_id}.zip", content)
@@ -139,7 +156,10 @@ class _DirectoryUserSink:
             return
         try:
             for directory in self._directories:
-                _fsync_directory(directory)
+                if directory == self._activities:
+                    os.fsync(self._activities_fd)
+                else:
+                    _fsync_directory(directory)
         except OSError as exc:
             raise SinkError(f"cannot make the user's items durable: {exc.strerror}") from None
         self._fsyncs.add(directories=len(self._directories))
@@ -150,7 +170,7 @@ class _DirectoryUserSink:
         try:
             with self._fenced():
                 self._touched = True
-                written = _atomic_write(self._activities, name, content)
+                written = _atomic_write(self._activities_fd, name, content)
         except OSError as exc:
             raise SinkError(f"cannot write {name}: {exc.strerror}") from None
         if written:
@@ -161,21 +181,22 @@ class _DirectoryUserSink:
 # The temporary file's flags: never follow a link planted under its name, and replace what a
 # writer that died mid-item left there.
 _TEMPORARY_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIRECTORY_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _atomic_write(directory: Path, name: str, content: bytes) -> bool:
+def _atomic_write(directory: int, name: str, content: bytes) -> bool:
     """Temp file in the same directory, fsync, rename (the directory is fsynced by commit()).
     False when the file already holds exactly this content (nothing is written twice).
 
     The caller holds the user's fence, which every writer of the directory takes around
     each write: one writer at a time, so the temporary file's name can be fixed (a random
     one costs a third of a small item's CPU). Plain descriptors rather than a buffered file
-    object for the same reason: this runs once per item."""
-    path = directory / name
-    if _holds(path, content):
+    object, and names relative to the directory's descriptor, for the same reason: this runs
+    once per item."""
+    if _holds(directory, name, content):
         return False
-    temporary = directory / f".{name}.tmp"
-    fd = os.open(temporary, _TEMPORARY_FLAGS, 0o600)
+    temporary = f".{name}.tmp"
+    fd = os.open(temporary, _TEMPORARY_FLAGS, 0o600, dir_fd=directory)
     try:
         try:
             _write_all(fd, content)
@@ -184,18 +205,18 @@ def _atomic_write(directory: Path, name: str, content: bytes) -> bool:
             os.fsync(fd)
         finally:
             os.close(fd)
-        temporary.rename(path)
+        os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException:
         with contextlib.suppress(OSError):
-            temporary.unlink()
+            os.unlink(temporary, dir_fd=directory)
         raise
     return True
 
 
-def _holds(path: Path, content: bytes) -> bool:
-    """Whether the file at `path` holds exactly `content` (False when there is none)."""
+def _holds(directory: int, name: str, content: bytes) -> bool:
+    """Whether the file `name` holds exactly `content` (False when there is none)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
     except FileNotFoundError:
         return False
     try:
