@@ -11,12 +11,12 @@ overwrite the newer holder's data.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from garmin_client.user_ids import USER_ID_RULE, is_user_id
+from sync_worker.summary_json import indented_json
 
 
 class SinkError(Exception):
@@ -86,7 +86,7 @@ class Sink(Protocol):
 
 def summary_bytes(summary: dict[str, Any]) -> bytes:
     """Canonical JSON, so an unchanged summary is byte-identical on every run."""
-    return (json.dumps(summary, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+    return (indented_json(summary) + "\n").encode()
 
 
 _Claimable = TypeVar("_Claimable", bound="_ClaimableSink")
