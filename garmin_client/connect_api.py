@@ -54,7 +54,7 @@ def check_api_path(path: str) -> None:
 
 class ConnectApi:
     """One HTTP session to connectapi.<domain>. Thread-safe as requests' Session is for GETs;
-    the worker uses one per user anyway."""
+    the worker keeps one per sync thread (sync_worker.connect_apis)."""
 
     def __init__(
         self, settings: UpstreamSettings, domain: str, observer: RequestObserver | None = None
@@ -79,6 +79,10 @@ class ConnectApi:
 
     def close(self) -> None:
         self._session.close()
+
+    def forget_cookies(self) -> None:
+        """Drop the cookies Garmin set: the next caller's requests must not carry them."""
+        self._session.cookies.clear()
 
     def get_json(
         self, path: str, access_token: str, params: Mapping[str, Any] | None = None

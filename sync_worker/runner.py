@@ -29,6 +29,7 @@ from sync_worker.client_errors import (
     AuthServiceError,
 )
 from sync_worker.config import WorkerConfig
+from sync_worker.connect_apis import ConnectApis
 from sync_worker.control import RunControl
 from sync_worker.directory_sink import DirectorySink
 from sync_worker.lease_grants import LeasedSession
@@ -116,7 +117,7 @@ class _Run:
             self.out.flush()
         self.progress.user_finished(result, was_running=was_running)
 
-    def sync(self, leased: LeasedSession, leased_at: float) -> None:
+    def sync(self, leased: LeasedSession, leased_at: float, connect_apis: ConnectApis) -> None:
         self.progress.user_started()
         result = sync_user(
             self.client,
@@ -124,6 +125,7 @@ class _Run:
             self.sink,
             self.config.sync,
             self.control,
+            connect_apis=connect_apis,
             leased_at=leased_at,
         )
         self.emit(result)
@@ -135,6 +137,13 @@ class _Run:
             return self.queue.pop(0) if self.queue else None
 
     def named_loop(self) -> None:
+        connect_apis = ConnectApis(self.config.sync.upstream)
+        try:
+            self._named_loop(connect_apis)
+        finally:
+            connect_apis.close()
+
+    def _named_loop(self, connect_apis: ConnectApis) -> None:
         while self.control.may_take_users():
             user = self.next_named()
             if user is None:
@@ -149,7 +158,7 @@ class _Run:
             except AuthServiceError as exc:
                 self.refused(user, exc)
                 continue
-            self.sync(leased, leased_at)
+            self.sync(leased, leased_at, connect_apis)
 
     def refused(self, user: str, exc: AuthServiceError) -> None:
         """LeaseSession said no: say what that means for the user (or stop the run)."""
@@ -174,6 +183,13 @@ class _Run:
     # --- --all -------------------------------------------------------------------------
 
     def drain_loop(self) -> None:
+        connect_apis = ConnectApis(self.config.sync.upstream)
+        try:
+            self._drain_loop(connect_apis)
+        finally:
+            connect_apis.close()
+
+    def _drain_loop(self, connect_apis: ConnectApis) -> None:
         failures = 0
         while self.control.may_take_users() and self.control.wait_for_garmin():
             leased_at = time.monotonic()
@@ -207,7 +223,7 @@ class _Run:
                 # Everything more overdue than a user we already did is done: hand it back.
                 self.release_unused(leased)
                 return
-            self.sync(leased, leased_at)
+            self.sync(leased, leased_at, connect_apis)
 
     def release_unused(self, leased: LeasedSession) -> None:
         try:

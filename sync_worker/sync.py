@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
-from garmin_client.connect_api import ConnectApi
 from garmin_client.errors import RateLimited, SessionRejected, Unavailable
 from garmin_client.settings import UpstreamSettings
 from sync_worker.activity_list import parse_activity
 from sync_worker.client import AuthClient
 from sync_worker.client_errors import AuthServiceError
+from sync_worker.connect_apis import ConnectApis
 from sync_worker.control import RunControl
 from sync_worker.keeper import LeaseGone, LeaseKeeper
 from sync_worker.lease_grants import LeasedSession
@@ -106,7 +106,7 @@ class UserSync:
     """Syncs one leased user; ``run()`` always ends the lease's story (release, report, or
     knowing it is lost) and returns the user's result."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the sync thread's collaborators and the grant, by name
         self,
         client: AuthClient,
         leased: LeasedSession,
@@ -114,10 +114,12 @@ class UserSync:
         options: SyncOptions,
         control: RunControl,
         *,
+        connect_apis: ConnectApis,
         leased_at: float,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._client = client
+        self._connect_apis = connect_apis
         self._leased = leased
         self._sink = sink
         self._options = options
@@ -162,39 +164,37 @@ class UserSync:
         user_sink: UserSink | None = None
         access = self._leased.access
         try:
-            with ConnectApi(self._options.upstream, access.domain) as connect_api:
-                api = LeasedApi(connect_api, self._client, self._leased.lease_id, access)
-                try:
-                    user_sink = self._sink.for_user(
-                        self._leased.user_id, self._leased.fencing_token
-                    )
-                    self._read_window(api, user_sink)
-                    self._control.garmin_answered()
-                    # Durable before ReleaseLease moves synced_through past these items.
-                    user_sink.commit()
-                    outcome = Outcome.SYNCED if self._items else Outcome.NOTHING_NEW
-                    detail = f"{self._items} new or changed"
-                except SessionRejected as exc:
-                    outcome, detail = Outcome.AUTH_EXPIRED, str(exc)
-                except SessionEndedByService as exc:
-                    self._ended_by_service = True
-                    outcome, detail = Outcome.AUTH_EXPIRED, str(exc)
-                except RateLimited as exc:
-                    self._control.slow_down(exc.retry_after_seconds)
-                    outcome, detail = Outcome.RATE_LIMITED, str(exc)
-                except Unavailable as exc:
-                    self._control.garmin_unavailable(f"user {self._leased.user_id}: {exc}")
-                    outcome, detail = Outcome.FAILED, str(exc)
-                except (LeaseGone, FencingRefused) as exc:
-                    outcome, detail = Outcome.LEASE_LOST, str(exc)
-                except _Interrupted as exc:
-                    outcome, detail = exc.outcome, str(exc)
-                except (SinkError, UnsafeUserId) as exc:
-                    outcome, detail = Outcome.FAILED, f"sink: {exc}"
-                except AuthServiceError as exc:
-                    # RefreshLease failed in a way that is about the service, not the user.
-                    outcome, detail = self._rpc_failed(exc, "RefreshLease")
-                self._refreshes = api.refreshes
+            connect_api = self._connect_apis.for_user(access.domain)
+            api = LeasedApi(connect_api, self._client, self._leased.lease_id, access)
+            try:
+                user_sink = self._sink.for_user(self._leased.user_id, self._leased.fencing_token)
+                self._read_window(api, user_sink)
+                self._control.garmin_answered()
+                # Durable before ReleaseLease moves synced_through past these items.
+                user_sink.commit()
+                outcome = Outcome.SYNCED if self._items else Outcome.NOTHING_NEW
+                detail = f"{self._items} new or changed"
+            except SessionRejected as exc:
+                outcome, detail = Outcome.AUTH_EXPIRED, str(exc)
+            except SessionEndedByService as exc:
+                self._ended_by_service = True
+                outcome, detail = Outcome.AUTH_EXPIRED, str(exc)
+            except RateLimited as exc:
+                self._control.slow_down(exc.retry_after_seconds)
+                outcome, detail = Outcome.RATE_LIMITED, str(exc)
+            except Unavailable as exc:
+                self._control.garmin_unavailable(f"user {self._leased.user_id}: {exc}")
+                outcome, detail = Outcome.FAILED, str(exc)
+            except (LeaseGone, FencingRefused) as exc:
+                outcome, detail = Outcome.LEASE_LOST, str(exc)
+            except _Interrupted as exc:
+                outcome, detail = exc.outcome, str(exc)
+            except (SinkError, UnsafeUserId) as exc:
+                outcome, detail = Outcome.FAILED, f"sink: {exc}"
+            except AuthServiceError as exc:
+                # RefreshLease failed in a way that is about the service, not the user.
+                outcome, detail = self._rpc_failed(exc, "RefreshLease")
+            self._refreshes = api.refreshes
         finally:
             if user_sink is not None:
                 user_sink.close()
@@ -314,7 +314,11 @@ def sync_user(
     options: SyncOptions,
     control: RunControl,
     *,
+    connect_apis: ConnectApis,
     leased_at: float,
 ) -> UserResult:
-    """Sync one leased user and end its lease (see UserSync)."""
-    return UserSync(client, leased, sink, options, control, leased_at=leased_at).run()
+    """Sync one leased user and end its lease (see UserSync), with the calling thread's
+    Connect API clients."""
+    return UserSync(
+        client, leased, sink, options, control, connect_apis=connect_apis, leased_at=leased_at
+    ).run()
