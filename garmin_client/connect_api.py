@@ -21,6 +21,7 @@ from garmin_client.answers import failure
 from garmin_client.endpoints import DOMAINS
 from garmin_client.errors import Unavailable
 from garmin_client.observe import RequestObserver
+from garmin_client.proxy_environment import read_environment_once
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
 
@@ -64,6 +65,7 @@ class ConnectApi:
         self._base = f"https://connectapi.{domain}"
         self._session = requests.Session()
         self._session.mount("https://", UpstreamTransport(settings, observer))
+        read_environment_once(self._session)
         self._timeout = settings.timeout_seconds
 
     def __enter__(self) -> ConnectApi:
