@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sync_worker.sinks import Activity
 
 GARMIN_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
+# That format with every field at full width (ASCII digits only, unlike \d).
+_GARMIN_TIME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 # The id becomes a file name and a database key: at most a signed 64-bit integer.
 _MAX_ACTIVITY_ID: Final = 2**63 - 1
 
@@ -30,6 +33,13 @@ def parse_activity(raw: object) -> Activity | None:
 def _start_time(raw: dict[str, Any]) -> datetime | None:
     text = raw.get("startTimeGMT")
     if isinstance(text, str):
+        # Garmin's usual form, read by the C parser (strptime costs ~6 us, 20 times a user);
+        # for these strings both give the same time, and both refuse the same impossible ones.
+        if _GARMIN_TIME.fullmatch(text, 0, 19):
+            try:
+                return datetime.fromisoformat(text[:19]).replace(tzinfo=UTC)
+            except ValueError:
+                pass
         for candidate in (text[:19], text):
             try:
                 return datetime.strptime(candidate, GARMIN_TIME_FORMAT).replace(tzinfo=UTC)
