@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
+from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -124,27 +125,23 @@ class SqlStore:
         self._box = box
         self._on_changes = on_changes
 
-    @contextmanager
-    def transaction(self) -> Iterator[SqlTransaction]:
-        with self._engine.begin() as connection:
-            transaction = SqlTransaction(connection, self._box)
-            try:
-                yield transaction
-                changed = transaction.before_commit()
-            finally:
-                transaction.close()
-        if changed:
-            self._after_changes()
+    def transaction(self) -> AbstractContextManager[SqlTransaction]:
+        return self._unit(lock=None)
 
-    @contextmanager
-    def exclusive(self, name: str) -> Iterator[SqlTransaction | None]:
+    def exclusive(self, name: str) -> AbstractContextManager[SqlTransaction | None]:
         """PostgreSQL: a transaction-scoped advisory lock, tried without waiting, so of the
         replicas that try at once exactly one gets it (and it is released at commit, or when
         a crashed replica's connection closes). SQLite: one process, and BEGIN IMMEDIATE
         already serialises every writer."""
+        return self._unit(lock=name)
+
+    @contextmanager
+    def _unit(self, *, lock: str | None) -> Iterator[Any]:
+        """One transaction on a Core connection; with `lock`, None when another replica holds
+        the advisory lock of that name."""
         with self._engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                key = {"key": advisory_lock_key(name)}
+            if lock is not None and connection.dialect.name == "postgresql":
+                key = {"key": advisory_lock_key(lock)}
                 if not connection.execute(_TRY_LOCK, key).scalar_one():
                     yield None
                     return
