@@ -21,6 +21,12 @@ class ConnectApis:
         self._upstream = upstream
         self._by_domain: dict[str, ConnectApi] = {}
 
+    def __enter__(self) -> ConnectApis:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def for_user(self, domain: str) -> ConnectApi:
         """The domain's client, with no cookie from an earlier user."""
         api = self._by_domain.get(domain)

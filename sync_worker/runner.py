@@ -137,11 +137,8 @@ class _Run:
             return self.queue.pop(0) if self.queue else None
 
     def named_loop(self) -> None:
-        connect_apis = ConnectApis(self.config.sync.upstream)
-        try:
+        with ConnectApis(self.config.sync.upstream) as connect_apis:
             self._named_loop(connect_apis)
-        finally:
-            connect_apis.close()
 
     def _named_loop(self, connect_apis: ConnectApis) -> None:
         while self.control.may_take_users():
@@ -183,11 +180,8 @@ class _Run:
     # --- --all -------------------------------------------------------------------------
 
     def drain_loop(self) -> None:
-        connect_apis = ConnectApis(self.config.sync.upstream)
-        try:
+        with ConnectApis(self.config.sync.upstream) as connect_apis:
             self._drain_loop(connect_apis)
-        finally:
-            connect_apis.close()
 
     def _drain_loop(self, connect_apis: ConnectApis) -> None:
         failures = 0
