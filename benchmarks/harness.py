@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 from auth_service.api.callers import token_sha256
 from auth_service.crypto import Keyring
 from auth_service.domain.models import GarminTokens, OAuth1Token, OAuth2Token, SessionState
+from auth_service.storage.audit_repository import SqlAuditRepository
 from auth_service.storage.database import create_engine_for, session_factory
 from auth_service.storage.lease_repository import SqlLeaseRepository
 from auth_service.storage.models import GarminAuthenticationState
@@ -844,7 +845,9 @@ def lease_repository(session: Session) -> SqlLeaseRepository:
     """The service's lease repository on `session` (grants and releases seal nothing, so a
     throwaway key serves)."""
     box = SecretBox(Keyring.parse(Keyring.generate_key_value("bench")))
-    return SqlLeaseRepository(session, SqlSessionRepository(session, box))
+    return SqlLeaseRepository(
+        session, SqlSessionRepository(session, box), SqlAuditRepository(session)
+    )
 
 
 def capture_lease_statements(database_url: str) -> LeaseStatements:

@@ -25,7 +25,7 @@ Event = GarminAuditEvent
 # Built once: every lease grant and release inserts an event, and building the statement per
 # call costs more than running it.
 EVENTS = cast(Table, Event.__table__)
-_INSERT_EVENT = insert(EVENTS)
+INSERT_EVENTS = insert(EVENTS)
 _EVENT_FIELDS = tuple(field.name for field in dataclasses.fields(NewAuditEvent))
 
 
@@ -35,7 +35,7 @@ class SqlAuditRepository:
     def __init__(self, session: Executor) -> None:
         self.session = session
         # The changes of one user's session this transaction's events record, for the change
-        # log (auth_service.storage.change_log), which appends them right before the commit.
+        # log, written with the events as the transaction's last statement (trail_writer).
         self.pending_changes: list[PendingChange] = []
         # Events recorded but not inserted yet: they go in with the change log's entries, as
         # the transaction's last statement (auth_service.storage.trail_writer), or before
@@ -45,7 +45,7 @@ class SqlAuditRepository:
     def add(self, event: NewAuditEvent, *, leaves: SessionStatusView | None = None) -> None:
         """Record one event, inserted at the latest right before the commit (a failure still
         rolls the whole transaction back)."""
-        self._unwritten.append(event_values(event))
+        self._unwritten.append(_event_values(event))
         if event.user_id is not None and event.outcome_code == OK.code:
             self.pending_changes.append(
                 PendingChange(event.user_id, event.rpc, event.occurred_at, status=leaves)
@@ -60,7 +60,7 @@ class SqlAuditRepository:
         """Insert the events recorded so far (before this transaction reads the trail)."""
         unwritten = self.take_unwritten()
         if unwritten:
-            self.session.execute(_INSERT_EVENT, unwritten)
+            self.session.execute(INSERT_EVENTS, unwritten)
 
     def lease_owner(self, lease_digest: str) -> LeaseOwner | None:
         """The user a lease was granted for (named by its id's digest), if an event of that
@@ -134,7 +134,7 @@ class SqlAuditRepository:
         return cast(CursorResult[Any], result).rowcount or 0
 
 
-def event_values(event: NewAuditEvent) -> dict[str, Any]:
+def _event_values(event: NewAuditEvent) -> dict[str, Any]:
     """The event's column values (a shallow copy: dataclasses.asdict deep-copies each)."""
     return {name: getattr(event, name) for name in _EVENT_FIELDS}
 

@@ -61,14 +61,16 @@ _TRY_LOCK = text(f"SELECT pg_try_advisory_xact_lock({_SEQUENCER_KEY})")
 _LOCK = text(f"SELECT pg_advisory_xact_lock({_SEQUENCER_KEY})")
 _COUNTER_ID = 1
 CHANGES = cast(Table, Change.__table__)
-_INSERT = insert(CHANGES)
+# Entries are inserted by auth_service.storage.trail_writer (with their audit events).
+INSERT_ENTRIES = insert(CHANGES)
 # Entries numbered per pass; a pass that finds more leaves them to the next.
 SEQUENCE_BATCH = 1000
 _PENDING = select(Change.id).where(Change.position.is_(None)).order_by(Change.id)
 _ANY_PENDING = _PENDING.limit(1)
-_TABLE = cast(Table, Change.__table__)
 _NUMBER = (
-    update(_TABLE).where(_TABLE.c.id == bindparam("p_id")).values(position=bindparam("p_position"))
+    update(CHANGES)
+    .where(CHANGES.c.id == bindparam("p_id"))
+    .values(position=bindparam("p_position"))
 )
 # PostgreSQL, under the pass's lock: number up to :p_limit pending entries after the counter
 # and move the counter past them, in one statement. Only a pass (holding the lock) changes the
@@ -122,12 +124,6 @@ class SqlChangeLog:
 
     def __init__(self, session: Executor) -> None:
         self.session = session
-
-    def append(self, pending: Sequence[PendingChange], sessions: SqlSessionRepository) -> None:
-        """Insert `pending`, not yet numbered (sequence_pending numbers them once committed),
-        with the status this transaction leaves: call at the end of the transaction."""
-        if pending:
-            self.session.execute(_INSERT, entry_rows(pending, sessions))
 
     def sequence_pending(self, *, limit: int = SEQUENCE_BATCH, wait: bool = False) -> int:
         """Number the committed entries that have no position yet; how many (see the module's

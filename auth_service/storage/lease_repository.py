@@ -32,18 +32,15 @@ from typing import Any, cast
 from sqlalchemy import Row, Select, Update, and_, bindparam, case, func, or_, select, update
 
 from auth_service.domain.audit import OK, AuditedRpc, NewAuditEvent
-from auth_service.domain.changes import PendingChange
 from auth_service.domain.models import GarminTokens
 from auth_service.domain.repositories import GrantedRow
 from auth_service.domain.views import SessionRow, status_view
 from auth_service.storage import session_rows as rows
-from auth_service.storage.audit_repository import event_values
-from auth_service.storage.change_log import entry_rows
+from auth_service.storage.audit_repository import SqlAuditRepository
 from auth_service.storage.executor import Executor, dialect_name
 from auth_service.storage.lease_trail import with_trail
 from auth_service.storage.models import UTCDateTime
 from auth_service.storage.session_repository import SqlSessionRepository
-from auth_service.storage.trail_writer import write_trail
 
 T = rows.T
 ACTIVE = rows.ACTIVE
@@ -186,12 +183,15 @@ _RECORDED: dict[Update, Select[Any]] = {
 class SqlLeaseRepository:
     """Lease queries on one SQLAlchemy session (one transaction of the service layer)."""
 
-    def __init__(self, session: Executor, sessions: SqlSessionRepository) -> None:
+    def __init__(
+        self, session: Executor, sessions: SqlSessionRepository, audit: SqlAuditRepository
+    ) -> None:
         self.session = session
         self._sessions = sessions
+        self._audit = audit
         self._postgresql = dialect_name(session) == "postgresql"
-        # Whether a statement with `record_as` wrote a change-log entry (the store wakes the
-        # sequencer after the commit).
+        # Whether a PostgreSQL statement with `record_as` wrote a change-log entry (the store
+        # wakes the sequencer after the commit).
         self.recorded_changes = False
 
     # --- reads -------------------------------------------------------------------------
@@ -334,9 +334,9 @@ class SqlLeaseRepository:
     def _record(
         self, rpc: AuditedRpc, caller: str, now: datetime, row: SessionRow, digest: str | None
     ) -> None:
-        """SQLite: the audit event and change-log entry of the change that left `row`, as
-        PostgreSQL's one statement writes them (auth_service.storage.lease_trail)."""
-        status = status_view(row, now)
+        """SQLite: the audit event of the change that left `row`, as PostgreSQL's one statement
+        writes it (auth_service.storage.lease_trail), recorded like every other event: the
+        store writes it and its change-log entry before the commit."""
         event = NewAuditEvent(
             occurred_at=now,
             caller=caller,
@@ -347,9 +347,7 @@ class SqlLeaseRepository:
             lease_id=digest,
             fencing_token=row.fencing_token,
         )
-        change = PendingChange(row.user_id, rpc.value, now, status=status)
-        write_trail(self.session, [event_values(event)], entry_rows([change], self._sessions))
-        self.recorded_changes = True
+        self._audit.add(event, leaves=status_view(row, now))
 
     def store_refreshed(
         self, lease_digest: str, *, user_id: str, tokens: GarminTokens, now: datetime

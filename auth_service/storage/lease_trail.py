@@ -42,7 +42,6 @@ from auth_service.domain.lease_ids import LEASE_REF_LENGTH
 from auth_service.storage import session_rows as rows
 from auth_service.storage.audit_repository import EVENTS
 from auth_service.storage.change_log import CHANGES, TIMES
-from auth_service.storage.models import UTCDateTime
 
 # The audit event's caller and RPC (its time is the statement's p_now).
 TRAIL_CALLER = bindparam("p_trail_caller", type_=EVENTS.c.caller.type)
@@ -125,7 +124,7 @@ def with_trail(
     entry = insert(CHANGES).from_select(
         ["occurred_at", "user_id", "rpc", "state", "status"],
         select(
-            bindparam("p_now", type_=UTCDateTime()),
+            rows.NOW,
             done.c.user_id,
             TRAIL_RPC,
             cast(done.c.state, CHANGES.c.state.type),

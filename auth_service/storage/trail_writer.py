@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert
 
-from auth_service.storage.audit_repository import EVENTS
-from auth_service.storage.change_log import CHANGES
+from auth_service.storage.audit_repository import EVENTS, INSERT_EVENTS
+from auth_service.storage.change_log import CHANGES, INSERT_ENTRIES
 from auth_service.storage.executor import Executor, dialect_name
 
 
@@ -35,8 +35,6 @@ _EVENT_THEN_ENTRY = (
     .values(_ENTRY_COLUMNS)
     .add_cte(insert(EVENTS).values(_EVENT_COLUMNS).cte("event"))
 )
-_INSERT_EVENTS = insert(EVENTS)
-_INSERT_ENTRIES = insert(CHANGES)
 
 
 def write_trail(
@@ -49,6 +47,6 @@ def write_trail(
         session.execute(_EVENT_THEN_ENTRY, params)
         return
     if events:
-        session.execute(_INSERT_EVENTS, list(events))
+        session.execute(INSERT_EVENTS, list(events))
     if entries:
-        session.execute(_INSERT_ENTRIES, list(entries))
+        session.execute(INSERT_ENTRIES, list(entries))

@@ -62,7 +62,7 @@ class SqlTransaction:
 
     @cached_property
     def leases(self) -> SqlLeaseRepository:
-        return SqlLeaseRepository(self._connection, self.sessions)
+        return SqlLeaseRepository(self._connection, self.sessions, self.audit_events)
 
     @cached_property
     def refreshes(self) -> SqlRefreshRepository:
@@ -119,7 +119,7 @@ class SqlStore:
         on_changes: Callable[[], None] | None = None,
     ) -> None:
         """`on_changes` is called after a commit that appended to the change log (it wakes
-        this replica's followers at once, whatever the backend)."""
+        this replica's sequencer, which numbers the entries and then wakes the followers)."""
         # Units of work run on Core connections of the sessions' engine.
         self._engine: Engine = db.kw["bind"]
         self._box = box
@@ -156,7 +156,7 @@ class SqlStore:
 
     def _after_changes(self) -> None:
         """The entries just committed wait for their numbers: wake this replica's sequencer
-        and followers (auth_service.storage.change_sequencer)."""
+        (auth_service.storage.change_sequencer)."""
         if self._on_changes is not None:
             self._on_changes()
 

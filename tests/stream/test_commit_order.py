@@ -15,12 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from auth_service.crypto import Keyring
 from auth_service.domain.audit import NewAuditEvent
 from auth_service.domain.changes import ChangeFilter, PendingChange
-from auth_service.storage.change_log import SqlChangeLog
+from auth_service.storage.change_log import entry_rows
 from auth_service.storage.change_sequencer import sequence_all
 from auth_service.storage.database import session_factory
 from auth_service.storage.models import GarminSessionChange
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.session_repository import SqlSessionRepository
+from auth_service.storage.trail_writer import write_trail
 from auth_service.storage.unit_of_work import SqlStore
 
 WRITERS = 4
@@ -96,9 +97,13 @@ def test_an_entry_committed_late_is_not_skipped(pg_database_url: str, keyring: K
     store = SqlStore(db, SecretBox(keyring))
     slow = db()
     slow.begin()
-    SqlChangeLog(slow).append(
-        [PendingChange("slow", "ImportSession", datetime.now(UTC))],
-        SqlSessionRepository(slow, SecretBox(keyring)),
+    write_trail(
+        slow,
+        [],
+        entry_rows(
+            [PendingChange("slow", "ImportSession", datetime.now(UTC))],
+            SqlSessionRepository(slow, SecretBox(keyring)),
+        ),
     )
     slow.flush()
     with store.transaction() as transaction:
