@@ -52,7 +52,7 @@ TOP = 20
 # Layers, matched against a frame's file path; the innermost matching frame of a sample wins.
 LAYERS: tuple[tuple[str, str], ...] = (
     ("psycopg (driver: protocol, I/O waits, row decoding)", "psycopg/"),
-    ("sqlalchemy pool (checkout, pre-ping, return)", "sqlalchemy/pool/"),
+    ("sqlalchemy pool (checkout, ping after idling, return)", "sqlalchemy/pool/"),
     ("sqlalchemy orm (ORM-enabled UPDATE ... RETURNING, row loading)", "sqlalchemy/orm/"),
     ("sqlalchemy core (compile cache, execution context, result)", "sqlalchemy/"),
     ("logging (stdlib + JSON formatter + redaction)", "logging/"),
@@ -79,22 +79,19 @@ LAYERS: tuple[tuple[str, str], ...] = (
 # and optionally a substring that must NOT be in the stack). Inclusive: a sample counts once
 # for an operation if a frame of its stack matches.
 OPERATIONS: tuple[tuple[str, str] | tuple[str, str, str], ...] = (
-    ("pool checkout (incl. pre-ping)", "_ConnectionFairy._checkout"),
-    ("  of which pre-ping SELECT 1", "do_ping"),
+    ("pool checkout (incl. the ping after idling)", "_ConnectionFairy._checkout"),
+    ("  of which the ping", "do_ping"),
     ("pool checkin (return, reset/rollback)", "_finalize_fairy"),
-    ("COMMIT", "SessionTransaction.commit"),
+    ("COMMIT", "RootTransaction._do_commit"),
     ("new PostgreSQL connection (pool churn)", "_ConnectionRecord.__connect"),
-    ("ORM UPDATE ... RETURNING (executing grant/release)", "LeaseRepository._returning"),
-    (
-        "building the grant_next statement (aliased(), per call)",
-        "LeaseRepository.grant_next",
-        "LeaseRepository._returning",
-    ),
+    ("grant statement, with its audit event and change-log entry", "LeaseRepository._granted"),
+    ("renew/release statement, with its trail", "LeaseRepository._holder_call"),
     (
         "LeaseRepository.find: the row read before a grant (and after a refusal)",
         "Repository.find (",
     ),
-    ("audit event INSERT", "AuditRepository.add"),
+    ("other audit events and change-log entries (before COMMIT)", "write_trail"),
+    ("change-log sequencer (background)", "ChangeSequencer._loop"),
     ("metrics", "auth_service/metrics/"),
     ("open tokens (AES-GCM + JSON)", "SecretBox.open_tokens"),
     ("response protobufs", "api/convert.py"),
