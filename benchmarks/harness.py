@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from auth_service.api.callers import token_sha256
 from auth_service.crypto import Keyring
+from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.models import GarminTokens, OAuth1Token, OAuth2Token, SessionState
 from auth_service.storage.audit_repository import SqlAuditRepository
 from auth_service.storage.database import create_engine_for, session_factory
@@ -852,7 +853,8 @@ def lease_repository(session: Session) -> SqlLeaseRepository:
 
 def capture_lease_statements(database_url: str) -> LeaseStatements:
     """Run SqlLeaseRepository.grant/grant_next/release once each (rolled back) and record the
-    statement each sent, so a baseline can issue exactly the service's SQL."""
+    statement each sent, so a baseline can issue exactly the service's SQL: each with the
+    audit event and change-log entry it writes, as the RPCs call them."""
     engine = create_engine_for(database_url)
     captured: list[CapturedStatement] = []
 
@@ -874,6 +876,7 @@ def capture_lease_statements(database_url: str) -> LeaseStatements:
                 caller=SENTINEL_HOLDER,
                 now=SENTINEL_NOW,
                 expires_at=SENTINEL_EXPIRES,
+                record_as=AuditedRpc.LEASE_SESSION,
             )
             repository.grant_next(
                 lease_digest=SENTINEL_LEASE,
@@ -882,12 +885,14 @@ def capture_lease_statements(database_url: str) -> LeaseStatements:
                 now=SENTINEL_NOW,
                 expires_at=SENTINEL_EXPIRES,
                 due_before=SENTINEL_DUE,
+                record_as=AuditedRpc.LEASE_NEXT_SESSION,
             )
             repository.release(
                 SENTINEL_LEASE,
                 caller=SENTINEL_HOLDER,
                 now=SENTINEL_NOW,
                 synced_through=SENTINEL_SYNCED,
+                record_as=AuditedRpc.RELEASE_LEASE,
             )
             session.rollback()
     finally:

@@ -320,7 +320,12 @@ class _DirectDriver:
                 self.window.record("grant", started)
                 now = datetime.now(UTC)
                 params = self.release.bind(
-                    {SENTINEL_LEASE: lease_id, SENTINEL_NOW: now, SENTINEL_SYNCED: now}
+                    {
+                        SENTINEL_LEASE: lease_id,
+                        SENTINEL_HOLDER: self.spec.holder,
+                        SENTINEL_NOW: now,
+                        SENTINEL_SYNCED: now,
+                    }
                 )
                 started = time.perf_counter()
                 if self._statement(connection, self.release, params) is None:

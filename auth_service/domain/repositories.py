@@ -404,3 +404,11 @@ class Store(Protocol):
         """A transaction that only one replica at a time gets for `name`; None (and nothing
         to do) while another replica holds it."""
         ...
+
+    def single_write(self) -> AbstractContextManager[Transaction]:
+        """A unit whose only write is one statement that records its own audit event and
+        change-log entry (a lease holder's renewal or release). Where the store writes such
+        a statement whole, it commits by itself: no BEGIN and COMMIT round trips. So the
+        block must write nothing else and must not need that write undone: it may read, and
+        decide its answer from what the statement returned."""
+        ...

@@ -167,9 +167,9 @@ class LeaseService:
         """Extend a live lease to now + ttl."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"), self._ttl_violations(ttl))
         digest = lease_digest(lease_id)
-        with self._uow() as uow:
+        with self._uow.single_write() as uow:
             # The UPDATE matches only a live lease that this caller obtained (lease_holders),
-            # and records the renewal.
+            # and records the renewal; a refusal writes nothing.
             row = uow.leases.renew(
                 digest,
                 caller=audit.caller_name(),
@@ -188,9 +188,9 @@ class LeaseService:
             _synced_through_violations(synced_through, self._uow.now()),
         )
         digest = lease_digest(lease_id)
-        with self._uow() as uow:
+        with self._uow.single_write() as uow:
             # The UPDATE matches only a live lease that this caller obtained (lease_holders),
-            # and records the release.
+            # and records the release; a refusal writes nothing.
             row = uow.leases.release(
                 digest,
                 caller=audit.caller_name(),

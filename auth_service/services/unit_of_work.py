@@ -138,5 +138,12 @@ class UnitsOfWork:
         with self.store.transaction() as transaction:
             yield UnitOfWork(transaction, now)
 
+    @contextmanager
+    def single_write(self) -> Iterator[UnitOfWork]:
+        """A unit whose only write is one self-recording statement (Store.single_write)."""
+        now = self.clock.now()
+        with self.store.single_write() as transaction:
+            yield UnitOfWork(transaction, now)
+
     def now(self) -> datetime:
         return self.clock.now()

@@ -51,6 +51,10 @@ class SqlAuditRepository:
                 PendingChange(event.user_id, event.rpc, event.occurred_at, status=leaves)
             )
 
+    def has_unwritten(self) -> bool:
+        """Whether events or change-log entries wait for the commit."""
+        return bool(self._unwritten or self.pending_changes)
+
     def take_unwritten(self) -> list[dict[str, Any]]:
         """The events not inserted yet, as column values; the caller inserts them."""
         unwritten, self._unwritten = self._unwritten, []
