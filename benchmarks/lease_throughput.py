@@ -12,6 +12,9 @@ each workload runs for a warm-up and then a measured window:
 
 - health: Check.
 - lease_session: LeaseSession + ReleaseLease over distinct users (both calls count as RPCs).
+- lease_handover: LeaseNextSession carrying the release of the caller's previous lease (what
+  `sync_worker --all` sends: one RPC per user); `lease_handover_users_vs_lease_next` is its
+  users per second over lease_next's (two RPCs per user), with the server CPU per user beside.
 - lease_next: LeaseNextSession(min_sync_interval = 1 h) + ReleaseLease. Every session starts
   last synced 2-3 h ago, so each is handed out once per round; the sync columns are reset
   before each window (a round never runs out at these rates; `exhausted` would say so).
@@ -77,7 +80,7 @@ from benchmarks.load import LoadSpec, Measured, measure
 
 USERS = 10_000
 IN_FLIGHT = (8, 32)
-GRPC = ("health", "lease_session", "lease_next")
+GRPC = ("health", "lease_session", "lease_next", "lease_handover")
 # The floor servers (benchmarks.floor_server), driven with the lease_session load.
 FLOORS = ("floor_sync", "floor_asyncio")
 DIRECT = ("direct_tx", "direct_autocommit", "direct_tx_preping")
@@ -238,7 +241,7 @@ def run_phases(
     ]
     for in_flight, workload in phases:
         name = f"{workload}_n{in_flight}"
-        if workload == "lease_next":
+        if workload in ("lease_next", "lease_handover"):
             reset_due(database)
         grpc_phase = workload in servers
         server = servers.get(workload, Servers("", []))
@@ -264,6 +267,19 @@ def run_phases(
         cpu_ms[name] = measured.per_call_ms(measured.cpu.server)
     report_floor(report, args.in_flight, rates, cpu_ms)
     for in_flight in args.in_flight:
+        handover = rates.get(f"lease_handover_n{in_flight}")
+        cycles = rates.get(f"lease_next_n{in_flight}", 0) / 2  # two RPCs per user
+        if handover is not None and cycles:
+            # Users handed from one lease to the next per second: one RPC each, or two.
+            report.figure(
+                f"lease_handover_users_vs_lease_next_n{in_flight}", handover / cycles, "ratio"
+            )
+            report.figure(
+                f"lease_handover_cpu_per_user_vs_lease_next_n{in_flight}",
+                cpu_ms[f"lease_handover_n{in_flight}"] / (2 * cpu_ms[f"lease_next_n{in_flight}"]),
+                "ratio",
+            )
+    for in_flight in args.in_flight:
         health, direct = rates[f"health_n{in_flight}"], rates.get(f"direct_tx_n{in_flight}", 0)
         for lease in ("lease_session", "lease_next"):
             if f"{lease}_n{in_flight}" not in rates:  # --floor-only
@@ -285,7 +301,7 @@ def phase_order(args: argparse.Namespace) -> list[str]:
     rest (LeaseNextSession and the direct statements, skipped by --floor-only)."""
     if args.floor_only:
         return ["health", "lease_session", *FLOORS]
-    return ["health", "lease_session", *FLOORS, "lease_next", *DIRECT]
+    return ["health", "lease_session", *FLOORS, "lease_next", "lease_handover", *DIRECT]
 
 
 def report_floor(

@@ -13,6 +13,8 @@ Workloads (closed loop: `in_flight` callers, each issuing its next call when the
   min_sync_interval = 1 h and every seeded session last synced over an hour ago, each user is
   handed out at most once per round (the release marks it synced); a caller that gets "nothing
   due" stops, and the result says the round ran out (`exhausted`).
+- `lease_handover`: LeaseNextSession(min_sync_interval) carrying the release (synced_through
+  = now) of the caller's previous lease: what `sync_worker --all` sends, one RPC per user.
 - `direct_tx` / `direct_autocommit` / `direct_tx_preping`: the repository's own grant and
   release UPDATE statements (captured from SQLAlchemy, harness.capture_lease_statements)
   issued with psycopg from `in_flight` threads, one connection each: inside BEGIN/COMMIT (what
@@ -55,7 +57,7 @@ from benchmarks.harness import (
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
 
-GRPC_WORKLOADS = ("health", "lease_session", "lease_next")
+GRPC_WORKLOADS = ("health", "lease_session", "lease_next", "lease_handover")
 DIRECT_WORKLOADS = ("direct_tx", "direct_autocommit", "direct_tx_preping")
 CALL_TIMEOUT_SECONDS = 10.0
 LEASE_TTL_SECONDS = 60
@@ -223,6 +225,35 @@ class _GrpcDriver:
                 return
             self.window.record("LeaseNextSession", started)
             await self._release(stub, answer.lease.lease_id)
+
+    async def lease_handover(self, channel: grpc.aio.Channel) -> None:
+        stub = pb_grpc.GarminAuthServiceStub(channel)
+        previous: str | None = None
+        while not self.window.stop:
+            request = pb.LeaseNextSessionRequest(
+                holder=self.spec.holder, ttl=self.ttl, min_sync_interval=self.interval
+            )
+            if previous is not None:
+                synced = timestamp_pb2.Timestamp()
+                synced.FromDatetime(datetime.now(UTC))
+                request.release.lease_id = previous
+                request.release.synced_through.CopyFrom(synced)
+            started = time.perf_counter()
+            try:
+                answer = await stub.LeaseNextSession(
+                    request, metadata=self.spec.metadata, timeout=CALL_TIMEOUT_SECONDS
+                )
+            except grpc.aio.AioRpcError as exc:
+                self.window.error("LeaseNextSession " + _rpc_error(exc))
+                previous = None
+                continue
+            self.window.record("LeaseNextSession", started)
+            if not answer.HasField("lease"):
+                self.window.result.exhausted = True
+                return
+            previous = answer.lease.lease_id
+        if previous is not None:
+            await self._release(stub, previous)  # after the window: not counted
 
 
 async def _drive_grpc(spec: LoadSpec, pipe: Connection) -> LoadResult:

@@ -131,6 +131,29 @@ class AuthClient:
             return None
         return self._grant(response.lease, response.access, response.status)
 
+    def lease_next_releasing(
+        self,
+        release: tuple[str, datetime | None],
+        holder: str,
+        ttl: timedelta | None,
+        min_sync_interval: timedelta | None,
+    ) -> LeasedSession | None:
+        """ReleaseLease(*release), then the most overdue session (None when nothing is due),
+        in one LeaseNextSession. Raises LEASE_LOST only when the release was refused (then
+        nothing was granted); any other error the service answers comes after the release
+        was done (INVALID_ARGUMENT and a refused caller: before anything was)."""
+        lease_id, synced_through = release
+        request = pb.LeaseNextSessionRequest(
+            holder=holder,
+            ttl=ttl,
+            min_sync_interval=min_sync_interval,
+            release=pb.ReleaseLeaseRequest(lease_id=lease_id, synced_through=synced_through),
+        )
+        response = self._call(self._stub.LeaseNextSession, request, "LeaseNextSession")
+        if not response.HasField("lease"):
+            return None
+        return self._grant(response.lease, response.access, response.status)
+
     def renew_lease(self, lease_id: str, ttl: timedelta | None) -> datetime:
         """Extend the lease; returns its new expiry."""
         request = pb.RenewLeaseRequest(lease_id=lease_id, ttl=ttl)

@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
+import grpc
+
 from sync_worker.client import AuthClient
 from sync_worker.client_errors import (
     GARMIN_RATE_LIMITED,
     GARMIN_UNAVAILABLE,
     LEASE_HELD,
     LEASE_LOST,
+    MALFORMED_GRANT,
     SESSION_NOT_ACTIVE,
     AuthServiceError,
 )
@@ -36,7 +39,7 @@ from sync_worker.lease_grants import LeasedSession
 from sync_worker.postgres_sink import PostgresSink
 from sync_worker.progress import Progress
 from sync_worker.sinks import Sink
-from sync_worker.sync import Outcome, UserResult, sync_user
+from sync_worker.sync import Outcome, PendingRelease, UserResult, UserSync, release_now
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,11 @@ EXIT_SIGTERM: Final = 143
 # --all: give up after this many LeaseNextSession failures in a row (Garmin down at refresh).
 MAX_GRANT_FAILURES: Final = 3
 _POLL_SECONDS: Final = 0.2
+# What LeaseNextSession answers about its grant, after a release it carried was done (the
+# README's error table; MALFORMED_GRANT is the worker's own, about the granted token).
+GRANT_REASONS: Final = frozenset(
+    {GARMIN_RATE_LIMITED, GARMIN_UNAVAILABLE, SESSION_NOT_ACTIVE, MALFORMED_GRANT}
+)
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,22 @@ class _Run:
 
     def sync(self, leased: LeasedSession, leased_at: float, connect_apis: ConnectApis) -> None:
         self.progress.user_started()
-        result = sync_user(
+        self.emit(self._user_sync(leased, leased_at, connect_apis).run())
+
+    def sync_until_release(
+        self, leased: LeasedSession, leased_at: float, connect_apis: ConnectApis
+    ) -> PendingRelease | None:
+        """Sync a user; its release, when one is due, is left pending (emitted once done)."""
+        self.progress.user_started()
+        synced = self._user_sync(leased, leased_at, connect_apis).run_until_release()
+        if synced.release is None:
+            self.emit(synced.result)
+        return synced.release
+
+    def _user_sync(
+        self, leased: LeasedSession, leased_at: float, connect_apis: ConnectApis
+    ) -> UserSync:
+        return UserSync(
             self.client,
             leased,
             self.sink,
@@ -128,7 +151,6 @@ class _Run:
             connect_apis=connect_apis,
             leased_at=leased_at,
         )
-        self.emit(result)
 
     # --- --user ID ... ---------------------------------------------------------------------
 
@@ -185,39 +207,84 @@ class _Run:
 
     def _drain_loop(self, connect_apis: ConnectApis) -> None:
         failures = 0
-        while self.control.may_take_users() and self.control.wait_for_garmin():
-            leased_at = time.monotonic()
-            try:
-                leased = self.client.lease_next_session(
-                    self.config.holder, self.config.sync.lease_ttl, self.config.min_sync_interval
-                )
-            except AuthServiceError as exc:
-                if exc.fatal:
-                    self.control.fail(exc)
+        # The last user synced, whose release rides on the next LeaseNextSession.
+        pending: PendingRelease | None = None
+        try:
+            while self.control.may_take_users():
+                if pending is not None and self.control.pause_remaining() > 0:
+                    # Do not hold a synced user's lease through Garmin's pause.
+                    self.emit(release_now(self.client, pending, self.control))
+                    pending = None
+                if not self.control.wait_for_garmin():
                     return
-                if exc.reason == GARMIN_RATE_LIMITED:
-                    self.control.slow_down(exc.retry_after)
+                leased_at = time.monotonic()
+                try:
+                    leased = self.lease_next(pending)
+                except AuthServiceError as exc:
+                    pending = None  # settled by lease_next
+                    failures = self.next_refused(exc, failures)
+                    if failures >= MAX_GRANT_FAILURES:
+                        return
                     continue
-                if exc.reason == GARMIN_UNAVAILABLE:
-                    # Counted with the run's other Garmin outages (backoff, then give up).
-                    self.control.garmin_unavailable("LeaseNextSession")
-                    continue
-                failures += 1
-                log.warning("LeaseNextSession failed: %s", exc)
-                if failures >= MAX_GRANT_FAILURES:
+                pending = None  # released by that call
+                failures = 0
+                if leased is None:
+                    return  # nothing is due
+                with self.lock:
+                    again = leased.user_id in self.seen
+                    self.seen.add(leased.user_id)
+                if again:
+                    # Everything more overdue than a user we already did is done: hand it back.
+                    self.release_unused(leased)
                     return
-                continue
-            failures = 0
-            if leased is None:
-                return  # nothing is due
-            with self.lock:
-                again = leased.user_id in self.seen
-                self.seen.add(leased.user_id)
-            if again:
-                # Everything more overdue than a user we already did is done: hand it back.
-                self.release_unused(leased)
-                return
-            self.sync(leased, leased_at, connect_apis)
+                pending = self.sync_until_release(leased, leased_at, connect_apis)
+        finally:
+            if pending is not None:
+                self.emit(release_now(self.client, pending, self.control))
+
+    def next_refused(self, exc: AuthServiceError, failures: int) -> int:
+        """LeaseNextSession failed: act on it; returns the failures in a row that count
+        towards MAX_GRANT_FAILURES (the limit itself when the loop must stop now)."""
+        if exc.fatal:
+            self.control.fail(exc)
+            return MAX_GRANT_FAILURES
+        if exc.reason == GARMIN_RATE_LIMITED:
+            self.control.slow_down(exc.retry_after)
+            return failures
+        if exc.reason == GARMIN_UNAVAILABLE:
+            # Counted with the run's other Garmin outages (backoff, then give up).
+            self.control.garmin_unavailable("LeaseNextSession")
+            return failures
+        if exc.lease_lost:
+            return failures  # the release it carried was refused; nothing was granted
+        log.warning("LeaseNextSession failed: %s", exc)
+        return failures + 1
+
+    def lease_next(self, pending: PendingRelease | None) -> LeasedSession | None:
+        """LeaseNextSession, releasing `pending` with it; settles `pending` whatever happens
+        (raises what the grant, or the refused release, answered)."""
+        config = self.config
+        if pending is None:
+            return self.client.lease_next_session(
+                config.holder, config.sync.lease_ttl, config.min_sync_interval
+            )
+        try:
+            leased = self.client.lease_next_releasing(
+                (pending.lease_id, pending.synced_through),
+                config.holder,
+                config.sync.lease_ttl,
+                config.min_sync_interval,
+            )
+        except AuthServiceError as exc:
+            released = release_outcome(exc)
+            if released is None:
+                # The answer does not say (lost on the way): release it alone.
+                self.emit(release_now(self.client, pending, self.control))
+            else:
+                self.emit(pending.settle(None if released else exc, self.control))
+            raise
+        self.emit(pending.result)
+        return leased
 
     def release_unused(self, leased: LeasedSession) -> None:
         try:
@@ -299,6 +366,19 @@ def run(
         stopped=control.stop_requested,
         garmin_outage=control.garmin_outage,
     )
+
+
+def release_outcome(exc: AuthServiceError) -> bool | None:
+    """Whether a LeaseNextSession carrying a release, which failed with `exc`, released:
+    True when the service answered about the grant (the release came first and stood), False
+    when it refused the release or the call itself, None when the answer does not say."""
+    if exc.lease_lost or exc.credentials_refused:
+        return False
+    if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+        return False  # every field is checked before anything is done
+    if exc.reason in GRANT_REASONS:
+        return True
+    return None
 
 
 def open_sink(out_dir: Path | None, sink_url: str | None) -> Sink:

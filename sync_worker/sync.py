@@ -8,7 +8,9 @@
 3. Each item is written to the sink idempotently, after checking the lease is still ours;
    once the window is read, the sink makes them durable together (``commit()``).
 4. ReleaseLease with synced_through = start of the newest activity safely stored, only when
-   the whole window was read (a partial read must not move it past unread activities).
+   the whole window was read (a partial read must not move it past unread activities). A
+   worker draining the due sessions sends that release with its next LeaseNextSession (one
+   call instead of two: ``UserSync.run_until_release`` leaves it pending).
 
 Outcomes follow what Garmin and the service answered: a definite rejection is AUTH_EXPIRED
 (ReportInvalidated, which ends the lease; unless the service's own refresh found the session
@@ -21,6 +23,7 @@ a fencing refusal from the sink is LEASE_LOST, and nothing more is written.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import logging
@@ -94,6 +97,54 @@ class UserResult:
         }
 
 
+@dataclass(frozen=True, repr=False)
+class PendingRelease:
+    """A user whose sync is over and whose lease is still to be released: the worker hands it
+    to its next LeaseNextSession (one call instead of two), or releases it alone."""
+
+    lease_id: str
+    # What the release reports: set only after a complete, durable read.
+    synced_through: datetime | None
+    # The user's result once the release is done.
+    result: UserResult
+
+    def __repr__(self) -> str:
+        return f"PendingRelease(user_id={self.result.user_id!r})"
+
+    def settle(self, refused: AuthServiceError | None, control: RunControl) -> UserResult:
+        """The user's result once the release was answered (`refused` None: released)."""
+        if refused is None:
+            return self.result
+        outcome, detail = rpc_failed(refused, "ReleaseLease", control)
+        return dataclasses.replace(self.result, outcome=outcome, detail=detail)
+
+
+@dataclass(frozen=True)
+class Synced:
+    """A user's sync: its result, final unless a release is still pending."""
+
+    result: UserResult
+    release: PendingRelease | None
+
+
+def release_now(client: AuthClient, pending: PendingRelease, control: RunControl) -> UserResult:
+    """ReleaseLease on its own; the user's final result."""
+    try:
+        client.release_lease(pending.lease_id, pending.synced_through)
+    except AuthServiceError as exc:
+        return pending.settle(exc, control)
+    return pending.result
+
+
+def rpc_failed(exc: AuthServiceError, rpc: str, control: RunControl) -> tuple[Outcome, str]:
+    """What a failed call to the service means for the user (and, if fatal, for the run)."""
+    if exc.lease_lost:
+        return Outcome.LEASE_LOST, f"{rpc} answered LEASE_LOST"
+    if exc.fatal:
+        control.fail(exc)
+    return Outcome.FAILED, f"{rpc} failed: {exc.code.name} {exc.reason}".strip()
+
+
 class _Interrupted(Exception):
     """The run is stopping (SIGTERM, auth service gone) or Garmin's pause outlasts it."""
 
@@ -104,7 +155,8 @@ class _Interrupted(Exception):
 
 class UserSync:
     """Syncs one leased user; ``run()`` always ends the lease's story (release, report, or
-    knowing it is lost) and returns the user's result."""
+    knowing it is lost) and returns the user's result; ``run_until_release()`` ends it too,
+    except that a plain release is handed back as a ``PendingRelease``."""
 
     def __init__(  # noqa: PLR0913 - the sync thread's collaborators and the grant, by name
         self,
@@ -140,6 +192,15 @@ class UserSync:
         self._ended_by_service = False
 
     def run(self) -> UserResult:
+        """Sync the user and end the lease now."""
+        synced = self.run_until_release()
+        if synced.release is None:
+            return synced.result
+        return release_now(self._client, synced.release, self._control)
+
+    def run_until_release(self) -> Synced:
+        """Sync the user and end the lease, unless ending it is a plain release: that one is
+        left pending, for the caller to hand to its next LeaseNextSession."""
         started = time.monotonic()
         try:
             outcome, detail = self._use()
@@ -147,8 +208,8 @@ class UserSync:
         except Exception as exc:
             log.exception("user %s: unexpected %s", self._leased.user_id, type(exc).__name__)
             outcome, detail = Outcome.FAILED, f"internal error ({type(exc).__name__})"
-        outcome, detail = self._update(outcome, detail)
-        return UserResult(
+        outcome, detail, release = self._update(outcome, detail)
+        result = UserResult(
             user_id=self._leased.user_id,
             outcome=outcome,
             items=self._items,
@@ -156,6 +217,10 @@ class UserSync:
             seconds=time.monotonic() - started,
             detail=detail,
         )
+        if not release:
+            return Synced(result, None)
+        pending = PendingRelease(self._leased.lease_id, self._synced_through(outcome), result)
+        return Synced(result, pending)
 
     # --- Use: Garmin and the sink --------------------------------------------------------
 
@@ -280,45 +345,21 @@ class UserSync:
             return None
         return min(max(candidates), self._now())
 
-    def _update(self, outcome: Outcome, detail: str) -> tuple[Outcome, str]:
+    def _update(self, outcome: Outcome, detail: str) -> tuple[Outcome, str, bool]:
+        """Report what must be reported; True when the lease is still to be released."""
         lease_id = self._leased.lease_id
         if outcome is Outcome.LEASE_LOST or self._ended_by_service:
             # Not ours any more (or ended by the service with the session): no report, no
             # release.
-            return outcome, detail
+            return outcome, detail, False
         if outcome is Outcome.AUTH_EXPIRED:
             # Garmin definitely rejected the session: the service wipes it and ends the lease.
             try:
                 self._client.report_invalidated(lease_id, detail)
             except AuthServiceError as exc:
-                return self._rpc_failed(exc, "ReportInvalidated")
-            return outcome, detail
-        try:
-            self._client.release_lease(lease_id, self._synced_through(outcome))
-        except AuthServiceError as exc:
-            return self._rpc_failed(exc, "ReleaseLease")
-        return outcome, detail
+                return *self._rpc_failed(exc, "ReportInvalidated"), False
+            return outcome, detail, False
+        return outcome, detail, True
 
     def _rpc_failed(self, exc: AuthServiceError, rpc: str) -> tuple[Outcome, str]:
-        if exc.lease_lost:
-            return Outcome.LEASE_LOST, f"{rpc} answered LEASE_LOST"
-        if exc.fatal:
-            self._control.fail(exc)
-        return Outcome.FAILED, f"{rpc} failed: {exc.code.name} {exc.reason}".strip()
-
-
-def sync_user(
-    client: AuthClient,
-    leased: LeasedSession,
-    sink: Sink,
-    options: SyncOptions,
-    control: RunControl,
-    *,
-    connect_apis: ConnectApis,
-    leased_at: float,
-) -> UserResult:
-    """Sync one leased user and end its lease (see UserSync), with the calling thread's
-    Connect API clients."""
-    return UserSync(
-        client, leased, sink, options, control, connect_apis=connect_apis, leased_at=leased_at
-    ).run()
+        return rpc_failed(exc, rpc, self._control)

@@ -6,7 +6,7 @@ Authentication, authorisation, logging and error mapping happen once, in the int
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
 
@@ -16,6 +16,7 @@ from auth_service.api.stream_guard import SendGuard
 from auth_service.domain.audit import AuditEventView, AuditFilter
 from auth_service.domain.errors import CallerForbidden, CallerUnauthenticated
 from auth_service.domain.models import GarminTokens
+from auth_service.services.lease_handover import RELEASE_FIELDS, LeaseRelease
 from auth_service.services.use_cases import UseCases
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
@@ -26,6 +27,12 @@ def _ttl(
     request: pb.LeaseSessionRequest | pb.LeaseNextSessionRequest | pb.RenewLeaseRequest,
 ) -> timedelta | None:
     return convert.from_duration(request.ttl, "ttl", present=request.HasField("ttl"))
+
+
+def _synced_through(request: pb.ReleaseLeaseRequest, fields: str = "") -> datetime | None:
+    if not request.HasField("synced_through"):
+        return None
+    return convert.from_timestamp(request.synced_through, f"{fields}synced_through")
 
 
 def _audit_event_to_proto(event: AuditEventView) -> pb.AuditEvent:
@@ -83,6 +90,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self._tickets = use_cases.tickets
         self._sessions = use_cases.sessions
         self._leases = use_cases.leases
+        self._handover = use_cases.lease_handover
         self._lease_refresh = use_cases.lease_refresh
         self._audit = use_cases.audit_log
         self._events = use_cases.session_events
@@ -174,23 +182,36 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def LeaseNextSession(
         self, request: pb.LeaseNextSessionRequest, context: grpc.ServicerContext
     ) -> pb.LeaseNextSessionResponse:
-        grant = self._leases.lease_next_session(
-            request.holder,
-            _ttl(request),
-            convert.from_duration(
-                request.min_sync_interval,
-                "min_sync_interval",
-                present=request.HasField("min_sync_interval"),
-            ),
-            user_id_prefix=_scope(),
+        min_sync_interval = convert.from_duration(
+            request.min_sync_interval,
+            "min_sync_interval",
+            present=request.HasField("min_sync_interval"),
         )
+        released = None
+        if request.HasField("release"):
+            handover = self._handover.release_and_lease_next(
+                LeaseRelease(
+                    request.release.lease_id,
+                    _synced_through(request.release, RELEASE_FIELDS),
+                ),
+                request.holder,
+                _ttl(request),
+                min_sync_interval,
+                user_id_prefix=_scope(),
+            )
+            grant, released = handover.grant, convert.status_to_proto(handover.released)
+        else:
+            grant = self._leases.lease_next_session(
+                request.holder, _ttl(request), min_sync_interval, user_id_prefix=_scope()
+            )
         if grant is None:
-            return pb.LeaseNextSessionResponse()
+            return pb.LeaseNextSessionResponse(released=released)
         return pb.LeaseNextSessionResponse(
             lease=convert.lease_to_proto(grant.lease),
             session=_full_session(grant.tokens),
             status=convert.status_to_proto(grant.status, reveal_lease_id=True),
             access=convert.access_to_proto(grant.tokens),
+            released=released,
         )
 
     def RenewLease(
@@ -211,12 +232,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def ReleaseLease(
         self, request: pb.ReleaseLeaseRequest, context: grpc.ServicerContext
     ) -> pb.ReleaseLeaseResponse:
-        synced_through = (
-            convert.from_timestamp(request.synced_through, "synced_through")
-            if request.HasField("synced_through")
-            else None
-        )
-        status = self._leases.release_lease(request.lease_id, synced_through)
+        status = self._leases.release_lease(request.lease_id, _synced_through(request))
         return pb.ReleaseLeaseResponse(status=convert.status_to_proto(status))
 
     def ReportRefreshed(

@@ -125,19 +125,12 @@ class LeaseService:
     ) -> LeaseGrant | None:
         """Lease the most overdue ACTIVE session (among the users whose id starts with
         `user_id_prefix`, when given); None when nothing is due."""
-        raise_if_any(
-            check_holder(holder),
-            self._ttl_violations(ttl),
-            check_duration(
-                min_sync_interval,
-                "min_sync_interval",
-                minimum=timedelta(0),
-                maximum=MAX_MIN_SYNC_INTERVAL,
-            ),
-        )
+        raise_if_any(self.next_violations(holder, ttl, min_sync_interval))
         lifetime = self._lifetime(ttl)
-        # A due session whose central refresh Garmin rejects is invalidated and skipped: the
+        # A due session whose central refresh Garmin rejects is invalidated and skipped, and
+        # so is one whose lease ended during that refresh (deleted, or signed in again): the
         # worker asked for "the next session", not for that user, so it gets the next one.
+        # (So this call never answers LEASE_LOST: see services.lease_handover.)
         rpc = AuditedRpc.LEASE_NEXT_SESSION
         for _ in range(MAX_REJECTED_SKIPS):
             with self._uow() as uow:
@@ -159,7 +152,24 @@ class LeaseService:
                 return self._refresh.hand_out(granted)
             except GarminSessionRejected:
                 log.info("due session rejected by Garmin at refresh; leasing the next one")
+            except LeaseLost:
+                log.info("due session's lease ended during its refresh; leasing the next one")
         return None
+
+    def next_violations(
+        self, holder: str, ttl: timedelta | None, min_sync_interval: timedelta | None
+    ) -> list[FieldViolation]:
+        """What is wrong with a LeaseNextSession's own fields."""
+        return [
+            *check_holder(holder),
+            *self._ttl_violations(ttl),
+            *check_duration(
+                min_sync_interval,
+                "min_sync_interval",
+                minimum=timedelta(0),
+                maximum=MAX_MIN_SYNC_INTERVAL,
+            ),
+        ]
 
     # --- the holder's calls ----------------------------------------------------------
 
@@ -181,12 +191,13 @@ class LeaseService:
             # The holder presented the id: its own answer may name it.
             return dataclasses.replace(lease, lease_id=lease_id)
 
-    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatusView:
-        """End a live lease; synced_through set means the sync succeeded up to then."""
-        raise_if_any(
-            check_opaque_id(lease_id, "lease_id"),
-            _synced_through_violations(synced_through, self._uow.now()),
-        )
+    def release_lease(
+        self, lease_id: str, synced_through: datetime | None, *, fields: str = ""
+    ) -> SessionStatusView:
+        """End a live lease; synced_through set means the sync succeeded up to then.
+        `fields` prefixes the field names of an invalid argument ("release." when the
+        release rides on a LeaseNextSession)."""
+        raise_if_any(self.release_violations(lease_id, synced_through, fields=fields))
         digest = lease_digest(lease_id)
         with self._uow.single_write() as uow:
             # The UPDATE matches only a live lease that this caller obtained (lease_holders),
@@ -201,6 +212,15 @@ class LeaseService:
             if row is None:
                 raise _lease_lost()
             return status_view(row, uow.now)
+
+    def release_violations(
+        self, lease_id: str, synced_through: datetime | None, *, fields: str = ""
+    ) -> list[FieldViolation]:
+        """What is wrong with a release's fields (their names prefixed with `fields`)."""
+        return [
+            *check_opaque_id(lease_id, f"{fields}lease_id"),
+            *_synced_through_violations(synced_through, self._uow.now(), f"{fields}synced_through"),
+        ]
 
     def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> SessionStatusView:
         """Store tokens the holder's garth refreshed. Only a live lease's holder may, and
@@ -315,11 +335,13 @@ def _raise_refusal(row: SessionRow | None, now: datetime) -> None:
         )
 
 
-def _synced_through_violations(value: datetime | None, now: datetime) -> list[FieldViolation]:
+def _synced_through_violations(
+    value: datetime | None, now: datetime, field: str
+) -> list[FieldViolation]:
     if value is None:
         return []
     if value.tzinfo is None:
-        return [FieldViolation("synced_through", "must carry a time zone")]
+        return [FieldViolation(field, "must carry a time zone")]
     if value > now + SYNCED_THROUGH_SKEW:
-        return [FieldViolation("synced_through", "must not be in the future")]
+        return [FieldViolation(field, "must not be in the future")]
     return []

@@ -18,6 +18,7 @@ from auth_service.services.connect import ConnectService
 from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.housekeeping import Housekeeping
 from auth_service.services.keepalive import KeepAlive
+from auth_service.services.lease_handover import LeaseHandover
 from auth_service.services.lease_refresh import LeaseRefresh
 from auth_service.services.leases import LeaseService
 from auth_service.services.session_admin import SessionAdmin
@@ -48,6 +49,7 @@ class UseCases:
     tickets: TicketExchange
     sessions: SessionAdmin
     leases: LeaseService
+    lease_handover: LeaseHandover
     lease_refresh: LeaseRefresh
     audit_log: AuditLog
     housekeeping: Housekeeping
@@ -77,6 +79,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     gate = GarminGate(uow, limits or GarminLimitSettings(), limit_events)
     # One refresher per replica: its bound on refreshes in flight covers every caller.
     refresher = SessionRefresher(uow, upstream, refresh, refresh_events, gate)
+    lease_service = LeaseService(uow, refresher, leases)
     return UseCases(
         connect=ConnectService(uow, upstream, login, gate),
         imports=SessionImport(uow, refresher, token_parsers),
@@ -89,7 +92,8 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
             gate,
             validate_interval=refresh.validate_interval_seconds,
         ),
-        leases=LeaseService(uow, refresher, leases),
+        leases=lease_service,
+        lease_handover=LeaseHandover(lease_service),
         lease_refresh=LeaseRefresh(uow, refresher),
         audit_log=AuditLog(uow, pager),
         housekeeping=Housekeeping(store, clock, login),

@@ -96,6 +96,49 @@ def test_lease_next_with_nothing_due_is_an_empty_response(server: grpc_testing.S
     assert not response.HasField("session")
 
 
+def test_lease_next_with_a_release_answers_the_released_status(
+    server: grpc_testing.Server, garmin: GarminEmulator
+) -> None:
+    connect(server, garmin, "rita")
+    granted, _ = invoke(server, "LeaseSession", pb.LeaseSessionRequest(user_id="rita", holder="w"))
+    mark = timestamp_pb2.Timestamp()
+    mark.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
+    request = pb.LeaseNextSessionRequest(
+        holder="w",
+        min_sync_interval=duration_pb2.Duration(seconds=3600),
+        release=pb.ReleaseLeaseRequest(lease_id=granted.lease.lease_id, synced_through=mark),
+    )
+
+    response, code = invoke(server, "LeaseNextSession", request)
+
+    assert code == grpc.StatusCode.OK
+    assert response.released.user_id == "rita"
+    assert response.released.synced_through == mark
+    assert not response.released.HasField("lease")
+    assert not response.HasField("lease")  # rita was the only user, synced just now
+    # A plain LeaseNextSession leaves `released` unset.
+    plain, _ = invoke(server, "LeaseNextSession", pb.LeaseNextSessionRequest(holder="w"))
+    assert plain.HasField("lease")
+    assert not plain.HasField("released")
+
+
+def test_a_release_timestamp_out_of_range_names_the_release_field(
+    service_settings: Settings,
+) -> None:
+    application = build_application(service_settings)
+    servicer = GarminAuthServicer(application.use_cases)
+    request = pb.LeaseNextSessionRequest(
+        holder="w",
+        release=pb.ReleaseLeaseRequest(
+            lease_id="x" * 32, synced_through=timestamp_pb2.Timestamp(seconds=-(10**13))
+        ),
+    )
+    with pytest.raises(InvalidArgument) as raised:
+        servicer.LeaseNextSession(request, None)  # type: ignore[arg-type]
+    assert [v.field for v in raised.value.violations] == ["release.synced_through"]
+    application.engine.dispose()
+
+
 def test_lease_renew_release_round_trip(
     server: grpc_testing.Server, garmin: GarminEmulator
 ) -> None:

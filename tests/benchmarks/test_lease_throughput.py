@@ -37,3 +37,27 @@ def test_lease_and_floor_phases_run_side_by_side(
         assert figures[f"{phase}_rate"] > 0, run.stdout
         assert figures[f"{phase}_errors"] == 0, run.stdout
     assert figures["lease_vs_floor_sync_n2"] > 0
+
+
+def test_every_phase_serves_its_load_without_errors(
+    pg_server: PostgresServer, pg_admin_url: str
+) -> None:
+    """All phases, tiny: LeaseNextSession with and without the release it carries, and the
+    direct psycopg baselines issuing the service's own statements (the release among them
+    must match the lease its grant took, or the baseline measures refusals)."""
+    env = {**os.environ, "BENCH_POSTGRES_URL": pg_admin_url}
+    command = [sys.executable, "-m", "benchmarks.lease_throughput", "--no-single-caller"]
+    command += ["--in-flight", "2", "--users", "300", "--duration", "0.5", "--warmup", "0.2"]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=100, check=False)
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = {
+        line.split()[1]: float(line.split()[2])
+        for line in run.stdout.splitlines()
+        if line.startswith("figure ")
+    }
+    phases = ("lease_next", "lease_handover", "direct_tx", "direct_autocommit")
+    for phase in (f"{name}_n2" for name in phases):
+        assert figures[f"{phase}_rate"] > 0, run.stdout
+        assert figures[f"{phase}_errors"] == 0, run.stdout
+    assert figures["lease_handover_users_vs_lease_next_n2"] > 0

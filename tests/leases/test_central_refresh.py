@@ -393,3 +393,38 @@ def test_no_secret_reaches_a_log_line_or_an_error_message(
     shown = "\n".join(redact(r.getMessage()) for r in caplog.records)
     for secret in secrets:
         assert secret not in shown
+
+
+def test_lease_next_skips_a_due_session_whose_lease_ends_during_its_refresh(
+    service: LeaseService,
+    accounts: GarminAccounts,
+    emulator: GarminEmulator,
+    db_sessionmaker: sessionmaker[Session],
+    box: SecretBox,
+    clock: FakeClock,
+) -> None:
+    """The user signs in again while the service refreshes the due session it just leased:
+    that lease ended, so LeaseNextSession leases the next due session instead of answering
+    LEASE_LOST (which, with a release on the call, would say the release was refused)."""
+    for user_id in ("u-b", "u-a"):
+        accounts.seed(user_id, timedelta(days=2))
+        synced = service.lease_session(user_id, HOLDER, None)
+        service.release_lease(synced.lease.lease_id, clock.now())
+        clock.advance(60)
+    accounts.seed("u-b", timedelta(minutes=-5))
+    accounts.seed("u-a", timedelta(minutes=-5))
+    relogin = accounts.login("u-b", timedelta(days=1))
+    clock.advance(60)
+
+    def login_meanwhile() -> None:
+        seed_active(db_sessionmaker, box, "u-b", relogin, clock.now())
+
+    with during_next_exchange(emulator, login_meanwhile):
+        grant = service.lease_next_session(HOLDER, None, None)
+
+    # The lease lost was skipped; u-b, signed in again, is still the most overdue: it is
+    # leased anew, with its new session (which needs no refresh).
+    assert grant is not None
+    assert grant.lease.user_id == "u-b"
+    assert grant.tokens == relogin
+    assert read_row(db_sessionmaker, "u-b").fencing_token == grant.lease.fencing_token

@@ -75,6 +75,9 @@ def test_readme_examples_run_against_a_live_server(
     # RefreshLease answered the worker an access token, and nothing of the session.
     assert '"access"' in out
     assert '"oauth1"' not in out
+    # LeaseNextSession released alice's lease and leased bob's session in the same call.
+    assert '"released"' in out
+    assert '"rpc": "ReleaseLease"' in out
     # WatchSessionEvents replayed the changes above, in order, from cursor 1.
     assert '"cursor": "1"' in out
     assert '"rpc": "SubmitMfa"' in out

@@ -1,11 +1,12 @@
-"""The worker's real auth client, noting the holder calls that refresh or end a lease."""
+"""The worker's real auth client, noting the holder calls that refresh or end a lease
+(LeaseNextSession carrying a release among them)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sync_worker.client import AuthClient
-from sync_worker.lease_grants import AccessToken, SessionStatus
+from sync_worker.lease_grants import AccessToken, LeasedSession, SessionStatus
 
 
 class RecordingClient(AuthClient):
@@ -20,6 +21,16 @@ class RecordingClient(AuthClient):
     def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatus:
         self.calls.append("ReleaseLease")
         return super().release_lease(lease_id, synced_through)
+
+    def lease_next_releasing(
+        self,
+        release: tuple[str, datetime | None],
+        holder: str,
+        ttl: timedelta | None,
+        min_sync_interval: timedelta | None,
+    ) -> LeasedSession | None:
+        self.calls.append("LeaseNextSession+release")
+        return super().lease_next_releasing(release, holder, ttl, min_sync_interval)
 
     def report_invalidated(self, lease_id: str, reason: str) -> SessionStatus:
         self.calls.append("ReportInvalidated")

@@ -23,6 +23,7 @@ from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
 from sync_worker.client import AuthClient, AuthClientConfig
 from sync_worker.client_errors import MALFORMED_GRANT, AuthServiceError
 from sync_worker.lease_grants import AccessToken, LeasedSession, SessionState, SessionStatus
+from sync_worker.runner import release_outcome
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -406,3 +407,27 @@ def test_a_malformed_grant_is_released_and_reported(lease_next: bool, breaks: st
     assert (raised.value.code, raised.value.reason) == (grpc.StatusCode.INTERNAL, MALFORMED_GRANT)
     # The user is not left locked until the lease's ttl runs out.
     assert [seen.rpc for seen in fake.seen][1:] == ["ReleaseLease lease-1"]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "released"),
+    [
+        (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST", False),
+        (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", False),
+        (grpc.StatusCode.UNAUTHENTICATED, "CALLER_UNAUTHENTICATED", False),
+        (grpc.StatusCode.PERMISSION_DENIED, "CALLER_FORBIDDEN", False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "GARMIN_RATE_LIMITED", True),
+        (grpc.StatusCode.UNAVAILABLE, "GARMIN_UNAVAILABLE", True),
+        (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_NOT_ACTIVE", True),
+        (grpc.StatusCode.INTERNAL, MALFORMED_GRANT, True),
+        (grpc.StatusCode.UNAVAILABLE, "", None),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "", None),
+        (grpc.StatusCode.INTERNAL, "INTERNAL", None),
+    ],
+)
+def test_a_failed_lease_next_says_whether_its_release_was_done(
+    code: grpc.StatusCode, reason: str, released: bool | None
+) -> None:
+    """The README's contract for LeaseNextSession with `release`, as the worker reads it:
+    None sends the release again on its own."""
+    assert release_outcome(AuthServiceError(code, reason, "x")) is released

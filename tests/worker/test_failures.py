@@ -24,6 +24,7 @@ from sync_worker.postgres_sink import PostgresSink
 from sync_worker.runner import EXIT_GARMIN_UNAVAILABLE
 from sync_worker.sinks import Sink
 from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
+from tests.worker.recording_client import RecordingClient
 
 from . import (
     PASSWORD,
@@ -438,3 +439,36 @@ def test_a_stale_worker_writes_nothing_after_a_takeover(
     after = status(service, user)
     assert not after.HasField("lease")
     assert after.HasField("synced_through")
+
+
+def test_a_refused_carried_release_makes_the_user_lease_lost_and_the_drain_goes_on(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """The user reconnects after the worker's last write: the release riding on the next
+    LeaseNextSession is refused (LEASE_LOST, nothing granted by that call), the user counts
+    as LEASE_LOST, and the worker asks again without it (and hands back what it gets: a
+    user it already did in this run)."""
+    connect(service, garmin, "ann", activities=1)
+    config = make_config(service.target, garmin, tmp_path, all_users=True, concurrency=1)
+    sink = RecordingSink(DirectorySink(tmp_path))
+    reconnected: list[str] = []
+
+    def reconnect_once(_event: object) -> None:
+        if not reconnected:
+            reconnected.append("ann")
+            reconnect(service, "ann")
+
+    sink.after_write = reconnect_once
+    client = RecordingClient(config.auth)
+    client.calls = []
+    try:
+        result = run_worker(config, client=client, sink=sink)
+    finally:
+        client.close()
+
+    assert [line["outcome"] for line in result.lines[:-1]] == ["LEASE_LOST"]
+    assert result.exit_code == 0
+    assert client.calls == ["LeaseNextSession+release", "ReleaseLease"]
+    after = status(service, "ann")
+    assert not after.HasField("lease")
+    assert not after.HasField("synced_through")  # the refused release recorded nothing

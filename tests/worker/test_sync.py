@@ -211,6 +211,36 @@ def test_a_second_run_fetches_only_what_is_new(
     assert third.users["eve"]["items"] == 0
 
 
+def test_all_releases_each_user_with_the_next_lease_next_session(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """--all ends each synced user's lease inside the LeaseNextSession that takes the next
+    user (one call instead of two); a thread's last user only is released on its own (or
+    rides on the call that finds nothing due)."""
+    users = [f"user-{index:02d}" for index in range(12)]
+    for user in users:
+        connect(service, garmin, user, activities=2)
+    config = make_config(service.target, garmin, tmp_path, all_users=True, concurrency=2)
+    client = RecordingClient(config.auth)
+    client.calls = []
+    try:
+        result = run_worker(config, client=client)
+    finally:
+        client.close()
+
+    assert result.exit_code == 0
+    assert result.summary["summary"]["SYNCED"] == 12
+    carried = client.calls.count("LeaseNextSession+release")
+    alone = client.calls.count("ReleaseLease")
+    assert carried + alone == 12  # each user released once, one way or the other
+    assert alone <= 2  # at most each thread's last user (of 2 threads)
+    for user in users:
+        after = status(service, user)
+        assert not after.HasField("lease")
+        assert after.HasField("synced_through")
+        assert after.last_synced_at == after.last_sync_attempt_at
+
+
 def test_all_drains_50_users_with_concurrency_8(
     service: Replica, garmin: GarminEmulator, tmp_path: Path
 ) -> None:

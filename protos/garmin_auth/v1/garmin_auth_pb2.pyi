@@ -285,26 +285,30 @@ class LeaseSessionResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ..., access: _Optional[_Union[AccessToken, _Mapping]] = ...) -> None: ...
 
 class LeaseNextSessionRequest(_message.Message):
-    __slots__ = ("holder", "ttl", "min_sync_interval")
+    __slots__ = ("holder", "ttl", "min_sync_interval", "release")
     HOLDER_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     MIN_SYNC_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     holder: str
     ttl: _duration_pb2.Duration
     min_sync_interval: _duration_pb2.Duration
-    def __init__(self, holder: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_sync_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    release: ReleaseLeaseRequest
+    def __init__(self, holder: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_sync_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., release: _Optional[_Union[ReleaseLeaseRequest, _Mapping]] = ...) -> None: ...
 
 class LeaseNextSessionResponse(_message.Message):
-    __slots__ = ("lease", "session", "status", "access")
+    __slots__ = ("lease", "session", "status", "access", "released")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ACCESS_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     session: GarminSession
     status: SessionStatus
     access: AccessToken
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ..., access: _Optional[_Union[AccessToken, _Mapping]] = ...) -> None: ...
+    released: SessionStatus
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ..., status: _Optional[_Union[SessionStatus, _Mapping]] = ..., access: _Optional[_Union[AccessToken, _Mapping]] = ..., released: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
 
 class RenewLeaseRequest(_message.Message):
     __slots__ = ("lease_id", "ttl")
