@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.storage.change_log import SEQUENCE_BATCH, SequencePass, SqlChangeLog
@@ -21,17 +22,22 @@ from auth_service.storage.change_signal import LocalChangeSignal
 
 log = logging.getLogger(__name__)
 # How long a woken sequencer lets further commits gather before its pass: a follower sees a
-# change this much later, and a busy replica runs at most one pass per this interval.
-COALESCE_SECONDS = 0.01
+# change this much later, and a busy replica runs at most one pass per this interval (a pass
+# costs about 0.4 ms of CPU however few entries it numbers: at 10 ms, a replica serving lease
+# RPCs flat out spent 8% of its CPU on passes).
+COALESCE_SECONDS = 0.025
 
 
 def sequence_all(db: sessionmaker[Session]) -> SequencePass:
     """Passes until a pass numbers less than a full batch: how many entries were numbered,
     and whether the last pass found another replica's pass under way."""
+    # On Core connections, like the units of work: a pass loads no ORM object, and an ORM
+    # session costs a quarter of an empty pass's CPU (0.54 vs 0.41 ms).
+    engine: Engine = db.kw["bind"]
     total, done = 0, SequencePass(SEQUENCE_BATCH)
     while done.numbered == SEQUENCE_BATCH:
-        with db.begin() as session:
-            done = SqlChangeLog(session).sequence_pass()
+        with engine.begin() as connection:
+            done = SqlChangeLog(connection).sequence_pass()
         total += done.numbered
     return SequencePass(total, busy=done.busy)
 
