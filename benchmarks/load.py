@@ -207,26 +207,14 @@ class _GrpcDriver:
             await self._release(stub, answer.lease.lease_id)
 
     async def lease_next(self, channel: grpc.aio.Channel) -> None:
-        stub = pb_grpc.GarminAuthServiceStub(channel)
-        request = pb.LeaseNextSessionRequest(
-            holder=self.spec.holder, ttl=self.ttl, min_sync_interval=self.interval
-        )
-        while not self.window.stop:
-            started = time.perf_counter()
-            try:
-                answer = await stub.LeaseNextSession(
-                    request, metadata=self.spec.metadata, timeout=CALL_TIMEOUT_SECONDS
-                )
-            except grpc.aio.AioRpcError as exc:
-                self.window.error("LeaseNextSession " + _rpc_error(exc))
-                continue
-            if not answer.HasField("lease"):
-                self.window.result.exhausted = True
-                return
-            self.window.record("LeaseNextSession", started)
-            await self._release(stub, answer.lease.lease_id)
+        await self._drain(channel, carry=False)
 
     async def lease_handover(self, channel: grpc.aio.Channel) -> None:
+        await self._drain(channel, carry=True)
+
+    async def _drain(self, channel: grpc.aio.Channel, *, carry: bool) -> None:
+        """LeaseNextSession until nothing is due, each lease released by a ReleaseLease of
+        its own or (`carry`) by the next LeaseNextSession."""
         stub = pb_grpc.GarminAuthServiceStub(channel)
         previous: str | None = None
         while not self.window.stop:
@@ -234,10 +222,8 @@ class _GrpcDriver:
                 holder=self.spec.holder, ttl=self.ttl, min_sync_interval=self.interval
             )
             if previous is not None:
-                synced = timestamp_pb2.Timestamp()
-                synced.FromDatetime(datetime.now(UTC))
                 request.release.lease_id = previous
-                request.release.synced_through.CopyFrom(synced)
+                request.release.synced_through.FromDatetime(datetime.now(UTC))
             started = time.perf_counter()
             try:
                 answer = await stub.LeaseNextSession(
@@ -247,11 +233,14 @@ class _GrpcDriver:
                 self.window.error("LeaseNextSession " + _rpc_error(exc))
                 previous = None
                 continue
-            self.window.record("LeaseNextSession", started)
             if not answer.HasField("lease"):
                 self.window.result.exhausted = True
                 return
-            previous = answer.lease.lease_id
+            self.window.record("LeaseNextSession", started)
+            if carry:
+                previous = answer.lease.lease_id
+            else:
+                await self._release(stub, answer.lease.lease_id)
         if previous is not None:
             await self._release(stub, previous)  # after the window: not counted
 

@@ -24,7 +24,7 @@ from auth_service.domain.errors import (
     UpstreamError,
 )
 from auth_service.domain.lease_ids import lease_digest
-from auth_service.domain.models import LeaseGrant, SessionState
+from auth_service.domain.models import GarminTokens, LeaseGrant, SessionState
 from auth_service.services.central_refresh import CENTRAL_REFRESH_REJECTED
 from auth_service.services.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
@@ -313,6 +313,23 @@ def test_only_the_granted_caller_refreshes_when_many_ask_at_once(
     assert grants[0].tokens == stored_tokens(db_sessionmaker, box, USER)
 
 
+def _two_due_with_expired_tokens(
+    service: LeaseService, accounts: GarminAccounts, clock: FakeClock
+) -> GarminTokens:
+    """u-b and u-a, synced a minute apart ("u-b" longest ago, so it is the most overdue
+    although "u-a" sorts first), then logged in again (sync history kept) with access tokens
+    already expired on our side: both need a central refresh at their grant. Returns u-a's."""
+    for user_id in ("u-b", "u-a"):
+        accounts.seed(user_id, timedelta(days=2))
+        synced = service.lease_session(user_id, HOLDER, None)
+        service.release_lease(synced.lease.lease_id, clock.now())
+        clock.advance(60)
+    accounts.seed("u-b", timedelta(minutes=-5))
+    tokens = accounts.seed("u-a", timedelta(minutes=-5))
+    clock.advance(60)
+    return tokens
+
+
 def test_lease_next_skips_a_due_session_whose_refresh_garmin_rejects(
     service: LeaseService,
     accounts: GarminAccounts,
@@ -321,18 +338,9 @@ def test_lease_next_skips_a_due_session_whose_refresh_garmin_rejects(
     box: SecretBox,
     clock: FakeClock,
 ) -> None:
-    # "u-b" synced longest ago, so it is the most overdue although "u-a" sorts first.
-    for user_id in ("u-b", "u-a"):
-        accounts.seed(user_id, timedelta(days=2))
-        synced = service.lease_session(user_id, HOLDER, None)
-        service.release_lease(synced.lease.lease_id, clock.now())
-        clock.advance(60)
-    # Both log in again (sync history kept) with access tokens already expired on our side;
+    ok = _two_due_with_expired_tokens(service, accounts, clock)
     # Garmin has since revoked u-b's session.
-    accounts.seed("u-b", timedelta(minutes=-5))
-    ok = accounts.seed("u-a", timedelta(minutes=-5))
     accounts.revoke("u-b")
-    clock.advance(60)
 
     grant = service.lease_next_session(HOLDER, None, None)
 
@@ -406,15 +414,8 @@ def test_lease_next_skips_a_due_session_whose_lease_ends_during_its_refresh(
     """The user signs in again while the service refreshes the due session it just leased:
     that lease ended, so LeaseNextSession leases the next due session instead of answering
     LEASE_LOST (which, with a release on the call, would say the release was refused)."""
-    for user_id in ("u-b", "u-a"):
-        accounts.seed(user_id, timedelta(days=2))
-        synced = service.lease_session(user_id, HOLDER, None)
-        service.release_lease(synced.lease.lease_id, clock.now())
-        clock.advance(60)
-    accounts.seed("u-b", timedelta(minutes=-5))
-    accounts.seed("u-a", timedelta(minutes=-5))
+    _two_due_with_expired_tokens(service, accounts, clock)
     relogin = accounts.login("u-b", timedelta(days=1))
-    clock.advance(60)
 
     def login_meanwhile() -> None:
         seed_active(db_sessionmaker, box, "u-b", relogin, clock.now())

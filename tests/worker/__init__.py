@@ -345,10 +345,15 @@ def run_revoked_mid_run(
     config = make_config(service.target, garmin, out_dir, users=(user_id,), page_size=1)
     sink = RecordingSink(DirectorySink(out_dir))
     sink.after_write = lambda _event: garmin.revoke_tokens(email)  # mid-run
+    result, calls = run_recorded(config, sink=sink)
+    return RevokedRun(email, result, calls)
+
+
+def run_recorded(config: WorkerConfig, *, sink: Sink | None = None) -> tuple[WorkerRun, list[str]]:
+    """run_worker with the real client, noting the holder calls it made, in order."""
     client = RecordingClient(config.auth)
     client.calls = []
     try:
-        result = run_worker(config, client=client, sink=sink)
+        return run_worker(config, client=client, sink=sink), client.calls
     finally:
         client.close()
-    return RevokedRun(email, result, client.calls)

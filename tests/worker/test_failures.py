@@ -24,7 +24,6 @@ from sync_worker.postgres_sink import PostgresSink
 from sync_worker.runner import EXIT_GARMIN_UNAVAILABLE
 from sync_worker.sinks import Sink
 from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
-from tests.worker.recording_client import RecordingClient
 
 from . import (
     PASSWORD,
@@ -33,6 +32,7 @@ from . import (
     connect,
     email_of,
     make_config,
+    run_recorded,
     run_worker,
     status,
     summaries,
@@ -459,16 +459,11 @@ def test_a_refused_carried_release_makes_the_user_lease_lost_and_the_drain_goes_
             reconnect(service, "ann")
 
     sink.after_write = reconnect_once
-    client = RecordingClient(config.auth)
-    client.calls = []
-    try:
-        result = run_worker(config, client=client, sink=sink)
-    finally:
-        client.close()
+    result, calls = run_recorded(config, sink=sink)
 
     assert [line["outcome"] for line in result.lines[:-1]] == ["LEASE_LOST"]
     assert result.exit_code == 0
-    assert client.calls == ["LeaseNextSession+release", "ReleaseLease"]
+    assert calls == ["LeaseNextSession+release", "ReleaseLease"]
     after = status(service, "ann")
     assert not after.HasField("lease")
     assert not after.HasField("synced_through")  # the refused release recorded nothing

@@ -26,7 +26,6 @@ from garmin_emulator import (
 from sync_worker.client import AuthClient
 from sync_worker.directory_sink import DirectorySink
 from tests.fixtures.servers import Replica
-from tests.worker.recording_client import RecordingClient
 
 from . import (
     PASSWORD,
@@ -35,6 +34,7 @@ from . import (
     connect,
     email_of,
     make_config,
+    run_recorded,
     run_revoked_mid_run,
     run_worker,
     status,
@@ -129,17 +129,12 @@ def test_a_token_expiring_mid_run_is_refreshed_once_through_refresh_lease(
             garmin.expire_access_tokens(email)
 
     sink.after_write = expire_after_the_first_write
-    client = RecordingClient(config.auth)
-    client.calls = []
-    try:
-        result = run_worker(config, client=client, sink=sink)
-    finally:
-        client.close()
+    result, calls = run_recorded(config, sink=sink)
 
     assert result.outcome("cai") == "SYNCED"
     assert result.users["cai"]["items"] == 6
     assert result.users["cai"]["refreshed"] is True
-    assert client.calls == ["RefreshLease", "ReleaseLease"]
+    assert calls == ["RefreshLease", "ReleaseLease"]
     # The login's exchange and one more, by the service: the worker holds no OAuth1 token.
     assert garmin.exchange_count(email) == 2
     after = stored_tokens(database_url, keyring, "cai")
@@ -221,17 +216,12 @@ def test_all_releases_each_user_with_the_next_lease_next_session(
     for user in users:
         connect(service, garmin, user, activities=2)
     config = make_config(service.target, garmin, tmp_path, all_users=True, concurrency=2)
-    client = RecordingClient(config.auth)
-    client.calls = []
-    try:
-        result = run_worker(config, client=client)
-    finally:
-        client.close()
+    result, calls = run_recorded(config)
 
     assert result.exit_code == 0
     assert result.summary["summary"]["SYNCED"] == 12
-    carried = client.calls.count("LeaseNextSession+release")
-    alone = client.calls.count("ReleaseLease")
+    carried = calls.count("LeaseNextSession+release")
+    alone = calls.count("ReleaseLease")
     assert carried + alone == 12  # each user released once, one way or the other
     assert alone <= 2  # at most each thread's last user (of 2 threads)
     for user in users:

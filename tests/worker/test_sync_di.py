@@ -18,14 +18,13 @@ from garmin_emulator import PROFILE_PATH, GarminEmulator
 from garmin_emulator.wire import APP_HEADERS
 from sync_worker.directory_sink import DirectorySink
 from tests.fixtures.servers import Replica, ServiceFactory
-from tests.worker.recording_client import RecordingClient
 
 from . import (
     RecordingSink,
     connect,
     make_config,
+    run_recorded,
     run_revoked_mid_run,
-    run_worker,
     status,
     stored_row,
     stored_tokens,
@@ -65,17 +64,12 @@ def test_a_di_session_whose_token_expires_mid_run_is_synced_after_one_refresh_le
             garmin.expire_access_tokens(email)
 
     sink.after_write = expire_after_the_first_write
-    client = RecordingClient(config.auth)
-    client.calls = []
-    try:
-        result = run_worker(config, client=client, sink=sink)
-    finally:
-        client.close()
+    result, calls = run_recorded(config, sink=sink)
 
     assert result.outcome("dia") == "SYNCED"
     assert result.users["dia"]["items"] == 6
     assert result.users["dia"]["refreshed"] is True
-    assert client.calls == ["RefreshLease", "ReleaseLease"]
+    assert calls == ["RefreshLease", "ReleaseLease"]
     # One rotation, by the service; the worker never saw a refresh token to reuse.
     assert garmin.di_refresh_count(email) == rotations_before + 1
     assert garmin.refresh_token_reuses(email) == 0
@@ -86,11 +80,11 @@ def test_a_di_session_whose_token_expires_mid_run_is_synced_after_one_refresh_le
     assert after.oauth2.refresh_token != before.oauth2.refresh_token
     assert status(di_service, "dia").session_version == version_before + 1
     # Every API call carried a DI bearer token and the Connect app's headers.
-    calls = [call for call in garmin.api_calls if call.token_owner == email]
-    assert calls
-    assert {call.token_kind for call in calls} == {"di"}
+    api_calls = [call for call in garmin.api_calls if call.token_owner == email]
+    assert api_calls
+    assert {call.token_kind for call in api_calls} == {"di"}
     wanted = {name.lower() for name in APP_HEADERS}
-    for call in calls:
+    for call in api_calls:
         assert {name.lower() for name in call.app_headers} >= wanted
     with ConnectApi(upstream(garmin), after.domain) as api:
         assert api.get_json(PROFILE_PATH, after.oauth2.access_token)["userName"] == email
