@@ -120,35 +120,25 @@ class AuthClient:
         return self._grant(response.lease, response.access, response.status)
 
     def lease_next_session(
-        self, holder: str, ttl: timedelta | None, min_sync_interval: timedelta | None
-    ) -> LeasedSession | None:
-        """The most overdue session, or None when nothing is due."""
-        request = pb.LeaseNextSessionRequest(
-            holder=holder, ttl=ttl, min_sync_interval=min_sync_interval
-        )
-        response = self._call(self._stub.LeaseNextSession, request, "LeaseNextSession")
-        if not response.HasField("lease"):
-            return None
-        return self._grant(response.lease, response.access, response.status)
-
-    def lease_next_releasing(
         self,
-        release: tuple[str, datetime | None],
         holder: str,
         ttl: timedelta | None,
         min_sync_interval: timedelta | None,
+        release: tuple[str, datetime | None] | None = None,
     ) -> LeasedSession | None:
-        """ReleaseLease(*release), then the most overdue session (None when nothing is due),
-        in one LeaseNextSession. Raises LEASE_LOST only when the release was refused (then
-        nothing was granted); any other error the service answers comes after the release
-        was done (INVALID_ARGUMENT and a refused caller: before anything was)."""
-        lease_id, synced_through = release
+        """The most overdue session, or None when nothing is due. With `release` (a lease id
+        and its synced_through), that lease is released first, in the same call: LEASE_LOST
+        then means only that the release was refused (and nothing was granted); any other
+        error the service answers comes after the release was done (INVALID_ARGUMENT and a
+        refused caller: before anything was)."""
         request = pb.LeaseNextSessionRequest(
-            holder=holder,
-            ttl=ttl,
-            min_sync_interval=min_sync_interval,
-            release=pb.ReleaseLeaseRequest(lease_id=lease_id, synced_through=synced_through),
+            holder=holder, ttl=ttl, min_sync_interval=min_sync_interval
         )
+        if release is not None:
+            lease_id, synced_through = release
+            request.release.CopyFrom(
+                pb.ReleaseLeaseRequest(lease_id=lease_id, synced_through=synced_through)
+            )
         response = self._call(self._stub.LeaseNextSession, request, "LeaseNextSession")
         if not response.HasField("lease"):
             return None

@@ -135,9 +135,10 @@ class _Run:
         """Sync a user; its release, when one is due, is left pending (emitted once done)."""
         self.progress.user_started()
         synced = self._user_sync(leased, leased_at, connect_apis).run_until_release()
-        if synced.release is None:
-            self.emit(synced.result)
-        return synced.release
+        if isinstance(synced, PendingRelease):
+            return synced
+        self.emit(synced)
+        return None
 
     def _user_sync(
         self, leased: LeasedSession, leased_at: float, connect_apis: ConnectApis
@@ -264,26 +265,22 @@ class _Run:
         """LeaseNextSession, releasing `pending` with it; settles `pending` whatever happens
         (raises what the grant, or the refused release, answered)."""
         config = self.config
-        if pending is None:
-            return self.client.lease_next_session(
-                config.holder, config.sync.lease_ttl, config.min_sync_interval
-            )
+        release = None if pending is None else (pending.lease_id, pending.synced_through)
         try:
-            leased = self.client.lease_next_releasing(
-                (pending.lease_id, pending.synced_through),
-                config.holder,
-                config.sync.lease_ttl,
-                config.min_sync_interval,
+            leased = self.client.lease_next_session(
+                config.holder, config.sync.lease_ttl, config.min_sync_interval, release
             )
         except AuthServiceError as exc:
-            released = release_outcome(exc)
-            if released is None:
-                # The answer does not say (lost on the way): release it alone.
-                self.emit(release_now(self.client, pending, self.control))
-            else:
-                self.emit(pending.settle(None if released else exc, self.control))
+            if pending is not None:
+                released = release_outcome(exc)
+                if released is None:
+                    # The answer does not say (lost on the way): release it alone.
+                    self.emit(release_now(self.client, pending, self.control))
+                else:
+                    self.emit(pending.settle(None if released else exc, self.control))
             raise
-        self.emit(pending.result)
+        if pending is not None:
+            self.emit(pending.result)
         return leased
 
     def release_unused(self, leased: LeasedSession) -> None:

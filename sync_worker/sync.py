@@ -119,14 +119,6 @@ class PendingRelease:
         return dataclasses.replace(self.result, outcome=outcome, detail=detail)
 
 
-@dataclass(frozen=True)
-class Synced:
-    """A user's sync: its result, final unless a release is still pending."""
-
-    result: UserResult
-    release: PendingRelease | None
-
-
 def release_now(client: AuthClient, pending: PendingRelease, control: RunControl) -> UserResult:
     """ReleaseLease on its own; the user's final result."""
     try:
@@ -194,11 +186,11 @@ class UserSync:
     def run(self) -> UserResult:
         """Sync the user and end the lease now."""
         synced = self.run_until_release()
-        if synced.release is None:
-            return synced.result
-        return release_now(self._client, synced.release, self._control)
+        if isinstance(synced, PendingRelease):
+            return release_now(self._client, synced, self._control)
+        return synced
 
-    def run_until_release(self) -> Synced:
+    def run_until_release(self) -> UserResult | PendingRelease:
         """Sync the user and end the lease, unless ending it is a plain release: that one is
         left pending, for the caller to hand to its next LeaseNextSession."""
         started = time.monotonic()
@@ -218,9 +210,8 @@ class UserSync:
             detail=detail,
         )
         if not release:
-            return Synced(result, None)
-        pending = PendingRelease(self._leased.lease_id, self._synced_through(outcome), result)
-        return Synced(result, pending)
+            return result
+        return PendingRelease(self._leased.lease_id, self._synced_through(outcome), result)
 
     # --- Use: Garmin and the sink --------------------------------------------------------
 
@@ -258,7 +249,7 @@ class UserSync:
                 outcome, detail = Outcome.FAILED, f"sink: {exc}"
             except AuthServiceError as exc:
                 # RefreshLease failed in a way that is about the service, not the user.
-                outcome, detail = self._rpc_failed(exc, "RefreshLease")
+                outcome, detail = rpc_failed(exc, "RefreshLease", self._control)
             self._refreshes = api.refreshes
         finally:
             if user_sink is not None:
@@ -357,9 +348,6 @@ class UserSync:
             try:
                 self._client.report_invalidated(lease_id, detail)
             except AuthServiceError as exc:
-                return *self._rpc_failed(exc, "ReportInvalidated"), False
+                return *rpc_failed(exc, "ReportInvalidated", self._control), False
             return outcome, detail, False
         return outcome, detail, True
-
-    def _rpc_failed(self, exc: AuthServiceError, rpc: str) -> tuple[Outcome, str]:
-        return rpc_failed(exc, rpc, self._control)

@@ -65,10 +65,8 @@ class LeaseHandover:
             ),
             leases.next_violations(holder, ttl, min_sync_interval),
         )
-        released = leases.release_lease(
-            release.lease_id, release.synced_through, fields=RELEASE_FIELDS
-        )
-        grant = leases.lease_next_session(
+        released = leases.release_checked(release.lease_id, release.synced_through)
+        grant = leases.lease_next_checked(
             holder, ttl, min_sync_interval, user_id_prefix=user_id_prefix
         )
         return Handover(released=released, grant=grant)

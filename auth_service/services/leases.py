@@ -126,6 +126,19 @@ class LeaseService:
         """Lease the most overdue ACTIVE session (among the users whose id starts with
         `user_id_prefix`, when given); None when nothing is due."""
         raise_if_any(self.next_violations(holder, ttl, min_sync_interval))
+        return self.lease_next_checked(
+            holder, ttl, min_sync_interval, user_id_prefix=user_id_prefix
+        )
+
+    def lease_next_checked(
+        self,
+        holder: str,
+        ttl: timedelta | None,
+        min_sync_interval: timedelta | None,
+        *,
+        user_id_prefix: str | None = None,
+    ) -> LeaseGrant | None:
+        """lease_next_session, for fields already checked (next_violations found none)."""
         lifetime = self._lifetime(ttl)
         # A due session whose central refresh Garmin rejects is invalidated and skipped, and
         # so is one whose lease ended during that refresh (deleted, or signed in again): the
@@ -191,13 +204,13 @@ class LeaseService:
             # The holder presented the id: its own answer may name it.
             return dataclasses.replace(lease, lease_id=lease_id)
 
-    def release_lease(
-        self, lease_id: str, synced_through: datetime | None, *, fields: str = ""
-    ) -> SessionStatusView:
-        """End a live lease; synced_through set means the sync succeeded up to then.
-        `fields` prefixes the field names of an invalid argument ("release." when the
-        release rides on a LeaseNextSession)."""
-        raise_if_any(self.release_violations(lease_id, synced_through, fields=fields))
+    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatusView:
+        """End a live lease; synced_through set means the sync succeeded up to then."""
+        raise_if_any(self.release_violations(lease_id, synced_through))
+        return self.release_checked(lease_id, synced_through)
+
+    def release_checked(self, lease_id: str, synced_through: datetime | None) -> SessionStatusView:
+        """release_lease, for fields already checked (release_violations found none)."""
         digest = lease_digest(lease_id)
         with self._uow.single_write() as uow:
             # The UPDATE matches only a live lease that this caller obtained (lease_holders),

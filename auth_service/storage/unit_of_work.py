@@ -134,16 +134,14 @@ class SqlStore:
         self._on_changes = on_changes
 
     def transaction(self) -> AbstractContextManager[SqlTransaction]:
-        return self._unit(lock=None)
+        return self._unit()
 
     def single_write(self) -> AbstractContextManager[SqlTransaction]:
         """PostgreSQL: the statement runs in autocommit (the lease statements carry their
         trail in one data-modifying CTE, so the write is whole without a transaction block:
         one round trip instead of three). SQLite records the trail with statements of its
         own, so there it is an ordinary transaction."""
-        if self._engine.dialect.name != "postgresql":
-            return self._unit(lock=None)
-        return self._autocommitted()
+        return self._unit(autocommit=self._engine.dialect.name == "postgresql")
 
     def exclusive(self, name: str) -> AbstractContextManager[SqlTransaction | None]:
         """PostgreSQL: a transaction-scoped advisory lock, tried without waiting, so of the
@@ -153,10 +151,11 @@ class SqlStore:
         return self._unit(lock=name)
 
     @contextmanager
-    def _unit(self, *, lock: str | None) -> Iterator[Any]:
+    def _unit(self, *, lock: str | None = None, autocommit: bool = False) -> Iterator[Any]:
         """One transaction on a Core connection; with `lock`, None when another replica holds
-        the advisory lock of that name."""
-        with self._engine.begin() as connection:
+        the advisory lock of that name; with `autocommit`, no transaction block at all, for
+        a unit whose one statement writes everything (single_write)."""
+        with self._connection(autocommit) as connection:
             if lock is not None and connection.dialect.name == "postgresql":
                 key = {"key": advisory_lock_key(lock)}
                 if not connection.execute(_TRY_LOCK, key).scalar_one():
@@ -165,27 +164,22 @@ class SqlStore:
             transaction = SqlTransaction(connection, self._box)
             try:
                 yield transaction
-                changed = transaction.before_commit()
-            finally:
-                transaction.close()
-        if changed:
-            self._after_changes()
-
-    @contextmanager
-    def _autocommitted(self) -> Iterator[SqlTransaction]:
-        with self._engine.connect() as pooled:
-            connection = pooled.execution_options(isolation_level="AUTOCOMMIT")
-            transaction = SqlTransaction(connection, self._box)
-            try:
-                yield transaction
-                # Anything left to write would commit apart from the statement: a bug.
-                if transaction.has_unwritten():
+                # In autocommit, anything left to write would commit apart from the
+                # statement: a bug.
+                if autocommit and transaction.has_unwritten():
                     raise RuntimeError("a single-write unit wrote more than its statement")
                 changed = transaction.before_commit()
             finally:
                 transaction.close()
         if changed:
             self._after_changes()
+
+    def _connection(self, autocommit: bool) -> AbstractContextManager[Connection]:
+        """A pooled connection in a transaction committed when the block ends, or in
+        autocommit."""
+        if autocommit:
+            return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._engine.begin()
 
     def _after_changes(self) -> None:
         """The entries just committed wait for their numbers: wake this replica's sequencer

@@ -22,15 +22,16 @@ class RecordingClient(AuthClient):
         self.calls.append("ReleaseLease")
         return super().release_lease(lease_id, synced_through)
 
-    def lease_next_releasing(
+    def lease_next_session(
         self,
-        release: tuple[str, datetime | None],
         holder: str,
         ttl: timedelta | None,
         min_sync_interval: timedelta | None,
+        release: tuple[str, datetime | None] | None = None,
     ) -> LeasedSession | None:
-        self.calls.append("LeaseNextSession+release")
-        return super().lease_next_releasing(release, holder, ttl, min_sync_interval)
+        if release is not None:
+            self.calls.append("LeaseNextSession+release")
+        return super().lease_next_session(holder, ttl, min_sync_interval, release)
 
     def report_invalidated(self, lease_id: str, reason: str) -> SessionStatus:
         self.calls.append("ReportInvalidated")
