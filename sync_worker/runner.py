@@ -38,6 +38,7 @@ from sync_worker.directory_sink import DirectorySink
 from sync_worker.lease_grants import LeasedSession
 from sync_worker.postgres_sink import PostgresSink
 from sync_worker.progress import Progress
+from sync_worker.renewals import Renewals
 from sync_worker.sinks import Sink
 from sync_worker.sync import Outcome, PendingRelease, UserResult, UserSync, release_now
 
@@ -115,6 +116,8 @@ class _Run:
         self.results: list[UserResult] = []
         self.seen: set[str] = set()
         self.queue = list(dict.fromkeys(config.users))
+        # One timer renews every lease of the run (sync_worker.renewals).
+        self.renewals = Renewals(config.concurrency)
 
     # --- results -------------------------------------------------------------------------
 
@@ -150,6 +153,7 @@ class _Run:
             self.config.sync,
             self.control,
             connect_apis=connect_apis,
+            renewals=self.renewals,
             leased_at=leased_at,
         )
 
@@ -340,6 +344,7 @@ def run(
         try:
             state.run()
         finally:
+            state.renewals.close()
             progress.close()
     finally:
         if own_client:

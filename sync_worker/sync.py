@@ -43,6 +43,7 @@ from sync_worker.control import RunControl
 from sync_worker.keeper import LeaseGone, LeaseKeeper
 from sync_worker.lease_grants import LeasedSession
 from sync_worker.leased_api import LeasedApi, SessionEndedByService
+from sync_worker.renewals import Renewals
 from sync_worker.sinks import FencingRefused, Sink, SinkError, UnsafeUserId, UserSink
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class UserSync:
         control: RunControl,
         *,
         connect_apis: ConnectApis,
+        renewals: Renewals,
         leased_at: float,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -175,6 +177,7 @@ class UserSync:
             options.lease_ttl,
             leased_at,
             control,
+            renewals,
             fraction=options.renew_fraction,
         )
         self._items = 0
