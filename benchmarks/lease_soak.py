@@ -8,9 +8,10 @@ cycles in an open loop at SOAK_LOAD of that rate for M minutes (SOAK_IN_FLIGHT c
 fixed schedule, so a slower service does not lower the offered load). The p99 of every RPC
 that ended in the first minute is compared with the last minute's (windows of M/3 when M < 3).
 
-Target: soak_p99_last_vs_first <= 1.2. Figures: capacity, offered and achieved rates, p99 per
-minute, errors, the service's CPU per cycle and its RSS at the start and the end (a leak shows
-as growth).
+The database is vacuumed as a production server's autovacuum daemon would (this box's server
+runs without it: benchmarks.autovacuum). Target: soak_p99_last_vs_first <= 1.2. Figures:
+capacity, offered and achieved rates, p99 per minute, errors, the service's CPU per cycle and
+its RSS at the start and the end (a leak shows as growth), and the stand-in's vacuums.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from benchmarks.harness import Report, log, percentile, process_cpu_seconds, ratio, rss_bytes
+from benchmarks.autovacuum import AutovacuumStandIn
+from benchmarks.harness import (
+    CpuSample,
+    PostgresDatabase,
+    Report,
+    log,
+    percentile,
+    ratio,
+    rss_bytes,
+)
 from benchmarks.lease_loop import LeaseLoop, LoopResult
 
 SOAK_LOAD = 0.8
@@ -58,6 +68,24 @@ def run_soak(
     metadata: tuple[tuple[str, str], ...],
     server_pids: Sequence[int],
     *,
+    database: PostgresDatabase,
+    minutes: float,
+    capacity_seconds: float,
+) -> None:
+    # Dead row versions pile up at this load: vacuumed as a production server's daemon would.
+    with AutovacuumStandIn(database.conninfo) as autovacuum:
+        _soak(report, targets, metadata, server_pids, database.name, minutes, capacity_seconds)
+    report.figure("soak_server_autovacuum", int(autovacuum.work.server_autovacuum), "(1 = on)")
+    report.figure("soak_stand_in_vacuums", autovacuum.work.vacuums, "vacuums")
+    report.figure("soak_stand_in_analyzes", autovacuum.work.analyzes, "analyzes")
+
+
+def _soak(
+    report: Report,
+    targets: Sequence[str],
+    metadata: tuple[tuple[str, str], ...],
+    server_pids: Sequence[int],
+    database_name: str,
     minutes: float,
     capacity_seconds: float,
 ) -> None:
@@ -68,30 +96,42 @@ def run_soak(
     report.figure("soak_offered", offered, "cycles/s")
     log(f"soak: {minutes:g} min at {offered:.0f} cycles/s ({SOAK_LOAD:.0%} of {capacity:.0f})")
     rss_start = sum(rss_bytes(pid) for pid in server_pids)
-    cpu_start = sum(process_cpu_seconds(pid) for pid in server_pids)
+    window = min(MINUTE, minutes * MINUTE / 3)
+    slices = max(round(minutes * MINUTE / window), 1)
     with LeaseLoop(targets, metadata, SOAK_IN_FLIGHT, rate=offered) as loop:
         begin = time.time() + 0.5  # the schedule's first start
-        time.sleep(0.5 + minutes * MINUTE)
+        # CPU at every window's edge: where a growing latency comes from (the service, or
+        # PostgreSQL, or the rest of the machine).
+        samples = []
+        for index in range(slices + 1):
+            time.sleep(max(begin + index * window - time.time(), 0.0))
+            samples.append(CpuSample.take(server_pids, database_name))
         end = time.time()
-        cpu_end = sum(process_cpu_seconds(pid) for pid in server_pids)
         rss_end = sum(rss_bytes(pid) for pid in server_pids)
         result = loop.stop()
     cycles = _cycles(result, begin, end)
     report.figure("soak_minutes", (end - begin) / MINUTE, "min")
     report.figure("soak_achieved", cycles / (end - begin), "cycles/s")
     report.figure("soak_errors", sum(result.errors.values()), "calls")
-    report.figure("soak_server_cpu_per_cycle", 1000 * ratio(cpu_end - cpu_start, cycles), "ms")
+    spent = samples[0].until(samples[-1])
+    report.figure("soak_server_cpu_per_cycle", 1000 * ratio(spent.server, cycles), "ms")
     report.figure("soak_server_rss_start", rss_start / MB, "MB")
     report.figure("soak_server_rss_end", rss_end / MB, "MB")
-    window = min(MINUTE, (end - begin) / 3)
-    slices = max(int((end - begin) // window), 1)
+    report.figure("soak_window", window, "s")
     for index in range(slices):
         start = begin + index * window
         latencies = _latencies(result, start, start + window)
-        report.figure(f"soak_p99_window_{index + 1}", percentile(latencies, 99), "ms")
+        in_window = samples[index].until(samples[index + 1])
+        done = _cycles(result, start, start + window)
+        name = f"soak_window_{index + 1}"
+        report.figure(f"{name}_p99", percentile(latencies, 99), "ms")
+        report.figure(f"{name}_p50", percentile(latencies, 50), "ms")
+        report.figure(f"{name}_cycles_per_s", done / window, "cycles/s")
+        report.figure(f"{name}_server_cpu", 1000 * ratio(in_window.server, done), "ms/cycle")
+        report.figure(f"{name}_postgres_cpu", 1000 * ratio(in_window.postgres, done), "ms/cycle")
+        report.figure(f"{name}_machine_busy", in_window.machine / in_window.wall, "cores")
     first = percentile(_latencies(result, begin, begin + window), 99)
     last = percentile(_latencies(result, end - window, end), 99)
-    report.figure("soak_window", window, "s")
     report.figure("soak_p50_first", percentile(_latencies(result, begin, begin + window), 50), "ms")
     report.figure("soak_p50_last", percentile(_latencies(result, end - window, end), 50), "ms")
     for what, count in sorted(result.errors.items()):

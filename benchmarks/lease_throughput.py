@@ -205,6 +205,7 @@ def measure_stack(
                 [service.target],
                 credentials.worker_metadata(),
                 pids,
+                database=database,
                 minutes=args.soak_minutes,
                 capacity_seconds=args.duration,
             )
