@@ -44,9 +44,10 @@ Each round runs the real console script `garmin-sync-worker run --all --concurre
 
 Targets (issue 15): sync_cpu_ms_per_user = worker + service + PostgreSQL CPU per user (the
 emulator stands for Garmin and is left out) <= 5 ms; sync_wall_vs_ideal <= 1.5; and
-auth_share_of_wall <= 5%. The worker's directory sink fsyncs each item once and each user's
-directory once (sync_worker.directory_sink); every round writes into a fresh --out
-directory, so every sync is a user's first (its folder and the root are fsynced too).
+auth_share_of_wall <= 5%. The worker's directory sink flushes each user's items once
+(syncfs) at its commit, renames them and fsyncs the user's directory once
+(sync_worker.directory_sink); every round writes into a fresh --out directory, so every sync
+is a user's first (its folder and the root are fsynced too).
 
 Between rounds every session is made due and never-synced again, so each round syncs 20 new
 activities per user again, into a fresh directory (`--out-base DIR` chooses where: a tmpfs
@@ -454,8 +455,8 @@ THREAD_TIME: tuple[tuple[str, str], ...] = (
     ("ReleaseLease (gRPC call, waiting included)", "AuthClient.release_lease"),
     ("Garmin: activity list (HTTP, its 50 ms included)", "ConnectApi.get_json"),
     ("Garmin: client set-up and close", "ConnectApi."),
-    ("sink: summaries (temp file, fsync, rename, fence)", "_DirectoryUserSink.write_summary"),
-    ("sink: commit (directory fsync)", "_DirectoryUserSink.commit"),
+    ("sink: summaries (temp file, fence)", "_DirectoryUserSink.write_summary"),
+    ("sink: commit (syncfs, renames, directory fsync)", "_DirectoryUserSink.commit"),
     ("sink: claim and close (fence file)", "_DirectoryUserSink"),
     ("sink: claim and close (fence file)", "DirectorySink.for_user"),
     ("lease keeper start/stop", "LeaseKeeper."),

@@ -1,18 +1,23 @@
-"""The directory sink: one folder per user on a volume, each item written atomically and
-fenced by the lease's token under flock(2), made durable once per user by commit()."""
+"""The directory sink: one folder per user on a volume, each item written to a temporary file
+under the lease's fence (flock(2) and the fencing token), and put in place by commit(): one
+flush of the data, the renames, one fsync of the directory, once per user."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
+import platform
+import re
 import stat
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from sync_worker.sinks import (
     Activity,
@@ -31,14 +36,18 @@ class FsyncCounts:
     """How many fsyncs the sink issued, by kind (what its durability costs; read by tests
     and benchmarks). Shared by every user's sink: updated under a lock."""
 
-    items: int = 0
+    items: int = 0  # one file's data (where syncfs(2) cannot be trusted)
+    filesystems: int = 0  # syncfs(2): every item of a commit at once
     directories: int = 0
     fences: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, *, items: int = 0, directories: int = 0, fences: int = 0) -> None:
+    def add(
+        self, *, items: int = 0, filesystems: int = 0, directories: int = 0, fences: int = 0
+    ) -> None:
         with self._lock:
             self.items += items
+            self.filesystems += filesystems
             self.directories += directories
             self.fences += fences
 
@@ -46,12 +55,16 @@ class FsyncCounts:
 class DirectorySink:
     """``DIR/<user_id>/activities/<activityId>.json`` (+ ``.zip`` with the original file).
 
-    Each item goes to a temporary file in the same directory, is fsynced, then renamed over
-    the target, so a reader (or a crash, even a power cut) never sees half an item. The
-    renames become durable together: ``commit()`` fsyncs the user's directory once, before
-    the worker releases the lease (which moves synced_through past those items). The user's
-    fencing token is kept in ``DIR/<user_id>/.fencing-token`` and checked under flock(2)
-    around every write.
+    Each item goes to a temporary file in the same directory. ``commit()``, before the worker
+    releases the lease (which moves synced_through past those items), makes their data
+    durable with one flush of the filesystem, renames them over their targets and fsyncs the
+    directory once: a reader (or a crash, even a power cut) never sees half an item, and a
+    user costs two flushes however many items it has, not one per item. Items written by a
+    worker that died before its commit are never put in place: their temporary files are
+    replaced by the next sync's (which fetches them again: synced_through did not move). The
+    user's fencing token is kept in
+    ``DIR/<user_id>/.fencing-token`` and checked under flock(2) around every write and
+    around the renames.
     """
 
     def __init__(self, root: Path) -> None:
@@ -95,6 +108,8 @@ class _DirectoryUserSink:
         # died before its commit), the folder and the root on the user's first sync.
         self._directories = directories
         self._touched = len(directories) > 1
+        # Items written to their temporary files since the last commit, in order.
+        self._pending: dict[str, None] = {}
         self._fence = os.open(folder / _FENCE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         # Items are opened, renamed and made durable relative to this descriptor: no path
         # is resolved (or built) per item.
@@ -105,9 +120,18 @@ class _DirectoryUserSink:
             raise
 
     def close(self) -> None:
+        """Remove the temporary files of items never committed (a failed sync), unless a
+        newer holder has written since: from then on, those names are its own."""
+        if self._pending:
+            with contextlib.suppress(OSError, FencingRefused), self._fenced():
+                for name in self._pending:
+                    with contextlib.suppress(OSError):
+                        os.unlink(_temporary(name), dir_fd=self._activities_fd)
+            self._pending.clear()
         for fd in (self._activities_fd, self._fence):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._activities_fd = self._fence = -1  # a second close() closes nothing
 
     @contextlib.contextmanager
     def _fenced(self) -> Iterator[None]:
@@ -134,13 +158,16 @@ class _DirectoryUserSink:
             pass
 
     def has_file(self, activity_id: int) -> bool:
+        name = f"{activity_id}.zip"
+        if name in self._pending:
+            return True
         try:
-            mode = os.stat(f"{activity_id}.zip", dir_fd=self._activities_fd).st_mode
+            mode = os.stat(name, dir_fd=self._activities_fd).st_mode
         except OSError as exc:
             # What Path.is_file() takes for "no such file" (anything else is a sink error).
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 return False
-            raise SinkError(f"cannot look for {activity_id}.zip: {exc.strerror}") from None
+            raise SinkError(f"cannot look for {name}: {exc.strerror}") from None
         return stat.S_ISREG(mode)
 
     def write_file(self, activity_id: int, content: bytes) -> bool:
@@ -150,11 +177,24 @@ class _DirectoryUserSink:
         return self._write(f"{activity.activity_id}.json", summary_bytes(activity.summary))
 
     def commit(self) -> None:
-        """One fsync per directory holding new entries: every item written (or found in
-        place) since the claim is now durable, names included."""
+        """Every item written since the claim (or the last commit) durable and in place: one
+        flush of their data, the renames under the fence, then one fsync per directory
+        holding new entries (the activities directory; on the user's first sync also its
+        folder and the root)."""
         if not self._touched:
             return
         try:
+            if self._pending:
+                self._flush_items()
+                with self._fenced():
+                    for name in list(self._pending):
+                        os.rename(
+                            _temporary(name),
+                            name,
+                            src_dir_fd=self._activities_fd,
+                            dst_dir_fd=self._activities_fd,
+                        )
+                        del self._pending[name]
             for directory in self._directories:
                 if directory == self._activities:
                     os.fsync(self._activities_fd)
@@ -166,16 +206,58 @@ class _DirectoryUserSink:
         self._directories = [self._activities]
         self._touched = False
 
+    def _flush_items(self) -> None:
+        """The pending items' data on disk before any name points at it: after a power cut a
+        name holds the old item or the whole new one, never a torn one."""
+        if _SYNCFS is not None:
+            if _SYNCFS(self._activities_fd) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code))
+            self._fsyncs.add(filesystems=1)
+            return
+        for name in self._pending:
+            fd = os.open(_temporary(name), os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._activities_fd)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._fsyncs.add(items=1)
+
     def _write(self, name: str, content: bytes) -> bool:
         try:
             with self._fenced():
                 self._touched = True
-                written = _atomic_write(self._activities_fd, name, content)
+                if name in self._pending:
+                    # Written earlier in this sync (Garmin listed it twice): the latest wins.
+                    if _holds(self._activities_fd, _temporary(name), content):
+                        return False
+                elif _holds(self._activities_fd, name, content):
+                    return False
+                _write_temporary(self._activities_fd, _temporary(name), content)
+                self._pending[name] = None
         except OSError as exc:
             raise SinkError(f"cannot write {name}: {exc.strerror}") from None
-        if written:
-            self._fsyncs.add(items=1)
-        return written
+        return True
+
+
+def _syncfs() -> Callable[[int], int] | None:
+    """syncfs(2), where it reports write-back errors (Linux 5.8 and later: before, it
+    returned 0 even when the data never reached the disk, so each file is fsynced instead)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    release = tuple(int(part) for part in re.findall(r"\d+", platform.release())[:2])
+    if release < (5, 8):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except AttributeError:
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int], int], function)
+
+
+_SYNCFS: Final = _syncfs()
 
 
 # The temporary file's flags: never follow a link planted under its name, and replace what a
@@ -184,33 +266,27 @@ _TEMPORARY_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW 
 _DIRECTORY_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _atomic_write(directory: int, name: str, content: bytes) -> bool:
-    """Temp file in the same directory, fsync, rename (the directory is fsynced by commit()).
-    False when the file already holds exactly this content (nothing is written twice).
+def _temporary(name: str) -> str:
+    """The item's temporary file. One name per item, not per writer: every writer takes the
+    user's fence around its writes and renames, so one writer at a time uses it (a random
+    name costs a third of a small item's CPU), and a stale holder's file is replaced by the
+    newer holder's write, never renamed by it."""
+    return f".{name}.tmp"
 
-    The caller holds the user's fence, which every writer of the directory takes around
-    each write: one writer at a time, so the temporary file's name can be fixed (a random
-    one costs a third of a small item's CPU). Plain descriptors rather than a buffered file
-    object, and names relative to the directory's descriptor, for the same reason: this runs
-    once per item."""
-    if _holds(directory, name, content):
-        return False
-    temporary = f".{name}.tmp"
+
+def _write_temporary(directory: int, temporary: str, content: bytes) -> None:
+    """The content in the temporary file, replacing whatever a writer that died left there.
+    Plain descriptors rather than a buffered file object, and names relative to the
+    directory's descriptor: this runs once per item."""
     fd = os.open(temporary, _TEMPORARY_FLAGS, 0o600, dir_fd=directory)
     try:
-        try:
-            _write_all(fd, content)
-            # The content is on disk before the name points at it: after a power cut the
-            # name holds the old item or the whole new one, never a torn one.
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+        _write_all(fd, content)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary, dir_fd=directory)
         raise
-    return True
+    finally:
+        os.close(fd)
 
 
 def _holds(directory: int, name: str, content: bytes) -> bool:

@@ -63,8 +63,9 @@ class UserSink(Protocol):
         ...
 
     def commit(self) -> None:
-        """Make every item stored so far durable (it survives a power cut); called once per
-        user, before ReleaseLease moves synced_through past those items."""
+        """Make every item stored so far durable (it survives a power cut); called before
+        ReleaseLease moves synced_through past those items, and after a sync that failed
+        part-way while its lease was still ours (what it stored is kept)."""
         ...
 
     def close(self) -> None: ...

@@ -6,7 +6,8 @@
 2. Activity summaries are paged from ``synced_through - overlap`` (first run: ``now -
    backfill``), newest first; with files, each activity's original file too.
 3. Each item is written to the sink idempotently, after checking the lease is still ours;
-   once the window is read, the sink makes them durable together (``commit()``).
+   once the window is read, the sink makes them durable together (``commit()``); a sync
+   that fails part-way commits what it stored too, unless its lease was lost.
 4. ReleaseLease with synced_through = start of the newest activity safely stored, only when
    the whole window was read (a partial read must not move it past unread activities). A
    worker draining the due sessions sends that release with its next LeaseNextSession (one
@@ -253,6 +254,8 @@ class UserSync:
             except AuthServiceError as exc:
                 # RefreshLease failed in a way that is about the service, not the user.
                 outcome, detail = rpc_failed(exc, "RefreshLease", self._control)
+            if user_sink is not None and outcome not in (Outcome.SYNCED, Outcome.NOTHING_NEW):
+                self._keep_stored(user_sink, outcome)
             self._refreshes = api.refreshes
         finally:
             if user_sink is not None:
@@ -261,6 +264,18 @@ class UserSync:
         if self._keeper.lost and outcome is not Outcome.AUTH_EXPIRED:
             outcome, detail = Outcome.LEASE_LOST, "the service answered LEASE_LOST"
         return outcome, detail
+
+    def _keep_stored(self, user_sink: UserSink, outcome: Outcome) -> None:
+        """A sync that failed part-way keeps what it stored (the sink's commit makes it
+        durable and puts it in place), so a long first sync makes progress across runs;
+        synced_through does not move, the release sees to that. Not once the lease is lost:
+        then nothing more is written (and the fence would refuse it)."""
+        if outcome is Outcome.LEASE_LOST or self._keeper.lost:
+            return
+        try:
+            user_sink.commit()
+        except (SinkError, FencingRefused) as exc:
+            log.info("user %s: the failed sync's items not kept (%s)", self._leased.user_id, exc)
 
     def _window_start(self) -> datetime:
         previous = self._leased.synced_through

@@ -338,12 +338,14 @@ def test_a_crash_between_write_and_release_reruns_cleanly(
     process = start_worker(
         env, "run", "--user", "kim", "--out", str(tmp_path), "--with-files", "--lease-ttl", "5s"
     )
+    activities = tmp_path / "kim" / "activities"
     try:
-        wait_until(lambda: len(summaries(tmp_path, "kim")) >= 2, 30, "two items written")
+        # Written to their temporary files; put in place only by the sink's commit.
+        wait_until(lambda: len(list(activities.glob(".*.json.tmp"))) >= 2, 30, "two items")
     finally:
-        process.kill()  # SIGKILL: no release, no cleanup
+        process.kill()  # SIGKILL: no commit, no release, no cleanup
         process.communicate()
-    written_before = set(summaries(tmp_path, "kim"))
+    assert summaries(tmp_path, "kim") == {}
     crashed = status(service, "kim")
     assert crashed.HasField("lease")
     assert not crashed.HasField("synced_through")
@@ -355,9 +357,10 @@ def test_a_crash_between_write_and_release_reruns_cleanly(
     )
 
     assert rerun.outcome("kim") == "SYNCED"
-    assert rerun.users["kim"]["items"] == 6 - len(written_before)
-    visible = [name for name in activity_files(tmp_path, "kim") if not name.startswith(".")]
-    assert sorted(visible) == sorted([f"{i}.json" for i in ids] + [f"{i}.zip" for i in ids])
+    assert rerun.users["kim"]["items"] == 6
+    # The crashed run's temporary files were written again and renamed: none is left.
+    stored = activity_files(tmp_path, "kim")
+    assert sorted(stored) == sorted([f"{i}.json" for i in ids] + [f"{i}.zip" for i in ids])
     for activity_id in ids:
         zip_path = tmp_path / "kim" / "activities" / f"{activity_id}.zip"
         assert zip_path.read_bytes() == garmin.activity_file(activity_id)

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from sync_worker import directory_sink
 from sync_worker.activity_list import parse_activity
 from sync_worker.directory_sink import DirectorySink
 from sync_worker.postgres_sink import PostgresSink, redacted_url
@@ -95,9 +96,13 @@ def test_directory_sink_writes_each_item_once_and_atomically(tmp_path: Path) -> 
         assert user.has_file(42)
         assert user.write_file(42, b"PK zip") is False
         assert user.write_summary(activity(name="Renamed")) is True  # changed at Garmin
+        folder = tmp_path / "out" / "ann" / "activities"
+        # Nothing in place before the commit.
+        assert not (folder / "42.json").exists()
+        user.commit()
+        assert user.write_summary(activity(name="Renamed")) is False  # in place now
     finally:
         user.close()
-    folder = tmp_path / "out" / "ann" / "activities"
     assert sorted(path.name for path in folder.iterdir()) == ["42.json", "42.zip"]
     assert json.loads((folder / "42.json").read_text())["activityName"] == "Renamed"
     assert (folder / "42.json").read_bytes() == summary_bytes(activity(name="Renamed").summary)
@@ -107,6 +112,8 @@ def test_directory_sink_refuses_a_stale_fencing_token(tmp_path: Path) -> None:
     sink = DirectorySink(tmp_path)
     stale = sink.for_user("ann", 3)
     stale.write_summary(activity(1))
+    stale.commit()
+    stale.write_summary(activity(5))  # not committed when the newer holder claims
     newer = sink.for_user("ann", 4)
     try:
         newer.write_summary(activity(2))
@@ -115,19 +122,60 @@ def test_directory_sink_refuses_a_stale_fencing_token(tmp_path: Path) -> None:
         with pytest.raises(FencingRefused):
             stale.write_file(3, b"zip")
         with pytest.raises(FencingRefused):
+            stale.commit()  # its pending item is never put in place
+        with pytest.raises(FencingRefused):
             sink.for_user("ann", 2)
         # The newer holder goes on; another user is not affected.
         assert newer.write_summary(activity(4)) is True
+        newer.commit()
         other = sink.for_user("bob", 1)
         other.close()
     finally:
         stale.close()
         newer.close()
     assert sorted(p.name for p in (tmp_path / "ann" / "activities").iterdir()) == [
+        ".5.json.tmp",  # the stale holder's, left alone: from now on its name is the newer's
         "1.json",
         "2.json",
         "4.json",
     ]
+
+
+def test_a_stale_holders_leftover_is_replaced_by_the_newer_holders_item(tmp_path: Path) -> None:
+    """Both holders write the same item; only the newer one's content is ever put in place,
+    whichever closes last."""
+    sink = DirectorySink(tmp_path)
+    stale = sink.for_user("ann", 3)
+    stale.write_summary(activity(7, name="stale"))
+    newer = sink.for_user("ann", 4)
+    try:
+        newer.write_summary(activity(7, name="newer"))
+        stale.close()  # must not remove the newer holder's temporary file
+        newer.commit()
+    finally:
+        newer.close()
+    item = tmp_path / "ann" / "activities" / "7.json"
+    assert json.loads(item.read_text())["activityName"] == "newer"
+    assert [p.name for p in item.parent.iterdir()] == ["7.json"]
+
+
+def test_items_of_a_sync_that_never_committed_are_removed_on_close(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path)
+    failed = sink.for_user("ann", 1)
+    failed.write_summary(activity(1))
+    failed.write_file(1, b"PK zip")
+    assert failed.has_file(1)
+    failed.close()
+    assert list((tmp_path / "ann" / "activities").iterdir()) == []
+    # The next sync writes them again and puts them in place.
+    retry = sink.for_user("ann", 2)
+    try:
+        assert not retry.has_file(1)
+        assert retry.write_file(1, b"PK zip") is True
+        retry.commit()
+    finally:
+        retry.close()
+    assert [p.name for p in (tmp_path / "ann" / "activities").iterdir()] == ["1.zip"]
 
 
 def test_directory_sink_reports_an_unwritable_directory(tmp_path: Path) -> None:
@@ -201,23 +249,39 @@ def test_sink_urls_are_shown_without_password() -> None:
     assert redacted_url("postgresql://db/sync") == "postgresql://db/sync"
 
 
-def test_directory_sink_fsyncs_each_item_once_and_its_directory_once_per_commit(
-    tmp_path: Path,
+@pytest.fixture(params=["syncfs", "fsync per item"])
+def flush(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways commit() flushes the items' data: syncfs(2) where the kernel reports its
+    errors (Linux 5.8+), one fsync per item elsewhere."""
+    if request.param == "syncfs":
+        if directory_sink._SYNCFS is None:
+            pytest.skip("syncfs(2) is not trusted on this kernel")
+    else:
+        monkeypatch.setattr(directory_sink, "_SYNCFS", None)
+    return str(request.param)
+
+
+def test_directory_sink_flushes_its_items_and_directory_once_per_commit(
+    tmp_path: Path, flush: str
 ) -> None:
     sink = DirectorySink(tmp_path)
+    per_item = flush == "fsync per item"
     first = sink.for_user("ann", 1)
     try:
         for activity_id in range(1, 21):
             assert first.write_summary(activity(activity_id)) is True
-        assert first.write_summary(activity(1)) is False  # identical: no write, no fsync
-        # Visible at once (renamed), durable once committed.
-        assert len(list((tmp_path / "ann" / "activities").iterdir())) == 20
-        assert (sink.fsyncs.items, sink.fsyncs.directories) == (20, 0)
+        assert first.write_summary(activity(1)) is False  # identical: no write, no flush
+        # Neither in place nor flushed before the commit.
+        assert len(list((tmp_path / "ann" / "activities").glob("*.json"))) == 0
+        assert (sink.fsyncs.items, sink.fsyncs.filesystems, sink.fsyncs.directories) == (0, 0, 0)
         first.commit()
-        # activities/, the user's folder and the root: the user's first commit.
-        assert (sink.fsyncs.items, sink.fsyncs.directories) == (20, 3)
-        first.commit()  # nothing new since: nothing to fsync
-        assert sink.fsyncs.directories == 3
+        assert len(list((tmp_path / "ann" / "activities").glob("*.json"))) == 20
+        # The data once (one syncfs, or 20 fsyncs), then activities/, the user's folder and
+        # the root: the user's first commit.
+        expected = (20, 0, 3) if per_item else (0, 1, 3)
+        assert (sink.fsyncs.items, sink.fsyncs.filesystems, sink.fsyncs.directories) == expected
+        first.commit()  # nothing new since: nothing to flush
+        assert (sink.fsyncs.items, sink.fsyncs.filesystems, sink.fsyncs.directories) == expected
     finally:
         first.close()
     second = sink.for_user("ann", 2)
@@ -227,7 +291,9 @@ def test_directory_sink_fsyncs_each_item_once_and_its_directory_once_per_commit(
         second.commit()
     finally:
         second.close()
-    assert (sink.fsyncs.items, sink.fsyncs.directories, sink.fsyncs.fences) == (40, 4, 2)
+    expected = (40, 0, 4, 2) if per_item else (0, 2, 4, 2)
+    counts = sink.fsyncs
+    assert (counts.items, counts.filesystems, counts.directories, counts.fences) == expected
     assert not list(tmp_path.glob("ann/activities/.*.tmp"))
 
 
