@@ -291,9 +291,9 @@ def test_directory_sink_flushes_its_items_and_directory_once_per_commit(
         second.commit()
     finally:
         second.close()
-    expected = (40, 0, 4, 2) if per_item else (0, 2, 4, 2)
+    totals = (40, 0, 4, 2) if per_item else (0, 2, 4, 2)
     counts = sink.fsyncs
-    assert (counts.items, counts.filesystems, counts.directories, counts.fences) == expected
+    assert (counts.items, counts.filesystems, counts.directories, counts.fences) == totals
     assert not list(tmp_path.glob("ann/activities/.*.tmp"))
 
 
