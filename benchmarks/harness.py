@@ -484,12 +484,14 @@ class Credentials:
     callers_file: Path
 
     @classmethod
-    def create(cls, workdir: Path) -> Credentials:
+    def create(cls, workdir: Path, worker_role: str = "worker") -> Credentials:
+        """`worker_role` "worker_full" for a load that reports refreshed sessions itself
+        (the legacy workers' ReportRefreshed)."""
         worker, admin = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         path = workdir / "callers.toml"
         path.write_text(
             f'[[callers]]\nname = "bench-worker"\ntoken_sha256 = "{token_sha256(worker)}"\n'
-            'roles = ["worker"]\n\n'
+            f'roles = ["{worker_role}"]\n\n'
             f'[[callers]]\nname = "bench-admin"\ntoken_sha256 = "{token_sha256(admin)}"\n'
             'roles = ["admin"]\n',
             encoding="utf-8",

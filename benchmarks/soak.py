@@ -32,6 +32,7 @@ PostgreSQL and the workers (and whatever else runs): rates are what the box gave
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import multiprocessing
 import random
@@ -51,7 +52,9 @@ import psycopg
 from google.protobuf import duration_pb2, timestamp_pb2
 from grpc_status import rpc_status
 
+from auth_service.domain.lease_ids import lease_digest
 from auth_service.storage.secrets import SecretBox
+from benchmarks.autovacuum import AutovacuumStandIn
 from benchmarks.harness import (
     TABLE,
     Credentials,
@@ -71,7 +74,7 @@ from benchmarks.harness import (
 )
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
-from garmin_client.session_proto import tokens_to_proto
+from garmin_client.session_proto import tokens_from_proto, tokens_to_proto
 
 RPC_TIMEOUT_SECONDS = 10.0
 CHECK_INTERVAL_SECONDS = 1.0
@@ -186,7 +189,12 @@ class Worker:
         if self.rng.random() < RENEW_SHARE:
             self.call("RenewLease", pb.RenewLeaseRequest(lease_id=lease.lease_id, ttl=self.ttl))
         if self.rng.random() < REPORT_SHARE:
-            tokens = bench_tokens(datetime.now(UTC) + timedelta(days=3650))
+            # A refresh of the granted session: new OAuth2 tokens, the same OAuth1 token (the
+            # service refuses another account's).
+            granted = tokens_from_proto(answer.session)
+            tokens = dataclasses.replace(
+                bench_tokens(datetime.now(UTC) + timedelta(days=3650)), oauth1=granted.oauth1
+            )
             request = pb.ReportRefreshedRequest(
                 lease_id=lease.lease_id, session=tokens_to_proto(tokens)
             )
@@ -343,15 +351,16 @@ def final_audit(
             stored_reports.add(lease_id)
             reports_per_user[user] += 1
     audit.grants_committed = len(committed_grants)
+    # The trail holds lease ids as the service stores them: their digests.
     for result in results:
-        for grant in result.grants:
-            if grant not in committed_grants:
-                audit.lost(f"grant {grant[1]} answered but not committed")
+        for lease_id, fencing in result.grants:
+            if (lease_digest(lease_id), fencing) not in committed_grants:
+                audit.lost(f"grant {fencing} answered but not committed")
         for lease_id in result.released:
-            if lease_id not in released_at:
+            if lease_digest(lease_id) not in released_at:
                 audit.lost("a release answered OK but not committed")
         for _user, lease_id, _digest, outcome, _at in result.reports:
-            if outcome == "OK" and lease_id not in stored_reports:
+            if outcome == "OK" and lease_digest(lease_id) not in stored_reports:
                 audit.lost("a ReportRefreshed answered OK but not committed")
     check_grant_order(grants, released_at, timedelta(seconds=ttl), audit)
     check_stored_tokens(database, credentials, results, reports_per_user, audit)
@@ -455,7 +464,8 @@ def collect(
 def run(args: argparse.Namespace, report: Report) -> None:
     with Workdir("garmin-auth-soak-") as workdir:
         tree = ServiceTree(workdir, args.service_revision)
-        credentials = Credentials.create(workdir)
+        # worker_full: the workers also ReportRefreshed (what stored tokens must match).
+        credentials = Credentials.create(workdir, worker_role="worker_full")
         with (
             PostgresDatabase() as database,
             EmulatorProcess(workdir / "emulator.log") as emulator,
@@ -485,7 +495,10 @@ def run(args: argparse.Namespace, report: Report) -> None:
                     replica.start()
                 for replica in replicas:
                     replica.wait_serving()
-                soak(args, report, database, credentials, replicas, tree)
+                # Vacuumed as a production server's daemon would (benchmarks.autovacuum).
+                with AutovacuumStandIn(database.conninfo) as autovacuum:
+                    soak(args, report, database, credentials, replicas, tree)
+                report.figure("stand_in_vacuums", autovacuum.work.vacuums, "vacuums")
             finally:
                 for replica in replicas:
                     replica.stop()
