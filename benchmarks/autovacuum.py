@@ -75,6 +75,7 @@ class AutovacuumStandIn:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="autovacuum-stand-in", daemon=True)
         self._settings: dict[str, str] = {}
+        self._thresholds: dict[str, float] = {}
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._connection: psycopg.Connection | None = None
@@ -86,6 +87,7 @@ class AutovacuumStandIn:
                 "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [list(_SETTINGS)]
             ).fetchall()
         self._settings = dict(rows)
+        self._thresholds = {key: float(self._settings[name]) for key, name in _THRESHOLDS.items()}
         self.work.server_autovacuum = self._settings["autovacuum"] == "on"
         self.work.naptime_seconds = self._naptime or float(self._settings["autovacuum_naptime"])
         if self._always or not self.work.server_autovacuum:
@@ -133,8 +135,7 @@ class AutovacuumStandIn:
 
     def _round(self, connection: psycopg.Connection) -> None:
         """One visit of the daemon: every table past a threshold, vacuumed and/or analyzed."""
-        thresholds = {key: float(self._settings[setting]) for key, setting in _THRESHOLDS.items()}
-        for table, vacuum, analyze in connection.execute(_DUE, thresholds).fetchall():
+        for table, vacuum, analyze in connection.execute(_DUE, self._thresholds).fetchall():
             if self._stopping.is_set():
                 return
             # The table's name was quoted by quote_ident.

@@ -227,11 +227,10 @@ class _DirectoryUserSink:
         try:
             with self._fenced():
                 self._touched = True
-                if name in self._pending:
-                    # Written earlier in this sync (Garmin listed it twice): the latest wins.
-                    if _holds(self._activities_fd, _temporary(name), content):
-                        return False
-                elif _holds(self._activities_fd, name, content):
+                # Against what this sync already wrote for the name (Garmin listed it twice:
+                # the latest wins), else against the item in place.
+                current = _temporary(name) if name in self._pending else name
+                if _holds(self._activities_fd, current, content):
                     return False
                 _write_temporary(self._activities_fd, _temporary(name), content)
                 self._pending[name] = None
