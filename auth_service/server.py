@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from prometheus_client import Gauge
 from sqlalchemy import Engine
 
+from auth_service.api.access_log import AccessLog
 from auth_service.api.callers import CallerRegistry
 from auth_service.api.handlers import Pools
 from auth_service.api.interceptor import ServiceInterceptor
@@ -173,6 +174,8 @@ class RunningServer:
     # The health-only listener, when GARMIN_AUTH_HEALTH_LISTEN is not off.
     health_listener: HealthListener | None = None
     pools: Pools | None = None
+    # Each call's log line, written in batches by its own thread.
+    access_log: AccessLog | None = None
     _stop_probe: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -215,6 +218,8 @@ class RunningServer:
         use_cases = self.application.use_cases
         use_cases.session_events.stop()
         self.server.stop(grace).wait()
+        if self.access_log is not None:
+            self.access_log.close()
         if self.health_listener is not None:
             self.health_listener.stop(0)
         if self.pools is not None:
@@ -252,6 +257,7 @@ def start_server(
         garmin_auth_pb2.DESCRIPTOR.services_by_name["GarminAuthService"].methods_by_name,
     )
     pools = new_pools()
+    access_log = AccessLog().start()
     reflection = settings.serving.reflection
     # No maximum_concurrent_rpcs: it counts every call, health and refusals included, so
     # idle anonymous health calls could make gRPC refuse authenticated callers. Refusing
@@ -265,6 +271,7 @@ def start_server(
                 client_certificates=settings.tls is not None and settings.tls.mutual,
                 open_reflection=reflection is ReflectionMode.OPEN,
                 pools=pools,
+                access_log=access_log,
             )
         ],
         options=options,
@@ -312,6 +319,7 @@ def start_server(
         certificates=certificates,
         health_listener=health_listener,
         pools=pools,
+        access_log=access_log,
     )
     running.probe_once()
     running.start_probe()

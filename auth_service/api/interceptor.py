@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from auth_service.api.access_log import AccessLog
 from auth_service.api.callers import Caller, CallerRegistry, current_caller
 from auth_service.api.decoding import checked_stream, refuse_if_undecodable, tolerant
 from auth_service.api.errors import INTERNAL_ROW, row_for, to_status
@@ -99,15 +100,18 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         client_certificates: bool = False,
         open_reflection: bool = False,
         pools: Pools | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         """`client_certificates`: the server runs mutual TLS, so the certificate a client
         presents was verified against GARMIN_AUTH_TLS_CLIENT_CA and may name the caller.
-        Without it certificates are never looked at."""
+        Without it certificates are never looked at. `access_log`: where each call's line
+        goes (by default written at once, on the call's thread)."""
         self._registry = registry
         self._metrics = metrics
         self._client_certificates = client_certificates
         self._open_reflection = open_reflection
         self._pools = pools
+        self._access_log = access_log or AccessLog.immediate()
 
     def intercept_service(
         self,
@@ -307,19 +311,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             raise TooManyStreams("too many reflection streams; retry later")
         return caller
 
-    @staticmethod
-    def _record(rpc: str, caller: Caller | None, outcome: _Outcome, latency: float) -> None:
-        log.info(
-            "%s %s",
-            rpc,
-            outcome.reason,
-            extra={
-                "rpc": rpc,
-                "caller": caller.name if caller else None,
-                "outcome": outcome.reason,
-                "latency_ms": round(latency * 1000, 2),
-            },
-        )
+    def _record(self, rpc: str, caller: Caller | None, outcome: _Outcome, latency: float) -> None:
+        self._access_log.record(rpc, caller.name if caller else None, outcome.reason, latency)
 
     def _count(self, rpc: str, outcome: _Outcome, latency: float) -> None:
         if self._metrics is None:
