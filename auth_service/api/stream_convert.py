@@ -34,5 +34,5 @@ def event_to_proto(item: SessionChange | Heartbeat) -> pb.SessionEvent:
         cursor=format_cursor(item.position),
         status=convert.status_to_proto(item.status),
         rpc=item.rpc,
-        occurred_at=item.occurred_at,
+        occurred_at=convert.to_timestamp(item.occurred_at),
     )
