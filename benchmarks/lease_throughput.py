@@ -31,9 +31,10 @@ lease_cpu_ms = the service's CPU per lease RPC at N = 8 (<= 0.5 ms), plus the ol
 health and to direct psycopg. `--floor-only` runs just health, lease_session and the floors
 per caller count (the two targets, in a third of the time).
 
-`--soak-minutes M` runs the soak instead (benchmarks/lease_soak.py): the capacity of
-LeaseNextSession + ReleaseLease cycles in a closed loop, then M minutes at 80% of it in an
-open loop; target soak_p99_last_vs_first <= 1.2.
+`--soak-minutes M` runs the soak instead (benchmarks/lease_soak.py): the database aged by
+`--soak-aged-cycles` earlier cycles, the capacity of LeaseNextSession + ReleaseLease cycles in
+a closed loop, then M minutes at 80% of it in an open loop; target soak_p99_last_vs_first
+<= 1.2.
 
 Server CPU per RPC is the service process's utime+stime over the window divided by the RPCs
 completed in it; PostgreSQL's is that of the backends connected to the benchmark's database
@@ -75,7 +76,7 @@ from benchmarks.harness import (
     seed_sessions,
     service_stack,
 )
-from benchmarks.lease_soak import run_soak
+from benchmarks.lease_soak import AGED_CYCLES, SoakPlan, run_soak
 from benchmarks.load import LoadSpec, Measured, measure
 
 USERS = 10_000
@@ -206,8 +207,7 @@ def measure_stack(
                 credentials.worker_metadata(),
                 pids,
                 database=database,
-                minutes=args.soak_minutes,
-                capacity_seconds=args.duration,
+                plan=SoakPlan(args.soak_minutes, args.duration, args.soak_aged_cycles),
             )
             return
         servers.update(dict.fromkeys(GRPC, Servers(service.target, pids)))
@@ -365,6 +365,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="M",
         help="instead of the phases: capacity (closed loop), then M minutes at 80%% of it "
         "(benchmarks.lease_soak); target soak_p99_last_vs_first",
+    )
+    parser.add_argument(
+        "--soak-aged-cycles",
+        type=int,
+        default=AGED_CYCLES,
+        metavar="C",
+        help="before the soak's capacity: the audit trail and change log of C earlier cycles "
+        "are written into the database (default %(default)s; 0: a fresh database)",
     )
     ServiceTree.add_argument(parser)
     args = parser.parse_args(argv)
