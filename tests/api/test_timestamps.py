@@ -19,7 +19,7 @@ from auth_service.api.convert import to_timestamp
         datetime(1, 1, 1, tzinfo=UTC),
         datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
         datetime(2026, 6, 1, 8, 0, tzinfo=timezone(timedelta(hours=-7))),  # not UTC
-        datetime(2026, 6, 1, 8, 0, 0, 1),  # naive: taken as UTC
+        datetime(2026, 6, 1, 8, 0, 0, 1, tzinfo=UTC).replace(tzinfo=None),  # naive: as UTC
     ],
 )
 def test_to_timestamp_matches_from_datetime(value: datetime) -> None:
