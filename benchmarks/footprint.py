@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from benchmarks.harness import (
@@ -35,7 +34,7 @@ from benchmarks.harness import (
     Workdir,
     log,
     rss_bytes,
-    seed_sessions,
+    seed_due_sessions,
     service_stack,
 )
 from benchmarks.load import LoadSpec, measure
@@ -91,15 +90,7 @@ def measure_footprint(
     credentials: Credentials,
     service: ServiceProcess,
 ) -> None:
-    now = datetime.now(UTC)
-    seed_sessions(
-        database,
-        credentials.keyring,
-        range(USERS),
-        lambda i: now - timedelta(hours=2, seconds=i % 3600),
-        now=now,
-    )
-    database.vacuum_analyze()
+    seed_due_sessions(database, credentials.keyring, USERS)
     starts: list[float] = []
     for attempt in range(args.starts):
         if attempt:

@@ -793,6 +793,21 @@ def seed_sessions(
     return count
 
 
+def seed_due_sessions(database: PostgresDatabase, keyring: Keyring, users: int) -> None:
+    """`users` sessions last synced two hours ago (spread over an hour, so every one is due
+    and LeaseNextSession takes them oldest first), then VACUUM ANALYZE: the lease
+    benchmarks' starting point."""
+    now = datetime.now(UTC)
+    seed_sessions(
+        database,
+        keyring,
+        range(users),
+        lambda i: now - timedelta(hours=2, seconds=i % 3600),
+        now=now,
+    )
+    database.vacuum_analyze()
+
+
 def blob_size(keyring: Keyring) -> int:
     """Bytes of one seeded session blob."""
     expires = datetime.now(UTC) + timedelta(days=3650)

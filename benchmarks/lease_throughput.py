@@ -55,7 +55,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from benchmarks.floor_server import FloorProcess
 from benchmarks.harness import (
@@ -73,7 +72,7 @@ from benchmarks.harness import (
     log,
     percentile,
     ratio,
-    seed_sessions,
+    seed_due_sessions,
     service_stack,
 )
 from benchmarks.lease_soak import AGED_CYCLES, SoakPlan, run_soak
@@ -152,16 +151,8 @@ def measure_stack(
     credentials: Credentials,
     service: ServiceProcess,
 ) -> None:
-    now = datetime.now(UTC)
     log(f"seeding {args.users} sessions into {database.name}")
-    seed_sessions(
-        database,
-        credentials.keyring,
-        range(args.users),
-        lambda i: now - timedelta(hours=2, seconds=i % 3600),
-        now=now,
-    )
-    database.vacuum_analyze()
+    seed_due_sessions(database, credentials.keyring, args.users)
     report.figure("sessions", args.users, "rows")
     report.figure("session_blob", blob_size(credentials.keyring), "bytes")
     statements = capture_lease_statements(database.url)

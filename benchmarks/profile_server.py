@@ -27,7 +27,6 @@ import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from benchmarks.harness import (
@@ -39,7 +38,7 @@ from benchmarks.harness import (
     ServiceTree,
     Workdir,
     log,
-    seed_sessions,
+    seed_due_sessions,
     service_stack,
     venv_script,
 )
@@ -238,15 +237,7 @@ def profile_stack(
 ) -> tuple[float, float]:
     """One window without the profiler, then one with it; the two rates."""
     stem = f"{args.workload}_n{args.in_flight}"
-    now = datetime.now(UTC)
-    seed_sessions(
-        database,
-        credentials.keyring,
-        range(USERS),
-        lambda i: now - timedelta(hours=2, seconds=i % 3600),
-        now=now,
-    )
-    database.vacuum_analyze()
+    seed_due_sessions(database, credentials.keyring, USERS)
     service.start()
     service.wait_serving()
     spec = LoadSpec(

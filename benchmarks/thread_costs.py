@@ -27,7 +27,6 @@ import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from benchmarks.harness import (
@@ -36,7 +35,7 @@ from benchmarks.harness import (
     Workdir,
     log,
     ratio,
-    seed_sessions,
+    seed_due_sessions,
     service_stack,
     venv_script,
 )
@@ -86,8 +85,11 @@ def thread_groups(pid: int) -> dict[int, str]:
             names[int(task.name)] = (task / "comm").read_text().strip()
         except OSError:
             continue
-    spy = venv_script("py-spy")
-    if Path(spy).exists():
+    try:
+        spy = venv_script("py-spy")
+    except RuntimeError:  # not installed: the kernel's names only
+        spy = None
+    if spy is not None:
         dump = subprocess.run(
             [spy, "dump", "--pid", str(pid)],
             capture_output=True,
@@ -116,15 +118,7 @@ def measure(args: argparse.Namespace, revision: str | None) -> Run:
         tree = ServiceTree(workdir, revision)
         log(f"thread_costs: service {tree.describe()}")
         with service_stack(workdir, tree=tree) as (database, credentials, service):
-            now = datetime.now(UTC)
-            seed_sessions(
-                database,
-                credentials.keyring,
-                range(USERS),
-                lambda i: now - timedelta(hours=2, seconds=i % 3600),
-                now=now,
-            )
-            database.vacuum_analyze()
+            seed_due_sessions(database, credentials.keyring, USERS)
             service.start()
             service.wait_serving()
             spec = LoadSpec(
