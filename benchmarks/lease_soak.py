@@ -102,15 +102,7 @@ def run_soak(
         report.figure("soak_database_size_start", megabytes, "MB")
     # Dead row versions pile up at this load: vacuumed as a production server's daemon would.
     with AutovacuumStandIn(database.conninfo) as autovacuum:
-        _soak(
-            report,
-            targets,
-            metadata,
-            server_pids,
-            database.name,
-            plan.minutes,
-            plan.capacity_seconds,
-        )
+        _soak(report, targets, metadata, server_pids, database.name, plan)
     report.figure("soak_server_autovacuum", int(autovacuum.work.server_autovacuum), "(1 = on)")
     report.figure("soak_stand_in_vacuums", autovacuum.work.vacuums, "vacuums")
     report.figure("soak_stand_in_analyzes", autovacuum.work.analyzes, "analyzes")
@@ -171,11 +163,11 @@ def _soak(
     metadata: tuple[tuple[str, str], ...],
     server_pids: Sequence[int],
     database_name: str,
-    minutes: float,
-    capacity_seconds: float,
+    plan: SoakPlan,
 ) -> None:
+    minutes = plan.minutes
     log(f"soak: measuring capacity ({CAPACITY_IN_FLIGHT} callers, closed loop)")
-    capacity = measure_capacity(targets, metadata, capacity_seconds)
+    capacity = measure_capacity(targets, metadata, plan.capacity_seconds)
     offered = SOAK_LOAD * capacity
     report.figure("soak_capacity", capacity, "cycles/s")
     report.figure("soak_offered", offered, "cycles/s")

@@ -227,6 +227,28 @@ def run(args: argparse.Namespace) -> None:
     report.note(f"raw stacks (flamegraph.pl / speedscope input): {raw}")
 
 
+def serve_for_load(
+    args: argparse.Namespace,
+    database: PostgresDatabase,
+    credentials: Credentials,
+    service: ServiceProcess,
+) -> LoadSpec:
+    """USERS due sessions seeded, the service SERVING: the load `args` ask for (workload,
+    in-flight callers, duration) against it."""
+    seed_due_sessions(database, credentials.keyring, USERS)
+    service.start()
+    service.wait_serving()
+    return LoadSpec(
+        workload=args.workload,
+        in_flight=args.in_flight,
+        duration=args.duration,
+        warmup=2.0,
+        target=service.target,
+        metadata=credentials.worker_metadata(),
+        user_count=USERS,
+    )
+
+
 def profile_stack(
     args: argparse.Namespace,
     report: Report,
@@ -237,18 +259,7 @@ def profile_stack(
 ) -> tuple[float, float]:
     """One window without the profiler, then one with it; the two rates."""
     stem = f"{args.workload}_n{args.in_flight}"
-    seed_due_sessions(database, credentials.keyring, USERS)
-    service.start()
-    service.wait_serving()
-    spec = LoadSpec(
-        workload=args.workload,
-        in_flight=args.in_flight,
-        duration=args.duration,
-        warmup=2.0,
-        target=service.target,
-        metadata=credentials.worker_metadata(),
-        user_count=USERS,
-    )
+    spec = serve_for_load(args, database, credentials, service)
     log(f"{stem}: {args.duration:g} s without the profiler")
     plain = measure(spec, [service.pid], database.name)
     report.figure(f"{stem}_server_cpu_per_rpc", plain.per_call_ms(plain.cpu.server), "ms")

@@ -4,12 +4,12 @@ service revisions on the same measure.
     .venv/bin/python -m benchmarks.thread_costs [--workload lease_session] [--in-flight 8]
         [--duration 8] [--service-revision REV] [--against REV] [--pairs 3]
 
-Sets up what profile_server does (fresh database, 10,000 sessions, the service as its own
-process), runs the load for `--duration` seconds after a warm-up and reads, before and after
-the window, every thread's CPU time and voluntary/involuntary context switches from
-/proc/PID/task. Threads are grouped by their Python name (from `py-spy dump`; numbered pool
-threads as one group, e.g. `rpc_N`), or by their kernel name when py-spy is missing. Prints
-the rate, the process's CPU and switches per RPC, and each group's.
+Sets up what profile_server does (its serve_for_load: fresh database, 10,000 sessions, the
+service as its own process), runs the load for `--duration` seconds after a warm-up and
+reads, before and after the window, every thread's CPU time and voluntary/involuntary context
+switches from /proc/PID/task. Threads are grouped by their Python name (from `py-spy dump`;
+numbered pool threads as one group, e.g. `rpc_N`), or by their kernel name when py-spy is
+missing. Prints the rate, the process's CPU and switches per RPC, and each group's.
 
 With `--against REV`, runs `--pairs` pairs alternating REV and the service under test (the
 working tree, or `--service-revision`), each on a fresh stack, and prints both sides' figures
@@ -35,13 +35,12 @@ from benchmarks.harness import (
     Workdir,
     log,
     ratio,
-    seed_due_sessions,
     service_stack,
     venv_script,
 )
-from benchmarks.load import GRPC_WORKLOADS, LoadSpec, run_load
+from benchmarks.load import GRPC_WORKLOADS, run_load
+from benchmarks.profile_server import serve_for_load
 
-USERS = 10_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SHOWN_CPU_MS = 0.001  # groups that spend less per RPC (idle threads) are not listed
 _SWITCHES = re.compile(r"^(voluntary|nonvoluntary)_ctxt_switches:\s+(\d+)$", re.MULTILINE)
@@ -103,10 +102,10 @@ def thread_groups(pid: int) -> dict[int, str]:
 
 @dataclass(frozen=True)
 class Run:
-    """One measured window: the RPCs, and per group (CPU ms, voluntary, involuntary) per RPC."""
+    """One measured window: the RPC rate, and per group (CPU ms, voluntary, involuntary
+    switches) per RPC."""
 
     rate: float
-    calls: float
     groups: dict[str, tuple[float, float, float]]
 
     def total(self, index: int) -> float:
@@ -118,18 +117,7 @@ def measure(args: argparse.Namespace, revision: str | None) -> Run:
         tree = ServiceTree(workdir, revision)
         log(f"thread_costs: service {tree.describe()}")
         with service_stack(workdir, tree=tree) as (database, credentials, service):
-            seed_due_sessions(database, credentials.keyring, USERS)
-            service.start()
-            service.wait_serving()
-            spec = LoadSpec(
-                workload=args.workload,
-                in_flight=args.in_flight,
-                duration=args.duration,
-                warmup=2.0,
-                target=service.target,
-                metadata=credentials.worker_metadata(),
-                user_count=USERS,
-            )
+            spec = serve_for_load(args, database, credentials, service)
             before: dict[int, ThreadCounters] = {}
             result = run_load(spec, lambda: before.update(read_threads(service.pid)))
             after = read_threads(service.pid)
@@ -147,7 +135,7 @@ def measure(args: argparse.Namespace, revision: str | None) -> Run:
         name: (1000 * cpu / calls, voluntary / calls, involuntary / calls)
         for name, (cpu, voluntary, involuntary) in sums.items()
     }
-    return Run(result.rate, calls, per_rpc)
+    return Run(result.rate, per_rpc)
 
 
 def print_run(report: Report, prefix: str, run: Run) -> None:
