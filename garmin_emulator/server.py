@@ -4,9 +4,11 @@ Malformed requests get a JSON error too."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -59,6 +61,37 @@ class _Server(ThreadingHTTPServer):
         self.control = control
         # Set on stop: wakes handlers sleeping on latency, delays or hangs so they end promptly.
         self.stopping = threading.Event()
+        # Open client connections (kept alive between requests, like Garmin's): closed on
+        # stop, so a stopped emulator never answers on a connection a client kept.
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002
+        """A client that drops a kept connection (a pool closing, a reset) is routine, not a
+        traceback on stderr; anything else is logged with its traceback."""
+        # socketserver calls this inside its except clause: the exception is the current one.
+        failure = sys.exc_info()[1]
+        if isinstance(failure, OSError):
+            log.debug("emulator: a client connection ended abruptly")
+            return
+        log.error("emulator: request handling failed", exc_info=failure)
+
+    def close_open_connections(self) -> None:
+        with self._open_lock:
+            open_now, self._open = self._open, set()
+        for connection in open_now:
+            with contextlib.suppress(OSError):  # already gone
+                connection.shutdown(socket.SHUT_RDWR)
 
     def pause(self, seconds: float) -> None:
         if seconds > 0:
@@ -88,12 +121,20 @@ class HttpServer:
         self._server.stopping.set()
         self._server.shutdown()
         self._server.server_close()
+        self._server.close_open_connections()
         self._thread.join(timeout=5)
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "GarminEmulator/1"
-    # A stuck client must not pin a thread forever.
+    # Garmin speaks HTTP/1.1 and keeps connections open between requests: a client that reuses
+    # its connection (the worker's Connect API clients do, user after user) pays no new
+    # handshake per request here either. Every reply carries its Content-Length.
+    protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes: without this, Nagle's algorithm holds the
+    # body back until the client's delayed ACK of the headers (40 ms on Linux).
+    disable_nagle_algorithm = True
+    # A stuck client, or an idle kept connection, must not pin a thread forever.
     timeout = 30
 
     def do_GET(self) -> None:
@@ -135,9 +176,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         site = self._owner.site
+        if self._owner.stopping.is_set():
+            # A request on a connection kept from before the stop: no answer.
+            self.close_connection = True
+            return
         try:
             request = self._parse()
         except BadRequest as exc:
+            # The request's end is unknown (no or a bad body length): the connection cannot
+            # carry another request.
+            self.close_connection = True
             self._write(error_reply(400, str(exc)))
             return
         if request.path.startswith(CONTROL_PREFIX):

@@ -34,6 +34,7 @@ from garmin_emulator import (
     EmulatedUser,
     GarminEmulator,
 )
+from tests.fixtures.emulators import scanned_emulator
 
 from .conftest import CONSUMER_KEY, CONSUMER_SECRET
 
@@ -239,7 +240,7 @@ def test_malformed_requests_get_json_errors_and_the_server_survives(
     unknown = requests.get(f"{emulator.url}/no/such/endpoint", timeout=TIMEOUT)
     wrong_method = requests.delete(f"{emulator.url}{PROFILE_PATH}", timeout=TIMEOUT)
 
-    assert reply.startswith("HTTP/1.0 400")
+    assert reply.startswith("HTTP/1.1 400")
     assert json.loads(reply.split("\r\n\r\n", 1)[1])["error"] == "Bad Request"
     assert bad_json.status_code == 400
     assert "message" in bad_json.json()
@@ -346,3 +347,51 @@ def test_cli_adds_latency_and_users_from_a_file_and_reports_request_counts(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _exchange(raw: socket.socket, request: bytes) -> bytes:
+    """Send one request on a kept connection and read exactly its reply (by Content-Length)."""
+    raw.sendall(request)
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = raw.recv(65536)
+        assert chunk, "the emulator closed the connection"
+        reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += raw.recv(65536)
+    return head
+
+
+def test_connections_are_kept_alive_like_garmins(emulator: GarminEmulator) -> None:
+    """Garmin speaks HTTP/1.1 and keeps the connection: two requests, one connection."""
+    host, port = emulator.url.removeprefix("http://").split(":")
+    request = f"GET {SIGN_IN_PATH}?clientId=x HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        first = _exchange(raw, request)
+        second = _exchange(raw, request)
+
+    assert first.startswith(b"HTTP/1.1 200")
+    assert second.startswith(b"HTTP/1.1 200")
+
+
+def test_a_stopped_emulator_closes_kept_connections() -> None:
+    """A connection kept from before the stop ends: nothing answers on it afterwards."""
+    emulator = scanned_emulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET).start()
+    host, port = emulator.url.removeprefix("http://").split(":")
+    request = f"GET {SIGN_IN_PATH}?clientId=x HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        assert _exchange(raw, request).startswith(b"HTTP/1.1 200")
+        emulator.stop()
+        try:
+            raw.sendall(request)
+            after = raw.recv(65536)
+        except OSError:
+            after = b""
+
+    assert after == b""
