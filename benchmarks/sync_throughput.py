@@ -74,6 +74,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import requests
@@ -239,48 +240,73 @@ def run_worker(
     concurrency: int,
     log_path: Path,
     wrapper: Sequence[str] = (),
+    processes: int = 1,
 ) -> WorkerRun:
     """The console script as a CronJob runs it (under `wrapper`, e.g. py-spy, if given): its
-    stdout parsed, its CPU from rusage."""
+    stdout parsed, its CPU from rusage. `processes` > 1: that many workers at once (a CronJob
+    with that parallelism), `concurrency` threads in all, the same sink; their figures added
+    up, the wall the longest run's."""
     command = [
         *wrapper,
         venv_script("garmin-sync-worker"),
         "run",
         "--all",
         "--concurrency",
-        str(concurrency),
+        str(concurrency // processes),
         *sink,
     ]
-    stdout_path = log_path.with_suffix(".out")
-    with stdout_path.open("wb") as stdout, log_path.open("wb") as stderr:
-        # Only this child is reaped in between: the difference is its rusage.
+    paths = (
+        [log_path]
+        if processes == 1
+        else [
+            log_path.with_name(f"{log_path.stem}.p{number}{log_path.suffix}")
+            for number in range(processes)
+        ]
+    )
+    with contextlib.ExitStack() as files:
+        # Only these children are reaped in between: the difference is their rusage.
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
+        running = [
+            subprocess.Popen(
+                command,
+                env=env,
+                stdout=files.enter_context(path.with_suffix(".out").open("wb")),
+                stderr=files.enter_context(path.open("wb")),
+            )
+            for path in paths
+        ]
         try:
-            exit_code = process.wait(WORKER_TIMEOUT_SECONDS)
+            exit_codes = [process.wait(WORKER_TIMEOUT_SECONDS) for process in running]
         except subprocess.TimeoutExpired:
-            stop_process(process)
+            for process in running:
+                stop_process(process)
             raise RuntimeError(f"the worker did not end in time; see {log_path}") from None
         process_wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     system_cpu = after.ru_stime - before.ru_stime
     cpu = after.ru_utime - before.ru_utime + system_cpu
     outcomes: Counter[str] = Counter()
-    items, user_seconds, seconds = 0, 0.0, float("nan")
-    for line in stdout_path.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("{"):
-            continue  # py-spy's own lines, when it wraps the worker
-        record = json.loads(line)
-        if "summary" in record:
-            seconds = float(record["seconds"])
-        else:
-            outcomes[record["outcome"]] += 1
-            items += int(record["items"])
-            user_seconds += float(record["seconds"])
+    items, user_seconds, summaries = 0, 0.0, []
+    for path in paths:
+        for record in _records(path.with_suffix(".out")):
+            if "summary" in record:
+                summaries.append(float(record["seconds"]))
+            else:
+                outcomes[record["outcome"]] += 1
+                items += int(record["items"])
+                user_seconds += float(record["seconds"])
+    seconds = max(summaries) if len(summaries) == processes else float("nan")
     return WorkerRun(
-        exit_code, process_wall, cpu, system_cpu, seconds, outcomes, items, user_seconds
+        max(exit_codes), process_wall, cpu, system_cpu, seconds, outcomes, items, user_seconds
     )
+
+
+def _records(stdout_path: Path) -> Iterator[dict[str, Any]]:
+    """The worker's JSON lines (a user's result, or the run's summary)."""
+    for line in stdout_path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("{"):  # not py-spy's own lines, when it wraps the worker
+            yield json.loads(line)
 
 
 # --- the stack ---------------------------------------------------------------------------
@@ -398,7 +424,13 @@ def measure_round(args: argparse.Namespace, stack: Stack, totals: Totals, number
     time.sleep(STATS_SETTLE_SECONDS)
     database_before = database_counters(stack.database)
     cpu_before = CpuSample.take(service, stack.database.name)
-    run = run_worker(stack.worker_env, sink_for(stack, number), args.concurrency, log_path)
+    run = run_worker(
+        stack.worker_env,
+        sink_for(stack, number),
+        args.concurrency,
+        log_path,
+        processes=args.worker_processes,
+    )
     cpu = cpu_before.until(CpuSample.take(service, stack.database.name))
     emulator_cpu = process_cpu_seconds(stack.emulator_pid) - emulator_before
     time.sleep(STATS_SETTLE_SECONDS)
@@ -621,6 +653,9 @@ def run(args: argparse.Namespace, report: Report) -> None:
         where = args.out_base or tempfile.gettempdir()
         where = "its PostgreSQL sink" if args.sink_database else f"--out directories in {where}"
         report.note(f"the worker writes to {where}")
+        if args.worker_processes > 1:
+            threads = args.concurrency // args.worker_processes
+            report.note(f"{args.worker_processes} worker processes at once, {threads} threads each")
         users_file = workdir / "garmin-users.txt"
         users_file.write_text(
             "".join(f"{email_of(i)}:{PASSWORD}\n" for i in range(args.users)), encoding="utf-8"
@@ -673,6 +708,7 @@ def measure_stack(
         sink_for(stack, "empty"),
         args.concurrency,
         stack.workdir / "worker-empty.log",
+        processes=args.worker_processes,
     )
     log(f"logging {args.users} users in through the service (Login RPC)")
     started = time.perf_counter()
@@ -697,6 +733,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency", type=float, default=LATENCY_SECONDS, help="seconds")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="measured worker runs")
+    parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K workers at once, --concurrency / K threads each (a CronJob's parallelism)",
+    )
     parser.add_argument(
         "--out-base",
         metavar="DIR",
@@ -725,6 +768,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ServiceTree.add_argument(parser)
     args = parser.parse_args(argv)
+    if args.worker_processes < 1 or args.concurrency % args.worker_processes:
+        parser.error("--worker-processes must divide --concurrency")
+    if args.profile is not None and args.worker_processes > 1:
+        parser.error("--profile samples one worker: leave --worker-processes at 1")
     if args.quick:
         args.rounds = 1
     return args
