@@ -5,12 +5,9 @@ the machine's load, so they are not asserted)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
+from tests.benchmarks.runs import run_benchmark
 from tests.fixtures.database import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -20,25 +17,16 @@ TINY = ["--no-single-caller", "--in-flight", "2", "--users", "300"]
 TINY += ["--duration", "0.5", "--warmup", "0.2"]
 
 
-def run_benchmark(pg_admin_url: str, *args: str) -> tuple[str, dict[str, float]]:
-    """lease_throughput, tiny: its output and its figures (the run must succeed)."""
-    env = {**os.environ, "BENCH_POSTGRES_URL": pg_admin_url}
-    command = [sys.executable, "-m", "benchmarks.lease_throughput", *args, *TINY]
-    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=100, check=False)
-    assert run.returncode == 0, run.stderr[-3000:]
-    figures = {
-        line.split()[1]: float(line.split()[2])
-        for line in run.stdout.splitlines()
-        if line.startswith("figure ")
-    }
-    return run.stdout, figures
+def run_tiny(pg_admin_url: str, *args: str) -> tuple[str, dict[str, float], set[str]]:
+    """lease_throughput, tiny: its output, its figures and its target names."""
+    run = run_benchmark("lease_throughput", pg_admin_url, *args, *TINY)
+    return run.stdout, run.figures, run.targets
 
 
 def test_lease_and_floor_phases_run_side_by_side(
     pg_server: PostgresServer, pg_admin_url: str
 ) -> None:
-    stdout, figures = run_benchmark(pg_admin_url, "--floor-only")
-    targets = {line.split()[1] for line in stdout.splitlines() if line.startswith("target ")}
+    stdout, figures, targets = run_tiny(pg_admin_url, "--floor-only")
     assert {"lease_vs_floor_n2", "lease_cpu_ms"} <= targets
     for phase in ("lease_session_n2", "floor_sync_n2", "floor_asyncio_n2"):
         assert figures[f"{phase}_rate"] > 0, stdout
@@ -52,7 +40,7 @@ def test_every_phase_serves_its_load_without_errors(
     """All phases, tiny: LeaseNextSession with and without the release it carries, and the
     direct psycopg baselines issuing the service's own statements (the release among them
     must match the lease its grant took, or the baseline measures refusals)."""
-    stdout, figures = run_benchmark(pg_admin_url)
+    stdout, figures, _ = run_tiny(pg_admin_url)
     phases = ("lease_next", "lease_handover", "direct_tx", "direct_autocommit")
     for phase in (f"{name}_n2" for name in phases):
         assert figures[f"{phase}_rate"] > 0, stdout

@@ -5,13 +5,10 @@ are printed (their verdicts depend on the machine's load, so they are not assert
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from benchmarks.sync_throughput import parse_args
+from tests.benchmarks.runs import run_benchmark
 from tests.fixtures.database import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -19,32 +16,20 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 TINY = ["--quick", "--users", "8", "--concurrency", "4", "--latency", "0.01"]
 
 
-def run_benchmark(pg_admin_url: str, *args: str) -> tuple[str, dict[str, float]]:
-    """sync_throughput, tiny: its output and its figures (the run must succeed)."""
-    env = {**os.environ, "BENCH_POSTGRES_URL": pg_admin_url}
-    command = [sys.executable, "-m", "benchmarks.sync_throughput", *TINY, *args]
-    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=100, check=False)
-    assert run.returncode == 0, run.stderr[-3000:]
-    figures = {
-        line.split()[1]: float(line.split()[2])
-        for line in run.stdout.splitlines()
-        if line.startswith("figure ")
-    }
-    return run.stdout, figures
-
-
 @pytest.mark.parametrize("processes", [1, 2])
 def test_every_user_is_synced_once_by_one_or_several_workers(
     pg_server: PostgresServer, pg_admin_url: str, processes: int
 ) -> None:
-    stdout, figures = run_benchmark(pg_admin_url, "--worker-processes", str(processes))
-    targets = {line.split()[1] for line in stdout.splitlines() if line.startswith("target ")}
+    run = run_benchmark(
+        "sync_throughput", pg_admin_url, *TINY, "--worker-processes", str(processes)
+    )
+    stdout, figures = run.stdout, run.figures
 
     assert figures["users"] == 8, stdout
     assert figures["garmin_requests_per_user"] == 1, stdout
     assert figures["items_per_user"] == 20, stdout
     assert figures["worker_cpu_per_user"] > 0, stdout
-    assert {"sync_cpu_ms_per_user", "sync_wall_vs_ideal"} <= targets
+    assert {"sync_cpu_ms_per_user", "sync_wall_vs_ideal"} <= run.targets
     assert ("2 worker processes at once, 2 threads each" in stdout) == (processes == 2)
 
 
