@@ -19,6 +19,10 @@ this process's CPU time (its Python):
 - driver_sql_autocommit: the captured SQL text through SQLAlchemy's engine and pool
   (`exec_driver_sql`, autocommit): the floor of any SQLAlchemy path.
 - psycopg_tx / psycopg_autocommit: the captured SQL with psycopg alone.
+- service_trail / service_no_trail: the service's path today (Core connections, the
+  statements straight on psycopg, the grant in BEGIN/COMMIT, the release in autocommit), with
+  and without the audit event and change-log entry each lease statement writes: what the
+  trail costs PostgreSQL and Python per statement.
 
 It also reports the PostgreSQL backend CPU per statement (the benchmark database's backends),
 which tells round trips apart better than wall time on a busy machine: BEGIN and COMMIT are
@@ -38,9 +42,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session
 
+from auth_service.domain.audit import AuditedRpc
 from auth_service.storage.database import create_engine_for, session_factory
 from auth_service.storage.lease_repository import SqlLeaseRepository
 from benchmarks.harness import (
@@ -75,6 +80,58 @@ def _lease_id() -> str:
     return secrets.token_urlsafe(24)
 
 
+# Runs one repository call in a unit of work of the variant's kind.
+Unit = Callable[[Callable[[SqlLeaseRepository], Any]], Any]
+
+
+def _repository_cycle(grant_unit: Unit, release_unit: Unit, *, trail: bool = False) -> Cycle:
+    """Grant then release one user's lease through SqlLeaseRepository, each in its unit;
+    `trail`: each statement also writes its audit event and change-log entry."""
+
+    def cycle(user: str) -> None:
+        now, lease = datetime.now(UTC), _lease_id()
+        granted = grant_unit(
+            lambda repo: repo.grant(
+                user,
+                lease_digest=lease,
+                holder="bench",
+                caller="bench",
+                now=now,
+                expires_at=now + TTL,
+                record_as=AuditedRpc.LEASE_SESSION if trail else None,
+            )
+        )
+        if granted is None:
+            raise RuntimeError("grant refused")
+        now = datetime.now(UTC)
+        released = release_unit(
+            lambda repo: repo.release(
+                lease,
+                caller="bench",
+                now=now,
+                synced_through=now,
+                record_as=AuditedRpc.RELEASE_LEASE if trail else None,
+            )
+        )
+        if released is None:
+            raise RuntimeError("release refused")
+
+    return cycle
+
+
+def _sql_cycle(run: Callable[[str, dict[str, Any]], Any], statements: LeaseStatements) -> Cycle:
+    """Grant then release one user's lease with the captured SQL, each through `run`."""
+
+    def cycle(user: str) -> None:
+        lease = _lease_id()
+        if run(statements.grant.sql, _grant_params(statements, user, lease)) is None:
+            raise RuntimeError("grant refused")
+        if run(statements.release.sql, _release_params(statements, lease)) is None:
+            raise RuntimeError("release refused")
+
+    return cycle
+
+
 @contextmanager
 def orm_cycle(url: str, *, pre_ping: bool, autocommit: bool) -> Iterator[Cycle]:
     if pre_ping and not autocommit:
@@ -91,26 +148,7 @@ def orm_cycle(url: str, *, pre_ping: bool, autocommit: bool) -> Iterator[Cycle]:
         with db.begin() as session:
             return work(lease_repository(session))
 
-    def cycle(user: str) -> None:
-        now, lease = datetime.now(UTC), _lease_id()
-        row = unit(
-            lambda repo: repo.grant(
-                user,
-                lease_digest=lease,
-                holder="bench",
-                caller="bench",
-                now=now,
-                expires_at=now + TTL,
-            )
-        )
-        if row is None:
-            raise RuntimeError("grant refused")
-        now = datetime.now(UTC)
-        released = unit(
-            lambda repo: repo.release(lease, caller="bench", now=now, synced_through=now)
-        )
-        if released is None:
-            raise RuntimeError("release refused")
+    cycle = _repository_cycle(unit, unit)
 
     try:
         yield cycle
@@ -133,19 +171,14 @@ def _grant_params(statements: LeaseStatements, user: str, lease: str) -> dict[st
 
 def _release_params(statements: LeaseStatements, lease: str) -> dict[str, Any]:
     now = datetime.now(UTC)
-    return statements.release.bind({SENTINEL_LEASE: lease, SENTINEL_NOW: now, SENTINEL_SYNCED: now})
+    # The caller too: a release matches only a lease its own caller obtained.
+    return statements.release.bind(
+        {SENTINEL_LEASE: lease, SENTINEL_HOLDER: "bench", SENTINEL_NOW: now, SENTINEL_SYNCED: now}
+    )
 
 
-class _CoreSession:
-    """Just enough of a Session for SqlLeaseRepository: its statements run on a Connection,
-    i.e. through SQLAlchemy Core (no ORM plugin, no identity map, plain rows)."""
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-
-    def execute(self, statement: Any, execution_options: Any = None) -> Any:
-        del execution_options  # ORM options; Core has nothing to synchronise
-        return self.connection.execute(statement)
+def _listening(*_args: Any) -> None:
+    """A cursor-event listener that does nothing (see core_cycle)."""
 
 
 @contextmanager
@@ -154,30 +187,40 @@ def core_cycle(url: str, *, autocommit: bool) -> Iterator[Cycle]:
         url, pool_pre_ping=False, isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED"
     )
 
+    # The lease statements run straight on psycopg (auth_service.storage.driver_statement)
+    # unless something listens to the engine's cursor events: a listener that does nothing
+    # keeps them on SQLAlchemy Core's execution path, which is what this variant measures.
+    event.listen(engine, "before_cursor_execute", _listening)
+
     def unit(work: Callable[[SqlLeaseRepository], Any]) -> Any:
         with engine.begin() as connection:
-            return work(lease_repository(cast(Session, _CoreSession(connection))))
+            return work(lease_repository(cast(Session, connection)))
 
-    def cycle(user: str) -> None:
-        now, lease = datetime.now(UTC), _lease_id()
-        row = unit(
-            lambda repo: repo.grant(
-                user,
-                lease_digest=lease,
-                holder="bench",
-                caller="bench",
-                now=now,
-                expires_at=now + TTL,
-            )
-        )
-        if row is None:
-            raise RuntimeError("grant refused")
-        now = datetime.now(UTC)
-        released = unit(
-            lambda repo: repo.release(lease, caller="bench", now=now, synced_through=now)
-        )
-        if released is None:
-            raise RuntimeError("release refused")
+    cycle = _repository_cycle(unit, unit)
+
+    try:
+        yield cycle
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def service_cycle(url: str, *, trail: bool) -> Iterator[Cycle]:
+    """The service's path today (auth_service.storage.unit_of_work): the repository on Core
+    connections of the service's engine, the statements straight on psycopg
+    (driver_statement), the grant in BEGIN/COMMIT and the release in autocommit; `trail`:
+    each statement also writes its audit event and change-log entry, as the lease RPCs do."""
+    engine = create_engine_for(url)
+
+    def in_transaction(work: Callable[[SqlLeaseRepository], Any]) -> Any:
+        with engine.begin() as connection:
+            return work(lease_repository(cast(Session, connection)))
+
+    def in_autocommit(work: Callable[[SqlLeaseRepository], Any]) -> Any:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            return work(lease_repository(cast(Session, connection)))
+
+    cycle = _repository_cycle(in_transaction, in_autocommit, trail=trail)
 
     try:
         yield cycle
@@ -193,12 +236,7 @@ def driver_sql_cycle(url: str, statements: LeaseStatements) -> Iterator[Cycle]:
         with engine.connect() as connection:
             return connection.exec_driver_sql(sql, params).first()
 
-    def cycle(user: str) -> None:
-        lease = _lease_id()
-        if run(statements.grant.sql, _grant_params(statements, user, lease)) is None:
-            raise RuntimeError("grant refused")
-        if run(statements.release.sql, _release_params(statements, lease)) is None:
-            raise RuntimeError("release refused")
+    cycle = _sql_cycle(run, statements)
 
     try:
         yield cycle
@@ -218,12 +256,7 @@ def psycopg_cycle(
             connection.commit()
         return row
 
-    def cycle(user: str) -> None:
-        lease = _lease_id()
-        if run(statements.grant.sql, _grant_params(statements, user, lease)) is None:
-            raise RuntimeError("grant refused")
-        if run(statements.release.sql, _release_params(statements, lease)) is None:
-            raise RuntimeError("release refused")
+    cycle = _sql_cycle(run, statements)
 
     try:
         yield cycle
@@ -280,6 +313,8 @@ def measure_variants(args: argparse.Namespace, report: Report, database: Postgre
         ("driver_sql_autocommit", lambda: driver_sql_cycle(url, statements)),
         ("psycopg_tx", lambda: psycopg_cycle(conninfo, statements, autocommit=False)),
         ("psycopg_autocommit", lambda: psycopg_cycle(conninfo, statements, autocommit=True)),
+        ("service_trail", lambda: service_cycle(url, trail=True)),
+        ("service_no_trail", lambda: service_cycle(url, trail=False)),
     ]
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in variants}
     user = 0
