@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from benchmarks.harness import Report, ratio
+from benchmarks.harness import Report, ratio, run_reported
 
 PAUSES = (0.0, 0.001, 0.01, 0.05, 0.3, 1.2)
 BLOCK = b"x" * 200_000
@@ -70,10 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cold_wake")
     parser.add_argument("--repeats", type=int, default=6, help="runs of the work per pause")
     args = parser.parse_args(argv)
-    report = Report()
-    run(args, report)
-    report.log_done()
-    return 0
+    return run_reported(run, args)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from benchmarks.harness import (
     Workdir,
     log,
     rss_bytes,
+    run_reported,
     seed_due_sessions,
     service_stack,
 )
@@ -151,10 +152,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = Report()
-    run(args, report)
-    report.log_done()
-    return 0
+    return run_reported(run, args)
 
 
 if __name__ == "__main__":

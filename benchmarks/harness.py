@@ -119,6 +119,15 @@ class Report:
         return passed
 
 
+def run_reported(run: Callable[[Any, Report], None], args: Any) -> int:
+    """A benchmark's main: `run(args, report)` printing its figures and targets, then the
+    line naming the failed targets; the exit status (0: every figure was measured)."""
+    report = Report()
+    run(args, report)
+    report.log_done()
+    return 0
+
+
 def ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator, NaN when there is nothing to divide by."""
     return numerator / denominator if denominator else float("nan")

@@ -72,6 +72,7 @@ from benchmarks.harness import (
     log,
     percentile,
     ratio,
+    run_reported,
     seed_due_sessions,
     service_stack,
 )
@@ -374,10 +375,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = Report()
-    run(args, report)
-    report.log_done()
-    return 0
+    return run_reported(run, args)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from benchmarks.harness import (
     log,
     percentile,
     ratio,
+    run_reported,
     service_environment,
 )
 from benchmarks.lease_loop import LeaseLoop, LoopResult
@@ -265,10 +266,7 @@ def report_storm(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = Report()
-    run(args, report)
-    report.log_done()
-    return 0
+    return run_reported(run, args)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ from benchmarks.harness import (
     log,
     process_cpu_seconds,
     ratio,
+    run_reported,
     service_stack,
     stop_process,
     user_id,
@@ -779,10 +780,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = Report()
-    run(args, report)
-    report.log_done()
-    return 0
+    return run_reported(run, args)
 
 
 if __name__ == "__main__":
