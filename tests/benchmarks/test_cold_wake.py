@@ -7,16 +7,13 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import cold_wake
+from tests.benchmarks.runs import BenchmarkRun
 
 
 def test_every_pause_is_measured(capsys: pytest.CaptureFixture[str]) -> None:
     assert cold_wake.main(["--repeats", "1"]) == 0
 
-    figures = {
-        words[1]: float(words[2])
-        for words in (line.split() for line in capsys.readouterr().out.splitlines())
-        if words[:1] == ["figure"]
-    }
+    figures = BenchmarkRun.parse(capsys.readouterr().out).figures
     for pause in ("0ms", "1ms", "10ms", "50ms", "300ms", "1200ms"):
         assert figures[f"cold_wake_cpu_after_{pause}"] > 0
         assert figures[f"cold_wake_wall_after_{pause}"] > 0

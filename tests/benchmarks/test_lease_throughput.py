@@ -20,7 +20,7 @@ TINY += ["--duration", "0.5", "--warmup", "0.2"]
 def run_tiny(pg_admin_url: str, *args: str) -> tuple[str, dict[str, float], set[str]]:
     """lease_throughput, tiny: its output, its figures and its target names."""
     run = run_benchmark("lease_throughput", pg_admin_url, *args, *TINY)
-    return run.stdout, run.figures, run.targets
+    return run.stdout, run.figures, set(run.targets)
 
 
 def test_lease_and_floor_phases_run_side_by_side(

@@ -4,12 +4,9 @@ but for the lease latency goal, which depends on the machine's load."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
+from tests.benchmarks.runs import run_benchmark
 from tests.fixtures.database import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
@@ -22,22 +19,9 @@ MACHINE_BOUND_TARGETS = {"lease_p99_during_storm"}
 def test_every_session_is_refreshed_exactly_once_without_reuse(
     pg_server: PostgresServer, pg_admin_url: str
 ) -> None:
-    env = {**os.environ, "BENCH_POSTGRES_URL": pg_admin_url}
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.refresh_storm", "--sessions", str(SESSIONS)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=150,
-        check=False,
-    )
+    run = run_benchmark("refresh_storm", pg_admin_url, "--sessions", str(SESSIONS), timeout=150)
 
-    assert run.returncode == 0, run.stderr[-3000:]
-    targets = {
-        line.split()[1]: line.split()[-1]
-        for line in run.stdout.splitlines()
-        if line.startswith("target ")
-    }
+    targets = run.targets
     assert targets.keys() >= {
         "sessions_refreshed_exactly_once",
         "refresh_token_reuses",

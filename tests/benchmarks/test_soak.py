@@ -23,13 +23,8 @@ CORRECTNESS = (
 
 def test_a_short_soak_keeps_every_invariant(pg_server: PostgresServer, pg_admin_url: str) -> None:
     run = run_benchmark("soak", pg_admin_url, "--minutes", "0.1", "--workers", "2", "--users", "20")
-    verdicts = {
-        words[1]: words[-1]
-        for words in (line.split() for line in run.stdout.splitlines())
-        if words[:1] == ["target"]
-    }
 
-    assert {name: verdicts.get(name) for name in CORRECTNESS} == dict.fromkeys(
+    assert {name: run.targets.get(name) for name in CORRECTNESS} == dict.fromkeys(
         CORRECTNESS, "PASS"
     ), run.stdout
     assert run.figures["grants_answered"] > 0, run.stdout

@@ -29,7 +29,7 @@ def test_every_user_is_synced_once_by_one_or_several_workers(
     assert figures["garmin_requests_per_user"] == 1, stdout
     assert figures["items_per_user"] == 20, stdout
     assert figures["worker_cpu_per_user"] > 0, stdout
-    assert {"sync_cpu_ms_per_user", "sync_wall_vs_ideal"} <= run.targets
+    assert {"sync_cpu_ms_per_user", "sync_wall_vs_ideal"} <= run.targets.keys()
     assert ("2 worker processes at once, 2 threads each" in stdout) == (processes == 2)
 
 
