@@ -28,7 +28,11 @@ def test_every_user_is_synced_once_by_one_or_several_workers(
     assert figures["users"] == 8, stdout
     assert figures["garmin_requests_per_user"] == 1, stdout
     assert figures["items_per_user"] == 20, stdout
-    assert figures["worker_cpu_per_user"] > 0, stdout
+    # Eight users' CPU less a start-up's is the noise of two process start-ups, and may come
+    # out negative: at this size only the figure's presence says something; the start-up
+    # it is measured against must have been measured.
+    assert "worker_cpu_per_user" in figures, stdout
+    assert figures["worker_startup_cpu"] > 0, stdout
     assert {"sync_cpu_ms_per_user", "sync_wall_vs_ideal"} <= run.targets.keys()
     assert ("2 worker processes at once, 2 threads each" in stdout) == (processes == 2)
 
