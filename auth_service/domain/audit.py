@@ -10,7 +10,8 @@ change was committed. The rule:
   (or Garmin's refusal invalidated the session), and GetStatus with validate when Garmin's
   answer was stored. A lease grant whose token needed a central refresh writes a
   second event for the refresh's own change (tokens stored, session invalidated, or the
-  unusable lease released).
+  unusable lease released), and a grant whose stored session fails to open, one for the
+  lease's release (outcome DATA_LOSS SECRET_UNREADABLE).
 - Refusals are recorded only where they carry security value and a transaction of the call is
   open anyway: LOGIN_RATE_LIMITED (the throttle's transaction), MFA_CODE_REJECTED (the wrong
   code is counted) and LEASE_LOST answers of ReportRefreshed and ReportInvalidated. No event

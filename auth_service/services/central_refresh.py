@@ -23,7 +23,7 @@ from auth_service.domain.errors import (
     LeaseLost,
     SessionNotActive,
 )
-from auth_service.domain.models import LeaseGrant
+from auth_service.domain.models import LeaseGrant, LeaseView
 from auth_service.domain.policies import refresh_due
 from auth_service.domain.views import live_lease, status_view
 from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
@@ -93,18 +93,19 @@ class CentralRefresh:
         )
 
     def _release_unused(self, granted: Granted, failure: BaseException) -> None:
+        self.release_unused(granted.grant.lease, granted.rpc, failure)
+
+    def release_unused(self, lease: LeaseView, rpc: AuditedRpc, failure: BaseException) -> None:
         """Release a lease we granted but cannot hand out; counts as a sync attempt so a
-        queue-draining worker moves on to the next user instead of hammering Garmin."""
-        lease = granted.grant.lease
+        queue-draining worker moves on to the next user instead of hammering Garmin. The
+        release's audit event carries the failure, under the granting RPC."""
         with self._uow() as uow:
             # Still in the granting RPC: its caller obtained the lease.
             row = uow.leases.release(
                 lease.lease_digest, caller=audit.caller_name(), now=uow.now, synced_through=None
             )
             if row is not None:
-                uow.audit.record(
-                    granted.rpc, audit.outcome_of(failure), user_id=row.user_id, lease=lease
-                )
+                uow.audit.record(rpc, audit.outcome_of(failure), user_id=row.user_id, lease=lease)
 
 
 def _lease_lost() -> LeaseLost:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from auth_service.domain import audit
@@ -21,6 +22,7 @@ from auth_service.domain.errors import (
     GarminSessionRejected,
     LeaseHeld,
     LeaseLost,
+    SecretUnreadable,
     SessionNotActive,
     SessionNotFound,
 )
@@ -95,8 +97,9 @@ class LeaseService:
         lifetime = self._lifetime(ttl)
         rpc = AuditedRpc.LEASE_SESSION
         for _ in range(_GRANT_ATTEMPTS):
-            # One statement grants and records the grant; a refusal is explained by a read.
-            with self._uow() as uow:
+            # One statement grants and records the grant, alone (in autocommit on PostgreSQL:
+            # one round trip); a refusal is explained by a read.
+            with self._uow.single_write() as uow:
                 lease_id, expires_at = new_lease_id(), uow.now + lifetime
                 grant = uow.leases.grant(
                     user_id,
@@ -110,8 +113,8 @@ class LeaseService:
                 if grant is None:
                     _raise_refusal(uow.leases.find(user_id), uow.now)
                     continue
-                granted = _granted(uow, grant, rpc, lease_id)
-            return self._refresh.hand_out(granted)
+                opened = _opened(uow, grant, rpc, lease_id)
+            return self._refresh.hand_out(self._usable(opened))
         # The lease kept changing hands between our grant and our look at it.
         raise LeaseHeld("the session is leased by another holder; try again shortly")
 
@@ -143,10 +146,14 @@ class LeaseService:
         # A due session whose central refresh Garmin rejects is invalidated and skipped, and
         # so is one whose lease ended during that refresh (deleted, or signed in again): the
         # worker asked for "the next session", not for that user, so it gets the next one.
-        # (So this call never answers LEASE_LOST: see services.lease_handover.)
+        # (So this call never answers LEASE_LOST: see services.lease_handover.) So is one whose
+        # stored session fails to open: one such row must not stop every worker's queue.
         rpc = AuditedRpc.LEASE_NEXT_SESSION
+        # Due as of the call's start: a session skipped below counts as attempted after that,
+        # so even with no minimum interval the next grant cannot pick it again.
+        due_before = self._uow.now() - (min_sync_interval or timedelta(0))
         for _ in range(MAX_REJECTED_SKIPS):
-            with self._uow() as uow:
+            with self._uow.single_write() as uow:
                 lease_id = new_lease_id()
                 grant = uow.leases.grant_next(
                     lease_digest=lease_digest(lease_id),
@@ -154,15 +161,17 @@ class LeaseService:
                     caller=audit.caller_name(),
                     now=uow.now,
                     expires_at=uow.now + lifetime,
-                    due_before=uow.now - (min_sync_interval or timedelta(0)),
+                    due_before=due_before,
                     user_id_prefix=user_id_prefix,
                     record_as=rpc,
                 )
                 if grant is None:
                     return None
-                granted = _granted(uow, grant, rpc, lease_id)
+                opened = _opened(uow, grant, rpc, lease_id)
             try:
-                return self._refresh.hand_out(granted)
+                return self._refresh.hand_out(self._usable(opened))
+            except (SecretUnreadable, SessionNotActive):
+                log.info("due session's stored session cannot be opened; leasing the next one")
             except GarminSessionRejected:
                 log.info("due session rejected by Garmin at refresh; leasing the next one")
             except LeaseLost:
@@ -284,11 +293,33 @@ class LeaseService:
     def _lifetime(self, ttl: timedelta | None) -> timedelta:
         return ttl if ttl is not None else timedelta(seconds=self._settings.default_ttl)
 
+    def _usable(self, opened: Granted | Unopened) -> Granted:
+        """A grant is committed before its session is opened (its statement runs alone): one
+        whose session cannot be opened is released at once, as a sync attempt with the
+        failure in the audit trail, so it neither holds the session for nobody nor stays
+        the most overdue row that every LeaseNextSession picks."""
+        if isinstance(opened, Granted):
+            return opened
+        self._refresh.release_unused(opened.lease, opened.rpc, opened.error)
+        raise opened.error
 
-def _granted(uow: UnitOfWork, grant: GrantedRow, rpc: AuditedRpc, lease_id: str) -> Granted:
-    """Views of a freshly granted row, built inside its transaction (the grant's statement
-    recorded it). The row holds only the lease id's digest: the id itself goes into the
-    holder's answer from here, and nowhere else."""
+
+@dataclass(frozen=True)
+class Unopened:
+    """A committed grant whose stored session cannot be handed out."""
+
+    lease: LeaseView
+    rpc: AuditedRpc
+    # SecretUnreadable or SessionNotActive: the stored session; anything else: a bug.
+    error: Exception
+
+
+def _opened(
+    uow: UnitOfWork, grant: GrantedRow, rpc: AuditedRpc, lease_id: str
+) -> Granted | Unopened:
+    """Views of a freshly granted row and its opened session (the grant's statement recorded
+    it), or, when they cannot be built, the lease to release. The row holds only the lease
+    id's digest: the id itself goes into the holder's answer from here, and nowhere else."""
     row = grant.row
     if grant.took_over:
         # The row still named a lease that expired without being released.
@@ -296,15 +327,15 @@ def _granted(uow: UnitOfWork, grant: GrantedRow, rpc: AuditedRpc, lease_id: str)
     lease = dataclasses.replace(_live_lease(row, uow.now), lease_id=lease_id)
     if row.session_ciphertext is None:
         # An ACTIVE row always holds a session; if not, no token can be handed out.
-        raise SessionNotActive("the session holds no tokens; log in again")
-    tokens = uow.sessions.open_tokens(row)
+        return Unopened(lease, rpc, SessionNotActive("the session holds no tokens; log in again"))
+    try:
+        tokens = uow.sessions.open_tokens(row)
+        status = dataclasses.replace(status_view(row, uow.now), lease=lease)
+    except Exception as exc:  # noqa: BLE001 - the grant is committed: any failure releases it
+        return Unopened(lease, rpc, exc)
     log.debug("lease granted on user %s (fencing token %d)", row.user_id, row.fencing_token)
     return Granted(
-        grant=LeaseGrant(
-            lease=lease,
-            tokens=tokens,
-            status=dataclasses.replace(status_view(row, uow.now), lease=lease),
-        ),
+        grant=LeaseGrant(lease=lease, tokens=tokens, status=status),
         session_version=row.session_version,
         rpc=rpc,
     )

@@ -2,11 +2,11 @@
 
 A grant, renewal or release changes one row, and its audit event and change-log entry say
 what the row became. On PostgreSQL all three are written by ONE statement: the row's UPDATE
-as a data-modifying WITH clause, and two INSERTs that read what it returned. A grant's
-transaction is BEGIN, one statement, COMMIT (reading the sealed tokens after it may fail and
-must undo it); a renewal or release runs its statement alone in autocommit
-(Store.single_write). (Measured with callgrind through the use cases: 1.35 M instructions per
-lease RPC, against 1.92 M with the trail as a second statement. Autocommit saves no Python
+as a data-modifying WITH clause, and two INSERTs that read what it returned. A grant, renewal
+or release runs its statement alone in autocommit (Store.single_write); a grant whose sealed
+session then fails to open is released by a statement of its own (services.leases).
+(Measured with callgrind through the use cases: 1.35 M instructions per lease RPC, against
+1.92 M with the trail as a second statement. Autocommit saves no Python
 instructions, 1.38 M against 1.37 M, since switching the pooled connection's isolation level
 costs what the BEGIN and COMMIT did; it saves PostgreSQL the two commands: the statements
 straight through psycopg ran 1.36x faster, 0.47 against 0.58 ms of PostgreSQL CPU each.)

@@ -1,6 +1,6 @@
 """An event exists if and only if its change was committed: both are written in one
-transaction (or, for a lease holder's single write on PostgreSQL, in one statement), so a
-failure after the event, or of the event itself, leaves neither without the other."""
+transaction (or, for a lease's single write on PostgreSQL, in one statement), so a failure
+after the event, or of the event itself, leaves neither without the other."""
 
 from __future__ import annotations
 
@@ -67,13 +67,17 @@ def test_failure_after_the_event_rolls_back_import_and_its_event(
     ]
 
 
-def test_failure_after_the_event_rolls_back_the_grant(
+def test_a_grant_that_cannot_be_answered_is_released_with_its_failure(
     application: server.Application,
     service_settings: Settings,
     garmin: GarminEmulator,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A grant is a single write (Store.single_write): its statement and event are stored
+    before the answer is built, so a failure while building it comes after both. The lease
+    (whose id nobody received) is then released, as a sync attempt, and the release's event
+    names the failure: never a change without its event, nor a lease held for nobody."""
     application.use_cases.imports.import_session(
         "bob", tokens=_tokens(service_settings, garmin, "bob"), garth_token=None
     )
@@ -86,8 +90,12 @@ def test_failure_after_the_event_rolls_back_the_grant(
             application.use_cases.leases.lease_session("bob", "w", None)
     row = stored_row(database_url, "bob")
     assert row is not None
-    assert (row.lease_id, row.fencing_token) == (None, 0)
-    assert read_events(database_url, imported[-1].id) == []
+    assert (row.lease_id, row.fencing_token) == (None, 1)
+    assert row.last_sync_attempt_at is not None
+    grant, release = read_events(database_url, imported[-1].id)
+    assert grant.summary == ("system", "LeaseSession", "bob", "OK", "OK")
+    assert release.summary == ("system", "LeaseSession", "bob", "INTERNAL", "INTERNAL")
+    assert (release.lease_id, release.fencing_token) == (grant.lease_id, 1)
 
 
 def test_a_release_and_its_event_are_one_write(

@@ -17,7 +17,7 @@ from auth_service.storage.key_rotation import rotate_keys
 from auth_service.storage.secrets import tokens_to_json
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import GarminEmulator
-from tests.audit import connect, garmin_tokens, import_tokens
+from tests.audit import AuditLog, connect, garmin_tokens, import_tokens
 from tests.fixtures.servers import Replica, expect_failure
 
 
@@ -107,3 +107,47 @@ def test_a_blob_written_before_the_binding_still_opens_and_rotation_binds_it(
     blob, after = _stored(database_url, "bob")
     assert (blob[0], after) == (VERSION_BOUND_BLOB, version)
     assert _lease(service, "bob").access.token == tokens.oauth2.access_token
+
+
+def test_a_grant_whose_session_fails_to_open_is_released_and_recorded(
+    service: Replica, garmin: GarminEmulator, database_url: str
+) -> None:
+    """The grant commits before the session is opened (its statement runs alone): when
+    opening fails, the lease is released at once, as a sync attempt, and the trail says why.
+    The caller holds no lease id, so a lease left standing would hold the session for nobody
+    and a second LeaseSession would be refused LEASE_HELD."""
+    connect(service, garmin, "cid")
+    _overwrite_blob(database_url, "cid", b"\x02not-a-sealed-session")
+    trail = AuditLog(database_url)
+    trail.mark()
+
+    for _ in range(2):
+        refused = expect_failure(lambda: _lease(service, "cid"))
+        assert (refused.code, refused.reason) == (grpc.StatusCode.DATA_LOSS, "SECRET_UNREADABLE")
+
+    status = service.call("GetStatus", pb.GetStatusRequest(user_id="cid")).status
+    assert not status.HasField("lease")
+    assert status.HasField("last_sync_attempt_at")
+    grant, release = trail.new()[:2]
+    assert grant.summary[1:] == ("LeaseSession", "cid", "OK", "OK")
+    assert release.summary[1:] == ("LeaseSession", "cid", "DATA_LOSS", "SECRET_UNREADABLE")
+    assert (release.lease_id, release.fencing_token) == (grant.lease_id, grant.fencing_token)
+
+
+def test_lease_next_session_moves_past_a_session_that_fails_to_open(
+    service: Replica, garmin: GarminEmulator, database_url: str
+) -> None:
+    """One unreadable row must not stop the queue: it was the most overdue (never synced,
+    first by user id), and every worker's LeaseNextSession picked it and failed."""
+    connect(service, garmin, "a-unreadable")
+    connect(service, garmin, "b-readable")
+    _overwrite_blob(database_url, "a-unreadable", b"\x02not-a-sealed-session")
+
+    response: pb.LeaseNextSessionResponse = service.call(
+        "LeaseNextSession", pb.LeaseNextSessionRequest(holder="w"), role="worker"
+    )
+    assert response.lease.user_id == "b-readable"
+    assert response.access.token
+    skipped = service.call("GetStatus", pb.GetStatusRequest(user_id="a-unreadable")).status
+    assert not skipped.HasField("lease")
+    assert skipped.HasField("last_sync_attempt_at")
