@@ -488,7 +488,7 @@ THREAD_TIME: tuple[tuple[str, str], ...] = (
     ("ReleaseLease (gRPC call, waiting included)", "AuthClient.release_lease"),
     ("Garmin: activity list (HTTP, its 50 ms included)", "ConnectApi.get_json"),
     ("Garmin: client set-up and close", "ConnectApi."),
-    ("sink: summaries (temp file, fence)", "_DirectoryUserSink.write_summary"),
+    ("sink: summaries (temp file, fence)", "_DirectoryUserSink.write_summaries"),
     ("sink: commit (syncfs, renames, directory fsync)", "_DirectoryUserSink.commit"),
     ("sink: claim and close (fence file)", "_DirectoryUserSink"),
     ("sink: claim and close (fence file)", "DirectorySink.for_user"),

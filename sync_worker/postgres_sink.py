@@ -3,6 +3,7 @@ transaction per write, fenced by the lease's token in the same statement."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -188,3 +189,7 @@ class _PostgresUserSink:
         if not fenced:
             raise self._refused()
         return bool(written)
+
+    def write_summaries(self, activities: Sequence[Activity]) -> list[bool]:
+        # Each upsert checks the fence in its own statement.
+        return [self.write_summary(activity) for activity in activities]

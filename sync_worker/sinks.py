@@ -11,6 +11,7 @@ overwrite the newer holder's data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -60,6 +61,12 @@ class UserSink(Protocol):
 
     def write_summary(self, activity: Activity) -> bool:
         """Store the summary; False when identical content was already there."""
+        ...
+
+    def write_summaries(self, activities: Sequence[Activity]) -> list[bool]:
+        """Store one page's summaries, in order (a later one of the same id wins); for each,
+        False when identical content was already there. The fence is checked once for the
+        page, not once per summary."""
         ...
 
     def commit(self) -> None:

@@ -45,7 +45,14 @@ from sync_worker.keeper import LeaseGone, LeaseKeeper
 from sync_worker.lease_grants import LeasedSession
 from sync_worker.leased_api import LeasedApi, SessionEndedByService
 from sync_worker.renewals import Renewals
-from sync_worker.sinks import FencingRefused, Sink, SinkError, UnsafeUserId, UserSink
+from sync_worker.sinks import (
+    Activity,
+    FencingRefused,
+    Sink,
+    SinkError,
+    UnsafeUserId,
+    UserSink,
+)
 
 log = logging.getLogger(__name__)
 
@@ -299,33 +306,47 @@ class UserSync:
             page = self._garmin(functools.partial(api.get_json, ACTIVITIES_PATH, params))
             if not isinstance(page, list):
                 raise Unavailable("Garmin answered something unreadable (activity list)")
-            for raw in page:
-                self._store(api, user_sink, raw)
+            self._store(api, user_sink, self._parsed(page))
             if len(page) < limit:
                 return
             start += len(page)
         raise Unavailable("Garmin's activity list did not end")
 
-    def _store(self, api: LeasedApi, user_sink: UserSink, raw: object) -> None:
-        activity = parse_activity(raw)
-        if activity is None:
-            log.warning("user %s: skipped an activity without a usable id", self._leased.user_id)
-            return
-        wrote_file = False
-        if self._options.with_files and not user_sink.has_file(activity.activity_id):
+    def _parsed(self, page: list[Any]) -> list[Activity]:
+        activities = []
+        for raw in page:
+            activity = parse_activity(raw)
+            if activity is None:
+                log.warning(
+                    "user %s: skipped an activity without a usable id", self._leased.user_id
+                )
+            else:
+                activities.append(activity)
+        return activities
+
+    def _store(self, api: LeasedApi, user_sink: UserSink, activities: list[Activity]) -> None:
+        """One page: each missing original file (with --files), then every summary at once."""
+        wrote_files: set[int] = set()
+        for activity in activities if self._options.with_files else ():
+            if user_sink.has_file(activity.activity_id):
+                continue
             path = f"{DOWNLOAD_PREFIX}{activity.activity_id}"
-            content = self._garmin(lambda: api.download(path))
+            content = self._garmin(functools.partial(api.download, path))
             self._checkpoint()
-            wrote_file = user_sink.write_file(activity.activity_id, content)
+            if user_sink.write_file(activity.activity_id, content):
+                wrote_files.add(activity.activity_id)
+        if not activities:
+            return
         self._checkpoint()
-        wrote_summary = user_sink.write_summary(activity)
-        if wrote_file or wrote_summary:
-            self._items += 1
-        # Stored now or already identical: either way it is safely in the sink.
-        if activity.start_time is not None and (
-            self._newest is None or activity.start_time > self._newest
-        ):
-            self._newest = activity.start_time
+        wrote_summaries = user_sink.write_summaries(activities)
+        for activity, wrote_summary in zip(activities, wrote_summaries, strict=True):
+            if wrote_summary or activity.activity_id in wrote_files:
+                self._items += 1
+            # Stored now or already identical: either way it is safely in the sink.
+            if activity.start_time is not None and (
+                self._newest is None or activity.start_time > self._newest
+            ):
+                self._newest = activity.start_time
 
     def _checkpoint(self) -> None:
         """Before every write and Garmin call: is the lease ours, is the run still on?"""

@@ -75,11 +75,12 @@ def holding(service: Replica, holder: str) -> pb.Lease | None:
 
 
 def written(out: Path) -> int:
-    """Summaries written, in place or still in their temporary files (the directory sink
-    puts a sync's items in place at its commit)."""
+    """Items written (original files, each as downloaded, and summaries, a page at a time),
+    in place or still in their temporary files (the directory sink puts a sync's items in
+    place at its commit)."""
     folder = out / USER / "activities"
     names = {path.name.removeprefix(".").removesuffix(".tmp") for path in folder.glob("*")}
-    return sum(name.endswith(".json") for name in names)
+    return sum(name.endswith((".json", ".zip")) for name in names)
 
 
 def wait_for_lease_and_a_write(

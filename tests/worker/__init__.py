@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -291,6 +291,20 @@ class _RecordingUserSink:
         self.parent.record(event)
         if self.parent.after_write is not None:
             self.parent.after_write(event)
+        return written
+
+    def write_summaries(self, activities: Sequence[Activity]) -> list[bool]:
+        try:
+            written = self.inner.write_summaries(activities)
+        except Exception:
+            for activity in activities:
+                self.parent.record(self._event("refused", activity.activity_id))
+            raise
+        for activity, wrote in zip(activities, written, strict=True):
+            event = self._event("write", activity.activity_id, wrote)
+            self.parent.record(event)
+            if self.parent.after_write is not None:
+                self.parent.after_write(event)
         return written
 
     def commit(self) -> None:

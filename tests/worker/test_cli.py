@@ -340,8 +340,9 @@ def test_a_crash_between_write_and_release_reruns_cleanly(
     )
     activities = tmp_path / "kim" / "activities"
     try:
-        # Written to their temporary files; put in place only by the sink's commit.
-        wait_until(lambda: len(list(activities.glob(".*.json.tmp"))) >= 2, 30, "two items")
+        # Written to their temporary files (the original files one by one, as downloaded;
+        # the page's summaries after them); put in place only by the sink's commit.
+        wait_until(lambda: len(list(activities.glob(".*.zip.tmp"))) >= 2, 30, "two items")
     finally:
         process.kill()  # SIGKILL: no commit, no release, no cleanup
         process.communicate()
