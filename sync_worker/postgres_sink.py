@@ -1,5 +1,5 @@
 """The PostgreSQL sink: the worker's own database (never the auth service's), one
-transaction per write, fenced by the lease's token in the same statement."""
+transaction per page of summaries, fenced by the lease's token in the same statement."""
 
 from __future__ import annotations
 
@@ -37,9 +37,7 @@ CREATE TABLE IF NOT EXISTS garmin_activity (
 # Serializes concurrent init-sink runs (CREATE TABLE IF NOT EXISTS races on the catalog).
 _SCHEMA_LOCK_KEY: Final = 0x6761726D696E  # "garmin"
 
-# Raise the user's fence to our token (refused when a higher one is recorded), then upsert
-# the activity unless identical: one statement, so the check and the write are atomic, and
-# the fence row's lock serializes every writer of the user until commit.
+# Raise the user's fence to our token (refused when a higher one is recorded) ...
 _CLAIM_SQL: Final = """
 INSERT INTO garmin_sync_fence AS f (user_id, fencing_token, updated_at)
 VALUES (%(user_id)s, %(token)s, now())
@@ -48,6 +46,9 @@ ON CONFLICT (user_id) DO UPDATE
     WHERE f.fencing_token <= EXCLUDED.fencing_token
 RETURNING f.fencing_token
 """
+# ... then upsert a page of activities, each unless identical: one statement, so the check
+# and the writes are atomic, and the fence row's lock serializes every writer of the user
+# until commit.
 _UPSERT_SQL: Final = """
 WITH fence AS (
     INSERT INTO garmin_sync_fence AS f (user_id, fencing_token, updated_at)
@@ -56,12 +57,15 @@ WITH fence AS (
         SET fencing_token = EXCLUDED.fencing_token, updated_at = EXCLUDED.updated_at
         WHERE f.fencing_token <= EXCLUDED.fencing_token
     RETURNING f.fencing_token
+), page AS (
+    SELECT * FROM unnest(%(activity_ids)s::bigint[], %(summaries)s::jsonb[],
+                         %(starts)s::timestamptz[]) AS p(activity_id, summary, start_time_gmt)
 ), written AS (
     INSERT INTO garmin_activity AS a
         (user_id, activity_id, summary, start_time_gmt, fencing_token, updated_at)
-    SELECT %(user_id)s::text, %(activity_id)s::bigint, %(summary)s::jsonb, %(start)s::timestamptz,
+    SELECT %(user_id)s::text, page.activity_id, page.summary, page.start_time_gmt,
            fence.fencing_token, now()
-    FROM fence
+    FROM fence, page
     ON CONFLICT (user_id, activity_id) DO UPDATE
         SET summary = EXCLUDED.summary,
             start_time_gmt = EXCLUDED.start_time_gmt,
@@ -70,9 +74,9 @@ WITH fence AS (
         WHERE a.fencing_token <= EXCLUDED.fencing_token
           AND (a.summary IS DISTINCT FROM EXCLUDED.summary
                OR a.start_time_gmt IS DISTINCT FROM EXCLUDED.start_time_gmt)
-    RETURNING 1
+    RETURNING a.activity_id
 )
-SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM written)
+SELECT (SELECT count(*) FROM fence), ARRAY(SELECT activity_id FROM written)
 """
 
 
@@ -174,22 +178,32 @@ class _PostgresUserSink:
         """Nothing to do: each write is its own committed transaction."""
 
     def write_summary(self, activity: Activity) -> bool:
+        return self.write_summaries([activity])[0]
+
+    def write_summaries(self, activities: Sequence[Activity]) -> list[bool]:
+        """One statement and round trip per page, not per summary. An id listed twice in
+        the page is written once, as its last listing (one INSERT cannot upsert a row twice);
+        the earlier listing reports False."""
+        last = {activity.activity_id: index for index, activity in enumerate(activities)}
+        page = [activities[index] for index in sorted(last.values())]
+        if not page:
+            return []
         parameters = {
             "user_id": self._user_id,
             "token": self._token,
-            "activity_id": activity.activity_id,
-            "summary": Jsonb(activity.summary),
-            "start": activity.start_time,
+            "activity_ids": [activity.activity_id for activity in page],
+            "summaries": [Jsonb(activity.summary) for activity in page],
+            "starts": [activity.start_time for activity in page],
         }
         try:
             row = self._connection.execute(_UPSERT_SQL, parameters).fetchone()
         except psycopg.Error as exc:
             raise SinkError(f"cannot write to the sink database ({_problem(exc)})") from None
-        fenced, written = row if row is not None else (0, 0)
+        fenced, written_ids = row if row is not None else (0, [])
         if not fenced:
             raise self._refused()
-        return bool(written)
-
-    def write_summaries(self, activities: Sequence[Activity]) -> list[bool]:
-        # Each upsert checks the fence in its own statement.
-        return [self.write_summary(activity) for activity in activities]
+        written = set(written_ids)
+        return [
+            last[activity.activity_id] == index and activity.activity_id in written
+            for index, activity in enumerate(activities)
+        ]

@@ -328,3 +328,45 @@ def test_directory_sink_does_not_follow_a_link_planted_as_its_temporary_file(
         user_sink.close()
     assert elsewhere.read_bytes() == b"untouched"
     assert not (tmp_path / "out" / "ann" / "activities" / "42.json").exists()
+
+
+# --- a page at once (both sinks) ----------------------------------------------------------
+
+
+def _stored_names(kind: str, tmp_path: Path, sink_url: str) -> dict[int, str]:
+    if kind == "postgresql":
+        return {row[1]: row[2] for row in rows(sink_url)}
+    folder = tmp_path / "out" / "ann" / "activities"
+    return {
+        int(path.stem): json.loads(path.read_text())["activityName"]
+        for path in folder.glob("*.json")
+    }
+
+
+@pytest.mark.parametrize("kind", ["directory", "postgresql"])
+def test_a_page_of_summaries_is_written_at_once_and_fenced_as_one(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """write_summaries: one result per listing, in order; an id listed twice ends as its last
+    listing; an unchanged page writes nothing; a stale holder's page writes none of its items."""
+    sink_url = str(request.getfixturevalue("sink_url")) if kind == "postgresql" else ""
+    sink = PostgresSink(sink_url) if kind == "postgresql" else DirectorySink(tmp_path / "out")
+    sink.check()
+    no_start = Activity(3, {"activityId": 3, "activityName": "No start"}, None)
+    page = [activity(1, "One"), activity(2, "Two, first"), no_start, activity(2, "Two")]
+    stale = sink.for_user("ann", 5)
+    try:
+        written = stale.write_summaries(page)
+        assert len(written) == len(page)
+        assert (written[0], written[2], written[3]) == (True, True, True)
+        assert stale.write_summaries([]) == []
+        stale.commit()
+        assert stale.write_summaries(page[:1] + page[2:]) == [False, False, False]
+        newer = sink.for_user("ann", 6)
+        newer.close()
+        with pytest.raises(FencingRefused):
+            stale.write_summaries([activity(1, "stale"), activity(4, "stale")])
+        stale.commit()
+    finally:
+        stale.close()
+    assert _stored_names(kind, tmp_path, sink_url) == {1: "One", 2: "Two", 3: "No start"}
