@@ -3,6 +3,7 @@ transaction per page of summaries, fenced by the lease's token in the same state
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -106,11 +107,17 @@ def _problem(exc: psycopg.Error) -> str:
 
 class PostgresSink:
     """Table ``garmin_activity`` keyed by (user_id, activity_id), fenced per user by
-    ``garmin_sync_fence``. One connection per user being synced (autocommit)."""
+    ``garmin_sync_fence``. One connection per user being synced (autocommit), taken from
+    the connections earlier users gave back: a new connection costs the sink database a
+    backend's start and the worker a TCP and authentication handshake, per user."""
 
     def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
         self._url = libpq_url(url)
         self._connect_timeout = connect_timeout
+        # Idle connections, at most one per thread that synced at once (thread-safe).
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._idle_lock = threading.Lock()
+        self._closed = False
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
@@ -139,20 +146,52 @@ class PostgresSink:
             )
 
     def for_user(self, user_id: str, fencing_token: int) -> _PostgresUserSink:
-        return claimed(_PostgresUserSink(self._connect(), check_user_id(user_id), fencing_token))
+        user_id = check_user_id(user_id)
+        return claimed(_PostgresUserSink(self, self._take(), user_id, fencing_token))
 
     def close(self) -> None:
-        return None
+        with self._idle_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def _take(self) -> psycopg.Connection[Any]:
+        with self._idle_lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def give_back(self, connection: psycopg.Connection[Any]) -> None:
+        """Keep a user's connection for the next user, unless it failed (broken, or left in
+        a transaction) or the sink is closed."""
+        healthy = (
+            not connection.closed
+            and not connection.broken
+            and connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        )
+        with self._idle_lock:
+            if healthy and not self._closed:
+                self._idle.append(connection)
+                return
+        connection.close()
 
 
 class _PostgresUserSink:
-    def __init__(self, connection: psycopg.Connection[Any], user_id: str, token: int) -> None:
+    def __init__(
+        self, sink: PostgresSink, connection: psycopg.Connection[Any], user_id: str, token: int
+    ) -> None:
+        self._sink = sink
         self._connection = connection
         self._user_id = user_id
         self._token = token
+        self._given_back = False
 
     def close(self) -> None:
-        self._connection.close()
+        # Once: a connection given back twice would serve two users at once.
+        if not self._given_back:
+            self._given_back = True
+            self._sink.give_back(self._connection)
 
     def _refused(self) -> FencingRefused:
         return FencingRefused("a newer lease holder has written for this user")

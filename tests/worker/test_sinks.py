@@ -370,3 +370,33 @@ def test_a_page_of_summaries_is_written_at_once_and_fenced_as_one(
     finally:
         stale.close()
     assert _stored_names(kind, tmp_path, sink_url) == {1: "One", 2: "Two", 3: "No start"}
+
+
+def test_postgres_sink_reuses_a_users_connection_unless_it_failed(sink_url: str) -> None:
+    """A connection goes back to the sink when its user is done (once, however often the
+    user's sink is closed) and serves the next user; a broken one is dropped."""
+    sink = PostgresSink(sink_url)
+    first = sink.for_user("ann", 1)
+    pid = first._connection.info.backend_pid
+    first.close()
+    first.close()
+    second = sink.for_user("bob", 1)
+    third = sink.for_user("cid", 1)
+    try:
+        assert second._connection.info.backend_pid == pid
+        assert third._connection.info.backend_pid != pid
+        with psycopg.connect(sink_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(SinkError):
+            second.write_summary(activity(1))
+    finally:
+        second.close()
+        third.close()
+    fourth = sink.for_user("dan", 1)
+    try:
+        assert fourth._connection.info.backend_pid not in (pid, 0)
+        assert fourth.write_summary(activity(2)) is True
+    finally:
+        fourth.close()
+        sink.close()
+    assert [row[:2] for row in rows(sink_url)] == [("dan", 2)]
