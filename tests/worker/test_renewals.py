@@ -57,12 +57,12 @@ def renewals() -> Iterator[Renewals]:
 
 @contextmanager
 def _keepers(
-    fake: RenewingService, renewals: Renewals, names: list[str]
+    fake: RenewingService, renewals: Renewals, names: list[str], ttl: timedelta = TTL
 ) -> Iterator[dict[str, LeaseKeeper]]:
     with client_of(fake, []) as client:
         control = RunControl(None)
         keepers = {
-            name: LeaseKeeper(client, name, TTL, time.monotonic(), control, renewals)
+            name: LeaseKeeper(client, name, ttl, time.monotonic(), control, renewals)
             for name in names
         }
         for keeper in keepers.values():
@@ -75,8 +75,10 @@ def _keepers(
 def test_every_lease_is_renewed_on_one_timer_and_none_after_stop(renewals: Renewals) -> None:
     fake = RenewingService()
     names = ["a", "b", "c"]
-    with _keepers(fake, renewals, names) as keepers:
-        time.sleep(0.75)
+    # A longer ttl than the other tests': renewed every 0.5 s, so a busy machine (the whole
+    # suite at once) still renews well within it.
+    with _keepers(fake, renewals, names, ttl=timedelta(seconds=1.5)) as keepers:
+        time.sleep(1.8)
         for keeper in keepers.values():
             keeper.check()  # renewed: still surely ours past the first ttl
         threads = [thread.name for thread in threading.enumerate()]
@@ -84,9 +86,10 @@ def test_every_lease_is_renewed_on_one_timer_and_none_after_stop(renewals: Renew
         assert not any(name.startswith("lease-keeper") for name in threads)
         keepers["a"].stop()
         stopped_at = fake.renewed["a"]
-        time.sleep(0.5)
+        time.sleep(1.2)
         assert fake.renewed["a"] == stopped_at
-    assert all(fake.renewed[name] >= 3 for name in names), fake.renewed
+    assert fake.renewed["a"] >= 2, fake.renewed
+    assert all(fake.renewed[name] >= 4 for name in ("b", "c")), fake.renewed
 
 
 def test_stop_waits_for_a_renewal_in_flight(renewals: Renewals) -> None:
