@@ -147,7 +147,15 @@ class PostgresSink:
 
     def for_user(self, user_id: str, fencing_token: int) -> _PostgresUserSink:
         user_id = check_user_id(user_id)
-        return claimed(_PostgresUserSink(self, self._take(), user_id, fencing_token))
+        connection, kept = self._take()
+        try:
+            return claimed(_PostgresUserSink(self, connection, user_id, fencing_token))
+        except SinkError:
+            if not kept:
+                raise
+        # A kept connection that the server closed while it was idle (a restart, an idle
+        # timeout) fails its first statement: once more, on a new connection.
+        return claimed(_PostgresUserSink(self, self._connect(), user_id, fencing_token))
 
     def close(self) -> None:
         with self._idle_lock:
@@ -156,11 +164,12 @@ class PostgresSink:
         for connection in idle:
             connection.close()
 
-    def _take(self) -> psycopg.Connection[Any]:
+    def _take(self) -> tuple[psycopg.Connection[Any], bool]:
+        """A connection, and whether it was kept from an earlier user."""
         with self._idle_lock:
             if self._idle:
-                return self._idle.pop()
-        return self._connect()
+                return self._idle.pop(), True
+        return self._connect(), False
 
     def give_back(self, connection: psycopg.Connection[Any]) -> None:
         """Keep a user's connection for the next user, unless it failed (broken, or left in

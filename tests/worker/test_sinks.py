@@ -394,9 +394,19 @@ def test_postgres_sink_reuses_a_users_connection_unless_it_failed(sink_url: str)
         third.close()
     fourth = sink.for_user("dan", 1)
     try:
-        assert fourth._connection.info.backend_pid not in (pid, 0)
+        kept = fourth._connection.info.backend_pid
+        assert kept not in (pid, 0)
         assert fourth.write_summary(activity(2)) is True
     finally:
         fourth.close()
+    # The server ends a kept connection while it is idle: the next user gets a new one.
+    with psycopg.connect(sink_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (kept,))
+    fifth = sink.for_user("eve", 1)
+    try:
+        assert fifth._connection.info.backend_pid not in (kept, 0)
+        assert fifth.write_summary(activity(3)) is True
+    finally:
+        fifth.close()
         sink.close()
-    assert [row[:2] for row in rows(sink_url)] == [("dan", 2)]
+    assert [row[:2] for row in rows(sink_url)] == [("dan", 2), ("eve", 3)]
