@@ -69,7 +69,7 @@ class CentralRefresh:
                     type(exc).__name__,
                 )
                 return grant
-            self._release_unused(granted, exc)
+            self.release_unused(grant.lease, granted.rpc, exc)
             raise
         except SessionNotActive:
             # Deleted or ended meanwhile, which ended our lease too.
@@ -77,7 +77,7 @@ class CentralRefresh:
         except Exception as exc:
             # Rejected (the session ended, our lease with it), or unexpected: do not leave
             # the session stuck under a lease nobody will use.
-            self._release_unused(granted, exc)
+            self.release_unused(grant.lease, granted.rpc, exc)
             raise
         now = self._uow.now()
         lease = live_lease(refreshed.row, now)
@@ -91,9 +91,6 @@ class CentralRefresh:
             tokens=refreshed.tokens,
             status=dataclasses.replace(status_view(refreshed.row, now), lease=lease),
         )
-
-    def _release_unused(self, granted: Granted, failure: BaseException) -> None:
-        self.release_unused(granted.grant.lease, granted.rpc, failure)
 
     def release_unused(self, lease: LeaseView, rpc: AuditedRpc, failure: BaseException) -> None:
         """Release a lease we granted but cannot hand out; counts as a sync attempt so a

@@ -282,16 +282,7 @@ class _RecordingUserSink:
         return written
 
     def write_summary(self, activity: Activity) -> bool:
-        try:
-            written = self.inner.write_summary(activity)
-        except Exception:
-            self.parent.record(self._event("refused", activity.activity_id))
-            raise
-        event = self._event("write", activity.activity_id, written)
-        self.parent.record(event)
-        if self.parent.after_write is not None:
-            self.parent.after_write(event)
-        return written
+        return self.write_summaries([activity])[0]
 
     def write_summaries(self, activities: Sequence[Activity]) -> list[bool]:
         try:
