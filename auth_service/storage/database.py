@@ -59,6 +59,11 @@ POSTGRES_STATEMENT_TIMEOUT_MS = 30_000
 POSTGRES_POOL_SIZE = 16
 POSTGRES_MAX_OVERFLOW = 0
 POSTGRES_POOL_TIMEOUT_SECONDS = 10.0
+# Checkout takes the connection returned last (LIFO): below full load the same few
+# connections serve every call, so their backends stay warm and none idles past the ping
+# threshold; in turn (FIFO), each of the 16 idles 16 times as long between uses. A one-off
+# loop of one-row UPDATEs, 2 threads: PostgreSQL CPU per statement 0.22-0.25 -> 0.18-0.20 ms
+# at 400/s and 0.46-0.49 -> 0.31-0.33 ms at 20/s; at 5/s, 54 of 60 checkouts pinged -> 1.
 # Recycle before typical load-balancer / server idle limits cut connections.
 POSTGRES_POOL_RECYCLE_SECONDS = 1800
 # A connection that sat in the pool longer than this is pinged before use (a database restart
@@ -139,6 +144,7 @@ def _postgres_engine(
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=POSTGRES_POOL_TIMEOUT_SECONDS,
+        pool_use_lifo=True,
         pool_recycle=POSTGRES_POOL_RECYCLE_SECONDS,
         connect_args={
             "connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS,

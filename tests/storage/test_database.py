@@ -273,6 +273,24 @@ def test_postgres_connection_settings(pg_database_url: str) -> None:
     assert application == "garmin-auth"
 
 
+def test_postgres_pool_hands_out_the_connection_returned_last(pg_database_url: str) -> None:
+    """Light load is served by the same few connections (warm backends, no ping after idle),
+    not by every pooled connection in turn."""
+    engine = create_engine_for(pg_database_url, pool_size=4)
+    try:
+        held = [engine.connect() for _ in range(4)]
+        backends = [c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in held]
+        for connection in held:
+            connection.close()
+        served = []
+        for _ in range(3):
+            with engine.connect() as connection:
+                served.append(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+    finally:
+        engine.dispose()
+    assert served == [backends[-1]] * 3
+
+
 def test_postgres_statement_timeout_cancels_long_statements(pg_database_url: str) -> None:
     engine = create_engine_for(pg_database_url, statement_timeout_ms=100)
     try:
