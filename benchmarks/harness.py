@@ -411,15 +411,22 @@ class PostgresDatabase:
         return int(rows[0][0]), int(rows[0][1])
 
 
-# --- which code the service runs -------------------------------------------------------
+# --- which code the service (and the worker) runs --------------------------------------
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-# Installed package name -> its directory in a source tree (pyproject's package-dir).
+# Installed package name -> its directory in a source tree (pyproject's package-dir): what the
+# service and the sync worker run. garmin_emulator stays the working tree's (it stands for
+# Garmin, which does not change between the two sides of an A/B).
 _PACKAGE_DIRS = {
     "auth_service": "auth_service",
     "garmin_auth": "protos/garmin_auth",
     "auth_service_migrations": "migrations",
+    "garmin_client": "garmin_client",
+    "sync_worker": "sync_worker",
 }
+
+
+_TOP_DIRS = sorted({directory.split("/")[0] for directory in _PACKAGE_DIRS.values()})
 
 
 def _git(*args: str) -> str:
@@ -433,9 +440,11 @@ def _git(*args: str) -> str:
 
 
 class ServiceTree:
-    """The code `garmin-auth-service` runs: the installed (editable, working) tree by default,
-    or a git revision exported (`git archive`, read-only) into `workdir` and put first on the
-    service's PYTHONPATH, so a run can measure a fixed commit while the tree is being edited."""
+    """The code `garmin-auth-service` (and `garmin-sync-worker`) runs: the installed
+    (editable, working) tree by default, or a git revision exported (`git archive`, read-only)
+    into `workdir` and put first on the process's PYTHONPATH, so a run can measure a fixed
+    commit while the tree is being edited. A package the revision does not have yet is taken
+    from the working tree."""
 
     def __init__(self, workdir: Path, revision: str | None = None) -> None:
         self.revision = revision
@@ -445,8 +454,14 @@ class ServiceTree:
         commit = _git("rev-parse", "--verify", f"{revision}^{{commit}}")
         source = workdir / f"source-{commit[:12]}"
         source.mkdir()
+        present = set(_git("ls-tree", "--name-only", commit, "--", *_TOP_DIRS).split())
+        packages = {
+            package: directory
+            for package, directory in _PACKAGE_DIRS.items()
+            if directory.split("/")[0] in present
+        }
         archive = subprocess.run(
-            ["git", "-C", str(REPOSITORY), "archive", commit, *set(_PACKAGE_DIRS.values())],
+            ["git", "-C", str(REPOSITORY), "archive", commit, *set(packages.values())],
             capture_output=True,
             check=True,
             timeout=60,
@@ -454,7 +469,7 @@ class ServiceTree:
         subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True, timeout=60)
         shim = workdir / f"pythonpath-{commit[:12]}"
         shim.mkdir()
-        for package, directory in _PACKAGE_DIRS.items():
+        for package, directory in packages.items():
             (shim / package).symlink_to(source / directory)
         self.pythonpath = str(shim)
         self.revision = commit
@@ -467,7 +482,8 @@ class ServiceTree:
         parser.add_argument(
             "--service-revision",
             metavar="REV",
-            help="run the service from this git revision (e.g. HEAD) instead of the working tree",
+            help="run the service (and sync_throughput's worker) from this git revision (e.g. "
+            "HEAD) instead of the working tree",
         )
 
     def describe(self) -> str:
@@ -477,7 +493,9 @@ class ServiceTree:
         changed = _git("status", "--porcelain", "--", *set(_PACKAGE_DIRS.values()))
         count = len(changed.splitlines())
         return f"working tree at {head}" + (
-            f" with {count} uncommitted change(s) in the service's code" if count else ""
+            f" with {count} uncommitted change(s) in the service's or worker's code"
+            if count
+            else ""
         )
 
 

@@ -4,6 +4,7 @@ through the service, against the Garmin emulator answering every request after 5
     .venv/bin/python -m benchmarks.sync_throughput [--rounds 3] [--users 200]
         [--activities 20] [--latency 0.05] [--concurrency 16] [--out-base DIR]
         [--sink-database] [--quick] [--profile DIR] [--service-revision REV]
+        [--against REV [--pairs 3]]
 
 The emulator runs as its own process (`--latency`, `--users-from-file`: 200 accounts with 20
 activities each, the newest an hour ago, one a day). Its access tokens live 30 days, so no
@@ -54,6 +55,10 @@ activities per user again, into a fresh directory (`--out-base DIR` chooses wher
 such as /dev/shm takes the filesystem out), or into the emptied PostgreSQL sink with
 `--sink-database`. Figures are totals over the rounds.
 `--profile DIR` runs one more round with the worker under py-spy and summarises where it went.
+`--service-revision REV` runs the service AND the worker from that revision (the emulator
+stays the working tree's). `--against REV` runs `--pairs` pairs, REV then the code under test,
+each a whole run on a fresh stack, and prints each side's CPU per user and wall per run and
+the ratios of their means (`*_test_vs_base`): on this 2-core VM single runs swing ±20%.
 """
 
 from __future__ import annotations
@@ -650,7 +655,7 @@ def run(args: argparse.Namespace, report: Report) -> None:
     report.note(f"machine: {os.cpu_count()} cores, {load_note()} at the start")
     with Workdir() as workdir:
         tree = ServiceTree(workdir, args.service_revision)
-        report.note(f"service code: {tree.describe()}; the worker runs the working tree")
+        report.note(f"service and worker code: {tree.describe()}")
         where = args.out_base or tempfile.gettempdir()
         where = "its PostgreSQL sink" if args.sink_database else f"--out directories in {where}"
         report.note(f"the worker writes to {where}")
@@ -694,7 +699,10 @@ def run(args: argparse.Namespace, report: Report) -> None:
                     emulator_url=emulator.url,
                     emulator_pid=child_with_argument(str(users_file)),
                     metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
-                    worker_env=worker_environment(credentials, service.target, emulator.url),
+                    worker_env={
+                        **worker_environment(credentials, service.target, emulator.url),
+                        **tree.environment(),
+                    },
                 )
                 measure_stack(args, report, stack, credentials)
         report.note(f"{load_note()} at the end")
@@ -767,8 +775,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with --profile: sample only threads that run (where the worker's CPU goes), "
         "not those waiting",
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="alternate runs of this revision and the code under test (the working tree, or "
+        "--service-revision), each on a fresh stack, and print the ratios of their means",
+    )
+    parser.add_argument("--pairs", type=int, default=3, help="with --against: how many pairs")
     ServiceTree.add_argument(parser)
     args = parser.parse_args(argv)
+    if args.against is not None and args.profile is not None:
+        parser.error("--profile profiles one run: leave out --against")
     if args.worker_processes < 1 or args.concurrency % args.worker_processes:
         parser.error("--worker-processes must divide --concurrency")
     if args.profile is not None and args.worker_processes > 1:
@@ -778,8 +795,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+# Figures compared by --against: each run's CPU per user and wall.
+_PAIRED = ("worker_cpu_per_user", "server_cpu_per_user", "postgres_cpu_per_user")
+
+
+def _paired_value(figures: dict[str, float], name: str) -> float:
+    if name == "sync_cpu_ms_per_user":
+        return sum(figures[part] for part in _PAIRED)
+    if name == "sync_wall_vs_ideal":
+        return ratio(figures["wall_per_round"], figures["ideal_wall_per_round"])
+    return figures[name]
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    """`--pairs` pairs of runs, REV (`base`) then the code under test (`test`), each a whole
+    run on a fresh stack: on a noisy box both sides of a pair see the same weather."""
+    runs: dict[str, list[dict[str, float]]] = {"base": [], "test": []}
+    for index in range(args.pairs):
+        for side, revision in (("base", args.against), ("test", args.service_revision)):
+            log(f"pair {index + 1} of {args.pairs}: {side}")
+            report = Report()
+            run(argparse.Namespace(**{**vars(args), "service_revision": revision}), report)
+            runs[side].append(report.figures)
+    summary = Report()
+    for name in (*_PAIRED, "sync_cpu_ms_per_user", "sync_wall_vs_ideal"):
+        base = [_paired_value(figures, name) for figures in runs["base"]]
+        test = [_paired_value(figures, name) for figures in runs["test"]]
+        summary.note(
+            f"{name}: base {', '.join(f'{v:.2f}' for v in base)}; "
+            f"test {', '.join(f'{v:.2f}' for v in test)}"
+        )
+        summary.figure(
+            f"{name}_test_vs_base", ratio(statistics.mean(test), statistics.mean(base)), "x"
+        )
+    summary.log_done()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.against is not None:
+        return run_pairs(args)
     return run_reported(run, args)
 
 

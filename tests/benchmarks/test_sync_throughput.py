@@ -5,8 +5,14 @@ are printed (their verdicts depend on the machine's load, so they are not assert
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from benchmarks.harness import ServiceTree
 from benchmarks.sync_throughput import parse_args
 from tests.benchmarks.runs import run_benchmark
 from tests.fixtures.database import PostgresServer
@@ -43,6 +49,7 @@ def test_every_user_is_synced_once_by_one_or_several_workers(
         ["--worker-processes", "3"],  # 16 threads do not split over 3 processes
         ["--worker-processes", "0"],
         ["--worker-processes", "2", "--profile", "profiles"],  # py-spy samples one
+        ["--against", "HEAD", "--profile", "profiles"],  # a profile is of one run
     ],
 )
 def test_worker_processes_that_cannot_run_are_refused(args: list[str]) -> None:
@@ -50,3 +57,36 @@ def test_worker_processes_that_cannot_run_are_refused(args: list[str]) -> None:
         parse_args(args)
 
     assert refused.value.code == 2
+
+
+@pytest.mark.timeout(300)
+def test_against_a_revision_runs_pairs_and_prints_the_ratios(
+    pg_server: PostgresServer, pg_admin_url: str
+) -> None:
+    run = run_benchmark(
+        "sync_throughput", pg_admin_url, *TINY, "--against", "HEAD", "--pairs", "1", timeout=280
+    )
+    stdout, figures = run.stdout, run.figures
+
+    assert "service and worker code: git " in stdout, stdout  # the base: HEAD, exported
+    assert "service and worker code: working tree at " in stdout, stdout
+    for name in ("worker_cpu_per_user", "sync_cpu_ms_per_user", "sync_wall_vs_ideal"):
+        assert f"{name}_test_vs_base" in figures, stdout
+
+
+def test_an_exported_revision_is_what_the_worker_and_the_service_import(tmp_path: Path) -> None:
+    tree = ServiceTree(tmp_path, "HEAD")
+    # Not from this checkout's directory: the installed (editable) tree is what must lose.
+    code = "import auth_service, garmin_client, sync_worker as w; print(w.__file__)"
+    imported = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **tree.environment()},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+
+    assert tree.pythonpath is not None
+    assert imported.startswith(tree.pythonpath)
