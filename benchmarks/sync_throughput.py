@@ -786,6 +786,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.against is not None and args.profile is not None:
         parser.error("--profile profiles one run: leave out --against")
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
     if args.worker_processes < 1 or args.concurrency % args.worker_processes:
         parser.error("--worker-processes must divide --concurrency")
     if args.profile is not None and args.worker_processes > 1:

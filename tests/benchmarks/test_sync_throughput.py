@@ -50,9 +50,10 @@ def test_every_user_is_synced_once_by_one_or_several_workers(
         ["--worker-processes", "0"],
         ["--worker-processes", "2", "--profile", "profiles"],  # py-spy samples one
         ["--against", "HEAD", "--profile", "profiles"],  # a profile is of one run
+        ["--against", "HEAD", "--pairs", "0"],
     ],
 )
-def test_worker_processes_that_cannot_run_are_refused(args: list[str]) -> None:
+def test_option_combinations_that_cannot_run_are_refused(args: list[str]) -> None:
     with pytest.raises(SystemExit) as refused:
         parse_args(args)
 
