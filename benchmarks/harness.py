@@ -88,9 +88,11 @@ def _number(value: float) -> str:
 
 @dataclass
 class Report:
-    """Writes `figure` and `target` lines to stdout and remembers them."""
+    """Writes `figure` and `target` lines to stdout and remembers them (a target's measured
+    value by its name in `targets`)."""
 
     figures: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, float] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
 
     def figure(self, name: str, value: float, unit: str) -> None:
@@ -112,6 +114,7 @@ class Report:
         log("done" + (f"; targets failed: {', '.join(self.failed)}" if self.failed else ""))
 
     def _target(self, name: str, measured: float, goal: str, passed: bool) -> bool:
+        self.targets[name] = measured
         if not passed:
             self.failed.append(name)
         verdict = "PASS" if passed else "FAIL"
@@ -426,9 +429,6 @@ _PACKAGE_DIRS = {
 }
 
 
-_TOP_DIRS = sorted({directory.split("/")[0] for directory in _PACKAGE_DIRS.values()})
-
-
 def _git(*args: str) -> str:
     return subprocess.run(
         ["git", "-C", str(REPOSITORY), *args],
@@ -454,11 +454,11 @@ class ServiceTree:
         commit = _git("rev-parse", "--verify", f"{revision}^{{commit}}")
         source = workdir / f"source-{commit[:12]}"
         source.mkdir()
-        present = set(_git("ls-tree", "--name-only", commit, "--", *_TOP_DIRS).split())
+        present = set(_git("ls-tree", "--name-only", commit, "--", *_PACKAGE_DIRS.values()).split())
         packages = {
             package: directory
             for package, directory in _PACKAGE_DIRS.items()
-            if directory.split("/")[0] in present
+            if directory in present
         }
         archive = subprocess.run(
             ["git", "-C", str(REPOSITORY), "archive", commit, *set(packages.values())],

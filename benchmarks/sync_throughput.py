@@ -797,32 +797,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-# Figures compared by --against: each run's CPU per user and wall.
-_PAIRED = ("worker_cpu_per_user", "server_cpu_per_user", "postgres_cpu_per_user")
-
-
-def _paired_value(figures: dict[str, float], name: str) -> float:
-    if name == "sync_cpu_ms_per_user":
-        return sum(figures[part] for part in _PAIRED)
-    if name == "sync_wall_vs_ideal":
-        return ratio(figures["wall_per_round"], figures["ideal_wall_per_round"])
-    return figures[name]
+# What --against compares: each run's CPU per user (figures) and the two targets they feed.
+_PAIRED_FIGURES = ("worker_cpu_per_user", "server_cpu_per_user", "postgres_cpu_per_user")
+_PAIRED_TARGETS = ("sync_cpu_ms_per_user", "sync_wall_vs_ideal")
 
 
 def run_pairs(args: argparse.Namespace) -> int:
     """`--pairs` pairs of runs, REV (`base`) then the code under test (`test`), each a whole
     run on a fresh stack: on a noisy box both sides of a pair see the same weather."""
-    runs: dict[str, list[dict[str, float]]] = {"base": [], "test": []}
+    runs: dict[str, list[Report]] = {"base": [], "test": []}
     for index in range(args.pairs):
         for side, revision in (("base", args.against), ("test", args.service_revision)):
             log(f"pair {index + 1} of {args.pairs}: {side}")
             report = Report()
             run(argparse.Namespace(**{**vars(args), "service_revision": revision}), report)
-            runs[side].append(report.figures)
+            runs[side].append(report)
     summary = Report()
-    for name in (*_PAIRED, "sync_cpu_ms_per_user", "sync_wall_vs_ideal"):
-        base = [_paired_value(figures, name) for figures in runs["base"]]
-        test = [_paired_value(figures, name) for figures in runs["test"]]
+    for name in (*_PAIRED_FIGURES, *_PAIRED_TARGETS):
+        base, test = (
+            [{**report.figures, **report.targets}[name] for report in runs[side]]
+            for side in ("base", "test")
+        )
         summary.note(
             f"{name}: base {', '.join(f'{v:.2f}' for v in base)}; "
             f"test {', '.join(f'{v:.2f}' for v in test)}"
