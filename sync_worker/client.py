@@ -130,7 +130,8 @@ class AuthClient:
         and its synced_through), that lease is released first, in the same call: LEASE_LOST
         then means only that the release was refused (and nothing was granted); any other
         error the service answers comes after the release was done (INVALID_ARGUMENT and a
-        refused caller: before anything was)."""
+        refused caller: before anything was; DATABASE_UNAVAILABLE, retried here: normally
+        before, since the release and the first grant are one write)."""
         request = pb.LeaseNextSessionRequest(
             holder=holder, ttl=ttl, min_sync_interval=min_sync_interval
         )

@@ -33,6 +33,15 @@ class GrantedRow:
     took_over: bool
 
 
+@dataclass(frozen=True)
+class HandoverRows:
+    """A handover's two changes: the released row (None: the release was refused, and then
+    nothing was granted) and the next row granted (None: nothing due, or refused)."""
+
+    released: SessionRow | None
+    granted: GrantedRow | None
+
+
 @dataclass(frozen=True, repr=False)
 class MfaChallenge:
     """A pending MFA challenge as stored (its SSO cookies still sealed)."""
@@ -289,6 +298,24 @@ class LeaseRepository(Protocol):
         record_as: AuditedRpc | None = None,
     ) -> SessionRow | None:
         """End a live lease that `caller` obtained; None when dead or another caller's."""
+        ...
+
+    def release_and_grant_next(  # noqa: PLR0913 - keyword-only: a release's and a grant's
+        self,
+        released_digest: str,
+        *,
+        synced_through: datetime | None,
+        lease_digest: str,
+        holder: str,
+        caller: str,
+        now: datetime,
+        expires_at: datetime,
+        due_before: datetime,
+        user_id_prefix: str | None = None,
+    ) -> HandoverRows:
+        """`release` of the lease `released_digest`, then, only if it was released,
+        `grant_next`, in one unit (on PostgreSQL one statement): both recorded, the release
+        as ReleaseLease and the grant as LeaseNextSession."""
         ...
 
     def store_refreshed(

@@ -142,17 +142,68 @@ class LeaseService:
         user_id_prefix: str | None = None,
     ) -> LeaseGrant | None:
         """lease_next_session, for fields already checked (next_violations found none)."""
-        lifetime = self._lifetime(ttl)
-        # A due session whose central refresh Garmin rejects is invalidated and skipped, and
-        # so is one whose lease ended during that refresh (deleted, or signed in again): the
-        # worker asked for "the next session", not for that user, so it gets the next one.
-        # (So this call never answers LEASE_LOST: see services.lease_handover.) So is one whose
-        # stored session fails to open: one such row must not stop every worker's queue.
-        rpc = AuditedRpc.LEASE_NEXT_SESSION
         # Due as of the call's start: a session skipped below counts as attempted after that,
         # so even with no minimum interval the next grant cannot pick it again.
         due_before = self._uow.now() - (min_sync_interval or timedelta(0))
-        for _ in range(MAX_REJECTED_SKIPS):
+        return self._lease_next(
+            holder, self._lifetime(ttl), due_before, user_id_prefix, MAX_REJECTED_SKIPS
+        )
+
+    def release_and_lease_next_checked(
+        self,
+        release_lease_id: str,
+        synced_through: datetime | None,
+        holder: str,
+        ttl: timedelta | None,
+        min_sync_interval: timedelta | None,
+        *,
+        user_id_prefix: str | None = None,
+    ) -> tuple[SessionStatusView, LeaseGrant | None]:
+        """release_checked, then lease_next_checked, for fields already checked: the release
+        and the first grant in one single write (on PostgreSQL one statement, so one round
+        trip and one commit per synced user). A refused release grants nothing (LeaseLost);
+        a grant that cannot be handed out is skipped as lease_next_checked skips it."""
+        lifetime = self._lifetime(ttl)
+        due_before = self._uow.now() - (min_sync_interval or timedelta(0))
+        rpc = AuditedRpc.LEASE_NEXT_SESSION
+        with self._uow.single_write() as uow:
+            lease_id = new_lease_id()
+            changed = uow.leases.release_and_grant_next(
+                lease_digest(release_lease_id),
+                synced_through=synced_through,
+                lease_digest=lease_digest(lease_id),
+                holder=holder,
+                caller=audit.caller_name(),
+                now=uow.now,
+                expires_at=uow.now + lifetime,
+                due_before=due_before,
+                user_id_prefix=user_id_prefix,
+            )
+            if changed.released is None:
+                raise _lease_lost()
+            released = status_view(changed.released, uow.now)
+            if changed.granted is None:
+                return released, None
+            opened = _opened(uow, changed.granted, rpc, lease_id)
+        grant = self._handed_out(opened)
+        if grant is None:
+            grant = self._lease_next(
+                holder, lifetime, due_before, user_id_prefix, MAX_REJECTED_SKIPS - 1
+            )
+        return released, grant
+
+    def _lease_next(
+        self,
+        holder: str,
+        lifetime: timedelta,
+        due_before: datetime,
+        user_id_prefix: str | None,
+        attempts: int,
+    ) -> LeaseGrant | None:
+        """Grant the most overdue session due before `due_before`, skipping at most
+        `attempts` - 1 that cannot be handed out; None when nothing is due."""
+        rpc = AuditedRpc.LEASE_NEXT_SESSION
+        for _ in range(attempts):
             with self._uow.single_write() as uow:
                 lease_id = new_lease_id()
                 grant = uow.leases.grant_next(
@@ -168,14 +219,28 @@ class LeaseService:
                 if grant is None:
                     return None
                 opened = _opened(uow, grant, rpc, lease_id)
-            try:
-                return self._refresh.hand_out(self._usable(opened))
-            except (SecretUnreadable, SessionNotActive):
-                log.info("due session's stored session cannot be opened; leasing the next one")
-            except GarminSessionRejected:
-                log.info("due session rejected by Garmin at refresh; leasing the next one")
-            except LeaseLost:
-                log.info("due session's lease ended during its refresh; leasing the next one")
+            handed_out = self._handed_out(opened)
+            if handed_out is not None:
+                return handed_out
+        return None
+
+    def _handed_out(self, opened: Granted | Unopened) -> LeaseGrant | None:
+        """A next session's grant handed out, or None when it was skipped.
+
+        A due session whose central refresh Garmin rejects is invalidated and skipped, and
+        so is one whose lease ended during that refresh (deleted, or signed in again): the
+        worker asked for "the next session", not for that user, so it gets the next one.
+        (So LeaseNextSession never answers LEASE_LOST: see services.lease_handover.) So is
+        one whose stored session fails to open: one such row must not stop every worker's
+        queue."""
+        try:
+            return self._refresh.hand_out(self._usable(opened))
+        except (SecretUnreadable, SessionNotActive):
+            log.info("due session's stored session cannot be opened; leasing the next one")
+        except GarminSessionRejected:
+            log.info("due session rejected by Garmin at refresh; leasing the next one")
+        except LeaseLost:
+            log.info("due session's lease ended during its refresh; leasing the next one")
         return None
 
     def next_violations(

@@ -32,17 +32,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Update, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import (
+    CompoundSelect,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from auth_service.domain.audit import OK, AuditedRpc, NewAuditEvent
 from auth_service.domain.models import GarminTokens
-from auth_service.domain.repositories import GrantedRow
+from auth_service.domain.repositories import GrantedRow, HandoverRows
 from auth_service.domain.views import SessionRow, status_view
 from auth_service.storage import session_rows as rows
 from auth_service.storage.audit_repository import SqlAuditRepository
 from auth_service.storage.driver_statement import DriverStatement
 from auth_service.storage.executor import Executor, dialect_name
-from auth_service.storage.lease_trail import with_trail
+from auth_service.storage.lease_trail import GRANTED, handover_with_trail, with_trail
 from auth_service.storage.models import UTCDateTime
 from auth_service.storage.session_repository import SqlSessionRepository
 
@@ -182,10 +193,28 @@ _RECORDED: dict[Update, Select[Any]] = {
     _RELEASE: with_trail(_RELEASE, lease_digest=rows.LEASE_ID, with_lease=False),
     _RELEASE_SYNCED: with_trail(_RELEASE_SYNCED, lease_digest=rows.LEASE_ID, with_lease=False),
 }
+# A worker's handover (LeaseNextSession carrying a release) as ONE statement on PostgreSQL:
+# the release, and the grant of the next due session only if the release matched, each with
+# its trail. By (release reports a sync, the caller is scoped to a user id prefix). Against a
+# release and a grant in two statements: one round trip and one commit per synced user instead
+# of two (figures: auth_service/services/lease_handover.py).
+_HANDOVER: dict[tuple[bool, bool], CompoundSelect] = {
+    (synced, scoped): handover_with_trail(
+        _RELEASE_SYNCED if synced else _RELEASE,
+        (_CANDIDATE_DUE_SCOPED if scoped else _CANDIDATE_DUE).with_for_update(skip_locked=True),
+        _grant_through,
+    )
+    for synced in (False, True)
+    for scoped in (False, True)
+}
 # Every statement above, run straight on psycopg on PostgreSQL (auth_service.storage.
 # driver_statement: SQLAlchemy's execution path cost more than the statement).
-_HOT: list[Update | Select[Any]] = [*_RECORDED, *_RECORDED.values()]
-_DRIVER: dict[Update | Select[Any], DriverStatement] = {
+_HOT: list[Update | Select[Any] | CompoundSelect] = [
+    *_RECORDED,
+    *_RECORDED.values(),
+    *_HANDOVER.values(),
+]
+_DRIVER: dict[Update | Select[Any] | CompoundSelect, DriverStatement] = {
     statement: DriverStatement(statement)
     for statement in (
         *_HOT,
@@ -369,6 +398,63 @@ class SqlLeaseRepository:
             fencing_token=row.fencing_token,
         )
         self._audit.add(event, leaves=status_view(row, now))
+
+    def release_and_grant_next(  # noqa: PLR0913 - keyword-only: a release's and a grant's
+        self,
+        released_digest: str,
+        *,
+        synced_through: datetime | None,
+        lease_digest: str,
+        holder: str,
+        caller: str,
+        now: datetime,
+        expires_at: datetime,
+        due_before: datetime,
+        user_id_prefix: str | None = None,
+    ) -> HandoverRows:
+        """The release of a live lease `caller` obtained, then, only if it was released, the
+        grant of the most overdue free session: both recorded (ReleaseLease, LeaseNextSession).
+        PostgreSQL: one statement; SQLite: the two, in the unit's transaction."""
+        if not self._postgresql:
+            released = self.release(
+                released_digest,
+                caller=caller,
+                now=now,
+                synced_through=synced_through,
+                record_as=AuditedRpc.RELEASE_LEASE,
+            )
+            if released is None:
+                return HandoverRows(None, None)
+            granted = self.grant_next(
+                lease_digest=lease_digest,
+                holder=holder,
+                caller=caller,
+                now=now,
+                expires_at=expires_at,
+                due_before=due_before,
+                user_id_prefix=user_id_prefix,
+                record_as=AuditedRpc.LEASE_NEXT_SESSION,
+            )
+            return HandoverRows(released, granted)
+        params = _grant_params(lease_digest, holder, caller, now, expires_at)
+        params.update(p_lease_id=released_digest, p_due_before=due_before, p_trail_caller=caller)
+        if synced_through is not None:
+            params["p_synced_through"] = synced_through
+        if user_id_prefix is not None:
+            params["p_prefix"] = user_id_prefix
+        statement = _HANDOVER[synced_through is not None, user_id_prefix is not None]
+        changed = _DRIVER[statement].all(self.session, params)
+        self.recorded_changes |= bool(changed)
+        released_row = next((row for row in changed if row.part != GRANTED), None)
+        granted_row = next((row for row in changed if row.part == GRANTED), None)
+        return HandoverRows(
+            cast("SessionRow | None", released_row),
+            None
+            if granted_row is None
+            else GrantedRow(
+                cast(SessionRow, granted_row), took_over=granted_row.previous_lease_id is not None
+            ),
+        )
 
     def store_refreshed(
         self, lease_digest: str, *, user_id: str, tokens: GarminTokens, now: datetime

@@ -23,24 +23,29 @@ longer one is parsed again at every execution): the session table is aliased in 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 from sqlalchemy import (
+    CTE,
     ColumnElement,
+    CompoundSelect,
     Select,
     Text,
     Update,
     bindparam,
     cast,
+    exists,
     func,
     insert,
     literal_column,
     null,
     select,
+    union_all,
 )
 from sqlalchemy.sql.util import ClauseAdapter
 
-from auth_service.domain.audit import OK
+from auth_service.domain.audit import OK, AuditedRpc
 from auth_service.domain.lease_ids import LEASE_REF_LENGTH
 from auth_service.storage import session_rows as rows
 from auth_service.storage.audit_repository import EVENTS
@@ -49,6 +54,9 @@ from auth_service.storage.change_log import CHANGES, TIMES
 # The audit event's caller and RPC (its time is the statement's p_now).
 TRAIL_CALLER = bindparam("p_trail_caller", type_=EVENTS.c.caller.type)
 TRAIL_RPC = bindparam("p_trail_rpc", type_=EVENTS.c.rpc.type)
+# What a handover's rows are (its `part` column).
+RELEASED: Final = "released"
+GRANTED: Final = "granted"
 
 
 def _constant(value: str) -> ColumnElement[str]:
@@ -101,37 +109,100 @@ def with_trail(
     a grant); `with_lease`: the row holds a live lease after the change."""
     # "s.user_id" rather than "garmin_authentication_state.user_id", two dozen times.
     done = ClauseAdapter(rows.T.alias("s")).traverse(change).cte("done")
+    event, entry = _trail(done, TRAIL_RPC, lease_digest=lease_digest, with_lease=with_lease)
+    return select(*done.c).add_cte(
+        insert(EVENTS).from_select(_EVENT_COLUMNS, event).cte("event"),
+        insert(CHANGES).from_select(_ENTRY_COLUMNS, entry).cte("entry"),
+    )
+
+
+def handover_with_trail(
+    release: Update, candidate: Select[Any], grant_through: Callable[[Select[Any]], Update]
+) -> CompoundSelect:
+    """A release and the grant of the next due session, one statement with both trails.
+
+    `release` is a holder's release (an UPDATE ... RETURNING every column, its lease the
+    statement's p_lease_id); `candidate` picks the row to grant (user_id and
+    previous_lease_id, locked with SKIP LOCKED), and is only looked at when the release
+    matched a row: a refused release grants nothing; `grant_through` makes the grant's
+    UPDATE of the row a candidate picks. Returns one row per change, "released" or
+    "granted" in its `part` column, the granted row with its previous_lease_id.
+
+    Both changes see the statement's one snapshot, in which the released row still holds its
+    lease, so it is never the one granted (it was just attempted, so it would not be due).
+    Each table gets one INSERT whose rows are the release's, then the grant's (the branches
+    of a UNION ALL run in order), so the trail lists them in the order a ReleaseLease and a
+    LeaseNextSession would have written them."""
+    released = ClauseAdapter(rows.T.alias("r")).traverse(release).cte("released")
+    gated = candidate.where(exists(select(literal_column("1")).select_from(released)))
+    granted = ClauseAdapter(rows.T.alias("s")).traverse(grant_through(gated)).cte("granted")
+    release_event, release_entry = _trail(
+        released,
+        _constant(AuditedRpc.RELEASE_LEASE.value),
+        lease_digest=rows.LEASE_ID,
+        with_lease=False,
+    )
+    grant_event, grant_entry = _trail(
+        granted,
+        _constant(AuditedRpc.LEASE_NEXT_SESSION.value),
+        lease_digest=None,
+        with_lease=True,
+    )
+    return union_all(
+        select(
+            _constant(RELEASED).label("part"),
+            *released.c,
+            null().label("previous_lease_id"),
+        ),
+        select(_constant(GRANTED).label("part"), *granted.c),
+    ).add_cte(
+        insert(EVENTS)
+        .from_select(_EVENT_COLUMNS, union_all(release_event, grant_event))
+        .cte("event"),
+        insert(CHANGES)
+        .from_select(_ENTRY_COLUMNS, union_all(release_entry, grant_entry))
+        .cte("entry"),
+    )
+
+
+_EVENT_COLUMNS: Final = [
+    "occurred_at",
+    "caller",
+    "rpc",
+    "user_id",
+    "outcome_code",
+    "outcome_reason",
+    "lease_id",
+    "fencing_token",
+]
+_ENTRY_COLUMNS: Final = ["occurred_at", "user_id", "rpc", "state", "status"]
+
+
+def _trail(
+    done: CTE,
+    rpc: ColumnElement[Any],
+    *,
+    lease_digest: ColumnElement[Any] | None,
+    with_lease: bool,
+) -> tuple[Select[Any], Select[Any]]:
+    """The audit event and change-log entry of the row `done` returned, as the SELECTs that
+    INSERT them (_EVENT_COLUMNS, _ENTRY_COLUMNS)."""
     digest = done.c.lease_id if lease_digest is None else lease_digest
-    event = insert(EVENTS).from_select(
-        [
-            "occurred_at",
-            "caller",
-            "rpc",
-            "user_id",
-            "outcome_code",
-            "outcome_reason",
-            "lease_id",
-            "fencing_token",
-        ],
-        select(
-            rows.NOW,
-            TRAIL_CALLER,
-            TRAIL_RPC,
-            done.c.user_id,
-            _constant(OK.code),
-            _constant(OK.reason),
-            digest,
-            done.c.fencing_token,
-        ),
+    event = select(
+        rows.NOW,
+        TRAIL_CALLER,
+        rpc,
+        done.c.user_id,
+        _constant(OK.code),
+        _constant(OK.reason),
+        digest,
+        done.c.fencing_token,
     )
-    entry = insert(CHANGES).from_select(
-        ["occurred_at", "user_id", "rpc", "state", "status"],
-        select(
-            rows.NOW,
-            done.c.user_id,
-            TRAIL_RPC,
-            cast(done.c.state, CHANGES.c.state.type),
-            _status_json(done, with_lease=with_lease),
-        ),
+    entry = select(
+        rows.NOW,
+        done.c.user_id,
+        rpc,
+        cast(done.c.state, CHANGES.c.state.type),
+        _status_json(done, with_lease=with_lease),
     )
-    return select(*done.c).add_cte(event.cte("event"), entry.cte("entry"))
+    return event, entry

@@ -4,6 +4,7 @@ threads. The rules must hold because the database enforces them, not because of 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import LeaseHeld, LeaseLost
 from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.models import LeaseGrant, SessionState
+from auth_service.services.lease_handover import LeaseHandover, LeaseRelease
 from auth_service.services.leases import LeaseService
 from auth_service.storage.database import create_engine_for, session_factory
 from auth_service.storage.secrets import SecretBox
@@ -105,6 +107,40 @@ def test_8_workers_drain_200_users_each_exactly_once_per_round(
             # Half the syncs succeed, half fail: both count as this round's attempt.
             synced = clock.now() if len(leased) % 2 else None
             service.release_lease(grant.lease.lease_id, synced)
+        return leased
+
+    for _round in range(2):
+        clock.advance(interval.total_seconds() + 1)
+        per_worker = [r for r in _all_at_once(8, drain) if isinstance(r, list)]
+        assert len(per_worker) == 8
+        counts = Counter(user for leased in per_worker for user in leased)
+        assert sorted(counts) == users
+        assert set(counts.values()) == {1}
+        assert sum(1 for leased in per_worker if leased) > 1  # really concurrent
+
+
+def test_8_workers_handing_over_drain_80_users_each_exactly_once_per_round(
+    replicas: tuple[LeaseService, LeaseService], accounts: GarminAccounts, clock: FakeClock
+) -> None:
+    """What `sync_worker --all` does: each release rides on the call that leases the next
+    user (on PostgreSQL one statement whose grant skips rows other workers hold locked)."""
+    users = [f"user-{i:03d}" for i in range(80)]
+    for user_id in users:
+        accounts.seed(user_id, LONG)
+    interval = timedelta(minutes=10)
+
+    def drain(worker: int) -> list[str]:
+        service = replicas[worker % 2]
+        handover = LeaseHandover(service)
+        holder = f"w{worker}"
+        grant = service.lease_next_session(holder, None, interval)
+        leased = []
+        while grant is not None:
+            leased.append(grant.lease.user_id)
+            time.sleep(0.002)  # the sync itself: other workers' calls run meanwhile
+            synced = clock.now() if len(leased) % 2 else None
+            release = LeaseRelease(grant.lease.lease_id, synced)
+            grant = handover.release_and_lease_next(release, holder, None, interval).grant
         return leased
 
     for _round in range(2):

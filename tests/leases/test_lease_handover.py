@@ -1,6 +1,7 @@
 """LeaseNextSession carrying a release (services.lease_handover), both backends: the release
 comes first and is exactly a ReleaseLease; a refused release grants nothing; invalid fields
-do nothing; once done the release stands whatever the grant answers."""
+do nothing; once done the release stands whatever the grant answers. On PostgreSQL the
+release and the grant are one statement."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
@@ -17,7 +18,11 @@ from auth_service.domain.errors import GarminRateLimited, InvalidArgument, Lease
 from auth_service.domain.models import LeaseGrant
 from auth_service.services.lease_handover import LeaseHandover, LeaseRelease
 from auth_service.services.leases import LeaseService
-from auth_service.storage.models import GarminAuditEvent
+from auth_service.storage.models import (
+    GarminAuditEvent,
+    GarminAuthenticationState,
+    GarminSessionChange,
+)
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 
 from . import GarminAccounts, read_row
@@ -37,6 +42,16 @@ def _first(service: LeaseService, accounts: GarminAccounts, *users: str) -> Leas
     for user_id in users:
         accounts.seed(user_id, LONG)
     return service.lease_session(users[0], HOLDER, None)
+
+
+def _changes(db: sessionmaker[Session]) -> list[tuple[str, str]]:
+    with db() as session:
+        changes = session.execute(
+            select(GarminSessionChange.rpc, GarminSessionChange.user_id).order_by(
+                GarminSessionChange.id
+            )
+        ).all()
+        return [(rpc, user_id) for rpc, user_id in changes if rpc != "ImportSession"]
 
 
 def _rpcs(db: sessionmaker[Session]) -> list[tuple[str, str | None]]:
@@ -72,8 +87,12 @@ def test_releases_then_grants_the_next_due_session(
     assert moved.grant is not None
     assert moved.grant.lease.user_id == "u-b"
     assert read_row(db_sessionmaker, "u-b").lease_id is not None
-    # Recorded as the two calls it replaces.
+    # Recorded as the two calls it replaces, in their order, in the trail and the change log.
     assert _rpcs(db_sessionmaker)[-2:] == [("ReleaseLease", "u-a"), ("LeaseNextSession", "u-b")]
+    assert _changes(db_sessionmaker)[-2:] == [
+        ("ReleaseLease", "u-a"),
+        ("LeaseNextSession", "u-b"),
+    ]
 
 
 def test_with_nothing_due_it_still_releases(
@@ -211,3 +230,86 @@ def test_the_release_stands_when_the_grant_fails(
     assert read_row(db_sessionmaker, "u-a").lease_id is None
     assert read_row(db_sessionmaker, "u-a").last_synced_at == clock.now()
     assert read_row(db_sessionmaker, "u-b").lease_id is None
+
+
+def test_on_postgresql_the_release_and_the_grant_are_one_statement(
+    service: LeaseService,
+    handover: LeaseHandover,
+    accounts: GarminAccounts,
+    db_sessionmaker: sessionmaker[Session],
+    clock: FakeClock,
+) -> None:
+    """One round trip and one commit per synced user; SQLite runs the two statements of a
+    ReleaseLease and a LeaseNextSession (and the trail's own) in one transaction."""
+    held = _first(service, accounts, "u-a", "u-b")
+    engine = db_sessionmaker.kw["bind"]
+    assert isinstance(engine, Engine)
+    statements: list[str] = []
+
+    def record(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        moved = handover.release_and_lease_next(
+            LeaseRelease(held.lease.lease_id, clock.now()), HOLDER, None, HOUR
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    assert moved.grant is not None
+    assert moved.grant.lease.user_id == "u-b"
+    if engine.dialect.name == "postgresql":
+        assert len(statements) == 1
+        assert statements[0].startswith("WITH released AS")
+    else:
+        assert len(statements) > 2
+
+
+def test_a_next_session_that_fails_to_open_is_skipped_and_the_release_stands(
+    service: LeaseService,
+    handover: LeaseHandover,
+    accounts: GarminAccounts,
+    db_sessionmaker: sessionmaker[Session],
+    clock: FakeClock,
+) -> None:
+    """The first grant comes with the release; when its session cannot be opened, it is
+    released as an attempt and the next due session is granted, as LeaseNextSession does."""
+    held = _first(service, accounts, "u-a", "u-b", "u-c")
+    with db_sessionmaker.begin() as session:
+        session.execute(
+            update(GarminAuthenticationState)
+            .where(GarminAuthenticationState.user_id == "u-b")
+            .values(session_ciphertext=b"\x02not-a-sealed-session")
+        )
+
+    moved = handover.release_and_lease_next(
+        LeaseRelease(held.lease.lease_id, clock.now()), HOLDER, None, HOUR
+    )
+
+    assert moved.released.user_id == "u-a"
+    assert read_row(db_sessionmaker, "u-a").lease_id is None
+    assert moved.grant is not None
+    assert moved.grant.lease.user_id == "u-c"
+    skipped = read_row(db_sessionmaker, "u-b")
+    assert (skipped.lease_id, skipped.last_sync_attempt_at) == (None, clock.now())
+
+
+def test_a_scoped_caller_is_granted_only_within_its_scope(
+    service: LeaseService,
+    handover: LeaseHandover,
+    accounts: GarminAccounts,
+    db_sessionmaker: sessionmaker[Session],
+    clock: FakeClock,
+) -> None:
+    held = _first(service, accounts, "b-1", "a-2", "b-3")
+
+    moved = handover.release_and_lease_next(
+        LeaseRelease(held.lease.lease_id, None), HOLDER, None, HOUR, user_id_prefix="b-"
+    )
+
+    # a-2 is due first, but outside the caller's scope.
+    assert moved.grant is not None
+    assert moved.grant.lease.user_id == "b-3"
+    assert read_row(db_sessionmaker, "a-2").lease_id is None
+    assert read_row(db_sessionmaker, "b-1").last_sync_attempt_at == clock.now()
