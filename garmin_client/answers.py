@@ -74,12 +74,24 @@ def _seconds_until_http_date(text: str, now: datetime) -> float | None:
 
 
 def _from_status(response: Response, *, judging_tokens: bool) -> GarminError:
-    status = response.status_code
-    path = urlsplit(response.url or "").path
+    return status_error(
+        response.status_code,
+        response.url or "",
+        response.headers.get("Retry-After"),
+        judging_tokens=judging_tokens,
+    )
+
+
+def status_error(
+    status: int, url: str, retry_after: str | None, *, judging_tokens: bool
+) -> GarminError:
+    """What Garmin's answer `status` to `url` means (any HTTP client's; `retry_after`: the
+    answer's Retry-After header)."""
+    path = urlsplit(url).path
     step = step_name(path)
     if status == HTTPStatus.TOO_MANY_REQUESTS:
-        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-        return RateLimited(f"Garmin is rate limiting ({step}, HTTP 429)", retry_after)
+        retry_after_s = retry_after_seconds(retry_after)
+        return RateLimited(f"Garmin is rate limiting ({step}, HTTP 429)", retry_after_s)
     if judging_tokens and status == HTTPStatus.UNAUTHORIZED:
         if path == EXCHANGE_PATH:
             return SessionRejected("Garmin refused the session (HTTP 401 on the token exchange)")

@@ -1,29 +1,38 @@
 """GETs on Garmin's Connect API with an access token only (no garth, nothing long-lived).
 
 The sync worker holds a lease's access token and nothing that outlives it (issue 13): it sends
-the token as a bearer with the mobile app's headers to connectapi.<domain>, through the one
-transport (routing, timeout, retries). Raises only garmin_client.errors: a 401 is
-AccessTokenRejected (the holder may ask the service for a fresh token), 429 RateLimited, the
-rest Unavailable. Messages never contain the token.
+the token as a bearer with the mobile app's headers to connectapi.<domain>, with the
+transport's rules (routing, timeout, retries, observer): on urllib3 (garmin_client.api_http),
+or through requests' Session when the environment names a proxy. Raises only
+garmin_client.errors: a 401 is AccessTokenRejected (the holder may ask the service for a fresh
+token), 429 RateLimited, the rest Unavailable. Messages never contain the token.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
 from http import HTTPStatus
+from http.cookiejar import CookieJar
 from types import TracebackType
 from typing import Any, Final
+from urllib.parse import urlencode, urlsplit
+from urllib.request import getproxies
 
 import requests
-from requests.models import Response
+from urllib3.exceptions import DecodeError, HTTPError, NewConnectionError
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
-from garmin_client.answers import failure
+from garmin_client.answers import failure, log_failure, status_error
+from garmin_client.api_http import Answer, ApiHttp
 from garmin_client.endpoints import DOMAINS
-from garmin_client.errors import Unavailable
+from garmin_client.errors import GarminError, Unavailable
 from garmin_client.observe import RequestObserver
-from garmin_client.proxy_environment import read_environment_once
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
+
+log = logging.getLogger(__name__)
 
 # What Garmin Connect's Android app sends with every API call (docs: garmin-di-auth.md).
 APP_HEADERS: Final = {
@@ -54,8 +63,11 @@ def check_api_path(path: str) -> None:
 
 
 class ConnectApi:
-    """One HTTP session to connectapi.<domain>. Thread-safe as requests' Session is for GETs;
-    the worker keeps one per sync thread (sync_worker.connect_apis)."""
+    """One HTTP client of connectapi.<domain>. Thread-safe for GETs; the worker keeps one per
+    sync thread (sync_worker.connect_apis).
+
+    On urllib3's pool (garmin_client.api_http) unless the environment names a proxy: then on
+    requests' Session, which reads the proxy variables (and NO_PROXY) per request."""
 
     def __init__(
         self, settings: UpstreamSettings, domain: str, observer: RequestObserver | None = None
@@ -63,10 +75,15 @@ class ConnectApi:
         if domain not in DOMAINS:
             raise ValueError("unknown Garmin domain")
         self._base = f"https://connectapi.{domain}"
-        self._session = requests.Session()
-        self._session.mount("https://", UpstreamTransport(settings, observer))
-        read_environment_once(self._session)
         self._timeout = settings.timeout_seconds
+        self._http: ApiHttp | None = None
+        self._session: requests.Session | None = None
+        if _proxies_named():
+            # requests reads the proxy variables, NO_PROXY and netrc per request.
+            self._session = requests.Session()
+            self._session.mount("https://", UpstreamTransport(settings, observer))
+        else:
+            self._http = ApiHttp(settings, observer)
 
     def __enter__(self) -> ConnectApi:
         return self
@@ -80,27 +97,41 @@ class ConnectApi:
         self.close()
 
     def close(self) -> None:
-        self._session.close()
+        if self._http is not None:
+            self._http.close()
+        if self._session is not None:
+            self._session.close()
+
+    @property
+    def cookies(self) -> CookieJar:
+        """The cookies Garmin set, sent with this client's later requests."""
+        if self._http is not None:
+            return self._http.cookies
+        assert self._session is not None
+        return self._session.cookies
 
     def forget_cookies(self) -> None:
         """Drop the cookies Garmin set: the next caller's requests must not carry them."""
-        self._session.cookies.clear()
+        if self._http is not None:
+            self._http.cookies.clear()
+        if self._session is not None:
+            self._session.cookies.clear()
 
     def get_json(
         self, path: str, access_token: str, params: Mapping[str, Any] | None = None
     ) -> Any:
         """GET a Connect API path and return its JSON (None for 204 No Content)."""
-        response = self._get(path, access_token, params, "Connect API call")
-        if response.status_code == HTTPStatus.NO_CONTENT:
+        status, body = self._get(path, access_token, params, "Connect API call")
+        if status == HTTPStatus.NO_CONTENT:
             return None
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError:
             raise Unavailable("Garmin answered something unreadable (Connect API)") from None
 
     def download(self, path: str, access_token: str) -> bytes:
         """GET a Connect API path and return its body (e.g. an activity's zip)."""
-        return self._get(path, access_token, None, "download").content
+        return self._get(path, access_token, None, "download")[1]
 
     def _get(
         self,
@@ -108,9 +139,31 @@ class ConnectApi:
         access_token: str,
         params: Mapping[str, Any] | None,
         operation: str,
-    ) -> Response:
+    ) -> tuple[int, bytes]:
         check_api_path(path)
         headers = {**APP_HEADERS, "Authorization": f"Bearer {access_token}"}
+        if self._http is None:
+            return self._get_through_session(path, headers, params, operation)
+        url = self._base + path + _query(path, params)
+        try:
+            answer = self._http.get(url, headers)
+        except HTTPError as exc:
+            error = _without_answer(exc)
+            log_failure(operation, error, exc, routine=False)
+            raise error from None
+        if not HTTPStatus.OK <= answer.status < HTTPStatus.MULTIPLE_CHOICES:
+            # A redirect too: not followed (garmin_client.api_http).
+            raise _refused(operation, answer)
+        return answer.status, answer.body
+
+    def _get_through_session(
+        self,
+        path: str,
+        headers: dict[str, str],
+        params: Mapping[str, Any] | None,
+        operation: str,
+    ) -> tuple[int, bytes]:
+        assert self._session is not None
         try:
             response = self._session.get(
                 self._base + path, params=params, headers=headers, timeout=self._timeout
@@ -118,4 +171,49 @@ class ConnectApi:
             response.raise_for_status()
         except requests.RequestException as exc:
             raise failure(operation, exc, judging_tokens=True) from None
-        return response
+        return response.status_code, response.content
+
+
+def _proxies_named() -> bool:
+    """Whether the environment names a proxy (NO_PROXY alone names none)."""
+    return any(scheme != "no" for scheme in getproxies())
+
+
+def _query(path: str, params: Mapping[str, Any] | None) -> str:
+    """The query string requests would append for `params` (None values left out, a list as
+    the key repeated)."""
+    if not params:
+        return ""
+    pairs = [
+        (key, item)
+        for key, value in params.items()
+        for item in (value if isinstance(value, list | tuple) else [value])
+        if item is not None
+    ]
+    if not pairs:
+        return ""
+    return ("&" if "?" in path else "?") + urlencode(pairs)
+
+
+def _refused(operation: str, answer: Answer) -> GarminError:
+    """Garmin's 4xx or 5xx as our error (garmin_client.answers), logged."""
+    error = status_error(
+        answer.status, answer.url, answer.headers.get("Retry-After"), judging_tokens=True
+    )
+    log.warning(
+        "garmin %s failed: %s (HTTP %d on %s)",
+        operation,
+        type(error).__name__,
+        answer.status,
+        urlsplit(answer.url).path,
+    )
+    return error
+
+
+def _without_answer(exc: HTTPError) -> Unavailable:
+    """No status to go by: as garmin_client.answers words it for requests' errors."""
+    if isinstance(exc, Urllib3TimeoutError) and not isinstance(exc, NewConnectionError):
+        return Unavailable("Garmin did not answer in time")
+    if isinstance(exc, DecodeError):
+        return Unavailable("Garmin answered something unreadable")
+    return Unavailable("Garmin could not be reached")

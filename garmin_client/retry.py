@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import requests
 from urllib3.exceptions import NewConnectionError
@@ -38,6 +38,8 @@ BACKOFF_SECONDS: Final = 0.2
 MIN_ATTEMPT_SECONDS: Final = 0.1
 
 Timeout = float | tuple[float, float] | None
+AnswerT = TypeVar("AnswerT")
+FailureT = TypeVar("FailureT", bound=Exception)
 
 
 @dataclass(frozen=True)
@@ -99,18 +101,59 @@ def send_with_retries(
     status) and the last failure is raised.
     """
     method = (request.method or "GET").upper()
+    return repeated(
+        method,
+        request.url or "",
+        send_once,
+        policy,
+        timeout,
+        Attempts(
+            failures=requests.RequestException,
+            may_repeat=lambda exc: _may_repeat_failure(method, exc),
+            status=lambda response: response.status_code,
+            discard=lambda response: response.close(),
+        ),
+        sleep=sleep,
+        monotonic=monotonic,
+    )
+
+
+@dataclass(frozen=True)
+class Attempts(Generic[AnswerT, FailureT]):
+    """How `repeated` reads one HTTP client's answers and failures."""
+
+    failures: type[FailureT]  # what send_once raises when no answer came
+    may_repeat: Callable[[FailureT], bool]  # whether that failure may be tried again
+    status: Callable[[AnswerT], int]
+    discard: Callable[[AnswerT], None]  # an answer not returned (its connection back)
+
+
+def repeated(  # noqa: PLR0913 - the request, its sender, and how to read what it gives back
+    method: str,
+    url: str,
+    send_once: Callable[[Timeout], AnswerT],
+    policy: RetryPolicy,
+    timeout: Timeout,
+    attempts: Attempts[AnswerT, FailureT],
+    *,
+    sleep: Callable[[float], Any] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> AnswerT:
+    """send_with_retries for any HTTP client (garmin_client.api_http sends on urllib3)."""
     deadline = monotonic() + policy.budget_seconds
     attempt = 1
     while True:
-        response: requests.Response | None = None
-        failure: requests.RequestException | None = None
+        response: AnswerT | None = None
+        failure: FailureT | None = None
         try:
             response = send_once(_clipped(timeout, deadline - monotonic()))
-        except requests.RequestException as exc:
-            if not _may_repeat_failure(method, exc):
+        except attempts.failures as exc:
+            if not attempts.may_repeat(exc):
                 raise
             failure = exc
-        if response is not None and (method != "GET" or response.status_code not in RETRY_STATUSES):
+        if response is not None and (
+            method != "GET" or attempts.status(response) not in RETRY_STATUSES
+        ):
             return response
         attempt += 1
         delay = policy.delay_before(attempt)
@@ -120,14 +163,14 @@ def send_with_retries(
             assert response is not None
             return response
         if response is not None:
-            what = f"HTTP {response.status_code}"
-            response.close()
+            what = f"HTTP {attempts.status(response)}"
+            attempts.discard(response)
         else:
             what = type(failure).__name__
         log.info(
             "garmin %s %s: %s; repeat %d of %d in %.1f s",
             method,
-            endpoint_template(request.url or ""),
+            endpoint_template(url),
             what,
             attempt - 1,
             policy.attempts - 1,

@@ -1,6 +1,7 @@
-"""The HTTP adapter every request to Garmin goes through (mounted on https:// of each client):
-our timeout, the one retry layer, the observer, and the optional routing of every Garmin host
-to one base URL (GARMIN_AUTH_UPSTREAM_URL / GARMIN_SYNC_UPSTREAM_URL, e.g. the emulator).
+"""The HTTP adapter every requests-based call to Garmin goes through (mounted on https:// of
+each client): our timeout, the one retry layer, the observer, and the optional routing of
+every Garmin host to one base URL (GARMIN_AUTH_UPSTREAM_URL / GARMIN_SYNC_UPSTREAM_URL, e.g.
+the emulator). The Connect API's GETs on urllib3 (garmin_client.api_http) keep the same rules.
 """
 
 from __future__ import annotations

@@ -103,6 +103,7 @@ class ConnectApi:
                     if access is None
                     else ("garth" if access.client_id is None else "di"),
                     app_headers=request.app_headers,
+                    cookies=dict(request.cookies),
                 )
             )
         return reply

@@ -44,6 +44,8 @@ class ApiCall:
     token_kind: str | None = None
     # The Garmin app headers the request carried (wire.APP_HEADERS), names as sent.
     app_headers: Mapping[str, str] = field(default_factory=dict)
+    # The cookies the request carried.
+    cookies: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

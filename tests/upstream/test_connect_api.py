@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zipfile
 
@@ -9,7 +10,7 @@ import pytest
 
 from auth_service.domain.models import GarminTokens
 from garmin_client.connect_api import ConnectApi
-from garmin_client.errors import AccessTokenRejected, RateLimited, Unavailable
+from garmin_client.errors import AccessTokenRejected, GarminError, RateLimited, Unavailable
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import (
     ACTIVITIES_PATH,
@@ -18,6 +19,8 @@ from garmin_emulator import (
     EmulatedUser,
     GarminEmulator,
 )
+
+from .conftest import make_settings
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -92,6 +95,8 @@ def test_a_refused_token_is_access_token_rejected_and_never_refreshed(
     [
         (429, None, RateLimited),
         (503, None, Unavailable),
+        # A redirect is not followed, and its body is not taken for the page.
+        (302, None, Unavailable),
         (200, "<html>maintenance</html>", Unavailable),
         (200, "[{", Unavailable),
         ("reset", None, Unavailable),
@@ -120,3 +125,42 @@ def test_only_paths_and_garmin_domains_are_accepted(
                 api.get_json(bad, tokens.oauth2.access_token)
     with pytest.raises(ValueError, match="domain"):
         ConnectApi(settings, "evil.example")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def upstream_call(self, endpoint: str, outcome: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.calls.append((endpoint, outcome))
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcome"), [(None, "2xx"), (429, "429"), (404, "4xx"), ("reset", "error")]
+)
+def test_the_observer_sees_each_call_once_with_its_outcome(
+    emulator: GarminEmulator, tokens: GarminTokens, fault: int | str | None, outcome: str
+) -> None:
+    if fault is not None:
+        emulator.fail_next(ACTIVITIES_PATH, fault, count=10)
+    recorder = _Recorder()
+    settings = make_settings(emulator, retries=0)
+
+    with ConnectApi(settings, tokens.domain, recorder) as api, contextlib.suppress(GarminError):
+        api.get_json(ACTIVITIES_PATH, tokens.oauth2.access_token)
+
+    assert recorder.calls == [(ACTIVITIES_PATH, outcome)]
+
+
+def test_a_hanging_call_is_observed_as_a_timeout(
+    emulator: GarminEmulator, tokens: GarminTokens
+) -> None:
+    emulator.fail_next(ACTIVITIES_PATH, "hang", count=10, delay=3)
+    recorder = _Recorder()
+    settings = make_settings(emulator, retries=0, timeout_seconds=0.3)
+
+    with ConnectApi(settings, tokens.domain, recorder) as api, pytest.raises(Unavailable):
+        api.get_json(ACTIVITIES_PATH, tokens.oauth2.access_token)
+
+    assert recorder.calls == [(ACTIVITIES_PATH, "timeout")]
