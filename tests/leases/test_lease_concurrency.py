@@ -68,6 +68,20 @@ def _all_at_once(count: int, action: Callable[[int], T]) -> list[T | Exception]:
         return list(pool.map(run, range(count)))
 
 
+def _each_drained_once_per_round(
+    drain: Callable[[int], list[str]], users: list[str], clock: FakeClock, interval: timedelta
+) -> None:
+    """Two rounds of 8 workers draining at once: every user leased by exactly one of them."""
+    for _round in range(2):
+        clock.advance(interval.total_seconds() + 1)
+        per_worker = [r for r in _all_at_once(8, drain) if isinstance(r, list)]
+        assert len(per_worker) == 8
+        counts = Counter(user for leased in per_worker for user in leased)
+        assert sorted(counts) == users
+        assert set(counts.values()) == {1}
+        assert sum(1 for leased in per_worker if leased) > 1  # really concurrent
+
+
 def test_32_threads_on_two_replicas_get_exactly_one_grant(
     replicas: tuple[LeaseService, LeaseService],
     accounts: GarminAccounts,
@@ -109,14 +123,7 @@ def test_8_workers_drain_200_users_each_exactly_once_per_round(
             service.release_lease(grant.lease.lease_id, synced)
         return leased
 
-    for _round in range(2):
-        clock.advance(interval.total_seconds() + 1)
-        per_worker = [r for r in _all_at_once(8, drain) if isinstance(r, list)]
-        assert len(per_worker) == 8
-        counts = Counter(user for leased in per_worker for user in leased)
-        assert sorted(counts) == users
-        assert set(counts.values()) == {1}
-        assert sum(1 for leased in per_worker if leased) > 1  # really concurrent
+    _each_drained_once_per_round(drain, users, clock, interval)
 
 
 def test_8_workers_handing_over_drain_80_users_each_exactly_once_per_round(
@@ -143,14 +150,7 @@ def test_8_workers_handing_over_drain_80_users_each_exactly_once_per_round(
             grant = handover.release_and_lease_next(release, holder, None, interval).grant
         return leased
 
-    for _round in range(2):
-        clock.advance(interval.total_seconds() + 1)
-        per_worker = [r for r in _all_at_once(8, drain) if isinstance(r, list)]
-        assert len(per_worker) == 8
-        counts = Counter(user for leased in per_worker for user in leased)
-        assert sorted(counts) == users
-        assert set(counts.values()) == {1}
-        assert sum(1 for leased in per_worker if leased) > 1  # really concurrent
+    _each_drained_once_per_round(drain, users, clock, interval)
 
 
 def test_paused_holder_is_refused_after_takeover(

@@ -4,9 +4,8 @@ urllib3 client, garmin_client.api_http, is only used when the environment names 
 from __future__ import annotations
 
 import http.client
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
@@ -15,6 +14,7 @@ from auth_service.domain.models import GarminTokens
 from garmin_client.connect_api import ConnectApi
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import ACTIVITIES_PATH, EmulatedUser, GarminEmulator
+from tests.fixtures.http_servers import QuietHandler, serving
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -27,7 +27,7 @@ class _ForwardingProxy(ThreadingHTTPServer):
         self.forwarded: list[str] = []
 
 
-class _Forward(BaseHTTPRequestHandler):
+class _Forward(QuietHandler):
     server: _ForwardingProxy
 
     def do_GET(self) -> None:
@@ -49,18 +49,12 @@ class _Forward(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *_args: object) -> None:
-        return None
-
 
 @pytest.fixture
 def proxy() -> Iterator[_ForwardingProxy]:
-    server = _ForwardingProxy()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(_ForwardingProxy()) as server:
+        assert isinstance(server, _ForwardingProxy)
+        yield server
 
 
 def test_with_a_proxy_in_the_environment_every_get_goes_through_it(

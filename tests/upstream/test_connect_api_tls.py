@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,13 @@ from garmin_client.connect_api import ConnectApi
 from garmin_client.errors import Unavailable
 from garmin_client.settings import UpstreamSettings
 from tests.fixtures.certificates import Authority
+from tests.fixtures.http_servers import QuietHandler, serving
 
 pytestmark = pytest.mark.timeout(30)
 PAGE = [{"activityId": 1}]
 
 
-class _Page(BaseHTTPRequestHandler):
+class _Page(QuietHandler):
     def do_GET(self) -> None:
         body = json.dumps(PAGE).encode()
         self.send_response(200)
@@ -30,9 +30,6 @@ class _Page(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def log_message(self, *_args: object) -> None:
-        return None
 
 
 @pytest.fixture
@@ -47,11 +44,8 @@ def https_url(authority: Authority, tmp_path: Path) -> Iterator[str]:
     context.load_cert_chain(cert, key)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"https://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(server):
+        yield f"https://127.0.0.1:{server.server_address[1]}"
 
 
 def _settings(url: str) -> UpstreamSettings:
