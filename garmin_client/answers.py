@@ -23,6 +23,9 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.models import Response
+from urllib3.exceptions import DecodeError, NewConnectionError
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from garmin_client.endpoints import EXCHANGE_PATH, PREAUTHORIZED_PATH, step_name
 from garmin_client.errors import (
@@ -101,13 +104,17 @@ def status_error(
 
 
 def _without_answer(cause: BaseException) -> Unavailable:
-    """No HTTP status to go by: the network failed or the answer could not be read."""
-    if isinstance(cause, requests.Timeout):
+    """No HTTP status to go by: the network failed or the answer could not be read (requests'
+    errors, and urllib3's from garmin_client.api_http)."""
+    if isinstance(cause, requests.Timeout) or (
+        # urllib3 counts a refused connection as a connect timeout: it is no answer at all.
+        isinstance(cause, Urllib3TimeoutError) and not isinstance(cause, NewConnectionError)
+    ):
         return Unavailable("Garmin did not answer in time")
     # Before OSError: requests' JSONDecodeError is both a ValueError and a RequestException.
-    if isinstance(cause, ValueError):
+    if isinstance(cause, ValueError | DecodeError):
         return Unavailable("Garmin answered something unreadable")
-    if isinstance(cause, OSError):
+    if isinstance(cause, OSError | Urllib3HTTPError):
         return Unavailable("Garmin could not be reached")
     return Unavailable("Garmin answered something unreadable")
 
@@ -127,10 +134,28 @@ def log_failure(operation: str, error: Exception, exc: BaseException, *, routine
     """One line per failed call; `routine` failures (a refused password) are only INFO."""
     response = http_response(exc)
     detail = (
-        f"HTTP {response.status_code} on {urlsplit(response.url or '').path}"
+        _answered(response.status_code, response.url or "")
         if response is not None
         else type(exc).__name__
     )
+    _log_failure(operation, error, detail, routine=routine)
+
+
+def answer_failure(
+    operation: str, status: int, url: str, retry_after: str | None, *, judging_tokens: bool
+) -> GarminError:
+    """failure() for Garmin's answer `status` to `url` through an HTTP client that raises
+    nothing for it (garmin_client.api_http): classified and logged the same way."""
+    error = status_error(status, url, retry_after, judging_tokens=judging_tokens)
+    _log_failure(operation, error, _answered(status, url), routine=False)
+    return error
+
+
+def _answered(status: int, url: str) -> str:
+    return f"HTTP {status} on {urlsplit(url).path}"
+
+
+def _log_failure(operation: str, error: Exception, detail: str, *, routine: bool) -> None:
     log.log(
         logging.INFO if routine else logging.WARNING,
         "garmin %s failed: %s (%s)",

@@ -25,7 +25,6 @@ elsewhere.
 from __future__ import annotations
 
 import os
-import time
 import urllib.request
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
@@ -33,17 +32,11 @@ from typing import Final
 
 import certifi
 import urllib3
-from urllib3.exceptions import (
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ProxyError,
-    SSLError,
-)
+from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util import make_headers
 
-from garmin_client.observe import RequestObserver, endpoint_template, status_outcome
+from garmin_client.observe import RequestObserver, observed
 from garmin_client.retry import Attempts, RetryPolicy, Timeout, repeated
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import routed_url
@@ -117,27 +110,12 @@ class ApiHttp:
                 "GET", target, headers=sent, timeout=_urllib3_timeout(timeout), redirect=False
             )
 
-        started = time.perf_counter()
-        outcome = "error"
-        try:
-            response = repeated(
-                "GET",
-                url,
-                send_once,
-                self._policy,
-                self._timeout,
-                _ATTEMPTS,
-            )
-            outcome = status_outcome(response.status)
-        except Urllib3TimeoutError as exc:
-            if not isinstance(exc, NewConnectionError):  # refused: no answer, not a slow one
-                outcome = "timeout"
-            raise
-        finally:
-            if self._observer is not None:
-                self._observer.upstream_call(
-                    endpoint_template(url), outcome, time.perf_counter() - started
-                )
+        response = observed(
+            self._observer,
+            url,
+            lambda: repeated("GET", url, send_once, self._policy, self._timeout, _ATTEMPTS),
+            lambda answer: answer.status,
+        )
         self.cookies.extract_cookies(_CookieSource(response.headers), asked)  # type: ignore[arg-type]
         return Answer(response.status, response.headers, response.data, url)
 

@@ -11,28 +11,24 @@ token), 429 RateLimited, the rest Unavailable. Messages never contain the token.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.cookiejar import CookieJar
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 from urllib.request import getproxies
 
 import requests
-from urllib3.exceptions import DecodeError, HTTPError, NewConnectionError
-from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+from urllib3.exceptions import HTTPError
 
-from garmin_client.answers import failure, log_failure, status_error
-from garmin_client.api_http import Answer, ApiHttp
+from garmin_client.answers import answer_failure, failure
+from garmin_client.api_http import ApiHttp
 from garmin_client.endpoints import DOMAINS
-from garmin_client.errors import GarminError, Unavailable
+from garmin_client.errors import Unavailable
 from garmin_client.observe import RequestObserver
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
-
-log = logging.getLogger(__name__)
 
 # What Garmin Connect's Android app sends with every API call (docs: garmin-di-auth.md).
 APP_HEADERS: Final = {
@@ -112,10 +108,7 @@ class ConnectApi:
 
     def forget_cookies(self) -> None:
         """Drop the cookies Garmin set: the next caller's requests must not carry them."""
-        if self._http is not None:
-            self._http.cookies.clear()
-        if self._session is not None:
-            self._session.cookies.clear()
+        self.cookies.clear()
 
     def get_json(
         self, path: str, access_token: str, params: Mapping[str, Any] | None = None
@@ -148,12 +141,16 @@ class ConnectApi:
         try:
             answer = self._http.get(url, headers)
         except HTTPError as exc:
-            error = _without_answer(exc)
-            log_failure(operation, error, exc, routine=False)
-            raise error from None
+            raise failure(operation, exc, judging_tokens=True) from None
         if not HTTPStatus.OK <= answer.status < HTTPStatus.MULTIPLE_CHOICES:
             # A redirect too: not followed (garmin_client.api_http).
-            raise _refused(operation, answer)
+            raise answer_failure(
+                operation,
+                answer.status,
+                answer.url,
+                answer.headers.get("Retry-After"),
+                judging_tokens=True,
+            )
         return answer.status, answer.body
 
     def _get_through_session(
@@ -193,27 +190,3 @@ def _query(path: str, params: Mapping[str, Any] | None) -> str:
     if not pairs:
         return ""
     return ("&" if "?" in path else "?") + urlencode(pairs)
-
-
-def _refused(operation: str, answer: Answer) -> GarminError:
-    """Garmin's 4xx or 5xx as our error (garmin_client.answers), logged."""
-    error = status_error(
-        answer.status, answer.url, answer.headers.get("Retry-After"), judging_tokens=True
-    )
-    log.warning(
-        "garmin %s failed: %s (HTTP %d on %s)",
-        operation,
-        type(error).__name__,
-        answer.status,
-        urlsplit(answer.url).path,
-    )
-    return error
-
-
-def _without_answer(exc: HTTPError) -> Unavailable:
-    """No status to go by: as garmin_client.answers words it for requests' errors."""
-    if isinstance(exc, Urllib3TimeoutError) and not isinstance(exc, NewConnectionError):
-        return Unavailable("Garmin did not answer in time")
-    if isinstance(exc, DecodeError):
-        return Unavailable("Garmin answered something unreadable")
-    return Unavailable("Garmin could not be reached")

@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import requests
+from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+
+AnswerT = TypeVar("AnswerT")
 
 
 class RequestObserver(Protocol):
@@ -47,23 +50,25 @@ def status_outcome(status: int) -> str:
 
 def observed(
     observer: RequestObserver | None,
-    request: requests.PreparedRequest,
-    send: Callable[[], requests.Response],
-) -> requests.Response:
-    """`send()`, reported to `observer` (if any) once it answered or failed."""
+    url: str,
+    send: Callable[[], AnswerT],
+    status: Callable[[AnswerT], int],
+) -> AnswerT:
+    """`send()` (a request to `url`), reported to `observer` (if any) once it answered, by the
+    answer's `status`, or failed."""
     if observer is None:
         return send()
     started = time.perf_counter()
     outcome = "error"
     try:
-        response = send()
-    except (requests.Timeout, Urllib3TimeoutError):
-        outcome = "timeout"
+        answer = send()
+    except (requests.Timeout, Urllib3TimeoutError) as exc:
+        # urllib3 counts a refused connection as a connect timeout: it is no answer at all.
+        if not isinstance(exc, NewConnectionError):
+            outcome = "timeout"
         raise
     else:
-        outcome = status_outcome(response.status_code)
-        return response
+        outcome = status_outcome(status(answer))
+        return answer
     finally:
-        observer.upstream_call(
-            endpoint_template(request.url or ""), outcome, time.perf_counter() - started
-        )
+        observer.upstream_call(endpoint_template(url), outcome, time.perf_counter() - started)

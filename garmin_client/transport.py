@@ -68,10 +68,11 @@ class UpstreamTransport(HTTPAdapter):
 
         response = observed(
             self._observer,
-            request,
+            request.url or "",
             lambda: send_with_retries(
                 routed, send_once, self._policy, self._timeout if timeout is None else timeout
             ),
+            lambda response: response.status_code,
         )
         if routed is not request:
             # Callers (garth, our classifier, cookie handling) must see the URL they asked for.

@@ -343,7 +343,12 @@ def observe_upstream_send(send: SendT) -> SendT:
     """`send`, observed as garmin_client's transport observes it for the service."""
 
     def observed_send(self: object, request: requests.PreparedRequest) -> requests.Response:
-        return observed(RpcListenerObserver(), request, lambda: send(self, request))
+        return observed(
+            RpcListenerObserver(),
+            request.url or "",
+            lambda: send(self, request),
+            lambda response: response.status_code,
+        )
 
     return observed_send
 
