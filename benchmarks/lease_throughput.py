@@ -3,7 +3,8 @@ the same run: the same process's grpc.health.v1 Check (its gRPC ceiling) and the
 own grant + release statements issued directly with psycopg (workers touching the database).
 
     .venv/bin/python -m benchmarks.lease_throughput [--duration S] [--quick] [--processes K]
-        [--in-flight 8,32] [--floor-only] [--no-single-caller] [--service-revision REV]
+        [--in-flight 8,32] [--floor-only] [--no-single-caller] [--pin-cpus LIST]
+        [--service-revision REV]
 
 10,000 ACTIVE sessions are COPYed into a fresh database (each with its own encrypted blob and a
 token valid for ten years: no lease triggers a central refresh). First one caller (N = 1:
@@ -47,6 +48,10 @@ pool closing and reopening connections under load.
 --processes K starts K service processes on the same port (gRPC sets SO_REUSEPORT, so the
 kernel spreads connections over them; callers use one channel per 4 in flight) and sums
 their CPU: what one replica gains from more processes, with no change to the service.
+
+--pin-cpus LIST confines every server process, ours and the floors alike, to one CPU (the
+i-th process of each kind to the i-th CPU of LIST): a replica given one exclusive CPU
+(benchmarks.cpu_pinning says why that changes the figures).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from benchmarks import cpu_pinning
 from benchmarks.floor_server import FloorProcess
 from benchmarks.harness import (
     TABLE,
@@ -187,6 +193,15 @@ def measure_stack(
             process.start()
             process.wait_listening()
         report.figure("service_processes", args.processes, "processes")
+        pinned = cpu_pinning.confine_groups(
+            [
+                [service.pid, *(extra.pid for extra in extras)],
+                *([floor.pid for floor in group] for group in floors.values()),
+            ],
+            args.pin_cpus,
+        )
+        if pinned:
+            report.note(pinned)
         servers = {
             name: Servers(group[0].target, [floor.pid for floor in group])
             for name, group in floors.items()
@@ -366,6 +381,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="before the soak's capacity: the audit trail and change log of C earlier cycles "
         "are written into the database (default %(default)s; 0: a fresh database)",
     )
+    cpu_pinning.add_argument(parser)
     ServiceTree.add_argument(parser)
     args = parser.parse_args(argv)
     if args.quick:

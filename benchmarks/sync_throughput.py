@@ -2,7 +2,7 @@
 through the service, against the Garmin emulator answering every request after 50 ms.
 
     .venv/bin/python -m benchmarks.sync_throughput [--rounds 3] [--users 200]
-        [--activities 20] [--latency 0.05] [--concurrency 16] [--out-base DIR]
+        [--activities 20] [--latency 0.05] [--concurrency 16] [--out-base DIR | --ext4-volume]
         [--sink-database] [--quick] [--profile DIR] [--service-revision REV]
         [--against REV [--pairs 3]]
 
@@ -52,8 +52,9 @@ is a user's first (its folder and the root are fsynced too).
 
 Between rounds every session is made due and never-synced again, so each round syncs 20 new
 activities per user again, into a fresh directory (`--out-base DIR` chooses where: a tmpfs
-such as /dev/shm takes the filesystem out), or into the emptied PostgreSQL sink with
-`--sink-database`. Figures are totals over the rounds.
+such as /dev/shm takes the filesystem out; `--ext4-volume` puts them on a fresh ext4
+filesystem of their own, as deploy/ gives the worker a volume of its own), or into the emptied
+PostgreSQL sink with `--sink-database`. Figures are totals over the rounds.
 `--profile DIR` runs one more round with the worker under py-spy and summarises where it went.
 `--service-revision REV` runs the service AND the worker from that revision (the emulator
 stays the working tree's). `--against REV` runs `--pairs` pairs, REV then the code under test,
@@ -85,6 +86,7 @@ import grpc
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks import ext4_volume
 from benchmarks.harness import (
     CONSUMER_KEY,
     CONSUMER_SECRET,
@@ -118,6 +120,8 @@ ACTIVITIES = 20
 LATENCY_SECONDS = 0.05
 CONCURRENCY = 16
 ROUNDS = 3
+# Room for 16,000 small items and their inodes (ext4 makes one inode per 16 KiB).
+EXT4_VOLUME_MB = 1024
 WALL_VS_IDEAL_GOAL = 1.5
 # Issue 15: worker + service + PostgreSQL CPU per user synced (the emulator stands for Garmin).
 SYNC_CPU_MS_PER_USER_GOAL = 5.0
@@ -633,9 +637,13 @@ def report_totals(
 
 
 @contextlib.contextmanager
-def out_base(workdir: Path, parent: str | None) -> Iterator[Path]:
-    """Where the rounds' --out directories go: the workdir, or a fresh directory in `parent`
-    (removed at the end)."""
+def out_base(workdir: Path, parent: str | None, ext4_mb: int | None = None) -> Iterator[Path]:
+    """Where the rounds' --out directories go: the workdir, a fresh directory in `parent`
+    (removed at the end), or a fresh ext4 volume of `ext4_mb` MiB (benchmarks.ext4_volume)."""
+    if ext4_mb is not None:
+        with ext4_volume.fresh_ext4(ext4_mb) as volume:
+            yield volume
+        return
     if parent is None:
         yield workdir
         return
@@ -657,6 +665,8 @@ def run(args: argparse.Namespace, report: Report) -> None:
         tree = ServiceTree(workdir, args.service_revision)
         report.note(f"service and worker code: {tree.describe()}")
         where = args.out_base or tempfile.gettempdir()
+        if args.ext4_volume is not None:
+            where = f"a fresh {args.ext4_volume} MiB ext4 volume (loop-mounted image)"
         where = "its PostgreSQL sink" if args.sink_database else f"--out directories in {where}"
         report.note(f"the worker writes to {where}")
         if args.worker_processes > 1:
@@ -680,7 +690,7 @@ def run(args: argparse.Namespace, report: Report) -> None:
                 "GARMIN_AUTH_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
             }
             with (
-                out_base(workdir, args.out_base) as outputs,
+                out_base(workdir, args.out_base, args.ext4_volume) as outputs,
                 sink_database(args.sink_database, clean_environment()) as sink,
                 service_stack(workdir, tree=tree, extra_env=extra_env) as (
                     database,
@@ -756,6 +766,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "a tmpfs such as /dev/shm takes the disk's fsyncs out)",
     )
     parser.add_argument(
+        "--ext4-volume",
+        type=int,
+        nargs="?",
+        const=EXT4_VOLUME_MB,
+        metavar="MIB",
+        help="the --out directories on a freshly made ext4 filesystem of their own (default "
+        f"{EXT4_VOLUME_MB} MiB; needs root): the disk's cost without other writers' "
+        "(benchmarks/ext4_volume.py)",
+    )
+    parser.add_argument(
         "--sink-database",
         action="store_true",
         help="the worker writes to its PostgreSQL sink (a throw-away database) instead of "
@@ -788,6 +808,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--profile profiles one run: leave out --against")
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
+    if args.ext4_volume is not None:
+        if args.out_base is not None or args.sink_database:
+            parser.error(
+                "--ext4-volume is where the --out directories go: leave out "
+                "--out-base and --sink-database"
+            )
+        if (why := ext4_volume.unavailable()) is not None:
+            parser.error(why)
     if args.worker_processes < 1 or args.concurrency % args.worker_processes:
         parser.error("--worker-processes must divide --concurrency")
     if args.profile is not None and args.worker_processes > 1:

@@ -2,7 +2,7 @@
 service revisions on the same measure.
 
     .venv/bin/python -m benchmarks.thread_costs [--workload lease_session] [--in-flight 8]
-        [--duration 8] [--service-revision REV] [--against REV] [--pairs 3]
+        [--duration 8] [--service-revision REV] [--against REV] [--pairs 3] [--pin-cpus 0]
 
 Sets up what profile_server does (its serve_for_load: fresh database, 10,000 sessions, the
 service as its own process), runs the load for `--duration` seconds after a warm-up and
@@ -14,6 +14,7 @@ missing. Prints the rate, the process's CPU and switches per RPC, and each group
 With `--against REV`, runs `--pairs` pairs alternating REV and the service under test (the
 working tree, or `--service-revision`), each on a fresh stack, and prints both sides' figures
 per run and the ratios of their means: a shared, noisy box moves both sides alike.
+`--pin-cpus`: the service confined to one CPU (benchmarks.cpu_pinning).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import cpu_pinning
 from benchmarks.harness import (
     Report,
     ServiceTree,
@@ -118,6 +120,7 @@ def measure(args: argparse.Namespace, revision: str | None) -> Run:
         log(f"thread_costs: service {tree.describe()}")
         with service_stack(workdir, tree=tree) as (database, credentials, service):
             spec = serve_for_load(args, database, credentials, service)
+            cpu_pinning.confine_groups([[service.pid]], args.pin_cpus)
             before: dict[int, ThreadCounters] = {}
             result = run_load(spec, lambda: before.update(read_threads(service.pid)))
             after = read_threads(service.pid)
@@ -158,6 +161,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--against", metavar="REV", help="alternate with this revision")
     parser.add_argument("--pairs", type=int, default=3)
+    cpu_pinning.add_argument(parser)
     ServiceTree.add_argument(parser)
     return parser.parse_args(argv)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import ext4_volume
 from benchmarks.harness import ServiceTree
 from benchmarks.sync_throughput import parse_args
 from tests.benchmarks.runs import run_benchmark
@@ -51,6 +52,8 @@ def test_every_user_is_synced_once_by_one_or_several_workers(
         ["--worker-processes", "2", "--profile", "profiles"],  # py-spy samples one
         ["--against", "HEAD", "--profile", "profiles"],  # a profile is of one run
         ["--against", "HEAD", "--pairs", "0"],
+        ["--ext4-volume", "--out-base", "outputs"],  # the volume is where they go
+        ["--ext4-volume", "--sink-database"],
     ],
 )
 def test_option_combinations_that_cannot_run_are_refused(args: list[str]) -> None:
@@ -91,3 +94,16 @@ def test_an_exported_revision_is_what_the_worker_and_the_service_import(tmp_path
 
     assert tree.pythonpath is not None
     assert imported.startswith(tree.pythonpath)
+
+
+def test_the_worker_writes_on_a_fresh_ext4_volume_when_asked(
+    pg_server: PostgresServer, pg_admin_url: str
+) -> None:
+    if (why := ext4_volume.unavailable()) is not None:
+        pytest.skip(why)
+
+    run = run_benchmark("sync_throughput", pg_admin_url, *TINY, "--ext4-volume", "64")
+
+    assert "--out directories in a fresh 64 MiB ext4 volume" in run.stdout
+    assert run.figures["users"] == 8, run.stdout
+    assert run.figures["items_per_user"] == 20, run.stdout
