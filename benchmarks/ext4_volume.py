@@ -7,8 +7,8 @@ on everyone else. syncfs(2) writes back every dirty page of the whole filesystem
 included, in the caller's time; and ext4 allocating an inode skips, one by one, the inodes
 deleted in the last minutes (`recently_deleted`: it reads the inode table for each), so a
 filesystem where earlier runs or test suites just removed thousands of files makes every new
-file slower. Back to back on this box's root filesystem, the same run's worker CPU per user
-went 3.5, 7.3, 9.1, 11.9 ms; on a fresh volume 3.1-3.6 ms each time.
+file slower. Back to back on this box's root filesystem, the same code's worker CPU per user
+went 3.5, 9.2, 11.9, 7.3, 9.1 ms; on a fresh volume 3.1-3.6 ms each time.
 
 Needs root, mkfs.ext4 and a loop device; the image is sparse, in /var/tmp (on disk, not a
 tmpfs), and removed at the end.
