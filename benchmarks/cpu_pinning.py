@@ -36,9 +36,9 @@ def add_argument(parser: argparse.ArgumentParser) -> None:
         "--pin-cpus",
         type=cpu_list,
         metavar="LIST",
-        help="confine each server process (ours and the floors alike) to one CPU: the i-th "
-        "process of each kind to the i-th CPU of LIST (e.g. 0, or 0,1 with --processes 2); "
-        "callers and PostgreSQL stay free",
+        help="confine each server process (the service, and in lease_throughput the floors "
+        "alike) to one CPU: the i-th process of each kind to the i-th CPU of LIST (e.g. 0, or "
+        "0,1 with --processes 2); callers, workers and PostgreSQL stay free",
     )
 
 

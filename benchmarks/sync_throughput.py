@@ -3,7 +3,7 @@ through the service, against the Garmin emulator answering every request after 5
 
     .venv/bin/python -m benchmarks.sync_throughput [--rounds 3] [--users 200]
         [--activities 20] [--latency 0.05] [--concurrency 16] [--out-base DIR | --ext4-volume]
-        [--sink-database] [--quick] [--profile DIR] [--service-revision REV]
+        [--sink-database] [--quick] [--profile DIR] [--pin-cpus CPU] [--service-revision REV]
         [--against REV [--pairs 3]]
 
 The emulator runs as its own process (`--latency`, `--users-from-file`: 200 accounts with 20
@@ -56,6 +56,8 @@ such as /dev/shm takes the filesystem out; `--ext4-volume` puts them on a fresh 
 filesystem of their own, as deploy/ gives the worker a volume of its own), or into the emptied
 PostgreSQL sink with `--sink-database`. Figures are totals over the rounds.
 `--profile DIR` runs one more round with the worker under py-spy and summarises where it went.
+`--pin-cpus CPU` confines the service to one CPU (benchmarks.cpu_pinning; the worker, the
+emulator and PostgreSQL stay free).
 `--service-revision REV` runs the service AND the worker from that revision (the emulator
 stays the working tree's). `--against REV` runs `--pairs` pairs, REV then the code under test,
 each a whole run on a fresh stack, and prints each side's CPU per user and wall per run and
@@ -86,7 +88,7 @@ import grpc
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks import ext4_volume
+from benchmarks import cpu_pinning, ext4_volume
 from benchmarks.harness import (
     CONSUMER_KEY,
     CONSUMER_SECRET,
@@ -700,6 +702,9 @@ def run(args: argparse.Namespace, report: Report) -> None:
             ):
                 service.start()
                 service.wait_serving()
+                pinned = cpu_pinning.confine_groups([[service.pid]], args.pin_cpus)
+                if pinned:
+                    report.note(pinned)
                 stack = Stack(
                     workdir=workdir,
                     out_base=outputs,
@@ -802,6 +807,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--service-revision), each on a fresh stack, and print the ratios of their means",
     )
     parser.add_argument("--pairs", type=int, default=3, help="with --against: how many pairs")
+    cpu_pinning.add_argument(parser)
     ServiceTree.add_argument(parser)
     args = parser.parse_args(argv)
     if args.against is not None and args.profile is not None:

@@ -27,8 +27,10 @@ TINY = ["--quick", "--users", "8", "--concurrency", "4", "--latency", "0.01"]
 def test_every_user_is_synced_once_by_one_or_several_workers(
     pg_server: PostgresServer, pg_admin_url: str, processes: int
 ) -> None:
+    # The second also with the service confined to one CPU (--pin-cpus).
+    pin = ["--pin-cpus", str(max(os.sched_getaffinity(0)))] if processes == 2 else []
     run = run_benchmark(
-        "sync_throughput", pg_admin_url, *TINY, "--worker-processes", str(processes)
+        "sync_throughput", pg_admin_url, *TINY, "--worker-processes", str(processes), *pin
     )
     stdout, figures = run.stdout, run.figures
 
@@ -42,6 +44,7 @@ def test_every_user_is_synced_once_by_one_or_several_workers(
     assert figures["worker_startup_cpu"] > 0, stdout
     assert {"sync_cpu_ms_per_user", "sync_wall_vs_ideal"} <= run.targets.keys()
     assert ("2 worker processes at once, 2 threads each" in stdout) == (processes == 2)
+    assert ("every server process confined to one CPU" in stdout) == (processes == 2)
 
 
 @pytest.mark.parametrize(
