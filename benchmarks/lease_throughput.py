@@ -193,20 +193,16 @@ def measure_stack(
             process.start()
             process.wait_listening()
         report.figure("service_processes", args.processes, "processes")
-        pinned = cpu_pinning.confine_groups(
-            [
-                [service.pid, *(extra.pid for extra in extras)],
-                *([floor.pid for floor in group] for group in floors.values()),
-            ],
-            args.pin_cpus,
-        )
-        if pinned:
-            report.note(pinned)
         servers = {
             name: Servers(group[0].target, [floor.pid for floor in group])
             for name, group in floors.items()
         }
         pids = [service.pid, *(extra.pid for extra in extras)]
+        pinned = cpu_pinning.confine_groups(
+            [pids, *(floor.pids for floor in servers.values())], args.pin_cpus
+        )
+        if pinned:
+            report.note(pinned)
         if args.soak_minutes:
             run_soak(
                 report,
