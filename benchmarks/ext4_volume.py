@@ -54,4 +54,13 @@ def fresh_ext4(size_mb: int) -> Iterator[Path]:
         try:
             yield mount_point
         finally:
-            subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
+            _unmount(mount_point)
+
+
+def _unmount(mount_point: Path) -> None:
+    """Unmount; if a process still has something open in it (umount: "target is busy"),
+    detach it lazily instead, so that the temporary directory's cleanup never walks into
+    the volume, and the kernel lets go of it once that process does."""
+    busy = subprocess.run(["umount", str(mount_point)], check=False, capture_output=True)
+    if busy.returncode != 0:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True, capture_output=True)

@@ -27,3 +27,22 @@ def test_a_fresh_ext4_volume_is_mounted_empty_and_removed_after() -> None:
 
     assert str(volume) not in mounted_filesystems()
     assert not volume.parent.exists()  # the image and its mount point are deleted
+
+
+def test_a_volume_still_in_use_is_detached_and_its_files_are_left_alone() -> None:
+    """Something still open inside the volume (a process that outlived the run) makes a plain
+    umount fail: the volume is detached lazily, and the cleanup deletes the image and the
+    empty mount point, not the files inside the volume."""
+    if (why := unavailable()) is not None:
+        pytest.skip(why)
+
+    with fresh_ext4(64) as volume:
+        item = volume / "item.json"
+        item.write_bytes(b"{}")
+        held = item.open("rb")
+    try:
+        assert str(volume) not in mounted_filesystems()
+        assert not volume.parent.exists()
+        assert held.read() == b"{}"  # the file still reads: the filesystem was not torn down
+    finally:
+        held.close()
