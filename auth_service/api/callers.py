@@ -128,6 +128,9 @@ def parse_callers(text: str, source: str) -> list[_Entry]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CallersFileError(f"{source}: not valid TOML ({exc})") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables by recursion.
+        raise CallersFileError(f"{source}: not valid TOML (nested too deeply)") from None
     raw = data.get("callers")
     if not isinstance(raw, list) or not raw:
         raise CallersFileError(f"{source}: expected at least one [[callers]] table")
@@ -205,9 +208,13 @@ class CallerRegistry:
         assert self._path is not None
         try:
             stat = self._path.stat()
-            text = self._path.read_text(encoding="utf-8")
+            content = self._path.read_bytes()
         except OSError as exc:
             raise CallersFileError(f"{self._path}: cannot read ({exc.strerror})") from None
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CallersFileError(f"{self._path}: not UTF-8 (at byte {exc.start})") from None
         self._entries = parse_callers(text, str(self._path))
         self._signature = (stat.st_mtime_ns, stat.st_size)
         self._broken = None
@@ -233,6 +240,9 @@ class CallerRegistry:
                     self._load()
                 except CallersFileError as exc:
                     problem = str(exc)
+                except Exception as exc:  # noqa: BLE001 - whatever it is, fail closed
+                    # Keeping the old entries would keep a revoked token working.
+                    problem = f"{self._path}: cannot be loaded ({type(exc).__name__})"
                 else:
                     log.info("callers file reloaded", extra={"callers": len(self._entries)})
                     return

@@ -225,6 +225,18 @@ def test_malformed_callers_file(env: dict[str, str], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_callers_file_not_in_utf8_is_a_problem_not_a_crash(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    callers = tmp_path / "latin1.toml"
+    callers.write_bytes(b"# caf\xe9\n[[callers]]\nname = 'x'\n")
+    env["GARMIN_AUTH_CALLERS_FILE"] = str(callers)
+    problems = failed(run_checks(env))
+    assert set(problems) == {"callers"}
+    assert "not UTF-8 (at byte 5)" in problems["callers"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_certificate_callers_need_mutual_tls(env: dict[str, str], tmp_path: Path) -> None:
     callers = tmp_path / "by-cert.toml"
     callers.write_text(

@@ -200,14 +200,27 @@ def test_an_idle_reflection_stream_gives_its_slot_back(
     assert len(list(stub.ServerReflectionInfo(busy(), timeout=10))) == 6
 
 
-def test_a_botched_callers_file_refuses_every_caller_until_fixed(service: Replica) -> None:
+BOTCHED_CALLERS_FILES = {
+    "bad TOML": b"[[callers]\nname = 'broken",
+    # An editor saving in Latin-1: UnicodeDecodeError, which once escaped the reload and
+    # left the old entries (and a revoked token) in force.
+    "not UTF-8": b"# caf\xe9\n[[callers]]\nname = 'viewer'\n",
+    # tomllib recurses into nested arrays: RecursionError, which escaped the same way.
+    "nested too deeply": b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n",
+}
+
+
+@pytest.mark.parametrize("botched", BOTCHED_CALLERS_FILES.values(), ids=BOTCHED_CALLERS_FILES)
+def test_a_botched_callers_file_refuses_every_caller_until_fixed(
+    service: Replica, botched: bytes
+) -> None:
     """Finding 8: a reload that cannot parse must not keep the old entries (a revoked token
     would keep working); every caller is refused until the file is fixed."""
     callers = service.running.application.settings.callers_file
     assert callers is not None
     status = pb.GetStatusRequest(user_id="u")
     service.call("GetStatus", status, role="viewer")  # A works
-    _rewrite(callers, "[[callers]\nname = 'broken")
+    _rewrite(callers, botched)
     refused = _wait_for_refusal(service, "viewer")
     assert (refused.code, refused.reason) == (
         grpc.StatusCode.UNAUTHENTICATED,
@@ -231,8 +244,8 @@ def test_a_botched_callers_file_refuses_every_caller_until_fixed(service: Replic
     assert registry.get_sample_value("garmin_auth_callers_file_invalid") == 0
 
 
-def _rewrite(path: Path, text: str) -> None:
-    path.write_text(text)
+def _rewrite(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
     _touch_later(path, 5)
 
 
