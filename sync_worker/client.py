@@ -2,9 +2,11 @@
 
 Every call goes through the generated stub's own method, carries the worker's bearer token and
 a deadline, and returns our own values (``lease_grants``), never a protobuf message.
-UNAVAILABLE (and only that: the service answers it before anything was committed, or the
-network failed) is retried a bounded number of times with exponential backoff and full
-jitter. Every other failure becomes an ``AuthServiceError`` (``client_errors``).
+The service being unreachable (UNAVAILABLE without a reason: the network failed; or
+DATABASE_UNAVAILABLE: it answers that before anything was committed) is retried a bounded
+number of times with exponential backoff and full jitter; GARMIN_UNAVAILABLE is not (Garmin
+failed, and a retry would call Garmin again). Every failure becomes an ``AuthServiceError``
+(``client_errors``).
 
 Secrets: the bearer token lives only in the call metadata; a lease's Garmin access token is
 handed out as ``AccessToken``, whose repr is redacted. The worker never gets (or sends) more
@@ -201,7 +203,8 @@ class AuthClient:
             log.warning("could not release an unusable lease: %s", exc)
 
     def _call(self, method: _Rpc[RequestT, ResponseT], request: RequestT, rpc: str) -> ResponseT:
-        """One RPC with a deadline on every attempt; UNAVAILABLE retried up to the bound."""
+        """One RPC with a deadline on every attempt; the service being unreachable
+        (UNAVAILABLE without a reason, or DATABASE_UNAVAILABLE) retried up to the bound."""
         config = self._config
         attempt = 0
         while True:
@@ -210,7 +213,7 @@ class AuthClient:
                 return method(request, metadata=self._metadata, timeout=config.timeout_seconds)
             except grpc.RpcError as raw:
                 error = error_from_rpc(raw)
-            if error.code != grpc.StatusCode.UNAVAILABLE or attempt >= config.attempts:
+            if not error.retryable or attempt >= config.attempts:
                 raise error
             # Full jitter: replicas restarting together must not be hit in lockstep.
             ceiling = min(

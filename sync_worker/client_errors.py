@@ -20,6 +20,7 @@ SESSION_NOT_FOUND: Final = "SESSION_NOT_FOUND"
 SESSION_NOT_ACTIVE: Final = "SESSION_NOT_ACTIVE"
 GARMIN_RATE_LIMITED: Final = "GARMIN_RATE_LIMITED"
 GARMIN_UNAVAILABLE: Final = "GARMIN_UNAVAILABLE"
+DATABASE_UNAVAILABLE: Final = "DATABASE_UNAVAILABLE"
 CALLER_REASONS: Final = frozenset({"CALLER_UNAUTHENTICATED", "CALLER_FORBIDDEN"})
 # Our own reason for a grant whose tokens cannot be read (a service bug, not the user's).
 MALFORMED_GRANT: Final = "MALFORMED_GRANT"
@@ -57,6 +58,19 @@ class AuthServiceError(Exception):
         if self.code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return True
         return self.code == grpc.StatusCode.UNAVAILABLE and self.reason != GARMIN_UNAVAILABLE
+
+    @property
+    def retryable(self) -> bool:
+        """Worth sending again at once: the call did not get through to the service (no
+        reason: the connection failed), or its database did not answer, in which case it
+        did nothing (the README's error table). Never GARMIN_UNAVAILABLE: the service has
+        already asked Garmin and Garmin failed; asking again would ask Garmin again (a
+        refresh is never repeated), and a LeaseNextSession whose release was done would
+        find its lease gone."""
+        return self.code == grpc.StatusCode.UNAVAILABLE and self.reason in (
+            "",
+            DATABASE_UNAVAILABLE,
+        )
 
     @property
     def fatal(self) -> bool:

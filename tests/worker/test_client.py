@@ -296,6 +296,40 @@ def test_unavailable_then_an_answer_returns_the_answer() -> None:
     assert len(sleeps) == ATTEMPTS - 1
 
 
+def test_the_services_database_unavailable_is_retried() -> None:
+    fake = FailingStatus(
+        lambda context: abort(
+            context, grpc.StatusCode.UNAVAILABLE, "no database", reason="DATABASE_UNAVAILABLE"
+        ),
+        failures=ATTEMPTS - 1,
+    )
+    sleeps: list[float] = []
+    with client_of(fake, sleeps) as client:
+        assert client.get_status("ann").user_id == "ann"
+    assert fake.calls == ATTEMPTS
+
+
+def test_garmin_unavailable_is_not_retried() -> None:
+    """The service asked Garmin and Garmin failed: sending the call again would ask Garmin
+    again (a RefreshLease 3 times for one expired token during a 503, before the fix), and a
+    LeaseNextSession whose release was done would find its lease gone."""
+    fake = FailingStatus(
+        lambda context: abort(
+            context, grpc.StatusCode.UNAVAILABLE, "Garmin is down", reason="GARMIN_UNAVAILABLE"
+        )
+    )
+    sleeps: list[float] = []
+    with client_of(fake, sleeps) as client, pytest.raises(AuthServiceError) as raised:
+        client.get_status("ann")
+    assert (raised.value.code, raised.value.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "GARMIN_UNAVAILABLE",
+    )
+    assert not raised.value.fatal
+    assert fake.calls == 1
+    assert sleeps == []
+
+
 @pytest.mark.parametrize(
     "code",
     [

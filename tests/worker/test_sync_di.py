@@ -14,7 +14,7 @@ from auth_service.domain.models import SessionKind
 from auth_service.domain.policies import LoginFlow
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.connect_api import ConnectApi
-from garmin_emulator import PROFILE_PATH, GarminEmulator
+from garmin_emulator import DI_TOKEN_PATH, PROFILE_PATH, GarminEmulator
 from garmin_emulator.wire import APP_HEADERS
 from sync_worker.directory_sink import DirectorySink
 from tests.fixtures.servers import Replica, ServiceFactory
@@ -88,6 +88,33 @@ def test_a_di_session_whose_token_expires_mid_run_is_synced_after_one_refresh_le
         assert {name.lower() for name in call.app_headers} >= wanted
     with ConnectApi(upstream(garmin), after.domain) as api:
         assert api.get_json(PROFILE_PATH, after.oauth2.access_token)["userName"] == email
+
+
+def test_a_refresh_lease_that_finds_garmin_down_asks_garmin_once(
+    di_service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """The service's refresh answered GARMIN_UNAVAILABLE: the worker must not send
+    RefreshLease again (before the fix its client retried it as it retries an unreachable
+    service, and each retry was one more refresh request to Garmin during its outage)."""
+    email = connect(di_service, garmin, "dio", activities=6)
+    config = make_config(di_service.target, garmin, tmp_path, users=("dio",), page_size=2)
+    sink = RecordingSink(DirectorySink(tmp_path))
+    before = garmin.request_count(DI_TOKEN_PATH)
+
+    def garmin_fails_after_the_first_write(event: object) -> None:
+        if garmin.request_count(DI_TOKEN_PATH) == before:
+            garmin.expire_access_tokens(email)
+            garmin.fail_next(DI_TOKEN_PATH, 503, count=100)
+
+    sink.after_write = garmin_fails_after_the_first_write
+    result, calls = run_recorded(config, sink=sink)
+
+    assert result.outcome("dio") == "FAILED"
+    assert calls == ["RefreshLease", "ReleaseLease"]
+    assert garmin.request_count(DI_TOKEN_PATH) == before + 1
+    after = status(di_service, "dio")
+    assert after.state == pb.SESSION_STATE_ACTIVE
+    assert not after.HasField("lease")
 
 
 def test_a_revoked_di_session_ends_auth_expired_and_is_wiped(
