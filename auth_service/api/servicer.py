@@ -97,6 +97,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self._send_guard = SendGuard(use_cases.session_events.settings.send_timeout_seconds)
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
+        _check_reach(request.user_id)
         answer = self._connect.login(request.user_id, request.email, request.password)
         return pb.LoginResponse(
             outcome=pb.LOGIN_OUTCOME_MFA_REQUIRED
@@ -111,7 +112,9 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def SubmitMfa(
         self, request: pb.SubmitMfaRequest, context: grpc.ServicerContext
     ) -> pb.SubmitMfaResponse:
-        status = self._connect.submit_mfa(request.mfa_challenge_id, request.code)
+        status = self._connect.submit_mfa(
+            request.mfa_challenge_id, request.code, user_id_prefix=_scope()
+        )
         return pb.SubmitMfaResponse(status=convert.status_to_proto(status))
 
     def GetStatus(
@@ -126,6 +129,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def ImportSession(
         self, request: pb.ImportSessionRequest, context: grpc.ServicerContext
     ) -> pb.ImportSessionResponse:
+        _check_reach(request.user_id)
         source = request.WhichOneof("source")
         status = self._imports.import_session(
             request.user_id,
@@ -142,6 +146,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def ExchangeServiceTicket(
         self, request: pb.ExchangeServiceTicketRequest, context: grpc.ServicerContext
     ) -> pb.ExchangeServiceTicketResponse:
+        _check_reach(request.user_id)
         status = self._tickets.exchange_service_ticket(
             request.user_id, request.service_ticket, request.service_url
         )
@@ -150,6 +155,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def DeleteSession(
         self, request: pb.DeleteSessionRequest, context: grpc.ServicerContext
     ) -> pb.DeleteSessionResponse:
+        _check_reach(request.user_id)
         self._sessions.delete_session(request.user_id)
         return pb.DeleteSessionResponse()
 
@@ -160,6 +166,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
             state=convert.state_from_proto(request.state),
+            user_id_prefix=_scope(),
         )
         return pb.ListSessionsResponse(
             sessions=[convert.status_to_proto(status) for status in page.sessions],
@@ -251,6 +258,8 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: grpc.ServicerContext
     ) -> pb.ListAuditEventsResponse:
+        if request.user_id:
+            _check_reach(request.user_id)
         query = AuditFilter(
             user_id=request.user_id or None,
             start_time=convert.from_timestamp(request.start_time, "start_time")
@@ -260,6 +269,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
             if request.HasField("end_time")
             else None,
             oldest_first=request.oldest_first,
+            user_id_prefix=_scope(),
         )
         page = self._audit.list_events(
             query, page_size=request.page_size, page_token=request.page_token

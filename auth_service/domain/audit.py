@@ -160,21 +160,25 @@ class AuditPage:
 
 @dataclass(frozen=True)
 class AuditFilter:
-    """What ListAuditEvents lists: a user (or everyone) within [start_time, end_time)."""
+    """What ListAuditEvents lists: a user (or everyone) within [start_time, end_time); for a
+    scoped caller, only events about users whose id starts with `user_id_prefix`."""
 
     user_id: str | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
     oldest_first: bool = False
+    user_id_prefix: str | None = None
 
     def fingerprint(self) -> str:
         """A short digest that ties a page token to the filter it was issued for."""
-        payload = json.dumps(
-            [
-                self.user_id,
-                self.start_time.isoformat() if self.start_time else None,
-                self.end_time.isoformat() if self.end_time else None,
-                self.oldest_first,
-            ]
-        )
+        parts: list[object] = [
+            self.user_id,
+            self.start_time.isoformat() if self.start_time else None,
+            self.end_time.isoformat() if self.end_time else None,
+            self.oldest_first,
+        ]
+        if self.user_id_prefix is not None:
+            # Only when set, so the tokens unscoped callers already hold stay valid.
+            parts.append(self.user_id_prefix)
+        payload = json.dumps(parts)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -66,9 +66,16 @@ class SessionRepository(Protocol):
         ...
 
     def list_page(
-        self, *, after_user_id: str | None, state: SessionState | None, limit: int, now: datetime
+        self,
+        *,
+        after_user_id: str | None,
+        state: SessionState | None,
+        limit: int,
+        now: datetime,
+        user_id_prefix: str | None = None,
     ) -> list[SessionRow]:
-        """Up to `limit` rows as `find` sees them, by user_id, after `after_user_id`."""
+        """Up to `limit` rows as `find` sees them, by user_id, after `after_user_id`; only
+        users whose id starts with `user_id_prefix`, when given."""
         ...
 
     def lock(self, user_id: str) -> SessionRow | None:
@@ -394,6 +401,7 @@ class AuditRepository(Protocol):
         after: tuple[datetime, int] | None,
         oldest_first: bool,
         limit: int,
+        user_id_prefix: str | None = None,
     ) -> list[AuditEventView]: ...
 
 

@@ -38,6 +38,7 @@ class AuditLog:
                 after=request.after,
                 oldest_first=query.oldest_first,
                 limit=request.fetch,
+                user_id_prefix=query.user_id_prefix,
             )
         shown, next_token = self._pager.page(events, request, fingerprint, _position)
         return AuditPage(events=shown, next_page_token=next_token)

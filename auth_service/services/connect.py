@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from auth_service.domain import audit, validation
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
+    CallerForbidden,
     GarminRateLimited,
     LoginRateLimited,
     MfaChallengeBusy,
@@ -142,13 +143,16 @@ class ConnectService:
 
     # --- SubmitMfa ---------------------------------------------------------------------
 
-    def submit_mfa(self, mfa_challenge_id: str, code: str) -> SessionStatusView:
+    def submit_mfa(
+        self, mfa_challenge_id: str, code: str, *, user_id_prefix: str | None = None
+    ) -> SessionStatusView:
+        """Complete a Login's MFA; a caller scoped to `user_id_prefix` only for its users."""
         validation.raise_if_any(
             validation.check_opaque_id(mfa_challenge_id, "mfa_challenge_id"),
             validation.check_mfa_code(code),
         )
         digest = challenge_digest(mfa_challenge_id)
-        user_id, pending, claimed_until = self._claim_challenge(digest)
+        user_id, pending, claimed_until = self._claim_challenge(digest, user_id_prefix)
         try:
             endpoints = endpoints_of(GarminCall.RESUME_MFA, pending.flow)
             with (
@@ -171,11 +175,20 @@ class ConnectService:
             row = uow.sessions.lock_or_create(user_id, uow.now)
             return connect_tokens(uow, row, tokens, AuditedRpc.SUBMIT_MFA, validated=True)
 
-    def _claim_challenge(self, digest: str) -> tuple[str, PendingMfa, datetime]:
+    def _claim_challenge(
+        self, digest: str, user_id_prefix: str | None
+    ) -> tuple[str, PendingMfa, datetime]:
         """Take the challenge for one submission; refusals still commit what they drop."""
         refusal: MfaChallengeNotFound | MfaChallengeBusy
         with self._uow() as uow:
             challenge = uow.challenges.lock(digest)
+            if (
+                challenge is not None
+                and user_id_prefix is not None
+                and not challenge.user_id.startswith(user_id_prefix)
+            ):
+                # Another tenant's challenge: refused before anything about it changes.
+                raise CallerForbidden("this caller may not complete sign-ins outside its scope")
             if challenge is None or challenge.expires_at <= uow.now:
                 if challenge is not None:
                     uow.challenges.delete(digest)

@@ -194,14 +194,28 @@ class SessionAdmin:
     # --- ListSessions ------------------------------------------------------------------
 
     def list_sessions(
-        self, *, page_size: int, page_token: str, state: SessionState | None
+        self,
+        *,
+        page_size: int,
+        page_token: str,
+        state: SessionState | None,
+        user_id_prefix: str | None = None,
     ) -> SessionPage:
+        """A page of statuses by user id; a caller scoped to `user_id_prefix` sees only the
+        users whose id starts with it."""
         validation.raise_if_any(check_page_size(page_size))
-        fingerprint = state.value if state else None
+        fingerprint: object = state.value if state else None
+        if user_id_prefix is not None:
+            # A token issued to one scope is refused in another (unscoped tokens unchanged).
+            fingerprint = [fingerprint, user_id_prefix]
         request = self._pager.request(page_size, page_token, fingerprint, _after_user_id)
         with self._uow() as uow:
             rows = uow.sessions.list_page(
-                after_user_id=request.after, state=state, limit=request.fetch, now=uow.now
+                after_user_id=request.after,
+                state=state,
+                limit=request.fetch,
+                now=uow.now,
+                user_id_prefix=user_id_prefix,
             )
             views = [status_view(row, uow.now) for row in rows]
         shown, next_token = self._pager.page(views, request, fingerprint, _position)

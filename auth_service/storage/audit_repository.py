@@ -94,6 +94,7 @@ class SqlAuditRepository:
         after: tuple[datetime, int] | None,
         oldest_first: bool,
         limit: int,
+        user_id_prefix: str | None = None,
     ) -> list[AuditEventView]:
         """Up to `limit` events in (occurred_at, id) order, newest first unless oldest_first.
 
@@ -104,6 +105,9 @@ class SqlAuditRepository:
         query = select(*EVENTS.c)
         if user_id is not None:
             query = query.where(Event.user_id == user_id)
+        if user_id_prefix is not None:
+            # Events about no user (a refused lease nobody owns) are nobody's tenant's.
+            query = query.where(Event.user_id.startswith(user_id_prefix, autoescape=True))
         if start_time is not None:
             query = query.where(Event.occurred_at >= start_time)
         if end_time is not None:

@@ -77,12 +77,20 @@ class SqlSessionRepository:
         return self._one(_FIND, p_user_id=user_id, p_now=now)
 
     def list_page(
-        self, *, after_user_id: str | None, state: SessionState | None, limit: int, now: datetime
+        self,
+        *,
+        after_user_id: str | None,
+        state: SessionState | None,
+        limit: int,
+        now: datetime,
+        user_id_prefix: str | None = None,
     ) -> list[SessionRow]:
         """Keyset pagination by user_id: stable under inserts."""
         query = rows.AS_SEEN.order_by(T.c.user_id)
         if after_user_id is not None:
             query = query.where(T.c.user_id > after_user_id)
+        if user_id_prefix is not None:
+            query = query.where(T.c.user_id.startswith(user_id_prefix, autoescape=True))
         if state is not None:
             query = query.where(rows.seen_in(state))
         result = self.session.execute(query.limit(limit), {"p_now": now}).all()

@@ -20,7 +20,7 @@ from garmin_client.session_proto import tokens_from_proto, tokens_to_proto
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory, expect_failure
 from tests.reliability import SkewedClock
-from tests.worker import connect, stored_row, stored_tokens
+from tests.worker import PASSWORD, connect, email_of, stored_row, stored_tokens
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -252,6 +252,87 @@ def test_a_scoped_worker_leases_only_its_users(
     )
     inside = as_scoped("GetStatus", pb.GetStatusRequest(user_id="a:ann"))
     assert inside.status.lease.holder == "w"
+
+
+def test_a_scoped_caller_reaches_only_its_users_in_every_rpc(
+    service_factory: ServiceFactory, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """A user_id_prefix holds for listings and writes too, not just for leases and GetStatus
+    (before: a scoped viewer listed every tenant's users and audit trail, and a scoped admin
+    could delete, sign in or import any user). "t_" also checks that the prefix is matched
+    literally: unescaped in LIKE, "_" would match the x of "tx:bea"."""
+    tokens = {"viewer": "scoped-viewer-token-0123456789abcdef", "admin": "scoped-admin-token-0123"}
+    callers = tmp_path / "scoped-callers.toml"
+    callers.write_text(
+        f'[[callers]]\nname = "admin"\ntoken_sha256 = "{token_sha256(ROLE_TOKENS["admin"])}"\n'
+        'roles = ["admin"]\n\n'
+        + "".join(
+            f'[[callers]]\nname = "tenant-t-{role}"\n'
+            f'token_sha256 = "{token_sha256(token)}"\n'
+            f'roles = ["{role}"]\nuser_id_prefix = "t_"\n\n'
+            for role, token in tokens.items()
+        ),
+        encoding="utf-8",
+    )
+    service = service_factory.start(callers_file=callers)
+    connect(service, garmin, "t_ann")
+    connect(service, garmin, "tx:bea")
+    garmin.add_user("mia@example.com", "pw-of-mia", mfa=True, mfa_code="246802")
+    challenge = service.call(
+        "Login", pb.LoginRequest(user_id="tx:mia", email="mia@example.com", password="pw-of-mia")
+    ).mfa_challenge_id
+
+    def scoped(role: str, rpc: str, request: Any) -> Any:
+        metadata = (("authorization", f"Bearer {tokens[role]}"),)
+        return getattr(service.stub, rpc)(request, metadata=metadata, timeout=20)
+
+    def forbidden(role: str, rpc: str, request: Any) -> None:
+        refused = expect_failure(lambda: scoped(role, rpc, request))
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "CALLER_FORBIDDEN",
+        ), rpc
+
+    listed = scoped("viewer", "ListSessions", pb.ListSessionsRequest()).sessions
+    assert [status.user_id for status in listed] == ["t_ann"]
+    assert {s.user_id for s in service.call("ListSessions", pb.ListSessionsRequest()).sessions} >= {
+        "t_ann",
+        "tx:bea",
+        "tx:mia",
+    }
+    events = scoped("viewer", "ListAuditEvents", pb.ListAuditEventsRequest()).events
+    assert events
+    assert {event.user_id for event in events} == {"t_ann"}
+    forbidden("viewer", "ListAuditEvents", pb.ListAuditEventsRequest(user_id="tx:bea"))
+
+    forbidden("admin", "DeleteSession", pb.DeleteSessionRequest(user_id="tx:bea"))
+    forbidden(
+        "admin",
+        "Login",
+        pb.LoginRequest(user_id="tx:bea", email=email_of("tx:bea"), password=PASSWORD),
+    )
+    forbidden(
+        "admin",
+        "ImportSession",
+        pb.ImportSessionRequest(user_id="tx:bea", garth_token="not-even-read"),
+    )
+    forbidden(
+        "admin",
+        "ExchangeServiceTicket",
+        pb.ExchangeServiceTicketRequest(user_id="tx:bea", service_ticket="ST-0-not-read"),
+    )
+    forbidden("admin", "SubmitMfa", pb.SubmitMfaRequest(mfa_challenge_id=challenge, code="246802"))
+    assert status_of(service, "tx:bea").state == pb.SESSION_STATE_ACTIVE
+    # The refused SubmitMfa left the challenge as it was: its own admin completes it.
+    done = service.call("SubmitMfa", pb.SubmitMfaRequest(mfa_challenge_id=challenge, code="246802"))
+    assert done.status.state == pb.SESSION_STATE_ACTIVE
+    # Inside the scope, the scoped admin acts as any admin.
+    scoped("admin", "DeleteSession", pb.DeleteSessionRequest(user_id="t_ann"))
+    assert status_of(service, "t_ann").state == pb.SESSION_STATE_NOT_CONNECTED
+
+
+def status_of(service: Replica, user_id: str) -> Any:
+    return service.call("GetStatus", pb.GetStatusRequest(user_id=user_id)).status
 
 
 def test_refresh_lease_by_a_stale_holder_is_lease_lost(

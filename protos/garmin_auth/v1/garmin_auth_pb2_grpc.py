@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class GarminAuthServiceStub:
-    """GarminAuthService owns the persisted Garmin sessions.
+    """GarminAuthService owns the persisted Garmin sessions. A caller whose entry
+    in the callers file carries a user_id_prefix reaches only the users whose id
+    starts with it, in every RPC: one that names another user answers
+    PERMISSION_DENIED CALLER_FORBIDDEN, and listings leave other users out.
     """
 
     def __init__(self, channel):
@@ -118,7 +121,10 @@ class GarminAuthServiceStub:
 
 
 class GarminAuthServiceServicer:
-    """GarminAuthService owns the persisted Garmin sessions.
+    """GarminAuthService owns the persisted Garmin sessions. A caller whose entry
+    in the callers file carries a user_id_prefix reaches only the users whose id
+    starts with it, in every RPC: one that names another user answers
+    PERMISSION_DENIED CALLER_FORBIDDEN, and listings leave other users out.
     """
 
     def Login(self, request, context):
@@ -356,7 +362,10 @@ def add_GarminAuthServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GarminAuthService:
-    """GarminAuthService owns the persisted Garmin sessions.
+    """GarminAuthService owns the persisted Garmin sessions. A caller whose entry
+    in the callers file carries a user_id_prefix reaches only the users whose id
+    starts with it, in every RPC: one that names another user answers
+    PERMISSION_DENIED CALLER_FORBIDDEN, and listings leave other users out.
     """
 
     @staticmethod
