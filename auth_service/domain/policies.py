@@ -105,8 +105,7 @@ class RefreshSettings:
 
     # Refreshes in flight to Garmin at once, per replica, whatever asks for them.
     concurrency: int = 4
-    # How long a claim on a refresh lasts: longer than one Garmin call can take (timeout x
-    # attempts) plus a margin, so only a claim whose holder died ever expires.
+    # Longer than one Garmin call can take (timeout x attempts), plus a margin.
     claim_seconds: float = 60.0
     # How long a refresh that found another replica's claim waits for its answer.
     wait_seconds: float = 70.0
@@ -122,6 +121,16 @@ class RefreshSettings:
     # GetStatus(validate) calls Garmin for a user at most once per this many seconds, per
     # replica (0: no limit); sooner asks answer VALIDATE_RATE_LIMITED.
     validate_interval_seconds: float = 60.0
+
+    @property
+    def claim_lifetime_seconds(self) -> float:
+        """How long a claim on a refresh lasts: as long as its holder may still store what
+        Garmin answered (one Garmin call, then the commit retried for commit_retry_seconds),
+        so only a claim whose holder died ever expires. A claim that expired while its
+        holder kept a rotated pair unstored (its database unreachable) would let another
+        replica send the refresh token that rotation killed, read invalid_grant, and end a
+        session whose new pair was about to land."""
+        return self.claim_seconds + self.commit_retry_seconds
 
 
 def refresh_due(tokens: GarminTokens, until: datetime) -> bool:

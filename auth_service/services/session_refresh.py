@@ -174,7 +174,7 @@ class SessionRefresher:
         self, user_id: str, version: int, claim_id: str, *, unleased: bool
     ) -> SessionRow | None:
         with self._uow() as uow:
-            until = uow.now + timedelta(seconds=self._settings.claim_seconds)
+            until = uow.now + timedelta(seconds=self._settings.claim_lifetime_seconds)
             return uow.refreshes.claim(
                 user_id,
                 version=version,
