@@ -168,7 +168,7 @@ class DiOAuth:
                 grant.email, client_id, grant.service_url, expires_at, family=grant.family
             )
             if options.omit_refresh_expiry_on_refresh:
-                del answer["refresh_token_expires_in"]
+                answer.pop("refresh_token_expires_in", None)
         return json_reply(200, answer), grant.email, "issued"
 
     def issue(
@@ -219,7 +219,7 @@ class DiOAuth:
             expires_at=refresh_expires_at,
         )
         state.di_families[family] = refresh_token
-        return {
+        answer: dict[str, Any] = {
             "access_token": access_token,
             "token_type": "bearer",
             "refresh_token": refresh_token,
@@ -228,3 +228,9 @@ class DiOAuth:
             "scope": DI_SCOPE,
             "jti": jti,
         }
+        for name, value in self._options.answer_overrides.items():
+            if value is None:
+                answer.pop(name, None)
+            else:
+                answer[name] = value
+        return answer

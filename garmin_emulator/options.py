@@ -7,7 +7,7 @@ can pin each variant the service must survive; the defaults are the sources' bes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The client ids Garmin's apps use for DI OAuth2, newest first.
 KNOWN_DI_CLIENT_IDS = (
@@ -45,6 +45,9 @@ class DiOptions:
     refresh_token_expires_in: int = RECORDED_REFRESH_TOKEN_EXPIRES_IN
     # Garmin usually leaves refresh_token_expires_in out of refresh answers.
     omit_refresh_expiry_on_refresh: bool = True
+    # Fields of every token answer replaced by these values (None: left out): an answer of
+    # a shape Garmin was never seen to send, to show the service keeps the pair anyway.
+    answer_overrides: dict[str, object] = field(default_factory=dict)
     # Whether a rotation restarts the refresh token's lifetime (reported, uncertain) or the
     # new refresh token keeps the old one's expiry.
     rotation_restarts_refresh_expiry: bool = True

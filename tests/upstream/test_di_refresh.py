@@ -138,3 +138,42 @@ def test_validate_without_refresh_rejects_a_token_garmin_calls_not_active(
     with pytest.raises(GarminSessionRejected):
         di_upstream(emulator).validate(tokens, allow_refresh=True)
     assert emulator.di_refresh_count(EMAIL) == 0
+
+
+ODD_LIFETIMES = {
+    "expires_in as text": {"expires_in": "105487"},
+    "expires_in zero": {"expires_in": 0},
+    "expires_in negative": {"expires_in": -5},
+    "expires_in absurd": {"expires_in": 10**15},
+    "expires_in left out": {"expires_in": None},
+    "refresh lifetime as text": {"refresh_token_expires_in": "2591999"},
+    "refresh lifetime zero": {"refresh_token_expires_in": 0},
+    "refresh lifetime absurd": {"refresh_token_expires_in": 10**15},
+    "refresh lifetime not a number": {"refresh_token_expires_in": [1]},
+}
+
+
+@pytest.mark.parametrize("odd", ODD_LIFETIMES.values(), ids=ODD_LIFETIMES)
+def test_an_odd_lifetime_in_a_rotation_never_drops_the_new_pair(
+    emulator: GarminEmulator, odd: dict[str, object]
+) -> None:
+    """Once Garmin answered a refresh the old refresh token is dead: an optional field we
+    cannot read must not throw the new pair away (before: GarminUnavailable, or for an
+    absurd lifetime an OverflowError, and the session's next refresh met invalid_grant)."""
+    tokens = issued_tokens(emulator, EMAIL)
+    emulator.di.omit_refresh_expiry_on_refresh = False
+    emulator.di.answer_overrides = dict(odd)
+    upstream = di_upstream(emulator)
+    fresh = upstream.refresh(tokens)
+
+    assert fresh.oauth2.refresh_token != tokens.oauth2.refresh_token
+    # The access expiry: expires_in when readable, else the JWT's exp; both say the same.
+    expected = datetime.now(UTC) + timedelta(seconds=emulator.di.access_token_expires_in)
+    assert abs(fresh.oauth2.expires_at - expected) < timedelta(minutes=1)
+    refresh_expires = fresh.oauth2.refresh_token_expires_at
+    assert refresh_expires is not None
+    assert datetime.now(UTC) < refresh_expires < datetime.now(UTC) + timedelta(days=400)
+    # The pair we kept is the live one: it rotates again, and no dead token was presented.
+    emulator.di.answer_overrides = {}
+    upstream.refresh(fresh)
+    assert emulator.refresh_token_reuses(EMAIL) == 0

@@ -50,6 +50,11 @@ SERVICE_TICKET_GRANT: Final = (
     "https://connectapi.garmin.com/di-oauth2-service/oauth/grant/service_ticket"
 )
 REFRESH_TOKEN_GRANT: Final = "refresh_token"  # noqa: S105 (a grant type)
+# A stated lifetime longer than this is unreadable (10 years; larger ones overflow dates).
+MAX_STATED_SECONDS: Final = 10 * 365 * 86400
+# Reported DI access lifetimes range from 4 h to 29 h (shared facts file): when an answer
+# states none we can read, the shortest one, so the token is refreshed early, never late.
+SHORTEST_ACCESS_LIFETIME: Final = timedelta(hours=4)
 
 
 class ClientIdRefused(Exception):
@@ -189,12 +194,14 @@ class TokenEndpoint:
                 _text(payload, "access_token"),
                 _text(payload, "refresh_token"),
             )
-            expires_at = self._access_expiry(payload, access_token, now)
-            lifetime = _optional_seconds(payload.get("refresh_token_expires_in"))
-        except (KeyError, TypeError, ValueError, OverflowError):
+        except (KeyError, ValueError):
             raise GarminUnavailable(
                 "Garmin answered something unreadable (token endpoint)"
             ) from None
+        # From here on the pair is Garmin's answer, and on a refresh the old refresh token
+        # is already dead: an optional field we cannot read must never make us drop it.
+        expires_at = _access_expiry(payload, access_token, now)
+        lifetime = _stated_seconds(payload.get("refresh_token_expires_in"))
         known = lifetime or (previous.refresh_token_lifetime_seconds if previous else None)
         refresh_expires_at = now + timedelta(
             seconds=known or self._settings.refresh_lifetime_seconds
@@ -215,13 +222,22 @@ class TokenEndpoint:
             refresh_token_lifetime_seconds=known,
         )
 
-    @staticmethod
-    def _access_expiry(payload: dict[str, Any], access_token: str, now: datetime) -> datetime:
-        expires_in = _optional_seconds(payload.get("expires_in"))
-        if expires_in is not None:
-            return now + timedelta(seconds=expires_in)
-        claims = jwt_payload(access_token)
-        return datetime.fromtimestamp(int(claims["exp"]), now.tzinfo)
+
+def _access_expiry(payload: dict[str, Any], access_token: str, now: datetime) -> datetime:
+    """`expires_in`, else the JWT's `exp`, else the shortest access lifetime reported."""
+    expires_in = _stated_seconds(payload.get("expires_in"))
+    if expires_in is not None:
+        return now + timedelta(seconds=expires_in)
+    try:
+        exp = jwt_payload(access_token)["exp"]
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            expires_at = datetime.fromtimestamp(exp, now.tzinfo)
+            if now < expires_at <= now + timedelta(seconds=MAX_STATED_SECONDS):
+                return expires_at
+    except (KeyError, TypeError, ValueError, OverflowError, OSError):
+        pass
+    log.warning("garmin token answer: no readable access expiry; assuming the shortest known")
+    return now + SHORTEST_ACCESS_LIFETIME
 
 
 def _text(payload: dict[str, Any], name: str) -> str:
@@ -231,10 +247,16 @@ def _text(payload: dict[str, Any], name: str) -> str:
     return value
 
 
-def _optional_seconds(value: object) -> int | None:
-    """A positive whole number of seconds, or None when Garmin left it out."""
-    if value is None:
+def _stated_seconds(value: object) -> int | None:
+    """A lifetime Garmin stated: a positive number of seconds (a numeric string too) up to
+    MAX_STATED_SECONDS; None when left out or unreadable, so the caller falls back."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError("not a positive number of seconds")
+    if not 0 < value <= MAX_STATED_SECONDS:  # also false for NaN
+        return None
     return int(value)
