@@ -12,7 +12,7 @@ token that needs refreshing first is refreshed through the single-flight refresh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from auth_service.domain import audit, validation
@@ -89,24 +89,32 @@ class SessionAdmin:
                 f"the session is leased by {lease.holder!r} until {lease.expires_at.isoformat()} "
                 "and its access token needs a refresh, which belongs to the lease holder"
             )
+        leased_until = lease.expires_at if lease is not None else None
         # Counted only when Garmin is about to be asked; refused before it is.
         self._validations.admit(user_id, now)
         if lease is None and tokens.oauth2.expires_at <= now + ACCESS_EXPIRY_MARGIN:
             return self._refresh_and_validate(user_id, version)
-        return self._validate_stored(user_id, version, tokens, leased=lease is not None)
+        return self._validate_stored(user_id, version, tokens, leased_until=leased_until)
 
     def _validate_stored(
-        self, user_id: str, version: int, tokens: GarminTokens, *, leased: bool
+        self, user_id: str, version: int, tokens: GarminTokens, *, leased_until: datetime | None
     ) -> SessionStatusView:
         """Validate the stored access token and store Garmin's answer."""
         try:
             if not self._validate(user_id, tokens):
                 return self._status(user_id)
-        except GarminSessionRejected as exc:
-            if leased:
-                return self._apply_validation(user_id, version, rejected=exc.message)
+        except GarminSessionRejected:
             # Garmin refused an access token we believed valid (revoked, clock skew): only a
-            # refused refresh proves the session itself dead.
+            # refused refresh proves the session itself dead, never a 401 to a token that is
+            # not fresh.
+            if leased_until is not None:
+                # The refresh belongs to the lease holder (RefreshLease), who will meet the
+                # same 401; ending the session here would take a good one from under it.
+                raise LeaseHeld(
+                    f"Garmin refused the stored access token, and the session is leased until "
+                    f"{leased_until.isoformat()}: the holder's refresh will tell whether the "
+                    "session itself is dead; validate again after the lease"
+                ) from None
             return self._refresh_and_validate(user_id, version)
         return self._apply_validation(user_id, version)
 

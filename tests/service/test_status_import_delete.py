@@ -156,6 +156,37 @@ def test_validate_does_not_refresh_behind_a_lease_holder(
     assert garmin.exchange_count("fox@example.com") == exchanges
 
 
+def test_validate_never_ends_a_leased_session_on_a_refused_stored_token(
+    service: Replica, garmin: GarminEmulator
+) -> None:
+    """A 401 to a stored access token that is not fresh is no verdict on the session, and
+    while a lease holds it the refresh that would give one is the holder's (before: the
+    session ended AUTH_EXPIRED under its holder, with a refresh token Garmin still took)."""
+    import_tokens(service, "gus", garmin_tokens(service, garmin, "gus@example.com"))
+    grant = service.call(
+        "LeaseSession", pb.LeaseSessionRequest(user_id="gus", holder="w-1"), role="worker"
+    )
+    garmin.expire_access_tokens("gus@example.com")
+
+    refused = expect_failure(
+        lambda: service.call("GetStatus", pb.GetStatusRequest(user_id="gus", validate=True))
+    )
+    assert (refused.code, refused.reason) == (grpc.StatusCode.ABORTED, "LEASE_HELD")
+    after = service.call("GetStatus", pb.GetStatusRequest(user_id="gus")).status
+    assert after.state == pb.SESSION_STATE_ACTIVE
+    assert after.invalidated_reason == ""
+    # The holder meets the same 401 and asks for a refresh: the session was alive all along.
+    refreshed = service.call(
+        "RefreshLease",
+        pb.RefreshLeaseRequest(
+            lease_id=grant.lease.lease_id, session_version=grant.status.session_version
+        ),
+        role="worker",
+    )
+    assert refreshed.status.state == pb.SESSION_STATE_ACTIVE
+    assert refreshed.status.session_version > grant.status.session_version
+
+
 def test_import_from_a_real_garth_dumps_string(service: Replica, garmin: GarminEmulator) -> None:
     garmin.add_user("gil@example.com", PASSWORD)
     oauth1, oauth2 = _garth_tokens(service, "gil@example.com")
