@@ -372,7 +372,12 @@ class UserSync:
             return None
         candidates = [t for t in (self._leased.synced_through, self._newest) if t is not None]
         if not candidates:
-            return None
+            # A first sync that read its whole window and found nothing: synced through the
+            # window's start, at least. Reporting it counts the sync as one (last_synced_at,
+            # the order of the due), where None would count a failed attempt and keep the
+            # user first in line forever; and the next run still reads the whole window, so
+            # a device that uploads late is not missed.
+            return self._window_start()
         return min(max(candidates), self._now())
 
     def _update(self, outcome: Outcome, detail: str) -> tuple[Outcome, str, bool]:

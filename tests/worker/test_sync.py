@@ -252,3 +252,40 @@ def test_all_drains_50_users_with_concurrency_8(
     for user in users:
         assert len(summaries(tmp_path, user)) == 2
     assert all(not status(service, user).HasField("lease") for user in users[:5])
+
+
+def test_a_first_sync_that_finds_nothing_counts_as_a_sync(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """Before: no synced_through was reported, so the release counted a failed attempt: the
+    user never showed as synced and stayed first in LeaseNextSession's line."""
+    connect(service, garmin, "nia")
+    config = make_config(service.target, garmin, tmp_path, users=("nia",))
+    started = datetime.now(UTC)
+
+    first = run_worker(config)
+
+    assert first.outcome("nia") == "NOTHING_NEW"
+    after = status(service, "nia")
+    assert after.HasField("last_synced_at")
+    synced_through = after.synced_through.ToDatetime(tzinfo=UTC)
+    backfill = config.sync.backfill
+    assert (
+        started - backfill - timedelta(minutes=1)
+        < synced_through
+        <= started - backfill + (timedelta(minutes=1))
+    )
+    # The next run reads the same window again: an activity uploaded late is not missed.
+    garmin.reset_records()
+    late = garmin.add_activities(
+        email_of("nia"), 1, first_start=datetime.now(UTC) - timedelta(days=3)
+    )
+    second = run_worker(config)
+    assert second.outcome("nia") == "SYNCED"
+    [listing] = [call for call in garmin.api_calls if call.path == ACTIVITIES_PATH]
+    assert parse_qs(listing.query)["startDate"][0] == (
+        (synced_through - timedelta(days=2)).date().isoformat()
+    )
+    assert status(service, "nia").synced_through.ToDatetime(tzinfo=UTC) == utc(
+        late[0]["startTimeGMT"]
+    )
