@@ -29,6 +29,7 @@ from sync_worker.client_errors import (
     LEASE_LOST,
     MALFORMED_GRANT,
     SESSION_NOT_ACTIVE,
+    SESSION_NOT_FOUND,
     AuthServiceError,
 )
 from sync_worker.config import WorkerConfig
@@ -193,8 +194,9 @@ class _Run:
         if exc.reason in (LEASE_HELD, LEASE_LOST):
             # Someone else is syncing this user right now.
             outcome = Outcome.LEASE_LOST
-        elif exc.reason == SESSION_NOT_ACTIVE:
-            # Not connected any more (or the service's refresh was just rejected).
+        elif exc.reason in (SESSION_NOT_ACTIVE, SESSION_NOT_FOUND):
+            # Never connected, deleted, expired, or the service's refresh was just rejected:
+            # a person must connect Garmin again; normal life, not a failed run.
             outcome = Outcome.AUTH_EXPIRED
         elif exc.reason == GARMIN_RATE_LIMITED:
             self.control.slow_down(exc.retry_after)
