@@ -8,7 +8,7 @@ import os
 import secrets
 from collections.abc import Mapping, Sequence
 
-from auth_service.api.callers import ROLES, token_sha256
+from auth_service.api.callers import ROLES, CallersFileError, parse_callers, token_sha256
 from auth_service.serving_config import PREFIX, ServingSettings, read_serving_settings
 from garmin_client.env import ConfigError, EnvReader
 
@@ -70,10 +70,24 @@ def new_caller_entry(
     check_token_length(token)
     lines = [
         "[[callers]]",
-        f"name = {json.dumps(name)}",
+        f"name = {_toml_string(name)}",
         f'token_sha256 = "{token_sha256(token)}"',
         f"roles = {json.dumps(sorted(set(roles)))}",
     ]
     if user_id_prefix is not None:
-        lines.append(f"user_id_prefix = {json.dumps(user_id_prefix)}")
-    return token, "\n".join(lines)
+        lines.append(f"user_id_prefix = {_toml_string(user_id_prefix)}")
+    entry = "\n".join(lines)
+    # Read back by the service's own parser: an entry it would refuse, pasted into the live
+    # file, would make the service refuse every caller.
+    try:
+        parse_callers(entry, "the new entry")
+    except CallersFileError as exc:
+        option = "--user-id-prefix" if "user_id_prefix" in str(exc) else "--name"
+        raise ConfigError(option, str(exc).removeprefix("the new entry: ")) from None
+    return token, entry
+
+
+def _toml_string(value: str) -> str:
+    """A TOML basic string: JSON's escapes are TOML's, as long as characters outside the
+    BMP are written as they are (JSON would write surrogate pairs, which TOML refuses)."""
+    return json.dumps(value, ensure_ascii=False)

@@ -376,6 +376,32 @@ def test_new_caller_token_prints_a_long_token_and_its_entry(tmp_path: Path) -> N
     assert bad.returncode == 2
 
 
+@pytest.mark.parametrize("prefix", ["tenant a/", ""])
+def test_new_caller_token_refuses_a_prefix_the_service_would_refuse(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Pasted into the live callers file, such an entry would make the service refuse every
+    caller (before: printed with exit 0)."""
+    result = run_cli(
+        "new-caller-token",
+        *("--name", "w", "--role", "worker", "--user-id-prefix", prefix),
+        env=base_env(tmp_path),
+    )
+    assert result.returncode == 2
+    assert "--user-id-prefix" in result.stderr
+    assert "token" not in result.stdout
+
+
+def test_new_caller_token_writes_any_name_as_toml_reads_it(tmp_path: Path) -> None:
+    """A name outside the BMP: JSON's surrogate-pair escape, printed before, is no TOML."""
+    name = 'sync \U0001f680 "eu"'
+    result = run_cli("new-caller-token", "--name", name, "--role", "worker", env=base_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    entry = result.stdout.strip().splitlines()[2:]
+    (parsed,) = parse_callers("\n".join(entry), "printed entry")
+    assert parsed.caller.name == name
+
+
 def test_hash_token_refuses_a_short_token(tmp_path: Path) -> None:
     result = subprocess.run(
         [CLI, "hash-token"],
