@@ -14,8 +14,11 @@ from auth_service.api.callers import CallerRegistry
 from auth_service.config import PREFIX, TlsSettings, check_host_port, load_tls_settings
 from auth_service.serving_config import (
     FILE_SUFFIX,
+    PLAINTEXT_LISTEN_FLAG,
+    PRODUCTION,
     SECRET_VARIABLES,
     is_loopback_listen,
+    plaintext_listen_refusal,
     plaintext_upstream,
     read_serving_settings,
 )
@@ -83,7 +86,17 @@ class _Exposure:
     def tls(self) -> str:
         settings = load_tls_settings(self.env)
         if settings is None:
-            return "off (plaintext gRPC; set GARMIN_AUTH_TLS_CERT and GARMIN_AUTH_TLS_KEY)"
+            listen = self.raw("LISTEN") or DEFAULT_LISTEN
+            refusal = plaintext_listen_refusal(
+                tls=False,
+                listen=listen,
+                production=(self.raw("ENVIRONMENT") or "").lower() == PRODUCTION,
+                mesh_encrypts=(self.raw(PLAINTEXT_LISTEN_FLAG) or "").lower() in TRUE_VALUES,
+            )
+            if refusal is not None:
+                raise CheckFailed(refusal)
+            beyond = "" if is_loopback_listen(listen) else f"; WARNING: {listen} is not loopback"
+            return "off (plaintext gRPC; set GARMIN_AUTH_TLS_CERT and GARMIN_AUTH_TLS_KEY)" + beyond
         try:
             material = load_material(settings)
         except TlsFilesError as exc:

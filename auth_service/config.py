@@ -32,9 +32,11 @@ from auth_service.domain.policies import (
     RefusedClientId,
 )
 from auth_service.serving_config import (
+    PLAINTEXT_LISTEN_FLAG,
     ServingSettings,
     check_development_flag,
     check_plaintext_upstream,
+    plaintext_listen_refusal,
     plaintext_upstream,
     read_serving_settings,
     with_secret_files,
@@ -350,6 +352,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     check_plaintext_upstream(
         plaintext_upstream(upstream.base_url, di.plain_http), production=serving.production
     )
+    tls = load_tls_settings(env)
+    refusal = plaintext_listen_refusal(
+        tls=tls is not None,
+        listen=listen,
+        production=serving.production,
+        mesh_encrypts=reader.flag(PLAINTEXT_LISTEN_FLAG),
+    )
+    if refusal is not None:
+        raise ConfigError(PREFIX + "ENVIRONMENT", refusal)
     return Settings(
         database_url=_database_url(reader),
         keyring=keyring,
@@ -375,7 +386,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             flow=login_flow,
         ),
         refresh=_refresh(reader, upstream),
-        tls=load_tls_settings(env),
+        tls=tls,
         metrics=_metrics(reader),
         housekeeping_interval_seconds=reader.number(
             "HOUSEKEEPING_INTERVAL", 300.0, minimum=1, maximum=86400

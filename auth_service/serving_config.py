@@ -22,6 +22,8 @@ DEFAULT_HEALTH_LISTEN = "0.0.0.0:8081"
 HEALTH_LISTEN_OFF = "off"
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 300.0
 PRODUCTION = "production"
+# Production serves plaintext gRPC beyond loopback only with this flag (a mesh encrypts).
+PLAINTEXT_LISTEN_FLAG = "ALLOW_PLAINTEXT_LISTEN"
 ENVIRONMENTS = frozenset({"development", "staging", PRODUCTION})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Variables that carry a secret; each may instead be read from the file named by
@@ -147,6 +149,21 @@ def check_development_flag(
             f"is refused: GARMIN_AUTH_LISTEN ({listen}) is not a loopback address "
             "(127.0.0.0/8, ::1, localhost)",
         )
+
+
+def plaintext_listen_refusal(
+    *, tls: bool, listen: str, production: bool, mesh_encrypts: bool
+) -> str | None:
+    """Why production refuses to serve gRPC unencrypted beyond this machine (None: it
+    does not): caller tokens, Garmin passwords and access tokens would cross the network."""
+    if not production or tls or mesh_encrypts or is_loopback_listen(listen):
+        return None
+    return (
+        f"production refuses plaintext gRPC on {listen}, which is not a loopback address: "
+        "caller tokens, Garmin passwords and access tokens would cross the network "
+        "unencrypted. Set GARMIN_AUTH_TLS_CERT and GARMIN_AUTH_TLS_KEY, or "
+        f"{PREFIX}{PLAINTEXT_LISTEN_FLAG}=true where a service mesh encrypts the pod's traffic"
+    )
 
 
 def plaintext_upstream(base_url: str | None, di_plain_http: bool) -> list[str]:

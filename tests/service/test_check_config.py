@@ -347,6 +347,22 @@ def test_plaintext_upstream_fails_in_production(env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
+def test_plaintext_grpc_beyond_loopback_fails_in_production(env: dict[str, str]) -> None:
+    for name in ("TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA"):
+        del env[f"GARMIN_AUTH_{name}"]
+    env["GARMIN_AUTH_UPSTREAM_URL"] = "https://garmin.proxy.example"
+    env["GARMIN_AUTH_LISTEN"] = "0.0.0.0:50051"
+    lines = by_name(run_checks(env))
+    assert "WARNING: 0.0.0.0:50051 is not loopback" in lines["tls"].detail
+    env["GARMIN_AUTH_ENVIRONMENT"] = "production"
+    problems = failed(run_checks(env))
+    assert set(problems) == {"tls", "settings"}
+    assert "production refuses plaintext gRPC on 0.0.0.0:50051" in problems["tls"]
+    env["GARMIN_AUTH_ALLOW_PLAINTEXT_LISTEN"] = "true"
+    assert failed(run_checks(env)) == {}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_secrets_from_files(env: dict[str, str], tmp_path: Path) -> None:
     keys_file = tmp_path / "keys"
     keys_file.write_text(env.pop("GARMIN_AUTH_ENCRYPTION_KEYS") + "\n")

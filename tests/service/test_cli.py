@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -167,6 +168,24 @@ def test_plaintext_upstream_is_refused_in_production(tmp_path: Path) -> None:
     assert load_settings(production).serving.production
     with pytest.raises(ConfigError, match="DI_PLAIN_HTTP"):
         load_settings({**production, "GARMIN_AUTH_DI_PLAIN_HTTP": "true"})
+
+
+def test_plaintext_grpc_beyond_loopback_is_refused_in_production(tmp_path: Path) -> None:
+    """Before: production served plaintext on 0.0.0.0 without a word (the image's
+    GARMIN_AUTH_LISTEN), so caller tokens and Garmin passwords crossed the network."""
+    env = base_env(
+        tmp_path,
+        GARMIN_AUTH_UPSTREAM_URL="https://proxy.example",
+        GARMIN_AUTH_LISTEN="0.0.0.0:50051",
+    )
+    assert load_settings(env).tls is None  # development: allowed (check-config warns)
+    production = {**env, "GARMIN_AUTH_ENVIRONMENT": "production"}
+    with pytest.raises(
+        ConfigError, match=re.escape("production refuses plaintext gRPC on 0.0.0.0:50051")
+    ):
+        load_settings(production)
+    assert load_settings({**production, "GARMIN_AUTH_ALLOW_PLAINTEXT_LISTEN": "true"}).tls is None
+    assert load_settings({**production, "GARMIN_AUTH_LISTEN": "127.0.0.1:50051"}).tls is None
 
 
 def test_serving_settings_and_their_defaults(tmp_path: Path) -> None:
