@@ -304,6 +304,11 @@ def _di_settings(reader: EnvReader) -> DiSettings:
     refused = (reader.get("DI_ON_REFUSED_CLIENT_ID") or RefusedClientId.STOP.value).lower()
     if refused not in {item.value for item in RefusedClientId}:
         raise reader.error("DI_ON_REFUSED_CLIENT_ID", f"expected stop or next, got {refused!r}")
+    on_rotation = (reader.get("DI_REFRESH_EXPIRY_ON_ROTATION") or "restart").lower()
+    if on_rotation not in {"restart", "keep"}:
+        raise reader.error(
+            "DI_REFRESH_EXPIRY_ON_ROTATION", f"expected restart or keep, got {on_rotation!r}"
+        )
     return DiSettings(
         client_ids=client_ids,
         service_url=_service_urls(reader)[0],
@@ -316,6 +321,7 @@ def _di_settings(reader: EnvReader) -> DiSettings:
             minimum=3600,
             maximum=365 * 86400,
         ),
+        rotation_restarts_refresh_expiry=on_rotation == "restart",
     )
 
 

@@ -97,6 +97,9 @@ class DiSettings:
     on_refused_client_id: RefusedClientId = RefusedClientId.STOP
     # The refresh-token lifetime assumed when Garmin never stated one for the session.
     refresh_lifetime_seconds: int = DEFAULT_REFRESH_LIFETIME_SECONDS
+    # When a refresh answer states no refresh expiry: does the rotation restart the refresh
+    # token's lifetime (reported, uncertain) or does the new token keep the old one's expiry?
+    rotation_restarts_refresh_expiry: bool = True
 
 
 @dataclass(frozen=True)

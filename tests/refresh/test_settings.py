@@ -45,6 +45,7 @@ def test_values_from_the_environment(tmp_path: Path) -> None:
         ("KEEPALIVE_INTERVAL", "0"),
         # A refresh token dies about 30 days after its last use: a wider window is a typo.
         ("KEEPALIVE_WINDOW", str(30 * 86400)),
+        ("DI_REFRESH_EXPIRY_ON_ROTATION", "sometimes"),
     ],
 )
 def test_bad_values_stop_start_up_naming_the_variable(
@@ -52,3 +53,9 @@ def test_bad_values_stop_start_up_naming_the_variable(
 ) -> None:
     with pytest.raises(ConfigError, match=f"GARMIN_AUTH_{name}"):
         load_settings(base_env(tmp_path, **{f"GARMIN_AUTH_{name}": value}))
+
+
+def test_whether_a_rotation_restarts_the_refresh_expiry_is_configured(tmp_path: Path) -> None:
+    assert load_settings(base_env(tmp_path)).di.rotation_restarts_refresh_expiry
+    env = base_env(tmp_path, GARMIN_AUTH_DI_REFRESH_EXPIRY_ON_ROTATION="keep")
+    assert not load_settings(env).di.rotation_restarts_refresh_expiry

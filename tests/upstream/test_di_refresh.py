@@ -177,3 +177,23 @@ def test_an_odd_lifetime_in_a_rotation_never_drops_the_new_pair(
     emulator.di.answer_overrides = {}
     upstream.refresh(fresh)
     assert emulator.refresh_token_reuses(EMAIL) == 0
+
+
+def test_a_rotation_keeps_the_refresh_expiry_when_configured_to(
+    emulator: GarminEmulator,
+) -> None:
+    """Whether a rotation restarts the refresh token's lifetime is uncertain (shared facts
+    file): GARMIN_AUTH_DI_REFRESH_EXPIRY_ON_ROTATION=keep hands the old expiry on, as an
+    emulator that does not restart it behaves; the default restarts it."""
+    emulator.di.rotation_restarts_refresh_expiry = False
+    soon = datetime.now(UTC) + timedelta(days=3)
+    issued = issued_tokens(emulator, EMAIL)
+    tokens = dataclasses.replace(
+        issued, oauth2=dataclasses.replace(issued.oauth2, refresh_token_expires_at=soon)
+    )
+    kept = di_upstream(emulator, rotation_restarts_refresh_expiry=False).refresh(tokens)
+    assert kept.oauth2.refresh_token_expires_at == soon
+    restarted = di_upstream(emulator).refresh(kept)
+    expires = restarted.oauth2.refresh_token_expires_at
+    assert expires is not None
+    assert expires > soon + timedelta(days=20)

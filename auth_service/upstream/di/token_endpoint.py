@@ -206,6 +206,14 @@ class TokenEndpoint:
         refresh_expires_at = now + timedelta(
             seconds=known or self._settings.refresh_lifetime_seconds
         )
+        kept = previous.oauth2.refresh_token_expires_at if previous else None
+        if (
+            lifetime is None
+            and kept is not None
+            and not self._settings.rotation_restarts_refresh_expiry
+        ):
+            # Configured: a rotation hands the old token's expiry on to the new one.
+            refresh_expires_at = kept
         return GarminTokens(
             oauth1=None,
             oauth2=OAuth2Token(
