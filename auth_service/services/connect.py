@@ -179,7 +179,7 @@ class ConnectService:
         self, digest: str, user_id_prefix: str | None
     ) -> tuple[str, PendingMfa, datetime]:
         """Take the challenge for one submission; refusals still commit what they drop."""
-        refusal: MfaChallengeNotFound | MfaChallengeBusy
+        refusal: MfaChallengeNotFound | MfaChallengeBusy | GarminRateLimited
         with self._uow() as uow:
             challenge = uow.challenges.lock(digest)
             if (
@@ -198,6 +198,14 @@ class ConnectService:
                 )
             elif challenge.claimed_until is not None and challenge.claimed_until > uow.now:
                 refusal = MfaChallengeBusy("another SubmitMfa for this challenge is in progress")
+            elif (cooling := self._cooldown.refusal(uow, challenge.user_id)) is not None:
+                # Garmin's 429 on a sign-in step holds the account's whole sign-in back, the
+                # code's check included; the challenge stays for after the cooldown.
+                self._gate.suppressed(self._login_endpoints[0], "signin_cooldown")
+                uow.audit.record(
+                    AuditedRpc.SUBMIT_MFA, audit.outcome_of(cooling), user_id=challenge.user_id
+                )
+                refusal = cooling
             else:
                 try:
                     pending = uow.challenges.open_pending(challenge)

@@ -6,6 +6,7 @@ ImportSession of python-garminconnect's token file, and legacy garth sessions be
 from __future__ import annotations
 
 import json
+import time
 from typing import cast
 
 import grpc
@@ -21,6 +22,7 @@ from garmin_emulator import (
     DI_TOKEN_PATH,
     KNOWN_DI_CLIENT_IDS,
     LOGIN_PATH,
+    VERIFY_MFA_PATH,
     GarminEmulator,
 )
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
@@ -138,6 +140,33 @@ def test_a_429_starts_a_cooldown_every_replica_honours_without_calling_garmin(
     # Another account is not held back.
     garmin.add_user("dan@example.com", PASSWORD)
     assert login(second, "dan", "dan@example.com").status.state == pb.SESSION_STATE_ACTIVE
+
+
+def test_a_429_on_the_mfa_code_holds_the_next_code_back_on_every_replica(
+    di_pair: tuple[Replica, Replica], garmin: GarminEmulator
+) -> None:
+    """The sign-in cooldown covers the MFA step too (before: once Garmin's own Retry-After
+    had passed, the next SubmitMfa went to Garmin's SSO again, 2 hours too soon)."""
+    first, second = di_pair
+    garmin.add_user("kit@example.com", PASSWORD, mfa=True, mfa_code="112233")
+    challenge = login(first, "kit", "kit@example.com").mfa_challenge_id
+    garmin.fail_next(VERIFY_MFA_PATH, 429, retry_after=1)
+    submit = pb.SubmitMfaRequest(mfa_challenge_id=challenge, code="112233")
+    limited = expect_failure(lambda: first.call("SubmitMfa", submit))
+    assert (limited.code, limited.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "GARMIN_RATE_LIMITED",
+    )
+    assert limited.retry_seconds == 7200
+    calls = garmin.request_count(VERIFY_MFA_PATH)
+    time.sleep(1.5)  # Garmin's own Retry-After is over; the account's cooldown is not
+
+    cooling = expect_failure(lambda: second.call("SubmitMfa", submit))
+    assert cooling.reason == "GARMIN_RATE_LIMITED"
+    assert cooling.retry_seconds is not None
+    assert 7000 < cooling.retry_seconds <= 7200
+    assert garmin.request_count(VERIFY_MFA_PATH) == calls
+    assert status_of(second, "kit").state == pb.SESSION_STATE_MFA_PENDING
 
 
 def exchange(replica: Replica, ticket: str, service_url: str = "") -> pb.SessionStatus:
