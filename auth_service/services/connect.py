@@ -163,6 +163,10 @@ class ConnectService:
         except MfaCodeRejected as rejected:
             self._count_wrong_code(digest, claimed_until, rejected)
             raise
+        except MfaChallengeNotFound:
+            # Garmin no longer holds the pending login: no code can succeed on it.
+            self._drop_challenge(digest, claimed_until)
+            raise
         except BaseException:
             self._release_claim(digest, claimed_until)
             raise
@@ -233,6 +237,14 @@ class ConnectService:
             if challenge.failed_attempts + 1 >= self._settings.mfa_max_wrong_codes:
                 uow.challenges.delete(digest)
                 uow.sessions.settle_abandoned_mfa(uow.now, challenge.user_id)
+
+    def _drop_challenge(self, digest: str, claimed_until: datetime) -> None:
+        with self._uow() as uow:
+            challenge = uow.challenges.lock(digest)
+            if challenge is None or challenge.claimed_until != claimed_until:
+                return
+            uow.challenges.delete(digest)
+            uow.sessions.settle_abandoned_mfa(uow.now, challenge.user_id)
 
     def _release_claim(self, digest: str, claimed_until: datetime) -> None:
         with self._uow() as uow:

@@ -169,6 +169,30 @@ def test_a_429_on_the_mfa_code_holds_the_next_code_back_on_every_replica(
     assert status_of(second, "kit").state == pb.SESSION_STATE_MFA_PENDING
 
 
+def test_a_sign_in_garmin_forgot_asks_for_a_new_login_not_another_code(
+    di_pair: tuple[Replica, Replica], garmin: GarminEmulator
+) -> None:
+    """Garmin answers 401 to a code sent on a pending login it no longer holds (its lifetime
+    is uncertain). Before: MFA_CODE_REJECTED, so the user spent the challenge's tries, each
+    a trip to Garmin's SSO, on codes that could never work."""
+    first, second = di_pair
+    garmin.add_user("lea@example.com", PASSWORD, mfa=True, mfa_code="445566")
+    garmin.di.pending_mfa_ttl_seconds = 0.5
+    challenge = login(first, "lea", "lea@example.com").mfa_challenge_id
+    time.sleep(1.0)
+    submit = pb.SubmitMfaRequest(mfa_challenge_id=challenge, code="445566")
+
+    gone = expect_failure(lambda: second.call("SubmitMfa", submit))
+
+    assert (gone.code, gone.reason) == (grpc.StatusCode.NOT_FOUND, "MFA_CHALLENGE_NOT_FOUND")
+    assert "log in again" in gone.message
+    calls = garmin.request_count(VERIFY_MFA_PATH)
+    again = expect_failure(lambda: first.call("SubmitMfa", submit))
+    assert again.reason == "MFA_CHALLENGE_NOT_FOUND"
+    assert garmin.request_count(VERIFY_MFA_PATH) == calls  # the challenge is gone with it
+    assert status_of(second, "lea").state == pb.SESSION_STATE_NOT_CONNECTED
+
+
 def exchange(replica: Replica, ticket: str, service_url: str = "") -> pb.SessionStatus:
     request = pb.ExchangeServiceTicketRequest(
         user_id="tia", service_ticket=ticket, service_url=service_url

@@ -3,8 +3,10 @@
 * ``SUCCESSFUL`` with ``serviceTicketId`` -> the ticket (exchanged by the provider).
 * ``MFA_REQUIRED`` -> a PendingMfa holding the SSO cookies of that answer (the code is bound
   to them), so SubmitMfa may finish on any replica.
-* 401 or another answer type on the login -> GarminCredentialsRejected; on the MFA step ->
-  MfaCodeRejected (the challenge stays usable).
+* 401 or another answer type on the login -> GarminCredentialsRejected. On the MFA step, a
+  400 or another answer type -> MfaCodeRejected (the challenge stays usable); a 401 ->
+  MfaChallengeNotFound: Garmin no longer holds the pending login (its lifetime is uncertain),
+  so no code can succeed on it and the user must log in again.
 * 429 -> GarminRateLimited (the service starts the account's sign-in cooldown).
 * ``CAPTCHA_REQUIRED``, 403, an HTML page, 5xx -> GarminUnavailable: Garmin's edge is blocking
   this server for now; ExchangeServiceTicket is the way in meanwhile.
@@ -21,6 +23,7 @@ from auth_service.domain.errors import (
     GarminCredentialsRejected,
     GarminRateLimited,
     GarminUnavailable,
+    MfaChallengeNotFound,
     MfaCodeRejected,
     UpstreamError,
 )
@@ -136,7 +139,12 @@ class SsoLogin:
         ticket = _ticket(answer)
         if answer.status == HTTPStatus.OK and kind == "SUCCESSFUL" and ticket is not None:
             return ticket
-        refused = answer.status in (HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED) or (
+        if answer.status == HTTPStatus.UNAUTHORIZED:
+            log.info("garmin MFA verification: the pending login is gone (HTTP 401)")
+            raise MfaChallengeNotFound(
+                "Garmin no longer holds this sign-in (it expired there); log in again"
+            )
+        refused = answer.status == HTTPStatus.BAD_REQUEST or (
             answer.status == HTTPStatus.OK and kind is not None and kind not in _BLOCKED_TYPES
         )
         if refused:
