@@ -279,8 +279,10 @@ class _Run:
         except AuthServiceError as exc:
             if pending is not None:
                 released = release_outcome(exc)
-                if released is None:
-                    # The answer does not say (lost on the way): release it alone.
+                if released is None or exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+                    # The answer does not say (lost on the way), or the call was refused
+                    # before anything was done: release it alone (release_now also copes
+                    # with a synced_through the service refuses).
                     self.emit(release_now(self.client, pending, self.control))
                 else:
                     self.emit(pending.settle(None if released else exc, self.control))

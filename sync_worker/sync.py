@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
+import grpc
+
 from garmin_client.errors import RateLimited, SessionRejected, Unavailable
 from garmin_client.settings import UpstreamSettings
 from sync_worker.activity_list import parse_activity
@@ -133,6 +135,20 @@ def release_now(client: AuthClient, pending: PendingRelease, control: RunControl
     try:
         client.release_lease(pending.lease_id, pending.synced_through)
     except AuthServiceError as exc:
+        if exc.code != grpc.StatusCode.INVALID_ARGUMENT or pending.synced_through is None:
+            return pending.settle(exc, control)
+        # The service refused our synced_through (this machine's clock runs ahead of the
+        # service's): end the lease anyway, as an attempt, rather than hold the user until
+        # the ttl; the next run reads the same window again.
+        log.warning(
+            "user %s: the release was refused (%s); released without synced_through",
+            pending.result.user_id,
+            exc,
+        )
+        try:
+            client.release_lease(pending.lease_id, None)
+        except AuthServiceError as again:
+            return pending.settle(again, control)
         return pending.settle(exc, control)
     return pending.result
 

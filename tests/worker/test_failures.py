@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from sync_worker.postgres_sink import PostgresSink
 from sync_worker.runner import EXIT_GARMIN_UNAVAILABLE
 from sync_worker.sinks import Sink
 from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
+from tests.reliability import SkewedClock
 
 from . import (
     PASSWORD,
@@ -261,6 +262,31 @@ def test_users_without_a_session_are_normal_life_not_a_failed_run(
 
     assert (result.outcome("oli"), result.outcome("nobody")) == ("AUTH_EXPIRED", "AUTH_EXPIRED")
     assert result.exit_code == 0
+
+
+@pytest.mark.parametrize("all_users", [False, True], ids=["--user", "--all"])
+def test_a_release_whose_synced_through_is_refused_still_ends_the_lease(
+    service_factory: ServiceFactory, garmin: GarminEmulator, tmp_path: Path, all_users: bool
+) -> None:
+    """The worker's clock runs 30 minutes ahead of the service's and a watch recorded an
+    activity 10 minutes in the future: the service refuses the release's synced_through
+    (INVALID_ARGUMENT). Before: the lease stayed held until its ttl (--all: the refused
+    release rode on LeaseNextSession, and nothing released it alone)."""
+    behind = service_factory.start(clock=SkewedClock(timedelta(minutes=-30)))
+    email = connect(behind, garmin, "zoe")
+    garmin.add_activities(email, 1, first_start=datetime.now(UTC) + timedelta(minutes=10))
+    config = make_config(
+        behind.target, garmin, tmp_path, users=() if all_users else ("zoe",), all_users=all_users
+    )
+
+    result = run_worker(config)
+
+    assert result.outcome("zoe") == "FAILED"
+    after = status(behind, "zoe")
+    assert not after.HasField("lease")
+    assert not after.HasField("synced_through")
+    assert after.HasField("last_sync_attempt_at")
+    assert len(summaries(tmp_path, "zoe")) == 1  # what was read is kept
 
 
 @pytest.mark.parametrize(
