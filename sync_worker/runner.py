@@ -29,7 +29,6 @@ from sync_worker.client_errors import (
     LEASE_LOST,
     MALFORMED_GRANT,
     SESSION_NOT_ACTIVE,
-    SESSION_NOT_FOUND,
     AuthServiceError,
 )
 from sync_worker.config import WorkerConfig
@@ -194,9 +193,8 @@ class _Run:
         if exc.reason in (LEASE_HELD, LEASE_LOST):
             # Someone else is syncing this user right now.
             outcome = Outcome.LEASE_LOST
-        elif exc.reason in (SESSION_NOT_ACTIVE, SESSION_NOT_FOUND):
-            # Never connected, deleted, expired, or the service's refresh was just rejected:
-            # a person must connect Garmin again; normal life, not a failed run.
+        elif exc.reason == SESSION_NOT_ACTIVE:
+            # Not connected any more (or the service's refresh was just rejected).
             outcome = Outcome.AUTH_EXPIRED
         elif exc.reason == GARMIN_RATE_LIMITED:
             self.control.slow_down(exc.retry_after)

@@ -249,21 +249,6 @@ def test_auth_service_down_at_start_exits_3(garmin: GarminEmulator, tmp_path: Pa
     assert time.monotonic() - started < 10
 
 
-def test_users_without_a_session_are_normal_life_not_a_failed_run(
-    service: Replica, garmin: GarminEmulator, tmp_path: Path
-) -> None:
-    """LeaseSession answers SESSION_NOT_FOUND for a user who never connected or was deleted
-    (the same answer, on purpose); like SESSION_NOT_ACTIVE, that is a person's job to fix,
-    not a reason for the Job to fail (before: FAILED, exit 1)."""
-    connect(service, garmin, "oli", activities=1)
-    service.call("DeleteSession", pb.DeleteSessionRequest(user_id="oli"))
-
-    result = run_worker(make_config(service.target, garmin, tmp_path, users=("oli", "nobody")))
-
-    assert (result.outcome("oli"), result.outcome("nobody")) == ("AUTH_EXPIRED", "AUTH_EXPIRED")
-    assert result.exit_code == 0
-
-
 @pytest.mark.parametrize("all_users", [False, True], ids=["--user", "--all"])
 def test_a_release_whose_synced_through_is_refused_still_ends_the_lease(
     service_factory: ServiceFactory, garmin: GarminEmulator, tmp_path: Path, all_users: bool
