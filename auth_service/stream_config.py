@@ -34,7 +34,13 @@ def _secret(reader: EnvReader) -> bytes:
     name = "WEBHOOK_SECRET"
     if path is not None:
         name = "WEBHOOK_SECRET_FILE"
-        value = path.read_text(encoding="utf-8").strip()
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise reader.error(name, f"cannot read {path} ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            # The content is a secret: not quoted, not even in part.
+            raise reader.error(name, f"{path} is not UTF-8 text") from None
     if value is None:
         raise reader.error("WEBHOOK_SECRET", "is required when GARMIN_AUTH_WEBHOOK_URL is set")
     if len(value) < MIN_SECRET_LENGTH:

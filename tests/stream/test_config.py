@@ -83,3 +83,21 @@ def test_a_secret_and_a_secret_file_are_refused_together(tmp_path: Path) -> None
 def test_backoff_doubles_up_to_its_maximum() -> None:
     settings = WebhookSettings(backoff_initial_seconds=1, backoff_max_seconds=5)
     assert [settings.backoff(n).total_seconds() for n in range(1, 6)] == [1, 2, 4, 5, 5]
+
+
+@pytest.mark.parametrize("problem", ["missing", "a directory", "not UTF-8"])
+def test_an_unreadable_secret_file_is_a_config_error_naming_it(
+    tmp_path: Path, problem: str
+) -> None:
+    """One line naming the variable, never the content (before, a file that is not UTF-8
+    gave a UnicodeDecodeError traceback)."""
+    secret_file = tmp_path / "secret"
+    if problem == "a directory":
+        secret_file.mkdir()
+    elif problem == "not UTF-8":
+        secret_file.write_bytes(b"\xff" + SECRET.encode())
+    with pytest.raises(ConfigError, match="GARMIN_AUTH_WEBHOOK_SECRET_FILE") as raised:
+        read_webhook_settings(
+            _reader(WEBHOOK_URL="https://example.com", WEBHOOK_SECRET_FILE=str(secret_file))
+        )
+    assert SECRET not in str(raised.value)
