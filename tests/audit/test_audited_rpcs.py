@@ -190,11 +190,12 @@ def test_get_status_validate_records_what_it_stored(
     assert log.new() == []
 
 
-def test_get_status_validate_behind_a_lease_names_it_only_when_it_ends_it(
+def test_get_status_validate_behind_a_lease_ends_nothing_the_holders_refresh_does(
     service: Replica, garmin: GarminEmulator, log: AuditLog
 ) -> None:
     connect(service, garmin, "zed")
-    grant = lease(service, "zed").lease
+    granted = lease(service, "zed")
+    grant = granted.lease
     log.mark()
     service.call("GetStatus", pb.GetStatusRequest(user_id="zed", validate=True))
     event = log.one()
@@ -202,9 +203,26 @@ def test_get_status_validate_behind_a_lease_names_it_only_when_it_ends_it(
     assert event.lease_id is None  # the lease lives on
 
     garmin.revoke_tokens("zed@example.com")
-    service.call("GetStatus", pb.GetStatusRequest(user_id="zed", validate=True))
+    # A 401 to the stored access token is no verdict while a holder owns the refresh: the
+    # validation is refused, ends nothing and records nothing.
+    refused = expect_failure(
+        lambda: service.call("GetStatus", pb.GetStatusRequest(user_id="zed", validate=True))
+    )
+    assert refused.reason == "LEASE_HELD"
+    assert log.new() == []
+    # The holder's refresh meets invalid_grant: that ends the session, naming the lease.
+    ended = expect_failure(
+        lambda: service.call(
+            "RefreshLease",
+            pb.RefreshLeaseRequest(
+                lease_id=grant.lease_id, session_version=granted.status.session_version
+            ),
+            role="worker",
+        )
+    )
+    assert ended.reason == "SESSION_NOT_ACTIVE"
     event = log.one()
-    assert event.summary == (ADMIN, "GetStatus", "zed", "OK", "SESSION_INVALIDATED")
+    assert event.summary == (WORKER, "RefreshLease", "zed", "FAILED_PRECONDITION", ended.reason)
     assert (event.lease_id, event.fencing_token) == (
         lease_digest(grant.lease_id),
         grant.fencing_token,
