@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from auth_service.domain.errors import FieldViolation
 from auth_service.domain.models import SessionState, SessionStatusView
 
-# Positions are stored as 64-bit integers: a cursor longer than this cannot be one.
-MAX_CURSOR_DIGITS = 19
+# Positions are stored as 64-bit integers: a larger cursor cannot be one.
+MAX_POSITION = 2**63 - 1
+MAX_CURSOR_DIGITS = len(str(MAX_POSITION))
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,12 @@ def parse_cursor(cursor: str, field: str) -> tuple[int | None, list[FieldViolati
     """The position after which to replay; None for "" (only new changes)."""
     if cursor == "":
         return None, []
-    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > MAX_CURSOR_DIGITS:
+    if (
+        not cursor.isascii()
+        or not cursor.isdigit()
+        or len(cursor) > MAX_CURSOR_DIGITS
+        or int(cursor) > MAX_POSITION
+    ):
         return None, [FieldViolation(field, "is not a cursor this service issued")]
     return int(cursor), []
 

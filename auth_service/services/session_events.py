@@ -29,7 +29,7 @@ from auth_service.domain.changes import (
     parse_cursor,
 )
 from auth_service.domain.errors import CursorExpired, ReplicaStopping, TooManyWatchers
-from auth_service.services.unit_of_work import UnitsOfWork
+from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 # Entries read per query: a replay of a long log goes out in slices of this many.
 READ_BATCH = 200
@@ -59,11 +59,14 @@ class Watch:
                     after = uow.changes.head()
                 else:
                     after = self._after
-                    if after + 1 < uow.changes.first_kept():
+                    if after > uow.changes.head():
+                        # Never issued by this log (a database restored from a backup):
+                        # following it would skip every change up to it, unannounced.
                         raise CursorExpired(
-                            "changes after this cursor were pruned; read the statuses with "
-                            "ListSessions and watch from an empty cursor"
+                            "this cursor is ahead of the change log (was the database "
+                            f"restored?); {_START_AGAIN}"
                         )
+                    _check_kept(uow, after)
             # The first heartbeat tells the consumer at once where it stands.
             beat_due = 0.0
             while not self._cancelled.is_set():
@@ -71,6 +74,8 @@ class Watch:
                     raise ReplicaStopping("the replica is stopping; resume from the last cursor")
                 seen = events.signal.generation()
                 with events.uow() as uow:
+                    # prune-audit may run while a slow consumer replays: a gap is expiry.
+                    _check_kept(uow, after)
                     batch = uow.changes.read_after(after, self._wanted, limit=READ_BATCH)
                 yield from batch.changes
                 after = batch.read_through
@@ -84,6 +89,14 @@ class Watch:
                     beat_due = now + events.settings.heartbeat_seconds
                 wait = min(beat_due - now, events.settings.poll_seconds)
                 events.signal.wait(seen, max(wait, 0.0))
+
+
+_START_AGAIN = "read the statuses with ListSessions and watch from an empty cursor"
+
+
+def _check_kept(uow: UnitOfWork, after: int) -> None:
+    if after + 1 < uow.changes.first_kept():
+        raise CursorExpired(f"changes after this cursor were pruned; {_START_AGAIN}")
 
 
 class SessionEvents:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import CursorResult, Row
 
 from auth_service.domain.changes import ChangeBatch, ChangeFilter, PendingChange, SessionChange
@@ -205,10 +205,23 @@ class SqlChangeLog:
 
     def delete_older_than(self, cutoff: datetime, *, limit: int) -> int:
         """Delete up to `limit` of the oldest entries with occurred_at < cutoff; the count.
-        Positions only grow with time, so what is left is always a suffix of the log."""
+
+        Only a prefix of the log, by position: an entry is numbered after its commit, and its
+        occurred_at is its transaction's start on its replica's clock, so an older entry can
+        hold a later position than a newer one. Deleting by age alone could leave a gap above
+        the first kept position, which first_kept() (and so CURSOR_EXPIRED) would not see."""
+        first_young = (
+            select(func.min(Change.position))
+            .where(Change.occurred_at >= cutoff, Change.position.is_not(None))
+            .scalar_subquery()
+        )
         oldest = (
             select(Change.id)
-            .where(Change.occurred_at < cutoff, Change.position.is_not(None))
+            .where(
+                Change.occurred_at < cutoff,
+                Change.position.is_not(None),
+                or_(first_young.is_(None), Change.position < first_young),
+            )
             .order_by(Change.position)
             .limit(limit)
         )

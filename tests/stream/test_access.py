@@ -11,9 +11,12 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from auth_service.api.callers import ROLES, RPC_ROLES, token_sha256
+from auth_service.domain.changes import ChangeFilter, SessionChange
+from auth_service.domain.errors import CursorExpired
 from auth_service.storage.audit_pruning import prune_audit
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from tests.fixtures.servers import failure_of, write_callers_file
+from tests.reliability import SkewedClock
 from tests.stream import Follower, connect, watch
 from tests.stream.conftest import StartReplica
 
@@ -92,4 +95,47 @@ def test_a_pruned_cursor_is_refused(start_replica: StartReplica, database_url: s
     # The cursor of the last pruned change still resumes: nothing after it is gone.
     follower = Follower(watch(replica.stub, after_cursor="3")).start()
     assert [(e.cursor, e.status.user_id) for e in follower.wait_changes(1)] == [("4", "d")]
+    follower.cancel()
+
+
+def test_pruning_under_a_live_watch_ends_it_with_cursor_expired(
+    start_replica: StartReplica, database_url: str
+) -> None:
+    """A watch that has not reached the changes prune-audit deletes must not jump over them.
+    Before: only the watch's start was checked; it went on after the gap as if nothing were
+    missing (here: user d's change, pruned before the watch read it)."""
+    replica = start_replica()
+    for user in ("a", "b", "c"):
+        connect(replica.stub, user)
+    events = replica.running.application.use_cases.session_events
+    watching = iter(events.watch("0", ChangeFilter()))
+    first = next(watching)
+    assert isinstance(first, SessionChange)
+    assert first.position == 1
+    connect(replica.stub, "d")  # position 4, not read yet
+    engine = create_engine(database_url, poolclass=NullPool)
+    prune_audit(engine, timedelta(0))  # 1-4 are older than a retention of zero
+    engine.dispose()
+    # 2 and 3 were read before the prune and are still delivered; then the gap is seen.
+    assert [change.position for change in (next(watching), next(watching))] == [2, 3]
+    with pytest.raises(CursorExpired, match="pruned"):
+        next(watching)
+
+
+def test_pruning_keeps_the_log_a_suffix_when_clocks_disagree(
+    start_replica: StartReplica, database_url: str
+) -> None:
+    """occurred_at is a transaction's start on its replica's clock, the position comes after
+    its commit: a replica whose clock runs an hour behind commits position 2 dated before
+    position 1. Before: a 30-minute retention pruned 2 and kept 1, a gap first_kept() did
+    not see, so a watch from cursor 1 skipped user b's change without a word."""
+    ahead = start_replica()
+    behind = start_replica(clock=SkewedClock(timedelta(hours=-1)))
+    connect(ahead.stub, "a")
+    connect(behind.stub, "b")
+    engine = create_engine(database_url, poolclass=NullPool)
+    prune_audit(engine, timedelta(minutes=30))
+    engine.dispose()
+    follower = Follower(watch(ahead.stub, after_cursor="1")).start()
+    assert [(e.cursor, e.status.user_id) for e in follower.wait_changes(1)] == [("2", "b")]
     follower.cancel()

@@ -123,6 +123,9 @@ def test_filters_by_state_and_user(start_replica: StartReplica) -> None:
     [
         ({"after_cursor": "abc"}, "after_cursor"),
         ({"after_cursor": "1" * 25}, "after_cursor"),
+        # 19 digits, but past a 64-bit position: INTERNAL before.
+        ({"after_cursor": "9223372036854775808"}, "after_cursor"),
+        ({"after_cursor": "9" * 19}, "after_cursor"),
         ({"user_id": "no spaces"}, "user_id"),
         ({"states": [42]}, "states"),
     ],
@@ -178,3 +181,23 @@ def test_stopping_the_replica_ends_streams_at_once(start_replica: StartReplica) 
 
 def test_cursor_format_is_the_position() -> None:
     assert format_cursor(42) == "42"
+
+
+def test_a_cursor_ahead_of_the_log_is_refused(start_replica: StartReplica) -> None:
+    """A cursor this log never issued (a database restored from a backup older than the
+    consumer's cursor). Before: accepted, and every change up to it was skipped for ever."""
+    replica = start_replica()
+    connect(replica.stub, "ann")
+    for cursor in ("2", "9223372036854775807"):
+        with pytest.raises(grpc.RpcError) as raised:
+            next(iter(watch(replica.stub, after_cursor=cursor)))
+        failure = failure_of(raised.value)
+        assert (failure.code, failure.reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "CURSOR_EXPIRED",
+        )
+        assert "ahead of the change log" in failure.message
+    # The head itself is a cursor the log issued.
+    follower = Follower(watch(replica.stub, after_cursor="1")).start()
+    assert follower.wait_heartbeat().cursor == "1"
+    follower.cancel()
