@@ -179,6 +179,10 @@ _GOOD_OAUTH2 = {
         _b64([_GOOD_OAUTH1, {k: v for k, v in _GOOD_OAUTH2.items() if k != "jti"}]),
         _b64([_GOOD_OAUTH1, {**_GOOD_OAUTH2, "expires_at": 10**20}]),
         _b64([{**_GOOD_OAUTH1, "oauth_token": ""}, _GOOD_OAUTH2]),
+        # Before: accepted, and garth's https://connectapi.{domain} sent the session's
+        # bearer token and our signed exchange to evil.example.
+        _b64([{**_GOOD_OAUTH1, "domain": f"garmin.com@evil.example/{SECRET}"}, _GOOD_OAUTH2]),
+        _b64([{**_GOOD_OAUTH1, "domain": "10.0.0.5:5432"}, _GOOD_OAUTH2]),
     ],
 )
 def test_malformed_dumps_raise_value_error_without_secrets(malformed: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from auth_service.upstream.garth.isolation import GarthOAuth1Token, GarthOAuth2Token, garth_asdict
 from auth_service.upstream.garth.tokens import oauth1_to_garth, oauth2_to_garth, tokens_from_garth
-from garmin_client.endpoints import DEFAULT_DOMAIN
+from garmin_client.endpoints import DEFAULT_DOMAIN, DOMAINS
 from garmin_client.tokens import GarminTokens
 
 
@@ -40,8 +40,15 @@ def tokens_from_garth_dumps(s: str) -> GarminTokens:
         raise ValueError("garth session string: the OAuth2 token is malformed") from None
     if not (oauth1.oauth_token and oauth1.oauth_token_secret and oauth2.access_token):
         raise ValueError("garth session string: a token is empty")
+    domain = oauth1.domain or DEFAULT_DOMAIN
+    if domain not in DOMAINS:
+        # Garth builds https://connectapi.{domain}/...: any other value would send this
+        # session's tokens (and our OAuth consumer) to a host the importer chose.
+        raise ValueError(
+            f"garth session string: the domain must be one of {', '.join(sorted(DOMAINS))}"
+        )
     try:
-        return tokens_from_garth(oauth1, oauth2, oauth1.domain or DEFAULT_DOMAIN)
+        return tokens_from_garth(oauth1, oauth2, domain)
     except (OverflowError, OSError, ValueError):
         raise ValueError("garth session string: an expiry is out of range") from None
 
