@@ -132,7 +132,8 @@ class AccountLimit:
     """One account's state toward Garmin, shared by every replica."""
 
     user_id: str
-    # After a 429 (from `endpoint`), no call for the account reaches Garmin before then.
+    # After a 429 (from `endpoint`), no call for the account reaches Garmin before then
+    # (one from the sign-in holds back sign-ins only: services.garmin_gate._binds).
     cooling_until: datetime | None
     endpoint: GarminEndpoint | None
     # A sign-in (or validation) of the account is with Garmin until then: one at a time.

@@ -197,9 +197,12 @@ class GarminLimitRepository(Protocol):
         when no cooldown of the account was running at `now` (a new one starts)."""
         ...
 
-    def claim_call(self, user_id: str, now: datetime, until: datetime) -> bool:
+    def claim_call(
+        self, user_id: str, now: datetime, until: datetime, *, despite_sign_in_cooldown: bool
+    ) -> bool:
         """Take the account's one call to Garmin until `until`; False while another call
-        of the account holds it or its cooldown runs."""
+        of the account holds it or its cooldown runs (`despite_sign_in_cooldown`: unless
+        the sign-in, GarminEndpoint.SSO, started that cooldown)."""
         ...
 
     def release_call(self, user_id: str) -> None:

@@ -124,10 +124,11 @@ class GarminGate:
         self, uow: UnitOfWork, user_id: str, endpoints: tuple[GarminEndpoint, ...]
     ) -> tuple[GarminEndpoint, str, float] | None:
         until = uow.now + timedelta(seconds=self._settings.probe_seconds)
-        if uow.limits.claim_call(user_id, uow.now, until):
+        sign_in = GarminEndpoint.SSO in endpoints
+        if uow.limits.claim_call(user_id, uow.now, until, despite_sign_in_cooldown=not sign_in):
             return None
         account = uow.limits.account(user_id)
-        if account is not None and account.cooling(uow.now):
+        if account is not None and account.cooling(uow.now) and _binds(account.endpoint, endpoints):
             # Claimed and answered 429 since we looked: the cooldown is the answer.
             assert account.cooling_until is not None
             wait = _seconds(account.cooling_until - uow.now)
@@ -145,7 +146,7 @@ class GarminGate:
     ) -> tuple[GarminEndpoint, str, float] | None:
         now = uow.now
         account = uow.limits.account(user_id) if user_id is not None else None
-        if account is not None and account.cooling(now):
+        if account is not None and account.cooling(now) and _binds(account.endpoint, endpoints):
             assert account.cooling_until is not None
             endpoint = account.endpoint or endpoints[0]
             return endpoint, "account_cooldown", _seconds(account.cooling_until - now)
@@ -306,3 +307,12 @@ def _seconds(delta: timedelta) -> float:
 
 def _names(endpoints: frozenset[GarminEndpoint]) -> str:
     return ", ".join(sorted(e.value for e in endpoints))
+
+
+def _binds(started_by: GarminEndpoint | None, endpoints: tuple[GarminEndpoint, ...]) -> bool:
+    """Whether an account's cooldown holds back a call to `endpoints`. One that Garmin's
+    sign-in (SSO) started holds back sign-ins only: the SSO limits how often an account logs
+    in, and the way in while it refuses us, a service ticket the user got in a browser,
+    goes to the token endpoint within the ticket's minute. A cooldown any other endpoint
+    started holds back every call for the account."""
+    return started_by is not GarminEndpoint.SSO or GarminEndpoint.SSO in endpoints

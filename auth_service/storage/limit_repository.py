@@ -65,18 +65,23 @@ class SqlGarminLimitRepository:
             row.cooling_until, row.endpoint = until, endpoint.value
         return new
 
-    def claim_call(self, user_id: str, now: datetime, until: datetime) -> bool:
+    def claim_call(
+        self, user_id: str, now: datetime, until: datetime, *, despite_sign_in_cooldown: bool
+    ) -> bool:
         if insert_ignoring_conflict(
             self.session, _ACCOUNTS, {"user_id": user_id, "call_claimed_until": until}
         ):
             return True
         limit = GarminAccountLimit
+        not_cooling = [limit.cooling_until.is_(None), limit.cooling_until <= now]
+        if despite_sign_in_cooldown:
+            not_cooling.append(limit.endpoint == GarminEndpoint.SSO.value)
         result = self.session.execute(
             update(limit)
             .where(
                 limit.user_id == user_id,
                 or_(limit.call_claimed_until.is_(None), limit.call_claimed_until <= now),
-                or_(limit.cooling_until.is_(None), limit.cooling_until <= now),
+                or_(*not_cooling),
             )
             .values(call_claimed_until=until)
         )

@@ -200,6 +200,30 @@ def exchange(replica: Replica, ticket: str, service_url: str = "") -> pb.Session
     return cast(pb.SessionStatus, replica.call("ExchangeServiceTicket", request).status)
 
 
+def test_a_ticket_is_exchanged_while_garmin_holds_the_accounts_sign_ins_back(
+    di_pair: tuple[Replica, Replica], garmin: GarminEmulator
+) -> None:
+    """The documented way in while Garmin refuses our sign-ins: the user signs in in a
+    browser and hands over the ticket. Before: the 429 on our Login had started an account
+    cooldown that held back every call, the token exchange included, so the ticket (about a
+    minute of life) died unused."""
+    first, second = di_pair
+    garmin.add_user("ula@example.com", PASSWORD)
+    garmin.block_logins(BLOCK_RATE_LIMITED, retry_after=600)
+    limited = expect_failure(lambda: login(first, "ula", "ula@example.com"))
+    assert limited.reason == "GARMIN_RATE_LIMITED"
+    ticket = ticket_for(garmin, "ula@example.com", PASSWORD)  # the user's browser
+
+    request = pb.ExchangeServiceTicketRequest(user_id="ula", service_ticket=ticket)
+    status = second.call("ExchangeServiceTicket", request).status
+
+    assert status.state == pb.SESSION_STATE_ACTIVE
+    # Sign-ins stay held back.
+    assert expect_failure(lambda: login(second, "ula", "ula@example.com")).reason == (
+        "GARMIN_RATE_LIMITED"
+    )
+
+
 def test_exchange_service_ticket(di_pair: tuple[Replica, Replica], garmin: GarminEmulator) -> None:
     first, second = di_pair
     garmin.add_user("tia@example.com", PASSWORD)
