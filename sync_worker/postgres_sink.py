@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -89,20 +89,48 @@ def libpq_url(url: str) -> str:
     return "postgresql://" + rest
 
 
+# libpq connection parameters that are secrets, when a URL carries them as ?name=value.
+_SECRET_PARAMETERS: Final = frozenset({"password", "sslpassword"})
+
+
 def redacted_url(url: str) -> str:
-    """The URL without its password, fit for a message."""
+    """The URL without its passwords (user:password@ and ?password=), fit for a message."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo = (parts.username or "") + ":***"
+        netloc = f"{userinfo}@{netloc.rsplit('@', 1)[-1]}"
+    query = "&".join(
+        f"{name}=***" if name.lower() in _SECRET_PARAMETERS else pair
+        for pair in parts.query.split("&")
+        if pair
+        for name in (unquote(pair.partition("=")[0]),)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def _problem(exc: psycopg.Error) -> str:
-    # libpq's first line names the failure (host, database, user) without the password.
-    first = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {first[0] if first else 'no detail'}"
+def _url_secrets(url: str) -> list[str]:
+    """Every spelling of the URL's secrets (as written, and decoded) that a message of libpq
+    might quote: it quotes the piece of a connection string it cannot parse."""
+    parts = urlsplit(url)
+    raw = [parts.netloc.rpartition("@")[0].partition(":")[2]] if parts.password else []
+    raw += [
+        value
+        for name, _, value in (pair.partition("=") for pair in parts.query.split("&"))
+        if unquote(name).lower() in _SECRET_PARAMETERS
+    ]
+    spellings = {form for value in raw for form in (value, unquote(value)) if form}
+    return sorted(spellings, key=len, reverse=True)
+
+
+def _problem(exc: psycopg.Error, url: str = "") -> str:
+    # libpq's first line names the failure (host, database, user); scrubbed of the URL's
+    # secrets all the same, since a connection string it cannot parse is quoted in it.
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else "no detail"
+    for secret in _url_secrets(url):
+        first = first.replace(secret, "***")
+    return f"{type(exc).__name__}: {first}"
 
 
 class PostgresSink:
@@ -125,7 +153,9 @@ class PostgresSink:
                 self._url, autocommit=True, connect_timeout=self._connect_timeout
             )
         except psycopg.Error as exc:
-            raise SinkError(f"cannot connect to the sink database ({_problem(exc)})") from None
+            raise SinkError(
+                f"cannot connect to the sink database ({_problem(exc, self._url)})"
+            ) from None
 
     def init_schema(self) -> None:
         """Create the tables (idempotent)."""

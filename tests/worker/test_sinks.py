@@ -247,6 +247,31 @@ def test_sink_urls_are_shown_without_password() -> None:
         redacted_url("postgresql://app:s3cret@db:5432/sync") == "postgresql://app:***@db:5432/sync"
     )
     assert redacted_url("postgresql://db/sync") == "postgresql://db/sync"
+    # libpq takes passwords as query parameters too (before: printed as they were).
+    assert redacted_url("postgresql://app@db/sync?sslmode=require&password=s3cret") == (
+        "postgresql://app@db/sync?sslmode=require&password=***"
+    )
+    assert redacted_url("postgresql://db/sync?sslpassword=s3cret&Password=x") == (
+        "postgresql://db/sync?sslpassword=***&Password=***"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:hun%zzter2@127.0.0.1:1/sync",
+        "postgresql://app@127.0.0.1:1/sync?password=hun%zzter2",
+        "postgresql://app@127.0.0.1:1/sync?password=hunter2secret&sslmode=disable",
+    ],
+)
+def test_a_sink_that_cannot_connect_never_quotes_its_password(url: str) -> None:
+    """libpq quotes the piece of a connection string it cannot parse: before, a password
+    with a bad %-escape reached the CronJob's log in SinkError's message."""
+    with pytest.raises(SinkError) as raised:
+        PostgresSink(url, connect_timeout=1).check()
+    message = str(raised.value)
+    assert "hun" not in message
+    assert "zzter" not in message
 
 
 @pytest.fixture(params=["syncfs", "fsync per item"])
