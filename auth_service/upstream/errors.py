@@ -19,6 +19,10 @@ from auth_service.domain.errors import (
 from auth_service.domain.garmin_limits import GarminEndpoint
 from garmin_client.errors import GarminError, RateLimited, SessionRejected
 
+# SSO answer types that mean "blocked, try later" (shared facts file), not a refusal of the
+# user's password or code.
+BLOCKED_SSO_TYPES = frozenset({"CAPTCHA_REQUIRED"})
+
 
 def as_domain(error: GarminError, endpoint: GarminEndpoint | None = None) -> UpstreamError:
     """The domain's error for `error`; a 429 names `endpoint` (whose breaker counts it)."""

@@ -20,6 +20,7 @@ from auth_service.domain.errors import (
 from auth_service.domain.models import LoginNeedsMfa, LoginSucceeded, PendingMfa
 from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_emulator import (
+    BLOCK_CAPTCHA,
     EXCHANGE_PATH,
     LOGIN_PATH,
     PREAUTHORIZED_PATH,
@@ -246,3 +247,14 @@ def test_wrong_consumer_secret_is_refused_by_the_emulator(
 
     assert emulator.signature_failures == 1
     assert emulator.consumer_keys_seen == [CONSUMER_KEY]
+
+
+def test_a_captcha_block_is_unavailable_not_a_wrong_password(
+    upstream: GarthUpstream, emulator: GarminEmulator, user: EmulatedUser
+) -> None:
+    """CAPTCHA_REQUIRED means Garmin's edge blocks this server (shared facts file), as the DI
+    provider reads it. Before: GarminCredentialsRejected, telling the user their correct
+    password was wrong (and, as a real answer, closing an open SSO breaker)."""
+    emulator.block_logins(BLOCK_CAPTCHA)
+    with pytest.raises(GarminUnavailable, match="CAPTCHA_REQUIRED"):
+        upstream.login(user.email, PASSWORD)

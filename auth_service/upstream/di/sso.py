@@ -30,6 +30,7 @@ from auth_service.domain.errors import (
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import PendingMfa, SessionKind
 from auth_service.upstream.di.sso_http import SsoAnswer, SsoHttp
+from auth_service.upstream.errors import BLOCKED_SSO_TYPES
 from garmin_client.answers import retry_after_seconds
 from garmin_client.endpoints import DEFAULT_DOMAIN, LOGIN_PATH, VERIFY_MFA_PATH
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 SSO_CLIENT_ID: Final = "GCM_IOS_DARK"
 SSO_LOCALE: Final = "en-US"
 _SSO_TYPE: Final = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
-_BLOCKED_TYPES: Final = frozenset({"CAPTCHA_REQUIRED"})
+_BLOCKED_TYPES: Final = BLOCKED_SSO_TYPES
 
 
 def _sso_url(domain: str, path: str) -> str:

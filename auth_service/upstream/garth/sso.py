@@ -20,12 +20,13 @@ from requests.models import Response
 
 from auth_service.domain.errors import (
     GarminCredentialsRejected,
+    GarminUnavailable,
     MfaCodeRejected,
     UpstreamError,
 )
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import LoginNeedsMfa, LoginResult, LoginSucceeded, PendingMfa
-from auth_service.upstream.errors import as_domain
+from auth_service.upstream.errors import BLOCKED_SSO_TYPES, as_domain
 from auth_service.upstream.garth.isolation import (
     GARTH_FAILURES,
     GarthException,
@@ -120,6 +121,26 @@ def _sso_rejection(client: IsolatedClient) -> UpstreamError | None:
     garth raises a bare GarthException("SSO error: <type>: <message>") for those; the type is
     read back from the answer itself rather than parsed out of garth's message.
     """
+    answered = _answer_type(client)
+    if answered is None:
+        return None
+    kind, path = answered
+    shown = kind if _SSO_TYPE.fullmatch(kind) else "unexpected type"
+    if kind in BLOCKED_SSO_TYPES:
+        # Garmin's edge is blocking this server: nobody's password or code was refused.
+        return GarminUnavailable(
+            f"Garmin's sign-in is blocking this server for now ({shown}); try later, or "
+            "sign in in a browser and use ExchangeServiceTicket"
+        )
+    if path == LOGIN_PATH:
+        return GarminCredentialsRejected(f"Garmin refused the email or password ({shown})")
+    if path == VERIFY_MFA_PATH:
+        return MfaCodeRejected(f"Garmin refused the MFA code ({shown})")
+    return None
+
+
+def _answer_type(client: IsolatedClient) -> tuple[str, str] | None:
+    """The last SSO answer's responseStatus type and its path (None: no such 200 answer)."""
     last: Response | None = getattr(client, "last_resp", None)
     if last is None or last.status_code != HTTPStatus.OK:
         return None
@@ -131,13 +152,7 @@ def _sso_rejection(client: IsolatedClient) -> UpstreamError | None:
     kind = status.get("type") if isinstance(status, dict) else None
     if not isinstance(kind, str) or not kind:
         return None
-    shown = kind if _SSO_TYPE.fullmatch(kind) else "unexpected type"
-    path = urlsplit(last.url or "").path
-    if path == LOGIN_PATH:
-        return GarminCredentialsRejected(f"Garmin refused the email or password ({shown})")
-    if path == VERIFY_MFA_PATH:
-        return MfaCodeRejected(f"Garmin refused the MFA code ({shown})")
-    return None
+    return kind, urlsplit(last.url or "").path
 
 
 # --- Cookies of an interrupted (MFA) login -----------------------------------------------------
