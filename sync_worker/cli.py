@@ -40,6 +40,8 @@ from sync_worker.sinks import SinkError
 from sync_worker.sync import SyncOptions
 
 PROG = "garmin-sync-worker"
+# A deadline per RPC longer than an hour is a typo (and grpc refuses an infinite one).
+MAX_RPC_TIMEOUT_SECONDS = 3600
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,8 +113,8 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
         raise ConfigError("--page-size", "must be between 1 and 1000")
     if not 0 <= args.backfill_days <= 3650:  # noqa: PLR2004
         raise ConfigError("--backfill-days", "must be between 0 and 3650")
-    if args.rpc_timeout <= 0:
-        raise ConfigError("--rpc-timeout", "must be positive")
+    if not 0 < args.rpc_timeout <= MAX_RPC_TIMEOUT_SECONDS:  # also false for nan
+        raise ConfigError("--rpc-timeout", f"must be positive, at most {MAX_RPC_TIMEOUT_SECONDS} s")
     # Flags win over the environment; the environment suits a CronJob's Secret.
     if args.out is not None or args.sink is not None:
         out, sink_url = args.out, args.sink

@@ -34,6 +34,8 @@ MIN_LEASE_TTL: Final = timedelta(seconds=5)
 MAX_LEASE_TTL: Final = timedelta(hours=1)
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Ten years: longer means a typo (and past about 2.7 million years, timedelta overflows).
+MAX_DURATION_SECONDS: Final = 3650 * 86400
 
 
 def parse_duration(text: str, name: str) -> timedelta:
@@ -41,7 +43,10 @@ def parse_duration(text: str, name: str) -> timedelta:
     match = _DURATION.fullmatch(text.strip())
     if not match:
         raise ConfigError(name, f"expected a duration like 90s, 15m, 2h or 1d, got {text!r}")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2) or "s"])
+    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds > MAX_DURATION_SECONDS:
+        raise ConfigError(name, f"must be at most {MAX_DURATION_SECONDS // 86400} days")
+    return timedelta(seconds=seconds)
 
 
 def default_holder() -> str:

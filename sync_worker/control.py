@@ -51,6 +51,7 @@ class RunControl:
         self._lock = threading.Lock()
         self._interrupt = threading.Event()
         self._stop_requested = False
+        self._crashed = False
         self._fatal: AuthServiceError | None = None
         self._pause_until = 0.0
 
@@ -64,6 +65,15 @@ class RunControl:
     @property
     def stop_requested(self) -> bool:
         return self._stop_requested
+
+    def thread_crashed(self) -> None:
+        """A sync thread died of a bug: stop taking users; the run has failed (not SIGTERM)."""
+        self._crashed = True
+        self._interrupt.set()
+
+    @property
+    def crashed(self) -> bool:
+        return self._crashed
 
     def fail(self, error: AuthServiceError) -> None:
         """The auth service is unreachable or refuses us: the run cannot go on."""

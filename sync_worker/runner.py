@@ -82,16 +82,16 @@ def summarize(results: tuple[UserResult, ...] | list[UserResult]) -> dict[str, i
 
 def exit_code(results: list[UserResult], control: RunControl) -> int:
     """143 after SIGTERM; 3 when the auth service was unreachable or refused us; 4 when the
-    run gave up on Garmin (unavailable for too many users in a row); 1 when any user FAILED;
-    else 0 (AUTH_EXPIRED, RATE_LIMITED, LEASE_LOST are normal life, and a failing Job would
-    only make Kubernetes hit Garmin again)."""
+    run gave up on Garmin (unavailable for too many users in a row); 1 when any user FAILED
+    or a sync thread died of a bug; else 0 (AUTH_EXPIRED, RATE_LIMITED, LEASE_LOST are
+    normal life, and a failing Job would only make Kubernetes hit Garmin again)."""
     if control.stop_requested:
         return EXIT_SIGTERM
     if control.fatal is not None:
         return EXIT_AUTH_SERVICE
     if control.garmin_outage is not None:
         return EXIT_GARMIN_UNAVAILABLE
-    if any(result.outcome is Outcome.FAILED for result in results):
+    if control.crashed or any(result.outcome is Outcome.FAILED for result in results):
         return EXIT_FAILED
     return EXIT_OK
 
@@ -313,7 +313,7 @@ class _Run:
                     if error is not None:
                         # A bug in a loop: stop taking users, let the others end cleanly.
                         log.error("a sync thread failed", exc_info=error)
-                        self.control.request_stop()
+                        self.control.thread_crashed()
                 self.progress.tick()
 
 

@@ -119,6 +119,10 @@ def main_in_process(
         (["run", "--all", "--sink", "mysql://h/db"], None, "postgresql://"),
         (["run", "--all", "--out", "x", "--lease-ttl", "1s"], None, "--lease-ttl"),
         (["run", "--all", "--out", "x", "--concurrency", "0"], None, "--concurrency"),
+        # Before: an OverflowError traceback (exit 1), and nan/inf ran into exit 3.
+        (["run", "--all", "--out", "x", "--max-runtime", "99999999999999d"], None, "--max"),
+        (["run", "--all", "--out", "x", "--rpc-timeout", "nan"], None, "--rpc-timeout"),
+        (["run", "--all", "--out", "x", "--rpc-timeout", "inf"], None, "--rpc-timeout"),
         (["frobnicate"], None, "invalid choice"),
     ],
     ids=[
@@ -132,6 +136,9 @@ def main_in_process(
         "not-postgres",
         "short-ttl",
         "no-concurrency",
+        "huge-duration",
+        "nan-timeout",
+        "inf-timeout",
         "unknown-command",
     ],
 )

@@ -6,6 +6,8 @@ fencing has its own variant here)."""
 
 from __future__ import annotations
 
+import errno
+import io
 import socket
 import threading
 import time
@@ -21,7 +23,7 @@ from sync_worker.client_errors import AuthServiceError
 from sync_worker.control import RunControl
 from sync_worker.directory_sink import DirectorySink
 from sync_worker.postgres_sink import PostgresSink
-from sync_worker.runner import EXIT_GARMIN_UNAVAILABLE
+from sync_worker.runner import EXIT_GARMIN_UNAVAILABLE, run
 from sync_worker.sinks import Sink
 from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
 from tests.reliability import SkewedClock
@@ -495,3 +497,27 @@ def test_a_refused_carried_release_makes_the_user_lease_lost_and_the_drain_goes_
     after = status(service, "ann")
     assert not after.HasField("lease")
     assert not after.HasField("synced_through")  # the refused release recorded nothing
+
+
+class _BrokenOut(io.StringIO):
+    """stdout that fails on the first user line (a pipe whose reader died, a full disk):
+    the one failure a sync thread's loop does not expect."""
+
+    def write(self, text: str) -> int:
+        if '"user_id"' in text:
+            raise OSError(errno.EPIPE, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_sync_thread_that_dies_of_a_bug_fails_the_run_not_as_sigterm(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """Before: the run stopped as after SIGTERM and exited 143, which a CronJob reads as the
+    node's doing, not as a failed run."""
+    connect(service, garmin, "pia", activities=1)
+    config = make_config(service.target, garmin, tmp_path, users=("pia",))
+
+    report = run(config, out=_BrokenOut(), err=io.StringIO())
+
+    assert not report.stopped
+    assert report.exit_code == 1
