@@ -29,6 +29,8 @@ from sync_worker.sinks import (
 )
 
 _FENCE_FILE: Final = ".fencing-token"
+# Fencing tokens are 64-bit: 19 digits, zero-padded so that every write covers the last.
+_FENCE_WIDTH: Final = 19
 
 
 @dataclass
@@ -138,15 +140,16 @@ class _DirectoryUserSink:
         """Hold the user's fence while checking our token and writing."""
         fcntl.flock(self._fence, fcntl.LOCK_EX)
         try:
-            raw = os.pread(self._fence, 64, 0).strip()
-            recorded = int(raw) if raw.isdigit() else 0
+            recorded = _recorded_token(os.pread(self._fence, 64, 0))
             if recorded > self._token:
                 raise FencingRefused(
                     f"a newer lease holder (fencing token {recorded}) has written for this user"
                 )
             if recorded < self._token:
-                os.ftruncate(self._fence, 0)
-                os.pwrite(self._fence, f"{self._token}\n".encode(), 0)
+                # One write of a fixed width over the old token, never a truncation first: a
+                # crash between the two would leave an empty fence, which reads as token 0
+                # and would let any older holder write again.
+                os.pwrite(self._fence, f"{self._token:0{_FENCE_WIDTH}d}\n".encode(), 0)
                 os.fsync(self._fence)
                 self._fsyncs.add(fences=1)
             yield
@@ -331,3 +334,14 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _recorded_token(raw: bytes) -> int:
+    """The token a fence file holds: 0 while it is empty (a folder no holder wrote in yet)."""
+    text = raw.strip()
+    if not text:
+        return 0
+    if not text.isdigit():
+        # Not ours: refusing is the only safe reading (0 would let any holder write).
+        raise SinkError("the user's fencing-token file is unreadable; an operator must check it")
+    return int(text)

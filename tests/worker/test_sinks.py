@@ -141,6 +141,33 @@ def test_directory_sink_refuses_a_stale_fencing_token(tmp_path: Path) -> None:
     ]
 
 
+def test_the_fence_is_never_left_empty_and_an_old_fence_still_counts(tmp_path: Path) -> None:
+    """The fence was emptied (ftruncate) before the new token was written: a kill between
+    the two, or a power cut before the fsync on ext4, left it empty, which read as token 0,
+    and a stale holder's write then went through. Now the token is written over the old one
+    in one write of a fixed width; a fence of the old format still counts."""
+    sink = DirectorySink(tmp_path)
+    fence = tmp_path / "ann" / ".fencing-token"
+    first = sink.for_user("ann", 6)
+    first.write_summary(activity(1, name="new"))
+    first.commit()
+    first.close()
+    # Every write of the fence covers the last one: no shorter content, no empty moment.
+    assert fence.read_bytes() == b"0000000000000000006\n"
+    # A fence of the old format still holds older holders back; one that is not a token
+    # (before: read as 0) lets nobody write.
+    fence.write_bytes(b"6\n")
+    with pytest.raises(FencingRefused):
+        sink.for_user("ann", 5)
+    fence.write_bytes(b"garbage")
+    with pytest.raises(SinkError, match="unreadable"):
+        sink.for_user("ann", 5)
+    assert (
+        json.loads((tmp_path / "ann" / "activities" / "1.json").read_text())["activityName"]
+        == "new"
+    )
+
+
 def test_a_stale_holders_leftover_is_replaced_by_the_newer_holders_item(tmp_path: Path) -> None:
     """Both holders write the same item; only the newer one's content is ever put in place,
     whichever closes last."""
