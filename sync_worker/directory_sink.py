@@ -92,7 +92,10 @@ class DirectorySink:
         except OSError as exc:
             raise SinkError(f"cannot create the user's directory: {exc.strerror}") from None
         directories = [folder / "activities", *((folder, self.root) if fresh else ())]
-        return claimed(_DirectoryUserSink(folder, fencing_token, self.fsyncs, directories))
+        try:
+            return claimed(_DirectoryUserSink(folder, fencing_token, self.fsyncs, directories))
+        except OSError as exc:  # opening or writing the fence: EACCES, ENOSPC, EROFS, ...
+            raise SinkError(f"cannot claim the user's directory: {exc.strerror}") from None
 
     def close(self) -> None:
         return None

@@ -462,3 +462,15 @@ def test_postgres_sink_reuses_a_users_connection_unless_it_failed(sink_url: str)
         fifth.close()
         sink.close()
     assert [row[:2] for row in rows(sink_url)] == [("dan", 2), ("eve", 3)]
+
+
+def test_a_fence_that_cannot_be_opened_is_a_sink_error(tmp_path: Path) -> None:
+    """Before: the OSError escaped for_user, and the sync reported an internal error with a
+    traceback instead of the sink's problem."""
+    sink = DirectorySink(tmp_path)
+    sink.for_user("ann", 1).close()
+    fence = tmp_path / "ann" / ".fencing-token"
+    fence.unlink()
+    fence.mkdir()  # opening it for writing fails: EISDIR
+    with pytest.raises(SinkError, match="cannot claim the user's directory"):
+        sink.for_user("ann", 2)
