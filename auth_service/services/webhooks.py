@@ -63,31 +63,61 @@ class WebhookDelivery:
 
     def run_once(self) -> int:
         """Deliver what is due; the number of changes the receiver accepted."""
-        delivered = 0
         claim = self._claim()
         if claim is None:
             return 0
         if claim.next_attempt_at is not None and self._uow.now() < claim.next_attempt_at:
             return 0
-        through, attempts = claim.delivered_through, claim.attempts
+        delivered, through, attempts = 0, claim.delivered_through, claim.attempts
         while True:
-            with self._uow() as uow:
-                batch = uow.changes.read_after(through, ChangeFilter(), limit=READ_BATCH)
-            for change in batch.changes:
-                if self._claim() is None:
+            read = self._read_after(through)
+            if read is None:
+                return delivered
+            through, changes = read
+            for change in changes:
+                if not self._deliver(change, through, attempts):
                     return delivered
-                try:
-                    self._sender.send(webhook_body(change))
-                except WebhookUndelivered as failure:
-                    self._failed(change, attempts + 1, failure)
-                    return delivered
-                with self._uow() as uow:
-                    if not uow.webhook_cursor.delivered(self._replica, change.position):
-                        return delivered
                 through, attempts = change.position, 0
                 delivered += 1
-            if len(batch.changes) < READ_BATCH:
+            if len(changes) < READ_BATCH:
                 return delivered
+
+    def _read_after(self, through: int) -> tuple[int, list[SessionChange]] | None:
+        """The next changes after `through`, moved over a pruned gap first (the new `through`
+        with them); None when the claim was lost meanwhile."""
+        with self._uow() as uow:
+            first_kept = uow.changes.first_kept()
+            if through + 1 < first_kept:
+                # prune-audit got there first (webhooks off, or the receiver down, for longer
+                # than the retention): those changes are gone. Said once, loudly, and the
+                # cursor moves over the gap so that it is said only once.
+                log.error(
+                    "webhooks: changes after cursor %s up to %s were pruned before delivery; "
+                    "the receiver must read the statuses (ListSessions) to catch up",
+                    format_cursor(through),
+                    format_cursor(first_kept - 1),
+                )
+                if not uow.webhook_cursor.delivered(self._replica, first_kept - 1):
+                    return None
+                through = first_kept - 1
+            batch = uow.changes.read_after(through, ChangeFilter(), limit=READ_BATCH)
+        return through, batch.changes
+
+    def _deliver(self, change: SessionChange, through: int, attempts: int) -> bool:
+        """POST one change and record it; False when the pass must end (the claim lost or
+        its cursor moved by another replica, or the receiver failed)."""
+        current = self._claim()
+        if current is None or current.delivered_through != through:
+            # Lost the claim, or lost it and got it back after another replica delivered
+            # meanwhile: never send (and record) from a stale position.
+            return False
+        try:
+            self._sender.send(webhook_body(change))
+        except WebhookUndelivered as failure:
+            self._failed(change, attempts + 1, failure)
+            return False
+        with self._uow() as uow:
+            return uow.webhook_cursor.delivered(self._replica, change.position)
 
     def _claim(self) -> WebhookClaim | None:
         now = self._uow.now()

@@ -5,12 +5,17 @@ real HTTP server; the backoff is shortened so "down for a minute" takes seconds.
 from __future__ import annotations
 
 import json
+import logging
 import time
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.pool import NullPool
 
 from auth_service.domain.changes import WebhookSettings
+from auth_service.storage.audit_pruning import prune_audit
 from auth_service.storage.models import GarminWebhookCursor
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from tests.fixtures.servers import Replica
@@ -138,3 +143,33 @@ def test_two_replicas_never_deliver_at_once(start_replica: StartReplica) -> None
         wait_until(lambda: len(receiver.deliveries) >= 20, 30, "twenty webhooks")
     assert receiver.most_in_flight == 1
     assert _cursors(receiver.deliveries) == list(range(1, 21))
+
+
+def test_changes_pruned_before_delivery_are_reported_and_skipped_once(
+    start_replica: StartReplica, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Webhooks down for longer than the retention: prune-audit deletes changes never
+    delivered. Before: the cursor moved over them without a word; now one error line names
+    the gap, the cursor moves over it once, and what follows is delivered."""
+    port = free_port()
+    replica = start_replica(webhooks=_hooks(port))
+    wait_until(lambda: _cursor_row(replica) is not None, 10, "the webhook cursor")
+    for number in range(3):
+        connect(replica.stub, f"user-{number}")
+    wait_until(lambda: _cursor_row(replica).attempts >= 1, 20, "a failed attempt")
+    engine = create_engine(database_url, poolclass=NullPool)
+    prune_audit(engine, timedelta(0))  # changes 1-3, never delivered
+    engine.dispose()
+    receiver = Receiver()
+    with (
+        caplog.at_level(logging.ERROR, logger="auth_service.services.webhooks"),
+        receiving(receiver, port),
+    ):
+        connect(replica.stub, "user-3")
+        wait_until(lambda: len(receiver.deliveries) >= 1, 20, "the change after the gap")
+    assert _cursors(receiver.deliveries) == [4]
+    gaps = [r.getMessage() for r in caplog.records if "pruned before delivery" in r.getMessage()]
+    assert gaps == [
+        "webhooks: changes after cursor 0 up to 3 were pruned before delivery; "
+        "the receiver must read the statuses (ListSessions) to catch up"
+    ]
