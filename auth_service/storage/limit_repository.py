@@ -50,14 +50,18 @@ class SqlGarminLimitRepository:
             "cooling_until": until,
             "cooling_started_at": now,
         }
-        if insert_ignoring_conflict(self.session, _ACCOUNTS, values):
-            return True
-        # Locked from here to the commit: two replicas' 429s for one account start one cooldown.
-        row = self.session.scalars(
-            select(GarminAccountLimit)
-            .where(GarminAccountLimit.user_id == user_id)
-            .with_for_update()
-        ).one()
+        row = None
+        while row is None:
+            if insert_ignoring_conflict(self.session, _ACCOUNTS, values):
+                return True
+            # Locked from here to the commit: two replicas' 429s for one account start one
+            # cooldown. None: housekeeping purged the ended row after our insert met it, so
+            # the insert is tried again (losing the 429 would let every replica call on).
+            row = self.session.scalars(
+                select(GarminAccountLimit)
+                .where(GarminAccountLimit.user_id == user_id)
+                .with_for_update()
+            ).one_or_none()
         new = row.cooling_until is None or row.cooling_until <= now
         if new:
             row.cooling_started_at = now
