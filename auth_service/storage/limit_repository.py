@@ -65,8 +65,16 @@ class SqlGarminLimitRepository:
         new = row.cooling_until is None or row.cooling_until <= now
         if new:
             row.cooling_started_at = now
+        sign_in = GarminEndpoint.SSO.value
+        # Whether the running cooldown holds back every call (not only sign-ins:
+        # services.garmin_gate._binds); a 429 never narrows that.
+        binds_all = not new and row.endpoint not in (None, sign_in)
         if new or (row.cooling_until is not None and row.cooling_until < until):
-            row.cooling_until, row.endpoint = until, endpoint.value
+            row.cooling_until = until
+            if not (binds_all and endpoint is GarminEndpoint.SSO):
+                row.endpoint = endpoint.value
+        elif row.endpoint == sign_in and endpoint is not GarminEndpoint.SSO:
+            row.endpoint = endpoint.value  # from now on it holds back every call
         return new
 
     def claim_call(
