@@ -28,11 +28,6 @@ class ChangeLogRepository(Protocol):
 
     def read_after(self, position: int, wanted: ChangeFilter, *, limit: int) -> ChangeBatch: ...
 
-    def first_kept(self) -> int:
-        """The oldest position still in the log (head + 1 when it is empty): the entries
-        before it were pruned."""
-        ...
-
 
 @dataclass(frozen=True)
 class WebhookClaim:

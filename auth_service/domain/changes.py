@@ -71,6 +71,9 @@ class ChangeBatch:
 
     changes: list[SessionChange]
     read_through: int
+    # The oldest position still in the log (head + 1 when it is empty): a reader whose
+    # position is below first_kept - 1 has lost entries to pruning.
+    first_kept: int
 
 
 def format_cursor(position: int) -> str:

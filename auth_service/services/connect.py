@@ -33,6 +33,7 @@ from auth_service.domain.models import (
 )
 from auth_service.domain.policies import LoginFlow, LoginSettings
 from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.repositories import MfaChallenge
 from auth_service.domain.views import SessionRow, live_lease, status_view
 from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.signin_cooldown import SignInCooldown
@@ -195,8 +196,7 @@ class ConnectService:
                 raise CallerForbidden("this caller may not complete sign-ins outside its scope")
             if challenge is None or challenge.expires_at <= uow.now:
                 if challenge is not None:
-                    uow.challenges.delete(digest)
-                    uow.sessions.settle_abandoned_mfa(uow.now, challenge.user_id)
+                    _abandon(uow, digest, challenge.user_id)
                 refusal = MfaChallengeNotFound(
                     "no such MFA challenge (expired, used or superseded)"
                 )
@@ -227,30 +227,41 @@ class ConnectService:
         self, digest: str, claimed_until: datetime, rejected: MfaCodeRejected
     ) -> None:
         with self._uow() as uow:
-            challenge = uow.challenges.lock(digest)
-            if challenge is None or challenge.claimed_until != claimed_until:
+            challenge = _still_claimed(uow, digest, claimed_until)
+            if challenge is None:
                 return
             uow.challenges.release_claim(digest, wrong_code=True)
             uow.audit.record(
                 AuditedRpc.SUBMIT_MFA, audit.outcome_of(rejected), user_id=challenge.user_id
             )
             if challenge.failed_attempts + 1 >= self._settings.mfa_max_wrong_codes:
-                uow.challenges.delete(digest)
-                uow.sessions.settle_abandoned_mfa(uow.now, challenge.user_id)
+                _abandon(uow, digest, challenge.user_id)
 
     def _drop_challenge(self, digest: str, claimed_until: datetime) -> None:
         with self._uow() as uow:
-            challenge = uow.challenges.lock(digest)
-            if challenge is None or challenge.claimed_until != claimed_until:
-                return
-            uow.challenges.delete(digest)
-            uow.sessions.settle_abandoned_mfa(uow.now, challenge.user_id)
+            challenge = _still_claimed(uow, digest, claimed_until)
+            if challenge is not None:
+                _abandon(uow, digest, challenge.user_id)
 
     def _release_claim(self, digest: str, claimed_until: datetime) -> None:
         with self._uow() as uow:
-            challenge = uow.challenges.lock(digest)
-            if challenge is not None and challenge.claimed_until == claimed_until:
+            if _still_claimed(uow, digest, claimed_until) is not None:
                 uow.challenges.release_claim(digest, wrong_code=False)
+
+
+def _still_claimed(uow: UnitOfWork, digest: str, claimed_until: datetime) -> MfaChallenge | None:
+    """The challenge, locked, while this submission's claim on it stands (None: deleted, or
+    superseded while Garmin answered)."""
+    challenge = uow.challenges.lock(digest)
+    if challenge is None or challenge.claimed_until != claimed_until:
+        return None
+    return challenge
+
+
+def _abandon(uow: UnitOfWork, digest: str, user_id: str) -> None:
+    """The challenge ends without a session: the user's MFA_PENDING status is settled."""
+    uow.challenges.delete(digest)
+    uow.sessions.settle_abandoned_mfa(uow.now, user_id)
 
 
 def connect_tokens(

@@ -29,7 +29,7 @@ from auth_service.domain.changes import (
     parse_cursor,
 )
 from auth_service.domain.errors import CursorExpired, ReplicaStopping, TooManyWatchers
-from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
+from auth_service.services.unit_of_work import UnitsOfWork
 
 # Entries read per query: a replay of a long log goes out in slices of this many.
 READ_BATCH = 200
@@ -66,7 +66,6 @@ class Watch:
                             "this cursor is ahead of the change log (was the database "
                             f"restored?); {_START_AGAIN}"
                         )
-                    _check_kept(uow, after)
             # The first heartbeat tells the consumer at once where it stands.
             beat_due = 0.0
             while not self._cancelled.is_set():
@@ -74,9 +73,11 @@ class Watch:
                     raise ReplicaStopping("the replica is stopping; resume from the last cursor")
                 seen = events.signal.generation()
                 with events.uow() as uow:
-                    # prune-audit may run while a slow consumer replays: a gap is expiry.
-                    _check_kept(uow, after)
                     batch = uow.changes.read_after(after, self._wanted, limit=READ_BATCH)
+                if after + 1 < batch.first_kept:
+                    # Pruned before this watch read them: at its start, or while a slow
+                    # consumer replayed (prune-audit may run at any time).
+                    raise CursorExpired(f"changes after this cursor were pruned; {_START_AGAIN}")
                 yield from batch.changes
                 after = batch.read_through
                 now = time.monotonic()
@@ -92,11 +93,6 @@ class Watch:
 
 
 _START_AGAIN = "read the statuses with ListSessions and watch from an empty cursor"
-
-
-def _check_kept(uow: UnitOfWork, after: int) -> None:
-    if after + 1 < uow.changes.first_kept():
-        raise CursorExpired(f"changes after this cursor were pruned; {_START_AGAIN}")
 
 
 class SessionEvents:

@@ -86,7 +86,8 @@ class WebhookDelivery:
         """The next changes after `through`, moved over a pruned gap first (the new `through`
         with them); None when the claim was lost meanwhile."""
         with self._uow() as uow:
-            first_kept = uow.changes.first_kept()
+            batch = uow.changes.read_after(through, ChangeFilter(), limit=READ_BATCH)
+            first_kept = batch.first_kept
             if through + 1 < first_kept:
                 # prune-audit got there first (webhooks off, or the receiver down, for longer
                 # than the retention): those changes are gone. Said once, loudly, and the
@@ -100,7 +101,6 @@ class WebhookDelivery:
                 if not uow.webhook_cursor.delivered(self._replica, first_kept - 1):
                     return None
                 through = first_kept - 1
-            batch = uow.changes.read_after(through, ChangeFilter(), limit=READ_BATCH)
         return through, batch.changes
 
     def _deliver(self, change: SessionChange, through: int, attempts: int) -> bool:

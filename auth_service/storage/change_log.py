@@ -196,20 +196,14 @@ class SqlChangeLog:
         """The last position handed out (every position up to it is committed)."""
         return head_of(self.session)
 
-    def first_kept(self) -> int:
-        # The head first: read after it, an empty log may have got entries meanwhile (every
-        # statement sees its own snapshot), and those must not count as pruned.
-        head = self.head()
-        oldest = self.session.execute(select(func.min(Change.position))).scalar_one_or_none()
-        return int(oldest) if oldest is not None else head + 1
-
     def delete_older_than(self, cutoff: datetime, *, limit: int) -> int:
         """Delete up to `limit` of the oldest entries with occurred_at < cutoff; the count.
 
         Only a prefix of the log, by position: an entry is numbered after its commit, and its
         occurred_at is its transaction's start on its replica's clock, so an older entry can
         hold a later position than a newer one. Deleting by age alone could leave a gap above
-        the first kept position, which first_kept() (and so CURSOR_EXPIRED) would not see."""
+        the first kept position, which ChangeBatch.first_kept (and so CURSOR_EXPIRED) would
+        not see."""
         first_young = (
             select(func.min(Change.position))
             .where(Change.occurred_at >= cutoff, Change.position.is_not(None))
@@ -233,8 +227,11 @@ class SqlChangeLog:
         """Up to `limit` entries after `position` that `wanted` matches, in position order.
 
         The head is read first and bounds the read: every entry up to it is committed and
-        visible, so a filtered read that found fewer than `limit` has looked through it."""
+        visible, so a filtered read that found fewer than `limit` has looked through it.
+        (Read after it, an empty log may have got entries meanwhile, every statement seeing
+        its own snapshot: those do not count as pruned in first_kept.)"""
         head = self.head()
+        oldest = self.session.execute(select(func.min(Change.position))).scalar_one_or_none()
         # Core rows, not ORM objects: this repository may run on a Core connection.
         query = select(*CHANGES.c).where(Change.position > position, Change.position <= head)
         if wanted.states:
@@ -246,7 +243,11 @@ class SqlChangeLog:
         rows = list(self.session.execute(query.order_by(Change.position).limit(limit)))
         last = rows[-1].position if rows else None
         read_through = last if last is not None and len(rows) == limit else max(head, position)
-        return ChangeBatch(changes=[_change(row) for row in rows], read_through=read_through)
+        return ChangeBatch(
+            changes=[_change(row) for row in rows],
+            read_through=read_through,
+            first_kept=int(oldest) if oldest is not None else head + 1,
+        )
 
 
 def entry_rows(

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 SSO_CLIENT_ID: Final = "GCM_IOS_DARK"
 SSO_LOCALE: Final = "en-US"
 _SSO_TYPE: Final = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
-_BLOCKED_TYPES: Final = BLOCKED_SSO_TYPES
 
 
 def _sso_url(domain: str, path: str) -> str:
@@ -75,7 +74,7 @@ def _failure(answer: SsoAnswer, step: str) -> UpstreamError:
             GarminEndpoint.SSO,
         )
     kind = _answer_type(answer)
-    if kind in _BLOCKED_TYPES:
+    if kind in BLOCKED_SSO_TYPES:
         return GarminUnavailable(f"Garmin's sign-in wants a captcha ({step}); try later")
     if answer.status == HTTPStatus.OK and kind is None:
         return GarminUnavailable(f"Garmin answered something unreadable ({step})")
@@ -112,7 +111,7 @@ class SsoLogin:
         if answer.status == HTTPStatus.OK and kind == "MFA_REQUIRED":
             return self._pending(answer)
         refused = answer.status == HTTPStatus.UNAUTHORIZED or (
-            answer.status == HTTPStatus.OK and kind is not None and kind not in _BLOCKED_TYPES
+            answer.status == HTTPStatus.OK and kind is not None and kind not in BLOCKED_SSO_TYPES
         )
         if refused:
             log.info("garmin sign-in refused the credentials (HTTP %d)", answer.status)
@@ -146,7 +145,7 @@ class SsoLogin:
                 "Garmin no longer holds this sign-in (it expired there); log in again"
             )
         refused = answer.status == HTTPStatus.BAD_REQUEST or (
-            answer.status == HTTPStatus.OK and kind is not None and kind not in _BLOCKED_TYPES
+            answer.status == HTTPStatus.OK and kind is not None and kind not in BLOCKED_SSO_TYPES
         )
         if refused:
             log.info("garmin MFA verification refused the code (HTTP %d)", answer.status)
