@@ -87,17 +87,43 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _rotate_keys(args: argparse.Namespace) -> int:
     from auth_service.storage.database import create_engine_for
-    from auth_service.storage.key_rotation import rotate_keys
+    from auth_service.storage.key_rotation import PrimaryKeyMismatch, rotate_keys
 
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size", "must be at least 1")
     keyring = load_keyring()
-    engine = create_engine_for(load_database_url())
+    url = load_database_url()
+    _refuse_missing_sqlite_file(url)
+    engine = create_engine_for(url)
     try:
         report = rotate_keys(engine, keyring, batch_size=args.batch_size)
+    except PrimaryKeyMismatch as exc:
+        print(f"garmin-auth-service: rotate-keys refused: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         engine.dispose()
     print(report)
+    if not report.primary_checked:
+        print(
+            f"note: nothing was stored under the primary key {report.primary_kid!r} before this "
+            "run, so no stored secret confirmed it is the replicas' key",
+            file=sys.stderr,
+        )
     # Anything left behind (undecryptable or still changing) means the old key is still needed.
     return 0 if report.complete else 1
+
+
+def _refuse_missing_sqlite_file(url: str) -> None:
+    """A mistyped SQLite path must not become a new, empty database file."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    path = parsed.database
+    is_file = parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
+    if is_file and not Path(str(path)).exists():
+        raise ConfigError("GARMIN_AUTH_DATABASE_URL", "the SQLite database file does not exist")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -126,7 +152,9 @@ def _prune_audit(args: argparse.Namespace) -> int:
     days = args.older_than if args.older_than is not None else load_audit_retention_days()
     if days < 1:
         raise ConfigError("--older-than", "must be at least 1 day")
-    engine = create_engine_for(load_database_url())
+    url = load_database_url()
+    _refuse_missing_sqlite_file(url)
+    engine = create_engine_for(url)
     try:
         deleted = prune_audit(engine, timedelta(days=days))
     finally:
@@ -172,7 +200,9 @@ def _parser() -> argparse.ArgumentParser:
     rotate = commands.add_parser(
         "rotate-keys", help="re-encrypt every stored secret under the primary key (online)"
     )
-    rotate.add_argument("--batch-size", type=int, default=500)
+    rotate.add_argument(
+        "--batch-size", type=int, default=500, help="rows re-encrypted per transaction"
+    )
     rotate.set_defaults(run=_rotate_keys)
     demo = commands.add_parser(
         "demo", help="run everything on embedded defaults (SQLite, dev key, Garmin emulator)"
@@ -226,6 +256,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CallersFileError) as exc:
         print(f"garmin-auth-service: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except SQLAlchemyError as exc:
+        # migrate, rotate-keys, prune-audit: one line an operator can act on, no traceback
+        # (and never exit 1, which rotate-keys keeps for "an old key is still needed").
+        from auth_service.storage.database import describe_database_error
+
+        url = load_database_url()
+        print(
+            f"garmin-auth-service: database error on {redacted_database_url(url)}: "
+            f"{describe_database_error(exc, url)}",
+            file=sys.stderr,
+        )
+        return EXIT_DATABASE
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 
 # How often rotate_keys retries a row that a concurrent writer keeps changing.
 ROTATION_ATTEMPTS_PER_ROW = 3
+# Blobs already under the primary key id that rotate_keys tries to open before writing.
+PRIMARY_KEY_SAMPLES = 3
+
+
+class PrimaryKeyMismatch(Exception):
+    """Blobs stored under the primary key id that the keyring's primary key opens none of: the
+    job holds other bytes under that id than the replicas that wrote them (re-generated or
+    mistyped). Rotating would seal every old-key secret with a key no replica has. The message
+    names the key id, counts and one user id: never a key."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,9 @@ class RotationReport:
     """What rotate_keys did. Holds counts, key ids and user ids: never a secret."""
 
     primary_kid: str
+    # Whether a blob already stored under the primary key id was opened with it before any
+    # write (False: none was stored yet, so nothing could confirm the key).
+    primary_checked: bool
     sessions_rotated: int
     challenges_rotated: int
     # Rows a concurrent writer changed between our read and our write; never overwritten.
@@ -126,10 +138,12 @@ def rotate_keys(engine: Engine, keyring: Keyring, batch_size: int = 500) -> Rota
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    primary_checked = check_primary_key(engine, keyring)
     sessions = _ColumnRotation(engine, keyring, _SESSIONS).run(batch_size)
     challenges = _ColumnRotation(engine, keyring, _CHALLENGES).run(batch_size)
     report = RotationReport(
         primary_kid=keyring.primary_kid,
+        primary_checked=primary_checked,
         sessions_rotated=sessions.rotated,
         challenges_rotated=challenges.rotated,
         conflicts=sessions.conflicts + challenges.conflicts,
@@ -139,6 +153,42 @@ def rotate_keys(engine: Engine, keyring: Keyring, batch_size: int = 500) -> Rota
     )
     _log_report(report)
     return report
+
+
+def check_primary_key(engine: Engine, keyring: Keyring) -> bool:
+    """Whether the primary key opens what is already stored under its id: True when a sample
+    opened, False when nothing is stored under it yet; PrimaryKeyMismatch when samples are
+    stored and none opens (one bad row among good ones does not stop a rotation)."""
+    stored, failed_user = 0, None
+    for column in (_SESSIONS, _CHALLENGES):
+        header = blob_header(keyring.primary_kid)[1:]  # every format, from the second byte
+        under_primary = func.substr(column.blob, 2, len(header), type_=LargeBinary) == header
+        version = column.version if column.version is not None else literal(0)
+        statement = (
+            select(column.row_key, column.user_id, column.blob, version)
+            .where(column.blob.is_not(None), under_primary)
+            .order_by(column.row_key)
+            .limit(PRIMARY_KEY_SAMPLES)
+        )
+        with engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}).connect() as db:
+            rows = db.execute(statement).all()
+        samples = [_StaleBlob(row_key=r[0], user_id=r[1], blob=r[2], version=r[3]) for r in rows]
+        for sample in samples:
+            stored += 1
+            try:
+                keyring.decrypt(sample.blob, column.opening_aad(sample))
+            except DecryptionError:
+                failed_user = failed_user or sample.user_id
+                continue
+            return True
+    if stored == 0:
+        return False
+    raise PrimaryKeyMismatch(
+        f"the primary key {keyring.primary_kid!r} opens none of the {stored} stored secret(s) "
+        f"sampled under that id (the first: user {failed_user!r}): these bytes are not the key "
+        "the replicas use under that id. Nothing was re-encrypted; give this job the "
+        "replicas' key"
+    )
 
 
 class _ColumnRotation:

@@ -19,7 +19,7 @@ from auth_service.domain.models import (
     PendingMfa,
     SessionState,
 )
-from auth_service.storage.key_rotation import rotate_keys
+from auth_service.storage.key_rotation import PrimaryKeyMismatch, rotate_keys
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
 
@@ -350,3 +350,45 @@ def test_undecryptable_blobs_are_reported_and_left_alone(
 def test_batch_size_must_be_positive(engine: Engine, keyring: Keyring) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         rotate_keys(engine, keyring, batch_size=0)
+
+
+def test_a_wrong_primary_key_under_its_id_refuses_before_any_write(
+    engine: Engine,
+    db_sessionmaker: sessionmaker[Session],
+    old_keyring: Keyring,
+    new_keyring: Keyring,
+) -> None:
+    # "ann" is still under the old key; "bob" was already written by a replica that holds the
+    # real new key. The job's ring has other bytes under the new key's id.
+    _store(db_sessionmaker, old_keyring, "ann", with_challenge=True)
+    _store(db_sessionmaker, new_keyring, "bob")
+    wrong = Keyring.parse(f"{Keyring.generate_key_value('new')},{_key_entry(old_keyring)}")
+    before = _all_blobs(engine)
+
+    with pytest.raises(PrimaryKeyMismatch, match="'new' opens none") as refused:
+        rotate_keys(engine, wrong)
+
+    assert _all_blobs(engine) == before
+    assert "bob" in str(refused.value)
+    for _kid, key in wrong.keys:
+        assert base64.b64encode(key).decode() not in str(refused.value)
+
+
+def test_the_primary_key_is_confirmed_by_a_stored_secret_or_said_unchecked(
+    engine: Engine,
+    db_sessionmaker: sessionmaker[Session],
+    old_keyring: Keyring,
+    new_keyring: Keyring,
+) -> None:
+    _store(db_sessionmaker, old_keyring, "ann")
+    _store(db_sessionmaker, old_keyring, "cid")
+    assert rotate_keys(engine, new_keyring).primary_checked is False  # nothing under it yet
+    _store(db_sessionmaker, old_keyring, "bob")
+    # One altered blob under the primary among good ones does not stop the rotation.
+    ann = _session_blob(engine, "ann")
+    assert ann is not None
+    _set_session_blob(engine, "ann", ann[:-1] + bytes([ann[-1] ^ 1]))
+
+    report = rotate_keys(engine, new_keyring)
+
+    assert (report.primary_checked, report.sessions_rotated) == (True, 1)
