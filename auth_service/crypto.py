@@ -61,7 +61,8 @@ class Keyring:
         if len(set(kids)) != len(kids):
             raise KeyringError("a key id appears twice")
         if self.primary is not None and self.primary not in kids:
-            raise KeyringError(f"the primary key id {self.primary!r} is not among the keys")
+            # Not echoed either: a key pasted into the primary id's place would be printed.
+            raise KeyringError("the primary key id names none of the keys")
         for position, (kid, key) in enumerate(self.keys, start=1):
             # A malformed key id may be a key pasted in the wrong place: name only its position.
             if not _KID_PATTERN.match(kid):
@@ -69,7 +70,7 @@ class Keyring:
                     f"entry {position}: the key id must be 1-64 characters of A-Z a-z 0-9 . _ -"
                 )
             if len(key) != KEY_BYTES:
-                raise KeyringError(f"key {kid!r} must decode to {KEY_BYTES} bytes")
+                raise KeyringError(f"entry {position}: the key must decode to {KEY_BYTES} bytes")
 
     def __repr__(self) -> str:
         return f"Keyring(kids={[kid for kid, _ in self.keys]}, primary={self.primary_kid!r})"
@@ -93,7 +94,9 @@ class Keyring:
             try:
                 key = base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
-                raise KeyringError(f"key {kid!r} is not valid base64") from None
+                # By position: a key in URL-safe base64 or hex, swapped with its id, fits the
+                # id's alphabet, so the "id" may be the key itself.
+                raise KeyringError(f"entry {position}: the key is not valid base64") from None
             keys.append((kid, key))
         return cls(tuple(keys), primary)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 
 import pytest
 
@@ -148,15 +149,18 @@ def test_parse_errors_name_no_key_material(template: str) -> None:
 
 # Mistakes where the key lands in the key-id position: the error must name the entry's
 # position, never echo the malformed key id (which is the key).
+# A key in URL-safe base64 or hex fits the key id's alphabet, so only the error names it.
 SWAPPED = {
     "key-then-kid": "{key}:primary",
     "key-then-colon": "{key}:",
+    "urlsafe-key-then-kid": "{urlsafe}:primary",
+    "hex-key-then-kid": "{hex}:primary",
 }
 
 
 @pytest.mark.parametrize("template", SWAPPED.values(), ids=SWAPPED.keys())
 def test_parse_errors_name_no_key_material_when_key_and_kid_are_swapped(template: str) -> None:
-    value = template.format(key=_key())
+    value = template.format(key=_key(), urlsafe=secrets.token_urlsafe(32), hex=os.urandom(32).hex())
 
     with pytest.raises(KeyringError) as raised:
         Keyring.parse(value)
@@ -172,3 +176,12 @@ def _assert_no_key_material(message: str, value: str) -> None:
             if len(part) >= 16:
                 assert part not in message
                 assert part[:12] not in message
+
+
+def test_a_key_pasted_as_the_primary_key_id_is_not_echoed() -> None:
+    pasted = secrets.token_urlsafe(32)
+
+    with pytest.raises(KeyringError) as raised:
+        Keyring.parse(f"primary:{_key()}", primary=pasted)
+
+    assert pasted[:12] not in str(raised.value)
