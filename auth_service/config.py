@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from curl_cffi.requests.impersonate import REAL_TARGET_MAP, BrowserType
 from sqlalchemy.engine import make_url
@@ -44,6 +45,7 @@ from auth_service.serving_config import (
 from auth_service.stream_config import read_stream_settings, read_webhook_settings
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.settings import UpstreamSettings, read_upstream_settings
+from garmin_client.url_secrets import redacted_url
 
 PREFIX = "GARMIN_AUTH_"
 DEFAULT_DATABASE_URL = "sqlite:///garmin-auth.sqlite3"
@@ -123,19 +125,27 @@ class Settings:
 
 
 def redacted_database_url(url: str) -> str:
-    """The URL without its password, fit for a log line."""
+    """The URL without its passwords (user:password@, ?password=, ?sslpassword=), fit for a
+    log line or a command's output."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+        make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparseable database URL>"
+    return redacted_url(url)
 
 
 def _database_url(reader: EnvReader) -> str:
     url = reader.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise reader.error("DATABASE_URL", "is not a SQLAlchemy URL") from None
+    if urlsplit(url).netloc.count("@") > 1:
+        # SQLAlchemy would cut the password at its first @ and take the rest for the host,
+        # which then turns up in every connection error.
+        raise reader.error(
+            "DATABASE_URL", "percent-encode the password's special characters (@ is %40)"
+        )
     if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
         raise reader.error("DATABASE_URL", "must be postgresql+psycopg://... or sqlite:///...")
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":

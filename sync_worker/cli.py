@@ -22,6 +22,7 @@ from typing import NoReturn
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.logging_setup import configure_logging
 from garmin_client.settings import read_upstream_settings
+from garmin_client.url_secrets import redacted_url
 from sync_worker.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_LEASE_TTL,
@@ -34,7 +35,7 @@ from sync_worker.config import (
     parse_duration,
 )
 from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE, RunControl
-from sync_worker.postgres_sink import PostgresSink, redacted_url
+from sync_worker.postgres_sink import PostgresSink
 from sync_worker.runner import EXIT_CONFIG, run
 from sync_worker.sinks import SinkError
 from sync_worker.sync import SyncOptions

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Final
 
 from garmin_client.env import ConfigError, EnvReader
+from garmin_client.url_secrets import redacted_url
 from sync_worker.client import AuthClientConfig
 from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE
-from sync_worker.postgres_sink import libpq_url, redacted_url
+from sync_worker.postgres_sink import libpq_url
 from sync_worker.sinks import UnsafeUserId, check_user_id
 from sync_worker.sync import SyncOptions
 

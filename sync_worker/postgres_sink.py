@@ -6,11 +6,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from garmin_client.url_secrets import scrubbed
 from sync_worker.sinks import (
     Activity,
     FencingRefused,
@@ -89,48 +89,12 @@ def libpq_url(url: str) -> str:
     return "postgresql://" + rest
 
 
-# libpq connection parameters that are secrets, when a URL carries them as ?name=value.
-_SECRET_PARAMETERS: Final = frozenset({"password", "sslpassword"})
-
-
-def redacted_url(url: str) -> str:
-    """The URL without its passwords (user:password@ and ?password=), fit for a message."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo = (parts.username or "") + ":***"
-        netloc = f"{userinfo}@{netloc.rsplit('@', 1)[-1]}"
-    query = "&".join(
-        f"{name}=***" if name.lower() in _SECRET_PARAMETERS else pair
-        for pair in parts.query.split("&")
-        if pair
-        for name in (unquote(pair.partition("=")[0]),)
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-def _url_secrets(url: str) -> list[str]:
-    """Every spelling of the URL's secrets (as written, and decoded) that a message of libpq
-    might quote: it quotes the piece of a connection string it cannot parse."""
-    parts = urlsplit(url)
-    raw = [parts.netloc.rpartition("@")[0].partition(":")[2]] if parts.password else []
-    raw += [
-        value
-        for name, _, value in (pair.partition("=") for pair in parts.query.split("&"))
-        if unquote(name).lower() in _SECRET_PARAMETERS
-    ]
-    spellings = {form for value in raw for form in (value, unquote(value)) if form}
-    return sorted(spellings, key=len, reverse=True)
-
-
 def _problem(exc: psycopg.Error, url: str = "") -> str:
     # libpq's first line names the failure (host, database, user); scrubbed of the URL's
     # secrets all the same, since a connection string it cannot parse is quoted in it.
     lines = str(exc).strip().splitlines()
     first = lines[0] if lines else "no detail"
-    for secret in _url_secrets(url):
-        first = first.replace(secret, "***")
-    return f"{type(exc).__name__}: {first}"
+    return f"{type(exc).__name__}: {scrubbed(first, url)}"
 
 
 class PostgresSink:

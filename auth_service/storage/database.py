@@ -34,6 +34,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from auth_service.config import redacted_database_url
 from garmin_client.logging_setup import redact
+from garmin_client.url_secrets import scrubbed
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +213,5 @@ def describe_database_error(exc: BaseException, url: str) -> str:
     """The driver error's type and first line, without the URL's password, for one log or
     check-config line (never a traceback)."""
     original = getattr(exc, "orig", None) or exc
-    message = (str(original).strip().splitlines() or [""])[0]
-    password = make_url(url).password
-    if password:
-        message = message.replace(str(password), "***")
+    message = scrubbed((str(original).strip().splitlines() or [""])[0], url)
     return f"{type(original).__name__}: {redact(message)}" if message else type(original).__name__

@@ -11,10 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from garmin_client.url_secrets import redacted_url
 from sync_worker import directory_sink
 from sync_worker.activity_list import parse_activity
 from sync_worker.directory_sink import DirectorySink
-from sync_worker.postgres_sink import PostgresSink, redacted_url
+from sync_worker.postgres_sink import PostgresSink
 from sync_worker.sinks import (
     Activity,
     FencingRefused,
