@@ -184,7 +184,7 @@ class ConnectService:
         self, digest: str, user_id_prefix: str | None
     ) -> tuple[str, PendingMfa, datetime]:
         """Take the challenge for one submission; refusals still commit what they drop."""
-        refusal: MfaChallengeNotFound | MfaChallengeBusy | GarminRateLimited
+        refusal: MfaChallengeNotFound | MfaChallengeBusy | GarminRateLimited | SecretUnreadable
         with self._uow() as uow:
             challenge = uow.challenges.lock(digest)
             if (
@@ -213,10 +213,14 @@ class ConnectService:
             else:
                 try:
                     pending = uow.challenges.open_pending(challenge)
-                except SecretUnreadable:
-                    log.exception("MFA challenge failed to decrypt; dropping it")
-                    uow.challenges.delete(digest)
-                    refusal = MfaChallengeNotFound("no such MFA challenge")
+                except SecretUnreadable as unreadable:
+                    # As for a stored session: kept, and DATA_LOSS. This replica may only lack
+                    # a key that the others hold (started from an old Secret); dropping the
+                    # challenge would end a sign-in they could still complete.
+                    log.warning(
+                        "MFA challenge of user %s failed to decrypt; kept", challenge.user_id
+                    )
+                    refusal = unreadable
                 else:
                     claimed_until = uow.now + timedelta(seconds=MFA_CLAIM_SECONDS)
                     uow.challenges.claim(digest, claimed_until)
