@@ -15,6 +15,7 @@ from auth_service.crypto import DecryptionError
 from auth_service.domain.errors import SecretUnreadable
 from auth_service.domain.models import PendingMfa
 from auth_service.domain.repositories import MfaChallenge
+from auth_service.storage import session_rows as rows
 from auth_service.storage.executor import Executor
 from auth_service.storage.models import GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
@@ -95,5 +96,6 @@ class SqlChallengeRepository:
         self.session.execute(delete(C).where(C.c.user_id == user_id))
 
     def delete_expired(self, now: datetime) -> int:
-        result = self.session.execute(delete(C).where(C.c.expires_at <= now))
+        """Challenges past their expiry that no SubmitMfa still holds."""
+        result = self.session.execute(delete(C).where(~rows.LIVE_CHALLENGE_ROW), {"p_now": now})
         return cast(CursorResult[Any], result).rowcount or 0

@@ -144,8 +144,14 @@ DISCONNECTED: dict[str, Any] = {
 
 # --- abandoned MFA -------------------------------------------------------------------------
 
+# A challenge lives until it expires, and after that while a SubmitMfa that claimed it before
+# then still waits for Garmin's answer (its code may well be accepted).
+LIVE_CHALLENGE_ROW = or_(
+    _CHALLENGE.c.expires_at > NOW,
+    and_(_CHALLENGE.c.claimed_until.is_not(None), _CHALLENGE.c.claimed_until > NOW),
+)
 _LIVE_CHALLENGE = (
-    exists().where(_CHALLENGE.c.user_id == T.c.user_id, _CHALLENGE.c.expires_at > NOW).correlate(T)
+    exists().where(_CHALLENGE.c.user_id == T.c.user_id, LIVE_CHALLENGE_ROW).correlate(T)
 )
 # MFA_PENDING is only ever set while the row holds no working session, so it falls back to
 # what the row was before the login started.
