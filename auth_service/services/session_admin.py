@@ -191,8 +191,10 @@ class SessionAdmin:
     def delete_session(self, user_id: str) -> None:
         validation.raise_if_any(validation.check_user_id(user_id))
         with self._uow() as uow:
-            uow.challenges.delete_for_user(user_id)
+            # The row's lock first, as Login takes it before it stores a challenge: deleting
+            # first, on PostgreSQL, would miss the challenge of a Login committing meanwhile.
             locked = uow.sessions.lock(user_id)
+            uow.challenges.delete_for_user(user_id)
             if locked is None:
                 return
             ended = live_lease(locked, uow.now)
