@@ -56,4 +56,5 @@ def test_a_malformed_port_stops_start_up_with_one_line_naming_the_variable(
     assert "Traceback" not in result.stderr, result.stderr[-400:]
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "GARMIN_AUTH_DATABASE_URL" in lines[0]
+    assert len(lines) == 1
+    assert "GARMIN_AUTH_DATABASE_URL" in lines[0]

@@ -73,9 +73,7 @@ def test_delete_session_after_an_mfa_login_leaves_no_usable_challenge(
 
     with engine.connect() as connection:
         state = connection.execute(
-            select(GarminAuthenticationState.state).where(
-                GarminAuthenticationState.user_id == USER
-            )
+            select(GarminAuthenticationState.state).where(GarminAuthenticationState.user_id == USER)
         ).scalar_one()
         challenges = connection.execute(
             select(func.count()).where(GarminMfaChallenge.user_id == USER)
