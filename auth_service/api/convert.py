@@ -18,6 +18,8 @@ from auth_service.domain.models import (
     SessionState,
     SessionStatusView,
 )
+from auth_service.domain.validation import CREDENTIAL_RULE, is_credential
+from auth_service.upstream.di.garminconnect import di_pair_problem
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client import session_proto
 from garmin_client.endpoints import DOMAINS
@@ -138,15 +140,27 @@ def status_to_proto(
 
 
 _MAX_TOKEN_FIELD = 8192
+# The fields Garmin's requests carry in a header: visible ASCII only (domain.validation).
+_CREDENTIALS = frozenset({"oauth_token", "oauth_token_secret", "access_token", "refresh_token"})
 
 
 def _required_text(value: str, field: str, violations: list[FieldViolation]) -> None:
     if not value:
         violations.append(FieldViolation(field, "is required"))
+    elif field.rpartition(".")[2] in _CREDENTIALS:
+        if not is_credential(value):
+            violations.append(FieldViolation(field, CREDENTIAL_RULE))
     elif len(value) > _MAX_TOKEN_FIELD or not value.isprintable():
         violations.append(
             FieldViolation(field, f"must be at most {_MAX_TOKEN_FIELD} printable characters")
         )
+
+
+def _check_oauth1(o1: pb.OAuth1Token, field: str, violations: list[FieldViolation]) -> None:
+    for name in OAUTH1_TEXT:
+        _required_text(getattr(o1, name), f"{field}.{name}", violations)
+    if o1.mfa_token and not is_credential(o1.mfa_token):
+        violations.append(FieldViolation(f"{field}.mfa_token", "is malformed"))
 
 
 def tokens_from_proto(session: pb.GarminSession, field: str) -> GarminTokens:
@@ -167,15 +181,17 @@ def tokens_from_proto(session: pb.GarminSession, field: str) -> GarminTokens:
         raise InvalidArgument(violations)
     o2 = session.oauth2
     if kind is SessionKind.GARTH:
-        o1 = session.oauth1
-        for name in OAUTH1_TEXT:
-            _required_text(getattr(o1, name), f"{field}.oauth1.{name}", violations)
-        if len(o1.mfa_token) > _MAX_TOKEN_FIELD or not o1.mfa_token.isprintable():
-            violations.append(FieldViolation(f"{field}.oauth1.mfa_token", "is malformed"))
+        _check_oauth1(session.oauth1, f"{field}.oauth1", violations)
     else:
         _required_text(session.di_client_id, f"{field}.di_client_id", violations)
     for name in OAUTH2_TEXT:
         _required_text(getattr(o2, name), f"{field}.oauth2.{name}", violations)
+    if kind is SessionKind.DI_OAUTH2 and not violations:
+        # As for python-garminconnect's file: a refresh token only works with the client id
+        # it was issued to, so a pair naming another one would die at its first refresh.
+        problem = di_pair_problem(o2.access_token, session.di_client_id)
+        if problem is not None:
+            violations.append(FieldViolation(f"{field}.di_client_id", problem))
     # A DI pair may come without its refresh expiry (the service learns it at the next refresh).
     times = (
         ("expires_at",)

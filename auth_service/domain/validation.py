@@ -22,6 +22,17 @@ MIN_EMAIL_LENGTH, MAX_EMAIL_LENGTH = 3, 254
 MAX_PASSWORD_LENGTH = 256
 MAX_HOLDER_LENGTH = 256
 MAX_REASON_LENGTH = 512
+# A credential we store and later send in an HTTP header (a bearer or refresh token, an OAuth1
+# token or secret): RFC 6750's token characters are visible ASCII. Anything else (a space, a
+# newline, "€") no request can carry, so it would only fail every use of the session later.
+MAX_CREDENTIAL_LENGTH = 8192
+CREDENTIAL_PATTERN = re.compile(rf"[\x21-\x7e]{{1,{MAX_CREDENTIAL_LENGTH}}}")
+CREDENTIAL_RULE = f"must be 1-{MAX_CREDENTIAL_LENGTH} visible ASCII characters"
+
+
+def is_credential(value: str) -> bool:
+    """Whether `value` can be stored as a token that HTTP headers will carry."""
+    return CREDENTIAL_PATTERN.fullmatch(value) is not None
 
 
 def _printable(value: str) -> bool:

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from typing import Final
 
 from auth_service.domain.models import GarminTokens, OAuth2Token
+from auth_service.domain.validation import is_credential
 from auth_service.upstream.di.jwt_payload import jwt_payload
 from garmin_client.endpoints import DEFAULT_DOMAIN
 
 _CLIENT_ID: Final = re.compile(r"[A-Z0-9_]{1,128}")
-_MAX_TOKEN: Final = 8192
 # garmin.cn accounts get their tokens from diauth.garmin.cn and must refresh there.
 _ISSUER_DOMAINS: Final = {"https://diauth.garmin.cn": "garmin.cn"}
 
@@ -26,9 +26,24 @@ def _text(data: dict[str, object], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:
         raise ValueError(f"garmin_tokens.json: {name} is missing or not a string")
-    if len(value) > _MAX_TOKEN or not value.isprintable() or any(c.isspace() for c in value):
+    if not is_credential(value):
         raise ValueError(f"garmin_tokens.json: {name} is malformed")
     return value
+
+
+def di_pair_problem(access_token: str, client_id: str) -> str | None:
+    """Why a DI access token and the client id it is said to belong to cannot be a pair that
+    refreshes (None when they can): the client id is malformed, the token is not a JWT with an
+    expiry, or the JWT was issued to another client id. Quotes neither."""
+    if not _CLIENT_ID.fullmatch(client_id):
+        return "must be a DI client id (A-Z, 0-9 and _)"
+    try:
+        claims = jwt_payload(access_token)
+    except ValueError as exc:
+        return f"the access token is no DI access token: {exc}"
+    if claims.get("client_id") not in (None, client_id):
+        return "the access token was issued to another client id"
+    return None
 
 
 def tokens_from_garminconnect(text: str) -> GarminTokens:

@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+from auth_service.domain.validation import CREDENTIAL_RULE, is_credential
 from auth_service.upstream.garth.isolation import GarthOAuth1Token, GarthOAuth2Token, garth_asdict
 from auth_service.upstream.garth.tokens import oauth1_to_garth, oauth2_to_garth, tokens_from_garth
 from garmin_client.endpoints import DEFAULT_DOMAIN, DOMAINS
@@ -40,6 +41,12 @@ def tokens_from_garth_dumps(s: str) -> GarminTokens:
         raise ValueError("garth session string: the OAuth2 token is malformed") from None
     if not (oauth1.oauth_token and oauth1.oauth_token_secret and oauth2.access_token):
         raise ValueError("garth session string: a token is empty")
+    credentials = (oauth1.oauth_token, oauth1.oauth_token_secret, oauth2.access_token)
+    if not all(isinstance(value, str) and is_credential(value) for value in credentials) or (
+        oauth2.refresh_token and not is_credential(str(oauth2.refresh_token))
+    ):
+        # The same rule as every other import: headers carry these, so visible ASCII only.
+        raise ValueError(f"garth session string: a token {CREDENTIAL_RULE}")
     domain = oauth1.domain or DEFAULT_DOMAIN
     if domain not in DOMAINS:
         # Garth builds https://connectapi.{domain}/...: any other value would send this

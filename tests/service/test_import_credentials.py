@@ -1,0 +1,134 @@
+"""ImportSession stores only what later requests can use: every credential is visible ASCII
+(a header carries it) in all three import formats, and a DI pair's access token was issued to
+the client id it names. Before, a "€" or a newline in a token was stored ACTIVE and failed
+every later use (GetStatus(validate) answered INTERNAL), and a pair naming another client id
+died at its first refresh (invalid_grant: the session ended AUTH_EXPIRED)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_emulator import DI_TOKEN_PATH, KNOWN_DI_CLIENT_IDS, GarminEmulator
+from tests.fixtures.servers import Replica, expect_failure
+from tests.service.test_login import PASSWORD, stored_row
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _di_session(access_token: str, refresh_token: str, client_id: str) -> pb.GarminSession:
+    return pb.GarminSession(
+        oauth2=pb.OAuth2Token(
+            scope="CONNECT_READ",
+            jti="jti-1",
+            token_type="bearer",
+            access_token=access_token,
+            refresh_token=refresh_token,
+            expires_at=Timestamp(seconds=int(time.time()) + 3600),
+        ),
+        di_client_id=client_id,
+        kind=pb.SESSION_KIND_DI_OAUTH2,
+    )
+
+
+def _import(replica: Replica, user_id: str, **source: object) -> pb.SessionStatus:
+    request = pb.ImportSessionRequest(user_id=user_id, **source)
+    return replica.call("ImportSession", request).status  # type: ignore[no-any-return]
+
+
+# --- credentials no HTTP request can carry ---------------------------------------------------
+
+
+def test_a_session_whose_token_no_header_can_carry_is_refused(
+    service: Replica, garmin: GarminEmulator, database_url: str
+) -> None:
+    """Before: stored ACTIVE (isprintable() was the only check), and GetStatus(validate) then
+    crashed in http.client (UnicodeEncodeError) and answered INTERNAL."""
+    garmin.add_user("uni@example.com", PASSWORD)
+    answer = garmin.issue_di_tokens("uni@example.com")
+    session = _di_session(
+        answer["access_token"] + "\u20ac", answer["refresh_token"], KNOWN_DI_CLIENT_IDS[0]
+    )
+
+    failure = expect_failure(lambda: _import(service, "uni", session=session))
+
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert stored_row(database_url, "uni") is None
+
+
+def test_garminconnect_import_refuses_a_token_no_http_header_can_carry(
+    service: Replica, garmin: GarminEmulator, database_url: str
+) -> None:
+    """python-garminconnect's file: di_token is checked with isprintable() and "no
+    whitespace" only, so a non-Latin-1 character passes; when Garmin is busy at the import
+    the pair is stored unchecked and every later use of the access token crashes."""
+    garmin.add_user("gcu@example.com", PASSWORD)
+    file = garmin.garminconnect_tokens("gcu@example.com")
+    file["di_token"] += "\u20ac"
+    garmin.fail_next(DI_TOKEN_PATH, 503)  # Garmin busy: the pair is stored as it is
+    failure = expect_failure(lambda: _import(service, "gcu", garminconnect_tokens=json.dumps(file)))
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert stored_row(database_url, "gcu") is None
+
+
+def _garth_dumps(access_token: str) -> str:
+    now = int(time.time())
+    pair = [
+        {"oauth_token": "oauth1-token-abc", "oauth_token_secret": "oauth1-secret-abc"},
+        {
+            "scope": "CONNECT_READ",
+            "jti": "jti-1",
+            "token_type": "Bearer",
+            "access_token": access_token,
+            "refresh_token": "refresh-abc",
+            "expires_in": 3600,
+            "expires_at": now + 3600,
+            "refresh_token_expires_in": 7200,
+            "refresh_token_expires_at": now + 7200,
+        },
+    ]
+    return base64.b64encode(json.dumps(pair).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "access_token",
+    ["line-one\nline-two", "x" * 9000],
+    ids=["newline", "9000-characters"],
+)
+def test_garth_token_import_applies_the_same_token_limits_as_a_session(
+    service: Replica, database_url: str, access_token: str
+) -> None:
+    """The `session` source refuses tokens over 8192 characters or with non-printable ones
+    (api/convert.py _required_text); the `garth_token` source stores them ACTIVE unchecked.
+    The stored newline token makes GetStatus(validate) answer GARMIN_UNAVAILABLE "Garmin
+    answered something unreadable" although Garmin was never asked."""
+    failure = expect_failure(
+        lambda: _import(service, "gar", garth_token=_garth_dumps(access_token))
+    )
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert stored_row(database_url, "gar") is None
+
+
+# --- a DI pair naming another client id ------------------------------------------------------
+
+
+def test_session_import_refuses_a_di_pair_issued_to_another_client_id(
+    service: Replica, garmin: GarminEmulator, database_url: str
+) -> None:
+    """garminconnect_tokens refuses a JWT issued to another client id than the file names;
+    the `session` source stored such a pair ACTIVE, and since refresh tokens are bound to
+    their client id (facts file), its first refresh got invalid_grant and ended it."""
+    garmin.add_user("cid@example.com", PASSWORD)
+    answer = garmin.issue_di_tokens("cid@example.com", client_id=KNOWN_DI_CLIENT_IDS[0])
+    session = _di_session(answer["access_token"], answer["refresh_token"], KNOWN_DI_CLIENT_IDS[1])
+
+    failure = expect_failure(lambda: _import(service, "cid", session=session))
+
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert stored_row(database_url, "cid") is None
