@@ -51,8 +51,11 @@ def _invalid_grant(email: str | None) -> _Decision:
     )
 
 
-def _invalid_ticket(email: str | None) -> _Decision:
-    return _oauth_error(400, "invalid_grant", INVALID_TICKET), email, "invalid_ticket"
+def _invalid_ticket(email: str | None, options: DiOptions) -> _Decision:
+    reply = _oauth_error(
+        options.invalid_ticket_status, options.invalid_ticket_error, INVALID_TICKET
+    )
+    return reply, email, "invalid_ticket"
 
 
 def _basic_client(request: Incoming) -> str | None:
@@ -127,11 +130,11 @@ class DiOAuth:
                 reply = _oauth_error(401, "invalid_client", "Unknown client")
                 return reply, email, "invalid_client"
             if ticket is None or ticket.used or ticket.expires_at <= time.time():
-                return _invalid_ticket(email)
+                return _invalid_ticket(email, self._options)
             if ticket.service_url != service_url:
                 if self._options.wrong_service_url_burns_ticket:
                     ticket.used = True
-                return _invalid_ticket(email)
+                return _invalid_ticket(email, self._options)
             ticket.used = True
             assert email is not None
             bump(self._state.records.ticket_exchanges, email)

@@ -54,6 +54,10 @@ class DiOptions:
     # Whether the API refuses access tokens whose ticket was issued for EMBED_SERVICE_URL
     # (true for some accounts since June 2026).
     api_refuses_embed_tokens: bool = False
+    # The status and OAuth error code of a refused ticket. The facts file records only that
+    # the body contains "invalid service ticket provided"; the code is uncertain.
+    invalid_ticket_status: int = 400
+    invalid_ticket_error: str = "invalid_grant"
     # How long a service ticket lives (seconds), for both sign-in flows.
     ticket_ttl_seconds: float = 60.0
     # How long a login waiting for its MFA code stays usable (seconds; uncertain).

@@ -122,6 +122,38 @@ def test_a_ticket_exchanges_once_and_only_for_its_service_url(
         upstream.exchange_service_ticket(other, ANDROID_SERVICE_URL)
 
 
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(400, "invalid_grant"), (400, "invalid_request"), (401, "invalid_request"), (403, "")],
+)
+def test_a_ticket_refusal_is_known_by_its_phrase_whatever_its_code(
+    emulator: GarminEmulator, user: EmulatedUser, status: int, error: str
+) -> None:
+    """The facts file records the refusal's phrase, not its status or error code. Before,
+    only 400 invalid_grant was a refusal; the others answered "Garmin is down, try later"
+    for a ticket no retry can use."""
+    emulator.di.invalid_ticket_status, emulator.di.invalid_ticket_error = status, error
+    upstream = di_upstream(emulator)
+    ticket = ticket_for(emulator, user.email, PASSWORD)
+    upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL)
+
+    with pytest.raises(ServiceTicketRejected):
+        upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL)
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_the_refusal_phrase_in_a_429_or_5xx_is_no_verdict(
+    emulator: GarminEmulator, user: EmulatedUser, status: int
+) -> None:
+    emulator.di.invalid_ticket_status = status
+    upstream = di_upstream(emulator)
+    ticket = ticket_for(emulator, user.email, PASSWORD)
+    upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL)
+
+    with pytest.raises((GarminUnavailable, GarminRateLimited)):
+        upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL)
+
+
 def test_a_refused_client_id_stops_by_default(emulator: GarminEmulator, user: EmulatedUser) -> None:
     emulator.di.accepted_client_ids = KNOWN_DI_CLIENT_IDS[1:]
     ticket = ticket_for(emulator, user.email, PASSWORD)

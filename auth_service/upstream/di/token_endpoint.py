@@ -67,6 +67,14 @@ class _Answer:
     status: int
     payload: Any
     retry_after: str | None
+    # The body's start, lowercased: what a refusal is recognised by when its code is not.
+    text: str = ""
+
+
+# The phrase Garmin's refusal of a service ticket carries (shared facts file).
+INVALID_TICKET = "invalid service ticket provided"
+# Characters of an answer's body kept to look for it.
+_TEXT_KEPT = 4096
 
 
 def _basic(client_id: str) -> str:
@@ -76,6 +84,18 @@ def _basic(client_id: str) -> str:
 def _error_code(answer: _Answer) -> str | None:
     error = answer.payload.get("error") if isinstance(answer.payload, dict) else None
     return error if isinstance(error, str) else None
+
+
+def _refuses_the_ticket(answer: _Answer) -> bool:
+    """Garmin's verdict on the ticket itself. What the facts record is the body's phrase
+    "invalid service ticket provided", not the status or error code (invalid_grant is what
+    OAuth gives a bad grant); a 429, a 5xx or any other answer is no verdict."""
+    if answer.status == HTTPStatus.BAD_REQUEST and _error_code(answer) == "invalid_grant":
+        return True
+    refusal = HTTPStatus.BAD_REQUEST <= answer.status < HTTPStatus.INTERNAL_SERVER_ERROR
+    return (
+        refusal and answer.status != HTTPStatus.TOO_MANY_REQUESTS and INVALID_TICKET in answer.text
+    )
 
 
 class TokenEndpoint:
@@ -112,7 +132,7 @@ class TokenEndpoint:
             return self._tokens(answer, client_id, domain, previous=None)
         if answer.status == HTTPStatus.UNAUTHORIZED and _error_code(answer) == "invalid_client":
             raise ClientIdRefused(client_id)
-        if answer.status == HTTPStatus.BAD_REQUEST and _error_code(answer) == "invalid_grant":
+        if _refuses_the_ticket(answer):
             raise ServiceTicketRejected(
                 "Garmin refused the service ticket (used, expired or for another service URL)"
             )
@@ -168,7 +188,12 @@ class TokenEndpoint:
                 payload = response.json()
             except ValueError:
                 payload = None
-            return _Answer(response.status_code, payload, response.headers.get("Retry-After"))
+            return _Answer(
+                response.status_code,
+                payload,
+                response.headers.get("Retry-After"),
+                response.text[:_TEXT_KEPT].lower(),
+            )
 
     def _failure(self, answer: _Answer, step: str) -> UpstreamError:
         if answer.status == HTTPStatus.TOO_MANY_REQUESTS:
