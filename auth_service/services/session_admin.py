@@ -77,6 +77,9 @@ class SessionAdmin:
         with self._uow() as uow:
             row = uow.sessions.find(user_id, uow.now)
             if row is None:
+                if validate:
+                    # As for a deleted session (README, Errors): there is nothing to validate.
+                    raise SessionNotActive("the user is not connected; nothing to validate")
                 return SessionStatusView(user_id=user_id, state=SessionState.NOT_CONNECTED)
             if not validate:
                 return status_view(row, uow.now)

@@ -349,3 +349,24 @@ def test_list_sessions_rejects_foreign_page_tokens(service: Replica) -> None:
         lambda: service.call("ListSessions", pb.ListSessionsRequest(page_size=5000), role="viewer")
     )
     assert too_big.field_violations == ["page_size"]
+
+
+def test_validate_of_a_user_never_connected_is_session_not_active(
+    service: Replica, garmin: GarminEmulator
+) -> None:
+    """README, Errors: SESSION_NOT_ACTIVE "for GetStatus(validate) also not connected". A
+    deleted session answered it; a user who never connected answered OK NOT_CONNECTED."""
+    garmin.add_user("gone@example.com", "pw-gone")
+    service.call(
+        "Login", pb.LoginRequest(user_id="gone", email="gone@example.com", password="pw-gone")
+    )
+    service.call("DeleteSession", pb.DeleteSessionRequest(user_id="gone"))
+    answers = []
+    for user_id in ("gone", "never"):
+        request = pb.GetStatusRequest(user_id=user_id, validate=True)
+        failure = expect_failure(lambda request=request: service.call("GetStatus", request))
+        answers.append((failure.code, failure.reason))
+
+    assert answers == [(grpc.StatusCode.FAILED_PRECONDITION, "SESSION_NOT_ACTIVE")] * 2
+    plain = service.call("GetStatus", pb.GetStatusRequest(user_id="never")).status
+    assert plain.state == pb.SESSION_STATE_NOT_CONNECTED
