@@ -3,9 +3,10 @@ names and labels, leases, requests to Garmin); the package docstring lists every
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -20,6 +21,13 @@ from auth_service.domain.models import SessionKind
 from auth_service.metrics.database import DatabaseCollector
 
 UNARY = "unary"
+
+
+def grpc_type(method: MethodDescriptor) -> str:
+    """The grpc_type label go-grpc-prometheus gives a method of this kind."""
+    if method.client_streaming:
+        return "bidi_stream" if method.server_streaming else "client_stream"
+    return "server_stream" if method.server_streaming else UNARY
 
 
 def go_code_name(name: str) -> str:
@@ -49,6 +57,7 @@ class ServiceMetrics:
         self._started_of: dict[tuple[str, str], Counter] = {}
         self._handling_of: dict[tuple[str, str], Histogram] = {}
         self._handled_of: dict[tuple[str, str, str], Counter] = {}
+        self._type_of: dict[tuple[str, str], str] = {}
         self._standard_collectors()
         rpc_labels = ["grpc_type", "grpc_service", "grpc_method"]
         self.started = Counter(
@@ -172,16 +181,19 @@ class ServiceMetrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
 
-    def initialize_rpcs(self, service: str, methods: Iterable[str]) -> None:
+    def initialize_rpcs(self, service: str, methods: Mapping[str, MethodDescriptor]) -> None:
         """Create the zero series of every method and code of `service` (so dashboards see
         them before the first error, as go-grpc-prometheus' InitializeMetrics does), and keep
         them at hand: `labels()` takes the metric's lock and builds its key on every call,
-        which the interceptor would pay three times per RPC."""
-        for method in methods:
-            self._started_of[service, method] = self.started.labels(UNARY, service, method)
-            self._handling_of[service, method] = self.handling.labels(UNARY, service, method)
+        which the interceptor would pay three times per RPC. Each method is labelled with its
+        kind of call (a server stream's whole life is one observation, never a unary one)."""
+        for method, descriptor in methods.items():
+            kind = grpc_type(descriptor)
+            self._type_of[service, method] = kind
+            self._started_of[service, method] = self.started.labels(kind, service, method)
+            self._handling_of[service, method] = self.handling.labels(kind, service, method)
             for code in grpc.StatusCode:
-                child = self.handled.labels(UNARY, service, method, go_code_name(code.name))
+                child = self.handled.labels(kind, service, method, go_code_name(code.name))
                 self._handled_of[service, method, code.name] = child
 
     # --- recorded by the interceptor ------------------------------------------------------
@@ -189,18 +201,23 @@ class ServiceMetrics:
     def rpc_started(self, service: str, method: str) -> None:
         started = self._started_of.get((service, method))
         if started is None:
-            started = self.started.labels(UNARY, service, method)
+            started = self.started.labels(self._kind(service, method), service, method)
         started.inc()
 
     def rpc_handled(self, service: str, method: str, code: str, seconds: float) -> None:
         handled = self._handled_of.get((service, method, code))
         if handled is None:
-            handled = self.handled.labels(UNARY, service, method, go_code_name(code))
+            kind = self._kind(service, method)
+            handled = self.handled.labels(kind, service, method, go_code_name(code))
         handled.inc()
         handling = self._handling_of.get((service, method))
         if handling is None:
-            handling = self.handling.labels(UNARY, service, method)
+            handling = self.handling.labels(self._kind(service, method), service, method)
         handling.observe(seconds)
+
+    def _kind(self, service: str, method: str) -> str:
+        # Methods of services never initialized (health, reflection) count as unary.
+        return self._type_of.get((service, method), UNARY)
 
     def lease_granted(self, method: str) -> None:
         self.grants.labels(method).inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from auth_service.upstream.observer import RpcListenerObserver
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.observe import endpoint_template, observed
 from garmin_emulator import BLOCK_RATE_LIMITED, GarminEmulator
-from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
+from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory, expect_failure
 from tests.service.test_login import PASSWORD, login
 from tests.service.test_status_import_delete import garmin_tokens, import_tokens
 
@@ -404,3 +405,26 @@ def test_upstream_hook_outcomes() -> None:
 )
 def test_codes_are_labelled_as_go_grpc_prometheus_does(name: str, go_name: str) -> None:
     assert go_code_name(name) == go_name
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_watch_stream_is_counted_as_a_server_stream(service_factory: ServiceFactory) -> None:
+    """go-grpc-prometheus labels a server-streaming method server_stream; before, every
+    stream's whole life (minutes) landed in the unary latency histogram dashboards read."""
+    replica = with_metrics(service_factory)
+    stream = replica.stub.WatchSessionEvents(
+        pb.WatchSessionEventsRequest(),
+        metadata=(("authorization", f"Bearer {ROLE_TOKENS['viewer']}"),),
+        timeout=30,
+    )
+    next(stream)  # the first heartbeat
+    time.sleep(1.0)
+    stream.cancel()
+    time.sleep(0.5)
+    samples = scrape(replica)
+    labels = {"grpc_service": SERVICE, "grpc_method": "WatchSessionEvents"}
+    unary = value(samples, "grpc_server_handling_seconds_count", grpc_type="unary", **labels)
+    streamed = value(samples, "grpc_server_started_total", grpc_type="server_stream", **labels)
+    # The stream is a server stream, not a unary call with a one-second latency.
+    assert unary == 0
+    assert streamed == 1
