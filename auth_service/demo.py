@@ -18,7 +18,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import grpc
 
@@ -30,10 +30,21 @@ from auth_service.storage.schema import upgrade_to_head
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from garmin_emulator import GarminEmulator
+
 DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password"  # noqa: S105 - the emulator's demo account
 DEMO_MFA_CODE = "123456"
 DEMO_USER_ID = "demo-user"
+# The accounts the README's grpcurl examples use: (email, password, MFA code or None).
+BOB_EMAIL = "bob@example.com"
+README_ACCOUNTS = (
+    ("alice@example.com", "alice-password", "123456"),
+    (BOB_EMAIL, "bob-password", None),
+)
+# How long the demo's service tickets last (Garmin's: about a minute), so one can be pasted.
+DEMO_TICKET_SECONDS = 3600.0
 ROLES = ("admin", "worker", "viewer")
 
 
@@ -163,9 +174,31 @@ def run_worker_once(
     return result.returncode
 
 
-def _print_examples(running: RunningServer, state: DemoState, folder: Path, out: TextIO) -> None:
+def add_demo_accounts(emulator: GarminEmulator) -> str:
+    """The demo's Garmin accounts: its own user, with activities, and the README's grpcurl
+    examples' alice (MFA) and bob. Returns a service ticket for bob, as Garmin's sign-in page
+    would hand it to his browser; the demo's tickets last an hour, so it can be pasted."""
+    emulator.add_user(DEMO_EMAIL, DEMO_PASSWORD, mfa=True, mfa_code=DEMO_MFA_CODE)
+    emulator.add_activities(DEMO_EMAIL, 5)
+    for email, password, mfa_code in README_ACCOUNTS:
+        emulator.add_user(email, password, mfa=mfa_code is not None, mfa_code=mfa_code)
+    emulator.di.ticket_ttl_seconds = DEMO_TICKET_SECONDS
+    return emulator.issue_ticket(BOB_EMAIL)
+
+
+def _print_examples(
+    running: RunningServer, state: DemoState, folder: Path, out: TextIO, ticket: str | None
+) -> None:
     target = f"127.0.0.1:{running.port}"
     admin = state.tokens["admin"]
+    readme = (
+        f"""
+For the README's grpcurl examples (its emulator knows alice and bob; TICKET is the one
+Garmin's sign-in page would give bob's browser, good for an hour):
+  export ADMIN_TOKEN={admin} WORKER_TOKEN={state.tokens["worker"]} TICKET={ticket}"""
+        if ticket is not None
+        else ""
+    )
     print(
         f"""
 garmin-auth-service is serving on {target} (SQLite, development key, emulator upstream).
@@ -177,7 +210,8 @@ Try:
   grpcurl -plaintext -H 'authorization: Bearer {admin}' {target} list
   grpcurl -plaintext -H 'authorization: Bearer {admin}' {target} grpc.health.v1.Health/Check
   grpcurl -plaintext -H 'authorization: Bearer {admin}' \\
-      -d '{{"user_id": "{DEMO_USER_ID}"}}' {target} garmin_auth.v1.GarminAuthService/GetStatus
+      -d '{{"user_id": "{DEMO_USER_ID}"}}' {target} garmin_auth.v1.GarminAuthService/GetStatus"""
+        f"""{readme}
 Stop with Ctrl-C.""",
         file=out,
         flush=True,
@@ -197,10 +231,10 @@ def run_demo(folder: Path, *, once: bool, out: TextIO = sys.stdout) -> int:
     state = DemoState.load_or_create(folder)
     upstream_url = os.environ.get("GARMIN_AUTH_UPSTREAM_URL")
     emulator: GarminEmulator | None = None
+    bob_ticket: str | None = None
     if not upstream_url:
         emulator = GarminEmulator().start()
-        emulator.add_user(DEMO_EMAIL, DEMO_PASSWORD, mfa=True, mfa_code=DEMO_MFA_CODE)
-        emulator.add_activities(DEMO_EMAIL, 5)
+        bob_ticket = add_demo_accounts(emulator)
     try:
         settings = load_settings(
             _environment(
@@ -215,7 +249,7 @@ def run_demo(folder: Path, *, once: bool, out: TextIO = sys.stdout) -> int:
                 connect_demo_user(target, state.tokens["admin"], out)
                 if run_worker_once(target, state, emulator.url, folder, out) != 0:
                     return 1
-            _print_examples(running, state, folder, out)
+            _print_examples(running, state, folder, out, bob_ticket)
             if not once:
                 threading.Event().wait()
         except KeyboardInterrupt:

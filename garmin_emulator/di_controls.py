@@ -11,7 +11,7 @@ from garmin_emulator.di_oauth import DiOAuth
 from garmin_emulator.endpoints import DI_TOKEN_PATH, LOGIN_PATH
 from garmin_emulator.faults import Faults
 from garmin_emulator.options import IOS_SERVICE_URL, KNOWN_DI_CLIENT_IDS, DiOptions
-from garmin_emulator.sso import CAPTCHA_REQUIRED_BODY, CLOUDFLARE_BLOCK_PAGE
+from garmin_emulator.sso import CAPTCHA_REQUIRED_BODY, CLOUDFLARE_BLOCK_PAGE, Sso
 from garmin_emulator.state import LIVE, EmulatorState, TokenRequest
 
 # block_logins kinds: how Garmin's edge refuses a sign-in it dislikes.
@@ -27,6 +27,14 @@ class DiControls:
     _state: EmulatorState
     _faults: Faults
     _di_oauth: DiOAuth
+    _sso: Sso
+
+    def issue_ticket(self, email: str, *, service_url: str = IOS_SERVICE_URL) -> str:
+        """A service ticket for the user, as Garmin's sign-in page hands one out once the
+        user signed in there in a browser (the demo's stand-in for that browser)."""
+        with self._state.lock:
+            user = self._state.users[email.lower()]
+            return self._sso.new_ticket(user, via_mfa=False, service_url=service_url)
 
     def issue_di_tokens(
         self,

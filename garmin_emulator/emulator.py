@@ -78,10 +78,11 @@ class GarminEmulator(DiControls):
         # Signs the DI access tokens (JWTs); never leaves the emulator.
         key = secrets.token_bytes(32)
         self._di_oauth = DiOAuth(self._state, self._di, key)
+        self._sso = Sso(self._state, self._di)
         self._router = Router(
             self._state,
             self._faults,
-            sso=Sso(self._state, self._di),
+            sso=self._sso,
             oauth=oauth,
             di_oauth=self._di_oauth,
             api=ConnectApi(self._state, self._di, key),

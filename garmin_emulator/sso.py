@@ -100,7 +100,7 @@ class Sso:
                         },
                     },
                 )
-            ticket = self._new_ticket(user, via_mfa=False, service_url=service)
+            ticket = self.new_ticket(user, via_mfa=False, service_url=service)
         return self._ticket_reply(ticket, service)
 
     def verify_mfa(self, request: Incoming) -> Reply:
@@ -124,7 +124,7 @@ class Sso:
                 # The pending login stays usable for another try.
                 return json_reply(200, {"responseStatus": _sso_status("INVALID_MFA_CODE")})
             session.pending_mfa_email = None
-            ticket = self._new_ticket(user, via_mfa=True, service_url=service)
+            ticket = self.new_ticket(user, via_mfa=True, service_url=service)
         return self._ticket_reply(ticket, service)
 
     def _pending_and_alive(self, session: SsoSession, request: Incoming) -> bool:
@@ -161,7 +161,8 @@ class Sso:
         ]
         return session, cookies
 
-    def _new_ticket(self, user: EmulatedUser, *, via_mfa: bool, service_url: str) -> str:
+    def new_ticket(self, user: EmulatedUser, *, via_mfa: bool, service_url: str) -> str:
+        """Record and return a new ticket for `user` (the caller holds the state's lock)."""
         random_part = "".join(secrets.choice(_ALNUM) for _ in range(20))
         ticket = f"ST-{next(self._state.ids):07d}-{random_part}-sso"
         self._state.remember(ticket)

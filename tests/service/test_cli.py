@@ -355,6 +355,16 @@ def test_demo_runs_end_to_end_on_embedded_defaults(tmp_path: Path) -> None:
     assert len([name for name in files if name.endswith(".json")]) == 5
     assert len([name for name in files if name.endswith(".zip")]) == 5
     assert "grpcurl -plaintext" in result.stdout
+    # What the README's grpcurl examples need, in one line to paste.
+    exports = re.search(
+        r"export ADMIN_TOKEN=(\S+) WORKER_TOKEN=(\S+) TICKET=(ST-\S+)", result.stdout
+    )
+    assert exports is not None, result.stdout
+    secrets_file = json.loads((tmp_path / "demo" / "dev-secrets.json").read_text())
+    assert exports.group(1, 2) == (
+        secrets_file["tokens"]["admin"],
+        secrets_file["tokens"]["worker"],
+    )
     # A second run reuses the same development key and tokens.
     again = run_cli("demo", "--once", "--folder", str(tmp_path / "demo"), env=env, timeout=120)
     assert again.returncode == 0, again.stderr

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from auth_service.demo import add_demo_accounts
 from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import ROLE_TOKENS, Replica
-from tests.upstream.di_http import ticket_for
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCK = re.compile(
@@ -55,10 +55,10 @@ def run_script(
 def test_readme_examples_run_against_a_live_server(
     service: Replica, garmin: GarminEmulator
 ) -> None:
-    garmin.add_user("alice@example.com", "alice-password", mfa=True, mfa_code="123456")
-    # The ticket Bob's browser got from Garmin's own sign-in page.
-    garmin.add_user("bob@example.com", "bob-password")
-    ticket = ticket_for(garmin, "bob@example.com", "bob-password")
+    # The accounts the demo's emulator has, and the ticket the demo prints for bob (what his
+    # browser got from Garmin's own sign-in page): the examples run against the demo as they
+    # do here.
+    ticket = add_demo_accounts(garmin)
     match = BLOCK.search(README.read_text(encoding="utf-8"))
     assert match, "README lost its grpcurl examples block"
     result = run_script(match.group(1), service.target, {"TICKET": ticket})
