@@ -9,24 +9,17 @@ from __future__ import annotations
 import grpc
 from sqlalchemy import text
 
-from auth_service.config import load_keyring
 from auth_service.crypto import Keyring
 from auth_service.storage.database import create_engine_for
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import GarminEmulator
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
+from tests.service.test_rolling_key_rotation import configured_keyring
 
 PASSWORD = "correct horse battery staple"
 CODE = "246810"
 K1 = Keyring.generate_key_value("k1")
 K2 = Keyring.generate_key_value("k2")
-
-
-def _keyring(keys: str, primary: str | None = None) -> Keyring:
-    env = {"GARMIN_AUTH_ENCRYPTION_KEYS": keys}
-    if primary is not None:
-        env["GARMIN_AUTH_ENCRYPTION_PRIMARY_KEY_ID"] = primary
-    return load_keyring(env)
 
 
 def _challenge(replica: Replica, garmin: GarminEmulator, user: str) -> str:
@@ -77,8 +70,8 @@ def test_a_replica_missing_a_key_does_not_destroy_a_challenge_others_can_open(
 ) -> None:
     # Promoted replica: knows k1 and k2, encrypts with k2. A replica still started from the
     # old Secret (k1 only) serves beside it.
-    promoted = service_factory.start(keyring=_keyring(f"{K1},{K2}", primary="k2"))
-    stale = service_factory.start(keyring=_keyring(K1))
+    promoted = service_factory.start(keyring=configured_keyring(f"{K1},{K2}", primary="k2"))
+    stale = service_factory.start(keyring=configured_keyring(K1))
     challenge = _challenge(promoted, garmin, "joe")
 
     # The user's client happens to reach the stale replica first.

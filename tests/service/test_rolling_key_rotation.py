@@ -26,7 +26,8 @@ K1 = Keyring.generate_key_value("k1")
 K2 = Keyring.generate_key_value("k2")
 
 
-def _keyring(keys: str, primary: str | None = None) -> Keyring:
+def configured_keyring(keys: str, primary: str | None = None) -> Keyring:
+    """The keyring a replica reads from GARMIN_AUTH_ENCRYPTION_KEYS (and the primary id)."""
     env = {"GARMIN_AUTH_ENCRYPTION_KEYS": keys}
     if primary is not None:
         env["GARMIN_AUTH_ENCRYPTION_PRIMARY_KEY_ID"] = primary
@@ -64,11 +65,11 @@ def _reads_every_session(replica: Replica, users: list[str]) -> None:
 def test_add_roll_promote_reencrypt_retire(
     service_factory: ServiceFactory, garmin: GarminEmulator, database_url: str
 ) -> None:
-    old = service_factory.start(keyring=_keyring(K1))
+    old = service_factory.start(keyring=configured_keyring(K1))
     connect(old, garmin, "before")
 
     # Add: a new replica knows k2, but k1 still encrypts (no primary id set: the first key).
-    added = service_factory.start(keyring=_keyring(f"{K1},{K2}"))
+    added = service_factory.start(keyring=configured_keyring(f"{K1},{K2}"))
     connect(added, garmin, "during-add")
     assert _stored_key_ids(database_url) == Counter({"k1": 2})
     _reads_every_session(old, ["before", "during-add"])
@@ -76,7 +77,7 @@ def test_add_roll_promote_reencrypt_retire(
     # Promote, once every replica knows k2 (the old one is gone): k2 encrypts.
     old.stop()
     service_factory.replicas.remove(old)
-    promoted = service_factory.start(keyring=_keyring(f"{K1},{K2}", primary="k2"))
+    promoted = service_factory.start(keyring=configured_keyring(f"{K1},{K2}", primary="k2"))
     connect(promoted, garmin, "after-promote")
     assert _stored_key_ids(database_url) == Counter({"k1": 2, "k2": 1})
     # Both configurations read each other's writes.
@@ -86,21 +87,21 @@ def test_add_roll_promote_reencrypt_retire(
     # Re-encrypt (rotate-keys under the promoted configuration), then retire k1.
     engine = create_engine_for(database_url)
     try:
-        report = rotate_keys(engine, _keyring(f"{K1},{K2}", primary="k2"))
+        report = rotate_keys(engine, configured_keyring(f"{K1},{K2}", primary="k2"))
     finally:
         engine.dispose()
     assert report.complete
     assert _stored_key_ids(database_url) == Counter({"k2": 3})
-    retired = service_factory.start(keyring=_keyring(K2))
+    retired = service_factory.start(keyring=configured_keyring(K2))
     _reads_every_session(retired, ["before", "during-add", "after-promote"])
 
 
 def test_the_primary_key_id_must_name_a_known_key() -> None:
     with pytest.raises(ConfigError, match="GARMIN_AUTH_ENCRYPTION_PRIMARY_KEY_ID"):
-        _keyring(K1, primary="k2")
+        configured_keyring(K1, primary="k2")
 
 
 def test_without_a_primary_key_id_the_first_key_encrypts_as_before() -> None:
-    assert _keyring(f"{K2},{K1}").primary_kid == "k2"
-    assert _keyring(f"{K1},{K2}").primary_kid == "k1"
-    assert _keyring(f"{K1},{K2}", primary="k2").primary_kid == "k2"
+    assert configured_keyring(f"{K2},{K1}").primary_kid == "k2"
+    assert configured_keyring(f"{K1},{K2}").primary_kid == "k1"
+    assert configured_keyring(f"{K1},{K2}", primary="k2").primary_kid == "k2"

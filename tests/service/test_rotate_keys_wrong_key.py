@@ -14,26 +14,19 @@ from pathlib import Path
 import grpc
 from sqlalchemy import text
 
-from auth_service.config import load_keyring
 from auth_service.crypto import Keyring
 from auth_service.storage.database import create_engine_for
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import GarminEmulator
 from tests.audit import connect
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
+from tests.service.test_rolling_key_rotation import configured_keyring
 
 CLI = str(Path(sys.executable).parent / "garmin-auth-service")
 K1 = Keyring.generate_key_value("k1")
 K2 = Keyring.generate_key_value("k2")
 # The operator's mistake: k2 under its right id, with other bytes.
 K2_WRONG = "k2:" + base64.b64encode(os.urandom(32)).decode()
-
-
-def _keyring(keys: str, primary: str | None = None) -> Keyring:
-    env = {"GARMIN_AUTH_ENCRYPTION_KEYS": keys}
-    if primary is not None:
-        env["GARMIN_AUTH_ENCRYPTION_PRIMARY_KEY_ID"] = primary
-    return load_keyring(env)
 
 
 def _blob(database_url: str, user_id: str) -> bytes:
@@ -68,9 +61,9 @@ def test_rotate_keys_with_a_wrong_key_under_the_primary_id_refuses_and_touches_n
     database_url: str,
 ) -> None:
     # Before the rotation: "ann" was stored under k1, "bob" (after the promote) under k2.
-    old = service_factory.start(keyring=_keyring(K1))
+    old = service_factory.start(keyring=configured_keyring(K1))
     connect(old, garmin, "ann")
-    promoted = service_factory.start(keyring=_keyring(f"{K1},{K2}", primary="k2"))
+    promoted = service_factory.start(keyring=configured_keyring(f"{K1},{K2}", primary="k2"))
     connect(promoted, garmin, "bob")
     ann_before = _blob(database_url, "ann")
     assert Keyring.key_id_of(ann_before) == "k1"
