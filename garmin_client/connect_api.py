@@ -25,7 +25,7 @@ from urllib3.exceptions import HTTPError
 from garmin_client.answers import answer_failure, failure
 from garmin_client.api_http import ApiHttp
 from garmin_client.endpoints import DOMAINS
-from garmin_client.errors import Unavailable
+from garmin_client.errors import NotFound, Unavailable
 from garmin_client.observe import RequestObserver
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
@@ -143,6 +143,7 @@ class ConnectApi:
         except HTTPError as exc:
             raise failure(operation, exc, judging_tokens=True) from None
         if not HTTPStatus.OK <= answer.status < HTTPStatus.MULTIPLE_CHOICES:
+            _raise_if_no_file(operation, answer.status)
             # A redirect too: not followed (garmin_client.api_http).
             raise answer_failure(
                 operation,
@@ -165,10 +166,21 @@ class ConnectApi:
             response = self._session.get(
                 self._base + path, params=params, headers=headers, timeout=self._timeout
             )
+            if response.status_code >= HTTPStatus.BAD_REQUEST:
+                _raise_if_no_file(operation, response.status_code)
             response.raise_for_status()
         except requests.RequestException as exc:
             raise failure(operation, exc, judging_tokens=True) from None
         return response.status_code, response.content
+
+
+# What a download answers for a file that does not exist: a definite answer, not an outage.
+_NO_FILE_STATUSES = frozenset({HTTPStatus.NOT_FOUND, HTTPStatus.GONE})
+
+
+def _raise_if_no_file(operation: str, status: int) -> None:
+    if operation == "download" and status in _NO_FILE_STATUSES:
+        raise NotFound(f"Garmin has no such file (HTTP {status} on the download)")
 
 
 def _proxies_named() -> bool:

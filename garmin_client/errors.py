@@ -35,6 +35,12 @@ class RateLimited(GarminError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class NotFound(GarminError):
+    """Garmin answered 404 or 410 for a download: the item has no such file (an activity
+    entered by hand has no original file). Only the download says it; Garmin is not down and
+    the session is fine."""
+
+
 class Unavailable(GarminError):
     """Garmin was unreachable, answered 5xx, timed out or answered something unreadable.
 

@@ -205,6 +205,19 @@ class GarminEmulator(DiControls):
             state.activities[user.email.lower()].extend(created)
             return [dict(activity) for activity in created]
 
+    def delete_activity(self, email: str, activity_id: int) -> None:
+        """The user deleted the activity in Garmin Connect: it leaves the list (and every
+        later one moves up a place in it)."""
+        with self._state.lock:
+            listed = self._state.activities[email.lower()]
+            listed[:] = [a for a in listed if a["activityId"] != activity_id]
+
+    def remove_activity_file(self, activity_id: int) -> None:
+        """The activity has no original file, as one entered by hand: it is still listed,
+        and its download answers 404."""
+        with self._state.lock:
+            self._state.files.pop(activity_id)
+
     def activity_file(self, activity_id: int) -> bytes:
         """The bytes the download endpoint answers for the activity."""
         with self._state.lock:

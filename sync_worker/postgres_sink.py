@@ -3,6 +3,7 @@ transaction per page of summaries, fenced by the lease's token in the same state
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from typing import Any, Final
@@ -17,6 +18,7 @@ from sync_worker.sinks import (
     SinkError,
     check_user_id,
     claimed,
+    storable,
 )
 
 SCHEMA_SQL: Final = """
@@ -87,6 +89,19 @@ def libpq_url(url: str) -> str:
     if not sep or scheme.split("+", 1)[0] not in {"postgresql", "postgres"}:
         raise ValueError("the sink URL must start with postgresql://")
     return "postgresql://" + rest
+
+
+def _jsonb_text(summary: Any) -> bytes:
+    """The summary as jsonb takes it. PostgreSQL refuses NUL and lone surrogates, which
+    Garmin's JSON may carry: only then is the summary cleaned (sinks.storable), so one odd
+    name does not fail its page on every run."""
+    try:
+        text = json.dumps(summary, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        text = None
+    if text is None or b"\\u0000" in text:
+        text = json.dumps(storable(summary), ensure_ascii=False).encode()
+    return text
 
 
 def _problem(exc: psycopg.Error, url: str = "") -> str:
@@ -234,7 +249,7 @@ class _PostgresUserSink:
             "user_id": self._user_id,
             "token": self._token,
             "activity_ids": [activity.activity_id for activity in page],
-            "summaries": [Jsonb(activity.summary) for activity in page],
+            "summaries": [Jsonb(activity.summary, dumps=_jsonb_text) for activity in page],
             "starts": [activity.start_time for activity in page],
         }
         try:

@@ -11,6 +11,7 @@ overwrite the newer holder's data.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,7 +95,27 @@ class Sink(Protocol):
 
 def summary_bytes(summary: dict[str, Any]) -> bytes:
     """Canonical JSON, so an unchanged summary is byte-identical on every run."""
-    return (indented_json(summary) + "\n").encode()
+    try:
+        return (indented_json(summary) + "\n").encode()
+    except UnicodeEncodeError:  # a lone surrogate: JSON allows it, UTF-8 does not
+        return (indented_json(storable(summary)) + "\n").encode()
+
+
+def storable(value: Any) -> Any:
+    """`value` with what no sink can store replaced: a lone UTF-16 surrogate (a name cut
+    inside an emoji, which JSON's \\ud83c escapes allow) becomes U+FFFD, and NUL, which
+    PostgreSQL's text and jsonb refuse, is dropped. Only called when storing failed, so the
+    usual summary costs nothing."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value).replace("\x00", "")
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    return value
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 _Claimable = TypeVar("_Claimable", bound="_ClaimableSink")

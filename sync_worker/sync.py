@@ -36,7 +36,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from garmin_client.errors import RateLimited, SessionRejected, Unavailable
+from garmin_client.errors import NotFound, RateLimited, SessionRejected, Unavailable
 from garmin_client.settings import UpstreamSettings
 from sync_worker.activity_list import parse_activity
 from sync_worker.client import AuthClient
@@ -64,6 +64,8 @@ DOWNLOAD_PREFIX: Final = "/download-service/files/activity/"
 LOCAL_DATE_SLACK: Final = timedelta(days=1)
 # A runaway listing (Garmin ignoring the window) must end: 1,000 pages of 100 is plenty.
 MAX_PAGES: Final = 1000
+# Reads of a user's window again from the top after the list moved under us, per sync.
+MAX_LIST_REREADS: Final = 3
 
 T = TypeVar("T")
 
@@ -310,22 +312,38 @@ class UserSync:
     def _read_window(self, api: LeasedApi, user_sink: UserSink) -> None:
         since = self._window_start() - LOCAL_DATE_SLACK
         until = self._now() + LOCAL_DATE_SLACK
-        limit = self._options.page_size
-        start = 0
+        # The list is paged by offset, newest first, and may change between two pages. Each
+        # page after the first also asks for the item before it, the last one read: if that
+        # item is not there, the list moved up (an activity was deleted), the item that slid
+        # over the boundary was never read, and the window is read again from the top. (A
+        # list that moved down, a new upload, only repeats items: writes are idempotent.)
+        start, boundary, rereads = 0, None, 0
         for _ in range(MAX_PAGES):
+            overlap = 0 if boundary is None else 1
+            asked = self._options.page_size + overlap
             params = {
-                "start": start,
-                "limit": limit,
+                "start": start - overlap,
+                "limit": asked,
                 "startDate": since.date().isoformat(),
                 "endDate": until.date().isoformat(),
             }
             page = self._garmin(functools.partial(api.get_json, ACTIVITIES_PATH, params))
             if not isinstance(page, list):
                 raise Unavailable("Garmin answered something unreadable (activity list)")
-            self._store(api, user_sink, self._parsed(page))
-            if len(page) < limit:
+            activities = self._parsed(page)
+            self._store(api, user_sink, activities)
+            if boundary is not None and all(a.activity_id != boundary for a in activities):
+                rereads += 1
+                if rereads > MAX_LIST_REREADS:
+                    raise Unavailable("Garmin's activity list kept changing while it was read")
+                start, boundary = 0, None
+                continue
+            if len(page) < asked:
                 return
-            start += len(page)
+            start += len(page) - overlap
+            last = activities[-1] if activities else None
+            # The boundary is the page's last item, if it is one the worker can read.
+            boundary = last.activity_id if last is not None and last.summary is page[-1] else None
         raise Unavailable("Garmin's activity list did not end")
 
     def _parsed(self, page: list[Any]) -> list[Activity]:
@@ -347,7 +365,17 @@ class UserSync:
             if user_sink.has_file(activity.activity_id):
                 continue
             path = f"{DOWNLOAD_PREFIX}{activity.activity_id}"
-            content = self._garmin(functools.partial(api.download, path))
+            try:
+                content = self._garmin(functools.partial(api.download, path))
+            except NotFound:
+                # An activity entered by hand has no original file: its summary is all there
+                # is. (A later run asks again while the activity is in its window.)
+                log.info(
+                    "user %s: activity %d has no original file",
+                    self._leased.user_id,
+                    activity.activity_id,
+                )
+                continue
             self._checkpoint()
             if user_sink.write_file(activity.activity_id, content):
                 wrote_files.add(activity.activity_id)

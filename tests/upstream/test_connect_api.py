@@ -10,7 +10,13 @@ import pytest
 
 from auth_service.domain.models import GarminTokens
 from garmin_client.connect_api import ConnectApi
-from garmin_client.errors import AccessTokenRejected, GarminError, RateLimited, Unavailable
+from garmin_client.errors import (
+    AccessTokenRejected,
+    GarminError,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import (
     ACTIVITIES_PATH,
@@ -64,7 +70,7 @@ def test_someone_elses_activity_is_not_found(
 ) -> None:
     [theirs] = emulator.add_activities(other_user.email, 1)
 
-    with ConnectApi(settings, tokens.domain) as api, pytest.raises(Unavailable, match="404"):
+    with ConnectApi(settings, tokens.domain) as api, pytest.raises(NotFound, match="404"):
         api.download(f"{DOWNLOAD_PREFIX}{theirs['activityId']}", tokens.oauth2.access_token)
 
 
