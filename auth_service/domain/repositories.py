@@ -388,9 +388,17 @@ class RefreshRepository(Protocol):
 class AuditRepository(Protocol):
     """The audit trail (garmin_audit_event)."""
 
-    def add(self, event: NewAuditEvent, *, leaves: SessionStatusView | None = None) -> None:
+    def add(
+        self,
+        event: NewAuditEvent,
+        *,
+        leaves: SessionStatusView | None = None,
+        changed: bool | None = None,
+    ) -> None:
         """Record `event` in this transaction. `leaves`: the user's status as the transaction
-        leaves it, when the caller holds it (else the change log reads it back)."""
+        leaves it, when the caller holds it (else the change log reads it back). `changed`:
+        whether the event records a change of the user's session, which the change log then
+        carries (None: an OK outcome is a change, any other a refusal)."""
         ...
 
     def lease_owner(self, lease_digest: str) -> LeaseOwner | None: ...

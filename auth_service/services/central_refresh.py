@@ -102,7 +102,9 @@ class CentralRefresh:
                 lease.lease_digest, caller=audit.caller_name(), now=uow.now, synced_through=None
             )
             if row is not None:
-                uow.audit.record(rpc, audit.outcome_of(failure), user_id=row.user_id, lease=lease)
+                uow.audit.record(
+                    rpc, audit.outcome_of(failure), user_id=row.user_id, lease=lease, changed=True
+                )
 
 
 def _lease_lost() -> LeaseLost:

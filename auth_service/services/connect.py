@@ -164,9 +164,15 @@ class ConnectService:
         except MfaCodeRejected as rejected:
             self._count_wrong_code(digest, claimed_until, rejected)
             raise
-        except MfaChallengeNotFound:
+        except MfaChallengeNotFound as forgotten:
             # Garmin no longer holds the pending login: no code can succeed on it.
-            self._drop_challenge(digest, claimed_until)
+            self._drop_challenge(digest, claimed_until, forgotten)
+            raise
+        except GarminRateLimited as limited:
+            # Held back by the gate (an open breaker, the account's back-off) is a refusal
+            # the trail records, as Login's is; Garmin's own 429 the gate recorded already.
+            held_back = limited if limited.held_back else None
+            self._release_claim(digest, claimed_until, held_back)
             raise
         except BaseException:
             self._release_claim(digest, claimed_until)
@@ -235,22 +241,44 @@ class ConnectService:
             if challenge is None:
                 return
             uow.challenges.release_claim(digest, wrong_code=True)
+            used_up = challenge.failed_attempts + 1 >= self._settings.mfa_max_wrong_codes
+            # The last code the challenge allows also settles the user's MFA_PENDING status.
             uow.audit.record(
-                AuditedRpc.SUBMIT_MFA, audit.outcome_of(rejected), user_id=challenge.user_id
+                AuditedRpc.SUBMIT_MFA,
+                audit.outcome_of(rejected),
+                user_id=challenge.user_id,
+                changed=used_up,
             )
-            if challenge.failed_attempts + 1 >= self._settings.mfa_max_wrong_codes:
+            if used_up:
                 _abandon(uow, digest, challenge.user_id)
 
-    def _drop_challenge(self, digest: str, claimed_until: datetime) -> None:
+    def _drop_challenge(
+        self, digest: str, claimed_until: datetime, forgotten: MfaChallengeNotFound
+    ) -> None:
         with self._uow() as uow:
             challenge = _still_claimed(uow, digest, claimed_until)
             if challenge is not None:
                 _abandon(uow, digest, challenge.user_id)
+                uow.audit.record(
+                    AuditedRpc.SUBMIT_MFA,
+                    audit.outcome_of(forgotten),
+                    user_id=challenge.user_id,
+                    changed=True,
+                )
 
-    def _release_claim(self, digest: str, claimed_until: datetime) -> None:
+    def _release_claim(
+        self, digest: str, claimed_until: datetime, held_back: GarminRateLimited | None = None
+    ) -> None:
         with self._uow() as uow:
-            if _still_claimed(uow, digest, claimed_until) is not None:
+            challenge = _still_claimed(uow, digest, claimed_until)
+            if challenge is not None:
                 uow.challenges.release_claim(digest, wrong_code=False)
+                if held_back is not None:
+                    uow.audit.record(
+                        AuditedRpc.SUBMIT_MFA,
+                        audit.outcome_of(held_back),
+                        user_id=challenge.user_id,
+                    )
 
 
 def _still_claimed(uow: UnitOfWork, digest: str, claimed_until: datetime) -> MfaChallenge | None:

@@ -228,7 +228,10 @@ class GarminGate:
             if admission.user_id is not None and uow.limits.start_account_cooldown(
                 admission.user_id, endpoint, until, uow.now
             ):
-                uow.audit.record(rpc, audit.COOLDOWN_STARTED, user_id=admission.user_id)
+                # The account's cooldown, not its session: nothing for the change log.
+                uow.audit.record(
+                    rpc, audit.COOLDOWN_STARTED, user_id=admission.user_id, changed=False
+                )
             if self._settings.breaker_threshold > 0:
                 count = uow.limits.count_rate_limited(
                     endpoint, uow.now, timedelta(seconds=self._settings.breaker_window_seconds)

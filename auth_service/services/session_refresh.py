@@ -260,7 +260,8 @@ class SessionRefresher:
                     now=uow.now,
                 )
                 outcome = asker.rejected_outcome or audit.outcome_of(rejected)
-                uow.audit.record(asker.rpc, outcome, user_id=user_id, lease=ended)
+                # An error answered, and the session's end: the change log carries it.
+                uow.audit.record(asker.rpc, outcome, user_id=user_id, lease=ended, changed=True)
                 log.info("session of user %s ended: Garmin rejected its refresh", user_id)
                 return "rejected", None
             if locked is None or locked.state is not SessionState.ACTIVE:

@@ -48,9 +48,14 @@ class AuditTrail:
         user_id: str | None,
         lease: LeaseView | LeaseRef | None = None,
         leaves: SessionStatusView | None = None,
+        changed: bool | None = None,
     ) -> None:
         """`leaves`: the user's status as this transaction will commit it, when the use case
-        holds the row its last change returned (saves reading it back for the change log)."""
+        holds the row its last change returned (saves reading it back for the change log).
+        `changed`: whether this event records a change of the user's session (the change log
+        carries those); by default an OK outcome does and a refusal does not. Say it where
+        they differ: a session Garmin ended answers an error, a cooldown started changes
+        nothing."""
         self._events.add(
             NewAuditEvent(
                 occurred_at=self._now,
@@ -63,6 +68,7 @@ class AuditTrail:
                 fencing_token=lease.fencing_token if lease else None,
             ),
             leaves=leaves,
+            changed=changed,
         )
 
     def record_lease_lost(self, rpc: AuditedRpc, lease_digest: str) -> None:

@@ -42,11 +42,20 @@ class SqlAuditRepository:
         # anything reads the trail in this transaction.
         self._unwritten: list[dict[str, Any]] = []
 
-    def add(self, event: NewAuditEvent, *, leaves: SessionStatusView | None = None) -> None:
+    def add(
+        self,
+        event: NewAuditEvent,
+        *,
+        leaves: SessionStatusView | None = None,
+        changed: bool | None = None,
+    ) -> None:
         """Record one event, inserted at the latest right before the commit (a failure still
-        rolls the whole transaction back)."""
+        rolls the whole transaction back); a change of the session also goes to the change
+        log (AuditRepository.add)."""
         self._unwritten.append(_event_values(event))
-        if event.user_id is not None and event.outcome_code == OK.code:
+        if changed is None:
+            changed = event.outcome_code == OK.code
+        if event.user_id is not None and changed:
             self.pending_changes.append(
                 PendingChange(event.user_id, event.rpc, event.occurred_at, status=leaves)
             )
