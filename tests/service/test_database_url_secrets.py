@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from auth_service.checks import run_checks
+from auth_service.config import redacted_database_url
+from auth_service.crypto import Keyring
+from garmin_client.url_secrets import redacted_url
 from tests.service.test_cli import base_env, run_cli
 
 SECRET = "Tr0ub4dorHorse99"
@@ -58,3 +61,43 @@ def test_a_malformed_port_stops_start_up_with_one_line_naming_the_variable(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "GARMIN_AUTH_DATABASE_URL" in lines[0]
+
+
+# A password holding `#`, `/` or `?`: SQLAlchemy reads (and connects with) all of it, while
+# urllib's urlsplit ends the host part at the first of them. Before, the redaction split with
+# urlsplit, found no password and printed it whole.
+PASSWORDS = ["hunter2#Secret", "hunter2/Secret", "hunter2?Secret"]
+
+
+def _url(password: str) -> str:
+    # Port 1: nothing listens, so the database check fails at once and prints the URL.
+    return f"postgresql+psycopg://garmin:{password}@127.0.0.1:1/garmin"
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_redacted_database_url_hides_the_password(password: str) -> None:
+    # load_database_url accepts this URL, and make_url(url).password is the whole password.
+    shown = redacted_database_url(_url(password))
+    assert "hunter2" not in shown, shown
+    assert "Secret" not in shown, shown
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_the_workers_sink_url_is_shown_without_its_password(password: str) -> None:
+    shown = redacted_url(f"postgresql://garmin:{password}@127.0.0.1:1/garmin")
+    assert "hunter2" not in shown, shown
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_check_config_prints_no_password(password: str) -> None:
+    env = {
+        "GARMIN_AUTH_DATABASE_URL": _url(password),
+        "GARMIN_AUTH_ENCRYPTION_KEYS": Keyring.generate_key_value("k1"),
+        "GARMIN_AUTH_ALLOW_UNAUTHENTICATED": "true",
+        "GARMIN_AUTH_OAUTH_CONSUMER_KEY": "consumer-key",
+        "GARMIN_AUTH_OAUTH_CONSUMER_SECRET": "consumer-secret",
+        "GARMIN_AUTH_HEALTH_LISTEN": "off",
+    }
+    lines = [result.line() for result in run_checks(env)]
+    leaking = [line for line in lines if "hunter2" in line]
+    assert not leaking, leaking
