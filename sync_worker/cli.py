@@ -93,8 +93,18 @@ def _parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--out", type=Path, default=None, metavar="DIR")
     run_cmd.add_argument("--sink", default=None, metavar="postgresql://...")
     run_cmd.add_argument("--target", default=None, help="auth service host:port")
-    run_cmd.add_argument("--rpc-timeout", type=float, default=30.0, help="seconds per RPC")
-    run_cmd.add_argument("--progress-interval", type=float, default=30.0, help="seconds")
+    run_cmd.add_argument(
+        "--rpc-timeout",
+        type=_seconds("--rpc-timeout"),
+        default=timedelta(seconds=30),
+        help="deadline of every RPC (30s; a bare number is seconds)",
+    )
+    run_cmd.add_argument(
+        "--progress-interval",
+        type=_seconds("--progress-interval"),
+        default=timedelta(seconds=30),
+        help="how often a long run logs its progress (30s, at least 1s)",
+    )
     run_cmd.add_argument(
         "--max-garmin-unavailable",
         type=int,
@@ -114,7 +124,7 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
         raise ConfigError("--page-size", "must be between 1 and 1000")
     if not 0 <= args.backfill_days <= 3650:  # noqa: PLR2004
         raise ConfigError("--backfill-days", "must be between 0 and 3650")
-    if not 0 < args.rpc_timeout <= MAX_RPC_TIMEOUT_SECONDS:  # also false for nan
+    if not 0 < args.rpc_timeout.total_seconds() <= MAX_RPC_TIMEOUT_SECONDS:
         raise ConfigError("--rpc-timeout", f"must be positive, at most {MAX_RPC_TIMEOUT_SECONDS} s")
     # Flags win over the environment; the environment suits a CronJob's Secret.
     if args.out is not None or args.sink is not None:
@@ -123,7 +133,7 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
         env_out = env.get("OUT")
         out, sink_url = (Path(env_out) if env_out else None), env.get("SINK")
     return WorkerConfig(
-        auth=auth_client_config(env, args.target, args.rpc_timeout),
+        auth=auth_client_config(env, args.target, args.rpc_timeout.total_seconds()),
         sync=SyncOptions(
             upstream=read_upstream_settings(env, oauth_consumer=False),
             lease_ttl=args.lease_ttl,
@@ -140,7 +150,7 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
         min_sync_interval=args.min_sync_interval,
         out_dir=out,
         sink_url=None if sink_url is None else check_sink_url(sink_url),
-        progress_interval=max(1.0, args.progress_interval),
+        progress_interval=max(1.0, args.progress_interval.total_seconds()),
         max_garmin_unavailable=args.max_garmin_unavailable,
     )
 

@@ -61,7 +61,7 @@ def _utc(value: datetime | str) -> datetime:
 class DatabaseCollector(Collector):
     """Sessions by state, leases and pending MFA challenges, counted at scrape time.
 
-    Three cheap aggregate queries, cached for `cache_seconds` so that frequent scrapes (or
+    Seven cheap aggregate queries, cached for `cache_seconds` so that frequent scrapes (or
     several Prometheus servers) do not turn into load on the database. When the database
     does not answer, the gauges are left out rather than reported stale, and
     garmin_auth_database_metrics_up says 0.

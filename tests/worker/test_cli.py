@@ -16,8 +16,10 @@ import psycopg
 import pytest
 
 from auth_service.crypto import Keyring
+from garmin_client.env import EnvReader
 from garmin_emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
 from sync_worker import cli
+from sync_worker.config import ENV_PREFIX
 from sync_worker.postgres_sink import libpq_url
 from tests.fixtures.database import PostgresServer
 from tests.fixtures.servers import CONSUMER_SECRET, Replica
@@ -160,6 +162,30 @@ def test_usage_and_configuration_errors_exit_2_with_one_line(
     assert line.startswith("garmin-sync-worker: ")
     assert mentions in line
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("flags", "rpc_timeout", "progress_interval"),
+    [
+        ([], 30.0, 30.0),
+        (["--rpc-timeout", "30s", "--progress-interval", "2m"], 30.0, 120.0),
+        (["--rpc-timeout", "45", "--progress-interval", "0.5"], 45.0, 1.0),
+    ],
+    ids=["defaults", "durations", "bare-seconds"],
+)
+def test_timeouts_are_durations_as_the_readme_writes_them(
+    garmin: GarminEmulator, flags: list[str], rpc_timeout: float, progress_interval: float
+) -> None:
+    """README: '--rpc-timeout' defaults to '30s', and durations are written like 90s, 15m.
+    Before, both flags took a bare float: '--rpc-timeout 30s' was a usage error (exit 2)."""
+    env = worker_env("127.0.0.1:1", garmin)
+    args = cli._parser().parse_args(["run", "--all", "--out", "x", *flags])
+    reader = EnvReader({k: v for k, v in env.items() if k.startswith("GARMIN_SYNC_")}, ENV_PREFIX)
+
+    config = cli._config(args, reader)
+
+    assert config.auth.timeout_seconds == rpc_timeout
+    assert config.progress_interval == progress_interval
 
 
 @pytest.mark.parametrize(
