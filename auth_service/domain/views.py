@@ -81,6 +81,9 @@ def live_lease(row: SessionRow, now: datetime) -> LeaseView | None:
 
 
 def status_view(row: SessionRow, now: datetime) -> SessionStatusView:
+    # Why and when the session ended belong to AUTH_EXPIRED only (the contract); the row keeps
+    # them through a new login's MFA_PENDING, which falls back to AUTH_EXPIRED if abandoned.
+    ended = row.state == SessionState.AUTH_EXPIRED
     return SessionStatusView(
         user_id=row.user_id,
         state=row.state,
@@ -92,8 +95,8 @@ def status_view(row: SessionRow, now: datetime) -> SessionStatusView:
         last_synced_at=row.last_synced_at,
         synced_through=row.synced_through,
         last_sync_attempt_at=row.last_sync_attempt_at,
-        invalidated_reason=row.invalidated_reason,
-        invalidated_at=row.invalidated_at,
+        invalidated_reason=row.invalidated_reason if ended else None,
+        invalidated_at=row.invalidated_at if ended else None,
         updated_at=row.updated_at,
         lease=live_lease(row, now),
     )

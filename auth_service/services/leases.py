@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 MAX_MIN_SYNC_INTERVAL = timedelta(days=30)
 # LeaseNextSession skips at most this many due sessions that Garmin rejects in one call.
 MAX_REJECTED_SKIPS = 5
+# ... and at most this many due sessions in all (most cost no Garmin call: rows that fail to
+# open, after a key was left out of the ring).
+MAX_SKIPPED_ROWS = 100
 # A worker's clock may run a little ahead of ours; a synced_through further ahead is a bug.
 SYNCED_THROUGH_SKEW = timedelta(minutes=5)
 # Bytes of randomness in a lease id: token_urlsafe(24) gives 32 URL-safe characters.
@@ -111,7 +114,9 @@ class LeaseService:
                     record_as=rpc,
                 )
                 if grant is None:
-                    _raise_refusal(uow.leases.find(user_id), uow.now)
+                    # Explained by the state callers see (an abandoned login reads
+                    # NOT_CONNECTED or AUTH_EXPIRED, not MFA_PENDING).
+                    _raise_refusal(uow.sessions.find(user_id, uow.now), uow.now)
                     continue
                 opened = _opened(uow, grant, rpc, lease_id)
             return self._refresh.hand_out(self._usable(opened))
@@ -185,10 +190,10 @@ class LeaseService:
             if changed.granted is None:
                 return released, None
             opened = _opened(uow, changed.granted, rpc, lease_id)
-        grant = self._handed_out(opened)
+        grant, asked_garmin = self._handed_out(opened)
         if grant is None:
             grant = self._lease_next(
-                holder, lifetime, due_before, user_id_prefix, MAX_REJECTED_SKIPS - 1
+                holder, lifetime, due_before, user_id_prefix, MAX_REJECTED_SKIPS - asked_garmin
             )
         return released, grant
 
@@ -200,10 +205,14 @@ class LeaseService:
         user_id_prefix: str | None,
         attempts: int,
     ) -> LeaseGrant | None:
-        """Grant the most overdue session due before `due_before`, skipping at most
-        `attempts` - 1 that cannot be handed out; None when nothing is due."""
+        """Grant the most overdue session due before `due_before`, skipping those that
+        cannot be handed out; None when nothing is due. At most `attempts` - 1 skips may have
+        asked Garmin (each a refresh), and at most MAX_SKIPPED_ROWS skips in all: rows that
+        fail to open cost no Garmin call, and a run of them must not hide a due session
+        behind them (each skip counts as the row's sync attempt, so it leaves the queue)."""
         rpc = AuditedRpc.LEASE_NEXT_SESSION
-        for _ in range(attempts):
+        garmin_skips = 0
+        for _ in range(MAX_SKIPPED_ROWS + 1):
             with self._uow.single_write() as uow:
                 lease_id = new_lease_id()
                 grant = uow.leases.grant_next(
@@ -219,13 +228,17 @@ class LeaseService:
                 if grant is None:
                     return None
                 opened = _opened(uow, grant, rpc, lease_id)
-            handed_out = self._handed_out(opened)
+            handed_out, asked_garmin = self._handed_out(opened)
             if handed_out is not None:
                 return handed_out
+            garmin_skips += asked_garmin
+            if garmin_skips >= attempts:
+                return None
         return None
 
-    def _handed_out(self, opened: Granted | Unopened) -> LeaseGrant | None:
-        """A next session's grant handed out, or None when it was skipped.
+    def _handed_out(self, opened: Granted | Unopened) -> tuple[LeaseGrant | None, bool]:
+        """A next session's grant handed out, or (None, whether Garmin was asked) when it
+        was skipped.
 
         A due session whose central refresh Garmin rejects is invalidated and skipped, and
         so is one whose lease ended during that refresh (deleted, or signed in again): the
@@ -234,14 +247,15 @@ class LeaseService:
         one whose stored session fails to open: one such row must not stop every worker's
         queue."""
         try:
-            return self._refresh.hand_out(self._usable(opened))
+            return self._refresh.hand_out(self._usable(opened)), False
         except (SecretUnreadable, SessionNotActive):
             log.info("due session's stored session cannot be opened; leasing the next one")
+            return None, False
         except GarminSessionRejected:
             log.info("due session rejected by Garmin at refresh; leasing the next one")
         except LeaseLost:
             log.info("due session's lease ended during its refresh; leasing the next one")
-        return None
+        return None, True
 
     def next_violations(
         self, holder: str, ttl: timedelta | None, min_sync_interval: timedelta | None

@@ -134,12 +134,23 @@ def test_lease_deleted_session_is_not_found(
         service.lease_session(active, HOLDER, None)
 
 
-@pytest.mark.parametrize("state", [SessionState.MFA_PENDING, SessionState.AUTH_EXPIRED])
 def test_lease_inactive_session_is_refused(
-    service: LeaseService, active: str, db_sessionmaker: sessionmaker[Session], state: SessionState
+    service: LeaseService, active: str, db_sessionmaker: sessionmaker[Session]
 ) -> None:
-    _set_state(db_sessionmaker, active, state)
-    with pytest.raises(SessionNotActive, match=state.value):
+    _set_state(db_sessionmaker, active, SessionState.AUTH_EXPIRED)
+    with pytest.raises(SessionNotActive, match=SessionState.AUTH_EXPIRED.value):
+        service.lease_session(active, HOLDER, None)
+    assert read_row(db_sessionmaker, active).fencing_token == 0
+
+
+def test_a_refusal_is_explained_by_the_state_callers_see(
+    service: LeaseService, active: str, db_sessionmaker: sessionmaker[Session]
+) -> None:
+    # MFA_PENDING with no live challenge (the login was abandoned) reads NOT_CONNECTED, as in
+    # GetStatus: the refusal says so (with a live challenge: SESSION_NOT_ACTIVE, in
+    # tests/service/test_status_and_lease_contract.py).
+    _set_state(db_sessionmaker, active, SessionState.MFA_PENDING)
+    with pytest.raises(SessionNotFound):
         service.lease_session(active, HOLDER, None)
     assert read_row(db_sessionmaker, active).fencing_token == 0
 
