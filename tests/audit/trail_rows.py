@@ -35,7 +35,7 @@ def entries(database_url: str, user_id: str | None = None) -> list[Entry]:
         engine.dispose()
 
 
-def events(database_url: str, user_id: str | None = None) -> list[tuple[str, str, str, str]]:
+def events(database_url: str, user_id: str | None = None) -> list[tuple[str, str | None, str, str]]:
     engine = create_engine_for(database_url)
     try:
         with Session(engine) as session:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.models import SessionState
 from garmin_emulator import GarminEmulator
@@ -22,7 +23,7 @@ def test_keepalive_rejection_appends_the_auth_expired_change(
     accounts: DiAccounts,
     emulator: GarminEmulator,
     database_url: str,
-    db_sessionmaker,  # type: ignore[no-untyped-def]
+    db_sessionmaker: sessionmaker[Session],
 ) -> None:
     accounts.seed("ka-dead", refresh_in=timedelta(days=1))
     emulator.revoke_tokens(accounts.email("ka-dead"))

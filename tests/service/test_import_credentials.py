@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -37,7 +38,7 @@ def _di_session(access_token: str, refresh_token: str, client_id: str) -> pb.Gar
     )
 
 
-def _import(replica: Replica, user_id: str, **source: object) -> pb.SessionStatus:
+def _import(replica: Replica, user_id: str, **source: Any) -> pb.SessionStatus:
     request = pb.ImportSessionRequest(user_id=user_id, **source)
     return replica.call("ImportSession", request).status  # type: ignore[no-any-return]
 

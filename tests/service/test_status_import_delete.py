@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 from dataclasses import replace
@@ -364,7 +365,7 @@ def test_validate_of_a_user_never_connected_is_session_not_active(
     answers = []
     for user_id in ("gone", "never"):
         request = pb.GetStatusRequest(user_id=user_id, validate=True)
-        failure = expect_failure(lambda request=request: service.call("GetStatus", request))
+        failure = expect_failure(functools.partial(service.call, "GetStatus", request))
         answers.append((failure.code, failure.reason))
 
     assert answers == [(grpc.StatusCode.FAILED_PRECONDITION, "SESSION_NOT_ACTIVE")] * 2
