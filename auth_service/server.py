@@ -102,15 +102,17 @@ def build_application(
     clock: Clock | None = None,
     upstream: GarminUpstream | None = None,
 ) -> Application:
-    upstream = upstream or UpstreamRouter(
-        garth=GarthUpstream(settings.upstream),
-        di=DiUpstream(settings.upstream, settings.di),
-        login_flow=settings.login_flow,
-    )
     engine = create_engine_for(settings.database_url)
     # The database's clock rules every expiry decision, so replicas agree
-    # (auth_service.storage.clock).
+    # (auth_service.storage.clock). The DI token endpoint's answers carry lifetimes ("expires
+    # in"), which it turns into the expiries stored: on that clock too, or a replica whose
+    # machine clock runs ahead would store expiries that every replica trusts too long.
     clock = clock or clock_for(engine)
+    upstream = upstream or UpstreamRouter(
+        garth=GarthUpstream(settings.upstream),
+        di=DiUpstream(settings.upstream, settings.di, clock=clock),
+        login_flow=settings.login_flow,
+    )
     # Two signals: `committed` wakes the sequencer when this replica committed changes, and
     # `signal` wakes the change stream's followers once positions moved (on PostgreSQL also
     # from every other replica, by NOTIFY).

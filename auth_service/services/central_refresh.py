@@ -42,6 +42,9 @@ class Granted:
     grant: LeaseGrant
     session_version: int
     rpc: AuditedRpc
+    # Another refresh of this session (keep-alive, a validation) held its claim at the grant:
+    # the refresh token read with the grant may be rotating away right now.
+    refresh_in_flight: bool = False
 
 
 class CentralRefresh:
@@ -54,8 +57,11 @@ class CentralRefresh:
 
     def hand_out(self, granted: Granted) -> LeaseGrant:
         grant = granted.grant
-        if not refresh_due(grant.tokens, grant.lease.expires_at):
+        if not granted.refresh_in_flight and not refresh_due(grant.tokens, grant.lease.expires_at):
             return grant
+        # Due, or already under way elsewhere: the refresher joins a refresh in flight (waits
+        # for its claim and hands out the pair it stored), so no holder ever gets a refresh
+        # token that a rotation is killing.
         asker = RefreshAsker(granted.rpc, reason_for=lambda _message: CENTRAL_REFRESH_REJECTED)
         try:
             refreshed = self._refresher.refresh(grant.lease.user_id, granted.session_version, asker)

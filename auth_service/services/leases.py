@@ -413,10 +413,12 @@ def _opened(
     except Exception as exc:  # noqa: BLE001 - the grant is committed: any failure releases it
         return Unopened(lease, rpc, exc)
     log.debug("lease granted on user %s (fencing token %d)", row.user_id, row.fencing_token)
+    claimed_until = row.refresh_claimed_until
     return Granted(
         grant=LeaseGrant(lease=lease, tokens=tokens, status=status),
         session_version=row.session_version,
         rpc=rpc,
+        refresh_in_flight=claimed_until is not None and claimed_until > uow.now,
     )
 
 

@@ -132,6 +132,11 @@ class SessionAdmin:
             if not self._validate(user_id, refreshed.tokens):
                 return self._status(user_id)
         except GarminSessionRejected as exc:
+            if not refreshed.by_us:
+                # Tokens this call did not obtain (a Login or ImportSession replaced the session
+                # while Garmin answered, or another replica refreshed it) are not known to be
+                # fresh: a 401 to them is no verdict on the session.
+                return self._status(user_id)
             return self._apply_validation(
                 user_id, refreshed.row.session_version, rejected=exc.message
             )

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import grpc
 import pytest
 
 from auth_service.crypto import Keyring
+from auth_service.domain.clock import SystemClock
 from auth_service.domain.models import SessionKind
 from auth_service.domain.policies import ANDROID_SERVICE_URL, LoginFlow
 from auth_service.storage.secrets import SecretBox
@@ -345,3 +347,29 @@ def test_legacy_garth_sessions_keep_working_beside_di_ones(
     assert checked.status.state == pb.SESSION_STATE_ACTIVE
     assert checked.status.kind == pb.SESSION_KIND_GARTH
     assert garmin.exchange_count("old@example.com") == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_replica_whose_machine_clock_runs_ahead_stores_garmins_expiry(
+    service_factory: ServiceFactory,
+    garmin: GarminEmulator,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database's clock rules every expiry decision, so the expiries decided on must be
+    on it too. Before, the DI token endpoint turned Garmin's 'expires in' into an expiry on the
+    machine clock (build_application gave it none): a replica 2 h ahead stored expiries 2 h
+    late, and every replica handed out the dead token, unrefreshed, for those 2 hours."""
+    real_now = SystemClock.now
+    monkeypatch.setattr(SystemClock, "now", lambda self: real_now(self) + timedelta(hours=2))
+    replica = service_factory.start(login_flow=LoginFlow.DI)
+    garmin.add_user("sam@example.com", PASSWORD)
+
+    login(replica, "sam", "sam@example.com")
+
+    row = stored_row(database_url, "sam")
+    assert row is not None
+    assert row.access_token_expires_at is not None
+    garmins = datetime.now(UTC) + timedelta(seconds=garmin.di.access_token_expires_in)
+    assert abs(row.access_token_expires_at - garmins) < timedelta(seconds=10)
