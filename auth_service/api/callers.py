@@ -146,12 +146,28 @@ def parse_callers(text: str, source: str) -> list[_Entry]:
     cert_names = [entry.cert_name for entry in entries if entry.cert_name is not None]
     if len(set(cert_names)) != len(cert_names):
         raise CallersFileError(f"{source}: cert_name values must be unique")
+    # The same for one token in two entries: the last would win, roles and scope included.
+    digests = [entry.token_sha256 for entry in entries if entry.token_sha256 is not None]
+    if len(set(digests)) != len(digests):
+        raise CallersFileError(f"{source}: token_sha256 values must be unique")
     return entries
+
+
+# The keys an entry may hold. Any other is refused: a misspelt user_id_prefix read as absent
+# would give that caller every user (fail open).
+_ENTRY_KEYS = frozenset({"name", "token_sha256", "cert_name", "roles", "user_id_prefix"})
 
 
 def _parse_entry(item: object, where: str) -> _Entry:
     if not isinstance(item, dict):
         raise CallersFileError(f"{where}: not a table")
+    unknown = sorted(str(key) for key in item if key not in _ENTRY_KEYS)
+    if unknown:
+        # Key names only, never values (a value could be a token pasted in the wrong place).
+        raise CallersFileError(
+            f"{where}: unknown key(s) {', '.join(repr(key[:40]) for key in unknown)}; "
+            f"an entry holds {', '.join(sorted(_ENTRY_KEYS))}"
+        )
     name, digest, roles = item.get("name"), item.get("token_sha256"), item.get("roles")
     cert_name, prefix = item.get("cert_name"), item.get("user_id_prefix")
     if not isinstance(name, str) or not name.strip():

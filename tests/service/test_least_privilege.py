@@ -375,3 +375,35 @@ def test_roles_and_scope_are_read_from_the_callers_file() -> None:
     assert (scoped.full_sessions, scoped.user_id_prefix) == (False, "tenant-a:")
     assert scoped.may_reach("tenant-a:ann")
     assert not scoped.may_reach("tenant-b:ann")
+
+
+_TENANT_A_ENTRY = (
+    '[[callers]]\nname = "tenant-a-worker"\n'
+    f'token_sha256 = "{token_sha256("tenant-a-worker-token-0123456789abcdef")}"\n'
+    'roles = ["worker_full"]\n'
+)
+
+
+def test_an_unknown_key_in_a_callers_entry_is_refused() -> None:
+    """Before, keys the parser did not know were ignored: 'user_id_prefx' (a typo) parsed as
+    an entry with no prefix, and that worker_full caller got every tenant's whole session."""
+    text = _TENANT_A_ENTRY + 'user_id_prefx = "tenant-a:"\n'
+
+    with pytest.raises(CallersFileError, match="user_id_prefx") as refused:
+        parse_callers(text, "callers.toml")
+
+    assert "tenant-a:" not in str(refused.value)  # key names only, never values
+
+
+def test_one_token_in_two_callers_entries_is_refused() -> None:
+    """Before, the last entry won: the token got its roles and scope by the file's order."""
+    text = (
+        _TENANT_A_ENTRY
+        + 'user_id_prefix = "tenant-a:"\n\n'
+        + _TENANT_A_ENTRY.replace("tenant-a-worker", "backend", 1).replace(
+            '["worker_full"]', '["admin"]'
+        )
+    )
+
+    with pytest.raises(CallersFileError, match="token_sha256 values must be unique"):
+        parse_callers(text, "callers.toml")
