@@ -180,6 +180,12 @@ def _run(args: argparse.Namespace, env: EnvReader) -> int:
         print(
             f"{PROG}: the auth service at {config.auth.target} {what} ({status})", file=sys.stderr
         )
+    if report.settings_refused is not None:
+        print(
+            f"{PROG}: the auth service refuses this run's settings ({report.settings_refused}); "
+            "check --lease-ttl and --min-sync-interval against the service's limits",
+            file=sys.stderr,
+        )
     if report.garmin_outage is not None:
         print(
             f"{PROG}: {report.garmin_outage}; stopped taking users (exit 4). Garmin is down or "

@@ -33,6 +33,7 @@ DEFAULT_LEASE_TTL: Final = timedelta(minutes=5)
 # The service refuses shorter leases (they would expire mid-call).
 MIN_LEASE_TTL: Final = timedelta(seconds=5)
 MAX_LEASE_TTL: Final = timedelta(hours=1)
+MAX_MIN_SYNC_INTERVAL: Final = timedelta(days=30)
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # Ten years: longer means a typo (and past about 2.7 million years, timedelta overflows).
@@ -90,6 +91,9 @@ class WorkerConfig:
             raise ConfigError("--concurrency", f"must be between 1 and {MAX_CONCURRENCY}")
         if not MIN_LEASE_TTL <= self.sync.lease_ttl <= MAX_LEASE_TTL:
             raise ConfigError("--lease-ttl", "must be between 5s and 1h")
+        if self.min_sync_interval > MAX_MIN_SYNC_INTERVAL:
+            # The service's own limit for LeaseNextSession: above it, every call is refused.
+            raise ConfigError("--min-sync-interval", "must be at most 30d")
         if not self.holder or len(self.holder) > 256 or not self.holder.isprintable():  # noqa: PLR2004
             raise ConfigError("--holder", "must be 1-256 printable characters")
         for user in self.users:

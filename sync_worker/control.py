@@ -53,6 +53,7 @@ class RunControl:
         self._stop_requested = False
         self._crashed = False
         self._fatal: AuthServiceError | None = None
+        self._settings_refused: AuthServiceError | None = None
         self._pause_until = 0.0
 
     # --- stop and fatal ------------------------------------------------------------------
@@ -86,6 +87,19 @@ class RunControl:
     def fatal(self) -> AuthServiceError | None:
         with self._lock:
             return self._fatal
+
+    def refuse_settings(self, error: AuthServiceError) -> None:
+        """The service refused the run's own settings (INVALID_ARGUMENT on a call that names
+        no user: a ttl above its maximum, say): no user can be synced; exit 2."""
+        with self._lock:
+            if self._settings_refused is None:
+                self._settings_refused = error
+        self._interrupt.set()
+
+    @property
+    def settings_refused(self) -> AuthServiceError | None:
+        with self._lock:
+            return self._settings_refused
 
     @property
     def interrupted(self) -> bool:

@@ -69,6 +69,8 @@ class RunReport:
     stopped: bool
     # Why the run gave up on Garmin (too many users in a row failed by its being down).
     garmin_outage: str | None = None
+    # The service refused the run's own settings (exit 2).
+    settings_refused: AuthServiceError | None = None
 
     @property
     def summary(self) -> dict[str, int]:
@@ -89,6 +91,8 @@ def exit_code(results: list[UserResult], control: RunControl) -> int:
         return EXIT_SIGTERM
     if control.fatal is not None:
         return EXIT_AUTH_SERVICE
+    if control.settings_refused is not None:
+        return EXIT_CONFIG
     if control.garmin_outage is not None:
         return EXIT_GARMIN_UNAVAILABLE
     if control.crashed or any(result.outcome is Outcome.FAILED for result in results):
@@ -223,11 +227,12 @@ class _Run:
                 if not self.control.wait_for_garmin():
                     return
                 leased_at = time.monotonic()
+                carried_release = pending is not None
                 try:
                     leased = self.lease_next(pending)
                 except AuthServiceError as exc:
                     pending = None  # settled by lease_next
-                    failures = self.next_refused(exc, failures)
+                    failures = self.next_refused(exc, failures, carried_release=carried_release)
                     if failures >= MAX_GRANT_FAILURES:
                         return
                     continue
@@ -247,11 +252,18 @@ class _Run:
             if pending is not None:
                 self.emit(release_now(self.client, pending, self.control))
 
-    def next_refused(self, exc: AuthServiceError, failures: int) -> int:
+    def next_refused(
+        self, exc: AuthServiceError, failures: int, *, carried_release: bool = False
+    ) -> int:
         """LeaseNextSession failed: act on it; returns the failures in a row that count
         towards MAX_GRANT_FAILURES (the limit itself when the loop must stop now)."""
         if exc.fatal:
             self.control.fail(exc)
+            return MAX_GRANT_FAILURES
+        if exc.code == grpc.StatusCode.INVALID_ARGUMENT and not carried_release:
+            # A call carrying no release names only the run's settings (holder, ttl,
+            # min_sync_interval): every call would be refused alike; say so and exit 2.
+            self.control.refuse_settings(exc)
             return MAX_GRANT_FAILURES
         if exc.reason == GARMIN_RATE_LIMITED:
             self.control.slow_down(exc.retry_after)
@@ -369,6 +381,7 @@ def run(
         fatal=control.fatal,
         stopped=control.stop_requested,
         garmin_outage=control.garmin_outage,
+        settings_refused=control.settings_refused,
     )
 
 

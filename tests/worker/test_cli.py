@@ -124,6 +124,8 @@ def main_in_process(
         # Before: an OverflowError traceback (exit 1), and nan/inf ran into exit 3.
         (["run", "--all", "--out", "x", "--max-runtime", "99999999999999d"], None, "--max"),
         (["run", "--all", "--out", "x", "--rpc-timeout", "nan"], None, "--rpc-timeout"),
+        # The service's own limit: above it every LeaseNextSession was refused, exit 0.
+        (["run", "--all", "--out", "x", "--min-sync-interval", "31d"], None, "--min-sync"),
         (["run", "--all", "--out", "x", "--rpc-timeout", "inf"], None, "--rpc-timeout"),
         (["frobnicate"], None, "invalid choice"),
     ],
@@ -140,6 +142,7 @@ def main_in_process(
         "no-concurrency",
         "huge-duration",
         "nan-timeout",
+        "min-sync-interval-over-30d",
         "inf-timeout",
         "unknown-command",
     ],

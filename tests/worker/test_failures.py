@@ -6,6 +6,7 @@ fencing has its own variant here)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from auth_service.domain.policies import LeaseSettings
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
 from sync_worker.client import AuthClient
@@ -522,3 +524,24 @@ def test_a_sync_thread_that_dies_of_a_bug_fails_the_run_not_as_sigterm(
 
     assert not report.stopped
     assert report.exit_code == 1
+
+
+def test_a_drain_whose_settings_the_service_refuses_exits_2(
+    service_factory: ServiceFactory, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """The operator lowered GARMIN_AUTH_LEASE_MAX_TTL to 10 minutes and the CronJob asks 15:
+    every LeaseNextSession answers INVALID_ARGUMENT. Before, each thread gave up after three
+    and the run exited 0 ('nothing was due'), a green CronJob that synced nobody."""
+    service = service_factory.start(leases=LeaseSettings(default_ttl=300, max_ttl=600))
+    connect(service, garmin, "amy", activities=2)
+    config = make_config(service.target, garmin, tmp_path, all_users=True, concurrency=2)
+    config = dataclasses.replace(
+        config, sync=dataclasses.replace(config.sync, lease_ttl=timedelta(minutes=15))
+    )
+
+    result = run_worker(config)
+
+    assert result.exit_code == 2
+    assert result.report.settings_refused is not None
+    assert "ttl" in str(result.report.settings_refused)
+    assert not status(service, "amy").HasField("last_sync_attempt_at")
