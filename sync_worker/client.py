@@ -68,8 +68,9 @@ class AuthClientConfig:
     target: str
     token: str
     timeout_seconds: float = 30.0
-    # Attempts for a call answered UNAVAILABLE: the first plus retries.
-    attempts: int = 4
+    # Attempts for a call answered UNAVAILABLE: the first plus retries (with the backoff
+    # below, up to about 6 s in all: a replica's restart, not an outage).
+    attempts: int = 6
     backoff_initial_seconds: float = 0.2
     backoff_max_seconds: float = 3.0
     tls_ca_file: Path | None = None
@@ -224,11 +225,22 @@ class AuthClient:
             self._sleep(delay)
 
 
+# After a refused connection gRPC waits about 1 s (+-20%) before it connects again, and a call
+# made meanwhile fails at once without touching the network: our retries would all fall in
+# that window and a replica's restart of a few hundred milliseconds would end the run (exit
+# 3). Reconnect as soon as a retry asks.
+_RECONNECT_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
 def _channel(config: AuthClientConfig) -> grpc.Channel:
     if config.tls_ca_file is None:
         if config.tls_cert_file is not None or config.tls_key_file is not None:
             raise ValueError("a TLS client certificate needs a CA file too")
-        return grpc.insecure_channel(config.target)
+        return grpc.insecure_channel(config.target, options=_RECONNECT_OPTIONS)
     if (config.tls_cert_file is None) != (config.tls_key_file is None):
         raise ValueError("a TLS client certificate and its key go together")
     credentials = grpc.ssl_channel_credentials(
@@ -236,7 +248,7 @@ def _channel(config: AuthClientConfig) -> grpc.Channel:
         private_key=config.tls_key_file.read_bytes() if config.tls_key_file else None,
         certificate_chain=config.tls_cert_file.read_bytes() if config.tls_cert_file else None,
     )
-    options: list[tuple[str, Any]] = []
+    options = list(_RECONNECT_OPTIONS)
     if config.tls_server_name:
         options.append(("grpc.ssl_target_name_override", config.tls_server_name))
     return grpc.secure_channel(config.target, credentials, options=options)
