@@ -286,13 +286,18 @@ def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection is not ReflectionMode.OFF:
         enable_reflection([SERVICE_NAME, health.SERVICE_NAME], server)
-    health_listener = _start_health_listener(settings)
     address = listen or settings.listen
-    if certificates is not None:
-        port = server.add_secure_port(address, certificates.credentials())
-    else:
-        port = server.add_insecure_port(address)
-    endpoint = _start_metrics(application)
+    health_listener = None
+    try:
+        port = _bind(server, address, certificates)
+        health_listener = _start_health_listener(settings)
+        endpoint = _start_metrics(application)
+    except BaseException:
+        # Nothing may keep the process alive after a setting stopped the start.
+        if health_listener is not None:
+            health_listener.stop(grace=0)
+        access_log.close()
+        raise
     server.start()
     use_cases = application.use_cases
     housekeeper = Periodic(
@@ -342,6 +347,16 @@ def start_server(
         redacted_database_url(settings.database_url),
     )
     return running
+
+
+def _bind(server: grpc.Server, address: str, certificates: CertificateReloader | None) -> int:
+    try:
+        if certificates is not None:
+            return server.add_secure_port(address, certificates.credentials())
+        return server.add_insecure_port(address)
+    except RuntimeError:
+        # Port taken or address not local: one line naming the variable, like any setting.
+        raise ConfigError(PREFIX + "LISTEN", f"cannot listen on {address}") from None
 
 
 def _start_health_listener(settings: Settings) -> HealthListener | None:

@@ -492,3 +492,21 @@ def test_a_failing_statement_shows_no_bound_value(database_url: str) -> None:
     finally:
         engine.dispose()
     assert "bound-secret-lease-id" not in str(raised.value)
+
+
+@pytest.mark.parametrize("taken", [True, False], ids=["port-taken", "address-not-local"])
+def test_an_unbindable_listen_address_is_one_line_naming_the_variable(
+    tmp_path: Path, taken: bool
+) -> None:
+    """As for the metrics and health listeners; before, gRPC's RuntimeError came out as a
+    traceback and exit 1."""
+    with socket.socket() as occupant:
+        occupant.bind(("127.0.0.1", 0))
+        occupant.listen()
+        listen = f"127.0.0.1:{occupant.getsockname()[1]}" if taken else "192.0.2.10:50051"
+        env = base_env(tmp_path, GARMIN_AUTH_LISTEN=listen)
+        assert run_cli("migrate", env=env).returncode == 0
+        result = run_cli("serve", env=env, timeout=30)
+    assert "Traceback" not in result.stderr, result.stderr[-600:]
+    assert result.returncode == 2
+    assert "GARMIN_AUTH_LISTEN" in result.stderr
