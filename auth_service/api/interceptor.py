@@ -281,6 +281,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 log.exception("unexpected error in %s", access.method, extra={"rpc": access.method})
             context.abort_with_status(to_status(exc))
             raise  # unreachable: abort_with_status raises
+        except GeneratorExit:
+            # A stream whose consumer went away (cancelled, disconnected): a watch never ends
+            # OK by itself, so it must not be logged or counted as OK.
+            outcome.reason = outcome.code = "CANCELLED"
+            raise
         finally:
             if entered and gate is not None:
                 gate.leave()
