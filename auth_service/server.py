@@ -219,6 +219,9 @@ class RunningServer:
         # grace period is for the unary calls.
         use_cases = self.application.use_cases
         use_cases.session_events.stop()
+        if use_cases.webhooks is not None:
+            # Webhooks are no call to finish: the pass ends after its POST in flight.
+            use_cases.webhooks.halt()
         self.server.stop(grace).wait()
         if self.access_log is not None:
             self.access_log.close()

@@ -224,10 +224,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
         def stream(behavior: Behavior) -> Behavior:
             def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                with self._call(access, context, authorization, caller=caller):
+                with self._call(access, context, authorization, caller=caller) as outcome:
                     requests = prepared(request)
                     if idle_seconds is None:
                         yield from behavior(requests, context)
+                        if not context.is_active() and outcome.code == "OK":
+                            # The handler saw its consumer go and returned: not an OK end.
+                            outcome.reason = outcome.code = "CANCELLED"
                         return
                     # Reflection: a stream kept open without requests gives its slot back.
                     limited = idle_limited(requests, context, idle_seconds)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,6 +56,13 @@ class WebhookDelivery:
         self._sender = sender
         self._settings = settings
         self._replica = replica or replica_name()
+        # Set when the replica stops: a pass ends after the POST in flight, not at the end of
+        # the backlog (which a slow receiver can make longer than the pod's grace).
+        self._halting = threading.Event()
+
+    def halt(self) -> None:
+        """End the current pass after its POST in flight; no new pass delivers anything."""
+        self._halting.set()
 
     @property
     def replica(self) -> str:
@@ -63,6 +71,8 @@ class WebhookDelivery:
 
     def run_once(self) -> int:
         """Deliver what is due; the number of changes the receiver accepted."""
+        if self._halting.is_set():
+            return 0
         claim = self._claim()
         if claim is None:
             return 0
@@ -75,7 +85,7 @@ class WebhookDelivery:
                 return delivered
             through, changes = read
             for change in changes:
-                if not self._deliver(change, through, attempts):
+                if self._halting.is_set() or not self._deliver(change, through, attempts):
                     return delivered
                 through, attempts = change.position, 0
                 delivered += 1
