@@ -73,7 +73,15 @@ def _serve(args: argparse.Namespace) -> int:
     running = start_server(build_application(settings))
     print(f"garmin-auth-service listening on port {running.port}", file=sys.stderr, flush=True)
     serve_until_signalled(running)
-    return 0
+    # The grace period is over and everything that must be handed over was (health, webhook
+    # claim, access log, metrics). A handler still running (a Garmin call, a wait on another
+    # replica's refresh claim) would keep the interpreter waiting at exit for the RPC pool's
+    # threads, past the pod's termination grace; its caller was already cancelled, and its
+    # open transaction rolls back. So exit now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _migrate(args: argparse.Namespace) -> int:
