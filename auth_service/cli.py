@@ -37,6 +37,10 @@ EXIT_DATABASE = 3
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # gRPC's C core logs by itself, in its own format, on stderr: a failed TLS handshake (any
+    # port scan) would add a line a JSON log pipeline cannot read. Only its errors, unless the
+    # operator asks for more; read when gRPC starts, so set before it is imported.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from auth_service.server import build_application, serve_until_signalled, start_server
     from auth_service.storage.database import describe_database_error
     from auth_service.storage.schema import is_at_head
