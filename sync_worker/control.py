@@ -55,6 +55,8 @@ class RunControl:
         self._fatal: AuthServiceError | None = None
         self._settings_refused: AuthServiceError | None = None
         self._pause_until = 0.0
+        # The part of that pause Garmin's 429 asked for (an outage backoff is our own).
+        self._rate_limited_until = 0.0
 
     # --- stop and fatal ------------------------------------------------------------------
 
@@ -157,6 +159,7 @@ class RunControl:
         pause = DEFAULT_RATE_LIMIT_PAUSE if retry_after is None else max(0.0, retry_after)
         with self._lock:
             self._pause_until = max(self._pause_until, self._clock() + pause)
+            self._rate_limited_until = max(self._rate_limited_until, self._clock() + pause)
         log.warning("Garmin is rate limiting: pausing Garmin calls for %.0f s", pause)
         return pause
 
@@ -166,15 +169,17 @@ class RunControl:
 
     def wait_for_garmin(self) -> bool:
         """Block while Garmin asked us to slow down. False when the run is interrupted or
-        the pause outlasts the deadline (the caller gives up instead of waiting)."""
+        Garmin's 429 pause outlasts the deadline (the caller gives up instead of waiting).
+        The backoff after an outage (at most a minute) is waited out even past the deadline:
+        --max-runtime stops taking users, and the users in flight finish."""
         while True:
             if self.interrupted:
                 return False
             with self._lock:
-                pause_until = self._pause_until
+                pause_until, rate_limited_until = self._pause_until, self._rate_limited_until
             remaining = pause_until - self._clock()
             if remaining <= 0:
                 return True
-            if self._deadline is not None and pause_until > self._deadline:
+            if self._deadline is not None and rate_limited_until > self._deadline:
                 return False
             self._interrupt.wait(min(remaining, _WAIT_SLICE))
