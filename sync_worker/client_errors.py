@@ -35,12 +35,17 @@ class AuthServiceError(Exception):
         reason: str,
         message: str,
         retry_after: float | None = None,
+        *,
+        about_user: bool = False,
     ) -> None:
         super().__init__(f"{code.name}{f' {reason}' if reason else ''}: {message}")
         self.code = code
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        # A refusal about the user named (CALLER_FORBIDDEN for a user outside the caller's
+        # user_id_prefix, ErrorInfo metadata scope=user): the worker goes on with the others.
+        self.about_user = about_user
 
     @property
     def lease_lost(self) -> bool:
@@ -49,6 +54,8 @@ class AuthServiceError(Exception):
     @property
     def credentials_refused(self) -> bool:
         """The service does not accept the worker's token (or its role)."""
+        if self.about_user:
+            return False
         return self.code == grpc.StatusCode.UNAUTHENTICATED or self.reason in CALLER_REASONS
 
     @property
@@ -81,7 +88,7 @@ class AuthServiceError(Exception):
 def error_from_rpc(error: grpc.RpcError) -> AuthServiceError:
     """Decode a failed call: its code, message and rich status (ErrorInfo, RetryInfo)."""
     code, message = error.code(), error.details() or ""
-    reason, retry_after = "", None
+    reason, retry_after, about_user = "", None, False
     try:
         # grpc raises each failed unary call as an RpcError that is also its grpc.Call.
         status = rpc_status.from_call(cast(grpc.Call, error))
@@ -93,8 +100,9 @@ def error_from_rpc(error: grpc.RpcError) -> AuthServiceError:
             info = error_details_pb2.ErrorInfo()
             packed.Unpack(info)
             reason = str(info.reason)
+            about_user = info.metadata.get("scope") == "user"
         elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             retry = error_details_pb2.RetryInfo()
             packed.Unpack(retry)
             retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
-    return AuthServiceError(code, reason, message, retry_after)
+    return AuthServiceError(code, reason, message, retry_after, about_user=about_user)

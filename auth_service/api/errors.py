@@ -103,7 +103,11 @@ def _pack(message: object) -> any_pb2.Any:
 def to_status(exc: BaseException) -> grpc.Status:
     """The gRPC status (with ErrorInfo and other details) answering `exc`."""
     row = row_for(exc)
-    details = [_pack(error_details_pb2.ErrorInfo(reason=row.reason, domain=ERROR_DOMAIN))]
+    info = error_details_pb2.ErrorInfo(reason=row.reason, domain=ERROR_DOMAIN)
+    if isinstance(exc, errors.CallerForbidden) and exc.about_user:
+        # About the user named: the caller itself may go on with others (README, Errors).
+        info.metadata["scope"] = "user"
+    details = [_pack(info)]
     if isinstance(exc, errors.InvalidArgument):
         details.append(
             _pack(

@@ -14,7 +14,7 @@ from auth_service.api import convert, stream_convert
 from auth_service.api.callers import VALIDATE_ROLES, Caller, current_caller
 from auth_service.api.stream_guard import SendGuard
 from auth_service.domain.audit import AuditEventView, AuditFilter
-from auth_service.domain.errors import CallerForbidden, CallerUnauthenticated
+from auth_service.domain.errors import CallerForbidden, CallerUnauthenticated, OutsideUserScope
 from auth_service.domain.models import GarminTokens
 from auth_service.services.lease_handover import RELEASE_FIELDS, LeaseRelease
 from auth_service.services.use_cases import UseCases
@@ -62,7 +62,7 @@ def _check_reach(user_id: str) -> None:
     """A scoped caller reaches only its users; decided on the id alone, before any read."""
     caller = _caller()
     if caller is not None and not caller.may_reach(user_id):
-        raise CallerForbidden(f"caller {caller.name!r} may not reach users outside its scope")
+        raise OutsideUserScope(f"caller {caller.name!r} may not reach users outside its scope")
 
 
 def _check_may_validate() -> None:

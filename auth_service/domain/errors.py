@@ -74,6 +74,15 @@ class CallerForbidden(DomainError):
 
     code_name = "PERMISSION_DENIED"
     reason = "CALLER_FORBIDDEN"
+    # Whether the refusal is about the user named, not the caller: the same caller may
+    # reach other users (ErrorInfo metadata scope=user tells its client so).
+    about_user = False
+
+
+class OutsideUserScope(CallerForbidden):
+    """A scoped caller (user_id_prefix) named a user outside its scope."""
+
+    about_user = True
 
 
 class SessionNotFound(DomainError):

@@ -15,12 +15,12 @@ from datetime import datetime, timedelta
 from auth_service.domain import audit, validation
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
-    CallerForbidden,
     GarminRateLimited,
     LoginRateLimited,
     MfaChallengeBusy,
     MfaChallengeNotFound,
     MfaCodeRejected,
+    OutsideUserScope,
     SecretUnreadable,
 )
 from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
@@ -199,7 +199,7 @@ class ConnectService:
                 and not challenge.user_id.startswith(user_id_prefix)
             ):
                 # Another tenant's challenge: refused before anything about it changes.
-                raise CallerForbidden("this caller may not complete sign-ins outside its scope")
+                raise OutsideUserScope("this caller may not complete sign-ins outside its scope")
             if challenge is None or challenge.expires_at <= uow.now:
                 if challenge is not None:
                     _abandon(uow, digest, challenge.user_id)

@@ -17,11 +17,11 @@ from datetime import datetime, timedelta
 from auth_service.domain import audit
 from auth_service.domain.audit import AuditedRpc, LeaseRef
 from auth_service.domain.errors import (
-    CallerForbidden,
     FieldViolation,
     GarminSessionRejected,
     LeaseHeld,
     LeaseLost,
+    OutsideUserScope,
     SecretUnreadable,
     SessionNotActive,
     SessionNotFound,
@@ -96,7 +96,7 @@ class LeaseService:
         raise_if_any(check_user_id(user_id), check_holder(holder), self._ttl_violations(ttl))
         if user_id_prefix is not None and not user_id.startswith(user_id_prefix):
             # Decided on the id alone, before any read: says nothing about the user.
-            raise CallerForbidden("this caller may not lease sessions outside its user scope")
+            raise OutsideUserScope("this caller may not lease sessions outside its user scope")
         lifetime = self._lifetime(ttl)
         rpc = AuditedRpc.LEASE_SESSION
         for _ in range(_GRANT_ATTEMPTS):
