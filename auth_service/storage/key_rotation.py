@@ -161,19 +161,7 @@ def check_primary_key(engine: Engine, keyring: Keyring) -> bool:
     stored and none opens (one bad row among good ones does not stop a rotation)."""
     stored, failed_user = 0, None
     for column in (_SESSIONS, _CHALLENGES):
-        header = blob_header(keyring.primary_kid)[1:]  # every format, from the second byte
-        under_primary = func.substr(column.blob, 2, len(header), type_=LargeBinary) == header
-        version = column.version if column.version is not None else literal(0)
-        statement = (
-            select(column.row_key, column.user_id, column.blob, version)
-            .where(column.blob.is_not(None), under_primary)
-            .order_by(column.row_key)
-            .limit(PRIMARY_KEY_SAMPLES)
-        )
-        with engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}).connect() as db:
-            rows = db.execute(statement).all()
-        samples = [_StaleBlob(row_key=r[0], user_id=r[1], blob=r[2], version=r[3]) for r in rows]
-        for sample in samples:
+        for sample in _ColumnRotation(engine, keyring, column).primary_samples():
             stored += 1
             try:
                 keyring.decrypt(sample.blob, column.opening_aad(sample))
@@ -217,10 +205,20 @@ class _ColumnRotation:
         # blobs to us. The header starts with the format: older formats are stale too.
         header = blob_header(self.keyring.primary_kid, column.blob_format)
         prefix = func.substr(column.blob, 1, len(header), type_=LargeBinary)
+        return self._blobs_where(prefix != header)
+
+    def primary_samples(self) -> list[_StaleBlob]:
+        """A few blobs already under the primary key id, whatever their format."""
+        header = blob_header(self.keyring.primary_kid)[1:]  # the same for every format
+        prefix = func.substr(self.column.blob, 2, len(header), type_=LargeBinary)
+        return self._read_stale(self._blobs_where(prefix == header), PRIMARY_KEY_SAMPLES)
+
+    def _blobs_where(self, condition: ColumnElement[bool]) -> Select[tuple[str, str, Any, int]]:
+        column = self.column
         version = column.version if column.version is not None else literal(0)
         return (
             select(column.row_key, column.user_id, column.blob, version)
-            .where(column.blob.is_not(None), prefix != header)
+            .where(column.blob.is_not(None), condition)
             .order_by(column.row_key)
         )
 
