@@ -225,17 +225,23 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         def stream(behavior: Behavior) -> Behavior:
             def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 with self._call(access, context, authorization, caller=caller) as outcome:
-                    requests = prepared(request)
-                    if idle_seconds is None:
-                        yield from behavior(requests, context)
-                        if not context.is_active() and outcome.code == "OK":
-                            # The handler saw its consumer go and returned: not an OK end.
-                            outcome.reason = outcome.code = "CANCELLED"
-                        return
-                    # Reflection: a stream kept open without requests gives its slot back.
-                    limited = idle_limited(requests, context, idle_seconds)
-                    with closing(limited):
-                        yield from behavior(limited, context)
+                    # A stream whose consumer went away (cancelled, disconnected) is no OK
+                    # end: gRPC closes the generator (GeneratorExit), or the handler sees it
+                    # go and returns (a watch never ends OK by itself).
+                    try:
+                        requests = prepared(request)
+                        if idle_seconds is None:
+                            yield from behavior(requests, context)
+                            if not context.is_active() and outcome.code == "OK":
+                                outcome.reason = outcome.code = "CANCELLED"
+                            return
+                        # Reflection: a stream kept open without requests gives its slot back.
+                        limited = idle_limited(requests, context, idle_seconds)
+                        with closing(limited):
+                            yield from behavior(limited, context)
+                    except GeneratorExit:
+                        outcome.reason = outcome.code = "CANCELLED"
+                        raise
 
             return with_pool(guarded, pool)
 
@@ -284,11 +290,6 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 log.exception("unexpected error in %s", access.method, extra={"rpc": access.method})
             context.abort_with_status(to_status(exc))
             raise  # unreachable: abort_with_status raises
-        except GeneratorExit:
-            # A stream whose consumer went away (cancelled, disconnected): a watch never ends
-            # OK by itself, so it must not be logged or counted as OK.
-            outcome.reason = outcome.code = "CANCELLED"
-            raise
         finally:
             if entered and gate is not None:
                 gate.leave()
