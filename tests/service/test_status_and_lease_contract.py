@@ -12,32 +12,14 @@ import time
 from dataclasses import replace
 
 import grpc
-from sqlalchemy import text
 
 from auth_service.config import Settings
-from auth_service.storage.database import create_engine_for
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import GarminEmulator
 from tests.audit import connect
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 from tests.service.test_login import PASSWORD, login
-
-
-def _overwrite_blob(database_url: str, user_id: str, blob: bytes) -> None:
-    """What a database writer without the key (or a key left out of the configuration) does
-    to a row: its stored session no longer opens."""
-    engine = create_engine_for(database_url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "UPDATE garmin_authentication_state SET session_ciphertext = :blob "
-                    "WHERE user_id = :user"
-                ),
-                {"blob": blob, "user": user_id},
-            )
-    finally:
-        engine.dispose()
+from tests.storage.test_ciphertext_rollback import overwrite_blob
 
 
 def test_invalidated_reason_is_empty_unless_auth_expired(
@@ -106,7 +88,7 @@ def test_lease_next_session_leases_a_due_session_behind_unreadable_ones(
     due session waits behind them: `garmin-sync-worker --all` ends its run there."""
     for index in range(5):
         connect(service, garmin, f"a{index}-unreadable")
-        _overwrite_blob(database_url, f"a{index}-unreadable", b"\x02not-a-sealed-session")
+        overwrite_blob(database_url, f"a{index}-unreadable", b"\x02not-a-sealed-session")
     connect(service, garmin, "b-readable")
 
     answer = service.call("LeaseNextSession", pb.LeaseNextSessionRequest(holder="w"), role="worker")

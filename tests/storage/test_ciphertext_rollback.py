@@ -37,7 +37,7 @@ def _stored(database_url: str, user_id: str) -> tuple[bytes, int]:
     return bytes(blob), int(version)
 
 
-def _overwrite_blob(database_url: str, user_id: str, blob: bytes) -> None:
+def overwrite_blob(database_url: str, user_id: str, blob: bytes) -> None:
     """What a database writer without the key can do: put another blob in the row."""
     engine = create_engine_for(database_url)
     try:
@@ -69,7 +69,7 @@ def test_an_older_ciphertext_of_the_row_does_not_open(
     _, version = _stored(database_url, "ann")
     assert version == old_version + 1
 
-    _overwrite_blob(database_url, "ann", old_blob)
+    overwrite_blob(database_url, "ann", old_blob)
 
     for call in (
         lambda: _lease(service, "ann"),
@@ -89,7 +89,7 @@ def test_a_blob_written_before_the_binding_still_opens_and_rotation_binds_it(
     tokens = connect(service, garmin, "bob")
     _, version = _stored(database_url, "bob")
     plaintext = json.dumps(tokens_to_json(tokens)).encode()
-    _overwrite_blob(database_url, "bob", keyring.encrypt(plaintext, session_aad("bob")))
+    overwrite_blob(database_url, "bob", keyring.encrypt(plaintext, session_aad("bob")))
     assert _stored(database_url, "bob")[0][0] == BLOB_VERSION
 
     granted = _lease(service, "bob")
@@ -117,7 +117,7 @@ def test_a_grant_whose_session_fails_to_open_is_released_and_recorded(
     The caller holds no lease id, so a lease left standing would hold the session for nobody
     and a second LeaseSession would be refused LEASE_HELD."""
     connect(service, garmin, "cid")
-    _overwrite_blob(database_url, "cid", b"\x02not-a-sealed-session")
+    overwrite_blob(database_url, "cid", b"\x02not-a-sealed-session")
     trail = AuditLog(database_url)
     trail.mark()
 
@@ -141,7 +141,7 @@ def test_lease_next_session_moves_past_a_session_that_fails_to_open(
     first by user id), and every worker's LeaseNextSession picked it and failed."""
     connect(service, garmin, "a-unreadable")
     connect(service, garmin, "b-readable")
-    _overwrite_blob(database_url, "a-unreadable", b"\x02not-a-sealed-session")
+    overwrite_blob(database_url, "a-unreadable", b"\x02not-a-sealed-session")
 
     response: pb.LeaseNextSessionResponse = service.call(
         "LeaseNextSession", pb.LeaseNextSessionRequest(holder="w"), role="worker"
