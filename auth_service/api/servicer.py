@@ -75,10 +75,15 @@ def _check_may_validate() -> None:
         )
 
 
-def _full_session(tokens: GarminTokens) -> pb.GarminSession | None:
-    """The whole session for worker_full callers (legacy workers); nothing for the rest."""
+def _gets_full_session() -> bool:
+    """Whether grants hand this caller the whole session: worker_full (legacy workers)."""
     caller = _caller()
-    return tokens_to_proto(tokens) if caller is not None and caller.full_sessions else None
+    return caller is not None and caller.full_sessions
+
+
+def _full_session(tokens: GarminTokens) -> pb.GarminSession | None:
+    """The whole session for worker_full callers; nothing for the rest."""
+    return tokens_to_proto(tokens) if _gets_full_session() else None
 
 
 class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
@@ -177,7 +182,11 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self, request: pb.LeaseSessionRequest, context: grpc.ServicerContext
     ) -> pb.LeaseSessionResponse:
         grant = self._leases.lease_session(
-            request.user_id, request.holder, _ttl(request), user_id_prefix=_scope()
+            request.user_id,
+            request.holder,
+            _ttl(request),
+            user_id_prefix=_scope(),
+            with_refresh_token=_gets_full_session(),
         )
         return pb.LeaseSessionResponse(
             lease=convert.lease_to_proto(grant.lease),
@@ -205,11 +214,16 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
                 _ttl(request),
                 min_sync_interval,
                 user_id_prefix=_scope(),
+                with_refresh_token=_gets_full_session(),
             )
             grant, released = handover.grant, convert.status_to_proto(handover.released)
         else:
             grant = self._leases.lease_next_session(
-                request.holder, _ttl(request), min_sync_interval, user_id_prefix=_scope()
+                request.holder,
+                _ttl(request),
+                min_sync_interval,
+                user_id_prefix=_scope(),
+                with_refresh_token=_gets_full_session(),
             )
         if grant is None:
             return pb.LeaseNextSessionResponse(released=released)

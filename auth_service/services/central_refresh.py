@@ -55,13 +55,18 @@ class CentralRefresh:
         self._uow = uow
         self._refresher = refresher
 
-    def hand_out(self, granted: Granted) -> LeaseGrant:
+    def hand_out(self, granted: Granted, *, with_refresh_token: bool = True) -> LeaseGrant:
+        """`with_refresh_token`: whether the holder is handed the whole session (worker_full),
+        not just the access token."""
         grant = granted.grant
-        if not granted.refresh_in_flight and not refresh_due(grant.tokens, grant.lease.expires_at):
+        joins = granted.refresh_in_flight and with_refresh_token
+        if not joins and not refresh_due(grant.tokens, grant.lease.expires_at):
             return grant
-        # Due, or already under way elsewhere: the refresher joins a refresh in flight (waits
-        # for its claim and hands out the pair it stored), so no holder ever gets a refresh
-        # token that a rotation is killing.
+        # Due, or under way elsewhere while this holder gets the refresh token: the refresher
+        # joins a refresh in flight (waits for its claim and hands out the pair it stored), so
+        # no holder ever gets a refresh token that a rotation is killing. A holder of the
+        # access token alone does not wait: that token stays valid through the rotation, and
+        # a claim left by a replica killed inside Garmin lives for minutes.
         asker = RefreshAsker(granted.rpc, reason_for=lambda _message: CENTRAL_REFRESH_REJECTED)
         try:
             refreshed = self._refresher.refresh(grant.lease.user_id, granted.session_version, asker)

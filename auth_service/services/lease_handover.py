@@ -64,6 +64,7 @@ class LeaseHandover:
         min_sync_interval: timedelta | None,
         *,
         user_id_prefix: str | None = None,
+        with_refresh_token: bool = True,
     ) -> Handover:
         leases = self._leases
         raise_if_any(
@@ -79,5 +80,6 @@ class LeaseHandover:
             ttl,
             min_sync_interval,
             user_id_prefix=user_id_prefix,
+            with_refresh_token=with_refresh_token,
         )
         return Handover(released=released, grant=grant)

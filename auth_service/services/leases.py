@@ -90,9 +90,12 @@ class LeaseService:
         ttl: timedelta | None,
         *,
         user_id_prefix: str | None = None,
+        with_refresh_token: bool = True,
     ) -> LeaseGrant:
         """Lease one user's ACTIVE session (refreshing its token first when needed); a
-        caller scoped to `user_id_prefix` may lease only users whose id starts with it."""
+        caller scoped to `user_id_prefix` may lease only users whose id starts with it.
+        `with_refresh_token`: the holder gets the whole session, not just the access token
+        (CentralRefresh.hand_out)."""
         raise_if_any(check_user_id(user_id), check_holder(holder), self._ttl_violations(ttl))
         if user_id_prefix is not None and not user_id.startswith(user_id_prefix):
             # Decided on the id alone, before any read: says nothing about the user.
@@ -119,7 +122,9 @@ class LeaseService:
                     _raise_refusal(uow.sessions.find(user_id, uow.now), uow.now)
                     continue
                 opened = _opened(uow, grant, rpc, lease_id)
-            return self._refresh.hand_out(self._usable(opened))
+            return self._refresh.hand_out(
+                self._usable(opened), with_refresh_token=with_refresh_token
+            )
         # The lease kept changing hands between our grant and our look at it.
         raise LeaseHeld("the session is leased by another holder; try again shortly")
 
@@ -130,12 +135,17 @@ class LeaseService:
         min_sync_interval: timedelta | None,
         *,
         user_id_prefix: str | None = None,
+        with_refresh_token: bool = True,
     ) -> LeaseGrant | None:
         """Lease the most overdue ACTIVE session (among the users whose id starts with
         `user_id_prefix`, when given); None when nothing is due."""
         raise_if_any(self.next_violations(holder, ttl, min_sync_interval))
         return self.lease_next_checked(
-            holder, ttl, min_sync_interval, user_id_prefix=user_id_prefix
+            holder,
+            ttl,
+            min_sync_interval,
+            user_id_prefix=user_id_prefix,
+            with_refresh_token=with_refresh_token,
         )
 
     def lease_next_checked(
@@ -145,13 +155,19 @@ class LeaseService:
         min_sync_interval: timedelta | None,
         *,
         user_id_prefix: str | None = None,
+        with_refresh_token: bool = True,
     ) -> LeaseGrant | None:
         """lease_next_session, for fields already checked (next_violations found none)."""
         # Due as of the call's start: a session skipped below counts as attempted after that,
         # so even with no minimum interval the next grant cannot pick it again.
         due_before = self._uow.now() - (min_sync_interval or timedelta(0))
         return self._lease_next(
-            holder, self._lifetime(ttl), due_before, user_id_prefix, MAX_REJECTED_SKIPS
+            holder,
+            self._lifetime(ttl),
+            due_before,
+            user_id_prefix,
+            MAX_REJECTED_SKIPS,
+            with_refresh_token=with_refresh_token,
         )
 
     def release_and_lease_next_checked(
@@ -163,6 +179,7 @@ class LeaseService:
         min_sync_interval: timedelta | None,
         *,
         user_id_prefix: str | None = None,
+        with_refresh_token: bool = True,
     ) -> tuple[SessionStatusView, LeaseGrant | None]:
         """release_checked, then lease_next_checked, for fields already checked: the release
         and the first grant in one single write (on PostgreSQL one statement, so one round
@@ -190,10 +207,15 @@ class LeaseService:
             if changed.granted is None:
                 return released, None
             opened = _opened(uow, changed.granted, rpc, lease_id)
-        grant, asked_garmin = self._handed_out(opened)
+        grant, asked_garmin = self._handed_out(opened, with_refresh_token)
         if grant is None:
             grant = self._lease_next(
-                holder, lifetime, due_before, user_id_prefix, MAX_REJECTED_SKIPS - asked_garmin
+                holder,
+                lifetime,
+                due_before,
+                user_id_prefix,
+                MAX_REJECTED_SKIPS - asked_garmin,
+                with_refresh_token=with_refresh_token,
             )
         return released, grant
 
@@ -204,6 +226,8 @@ class LeaseService:
         due_before: datetime,
         user_id_prefix: str | None,
         attempts: int,
+        *,
+        with_refresh_token: bool,
     ) -> LeaseGrant | None:
         """Grant the most overdue session due before `due_before`, skipping those that
         cannot be handed out; None when nothing is due. At most `attempts` - 1 skips may have
@@ -228,7 +252,7 @@ class LeaseService:
                 if grant is None:
                     return None
                 opened = _opened(uow, grant, rpc, lease_id)
-            handed_out, asked_garmin = self._handed_out(opened)
+            handed_out, asked_garmin = self._handed_out(opened, with_refresh_token)
             if handed_out is not None:
                 return handed_out
             garmin_skips += asked_garmin
@@ -236,7 +260,9 @@ class LeaseService:
                 return None
         return None
 
-    def _handed_out(self, opened: Granted | Unopened) -> tuple[LeaseGrant | None, bool]:
+    def _handed_out(
+        self, opened: Granted | Unopened, with_refresh_token: bool
+    ) -> tuple[LeaseGrant | None, bool]:
         """A next session's grant handed out, or (None, whether Garmin was asked) when it
         was skipped.
 
@@ -247,7 +273,8 @@ class LeaseService:
         one whose stored session fails to open: one such row must not stop every worker's
         queue."""
         try:
-            return self._refresh.hand_out(self._usable(opened)), False
+            usable = self._usable(opened)
+            return self._refresh.hand_out(usable, with_refresh_token=with_refresh_token), False
         except (SecretUnreadable, SessionNotActive):
             log.info("due session's stored session cannot be opened; leasing the next one")
             return None, False

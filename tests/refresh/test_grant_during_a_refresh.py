@@ -8,6 +8,7 @@ grant now joins the refresh in flight and hands out the pair it stored."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -64,3 +65,40 @@ def test_grant_during_keepalive_refresh_hands_out_a_live_refresh_token(
         f"the holder's own refresh answered {outcome!r}, Garmin counted "
         f"{accounts.reuses(USER)} reuse(s)"
     )
+
+
+def test_a_grant_of_the_access_token_alone_does_not_wait_for_a_refresh_in_flight(
+    replicas: tuple[Replica, Replica],
+    accounts: DiAccounts,
+    emulator: GarminEmulator,
+    upstream: UpstreamRouter,
+) -> None:
+    """A `worker` holder gets the access token only, which the rotation leaves valid: its
+    grant must not wait on another replica's claim. (A claim left by a replica killed inside
+    Garmin lives for minutes; before, every grant of that user waited up to the Garmin call's
+    worst case + 10 s.)"""
+    seeded = accounts.seed(USER, refresh_in=timedelta(days=3))
+    hold = 1.5
+    timings: list[float] = []
+    grants: list[LeaseGrant] = []
+
+    def grant_elsewhere() -> None:
+        started = time.monotonic()
+        grant = replicas[1].leases.lease_session(
+            USER, "worker", None, with_refresh_token=False
+        )
+        timings.append(time.monotonic() - started)
+        grants.append(grant)
+
+    with during_next_refresh(emulator, grant_elsewhere, hold=hold):
+        report = replicas[0].keepalive.run_once()
+
+    assert report.refreshed == 1
+    assert timings
+    assert timings[0] < hold / 3, f"the grant waited {timings[0]:.2f} s"
+    handed = grants[0].tokens.oauth2.access_token
+    assert handed == seeded.oauth2.access_token
+    # Still good at Garmin after the rotation, and the only refresh was keep-alive's.
+    upstream.validate(grants[0].tokens, allow_refresh=False)
+    assert accounts.refreshes(USER) == 1
+    assert accounts.reuses(USER) == 0
