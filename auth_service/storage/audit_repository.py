@@ -20,6 +20,7 @@ from auth_service.domain.lease_ids import lease_ref
 from auth_service.domain.models import SessionStatusView
 from auth_service.storage.executor import Executor
 from auth_service.storage.models import GarminAuditEvent
+from auth_service.storage.user_scope import starts_with
 
 Event = GarminAuditEvent
 # Built once: every lease grant and release inserts an event, and building the statement per
@@ -116,7 +117,7 @@ class SqlAuditRepository:
             query = query.where(Event.user_id == user_id)
         if user_id_prefix is not None:
             # Events about no user (a refused lease nobody owns) are nobody's tenant's.
-            query = query.where(Event.user_id.startswith(user_id_prefix, autoescape=True))
+            query = query.where(starts_with(Event.user_id, user_id_prefix))
         if start_time is not None:
             query = query.where(Event.occurred_at >= start_time)
         if end_time is not None:

@@ -47,6 +47,7 @@ from auth_service.storage.executor import Executor, dialect_name
 from auth_service.storage.models import GarminChangeCounter, GarminSessionChange
 from auth_service.storage.session_repository import SqlSessionRepository
 from auth_service.storage.upsert import insert_ignoring_conflict
+from auth_service.storage.user_scope import starts_with
 
 Change = GarminSessionChange
 Counter = GarminChangeCounter
@@ -239,7 +240,7 @@ class SqlChangeLog:
         if wanted.user_id is not None:
             query = query.where(Change.user_id == wanted.user_id)
         if wanted.user_id_prefix is not None:
-            query = query.where(Change.user_id.startswith(wanted.user_id_prefix, autoescape=True))
+            query = query.where(starts_with(Change.user_id, wanted.user_id_prefix))
         rows = list(self.session.execute(query.order_by(Change.position).limit(limit)))
         last = rows[-1].position if rows else None
         read_through = last if last is not None and len(rows) == limit else max(head, position)

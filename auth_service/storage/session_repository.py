@@ -23,6 +23,7 @@ from auth_service.storage import session_rows as rows
 from auth_service.storage.executor import Executor
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.upsert import insert_ignoring_conflict
+from auth_service.storage.user_scope import starts_with
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class SqlSessionRepository:
         if after_user_id is not None:
             query = query.where(T.c.user_id > after_user_id)
         if user_id_prefix is not None:
-            query = query.where(T.c.user_id.startswith(user_id_prefix, autoescape=True))
+            query = query.where(starts_with(T.c.user_id, user_id_prefix))
         if state is not None:
             query = query.where(rows.seen_in(state))
         result = self.session.execute(query.limit(limit), {"p_now": now}).all()
