@@ -86,12 +86,20 @@ class ConnectService:
             validation.check_email(email),
             validation.check_password(password),
         )
-        self._consume_login_attempt(user_id)
+        self._refuse_if_held_back(user_id)
         with (
             self._cooldown.watching(self._uow, user_id),
-            self._gate.calling(user_id, self._login_endpoints, AuditedRpc.LOGIN, exclusive=True),
+            self._gate.calling(
+                user_id, self._login_endpoints, AuditedRpc.LOGIN, exclusive=True
+            ) as call,
         ):
+            # Counted once the account's one sign-in is ours: a Login refused because another
+            # is with Garmin never reached Garmin, so it spends nothing of the user's limit.
+            self._consume_login_attempt(user_id)
             result = self._upstream.login(email, password)
+            if isinstance(result, LoginNeedsMfa):
+                # Garmin's SSO asked for the code: the ticket exchange comes with it.
+                call.did_not_reach(*self._login_endpoints[1:])
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
             uow.challenges.delete_for_user(user_id)  # a new login supersedes any pending one
@@ -115,32 +123,36 @@ class ConnectService:
             mfa_expires_at=expires_at,
         )
 
-    def _consume_login_attempt(self, user_id: str) -> None:
+    def _refuse_if_held_back(self, user_id: str) -> None:
+        """Garmin asked us to back off this account (or an endpoint): refused and recorded,
+        not counted against the user's logins."""
         with self._uow() as uow:
-            # Garmin asked us to back off this account: refused, not even counted.
-            refusal: LoginRateLimited | GarminRateLimited | None = self._cooldown.refusal(
-                uow, user_id
-            )
+            refusal = self._cooldown.refusal(uow, user_id)
             if refusal is not None:
                 self._gate.suppressed(self._login_endpoints[0], "signin_cooldown")
             else:
                 refusal = self._gate.refusal(uow, user_id, self._login_endpoints)
-            if refusal is None:
-                wait = uow.throttle.consume(
-                    user_id,
-                    uow.now,
-                    limit=self._settings.limit,
-                    window=timedelta(seconds=self._settings.window_seconds),
-                )
-                if wait is not None:
-                    refusal = LoginRateLimited(
-                        f"too many logins for this user; retry in {wait.total_seconds():.0f}s",
-                        retry_after_seconds=wait.total_seconds(),
-                    )
             if refusal is not None:
                 uow.audit.record(AuditedRpc.LOGIN, audit.outcome_of(refusal), user_id=user_id)
         if refusal is not None:
             raise refusal
+
+    def _consume_login_attempt(self, user_id: str) -> None:
+        with self._uow() as uow:
+            wait = uow.throttle.consume(
+                user_id,
+                uow.now,
+                limit=self._settings.limit,
+                window=timedelta(seconds=self._settings.window_seconds),
+            )
+            if wait is None:
+                return
+            refusal = LoginRateLimited(
+                f"too many logins for this user; retry in {wait.total_seconds():.0f}s",
+                retry_after_seconds=wait.total_seconds(),
+            )
+            uow.audit.record(AuditedRpc.LOGIN, audit.outcome_of(refusal), user_id=user_id)
+        raise refusal
 
     # --- SubmitMfa ---------------------------------------------------------------------
 

@@ -54,6 +54,12 @@ class Admission:
     probes: frozenset[GarminEndpoint] = field(default_factory=frozenset)
     # The account's one call was claimed for this one (released when it is settled).
     claimed: bool = False
+    # Endpoints the call turned out not to reach (a sign-in that stopped at the SSO): their
+    # probes are handed to the next call when it is settled, never closed by its answer.
+    unreached: set[GarminEndpoint] = field(default_factory=set)
+
+    def did_not_reach(self, *endpoints: GarminEndpoint) -> None:
+        self.unreached.update(endpoints)
 
 
 class GarminGate:
@@ -246,9 +252,11 @@ class GarminGate:
         return opened
 
     def answered(self, admission: Admission) -> None:
-        """Garmin answered (anything but 429): the breakers this call probed close."""
-        if self._settle(admission, close=True) and admission.probes:
-            log.info("Garmin answered the probe at %s: calls resume", _names(admission.probes))
+        """Garmin answered (anything but 429): the breakers this call probed close, those of
+        endpoints it did not reach wait for another probe."""
+        closed = admission.probes - admission.unreached
+        if self._settle(admission, close=True) and closed:
+            log.info("Garmin answered the probe at %s: calls resume", _names(closed))
 
     def unanswered(self, admission: Admission) -> None:
         """The call got no answer from Garmin (or was not made): another call may probe."""
@@ -263,7 +271,7 @@ class GarminGate:
         try:
             with self._uow() as uow:
                 for endpoint in admission.probes:
-                    if close:
+                    if close and endpoint not in admission.unreached:
                         uow.limits.close_breaker(endpoint)
                     else:
                         uow.limits.release_probe(endpoint)
@@ -296,7 +304,10 @@ class GarminGate:
             self.unanswered(admission)
             raise
         except UpstreamError:
-            self.answered(admission)  # a refusal is an answer: the endpoint works
+            # A refusal is an answer: the endpoint works. It is the first endpoint's the call
+            # reaches (a sign-in's SSO); whether the call went further is not known.
+            admission.did_not_reach(*admission.endpoints[1:])
+            self.answered(admission)
             raise
         except BaseException:
             self.unanswered(admission)
