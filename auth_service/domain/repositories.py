@@ -126,6 +126,10 @@ class SessionRepository(Protocol):
 class ChallengeRepository(Protocol):
     """Pending MFA challenges (garmin_mfa_challenge)."""
 
+    def find(self, challenge_id_sha256: str) -> MfaChallenge | None:
+        """The challenge as it is now, unlocked."""
+        ...
+
     def lock(self, challenge_id_sha256: str) -> MfaChallenge | None: ...
 
     def add(

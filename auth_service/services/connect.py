@@ -190,12 +190,11 @@ class ConnectService:
             self._release_claim(digest, claimed_until)
             raise
         with self._uow() as uow:
-            challenge = uow.challenges.lock(digest)
-            if challenge is None or challenge.claimed_until != claimed_until:
+            row = uow.sessions.lock_or_create(user_id, uow.now)
+            if _still_claimed(uow, digest, claimed_until) is None:
                 # Deleted or superseded while Garmin answered: the user's newer intent wins.
                 raise MfaChallengeNotFound("the MFA challenge was superseded or deleted")
             uow.challenges.delete(digest)
-            row = uow.sessions.lock_or_create(user_id, uow.now)
             return connect_tokens(uow, row, tokens, AuditedRpc.SUBMIT_MFA, validated=True)
 
     def _claim_challenge(
@@ -204,7 +203,7 @@ class ConnectService:
         """Take the challenge for one submission; refusals still commit what they drop."""
         refusal: MfaChallengeNotFound | MfaChallengeBusy | GarminRateLimited | SecretUnreadable
         with self._uow() as uow:
-            challenge = uow.challenges.lock(digest)
+            challenge = _locked(uow, digest)
             if (
                 challenge is not None
                 and user_id_prefix is not None
@@ -212,14 +211,18 @@ class ConnectService:
             ):
                 # Another tenant's challenge: refused before anything about it changes.
                 raise OutsideUserScope("this caller may not complete sign-ins outside its scope")
-            if challenge is None or challenge.expires_at <= uow.now:
+            if challenge is not None and (
+                challenge.claimed_until is not None and challenge.claimed_until > uow.now
+            ):
+                # Even past its expiry: the submission holding it may still complete it with
+                # the code Garmin accepts (housekeeping keeps it too: LIVE_CHALLENGE_ROW).
+                refusal = MfaChallengeBusy("another SubmitMfa for this challenge is in progress")
+            elif challenge is None or challenge.expires_at <= uow.now:
                 if challenge is not None:
                     _abandon(uow, digest, challenge.user_id)
                 refusal = MfaChallengeNotFound(
                     "no such MFA challenge (expired, used or superseded)"
                 )
-            elif challenge.claimed_until is not None and challenge.claimed_until > uow.now:
-                refusal = MfaChallengeBusy("another SubmitMfa for this challenge is in progress")
             elif (cooling := self._cooldown.refusal(uow, challenge.user_id)) is not None:
                 # Garmin's 429 on a sign-in step holds the account's whole sign-in back, the
                 # code's check included; the challenge stays for after the cooldown.
@@ -296,10 +299,21 @@ class ConnectService:
 def _still_claimed(uow: UnitOfWork, digest: str, claimed_until: datetime) -> MfaChallenge | None:
     """The challenge, locked, while this submission's claim on it stands (None: deleted, or
     superseded while Garmin answered)."""
-    challenge = uow.challenges.lock(digest)
+    challenge = _locked(uow, digest)
     if challenge is None or challenge.claimed_until != claimed_until:
         return None
     return challenge
+
+
+def _locked(uow: UnitOfWork, digest: str) -> MfaChallenge | None:
+    """The challenge, locked after its user's session row. Every writer of both takes the row
+    first (DeleteSession, Login, ImportSession, ExchangeServiceTicket): taken the other way
+    round, the two transactions deadlock on PostgreSQL and one of them fails."""
+    seen = uow.challenges.find(digest)
+    if seen is None:
+        return None
+    uow.sessions.lock(seen.user_id)
+    return uow.challenges.lock(digest)
 
 
 def _abandon(uow: UnitOfWork, digest: str, user_id: str) -> None:

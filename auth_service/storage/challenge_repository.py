@@ -23,7 +23,8 @@ from auth_service.storage.secrets import SecretBox
 C: Table = cast(Table, GarminMfaChallenge.__table__)
 _DIGEST = bindparam("p_digest", type_=C.c.challenge_id_sha256.type)
 _BY_DIGEST = C.c.challenge_id_sha256 == _DIGEST
-_LOCK = C.select().where(_BY_DIGEST).with_for_update()
+_FIND = C.select().where(_BY_DIGEST)
+_LOCK = _FIND.with_for_update()
 _CLAIM = update(C).where(_BY_DIGEST).values(claimed_until=bindparam("p_until"))
 _RELEASE = update(C).where(_BY_DIGEST).values(claimed_until=None)
 _WRONG_CODE = (
@@ -40,8 +41,14 @@ class SqlChallengeRepository:
         self.session = session
         self.box = box
 
+    def find(self, challenge_id_sha256: str) -> MfaChallenge | None:
+        return self._one(_FIND, challenge_id_sha256)
+
     def lock(self, challenge_id_sha256: str) -> MfaChallenge | None:
-        row = self.session.execute(_LOCK, {"p_digest": challenge_id_sha256}).first()
+        return self._one(_LOCK, challenge_id_sha256)
+
+    def _one(self, query: Any, challenge_id_sha256: str) -> MfaChallenge | None:
+        row = self.session.execute(query, {"p_digest": challenge_id_sha256}).first()
         if row is None:
             return None
         return MfaChallenge(
