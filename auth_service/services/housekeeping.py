@@ -47,10 +47,14 @@ class Housekeeping:
         with self._store.exclusive(LOCK_NAME) as transaction:
             if transaction is None:
                 return HousekeepingReport(ran=False)
+            # Rows before challenges, the order every writer of both takes (DeleteSession,
+            # SubmitMfa): the other way round, a pass deadlocks with them on PostgreSQL. A row
+            # is settled once no live challenge is left, deleted yet or not.
+            sessions_settled = transaction.sessions.settle_abandoned_mfa(now)
             report = HousekeepingReport(
                 ran=True,
                 challenges_deleted=transaction.challenges.delete_expired(now),
-                sessions_settled=transaction.sessions.settle_abandoned_mfa(now),
+                sessions_settled=sessions_settled,
                 throttles_deleted=transaction.throttle.purge_stale(now, self._window),
                 cooldowns_deleted=transaction.limits.purge_ended(now),
             )
