@@ -117,23 +117,25 @@ def test_login_storm_on_two_replicas_lets_exactly_the_limit_through(
         at_once(24, lambda i: outcome(lambda: login(replicas[i % 2], "ned", f"guess-{i}")))
     )
 
-    # Exactly the limit is counted. Of those, the ones that found another sign-in of the
-    # account with Garmin were answered without Garmin (one sign-in per account at a time).
+    # Only sign-ins that reached Garmin are counted: the others found another sign-in of the
+    # account with Garmin (answered without Garmin, not counted) or the window's attempts used.
     reached = garmin.request_count(LOGIN_PATH)
-    expected = Counter(
-        {
-            "PERMISSION_DENIED GARMIN_CREDENTIALS_REJECTED": reached,
-            "RESOURCE_EXHAUSTED GARMIN_RATE_LIMITED": 3 - reached,
-            "RESOURCE_EXHAUSTED LOGIN_RATE_LIMITED": 21,
-        }
-    )
-    assert answers == +expected  # (unary +: a zero count is no entry)
     assert 1 <= reached <= 3
+    assert answers["PERMISSION_DENIED GARMIN_CREDENTIALS_REJECTED"] == reached
+    assert set(answers) <= {
+        "PERMISSION_DENIED GARMIN_CREDENTIALS_REJECTED",
+        "RESOURCE_EXHAUSTED GARMIN_RATE_LIMITED",
+        "RESOURCE_EXHAUSTED LOGIN_RATE_LIMITED",
+    }
+    # The guessing goes on, one at a time: exactly the limit ever reaches Garmin.
+    for i in range(4):
+        outcome(partial(login, replicas[i % 2], "ned", f"late-guess-{i}"))
+    assert garmin.request_count(LOGIN_PATH) == 3
     # The right password does not help once the window's attempts are used, on any replica.
     for replica in replicas:
         assert outcome(partial(login, replica, "ned")) == ("RESOURCE_EXHAUSTED LOGIN_RATE_LIMITED")
-    assert garmin.request_count(LOGIN_PATH) == reached
-    record_figures("test_brute_force_logins", guesses=26, reached_garmin=reached)
+    assert garmin.request_count(LOGIN_PATH) == 3
+    record_figures("test_brute_force_logins", guesses=30, reached_garmin=3)
 
 
 def test_mfa_guesses_per_window_are_at_most_the_login_limit_times_three(
