@@ -18,6 +18,7 @@ from auth_service.domain import audit
 from auth_service.domain.audit import AuditedRpc, LeaseRef
 from auth_service.domain.errors import (
     FieldViolation,
+    GarminRateLimited,
     GarminSessionRejected,
     LeaseHeld,
     LeaseLost,
@@ -277,6 +278,13 @@ class LeaseService:
             return self._refresh.hand_out(usable, with_refresh_token=with_refresh_token), False
         except (SecretUnreadable, SessionNotActive):
             log.info("due session's stored session cannot be opened; leasing the next one")
+            return None, False
+        except GarminRateLimited as limited:
+            if limited.held_back != "account_cooldown":
+                raise  # Garmin's own 429, or an endpoint's breaker: every grant waits
+            # That account waits out Garmin's 429, not the others: the worker asked for
+            # "the next session", and the grant was released as the row's sync attempt.
+            log.info("due session's account waits out Garmin's 429; leasing the next one")
             return None, False
         except GarminSessionRejected:
             log.info("due session rejected by Garmin at refresh; leasing the next one")
