@@ -1,7 +1,10 @@
 """What a failed call to Garmin (garth's or a plain requests one) means, as a garmin_client
 error (garmin_client.errors). Imports no garth: the worker classifies its calls here too.
 
-* 429 anywhere -> RateLimited (retry_after_seconds from Retry-After, seconds or date).
+* 429 anywhere -> RateLimited (retry_after_seconds from Retry-After, seconds or date). A date
+  is measured from `now` when given, else on this machine's clock: a caller that keeps the
+  wait on another clock (the service: the database's) passes that clock's now, or a machine
+  clock running ahead would shorten every wait it imposes.
 * When Garmin judges stored tokens: 401 on the token exchange -> SessionRejected; 401 on the
   Connect API -> AccessTokenRejected (a refresh may still save the session). 403 is not a
   definite rejection (Garmin's edge answers 403 to clients it dislikes).
@@ -55,7 +58,9 @@ def http_response(exc: BaseException) -> Response | None:
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None. A date
+    is measured from `now`: the current time on the clock the wait will be kept on (default
+    this machine's)."""
     if not value or not value.strip():
         return None
     text = value.strip()
@@ -76,24 +81,30 @@ def _seconds_until_http_date(text: str, now: datetime) -> float | None:
     return max(0.0, (moment - now).total_seconds())
 
 
-def _from_status(response: Response, *, judging_tokens: bool) -> GarminError:
+def _from_status(response: Response, *, judging_tokens: bool, now: datetime | None) -> GarminError:
     return status_error(
         response.status_code,
         response.url or "",
         response.headers.get("Retry-After"),
         judging_tokens=judging_tokens,
+        now=now,
     )
 
 
 def status_error(
-    status: int, url: str, retry_after: str | None, *, judging_tokens: bool
+    status: int,
+    url: str,
+    retry_after: str | None,
+    *,
+    judging_tokens: bool,
+    now: datetime | None = None,
 ) -> GarminError:
     """What Garmin's answer `status` to `url` means (any HTTP client's; `retry_after`: the
-    answer's Retry-After header)."""
+    answer's Retry-After header, a date in it measured from `now`)."""
     path = urlsplit(url).path
     step = step_name(path)
     if status == HTTPStatus.TOO_MANY_REQUESTS:
-        retry_after_s = retry_after_seconds(retry_after)
+        retry_after_s = retry_after_seconds(retry_after, now)
         return RateLimited(f"Garmin is rate limiting ({step}, HTTP 429)", retry_after_s)
     if judging_tokens and status == HTTPStatus.UNAUTHORIZED:
         if path == EXCHANGE_PATH:
@@ -119,14 +130,17 @@ def _without_answer(cause: BaseException) -> Unavailable:
     return Unavailable("Garmin answered something unreadable")
 
 
-def classify(exc: BaseException, *, judging_tokens: bool) -> GarminError:
+def classify(
+    exc: BaseException, *, judging_tokens: bool, now: datetime | None = None
+) -> GarminError:
     """The error a failed call means. `judging_tokens`: Garmin was judging stored
-    tokens (exchange, API), not an email, password or MFA code."""
+    tokens (exchange, API), not an email, password or MFA code. `now`: as for
+    retry_after_seconds."""
     if isinstance(exc, GarminError):
         return exc
     response = http_response(exc)
     if response is not None:
-        return _from_status(response, judging_tokens=judging_tokens)
+        return _from_status(response, judging_tokens=judging_tokens, now=now)
     return _without_answer(_cause(exc))
 
 
@@ -142,11 +156,17 @@ def log_failure(operation: str, error: Exception, exc: BaseException, *, routine
 
 
 def answer_failure(
-    operation: str, status: int, url: str, retry_after: str | None, *, judging_tokens: bool
+    operation: str,
+    status: int,
+    url: str,
+    retry_after: str | None,
+    *,
+    judging_tokens: bool,
+    now: datetime | None = None,
 ) -> GarminError:
     """failure() for Garmin's answer `status` to `url` through an HTTP client that raises
     nothing for it (garmin_client.api_http): classified and logged the same way."""
-    error = status_error(status, url, retry_after, judging_tokens=judging_tokens)
+    error = status_error(status, url, retry_after, judging_tokens=judging_tokens, now=now)
     _log_failure(operation, error, _answered(status, url), routine=False)
     return error
 
@@ -165,8 +185,10 @@ def _log_failure(operation: str, error: Exception, detail: str, *, routine: bool
     )
 
 
-def failure(operation: str, exc: BaseException, *, judging_tokens: bool) -> GarminError:
-    """Classify a failed call and log it."""
-    error = classify(exc, judging_tokens=judging_tokens)
+def failure(
+    operation: str, exc: BaseException, *, judging_tokens: bool, now: datetime | None = None
+) -> GarminError:
+    """Classify a failed call and log it (`now`: as for retry_after_seconds)."""
+    error = classify(exc, judging_tokens=judging_tokens, now=now)
     log_failure(operation, error, exc, routine=False)
     return error

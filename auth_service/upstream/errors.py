@@ -22,6 +22,10 @@ from garmin_client.errors import GarminError, RateLimited, SessionRejected
 # SSO answer types that mean "blocked, try later" (shared facts file), not a refusal of the
 # user's password or code.
 BLOCKED_SSO_TYPES = frozenset({"CAPTCHA_REQUIRED"})
+# The SSO login's answer types that refuse the email or password (shared facts file: 401
+# INVALID_USERNAME_PASSWORD). Only these: a type we do not know is an answer we cannot read,
+# and telling the user their password is wrong on it would be a guess.
+CREDENTIALS_REFUSED_SSO_TYPES = frozenset({"INVALID_USERNAME_PASSWORD"})
 
 
 def as_domain(error: GarminError, endpoint: GarminEndpoint | None = None) -> UpstreamError:

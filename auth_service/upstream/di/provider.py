@@ -64,6 +64,7 @@ class DiUpstream:
                 observer=_OBSERVER,
             ),
             settings.service_url,
+            self._clock,
         )
 
     def login(self, email: str, password: str) -> LoginResult:

@@ -3,22 +3,30 @@
 * ``SUCCESSFUL`` with ``serviceTicketId`` -> the ticket (exchanged by the provider).
 * ``MFA_REQUIRED`` -> a PendingMfa holding the SSO cookies of that answer (the code is bound
   to them), so SubmitMfa may finish on any replica.
-* 401 or another answer type on the login -> GarminCredentialsRejected. On the MFA step, a
-  400 or another answer type -> MfaCodeRejected (the challenge stays usable); a 401 ->
-  MfaChallengeNotFound: Garmin no longer holds the pending login (its lifetime is uncertain),
-  so no code can succeed on it and the user must log in again.
-* 429 -> GarminRateLimited (the service starts the account's sign-in cooldown).
-* ``CAPTCHA_REQUIRED``, 403, an HTML page, 5xx -> GarminUnavailable: Garmin's edge is blocking
-  this server for now; ExchangeServiceTicket is the way in meanwhile.
+* A refusal is told by the answer's JSON type, never by its HTTP status alone (Garmin's edge
+  puts captchas and HTML pages on any status). On the login, ``INVALID_USERNAME_PASSWORD``
+  (the refusal type the facts file names) -> GarminCredentialsRejected. On the MFA step, whose
+  refusal type no source records, any readable type other than ``SUCCESSFUL`` and the blocked
+  ones -> MfaCodeRejected (the challenge stays usable); on a 401 -> MfaChallengeNotFound:
+  Garmin no longer holds the pending login (its lifetime is uncertain), so no code can succeed
+  on it and the user must log in again.
+* 429 -> GarminRateLimited (the service starts the account's sign-in cooldown); a Retry-After
+  date is measured on the provider's clock, the one the cooldown is kept on.
+* ``CAPTCHA_REQUIRED``, 403, an HTML page, 5xx, and anything unreadable (no JSON type, a
+  ``SUCCESSFUL`` without a ticket, a login type we do not know) -> GarminUnavailable: Garmin's
+  edge is blocking this server for now, or answered what we cannot judge; nobody's password
+  or code was refused. ExchangeServiceTicket is the way in meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any, Final
 
+from auth_service.domain.clock import Clock
 from auth_service.domain.errors import (
     GarminCredentialsRejected,
     GarminRateLimited,
@@ -30,7 +38,7 @@ from auth_service.domain.errors import (
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import PendingMfa, SessionKind
 from auth_service.upstream.di.sso_http import SsoAnswer, SsoHttp
-from auth_service.upstream.errors import BLOCKED_SSO_TYPES
+from auth_service.upstream.errors import BLOCKED_SSO_TYPES, CREDENTIALS_REFUSED_SSO_TYPES
 from garmin_client.answers import retry_after_seconds
 from garmin_client.endpoints import DEFAULT_DOMAIN, LOGIN_PATH, VERIFY_MFA_PATH
 
@@ -65,18 +73,37 @@ def _shown(kind: str) -> str:
     return kind if _SSO_TYPE.fullmatch(kind) else "unexpected type"
 
 
-def _failure(answer: SsoAnswer, step: str) -> UpstreamError:
-    """What a non-successful answer means, for either step (refusals are the callers')."""
+def _verdict(answer: SsoAnswer) -> str | None:
+    """The answer's type when it is Garmin's sign-in judging what we sent: readable JSON with a
+    type, on none of the statuses Garmin's edge blocks or fails with (403, 429, 5xx; the facts
+    file), and no captcha demand. None otherwise: whatever else it says, nothing was refused."""
+    blocked = answer.status in (HTTPStatus.FORBIDDEN, HTTPStatus.TOO_MANY_REQUESTS)
+    if blocked or answer.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        return None
+    kind = _answer_type(answer)
+    return None if kind in BLOCKED_SSO_TYPES else kind
+
+
+def _failure(answer: SsoAnswer, step: str, now: datetime) -> UpstreamError:
+    """What an answer that is neither a success nor a refusal means, for either step (`now`:
+    the clock a Retry-After date is measured on)."""
     if answer.status == HTTPStatus.TOO_MANY_REQUESTS:
         return GarminRateLimited(
             f"Garmin is rate limiting sign-ins ({step}, HTTP 429)",
-            retry_after_seconds(answer.retry_after),
+            retry_after_seconds(answer.retry_after, now),
             GarminEndpoint.SSO,
         )
     kind = _answer_type(answer)
     if kind in BLOCKED_SSO_TYPES:
         return GarminUnavailable(f"Garmin's sign-in wants a captcha ({step}); try later")
-    if answer.status == HTTPStatus.OK and kind is None:
+    verdict = _verdict(answer)
+    if verdict is not None:
+        # A verdict we do not know (or a SUCCESSFUL without its ticket): nothing was refused.
+        return GarminUnavailable(
+            f"Garmin answered something unreadable ({step}: {_shown(verdict)}, "
+            f"HTTP {answer.status})"
+        )
+    if answer.status == HTTPStatus.OK:
         return GarminUnavailable(f"Garmin answered something unreadable ({step})")
     return GarminUnavailable(f"Garmin answered HTTP {answer.status} ({step})")
 
@@ -92,9 +119,12 @@ def _cookies(pending: PendingMfa) -> dict[str, str]:
 class SsoLogin:
     """The two SSO steps over one SsoHttp."""
 
-    def __init__(self, http: SsoHttp, service_url: str) -> None:
+    def __init__(self, http: SsoHttp, service_url: str, clock: Clock) -> None:
         self._http = http
         self._service_url = service_url
+        # The service's clock (the database's): Garmin's Retry-After dates become waits that
+        # the service keeps on it.
+        self._clock = clock
 
     def login(self, email: str, password: str) -> str | PendingMfa:
         """The service ticket, or the pending login when Garmin wants an MFA code."""
@@ -110,14 +140,11 @@ class SsoLogin:
             return ticket
         if answer.status == HTTPStatus.OK and kind == "MFA_REQUIRED":
             return self._pending(answer)
-        refused = answer.status == HTTPStatus.UNAUTHORIZED or (
-            answer.status == HTTPStatus.OK and kind is not None and kind not in BLOCKED_SSO_TYPES
-        )
-        if refused:
+        refusal = _verdict(answer)
+        if refusal in CREDENTIALS_REFUSED_SSO_TYPES:
             log.info("garmin sign-in refused the credentials (HTTP %d)", answer.status)
-            shown = f" ({_shown(kind)})" if kind else ""
-            raise GarminCredentialsRejected(f"Garmin refused the email or password{shown}")
-        error = _failure(answer, "login")
+            raise GarminCredentialsRejected(f"Garmin refused the email or password ({refusal})")
+        error = _failure(answer, "login", self._clock.now())
         log.warning("garmin login failed: %s (HTTP %d)", type(error).__name__, answer.status)
         raise error
 
@@ -139,19 +166,18 @@ class SsoLogin:
         ticket = _ticket(answer)
         if answer.status == HTTPStatus.OK and kind == "SUCCESSFUL" and ticket is not None:
             return ticket
-        if answer.status == HTTPStatus.UNAUTHORIZED:
-            log.info("garmin MFA verification: the pending login is gone (HTTP 401)")
-            raise MfaChallengeNotFound(
-                "Garmin no longer holds this sign-in (it expired there); log in again"
-            )
-        refused = answer.status == HTTPStatus.BAD_REQUEST or (
-            answer.status == HTTPStatus.OK and kind is not None and kind not in BLOCKED_SSO_TYPES
-        )
-        if refused:
+        # No source records the type of a refused code: any verdict but success is one, so
+        # a wrong code is never answered "try later" (nor blocked answers "wrong code").
+        refusal = _verdict(answer)
+        if refusal is not None and refusal != "SUCCESSFUL":
+            if answer.status == HTTPStatus.UNAUTHORIZED:
+                log.info("garmin MFA verification: the pending login is gone (HTTP 401)")
+                raise MfaChallengeNotFound(
+                    "Garmin no longer holds this sign-in (it expired there); log in again"
+                )
             log.info("garmin MFA verification refused the code (HTTP %d)", answer.status)
-            shown = f" ({_shown(kind)})" if kind else ""
-            raise MfaCodeRejected(f"Garmin refused the MFA code{shown}")
-        error = _failure(answer, "MFA verification")
+            raise MfaCodeRejected(f"Garmin refused the MFA code ({_shown(refusal)})")
+        error = _failure(answer, "MFA verification", self._clock.now())
         log.warning(
             "garmin MFA verification failed: %s (HTTP %d)", type(error).__name__, answer.status
         )

@@ -11,7 +11,8 @@ What Garmin's answers mean:
   session, else the configured default).
 * 400 ``invalid_grant`` -> on a ticket ServiceTicketRejected, on a refresh GarminSessionRejected.
 * 401 ``invalid_client`` on a ticket -> ClientIdRefused (the provider decides what is next).
-* 429 -> GarminRateLimited; 5xx, other answers, timeouts -> GarminUnavailable.
+* 429 -> GarminRateLimited (a Retry-After date measured on the given clock, the service's);
+  5xx, other answers, timeouts -> GarminUnavailable.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ class TokenEndpoint:
         if answer.status == HTTPStatus.TOO_MANY_REQUESTS:
             error: UpstreamError = GarminRateLimited(
                 f"Garmin is rate limiting ({step}, HTTP 429)",
-                retry_after_seconds(answer.retry_after),
+                # A date is measured on our clock: the service keeps the cooldown on it.
+                retry_after_seconds(answer.retry_after, self._clock.now()),
                 GarminEndpoint.DI_TOKEN,
             )
         else:

@@ -1,0 +1,108 @@
+"""Which SSO answers count as Garmin refusing the user's password or MFA code (README "Garmin
+sign-in today" and the Errors table; the shared Garmin facts: "CAPTCHA_REQUIRED, HTML
+pages, 403 and 429 mean 'blocked, try later'").
+
+A refusal is an answer in readable JSON whose type refuses: INVALID_USERNAME_PASSWORD on the
+login, any type but SUCCESSFUL on the MFA step (no source names that step's refusal type).
+Everything else (a captcha, an HTML page, a SUCCESSFUL without its ticket, a login type we do
+not know) is UNAVAILABLE GARMIN_UNAVAILABLE, whatever its HTTP status: nothing was refused.
+
+Before, auth_service/upstream/di/sso.py judged by the status first: a captcha or Cloudflare
+page on a 401 told the user their password was wrong; on the MFA step a 400 was a wrong code
+and a 401 dropped the challenge, whatever their body said; and a SUCCESSFUL without a ticket
+was a refusal on both steps, where on the MFA step it spent one of the challenge's tries.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+
+from auth_service.domain.errors import GarminUnavailable
+from auth_service.domain.policies import LoginFlow
+from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_emulator import LOGIN_PATH, VERIFY_MFA_PATH, GarminEmulator
+from tests.fixtures.servers import ServiceFactory, expect_failure
+
+from .conftest import PASSWORD
+from .di_provider import di_upstream
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def sso_answer(kind: str, http_status: str = "OK") -> str:
+    return json.dumps({"responseStatus": {"type": kind, "message": "", "httpStatus": http_status}})
+
+
+CAPTCHA = sso_answer("CAPTCHA_REQUIRED", "UNAUTHORIZED")
+SUCCESSFUL_WITHOUT_TICKET = sso_answer("SUCCESSFUL")
+CLOUDFLARE_PAGE = "<!DOCTYPE html><html><body>Sorry, you have been blocked</body></html>"
+# How many wrong codes end a challenge (README: "3 wrong codes end it").
+MFA_TRIES = 3
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        pytest.param(401, CAPTCHA, id="captcha-on-401"),
+        pytest.param(401, CLOUDFLARE_PAGE, id="html-page-on-401"),
+        pytest.param(200, SUCCESSFUL_WITHOUT_TICKET, id="successful-without-ticket"),
+    ],
+)
+def test_a_blocked_or_unreadable_login_answer_is_not_a_wrong_password(
+    service_factory: ServiceFactory, garmin: GarminEmulator, status: int, body: str
+) -> None:
+    replica = service_factory.start(login_flow=LoginFlow.DI)
+    garmin.add_user("cap@example.com", PASSWORD)
+    garmin.fail_next(LOGIN_PATH, status, body=body)
+    request = pb.LoginRequest(user_id="cap", email="cap@example.com", password=PASSWORD)
+
+    failure = expect_failure(lambda: replica.call("Login", request))
+
+    assert (failure.code, failure.reason) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "GARMIN_UNAVAILABLE",
+    ), failure.message
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        pytest.param(200, SUCCESSFUL_WITHOUT_TICKET, id="successful-without-ticket"),
+        pytest.param(400, CAPTCHA, id="captcha-on-400"),
+        pytest.param(401, CLOUDFLARE_PAGE, id="html-page-on-401"),
+    ],
+)
+def test_a_blocked_or_unreadable_mfa_answer_neither_refuses_the_code_nor_spends_a_try(
+    service_factory: ServiceFactory, garmin: GarminEmulator, status: int, body: str
+) -> None:
+    replica = service_factory.start(login_flow=LoginFlow.DI)
+    garmin.add_user("mfa@example.com", PASSWORD, mfa=True, mfa_code="123456")
+    challenge = replica.call(
+        "Login", pb.LoginRequest(user_id="mfa", email="mfa@example.com", password=PASSWORD)
+    ).mfa_challenge_id
+    submit = pb.SubmitMfaRequest(mfa_challenge_id=challenge, code="123456")
+
+    garmin.fail_next(VERIFY_MFA_PATH, status, MFA_TRIES, body=body)
+    for _ in range(MFA_TRIES):
+        failure = expect_failure(lambda: replica.call("SubmitMfa", submit))
+        assert (failure.code, failure.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "GARMIN_UNAVAILABLE",
+        ), failure.message
+
+    # Once Garmin answers again, the same challenge and code complete the sign-in.
+    connected = replica.call("SubmitMfa", submit)
+    assert connected.status.state == pb.SESSION_STATE_ACTIVE
+
+
+def test_a_login_answer_type_the_facts_do_not_name_is_not_a_wrong_password(
+    emulator: GarminEmulator,
+) -> None:
+    user = emulator.add_user("runner@example.com", PASSWORD)
+    emulator.fail_next(LOGIN_PATH, 401, body=sso_answer("SOMETHING_NEW", "UNAUTHORIZED"))
+
+    with pytest.raises(GarminUnavailable, match="SOMETHING_NEW"):
+        di_upstream(emulator).login(user.email, PASSWORD)
