@@ -41,6 +41,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
+from auth_service.domain.audit import CALLER_LENGTH
 from auth_service.domain.errors import CallerForbidden, CallersFileInvalid, CallerUnauthenticated
 from garmin_client.user_ids import is_user_id
 
@@ -172,6 +173,13 @@ def _parse_entry(item: object, where: str) -> _Entry:
     cert_name, prefix = item.get("cert_name"), item.get("user_id_prefix")
     if not isinstance(name, str) or not name.strip():
         raise CallersFileError(f"{where}: name must be a non-empty string")
+    # Audit events and lease bindings keep CALLER_LENGTH characters of the name: two longer
+    # names that start alike would be one caller there (each could use the other's leases).
+    # The entry is named by position only: the name is what is wrong with it.
+    if len(name) > CALLER_LENGTH:
+        raise CallersFileError(
+            f"{where}: name is {len(name)} characters; at most {CALLER_LENGTH} are allowed"
+        )
     if (digest is None) == (cert_name is None):
         raise CallersFileError(f"{where} ({name}): give exactly one of token_sha256 and cert_name")
     if (
