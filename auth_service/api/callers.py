@@ -22,9 +22,10 @@ full session on grants and may ReportRefreshed. An entry with `user_id_prefix` m
 read the status of) only users whose id starts with it; without one, every user.
 
 The file is re-read when it changes, so a revoked token or certificate name stops working
-without a restart. An edit that cannot be read or parsed fails closed: every caller is refused
-(UNAUTHENTICATED CALLERS_FILE_INVALID) and each reload attempt logs an ERROR until the file
-is fixed; keeping the old entries would keep a token working that the edit meant to revoke.
+without a restart, in open WatchSessionEvents streams too (see `generation`). An edit that
+cannot be read or parsed fails closed: every caller is refused (UNAUTHENTICATED
+CALLERS_FILE_INVALID) and each reload attempt logs an ERROR until the file is fixed; keeping
+the old entries would keep a token working that the edit meant to revoke.
 """
 
 from __future__ import annotations
@@ -225,6 +226,8 @@ class CallerRegistry:
         self._checked_at = 0.0
         # Why the file on disk is unusable (None: the entries are the file's).
         self._broken: str | None = None
+        # Moves whenever the entries in force change (see `generation`).
+        self._generation = 0
         if path is not None:
             self._load()
 
@@ -242,6 +245,7 @@ class CallerRegistry:
         self._entries = parse_callers(text, str(self._path))
         self._signature = (stat.st_mtime_ns, stat.st_size)
         self._broken = None
+        self._generation += 1
 
     def _maybe_reload(self) -> None:
         if self._path is None:
@@ -272,6 +276,7 @@ class CallerRegistry:
                     return
             # Fail closed: the edit may have been meant to revoke someone.
             self._entries, self._broken, self._signature = [], problem, signature
+            self._generation += 1
             log.error("callers file unusable; REFUSING EVERY CALLER until it is fixed: %s", problem)
 
     def refresh(self) -> str | None:
@@ -279,6 +284,14 @@ class CallerRegistry:
         the file is fine). For the metric, which must not wait for a call."""
         self._maybe_reload()
         return self._broken
+
+    def generation(self) -> int:
+        """A number that moves whenever the entries in force change (a reload, or the file
+        turning unusable), after looking at the file if it is time. An open stream
+        re-authenticates its caller only when it moved, so revoking a token ends streams
+        too, at the cost of a comparison per message."""
+        self._maybe_reload()
+        return self._generation
 
     @property
     def entries(self) -> list[_Entry]:

@@ -11,6 +11,11 @@ client sending headers and no message would otherwise hold a thread for as long 
 (Under mutual TLS a call without a token is let through to the handler, which reads the
 client certificate; only a client whose certificate our CA signed gets that far.)
 
+A stream outlives reloads of the callers file, so before each message it sends, a stream
+whose file changed since it last looked authenticates its caller again: a revoked token, an
+unusable file or a changed entry (roles, user_id_prefix) ends it as a new call would be
+answered. Unary calls are decided once; they pay nothing for this.
+
 Health and reflection run on their own small thread pools, so neither idle probes nor idle
 reflection streams can take the threads our RPCs need; reflection streams are also capped
 (excess: RESOURCE_EXHAUSTED TOO_MANY_STREAMS) and cancelled when they idle.
@@ -46,6 +51,7 @@ from auth_service.api.method_access import SERVICE_NAME, Access, Kind, access_fo
 from auth_service.domain.context import current_caller_name
 from auth_service.domain.errors import (
     CallerForbidden,
+    CallerUnauthenticated,
     DomainError,
     TooManyStreams,
 )
@@ -231,14 +237,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     try:
                         requests = prepared(request)
                         if idle_seconds is None:
-                            yield from behavior(requests, context)
+                            replies = behavior(requests, context)
+                            yield from self._while_admitted(replies, access, context, authorization)
                             if not context.is_active() and outcome.code == "OK":
                                 outcome.reason = outcome.code = "CANCELLED"
                             return
                         # Reflection: a stream kept open without requests gives its slot back.
                         limited = idle_limited(requests, context, idle_seconds)
                         with closing(limited):
-                            yield from behavior(limited, context)
+                            replies = behavior(limited, context)
+                            yield from self._while_admitted(replies, access, context, authorization)
                     except GeneratorExit:
                         outcome.reason = outcome.code = "CANCELLED"
                         raise
@@ -249,6 +257,51 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         if ours:
             deserializer = tolerant(deserializer)
         return same_kind(handler, unary, stream, deserializer)
+
+    def _while_admitted(
+        self,
+        replies: Iterator[Any],
+        access: Access,
+        context: grpc.ServicerContext,
+        authorization: str | None,
+    ) -> Iterator[Any]:
+        """`replies` (a stream's, run as its admitted caller), each let through only while
+        the callers file still admits that caller as it was: checked again whenever the
+        file's generation moved, and before the first reply (the file may have changed since
+        the call was admitted). Raises the refusal a new call would get."""
+        admitted = current_caller.get()
+        try:
+            if admitted is None:  # a public stream: nobody to check again
+                yield from replies
+                return
+            seen: int | None = None
+            for reply in replies:
+                generation = self._registry.generation()
+                if generation != seen:
+                    self._readmit(access, context, authorization, admitted)
+                    seen = generation
+                yield reply
+        finally:
+            close = getattr(replies, "close", None)
+            if close is not None:
+                close()  # the handler's own clean-up (a watch's slot, its send guard)
+
+    def _readmit(
+        self,
+        access: Access,
+        context: grpc.ServicerContext,
+        authorization: str | None,
+        admitted: Caller,
+    ) -> None:
+        """Refuse as a new call with the same credentials would be refused; and end a stream
+        whose credentials now stand for another caller (other roles or user_id_prefix): its
+        filter and scope were those of the caller it was opened as."""
+        caller = self._admit(access, context, authorization)
+        if caller != admitted:
+            raise CallerUnauthenticated(
+                "the caller's entry in the callers file changed while this stream was open; "
+                "call again"
+            )
 
     @contextmanager
     def _call(
