@@ -48,13 +48,25 @@ def _secret(reader: EnvReader) -> bytes:
     return value.encode()
 
 
+def _check_url(reader: EnvReader, url: str) -> None:
+    """Refuse at start-up what every POST would fail on. The URL is never quoted, nor
+    urllib's message (which quotes it): it may carry credentials."""
+    try:
+        parts = urlsplit(url)  # ValueError: an unclosed "[" (IPv6 host)
+        port = parts.port  # ValueError: a port out of range or not a number
+    except ValueError:
+        raise reader.error("WEBHOOK_URL", "is not a valid URL (host or port)") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise reader.error("WEBHOOK_URL", "expected an http:// or https:// URL")
+    if port == 0:
+        raise reader.error("WEBHOOK_URL", "port must be 1-65535")
+
+
 def read_webhook_settings(reader: EnvReader) -> WebhookSettings:
     url = reader.get("WEBHOOK_URL")
     if url is None:
         return WebhookSettings()
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise reader.error("WEBHOOK_URL", "expected an http:// or https:// URL")
+    _check_url(reader, url)
     initial = reader.number("WEBHOOK_BACKOFF_INITIAL", 1.0, minimum=0.01, maximum=3600)
     maximum = reader.number("WEBHOOK_BACKOFF_MAX", 300.0, minimum=0.01, maximum=86400)
     if initial > maximum:

@@ -1,0 +1,58 @@
+"""A GARMIN_AUTH_WEBHOOK_URL that no POST could go to is refused at start-up like any other
+malformed setting: one line naming the variable, exit 2, and never the URL itself (it may
+carry credentials).
+
+Before, an unclosed "[" (an IPv6 host) crashed `serve` with a ValueError traceback (exit 1),
+and a port out of range or not a number was accepted: every POST then failed, for ever."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from auth_service.domain.changes import WebhookSettings
+from auth_service.stream_config import read_webhook_settings
+from garmin_client.env import ConfigError, EnvReader
+from tests.service.test_cli import base_env, run_cli
+
+SECRET = "a-webhook-secret-0123456789"
+PASSWORD = "hunter2-in-the-url"
+
+
+def _read(url: str) -> WebhookSettings:
+    env = {"GARMIN_AUTH_WEBHOOK_URL": url, "GARMIN_AUTH_WEBHOOK_SECRET": SECRET}
+    return read_webhook_settings(EnvReader(env, "GARMIN_AUTH_"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://hooks:{PASSWORD}@[::1/hooks",  # an unclosed IPv6 bracket
+        f"https://hooks:{PASSWORD}@hooks.example.com:99999/hooks",  # a port out of range
+        f"https://hooks:{PASSWORD}@hooks.example.com:abc/hooks",  # a port not a number
+        f"https://hooks:{PASSWORD}@hooks.example.com:0/hooks",  # no one listens on 0
+    ],
+)
+def test_a_malformed_webhook_url_is_a_config_error_naming_it(url: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _read(url)
+    assert raised.value.variable == "GARMIN_AUTH_WEBHOOK_URL"
+    assert PASSWORD not in str(raised.value)
+
+
+def test_a_webhook_url_with_an_ipv6_host_and_a_port_is_accepted() -> None:
+    assert _read("https://[::1]:8443/hooks").url == "https://[::1]:8443/hooks"
+
+
+def test_serve_with_an_unclosed_ipv6_webhook_url_exits_2_naming_it(tmp_path: Path) -> None:
+    env = base_env(
+        tmp_path,
+        GARMIN_AUTH_WEBHOOK_URL=f"https://hooks:{PASSWORD}@[::1/hooks",
+        GARMIN_AUTH_WEBHOOK_SECRET=SECRET,
+    )
+    result = run_cli("serve", env=env, timeout=60)
+    assert result.returncode == 2, (result.returncode, result.stderr[-600:])
+    assert "GARMIN_AUTH_WEBHOOK_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert PASSWORD not in result.stderr
