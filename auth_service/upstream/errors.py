@@ -19,14 +19,6 @@ from auth_service.domain.errors import (
 from auth_service.domain.garmin_limits import GarminEndpoint
 from garmin_client.errors import GarminError, RateLimited, SessionRejected
 
-# SSO answer types that mean "blocked, try later" (shared facts file), not a refusal of the
-# user's password or code.
-BLOCKED_SSO_TYPES = frozenset({"CAPTCHA_REQUIRED"})
-# The SSO login's answer types that refuse the email or password (shared facts file: 401
-# INVALID_USERNAME_PASSWORD). Only these: a type we do not know is an answer we cannot read,
-# and telling the user their password is wrong on it would be a guess.
-CREDENTIALS_REFUSED_SSO_TYPES = frozenset({"INVALID_USERNAME_PASSWORD"})
-
 
 def as_domain(error: GarminError, endpoint: GarminEndpoint | None = None) -> UpstreamError:
     """The domain's error for `error`; a 429 names `endpoint` (whose breaker counts it)."""

@@ -217,18 +217,28 @@ def test_mfa_code_is_single_use(upstream: GarthUpstream, mfa_user: EmulatedUser)
 
 
 @pytest.mark.parametrize(
-    ("status", "error"),
-    [(429, GarminRateLimited), (500, GarminUnavailable), (400, MfaCodeRejected)],
+    ("status", "body", "error"),
+    [
+        (429, None, GarminRateLimited),
+        (500, None, GarminUnavailable),
+        # A refusal is told by the answer's type, not by its status (tests/upstream/
+        # test_sso_answers.py): a bare 400 refuses nothing.
+        (400, '{"responseStatus": {"type": "INVALID_MFA_CODE"}}', MfaCodeRejected),
+        (400, None, GarminUnavailable),
+    ],
 )
 def test_verify_code_failures_are_classified(
     upstream: GarthUpstream,
     emulator: GarminEmulator,
     mfa_user: EmulatedUser,
     status: int,
+    body: str | None,
     error: type[Exception],
 ) -> None:
     pending = start_mfa_login(upstream, mfa_user)
-    emulator.fail_next(VERIFY_MFA_PATH, status, retry_after=30 if status == 429 else None)
+    emulator.fail_next(
+        VERIFY_MFA_PATH, status, body=body, retry_after=30 if status == 429 else None
+    )
 
     with pytest.raises(error):
         upstream.resume_mfa(pending, mfa_user.mfa_code)

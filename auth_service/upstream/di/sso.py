@@ -4,16 +4,16 @@
 * ``MFA_REQUIRED`` -> a PendingMfa holding the SSO cookies of that answer (the code is bound
   to them), so SubmitMfa may finish on any replica.
 * A refusal is told by the answer's JSON type, never by its HTTP status alone (Garmin's edge
-  puts captchas and HTML pages on any status). On the login, ``INVALID_USERNAME_PASSWORD``
-  (the refusal type the facts file names) -> GarminCredentialsRejected. On the MFA step, whose
-  refusal type no source records, any readable type other than ``SUCCESSFUL`` and the blocked
-  ones -> MfaCodeRejected (the challenge stays usable); on a 401 -> MfaChallengeNotFound:
-  Garmin no longer holds the pending login (its lifetime is uncertain), so no code can succeed
-  on it and the user must log in again.
+  puts captchas and HTML pages on any status): any type but SUCCESSFUL, MFA_REQUIRED and the
+  blocked ones, on a status that is not 403, 429 or 5xx (auth_service.upstream.sso_answers).
+  On the login -> GarminCredentialsRejected (the facts file names INVALID_USERNAME_PASSWORD);
+  on the MFA step -> MfaCodeRejected (the challenge stays usable), or on a 401
+  MfaChallengeNotFound: Garmin no longer holds the pending login (its lifetime is uncertain),
+  so no code can succeed on it and the user must log in again.
 * 429 -> GarminRateLimited (the service starts the account's sign-in cooldown); a Retry-After
   date is measured on the provider's clock, the one the cooldown is kept on.
 * ``CAPTCHA_REQUIRED``, 403, an HTML page, 5xx, and anything unreadable (no JSON type, a
-  ``SUCCESSFUL`` without a ticket, a login type we do not know) -> GarminUnavailable: Garmin's
+  ``SUCCESSFUL`` without a ticket) -> GarminUnavailable: Garmin's
   edge is blocking this server for now, or answered what we cannot judge; nobody's password
   or code was refused. ExchangeServiceTicket is the way in meanwhile.
 """
@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any, Final
@@ -38,7 +37,12 @@ from auth_service.domain.errors import (
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import PendingMfa, SessionKind
 from auth_service.upstream.di.sso_http import SsoAnswer, SsoHttp
-from auth_service.upstream.errors import BLOCKED_SSO_TYPES, CREDENTIALS_REFUSED_SSO_TYPES
+from auth_service.upstream.sso_answers import (
+    BLOCKED_SSO_TYPES,
+    shown,
+    sso_refusal,
+    sso_type,
+)
 from garmin_client.answers import retry_after_seconds
 from garmin_client.endpoints import DEFAULT_DOMAIN, LOGIN_PATH, VERIFY_MFA_PATH
 
@@ -47,7 +51,6 @@ log = logging.getLogger(__name__)
 # The iOS app's SSO client (the facts file's login URL).
 SSO_CLIENT_ID: Final = "GCM_IOS_DARK"
 SSO_LOCALE: Final = "en-US"
-_SSO_TYPE: Final = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
 def _sso_url(domain: str, path: str) -> str:
@@ -59,9 +62,7 @@ def _params(service_url: str) -> dict[str, str]:
 
 
 def _answer_type(answer: SsoAnswer) -> str | None:
-    status = answer.payload.get("responseStatus") if isinstance(answer.payload, dict) else None
-    kind = status.get("type") if isinstance(status, dict) else None
-    return kind if isinstance(kind, str) and kind else None
+    return sso_type(answer.payload)
 
 
 def _ticket(answer: SsoAnswer) -> str | None:
@@ -69,19 +70,8 @@ def _ticket(answer: SsoAnswer) -> str | None:
     return ticket if isinstance(ticket, str) and ticket else None
 
 
-def _shown(kind: str) -> str:
-    return kind if _SSO_TYPE.fullmatch(kind) else "unexpected type"
-
-
-def _verdict(answer: SsoAnswer) -> str | None:
-    """The answer's type when it is Garmin's sign-in judging what we sent: readable JSON with a
-    type, on none of the statuses Garmin's edge blocks or fails with (403, 429, 5xx; the facts
-    file), and no captcha demand. None otherwise: whatever else it says, nothing was refused."""
-    blocked = answer.status in (HTTPStatus.FORBIDDEN, HTTPStatus.TOO_MANY_REQUESTS)
-    if blocked or answer.status >= HTTPStatus.INTERNAL_SERVER_ERROR:
-        return None
-    kind = _answer_type(answer)
-    return None if kind in BLOCKED_SSO_TYPES else kind
+def _refusal(answer: SsoAnswer) -> str | None:
+    return sso_refusal(answer.status, _answer_type(answer))
 
 
 def _failure(answer: SsoAnswer, step: str, now: datetime) -> UpstreamError:
@@ -96,12 +86,10 @@ def _failure(answer: SsoAnswer, step: str, now: datetime) -> UpstreamError:
     kind = _answer_type(answer)
     if kind in BLOCKED_SSO_TYPES:
         return GarminUnavailable(f"Garmin's sign-in wants a captcha ({step}); try later")
-    verdict = _verdict(answer)
-    if verdict is not None:
-        # A verdict we do not know (or a SUCCESSFUL without its ticket): nothing was refused.
+    if kind is not None and answer.status < HTTPStatus.INTERNAL_SERVER_ERROR:
+        # An accepting type we cannot use (a SUCCESSFUL without its ticket): nothing refused.
         return GarminUnavailable(
-            f"Garmin answered something unreadable ({step}: {_shown(verdict)}, "
-            f"HTTP {answer.status})"
+            f"Garmin answered something unreadable ({step}: {shown(kind)}, HTTP {answer.status})"
         )
     if answer.status == HTTPStatus.OK:
         return GarminUnavailable(f"Garmin answered something unreadable ({step})")
@@ -140,10 +128,12 @@ class SsoLogin:
             return ticket
         if answer.status == HTTPStatus.OK and kind == "MFA_REQUIRED":
             return self._pending(answer)
-        refusal = _verdict(answer)
-        if refusal in CREDENTIALS_REFUSED_SSO_TYPES:
+        refusal = _refusal(answer)
+        if refusal is not None:
             log.info("garmin sign-in refused the credentials (HTTP %d)", answer.status)
-            raise GarminCredentialsRejected(f"Garmin refused the email or password ({refusal})")
+            raise GarminCredentialsRejected(
+                f"Garmin refused the email or password ({shown(refusal)})"
+            )
         error = _failure(answer, "login", self._clock.now())
         log.warning("garmin login failed: %s (HTTP %d)", type(error).__name__, answer.status)
         raise error
@@ -166,17 +156,15 @@ class SsoLogin:
         ticket = _ticket(answer)
         if answer.status == HTTPStatus.OK and kind == "SUCCESSFUL" and ticket is not None:
             return ticket
-        # No source records the type of a refused code: any verdict but success is one, so
-        # a wrong code is never answered "try later" (nor blocked answers "wrong code").
-        refusal = _verdict(answer)
-        if refusal is not None and refusal != "SUCCESSFUL":
+        refusal = _refusal(answer)
+        if refusal is not None:
             if answer.status == HTTPStatus.UNAUTHORIZED:
                 log.info("garmin MFA verification: the pending login is gone (HTTP 401)")
                 raise MfaChallengeNotFound(
                     "Garmin no longer holds this sign-in (it expired there); log in again"
                 )
             log.info("garmin MFA verification refused the code (HTTP %d)", answer.status)
-            raise MfaCodeRejected(f"Garmin refused the MFA code ({_shown(refusal)})")
+            raise MfaCodeRejected(f"Garmin refused the MFA code ({shown(refusal)})")
         error = _failure(answer, "MFA verification", self._clock.now())
         log.warning(
             "garmin MFA verification failed: %s (HTTP %d)", type(error).__name__, answer.status

@@ -1,9 +1,10 @@
 """Login and MFA over Garmin's SSO with garth, and what Garmin's refusals mean there.
 
-* 401 on /mobile/api/login, or an SSO answer whose type is neither SUCCESSFUL nor
-  MFA_REQUIRED -> GarminCredentialsRejected.
-* 400/401 on /mobile/api/mfa/verifyCode, or an answer whose type is not SUCCESSFUL ->
-  MfaCodeRejected.
+* A refusal is told by the SSO answer's JSON type, on any status but the blocked ones, as for
+  the DI provider (auth_service.upstream.sso_answers): on /mobile/api/login ->
+  GarminCredentialsRejected, on /mobile/api/mfa/verifyCode -> MfaCodeRejected. A captcha, an
+  HTML page, or an accepting type we cannot use (SUCCESSFUL without a ticket) ->
+  GarminUnavailable.
 * A 401 on the ticket or token exchange is GarminUnavailable here (it points at the consumer
   key, not at the user); the rest is classified as everywhere (garmin_client.answers).
 """
@@ -11,12 +12,9 @@
 from __future__ import annotations
 
 import logging
-import re
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Any
 from urllib.parse import urlsplit
-
-from requests.models import Response
 
 from auth_service.domain.errors import (
     GarminCredentialsRejected,
@@ -26,7 +24,7 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import LoginNeedsMfa, LoginResult, LoginSucceeded, PendingMfa
-from auth_service.upstream.errors import BLOCKED_SSO_TYPES, as_domain
+from auth_service.upstream.errors import as_domain
 from auth_service.upstream.garth.isolation import (
     GARTH_FAILURES,
     GarthException,
@@ -34,13 +32,17 @@ from auth_service.upstream.garth.isolation import (
     garth,
 )
 from auth_service.upstream.garth.tokens import tokens_from_garth
+from auth_service.upstream.sso_answers import (
+    BLOCKED_SSO_TYPES,
+    shown,
+    sso_refusal,
+    sso_type,
+)
 from garmin_client.answers import failure, http_response, log_failure
 from garmin_client.endpoints import EXCHANGE_PATH, LOGIN_PATH, PREAUTHORIZED_PATH, VERIFY_MFA_PATH
 from garmin_client.tokens import GarminTokens
 
 log = logging.getLogger(__name__)
-
-_SSO_TYPE: Final = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
 def sign_in(client: IsolatedClient, email: str, password: str) -> LoginResult:
@@ -100,59 +102,44 @@ def _login_failure(operation: str, exc: BaseException, client: IsolatedClient) -
 
 
 def _refusal(exc: BaseException, client: IsolatedClient) -> UpstreamError | None:
-    """Garmin refusing the email/password or the MFA code, if that is what `exc` is."""
-    response = http_response(exc)
-    if response is not None:
-        status = response.status_code
-        path = urlsplit(response.url or "").path
-        if status == HTTPStatus.UNAUTHORIZED and path == LOGIN_PATH:
-            return GarminCredentialsRejected("Garmin refused the email or password")
-        if status in (HTTPStatus.BAD_REQUEST, HTTPStatus.UNAUTHORIZED) and path == VERIFY_MFA_PATH:
-            return MfaCodeRejected("Garmin refused the MFA code")
-        return None
-    if type(exc) is GarthException:
-        return _sso_rejection(client)
-    return None
-
-
-def _sso_rejection(client: IsolatedClient) -> UpstreamError | None:
-    """The rejection an SSO JSON answer of type other than SUCCESSFUL/MFA_REQUIRED means.
-
-    garth raises a bare GarthException("SSO error: <type>: <message>") for those; the type is
-    read back from the answer itself rather than parsed out of garth's message.
-    """
-    answered = _answer_type(client)
+    """What the SSO answer behind `exc` says of the email/password or the MFA code (None: it
+    is no SSO answer; classified as everywhere)."""
+    answered = _answered(exc, client)
     if answered is None:
         return None
-    kind, path = answered
-    shown = kind if _SSO_TYPE.fullmatch(kind) else "unexpected type"
+    status, kind, path = answered
     if kind in BLOCKED_SSO_TYPES:
         # Garmin's edge is blocking this server: nobody's password or code was refused.
         return GarminUnavailable(
-            f"Garmin's sign-in is blocking this server for now ({shown}); try later, or "
+            f"Garmin's sign-in is blocking this server for now ({shown(kind)}); try later, or "
             "sign in in a browser and use ExchangeServiceTicket"
         )
+    refusal = sso_refusal(status, kind)
+    if refusal is None:
+        return None  # classified as everywhere: unreadable, blocked or down
     if path == LOGIN_PATH:
-        return GarminCredentialsRejected(f"Garmin refused the email or password ({shown})")
-    if path == VERIFY_MFA_PATH:
-        return MfaCodeRejected(f"Garmin refused the MFA code ({shown})")
-    return None
+        return GarminCredentialsRejected(f"Garmin refused the email or password ({shown(refusal)})")
+    return MfaCodeRejected(f"Garmin refused the MFA code ({shown(refusal)})")
 
 
-def _answer_type(client: IsolatedClient) -> tuple[str, str] | None:
-    """The last SSO answer's responseStatus type and its path (None: no such 200 answer)."""
-    last: Response | None = getattr(client, "last_resp", None)
-    if last is None or last.status_code != HTTPStatus.OK:
+def _answered(exc: BaseException, client: IsolatedClient) -> tuple[int, str | None, str] | None:
+    """The SSO answer behind `exc`: its status, JSON type and path (None: not an SSO answer).
+    garth raises requests' HTTPError for a 4xx/5xx, and a bare GarthException("SSO error:
+    <type>: ...") for a 200 whose type is neither SUCCESSFUL nor MFA_REQUIRED; the type is
+    read from the answer itself, not parsed out of garth's message."""
+    response = http_response(exc)
+    if response is None and type(exc) is GarthException:
+        response = getattr(client, "last_resp", None)
+    if response is None:
+        return None
+    path = urlsplit(response.url or "").path
+    if path not in (LOGIN_PATH, VERIFY_MFA_PATH):
         return None
     try:
-        payload = last.json()
+        payload = response.json()
     except ValueError:
-        return None
-    status = payload.get("responseStatus") if isinstance(payload, dict) else None
-    kind = status.get("type") if isinstance(status, dict) else None
-    if not isinstance(kind, str) or not kind:
-        return None
-    return kind, urlsplit(last.url or "").path
+        payload = None
+    return response.status_code, sso_type(payload), path
 
 
 # --- Cookies of an interrupted (MFA) login -----------------------------------------------------

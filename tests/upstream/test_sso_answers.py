@@ -2,12 +2,13 @@
 sign-in today" and the Errors table; the shared Garmin facts: "CAPTCHA_REQUIRED, HTML
 pages, 403 and 429 mean 'blocked, try later'").
 
-A refusal is an answer in readable JSON whose type refuses: INVALID_USERNAME_PASSWORD on the
-login, any type but SUCCESSFUL on the MFA step (no source names that step's refusal type).
-Everything else (a captcha, an HTML page, a SUCCESSFUL without its ticket, a login type we do
-not know) is UNAVAILABLE GARMIN_UNAVAILABLE, whatever its HTTP status: nothing was refused.
+A refusal is an answer in readable JSON whose type refuses: any type but SUCCESSFUL and
+MFA_REQUIRED (INVALID_USERNAME_PASSWORD on the login is the facts file's; no source names the MFA
+step's). Everything else (a captcha, an HTML page, a SUCCESSFUL without its ticket) is
+UNAVAILABLE GARMIN_UNAVAILABLE, whatever its HTTP status: nothing was refused. Both sign-in
+flows (DI and garth's) go by the same rules.
 
-Before, auth_service/upstream/di/sso.py judged by the status first: a captcha or Cloudflare
+Before, both flows' sso.py judged by the status first: a captcha or Cloudflare
 page on a 401 told the user their password was wrong; on the MFA step a 400 was a wrong code
 and a 401 dropped the challenge, whatever their body said; and a SUCCESSFUL without a ticket
 was a refusal on both steps, where on the MFA step it spent one of the challenge's tries.
@@ -20,7 +21,7 @@ import json
 import grpc
 import pytest
 
-from auth_service.domain.errors import GarminUnavailable
+from auth_service.domain.errors import GarminCredentialsRejected
 from auth_service.domain.policies import LoginFlow
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import LOGIN_PATH, VERIFY_MFA_PATH, GarminEmulator
@@ -51,10 +52,11 @@ MFA_TRIES = 3
         pytest.param(200, SUCCESSFUL_WITHOUT_TICKET, id="successful-without-ticket"),
     ],
 )
+@pytest.mark.parametrize("flow", [LoginFlow.DI, LoginFlow.GARTH])
 def test_a_blocked_or_unreadable_login_answer_is_not_a_wrong_password(
-    service_factory: ServiceFactory, garmin: GarminEmulator, status: int, body: str
+    service_factory: ServiceFactory, garmin: GarminEmulator, status: int, body: str, flow: LoginFlow
 ) -> None:
-    replica = service_factory.start(login_flow=LoginFlow.DI)
+    replica = service_factory.start(login_flow=flow)
     garmin.add_user("cap@example.com", PASSWORD)
     garmin.fail_next(LOGIN_PATH, status, body=body)
     request = pb.LoginRequest(user_id="cap", email="cap@example.com", password=PASSWORD)
@@ -75,10 +77,11 @@ def test_a_blocked_or_unreadable_login_answer_is_not_a_wrong_password(
         pytest.param(401, CLOUDFLARE_PAGE, id="html-page-on-401"),
     ],
 )
+@pytest.mark.parametrize("flow", [LoginFlow.DI, LoginFlow.GARTH])
 def test_a_blocked_or_unreadable_mfa_answer_neither_refuses_the_code_nor_spends_a_try(
-    service_factory: ServiceFactory, garmin: GarminEmulator, status: int, body: str
+    service_factory: ServiceFactory, garmin: GarminEmulator, status: int, body: str, flow: LoginFlow
 ) -> None:
-    replica = service_factory.start(login_flow=LoginFlow.DI)
+    replica = service_factory.start(login_flow=flow)
     garmin.add_user("mfa@example.com", PASSWORD, mfa=True, mfa_code="123456")
     challenge = replica.call(
         "Login", pb.LoginRequest(user_id="mfa", email="mfa@example.com", password=PASSWORD)
@@ -98,11 +101,12 @@ def test_a_blocked_or_unreadable_mfa_answer_neither_refuses_the_code_nor_spends_
     assert connected.status.state == pb.SESSION_STATE_ACTIVE
 
 
-def test_a_login_answer_type_the_facts_do_not_name_is_not_a_wrong_password(
+def test_a_refusal_type_the_facts_do_not_name_is_still_a_refusal(
     emulator: GarminEmulator,
 ) -> None:
+    # A locked account, say: "try later" would have the user's app retry into the lock.
     user = emulator.add_user("runner@example.com", PASSWORD)
-    emulator.fail_next(LOGIN_PATH, 401, body=sso_answer("SOMETHING_NEW", "UNAUTHORIZED"))
+    emulator.fail_next(LOGIN_PATH, 401, body=sso_answer("ACCOUNT_LOCKED", "UNAUTHORIZED"))
 
-    with pytest.raises(GarminUnavailable, match="SOMETHING_NEW"):
+    with pytest.raises(GarminCredentialsRejected, match="ACCOUNT_LOCKED"):
         di_upstream(emulator).login(user.email, PASSWORD)
