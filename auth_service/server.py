@@ -109,7 +109,7 @@ def build_application(
     # machine clock runs ahead would store expiries that every replica trusts too long.
     clock = clock or clock_for(engine)
     upstream = upstream or UpstreamRouter(
-        garth=GarthUpstream(settings.upstream),
+        garth=GarthUpstream(settings.upstream, clock=clock),
         di=DiUpstream(settings.upstream, settings.di, clock=clock),
         login_flow=settings.login_flow,
     )

@@ -11,7 +11,8 @@ token), 429 RateLimited, the rest Unavailable. Messages never contain the token.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from http import HTTPStatus
 from http.cookiejar import CookieJar
 from types import TracebackType
@@ -66,10 +67,18 @@ class ConnectApi:
     requests' Session, which reads the proxy variables (and NO_PROXY) per request."""
 
     def __init__(
-        self, settings: UpstreamSettings, domain: str, observer: RequestObserver | None = None
+        self,
+        settings: UpstreamSettings,
+        domain: str,
+        observer: RequestObserver | None = None,
+        *,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
+        """`now`: the clock a Retry-After date is measured on; give the one the wait is kept
+        on (the service: the database's). Default: this machine's (the worker's pause)."""
         if domain not in DOMAINS:
             raise ValueError("unknown Garmin domain")
+        self._now = now
         self._base = f"https://connectapi.{domain}"
         self._timeout = settings.timeout_seconds
         self._http: ApiHttp | None = None
@@ -141,7 +150,7 @@ class ConnectApi:
         try:
             answer = self._http.get(url, headers)
         except HTTPError as exc:
-            raise failure(operation, exc, judging_tokens=True) from None
+            raise failure(operation, exc, judging_tokens=True, now=self._clock_now()) from None
         if not HTTPStatus.OK <= answer.status < HTTPStatus.MULTIPLE_CHOICES:
             _raise_if_no_file(operation, answer.status)
             # A redirect too: not followed (garmin_client.api_http).
@@ -151,6 +160,7 @@ class ConnectApi:
                 answer.url,
                 answer.headers.get("Retry-After"),
                 judging_tokens=True,
+                now=self._clock_now(),
             )
         return answer.status, answer.body
 
@@ -170,8 +180,11 @@ class ConnectApi:
                 _raise_if_no_file(operation, response.status_code)
             response.raise_for_status()
         except requests.RequestException as exc:
-            raise failure(operation, exc, judging_tokens=True) from None
+            raise failure(operation, exc, judging_tokens=True, now=self._clock_now()) from None
         return response.status_code, response.content
+
+    def _clock_now(self) -> datetime | None:
+        return None if self._now is None else self._now()
 
 
 # What a download answers for a file that does not exist: a definite answer, not an outage.

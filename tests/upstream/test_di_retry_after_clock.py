@@ -28,6 +28,7 @@ from auth_service.upstream.di.provider import DiUpstream
 from auth_service.upstream.garth.provider import GarthUpstream
 from auth_service.upstream.router import UpstreamRouter
 from garmin_client.answers import status_error
+from garmin_client.endpoints import PROFILE_PATH
 from garmin_client.errors import RateLimited
 from garmin_emulator import (
     DI_TOKEN_PATH,
@@ -93,13 +94,20 @@ def _refresh(upstream: DiUpstream, emulator: GarminEmulator, clock: FakeClock) -
     upstream.refresh(tokens)
 
 
+def _validate(upstream: DiUpstream, emulator: GarminEmulator, clock: FakeClock) -> None:
+    user = emulator.add_user("runner@example.com", PASSWORD)
+    tokens = issued_tokens(emulator, user.email)
+    garmin_asks_to_wait(emulator, PROFILE_PATH, clock)
+    upstream.validate(tokens, allow_refresh=False)
+
+
 DiCall = Callable[[DiUpstream, GarminEmulator, FakeClock], None]
 
 
 @pytest.mark.parametrize(
     "call",
-    [_login, _mfa, _ticket_exchange, _refresh],
-    ids=["login", "mfa", "ticket-exchange", "refresh"],
+    [_login, _mfa, _ticket_exchange, _refresh, _validate],
+    ids=["login", "mfa", "ticket-exchange", "refresh", "validate"],
 )
 def test_every_di_call_measures_a_retry_after_date_on_the_providers_clock(
     emulator: GarminEmulator, call: DiCall

@@ -124,7 +124,8 @@ class DiUpstream:
 
     def _fetch_profile(self, tokens: GarminTokens) -> None:
         # The worker's Connect API client: bearer, the app's headers, the one transport.
-        with ConnectApi(self._upstream, tokens.domain, _OBSERVER) as api:
+        # Retry-After dates on the service's clock, the one its cooldowns are kept on.
+        with ConnectApi(self._upstream, tokens.domain, _OBSERVER, now=self._clock.now) as api:
             try:
                 profile = api.get_json(PROFILE_PATH, tokens.oauth2.access_token)
             except AccessTokenRejected:

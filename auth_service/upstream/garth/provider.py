@@ -54,11 +54,11 @@ class GarthUpstream:
 
     def login(self, email: str, password: str) -> LoginResult:
         with domain_errors(), self._client(DEFAULT_DOMAIN) as client:
-            return sign_in(client, email, password)
+            return sign_in(client, email, password, self._clock.now())
 
     def resume_mfa(self, pending: PendingMfa, code: str) -> GarminTokens:
         with domain_errors(), self._client(pending.domain) as client:
-            return resume(client, pending, code)
+            return resume(client, pending, code, self._clock.now())
 
     def refresh(self, tokens: GarminTokens) -> GarminTokens:
         with domain_errors(GarminEndpoint.OAUTH_EXCHANGE):
@@ -74,13 +74,15 @@ class GarthUpstream:
         # The exchange is done here rather than through Client.refresh_oauth2, so the result
         # is built from the OAuth1 we were given and the OAuth2 Garmin just issued.
         with self._client(tokens.domain) as client:
+            issued_at = self._clock.now()  # before the exchange: never later than Garmin's
             try:
                 fresh = garth.sso.exchange(
                     oauth1_to_garth(tokens.oauth1_token(), tokens.domain), client
                 )
-                oauth2 = oauth2_from_garth(fresh)
+                oauth2 = oauth2_from_garth(fresh, issued_at)
             except GARTH_FAILURES as exc:
-                raise failure("token refresh", exc, judging_tokens=True) from None
+                now = self._clock.now()
+                raise failure("token refresh", exc, judging_tokens=True, now=now) from None
         return GarminTokens(oauth1=tokens.oauth1, oauth2=oauth2, domain=tokens.domain)
 
     def _validate(self, tokens: GarminTokens, *, allow_refresh: bool) -> GarminTokens:
@@ -115,6 +117,7 @@ class GarthUpstream:
                 )
                 profile = response.json()
             except GARTH_FAILURES as exc:
-                raise failure("validation", exc, judging_tokens=True) from None
+                now = self._clock.now()
+                raise failure("validation", exc, judging_tokens=True, now=now) from None
         if not isinstance(profile, dict):
             raise Unavailable("Garmin answered something unreadable (Connect API)")

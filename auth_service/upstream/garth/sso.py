@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,15 +46,17 @@ from garmin_client.tokens import GarminTokens
 log = logging.getLogger(__name__)
 
 
-def sign_in(client: IsolatedClient, email: str, password: str) -> LoginResult:
-    """Garmin's SSO login; an account with MFA stops at the code (LoginNeedsMfa)."""
+def sign_in(client: IsolatedClient, email: str, password: str, now: datetime) -> LoginResult:
+    """Garmin's SSO login; an account with MFA stops at the code (LoginNeedsMfa). `now`: the
+    service's time (the database's): the tokens' lifetimes and a Retry-After date count from
+    it."""
     try:
         outcome: tuple[Any, Any] = garth.sso.login(
             email, password, client=client, return_on_mfa=True
         )
         first, second = outcome
         if first != "needs_mfa":
-            return LoginSucceeded(tokens_from_garth(first, second, client.domain))
+            return LoginSucceeded(tokens_from_garth(first, second, client.domain, now))
         pending = PendingMfa(
             cookies=_cookies_of(client),
             login_params={str(k): str(v) for k, v in second["login_params"].items()},
@@ -61,12 +64,13 @@ def sign_in(client: IsolatedClient, email: str, password: str) -> LoginResult:
             domain=client.domain,
         )
     except GARTH_FAILURES as exc:
-        raise _login_failure("login", exc, client) from None
+        raise _login_failure("login", exc, client, now) from None
     return LoginNeedsMfa(pending)
 
 
-def resume(client: IsolatedClient, pending: PendingMfa, code: str) -> GarminTokens:
-    """Finish an MFA login with the user's code, in the SSO session the login left."""
+def resume(client: IsolatedClient, pending: PendingMfa, code: str, now: datetime) -> GarminTokens:
+    """Finish an MFA login with the user's code, in the SSO session the login left (`now`:
+    as for sign_in)."""
     _restore_cookies(client, pending.cookies)
     state = {
         "client": client,
@@ -75,12 +79,14 @@ def resume(client: IsolatedClient, pending: PendingMfa, code: str) -> GarminToke
     }
     try:
         oauth1, oauth2 = garth.sso.resume_login(state, code)
-        return tokens_from_garth(oauth1, oauth2, client.domain)
+        return tokens_from_garth(oauth1, oauth2, client.domain, now)
     except GARTH_FAILURES as exc:
-        raise _login_failure("MFA verification", exc, client) from None
+        raise _login_failure("MFA verification", exc, client, now) from None
 
 
-def _login_failure(operation: str, exc: BaseException, client: IsolatedClient) -> UpstreamError:
+def _login_failure(
+    operation: str, exc: BaseException, client: IsolatedClient, now: datetime
+) -> UpstreamError:
     rejection = _refusal(exc, client)
     if rejection is not None:
         # A refused password or code is routine.
@@ -94,7 +100,7 @@ def _login_failure(operation: str, exc: BaseException, client: IsolatedClient) -
         if path in (PREAUTHORIZED_PATH, EXCHANGE_PATH)
         else GarminEndpoint.SSO
     )
-    error = as_domain(failure(operation, exc, judging_tokens=False), endpoint)
+    error = as_domain(failure(operation, exc, judging_tokens=False, now=now), endpoint)
     unauthorized = response is not None and response.status_code == HTTPStatus.UNAUTHORIZED
     if unauthorized and endpoint is GarminEndpoint.OAUTH_EXCHANGE:
         log.error("Garmin refused a freshly issued ticket or token: check the OAuth consumer key")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from auth_service.upstream.garth.isolation import GarthOAuth1Token, GarthOAuth2Token
 from garmin_client.errors import Unavailable
@@ -35,15 +35,27 @@ def oauth1_to_garth(token: OAuth1Token, domain: str) -> GarthOAuth1Token:
     )
 
 
-def oauth2_from_garth(token: GarthOAuth2Token) -> OAuth2Token:
+def oauth2_from_garth(token: GarthOAuth2Token, issued_at: datetime | None = None) -> OAuth2Token:
+    """Ours of garth's token. `issued_at`: when Garmin issued it, on the service's clock (the
+    database's, every expiry decision's): its lifetimes count from then. garth counts them from
+    this machine's clock, which may run hours off; without `issued_at` (a stored token read
+    back) garth's expiries are kept as they are."""
+    if issued_at is None:
+        expires_at = datetime.fromtimestamp(token.expires_at, tz=UTC)
+        refresh_expires_at = datetime.fromtimestamp(token.refresh_token_expires_at, tz=UTC)
+    else:
+        # Whole seconds, as garth keeps them: a round trip through garth changes nothing.
+        issued_at = issued_at.replace(microsecond=0)
+        expires_at = issued_at + timedelta(seconds=token.expires_in)
+        refresh_expires_at = issued_at + timedelta(seconds=token.refresh_token_expires_in)
     return OAuth2Token(
         scope=token.scope,
         jti=token.jti,
         token_type=token.token_type,
         access_token=token.access_token,
         refresh_token=token.refresh_token,
-        expires_at=datetime.fromtimestamp(token.expires_at, tz=UTC),
-        refresh_token_expires_at=datetime.fromtimestamp(token.refresh_token_expires_at, tz=UTC),
+        expires_at=expires_at,
+        refresh_token_expires_at=refresh_expires_at,
     )
 
 
@@ -67,11 +79,16 @@ def oauth2_to_garth(token: OAuth2Token, now: float) -> GarthOAuth2Token:
     )
 
 
-def tokens_from_garth(oauth1: object, oauth2: object, domain: str) -> GarminTokens:
+def tokens_from_garth(
+    oauth1: object, oauth2: object, domain: str, issued_at: datetime | None = None
+) -> GarminTokens:
+    """Ours of garth's pair (`issued_at`: as for oauth2_from_garth)."""
     if not isinstance(oauth1, GarthOAuth1Token) or not isinstance(oauth2, GarthOAuth2Token):
         raise Unavailable("Garmin's answer did not include the tokens")
     return GarminTokens(
-        oauth1=oauth1_from_garth(oauth1), oauth2=oauth2_from_garth(oauth2), domain=domain
+        oauth1=oauth1_from_garth(oauth1),
+        oauth2=oauth2_from_garth(oauth2, issued_at),
+        domain=domain,
     )
 
 
