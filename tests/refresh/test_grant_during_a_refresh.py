@@ -84,9 +84,7 @@ def test_a_grant_of_the_access_token_alone_does_not_wait_for_a_refresh_in_flight
 
     def grant_elsewhere() -> None:
         started = time.monotonic()
-        grant = replicas[1].leases.lease_session(
-            USER, "worker", None, with_refresh_token=False
-        )
+        grant = replicas[1].leases.lease_session(USER, "worker", None, with_refresh_token=False)
         timings.append(time.monotonic() - started)
         grants.append(grant)
 
