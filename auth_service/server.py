@@ -40,7 +40,7 @@ from auth_service.services.periodic import Periodic
 from auth_service.services.session_import import TokenParsers
 from auth_service.services.use_cases import ChangeStreamPorts, UseCases, build_use_cases
 from auth_service.services.webhooks import WebhookDelivery
-from auth_service.serving_config import ReflectionMode
+from auth_service.serving_config import RPC_THREADS, ReflectionMode
 from auth_service.storage.change_sequencer import ChangeSequencer
 from auth_service.storage.change_signal import LocalChangeSignal, change_signal_for
 from auth_service.storage.clock import clock_for
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = garmin_auth_pb2.DESCRIPTOR.services_by_name["GarminAuthService"].full_name
 HEALTH_PROBE_SECONDS = 2.0
-WORKER_THREADS = 32
 # Keep-alive passes of replicas started together drift apart by up to this fraction.
 KEEPALIVE_JITTER = 0.2
 # Page tokens are signed with keys derived from the encryption keyring under this label.
@@ -268,7 +267,7 @@ def start_server(
     # idle anonymous health calls could make gRPC refuse authenticated callers. Refusing
     # anonymous calls before they take a thread, and the pools above, bound what they cost.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="rpc"),
         interceptors=[
             ServiceInterceptor(
                 application.callers,

@@ -18,6 +18,11 @@ from pathlib import Path
 from garmin_client.env import ConfigError, EnvReader
 
 PREFIX = "GARMIN_AUTH_"
+# The gRPC server's threads for our RPCs (auth_service.server). A WatchSessionEvents stream
+# holds one for its whole life, so at most half of them may watch: the rest serve the unary
+# RPCs (leases, status), which must never queue behind watchers.
+RPC_THREADS = 32
+MAX_WATCHERS_LIMIT = RPC_THREADS // 2
 DEFAULT_HEALTH_LISTEN = "0.0.0.0:8081"
 HEALTH_LISTEN_OFF = "off"
 DEFAULT_MAX_CONNECTION_AGE_SECONDS = 300.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from auth_service.domain.changes import StreamSettings, WebhookSettings
+from auth_service.serving_config import MAX_WATCHERS_LIMIT
 from garmin_client.env import EnvReader
 
 # Shorter secrets are guessable enough to forge signatures with.
@@ -19,7 +20,7 @@ MIN_SECRET_LENGTH = 16
 
 def read_stream_settings(reader: EnvReader) -> StreamSettings:
     return StreamSettings(
-        max_watchers=reader.integer("MAX_WATCHERS", 8, minimum=0, maximum=1000),
+        max_watchers=reader.integer("MAX_WATCHERS", 8, minimum=0, maximum=MAX_WATCHERS_LIMIT),
         heartbeat_seconds=reader.number("STREAM_HEARTBEAT", 15.0, minimum=0.1, maximum=3600),
         poll_seconds=reader.number("STREAM_POLL", 1.0, minimum=0.05, maximum=60),
         send_timeout_seconds=reader.number("STREAM_SEND_TIMEOUT", 30.0, minimum=0.5, maximum=3600),

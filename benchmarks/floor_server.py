@@ -55,7 +55,7 @@ from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
 TABLE = GarminAuthenticationState.__tablename__
 BLOB_BYTES = 1024
 NONCE_BYTES = 12
-DEFAULT_THREADS = 32  # auth_service.server.WORKER_THREADS
+DEFAULT_THREADS = 32  # auth_service.serving_config.RPC_THREADS
 DEFAULT_TTL_SECONDS = 60
 
 GRANT = (
