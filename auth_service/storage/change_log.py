@@ -229,10 +229,12 @@ class SqlChangeLog:
 
         The head is read first and bounds the read: every entry up to it is committed and
         visible, so a filtered read that found fewer than `limit` has looked through it.
-        (Read after it, an empty log may have got entries meanwhile, every statement seeing
-        its own snapshot: those do not count as pruned in first_kept.)"""
+        The oldest kept position is read after the entries: every statement sees its own
+        snapshot, and pruning removes a prefix, so a prune committed between the reads shows
+        in first_kept (read before the entries, it hid the pruned range, which the caller
+        then skipped as if it had read it). An empty log that got entries meanwhile does not
+        count as pruned either way."""
         head = self.head()
-        oldest = self.session.execute(select(func.min(Change.position))).scalar_one_or_none()
         # Core rows, not ORM objects: this repository may run on a Core connection.
         query = select(*CHANGES.c).where(Change.position > position, Change.position <= head)
         if wanted.states:
@@ -242,6 +244,7 @@ class SqlChangeLog:
         if wanted.user_id_prefix is not None:
             query = query.where(starts_with(Change.user_id, wanted.user_id_prefix))
         rows = list(self.session.execute(query.order_by(Change.position).limit(limit)))
+        oldest = self.session.execute(select(func.min(Change.position))).scalar_one_or_none()
         last = rows[-1].position if rows else None
         read_through = last if last is not None and len(rows) == limit else max(head, position)
         return ChangeBatch(
