@@ -180,6 +180,7 @@ def _status(status: SessionStatusView) -> dict[str, Any]:
         # The holder's name and fencing token; never the lease id (the holder's key).
         document["lease"] = {
             "holder": status.lease.holder,
+            "lease_ref": status.lease.lease_ref,
             "fencing_token": status.lease.fencing_token,
             "acquired_at": _time(status.lease.acquired_at),
             "expires_at": _time(status.lease.expires_at),
