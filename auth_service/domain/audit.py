@@ -65,6 +65,9 @@ class AuditedRpc(enum.StrEnum):
     REFRESH_LEASE = "RefreshLease"
     # Not an RPC: the background refresh of DI sessions whose refresh token dies soon.
     KEEP_ALIVE = "KeepAlive"
+    # Not an RPC, and no audit event (time caused it): housekeeping settling a sign-in whose
+    # MFA challenge expired unanswered, named so in the change log.
+    HOUSEKEEPING = "Housekeeping"
 
 
 @dataclass(frozen=True)

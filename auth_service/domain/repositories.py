@@ -114,8 +114,9 @@ class SessionRepository(Protocol):
         when the row no longer holds that ACTIVE session."""
         ...
 
-    def settle_abandoned_mfa(self, now: datetime, user_id: str | None = None) -> int:
-        """MFA_PENDING rows whose challenge is gone fall back to what they were before."""
+    def settle_abandoned_mfa(self, now: datetime, user_id: str | None = None) -> list[str]:
+        """MFA_PENDING rows whose challenge is gone fall back to what they were before; the
+        users settled."""
         ...
 
     def open_tokens(self, row: SessionRow) -> GarminTokens:
@@ -403,6 +404,11 @@ class AuditRepository(Protocol):
         leaves it, when the caller holds it (else the change log reads it back). `changed`:
         whether the event records a change of the user's session, which the change log then
         carries (None: an OK outcome is a change, any other a refusal)."""
+        ...
+
+    def add_change(self, user_id: str, rpc: str, occurred_at: datetime) -> None:
+        """Record a change of the user's session that no event records (housekeeping's), for
+        the change log alone."""
         ...
 
     def lease_owner(self, lease_digest: str) -> LeaseOwner | None: ...

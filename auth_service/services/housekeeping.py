@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.clock import Clock
 from auth_service.domain.policies import LoginSettings
 from auth_service.domain.repositories import Store
@@ -50,11 +51,15 @@ class Housekeeping:
             # Rows before challenges, the order every writer of both takes (DeleteSession,
             # SubmitMfa): the other way round, a pass deadlocks with them on PostgreSQL. A row
             # is settled once no live challenge is left, deleted yet or not.
-            sessions_settled = transaction.sessions.settle_abandoned_mfa(now)
+            settled = transaction.sessions.settle_abandoned_mfa(now)
+            for user_id in settled:
+                # The status callers read changed (MFA_PENDING is over): the change stream
+                # says so too, or a consumer waiting for the sign-in's outcome waits for ever.
+                transaction.audit_events.add_change(user_id, AuditedRpc.HOUSEKEEPING, now)
             report = HousekeepingReport(
                 ran=True,
                 challenges_deleted=transaction.challenges.delete_expired(now),
-                sessions_settled=sessions_settled,
+                sessions_settled=len(settled),
                 throttles_deleted=transaction.throttle.purge_stale(now, self._window),
                 cooldowns_deleted=transaction.limits.purge_ended(now),
             )

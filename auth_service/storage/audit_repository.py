@@ -61,6 +61,12 @@ class SqlAuditRepository:
                 PendingChange(event.user_id, event.rpc, event.occurred_at, status=leaves)
             )
 
+    def add_change(self, user_id: str, rpc: str, occurred_at: datetime) -> None:
+        """A change of a user's session that no audit event records (what time alone causes:
+        housekeeping's), for the change log alone; its status is read back before the
+        commit."""
+        self.pending_changes.append(PendingChange(user_id, rpc, occurred_at))
+
     def has_unwritten(self) -> bool:
         """Whether events or change-log entries wait for the commit."""
         return bool(self._unwritten or self.pending_changes)

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Row, Select, Update, case, update
-from sqlalchemy.engine import CursorResult
 
 from auth_service.crypto import DecryptionError
 from auth_service.domain.errors import SecretUnreadable
@@ -61,6 +60,7 @@ _SETTLE = (
     update(T)
     .where(rows.ABANDONED_MFA)
     .values(state=rows.SETTLED_STATE, updated_at=rows.NOW)
+    .returning(T.c.user_id)
     .execution_options(synchronize_session=False)
 )
 
@@ -174,14 +174,14 @@ class SqlSessionRepository:
             p_now=now,
         )
 
-    def settle_abandoned_mfa(self, now: datetime, user_id: str | None = None) -> int:
+    def settle_abandoned_mfa(self, now: datetime, user_id: str | None = None) -> list[str]:
         if user_id is None:
             result = self.session.execute(_SETTLE, {"p_now": now})
         else:
             result = self.session.execute(
                 _SETTLE.where(_BY_USER), {"p_now": now, "p_user_id": user_id}
             )
-        return cast(CursorResult[Any], result).rowcount or 0
+        return list(result.scalars())
 
     # --- plumbing ----------------------------------------------------------------------
 
