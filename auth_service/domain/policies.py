@@ -121,6 +121,13 @@ class RefreshSettings:
     keepalive_batch: int = 1000
     # Keep-alive refreshes started per second per replica at most (spaced with jitter).
     keepalive_rate: float = 10.0
+    # How long keep-alive leaves a session alone after its refresh failed without Garmin
+    # pushing back (GarminUnavailable: a 5xx, a timeout, a refused client id; a secret no
+    # key opens; an unexpected error). Some of these fail on every try (a refused client
+    # id, a lost key): retried on every pass, such sessions stay at the head of the order
+    # and a batch of them starves every other session. An hour costs a session that failed
+    # only once little against a week-long window.
+    keepalive_retry_seconds: float = 3600.0
     # GetStatus(validate) calls Garmin for a user at most once per this many seconds, per
     # replica (0: no limit); sooner asks answer VALIDATE_RATE_LIMITED.
     validate_interval_seconds: float = 60.0
@@ -146,3 +153,21 @@ def refresh_due(tokens: GarminTokens, until: datetime) -> bool:
         return False
     dies_at = tokens.oauth2.refresh_token_expires_at
     return dies_at is None or dies_at <= until
+
+
+def keepalive_not_before(tokens: GarminTokens, now: datetime, window: timedelta) -> datetime | None:
+    """When keep-alive may next pick a session that was just given `tokens` (None: as soon
+    as it is due, which an unknown refresh expiry is at once).
+
+    Keep-alive picks DI sessions whose refresh token dies within its `window`. A refresh
+    that does not move the expiry out of the window (GARMIN_AUTH_DI_REFRESH_EXPIRY_ON_ROTATION
+    =keep, or a refresh lifetime shorter than the window) must not be repeated on every pass:
+    that is the load Garmin answers with 429s. Half the time the refresh token has left (at
+    most half the window) still refreshes a short-lived token long before it dies, and an
+    expiry that stays put is approached in halving steps.
+    """
+    dies_at = tokens.oauth2.refresh_token_expires_at
+    if tokens.kind is not SessionKind.DI_OAUTH2 or dies_at is None:
+        return None
+    left = max(min(window, dies_at - now), timedelta(0))
+    return now + left / 2

@@ -101,10 +101,17 @@ class SessionRepository(Protocol):
         ...
 
     def store_validation(
-        self, user_id: str, *, version: int, refreshed: GarminTokens | None, now: datetime
+        self,
+        user_id: str,
+        *,
+        version: int,
+        refreshed: GarminTokens | None,
+        now: datetime,
+        keepalive_not_before: datetime | None = None,
     ) -> SessionRow | None:
-        """Garmin accepted session `version` (refreshed: with these new tokens); None when
-        the row no longer holds that ACTIVE session."""
+        """Garmin accepted session `version` (refreshed: with these new tokens, which
+        keep-alive leaves alone until `keepalive_not_before`); None when the row no longer
+        holds that ACTIVE session."""
         ...
 
     def invalidate(
@@ -376,17 +383,31 @@ class RefreshRepository(Protocol):
         ...
 
     def store_rotated(
-        self, user_id: str, *, version: int, tokens: GarminTokens, now: datetime
+        self,
+        user_id: str,
+        *,
+        version: int,
+        tokens: GarminTokens,
+        now: datetime,
+        keepalive_not_before: datetime | None,
     ) -> SessionRow | None:
-        """Store the tokens a refresh of session `version` brought (the claim ends); None
-        when the row no longer holds that ACTIVE session (a login or import won)."""
+        """Store the tokens a refresh of session `version` brought (the claim ends), and
+        when keep-alive may pick the session again (policies.keepalive_not_before), in one
+        statement; None when the row no longer holds that ACTIVE session (a login or import
+        won)."""
+        ...
+
+    def defer_keepalive(self, user_id: str, *, version: int, until: datetime) -> None:
+        """Keep-alive leaves session `version` alone until `until` (its refresh failed);
+        nothing when the row moved on."""
         ...
 
     def keepalive_candidates(
         self, *, now: datetime, dies_before: datetime, limit: int
     ) -> list[KeepAliveCandidate]:
         """ACTIVE DI sessions whose refresh token dies before `dies_before` or at an unknown
-        time, not under a live lease or claim, soonest (unknown first) first."""
+        time, not under a live lease or claim, nor held back past `now` (keepalive_not_before),
+        soonest (unknown first) first."""
         ...
 
 

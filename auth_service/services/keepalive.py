@@ -13,7 +13,11 @@ Keep-alive is the one caller that could hammer Garmin on its own, so it is the m
 one: its refreshes start at most `keepalive_rate` per second per replica, spaced with jitter;
 an account waiting out a 429 is skipped; and the first 429 of a pass, or an open breaker of
 the token endpoint, ends the pass: the rest waits for the next one
-(auth_service.services.garmin_gate).
+(auth_service.services.garmin_gate). A session it (or anyone) refreshed is not picked again
+before half its refresh token's remaining life, at most half the window (a refresh that
+leaves the expiry inside the window would otherwise be repeated every pass:
+auth_service.domain.policies.keepalive_not_before), and one whose refresh failed not for
+`keepalive_retry_seconds` (sessions that fail every time would otherwise fill every pass).
 """
 
 from __future__ import annotations
@@ -28,12 +32,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from auth_service.domain.audit import AuditedRpc
-from auth_service.domain.errors import (
-    GarminRateLimited,
-    GarminSessionRejected,
-    GarminUnavailable,
-    SessionNotActive,
-)
+from auth_service.domain.errors import GarminRateLimited, GarminSessionRejected, SessionNotActive
 from auth_service.domain.policies import RefreshSettings
 from auth_service.domain.repositories import KeepAliveCandidate
 from auth_service.services.session_refresh import RefreshAsker, RefreshBusy, SessionRefresher
@@ -55,7 +54,8 @@ class KeepAliveReport:
     refreshed: int = 0
     # Claimed, leased or refreshed elsewhere meanwhile, or no longer active.
     skipped: int = 0
-    # Garmin busy (429, 5xx, timeout) or an unexpected failure: the next pass tries again.
+    # Garmin unavailable (5xx, timeout, a refused client id), a secret no key opens or an
+    # unexpected failure: keep-alive tries again after keepalive_retry_seconds.
     failed: int = 0
     # Garmin rejected the refresh: the session is AUTH_EXPIRED.
     ended: int = 0
@@ -161,18 +161,32 @@ class KeepAlive:
                 pushed_back.set()
             log.info("keep-alive of user %s deferred (%s)", candidate.user_id, limited.message)
             return "deferred"
-        except GarminUnavailable as exc:
+        # GarminUnavailable (5xx, timeout, a refused client id), SecretUnreadable or anything
+        # unexpected; one session's failure must not stop the pass.
+        except Exception as exc:  # noqa: BLE001
             log.warning(
-                "keep-alive of user %s failed (%s); next pass",
+                "keep-alive of user %s failed (%s); retried in %.0f s",
                 candidate.user_id,
                 type(exc).__name__,
+                self._settings.keepalive_retry_seconds,
             )
-            return "failed"
-        except Exception as exc:  # noqa: BLE001 - one session's failure must not stop the pass
-            log.warning(
-                "keep-alive of user %s failed (%s); next pass",
-                candidate.user_id,
-                type(exc).__name__,
-            )
+            self._hold_back(candidate)
             return "failed"
         return "refreshed" if refreshed.by_us else "skipped"
+
+    def _hold_back(self, candidate: KeepAliveCandidate) -> None:
+        """Leave a session whose refresh failed alone for keepalive_retry_seconds, so the
+        ones that fail every time cannot fill every pass (RefreshSettings)."""
+        try:
+            with self._uow() as uow:
+                uow.refreshes.defer_keepalive(
+                    candidate.user_id,
+                    version=candidate.session_version,
+                    until=uow.now + timedelta(seconds=self._settings.keepalive_retry_seconds),
+                )
+        # Then it is simply tried again next pass; only the type is logged (driver messages
+        # can echo connection parameters).
+        except Exception as exc:  # noqa: BLE001
+            log.warning(
+                "keep-alive of user %s not held back (%s)", candidate.user_id, type(exc).__name__
+            )

@@ -10,10 +10,12 @@ with validate, keep-alive) comes here:
    new tokens without calling Garmin.
 2. The winner calls Garmin outside any transaction, with at most `concurrency` refreshes of
    this replica in flight at once.
-3. The rotated pair is committed before anyone gets to use it. If the commit fails (the
-   database is restarting) the pair stays in memory and the commit is retried until it lands
-   or `commit_retry_seconds` pass: an old refresh token is never sent again, and a new pair
-   is dropped only when a crash hits that window (docs/RELIABILITY.md).
+3. The rotated pair is committed before anyone gets to use it, with the time before which
+   keep-alive leaves the session alone (auth_service.domain.policies.keepalive_not_before).
+   If the commit fails (the database is restarting) the pair stays in memory and the commit
+   is retried until it lands or `commit_retry_seconds` pass: an old refresh token is never
+   sent again, and a new pair is dropped only when a crash hits that window
+   (docs/RELIABILITY.md).
 4. Garmin saying the session is dead (invalid_grant, 401) ends it only after re-reading the
    row shows no newer token; 429, 5xx and timeouts release the claim and change nothing.
 5. Garmin's 429s are honoured through the gate (auth_service.services.garmin_gate): during
@@ -53,7 +55,7 @@ from auth_service.domain.garmin_limits import (
     endpoints_of,
 )
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
-from auth_service.domain.policies import RefreshSettings
+from auth_service.domain.policies import RefreshSettings, keepalive_not_before
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import SessionRow, live_lease
 from auth_service.services.garmin_gate import Admission, GarminGate
@@ -312,8 +314,15 @@ class SessionRefresher:
     def _commit(
         self, user_id: str, version: int, fresh: GarminTokens, asker: RefreshAsker
     ) -> SessionRow | None:
+        window = timedelta(seconds=self._settings.keepalive_window_seconds)
         with self._uow() as uow:
-            row = uow.refreshes.store_rotated(user_id, version=version, tokens=fresh, now=uow.now)
+            row = uow.refreshes.store_rotated(
+                user_id,
+                version=version,
+                tokens=fresh,
+                now=uow.now,
+                keepalive_not_before=keepalive_not_before(fresh, uow.now, window),
+            )
             if row is not None:
                 lease = live_lease(row, uow.now)
                 uow.audit.record(asker.rpc, audit.SESSION_REFRESHED, user_id=user_id, lease=lease)

@@ -156,6 +156,15 @@ class GarminAuthenticationState(Base):
     # to another worker is of no use to it. NULL whenever lease_id is.
     lease_caller: Mapped[str | None] = mapped_column(String(CALLER_LENGTH))
 
+    # Added by migration 0011. Keep-alive does not pick the session before then (NULL:
+    # whenever it is due). Set with every pair the service's own refresh stores (half the
+    # refresh token's time left, at most half the keep-alive window: auth_service.domain.
+    # policies.keepalive_not_before) and after keep-alive's refresh failed; NULL again with
+    # a sign-in, an import or a holder's reported pair. So a refresh that leaves the expiry
+    # inside the window is not repeated on every pass, and sessions that always fail do not
+    # keep the others waiting.
+    keepalive_not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
     __table_args__ = (
         # LeaseNextSession walks ACTIVE sessions in sync order (never synced first, then the
         # oldest sync) and stops at the first due one: an index in exactly that order, over

@@ -4,7 +4,8 @@ Implements auth_service.domain.repositories.RefreshRepository. A claim is one co
 UPDATE ... RETURNING: on PostgreSQL the row lock makes concurrent claimers queue and re-check
 the condition after the winner commits (so exactly one gets it); on SQLite one writer at a
 time does the same. Storing what a refresh brought is the session rows' own REFRESHED change
-(auth_service.storage.session_rows), which also ends the claim. Never commits.
+(auth_service.storage.session_rows), which also ends the claim and says when keep-alive may
+pick the session again (keepalive_not_before). Never commits.
 """
 
 from __future__ import annotations
@@ -47,14 +48,24 @@ _RELEASE = (
     .where(T.c.user_id == rows.USER_ID, T.c.refresh_claim_id == _CLAIM_ID)
     .values(rows.CLAIM_ENDED)
 )
+# Only the session keep-alive failed to refresh: a newer one is due on its own terms.
+_DEFER_KEEPALIVE = (
+    update(T)
+    .where(
+        T.c.user_id == rows.USER_ID, T.c.session_version == rows.VERSION, T.c.state == rows.ACTIVE
+    )
+    .values(rows.KEEPALIVE_DEFERRED)
+)
 
 # Keep-alive: ACTIVE DI rows (the partial index ix_garmin_authentication_state_keepalive),
-# nobody leasing or refreshing them now.
+# nobody leasing or refreshing them now, and not held back (refreshed lately without leaving
+# the window, or failed lately: keepalive_not_before).
 _ACTIVE_DI_FREE = and_(
     T.c.state == rows.ACTIVE,
     T.c.session_kind == SessionKind.DI_OAUTH2,
     rows.FREE,
     _UNCLAIMED,
+    or_(T.c.keepalive_not_before.is_(None), T.c.keepalive_not_before <= rows.NOW),
 )
 _CANDIDATE_COLUMNS = (T.c.user_id, T.c.session_version, T.c.refresh_token_expires_at)
 # Unknown expiries first (an imported token file: it may die any day), then soonest first.
@@ -106,10 +117,28 @@ class SqlRefreshRepository:
         self.session.execute(_RELEASE, {"p_user_id": user_id, "p_claim_id": claim_id})
 
     def store_rotated(
-        self, user_id: str, *, version: int, tokens: GarminTokens, now: datetime
+        self,
+        user_id: str,
+        *,
+        version: int,
+        tokens: GarminTokens,
+        now: datetime,
+        keepalive_not_before: datetime | None,
     ) -> SessionRow | None:
         # The very change GetStatus(validate) makes when it refreshed: written once.
-        return self._sessions.store_validation(user_id, version=version, refreshed=tokens, now=now)
+        return self._sessions.store_validation(
+            user_id,
+            version=version,
+            refreshed=tokens,
+            now=now,
+            keepalive_not_before=keepalive_not_before,
+        )
+
+    def defer_keepalive(self, user_id: str, *, version: int, until: datetime) -> None:
+        self.session.execute(
+            _DEFER_KEEPALIVE,
+            {"p_user_id": user_id, "p_version": version, "p_keepalive_not_before": until},
+        )
 
     def keepalive_candidates(
         self, *, now: datetime, dies_before: datetime, limit: int

@@ -156,12 +156,21 @@ class SqlSessionRepository:
         return self._one(_DISCONNECT, p_user_id=user_id, p_now=now)
 
     def store_validation(
-        self, user_id: str, *, version: int, refreshed: GarminTokens | None, now: datetime
+        self,
+        user_id: str,
+        *,
+        version: int,
+        refreshed: GarminTokens | None,
+        now: datetime,
+        keepalive_not_before: datetime | None = None,
     ) -> SessionRow | None:
         params: dict[str, Any] = {"p_user_id": user_id, "p_version": version, "p_now": now}
         if refreshed is None:
             return self._one(_VALIDATED, **params)
-        return self._one(_REFRESHED, **{**params, **self.sealed_over(version, user_id, refreshed)})
+        sealed = self.sealed_over(
+            version, user_id, refreshed, keepalive_not_before=keepalive_not_before
+        )
+        return self._one(_REFRESHED, **{**params, **sealed})
 
     def invalidate(
         self, user_id: str, *, version: int, reason: str, now: datetime
@@ -192,10 +201,19 @@ class SqlSessionRepository:
         row = self.lock(user_id)
         return None if row is None else row.session_version
 
-    def sealed_over(self, version: int, user_id: str, tokens: GarminTokens) -> dict[str, Any]:
+    def sealed_over(
+        self,
+        version: int,
+        user_id: str,
+        tokens: GarminTokens,
+        *,
+        keepalive_not_before: datetime | None = None,
+    ) -> dict[str, Any]:
         """The parameters that store `tokens` in the user's row now at `version`: sealed for
         that row at the version the store makes it (version + 1), with p_version so the
-        statement only hits the row still at `version`."""
+        statement only hits the row still at `version`; and, for a refresh
+        (session_rows.REFRESHED), when keep-alive may pick the session again (None: when
+        due)."""
         return {
             "p_version": version,
             "p_ciphertext": self.box.seal_tokens(user_id, version + 1, tokens),
@@ -207,6 +225,7 @@ class SqlSessionRepository:
                 if tokens.kind is SessionKind.DI_OAUTH2
                 else None
             ),
+            "p_keepalive_not_before": keepalive_not_before,
         }
 
     def _one(self, statement: Update | Select[Any], **params: Any) -> SessionRow | None:

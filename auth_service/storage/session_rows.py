@@ -50,6 +50,7 @@ LEASE_ID = bindparam("p_lease_id", type_=T.c.lease_id.type)
 CIPHERTEXT = bindparam("p_ciphertext", type_=T.c.session_ciphertext.type)
 VERSION = bindparam("p_version", type_=T.c.session_version.type)
 REASON = bindparam("p_reason", type_=T.c.invalidated_reason.type)
+KEEPALIVE_NOT_BEFORE = bindparam("p_keepalive_not_before", type_=UTCDateTime())
 
 
 def reason_param(reason: str) -> str:
@@ -88,6 +89,8 @@ INSTALLED: dict[str, Any] = {
     "last_validated_at": VALIDATED_AT,
     "invalidated_reason": None,
     "invalidated_at": None,
+    # New credentials: keep-alive takes them whenever they are due.
+    "keepalive_not_before": None,
     "updated_at": NOW,
 }
 
@@ -95,6 +98,8 @@ INSTALLED: dict[str, Any] = {
 VALIDATED: dict[str, Any] = {"last_validated_at": NOW, "updated_at": NOW}
 
 # Refreshed tokens replace the stored ones (holder's report, central refresh, validation).
+# p_keepalive_not_before: when keep-alive may pick the session again (the service's own
+# refreshes: auth_service.domain.policies.keepalive_not_before; a holder's report: NULL).
 REFRESHED: dict[str, Any] = {
     **VALIDATED,
     **CLAIM_ENDED,
@@ -103,7 +108,12 @@ REFRESHED: dict[str, Any] = {
     "access_token_expires_at": TOKENS_EXPIRE_AT,
     "session_kind": KIND,
     "refresh_token_expires_at": REFRESH_EXPIRES_AT,
+    "keepalive_not_before": KEEPALIVE_NOT_BEFORE,
 }
+
+# Keep-alive's refresh of the session failed without Garmin pushing back: keep-alive leaves
+# it alone until p_keepalive_not_before (bookkeeping of keep-alive only: updated_at stays).
+KEEPALIVE_DEFERRED: dict[str, Any] = {"keepalive_not_before": KEEPALIVE_NOT_BEFORE}
 
 # No stored session any more (invalidated or deleted): secrets wiped, lease ended.
 _WIPED: dict[str, Any] = {
@@ -113,6 +123,7 @@ _WIPED: dict[str, Any] = {
     "access_token_expires_at": None,
     "session_kind": None,
     "refresh_token_expires_at": None,
+    "keepalive_not_before": None,
     "updated_at": NOW,
 }
 

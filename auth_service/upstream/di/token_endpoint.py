@@ -8,7 +8,8 @@ and this module never does either: a repeated rotation would present a dead refr
 What Garmin's answers mean:
 * 200 -> the pair; the access expiry from ``expires_in`` (else the JWT's ``exp``), the refresh
   expiry from ``refresh_token_expires_in`` (else now + the lifetime Garmin last stated for the
-  session, else the configured default).
+  session, else the configured default; configured to keep: the old token's expiry, unless
+  that has passed).
 * 400 ``invalid_grant`` -> on a ticket ServiceTicketRejected, on a refresh GarminSessionRejected.
 * 401 ``invalid_client`` on a ticket -> ClientIdRefused (the provider decides what is next).
 * 429 -> GarminRateLimited (a Retry-After date measured on the given clock, the service's);
@@ -237,9 +238,13 @@ class TokenEndpoint:
         if (
             lifetime is None
             and kept is not None
+            and kept > now
             and not self._settings.rotation_restarts_refresh_expiry
         ):
-            # Configured: a rotation hands the old token's expiry on to the new one.
+            # Configured: a rotation hands the old token's expiry on to the new one. A kept
+            # expiry already past when Garmin accepts the refresh disproves that for this
+            # session (its token outlived it): then the lifetime restarts, as above, or the
+            # session would stay due at every grant and keep-alive pass for good.
             refresh_expires_at = kept
         return GarminTokens(
             oauth1=None,
