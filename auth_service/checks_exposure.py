@@ -24,6 +24,7 @@ from auth_service.serving_config import (
 )
 from auth_service.tls import TlsFilesError, load_material
 from garmin_client.env import ConfigError, EnvReader
+from garmin_client.settings import upstream_url_problem
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -123,21 +124,12 @@ class _Exposure:
         warning = f"; WARNING: {'; '.join(plain)}: unencrypted (emulator only)" if plain else ""
         if url is None:
             return "Garmin Connect itself (GARMIN_AUTH_UPSTREAM_URL unset)" + warning
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            raise CheckFailed("GARMIN_AUTH_UPSTREAM_URL is not a URL (bad host or port)") from None
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise CheckFailed("GARMIN_AUTH_UPSTREAM_URL must be http(s)://host[:port][/path]")
-        if parts.username or parts.password:
-            # Not echoed: the user-info part may hold a password.
-            raise CheckFailed("GARMIN_AUTH_UPSTREAM_URL must not carry user:password@")
-        if parts.query or parts.fragment:
-            raise CheckFailed(
-                "GARMIN_AUTH_UPSTREAM_URL must not have a query or fragment (they are dropped)"
-            )
-        where = parts.hostname + (f":{port}" if port is not None else "")
+        problem = upstream_url_problem(url)
+        if problem is not None:
+            raise CheckFailed(f"GARMIN_AUTH_UPSTREAM_URL {problem}")
+        parts = urlsplit(url)
+        port = parts.port
+        where = f"{parts.hostname}" + (f":{port}" if port is not None else "")
         return f"every request to Garmin goes to {parts.scheme}://{where}{parts.path}" + warning
 
     def metrics(self) -> str:

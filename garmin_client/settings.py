@@ -4,6 +4,7 @@ and the worker's GARMIN_SYNC_* variables have the same names after the prefix)."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from garmin_client.env import EnvReader
 
@@ -27,6 +28,24 @@ class UpstreamSettings:
         )
 
 
+def upstream_url_problem(url: str) -> str | None:
+    """What is wrong with `url` as the place every request to Garmin goes (None: nothing).
+    Refused at start-up, or every request would fail on it. Never quotes the URL: its
+    user-info part may hold a password."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return "is not a URL (bad host or port)"
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return "must be http(s)://host[:port][/path]"
+    if parts.username or parts.password:
+        return "must not carry user:password@"
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment (they are dropped)"
+    return None
+
+
 def read_upstream_settings(reader: EnvReader, *, oauth_consumer: bool = True) -> UpstreamSettings:
     """UPSTREAM_URL, OAUTH_CONSUMER_KEY/_SECRET, UPSTREAM_TIMEOUT, UPSTREAM_RETRIES.
 
@@ -34,8 +53,9 @@ def read_upstream_settings(reader: EnvReader, *, oauth_consumer: bool = True) ->
     consumer is neither read nor set."""
     base_url = reader.get("UPSTREAM_URL")
     if base_url is not None:
-        if not base_url.startswith(("http://", "https://")):
-            raise reader.error("UPSTREAM_URL", "must start with http:// or https://")
+        problem = upstream_url_problem(base_url)
+        if problem is not None:
+            raise reader.error("UPSTREAM_URL", problem)
         base_url = base_url.rstrip("/")
     return UpstreamSettings(
         # Required: a refresh signed with the wrong consumer is answered 401, which would
