@@ -62,9 +62,13 @@ RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /w
 
 FROM python AS runtime
 
+# SSL_CERT_FILE: psycopg-binary bundles its own OpenSSL, whose default CA location
+# (/usr/lib/psycopg-openssl) does not exist; libpq's sslrootcert=system (the example database
+# URL in deploy/) then trusts no CA at all. Point it at Debian's store.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     GARMIN_AUTH_LISTEN=0.0.0.0:50051 \
     GARMIN_AUTH_HEALTH_LISTEN=0.0.0.0:8081
 
