@@ -1,0 +1,37 @@
+"""`scripts/demo` (`garmin-auth-service demo`) is the README's first command on a fresh
+machine, and `--once` invites running it again. The demo keeps its state in ./demo-data,
+SQLite database and login throttle included, and signs `demo-user` in on every run (each
+run's emulator is a new Garmin). Before, the sixth run within an hour died with a gRPC
+traceback (RESOURCE_EXHAUSTED "too many logins for this user") and exit 1, before the worker
+ran: the demo now raises GARMIN_AUTH_LOGIN_LIMIT, and a failed sign-in is one line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = str(Path(sys.executable).parent / "garmin-auth-service")
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_the_demo_runs_again_and_again(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GARMIN_AUTH_", "GARMIN_SYNC"))}
+    env["GARMIN_AUTH_LISTEN"] = "127.0.0.1:0"  # not the README's 50051: tests run side by side
+    folder = tmp_path / "demo-data"
+    for run in range(1, 7):
+        result = subprocess.run(
+            [CLI, "demo", "--once", "--folder", str(folder)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, (run, result.stderr[-700:])
+        assert "Traceback" not in result.stderr, (run, result.stderr[-700:])
