@@ -15,6 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Final
 
+from cryptography import x509
+
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.url_secrets import redacted_url
 from sync_worker.client import AuthClientConfig
@@ -113,6 +115,9 @@ def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -
         raise env.error("TLS_CERT", "a client certificate needs GARMIN_SYNC_TLS_CA")
     if (cert is None) != (key is None):
         raise env.error("TLS_KEY", "GARMIN_SYNC_TLS_CERT and _KEY go together")
+    for name, path in (("TLS_CA", ca), ("TLS_CERT", cert)):
+        if path is not None:
+            _check_pem_certificates(env, name, path)
     return AuthClientConfig(
         target=target or env.get("AUTH_TARGET") or DEFAULT_TARGET,
         token=auth_token(env),
@@ -122,6 +127,22 @@ def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -
         tls_key_file=key,
         tls_server_name=env.get("TLS_SERVER_NAME"),
     )
+
+
+def _check_pem_certificates(env: EnvReader, name: str, path: Path) -> None:
+    """Refuse a file that holds no PEM certificate (a wrong Secret key, a truncated mount):
+    gRPC would fail every handshake, and the run would end "auth service unreachable", sending
+    the operator to the network instead of the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise env.error(name, f"cannot read {path} ({exc.strerror})") from None
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise env.error(name, f"{path} holds no PEM certificate")
 
 
 def auth_token(env: EnvReader) -> str:
