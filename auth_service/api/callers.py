@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 import threading
 import time
@@ -214,6 +215,14 @@ def _normalise_cert_name(name: str) -> str:
     return name.strip().lower()
 
 
+def _signature(stat: os.stat_result) -> tuple[int, ...]:
+    """What tells an edit of the file: its size and modification time, which a copy keeping
+    times (cp -p, rsync -a, tar) can leave as they were for a revoking edit of the same size;
+    so also its inode (a Secret's update swaps the file) and change time, which nothing can
+    set back."""
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns)
+
+
 class CallerRegistry:
     """Authenticates bearer tokens against the callers file and authorises RPCs."""
 
@@ -222,7 +231,7 @@ class CallerRegistry:
         self._allow_unauthenticated = allow_unauthenticated
         self._lock = threading.Lock()
         self._entries: list[_Entry] = []
-        self._signature: tuple[int, int] | None = None
+        self._signature: tuple[int, ...] | None = None
         self._checked_at = 0.0
         # Why the file on disk is unusable (None: the entries are the file's).
         self._broken: str | None = None
@@ -243,7 +252,7 @@ class CallerRegistry:
         except UnicodeDecodeError as exc:
             raise CallersFileError(f"{self._path}: not UTF-8 (at byte {exc.start})") from None
         self._entries = parse_callers(text, str(self._path))
-        self._signature = (stat.st_mtime_ns, stat.st_size)
+        self._signature = _signature(stat)
         self._broken = None
         self._generation += 1
 
@@ -257,7 +266,7 @@ class CallerRegistry:
             self._checked_at = now
             try:
                 stat = self._path.stat()
-                signature = (stat.st_mtime_ns, stat.st_size)
+                signature = _signature(stat)
             except OSError as exc:
                 signature = None
                 problem = f"{self._path}: cannot read ({exc.strerror})"
