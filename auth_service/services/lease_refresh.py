@@ -61,8 +61,15 @@ class LeaseRefresh:
         )
         row, tokens = self._held(lease_id)
         usable_until = self._uow.now() + ACCESS_EXPIRY_MARGIN
-        if row.session_version > session_version and tokens.oauth2.expires_at > usable_until:
+        known = session_version > 0  # 0: the holder does not know its token's version
+        if (
+            known
+            and row.session_version > session_version
+            and tokens.oauth2.expires_at > usable_until
+        ):
             # Refreshed since the holder's token was issued: one refresh served every caller.
+            # (Without a version the stored token may be the very one Garmin just refused:
+            # handed back, its next 401 would read as a definite rejection.)
             return AccessGrant(tokens, status_view(row, self._uow.now()))
         try:
             refreshed = self._refresher.refresh(row.user_id, row.session_version, _ASKER)
