@@ -260,7 +260,9 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self, request: pb.ReportRefreshedRequest, context: grpc.ServicerContext
     ) -> pb.ReportRefreshedResponse:
         tokens = convert.tokens_from_proto(request.session, "session")
-        status = self._leases.report_refreshed(request.lease_id, tokens)
+        status = self._leases.report_refreshed(
+            request.lease_id, tokens, session_version=request.session_version
+        )
         return pb.ReportRefreshedResponse(status=convert.status_to_proto(status))
 
     def ReportInvalidated(

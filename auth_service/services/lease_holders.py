@@ -12,7 +12,7 @@ from __future__ import annotations
 from auth_service.domain import audit
 from auth_service.domain.errors import FieldViolation, InvalidArgument
 from auth_service.domain.lease_ids import lease_digest, matches
-from auth_service.domain.models import GarminTokens
+from auth_service.domain.models import GarminTokens, SessionKind
 from auth_service.domain.views import SessionRow
 from auth_service.services.unit_of_work import UnitOfWork
 
@@ -30,6 +30,32 @@ def held_by_caller(uow: UnitOfWork, lease_id: str) -> SessionRow | None:
     if row.lease_caller != audit.caller_name():
         return None
     return row
+
+
+def check_reported_version(reported: GarminTokens, session_version: int) -> list[FieldViolation]:
+    """A DI report must say which version it refreshed: DI refresh tokens rotate, so a report
+    of a session the service refreshed since carries a dead refresh token, and storing it
+    would lose the live one (the session's next refresh: invalid_grant)."""
+    if session_version < 0:
+        return [FieldViolation("session_version", "must not be negative")]
+    if session_version == 0 and reported.kind is SessionKind.DI_OAUTH2:
+        return [FieldViolation("session_version", "is required for a DI session")]
+    return []
+
+
+def check_refresh_of(stored_version: int, session_version: int) -> None:
+    """Refuse (INVALID_ARGUMENT) a report of another version than the stored one (0: not
+    checked): the service refreshed the session since the holder's copy."""
+    if session_version and session_version != stored_version:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "session_version",
+                    f"is {session_version}, the stored session is at {stored_version}: it "
+                    "was refreshed since (take its token with RefreshLease)",
+                )
+            ]
+        )
 
 
 def check_same_account(stored: GarminTokens, reported: GarminTokens) -> None:

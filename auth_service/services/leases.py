@@ -48,7 +48,12 @@ from auth_service.domain.validation import (
 )
 from auth_service.domain.views import SessionRow, live_lease, status_view
 from auth_service.services.central_refresh import CentralRefresh, Granted
-from auth_service.services.lease_holders import check_same_account, held_by_caller
+from auth_service.services.lease_holders import (
+    check_refresh_of,
+    check_reported_version,
+    check_same_account,
+    held_by_caller,
+)
 from auth_service.services.session_refresh import SessionRefresher
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
@@ -358,10 +363,16 @@ class LeaseService:
             *_synced_through_violations(synced_through, self._uow.now(), f"{fields}synced_through"),
         ]
 
-    def report_refreshed(self, lease_id: str, tokens: GarminTokens) -> SessionStatusView:
-        """Store tokens the holder's garth refreshed. Only a live lease's holder may, and
-        only tokens of the stored session's account."""
-        raise_if_any(check_opaque_id(lease_id, "lease_id"))
+    def report_refreshed(
+        self, lease_id: str, tokens: GarminTokens, *, session_version: int = 0
+    ) -> SessionStatusView:
+        """Store tokens the holder refreshed by itself. Only a live lease's holder may, only
+        tokens of the stored session's account, and only a refresh of the stored session's
+        version (`session_version`; 0: unknown, allowed for garth sessions alone)."""
+        raise_if_any(
+            check_opaque_id(lease_id, "lease_id"),
+            check_reported_version(tokens, session_version),
+        )
         digest = lease_digest(lease_id)
         with self._uow() as uow:
             # The ciphertext is bound to the user's row: find the user the lease names, then
@@ -371,6 +382,7 @@ class LeaseService:
             row = None
             if leased is not None:
                 check_same_account(uow.sessions.open_tokens(leased), tokens)
+                check_refresh_of(leased.session_version, session_version)
                 row = uow.leases.store_refreshed(
                     digest, user_id=leased.user_id, tokens=tokens, now=uow.now
                 )

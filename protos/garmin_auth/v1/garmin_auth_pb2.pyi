@@ -339,12 +339,14 @@ class ReleaseLeaseResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
 
 class ReportRefreshedRequest(_message.Message):
-    __slots__ = ("lease_id", "session")
+    __slots__ = ("lease_id", "session", "session_version")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_VERSION_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     session: GarminSession
-    def __init__(self, lease_id: _Optional[str] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ...) -> None: ...
+    session_version: int
+    def __init__(self, lease_id: _Optional[str] = ..., session: _Optional[_Union[GarminSession, _Mapping]] = ..., session_version: _Optional[int] = ...) -> None: ...
 
 class ReportRefreshedResponse(_message.Message):
     __slots__ = ("status",)
