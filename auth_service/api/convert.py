@@ -62,10 +62,19 @@ def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     )
 
 
-def from_timestamp(message: timestamp_pb2.Timestamp, field: str) -> datetime:
+def from_timestamp(
+    message: timestamp_pb2.Timestamp, field: str, *, bound: bool = False
+) -> datetime:
+    """The instant `message` names, to the microsecond (what is stored). A `bound` of a time
+    range rounds up: stored times are whole microseconds, so "at or after" and "before" a
+    bound inside a microsecond mean the same as at the next one; cut down instead, an event
+    up to 999 ns before the bound counted as after it."""
     if not timestamp_in_range(message):
         raise InvalidArgument([FieldViolation(field, "is out of range")])
-    return message.ToDatetime(tzinfo=UTC)
+    moment = message.ToDatetime(tzinfo=UTC)
+    if bound and message.nanos % 1_000:
+        moment += timedelta(microseconds=1)
+    return moment
 
 
 def from_duration(message: duration_pb2.Duration, field: str, *, present: bool) -> timedelta | None:

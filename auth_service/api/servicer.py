@@ -278,10 +278,10 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
             _check_reach(request.user_id)
         query = AuditFilter(
             user_id=request.user_id or None,
-            start_time=convert.from_timestamp(request.start_time, "start_time")
+            start_time=convert.from_timestamp(request.start_time, "start_time", bound=True)
             if request.HasField("start_time")
             else None,
-            end_time=convert.from_timestamp(request.end_time, "end_time")
+            end_time=convert.from_timestamp(request.end_time, "end_time", bound=True)
             if request.HasField("end_time")
             else None,
             oldest_first=request.oldest_first,
