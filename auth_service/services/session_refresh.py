@@ -116,7 +116,7 @@ class SessionRefresher:
         deadline = time.monotonic() + self._settings.wait_seconds
         waited = False
         while True:
-            row, tokens, refused = self._current(user_id, check_limits=True)
+            row, tokens, refused = self._current(user_id, refusing_version=expected_version)
             if row.session_version != expected_version:
                 if waited:
                     self._events.refresh_waited("rotated")
@@ -154,14 +154,20 @@ class SessionRefresher:
             return self._store(claimed, fresh, asker)
 
     def _current(
-        self, user_id: str, *, check_limits: bool = False
+        self, user_id: str, *, refusing_version: int | None = None
     ) -> tuple[SessionRow, GarminTokens, GarminRateLimited | None]:
-        """The row, its tokens and (check_limits) the gate's refusal, in one transaction."""
+        """The row, its tokens and, when the row is still at `refusing_version` with no live
+        claim (the one case that would call Garmin next), the gate's refusal, in one
+        transaction. Asked only then: the gate counts each refusal as a suppressed call, and
+        a caller polling another replica's claim would count one every poll."""
         with self._uow() as uow:
             row = uow.leases.find(user_id)
             if row is None or row.state is not SessionState.ACTIVE or not row.session_ciphertext:
                 raise SessionNotActive("the session is no longer active")
-            refused = self._gate.refusal(uow, user_id, _endpoints(row)) if check_limits else None
+            claimed = row.refresh_claimed_until is not None and row.refresh_claimed_until > uow.now
+            refused = None
+            if refusing_version == row.session_version and not claimed:
+                refused = self._gate.refusal(uow, user_id, _endpoints(row))
             return row, uow.sessions.open_tokens(row), refused
 
     def _admit(self, claimed: SessionRow, claim_id: str | None) -> Admission:
