@@ -382,7 +382,12 @@ class LeaseService:
             row = None
             if leased is not None:
                 check_same_account(uow.sessions.open_tokens(leased), tokens)
-                check_refresh_of(leased.session_version, session_version)
+                # Against the row locked for the store, not the one read above: a rotation
+                # committed in between would otherwise let a report of the version it
+                # replaced put back the refresh token it killed.
+                locked = uow.sessions.lock(leased.user_id)
+                if locked is not None:
+                    check_refresh_of(locked.session_version, session_version)
                 row = uow.leases.store_refreshed(
                     digest, user_id=leased.user_id, tokens=tokens, now=uow.now
                 )
