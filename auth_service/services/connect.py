@@ -219,7 +219,10 @@ class ConnectService:
                 refusal = MfaChallengeBusy("another SubmitMfa for this challenge is in progress")
             elif challenge is None or challenge.expires_at <= uow.now:
                 if challenge is not None:
-                    _abandon(uow, digest, challenge.user_id)
+                    # No event (a refusal), but the user's status changed (MFA_PENDING is
+                    # over): the change stream says so, as housekeeping's settle does.
+                    for user_id in _abandon(uow, digest, challenge.user_id):
+                        uow.audit_events.add_change(user_id, AuditedRpc.SUBMIT_MFA, uow.now)
                 refusal = MfaChallengeNotFound(
                     "no such MFA challenge (expired, used or superseded)"
                 )
@@ -316,10 +319,11 @@ def _locked(uow: UnitOfWork, digest: str) -> MfaChallenge | None:
     return uow.challenges.lock(digest)
 
 
-def _abandon(uow: UnitOfWork, digest: str, user_id: str) -> None:
-    """The challenge ends without a session: the user's MFA_PENDING status is settled."""
+def _abandon(uow: UnitOfWork, digest: str, user_id: str) -> list[str]:
+    """The challenge ends without a session: the user's MFA_PENDING status is settled (the
+    users settled: the user, or none when its row was not MFA_PENDING)."""
     uow.challenges.delete(digest)
-    uow.sessions.settle_abandoned_mfa(uow.now, user_id)
+    return uow.sessions.settle_abandoned_mfa(uow.now, user_id)
 
 
 def connect_tokens(
