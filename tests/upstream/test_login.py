@@ -15,6 +15,7 @@ from auth_service.domain.errors import (
     GarminCredentialsRejected,
     GarminRateLimited,
     GarminUnavailable,
+    MfaChallengeNotFound,
     MfaCodeRejected,
 )
 from auth_service.domain.models import LoginNeedsMfa, LoginSucceeded, PendingMfa
@@ -200,9 +201,11 @@ def test_mfa_code_with_another_logins_cookies_fails(
     swapped = dataclasses.replace(mine, cookies=theirs.cookies)
     no_cookies = dataclasses.replace(mine, cookies=[])
 
+    # Another login's cookies: that login's code is asked for, and this one is wrong there.
     with pytest.raises(MfaCodeRejected):
         upstream.resume_mfa(swapped, mfa_user.mfa_code)
-    with pytest.raises(MfaCodeRejected):
+    # No pending login for no cookies (401): log in again, as in the DI flow.
+    with pytest.raises(MfaChallengeNotFound):
         upstream.resume_mfa(no_cookies, mfa_user.mfa_code)
     # The right cookies still work: the challenge was not consumed by the failures.
     assert upstream.resume_mfa(mine, mfa_user.mfa_code).oauth1_token().mfa_token
@@ -212,7 +215,8 @@ def test_mfa_code_is_single_use(upstream: GarthUpstream, mfa_user: EmulatedUser)
     pending = start_mfa_login(upstream, mfa_user)
     upstream.resume_mfa(pending, mfa_user.mfa_code)
 
-    with pytest.raises(MfaCodeRejected):
+    # The pending login is used up at Garmin (401): log in again.
+    with pytest.raises(MfaChallengeNotFound):
         upstream.resume_mfa(pending, mfa_user.mfa_code)
 
 

@@ -2,7 +2,9 @@
 
 * A refusal is told by the SSO answer's JSON type, on any status but the blocked ones, as for
   the DI provider (auth_service.upstream.sso_answers): on /mobile/api/login ->
-  GarminCredentialsRejected, on /mobile/api/mfa/verifyCode -> MfaCodeRejected. A captcha, an
+  GarminCredentialsRejected, on /mobile/api/mfa/verifyCode -> MfaCodeRejected, or on a 401
+  MfaChallengeNotFound (Garmin no longer holds the pending login). A 429 is rate limiting
+  whatever its body. A captcha, an
   HTML page, or an accepting type we cannot use (SUCCESSFUL without a ticket) ->
   GarminUnavailable.
 * A 401 on the ticket or token exchange is GarminUnavailable here (it points at the consumer
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 from auth_service.domain.errors import (
     GarminCredentialsRejected,
     GarminUnavailable,
+    MfaChallengeNotFound,
     MfaCodeRejected,
     UpstreamError,
 )
@@ -86,7 +89,7 @@ def resume(client: IsolatedClient, pending: PendingMfa, code: str, now: datetime
 
 def _login_failure(
     operation: str, exc: BaseException, client: IsolatedClient, now: datetime
-) -> UpstreamError:
+) -> UpstreamError | MfaChallengeNotFound:
     rejection = _refusal(exc, client)
     if rejection is not None:
         # A refused password or code is routine.
@@ -107,11 +110,14 @@ def _login_failure(
     return error
 
 
-def _refusal(exc: BaseException, client: IsolatedClient) -> UpstreamError | None:
+def _refusal(
+    exc: BaseException, client: IsolatedClient
+) -> UpstreamError | MfaChallengeNotFound | None:
     """What the SSO answer behind `exc` says of the email/password or the MFA code (None: it
     is no SSO answer; classified as everywhere)."""
     answered = _answered(exc, client)
-    if answered is None:
+    # Garmin's 429, whatever its body says, is rate limiting (the sign-in cooldown starts).
+    if answered is None or answered[0] == HTTPStatus.TOO_MANY_REQUESTS:
         return None
     status, kind, path = answered
     if kind in BLOCKED_SSO_TYPES:
@@ -125,6 +131,11 @@ def _refusal(exc: BaseException, client: IsolatedClient) -> UpstreamError | None
         return None  # classified as everywhere: unreadable, blocked or down
     if path == LOGIN_PATH:
         return GarminCredentialsRejected(f"Garmin refused the email or password ({shown(refusal)})")
+    if status == HTTPStatus.UNAUTHORIZED:
+        # As in the DI flow: Garmin no longer holds the pending login, so no code can succeed.
+        return MfaChallengeNotFound(
+            "Garmin no longer holds this sign-in (it expired there); log in again"
+        )
     return MfaCodeRejected(f"Garmin refused the MFA code ({shown(refusal)})")
 
 
