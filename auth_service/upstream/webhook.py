@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import os
 import socket
 import threading
 import time
@@ -169,12 +170,17 @@ class _PostDeadline:
                 handle.close()
             self._handles.clear()
 
-    def watch(self, sock: socket.socket) -> None:
+    def watch(self, sock: Any) -> None:
         # A descriptor of our own on the same socket, closed when the POST ends: urllib3 may
         # close its own (and the number go to another socket) while the timer fires; ours is
         # shut down and closed under our lock only. A socket kept alive gets a new one for
-        # each POST it serves.
-        handle = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        # each POST it serves. By its descriptor alone: through an HTTPS proxy to an https://
+        # receiver, urllib3's socket is a TLS-in-TLS transport with no family or type, whose
+        # descriptor is the connection's.
+        try:
+            handle = socket.socket(fileno=os.dup(sock.fileno()))
+        except (OSError, ValueError):
+            return  # already closed: nothing to wait for on it
         with self._lock:
             self._handles.append(handle)
             if self.expired:
