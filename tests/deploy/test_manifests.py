@@ -17,6 +17,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from sync_worker import cli
+from tests.fixtures.certificates import Authority
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -295,7 +296,10 @@ def test_the_worker_cronjob_never_overlaps_and_its_settings_load(tmp_path: Path)
         directory = value.rpartition("/")[0]
         if directory in mounts and mounts[directory] in {"token", "ca"}:
             path = tmp_path / value.rpartition("/")[2]
-            path.write_text("token-from-a-mounted-secret\n")
+            if mounts[directory] == "ca":
+                path.write_bytes(Authority.create("the service's CA").pem)  # a real PEM
+            else:
+                path.write_text("token-from-a-mounted-secret\n")
             local[name] = str(path)
         else:
             local[name] = value

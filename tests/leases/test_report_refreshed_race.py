@@ -43,6 +43,8 @@ def _waiting_on_a_lock(db: sessionmaker[Session]) -> bool:
     return bool(count)
 
 
+# The race needs row locks under READ COMMITTED: PostgreSQL (SQLite has one writer at a time).
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_a_stale_report_racing_a_rotation_is_refused(
     service_factory: ServiceFactory,
     garmin: GarminEmulator,
@@ -50,8 +52,6 @@ def test_a_stale_report_racing_a_rotation_is_refused(
     keyring: Keyring,
     database_url: str,
 ) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("the race needs row locks under READ COMMITTED (PostgreSQL)")
     box = SecretBox(keyring)
     clock = SystemClock()
     accounts = DiAccounts(garmin, clock, db_sessionmaker, box)
