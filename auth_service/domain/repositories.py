@@ -87,9 +87,10 @@ class SessionRepository(Protocol):
         ...
 
     def install_tokens(
-        self, user_id: str, tokens: GarminTokens, now: datetime, *, validated: bool
+        self, locked: SessionRow, tokens: GarminTokens, now: datetime, *, validated: bool
     ) -> SessionRow:
-        """Make `tokens` the user's ACTIVE session (login, MFA, import); a live lease ends."""
+        """Make `tokens` the user's ACTIVE session (login, MFA, import) over `locked`, the
+        row this transaction locked (lock_or_create); a live lease ends."""
         ...
 
     def mark_mfa_pending(self, user_id: str, now: datetime) -> SessionRow:
@@ -341,8 +342,11 @@ class LeaseRepository(Protocol):
         ...
 
     def store_refreshed(
-        self, lease_digest: str, *, user_id: str, tokens: GarminTokens, now: datetime
-    ) -> SessionRow | None: ...
+        self, lease_digest: str, *, user_id: str, version: int, tokens: GarminTokens, now: datetime
+    ) -> SessionRow | None:
+        """Store refreshed tokens under a live lease over the user's row, which the caller
+        locked and read at `version`; None when the lease is dead or the row moved on."""
+        ...
 
     def invalidate(self, lease_digest: str, *, now: datetime, reason: str) -> SessionRow | None: ...
 

@@ -191,7 +191,7 @@ class ConnectService:
             raise
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
-            if _still_claimed(uow, digest, claimed_until) is None:
+            if _still_claimed(uow, digest, claimed_until, row_locked=True) is None:
                 # Deleted or superseded while Garmin answered: the user's newer intent wins.
                 raise MfaChallengeNotFound("the MFA challenge was superseded or deleted")
             uow.challenges.delete(digest)
@@ -299,10 +299,13 @@ class ConnectService:
                     )
 
 
-def _still_claimed(uow: UnitOfWork, digest: str, claimed_until: datetime) -> MfaChallenge | None:
+def _still_claimed(
+    uow: UnitOfWork, digest: str, claimed_until: datetime, *, row_locked: bool = False
+) -> MfaChallenge | None:
     """The challenge, locked, while this submission's claim on it stands (None: deleted, or
-    superseded while Garmin answered)."""
-    challenge = _locked(uow, digest)
+    superseded while Garmin answered). `row_locked`: this transaction holds its user's row
+    already, so the challenge is locked straight away, in the same order as _locked's."""
+    challenge = uow.challenges.lock(digest) if row_locked else _locked(uow, digest)
     if challenge is None or challenge.claimed_until != claimed_until:
         return None
     return challenge
@@ -333,6 +336,6 @@ def connect_tokens(
     ExchangeServiceTicket) and record
     it in the same transaction, naming the live lease it ended, if any."""
     ended = live_lease(locked, uow.now)
-    row = uow.sessions.install_tokens(locked.user_id, tokens, uow.now, validated=validated)
+    row = uow.sessions.install_tokens(locked, tokens, uow.now, validated=validated)
     uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=ended)
     return status_view(row, uow.now)

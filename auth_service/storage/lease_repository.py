@@ -457,16 +457,14 @@ class SqlLeaseRepository:
         )
 
     def store_refreshed(
-        self, lease_digest: str, *, user_id: str, tokens: GarminTokens, now: datetime
+        self, lease_digest: str, *, user_id: str, version: int, tokens: GarminTokens, now: datetime
     ) -> SessionRow | None:
         """Store refreshed tokens under a live lease; None when the lease is dead.
 
-        The tokens are sealed for one user's row at the version they make it, so the row
-        (locked first) must still be that user's, at the version read.
+        The tokens are sealed for one user's row at the version they make it: the caller
+        locked the row and read `version` from it, so the statement (which re-checks it)
+        stores over exactly the row the seal names.
         """
-        version = self._sessions.locked_version(user_id)
-        if version is None:
-            return None
         return self._one(
             _STORE_REFRESHED,
             p_lease_id=lease_digest,

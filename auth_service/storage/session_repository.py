@@ -133,13 +133,12 @@ class SqlSessionRepository:
     # --- changes -----------------------------------------------------------------------
 
     def install_tokens(
-        self, user_id: str, tokens: GarminTokens, now: datetime, *, validated: bool
+        self, locked: SessionRow, tokens: GarminTokens, now: datetime, *, validated: bool
     ) -> SessionRow:
-        version = self.locked_version(user_id)
-        assert version is not None  # the use case locked or created it in this transaction
+        user_id = locked.user_id
         row = self._one(
             _INSTALL,
-            **self.sealed_over(version, user_id, tokens),
+            **self.sealed_over(locked.session_version, user_id, tokens),
             p_user_id=user_id,
             p_now=now,
             p_validated_at=now if validated else None,

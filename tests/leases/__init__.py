@@ -157,8 +157,8 @@ def activate_session(
     call): ACTIVE, the sealed tokens, a new session version, no invalidation, and any live
     lease ended (its holder's next call answers LEASE_LOST). fencing_token is kept."""
     sessions = SqlSessionRepository(session, box)
-    sessions.lock_or_create(user_id, now)
-    sessions.install_tokens(user_id, tokens, now, validated=True)
+    locked = sessions.lock_or_create(user_id, now)
+    sessions.install_tokens(locked, tokens, now, validated=True)
 
 
 def delete_session(session: Session, box: SecretBox, user_id: str, now: datetime) -> bool:

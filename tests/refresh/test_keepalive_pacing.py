@@ -248,9 +248,9 @@ def test_a_new_sign_in_clears_the_wait(
     # A login or import stores new credentials: keep-alive takes them whenever they are due.
     imported = accounts.seed("pace-relogin-source", refresh_in=None)
     with db_sessionmaker.begin() as session:
-        SqlSessionRepository(session, box).install_tokens(
-            "pace-relogin", imported, clock.now(), validated=False
-        )
+        sessions = SqlSessionRepository(session, box)
+        locked = sessions.lock_or_create("pace-relogin", clock.now())
+        sessions.install_tokens(locked, imported, clock.now(), validated=False)
 
     assert _not_before(db_sessionmaker, "pace-relogin") is None
 
