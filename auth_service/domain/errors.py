@@ -214,8 +214,18 @@ class GarminRateLimited(UpstreamError):
         # The endpoint that answered 429, when the provider knows it (its breaker counts it).
         self.endpoint = endpoint
         # Set when the service answered for Garmin, Garmin not called: why
-        # ("account_cooldown" or "breaker_open"; auth_service.services.garmin_gate).
+        # ("account_cooldown", "breaker_open" or "in_flight"; services.garmin_gate).
         self.held_back: str | None = None
+
+    @property
+    def only_this_account(self) -> bool:
+        """Held back by this account's own cooldown: other accounts' calls may go on."""
+        return self.held_back == "account_cooldown"
+
+    @property
+    def another_call_in_flight(self) -> bool:
+        """Held back because this account's one call to that endpoint is under way."""
+        return self.held_back == "in_flight"
 
 
 class GarminUnavailable(UpstreamError):

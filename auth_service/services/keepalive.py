@@ -155,7 +155,7 @@ class KeepAlive:
         except GarminSessionRejected:
             return "ended"
         except GarminRateLimited as limited:
-            if limited.held_back != "account_cooldown":
+            if not limited.only_this_account:
                 # A 429, or an open breaker: Garmin wants less from us; the next pass
                 # takes the rest.
                 pushed_back.set()

@@ -285,7 +285,7 @@ class LeaseService:
             log.info("due session's stored session cannot be opened; leasing the next one")
             return None, False
         except GarminRateLimited as limited:
-            if limited.held_back != "account_cooldown":
+            if not limited.only_this_account:
                 raise  # Garmin's own 429, or an endpoint's breaker: every grant waits
             # That account waits out Garmin's 429, not the others: the worker asked for
             # "the next session", and the grant was released as the row's sync attempt.

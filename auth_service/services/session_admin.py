@@ -156,7 +156,7 @@ class SessionAdmin:
             with self._gate.calling(user_id, endpoints, AuditedRpc.GET_STATUS, exclusive=True):
                 self._upstream.validate(tokens, allow_refresh=False)
         except GarminRateLimited as refused:
-            if refused.held_back != "in_flight":
+            if not refused.another_call_in_flight:
                 raise
             self._gate.wait_for_call(user_id, endpoints)  # raises when it met a 429
             return False
