@@ -279,9 +279,27 @@ def test_unavailable_is_retried_up_to_the_bound_then_raised() -> None:
     assert raised.value.code == grpc.StatusCode.UNAVAILABLE
     assert raised.value.message == "restarting"
     assert fake.calls == ATTEMPTS
-    # Full jitter under an exponential ceiling (0.2 s, then 0.4 s by default).
+    # Exponential steps (0.2 s, then 0.4 s by default), each +-20%.
     assert len(sleeps) == ATTEMPTS - 1
-    assert all(0 <= delay <= ceiling for delay, ceiling in zip(sleeps, (0.2, 0.4), strict=True))
+    assert all(
+        0.8 * step <= delay <= 1.2 * step for delay, step in zip(sleeps, (0.2, 0.4), strict=True)
+    )
+
+
+def test_the_default_retries_wait_about_6_seconds_in_all() -> None:
+    """README, exit 3: a call still failing after 6 s (+-20%) of retries, enough for a
+    replica's restart. Before, full jitter (0 to each step) waited 3 s on average and as
+    little as 1.8 s in four tries, so a restart of a few seconds ended the run."""
+    fake = FailingStatus(lambda context: abort(context, grpc.StatusCode.UNAVAILABLE, "down"))
+    totals = []
+    with serving(fake) as target:
+        config = AuthClientConfig(target=target, token=TOKEN, timeout_seconds=TIMEOUT)
+        for _ in range(20):
+            sleeps: list[float] = []
+            with AuthClient(config, sleep=sleeps.append) as client, pytest.raises(AuthServiceError):
+                client.get_status("ann")
+            totals.append(sum(sleeps))
+    assert all(4.8 <= total <= 7.2 for total in totals), sorted(totals)
 
 
 def test_unavailable_then_an_answer_returns_the_answer() -> None:
