@@ -193,6 +193,12 @@ class _Run:
         if exc.fatal:
             self.control.fail(exc)
             return
+        if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+            # The user id passed the service's own rule when the run was configured, so the
+            # refusal is of the run's settings (holder, ttl): every user would be refused
+            # alike. Exit 2 with one line, as --all does.
+            self.control.refuse_settings(exc)
+            return
         outcome = Outcome.FAILED
         if exc.reason in (LEASE_HELD, LEASE_LOST):
             # Someone else is syncing this user right now.
