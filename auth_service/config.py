@@ -10,7 +10,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from curl_cffi.requests.impersonate import REAL_TARGET_MAP, BrowserType
 from sqlalchemy.engine import make_url
@@ -45,7 +44,7 @@ from auth_service.serving_config import (
 from auth_service.stream_config import read_stream_settings, read_webhook_settings
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.settings import UpstreamSettings, read_upstream_settings
-from garmin_client.url_secrets import redacted_url
+from garmin_client.url_secrets import redacted_url, unencoded_at_after_password
 
 PREFIX = "GARMIN_AUTH_"
 DEFAULT_DATABASE_URL = "sqlite:///garmin-auth.sqlite3"
@@ -140,9 +139,9 @@ def _database_url(reader: EnvReader) -> str:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         raise reader.error("DATABASE_URL", "is not a SQLAlchemy URL") from None
-    if urlsplit(url).netloc.count("@") > 1:
+    if unencoded_at_after_password(url):
         # SQLAlchemy would cut the password at its first @ and take the rest for the host,
-        # which then turns up in every connection error.
+        # which then turns up in every connection error and every redacted line.
         raise reader.error(
             "DATABASE_URL", "percent-encode the password's special characters (@ is %40)"
         )

@@ -39,6 +39,16 @@ def redacted_url(url: str) -> str:
     return f"{head}{base}?{masked}"
 
 
+def unencoded_at_after_password(url: str) -> bool:
+    """Whether an `@` follows the one that ends `user:password@`: a password holding an `@`
+    not percent-encoded (%40). SQLAlchemy ends the password at its first `@` and takes the
+    rest for the host, path or query, so the rest of the password would be shown as the host
+    by every message that names it. Anywhere after it, not just before the host's end: a
+    password may also hold `/`, `?` or `#`, which end the host."""
+    found = _USERINFO.match(url)
+    return found is not None and found.group("password") is not None and "@" in url[found.end() :]
+
+
 def url_secrets(url: str) -> list[str]:
     """Every spelling of the URL's secrets (as written, and decoded), longest first, that a
     driver's message might quote: libpq quotes the piece of a connection string it cannot

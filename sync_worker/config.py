@@ -18,7 +18,7 @@ from typing import Final
 from cryptography import x509
 
 from garmin_client.env import ConfigError, EnvReader
-from garmin_client.url_secrets import redacted_url
+from garmin_client.url_secrets import redacted_url, unencoded_at_after_password
 from sync_worker.client import AuthClientConfig
 from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE
 from sync_worker.postgres_sink import libpq_url
@@ -177,4 +177,7 @@ def check_sink_url(url: str) -> str:
         libpq_url(url)
     except ValueError as exc:
         raise ConfigError("--sink", str(exc)) from None
+    if unencoded_at_after_password(url):
+        # Read two ways (libpq, our redaction): part of the password could show as the host.
+        raise ConfigError("--sink", "percent-encode the password's special characters (@ is %40)")
     return url

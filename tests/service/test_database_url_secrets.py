@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from auth_service.checks import run_checks
-from auth_service.config import redacted_database_url
+from auth_service.config import load_database_url, redacted_database_url
 from auth_service.crypto import Keyring
+from garmin_client.env import ConfigError
 from garmin_client.url_secrets import redacted_url
+from sync_worker.config import check_sink_url
 from tests.service.test_cli import base_env, run_cli
 
 SECRET = "Tr0ub4dorHorse99"
@@ -101,3 +103,33 @@ def test_check_config_prints_no_password(password: str) -> None:
     lines = [result.line() for result in run_checks(env)]
     leaking = [line for line in lines if "hunter2" in line]
     assert not leaking, leaking
+
+
+# A password holding an '@' not percent-encoded after a '/', '?' or '#': urllib's netloc ends at
+# those, so a check counting its '@'s let the URL through, and SQLAlchemy took the password's
+# tail ("Horse99") for the host, which every redacted line then printed.
+UNENCODED_AT = ["Tr0ub/4dor@Horse99", "Tr0ub?4dor@Horse99", "Tr0ub#4dor@Horse99"]
+
+
+@pytest.mark.parametrize("password", UNENCODED_AT)
+def test_an_at_sign_after_the_password_is_refused_whatever_precedes_it(password: str) -> None:
+    url = f"postgresql+psycopg://garmin:{password}@127.0.0.1:1/garmin"
+    with pytest.raises(ConfigError) as raised:
+        load_database_url({"GARMIN_AUTH_DATABASE_URL": url})
+    assert raised.value.variable == "GARMIN_AUTH_DATABASE_URL"
+    assert "Horse99" not in str(raised.value)
+    lines = [result.line() for result in run_checks({"GARMIN_AUTH_DATABASE_URL": url})]
+    assert not [line for line in lines if "Horse99" in line], lines
+    with pytest.raises(ConfigError) as sink:
+        check_sink_url(url)
+    assert "Horse99" not in str(sink.value)
+
+
+def test_an_encoded_at_sign_and_a_sqlite_path_with_one_are_accepted(tmp_path: Path) -> None:
+    encoded = "postgresql+psycopg://garmin:Tr0ub%2F4dor%40Horse99@127.0.0.1:1/garmin"
+    assert load_database_url({"GARMIN_AUTH_DATABASE_URL": encoded}) == encoded
+    assert check_sink_url(encoded) == encoded
+    folder = tmp_path / "a@b"
+    folder.mkdir()
+    sqlite = f"sqlite:///{folder}/garmin.sqlite3"
+    assert load_database_url({"GARMIN_AUTH_DATABASE_URL": sqlite}) == sqlite
