@@ -26,7 +26,11 @@ from auth_service.domain.errors import (
 from auth_service.domain.models import LeaseGrant, LeaseView
 from auth_service.domain.policies import refresh_due
 from auth_service.domain.views import live_lease, status_view
-from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
+from auth_service.services.session_refresh import (
+    RefreshAsker,
+    SessionRefresher,
+    StillRefreshingElsewhere,
+)
 from auth_service.services.unit_of_work import UnitsOfWork
 
 log = logging.getLogger(__name__)
@@ -71,7 +75,10 @@ class CentralRefresh:
         try:
             refreshed = self._refresher.refresh(grant.lease.user_id, granted.session_version, asker)
         except (GarminRateLimited, GarminUnavailable) as exc:
-            if grant.tokens.oauth2.expires_at > self._uow.now():
+            gave_up_waiting = isinstance(exc, StillRefreshingElsewhere)
+            if grant.tokens.oauth2.expires_at > self._uow.now() and not (
+                gave_up_waiting and with_refresh_token
+            ):
                 # Garmin is busy, not saying no: the current token still works for now,
                 # and the holder asks RefreshLease for a new one when Garmin refuses it.
                 log.warning(
@@ -80,6 +87,8 @@ class CentralRefresh:
                     type(exc).__name__,
                 )
                 return grant
+            # Expired; or the holder would get a refresh token that another replica's
+            # rotation, unfinished past our wait, may have killed at Garmin already.
             self.release_unused(grant.lease, granted.rpc, exc)
             raise
         except SessionNotActive:

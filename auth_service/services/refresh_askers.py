@@ -1,5 +1,6 @@
 """What the single-flight refresher (auth_service.services.session_refresh) is asked and
-answers: who asks (RefreshAsker), the tokens after a refresh (Refreshed), and RefreshBusy."""
+answers: who asks (RefreshAsker), the tokens after a refresh (Refreshed), RefreshBusy, and
+StillRefreshingElsewhere."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from auth_service.domain.audit import AuditedRpc, Outcome
+from auth_service.domain.errors import GarminUnavailable
 from auth_service.domain.models import GarminTokens
 from auth_service.domain.views import SessionRow
 
@@ -37,3 +39,9 @@ class Refreshed:
 
 class RefreshBusy(Exception):
     """Another replica holds the claim (only `refresh_unless_claimed` raises it)."""
+
+
+class StillRefreshingElsewhere(GarminUnavailable):
+    """Waited for another replica's claim on the session until the wait ran out. That
+    replica may hold a rotated pair it has not stored yet (its database gone, say): the
+    stored refresh token may be dead at Garmin already, so it is handed to no one."""

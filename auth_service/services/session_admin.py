@@ -125,7 +125,9 @@ class SessionAdmin:
         """Refresh (single flight; a rejection ends the session there), then validate the
         tokens in force. The refresh itself stored them as validated."""
         try:
-            refreshed = self._refresher.refresh(user_id, version, _VALIDATING)
+            # Unleased only: a lease granted since the row was read holds the refresh token
+            # (worker_full), which this refresh would kill (LeaseHeld, as above).
+            refreshed = self._refresher.refresh(user_id, version, _VALIDATING, unleased=True)
         except GarminSessionRejected:
             return self._status(user_id)
         try:

@@ -18,6 +18,7 @@ from auth_service.domain.errors import (
     FieldViolation,
     GarminRateLimited,
     GarminUnavailable,
+    LeaseHeld,
 )
 from auth_service.domain.models import GarminTokens, SessionStatusView
 from auth_service.domain.views import status_view
@@ -101,8 +102,13 @@ class SessionImport:
         # retried into a database that refuses it) before anything else sees it.
         try:
             refreshed = self._refresher.refresh(
-                imported.user_id, imported.session_version, _IMPORT_ASKER
+                imported.user_id, imported.session_version, _IMPORT_ASKER, unleased=True
             )
+        except LeaseHeld:
+            # Granted since the import: the refresh belongs to the holder now (worker_full
+            # holders have the refresh token this refresh would kill).
+            log.info("imported session of user %s leased before its refresh", imported.user_id)
+            return self._status_of(imported.user_id)
         except (GarminRateLimited, GarminUnavailable) as exc:
             log.warning(
                 "imported session of user %s not refreshed yet (%s); keep-alive will",
@@ -111,3 +117,9 @@ class SessionImport:
             )
             return imported
         return status_view(refreshed.row, self._uow.now())
+
+    def _status_of(self, user_id: str) -> SessionStatusView:
+        with self._uow() as uow:
+            row = uow.sessions.find(user_id, uow.now)
+            assert row is not None  # imported just now; rows are never deleted
+            return status_view(row, uow.now)

@@ -37,7 +37,7 @@ import logging
 import secrets
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from auth_service.domain import audit
 from auth_service.domain.errors import (
@@ -45,6 +45,7 @@ from auth_service.domain.errors import (
     GarminRateLimited,
     GarminSessionRejected,
     GarminUnavailable,
+    LeaseHeld,
     SessionNotActive,
 )
 from auth_service.domain.events import RefreshEvents
@@ -59,10 +60,21 @@ from auth_service.domain.policies import RefreshSettings, keepalive_not_before
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import SessionRow, live_lease
 from auth_service.services.garmin_gate import Admission, GarminGate
-from auth_service.services.refresh_askers import RefreshAsker, RefreshBusy, Refreshed
+from auth_service.services.refresh_askers import (
+    RefreshAsker,
+    RefreshBusy,
+    Refreshed,
+    StillRefreshingElsewhere,
+)
 from auth_service.services.unit_of_work import UnitsOfWork
 
-__all__ = ["RefreshAsker", "RefreshBusy", "Refreshed", "SessionRefresher"]
+__all__ = [
+    "RefreshAsker",
+    "RefreshBusy",
+    "Refreshed",
+    "SessionRefresher",
+    "StillRefreshingElsewhere",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,26 +104,37 @@ class SessionRefresher:
         self._gate = gate or GarminGate(uow, GarminLimitSettings())
         self._slots = threading.BoundedSemaphore(settings.concurrency)
 
-    def refresh(self, user_id: str, expected_version: int, asker: RefreshAsker) -> Refreshed:
+    def refresh(
+        self, user_id: str, expected_version: int, asker: RefreshAsker, *, unleased: bool = False
+    ) -> Refreshed:
         """Refresh session `expected_version` of the user, or use the tokens that replaced it.
+        `unleased`: only while no live lease holds the session (a refresh that does not
+        come from the holder: it would kill the refresh token a worker_full holder has).
 
         Raises GarminSessionRejected (the session ended), GarminRateLimited or
-        GarminUnavailable (nothing changed; also when another replica's refresh failed or
-        did not finish in time) and SessionNotActive (the session is gone).
+        GarminUnavailable (nothing changed; also when another replica's refresh failed, and
+        StillRefreshingElsewhere when it did not finish in time), SessionNotActive (the
+        session is gone) and, with `unleased`, LeaseHeld.
         """
-        return self._refresh(user_id, expected_version, asker, wait=True)
+        return self._refresh(user_id, expected_version, asker, wait=True, unleased=unleased)
 
     def refresh_unless_claimed(
         self, user_id: str, expected_version: int, asker: RefreshAsker
     ) -> Refreshed:
         """Like refresh, but for sessions nobody is using: raises RefreshBusy instead of
         waiting for another's claim, or when a live lease holds the session."""
-        return self._refresh(user_id, expected_version, asker, wait=False)
+        return self._refresh(user_id, expected_version, asker, wait=False, unleased=True)
 
     # --- claiming ------------------------------------------------------------------------
 
     def _refresh(
-        self, user_id: str, expected_version: int, asker: RefreshAsker, *, wait: bool
+        self,
+        user_id: str,
+        expected_version: int,
+        asker: RefreshAsker,
+        *,
+        wait: bool,
+        unleased: bool,
     ) -> Refreshed:
         deadline = time.monotonic() + self._settings.wait_seconds
         waited = False
@@ -122,12 +145,10 @@ class SessionRefresher:
                     self._events.refresh_waited("rotated")
                 return Refreshed(tokens, row, by_us=False)
             now = self._uow.now()
+            if unleased and wait:
+                _refuse_if_leased(row, now)
             if row.refresh_claimed_until is not None and row.refresh_claimed_until > now:
-                if not wait:
-                    raise RefreshBusy(user_id)
-                if time.monotonic() > deadline:
-                    self._events.refresh_waited("timeout")
-                    raise GarminUnavailable("another replica is still refreshing this session")
+                self._may_wait(user_id, wait=wait, deadline=deadline)
                 waited = True
                 time.sleep(POLL_SECONDS)
                 continue
@@ -143,15 +164,23 @@ class SessionRefresher:
                 claimed: SessionRow | None = row
                 if asker.claims_every_kind or row.session_kind is SessionKind.DI_OAUTH2:
                     claim_id = secrets.token_urlsafe(CLAIM_ID_BYTES)
-                    claimed = self._claim(user_id, expected_version, claim_id, unleased=not wait)
+                    claimed = self._claim(user_id, expected_version, claim_id, unleased=unleased)
                 if claimed is None:
                     if not wait:
                         raise RefreshBusy(user_id)
-                    continue  # another replica got there first: look again
+                    continue  # another replica (or, with `unleased`, a lease) got there first
                 fresh = self._call_garmin(claimed, claim_id, asker, self._admit(claimed, claim_id))
             if isinstance(fresh, Refreshed):
                 return fresh
             return self._store(claimed, fresh, asker)
+
+    def _may_wait(self, user_id: str, *, wait: bool, deadline: float) -> None:
+        """Another claim is live: raise unless this caller waits, and may wait longer."""
+        if not wait:
+            raise RefreshBusy(user_id)
+        if time.monotonic() > deadline:
+            self._events.refresh_waited("timeout")
+            raise StillRefreshingElsewhere("another replica is still refreshing this session")
 
     def _current(
         self, user_id: str, *, refusing_version: int | None = None
@@ -337,3 +366,11 @@ class SessionRefresher:
 
 def _endpoints(row: SessionRow) -> tuple[GarminEndpoint, ...]:
     return endpoints_of(GarminCall.REFRESH, row.session_kind)
+
+
+def _refuse_if_leased(row: SessionRow, now: datetime) -> None:
+    if (lease := live_lease(row, now)) is not None:
+        raise LeaseHeld(
+            f"the session is leased by {lease.holder!r} until {lease.expires_at.isoformat()}: "
+            "its refresh belongs to the lease holder"
+        )
