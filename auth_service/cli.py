@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from auth_service.api.callers import CallersFileError, token_sha256
 from auth_service.config import (
+    MAX_AUDIT_RETENTION_DAYS,
     load_audit_retention_days,
     load_database_url,
     load_keyring,
@@ -162,8 +163,8 @@ def _prune_audit(args: argparse.Namespace) -> int:
     from auth_service.storage.database import create_engine_for
 
     days = args.older_than if args.older_than is not None else load_audit_retention_days()
-    if days < 1:
-        raise ConfigError("--older-than", "must be at least 1 day")
+    if not 1 <= days <= MAX_AUDIT_RETENTION_DAYS:
+        raise ConfigError("--older-than", f"must be 1-{MAX_AUDIT_RETENTION_DAYS} days")
     url = load_database_url()
     _refuse_missing_sqlite_file(url)
     engine = create_engine_for(url)
@@ -259,11 +260,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that report a malformed setting in their own output (check-config: one line per
+# check, exit 1; health-check: one line, exit 1): a bad log level must not stop them first.
+_REPORT_THEIR_OWN_SETTINGS = frozenset({"check-config", "health-check"})
+
+
+def _log_level(command: str) -> int:
+    try:
+        return load_log_level(os.environ)
+    except ConfigError:
+        if command not in _REPORT_THEIR_OWN_SETTINGS:
+            raise
+        return logging.INFO
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        configure_logging(load_log_level(os.environ))
+        configure_logging(_log_level(args.command))
         return run(args)
     except (ConfigError, CallersFileError) as exc:
         print(f"garmin-auth-service: configuration error: {exc}", file=sys.stderr)

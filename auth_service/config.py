@@ -36,6 +36,7 @@ from auth_service.serving_config import (
     ServingSettings,
     check_development_flag,
     check_plaintext_upstream,
+    load_log_level,
     plaintext_listen_refusal,
     plaintext_upstream,
     read_serving_settings,
@@ -206,6 +207,11 @@ def _listen(reader: EnvReader) -> str:
     return check_host_port("LISTEN", reader.get("LISTEN") or DEFAULT_LISTEN)
 
 
+def load_listen(env: Mapping[str, str] | None = None) -> str:
+    """Only the main port's host:port (for `health-check`)."""
+    return _listen(_reader(env))
+
+
 def _metrics(reader: EnvReader) -> MetricsSettings:
     listen = reader.get("METRICS_LISTEN")
     return MetricsSettings(
@@ -248,12 +254,16 @@ def load_database_url(env: Mapping[str, str] | None = None) -> str:
 
 
 DEFAULT_AUDIT_RETENTION_DAYS = 90
+MAX_AUDIT_RETENTION_DAYS = 36500
 
 
 def load_audit_retention_days(env: Mapping[str, str] | None = None) -> int:
     """How many days of audit events `prune-audit` keeps."""
     return _reader(env).integer(
-        "AUDIT_RETENTION_DAYS", DEFAULT_AUDIT_RETENTION_DAYS, minimum=1, maximum=36500
+        "AUDIT_RETENTION_DAYS",
+        DEFAULT_AUDIT_RETENTION_DAYS,
+        minimum=1,
+        maximum=MAX_AUDIT_RETENTION_DAYS,
     )
 
 
@@ -376,6 +386,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     if refusal is not None:
         raise ConfigError(PREFIX + "ENVIRONMENT", refusal)
+    # Read by prune-audit alone, checked here too: serve and check-config refuse a bad value
+    # rather than the daily prune failing on it. The log level is read before this, by
+    # every command; check-config reads it here.
+    load_audit_retention_days(env)
+    load_log_level(os.environ if env is None else env)
     return Settings(
         database_url=_database_url(reader),
         keyring=keyring,

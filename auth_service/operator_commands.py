@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 
 from auth_service.api.callers import ROLES, CallersFileError, parse_callers, token_sha256
+from auth_service.config import load_listen, load_tls_settings
 from auth_service.serving_config import PREFIX, ServingSettings, read_serving_settings
 from garmin_client.env import ConfigError, EnvReader
 
@@ -22,14 +23,21 @@ HEALTH_SERVICES = ("liveness", "readiness")
 
 
 def health_check(service: str, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    """Ask this machine's health listener about `service`: (SERVING?, one line)."""
+    """Ask this machine's health listener about `service`: (SERVING?, one line). With the
+    listener off, the main port when it is plaintext (health is served there too)."""
     import grpc  # noqa: PLC0415 - only this command needs gRPC loaded
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
 
-    serving = _serving(env)
-    if serving.health_listen is None:
-        raise ConfigError(PREFIX + "HEALTH_LISTEN", "is off; there is no health listener to ask")
-    host, _, port = serving.health_listen.rpartition(":")
+    try:
+        listen = _probed_listener(env)
+    except ConfigError as exc:
+        # A probe answers 0 or 1 (Docker reserves 2 in a HEALTHCHECK): not SERVING, and why.
+        return False, f"{service}: cannot ask ({exc})"
+    if listen is None:
+        return False, (
+            f"{service}: cannot ask: {PREFIX}HEALTH_LISTEN is off and the main port needs TLS"
+        )
+    host, _, port = listen.rpartition(":")
     # The listener may bind every address; the probe always asks over loopback.
     target = f"[::1]:{port}" if host.strip("[]") == "::1" else f"127.0.0.1:{port}"
     with grpc.insecure_channel(target) as channel:
@@ -42,6 +50,16 @@ def health_check(service: str, env: Mapping[str, str] | None = None) -> tuple[bo
             return False, f"{service}: no answer from {target} ({error.code().name})"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     return answer.status == health_pb2.HealthCheckResponse.SERVING, f"{service}: {status}"
+
+
+def _probed_listener(env: Mapping[str, str] | None) -> str | None:
+    """The health listener's host:port, else the main port's when plaintext (None: none)."""
+    serving = _serving(env)
+    if serving.health_listen is not None:
+        return serving.health_listen
+    if load_tls_settings(env) is not None:
+        return None
+    return load_listen(env)
 
 
 def _serving(env: Mapping[str, str] | None) -> ServingSettings:

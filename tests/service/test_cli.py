@@ -458,14 +458,39 @@ def test_health_check_command(tmp_path: Path) -> None:
         assert (live.returncode, live.stdout) == (0, "liveness: SERVING\n")
         ready = run_cli("health-check", "--service", "readiness", env=env)
         assert (ready.returncode, ready.stdout) == (0, "readiness: SERVING\n")
+        # Health is served on the main port too: with the listener off, that is asked.
+        main_port = run_cli("health-check", env={**env, "GARMIN_AUTH_HEALTH_LISTEN": "off"})
+        assert (main_port.returncode, main_port.stdout) == (0, "liveness: SERVING\n")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     gone = run_cli("health-check", env=env)
     assert gone.returncode == 1
     assert gone.stdout.startswith("liveness: no answer from 127.0.0.1:")
-    off = run_cli("health-check", env={**env, "GARMIN_AUTH_HEALTH_LISTEN": "off"})
-    assert off.returncode == 2
+
+
+def test_health_check_answers_0_or_1_whatever_its_settings(tmp_path: Path) -> None:
+    """A HEALTHCHECK's exit 2 is reserved by Docker; before, a listener turned off or a
+    malformed setting exited 2 with nothing on stdout."""
+    env = base_env(tmp_path, GARMIN_AUTH_HEALTH_LISTEN="off")
+    tls = {"GARMIN_AUTH_TLS_CERT": "/etc/tls/tls.crt", "GARMIN_AUTH_TLS_KEY": "/etc/tls/tls.key"}
+    no_plaintext_port = run_cli("health-check", env={**env, **tls})
+    assert no_plaintext_port.returncode == 1
+    assert no_plaintext_port.stdout == (
+        "liveness: cannot ask: GARMIN_AUTH_HEALTH_LISTEN is off and the main port needs TLS\n"
+    )
+    malformed = run_cli("health-check", env={**env, "GARMIN_AUTH_HEALTH_LISTEN": "nowhere"})
+    assert malformed.returncode == 1
+    assert malformed.stdout.startswith("liveness: cannot ask (GARMIN_AUTH_HEALTH_LISTEN")
+
+
+def test_prune_audit_refuses_a_retention_beyond_100_years_in_one_line(tmp_path: Path) -> None:
+    """Before: --older-than 1000000 died on an OverflowError traceback, exit 1."""
+    env = base_env(tmp_path)
+    assert run_cli("migrate", env=env).returncode == 0
+    result = run_cli("prune-audit", "--older-than", "1000000", env=env)
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr[-400:]
+    assert "--older-than: must be 1-36500 days" in result.stderr
 
 
 def test_unreachable_database_at_start_up_is_one_json_line(tmp_path: Path) -> None:
@@ -510,3 +535,27 @@ def test_an_unbindable_listen_address_is_one_line_naming_the_variable(
     assert "Traceback" not in result.stderr, result.stderr[-600:]
     assert result.returncode == 2
     assert "GARMIN_AUTH_LISTEN" in result.stderr
+
+
+def test_a_malformed_audit_retention_stops_serve_and_fails_check_config(tmp_path: Path) -> None:
+    """Before, only prune-audit read GARMIN_AUTH_AUDIT_RETENTION_DAYS: serve started,
+    check-config said every setting parses, and the daily prune failed on it."""
+    env = base_env(tmp_path, GARMIN_AUTH_AUDIT_RETENTION_DAYS="ninety")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env)
+    assert raised.value.variable == "GARMIN_AUTH_AUDIT_RETENTION_DAYS"
+    checked = run_cli("check-config", env=env)
+    assert checked.returncode == 1
+    assert "GARMIN_AUTH_AUDIT_RETENTION_DAYS" in checked.stdout
+
+
+def test_a_malformed_log_level_is_a_failed_check_not_a_stop(tmp_path: Path) -> None:
+    """Before, check-config exited 2 on it before printing any check line."""
+    env = base_env(tmp_path, GARMIN_AUTH_LOG_LEVEL="chatty")
+    checked = run_cli("check-config", env=env)
+    assert checked.returncode == 1, checked.stderr
+    assert "FAIL settings" in checked.stdout
+    assert "GARMIN_AUTH_LOG_LEVEL" in checked.stdout
+    served = run_cli("serve", env=env)
+    assert served.returncode == 2
+    assert "GARMIN_AUTH_LOG_LEVEL" in served.stderr
