@@ -115,6 +115,10 @@ class _DirectoryUserSink:
         self._touched = len(directories) > 1
         # Items written to their temporary files since the last commit, in order.
         self._pending: dict[str, None] = {}
+        # A flush of their data failed. The kernel reports a writeback error once: a second
+        # syncfs or fsync answers 0 although the data never reached the disk, so from then
+        # on nothing of this sink is put in place (the next run writes the items again).
+        self._flush_failed = False
         self._fence = os.open(folder / _FENCE_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         # Items are opened, renamed and made durable relative to this descriptor: no path
         # is resolved (or built) per item.
@@ -197,9 +201,15 @@ class _DirectoryUserSink:
         folder and the root)."""
         if not self._touched:
             return
+        if self._flush_failed:
+            raise SinkError("an earlier flush of the user's items failed; none is put in place")
         try:
             if self._pending:
-                self._flush_items()
+                try:
+                    self._flush_items()
+                except OSError:
+                    self._flush_failed = True
+                    raise
                 with self._fenced():
                     for name in list(self._pending):
                         os.rename(

@@ -475,3 +475,31 @@ def test_a_fence_that_cannot_be_opened_is_a_sink_error(tmp_path: Path) -> None:
     fence.mkdir()  # opening it for writing fails: EISDIR
     with pytest.raises(SinkError, match="cannot claim the user's directory"):
         sink.for_user("ann", 2)
+
+
+def test_after_a_failed_flush_nothing_of_the_sync_is_put_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel reports a writeback error once: a second syncfs or fsync of the same data
+    answers 0 though the data never reached the disk. Before, a sync whose commit failed
+    committed again to keep what it stored (UserSync._keep_stored), and that second commit
+    renamed items into place whose data was lost. The flush here fails for a reason that
+    lasts only as long (a temporary file gone, on the per-file fsync path) and is then made
+    to go away: the second commit must still refuse."""
+    monkeypatch.setattr(directory_sink, "_SYNCFS", None)
+    user_sink = DirectorySink(tmp_path).for_user("amy", 1)
+    try:
+        user_sink.claim()
+        assert user_sink.write_summary(activity(1))
+        activities = tmp_path / "amy" / "activities"
+        (temporary,) = [p for p in activities.iterdir() if p.name.startswith(".")]
+        content = temporary.read_bytes()
+        temporary.unlink()
+        with pytest.raises(SinkError):
+            user_sink.commit()
+        temporary.write_bytes(content)  # the error gone, as a writeback error is once read
+        with pytest.raises(SinkError, match="earlier flush"):
+            user_sink.commit()
+        assert not (activities / "1.json").exists()
+    finally:
+        user_sink.close()
