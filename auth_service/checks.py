@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, LargeBinary, func, literal, select, text
+from sqlalchemy import Engine, LargeBinary, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute
@@ -27,18 +27,17 @@ from auth_service.config import (
     load_settings,
     redacted_database_url,
 )
-from auth_service.crypto import (
-    DecryptionError,
-    Keyring,
-    blob_header,
-    challenge_aad,
-    stored_session_aad,
-)
+from auth_service.crypto import DecryptionError, Keyring, blob_header
 from auth_service.serving_config import with_secret_files
 from auth_service.storage.database import (
     SQLITE_BEGIN_OPTION,
     create_engine_for,
     describe_database_error,
+)
+from auth_service.storage.key_rotation import (
+    KeySample,
+    sample_stored_challenges,
+    sample_stored_sessions,
 )
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.schema import current_revision, head_revision
@@ -47,6 +46,9 @@ from garmin_client.logging_setup import redact
 
 PROBE_AAD = b"garmin-auth check-config probe"
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+
+# Opens a few blobs of one column stored under a key id (see key_rotation.KeySample).
+SampleKey = Callable[[Engine, Keyring, str], KeySample]
 
 
 @dataclass(frozen=True)
@@ -148,21 +150,13 @@ class _Checks:
             raise CheckFailed("not checked: the database is unreachable or not migrated")
         keyring = load_keyring(self.env)
         sessions = self._blobs(
-            keyring,
-            "session",
-            GarminAuthenticationState.session_ciphertext,
-            GarminAuthenticationState.user_id,
-            lambda row: stored_session_aad(row[1], row[3], row[2]),
-            GarminAuthenticationState.user_id,
-            version=GarminAuthenticationState.session_version,
+            keyring, "session", GarminAuthenticationState.session_ciphertext, sample_stored_sessions
         )
         challenges = self._blobs(
             keyring,
             "MFA challenge",
             GarminMfaChallenge.pending_ciphertext,
-            GarminMfaChallenge.challenge_id_sha256,
-            lambda row: challenge_aad(row[0], row[1]),
-            GarminMfaChallenge.user_id,
+            sample_stored_challenges,
         )
         return f"sessions: {sessions}; MFA challenges: {challenges}"
 
@@ -171,52 +165,50 @@ class _Checks:
         keyring: Keyring,
         what: str,
         blob: InstrumentedAttribute[bytes | None] | InstrumentedAttribute[bytes],
-        row_key: InstrumentedAttribute[str],
-        aad: Callable[[tuple[str, str, bytes, int]], bytes],
-        user_id: InstrumentedAttribute[str],
-        version: InstrumentedAttribute[int] | None = None,
+        sample_key: SampleKey,
     ) -> str:
-        """Counts of `blob` by key id, with one blob per key id decrypted (`aad` gets the
-        sample's row key, user id, blob and session version)."""
-        counts: list[str] = []
-        assert self.engine is not None
+        """Counts of `blob` by key id, with a few blobs per key id decrypted. A key id fails
+        only when none of its samples opens (a wrong key under that id); a sample that does
+        not open among ones that do is an altered row, named on the line without failing it:
+        that user answers DATA_LOSS until logged in again, every other user is served."""
+        total, counts = self._count_by_key_id(keyring, blob)
+        unreadable: list[str] = []
+        for kid in counts:
+            sample = sample_key(self._reader(), keyring, kid)
+            # (Nothing sampled: the rows went between the count and the sample.)
+            if sample.sampled and not sample.opened:
+                raise CheckFailed(_wrong_key(what, sample))
+            unreadable.extend(sample.unreadable_user_ids)
+        shown = ", ".join(f"{kid}={number}" for kid, number in counts.items())
+        if total > sum(counts.values()):
+            raise CheckFailed(
+                f"{total - sum(counts.values())} {what}(s) under a key id not in "
+                f"GARMIN_AUTH_ENCRYPTION_KEYS (found {shown or 'none'} under configured ids); "
+                "put the old key back"
+            )
+        if total == 0:
+            return "none stored"
+        return f"{shown} (one per key id decrypted){_altered_rows(what, unreadable)}"
+
+    def _count_by_key_id(
+        self,
+        keyring: Keyring,
+        blob: InstrumentedAttribute[bytes | None] | InstrumentedAttribute[bytes],
+    ) -> tuple[int, dict[str, int]]:
+        """How many blobs are stored, and how many under each configured key id that has
+        any, by their header compared in SQL (no blob leaves the database). The total is
+        counted first, so a secret stored meanwhile cannot look like one under an unknown id."""
+        counts: dict[str, int] = {}
         with self._reader().connect() as connection:
             total = connection.execute(select(func.count()).where(blob.is_not(None))).scalar_one()
-            counted = 0
             for kid, _ in keyring.keys:
-                # The blob header, compared in SQL, so only one blob per key id leaves the
-                # database.
                 # From its second byte on, the header is the same for every blob format.
                 header = blob_header(kid)[1:]
                 under_kid = func.substr(blob, 2, len(header), type_=LargeBinary) == header
                 number = connection.execute(select(func.count()).where(under_kid)).scalar_one()
-                if number == 0:
-                    continue
-                counted += number
-                counts.append(f"{kid}={number}")
-                sample = connection.execute(
-                    select(row_key, user_id, blob, version if version is not None else literal(0))
-                    .where(under_kid)
-                    .order_by(row_key)
-                    .limit(1)
-                ).one()
-                assert sample[2] is not None  # it matched a header
-                try:
-                    keyring.decrypt(sample[2], aad((sample[0], sample[1], sample[2], sample[3])))
-                except DecryptionError:
-                    raise CheckFailed(
-                        f"the {what} of user {sample[1]!r} is under key id {kid!r} but that "
-                        "key does not decrypt it (a different key under the same id?)"
-                    ) from None
-        if total > counted:
-            raise CheckFailed(
-                f"{total - counted} {what}(s) under a key id not in "
-                f"GARMIN_AUTH_ENCRYPTION_KEYS (found {', '.join(counts) or 'none'} under "
-                "configured ids); put the old key back"
-            )
-        if total == 0:
-            return "none stored"
-        return f"{', '.join(counts)} (one per key id decrypted)"
+                if number:
+                    counts[kid] = number
+        return total, counts
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -228,6 +220,26 @@ class _Checks:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.dispose()
+
+
+def _wrong_key(what: str, sample: KeySample) -> str:
+    others = f", nor any other of the {sample.sampled} sampled" if sample.sampled > 1 else ""
+    return (
+        f"the {what} of user {sample.unreadable_user_ids[0]!r} is under key id {sample.kid!r} "
+        f"but that key does not decrypt it{others} (a different key under the same id?)"
+    )
+
+
+def _altered_rows(what: str, user_ids: list[str]) -> str:
+    """A warning naming the users whose sampled secret did not open, under a key that opened
+    others: their rows were altered, and only they are affected."""
+    if not user_ids:
+        return ""
+    return (
+        f"; WARNING: {len(user_ids)} sampled {what}(s) do not open (altered in the database?): "
+        f"user(s) {', '.join(map(repr, user_ids))} answer DATA_LOSS SECRET_UNREADABLE until "
+        "logged in again"
+    )
 
 
 def _driver_problem(exc: BaseException, url: str) -> str:

@@ -5,6 +5,7 @@ already the primary one (issue 14)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,9 +31,14 @@ from auth_service.storage.models import GarminAuthenticationState, GarminMfaChal
 
 log = logging.getLogger(__name__)
 
-# How often rotate_keys retries a row that a concurrent writer keeps changing.
+# How often one pass retries a row that a concurrent writer keeps changing.
 ROTATION_ATTEMPTS_PER_ROW = 3
-# Blobs already under the primary key id that rotate_keys tries to open before writing.
+# Passes over the rows still not under the primary key after the first scan: a replica still
+# on the old primary (one shutting down) may have written behind the scan. Bounded, since such
+# a replica can keep writing; what is left after them is reported unfinished.
+SWEEP_PASSES = 3
+# Blobs stored under one key id that are opened to confirm the key (by rotate_keys before it
+# writes, by check-config): one altered row among them does not condemn the key.
 PRIMARY_KEY_SAMPLES = 3
 
 
@@ -58,7 +64,9 @@ class RotationReport:
     # Blobs that no key in the ring opens (unknown key id, tampering, wrong row): left alone.
     undecryptable_session_user_ids: tuple[str, ...]
     undecryptable_challenge_user_ids: tuple[str, ...]
-    # Rows still under an old key because they changed on every attempt: run again.
+    # Rows still under an old key after the last pass: written again and again behind the
+    # scan (a replica still on the old primary key) or changed on every attempt. Run again
+    # once no replica has the old primary key.
     unfinished_user_ids: tuple[str, ...]
 
     @property
@@ -73,6 +81,21 @@ class RotationReport:
     def complete(self) -> bool:
         """True when every blob in the database is now under the primary key."""
         return self.undecryptable == 0 and not self.unfinished_user_ids
+
+
+@dataclass(frozen=True)
+class KeySample:
+    """A few blobs stored under one key id, opened with the ring's key of that id. Counts and
+    user ids: never a secret."""
+
+    kid: str
+    opened: int
+    # Sampled blobs that did not open: altered rows, or (when none opened) a wrong key.
+    unreadable_user_ids: tuple[str, ...]
+
+    @property
+    def sampled(self) -> int:
+        return self.opened + len(self.unreadable_user_ids)
 
 
 @dataclass(frozen=True)
@@ -123,6 +146,10 @@ class _Tally:
     rotated: int = 0
     conflicts: int = 0
     undecryptable: list[str] = field(default_factory=list)
+    # The SHA-256 of the blob each undecryptable row held, by row key: later passes skip it
+    # while the row still holds it (a user is reported once), and try again if a writer
+    # replaced it. A digest, not the blob: a missing key can leave millions of them.
+    unreadable_blobs: dict[str, bytes] = field(default_factory=dict)
     unfinished: list[str] = field(default_factory=list)
 
 
@@ -132,15 +159,19 @@ def rotate_keys(engine: Engine, keyring: Keyring, batch_size: int = 500) -> Rota
     Rows are read in batches of `batch_size` (keyset pagination, short transactions) and each
     is written back with a conditional UPDATE that only matches if the row still holds the
     blob we read, so a concurrent writer's newer blob is never overwritten: such a row is
-    re-read and retried. Blobs written under an old key after the scan passed them (a replica
-    still running with the old primary) are not seen: stop those first, and run again until
-    `rotated` is 0 before removing an old key.
+    re-read and retried. A replica still on the old primary key can write a blob under it
+    behind the scan, so after both columns the rows still not under the primary key are
+    rotated again (up to SWEEP_PASSES passes); any left then are reported unfinished, and the
+    report is not complete.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     primary_checked = check_primary_key(engine, keyring)
-    sessions = _ColumnRotation(engine, keyring, _SESSIONS).run(batch_size)
-    challenges = _ColumnRotation(engine, keyring, _CHALLENGES).run(batch_size)
+    rotations = [_ColumnRotation(engine, keyring, column) for column in (_SESSIONS, _CHALLENGES)]
+    for rotation in rotations:
+        rotation.run(batch_size)
+    _sweep_behind_the_scan(rotations, batch_size)
+    sessions, challenges = (rotation.tally for rotation in rotations)
     report = RotationReport(
         primary_kid=keyring.primary_kid,
         primary_checked=primary_checked,
@@ -155,28 +186,48 @@ def rotate_keys(engine: Engine, keyring: Keyring, batch_size: int = 500) -> Rota
     return report
 
 
+def _sweep_behind_the_scan(rotations: list[_ColumnRotation], batch_size: int) -> None:
+    """Rotate what a writer still on an old primary key stored behind the scan, in passes over
+    both columns until one finds nothing (a session can be written while the challenges are
+    scanned); what is still not under the primary key after the last pass is unfinished."""
+    for _pass in range(SWEEP_PASSES):
+        found = [rotation.run(batch_size) for rotation in rotations]
+        if not any(found):
+            return
+    for rotation in rotations:
+        rotation.tally.unfinished.extend(rotation.stale_user_ids(batch_size))
+
+
 def check_primary_key(engine: Engine, keyring: Keyring) -> bool:
     """Whether the primary key opens what is already stored under its id: True when a sample
     opened, False when nothing is stored under it yet; PrimaryKeyMismatch when samples are
     stored and none opens (one bad row among good ones does not stop a rotation)."""
-    stored, failed_user = 0, None
+    stored = 0
+    unreadable: list[str] = []
     for column in (_SESSIONS, _CHALLENGES):
-        for sample in _ColumnRotation(engine, keyring, column).primary_samples():
-            stored += 1
-            try:
-                keyring.decrypt(sample.blob, column.opening_aad(sample))
-            except DecryptionError:
-                failed_user = failed_user or sample.user_id
-                continue
+        sample = _ColumnRotation(engine, keyring, column).sample_key(keyring.primary_kid)
+        if sample.opened:
             return True
+        stored += sample.sampled
+        unreadable.extend(sample.unreadable_user_ids)
     if stored == 0:
         return False
     raise PrimaryKeyMismatch(
         f"the primary key {keyring.primary_kid!r} opens none of the {stored} stored secret(s) "
-        f"sampled under that id (the first: user {failed_user!r}): these bytes are not the key "
-        "the replicas use under that id. Nothing was re-encrypted; give this job the "
+        f"sampled under that id (the first: user {unreadable[0]!r}): these bytes are not the "
+        "key the replicas use under that id. Nothing was re-encrypted; give this job the "
         "replicas' key"
     )
+
+
+def sample_stored_sessions(engine: Engine, keyring: Keyring, kid: str) -> KeySample:
+    """Open up to PRIMARY_KEY_SAMPLES stored sessions under `kid` (check-config)."""
+    return _ColumnRotation(engine, keyring, _SESSIONS).sample_key(kid)
+
+
+def sample_stored_challenges(engine: Engine, keyring: Keyring, kid: str) -> KeySample:
+    """Open up to PRIMARY_KEY_SAMPLES stored MFA challenges under `kid` (check-config)."""
+    return _ColumnRotation(engine, keyring, _CHALLENGES).sample_key(kid)
 
 
 class _ColumnRotation:
@@ -190,14 +241,29 @@ class _ColumnRotation:
         # A plain read needs no SQLite write lock.
         self.reader = engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
 
-    def run(self, batch_size: int) -> _Tally:
+    def run(self, batch_size: int) -> int:
+        """One pass over the rows not under the primary key; returns how many it met, not
+        counting blobs already found undecryptable."""
         after: str | None = None
+        met = 0
         while batch := self._read_stale(self._stale_rows().where(self._after(after)), batch_size):
-            for row_key in self._rewrite_batch(batch):
+            after = batch[-1].row_key
+            readable = [row for row in batch if not self._known_unreadable(row)]
+            met += len(readable)
+            for row_key in self._rewrite_batch(readable) if readable else []:
                 self.tally.conflicts += 1
                 self._retry_row(row_key)
+        return met
+
+    def stale_user_ids(self, batch_size: int) -> list[str]:
+        """The users whose row is still not under the primary key (undecryptable blobs
+        aside), read in batches and written nowhere."""
+        user_ids: list[str] = []
+        after: str | None = None
+        while batch := self._read_stale(self._stale_rows().where(self._after(after)), batch_size):
             after = batch[-1].row_key
-        return self.tally
+            user_ids.extend(row.user_id for row in batch if not self._known_unreadable(row))
+        return user_ids
 
     def _stale_rows(self) -> Select[tuple[str, str, Any, int]]:
         column = self.column
@@ -207,11 +273,20 @@ class _ColumnRotation:
         prefix = func.substr(column.blob, 1, len(header), type_=LargeBinary)
         return self._blobs_where(prefix != header)
 
-    def primary_samples(self) -> list[_StaleBlob]:
-        """A few blobs already under the primary key id, whatever their format."""
-        header = blob_header(self.keyring.primary_kid)[1:]  # the same for every format
+    def sample_key(self, kid: str) -> KeySample:
+        """Open a few blobs stored under `kid`, whatever their format."""
+        header = blob_header(kid)[1:]  # the same for every format
         prefix = func.substr(self.column.blob, 2, len(header), type_=LargeBinary)
-        return self._read_stale(self._blobs_where(prefix == header), PRIMARY_KEY_SAMPLES)
+        opened = 0
+        unreadable: list[str] = []
+        for row in self._read_stale(self._blobs_where(prefix == header), PRIMARY_KEY_SAMPLES):
+            try:
+                self.keyring.decrypt(row.blob, self.column.opening_aad(row))
+            except DecryptionError:
+                unreadable.append(row.user_id)
+                continue
+            opened += 1
+        return KeySample(kid=kid, opened=opened, unreadable_user_ids=tuple(unreadable))
 
     def _blobs_where(self, condition: ColumnElement[bool]) -> Select[tuple[str, str, Any, int]]:
         column = self.column
@@ -250,7 +325,7 @@ class _ColumnRotation:
             try:
                 rewrites.append((row, self._reencrypt(row)))
             except DecryptionError:
-                self.tally.undecryptable.append(row.user_id)
+                self._note_unreadable(row)
         conflicted: list[str] = []
         with self.engine.begin() as connection:
             for row, new_blob in rewrites:
@@ -273,23 +348,30 @@ class _ColumnRotation:
         return result.rowcount == 1
 
     def _retry_row(self, row_key: str) -> None:
-        last_seen: _StaleBlob | None = None
+        # A row still changing after these attempts is met again by the next pass, and
+        # reported unfinished if it is still not under the primary key after the last one.
         for _attempt in range(ROTATION_ATTEMPTS_PER_ROW):
             fresh = self._read_stale(self._stale_rows().where(self.column.row_key == row_key), 1)
             if not fresh:
                 return  # the writer left it under the primary key, emptied or deleted it
-            row = last_seen = fresh[0]
+            row = fresh[0]
             try:
                 new_blob = self._reencrypt(row)
             except DecryptionError:
-                self.tally.undecryptable.append(row.user_id)
+                self._note_unreadable(row)
                 return
             with self.engine.begin() as connection:
                 if self._swap_blob(connection, row, new_blob):
                     self.tally.rotated += 1
                     return
-        if last_seen is not None:
-            self.tally.unfinished.append(last_seen.user_id)
+
+    def _note_unreadable(self, row: _StaleBlob) -> None:
+        if row.row_key not in self.tally.unreadable_blobs:
+            self.tally.undecryptable.append(row.user_id)
+        self.tally.unreadable_blobs[row.row_key] = hashlib.sha256(row.blob).digest()
+
+    def _known_unreadable(self, row: _StaleBlob) -> bool:
+        return self.tally.unreadable_blobs.get(row.row_key) == hashlib.sha256(row.blob).digest()
 
 
 def _log_report(report: RotationReport) -> None:
@@ -310,8 +392,10 @@ def _log_report(report: RotationReport) -> None:
         )
     if report.unfinished_user_ids:
         log.warning(
-            "key rotation: %d row(s) kept changing and are still under an old key (users %s); "
-            "run again",
+            "key rotation: %d row(s) still under an old key after the scan and %d more "
+            "passes, written again behind the scan or changing on every attempt (users %s); "
+            "run again once no replica has the old primary key",
             len(report.unfinished_user_ids),
+            SWEEP_PASSES,
             list(report.unfinished_user_ids),
         )
