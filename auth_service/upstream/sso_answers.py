@@ -1,16 +1,29 @@
 """What an answer of Garmin's SSO (the mobile JSON sign-in, which both providers use) says
-about what we sent: the rules both providers' sign-in modules apply.
+about what we sent: one verdict (judge) and the error it makes (verdict_error), which both
+providers' sign-in modules apply, in this order:
 
-A refusal is told by the answer's JSON type, never by its HTTP status alone: Garmin's edge puts
-captchas and HTML pages on any status, and those refuse nobody's password or code (shared
-facts file: CAPTCHA_REQUIRED, HTML pages, 403 and 429 mean "blocked, try later").
+1. 429 is rate limiting, whatever its body says (the service starts the sign-in cooldown).
+2. A captcha type is Garmin's edge blocking this server: try later.
+3. A refusal is told by the answer's JSON type, never by its HTTP status alone: Garmin's edge
+   puts captchas and HTML pages on any status, and those refuse nobody's password or code
+   (shared facts file: CAPTCHA_REQUIRED, HTML pages, 403 and 429 mean "blocked, try later").
+   On the MFA step a refusal answered 401 means Garmin no longer holds the pending login.
+4. Anything else (403, 5xx, HTML, an accepting type we cannot use) is unreadable: try later.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from http import HTTPStatus
 from typing import Final
+
+from auth_service.domain.errors import (
+    GarminCredentialsRejected,
+    GarminUnavailable,
+    MfaChallengeNotFound,
+    MfaCodeRejected,
+)
 
 # SSO answer types that mean "blocked, try later", not a refusal of the password or code.
 BLOCKED_SSO_TYPES = frozenset({"CAPTCHA_REQUIRED"})
@@ -44,3 +57,50 @@ def sso_refusal(status: int, kind: str | None) -> str | None:
 def shown(kind: str) -> str:
     """A type as it may appear in a message or log line (Garmin's text is never echoed)."""
     return kind if _SHOWABLE_TYPE.fullmatch(kind) else "unexpected type"
+
+
+class SsoVerdict(enum.Enum):
+    """What an SSO answer that is no success says."""
+
+    RATE_LIMITED = "rate_limited"
+    BLOCKED = "blocked"
+    REFUSED = "refused"  # the password (login) or the code (MFA step)
+    GONE = "gone"  # MFA step: Garmin no longer holds the pending login
+    UNREADABLE = "unreadable"
+
+
+def judge(status: int, kind: str | None, *, mfa_step: bool) -> SsoVerdict:
+    """The verdict on an answer that is no success (`kind`: its JSON type, sso_type)."""
+    if status == HTTPStatus.TOO_MANY_REQUESTS:
+        return SsoVerdict.RATE_LIMITED
+    if kind in BLOCKED_SSO_TYPES:
+        return SsoVerdict.BLOCKED
+    if sso_refusal(status, kind) is None:
+        return SsoVerdict.UNREADABLE
+    if mfa_step and status == HTTPStatus.UNAUTHORIZED:
+        return SsoVerdict.GONE
+    return SsoVerdict.REFUSED
+
+
+SignInRefusal = (
+    GarminCredentialsRejected | MfaCodeRejected | MfaChallengeNotFound | GarminUnavailable
+)
+
+
+def verdict_error(verdict: SsoVerdict, kind: str | None, *, mfa_step: bool) -> SignInRefusal | None:
+    """The error of a BLOCKED, REFUSED or GONE verdict (None: RATE_LIMITED and UNREADABLE,
+    which each provider words with what it knows of the answer: a Retry-After, a status)."""
+    if verdict is SsoVerdict.BLOCKED:
+        return GarminUnavailable(
+            f"Garmin's sign-in is blocking this server for now ({shown(kind or '')}); try later, "
+            "or sign in in a browser and use ExchangeServiceTicket"
+        )
+    if verdict is SsoVerdict.GONE:
+        return MfaChallengeNotFound(
+            "Garmin no longer holds this sign-in (it expired there); log in again"
+        )
+    if verdict is not SsoVerdict.REFUSED:
+        return None
+    if mfa_step:
+        return MfaCodeRejected(f"Garmin refused the MFA code ({shown(kind or '')})")
+    return GarminCredentialsRejected(f"Garmin refused the email or password ({shown(kind or '')})")

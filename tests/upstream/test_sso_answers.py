@@ -23,6 +23,7 @@ import pytest
 
 from auth_service.domain.errors import GarminCredentialsRejected
 from auth_service.domain.policies import LoginFlow
+from auth_service.upstream.sso_answers import SsoVerdict, judge
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import LOGIN_PATH, VERIFY_MFA_PATH, GarminEmulator
 from tests.fixtures.servers import ServiceFactory, expect_failure
@@ -110,3 +111,29 @@ def test_a_refusal_type_the_facts_do_not_name_is_still_a_refusal(
 
     with pytest.raises(GarminCredentialsRejected, match="ACCOUNT_LOCKED"):
         di_upstream(emulator).login(user.email, PASSWORD)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "mfa_step", "verdict"),
+    [
+        (429, "INVALID_USERNAME_PASSWORD", False, SsoVerdict.RATE_LIMITED),  # 429 first
+        (429, None, True, SsoVerdict.RATE_LIMITED),
+        (401, "CAPTCHA_REQUIRED", False, SsoVerdict.BLOCKED),  # then a captcha, any status
+        (200, "CAPTCHA_REQUIRED", True, SsoVerdict.BLOCKED),
+        (401, "INVALID_USERNAME_PASSWORD", False, SsoVerdict.REFUSED),
+        (200, "SOME_NEW_REFUSAL", False, SsoVerdict.REFUSED),  # unnamed types refuse too
+        (400, "INVALID_MFA_CODE", True, SsoVerdict.REFUSED),
+        (401, "INVALID_MFA_CODE", True, SsoVerdict.GONE),  # a 401 on the MFA step
+        (401, "INVALID_USERNAME_PASSWORD", False, SsoVerdict.REFUSED),  # not on the login
+        (403, "INVALID_USERNAME_PASSWORD", False, SsoVerdict.UNREADABLE),  # the edge's status
+        (503, "INVALID_MFA_CODE", True, SsoVerdict.UNREADABLE),
+        (401, None, False, SsoVerdict.UNREADABLE),  # an HTML page
+        (200, "SUCCESSFUL", False, SsoVerdict.UNREADABLE),  # accepting, but no ticket
+    ],
+)
+def test_one_verdict_serves_both_flows(
+    status: int, kind: str | None, mfa_step: bool, verdict: SsoVerdict
+) -> None:
+    """The order both providers apply (auth_service.upstream.sso_answers): 429, captcha,
+    a refusal type (401 on the MFA step: the pending login is gone), else unreadable."""
+    assert judge(status, kind, mfa_step=mfa_step) is verdict

@@ -27,21 +27,20 @@ from typing import Any, Final
 
 from auth_service.domain.clock import Clock
 from auth_service.domain.errors import (
-    GarminCredentialsRejected,
     GarminRateLimited,
     GarminUnavailable,
     MfaChallengeNotFound,
-    MfaCodeRejected,
     UpstreamError,
 )
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import PendingMfa, SessionKind
 from auth_service.upstream.di.sso_http import SsoAnswer, SsoHttp
 from auth_service.upstream.sso_answers import (
-    BLOCKED_SSO_TYPES,
+    SsoVerdict,
+    judge,
     shown,
-    sso_refusal,
     sso_type,
+    verdict_error,
 )
 from garmin_client.answers import retry_after_seconds
 from garmin_client.endpoints import DEFAULT_DOMAIN, LOGIN_PATH, VERIFY_MFA_PATH
@@ -70,22 +69,37 @@ def _ticket(answer: SsoAnswer) -> str | None:
     return ticket if isinstance(ticket, str) and ticket else None
 
 
-def _refusal(answer: SsoAnswer) -> str | None:
-    return sso_refusal(answer.status, _answer_type(answer))
-
-
-def _failure(answer: SsoAnswer, step: str, now: datetime) -> UpstreamError:
-    """What an answer that is neither a success nor a refusal means, for either step (`now`:
+def _failure(
+    answer: SsoAnswer, step: str, now: datetime, *, mfa_step: bool
+) -> UpstreamError | MfaChallengeNotFound:
+    """What an answer that is no success means (sso_answers.judge), for either step (`now`:
     the clock a Retry-After date is measured on)."""
-    if answer.status == HTTPStatus.TOO_MANY_REQUESTS:
-        return GarminRateLimited(
+    kind = _answer_type(answer)
+    verdict = judge(answer.status, kind, mfa_step=mfa_step)
+    judged = verdict_error(verdict, kind, mfa_step=mfa_step)
+    if judged is not None:
+        routine = verdict in (SsoVerdict.REFUSED, SsoVerdict.GONE)
+        log.log(
+            logging.INFO if routine else logging.WARNING,
+            "garmin %s: %s (HTTP %d)",
+            step,
+            verdict.value,
+            answer.status,
+        )
+        return judged
+    if verdict is SsoVerdict.RATE_LIMITED:
+        error: UpstreamError = GarminRateLimited(
             f"Garmin is rate limiting sign-ins ({step}, HTTP 429)",
             retry_after_seconds(answer.retry_after, now),
             GarminEndpoint.SSO,
         )
-    kind = _answer_type(answer)
-    if kind in BLOCKED_SSO_TYPES:
-        return GarminUnavailable(f"Garmin's sign-in wants a captcha ({step}); try later")
+    else:
+        error = _unreadable(answer, kind, step)
+    log.warning("garmin %s failed: %s (HTTP %d)", step, type(error).__name__, answer.status)
+    return error
+
+
+def _unreadable(answer: SsoAnswer, kind: str | None, step: str) -> GarminUnavailable:
     if kind is not None and answer.status < HTTPStatus.INTERNAL_SERVER_ERROR:
         # An accepting type we cannot use (a SUCCESSFUL without its ticket): nothing refused.
         return GarminUnavailable(
@@ -128,15 +142,7 @@ class SsoLogin:
             return ticket
         if answer.status == HTTPStatus.OK and kind == "MFA_REQUIRED":
             return self._pending(answer)
-        refusal = _refusal(answer)
-        if refusal is not None:
-            log.info("garmin sign-in refused the credentials (HTTP %d)", answer.status)
-            raise GarminCredentialsRejected(
-                f"Garmin refused the email or password ({shown(refusal)})"
-            )
-        error = _failure(answer, "login", self._clock.now())
-        log.warning("garmin login failed: %s (HTTP %d)", type(error).__name__, answer.status)
-        raise error
+        raise _failure(answer, "login", self._clock.now(), mfa_step=False)
 
     def verify_mfa(self, pending: PendingMfa, code: str) -> str:
         """The service ticket for the MFA code, on the pending login's SSO cookies."""
@@ -156,20 +162,7 @@ class SsoLogin:
         ticket = _ticket(answer)
         if answer.status == HTTPStatus.OK and kind == "SUCCESSFUL" and ticket is not None:
             return ticket
-        refusal = _refusal(answer)
-        if refusal is not None:
-            if answer.status == HTTPStatus.UNAUTHORIZED:
-                log.info("garmin MFA verification: the pending login is gone (HTTP 401)")
-                raise MfaChallengeNotFound(
-                    "Garmin no longer holds this sign-in (it expired there); log in again"
-                )
-            log.info("garmin MFA verification refused the code (HTTP %d)", answer.status)
-            raise MfaCodeRejected(f"Garmin refused the MFA code ({shown(refusal)})")
-        error = _failure(answer, "MFA verification", self._clock.now())
-        log.warning(
-            "garmin MFA verification failed: %s (HTTP %d)", type(error).__name__, answer.status
-        )
-        raise error
+        raise _failure(answer, "MFA verification", self._clock.now(), mfa_step=True)
 
     def _pending(self, answer: SsoAnswer) -> PendingMfa:
         info: Any = answer.payload.get("customerMfaInfo")

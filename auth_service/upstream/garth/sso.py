@@ -20,10 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from auth_service.domain.errors import (
-    GarminCredentialsRejected,
-    GarminUnavailable,
     MfaChallengeNotFound,
-    MfaCodeRejected,
     UpstreamError,
 )
 from auth_service.domain.garmin_limits import GarminEndpoint
@@ -36,12 +33,7 @@ from auth_service.upstream.garth.isolation import (
     garth,
 )
 from auth_service.upstream.garth.tokens import tokens_from_garth
-from auth_service.upstream.sso_answers import (
-    BLOCKED_SSO_TYPES,
-    shown,
-    sso_refusal,
-    sso_type,
-)
+from auth_service.upstream.sso_answers import judge, sso_type, verdict_error
 from garmin_client.answers import failure, http_response, log_failure
 from garmin_client.endpoints import EXCHANGE_PATH, LOGIN_PATH, PREAUTHORIZED_PATH, VERIFY_MFA_PATH
 from garmin_client.tokens import GarminTokens
@@ -116,27 +108,13 @@ def _refusal(
     """What the SSO answer behind `exc` says of the email/password or the MFA code (None: it
     is no SSO answer; classified as everywhere)."""
     answered = _answered(exc, client)
-    # Garmin's 429, whatever its body says, is rate limiting (the sign-in cooldown starts).
-    if answered is None or answered[0] == HTTPStatus.TOO_MANY_REQUESTS:
+    if answered is None:
         return None
     status, kind, path = answered
-    if kind in BLOCKED_SSO_TYPES:
-        # Garmin's edge is blocking this server: nobody's password or code was refused.
-        return GarminUnavailable(
-            f"Garmin's sign-in is blocking this server for now ({shown(kind)}); try later, or "
-            "sign in in a browser and use ExchangeServiceTicket"
-        )
-    refusal = sso_refusal(status, kind)
-    if refusal is None:
-        return None  # classified as everywhere: unreadable, blocked or down
-    if path == LOGIN_PATH:
-        return GarminCredentialsRejected(f"Garmin refused the email or password ({shown(refusal)})")
-    if status == HTTPStatus.UNAUTHORIZED:
-        # As in the DI flow: Garmin no longer holds the pending login, so no code can succeed.
-        return MfaChallengeNotFound(
-            "Garmin no longer holds this sign-in (it expired there); log in again"
-        )
-    return MfaCodeRejected(f"Garmin refused the MFA code ({shown(refusal)})")
+    mfa_step = path != LOGIN_PATH
+    # A 429 (rate limiting) or an unreadable answer: classified as everywhere
+    # (garmin_client.answers), which reads a Retry-After too.
+    return verdict_error(judge(status, kind, mfa_step=mfa_step), kind, mfa_step=mfa_step)
 
 
 def _answered(exc: BaseException, client: IsolatedClient) -> tuple[int, str | None, str] | None:
