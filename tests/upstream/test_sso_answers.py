@@ -120,11 +120,10 @@ def test_a_refusal_type_the_facts_do_not_name_is_still_a_refusal(
         (429, None, True, SsoVerdict.RATE_LIMITED),
         (401, "CAPTCHA_REQUIRED", False, SsoVerdict.BLOCKED),  # then a captcha, any status
         (200, "CAPTCHA_REQUIRED", True, SsoVerdict.BLOCKED),
-        (401, "INVALID_USERNAME_PASSWORD", False, SsoVerdict.REFUSED),
+        (401, "INVALID_USERNAME_PASSWORD", False, SsoVerdict.REFUSED),  # a 401 on the login
         (200, "SOME_NEW_REFUSAL", False, SsoVerdict.REFUSED),  # unnamed types refuse too
         (400, "INVALID_MFA_CODE", True, SsoVerdict.REFUSED),
         (401, "INVALID_MFA_CODE", True, SsoVerdict.GONE),  # a 401 on the MFA step
-        (401, "INVALID_USERNAME_PASSWORD", False, SsoVerdict.REFUSED),  # not on the login
         (403, "INVALID_USERNAME_PASSWORD", False, SsoVerdict.UNREADABLE),  # the edge's status
         (503, "INVALID_MFA_CODE", True, SsoVerdict.UNREADABLE),
         (401, None, False, SsoVerdict.UNREADABLE),  # an HTML page
