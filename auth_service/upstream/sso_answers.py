@@ -2,7 +2,9 @@
 about what we sent: one verdict (judge) and the error it makes (verdict_error), which both
 providers' sign-in modules apply, in this order:
 
-1. 429 is rate limiting, whatever its body says (the service starts the sign-in cooldown).
+1. 429 is rate limiting, whatever its body says (the service starts the sign-in cooldown), and
+   so is a body saying 429 on any status ({"error": {"status-code": "429"}}, which
+   python-garminconnect reads as "too many requests" on both steps).
 2. A captcha type is Garmin's edge blocking this server: try later.
 3. A refusal is told by the answer's JSON type, never by its HTTP status alone: Garmin's edge
    puts captchas and HTML pages on any status, and those refuse nobody's password or code
@@ -42,6 +44,13 @@ def sso_type(payload: object) -> str | None:
     return kind if isinstance(kind, str) and kind else None
 
 
+def rate_limited_in_body(payload: object) -> bool:
+    """Whether the answer's JSON says 429 in its `error.status-code`, whatever its status."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    code = error.get("status-code") if isinstance(error, dict) else None
+    return str(code) == "429"
+
+
 def sso_refusal(status: int, kind: str | None) -> str | None:
     """The answer's type when it is Garmin's sign-in refusing what we sent: a type, neither an
     accepting nor a blocked one, on none of the statuses Garmin's edge blocks or fails with
@@ -69,9 +78,10 @@ class SsoVerdict(enum.Enum):
     UNREADABLE = "unreadable"
 
 
-def judge(status: int, kind: str | None, *, mfa_step: bool) -> SsoVerdict:
-    """The verdict on an answer that is no success (`kind`: its JSON type, sso_type)."""
-    if status == HTTPStatus.TOO_MANY_REQUESTS:
+def judge(status: int, payload: object, *, mfa_step: bool) -> SsoVerdict:
+    """The verdict on an answer that is no success (`payload`: its JSON, None if not)."""
+    kind = sso_type(payload)
+    if status == HTTPStatus.TOO_MANY_REQUESTS or rate_limited_in_body(payload):
         return SsoVerdict.RATE_LIMITED
     if kind in BLOCKED_SSO_TYPES:
         return SsoVerdict.BLOCKED

@@ -135,4 +135,6 @@ def test_one_verdict_serves_both_flows(
 ) -> None:
     """The order both providers apply (auth_service.upstream.sso_answers): 429, captcha,
     a refusal type (401 on the MFA step: the pending login is gone), else unreadable."""
-    assert judge(status, kind, mfa_step=mfa_step) is verdict
+    # (A 429 said in the body alone: tests/upstream/test_sso_body_rate_limit.py.)
+    payload = None if kind is None else {"responseStatus": {"type": kind}}
+    assert judge(status, payload, mfa_step=mfa_step) is verdict

@@ -75,7 +75,7 @@ def _failure(
     """What an answer that is no success means (sso_answers.judge), for either step (`now`:
     the clock a Retry-After date is measured on)."""
     kind = _answer_type(answer)
-    verdict = judge(answer.status, kind, mfa_step=mfa_step)
+    verdict = judge(answer.status, answer.payload, mfa_step=mfa_step)
     judged = verdict_error(verdict, kind, mfa_step=mfa_step)
     if judged is not None:
         routine = verdict in (SsoVerdict.REFUSED, SsoVerdict.GONE)
@@ -89,7 +89,7 @@ def _failure(
         return judged
     if verdict is SsoVerdict.RATE_LIMITED:
         error: UpstreamError = GarminRateLimited(
-            f"Garmin is rate limiting sign-ins ({step}, HTTP 429)",
+            f"Garmin is rate limiting sign-ins ({step}, HTTP {answer.status})",
             retry_after_seconds(answer.retry_after, now),
             GarminEndpoint.SSO,
         )

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from auth_service.domain.errors import (
+    GarminRateLimited,
     MfaChallengeNotFound,
     UpstreamError,
 )
@@ -33,7 +34,7 @@ from auth_service.upstream.garth.isolation import (
     garth,
 )
 from auth_service.upstream.garth.tokens import tokens_from_garth
-from auth_service.upstream.sso_answers import judge, sso_type, verdict_error
+from auth_service.upstream.sso_answers import SsoVerdict, judge, sso_type, verdict_error
 from garmin_client.answers import failure, http_response, log_failure
 from garmin_client.endpoints import EXCHANGE_PATH, LOGIN_PATH, PREAUTHORIZED_PATH, VERIFY_MFA_PATH
 from garmin_client.tokens import GarminTokens
@@ -110,15 +111,23 @@ def _refusal(
     answered = _answered(exc, client)
     if answered is None:
         return None
-    status, kind, path = answered
+    status, payload, path = answered
     mfa_step = path != LOGIN_PATH
+    verdict = judge(status, payload, mfa_step=mfa_step)
+    if verdict is SsoVerdict.RATE_LIMITED and status != HTTPStatus.TOO_MANY_REQUESTS:
+        # Said in the body alone, which the classification below does not read.
+        return GarminRateLimited(
+            f"Garmin is rate limiting sign-ins (HTTP {status}, the answer says 429)",
+            None,
+            GarminEndpoint.SSO,
+        )
     # A 429 (rate limiting) or an unreadable answer: classified as everywhere
     # (garmin_client.answers), which reads a Retry-After too.
-    return verdict_error(judge(status, kind, mfa_step=mfa_step), kind, mfa_step=mfa_step)
+    return verdict_error(verdict, sso_type(payload), mfa_step=mfa_step)
 
 
-def _answered(exc: BaseException, client: IsolatedClient) -> tuple[int, str | None, str] | None:
-    """The SSO answer behind `exc`: its status, JSON type and path (None: not an SSO answer).
+def _answered(exc: BaseException, client: IsolatedClient) -> tuple[int, object, str] | None:
+    """The SSO answer behind `exc`: its status, JSON and path (None: not an SSO answer).
     garth raises requests' HTTPError for a 4xx/5xx, and a bare GarthException("SSO error:
     <type>: ...") for a 200 whose type is neither SUCCESSFUL nor MFA_REQUIRED; the type is
     read from the answer itself, not parsed out of garth's message."""
@@ -134,7 +143,7 @@ def _answered(exc: BaseException, client: IsolatedClient) -> tuple[int, str | No
         payload = response.json()
     except ValueError:
         payload = None
-    return response.status_code, sso_type(payload), path
+    return response.status_code, payload, path
 
 
 # --- Cookies of an interrupted (MFA) login -----------------------------------------------------
