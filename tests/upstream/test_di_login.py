@@ -141,6 +141,24 @@ def test_a_ticket_refusal_is_known_by_its_phrase_whatever_its_code(
         upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL)
 
 
+@pytest.mark.parametrize("on_refused", [RefusedClientId.STOP, RefusedClientId.NEXT])
+def test_a_ticket_refused_401_invalid_client_with_the_phrase_is_a_refused_ticket(
+    emulator: GarminEmulator, user: EmulatedUser, on_refused: RefusedClientId
+) -> None:
+    """The phrase decides before the error code: before, 401 invalid_client read as our
+    client id refused (GARMIN_UNAVAILABLE, an operator alarm), and with `next` the dead
+    ticket was presented with every client id."""
+    emulator.di.invalid_ticket_status, emulator.di.invalid_ticket_error = 401, "invalid_client"
+    upstream = di_upstream(emulator, on_refused_client_id=on_refused)
+    ticket = ticket_for(emulator, user.email, PASSWORD)
+    upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL)  # used once: now dead
+    before = len(emulator.token_requests)
+
+    with pytest.raises(ServiceTicketRejected):
+        upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL)
+    assert len(emulator.token_requests) - before == 1
+
+
 @pytest.mark.parametrize("status", [429, 500, 503])
 def test_the_refusal_phrase_in_a_429_or_5xx_is_no_verdict(
     emulator: GarminEmulator, user: EmulatedUser, status: int

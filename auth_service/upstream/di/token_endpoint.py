@@ -132,12 +132,15 @@ class TokenEndpoint:
         )
         if answer.status == HTTPStatus.OK:
             return self._tokens(answer, client_id, domain, previous=None)
-        if answer.status == HTTPStatus.UNAUTHORIZED and _error_code(answer) == "invalid_client":
-            raise ClientIdRefused(client_id)
+        # The phrase first: its status and error code are uncertain, and a refused ticket
+        # answered 401 invalid_client must not read as our client id refused (an operator
+        # alarm, and with on_refused=next the dead ticket sent with every id).
         if _refuses_the_ticket(answer):
             raise ServiceTicketRejected(
                 "Garmin refused the service ticket (used, expired or for another service URL)"
             )
+        if answer.status == HTTPStatus.UNAUTHORIZED and _error_code(answer) == "invalid_client":
+            raise ClientIdRefused(client_id)
         raise self._failure(answer, "ticket exchange")
 
     def refresh(self, tokens: GarminTokens) -> GarminTokens:
