@@ -40,7 +40,7 @@ from auth_service.storage.key_rotation import (
     sample_stored_sessions,
 )
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
-from auth_service.storage.schema import current_revision, head_revision
+from auth_service.storage.schema import SchemaState, head_revision, schema_state
 from garmin_client.env import ConfigError
 from garmin_client.logging_setup import redact
 
@@ -118,14 +118,20 @@ class _Checks:
         if not self.database_ok:
             raise CheckFailed("not checked: the database is unreachable")
         url = load_database_url(self.env)
-        current, head = current_revision(url), head_revision()
+        (state, current), head = schema_state(url), head_revision()
         if current is None:
             raise CheckFailed(f"never migrated; head is {head}: run `garmin-auth-service migrate`")
-        if current != head:
+        if state is SchemaState.BEHIND:
             raise CheckFailed(
                 f"at revision {current}, head is {head}: run `garmin-auth-service migrate`"
             )
         self.at_head = True
+        if state is SchemaState.AHEAD:
+            return (
+                f"at revision {current}, newer than this release's head {head}; WARNING: an "
+                "older release on a newer schema (a rollout or a rollback): served, as "
+                "migrations only add"
+            )
         return f"at head ({head})"
 
     def keys(self) -> str:

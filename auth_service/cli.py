@@ -44,7 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from auth_service.server import build_application, serve_until_signalled, start_server
     from auth_service.storage.database import describe_database_error
-    from auth_service.storage.schema import is_at_head
+    from auth_service.storage.schema import SchemaState, head_revision, schema_state
 
     settings = load_settings()
     for problem in plaintext_upstream(settings.upstream.base_url, settings.di.plain_http):
@@ -54,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
             problem,
         )
     try:
-        at_head = is_at_head(settings.database_url)
+        state, revision = schema_state(settings.database_url)
     except SQLAlchemyError as exc:
         # One JSON line an operator can read, not a driver traceback.
         log.error(  # noqa: TRY400 - the traceback is what we leave out on purpose
@@ -63,13 +63,21 @@ def _serve(args: argparse.Namespace) -> int:
             describe_database_error(exc, settings.database_url),
         )
         return EXIT_DATABASE
-    if not at_head:
+    if state is SchemaState.BEHIND:
         print(
             f"garmin-auth-service: the database ({redacted_database_url(settings.database_url)}) "
             "is not at the latest migration; run `garmin-auth-service migrate` first",
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if state is SchemaState.AHEAD:
+        # An old replica restarting during a rollout, or a rollback: migrations are additive.
+        log.warning(
+            "the database is at revision %s, newer than this release's %s: serving on it "
+            "(a newer release migrated it; migrations only add columns and tables)",
+            revision,
+            head_revision(),
+        )
     if settings.allow_unauthenticated:
         log.warning(
             "GARMIN_AUTH_ALLOW_UNAUTHENTICATED is set: EVERY caller gets EVERY role, including "
@@ -90,9 +98,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from auth_service.storage.schema import current_revision, upgrade_to_head
+    from auth_service.storage.schema import (
+        SchemaState,
+        current_revision,
+        head_revision,
+        schema_state,
+        upgrade_to_head,
+    )
 
     url = load_database_url()
+    state, revision = schema_state(url)
+    if state is SchemaState.AHEAD:
+        # An older release's migration Job (a rollback re-applies it): nothing of ours to do.
+        print(
+            f"database {redacted_database_url(url)} is at revision {revision}, newer than this "
+            f"release's {head_revision()}: nothing to do"
+        )
+        return 0
     upgrade_to_head(url)
     print(f"database {redacted_database_url(url)} is at revision {current_revision(url)}")
     return 0

@@ -24,6 +24,9 @@ from auth_service.storage.schema import DATABASE_URL_ATTRIBUTE
 config = context.config
 target_metadata = Base.metadata
 
+# The key of the PostgreSQL advisory lock migration runs take ("garmin-auth" as a number).
+MIGRATION_LOCK_KEY = 0x67_61_72_6D_69_6E_61_75
+
 
 def _database_url() -> str:
     explicit = config.attributes.get(DATABASE_URL_ATTRIBUTE)
@@ -90,6 +93,11 @@ def _migrate(connection: Connection) -> None:
         transactional_ddl=True,
     )
     with context.begin_transaction():
+        if not sqlite:
+            # One migration run at a time (two deploy pipelines, a manual run beside the
+            # Job): the others wait here, then find the database at head and do nothing.
+            # Released with the transaction. (SQLite's writer lock already does this.)
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         context.run_migrations()
         if sqlite:
             _check_foreign_keys(connection)

@@ -6,6 +6,7 @@ directory).
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import io
 from collections.abc import Iterator
@@ -69,12 +70,34 @@ def current_revision(url: str) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+class SchemaState(enum.Enum):
+    """Where the database's migrations stand against this release's."""
+
+    AT_HEAD = "at_head"
+    BEHIND = "behind"  # never migrated, or at one of this release's older revisions
+    # At a revision this release does not know: a newer release migrated it (every older
+    # revision is among ours). Migrations are additive (new nullable columns and tables), so
+    # this release can serve it: an old replica restarting during a rollout, or a rollback.
+    AHEAD = "ahead"
+
+
+def schema_state(url: str) -> tuple[SchemaState, str | None]:
+    """Where the database stands, and its revision (None: never migrated)."""
+    scripts = ScriptDirectory.from_config(alembic_config(url))
+    with _read_connection(url) as connection:
+        current = MigrationContext.configure(connection).get_current_heads()
+    if set(current) == set(scripts.get_heads()):
+        return SchemaState.AT_HEAD, current[0] if current else None
+    known = {script.revision for script in scripts.walk_revisions()}
+    newer = [revision for revision in current if revision not in known]
+    if newer:
+        return SchemaState.AHEAD, newer[0]
+    return SchemaState.BEHIND, current[0] if current else None
+
+
 def is_at_head(url: str) -> bool:
     """True if the database has every installed migration applied."""
-    heads = set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
-    with _read_connection(url) as connection:
-        current = set(MigrationContext.configure(connection).get_current_heads())
-    return current == heads
+    return schema_state(url)[0] is SchemaState.AT_HEAD
 
 
 def check_no_drift(url: str) -> None:
