@@ -22,7 +22,7 @@ Falls back to SQLAlchemy's own execution when it must behave exactly as SQLAlche
 on SQLite, on an ORM session, and while anything listens to the engine's cursor events
 (tests and benchmarks that record statements). Driver errors become SQLAlchemy's, as they
 would have (the API maps them to UNAVAILABLE), and a connection the error shows dead is
-invalidated so the pool never hands it out again.
+invalidated with the whole pool, as SQLAlchemy does after a disconnect.
 """
 
 from __future__ import annotations
@@ -137,10 +137,13 @@ def _dollar_numbered(dialect: Dialect) -> Dialect:
 
 def _wrapped(connection: Connection, sql: str, exc: Any) -> StatementError:
     """The driver's error as SQLAlchemy raises it (values hidden, as the engine hides them),
-    the connection invalidated when the error says it is dead."""
+    the connection and the pool invalidated when the error says it is dead."""
     dialect = connection.dialect
     dead = dialect.is_disconnect(exc, connection.connection.dbapi_connection, None)
     if dead:
+        # As SQLAlchemy does: a restart or failover killed every pooled connection, so the
+        # whole pool is replaced, not just this one (each would fail one more RPC).
+        connection.engine.pool._invalidate(connection.connection, exc)
         connection.invalidate(exc)
     error = DBAPIError.instance(
         sql,
