@@ -270,6 +270,16 @@ def _identities_of_pem(pem: bytes) -> tuple[str, ...]:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         san = None
+    except ValueError:
+        # The CA signed an extension cryptography cannot parse (a dNSName that is not even
+        # UTF-8): its names cannot be known, and the CN must not stand in for them (below),
+        # so the certificate names no caller. The serial lets the operator find it; nothing
+        # else from it is quoted. Logged once per certificate: the parse is cached.
+        log.warning(
+            "client certificate serial %x has unreadable extensions; it names no caller",
+            certificate.serial_number,
+        )
+        return ()
     if san is not None and len(san.value) > 0:
         # RFC 6125: a certificate with subject alternative names is identified by them
         # alone. Its CN is often whatever the issuing tool put there (a pod name), and must

@@ -82,6 +82,9 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # No "*": an entry names one client, and a wildcard certificate must not stand for it.
 _CERT_NAME = re.compile(r"^[A-Za-z0-9._@:+-]+( [A-Za-z0-9._@:+-]+)*$")
 _RELOAD_CHECK_SECONDS = 2.0
+# How much of a certificate's names a refusal quotes (_some_names); 253: a DNS name's longest.
+_ECHOED_NAMES = 5
+_ECHOED_NAME_LENGTH = 253
 
 
 class CallersFileError(ValueError):
@@ -213,6 +216,18 @@ def _normalise_cert_name(name: str) -> str:
     # DNS names compare case-insensitively; common names are compared the same way so that
     # one entry covers a certificate whatever its issuer's capitalisation.
     return name.strip().lower()
+
+
+def _some_names(names: set[str]) -> str:
+    """The first few of a certificate's names, each cut to a DNS name's length, for a refusal:
+    a certificate may carry any number of names of any length, and an answer whose metadata
+    passes gRPC's 8 KiB limit reaches the caller as RESOURCE_EXHAUSTED, not as the refusal."""
+    shown = [
+        name if len(name) <= _ECHOED_NAME_LENGTH else name[:_ECHOED_NAME_LENGTH] + "..."
+        for name in sorted(names)[:_ECHOED_NAMES]
+    ]
+    hidden = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {hidden} more" if hidden else "")
 
 
 def _signature(stat: os.stat_result) -> tuple[int, ...]:
@@ -351,7 +366,7 @@ class CallerRegistry:
                 return entry.caller
         # Certificate names are no secret; naming them tells the operator which entry to add.
         raise CallerUnauthenticated(
-            f"the client certificate ({', '.join(sorted(presented))}) matches no caller"
+            f"the client certificate ({_some_names(presented)}) matches no caller"
         )
 
     @staticmethod

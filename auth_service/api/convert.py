@@ -6,6 +6,7 @@ the service's input limits and turns every problem into field violations (INVALI
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -18,7 +19,12 @@ from auth_service.domain.models import (
     SessionState,
     SessionStatusView,
 )
-from auth_service.domain.validation import CREDENTIAL_RULE, is_credential
+from auth_service.domain.validation import (
+    CREDENTIAL_RULE,
+    TOKEN_TYPE_RULE,
+    is_credential,
+    is_token_type,
+)
 from auth_service.upstream.di.garminconnect import di_pair_problem
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client import session_proto
@@ -149,16 +155,25 @@ def status_to_proto(
 
 
 _MAX_TOKEN_FIELD = 8192
-# The fields Garmin's requests carry in a header: visible ASCII only (domain.validation).
-_CREDENTIALS = frozenset({"oauth_token", "oauth_token_secret", "access_token", "refresh_token"})
+# The fields Garmin's requests carry in a header, and the rule each must meet so a header can
+# (domain.validation): visible ASCII only.
+_HEADER_FIELDS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "oauth_token": (is_credential, CREDENTIAL_RULE),
+    "oauth_token_secret": (is_credential, CREDENTIAL_RULE),
+    "access_token": (is_credential, CREDENTIAL_RULE),
+    "refresh_token": (is_credential, CREDENTIAL_RULE),
+    "token_type": (is_token_type, TOKEN_TYPE_RULE),
+}
 
 
 def _required_text(value: str, field: str, violations: list[FieldViolation]) -> None:
+    header_rule = _HEADER_FIELDS.get(field.rpartition(".")[2])
     if not value:
         violations.append(FieldViolation(field, "is required"))
-    elif field.rpartition(".")[2] in _CREDENTIALS:
-        if not is_credential(value):
-            violations.append(FieldViolation(field, CREDENTIAL_RULE))
+    elif header_rule is not None:
+        fits, rule = header_rule
+        if not fits(value):
+            violations.append(FieldViolation(field, rule))
     elif len(value) > _MAX_TOKEN_FIELD or not value.isprintable():
         violations.append(
             FieldViolation(field, f"must be at most {_MAX_TOKEN_FIELD} printable characters")

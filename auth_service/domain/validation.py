@@ -30,9 +30,21 @@ CREDENTIAL_PATTERN = re.compile(rf"[\x21-\x7e]{{1,{MAX_CREDENTIAL_LENGTH}}}")
 CREDENTIAL_RULE = f"must be 1-{MAX_CREDENTIAL_LENGTH} visible ASCII characters"
 
 
+# An OAuth2 token type opens the same Authorization header ("Bearer <token>"): the same
+# characters, and no longer than an auth scheme's name needs (Garmin's is "Bearer").
+MAX_TOKEN_TYPE_LENGTH = 32
+TOKEN_TYPE_PATTERN = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_TYPE_LENGTH}}}")
+TOKEN_TYPE_RULE = f"must be 1-{MAX_TOKEN_TYPE_LENGTH} visible ASCII characters"
+
+
 def is_credential(value: str) -> bool:
     """Whether `value` can be stored as a token that HTTP headers will carry."""
     return CREDENTIAL_PATTERN.fullmatch(value) is not None
+
+
+def is_token_type(value: str) -> bool:
+    """Whether `value` can be stored as the token type an Authorization header opens with."""
+    return TOKEN_TYPE_PATTERN.fullmatch(value) is not None
 
 
 def _printable(value: str) -> bool:

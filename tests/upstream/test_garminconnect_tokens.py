@@ -56,6 +56,8 @@ GOOD = {"di_token": _jwt({"exp": 2_000_000_000, "client_id": "C"}), "di_refresh_
         json.dumps({**GOOD, "di_client_id": "C", "di_token": _jwt({"exp": 10**20})}),
         json.dumps({**GOOD, "di_client_id": "OTHER"}),  # the JWT names client C
         json.dumps({**GOOD, "di_client_id": "C", "di_token": _jwt([1, 2])}),
+        json.dumps({**GOOD, "di_client_id": "C", "di_token": _jwt({"exp": 1, "scope": [1, 2]})}),
+        json.dumps({**GOOD, "di_client_id": "C", "di_token": _jwt({"exp": 1, "scope": {}})}),
     ],
 )
 def test_malformed_files_are_refused_without_quoting_them(text: str) -> None:
@@ -69,3 +71,13 @@ def test_a_garmin_cn_token_refreshes_in_china() -> None:
     token = _jwt({"exp": 2_000_000_000, "client_id": "C", "iss": "https://diauth.garmin.cn"})
     text = json.dumps({"di_token": token, "di_refresh_token": "r", "di_client_id": "C"})
     assert tokens_from_garminconnect(text).domain == "garmin.cn"
+
+
+@pytest.mark.parametrize(
+    ("claim", "scope"),
+    [(["CONNECT_READ", "CONNECT_WRITE"], "CONNECT_READ CONNECT_WRITE"), ("A B", "A B"), (None, "")],
+)
+def test_the_scope_claim_becomes_one_text(claim: object, scope: str) -> None:
+    token = _jwt({"exp": 2_000_000_000, "client_id": "C", "scope": claim})
+    text = json.dumps({"di_token": token, "di_refresh_token": "r", "di_client_id": "C"})
+    assert tokens_from_garminconnect(text).oauth2.scope == scope

@@ -31,6 +31,18 @@ def _text(data: dict[str, object], name: str) -> str:
     return value
 
 
+def _scope(claim: object) -> str:
+    """The JWT's ``scope`` claim as one space-separated text: Garmin's DI tokens carry a list
+    of scope names; a text is taken as it is, and no claim as no scope."""
+    if claim is None:
+        return ""
+    if isinstance(claim, str):
+        return claim
+    if isinstance(claim, list) and all(isinstance(name, str) for name in claim):
+        return " ".join(claim)
+    raise ValueError("garmin_tokens.json: di_token's scope is neither text nor a list of texts")
+
+
 def di_pair_problem(access_token: str, client_id: str) -> str | None:
     """Why a DI access token and the client id it is said to belong to cannot be a pair that
     refreshes (None when they can): the client id is malformed, the token is not a JWT with an
@@ -48,8 +60,10 @@ def di_pair_problem(access_token: str, client_id: str) -> str | None:
 
 def tokens_from_garminconnect(text: str) -> GarminTokens:
     """Parse the file's JSON. Raises ValueError, never quoting the input, on anything
-    malformed: not JSON, a field missing, an access token that is not a JWT with ``exp``, or
-    a JWT issued to another client id than the file names."""
+    malformed: not JSON, a field missing, an access token that is not a JWT with ``exp``, a
+    JWT issued to another client id than the file names, or one whose scope is no text.
+
+    The file names no token type: the one stored is Garmin's "bearer", what it always is."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
@@ -74,12 +88,11 @@ def tokens_from_garminconnect(text: str) -> GarminTokens:
         raise ValueError("garmin_tokens.json: di_token's expiry is out of range") from None
     if claims.get("client_id") not in (None, client_id):
         raise ValueError("garmin_tokens.json: di_token was issued to another client id")
-    scope = claims.get("scope")
     jti = claims.get("jti")
     return GarminTokens(
         oauth1=None,
         oauth2=OAuth2Token(
-            scope=" ".join(scope) if isinstance(scope, list) else str(scope or ""),
+            scope=_scope(claims.get("scope")),
             jti=jti if isinstance(jti, str) else "",
             token_type="bearer",  # noqa: S106 (a token type)
             access_token=access_token,

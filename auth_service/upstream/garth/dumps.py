@@ -9,7 +9,12 @@ import json
 import time
 from typing import Any
 
-from auth_service.domain.validation import CREDENTIAL_RULE, is_credential
+from auth_service.domain.validation import (
+    CREDENTIAL_RULE,
+    TOKEN_TYPE_RULE,
+    is_credential,
+    is_token_type,
+)
 from auth_service.upstream.garth.isolation import GarthOAuth1Token, GarthOAuth2Token, garth_asdict
 from auth_service.upstream.garth.tokens import oauth1_to_garth, oauth2_to_garth, tokens_from_garth
 from garmin_client.endpoints import DEFAULT_DOMAIN, DOMAINS
@@ -47,6 +52,9 @@ def tokens_from_garth_dumps(s: str) -> GarminTokens:
     ):
         # The same rule as every other import: headers carry these, so visible ASCII only.
         raise ValueError(f"garth session string: a token {CREDENTIAL_RULE}")
+    if not (isinstance(oauth2.token_type, str) and is_token_type(oauth2.token_type)):
+        # It opens the Authorization header the access token is sent in.
+        raise ValueError(f"garth session string: the OAuth2 token_type {TOKEN_TYPE_RULE}")
     domain = oauth1.domain or DEFAULT_DOMAIN
     if domain not in DOMAINS:
         # Garth builds https://connectapi.{domain}/...: any other value would send this
