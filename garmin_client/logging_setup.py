@@ -15,13 +15,20 @@ REDACTED = "[REDACTED]"
 # Fields a log record may carry as `extra`; everything else stays out of the line.
 CONTEXT_FIELDS = ("rpc", "caller", "user_id", "lease_id", "outcome", "latency_ms", "callers")
 _SECRET_PATTERNS = [
+    # Bearer values come first: the key=value pattern below masks only the next word, which
+    # in "Authorization: Bearer <token>" is "Bearer", and the token would stay.
+    # A bearer value inside quotes (the repr of a raw header, b'Bearer abc\xa0def') is masked
+    # up to its closing quote: a byte no token holds (escaped, non-ASCII, punctuation) must
+    # not end the mask early and leave the rest of the credential in the line.
+    re.compile(r"""(?i)((['"])[^'"\n]*?\bbearer\s+)((?:\\.|(?!\2)[^\\\n])+)"""),
+    # An unquoted one: token characters, and past a non-ASCII character or an escape too.
+    re.compile(r"(?i)(bearer\s+)((?:[A-Za-z0-9._~+/=-]|[^\x00-\x7f]|\\.)+)"),
     # key=value / "key": "value" pairs whose key names a secret.
     re.compile(
         r"(?i)((?:password|passwd|secret|token|access_token|refresh_token|oauth_token"
         r"|oauth_token_secret|authorization|api[_-]?key|cookie|mfa[_-]?code)"
         r"[\"']?\s*[:=]\s*[\"']?)([^\"'\s,;&}]+)"
     ),
-    re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]+)"),
     # Long opaque strings (JWTs, base64 blobs, hex keys) anywhere in a line.
     re.compile(r"()\b(eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9._-]{10,})"),
     re.compile(r"()([A-Za-z0-9+/_-]{40,}={0,2})"),
@@ -30,7 +37,7 @@ _SECRET_PATTERNS = [
 
 # Every pattern above needs one of these words, or a run of 24+ characters (the shortest JWT
 # match; the opaque run needs 40): a shorter text without them cannot match, and is returned
-# after one search instead of four substitutions (most log lines, every access-log field).
+# after one search instead of five substitutions (most log lines, every access-log field).
 _SHORT = 24
 _HINTS = re.compile(r"(?i)passw|secret|token|authorization|api[_-]?key|cookie|mfa|bearer")
 
@@ -77,7 +84,8 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str | int = "INFO") -> None:
     """JSON lines on stderr at `level` (the service's GARMIN_AUTH_LOG_LEVEL); third-party
-    loggers that could write secrets stay at WARNING whatever the level."""
+    loggers that could write secrets stay at WARNING whatever the level, and gRPC's lines
+    about undecodable metadata lose the value (quiet_third_party_loggers)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactingFilter())
@@ -97,7 +105,41 @@ THIRD_PARTY_LOG_LEVELS = {
     "alembic": logging.WARNING,
 }
 
+# gRPC's Cython layer decodes every metadata value as UTF-8; one that is not is logged at ERROR
+# on this logger ("Invalid encoding on %s") with its raw bytes and a traceback, before any of
+# our code sees the call. The value may be a caller's whole bearer token (one byte mangled in
+# transit), so such records keep only a fixed line. (The call itself is answered as usual:
+# the interceptor refuses the credential.)
+GRPC_CYTHON_LOGGER = "grpc._cython.cygrpc"
+UNDECODABLE_METADATA_MESSAGE = "a request carried metadata that is not UTF-8 (value not logged)"
+
+
+class UndecodableMetadataFilter(logging.Filter):
+    """Rewrites gRPC's "Invalid encoding" records to one WARNING line without the value."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Invalid encoding"):
+            record.msg = UNDECODABLE_METADATA_MESSAGE
+            record.args = None
+            # The traceback's exception names only a position, but it is no use to an
+            # operator, and a line without it cannot carry anything else either.
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+            # Nothing failed on our side: the client sent a header it should not have.
+            record.levelno = logging.WARNING
+            record.levelname = logging.getLevelName(logging.WARNING)
+            # Logged at ERROR, it passed the level check; as a WARNING it must pass it too.
+            return logging.getLogger(record.name).isEnabledFor(logging.WARNING)
+        return True
+
 
 def quiet_third_party_loggers() -> None:
+    """Pin THIRD_PARTY_LOG_LEVELS, and keep metadata values out of gRPC's lines."""
     for name, level in THIRD_PARTY_LOG_LEVELS.items():
         logging.getLogger(name).setLevel(level)
+    grpc_cython = logging.getLogger(GRPC_CYTHON_LOGGER)
+    # A logger's filters see the records logged on it, before any handler: one is enough,
+    # however often this runs (every test calls it).
+    if not any(isinstance(f, UndecodableMetadataFilter) for f in grpc_cython.filters):
+        grpc_cython.addFilter(UndecodableMetadataFilter())

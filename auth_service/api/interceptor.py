@@ -78,6 +78,9 @@ class _Outcome:
     code: str = "OK"
     reason: str = "OK"
     response: Any = None
+    # The name the access line gives: the caller's once its credentials were recognised, even
+    # when it is then refused (its roles do not allow the RPC). Only the log reads it.
+    caller: str | None = None
 
 
 @contextmanager
@@ -141,37 +144,48 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         authorization = _metadata_value(handler_call_details.invocation_metadata, "authorization")
         caller: Caller | None = None
         try:
-            caller = self._precheck(access, authorization)
+            caller = self._identify_from_metadata(access, authorization)
+            if caller is not None:
+                self._authorize(access, caller)
         except DomainError as refused:
-            return self._refusal(access, handler, refused)
+            # `caller` is set when authentication passed and the role check refused: the
+            # access line names it (an operator looks for known callers trying RPCs).
+            return self._refusal(access, handler, refused, caller)
         return self._guarded(access, handler, caller, authorization, pool)
 
     # --- the decision -------------------------------------------------------------------
 
-    def _precheck(self, access: Access, authorization: str | None) -> Caller | None:
-        """The caller, when the metadata decides it; None when the handler must (public
-        methods, and token-less calls under mutual TLS). Raises the refusal."""
+    def _identify_from_metadata(self, access: Access, authorization: str | None) -> Caller | None:
+        """The caller, when the metadata decides who it is; None when the handler must
+        (public methods, and token-less calls under mutual TLS). Raises the refusal of a
+        method open to nobody or of credentials that name no caller; roles are not checked."""
         if access.kind is Kind.DENIED:
             raise CallerForbidden(f"{access.service}/{access.method} is not open to any caller")
         if access.kind is Kind.PUBLIC:
             return None
         if authorization is None and self._client_certificates:
             return None
-        caller = self._registry.authenticate(authorization)
-        self._authorize(access, caller)
-        return caller
+        return self._registry.authenticate(authorization)
 
-    def _admit(
+    def _identify(
         self, access: Access, context: grpc.ServicerContext, authorization: str | None
     ) -> Caller | None:
-        """On the worker thread: the caller the metadata did not decide (client certificate)."""
+        """On the worker thread: who the caller is, by its token or its client certificate
+        (None for a public method). Raises CALLER_UNAUTHENTICATED; roles are not checked."""
         if access.kind is Kind.PUBLIC:
             return None
         certificate_names = (
             certificate_identities(context.auth_context()) if self._client_certificates else ()
         )
-        caller = self._registry.authenticate(authorization, certificate_names)
-        self._authorize(access, caller)
+        return self._registry.authenticate(authorization, certificate_names)
+
+    def _admit(
+        self, access: Access, context: grpc.ServicerContext, authorization: str | None
+    ) -> Caller | None:
+        """The caller, identified and allowed this method; raises the refusal."""
+        caller = self._identify(access, context, authorization)
+        if caller is not None:
+            self._authorize(access, caller)
         return caller
 
     def _authorize(self, access: Access, caller: Caller) -> None:
@@ -181,14 +195,22 @@ class ServiceInterceptor(grpc.ServerInterceptor):
     # --- handlers -----------------------------------------------------------------------
 
     def _refusal(
-        self, access: Access, handler: grpc.RpcMethodHandler, refused: DomainError
+        self,
+        access: Access,
+        handler: grpc.RpcMethodHandler,
+        refused: DomainError,
+        known: Caller | None = None,
     ) -> grpc.RpcMethodHandler:
         """A handler that answers `refused` at once. Request-streaming whatever the method's
         kind, so gRPC does not wait for a request message first (the status is all the
-        client sees; its framing does not depend on the handler kind)."""
+        client sees; its framing does not depend on the handler kind). `known`: the caller
+        the credentials named, if they did, for the access line only."""
+        refused_caller = known.name if known is not None else None
 
         def refuse(_requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            with self._call(access, context, None, precomputed=refused):
+            with self._call(
+                access, context, None, precomputed=refused, refused_caller=refused_caller
+            ):
                 pass  # unreachable: _call aborts
 
         return grpc.stream_unary_rpc_method_handler(
@@ -312,11 +334,14 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         *,
         caller: Caller | None = None,
         precomputed: DomainError | None = None,
+        refused_caller: str | None = None,
     ) -> Iterator[_Outcome]:
         """One call from admission to its log line: the body runs as the admitted caller;
-        whatever it raises becomes a documented status."""
+        whatever it raises becomes a documented status. `precomputed`: the refusal already
+        decided, answered without running the body; `refused_caller`: whom its access line
+        names (the body never runs as it)."""
         started = time.perf_counter()
-        outcome = _Outcome()
+        outcome = _Outcome(caller=caller.name if caller is not None else refused_caller)
         ours = access.service == SERVICE_NAME
         gate = self._pools.reflection_gate if self._pools is not None and not ours else None
         entered = False
@@ -326,7 +351,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         # to whoever listens for this RPC: this replica's metrics.
         listening = current_listener.set(self._metrics)
         try:
-            caller = self._enter(access, context, authorization, caller, precomputed, gate)
+            caller = self._enter(access, context, authorization, caller, outcome, precomputed, gate)
             entered = gate is not None
             with _as_caller(caller):
                 yield outcome
@@ -353,7 +378,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             # Our RPCs are logged each; other services only when refused.
             if ours or outcome.code != "OK":
                 rpc = access.method if ours else f"{access.service}/{access.method}"
-                self._record(rpc, caller, outcome, latency)
+                self._record(rpc, outcome, latency)
 
     def _enter(
         self,
@@ -361,20 +386,25 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         context: grpc.ServicerContext,
         authorization: str | None,
         caller: Caller | None,
+        outcome: _Outcome,
         precomputed: DomainError | None,
         gate: StreamGate | None,
     ) -> Caller | None:
-        """The admitted caller (None for a public method); raises the refusal."""
+        """The admitted caller (None for a public method); raises the refusal. A caller
+        identified here is named on the access line even if its roles then refuse it."""
         if precomputed is not None:
             raise precomputed
         if caller is None:
-            caller = self._admit(access, context, authorization)
+            caller = self._identify(access, context, authorization)
+            if caller is not None:
+                outcome.caller = caller.name
+                self._authorize(access, caller)
         if gate is not None and not gate.enter():
             raise TooManyStreams("too many reflection streams; retry later")
         return caller
 
-    def _record(self, rpc: str, caller: Caller | None, outcome: _Outcome, latency: float) -> None:
-        self._access_log.record(rpc, caller.name if caller else None, outcome.reason, latency)
+    def _record(self, rpc: str, outcome: _Outcome, latency: float) -> None:
+        self._access_log.record(rpc, outcome.caller, outcome.reason, latency)
 
     def _count(self, rpc: str, outcome: _Outcome, latency: float) -> None:
         if self._metrics is None:
