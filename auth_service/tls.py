@@ -276,8 +276,8 @@ def _identities_of_pem(pem: bytes) -> tuple[str, ...]:
         # so the certificate names no caller. The serial lets the operator find it; nothing
         # else from it is quoted. Logged once per certificate: the parse is cached.
         log.warning(
-            "client certificate serial %x has unreadable extensions; it names no caller",
-            certificate.serial_number,
+            "client certificate serial %s has unreadable extensions; it names no caller",
+            _serial_text(certificate.serial_number),
         )
         return ()
     if san is not None and len(san.value) > 0:
@@ -309,3 +309,10 @@ def certificate_identities(auth_context: object) -> tuple[str, ...]:
         value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
         for value in auth_context.get(COMMON_NAME_PROPERTY) or ()
     )
+
+
+def _serial_text(serial: int) -> str:
+    """A certificate serial as openssl prints it (hex bytes joined by colons). Unbroken, its
+    40 hex digits would read as a token to the log's redaction and be masked."""
+    raw = serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big")
+    return ":".join(f"{byte:02x}" for byte in raw)
