@@ -90,7 +90,8 @@ class SessionRepository(Protocol):
         self, locked: SessionRow, tokens: GarminTokens, now: datetime, *, validated: bool
     ) -> SessionRow:
         """Make `tokens` the user's ACTIVE session (login, MFA, import) over `locked`, the
-        row this transaction locked (lock_or_create); a live lease ends."""
+        row this transaction locked (lock_or_create); a live lease ends, and no refresh
+        token counts as rotated away any more."""
         ...
 
     def mark_mfa_pending(self, user_id: str, now: datetime) -> SessionRow:
@@ -109,10 +110,13 @@ class SessionRepository(Protocol):
         refreshed: GarminTokens | None,
         now: datetime,
         keepalive_not_before: datetime | None = None,
+        replaced: SessionRow | None = None,
     ) -> SessionRow | None:
         """Garmin accepted session `version` (refreshed: with these new tokens, which
-        keep-alive leaves alone until `keepalive_not_before`); None when the row no longer
-        holds that ACTIVE session."""
+        keep-alive leaves alone until `keepalive_not_before`, and the digest of the DI
+        refresh token they rotated away, views.rotated_away, read from `replaced`, the row
+        at `version` as the caller read it, or else from the database); None when the row
+        no longer holds that ACTIVE session."""
         ...
 
     def invalidate(
@@ -342,10 +346,11 @@ class LeaseRepository(Protocol):
         ...
 
     def store_refreshed(
-        self, lease_digest: str, *, user_id: str, version: int, tokens: GarminTokens, now: datetime
+        self, lease_digest: str, *, locked: SessionRow, tokens: GarminTokens, now: datetime
     ) -> SessionRow | None:
         """Store refreshed tokens under a live lease over the user's row, which the caller
-        locked and read at `version`; None when the lease is dead or the row moved on."""
+        locked (`locked`, as read), with the digest of the DI refresh token they rotated
+        away (views.rotated_away); None when the lease is dead or the row moved on."""
         ...
 
     def invalidate(self, lease_digest: str, *, now: datetime, reason: str) -> SessionRow | None: ...
@@ -377,9 +382,11 @@ class RefreshRepository(Protocol):
         now: datetime,
         until: datetime,
         unleased: bool = False,
+        held_by: str | None = None,
     ) -> SessionRow | None:
         """Claim the refresh of session `version` until `until` (with `unleased`, only if
-        no live lease holds the session); None when refused."""
+        no live lease holds the session; with `held_by`, a lease digest, only while that
+        lease is live); None when refused."""
         ...
 
     def release(self, user_id: str, *, claim_id: str) -> None:
@@ -394,11 +401,14 @@ class RefreshRepository(Protocol):
         tokens: GarminTokens,
         now: datetime,
         keepalive_not_before: datetime | None,
+        replaced: SessionRow | None = None,
     ) -> SessionRow | None:
-        """Store the tokens a refresh of session `version` brought (the claim ends), and
-        when keep-alive may pick the session again (policies.keepalive_not_before), in one
-        statement; None when the row no longer holds that ACTIVE session (a login or import
-        won)."""
+        """Store the tokens a refresh of session `version` brought (the claim ends), when
+        keep-alive may pick the session again (policies.keepalive_not_before) and the digest
+        of the DI refresh token the refresh rotated away (views.rotated_away: the one
+        `replaced`, the row the refresh was claimed on, holds; without it, the one the row
+        holds at `version`), in one statement; None when the row no longer holds that
+        ACTIVE session (a login or import won)."""
         ...
 
     def defer_keepalive(self, user_id: str, *, version: int, until: datetime) -> None:

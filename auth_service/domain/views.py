@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import datetime
 from typing import Protocol
 
@@ -59,6 +61,11 @@ class SessionRow(Protocol):
     def updated_at(self) -> datetime: ...
     @property
     def lease_caller(self) -> str | None: ...
+    @property
+    def rotated_refresh_sha256(self) -> str | None:
+        """The digest of the DI refresh token the latest rotation replaced
+        (refresh_token_digest), never the token."""
+        ...
 
 
 def live_lease(row: SessionRow, now: datetime) -> LeaseView | None:
@@ -100,3 +107,22 @@ def status_view(row: SessionRow, now: datetime) -> SessionStatusView:
         updated_at=row.updated_at,
         lease=live_lease(row, now),
     )
+
+
+# --- refresh tokens rotated away ---------------------------------------------------------
+
+
+def refresh_token_digest(refresh_token: str) -> str:
+    """What a row keeps of the refresh token a rotation replaced: its lowercase hex SHA-256.
+    Unkeyed, as lease ids (auth_service.domain.lease_ids): Garmin's refresh tokens carry
+    far too much entropy for a digest to be inverted or guessed."""
+    return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()
+
+
+def rotated_away(row: SessionRow, refresh_token: str) -> bool:
+    """Whether `refresh_token` is the one the row's latest rotation replaced (dead at
+    Garmin since), compared in constant time."""
+    stored = row.rotated_refresh_sha256
+    if stored is None:
+        return False
+    return hmac.compare_digest(stored.encode(), refresh_token_digest(refresh_token).encode())

@@ -73,7 +73,13 @@ class CentralRefresh:
         # a claim left by a replica killed inside Garmin lives for minutes.
         asker = RefreshAsker(granted.rpc, reason_for=lambda _message: CENTRAL_REFRESH_REJECTED)
         try:
-            refreshed = self._refresher.refresh(grant.lease.user_id, granted.session_version, asker)
+            # Only while the grant's lease lives (a wait on another's claim may outlast it).
+            refreshed = self._refresher.refresh(
+                grant.lease.user_id,
+                granted.session_version,
+                asker,
+                held_by=grant.lease.lease_digest,
+            )
         except (GarminRateLimited, GarminUnavailable) as exc:
             gave_up_waiting = isinstance(exc, StillRefreshingElsewhere)
             if grant.tokens.oauth2.expires_at > self._uow.now() and not (

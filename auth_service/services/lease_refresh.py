@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import FieldViolation, LeaseLost, SessionNotActive
-from auth_service.domain.lease_ids import matches
+from auth_service.domain.lease_ids import lease_digest, matches
 from auth_service.domain.models import GarminTokens, SessionStatusView
 from auth_service.domain.policies import ACCESS_EXPIRY_MARGIN
 from auth_service.domain.validation import check_opaque_id, raise_if_any
@@ -72,7 +72,11 @@ class LeaseRefresh:
             # handed back, its next 401 would read as a definite rejection.)
             return AccessGrant(tokens, status_view(row, self._uow.now()))
         try:
-            refreshed = self._refresher.refresh(row.user_id, row.session_version, _ASKER)
+            # Only while this lease lives: the call may wait (a refresh slot, another's
+            # claim) past its end, and a new holder's refresh token must not be rotated.
+            refreshed = self._refresher.refresh(
+                row.user_id, row.session_version, _ASKER, held_by=lease_digest(lease_id)
+            )
         except SessionNotActive:
             # Deleted, or ended by a login meanwhile: the lease ended with it.
             raise _lease_lost() from None

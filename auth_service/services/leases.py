@@ -389,11 +389,7 @@ class LeaseService:
                 if locked is not None:
                     check_refresh_of(locked.session_version, session_version)
                     row = uow.leases.store_refreshed(
-                        digest,
-                        user_id=leased.user_id,
-                        version=locked.session_version,
-                        tokens=tokens,
-                        now=uow.now,
+                        digest, locked=locked, tokens=tokens, now=uow.now
                     )
             status = _reported(uow, AuditedRpc.REPORT_REFRESHED, digest, row)
         if status is None:

@@ -4,32 +4,52 @@ A DI pair from python-garminconnect's token file is refreshed once right away: t
 stores no refresh expiry, and after the rotation the service holds the only live refresh
 token (the file's one is dead, so two clients cannot fight over it). If Garmin is busy the
 imported pair stays as it is, its refresh expiry unknown, which keep-alive counts as due.
+
+An import of the DI session the service holds already is a client's retry (gRPC clients
+retry a call they saw time out, and an import waits on Garmin): the refresh token the row
+holds, or the one its latest rotation replaced (which the first import's refresh may have
+just killed). It installs nothing: installing would make a new session version, so the
+first import's rotated pair would be dropped as replaced, and the dead token sent again
+would end the session (invalid_grant). It answers the session as it is, and a retry of a
+token file joins the refresh through the single-flight refresher like the first import.
 """
 
 from __future__ import annotations
 
+import enum
+import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from auth_service.domain import validation
+from auth_service.domain import audit, validation
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
     FieldViolation,
     GarminRateLimited,
     GarminUnavailable,
     LeaseHeld,
+    SecretUnreadable,
 )
-from auth_service.domain.models import GarminTokens, SessionStatusView
-from auth_service.domain.views import status_view
+from auth_service.domain.models import GarminTokens, SessionKind, SessionState, SessionStatusView
+from auth_service.domain.views import SessionRow, rotated_away, status_view
 from auth_service.services.connect import connect_tokens
 from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
-from auth_service.services.unit_of_work import UnitsOfWork
+from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 log = logging.getLogger(__name__)
 
 IMPORTED_PAIR_REJECTED = "Garmin rejected the imported refresh token"
 _IMPORT_ASKER = RefreshAsker(AuditedRpc.IMPORT_SESSION, lambda _: IMPORTED_PAIR_REJECTED)
+
+
+class _Retry(enum.Enum):
+    """Which refresh token of the stored session a retried import presents."""
+
+    # The one the row holds: the first import's pair, maybe being refreshed right now.
+    HELD = "held"
+    # The one the row's latest rotation killed: the first import's refresh is done.
+    ROTATED_AWAY = "rotated_away"
 
 
 @dataclass(frozen=True)
@@ -78,9 +98,16 @@ class SessionImport:
         assert tokens is not None
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
-            uow.challenges.delete_for_user(user_id)
-            status = connect_tokens(uow, row, tokens, AuditedRpc.IMPORT_SESSION, validated=False)
-        if not refresh_now:
+            retry = _retry_of(uow, row, tokens)
+            if retry is None:
+                uow.challenges.delete_for_user(user_id)
+                status = connect_tokens(
+                    uow, row, tokens, AuditedRpc.IMPORT_SESSION, validated=False
+                )
+            else:
+                status = _unchanged(uow, row, retry)
+        # The service rotated the presented token away itself: nothing left to refresh.
+        if not refresh_now or retry is _Retry.ROTATED_AWAY:
             return status
         return self._refresh_imported(status)
 
@@ -123,3 +150,37 @@ class SessionImport:
             row = uow.sessions.find(user_id, uow.now)
             assert row is not None  # imported just now; rows are never deleted
             return status_view(row, uow.now)
+
+
+def _retry_of(uow: UnitOfWork, locked: SessionRow, tokens: GarminTokens) -> _Retry | None:
+    """Whether importing `tokens` over the user's `locked` row repeats an import of the DI
+    session the row holds (None: new credentials, installed as usual). Garth sessions are
+    always installed: their exchange rotates nothing, so a second one loses nothing."""
+    if (
+        tokens.kind is not SessionKind.DI_OAUTH2
+        or locked.state is not SessionState.ACTIVE
+        or locked.session_kind is not SessionKind.DI_OAUTH2
+    ):
+        return None
+    presented = tokens.oauth2.refresh_token
+    if rotated_away(locked, presented):
+        return _Retry.ROTATED_AWAY
+    try:
+        held = uow.sessions.open_tokens(locked).oauth2.refresh_token
+    except SecretUnreadable:
+        return None  # nothing usable is stored: the import replaces it, as any import would
+    if hmac.compare_digest(held.encode(), presented.encode()):
+        return _Retry.HELD
+    return None
+
+
+def _unchanged(uow: UnitOfWork, locked: SessionRow, retry: _Retry) -> SessionStatusView:
+    """A retried import: the session stays as it is (no new version, a claim or lease on it
+    stands, a pending sign-in stays pending), recorded as an import that changed nothing."""
+    log.info(
+        "user %s: ImportSession of the session held already (%s token); nothing installed",
+        locked.user_id,
+        retry.value,
+    )
+    uow.audit.record(AuditedRpc.IMPORT_SESSION, audit.OK, user_id=locked.user_id, changed=False)
+    return status_view(locked, uow.now)

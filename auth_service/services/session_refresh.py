@@ -46,6 +46,7 @@ from auth_service.domain.errors import (
     GarminSessionRejected,
     GarminUnavailable,
     LeaseHeld,
+    LeaseLost,
     SessionNotActive,
 )
 from auth_service.domain.events import RefreshEvents
@@ -105,7 +106,13 @@ class SessionRefresher:
         self._slots = threading.BoundedSemaphore(settings.concurrency)
 
     def refresh(
-        self, user_id: str, expected_version: int, asker: RefreshAsker, *, unleased: bool = False
+        self,
+        user_id: str,
+        expected_version: int,
+        asker: RefreshAsker,
+        *,
+        unleased: bool = False,
+        held_by: str | None = None,
     ) -> Refreshed:
         """Refresh session `expected_version` of the user, or use the tokens that replaced it.
         `unleased`: only while no live lease holds the session (a refresh that does not
@@ -114,9 +121,13 @@ class SessionRefresher:
         Raises GarminSessionRejected (the session ended), GarminRateLimited or
         GarminUnavailable (nothing changed; also when another replica's refresh failed, and
         StillRefreshingElsewhere when it did not finish in time), SessionNotActive (the
-        session is gone) and, with `unleased`, LeaseHeld.
+        session is gone), with `unleased` LeaseHeld, and with `held_by` (the digest of the
+        asker's lease: a holder's refresh) LeaseLost once that lease is not live: a holder
+        whose lease was taken over must not rotate the new holder's refresh token.
         """
-        return self._refresh(user_id, expected_version, asker, wait=True, unleased=unleased)
+        return self._refresh(
+            user_id, expected_version, asker, wait=True, unleased=unleased, held_by=held_by
+        )
 
     def refresh_unless_claimed(
         self, user_id: str, expected_version: int, asker: RefreshAsker
@@ -135,6 +146,7 @@ class SessionRefresher:
         *,
         wait: bool,
         unleased: bool,
+        held_by: str | None = None,
     ) -> Refreshed:
         deadline = time.monotonic() + self._settings.wait_seconds
         waited = False
@@ -147,6 +159,8 @@ class SessionRefresher:
             now = self._uow.now()
             if unleased and wait:
                 _refuse_if_leased(row, now)
+            if held_by is not None:
+                _refuse_unless_held(row, now, held_by)
             if row.refresh_claimed_until is not None and row.refresh_claimed_until > now:
                 self._may_wait(user_id, wait=wait, deadline=deadline)
                 waited = True
@@ -164,11 +178,15 @@ class SessionRefresher:
                 claimed: SessionRow | None = row
                 if asker.claims_every_kind or row.session_kind is SessionKind.DI_OAUTH2:
                     claim_id = secrets.token_urlsafe(CLAIM_ID_BYTES)
-                    claimed = self._claim(user_id, expected_version, claim_id, unleased=unleased)
+                    claimed = self._claim(
+                        user_id, expected_version, claim_id, unleased=unleased, held_by=held_by
+                    )
                 if claimed is None:
                     if not wait:
                         raise RefreshBusy(user_id)
-                    continue  # another replica (or, with `unleased`, a lease) got there first
+                    # Another replica got there first, or (with `unleased`, `held_by`) the
+                    # lease changed: look again.
+                    continue
                 fresh = self._call_garmin(claimed, claim_id, asker, self._admit(claimed, claim_id))
             if isinstance(fresh, Refreshed):
                 return fresh
@@ -208,7 +226,13 @@ class SessionRefresher:
             raise
 
     def _claim(
-        self, user_id: str, version: int, claim_id: str, *, unleased: bool
+        self,
+        user_id: str,
+        version: int,
+        claim_id: str,
+        *,
+        unleased: bool,
+        held_by: str | None = None,
     ) -> SessionRow | None:
         with self._uow() as uow:
             until = uow.now + timedelta(seconds=self._settings.claim_lifetime_seconds)
@@ -219,6 +243,7 @@ class SessionRefresher:
                 now=uow.now,
                 until=until,
                 unleased=unleased,
+                held_by=held_by,
             )
 
     def _release(self, user_id: str, claim_id: str | None) -> None:
@@ -310,13 +335,13 @@ class SessionRefresher:
     # --- storing ---------------------------------------------------------------------------
 
     def _store(self, claimed: SessionRow, fresh: GarminTokens, asker: RefreshAsker) -> Refreshed:
-        user_id, version = claimed.user_id, claimed.session_version
+        user_id = claimed.user_id
         since = time.monotonic()
         deadline = since + self._settings.commit_retry_seconds
         backoff = POLL_SECONDS
         while True:
             try:
-                stored = self._commit(user_id, version, fresh, asker)
+                stored = self._commit(claimed, fresh, asker)
                 break
             except DomainError:
                 raise
@@ -347,16 +372,20 @@ class SessionRefresher:
         return Refreshed(tokens, row, by_us=False)
 
     def _commit(
-        self, user_id: str, version: int, fresh: GarminTokens, asker: RefreshAsker
+        self, claimed: SessionRow, fresh: GarminTokens, asker: RefreshAsker
     ) -> SessionRow | None:
+        user_id = claimed.user_id
         window = timedelta(seconds=self._settings.keepalive_window_seconds)
         with self._uow() as uow:
+            # `claimed` holds the refresh token Garmin just rotated away: the row keeps its
+            # digest, so an import retrying with it is known for a retry (session_import).
             row = uow.refreshes.store_rotated(
                 user_id,
-                version=version,
+                version=claimed.session_version,
                 tokens=fresh,
                 now=uow.now,
                 keepalive_not_before=keepalive_not_before(fresh, uow.now, window),
+                replaced=claimed,
             )
             if row is not None:
                 lease = live_lease(row, uow.now)
@@ -374,3 +403,9 @@ def _refuse_if_leased(row: SessionRow, now: datetime) -> None:
             f"the session is leased by {lease.holder!r} until {lease.expires_at.isoformat()}: "
             "its refresh belongs to the lease holder"
         )
+
+
+def _refuse_unless_held(row: SessionRow, now: datetime, lease_digest: str) -> None:
+    lease = live_lease(row, now)
+    if lease is None or lease.lease_digest != lease_digest:
+        raise LeaseLost("the lease is expired, released, taken over or unknown")

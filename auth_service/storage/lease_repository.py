@@ -457,20 +457,23 @@ class SqlLeaseRepository:
         )
 
     def store_refreshed(
-        self, lease_digest: str, *, user_id: str, version: int, tokens: GarminTokens, now: datetime
+        self, lease_digest: str, *, locked: SessionRow, tokens: GarminTokens, now: datetime
     ) -> SessionRow | None:
         """Store refreshed tokens under a live lease; None when the lease is dead.
 
         The tokens are sealed for one user's row at the version they make it: the caller
-        locked the row and read `version` from it, so the statement (which re-checks it)
-        stores over exactly the row the seal names.
+        locked the row (`locked`), so the statement (which re-checks its version) stores over
+        exactly the row the seal names.
         """
+        user_id, version = locked.user_id, locked.session_version
         return self._one(
             _STORE_REFRESHED,
             p_lease_id=lease_digest,
             p_now=now,
             p_user_id=user_id,
             **self._sessions.sealed_over(version, user_id, tokens),
+            # The holder's refresh rotated the stored refresh token away: its digest.
+            **self._sessions.rotated_over(user_id, version, locked),
         )
 
     def invalidate(self, lease_digest: str, *, now: datetime, reason: str) -> SessionRow | None:

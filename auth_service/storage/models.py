@@ -49,6 +49,7 @@ OUTCOME_CODE_LENGTH = 32
 OUTCOME_REASON_LENGTH = 64
 CLAIM_ID_LENGTH = 64
 ENDPOINT_LENGTH = 32
+SHA256_HEX_LENGTH = 64
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -164,6 +165,15 @@ class GarminAuthenticationState(Base):
     # inside the window is not repeated on every pass, and sessions that always fail do not
     # keep the others waiting.
     keepalive_not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # Added by migration 0012. The SHA-256 hex digest of the DI refresh token the latest
+    # rotation replaced (the service's own refresh, or a holder's reported one), never the
+    # token (high-entropy, so its digest can be neither inverted nor guessed, as lease ids;
+    # auth_service.domain.lease_ids). An ImportSession presenting that token is a client's
+    # retry of an import the service has refreshed since: the token is dead at Garmin, and
+    # installing it would end the session at its next refresh. NULL after a sign-in, an
+    # import, an invalidation or a disconnect, and for garth sessions (nothing rotates).
+    rotated_refresh_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH))
 
     __table_args__ = (
         # LeaseNextSession walks ACTIVE sessions in sync order (never synced first, then the

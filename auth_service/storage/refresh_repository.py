@@ -43,6 +43,9 @@ _CLAIM = (
 )
 # Keep-alive leaves leased sessions to their holder's grant.
 _CLAIM_UNLEASED = _CLAIM.where(rows.FREE)
+# A lease holder's refresh (its grant's, RefreshLease): only while its lease is live, so a
+# holder whose lease was taken over meanwhile never rotates the new holder's refresh token.
+_CLAIM_HELD = _CLAIM.where(rows.LIVE)
 _RELEASE = (
     update(T)
     .where(T.c.user_id == rows.USER_ID, T.c.refresh_claim_id == _CLAIM_ID)
@@ -100,17 +103,19 @@ class SqlRefreshRepository:
         now: datetime,
         until: datetime,
         unleased: bool = False,
+        held_by: str | None = None,
     ) -> SessionRow | None:
-        row: Row[Any] | None = self.session.execute(
-            _CLAIM_UNLEASED if unleased else _CLAIM,
-            {
-                "p_user_id": user_id,
-                "p_version": version,
-                "p_claim_id": claim_id,
-                "p_now": now,
-                "p_until": until,
-            },
-        ).first()
+        params = {
+            "p_user_id": user_id,
+            "p_version": version,
+            "p_claim_id": claim_id,
+            "p_now": now,
+            "p_until": until,
+        }
+        statement = _CLAIM_UNLEASED if unleased else _CLAIM
+        if held_by is not None:
+            statement, params["p_lease_id"] = _CLAIM_HELD, held_by
+        row: Row[Any] | None = self.session.execute(statement, params).first()
         return cast("SessionRow | None", row)
 
     def release(self, user_id: str, *, claim_id: str) -> None:
@@ -124,6 +129,7 @@ class SqlRefreshRepository:
         tokens: GarminTokens,
         now: datetime,
         keepalive_not_before: datetime | None,
+        replaced: SessionRow | None = None,
     ) -> SessionRow | None:
         # The very change GetStatus(validate) makes when it refreshed: written once.
         return self._sessions.store_validation(
@@ -132,6 +138,7 @@ class SqlRefreshRepository:
             refreshed=tokens,
             now=now,
             keepalive_not_before=keepalive_not_before,
+            replaced=replaced,
         )
 
     def defer_keepalive(self, user_id: str, *, version: int, until: datetime) -> None:

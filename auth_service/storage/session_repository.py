@@ -17,7 +17,7 @@ from sqlalchemy import Row, Select, Update, case, update
 from auth_service.crypto import DecryptionError
 from auth_service.domain.errors import SecretUnreadable
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
-from auth_service.domain.views import SessionRow
+from auth_service.domain.views import SessionRow, refresh_token_digest
 from auth_service.storage import session_rows as rows
 from auth_service.storage.executor import Executor
 from auth_service.storage.secrets import SecretBox
@@ -30,7 +30,8 @@ T = rows.T
 _BY_USER = T.c.user_id == rows.USER_ID
 
 _FIND = rows.AS_SEEN.where(_BY_USER)
-_LOCK = T.select().where(_BY_USER).with_for_update()
+_READ = T.select().where(_BY_USER)
+_LOCK = _READ.with_for_update()
 # Every statement that stores a new blob names the version it replaces (p_version): the blob
 # was sealed for the one after it (issue 14), and a row that moved on meanwhile is not hit.
 _INSTALL = (
@@ -162,6 +163,7 @@ class SqlSessionRepository:
         refreshed: GarminTokens | None,
         now: datetime,
         keepalive_not_before: datetime | None = None,
+        replaced: SessionRow | None = None,
     ) -> SessionRow | None:
         params: dict[str, Any] = {"p_user_id": user_id, "p_version": version, "p_now": now}
         if refreshed is None:
@@ -169,7 +171,8 @@ class SqlSessionRepository:
         sealed = self.sealed_over(
             version, user_id, refreshed, keepalive_not_before=keepalive_not_before
         )
-        return self._one(_REFRESHED, **{**params, **sealed})
+        rotated = self.rotated_over(user_id, version, replaced)
+        return self._one(_REFRESHED, **{**params, **sealed, **rotated})
 
     def invalidate(
         self, user_id: str, *, version: int, reason: str, now: datetime
@@ -226,6 +229,33 @@ class SqlSessionRepository:
             ),
             "p_keepalive_not_before": keepalive_not_before,
         }
+
+    def rotated_over(
+        self, user_id: str, version: int, replaced: SessionRow | None = None
+    ) -> dict[str, Any]:
+        """p_rotated_refresh_sha256 of a refresh stored over the user's row at `version`
+        (session_rows.REFRESHED): the digest of the DI refresh token the row holds there,
+        which that refresh rotated away. From `replaced`, the row as the caller read it,
+        else read here without a lock (the caller's, if any, stands; one more would be one
+        more round trip holding the row): the store's UPDATE hits the row only at
+        `version`, and at one version the row holds one session.
+
+        None for a garth session (its exchange rotates nothing), for a row that moved on
+        (the store does not hit it), and for tokens that fail to open: the digest only
+        lets an import retry be recognised, and a rotated pair must never be dropped for
+        want of it (the refresh opened them moments ago: only an altered row fails)."""
+        row = replaced if replaced is not None else self._one(_READ, p_user_id=user_id)
+        digest = None
+        if (
+            row is not None
+            and row.session_version == version
+            and row.session_kind is SessionKind.DI_OAUTH2
+        ):
+            try:
+                digest = refresh_token_digest(self.open_tokens(row).oauth2.refresh_token)
+            except SecretUnreadable:
+                digest = None
+        return {"p_rotated_refresh_sha256": digest}
 
     def _one(self, statement: Update | Select[Any], **params: Any) -> SessionRow | None:
         row: Row[Any] | None = self.session.execute(statement, params).first()

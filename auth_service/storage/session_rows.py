@@ -51,6 +51,9 @@ CIPHERTEXT = bindparam("p_ciphertext", type_=T.c.session_ciphertext.type)
 VERSION = bindparam("p_version", type_=T.c.session_version.type)
 REASON = bindparam("p_reason", type_=T.c.invalidated_reason.type)
 KEEPALIVE_NOT_BEFORE = bindparam("p_keepalive_not_before", type_=UTCDateTime())
+ROTATED_REFRESH_SHA256 = bindparam(
+    "p_rotated_refresh_sha256", type_=T.c.rotated_refresh_sha256.type
+)
 
 
 def reason_param(reason: str) -> str:
@@ -74,12 +77,17 @@ ENDED_LEASE: dict[str, Any] = {
 # over (its holder's answer is about a session version that is gone).
 CLAIM_ENDED: dict[str, Any] = {"refresh_claim_id": None, "refresh_claimed_until": None}
 
+# No refresh token rotated away: the stored tokens did not come from rotating the row's
+# previous ones (new credentials, or none at all).
+NOTHING_ROTATED: dict[str, Any] = {"rotated_refresh_sha256": None}
+
 # Login, SubmitMfa, ImportSession: the newest credentials win, so a live lease on the old
 # session ends and its holder's later reports answer LEASE_LOST. p_validated_at is now for a
 # login (Garmin just issued the tokens), NULL for an import.
 INSTALLED: dict[str, Any] = {
     **ENDED_LEASE,
     **CLAIM_ENDED,
+    **NOTHING_ROTATED,
     "state": ACTIVE,
     "session_ciphertext": CIPHERTEXT,
     "session_version": T.c.session_version + 1,
@@ -100,9 +108,12 @@ VALIDATED: dict[str, Any] = {"last_validated_at": NOW, "updated_at": NOW}
 # Refreshed tokens replace the stored ones (holder's report, central refresh, validation).
 # p_keepalive_not_before: when keep-alive may pick the session again (the service's own
 # refreshes: auth_service.domain.policies.keepalive_not_before; a holder's report: NULL).
+# p_rotated_refresh_sha256: the digest of the DI refresh token the refresh killed (NULL for
+# garth sessions), so an import retrying with it is known for a retry (models).
 REFRESHED: dict[str, Any] = {
     **VALIDATED,
     **CLAIM_ENDED,
+    "rotated_refresh_sha256": ROTATED_REFRESH_SHA256,
     "session_ciphertext": CIPHERTEXT,
     "session_version": T.c.session_version + 1,
     "access_token_expires_at": TOKENS_EXPIRE_AT,
@@ -119,6 +130,7 @@ KEEPALIVE_DEFERRED: dict[str, Any] = {"keepalive_not_before": KEEPALIVE_NOT_BEFO
 _WIPED: dict[str, Any] = {
     **ENDED_LEASE,
     **CLAIM_ENDED,
+    **NOTHING_ROTATED,
     "session_ciphertext": None,
     "access_token_expires_at": None,
     "session_kind": None,
