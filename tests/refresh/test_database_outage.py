@@ -19,12 +19,11 @@ from auth_service.domain.models import SessionState
 from auth_service.domain.policies import RefreshSettings
 from auth_service.services.session_refresh import Refreshed
 from auth_service.storage.database import create_engine_for, session_factory
-from auth_service.storage.schema import upgrade_to_head
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import GarminEmulator
 from tests.leases import read_row, stored_tokens
-from tests.reliability.cluster import PrivateCluster
+from tests.reliability.cluster import PrivateCluster, migrated_cluster
 
 from . import ASKER, DiAccounts, build_replica, during_next_refresh
 
@@ -44,13 +43,8 @@ class _Recorder(NoRefreshEvents):
 
 @pytest.fixture
 def cluster() -> Iterator[PrivateCluster]:
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
-        upgrade_to_head(cluster.url)
-        yield cluster
-    finally:
-        cluster.destroy()
+    with migrated_cluster() as running:
+        yield running
 
 
 def test_the_rotated_pair_lands_after_the_database_returns(

@@ -27,14 +27,13 @@ from auth_service.domain.errors import GarminUnavailable
 from auth_service.domain.models import LeaseGrant, SessionState
 from auth_service.domain.policies import RefreshSettings
 from auth_service.storage.database import create_engine_for, session_factory
-from auth_service.storage.schema import upgrade_to_head
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import GarminEmulator
 from tests.leases import read_row
 from tests.refresh import ASKER, DiAccounts, build_replica, during_next_refresh
 from tests.refresh.test_database_outage import _engine_of_a_role_of_its_own, _let_log_in
-from tests.reliability.cluster import PrivateCluster
+from tests.reliability.cluster import PrivateCluster, migrated_cluster
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 
@@ -43,13 +42,8 @@ USER = "grant-gives-up"
 
 @pytest.fixture
 def cluster() -> Iterator[PrivateCluster]:
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
-        upgrade_to_head(cluster.url)
-        yield cluster
-    finally:
-        cluster.destroy()
+    with migrated_cluster() as running:
+        yield running
 
 
 def test_a_worker_full_grant_that_stops_waiting_hands_out_no_dying_refresh_token(

@@ -16,6 +16,8 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.reliability import free_port
@@ -130,3 +132,17 @@ class PrivateCluster:
                 self.stop("immediate")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def migrated_cluster() -> Iterator[PrivateCluster]:
+    """A private cluster of its own, started and migrated to head; destroyed after."""
+    from auth_service.storage.schema import upgrade_to_head  # noqa: PLC0415 - tests only
+
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+        upgrade_to_head(cluster.url)
+        yield cluster
+    finally:
+        cluster.destroy()

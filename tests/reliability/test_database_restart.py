@@ -42,7 +42,6 @@ from sqlalchemy.pool import NullPool
 from auth_service.crypto import Keyring
 from auth_service.domain.lease_ids import lease_digest
 from auth_service.storage.models import GarminAuditEvent, GarminAuthenticationState
-from auth_service.storage.schema import upgrade_to_head
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 
@@ -59,7 +58,7 @@ from . import (
     stored_row,
     wait_until,
 )
-from .cluster import PrivateCluster
+from .cluster import PrivateCluster, migrated_cluster
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.postgres]
 
@@ -263,13 +262,8 @@ class TableWatcher(threading.Thread):
 
 @pytest.fixture
 def cluster() -> Iterator[PrivateCluster]:
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
-        upgrade_to_head(cluster.url)
-        yield cluster
-    finally:
-        cluster.destroy()
+    with migrated_cluster() as running:
+        yield running
 
 
 @dataclass(frozen=True)
