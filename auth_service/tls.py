@@ -314,5 +314,6 @@ def certificate_identities(auth_context: object) -> tuple[str, ...]:
 def _serial_text(serial: int) -> str:
     """A certificate serial as openssl prints it (hex bytes joined by colons). Unbroken, its
     40 hex digits would read as a token to the log's redaction and be masked."""
-    raw = serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big")
-    return ":".join(f"{byte:02x}" for byte in raw)
+    sign, magnitude = ("-", -serial) if serial < 0 else ("", serial)  # RFC 5280 forbids it
+    raw = magnitude.to_bytes(max(1, (magnitude.bit_length() + 7) // 8), "big")
+    return sign + ":".join(f"{byte:02x}" for byte in raw)

@@ -16,9 +16,9 @@ from typing import Final
 from urllib.parse import unquote
 
 SECRET_PARAMETERS: Final = frozenset({"password", "sslpassword"})
-# SQLAlchemy's own reading of `scheme://user:password@`: the user name holds no `:` or `/`,
-# the password no `@`.
-_USERINFO: Final = re.compile(r"[\w+.-]+://(?P<user>[^:/@]*)(?::(?P<password>[^@]*))?@")
+# SQLAlchemy's own reading of `scheme://user:password@`: the user name holds no `:` or `/`
+# (an `@` it may hold: Azure's `user@server`), the password no `@`.
+_USERINFO: Final = re.compile(r"[\w+.-]+://(?P<user>[^:/]*)(?::(?P<password>[^@]*))?@")
 
 
 def redacted_url(url: str) -> str:

@@ -133,3 +133,19 @@ def test_an_encoded_at_sign_and_a_sqlite_path_with_one_are_accepted(tmp_path: Pa
     folder.mkdir()
     sqlite = f"sqlite:///{folder}/garmin.sqlite3"
     assert load_database_url({"GARMIN_AUTH_DATABASE_URL": sqlite}) == sqlite
+
+
+def test_a_user_name_holding_an_at_sign_is_accepted_and_its_password_hidden() -> None:
+    """SQLAlchemy reads Azure's `user@server` user name: the password is what follows its
+    `:`. The redaction read the user name as ending at the first `@`, found no password,
+    and every line naming the URL printed it (the '@' rule then let it through too)."""
+    url = f"postgresql+psycopg://garmin@azure-pg:{SECRET}@127.0.0.1:1/garmin"
+    assert load_database_url({"GARMIN_AUTH_DATABASE_URL": url}) == url
+    assert (
+        redacted_database_url(url) == "postgresql+psycopg://garmin@azure-pg:***@127.0.0.1:1/garmin"
+    )
+    lines = [result.line() for result in run_checks({"GARMIN_AUTH_DATABASE_URL": url})]
+    assert not [line for line in lines if SECRET in line], lines
+    sink = url.replace("+psycopg", "")
+    assert check_sink_url(sink) == sink
+    assert SECRET not in redacted_url(sink)
