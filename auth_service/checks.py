@@ -194,7 +194,7 @@ class _Checks:
             )
         if total == 0:
             return "none stored"
-        return f"{shown} (one per key id decrypted){_altered_rows(what, unreadable)}"
+        return f"{shown} (each key id opened a sample){_altered_rows(what, unreadable)}"
 
     def _count_by_key_id(
         self,

@@ -112,7 +112,7 @@ def test_good_configuration_passes_every_check(env: dict[str, str], database_url
     ]
     assert "at head" in checks["migrations"].detail
     assert "2 key(s) (k2, k1), primary k2" in checks["encryption keys"].detail
-    assert "sessions: k2=1, k1=1 (one per key id decrypted)" in checks["stored secrets"].detail
+    assert "sessions: k2=1, k1=1 (each key id opened a sample)" in checks["stored secrets"].detail
     assert "MFA challenges: none stored" in checks["stored secrets"].detail
     assert "4 caller(s), 4 by token, 0 by client certificate" in checks["callers"].detail
     assert checks["tls"].detail.startswith("mutual TLS; certificate CN=localhost")

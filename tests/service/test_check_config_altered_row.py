@@ -61,7 +61,7 @@ def test_one_altered_session_is_named_without_failing_the_stored_secrets_line(
         f"row: {problems.get('stored secrets')}"
     )
     line = by_name(results)["stored secrets"].detail
-    assert line.startswith("sessions: k1=3 (one per key id decrypted); WARNING:"), line
+    assert line.startswith("sessions: k1=3 (each key id opened a sample); WARNING:"), line
     assert "'aaron'" in line
     assert "'bob'" not in line
     assert "'carol'" not in line
