@@ -107,6 +107,10 @@ def _migrate(args: argparse.Namespace) -> int:
     )
 
     url = load_database_url()
+    if schema_state(url)[0] is not SchemaState.AHEAD:
+        # (A newer release's run that held the migration lock meanwhile leaves it ahead: the
+        # upgrade then does nothing, migrations/env.py.)
+        upgrade_to_head(url)
     state, revision = schema_state(url)
     if state is SchemaState.AHEAD:
         # An older release's migration Job (a rollback re-applies it): nothing of ours to do.
@@ -115,7 +119,6 @@ def _migrate(args: argparse.Namespace) -> int:
             f"release's {head_revision()}: nothing to do"
         )
         return 0
-    upgrade_to_head(url)
     print(f"database {redacted_database_url(url)} is at revision {current_revision(url)}")
     return 0
 

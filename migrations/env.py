@@ -98,9 +98,19 @@ def _migrate(connection: Connection) -> None:
             # Job): the others wait here, then find the database at head and do nothing.
             # Released with the transaction. (SQLite's writer lock already does this.)
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            if _migrated_by_a_newer_release():
+                return  # the run we waited for was a newer release's: nothing of ours to do
         context.run_migrations()
         if sqlite:
             _check_foreign_keys(connection)
+
+
+def _migrated_by_a_newer_release() -> bool:
+    """Whether the database is at a revision these migrations do not know (a newer release
+    migrated it; every older revision is among ours)."""
+    known = {script.revision for script in context.script.walk_revisions()}
+    current = context.get_context().get_current_heads()
+    return any(revision not in known for revision in current)
 
 
 def _driver_connection(connection: Connection) -> Any:

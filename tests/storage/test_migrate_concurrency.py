@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from auth_service.storage.database import create_engine_for
 from auth_service.storage.schema import alembic_config, current_revision, head_revision
@@ -88,3 +88,72 @@ def test_concurrent_migrate_jobs_on_sqlite(tmp_path: Path) -> None:
     failed = _failures(_start(url, 4))
     assert current_revision(url) == head_revision()
     assert failed == [], f"concurrent migrate runs failed: {failed}"
+
+
+# migrations/env.py's MIGRATION_LOCK_KEY: a newer release's env.py takes the same lock.
+MIGRATION_LOCK_KEY = 0x67_61_72_6D_69_6E_61_75
+NEXT_RELEASE_REVISION = "0099"
+
+
+def _wait_until_blocked_on_the_lock(engine: Engine) -> None:
+    """Until another backend waits on an advisory lock: ours read the revision (0012, at
+    head for it) and waits in migrations/env.py."""
+    deadline = time.monotonic() + 60
+    with engine.connect() as watcher:
+        while True:
+            waiting = watcher.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            ).scalar_one()
+            watcher.rollback()
+            if waiting:
+                return
+            assert time.monotonic() < deadline, "this release's migrate never reached the lock"
+            time.sleep(0.05)
+
+
+@pytest.mark.postgres
+def test_migrate_waiting_on_a_newer_releases_run_finds_nothing_to_do(
+    pg_server: PostgresServer,
+) -> None:
+    """A rollback's Job re-applied while the upgrade's Job still runs: this release's run
+    waits on the lock, then finds a revision it does not know. Before, it had decided
+    "not ahead" before the lock, and Alembic failed (CommandError, exit 1)."""
+    url = pg_server.create_database()
+    try:
+        first = subprocess.run(
+            [CLI, "migrate"], check=False, env=_env(url), capture_output=True, text=True
+        )
+        assert first.returncode == 0, first.stderr[-500:]
+        engine = create_engine_for(url)
+        try:
+            with engine.begin() as connection:
+                # The newer release's migration run: holds the lock, adds a nullable column
+                # and records its revision, then commits.
+                connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
+                connection.execute(
+                    text("ALTER TABLE garmin_login_throttle ADD COLUMN next_release_hint INTEGER")
+                )
+                connection.execute(
+                    text("UPDATE alembic_version SET version_num = :rev"),
+                    {"rev": NEXT_RELEASE_REVISION},
+                )
+                ours = subprocess.Popen(
+                    [CLI, "migrate"],
+                    env=_env(url),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                _wait_until_blocked_on_the_lock(engine)
+        finally:
+            engine.dispose()
+        code = ours.wait(timeout=120)
+        out, err = ours.communicate()
+        assert current_revision(url) == NEXT_RELEASE_REVISION
+        assert code == 0, (
+            f"this release's migrate, having waited for a newer release's run, exited {code}: "
+            f"{err.strip()[-400:]}"
+        )
+        assert "nothing to do" in out, out
+    finally:
+        pg_server.drop_database(url)
