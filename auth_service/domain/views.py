@@ -63,8 +63,8 @@ class SessionRow(Protocol):
     def lease_caller(self) -> str | None: ...
     @property
     def rotated_refresh_sha256(self) -> str | None:
-        """The digest of the DI refresh token the latest rotation replaced
-        (refresh_token_digest), never the token."""
+        """Digests of the DI refresh tokens the latest rotations replaced, newest first
+        (rotated_history), never the tokens."""
         ...
 
 
@@ -112,17 +112,32 @@ def status_view(row: SessionRow, now: datetime) -> SessionStatusView:
 # --- refresh tokens rotated away ---------------------------------------------------------
 
 
+# A row keeps the last ROTATIONS_KEPT refresh tokens its rotations replaced since the session
+# was installed, as the first DIGEST_LENGTH hex digits (64 bits) of each one's SHA-256: enough
+# to tell a user's own few tokens apart, and the four fit the 64-character column. An import
+# retried after up to four rotations (a worker's RefreshLease, keep-alive) is told so.
+ROTATIONS_KEPT = 4
+DIGEST_LENGTH = 16
+
+
 def refresh_token_digest(refresh_token: str) -> str:
-    """What a row keeps of the refresh token a rotation replaced: its lowercase hex SHA-256.
-    Unkeyed, as lease ids (auth_service.domain.lease_ids): Garmin's refresh tokens carry
-    far too much entropy for a digest to be inverted or guessed."""
-    return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()
+    """What a row keeps of a refresh token a rotation replaced: the start of its lowercase
+    hex SHA-256. Unkeyed, as lease ids (auth_service.domain.lease_ids): Garmin's refresh
+    tokens carry far too much entropy for a digest to be inverted or guessed."""
+    return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
+
+
+def rotated_history(kept: str | None, replaced_refresh_token: str) -> str:
+    """The row's digests once a rotation replaced `replaced_refresh_token`: its digest first,
+    then the ones kept before, the oldest dropped past ROTATIONS_KEPT."""
+    history = refresh_token_digest(replaced_refresh_token) + (kept or "")
+    return history[: ROTATIONS_KEPT * DIGEST_LENGTH]
 
 
 def rotated_away(row: SessionRow, refresh_token: str) -> bool:
-    """Whether `refresh_token` is the one the row's latest rotation replaced (dead at
-    Garmin since), compared in constant time."""
-    stored = row.rotated_refresh_sha256
-    if stored is None:
-        return False
-    return hmac.compare_digest(stored.encode(), refresh_token_digest(refresh_token).encode())
+    """Whether `refresh_token` is one the row's latest rotations replaced (dead at Garmin
+    since), each digest compared in constant time."""
+    kept = row.rotated_refresh_sha256 or ""
+    presented = refresh_token_digest(refresh_token).encode()
+    digests = [kept[i : i + DIGEST_LENGTH] for i in range(0, len(kept), DIGEST_LENGTH)]
+    return any(hmac.compare_digest(digest.encode(), presented) for digest in digests)

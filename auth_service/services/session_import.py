@@ -27,12 +27,14 @@ from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
     FieldViolation,
     GarminRateLimited,
+    GarminSessionRejected,
     GarminUnavailable,
+    InvalidArgument,
     LeaseHeld,
     SecretUnreadable,
 )
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState, SessionStatusView
-from auth_service.domain.views import SessionRow, rotated_away, status_view
+from auth_service.domain.views import SessionRow, live_lease, rotated_away, status_view
 from auth_service.services.connect import connect_tokens
 from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
@@ -96,10 +98,12 @@ class SessionImport:
             )
         validation.raise_if_any(violations)
         assert tokens is not None
+        replaced: GarminTokens | None = None
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
             retry = _retry_of(uow, row, tokens)
             if retry is None:
+                replaced = _working_di_session(uow, row) if refresh_now else None
                 uow.challenges.delete_for_user(user_id)
                 status = connect_tokens(
                     uow, row, tokens, AuditedRpc.IMPORT_SESSION, validated=False
@@ -109,7 +113,23 @@ class SessionImport:
         # The service rotated the presented token away itself: nothing left to refresh.
         if not refresh_now or retry is _Retry.ROTATED_AWAY:
             return status
-        return self._refresh_imported(status)
+        try:
+            return self._refresh_imported(status)
+        except GarminSessionRejected:
+            if replaced is None:
+                raise
+            # The file's refresh token was dead (an old copy, retried after the session
+            # was refreshed since): it must not cost the session it replaced.
+            self._put_back(status, replaced)
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "garminconnect_tokens",
+                        "its refresh token is no longer valid at Garmin (an old copy?); the "
+                        "session held before is kept",
+                    )
+                ]
+            ) from None
 
     @staticmethod
     def _parsed(
@@ -145,6 +165,19 @@ class SessionImport:
             return imported
         return status_view(refreshed.row, self._uow.now())
 
+    def _put_back(self, imported: SessionStatusView, replaced: GarminTokens) -> None:
+        """Install again the session the import replaced, once Garmin rejected the imported
+        refresh token: only over the row the rejection ended (anything since wins)."""
+        with self._uow() as uow:
+            locked = uow.sessions.lock_or_create(imported.user_id, uow.now)
+            ended_by_the_rejection = (
+                locked.state is SessionState.AUTH_EXPIRED
+                and locked.session_version == imported.session_version + 1
+            )
+            if ended_by_the_rejection:
+                log.info("user %s: the imported pair was dead; session put back", locked.user_id)
+                connect_tokens(uow, locked, replaced, AuditedRpc.IMPORT_SESSION, validated=False)
+
     def _status_of(self, user_id: str) -> SessionStatusView:
         with self._uow() as uow:
             row = uow.sessions.find(user_id, uow.now)
@@ -172,6 +205,23 @@ def _retry_of(uow: UnitOfWork, locked: SessionRow, tokens: GarminTokens) -> _Ret
     if hmac.compare_digest(held.encode(), presented.encode()):
         return _Retry.HELD
     return None
+
+
+def _working_di_session(uow: UnitOfWork, locked: SessionRow) -> GarminTokens | None:
+    """The ACTIVE DI session an import is about to replace, to put back if the imported
+    refresh token turns out dead at its first refresh. None when there is none or it cannot
+    be opened, and when someone else may present its refresh token meanwhile, which would
+    make it dead too: a live lease (a worker_full holder refreshes by itself; the import ends
+    its lease, which it learns only at its next call) or another replica's refresh claim."""
+    if locked.state is not SessionState.ACTIVE or locked.session_kind is not SessionKind.DI_OAUTH2:
+        return None
+    claimed = locked.refresh_claimed_until is not None and locked.refresh_claimed_until > uow.now
+    if claimed or live_lease(locked, uow.now) is not None:
+        return None
+    try:
+        return uow.sessions.open_tokens(locked)
+    except SecretUnreadable:
+        return None
 
 
 def _unchanged(uow: UnitOfWork, locked: SessionRow, retry: _Retry) -> SessionStatusView:

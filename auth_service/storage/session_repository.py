@@ -17,7 +17,7 @@ from sqlalchemy import Row, Select, Update, case, update
 from auth_service.crypto import DecryptionError
 from auth_service.domain.errors import SecretUnreadable
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
-from auth_service.domain.views import SessionRow, refresh_token_digest
+from auth_service.domain.views import SessionRow, rotated_history
 from auth_service.storage import session_rows as rows
 from auth_service.storage.executor import Executor
 from auth_service.storage.secrets import SecretBox
@@ -235,27 +235,31 @@ class SqlSessionRepository:
     ) -> dict[str, Any]:
         """p_rotated_refresh_sha256 of a refresh stored over the user's row at `version`
         (session_rows.REFRESHED): the digest of the DI refresh token the row holds there,
-        which that refresh rotated away. From `replaced`, the row as the caller read it,
+        which that refresh rotated away, before the ones the row kept (views.rotated_history).
+        From `replaced`, the row as the caller read it,
         else read here without a lock (the caller's, if any, stands; one more would be one
         more round trip holding the row): the store's UPDATE hits the row only at
         `version`, and at one version the row holds one session.
 
-        None for a garth session (its exchange rotates nothing), for a row that moved on
-        (the store does not hit it), and for tokens that fail to open: the digest only
-        lets an import retry be recognised, and a rotated pair must never be dropped for
-        want of it (the refresh opened them moments ago: only an altered row fails)."""
+        None for a garth session (its exchange rotates nothing) and for a row that moved on
+        (the store does not hit it); the row's kept digests alone for tokens that fail to
+        open: the digests only let an import retry be recognised, and a rotated pair must
+        never be dropped for want of one (the refresh opened them moments ago: only an
+        altered row fails)."""
         row = replaced if replaced is not None else self._one(_READ, p_user_id=user_id)
-        digest = None
         if (
-            row is not None
-            and row.session_version == version
-            and row.session_kind is SessionKind.DI_OAUTH2
+            row is None
+            or row.session_version != version
+            or row.session_kind is not SessionKind.DI_OAUTH2
         ):
-            try:
-                digest = refresh_token_digest(self.open_tokens(row).oauth2.refresh_token)
-            except SecretUnreadable:
-                digest = None
-        return {"p_rotated_refresh_sha256": digest}
+            return {"p_rotated_refresh_sha256": None}
+        try:
+            replaced_token = self.open_tokens(row).oauth2.refresh_token
+        except SecretUnreadable:
+            return {"p_rotated_refresh_sha256": row.rotated_refresh_sha256}
+        return {
+            "p_rotated_refresh_sha256": rotated_history(row.rotated_refresh_sha256, replaced_token)
+        }
 
     def _one(self, statement: Update | Select[Any], **params: Any) -> SessionRow | None:
         row: Row[Any] | None = self.session.execute(statement, params).first()

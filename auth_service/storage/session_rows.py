@@ -108,8 +108,9 @@ VALIDATED: dict[str, Any] = {"last_validated_at": NOW, "updated_at": NOW}
 # Refreshed tokens replace the stored ones (holder's report, central refresh, validation).
 # p_keepalive_not_before: when keep-alive may pick the session again (the service's own
 # refreshes: auth_service.domain.policies.keepalive_not_before; a holder's report: NULL).
-# p_rotated_refresh_sha256: the digest of the DI refresh token the refresh killed (NULL for
-# garth sessions), so an import retrying with it is known for a retry (models).
+# p_rotated_refresh_sha256: the digest of the DI refresh token the refresh killed, before
+# the ones kept (NULL for garth sessions), so an import retrying with one of them is known
+# for a retry (models).
 REFRESHED: dict[str, Any] = {
     **VALIDATED,
     **CLAIM_ENDED,

@@ -1,4 +1,4 @@
-"""The digest of the DI refresh token the latest rotation replaced: rotated_refresh_sha256.
+"""Digests of the DI refresh tokens the latest rotations replaced: rotated_refresh_sha256.
 
 Revision ID: 0012
 Revises: 0011
@@ -8,9 +8,9 @@ A client that retried ImportSession with the same token file while (or just afte
 first import's refresh rotated the file's refresh token had the dead token installed again
 over the live pair, whose store was then dropped; the next refresh sent the dead token, Garmin
 answered invalid_grant and the account's session ended. An import presenting the refresh
-token the row holds, or the one its latest rotation replaced (this column: its SHA-256 hex
-digest, never the token), is now a retry and installs nothing. Rows written before this
-revision have NULL: only a rotation after it records a digest.
+token the row holds, or one its latest rotations replaced (this column: up to four SHA-256
+prefixes of 16 hex digits, newest first; never the tokens), is now a retry and installs
+nothing. Rows written before this revision have NULL: only a rotation after it records one.
 """
 
 from __future__ import annotations

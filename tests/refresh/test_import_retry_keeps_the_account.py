@@ -25,6 +25,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
+from auth_service.domain.errors import InvalidArgument
 from auth_service.domain.models import (
     GarminTokens,
     OAuth1Token,
@@ -44,7 +45,7 @@ from auth_service.upstream.garth.dumps import tokens_from_garth_dumps
 from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
 from tests.leases import read_row, stored_tokens
-from tests.refresh import ARRIVAL_TIMEOUT_SECONDS, DiAccounts, Replica
+from tests.refresh import ARRIVAL_TIMEOUT_SECONDS, ASKER, DiAccounts, Replica
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -281,3 +282,58 @@ def test_a_garth_reimport_is_installed_as_before(
 
     assert versions == [1, 2]
     assert read_row(db_sessionmaker, USER).rotated_refresh_sha256 is None
+
+
+def _refresh_lease(replica: Replica, db: sessionmaker[Session]) -> None:
+    """One more rotation at Garmin by the service (a worker's RefreshLease, keep-alive)."""
+    replica.refresher.refresh(USER, read_row(db, USER).session_version, ASKER)
+
+
+def test_an_import_retried_after_more_rotations_installs_nothing(
+    importers: tuple[SessionImport, SessionImport],
+    replicas: tuple[Replica, Replica],
+    emulator: GarminEmulator,
+    db_sessionmaker: sessionmaker[Session],
+    box: SecretBox,
+) -> None:
+    """Found by tests/reliability/test_refresh_interleavings.py: the first import's refresh,
+    then a worker's RefreshLease, then the client's retry of the same file. Before, the row
+    knew only the latest rotation's token: the retry installed the file's dead token and
+    refreshed it (a reuse at Garmin; the session ended AUTH_EXPIRED)."""
+    token_file = _token_file(emulator)
+    first = importers[0].import_session(USER, garminconnect_tokens=token_file)
+    for _ in range(3):  # the row keeps the last four rotations
+        _refresh_lease(replicas[1], db_sessionmaker)
+    before = read_row(db_sessionmaker, USER).session_version
+
+    retry = importers[1].import_session(USER, garminconnect_tokens=token_file)
+
+    assert retry.session_version == before > first.session_version
+    _assert_alive(db_sessionmaker, box, emulator, f"retry answered v{retry.session_version}")
+
+
+def test_an_old_token_file_past_the_history_keeps_the_session_it_would_replace(
+    importers: tuple[SessionImport, SessionImport],
+    replicas: tuple[Replica, Replica],
+    emulator: GarminEmulator,
+    db_sessionmaker: sessionmaker[Session],
+    box: SecretBox,
+) -> None:
+    """An old copy of a token file, sent after more rotations than the row keeps: only Garmin
+    can tell its refresh token is dead. Its first refresh is rejected; the import answers
+    INVALID_ARGUMENT and the session it replaced is put back, alive."""
+    token_file = _token_file(emulator)
+    importers[0].import_session(USER, garminconnect_tokens=token_file)
+    for _ in range(5):
+        _refresh_lease(replicas[1], db_sessionmaker)
+    held = stored_tokens(db_sessionmaker, box, USER)
+
+    with pytest.raises(InvalidArgument) as refused:
+        importers[1].import_session(USER, garminconnect_tokens=token_file)
+
+    assert "garminconnect_tokens" in str(refused.value)
+    row = read_row(db_sessionmaker, USER)
+    assert (row.state, row.invalidated_reason) == (SessionState.ACTIVE, None)
+    assert stored_tokens(db_sessionmaker, box, USER) == held
+    assert held is not None
+    assert held.oauth2.refresh_token in emulator.live_refresh_tokens(EMAIL)

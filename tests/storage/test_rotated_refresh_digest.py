@@ -1,5 +1,6 @@
-"""garmin_authentication_state.rotated_refresh_sha256 (migration 0012): the digest of the DI
-refresh token the latest rotation replaced, written by the statement that stores the rotated
+"""garmin_authentication_state.rotated_refresh_sha256 (migration 0012): digests of the DI
+refresh tokens the latest rotations replaced (up to 4, newest first, each the first 16 hex
+digits of its SHA-256), written by the statement that stores the rotated
 pair (the service's refresh, a holder's ReportRefreshed), cleared by every other change of
 the stored tokens (sign-in, import, invalidation, disconnect). ImportSession reads it to tell
 a client's retry from new credentials (tests/refresh/test_import_retry_keeps_the_account.py).
@@ -83,15 +84,25 @@ def test_a_rotation_records_the_digest_of_the_refresh_token_it_replaced(
 
     rotated = _rotate(uow, _di("refresh-2"))
 
-    expected = hashlib.sha256(b"refresh-1").hexdigest()
+    expected = hashlib.sha256(b"refresh-1").hexdigest()[:16]
     assert rotated.rotated_refresh_sha256 == expected == refresh_token_digest("refresh-1")
     assert read_row(db_sessionmaker, USER).rotated_refresh_sha256 == expected
     assert rotated_away(rotated, "refresh-1")
     assert not rotated_away(rotated, "refresh-2")
-    # Only the immediate predecessor: the next rotation names the token it replaced.
+    # Newest first; the last four rotations are kept, the oldest dropped after them.
     assert _rotate(uow, _di("refresh-3")).rotated_refresh_sha256 == refresh_token_digest(
         "refresh-2"
-    )
+    ) + refresh_token_digest("refresh-1")
+    for n in range(4, 7):
+        latest = _rotate(uow, _di(f"refresh-{n}"))
+    assert [rotated_away(latest, f"refresh-{n}") for n in range(1, 7)] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_a_validation_without_new_tokens_keeps_the_digest(uow: UnitsOfWork) -> None:
