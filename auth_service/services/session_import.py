@@ -101,9 +101,10 @@ class SessionImport:
         replaced: GarminTokens | None = None
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
-            retry = _retry_of(uow, row, tokens)
+            held = _held_di_session(uow, row) if tokens.kind is SessionKind.DI_OAUTH2 else None
+            retry = _retry_of(row, held, tokens)
             if retry is None:
-                replaced = _working_di_session(uow, row) if refresh_now else None
+                replaced = held if refresh_now and _held_by_nobody_else(uow, row) else None
                 uow.challenges.delete_for_user(user_id)
                 status = connect_tokens(
                     uow, row, tokens, AuditedRpc.IMPORT_SESSION, validated=False
@@ -185,43 +186,45 @@ class SessionImport:
             return status_view(row, uow.now)
 
 
-def _retry_of(uow: UnitOfWork, locked: SessionRow, tokens: GarminTokens) -> _Retry | None:
-    """Whether importing `tokens` over the user's `locked` row repeats an import of the DI
-    session the row holds (None: new credentials, installed as usual). Garth sessions are
-    always installed: their exchange rotates nothing, so a second one loses nothing."""
-    if (
-        tokens.kind is not SessionKind.DI_OAUTH2
-        or locked.state is not SessionState.ACTIVE
-        or locked.session_kind is not SessionKind.DI_OAUTH2
-    ):
-        return None
-    presented = tokens.oauth2.refresh_token
-    if rotated_away(locked, presented):
-        return _Retry.ROTATED_AWAY
-    try:
-        held = uow.sessions.open_tokens(locked).oauth2.refresh_token
-    except SecretUnreadable:
-        return None  # nothing usable is stored: the import replaces it, as any import would
-    if hmac.compare_digest(held.encode(), presented.encode()):
-        return _Retry.HELD
-    return None
+def _is_active_di(row: SessionRow) -> bool:
+    return row.state is SessionState.ACTIVE and row.session_kind is SessionKind.DI_OAUTH2
 
 
-def _working_di_session(uow: UnitOfWork, locked: SessionRow) -> GarminTokens | None:
-    """The ACTIVE DI session an import is about to replace, to put back if the imported
-    refresh token turns out dead at its first refresh. None when there is none or it cannot
-    be opened, and when someone else may present its refresh token meanwhile, which would
-    make it dead too: a live lease (a worker_full holder refreshes by itself; the import ends
-    its lease, which it learns only at its next call) or another replica's refresh claim."""
-    if locked.state is not SessionState.ACTIVE or locked.session_kind is not SessionKind.DI_OAUTH2:
-        return None
-    claimed = locked.refresh_claimed_until is not None and locked.refresh_claimed_until > uow.now
-    if claimed or live_lease(locked, uow.now) is not None:
+def _held_di_session(uow: UnitOfWork, locked: SessionRow) -> GarminTokens | None:
+    """The ACTIVE DI session the user's `locked` row holds, opened once for both uses below
+    (None: none, or it fails to open, and then the import replaces it as any import would)."""
+    if not _is_active_di(locked):
         return None
     try:
         return uow.sessions.open_tokens(locked)
     except SecretUnreadable:
         return None
+
+
+def _retry_of(locked: SessionRow, held: GarminTokens | None, tokens: GarminTokens) -> _Retry | None:
+    """Whether importing `tokens` over the user's `locked` row (holding `held`) repeats an
+    import of the DI session the row holds (None: new credentials, installed as usual). Garth
+    sessions are always installed: their exchange rotates nothing, so a second one loses
+    nothing."""
+    if tokens.kind is not SessionKind.DI_OAUTH2 or not _is_active_di(locked):
+        return None
+    presented = tokens.oauth2.refresh_token
+    if rotated_away(locked, presented):
+        return _Retry.ROTATED_AWAY
+    held_token = held.oauth2.refresh_token if held is not None else None
+    if held_token is not None and hmac.compare_digest(held_token.encode(), presented.encode()):
+        return _Retry.HELD
+    return None
+
+
+def _held_by_nobody_else(uow: UnitOfWork, locked: SessionRow) -> bool:
+    """Whether the session an import replaces may be put back if the imported refresh token
+    turns out dead at its first refresh: not while someone else may present its refresh token
+    meanwhile, which would make it dead too: a live lease (a worker_full holder refreshes by
+    itself; the import ends its lease, which it learns only at its next call) or another
+    replica's refresh claim."""
+    claimed = locked.refresh_claimed_until is not None and locked.refresh_claimed_until > uow.now
+    return not claimed and live_lease(locked, uow.now) is None
 
 
 def _unchanged(uow: UnitOfWork, locked: SessionRow, retry: _Retry) -> SessionStatusView:
