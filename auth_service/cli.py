@@ -100,17 +100,15 @@ def _serve(args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from auth_service.storage.schema import (
         SchemaState,
-        current_revision,
         head_revision,
         schema_state,
         upgrade_to_head,
     )
 
     url = load_database_url()
-    if schema_state(url)[0] is not SchemaState.AHEAD:
-        # (A newer release's run that held the migration lock meanwhile leaves it ahead: the
-        # upgrade then does nothing, migrations/env.py.)
-        upgrade_to_head(url)
+    # On a database a newer release migrated (before or while this run waited for the
+    # migration lock) the upgrade does nothing (migrations/env.py).
+    upgrade_to_head(url)
     state, revision = schema_state(url)
     if state is SchemaState.AHEAD:
         # An older release's migration Job (a rollback re-applies it): nothing of ours to do.
@@ -119,7 +117,7 @@ def _migrate(args: argparse.Namespace) -> int:
             f"release's {head_revision()}: nothing to do"
         )
         return 0
-    print(f"database {redacted_database_url(url)} is at revision {current_revision(url)}")
+    print(f"database {redacted_database_url(url)} is at revision {revision}")
     return 0
 
 

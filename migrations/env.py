@@ -98,8 +98,10 @@ def _migrate(connection: Connection) -> None:
             # Job): the others wait here, then find the database at head and do nothing.
             # Released with the transaction. (SQLite's writer lock already does this.)
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
-            if _migrated_by_a_newer_release():
-                return  # the run we waited for was a newer release's: nothing of ours to do
+        if _migrated_by_a_newer_release():
+            # Read under the lock (the run we waited for may have been a newer release's),
+            # or SQLite's writer lock: nothing of ours to do.
+            return
         context.run_migrations()
         if sqlite:
             _check_foreign_keys(connection)
