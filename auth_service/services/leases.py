@@ -386,7 +386,9 @@ class LeaseService:
                 # committed in between would otherwise let a report of the version it
                 # replaced put back the refresh token it killed.
                 locked = uow.sessions.lock(leased.user_id)
-                if locked is not None:
+                # A lease that ended in between (an import or login replaced the session) is
+                # LEASE_LOST whatever the version: the holder must stop, not mend its report.
+                if locked is not None and _holds(locked, digest, uow.now):
                     check_refresh_of(locked.session_version, session_version)
                     row = uow.leases.store_refreshed(
                         digest, locked=locked, tokens=tokens, now=uow.now
@@ -472,6 +474,12 @@ def _opened(
         rpc=rpc,
         refresh_in_flight=claimed_until is not None and claimed_until > uow.now,
     )
+
+
+def _holds(row: SessionRow, digest: str, now: datetime) -> bool:
+    """Whether the live lease on `row` is the one `digest` names."""
+    lease = live_lease(row, now)
+    return lease is not None and lease.lease_digest == digest
 
 
 def _reported(

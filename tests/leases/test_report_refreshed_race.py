@@ -23,6 +23,7 @@ from auth_service.services.unit_of_work import UnitsOfWork
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_client.session_proto import tokens_to_proto
 from garmin_emulator import GarminEmulator
 from tests.fixtures.di_upstream import both_providers
 from tests.fixtures.servers import ServiceFactory
@@ -105,3 +106,59 @@ def test_a_stale_report_racing_a_rotation_is_refused(
         "the committed rotation had just killed over the live one"
     )
     assert answer.get("code") == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_report_racing_an_import_that_ended_the_lease_answers_lease_lost(
+    service_factory: ServiceFactory,
+    garmin: GarminEmulator,
+    db_sessionmaker: sessionmaker[Session],
+    keyring: Keyring,
+) -> None:
+    """An import (new credentials) ends the live lease, committed while the holder's report
+    waits on the row. The holder has lost its lease: LEASE_LOST tells it to stop. Before, the
+    report compared its version first and answered INVALID_ARGUMENT, which tells a holder its
+    report was malformed, and a holder keeps its lease after that."""
+    box = SecretBox(keyring)
+    clock = SystemClock()
+    accounts = DiAccounts(garmin, clock, db_sessionmaker, box)
+    upstream = both_providers(service_factory.base_settings.upstream)
+    replica = service_factory.start(provider=upstream)
+    accounts.seed("rr-import")
+    granted = replica.call(
+        "LeaseSession", pb.LeaseSessionRequest(user_id="rr-import", holder="w"), role="worker_full"
+    )
+    own = upstream.refresh(convert.tokens_from_proto(granted.session, "session"))
+    imported = accounts.seed("rr-import-file")  # another pair, as a token file brings it
+    uow = UnitsOfWork(SqlStore(db_sessionmaker, box), clock)
+    answer: dict[str, Any] = {}
+
+    def report() -> None:
+        try:
+            replica.call(
+                "ReportRefreshed",
+                pb.ReportRefreshedRequest(
+                    lease_id=granted.lease.lease_id,
+                    session=tokens_to_proto(own),
+                    session_version=granted.status.session_version,
+                ),
+                role="worker_full",
+            )
+            answer["code"] = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            answer["code"] = exc.code()
+
+    with uow() as unit:
+        locked = unit.sessions.lock_or_create("rr-import", unit.now)
+        unit.sessions.install_tokens(locked, imported, unit.now, validated=True)
+        worker = threading.Thread(target=report)
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not _waiting_on_a_lock(db_sessionmaker):
+            assert time.monotonic() < deadline, "ReportRefreshed never waited on the row"
+            time.sleep(0.05)
+    worker.join(30)
+
+    # FAILED_PRECONDITION is LEASE_LOST's code (README, Errors).
+    assert answer.get("code") == grpc.StatusCode.FAILED_PRECONDITION, f"answered {answer}"
+    assert stored_tokens(db_sessionmaker, box, "rr-import") == imported
