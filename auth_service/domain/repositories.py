@@ -87,11 +87,18 @@ class SessionRepository(Protocol):
         ...
 
     def install_tokens(
-        self, locked: SessionRow, tokens: GarminTokens, now: datetime, *, validated: bool
+        self,
+        locked: SessionRow,
+        tokens: GarminTokens,
+        now: datetime,
+        *,
+        validated: bool,
+        rotated_away: str | None = None,
     ) -> SessionRow:
         """Make `tokens` the user's ACTIVE session (login, MFA, import) over `locked`, the
-        row this transaction locked (lock_or_create); a live lease ends, and no refresh
-        token counts as rotated away any more."""
+        row this transaction locked (lock_or_create); a live lease ends. `rotated_away`: the
+        refresh token whose refresh gave `tokens` (an imported file's), then the only one
+        that counts as rotated away; else none does any more."""
         ...
 
     def mark_mfa_pending(self, user_id: str, now: datetime) -> SessionRow:
@@ -102,21 +109,10 @@ class SessionRepository(Protocol):
         """Back to NOT_CONNECTED: secrets wiped, lease ended, sync bookkeeping cleared."""
         ...
 
-    def store_validation(
-        self,
-        user_id: str,
-        *,
-        version: int,
-        refreshed: GarminTokens | None,
-        now: datetime,
-        keepalive_not_before: datetime | None = None,
-        replaced: SessionRow | None = None,
-    ) -> SessionRow | None:
-        """Garmin accepted session `version` (refreshed: with these new tokens, which
-        keep-alive leaves alone until `keepalive_not_before`, and the digest of the DI
-        refresh token they rotated away, views.rotated_away, read from `replaced`, the row
-        at `version` as the caller read it, or else from the database); None when the row
-        no longer holds that ACTIVE session."""
+    def store_validation(self, user_id: str, *, version: int, now: datetime) -> SessionRow | None:
+        """Garmin accepted session `version` as it is (GetStatus with validate); None when
+        the row no longer holds that ACTIVE session. A refresh is stored by
+        RefreshRepository.store_rotated."""
         ...
 
     def invalidate(
@@ -401,14 +397,14 @@ class RefreshRepository(Protocol):
         tokens: GarminTokens,
         now: datetime,
         keepalive_not_before: datetime | None,
-        replaced: SessionRow | None = None,
+        replaced: SessionRow,
     ) -> SessionRow | None:
         """Store the tokens a refresh of session `version` brought (the claim ends), when
         keep-alive may pick the session again (policies.keepalive_not_before) and the digest
         of the DI refresh token the refresh rotated away (views.rotated_away: the one
-        `replaced`, the row the refresh was claimed on, holds; without it, the one the row
-        holds at `version`), in one statement; None when the row no longer holds that
-        ACTIVE session (a login or import won)."""
+        `replaced`, the row at `version` the refresh was claimed on, holds), in one
+        statement; None when the row no longer holds that ACTIVE session (a login or import
+        won)."""
         ...
 
     def defer_keepalive(self, user_id: str, *, version: int, until: datetime) -> None:

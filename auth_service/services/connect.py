@@ -330,12 +330,20 @@ def _abandon(uow: UnitOfWork, digest: str, user_id: str) -> list[str]:
 
 
 def connect_tokens(
-    uow: UnitOfWork, locked: SessionRow, tokens: GarminTokens, rpc: AuditedRpc, *, validated: bool
+    uow: UnitOfWork,
+    locked: SessionRow,
+    tokens: GarminTokens,
+    rpc: AuditedRpc,
+    *,
+    validated: bool,
+    rotated_away: str | None = None,
 ) -> SessionStatusView:
     """Make `tokens` the user's ACTIVE session (every way in: Login, SubmitMfa, ImportSession,
-    ExchangeServiceTicket) and record
-    it in the same transaction, naming the live lease it ended, if any."""
+    ExchangeServiceTicket) and record it in the same transaction, naming the live lease it
+    ended, if any. `rotated_away`: the refresh token whose refresh gave `tokens`."""
     ended = live_lease(locked, uow.now)
-    row = uow.sessions.install_tokens(locked, tokens, uow.now, validated=validated)
+    row = uow.sessions.install_tokens(
+        locked, tokens, uow.now, validated=validated, rotated_away=rotated_away
+    )
     uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=ended)
     return status_view(row, uow.now)

@@ -2,7 +2,7 @@
 
 A DI refresh token that is not used for about 30 days dies, and with it the session of a
 user who simply did not sync. Each pass takes the ACTIVE DI sessions whose refresh token dies
-within the window, or at an unknown time (an imported token file), soonest first, skipping
+within the window, or at an unknown time (tokens imported as given), soonest first, skipping
 sessions under a live lease (their holder's grant refreshes them when needed), and refreshes
 them through the single-flight refresher without waiting on anyone's claim. On PostgreSQL the
 replica that finds another one choosing its batch skips its pass (Store.exclusive); replicas

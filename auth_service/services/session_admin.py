@@ -188,9 +188,7 @@ class SessionAdmin:
                 )
                 outcome = audit.SESSION_INVALIDATED
             else:
-                row = uow.sessions.store_validation(
-                    user_id, version=version, refreshed=None, now=uow.now
-                )
+                row = uow.sessions.store_validation(user_id, version=version, now=uow.now)
                 outcome = audit.OK
             assert row is not None  # locked above with this very version
             uow.audit.record(AuditedRpc.GET_STATUS, outcome, user_id=user_id, lease=ended)

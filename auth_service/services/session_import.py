@@ -1,17 +1,30 @@
 """ImportSession: tokens a user already has become their ACTIVE session.
 
-A DI pair from python-garminconnect's token file is refreshed once right away: the file
-stores no refresh expiry, and after the rotation the service holds the only live refresh
-token (the file's one is dead, so two clients cannot fight over it). If Garmin is busy the
-imported pair stays as it is, its refresh expiry unknown, which keep-alive counts as due.
+A DI pair from python-garminconnect's token file is refreshed at Garmin before anything is
+stored, and the rotated pair is what the import installs:
+
+- the file stores no refresh expiry, and after the rotation the service holds the only live
+  refresh token (the file's one is dead, so two clients cannot fight over it);
+- a file whose refresh token Garmin rejects (an old copy, refreshed by someone since)
+  changes nothing: the session the user has stays, whoever holds or refreshes it meanwhile;
+- while Garmin is busy (429, 5xx, no answer) nothing is stored either, and the caller is
+  told to retry (installing the pair unchecked would leave it to die at its first refresh
+  if the file was old, and leave a live token in the file meanwhile).
+
+The refresh is the account's one call to Garmin in flight on every replica (the gate's
+`exclusive` call), held until its pair is committed: the same file sent again meanwhile
+waits for it, then finds the file's refresh token among those the row's rotations replaced
+and installs nothing.
 
 An import of the DI session the service holds already is a client's retry (gRPC clients
 retry a call they saw time out, and an import waits on Garmin): the refresh token the row
-holds, or the one its latest rotation replaced (which the first import's refresh may have
-just killed). It installs nothing: installing would make a new session version, so the
-first import's rotated pair would be dropped as replaced, and the dead token sent again
-would end the session (invalid_grant). It answers the session as it is, and a retry of a
-token file joins the refresh through the single-flight refresher like the first import.
+holds, or one its rotations replaced. It installs nothing: installing would make a new
+session version, so the pair rotated since would be dropped as replaced, and the dead token
+sent again would end the session (invalid_grant). It answers the session as it is, and a
+token file holding the row's own refresh token joins the refresh through the single-flight
+refresher.
+
+Tokens given field by field (`session`) and garth's dumps are stored as given.
 """
 
 from __future__ import annotations
@@ -33,9 +46,13 @@ from auth_service.domain.errors import (
     LeaseHeld,
     SecretUnreadable,
 )
+from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState, SessionStatusView
-from auth_service.domain.views import SessionRow, live_lease, rotated_away, status_view
+from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.views import SessionRow, rotated_away, status_view
+from auth_service.services.commit_retry import commit_retried
 from auth_service.services.connect import connect_tokens
+from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
@@ -43,6 +60,10 @@ log = logging.getLogger(__name__)
 
 IMPORTED_PAIR_REJECTED = "Garmin rejected the imported refresh token"
 _IMPORT_ASKER = RefreshAsker(AuditedRpc.IMPORT_SESSION, lambda _: IMPORTED_PAIR_REJECTED)
+_REFRESH_ENDPOINTS = endpoints_of(GarminCall.REFRESH, SessionKind.DI_OAUTH2)
+# How long the rotated pair of a token file is retried into a database that refuses it (the
+# file's refresh token is dead from Garmin's answer on: the pair is all the user has left).
+INSTALL_RETRY_SECONDS = 30.0
 
 
 class _Retry(enum.Enum):
@@ -50,7 +71,7 @@ class _Retry(enum.Enum):
 
     # The one the row holds: the first import's pair, maybe being refreshed right now.
     HELD = "held"
-    # The one the row's latest rotation killed: the first import's refresh is done.
+    # One the row's rotations killed: the first import's refresh is done.
     ROTATED_AWAY = "rotated_away"
 
 
@@ -66,11 +87,18 @@ class SessionImport:
     """ImportSession."""
 
     def __init__(
-        self, uow: UnitsOfWork, refresher: SessionRefresher, parsers: TokenParsers
+        self,
+        uow: UnitsOfWork,
+        upstream: GarminUpstream,
+        refresher: SessionRefresher,
+        parsers: TokenParsers,
+        gate: GarminGate | None = None,
     ) -> None:
         self._uow = uow
+        self._upstream = upstream
         self._refresher = refresher
         self._parsers = parsers
+        self._gate = gate or GarminGate(uow, GarminLimitSettings())
 
     def import_session(
         self,
@@ -81,7 +109,7 @@ class SessionImport:
         garminconnect_tokens: str | None = None,
     ) -> SessionStatusView:
         violations = validation.check_user_id(user_id)
-        refresh_now = False
+        token_file = False
         if tokens is None and garth_token is not None:
             tokens = self._parsed(self._parsers.garth, garth_token, "garth_token", violations)
         elif tokens is None and garminconnect_tokens is not None:
@@ -91,46 +119,16 @@ class SessionImport:
                 "garminconnect_tokens",
                 violations,
             )
-            refresh_now = True
+            token_file = True
         elif tokens is None:
             violations.append(
                 FieldViolation("source", "set session, garth_token or garminconnect_tokens")
             )
         validation.raise_if_any(violations)
         assert tokens is not None
-        replaced: GarminTokens | None = None
-        with self._uow() as uow:
-            row = uow.sessions.lock_or_create(user_id, uow.now)
-            held = _held_di_session(uow, row) if tokens.kind is SessionKind.DI_OAUTH2 else None
-            retry = _retry_of(row, held, tokens)
-            if retry is None:
-                replaced = held if refresh_now and _held_by_nobody_else(uow, row) else None
-                uow.challenges.delete_for_user(user_id)
-                status = connect_tokens(
-                    uow, row, tokens, AuditedRpc.IMPORT_SESSION, validated=False
-                )
-            else:
-                status = _unchanged(uow, row, retry)
-        # The service rotated the presented token away itself: nothing left to refresh.
-        if not refresh_now or retry is _Retry.ROTATED_AWAY:
-            return status
-        try:
-            return self._refresh_imported(status)
-        except GarminSessionRejected:
-            if replaced is None:
-                raise
-            # The file's refresh token was dead (an old copy, retried after the session
-            # was refreshed since): it must not cost the session it replaced.
-            self._put_back(status, replaced)
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "garminconnect_tokens",
-                        "its refresh token is no longer valid at Garmin (an old copy?); the "
-                        "session held before is kept",
-                    )
-                ]
-            ) from None
+        if token_file:
+            return self._import_token_file(user_id, tokens)
+        return self._install_as_given(user_id, tokens)
 
     @staticmethod
     def _parsed(
@@ -145,7 +143,110 @@ class SessionImport:
             violations.append(FieldViolation(field, str(exc)))
             return None
 
-    def _refresh_imported(self, imported: SessionStatusView) -> SessionStatusView:
+    # --- tokens stored as given ----------------------------------------------------------
+
+    def _install_as_given(self, user_id: str, tokens: GarminTokens) -> SessionStatusView:
+        with self._uow() as uow:
+            row = uow.sessions.lock_or_create(user_id, uow.now)
+            retry = _retry_of(uow, row, tokens)
+            if retry is not None:
+                return _unchanged(uow, row, retry)
+            uow.challenges.delete_for_user(user_id)
+            return connect_tokens(uow, row, tokens, AuditedRpc.IMPORT_SESSION, validated=False)
+
+    # --- a token file: refreshed first -----------------------------------------------------
+
+    def _import_token_file(self, user_id: str, tokens: GarminTokens) -> SessionStatusView:
+        waited = False
+        while True:
+            retried = self._as_retry(user_id, tokens)
+            if retried is not None:
+                return retried
+            try:
+                return self._refresh_and_install(user_id, tokens)
+            except GarminRateLimited as refused:
+                # Another import (or sign-in) of the account is with Garmin: maybe the same
+                # file sent twice. Once it is over, this one is known for a retry, or goes on.
+                if waited or refused.held_back != "in_flight":
+                    raise
+            self._gate.wait_for_call(user_id, _REFRESH_ENDPOINTS)
+            waited = True
+
+    def _as_retry(self, user_id: str, tokens: GarminTokens) -> SessionStatusView | None:
+        """The answer to an import that repeats the session held already (None: new
+        credentials). A file holding the row's own refresh token joins its refresh."""
+        with self._uow() as uow:
+            row = uow.sessions.lock(user_id)
+            retry = _retry_of(uow, row, tokens) if row is not None else None
+            if row is None or retry is None:
+                return None
+            status = _unchanged(uow, row, retry)
+        if retry is _Retry.HELD:
+            return self._refresh_held(status)
+        return status
+
+    def _refresh_and_install(self, user_id: str, tokens: GarminTokens) -> SessionStatusView:
+        """Refresh the file's pair at Garmin and install what Garmin answers, as the account's
+        one call in flight (raises GarminRateLimited when another is, and InvalidArgument
+        when Garmin rejects the file's refresh token: nothing changed then)."""
+        try:
+            with self._gate.calling(
+                user_id, _REFRESH_ENDPOINTS, AuditedRpc.IMPORT_SESSION, exclusive=True
+            ) as call:
+                # The same file's import may have landed between the look and the claim.
+                retried = self._as_retry(user_id, tokens)
+                if retried is not None:
+                    call.did_not_reach(*_REFRESH_ENDPOINTS)
+                    return retried
+                # Outside any transaction: nothing is locked while Garmin answers.
+                fresh = self._upstream.refresh(tokens)
+                # Still inside the call: a retry of this file waits for the commit.
+                return self._install_refreshed(user_id, tokens, fresh)
+        except GarminSessionRejected:
+            # Only a file whose import landed meanwhile (the account's call outlived by a
+            # commit retried for long) is a retry; any other is dead at Garmin.
+            retried = self._as_retry(user_id, tokens)
+            if retried is not None:
+                return retried
+            log.info("user %s: token file refused at Garmin; nothing changed", user_id)
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "garminconnect_tokens",
+                        "its refresh token is no longer valid at Garmin (an old copy?); "
+                        "nothing was changed",
+                    )
+                ]
+            ) from None
+
+    def _install_refreshed(
+        self, user_id: str, imported: GarminTokens, fresh: GarminTokens
+    ) -> SessionStatusView:
+        """Commit the pair Garmin rotated the file's into, retried for a while: the file's
+        refresh token is dead already, so losing the pair loses the user's way in."""
+        return commit_retried(
+            lambda: self._install(user_id, imported, fresh),
+            seconds=INSTALL_RETRY_SECONDS,
+            what="imported session",
+            user_id=user_id,
+        )
+
+    def _install(
+        self, user_id: str, imported: GarminTokens, fresh: GarminTokens
+    ) -> SessionStatusView:
+        with self._uow() as uow:
+            row = uow.sessions.lock_or_create(user_id, uow.now)
+            uow.challenges.delete_for_user(user_id)  # supersedes a pending login
+            return connect_tokens(
+                uow,
+                row,
+                fresh,
+                AuditedRpc.IMPORT_SESSION,
+                validated=True,
+                rotated_away=imported.oauth2.refresh_token,
+            )
+
+    def _refresh_held(self, imported: SessionStatusView) -> SessionStatusView:
         # Through the one refresher: claimed on the row, the rotated pair committed (and
         # retried into a database that refuses it) before anything else sees it.
         try:
@@ -153,10 +254,10 @@ class SessionImport:
                 imported.user_id, imported.session_version, _IMPORT_ASKER, unleased=True
             )
         except LeaseHeld:
-            # Granted since the import: the refresh belongs to the holder now (worker_full
-            # holders have the refresh token this refresh would kill).
-            log.info("imported session of user %s leased before its refresh", imported.user_id)
-            return self._status_of(imported.user_id)
+            # Leased since: the refresh belongs to the holder (worker_full holders have the
+            # refresh token this refresh would kill).
+            log.info("imported session of user %s is leased; not refreshed", imported.user_id)
+            return imported
         except (GarminRateLimited, GarminUnavailable) as exc:
             log.warning(
                 "imported session of user %s not refreshed yet (%s); keep-alive will",
@@ -166,65 +267,28 @@ class SessionImport:
             return imported
         return status_view(refreshed.row, self._uow.now())
 
-    def _put_back(self, imported: SessionStatusView, replaced: GarminTokens) -> None:
-        """Install again the session the import replaced, once Garmin rejected the imported
-        refresh token: only over the row the rejection ended (anything since wins)."""
-        with self._uow() as uow:
-            locked = uow.sessions.lock_or_create(imported.user_id, uow.now)
-            ended_by_the_rejection = (
-                locked.state is SessionState.AUTH_EXPIRED
-                and locked.session_version == imported.session_version + 1
-            )
-            if ended_by_the_rejection:
-                log.info("user %s: the imported pair was dead; session put back", locked.user_id)
-                connect_tokens(uow, locked, replaced, AuditedRpc.IMPORT_SESSION, validated=False)
-
-    def _status_of(self, user_id: str) -> SessionStatusView:
-        with self._uow() as uow:
-            row = uow.sessions.find(user_id, uow.now)
-            assert row is not None  # imported just now; rows are never deleted
-            return status_view(row, uow.now)
-
 
 def _is_active_di(row: SessionRow) -> bool:
     return row.state is SessionState.ACTIVE and row.session_kind is SessionKind.DI_OAUTH2
 
 
-def _held_di_session(uow: UnitOfWork, locked: SessionRow) -> GarminTokens | None:
-    """The ACTIVE DI session the user's `locked` row holds, opened once for both uses below
-    (None: none, or it fails to open, and then the import replaces it as any import would)."""
-    if not _is_active_di(locked):
-        return None
-    try:
-        return uow.sessions.open_tokens(locked)
-    except SecretUnreadable:
-        return None
-
-
-def _retry_of(locked: SessionRow, held: GarminTokens | None, tokens: GarminTokens) -> _Retry | None:
-    """Whether importing `tokens` over the user's `locked` row (holding `held`) repeats an
-    import of the DI session the row holds (None: new credentials, installed as usual). Garth
-    sessions are always installed: their exchange rotates nothing, so a second one loses
-    nothing."""
+def _retry_of(uow: UnitOfWork, locked: SessionRow, tokens: GarminTokens) -> _Retry | None:
+    """Whether importing `tokens` over the user's `locked` row repeats an import of the DI
+    session the row holds (None: new credentials). Garth sessions are always installed: their
+    exchange rotates nothing, so a second one loses nothing. A stored session that fails to
+    open is replaced, as any import would replace it."""
     if tokens.kind is not SessionKind.DI_OAUTH2 or not _is_active_di(locked):
         return None
     presented = tokens.oauth2.refresh_token
     if rotated_away(locked, presented):
         return _Retry.ROTATED_AWAY
-    held_token = held.oauth2.refresh_token if held is not None else None
-    if held_token is not None and hmac.compare_digest(held_token.encode(), presented.encode()):
+    try:
+        held = uow.sessions.open_tokens(locked).oauth2.refresh_token
+    except SecretUnreadable:
+        return None
+    if hmac.compare_digest(held.encode(), presented.encode()):
         return _Retry.HELD
     return None
-
-
-def _held_by_nobody_else(uow: UnitOfWork, locked: SessionRow) -> bool:
-    """Whether the session an import replaces may be put back if the imported refresh token
-    turns out dead at its first refresh: not while someone else may present its refresh token
-    meanwhile, which would make it dead too: a live lease (a worker_full holder refreshes by
-    itself; the import ends its lease, which it learns only at its next call) or another
-    replica's refresh claim."""
-    claimed = locked.refresh_claimed_until is not None and locked.refresh_claimed_until > uow.now
-    return not claimed and live_lease(locked, uow.now) is None
 
 
 def _unchanged(uow: UnitOfWork, locked: SessionRow, retry: _Retry) -> SessionStatusView:

@@ -41,7 +41,6 @@ from datetime import datetime, timedelta
 
 from auth_service.domain import audit
 from auth_service.domain.errors import (
-    DomainError,
     GarminRateLimited,
     GarminSessionRejected,
     GarminUnavailable,
@@ -60,6 +59,7 @@ from auth_service.domain.models import GarminTokens, SessionKind, SessionState
 from auth_service.domain.policies import RefreshSettings, keepalive_not_before
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import SessionRow, live_lease
+from auth_service.services.commit_retry import commit_retried
 from auth_service.services.garmin_gate import Admission, GarminGate
 from auth_service.services.refresh_askers import (
     RefreshAsker,
@@ -83,8 +83,6 @@ log = logging.getLogger(__name__)
 CLAIM_ID_BYTES = 24
 # How often a waiting caller looks at the row again.
 POLL_SECONDS = 0.05
-# The longest pause between two attempts to commit a rotated pair.
-MAX_COMMIT_BACKOFF_SECONDS = 1.0
 
 
 class SessionRefresher:
@@ -337,31 +335,12 @@ class SessionRefresher:
     def _store(self, claimed: SessionRow, fresh: GarminTokens, asker: RefreshAsker) -> Refreshed:
         user_id = claimed.user_id
         since = time.monotonic()
-        deadline = since + self._settings.commit_retry_seconds
-        backoff = POLL_SECONDS
-        while True:
-            try:
-                stored = self._commit(claimed, fresh, asker)
-                break
-            except DomainError:
-                raise
-            except Exception as exc:
-                if time.monotonic() > deadline:
-                    log.error(  # noqa: TRY400 - the type only: driver messages can echo secrets
-                        "rotated tokens of user %s could not be stored for %.0f s (%s); "
-                        "giving up: the session may need a new login",
-                        user_id,
-                        self._settings.commit_retry_seconds,
-                        type(exc).__name__,
-                    )
-                    raise
-                log.warning(
-                    "rotated tokens of user %s not stored yet (%s); retrying",
-                    user_id,
-                    type(exc).__name__,
-                )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, MAX_COMMIT_BACKOFF_SECONDS)
+        stored = commit_retried(
+            lambda: self._commit(claimed, fresh, asker),
+            seconds=self._settings.commit_retry_seconds,
+            what="rotated tokens",
+            user_id=user_id,
+        )
         self._events.rotated_pair_unstored(time.monotonic() - since)
         if stored is not None:
             return Refreshed(fresh, stored, by_us=True)

@@ -71,7 +71,7 @@ _ACTIVE_DI_FREE = and_(
     or_(T.c.keepalive_not_before.is_(None), T.c.keepalive_not_before <= rows.NOW),
 )
 _CANDIDATE_COLUMNS = (T.c.user_id, T.c.session_version, T.c.refresh_token_expires_at)
-# Unknown expiries first (an imported token file: it may die any day), then soonest first.
+# Unknown expiries first (tokens imported as given: they may die any day), then soonest first.
 # Two queries rather than one NULLS FIRST order, so each walks the index in its own order.
 _UNKNOWN_EXPIRY = (
     select(*_CANDIDATE_COLUMNS)
@@ -129,13 +129,14 @@ class SqlRefreshRepository:
         tokens: GarminTokens,
         now: datetime,
         keepalive_not_before: datetime | None,
-        replaced: SessionRow | None = None,
+        replaced: SessionRow,
     ) -> SessionRow | None:
-        # The very change GetStatus(validate) makes when it refreshed: written once.
-        return self._sessions.store_validation(
+        # Every refresh the service stores (grants, RefreshLease, GetStatus, keep-alive,
+        # imports' joins): one statement, written once.
+        return self._sessions.store_rotated(
             user_id,
             version=version,
-            refreshed=tokens,
+            tokens=tokens,
             now=now,
             keepalive_not_before=keepalive_not_before,
             replaced=replaced,

@@ -134,7 +134,13 @@ class SqlSessionRepository:
     # --- changes -----------------------------------------------------------------------
 
     def install_tokens(
-        self, locked: SessionRow, tokens: GarminTokens, now: datetime, *, validated: bool
+        self,
+        locked: SessionRow,
+        tokens: GarminTokens,
+        now: datetime,
+        *,
+        validated: bool,
+        rotated_away: str | None = None,
     ) -> SessionRow:
         user_id = locked.user_id
         row = self._one(
@@ -143,6 +149,9 @@ class SqlSessionRepository:
             p_user_id=user_id,
             p_now=now,
             p_validated_at=now if validated else None,
+            p_rotated_refresh_sha256=(
+                rotated_history(None, rotated_away) if rotated_away is not None else None
+            ),
         )
         assert row is not None  # the use case locked or created it in this transaction
         return row
@@ -155,24 +164,26 @@ class SqlSessionRepository:
     def disconnect(self, user_id: str, now: datetime) -> SessionRow | None:
         return self._one(_DISCONNECT, p_user_id=user_id, p_now=now)
 
-    def store_validation(
+    def store_validation(self, user_id: str, *, version: int, now: datetime) -> SessionRow | None:
+        return self._one(_VALIDATED, p_user_id=user_id, p_version=version, p_now=now)
+
+    def store_rotated(
         self,
         user_id: str,
         *,
         version: int,
-        refreshed: GarminTokens | None,
+        tokens: GarminTokens,
         now: datetime,
-        keepalive_not_before: datetime | None = None,
-        replaced: SessionRow | None = None,
+        keepalive_not_before: datetime | None,
+        replaced: SessionRow,
     ) -> SessionRow | None:
-        params: dict[str, Any] = {"p_user_id": user_id, "p_version": version, "p_now": now}
-        if refreshed is None:
-            return self._one(_VALIDATED, **params)
+        """RefreshRepository.store_rotated's statement (session_rows.REFRESHED)."""
         sealed = self.sealed_over(
-            version, user_id, refreshed, keepalive_not_before=keepalive_not_before
+            version, user_id, tokens, keepalive_not_before=keepalive_not_before
         )
-        rotated = self.rotated_over(user_id, version, replaced)
-        return self._one(_REFRESHED, **{**params, **sealed, **rotated})
+        # sealed_over names the version too (the seal binds it).
+        params = {"p_user_id": user_id, "p_version": version, "p_now": now}
+        return self._one(_REFRESHED, **{**params, **sealed, **self.rotated_over(version, replaced)})
 
     def invalidate(
         self, user_id: str, *, version: int, reason: str, now: datetime
@@ -230,28 +241,20 @@ class SqlSessionRepository:
             "p_keepalive_not_before": keepalive_not_before,
         }
 
-    def rotated_over(
-        self, user_id: str, version: int, replaced: SessionRow | None = None
-    ) -> dict[str, Any]:
+    def rotated_over(self, version: int, replaced: SessionRow) -> dict[str, Any]:
         """p_rotated_refresh_sha256 of a refresh stored over the user's row at `version`
         (session_rows.REFRESHED): the digest of the DI refresh token the row holds there,
         which that refresh rotated away, before the ones the row kept (views.rotated_history).
-        From `replaced`, the row as the caller read it,
-        else read here without a lock (the caller's, if any, stands; one more would be one
-        more round trip holding the row): the store's UPDATE hits the row only at
-        `version`, and at one version the row holds one session.
+        From `replaced`, the row as the caller read or locked it: the store's UPDATE hits the
+        row only at `version`, and at one version the row holds one session.
 
         None for a garth session (its exchange rotates nothing) and for a row that moved on
         (the store does not hit it); the row's kept digests alone for tokens that fail to
         open: the digests only let an import retry be recognised, and a rotated pair must
         never be dropped for want of one (the refresh opened them moments ago: only an
         altered row fails)."""
-        row = replaced if replaced is not None else self._one(_READ, p_user_id=user_id)
-        if (
-            row is None
-            or row.session_version != version
-            or row.session_kind is not SessionKind.DI_OAUTH2
-        ):
+        row = replaced
+        if row.session_version != version or row.session_kind is not SessionKind.DI_OAUTH2:
             return {"p_rotated_refresh_sha256": None}
         try:
             replaced_token = self.open_tokens(row).oauth2.refresh_token

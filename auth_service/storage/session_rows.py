@@ -82,12 +82,15 @@ CLAIM_ENDED: dict[str, Any] = {"refresh_claim_id": None, "refresh_claimed_until"
 NOTHING_ROTATED: dict[str, Any] = {"rotated_refresh_sha256": None}
 
 # Login, SubmitMfa, ImportSession: the newest credentials win, so a live lease on the old
-# session ends and its holder's later reports answer LEASE_LOST. p_validated_at is now for a
-# login (Garmin just issued the tokens), NULL for an import.
+# session ends and its holder's later reports answer LEASE_LOST. p_validated_at is now when
+# Garmin just issued or refreshed the tokens, NULL for tokens stored as given.
+# p_rotated_refresh_sha256: NULL, but for a token file's pair refreshed before it was
+# stored: the digest of the file's refresh token, which that refresh killed (so the same
+# file sent again is known for a retry, views.rotated_away).
 INSTALLED: dict[str, Any] = {
     **ENDED_LEASE,
     **CLAIM_ENDED,
-    **NOTHING_ROTATED,
+    "rotated_refresh_sha256": ROTATED_REFRESH_SHA256,
     "state": ACTIVE,
     "session_ciphertext": CIPHERTEXT,
     "session_version": T.c.session_version + 1,

@@ -86,8 +86,15 @@ def test_a_stale_report_racing_a_rotation_is_refused(
             answer["code"] = exc.code()
 
     with uow() as unit:
+        locked = unit.sessions.lock("rr-race")
+        assert locked is not None
         row = unit.refreshes.store_rotated(
-            "rr-race", version=version, tokens=rotated, now=unit.now, keepalive_not_before=None
+            "rr-race",
+            version=version,
+            tokens=rotated,
+            now=unit.now,
+            keepalive_not_before=None,
+            replaced=locked,
         )
         assert row is not None
         worker = threading.Thread(target=report)

@@ -23,10 +23,13 @@ from auth_service.domain.ports import GarminUpstream
 from auth_service.services.keepalive import KeepAlive
 from auth_service.services.leases import LeaseService
 from auth_service.services.session_admin import SessionAdmin
+from auth_service.services.session_import import SessionImport, TokenParsers
 from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
+from auth_service.upstream.di.garminconnect import tokens_from_garminconnect
+from auth_service.upstream.garth.dumps import tokens_from_garth_dumps
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
 from tests.fixtures.di_upstream import di_tokens
 from tests.leases import seed_active
@@ -34,14 +37,17 @@ from tests.leases import seed_active
 ARRIVAL_TIMEOUT_SECONDS = 10.0
 # A refresh asked for by a test (named like GetStatus's in the audit trail).
 ASKER = RefreshAsker(AuditedRpc.GET_STATUS, reason_for=lambda message: f"test: {message}")
+PARSERS = TokenParsers(garth=tokens_from_garth_dumps, garminconnect=tokens_from_garminconnect)
 
 
 @dataclass
 class Replica:
-    """The use cases of one replica that refresh sessions, sharing its one refresher."""
+    """The use cases of one replica that refresh sessions, sharing its one refresher (and
+    ImportSession, which refreshes a token file before storing it)."""
 
     refresher: SessionRefresher
     leases: LeaseService
+    imports: SessionImport
     sessions: SessionAdmin
     keepalive: KeepAlive
 
@@ -59,6 +65,7 @@ def build_replica(
     return Replica(
         refresher=refresher,
         leases=LeaseService(uow, refresher, LeaseSettings()),
+        imports=SessionImport(uow, upstream, refresher, PARSERS),
         sessions=SessionAdmin(uow, upstream, refresher, Pager([b"0" * 32])),
         keepalive=KeepAlive(uow, refresher, settings),
     )

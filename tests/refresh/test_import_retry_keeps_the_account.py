@@ -6,9 +6,11 @@ file; the first attempt seemed to time out while it waited on Garmin) installed 
 new session version: the first import's store of R' missed the version and dropped R' ("a
 login or import replaced it"), the retry's refresh sent the dead R, Garmin answered
 invalid_grant and the account's session ended AUTH_EXPIRED. The same when the retry came just
-after R' was stored. Now an import presenting the refresh token the row holds joins the
-refresh in flight through the single-flight refresher, and one presenting the token the row's
-latest rotation replaced (its digest, rotated_refresh_sha256) answers the session as it is.
+after R' was stored. Now a token file is refreshed before it is stored, as the account's one
+call in flight (test_import_checks_the_file_first.py): a retry during the first import waits
+for it; one presenting a token the row's rotations replaced (their digests,
+rotated_refresh_sha256) answers the session as it is; one presenting the refresh token the
+row holds joins its refresh through the single-flight refresher.
 
 Two replicas (two engines) on SQLite and PostgreSQL, the emulator over real HTTP.
 """
@@ -21,7 +23,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
@@ -34,14 +36,9 @@ from auth_service.domain.models import (
     SessionStatusView,
 )
 from auth_service.domain.views import refresh_token_digest
-from auth_service.services.session_import import SessionImport, TokenParsers
-from auth_service.services.unit_of_work import UnitsOfWork
-from auth_service.storage.database import session_factory
+from auth_service.services.session_import import SessionImport
 from auth_service.storage.models import GarminAuditEvent, GarminSessionChange
 from auth_service.storage.secrets import SecretBox
-from auth_service.storage.unit_of_work import SqlStore
-from auth_service.upstream.di.garminconnect import tokens_from_garminconnect
-from auth_service.upstream.garth.dumps import tokens_from_garth_dumps
 from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
 from tests.leases import read_row, stored_tokens
@@ -51,25 +48,12 @@ pytestmark = pytest.mark.timeout(60)
 
 USER = "import-retry-user"
 EMAIL = f"{USER}@example.com"
-PARSERS = TokenParsers(garth=tokens_from_garth_dumps, garminconnect=tokens_from_garminconnect)
 
 
 @pytest.fixture
-def importers(
-    replicas: tuple[Replica, Replica],
-    db_sessionmaker: sessionmaker[Session],
-    second_engine: Engine,
-    box: SecretBox,
-    clock: FakeClock,
-) -> tuple[SessionImport, SessionImport]:
+def importers(replicas: tuple[Replica, Replica]) -> tuple[SessionImport, SessionImport]:
     """ImportSession of each replica, on its own engine, with its own refresher."""
-    first, second = (
-        SessionImport(UnitsOfWork(SqlStore(db, box), clock), replica.refresher, PARSERS)
-        for db, replica in zip(
-            (db_sessionmaker, session_factory(second_engine)), replicas, strict=True
-        )
-    )
-    return first, second
+    return replicas[0].imports, replicas[1].imports
 
 
 def _token_file(emulator: GarminEmulator) -> str:
@@ -154,7 +138,8 @@ def test_an_import_retried_during_the_first_imports_refresh_joins_it(
     assert emulator.di_refresh_count(EMAIL) == 1, answers
     assert isinstance(retried, SessionStatusView), answers
     assert isinstance(first[0], SessionStatusView), answers
-    assert retried.session_version == first[0].session_version == 2, answers
+    # Installed once, as Garmin's rotated pair.
+    assert retried.session_version == first[0].session_version == 1, answers
 
 
 def test_an_import_retried_after_the_first_imports_refresh_installs_nothing(
@@ -249,7 +234,9 @@ def test_new_credentials_are_installed_over_a_rotated_session(
 
     status = importers[1].import_session(USER, garminconnect_tokens=newer)
 
-    assert status.session_version == 4  # installed (3), then refreshed (4)
+    # The first file's pair (1), refreshed by the leases (none here), then the new file's
+    # rotated pair (2), installed once.
+    assert status.session_version == 2
     stored = stored_tokens(db_sessionmaker, box, USER)
     assert stored is not None
     assert stored.oauth2.refresh_token in emulator.live_refresh_tokens(EMAIL)
@@ -320,8 +307,8 @@ def test_an_old_token_file_past_the_history_keeps_the_session_it_would_replace(
     box: SecretBox,
 ) -> None:
     """An old copy of a token file, sent after more rotations than the row keeps: only Garmin
-    can tell its refresh token is dead. Its first refresh is rejected; the import answers
-    INVALID_ARGUMENT and the session it replaced is put back, alive."""
+    can tell its refresh token is dead. Its refresh is rejected before anything is stored;
+    the import answers INVALID_ARGUMENT and the session stays as it is, alive."""
     token_file = _token_file(emulator)
     importers[0].import_session(USER, garminconnect_tokens=token_file)
     for _ in range(5):

@@ -155,8 +155,16 @@ def test_invalid_grant_when_another_replica_already_rotated_ends_nothing(
         # Garmin and stores it while our request with the old token is still on its way.
         newer.append(upstream.refresh(old))
         with db_sessionmaker.begin() as session:
-            SqlSessionRepository(session, box).store_validation(
-                USER, version=version, refreshed=newer[0], now=clock.now()
+            repository = SqlSessionRepository(session, box)
+            locked = repository.lock(USER)
+            assert locked is not None
+            repository.store_rotated(
+                USER,
+                version=version,
+                tokens=newer[0],
+                now=clock.now(),
+                keepalive_not_before=None,
+                replaced=locked,
             )
 
     with during_next_refresh(emulator, rotate_elsewhere):

@@ -14,10 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.models import GarminTokens, SessionState
-from auth_service.services.session_import import SessionImport, TokenParsers
-from auth_service.services.unit_of_work import UnitsOfWork
 from auth_service.storage.secrets import SecretBox
-from auth_service.storage.unit_of_work import SqlStore
 from garmin_emulator import GarminEmulator
 from tests.fixtures.di_upstream import di_tokens
 from tests.leases import read_row
@@ -26,10 +23,6 @@ from tests.refresh import DiAccounts, Replica, during_next_refresh
 pytestmark = pytest.mark.timeout(60)
 
 USER = "validate-import-user"
-
-
-def _unused(_text: str) -> GarminTokens:
-    raise ValueError("not used")
 
 
 def test_import_landing_during_validate_refresh_is_not_ended(
@@ -43,11 +36,7 @@ def test_import_landing_during_validate_refresh_is_not_ended(
     # A DI session whose access token has expired: GetStatus(validate) refreshes it first.
     accounts.seed(USER, access_in=timedelta(seconds=-5))
     email = accounts.email(USER)
-    importer = SessionImport(
-        UnitsOfWork(SqlStore(db_sessionmaker, box), clock),
-        replicas[1].refresher,
-        TokenParsers(garth=_unused, garminconnect=_unused),
-    )
+    importer = replicas[1].imports
     imported: list[GarminTokens] = []
 
     def import_token_file() -> None:

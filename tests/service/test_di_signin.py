@@ -296,28 +296,32 @@ def test_import_of_garmin_tokens_json_refreshes_it_once(
     assert file["di_refresh_token"] not in live
 
 
-def test_import_keeps_the_pair_when_garmin_is_busy(
-    service: Replica, garmin: GarminEmulator
+def test_import_stores_nothing_while_garmin_is_busy(
+    service: Replica, garmin: GarminEmulator, database_url: str
 ) -> None:
     garmin.add_user("ike@example.com", PASSWORD)
     file = garmin.garminconnect_tokens("ike@example.com")
     garmin.fail_next(DI_TOKEN_PATH, 503)
+    refused = expect_failure(lambda: import_file(service, "ike", json.dumps(file)))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "GARMIN_UNAVAILABLE")
+    assert stored_row(database_url, "ike") is None
+    # The file is untouched: the retry imports it.
+    assert garmin.live_refresh_tokens("ike@example.com") == [file["di_refresh_token"]]
     status = import_file(service, "ike", json.dumps(file))
     assert status.state == pb.SESSION_STATE_ACTIVE
-    assert not status.HasField("refresh_token_expires_at")  # unknown: due for keep-alive
-    assert garmin.live_refresh_tokens("ike@example.com") == [file["di_refresh_token"]]
+    assert status.HasField("refresh_token_expires_at")
 
 
-def test_import_of_a_dead_pair_ends_the_session(service: Replica, garmin: GarminEmulator) -> None:
+def test_import_of_a_dead_pair_stores_nothing(
+    service: Replica, garmin: GarminEmulator, database_url: str
+) -> None:
     garmin.add_user("ned@example.com", PASSWORD)
     file = garmin.garminconnect_tokens("ned@example.com")
     garmin.revoke_tokens("ned@example.com")
     refused = expect_failure(lambda: import_file(service, "ned", json.dumps(file)))
-    assert (refused.code, refused.reason) == (
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "SESSION_NOT_ACTIVE",
-    )
-    assert status_of(service, "ned").state == pb.SESSION_STATE_AUTH_EXPIRED
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.field_violations == ["garminconnect_tokens"]
+    assert stored_row(database_url, "ned") is None
 
 
 @pytest.mark.parametrize(

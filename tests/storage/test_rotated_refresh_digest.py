@@ -63,9 +63,15 @@ def _install(uow: UnitsOfWork, tokens: GarminTokens) -> SessionRow:
 def _rotate(uow: UnitsOfWork, tokens: GarminTokens) -> SessionRow:
     """What the refresher's commit does with the pair Garmin answered."""
     with uow() as unit:
-        version = _version(unit)
+        locked = unit.sessions.lock(USER)
+        assert locked is not None
         row = unit.refreshes.store_rotated(
-            USER, version=version, tokens=tokens, now=unit.now, keepalive_not_before=None
+            USER,
+            version=locked.session_version,
+            tokens=tokens,
+            now=unit.now,
+            keepalive_not_before=None,
+            replaced=locked,
         )
         assert row is not None
         return row
@@ -109,9 +115,7 @@ def test_a_validation_without_new_tokens_keeps_the_digest(uow: UnitsOfWork) -> N
     _install(uow, _di("refresh-1"))
     _rotate(uow, _di("refresh-2"))
     with uow() as unit:
-        validated = unit.sessions.store_validation(
-            USER, version=_version(unit), refreshed=None, now=unit.now
-        )
+        validated = unit.sessions.store_validation(USER, version=_version(unit), now=unit.now)
     assert validated is not None
     assert validated.rotated_refresh_sha256 == refresh_token_digest("refresh-1")
 
