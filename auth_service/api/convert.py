@@ -83,6 +83,25 @@ def from_timestamp(
     return moment
 
 
+def time_range(request: pb.ListAuditEventsRequest) -> tuple[datetime | None, datetime | None]:
+    """A request's [start_time, end_time) as bounds to the microsecond (from_timestamp),
+    None where unset. The order is checked on the Timestamps as sent: two bounds inside one
+    microsecond both round up to its end, an empty range rather than a wrong one."""
+    start = request.start_time if request.HasField("start_time") else None
+    end = request.end_time if request.HasField("end_time") else None
+    bounds = (
+        None if start is None else from_timestamp(start, "start_time", bound=True),
+        None if end is None else from_timestamp(end, "end_time", bound=True),
+    )
+    if start is not None and end is not None and _not_after(end, start):
+        raise InvalidArgument([FieldViolation("end_time", "must be after start_time")])
+    return bounds
+
+
+def _not_after(one: timestamp_pb2.Timestamp, other: timestamp_pb2.Timestamp) -> bool:
+    return (one.seconds, one.nanos) <= (other.seconds, other.nanos)
+
+
 def from_duration(message: duration_pb2.Duration, field: str, *, present: bool) -> timedelta | None:
     """None when the field is unset; InvalidArgument when it cannot be a duration."""
     if not present:

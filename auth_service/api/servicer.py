@@ -276,14 +276,11 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     ) -> pb.ListAuditEventsResponse:
         if request.user_id:
             _check_reach(request.user_id)
+        start_time, end_time = convert.time_range(request)
         query = AuditFilter(
             user_id=request.user_id or None,
-            start_time=convert.from_timestamp(request.start_time, "start_time", bound=True)
-            if request.HasField("start_time")
-            else None,
-            end_time=convert.from_timestamp(request.end_time, "end_time", bound=True)
-            if request.HasField("end_time")
-            else None,
+            start_time=start_time,
+            end_time=end_time,
             oldest_first=request.oldest_first,
             user_id_prefix=_scope(),
         )
