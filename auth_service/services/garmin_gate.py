@@ -94,14 +94,16 @@ class GarminGate:
         endpoints: tuple[GarminEndpoint, ...],
         *,
         exclusive: bool = False,
+        hold_seconds: float | None = None,
     ) -> Admission:
-        """Let a call through (`exclusive`: as the account's only one in flight), or raise
-        GarminRateLimited (Garmin not called)."""
+        """Let a call through (`exclusive`: as the account's only one in flight, for at most
+        `hold_seconds`, by default probe_seconds), or raise GarminRateLimited (Garmin not
+        called)."""
         with self._uow() as uow:
             breakers = uow.limits.breakers(endpoints)
             refused = self._read_refusal(uow, user_id, endpoints, breakers)
             if refused is None and exclusive and user_id is not None:
-                refused = self._claim_call(uow, user_id, endpoints)
+                refused = self._claim_call(uow, user_id, endpoints, hold_seconds)
             if refused is None:
                 probes = self._claim_probes(uow, breakers)
                 if probes is not None:
@@ -111,10 +113,17 @@ class GarminGate:
             endpoint, reason, wait = refused
             raise self._refused(endpoint, reason, wait)
 
-    def wait_for_call(self, user_id: str, endpoints: tuple[GarminEndpoint, ...]) -> None:
-        """Wait until the account's claimed call is over (at most probe_seconds); raises the
-        gate's refusal when it left a cooldown (or a breaker) behind."""
-        deadline = time.monotonic() + self._settings.probe_seconds
+    def wait_for_call(
+        self,
+        user_id: str,
+        endpoints: tuple[GarminEndpoint, ...],
+        wait_seconds: float | None = None,
+    ) -> None:
+        """Wait until the account's claimed call is over (at most `wait_seconds`, by default
+        probe_seconds); raises the gate's refusal when it left a cooldown (or a breaker)
+        behind, and the in-flight refusal when the call is still out."""
+        wait = self._settings.probe_seconds if wait_seconds is None else wait_seconds
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             with self._uow() as uow:
                 account = uow.limits.account(user_id)
@@ -127,9 +136,14 @@ class GarminGate:
         raise self._refused(endpoints[0], "in_flight", IN_FLIGHT_RETRY_SECONDS)
 
     def _claim_call(
-        self, uow: UnitOfWork, user_id: str, endpoints: tuple[GarminEndpoint, ...]
+        self,
+        uow: UnitOfWork,
+        user_id: str,
+        endpoints: tuple[GarminEndpoint, ...],
+        hold_seconds: float | None,
     ) -> tuple[GarminEndpoint, str, float] | None:
-        until = uow.now + timedelta(seconds=self._settings.probe_seconds)
+        hold = self._settings.probe_seconds if hold_seconds is None else hold_seconds
+        until = uow.now + timedelta(seconds=hold)
         sign_in = GarminEndpoint.SSO in endpoints
         if uow.limits.claim_call(user_id, uow.now, until, despite_sign_in_cooldown=not sign_in):
             return None
@@ -189,7 +203,7 @@ class GarminGate:
         self.suppressed(endpoint, reason)
         what = {
             "account_cooldown": "this account is waiting out Garmin's rate limit",
-            "in_flight": "another sign-in of this account is with Garmin right now",
+            "in_flight": "another sign-in or import of this account is with Garmin right now",
         }.get(reason, f"Garmin's {endpoint.value} endpoint is rate-limiting this service")
         refusal = GarminRateLimited(f"{what}; retry in {wait:.0f}s", retry_after_seconds=wait)
         refusal.held_back = reason
@@ -292,9 +306,10 @@ class GarminGate:
         rpc: AuditedRpc,
         *,
         exclusive: bool = False,
+        hold_seconds: float | None = None,
     ) -> Iterator[Admission]:
         """Admit the block's call to Garmin and settle its answer."""
-        admission = self.admit(user_id, endpoints, exclusive=exclusive)
+        admission = self.admit(user_id, endpoints, exclusive=exclusive, hold_seconds=hold_seconds)
         try:
             yield admission
         except GarminRateLimited as error:

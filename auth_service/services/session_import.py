@@ -48,6 +48,7 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState, SessionStatusView
+from auth_service.domain.policies import RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import SessionRow, rotated_away, status_view
 from auth_service.services.commit_retry import commit_retried
@@ -61,9 +62,6 @@ log = logging.getLogger(__name__)
 IMPORTED_PAIR_REJECTED = "Garmin rejected the imported refresh token"
 _IMPORT_ASKER = RefreshAsker(AuditedRpc.IMPORT_SESSION, lambda _: IMPORTED_PAIR_REJECTED)
 _REFRESH_ENDPOINTS = endpoints_of(GarminCall.REFRESH, SessionKind.DI_OAUTH2)
-# How long the rotated pair of a token file is retried into a database that refuses it (the
-# file's refresh token is dead from Garmin's answer on: the pair is all the user has left).
-INSTALL_RETRY_SECONDS = 30.0
 
 
 class _Retry(enum.Enum):
@@ -92,12 +90,14 @@ class SessionImport:
         upstream: GarminUpstream,
         refresher: SessionRefresher,
         parsers: TokenParsers,
+        settings: RefreshSettings,
         gate: GarminGate | None = None,
     ) -> None:
         self._uow = uow
         self._upstream = upstream
         self._refresher = refresher
         self._parsers = parsers
+        self._settings = settings
         self._gate = gate or GarminGate(uow, GarminLimitSettings())
 
     def import_session(
@@ -169,7 +169,7 @@ class SessionImport:
                 # file sent twice. Once it is over, this one is known for a retry, or goes on.
                 if waited or refused.held_back != "in_flight":
                     raise
-            self._gate.wait_for_call(user_id, _REFRESH_ENDPOINTS)
+            self._gate.wait_for_call(user_id, _REFRESH_ENDPOINTS, self._settings.wait_seconds)
             waited = True
 
     def _as_retry(self, user_id: str, tokens: GarminTokens) -> SessionStatusView | None:
@@ -190,8 +190,14 @@ class SessionImport:
         one call in flight (raises GarminRateLimited when another is, and InvalidArgument
         when Garmin rejects the file's refresh token: nothing changed then)."""
         try:
+            # Held as long as a refresh claim: the Garmin call, then the pair's commit retried
+            # (a retry of the same file admitted meanwhile would send the token it killed).
             with self._gate.calling(
-                user_id, _REFRESH_ENDPOINTS, AuditedRpc.IMPORT_SESSION, exclusive=True
+                user_id,
+                _REFRESH_ENDPOINTS,
+                AuditedRpc.IMPORT_SESSION,
+                exclusive=True,
+                hold_seconds=self._settings.claim_lifetime_seconds,
             ) as call:
                 # The same file's import may have landed between the look and the claim.
                 retried = self._as_retry(user_id, tokens)
@@ -222,11 +228,12 @@ class SessionImport:
     def _install_refreshed(
         self, user_id: str, imported: GarminTokens, fresh: GarminTokens
     ) -> SessionStatusView:
-        """Commit the pair Garmin rotated the file's into, retried for a while: the file's
-        refresh token is dead already, so losing the pair loses the user's way in."""
+        """Commit the pair Garmin rotated the file's into, retried as long as the refresher
+        retries its own (commit_retry_seconds): the file's refresh token is dead already, so
+        losing the pair loses the user's way in."""
         return commit_retried(
             lambda: self._install(user_id, imported, fresh),
-            seconds=INSTALL_RETRY_SECONDS,
+            seconds=self._settings.commit_retry_seconds,
             what="imported session",
             user_id=user_id,
         )
