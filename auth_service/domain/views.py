@@ -63,8 +63,8 @@ class SessionRow(Protocol):
     def lease_caller(self) -> str | None: ...
     @property
     def rotated_refresh_sha256(self) -> str | None:
-        """Digests of the DI refresh tokens the latest rotations replaced, newest first
-        (rotated_history), never the tokens."""
+        """Digests of DI refresh tokens rotations replaced, newest first: the latest three
+        and the session's first (rotated_history), never the tokens."""
         ...
 
 
@@ -112,10 +112,13 @@ def status_view(row: SessionRow, now: datetime) -> SessionStatusView:
 # --- refresh tokens rotated away ---------------------------------------------------------
 
 
-# A row keeps the last ROTATIONS_KEPT refresh tokens its rotations replaced since the session
-# was installed, as the first DIGEST_LENGTH hex digits (64 bits) of each one's SHA-256: enough
-# to tell a user's own few tokens apart, and the four fit the 64-character column. An import
-# retried after up to four rotations (a worker's RefreshLease, keep-alive) is told so.
+# A row keeps ROTATIONS_KEPT refresh tokens its rotations replaced since the session was
+# installed, as the first DIGEST_LENGTH hex digits (64 bits) of each one's SHA-256: enough to
+# tell a user's own few tokens apart, and the four fit the 64-character column. The oldest is
+# the token the session started from, kept for the session's life: for an imported token
+# file, the file's own, which the same file sent again presents however long after (only the
+# service and its lease holders ever saw the ones rotated since). The other three are the
+# latest rotations' (an import retried while workers' RefreshLease and keep-alive rotate).
 ROTATIONS_KEPT = 4
 DIGEST_LENGTH = 16
 
@@ -129,9 +132,13 @@ def refresh_token_digest(refresh_token: str) -> str:
 
 def rotated_history(kept: str | None, replaced_refresh_token: str) -> str:
     """The row's digests once a rotation replaced `replaced_refresh_token`: its digest first,
-    then the ones kept before, the oldest dropped past ROTATIONS_KEPT."""
+    then the ones kept before; past ROTATIONS_KEPT the second oldest is dropped (the oldest,
+    the session's origin, stays)."""
     history = refresh_token_digest(replaced_refresh_token) + (kept or "")
-    return history[: ROTATIONS_KEPT * DIGEST_LENGTH]
+    if len(history) <= ROTATIONS_KEPT * DIGEST_LENGTH:
+        return history
+    latest = history[: (ROTATIONS_KEPT - 1) * DIGEST_LENGTH]
+    return latest + history[-DIGEST_LENGTH:]
 
 
 def rotated_away(row: SessionRow, refresh_token: str) -> bool:

@@ -166,14 +166,16 @@ class GarminAuthenticationState(Base):
     # keep the others waiting.
     keepalive_not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    # Added by migration 0012. Digests of the DI refresh tokens the latest rotations replaced
-    # (the service's own refreshes, or a holder's reported one), newest first: the first 16
-    # hex digits of each one's SHA-256, at most 4 (domain.views.rotated_history), never the
-    # tokens (high-entropy, so a digest can be neither inverted nor guessed, as lease ids;
+    # Added by migration 0012. Digests of the DI refresh tokens rotations replaced (the
+    # service's own refreshes, a holder's reported one, an imported token file's first
+    # refresh), newest first: the first 16 hex digits of each one's SHA-256, at most 4: the
+    # latest three and the session's first (domain.views.rotated_history), never the tokens
+    # (high-entropy, so a digest can be neither inverted nor guessed, as lease ids;
     # auth_service.domain.lease_ids). An ImportSession presenting one of those tokens is a
     # client's retry of an import the service has refreshed since: the token is dead at
-    # Garmin, and installing it would end the session at its next refresh. NULL after a
-    # sign-in, an import, an invalidation or a disconnect, and for garth sessions.
+    # Garmin, and presenting it again would be a reuse. The imported file's digest after an
+    # import of a token file; NULL after a sign-in, another import, an invalidation or a
+    # disconnect, and for garth sessions.
     rotated_refresh_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH))
 
     __table_args__ = (

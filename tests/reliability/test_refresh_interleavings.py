@@ -40,7 +40,7 @@ a replica killed between Garmin's answer and the commit loses the session).
 
 With imports, this test found that an import retried after the session had rotated more
 than once since the first import was not known for a retry: its dead token was installed and
-refreshed, and the session ended AUTH_EXPIRED. The row now keeps the last four rotations
+refreshed, and the session ended AUTH_EXPIRED. The row now keeps the latest rotations
 (views.rotated_history; tests/refresh/test_import_retry_keeps_the_account.py). Then that an
 old copy imported while a lease held the session ended it, and that a holder's report racing
 an import answered INVALID_ARGUMENT instead of LEASE_LOST: a token file is now refreshed

@@ -95,20 +95,24 @@ def test_a_rotation_records_the_digest_of_the_refresh_token_it_replaced(
     assert read_row(db_sessionmaker, USER).rotated_refresh_sha256 == expected
     assert rotated_away(rotated, "refresh-1")
     assert not rotated_away(rotated, "refresh-2")
-    # Newest first; the last four rotations are kept, the oldest dropped after them.
+    # Newest first; the session's first token and the last three rotations' are kept.
     assert _rotate(uow, _di("refresh-3")).rotated_refresh_sha256 == refresh_token_digest(
         "refresh-2"
     ) + refresh_token_digest("refresh-1")
-    for n in range(4, 7):
+    for n in range(4, 8):
         latest = _rotate(uow, _di(f"refresh-{n}"))
-    assert [rotated_away(latest, f"refresh-{n}") for n in range(1, 7)] == [
-        False,
+    assert [rotated_away(latest, f"refresh-{n}") for n in range(1, 8)] == [
         True,
+        False,
+        False,
         True,
         True,
         True,
         False,
     ]
+    assert latest.rotated_refresh_sha256 == "".join(
+        refresh_token_digest(f"refresh-{n}") for n in (6, 5, 4, 1)
+    )
 
 
 def test_a_validation_without_new_tokens_keeps_the_digest(uow: UnitsOfWork) -> None:
