@@ -85,17 +85,23 @@ def from_timestamp(
 
 def time_range(request: pb.ListAuditEventsRequest) -> tuple[datetime | None, datetime | None]:
     """A request's [start_time, end_time) as bounds to the microsecond (from_timestamp),
-    None where unset. The order is checked on the Timestamps as sent: two bounds inside one
-    microsecond both round up to its end, an empty range rather than a wrong one."""
-    start = request.start_time if request.HasField("start_time") else None
-    end = request.end_time if request.HasField("end_time") else None
-    bounds = (
-        None if start is None else from_timestamp(start, "start_time", bound=True),
-        None if end is None else from_timestamp(end, "end_time", bound=True),
-    )
-    if start is not None and end is not None and _not_after(end, start):
-        raise InvalidArgument([FieldViolation("end_time", "must be after start_time")])
-    return bounds
+    None where unset. Two bounds inside one microsecond both round up to its end: an empty
+    range, as sent. A range that was empty or inverted as sent stays inverted, so the use
+    case names it (with every other bad field) rather than answering it empty."""
+    if not (request.HasField("start_time") and request.HasField("end_time")):
+        return (
+            from_timestamp(request.start_time, "start_time", bound=True)
+            if request.HasField("start_time")
+            else None,
+            from_timestamp(request.end_time, "end_time", bound=True)
+            if request.HasField("end_time")
+            else None,
+        )
+    start = from_timestamp(request.start_time, "start_time", bound=True)
+    end = from_timestamp(request.end_time, "end_time", bound=True)
+    if _not_after(request.end_time, request.start_time):
+        end = min(end, start - timedelta(microseconds=1))
+    return start, end
 
 
 def _not_after(one: timestamp_pb2.Timestamp, other: timestamp_pb2.Timestamp) -> bool:
