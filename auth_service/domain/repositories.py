@@ -218,8 +218,9 @@ class GarminLimitRepository(Protocol):
         the sign-in, GarminEndpoint.SSO, started that cooldown)."""
         ...
 
-    def release_call(self, user_id: str) -> None:
-        """The account's claimed call is over."""
+    def release_call(self, user_id: str, claimed_until: datetime) -> None:
+        """The account's call claimed until `claimed_until` is over (nothing when that claim
+        expired and another call claimed the account since)."""
         ...
 
     def breakers(self, endpoints: tuple[GarminEndpoint, ...]) -> list[Breaker]:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from auth_service.domain import audit
 from auth_service.domain.audit import AuditedRpc
@@ -52,11 +52,18 @@ class Admission:
     user_id: str | None
     endpoints: tuple[GarminEndpoint, ...]
     probes: frozenset[GarminEndpoint] = field(default_factory=frozenset)
-    # The account's one call was claimed for this one (released when it is settled).
-    claimed: bool = False
+    # Until when the account's one call was claimed for this one (None: not claimed). It
+    # names the claim: releasing it releases nothing a later call claimed after it expired.
+    claimed_until: datetime | None = None
     # Endpoints the call turned out not to reach (a sign-in that stopped at the SSO): their
     # probes are handed to the next call when it is settled, never closed by its answer.
     unreached: set[GarminEndpoint] = field(default_factory=set)
+    # Probes settled already (answered_keeping_call): the settle at the end leaves them.
+    settled: set[GarminEndpoint] = field(default_factory=set)
+
+    @property
+    def claimed(self) -> bool:
+        return self.claimed_until is not None
 
     def did_not_reach(self, *endpoints: GarminEndpoint) -> None:
         self.unreached.update(endpoints)
@@ -95,23 +102,31 @@ class GarminGate:
         *,
         exclusive: bool = False,
         hold_seconds: float | None = None,
+        count_in_flight: bool = True,
     ) -> Admission:
         """Let a call through (`exclusive`: as the account's only one in flight, for at most
         `hold_seconds`, by default probe_seconds), or raise GarminRateLimited (Garmin not
-        called)."""
+        called). `count_in_flight=False`: a refusal because the account's call is out is
+        not counted as a suppressed call (the caller waits for it: wait_for_call counts the
+        refusal it may end with)."""
         with self._uow() as uow:
             breakers = uow.limits.breakers(endpoints)
             refused = self._read_refusal(uow, user_id, endpoints, breakers)
+            claimed_until = None
             if refused is None and exclusive and user_id is not None:
-                refused = self._claim_call(uow, user_id, endpoints, hold_seconds)
+                hold = self._settings.probe_seconds if hold_seconds is None else hold_seconds
+                claimed_until = uow.now + timedelta(seconds=hold)
+                refused = self._claim_call(uow, user_id, endpoints, claimed_until)
             if refused is None:
                 probes = self._claim_probes(uow, breakers)
                 if probes is not None:
-                    return Admission(user_id, endpoints, probes, claimed=exclusive)
+                    return Admission(user_id, endpoints, probes, claimed_until=claimed_until)
                 refused = (endpoints[0], "breaker_open", self._settings.probe_seconds)
             # Raised inside: the transaction rolls back whatever was claimed.
             endpoint, reason, wait = refused
-            raise self._refused(endpoint, reason, wait)
+            raise self._refused(
+                endpoint, reason, wait, counted=count_in_flight or reason != "in_flight"
+            )
 
     def wait_for_call(
         self,
@@ -140,10 +155,8 @@ class GarminGate:
         uow: UnitOfWork,
         user_id: str,
         endpoints: tuple[GarminEndpoint, ...],
-        hold_seconds: float | None,
+        until: datetime,
     ) -> tuple[GarminEndpoint, str, float] | None:
-        hold = self._settings.probe_seconds if hold_seconds is None else hold_seconds
-        until = uow.now + timedelta(seconds=hold)
         sign_in = GarminEndpoint.SSO in endpoints
         if uow.limits.claim_call(user_id, uow.now, until, despite_sign_in_cooldown=not sign_in):
             return None
@@ -199,8 +212,11 @@ class GarminGate:
         """Count a call answered without Garmin for a reason of the caller's own."""
         self._events.call_suppressed(endpoint.value, reason)
 
-    def _refused(self, endpoint: GarminEndpoint, reason: str, wait: float) -> GarminRateLimited:
-        self.suppressed(endpoint, reason)
+    def _refused(
+        self, endpoint: GarminEndpoint, reason: str, wait: float, *, counted: bool = True
+    ) -> GarminRateLimited:
+        if counted:
+            self.suppressed(endpoint, reason)
         what = {
             "account_cooldown": "this account is waiting out Garmin's rate limit",
             "in_flight": "another sign-in or import of this account is with Garmin right now",
@@ -256,45 +272,56 @@ class GarminGate:
                 count = uow.limits.count_rate_limited(
                     endpoint, uow.now, timedelta(seconds=self._settings.breaker_window_seconds)
                 )
-                if endpoint in admission.probes or count >= self._settings.breaker_threshold:
+                probed = endpoint in admission.probes - admission.settled
+                if probed or count >= self._settings.breaker_threshold:
                     uow.limits.open_breaker(endpoint, until)
                     opened = True
-            for other in admission.probes - {endpoint}:
+            for other in admission.probes - admission.settled - {endpoint}:
                 uow.limits.release_probe(other)
-            if admission.claimed and admission.user_id is not None:
-                uow.limits.release_call(admission.user_id)
+            if admission.claimed_until is not None and admission.user_id is not None:
+                uow.limits.release_call(admission.user_id, admission.claimed_until)
         return opened
 
     def answered(self, admission: Admission) -> None:
         """Garmin answered (anything but 429): the breakers this call probed close, those of
         endpoints it did not reach wait for another probe."""
-        closed = admission.probes - admission.unreached
+        closed = admission.probes - admission.settled - admission.unreached
         if self._settle(admission, close=True) and closed:
             log.info("Garmin answered the probe at %s: calls resume", _names(closed))
+
+    def answered_keeping_call(self, admission: Admission) -> None:
+        """Garmin answered, and the caller still has to store what it got: the breakers the
+        call probed close now (calls of every account resume at once), while the account's
+        call stays claimed until the caller settles it (answered or unanswered)."""
+        closed = admission.probes - admission.settled - admission.unreached
+        if self._settle(admission, close=True, release_call=False) and closed:
+            log.info("Garmin answered the probe at %s: calls resume", _names(closed))
+        admission.settled.update(admission.probes)
 
     def unanswered(self, admission: Admission) -> None:
         """The call got no answer from Garmin (or was not made): another call may probe."""
         self._settle(admission, close=False)
 
-    def _settle(self, admission: Admission, *, close: bool) -> bool:
+    def _settle(self, admission: Admission, *, close: bool, release_call: bool = True) -> bool:
         """Close the probed breakers (or let another call probe) and release the account's
         claimed call; False when nothing was to do or the database refused (the claims then
-        expire after probe_seconds)."""
-        if not admission.probes and not admission.claimed:
+        expire after probe_seconds, the account's after its hold)."""
+        probes = admission.probes - admission.settled
+        release = release_call and admission.claimed_until is not None
+        if not probes and not release:
             return False
         try:
             with self._uow() as uow:
-                for endpoint in admission.probes:
+                for endpoint in probes:
                     if close and endpoint not in admission.unreached:
                         uow.limits.close_breaker(endpoint)
                     else:
                         uow.limits.release_probe(endpoint)
-                if admission.claimed and admission.user_id is not None:
-                    uow.limits.release_call(admission.user_id)
+                if release and admission.user_id is not None:
+                    assert admission.claimed_until is not None
+                    uow.limits.release_call(admission.user_id, admission.claimed_until)
         except Exception as exc:  # noqa: BLE001 - see rate_limited
-            log.warning(
-                "probe of %s not settled (%s)", _names(admission.probes), type(exc).__name__
-            )
+            log.warning("probe of %s not settled (%s)", _names(probes), type(exc).__name__)
             return False
         return True
 
@@ -307,9 +334,16 @@ class GarminGate:
         *,
         exclusive: bool = False,
         hold_seconds: float | None = None,
+        count_in_flight: bool = True,
     ) -> Iterator[Admission]:
-        """Admit the block's call to Garmin and settle its answer."""
-        admission = self.admit(user_id, endpoints, exclusive=exclusive, hold_seconds=hold_seconds)
+        """Admit the block's call to Garmin (admit) and settle its answer."""
+        admission = self.admit(
+            user_id,
+            endpoints,
+            exclusive=exclusive,
+            hold_seconds=hold_seconds,
+            count_in_flight=count_in_flight,
+        )
         try:
             yield admission
         except GarminRateLimited as error:

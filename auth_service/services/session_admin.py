@@ -155,7 +155,10 @@ class SessionAdmin:
         GarminSessionRejected, GarminRateLimited, GarminUnavailable."""
         endpoints = endpoints_of(GarminCall.VALIDATE, tokens.kind)
         try:
-            with self._gate.calling(user_id, endpoints, AuditedRpc.GET_STATUS, exclusive=True):
+            # An in-flight refusal is waited out below, not answered: not counted here.
+            with self._gate.calling(
+                user_id, endpoints, AuditedRpc.GET_STATUS, exclusive=True, count_in_flight=False
+            ):
                 self._upstream.validate(tokens, allow_refresh=False)
         except GarminRateLimited as refused:
             if not refused.another_call_in_flight:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,7 +50,6 @@ from auth_service.domain.errors import (
 from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState, SessionStatusView
 from auth_service.domain.policies import RefreshSettings
-from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import SessionRow, rotated_away, status_view
 from auth_service.services.commit_retry import commit_retried
 from auth_service.services.connect import connect_tokens
@@ -87,14 +87,12 @@ class SessionImport:
     def __init__(
         self,
         uow: UnitsOfWork,
-        upstream: GarminUpstream,
         refresher: SessionRefresher,
         parsers: TokenParsers,
         settings: RefreshSettings,
         gate: GarminGate | None = None,
     ) -> None:
         self._uow = uow
-        self._upstream = upstream
         self._refresher = refresher
         self._parsers = parsers
         self._settings = settings
@@ -163,11 +161,11 @@ class SessionImport:
             if retried is not None:
                 return retried
             try:
-                return self._refresh_and_install(user_id, tokens)
+                return self._refresh_and_install(user_id, tokens, waited=waited)
             except GarminRateLimited as refused:
                 # Another import (or sign-in) of the account is with Garmin: maybe the same
                 # file sent twice. Once it is over, this one is known for a retry, or goes on.
-                if waited or refused.held_back != "in_flight":
+                if waited or not refused.another_call_in_flight:
                     raise
             self._gate.wait_for_call(user_id, _REFRESH_ENDPOINTS, self._settings.wait_seconds)
             waited = True
@@ -185,10 +183,13 @@ class SessionImport:
             return self._refresh_held(status)
         return status
 
-    def _refresh_and_install(self, user_id: str, tokens: GarminTokens) -> SessionStatusView:
+    def _refresh_and_install(
+        self, user_id: str, tokens: GarminTokens, *, waited: bool
+    ) -> SessionStatusView:
         """Refresh the file's pair at Garmin and install what Garmin answers, as the account's
         one call in flight (raises GarminRateLimited when another is, and InvalidArgument
-        when Garmin rejects the file's refresh token: nothing changed then)."""
+        when Garmin rejects the file's refresh token: nothing changed then). `waited`: this
+        import waited for another call already, so a refusal now is its answer (counted)."""
         try:
             # Held as long as a refresh claim: the Garmin call, then the pair's commit retried
             # (a retry of the same file admitted meanwhile would send the token it killed).
@@ -198,6 +199,7 @@ class SessionImport:
                 AuditedRpc.IMPORT_SESSION,
                 exclusive=True,
                 hold_seconds=self._settings.claim_lifetime_seconds,
+                count_in_flight=waited,
             ) as call:
                 # The same file's import may have landed between the look and the claim.
                 retried = self._as_retry(user_id, tokens)
@@ -205,8 +207,10 @@ class SessionImport:
                     call.did_not_reach(*_REFRESH_ENDPOINTS)
                     return retried
                 # Outside any transaction: nothing is locked while Garmin answers.
-                fresh = self._upstream.refresh(tokens)
-                # Still inside the call: a retry of this file waits for the commit.
+                fresh = self._refresher.refresh_new(tokens)
+                # Garmin answered: a breaker this call probed closes now, for every account.
+                self._gate.answered_keeping_call(call)
+                # Still holding the account's call: a retry of this file waits for the commit.
                 return self._install_refreshed(user_id, tokens, fresh)
         except GarminSessionRejected:
             # Only a file whose import landed meanwhile (the account's call outlived by a
@@ -231,12 +235,15 @@ class SessionImport:
         """Commit the pair Garmin rotated the file's into, retried as long as the refresher
         retries its own (commit_retry_seconds): the file's refresh token is dead already, so
         losing the pair loses the user's way in."""
-        return commit_retried(
+        since = time.monotonic()
+        status = commit_retried(
             lambda: self._install(user_id, imported, fresh),
             seconds=self._settings.commit_retry_seconds,
             what="imported session",
             user_id=user_id,
         )
+        self._refresher.pair_stored(time.monotonic() - since)
+        return status
 
     def _install(
         self, user_id: str, imported: GarminTokens, fresh: GarminTokens

@@ -134,6 +134,27 @@ class SessionRefresher:
         waiting for another's claim, or when a live lease holds the session."""
         return self._refresh(user_id, expected_version, asker, wait=False, unleased=True)
 
+    def refresh_new(self, tokens: GarminTokens) -> GarminTokens:
+        """Refresh at Garmin tokens no row holds yet (an imported token file's), as one of
+        this replica's refreshes in flight (`concurrency`) and counted as one. The caller
+        admits the call at the gate, stores the pair and says how long that took
+        (pair_stored). Raises what GarminUpstream.refresh raises."""
+        kind = tokens.kind.value
+        started = time.monotonic()
+        with self._slots:
+            try:
+                fresh = self._upstream.refresh(tokens)
+            except BaseException as exc:
+                self._events.refresh_finished(kind, _outcome(exc), time.monotonic() - started)
+                raise
+        self._events.refresh_finished(kind, "rotated", time.monotonic() - started)
+        return fresh
+
+    def pair_stored(self, seconds: float) -> None:
+        """A pair from refresh_new lived `seconds` in this replica's memory before its
+        commit landed (a crash within it loses it)."""
+        self._events.rotated_pair_unstored(seconds)
+
     # --- claiming ------------------------------------------------------------------------
 
     def _refresh(
@@ -370,6 +391,17 @@ class SessionRefresher:
                 lease = live_lease(row, uow.now)
                 uow.audit.record(asker.rpc, audit.SESSION_REFRESHED, user_id=user_id, lease=lease)
             return row
+
+
+def _outcome(exc: BaseException) -> str:
+    """A failed refresh as REFRESH_OUTCOMES names it."""
+    if isinstance(exc, GarminSessionRejected):
+        return "rejected"
+    if isinstance(exc, GarminRateLimited):
+        return "rate_limited"
+    if isinstance(exc, GarminUnavailable):
+        return "unavailable"
+    return "error"
 
 
 def _endpoints(row: SessionRow) -> tuple[GarminEndpoint, ...]:

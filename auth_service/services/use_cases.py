@@ -82,7 +82,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     lease_service = LeaseService(uow, refresher, leases)
     return UseCases(
         connect=ConnectService(uow, upstream, login, gate),
-        imports=SessionImport(uow, upstream, refresher, token_parsers, refresh, gate),
+        imports=SessionImport(uow, refresher, token_parsers, refresh, gate),
         tickets=TicketExchange(uow, upstream, login.service_urls, gate),
         sessions=SessionAdmin(
             uow,

@@ -99,10 +99,11 @@ class SqlGarminLimitRepository:
         )
         return _rows(result) == 1
 
-    def release_call(self, user_id: str) -> None:
+    def release_call(self, user_id: str, claimed_until: datetime) -> None:
+        limit = GarminAccountLimit
         self.session.execute(
-            update(GarminAccountLimit)
-            .where(GarminAccountLimit.user_id == user_id)
+            update(limit)
+            .where(limit.user_id == user_id, limit.call_claimed_until == claimed_until)
             .values(call_claimed_until=None)
         )
 

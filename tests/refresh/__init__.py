@@ -65,7 +65,7 @@ def build_replica(
     return Replica(
         refresher=refresher,
         leases=LeaseService(uow, refresher, LeaseSettings()),
-        imports=SessionImport(uow, upstream, refresher, PARSERS, settings),
+        imports=SessionImport(uow, refresher, PARSERS, settings),
         sessions=SessionAdmin(uow, upstream, refresher, Pager([b"0" * 32])),
         keepalive=KeepAlive(uow, refresher, settings),
     )
