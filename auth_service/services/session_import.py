@@ -67,7 +67,8 @@ _REFRESH_ENDPOINTS = endpoints_of(GarminCall.REFRESH, SessionKind.DI_OAUTH2)
 class _Retry(enum.Enum):
     """Which refresh token of the stored session a retried import presents."""
 
-    # The one the row holds: the first import's pair, maybe being refreshed right now.
+    # The one the row holds (tokens imported as given, then the same pair as a token file):
+    # maybe being refreshed right now.
     HELD = "held"
     # One the row's rotations killed: the first import's refresh is done.
     ROTATED_AWAY = "rotated_away"
