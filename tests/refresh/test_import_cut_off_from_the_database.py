@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine
 
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import DomainError, GarminRateLimited
@@ -29,7 +30,7 @@ from auth_service.storage.database import create_engine_for, session_factory
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import GarminEmulator
-from tests.refresh import build_replica, during_next_refresh
+from tests.refresh import Replica, build_replica, during_next_refresh
 from tests.refresh.test_database_outage import _engine_of_a_role_of_its_own, _let_log_in
 from tests.reliability.cluster import PrivateCluster, migrated_cluster
 
@@ -48,6 +49,37 @@ def cluster() -> Iterator[PrivateCluster]:
         yield running
 
 
+def _import_cut_off_after_garmin(
+    replica: Replica,
+    admin: Engine,
+    emulator: GarminEmulator,
+    token_file: str,
+    answers: list[object],
+) -> threading.Thread:
+    """Replica A imports `token_file` on a thread of its own, its role refused by the
+    database as soon as Garmin has the refresh; returns once Garmin rotated the file's pair
+    (A's answer, or its error, lands in `answers`)."""
+
+    def import_on_a() -> None:
+        try:
+            with during_next_refresh(
+                emulator, lambda: _let_log_in(admin, "replica_a", allowed=False)
+            ):
+                answers.append(
+                    replica.imports.import_session(USER, garminconnect_tokens=token_file)
+                )
+        except Exception as exc:  # noqa: BLE001 - read by the test
+            answers.append(exc)
+
+    first = threading.Thread(target=import_on_a, daemon=True)
+    first.start()
+    deadline = time.monotonic() + 10
+    while emulator.di_refresh_count(EMAIL) == 0:  # Garmin rotated the file's pair for A
+        assert time.monotonic() < deadline, "A's refresh never reached Garmin"
+        time.sleep(0.02)
+    return first
+
+
 def test_a_retry_while_the_first_import_cannot_store_its_pair_sends_no_dead_token(
     cluster: PrivateCluster,
     emulator: GarminEmulator,
@@ -64,24 +96,7 @@ def test_a_retry_while_the_first_import_cannot_store_its_pair_sends_no_dead_toke
         emulator.add_user(EMAIL, "irrelevant-password")
         token_file = json.dumps(emulator.garminconnect_tokens(EMAIL))
         answers: list[object] = []
-
-        def import_on_a() -> None:
-            try:
-                with during_next_refresh(
-                    emulator, lambda: _let_log_in(admin, "replica_a", allowed=False)
-                ):
-                    answers.append(
-                        replica_a.imports.import_session(USER, garminconnect_tokens=token_file)
-                    )
-            except Exception as exc:  # noqa: BLE001 - read below
-                answers.append(exc)
-
-        first = threading.Thread(target=import_on_a, daemon=True)
-        first.start()
-        deadline = time.monotonic() + 10
-        while emulator.di_refresh_count(EMAIL) == 0:  # Garmin rotated the file's pair for A
-            assert time.monotonic() < deadline, "A's refresh never reached Garmin"
-            time.sleep(0.02)
+        first = _import_cut_off_after_garmin(replica_a, admin, emulator, token_file, answers)
         time.sleep(1.0)  # A's first commits fail
         clock.advance(PROBE_SECONDS + 1)  # the time a slow Garmin plus the retries take
 
@@ -122,9 +137,9 @@ def test_the_imported_pair_lands_after_a_database_outage_a_refresh_survives(
 ) -> None:
     """tests/refresh/test_database_outage.py: "A rotated pair is never dropped: the database
     stops while Garmin answers a refresh, and the pair lands once it is back" (within
-    commit_retry_seconds, 600 s). An import's rotated pair is dropped after 30 s: the file's
-    refresh token is dead at Garmin by then, so the user's session is gone (a retry of the
-    file answers INVALID_ARGUMENT; only a new sign-in helps)."""
+    commit_retry_seconds, 600 s). The same for an import's pair. Before, it was dropped after
+    30 s, when the file's refresh token was dead at Garmin already: the user's session was
+    gone (a retry of the file answered INVALID_ARGUMENT; only a new sign-in helped)."""
     admin = create_engine_for(cluster.url)
     engine_a = _engine_of_a_role_of_its_own(admin, cluster.url, "replica_a")
     try:
@@ -133,24 +148,7 @@ def test_the_imported_pair_lands_after_a_database_outage_a_refresh_survives(
         emulator.add_user(EMAIL, "irrelevant-password")
         token_file = json.dumps(emulator.garminconnect_tokens(EMAIL))
         answers: list[object] = []
-
-        def import_on_a() -> None:
-            try:
-                with during_next_refresh(
-                    emulator, lambda: _let_log_in(admin, "replica_a", allowed=False)
-                ):
-                    answers.append(
-                        replica_a.imports.import_session(USER, garminconnect_tokens=token_file)
-                    )
-            except Exception as exc:  # noqa: BLE001 - read below
-                answers.append(exc)
-
-        first = threading.Thread(target=import_on_a, daemon=True)
-        first.start()
-        deadline = time.monotonic() + 10
-        while emulator.di_refresh_count(EMAIL) == 0:
-            assert time.monotonic() < deadline, "A's refresh never reached Garmin"
-            time.sleep(0.02)
+        first = _import_cut_off_after_garmin(replica_a, admin, emulator, token_file, answers)
         time.sleep(OUTAGE_SECONDS)
         _let_log_in(admin, "replica_a", allowed=True)
         first.join(30)
