@@ -61,10 +61,6 @@ class Admission:
     # Probes settled already (answered_keeping_call): the settle at the end leaves them.
     settled: set[GarminEndpoint] = field(default_factory=set)
 
-    @property
-    def claimed(self) -> bool:
-        return self.claimed_until is not None
-
     def did_not_reach(self, *endpoints: GarminEndpoint) -> None:
         self.unreached.update(endpoints)
 
