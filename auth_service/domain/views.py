@@ -87,6 +87,13 @@ def live_lease(row: SessionRow, now: datetime) -> LeaseView | None:
     )
 
 
+def live_lease_of(row: SessionRow, lease_digest: str, now: datetime) -> LeaseView | None:
+    """The row's live lease at `now` if it is the one `lease_digest` names (None: expired,
+    released, taken over, or ended by new credentials)."""
+    lease = live_lease(row, now)
+    return lease if lease is not None and lease.lease_digest == lease_digest else None
+
+
 def status_view(row: SessionRow, now: datetime) -> SessionStatusView:
     # Why and when the session ended belong to AUTH_EXPIRED only (the contract); the row keeps
     # them through a new login's MFA_PENDING, which falls back to AUTH_EXPIRED if abandoned.

@@ -25,7 +25,7 @@ from auth_service.domain.errors import (
 )
 from auth_service.domain.models import LeaseGrant, LeaseView
 from auth_service.domain.policies import refresh_due
-from auth_service.domain.views import live_lease, status_view
+from auth_service.domain.views import live_lease_of, status_view
 from auth_service.services.session_refresh import (
     RefreshAsker,
     SessionRefresher,
@@ -106,8 +106,8 @@ class CentralRefresh:
             self.release_unused(grant.lease, granted.rpc, exc)
             raise
         now = self._uow.now()
-        lease = live_lease(refreshed.row, now)
-        if lease is None or lease.lease_digest != grant.lease.lease_digest:
+        lease = live_lease_of(refreshed.row, grant.lease.lease_digest, now)
+        if lease is None:
             # Expired, or the user logged in again meanwhile (which ended the lease).
             raise _lease_lost()
         # The row holds the digest: the holder's answer carries the id from the grant.

@@ -46,7 +46,7 @@ from auth_service.domain.validation import (
     check_user_id,
     raise_if_any,
 )
-from auth_service.domain.views import SessionRow, live_lease, status_view
+from auth_service.domain.views import SessionRow, live_lease, live_lease_of, status_view
 from auth_service.services.central_refresh import CentralRefresh, Granted
 from auth_service.services.lease_holders import (
     check_refresh_of,
@@ -388,7 +388,7 @@ class LeaseService:
                 locked = uow.sessions.lock(leased.user_id)
                 # A lease that ended in between (an import or login replaced the session) is
                 # LEASE_LOST whatever the version: the holder must stop, not mend its report.
-                if locked is not None and _holds(locked, digest, uow.now):
+                if locked is not None and live_lease_of(locked, digest, uow.now) is not None:
                     check_refresh_of(locked.session_version, session_version)
                     row = uow.leases.store_refreshed(
                         digest, locked=locked, tokens=tokens, now=uow.now
@@ -474,12 +474,6 @@ def _opened(
         rpc=rpc,
         refresh_in_flight=claimed_until is not None and claimed_until > uow.now,
     )
-
-
-def _holds(row: SessionRow, digest: str, now: datetime) -> bool:
-    """Whether the live lease on `row` is the one `digest` names."""
-    lease = live_lease(row, now)
-    return lease is not None and lease.lease_digest == digest
 
 
 def _reported(

@@ -58,7 +58,7 @@ from auth_service.domain.garmin_limits import (
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
 from auth_service.domain.policies import RefreshSettings, keepalive_not_before
 from auth_service.domain.ports import GarminUpstream
-from auth_service.domain.views import SessionRow, live_lease
+from auth_service.domain.views import SessionRow, live_lease, live_lease_of
 from auth_service.services.commit_retry import commit_retried
 from auth_service.services.garmin_gate import Admission, GarminGate
 from auth_service.services.refresh_askers import (
@@ -417,6 +417,5 @@ def _refuse_if_leased(row: SessionRow, now: datetime) -> None:
 
 
 def _refuse_unless_held(row: SessionRow, now: datetime, lease_digest: str) -> None:
-    lease = live_lease(row, now)
-    if lease is None or lease.lease_digest != lease_digest:
+    if live_lease_of(row, lease_digest, now) is None:
         raise LeaseLost("the lease is expired, released, taken over or unknown")
