@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import Clock
@@ -39,6 +39,20 @@ PASSWORD = "correct horse battery staple"
 HOLD_SECONDS = 0.5
 # How long to wait for a held exchange to reach the emulator before failing the test.
 ARRIVAL_TIMEOUT_SECONDS = 10.0
+
+
+def row_lock_waiters(db: sessionmaker[Session]) -> int:
+    """PostgreSQL backends of this database waiting on a lock in a statement on the session
+    table (a transaction of the test holds the row, and the service's statement queues)."""
+    with db() as session:
+        count = session.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() "
+                "AND query ILIKE '%garmin_authentication_state%'"
+            )
+        ).scalar_one()
+    return int(count)
 
 
 def with_expiry(tokens: GarminTokens, expires_at: datetime) -> GarminTokens:

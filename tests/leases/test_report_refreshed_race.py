@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.api import convert
@@ -27,21 +26,10 @@ from garmin_client.session_proto import tokens_to_proto
 from garmin_emulator import GarminEmulator
 from tests.fixtures.di_upstream import both_providers
 from tests.fixtures.servers import ServiceFactory
-from tests.leases import stored_tokens
+from tests.leases import row_lock_waiters, stored_tokens
 from tests.refresh import DiAccounts
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _waiting_on_a_lock(db: sessionmaker[Session]) -> bool:
-    with db() as session:
-        count = session.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query ILIKE '%garmin_authentication_state%'"
-            )
-        ).scalar_one()
-    return bool(count)
 
 
 # The race needs row locks under READ COMMITTED: PostgreSQL (SQLite has one writer at a time).
@@ -100,7 +88,7 @@ def test_a_stale_report_racing_a_rotation_is_refused(
         worker = threading.Thread(target=report)
         worker.start()
         deadline = time.monotonic() + 10
-        while not _waiting_on_a_lock(db_sessionmaker):
+        while row_lock_waiters(db_sessionmaker) == 0:
             assert time.monotonic() < deadline, "ReportRefreshed never waited on the row"
             time.sleep(0.05)
     worker.join(30)
@@ -161,7 +149,7 @@ def test_a_report_racing_an_import_that_ended_the_lease_answers_lease_lost(
         worker = threading.Thread(target=report)
         worker.start()
         deadline = time.monotonic() + 10
-        while not _waiting_on_a_lock(db_sessionmaker):
+        while row_lock_waiters(db_sessionmaker) == 0:
             assert time.monotonic() < deadline, "ReportRefreshed never waited on the row"
             time.sleep(0.05)
     worker.join(30)

@@ -21,7 +21,6 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
@@ -31,7 +30,7 @@ from auth_service.services.unit_of_work import UnitsOfWork
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
 from garmin_emulator import GarminEmulator
-from tests.leases import stored_tokens
+from tests.leases import row_lock_waiters, stored_tokens
 from tests.refresh import Replica
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,18 +38,6 @@ pytestmark = pytest.mark.timeout(60)
 USER = "review-claim-user"
 EMAIL = f"{USER}@example.com"
 PROBE_SECONDS = 60.0  # GarminLimitSettings' default (the replicas' gate): the old hold
-
-
-def _import_waiting_on_the_row(db: sessionmaker[Session]) -> bool:
-    with db() as session:
-        count = session.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database() "
-                "AND query ILIKE '%garmin_authentication_state%'"
-            )
-        ).scalar_one()
-    return bool(count)
 
 
 def _run(
@@ -80,9 +67,7 @@ def _run(
         worker = threading.Thread(target=first)
         worker.start()
         deadline = time.monotonic() + 20
-        while not (
-            emulator.di_refresh_count(EMAIL) == 1 and _import_waiting_on_the_row(db_sessionmaker)
-        ):
+        while not (emulator.di_refresh_count(EMAIL) == 1 and row_lock_waiters(db_sessionmaker) > 0):
             assert time.monotonic() < deadline, "the first import never reached its install"
             time.sleep(0.05)
         # Garmin rotated the file's pair; it is unstored. Time passes beyond the claim.

@@ -21,7 +21,6 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
@@ -35,6 +34,7 @@ from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
 from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import LOGIN_PATH, GarminEmulator
+from tests.leases import row_lock_waiters
 from tests.refresh import Replica
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,19 +44,6 @@ EMAIL = f"{USER}@example.com"
 PASSWORD = "review-password"
 PROBE_SECONDS = GarminLimitSettings().probe_seconds
 SSO_HOLD_SECONDS = 1.5  # under the fixtures' 2 s upstream timeout
-
-
-def _lock_waiters(db: sessionmaker[Session]) -> int:
-    with db() as session:
-        return int(
-            session.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND datname = current_database() "
-                    "AND query ILIKE '%garmin_authentication_state%'"
-                )
-            ).scalar_one()
-        )
 
 
 def _call_claimed(db: sessionmaker[Session], clock: FakeClock) -> bool:
@@ -111,7 +98,7 @@ def test_a_late_sign_in_does_not_release_an_imports_hold(
         deadline = time.monotonic() + 20
         # The import rotated the file's pair (its commit waits), and the sign-in is over at
         # Garmin (its install waits too).
-        while not (emulator.di_refresh_count(EMAIL) == 1 and _lock_waiters(db_sessionmaker) >= 2):
+        while emulator.di_refresh_count(EMAIL) != 1 or row_lock_waiters(db_sessionmaker) < 2:
             assert time.monotonic() < deadline, (
                 "the import and the Login never reached their installs"
             )

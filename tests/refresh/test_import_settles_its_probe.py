@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
@@ -43,7 +43,7 @@ from auth_service.storage.models import GarminEndpointBreaker
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
-from tests.leases import read_row
+from tests.leases import read_row, row_lock_waiters
 from tests.refresh import ASKER, DiAccounts, Replica
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,18 +83,6 @@ def _rate_limited_calls_in_window(db: sessionmaker[Session], clock: FakeClock, c
         )
 
 
-def _import_waiting_on_the_row(db: sessionmaker[Session]) -> bool:
-    with db() as session:
-        count = session.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database() "
-                "AND query ILIKE '%garmin_authentication_state%'"
-            )
-        ).scalar_one()
-    return bool(count)
-
-
 @contextmanager
 def _import_answered_but_not_committed(
     replica: Replica,
@@ -123,7 +111,7 @@ def _import_answered_but_not_committed(
         unit.sessions.lock_or_create(USER, unit.now)  # uncommitted: the install waits on it
         worker.start()
         deadline = time.monotonic() + 20
-        while not (emulator.di_refresh_count(EMAIL) == 1 and _import_waiting_on_the_row(db)):
+        while not (emulator.di_refresh_count(EMAIL) == 1 and row_lock_waiters(db) > 0):
             assert time.monotonic() < deadline, "the import never reached its install"
             time.sleep(0.05)
         yield
