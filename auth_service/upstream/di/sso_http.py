@@ -59,10 +59,13 @@ class SsoAnswer:
         return f"SsoAnswer(status={self.status}, path={self.path!r})"
 
 
-def _json(text: str) -> Any:
+def _json(body: bytes) -> Any:
+    """The answer's JSON, or None. Read from the bytes, never from a decoded text: JSON is
+    UTF-8, and decoding by the charset the answer names fails on a label Python does not know
+    (a blocked page's `charset=utf8mb4`), which must still be judged by its status."""
     try:
-        return json.loads(text)
-    except ValueError:
+        return json.loads(body)
+    except ValueError:  # UnicodeDecodeError too
         return None
 
 
@@ -121,7 +124,7 @@ class SsoHttp:
             return SsoAnswer(
                 status=response.status_code,
                 path=urlsplit(url).path,
-                payload=_json(response.text),
+                payload=_json(response.content),
                 retry_after=response.headers.get("Retry-After"),
                 cookies={cookie.name: cookie.value or "" for cookie in response.cookies},
             )
@@ -158,7 +161,7 @@ class SsoHttp:
         return SsoAnswer(
             status=response.status_code,
             path=urlsplit(url).path,
-            payload=_json(response.text),
+            payload=_json(response.content),
             retry_after=response.headers.get("Retry-After"),
             cookies=dict(pair for pair in pairs if pair is not None),
         )
