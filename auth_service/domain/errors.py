@@ -211,6 +211,10 @@ class GarminRateLimited(UpstreamError):
     ) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+        # Garmin's own Retry-After, as it asked: retry_after_seconds becomes the wait the
+        # service imposes (capped by services.garmin_gate), which the sign-in cooldown may
+        # exceed (services.signin_cooldown).
+        self.asked_seconds = retry_after_seconds
         # The endpoint that answered 429, when the provider knows it (its breaker counts it).
         self.endpoint = endpoint
         # Set when the service answered for Garmin, Garmin not called: why

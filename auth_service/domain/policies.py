@@ -41,6 +41,13 @@ class LoginFlow(enum.StrEnum):
     GARTH = "garth"
 
 
+# The longest sign-in cooldown a Retry-After can impose. Longer than the wait it may impose on
+# the account's other calls (GARMIN_AUTH_RATE_LIMIT_MAX_WAIT): a sign-in held back costs the
+# user a wait, where a refresh held back could cost the session. Only a bound on a header
+# that could say anything.
+SIGNIN_RETRY_AFTER_MAX_SECONDS = 86400.0
+
+
 @dataclass(frozen=True)
 class LoginSettings:
     """Login throttling and MFA challenges."""
@@ -50,7 +57,8 @@ class LoginSettings:
     mfa_challenge_ttl_seconds: float = 600.0
     mfa_max_wrong_codes: int = 3
     # After Garmin's sign-in answered 429 for an account, its logins wait this long (or
-    # Garmin's Retry-After, if longer) without calling Garmin.
+    # Garmin's Retry-After, if longer, up to SIGNIN_RETRY_AFTER_MAX_SECONDS) without calling
+    # Garmin.
     signin_cooldown_seconds: float = 7200.0
     # The service URLs a DI ticket may be issued for; the first is the default (logins ask
     # for it, ExchangeServiceTicket assumes it).

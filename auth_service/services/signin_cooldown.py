@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from auth_service.domain.errors import GarminRateLimited
+from auth_service.domain.policies import SIGNIN_RETRY_AFTER_MAX_SECONDS
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 class SignInCooldown:
     """Refuses logins during a user's cooldown; starts one when Garmin answers 429, lasting
-    `seconds` or Garmin's Retry-After if longer (0 seconds: no cooldown at all)."""
+    `seconds` or Garmin's Retry-After if longer, up to a day (0 seconds: no cooldown at
+    all)."""
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
@@ -47,7 +49,9 @@ class SignInCooldown:
                 raise  # answered without Garmin (auth_service.services.garmin_gate)
             if self._seconds <= 0:
                 raise  # turned off (GARMIN_AUTH_SIGNIN_COOLDOWN=0): Garmin's answer as it is
-            seconds = max(self._seconds, limited.retry_after_seconds or 0.0)
+            # Garmin's Retry-After as it asked, not as capped for the account's other calls.
+            asked = min(limited.asked_seconds or 0.0, SIGNIN_RETRY_AFTER_MAX_SECONDS)
+            seconds = max(self._seconds, asked)
             with uow() as unit:
                 unit.throttle.start_cooldown(
                     user_id, unit.now + timedelta(seconds=seconds), now=unit.now
