@@ -133,14 +133,28 @@ class AccountLimit:
 
     user_id: str
     # After a 429 (from `endpoint`), no call for the account reaches Garmin before then
-    # (one from the sign-in holds back sign-ins only: services.garmin_gate._binds).
+    # (one from the sign-in holds back sign-ins only: services.garmin_gate._cooling_for).
     cooling_until: datetime | None
     endpoint: GarminEndpoint | None
     # A sign-in (or validation) of the account is with Garmin until then: one at a time.
     call_claimed_until: datetime | None
+    # A sign-in's cooldown that outlasts the one above, another endpoint's: sign-ins stay
+    # held back until then, every other call only until cooling_until.
+    sign_in_cooling_until: datetime | None = None
 
     def cooling(self, now: datetime) -> bool:
         return self.cooling_until is not None and self.cooling_until > now
+
+    def cooling_for(self, now: datetime, sign_in: bool) -> datetime | None:
+        """When the cooldown that holds back a call ends (`sign_in`: the call signs in),
+        None when none does."""
+        ends = []
+        if self.cooling(now) and (sign_in or self.endpoint is not GarminEndpoint.SSO):
+            ends.append(self.cooling_until)
+        if sign_in and self.sign_in_cooling_until is not None:
+            ends.append(self.sign_in_cooling_until)
+        latest = max((end for end in ends if end is not None), default=None)
+        return latest if latest is not None and latest > now else None
 
     def call_out(self, now: datetime) -> bool:
         return self.call_claimed_until is not None and self.call_claimed_until > now

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import ColumnElement, Engine, and_, case, func, select
+from sqlalchemy import ColumnElement, Engine, and_, case, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from auth_service.domain.clock import Clock
@@ -131,7 +131,12 @@ class DatabaseCollector(Collector):
                 accounts = connection.execute(
                     select(func.count())
                     .select_from(GarminAccountLimit)
-                    .where(GarminAccountLimit.cooling_until > now)
+                    .where(
+                        or_(
+                            GarminAccountLimit.cooling_until > now,
+                            GarminAccountLimit.sign_in_cooling_until > now,
+                        )
+                    )
                 ).scalar_one()
                 breakers = connection.execute(
                     select(GarminEndpointBreaker.endpoint, GarminEndpointBreaker.open_until)

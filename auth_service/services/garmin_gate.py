@@ -30,6 +30,7 @@ from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import GarminRateLimited, GarminUnavailable, UpstreamError
 from auth_service.domain.events import LimitEvents, NoLimitEvents
 from auth_service.domain.garmin_limits import (
+    AccountLimit,
     Breaker,
     BreakerPhase,
     GarminEndpoint,
@@ -157,10 +158,10 @@ class GarminGate:
         if uow.limits.claim_call(user_id, uow.now, until, despite_sign_in_cooldown=not sign_in):
             return None
         account = uow.limits.account(user_id)
-        if account is not None and account.cooling(uow.now) and _binds(account.endpoint, endpoints):
+        ends = None if account is None else _cooling_for(account, uow.now, endpoints)
+        if account is not None and ends is not None:
             # Claimed and answered 429 since we looked: the cooldown is the answer.
-            assert account.cooling_until is not None
-            wait = _seconds(account.cooling_until - uow.now)
+            wait = _seconds(ends - uow.now)
             return account.endpoint or endpoints[0], "account_cooldown", wait
         # The call under way ends within seconds (a claim only outlives a dead replica's):
         # ask again then, when its outcome (a session, or a cooldown) is known.
@@ -175,10 +176,10 @@ class GarminGate:
     ) -> tuple[GarminEndpoint, str, float] | None:
         now = uow.now
         account = uow.limits.account(user_id) if user_id is not None else None
-        if account is not None and account.cooling(now) and _binds(account.endpoint, endpoints):
-            assert account.cooling_until is not None
+        ends = None if account is None else _cooling_for(account, now, endpoints)
+        if account is not None and ends is not None:
             endpoint = account.endpoint or endpoints[0]
-            return endpoint, "account_cooldown", _seconds(account.cooling_until - now)
+            return endpoint, "account_cooldown", _seconds(ends - now)
         for breaker in breakers:
             phase = breaker.phase(now)
             if phase is BreakerPhase.OPEN:
@@ -368,10 +369,12 @@ def _names(endpoints: frozenset[GarminEndpoint]) -> str:
     return ", ".join(sorted(e.value for e in endpoints))
 
 
-def _binds(started_by: GarminEndpoint | None, endpoints: tuple[GarminEndpoint, ...]) -> bool:
-    """Whether an account's cooldown holds back a call to `endpoints`. One that Garmin's
-    sign-in (SSO) started holds back sign-ins only: the SSO limits how often an account logs
-    in, and the way in while it refuses us, a service ticket the user got in a browser,
-    goes to the token endpoint within the ticket's minute. A cooldown any other endpoint
-    started holds back every call for the account."""
-    return started_by is not GarminEndpoint.SSO or GarminEndpoint.SSO in endpoints
+def _cooling_for(
+    account: AccountLimit, now: datetime, endpoints: tuple[GarminEndpoint, ...]
+) -> datetime | None:
+    """When the account's cooldown that holds back a call to `endpoints` ends (None: none
+    does). One that Garmin's sign-in (SSO) started holds back sign-ins only: the SSO limits
+    how often an account logs in, and the way in while it refuses us, a service ticket the
+    user got in a browser, goes to the token endpoint within the ticket's minute. A cooldown
+    any other endpoint started holds back every call for the account."""
+    return account.cooling_for(now, sign_in=GarminEndpoint.SSO in endpoints)

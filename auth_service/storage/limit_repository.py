@@ -18,6 +18,10 @@ _ACCOUNTS = cast(Table, GarminAccountLimit.__table__)
 _BREAKERS = cast(Table, GarminEndpointBreaker.__table__)
 
 
+def _later(kept: datetime | None, other: datetime) -> datetime:
+    return other if kept is None or kept < other else kept
+
+
 def _rows(result: object) -> int:
     return cast(CursorResult[Any], result).rowcount or 0
 
@@ -39,6 +43,7 @@ class SqlGarminLimitRepository:
             cooling_until=row.cooling_until,
             endpoint=None if row.endpoint is None else GarminEndpoint(row.endpoint),
             call_claimed_until=row.call_claimed_until,
+            sign_in_cooling_until=row.sign_in_cooling_until,
         )
 
     def start_account_cooldown(
@@ -66,15 +71,22 @@ class SqlGarminLimitRepository:
         if new:
             row.cooling_started_at = now
         sign_in = GarminEndpoint.SSO.value
-        # Whether the running cooldown holds back every call (not only sign-ins:
-        # services.garmin_gate._binds); a 429 never narrows that.
-        binds_all = not new and row.endpoint not in (None, sign_in)
-        if new or (row.cooling_until is not None and row.cooling_until < until):
-            row.cooling_until = until
-            if not (binds_all and endpoint is GarminEndpoint.SSO):
-                row.endpoint = endpoint.value
+        # Two cooldowns of different reach (services.garmin_gate._cooling_for): the row's
+        # main one, and a sign-in's that outlasts it while the main one holds back every
+        # call. Neither is shortened nor widened by the other's 429.
+        if new or row.cooling_until is None:
+            row.cooling_until, row.endpoint = until, endpoint.value
         elif row.endpoint == sign_in and endpoint is not GarminEndpoint.SSO:
-            row.endpoint = endpoint.value  # from now on it holds back every call
+            # Every call waits until `until`; sign-ins keep their own, later, end.
+            if row.cooling_until > until:
+                row.sign_in_cooling_until = _later(row.sign_in_cooling_until, row.cooling_until)
+            row.cooling_until, row.endpoint = until, endpoint.value
+        elif row.endpoint != sign_in and endpoint is GarminEndpoint.SSO:
+            # Sign-ins wait until `until`; every other call only as long as it did.
+            if until > row.cooling_until:
+                row.sign_in_cooling_until = _later(row.sign_in_cooling_until, until)
+        elif row.cooling_until < until:
+            row.cooling_until = until
         return new
 
     def claim_call(
@@ -88,14 +100,17 @@ class SqlGarminLimitRepository:
         not_cooling = [limit.cooling_until.is_(None), limit.cooling_until <= now]
         if despite_sign_in_cooldown:
             not_cooling.append(limit.endpoint == GarminEndpoint.SSO.value)
-        result = self.session.execute(
-            update(limit)
-            .where(
-                limit.user_id == user_id,
-                or_(limit.call_claimed_until.is_(None), limit.call_claimed_until <= now),
-                or_(*not_cooling),
+        conditions = [
+            limit.user_id == user_id,
+            or_(limit.call_claimed_until.is_(None), limit.call_claimed_until <= now),
+            or_(*not_cooling),
+        ]
+        if not despite_sign_in_cooldown:
+            conditions.append(
+                or_(limit.sign_in_cooling_until.is_(None), limit.sign_in_cooling_until <= now)
             )
-            .values(call_claimed_until=until)
+        result = self.session.execute(
+            update(limit).where(*conditions).values(call_claimed_until=until)
         )
         return _rows(result) == 1
 
@@ -114,6 +129,7 @@ class SqlGarminLimitRepository:
                 and_(
                     or_(limit.cooling_until.is_(None), limit.cooling_until <= now),
                     or_(limit.call_claimed_until.is_(None), limit.call_claimed_until <= now),
+                    or_(limit.sign_in_cooling_until.is_(None), limit.sign_in_cooling_until <= now),
                 )
             )
         )

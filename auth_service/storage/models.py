@@ -253,6 +253,9 @@ class GarminAccountLimit(Base):
     cooling_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     cooling_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     call_claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Added by migration 0013. The end of a sign-in's cooldown (sign-ins only) while the
+    # cooldown above is another endpoint's, which holds back every call and ends sooner.
+    sign_in_cooling_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class GarminEndpointBreaker(Base):

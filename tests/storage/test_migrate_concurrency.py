@@ -96,7 +96,7 @@ NEXT_RELEASE_REVISION = "0099"
 
 
 def _wait_until_blocked_on_the_lock(engine: Engine) -> None:
-    """Until another backend waits on an advisory lock: ours read the revision (0012, at
+    """Until another backend waits on an advisory lock: ours read the revision (0013, at
     head for it) and waits in migrations/env.py."""
     deadline = time.monotonic() + 60
     with engine.connect() as watcher:
