@@ -53,6 +53,8 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 MAX_PORT = 65535
 # A refresh claim outlives one Garmin call (every attempt timing out) by this much.
 CLAIM_MARGIN_SECONDS = 30.0
+# What a SubmitMfa held its challenge for before the hold grew with the upstream timeout.
+MFA_CLAIM_FLOOR_SECONDS = 120.0
 # Waiting for another replica's claim: its whole life, and a little more.
 CLAIM_WAIT_EXTRA_SECONDS = 10.0
 
@@ -151,6 +153,14 @@ def _database_url(reader: EnvReader) -> str:
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
         raise reader.error("DATABASE_URL", "PostgreSQL URLs must use postgresql+psycopg://")
     return url
+
+
+def mfa_claim_seconds(upstream: UpstreamSettings, client_ids: tuple[str, ...]) -> float:
+    """How long a SubmitMfa may be with Garmin: its SSO calls (garth's: the code's POST and
+    the OAuth1 ticket exchange) and a ticket exchange per DI client id tried, each the
+    upstream call's worst case, plus the margin of a claim; never under two minutes."""
+    call = upstream.timeout_seconds * (upstream.retries + 1)
+    return max(MFA_CLAIM_FLOOR_SECONDS, call * (2 + len(client_ids)) + CLAIM_MARGIN_SECONDS)
 
 
 def _refresh(reader: EnvReader, upstream: UpstreamSettings) -> RefreshSettings:
@@ -414,6 +424,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ),
             service_urls=_service_urls(reader),
             flow=login_flow,
+            mfa_claim_seconds=mfa_claim_seconds(upstream, di.client_ids),
         ),
         refresh=_refresh(reader, upstream),
         tls=tls,

@@ -60,6 +60,10 @@ class LoginSettings:
     # Garmin's Retry-After, if longer, up to SIGNIN_RETRY_AFTER_MAX_SECONDS) without calling
     # Garmin.
     signin_cooldown_seconds: float = 7200.0
+    # How long an MFA code, with its ticket exchange, may be with Garmin: a SubmitMfa holds
+    # its challenge that long (config.mfa_claim_seconds: from the upstream timeout, the
+    # retries and the client ids).
+    mfa_claim_seconds: float = 120.0
     # The service URLs a DI ticket may be issued for; the first is the default (logins ask
     # for it, ExchangeServiceTicket assumes it).
     service_urls: tuple[str, ...] = (IOS_SERVICE_URL, ANDROID_SERVICE_URL)

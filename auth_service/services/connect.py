@@ -41,9 +41,6 @@ from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 log = logging.getLogger(__name__)
 
-# How long one replica may hold a challenge while it submits the code to Garmin.
-MFA_CLAIM_SECONDS = 120.0
-
 
 @dataclass(frozen=True)
 class LoginAnswer:
@@ -246,7 +243,9 @@ class ConnectService:
                     )
                     refusal = unreadable
                 else:
-                    claimed_until = uow.now + timedelta(seconds=MFA_CLAIM_SECONDS)
+                    # As long as the code may be with Garmin: a claim that ended sooner
+                    # would let a retry send a second code of the challenge meanwhile.
+                    claimed_until = uow.now + timedelta(seconds=self._settings.mfa_claim_seconds)
                     uow.challenges.claim(digest, claimed_until)
                     return challenge.user_id, pending, claimed_until
         raise refusal

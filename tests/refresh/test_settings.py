@@ -22,6 +22,21 @@ def test_defaults(tmp_path: Path) -> None:
     assert refresh.wait_seconds > refresh.claim_seconds
 
 
+def test_the_mfa_claim_outlasts_a_submit_mfa_with_garmin(tmp_path: Path) -> None:
+    """A SubmitMfa sends the code, then exchanges the ticket (one try per DI client id): its
+    challenge stays claimed that long, each call at its worst, never under two minutes."""
+    assert load_settings(base_env(tmp_path)).login.mfa_claim_seconds == 210  # 30 x (2 + 4) + 30
+    slow = base_env(tmp_path, GARMIN_AUTH_UPSTREAM_TIMEOUT="300", GARMIN_AUTH_UPSTREAM_RETRIES="0")
+    assert load_settings(slow).login.mfa_claim_seconds == 300 * 6 + 30
+    quick = base_env(
+        tmp_path,
+        GARMIN_AUTH_UPSTREAM_TIMEOUT="1",
+        GARMIN_AUTH_UPSTREAM_RETRIES="0",
+        GARMIN_AUTH_DI_CLIENT_IDS="GARMIN_CONNECT_MOBILE_IOS_DI",
+    )
+    assert load_settings(quick).login.mfa_claim_seconds == 120
+
+
 def test_values_from_the_environment(tmp_path: Path) -> None:
     env = base_env(
         tmp_path,

@@ -10,6 +10,7 @@ visible: a row is either as it was before the call or as a completed call leaves
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -19,9 +20,10 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from auth_service.config import mfa_claim_seconds
 from auth_service.crypto import Keyring
 from auth_service.domain.models import SessionState
-from auth_service.services.connect import MFA_CLAIM_SECONDS
+from auth_service.domain.policies import KNOWN_DI_CLIENT_IDS
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.session_proto import tokens_to_proto
@@ -160,7 +162,16 @@ def test_replica_killed_mid_submit_mfa(
     garmin: GarminEmulator,
     database_url: str,
 ) -> None:
-    doomed = replica_processes(database_url, **SLOW_UPSTREAM)
+    # Its challenges outlive its claim on one (which its 60 s upstream timeout sizes).
+    doomed = replica_processes(database_url, **SLOW_UPSTREAM, GARMIN_AUTH_MFA_CHALLENGE_TTL="3600")
+    doomed_claim = mfa_claim_seconds(
+        dataclasses.replace(
+            service_factory.base_settings.upstream,
+            timeout_seconds=float(SLOW_UPSTREAM["GARMIN_AUTH_UPSTREAM_TIMEOUT"]),
+            retries=2,  # the default
+        ),
+        KNOWN_DI_CLIENT_IDS,  # the default
+    )
     survivor = service_factory.start()
     garmin.add_user(email("carl"), PASSWORD, mfa=True, mfa_code="135790")
     garmin.add_user(email("dan"), PASSWORD, mfa=True, mfa_code="975310")
@@ -198,8 +209,8 @@ def test_replica_killed_mid_submit_mfa(
     assert challenge.claimed_until is not None
 
     # Once the dead replica's claim has lapsed, any replica completes the challenge, once.
-    # (A replica whose clock runs MFA_CLAIM_SECONDS ahead stands for the time passing.)
-    later = service_factory.start(clock=SkewedClock(timedelta(seconds=MFA_CLAIM_SECONDS + 1)))
+    # (A replica whose clock runs the doomed one's claim ahead stands for the time passing.)
+    later = service_factory.start(clock=SkewedClock(timedelta(seconds=doomed_claim + 1)))
     assert submit(later).status.state == pb.SESSION_STATE_ACTIVE
     again = expect_failure(lambda: submit(survivor))
     assert (again.code, again.reason) == (grpc.StatusCode.NOT_FOUND, "MFA_CHALLENGE_NOT_FOUND")
