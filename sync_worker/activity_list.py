@@ -13,6 +13,7 @@ GARMIN_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
 _GARMIN_TIME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 # The id becomes a file name and a database key: at most a signed 64-bit integer.
 _MAX_ACTIVITY_ID: Final = 2**63 - 1
+_MAX_ID_DIGITS: Final = len(str(_MAX_ACTIVITY_ID))
 
 
 def parse_activity(raw: object) -> Activity | None:
@@ -20,7 +21,14 @@ def parse_activity(raw: object) -> Activity | None:
     if not isinstance(raw, dict):
         return None
     activity_id = raw.get("activityId")
-    if isinstance(activity_id, str) and activity_id.isdigit():
+    # ASCII digits only: str.isdigit() also accepts '²' and '①', which int() refuses, as it
+    # does more than 4300 digits.
+    if (
+        isinstance(activity_id, str)
+        and len(activity_id) <= _MAX_ID_DIGITS
+        and activity_id.isascii()
+        and activity_id.isdigit()
+    ):
         activity_id = int(activity_id)
     # The id becomes a file name and a key: a positive integer or nothing.
     if isinstance(activity_id, bool) or not isinstance(activity_id, int):

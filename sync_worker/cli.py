@@ -1,9 +1,10 @@
 """`garmin-sync-worker`: run (sync users' Garmin activities) and init-sink.
 
 Exit codes (CronJob semantics): 0 normal life (every user SYNCED, NOTHING_NEW, AUTH_EXPIRED,
-RATE_LIMITED or LEASE_LOST, or nothing due); 1 any user FAILED; 2 usage or configuration
-error; 3 the auth service is unreachable or refuses the worker's credentials; 143 after
-SIGTERM (or SIGINT), once every lease is released.
+RATE_LIMITED or LEASE_LOST, or nothing due); 1 any user FAILED, or --all gave up on
+LeaseNextSession failing; 2 usage or configuration error; 3 the auth service is unreachable
+or refuses the worker's credentials; 4 Garmin was down for too many users in a row; 143
+after SIGTERM (or SIGINT), once every lease is released.
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ def _run(args: argparse.Namespace, env: EnvReader) -> int:
             "blocking us: run again later",
             file=sys.stderr,
         )
+    if report.drain_failure is not None:
+        print(f"{PROG}: {report.drain_failure}; gave up taking users (exit 1)", file=sys.stderr)
     return report.exit_code
 
 

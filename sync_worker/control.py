@@ -54,6 +54,7 @@ class RunControl:
         self._crashed = False
         self._fatal: AuthServiceError | None = None
         self._settings_refused: AuthServiceError | None = None
+        self._drain_failure: str | None = None
         self._pause_until = 0.0
         # The part of that pause Garmin's 429 asked for (an outage backoff is our own).
         self._rate_limited_until = 0.0
@@ -102,6 +103,21 @@ class RunControl:
     def settings_refused(self) -> AuthServiceError | None:
         with self._lock:
             return self._settings_refused
+
+    def drain_failed(self, why: str) -> None:
+        """A --all thread gave up on LeaseNextSession after failures no other exit code
+        names (an internal error of the service, a grant we cannot read, a token gRPC will
+        not send): the run has failed, not found nothing due (exit 1). The other threads go
+        on: each gives up by itself if the failure is the service's for everyone."""
+        with self._lock:
+            if self._drain_failure is None:
+                self._drain_failure = why
+
+    @property
+    def drain_failure(self) -> str | None:
+        """Why a --all thread gave up on LeaseNextSession; None when none did."""
+        with self._lock:
+            return self._drain_failure
 
     @property
     def interrupted(self) -> bool:

@@ -4,6 +4,7 @@ transaction per page of summaries, fenced by the lease's token in the same state
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any, Final
@@ -92,16 +93,27 @@ def libpq_url(url: str) -> str:
 
 
 def _jsonb_text(summary: Any) -> bytes:
-    """The summary as jsonb takes it. PostgreSQL refuses NUL and lone surrogates, which
-    Garmin's JSON may carry: only then is the summary cleaned (sinks.storable), so one odd
-    name does not fail its page on every run."""
+    """The summary as jsonb takes it. PostgreSQL refuses NUL, lone surrogates, NaN and
+    infinities, which Garmin's JSON may carry: only then is the summary cleaned (NaN and
+    infinities become null), so one odd value does not fail its page on every run."""
     try:
-        text = json.dumps(summary, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
+        text = json.dumps(summary, ensure_ascii=False, allow_nan=False).encode()
+    except ValueError:  # a NaN or an infinity, or a lone surrogate (UnicodeEncodeError)
         text = None
     if text is None or b"\\u0000" in text:
-        text = json.dumps(storable(summary), ensure_ascii=False).encode()
+        text = json.dumps(_finite(storable(summary)), ensure_ascii=False).encode()
     return text
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None: json writes them, jsonb refuses them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _problem(exc: psycopg.Error, url: str = "") -> str:
@@ -137,17 +149,26 @@ class PostgresSink:
             ) from None
 
     def init_schema(self) -> None:
-        """Create the tables (idempotent)."""
-        with self._connect() as connection, connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-            connection.execute(SCHEMA_SQL)
+        """Create the tables (idempotent). SinkError when the database refuses them (a role
+        without CREATE on the schema, a read-only server)."""
+        try:
+            with self._connect() as connection, connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+                connection.execute(SCHEMA_SQL)
+        except psycopg.Error as exc:
+            raise SinkError(
+                f"cannot create the sink's tables ({_problem(exc, self._url)})"
+            ) from None
 
     def check(self) -> None:
-        with self._connect() as connection:
-            row = connection.execute(
-                "SELECT to_regclass('garmin_activity') IS NOT NULL"
-                " AND to_regclass('garmin_sync_fence') IS NOT NULL"
-            ).fetchone()
+        try:
+            with self._connect() as connection:
+                row = connection.execute(
+                    "SELECT to_regclass('garmin_activity') IS NOT NULL"
+                    " AND to_regclass('garmin_sync_fence') IS NOT NULL"
+                ).fetchone()
+        except psycopg.Error as exc:
+            raise SinkError(f"cannot read the sink database ({_problem(exc, self._url)})") from None
         if not row or not row[0]:
             raise SinkError(
                 "the sink database has no garmin_activity table: "

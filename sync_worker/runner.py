@@ -50,7 +50,8 @@ EXIT_CONFIG: Final = 2
 EXIT_AUTH_SERVICE: Final = 3
 EXIT_GARMIN_UNAVAILABLE: Final = 4
 EXIT_SIGTERM: Final = 143
-# --all: give up after this many LeaseNextSession failures in a row (Garmin down at refresh).
+# --all: a thread gives up after this many LeaseNextSession failures in a row that no other
+# rule covers (exit 1).
 MAX_GRANT_FAILURES: Final = 3
 _POLL_SECONDS: Final = 0.2
 # What LeaseNextSession answers about its grant, after a release it carried was done (the
@@ -71,6 +72,8 @@ class RunReport:
     garmin_outage: str | None = None
     # The service refused the run's own settings (exit 2).
     settings_refused: AuthServiceError | None = None
+    # Why a --all thread gave up on LeaseNextSession (exit 1).
+    drain_failure: str | None = None
 
     @property
     def summary(self) -> dict[str, int]:
@@ -84,9 +87,10 @@ def summarize(results: tuple[UserResult, ...] | list[UserResult]) -> dict[str, i
 
 def exit_code(results: list[UserResult], control: RunControl) -> int:
     """143 after SIGTERM; 3 when the auth service was unreachable or refused us; 4 when the
-    run gave up on Garmin (unavailable for too many users in a row); 1 when any user FAILED
-    or a sync thread died of a bug; else 0 (AUTH_EXPIRED, RATE_LIMITED, LEASE_LOST are
-    normal life, and a failing Job would only make Kubernetes hit Garmin again)."""
+    run gave up on Garmin (unavailable for too many users in a row); 1 when any user FAILED,
+    a sync thread died of a bug, or a --all thread gave up on LeaseNextSession; else 0
+    (AUTH_EXPIRED, RATE_LIMITED, LEASE_LOST are normal life, and a failing Job would only
+    make Kubernetes hit Garmin again)."""
     if control.stop_requested:
         return EXIT_SIGTERM
     if control.fatal is not None:
@@ -95,7 +99,8 @@ def exit_code(results: list[UserResult], control: RunControl) -> int:
         return EXIT_CONFIG
     if control.garmin_outage is not None:
         return EXIT_GARMIN_UNAVAILABLE
-    if control.crashed or any(result.outcome is Outcome.FAILED for result in results):
+    gave_up = control.crashed or control.drain_failure is not None
+    if gave_up or any(result.outcome is Outcome.FAILED for result in results):
         return EXIT_FAILED
     return EXIT_OK
 
@@ -281,7 +286,13 @@ class _Run:
         if exc.lease_lost:
             return failures  # the release it carried was refused; nothing was granted
         log.warning("LeaseNextSession failed: %s", exc)
-        return failures + 1
+        failures += 1
+        if failures >= MAX_GRANT_FAILURES:
+            # Giving up is no "nothing was due": a CronJob must not read success here.
+            self.control.drain_failed(
+                f"LeaseNextSession failed {failures} times in a row (last: {exc})"
+            )
+        return failures
 
     def lease_next(self, pending: PendingRelease | None) -> LeasedSession | None:
         """LeaseNextSession, releasing `pending` with it; settles `pending` whatever happens
@@ -388,6 +399,7 @@ def run(
         stopped=control.stop_requested,
         garmin_outage=control.garmin_outage,
         settings_refused=control.settings_refused,
+        drain_failure=control.drain_failure,
     )
 
 

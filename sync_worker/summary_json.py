@@ -6,8 +6,10 @@ generator per container: about 18 us for a Garmin summary, against 12 us here (t
 encoder alone, unindented, takes 9), 20 times per user. Summaries are what ``json`` parsed
 from Garmin's answer (dicts with string keys, lists, strings, numbers, true, false, null), so
 this writes those directly and leaves anything else (other key or value types, NaN and
-infinities) to ``json.dumps`` itself. The files must stay byte-identical to
-what earlier versions wrote: an unchanged summary is skipped, not rewritten.
+infinities) to ``json.dumps`` itself, as it does a summary nested too deep for its three
+frames per level (json.loads accepts almost 1000 levels; json.dumps takes one frame per
+level). The files must stay byte-identical to what earlier versions wrote: an unchanged
+summary is skipped, not rewritten.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def indented_json(value: Any) -> str:
     """``json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False)``."""
     try:
         return _encode(value, "\n")
-    except _NotPlain:
+    except (_NotPlain, RecursionError):
         return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False)
 
 

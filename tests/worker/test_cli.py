@@ -265,6 +265,22 @@ def test_a_garmin_outage_exits_4_with_one_clear_line(
     assert json_lines(result.stdout)[-1]["users"] == 1
 
 
+def test_a_drain_that_gives_up_on_lease_next_session_exits_1_with_one_clear_line(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """Every LeaseNextSession fails INTERNAL (a token gRPC refuses to send in a header).
+    Before: exit 0, as if nothing were due, and no line but the per-call warnings."""
+    connect(service, garmin, "vic", activities=1)
+    env = worker_env(service.target, garmin, GARMIN_SYNC_AUTH_TOKEN="wörker-token")
+    result = worker(env, "run", "--all", "--concurrency", "1", "--out", str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    gave_up = [line for line in result.stderr.splitlines() if "(exit 1)" in line]
+    assert len(gave_up) == 1, result.stderr
+    assert "LeaseNextSession failed 3 times in a row (last: INTERNAL" in gave_up[0]
+    assert "wörker-token" not in result.stderr
+    assert json_lines(result.stdout)[-1]["users"] == 0
+
+
 # --- a whole run ------------------------------------------------------------------------
 
 
@@ -457,3 +473,21 @@ def test_init_sink_is_idempotent_and_run_writes_into_postgres(
         assert {row[3] for row in rows} == {1}
     finally:
         pg_server.drop_database(url)
+
+
+def test_init_sink_on_a_database_that_refuses_create_is_one_line_exit_2(
+    garmin: GarminEmulator, pg_server: PostgresServer
+) -> None:
+    """A read-only session (as a read-only server, or a role without CREATE, refuses the
+    tables). Before: psycopg's ReadOnlySqlTransaction escaped as a traceback, exit 1."""
+    url = pg_server.create_database().replace("postgres@", "postgres:hunter2@")
+    read_only = libpq_url(url) + "?options=-c%20default_transaction_read_only%3Don"
+    try:
+        result = worker(worker_env("127.0.0.1:1", garmin), "init-sink", "--sink", read_only)
+    finally:
+        pg_server.drop_database(url)
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert "sink error" in line
+    assert "read-only transaction" in line
+    assert "hunter2" not in result.stdout + result.stderr

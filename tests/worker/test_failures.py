@@ -545,3 +545,23 @@ def test_a_drain_whose_settings_the_service_refuses_exits_2(
     assert result.report.settings_refused is not None
     assert "ttl" in str(result.report.settings_refused)
     assert not status(service, "amy").HasField("last_sync_attempt_at")
+
+
+def test_a_drain_that_gives_up_on_lease_next_session_exits_1(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """A worker token holding a character gRPC refuses in a header: every LeaseNextSession
+    fails INTERNAL before reaching the service (a service bug's INTERNAL or UNKNOWN, or a
+    grant the worker cannot read, take the same path). Before, each thread gave up after
+    three in a row and the run exited 0 ('nothing was due'), a green CronJob that synced
+    nobody; the same run with --user exits 1, each user FAILED."""
+    connect(service, garmin, "vic", activities=2)
+    config = make_config(service.target, garmin, tmp_path, all_users=True, token="wörker-token")
+
+    result = run_worker(config)
+
+    assert result.exit_code == 1
+    assert result.users == {}
+    assert result.report.fatal is None
+    assert "LeaseNextSession failed 3 times in a row" in str(result.report.drain_failure)
+    assert not status(service, "vic").HasField("last_sync_attempt_at")

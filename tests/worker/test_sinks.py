@@ -4,9 +4,10 @@ upsert; and the parsing of Garmin's activity summaries."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import pytest
@@ -65,10 +66,23 @@ def test_unsafe_user_ids_are_refused(user_id: str, tmp_path: Path) -> None:
         {"activityId": 1.5},
         {"name": "no id"},
         ["not", "a", "dict"],
+        # Digits str.isdigit() accepts and int() refuses: before, a ValueError failed the user.
+        {"activityId": "²"},
+        {"activityId": "①"},
+        {"activityId": "9" * 5000},
+        # Past the signed 64-bit range of the sink's bigint key.
+        {"activityId": str(2**63)},
     ],
 )
 def test_activities_without_a_usable_id_are_skipped(raw: object) -> None:
     assert parse_activity(raw) is None
+
+
+def test_the_largest_64_bit_id_is_usable_as_a_number_or_as_text() -> None:
+    for raw_id in (2**63 - 1, str(2**63 - 1)):
+        parsed = parse_activity({"activityId": raw_id})
+        assert parsed is not None
+        assert parsed.activity_id == 2**63 - 1
 
 
 def test_activity_start_times_are_utc() -> None:
@@ -300,6 +314,28 @@ def test_a_sink_that_cannot_connect_never_quotes_its_password(url: str) -> None:
     message = str(raised.value)
     assert "hun" not in message
     assert "zzter" not in message
+
+
+@pytest.mark.parametrize("method", [PostgresSink.init_schema, PostgresSink.check])
+def test_a_statement_the_sink_database_refuses_is_a_sink_error(
+    sink_database: str, method: Callable[[PostgresSink], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No CREATE privilege on the schema (PostgreSQL 15's default for public), a read-only
+    server: before, the psycopg error escaped as a traceback, not the one line and exit 2
+    of every other sink problem."""
+    refused = psycopg.errors.InsufficientPrivilege("permission denied for schema public")
+
+    def execute(*_args: object, **_kwargs: object) -> NoReturn:
+        raise refused
+
+    monkeypatch.setattr(psycopg.Connection, "execute", execute)
+    url = sink_database.replace("postgres@", "postgres:hunter2@")
+    with pytest.raises(SinkError) as raised:
+        method(PostgresSink(url))
+    message = str(raised.value)
+    assert "InsufficientPrivilege: permission denied for schema public" in message
+    assert "hunter2" not in message
+    assert "\n" not in message
 
 
 @pytest.fixture(params=["syncfs", "fsync per item"])

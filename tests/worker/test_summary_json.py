@@ -61,3 +61,18 @@ def test_keys_json_cannot_sort_fail_as_in_json_dumps() -> None:
         reference({1: "int key", "a": "str key"})
     with pytest.raises(TypeError):
         indented_json({1: "int key", "a": "str key"})
+
+
+def nested(depth: int) -> Any:
+    """Lists and objects nested `depth` deep, as json.loads hands back a summary whose laps
+    nest that deep (it accepts almost 1000 levels)."""
+    value: Any = [1.5, "x"]
+    for level in range(depth - 1):
+        value = {"laps": value, "n": level} if level % 2 else [value, None]
+    return value
+
+
+@pytest.mark.parametrize("depth", [400, 800])
+def test_a_deeply_nested_summary_is_json_dumps_byte_for_byte(depth: int) -> None:
+    """Before: RecursionError (this encoder takes about three frames per level)."""
+    assert indented_json(nested(depth)) == reference(nested(depth))
