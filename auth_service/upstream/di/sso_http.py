@@ -116,6 +116,8 @@ class SsoHttp:
                     data=json.dumps(body),
                     headers=headers,
                     timeout=self._upstream.timeout_seconds,
+                    # A 307 or 308 would send the password (or the code) on to its Location.
+                    allow_redirects=False,
                 )
             except requests.Timeout:
                 raise GarminUnavailable("Garmin did not answer in time (sign-in)") from None
