@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from auth_service.domain import audit
 from auth_service.domain.errors import FieldViolation, InvalidArgument
+from auth_service.domain.jwt_payload import di_account
 from auth_service.domain.lease_ids import lease_digest, matches
 from auth_service.domain.models import GarminTokens, SessionKind
 from auth_service.domain.views import SessionRow
@@ -60,7 +61,8 @@ def check_refresh_of(stored_version: int, session_version: int) -> None:
 
 def check_same_account(stored: GarminTokens, reported: GarminTokens) -> None:
     """Refuse (INVALID_ARGUMENT) tokens that are not a refresh of the stored session: another
-    OAuth1 token (garth), another DI client id, or another kind of session."""
+    OAuth1 token (garth), another DI client id or Garmin account, or another kind of
+    session."""
     if stored.kind is not reported.kind:
         raise InvalidArgument([FieldViolation("session", "is not the leased session's kind")])
     if stored.oauth1 is not None and reported.oauth1 is not None:
@@ -72,3 +74,18 @@ def check_same_account(stored: GarminTokens, reported: GarminTokens) -> None:
         raise InvalidArgument(
             [FieldViolation("session.di_client_id", "is not the leased session's client id")]
         )
+    elif _other_di_account(stored, reported):
+        # Every session of one app shares its client id: the account is in the access token.
+        # Stored, the other account's rotating refresh token would sit in two rows, and the
+        # first refresh of either would end the other.
+        raise InvalidArgument([FieldViolation("session", "is another Garmin account's session")])
+
+
+def _other_di_account(stored: GarminTokens, reported: GarminTokens) -> bool:
+    """Whether the two DI sessions are known to be different Garmin accounts (a token that
+    names none cannot tell)."""
+    if stored.kind is not SessionKind.DI_OAUTH2:
+        return False
+    ours = di_account(stored.oauth2.access_token)
+    theirs = di_account(reported.oauth2.access_token)
+    return ours is not None and theirs is not None and ours != theirs

@@ -12,9 +12,9 @@ import re
 from datetime import UTC, datetime
 from typing import Final
 
+from auth_service.domain.jwt_payload import jwt_payload
 from auth_service.domain.models import GarminTokens, OAuth2Token
 from auth_service.domain.validation import is_credential
-from auth_service.upstream.di.jwt_payload import jwt_payload
 from garmin_client.endpoints import DEFAULT_DOMAIN
 
 _CLIENT_ID: Final = re.compile(r"[A-Z0-9_]{1,128}")

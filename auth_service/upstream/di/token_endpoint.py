@@ -36,9 +36,9 @@ from auth_service.domain.errors import (
     UpstreamError,
 )
 from auth_service.domain.garmin_limits import GarminEndpoint
+from auth_service.domain.jwt_payload import jwt_payload
 from auth_service.domain.models import GarminTokens, OAuth2Token
 from auth_service.domain.policies import DiSettings
-from auth_service.upstream.di.jwt_payload import jwt_payload
 from garmin_client.answers import retry_after_seconds
 from garmin_client.connect_api import APP_HEADERS
 from garmin_client.observe import RequestObserver

@@ -1,5 +1,6 @@
 """The payload of a DI access token (a JWT): what clients read from it (``exp``,
-``client_id``, ``iss``). The signature is Garmin's to check, not ours."""
+``client_id``, ``iss``) and whose account it is (``garminGuid``). The signature is Garmin's to
+check, not ours."""
 
 from __future__ import annotations
 
@@ -24,3 +25,13 @@ def jwt_payload(token: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ValueError("the JWT's payload is not a JSON object")  # noqa: TRY004 (input)
     return payload
+
+
+def di_account(access_token: str) -> str | None:
+    """The Garmin account a DI access token was issued for (its ``garminGuid`` claim), None
+    when the token does not say."""
+    try:
+        account = jwt_payload(access_token).get("garminGuid")
+    except ValueError:
+        return None
+    return account if isinstance(account, str) and account else None
