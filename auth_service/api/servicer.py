@@ -238,13 +238,15 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def RenewLease(
         self, request: pb.RenewLeaseRequest, context: grpc.ServicerContext
     ) -> pb.RenewLeaseResponse:
-        lease = self._leases.renew_lease(request.lease_id, _ttl(request))
+        lease = self._leases.renew_lease(request.lease_id, _ttl(request), user_id_prefix=_scope())
         return pb.RenewLeaseResponse(lease=convert.lease_to_proto(lease))
 
     def RefreshLease(
         self, request: pb.RefreshLeaseRequest, context: grpc.ServicerContext
     ) -> pb.RefreshLeaseResponse:
-        answer = self._lease_refresh.refresh_lease(request.lease_id, request.session_version)
+        answer = self._lease_refresh.refresh_lease(
+            request.lease_id, request.session_version, user_id_prefix=_scope()
+        )
         return pb.RefreshLeaseResponse(
             access=convert.access_to_proto(answer.tokens),
             status=convert.status_to_proto(answer.status),
@@ -261,14 +263,19 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     ) -> pb.ReportRefreshedResponse:
         tokens = convert.tokens_from_proto(request.session, "session")
         status = self._leases.report_refreshed(
-            request.lease_id, tokens, session_version=request.session_version
+            request.lease_id,
+            tokens,
+            session_version=request.session_version,
+            user_id_prefix=_scope(),
         )
         return pb.ReportRefreshedResponse(status=convert.status_to_proto(status))
 
     def ReportInvalidated(
         self, request: pb.ReportInvalidatedRequest, context: grpc.ServicerContext
     ) -> pb.ReportInvalidatedResponse:
-        status = self._leases.report_invalidated(request.lease_id, request.reason)
+        status = self._leases.report_invalidated(
+            request.lease_id, request.reason, user_id_prefix=_scope()
+        )
         return pb.ReportInvalidatedResponse(status=convert.status_to_proto(status))
 
     def ListAuditEvents(

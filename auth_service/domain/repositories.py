@@ -307,9 +307,11 @@ class LeaseRepository(Protocol):
         caller: str,
         now: datetime,
         expires_at: datetime,
+        user_id_prefix: str | None = None,
         record_as: AuditedRpc | None = None,
     ) -> SessionRow | None:
-        """Extend a live lease that `caller` obtained; None when dead or another caller's."""
+        """Extend a live lease that `caller` obtained (of a user whose id starts with
+        `user_id_prefix`, when given); None when dead, another caller's or out of scope."""
         ...
 
     def release(

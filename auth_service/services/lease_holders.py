@@ -18,8 +18,11 @@ from auth_service.domain.views import SessionRow
 from auth_service.services.unit_of_work import UnitOfWork
 
 
-def held_by_caller(uow: UnitOfWork, lease_id: str) -> SessionRow | None:
-    """The row `lease_id` holds live, if the calling caller obtained that lease; else None.
+def held_by_caller(
+    uow: UnitOfWork, lease_id: str, user_id_prefix: str | None = None
+) -> SessionRow | None:
+    """The row `lease_id` holds live, if the calling caller obtained that lease and its
+    scope (`user_id_prefix`, as the callers file says now) still covers the user; else None.
 
     Read in the caller's transaction, before its conditional UPDATE by lease id: a lease id
     names one grant, whose caller never changes, so the check cannot go stale. The row is
@@ -30,7 +33,17 @@ def held_by_caller(uow: UnitOfWork, lease_id: str) -> SessionRow | None:
         return None
     if row.lease_caller != audit.caller_name():
         return None
+    if not in_scope(row.user_id, user_id_prefix):
+        return None
     return row
+
+
+def in_scope(user_id: str, user_id_prefix: str | None) -> bool:
+    """Whether a caller scoped to `user_id_prefix` (None: unscoped) may act for `user_id`.
+    Checked on every holder call, not only at the grant: an operator who narrows a caller's
+    scope in the callers file takes the other users' leases from it at once (LEASE_LOST),
+    save their release."""
+    return user_id_prefix is None or user_id.startswith(user_id_prefix)
 
 
 def check_reported_version(reported: GarminTokens, session_version: int) -> list[FieldViolation]:

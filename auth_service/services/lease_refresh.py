@@ -51,7 +51,9 @@ class LeaseRefresh:
         self._uow = uow
         self._refresher = refresher
 
-    def refresh_lease(self, lease_id: str, session_version: int) -> AccessGrant:
+    def refresh_lease(
+        self, lease_id: str, session_version: int, *, user_id_prefix: str | None = None
+    ) -> AccessGrant:
         """The holder's token of `session_version` stopped working: answer a fresh one."""
         raise_if_any(
             check_opaque_id(lease_id, "lease_id"),
@@ -59,7 +61,7 @@ class LeaseRefresh:
             if session_version < 0
             else [],
         )
-        row, tokens = self._held(lease_id)
+        row, tokens = self._held(lease_id, user_id_prefix)
         usable_until = self._uow.now() + ACCESS_EXPIRY_MARGIN
         known = session_version > 0  # 0: the holder does not know its token's version
         if (
@@ -87,9 +89,9 @@ class LeaseRefresh:
             raise _lease_lost()
         return AccessGrant(refreshed.tokens, status_view(refreshed.row, now))
 
-    def _held(self, lease_id: str) -> tuple[SessionRow, GarminTokens]:
+    def _held(self, lease_id: str, user_id_prefix: str | None) -> tuple[SessionRow, GarminTokens]:
         with self._uow() as uow:
-            row = held_by_caller(uow, lease_id)
+            row = held_by_caller(uow, lease_id, user_id_prefix)
             if row is None:
                 raise _lease_lost()
             return row, uow.sessions.open_tokens(row)

@@ -314,8 +314,11 @@ class LeaseService:
 
     # --- the holder's calls ----------------------------------------------------------
 
-    def renew_lease(self, lease_id: str, ttl: timedelta | None) -> LeaseView:
-        """Extend a live lease to now + ttl."""
+    def renew_lease(
+        self, lease_id: str, ttl: timedelta | None, *, user_id_prefix: str | None = None
+    ) -> LeaseView:
+        """Extend a live lease to now + ttl (of a user the caller's `user_id_prefix` covers,
+        when given: lease_holders.in_scope)."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"), self._ttl_violations(ttl))
         digest = lease_digest(lease_id)
         with self._uow.single_write() as uow:
@@ -326,6 +329,7 @@ class LeaseService:
                 caller=audit.caller_name(),
                 now=uow.now,
                 expires_at=uow.now + self._lifetime(ttl),
+                user_id_prefix=user_id_prefix,
                 record_as=AuditedRpc.RENEW_LEASE,
             )
             lease = _live_lease(row, uow.now)
@@ -364,7 +368,12 @@ class LeaseService:
         ]
 
     def report_refreshed(
-        self, lease_id: str, tokens: GarminTokens, *, session_version: int = 0
+        self,
+        lease_id: str,
+        tokens: GarminTokens,
+        *,
+        session_version: int = 0,
+        user_id_prefix: str | None = None,
     ) -> SessionStatusView:
         """Store tokens the holder refreshed by itself. Only a live lease's holder may, only
         tokens of the stored session's account, and only a refresh of the stored session's
@@ -378,7 +387,7 @@ class LeaseService:
             # The ciphertext is bound to the user's row: find the user the lease names, then
             # store conditionally (the UPDATE re-checks the lease and the user, so a lease
             # that died in between changes nothing).
-            leased = held_by_caller(uow, lease_id)
+            leased = held_by_caller(uow, lease_id, user_id_prefix)
             row = None
             if leased is not None:
                 check_same_account(uow.sessions.open_tokens(leased), tokens)
@@ -399,13 +408,15 @@ class LeaseService:
         log.debug("refreshed tokens stored for user %s by its lease holder", status.user_id)
         return status
 
-    def report_invalidated(self, lease_id: str, reason: str) -> SessionStatusView:
+    def report_invalidated(
+        self, lease_id: str, reason: str, *, user_id_prefix: str | None = None
+    ) -> SessionStatusView:
         """Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"), check_reason(reason))
         digest = lease_digest(lease_id)
         with self._uow() as uow:
             row = None
-            if held_by_caller(uow, lease_id) is not None:
+            if held_by_caller(uow, lease_id, user_id_prefix) is not None:
                 row = uow.leases.invalidate(digest, now=uow.now, reason=reason)
             status = _reported(uow, AuditedRpc.REPORT_INVALIDATED, digest, row)
         if status is None:

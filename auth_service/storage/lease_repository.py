@@ -118,9 +118,8 @@ _CANDIDATE_BY_USER = select(T.c.user_id, T.c.lease_id.label("previous_lease_id")
 _CANDIDATE_DUE = select(T.c.user_id, T.c.lease_id.label("previous_lease_id")).where(_DUE)
 # A scoped caller (a user_id_prefix in the callers file) picks only among its users.
 # substr/length rather than LIKE: user ids may contain "_", which LIKE reads as a wildcard.
-_CANDIDATE_DUE_SCOPED = _CANDIDATE_DUE.where(
-    func.substr(T.c.user_id, 1, func.length(_PREFIX)) == _PREFIX
-)
+_IN_SCOPE = func.substr(T.c.user_id, 1, func.length(_PREFIX)) == _PREFIX
+_CANDIDATE_DUE_SCOPED = _CANDIDATE_DUE.where(_IN_SCOPE)
 _CANDIDATE_DUE = _CANDIDATE_DUE.order_by(*_DUE_ORDER).limit(1)
 _CANDIDATE_DUE_SCOPED = _CANDIDATE_DUE_SCOPED.order_by(*_DUE_ORDER).limit(1)
 
@@ -147,6 +146,8 @@ _RENEW = (
     .values(lease_expires_at=_EXPIRES_AT, updated_at=_NOW)
     .returning(*T.c)
 )
+# A scoped caller renews only its users' leases: its scope may have narrowed since the grant.
+_RENEW_SCOPED = _RENEW.where(_IN_SCOPE)
 _RELEASE_VALUES: dict[str, Any] = {
     **rows.ENDED_LEASE,
     "last_sync_attempt_at": _NOW,
@@ -190,6 +191,7 @@ _RECORDED: dict[Update, Select[Any]] = {
         for grant in (_PG_GRANT, _PG_GRANT_NEXT, _PG_GRANT_NEXT_SCOPED)
     },
     _RENEW: with_trail(_RENEW, lease_digest=rows.LEASE_ID, with_lease=True),
+    _RENEW_SCOPED: with_trail(_RENEW_SCOPED, lease_digest=rows.LEASE_ID, with_lease=True),
     _RELEASE: with_trail(_RELEASE, lease_digest=rows.LEASE_ID, with_lease=False),
     _RELEASE_SYNCED: with_trail(_RELEASE_SYNCED, lease_digest=rows.LEASE_ID, with_lease=False),
 }
@@ -335,18 +337,21 @@ class SqlLeaseRepository:
         caller: str,
         now: datetime,
         expires_at: datetime,
+        user_id_prefix: str | None = None,
         record_as: AuditedRpc | None = None,
     ) -> SessionRow | None:
-        """Move the expiry of a live lease `caller` obtained to `expires_at`; None when the
-        lease is dead or another caller's."""
-        return self._holder_call(
-            _RENEW,
-            record_as,
-            p_lease_id=lease_digest,
-            p_caller=caller,
-            p_now=now,
-            p_expires_at=expires_at,
-        )
+        """Move the expiry of a live lease `caller` obtained (of a user whose id starts with
+        `user_id_prefix`, when given) to `expires_at`; None when the lease is dead, another
+        caller's or out of that scope."""
+        params: dict[str, Any] = {
+            "p_lease_id": lease_digest,
+            "p_caller": caller,
+            "p_now": now,
+            "p_expires_at": expires_at,
+        }
+        if user_id_prefix is None:
+            return self._holder_call(_RENEW, record_as, **params)
+        return self._holder_call(_RENEW_SCOPED, record_as, p_prefix=user_id_prefix, **params)
 
     def release(
         self,
