@@ -242,7 +242,7 @@ class LeaseService:
         behind them (each skip counts as the row's sync attempt, so it leaves the queue)."""
         rpc = AuditedRpc.LEASE_NEXT_SESSION
         garmin_skips = 0
-        for _ in range(MAX_SKIPPED_ROWS + 1):
+        for _ in range(MAX_SKIPPED_ROWS):
             with self._uow.single_write() as uow:
                 lease_id = new_lease_id()
                 grant = uow.leases.grant_next(
