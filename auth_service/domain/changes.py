@@ -48,8 +48,9 @@ class SessionChange:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Nothing new (for this filter) up to `position`: sent on idle streams, so proxies keep
-    them open and a filtered watcher's cursor moves on with the log."""
+    """Nothing new (for this filter) up to `position`: sent once a watch has caught up with
+    the log, and on idle streams, so proxies keep them open and a filtered watcher's cursor
+    moves on with the log."""
 
     position: int
 

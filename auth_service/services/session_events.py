@@ -66,8 +66,9 @@ class Watch:
                             "this cursor is ahead of the change log (was the database "
                             f"restored?); {_START_AGAIN}"
                         )
-            # The first heartbeat tells the consumer at once where it stands.
-            beat_due = 0.0
+            # The first heartbeat tells the consumer where it stands as soon as the stream has
+            # caught up with the log: at once from an empty cursor, after the replay otherwise.
+            beat_due, caught_up = 0.0, False
             while not self._cancelled.is_set():
                 if events.stopping.is_set():
                     raise ReplicaStopping("the replica is stopping; resume from the last cursor")
@@ -82,12 +83,13 @@ class Watch:
                 after = batch.read_through
                 now = time.monotonic()
                 if batch.changes:
-                    beat_due = now + events.settings.heartbeat_seconds
+                    if caught_up:
+                        beat_due = now + events.settings.heartbeat_seconds
                     if len(batch.changes) == READ_BATCH:
                         continue
                 if now >= beat_due:
                     yield Heartbeat(after)
-                    beat_due = now + events.settings.heartbeat_seconds
+                    beat_due, caught_up = now + events.settings.heartbeat_seconds, True
                 wait = min(beat_due - now, events.settings.poll_seconds)
                 events.signal.wait(seen, max(wait, 0.0))
 

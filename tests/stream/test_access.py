@@ -11,7 +11,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from auth_service.api.callers import ROLES, RPC_ROLES, token_sha256
-from auth_service.domain.changes import ChangeFilter, SessionChange
+from auth_service.domain.changes import ChangeFilter, Heartbeat, SessionChange
 from auth_service.domain.errors import CursorExpired
 from auth_service.storage.audit_pruning import prune_audit
 from garmin_auth.v1 import garmin_auth_pb2 as pb
@@ -116,8 +116,12 @@ def test_pruning_under_a_live_watch_ends_it_with_cursor_expired(
     engine = create_engine(database_url, poolclass=NullPool)
     prune_audit(engine, timedelta(0))  # 1-4 are older than a retention of zero
     engine.dispose()
-    # 2 and 3 were read before the prune and are still delivered; then the gap is seen.
+    # 2 and 3 were read before the prune and are still delivered, with the heartbeat of a
+    # watch that caught up with the log as it read it; then the gap is seen.
     assert [change.position for change in (next(watching), next(watching))] == [2, 3]
+    caught_up = next(watching)
+    assert isinstance(caught_up, Heartbeat)
+    assert caught_up.position == 3
     with pytest.raises(CursorExpired, match="pruned"):
         next(watching)
 

@@ -260,7 +260,8 @@ class GarminAuthServiceServicer:
         """WatchSessionEvents replays every change of users' sessions after
         after_cursor, then follows new ones as they commit: in commit order, with no
         gap and no duplicate, across replica restarts and reconnects to another
-        replica (resume with the last cursor read). Idle streams get heartbeats. A
+        replica (resume with the last cursor read). A heartbeat follows as soon as
+        the stream has caught up with the log, and idle streams get heartbeats. A
         consumer that stops reading is cut off (RESOURCE_EXHAUSTED,
         CONSUMER_TOO_SLOW); a replica serves GARMIN_AUTH_MAX_WATCHERS streams at
         most (RESOURCE_EXHAUSTED, TOO_MANY_WATCHERS). Roles: admin, viewer.
