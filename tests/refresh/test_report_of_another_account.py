@@ -25,16 +25,17 @@ from auth_service.domain.models import GarminTokens, OAuth2Token
 from auth_service.services.lease_holders import check_same_account
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from tests.fixtures.di_upstream import both_providers
-from tests.fixtures.servers import ServiceFactory, failure_of
+from tests.fixtures.servers import Replica, ServiceFactory, failure_of
 from tests.refresh import DiAccounts
 from tests.worker import stored_tokens
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_a_di_report_of_another_accounts_session_is_refused(
-    service_factory: ServiceFactory, di_accounts: DiAccounts, database_url: str, keyring: Keyring
-) -> None:
+def _ann_and_bob_leased(
+    service_factory: ServiceFactory, di_accounts: DiAccounts
+) -> tuple[Replica, pb.LeaseSessionResponse, pb.LeaseSessionResponse]:
+    """A replica, and two DI accounts' sessions leased by one worker_full caller."""
     replica = service_factory.start(provider=both_providers(service_factory.base_settings.upstream))
     di_accounts.seed("ann")
     di_accounts.seed("bob")
@@ -44,7 +45,13 @@ def test_a_di_report_of_another_accounts_session_is_refused(
         answer: pb.LeaseSessionResponse = replica.call("LeaseSession", request, "worker_full")
         return answer
 
-    anns, bobs = lease("ann"), lease("bob")
+    return replica, lease("ann"), lease("bob")
+
+
+def test_a_di_report_of_another_accounts_session_is_refused(
+    service_factory: ServiceFactory, di_accounts: DiAccounts, database_url: str, keyring: Keyring
+) -> None:
+    replica, anns, bobs = _ann_and_bob_leased(service_factory, di_accounts)
     assert anns.session.di_client_id == bobs.session.di_client_id  # one app client for all
     assert anns.status.session_version == bobs.status.session_version
     before = stored_tokens(database_url, keyring, "ann")
@@ -79,16 +86,7 @@ def test_a_report_on_the_wrong_lease_does_not_end_the_other_accounts_session(
     """What an accepted report cost: both rows held bob's rotating refresh token, so the
     first refresh of ann's row (RefreshLease) killed the token bob's row holds, and bob's next
     refresh met invalid_grant: bob's session ended AUTH_EXPIRED, a person had to log in."""
-    replica = service_factory.start(provider=both_providers(service_factory.base_settings.upstream))
-    di_accounts.seed("ann")
-    di_accounts.seed("bob")
-
-    def lease(user_id: str) -> pb.LeaseSessionResponse:
-        request = pb.LeaseSessionRequest(user_id=user_id, holder="legacy")
-        answer: pb.LeaseSessionResponse = replica.call("LeaseSession", request, "worker_full")
-        return answer
-
-    anns, bobs = lease("ann"), lease("bob")
+    replica, anns, bobs = _ann_and_bob_leased(service_factory, di_accounts)
     version = anns.status.session_version
     report = pb.ReportRefreshedRequest(
         lease_id=anns.lease.lease_id, session=bobs.session, session_version=version
