@@ -222,6 +222,8 @@ class LeaseService:
                 user_id_prefix,
                 MAX_REJECTED_SKIPS - asked_garmin,
                 with_refresh_token=with_refresh_token,
+                # The statement's own grant was one of the call's skips.
+                skips=MAX_SKIPPED_ROWS - 1,
             )
         return released, grant
 
@@ -234,15 +236,17 @@ class LeaseService:
         attempts: int,
         *,
         with_refresh_token: bool,
+        skips: int = MAX_SKIPPED_ROWS,
     ) -> LeaseGrant | None:
         """Grant the most overdue session due before `due_before`, skipping those that
         cannot be handed out; None when nothing is due. At most `attempts` - 1 skips may have
-        asked Garmin (each a refresh), and at most MAX_SKIPPED_ROWS skips in all: rows that
-        fail to open cost no Garmin call, and a run of them must not hide a due session
-        behind them (each skip counts as the row's sync attempt, so it leaves the queue)."""
+        asked Garmin (each a refresh), and at most `skips` in all (MAX_SKIPPED_ROWS for the
+        whole call): rows that fail to open cost no Garmin call, and a run of them must not
+        hide a due session behind them (each skip counts as the row's sync attempt, so it
+        leaves the queue)."""
         rpc = AuditedRpc.LEASE_NEXT_SESSION
         garmin_skips = 0
-        for _ in range(MAX_SKIPPED_ROWS):
+        for _ in range(skips):
             with self._uow.single_write() as uow:
                 lease_id = new_lease_id()
                 grant = uow.leases.grant_next(
