@@ -71,6 +71,10 @@ class Keyring:
                 )
             if len(key) != KEY_BYTES:
                 raise KeyringError(f"entry {position}: the key must decode to {KEY_BYTES} bytes")
+        # One key under two ids: a rotation "to" the second would re-seal every secret under
+        # the same bytes and report success, protecting nothing from whoever holds the first.
+        if len({key for _, key in self.keys}) != len(self.keys):
+            raise KeyringError("two key ids name the same key: give each id a key of its own")
 
     def __repr__(self) -> str:
         return f"Keyring(kids={[kid for kid, _ in self.keys]}, primary={self.primary_kid!r})"
