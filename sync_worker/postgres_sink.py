@@ -19,6 +19,7 @@ from sync_worker.sinks import (
     SinkError,
     check_user_id,
     claimed,
+    mapped_leaves,
     storable,
 )
 
@@ -107,12 +108,12 @@ def _jsonb_text(summary: Any) -> bytes:
 
 def _finite(value: Any) -> Any:
     """`value` with NaN and infinities as None: json writes them, jsonb refuses them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
+    return mapped_leaves(value, _finite_leaf)
+
+
+def _finite_leaf(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 

@@ -12,7 +12,7 @@ overwrite the newer holder's data.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -106,13 +106,39 @@ def storable(value: Any) -> Any:
     inside an emoji, which JSON's \\ud83c escapes allow) becomes U+FFFD, and NUL, which
     PostgreSQL's text and jsonb refuse, is dropped. Only called when storing failed, so the
     usual summary costs nothing."""
+    return mapped_leaves(value, _storable_leaf)
+
+
+def _storable_leaf(value: Any) -> Any:
     if isinstance(value, str):
         return _LONE_SURROGATE.sub("\ufffd", value).replace("\x00", "")
-    if isinstance(value, dict):
-        return {storable(key): storable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [storable(item) for item in value]
     return value
+
+
+def mapped_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """A copy of parsed JSON (dicts, lists, leaves) with `leaf` applied to every leaf and
+    every key, in order. Without recursion: Garmin's JSON may nest as deep as json.loads
+    allows (almost 1000 levels), deeper than Python's stack takes a recursive copy."""
+    root: list[Any] = [None]
+    pending: list[tuple[Any, Any, Any]] = [(value, root, 0)]
+    while pending:
+        item, parent, slot = pending.pop()
+        if isinstance(item, dict):
+            copy: dict[Any, Any] = {}
+            children = []
+            for key, child in item.items():
+                mapped = leaf(key)
+                copy[mapped] = None  # the slot, in the original order
+                children.append((child, copy, mapped))
+            # Filled first to last: of two keys that map alike, the last one's value stays.
+            pending.extend(reversed(children))
+            parent[slot] = copy
+        elif isinstance(item, list):
+            parent[slot] = items = [None] * len(item)
+            pending.extend((child, items, index) for index, child in enumerate(item))
+        else:
+            parent[slot] = leaf(item)
+    return root[0]
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
