@@ -55,6 +55,8 @@ MAX_PORT = 65535
 CLAIM_MARGIN_SECONDS = 30.0
 # What a SubmitMfa held its challenge for before the hold grew with the upstream timeout.
 MFA_CLAIM_FLOOR_SECONDS = 120.0
+# The Garmin calls of garth's resume_login (see mfa_claim_seconds).
+GARTH_MFA_CALLS = 4
 # Waiting for another replica's claim: its whole life, and a little more.
 CLAIM_WAIT_EXTRA_SECONDS = 10.0
 
@@ -156,11 +158,13 @@ def _database_url(reader: EnvReader) -> str:
 
 
 def mfa_claim_seconds(upstream: UpstreamSettings, client_ids: tuple[str, ...]) -> float:
-    """How long a SubmitMfa may be with Garmin: its SSO calls (garth's: the code's POST and
-    the OAuth1 ticket exchange) and a ticket exchange per DI client id tried, each the
-    upstream call's worst case, plus the margin of a claim; never under two minutes."""
+    """How long a SubmitMfa may be with Garmin: the calls of the longer flow, each the
+    upstream call's worst case, plus the margin of a claim; never under two minutes. DI: the
+    code's POST, then a ticket exchange per client id tried. garth: the code's POST, the
+    embed page, the OAuth1 ticket exchange and the OAuth2 exchange."""
     call = upstream.timeout_seconds * (upstream.retries + 1)
-    return max(MFA_CLAIM_FLOOR_SECONDS, call * (2 + len(client_ids)) + CLAIM_MARGIN_SECONDS)
+    calls = max(1 + len(client_ids), GARTH_MFA_CALLS)
+    return max(MFA_CLAIM_FLOOR_SECONDS, call * calls + CLAIM_MARGIN_SECONDS)
 
 
 def _refresh(reader: EnvReader, upstream: UpstreamSettings) -> RefreshSettings:

@@ -23,11 +23,21 @@ def test_defaults(tmp_path: Path) -> None:
 
 
 def test_the_mfa_claim_outlasts_a_submit_mfa_with_garmin(tmp_path: Path) -> None:
-    """A SubmitMfa sends the code, then exchanges the ticket (one try per DI client id): its
-    challenge stays claimed that long, each call at its worst, never under two minutes."""
-    assert load_settings(base_env(tmp_path)).login.mfa_claim_seconds == 210  # 30 x (2 + 4) + 30
+    """A SubmitMfa sends the code, then exchanges the ticket (DI: one try per client id;
+    garth: the embed page, the OAuth1 and OAuth2 exchanges): its challenge stays claimed as
+    long as the longer flow's calls at their worst, never under two minutes."""
+    # 10 s x (2 retries + 1) per call; DI with the four known ids: 1 + 4 calls; + 30 s.
+    assert load_settings(base_env(tmp_path)).login.mfa_claim_seconds == 30 * 5 + 30
     slow = base_env(tmp_path, GARMIN_AUTH_UPSTREAM_TIMEOUT="300", GARMIN_AUTH_UPSTREAM_RETRIES="0")
-    assert load_settings(slow).login.mfa_claim_seconds == 300 * 6 + 30
+    assert load_settings(slow).login.mfa_claim_seconds == 300 * 5 + 30
+    # One client id: garth's four calls are the longer flow.
+    one_id = base_env(
+        tmp_path,
+        GARMIN_AUTH_UPSTREAM_TIMEOUT="100",
+        GARMIN_AUTH_UPSTREAM_RETRIES="0",
+        GARMIN_AUTH_DI_CLIENT_IDS="GARMIN_CONNECT_MOBILE_IOS_DI",
+    )
+    assert load_settings(one_id).login.mfa_claim_seconds == 100 * 4 + 30
     quick = base_env(
         tmp_path,
         GARMIN_AUTH_UPSTREAM_TIMEOUT="1",
