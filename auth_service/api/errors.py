@@ -87,8 +87,7 @@ def _retry_after(exc: BaseException) -> float | None:
         | errors.GarminRateLimited
         | errors.TooManyStreams
         | errors.ValidateRateLimited
-        | errors.TooManyWatchers
-        | errors.ConsumerTooSlow,
+        | errors.TooManyWatchers,
     ):
         return exc.retry_after_seconds or DEFAULT_GARMIN_RETRY_SECONDS
     return None

@@ -261,8 +261,6 @@ class ConsumerTooSlow(DomainError):
 
     code_name = "RESOURCE_EXHAUSTED"
     reason = "CONSUMER_TOO_SLOW"
-    # Reconnect soon, once reading again.
-    retry_after_seconds: float | None = 1.0
 
 
 class CursorExpired(DomainError):

@@ -91,7 +91,9 @@ def test_what_a_caller_gets_for_each_error_class(cls: type[errors.DomainError]) 
     assert len(infos) == 1
     assert (infos[0].reason, infos[0].domain) == (cls.reason, ERROR_DOMAIN)
     retry = _of(error_details_pb2.RetryInfo, details)
-    if status.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    # A slow consumer's cut-off is a cancellation: a code and a message, no details at all
+    # (api.stream_guard), so its class promises no wait either.
+    if status.code == grpc.StatusCode.RESOURCE_EXHAUSTED and cls is not errors.ConsumerTooSlow:
         waited = getattr(exc, "retry_after_seconds", None) or DEFAULT_GARMIN_RETRY_SECONDS
         assert [r.retry_delay.seconds for r in retry] == [math.ceil(waited)]
     else:
@@ -159,3 +161,16 @@ def test_the_readme_names_the_extra_details_each_answer_carries() -> None:
         extra = extras[(cls.code_name, cls.reason)]
         assert ("BadRequest" in extra) == bool(_of(error_details_pb2.BadRequest, details))
         assert ("RetryInfo" in extra) == bool(_of(error_details_pb2.RetryInfo, details))
+
+
+def test_the_readme_says_what_internal_and_grpcs_own_refusals_carry() -> None:
+    """INTERNAL is in no row (nothing is meant to cause it), and the answers that carry no
+    ErrorInfo are named: before, the section said every error carries one, and the
+    CONSUMER_TOO_SLOW row promised a RetryInfo its cut-off never carried."""
+    section = README.read_text().split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
+    intro = " ".join(section.split("\n| ", 1)[0].split())
+    assert "`INTERNAL`: that code (reason `INTERNAL`" in intro
+    for code in ("RESOURCE_EXHAUSTED", "UNIMPLEMENTED", "DEADLINE_EXCEEDED", "CONSUMER_TOO_SLOW"):
+        assert f"`{code}`" in intro, code
+    extras = {(code, reason): extra for code, reason, extra in _readme_error_table()}
+    assert "RetryInfo" not in extras[("RESOURCE_EXHAUSTED", "CONSUMER_TOO_SLOW")]
