@@ -31,7 +31,10 @@ from garmin_client.settings import UpstreamSettings
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES: Final = frozenset({408, 500, 502, 503, 504})
+# Passing failures: a timeout, an error, a gateway that lost or waited for Garmin, and
+# Cloudflare's 520-524 (its edge in front of Garmin: unknown error, Garmin down, connection
+# timed out, unreachable, a timeout). 501 and 505 would answer the same again.
+RETRY_STATUSES: Final = frozenset({408, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 # The first repeat waits this long, each further one twice as long as the one before.
 BACKOFF_SECONDS: Final = 0.2
 # An attempt given less time than this would only time out: the call gives up instead.

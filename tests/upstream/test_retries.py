@@ -32,6 +32,22 @@ def test_one_failing_get_makes_retries_plus_one_requests(
     assert emulator.request_count(ACTIVITIES_PATH) == retries + 1
 
 
+@pytest.mark.parametrize(("status", "sent"), [(520, 3), (522, 3), (524, 3), (501, 1), (505, 1)])
+def test_which_5xx_answers_to_a_get_are_retried(
+    emulator: GarminEmulator, tokens: GarminTokens, status: int, sent: int
+) -> None:
+    """Cloudflare's 520-524 (its edge lost Garmin, or waited for it in vain) are passing
+    failures, like 502-504; 501 and 505 say the request itself will never work. Before,
+    only 408, 500 and 502-504 were retried, and a 522 ended the call at once."""
+    emulator.fail_next(ACTIVITIES_PATH, status, count=100)
+
+    settings = make_settings(emulator, retries=2)
+    with ConnectApi(settings, tokens.domain) as session, pytest.raises(Unavailable):
+        session.get_json(ACTIVITIES_PATH, tokens.oauth2.access_token)
+
+    assert emulator.request_count(ACTIVITIES_PATH) == sent
+
+
 def test_a_hanging_get_is_bounded_in_attempts_and_time(
     emulator: GarminEmulator, tokens: GarminTokens
 ) -> None:
