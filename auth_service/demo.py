@@ -191,9 +191,26 @@ def add_demo_accounts(emulator: GarminEmulator) -> str:
 
 
 def _print_examples(
-    running: RunningServer, state: DemoState, folder: Path, out: TextIO, ticket: str | None
+    running: RunningServer,
+    state: DemoState,
+    folder: Path,
+    out: TextIO,
+    ticket: str | None,
+    *,
+    once: bool,
+    emulated: bool,
 ) -> None:
     target = f"127.0.0.1:{running.port}"
+    # The URL is not echoed: its user-info part may hold a password.
+    upstream = "emulator upstream" if emulated else "upstream: GARMIN_AUTH_UPSTREAM_URL"
+    what = f"SQLite, development key, {upstream}"
+    serving = (
+        f"garmin-auth-service served on {target} ({what}); with --once it stops now: run the "
+        "demo without it to try these."
+        if once
+        else f"garmin-auth-service is serving on {target} ({what})."
+    )
+    ending = "" if once else "\nStop with Ctrl-C."
     admin = state.tokens["admin"]
     readme = (
         f"""
@@ -205,7 +222,7 @@ Garmin's sign-in page would give bob's browser, good for an hour):
     )
     print(
         f"""
-garmin-auth-service is serving on {target} (SQLite, development key, emulator upstream).
+{serving}
 Development caller tokens (kept in {folder / "dev-secrets.json"}):
   admin  {state.tokens["admin"]}
   worker {state.tokens["worker"]}
@@ -215,8 +232,7 @@ Try:
   grpcurl -plaintext -H 'authorization: Bearer {admin}' {target} grpc.health.v1.Health/Check
   grpcurl -plaintext -H 'authorization: Bearer {admin}' \\
       -d '{{"user_id": "{DEMO_USER_ID}"}}' {target} garmin_auth.v1.GarminAuthService/GetStatus"""
-        f"""{readme}
-Stop with Ctrl-C.""",
+        f"""{readme}{ending}""",
         file=out,
         flush=True,
     )
@@ -258,7 +274,9 @@ def run_demo(folder: Path, *, once: bool, out: TextIO = sys.stdout) -> int:
                     return 1
                 if run_worker_once(target, state, emulator.url, folder, out) != 0:
                     return 1
-            _print_examples(running, state, folder, out, bob_ticket)
+            _print_examples(
+                running, state, folder, out, bob_ticket, once=once, emulated=emulator is not None
+            )
             if not once:
                 threading.Event().wait()
         except KeyboardInterrupt:
