@@ -31,6 +31,10 @@ def routed_url(base_url: str, url: str) -> tuple[str, str]:
     return routed, original.netloc
 
 
+# Requests whose redirects a session may follow: they carry no body.
+_FOLLOWED = frozenset({"GET", "HEAD"})
+
+
 class UpstreamTransport(HTTPAdapter):
     """Sends with our timeout and retries, reports to the observer, routes to the base URL.
 
@@ -78,6 +82,13 @@ class UpstreamTransport(HTTPAdapter):
             # Callers (garth, our classifier, cookie handling) must see the URL they asked for.
             response.url = request.url or ""
             response.request = request
+        if response.is_redirect and (request.method or "GET").upper() not in _FOLLOWED:
+            # A 307 or 308 would have the session send the body (a password, an MFA code, a
+            # token; re-signed, for OAuth1) on to its Location, and whatever answers there
+            # would be read as Garmin. Sessions we do not build (garth's OAuth1 exchange)
+            # follow redirects by default: without a Location none does. The caller reads
+            # an answer it does not expect: Garmin unavailable.
+            del response.headers["Location"]
         return response
 
     def _routed(self, request: PreparedRequest) -> PreparedRequest:
