@@ -27,6 +27,7 @@ from garmin_client.answers import answer_failure, failure
 from garmin_client.api_http import ApiHttp
 from garmin_client.endpoints import DOMAINS
 from garmin_client.errors import NotFound, Unavailable
+from garmin_client.http_session import upstream_session
 from garmin_client.observe import RequestObserver
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
@@ -85,7 +86,7 @@ class ConnectApi:
         self._session: requests.Session | None = None
         if _proxies_named():
             # requests reads the proxy variables, NO_PROXY and netrc per request.
-            self._session = requests.Session()
+            self._session = upstream_session()
             self._session.mount("https://", UpstreamTransport(settings, observer))
         else:
             self._http = ApiHttp(settings, observer)

@@ -47,6 +47,7 @@ from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, ProxyManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from auth_service.domain.change_ports import WebhookUndelivered
+from garmin_client.http_session import upstream_session
 
 if TYPE_CHECKING:  # urllib3 names the type of its pool's connections only for type checkers
     from urllib3._base_connection import BaseHTTPConnection
@@ -89,7 +90,7 @@ class HttpWebhookSender:
         self._timeout = timeout_seconds
         self._deadline = post_deadline_seconds(timeout_seconds)
         self._clock = clock
-        self._http = requests.Session()
+        self._http = upstream_session()
         adapter = _DeadlineAdapter(max_retries=0)
         self._http.mount("https://", adapter)
         self._http.mount("http://", adapter)

@@ -27,6 +27,7 @@ from curl_cffi.requests.exceptions import RequestException as CurlRequestExcepti
 from curl_cffi.requests.exceptions import Timeout as CurlTimeout
 
 from auth_service.domain.errors import GarminUnavailable
+from garmin_client.http_session import upstream_session
 from garmin_client.observe import RequestObserver, endpoint_template, status_outcome
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport, routed_url
@@ -108,7 +109,7 @@ class SsoHttp:
         return self._post_impersonating(full, headers, body)
 
     def _post_plain(self, url: str, headers: dict[str, str], body: Mapping[str, Any]) -> SsoAnswer:
-        with requests.Session() as session:
+        with upstream_session() as session:
             session.mount("https://", UpstreamTransport(self._upstream, self._observer))
             try:
                 response = session.post(

@@ -41,6 +41,7 @@ from auth_service.domain.models import GarminTokens, OAuth2Token
 from auth_service.domain.policies import DiSettings
 from garmin_client.answers import retry_after_seconds
 from garmin_client.connect_api import APP_HEADERS
+from garmin_client.http_session import upstream_session
 from garmin_client.observe import RequestObserver
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
@@ -175,7 +176,7 @@ class TokenEndpoint:
             "Authorization": _basic(client_id),
             "Accept": "application/json",
         }
-        with requests.Session() as session:
+        with upstream_session() as session:
             session.mount("https://", UpstreamTransport(self._upstream, self._observer))
             try:
                 response = session.post(

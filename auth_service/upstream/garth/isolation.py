@@ -31,6 +31,7 @@ from typing import Any, Final
 import requests
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from garmin_client.http_session import upstream_session
 from garmin_client.observe import RequestObserver
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
@@ -199,6 +200,8 @@ class IsolatedClient(garth.Client):
         # may print, and _auto_resume()s from GARTH_HOME/GARTH_TOKEN.
         self._transport = UpstreamTransport(settings, observer)
         self.sess = _PostsNotRedirected()
+        # No netrc credentials in place of the Authorization we set (http_session).
+        self.sess.auth = upstream_session().auth
         self.sess.headers.update(garth.http.USER_AGENT)
         self.telemetry = _NoTelemetry(enabled=False)
         self.configure(domain=domain)
