@@ -14,9 +14,7 @@ Real emulator for the MFA login; a real HTTP server answering the exchange with 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -25,6 +23,7 @@ from auth_service.domain.models import LoginNeedsMfa
 from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
+from tests.fixtures.http_servers import RecordingServer
 from tests.refresh.conftest import CONSUMER_KEY, CONSUMER_SECRET
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,39 +32,8 @@ PASSWORD = "correct horse battery staple"
 FORGED_ACCESS_TOKEN = "eyJforged-by-the-redirect-target-0123456789"
 
 
-class _Server:
-    """Records every request; answers POSTs with `post_answer` (status, headers, body)."""
-
-    def __init__(self, post_answer: tuple[int, dict[str, str], bytes]) -> None:
-        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                owner.requests.append(("POST", self.path, dict(self.headers), body))
-                status, headers, answer = post_answer
-                self.send_response(status)
-                for name, value in {**headers, "Content-Length": str(len(answer))}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *_args: object) -> None:
-                return None
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def elsewhere() -> Iterator[_Server]:
+def elsewhere() -> Iterator[RecordingServer]:
     token = {
         "scope": "CONNECT_READ",
         "jti": "forged-jti",
@@ -75,7 +43,9 @@ def elsewhere() -> Iterator[_Server]:
         "expires_in": 3600,
         "refresh_token_expires_in": 7200,
     }
-    server = _Server((200, {"Content-Type": "application/json"}, json.dumps(token).encode()))
+    server = RecordingServer(
+        (200, {"Content-Type": "application/json"}, json.dumps(token).encode())
+    )
     yield server
     server.close()
 
@@ -92,7 +62,7 @@ def _settings(base_url: str) -> UpstreamSettings:
 
 @pytest.mark.parametrize("status", [307, 308])
 def test_a_redirected_garth_exchange_post_is_not_sent_on(
-    emulator: GarminEmulator, elsewhere: _Server, status: int
+    emulator: GarminEmulator, elsewhere: RecordingServer, status: int
 ) -> None:
     user = emulator.add_user("redirected@example.com", PASSWORD, mfa=True, mfa_code="135790")
     at_garmin = GarthUpstream(_settings(emulator.url))
@@ -102,7 +72,7 @@ def test_a_redirected_garth_exchange_post_is_not_sent_on(
     mfa_token = tokens.oauth1_token().mfa_token
     assert mfa_token
 
-    garmin = _Server((status, {"Location": f"{elsewhere.url}/collect"}, b""))
+    garmin = RecordingServer((status, {"Location": f"{elsewhere.url}/collect"}, b""))
     try:
         with pytest.raises(GarminUnavailable):
             GarthUpstream(_settings(garmin.url)).refresh(tokens)
