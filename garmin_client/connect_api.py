@@ -129,7 +129,8 @@ class ConnectApi:
             return None
         try:
             return json.loads(body)
-        except ValueError:
+        # RecursionError: nested deeper than Python's stack (about 1000 levels).
+        except (ValueError, RecursionError):
             raise Unavailable("Garmin answered something unreadable (Connect API)") from None
 
     def download(self, path: str, access_token: str) -> bytes:

@@ -88,3 +88,21 @@ def test_a_post_that_may_have_reached_garmin_is_never_repeated(
         upstream.refresh(tokens)
 
     assert emulator.request_count(EXCHANGE_PATH) == before + 1
+
+
+def test_an_answer_nested_deeper_than_the_stack_is_unreadable_not_a_crash(
+    emulator: GarminEmulator, tokens: GarminTokens
+) -> None:
+    """json.loads raises RecursionError past about 1000 levels: before, it escaped get_json
+    (the worker's user FAILED with a traceback on every run); now it is an answer we cannot
+    read, like any other (Unavailable)."""
+    emulator.fail_next(
+        ACTIVITIES_PATH, 200, body="[" * 100_000 + "]" * 100_000, content_type="application/json"
+    )
+
+    settings = make_settings(emulator, retries=0)
+    with (
+        ConnectApi(settings, tokens.domain) as session,
+        pytest.raises(Unavailable, match="unreadable"),
+    ):
+        session.get_json(ACTIVITIES_PATH, tokens.oauth2.access_token)
