@@ -16,7 +16,7 @@ import pytest
 
 from auth_service.domain.policies import LoginFlow
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator import LOGIN_PATH, GarminEmulator
+from garmin_emulator import DI_TOKEN_PATH, LOGIN_PATH, GarminEmulator
 from tests.fixtures.servers import ServiceFactory, expect_failure, failure_of
 from tests.service.test_login import PASSWORD, login
 
@@ -67,3 +67,34 @@ def test_a_429_page_in_an_unknown_charset_starts_the_cooldown(
         f"Garmin's 429 was answered {limited.code.name} {limited.reason}; the next Login "
         f"reached Garmin ({reached_garmin} call) and answered {again}"
     )
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # past the JSON parser's stack (about 1000 levels)
+
+
+@pytest.mark.parametrize("flow", [LoginFlow.DI, LoginFlow.GARTH])
+def test_an_sso_answer_nested_past_the_parsers_stack_is_garmin_unavailable(
+    service_factory: ServiceFactory, garmin: GarminEmulator, flow: LoginFlow
+) -> None:
+    """json.loads raises RecursionError, no ValueError, for such an answer: before, the DI
+    sign-in answered INTERNAL."""
+    replica = service_factory.start(login_flow=flow)
+    garmin.add_user("deep@example.com", PASSWORD)
+    garmin.fail_next(LOGIN_PATH, 200, body=DEEP, content_type="application/json")
+
+    refused = expect_failure(lambda: login(replica, "deep", "deep@example.com"))
+
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "GARMIN_UNAVAILABLE")
+
+
+def test_a_token_answer_nested_past_the_parsers_stack_is_garmin_unavailable(
+    service_factory: ServiceFactory, garmin: GarminEmulator
+) -> None:
+    """The DI ticket exchange's answer, likewise (it answered INTERNAL)."""
+    replica = service_factory.start(login_flow=LoginFlow.DI)
+    garmin.add_user("deep-token@example.com", PASSWORD)
+    garmin.fail_next(DI_TOKEN_PATH, 200, body=DEEP, content_type="application/json")
+
+    refused = expect_failure(lambda: login(replica, "deept", "deep-token@example.com"))
+
+    assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "GARMIN_UNAVAILABLE")

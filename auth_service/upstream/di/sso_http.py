@@ -66,7 +66,8 @@ def _json(body: bytes) -> Any:
     (a blocked page's `charset=utf8mb4`), which must still be judged by its status."""
     try:
         return json.loads(body)
-    except ValueError:  # UnicodeDecodeError too
+    # UnicodeDecodeError too; RecursionError: nested deeper than the parser's stack.
+    except (ValueError, RecursionError):
         return None
 
 

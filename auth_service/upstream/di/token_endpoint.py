@@ -192,7 +192,7 @@ class TokenEndpoint:
                 raise GarminUnavailable(f"Garmin could not be reached ({step})") from None
             try:
                 payload = response.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested past the stack
                 payload = None
             return _Answer(
                 response.status_code,

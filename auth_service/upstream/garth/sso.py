@@ -141,7 +141,7 @@ def _answered(exc: BaseException, client: IsolatedClient) -> tuple[int, object, 
         return None
     try:
         payload = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's stack
         payload = None
     return response.status_code, payload, path
 
