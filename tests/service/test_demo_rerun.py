@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from garmin_emulator import GarminEmulator
+from tests.fixtures.emulators import scanned_emulator
 
 CLI = str(Path(sys.executable).parent / "garmin-auth-service")
 
@@ -63,7 +63,7 @@ def test_the_demo_says_what_it_does(tmp_path: Path) -> None:
     assert "with --once it stops now" in ran.stdout
     assert "Stop with Ctrl-C." not in ran.stdout
     assert "emulator upstream" in ran.stdout
-    garmin = GarminEmulator().start()
+    garmin = scanned_emulator().start()
     url = garmin.url
     try:
         elsewhere = _demo_once(tmp_path / "elsewhere", GARMIN_AUTH_UPSTREAM_URL=url)
