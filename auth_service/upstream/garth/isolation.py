@@ -174,18 +174,6 @@ class _NoTelemetry(Telemetry):
         return None
 
 
-class _PostsNotRedirected(requests.Session):
-    """A requests.Session that follows no redirect of a POST (or any other non-GET): a 307
-    or 308 would send its body, an email and password or an MFA code, on to its Location.
-    garth's requests leave allow_redirects at requests' default."""
-
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        verb = method.decode() if isinstance(method, bytes) else method
-        if verb.upper() not in ("GET", "HEAD"):
-            kwargs["allow_redirects"] = False
-        return super().request(method, url, *args, **kwargs)
-
-
 class IsolatedClient(garth.Client):
     """A garth.Client for one call.
 
@@ -199,9 +187,9 @@ class IsolatedClient(garth.Client):
         # Deliberately not garth.Client.__init__: it builds a Telemetry from GARTH_TELEMETRY_*,
         # may print, and _auto_resume()s from GARTH_HOME/GARTH_TOKEN.
         self._transport = UpstreamTransport(settings, observer)
-        self.sess = _PostsNotRedirected()
-        # No netrc credentials in place of the Authorization we set (http_session).
-        self.sess.auth = upstream_session().auth
+        # No redirect of a POST is followed (our transport drops its Location: garth leaves
+        # allow_redirects on), and no netrc credentials replace the Authorization we set.
+        self.sess = upstream_session()
         self.sess.headers.update(garth.http.USER_AGENT)
         self.telemetry = _NoTelemetry(enabled=False)
         self.configure(domain=domain)
