@@ -45,6 +45,7 @@ from pathlib import Path
 
 from auth_service.domain.audit import CALLER_LENGTH
 from auth_service.domain.errors import CallerForbidden, CallersFileInvalid, CallerUnauthenticated
+from auth_service.domain.validation import in_scope
 from garmin_client.user_ids import is_user_id
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class Caller:
         return WORKER_FULL in self.roles
 
     def may_reach(self, user_id: str) -> bool:
-        return self.user_id_prefix is None or user_id.startswith(self.user_id_prefix)
+        return in_scope(user_id, self.user_id_prefix)
 
 
 # The caller of the RPC being served (set by the interceptor); None outside an RPC.

@@ -51,6 +51,12 @@ def _printable(value: str) -> bool:
     return value.isprintable()
 
 
+def in_scope(user_id: str, user_id_prefix: str | None) -> bool:
+    """Whether a caller scoped to `user_id_prefix` (None: unscoped) may reach `user_id`: a
+    plain prefix, case kept (no pattern: user ids may hold "_" and "%")."""
+    return user_id_prefix is None or user_id.startswith(user_id_prefix)
+
+
 def check_user_id(value: str, field: str = "user_id") -> list[FieldViolation]:
     if not is_user_id(value):
         return [FieldViolation(field, USER_ID_RULE)]

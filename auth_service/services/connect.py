@@ -201,11 +201,7 @@ class ConnectService:
         refusal: MfaChallengeNotFound | MfaChallengeBusy | GarminRateLimited | SecretUnreadable
         with self._uow() as uow:
             challenge = _locked(uow, digest)
-            if (
-                challenge is not None
-                and user_id_prefix is not None
-                and not challenge.user_id.startswith(user_id_prefix)
-            ):
+            if challenge is not None and not validation.in_scope(challenge.user_id, user_id_prefix):
                 # Another tenant's challenge: refused before anything about it changes.
                 raise OutsideUserScope("this caller may not complete sign-ins outside its scope")
             if challenge is not None and (

@@ -14,6 +14,7 @@ from auth_service.domain.errors import FieldViolation, InvalidArgument
 from auth_service.domain.jwt_payload import di_account
 from auth_service.domain.lease_ids import lease_digest, matches
 from auth_service.domain.models import GarminTokens, SessionKind
+from auth_service.domain.validation import in_scope
 from auth_service.domain.views import SessionRow
 from auth_service.services.unit_of_work import UnitOfWork
 
@@ -33,17 +34,12 @@ def held_by_caller(
         return None
     if row.lease_caller != audit.caller_name():
         return None
+    # Checked on every holder call, not only at the grant: an operator who narrows a
+    # caller's scope in the callers file takes the other users' leases from it at once
+    # (LEASE_LOST), save their release.
     if not in_scope(row.user_id, user_id_prefix):
         return None
     return row
-
-
-def in_scope(user_id: str, user_id_prefix: str | None) -> bool:
-    """Whether a caller scoped to `user_id_prefix` (None: unscoped) may act for `user_id`.
-    Checked on every holder call, not only at the grant: an operator who narrows a caller's
-    scope in the callers file takes the other users' leases from it at once (LEASE_LOST),
-    save their release."""
-    return user_id_prefix is None or user_id.startswith(user_id_prefix)
 
 
 def check_reported_version(reported: GarminTokens, session_version: int) -> list[FieldViolation]:

@@ -44,6 +44,7 @@ from auth_service.domain.validation import (
     check_opaque_id,
     check_reason,
     check_user_id,
+    in_scope,
     raise_if_any,
 )
 from auth_service.domain.views import SessionRow, live_lease, live_lease_of, status_view
@@ -103,7 +104,7 @@ class LeaseService:
         `with_refresh_token`: the holder gets the whole session, not just the access token
         (CentralRefresh.hand_out)."""
         raise_if_any(check_user_id(user_id), check_holder(holder), self._ttl_violations(ttl))
-        if user_id_prefix is not None and not user_id.startswith(user_id_prefix):
+        if not in_scope(user_id, user_id_prefix):
             # Decided on the id alone, before any read: says nothing about the user.
             raise OutsideUserScope("this caller may not lease sessions outside its user scope")
         lifetime = self._lifetime(ttl)
@@ -322,7 +323,7 @@ class LeaseService:
         self, lease_id: str, ttl: timedelta | None, *, user_id_prefix: str | None = None
     ) -> LeaseView:
         """Extend a live lease to now + ttl (of a user the caller's `user_id_prefix` covers,
-        when given: lease_holders.in_scope)."""
+        when given: validation.in_scope)."""
         raise_if_any(check_opaque_id(lease_id, "lease_id"), self._ttl_violations(ttl))
         digest = lease_digest(lease_id)
         with self._uow.single_write() as uow:
