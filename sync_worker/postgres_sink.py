@@ -20,7 +20,7 @@ from sync_worker.sinks import (
     check_user_id,
     claimed,
     mapped_leaves,
-    storable,
+    storable_leaf,
 )
 
 SCHEMA_SQL: Final = """
@@ -102,19 +102,17 @@ def _jsonb_text(summary: Any) -> bytes:
     except ValueError:  # a NaN or an infinity, or a lone surrogate (UnicodeEncodeError)
         text = None
     if text is None or b"\\u0000" in text:
-        text = json.dumps(_finite(storable(summary)), ensure_ascii=False).encode()
+        # One copy, cleaned as storable() cleans and with NaN and infinities as null.
+        text = json.dumps(mapped_leaves(summary, _jsonb_leaf), ensure_ascii=False).encode()
     return text
 
 
-def _finite(value: Any) -> Any:
-    """`value` with NaN and infinities as None: json writes them, jsonb refuses them."""
-    return mapped_leaves(value, _finite_leaf)
-
-
-def _finite_leaf(value: Any) -> Any:
+def _jsonb_leaf(value: Any) -> Any:
+    """A leaf as jsonb takes it: storable, and NaN and infinities (which json writes and
+    jsonb refuses) as None."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    return storable_leaf(value)
 
 
 def _problem(exc: psycopg.Error, url: str = "") -> str:

@@ -106,10 +106,11 @@ def storable(value: Any) -> Any:
     inside an emoji, which JSON's \\ud83c escapes allow) becomes U+FFFD, and NUL, which
     PostgreSQL's text and jsonb refuse, is dropped. Only called when storing failed, so the
     usual summary costs nothing."""
-    return mapped_leaves(value, _storable_leaf)
+    return mapped_leaves(value, storable_leaf)
 
 
-def _storable_leaf(value: Any) -> Any:
+def storable_leaf(value: Any) -> Any:
+    """One leaf (or key) as storable() leaves it."""
     if isinstance(value, str):
         return _LONE_SURROGATE.sub("\ufffd", value).replace("\x00", "")
     return value

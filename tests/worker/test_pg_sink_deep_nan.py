@@ -1,9 +1,10 @@
 """A deep summary that carries a NaN (or a NUL, or a lone surrogate) is cleaned and stored.
 
-The cleaning (sinks.storable, postgres_sink._finite) recursed one or more Python frames per
-level: a summary whose laps nest 600 deep (json.loads accepts almost 1000 levels, and the C
-json.dumps of the first attempt writes it) with one NaN in it raised RecursionError, and the
-user was FAILED on every run. Both now copy without recursion (sinks.mapped_leaves). Same
+The cleaning (sinks.storable, and the PostgreSQL sink's of NaN and infinities) recursed one
+or more Python frames per level: a summary whose laps nest 600 deep (json.loads accepts
+almost 1000 levels, and the C json.dumps of the first attempt writes it) with one NaN in it
+raised RecursionError, and the user was FAILED on every run. The cleaning now copies without
+recursion (sinks.mapped_leaves). Same
 fixtures as tests/worker/test_sync_data.py::
 test_nan_and_infinities_are_stored_as_null_by_the_postgres_sink.
 """
