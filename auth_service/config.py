@@ -162,13 +162,17 @@ def mfa_claim_seconds(upstream: UpstreamSettings, client_ids: tuple[str, ...]) -
     upstream call's worst case, plus the margin of a claim; never under two minutes. DI: the
     code's POST, then a ticket exchange per client id tried. garth: the code's POST, the
     embed page, the OAuth1 ticket exchange and the OAuth2 exchange."""
-    call = upstream.timeout_seconds * (upstream.retries + 1)
     calls = max(1 + len(client_ids), GARTH_MFA_CALLS)
-    return max(MFA_CLAIM_FLOOR_SECONDS, call * calls + CLAIM_MARGIN_SECONDS)
+    return max(MFA_CLAIM_FLOOR_SECONDS, _call_seconds(upstream) * calls + CLAIM_MARGIN_SECONDS)
+
+
+def _call_seconds(upstream: UpstreamSettings) -> float:
+    """One Garmin call at its worst: every attempt timing out (garmin_client.retry)."""
+    return upstream.timeout_seconds * (upstream.retries + 1)
 
 
 def _refresh(reader: EnvReader, upstream: UpstreamSettings) -> RefreshSettings:
-    claim = upstream.timeout_seconds * (upstream.retries + 1) + CLAIM_MARGIN_SECONDS
+    claim = _call_seconds(upstream) + CLAIM_MARGIN_SECONDS
     return RefreshSettings(
         concurrency=reader.integer("REFRESH_CONCURRENCY", 4, minimum=1, maximum=256),
         claim_seconds=claim,
