@@ -14,6 +14,7 @@ from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import EmulatedUser, GarminEmulator
 from tests.fixtures.emulators import scanned_emulator
+from tests.fixtures.http_servers import RecordingServer
 
 CONSUMER_KEY = "test-consumer-key"
 CONSUMER_SECRET = "test-consumer-secret"
@@ -84,3 +85,11 @@ def expired_everywhere(emulator: GarminEmulator, tokens: GarminTokens, email: st
     """Expired on both sides: Garmin refuses the old access token too."""
     emulator.expire_access_tokens(email)
     return locally_expired(tokens)
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[RecordingServer]:
+    """Where a redirect points: a real HTTP server that records what reaches it."""
+    server = RecordingServer((200, {"Content-Type": "application/json"}, b""))
+    yield server
+    server.close()

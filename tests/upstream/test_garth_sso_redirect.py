@@ -9,8 +9,6 @@ does not expect: Garmin unavailable. Two real HTTP servers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from auth_service.domain.errors import GarminUnavailable
@@ -21,13 +19,6 @@ from tests.fixtures.http_servers import RecordingServer
 pytestmark = pytest.mark.timeout(30)
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def elsewhere() -> Iterator[RecordingServer]:
-    server = RecordingServer((200, {"Content-Type": "application/json"}, b""))
-    yield server
-    server.close()
 
 
 @pytest.mark.parametrize("status", [307, 308])

@@ -9,8 +9,6 @@ which records what reaches it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from auth_service.upstream.di.sso_http import SsoHttp
@@ -20,13 +18,6 @@ from tests.fixtures.http_servers import RecordingServer
 pytestmark = pytest.mark.timeout(30)
 
 SSO_LOGIN = "https://sso.garmin.com/mobile/api/login"
-
-
-@pytest.fixture
-def elsewhere() -> Iterator[RecordingServer]:
-    server = RecordingServer((200, {"Content-Type": "application/json"}, b""))
-    yield server
-    server.close()
 
 
 @pytest.mark.parametrize("status", [307, 308])
