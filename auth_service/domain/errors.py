@@ -255,6 +255,14 @@ class TooManyWatchers(DomainError):
     retry_after_seconds: float | None = 5.0
 
 
+class StreamDisabled(DomainError):
+    """This replica serves no WatchSessionEvents streams (GARMIN_AUTH_MAX_WATCHERS=0). Not a
+    wait: no RetryInfo, so consumers do not call again every few seconds."""
+
+    code_name = "UNIMPLEMENTED"
+    reason = "STREAM_DISABLED"
+
+
 class ConsumerTooSlow(DomainError):
     """A WatchSessionEvents consumer stopped reading: one event waited longer than
     GARMIN_AUTH_STREAM_SEND_TIMEOUT to be sent. Reconnect with the last cursor read."""

@@ -28,7 +28,12 @@ from auth_service.domain.changes import (
     StreamSettings,
     parse_cursor,
 )
-from auth_service.domain.errors import CursorExpired, ReplicaStopping, TooManyWatchers
+from auth_service.domain.errors import (
+    CursorExpired,
+    ReplicaStopping,
+    StreamDisabled,
+    TooManyWatchers,
+)
 from auth_service.services.unit_of_work import UnitsOfWork
 
 # Entries read per query: a replay of a long log goes out in slices of this many.
@@ -123,6 +128,11 @@ class SessionEvents:
 
     @contextmanager
     def slot(self) -> Iterator[None]:
+        if self.settings.max_watchers == 0:
+            raise StreamDisabled(
+                "this replica serves no change stream (GARMIN_AUTH_MAX_WATCHERS=0); "
+                "read the statuses with ListSessions"
+            )
         with self._lock:
             if self._watchers >= self.settings.max_watchers:
                 raise TooManyWatchers(

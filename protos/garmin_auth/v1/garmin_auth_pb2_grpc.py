@@ -264,7 +264,8 @@ class GarminAuthServiceServicer:
         the stream has caught up with the log, and idle streams get heartbeats. A
         consumer that stops reading is cut off (RESOURCE_EXHAUSTED,
         CONSUMER_TOO_SLOW); a replica serves GARMIN_AUTH_MAX_WATCHERS streams at
-        most (RESOURCE_EXHAUSTED, TOO_MANY_WATCHERS). Roles: admin, viewer.
+        most (RESOURCE_EXHAUSTED, TOO_MANY_WATCHERS); with 0 the stream is off
+        (UNIMPLEMENTED, STREAM_DISABLED). Roles: admin, viewer.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
