@@ -24,6 +24,7 @@ from auth_service.config import (
     PREFIX,
     load_database_url,
     load_keyring,
+    load_migration_locking,
     load_settings,
     redacted_database_url,
 )
@@ -92,6 +93,7 @@ class _Checks:
 
     def settings(self) -> str:
         load_settings(self.env)
+        load_migration_locking(self.env)  # read by `migrate` alone
         return "every GARMIN_AUTH_* setting parses"
 
     def database(self) -> str:

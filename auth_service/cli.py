@@ -18,6 +18,7 @@ from auth_service.config import (
     load_audit_retention_days,
     load_database_url,
     load_keyring,
+    load_migration_locking,
     load_settings,
     redacted_database_url,
 )
@@ -99,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from auth_service.storage.schema import (
+        MigrationLockTimeout,
         SchemaState,
         head_revision,
         schema_state,
@@ -106,9 +108,19 @@ def _migrate(args: argparse.Namespace) -> int:
     )
 
     url = load_database_url()
+    locking = load_migration_locking()
     # On a database a newer release migrated (before or while this run waited for the
     # migration lock) the upgrade does nothing (migrations/env.py).
-    upgrade_to_head(url)
+    try:
+        upgrade_to_head(
+            url, lock_timeout_seconds=locking.lock_timeout_seconds, attempts=locking.attempts
+        )
+    except MigrationLockTimeout as exc:
+        print(
+            f"garmin-auth-service: database error on {redacted_database_url(url)}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_DATABASE
     state, revision = schema_state(url)
     if state is SchemaState.AHEAD:
         # An older release's migration Job (a rollback re-applies it): nothing of ours to do.

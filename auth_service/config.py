@@ -271,6 +271,27 @@ def load_database_url(env: Mapping[str, str] | None = None) -> str:
     return _database_url(_reader(env))
 
 
+@dataclass(frozen=True)
+class MigrationLocking:
+    """GARMIN_AUTH_MIGRATION_LOCK_TIMEOUT, _ATTEMPTS: how long one `migrate` attempt waits for
+    a table's lock (0: as long as it takes), and how many attempts it makes."""
+
+    lock_timeout_seconds: float = 5.0
+    attempts: int = 12
+
+
+def load_migration_locking(env: Mapping[str, str] | None = None) -> MigrationLocking:
+    """Only the migration's lock settings (for `migrate`)."""
+    reader = _reader(env)
+    default = MigrationLocking()
+    return MigrationLocking(
+        lock_timeout_seconds=reader.number(
+            "MIGRATION_LOCK_TIMEOUT", default.lock_timeout_seconds, minimum=0, maximum=3600
+        ),
+        attempts=reader.integer("MIGRATION_ATTEMPTS", default.attempts, minimum=1, maximum=1000),
+    )
+
+
 DEFAULT_AUDIT_RETENTION_DAYS = 90
 MAX_AUDIT_RETENTION_DAYS = 36500
 

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, make_url
 from auth_service.config import load_database_url
 from auth_service.storage.database import create_engine_for
 from auth_service.storage.models import Base, UTCDateTime
-from auth_service.storage.schema import DATABASE_URL_ATTRIBUTE
+from auth_service.storage.schema import DATABASE_URL_ATTRIBUTE, LOCK_TIMEOUT_ATTRIBUTE
 
 config = context.config
 target_metadata = Base.metadata
@@ -98,6 +98,10 @@ def _migrate(connection: Connection) -> None:
             # Job): the others wait here, then find the database at head and do nothing.
             # Released with the transaction. (SQLite's writer lock already does this.)
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            # Set after the advisory lock: a run waits for another run as long as it lasts,
+            # but not for a table a long transaction holds (schema.upgrade_to_head).
+            lock_timeout_ms = int(config.attributes.get(LOCK_TIMEOUT_ATTRIBUTE, 0))
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = {lock_timeout_ms}")
         if _migrated_by_a_newer_release():
             # Read under the lock (the run we waited for may have been a newer release's),
             # or SQLite's writer lock: nothing of ours to do.

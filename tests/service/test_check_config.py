@@ -322,6 +322,21 @@ def test_sign_in_settings_are_checked(env: dict[str, str], variable: str, value:
     assert failed(run_checks(env))["settings"].startswith(variable)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GARMIN_AUTH_MIGRATION_LOCK_TIMEOUT", "soon"),
+        ("GARMIN_AUTH_MIGRATION_ATTEMPTS", "0"),
+        ("GARMIN_AUTH_AUDIT_RETENTION_DAYS", "forever"),
+    ],
+)
+def test_command_settings_are_checked(env: dict[str, str], variable: str, value: str) -> None:
+    # Read by migrate and prune-audit alone: check-config must not call them fine.
+    env[variable] = value
+    assert failed(run_checks(env))["settings"].startswith(variable)
+
+
 # --- exposure (issue 14) ----------------------------------------------------------------------
 
 
