@@ -268,10 +268,22 @@ class TokenEndpoint:
 
 
 def _access_expiry(payload: dict[str, Any], access_token: str, now: datetime) -> datetime:
-    """`expires_in`, else the JWT's `exp`, else the shortest access lifetime reported."""
-    expires_in = _stated_seconds(payload.get("expires_in"))
-    if expires_in is not None:
-        return now + timedelta(seconds=expires_in)
+    """The earlier of `expires_in` and the JWT's `exp` (Garmin's API judges the token by its
+    `exp`: a grant must not hand out a token that died before the answer said), either alone
+    when the other is unreadable, else the shortest access lifetime reported."""
+    stated = _stated_seconds(payload.get("expires_in"))
+    candidates = [_jwt_expiry(access_token, now)]
+    if stated is not None:
+        candidates.append(now + timedelta(seconds=stated))
+    readable = [expires_at for expires_at in candidates if expires_at is not None]
+    if readable:
+        return min(readable)
+    log.warning("garmin token answer: no readable access expiry; assuming the shortest known")
+    return now + SHORTEST_ACCESS_LIFETIME
+
+
+def _jwt_expiry(access_token: str, now: datetime) -> datetime | None:
+    """The access token's own `exp`, if it is readable and ahead of `now`."""
     try:
         exp = jwt_payload(access_token)["exp"]
         if isinstance(exp, int | float) and not isinstance(exp, bool):
@@ -280,8 +292,7 @@ def _access_expiry(payload: dict[str, Any], access_token: str, now: datetime) ->
                 return expires_at
     except (KeyError, TypeError, ValueError, OverflowError, OSError):
         pass
-    log.warning("garmin token answer: no readable access expiry; assuming the shortest known")
-    return now + SHORTEST_ACCESS_LIFETIME
+    return None
 
 
 def _text(payload: dict[str, Any], name: str) -> str:
@@ -303,4 +314,5 @@ def _stated_seconds(value: object) -> int | None:
         return None
     if not 0 < value <= MAX_STATED_SECONDS:  # also false for NaN
         return None
-    return int(value)
+    # A fraction under a second is no lifetime either (it would read as "expired now").
+    return int(value) or None
