@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, or_, select, update
+from sqlalchemy import Table, and_, case, delete, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -165,10 +165,14 @@ class SqlGarminLimitRepository:
         return row.rate_limited_calls
 
     def open_breaker(self, endpoint: GarminEndpoint, until: datetime) -> None:
+        breaker = GarminEndpointBreaker
+        # A later end wins: the 429 of a call admitted before the breaker opened (without a
+        # Retry-After: the default wait) must not cut short the hour Garmin asked for.
+        later = case((breaker.open_until > until, breaker.open_until), else_=until)
         self.session.execute(
-            update(GarminEndpointBreaker)
-            .where(GarminEndpointBreaker.endpoint == endpoint.value)
-            .values(open_until=until, probe_until=None)
+            update(breaker)
+            .where(breaker.endpoint == endpoint.value)
+            .values(open_until=later, probe_until=None)
         )
 
     def claim_probe(self, endpoint: GarminEndpoint, now: datetime, until: datetime) -> bool:
