@@ -1,4 +1,4 @@
-"""The per-account sign-in cooldown: after Garmin's sign-in answered 429 for a user, that
+"""The per-account sign-in cooldown: after Garmin's sign-in (SSO) answered 429 for a user, that
 user's logins are refused (GARMIN_RATE_LIMITED, with RetryInfo) without calling Garmin, on
 every replica, until the cooldown ends. Retrying into a 429 only extends Garmin's block.
 
@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from auth_service.domain.errors import GarminRateLimited
+from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.policies import SIGNIN_RETRY_AFTER_MAX_SECONDS
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
@@ -49,6 +50,11 @@ class SignInCooldown:
                 raise  # answered without Garmin (auth_service.services.garmin_gate)
             if self._seconds <= 0:
                 raise  # turned off (GARMIN_AUTH_SIGNIN_COOLDOWN=0): Garmin's answer as it is
+            if limited.endpoint not in (None, GarminEndpoint.SSO):
+                # The ticket exchange's token endpoint, which every refresh shares: the gate
+                # holds the account back for that answer's own Retry-After. Only the SSO's
+                # 429 (or one whose endpoint is unknown) costs the user hours of sign-ins.
+                raise
             # Garmin's Retry-After as it asked, not as capped for the account's other calls.
             asked = min(limited.asked_seconds or 0.0, SIGNIN_RETRY_AFTER_MAX_SECONDS)
             seconds = max(self._seconds, asked)
