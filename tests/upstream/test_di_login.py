@@ -190,3 +190,31 @@ def test_a_refused_client_id_tries_the_next_when_configured(
     )
     assert tokens.di_client_id == KNOWN_DI_CLIENT_IDS[1]
     assert [r.client_id for r in emulator.token_requests] == list(KNOWN_DI_CLIENT_IDS[:2])
+
+
+def test_a_ticket_spent_by_our_refused_client_id_is_not_the_users_fault(
+    emulator: GarminEmulator, user: EmulatedUser
+) -> None:
+    """Where a refused client id burns the ticket (uncertain in the facts file), `next` met
+    the spent ticket with the second id and answered SERVICE_TICKET_REJECTED: the user was
+    told to fetch a new ticket, which met the same refusal every time. Our client id is at
+    fault: GARMIN_UNAVAILABLE, as when it stops at the first id."""
+    emulator.di.accepted_client_ids = KNOWN_DI_CLIENT_IDS[1:]
+    emulator.di.refused_client_burns_ticket = True
+    upstream = di_upstream(emulator, on_refused_client_id=RefusedClientId.NEXT)
+    with pytest.raises(GarminUnavailable, match="GARMIN_AUTH_DI_CLIENT_IDS"):
+        upstream.exchange_service_ticket(
+            ticket_for(emulator, user.email, PASSWORD), IOS_SERVICE_URL
+        )
+    assert [r.client_id for r in emulator.token_requests] == list(KNOWN_DI_CLIENT_IDS[:2])
+
+
+def test_a_bad_ticket_is_still_the_users_with_next(
+    emulator: GarminEmulator, user: EmulatedUser
+) -> None:
+    # The first id is accepted and refuses the ticket itself: that verdict is the ticket's.
+    upstream = di_upstream(emulator, on_refused_client_id=RefusedClientId.NEXT)
+    ticket = ticket_for(emulator, user.email, PASSWORD)
+    upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL)
+    with pytest.raises(ServiceTicketRejected):
+        upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL)

@@ -15,6 +15,7 @@ from auth_service.domain.clock import Clock, SystemClock
 from auth_service.domain.errors import (
     GarminSessionRejected,
     GarminUnavailable,
+    ServiceTicketRejected,
 )
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import (
@@ -81,17 +82,25 @@ class DiUpstream:
     def exchange_service_ticket(self, ticket: str, service_url: str) -> GarminTokens:
         """The ticket's token pair, with the configured client ids in order; what a refused id
         leads to is GARMIN_AUTH_DI_ON_REFUSED_CLIENT_ID's choice."""
-        for client_id in self._settings.client_ids:
+        refused = GarminUnavailable(
+            "Garmin refused the configured DI client id: check GARMIN_AUTH_DI_CLIENT_IDS"
+        )
+        for attempt, client_id in enumerate(self._settings.client_ids):
             try:
                 return self._tokens.exchange_ticket(ticket, service_url, client_id, DEFAULT_DOMAIN)
             except ClientIdRefused:
                 pass
+            except ServiceTicketRejected:
+                if attempt == 0:
+                    raise
+                # Whether a refused client id burns the ticket is uncertain (the facts file):
+                # where it does, the next id finds the ticket spent by our own refused id, and
+                # the user's ticket is not to blame.
+                raise refused from None
             log.error("Garmin refused the DI client id %s for a ticket exchange", client_id)
             if self._settings.on_refused_client_id is RefusedClientId.STOP:
                 break
-        raise GarminUnavailable(
-            "Garmin refused the configured DI client id: check GARMIN_AUTH_DI_CLIENT_IDS"
-        )
+        raise refused
 
     def refresh(self, tokens: GarminTokens) -> GarminTokens:
         return self._tokens.refresh(tokens)
