@@ -183,3 +183,18 @@ def keepalive_not_before(tokens: GarminTokens, now: datetime, window: timedelta)
         return None
     left = max(min(window, dies_at - now), timedelta(0))
     return now + left / 2
+
+
+# The shortest hold-back of a failed keep-alive refresh: a token about to die is still not
+# asked for more often than this.
+KEEPALIVE_SHORTEST_RETRY = timedelta(minutes=1)
+
+
+def keepalive_retry_at(dies_at: datetime | None, now: datetime, retry: timedelta) -> datetime:
+    """When keep-alive may try again a session whose refresh just failed without a verdict
+    (a 5xx, a timeout): after `retry` (RefreshSettings.keepalive_retry_seconds), but while its
+    refresh token still lives, after half the time it has left at most (never sooner than a
+    minute), so one passing failure cannot leave it to die unrefreshed."""
+    if dies_at is None or dies_at <= now:
+        return now + retry
+    return now + min(retry, max((dies_at - now) / 2, KEEPALIVE_SHORTEST_RETRY))

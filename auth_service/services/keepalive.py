@@ -33,7 +33,7 @@ from datetime import timedelta
 
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import GarminRateLimited, GarminSessionRejected, SessionNotActive
-from auth_service.domain.policies import RefreshSettings
+from auth_service.domain.policies import RefreshSettings, keepalive_retry_at
 from auth_service.domain.repositories import KeepAliveCandidate
 from auth_service.services.session_refresh import RefreshAsker, RefreshBusy, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
@@ -164,29 +164,32 @@ class KeepAlive:
         # GarminUnavailable (5xx, timeout, a refused client id), SecretUnreadable or anything
         # unexpected; one session's failure must not stop the pass.
         except Exception as exc:  # noqa: BLE001
-            log.warning(
-                "keep-alive of user %s failed (%s); retried in %.0f s",
-                candidate.user_id,
-                type(exc).__name__,
-                self._settings.keepalive_retry_seconds,
-            )
-            self._hold_back(candidate)
+            self._hold_back(candidate, type(exc).__name__)
             return "failed"
         return "refreshed" if refreshed.by_us else "skipped"
 
-    def _hold_back(self, candidate: KeepAliveCandidate) -> None:
+    def _hold_back(self, candidate: KeepAliveCandidate, failure: str) -> None:
         """Leave a session whose refresh failed alone for keepalive_retry_seconds, so the
-        ones that fail every time cannot fill every pass (RefreshSettings)."""
+        ones that fail every time cannot fill every pass (RefreshSettings); one whose refresh
+        token dies sooner, for half the time it has left (keepalive_retry_at)."""
+        retry = timedelta(seconds=self._settings.keepalive_retry_seconds)
         try:
             with self._uow() as uow:
+                until = keepalive_retry_at(candidate.refresh_token_expires_at, uow.now, retry)
                 uow.refreshes.defer_keepalive(
-                    candidate.user_id,
-                    version=candidate.session_version,
-                    until=uow.now + timedelta(seconds=self._settings.keepalive_retry_seconds),
+                    candidate.user_id, version=candidate.session_version, until=until
                 )
+                wait = (until - uow.now).total_seconds()
         # Then it is simply tried again next pass; only the type is logged (driver messages
         # can echo connection parameters).
         except Exception as exc:  # noqa: BLE001
             log.warning(
-                "keep-alive of user %s not held back (%s)", candidate.user_id, type(exc).__name__
+                "keep-alive of user %s failed (%s), not held back (%s)",
+                candidate.user_id,
+                failure,
+                type(exc).__name__,
             )
+            return
+        log.warning(
+            "keep-alive of user %s failed (%s); retried in %.0f s", candidate.user_id, failure, wait
+        )
