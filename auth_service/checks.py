@@ -9,14 +9,16 @@ URLs: never a key, token, password or secret.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, LargeBinary, func, select, text
+from sqlalchemy import Engine, LargeBinary, false, func, not_, or_, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.elements import ColumnElement
 
 from auth_service.api.callers import CallersFileError
 from auth_service.checks_exposure import CheckFailed, exposure_checks, without_files
@@ -28,7 +30,13 @@ from auth_service.config import (
     load_settings,
     redacted_database_url,
 )
-from auth_service.crypto import DecryptionError, Keyring, blob_header
+from auth_service.crypto import (
+    MAX_HEADER_BYTES,
+    DecryptionError,
+    Keyring,
+    blob_header,
+    sealed_key_id,
+)
 from auth_service.serving_config import with_secret_files
 from auth_service.storage.database import (
     SQLITE_BEGIN_OPTION,
@@ -50,6 +58,49 @@ TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 
 # Opens a few blobs of one column stored under a key id (see key_rotation.KeySample).
 SampleKey = Callable[[Engine, Keyring, str], KeySample]
+# Users named on the line when blobs have no header: one line per check stays readable.
+_NAMED_DAMAGED_ROWS = 10
+# Rows fetched at a time when reading the headers of blobs under no configured key id.
+_FOREIGN_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class _StoredColumn:
+    """An encrypted column: whose rows it is in, its blobs, and how to sample them."""
+
+    user_id: InstrumentedAttribute[str]
+    blob: InstrumentedAttribute[bytes | None] | InstrumentedAttribute[bytes]
+    sample_key: SampleKey
+
+
+@dataclass
+class _ForeignBlobs:
+    """The blobs of a column under no configured key id. Key ids, counts and user ids: never
+    a secret."""
+
+    # Sealed under a key id that is not configured: its key is still needed.
+    under_unknown_key_ids: Counter[str] = field(default_factory=Counter)
+    # No blob header at all: altered rows. The first few users are named.
+    damaged: int = 0
+    damaged_user_ids: list[str] = field(default_factory=list)
+
+    def add(self, user_id: str, kid: str | None) -> None:
+        if kid is not None:
+            self.under_unknown_key_ids[kid] += 1
+            return
+        self.damaged += 1
+        if len(self.damaged_user_ids) < _NAMED_DAMAGED_ROWS:
+            self.damaged_user_ids.append(user_id)
+
+
+_SESSIONS = _StoredColumn(
+    GarminAuthenticationState.user_id,
+    GarminAuthenticationState.session_ciphertext,
+    sample_stored_sessions,
+)
+_CHALLENGES = _StoredColumn(
+    GarminMfaChallenge.user_id, GarminMfaChallenge.pending_ciphertext, sample_stored_challenges
+)
 
 
 @dataclass(frozen=True)
@@ -157,66 +208,71 @@ class _Checks:
         if not self.at_head:
             raise CheckFailed("not checked: the database is unreachable or not migrated")
         keyring = load_keyring(self.env)
-        sessions = self._blobs(
-            keyring, "session", GarminAuthenticationState.session_ciphertext, sample_stored_sessions
-        )
-        challenges = self._blobs(
-            keyring,
-            "MFA challenge",
-            GarminMfaChallenge.pending_ciphertext,
-            sample_stored_challenges,
-        )
+        sessions = self._blobs(keyring, "session", _SESSIONS)
+        challenges = self._blobs(keyring, "MFA challenge", _CHALLENGES)
         return f"sessions: {sessions}; MFA challenges: {challenges}"
 
-    def _blobs(
-        self,
-        keyring: Keyring,
-        what: str,
-        blob: InstrumentedAttribute[bytes | None] | InstrumentedAttribute[bytes],
-        sample_key: SampleKey,
-    ) -> str:
-        """Counts of `blob` by key id, with a few blobs per key id decrypted. A key id fails
-        only when none of its samples opens (a wrong key under that id); a sample that does
-        not open among ones that do is an altered row, named on the line without failing it:
-        that user answers DATA_LOSS until logged in again, every other user is served."""
-        total, counts = self._count_by_key_id(keyring, blob)
+    def _blobs(self, keyring: Keyring, what: str, column: _StoredColumn) -> str:
+        """Counts of the column's blobs by key id, with a few blobs per key id decrypted. A
+        key id fails only when none of its samples opens (a wrong key under that id), and a
+        blob sealed under a key id that is not configured fails (its key is still needed). A
+        sample that does not open among ones that do, or a blob with no header at all, is an
+        altered row, named on the line without failing it: that user answers DATA_LOSS until
+        logged in again, every other user is served."""
+        counts = self._count_by_key_id(keyring, column.blob)
         unreadable: list[str] = []
         for kid in counts:
-            sample = sample_key(self._reader(), keyring, kid)
+            sample = column.sample_key(self._reader(), keyring, kid)
             # (Nothing sampled: the rows went between the count and the sample.)
             if sample.sampled and not sample.opened:
                 raise CheckFailed(_wrong_key(what, sample))
             unreadable.extend(sample.unreadable_user_ids)
+        foreign = self._foreign_blobs(keyring, column)
         shown = ", ".join(f"{kid}={number}" for kid, number in counts.items())
-        if total > sum(counts.values()):
-            raise CheckFailed(
-                f"{total - sum(counts.values())} {what}(s) under a key id not in "
-                f"GARMIN_AUTH_ENCRYPTION_KEYS (found {shown or 'none'} under configured ids); "
-                "put the old key back"
-            )
-        if total == 0:
+        if foreign.under_unknown_key_ids:
+            raise CheckFailed(_unknown_key_ids(what, foreign, shown))
+        if not counts and not foreign.damaged:
             return "none stored"
-        return f"{shown} (each key id opened a sample){_altered_rows(what, unreadable)}"
+        readable = f"{shown} (each key id opened a sample)" if counts else "none under a key id"
+        return f"{readable}{_altered_rows(what, unreadable)}{_damaged_rows(what, foreign)}"
 
     def _count_by_key_id(
         self,
         keyring: Keyring,
         blob: InstrumentedAttribute[bytes | None] | InstrumentedAttribute[bytes],
-    ) -> tuple[int, dict[str, int]]:
-        """How many blobs are stored, and how many under each configured key id that has
-        any, by their header compared in SQL (no blob leaves the database). The total is
-        counted first, so a secret stored meanwhile cannot look like one under an unknown id."""
+    ) -> dict[str, int]:
+        """How many blobs are stored under each configured key id that has any, by their
+        header compared in SQL (no blob leaves the database)."""
         counts: dict[str, int] = {}
         with self._reader().connect() as connection:
-            total = connection.execute(select(func.count()).where(blob.is_not(None))).scalar_one()
             for kid, _ in keyring.keys:
-                # From its second byte on, the header is the same for every blob format.
-                header = blob_header(kid)[1:]
-                under_kid = func.substr(blob, 2, len(header), type_=LargeBinary) == header
-                number = connection.execute(select(func.count()).where(under_kid)).scalar_one()
+                number = connection.execute(
+                    select(func.count()).where(_under_key_id(blob, kid))
+                ).scalar_one()
                 if number:
                     counts[kid] = number
-        return total, counts
+        return counts
+
+    def _foreign_blobs(self, keyring: Keyring, column: _StoredColumn) -> _ForeignBlobs:
+        """The blobs under no configured key id, told apart by their header: one sealed under
+        another key id needs that key back, while one with no header (a damaged or replaced
+        row) was never sealed under any key. Only a header's bytes leave the database: at
+        most MAX_HEADER_BYTES of each blob, and only of these rows (none, normally)."""
+        blob = column.blob
+        configured = or_(*(_under_key_id(blob, kid) for kid, _ in keyring.keys))
+        head = func.substr(blob, 1, MAX_HEADER_BYTES, type_=LargeBinary)
+        statement = select(column.user_id, head, func.length(blob)).where(
+            # SQLite's substr of an empty blob is NULL, and so would the comparison be.
+            blob.is_not(None),
+            not_(func.coalesce(configured, false())),
+        )
+        foreign = _ForeignBlobs()
+        with self._reader().connect() as connection:
+            # Streamed: with a key missing, every stored row may be one of these.
+            rows = connection.execution_options(yield_per=_FOREIGN_BATCH).execute(statement)
+            for user_id, header, length in rows:
+                foreign.add(user_id, sealed_key_id(bytes(header or b""), length))
+        return foreign
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -228,6 +284,24 @@ class _Checks:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.dispose()
+
+
+def _under_key_id(
+    blob: InstrumentedAttribute[bytes | None] | InstrumentedAttribute[bytes], kid: str
+) -> ColumnElement[bool]:
+    """Whether a blob is under `kid`, compared in SQL. From its second byte on, the header is
+    the same for every blob format."""
+    header = blob_header(kid)[1:]
+    return func.substr(blob, 2, len(header), type_=LargeBinary) == header
+
+
+def _unknown_key_ids(what: str, foreign: _ForeignBlobs, shown: str) -> str:
+    unknown = foreign.under_unknown_key_ids
+    ids = ", ".join(f"{kid!r}={number}" for kid, number in unknown.items())
+    return (
+        f"{sum(unknown.values())} {what}(s) under a key id not in GARMIN_AUTH_ENCRYPTION_KEYS "
+        f"({ids}; found {shown or 'none'} under configured ids); put the old key back"
+    )
 
 
 def _wrong_key(what: str, sample: KeySample) -> str:
@@ -247,6 +321,21 @@ def _altered_rows(what: str, user_ids: list[str]) -> str:
         f"; WARNING: {len(user_ids)} sampled {what}(s) do not open (altered in the database?): "
         f"user(s) {', '.join(map(repr, user_ids))} answer DATA_LOSS SECRET_UNREADABLE until "
         "logged in again"
+    )
+
+
+def _damaged_rows(what: str, foreign: _ForeignBlobs) -> str:
+    """A warning naming the users whose stored blob has no header at all: altered rows that
+    no key, configured or retired, could open; only they are affected."""
+    if not foreign.damaged:
+        return ""
+    named = ", ".join(map(repr, foreign.damaged_user_ids))
+    unnamed = foreign.damaged - len(foreign.damaged_user_ids)
+    more = f" and {unnamed} more" if unnamed else ""
+    return (
+        f"; WARNING: {foreign.damaged} {what}(s) not sealed blobs at all (altered in the "
+        f"database?): user(s) {named}{more} answer DATA_LOSS SECRET_UNREADABLE until logged in "
+        "again"
     )
 
 

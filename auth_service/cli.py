@@ -133,15 +133,22 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# rotate-keys holds a batch's rows and their new blobs in memory, and the database takes the
+# batch size as a LIMIT: 2**63 overflowed it (a traceback, exit 1: "an old key is needed").
+MAX_ROTATION_BATCH_SIZE = 100_000
+
+
 def _rotate_keys(args: argparse.Namespace) -> int:
     from auth_service.storage.database import create_engine_for
     from auth_service.storage.key_rotation import PrimaryKeyMismatch, rotate_keys
 
-    if args.batch_size < 1:
-        raise ConfigError("--batch-size", "must be at least 1")
+    if not 1 <= args.batch_size <= MAX_ROTATION_BATCH_SIZE:
+        raise ConfigError("--batch-size", f"must be 1-{MAX_ROTATION_BATCH_SIZE}")
     keyring = load_keyring()
     url = load_database_url()
     _refuse_missing_sqlite_file(url)
+    if not _migrated(url, "rotate-keys"):
+        return EXIT_CONFIG
     engine = create_engine_for(url)
     try:
         report = rotate_keys(engine, keyring, batch_size=args.batch_size)
@@ -159,6 +166,32 @@ def _rotate_keys(args: argparse.Namespace) -> int:
         )
     # Anything left behind (undecryptable or still changing) means the old key is still needed.
     return 0 if report.complete else 1
+
+
+def _migrated(url: str, command: str) -> bool:
+    """Whether `command` may run on the database, as `serve` decides: not on one behind this
+    release's migrations (said on stderr), where its first statement would fail on a missing
+    table and be reported as a database that does not answer (exit 3, which a Job retries).
+    On one a newer release migrated it runs, with a warning: migrations only add."""
+    from auth_service.storage.schema import SchemaState, head_revision, schema_state
+
+    state, revision = schema_state(url)
+    if state is SchemaState.BEHIND:
+        print(
+            f"garmin-auth-service: the database ({redacted_database_url(url)}) is not at the "
+            "latest migration; run `garmin-auth-service migrate` first",
+            file=sys.stderr,
+        )
+        return False
+    if state is SchemaState.AHEAD:
+        log.warning(
+            "the database is at revision %s, newer than this release's %s: running %s on it "
+            "(a newer release migrated it; migrations only add columns and tables)",
+            revision,
+            head_revision(),
+            command,
+        )
+    return True
 
 
 def _refuse_missing_sqlite_file(url: str) -> None:
@@ -202,6 +235,8 @@ def _prune_audit(args: argparse.Namespace) -> int:
         raise ConfigError("--older-than", f"must be 1-{MAX_AUDIT_RETENTION_DAYS} days")
     url = load_database_url()
     _refuse_missing_sqlite_file(url)
+    if not _migrated(url, "prune-audit"):
+        return EXIT_CONFIG
     engine = create_engine_for(url)
     try:
         deleted = prune_audit(engine, timedelta(days=days))

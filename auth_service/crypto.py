@@ -36,7 +36,12 @@ NONCE_BYTES = 12
 KEY_BYTES = 32
 _HEADER_BYTES = 2  # version, kid length
 _TAG_BYTES = 16
-_KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_MAX_KID_BYTES = 64
+# The longest blob header: format, key id length and the longest key id.
+MAX_HEADER_BYTES = _HEADER_BYTES + _MAX_KID_BYTES
+# Matched with fullmatch: `$` also matches before a final newline, and a key id "k1\n" would
+# be written into every blob header and break check-config's one line per check.
+_KID_PATTERN = re.compile(rf"[A-Za-z0-9._-]{{1,{_MAX_KID_BYTES}}}")
 
 
 class KeyringError(ValueError):
@@ -65,7 +70,7 @@ class Keyring:
             raise KeyringError("the primary key id names none of the keys")
         for position, (kid, key) in enumerate(self.keys, start=1):
             # A malformed key id may be a key pasted in the wrong place: name only its position.
-            if not _KID_PATTERN.match(kid):
+            if not _KID_PATTERN.fullmatch(kid):
                 raise KeyringError(
                     f"entry {position}: the key id must be 1-64 characters of A-Z a-z 0-9 . _ -"
                 )
@@ -91,7 +96,7 @@ class Keyring:
             kid, sep, encoded = entry.partition(":")
             if not sep or not kid:
                 raise KeyringError(f"entry {position} is not kid:base64-of-32-bytes")
-            if not _KID_PATTERN.match(kid):
+            if not _KID_PATTERN.fullmatch(kid):
                 raise KeyringError(
                     f"entry {position}: the key id must be 1-64 characters of A-Z a-z 0-9 . _ -"
                 )
@@ -158,6 +163,21 @@ class Keyring:
         if len(blob) < _HEADER_BYTES + kid_len + NONCE_BYTES + _TAG_BYTES:
             raise DecryptionError("blob is truncated")
         return blob[_HEADER_BYTES : _HEADER_BYTES + kid_len].decode("ascii", errors="replace")
+
+
+def sealed_key_id(head: bytes, blob_length: int) -> str | None:
+    """The key id in the header of a blob `blob_length` bytes long that begins with `head`
+    (its first MAX_HEADER_BYTES bytes, or all of it); None when it has no header this module
+    writes: an unknown format, a key id no key ring accepts, or too few bytes after it for a
+    nonce and a tag. Only a blob with a header can be under a key that is not configured;
+    one without was altered, and no key opens it (check-config)."""
+    if len(head) < _HEADER_BYTES or head[0] not in _BLOB_FORMATS:
+        return None
+    end_of_kid = _HEADER_BYTES + head[1]
+    if len(head) < end_of_kid or blob_length < end_of_kid + NONCE_BYTES + _TAG_BYTES:
+        return None
+    kid = head[_HEADER_BYTES:end_of_kid].decode("ascii", errors="replace")
+    return kid if _KID_PATTERN.fullmatch(kid) else None
 
 
 def blob_header(kid: str, blob_format: int = BLOB_VERSION) -> bytes:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from auth_service.crypto import Keyring
+from auth_service.storage.schema import upgrade_to_head
 
 CLI = str(Path(sys.executable).parent / "garmin-auth-service")
 
@@ -41,6 +42,19 @@ def test_a_bad_batch_size_is_a_configuration_error(tmp_path: Path, batch_size: s
     assert (done.returncode, "Traceback" in done.stderr) == (2, False), (
         f"exit {done.returncode}; stderr ends: {done.stderr.strip().splitlines()[-1]}"
     )
+
+
+def test_a_batch_size_beyond_the_bound_is_a_configuration_error(tmp_path: Path) -> None:
+    """Before, only a batch size below 1 was refused: 2**63 reached the database as a LIMIT
+    and died on an OverflowError traceback, exit 1, the code that says an old key is still
+    needed. Now the flag is bounded (1-100000): exit 2, one line naming it."""
+    database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    upgrade_to_head(database_url)  # else the missing database file is refused first
+
+    done = _run(tmp_path, "--batch-size", str(2**63), database_url=database_url)
+
+    assert (done.returncode, "Traceback" in done.stderr) == (2, False), done.stderr[-600:]
+    assert "--batch-size: must be 1-100000" in done.stderr
 
 
 def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:

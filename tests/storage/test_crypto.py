@@ -147,6 +147,20 @@ def test_parse_errors_name_no_key_material(template: str) -> None:
     _assert_no_key_material(str(raised.value), value)
 
 
+def test_parse_refuses_a_key_id_ending_in_a_line_break() -> None:
+    """Before, the key id pattern ended in `$`, which also matches before a final newline:
+    "k1\\n" was accepted, written into every blob header, and broke check-config's one line
+    per check. Now the whole key id must be 1-64 characters of A-Z a-z 0-9 . _ -."""
+    with pytest.raises(KeyringError, match="entry 1: the key id must be"):
+        Keyring.parse(f"k1\n:{_key()}")
+
+
+def test_a_keyring_refuses_a_key_id_ending_in_a_line_break() -> None:
+    """The same pattern guards a Keyring built from its entries (before: accepted)."""
+    with pytest.raises(KeyringError, match="entry 1: the key id must be"):
+        Keyring((("k1\n", os.urandom(32)),))
+
+
 # Mistakes where the key lands in the key-id position: the error must name the entry's
 # position, never echo the malformed key id (which is the key).
 # A key in URL-safe base64 or hex fits the key id's alphabet, so only the error names it.
