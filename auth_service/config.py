@@ -36,6 +36,7 @@ from auth_service.serving_config import (
     ServingSettings,
     check_development_flag,
     check_plaintext_upstream,
+    is_host_port,
     load_log_level,
     plaintext_listen_refusal,
     plaintext_upstream,
@@ -50,7 +51,6 @@ from garmin_client.url_secrets import redacted_url, unencoded_at_after_password
 PREFIX = "GARMIN_AUTH_"
 DEFAULT_DATABASE_URL = "sqlite:///garmin-auth.sqlite3"
 DEFAULT_LISTEN = "127.0.0.1:50051"
-MAX_PORT = 65535
 # A refresh claim outlives one Garmin call (every attempt timing out) by this much.
 CLAIM_MARGIN_SECONDS = 30.0
 # What a SubmitMfa held its challenge for before the hold grew with the upstream timeout.
@@ -215,8 +215,7 @@ def _reader(env: Mapping[str, str] | None) -> EnvReader:
 
 def check_host_port(name: str, listen: str) -> str:
     """`listen` if it is host:port; ConfigError naming GARMIN_AUTH_<name> otherwise."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= MAX_PORT:
+    if not is_host_port(listen):
         raise ConfigError(PREFIX + name, f"expected host:port, got {listen!r}")
     return listen
 

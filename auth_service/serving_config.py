@@ -108,12 +108,21 @@ def is_loopback_listen(listen: str) -> bool:
         return False
 
 
+MAX_PORT = 65535
+
+
+def is_host_port(value: str) -> bool:
+    """Whether `value` is host:port, the port in ASCII digits (str.isdigit() also takes a
+    superscript two, which int() refuses, and Arabic-Indic digits, which it reads as ours)."""
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isascii() and port.isdigit() and int(port) <= MAX_PORT)
+
+
 def _health_listen(reader: EnvReader) -> str | None:
     value = reader.get("HEALTH_LISTEN") or DEFAULT_HEALTH_LISTEN
     if value.lower() == HEALTH_LISTEN_OFF:
         return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
+    if not is_host_port(value):
         raise reader.error("HEALTH_LISTEN", f"expected host:port or off, got {value!r}")
     return value
 

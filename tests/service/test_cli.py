@@ -208,6 +208,12 @@ def test_serving_settings_and_their_defaults(tmp_path: Path) -> None:
     for variable, value in (
         ("GARMIN_AUTH_REFLECTION", "maybe"),
         ("GARMIN_AUTH_HEALTH_LISTEN", "8081"),
+        # Digits str.isdigit() accepts and int() refuses (or reads as 50051): a config error,
+        # not a ValueError traceback nor a port nobody wrote.
+        ("GARMIN_AUTH_HEALTH_LISTEN", "127.0.0.1:\u00b2"),
+        ("GARMIN_AUTH_HEALTH_LISTEN", "127.0.0.1:\u0665\u0660\u0660\u0665\u0661"),
+        ("GARMIN_AUTH_LISTEN", "127.0.0.1:\u00b2"),
+        ("GARMIN_AUTH_LISTEN", "127.0.0.1:\u0665\u0660\u0660\u0665\u0661"),
         ("GARMIN_AUTH_MAX_CONNECTION_AGE", "1"),
         ("GARMIN_AUTH_ENVIRONMENT", "prod"),
     ):
