@@ -52,6 +52,10 @@ def _secret(reader: EnvReader) -> bytes:
 def _check_url(reader: EnvReader, url: str) -> None:
     """Refuse at start-up what every POST would fail on. The URL is never quoted, nor
     urllib's message (which quotes it): it may carry credentials."""
+    # urlsplit silently drops tabs and line breaks; the HTTP stack refuses them (and any
+    # other control character) in a URL.
+    if not url.isprintable():
+        raise reader.error("WEBHOOK_URL", "must be printable (no control characters)")
     try:
         parts = urlsplit(url)  # ValueError: an unclosed "[" (IPv6 host)
         port = parts.port  # ValueError: a port out of range or not a number
@@ -59,8 +63,24 @@ def _check_url(reader: EnvReader, url: str) -> None:
         raise reader.error("WEBHOOK_URL", "is not a valid URL (host or port)") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise reader.error("WEBHOOK_URL", "expected an http:// or https:// URL")
+    if not _postable_host(parts.hostname):
+        raise reader.error("WEBHOOK_URL", "is not a valid URL (host name)")
     if port == 0:
         raise reader.error("WEBHOOK_URL", "port must be 1-65535")
+
+
+def _postable_host(hostname: str) -> bool:
+    """Whether the HTTP stack can connect to `hostname` at all: urlsplit takes any text
+    between "@" and the port, but urllib3 encodes the name with the "idna" codec before
+    resolving it, which refuses an empty label (a doubled dot) and one over 63 characters,
+    on every POST; requests refuses a wildcard ("*.") name; no name with a space resolves."""
+    if hostname.startswith("*") or any(character.isspace() for character in hostname):
+        return False
+    try:
+        hostname.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def read_webhook_settings(reader: EnvReader) -> WebhookSettings:

@@ -112,7 +112,8 @@ class StreamSettings:
 class WebhookSettings:
     """GARMIN_AUTH_WEBHOOK_*: no URL, no webhooks."""
 
-    url: str | None = None
+    # May carry credentials (user:password@): never shown (repr) or logged.
+    url: str | None = field(default=None, repr=False)
     # The HMAC key of the signature header; never shown (repr) or logged.
     secret: bytes = field(default=b"", repr=False)
     timeout_seconds: float = 10.0

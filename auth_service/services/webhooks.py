@@ -126,6 +126,13 @@ class WebhookDelivery:
         except WebhookUndelivered as failure:
             self._failed(change, attempts + 1, failure)
             return False
+        # Any other error of the sender's (one that breaks its contract) is a failed attempt
+        # all the same: escaping, it would end the pass before the attempt and its backoff are
+        # recorded, and every poll would try again at once, for ever. Only the type is said:
+        # a message could quote the URL, and the credentials in it.
+        except Exception as exc:  # noqa: BLE001
+            self._failed(change, attempts + 1, WebhookUndelivered(type(exc).__name__))
+            return False
         with self._uow() as uow:
             return uow.webhook_cursor.delivered(self._replica, change.position)
 

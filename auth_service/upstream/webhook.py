@@ -19,9 +19,15 @@ How: a timer shuts the POST's socket down at the deadline, which ends whatever t
 blocked in with an error. A socket serves a POST either newly opened (urllib3's connection's
 _new_conn, before any TLS handshake or proxy tunnel) or kept alive from an earlier POST (its
 pool's _get_conn); both run on the thread sending the POST, which registers it there with
-this POST's deadline. Name resolution is not covered (the resolver's own timeouts bound it),
-and each address tried is bounded by the connect timeout; a socket registered after the
-deadline is shut down at once.
+this POST's deadline. Name resolution is not covered (the resolver's own timeouts bound it);
+the connect is, as the timer cannot reach a socket still connecting: each address the name
+resolves to is tried for the connect timeout or the time left, whichever is shorter, and none
+after the deadline (urllib3 gives each a whole connect timeout: a load balancer's name with six
+unreachable addresses held a POST for six timeouts). A socket registered after the deadline is
+shut down at once.
+
+Credentials in the URL (`https://user:password@host/...`) go as HTTP Basic, set here:
+upstream_session()'s guard against a netrc file also stops requests from sending them.
 
 Signature (Stripe's scheme): `X-Garmin-Auth-Signature: t=<unix seconds>,v1=<hex>` where hex is
 HMAC-SHA256 over `<t>.<body>` with the shared secret. Receivers recompute it, compare in
@@ -40,17 +46,24 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.auth import HTTPBasicAuth
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, ProxyManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
+from urllib3.util.timeout import Timeout
 
 from auth_service.domain.change_ports import WebhookUndelivered
 from garmin_client.http_session import upstream_session
 
-if TYPE_CHECKING:  # urllib3 names the type of its pool's connections only for type checkers
+if TYPE_CHECKING:  # urllib3 names these types only for type checkers
     from urllib3._base_connection import BaseHTTPConnection
+    from urllib3.util.connection import _TYPE_SOCKET_OPTIONS
+    from urllib3.util.timeout import _TYPE_TIMEOUT
 
 SIGNATURE_HEADER = "X-Garmin-Auth-Signature"
 USER_AGENT = "garmin-auth-webhooks/1"
@@ -85,7 +98,7 @@ class HttpWebhookSender:
         timeout_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._url = url
+        self._url, self._auth = _without_credentials(url)
         self._secret = secret
         self._timeout = timeout_seconds
         self._deadline = post_deadline_seconds(timeout_seconds)
@@ -111,18 +124,35 @@ class HttpWebhookSender:
                     self._url,
                     data=body,
                     headers=headers,
+                    auth=self._auth,  # None: the session's no-op auth (no netrc)
                     timeout=(self._timeout, self._timeout),
                     allow_redirects=False,
                     stream=True,  # returns after the headers: _finish reads the body
                 )
-            # Only the type: a message could echo the URL's credentials, if it holds any.
-            except requests.RequestException as exc:
+            # Only the type: a message could echo the URL. ValueError: a host name the resolver
+            # cannot encode (an empty or over-long label) fails outside requests' exceptions.
+            except (requests.RequestException, ValueError) as exc:
                 if deadline.expired:
                     raise WebhookUndelivered(f"no answer within {self._deadline:g} s") from None
                 raise WebhookUndelivered(f"no answer: {type(exc).__name__}") from None
             _finish(response)
         if not 200 <= response.status_code < 300:  # noqa: PLR2004 - the 2xx range
             raise WebhookUndelivered(f"HTTP {response.status_code}")
+
+
+def _without_credentials(url: str) -> tuple[str, HTTPBasicAuth | None]:
+    """The URL to request, without its userinfo, and HTTP Basic from that userinfo, if any.
+
+    Percent-decoded to bytes (as RFC 3986 writes them), so any password goes as its octets;
+    requests would take text as Latin-1 and fail every POST on other characters."""
+    parts = urlsplit(url)
+    if parts.username is None:  # no "@" before the host
+        return url, None
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    if not parts.username and not parts.password:
+        return bare, None
+    user = unquote_to_bytes(parts.username)
+    return bare, HTTPBasicAuth(user, unquote_to_bytes(parts.password or ""))
 
 
 def _finish(response: requests.Response) -> None:
@@ -148,6 +178,8 @@ class _PostDeadline:
 
     def __init__(self, seconds: float) -> None:
         self.expired = False
+        self._seconds = seconds
+        self._ends_at = 0.0  # on time.monotonic(), set when the timer starts
         self._lock = threading.Lock()
         self._handles: list[socket.socket] = []
         self._timer = threading.Timer(seconds, self._expire)
@@ -155,6 +187,7 @@ class _PostDeadline:
 
     def __enter__(self) -> _PostDeadline:
         _current.deadline = self
+        self._ends_at = time.monotonic() + self._seconds
         self._timer.start()
         return self
 
@@ -170,6 +203,10 @@ class _PostDeadline:
             for handle in self._handles:
                 handle.close()
             self._handles.clear()
+
+    def seconds_left(self) -> float:
+        """What a connect attempt may still take (the timer cannot cut one short)."""
+        return self._ends_at - time.monotonic()
 
     def watch(self, sock: Any) -> None:
         # A descriptor of our own on the same socket, closed when the POST ends: urllib3 may
@@ -200,21 +237,81 @@ def _shut_down(handle: socket.socket) -> None:
         handle.shutdown(socket.SHUT_RDWR)
 
 
+def _current_deadline() -> _PostDeadline | None:
+    return getattr(_current, "deadline", None)
+
+
 def _watched(sock: socket.socket) -> socket.socket:
-    deadline: _PostDeadline | None = getattr(_current, "deadline", None)
+    deadline = _current_deadline()
     if deadline is not None:
         deadline.watch(sock)
     return sock
 
 
+def _connect_by_deadline(
+    host: str,
+    port: int,
+    connect_timeout: _TYPE_TIMEOUT,
+    source_address: tuple[str, int] | None,
+    socket_options: _TYPE_SOCKET_OPTIONS | None,
+) -> socket.socket:
+    """urllib3's create_connection, but each address `host` resolves to is tried for the
+    connect timeout or the time left before this POST's deadline, whichever is shorter, and
+    none after it (TimeoutError)."""
+    error = OSError("getaddrinfo returns an empty list")
+    resolved = socket.getaddrinfo(host.strip("[]"), port, allowed_gai_family(), socket.SOCK_STREAM)
+    for family, kind, protocol, _, address in resolved:
+        timeout = _attempt_timeout(connect_timeout)
+        sock = socket.socket(family, kind, protocol)
+        try:
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+        else:
+            return sock
+    raise error
+
+
+def _attempt_timeout(connect_timeout: _TYPE_TIMEOUT) -> float | None:
+    """One address's connect timeout: the POST's, shortened to the time left before its
+    deadline (TimeoutError when none is left)."""
+    bound = Timeout.resolve_default_timeout(connect_timeout)  # None: no bound of its own
+    deadline = _current_deadline()
+    if deadline is None:
+        return bound
+    left = deadline.seconds_left()
+    if left <= 0:
+        raise TimeoutError("the POST's deadline passed")
+    return left if bound is None else min(bound, left)
+
+
 class _WatchedHTTPConnection(HTTPConnection):
     def _new_conn(self) -> socket.socket:
-        return _watched(super()._new_conn())
+        # urllib3's _new_conn, with the same errors for the same failures, but connecting
+        # through _connect_by_deadline instead of urllib3's create_connection.
+        try:
+            sock = _connect_by_deadline(
+                self._dns_host, self.port, self.timeout, self.source_address, self.socket_options
+            )
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        except TimeoutError as exc:
+            message = f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            raise ConnectTimeoutError(self, message) from exc
+        except OSError as exc:
+            message = f"Failed to establish a new connection: {exc}"
+            raise NewConnectionError(self, message) from exc
+        return _watched(sock)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        return _watched(super()._new_conn())
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    """The same _new_conn (the TLS handshake follows it, on the watched socket)."""
 
 
 def _kept_alive(conn: BaseHTTPConnection) -> BaseHTTPConnection:

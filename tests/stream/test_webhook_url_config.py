@@ -3,7 +3,9 @@ malformed setting: one line naming the variable, exit 2, and never the URL itsel
 carry credentials).
 
 Before, an unclosed "[" (an IPv6 host) crashed `serve` with a ValueError traceback (exit 1),
-and a port out of range or not a number was accepted: every POST then failed, for ever."""
+and a port out of range or not a number was accepted, and so was a host name the HTTP stack
+refuses (an empty or over-long label, a space, a control character): every POST then failed,
+for ever."""
 
 from __future__ import annotations
 
@@ -39,6 +41,35 @@ def test_a_malformed_webhook_url_is_a_config_error_naming_it(url: str) -> None:
         _read(url)
     assert raised.value.variable == "GARMIN_AUTH_WEBHOOK_URL"
     assert PASSWORD not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://hooks:{PASSWORD}@hooks..example.com/hooks",  # an empty label (a doubled dot)
+        f"https://hooks:{PASSWORD}@{'a' * 64}.example.com/hooks",  # a label over 63 characters
+        f"https://hooks:{PASSWORD}@hooks example.com/hooks",  # a space in the host
+        f"https://hooks:{PASSWORD}@hooks\n.example.com/hooks",  # urlsplit drops the line break
+        f"https://hooks:{PASSWORD}@*.example.com/hooks",  # a wildcard, which requests refuses
+    ],
+)
+def test_a_webhook_url_whose_host_no_post_can_reach_is_a_config_error(url: str) -> None:
+    """Before, _check_url looked only at the scheme, the port and that there was a host: a
+    host name urlsplit takes but the HTTP stack refuses (urllib3 encodes it with the "idna"
+    codec, which fails on an empty or over-long label; requests refuses a wildcard; no name
+    with a space resolves) was accepted, and then every POST failed, for ever. Now it is
+    refused at start-up, naming the variable and never quoting the URL (nor its password)."""
+    with pytest.raises(ConfigError) as raised:
+        _read(url)
+    assert raised.value.variable == "GARMIN_AUTH_WEBHOOK_URL"
+    assert PASSWORD not in str(raised.value)
+
+
+def test_the_settings_never_show_the_urls_credentials() -> None:
+    # Their repr showed the URL, password and all, to whatever logged or printed them.
+    settings = _read(f"https://hooks:{PASSWORD}@hooks.example.com/hooks")
+    assert PASSWORD not in repr(settings)
+    assert SECRET not in repr(settings)
 
 
 def test_a_webhook_url_with_an_ipv6_host_and_a_port_is_accepted() -> None:
