@@ -1,16 +1,17 @@
 """Conversions between protobuf messages and domain values, validating what callers send.
 
 Garmin tokens travel as garmin_client.session_proto writes and reads them; this module adds
-the service's input limits and turns every problem into field violations (INVALID_ARGUMENT).
+the service's input limits (domain.validation's, which every way a session comes in shares)
+and turns every problem into field violations (INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from auth_service.domain import validation
 from auth_service.domain.errors import FieldViolation, InvalidArgument
 from auth_service.domain.models import (
     GarminTokens,
@@ -18,12 +19,6 @@ from auth_service.domain.models import (
     SessionKind,
     SessionState,
     SessionStatusView,
-)
-from auth_service.domain.validation import (
-    CREDENTIAL_RULE,
-    TOKEN_TYPE_RULE,
-    is_credential,
-    is_token_type,
 )
 from auth_service.upstream.di.garminconnect import di_pair_problem
 from garmin_auth.v1 import garmin_auth_pb2 as pb
@@ -112,10 +107,20 @@ def from_duration(message: duration_pb2.Duration, field: str, *, present: bool) 
     """None when the field is unset; InvalidArgument when it cannot be a duration."""
     if not present:
         return None
-    # Duration's own range is +-10,000 years; anything past a day gets refused later anyway.
-    if abs(message.seconds) > _MAX_DURATION_SECONDS or abs(message.nanos) >= _NANOS_PER_SECOND:
+    if not _is_valid_duration(message):
         raise InvalidArgument([FieldViolation(field, "is not a valid duration")])
     return timedelta(seconds=message.seconds, microseconds=message.nanos // 1000)
+
+
+def _is_valid_duration(message: duration_pb2.Duration) -> bool:
+    """What google.protobuf.Duration's own contract allows: +-10,000 years (anything past a
+    day gets refused later anyway), |nanos| under a second, and nanos of the same sign as a
+    non-zero seconds ({seconds: 60, nanos: -1} is no duration, not 59.999999999 s)."""
+    return (
+        abs(message.seconds) <= _MAX_DURATION_SECONDS
+        and abs(message.nanos) < _NANOS_PER_SECOND
+        and message.seconds * message.nanos >= 0
+    )
 
 
 def state_to_proto(state: SessionState) -> pb.SessionState:
@@ -179,37 +184,9 @@ def status_to_proto(
     )
 
 
-_MAX_TOKEN_FIELD = 8192
-# The fields Garmin's requests carry in a header, and the rule each must meet so a header can
-# (domain.validation): visible ASCII only.
-_HEADER_FIELDS: dict[str, tuple[Callable[[str], bool], str]] = {
-    "oauth_token": (is_credential, CREDENTIAL_RULE),
-    "oauth_token_secret": (is_credential, CREDENTIAL_RULE),
-    "access_token": (is_credential, CREDENTIAL_RULE),
-    "refresh_token": (is_credential, CREDENTIAL_RULE),
-    "token_type": (is_token_type, TOKEN_TYPE_RULE),
-}
-
-
-def _required_text(value: str, field: str, violations: list[FieldViolation]) -> None:
-    header_rule = _HEADER_FIELDS.get(field.rpartition(".")[2])
-    if not value:
-        violations.append(FieldViolation(field, "is required"))
-    elif header_rule is not None:
-        fits, rule = header_rule
-        if not fits(value):
-            violations.append(FieldViolation(field, rule))
-    elif len(value) > _MAX_TOKEN_FIELD or not value.isprintable():
-        violations.append(
-            FieldViolation(field, f"must be at most {_MAX_TOKEN_FIELD} printable characters")
-        )
-
-
 def _check_oauth1(o1: pb.OAuth1Token, field: str, violations: list[FieldViolation]) -> None:
-    for name in OAUTH1_TEXT:
-        _required_text(getattr(o1, name), f"{field}.{name}", violations)
-    if o1.mfa_token and not is_credential(o1.mfa_token):
-        violations.append(FieldViolation(f"{field}.mfa_token", "is malformed"))
+    for name in (*OAUTH1_TEXT, "mfa_token"):
+        violations += validation.check_token_text(name, getattr(o1, name), f"{field}.{name}")
 
 
 def tokens_from_proto(session: pb.GarminSession, field: str) -> GarminTokens:
@@ -232,9 +209,11 @@ def tokens_from_proto(session: pb.GarminSession, field: str) -> GarminTokens:
     if kind is SessionKind.GARTH:
         _check_oauth1(session.oauth1, f"{field}.oauth1", violations)
     else:
-        _required_text(session.di_client_id, f"{field}.di_client_id", violations)
+        violations += validation.check_token_text(
+            "di_client_id", session.di_client_id, f"{field}.di_client_id"
+        )
     for name in OAUTH2_TEXT:
-        _required_text(getattr(o2, name), f"{field}.oauth2.{name}", violations)
+        violations += validation.check_token_text(name, getattr(o2, name), f"{field}.oauth2.{name}")
     if kind is SessionKind.DI_OAUTH2 and not violations:
         # As for python-garminconnect's file: a refresh token only works with the client id
         # it was issued to, so a pair naming another one would die at its first refresh.
@@ -253,7 +232,11 @@ def tokens_from_proto(session: pb.GarminSession, field: str) -> GarminTokens:
     if violations:
         raise InvalidArgument(violations)
     try:
-        return session_proto.tokens_from_proto(session)
+        tokens = session_proto.tokens_from_proto(session)
     except MalformedSession as exc:
         # The checks above passed: what is left is a time out of range or a stray part.
         raise InvalidArgument([FieldViolation(f"{field}.{exc.field}", exc.problem)]) from None
+    # Its texts met the same rules above, field by field, to name every bad one at once;
+    # the times the wire reader took must also be ones the service stores.
+    validation.raise_if_any(validation.check_token_times(tokens, field))
+    return tokens

@@ -150,8 +150,13 @@ def _postgres_engine(
         connect_args={
             "connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS,
             # Set at connection start-up, so it also covers pool pre-pings and survives
-            # rollbacks (a SET inside a transaction would be undone by ROLLBACK).
-            "options": f"-c statement_timeout={int(statement_timeout_ms)}",
+            # rollbacks (a SET inside a transaction would be undone by ROLLBACK). The time
+            # zone is UTC whatever the server, the database or the role names: timestamptz
+            # values are read back in the session's zone, and near the ends of the year range
+            # another zone's reading is outside what psycopg can represent. (libpq sends a
+            # PGTZ set in the service's environment as a startup setting of its own, which
+            # the server applies after these: leave PGTZ unset.)
+            "options": f"-c statement_timeout={int(statement_timeout_ms)} -c timezone=UTC",
             "application_name": "garmin-auth",
         },
     )

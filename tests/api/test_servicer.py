@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import grpc_testing
 import pytest
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from auth_service.api.callers import ROLES, Caller, current_caller
 from auth_service.api.servicer import GarminAuthServicer
@@ -217,3 +217,41 @@ def test_unusable_durations_are_invalid_arguments(
         servicer.LeaseSession(request_, None)  # type: ignore[arg-type]
     assert [v.field for v in raised.value.violations] == ["ttl"]
     application.engine.dispose()
+
+
+# Duration's own contract: "for durations of one second or more, a non-zero value for the
+# nanos field must be of the same sign as the seconds field".
+MIXED_SIGNS = duration_pb2.Duration(seconds=60, nanos=-1)
+WELL_FORMED_LEASE_ID = "lease-id-0000000000000000"
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "field"),
+    [
+        ("LeaseSession", pb.LeaseSessionRequest(user_id="u", holder="w", ttl=MIXED_SIGNS), "ttl"),
+        ("LeaseNextSession", pb.LeaseNextSessionRequest(holder="w", ttl=MIXED_SIGNS), "ttl"),
+        (
+            "LeaseNextSession",
+            pb.LeaseNextSessionRequest(holder="w", min_sync_interval=MIXED_SIGNS),
+            "min_sync_interval",
+        ),
+        ("RenewLease", pb.RenewLeaseRequest(lease_id=WELL_FORMED_LEASE_ID, ttl=MIXED_SIGNS), "ttl"),
+    ],
+    ids=["LeaseSession-ttl", "LeaseNextSession-ttl", "min_sync_interval", "RenewLease-ttl"],
+)
+def test_a_duration_whose_nanos_contradict_its_seconds_is_invalid(
+    service_settings: Settings, method: str, request_: Any, field: str
+) -> None:
+    """Before: from_duration checked only |nanos| < 1 s, so {seconds: 60, nanos: -1} (which
+    protobuf itself calls invalid: its JSON form cannot be written) was taken as 59.999999 s.
+    Now: INVALID_ARGUMENT naming the field."""
+    with pytest.raises(ValueError, match="Duration is not valid"):
+        json_format.MessageToJson(MIXED_SIGNS)
+    application = build_application(service_settings)
+    servicer = CalledAs(GarminAuthServicer(application.use_cases), Caller("tester", ROLES))
+    try:
+        with pytest.raises(InvalidArgument) as raised:
+            getattr(servicer, method)(request_, None)
+    finally:
+        application.engine.dispose()
+    assert [v.field for v in raised.value.violations] == [field]

@@ -551,8 +551,10 @@ def test_challenge_ids_and_codes_outside_the_documented_rules_are_invalid(
 
 def within(duration: duration_pb2.Duration, low: timedelta, high: timedelta) -> bool:
     """The documented bounds, on the value the service reads (microsecond precision; beyond
-    +-10,000 years a Duration is malformed)."""
+    +-10,000 years, or with nanos of the other sign than seconds, a Duration is malformed)."""
     if abs(duration.seconds) > 315_576_000_000 or abs(duration.nanos) >= 10**9:
+        return False
+    if duration.seconds * duration.nanos < 0:
         return False
     value = timedelta(seconds=duration.seconds, microseconds=duration.nanos // 1000)
     return low <= value <= high

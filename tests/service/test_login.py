@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import cast
 
 import grpc
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -332,3 +333,30 @@ def test_passwords_and_mfa_codes_never_reach_the_logs(
         assert not re.search(rf"(?<!\d){secret}(?!\d)", texts)
     assert "pw-Xq7!unusual" not in texts
     assert challenge not in texts
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "email",
+    ["ann\x00@example.com", "ann\x07@example.com", "ann@exa\x7fmple.com"],
+    ids=["nul", "bel", "del"],
+)
+def test_an_email_with_control_characters_is_invalid_and_garmin_is_not_asked(
+    service: Replica, garmin: GarminEmulator, email: str
+) -> None:
+    """No email address holds a control character (RFC 5321). Before: EMAIL_PATTERN
+    (`[^@\\s]...`) let NUL, BEL and DEL through, so the Login went to Garmin, spent one of
+    the user's sign-in attempts and answered PERMISSION_DENIED GARMIN_CREDENTIALS_REJECTED.
+    Now: INVALID_ARGUMENT on `email`, Garmin not called."""
+    garmin.reset_records()
+
+    failure = expect_failure(
+        lambda: service.call(
+            "Login", pb.LoginRequest(user_id="ann", email=email, password=PASSWORD)
+        )
+    )
+
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT, failure
+    assert failure.reason == "INVALID_ARGUMENT"
+    assert failure.field_violations == ["email"]
+    assert garmin.request_count() == 0

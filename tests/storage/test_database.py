@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import Engine, create_engine, insert, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from auth_service.domain.models import SessionState
 from auth_service.storage.database import (
@@ -271,6 +274,44 @@ def test_postgres_connection_settings(pg_database_url: str) -> None:
         engine.dispose()
     assert timeout == f"{POSTGRES_STATEMENT_TIMEOUT_MS // 1000}s"
     assert application == "garmin-auth"
+
+
+@contextmanager
+def database_default_time_zone(database_url: str, time_zone: str) -> Iterator[None]:
+    """New connections to the database at `database_url` start in `time_zone` unless they set
+    their own (the database's `timezone` setting, as a role's or the server's would)."""
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            name = connection.exec_driver_sql("SELECT current_database()").scalar_one()
+            database = connection.dialect.identifier_preparer.quote(name)
+            connection.exec_driver_sql(f"ALTER DATABASE {database} SET timezone = '{time_zone}'")
+            try:
+                yield
+            finally:
+                connection.exec_driver_sql(f"ALTER DATABASE {database} RESET timezone")
+    finally:
+        admin.dispose()
+
+
+def test_postgres_connections_read_times_in_utc_whatever_the_databases_time_zone(
+    pg_database_url: str,
+) -> None:
+    """Before: a connection started in the time zone its database, role or server named
+    (PostgreSQL's `timezone`, set from the host at initdb), and psycopg reads a timestamptz in
+    it: 9999-12-31T23:59:59Z is year 10000 in Tokyo, past what a Python datetime holds
+    (psycopg DataError, answered INTERNAL). Now every connection is in UTC."""
+    with database_default_time_zone(pg_database_url, "Asia/Tokyo"):
+        engine = create_engine_for(pg_database_url)
+        try:
+            with engine.connect() as connection:
+                zone = connection.exec_driver_sql("SHOW TimeZone").scalar()
+                far = connection.exec_driver_sql("SELECT timestamptz '9999-12-31 23:59:59Z'")
+                far_value = far.scalar()
+        finally:
+            engine.dispose()
+    assert zone == "UTC"
+    assert far_value == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 def test_postgres_pool_hands_out_the_connection_returned_last(pg_database_url: str) -> None:

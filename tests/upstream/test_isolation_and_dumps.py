@@ -183,6 +183,13 @@ _GOOD_OAUTH2 = {
         # bearer token and our signed exchange to evil.example.
         _b64([{**_GOOD_OAUTH1, "domain": f"garmin.com@evil.example/{SECRET}"}, _GOOD_OAUTH2]),
         _b64([{**_GOOD_OAUTH1, "domain": "10.0.0.5:5432"}, _GOOD_OAUTH2]),
+        # Before: accepted, though the `session` source and ReportRefreshed refuse them
+        # (domain.validation.check_tokens), so the stored session could not be reported back.
+        _b64([{**_GOOD_OAUTH1, "mfa_token": f"{SECRET}\x01"}, _GOOD_OAUTH2]),
+        _b64([_GOOD_OAUTH1, {**_GOOD_OAUTH2, "scope": f"{SECRET}\x00"}]),
+        _b64([_GOOD_OAUTH1, {**_GOOD_OAUTH2, "jti": SECRET * 300}]),
+        _b64([_GOOD_OAUTH1, {**_GOOD_OAUTH2, "expires_at": 253402300799}]),
+        _b64([{**_GOOD_OAUTH1, "mfa_expiration_timestamp": "1960-06-01T00:00:00"}, _GOOD_OAUTH2]),
     ],
 )
 def test_malformed_dumps_raise_value_error_without_secrets(malformed: str) -> None:

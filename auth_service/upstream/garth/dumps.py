@@ -9,12 +9,7 @@ import json
 import time
 from typing import Any
 
-from auth_service.domain.validation import (
-    CREDENTIAL_RULE,
-    TOKEN_TYPE_RULE,
-    is_credential,
-    is_token_type,
-)
+from auth_service.domain.validation import check_tokens
 from auth_service.upstream.garth.isolation import GarthOAuth1Token, GarthOAuth2Token, garth_asdict
 from auth_service.upstream.garth.tokens import oauth1_to_garth, oauth2_to_garth, tokens_from_garth
 from garmin_client.endpoints import DEFAULT_DOMAIN, DOMAINS
@@ -33,9 +28,26 @@ def tokens_to_garth_dumps(tokens: GarminTokens) -> str:
 def tokens_from_garth_dumps(s: str) -> GarminTokens:
     """Parse garth's ``Client.dumps()`` string.
 
-    Raises ValueError, with a message that never quotes the input, on anything malformed.
+    Raises ValueError, with a message that never quotes the input, on anything malformed and
+    on any value the service refuses to store (domain.validation.check_tokens).
     """
-    oauth1_raw, oauth2_raw = _decode_dumps(s)
+    oauth1, oauth2 = _garth_pair(*_decode_dumps(s))
+    try:
+        tokens = tokens_from_garth(oauth1, oauth2, _domain_of(oauth1))
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("garth session string: an expiry is out of range") from None
+    # The limits of every other way a session comes in (the `session` source, ReportRefreshed):
+    # what is stored here is leased to worker_full holders, who must be able to report it back.
+    problems = check_tokens(tokens)
+    if problems:
+        named = "; ".join(f"{problem.field} {problem.description}" for problem in problems)
+        raise ValueError(f"garth session string: {named}")
+    return tokens
+
+
+def _garth_pair(
+    oauth1_raw: dict[str, Any], oauth2_raw: dict[str, Any]
+) -> tuple[GarthOAuth1Token, GarthOAuth2Token]:
     try:
         oauth1 = GarthOAuth1Token(**oauth1_raw)
     except (TypeError, ValueError):
@@ -44,17 +56,10 @@ def tokens_from_garth_dumps(s: str) -> GarminTokens:
         oauth2 = GarthOAuth2Token(**oauth2_raw)
     except (TypeError, ValueError):
         raise ValueError("garth session string: the OAuth2 token is malformed") from None
-    if not (oauth1.oauth_token and oauth1.oauth_token_secret and oauth2.access_token):
-        raise ValueError("garth session string: a token is empty")
-    credentials = (oauth1.oauth_token, oauth1.oauth_token_secret, oauth2.access_token)
-    if not all(isinstance(value, str) and is_credential(value) for value in credentials) or (
-        oauth2.refresh_token and not is_credential(str(oauth2.refresh_token))
-    ):
-        # The same rule as every other import: headers carry these, so visible ASCII only.
-        raise ValueError(f"garth session string: a token {CREDENTIAL_RULE}")
-    if not (isinstance(oauth2.token_type, str) and is_token_type(oauth2.token_type)):
-        # It opens the Authorization header the access token is sent in.
-        raise ValueError(f"garth session string: the OAuth2 token_type {TOKEN_TYPE_RULE}")
+    return oauth1, oauth2
+
+
+def _domain_of(oauth1: GarthOAuth1Token) -> str:
     domain = oauth1.domain or DEFAULT_DOMAIN
     if domain not in DOMAINS:
         # Garth builds https://connectapi.{domain}/...: any other value would send this
@@ -62,10 +67,7 @@ def tokens_from_garth_dumps(s: str) -> GarminTokens:
         raise ValueError(
             f"garth session string: the domain must be one of {', '.join(sorted(DOMAINS))}"
         )
-    try:
-        return tokens_from_garth(oauth1, oauth2, domain)
-    except (OverflowError, OSError, ValueError):
-        raise ValueError("garth session string: an expiry is out of range") from None
+    return domain
 
 
 def _decode_dumps(s: str) -> tuple[dict[str, Any], dict[str, Any]]:
