@@ -2,6 +2,11 @@
 each client): our timeout, the one retry layer, the observer, and the optional routing of
 every Garmin host to one base URL (GARMIN_AUTH_UPSTREAM_URL / GARMIN_SYNC_UPSTREAM_URL, e.g.
 the emulator). The Connect API's GETs on urllib3 (garmin_client.api_http) keep the same rules.
+
+A call ends within its retry budget (timeout x attempts) as a whole, its answer's body read
+included (garmin_client.call_deadline): claims are sized on that promise (a refresh claim
+outlives one call), and an answer that trickles in a byte at a time, each within the read
+timeout, would otherwise outlive the claim while another replica sends the same refresh token.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from requests.adapters import HTTPAdapter
+import requests
 from requests.models import PreparedRequest, Response
 from requests.utils import should_bypass_proxies
 
+from garmin_client.call_deadline import CallDeadline, DeadlineAdapter
 from garmin_client.observe import RequestObserver, observed
 from garmin_client.retry import RetryPolicy, Timeout, send_with_retries
 from garmin_client.settings import UpstreamSettings
@@ -35,7 +41,7 @@ def routed_url(base_url: str, url: str) -> tuple[str, str]:
 _FOLLOWED = frozenset({"GET", "HEAD"})
 
 
-class UpstreamTransport(HTTPAdapter):
+class UpstreamTransport(DeadlineAdapter):
     """Sends with our timeout and retries, reports to the observer, routes to the base URL.
 
     With a base URL it sends https://<host>/<path>?<query> to <base>/<path>?<query>, telling
@@ -70,14 +76,28 @@ class UpstreamTransport(HTTPAdapter):
                 routed, stream, attempt_timeout, verify, cert, proxies
             )
 
-        response = observed(
-            self._observer,
-            request.url or "",
-            lambda: send_with_retries(
+        def send_and_read() -> Response:
+            answer = send_with_retries(
                 routed, send_once, self._policy, self._timeout if timeout is None else timeout
-            ),
-            lambda response: response.status_code,
-        )
+            )
+            if not stream:
+                # Read here, under the deadline: the session would read it after we return.
+                answer.content  # noqa: B018
+            return answer
+
+        budget = self._policy.budget_seconds
+        with CallDeadline(budget) as deadline:
+            try:
+                response = observed(
+                    self._observer,
+                    request.url or "",
+                    send_and_read,
+                    lambda response: response.status_code,
+                )
+            except requests.RequestException:
+                if deadline.expired:
+                    raise requests.Timeout(f"no answer from Garmin within {budget:g} s") from None
+                raise
         if routed is not request:
             # Callers (garth, our classifier, cookie handling) must see the URL they asked for.
             response.url = request.url or ""
