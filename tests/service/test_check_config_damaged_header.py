@@ -18,11 +18,9 @@ any other is an altered row, named in the WARNING on the `ok` line.
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import update
 
 from auth_service.checks import run_checks
-from auth_service.storage.database import create_engine_for
-from auth_service.storage.models import GarminAuthenticationState
+from tests.fixtures.database import overwrite_session_row
 from tests.service.test_check_config import K1, K2, by_name, env, failed, store_session
 
 __all__ = ["env"]
@@ -44,27 +42,13 @@ DAMAGED = {
 }
 
 
-def _store_blob(database_url: str, user_id: str, blob: bytes) -> None:
-    """What someone with write access to the database (and no key) can do to one row."""
-    engine = create_engine_for(database_url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(
-                update(GarminAuthenticationState)
-                .where(GarminAuthenticationState.user_id == user_id)
-                .values(session_ciphertext=blob)
-            )
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize("blob", DAMAGED.values(), ids=DAMAGED.keys())
 def test_one_session_with_a_damaged_header_is_named_without_failing_check_config(
     env: dict[str, str], database_url: str, blob: bytes
 ) -> None:
     for user_id in ("aaron", "bob", "carol"):
         store_session(database_url, user_id, K1)
-    _store_blob(database_url, "aaron", blob)
+    overwrite_session_row(database_url, "aaron", session_ciphertext=blob)
 
     results = run_checks(env)
 
@@ -85,7 +69,7 @@ def test_the_only_stored_session_damaged_is_named_too(
     env: dict[str, str], database_url: str
 ) -> None:
     store_session(database_url, "aaron", K1)
-    _store_blob(database_url, "aaron", DAMAGED["no-blob-at-all"])
+    overwrite_session_row(database_url, "aaron", session_ciphertext=DAMAGED["no-blob-at-all"])
 
     results = run_checks(env)
 
@@ -103,7 +87,7 @@ def test_a_session_under_a_dropped_key_still_fails_beside_a_damaged_one(
     store_session(database_url, "aaron", K1)
     store_session(database_url, "bob", K2)
     store_session(database_url, "carol", K2)
-    _store_blob(database_url, "aaron", DAMAGED["unknown-format"])
+    overwrite_session_row(database_url, "aaron", session_ciphertext=DAMAGED["unknown-format"])
     store_session(database_url, "dora", K1)
     env["GARMIN_AUTH_ENCRYPTION_KEYS"] = K2  # k1 dropped before rotate-keys finished
 

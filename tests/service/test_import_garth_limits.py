@@ -24,11 +24,9 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import update
 
-from auth_service.storage.database import create_engine_for
-from auth_service.storage.models import GarminAuthenticationState
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from tests.fixtures.database import overwrite_session_row
 from tests.fixtures.servers import Replica, ServiceFactory, expect_failure
 from tests.service.test_login import stored_row
 from tests.storage.test_database import database_default_time_zone
@@ -160,20 +158,6 @@ def test_garth_import_of_a_far_expiry_on_a_non_utc_database_is_invalid_and_chang
     assert after.session_version == before.session_version
 
 
-def _store_access_expiry(database_url: str, user_id: str, expires_at: datetime) -> None:
-    """What the garth import stored before it was checked (a row of an older release)."""
-    engine = create_engine_for(database_url)
-    try:
-        with engine.begin() as connection:
-            connection.execute(
-                update(GarminAuthenticationState)
-                .where(GarminAuthenticationState.user_id == user_id)
-                .values(access_token_expires_at=expires_at)
-            )
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 @pytest.mark.parametrize(("time_zone", "expires_at"), FAR_TIMES.values(), ids=FAR_TIMES.keys())
 def test_a_stored_far_time_reads_on_a_database_whose_time_zone_is_not_utc(
@@ -186,7 +170,8 @@ def test_a_stored_far_time_reads_on_a_database_whose_time_zone_is_not_utc(
     first = service_factory.start()
     _import(first, "ok-user", garth_dumps())
     _import(first, "far-user", garth_dumps())
-    _store_access_expiry(database_url, "far-user", far)
+    # What the garth import stored before it was checked (a row of an older release).
+    overwrite_session_row(database_url, "far-user", access_token_expires_at=far)
 
     with database_default_time_zone(database_url, time_zone):
         elsewhere = service_factory.start()

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 from auth_service.storage.database import create_engine_for
 from auth_service.storage.schema import alembic_config, current_revision, head_revision
-from tests.fixtures.database import PostgresServer
+from tests.fixtures.database import PostgresServer, wait_for_lock_waiter
 
 CLI = str(Path(sys.executable).parent / "garmin-auth-service")
 
@@ -95,22 +95,6 @@ MIGRATION_LOCK_KEY = 0x67_61_72_6D_69_6E_61_75
 NEXT_RELEASE_REVISION = "0099"
 
 
-def _wait_until_blocked_on_the_lock(engine: Engine) -> None:
-    """Until another backend waits on an advisory lock: ours read the revision (0013, at
-    head for it) and waits in migrations/env.py."""
-    deadline = time.monotonic() + 60
-    with engine.connect() as watcher:
-        while True:
-            waiting = watcher.execute(
-                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
-            ).scalar_one()
-            watcher.rollback()
-            if waiting:
-                return
-            assert time.monotonic() < deadline, "this release's migrate never reached the lock"
-            time.sleep(0.05)
-
-
 @pytest.mark.postgres
 def test_migrate_waiting_on_a_newer_releases_run_finds_nothing_to_do(
     pg_server: PostgresServer,
@@ -144,7 +128,8 @@ def test_migrate_waiting_on_a_newer_releases_run_finds_nothing_to_do(
                     stderr=subprocess.PIPE,
                     text=True,
                 )
-                _wait_until_blocked_on_the_lock(engine)
+                # Ours read the revision (at head for it) and waits in migrations/env.py.
+                wait_for_lock_waiter(engine, "advisory", "this release's migrate", 60)
         finally:
             engine.dispose()
         code = ours.wait(timeout=120)

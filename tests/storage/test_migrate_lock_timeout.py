@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 from auth_service.storage.database import create_engine_for
 from auth_service.storage.schema import alembic_config, current_revision, head_revision
-from tests.fixtures.database import PostgresServer
+from tests.fixtures.database import PostgresServer, wait_for_lock_waiter
 
 CLI = str(Path(sys.executable).parent / "garmin-auth-service")
 # 0013 adds a column to garmin_account_limit: it needs that table's ACCESS EXCLUSIVE lock.
@@ -35,21 +35,6 @@ def _migrate(url: str, **settings: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [CLI, "migrate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-
-
-def _wait_until_waiting_for_a_table(engine: Engine) -> None:
-    """Until migrate's ALTER waits for its table lock (an attempt lasts 0.5 s: poll fast)."""
-    deadline = time.monotonic() + 30
-    with engine.connect() as watcher:
-        while True:
-            waiting = watcher.execute(
-                text("SELECT count(*) FROM pg_locks WHERE locktype = 'relation' AND NOT granted")
-            ).scalar_one()
-            watcher.rollback()
-            if waiting:
-                return
-            assert time.monotonic() < deadline, "migrate never waited for the table"
-            time.sleep(0.01)
 
 
 @pytest.mark.postgres
@@ -66,7 +51,7 @@ def test_a_table_held_open_neither_blocks_traffic_nor_the_run_forever(
             started = time.monotonic()
             run = _migrate(url, migration_lock_timeout="0.5", migration_attempts="3")
             try:
-                _wait_until_waiting_for_a_table(engine)
+                wait_for_lock_waiter(engine, "relation", "migrate", 30)
                 # A replica's statement on the same table while migrate waits: it queues
                 # behind the ALTER for one attempt's lock timeout at most, not for the
                 # holder's life.
@@ -105,7 +90,7 @@ def test_a_lock_released_between_attempts_lets_the_run_finish(
             holder.execute(text("SELECT count(*) FROM garmin_account_limit")).scalar_one()
             run = _migrate(url, migration_lock_timeout="0.5", migration_attempts="20")
             try:
-                _wait_until_waiting_for_a_table(engine)
+                wait_for_lock_waiter(engine, "relation", "migrate", 30)
                 time.sleep(1)
                 holder.rollback()
                 code = run.wait(timeout=60)
