@@ -17,9 +17,10 @@ from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.endpoints import DOMAINS
 from garmin_client.tokens import GarminTokens, OAuth1Token, OAuth2Token, SessionKind
 
-# The text fields of each token that no request to Garmin can do without.
+# The text fields of each token that no request to Garmin can do without. An OAuth2 token's
+# scope and jti only describe it: a DI token answer or a token file's JWT may leave them out.
 OAUTH1_TEXT: Final = ("oauth_token", "oauth_token_secret")
-OAUTH2_TEXT: Final = ("scope", "jti", "token_type", "access_token", "refresh_token")
+OAUTH2_TEXT: Final = ("token_type", "access_token", "refresh_token")
 
 _NANOS_PER_SECOND: Final = 10**9
 # Timestamps outside this range are refused rather than overflowing datetime.

@@ -25,8 +25,6 @@ from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client import session_proto
 from garmin_client.endpoints import DOMAINS
 from garmin_client.session_proto import (
-    OAUTH1_TEXT,
-    OAUTH2_TEXT,
     MalformedSession,
     timestamp_in_range,
 )
@@ -185,7 +183,7 @@ def status_to_proto(
 
 
 def _check_oauth1(o1: pb.OAuth1Token, field: str, violations: list[FieldViolation]) -> None:
-    for name in (*OAUTH1_TEXT, "mfa_token"):
+    for name in validation.OAUTH1_TEXTS:
         violations += validation.check_token_text(name, getattr(o1, name), f"{field}.{name}")
 
 
@@ -212,7 +210,7 @@ def tokens_from_proto(session: pb.GarminSession, field: str) -> GarminTokens:
         violations += validation.check_token_text(
             "di_client_id", session.di_client_id, f"{field}.di_client_id"
         )
-    for name in OAUTH2_TEXT:
+    for name in validation.OAUTH2_TEXTS:
         violations += validation.check_token_text(name, getattr(o2, name), f"{field}.oauth2.{name}")
     if kind is SessionKind.DI_OAUTH2 and not violations:
         # As for python-garminconnect's file: a refresh token only works with the client id

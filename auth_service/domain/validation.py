@@ -68,10 +68,12 @@ _HEADER_TEXT_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
     "refresh_token": (is_credential, CREDENTIAL_RULE),
     "token_type": (is_token_type, TOKEN_TYPE_RULE),
 }
-# An OAuth1 token signed in without MFA has no MFA token; every other text is required.
-_OPTIONAL_TEXTS = frozenset({"mfa_token"})
-_OAUTH1_TEXTS = ("oauth_token", "oauth_token_secret", "mfa_token")
-_OAUTH2_TEXTS = ("scope", "jti", "token_type", "access_token", "refresh_token")
+# An OAuth1 token signed in without MFA has no MFA token, and an OAuth2 token's scope and
+# jti only describe it (a DI token answer or a token file's JWT may leave them out, and the
+# service stores such a pair as Garmin gave it); every other text is required.
+_OPTIONAL_TEXTS = frozenset({"mfa_token", "scope", "jti"})
+OAUTH1_TEXTS = ("oauth_token", "oauth_token_secret", "mfa_token")
+OAUTH2_TEXTS = ("scope", "jti", "token_type", "access_token", "refresh_token")
 
 # The times a token may name: [1970, 9999-01-01), within what the wire carries
 # (garmin_client.session_proto.timestamp_in_range). A later one is past what a database
@@ -138,11 +140,11 @@ def _token_texts(tokens: GarminTokens, field: str) -> list[tuple[str, str | None
     else:
         own = [
             (name, getattr(tokens.oauth1, name), _joined(field, "oauth1", name))
-            for name in _OAUTH1_TEXTS
+            for name in OAUTH1_TEXTS
         ]
     return own + [
         (name, getattr(tokens.oauth2, name), _joined(field, "oauth2", name))
-        for name in _OAUTH2_TEXTS
+        for name in OAUTH2_TEXTS
     ]
 
 
