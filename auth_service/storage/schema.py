@@ -10,6 +10,7 @@ import enum
 import importlib.util
 import io
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,7 +62,8 @@ def alembic_config(url: str, *, lock_timeout_seconds: float = 0.0) -> Config:
     config.set_main_option("script_location", migrations_directory().replace("%", "%%"))
     config.set_main_option("path_separator", "os")
     config.attributes[DATABASE_URL_ATTRIBUTE] = url
-    config.attributes[LOCK_TIMEOUT_ATTRIBUTE] = max(0, round(lock_timeout_seconds * 1000))
+    # Rounded up: PostgreSQL's lock_timeout is whole milliseconds, and 0 means no limit.
+    config.attributes[LOCK_TIMEOUT_ATTRIBUTE] = max(0, math.ceil(lock_timeout_seconds * 1000))
     return config
 
 

@@ -20,7 +20,12 @@ from alembic import command
 from sqlalchemy import text
 
 from auth_service.storage.database import create_engine_for
-from auth_service.storage.schema import alembic_config, current_revision, head_revision
+from auth_service.storage.schema import (
+    LOCK_TIMEOUT_ATTRIBUTE,
+    alembic_config,
+    current_revision,
+    head_revision,
+)
 from tests.fixtures.database import PostgresServer, wait_for_lock_waiter
 
 CLI = str(Path(sys.executable).parent / "garmin-auth-service")
@@ -115,3 +120,9 @@ def test_bad_settings_are_a_config_error(tmp_path: Path, name: str, value: str) 
     _out, err = run.communicate()
     assert code == 2, err
     assert f"GARMIN_AUTH_{name.upper()}" in err
+
+
+def test_a_positive_lock_timeout_never_becomes_no_timeout() -> None:
+    # 0.4 ms was rounded to lock_timeout = 0, PostgreSQL's "no limit": the stall it prevents.
+    config = alembic_config("postgresql+psycopg://127.0.0.1/x", lock_timeout_seconds=0.0004)
+    assert config.attributes[LOCK_TIMEOUT_ATTRIBUTE] == 1
