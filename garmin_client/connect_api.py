@@ -87,7 +87,10 @@ class ConnectApi:
         if _proxies_named():
             # requests reads the proxy variables, NO_PROXY and netrc per request.
             self._session = upstream_session()
-            self._session.mount("https://", UpstreamTransport(settings, observer))
+            # Downloads may take long while arriving steadily; no claim is sized on them.
+            self._session.mount(
+                "https://", UpstreamTransport(settings, observer, whole_call_deadline=False)
+            )
         else:
             self._http = ApiHttp(settings, observer)
 

@@ -3,14 +3,18 @@ each client): our timeout, the one retry layer, the observer, and the optional r
 every Garmin host to one base URL (GARMIN_AUTH_UPSTREAM_URL / GARMIN_SYNC_UPSTREAM_URL, e.g.
 the emulator). The Connect API's GETs on urllib3 (garmin_client.api_http) keep the same rules.
 
-A call ends within its retry budget (timeout x attempts) as a whole, its answer's body read
-included (garmin_client.call_deadline): claims are sized on that promise (a refresh claim
-outlives one call), and an answer that trickles in a byte at a time, each within the read
-timeout, would otherwise outlive the claim while another replica sends the same refresh token.
+With `whole_call_deadline` (the service's sign-in, ticket and refresh calls), a call ends
+within its retry budget (timeout x attempts) as a whole, its answer's body read included
+(garmin_client.call_deadline): claims are sized on that promise (a refresh claim outlives one
+call), and an answer that trickles in a byte at a time, each within the read timeout, would
+otherwise outlive the claim while another replica sends the same refresh token. The Connect
+API client leaves it off, like its urllib3 path: a large download that arrives steadily is no
+failure, and no claim is sized on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -49,13 +53,20 @@ class UpstreamTransport(DeadlineAdapter):
     which cover the original URL. Callers see the URL they asked for on the response.
     """
 
-    def __init__(self, settings: UpstreamSettings, observer: RequestObserver | None = None) -> None:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        observer: RequestObserver | None = None,
+        *,
+        whole_call_deadline: bool = True,
+    ) -> None:
         # No urllib3 retries: send_with_retries is the only layer that repeats a request.
         super().__init__(max_retries=0)
         self._base = settings.base_url
         self._timeout = settings.timeout_seconds
         self._policy = RetryPolicy.of(settings)
         self._observer = observer
+        self._whole_call_deadline = whole_call_deadline
 
     def send(
         self,
@@ -76,28 +87,34 @@ class UpstreamTransport(DeadlineAdapter):
                 routed, stream, attempt_timeout, verify, cert, proxies
             )
 
+        budget = self._policy.budget_seconds
+        deadline = CallDeadline(budget) if self._whole_call_deadline else None
+
         def send_and_read() -> Response:
-            answer = send_with_retries(
-                routed, send_once, self._policy, self._timeout if timeout is None else timeout
-            )
-            if not stream:
-                # Read here, under the deadline: the session would read it after we return.
-                answer.content  # noqa: B018
+            try:
+                answer = send_with_retries(
+                    routed, send_once, self._policy, self._timeout if timeout is None else timeout
+                )
+                if not stream:
+                    # Read here, under the deadline: the session would read it after we return.
+                    answer.content  # noqa: B018
+            except requests.RequestException:
+                if deadline is not None and deadline.expired:
+                    raise _timed_out(budget) from None
+                raise
+            if deadline is not None and deadline.expired:
+                # A body whose end is the connection's close reads as whole when cut short.
+                raise _timed_out(budget)
             return answer
 
-        budget = self._policy.budget_seconds
-        with CallDeadline(budget) as deadline:
-            try:
-                response = observed(
-                    self._observer,
-                    request.url or "",
-                    send_and_read,
-                    lambda response: response.status_code,
-                )
-            except requests.RequestException:
-                if deadline.expired:
-                    raise requests.Timeout(f"no answer from Garmin within {budget:g} s") from None
-                raise
+        # The observer sees the call's outcome as the caller will: a cut call timed out.
+        with deadline or contextlib.nullcontext():
+            response = observed(
+                self._observer,
+                request.url or "",
+                send_and_read,
+                lambda response: response.status_code,
+            )
         if routed is not request:
             # Callers (garth, our classifier, cookie handling) must see the URL they asked for.
             response.url = request.url or ""
@@ -116,3 +133,7 @@ class UpstreamTransport(DeadlineAdapter):
         routed = request.copy()
         routed.url, routed.headers["X-Forwarded-Host"] = routed_url(self._base, request.url or "")
         return routed
+
+
+def _timed_out(budget: float) -> requests.Timeout:
+    return requests.Timeout(f"no answer from Garmin within {budget:g} s")
