@@ -7,6 +7,7 @@ password) never appear in a message or a repr.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -27,6 +28,8 @@ from sync_worker.sync import SyncOptions
 
 ENV_PREFIX: Final = "GARMIN_SYNC_"
 DEFAULT_TARGET: Final = "127.0.0.1:50051"
+# Dial the auth service without TLS beyond this machine (a network that encrypts it).
+PLAINTEXT_FLAG: Final = "ALLOW_PLAINTEXT"
 DEFAULT_CONCURRENCY: Final = 4
 MAX_CONCURRENCY: Final = 64
 MAX_GARMIN_UNAVAILABLE: Final = 1000
@@ -118,8 +121,18 @@ def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -
     for name, path in (("TLS_CA", ca), ("TLS_CERT", cert)):
         if path is not None:
             _check_pem_certificates(env, name, path)
+    target = target or env.get("AUTH_TARGET") or DEFAULT_TARGET
+    if ca is None and not on_this_machine(target) and not env.flag(PLAINTEXT_FLAG):
+        # The bearer token (the worker role gets Garmin access tokens) would cross the
+        # network in clear: a CA variable dropped by an overlay must not do that silently.
+        raise env.error(
+            "TLS_CA",
+            "is required to reach the auth service beyond this machine (the bearer token "
+            f"would go unencrypted); on a network that encrypts it, set {ENV_PREFIX}"
+            f"{PLAINTEXT_FLAG}=true",
+        )
     return AuthClientConfig(
-        target=target or env.get("AUTH_TARGET") or DEFAULT_TARGET,
+        target=target,
         token=auth_token(env),
         timeout_seconds=rpc_timeout,
         tls_ca_file=ca,
@@ -127,6 +140,23 @@ def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -
         tls_key_file=key,
         tls_server_name=env.get("TLS_SERVER_NAME"),
     )
+
+
+def on_this_machine(target: str) -> bool:
+    """Whether a gRPC target (host:port, dns:///host:port, ipv4:/ipv6:address:port, unix:path)
+    names this machine: a loopback address, localhost or a Unix socket."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    scheme, sep, rest = target.partition(":")
+    if sep and scheme in {"dns", "ipv4", "ipv6"}:
+        target = rest.removeprefix("//").partition("/")[2] if rest.startswith("//") else rest
+    host = target.rpartition(":")[0].strip("[]") if ":" in target else target
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_pem_certificates(env: EnvReader, name: str, path: Path) -> None:
