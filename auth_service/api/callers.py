@@ -362,12 +362,23 @@ class CallerRegistry:
 
     def _by_certificate(self, certificate_names: Sequence[str]) -> Caller:
         presented = {_normalise_cert_name(name) for name in certificate_names}
-        for entry in self._entries:
-            if entry.cert_name is not None and entry.cert_name in presented:
-                return entry.caller
+        matches = [
+            entry
+            for entry in self._entries
+            if entry.cert_name is not None and entry.cert_name in presented
+        ]
+        if len(matches) == 1:
+            return matches[0].caller
         # Certificate names are no secret; naming them tells the operator which entry to add.
+        if not matches:
+            raise CallerUnauthenticated(
+                f"the client certificate ({_some_names(presented)}) matches no caller"
+            )
+        # Which caller (roles, scope, leases) it is must not hang on the file's order.
+        callers = ", ".join(repr(entry.caller.name) for entry in matches)
         raise CallerUnauthenticated(
-            f"the client certificate ({_some_names(presented)}) matches no caller"
+            f"the client certificate ({_some_names(presented)}) names several callers "
+            f"({callers}); give each caller a certificate of its own"
         )
 
     @staticmethod
