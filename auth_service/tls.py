@@ -28,6 +28,7 @@ import grpc
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
     PrivateKeyTypes,
@@ -112,6 +113,25 @@ def _private_key(data: bytes, path: Path) -> PrivateKeyTypes:
         raise TlsFilesError(KEY_VARIABLE, f"{path} holds no readable PEM private key") from None
 
 
+# The keys gRPC's TLS clients (the worker's, grpcio's: BoringSSL) verify a server by: ECDSA on
+# P-256 or P-384, RSA. An Ed25519 or P-521 certificate loads and serves, and then every client
+# handshake fails (NO_COMMON_SIGNATURE_ALGORITHMS) while the plaintext probes say Ready.
+_SERVABLE_CURVES = frozenset({"secp256r1", "secp384r1"})
+_MIN_RSA_BITS = 2048
+
+
+def _check_servable(key: PrivateKeyTypes, path: Path) -> None:
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in _SERVABLE_CURVES:
+        return
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= _MIN_RSA_BITS:
+        return
+    raise TlsFilesError(
+        KEY_VARIABLE,
+        f"{path} holds a key gRPC's TLS clients cannot verify or that is too weak; use ECDSA "
+        f"P-256 or P-384, or RSA of {_MIN_RSA_BITS} bits or more",
+    )
+
+
 def _public_der(key: PublicKeyTypes | CertificatePublicKeyTypes) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -129,6 +149,7 @@ def load_material(settings: TlsSettings) -> CertificateMaterial:
     key_pem = _read(settings.key_file, KEY_VARIABLE)
     chain = _certificates(chain_pem, settings.cert_file, CERT_VARIABLE)
     key = _private_key(key_pem, settings.key_file)
+    _check_servable(key, settings.key_file)
     leaf = chain[0]
     if _public_der(key.public_key()) != _public_der(leaf.public_key()):
         raise TlsFilesError(
