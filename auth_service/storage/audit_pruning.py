@@ -48,10 +48,15 @@ def prune_audit(
     # entries are deleted by position, so the committed ones still waiting for theirs (the
     # sequencers gather commits for a few milliseconds) are numbered first.
     with db.begin() as session:
-        SqlChangeLog(session).sequence_pending(wait=True)
+        changes_table = SqlChangeLog(session)
+        changes_table.sequence_pending(wait=True)
+        boundary = changes_table.prune_boundary(cutoff)
+    after = 0
     while True:
         with db.begin() as session:
-            batch = SqlChangeLog(session).delete_older_than(cutoff, limit=batch_size)
+            batch, after = SqlChangeLog(session).delete_before(
+                boundary, after=after, limit=batch_size
+            )
         changes += batch
         if batch < batch_size:
             break

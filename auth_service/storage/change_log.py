@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, text, update
-from sqlalchemy.engine import CursorResult, Row
+from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.engine import Row
 
 from auth_service.domain.changes import ChangeBatch, ChangeFilter, PendingChange, SessionChange
 from auth_service.domain.models import LeaseView, SessionKind, SessionState, SessionStatusView
@@ -197,32 +197,44 @@ class SqlChangeLog:
         """The last position handed out (every position up to it is committed)."""
         return head_of(self.session)
 
-    def delete_older_than(self, cutoff: datetime, *, limit: int) -> int:
-        """Delete up to `limit` of the oldest entries with occurred_at < cutoff; the count.
+    def prune_boundary(self, cutoff: datetime) -> int:
+        """The first position prune-audit keeps: that of the oldest entry not older than
+        `cutoff`, or one past the head when every numbered entry is.
 
-        Only a prefix of the log, by position: an entry is numbered after its commit, and its
-        occurred_at is its transaction's start on its replica's clock, so an older entry can
-        hold a later position than a newer one. Deleting by age alone could leave a gap above
-        the first kept position, which ChangeBatch.first_kept (and so CURSOR_EXPIRED) would
-        not see."""
-        first_young = (
-            select(func.min(Change.position))
+        Only a prefix of the log is deleted, by position: an entry is numbered after its
+        commit, and its occurred_at is its transaction's start on its replica's clock, so an
+        older entry can hold a later position than a newer one. Deleting by age alone could
+        leave a gap above the first kept position, which ChangeBatch.first_kept (and so
+        CURSOR_EXPIRED) would not see. Read once per run: the prefix below it only grows, and
+        entries numbered later are above it."""
+        first_young = self.session.execute(
+            select(Change.position)
             .where(Change.occurred_at >= cutoff, Change.position.is_not(None))
-            .scalar_subquery()
-        )
-        oldest = (
-            select(Change.id)
-            .where(
-                Change.occurred_at < cutoff,
-                Change.position.is_not(None),
-                or_(first_young.is_(None), Change.position < first_young),
-            )
+            .order_by(Change.position)
+            .limit(1)
+        ).scalar_one_or_none()
+        return self.head() + 1 if first_young is None else int(first_young)
+
+    def delete_before(self, boundary: int, *, after: int, limit: int) -> tuple[int, int]:
+        """Delete up to `limit` entries at positions after `after` and before `boundary`,
+        oldest first: how many, and the last position deleted (`after` when none). Each batch
+        starts where the last one ended, so it reads its own entries from the position index,
+        not the prefix deleted before it."""
+        batch = (
+            select(Change.id, Change.position)
+            .where(Change.position > after, Change.position < boundary)
             .order_by(Change.position)
             .limit(limit)
         )
-        statement = delete(Change).where(Change.id.in_(oldest))
-        result = self.session.execute(statement, execution_options={"synchronize_session": False})
-        return cast(CursorResult[Any], result).rowcount or 0
+        found = self.session.execute(batch).all()
+        if not found:
+            return 0, after
+        ids = [row.id for row in found]
+        self.session.execute(
+            delete(Change).where(Change.id.in_(ids)),
+            execution_options={"synchronize_session": False},
+        )
+        return len(ids), int(found[-1].position)
 
     def read_after(self, position: int, wanted: ChangeFilter, *, limit: int) -> ChangeBatch:
         """Up to `limit` entries after `position` that `wanted` matches, in position order.
