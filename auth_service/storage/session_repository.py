@@ -12,7 +12,7 @@ import logging
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, Update, case, update
+from sqlalchemy import Row, Select, Update, case, select, update
 
 from auth_service.crypto import DecryptionError
 from auth_service.domain.errors import SecretUnreadable
@@ -63,6 +63,9 @@ _SETTLE = (
     .values(state=rows.SETTLED_STATE, updated_at=rows.NOW)
     .returning(T.c.user_id)
     .execution_options(synchronize_session=False)
+)
+_LOCK_ABANDONED = (
+    select(T.c.user_id).where(rows.ABANDONED_MFA).order_by(T.c.user_id).with_for_update()
 )
 
 
@@ -198,7 +201,15 @@ class SqlSessionRepository:
 
     def settle_abandoned_mfa(self, now: datetime, user_id: str | None = None) -> list[str]:
         if user_id is None:
-            result = self.session.execute(_SETTLE, {"p_now": now})
+            # Lock the candidates first, then settle in a statement of its own: PostgreSQL
+            # re-checks a row it waited for against the waiting statement's snapshot, in which
+            # the live challenge a concurrent Login committed with the row is missing. The
+            # second statement's snapshot has it, so that row stays MFA_PENDING. (Every other
+            # writer locks the user's row before deciding.)
+            locked = self.session.execute(_LOCK_ABANDONED, {"p_now": now}).scalars().all()
+            if not locked:
+                return []
+            result = self.session.execute(_SETTLE.where(T.c.user_id.in_(locked)), {"p_now": now})
         else:
             result = self.session.execute(
                 _SETTLE.where(_BY_USER), {"p_now": now, "p_user_id": user_id}
