@@ -38,6 +38,7 @@ from garmin_client.errors import (
     SessionRejected,
     Unavailable,
 )
+from garmin_client.retry import never_sent
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +118,21 @@ def status_error(
 def _without_answer(cause: BaseException) -> Unavailable:
     """No HTTP status to go by: the network failed or the answer could not be read (requests'
     errors, and urllib3's from garmin_client.api_http)."""
+    # Sent, perhaps acted on, its answer lost: anything but a connection never made.
+    unanswered = not (
+        isinstance(cause, NewConnectionError)
+        or (isinstance(cause, requests.RequestException) and never_sent(cause))
+    )
     if isinstance(cause, requests.Timeout) or (
         # urllib3 counts a refused connection as a connect timeout: it is no answer at all.
         isinstance(cause, Urllib3TimeoutError) and not isinstance(cause, NewConnectionError)
     ):
-        return Unavailable("Garmin did not answer in time")
+        return Unavailable("Garmin did not answer in time", unanswered=unanswered)
     # Before OSError: requests' JSONDecodeError is both a ValueError and a RequestException.
     if isinstance(cause, ValueError | DecodeError):
         return Unavailable("Garmin answered something unreadable")
     if isinstance(cause, OSError | Urllib3HTTPError):
-        return Unavailable("Garmin could not be reached")
+        return Unavailable("Garmin could not be reached", unanswered=unanswered)
     return Unavailable("Garmin answered something unreadable")
 
 

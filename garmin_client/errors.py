@@ -44,5 +44,11 @@ class NotFound(GarminError):
 class Unavailable(GarminError):
     """Garmin was unreachable, answered 5xx, timed out or answered something unreadable.
 
-    Try later; the session is not affected.
+    Try later; the session is not affected. `unanswered`: the request may have reached Garmin
+    and been acted on, its answer lost (it timed out, or the connection broke, after it was
+    sent): a step that must not be repeated (an MFA code) counts it as judged.
     """
+
+    def __init__(self, message: str, *, unanswered: bool = False) -> None:
+        super().__init__(message)
+        self.unanswered = unanswered

@@ -66,7 +66,7 @@ class RetryPolicy:
         return self.backoff_seconds * 2.0 ** (attempt - 2)
 
 
-def _never_sent(exc: requests.RequestException) -> bool:
+def never_sent(exc: requests.RequestException) -> bool:
     """Whether the request failed before a connection existed (Garmin cannot have seen it)."""
     if isinstance(exc, requests.ConnectTimeout):
         return True
@@ -78,7 +78,7 @@ def _never_sent(exc: requests.RequestException) -> bool:
 def _may_repeat_failure(method: str, exc: requests.RequestException) -> bool:
     if method == "GET":
         return isinstance(exc, requests.ConnectionError | requests.Timeout)
-    return _never_sent(exc)
+    return never_sent(exc)
 
 
 def _clipped(timeout: Timeout, remaining: float) -> Timeout:

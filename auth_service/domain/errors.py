@@ -235,11 +235,17 @@ class GarminRateLimited(UpstreamError):
 class GarminUnavailable(UpstreamError):
     """Garmin was unreachable, answered 5xx, timed out or answered something unreadable.
 
-    Try later; the session is not affected.
+    Try later; the session is not affected. `unanswered`: the request may have reached Garmin
+    and been acted on, its answer lost (a timeout or a broken connection after it was sent):
+    an MFA code counts as judged then.
     """
 
     code_name = "UNAVAILABLE"
     reason = "GARMIN_UNAVAILABLE"
+
+    def __init__(self, message: str, *, unanswered: bool = False) -> None:
+        super().__init__(message)
+        self.unanswered = unanswered
 
 
 # --- WatchSessionEvents (issue 16) ---------------------------------------------------------

@@ -16,6 +16,7 @@ from auth_service.domain import audit, validation
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
     GarminRateLimited,
+    GarminUnavailable,
     LoginRateLimited,
     MfaChallengeBusy,
     MfaChallengeNotFound,
@@ -183,6 +184,12 @@ class ConnectService:
             held_back = limited if limited.held_back else None
             self._release_claim(digest, claimed_until, held_back)
             raise
+        except GarminUnavailable as unavailable:
+            if unavailable.unanswered:
+                self._count_unanswered_code(digest, claimed_until)
+            else:
+                self._release_claim(digest, claimed_until)
+            raise
         except BaseException:
             self._release_claim(digest, claimed_until)
             raise
@@ -264,6 +271,22 @@ class ConnectService:
             )
             if used_up:
                 _abandon(uow, digest, challenge.user_id)
+
+    def _count_unanswered_code(self, digest: str, claimed_until: datetime) -> None:
+        """The code reached Garmin, or may have, and its answer was lost: it counts as one of
+        the challenge's tries (slowing Garmin down must not buy more guesses), and the claim
+        stands until it ends, so a retry cannot send a code while Garmin may still be judging
+        this one (MFA_CHALLENGE_BUSY meanwhile)."""
+        with self._uow() as uow:
+            challenge = _still_claimed(uow, digest, claimed_until)
+            if challenge is None:
+                return
+            uow.challenges.count_attempt(digest)
+            if challenge.failed_attempts + 1 >= self._settings.mfa_max_wrong_codes:
+                # No event (Garmin gave no verdict), but MFA_PENDING is over: the change
+                # stream says so, as for an expired challenge.
+                for user_id in _abandon(uow, digest, challenge.user_id):
+                    uow.audit_events.add_change(user_id, AuditedRpc.SUBMIT_MFA, uow.now)
 
     def _drop_challenge(
         self, digest: str, claimed_until: datetime, forgotten: MfaChallengeNotFound

@@ -30,6 +30,7 @@ _RELEASE = update(C).where(_BY_DIGEST).values(claimed_until=None)
 _WRONG_CODE = (
     update(C).where(_BY_DIGEST).values(claimed_until=None, failed_attempts=C.c.failed_attempts + 1)
 )
+_ATTEMPT = update(C).where(_BY_DIGEST).values(failed_attempts=C.c.failed_attempts + 1)
 # Stored methods are short names ("email", "totp"); the column keeps 32 characters.
 _MFA_METHOD_LENGTH = 32
 
@@ -95,6 +96,9 @@ class SqlChallengeRepository:
     def release_claim(self, challenge_id_sha256: str, *, wrong_code: bool) -> None:
         statement = _WRONG_CODE if wrong_code else _RELEASE
         self.session.execute(statement, {"p_digest": challenge_id_sha256})
+
+    def count_attempt(self, challenge_id_sha256: str) -> None:
+        self.session.execute(_ATTEMPT, {"p_digest": challenge_id_sha256})
 
     def delete(self, challenge_id_sha256: str) -> None:
         self.session.execute(delete(C).where(_BY_DIGEST), {"p_digest": challenge_id_sha256})

@@ -26,7 +26,7 @@ def as_domain(error: GarminError, endpoint: GarminEndpoint | None = None) -> Ups
         return GarminSessionRejected(error.message)
     if isinstance(error, RateLimited):
         return GarminRateLimited(error.message, error.retry_after_seconds, endpoint)
-    return GarminUnavailable(error.message)
+    return GarminUnavailable(error.message, unanswered=getattr(error, "unanswered", False))
 
 
 @contextlib.contextmanager

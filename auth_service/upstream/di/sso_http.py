@@ -23,12 +23,14 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 from curl_cffi import requests as curl_requests
+from curl_cffi.requests.exceptions import ConnectTimeout as CurlConnectTimeout
 from curl_cffi.requests.exceptions import RequestException as CurlRequestException
 from curl_cffi.requests.exceptions import Timeout as CurlTimeout
 
 from auth_service.domain.errors import GarminUnavailable
 from garmin_client.http_session import upstream_session
 from garmin_client.observe import RequestObserver, endpoint_template, status_outcome
+from garmin_client.retry import never_sent
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport, routed_url
 
@@ -121,10 +123,14 @@ class SsoHttp:
                     # A 307 or 308 would send the password (or the code) on to its Location.
                     allow_redirects=False,
                 )
-            except requests.Timeout:
-                raise GarminUnavailable("Garmin did not answer in time (sign-in)") from None
-            except requests.RequestException:
-                raise GarminUnavailable("Garmin could not be reached (sign-in)") from None
+            except requests.Timeout as exc:
+                raise GarminUnavailable(
+                    "Garmin did not answer in time (sign-in)", unanswered=not never_sent(exc)
+                ) from None
+            except requests.RequestException as exc:
+                raise GarminUnavailable(
+                    "Garmin could not be reached (sign-in)", unanswered=not never_sent(exc)
+                ) from None
             return SsoAnswer(
                 status=response.status_code,
                 path=urlsplit(url).path,
@@ -150,12 +156,19 @@ class SsoHttp:
                     allow_redirects=False,
                 )
             outcome = status_outcome(response.status_code)
-        except CurlTimeout:
+        except CurlTimeout as exc:
             outcome = "timeout"
-            raise GarminUnavailable("Garmin did not answer in time (sign-in)") from None
+            raise GarminUnavailable(
+                "Garmin did not answer in time (sign-in)",
+                unanswered=not isinstance(exc, CurlConnectTimeout),
+            ) from None
         except CurlRequestException as exc:
             log.warning("garmin sign-in failed: %s", type(exc).__name__)
-            raise GarminUnavailable("Garmin could not be reached (sign-in)") from None
+            # curl does not say whether the request left before the connection broke: as
+            # sent (an MFA code then counts as judged).
+            raise GarminUnavailable(
+                "Garmin could not be reached (sign-in)", unanswered=True
+            ) from None
         finally:
             if self._observer is not None:
                 self._observer.upstream_call(
