@@ -36,6 +36,7 @@ from auth_service.domain.policies import LoginFlow, LoginSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.repositories import MfaChallenge
 from auth_service.domain.views import SessionRow, live_lease, status_view
+from auth_service.services.commit_retry import commit_retried
 from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.signin_cooldown import SignInCooldown
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
@@ -193,6 +194,19 @@ class ConnectService:
         except BaseException:
             self._release_claim(digest, claimed_until)
             raise
+        # Garmin has spent the code and its pending login: these tokens are the sign-in, so a
+        # database that refuses the commit for a moment is waited out, while the claim lasts
+        # (past it, another submission may take the challenge over).
+        return commit_retried(
+            lambda: self._store_signed_in(user_id, digest, claimed_until, tokens),
+            seconds=max(0.0, (claimed_until - self._uow.now()).total_seconds()),
+            what="MFA sign-in",
+            user_id=user_id,
+        )
+
+    def _store_signed_in(
+        self, user_id: str, digest: str, claimed_until: datetime, tokens: GarminTokens
+    ) -> SessionStatusView:
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
             if _still_claimed(uow, digest, claimed_until, row_locked=True) is None:
