@@ -25,7 +25,7 @@ from requests.utils import should_bypass_proxies
 
 from garmin_client.call_deadline import CallDeadline, DeadlineAdapter
 from garmin_client.observe import RequestObserver, observed
-from garmin_client.retry import RetryPolicy, Timeout, send_with_retries
+from garmin_client.retry import RetryPolicy, Timeout, never_sent, send_with_retries
 from garmin_client.settings import UpstreamSettings
 
 
@@ -98,8 +98,10 @@ class UpstreamTransport(DeadlineAdapter):
                 if not stream:
                     # Read here, under the deadline: the session would read it after we return.
                     answer.content  # noqa: B018
-            except requests.RequestException:
-                if deadline is not None and deadline.expired:
+            except requests.RequestException as exc:
+                # A connection never made stays what it is: nothing reached Garmin (an MFA
+                # code is not counted as judged), whatever the deadline did meanwhile.
+                if deadline is not None and deadline.expired and not never_sent(exc):
                     raise _timed_out(budget) from None
                 raise
             if deadline is not None and deadline.expired:

@@ -22,8 +22,10 @@ from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
 import requests
+from curl_cffi import CurlECode
 from curl_cffi import requests as curl_requests
 from curl_cffi.requests.exceptions import ConnectTimeout as CurlConnectTimeout
+from curl_cffi.requests.exceptions import DNSError, ProxyError
 from curl_cffi.requests.exceptions import RequestException as CurlRequestException
 from curl_cffi.requests.exceptions import Timeout as CurlTimeout
 
@@ -71,6 +73,27 @@ def _json(body: bytes) -> Any:
     # UnicodeDecodeError too; RecursionError: nested deeper than the parser's stack.
     except (ValueError, RecursionError):
         return None
+
+
+# curl's codes for a request that never left: no name, no proxy, no connection.
+_NOT_CONNECTED = frozenset(
+    {CurlECode.COULDNT_RESOLVE_HOST, CurlECode.COULDNT_RESOLVE_PROXY, CurlECode.COULDNT_CONNECT}
+)
+
+
+def _never_sent(exc: CurlRequestException) -> bool:
+    """Whether curl failed before a connection existed (Garmin cannot have seen the request).
+    Anything else counts as sent: an MFA code then counts as judged."""
+    if isinstance(exc, CurlConnectTimeout | DNSError | ProxyError):
+        return True
+    if getattr(exc, "code", None) in _NOT_CONNECTED:
+        return True
+    # curl reports both timeouts as code 28 and curl_cffi raises a plain Timeout for it; the
+    # connect phase's message is curl's "Connection timed out after ... milliseconds" (a
+    # transfer's is "Operation timed out ...").
+    return getattr(exc, "code", None) == CurlECode.OPERATION_TIMEDOUT and str(exc).startswith(
+        "Failed to perform, curl: (28) Connection timed out"
+    )
 
 
 def _cookie_pair(header: str) -> tuple[str, str] | None:
@@ -159,15 +182,12 @@ class SsoHttp:
         except CurlTimeout as exc:
             outcome = "timeout"
             raise GarminUnavailable(
-                "Garmin did not answer in time (sign-in)",
-                unanswered=not isinstance(exc, CurlConnectTimeout),
+                "Garmin did not answer in time (sign-in)", unanswered=not _never_sent(exc)
             ) from None
         except CurlRequestException as exc:
             log.warning("garmin sign-in failed: %s", type(exc).__name__)
-            # curl does not say whether the request left before the connection broke: as
-            # sent (an MFA code then counts as judged).
             raise GarminUnavailable(
-                "Garmin could not be reached (sign-in)", unanswered=True
+                "Garmin could not be reached (sign-in)", unanswered=not _never_sent(exc)
             ) from None
         finally:
             if self._observer is not None:
