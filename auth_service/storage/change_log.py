@@ -207,13 +207,16 @@ class SqlChangeLog:
         leave a gap above the first kept position, which ChangeBatch.first_kept (and so
         CURSOR_EXPIRED) would not see. Read once per run: the prefix below it only grows, and
         entries numbered later are above it."""
+        # The head first: an entry another replica numbers between the two reads is then
+        # above it, kept, whether or not the second read sees it.
+        past_head = self.head() + 1
         first_young = self.session.execute(
             select(Change.position)
             .where(Change.occurred_at >= cutoff, Change.position.is_not(None))
             .order_by(Change.position)
             .limit(1)
         ).scalar_one_or_none()
-        return self.head() + 1 if first_young is None else int(first_young)
+        return past_head if first_young is None else min(int(first_young), past_head)
 
     def delete_before(self, boundary: int, *, after: int, limit: int) -> tuple[int, int]:
         """Delete up to `limit` entries at positions after `after` and before `boundary`,
