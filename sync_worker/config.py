@@ -143,15 +143,30 @@ def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -
 
 
 def on_this_machine(target: str) -> bool:
-    """Whether a gRPC target (host:port, dns:///host:port, ipv4:/ipv6:address:port, unix:path)
-    names this machine: a loopback address, localhost or a Unix socket."""
+    """Whether a gRPC target (host:port, dns:///host:port, ipv4:/ipv6: address lists,
+    unix:path) names only this machine: loopback addresses, localhost or a Unix socket."""
     if target.startswith(("unix:", "unix-abstract:")):
         return True
     scheme, sep, rest = target.partition(":")
-    if sep and scheme in {"dns", "ipv4", "ipv6"}:
+    if sep and scheme in {"ipv4", "ipv6"}:
+        return all(_is_local_host(_host_of(address)) for address in rest.split(","))
+    if sep and scheme == "dns":
+        # dns:[//authority/]host[:port]
         target = rest.removeprefix("//").partition("/")[2] if rest.startswith("//") else rest
-    host = target.rpartition(":")[0].strip("[]") if ":" in target else target
-    if host == "localhost":
+    return _is_local_host(_host_of(target))
+
+
+def _host_of(address: str) -> str:
+    """The host of host, host:port, [v6] or [v6]:port (a bare v6 address is its own host)."""
+    if address.startswith("["):
+        return address[1 : address.find("]")]
+    if address.count(":") == 1:
+        return address.partition(":")[0]
+    return address
+
+
+def _is_local_host(host: str) -> bool:
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
