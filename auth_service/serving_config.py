@@ -136,6 +136,11 @@ def read_serving_settings(reader: EnvReader) -> ServingSettings:
         raise reader.error(
             "ENVIRONMENT", f"expected one of {', '.join(sorted(ENVIRONMENTS))}, got {environment!r}"
         )
+    if environment == PRODUCTION and reflection == ReflectionMode.OPEN.value:
+        # Anyone who reaches the port would read the whole API: a development convenience.
+        raise reader.error(
+            "REFLECTION", "production refuses open reflection; use authenticated or off"
+        )
     return ServingSettings(
         health_listen=_health_listen(reader),
         reflection=ReflectionMode(reflection),

@@ -32,10 +32,11 @@ from auth_service.domain.policies import (
     RefusedClientId,
 )
 from auth_service.operator_commands import MIN_TOKEN_LENGTH
+from auth_service.serving_config import read_serving_settings
 from auth_service.storage.database import create_engine_for
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
-from garmin_client.env import ConfigError
+from garmin_client.env import ConfigError, EnvReader
 from garmin_emulator import GarminEmulator
 from tests.fixtures.emulators import scanned_emulator
 from tests.fixtures.servers import CONSUMER_KEY, CONSUMER_SECRET, ROLE_TOKENS, write_callers_file
@@ -205,6 +206,14 @@ def test_serving_settings_and_their_defaults(tmp_path: Path) -> None:
     ).serving
     assert (custom.health_listen, custom.reflection.value) == (None, "open")
     assert custom.max_connection_age_seconds == 60
+    with pytest.raises(ConfigError, match="GARMIN_AUTH_REFLECTION: production refuses open"):
+        # Anyone who reaches the port would read the API; before, production accepted it.
+        read_serving_settings(
+            EnvReader(
+                {"GARMIN_AUTH_REFLECTION": "open", "GARMIN_AUTH_ENVIRONMENT": "production"},
+                "GARMIN_AUTH_",
+            )
+        )
     for variable, value in (
         ("GARMIN_AUTH_REFLECTION", "maybe"),
         ("GARMIN_AUTH_HEALTH_LISTEN", "8081"),
