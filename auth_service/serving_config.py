@@ -8,7 +8,6 @@ config.load_settings calls in here.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 
 from garmin_client.env import ConfigError, EnvReader
+from garmin_client.hosts import is_loopback_host
 
 PREFIX = "GARMIN_AUTH_"
 # The gRPC server's threads for our RPCs (auth_service.server). A WatchSessionEvents stream
@@ -98,14 +98,7 @@ def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
 
 def is_loopback_listen(listen: str) -> bool:
     """Whether host:port only accepts connections from this machine."""
-    host = listen.rpartition(":")[0].strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        # Another host name may resolve to anything.
-        return False
+    return is_loopback_host(listen.rpartition(":")[0].strip("[]"))
 
 
 MAX_PORT = 65535

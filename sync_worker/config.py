@@ -7,7 +7,6 @@ password) never appear in a message or a repr.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
@@ -19,6 +18,7 @@ from typing import Final
 from cryptography import x509
 
 from garmin_client.env import ConfigError, EnvReader
+from garmin_client.hosts import is_loopback_host
 from garmin_client.url_secrets import redacted_url, unencoded_at_after_password
 from sync_worker.client import AuthClientConfig
 from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE
@@ -149,11 +149,11 @@ def on_this_machine(target: str) -> bool:
         return True
     scheme, sep, rest = target.partition(":")
     if sep and scheme in {"ipv4", "ipv6"}:
-        return all(_is_local_host(_host_of(address)) for address in rest.split(","))
+        return all(is_loopback_host(_host_of(address)) for address in rest.split(","))
     if sep and scheme == "dns":
         # dns:[//authority/]host[:port]
         target = rest.removeprefix("//").partition("/")[2] if rest.startswith("//") else rest
-    return _is_local_host(_host_of(target))
+    return is_loopback_host(_host_of(target))
 
 
 def _host_of(address: str) -> str:
@@ -163,15 +163,6 @@ def _host_of(address: str) -> str:
     if address.count(":") == 1:
         return address.partition(":")[0]
     return address
-
-
-def _is_local_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_pem_certificates(env: EnvReader, name: str, path: Path) -> None:
