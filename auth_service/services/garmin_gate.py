@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from auth_service.domain import audit
+from auth_service.domain import audit, passed_429s
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import GarminRateLimited, GarminUnavailable, UpstreamError
 from auth_service.domain.events import LimitEvents, NoLimitEvents
@@ -224,14 +224,23 @@ class GarminGate:
 
     # --- after ------------------------------------------------------------------------------
 
-    def rate_limited(self, admission: Admission, error: GarminRateLimited, rpc: AuditedRpc) -> None:
+    def rate_limited(
+        self,
+        admission: Admission,
+        error: GarminRateLimited,
+        rpc: AuditedRpc,
+        *,
+        call_ended: bool = True,
+    ) -> None:
         """Garmin answered 429: start the account's cooldown, count the endpoint's 429, open
-        its breaker when due. Sets the error's retry_after_seconds to the wait imposed."""
+        its breaker when due. Sets the error's retry_after_seconds to the wait imposed.
+        `call_ended=False`: the call went on past the 429 (auth_service.domain.passed_429s);
+        its claim and its other probes are settled when it ends."""
         wait = self._settings.wait_for(error.retry_after_seconds)
         endpoint = error.endpoint or admission.endpoints[-1]
         error.retry_after_seconds = wait
         try:
-            opened = self._record_429(admission, endpoint, wait, rpc)
+            opened = self._record_429(admission, endpoint, wait, rpc, call_ended=call_ended)
         # The 429 still reaches the caller; only the record of it is lost (the type only:
         # driver messages can echo connection parameters).
         except Exception as exc:  # noqa: BLE001
@@ -252,7 +261,13 @@ class GarminGate:
         )
 
     def _record_429(
-        self, admission: Admission, endpoint: GarminEndpoint, wait: float, rpc: AuditedRpc
+        self,
+        admission: Admission,
+        endpoint: GarminEndpoint,
+        wait: float,
+        rpc: AuditedRpc,
+        *,
+        call_ended: bool,
     ) -> bool:
         """Start the cooldown, count the 429, open the breaker when due (True: opened)."""
         opened = False
@@ -273,6 +288,10 @@ class GarminGate:
                 if probed or count >= self._settings.breaker_threshold:
                     uow.limits.open_breaker(endpoint, until)
                     opened = True
+            if not call_ended:
+                # Its probe is settled (by the 429); the rest when the call ends.
+                admission.settled.add(endpoint)
+                return opened
             for other in admission.probes - admission.settled - {endpoint}:
                 uow.limits.release_probe(other)
             if admission.claimed_until is not None and admission.user_id is not None:
@@ -341,24 +360,37 @@ class GarminGate:
             hold_seconds=hold_seconds,
             count_in_flight=count_in_flight,
         )
-        try:
-            yield admission
-        except GarminRateLimited as error:
-            self.rate_limited(admission, error, rpc)
-            raise
-        except GarminUnavailable:
+        with passed_429s.noting() as passed:
+            try:
+                yield admission
+            except BaseException as exc:
+                self._went_past(admission, passed, rpc)
+                self._failed(admission, exc, rpc)
+                raise
+        self._went_past(admission, passed, rpc)
+        self.answered(admission)
+
+    def _went_past(
+        self, admission: Admission, passed: list[GarminRateLimited], rpc: AuditedRpc
+    ) -> None:
+        """The 429s the call went on past (auth_service.domain.passed_429s), honoured as any
+        other: Garmin asked us to stop calling that endpoint whether or not the call needed
+        the answer."""
+        for error in passed:
+            self.rate_limited(admission, error, rpc, call_ended=False)
+
+    def _failed(self, admission: Admission, exc: BaseException, rpc: AuditedRpc) -> None:
+        if isinstance(exc, GarminRateLimited):
+            self.rate_limited(admission, exc, rpc)
+        elif isinstance(exc, GarminUnavailable):
             self.unanswered(admission)
-            raise
-        except UpstreamError:
+        elif isinstance(exc, UpstreamError):
             # A refusal is an answer: the endpoint works. It is the first endpoint's the call
             # reaches (a sign-in's SSO); whether the call went further is not known.
             admission.did_not_reach(*admission.endpoints[1:])
             self.answered(admission)
-            raise
-        except BaseException:
+        else:
             self.unanswered(admission)
-            raise
-        self.answered(admission)
 
 
 def _seconds(delta: timedelta) -> float:

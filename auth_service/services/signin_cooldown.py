@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+from auth_service.domain import passed_429s
 from auth_service.domain.errors import GarminRateLimited
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.policies import SIGNIN_RETRY_AFTER_MAX_SECONDS
@@ -42,28 +43,43 @@ class SignInCooldown:
 
     @contextmanager
     def watching(self, uow: UnitsOfWork, user_id: str) -> Iterator[None]:
-        """Starts the user's cooldown when the block raises GarminRateLimited."""
-        try:
-            yield
-        except GarminRateLimited as limited:
-            if limited.held_back is not None:
-                raise  # answered without Garmin (auth_service.services.garmin_gate)
-            if self._seconds <= 0:
-                raise  # turned off (GARMIN_AUTH_SIGNIN_COOLDOWN=0): Garmin's answer as it is
-            if limited.endpoint not in (None, GarminEndpoint.SSO):
-                # The ticket exchange's token endpoint, which every refresh shares: the gate
-                # holds the account back for that answer's own Retry-After. Only the SSO's
-                # 429 (or one whose endpoint is unknown) costs the user hours of sign-ins.
+        """Starts the user's cooldown when the block raises GarminRateLimited, or went on past
+        one of the SSO's (auth_service.domain.passed_429s)."""
+        with passed_429s.noting() as passed:
+            try:
+                yield
+            except GarminRateLimited as limited:
+                for error in passed:
+                    self._start_for(uow, user_id, error)
+                self._start_for(uow, user_id, limited)
                 raise
-            # Garmin's Retry-After as it asked, not as capped for the account's other calls.
-            asked = min(limited.asked_seconds or 0.0, SIGNIN_RETRY_AFTER_MAX_SECONDS)
-            seconds = max(self._seconds, asked)
-            with uow() as unit:
-                unit.throttle.start_cooldown(
-                    user_id, unit.now + timedelta(seconds=seconds), now=unit.now
-                )
-            log.warning(
-                "Garmin's sign-in answered 429 for user %s; no login for %.0fs", user_id, seconds
+            except BaseException:
+                for error in passed:
+                    self._start_for(uow, user_id, error)
+                raise
+        for error in passed:
+            self._start_for(uow, user_id, error)
+
+    def _start_for(self, uow: UnitsOfWork, user_id: str, limited: GarminRateLimited) -> None:
+        """Start the user's cooldown for Garmin's 429 `limited`, when it is the SSO's; sets
+        its retry_after_seconds to the cooldown's length."""
+        if limited.held_back is not None:
+            return  # answered without Garmin (auth_service.services.garmin_gate)
+        if self._seconds <= 0:
+            return  # turned off (GARMIN_AUTH_SIGNIN_COOLDOWN=0): Garmin's answer as it is
+        if limited.endpoint not in (None, GarminEndpoint.SSO):
+            # The ticket exchange's token endpoint, which every refresh shares: the gate
+            # holds the account back for that answer's own Retry-After. Only the SSO's
+            # 429 (or one whose endpoint is unknown) costs the user hours of sign-ins.
+            return
+        # Garmin's Retry-After as it asked, not as capped for the account's other calls.
+        asked = min(limited.asked_seconds or 0.0, SIGNIN_RETRY_AFTER_MAX_SECONDS)
+        seconds = max(self._seconds, asked)
+        with uow() as unit:
+            unit.throttle.start_cooldown(
+                user_id, unit.now + timedelta(seconds=seconds), now=unit.now
             )
-            limited.retry_after_seconds = seconds
-            raise
+        log.warning(
+            "Garmin's sign-in answered 429 for user %s; no login for %.0fs", user_id, seconds
+        )
+        limited.retry_after_seconds = seconds

@@ -16,6 +16,11 @@ The traps, and what defuses them:
   Authorization header: every caller passes a fresh dict.
 * ``Client.refresh_oauth2`` forgets the OAuth1 token when an exchange fails: the isolated
   client never does.
+* ``sso.login``/``resume_login`` load the SSO's embed page "best-effort" once Garmin issued the
+  ticket, swallowing garth's HTTP errors there, a 429 included: the isolated client keeps each
+  429 it was answered (``rate_limited``) for the caller to honour, and turns a lost answer of
+  that page (a timeout, a reset) into the error garth swallows, so it no longer costs the
+  sign-in its ticket.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from http import HTTPStatus
 from typing import Any, Final
 
 import requests
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from garmin_client.endpoints import EMBED_PATH
 from garmin_client.http_session import upstream_session
 from garmin_client.observe import RequestObserver
 from garmin_client.settings import UpstreamSettings
@@ -192,6 +199,9 @@ class IsolatedClient(garth.Client):
         self.sess = upstream_session()
         self.sess.headers.update(garth.http.USER_AGENT)
         self.telemetry = _NoTelemetry(enabled=False)
+        # Every 429 Garmin answered this client: after a call that succeeded, those garth
+        # went on past (the embed page's).
+        self.rate_limited: list[GarthHTTPError] = []
         self.configure(domain=domain)
         # requests takes float timeouts; garth annotates int.
         self.timeout = settings.timeout_seconds  # type: ignore[assignment]
@@ -201,6 +211,22 @@ class IsolatedClient(garth.Client):
         super().configure(*args, **kwargs)
         # configure() just mounted garth's own retrying adapter: ours decides.
         self.sess.mount("https://", self._transport)
+
+    def request(
+        self, method: str, subdomain: str, path: str, /, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        try:
+            return super().request(method, subdomain, path, *args, **kwargs)
+        except GarthHTTPError as exc:
+            answer = exc.error.response
+            if answer is not None and answer.status_code == HTTPStatus.TOO_MANY_REQUESTS:
+                self.rate_limited.append(exc)
+            raise
+        except requests.RequestException as exc:
+            if path != EMBED_PATH:
+                raise
+            # The best-effort page load: no answer fails it as an HTTP error would.
+            raise GarthException(msg=f"SSO page load failed: {type(exc).__name__}") from None
 
     def _auto_resume(self) -> None:
         """Never resume from GARTH_HOME/GARTH_TOKEN."""

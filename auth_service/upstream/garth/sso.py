@@ -19,6 +19,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
+from auth_service.domain import passed_429s
 from auth_service.domain.errors import (
     GarminRateLimited,
     MfaChallengeNotFound,
@@ -51,6 +52,7 @@ def sign_in(client: IsolatedClient, email: str, password: str, now: datetime) ->
             email, password, client=client, return_on_mfa=True
         )
         first, second = outcome
+        _note_passed_429s(client, now)
         if first != "needs_mfa":
             return LoginSucceeded(tokens_from_garth(first, second, client.domain, now))
         pending = PendingMfa(
@@ -75,9 +77,20 @@ def resume(client: IsolatedClient, pending: PendingMfa, code: str, now: datetime
     }
     try:
         oauth1, oauth2 = garth.sso.resume_login(state, code)
+        _note_passed_429s(client, now)
         return tokens_from_garth(oauth1, oauth2, client.domain, now)
     except GARTH_FAILURES as exc:
         raise _login_failure("MFA verification", exc, client, now) from None
+
+
+def _note_passed_429s(client: IsolatedClient, now: datetime) -> None:
+    """The 429s garth went on past in a sign-in that succeeded (its best-effort load of the
+    SSO's embed page), for the gate and the sign-in cooldown to honour."""
+    for exc in client.rate_limited:
+        failed = failure("SSO page load", exc, judging_tokens=False, now=now)
+        error = as_domain(failed, GarminEndpoint.SSO)
+        if isinstance(error, GarminRateLimited):
+            passed_429s.note(error)
 
 
 def _login_failure(
