@@ -13,6 +13,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from auth_service.domain import validation
 from auth_service.domain.errors import FieldViolation, InvalidArgument
+from auth_service.domain.jwt_payload import di_issuer_domain
 from auth_service.domain.models import (
     GarminTokens,
     LeaseView,
@@ -23,7 +24,7 @@ from auth_service.domain.models import (
 from auth_service.upstream.di.garminconnect import di_pair_problem
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client import session_proto
-from garmin_client.endpoints import DOMAINS
+from garmin_client.endpoints import DEFAULT_DOMAIN, DOMAINS
 from garmin_client.session_proto import (
     MalformedSession,
     timestamp_in_range,
@@ -213,11 +214,7 @@ def tokens_from_proto(session: pb.GarminSession, field: str) -> GarminTokens:
     for name in validation.OAUTH2_TEXTS:
         violations += validation.check_token_text(name, getattr(o2, name), f"{field}.oauth2.{name}")
     if kind is SessionKind.DI_OAUTH2 and not violations:
-        # As for python-garminconnect's file: a refresh token only works with the client id
-        # it was issued to, so a pair naming another one would die at its first refresh.
-        problem = di_pair_problem(o2.access_token, session.di_client_id)
-        if problem is not None:
-            violations.append(FieldViolation(f"{field}.di_client_id", problem))
+        violations += _di_pair_violations(session, field)
     # A DI pair may come without its refresh expiry (the service learns it at the next refresh).
     times = (
         ("expires_at",)
@@ -238,3 +235,27 @@ def tokens_from_proto(session: pb.GarminSession, field: str) -> GarminTokens:
     # the times the wire reader took must also be ones the service stores.
     validation.raise_if_any(validation.check_token_times(tokens, field))
     return tokens
+
+
+def _di_pair_violations(session: pb.GarminSession, field: str) -> list[FieldViolation]:
+    """What makes a DI pair one that cannot refresh where it would be stored."""
+    violations = []
+    o2 = session.oauth2
+    # As for python-garminconnect's file: a refresh token only works with the client id it
+    # was issued to, so a pair naming another one would die at its first refresh.
+    problem = di_pair_problem(o2.access_token, session.di_client_id)
+    if problem is not None:
+        violations.append(FieldViolation(f"{field}.di_client_id", problem))
+    # And only at the diauth that issued it (diauth.garmin.cn for garmin.cn accounts):
+    # stored under another domain, the pair would be refreshed at the other Garmin.
+    issuer = di_issuer_domain(o2.access_token)
+    domain = session.domain or DEFAULT_DOMAIN
+    if issuer is not None and issuer != domain:
+        violations.append(
+            FieldViolation(
+                f"{field}.domain",
+                f"is {domain}, and the access token was issued by diauth.{issuer} (the pair "
+                f"refreshes only there): set it to {issuer}",
+            )
+        )
+    return violations

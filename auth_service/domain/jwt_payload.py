@@ -9,7 +9,10 @@ import binascii
 import json
 from typing import Any, Final
 
+from garmin_client.endpoints import DOMAINS
+
 _JWT_PARTS: Final = 3
+_DIAUTH: Final = "https://diauth."
 
 
 def jwt_payload(token: str) -> dict[str, Any]:
@@ -35,3 +38,17 @@ def di_account(access_token: str) -> str | None:
     except ValueError:
         return None
     return account if isinstance(account, str) and account else None
+
+
+def di_issuer_domain(access_token: str) -> str | None:
+    """The Garmin domain whose diauth issued a DI access token (its ``iss`` claim,
+    ``https://diauth.<domain>``; garmin.cn accounts' tokens come from diauth.garmin.cn and
+    refresh only there), None when the token does not name one of Garmin's domains."""
+    try:
+        issuer = jwt_payload(access_token).get("iss")
+    except ValueError:
+        return None
+    if not isinstance(issuer, str) or not issuer.startswith(_DIAUTH):
+        return None
+    domain = issuer.removeprefix(_DIAUTH).rstrip("/")
+    return domain if domain in DOMAINS else None

@@ -15,7 +15,7 @@ from auth_service.domain.jwt_payload import di_account
 from auth_service.domain.lease_ids import lease_digest, matches
 from auth_service.domain.models import GarminTokens, SessionKind
 from auth_service.domain.validation import in_scope
-from auth_service.domain.views import SessionRow
+from auth_service.domain.views import SessionRow, rotated_away
 from auth_service.services.unit_of_work import UnitOfWork
 
 
@@ -70,10 +70,21 @@ def check_refresh_of(stored_version: int, session_version: int) -> None:
 
 def check_same_account(stored: GarminTokens, reported: GarminTokens) -> None:
     """Refuse (INVALID_ARGUMENT) tokens that are not a refresh of the stored session: another
-    OAuth1 token (garth), another DI client id or Garmin account, or another kind of
-    session."""
+    OAuth1 token (garth), another DI client id or Garmin account, another kind of session or
+    another domain."""
     if stored.kind is not reported.kind:
         raise InvalidArgument([FieldViolation("session", "is not the leased session's kind")])
+    if stored.domain != reported.domain:
+        # A session refreshes at its own domain's Garmin (garmin.cn's diauth for its
+        # accounts): stored under the other, its next refresh would go to the wrong one.
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "session.domain",
+                    f"is {reported.domain}, the leased session's is {stored.domain}",
+                )
+            ]
+        )
     if stored.oauth1 is not None and reported.oauth1 is not None:
         if stored.oauth1.oauth_token != reported.oauth1.oauth_token:
             raise InvalidArgument(
@@ -98,3 +109,21 @@ def _other_di_account(stored: GarminTokens, reported: GarminTokens) -> bool:
     ours = di_account(stored.oauth2.access_token)
     theirs = di_account(reported.oauth2.access_token)
     return ours is not None and theirs is not None and ours != theirs
+
+
+def check_not_rotated_away(locked: SessionRow, reported: GarminTokens) -> None:
+    """Refuse (INVALID_ARGUMENT) a DI report whose refresh token the row's own rotations
+    replaced: dead at Garmin, and stored, the session's next refresh would end it (and
+    presenting a used refresh token may revoke the live one)."""
+    if reported.kind is SessionKind.DI_OAUTH2 and rotated_away(
+        locked, reported.oauth2.refresh_token
+    ):
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "session.oauth2.refresh_token",
+                    "was rotated away by a refresh of this session since (take its token "
+                    "with RefreshLease)",
+                )
+            ]
+        )

@@ -50,6 +50,7 @@ from auth_service.domain.validation import (
 from auth_service.domain.views import SessionRow, live_lease, live_lease_of, status_view
 from auth_service.services.central_refresh import CentralRefresh, Granted
 from auth_service.services.lease_holders import (
+    check_not_rotated_away,
     check_refresh_of,
     check_reported_version,
     check_same_account,
@@ -404,6 +405,7 @@ class LeaseService:
                 # LEASE_LOST whatever the version: the holder must stop, not mend its report.
                 if locked is not None and live_lease_of(locked, digest, uow.now) is not None:
                     check_refresh_of(locked.session_version, session_version)
+                    check_not_rotated_away(locked, tokens)
                     row = uow.leases.store_refreshed(
                         digest, locked=locked, tokens=tokens, now=uow.now
                     )

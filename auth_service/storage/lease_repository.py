@@ -478,7 +478,7 @@ class SqlLeaseRepository:
             p_user_id=user_id,
             **self._sessions.sealed_over(version, user_id, tokens),
             # The holder's refresh rotated the stored refresh token away: its digest.
-            **self._sessions.rotated_over(version, locked),
+            **self._sessions.rotated_over(version, locked, tokens),
         )
 
     def invalidate(self, lease_digest: str, *, now: datetime, reason: str) -> SessionRow | None:

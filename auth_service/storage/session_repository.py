@@ -8,6 +8,7 @@ itself), so concurrent replicas never lose an update. Never commits.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from datetime import datetime
 from typing import Any, cast
@@ -186,7 +187,9 @@ class SqlSessionRepository:
         )
         # sealed_over names the version too (the seal binds it).
         params = {"p_user_id": user_id, "p_version": version, "p_now": now}
-        return self._one(_REFRESHED, **{**params, **sealed, **self.rotated_over(version, replaced)})
+        return self._one(
+            _REFRESHED, **{**params, **sealed, **self.rotated_over(version, replaced, tokens)}
+        )
 
     def invalidate(
         self, user_id: str, *, version: int, reason: str, now: datetime
@@ -252,7 +255,9 @@ class SqlSessionRepository:
             "p_keepalive_not_before": keepalive_not_before,
         }
 
-    def rotated_over(self, version: int, replaced: SessionRow) -> dict[str, Any]:
+    def rotated_over(
+        self, version: int, replaced: SessionRow, tokens: GarminTokens
+    ) -> dict[str, Any]:
         """p_rotated_refresh_sha256 of a refresh stored over the user's row at `version`
         (session_rows.REFRESHED): the digest of the DI refresh token the row holds there,
         which that refresh rotated away, before the ones the row kept (views.rotated_history).
@@ -263,13 +268,17 @@ class SqlSessionRepository:
         (the store does not hit it); the row's kept digests alone for tokens that fail to
         open: the digests only let an import retry be recognised, and a rotated pair must
         never be dropped for want of one (the refresh opened them moments ago: only an
-        altered row fails)."""
+        altered row fails). The kept digests alone, too, when `tokens` (the pair stored)
+        carry the same refresh token: nothing was rotated away, and a digest of a live token
+        would make it look dead (a holder's report echoing the pair it was given)."""
         row = replaced
         if row.session_version != version or row.session_kind is not SessionKind.DI_OAUTH2:
             return {"p_rotated_refresh_sha256": None}
         try:
             replaced_token = self.open_tokens(row).oauth2.refresh_token
         except SecretUnreadable:
+            return {"p_rotated_refresh_sha256": row.rotated_refresh_sha256}
+        if hmac.compare_digest(replaced_token.encode(), tokens.oauth2.refresh_token.encode()):
             return {"p_rotated_refresh_sha256": row.rotated_refresh_sha256}
         return {
             "p_rotated_refresh_sha256": rotated_history(row.rotated_refresh_sha256, replaced_token)

@@ -12,14 +12,12 @@ import re
 from datetime import UTC, datetime
 from typing import Final
 
-from auth_service.domain.jwt_payload import jwt_payload
+from auth_service.domain.jwt_payload import di_issuer_domain, jwt_payload
 from auth_service.domain.models import GarminTokens, OAuth2Token
 from auth_service.domain.validation import is_credential
 from garmin_client.endpoints import DEFAULT_DOMAIN
 
 _CLIENT_ID: Final = re.compile(r"[A-Z0-9_]{1,128}")
-# garmin.cn accounts get their tokens from diauth.garmin.cn and must refresh there.
-_ISSUER_DOMAINS: Final = {"https://diauth.garmin.cn": "garmin.cn"}
 
 
 def _text(data: dict[str, object], name: str) -> str:
@@ -100,6 +98,7 @@ def tokens_from_garminconnect(text: str) -> GarminTokens:
             expires_at=expires_at,
             refresh_token_expires_at=None,
         ),
-        domain=_ISSUER_DOMAINS.get(str(claims.get("iss")), DEFAULT_DOMAIN),
+        # garmin.cn accounts get their tokens from diauth.garmin.cn and must refresh there.
+        domain=di_issuer_domain(access_token) or DEFAULT_DOMAIN,
         di_client_id=client_id,
     )
