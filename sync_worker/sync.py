@@ -255,6 +255,9 @@ class UserSync:
                 user_sink = self._sink.for_user(self._leased.user_id, self._leased.fencing_token)
                 self._read_window(api, user_sink)
                 self._control.garmin_answered()
+                # Not once the lease is known lost (a renewal answered LEASE_LOST after the
+                # last write): the user may have disconnected, and nothing more is written.
+                self._keeper.check()
                 # Durable before ReleaseLease moves synced_through past these items.
                 user_sink.commit()
                 outcome = Outcome.SYNCED if self._items else Outcome.NOTHING_NEW
