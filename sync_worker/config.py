@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.hosts import is_loopback_host
@@ -121,6 +124,8 @@ def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -
     for name, path in (("TLS_CA", ca), ("TLS_CERT", cert)):
         if path is not None:
             _check_pem_certificates(env, name, path)
+    if cert is not None and key is not None:
+        _check_pem_key_of(env, key, cert)
     target = target or env.get("AUTH_TARGET") or DEFAULT_TARGET
     if ca is None and not on_this_machine(target) and not env.flag(PLAINTEXT_FLAG):
         # The bearer token (the worker role gets Garmin access tokens) would cross the
@@ -179,6 +184,31 @@ def _check_pem_certificates(env: EnvReader, name: str, path: Path) -> None:
         certificates = []
     if not certificates:
         raise env.error(name, f"{path} holds no PEM certificate")
+
+
+def _check_pem_key_of(env: EnvReader, key: Path, cert: Path) -> None:
+    """Refuse a key file that holds no unencrypted PEM private key, or the key of another
+    certificate than GARMIN_SYNC_TLS_CERT's: as for the certificates, every handshake would
+    fail and the run would blame the network."""
+    try:
+        data = key.read_bytes()
+    except OSError as exc:
+        raise env.error("TLS_KEY", f"cannot read {key} ({exc.strerror})") from None
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise env.error("TLS_KEY", f"{key} is encrypted (gRPC needs it unencrypted)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise env.error("TLS_KEY", f"{key} holds no PEM private key") from None
+    certificate = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    if _public_bytes(private.public_key()) != _public_bytes(certificate.public_key()):
+        raise env.error("TLS_KEY", f"{key} is not the key of GARMIN_SYNC_TLS_CERT's certificate")
+
+
+def _public_bytes(public: PublicKeyTypes) -> bytes:
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def auth_token(env: EnvReader) -> str:
