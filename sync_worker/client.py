@@ -119,7 +119,9 @@ class AuthClient:
 
     def lease_session(self, user_id: str, holder: str, ttl: timedelta | None) -> LeasedSession:
         request = pb.LeaseSessionRequest(user_id=user_id, holder=holder, ttl=ttl)
-        response = self._call(self._stub.LeaseSession, request, "LeaseSession")
+        response = self._call(
+            self._stub.LeaseSession, request, "LeaseSession", may_wait_for_garmin=True
+        )
         return self._grant(response.lease, response.access, response.status)
 
     def lease_next_session(
@@ -143,7 +145,9 @@ class AuthClient:
             request.release.CopyFrom(
                 pb.ReleaseLeaseRequest(lease_id=lease_id, synced_through=synced_through)
             )
-        response = self._call(self._stub.LeaseNextSession, request, "LeaseNextSession")
+        response = self._call(
+            self._stub.LeaseNextSession, request, "LeaseNextSession", may_wait_for_garmin=True
+        )
         if not response.HasField("lease"):
             return None
         return self._grant(response.lease, response.access, response.status)
@@ -162,7 +166,9 @@ class AuthClient:
     def refresh_lease(self, lease_id: str, session_version: int) -> AccessToken:
         """A fresh access token: the holder's token of `session_version` was refused."""
         request = pb.RefreshLeaseRequest(lease_id=lease_id, session_version=session_version)
-        response = self._call(self._stub.RefreshLease, request, "RefreshLease")
+        response = self._call(
+            self._stub.RefreshLease, request, "RefreshLease", may_wait_for_garmin=True
+        )
         try:
             return read_access(response.access, response.status.session_version)
         except MalformedSession as exc:
@@ -203,9 +209,18 @@ class AuthClient:
         except AuthServiceError as exc:
             log.warning("could not release an unusable lease: %s", exc)
 
-    def _call(self, method: _Rpc[RequestT, ResponseT], request: RequestT, rpc: str) -> ResponseT:
+    def _call(
+        self,
+        method: _Rpc[RequestT, ResponseT],
+        request: RequestT,
+        rpc: str,
+        *,
+        may_wait_for_garmin: bool = False,
+    ) -> ResponseT:
         """One RPC with a deadline on every attempt; the service being unreachable
-        (UNAVAILABLE without a reason, or DATABASE_UNAVAILABLE) retried up to the bound."""
+        (UNAVAILABLE without a reason, or DATABASE_UNAVAILABLE) retried up to the bound.
+        `may_wait_for_garmin`: the service may spend the call waiting for Garmin, so its
+        deadline passing says Garmin is slow, not that the service is gone."""
         config = self._config
         attempt = 0
         while True:
@@ -214,6 +229,8 @@ class AuthClient:
                 return method(request, metadata=self._metadata, timeout=config.timeout_seconds)
             except grpc.RpcError as raw:
                 error = error_from_rpc(raw)
+            if may_wait_for_garmin and error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                error.waited_for_garmin = True
             if not error.retryable or attempt >= config.attempts:
                 raise error
             # Jitter of +-20% keeps workers that met the same restart out of lockstep, yet

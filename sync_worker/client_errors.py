@@ -37,6 +37,7 @@ class AuthServiceError(Exception):
         retry_after: float | None = None,
         *,
         about_user: bool = False,
+        waited_for_garmin: bool = False,
     ) -> None:
         super().__init__(f"{code.name}{f' {reason}' if reason else ''}: {message}")
         self.code = code
@@ -46,6 +47,9 @@ class AuthServiceError(Exception):
         # A refusal about the user named (CALLER_FORBIDDEN for a user outside the caller's
         # user_id_prefix, ErrorInfo metadata scope=user): the worker goes on with the others.
         self.about_user = about_user
+        # The deadline passed on a call the service may spend waiting for Garmin (a grant's or
+        # RefreshLease's refresh, or another replica's): Garmin slow, not the service gone.
+        self.waited_for_garmin = waited_for_garmin
 
     @property
     def lease_lost(self) -> bool:
@@ -63,8 +67,14 @@ class AuthServiceError(Exception):
         """The service itself cannot serve us (network, overload, its database), as opposed
         to an answer about one user (GARMIN_UNAVAILABLE is Garmin failing, not the service)."""
         if self.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return True
+            return not self.waited_for_garmin
         return self.code == grpc.StatusCode.UNAVAILABLE and self.reason != GARMIN_UNAVAILABLE
+
+    @property
+    def garmin_unavailable(self) -> bool:
+        """Garmin failed the service's call for this user (GARMIN_UNAVAILABLE), or kept the
+        service past the deadline: counted with the run's other Garmin outages."""
+        return self.reason == GARMIN_UNAVAILABLE or self.waited_for_garmin
 
     @property
     def retryable(self) -> bool:

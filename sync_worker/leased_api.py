@@ -106,4 +106,6 @@ def _meaning(exc: AuthServiceError) -> Exception:
         return RateLimited("Garmin is rate limiting the service's refresh", exc.retry_after)
     if exc.reason == GARMIN_UNAVAILABLE:
         return Unavailable("Garmin was unavailable for the service's refresh")
+    if exc.waited_for_garmin:
+        return Unavailable("the service's refresh did not answer within the call's deadline")
     return exc

@@ -214,8 +214,8 @@ class _Run:
         elif exc.reason == GARMIN_RATE_LIMITED:
             self.control.slow_down(exc.retry_after)
             outcome = Outcome.RATE_LIMITED
-        elif exc.reason == GARMIN_UNAVAILABLE:
-            # The service's refresh for the grant found Garmin down.
+        elif exc.garmin_unavailable:
+            # The service's refresh for the grant found Garmin down (or slower than the call).
             self.control.garmin_unavailable(f"LeaseSession for {user}")
         self.emit(UserResult(user, outcome, detail=f"LeaseSession: {exc}"), was_running=False)
 
@@ -279,7 +279,7 @@ class _Run:
         if exc.reason == GARMIN_RATE_LIMITED:
             self.control.slow_down(exc.retry_after)
             return failures
-        if exc.reason == GARMIN_UNAVAILABLE:
+        if exc.garmin_unavailable:
             # Counted with the run's other Garmin outages (backoff, then give up).
             self.control.garmin_unavailable("LeaseNextSession")
             return failures
