@@ -7,9 +7,10 @@ import json
 import math
 import threading
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from garmin_client.url_secrets import scrubbed
@@ -39,6 +40,22 @@ CREATE TABLE IF NOT EXISTS garmin_activity (
     PRIMARY KEY (user_id, activity_id)
 );
 """
+# A statement that cannot go on (a lock held by an ALTER or a VACUUM FULL, a server or network
+# that stopped answering) fails the user (FAILED, released) instead of holding its sync thread,
+# its renewed lease and a SIGTERM'd run for ever: server-side limits for a server that
+# answers, TCP's for one that does not. A page's upsert takes milliseconds.
+STATEMENT_TIMEOUT_MS: Final = 30_000
+LOCK_TIMEOUT_MS: Final = 10_000
+# libpq's keepalives (a peer silent this long while we wait is dead) and tcp_user_timeout
+# (data unacknowledged this long): both about 30 s. Settings the URL gives win.
+_TCP_SETTINGS: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "4",
+    "tcp_user_timeout": "30000",
+}
+
 # Serializes concurrent init-sink runs (CREATE TABLE IF NOT EXISTS races on the catalog).
 _SCHEMA_LOCK_KEY: Final = 0x6761726D696E  # "garmin"
 
@@ -123,6 +140,20 @@ def _problem(exc: psycopg.Error, url: str = "") -> str:
     return f"{type(exc).__name__}: {scrubbed(first, url)}"
 
 
+def _connection_settings(url: str) -> dict[str, str]:
+    """libpq parameters added to the URL's: the timeouts above, the URL's own `options` kept
+    (a search_path, say) and its own TCP settings winning."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        given = {}  # the connection itself says what is wrong with the URL
+    limits = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+    options = str(given.get("options") or "")
+    settings = {name: value for name, value in _TCP_SETTINGS.items() if name not in given}
+    settings["options"] = f"{options} {limits}".strip()
+    return settings
+
+
 class PostgresSink:
     """Table ``garmin_activity`` keyed by (user_id, activity_id), fenced per user by
     ``garmin_sync_fence``. One connection per user being synced (autocommit), taken from
@@ -132,6 +163,7 @@ class PostgresSink:
     def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
         self._url = libpq_url(url)
         self._connect_timeout = connect_timeout
+        self._settings = _connection_settings(self._url)
         # Idle connections, at most one per thread that synced at once (thread-safe).
         self._idle: list[psycopg.Connection[Any]] = []
         self._idle_lock = threading.Lock()
@@ -140,7 +172,10 @@ class PostgresSink:
     def _connect(self) -> psycopg.Connection[Any]:
         try:
             return psycopg.connect(
-                self._url, autocommit=True, connect_timeout=self._connect_timeout
+                self._url,
+                autocommit=True,
+                connect_timeout=self._connect_timeout,
+                **cast("dict[str, Any]", self._settings),
             )
         except psycopg.Error as exc:
             raise SinkError(
