@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -102,17 +103,18 @@ def error_from_rpc(error: grpc.RpcError) -> AuthServiceError:
     try:
         # grpc raises each failed unary call as an RpcError that is also its grpc.Call.
         status = rpc_status.from_call(cast(grpc.Call, error))
-    except ValueError:
-        # A status whose details disagree with the call's code: keep code and message.
-        status = None
-    for packed in status.details if status is not None else ():
-        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            packed.Unpack(info)
-            reason = str(info.reason)
-            about_user = info.metadata.get("scope") == "user"
-        elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            packed.Unpack(retry)
-            retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+        for packed in status.details if status is not None else ():
+            if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                packed.Unpack(info)
+                reason = str(info.reason)
+                about_user = info.metadata.get("scope") == "user"
+            elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                packed.Unpack(retry)
+                retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    except (ValueError, DecodeError):
+        # A status whose details disagree with the call's code, or that do not parse (a
+        # proxy's mangled trailer): keep the call's code and message, and nothing of them.
+        reason, retry_after, about_user = "", None, False
     return AuthServiceError(code, reason, message, retry_after, about_user=about_user)

@@ -441,6 +441,39 @@ def test_a_status_whose_details_disagree_with_the_code_keeps_code_and_message() 
     assert raised.value.message == "no such user"
 
 
+@pytest.mark.parametrize(
+    "details",
+    [
+        b"\xff\xff\xff not a Status",  # a proxy's mangled trailer
+        status_pb2.Status(  # a Status whose ErrorInfo is not one
+            code=code_pb2.UNAVAILABLE,
+            message="restarting",
+            details=[
+                any_pb2.Any(type_url="type.googleapis.com/google.rpc.ErrorInfo", value=b"\xff\xff")
+            ],
+        ).SerializeToString(),
+    ],
+)
+def test_garbled_status_details_keep_code_and_message(details: bytes) -> None:
+    """Found by review: protobuf's DecodeError is no ValueError, and escaped untranslated,
+    ending the sync thread (exit 1)."""
+
+    def garbled(context: grpc.ServicerContext) -> NoReturn:
+        context.abort_with_status(
+            RawStatus(
+                grpc.StatusCode.UNAVAILABLE,
+                "restarting",
+                (("grpc-status-details-bin", details),),
+            )
+        )
+
+    fake = FailingStatus(garbled)
+    with client_of(fake, []) as client, pytest.raises(AuthServiceError) as raised:
+        client.get_status("ann")
+    assert (raised.value.code, raised.value.reason) == (grpc.StatusCode.UNAVAILABLE, "")
+    assert raised.value.message == "restarting"
+
+
 @pytest.mark.parametrize("lease_next", [False, True])
 @pytest.mark.parametrize("breaks", ["token", "domain", "expires_at"])
 def test_a_malformed_grant_is_released_and_reported(lease_next: bool, breaks: str) -> None:
