@@ -176,8 +176,13 @@ class AuthClient:
                 grpc.StatusCode.INTERNAL, MALFORMED_GRANT, f"RefreshLease answered an {exc}"
             ) from None
 
-    def report_invalidated(self, lease_id: str, reason: str) -> SessionStatus:
-        request = pb.ReportInvalidatedRequest(lease_id=lease_id, reason=reason[:512])
+    def report_invalidated(
+        self, lease_id: str, reason: str, session_version: int = 0
+    ) -> SessionStatus:
+        """Garmin refused a fresh access token of `session_version` (0: unknown)."""
+        request = pb.ReportInvalidatedRequest(
+            lease_id=lease_id, reason=reason[:512], session_version=session_version
+        )
         response = self._call(self._stub.ReportInvalidated, request, "ReportInvalidated")
         return read_status(response.status)
 

@@ -57,6 +57,11 @@ class LeasedApi:
         # How many fresh tokens the service handed out during the sync.
         self.refreshes = 0
 
+    @property
+    def session_version(self) -> int:
+        """The version of the session whose access token the sync uses now."""
+        return self._access.session_version
+
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         return self._call(lambda token: self._api.get_json(path, token, params))
 

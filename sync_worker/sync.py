@@ -209,6 +209,8 @@ class UserSync:
         self._items = 0
         self._newest: datetime | None = None
         self._refreshes = 0
+        # The version of the session whose access token the sync used last (0: unknown).
+        self._session_version = leased.access.session_version
         # The service's refresh invalidated the session: AUTH_EXPIRED with nothing to report.
         self._ended_by_service = False
 
@@ -285,6 +287,7 @@ class UserSync:
             if user_sink is not None and outcome not in (Outcome.SYNCED, Outcome.NOTHING_NEW):
                 self._keep_stored(user_sink, outcome)
             self._refreshes = api.refreshes
+            self._session_version = api.session_version
         finally:
             if user_sink is not None:
                 user_sink.close()
@@ -437,7 +440,9 @@ class UserSync:
         if outcome is Outcome.AUTH_EXPIRED:
             # Garmin definitely rejected the session: the service wipes it and ends the lease.
             try:
-                self._client.report_invalidated(lease_id, detail)
+                # With the version of the token refused: if the service refreshed the
+                # session since, the refusal says nothing of it, and the service keeps it.
+                self._client.report_invalidated(lease_id, detail, self._session_version)
             except AuthServiceError as exc:
                 return *rpc_failed(exc, "ReportInvalidated", self._control), False
             return outcome, detail, False

@@ -274,7 +274,10 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self, request: pb.ReportInvalidatedRequest, context: grpc.ServicerContext
     ) -> pb.ReportInvalidatedResponse:
         status = self._leases.report_invalidated(
-            request.lease_id, request.reason, user_id_prefix=_scope()
+            request.lease_id,
+            request.reason,
+            session_version=request.session_version,
+            user_id_prefix=_scope(),
         )
         return pb.ReportInvalidatedResponse(status=convert.status_to_proto(status))
 

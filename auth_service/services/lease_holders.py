@@ -46,10 +46,17 @@ def check_reported_version(reported: GarminTokens, session_version: int) -> list
     """A DI report must say which version it refreshed: DI refresh tokens rotate, so a report
     of a session the service refreshed since carries a dead refresh token, and storing it
     would lose the live one (the session's next refresh: invalid_grant)."""
-    if session_version < 0:
-        return [FieldViolation("session_version", "must not be negative")]
+    if negative := check_known_version(session_version):
+        return negative
     if session_version == 0 and reported.kind is SessionKind.DI_OAUTH2:
         return [FieldViolation("session_version", "is required for a DI session")]
+    return []
+
+
+def check_known_version(session_version: int) -> list[FieldViolation]:
+    """A version a holder names (0: unknown) is never negative."""
+    if session_version < 0:
+        return [FieldViolation("session_version", "must not be negative")]
     return []
 
 

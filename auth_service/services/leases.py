@@ -50,6 +50,7 @@ from auth_service.domain.validation import (
 from auth_service.domain.views import SessionRow, live_lease, live_lease_of, status_view
 from auth_service.services.central_refresh import CentralRefresh, Granted
 from auth_service.services.lease_holders import (
+    check_known_version,
     check_not_rotated_away,
     check_refresh_of,
     check_reported_version,
@@ -416,14 +417,32 @@ class LeaseService:
         return status
 
     def report_invalidated(
-        self, lease_id: str, reason: str, *, user_id_prefix: str | None = None
+        self,
+        lease_id: str,
+        reason: str,
+        *,
+        session_version: int = 0,
+        user_id_prefix: str | None = None,
     ) -> SessionStatusView:
-        """Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended."""
-        raise_if_any(check_opaque_id(lease_id, "lease_id"), check_reason(reason))
+        """Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended.
+        Not when Garmin refused the access token of another version than the stored one
+        (`session_version`; 0: unknown): the service refreshed the session since, and a
+        refusal of a replaced token says nothing of the session (INVALID_ARGUMENT)."""
+        raise_if_any(
+            check_opaque_id(lease_id, "lease_id"),
+            check_reason(reason),
+            check_known_version(session_version),
+        )
         digest = lease_digest(lease_id)
         with self._uow() as uow:
             row = None
-            if held_by_caller(uow, lease_id, user_id_prefix) is not None:
+            leased = held_by_caller(uow, lease_id, user_id_prefix)
+            if leased is not None:
+                # Against the row locked for the write: a refresh committed in between moves
+                # the session past the version refused.
+                locked = uow.sessions.lock(leased.user_id)
+                if locked is not None and live_lease_of(locked, digest, uow.now) is not None:
+                    check_refresh_of(locked.session_version, session_version)
                 row = uow.leases.invalidate(digest, now=uow.now, reason=reason)
             status = _reported(uow, AuditedRpc.REPORT_INVALIDATED, digest, row)
         if status is None:

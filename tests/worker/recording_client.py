@@ -33,6 +33,8 @@ class RecordingClient(AuthClient):
             self.calls.append("LeaseNextSession+release")
         return super().lease_next_session(holder, ttl, min_sync_interval, release)
 
-    def report_invalidated(self, lease_id: str, reason: str) -> SessionStatus:
+    def report_invalidated(
+        self, lease_id: str, reason: str, session_version: int = 0
+    ) -> SessionStatus:
         self.calls.append("ReportInvalidated")
-        return super().report_invalidated(lease_id, reason)
+        return super().report_invalidated(lease_id, reason, session_version)

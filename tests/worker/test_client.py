@@ -95,6 +95,7 @@ class RecordingService(pb_grpc.GarminAuthServiceServicer):
 
     seen: list[Seen] = field(default_factory=list)
     refreshed: list[tuple[str, int]] = field(default_factory=list)
+    invalidated: list[tuple[str, int]] = field(default_factory=list)
     access: pb.AccessToken = field(default_factory=lambda: ACCESS)
     next_due: bool = True
 
@@ -146,6 +147,7 @@ class RecordingService(pb_grpc.GarminAuthServiceServicer):
         self, request: pb.ReportInvalidatedRequest, context: grpc.ServicerContext
     ) -> pb.ReportInvalidatedResponse:
         self.note("ReportInvalidated", context)
+        self.invalidated.append((request.lease_id, request.session_version))
         return pb.ReportInvalidatedResponse(
             status=pb.SessionStatus(
                 user_id="ann",
@@ -226,7 +228,7 @@ def test_every_call_carries_the_bearer_token_and_a_deadline_and_returns_our_type
         assert client.refresh_lease("lease-1", 7) == AccessToken(
             "access-2", "Bearer", EXPIRES, "garmin.com", 8
         )
-        invalidated = client.report_invalidated("lease-1", "401 from Garmin")
+        invalidated = client.report_invalidated("lease-1", "401 from Garmin", 8)
         assert invalidated.state is SessionState.AUTH_EXPIRED
         assert invalidated.invalidated_reason == "401 from Garmin"
         assert client.get_status("bob").user_id == "bob"
@@ -234,6 +236,7 @@ def test_every_call_carries_the_bearer_token_and_a_deadline_and_returns_our_type
         assert client.lease_next_session("w1", None, None) is None
 
     assert fake.refreshed == [("lease-1", 7)]
+    assert fake.invalidated == [("lease-1", 8)]
     assert [seen.rpc for seen in fake.seen] == [
         "LeaseSession",
         "LeaseNextSession",

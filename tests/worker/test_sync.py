@@ -289,3 +289,24 @@ def test_a_first_sync_that_finds_nothing_counts_as_a_sync(
     assert status(service, "nia").synced_through.ToDatetime(tzinfo=UTC) == utc(
         late[0]["startTimeGMT"]
     )
+
+
+def test_a_refused_fresh_token_is_reported_with_its_version_and_ends_the_session(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path, database_url: str
+) -> None:
+    """Garmin's API refuses the grant's token and the fresh one RefreshLease answers while the
+    service's own refresh works: the worker reports the session invalid, naming the version
+    of the token refused (the service's, so the report stands)."""
+    connect(service, garmin, "eli", activities=2)
+    before = status(service, "eli").session_version
+    garmin.fail_next(ACTIVITIES_PATH, 401, count=2)
+    config = make_config(service.target, garmin, tmp_path, users=("eli",))
+
+    result, calls = run_recorded(config)
+
+    assert result.outcome("eli") == "AUTH_EXPIRED"
+    assert calls == ["RefreshLease", "ReportInvalidated"]
+    after = status(service, "eli")
+    assert after.state == pb.SESSION_STATE_AUTH_EXPIRED
+    assert after.session_version == before + 2  # the refresh, then the report
+    assert stored_row(database_url, "eli").session_ciphertext is None

@@ -355,12 +355,14 @@ class ReportRefreshedResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[SessionStatus, _Mapping]] = ...) -> None: ...
 
 class ReportInvalidatedRequest(_message.Message):
-    __slots__ = ("lease_id", "reason")
+    __slots__ = ("lease_id", "reason", "session_version")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SESSION_VERSION_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     reason: str
-    def __init__(self, lease_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    session_version: int
+    def __init__(self, lease_id: _Optional[str] = ..., reason: _Optional[str] = ..., session_version: _Optional[int] = ...) -> None: ...
 
 class ReportInvalidatedResponse(_message.Message):
     __slots__ = ("status",)
