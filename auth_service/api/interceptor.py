@@ -48,7 +48,7 @@ from auth_service.api.handlers import (
     with_pool,
 )
 from auth_service.api.method_access import SERVICE_NAME, Access, Kind, access_for
-from auth_service.domain.context import current_caller_name
+from auth_service.domain.context import current_caller_name, rpc_deadline
 from auth_service.domain.errors import (
     CallerForbidden,
     CallerUnauthenticated,
@@ -350,6 +350,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         # The domain and the upstream adapter report lease takeovers and calls to Garmin
         # to whoever listens for this RPC: this replica's metrics.
         listening = current_listener.set(self._metrics)
+        remaining = context.time_remaining()
+        answer_by = rpc_deadline.set(None if remaining is None else time.monotonic() + remaining)
         try:
             caller = self._enter(access, context, authorization, caller, outcome, precomputed, gate)
             entered = gate is not None
@@ -372,6 +374,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             if entered and gate is not None:
                 gate.leave()
             current_listener.reset(listening)
+            rpc_deadline.reset(answer_by)
             latency = time.perf_counter() - started
             if ours:
                 self._count(access.method, outcome, latency)

@@ -45,3 +45,9 @@ class StillRefreshingElsewhere(GarminUnavailable):
     """Waited for another replica's claim on the session until the wait ran out. That
     replica may hold a rotated pair it has not stored yet (its database gone, say): the
     stored refresh token may be dead at Garmin already, so it is handed to no one."""
+
+
+class RefreshSlotsBusy(GarminUnavailable):
+    """Every refresh this replica may have in flight (GARMIN_AUTH_REFRESH_CONCURRENCY) was
+    still out to Garmin when the RPC asking for one had to be answered: nothing was claimed
+    or sent."""

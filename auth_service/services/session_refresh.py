@@ -33,13 +33,17 @@ endpoint that answers 429 when called often; its asker claims garth sessions too
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Final
 
 from auth_service.domain import audit
+from auth_service.domain.context import rpc_deadline
 from auth_service.domain.errors import (
     GarminRateLimited,
     GarminSessionRejected,
@@ -65,6 +69,7 @@ from auth_service.services.refresh_askers import (
     RefreshAsker,
     RefreshBusy,
     Refreshed,
+    RefreshSlotsBusy,
     StillRefreshingElsewhere,
 )
 from auth_service.services.unit_of_work import UnitsOfWork
@@ -141,7 +146,7 @@ class SessionRefresher:
         (pair_stored). Raises what GarminUpstream.refresh raises."""
         kind = tokens.kind.value
         started = time.monotonic()
-        with self._slots:
+        with self._slot():
             try:
                 fresh = self._upstream.refresh(tokens)
             except BaseException as exc:
@@ -167,7 +172,7 @@ class SessionRefresher:
         unleased: bool,
         held_by: str | None = None,
     ) -> Refreshed:
-        deadline = time.monotonic() + self._settings.wait_seconds
+        deadline = _answer_by(time.monotonic() + self._settings.wait_seconds)
         waited = False
         while True:
             row, tokens, refused = self._current(user_id, refusing_version=expected_version)
@@ -192,7 +197,7 @@ class SessionRefresher:
                 # Asking Garmin again at once would only add to its load.
                 self._events.refresh_waited("released")
                 raise GarminUnavailable("the session's refresh failed just now; try again shortly")
-            with self._slots:
+            with self._slot():
                 claim_id: str | None = None
                 claimed: SessionRow | None = row
                 if asker.claims_every_kind or row.session_kind is SessionKind.DI_OAUTH2:
@@ -210,6 +215,27 @@ class SessionRefresher:
             if isinstance(fresh, Refreshed):
                 return fresh
             return self._store(claimed, fresh, asker)
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One of the replica's refreshes in flight. Inside an RPC, waited for only until
+        the RPC must be answered (RefreshSlotsBusy then): past it nobody hears the answer,
+        and the refresh would go on for a caller that left. Keep-alive, outside any RPC,
+        waits its turn."""
+        answer_by = rpc_deadline.get()
+        timeout = (
+            None
+            if answer_by is None
+            else max(0.0, answer_by - ANSWER_MARGIN_SECONDS - time.monotonic())
+        )
+        if not self._slots.acquire(timeout=timeout):
+            raise RefreshSlotsBusy(
+                "every refresh of this replica is out to Garmin; try again shortly"
+            )
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def _may_wait(self, user_id: str, *, wait: bool, deadline: float) -> None:
         """Another claim is live: raise unless this caller waits, and may wait longer."""
@@ -419,3 +445,14 @@ def _refuse_if_leased(row: SessionRow, now: datetime) -> None:
 def _refuse_unless_held(row: SessionRow, now: datetime, lease_digest: str) -> None:
     if live_lease_of(row, lease_digest, now) is None:
         raise LeaseLost("the lease is expired, released, taken over or unknown")
+
+
+# What an answer needs once a wait gives up: the refusal's own transaction and the trip back.
+ANSWER_MARGIN_SECONDS: Final = 0.5
+
+
+def _answer_by(own_deadline: float) -> float:
+    """When a refresh stops waiting: at its own deadline, or in time to answer the RPC in
+    progress (auth_service.domain.context.rpc_deadline), whichever comes first."""
+    rpc = rpc_deadline.get()
+    return own_deadline if rpc is None else min(own_deadline, rpc - ANSWER_MARGIN_SECONDS)
