@@ -49,16 +49,29 @@ class SignInCooldown:
             try:
                 yield
             except GarminRateLimited as limited:
-                for error in passed:
-                    self._start_for(uow, user_id, error)
+                self._start_for_passed(uow, user_id, passed)
                 self._start_for(uow, user_id, limited)
                 raise
             except BaseException:
-                for error in passed:
-                    self._start_for(uow, user_id, error)
+                self._start_for_passed(uow, user_id, passed)
                 raise
-        for error in passed:
-            self._start_for(uow, user_id, error)
+        self._start_for_passed(uow, user_id, passed)
+
+    def _start_for_passed(
+        self, uow: UnitsOfWork, user_id: str, passed: list[GarminRateLimited]
+    ) -> None:
+        """The cooldown for 429s the block went on past. Its record alone may be lost: the
+        block's own outcome (a sign-in Garmin completed, its ticket spent) must not be."""
+        for limited in passed:
+            try:
+                self._start_for(uow, user_id, limited)
+            # The type only: driver messages can echo connection parameters.
+            except Exception as exc:  # noqa: BLE001
+                log.error(  # noqa: TRY400
+                    "sign-in cooldown of user %s after Garmin's 429 not recorded (%s)",
+                    user_id,
+                    type(exc).__name__,
+                )
 
     def _start_for(self, uow: UnitsOfWork, user_id: str, limited: GarminRateLimited) -> None:
         """Start the user's cooldown for Garmin's 429 `limited`, when it is the SSO's; sets

@@ -17,7 +17,7 @@ import pytest
 from auth_service.domain.garmin_limits import GarminLimitSettings
 from auth_service.domain.policies import LoginFlow
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_emulator import EMBED_PATH, LOGIN_PATH, GarminEmulator
+from garmin_emulator import EMBED_PATH, LOGIN_PATH, PREAUTHORIZED_PATH, GarminEmulator
 from tests.fixtures.servers import ServiceFactory, expect_failure, failure_of
 from tests.service.test_login import PASSWORD, login
 
@@ -95,3 +95,25 @@ def test_a_lost_or_failed_embed_page_does_not_lose_the_issued_ticket(
     garmin.fail_next(EMBED_PATH, fault, count=10)
     answer = login(replica, "dee", "dee@example.com")
     assert answer.outcome == pb.LOGIN_OUTCOME_AUTHENTICATED
+
+
+def test_a_429_on_the_embed_page_counts_when_the_ticket_exchange_then_fails(
+    service_factory: ServiceFactory, garmin: GarminEmulator
+) -> None:
+    """Found by review of the fix: only a sign-in that succeeded noted the 429s it went past."""
+    limits = GarminLimitSettings(breaker_threshold=1)
+    first = service_factory.start(login_flow=LoginFlow.GARTH, limits=limits)
+    second = service_factory.start(login_flow=LoginFlow.GARTH, limits=limits)
+    garmin.add_user("eve@example.com", PASSWORD)
+    garmin.add_user("fay@example.com", PASSWORD)
+
+    garmin.fail_next(EMBED_PATH, 429, retry_after=RETRY_AFTER)
+    garmin.fail_next(PREAUTHORIZED_PATH, 503, count=10)
+    failed = expect_failure(lambda: login(first, "eve", "eve@example.com"))
+    assert failed.reason == "GARMIN_UNAVAILABLE"
+    garmin.clear_faults()
+
+    sso_logins = garmin.request_count(LOGIN_PATH)
+    refused = expect_failure(lambda: login(second, "fay", "fay@example.com"))
+    assert refused.reason == "GARMIN_RATE_LIMITED"
+    assert garmin.request_count(LOGIN_PATH) == sso_logins

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any
@@ -48,11 +50,11 @@ def sign_in(client: IsolatedClient, email: str, password: str, now: datetime) ->
     service's time (the database's): the tokens' lifetimes and a Retry-After date count from
     it."""
     try:
-        outcome: tuple[Any, Any] = garth.sso.login(
-            email, password, client=client, return_on_mfa=True
-        )
+        with _noting_passed_429s(client, now):
+            outcome: tuple[Any, Any] = garth.sso.login(
+                email, password, client=client, return_on_mfa=True
+            )
         first, second = outcome
-        _note_passed_429s(client, now)
         if first != "needs_mfa":
             return LoginSucceeded(tokens_from_garth(first, second, client.domain, now))
         pending = PendingMfa(
@@ -76,17 +78,31 @@ def resume(client: IsolatedClient, pending: PendingMfa, code: str, now: datetime
         "mfa_method": pending.mfa_method,
     }
     try:
-        oauth1, oauth2 = garth.sso.resume_login(state, code)
-        _note_passed_429s(client, now)
+        with _noting_passed_429s(client, now):
+            oauth1, oauth2 = garth.sso.resume_login(state, code)
         return tokens_from_garth(oauth1, oauth2, client.domain, now)
     except GARTH_FAILURES as exc:
         raise _login_failure("MFA verification", exc, client, now) from None
 
 
-def _note_passed_429s(client: IsolatedClient, now: datetime) -> None:
-    """The 429s garth went on past in a sign-in that succeeded (its best-effort load of the
-    SSO's embed page), for the gate and the sign-in cooldown to honour."""
+@contextlib.contextmanager
+def _noting_passed_429s(client: IsolatedClient, now: datetime) -> Iterator[None]:
+    """Note (for the gate and the sign-in cooldown to honour) each 429 garth went on past in
+    the block: its best-effort load of the SSO's embed page. Whether the block then succeeds
+    or fails further on (the ticket exchange), the SSO asked us to stop; the 429 the block
+    raises, if any, reaches them as raised."""
+    try:
+        yield
+    except GARTH_FAILURES as exc:
+        _note_passed_429s(client, now, raised=exc)
+        raise
+    _note_passed_429s(client, now, raised=None)
+
+
+def _note_passed_429s(client: IsolatedClient, now: datetime, raised: BaseException | None) -> None:
     for exc in client.rate_limited:
+        if exc is raised:
+            continue
         failed = failure("SSO page load", exc, judging_tokens=False, now=now)
         error = as_domain(failed, GarminEndpoint.SSO)
         if isinstance(error, GarminRateLimited):
