@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any, Final, cast
@@ -46,8 +47,20 @@ CREATE TABLE IF NOT EXISTS garmin_activity (
 # answers, TCP's for one that does not. A page's upsert takes milliseconds.
 STATEMENT_TIMEOUT_MS: Final = 30_000
 LOCK_TIMEOUT_MS: Final = 10_000
+# Set once a connection is up, and only where nothing else set them (the database, the role,
+# the URL's options, PGOPTIONS): an operator's own limits win. Set as startup options
+# instead, they would replace PGOPTIONS and a service file's options, and some poolers refuse
+# startup options at all.
+_LIMITS_SQL: Final = f"""
+SELECT
+    CASE WHEN current_setting('statement_timeout') = '0'
+        THEN set_config('statement_timeout', '{STATEMENT_TIMEOUT_MS}', false) END,
+    CASE WHEN current_setting('lock_timeout') = '0'
+        THEN set_config('lock_timeout', '{LOCK_TIMEOUT_MS}', false) END
+"""
 # libpq's keepalives (a peer silent this long while we wait is dead) and tcp_user_timeout
-# (data unacknowledged this long): both about 30 s. Settings the URL gives win.
+# (data unacknowledged this long): both about 30 s. Not where the URL gives its own, nor with
+# a pg_service.conf service (which may).
 _TCP_SETTINGS: Final = {
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -141,17 +154,14 @@ def _problem(exc: psycopg.Error, url: str = "") -> str:
 
 
 def _connection_settings(url: str) -> dict[str, str]:
-    """libpq parameters added to the URL's: the timeouts above, the URL's own `options` kept
-    (a search_path, say) and its own TCP settings winning."""
+    """libpq parameters added to the URL's: the TCP settings above that it leaves unset."""
     try:
         given = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        given = {}  # the connection itself says what is wrong with the URL
-    limits = f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
-    options = str(given.get("options") or "")
-    settings = {name: value for name, value in _TCP_SETTINGS.items() if name not in given}
-    settings["options"] = f"{options} {limits}".strip()
-    return settings
+        return {}  # the connection itself says what is wrong with the URL
+    if "service" in given or os.environ.get("PGSERVICE"):
+        return {}
+    return {name: value for name, value in _TCP_SETTINGS.items() if name not in given}
 
 
 class PostgresSink:
@@ -171,7 +181,7 @@ class PostgresSink:
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(
+            connection = psycopg.connect(
                 self._url,
                 autocommit=True,
                 connect_timeout=self._connect_timeout,
@@ -181,6 +191,14 @@ class PostgresSink:
             raise SinkError(
                 f"cannot connect to the sink database ({_problem(exc, self._url)})"
             ) from None
+        try:
+            connection.execute(_LIMITS_SQL)
+        except psycopg.Error as exc:
+            connection.close()
+            raise SinkError(
+                f"cannot connect to the sink database ({_problem(exc, self._url)})"
+            ) from None
+        return connection
 
     def init_schema(self) -> None:
         """Create the tables (idempotent). SinkError when the database refuses them (a role

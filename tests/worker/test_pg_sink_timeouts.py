@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -83,11 +84,37 @@ def test_the_sink_connections_carry_the_timeouts(sink_url: str) -> None:
     assert libpq["tcp_user_timeout"] == "30000"
 
 
-def test_the_urls_own_options_and_tcp_settings_are_kept() -> None:
-    settings = _connection_settings(
-        "postgresql://sync@db/sink?options=-c%20search_path%3Dgarmin&keepalives_idle=99"
+def _shown(sink: PostgresSink, *names: str) -> tuple[str, ...]:
+    with sink._connect() as connection:
+        return tuple(
+            str(connection.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+            for name in names
+        )
+
+
+def test_the_urls_own_timeouts_win(sink_url: str) -> None:
+    """Found by review: our limits went after the URL's options, and the last one wins."""
+    options = quote("-c statement_timeout=120000 -c lock_timeout=60000")
+    sink = PostgresSink(f"{sink_url}?options={options}")
+    assert _shown(sink, "statement_timeout", "lock_timeout") == ("2min", "1min")
+
+
+def test_pgoptions_is_kept_and_its_timeouts_win(
+    sink_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: an `options` startup keyword made libpq ignore PGOPTIONS (and a
+    service file's options): a search_path set there was lost."""
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=garmin_sync,public -c lock_timeout=3000")
+    sink = PostgresSink(sink_url)
+    assert _shown(sink, "search_path", "lock_timeout", "statement_timeout") == (
+        "garmin_sync,public",
+        "3s",
+        f"{STATEMENT_TIMEOUT_MS // 1000}s",
     )
+
+
+def test_the_urls_own_tcp_settings_are_kept() -> None:
+    settings = _connection_settings("postgresql://sync@db/sink?keepalives_idle=99")
     assert "keepalives_idle" not in settings  # the URL's 99 stands
-    assert settings["options"].startswith("-c search_path=garmin ")
-    assert f"-c statement_timeout={STATEMENT_TIMEOUT_MS}" in settings["options"]
-    assert f"-c lock_timeout={LOCK_TIMEOUT_MS}" in settings["options"]
+    assert settings["tcp_user_timeout"] == "30000"
+    assert _connection_settings("postgresql://sync@db/sink?service=garmin") == {}
