@@ -52,3 +52,13 @@ def di_issuer_domain(access_token: str) -> str | None:
         return None
     domain = issuer.removeprefix(_DIAUTH).rstrip("/")
     return domain if domain in DOMAINS else None
+
+
+def di_issued_at(access_token: str) -> int | None:
+    """When a DI access token was issued (its ``iat`` claim, seconds since the epoch), None
+    when the token does not say."""
+    try:
+        issued = jwt_payload(access_token).get("iat")
+    except ValueError:
+        return None
+    return issued if isinstance(issued, int) and not isinstance(issued, bool) else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from auth_service.domain import audit
 from auth_service.domain.errors import FieldViolation, InvalidArgument
-from auth_service.domain.jwt_payload import di_account
+from auth_service.domain.jwt_payload import di_account, di_issued_at
 from auth_service.domain.lease_ids import lease_digest, matches
 from auth_service.domain.models import GarminTokens, SessionKind
 from auth_service.domain.validation import in_scope
@@ -118,19 +118,28 @@ def _other_di_account(stored: GarminTokens, reported: GarminTokens) -> bool:
     return ours is not None and theirs is not None and ours != theirs
 
 
-def check_not_rotated_away(locked: SessionRow, reported: GarminTokens) -> None:
-    """Refuse (INVALID_ARGUMENT) a DI report whose refresh token the row's own rotations
-    replaced: dead at Garmin, and stored, the session's next refresh would end it (and
-    presenting a used refresh token may revoke the live one)."""
-    if reported.kind is SessionKind.DI_OAUTH2 and rotated_away(
-        locked, reported.oauth2.refresh_token
-    ):
+def check_not_rotated_away(
+    locked: SessionRow, stored: GarminTokens, reported: GarminTokens
+) -> None:
+    """Refuse (INVALID_ARGUMENT) a DI report from an earlier rotation than the stored session:
+    its refresh token is dead at Garmin, and stored, the session's next refresh would end it
+    (and presenting a used refresh token may revoke the live one). Told by the row's digests of
+    its latest rotations, and, for older ones, by an access token issued before the stored one
+    (a holder's own refresh always issues a newer one)."""
+    if reported.kind is not SessionKind.DI_OAUTH2:
+        return
+    ours, theirs = (
+        di_issued_at(stored.oauth2.access_token),
+        di_issued_at(reported.oauth2.access_token),
+    )
+    older = ours is not None and theirs is not None and theirs < ours
+    if older or rotated_away(locked, reported.oauth2.refresh_token):
         raise InvalidArgument(
             [
                 FieldViolation(
                     "session.oauth2.refresh_token",
-                    "was rotated away by a refresh of this session since (take its token "
-                    "with RefreshLease)",
+                    "comes from an earlier rotation of this session, dead at Garmin since "
+                    "(take its token with RefreshLease)",
                 )
             ]
         )

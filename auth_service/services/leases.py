@@ -406,7 +406,7 @@ class LeaseService:
                 # LEASE_LOST whatever the version: the holder must stop, not mend its report.
                 if locked is not None and live_lease_of(locked, digest, uow.now) is not None:
                     check_refresh_of(locked.session_version, session_version)
-                    check_not_rotated_away(locked, tokens)
+                    check_not_rotated_away(locked, uow.sessions.open_tokens(locked), tokens)
                     row = uow.leases.store_refreshed(
                         digest, locked=locked, tokens=tokens, now=uow.now
                     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -70,6 +71,35 @@ def test_a_report_of_a_rotated_away_refresh_token_is_refused_and_changes_nothing
     # The session goes on refreshing.
     replicas[0].leases.release_lease(lease2.lease.lease_id, None)
     replicas[1].refresher.refresh(USER, before.session_version, ASKER)
+    assert read_row(db_sessionmaker, USER).state is SessionState.ACTIVE
+
+
+def test_a_copy_from_more_rotations_back_than_the_row_keeps_is_refused(
+    replicas: tuple[Replica, Replica],
+    accounts: DiAccounts,
+    emulator: GarminEmulator,
+    db_sessionmaker: sessionmaker[Session],
+) -> None:
+    """Found by review of the first fix: the row keeps digests of its latest rotations only
+    (views.ROTATIONS_KEPT); a copy from five rotations back passed. Its access token was
+    issued before the stored one: refused on that."""
+    accounts.seed(USER)
+    replicas[1].refresher.refresh(USER, read_row(db_sessionmaker, USER).session_version, ASKER)
+    lease1 = replicas[0].leases.lease_session(USER, "legacy-worker", None, with_refresh_token=True)
+    copy = lease1.tokens
+    replicas[0].leases.release_lease(lease1.lease.lease_id, None)
+    time.sleep(1.1)  # JWT times are whole seconds; real rotations are hours apart
+    for _ in range(5):  # keep-alive and other holders rotate the session meanwhile
+        replicas[1].refresher.refresh(USER, read_row(db_sessionmaker, USER).session_version, ASKER)
+    assert copy.oauth2.refresh_token not in emulator.live_refresh_tokens(EMAIL)
+    assert not rotated_away(read_row(db_sessionmaker, USER), copy.oauth2.refresh_token)
+    lease2 = replicas[0].leases.lease_session(USER, "legacy-worker", None, with_refresh_token=True)
+
+    with pytest.raises(InvalidArgument) as refused:
+        replicas[0].leases.report_refreshed(
+            lease2.lease.lease_id, copy, session_version=lease2.status.session_version
+        )
+    assert _fields(refused) == ["session.oauth2.refresh_token"]
     assert read_row(db_sessionmaker, USER).state is SessionState.ACTIVE
 
 
