@@ -9,12 +9,14 @@ Where the URL comes from, in order:
 
 from __future__ import annotations
 
+import warnings
 from logging.config import fileConfig
 from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import SAWarning
 
 from auth_service.config import load_database_url
 from auth_service.storage.database import create_engine_for
@@ -106,7 +108,14 @@ def _migrate(connection: Connection) -> None:
             # Read under the lock (the run we waited for may have been a newer release's),
             # or SQLite's writer lock: nothing of ours to do.
             return
-        context.run_migrations()
+        with warnings.catch_warnings():
+            # SQLite's batch migrations copy the table and re-create its expression index
+            # (ix_garmin_authentication_state_due) themselves; SQLAlchemy's warning that it
+            # cannot reflect that index was noise on every fresh `migrate`.
+            warnings.filterwarnings(
+                "ignore", "Skipped unsupported reflection of expression-based index", SAWarning
+            )
+            context.run_migrations()
         if sqlite:
             _check_foreign_keys(connection)
 

@@ -146,7 +146,9 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
         users=tuple(args.user),
         all_users=args.all,
         concurrency=args.concurrency,
-        holder=args.holder or default_holder(),
+        # Only an absent --holder takes the default: an empty one is refused below, not
+        # silently replaced.
+        holder=default_holder() if args.holder is None else args.holder,
         max_runtime=None if args.max_runtime is None else args.max_runtime.total_seconds(),
         min_sync_interval=args.min_sync_interval,
         out_dir=out,

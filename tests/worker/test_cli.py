@@ -127,6 +127,8 @@ def main_in_process(
         # The service's own limit: above it every LeaseNextSession was refused, exit 0.
         (["run", "--all", "--out", "x", "--min-sync-interval", "31d"], None, "--min-sync"),
         (["run", "--all", "--out", "x", "--rpc-timeout", "inf"], None, "--rpc-timeout"),
+        # Before: silently hostname:pid (found by review).
+        (["run", "--all", "--out", "x", "--holder", ""], None, "--holder"),
         (["frobnicate"], None, "invalid choice"),
     ],
     ids=[
@@ -144,6 +146,7 @@ def main_in_process(
         "nan-timeout",
         "min-sync-interval-over-30d",
         "inf-timeout",
+        "empty-holder",
         "unknown-command",
     ],
 )
