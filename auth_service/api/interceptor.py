@@ -83,6 +83,20 @@ class _Outcome:
     caller: str | None = None
 
 
+# grpc's sync server answers time_remaining() of a call without a deadline with its
+# "infinite future" (about 9.2e18 s): anything past a day is no deadline at all.
+_NO_DEADLINE_SECONDS = 86_400.0
+
+
+def _deadline_of(context: grpc.ServicerContext) -> float | None:
+    """The time.monotonic() by which the call must be answered (None: its client set no
+    deadline)."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE_SECONDS:
+        return None
+    return time.monotonic() + remaining
+
+
 @contextmanager
 def _as_caller(caller: Caller | None) -> Iterator[None]:
     """Run the body as `caller` (for the domain's audit trail and scope checks)."""
@@ -350,8 +364,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         # The domain and the upstream adapter report lease takeovers and calls to Garmin
         # to whoever listens for this RPC: this replica's metrics.
         listening = current_listener.set(self._metrics)
-        remaining = context.time_remaining()
-        answer_by = rpc_deadline.set(None if remaining is None else time.monotonic() + remaining)
+        answer_by = rpc_deadline.set(_deadline_of(context))
         try:
             caller = self._enter(access, context, authorization, caller, outcome, precomputed, gate)
             entered = gate is not None

@@ -226,7 +226,10 @@ class SessionRefresher:
         timeout = (
             None
             if answer_by is None
-            else max(0.0, answer_by - ANSWER_MARGIN_SECONDS - time.monotonic())
+            else min(
+                threading.TIMEOUT_MAX,
+                max(0.0, answer_by - ANSWER_MARGIN_SECONDS - time.monotonic()),
+            )
         )
         if not self._slots.acquire(timeout=timeout):
             raise RefreshSlotsBusy(

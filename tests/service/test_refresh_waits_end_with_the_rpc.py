@@ -1,4 +1,6 @@
-"""A refresh's waits end in time to answer the RPC that asked for it.
+"""A refresh's waits end in time to answer the RPC that asked for it (and a call without a
+deadline waits as before: found by review, grpc's "no deadline" read as a 9.2e18 s one made
+the slot wait raise OverflowError, INTERNAL).
 
 A grant or RefreshLease may wait for one of the replica's refresh slots (all out to a slow
 Garmin) or for another replica's claim on the session. The slot wait had no end, and the claim
@@ -23,7 +25,7 @@ from auth_service.domain.clock import FakeClock
 from auth_service.domain.policies import LoginFlow, RefreshSettings
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
-from tests.fixtures.servers import ServiceFactory, failure_of
+from tests.fixtures.servers import ROLE_TOKENS, ServiceFactory, failure_of
 from tests.service.test_login import PASSWORD, login
 
 pytestmark = pytest.mark.timeout(60)
@@ -112,6 +114,50 @@ def test_a_refresh_lease_waiting_for_another_replicas_claim_answers_before_its_d
         "GARMIN_UNAVAILABLE",
     ), f"answered {refused.code.name} {refused.reason} after {seconds:.1f}s"
     assert seconds < DEADLINE
+
+
+SLOW = 3.0  # an exchange slow to answer, within the upstream timeout
+
+
+def test_a_grant_without_deadline_waits_for_a_busy_refresh_slot(
+    service_factory: ServiceFactory, garmin: GarminEmulator
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    replica = service_factory.start(
+        clock=clock,
+        login_flow=LoginFlow.GARTH,
+        refresh=RefreshSettings(concurrency=1, validate_interval_seconds=0.0),
+        upstream=dataclasses.replace(service_factory.base_settings.upstream, timeout_seconds=10),
+    )
+    for user in ("ann", "bob"):
+        garmin.add_user(f"{user}@example.com", PASSWORD)
+        login(replica, user, f"{user}@example.com")
+    clock.advance(2 * 86400)  # both access tokens expired: every grant refreshes
+    # Ann's exchange is slow (but answers): she keeps the only refresh slot for a while.
+    garmin.fail_next(EXCHANGE_PATH, "hang", count=1, delay=SLOW)
+    metadata = (("authorization", f"Bearer {ROLE_TOKENS['worker']}"),)
+
+    def lease(user: str) -> pb.LeaseSessionResponse:
+        # No timeout: the client sets no deadline (grpcurl's default, many clients').
+        answer: pb.LeaseSessionResponse = replica.stub.LeaseSession(
+            pb.LeaseSessionRequest(user_id=user, holder="w"), metadata=metadata, timeout=None
+        )
+        return answer
+
+    first = threading.Thread(target=lambda: _try(lambda: lease("ann")))
+    first.start()
+    time.sleep(0.5)
+    try:
+        answer = lease("bob")
+    except grpc.RpcError as error:
+        refused = failure_of(error)
+        pytest.fail(
+            f"bob's grant without a deadline answered {refused.code.name} "
+            f"{refused.reason}: {refused.message}"
+        )
+    finally:
+        first.join(SLOW + 20)
+    assert answer.lease.user_id == "bob"
 
 
 def _try(call: object) -> None:
