@@ -47,16 +47,19 @@ CREATE TABLE IF NOT EXISTS garmin_activity (
 # answers, TCP's for one that does not. A page's upsert takes milliseconds.
 STATEMENT_TIMEOUT_MS: Final = 30_000
 LOCK_TIMEOUT_MS: Final = 10_000
-# Set once a connection is up, and only where nothing else set them (the database, the role,
-# the URL's options, PGOPTIONS): an operator's own limits win. Set as startup options
+# Set once a connection is up, and only where nothing else set them (the server's
+# configuration, the database, the role, the URL's options, PGOPTIONS; 0 set there, "no
+# limit", included): an operator's own limits win. Set as startup options
 # instead, they would replace PGOPTIONS and a service file's options, and some poolers refuse
 # startup options at all.
 _LIMITS_SQL: Final = f"""
-SELECT
-    CASE WHEN current_setting('statement_timeout') = '0'
-        THEN set_config('statement_timeout', '{STATEMENT_TIMEOUT_MS}', false) END,
-    CASE WHEN current_setting('lock_timeout') = '0'
-        THEN set_config('lock_timeout', '{LOCK_TIMEOUT_MS}', false) END
+SELECT set_config(
+    name,
+    CASE name WHEN 'statement_timeout' THEN '{STATEMENT_TIMEOUT_MS}' ELSE '{LOCK_TIMEOUT_MS}' END,
+    false
+)
+FROM pg_settings
+WHERE name IN ('statement_timeout', 'lock_timeout') AND source = 'default'
 """
 # libpq's keepalives (a peer silent this long while we wait is dead) and tcp_user_timeout
 # (data unacknowledged this long): both about 30 s. Not where the URL gives its own, nor with

@@ -99,6 +99,13 @@ def test_the_urls_own_timeouts_win(sink_url: str) -> None:
     assert _shown(sink, "statement_timeout", "lock_timeout") == ("2min", "1min")
 
 
+def test_a_zero_the_url_sets_on_purpose_is_kept(sink_url: str) -> None:
+    """Found by review: 0 ("no limit") set on purpose read as unset and was replaced."""
+    options = quote("-c statement_timeout=0 -c lock_timeout=0")
+    sink = PostgresSink(f"{sink_url}?options={options}")
+    assert _shown(sink, "statement_timeout", "lock_timeout") == ("0", "0")
+
+
 def test_pgoptions_is_kept_and_its_timeouts_win(
     sink_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
