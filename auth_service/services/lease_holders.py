@@ -118,6 +118,13 @@ def _other_di_account(stored: GarminTokens, reported: GarminTokens) -> bool:
     return ours is not None and theirs is not None and ours != theirs
 
 
+# How much earlier than the stored access token a reported one may say it was issued: JWT
+# times come from Garmin's diauth hosts, whose clocks may differ, and refusing a holder's real
+# refresh would lose the session (its refresh killed the stored refresh token). Rotations of
+# one session are hours apart (an access token's lifetime).
+ISSUED_AT_SKEW_SECONDS = 300
+
+
 def check_not_rotated_away(
     locked: SessionRow, stored: GarminTokens, reported: GarminTokens
 ) -> None:
@@ -125,14 +132,14 @@ def check_not_rotated_away(
     its refresh token is dead at Garmin, and stored, the session's next refresh would end it
     (and presenting a used refresh token may revoke the live one). Told by the row's digests of
     its latest rotations, and, for older ones, by an access token issued before the stored one
-    (a holder's own refresh always issues a newer one)."""
+    (a holder's own refresh always issues a newer one), beyond the skew of Garmin's clocks."""
     if reported.kind is not SessionKind.DI_OAUTH2:
         return
     ours, theirs = (
         di_issued_at(stored.oauth2.access_token),
         di_issued_at(reported.oauth2.access_token),
     )
-    older = ours is not None and theirs is not None and theirs < ours
+    older = ours is not None and theirs is not None and theirs < ours - ISSUED_AT_SKEW_SECONDS
     if older or rotated_away(locked, reported.oauth2.refresh_token):
         raise InvalidArgument(
             [

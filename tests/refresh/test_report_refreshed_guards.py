@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -86,9 +85,10 @@ def test_a_copy_from_more_rotations_back_than_the_row_keeps_is_refused(
     accounts.seed(USER)
     replicas[1].refresher.refresh(USER, read_row(db_sessionmaker, USER).session_version, ASKER)
     lease1 = replicas[0].leases.lease_session(USER, "legacy-worker", None, with_refresh_token=True)
-    copy = lease1.tokens
+    # Kept since then: rotations are hours apart (the emulator's clock is real time, so the
+    # copy's issue time is moved back rather than the test waiting for it).
+    copy = _issued_earlier(lease1.tokens, 3600)
     replicas[0].leases.release_lease(lease1.lease.lease_id, None)
-    time.sleep(1.1)  # JWT times are whole seconds; real rotations are hours apart
     for _ in range(5):  # keep-alive and other holders rotate the session meanwhile
         replicas[1].refresher.refresh(USER, read_row(db_sessionmaker, USER).session_version, ASKER)
     assert copy.oauth2.refresh_token not in emulator.live_refresh_tokens(EMAIL)
@@ -101,6 +101,34 @@ def test_a_copy_from_more_rotations_back_than_the_row_keeps_is_refused(
         )
     assert _fields(refused) == ["session.oauth2.refresh_token"]
     assert read_row(db_sessionmaker, USER).state is SessionState.ACTIVE
+
+
+def test_a_holders_refresh_stamped_by_a_slower_garmin_clock_is_stored(
+    replicas: tuple[Replica, Replica],
+    accounts: DiAccounts,
+    upstream: UpstreamRouter,
+    db_sessionmaker: sessionmaker[Session],
+) -> None:
+    """Found by review: Garmin's diauth hosts may disagree on the time by a little, and
+    refusing a holder's real refresh loses the session (it killed the stored refresh token)."""
+    accounts.seed(USER)
+    grant = replicas[0].leases.lease_session(USER, "worker-1", None, with_refresh_token=True)
+    own = _issued_earlier(upstream.refresh(grant.tokens), 60)
+    replicas[0].leases.report_refreshed(
+        grant.lease.lease_id, own, session_version=grant.status.session_version
+    )
+    assert read_row(db_sessionmaker, USER).session_version > grant.status.session_version
+
+
+def _issued_earlier(tokens: GarminTokens, seconds: int) -> GarminTokens:
+    """`tokens` with an access token whose JWT says it was issued `seconds` earlier (the
+    service reads the payload; the signature is Garmin's to check)."""
+    header, body, signature = tokens.oauth2.access_token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims["iat"] -= seconds
+    moved = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    oauth2 = dataclasses.replace(tokens.oauth2, access_token=f"{header}.{moved}.{signature}")
+    return dataclasses.replace(tokens, oauth2=oauth2)
 
 
 def test_a_report_under_another_domain_is_refused(
