@@ -444,6 +444,10 @@ class UserSync:
                 # session since, the refusal says nothing of it, and the service keeps it.
                 self._client.report_invalidated(lease_id, detail, self._session_version)
             except AuthServiceError as exc:
+                if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+                    # The service refreshed the session since that token: the refusal says
+                    # nothing of it. The lease is still ours: given back, not held to its ttl.
+                    return Outcome.FAILED, f"ReportInvalidated refused: {exc.message}", True
                 return *rpc_failed(exc, "ReportInvalidated", self._control), False
             return outcome, detail, False
         return outcome, detail, True

@@ -25,7 +25,9 @@ from garmin_emulator import (
 )
 from sync_worker.client import AuthClient
 from sync_worker.directory_sink import DirectorySink
+from sync_worker.lease_grants import SessionStatus
 from tests.fixtures.servers import Replica
+from tests.worker.recording_client import RecordingClient
 
 from . import (
     PASSWORD,
@@ -310,3 +312,36 @@ def test_a_refused_fresh_token_is_reported_with_its_version_and_ends_the_session
     assert after.state == pb.SESSION_STATE_AUTH_EXPIRED
     assert after.session_version == before + 2  # the refresh, then the report
     assert stored_row(database_url, "eli").session_ciphertext is None
+
+
+class _RefreshedBeforeTheReport(RecordingClient):
+    """Another request of the holder's refreshed the session just before this report."""
+
+    def report_invalidated(
+        self, lease_id: str, reason: str, session_version: int = 0
+    ) -> SessionStatus:
+        self.refresh_lease(lease_id, session_version)
+        return super().report_invalidated(lease_id, reason, session_version)
+
+
+def test_a_report_the_service_refuses_as_stale_keeps_the_session_and_releases_the_lease(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """The refusal of a token the service has replaced says nothing of the session: it stays
+    ACTIVE, and the worker gives its lease back instead of holding it to its ttl (found by
+    review)."""
+    connect(service, garmin, "fia", activities=2)
+    garmin.fail_next(ACTIVITIES_PATH, 401, count=2)
+    config = make_config(service.target, garmin, tmp_path, users=("fia",))
+    client = _RefreshedBeforeTheReport(config.auth)
+    client.calls = []
+    try:
+        result = run_worker(config, client=client)
+    finally:
+        client.close()
+
+    assert result.outcome("fia") == "FAILED"
+    assert client.calls[-2:] == ["ReportInvalidated", "ReleaseLease"]
+    after = status(service, "fia")
+    assert after.state == pb.SESSION_STATE_ACTIVE
+    assert not after.HasField("lease")
