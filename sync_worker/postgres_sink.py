@@ -52,15 +52,14 @@ LOCK_TIMEOUT_MS: Final = 10_000
 # limit", included): an operator's own limits win. Set as startup options
 # instead, they would replace PGOPTIONS and a service file's options, and some poolers refuse
 # startup options at all.
-_LIMITS_SQL: Final = f"""
+_LIMITS_SQL: Final = """
 SELECT set_config(
-    name,
-    CASE name WHEN 'statement_timeout' THEN '{STATEMENT_TIMEOUT_MS}' ELSE '{LOCK_TIMEOUT_MS}' END,
-    false
+    name, CASE name WHEN 'statement_timeout' THEN %(statement)s ELSE %(lock)s END, false
 )
 FROM pg_settings
 WHERE name IN ('statement_timeout', 'lock_timeout') AND source = 'default'
 """
+_LIMITS: Final = {"statement": str(STATEMENT_TIMEOUT_MS), "lock": str(LOCK_TIMEOUT_MS)}
 # libpq's keepalives (a peer silent this long while we wait is dead) and tcp_user_timeout
 # (data unacknowledged this long): both about 30 s. Not where the URL gives its own, nor with
 # a pg_service.conf service (which may).
@@ -195,7 +194,7 @@ class PostgresSink:
                 f"cannot connect to the sink database ({_problem(exc, self._url)})"
             ) from None
         try:
-            connection.execute(_LIMITS_SQL)
+            connection.execute(_LIMITS_SQL, _LIMITS)
         except psycopg.Error as exc:
             connection.close()
             raise SinkError(

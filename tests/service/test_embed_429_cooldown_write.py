@@ -36,7 +36,7 @@ def test_a_failed_cooldown_write_does_not_lose_a_sign_in_garmin_completed(
     admin = create_engine(database_url, poolclass=NullPool)
     name = make_url(database_url).database
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f'ALTER DATABASE "{name}" SET lock_timeout = \'1s\''))
+        conn.execute(text(f"ALTER DATABASE \"{name}\" SET lock_timeout = '1s'"))
     try:
         replica = service_factory.start(login_flow=LoginFlow.GARTH)
         garmin.add_user("ada@example.com", PASSWORD)
