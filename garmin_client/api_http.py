@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from typing import Final
@@ -54,6 +55,40 @@ SESSION_HEADERS: Final = {
 # A GET failing with one of these may be tried again (requests raises them as ConnectionError
 # or Timeout, which garmin_client.retry repeats for a GET).
 _REPEATABLE: Final = (Urllib3TimeoutError, ProtocolError, SSLError, ProxyError)
+
+
+# The most of one answer read into memory: a JSON page is kilobytes, an activity's original
+# file megabytes. A larger (or endlessly decompressing) body is refused, not read: the worker
+# runs a few syncs at once in a few hundred MB (deploy/: 512 MiB, --concurrency 4).
+MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
+_CHUNK_BYTES: Final = 256 * 1024
+
+
+class AnswerTooLarge(Exception):
+    """Garmin's answer was larger than MAX_ANSWER_BYTES (decoded); the rest was not read."""
+
+    def __init__(self) -> None:
+        super().__init__(f"larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
+
+
+@dataclass(frozen=True)
+class _Read:
+    """An answer and its body, read whole (the connection back in the pool)."""
+
+    response: urllib3.BaseHTTPResponse
+    body: bytes
+
+
+def read_capped(chunks: Iterator[bytes]) -> bytes:
+    """The body in `chunks`, decoded; AnswerTooLarge past MAX_ANSWER_BYTES."""
+    parts: list[bytes] = []
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > MAX_ANSWER_BYTES:
+            raise AnswerTooLarge
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -105,26 +140,37 @@ class ApiHttp:
         if cookie is not None:
             sent["Cookie"] = cookie
 
-        def send_once(timeout: Timeout) -> urllib3.BaseHTTPResponse:
-            return self._pool.request(
-                "GET", target, headers=sent, timeout=_urllib3_timeout(timeout), redirect=False
+        def send_once(timeout: Timeout) -> _Read:
+            response = self._pool.request(
+                "GET",
+                target,
+                headers=sent,
+                timeout=_urllib3_timeout(timeout),
+                redirect=False,
+                preload_content=False,
             )
+            try:
+                return _Read(response, read_capped(response.stream(_CHUNK_BYTES)))
+            finally:
+                # Read whole, or given up (too large, failed): the connection goes back, or
+                # is dropped when a body is left unread.
+                response.release_conn()
 
-        response = observed(
+        read = observed(
             self._observer,
             url,
             lambda: repeated("GET", url, send_once, self._policy, self._timeout, _ATTEMPTS),
-            lambda answer: answer.status,
+            lambda answer: answer.response.status,
         )
-        self.cookies.extract_cookies(_CookieSource(response.headers), asked)  # type: ignore[arg-type]
-        return Answer(response.status, response.headers, response.data, url)
+        self.cookies.extract_cookies(_CookieSource(read.response.headers), asked)  # type: ignore[arg-type]
+        return Answer(read.response.status, read.response.headers, read.body, url)
 
 
-_ATTEMPTS: Final = Attempts[urllib3.BaseHTTPResponse, HTTPError](
+_ATTEMPTS: Final = Attempts[_Read, HTTPError](
     failures=HTTPError,
     may_repeat=lambda exc: isinstance(exc, _REPEATABLE),
-    status=lambda answer: answer.status,
-    discard=lambda answer: answer.release_conn(),
+    status=lambda answer: answer.response.status,
+    discard=lambda _answer: None,  # read and released already
 )
 
 

@@ -24,7 +24,7 @@ import requests
 from urllib3.exceptions import HTTPError
 
 from garmin_client.answers import answer_failure, failure
-from garmin_client.api_http import ApiHttp
+from garmin_client.api_http import AnswerTooLarge, ApiHttp, read_capped
 from garmin_client.endpoints import DOMAINS
 from garmin_client.errors import NotFound, Unavailable
 from garmin_client.http_session import upstream_session
@@ -156,6 +156,8 @@ class ConnectApi:
             answer = self._http.get(url, headers)
         except HTTPError as exc:
             raise failure(operation, exc, judging_tokens=True, now=self._clock_now()) from None
+        except AnswerTooLarge as exc:
+            raise _too_large(operation, exc) from None
         if not HTTPStatus.OK <= answer.status < HTTPStatus.MULTIPLE_CHOICES:
             _raise_if_no_file(operation, answer.status)
             # A redirect too: not followed (garmin_client.api_http).
@@ -178,18 +180,33 @@ class ConnectApi:
     ) -> tuple[int, bytes]:
         assert self._session is not None
         try:
-            response = self._session.get(
-                self._base + path, params=params, headers=headers, timeout=self._timeout
-            )
-            if response.status_code >= HTTPStatus.BAD_REQUEST:
-                _raise_if_no_file(operation, response.status_code)
-            response.raise_for_status()
+            # Streamed, so a body past MAX_ANSWER_BYTES is never read whole.
+            with self._session.get(
+                self._base + path,
+                params=params,
+                headers=headers,
+                timeout=self._timeout,
+                stream=True,
+            ) as response:
+                if response.status_code >= HTTPStatus.BAD_REQUEST:
+                    _raise_if_no_file(operation, response.status_code)
+                response.raise_for_status()
+                body = read_capped(response.iter_content(_STREAM_CHUNK_BYTES))
         except requests.RequestException as exc:
             raise failure(operation, exc, judging_tokens=True, now=self._clock_now()) from None
-        return response.status_code, response.content
+        except AnswerTooLarge as exc:
+            raise _too_large(operation, exc) from None
+        return response.status_code, body
 
     def _clock_now(self) -> datetime | None:
         return None if self._now is None else self._now()
+
+
+_STREAM_CHUNK_BYTES: Final = 256 * 1024
+
+
+def _too_large(operation: str, exc: AnswerTooLarge) -> Unavailable:
+    return Unavailable(f"Garmin's answer ({operation}) was {exc}: not read")
 
 
 # What a download answers for a file that does not exist: a definite answer, not an outage.

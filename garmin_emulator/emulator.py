@@ -251,7 +251,7 @@ class GarminEmulator(DiControls):
 
     # --- faults --------------------------------------------------------------------------
 
-    def fail_next(
+    def fail_next(  # noqa: PLR0913 - one keyword per way an answer can fail
         self,
         path_prefix: str,
         status: int | str | None,
@@ -261,6 +261,7 @@ class GarminEmulator(DiControls):
         *,
         content_type: str | None = None,
         delay: float = 0.0,
+        gzip: bool = False,
     ) -> None:
         """Make the next ``count`` requests whose path starts with ``path_prefix`` fail.
 
@@ -268,10 +269,18 @@ class GarminEmulator(DiControls):
         ``Retry-After`` header when ``retry_after`` is given), ``"reset"`` to reset the
         connection, ``"hang"`` to answer nothing for ``delay`` seconds (default 30) then
         close, or None to answer normally after ``delay`` seconds. A body starting with "<"
-        is served as text/html unless ``content_type`` says otherwise.
+        is served as text/html unless ``content_type`` says otherwise; ``gzip`` sends it
+        compressed (Content-Encoding: gzip).
         """
         self._faults.add(
-            path_prefix, status, count, retry_after, body, content_type=content_type, delay=delay
+            path_prefix,
+            status,
+            count,
+            retry_after,
+            body,
+            content_type=content_type,
+            delay=delay,
+            gzip=gzip,
         )
 
     def clear_faults(self) -> None:

@@ -3,6 +3,7 @@ requests whose path starts with a prefix."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ class Fault:
     body: bytes | None
     content_type: str | None
     delay: float
+    # Sent gzip-compressed with Content-Encoding: gzip, as Garmin's edge answers clients that
+    # accept it.
+    gzip: bool = False
 
     def reply(self) -> Reply:
         """The answer of a status fault (``status`` is an int)."""
@@ -37,6 +41,9 @@ class Fault:
             "text/html;charset=UTF-8" if body.lstrip().startswith(b"<") else "application/json"
         )
         headers = [("Retry-After", self.retry_after)] if self.retry_after is not None else []
+        if self.gzip:
+            body = gzip.compress(body, compresslevel=9)
+            headers.append(("Content-Encoding", "gzip"))
         return Reply(self.status, body, content_type=content_type, headers=headers)
 
 
@@ -47,7 +54,7 @@ class Faults:
         self._lock = threading.Lock()
         self._armed: list[Fault] = []
 
-    def add(
+    def add(  # noqa: PLR0913 - GarminEmulator.fail_next's keywords
         self,
         path_prefix: str,
         status: int | str | None,
@@ -57,6 +64,7 @@ class Faults:
         *,
         content_type: str | None,
         delay: float,
+        gzip: bool = False,
     ) -> None:
         """Arm a fault (see GarminEmulator.fail_next)."""
         if isinstance(status, str) and status not in {FAULT_RESET, FAULT_HANG}:
@@ -72,6 +80,7 @@ class Faults:
             body=raw,
             content_type=content_type,
             delay=delay,
+            gzip=gzip,
         )
         with self._lock:
             self._armed.append(fault)
