@@ -30,13 +30,18 @@ def jwt_payload(token: str) -> dict[str, Any]:
     return payload
 
 
+def _claim(access_token: str, name: str) -> object:
+    """One claim of a JWT's payload (None: absent, or the token is no JWT)."""
+    try:
+        return jwt_payload(access_token).get(name)
+    except ValueError:
+        return None
+
+
 def di_account(access_token: str) -> str | None:
     """The Garmin account a DI access token was issued for (its ``garminGuid`` claim), None
     when the token does not say."""
-    try:
-        account = jwt_payload(access_token).get("garminGuid")
-    except ValueError:
-        return None
+    account = _claim(access_token, "garminGuid")
     return account if isinstance(account, str) and account else None
 
 
@@ -44,10 +49,7 @@ def di_issuer_domain(access_token: str) -> str | None:
     """The Garmin domain whose diauth issued a DI access token (its ``iss`` claim,
     ``https://diauth.<domain>``; garmin.cn accounts' tokens come from diauth.garmin.cn and
     refresh only there), None when the token does not name one of Garmin's domains."""
-    try:
-        issuer = jwt_payload(access_token).get("iss")
-    except ValueError:
-        return None
+    issuer = _claim(access_token, "iss")
     if not isinstance(issuer, str) or not issuer.startswith(_DIAUTH):
         return None
     domain = issuer.removeprefix(_DIAUTH).rstrip("/")
@@ -57,8 +59,5 @@ def di_issuer_domain(access_token: str) -> str | None:
 def di_issued_at(access_token: str) -> int | None:
     """When a DI access token was issued (its ``iat`` claim, seconds since the epoch), None
     when the token does not say."""
-    try:
-        issued = jwt_payload(access_token).get("iat")
-    except ValueError:
-        return None
+    issued = _claim(access_token, "iat")
     return issued if isinstance(issued, int) and not isinstance(issued, bool) else None
