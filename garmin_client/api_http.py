@@ -59,8 +59,9 @@ _REPEATABLE: Final = (Urllib3TimeoutError, ProtocolError, SSLError, ProxyError)
 
 # The most of one answer read into memory: a JSON page is kilobytes, an activity's original
 # file megabytes. A larger (or endlessly decompressing) body is refused, not read: the worker
-# runs a few syncs at once in a few hundred MB (deploy/: 512 MiB, --concurrency 4).
-MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
+# runs a few syncs at once in a few hundred MB (deploy/: 512 MiB, --concurrency 4), and an
+# answer near the cap briefly takes twice it (its chunks, then their join).
+MAX_ANSWER_BYTES: Final = 32 * 1024 * 1024
 _CHUNK_BYTES: Final = 256 * 1024
 
 
@@ -151,9 +152,12 @@ class ApiHttp:
             )
             try:
                 return _Read(response, read_capped(response.stream(_CHUNK_BYTES)))
+            except BaseException:
+                # Not read to its end (too large, undecodable, cut): the connection still
+                # holds the rest, which the next GET on it would read as its own answer.
+                response.close()
+                raise
             finally:
-                # Read whole, or given up (too large, failed): the connection goes back, or
-                # is dropped when a body is left unread.
                 response.release_conn()
 
         read = observed(

@@ -26,9 +26,9 @@ from urllib3.exceptions import HTTPError
 from garmin_client.answers import answer_failure, failure
 from garmin_client.api_http import AnswerTooLarge, ApiHttp, read_capped
 from garmin_client.endpoints import DOMAINS
-from garmin_client.errors import NotFound, Unavailable
+from garmin_client.errors import FileTooLarge, GarminError, NotFound, Unavailable
 from garmin_client.http_session import upstream_session
-from garmin_client.observe import RequestObserver
+from garmin_client.observe import RequestObserver, observed
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
 
@@ -84,12 +84,14 @@ class ConnectApi:
         self._timeout = settings.timeout_seconds
         self._http: ApiHttp | None = None
         self._session: requests.Session | None = None
+        self._observer = observer
         if _proxies_named():
             # requests reads the proxy variables, NO_PROXY and netrc per request.
             self._session = upstream_session()
             # Downloads may take long while arriving steadily; no claim is sized on them.
+            # The observer is told here, once the body is read (_get_through_session).
             self._session.mount(
-                "https://", UpstreamTransport(settings, observer, whole_call_deadline=False)
+                "https://", UpstreamTransport(settings, None, whole_call_deadline=False)
             )
         else:
             self._http = ApiHttp(settings, observer)
@@ -178,20 +180,25 @@ class ConnectApi:
         params: Mapping[str, Any] | None,
         operation: str,
     ) -> tuple[int, bytes]:
-        assert self._session is not None
-        try:
-            # Streamed, so a body past MAX_ANSWER_BYTES is never read whole.
-            with self._session.get(
-                self._base + path,
-                params=params,
-                headers=headers,
-                timeout=self._timeout,
-                stream=True,
+        session = self._session
+        assert session is not None
+        url = self._base + path
+
+        def fetch() -> tuple[requests.Response, bytes]:
+            # Streamed, so a body past MAX_ANSWER_BYTES is never read whole; read here, so
+            # the observer sees a body that could not be read as the failure it is.
+            with session.get(
+                url, params=params, headers=headers, timeout=self._timeout, stream=True
             ) as response:
-                if response.status_code >= HTTPStatus.BAD_REQUEST:
-                    _raise_if_no_file(operation, response.status_code)
-                response.raise_for_status()
-                body = read_capped(response.iter_content(_STREAM_CHUNK_BYTES))
+                return response, read_capped(response.iter_content(_STREAM_CHUNK_BYTES))
+
+        try:
+            response, body = observed(
+                self._observer, url, fetch, lambda answer: answer[0].status_code
+            )
+            if response.status_code >= HTTPStatus.BAD_REQUEST:
+                _raise_if_no_file(operation, response.status_code)
+            response.raise_for_status()
         except requests.RequestException as exc:
             raise failure(operation, exc, judging_tokens=True, now=self._clock_now()) from None
         except AnswerTooLarge as exc:
@@ -205,7 +212,10 @@ class ConnectApi:
 _STREAM_CHUNK_BYTES: Final = 256 * 1024
 
 
-def _too_large(operation: str, exc: AnswerTooLarge) -> Unavailable:
+def _too_large(operation: str, exc: AnswerTooLarge) -> GarminError:
+    if operation == "download":
+        # One activity's file: the sync goes on without it, as for an activity with none.
+        return FileTooLarge(f"Garmin's file is {exc}: not downloaded")
     return Unavailable(f"Garmin's answer ({operation}) was {exc}: not read")
 
 

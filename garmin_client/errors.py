@@ -41,6 +41,11 @@ class NotFound(GarminError):
     the session is fine."""
 
 
+class FileTooLarge(NotFound):
+    """A download larger than the client reads (garmin_client.api_http.MAX_ANSWER_BYTES): not
+    read, and, like a file Garmin does not have, no reason to fail the rest of the sync."""
+
+
 class Unavailable(GarminError):
     """Garmin was unreachable, answered 5xx, timed out or answered something unreadable.
 

@@ -36,7 +36,13 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from garmin_client.errors import NotFound, RateLimited, SessionRejected, Unavailable
+from garmin_client.errors import (
+    FileTooLarge,
+    NotFound,
+    RateLimited,
+    SessionRejected,
+    Unavailable,
+)
 from garmin_client.settings import UpstreamSettings
 from sync_worker.activity_list import parse_activity
 from sync_worker.client import AuthClient
@@ -373,6 +379,14 @@ class UserSync:
             path = f"{DOWNLOAD_PREFIX}{activity.activity_id}"
             try:
                 content = self._garmin(functools.partial(api.download, path))
+            except FileTooLarge as exc:
+                log.warning(
+                    "user %s: activity %d's original file skipped (%s)",
+                    self._leased.user_id,
+                    activity.activity_id,
+                    exc,
+                )
+                continue
             except NotFound:
                 # An activity entered by hand has no original file: its summary is all there
                 # is. (A later run asks again while the activity is in its window.)

@@ -3,7 +3,8 @@
 Found by review: the worker read every answer whole (urllib3's preloaded body, requests'
 content), gzip decoded, with no bound. One huge or endlessly decompressing answer (a broken
 edge, a hostile proxy) ran a worker of a few hundred MB out of memory with its leases held.
-Now such an answer is Garmin unavailable for that call, and the rest of it is never read.
+Now such an answer is Garmin unavailable for that call (a download: FileTooLarge, which the
+sync skips as it skips an activity without a file), and the rest of it is never read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from auth_service.domain.models import GarminTokens
 from garmin_client.api_http import MAX_ANSWER_BYTES
 from garmin_client.connect_api import ConnectApi
-from garmin_client.errors import Unavailable
+from garmin_client.errors import FileTooLarge, Unavailable
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
 
@@ -49,16 +50,16 @@ def test_a_gzip_bomb_is_refused_unread(
     emulator.fail_next(ACTIVITIES_PATH, 200, body=BOMB, gzip=True)
     with ConnectApi(settings, tokens.domain) as api, pytest.raises(Unavailable) as refused:
         api.get_json(ACTIVITIES_PATH, tokens.oauth2.access_token, {"start": 0, "limit": 5})
-    assert "larger than 64 MiB" in str(refused.value)
+    assert "larger than 32 MiB" in str(refused.value)
 
 
 def test_a_download_past_the_cap_is_refused(
     settings: UpstreamSettings, emulator: GarminEmulator, tokens: GarminTokens
 ) -> None:
     emulator.fail_next(DOWNLOAD_PREFIX, 200, body=b"P" * (MAX_ANSWER_BYTES + 1))
-    with ConnectApi(settings, tokens.domain) as api, pytest.raises(Unavailable) as refused:
+    with ConnectApi(settings, tokens.domain) as api, pytest.raises(FileTooLarge) as refused:
         api.download(f"{DOWNLOAD_PREFIX}1234", tokens.oauth2.access_token)
-    assert "larger than 64 MiB" in str(refused.value)
+    assert "larger than 32 MiB" in str(refused.value)
 
 
 def test_a_gzipped_answer_within_the_cap_reads_as_before(

@@ -15,6 +15,7 @@ from auth_service.crypto import Keyring
 from auth_service.domain.models import LoginSucceeded
 from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2 as pb
+from garmin_client.api_http import MAX_ANSWER_BYTES
 from garmin_client.connect_api import ConnectApi
 from garmin_client.session_proto import tokens_to_proto
 from garmin_emulator import (
@@ -345,3 +346,20 @@ def test_a_report_the_service_refuses_as_stale_keeps_the_session_and_releases_th
     after = status(service, "fia")
     assert after.state == pb.SESSION_STATE_ACTIVE
     assert not after.HasField("lease")
+
+
+def test_an_original_file_past_the_answer_cap_is_skipped_and_the_sync_goes_on(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """A download past the Connect API client's cap is not read (FileTooLarge): the sync keeps
+    the activity's summary and goes on, as for an activity without an original file, rather
+    than failing the user on every run."""
+    connect(service, garmin, "gus", activities=2)
+    garmin.fail_next(DOWNLOAD_PREFIX, 200, body=b"P" * (MAX_ANSWER_BYTES + 1))
+    config = make_config(service.target, garmin, tmp_path, users=("gus",), with_files=True)
+
+    result = run_worker(config)
+
+    assert result.outcome("gus") == "SYNCED"
+    assert len(summaries(tmp_path, "gus")) == 2
+    assert len(activity_files(tmp_path, "gus")) == 3  # 2 summaries + 1 original
