@@ -26,18 +26,13 @@ from typing import cast
 
 import grpc
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificatePublicKeyTypes,
-    PrivateKeyTypes,
-    PublicKeyTypes,
-)
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from auth_service.config import PREFIX, TlsSettings
 from garmin_client.env import ConfigError
+from garmin_client.pem_keys import EncryptedKey, NoPrivateKey, public_der, unencrypted_private_key
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +99,11 @@ def _certificates(data: bytes, path: Path, variable: str) -> list[x509.Certifica
 
 def _private_key(data: bytes, path: Path) -> PrivateKeyTypes:
     try:
-        return serialization.load_pem_private_key(data, password=None)
-    except TypeError:
+        return unencrypted_private_key(data)
+    except EncryptedKey:
         # gRPC cannot take a passphrase, so an encrypted key can never be served.
         raise TlsFilesError(KEY_VARIABLE, f"{path} is encrypted; give an unencrypted key") from None
-    except (ValueError, UnsupportedAlgorithm):
-        # The library's message is generic, but keep even that out: it describes key bytes.
+    except NoPrivateKey:
         raise TlsFilesError(KEY_VARIABLE, f"{path} holds no readable PEM private key") from None
 
 
@@ -132,12 +126,6 @@ def _check_servable(key: PrivateKeyTypes, path: Path) -> None:
     )
 
 
-def _public_der(key: PublicKeyTypes | CertificatePublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 def subject_name(certificate: x509.Certificate) -> str:
     return certificate.subject.rfc4514_string() or "<empty subject>"
 
@@ -151,7 +139,7 @@ def load_material(settings: TlsSettings) -> CertificateMaterial:
     key = _private_key(key_pem, settings.key_file)
     _check_servable(key, settings.key_file)
     leaf = chain[0]
-    if _public_der(key.public_key()) != _public_der(leaf.public_key()):
+    if public_der(key.public_key()) != public_der(leaf.public_key()):
         raise TlsFilesError(
             KEY_VARIABLE,
             f"{settings.key_file} does not belong to the certificate in {settings.cert_file}",

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.hosts import is_loopback_host
+from garmin_client.pem_keys import EncryptedKey, NoPrivateKey, public_der, unencrypted_private_key
 from garmin_client.url_secrets import redacted_url, unencoded_at_after_password
 from sync_worker.client import AuthClientConfig
 from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE
@@ -195,20 +193,14 @@ def _check_pem_key_of(env: EnvReader, key: Path, cert: Path) -> None:
     except OSError as exc:
         raise env.error("TLS_KEY", f"cannot read {key} ({exc.strerror})") from None
     try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
+        private = unencrypted_private_key(data)
+    except EncryptedKey:
         raise env.error("TLS_KEY", f"{key} is encrypted (gRPC needs it unencrypted)") from None
-    except (ValueError, UnsupportedAlgorithm):
+    except NoPrivateKey:
         raise env.error("TLS_KEY", f"{key} holds no PEM private key") from None
     certificate = x509.load_pem_x509_certificates(cert.read_bytes())[0]
-    if _public_bytes(private.public_key()) != _public_bytes(certificate.public_key()):
+    if public_der(private.public_key()) != public_der(certificate.public_key()):
         raise env.error("TLS_KEY", f"{key} is not the key of GARMIN_SYNC_TLS_CERT's certificate")
-
-
-def _public_bytes(public: PublicKeyTypes) -> bytes:
-    return public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def auth_token(env: EnvReader) -> str:
