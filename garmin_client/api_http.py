@@ -62,7 +62,8 @@ _REPEATABLE: Final = (Urllib3TimeoutError, ProtocolError, SSLError, ProxyError)
 # runs a few syncs at once in a few hundred MB (deploy/: 512 MiB, --concurrency 4), and an
 # answer near the cap briefly takes twice it (its chunks, then their join).
 MAX_ANSWER_BYTES: Final = 32 * 1024 * 1024
-_CHUNK_BYTES: Final = 256 * 1024
+# How much of a body is read (and decoded) at a time.
+READ_CHUNK_BYTES: Final = 256 * 1024
 
 
 class AnswerTooLarge(Exception):
@@ -151,7 +152,7 @@ class ApiHttp:
                 preload_content=False,
             )
             try:
-                return _Read(response, read_capped(response.stream(_CHUNK_BYTES)))
+                return _Read(response, read_capped(response.stream(READ_CHUNK_BYTES)))
             except BaseException:
                 # Not read to its end (too large, undecodable, cut): the connection still
                 # holds the rest, which the next GET on it would read as its own answer.

@@ -24,7 +24,7 @@ import requests
 from urllib3.exceptions import HTTPError
 
 from garmin_client.answers import answer_failure, failure
-from garmin_client.api_http import AnswerTooLarge, ApiHttp, read_capped
+from garmin_client.api_http import READ_CHUNK_BYTES, AnswerTooLarge, ApiHttp, read_capped
 from garmin_client.endpoints import DOMAINS
 from garmin_client.errors import FileTooLarge, GarminError, NotFound, Unavailable
 from garmin_client.http_session import upstream_session
@@ -190,7 +190,7 @@ class ConnectApi:
             with session.get(
                 url, params=params, headers=headers, timeout=self._timeout, stream=True
             ) as response:
-                return response, read_capped(response.iter_content(_STREAM_CHUNK_BYTES))
+                return response, read_capped(response.iter_content(READ_CHUNK_BYTES))
 
         try:
             response, body = observed(
@@ -207,9 +207,6 @@ class ConnectApi:
 
     def _clock_now(self) -> datetime | None:
         return None if self._now is None else self._now()
-
-
-_STREAM_CHUNK_BYTES: Final = 256 * 1024
 
 
 def _too_large(operation: str, exc: AnswerTooLarge) -> GarminError:

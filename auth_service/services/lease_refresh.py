@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from auth_service.domain.audit import AuditedRpc
-from auth_service.domain.errors import FieldViolation, LeaseLost, SessionNotActive
+from auth_service.domain.errors import LeaseLost, SessionNotActive
 from auth_service.domain.lease_ids import lease_digest, matches
 from auth_service.domain.models import GarminTokens, SessionStatusView
 from auth_service.domain.policies import ACCESS_EXPIRY_MARGIN
 from auth_service.domain.validation import check_opaque_id, raise_if_any
 from auth_service.domain.views import SessionRow, live_lease, status_view
-from auth_service.services.lease_holders import held_by_caller
+from auth_service.services.lease_holders import check_known_version, held_by_caller
 from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 
@@ -55,12 +55,7 @@ class LeaseRefresh:
         self, lease_id: str, session_version: int, *, user_id_prefix: str | None = None
     ) -> AccessGrant:
         """The holder's token of `session_version` stopped working: answer a fresh one."""
-        raise_if_any(
-            check_opaque_id(lease_id, "lease_id"),
-            [FieldViolation("session_version", "must not be negative")]
-            if session_version < 0
-            else [],
-        )
+        raise_if_any(check_opaque_id(lease_id, "lease_id"), check_known_version(session_version))
         row, tokens = self._held(lease_id, user_id_prefix)
         usable_until = self._uow.now() + ACCESS_EXPIRY_MARGIN
         known = session_version > 0  # 0: the holder does not know its token's version

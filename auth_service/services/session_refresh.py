@@ -222,14 +222,11 @@ class SessionRefresher:
         the RPC must be answered (RefreshSlotsBusy then): past it nobody hears the answer,
         and the refresh would go on for a caller that left. Keep-alive, outside any RPC,
         waits its turn."""
-        answer_by = rpc_deadline.get()
+        answer_by = _rpc_answer_by()
         timeout = (
             None
             if answer_by is None
-            else min(
-                threading.TIMEOUT_MAX,
-                max(0.0, answer_by - ANSWER_MARGIN_SECONDS - time.monotonic()),
-            )
+            else min(threading.TIMEOUT_MAX, max(0.0, answer_by - time.monotonic()))
         )
         if not self._slots.acquire(timeout=timeout):
             raise RefreshSlotsBusy(
@@ -454,8 +451,15 @@ def _refuse_unless_held(row: SessionRow, now: datetime, lease_digest: str) -> No
 ANSWER_MARGIN_SECONDS: Final = 0.5
 
 
+def _rpc_answer_by() -> float | None:
+    """When a wait must give up to answer the RPC in progress in time
+    (auth_service.domain.context.rpc_deadline; None: outside an RPC, or no deadline)."""
+    rpc = rpc_deadline.get()
+    return None if rpc is None else rpc - ANSWER_MARGIN_SECONDS
+
+
 def _answer_by(own_deadline: float) -> float:
     """When a refresh stops waiting: at its own deadline, or in time to answer the RPC in
-    progress (auth_service.domain.context.rpc_deadline), whichever comes first."""
-    rpc = rpc_deadline.get()
-    return own_deadline if rpc is None else min(own_deadline, rpc - ANSWER_MARGIN_SECONDS)
+    progress, whichever comes first."""
+    rpc = _rpc_answer_by()
+    return own_deadline if rpc is None else min(own_deadline, rpc)

@@ -199,8 +199,8 @@ class IsolatedClient(garth.Client):
         self.sess = upstream_session()
         self.sess.headers.update(garth.http.USER_AGENT)
         self.telemetry = _NoTelemetry(enabled=False)
-        # Every 429 Garmin answered this client: after a call that succeeded, those garth
-        # went on past (the embed page's).
+        # Every 429 Garmin answered this client: all but the one a failed call raises are
+        # those garth went on past (the embed page's; auth_service.upstream.garth.sso).
         self.rate_limited: list[GarthHTTPError] = []
         self.configure(domain=domain)
         # requests takes float timeouts; garth annotates int.
