@@ -23,6 +23,7 @@ check does, so it never queues behind a long write.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -155,13 +156,29 @@ def _postgres_engine(
             # values are read back in the session's zone, and near the ends of the year range
             # another zone's reading is outside what psycopg can represent. (libpq sends a
             # PGTZ set in the service's environment as a startup setting of its own, which
-            # the server applies after these: leave PGTZ unset.)
+            # the server applies after these: `_utc_despite_pgtz` sets it back.)
             "options": f"-c statement_timeout={int(statement_timeout_ms)} -c timezone=UTC",
             "application_name": "garmin-auth",
         },
     )
     _ping_after_idle(engine, POSTGRES_PING_AFTER_IDLE_SECONDS)
+    if os.environ.get("PGTZ"):
+        _utc_despite_pgtz(engine)
     return engine
+
+
+def _utc_despite_pgtz(engine: Engine) -> None:
+    """Put each new connection back in UTC: libpq applies `PGTZ` after the start-up options.
+    One statement per new connection, and only when `PGTZ` is set."""
+
+    @event.listens_for(engine, "connect")
+    def _in_utc(dbapi: Any, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute("SET TIME ZONE 'UTC'")
+        finally:
+            cursor.close()
+        dbapi.commit()
 
 
 _RETURNED_AT = "garmin_auth_returned_at"

@@ -314,6 +314,27 @@ def test_postgres_connections_read_times_in_utc_whatever_the_databases_time_zone
     assert far_value == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
+def test_postgres_connections_stay_in_utc_under_pgtz(
+    pg_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: libpq sends a `PGTZ` from the service's environment as a start-up setting of
+    its own, which the server applies after the URL's `-c timezone=UTC`; the far timestamp
+    below then read as year 10000 (psycopg DataError, answered INTERNAL). Now a connection is
+    put back in UTC when `PGTZ` is set."""
+    monkeypatch.setenv("PGTZ", "Asia/Tokyo")
+    engine = create_engine_for(pg_database_url)
+    try:
+        for _ in range(2):  # a fresh connection, then one from the pool
+            with engine.connect() as connection:
+                zone = connection.exec_driver_sql("SHOW TimeZone").scalar()
+                far = connection.exec_driver_sql("SELECT timestamptz '9999-12-31 23:59:59Z'")
+                far_value = far.scalar()
+            assert zone == "UTC"
+            assert far_value == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    finally:
+        engine.dispose()
+
+
 def test_postgres_pool_hands_out_the_connection_returned_last(pg_database_url: str) -> None:
     """Light load is served by the same few connections (warm backends, no ping after idle),
     not by every pooled connection in turn."""
