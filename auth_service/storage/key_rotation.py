@@ -271,7 +271,9 @@ class _ColumnRotation:
         # blobs to us. The header starts with the format: older formats are stale too.
         header = blob_header(self.keyring.primary_kid, column.blob_format)
         prefix = func.substr(column.blob, 1, len(header), type_=LargeBinary)
-        return self._blobs_where(prefix != header)
+        # SQLite's substr of an empty blob is NULL, and so would the comparison be: an empty
+        # blob is stale (no key opens it), as on PostgreSQL.
+        return self._blobs_where(func.coalesce(prefix != header, true()))
 
     def sample_key(self, kid: str) -> KeySample:
         """Open a few blobs stored under `kid`, whatever their format."""
