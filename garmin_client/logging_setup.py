@@ -54,7 +54,14 @@ class RedactingFilter(logging.Filter):
     """Masks secrets in the rendered message and in string extras."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        try:
+            message = record.getMessage()
+        # A call whose arguments do not fit its format: logging's own handling would print
+        # the arguments (a secret, maybe) with a traceback, and this filter runs before it,
+        # in the caller's code. Keep the format and the failure's type, never the values.
+        except Exception as exc:  # noqa: BLE001
+            message = f"unformattable log call ({type(exc).__name__}): {record.msg!s}"
+        record.msg = redact(message)
         record.args = None
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
