@@ -35,6 +35,13 @@ class SessionState(enum.StrEnum):
     AUTH_EXPIRED = "AUTH_EXPIRED"
 
 
+MFA_METHOD_SHOWN_LENGTH = 32
+
+
+def _surrogate(character: str) -> bool:
+    return "\ud800" <= character <= "\udfff"
+
+
 @dataclass(frozen=True, repr=False)
 class PendingMfa:
     """What a replica needs to finish a login that Garmin interrupted for MFA.
@@ -48,6 +55,15 @@ class PendingMfa:
     domain: str
     # The sign-in that started the login, so the same one finishes it on any replica.
     flow: SessionKind = SessionKind.GARTH
+
+    @property
+    def mfa_method_shown(self) -> str:
+        """The method as the service shows and files it (LoginResponse, the challenge row):
+        Garmin's word with what no database or protobuf string can hold (NUL and other
+        control characters, lone UTF-16 surrogates) left out, at most 32 characters. The
+        sealed pending login keeps Garmin's word as it came, for the verification."""
+        shown = "".join(c for c in self.mfa_method if c.isprintable() and not _surrogate(c))
+        return shown[:MFA_METHOD_SHOWN_LENGTH] or "unknown"
 
     def __repr__(self) -> str:
         return (

@@ -32,7 +32,7 @@ from auth_service.domain.models import (
     SessionKind,
     SessionStatusView,
 )
-from auth_service.domain.policies import LoginFlow, LoginSettings
+from auth_service.domain.policies import LoginFlow, LoginSettings, RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.repositories import MfaChallenge
 from auth_service.domain.views import SessionRow, live_lease, status_view
@@ -68,10 +68,12 @@ class ConnectService:
         upstream: GarminUpstream,
         settings: LoginSettings,
         gate: GarminGate | None = None,
+        commit_retry_seconds: float = RefreshSettings.commit_retry_seconds,
     ) -> None:
         self._uow = uow
         self._upstream = upstream
         self._settings = settings
+        self._commit_retry_seconds = commit_retry_seconds
         self._cooldown = SignInCooldown(settings.signin_cooldown_seconds)
         self._gate = gate or GarminGate(uow, GarminLimitSettings())
         kind = SessionKind.GARTH if settings.flow is LoginFlow.GARTH else SessionKind.DI_OAUTH2
@@ -99,13 +101,17 @@ class ConnectService:
             if isinstance(result, LoginNeedsMfa):
                 # Garmin's SSO asked for the code: the ticket exchange comes with it.
                 call.did_not_reach(*self._login_endpoints[1:])
-        with self._uow() as uow:
-            row = uow.sessions.lock_or_create(user_id, uow.now)
-            uow.challenges.delete_for_user(user_id)  # a new login supersedes any pending one
-            if not isinstance(result, LoginNeedsMfa):
-                status = connect_tokens(uow, row, result.tokens, AuditedRpc.LOGIN, validated=True)
-                return LoginAnswer(status=status)
-            return self._ask_for_mfa(uow, user_id, result.pending)
+        if isinstance(result, LoginNeedsMfa):
+            with self._uow() as uow:
+                uow.sessions.lock_or_create(user_id, uow.now)
+                uow.challenges.delete_for_user(user_id)  # a new login supersedes a pending one
+                return self._ask_for_mfa(uow, user_id, result.pending)
+        # Garmin completed the sign-in (its ticket is spent): a database that refuses the
+        # commit for a moment is waited out, as for a rotated pair (commit_retried).
+        status = store_signed_in(
+            self._uow, user_id, result.tokens, AuditedRpc.LOGIN, self._commit_retry_seconds
+        )
+        return LoginAnswer(status=status)
 
     def _ask_for_mfa(self, uow: UnitOfWork, user_id: str, pending: PendingMfa) -> LoginAnswer:
         challenge_id = secrets.token_urlsafe(32)
@@ -118,7 +124,7 @@ class ConnectService:
         return LoginAnswer(
             status=status_view(row, uow.now),
             mfa_challenge_id=challenge_id,
-            mfa_method=pending.mfa_method,
+            mfa_method=pending.mfa_method_shown,
             mfa_expires_at=expires_at,
         )
 
@@ -379,3 +385,25 @@ def connect_tokens(
     )
     uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=ended)
     return status_view(row, uow.now)
+
+
+def store_signed_in(
+    units: UnitsOfWork,
+    user_id: str,
+    tokens: GarminTokens,
+    rpc: AuditedRpc,
+    commit_retry_seconds: float,
+) -> SessionStatusView:
+    """Store a session Garmin has just issued for a sign-in (Login without MFA, a service
+    ticket): the ticket behind it is spent, so the commit is retried while the database
+    refuses it, for at most `commit_retry_seconds`; a pending MFA login is superseded."""
+
+    def store() -> SessionStatusView:
+        with units() as uow:
+            row = uow.sessions.lock_or_create(user_id, uow.now)
+            uow.challenges.delete_for_user(user_id)
+            return connect_tokens(uow, row, tokens, rpc, validated=True)
+
+    return commit_retried(
+        store, seconds=commit_retry_seconds, what=f"{rpc.value} sign-in", user_id=user_id
+    )

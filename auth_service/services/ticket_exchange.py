@@ -13,8 +13,9 @@ from auth_service.domain import validation
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
 from auth_service.domain.models import SessionKind, SessionStatusView
+from auth_service.domain.policies import RefreshSettings
 from auth_service.domain.ports import GarminUpstream
-from auth_service.services.connect import connect_tokens
+from auth_service.services.connect import store_signed_in
 from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.unit_of_work import UnitsOfWork
 
@@ -28,8 +29,10 @@ class TicketExchange:
         upstream: GarminUpstream,
         service_urls: tuple[str, ...],
         gate: GarminGate | None = None,
+        commit_retry_seconds: float = RefreshSettings.commit_retry_seconds,
     ) -> None:
         self._uow = uow
+        self._commit_retry_seconds = commit_retry_seconds
         self._upstream = upstream
         self._gate = gate or GarminGate(uow, GarminLimitSettings())
         # The first is the default: the iOS app's, unless configured otherwise.
@@ -51,9 +54,11 @@ class TicketExchange:
             user_id, endpoints, AuditedRpc.EXCHANGE_SERVICE_TICKET, exclusive=True
         ):
             tokens = self._upstream.exchange_service_ticket(service_ticket, service_url)
-        with self._uow() as uow:
-            row = uow.sessions.lock_or_create(user_id, uow.now)
-            uow.challenges.delete_for_user(user_id)  # a new session supersedes a pending login
-            return connect_tokens(
-                uow, row, tokens, AuditedRpc.EXCHANGE_SERVICE_TICKET, validated=True
-            )
+        # The ticket is spent: the new session is waited into the database.
+        return store_signed_in(
+            self._uow,
+            user_id,
+            tokens,
+            AuditedRpc.EXCHANGE_SERVICE_TICKET,
+            self._commit_retry_seconds,
+        )

@@ -81,9 +81,11 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     refresher = SessionRefresher(uow, upstream, refresh, refresh_events, gate)
     lease_service = LeaseService(uow, refresher, leases)
     return UseCases(
-        connect=ConnectService(uow, upstream, login, gate),
+        connect=ConnectService(uow, upstream, login, gate, refresh.commit_retry_seconds),
         imports=SessionImport(uow, refresher, token_parsers, refresh, gate),
-        tickets=TicketExchange(uow, upstream, login.service_urls, gate),
+        tickets=TicketExchange(
+            uow, upstream, login.service_urls, gate, refresh.commit_retry_seconds
+        ),
         sessions=SessionAdmin(
             uow,
             upstream,

@@ -31,8 +31,6 @@ _WRONG_CODE = (
     update(C).where(_BY_DIGEST).values(claimed_until=None, failed_attempts=C.c.failed_attempts + 1)
 )
 _ATTEMPT = update(C).where(_BY_DIGEST).values(failed_attempts=C.c.failed_attempts + 1)
-# Stored methods are short names ("email", "totp"); the column keeps 32 characters.
-_MFA_METHOD_LENGTH = 32
 
 
 class SqlChallengeRepository:
@@ -75,7 +73,7 @@ class SqlChallengeRepository:
                 challenge_id_sha256=challenge_id_sha256,
                 user_id=user_id,
                 pending_ciphertext=self.box.seal_pending(challenge_id_sha256, user_id, pending),
-                mfa_method=pending.mfa_method[:_MFA_METHOD_LENGTH],
+                mfa_method=pending.mfa_method_shown,
                 failed_attempts=0,
                 expires_at=expires_at,
                 created_at=now,
