@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import psycopg
@@ -101,7 +101,10 @@ def _in_thread(call: Any) -> tuple[threading.Thread, dict[str, Any]]:
 
 
 def _status(replica: Replica, user_id: str) -> pb.SessionStatus:
-    return replica.call("GetStatus", pb.GetStatusRequest(user_id=user_id)).status
+    answer = cast(
+        pb.GetStatusResponse, replica.call("GetStatus", pb.GetStatusRequest(user_id=user_id))
+    )
+    return answer.status
 
 
 def test_a_database_blip_at_the_ticket_commit_is_waited_out(
