@@ -61,9 +61,19 @@ class Admission:
     unreached: set[GarminEndpoint] = field(default_factory=set)
     # Probes settled already (answered_keeping_call): the settle at the end leaves them.
     settled: set[GarminEndpoint] = field(default_factory=set)
+    # Endpoints that answered a 429 the call went on past, whose record the database
+    # refused: their probes are released when the call ends, never closed (Garmin's answer
+    # was a 429, not a sign that calls may resume).
+    unrecorded_429s: set[GarminEndpoint] = field(default_factory=set)
 
     def did_not_reach(self, *endpoints: GarminEndpoint) -> None:
         self.unreached.update(endpoints)
+
+    @property
+    def not_closing(self) -> set[GarminEndpoint]:
+        """The probes its answer must not close: endpoints not reached, or whose answer was
+        a 429 left unrecorded."""
+        return self.unreached | self.unrecorded_429s
 
 
 class GarminGate:
@@ -250,6 +260,8 @@ class GarminGate:
                 admission.user_id,
                 type(exc).__name__,
             )
+            if not call_ended:
+                admission.unrecorded_429s.add(endpoint)
             return
         self._events.rate_limited(endpoint.value, opened)
         log.warning(
@@ -301,7 +313,7 @@ class GarminGate:
     def answered(self, admission: Admission) -> None:
         """Garmin answered (anything but 429): the breakers this call probed close, those of
         endpoints it did not reach wait for another probe."""
-        closed = admission.probes - admission.settled - admission.unreached
+        closed = admission.probes - admission.settled - admission.not_closing
         if self._settle(admission, close=True) and closed:
             log.info("Garmin answered the probe at %s: calls resume", _names(closed))
 
@@ -309,7 +321,7 @@ class GarminGate:
         """Garmin answered, and the caller still has to store what it got: the breakers the
         call probed close now (calls of every account resume at once), while the account's
         call stays claimed until the caller settles it (answered or unanswered)."""
-        closed = admission.probes - admission.settled - admission.unreached
+        closed = admission.probes - admission.settled - admission.not_closing
         if self._settle(admission, close=True, release_call=False) and closed:
             log.info("Garmin answered the probe at %s: calls resume", _names(closed))
         admission.settled.update(admission.probes)
@@ -329,7 +341,7 @@ class GarminGate:
         try:
             with self._uow() as uow:
                 for endpoint in probes:
-                    if close and endpoint not in admission.unreached:
+                    if close and endpoint not in admission.not_closing:
                         uow.limits.close_breaker(endpoint)
                     else:
                         uow.limits.release_probe(endpoint)
