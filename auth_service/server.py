@@ -209,6 +209,23 @@ class RunningServer:
     def start_probe(self) -> None:
         threading.Thread(target=self._probe_loop, name="health-probe", daemon=True).start()
 
+    def _wait_for_issued_sessions(self) -> None:
+        """Past the grace period, the calls whose session Garmin is issuing (a rotation, a
+        sign-in) still get to store it: exiting meanwhile loses a pair whose refresh token
+        (or ticket) Garmin has already spent."""
+        in_flight = self.application.use_cases.issued_in_flight
+        if not in_flight.count:
+            return
+        wait = issued_wait_seconds(self.application.settings)
+        log.info("waiting up to %.0fs for %d Garmin session(s) to be stored", wait, in_flight.count)
+        if not in_flight.wait_idle(wait):
+            log.error(
+                "%d Garmin session(s) not stored after %.0fs; stopping anyway (their users may "
+                "need to sign in again)",
+                in_flight.count,
+                wait,
+            )
+
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING first, then let in-flight calls finish within `grace`."""
         self._stop_probe.set()
@@ -222,6 +239,7 @@ class RunningServer:
             # Webhooks are no call to finish: the pass ends after its POST in flight.
             use_cases.webhooks.halt()
         self.server.stop(grace).wait()
+        self._wait_for_issued_sessions()
         if self.access_log is not None:
             self.access_log.close()
         if self.health_listener is not None:
@@ -241,6 +259,13 @@ class RunningServer:
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.stop()
         self.application.engine.dispose()
+
+
+def issued_wait_seconds(settings: Settings) -> float:
+    """How long a stop waits, past the grace period, for sessions Garmin is issuing to
+    store: one Garmin call at its worst plus a margin for the commit (the refresh claim's
+    first part), or an MFA sign-in's calls."""
+    return max(settings.refresh.claim_seconds, settings.login.mfa_claim_seconds)
 
 
 def start_server(

@@ -38,6 +38,7 @@ from auth_service.domain.repositories import MfaChallenge
 from auth_service.domain.views import SessionRow, live_lease, status_view
 from auth_service.services.commit_retry import commit_retried
 from auth_service.services.garmin_gate import GarminGate
+from auth_service.services.issued_in_flight import IssuedInFlight
 from auth_service.services.signin_cooldown import SignInCooldown
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
@@ -69,11 +70,13 @@ class ConnectService:
         settings: LoginSettings,
         gate: GarminGate | None = None,
         commit_retry_seconds: float = RefreshSettings.commit_retry_seconds,
+        in_flight: IssuedInFlight | None = None,
     ) -> None:
         self._uow = uow
         self._upstream = upstream
         self._settings = settings
         self._commit_retry_seconds = commit_retry_seconds
+        self._in_flight = in_flight or IssuedInFlight()
         self._cooldown = SignInCooldown(settings.signin_cooldown_seconds)
         self._gate = gate or GarminGate(uow, GarminLimitSettings())
         kind = SessionKind.GARTH if settings.flow is LoginFlow.GARTH else SessionKind.DI_OAUTH2
@@ -88,6 +91,10 @@ class ConnectService:
             validation.check_password(password),
         )
         self._refuse_if_held_back(user_id)
+        with self._in_flight.holding():
+            return self._sign_in(user_id, email, password)
+
+    def _sign_in(self, user_id: str, email: str, password: str) -> LoginAnswer:
         with (
             self._cooldown.watching(self._uow, user_id),
             self._gate.calling(
@@ -170,6 +177,12 @@ class ConnectService:
             validation.check_mfa_code(code),
         )
         digest = challenge_digest(mfa_challenge_id)
+        with self._in_flight.holding():
+            return self._complete_mfa(digest, code, user_id_prefix)
+
+    def _complete_mfa(
+        self, digest: str, code: str, user_id_prefix: str | None
+    ) -> SessionStatusView:
         user_id, pending, claimed_until = self._claim_challenge(digest, user_id_prefix)
         try:
             endpoints = endpoints_of(GarminCall.RESUME_MFA, pending.flow)

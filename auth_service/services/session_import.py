@@ -207,12 +207,17 @@ class SessionImport:
                 if retried is not None:
                     call.did_not_reach(*_REFRESH_ENDPOINTS)
                     return retried
-                # Outside any transaction: nothing is locked while Garmin answers.
-                fresh = self._refresher.refresh_new(tokens)
-                # Garmin answered: a breaker this call probed closes now, for every account.
-                self._gate.answered_keeping_call(call)
-                # Still holding the account's call: a retry of this file waits for the commit.
-                return self._install_refreshed(user_id, tokens, fresh)
+                # The file's refresh token dies in this call: a graceful stop waits for the
+                # pair's commit.
+                with self._refresher.in_flight.holding():
+                    # Outside any transaction: nothing is locked while Garmin answers.
+                    fresh = self._refresher.refresh_new(tokens)
+                    # Garmin answered: a breaker this call probed closes now, for every
+                    # account.
+                    self._gate.answered_keeping_call(call)
+                    # Still holding the account's call: a retry of this file waits for the
+                    # commit.
+                    return self._install_refreshed(user_id, tokens, fresh)
         except GarminSessionRejected:
             # Only a file whose import landed meanwhile (the account's call outlived by a
             # commit retried for long) is a retry; any other is dead at Garmin.

@@ -65,6 +65,7 @@ from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import SessionRow, live_lease, live_lease_of
 from auth_service.services.commit_retry import commit_retried
 from auth_service.services.garmin_gate import Admission, GarminGate
+from auth_service.services.issued_in_flight import IssuedInFlight
 from auth_service.services.refresh_askers import (
     RefreshAsker,
     RefreshBusy,
@@ -100,6 +101,7 @@ class SessionRefresher:
         settings: RefreshSettings,
         events: RefreshEvents,
         gate: GarminGate | None = None,
+        in_flight: IssuedInFlight | None = None,
     ) -> None:
         self._uow = uow
         self._upstream = upstream
@@ -107,6 +109,8 @@ class SessionRefresher:
         self._events = events
         self._gate = gate or GarminGate(uow, GarminLimitSettings())
         self._slots = threading.BoundedSemaphore(settings.concurrency)
+        # A graceful stop waits for the rotations under way (IssuedInFlight).
+        self.in_flight = in_flight or IssuedInFlight()
 
     def refresh(
         self,
@@ -197,24 +201,29 @@ class SessionRefresher:
                 # Asking Garmin again at once would only add to its load.
                 self._events.refresh_waited("released")
                 raise GarminUnavailable("the session's refresh failed just now; try again shortly")
-            with self._slot():
-                claim_id: str | None = None
-                claimed: SessionRow | None = row
-                if asker.claims_every_kind or row.session_kind is SessionKind.DI_OAUTH2:
-                    claim_id = secrets.token_urlsafe(CLAIM_ID_BYTES)
-                    claimed = self._claim(
-                        user_id, expected_version, claim_id, unleased=unleased, held_by=held_by
-                    )
-                if claimed is None:
-                    if not wait:
-                        raise RefreshBusy(user_id)
-                    # Another replica got there first, or (with `unleased`, `held_by`) the
-                    # lease changed: look again.
-                    continue
-                fresh = self._call_garmin(claimed, claim_id, asker, self._admit(claimed, claim_id))
-            if isinstance(fresh, Refreshed):
-                return fresh
-            return self._store(claimed, fresh, asker)
+            with contextlib.ExitStack() as rotating:
+                with self._slot():
+                    claim_id: str | None = None
+                    claimed: SessionRow | None = row
+                    if asker.claims_every_kind or row.session_kind is SessionKind.DI_OAUTH2:
+                        claim_id = secrets.token_urlsafe(CLAIM_ID_BYTES)
+                        claimed = self._claim(
+                            user_id, expected_version, claim_id, unleased=unleased, held_by=held_by
+                        )
+                    if claimed is None:
+                        if not wait:
+                            raise RefreshBusy(user_id)
+                        # Another replica got there first, or (with `unleased`, `held_by`)
+                        # the lease changed: look again.
+                        continue
+                    # From the call that rotates the pair to its commit: a graceful stop
+                    # waits for it (the refresh token it replaces dies at Garmin).
+                    rotating.enter_context(self.in_flight.holding())
+                    admission = self._admit(claimed, claim_id)
+                    fresh = self._call_garmin(claimed, claim_id, asker, admission)
+                if isinstance(fresh, Refreshed):
+                    return fresh
+                return self._store(claimed, fresh, asker)
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:

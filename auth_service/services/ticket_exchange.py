@@ -17,6 +17,7 @@ from auth_service.domain.policies import RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.services.connect import store_signed_in
 from auth_service.services.garmin_gate import GarminGate
+from auth_service.services.issued_in_flight import IssuedInFlight
 from auth_service.services.unit_of_work import UnitsOfWork
 
 
@@ -30,9 +31,11 @@ class TicketExchange:
         service_urls: tuple[str, ...],
         gate: GarminGate | None = None,
         commit_retry_seconds: float = RefreshSettings.commit_retry_seconds,
+        in_flight: IssuedInFlight | None = None,
     ) -> None:
         self._uow = uow
         self._commit_retry_seconds = commit_retry_seconds
+        self._in_flight = in_flight or IssuedInFlight()
         self._upstream = upstream
         self._gate = gate or GarminGate(uow, GarminLimitSettings())
         # The first is the default: the iOS app's, unless configured otherwise.
@@ -50,15 +53,16 @@ class TicketExchange:
         # Not held back by the account's sign-in cooldown (this is the way in while Garmin
         # blocks our sign-ins), but by Garmin's 429s like every call.
         endpoints = endpoints_of(GarminCall.EXCHANGE_TICKET, SessionKind.DI_OAUTH2)
-        with self._gate.calling(
-            user_id, endpoints, AuditedRpc.EXCHANGE_SERVICE_TICKET, exclusive=True
-        ):
-            tokens = self._upstream.exchange_service_ticket(service_ticket, service_url)
-        # The ticket is spent: the new session is waited into the database.
-        return store_signed_in(
-            self._uow,
-            user_id,
-            tokens,
-            AuditedRpc.EXCHANGE_SERVICE_TICKET,
-            self._commit_retry_seconds,
-        )
+        with self._in_flight.holding():
+            with self._gate.calling(
+                user_id, endpoints, AuditedRpc.EXCHANGE_SERVICE_TICKET, exclusive=True
+            ):
+                tokens = self._upstream.exchange_service_ticket(service_ticket, service_url)
+            # The ticket is spent: the new session is waited into the database.
+            return store_signed_in(
+                self._uow,
+                user_id,
+                tokens,
+                AuditedRpc.EXCHANGE_SERVICE_TICKET,
+                self._commit_retry_seconds,
+            )

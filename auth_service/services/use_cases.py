@@ -17,6 +17,7 @@ from auth_service.services.audit_log import AuditLog
 from auth_service.services.connect import ConnectService
 from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.housekeeping import Housekeeping
+from auth_service.services.issued_in_flight import IssuedInFlight
 from auth_service.services.keepalive import KeepAlive
 from auth_service.services.lease_handover import LeaseHandover
 from auth_service.services.lease_refresh import LeaseRefresh
@@ -57,6 +58,8 @@ class UseCases:
     session_events: SessionEvents
     # None when no GARMIN_AUTH_WEBHOOK_URL is set.
     webhooks: WebhookDelivery | None
+    # Sessions between Garmin and the database: a graceful stop waits for them.
+    issued_in_flight: IssuedInFlight
 
 
 def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by name
@@ -78,14 +81,17 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     # Every call to Garmin passes the one gate: Garmin's 429s honoured on every replica.
     gate = GarminGate(uow, limits or GarminLimitSettings(), limit_events)
     # One refresher per replica: its bound on refreshes in flight covers every caller.
-    refresher = SessionRefresher(uow, upstream, refresh, refresh_events, gate)
+    # What Garmin issued this replica and it has not stored yet: a graceful stop waits.
+    issued = IssuedInFlight()
+    refresher = SessionRefresher(uow, upstream, refresh, refresh_events, gate, issued)
     lease_service = LeaseService(uow, refresher, leases)
     return UseCases(
-        connect=ConnectService(uow, upstream, login, gate, refresh.commit_retry_seconds),
+        connect=ConnectService(uow, upstream, login, gate, refresh.commit_retry_seconds, issued),
         imports=SessionImport(uow, refresher, token_parsers, refresh, gate),
         tickets=TicketExchange(
-            uow, upstream, login.service_urls, gate, refresh.commit_retry_seconds
+            uow, upstream, login.service_urls, gate, refresh.commit_retry_seconds, issued
         ),
+        issued_in_flight=issued,
         sessions=SessionAdmin(
             uow,
             upstream,

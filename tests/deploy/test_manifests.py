@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from auth_service.config import mfa_claim_seconds
+from auth_service.domain.policies import KNOWN_DI_CLIENT_IDS
+from garmin_client.settings import UpstreamSettings
 from sync_worker import cli
 from tests.fixtures.certificates import Authority
 
@@ -175,6 +178,27 @@ def test_the_service_is_probed_on_its_health_listener(kustomization: str) -> Non
     # The health port is for the kubelet only: the Service does not expose it.
     service = one(docs, "Service", "garmin-auth")
     assert HEALTH_PORT not in {port["port"] for port in service["spec"]["ports"]}
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_service_pod_outlives_a_stop_that_stores_what_garmin_issued(
+    kustomization: str,
+) -> None:
+    """A graceful stop takes the grace period, then waits for sessions Garmin is issuing
+    (server.issued_wait_seconds: at most an MFA sign-in's calls at their worst, the refresh
+    claim's Garmin part is shorter). SIGKILL before that would drop a rotated pair."""
+    docs = rendered(kustomization)
+    pod = one(docs, "Deployment", "garmin-auth")["spec"]["template"]["spec"]
+    settings = config(docs)
+    upstream = UpstreamSettings(
+        consumer_key="k",
+        consumer_secret="s",
+        timeout_seconds=float(settings.get("GARMIN_AUTH_UPSTREAM_TIMEOUT", 10.0)),
+        retries=int(settings.get("GARMIN_AUTH_UPSTREAM_RETRIES", 2)),
+    )
+    grace = float(settings["GARMIN_AUTH_GRACE_PERIOD"])
+    issued = mfa_claim_seconds(upstream, KNOWN_DI_CLIENT_IDS)
+    assert pod["terminationGracePeriodSeconds"] >= grace + issued + 5
 
 
 def test_production_serves_tls_from_the_certificate_cert_manager_writes() -> None:
