@@ -79,7 +79,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     gate = GarminGate(uow, limits or GarminLimitSettings(), limit_events)
     # One refresher per replica: its bound on refreshes in flight covers every caller.
     refresher = SessionRefresher(uow, upstream, refresh, refresh_events, gate)
-    lease_service = LeaseService(uow, refresher, leases)
+    lease_service = LeaseService(uow, refresher, leases, gate)
     return UseCases(
         connect=ConnectService(uow, upstream, login, gate),
         imports=SessionImport(uow, refresher, token_parsers, refresh, gate),
