@@ -34,6 +34,7 @@ from sync_worker.config import (
     check_sink_url,
     default_holder,
     parse_duration,
+    rate_limit_max_wait,
 )
 from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE, RunControl
 from sync_worker.postgres_sink import PostgresSink
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "role worker) or GARMIN_SYNC_AUTH_TOKEN_FILE (a file holding it), "
         "GARMIN_SYNC_UPSTREAM_URL, "
         "GARMIN_SYNC_TLS_CA/_CERT/_KEY/_SERVER_NAME, GARMIN_SYNC_UPSTREAM_TIMEOUT/_RETRIES, "
-        "GARMIN_SYNC_OUT, GARMIN_SYNC_SINK.",
+        "GARMIN_SYNC_OUT, GARMIN_SYNC_SINK, GARMIN_SYNC_RATE_LIMIT_MAX_WAIT.",
     )
     who = run_cmd.add_mutually_exclusive_group()
     who.add_argument("--user", action="append", default=[], metavar="ID", help="repeatable")
@@ -112,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_GARMIN_UNAVAILABLE,
         metavar="N",
         help="give up (exit 4) after Garmin's being down failed N users in a row",
+    )
+    run_cmd.add_argument(
+        "--rate-limit-max-wait",
+        type=_seconds("--rate-limit-max-wait"),
+        default=None,
+        metavar="DUR",
+        help="the longest pause a Garmin Retry-After imposes (default "
+        "GARMIN_SYNC_RATE_LIMIT_MAX_WAIT, else 1h; 1s to 7d)",
     )
     run_cmd.set_defaults(handler=_run)
     init = commands.add_parser("init-sink", help="create the PostgreSQL sink's tables")
@@ -155,6 +164,7 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
         sink_url=None if sink_url is None else check_sink_url(sink_url),
         progress_interval=max(1.0, args.progress_interval.total_seconds()),
         max_garmin_unavailable=args.max_garmin_unavailable,
+        rate_limit_max_wait=rate_limit_max_wait(args.rate_limit_max_wait, env),
     )
 
 
@@ -173,7 +183,11 @@ def _stop_on_signals(control: RunControl) -> Iterator[None]:
 
 def _run(args: argparse.Namespace, env: EnvReader) -> int:
     config = _config(args, env)
-    control = RunControl(config.max_runtime, max_garmin_unavailable=config.max_garmin_unavailable)
+    control = RunControl(
+        config.max_runtime,
+        max_garmin_unavailable=config.max_garmin_unavailable,
+        max_rate_limit_pause=config.rate_limit_max_wait,
+    )
     with _stop_on_signals(control):
         report = run(config, out=sys.stdout, err=sys.stderr, control=control)
     fatal = report.fatal

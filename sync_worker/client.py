@@ -62,6 +62,32 @@ class _WorkerStub(Protocol):
 
 
 @dataclass(frozen=True, repr=False)
+class Release:
+    """A lease to end, as a ReleaseLease (or a LeaseNextSession carrying it) says it."""
+
+    lease_id: str
+    # Set after a complete, durable read: how far the sync got.
+    synced_through: datetime | None
+    # Set when the sync stopped at the Connect API's 429: the seconds Garmin asked for.
+    garmin_retry_after: float | None = None
+
+    def __repr__(self) -> str:
+        return "Release(...)"  # the lease id is the holder's key
+
+
+def _release_request(
+    lease_id: str, synced_through: datetime | None, garmin_retry_after: float | None
+) -> pb.ReleaseLeaseRequest:
+    return pb.ReleaseLeaseRequest(
+        lease_id=lease_id,
+        synced_through=synced_through,
+        garmin_retry_after=None
+        if garmin_retry_after is None
+        else timedelta(seconds=garmin_retry_after),
+    )
+
+
+@dataclass(frozen=True, repr=False)
 class AuthClientConfig:
     """How to reach the auth service. TLS is used when ``tls_ca_file`` is set."""
 
@@ -129,10 +155,11 @@ class AuthClient:
         holder: str,
         ttl: timedelta | None,
         min_sync_interval: timedelta | None,
-        release: tuple[str, datetime | None] | None = None,
+        release: Release | None = None,
     ) -> LeasedSession | None:
-        """The most overdue session, or None when nothing is due. With `release` (a lease id
-        and its synced_through), that lease is released first, in the same call: LEASE_LOST
+        """The most overdue session, or None when nothing is due. With `release` (a lease id,
+        its synced_through and Garmin's 429, if one ended the sync), that lease is released
+        first, in the same call: LEASE_LOST
         then means only that the release was refused (and nothing was granted); any other
         error the service answers comes after the release was done (INVALID_ARGUMENT and a
         refused caller: before anything was; DATABASE_UNAVAILABLE, retried here: normally
@@ -141,9 +168,10 @@ class AuthClient:
             holder=holder, ttl=ttl, min_sync_interval=min_sync_interval
         )
         if release is not None:
-            lease_id, synced_through = release
             request.release.CopyFrom(
-                pb.ReleaseLeaseRequest(lease_id=lease_id, synced_through=synced_through)
+                _release_request(
+                    release.lease_id, release.synced_through, release.garmin_retry_after
+                )
             )
         response = self._call(
             self._stub.LeaseNextSession, request, "LeaseNextSession", may_wait_for_garmin=True
@@ -158,8 +186,15 @@ class AuthClient:
         response = self._call(self._stub.RenewLease, request, "RenewLease")
         return read_datetime(response.lease.expires_at)
 
-    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatus:
-        request = pb.ReleaseLeaseRequest(lease_id=lease_id, synced_through=synced_through)
+    def release_lease(
+        self,
+        lease_id: str,
+        synced_through: datetime | None,
+        garmin_retry_after: float | None = None,
+    ) -> SessionStatus:
+        """End the lease (`garmin_retry_after`: the sync stopped at the Connect API's 429,
+        which asked for that many seconds)."""
+        request = _release_request(lease_id, synced_through, garmin_retry_after)
         response = self._call(self._stub.ReleaseLease, request, "ReleaseLease")
         return read_status(response.status)
 

@@ -22,7 +22,7 @@ from garmin_client.hosts import is_loopback_host
 from garmin_client.pem_keys import EncryptedKey, NoPrivateKey, public_der, unencrypted_private_key
 from garmin_client.url_secrets import redacted_url, unencoded_at_after_password
 from sync_worker.client import AuthClientConfig
-from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE
+from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE, DEFAULT_MAX_RATE_LIMIT_PAUSE
 from sync_worker.postgres_sink import libpq_url
 from sync_worker.sinks import UnsafeUserId, check_user_id
 from sync_worker.sync import SyncOptions
@@ -40,6 +40,9 @@ DEFAULT_LEASE_TTL: Final = timedelta(minutes=5)
 MIN_LEASE_TTL: Final = timedelta(seconds=5)
 MAX_LEASE_TTL: Final = timedelta(hours=1)
 MAX_MIN_SYNC_INTERVAL: Final = timedelta(days=30)
+# --rate-limit-max-wait: the service's GARMIN_AUTH_RATE_LIMIT_MAX_WAIT allows the same range.
+MIN_RATE_LIMIT_MAX_WAIT: Final = 1.0
+MAX_RATE_LIMIT_MAX_WAIT: Final = 7 * 86400.0
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # Ten years: longer means a typo (and past about 2.7 million years, timedelta overflows).
@@ -79,6 +82,9 @@ class WorkerConfig:
     progress_interval: float = 30.0
     # Users in a row that Garmin's being unavailable may fail before the run gives up.
     max_garmin_unavailable: int = DEFAULT_MAX_GARMIN_UNAVAILABLE
+    # The longest pause (seconds) a Retry-After of Garmin's imposes on the run, and the
+    # longest wait a release reports to the service.
+    rate_limit_max_wait: float = DEFAULT_MAX_RATE_LIMIT_PAUSE
 
     def __post_init__(self) -> None:
         if self.all_users == bool(self.users):
@@ -93,6 +99,8 @@ class WorkerConfig:
             raise ConfigError(
                 "--max-garmin-unavailable", f"must be between 1 and {MAX_GARMIN_UNAVAILABLE}"
             )
+        if not MIN_RATE_LIMIT_MAX_WAIT <= self.rate_limit_max_wait <= MAX_RATE_LIMIT_MAX_WAIT:
+            raise ConfigError("--rate-limit-max-wait", "must be between 1s and 7d")
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise ConfigError("--concurrency", f"must be between 1 and {MAX_CONCURRENCY}")
         if not MIN_LEASE_TTL <= self.sync.lease_ttl <= MAX_LEASE_TTL:
@@ -111,6 +119,19 @@ class WorkerConfig:
     def __repr__(self) -> str:
         sink = redacted_url(self.sink_url) if self.sink_url else str(self.out_dir)
         return f"WorkerConfig(auth={self.auth!r}, sink={sink!r}, holder={self.holder!r})"
+
+
+def rate_limit_max_wait(flag: timedelta | None, env: EnvReader) -> float:
+    """--rate-limit-max-wait, else GARMIN_SYNC_RATE_LIMIT_MAX_WAIT, else an hour (seconds)."""
+    if flag is not None:
+        return flag.total_seconds()
+    text = env.get("RATE_LIMIT_MAX_WAIT")
+    if text is None:
+        return DEFAULT_MAX_RATE_LIMIT_PAUSE
+    seconds = parse_duration(text, f"{env.prefix}RATE_LIMIT_MAX_WAIT").total_seconds()
+    if not MIN_RATE_LIMIT_MAX_WAIT <= seconds <= MAX_RATE_LIMIT_MAX_WAIT:
+        raise env.error("RATE_LIMIT_MAX_WAIT", "must be between 1s and 7d")
+    return seconds
 
 
 def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -> AuthClientConfig:

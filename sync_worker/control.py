@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 # Garmin said 429 without a Retry-After: pause this long.
 DEFAULT_RATE_LIMIT_PAUSE = 60.0
+# The longest pause a Retry-After can impose (--rate-limit-max-wait): a garbled or hostile
+# header (a year, an HTTP-date in 9999) must not park the run. The service's own cap
+# (GARMIN_AUTH_RATE_LIMIT_MAX_WAIT) has the same default.
+DEFAULT_MAX_RATE_LIMIT_PAUSE = 3600.0
 # Users in a row that Garmin's being unavailable may fail before the run gives up.
 DEFAULT_MAX_GARMIN_UNAVAILABLE = 3
 # The pause after the first such user; it doubles with each next one, up to the cap.
@@ -41,8 +45,10 @@ class RunControl:
         clock: Callable[[], float] = time.monotonic,
         max_garmin_unavailable: int = DEFAULT_MAX_GARMIN_UNAVAILABLE,
         unavailable_backoff: float = DEFAULT_UNAVAILABLE_BACKOFF,
+        max_rate_limit_pause: float = DEFAULT_MAX_RATE_LIMIT_PAUSE,
     ) -> None:
         self._clock = clock
+        self._max_rate_limit_pause = max_rate_limit_pause
         self._max_unavailable = max_garmin_unavailable
         self._unavailable_backoff = unavailable_backoff
         self._unavailable_in_a_row = 0
@@ -171,8 +177,10 @@ class RunControl:
     # --- pacing --------------------------------------------------------------------------
 
     def slow_down(self, retry_after: float | None) -> float:
-        """Pause every thread's Garmin calls for Retry-After seconds; returns the pause."""
+        """Pause every thread's Garmin calls for Retry-After seconds (at most
+        max_rate_limit_pause); returns the pause."""
         pause = DEFAULT_RATE_LIMIT_PAUSE if retry_after is None else max(0.0, retry_after)
+        pause = min(pause, self._max_rate_limit_pause)
         with self._lock:
             self._pause_until = max(self._pause_until, self._clock() + pause)
             self._rate_limited_until = max(self._rate_limited_until, self._clock() + pause)

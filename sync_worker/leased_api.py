@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class ServiceRateLimited(RateLimited):
+    """The service's refresh for the lease met Garmin's 429, or waits out one: the service
+    holds the account back by itself, so the release reports no 429."""
+
+
 class SessionEndedByService(Exception):
     """The service's refresh found the session dead: it is AUTH_EXPIRED already and the lease
     is over, so there is nothing left to report."""
@@ -108,7 +113,7 @@ def _meaning(exc: AuthServiceError) -> Exception:
     if exc.reason == SESSION_NOT_ACTIVE:
         return SessionEndedByService("the service found the session rejected when refreshing")
     if exc.reason == GARMIN_RATE_LIMITED:
-        return RateLimited("Garmin is rate limiting the service's refresh", exc.retry_after)
+        return ServiceRateLimited("Garmin is rate limiting the service's refresh", exc.retry_after)
     if exc.reason == GARMIN_UNAVAILABLE:
         return Unavailable("Garmin was unavailable for the service's refresh")
     if exc.waited_for_garmin:

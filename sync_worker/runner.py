@@ -21,7 +21,7 @@ from typing import Final, TextIO
 
 import grpc
 
-from sync_worker.client import AuthClient
+from sync_worker.client import AuthClient, Release
 from sync_worker.client_errors import (
     GARMIN_RATE_LIMITED,
     GARMIN_UNAVAILABLE,
@@ -298,7 +298,11 @@ class _Run:
         """LeaseNextSession, releasing `pending` with it; settles `pending` whatever happens
         (raises what the grant, or the refused release, answered)."""
         config = self.config
-        release = None if pending is None else (pending.lease_id, pending.synced_through)
+        release = (
+            None
+            if pending is None
+            else Release(pending.lease_id, pending.synced_through, pending.garmin_retry_after)
+        )
         try:
             leased = self.client.lease_next_session(
                 config.holder, config.sync.lease_ttl, config.min_sync_interval, release
@@ -358,7 +362,9 @@ def run(
     """One run of the worker. Raises SinkError when the sink cannot take writes at all."""
     started = time.monotonic()
     control = control or RunControl(
-        config.max_runtime, max_garmin_unavailable=config.max_garmin_unavailable
+        config.max_runtime,
+        max_garmin_unavailable=config.max_garmin_unavailable,
+        max_rate_limit_pause=config.rate_limit_max_wait,
     )
     own_client = client is None
     own_sink = sink is None

@@ -15,7 +15,9 @@
 
 Outcomes follow what Garmin and the service answered: a definite rejection is AUTH_EXPIRED
 (ReportInvalidated, which ends the lease; unless the service's own refresh found the session
-dead, which already ended it); 429 is RATE_LIMITED (and pauses the whole run);
+dead, which already ended it); 429 is RATE_LIMITED (and pauses the whole run; the release
+reports the Connect API's 429 with its Retry-After, capped, so the service holds the user
+back for every run and replica until it has passed);
 5xx/timeouts are retried a bounded number of times (by garmin_client.retry, the one retry
 layer), then FAILED, and counted as an outage by the run (sync_worker.control: backoff, then
 the run gives up); LEASE_LOST from any call or
@@ -51,7 +53,7 @@ from sync_worker.connect_apis import ConnectApis
 from sync_worker.control import RunControl
 from sync_worker.keeper import LeaseGone, LeaseKeeper
 from sync_worker.lease_grants import LeasedSession
-from sync_worker.leased_api import LeasedApi, SessionEndedByService
+from sync_worker.leased_api import LeasedApi, ServiceRateLimited, SessionEndedByService
 from sync_worker.renewals import Renewals
 from sync_worker.sinks import (
     Activity,
@@ -126,6 +128,9 @@ class PendingRelease:
     synced_through: datetime | None
     # The user's result once the release is done.
     result: UserResult
+    # Set when the sync stopped at the Connect API's 429: the wait it asked for (capped),
+    # reported so that no worker run nor replica calls Garmin for the user before it ends.
+    garmin_retry_after: float | None = None
 
     def __repr__(self) -> str:
         return f"PendingRelease(user_id={self.result.user_id!r})"
@@ -141,7 +146,7 @@ class PendingRelease:
 def release_now(client: AuthClient, pending: PendingRelease, control: RunControl) -> UserResult:
     """ReleaseLease on its own; the user's final result."""
     try:
-        client.release_lease(pending.lease_id, pending.synced_through)
+        client.release_lease(pending.lease_id, pending.synced_through, pending.garmin_retry_after)
     except AuthServiceError as exc:
         if exc.code != grpc.StatusCode.INVALID_ARGUMENT or pending.synced_through is None:
             return pending.settle(exc, control)
@@ -154,7 +159,7 @@ def release_now(client: AuthClient, pending: PendingRelease, control: RunControl
             exc,
         )
         try:
-            client.release_lease(pending.lease_id, None)
+            client.release_lease(pending.lease_id, None, pending.garmin_retry_after)
         except AuthServiceError as again:
             return pending.settle(again, control)
         return pending.settle(exc, control)
@@ -219,6 +224,8 @@ class UserSync:
         self._session_version = leased.access.session_version
         # The service's refresh invalidated the session: AUTH_EXPIRED with nothing to report.
         self._ended_by_service = False
+        # The Connect API answered 429: the pause it imposed, for the release to report.
+        self._garmin_retry_after: float | None = None
 
     def run(self) -> UserResult:
         """Sync the user and end the lease now."""
@@ -248,7 +255,12 @@ class UserSync:
         )
         if not release:
             return result
-        return PendingRelease(self._leased.lease_id, self._synced_through(outcome), result)
+        return PendingRelease(
+            self._leased.lease_id,
+            self._synced_through(outcome),
+            result,
+            garmin_retry_after=self._garmin_retry_after,
+        )
 
     # --- Use: Garmin and the sink --------------------------------------------------------
 
@@ -276,8 +288,7 @@ class UserSync:
                 self._ended_by_service = True
                 outcome, detail = Outcome.AUTH_EXPIRED, str(exc)
             except RateLimited as exc:
-                self._control.slow_down(exc.retry_after_seconds)
-                outcome, detail = Outcome.RATE_LIMITED, str(exc)
+                outcome, detail = self._rate_limited(exc)
             except Unavailable as exc:
                 self._control.garmin_unavailable(f"user {self._leased.user_id}: {exc}")
                 outcome, detail = Outcome.FAILED, str(exc)
@@ -301,6 +312,16 @@ class UserSync:
         if self._keeper.lost and outcome is not Outcome.AUTH_EXPIRED:
             outcome, detail = Outcome.LEASE_LOST, "the service answered LEASE_LOST"
         return outcome, detail
+
+    def _rate_limited(self, exc: RateLimited) -> tuple[Outcome, str]:
+        """Garmin's 429: the whole run pauses (Retry-After, capped). One the Connect API gave
+        this worker is also reported at the release, so that the service holds the user back
+        for every run and replica until it has passed (one the service's refresh met, it
+        holds back by itself)."""
+        pause = self._control.slow_down(exc.retry_after_seconds)
+        if not isinstance(exc, ServiceRateLimited):
+            self._garmin_retry_after = pause
+        return Outcome.RATE_LIMITED, str(exc)
 
     def _keep_stored(self, user_sink: UserSink, outcome: Outcome) -> None:
         """A sync that failed part-way keeps what it stored (the sink's commit makes it

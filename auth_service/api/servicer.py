@@ -35,6 +35,14 @@ def _synced_through(request: pb.ReleaseLeaseRequest, fields: str = "") -> dateti
     return convert.from_timestamp(request.synced_through, f"{fields}synced_through")
 
 
+def _garmin_retry_after(request: pb.ReleaseLeaseRequest, fields: str = "") -> timedelta | None:
+    return convert.from_duration(
+        request.garmin_retry_after,
+        f"{fields}garmin_retry_after",
+        present=request.HasField("garmin_retry_after"),
+    )
+
+
 def _audit_event_to_proto(event: AuditEventView) -> pb.AuditEvent:
     return pb.AuditEvent(
         event_id=event.event_id,
@@ -209,6 +217,7 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
                 LeaseRelease(
                     request.release.lease_id,
                     _synced_through(request.release, RELEASE_FIELDS),
+                    _garmin_retry_after(request.release, RELEASE_FIELDS),
                 ),
                 request.holder,
                 _ttl(request),
@@ -255,7 +264,9 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def ReleaseLease(
         self, request: pb.ReleaseLeaseRequest, context: grpc.ServicerContext
     ) -> pb.ReleaseLeaseResponse:
-        status = self._leases.release_lease(request.lease_id, _synced_through(request))
+        status = self._leases.release_lease(
+            request.lease_id, _synced_through(request), _garmin_retry_after(request)
+        )
         return pb.ReleaseLeaseResponse(status=convert.status_to_proto(status))
 
     def ReportRefreshed(

@@ -156,5 +156,10 @@ class AccountLimit:
         latest = max((end for end in ends if end is not None), default=None)
         return latest if latest is not None and latest > now else None
 
+    def connect_api_cooling(self, now: datetime) -> bool:
+        """Whether the account waits out a 429 of the Connect API itself (a worker's, or a
+        validation's): a lease's access token would be taken straight back to it."""
+        return self.endpoint is GarminEndpoint.CONNECT_API and self.cooling(now)
+
     def call_out(self, now: datetime) -> bool:
         return self.call_claimed_until is not None and self.call_claimed_until > now

@@ -212,7 +212,9 @@ class GarminLimitRepository(Protocol):
         self, user_id: str, endpoint: GarminEndpoint, until: datetime, now: datetime
     ) -> bool:
         """No call for the account reaches Garmin before `until` (a later end wins); True
-        when no cooldown of the account was running at `now` (a new one starts)."""
+        when no cooldown of the account was running at `now` (a new one starts). A Connect
+        API 429 names the running cooldown (unless it is the sign-in's), so it holds back the
+        account's leases until it ends."""
         ...
 
     def claim_call(
@@ -282,7 +284,9 @@ class LeaseRepository(Protocol):
         expires_at: datetime,
         record_as: AuditedRpc | None = None,
     ) -> GrantedRow | None:
-        """Grant, binding the lease to `caller` (the authenticated caller's name).
+        """Grant, binding the lease to `caller` (the authenticated caller's name); None
+        while another lease is live, the session is not ACTIVE or the account waits out a
+        Connect API cooldown (AccountLimit.connect_api_cooling).
 
         `record_as` (here and below): the same statement also writes the change's audit event
         (this RPC, `caller`, outcome OK, at `now`) and its change-log entry (the use case
@@ -302,7 +306,8 @@ class LeaseRepository(Protocol):
         record_as: AuditedRpc | None = None,
     ) -> GrantedRow | None:
         """Grant the most overdue session, among users whose id starts with
-        `user_id_prefix` when given."""
+        `user_id_prefix` when given; an account waiting out a Connect API cooldown is not
+        due until it ends."""
         ...
 
     def renew(

@@ -215,6 +215,18 @@ class GarminGate:
                 return None  # the transaction rolls back with the refusal: no probe kept
         return frozenset(half_open)
 
+    def lease_refusal(self, uow: UnitOfWork, user_id: str) -> GarminRateLimited | None:
+        """Inside the caller's transaction: why a lease on the account is refused now (None:
+        it is not), which is while a Connect API cooldown runs. Its access token goes to that
+        API, and the worker that took it there would meet the 429 again; other cooldowns
+        hold back the service's own calls only (a lease is granted with a token that works)."""
+        account = uow.limits.account(user_id)
+        if account is None or not account.connect_api_cooling(uow.now):
+            return None
+        assert account.cooling_until is not None
+        wait = _seconds(account.cooling_until - uow.now)
+        return self._refused(GarminEndpoint.CONNECT_API, "account_cooldown", wait)
+
     def suppressed(self, endpoint: GarminEndpoint, reason: str) -> None:
         """Count a call answered without Garmin for a reason of the caller's own."""
         self._events.call_suppressed(endpoint.value, reason)
@@ -271,6 +283,34 @@ class GarminGate:
             wait,
             " (breaker open for every account)" if opened else "",
         )
+
+    def reported_429(
+        self,
+        uow: UnitOfWork,
+        user_id: str,
+        endpoint: GarminEndpoint,
+        retry_after_seconds: float | None,
+        rpc: AuditedRpc,
+    ) -> float:
+        """Inside the caller's transaction: Garmin answered 429 to a call the service did not
+        make (a worker's, at the Connect API, reported when it released the user's lease).
+        The account's cooldown starts as for a 429 of the service's own, for the same wait
+        (Retry-After capped at max_wait_seconds; default_wait_seconds for none or zero), so
+        every replica's calls for it, and its leases (lease_refusal), wait it out. The
+        breaker is not counted: it stands for this service's own calls to the endpoint.
+        Returns the wait."""
+        wait = self._settings.wait_for(retry_after_seconds)
+        until = uow.now + timedelta(seconds=wait)
+        if uow.limits.start_account_cooldown(user_id, endpoint, until, uow.now):
+            # The account's cooldown, not its session: nothing for the change log.
+            uow.audit.record(rpc, audit.COOLDOWN_STARTED, user_id=user_id, changed=False)
+        log.warning(
+            "a worker met Garmin's 429 at %s for user %s; holding back %.0fs",
+            endpoint.value,
+            user_id,
+            wait,
+        )
+        return wait
 
     def _record_429(
         self,

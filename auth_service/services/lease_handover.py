@@ -9,11 +9,13 @@ ReleaseLease. Every field of the call is checked before anything is done, so INV
 means nothing happened. The release and the first grant are one single write (on PostgreSQL
 one statement, auth_service.storage.lease_trail.handover_with_trail): if the release is
 refused (LEASE_LOST), the call fails with that and nothing is granted; if the write fails
-(UNAVAILABLE), neither happened. Once the release is done it stands, and whatever follows is
-the grant's: its errors are LeaseNextSession's own, which never include LEASE_LOST
-(services.leases skips a due session whose lease ends under it). So a caller tells from the
-answer alone whether its release happened, except when the connection to the database was
-lost during the commit, as for a ReleaseLease.
+(UNAVAILABLE), neither happened. (A release reporting Garmin's 429, `garmin_retry_after`, is
+a transaction of its own with the cooldown it starts, committed before the grants.) Once the
+release is done it stands, and whatever follows is the grant's: its errors are
+LeaseNextSession's own, which never include LEASE_LOST (services.leases skips a due session
+whose lease ends under it). So a caller tells from the answer alone whether its release
+happened, except when the connection to the database was lost during the commit, as for a
+ReleaseLease.
 
 One statement instead of a release and a grant of their own (`thread_costs --workload
 lease_handover --in-flight 8 --against daac961`, three pairs): 1.44, 1.50, 1.46 -> 1.22, 1.22,
@@ -40,6 +42,8 @@ class LeaseRelease:
     lease_id: str
     # Set when the sync succeeded up to this instant; None counts as an attempt.
     synced_through: datetime | None
+    # Set when the sync stopped at Garmin's 429 on the Connect API: the wait it asked for.
+    garmin_retry_after: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,10 @@ class LeaseHandover:
         leases = self._leases
         raise_if_any(
             leases.release_violations(
-                release.lease_id, release.synced_through, fields=RELEASE_FIELDS
+                release.lease_id,
+                release.synced_through,
+                release.garmin_retry_after,
+                fields=RELEASE_FIELDS,
             ),
             leases.next_violations(holder, ttl, min_sync_interval),
         )
@@ -81,5 +88,6 @@ class LeaseHandover:
             min_sync_interval,
             user_id_prefix=user_id_prefix,
             with_refresh_token=with_refresh_token,
+            garmin_retry_after=release.garmin_retry_after,
         )
         return Handover(released=released, grant=grant)

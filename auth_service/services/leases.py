@@ -28,6 +28,7 @@ from auth_service.domain.errors import (
     SessionNotFound,
 )
 from auth_service.domain.events import service_events
+from auth_service.domain.garmin_limits import GarminEndpoint, GarminLimitSettings
 from auth_service.domain.lease_ids import lease_digest
 from auth_service.domain.models import (
     GarminTokens,
@@ -49,6 +50,7 @@ from auth_service.domain.validation import (
 )
 from auth_service.domain.views import SessionRow, live_lease, live_lease_of, status_view
 from auth_service.services.central_refresh import CentralRefresh, Granted
+from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.lease_holders import (
     check_known_version,
     check_not_rotated_away,
@@ -84,11 +86,19 @@ class LeaseService:
     """LeaseSession, LeaseNextSession, RenewLease, ReleaseLease, Report{Refreshed,Invalidated}."""
 
     def __init__(
-        self, uow: UnitsOfWork, refresher: SessionRefresher, settings: LeaseSettings
+        self,
+        uow: UnitsOfWork,
+        refresher: SessionRefresher,
+        settings: LeaseSettings,
+        gate: GarminGate | None = None,
     ) -> None:
         self._uow = uow
         self._settings = settings
         self._refresh = CentralRefresh(uow, refresher)
+        # Garmin's 429s as every replica sees them: a worker's, reported at its release,
+        # start the account's cooldown there, and a cooldown of the Connect API holds back
+        # the account's leases.
+        self._gate = gate or GarminGate(uow, GarminLimitSettings())
 
     # --- grants ------------------------------------------------------------------------
 
@@ -129,6 +139,10 @@ class LeaseService:
                     # Explained by the state callers see (an abandoned login reads
                     # NOT_CONNECTED or AUTH_EXPIRED, not MFA_PENDING).
                     _raise_refusal(uow.sessions.find(user_id, uow.now), uow.now)
+                    # ACTIVE and free: the account waits out a Connect API 429.
+                    refused = self._gate.lease_refusal(uow, user_id)
+                    if refused is not None:
+                        raise refused
                     continue
                 opened = _opened(uow, grant, rpc, lease_id)
             return self._refresh.hand_out(
@@ -179,7 +193,7 @@ class LeaseService:
             with_refresh_token=with_refresh_token,
         )
 
-    def release_and_lease_next_checked(
+    def release_and_lease_next_checked(  # noqa: PLR0913 - a release's and a grant's fields
         self,
         release_lease_id: str,
         synced_through: datetime | None,
@@ -189,13 +203,26 @@ class LeaseService:
         *,
         user_id_prefix: str | None = None,
         with_refresh_token: bool = True,
+        garmin_retry_after: timedelta | None = None,
     ) -> tuple[SessionStatusView, LeaseGrant | None]:
         """release_checked, then lease_next_checked, for fields already checked: the release
         and the first grant in one single write (on PostgreSQL one statement, so one round
         trip and one commit per synced user). A refused release grants nothing (LeaseLost);
-        a grant that cannot be handed out is skipped as lease_next_checked skips it."""
+        a grant that cannot be handed out is skipped as lease_next_checked skips it. A
+        release that reports Garmin's 429 (`garmin_retry_after`) is a transaction of its own,
+        with the cooldown it starts, and the grants follow it (a 429 is no hot path)."""
         lifetime = self._lifetime(ttl)
         due_before = self._uow.now() - (min_sync_interval or timedelta(0))
+        if garmin_retry_after is not None:
+            released = self.release_checked(release_lease_id, synced_through, garmin_retry_after)
+            return released, self._lease_next(
+                holder,
+                lifetime,
+                due_before,
+                user_id_prefix,
+                MAX_REJECTED_SKIPS,
+                with_refresh_token=with_refresh_token,
+            )
         rpc = AuditedRpc.LEASE_NEXT_SESSION
         with self._uow.single_write() as uow:
             lease_id = new_lease_id()
@@ -343,14 +370,28 @@ class LeaseService:
             # The holder presented the id: its own answer may name it.
             return dataclasses.replace(lease, lease_id=lease_id)
 
-    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatusView:
-        """End a live lease; synced_through set means the sync succeeded up to then."""
-        raise_if_any(self.release_violations(lease_id, synced_through))
-        return self.release_checked(lease_id, synced_through)
+    def release_lease(
+        self,
+        lease_id: str,
+        synced_through: datetime | None,
+        garmin_retry_after: timedelta | None = None,
+    ) -> SessionStatusView:
+        """End a live lease; synced_through set means the sync succeeded up to then;
+        garmin_retry_after set means the sync stopped at Garmin's 429 on the Connect API,
+        which asked for that wait (the account's cooldown starts with the release)."""
+        raise_if_any(self.release_violations(lease_id, synced_through, garmin_retry_after))
+        return self.release_checked(lease_id, synced_through, garmin_retry_after)
 
-    def release_checked(self, lease_id: str, synced_through: datetime | None) -> SessionStatusView:
+    def release_checked(
+        self,
+        lease_id: str,
+        synced_through: datetime | None,
+        garmin_retry_after: timedelta | None = None,
+    ) -> SessionStatusView:
         """release_lease, for fields already checked (release_violations found none)."""
         digest = lease_digest(lease_id)
+        if garmin_retry_after is not None:
+            return self._release_rate_limited(digest, synced_through, garmin_retry_after)
         with self._uow.single_write() as uow:
             # The UPDATE matches only a live lease that this caller obtained (lease_holders),
             # and records the release; a refusal writes nothing.
@@ -365,13 +406,41 @@ class LeaseService:
                 raise _lease_lost()
             return status_view(row, uow.now)
 
+    def _release_rate_limited(
+        self, digest: str, synced_through: datetime | None, retry_after: timedelta
+    ) -> SessionStatusView:
+        """The release, and the account's cooldown after the Connect API's 429 that ended
+        the sync (capped as the service's own: GarminGate.reported_429), in one transaction:
+        no replica grants the user, nor calls Garmin for it, until the cooldown ends."""
+        rpc = AuditedRpc.RELEASE_LEASE
+        with self._uow() as uow:
+            row = uow.leases.release(
+                digest,
+                caller=audit.caller_name(),
+                now=uow.now,
+                synced_through=synced_through,
+                record_as=rpc,
+            )
+            if row is None:
+                raise _lease_lost()
+            self._gate.reported_429(
+                uow, row.user_id, GarminEndpoint.CONNECT_API, retry_after.total_seconds(), rpc
+            )
+            return status_view(row, uow.now)
+
     def release_violations(
-        self, lease_id: str, synced_through: datetime | None, *, fields: str = ""
+        self,
+        lease_id: str,
+        synced_through: datetime | None,
+        garmin_retry_after: timedelta | None = None,
+        *,
+        fields: str = "",
     ) -> list[FieldViolation]:
         """What is wrong with a release's fields (their names prefixed with `fields`)."""
         return [
             *check_opaque_id(lease_id, f"{fields}lease_id"),
             *_synced_through_violations(synced_through, self._uow.now(), f"{fields}synced_through"),
+            *_retry_after_violations(garmin_retry_after, f"{fields}garmin_retry_after"),
         ]
 
     def report_refreshed(
@@ -549,6 +618,14 @@ def _raise_refusal(row: SessionRow | None, now: datetime) -> None:
         raise LeaseHeld(
             f"the session is leased by {lease.holder!r} until {lease.expires_at.isoformat()}"
         )
+
+
+def _retry_after_violations(value: timedelta | None, field: str) -> list[FieldViolation]:
+    """Garmin's wait: none is no 429, zero one without a wait (the default wait applies),
+    and any length is capped where it is applied (GarminGate.reported_429)."""
+    if value is not None and value < timedelta(0):
+        return [FieldViolation(field, "must not be negative")]
+    return []
 
 
 def _synced_through_violations(

@@ -84,7 +84,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     # What Garmin issued this replica and it has not stored yet: a graceful stop waits.
     issued = IssuedInFlight()
     refresher = SessionRefresher(uow, upstream, refresh, refresh_events, gate, issued)
-    lease_service = LeaseService(uow, refresher, leases)
+    lease_service = LeaseService(uow, refresher, leases, gate)
     return UseCases(
         connect=ConnectService(uow, upstream, login, gate, refresh.commit_retry_seconds, issued),
         imports=SessionImport(uow, refresher, token_parsers, refresh, gate),

@@ -35,17 +35,22 @@ from typing import Any, cast
 from sqlalchemy import (
     CompoundSelect,
     Select,
+    Table,
+    Text,
     Update,
     and_,
     bindparam,
     case,
+    exists,
     func,
+    literal_column,
     or_,
     select,
     update,
 )
 
 from auth_service.domain.audit import OK, AuditedRpc, NewAuditEvent
+from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import GarminTokens
 from auth_service.domain.repositories import GrantedRow, HandoverRows
 from auth_service.domain.views import SessionRow, status_view
@@ -54,7 +59,7 @@ from auth_service.storage.audit_repository import SqlAuditRepository
 from auth_service.storage.driver_statement import DriverStatement
 from auth_service.storage.executor import Executor, dialect_name
 from auth_service.storage.lease_trail import GRANTED, handover_with_trail, with_trail
-from auth_service.storage.models import UTCDateTime
+from auth_service.storage.models import GarminAccountLimit, UTCDateTime
 from auth_service.storage.session_repository import SqlSessionRepository
 
 T = rows.T
@@ -70,12 +75,24 @@ _HOLDER = bindparam("p_holder", type_=T.c.lease_holder.type)
 _CALLER = bindparam("p_caller", type_=T.c.lease_caller.type)
 _PREFIX = bindparam("p_prefix", type_=T.c.user_id.type)
 
-# Due for a sync: free, ACTIVE, and neither synced nor attempted since `due_before`.
+_LIMITS = cast(Table, GarminAccountLimit.__table__)
+# The account waits out a 429 of Garmin's Connect API (a worker's, reported at its release,
+# or a validation's): a lease's token would go straight back there, so the user is neither
+# granted nor due until it ends. One probe by primary key of the small cooldown table (rows
+# whose cooldown ended are purged); the endpoint is written into the statement.
+_API_COOLING = exists().where(
+    _LIMITS.c.user_id == T.c.user_id,
+    _LIMITS.c.endpoint == literal_column(f"'{GarminEndpoint.CONNECT_API.value}'", Text),
+    _LIMITS.c.cooling_until > _NOW,
+)
+# Due for a sync: free, ACTIVE, neither synced nor attempted since `due_before`, and not
+# waiting out a Connect API cooldown.
 _DUE = and_(
     T.c.state == ACTIVE,
     _FREE,
     or_(T.c.last_sync_attempt_at.is_(None), T.c.last_sync_attempt_at < _DUE_BEFORE),
     or_(T.c.last_synced_at.is_(None), T.c.last_synced_at < _DUE_BEFORE),
+    ~_API_COOLING,
 )
 # Never synced first, then the oldest sync; user_id makes the order total. The partial index
 # ix_garmin_authentication_state_due has exactly this order, so the database walks it and
@@ -111,7 +128,7 @@ def _grant_through(candidate: Select[Any]) -> Update:
 
 
 _CANDIDATE_BY_USER = select(T.c.user_id, T.c.lease_id.label("previous_lease_id")).where(
-    T.c.user_id == rows.USER_ID, T.c.state == ACTIVE, _FREE
+    T.c.user_id == rows.USER_ID, T.c.state == ACTIVE, _FREE, ~_API_COOLING
 )
 # SKIP LOCKED: concurrent callers on other replicas each take a different due row, without a
 # table lock (a row granted and committed meanwhile fails the re-check; the next is taken).

@@ -85,8 +85,12 @@ class SqlGarminLimitRepository:
             # Sign-ins wait until `until`; every other call only as long as it did.
             if until > row.cooling_until:
                 row.sign_in_cooling_until = _later(row.sign_in_cooling_until, until)
-        elif row.cooling_until < until:
-            row.cooling_until = until
+        else:
+            row.cooling_until = max(row.cooling_until, until)
+            if endpoint is GarminEndpoint.CONNECT_API and row.endpoint != sign_in:
+                # The Connect API's 429 also holds back the account's leases (their token
+                # goes there): named by it, the running cooldown does so until it ends.
+                row.endpoint = endpoint.value
         return new
 
     def claim_call(

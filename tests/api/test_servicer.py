@@ -255,3 +255,43 @@ def test_a_duration_whose_nanos_contradict_its_seconds_is_invalid(
     finally:
         application.engine.dispose()
     assert [v.field for v in raised.value.violations] == [field]
+
+
+@pytest.mark.parametrize(
+    "wait",
+    [
+        duration_pb2.Duration(seconds=-1),
+        duration_pb2.Duration(nanos=-1000),
+        duration_pb2.Duration(seconds=10**13),
+        duration_pb2.Duration(seconds=1, nanos=-1),
+    ],
+    ids=["negative", "negative-micro", "out-of-range", "mixed-signs"],
+)
+def test_a_bad_garmin_retry_after_names_its_field_and_nothing_is_done(
+    service_settings: Settings, garmin: GarminEmulator, wait: duration_pb2.Duration
+) -> None:
+    """ReleaseLease's garmin_retry_after (the wait a Connect API 429 asked the worker for):
+    a negative duration, or none at all, is INVALID_ARGUMENT naming the field, alone or inside
+    LeaseNextSession's release, and the lease stays live. (Before, the field did not exist.)"""
+    application = build_application(service_settings)
+    servicer = CalledAs(GarminAuthServicer(application.use_cases), Caller("tester", ROLES))
+    garmin.add_user("rita@example.com", PASSWORD)
+    servicer.Login(
+        pb.LoginRequest(user_id="rita", email="rita@example.com", password=PASSWORD), None
+    )
+    lease = servicer.LeaseSession(pb.LeaseSessionRequest(user_id="rita", holder="w"), None).lease
+    release = pb.ReleaseLeaseRequest(lease_id=lease.lease_id, garmin_retry_after=wait)
+
+    with pytest.raises(InvalidArgument) as alone:
+        servicer.ReleaseLease(release, None)
+    with pytest.raises(InvalidArgument) as carried:
+        servicer.LeaseNextSession(pb.LeaseNextSessionRequest(holder="w", release=release), None)
+
+    assert [v.field for v in alone.value.violations] == ["garmin_retry_after"]
+    assert [v.field for v in carried.value.violations] == ["release.garmin_retry_after"]
+    # Nothing was done: the lease is live, and once released the user is granted again.
+    servicer.RenewLease(pb.RenewLeaseRequest(lease_id=lease.lease_id), None)
+    servicer.ReleaseLease(pb.ReleaseLeaseRequest(lease_id=lease.lease_id), None)
+    again = servicer.LeaseSession(pb.LeaseSessionRequest(user_id="rita", holder="w"), None)
+    assert again.lease.user_id == "rita"
+    application.engine.dispose()

@@ -19,9 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import Clock
 from auth_service.domain.events import NoRefreshEvents
+from auth_service.domain.garmin_limits import GarminLimitSettings
 from auth_service.domain.models import GarminTokens, LoginSucceeded
 from auth_service.domain.policies import DiSettings, LeaseSettings, LoginFlow, RefreshSettings
 from auth_service.domain.views import SessionRow
+from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.leases import LeaseService
 from auth_service.services.session_refresh import SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
@@ -215,6 +217,7 @@ def build_service(
     clock: Clock,
     settings: LeaseSettings | None = None,
     refresh: RefreshSettings | None = None,
+    limits: GarminLimitSettings | None = None,
 ) -> LeaseService:
     router = UpstreamRouter(
         garth=upstream,
@@ -222,5 +225,10 @@ def build_service(
         login_flow=LoginFlow.GARTH,
     )
     uow = UnitsOfWork(SqlStore(db, box), clock)
-    refresher = SessionRefresher(uow, router, refresh or RefreshSettings(), NoRefreshEvents())
-    return LeaseService(uow, refresher, settings or LeaseSettings())
+    if limits is None:
+        refresher = SessionRefresher(uow, router, refresh or RefreshSettings(), NoRefreshEvents())
+        return LeaseService(uow, refresher, settings or LeaseSettings())
+    # One gate with the test's limits, shared as the composition root shares it.
+    gate = GarminGate(uow, limits)
+    refresher = SessionRefresher(uow, router, refresh or RefreshSettings(), NoRefreshEvents(), gate)
+    return LeaseService(uow, refresher, settings or LeaseSettings(), gate)

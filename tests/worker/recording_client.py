@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sync_worker.client import AuthClient
 from sync_worker.lease_grants import AccessToken, LeasedSession, SessionStatus
+
+if TYPE_CHECKING:
+    from sync_worker.client import Release
 
 
 class RecordingClient(AuthClient):
@@ -18,16 +22,21 @@ class RecordingClient(AuthClient):
         self.calls.append("RefreshLease")
         return super().refresh_lease(lease_id, session_version)
 
-    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatus:
+    def release_lease(
+        self,
+        lease_id: str,
+        synced_through: datetime | None,
+        garmin_retry_after: float | None = None,
+    ) -> SessionStatus:
         self.calls.append("ReleaseLease")
-        return super().release_lease(lease_id, synced_through)
+        return super().release_lease(lease_id, synced_through, garmin_retry_after)
 
     def lease_next_session(
         self,
         holder: str,
         ttl: timedelta | None,
         min_sync_interval: timedelta | None,
-        release: tuple[str, datetime | None] | None = None,
+        release: Release | None = None,
     ) -> LeasedSession | None:
         if release is not None:
             self.calls.append("LeaseNextSession+release")

@@ -195,6 +195,59 @@ def test_timeouts_are_durations_as_the_readme_writes_them(
 
 
 @pytest.mark.parametrize(
+    ("flags", "env_value", "seconds"),
+    [
+        ([], None, 3600.0),
+        ([], "10m", 600.0),
+        (["--rate-limit-max-wait", "90s"], "10m", 90.0),
+        (["--rate-limit-max-wait", "2h"], None, 7200.0),
+    ],
+    ids=["default", "env", "flag-wins", "flag"],
+)
+def test_the_rate_limit_cap_is_a_flag_or_a_variable(
+    garmin: GarminEmulator, flags: list[str], env_value: str | None, seconds: float
+) -> None:
+    """--rate-limit-max-wait (else GARMIN_SYNC_RATE_LIMIT_MAX_WAIT, else 1h) caps the pause a
+    Garmin Retry-After imposes on a run. Before, there was no cap: a year's header parked it."""
+    env = {k: v for k, v in worker_env("127.0.0.1:1", garmin).items() if k.startswith(ENV_PREFIX)}
+    if env_value is not None:
+        env["GARMIN_SYNC_RATE_LIMIT_MAX_WAIT"] = env_value
+    args = cli._parser().parse_args(["run", "--all", "--out", "x", *flags])
+
+    config = cli._config(args, EnvReader(env, ENV_PREFIX))
+
+    assert config.rate_limit_max_wait == seconds
+
+
+@pytest.mark.parametrize(
+    ("flags", "env_value", "mentions"),
+    [
+        (["--rate-limit-max-wait", "8d"], None, "--rate-limit-max-wait: must be between 1s and 7d"),
+        (["--rate-limit-max-wait", "0"], None, "--rate-limit-max-wait: must be between 1s and 7d"),
+        ([], "0.5", "GARMIN_SYNC_RATE_LIMIT_MAX_WAIT: must be between 1s and 7d"),
+        ([], "soon", "GARMIN_SYNC_RATE_LIMIT_MAX_WAIT: expected a duration"),
+    ],
+    ids=["flag-too-long", "flag-zero", "env-too-short", "env-not-a-duration"],
+)
+def test_a_rate_limit_cap_out_of_range_exits_2_naming_it(
+    garmin: GarminEmulator,
+    main_in_process: Callable[..., tuple[int, str, str]],
+    flags: list[str],
+    env_value: str | None,
+    mentions: str,
+) -> None:
+    env = {k: v for k, v in worker_env("127.0.0.1:1", garmin).items() if k.startswith(ENV_PREFIX)}
+    if env_value is not None:
+        env["GARMIN_SYNC_RATE_LIMIT_MAX_WAIT"] = env_value
+
+    code, out, err = main_in_process(env, "run", "--all", "--out", "x", *flags)
+
+    assert code == 2
+    assert mentions in one_line(err)
+    assert out == ""
+
+
+@pytest.mark.parametrize(
     ("tls_env", "mentions"),
     [
         ({"GARMIN_SYNC_TLS_CA": "/nonexistent/ca.pem"}, "GARMIN_SYNC_TLS_CA"),

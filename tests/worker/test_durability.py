@@ -37,9 +37,14 @@ class CommitsAtRelease(RecordingClient):
         self.calls = []
         self.commits_at_release: list[int] = []
 
-    def release_lease(self, lease_id: str, synced_through: datetime | None) -> SessionStatus:
+    def release_lease(
+        self,
+        lease_id: str,
+        synced_through: datetime | None,
+        garmin_retry_after: float | None = None,
+    ) -> SessionStatus:
         self.commits_at_release.append(len(self.sink.of("commit")))
-        return super().release_lease(lease_id, synced_through)
+        return super().release_lease(lease_id, synced_through, garmin_retry_after)
 
 
 def flushes(directory: DirectorySink) -> tuple[int, int]:

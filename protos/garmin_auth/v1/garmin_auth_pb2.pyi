@@ -325,12 +325,14 @@ class RenewLeaseResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
 class ReleaseLeaseRequest(_message.Message):
-    __slots__ = ("lease_id", "synced_through")
+    __slots__ = ("lease_id", "synced_through", "garmin_retry_after")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     SYNCED_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    GARMIN_RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     synced_through: _timestamp_pb2.Timestamp
-    def __init__(self, lease_id: _Optional[str] = ..., synced_through: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    garmin_retry_after: _duration_pb2.Duration
+    def __init__(self, lease_id: _Optional[str] = ..., synced_through: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., garmin_retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ReleaseLeaseResponse(_message.Message):
     __slots__ = ("status",)
