@@ -214,6 +214,9 @@ class RunningServer:
         sign-in) still get to store it: exiting meanwhile loses a pair whose refresh token
         (or ticket) Garmin has already spent."""
         in_flight = self.application.use_cases.issued_in_flight
+        # Handlers of calls cancelled at the grace period's end may still run: they ask
+        # Garmin for nothing new (ReplicaStopping), so the wait ends.
+        in_flight.close()
         if not in_flight.count:
             return
         wait = issued_wait_seconds(self.application.settings)
@@ -235,6 +238,9 @@ class RunningServer:
         # grace period is for the unary calls.
         use_cases = self.application.use_cases
         use_cases.session_events.stop()
+        # No keep-alive rotation starts from now on (those under way are waited for below):
+        # a pass would otherwise go on starting them while the stop waits for them.
+        use_cases.keepalive.halt()
         if use_cases.webhooks is not None:
             # Webhooks are no call to finish: the pass ends after its POST in flight.
             use_cases.webhooks.halt()
@@ -248,7 +254,6 @@ class RunningServer:
             self.pools.health.shutdown(wait=False, cancel_futures=True)
             self.pools.reflection.shutdown(wait=False, cancel_futures=True)
         self.housekeeper.stop()
-        self.application.use_cases.keepalive.halt()
         self.keepalive.stop()
         if self.webhooks is not None and use_cases.webhooks is not None:
             self.webhooks.stop()

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from auth_service.domain.errors import ReplicaStopping
+
 
 class IssuedInFlight:
     """Counts the sessions in flight between Garmin and the database, for one replica."""
@@ -21,11 +23,16 @@ class IssuedInFlight:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._count = 0
+        self._closed = False
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
-        """One session in flight for the block: from its Garmin call to its commit."""
+        """One session in flight for the block: from its Garmin call to its commit. Enter
+        it before asking Garmin (and before claiming a refresh): once the replica is
+        stopping (close), it raises ReplicaStopping instead, and Garmin is not asked."""
         with self._changed:
+            if self._closed:
+                raise ReplicaStopping("this replica is stopping; call another")
             self._count += 1
         try:
             yield
@@ -33,6 +40,12 @@ class IssuedInFlight:
             with self._changed:
                 self._count -= 1
                 self._changed.notify_all()
+
+    def close(self) -> None:
+        """The replica is stopping: no new session is asked of Garmin (a cancelled call's
+        handler still running would otherwise start one that the exit then drops)."""
+        with self._changed:
+            self._closed = True
 
     @property
     def count(self) -> int:

@@ -32,7 +32,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from auth_service.domain.audit import AuditedRpc
-from auth_service.domain.errors import GarminRateLimited, GarminSessionRejected, SessionNotActive
+from auth_service.domain.errors import (
+    GarminRateLimited,
+    GarminSessionRejected,
+    ReplicaStopping,
+    SessionNotActive,
+)
 from auth_service.domain.policies import RefreshSettings, keepalive_retry_at
 from auth_service.domain.repositories import KeepAliveCandidate
 from auth_service.services.session_refresh import RefreshAsker, RefreshBusy, SessionRefresher
@@ -150,7 +155,7 @@ class KeepAlive:
             refreshed = self._refresher.refresh_unless_claimed(
                 candidate.user_id, candidate.session_version, _ASKER
             )
-        except (RefreshBusy, SessionNotActive):
+        except (RefreshBusy, SessionNotActive, ReplicaStopping):
             return "skipped"
         except GarminSessionRejected:
             return "ended"

@@ -203,6 +203,10 @@ class SessionRefresher:
                 raise GarminUnavailable("the session's refresh failed just now; try again shortly")
             with contextlib.ExitStack() as rotating:
                 with self._slot():
+                    # From before the claim to the pair's commit: a graceful stop waits for
+                    # it (the refresh token it replaces dies at Garmin), and a stopping
+                    # replica claims nothing (ReplicaStopping).
+                    rotating.enter_context(self.in_flight.holding())
                     claim_id: str | None = None
                     claimed: SessionRow | None = row
                     if asker.claims_every_kind or row.session_kind is SessionKind.DI_OAUTH2:
@@ -216,9 +220,6 @@ class SessionRefresher:
                         # Another replica got there first, or (with `unleased`, `held_by`)
                         # the lease changed: look again.
                         continue
-                    # From the call that rotates the pair to its commit: a graceful stop
-                    # waits for it (the refresh token it replaces dies at Garmin).
-                    rotating.enter_context(self.in_flight.holding())
                     admission = self._admit(claimed, claim_id)
                     fresh = self._call_garmin(claimed, claim_id, asker, admission)
                 if isinstance(fresh, Refreshed):
