@@ -45,8 +45,9 @@ class AuthServiceError(Exception):
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
-        # A refusal about the user named (CALLER_FORBIDDEN for a user outside the caller's
-        # user_id_prefix, ErrorInfo metadata scope=user): the worker goes on with the others.
+        # A refusal about the user named (ErrorInfo metadata scope=user: CALLER_FORBIDDEN for
+        # a user outside the caller's user_id_prefix, GARMIN_RATE_LIMITED for an account
+        # waiting out its own cooldown): the worker goes on with the others.
         self.about_user = about_user
         # The deadline passed on a call the service may spend waiting for Garmin (a grant's or
         # RefreshLease's refresh, or another replica's): Garmin slow, not the service gone.

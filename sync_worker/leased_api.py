@@ -34,7 +34,15 @@ T = TypeVar("T")
 
 class ServiceRateLimited(RateLimited):
     """The service's refresh for the lease met Garmin's 429, or waits out one: the service
-    holds the account back by itself, so the release reports no 429."""
+    holds the account back by itself, so the release reports no 429. `only_this_account`:
+    the wait is this account's cooldown (ErrorInfo scope=user), not Garmin's word on every
+    account, so the run goes on with the others."""
+
+    def __init__(
+        self, message: str, retry_after_seconds: float | None, *, only_this_account: bool
+    ) -> None:
+        super().__init__(message, retry_after_seconds)
+        self.only_this_account = only_this_account
 
 
 class SessionEndedByService(Exception):
@@ -113,7 +121,11 @@ def _meaning(exc: AuthServiceError) -> Exception:
     if exc.reason == SESSION_NOT_ACTIVE:
         return SessionEndedByService("the service found the session rejected when refreshing")
     if exc.reason == GARMIN_RATE_LIMITED:
-        return ServiceRateLimited("Garmin is rate limiting the service's refresh", exc.retry_after)
+        return ServiceRateLimited(
+            "Garmin is rate limiting the service's refresh",
+            exc.retry_after,
+            only_this_account=exc.about_user,
+        )
     if exc.reason == GARMIN_UNAVAILABLE:
         return Unavailable("Garmin was unavailable for the service's refresh")
     if exc.waited_for_garmin:

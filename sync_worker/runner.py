@@ -212,7 +212,10 @@ class _Run:
             # Not connected any more (or the service's refresh was just rejected).
             outcome = Outcome.AUTH_EXPIRED
         elif exc.reason == GARMIN_RATE_LIMITED:
-            self.control.slow_down(exc.retry_after)
+            if not exc.about_user:
+                # Garmin's word on every account (a 429, an open breaker): the run pauses.
+                # One account's cooldown (ErrorInfo scope=user) holds back that user alone.
+                self.control.slow_down(exc.retry_after)
             outcome = Outcome.RATE_LIMITED
         elif exc.garmin_unavailable:
             # The service's refresh for the grant found Garmin down (or slower than the call).
@@ -277,7 +280,8 @@ class _Run:
             self.control.refuse_settings(exc)
             return MAX_GRANT_FAILURES
         if exc.reason == GARMIN_RATE_LIMITED:
-            self.control.slow_down(exc.retry_after)
+            if not exc.about_user:
+                self.control.slow_down(exc.retry_after)
             return failures
         if exc.garmin_unavailable:
             # Counted with the run's other Garmin outages (backoff, then give up).

@@ -317,7 +317,10 @@ class UserSync:
         """Garmin's 429: the whole run pauses (Retry-After, capped). One the Connect API gave
         this worker is also reported at the release, so that the service holds the user back
         for every run and replica until it has passed (one the service's refresh met, it
-        holds back by itself)."""
+        holds back by itself). Only this account's cooldown (the service says so) pauses
+        nothing else: the other users' calls are not Garmin's concern."""
+        if isinstance(exc, ServiceRateLimited) and exc.only_this_account:
+            return Outcome.RATE_LIMITED, str(exc)
         pause = self._control.slow_down(exc.retry_after_seconds)
         if not isinstance(exc, ServiceRateLimited):
             self._garmin_retry_after = pause

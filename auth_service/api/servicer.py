@@ -265,7 +265,10 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self, request: pb.ReleaseLeaseRequest, context: grpc.ServicerContext
     ) -> pb.ReleaseLeaseResponse:
         status = self._leases.release_lease(
-            request.lease_id, _synced_through(request), _garmin_retry_after(request)
+            request.lease_id,
+            _synced_through(request),
+            _garmin_retry_after(request),
+            user_id_prefix=_scope(),
         )
         return pb.ReleaseLeaseResponse(status=convert.status_to_proto(status))
 

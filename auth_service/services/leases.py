@@ -214,7 +214,9 @@ class LeaseService:
         lifetime = self._lifetime(ttl)
         due_before = self._uow.now() - (min_sync_interval or timedelta(0))
         if garmin_retry_after is not None:
-            released = self.release_checked(release_lease_id, synced_through, garmin_retry_after)
+            released = self.release_checked(
+                release_lease_id, synced_through, garmin_retry_after, user_id_prefix=user_id_prefix
+            )
             return released, self._lease_next(
                 holder,
                 lifetime,
@@ -375,23 +377,32 @@ class LeaseService:
         lease_id: str,
         synced_through: datetime | None,
         garmin_retry_after: timedelta | None = None,
+        *,
+        user_id_prefix: str | None = None,
     ) -> SessionStatusView:
         """End a live lease; synced_through set means the sync succeeded up to then;
         garmin_retry_after set means the sync stopped at Garmin's 429 on the Connect API,
-        which asked for that wait (the account's cooldown starts with the release)."""
+        which asked for that wait (the account's cooldown starts with the release, for a
+        user within the caller's `user_id_prefix`)."""
         raise_if_any(self.release_violations(lease_id, synced_through, garmin_retry_after))
-        return self.release_checked(lease_id, synced_through, garmin_retry_after)
+        return self.release_checked(
+            lease_id, synced_through, garmin_retry_after, user_id_prefix=user_id_prefix
+        )
 
     def release_checked(
         self,
         lease_id: str,
         synced_through: datetime | None,
         garmin_retry_after: timedelta | None = None,
+        *,
+        user_id_prefix: str | None = None,
     ) -> SessionStatusView:
         """release_lease, for fields already checked (release_violations found none)."""
         digest = lease_digest(lease_id)
         if garmin_retry_after is not None:
-            return self._release_rate_limited(digest, synced_through, garmin_retry_after)
+            return self._release_rate_limited(
+                digest, synced_through, garmin_retry_after, user_id_prefix
+            )
         with self._uow.single_write() as uow:
             # The UPDATE matches only a live lease that this caller obtained (lease_holders),
             # and records the release; a refusal writes nothing.
@@ -407,11 +418,17 @@ class LeaseService:
             return status_view(row, uow.now)
 
     def _release_rate_limited(
-        self, digest: str, synced_through: datetime | None, retry_after: timedelta
+        self,
+        digest: str,
+        synced_through: datetime | None,
+        retry_after: timedelta,
+        user_id_prefix: str | None,
     ) -> SessionStatusView:
         """The release, and the account's cooldown after the Connect API's 429 that ended
         the sync (capped as the service's own: GarminGate.reported_429), in one transaction:
-        no replica grants the user, nor calls Garmin for it, until the cooldown ends."""
+        no replica grants the user, nor calls Garmin for it, until the cooldown ends. A
+        caller whose scope no longer covers the user only gives it back (as its renewals
+        and reports are refused): it holds the user back from nobody."""
         rpc = AuditedRpc.RELEASE_LEASE
         with self._uow() as uow:
             row = uow.leases.release(
@@ -423,9 +440,14 @@ class LeaseService:
             )
             if row is None:
                 raise _lease_lost()
-            self._gate.reported_429(
-                uow, row.user_id, GarminEndpoint.CONNECT_API, retry_after.total_seconds(), rpc
-            )
+            if in_scope(row.user_id, user_id_prefix):
+                self._gate.reported_429(
+                    uow, row.user_id, GarminEndpoint.CONNECT_API, retry_after.total_seconds(), rpc
+                )
+            else:
+                log.info(
+                    "a 429 reported for user %s outside the caller's scope; not held", row.user_id
+                )
             return status_view(row, uow.now)
 
     def release_violations(

@@ -135,3 +135,32 @@ def test_a_drain_reports_the_429_with_its_next_lease_next_session(
     assert "amy" not in second.users, "the next run leased amy within Garmin's wait"
     assert second.outcome("ben") in ("SYNCED", "NOTHING_NEW")
     assert garmin.request_count(ACTIVITIES_PATH) == calls + 1
+
+
+def test_one_users_reported_429_does_not_stall_the_other_named_users(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path
+) -> None:
+    """A --user run: the account's cooldown (GARMIN_RATE_LIMITED with ErrorInfo scope=user)
+    holds back that user alone. Before, the worker paused the whole run for it: with
+    --max-runtime 5, ben was never synced nor reported (from a review of the change)."""
+    connect(service, garmin, "amy", activities=1)
+    connect(service, garmin, "ben", activities=1)
+    # An earlier run met the Connect API's 429 for amy and reported 10 minutes.
+    lease = _worker_call(
+        service, "LeaseSession", pb.LeaseSessionRequest(user_id="amy", holder="w")
+    ).lease  # type: ignore[attr-defined]
+    _worker_call(
+        service,
+        "ReleaseLease",
+        pb.ReleaseLeaseRequest(lease_id=lease.lease_id, garmin_retry_after=timedelta(minutes=10)),
+    )
+
+    run = run_worker(
+        make_config(
+            service.target, garmin, tmp_path, users=("amy", "ben"), concurrency=1, max_runtime=5
+        )
+    )
+
+    assert run.outcome("amy") == "RATE_LIMITED"
+    assert "ben" in run.users, f"amy's account cooldown paused the whole run ({run.lines})"
+    assert run.outcome("ben") == "SYNCED"
