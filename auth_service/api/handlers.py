@@ -13,7 +13,10 @@ from typing import Any
 
 import grpc
 
+from auth_service.api.decoding import refuse_if_undecodable, tolerant
+from auth_service.api.errors import to_status
 from auth_service.api.method_access import Access
+from auth_service.domain.errors import InvalidArgument
 from auth_service.metrics.service import ServiceMetrics
 
 Behavior = Callable[..., Any]
@@ -132,22 +135,38 @@ def health_handler(
     metrics: ServiceMetrics | None,
     pools: Pools | None,
 ) -> grpc.RpcMethodHandler:
-    """Health needs no caller: counted in the metrics, served on the health pool."""
+    """Health needs no caller: counted in the metrics, served on the health pool. Request
+    bytes that are not a HealthCheckRequest answer INVALID_ARGUMENT, as for our RPCs
+    (gRPC's own deserializer would answer INTERNAL and log a traceback, for anyone)."""
     pool = pools.health if pools is not None else None
+    deserializer = tolerant(handler.request_deserializer)
     if handler.unary_unary is None:
         # Watch: non-blocking (no thread while it waits); only its request is read on
         # the pool.
         assert handler.unary_stream is not None
         return grpc.unary_stream_rpc_method_handler(
-            with_pool(handler.unary_stream, pool),
-            request_deserializer=handler.request_deserializer,
+            with_pool(_decoded(handler.unary_stream), pool),
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
     return grpc.unary_unary_rpc_method_handler(
-        with_pool(_counted(access, handler.unary_unary, metrics), pool),
-        request_deserializer=handler.request_deserializer,
+        with_pool(_counted(access, _decoded(handler.unary_unary), metrics), pool),
+        request_deserializer=deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+def _decoded(behavior: Behavior) -> Behavior:
+    """`behavior`, answering an undecodable request (decoding.tolerant) INVALID_ARGUMENT."""
+
+    def decoded(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            refuse_if_undecodable(request)
+        except InvalidArgument as refused:
+            context.abort_with_status(to_status(refused))
+        return behavior(request, context)
+
+    return decoded
 
 
 def _counted(access: Access, behavior: Behavior, metrics: ServiceMetrics | None) -> Behavior:

@@ -47,7 +47,13 @@ from auth_service.api.handlers import (
     status_name,
     with_pool,
 )
-from auth_service.api.method_access import SERVICE_NAME, Access, Kind, access_for
+from auth_service.api.method_access import (
+    REFLECTION_METHODS,
+    SERVICE_NAME,
+    Access,
+    Kind,
+    access_for,
+)
 from auth_service.domain.context import current_caller_name, rpc_deadline
 from auth_service.domain.errors import (
     CallerForbidden,
@@ -240,10 +246,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         pool: futures.ThreadPoolExecutor | None,
     ) -> grpc.RpcMethodHandler:
         ours = access.service == SERVICE_NAME
+        # Ours and reflection: request bytes that are not a message of the RPC's type answer
+        # INVALID_ARGUMENT (decoding.tolerant), never gRPC's own INTERNAL.
+        decodes_tolerantly = ours or f"/{access.service}/{access.method}" in REFLECTION_METHODS
         streaming_requests = handler.request_streaming
 
         def prepared(request: Any) -> Any:
-            if not ours:
+            if not decodes_tolerantly:
                 return request
             if streaming_requests:
                 return checked_stream(request)
@@ -290,7 +299,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             return with_pool(guarded, pool)
 
         deserializer = handler.request_deserializer
-        if ours:
+        if decodes_tolerantly:
             deserializer = tolerant(deserializer)
         return same_kind(handler, unary, stream, deserializer)
 
