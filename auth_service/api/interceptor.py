@@ -183,7 +183,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             raise CallerForbidden(f"{access.service}/{access.method} is not open to any caller")
         if access.kind is Kind.PUBLIC:
             return None
-        if authorization is None and self._client_certificates:
+        # An empty header is no token (CallerRegistry.authenticate reads it so too): the
+        # certificate decides, as without the header.
+        if not authorization and self._client_certificates:
             return None
         return self._registry.authenticate(authorization)
 

@@ -16,6 +16,7 @@ from auth_service.api.stream_guard import SendGuard
 from auth_service.domain.audit import AuditEventView, AuditFilter
 from auth_service.domain.errors import CallerForbidden, CallerUnauthenticated, OutsideUserScope
 from auth_service.domain.models import GarminTokens
+from auth_service.domain.validation import check_user_id, raise_if_any
 from auth_service.services.lease_handover import RELEASE_FIELDS, LeaseRelease
 from auth_service.services.use_cases import UseCases
 from garmin_auth.v1 import garmin_auth_pb2 as pb
@@ -67,9 +68,12 @@ def _scope() -> str | None:
 
 
 def _check_reach(user_id: str) -> None:
-    """A scoped caller reaches only its users; decided on the id alone, before any read."""
+    """A scoped caller reaches only its users; decided on the id alone, before any read. An
+    id that is no user id at all (empty, malformed) is the request's fault, answered as
+    such: CALLER_FORBIDDEN with scope=user would tell a worker to skip that "user"."""
     caller = _caller()
     if caller is not None and not caller.may_reach(user_id):
+        raise_if_any(check_user_id(user_id))
         raise OutsideUserScope(f"caller {caller.name!r} may not reach users outside its scope")
 
 
