@@ -275,6 +275,10 @@ class GarminGate:
             if not call_ended:
                 admission.unrecorded_429s.add(endpoint)
             return
+        if not call_ended:
+            # Committed: the probe was settled by the record (a failed commit leaves it to
+            # be released when the call ends, above).
+            admission.settled.add(endpoint)
         self._events.rate_limited(endpoint.value, opened)
         log.warning(
             "Garmin answered 429 at %s for user %s; holding back %.0fs%s",
@@ -341,8 +345,8 @@ class GarminGate:
                     uow.limits.open_breaker(endpoint, until)
                     opened = True
             if not call_ended:
-                # Its probe is settled (by the 429); the rest when the call ends.
-                admission.settled.add(endpoint)
+                # Its probe is settled (by the 429) once this commits; the rest when the
+                # call ends.
                 return opened
             for other in admission.probes - admission.settled - {endpoint}:
                 uow.limits.release_probe(other)
