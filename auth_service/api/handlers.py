@@ -157,15 +157,20 @@ def health_handler(
 
 
 def _decoded(behavior: Behavior) -> Behavior:
-    """`behavior`, answering an undecodable request (decoding.tolerant) INVALID_ARGUMENT."""
+    """`behavior`, answering an undecodable request (decoding.tolerant) INVALID_ARGUMENT.
+    A non-blocking behavior (health's Watch) stays one: gRPC reads the attribute off it and
+    then passes `send_response_callback`, and a blocking Watch would hold a health thread
+    for the stream's life."""
 
-    def decoded(request: Any, context: grpc.ServicerContext) -> Any:
+    def decoded(request: Any, context: grpc.ServicerContext, *args: Any, **kwargs: Any) -> Any:
         try:
             refuse_if_undecodable(request)
         except InvalidArgument as refused:
             context.abort_with_status(to_status(refused))
-        return behavior(request, context)
+        return behavior(request, context, *args, **kwargs)
 
+    non_blocking = getattr(behavior, "experimental_non_blocking", False)
+    decoded.experimental_non_blocking = non_blocking  # type: ignore[attr-defined]
     return decoded
 
 

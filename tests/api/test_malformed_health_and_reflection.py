@@ -6,13 +6,20 @@ Before: both kept gRPC's own deserializer. An anonymous client sending a malform
 HealthCheckRequest on the main port got INTERNAL ("Exception deserializing request!"), and
 grpc._common logged "Exception deserializing message!" at ERROR with a traceback for each
 such call; server reflection (any authenticated caller) did the same. (From a read-only
-review of bad input.)"""
+review of bad input.)
+
+Review of the first version found that wrapping health's Watch dropped its non-blocking
+mark: each idle Watch stream then held one of the health pool's threads, and
+HEALTH_THREADS anonymous watchers starved every health Check on the main port (a
+Kubernetes probe fails, the replica is restarted)."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from auth_service.connection_limits import HEALTH_THREADS
 from tests.fixtures.servers import ROLE_TOKENS, Replica, failure_of
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
@@ -47,3 +54,47 @@ def test_a_malformed_reflection_request_is_not_answered_internal(service: Replic
         list(call(iter([MALFORMED[0]]), metadata=metadata, timeout=10))
     failure = failure_of(raised.value)
     assert (failure.code, failure.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+
+
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+
+
+def test_a_malformed_health_watch_is_invalid_argument(service: Replica) -> None:
+    call = service.channel.unary_stream(
+        HEALTH_WATCH, request_serializer=None, response_deserializer=None
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        list(call(MALFORMED[0], timeout=10))
+    failure = failure_of(raised.value)
+    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT, (failure.code, failure.message)
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def test_idle_watch_streams_do_not_starve_health_checks(service: Replica) -> None:
+    channels = [grpc.insecure_channel(service.target) for _ in range(HEALTH_THREADS)]
+    watches = []
+    try:
+        for channel in channels:
+            updates = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="liveness"), timeout=60
+            )
+            assert next(iter(updates)).status == SERVING
+            watches.append(updates)
+        # The watchers sit idle; an anonymous probe on the main port must still be answered.
+        with grpc.insecure_channel(service.target) as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service="liveness"), timeout=5
+                )
+            except grpc.RpcError as failed:
+                raise AssertionError(
+                    f"health Check starved by {HEALTH_THREADS} idle Watch streams: {failed.code()}"
+                ) from None
+        assert answer.status == SERVING
+    finally:
+        for updates in watches:
+            updates.cancel()
+        for channel in channels:
+            channel.close()
