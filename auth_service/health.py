@@ -26,9 +26,12 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import _async as async_health
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
+from auth_service.api.decoding import refuse_if_undecodable, tolerant
+from auth_service.api.errors import to_status
 from auth_service.api.method_access import SERVICE_NAME
+from auth_service.domain.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,37 @@ def _health_loop() -> asyncio.AbstractEventLoop:
         return _shared_loop
 
 
+def _tolerant_health_handlers(servicer: async_health.HealthServicer) -> grpc.GenericRpcHandler:
+    """The Health service as health_pb2_grpc registers it, except that request bytes which
+    are not a HealthCheckRequest answer INVALID_ARGUMENT (auth_service.api.decoding), as on
+    the main port, never gRPC's own UNKNOWN with an ERROR traceback in the log."""
+    deserializer = tolerant(health_pb2.HealthCheckRequest.FromString)
+
+    async def refuse_if_undecodable_request(request: Any, context: Any) -> None:
+        try:
+            refuse_if_undecodable(request)
+        except InvalidArgument as refused:
+            status = to_status(refused)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def check(request: Any, context: Any) -> Any:
+        await refuse_if_undecodable_request(request, context)
+        return await servicer.Check(request, context)
+
+    async def watch(request: Any, context: Any) -> None:
+        await refuse_if_undecodable_request(request, context)
+        await servicer.Watch(request, context)
+
+    serializer = health_pb2.HealthCheckResponse.SerializeToString
+    return grpc.method_handlers_generic_handler(
+        health.SERVICE_NAME,
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(check, deserializer, serializer),
+            "Watch": grpc.unary_stream_rpc_method_handler(watch, deserializer, serializer),
+        },
+    )
+
+
 class HealthListener:
     """The health-only asyncio gRPC server, on the process's health event loop."""
 
@@ -92,7 +126,7 @@ class HealthListener:
         # Created on the loop: the servicer's locks and conditions belong to it.
         servicer = async_health.HealthServicer()
         server = grpc.aio.server(options=HEALTH_SERVER_OPTIONS)
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        server.add_generic_rpc_handlers((_tolerant_health_handlers(servicer),))
         try:
             self.port = server.add_insecure_port(self.address)
         except RuntimeError as exc:

@@ -11,7 +11,9 @@ review of bad input.)
 Review of the first version found that wrapping health's Watch dropped its non-blocking
 mark: each idle Watch stream then held one of the health pool's threads, and
 HEALTH_THREADS anonymous watchers starved every health Check on the main port (a
-Kubernetes probe fails, the replica is restarted)."""
+Kubernetes probe fails, the replica is restarted). And the health-only listener
+(GARMIN_AUTH_HEALTH_LISTEN, an asyncio server of its own) still answered gRPC's own UNKNOWN
+with an ERROR traceback for each malformed request."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auth_service.connection_limits import HEALTH_THREADS
-from tests.fixtures.servers import ROLE_TOKENS, Replica, failure_of
+from auth_service.serving_config import ServingSettings
+from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory, failure_of
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 # Field 1 (service, a string) holding bytes that are not UTF-8; and plain garbage.
@@ -98,3 +101,19 @@ def test_idle_watch_streams_do_not_starve_health_checks(service: Replica) -> Non
             updates.cancel()
         for channel in channels:
             channel.close()
+
+
+@pytest.mark.parametrize("payload", MALFORMED, ids=["invalid-utf8", "garbage"])
+def test_a_malformed_health_check_on_the_health_listener_is_invalid_argument(
+    service_factory: ServiceFactory, payload: bytes
+) -> None:
+    replica = service_factory.start(serving=ServingSettings(health_listen="127.0.0.1:0"))
+    target = f"127.0.0.1:{replica.running.health_port}"
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(
+            HEALTH_CHECK, request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            call(payload, timeout=10)
+    failure = failure_of(raised.value)
+    assert failure.code is grpc.StatusCode.INVALID_ARGUMENT, (failure.code, failure.message)
