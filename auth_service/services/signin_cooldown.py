@@ -36,10 +36,13 @@ class SignInCooldown:
         if until is None or until <= uow.now:
             return None
         wait = (until - uow.now).total_seconds()
-        return GarminRateLimited(
+        refusal = GarminRateLimited(
             f"Garmin rate-limited sign-ins for this account; retry in {wait:.0f}s",
             retry_after_seconds=wait,
         )
+        # This account's own cooldown (ErrorInfo scope=user): other accounts may sign in.
+        refusal.held_back = "account_cooldown"
+        return refusal
 
     @contextmanager
     def watching(self, uow: UnitsOfWork, user_id: str) -> Iterator[None]:
