@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
@@ -177,6 +177,8 @@ class RunningServer:
     pools: Pools | None = None
     # Each call's log line, written in batches by its own thread.
     access_log: AccessLog | None = None
+    # Ends the watch streams at stop, those parked in gRPC's send included.
+    stop_streams: Callable[[], None] | None = None
     _stop_probe: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -238,6 +240,8 @@ class RunningServer:
         # grace period is for the unary calls.
         use_cases = self.application.use_cases
         use_cases.session_events.stop()
+        if self.stop_streams is not None:
+            self.stop_streams()
         # No keep-alive rotation starts from now on (those under way are waited for below):
         # a pass would otherwise go on starting them while the stop waits for them.
         use_cases.keepalive.halt()
@@ -310,9 +314,8 @@ def start_server(
         ],
         options=options,
     )
-    garmin_auth_pb2_grpc.add_GarminAuthServiceServicer_to_server(
-        GarminAuthServicer(application.use_cases), server
-    )
+    servicer = GarminAuthServicer(application.use_cases)
+    garmin_auth_pb2_grpc.add_GarminAuthServiceServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers(tuple(extra_handlers))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -359,6 +362,7 @@ def start_server(
         health_listener=health_listener,
         pools=pools,
         access_log=access_log,
+        stop_streams=servicer.stop_streams,
     )
     running.probe_once()
     running.start_probe()

@@ -14,7 +14,12 @@ from auth_service.api import convert, stream_convert
 from auth_service.api.callers import VALIDATE_ROLES, Caller, current_caller
 from auth_service.api.stream_guard import SendGuard
 from auth_service.domain.audit import AuditEventView, AuditFilter
-from auth_service.domain.errors import CallerForbidden, CallerUnauthenticated, OutsideUserScope
+from auth_service.domain.errors import (
+    CallerForbidden,
+    CallerUnauthenticated,
+    OutsideUserScope,
+    ReplicaStopping,
+)
 from auth_service.domain.models import GarminTokens
 from auth_service.domain.validation import check_user_id, raise_if_any
 from auth_service.services.lease_handover import RELEASE_FIELDS, LeaseRelease
@@ -112,6 +117,14 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
         self._audit = use_cases.audit_log
         self._events = use_cases.session_events
         self._send_guard = SendGuard(use_cases.session_events.settings.send_timeout_seconds)
+
+    def stop_streams(self) -> None:
+        """The replica is stopping: a watch parked in gRPC's send (its consumer reading
+        slowly) ends now with UNAVAILABLE REPLICA_STOPPING; the others see the stop when
+        they next wait for data (SessionEvents.stop)."""
+        self._send_guard.stop(
+            ReplicaStopping("this replica is stopping; resume from the last cursor read")
+        )
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
         _check_reach(request.user_id)

@@ -17,6 +17,7 @@ should a grpcio release move it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from auth_service.domain.errors import ConsumerTooSlow
+from auth_service.domain.errors import ConsumerTooSlow, DomainError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,12 +40,13 @@ class _Stream:
     sending_since: float | None = None
 
 
-def _cut_off(context: grpc.ServicerContext, error: ConsumerTooSlow) -> None:
+def _cut_off(context: grpc.ServicerContext, error: DomainError) -> None:
+    """Cancel the call with `error`'s code and a message naming its reason."""
     message = f"{error.reason}: {error.message}"
     call: Any = getattr(getattr(context, "_rpc_event", None), "call", None)
     cancel_with_status = getattr(call, "cancel", None)
     if cancel_with_status is not None:
-        code_number = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        code_number = getattr(grpc.StatusCode, error.code_name).value[0]
         cancel_with_status(code_number, message)
     else:
         context.cancel()
@@ -58,6 +60,8 @@ class SendGuard:
         self._streams: dict[int, _Stream] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # Set by stop(): every stream ends with it before its next message.
+        self._stopped_with: DomainError | None = None
 
     def guarded(self, items: Iterable[T], context: grpc.ServicerContext) -> Iterator[T]:
         """`items`, each timed from the moment it is handed to gRPC until gRPC asks for the
@@ -69,12 +73,32 @@ class SendGuard:
             self._start_watchdog()
         try:
             for item in items:
+                if self._stopped_with is not None:
+                    raise copy.copy(self._stopped_with)
                 stream.sending_since = time.monotonic()
                 yield item
                 stream.sending_since = None
         finally:
             with self._lock:
                 self._streams.pop(key, None)
+
+    def stop(self, error: DomainError) -> int:
+        """The replica is stopping: every stream ends with `error`. One whose message waits
+        to be sent is cut off now (its thread is parked in gRPC's send, where it never sees
+        the stop); the others before their next message, or when they next wait for data
+        (SessionEvents.stop). Returns how many were cut off."""
+        with self._lock:
+            self._stopped_with = error
+            stuck = [
+                (key, stream)
+                for key, stream in self._streams.items()
+                if stream.sending_since is not None
+            ]
+            for key, _stream in stuck:
+                self._streams.pop(key, None)
+        for _key, stream in stuck:
+            _cut_off(stream.context, error)
+        return len(stuck)
 
     def _start_watchdog(self) -> None:
         if self._thread is None:
