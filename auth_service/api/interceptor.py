@@ -54,6 +54,7 @@ from auth_service.api.method_access import (
     Kind,
     access_for,
 )
+from auth_service.api.stream_guard import cut_off_error
 from auth_service.domain.context import current_caller_name, rpc_deadline
 from auth_service.domain.errors import (
     CallerForbidden,
@@ -295,7 +296,14 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                             replies = behavior(limited, context)
                             yield from self._while_admitted(replies, access, context, authorization)
                     except GeneratorExit:
-                        outcome.reason = outcome.code = "CANCELLED"
+                        cut = cut_off_error(context)
+                        if cut is None:
+                            outcome.reason = outcome.code = "CANCELLED"
+                        else:
+                            # Cut off by the service (a stop, a consumer too slow): what
+                            # the consumer read, not a consumer that went away.
+                            row = row_for(cut)
+                            outcome.reason, outcome.code = row.reason, row.code.name
                         raise
 
             return with_pool(guarded, pool)

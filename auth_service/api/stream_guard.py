@@ -32,6 +32,9 @@ from auth_service.domain.errors import ConsumerTooSlow, DomainError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# At a stop, how long a stream sending its message gets to hand it over before it is cut off.
+STOP_SETTLE_SECONDS = 0.5
+
 
 @dataclass
 class _Stream:
@@ -40,8 +43,24 @@ class _Stream:
     sending_since: float | None = None
 
 
+# The streams cut off with a status, by id of their context, until the interceptor that
+# records the call's outcome takes theirs (cut_off_error): gRPC then closes the stream's
+# generator, which alone would read as the consumer's CANCELLED.
+_cut_streams: dict[int, tuple[grpc.ServicerContext, DomainError]] = {}
+_cut_lock = threading.Lock()
+
+
+def cut_off_error(context: grpc.ServicerContext) -> DomainError | None:
+    """The error a stream of `context` was cut off with, once (None: it was not)."""
+    with _cut_lock:
+        entry = _cut_streams.pop(id(context), None)
+    return entry[1] if entry is not None and entry[0] is context else None
+
+
 def _cut_off(context: grpc.ServicerContext, error: DomainError) -> None:
     """Cancel the call with `error`'s code and a message naming its reason."""
+    with _cut_lock:
+        _cut_streams[id(context)] = (context, error)
     message = f"{error.reason}: {error.message}"
     call: Any = getattr(getattr(context, "_rpc_event", None), "call", None)
     cancel_with_status = getattr(call, "cancel", None)
@@ -73,22 +92,28 @@ class SendGuard:
             self._start_watchdog()
         try:
             for item in items:
-                if self._stopped_with is not None:
-                    raise copy.copy(self._stopped_with)
-                stream.sending_since = time.monotonic()
+                with self._lock:  # with stop(): a stream is either stopped or seen sending
+                    if self._stopped_with is not None:
+                        raise copy.copy(self._stopped_with)
+                    stream.sending_since = time.monotonic()
                 yield item
                 stream.sending_since = None
         finally:
             with self._lock:
                 self._streams.pop(key, None)
 
-    def stop(self, error: DomainError) -> int:
-        """The replica is stopping: every stream ends with `error`. One whose message waits
-        to be sent is cut off now (its thread is parked in gRPC's send, where it never sees
-        the stop); the others before their next message, or when they next wait for data
-        (SessionEvents.stop). Returns how many were cut off."""
+    def stop(self, error: DomainError, settle_seconds: float = STOP_SETTLE_SECONDS) -> int:
+        """The replica is stopping: every stream ends with `error`, before its next message
+        or when it next waits for data (SessionEvents.stop). One whose message still waits
+        to be sent `settle_seconds` later is cut off (its thread is parked in gRPC's send,
+        where it never sees the stop); a consumer that reads promptly takes its message
+        meanwhile and gets the status with its details. Returns how many were cut off."""
         with self._lock:
             self._stopped_with = error
+            sending = any(stream.sending_since is not None for stream in self._streams.values())
+        if sending:
+            time.sleep(settle_seconds)
+        with self._lock:
             stuck = [
                 (key, stream)
                 for key, stream in self._streams.items()
