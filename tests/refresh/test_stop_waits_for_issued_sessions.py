@@ -82,11 +82,20 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             engine.dispose()
 
 
+@dataclasses.dataclass
+class Stopped:
+    """How a replica stopped: its exit code, its stderr, seconds from SIGTERM to exit."""
+
+    code: int
+    stderr: str
+    took: float
+
+
 def stop_while_garmin_answers(
-    s: Stack, call: Callable[[pb_grpc.GarminAuthServiceStub], Any]
-) -> tuple[int, str]:
-    """Serve, start `call` with Garmin's token endpoint answering slowly, SIGTERM the
-    replica once the request reached Garmin; the exit code and the replica's stderr."""
+    s: Stack, call: Callable[[pb_grpc.GarminAuthServiceStub], Any], path: str = DI_TOKEN_PATH
+) -> Stopped:
+    """Serve, start `call` with Garmin answering at `path` after GARMIN_DELAY, SIGTERM the
+    replica once the request reached Garmin."""
     process = subprocess.Popen(
         [CLI, "serve"], env=s.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -95,22 +104,24 @@ def stop_while_garmin_answers(
             grpc.channel_ready_future(channel).result(timeout=30)
             health = health_pb2_grpc.HealthStub(channel)
             assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
-            before = s.garmin.request_count(DI_TOKEN_PATH)
-            s.garmin.fail_next(DI_TOKEN_PATH, None, delay=GARMIN_DELAY)
+            before = s.garmin.request_count(path)
+            s.garmin.fail_next(path, None, delay=GARMIN_DELAY)
             in_flight = call(pb_grpc.GarminAuthServiceStub(channel))
             deadline = time.monotonic() + 10
-            while s.garmin.request_count(DI_TOKEN_PATH) == before:
+            while s.garmin.request_count(path) == before:
                 assert time.monotonic() < deadline, "the call never reached Garmin"
                 time.sleep(0.01)
+            signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
             code = process.wait(timeout=60)
+            took = time.monotonic() - signalled
             in_flight.cancel()
         _, stderr = process.communicate(timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
-    return code, stderr
+    return Stopped(code, stderr, took)
 
 
 def test_a_refresh_in_flight_at_sigterm_is_stored_not_lost(tmp_path: Path) -> None:
@@ -126,7 +137,7 @@ def test_a_refresh_in_flight_at_sigterm_is_stored_not_lost(tmp_path: Path) -> No
         )
         seed_active(s.db, s.box, user, tokens, now)
 
-        code, stderr = stop_while_garmin_answers(
+        stopped = stop_while_garmin_answers(
             s,
             lambda stub: stub.LeaseSession.future(
                 pb.LeaseSessionRequest(user_id=user, holder="w1"),
@@ -134,7 +145,7 @@ def test_a_refresh_in_flight_at_sigterm_is_stored_not_lost(tmp_path: Path) -> No
                 timeout=30,
             ),
         )
-        assert code == 0, stderr
+        assert stopped.code == 0, stopped.stderr
         # Garmin finishes the rotation it was sent, whether or not anyone still listens.
         deadline = time.monotonic() + GARMIN_DELAY + 5
         while s.garmin.di_refresh_count(email) == 0 and time.monotonic() < deadline:
@@ -146,7 +157,7 @@ def test_a_refresh_in_flight_at_sigterm_is_stored_not_lost(tmp_path: Path) -> No
             "after SIGTERM the row still holds the refresh token Garmin's rotation killed"
         )
         assert stored.oauth2.refresh_token in s.garmin.live_refresh_tokens(email)
-        assert "Garmin session(s) to be stored" in stderr
+        assert "Garmin session(s) to be stored" in stopped.stderr
 
 
 def test_a_ticket_exchange_in_flight_at_sigterm_is_stored(tmp_path: Path) -> None:
@@ -155,7 +166,7 @@ def test_a_ticket_exchange_in_flight_at_sigterm_is_stored(tmp_path: Path) -> Non
         s.garmin.add_user(email, "pw")
         ticket = s.garmin.issue_ticket(email)
 
-        code, stderr = stop_while_garmin_answers(
+        stopped = stop_while_garmin_answers(
             s,
             lambda stub: stub.ExchangeServiceTicket.future(
                 pb.ExchangeServiceTicketRequest(user_id=user, service_ticket=ticket),
@@ -163,7 +174,7 @@ def test_a_ticket_exchange_in_flight_at_sigterm_is_stored(tmp_path: Path) -> Non
                 timeout=30,
             ),
         )
-        assert code == 0, stderr
+        assert stopped.code == 0, stopped.stderr
         stored = stored_tokens(s.db, s.box, user)
         assert stored is not None, "the session Garmin issued on the spent ticket was dropped"
         assert stored.oauth2.refresh_token in s.garmin.live_refresh_tokens(email)
