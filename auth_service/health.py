@@ -158,6 +158,10 @@ class HealthListener:
             self._server = None
 
 
+# How long a stop waits for the main port's Watch streams to take NOT_SERVING.
+SHUTDOWN_NOTICE_SECONDS = 2.0
+
+
 class HealthBoard:
     """Every health servicer of the replica (the main port's, the health listener's), set
     together."""
@@ -183,7 +187,19 @@ class HealthBoard:
         self._set(READINESS_NAMES, SERVING if ready else NOT_SERVING)
 
     def enter_graceful_shutdown(self) -> None:
-        """Everything NOT_SERVING, for good: the replica is on its way out."""
-        self.main.enter_graceful_shutdown()
+        """Everything NOT_SERVING, for good: the replica is on its way out. The main port's
+        servicer hands the status to its Watch streams itself, and one whose call is being
+        torn down can hold that hand-over (grpc waits on the call's send): the stop waits
+        for it a bounded time, then goes on (stopping the server ends those calls)."""
+        notice = threading.Thread(
+            target=self.main.enter_graceful_shutdown, name="health-shutdown", daemon=True
+        )
+        notice.start()
+        notice.join(SHUTDOWN_NOTICE_SECONDS)
+        if notice.is_alive():
+            log.warning(
+                "a health Watch did not take NOT_SERVING within %gs; stopping anyway",
+                SHUTDOWN_NOTICE_SECONDS,
+            )
         if self.listener is not None:
             self.listener.enter_graceful_shutdown()

