@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -114,16 +115,23 @@ class SendGuard:
         if sending:
             time.sleep(settle_seconds)
         with self._lock:
-            stuck = [
-                (key, stream)
-                for key, stream in self._streams.items()
-                if stream.sending_since is not None
-            ]
-            for key, _stream in stuck:
-                self._streams.pop(key, None)
-        for _key, stream in stuck:
+            stuck = self._take_sending(waited_more_than=-math.inf)  # every one still sending
+        for stream in stuck:
             _cut_off(stream.context, error)
         return len(stuck)
+
+    def _take_sending(self, waited_more_than: float) -> list[_Stream]:
+        """Under the lock: the streams whose message has waited to be sent longer than
+        `waited_more_than` seconds, no longer tracked (each is cut off once)."""
+        now = time.monotonic()
+        stuck = {
+            key: stream
+            for key, stream in self._streams.items()
+            if stream.sending_since is not None and now - stream.sending_since > waited_more_than
+        }
+        for key in stuck:
+            del self._streams[key]
+        return list(stuck.values())
 
     def _start_watchdog(self) -> None:
         if self._thread is None:
@@ -134,19 +142,12 @@ class SendGuard:
         interval = min(1.0, self._bound / 4)
         while True:
             time.sleep(interval)
-            now = time.monotonic()
             with self._lock:
                 if not self._streams:  # started again by the next stream
                     self._thread = None
                     return
-                stuck = [
-                    (key, stream)
-                    for key, stream in self._streams.items()
-                    if stream.sending_since is not None and now - stream.sending_since > self._bound
-                ]
-                for key, _stream in stuck:
-                    self._streams.pop(key, None)
-            for _key, stream in stuck:
+                stuck = self._take_sending(waited_more_than=self._bound)
+            for stream in stuck:
                 error = ConsumerTooSlow(
                     f"an event waited more than {self._bound:g} s to be sent; reconnect "
                     "with the last cursor read"

@@ -304,10 +304,7 @@ class GarminGate:
         breaker is not counted: it stands for this service's own calls to the endpoint.
         Returns the wait."""
         wait = self._settings.wait_for(retry_after_seconds)
-        until = uow.now + timedelta(seconds=wait)
-        if uow.limits.start_account_cooldown(user_id, endpoint, until, uow.now):
-            # The account's cooldown, not its session: nothing for the change log.
-            uow.audit.record(rpc, audit.COOLDOWN_STARTED, user_id=user_id, changed=False)
+        _start_cooldown(uow, user_id, endpoint, uow.now + timedelta(seconds=wait), rpc)
         log.warning(
             "a worker met Garmin's 429 at %s for user %s; holding back %.0fs",
             endpoint.value,
@@ -329,13 +326,8 @@ class GarminGate:
         opened = False
         with self._uow() as uow:
             until = uow.now + timedelta(seconds=wait)
-            if admission.user_id is not None and uow.limits.start_account_cooldown(
-                admission.user_id, endpoint, until, uow.now
-            ):
-                # The account's cooldown, not its session: nothing for the change log.
-                uow.audit.record(
-                    rpc, audit.COOLDOWN_STARTED, user_id=admission.user_id, changed=False
-                )
+            if admission.user_id is not None:
+                _start_cooldown(uow, admission.user_id, endpoint, until, rpc)
             if self._settings.breaker_threshold > 0:
                 count = uow.limits.count_rate_limited(
                     endpoint, uow.now, timedelta(seconds=self._settings.breaker_window_seconds)
@@ -447,6 +439,15 @@ class GarminGate:
             self.answered(admission)
         else:
             self.unanswered(admission)
+
+
+def _start_cooldown(
+    uow: UnitOfWork, user_id: str, endpoint: GarminEndpoint, until: datetime, rpc: AuditedRpc
+) -> None:
+    """In `uow`: the account's cooldown until `until` (a later end wins), recorded when it
+    starts one. The account's cooldown, not its session: nothing for the change log."""
+    if uow.limits.start_account_cooldown(user_id, endpoint, until, uow.now):
+        uow.audit.record(rpc, audit.COOLDOWN_STARTED, user_id=user_id, changed=False)
 
 
 def _seconds(delta: timedelta) -> float:
