@@ -33,6 +33,7 @@ from auth_service.domain.change_ports import ChangeSignal
 from auth_service.domain.clock import Clock
 from auth_service.domain.paging import Pager
 from auth_service.domain.ports import GarminUpstream
+from auth_service.domain.signin_accounts import ACCOUNT_KEY_LABEL, SignInAccounts
 from auth_service.health import HealthBoard, HealthListener, HealthListenerError
 from auth_service.metrics.endpoint import MetricsEndpoint, start_metrics_endpoint
 from auth_service.metrics.service import ServiceMetrics
@@ -148,6 +149,8 @@ def build_application(
                 garth=tokens_from_garth_dumps, garminconnect=tokens_from_garminconnect
             ),
             changes=change_stream_ports(settings, signal),
+            # Every replica derives the same key: an account's sign-ins are counted together.
+            accounts=SignInAccounts(settings.keyring.derived_keys(ACCOUNT_KEY_LABEL)),
         ),
         callers=callers,
         metrics=metrics,

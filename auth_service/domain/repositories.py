@@ -22,6 +22,7 @@ from auth_service.domain.audit import AuditedRpc, AuditEventView, LeaseOwner, Ne
 from auth_service.domain.change_ports import ChangeLogRepository, WebhookCursorRepository
 from auth_service.domain.garmin_limits import AccountLimit, Breaker, GarminEndpoint
 from auth_service.domain.models import GarminTokens, PendingMfa, SessionState, SessionStatusView
+from auth_service.domain.signin_accounts import SignInKeys
 from auth_service.domain.views import SessionRow
 
 
@@ -42,6 +43,15 @@ class HandoverRows:
     granted: GrantedRow | None
 
 
+@dataclass(frozen=True)
+class LoginLimitReached:
+    """A Login over the login limit: how long until it may count again, and whether the limit
+    reached is the Garmin account's (several user ids signed in to it) or the user's."""
+
+    wait: timedelta
+    by_account: bool
+
+
 @dataclass(frozen=True, repr=False)
 class MfaChallenge:
     """A pending MFA challenge as stored (its SSO cookies still sealed)."""
@@ -52,9 +62,16 @@ class MfaChallenge:
     claimed_until: datetime | None
     expires_at: datetime
     sealed_pending: bytes
+    # The digest of the Garmin account the login signs in to (domain.signin_accounts; None
+    # for a challenge stored before revision 0014).
+    account: str | None = None
 
     def __repr__(self) -> str:
         return f"MfaChallenge(user_id={self.user_id!r}, <sealed>)"
+
+    @property
+    def sign_in_keys(self) -> SignInKeys:
+        return SignInKeys.of_challenge(self.user_id, self.account)
 
 
 class SessionRepository(Protocol):
@@ -149,6 +166,7 @@ class ChallengeRepository(Protocol):
         *,
         expires_at: datetime,
         now: datetime,
+        account: str | None = None,
     ) -> None: ...
 
     def open_pending(self, challenge: MfaChallenge) -> PendingMfa:
@@ -178,12 +196,14 @@ class ChallengeRepository(Protocol):
 
 
 class ThrottleRepository(Protocol):
-    """Per-user login counters (garmin_login_throttle), shared by every replica."""
+    """Login counters and sign-in cooldowns, per user (garmin_login_throttle) and per Garmin
+    account (garmin_signin_account), shared by every replica."""
 
     def consume(
-        self, user_id: str, now: datetime, *, limit: int, window: timedelta
-    ) -> timedelta | None:
-        """Count one login attempt; returns how long to wait instead when over the limit."""
+        self, keys: SignInKeys, now: datetime, *, limit: int, window: timedelta
+    ) -> LoginLimitReached | None:
+        """Count one login attempt for the user and its account, or for neither: returns what
+        is over the limit instead (the longer wait when both are)."""
         ...
 
     def purge_stale(self, now: datetime, window: timedelta) -> int:
@@ -191,12 +211,14 @@ class ThrottleRepository(Protocol):
         their sign-in cooldown still runs."""
         ...
 
-    def cooldown_until(self, user_id: str) -> datetime | None:
-        """When the user's sign-in cooldown ends (None: none was ever started)."""
+    def cooldown_until(self, keys: SignInKeys) -> datetime | None:
+        """When the later of the user's and its account's sign-in cooldowns ends (None: none
+        was ever started)."""
         ...
 
-    def start_cooldown(self, user_id: str, until: datetime, now: datetime) -> None:
-        """No login for the user reaches Garmin before `until` (a later end wins)."""
+    def start_cooldown(self, keys: SignInKeys, until: datetime, now: datetime) -> None:
+        """No login for the user or its account reaches Garmin before `until` (a later end
+        wins)."""
         ...
 
 

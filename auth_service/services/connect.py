@@ -35,6 +35,7 @@ from auth_service.domain.models import (
 from auth_service.domain.policies import LoginFlow, LoginSettings, RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.repositories import MfaChallenge
+from auth_service.domain.signin_accounts import SignInAccounts, SignInKeys
 from auth_service.domain.views import SessionRow, live_lease, status_view
 from auth_service.services.commit_retry import commit_retried
 from auth_service.services.garmin_gate import GarminGate
@@ -71,8 +72,11 @@ class ConnectService:
         gate: GarminGate | None = None,
         commit_retry_seconds: float = RefreshSettings.commit_retry_seconds,
         in_flight: IssuedInFlight | None = None,
+        accounts: SignInAccounts | None = None,
     ) -> None:
         self._uow = uow
+        # One Garmin account's sign-ins are limited together, whichever user ids use it.
+        self._accounts = accounts or SignInAccounts()
         self._upstream = upstream
         self._settings = settings
         self._commit_retry_seconds = commit_retry_seconds
@@ -90,20 +94,22 @@ class ConnectService:
             validation.check_email(email),
             validation.check_password(password),
         )
-        self._refuse_if_held_back(user_id)
+        keys = self._accounts.keys(user_id, email)
+        self._refuse_if_held_back(keys)
         with self._in_flight.holding():
-            return self._sign_in(user_id, email, password)
+            return self._sign_in(keys, email, password)
 
-    def _sign_in(self, user_id: str, email: str, password: str) -> LoginAnswer:
+    def _sign_in(self, keys: SignInKeys, email: str, password: str) -> LoginAnswer:
+        user_id = keys.user_id
         with (
-            self._cooldown.watching(self._uow, user_id),
+            self._cooldown.watching(self._uow, keys),
             self._gate.calling(
                 user_id, self._login_endpoints, AuditedRpc.LOGIN, exclusive=True
             ) as call,
         ):
             # Counted once the account's one sign-in is ours: a Login refused because another
             # is with Garmin never reached Garmin, so it spends nothing of the user's limit.
-            self._consume_login_attempt(user_id)
+            self._consume_login_attempt(keys)
             result = self._upstream.login(email, password)
             if isinstance(result, LoginNeedsMfa):
                 # Garmin's SSO asked for the code: the ticket exchange comes with it.
@@ -112,7 +118,7 @@ class ConnectService:
             with self._uow() as uow:
                 uow.sessions.lock_or_create(user_id, uow.now)
                 uow.challenges.delete_for_user(user_id)  # a new login supersedes a pending one
-                return self._ask_for_mfa(uow, user_id, result.pending)
+                return self._ask_for_mfa(uow, keys, result.pending)
         # Garmin completed the sign-in (its ticket is spent): a database that refuses the
         # commit for a moment is waited out, as for a rotated pair (commit_retried).
         status = store_signed_in(
@@ -120,11 +126,17 @@ class ConnectService:
         )
         return LoginAnswer(status=status)
 
-    def _ask_for_mfa(self, uow: UnitOfWork, user_id: str, pending: PendingMfa) -> LoginAnswer:
+    def _ask_for_mfa(self, uow: UnitOfWork, keys: SignInKeys, pending: PendingMfa) -> LoginAnswer:
+        user_id = keys.user_id
         challenge_id = secrets.token_urlsafe(32)
         expires_at = uow.now + timedelta(seconds=self._settings.mfa_challenge_ttl_seconds)
         uow.challenges.add(
-            challenge_digest(challenge_id), user_id, pending, expires_at=expires_at, now=uow.now
+            challenge_digest(challenge_id),
+            user_id,
+            pending,
+            expires_at=expires_at,
+            now=uow.now,
+            account=keys.account,
         )
         row = uow.sessions.mark_mfa_pending(user_id, uow.now)
         uow.audit.record(AuditedRpc.LOGIN, audit.MFA_REQUIRED, user_id=user_id)
@@ -135,11 +147,12 @@ class ConnectService:
             mfa_expires_at=expires_at,
         )
 
-    def _refuse_if_held_back(self, user_id: str) -> None:
+    def _refuse_if_held_back(self, keys: SignInKeys) -> None:
         """Garmin asked us to back off this account (or an endpoint): refused and recorded,
         not counted against the user's logins."""
+        user_id = keys.user_id
         with self._uow() as uow:
-            refusal = self._cooldown.refusal(uow, user_id)
+            refusal = self._cooldown.refusal(uow, keys)
             if refusal is not None:
                 self._gate.suppressed(self._login_endpoints[0], "signin_cooldown")
             else:
@@ -149,21 +162,22 @@ class ConnectService:
         if refusal is not None:
             raise refusal
 
-    def _consume_login_attempt(self, user_id: str) -> None:
+    def _consume_login_attempt(self, keys: SignInKeys) -> None:
         with self._uow() as uow:
-            wait = uow.throttle.consume(
-                user_id,
+            reached = uow.throttle.consume(
+                keys,
                 uow.now,
                 limit=self._settings.limit,
                 window=timedelta(seconds=self._settings.window_seconds),
             )
-            if wait is None:
+            if reached is None:
                 return
+            whose = "this user's Garmin account" if reached.by_account else "this user"
+            wait = reached.wait.total_seconds()
             refusal = LoginRateLimited(
-                f"too many logins for this user; retry in {wait.total_seconds():.0f}s",
-                retry_after_seconds=wait.total_seconds(),
+                f"too many logins for {whose}; retry in {wait:.0f}s", retry_after_seconds=wait
             )
-            uow.audit.record(AuditedRpc.LOGIN, audit.outcome_of(refusal), user_id=user_id)
+            uow.audit.record(AuditedRpc.LOGIN, audit.outcome_of(refusal), user_id=keys.user_id)
         raise refusal
 
     # --- SubmitMfa ---------------------------------------------------------------------
@@ -183,11 +197,12 @@ class ConnectService:
     def _complete_mfa(
         self, digest: str, code: str, user_id_prefix: str | None
     ) -> SessionStatusView:
-        user_id, pending, claimed_until = self._claim_challenge(digest, user_id_prefix)
+        keys, pending, claimed_until = self._claim_challenge(digest, user_id_prefix)
+        user_id = keys.user_id
         try:
             endpoints = endpoints_of(GarminCall.RESUME_MFA, pending.flow)
             with (
-                self._cooldown.watching(self._uow, user_id),
+                self._cooldown.watching(self._uow, keys),
                 self._gate.calling(user_id, endpoints, AuditedRpc.SUBMIT_MFA, exclusive=True),
             ):
                 tokens = self._upstream.resume_mfa(pending, code)
@@ -236,7 +251,7 @@ class ConnectService:
 
     def _claim_challenge(
         self, digest: str, user_id_prefix: str | None
-    ) -> tuple[str, PendingMfa, datetime]:
+    ) -> tuple[SignInKeys, PendingMfa, datetime]:
         """Take the challenge for one submission; refusals still commit what they drop."""
         refusal: MfaChallengeNotFound | MfaChallengeBusy | GarminRateLimited | SecretUnreadable
         with self._uow() as uow:
@@ -259,7 +274,7 @@ class ConnectService:
                 refusal = MfaChallengeNotFound(
                     "no such MFA challenge (expired, used or superseded)"
                 )
-            elif (cooling := self._cooldown.refusal(uow, challenge.user_id)) is not None:
+            elif (cooling := self._cooldown.refusal(uow, challenge.sign_in_keys)) is not None:
                 # Garmin's 429 on a sign-in step holds the account's whole sign-in back, the
                 # code's check included; the challenge stays for after the cooldown.
                 self._gate.suppressed(self._login_endpoints[0], "signin_cooldown")
@@ -283,7 +298,7 @@ class ConnectService:
                     # would let a retry send a second code of the challenge meanwhile.
                     claimed_until = uow.now + timedelta(seconds=self._settings.mfa_claim_seconds)
                     uow.challenges.claim(digest, claimed_until)
-                    return challenge.user_id, pending, claimed_until
+                    return challenge.sign_in_keys, pending, claimed_until
         raise refusal
 
     def _count_wrong_code(

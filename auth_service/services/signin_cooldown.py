@@ -1,6 +1,7 @@
-"""The per-account sign-in cooldown: after Garmin's sign-in (SSO) answered 429 for a user, that
-user's logins are refused (GARMIN_RATE_LIMITED, with RetryInfo) without calling Garmin, on
-every replica, until the cooldown ends. Retrying into a 429 only extends Garmin's block.
+"""The per-account sign-in cooldown: after Garmin's sign-in (SSO) answered 429 for a user, the
+logins of that user and of every user signed in to the same Garmin account (its email) are
+refused (GARMIN_RATE_LIMITED, with RetryInfo) without calling Garmin, on every replica, until
+the cooldown ends. Retrying into a 429 only extends Garmin's block.
 
 ExchangeServiceTicket is not held back: a ticket from the user's own browser is the way in
 while Garmin blocks this server's sign-ins.
@@ -17,6 +18,7 @@ from auth_service.domain import passed_429s
 from auth_service.domain.errors import GarminRateLimited
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.policies import SIGNIN_RETRY_AFTER_MAX_SECONDS
+from auth_service.domain.signin_accounts import SignInKeys
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,10 @@ class SignInCooldown:
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
 
-    def refusal(self, uow: UnitOfWork, user_id: str) -> GarminRateLimited | None:
-        """The answer to a login during the user's cooldown (None: no cooldown runs)."""
-        until = uow.throttle.cooldown_until(user_id)
+    def refusal(self, uow: UnitOfWork, keys: SignInKeys) -> GarminRateLimited | None:
+        """The answer to a login during the user's or its Garmin account's cooldown (None: no
+        cooldown runs)."""
+        until = uow.throttle.cooldown_until(keys)
         if until is None or until <= uow.now:
             return None
         wait = (until - uow.now).total_seconds()
@@ -45,38 +48,38 @@ class SignInCooldown:
         return refusal
 
     @contextmanager
-    def watching(self, uow: UnitsOfWork, user_id: str) -> Iterator[None]:
-        """Starts the user's cooldown when the block raises GarminRateLimited, or went on past
-        one of the SSO's (auth_service.domain.passed_429s)."""
+    def watching(self, uow: UnitsOfWork, keys: SignInKeys) -> Iterator[None]:
+        """Starts the user's and its account's cooldown when the block raises
+        GarminRateLimited, or went on past one of the SSO's (auth_service.domain.passed_429s)."""
         with passed_429s.noting() as passed:
             try:
                 yield
             except GarminRateLimited as limited:
-                self._start_for_passed(uow, user_id, passed)
-                self._start_for(uow, user_id, limited)
+                self._start_for_passed(uow, keys, passed)
+                self._start_for(uow, keys, limited)
                 raise
             except BaseException:
-                self._start_for_passed(uow, user_id, passed)
+                self._start_for_passed(uow, keys, passed)
                 raise
-        self._start_for_passed(uow, user_id, passed)
+        self._start_for_passed(uow, keys, passed)
 
     def _start_for_passed(
-        self, uow: UnitsOfWork, user_id: str, passed: list[GarminRateLimited]
+        self, uow: UnitsOfWork, keys: SignInKeys, passed: list[GarminRateLimited]
     ) -> None:
         """The cooldown for 429s the block went on past. Its record alone may be lost: the
         block's own outcome (a sign-in Garmin completed, its ticket spent) must not be."""
         for limited in passed:
             try:
-                self._start_for(uow, user_id, limited)
+                self._start_for(uow, keys, limited)
             # The type only: driver messages can echo connection parameters.
             except Exception as exc:  # noqa: BLE001
                 log.error(  # noqa: TRY400
                     "sign-in cooldown of user %s after Garmin's 429 not recorded (%s)",
-                    user_id,
+                    keys.user_id,
                     type(exc).__name__,
                 )
 
-    def _start_for(self, uow: UnitsOfWork, user_id: str, limited: GarminRateLimited) -> None:
+    def _start_for(self, uow: UnitsOfWork, keys: SignInKeys, limited: GarminRateLimited) -> None:
         """Start the user's cooldown for Garmin's 429 `limited`, when it is the SSO's; sets
         its retry_after_seconds to the cooldown's length."""
         if limited.held_back is not None:
@@ -92,10 +95,10 @@ class SignInCooldown:
         asked = min(limited.asked_seconds or 0.0, SIGNIN_RETRY_AFTER_MAX_SECONDS)
         seconds = max(self._seconds, asked)
         with uow() as unit:
-            unit.throttle.start_cooldown(
-                user_id, unit.now + timedelta(seconds=seconds), now=unit.now
-            )
+            unit.throttle.start_cooldown(keys, unit.now + timedelta(seconds=seconds), now=unit.now)
         log.warning(
-            "Garmin's sign-in answered 429 for user %s; no login for %.0fs", user_id, seconds
+            "Garmin's sign-in answered 429 for user %s; no login for %.0fs to its Garmin account",
+            keys.user_id,
+            seconds,
         )
         limited.retry_after_seconds = seconds

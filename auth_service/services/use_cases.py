@@ -13,6 +13,7 @@ from auth_service.domain.paging import Pager
 from auth_service.domain.policies import LeaseSettings, LoginSettings, RefreshSettings
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.repositories import Store
+from auth_service.domain.signin_accounts import SignInAccounts
 from auth_service.services.audit_log import AuditLog
 from auth_service.services.connect import ConnectService
 from auth_service.services.garmin_gate import GarminGate
@@ -76,6 +77,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     limits: GarminLimitSettings | None = None,
     limit_events: LimitEvents | None = None,
     changes: ChangeStreamPorts,
+    accounts: SignInAccounts | None = None,
 ) -> UseCases:
     uow = UnitsOfWork(store, clock)
     # Every call to Garmin passes the one gate: Garmin's 429s honoured on every replica.
@@ -86,7 +88,9 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     refresher = SessionRefresher(uow, upstream, refresh, refresh_events, gate, issued)
     lease_service = LeaseService(uow, refresher, leases, gate)
     return UseCases(
-        connect=ConnectService(uow, upstream, login, gate, refresh.commit_retry_seconds, issued),
+        connect=ConnectService(
+            uow, upstream, login, gate, refresh.commit_retry_seconds, issued, accounts
+        ),
         imports=SessionImport(uow, refresher, token_parsers, refresh, gate),
         tickets=TicketExchange(
             uow, upstream, login.service_urls, gate, refresh.commit_retry_seconds, issued

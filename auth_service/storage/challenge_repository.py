@@ -57,6 +57,7 @@ class SqlChallengeRepository:
             claimed_until=row.claimed_until,
             expires_at=row.expires_at,
             sealed_pending=row.pending_ciphertext,
+            account=row.account_digest,
         )
 
     def add(
@@ -67,6 +68,7 @@ class SqlChallengeRepository:
         *,
         expires_at: datetime,
         now: datetime,
+        account: str | None = None,
     ) -> None:
         self.session.execute(
             insert(C).values(
@@ -77,6 +79,7 @@ class SqlChallengeRepository:
                 failed_attempts=0,
                 expires_at=expires_at,
                 created_at=now,
+                account_digest=account,
             )
         )
 

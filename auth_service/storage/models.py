@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from auth_service.domain.audit import CALLER_LENGTH
 from auth_service.domain.models import SessionKind, SessionState
+from auth_service.domain.signin_accounts import ACCOUNT_DIGEST_LENGTH
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -223,6 +224,9 @@ class GarminMfaChallenge(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Added by migration 0014: the digest of the Garmin account the login signs in to
+    # (auth_service.domain.signin_accounts), so SubmitMfa honours the account's cooldown.
+    account_digest: Mapped[str | None] = mapped_column(String(ACCOUNT_DIGEST_LENGTH))
 
 
 class GarminLoginThrottle(Base):
@@ -234,6 +238,19 @@ class GarminLoginThrottle(Base):
     window_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Garmin's sign-in answered 429 for this account: no login reaches Garmin before then.
+    signin_cooldown_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class GarminSignInAccount(Base):
+    """Per-Garmin-account login counter and sign-in cooldown (added by migration 0014): the
+    user's own (GarminLoginThrottle) for every user id signed in to the same account."""
+
+    __tablename__ = "garmin_signin_account"
+
+    # Keyed digest of the account's email (auth_service.domain.signin_accounts): no address.
+    account_digest: Mapped[str] = mapped_column(String(ACCOUNT_DIGEST_LENGTH), primary_key=True)
+    window_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     signin_cooldown_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 

@@ -16,6 +16,7 @@ from auth_service.crypto import Keyring
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.models import PendingMfa, SessionState
 from auth_service.domain.policies import LoginSettings
+from auth_service.domain.signin_accounts import SignInKeys
 from auth_service.server import build_application
 from auth_service.services.housekeeping import LOCK_NAME, Housekeeping, HousekeepingReport
 from auth_service.storage.database import create_engine_for, session_factory
@@ -50,8 +51,8 @@ def seed(store: SqlStore, now: datetime) -> None:
             transaction.challenges.add(
                 f"digest-{user_id}", user_id, PENDING, expires_at=expires_at, now=started
             )
-        transaction.throttle.consume("stale", now - WINDOW, limit=5, window=WINDOW)
-        transaction.throttle.consume("current", started, limit=5, window=WINDOW)
+        transaction.throttle.consume(SignInKeys("stale"), now - WINDOW, limit=5, window=WINDOW)
+        transaction.throttle.consume(SignInKeys("current"), started, limit=5, window=WINDOW)
 
 
 def stored(db: sessionmaker[Session]) -> tuple[list[str], list[str], dict[str, SessionState]]:
