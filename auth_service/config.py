@@ -154,6 +154,12 @@ def _database_url(reader: EnvReader) -> str:
         raise reader.error("DATABASE_URL", "must be postgresql+psycopg://... or sqlite:///...")
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
         raise reader.error("DATABASE_URL", "PostgreSQL URLs must use postgresql+psycopg://")
+    if parsed.get_backend_name() == "sqlite" and (parsed.database or ":memory:") == ":memory:":
+        # Each connection would get a database of its own: `migrate` would migrate one that
+        # is gone when it exits, and `serve` would refuse the next as not migrated.
+        raise reader.error(
+            "DATABASE_URL", "SQLite needs a file (sqlite:///path/to/file.sqlite3), not memory"
+        )
     return url
 
 

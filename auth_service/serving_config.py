@@ -88,6 +88,10 @@ def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
         except (OSError, UnicodeDecodeError) as exc:
             problem = getattr(exc, "strerror", None) or "not UTF-8 text"
             raise ConfigError(file_variable, f"cannot read {path} ({problem})") from None
+        if not value:
+            # A Secret whose key was left empty is a mistake, never "unset": an empty database
+            # URL would otherwise fall back to a local SQLite file and run there.
+            raise ConfigError(file_variable, f"{path} is empty")
         if resolved is None:
             resolved = dict(env)
         resolved[PREFIX + name] = value
