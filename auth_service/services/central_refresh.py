@@ -26,6 +26,7 @@ from auth_service.domain.errors import (
 from auth_service.domain.models import LeaseGrant, LeaseView
 from auth_service.domain.policies import refresh_due
 from auth_service.domain.views import live_lease_of, status_view
+from auth_service.services.lease_holders import ended_or_lost
 from auth_service.services.session_refresh import (
     RefreshAsker,
     SessionRefresher,
@@ -98,8 +99,9 @@ class CentralRefresh:
             self.release_unused(grant.lease, granted.rpc, exc)
             raise
         except SessionNotActive:
-            # Deleted or ended meanwhile, which ended our lease too.
-            raise _lease_lost() from None
+            # Rejected by Garmin while the grant waited on another's refresh (answered as
+            # that refresh answers), or deleted or replaced meanwhile, which ended our lease.
+            raise ended_or_lost(self._uow, grant.lease.user_id) from None
         except Exception as exc:
             # Rejected (the session ended, our lease with it), or unexpected: do not leave
             # the session stuck under a lease nobody will use.

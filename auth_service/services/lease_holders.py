@@ -10,13 +10,13 @@ stored session's account: swapping in another account's session would hand this 
 from __future__ import annotations
 
 from auth_service.domain import audit
-from auth_service.domain.errors import FieldViolation, InvalidArgument
+from auth_service.domain.errors import FieldViolation, InvalidArgument, LeaseLost, SessionNotActive
 from auth_service.domain.jwt_payload import di_account, di_issued_at
 from auth_service.domain.lease_ids import lease_digest, matches
-from auth_service.domain.models import GarminTokens, SessionKind
+from auth_service.domain.models import GarminTokens, SessionKind, SessionState
 from auth_service.domain.validation import in_scope
 from auth_service.domain.views import SessionRow, rotated_away
-from auth_service.services.unit_of_work import UnitOfWork
+from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 
 def held_by_caller(
@@ -150,3 +150,15 @@ def check_not_rotated_away(
                 )
             ]
         )
+
+
+def ended_or_lost(uow: UnitsOfWork, user_id: str) -> SessionNotActive | LeaseLost:
+    """What a holder's call answers when the refresh it waited on left the session not
+    ACTIVE: SESSION_NOT_ACTIVE when Garmin rejected the session (AUTH_EXPIRED: a person must
+    reconnect, as the refresh that met the rejection answers), LEASE_LOST when it was deleted
+    or replaced by a new sign-in meanwhile."""
+    with uow() as unit:
+        row = unit.leases.find(user_id)
+    if row is not None and row.state is SessionState.AUTH_EXPIRED:
+        return SessionNotActive("Garmin rejected the session's refresh; the user must log in again")
+    return LeaseLost("the lease ended while the session was being refreshed")

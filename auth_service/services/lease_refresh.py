@@ -20,7 +20,7 @@ from auth_service.domain.models import GarminTokens, SessionStatusView
 from auth_service.domain.policies import ACCESS_EXPIRY_MARGIN
 from auth_service.domain.validation import check_opaque_id, raise_if_any
 from auth_service.domain.views import SessionRow, live_lease, status_view
-from auth_service.services.lease_holders import check_known_version, held_by_caller
+from auth_service.services.lease_holders import check_known_version, ended_or_lost, held_by_caller
 from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 
@@ -75,8 +75,10 @@ class LeaseRefresh:
                 row.user_id, row.session_version, _ASKER, held_by=lease_digest(lease_id)
             )
         except SessionNotActive:
-            # Deleted, or ended by a login meanwhile: the lease ended with it.
-            raise _lease_lost() from None
+            # Rejected by Garmin while this call waited on the refresh that met the rejection
+            # (answered as that refresh answers), or deleted or replaced by a login meanwhile,
+            # which ended the lease.
+            raise ended_or_lost(self._uow, row.user_id) from None
         now = self._uow.now()
         lease = live_lease(refreshed.row, now)
         if lease is None or not matches(lease.lease_digest, lease_id):
