@@ -221,6 +221,16 @@ class ThrottleRepository(Protocol):
         wins)."""
         ...
 
+    def claim_sign_in(self, keys: SignInKeys, now: datetime, until: datetime) -> bool:
+        """Take the account's one sign-in with Garmin until `until`, under every digest of
+        it; False (nothing taken) while another sign-in of the account holds it."""
+        ...
+
+    def release_sign_in(self, keys: SignInKeys, until: datetime) -> None:
+        """The account's claim taken until `until` is over (nothing where another claim
+        has replaced it)."""
+        ...
+
 
 class GarminLimitRepository(Protocol):
     """Garmin's 429s as every replica sees them: per-account cooldowns

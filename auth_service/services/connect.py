@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -102,6 +104,9 @@ class ConnectService:
     def _sign_in(self, keys: SignInKeys, email: str, password: str) -> LoginAnswer:
         user_id = keys.user_id
         with (
+            # Entered first, left last: the account stays claimed until a 429's cooldown
+            # is recorded, so another user id's sign-in cannot slip in between.
+            self._account_claimed(keys, AuditedRpc.LOGIN),
             self._cooldown.watching(self._uow, keys),
             self._gate.calling(
                 user_id, self._login_endpoints, AuditedRpc.LOGIN, exclusive=True
@@ -162,6 +167,48 @@ class ConnectService:
         if refusal is not None:
             raise refusal
 
+    @contextmanager
+    def _account_claimed(self, keys: SignInKeys, audited: AuditedRpc | None) -> Iterator[None]:
+        """The Garmin account's one sign-in (or MFA code) with Garmin, whichever user id
+        makes it: the gate claims the user's alone. Refused GARMIN_RATE_LIMITED while another
+        user id's is out, or when the account's sign-in cooldown runs, read once the rows are
+        locked: a 429 the other sign-in met before it let go is seen. `audited`: the RPC
+        under which a cooldown refusal is recorded (None: the caller records it)."""
+        if not keys.accounts:  # a challenge stored before the account was kept with it
+            yield
+            return
+        endpoint = self._login_endpoints[0]
+        with self._uow() as uow:
+            until = uow.now + timedelta(seconds=self._settings.mfa_claim_seconds)
+            refusal = None
+            if not uow.throttle.claim_sign_in(keys, uow.now, until):
+                refusal = self._gate.in_flight_refusal(endpoint)
+            elif (refusal := self._cooldown.refusal(uow, keys)) is not None:
+                self._gate.suppressed(endpoint, "signin_cooldown")
+                uow.throttle.release_sign_in(keys, until)
+                if audited is not None:
+                    uow.audit.record(audited, audit.outcome_of(refusal), user_id=keys.user_id)
+        if refusal is not None:
+            raise refusal
+        try:
+            yield
+        finally:
+            self._release_account(keys, until)
+
+    def _release_account(self, keys: SignInKeys, until: datetime) -> None:
+        """Its failure leaves the claim to expire: the sign-in's own outcome (a session
+        Garmin issued, stored) must not turn into an error."""
+        try:
+            with self._uow() as uow:
+                uow.throttle.release_sign_in(keys, until)
+        # The type only: driver messages can echo connection parameters.
+        except Exception as exc:  # noqa: BLE001
+            log.error(  # noqa: TRY400
+                "sign-in claim of user %s's Garmin account not released (%s); it expires",
+                keys.user_id,
+                type(exc).__name__,
+            )
+
     def _consume_login_attempt(self, keys: SignInKeys) -> None:
         with self._uow() as uow:
             reached = uow.throttle.consume(
@@ -202,6 +249,7 @@ class ConnectService:
         try:
             endpoints = endpoints_of(GarminCall.RESUME_MFA, pending.flow)
             with (
+                self._account_claimed(keys, None),
                 self._cooldown.watching(self._uow, keys),
                 self._gate.calling(user_id, endpoints, AuditedRpc.SUBMIT_MFA, exclusive=True),
             ):

@@ -227,6 +227,11 @@ class GarminGate:
         wait = _seconds(account.cooling_until - uow.now)
         return self._refused(GarminEndpoint.CONNECT_API, "account_cooldown", wait)
 
+    def in_flight_refusal(self, endpoint: GarminEndpoint) -> GarminRateLimited:
+        """The answer to a call refused because the account's one call is under way, for
+        callers that hold such a claim of their own (the sign-in's per Garmin account)."""
+        return self._refused(endpoint, "in_flight", IN_FLIGHT_RETRY_SECONDS)
+
     def suppressed(self, endpoint: GarminEndpoint, reason: str) -> None:
         """Count a call answered without Garmin for a reason of the caller's own."""
         self._events.call_suppressed(endpoint.value, reason)

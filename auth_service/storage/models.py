@@ -252,6 +252,9 @@ class GarminSignInAccount(Base):
     window_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     signin_cooldown_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Added by migration 0015: the account's one sign-in (or MFA code) with Garmin, whichever
+    # user id makes it, until then (a claim outlives only a replica that died holding it).
+    sign_in_claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class GarminAccountLimit(Base):

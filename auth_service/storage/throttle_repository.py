@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Column, Table, delete, or_, select, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.orm import Session
 
 from auth_service.domain.repositories import LoginLimitReached
@@ -38,6 +38,15 @@ _ACCOUNTS = _Counters(
 )
 
 
+# Each retry follows a purge that another replica committed in between: never more than one
+# in practice (a purge deletes only rows whose window ended, and ours just started afresh).
+_PURGED_RETRIES = 3
+
+
+def _claimed(until: datetime | None, now: datetime) -> bool:
+    return until is not None and until > now
+
+
 def _named(keys: SignInKeys) -> list[tuple[_Counters, str]]:
     """The rows of `keys`, the user's first: every transaction locks them in that order."""
     return [(_USERS, keys.user_id)] + [(_ACCOUNTS, account) for account in keys.accounts]
@@ -55,12 +64,7 @@ class SqlThrottleRepository:
         counted: list[tuple[_Counters, str, datetime, int]] = []
         reached: LoginLimitReached | None = None
         for counters, key in _named(keys):
-            self._ensure_row(counters, key, now)
-            row = self.session.execute(
-                select(counters.table.c.window_started_at, counters.table.c.attempts)
-                .where(counters.key == key)
-                .with_for_update()
-            ).one()
+            row = self._locked(counters, key, now)
             started, attempts = row.window_started_at, row.attempts
             elapsed = now - started
             # A window that started "after" our time is the same window: replicas agree on
@@ -89,21 +93,49 @@ class SqlThrottleRepository:
         deleted = 0
         for counters in (_USERS, _ACCOUNTS):
             columns = counters.table.c
-            result = self.session.execute(
-                delete(counters.table).where(
-                    # The windows `consume` would start afresh anyway.
+            conditions = [
+                # The windows `consume` would start afresh anyway.
+                or_(
+                    columns.window_started_at <= now - window,
+                    columns.window_started_at >= now + window,
+                ),
+                or_(
+                    columns.signin_cooldown_until.is_(None),
+                    columns.signin_cooldown_until <= now,
+                ),
+            ]
+            if counters is _ACCOUNTS:
+                # Nor an account whose sign-in is with Garmin: its claim would be lost.
+                conditions.append(
                     or_(
-                        columns.window_started_at <= now - window,
-                        columns.window_started_at >= now + window,
-                    ),
-                    or_(
-                        columns.signin_cooldown_until.is_(None),
-                        columns.signin_cooldown_until <= now,
-                    ),
+                        columns.sign_in_claimed_until.is_(None),
+                        columns.sign_in_claimed_until <= now,
+                    )
                 )
-            )
+            result = self.session.execute(delete(counters.table).where(*conditions))
             deleted += cast(CursorResult[Any], result).rowcount or 0
         return deleted
+
+    def claim_sign_in(self, keys: SignInKeys, now: datetime, until: datetime) -> bool:
+        rows = [(key, self._locked(_ACCOUNTS, key, now)) for key in keys.accounts]
+        if any(_claimed(row.sign_in_claimed_until, now) for _, row in rows):
+            return False
+        for key, _row in rows:
+            self.session.execute(
+                update(_ACCOUNTS.table)
+                .where(_ACCOUNTS.key == key)
+                .values(sign_in_claimed_until=until)
+            )
+        return True
+
+    def release_sign_in(self, keys: SignInKeys, until: datetime) -> None:
+        claimed = _ACCOUNTS.table.c.sign_in_claimed_until
+        for key in keys.accounts:
+            self.session.execute(
+                update(_ACCOUNTS.table)
+                .where(_ACCOUNTS.key == key, claimed == until)
+                .values(sign_in_claimed_until=None)
+            )
 
     def cooldown_until(self, keys: SignInKeys) -> datetime | None:
         ends = [
@@ -127,6 +159,19 @@ class SqlThrottleRepository:
                 .where(counters.key == key, or_(ends.is_(None), ends < until))
                 .values(signin_cooldown_until=until)
             )
+
+    def _locked(self, counters: _Counters, key: str, now: datetime) -> Row[Any]:
+        """The row of `key`, created when missing and locked for this transaction."""
+        for _ in range(_PURGED_RETRIES):
+            self._ensure_row(counters, key, now)
+            row = self.session.execute(
+                select(counters.table).where(counters.key == key).with_for_update()
+            ).first()
+            # None: housekeeping's purge deleted the stale row between our insert (which
+            # found it, and locks nothing) and our lock; a new one starts a fresh window.
+            if row is not None:
+                return row
+        raise RuntimeError(f"the {counters.table.name} row vanished {_PURGED_RETRIES} times")
 
     def _ensure_row(self, counters: _Counters, key: str, now: datetime) -> None:
         insert_ignoring_conflict(
