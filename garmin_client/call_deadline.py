@@ -4,6 +4,10 @@ CONNECT) would otherwise hold a call for ever. Shared by every client whose call
 something on the call's worst case: the transport to Garmin (a refresh claim outlives one
 call) and the webhook sender (a cursor claim outlives one POST).
 
+A caller may also end a call early (`cancel`, an event it sets: the worker's stop request),
+as if its deadline had passed. `within` runs a call under one, for clients that read the
+answer's body themselves (the Connect API client, on either of its paths).
+
 How: a timer shuts the call's sockets down at the deadline, which ends whatever the call is
 blocked in with an error. A socket serves a call either newly opened (urllib3's connection's
 _new_conn, before any TLS handshake or proxy tunnel) or kept alive from an earlier call (its
@@ -23,8 +27,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, ProxyManager
@@ -41,19 +46,26 @@ if TYPE_CHECKING:  # urllib3 names these types only for type checkers
 
 # The CallDeadline of the call this thread is making (urllib3 takes its sockets on it).
 _current = threading.local()
+# How often a call that may be cancelled looks whether it was (the event is set from a
+# signal handler, which must not take a lock a call's thread may hold: so it is polled).
+_CANCEL_POLL_SECONDS: Final = 0.2
+
+T = TypeVar("T")
 
 
 class CallDeadline:
-    """The sockets one call uses, shut down when its deadline passes (`with`: the call)."""
+    """The sockets one call uses, shut down when its deadline passes or `cancel` is set
+    (`with`: the call)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, cancel: threading.Event | None = None) -> None:
         self.expired = False
         self._seconds = seconds
+        self._cancel = cancel
         self._ends_at = 0.0  # on time.monotonic(), set when the timer starts
         self._lock = threading.Lock()
         self._handles: list[socket.socket] = []
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+        self._finished = threading.Event()
+        self._timer = threading.Thread(target=self._watch_clock, name="call-deadline", daemon=True)
 
     def __enter__(self) -> CallDeadline:
         _current.deadline = self
@@ -67,7 +79,7 @@ class CallDeadline:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._timer.cancel()
+        self._finished.set()
         _current.deadline = None
         with self._lock:
             for handle in self._handles:
@@ -94,7 +106,20 @@ class CallDeadline:
             if self.expired:
                 _shut_down(handle)
 
+    def _watch_clock(self) -> None:
+        """The timer: expires the call at its deadline, or once it is cancelled."""
+        while True:
+            left = self._ends_at - time.monotonic()
+            if left <= 0 or (self._cancel is not None and self._cancel.is_set()):
+                self._expire()
+                return
+            wait = left if self._cancel is None else min(left, _CANCEL_POLL_SECONDS)
+            if self._finished.wait(wait):
+                return
+
     def _expire(self) -> None:
+        # No further connect either (a cancelled call may have time left).
+        self._ends_at = min(self._ends_at, time.monotonic())
         with self._lock:
             self.expired = True
             for handle in self._handles:
@@ -109,6 +134,37 @@ def _shut_down(handle: socket.socket) -> None:
 
 def _current_deadline() -> CallDeadline | None:
     return getattr(_current, "deadline", None)
+
+
+def call_expired() -> bool:
+    """Whether the call this thread is making has passed its deadline (or was cancelled):
+    garmin_client.retry repeats nothing then."""
+    deadline = _current_deadline()
+    return deadline is not None and deadline.expired
+
+
+def within(
+    seconds: float | None,
+    cancel: threading.Event | None,
+    call: Callable[[], T],
+    timed_out: Callable[[], Exception],
+) -> T:
+    """`call()` (sending a request and reading its answer whole) under a CallDeadline of
+    `seconds` that `cancel` may end early; None: `call()` as it is. Once the deadline passed,
+    whatever `call()` raised or returned, `timed_out()` is raised instead: a body whose end
+    is the connection's close reads as whole when cut short."""
+    if seconds is None:
+        return call()
+    with CallDeadline(seconds, cancel) as deadline:
+        try:
+            answer = call()
+        except Exception:
+            if deadline.expired:
+                raise timed_out() from None
+            raise
+        if deadline.expired:
+            raise timed_out()
+        return answer
 
 
 def _watched(sock: socket.socket) -> socket.socket:
@@ -208,7 +264,9 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
         return _kept_alive(super()._get_conn(timeout))
 
 
-_WATCHED_POOLS: dict[str, type[HTTPConnectionPool]] = {
+# urllib3's pool classes whose connections show their sockets to the thread's CallDeadline
+# (garmin_client.api_http mounts them on its PoolManager).
+WATCHED_POOLS: dict[str, type[HTTPConnectionPool]] = {
     "http": _WatchedHTTPPool,
     "https": _WatchedHTTPSPool,
 }
@@ -220,10 +278,10 @@ class DeadlineAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+        self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if isinstance(manager, ProxyManager):
-            manager.pool_classes_by_scheme = _WATCHED_POOLS
+            manager.pool_classes_by_scheme = WATCHED_POOLS
         return manager
