@@ -8,16 +8,17 @@ A caller may also end a call early (`cancel`, an event it sets: the worker's sto
 as if its deadline had passed. `within` runs a call under one, for clients that read the
 answer's body themselves (the Connect API client, on either of its paths).
 
-How: a timer shuts the call's sockets down at the deadline, which ends whatever the call is
-blocked in with an error. A socket serves a call either newly opened (urllib3's connection's
-_new_conn, before any TLS handshake or proxy tunnel) or kept alive from an earlier call (its
-pool's _get_conn); both run on the thread making the call, which registers it there with the
-call's deadline. Name resolution is not covered (the resolver's own timeouts bound it); the
-connect is, as the timer cannot reach a socket still connecting: each address the name
-resolves to is tried for the connect timeout or the time left, whichever is shorter, and none
-after the deadline (urllib3 gives each a whole connect timeout: a name with six unreachable
-addresses held a call for six timeouts). A socket registered after the deadline is shut down
-at once. A SOCKS proxy keeps its own sockets: there, only the per-read timeouts apply.
+How: a timer (one watchdog thread for every call) shuts the call's sockets down at the deadline,
+which ends whatever the call is blocked in with an error. A socket serves a call either newly
+opened (urllib3's connection's _new_conn, before any TLS handshake or proxy tunnel) or kept
+alive from an earlier call (its pool's _get_conn); both run on the thread making the call, which
+registers it there with the call's deadline. Name resolution is not covered (the resolver's own
+timeouts bound it); the connect is, as the timer cannot reach a socket still connecting: each
+address the name resolves to is tried for the connect timeout or the time left, whichever is
+shorter, and none after the deadline (urllib3 gives each a whole connect timeout: a name with
+six unreachable addresses held a call for six timeouts). A socket registered after the deadline
+is shut down at once. A SOCKS proxy keeps its own sockets: there, only the per-read timeouts
+apply.
 """
 
 from __future__ import annotations
@@ -61,16 +62,14 @@ class CallDeadline:
         self.expired = False
         self._seconds = seconds
         self._cancel = cancel
-        self._ends_at = 0.0  # on time.monotonic(), set when the timer starts
+        self._ends_at = 0.0  # on time.monotonic(), set when the call starts
         self._lock = threading.Lock()
         self._handles: list[socket.socket] = []
-        self._finished = threading.Event()
-        self._timer = threading.Thread(target=self._watch_clock, name="call-deadline", daemon=True)
 
     def __enter__(self) -> CallDeadline:
         _current.deadline = self
         self._ends_at = time.monotonic() + self._seconds
-        self._timer.start()
+        _WATCHDOG.add(self)
         return self
 
     def __exit__(
@@ -79,7 +78,7 @@ class CallDeadline:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._finished.set()
+        _WATCHDOG.remove(self)
         _current.deadline = None
         with self._lock:
             for handle in self._handles:
@@ -106,16 +105,13 @@ class CallDeadline:
             if self.expired:
                 _shut_down(handle)
 
-    def _watch_clock(self) -> None:
-        """The timer: expires the call at its deadline, or once it is cancelled."""
-        while True:
-            left = self._ends_at - time.monotonic()
-            if left <= 0 or (self._cancel is not None and self._cancel.is_set()):
-                self._expire()
-                return
-            wait = left if self._cancel is None else min(left, _CANCEL_POLL_SECONDS)
-            if self._finished.wait(wait):
-                return
+    def _due(self, now: float) -> bool:
+        return now >= self._ends_at or (self._cancel is not None and self._cancel.is_set())
+
+    def _next_look(self, now: float) -> float:
+        """Seconds until the watchdog must look at this call again."""
+        left = self._ends_at - now
+        return left if self._cancel is None else min(left, _CANCEL_POLL_SECONDS)
 
     def _expire(self) -> None:
         # No further connect either (a cancelled call may have time left).
@@ -124,6 +120,52 @@ class CallDeadline:
             self.expired = True
             for handle in self._handles:
                 _shut_down(handle)
+
+
+class _Watchdog:
+    """One thread for every call under a deadline in this process, started with the first:
+    a thread per call would cost each call (the worker makes one per Garmin GET) a thread's
+    start, for a timer that almost never fires."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition(threading.Lock())
+        self._live: set[CallDeadline] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: CallDeadline) -> None:
+        with self._wake:
+            self._live.add(deadline)
+            # Not alive: never started, or this is a child forked from a process that had
+            # one (a fork copies no thread).
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="call-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+
+    def remove(self, deadline: CallDeadline) -> None:
+        with self._wake:
+            self._live.discard(deadline)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                due = [deadline for deadline in self._live if deadline._due(now)]
+                self._live.difference_update(due)
+                if not due:
+                    looks = [deadline._next_look(now) for deadline in self._live]
+                    # Nothing live: asleep until the next call starts.
+                    self._wake.wait(min(looks) if looks else None)
+                    continue
+            # Outside the watchdog's lock: each call's own lock is taken here, and a call
+            # holding it never waits for the watchdog's.
+            for deadline in due:
+                deadline._expire()
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _shut_down(handle: socket.socket) -> None:
