@@ -17,6 +17,10 @@ otherwise):
 * the cookies Garmin sets, kept for the client's later requests as requests' Session keeps
   them (http.cookiejar: domain, path, expiry), and dropped on forget_cookies().
 
+With `call_seconds`, a GET (its retries and the answer's body included) ends within that
+many seconds however slowly its answer trickles in, or as soon as `cancel` is set
+(garmin_client.call_deadline): urllib3's read timeout bounds each read only.
+
 Redirects are not followed: the API answers JSON, and a redirect is an answer we do not
 understand (classified by its status: Unavailable), never a reason to send the bearer
 elsewhere.
@@ -25,6 +29,7 @@ elsewhere.
 from __future__ import annotations
 
 import os
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +42,7 @@ from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util import make_headers
 
+from garmin_client.call_deadline import WATCHED_POOLS, within
 from garmin_client.observe import RequestObserver, observed
 from garmin_client.retry import Attempts, RetryPolicy, Timeout, repeated
 from garmin_client.settings import UpstreamSettings
@@ -114,15 +120,26 @@ class ApiHttp:
     """GETs with our timeout, retries, observer and routing. Thread-safe (the pool and the
     cookie jar lock themselves)."""
 
-    def __init__(self, settings: UpstreamSettings, observer: RequestObserver | None = None) -> None:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        observer: RequestObserver | None = None,
+        *,
+        call_seconds: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self._base = settings.base_url
         self._timeout = settings.timeout_seconds
         self._policy = RetryPolicy.of(settings)
         self._observer = observer
+        self._call_seconds = call_seconds
+        self._cancel = cancel
         # No urllib3 retries or redirects: `repeated` is the only layer that repeats a request.
         self._pool = urllib3.PoolManager(
             retries=False, cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle()
         )
+        # Its connections show their sockets to the call's deadline (none: they need not).
+        self._pool.pool_classes_by_scheme = WATCHED_POOLS
         self.cookies = CookieJar()
 
     def close(self) -> None:
@@ -161,12 +178,17 @@ class ApiHttp:
             finally:
                 response.release_conn()
 
-        read = observed(
-            self._observer,
-            url,
-            lambda: repeated("GET", url, send_once, self._policy, self._timeout, _ATTEMPTS),
-            lambda answer: answer.response.status,
-        )
+        def send() -> _Read:
+            return within(
+                self._call_seconds,
+                self._cancel,
+                lambda: repeated("GET", url, send_once, self._policy, self._timeout, _ATTEMPTS),
+                lambda: Urllib3TimeoutError(
+                    f"no whole answer from Garmin within {self._call_seconds} s"
+                ),
+            )
+
+        read = observed(self._observer, url, send, lambda answer: answer.response.status)
         self.cookies.extract_cookies(_CookieSource(read.response.headers), asked)  # type: ignore[arg-type]
         return Answer(read.response.status, read.response.headers, read.body, url)
 

@@ -4,16 +4,21 @@ CONNECT) would otherwise hold a call for ever. Shared by every client whose call
 something on the call's worst case: the transport to Garmin (a refresh claim outlives one
 call) and the webhook sender (a cursor claim outlives one POST).
 
-How: a timer shuts the call's sockets down at the deadline, which ends whatever the call is
-blocked in with an error. A socket serves a call either newly opened (urllib3's connection's
-_new_conn, before any TLS handshake or proxy tunnel) or kept alive from an earlier call (its
-pool's _get_conn); both run on the thread making the call, which registers it there with the
-call's deadline. Name resolution is not covered (the resolver's own timeouts bound it); the
-connect is, as the timer cannot reach a socket still connecting: each address the name
-resolves to is tried for the connect timeout or the time left, whichever is shorter, and none
-after the deadline (urllib3 gives each a whole connect timeout: a name with six unreachable
-addresses held a call for six timeouts). A socket registered after the deadline is shut down
-at once. A SOCKS proxy keeps its own sockets: there, only the per-read timeouts apply.
+A caller may also end a call early (`cancel`, an event it sets: the worker's stop request),
+as if its deadline had passed. `within` runs a call under one, for clients that read the
+answer's body themselves (the Connect API client, on either of its paths).
+
+How: a timer (one watchdog thread for every call) shuts the call's sockets down at the deadline,
+which ends whatever the call is blocked in with an error. A socket serves a call either newly
+opened (urllib3's connection's _new_conn, before any TLS handshake or proxy tunnel) or kept
+alive from an earlier call (its pool's _get_conn); both run on the thread making the call, which
+registers it there with the call's deadline. Name resolution is not covered (the resolver's own
+timeouts bound it); the connect is, as the timer cannot reach a socket still connecting: each
+address the name resolves to is tried for the connect timeout or the time left, whichever is
+shorter, and none after the deadline (urllib3 gives each a whole connect timeout: a name with
+six unreachable addresses held a call for six timeouts). A socket registered after the deadline
+is shut down at once. A SOCKS proxy keeps its own sockets: there, only the per-read timeouts
+apply.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, ProxyManager
@@ -41,24 +47,29 @@ if TYPE_CHECKING:  # urllib3 names these types only for type checkers
 
 # The CallDeadline of the call this thread is making (urllib3 takes its sockets on it).
 _current = threading.local()
+# How often a call that may be cancelled looks whether it was (the event is set from a
+# signal handler, which must not take a lock a call's thread may hold: so it is polled).
+_CANCEL_POLL_SECONDS: Final = 0.2
+
+T = TypeVar("T")
 
 
 class CallDeadline:
-    """The sockets one call uses, shut down when its deadline passes (`with`: the call)."""
+    """The sockets one call uses, shut down when its deadline passes or `cancel` is set
+    (`with`: the call)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, cancel: threading.Event | None = None) -> None:
         self.expired = False
         self._seconds = seconds
-        self._ends_at = 0.0  # on time.monotonic(), set when the timer starts
+        self._cancel = cancel
+        self._ends_at = 0.0  # on time.monotonic(), set when the call starts
         self._lock = threading.Lock()
         self._handles: list[socket.socket] = []
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
 
     def __enter__(self) -> CallDeadline:
         _current.deadline = self
         self._ends_at = time.monotonic() + self._seconds
-        self._timer.start()
+        _WATCHDOG.add(self)
         return self
 
     def __exit__(
@@ -67,7 +78,7 @@ class CallDeadline:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._timer.cancel()
+        _WATCHDOG.remove(self)
         _current.deadline = None
         with self._lock:
             for handle in self._handles:
@@ -94,11 +105,67 @@ class CallDeadline:
             if self.expired:
                 _shut_down(handle)
 
+    def _due(self, now: float) -> bool:
+        return now >= self._ends_at or (self._cancel is not None and self._cancel.is_set())
+
+    def _next_look(self, now: float) -> float:
+        """Seconds until the watchdog must look at this call again."""
+        left = self._ends_at - now
+        return left if self._cancel is None else min(left, _CANCEL_POLL_SECONDS)
+
     def _expire(self) -> None:
+        # No further connect either (a cancelled call may have time left).
+        self._ends_at = min(self._ends_at, time.monotonic())
         with self._lock:
             self.expired = True
             for handle in self._handles:
                 _shut_down(handle)
+
+
+class _Watchdog:
+    """One thread for every call under a deadline in this process, started with the first:
+    a thread per call would cost each call (the worker makes one per Garmin GET) a thread's
+    start, for a timer that almost never fires."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition(threading.Lock())
+        self._live: set[CallDeadline] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: CallDeadline) -> None:
+        with self._wake:
+            self._live.add(deadline)
+            # Not alive: never started, or this is a child forked from a process that had
+            # one (a fork copies no thread).
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="call-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+
+    def remove(self, deadline: CallDeadline) -> None:
+        with self._wake:
+            self._live.discard(deadline)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                due = [deadline for deadline in self._live if deadline._due(now)]
+                self._live.difference_update(due)
+                if not due:
+                    looks = [deadline._next_look(now) for deadline in self._live]
+                    # Nothing live: asleep until the next call starts.
+                    self._wake.wait(min(looks) if looks else None)
+                    continue
+            # Outside the watchdog's lock: each call's own lock is taken here, and a call
+            # holding it never waits for the watchdog's.
+            for deadline in due:
+                deadline._expire()
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _shut_down(handle: socket.socket) -> None:
@@ -109,6 +176,37 @@ def _shut_down(handle: socket.socket) -> None:
 
 def _current_deadline() -> CallDeadline | None:
     return getattr(_current, "deadline", None)
+
+
+def call_expired() -> bool:
+    """Whether the call this thread is making has passed its deadline (or was cancelled):
+    garmin_client.retry repeats nothing then."""
+    deadline = _current_deadline()
+    return deadline is not None and deadline.expired
+
+
+def within(
+    seconds: float | None,
+    cancel: threading.Event | None,
+    call: Callable[[], T],
+    timed_out: Callable[[], Exception],
+) -> T:
+    """`call()` (sending a request and reading its answer whole) under a CallDeadline of
+    `seconds` that `cancel` may end early; None: `call()` as it is. Once the deadline passed,
+    whatever `call()` raised or returned, `timed_out()` is raised instead: a body whose end
+    is the connection's close reads as whole when cut short."""
+    if seconds is None:
+        return call()
+    with CallDeadline(seconds, cancel) as deadline:
+        try:
+            answer = call()
+        except Exception:
+            if deadline.expired:
+                raise timed_out() from None
+            raise
+        if deadline.expired:
+            raise timed_out()
+        return answer
 
 
 def _watched(sock: socket.socket) -> socket.socket:
@@ -208,7 +306,9 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
         return _kept_alive(super()._get_conn(timeout))
 
 
-_WATCHED_POOLS: dict[str, type[HTTPConnectionPool]] = {
+# urllib3's pool classes whose connections show their sockets to the thread's CallDeadline
+# (garmin_client.api_http mounts them on its PoolManager).
+WATCHED_POOLS: dict[str, type[HTTPConnectionPool]] = {
     "http": _WatchedHTTPPool,
     "https": _WatchedHTTPSPool,
 }
@@ -220,10 +320,10 @@ class DeadlineAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+        self.poolmanager.pool_classes_by_scheme = WATCHED_POOLS
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if isinstance(manager, ProxyManager):
-            manager.pool_classes_by_scheme = _WATCHED_POOLS
+            manager.pool_classes_by_scheme = WATCHED_POOLS
         return manager

@@ -6,11 +6,19 @@ transport's rules (routing, timeout, retries, observer): on urllib3 (garmin_clie
 or through requests' Session when the environment names a proxy. Raises only
 garmin_client.errors: a 401 is AccessTokenRejected (the holder may ask the service for a fresh
 token), 429 RateLimited, the rest Unavailable. Messages never contain the token.
+
+With `call_seconds` (the worker's GARMIN_SYNC_UPSTREAM_CALL_TIMEOUT) a GET, its retries and the
+answer's body included, ends within that bound, never shorter than its retry budget (timeout x
+attempts), however slowly the answer trickles in (urllib3 and requests time each read only),
+and at once when `cancel` is set (the worker's stop): it then fails as Garmin not answering in
+time (Unavailable), never as a rejected session. The bound is generous, so that a large
+download arriving steadily is no failure.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from http import HTTPStatus
@@ -25,10 +33,12 @@ from urllib3.exceptions import HTTPError
 
 from garmin_client.answers import answer_failure, failure
 from garmin_client.api_http import READ_CHUNK_BYTES, AnswerTooLarge, ApiHttp, read_capped
+from garmin_client.call_deadline import within
 from garmin_client.endpoints import DOMAINS
 from garmin_client.errors import FileTooLarge, GarminError, NotFound, Unavailable
 from garmin_client.http_session import upstream_session
 from garmin_client.observe import RequestObserver, observed
+from garmin_client.retry import RetryPolicy
 from garmin_client.settings import UpstreamSettings
 from garmin_client.transport import UpstreamTransport
 
@@ -74,27 +84,36 @@ class ConnectApi:
         observer: RequestObserver | None = None,
         *,
         now: Callable[[], datetime] | None = None,
+        call_seconds: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         """`now`: the clock a Retry-After date is measured on; give the one the wait is kept
-        on (the service: the database's). Default: this machine's (the worker's pause)."""
+        on (the service: the database's). Default: this machine's (the worker's pause).
+        `call_seconds`, `cancel`: the whole-call bound (None: none) and what ends a call
+        early (the module's docstring)."""
         if domain not in DOMAINS:
             raise ValueError("unknown Garmin domain")
         self._now = now
         self._base = f"https://connectapi.{domain}"
         self._timeout = settings.timeout_seconds
+        if call_seconds is not None:
+            # Never cut the retries the settings allow: they are bounded by the budget.
+            call_seconds = max(call_seconds, RetryPolicy.of(settings).budget_seconds)
+        self._call_seconds = call_seconds
+        self._cancel = cancel
         self._http: ApiHttp | None = None
         self._session: requests.Session | None = None
         self._observer = observer
         if _proxies_named():
             # requests reads the proxy variables, NO_PROXY and netrc per request.
             self._session = upstream_session()
-            # Downloads may take long while arriving steadily; no claim is sized on them.
-            # The observer is told here, once the body is read (_get_through_session).
+            # The whole-call deadline and the observer are applied here, around the body's
+            # read too (_get_through_session): the session reads it after the transport.
             self._session.mount(
                 "https://", UpstreamTransport(settings, None, whole_call_deadline=False)
             )
         else:
-            self._http = ApiHttp(settings, observer)
+            self._http = ApiHttp(settings, observer, call_seconds=call_seconds, cancel=cancel)
 
     def __enter__(self) -> ConnectApi:
         return self
@@ -160,17 +179,7 @@ class ConnectApi:
             raise failure(operation, exc, judging_tokens=True, now=self._clock_now()) from None
         except AnswerTooLarge as exc:
             raise _too_large(operation, exc) from None
-        if not HTTPStatus.OK <= answer.status < HTTPStatus.MULTIPLE_CHOICES:
-            _raise_if_no_file(operation, answer.status)
-            # A redirect too: not followed (garmin_client.api_http).
-            raise answer_failure(
-                operation,
-                answer.status,
-                answer.url,
-                answer.headers.get("Retry-After"),
-                judging_tokens=True,
-                now=self._clock_now(),
-            )
+        self._check_status(operation, answer.status, answer.url, answer.headers)
         return answer.status, answer.body
 
     def _get_through_session(
@@ -185,10 +194,27 @@ class ConnectApi:
         url = self._base + path
 
         def fetch() -> tuple[requests.Response, bytes]:
+            return within(
+                self._call_seconds,
+                self._cancel,
+                send_and_read,
+                lambda: requests.Timeout(
+                    f"no whole answer from Garmin within {self._call_seconds} s"
+                ),
+            )
+
+        def send_and_read() -> tuple[requests.Response, bytes]:
             # Streamed, so a body past MAX_ANSWER_BYTES is never read whole; read here, so
             # the observer sees a body that could not be read as the failure it is.
+            # Redirects not followed, as on urllib3: the session would send the bearer on
+            # to the Location and read whatever answers there as Garmin's.
             with session.get(
-                url, params=params, headers=headers, timeout=self._timeout, stream=True
+                url,
+                params=params,
+                headers=headers,
+                timeout=self._timeout,
+                stream=True,
+                allow_redirects=False,
             ) as response:
                 return response, read_capped(response.iter_content(READ_CHUNK_BYTES))
 
@@ -196,14 +222,29 @@ class ConnectApi:
             response, body = observed(
                 self._observer, url, fetch, lambda answer: answer[0].status_code
             )
-            if response.status_code >= HTTPStatus.BAD_REQUEST:
-                _raise_if_no_file(operation, response.status_code)
-            response.raise_for_status()
         except requests.RequestException as exc:
             raise failure(operation, exc, judging_tokens=True, now=self._clock_now()) from None
         except AnswerTooLarge as exc:
             raise _too_large(operation, exc) from None
+        self._check_status(operation, response.status_code, url, response.headers)
         return response.status_code, body
+
+    def _check_status(
+        self, operation: str, status: int, url: str, headers: Mapping[str, str]
+    ) -> None:
+        """Anything but a 2xx is a failure, classified by its status (a redirect too: not
+        followed, Garmin unavailable), on either path."""
+        if HTTPStatus.OK <= status < HTTPStatus.MULTIPLE_CHOICES:
+            return
+        _raise_if_no_file(operation, status)
+        raise answer_failure(
+            operation,
+            status,
+            url,
+            headers.get("Retry-After"),
+            judging_tokens=True,
+            now=self._clock_now(),
+        )
 
     def _clock_now(self) -> datetime | None:
         return None if self._now is None else self._now()

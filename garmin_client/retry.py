@@ -26,6 +26,7 @@ from typing import Any, Final, Generic, TypeVar
 import requests
 from urllib3.exceptions import NewConnectionError
 
+from garmin_client.call_deadline import call_expired
 from garmin_client.observe import endpoint_template
 from garmin_client.settings import UpstreamSettings
 
@@ -160,7 +161,13 @@ def repeated(  # noqa: PLR0913 - the request, its sender, and how to read what i
             return response
         attempt += 1
         delay = policy.delay_before(attempt)
-        if attempt > policy.attempts or monotonic() + delay + MIN_ATTEMPT_SECONDS > deadline:
+        if (
+            attempt > policy.attempts
+            or monotonic() + delay + MIN_ATTEMPT_SECONDS > deadline
+            # The whole call's deadline passed, or the caller cancelled it: what a repeat
+            # would send, garmin_client.call_deadline would cut at once.
+            or call_expired()
+        ):
             if failure is not None:
                 raise failure
             assert response is not None

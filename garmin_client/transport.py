@@ -8,8 +8,9 @@ within its retry budget (timeout x attempts) as a whole, its answer's body read 
 (garmin_client.call_deadline): claims are sized on that promise (a refresh claim outlives one
 call), and an answer that trickles in a byte at a time, each within the read timeout, would
 otherwise outlive the claim while another replica sends the same refresh token. The Connect
-API client leaves it off, like its urllib3 path: a large download that arrives steadily is no
-failure, and no claim is sized on it.
+API client leaves it off here and applies its own around the body's read, which it does
+itself (garmin_client.connect_api: a bound of the caller's, generous enough for a large
+download that arrives steadily; the worker's GARMIN_SYNC_UPSTREAM_CALL_TIMEOUT).
 """
 
 from __future__ import annotations

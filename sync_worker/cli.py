@@ -40,7 +40,7 @@ from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE, RunControl
 from sync_worker.postgres_sink import PostgresSink
 from sync_worker.runner import EXIT_CONFIG, run
 from sync_worker.sinks import SinkError
-from sync_worker.sync import SyncOptions
+from sync_worker.sync import DEFAULT_GARMIN_CALL_TIMEOUT, SyncOptions
 
 PROG = "garmin-sync-worker"
 # A deadline per RPC longer than an hour is a typo (and grpc refuses an infinite one).
@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         help="lease users' sessions and sync their activities",
         description="Environment: GARMIN_SYNC_AUTH_TARGET, GARMIN_SYNC_AUTH_TOKEN (bearer, "
         "role worker) or GARMIN_SYNC_AUTH_TOKEN_FILE (a file holding it), "
-        "GARMIN_SYNC_UPSTREAM_URL, "
-        "GARMIN_SYNC_TLS_CA/_CERT/_KEY/_SERVER_NAME, GARMIN_SYNC_UPSTREAM_TIMEOUT/_RETRIES, "
+        "GARMIN_SYNC_UPSTREAM_URL, GARMIN_SYNC_UPSTREAM_TIMEOUT/_RETRIES/_CALL_TIMEOUT, "
+        "GARMIN_SYNC_TLS_CA/_CERT/_KEY/_SERVER_NAME, "
         "GARMIN_SYNC_OUT, GARMIN_SYNC_SINK, GARMIN_SYNC_RATE_LIMIT_MAX_WAIT.",
     )
     who = run_cmd.add_mutually_exclusive_group()
@@ -151,6 +151,9 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
             overlap=args.overlap,
             with_files=args.with_files,
             page_size=args.page_size,
+            garmin_call_timeout=env.number(
+                "UPSTREAM_CALL_TIMEOUT", DEFAULT_GARMIN_CALL_TIMEOUT, minimum=1, maximum=3600
+            ),
         ),
         users=tuple(args.user),
         all_users=args.all,

@@ -129,6 +129,11 @@ class RunControl:
     def interrupted(self) -> bool:
         return self._interrupt.is_set()
 
+    @property
+    def interruption(self) -> threading.Event:
+        """Set once the run is interrupted: for Garmin calls to be cut by (never set it)."""
+        return self._interrupt
+
     def past_deadline(self) -> bool:
         return self._deadline is not None and self._clock() >= self._deadline
 

@@ -4,7 +4,6 @@ transaction per page of summaries, fenced by the lease's token in the same state
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 from collections.abc import Sequence
@@ -21,8 +20,8 @@ from sync_worker.sinks import (
     SinkError,
     check_user_id,
     claimed,
+    json_leaf,
     mapped_leaves,
-    storable_leaf,
 )
 
 SCHEMA_SQL: Final = """
@@ -135,16 +134,8 @@ def _jsonb_text(summary: Any) -> bytes:
         text = None
     if text is None or b"\\u0000" in text:
         # One copy, cleaned as storable() cleans and with NaN and infinities as null.
-        text = json.dumps(mapped_leaves(summary, _jsonb_leaf), ensure_ascii=False).encode()
+        text = json.dumps(mapped_leaves(summary, json_leaf), ensure_ascii=False).encode()
     return text
-
-
-def _jsonb_leaf(value: Any) -> Any:
-    """A leaf as jsonb takes it: storable, and NaN and infinities (which json writes and
-    jsonb refuses) as None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return storable_leaf(value)
 
 
 def _problem(exc: psycopg.Error, url: str = "") -> str:

@@ -173,8 +173,17 @@ class _Run:
             return self.queue.pop(0) if self.queue else None
 
     def named_loop(self) -> None:
-        with ConnectApis(self.config.sync.upstream) as connect_apis:
+        with self._connect_apis() as connect_apis:
             self._named_loop(connect_apis)
+
+    def _connect_apis(self) -> ConnectApis:
+        """A sync thread's Connect API clients: each GET bounded as a whole, and cut when
+        the run is interrupted (a stop must not wait for an answer trickling in)."""
+        return ConnectApis(
+            self.config.sync.upstream,
+            call_seconds=self.config.sync.garmin_call_timeout,
+            cancel=self.control.interruption,
+        )
 
     def _named_loop(self, connect_apis: ConnectApis) -> None:
         while self.control.may_take_users():
@@ -225,7 +234,7 @@ class _Run:
     # --- --all -------------------------------------------------------------------------
 
     def drain_loop(self) -> None:
-        with ConnectApis(self.config.sync.upstream) as connect_apis:
+        with self._connect_apis() as connect_apis:
             self._drain_loop(connect_apis)
 
     def _drain_loop(self, connect_apis: ConnectApis) -> None:

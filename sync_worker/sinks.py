@@ -11,6 +11,7 @@ overwrite the newer holder's data.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -96,9 +97,12 @@ class Sink(Protocol):
 def summary_bytes(summary: dict[str, Any]) -> bytes:
     """Canonical JSON, so an unchanged summary is byte-identical on every run."""
     try:
-        return (indented_json(summary) + "\n").encode()
-    except UnicodeEncodeError:  # a lone surrogate: JSON allows it, UTF-8 does not
-        return (indented_json(storable(summary)) + "\n").encode()
+        return (indented_json(summary, allow_nan=False) + "\n").encode()
+    # A NaN or an infinity (Garmin's JSON may carry them; written bare they are no JSON, and
+    # every strict reader of the file fails on it), or a lone surrogate (UnicodeEncodeError:
+    # JSON allows it, UTF-8 does not). A summary with neither keeps its bytes.
+    except ValueError:
+        return (indented_json(mapped_leaves(summary, json_leaf)) + "\n").encode()
 
 
 def storable(value: Any) -> Any:
@@ -114,6 +118,14 @@ def storable_leaf(value: Any) -> Any:
     if isinstance(value, str):
         return _LONE_SURROGATE.sub("\ufffd", value).replace("\x00", "")
     return value
+
+
+def json_leaf(value: Any) -> Any:
+    """A leaf as strict JSON takes it: storable, and NaN and infinities (which Python's json
+    writes bare, and jsonb refuses) as None, which both sinks store them as."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return storable_leaf(value)
 
 
 def mapped_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:

@@ -9,7 +9,8 @@ this writes those directly and leaves anything else (other key or value types, N
 infinities) to ``json.dumps`` itself, as it does a summary nested too deep for its three
 frames per level (json.loads accepts almost 1000 levels; json.dumps takes one frame per
 level). The files must stay byte-identical to what earlier versions wrote: an unchanged
-summary is skipped, not rewritten.
+summary is skipped, not rewritten. The directory sink asks for ``allow_nan=False``: NaN and
+the infinities are no JSON (RFC 8259), and it writes them as null instead (sinks.py).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ class _NotPlain(Exception):
     """A value this module leaves to json.dumps."""
 
 
-def indented_json(value: Any) -> str:
-    """``json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False)``."""
+def indented_json(value: Any, *, allow_nan: bool = True) -> str:
+    """``json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=...)``:
+    without `allow_nan`, a NaN or an infinity raises ValueError, as there."""
     try:
         return _encode(value, "\n")
     except (_NotPlain, RecursionError):
-        return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False)
+        return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=allow_nan)
 
 
 def _encode(value: Any, newline: str) -> str:

@@ -70,8 +70,13 @@ ACTIVITIES_PATH: Final = "/activitylist-service/activities/search/activities"
 DOWNLOAD_PREFIX: Final = "/download-service/files/activity/"
 # Garmin filters the list by the activity's local date, which may be a day off UTC's.
 LOCAL_DATE_SLACK: Final = timedelta(days=1)
-# A runaway listing (Garmin ignoring the window) must end: 1,000 pages of 100 is plenty.
-MAX_PAGES: Final = 1000
+# A runaway listing (Garmin ignoring the window) must end: this many activities in one read
+# of the window (1,000 pages of 100, at any --page-size) is plenty.
+MAX_LISTED_ACTIVITIES: Final = 100_000
+# The longest one Connect API GET may take as a whole (GARMIN_SYNC_UPSTREAM_CALL_TIMEOUT): an
+# activity's original file at the 32 MiB cap (garmin_client.api_http) arrives within it at
+# about 110 KB/s.
+DEFAULT_GARMIN_CALL_TIMEOUT: Final = 300.0
 # Reads of a user's window again from the top after the list moved under us, per sync.
 MAX_LIST_REREADS: Final = 3
 
@@ -96,6 +101,10 @@ class SyncOptions:
     with_files: bool = False
     page_size: int = 100
     renew_fraction: float = 1 / 3
+    # The longest one Connect API GET may take, its retries and the answer's body included
+    # (GARMIN_SYNC_UPSTREAM_CALL_TIMEOUT; never less than the retry budget): an answer that
+    # trickles in, each read within the timeout, must not hold a thread and its lease.
+    garmin_call_timeout: float = DEFAULT_GARMIN_CALL_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -176,7 +185,9 @@ def rpc_failed(exc: AuthServiceError, rpc: str, control: RunControl) -> tuple[Ou
 
 
 class _Interrupted(Exception):
-    """The run is stopping (SIGTERM, auth service gone) or Garmin's pause outlasts it."""
+    """The sync stops short for a reason that is not Garmin's being unavailable: the run is
+    stopping (SIGTERM, auth service gone), Garmin's pause outlasts it, or the window's list
+    did not end."""
 
     def __init__(self, outcome: Outcome, detail: str) -> None:
         super().__init__(detail)
@@ -354,7 +365,7 @@ class UserSync:
         # over the boundary was never read, and the window is read again from the top. (A
         # list that moved down, a new upload, only repeats items: writes are idempotent.)
         start, boundary, rereads = 0, None, 0
-        for _ in range(MAX_PAGES):
+        while True:
             overlap = 0 if boundary is None else 1
             asked = self._options.page_size + overlap
             params = {
@@ -377,10 +388,18 @@ class UserSync:
             if len(page) < asked:
                 return
             start += len(page) - overlap
+            if start >= MAX_LISTED_ACTIVITIES:
+                # Counted in activities, not pages: at --page-size 1, 1,000 pages were 1,000
+                # activities, and a user with more failed every run as a Garmin outage. This
+                # is the user's failure: Garmin answered every page, so no outage is counted.
+                self._control.garmin_answered()
+                raise _Interrupted(
+                    Outcome.FAILED,
+                    f"Garmin's activity list did not end within {MAX_LISTED_ACTIVITIES} activities",
+                )
             last = activities[-1] if activities else None
             # The boundary is the page's last item, if it is one the worker can read.
             boundary = last.activity_id if last is not None and last.summary is page[-1] else None
-        raise Unavailable("Garmin's activity list did not end")
 
     def _parsed(self, page: list[Any]) -> list[Activity]:
         activities = []
@@ -450,7 +469,13 @@ class UserSync:
         self._checkpoint()
         if not waited:
             raise _Interrupted(Outcome.RATE_LIMITED, "Garmin's rate-limit pause outlasts the run")
-        return call()
+        try:
+            return call()
+        except Unavailable:
+            # The run's interruption cuts a call under way (ConnectApis): that is the stop,
+            # not Garmin's being unavailable.
+            self._checkpoint()
+            raise
 
     # --- Update: report and release --------------------------------------------------------
 

@@ -8,8 +8,9 @@ while another replica claimed the session and sent the refresh token Garmin had 
 (tests/refresh/test_claim_outlives_the_call.py).
 
 The Connect API client (the worker's downloads, GetStatus(validate)'s profile) has no such
-deadline, on either of its paths: no claim is sized on it, and a large file that arrives
-steadily is no failure."""
+budget-sized deadline, on either of its paths: no claim is sized on it, and a large file that
+arrives steadily is no failure. The worker gives it a generous bound of its own
+(GARMIN_SYNC_UPSTREAM_CALL_TIMEOUT: tests/worker/test_trickling_answer.py)."""
 
 from __future__ import annotations
 
