@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import threading
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from typing import Final
@@ -42,6 +41,7 @@ from urllib3.exceptions import HTTPError, ProtocolError, ProxyError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util import make_headers
 
+from garmin_client.answer_cap import READ_CHUNK_BYTES, read_capped
 from garmin_client.call_deadline import WATCHED_POOLS, within
 from garmin_client.observe import RequestObserver, observed
 from garmin_client.retry import Attempts, RetryPolicy, Timeout, repeated
@@ -63,40 +63,12 @@ SESSION_HEADERS: Final = {
 _REPEATABLE: Final = (Urllib3TimeoutError, ProtocolError, SSLError, ProxyError)
 
 
-# The most of one answer read into memory: a JSON page is kilobytes, an activity's original
-# file megabytes. A larger (or endlessly decompressing) body is refused, not read: the worker
-# runs a few syncs at once in a few hundred MB (deploy/: 512 MiB, --concurrency 4), and an
-# answer near the cap briefly takes twice it (its chunks, then their join).
-MAX_ANSWER_BYTES: Final = 32 * 1024 * 1024
-# How much of a body is read (and decoded) at a time.
-READ_CHUNK_BYTES: Final = 256 * 1024
-
-
-class AnswerTooLarge(Exception):
-    """Garmin's answer was larger than MAX_ANSWER_BYTES (decoded); the rest was not read."""
-
-    def __init__(self) -> None:
-        super().__init__(f"larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
-
-
 @dataclass(frozen=True)
 class _Read:
     """An answer and its body, read whole (the connection back in the pool)."""
 
     response: urllib3.BaseHTTPResponse
     body: bytes
-
-
-def read_capped(chunks: Iterator[bytes]) -> bytes:
-    """The body in `chunks`, decoded; AnswerTooLarge past MAX_ANSWER_BYTES."""
-    parts: list[bytes] = []
-    total = 0
-    for chunk in chunks:
-        total += len(chunk)
-        if total > MAX_ANSWER_BYTES:
-            raise AnswerTooLarge
-        parts.append(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @dataclass(frozen=True)

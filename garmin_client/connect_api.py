@@ -31,8 +31,9 @@ from urllib.request import getproxies
 import requests
 from urllib3.exceptions import HTTPError
 
+from garmin_client.answer_cap import READ_CHUNK_BYTES, AnswerTooLarge, read_capped
 from garmin_client.answers import answer_failure, failure
-from garmin_client.api_http import READ_CHUNK_BYTES, AnswerTooLarge, ApiHttp, read_capped
+from garmin_client.api_http import ApiHttp
 from garmin_client.call_deadline import within
 from garmin_client.endpoints import DOMAINS
 from garmin_client.errors import FileTooLarge, GarminError, NotFound, Unavailable

@@ -42,7 +42,7 @@ class NotFound(GarminError):
 
 
 class FileTooLarge(NotFound):
-    """A download larger than the client reads (garmin_client.api_http.MAX_ANSWER_BYTES): not
+    """A download larger than the client reads (garmin_client.answer_cap.MAX_ANSWER_BYTES): not
     read, and, like a file Garmin does not have, no reason to fail the rest of the sync."""
 
 

@@ -11,6 +11,11 @@ otherwise outlive the claim while another replica sends the same refresh token. 
 API client leaves it off here and applies its own around the body's read, which it does
 itself (garmin_client.connect_api: a bound of the caller's, generous enough for a large
 download that arrives steadily; the worker's GARMIN_SYNC_UPSTREAM_CALL_TIMEOUT).
+
+With `max_answer_bytes` (the service's sign-in, ticket and refresh calls: their answers are a
+few KB) a body is read in chunks and decoded no further than that, under the same deadline:
+past it the call raises AnswerTooLarge (garmin_client.answer_cap), so a gzip bomb costs the
+cap, not what it inflates to.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import requests
 from requests.models import PreparedRequest, Response
 from requests.utils import should_bypass_proxies
 
+from garmin_client.answer_cap import AnswerTooLarge, read_capped
 from garmin_client.call_deadline import CallDeadline, DeadlineAdapter
 from garmin_client.observe import RequestObserver, observed
 from garmin_client.retry import RetryPolicy, Timeout, never_sent, send_with_retries
@@ -60,6 +66,7 @@ class UpstreamTransport(DeadlineAdapter):
         observer: RequestObserver | None = None,
         *,
         whole_call_deadline: bool = True,
+        max_answer_bytes: int | None = None,
     ) -> None:
         # No urllib3 retries: send_with_retries is the only layer that repeats a request.
         super().__init__(max_retries=0)
@@ -68,6 +75,7 @@ class UpstreamTransport(DeadlineAdapter):
         self._policy = RetryPolicy.of(settings)
         self._observer = observer
         self._whole_call_deadline = whole_call_deadline
+        self._max_answer_bytes = max_answer_bytes
 
     def send(
         self,
@@ -83,9 +91,12 @@ class UpstreamTransport(DeadlineAdapter):
             # The session chose proxies for the original host, not for the base URL's.
             proxies = {}
 
+        limit = None if stream else self._max_answer_bytes
+
         def send_once(attempt_timeout: Timeout) -> Response:
+            # Capped: streamed, so the body is read here in chunks, never whole by requests.
             return super(UpstreamTransport, self).send(
-                routed, stream, attempt_timeout, verify, cert, proxies
+                routed, stream or limit is not None, attempt_timeout, verify, cert, proxies
             )
 
         budget = self._policy.budget_seconds
@@ -96,7 +107,9 @@ class UpstreamTransport(DeadlineAdapter):
                 answer = send_with_retries(
                     routed, send_once, self._policy, self._timeout if timeout is None else timeout
                 )
-                if not stream:
+                if limit is not None:
+                    _read_capped(answer, limit)
+                elif not stream:
                     # Read here, under the deadline: the session would read it after we return.
                     answer.content  # noqa: B018
             except requests.RequestException as exc:
@@ -136,6 +149,27 @@ class UpstreamTransport(DeadlineAdapter):
         routed = request.copy()
         routed.url, routed.headers["X-Forwarded-Host"] = routed_url(self._base, request.url or "")
         return routed
+
+
+# How much of a capped body is read (and decoded) at a time.
+_CAPPED_CHUNK_BYTES = 64 * 1024
+
+
+def _read_capped(answer: Response, limit: int) -> None:
+    """Read `answer`'s body as requests' `content` does, but no more than `limit` bytes
+    decoded (AnswerTooLarge past it); the caller then finds it read, as without a cap."""
+    try:
+        body = read_capped(answer.iter_content(_CAPPED_CHUNK_BYTES), limit)
+    except AnswerTooLarge:
+        answer.close()  # the rest stays unread on a connection never reused
+        # With its status: a caller may need to know what it could not read (a rotation).
+        raise AnswerTooLarge(limit, status=answer.status_code) from None
+    except BaseException:
+        # Not read to its end: the connection still holds the rest, never to be reused.
+        answer.close()
+        raise
+    # Where `content` keeps the body it read (iter_content marked the stream consumed).
+    answer._content = body
 
 
 def _timed_out(budget: float) -> requests.Timeout:

@@ -29,6 +29,7 @@ from auth_service.domain.views import live_lease_of, status_view
 from auth_service.services.lease_holders import ended_or_lost
 from auth_service.services.session_refresh import (
     RefreshAsker,
+    RefreshedWithoutAccess,
     SessionRefresher,
     StillRefreshingElsewhere,
 )
@@ -81,6 +82,12 @@ class CentralRefresh:
                 asker,
                 held_by=grant.lease.lease_digest,
             )
+        except RefreshedWithoutAccess as exc:
+            # Rotated and stored, but with no access token to hand out: the grant's tokens
+            # hold the refresh token that rotation killed, so they go to no one either. The
+            # holder tries again; the next grant refreshes with the live refresh token.
+            self.release_unused(grant.lease, granted.rpc, exc)
+            raise
         except (GarminRateLimited, GarminUnavailable) as exc:
             gave_up_waiting = isinstance(exc, StillRefreshingElsewhere)
             if grant.tokens.oauth2.expires_at > self._uow.now() and not (

@@ -1,6 +1,6 @@
 """What the single-flight refresher (auth_service.services.session_refresh) is asked and
-answers: who asks (RefreshAsker), the tokens after a refresh (Refreshed), RefreshBusy, and
-StillRefreshingElsewhere."""
+answers: who asks (RefreshAsker), the tokens after a refresh (Refreshed), RefreshBusy,
+StillRefreshingElsewhere and RefreshedWithoutAccess."""
 
 from __future__ import annotations
 
@@ -51,3 +51,10 @@ class RefreshSlotsBusy(GarminUnavailable):
     """Every refresh this replica may have in flight (GARMIN_AUTH_REFRESH_CONCURRENCY) was
     still out to Garmin when the RPC asking for one had to be answered: nothing was claimed
     or sent."""
+
+
+class RefreshedWithoutAccess(GarminUnavailable):
+    """The refresh rotated the session, and the rotation is stored, but Garmin's answer
+    carried no access token we could read: the session's access token is expired, and its
+    next use refreshes again with the refresh token stored. Nothing usable to hand out now;
+    the stored refresh token is live (unlike StillRefreshingElsewhere's)."""

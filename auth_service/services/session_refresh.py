@@ -70,6 +70,7 @@ from auth_service.services.refresh_askers import (
     RefreshAsker,
     RefreshBusy,
     Refreshed,
+    RefreshedWithoutAccess,
     RefreshSlotsBusy,
     StillRefreshingElsewhere,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "RefreshAsker",
     "RefreshBusy",
     "Refreshed",
+    "RefreshedWithoutAccess",
     "SessionRefresher",
     "StillRefreshingElsewhere",
 ]
@@ -131,10 +133,29 @@ class SessionRefresher:
         session is gone), with `unleased` LeaseHeld, and with `held_by` (the digest of the
         asker's lease: a holder's refresh) LeaseLost once that lease is not live: a holder
         whose lease was taken over must not rotate the new holder's refresh token.
+
+        A refresh of ours whose answer carried no access token we could read leaves an
+        expired one (the adapter keeps the rotation so): the pair is stored, its refresh
+        token being the only live one, and RefreshedWithoutAccess (a GarminUnavailable: try
+        again, the next refresh uses the stored refresh token) is raised instead of handing
+        it back. With `held_by` that holds for any expired access token (another replica's
+        such rotation, waited for): a lease holder is never handed one as fresh.
         """
-        return self._refresh(
+        refreshed = self._refresh(
             user_id, expected_version, asker, wait=True, unleased=unleased, held_by=held_by
         )
+        expired = refreshed.tokens.oauth2.expires_at <= self._uow.now()
+        if expired and (refreshed.by_us or held_by is not None):
+            log.warning(
+                "refresh of user %s left an expired access token (a rotation whose answer "
+                "carried none we could read): stored, not handed out",
+                user_id,
+            )
+            raise RefreshedWithoutAccess(
+                "Garmin's refresh answer carried no usable access token; the session is kept "
+                "and refreshes again on the next try"
+            )
+        return refreshed
 
     def refresh_unless_claimed(
         self, user_id: str, expected_version: int, asker: RefreshAsker

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from auth_service.domain.models import GarminTokens
-from garmin_client.api_http import MAX_ANSWER_BYTES
+from garmin_client.answer_cap import MAX_ANSWER_BYTES
 from garmin_client.connect_api import ConnectApi
 from garmin_client.errors import FileTooLarge, Unavailable
 from garmin_client.settings import UpstreamSettings

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from garmin_client.api_http import MAX_ANSWER_BYTES
+from garmin_client.answer_cap import MAX_ANSWER_BYTES
 from garmin_client.connect_api import ConnectApi
 from garmin_client.errors import GarminError, Unavailable
 from garmin_client.observe import RequestObserver

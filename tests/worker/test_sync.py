@@ -15,7 +15,7 @@ from auth_service.crypto import Keyring
 from auth_service.domain.models import LoginSucceeded
 from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_auth.v1 import garmin_auth_pb2 as pb
-from garmin_client.api_http import MAX_ANSWER_BYTES
+from garmin_client.answer_cap import MAX_ANSWER_BYTES
 from garmin_client.connect_api import ConnectApi
 from garmin_client.session_proto import tokens_to_proto
 from garmin_emulator import (

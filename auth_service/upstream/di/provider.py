@@ -72,12 +72,27 @@ class DiUpstream:
         outcome = self._sso.login(email, password)
         if isinstance(outcome, PendingMfa):
             return LoginNeedsMfa(outcome)
-        return LoginSucceeded(self.exchange_service_ticket(outcome, self._settings.service_url))
+        return LoginSucceeded(self._exchange_own(outcome, self._settings.service_url))
 
     def resume_mfa(self, pending: PendingMfa, code: str) -> GarminTokens:
         ticket = self._sso.verify_mfa(pending, code)
         service_url = pending.login_params.get("service", self._settings.service_url)
-        return self.exchange_service_ticket(ticket, service_url)
+        # Garmin has spent the pending login here: a failed exchange leaves the challenge
+        # to the caller's retry, which Garmin answers "no pending login" (challenge dropped).
+        return self._exchange_own(ticket, service_url)
+
+    def _exchange_own(self, ticket: str, service_url: str) -> GarminTokens:
+        """Exchange a ticket our own sign-in just got. SERVICE_TICKET_REJECTED is the answer
+        about ExchangeServiceTicket's ticket, the caller's: a Login or SubmitMfa caller gave
+        none and can fix none. Garmin refusing the ticket it has just issued (it expired on
+        the way, or its service-URL binding changed) is Garmin unavailable: try later."""
+        try:
+            return self.exchange_service_ticket(ticket, service_url)
+        except ServiceTicketRejected:
+            log.warning("Garmin refused the service ticket its own sign-in had just issued")
+            raise GarminUnavailable(
+                "Garmin refused the service ticket its sign-in had just issued; try again later"
+            ) from None
 
     def exchange_service_ticket(self, ticket: str, service_url: str) -> GarminTokens:
         """The ticket's token pair, with the configured client ids in order; what a refused id
@@ -109,6 +124,8 @@ class DiUpstream:
         current = tokens
         if allow_refresh and self._expiring(tokens):
             current = self.refresh(tokens)
+            if self._without_access(current):
+                return current
         try:
             self._fetch_profile(current)
         except _AccessTokenRefused:
@@ -119,6 +136,8 @@ class DiUpstream:
             # An access token we believed valid was refused (revoked, clock skew): only a
             # refused refresh proves the session itself dead.
             current = self.refresh(tokens)
+            if self._without_access(current):
+                return current
             try:
                 self._fetch_profile(current)
             except _AccessTokenRefused:
@@ -126,6 +145,12 @@ class DiUpstream:
                     "Garmin refused a freshly refreshed token (HTTP 401 on the Connect API)"
                 ) from None
         return current
+
+    def _without_access(self, refreshed: GarminTokens) -> bool:
+        """A rotation whose answer carried no access token we could read (token_endpoint):
+        Garmin accepting the refresh is its word that the session lives, and the caller must
+        store the new refresh token; a 401 to the old access token would read as a dead one."""
+        return refreshed.oauth2.expires_at <= self._clock.now()
 
     def _expiring(self, tokens: GarminTokens) -> bool:
         remaining = tokens.oauth2.expires_at - self._clock.now()

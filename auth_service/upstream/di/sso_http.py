@@ -30,6 +30,7 @@ from curl_cffi.requests.exceptions import RequestException as CurlRequestExcepti
 from curl_cffi.requests.exceptions import Timeout as CurlTimeout
 
 from auth_service.domain.errors import GarminUnavailable
+from garmin_client.answer_cap import MAX_AUTH_ANSWER_BYTES, AnswerTooLarge
 from garmin_client.http_session import upstream_session
 from garmin_client.observe import RequestObserver, endpoint_template, status_outcome
 from garmin_client.retry import never_sent
@@ -105,6 +106,32 @@ def _cookie_header(cookies: Mapping[str, str]) -> dict[str, str]:
     return {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
 
 
+class _CappedBody:
+    """curl's content callback: the body's pieces, AnswerTooLarge once they pass `limit`
+    (raised inside curl's transfer, which stops it; curl_cffi raises it from the call)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def __call__(self, piece: bytes) -> int:
+        self._size += len(piece)
+        if self._size > self._limit:
+            raise AnswerTooLarge(self._limit)
+        self._parts.append(piece)
+        return len(piece)
+
+    def body(self) -> bytes:
+        return b"".join(self._parts)
+
+
+def _too_large(exc: AnswerTooLarge) -> GarminUnavailable:
+    # Garmin answered: a login or MFA code it may have acted on counts as judged.
+    log.warning("garmin sign-in answered a body %s, not read", exc)
+    return GarminUnavailable(f"Garmin's answer was {exc}, not read (sign-in)", unanswered=True)
+
+
 class SsoHttp:
     """Sends the SSO calls; raises GarminUnavailable when no answer came."""
 
@@ -135,8 +162,12 @@ class SsoHttp:
         return self._post_impersonating(full, headers, body)
 
     def _post_plain(self, url: str, headers: dict[str, str], body: Mapping[str, Any]) -> SsoAnswer:
+        # Capped (MAX_AUTH_ANSWER_BYTES): an SSO answer is a few KB of JSON.
+        transport = UpstreamTransport(
+            self._upstream, self._observer, max_answer_bytes=MAX_AUTH_ANSWER_BYTES
+        )
         with upstream_session() as session:
-            session.mount("https://", UpstreamTransport(self._upstream, self._observer))
+            session.mount("https://", transport)
             try:
                 response = session.post(
                     url,
@@ -154,6 +185,8 @@ class SsoHttp:
                 raise GarminUnavailable(
                     "Garmin could not be reached (sign-in)", unanswered=not never_sent(exc)
                 ) from None
+            except AnswerTooLarge as exc:
+                raise _too_large(exc) from None
             return SsoAnswer(
                 status=response.status_code,
                 path=urlsplit(url).path,
@@ -169,6 +202,8 @@ class SsoHttp:
         if self._upstream.base_url is not None:
             target, headers["X-Forwarded-Host"] = routed_url(self._upstream.base_url, url)
         started, outcome = time.perf_counter(), "error"
+        # curl hands the body over decoded, a piece at a time: kept only up to the cap.
+        received = _CappedBody(MAX_AUTH_ANSWER_BYTES)
         try:
             with curl_requests.Session(impersonate=self._impersonate) as session:
                 response = session.post(
@@ -177,8 +212,11 @@ class SsoHttp:
                     headers=headers,
                     timeout=self._upstream.timeout_seconds,
                     allow_redirects=False,
+                    content_callback=received,
                 )
             outcome = status_outcome(response.status_code)
+        except AnswerTooLarge as exc:  # raised by `received`: curl stopped the transfer
+            raise _too_large(exc) from None
         except CurlTimeout as exc:
             outcome = "timeout"
             raise GarminUnavailable(
@@ -198,7 +236,7 @@ class SsoHttp:
         return SsoAnswer(
             status=response.status_code,
             path=urlsplit(url).path,
-            payload=_json(response.content),
+            payload=_json(received.body()),
             retry_after=response.headers.get("Retry-After"),
             cookies=dict(pair for pair in pairs if pair is not None),
         )

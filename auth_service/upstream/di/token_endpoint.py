@@ -9,7 +9,9 @@ What Garmin's answers mean:
 * 200 -> the pair; the access expiry from ``expires_in`` (else the JWT's ``exp``), the refresh
   expiry from ``refresh_token_expires_in`` (else now + the lifetime Garmin last stated for the
   session, else the configured default; configured to keep: the old token's expiry, unless
-  that has passed).
+  that has passed). A refresh's 200 whose refresh token is readable but whose access token is
+  not still keeps the rotation: the old access token comes back marked expired (now), and
+  the refresher stores the pair but hands that token to nobody.
 * 400 ``invalid_grant`` -> on a ticket ServiceTicketRejected, on a refresh GarminSessionRejected.
 * 401 ``invalid_client`` on a ticket -> ClientIdRefused (the provider decides what is next).
 * 429 -> GarminRateLimited (a Retry-After date measured on the given clock, the service's);
@@ -39,6 +41,7 @@ from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.jwt_payload import jwt_payload
 from auth_service.domain.models import GarminTokens, OAuth2Token
 from auth_service.domain.policies import DiSettings
+from garmin_client.answer_cap import MAX_AUTH_ANSWER_BYTES, AnswerTooLarge
 from garmin_client.answers import retry_after_seconds
 from garmin_client.connect_api import APP_HEADERS
 from garmin_client.http_session import upstream_session
@@ -176,8 +179,13 @@ class TokenEndpoint:
             "Authorization": _basic(client_id),
             "Accept": "application/json",
         }
+        # Capped: the answer is a few KB, and read whole (decompressed) it could take the
+        # replica's memory, with every rotation it holds unstored.
+        transport = UpstreamTransport(
+            self._upstream, self._observer, max_answer_bytes=MAX_AUTH_ANSWER_BYTES
+        )
         with upstream_session() as session:
-            session.mount("https://", UpstreamTransport(self._upstream, self._observer))
+            session.mount("https://", transport)
             try:
                 response = session.post(
                     f"https://diauth.{domain}{DI_TOKEN_PATH}",
@@ -190,6 +198,8 @@ class TokenEndpoint:
                 raise GarminUnavailable(f"Garmin did not answer in time ({step})") from None
             except requests.RequestException:
                 raise GarminUnavailable(f"Garmin could not be reached ({step})") from None
+            except AnswerTooLarge as exc:
+                raise _too_large(exc, step) from None
             try:
                 payload = response.json()
             except (ValueError, RecursionError):  # RecursionError: nested past the stack
@@ -198,7 +208,8 @@ class TokenEndpoint:
                 response.status_code,
                 payload,
                 response.headers.get("Retry-After"),
-                response.text[:_TEXT_KEPT].lower(),
+                # The start only, decoded alone: the phrase looked for is ASCII.
+                response.content[:_TEXT_KEPT].decode("utf-8", "replace").lower(),
             )
 
     def _failure(self, answer: _Answer, step: str) -> UpstreamError:
@@ -221,18 +232,28 @@ class TokenEndpoint:
         if not isinstance(payload, dict):
             raise GarminUnavailable("Garmin answered something unreadable (token endpoint)")
         now = self._clock.now()
-        try:
-            access_token, refresh_token = (
-                _text(payload, "access_token"),
-                _text(payload, "refresh_token"),
-            )
-        except (KeyError, ValueError):
-            raise GarminUnavailable(
-                "Garmin answered something unreadable (token endpoint)"
-            ) from None
+        refresh_token = _text(payload, "refresh_token")
+        access_token = _text(payload, "access_token")
+        if refresh_token is None:
+            raise GarminUnavailable("Garmin answered something unreadable (token endpoint)")
         # From here on the pair is Garmin's answer, and on a refresh the old refresh token
         # is already dead: an optional field we cannot read must never make us drop it.
-        expires_at = _access_expiry(payload, access_token, now)
+        if access_token is not None:
+            expires_at = _access_expiry(payload, access_token, now)
+        elif previous is not None:
+            # Not even the access token: the new refresh token is kept all the same, with the
+            # old access token marked expired, so the session is stored and its next use
+            # refreshes with the live refresh token (the refresher answers its caller
+            # GARMIN_UNAVAILABLE meanwhile, never this access token as a fresh one).
+            log.warning(
+                "garmin refresh answered a new refresh token without a readable access "
+                "token; keeping the rotation, its access token marked expired"
+            )
+            access_token, expires_at = previous.oauth2.access_token, now
+        else:
+            # A ticket exchange: no refresh token of ours died, and a session without an
+            # access token is no sign-in.
+            raise GarminUnavailable("Garmin answered something unreadable (token endpoint)")
         lifetime = _stated_seconds(payload.get("refresh_token_expires_in"))
         known = lifetime or (previous.refresh_token_lifetime_seconds if previous else None)
         refresh_expires_at = now + timedelta(
@@ -267,6 +288,21 @@ class TokenEndpoint:
         )
 
 
+def _too_large(exc: AnswerTooLarge, step: str) -> GarminUnavailable:
+    """An answer past MAX_AUTH_ANSWER_BYTES, not read. On a refresh answered 200 that cannot
+    be helped, but it is loud: Garmin rotated, the new refresh token is in the part not read,
+    and the session's next refresh presents the dead one (invalid_grant)."""
+    if step == "refresh" and exc.status == HTTPStatus.OK:
+        log.error(
+            "garmin refresh answered HTTP 200 with a body %s, not read: the refresh token it "
+            "rotated to is lost, and the session's next refresh will be refused",
+            exc,
+        )
+    else:
+        log.warning("garmin %s answered HTTP %s with a body %s, not read", step, exc.status, exc)
+    return GarminUnavailable(f"Garmin's answer was {exc}, not read ({step})")
+
+
 def _access_expiry(payload: dict[str, Any], access_token: str, now: datetime) -> datetime:
     """The earlier of `expires_in` and the JWT's `exp` (Garmin's API judges the token by its
     `exp`: a grant must not hand out a token that died before the answer said), either alone
@@ -295,11 +331,10 @@ def _jwt_expiry(access_token: str, now: datetime) -> datetime | None:
     return None
 
 
-def _text(payload: dict[str, Any], name: str) -> str:
-    value = payload[name]
-    if not isinstance(value, str) or not value:
-        raise ValueError(name)
-    return value
+def _text(payload: dict[str, Any], name: str) -> str | None:
+    """A non-empty text field of the answer, or None when missing or of another type."""
+    value = payload.get(name)
+    return value if isinstance(value, str) and value else None
 
 
 def _stated_seconds(value: object) -> int | None:
