@@ -497,9 +497,13 @@ class LeaseService:
                 # LEASE_LOST whatever the version: the holder must stop, not mend its report.
                 if locked is not None and live_lease_of(locked, digest, uow.now) is not None:
                     check_refresh_of(locked.session_version, session_version)
-                    check_not_rotated_away(locked, uow.sessions.open_tokens(locked), tokens)
+                    stored = uow.sessions.open_tokens(locked)
+                    check_not_rotated_away(locked, stored, tokens)
                     row = uow.leases.store_refreshed(
-                        digest, locked=locked, tokens=tokens, now=uow.now
+                        digest,
+                        locked=locked,
+                        tokens=_stated_lifetime_kept(tokens, stored),
+                        now=uow.now,
                     )
             status = _reported(uow, AuditedRpc.REPORT_REFRESHED, digest, row)
         if status is None:
@@ -623,6 +627,23 @@ def _live_lease(row: SessionRow | None, now: datetime) -> LeaseView:
     if lease is None:
         raise _lease_lost()
     return lease
+
+
+def _stated_lifetime_kept(reported: GarminTokens, stored: GarminTokens) -> GarminTokens:
+    """The reported pair, with the refresh lifetime Garmin last stated for the session when
+    the report carries none (GarminSession has no field for it): refresh answers seldom state
+    it, and without it the service's next rotation would stamp the default (30 days) on a
+    token Garmin said lives shorter, so keep-alive would come after it died. Same client id
+    only (check_same_account has vouched for the account): a lifetime is the client's."""
+    if (
+        reported.refresh_token_lifetime_seconds is not None
+        or reported.di_client_id is None
+        or reported.di_client_id != stored.di_client_id
+    ):
+        return reported
+    return dataclasses.replace(
+        reported, refresh_token_lifetime_seconds=stored.refresh_token_lifetime_seconds
+    )
 
 
 def _lease_lost() -> LeaseLost:
