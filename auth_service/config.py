@@ -172,6 +172,12 @@ def mfa_claim_seconds(upstream: UpstreamSettings, client_ids: tuple[str, ...]) -
     return max(MFA_CLAIM_FLOOR_SECONDS, _call_seconds(upstream) * calls + CLAIM_MARGIN_SECONDS)
 
 
+# Passes of keep-alive (GARMIN_AUTH_KEEPALIVE_INTERVAL, +/-20%) that fall within a session's
+# keep-alive window at the least: one may meet Garmin's 429 or an outage, the next still finds
+# the session in time.
+KEEPALIVE_PASSES_PER_WINDOW = 3
+
+
 def _call_seconds(upstream: UpstreamSettings) -> float:
     """One Garmin call at its worst: every attempt timing out (garmin_client.retry)."""
     return upstream.timeout_seconds * (upstream.retries + 1)
@@ -179,17 +185,24 @@ def _call_seconds(upstream: UpstreamSettings) -> float:
 
 def _refresh(reader: EnvReader, upstream: UpstreamSettings) -> RefreshSettings:
     claim = _call_seconds(upstream) + CLAIM_MARGIN_SECONDS
+    interval = reader.number("KEEPALIVE_INTERVAL", 300.0, minimum=1, maximum=86400)
+    # At most 29 days: a DI refresh token lives about 30 days from its last use.
+    window = reader.number("KEEPALIVE_WINDOW", 604800.0, minimum=600, maximum=29 * 86400)
+    if window < KEEPALIVE_PASSES_PER_WINDOW * interval:
+        # A session is due only within the window: passes further apart than that (their
+        # +/-20% spread included) step over it, and the session dies with keep-alive running.
+        raise reader.error(
+            "KEEPALIVE_WINDOW",
+            f"must be at least {KEEPALIVE_PASSES_PER_WINDOW} x GARMIN_AUTH_KEEPALIVE_INTERVAL "
+            f"({KEEPALIVE_PASSES_PER_WINDOW * interval:g} s), so that passes meet every session "
+            "due",
+        )
     return RefreshSettings(
         concurrency=reader.integer("REFRESH_CONCURRENCY", 4, minimum=1, maximum=256),
         claim_seconds=claim,
         wait_seconds=claim + CLAIM_WAIT_EXTRA_SECONDS,
-        keepalive_interval_seconds=reader.number(
-            "KEEPALIVE_INTERVAL", 300.0, minimum=1, maximum=86400
-        ),
-        # At most 29 days: a DI refresh token lives about 30 days from its last use.
-        keepalive_window_seconds=reader.number(
-            "KEEPALIVE_WINDOW", 604800.0, minimum=600, maximum=29 * 86400
-        ),
+        keepalive_interval_seconds=interval,
+        keepalive_window_seconds=window,
         keepalive_rate=reader.number("KEEPALIVE_RATE", 10.0, minimum=0.01, maximum=1000),
         # Issue 14: GetStatus(validate) calls Garmin; at most once per user per interval.
         validate_interval_seconds=reader.number(
