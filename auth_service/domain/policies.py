@@ -133,12 +133,13 @@ class RefreshSettings:
     keepalive_batch: int = 1000
     # Keep-alive refreshes started per second per replica at most (spaced with jitter).
     keepalive_rate: float = 10.0
-    # How long keep-alive leaves a session alone after its refresh failed without Garmin
-    # pushing back (GarminUnavailable: a 5xx, a timeout, a refused client id; a secret no
-    # key opens; an unexpected error). Some of these fail on every try (a refused client
-    # id, a lost key): retried on every pass, such sessions stay at the head of the order
-    # and a batch of them starves every other session. An hour costs a session that failed
-    # only once little against a week-long window.
+    # How long keep-alive leaves a session alone after its refresh failed (GarminUnavailable:
+    # a 5xx, a timeout, a refused client id; a secret no key opens; an unexpected error) or
+    # met Garmin's 429. Some of these fail on every try (a refused client id, a lost key, an
+    # account Garmin blocks for hours): retried on every pass, such sessions stay at the head
+    # of the order and a batch of them (or one 429, which ends the pass) starves every other
+    # session. An hour costs a session that failed only once little against a week-long
+    # window.
     keepalive_retry_seconds: float = 3600.0
     # GetStatus(validate) calls Garmin for a user at most once per this many seconds, per
     # replica (0: no limit); sooner asks answer VALIDATE_RATE_LIMITED.
@@ -192,9 +193,9 @@ KEEPALIVE_SHORTEST_RETRY = timedelta(minutes=1)
 
 def keepalive_retry_at(dies_at: datetime | None, now: datetime, retry: timedelta) -> datetime:
     """When keep-alive may try again a session whose refresh just failed without a verdict
-    (a 5xx, a timeout): after `retry` (RefreshSettings.keepalive_retry_seconds), but while its
-    refresh token still lives, after half the time it has left at most (never sooner than a
-    minute), so one passing failure cannot leave it to die unrefreshed."""
+    (a 5xx, a timeout, a 429): after `retry` (RefreshSettings.keepalive_retry_seconds), but
+    while its refresh token still lives, after half the time it has left at most (never
+    sooner than a minute), so one passing failure cannot leave it to die unrefreshed."""
     if dies_at is None or dies_at <= now:
         return now + retry
     return now + min(retry, max((dies_at - now) / 2, KEEPALIVE_SHORTEST_RETRY))

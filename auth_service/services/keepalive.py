@@ -10,14 +10,18 @@ whose passes overlap anyway never refresh a session twice, because each refresh 
 Garth sessions are left alone: their OAuth1 token lives about a year whatever we do.
 
 Keep-alive is the one caller that could hammer Garmin on its own, so it is the most careful
-one: its refreshes start at most `keepalive_rate` per second per replica, spaced with jitter;
-an account waiting out a 429 is skipped; and the first 429 of a pass, or an open breaker of
-the token endpoint, ends the pass: the rest waits for the next one
-(auth_service.services.garmin_gate). A session it (or anyone) refreshed is not picked again
-before half its refresh token's remaining life, at most half the window (a refresh that
+one: its refreshes start at most `keepalive_rate` per second per replica, spaced with jitter,
+each only once one of its workers is free (handed to a busy pool instead, the refreshes a slow
+Garmin held up would all start at once when it answers again); an account waiting out a 429
+is skipped without spending a start, and left alone until its cooldown ends; and the first
+429 of a pass, or an open breaker of the token endpoint, ends the pass: the rest waits for the
+next one (auth_service.services.garmin_gate). A session it (or anyone) refreshed is not picked
+again before half its refresh token's remaining life, at most half the window (a refresh that
 leaves the expiry inside the window would otherwise be repeated every pass:
-auth_service.domain.policies.keepalive_not_before), and one whose refresh failed not for
-`keepalive_retry_seconds` (sessions that fail every time would otherwise fill every pass).
+auth_service.domain.policies.keepalive_not_before). One whose refresh failed, or met Garmin's
+429, is not picked for `keepalive_retry_seconds` (nor before its account's cooldown ends):
+sessions that fail every time, or an account Garmin blocks for hours, would otherwise head
+every pass, and a 429 at the head ends the pass before anyone behind it is refreshed.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "garmin-auth.keepalive"
 KEEPALIVE_REJECTED = "Garmin rejected the session when keep-alive refreshed it"
 _ASKER = RefreshAsker(AuditedRpc.KEEP_ALIVE, reason_for=lambda _message: KEEPALIVE_REJECTED)
+# How often a pass waiting for its next start looks for a pushback or a stop.
+_POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,9 @@ class KeepAliveReport:
     failed: int = 0
     # Garmin rejected the refresh: the session is AUTH_EXPIRED.
     ended: int = 0
-    # Left for the next pass: Garmin asked us to wait (a 429, a cooldown, an open breaker)
-    # or the replica is stopping.
+    # Left for a later pass: Garmin asked us to wait (a 429 or a cooldown: the session is
+    # held back until the cooldown ends, after a 429 for keepalive_retry_seconds too; an
+    # open breaker) or the replica is stopping.
     deferred: int = 0
 
 
@@ -118,37 +125,78 @@ class KeepAlive:
         return report
 
     def _refresh_paced(self, candidates: list[KeepAliveCandidate]) -> Counter[str]:
-        """Start the candidates' refreshes at the configured rate, with jitter, until
-        Garmin pushes back or the replica stops."""
+        """Start the candidates' refreshes, each once a worker is free and at most at the
+        configured rate (with jitter), until Garmin pushes back or the replica stops. Only
+        a refresh that may reach Garmin spends a start: one whose account waits out a
+        cooldown is passed over at once."""
         pushed_back = threading.Event()
         # As many at once as the refresher lets reach Garmin; it bounds them anyway.
         workers = min(self._settings.concurrency, len(candidates))
+        free = threading.Semaphore(workers)
+        passed_over: Counter[str] = Counter()
         started: list[Future[str]] = []
+        next_start = time.monotonic()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keepalive") as pool:
             for candidate in candidates:
-                if started and self._pause(pushed_back):
+                if not self._wait_turn(free, next_start, pushed_back):
                     break
-                started.append(pool.submit(self._keep, candidate, pushed_back))
-        return Counter(future.result() for future in started)
+                if self._refused(candidate, pushed_back):
+                    free.release()
+                    passed_over["deferred"] += 1
+                    if pushed_back.is_set():
+                        break
+                    continue
+                started.append(pool.submit(self._keep, candidate, pushed_back, free))
+                next_start = time.monotonic() + self._spacing()
+        return passed_over + Counter(future.result() for future in started)
 
-    def _pause(self, pushed_back: threading.Event) -> bool:
-        """Wait for the next start (jittered around 1/rate); True to stop starting."""
+    def _spacing(self) -> float:
+        """Seconds from one start to the next: jittered around 1/rate."""
         rate = self._settings.keepalive_rate
         # Not cryptographic: only spreads the calls over time.
-        pause = random.uniform(0.5, 1.5) / rate if rate > 0 else 0.0  # noqa: S311
-        deadline = time.monotonic() + pause
-        while True:
-            if pushed_back.is_set() or self._halting.is_set():
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            pushed_back.wait(min(left, 0.1))
+        return random.uniform(0.5, 1.5) / rate if rate > 0 else 0.0  # noqa: S311
 
-    def _keep(self, candidate: KeepAliveCandidate, pushed_back: threading.Event) -> str:
-        if pushed_back.is_set() or self._halting.is_set():
-            return "deferred"  # queued before the pushback: not started
-        return self._refresh_one(candidate, pushed_back)
+    def _wait_turn(
+        self, free: threading.Semaphore, next_start: float, pushed_back: threading.Event
+    ) -> bool:
+        """Wait for the next start and a free worker (taken); False to stop starting."""
+        while not (pushed_back.is_set() or self._halting.is_set()):
+            left = next_start - time.monotonic()
+            if left > 0:
+                pushed_back.wait(min(left, _POLL_SECONDS))
+            elif free.acquire(timeout=_POLL_SECONDS):
+                if not (pushed_back.is_set() or self._halting.is_set()):
+                    return True
+                free.release()
+        return False
+
+    def _refused(self, candidate: KeepAliveCandidate, pushed_back: threading.Event) -> bool:
+        """Whether the gate refuses the candidate's refresh now (Garmin not called): its
+        account's cooldown holds it back until the cooldown ends; an open breaker ends the
+        pass. Read before a start is spent, so a batch of cooling accounts at the head of
+        the order costs a pass no time."""
+        try:
+            refusal = self._refresher.refusal(candidate.user_id)
+        # The refresh reads the same again and fails on its own terms (held back then).
+        except Exception:  # noqa: BLE001
+            return False
+        if refusal is None:
+            return False
+        self._deferred(candidate, refusal, pushed_back)
+        return True
+
+    def _keep(
+        self,
+        candidate: KeepAliveCandidate,
+        pushed_back: threading.Event,
+        free: threading.Semaphore,
+    ) -> str:
+        try:
+            if pushed_back.is_set() or self._halting.is_set():
+                return "deferred"  # handed over as the pass ended: not started
+            return self._refresh_one(candidate, pushed_back)
+        finally:
+            free.release()
 
     def _refresh_one(self, candidate: KeepAliveCandidate, pushed_back: threading.Event) -> str:
         try:
@@ -160,27 +208,56 @@ class KeepAlive:
         except GarminSessionRejected:
             return "ended"
         except GarminRateLimited as limited:
-            if not limited.only_this_account:
-                # A 429, or an open breaker: Garmin wants less from us; the next pass
-                # takes the rest.
-                pushed_back.set()
-            log.info("keep-alive of user %s deferred (%s)", candidate.user_id, limited.message)
+            self._deferred(candidate, limited, pushed_back)
             return "deferred"
         # GarminUnavailable (5xx, timeout, a refused client id), SecretUnreadable or anything
         # unexpected; one session's failure must not stop the pass.
         except Exception as exc:  # noqa: BLE001
-            self._hold_back(candidate, type(exc).__name__)
+            self._hold_back(candidate, f"failed ({type(exc).__name__})", retry=True)
             return "failed"
         return "refreshed" if refreshed.by_us else "skipped"
 
-    def _hold_back(self, candidate: KeepAliveCandidate, failure: str) -> None:
-        """Leave a session whose refresh failed alone for keepalive_retry_seconds, so the
-        ones that fail every time cannot fill every pass (RefreshSettings); one whose refresh
+    def _deferred(
+        self,
+        candidate: KeepAliveCandidate,
+        limited: GarminRateLimited,
+        pushed_back: threading.Event,
+    ) -> None:
+        """Garmin asked us to wait. A 429 or an open breaker ends the pass (Garmin wants
+        less from us; the next pass takes the rest). The session whose account is held back
+        waits out the cooldown; the one Garmin answered 429 waits like a failed one too,
+        else it would head every pass, and its 429 end each before anyone behind it."""
+        if not limited.only_this_account:
+            pushed_back.set()
+        if limited.held_back is None or limited.only_this_account:
+            self._hold_back(
+                candidate,
+                f"deferred ({limited.message})",
+                retry=limited.held_back is None,
+                cooling_seconds=limited.retry_after_seconds or 0.0,
+            )
+        else:
+            log.info("keep-alive of user %s deferred (%s)", candidate.user_id, limited.message)
+
+    def _hold_back(
+        self,
+        candidate: KeepAliveCandidate,
+        why: str,
+        *,
+        retry: bool,
+        cooling_seconds: float = 0.0,
+    ) -> None:
+        """Leave the session alone until its account's cooldown ends and, with `retry`
+        (its refresh failed, or met Garmin's 429), for keepalive_retry_seconds, so the ones
+        that fail every time cannot fill every pass (RefreshSettings); one whose refresh
         token dies sooner, for half the time it has left (keepalive_retry_at)."""
-        retry = timedelta(seconds=self._settings.keepalive_retry_seconds)
+        retry_for = timedelta(seconds=self._settings.keepalive_retry_seconds)
         try:
             with self._uow() as uow:
-                until = keepalive_retry_at(candidate.refresh_token_expires_at, uow.now, retry)
+                until = uow.now + timedelta(seconds=cooling_seconds)
+                if retry:
+                    dies_at = candidate.refresh_token_expires_at
+                    until = max(until, keepalive_retry_at(dies_at, uow.now, retry_for))
                 uow.refreshes.defer_keepalive(
                     candidate.user_id, version=candidate.session_version, until=until
                 )
@@ -189,12 +266,10 @@ class KeepAlive:
         # can echo connection parameters).
         except Exception as exc:  # noqa: BLE001
             log.warning(
-                "keep-alive of user %s failed (%s), not held back (%s)",
+                "keep-alive of user %s %s, not held back (%s)",
                 candidate.user_id,
-                failure,
+                why,
                 type(exc).__name__,
             )
             return
-        log.warning(
-            "keep-alive of user %s failed (%s); retried in %.0f s", candidate.user_id, failure, wait
-        )
+        log.warning("keep-alive of user %s %s; retried in %.0f s", candidate.user_id, why, wait)

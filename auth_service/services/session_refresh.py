@@ -164,6 +164,17 @@ class SessionRefresher:
         waiting for another's claim, or when a live lease holds the session."""
         return self._refresh(user_id, expected_version, asker, wait=False, unleased=True)
 
+    def refusal(self, user_id: str) -> GarminRateLimited | None:
+        """Why the gate would refuse a refresh of the user's session now (None: it would
+        let it through, or there is no session), read without claiming anything; a refusal
+        counts as a suppressed call. Keep-alive asks before it spends a start of its pace on
+        a session whose account waits out a cooldown."""
+        with self._uow() as uow:
+            row = uow.leases.find(user_id)
+            if row is None:
+                return None
+            return self._gate.refusal(uow, user_id, _endpoints(row))
+
     def refresh_new(self, tokens: GarminTokens) -> GarminTokens:
         """Refresh at Garmin tokens no row holds yet (an imported token file's), as one of
         this replica's refreshes in flight (`concurrency`) and counted as one. The caller

@@ -2,9 +2,9 @@
 
 What must hold: a session refreshed by anyone is not picked again before half the time its new
 refresh token has left, at most half the keep-alive window (policies.keepalive_not_before); a
-session whose keep-alive refresh failed waits `keepalive_retry_seconds`; a signing-in or
-import clears both; and in `keep` mode a kept expiry that has passed when Garmin accepts the
-refresh gives way to now + the lifetime.
+session whose keep-alive refresh failed, or met Garmin's 429, waits `keepalive_retry_seconds`;
+a signing-in or import clears both; and in `keep` mode a kept expiry that has passed when
+Garmin accepts the refresh gives way to now + the lifetime.
 
 Before: keep-alive took every ACTIVE DI session whose refresh token dies within the window on
 every pass, whatever its last refresh did. With GARMIN_AUTH_DI_REFRESH_EXPIRY_ON_ROTATION=keep,
@@ -204,7 +204,7 @@ def test_sessions_that_always_fail_do_not_starve_a_dying_one(
     assert replica.keepalive.run_once() == KeepAliveReport(ran=True, failed=batch)
 
 
-def test_only_a_failure_waits_not_garmin_pushing_back(
+def test_a_failure_and_a_429_wait_keepalive_retry_seconds(
     accounts: DiAccounts,
     emulator: GarminEmulator,
     upstream: UpstreamRouter,
@@ -214,10 +214,13 @@ def test_only_a_failure_waits_not_garmin_pushing_back(
 ) -> None:
     replica = build_replica(db_sessionmaker, box, upstream, clock, SETTINGS)
     accounts.seed("pace-429", refresh_in=timedelta(days=2))
-    # A 429 (Garmin pushing back): the account's cooldown decides, and the next pass tries.
+    # A 429 (Garmin pushing back on the account): the session waits as a failed one does,
+    # else it would head the next pass and end it again (test_keepalive_blocked_account).
     emulator.fail_next(DI_TOKEN_PATH, 429, retry_after=60)
     assert replica.keepalive.run_once() == KeepAliveReport(ran=True, deferred=1)
     clock.advance(INTERVAL)
+    assert replica.keepalive.run_once() == KeepAliveReport(ran=True)
+    clock.advance(RETRY)
     assert replica.keepalive.run_once() == KeepAliveReport(ran=True, refreshed=1)
 
     accounts.seed("pace-503", refresh_in=timedelta(days=2))
