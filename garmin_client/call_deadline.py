@@ -132,11 +132,23 @@ class _Watchdog:
         self._live: set[CallDeadline] = set()
         self._thread: threading.Thread | None = None
 
+    def forget_in_child(self) -> None:
+        """After a fork, in the child: a fresh watchdog. The fork copied the parent's lock
+        (held, if its watchdog was awake: the child's first call would wait for ever) and the
+        parent's calls under way, each with a descriptor of its socket, which the socket
+        both processes share: expired here, their shutdown would cut the parent's
+        connection. The child closes its copies of those descriptors, and no more."""
+        for deadline in self._live:
+            for handle in deadline._handles:  # no lock: its holder may be a parent thread
+                with contextlib.suppress(OSError):
+                    handle.close()
+        self._wake = threading.Condition(threading.Lock())
+        self._live = set()
+        self._thread = None
+
     def add(self, deadline: CallDeadline) -> None:
         with self._wake:
             self._live.add(deadline)
-            # Not alive: never started, or this is a child forked from a process that had
-            # one (a fork copies no thread).
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="call-deadlines", daemon=True
@@ -166,6 +178,7 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.forget_in_child)
 
 
 def _shut_down(handle: socket.socket) -> None:
