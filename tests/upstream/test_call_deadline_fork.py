@@ -93,6 +93,7 @@ def test_a_forked_child_does_not_cut_the_parents_kept_alive_connection() -> None
     time.sleep(0.3)  # the parent's watchdog is asleep again: the child's lock is free
     pid = os.fork()
     if pid == 0:  # the child: one call of its own, outliving the parent's call's deadline
+
         def body() -> None:
             with CallDeadline(10.0):
                 time.sleep(deadline_seconds + 1.0)
