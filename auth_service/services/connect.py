@@ -179,7 +179,9 @@ class ConnectService:
             return
         endpoint = self._login_endpoints[0]
         with self._uow() as uow:
-            until = uow.now + timedelta(seconds=self._settings.mfa_claim_seconds)
+            # As long as the gate's claim of the user for the same sign-in: a replica that
+            # died making it holds the account back no longer than the user.
+            until = uow.now + timedelta(seconds=self._gate.exclusive_hold_seconds)
             refusal = None
             if not uow.throttle.claim_sign_in(keys, uow.now, until):
                 refusal = self._gate.in_flight_refusal(endpoint)

@@ -227,6 +227,14 @@ class GarminGate:
         wait = _seconds(account.cooling_until - uow.now)
         return self._refused(GarminEndpoint.CONNECT_API, "account_cooldown", wait)
 
+    @property
+    def exclusive_hold_seconds(self) -> float:
+        """How long an exclusive call's claim lasts (probe_seconds): a claim outlives the
+        call only when its replica died making it, and then holds the account back this
+        long. Claims of the caller's own for the same call (the sign-in's per Garmin
+        account) last as long, so neither outlives the other."""
+        return self._settings.probe_seconds
+
     def in_flight_refusal(self, endpoint: GarminEndpoint) -> GarminRateLimited:
         """The answer to a call refused because the account's one call is under way, for
         callers that hold such a claim of their own (the sign-in's per Garmin account)."""
