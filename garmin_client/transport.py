@@ -9,8 +9,9 @@ within its retry budget (timeout x attempts) as a whole, its answer's body read 
 call), and an answer that trickles in a byte at a time, each within the read timeout, would
 otherwise outlive the claim while another replica sends the same refresh token. The Connect
 API client leaves it off here and applies its own around the body's read, which it does
-itself (garmin_client.connect_api: a bound of the caller's, generous enough for a large
-download that arrives steadily; the worker's GARMIN_SYNC_UPSTREAM_CALL_TIMEOUT).
+itself (garmin_client.connect_api: a bound of the caller's; the worker's
+GARMIN_SYNC_UPSTREAM_CALL_TIMEOUT, generous enough for a large download that arrives steadily,
+and GetStatus(validate)'s retry budget for its profile GET).
 
 With `max_answer_bytes` (the service's sign-in, ticket and refresh calls: their answers are a
 few KB) a body is read in chunks and decoded no further than that, under the same deadline:

@@ -7,10 +7,10 @@ trickled in, a byte every 0.2 s, held a 0.5 s call for 6 s and more, past its re
 while another replica claimed the session and sent the refresh token Garmin had just rotated
 (tests/refresh/test_claim_outlives_the_call.py).
 
-The Connect API client (the worker's downloads, GetStatus(validate)'s profile) has no such
-budget-sized deadline, on either of its paths: no claim is sized on it, and a large file that
-arrives steadily is no failure. The worker gives it a generous bound of its own
-(GARMIN_SYNC_UPSTREAM_CALL_TIMEOUT: tests/worker/test_trickling_answer.py)."""
+The Connect API client takes its bound from its caller, on either of its paths: the worker a
+generous one, so that a large file arriving steadily is no failure
+(GARMIN_SYNC_UPSTREAM_CALL_TIMEOUT: tests/worker/test_trickling_answer.py), and
+GetStatus(validate)'s profile GET its retry budget (tests/upstream/test_validate_call_bound.py)."""
 
 from __future__ import annotations
 

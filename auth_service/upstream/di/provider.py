@@ -34,6 +34,7 @@ from auth_service.upstream.observer import RpcListenerObserver
 from garmin_client.connect_api import ConnectApi
 from garmin_client.endpoints import DEFAULT_DOMAIN, PROFILE_PATH
 from garmin_client.errors import AccessTokenRejected, GarminError
+from garmin_client.retry import RetryPolicy
 from garmin_client.settings import UpstreamSettings
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,14 @@ class DiUpstream:
 
     def _fetch_profile(self, tokens: GarminTokens) -> None:
         # The worker's Connect API client: bearer, the app's headers, the one transport.
-        # Retry-After dates on the service's clock, the one its cooldowns are kept on.
-        with ConnectApi(self._upstream, tokens.domain, _OBSERVER, now=self._clock.now) as api:
+        # Retry-After dates on the service's clock, the one its cooldowns are kept on. The
+        # whole GET, its body included, within its retry budget: an answer trickling in would
+        # hold the RPC's thread past the account's exclusive claim, and every next
+        # GetStatus(validate) another thread.
+        budget = RetryPolicy.of(self._upstream).budget_seconds
+        with ConnectApi(
+            self._upstream, tokens.domain, _OBSERVER, now=self._clock.now, call_seconds=budget
+        ) as api:
             try:
                 profile = api.get_json(PROFILE_PATH, tokens.oauth2.access_token)
             except AccessTokenRejected:
