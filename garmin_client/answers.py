@@ -30,6 +30,7 @@ from urllib3.exceptions import DecodeError, NewConnectionError
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
+from garmin_client.answer_cap import AnswerTooLarge
 from garmin_client.endpoints import EXCHANGE_PATH, PREAUTHORIZED_PATH, step_name
 from garmin_client.errors import (
     AccessTokenRejected,
@@ -128,6 +129,9 @@ def _without_answer(cause: BaseException) -> Unavailable:
         isinstance(cause, Urllib3TimeoutError) and not isinstance(cause, NewConnectionError)
     ):
         return Unavailable("Garmin did not answer in time", unanswered=unanswered)
+    if isinstance(cause, AnswerTooLarge):
+        # Read no further than the cap (garmin_client.answer_cap): what it says, and no more.
+        return Unavailable(f"Garmin's answer was {cause}, not read", unanswered=True)
     # Before OSError: requests' JSONDecodeError is both a ValueError and a RequestException.
     if isinstance(cause, ValueError | DecodeError):
         return Unavailable("Garmin answered something unreadable")

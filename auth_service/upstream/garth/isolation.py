@@ -37,6 +37,7 @@ from typing import Any, Final
 import requests
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from garmin_client.answer_cap import MAX_AUTH_ANSWER_BYTES, AnswerTooLarge
 from garmin_client.endpoints import EMBED_PATH
 from garmin_client.http_session import upstream_session
 from garmin_client.observe import RequestObserver
@@ -92,8 +93,10 @@ garth_asdict: Callable[[object], Any] = _untyped_asdict
 # What garth and requests raise when Garmin misbehaves. RequestException is an OSError;
 # ValueError covers JSON decoding and pydantic validation; KeyError/TypeError/AttributeError
 # come from garth reading answers that lack a field or have the wrong shape; RecursionError
-# from JSON nested deeper than the parser can follow (a broken or hostile answer).
+# from JSON nested deeper than the parser can follow (a broken or hostile answer);
+# AnswerTooLarge from our transport's cap, which garth lets through as it is.
 GARTH_FAILURES: Final = (
+    AnswerTooLarge,
     GarthException,
     OSError,
     ValueError,
@@ -193,7 +196,11 @@ class IsolatedClient(garth.Client):
     ) -> None:
         # Deliberately not garth.Client.__init__: it builds a Telemetry from GARTH_TELEMETRY_*,
         # may print, and _auto_resume()s from GARTH_HOME/GARTH_TOKEN.
-        self._transport = UpstreamTransport(settings, observer)
+        # Every answer garth asks for (sign-in, exchange, profile) is a few KB: capped, so a
+        # gzip bomb costs the cap, not what it inflates to (garmin_client.answer_cap).
+        self._transport = UpstreamTransport(
+            settings, observer, max_answer_bytes=MAX_AUTH_ANSWER_BYTES
+        )
         # No redirect of a POST is followed (our transport drops its Location: garth leaves
         # allow_redirects on), and no netrc credentials replace the Authorization we set.
         self.sess = upstream_session()
