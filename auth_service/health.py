@@ -162,11 +162,54 @@ class HealthListener:
 SHUTDOWN_NOTICE_SECONDS = 2.0
 
 
+class EndingHealthServicer(health.HealthServicer):
+    """The main port's health servicer (non-blocking Watch), whose Watch streams a stop ends
+    once they have NOT_SERVING (`end_watches`): a stream never ends by itself, and a stop
+    would wait the whole grace period for each one open."""
+
+    def __init__(self) -> None:
+        super().__init__(experimental_non_blocking=True)
+        self._ends_lock = threading.Lock()
+        self._ends: dict[int, Any] = {}
+        self._ending = False
+
+    def Watch(  # noqa: N802 (grpc's name)
+        self, request: Any, context: Any, send_response_callback: Any = None
+    ) -> Any:
+        if send_response_callback is None:  # a server without non-blocking streams
+            return super().Watch(request, context)
+        with self._ends_lock:
+            if self._ending:
+                # Past the notice: the status is all this stream could say.
+                send_response_callback(health_pb2.HealthCheckResponse(status=NOT_SERVING))
+                send_response_callback(None)
+                return None
+            key = id(send_response_callback)
+            self._ends[key] = send_response_callback
+        if not context.add_callback(lambda: self._forget(key)):
+            self._forget(key)  # the call has ended already
+        return super().Watch(request, context, send_response_callback)
+
+    def _forget(self, key: int) -> None:
+        with self._ends_lock:
+            self._ends.pop(key, None)
+
+    def end_watches(self) -> None:
+        """End every Watch stream (OK), for good: call after enter_graceful_shutdown, whose
+        NOT_SERVING each has been sent first."""
+        with self._ends_lock:
+            self._ending = True
+            ends = list(self._ends.values())
+            self._ends.clear()
+        for end in ends:
+            end(None)
+
+
 class HealthBoard:
     """Every health servicer of the replica (the main port's, the health listener's), set
     together."""
 
-    def __init__(self, main: health.HealthServicer, listener: HealthListener | None) -> None:
+    def __init__(self, main: EndingHealthServicer, listener: HealthListener | None) -> None:
         self.main = main
         self.listener = listener
         self._set(LIVENESS_NAMES, SERVING)
@@ -191,9 +234,12 @@ class HealthBoard:
         servicer hands the status to its Watch streams itself, and one whose call is being
         torn down can hold that hand-over (grpc waits on the call's send): the stop waits
         for it a bounded time, then goes on (stopping the server ends those calls)."""
-        notice = threading.Thread(
-            target=self.main.enter_graceful_shutdown, name="health-shutdown", daemon=True
-        )
+
+        def notice_then_end() -> None:
+            self.main.enter_graceful_shutdown()
+            self.main.end_watches()
+
+        notice = threading.Thread(target=notice_then_end, name="health-shutdown", daemon=True)
         notice.start()
         notice.join(SHUTDOWN_NOTICE_SECONDS)
         if notice.is_alive():

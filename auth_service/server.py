@@ -34,7 +34,12 @@ from auth_service.domain.clock import Clock
 from auth_service.domain.paging import Pager
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.signin_accounts import ACCOUNT_KEY_LABEL, SignInAccounts
-from auth_service.health import HealthBoard, HealthListener, HealthListenerError
+from auth_service.health import (
+    EndingHealthServicer,
+    HealthBoard,
+    HealthListener,
+    HealthListenerError,
+)
 from auth_service.metrics.endpoint import MetricsEndpoint, start_metrics_endpoint
 from auth_service.metrics.service import ServiceMetrics
 from auth_service.services.periodic import Periodic
@@ -320,7 +325,7 @@ def start_server(
     servicer = GarminAuthServicer(application.use_cases)
     garmin_auth_pb2_grpc.add_GarminAuthServiceServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers(tuple(extra_handlers))
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = EndingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection is not ReflectionMode.OFF:
         enable_reflection([SERVICE_NAME, health.SERVICE_NAME], server)
