@@ -299,7 +299,12 @@ def _channel(config: AuthClientConfig) -> grpc.Channel:
     if config.tls_ca_file is None:
         if config.tls_cert_file is not None or config.tls_key_file is not None:
             raise ValueError("a TLS client certificate needs a CA file too")
-        return grpc.insecure_channel(config.target, options=_RECONNECT_OPTIONS)
+        # Never through a proxy the environment names (http_proxy, grpc_proxy): gRPC routes
+        # even a loopback target through it, and the bearer token would cross the network in
+        # clear, to the proxy's host (plaintext is allowed for this machine only).
+        return grpc.insecure_channel(
+            config.target, options=[*_RECONNECT_OPTIONS, ("grpc.enable_http_proxy", 0)]
+        )
     if (config.tls_cert_file is None) != (config.tls_key_file is None):
         raise ValueError("a TLS client certificate and its key go together")
     credentials = grpc.ssl_channel_credentials(
