@@ -23,6 +23,16 @@ _SECRET_PATTERNS = [
     re.compile(r"""(?i)((['"])[^'"\n]*?\bbearer\s+)((?:\\.|(?!\2)[^\\\n])+)"""),
     # An unquoted one: token characters, and past a non-ASCII character or an escape too.
     re.compile(r"(?i)(bearer\s+)((?:[A-Za-z0-9._~+/=-]|[^\x00-\x7f]|\\.)+)"),
+    # HTTP Basic credentials (user:password in base64), for the same reason: after an
+    # Authorization key whatever follows, elsewhere a base64 run long enough to be one
+    # (ordinary words after "Basic" stay).
+    re.compile(r"""(?i)(authorization["']?\s*[:=]\s*["']?basic\s+)([^\s"',;]+)"""),
+    re.compile(r"(\bBasic\s+)([A-Za-z0-9+/]{16,}={0,2})"),
+    # A Cookie or Set-Cookie header: every cookie after it, to the end of the line (the
+    # key=value pattern below would mask the first one only).
+    re.compile(r"(?i)(\b(?:set-)?cookie\s*:\s*)([^\n]+)"),
+    # A URL's password (scheme://user:password@host), a database URL's included.
+    re.compile(r"([\w+.-]+://[^:/@\s]*:)([^@\s/]+)(?=@)"),
     # key=value / "key": "value" pairs whose key names a secret.
     re.compile(
         r"(?i)((?:password|passwd|secret|token|access_token|refresh_token|oauth_token"
@@ -39,7 +49,9 @@ _SECRET_PATTERNS = [
 # match; the opaque run needs 40): a shorter text without them cannot match, and is returned
 # after one search instead of five substitutions (most log lines, every access-log field).
 _SHORT = 24
-_HINTS = re.compile(r"(?i)passw|secret|token|authorization|api[_-]?key|cookie|mfa|bearer")
+_HINTS = re.compile(
+    r"(?i)passw|secret|token|authorization|api[_-]?key|cookie|mfa|bearer|basic|://[^@\s]*@"
+)
 
 
 def redact(text: str) -> str:
