@@ -484,5 +484,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         limits=_limits(reader),
         serving=serving,
         stream=read_stream_settings(reader),
-        webhooks=read_webhook_settings(reader),
+        webhooks=read_webhook_settings(reader, production=serving.production),
     )

@@ -83,11 +83,20 @@ def _postable_host(hostname: str) -> bool:
     return True
 
 
-def read_webhook_settings(reader: EnvReader) -> WebhookSettings:
+def read_webhook_settings(reader: EnvReader, *, production: bool = False) -> WebhookSettings:
+    """`production` (GARMIN_AUTH_ENVIRONMENT=production): credentials in an http:// URL,
+    which every POST would send in clear (HTTP Basic), are refused."""
     url = reader.get("WEBHOOK_URL")
     if url is None:
         return WebhookSettings()
     _check_url(reader, url)
+    parts = urlsplit(url)
+    if production and parts.scheme == "http" and "@" in parts.netloc:
+        raise reader.error(
+            "WEBHOOK_URL",
+            "carries credentials in an http:// URL, which every POST would send unencrypted, "
+            "and GARMIN_AUTH_ENVIRONMENT=production refuses that: use https://",
+        )
     initial = reader.number("WEBHOOK_BACKOFF_INITIAL", 1.0, minimum=0.01, maximum=3600)
     maximum = reader.number("WEBHOOK_BACKOFF_MAX", 300.0, minimum=0.01, maximum=86400)
     if initial > maximum:

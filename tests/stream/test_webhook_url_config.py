@@ -87,3 +87,37 @@ def test_serve_with_an_unclosed_ipv6_webhook_url_exits_2_naming_it(tmp_path: Pat
     assert "GARMIN_AUTH_WEBHOOK_URL" in result.stderr
     assert "Traceback" not in result.stderr
     assert PASSWORD not in result.stderr
+
+
+def test_production_refuses_credentials_in_a_plaintext_webhook_url() -> None:
+    """Secure by default: credentials in an http:// URL travel in clear, as HTTP Basic, on
+    every POST. Before, GARMIN_AUTH_ENVIRONMENT=production accepted them (as it refuses a
+    plaintext listener beyond loopback and a plaintext upstream)."""
+    url = f"http://hooks:{PASSWORD}@hooks.example.com/hooks"
+    env = {"GARMIN_AUTH_WEBHOOK_URL": url, "GARMIN_AUTH_WEBHOOK_SECRET": SECRET}
+    with pytest.raises(ConfigError) as raised:
+        read_webhook_settings(EnvReader(env, "GARMIN_AUTH_"), production=True)
+    assert raised.value.variable == "GARMIN_AUTH_WEBHOOK_URL"
+    assert "https://" in str(raised.value)
+    assert PASSWORD not in str(raised.value)
+    # Elsewhere (the emulator, a development receiver) it stays allowed, as before; and in
+    # production an https:// URL with credentials, or an http:// one without, is fine.
+    assert _read(url).url == url
+    for allowed in (url.replace("http://", "https://"), "http://hooks.example.com/hooks"):
+        env["GARMIN_AUTH_WEBHOOK_URL"] = allowed
+        assert read_webhook_settings(EnvReader(env, "GARMIN_AUTH_"), production=True).url
+
+
+def test_serve_in_production_with_credentials_in_a_plaintext_webhook_url_exits_2(
+    tmp_path: Path,
+) -> None:
+    env = base_env(
+        tmp_path,
+        GARMIN_AUTH_ENVIRONMENT="production",
+        GARMIN_AUTH_WEBHOOK_URL=f"http://hooks:{PASSWORD}@127.0.0.1:9/hooks",
+        GARMIN_AUTH_WEBHOOK_SECRET=SECRET,
+    )
+    result = run_cli("serve", env=env, timeout=60)
+    assert result.returncode == 2, (result.returncode, result.stderr[-600:])
+    assert "GARMIN_AUTH_WEBHOOK_URL" in result.stderr
+    assert PASSWORD not in result.stderr
