@@ -129,8 +129,17 @@ class SqlChangeLog:
     def sequence_pending(self, *, limit: int = SEQUENCE_BATCH, wait: bool = False) -> int:
         """Number the committed entries that have no position yet; how many (see the module's
         docstring). `wait`: wait for a pass under way instead of leaving the work to it, so
-        that everything committed before the call is numbered when it returns."""
-        return self.sequence_pass(limit=limit, wait=wait).numbered
+        that everything committed before the call is numbered when it returns: passes of
+        `limit` entries each, until one finds fewer (a backlog of more than one pass, as after
+        the sequencers lagged behind a burst, is numbered whole)."""
+        if not wait:
+            return self.sequence_pass(limit=limit).numbered
+        numbered = 0
+        while True:
+            done = self.sequence_pass(limit=limit, wait=True).numbered
+            numbered += done
+            if done < limit:
+                return numbered
 
     def sequence_pass(self, *, limit: int = SEQUENCE_BATCH, wait: bool = False) -> SequencePass:
         """sequence_pending, also saying whether another replica's pass held the lock."""
