@@ -5,6 +5,7 @@ variables, so the domain never needs to know about grpc."""
 from __future__ import annotations
 
 import contextvars
+from typing import Final
 
 current_caller_name: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "current_caller_name", default=None
@@ -16,3 +17,13 @@ current_caller_name: contextvars.ContextVar[str | None] = contextvars.ContextVar
 rpc_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "rpc_deadline", default=None
 )
+
+# What an answer needs once a wait gives up: the refusal's own transaction and the trip back.
+ANSWER_MARGIN_SECONDS: Final = 0.5
+
+
+def rpc_answer_by() -> float | None:
+    """When a wait must give up to answer the RPC in progress in time (rpc_deadline less
+    ANSWER_MARGIN_SECONDS; None: outside an RPC, or no deadline)."""
+    rpc = rpc_deadline.get()
+    return None if rpc is None else rpc - ANSWER_MARGIN_SECONDS

@@ -40,10 +40,9 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Final
 
 from auth_service.domain import audit
-from auth_service.domain.context import rpc_deadline
+from auth_service.domain.context import rpc_answer_by
 from auth_service.domain.errors import (
     GarminRateLimited,
     GarminSessionRejected,
@@ -264,7 +263,7 @@ class SessionRefresher:
         the RPC must be answered (RefreshSlotsBusy then): past it nobody hears the answer,
         and the refresh would go on for a caller that left. Keep-alive, outside any RPC,
         waits its turn."""
-        answer_by = _rpc_answer_by()
+        answer_by = rpc_answer_by()
         timeout = (
             None
             if answer_by is None
@@ -489,19 +488,8 @@ def _refuse_unless_held(row: SessionRow, now: datetime, lease_digest: str) -> No
         raise LeaseLost("the lease is expired, released, taken over or unknown")
 
 
-# What an answer needs once a wait gives up: the refusal's own transaction and the trip back.
-ANSWER_MARGIN_SECONDS: Final = 0.5
-
-
-def _rpc_answer_by() -> float | None:
-    """When a wait must give up to answer the RPC in progress in time
-    (auth_service.domain.context.rpc_deadline; None: outside an RPC, or no deadline)."""
-    rpc = rpc_deadline.get()
-    return None if rpc is None else rpc - ANSWER_MARGIN_SECONDS
-
-
 def _answer_by(own_deadline: float) -> float:
     """When a refresh stops waiting: at its own deadline, or in time to answer the RPC in
     progress, whichever comes first."""
-    rpc = _rpc_answer_by()
+    rpc = rpc_answer_by()
     return own_deadline if rpc is None else min(own_deadline, rpc)
