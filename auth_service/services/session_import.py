@@ -225,15 +225,7 @@ class SessionImport:
             if retried is not None:
                 return retried
             log.info("user %s: token file refused at Garmin; nothing changed", user_id)
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "garminconnect_tokens",
-                        "its refresh token is no longer valid at Garmin (an old copy?); "
-                        "nothing was changed",
-                    )
-                ]
-            ) from None
+            raise _dead_file("nothing was changed") from None
 
     def _install_refreshed(
         self, user_id: str, imported: GarminTokens, fresh: GarminTokens
@@ -285,7 +277,27 @@ class SessionImport:
                 type(exc).__name__,
             )
             return imported
+        except GarminSessionRejected:
+            # The file's refresh token is the one stored, and Garmin has rejected it (the
+            # refresher re-read the row first): the file is dead, and so is that session,
+            # which the refresher has ended.
+            log.info(
+                "user %s: token file refused at Garmin; the session it held ended", imported.user_id
+            )
+            raise _dead_file("the session holding the same token has ended") from None
         return status_view(refreshed.row, self._uow.now())
+
+
+def _dead_file(outcome: str) -> InvalidArgument:
+    """A token file whose refresh token Garmin rejected: the caller's field to fix."""
+    return InvalidArgument(
+        [
+            FieldViolation(
+                "garminconnect_tokens",
+                f"its refresh token is no longer valid at Garmin (an old copy?); {outcome}",
+            )
+        ]
+    )
 
 
 def _is_active_di(row: SessionRow) -> bool:
