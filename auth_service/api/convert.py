@@ -21,7 +21,7 @@ from auth_service.domain.models import (
     SessionState,
     SessionStatusView,
 )
-from auth_service.upstream.di.garminconnect import di_pair_problem
+from auth_service.upstream.di.garminconnect import di_pair_problem, di_scope_problem
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client import session_proto
 from garmin_client.endpoints import DEFAULT_DOMAIN, DOMAINS
@@ -246,6 +246,9 @@ def _di_pair_violations(session: pb.GarminSession, field: str) -> list[FieldViol
     problem = di_pair_problem(o2.access_token, session.di_client_id)
     if problem is not None:
         violations.append(FieldViolation(f"{field}.di_client_id", problem))
+    scope_problem = di_scope_problem(o2.access_token)
+    if scope_problem is not None:
+        violations.append(FieldViolation(f"{field}.oauth2.access_token", scope_problem))
     # And only at the diauth that issued it (diauth.garmin.cn for garmin.cn accounts):
     # stored under another domain, the pair would be refreshed at the other Garmin.
     issuer = di_issuer_domain(o2.access_token)

@@ -41,6 +41,20 @@ def _scope(claim: object) -> str:
     raise ValueError("garmin_tokens.json: di_token's scope is neither text nor a list of texts")
 
 
+def di_scope_problem(access_token: str) -> str | None:
+    """Why a DI access token's ``scope`` claim is none Garmin issues (None when it is fine,
+    absent, or the token is no JWT, which di_pair_problem tells). Quotes nothing."""
+    try:
+        claims = jwt_payload(access_token)
+    except ValueError:
+        return None
+    try:
+        _scope(claims.get("scope"))
+    except ValueError:
+        return "the access token's scope claim is neither text nor a list of texts"
+    return None
+
+
 def di_pair_problem(access_token: str, client_id: str) -> str | None:
     """Why a DI access token and the client id it is said to belong to cannot be a pair that
     refreshes (None when they can): the client id is malformed, the token is not a JWT with an
