@@ -37,7 +37,7 @@ BOMB = b" " * (128 * 1024 * 1024)
 BOUND = 8 * 1024 * 1024
 
 
-def _peak_while(call: Callable[[], object], what: str) -> None:
+def refused_within_the_cap(call: Callable[[], object], what: str) -> None:
     """Run `call`, which must fail as Garmin unavailable, within BOUND of memory at its peak,
     refusing the answer as too large (read no further)."""
     tracemalloc.start()
@@ -60,7 +60,7 @@ def test_a_refresh_answer_is_read_within_the_cap(
     emulator.fail_next(DI_TOKEN_PATH, 200, body=BOMB, gzip=True)
 
     with caplog.at_level(logging.WARNING):
-        _peak_while(lambda: upstream.refresh(tokens), "refresh")
+        refused_within_the_cap(lambda: upstream.refresh(tokens), "refresh")
 
     # Never asked again: a repeated rotation would present a dead refresh token.
     assert emulator.request_count(DI_TOKEN_PATH) == 1
@@ -77,7 +77,9 @@ def test_a_ticket_exchange_answer_is_read_within_the_cap(
     ticket = ticket_for(emulator, user.email, PASSWORD)
     emulator.fail_next(DI_TOKEN_PATH, 400, body=BOMB, gzip=True, content_type="text/plain")
 
-    _peak_while(lambda: upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL), "ticket")
+    refused_within_the_cap(
+        lambda: upstream.exchange_service_ticket(ticket, IOS_SERVICE_URL), "ticket"
+    )
 
     assert emulator.request_count(DI_TOKEN_PATH) == 1
 
@@ -89,7 +91,7 @@ def test_a_sign_in_answer_is_read_within_the_cap(
     upstream = di_upstream(emulator, plain_http=plain_http)
     emulator.fail_next(LOGIN_PATH, 200, body=BOMB, gzip=True, content_type="application/json")
 
-    _peak_while(lambda: upstream.login(user.email, PASSWORD), "sign-in")
+    refused_within_the_cap(lambda: upstream.login(user.email, PASSWORD), "sign-in")
 
     assert emulator.request_count(LOGIN_PATH) == 1  # a login POST is never repeated
 

@@ -10,37 +10,16 @@ unstored."""
 
 from __future__ import annotations
 
-import tracemalloc
-from collections.abc import Callable
-
 import pytest
 
-from auth_service.domain.errors import GarminUnavailable
 from auth_service.domain.models import GarminTokens
 from auth_service.upstream.garth.provider import GarthUpstream
 from garmin_emulator import EXCHANGE_PATH, LOGIN_PATH, PROFILE_PATH, EmulatedUser, GarminEmulator
 
 from .conftest import PASSWORD
+from .test_auth_answer_cap import BOMB, refused_within_the_cap
 
 pytestmark = pytest.mark.timeout(120)
-
-# About 128 KiB on the wire, gzip-compressed.
-BOMB = b" " * (128 * 1024 * 1024)
-# The cap and what reading up to it costs, with room for the emulator's own work (it runs in
-# this process, and tracemalloc sees it too).
-BOUND = 8 * 1024 * 1024
-
-
-def _peak_while(call: Callable[[], object], what: str) -> None:
-    tracemalloc.start()
-    try:
-        with pytest.raises(GarminUnavailable) as raised:
-            call()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < BOUND, f"reading one {what} answer took {peak // (1024 * 1024)} MiB"
-    assert "larger than 1 MiB, not read" in raised.value.message, raised.value.message
 
 
 def test_a_sign_in_answer_is_read_within_the_cap(
@@ -48,7 +27,7 @@ def test_a_sign_in_answer_is_read_within_the_cap(
 ) -> None:
     emulator.fail_next(LOGIN_PATH, 200, body=BOMB, gzip=True, content_type="application/json")
 
-    _peak_while(lambda: upstream.login(user.email, PASSWORD), "sign-in")
+    refused_within_the_cap(lambda: upstream.login(user.email, PASSWORD), "sign-in")
 
 
 def test_an_exchange_answer_is_read_within_the_cap(
@@ -56,7 +35,7 @@ def test_an_exchange_answer_is_read_within_the_cap(
 ) -> None:
     emulator.fail_next(EXCHANGE_PATH, 200, body=BOMB, gzip=True, content_type="application/json")
 
-    _peak_while(lambda: upstream.refresh(tokens), "exchange")
+    refused_within_the_cap(lambda: upstream.refresh(tokens), "exchange")
 
 
 def test_a_profile_answer_is_read_within_the_cap(
@@ -64,4 +43,4 @@ def test_a_profile_answer_is_read_within_the_cap(
 ) -> None:
     emulator.fail_next(PROFILE_PATH, 200, body=BOMB, gzip=True, content_type="application/json")
 
-    _peak_while(lambda: upstream.validate(tokens, allow_refresh=False), "profile")
+    refused_within_the_cap(lambda: upstream.validate(tokens, allow_refresh=False), "profile")
