@@ -14,34 +14,43 @@ from typing import Any
 REDACTED = "[REDACTED]"
 # Fields a log record may carry as `extra`; everything else stays out of the line.
 CONTEXT_FIELDS = ("rpc", "caller", "user_id", "lease_id", "outcome", "latency_ms", "callers")
-_SECRET_PATTERNS = [
+# Each pattern, with the texts one of which a line must hold (case-folded) for the pattern to
+# match at all: a line holding none of them is not searched with it (most lines, every
+# access-log field). An empty tuple: always searched.
+_SECRET_PATTERNS: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
     # Bearer values come first: the key=value pattern below masks only the next word, which
     # in "Authorization: Bearer <token>" is "Bearer", and the token would stay.
     # A bearer value inside quotes (the repr of a raw header, b'Bearer abc\xa0def') is masked
     # up to its closing quote: a byte no token holds (escaped, non-ASCII, punctuation) must
     # not end the mask early and leave the rest of the credential in the line.
-    re.compile(r"""(?i)((['"])[^'"\n]*?\bbearer\s+)((?:\\.|(?!\2)[^\\\n])+)"""),
+    (re.compile(r"""(?i)((['"])[^'"\n]*?\bbearer\s+)((?:\\.|(?!\2)[^\\\n])+)"""), ("bearer",)),
     # An unquoted one: token characters, and past a non-ASCII character or an escape too.
-    re.compile(r"(?i)(bearer\s+)((?:[A-Za-z0-9._~+/=-]|[^\x00-\x7f]|\\.)+)"),
+    (re.compile(r"(?i)(bearer\s+)((?:[A-Za-z0-9._~+/=-]|[^\x00-\x7f]|\\.)+)"), ("bearer",)),
     # HTTP Basic credentials (user:password in base64), for the same reason: after an
     # Authorization key whatever follows, elsewhere a base64 run long enough to be one
     # (ordinary words after "Basic" stay).
-    re.compile(r"""(?i)(authorization["']?\s*[:=]\s*["']?basic\s+)([^\s"',;]+)"""),
-    re.compile(r"(\bBasic\s+)([A-Za-z0-9+/]{16,}={0,2})"),
+    (
+        re.compile(r"""(?i)(authorization["']?\s*[:=]\s*["']?basic\s+)([^\s"',;]+)"""),
+        ("authorization",),
+    ),
+    (re.compile(r"(Basic\s+)([A-Za-z0-9+/]{16,}={0,2})"), ("basic",)),
     # A Cookie or Set-Cookie header: every cookie after it, to the end of the line (the
     # key=value pattern below would mask the first one only).
-    re.compile(r"(?i)(\b(?:set-)?cookie\s*:\s*)([^\n]+)"),
+    (re.compile(r"(?i)(cookie\s*:\s*)([^\n]+)"), ("cookie",)),
     # A URL's password (scheme://user:password@host), a database URL's included.
-    re.compile(r"([\w+.-]+://[^:/@\s]*:)([^@\s/]+)(?=@)"),
+    (re.compile(r"(://[^:/@\s]*:)([^@\s/]+)(?=@)"), ("://",)),
     # key=value / "key": "value" pairs whose key names a secret.
-    re.compile(
-        r"(?i)((?:password|passwd|secret|token|access_token|refresh_token|oauth_token"
-        r"|oauth_token_secret|authorization|api[_-]?key|cookie|mfa[_-]?code)"
-        r"[\"']?\s*[:=]\s*[\"']?)([^\"'\s,;&}]+)"
+    (
+        re.compile(
+            r"(?i)((?:password|passwd|secret|token|access_token|refresh_token|oauth_token"
+            r"|oauth_token_secret|authorization|api[_-]?key|cookie|mfa[_-]?code)"
+            r"[\"']?\s*[:=]\s*[\"']?)([^\"'\s,;&}]+)"
+        ),
+        ("passw", "secret", "token", "authorization", "api", "cookie", "mfa"),
     ),
     # Long opaque strings (JWTs, base64 blobs, hex keys) anywhere in a line.
-    re.compile(r"()\b(eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9._-]{10,})"),
-    re.compile(r"()([A-Za-z0-9+/_-]{40,}={0,2})"),
+    (re.compile(r"()\b(eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9._-]{10,})"), ("eyj",)),
+    (re.compile(r"()([A-Za-z0-9+/_-]{40,}={0,2})"), ()),
 ]
 
 
@@ -54,10 +63,20 @@ _HINTS = re.compile(
 )
 
 
+def _folded(text: str) -> str:
+    """`text` as the patterns' needles are looked for in it: case-folded, and with the one
+    letter IGNORECASE matches that case-folding keeps apart (dotless i, for "i")."""
+    return text.casefold().replace("\u0131", "i")
+
+
 def redact(text: str) -> str:
     if len(text) < _SHORT and _HINTS.search(text) is None:
         return text
-    for pattern in _SECRET_PATTERNS:
+    folded = _folded(text)
+    for pattern, needles in _SECRET_PATTERNS:
+        # A substitution only takes text out: no later pattern's needle appears by it.
+        if needles and not any(needle in folded for needle in needles):
+            continue
         text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
     return text
 

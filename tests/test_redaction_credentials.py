@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 
 import pytest
 
+from garmin_client import logging_setup
 from garmin_client.logging_setup import JsonFormatter, RedactingFilter
 
 CASES = {
@@ -45,3 +47,57 @@ def test_a_credential_in_a_log_line_is_masked(name: str) -> None:
         logger.removeHandler(handler)
     line = out.getvalue()
     assert secret not in line, f"{name}: the credential reached the log line: {line.strip()}"
+
+
+def _ungated(text: str) -> str:
+    """redact() as it was before each pattern got its needles: every pattern, every line."""
+    for pattern, _needles in logging_setup._SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + logging_setup.REDACTED, text)
+    return text
+
+
+# Case variants IGNORECASE matches: the Kelvin sign for k, the long s for s, the dotless i
+# for i, upper and mixed case.
+_WORDS = [
+    "Bearer",
+    "bEaReR",
+    "basic",
+    "Basic",
+    "authoriZation",
+    "Cookie",
+    "set-cookie",
+    "passwd",
+    "pa\u017fsword",
+    "to\u212aen",
+    "secret",
+    "AP\u0131_KEY",
+    "api-key",
+    "mfa_code",
+    "MFA-Code",
+    "eyJhbGciOiJIUzI1NiJ9",
+    "postgresql+psycopg://u:",
+    "https://",
+    "@host",
+    "lease",
+    "user",
+]
+_GLUE = [" ", "=", ": ", '"', "'", "; ", ",", "\n", "", "\u00a0", "\\x", "/"]
+_VALUES = [
+    "Z2FybWluOlRyMHViNGRvckhvcnNl",
+    "s3cr3t-value",
+    "abc",
+    "x" * 45,
+    "eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlMTIzNDU2",
+    "TGT-1-abc",
+    "p@ss",
+]
+
+
+def test_searching_only_lines_that_hold_a_needle_masks_exactly_what_every_pattern_does() -> None:
+    """The needles only skip searches that cannot match (most lines): over many lines mixing
+    secret words, case variants, glue and values, redact() equals every pattern applied."""
+    rng = random.Random(20261207)  # noqa: S311 (a fixed sequence of lines, not a secret)
+    pieces = _WORDS + _GLUE + _VALUES
+    for _ in range(20000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        assert logging_setup.redact(line) == _ungated(line), repr(line)
