@@ -62,7 +62,8 @@ def http_response(exc: BaseException) -> Response | None:
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None. A date
     is measured from `now`: the current time on the clock the wait will be kept on (default
-    this machine's)."""
+    this machine's). A number too large for a float is infinite (every caller caps the wait):
+    the longer Garmin asks us to wait, never the shorter we do."""
     if not value or not value.strip():
         return None
     text = value.strip()
@@ -70,6 +71,8 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
         seconds = float(text)
     except ValueError:
         return _seconds_until_http_date(text, now or datetime.now(UTC))
+    if seconds == math.inf:
+        return math.inf
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 

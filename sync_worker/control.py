@@ -183,8 +183,10 @@ class RunControl:
 
     def slow_down(self, retry_after: float | None) -> float:
         """Pause every thread's Garmin calls for Retry-After seconds (at most
-        max_rate_limit_pause); returns the pause."""
-        pause = DEFAULT_RATE_LIMIT_PAUSE if retry_after is None else max(0.0, retry_after)
+        max_rate_limit_pause; none given, or none left, as a date already past on this
+        machine's clock: DEFAULT_RATE_LIMIT_PAUSE, as the service holds back); returns the
+        pause."""
+        pause = DEFAULT_RATE_LIMIT_PAUSE if retry_after is None or retry_after <= 0 else retry_after
         pause = min(pause, self._max_rate_limit_pause)
         with self._lock:
             self._pause_until = max(self._pause_until, self._clock() + pause)
