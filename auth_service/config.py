@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from curl_cffi.requests.impersonate import REAL_TARGET_MAP, BrowserType
 from sqlalchemy.engine import make_url
@@ -176,6 +177,14 @@ def mfa_claim_seconds(upstream: UpstreamSettings, client_ids: tuple[str, ...]) -
 # keep-alive window at the least: one may meet Garmin's 429 or an outage, the next still finds
 # the session in time.
 KEEPALIVE_PASSES_PER_WINDOW = 3
+
+
+# The smallest GARMIN_AUTH_MAX_MESSAGE_BYTES, which bounds answers as well as requests: above
+# the largest answer the service may have to send, a worker_full grant of the largest session
+# the validation rules accept (about 200 KB) and a full page of ListSessions or ListAuditEvents.
+# Below it, a grant would commit and then not be sent (RESOURCE_EXHAUSTED), and the lease be
+# held by nobody who knows its id until its TTL ends.
+MIN_MESSAGE_BYTES: Final = 1024 * 1024
 
 
 def _call_seconds(upstream: UpstreamSettings) -> float:
@@ -457,7 +466,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allow_unauthenticated=allow_unauthenticated,
         grace_period_seconds=reader.number("GRACE_PERIOD", 10.0, minimum=0, maximum=600),
         max_message_bytes=reader.integer(
-            "MAX_MESSAGE_BYTES", 4 * 1024 * 1024, minimum=64 * 1024, maximum=64 * 1024 * 1024
+            "MAX_MESSAGE_BYTES",
+            4 * 1024 * 1024,
+            minimum=MIN_MESSAGE_BYTES,
+            maximum=64 * 1024 * 1024,
         ),
         leases=LeaseSettings(default_ttl=default_ttl, max_ttl=max_ttl),
         login=LoginSettings(
