@@ -40,6 +40,9 @@ _VALIDATING = RefreshAsker(
     reason_for=lambda message: f"validation: {message}",
     rejected_outcome=audit.SESSION_INVALIDATED,
 )
+# Why the gate may answer for Garmin without asking it (GarminRateLimited.held_back): a
+# validation refused so does not count toward GARMIN_AUTH_VALIDATE_INTERVAL.
+_NOT_ASKED = frozenset({"account_cooldown", "breaker_open"})
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,15 @@ class SessionAdmin:
         leased_until = lease.expires_at if lease is not None else None
         # Counted only when Garmin is about to be asked; refused before it is.
         self._validations.admit(user_id, now)
-        if lease is None and tokens.oauth2.expires_at <= now + ACCESS_EXPIRY_MARGIN:
-            return self._refresh_and_validate(user_id, version)
-        return self._validate_stored(user_id, version, tokens, leased_until=leased_until)
+        try:
+            if lease is None and tokens.oauth2.expires_at <= now + ACCESS_EXPIRY_MARGIN:
+                return self._refresh_and_validate(user_id, version)
+            return self._validate_stored(user_id, version, tokens, leased_until=leased_until)
+        except GarminRateLimited as refused:
+            if refused.held_back in _NOT_ASKED:
+                # Garmin was not asked after all: the next ask, once the wait is over, goes.
+                self._validations.forget(user_id, now)
+            raise
 
     def _validate_stored(
         self, user_id: str, version: int, tokens: GarminTokens, *, leased_until: datetime | None

@@ -49,3 +49,10 @@ class ValidationLimit:
                     retry_after_seconds=wait.total_seconds(),
                 )
             self._last[user_id] = now
+
+    def forget(self, user_id: str, began: datetime) -> None:
+        """Un-count the validation of `user_id` admitted at `began`: the service answered it
+        without asking Garmin (a cooldown or an open breaker held it back)."""
+        with self._lock:
+            if self._last.get(user_id) == began:
+                del self._last[user_id]

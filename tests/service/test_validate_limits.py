@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from auth_service.domain.clock import FakeClock
 from garmin_auth.v1 import garmin_auth_pb2 as pb
@@ -77,4 +78,36 @@ def test_an_admin_validates_a_user_at_most_once_per_interval(
     clock.advance(15)
     before = garmin.request_count()
     service.call("GetStatus", validate)
+    assert garmin.request_count() > before
+
+
+def test_a_validation_refused_without_garmin_does_not_start_the_interval(
+    service_factory: ServiceFactory, garmin: GarminEmulator
+) -> None:
+    """The interval counts validations that reach Garmin. One the gate refuses for the
+    account's cooldown (Garmin not called) leaves it unstarted: once the cooldown is over, an
+    admin's validation goes to Garmin. Before, the refused one started it, and the first ask
+    after the cooldown answered VALIDATE_RATE_LIMITED. Found by a read-only review."""
+    clock = FakeClock(datetime.now(UTC))
+    refresh = replace(service_factory.base_settings.refresh, validate_interval_seconds=INTERVAL)
+    service = service_factory.start(clock=clock, refresh=refresh)
+    connect(service, garmin, "ann")
+    # A worker met Garmin's 429 on the Connect API for ann: her account cools down 30 s.
+    grant = service.call(
+        "LeaseSession", pb.LeaseSessionRequest(user_id="ann", holder="w"), role="worker"
+    )
+    cooldown = Duration(seconds=30)
+    service.call(
+        "ReleaseLease",
+        pb.ReleaseLeaseRequest(lease_id=grant.lease.lease_id, garmin_retry_after=cooldown),
+        role="worker",
+    )
+    validate = pb.GetStatusRequest(user_id="ann", validate=True)
+    before = garmin.request_count()
+    held_back = expect_failure(lambda: service.call("GetStatus", validate))
+    assert held_back.reason == "GARMIN_RATE_LIMITED"
+    assert garmin.request_count() == before
+
+    clock.advance(31)
+    service.call("GetStatus", validate)  # VALIDATE_RATE_LIMITED before the fix
     assert garmin.request_count() > before
