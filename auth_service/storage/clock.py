@@ -3,10 +3,17 @@
 Which clock rules: the DATABASE's. Every replica decides lease expiry, takeovers and MFA
 challenge expiry against timestamps that other replicas wrote, so they must agree on "now"
 even when their machines' clocks drift apart. Asking the database for every decision would
-cost a round trip per RPC; instead `DatabaseClock` measures the offset between this machine
-and the database every `resync_seconds` (correcting for half the round trip) and adds it to
-the local clock. Replicas then agree to within a few milliseconds plus the drift between
-syncs, whatever their own clocks say.
+cost a round trip per RPC; instead `DatabaseClock` reads the database's time every
+`resync_seconds` (correcting for half the round trip) and counts forward from that reading on
+this machine's monotonic clock, which a step of its wall clock (NTP, an operator) does not
+move. Replicas then agree to within a few milliseconds plus the drift between readings,
+whatever their own clocks say, and whenever they are stepped. (Adding a measured offset to the
+wall clock instead let a step between two readings move the replica's "now" by the whole step:
+a replica stepped 5 minutes ahead took over a live lease.)
+
+Until a first reading succeeds (the database unreachable at start), the replica has no
+database time: it tells its own machine's time, and tries to read again at most every
+`RETRY_SECONDS`, not every `resync_seconds`.
 
 SQLite runs in this process, on this machine's clock, so SystemClock (auth_service.domain.clock)
 is the database clock there.
@@ -27,8 +34,12 @@ from auth_service.domain.clock import Clock, SystemClock
 log = logging.getLogger(__name__)
 
 
+# How soon a replica that has never read the database's time tries again.
+RETRY_SECONDS = 1.0
+
+
 class DatabaseClock:
-    """The database server's clock, read through a periodically measured offset."""
+    """The database server's clock: its last reading, counted forward on time.monotonic()."""
 
     def __init__(
         self, engine: Engine, *, base: Clock | None = None, resync_seconds: float = 30.0
@@ -37,7 +48,9 @@ class DatabaseClock:
         self._base = base or SystemClock()
         self._resync_seconds = resync_seconds
         self._offset = timedelta(0)
-        self._synced_at: float | None = None
+        # The database's time at a reading, and time.monotonic() at the same moment.
+        self._reading: tuple[datetime, float] | None = None
+        self._synced_at: float | None = None  # time.monotonic() of the last attempt
         self._lock = threading.Lock()
 
     @property
@@ -46,29 +59,36 @@ class DatabaseClock:
         return self._offset
 
     def now(self) -> datetime:
-        synced_at = self._synced_at
-        due = synced_at is None or time.monotonic() - synced_at >= self._resync_seconds
-        # One thread measures; the others keep the offset they have meanwhile (only the very
-        # first reading waits, as there is no offset yet).
+        synced_at, reading = self._synced_at, self._reading
+        interval = self._resync_seconds if reading is not None else RETRY_SECONDS
+        due = synced_at is None or time.monotonic() - synced_at >= interval
+        # One thread reads; the others count on from the reading they have meanwhile (only
+        # the very first call waits, as there is nothing to count from yet).
         if due and self._lock.acquire(blocking=synced_at is None):
             try:
                 self.sync()
             finally:
                 self._lock.release()
-        return self._base.now() + self._offset
+            reading = self._reading
+        if reading is None:
+            return self._base.now()
+        database_time, at = reading
+        return database_time + timedelta(seconds=time.monotonic() - at)
 
     def sync(self) -> None:
-        """Measure the offset now. On failure the last offset stays in force."""
+        """Read the database's time now. On failure the last reading stays in force."""
         try:
             with self._engine.connect() as connection:
-                before = self._base.now()
+                before, monotonic_before = self._base.now(), time.monotonic()
                 database_now = connection.execute(text("SELECT clock_timestamp()")).scalar_one()
-                after = self._base.now()
+                after, monotonic_after = self._base.now(), time.monotonic()
         except SQLAlchemyError as exc:
-            log.warning("database clock not read (%s); keeping offset", type(exc).__name__)
+            kept = "keeping the last reading" if self._reading else "no reading yet"
+            log.warning("database clock not read (%s); %s", type(exc).__name__, kept)
             self._synced_at = time.monotonic()
             return
         self._offset = database_now - (before + (after - before) / 2)
+        self._reading = (database_now, (monotonic_before + monotonic_after) / 2)
         self._synced_at = time.monotonic()
 
 
