@@ -271,7 +271,7 @@ class LeaseService:
         skips: int = MAX_SKIPPED_ROWS,
     ) -> LeaseGrant | None:
         """Grant the most overdue session due before `due_before`, skipping those that
-        cannot be handed out; None when nothing is due. At most `attempts` - 1 skips may have
+        cannot be handed out; None when nothing is due. At most `attempts` skips may have
         asked Garmin (each a refresh), and at most `skips` in all (MAX_SKIPPED_ROWS for the
         whole call): rows that fail to open cost no Garmin call, and a run of them must not
         hide a due session behind them (each skip counts as the row's sync attempt, so it
