@@ -67,9 +67,18 @@ def row_for(exc: BaseException) -> ErrorRow:
         return row_of(type(exc))
     if isinstance(exc, OperationalError | PoolTimeoutError):
         return DATABASE_UNAVAILABLE_ROW
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in _UNAVAILABLE_STATES
+    ):
         return DATABASE_UNAVAILABLE_ROW
     return INTERNAL_ROW
+
+
+# What PostgreSQL answers, outside its "operational" classes, when the database cannot take
+# the call now rather than when the call is wrong: a node that refuses writes (a hot standby a
+# failover left the pool on, default_transaction_read_only for maintenance), and a session
+# ended for a transaction left idle (storage.database: a replica frozen mid-transaction).
+_UNAVAILABLE_STATES = frozenset({"25006", "25P03"})
 
 
 def _message(exc: BaseException, row: ErrorRow) -> str:

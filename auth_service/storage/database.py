@@ -54,6 +54,12 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 15.0
 # it frees the pool slot and the gRPC call reports an error instead of hanging.
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
 POSTGRES_STATEMENT_TIMEOUT_MS = 30_000
+# A transaction idle this long between statements is ended by PostgreSQL (the session with
+# it): our transactions never wait on anything but the database (never on Garmin), so only a
+# replica frozen mid-transaction (SIGSTOP, a stalled VM) is this slow, and it would otherwise
+# hold its row and advisory locks until TCP gives up on it: every other replica's statement on
+# those rows waiting out its timeout, the change log's numbering stopped everywhere.
+POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 # A fixed pool, no overflow: an overflow connection is closed as soon as it is returned, so
 # under load the service opened and closed dozens of connections a second (each costs
 # PostgreSQL a process). Transactions never span a call to Garmin, so 16 connections serve
@@ -82,17 +88,21 @@ def create_engine_for(
     pool_size: int = POSTGRES_POOL_SIZE,
     max_overflow: int = POSTGRES_MAX_OVERFLOW,
     statement_timeout_ms: int = POSTGRES_STATEMENT_TIMEOUT_MS,
+    idle_in_transaction_timeout_ms: int = POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_MS,
 ) -> Engine:
     """An Engine configured for this service; `url` is a postgresql+psycopg or sqlite URL.
 
     The pool arguments only apply to PostgreSQL; size them to the gRPC worker count.
-    `statement_timeout_ms=0` disables the PostgreSQL statement timeout.
+    `statement_timeout_ms=0` disables the PostgreSQL statement timeout, and
+    `idle_in_transaction_timeout_ms=0` the end of transactions left idle.
     """
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         engine = _sqlite_engine(url)
     elif backend == "postgresql":
-        engine = _postgres_engine(url, pool_size, max_overflow, statement_timeout_ms)
+        engine = _postgres_engine(
+            url, pool_size, max_overflow, statement_timeout_ms, idle_in_transaction_timeout_ms
+        )
     else:
         raise ValueError(f"unsupported database backend {backend!r}")
     log.debug("database engine created for %s", redacted_database_url(url))
@@ -138,7 +148,11 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
 
 
 def _postgres_engine(
-    url: str, pool_size: int, max_overflow: int, statement_timeout_ms: int
+    url: str,
+    pool_size: int,
+    max_overflow: int,
+    statement_timeout_ms: int,
+    idle_in_transaction_timeout_ms: int,
 ) -> Engine:
     engine = create_engine(
         url,
@@ -157,7 +171,11 @@ def _postgres_engine(
             # another zone's reading is outside what psycopg can represent. (libpq sends a
             # PGTZ set in the service's environment as a startup setting of its own, which
             # the server applies after these: `_utc_despite_pgtz` sets it back.)
-            "options": f"-c statement_timeout={int(statement_timeout_ms)} -c timezone=UTC",
+            "options": (
+                f"-c statement_timeout={int(statement_timeout_ms)} "
+                "-c idle_in_transaction_session_timeout="
+                f"{int(idle_in_transaction_timeout_ms)} -c timezone=UTC"
+            ),
             "application_name": "garmin-auth",
         },
     )
@@ -215,11 +233,27 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+# PostgreSQL: a node that answers but refuses writes (a hot standby a failover left the pool
+# on; default_transaction_read_only set for maintenance) cannot serve a single call that
+# writes, which is nearly every one: readiness must take the replica out, not keep it.
+_POSTGRES_TAKES_WRITES = text(
+    "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
+)
+
+
 def database_is_reachable(engine: Engine) -> bool:
-    """True if a trivial query succeeds (for the gRPC health service); never raises."""
+    """True if the database answers and takes writes (for the gRPC health service); never
+    raises."""
     try:
         with engine.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"}).connect() as connection:
-            connection.execute(text("SELECT 1")).scalar_one()
+            if engine.dialect.name != "postgresql":
+                connection.execute(text("SELECT 1")).scalar_one()
+            elif not connection.execute(_POSTGRES_TAKES_WRITES).scalar_one():
+                log.warning(
+                    "database %s refuses writes (a standby, or read-only); not ready",
+                    redacted_database_url(engine.url.render_as_string(hide_password=True)),
+                )
+                return False
     except (SQLAlchemyError, OSError) as exc:
         # Only the exception type: driver messages can echo connection parameters.
         log.warning(

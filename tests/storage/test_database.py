@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, insert, select, text
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import IntegrityError, InternalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from auth_service.domain.models import SessionState
 from auth_service.storage.database import (
+    POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_MS,
     POSTGRES_STATEMENT_TIMEOUT_MS,
     SQLITE_BUSY_TIMEOUT_SECONDS,
     create_engine_for,
@@ -365,3 +367,33 @@ def test_postgres_statement_timeout_cancels_long_statements(pg_database_url: str
 def test_unsupported_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         create_engine_for("mysql://localhost/db")
+
+
+def test_postgres_ends_a_transaction_left_idle(pg_database_url: str) -> None:
+    """A replica frozen inside a transaction (SIGSTOP, a stalled VM, a thread stuck between
+    two statements) no longer holds its row locks and advisory locks until TCP notices:
+    PostgreSQL ends the session once the transaction has been idle past the limit. Before,
+    nothing did (every other replica's statement on those rows waited out its 30 s timeout,
+    and the change log's numbering stopped on every replica)."""
+    engine = create_engine_for(pg_database_url, idle_in_transaction_timeout_ms=300)
+    try:
+        with engine.connect() as connection:
+            setting = connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout")
+            assert setting.scalar() == "300ms"
+            connection.exec_driver_sql("SELECT 1")  # the transaction is open, then idle
+            time.sleep(1.0)
+            with pytest.raises(InternalError, match="idle-in-transaction"):
+                connection.exec_driver_sql("SELECT 1")
+    finally:
+        engine.dispose()
+
+
+def test_postgres_idle_transactions_are_ended_by_default(pg_database_url: str) -> None:
+    assert POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_MS == 60_000
+    engine = create_engine_for(pg_database_url)
+    try:
+        with engine.connect() as connection:
+            setting = connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout")
+            assert setting.scalar() == "1min"  # POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_MS
+    finally:
+        engine.dispose()
