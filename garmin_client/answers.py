@@ -71,7 +71,8 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
         seconds = float(text)
     except ValueError:
         return _seconds_until_http_date(text, now or datetime.now(UTC))
-    if seconds == math.inf:
+    if seconds == math.inf and any(character.isdigit() for character in text):
+        # A number past a float's range ("1e999", 400 digits); "inf" itself is no number.
         return math.inf
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
