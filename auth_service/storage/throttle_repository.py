@@ -38,6 +38,9 @@ _ACCOUNTS = _Counters(
 )
 
 
+# Keys per DELETE of a purge (a bound on the statement's parameters).
+_PURGE_BATCH = 500
+
 # Each retry follows a purge that another replica committed in between: never more than one
 # in practice (a purge deletes only rows whose window ended, and ours just started afresh).
 _PURGED_RETRIES = 3
@@ -112,8 +115,26 @@ class SqlThrottleRepository:
                         columns.sign_in_claimed_until <= now,
                     )
                 )
-            result = self.session.execute(delete(counters.table).where(*conditions))
-            deleted += cast(CursorResult[Any], result).rowcount or 0
+            # Locked in key order, passing over rows a Login holds: one DELETE would lock them
+            # in the table's physical order, which crosses a Login's (the user's row, then
+            # the account's digests in order; two of them while the keyring holds two keys),
+            # and PostgreSQL would abort one of the two as a deadlock. What is skipped is
+            # in use, and the next pass purges it.
+            stale = list(
+                self.session.scalars(
+                    select(counters.key)
+                    .where(*conditions)
+                    .order_by(counters.key)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for start in range(0, len(stale), _PURGE_BATCH):
+                result = self.session.execute(
+                    delete(counters.table).where(
+                        counters.key.in_(stale[start : start + _PURGE_BATCH])
+                    )
+                )
+                deleted += cast(CursorResult[Any], result).rowcount or 0
         return deleted
 
     def claim_sign_in(self, keys: SignInKeys, now: datetime, until: datetime) -> bool:
