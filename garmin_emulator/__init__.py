@@ -9,7 +9,8 @@ the ``X-Forwarded-Host`` header the adapters' transports add):
 * the OAuth1-signed token endpoints of connectapi.garmin.com (`oauth`, garth's), whose
   HMAC-SHA1 signatures are verified against the original https URL;
 * the DI OAuth2 token endpoint of diauth.garmin.com / .cn (`di_oauth`): ticket exchange and
-  rotating refresh, JWT access tokens (`jwt`); its uncertain points are `options`;
+  rotating refresh, JWT access tokens (`jwt`) naming the host that issued them, where alone
+  their refresh token works; its uncertain points are `options`;
 * the Bearer API the sync needs (`connect_api`): profile, activity list, downloads.
 
 Tests drive it through `GarminEmulator`'s thread-safe methods (``add_user``,
@@ -51,6 +52,8 @@ from garmin_emulator.endpoints import (
 from garmin_emulator.faults import FAULT_HANG, FAULT_RESET
 from garmin_emulator.options import (
     ANDROID_SERVICE_URL,
+    DEFAULT_DI_DOMAIN,
+    DI_DOMAINS,
     EMBED_SERVICE_URL,
     IOS_SERVICE_URL,
     KNOWN_DI_CLIENT_IDS,
@@ -68,6 +71,8 @@ __all__ = [
     "BLOCK_RATE_LIMITED",
     "DEFAULT_CONSUMER_KEY",
     "DEFAULT_CONSUMER_SECRET",
+    "DEFAULT_DI_DOMAIN",
+    "DI_DOMAINS",
     "DI_RECORDS_PATH",
     "DI_TOKENS_PATH",
     "DI_TOKEN_PATH",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from garmin_emulator.endpoints import DI_RECORDS_PATH, DI_TOKENS_PATH, REQUEST_COUNTS_PATH
-from garmin_emulator.options import KNOWN_DI_CLIENT_IDS
+from garmin_emulator.options import DEFAULT_DI_DOMAIN, DI_DOMAINS, KNOWN_DI_CLIENT_IDS
 from garmin_emulator.wire import BadRequest, Incoming, Reply, error_reply, json_reply
 
 if TYPE_CHECKING:
@@ -36,10 +36,12 @@ class ControlApi:
         return error_reply(404, "no such control endpoint")
 
     def _issue(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``{"emails": [...], "client_id": optional}``: one fresh pair per account, in
-        python-garminconnect's ``garmin_tokens.json`` shape, in the order asked."""
+        """``{"emails": [...], "client_id": optional, "domain": optional}``: one fresh pair
+        per account from diauth.<domain> (default garmin.com), in python-garminconnect's
+        ``garmin_tokens.json`` shape, in the order asked."""
         emails = body.get("emails")
         client_id = body.get("client_id", KNOWN_DI_CLIENT_IDS[0])
+        domain = body.get("domain", DEFAULT_DI_DOMAIN)
         if (
             not isinstance(emails, list)
             or len(emails) > MAX_BULK_EMAILS
@@ -48,12 +50,15 @@ class ControlApi:
             raise BadRequest(f"emails must be a list of at most {MAX_BULK_EMAILS} strings")
         if not isinstance(client_id, str) or not client_id:
             raise BadRequest("client_id must be a string")
+        if domain not in DI_DOMAINS:
+            raise BadRequest(f"domain must be one of {', '.join(DI_DOMAINS)}")
         known = self._emulator.known_emails()
         unknown = [email for email in emails if email.lower() not in known]
         if unknown:
             raise BadRequest(f"{len(unknown)} unknown account(s), e.g. {unknown[0]}")
         return {
             "tokens": [
-                self._emulator.garminconnect_tokens(email, client_id=client_id) for email in emails
+                self._emulator.garminconnect_tokens(email, client_id=client_id, domain=domain)
+                for email in emails
             ]
         }

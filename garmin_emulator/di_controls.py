@@ -10,7 +10,13 @@ from typing import Any
 from garmin_emulator.di_oauth import DiOAuth
 from garmin_emulator.endpoints import DI_TOKEN_PATH, LOGIN_PATH
 from garmin_emulator.faults import Faults
-from garmin_emulator.options import IOS_SERVICE_URL, KNOWN_DI_CLIENT_IDS, DiOptions
+from garmin_emulator.options import (
+    DEFAULT_DI_DOMAIN,
+    DI_DOMAINS,
+    IOS_SERVICE_URL,
+    KNOWN_DI_CLIENT_IDS,
+    DiOptions,
+)
 from garmin_emulator.sso import CAPTCHA_REQUIRED_BODY, CLOUDFLARE_BLOCK_PAGE, Sso
 from garmin_emulator.state import LIVE, EmulatorState, TokenRequest
 
@@ -42,19 +48,28 @@ class DiControls:
         *,
         client_id: str = KNOWN_DI_CLIENT_IDS[0],
         service_url: str = IOS_SERVICE_URL,
+        domain: str = DEFAULT_DI_DOMAIN,
     ) -> dict[str, Any]:
-        """A fresh DI token pair for the user, as a ticket exchange answers it (not counted)."""
+        """A fresh DI token pair for the user, as a ticket exchange at diauth.<domain> answers
+        it (not counted): it refreshes only there, and its JWT names it as ``iss``."""
+        if domain not in DI_DOMAINS:
+            raise ValueError(f"domain must be one of {DI_DOMAINS}, not {domain!r}")
         with self._state.lock:
             expires_at = time.time() + self._di.refresh_token_expires_in
             return self._di_oauth.issue(
-                email.lower(), client_id, service_url, expires_at, family=None
+                email.lower(), client_id, service_url, expires_at, family=None, domain=domain
             )
 
     def garminconnect_tokens(
-        self, email: str, *, client_id: str = KNOWN_DI_CLIENT_IDS[0]
+        self,
+        email: str,
+        *,
+        client_id: str = KNOWN_DI_CLIENT_IDS[0],
+        domain: str = DEFAULT_DI_DOMAIN,
     ) -> dict[str, str]:
-        """A fresh pair in python-garminconnect's ``garmin_tokens.json`` shape."""
-        answer = self.issue_di_tokens(email, client_id=client_id)
+        """A fresh pair from diauth.<domain> in python-garminconnect's ``garmin_tokens.json``
+        shape (which names no domain: its reader takes it from the JWT's ``iss``)."""
+        answer = self.issue_di_tokens(email, client_id=client_id, domain=domain)
         return {
             "di_token": answer["access_token"],
             "di_refresh_token": answer["refresh_token"],

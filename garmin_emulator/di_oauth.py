@@ -1,7 +1,9 @@
 """diauth.garmin.com's DI OAuth2 token endpoint (diauth.garmin.cn serves garmin.cn accounts):
 a service ticket becomes a token pair, and a refresh token becomes a new pair, killing the old
 refresh token (rotation). Clients authenticate with HTTP Basic "<client_id>:" (no secret) and
-a refresh token only works for the client id it was issued to. Access tokens are JWTs."""
+a refresh token only works for the client id it was issued to. Access tokens are JWTs naming
+the diauth host that issued them (``iss``); a refresh token only works at that host, which
+the emulator tells by the host the request was meant for (X-Forwarded-Host)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import uuid
 from typing import Any
 
 from garmin_emulator import jwt
-from garmin_emulator.options import DiOptions
+from garmin_emulator.options import DEFAULT_DI_DOMAIN, DI_DOMAINS, DiOptions
 from garmin_emulator.state import (
     LIVE,
     REVOKED,
@@ -28,7 +30,7 @@ from garmin_emulator.wire import BadRequest, Incoming, Reply, json_reply
 
 SERVICE_TICKET_GRANT = "https://connectapi.garmin.com/di-oauth2-service/oauth/grant/service_ticket"
 REFRESH_TOKEN_GRANT = "refresh_token"  # noqa: S105 (a grant type, not a secret)
-ISSUER = "https://diauth.garmin.com"
+_DIAUTH_PREFIX = "diauth."
 DI_SCOPE = (
     "COMMUNITY_COURSE_READ GARMINPAY_WRITE GOLF_API_READ ATP_READ GHS_SAMD GHS_UPLOAD "
     "INSIGHTS_READ CONNECT_READ CONNECT_WRITE"
@@ -56,6 +58,20 @@ def _invalid_ticket(email: str | None, options: DiOptions) -> _Decision:
         options.invalid_ticket_status, options.invalid_ticket_error, INVALID_TICKET
     )
     return reply, email, "invalid_ticket"
+
+
+def issuer(domain: str) -> str:
+    """The ``iss`` of the access tokens diauth.<domain> issues."""
+    return f"https://{_DIAUTH_PREFIX}{domain}"
+
+
+def diauth_domain(host: str) -> str:
+    """The Garmin domain whose diauth a token request was meant for: that of diauth.garmin.cn
+    or diauth.garmin.com, and garmin.com for a direct caller naming no Garmin host."""
+    domain = host.removeprefix(_DIAUTH_PREFIX)
+    if host.startswith(_DIAUTH_PREFIX) and domain in DI_DOMAINS:
+        return domain
+    return DEFAULT_DI_DOMAIN
 
 
 def _basic_client(request: Incoming) -> str | None:
@@ -112,14 +128,15 @@ class DiOAuth:
             reply = _oauth_error(401, "invalid_client", "Bad client credentials")
             return reply, None, "invalid_client"
         grant_type = form.get("grant_type", "")
+        domain = diauth_domain(request.host)
         if grant_type == SERVICE_TICKET_GRANT:
-            return self._exchange_ticket(form, client_id)
+            return self._exchange_ticket(form, client_id, domain)
         if grant_type == REFRESH_TOKEN_GRANT:
-            return self._refresh(form, client_id)
+            return self._refresh(form, client_id, domain)
         reply = _oauth_error(400, "unsupported_grant_type", "Unsupported grant type")
         return reply, None, "invalid_request"
 
-    def _exchange_ticket(self, form: dict[str, str], client_id: str) -> _Decision:
+    def _exchange_ticket(self, form: dict[str, str], client_id: str, domain: str) -> _Decision:
         service_url = form.get("service_url", "")
         with self._state.lock:
             ticket = self._state.tickets.get(form.get("service_ticket", ""))
@@ -139,14 +156,18 @@ class DiOAuth:
             assert email is not None
             bump(self._state.records.ticket_exchanges, email)
             expires_at = time.time() + self._options.refresh_token_expires_in
-            answer = self.issue(email, client_id, service_url, expires_at, family=None)
+            answer = self.issue(
+                email, client_id, service_url, expires_at, family=None, domain=domain
+            )
         return json_reply(200, answer), email, "issued"
 
-    def _refresh(self, form: dict[str, str], client_id: str) -> _Decision:
+    def _refresh(self, form: dict[str, str], client_id: str, domain: str) -> _Decision:
         state, options = self._state, self._options
         with state.lock:
             grant = state.di_refresh.get(form.get("refresh_token", ""))
-            if grant is None:
+            if grant is None or grant.domain != domain:
+                # Each diauth knows only the refresh tokens it issued: another host's is as
+                # unknown there as a made-up one (nothing rotates, dies or counts as a reuse).
                 return _invalid_grant(None)
             if grant.client_id != client_id:
                 # Refresh tokens are bound to their client id.
@@ -168,7 +189,12 @@ class DiOAuth:
                 else grant.expires_at
             )
             answer = self.issue(
-                grant.email, client_id, grant.service_url, expires_at, family=grant.family
+                grant.email,
+                client_id,
+                grant.service_url,
+                expires_at,
+                family=grant.family,
+                domain=grant.domain,
             )
             if options.omit_refresh_expiry_on_refresh:
                 answer.pop("refresh_token_expires_in", None)
@@ -182,8 +208,10 @@ class DiOAuth:
         refresh_expires_at: float,
         *,
         family: int | None,
+        domain: str,
     ) -> dict[str, Any]:
-        """A new token pair for the user (a new family unless given): Garmin's answer.
+        """A new token pair for the user (a new family unless given), issued by
+        diauth.<domain>: Garmin's answer.
 
         The caller holds the state's lock.
         """
@@ -195,7 +223,7 @@ class DiOAuth:
         access_token = jwt.encode(
             {
                 "scope": DI_SCOPE.split(),
-                "iss": ISSUER,
+                "iss": issuer(domain),
                 "exp": issued_at + expires_in,
                 "iat": issued_at,
                 "jti": jti,
@@ -220,6 +248,7 @@ class DiOAuth:
             family=family,
             service_url=service_url,
             expires_at=refresh_expires_at,
+            domain=domain,
         )
         state.di_families[family] = refresh_token
         answer: dict[str, Any] = {

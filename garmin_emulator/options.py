@@ -16,6 +16,10 @@ KNOWN_DI_CLIENT_IDS = (
     "GARMIN_CONNECT_MOBILE_ANDROID_DI",
     "GARMIN_CONNECT_MOBILE_IOS_DI",
 )
+# The Garmin domains with their own diauth host (garmin.cn accounts sign in and refresh at
+# diauth.garmin.cn), the first the default; a pair refreshes only at the host that issued it.
+DI_DOMAINS = ("garmin.com", "garmin.cn")
+DEFAULT_DI_DOMAIN = DI_DOMAINS[0]
 # The mobile apps' service URLs: tickets for them give tokens the API accepts.
 IOS_SERVICE_URL = "https://mobile.integration.garmin.com/gcm/ios"
 ANDROID_SERVICE_URL = "https://mobile.integration.garmin.com/gcm/android"

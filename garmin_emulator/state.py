@@ -56,7 +56,8 @@ class TokenRequest:
     host: str
     grant_type: str
     client_id: str
-    # Whose ticket or refresh token it carried; None when the emulator did not know it.
+    # Whose ticket or refresh token it carried; None when the host did not know it (another
+    # diauth's refresh token included).
     email: str | None
     status: int
     # "issued", "invalid_grant", "invalid_ticket", "invalid_client" or "invalid_request".
@@ -119,6 +120,9 @@ class DiRefreshToken:
     family: int
     service_url: str
     expires_at: float
+    # The Garmin domain whose diauth issued it (garmin.com, garmin.cn): the only one that
+    # refreshes it.
+    domain: str
     # LIVE until refreshed once (ROTATED) or revoked (REVOKED).
     status: str = LIVE
 

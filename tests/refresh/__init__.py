@@ -30,6 +30,7 @@ from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
 from auth_service.upstream.di.garminconnect import tokens_from_garminconnect
 from auth_service.upstream.garth.dumps import tokens_from_garth_dumps
+from garmin_client.endpoints import DEFAULT_DOMAIN
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
 from tests.fixtures.di_upstream import di_tokens
 from tests.leases import seed_active
@@ -93,15 +94,16 @@ class DiAccounts:
         *,
         access_in: timedelta = timedelta(hours=20),
         refresh_in: timedelta | None = timedelta(days=30),
+        domain: str = DEFAULT_DOMAIN,
     ) -> GarminTokens:
-        """A fresh DI pair for the user, stored ACTIVE; the access token expires `access_in`
-        from now on our clock, the refresh token `refresh_in` (None: unknown, as imported),
-        at Garmin too when sooner than Garmin's own expiry."""
+        """A fresh DI pair from diauth.<domain> for the user, stored ACTIVE; the access token
+        expires `access_in` from now on our clock, the refresh token `refresh_in` (None:
+        unknown, as imported), at Garmin too when sooner than Garmin's own expiry."""
         email = self.email(user_id)
         if email not in self._known:
             self.emulator.add_user(email, "irrelevant-password")
             self._known.add(email)
-        tokens = di_tokens(self.emulator.issue_di_tokens(email))
+        tokens = di_tokens(self.emulator.issue_di_tokens(email, domain=domain), domain=domain)
         now = self.clock.now()
         if refresh_in is not None:
             self.emulator.expire_refresh_tokens(email, after=refresh_in.total_seconds())

@@ -29,7 +29,7 @@ from auth_service.domain.views import rotated_away
 from auth_service.upstream.router import UpstreamRouter
 from garmin_client import session_proto
 from garmin_emulator import KNOWN_DI_CLIENT_IDS, GarminEmulator
-from tests.leases import read_row, seed_active
+from tests.leases import read_row
 from tests.refresh import ASKER, DiAccounts, Replica
 
 pytestmark = pytest.mark.timeout(60)
@@ -163,19 +163,23 @@ def test_a_garmin_cn_session_reported_without_a_domain_is_refused(
     upstream: UpstreamRouter,
     db_sessionmaker: sessionmaker[Session],
 ) -> None:
-    seeded = accounts.seed(USER)
-    chinese = dataclasses.replace(seeded, domain="garmin.cn")
-    seed_active(db_sessionmaker, accounts.box, USER, chinese, accounts.clock.now())
+    accounts.seed(USER, domain="garmin.cn")  # a pair diauth.garmin.cn issued
     grant = replicas[0].leases.lease_session(USER, "worker-1", None, with_refresh_token=True)
     own = upstream.refresh(grant.tokens)
     assert emulator.token_requests[-1].host == "diauth.garmin.cn"
     message = session_proto.tokens_to_proto(own)
     message.domain = ""  # what a worker that never sets the field sends
-    reported = convert.tokens_from_proto(message, "session")
 
+    # The wire refuses it first: the access token names diauth.garmin.cn as its issuer.
+    with pytest.raises(InvalidArgument) as refused:
+        convert.tokens_from_proto(message, "session")
+    assert _fields(refused) == ["session.domain"]
+    # Read as garmin.com (as a token naming no issuer would be), the lease service refuses it.
     with pytest.raises(InvalidArgument) as refused:
         replicas[0].leases.report_refreshed(
-            grant.lease.lease_id, reported, session_version=grant.status.session_version
+            grant.lease.lease_id,
+            dataclasses.replace(own, domain="garmin.com"),
+            session_version=grant.status.session_version,
         )
     assert _fields(refused) == ["session.domain"]
     assert read_row(db_sessionmaker, USER).session_version == grant.status.session_version

@@ -296,6 +296,23 @@ def test_import_of_garmin_tokens_json_refreshes_it_once(
     assert file["di_refresh_token"] not in live
 
 
+def test_import_of_a_garmin_cn_accounts_file_refreshes_at_diauth_garmin_cn(
+    service: Replica, garmin: GarminEmulator, database_url: str, keyring: Keyring
+) -> None:
+    """The file names no domain: the JWT's issuer does, and the pair refreshes only there."""
+    garmin.add_user("wen@example.com", PASSWORD)
+    file = garmin.garminconnect_tokens("wen@example.com", domain="garmin.cn")
+    status = import_file(service, "wen", json.dumps(file))
+    assert status.state == pb.SESSION_STATE_ACTIVE
+    assert [(r.host, r.outcome) for r in garmin.token_requests] == [("diauth.garmin.cn", "issued")]
+    row = stored_row(database_url, "wen")
+    assert row is not None
+    assert row.session_ciphertext is not None
+    tokens = SecretBox(keyring).open_tokens("wen", row.session_version, row.session_ciphertext)
+    assert tokens.domain == "garmin.cn"
+    assert garmin.live_refresh_tokens("wen@example.com") == [tokens.oauth2.refresh_token]
+
+
 def test_import_stores_nothing_while_garmin_is_busy(
     service: Replica, garmin: GarminEmulator, database_url: str
 ) -> None:

@@ -109,6 +109,7 @@ def exchange(
     *,
     service_url: str = IOS_SERVICE_URL,
     client_id: str = CLIENT_ID,
+    host: str = DIAUTH,
 ) -> requests.Response:
     return token_call(
         emulator,
@@ -118,6 +119,7 @@ def exchange(
             "grant_type": SERVICE_TICKET_GRANT,
             "service_url": service_url,
         },
+        host=host,
     )
 
 

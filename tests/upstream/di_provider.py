@@ -31,8 +31,9 @@ def issued_tokens(
     domain: str = "garmin.com",
     client_id: str = KNOWN_DI_CLIENT_IDS[0],
 ) -> GarminTokens:
-    """A DI session straight from the emulator (no sign-in), as the service would store it."""
-    answer = emulator.issue_di_tokens(email, client_id=client_id)
+    """A DI session straight from the emulator's diauth.<domain> (no sign-in), as the service
+    would store it."""
+    answer = emulator.issue_di_tokens(email, client_id=client_id, domain=domain)
     now = datetime.now(UTC).timestamp()
     return GarminTokens(
         oauth1=None,

@@ -14,6 +14,7 @@ from auth_service.domain.errors import (
     GarminSessionRejected,
     GarminUnavailable,
 )
+from auth_service.domain.jwt_payload import di_issuer_domain
 from garmin_emulator import DI_TOKEN_PATH, FAULT_HANG, KNOWN_DI_CLIENT_IDS, GarminEmulator
 
 from .conftest import locally_expired
@@ -43,10 +44,14 @@ def test_refresh_rotates_with_the_sessions_client_id(emulator: GarminEmulator) -
 
 
 def test_a_garmin_cn_session_refreshes_at_diauth_garmin_cn(emulator: GarminEmulator) -> None:
-    tokens = issued_tokens(emulator, EMAIL, domain="garmin.cn")
+    tokens = issued_tokens(emulator, EMAIL, domain="garmin.cn")  # a pair diauth.garmin.cn issued
     fresh = di_upstream(emulator).refresh(tokens)
     assert fresh.domain == "garmin.cn"
-    assert [r.host for r in emulator.token_requests] == ["diauth.garmin.cn"]
+    assert di_issuer_domain(fresh.oauth2.access_token) == "garmin.cn"
+    assert [(r.host, r.outcome) for r in emulator.token_requests] == [
+        ("diauth.garmin.cn", "issued")
+    ]
+    assert emulator.live_refresh_tokens(EMAIL) == [fresh.oauth2.refresh_token]
 
 
 def test_an_omitted_refresh_expiry_is_reckoned_from_the_last_stated_lifetime(

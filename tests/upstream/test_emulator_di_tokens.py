@@ -149,7 +149,7 @@ def test_refresh_rotates_and_a_reused_token_is_invalid_grant_and_counted(
 
     second = refresh(emulator, str(first["refresh_token"]))
     reused = refresh(emulator, str(first["refresh_token"]))
-    third = refresh(emulator, second.json()["refresh_token"], host="diauth.garmin.cn")
+    third = refresh(emulator, second.json()["refresh_token"])
 
     assert second.status_code == 200
     body = second.json()
@@ -168,7 +168,7 @@ def test_refresh_rotates_and_a_reused_token_is_invalid_grant_and_counted(
     assert hosts == [
         ("diauth.garmin.com", REFRESH_TOKEN_GRANT, "issued"),
         ("diauth.garmin.com", REFRESH_TOKEN_GRANT, "invalid_grant"),
-        ("diauth.garmin.cn", REFRESH_TOKEN_GRANT, "issued"),
+        ("diauth.garmin.com", REFRESH_TOKEN_GRANT, "issued"),
     ]
 
 
