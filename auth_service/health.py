@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -163,46 +163,112 @@ SHUTDOWN_NOTICE_SECONDS = 2.0
 
 
 class EndingHealthServicer(health.HealthServicer):
-    """The main port's health servicer (non-blocking Watch), whose Watch streams a stop ends
-    once they have NOT_SERVING (`end_watches`): a stream never ends by itself, and a stop
-    would wait the whole grace period for each one open."""
+    """The main port's health servicer (non-blocking Watch), which sends to Watch streams only
+    outside the lock the call's close takes, and whose streams a stop ends once they have
+    NOT_SERVING (`end_watches`).
+
+    grpc_health's own sends under that lock: a send waits for its completion, which grpc's
+    server thread delivers only after running the close of a call being cancelled meanwhile,
+    which waits for the lock. So a status set while a watcher hung up, or a stop's NOT_SERVING
+    to a watcher leaving, froze that thread, and with it the stop, for good. And a stream
+    never ends by itself: a stop waited the whole grace period for each one open."""
 
     def __init__(self) -> None:
         super().__init__(experimental_non_blocking=True)
-        self._ends_lock = threading.Lock()
-        self._ends: dict[int, Any] = {}
+        # Serialises the sends of statuses (in order, one status at a time); never taken by
+        # grpc's threads, unlike self._lock.
+        self._sending = threading.Lock()
+        self._ends: dict[int, Callable[[Any], None]] = {}
         self._ending = False
+        self._shut_down = False  # NOT_SERVING for good (enter_graceful_shutdown)
 
     def Watch(  # noqa: N802 (grpc's name)
         self, request: Any, context: Any, send_response_callback: Any = None
     ) -> Any:
         if send_response_callback is None:  # a server without non-blocking streams
             return super().Watch(request, context)
-        with self._ends_lock:
-            if self._ending:
-                # Past the notice: the status is all this stream could say.
-                send_response_callback(health_pb2.HealthCheckResponse(status=NOT_SERVING))
-                send_response_callback(None)
-                return None
-            key = id(send_response_callback)
-            self._ends[key] = send_response_callback
-        if not context.add_callback(lambda: self._forget(key)):
-            self._forget(key)  # the call has ended already
-        return super().Watch(request, context, send_response_callback)
+        send = _ended_once(send_response_callback)
+        service = request.service
+        key = id(send)
+        with self._sending:
+            with self._lock:
+                status = self._server_status.get(
+                    service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                )
+                ending = self._ending
+                if not ending:
+                    self._send_response_callbacks.setdefault(service, set()).add(send)
+                    self._ends[key] = send
+            send(health_pb2.HealthCheckResponse(status=status))
+        if ending:
+            send(None)  # past the notice: the status is all this stream could say
+            return None
+        if not context.add_callback(lambda: self._closed(service, key, send)):
+            self._closed(service, key, send)  # the call has ended already
+        return None
 
-    def _forget(self, key: int) -> None:
-        with self._ends_lock:
+    def _closed(self, service: str, key: int, send: Callable[[Any], None]) -> None:
+        with self._lock:
+            self._send_response_callbacks.get(service, set()).discard(send)
             self._ends.pop(key, None)
+        send(None)
+
+    def set(self, service: str, status: Any) -> None:
+        with self._sending:
+            with self._lock:
+                if self._shut_down:
+                    return
+                self._server_status[service] = status
+                watchers = list(self._send_response_callbacks.get(service, ()))
+            for send in watchers:
+                send(health_pb2.HealthCheckResponse(status=status))
+
+    def enter_graceful_shutdown(self) -> None:
+        with self._sending:
+            with self._lock:
+                if self._shut_down:
+                    return
+                self._shut_down = True
+                for service in self._server_status:
+                    self._server_status[service] = NOT_SERVING
+                watchers = [
+                    send for sends in self._send_response_callbacks.values() for send in sends
+                ]
+            for send in watchers:
+                send(health_pb2.HealthCheckResponse(status=NOT_SERVING))
 
     def end_watches(self) -> None:
         """End every Watch stream (OK), for good: call after enter_graceful_shutdown, whose
         NOT_SERVING each has been sent first."""
-        with self._ends_lock:
+        with self._lock:
             self._ending = True
             ends = list(self._ends.values())
             self._ends.clear()
         for end in ends:
             end(None)
+
+
+def _ended_once(send: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`send` (grpc's send_response_callback: a message, or None for the call's status),
+    passing on nothing once the status was sent: grpc sends a second status of a call
+    (ours at a stop, then the servicer's when the call closes) as a second batch on a call
+    that has ended, which the server then waits for as it stops."""
+    lock = threading.Lock()
+    ended = False
+
+    def send_once(response: Any) -> None:
+        nonlocal ended
+        if response is not None:
+            if not ended:
+                send(response)
+            return
+        with lock:
+            if ended:
+                return
+            ended = True
+        send(None)
+
+    return send_once
 
 
 class HealthBoard:
