@@ -37,8 +37,9 @@ _SECRET_PATTERNS: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
     # A Cookie or Set-Cookie header: every cookie after it, to the end of the line (the
     # key=value pattern below would mask the first one only).
     (re.compile(r"(?i)(cookie\s*:\s*)([^\n]+)"), ("cookie",)),
-    # A URL's password (scheme://user:password@host), a database URL's included.
-    (re.compile(r"(://[^:/@\s]*:)([^@\s/]+)(?=@)"), ("://",)),
+    # A URL's password (scheme://user:password@host), a database URL's included; one masked
+    # already (redacted_database_url's "***") is left as it is.
+    (re.compile(r"(://[^:/@\s]*:)(?!\*+@)([^@\s/]+)(?=@)"), ("://",)),
     # key=value / "key": "value" pairs whose key names a secret.
     (
         re.compile(
