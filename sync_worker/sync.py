@@ -332,9 +332,12 @@ class UserSync:
         nothing else: the other users' calls are not Garmin's concern."""
         if isinstance(exc, ServiceRateLimited) and exc.only_this_account:
             return Outcome.RATE_LIMITED, str(exc)
-        pause = self._control.slow_down(exc.retry_after_seconds)
+        asked = exc.retry_after_seconds
+        pause = self._control.slow_down(asked)
         if not isinstance(exc, ServiceRateLimited):
-            self._garmin_retry_after = pause
+            # What Garmin asked for, as this run honours it; none (no header, 0, a date past)
+            # is reported as zero, and the service holds the user back for its own default.
+            self._garmin_retry_after = pause if asked is not None and asked > 0 else 0.0
         return Outcome.RATE_LIMITED, str(exc)
 
     def _keep_stored(self, user_sink: UserSink, outcome: Outcome) -> None:

@@ -12,6 +12,7 @@ LeaseNextSession passes the user over, and the gate holds back the service's own
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def test_a_drain_reports_the_429_with_its_next_lease_next_session(
 ) -> None:
     """--all hands a 429 that asked for no pause (Retry-After: 0) to its next
     LeaseNextSession's release: the service holds the user back for its default wait (60 s),
-    so the next run syncs only the other user."""
+    so the next run syncs only the other user. (The run itself pauses its default too, here
+    capped at a second by --rate-limit-max-wait.)"""
     connect(service, garmin, "amy", activities=1)
     connect(service, garmin, "ben", activities=1)
     garmin.fail_next(ACTIVITIES_PATH, 429, retry_after=0)
@@ -125,6 +127,7 @@ def test_a_drain_reports_the_429_with_its_next_lease_next_session(
         concurrency=1,
         min_sync_interval=timedelta(0),
     )
+    config = replace(config, rate_limit_max_wait=1.0)
     first = run_worker(config)
     assert first.outcome("amy") == "RATE_LIMITED"
     assert first.outcome("ben") == "SYNCED"
