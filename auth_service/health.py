@@ -178,7 +178,6 @@ class EndingHealthServicer(health.HealthServicer):
         # Serialises the sends of statuses (in order, one status at a time); never taken by
         # grpc's threads, unlike self._lock.
         self._sending = threading.Lock()
-        self._ends: dict[int, Callable[[Any], None]] = {}
         self._ending = False
         self._shut_down = False  # NOT_SERVING for good (enter_graceful_shutdown)
 
@@ -189,7 +188,6 @@ class EndingHealthServicer(health.HealthServicer):
             return super().Watch(request, context)
         send = _ended_once(send_response_callback)
         service = request.service
-        key = id(send)
         with self._sending:
             with self._lock:
                 status = self._server_status.get(
@@ -198,19 +196,17 @@ class EndingHealthServicer(health.HealthServicer):
                 ending = self._ending
                 if not ending:
                     self._send_response_callbacks.setdefault(service, set()).add(send)
-                    self._ends[key] = send
             send(health_pb2.HealthCheckResponse(status=status))
         if ending:
             send(None)  # past the notice: the status is all this stream could say
             return None
-        if not context.add_callback(lambda: self._closed(service, key, send)):
-            self._closed(service, key, send)  # the call has ended already
+        if not context.add_callback(lambda: self._closed(service, send)):
+            self._closed(service, send)  # the call has ended already
         return None
 
-    def _closed(self, service: str, key: int, send: Callable[[Any], None]) -> None:
+    def _closed(self, service: str, send: Callable[[Any], None]) -> None:
         with self._lock:
             self._send_response_callbacks.get(service, set()).discard(send)
-            self._ends.pop(key, None)
         send(None)
 
     def set(self, service: str, status: Any) -> None:
@@ -242,8 +238,10 @@ class EndingHealthServicer(health.HealthServicer):
         NOT_SERVING each has been sent first."""
         with self._lock:
             self._ending = True
-            ends = list(self._ends.values())
-            self._ends.clear()
+            # Every live stream's send is in grpc_health's registry (Watch adds it, its
+            # close takes it out): that registry is the one list of streams to end.
+            ends = [send for sends in self._send_response_callbacks.values() for send in sends]
+            self._send_response_callbacks.clear()
         for end in ends:
             end(None)
 
@@ -297,9 +295,10 @@ class HealthBoard:
 
     def enter_graceful_shutdown(self) -> None:
         """Everything NOT_SERVING, for good: the replica is on its way out. The main port's
-        servicer hands the status to its Watch streams itself, and one whose call is being
-        torn down can hold that hand-over (grpc waits on the call's send): the stop waits
-        for it a bounded time, then goes on (stopping the server ends those calls)."""
+        servicer hands the status to its Watch streams itself (outside grpc_health's lock),
+        and one whose call is being torn down can still hold that hand-over (grpc waits on
+        the call's send): the stop waits for it a bounded time, then goes on (stopping the
+        server ends those calls)."""
 
         def notice_then_end() -> None:
             self.main.enter_graceful_shutdown()

@@ -27,3 +27,11 @@ def rpc_answer_by() -> float | None:
     ANSWER_MARGIN_SECONDS; None: outside an RPC, or no deadline)."""
     rpc = rpc_deadline.get()
     return None if rpc is None else rpc - ANSWER_MARGIN_SECONDS
+
+
+def answer_by(own_deadline: float) -> float:
+    """When a wait with its own deadline (a time.monotonic()) gives up: at that deadline, or in
+    time to answer the RPC in progress, whichever comes first. Nobody hears an answer past
+    the RPC's deadline, and the handler would go on for a caller that left."""
+    rpc = rpc_answer_by()
+    return own_deadline if rpc is None else min(own_deadline, rpc)

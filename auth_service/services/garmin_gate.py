@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from auth_service.domain import audit, passed_429s
 from auth_service.domain.audit import AuditedRpc
-from auth_service.domain.context import rpc_answer_by
+from auth_service.domain.context import answer_by
 from auth_service.domain.errors import GarminRateLimited, GarminUnavailable, UpstreamError
 from auth_service.domain.events import LimitEvents, NoLimitEvents
 from auth_service.domain.garmin_limits import (
@@ -147,11 +147,7 @@ class GarminGate:
         when it left a cooldown (or a breaker) behind, and the in-flight refusal when the call
         is still out."""
         wait = self._settings.probe_seconds if wait_seconds is None else wait_seconds
-        deadline = time.monotonic() + wait
-        answer_by = rpc_answer_by()
-        if answer_by is not None:
-            # Nobody hears an answer past the RPC's deadline, and the handler would go on.
-            deadline = min(deadline, answer_by)
+        deadline = answer_by(time.monotonic() + wait)
         while time.monotonic() < deadline:
             with self._uow() as uow:
                 account = uow.limits.account(user_id)

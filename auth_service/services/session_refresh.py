@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from auth_service.domain import audit
-from auth_service.domain.context import rpc_answer_by
+from auth_service.domain.context import answer_by, rpc_answer_by
 from auth_service.domain.errors import (
     GarminRateLimited,
     GarminSessionRejected,
@@ -207,7 +207,7 @@ class SessionRefresher:
         unleased: bool,
         held_by: str | None = None,
     ) -> Refreshed:
-        deadline = _answer_by(time.monotonic() + self._settings.wait_seconds)
+        deadline = answer_by(time.monotonic() + self._settings.wait_seconds)
         waited = False
         while True:
             row, tokens, refused = self._current(user_id, refusing_version=expected_version)
@@ -263,11 +263,11 @@ class SessionRefresher:
         the RPC must be answered (RefreshSlotsBusy then): past it nobody hears the answer,
         and the refresh would go on for a caller that left. Keep-alive, outside any RPC,
         waits its turn."""
-        answer_by = rpc_answer_by()
+        rpc_by = rpc_answer_by()
         timeout = (
             None
-            if answer_by is None
-            else min(threading.TIMEOUT_MAX, max(0.0, answer_by - time.monotonic()))
+            if rpc_by is None
+            else min(threading.TIMEOUT_MAX, max(0.0, rpc_by - time.monotonic()))
         )
         if not self._slots.acquire(timeout=timeout):
             raise RefreshSlotsBusy(
@@ -486,10 +486,3 @@ def _refuse_if_leased(row: SessionRow, now: datetime) -> None:
 def _refuse_unless_held(row: SessionRow, now: datetime, lease_digest: str) -> None:
     if live_lease_of(row, lease_digest, now) is None:
         raise LeaseLost("the lease is expired, released, taken over or unknown")
-
-
-def _answer_by(own_deadline: float) -> float:
-    """When a refresh stops waiting: at its own deadline, or in time to answer the RPC in
-    progress, whichever comes first."""
-    rpc = rpc_answer_by()
-    return own_deadline if rpc is None else min(own_deadline, rpc)
