@@ -66,11 +66,11 @@ class DemoState:
             tokens={role: f"dev-{role}-{secrets.token_urlsafe(18)}" for role in ROLES},
         )
         folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps({"encryption_keys": state.encryption_keys, "tokens": state.tokens}),
-            encoding="utf-8",
-        )
-        path.chmod(0o600)
+        # Created owner-only: written first and chmod-ed after, the key and tokens were
+        # readable by every local user (umask 022) until the chmod.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump({"encryption_keys": state.encryption_keys, "tokens": state.tokens}, file)
         return state
 
     def write_callers_file(self, path: Path) -> Path:
