@@ -351,3 +351,41 @@ def test_every_secret_the_pods_mount_is_in_the_example_secrets() -> None:
     assert from_examples
     for name, key in from_examples:
         assert key in examples.get(name, set()), (name, key)
+
+
+@pytest.mark.parametrize("kustomization", DEPLOYED)
+def test_a_daily_cronjob_prunes_the_audit_trail_at_the_configured_retention(
+    kustomization: str,
+) -> None:
+    """Without it the audit trail and the change log grow for ever (the README says to run
+    prune-audit daily); it prunes at the retention the service is configured with."""
+    from auth_service import cli as service_cli  # noqa: PLC0415
+    from auth_service.config import load_audit_retention_days  # noqa: PLC0415
+
+    docs = rendered(kustomization)
+    cronjobs = [d for d in docs if d["kind"] == "CronJob"]
+    pruning = [
+        c
+        for c in cronjobs
+        for container in c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        if container.get("args", [])[:1] == ["prune-audit"]
+    ]
+    assert len(pruning) == 1, [c["metadata"]["name"] for c in cronjobs]
+    [cronjob] = pruning
+    spec = cronjob["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    minute, hour, day, month, weekday = spec["schedule"].split()
+    assert (day, month, weekday) == ("*", "*", "*")  # daily
+    assert minute.isdigit()
+    assert hour.isdigit()
+    [container] = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    args = service_cli._parser().parse_args(container["args"])
+    assert args.older_than is None  # the retention comes from the settings, as the service's
+    [retention] = [e for e in container["env"] if e["name"] == "GARMIN_AUTH_AUDIT_RETENTION_DAYS"]
+    reference = retention["valueFrom"]["configMapKeyRef"]
+    [config_map] = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert reference["name"] == config_map["metadata"]["name"]
+    days = config_map["data"][reference["key"]]
+    assert load_audit_retention_days({reference["key"]: days}) == 90
+    database = {e["name"]: e.get("value") for e in container["env"]}
+    assert database["GARMIN_AUTH_DATABASE_URL_FILE"].startswith(SECRET_MOUNT + "/")
