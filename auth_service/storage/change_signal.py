@@ -13,6 +13,7 @@ import logging
 import threading
 
 import psycopg
+import psycopg.conninfo
 from sqlalchemy import Engine
 
 from auth_service.storage.change_log import NOTIFY_CHANNEL
@@ -20,6 +21,7 @@ from auth_service.storage.change_log import NOTIFY_CHANNEL
 log = logging.getLogger(__name__)
 # A dropped listener connection is retried after this long.
 RECONNECT_SECONDS = 2.0
+LISTENER_CONNECT_TIMEOUT_SECONDS = 5
 
 
 class LocalChangeSignal:
@@ -55,10 +57,14 @@ class ListeningChangeSignal(LocalChangeSignal):
 
     def __init__(self, engine: Engine) -> None:
         super().__init__()
-        # psycopg's own URL: the engine's without SQLAlchemy's driver suffix.
-        self._conninfo = engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False
-        )
+        # The keyword parameters the engine's own connections get (host, user, password,
+        # dbname, the URL's query options) as a quoted key=value string, never the URL
+        # rendered back: libpq's URI parser refuses a password with a space in it, which
+        # SQLAlchemy's URL accepts.
+        _, params = engine.dialect.create_connect_args(engine.url)
+        params = {k: v for k, v in params.items() if isinstance(v, str | int)}
+        params.setdefault("connect_timeout", LISTENER_CONNECT_TIMEOUT_SECONDS)
+        self._conninfo = psycopg.conninfo.make_conninfo("", **params)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="change-listener", daemon=True)
 
@@ -73,15 +79,17 @@ class ListeningChangeSignal(LocalChangeSignal):
     def _listen(self) -> None:
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     # Changes may have been missed while not listening: followers re-read.
                     self.wake()
                     while not self._stopping.is_set():
                         if any(True for _ in conn.notifies(timeout=1.0, stop_after=1)):
                             self.wake()
-            # Only the type is logged: driver messages can echo connection parameters.
-            except psycopg.Error as exc:
+            # Only the type is logged: driver messages can echo connection parameters. Any
+            # failure: an exception escaping would end the thread (and print its traceback,
+            # unredacted), leaving the replica deaf to the others' changes for good.
+            except Exception as exc:  # noqa: BLE001 - see above
                 log.warning("change listener lost the database (%s); retrying", type(exc).__name__)
                 self._stopping.wait(RECONNECT_SECONDS)
 
