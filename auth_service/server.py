@@ -150,6 +150,8 @@ def build_application(
             refresh_events=metrics,
             limits=settings.limits,
             limit_events=metrics,
+            # Keep-alive's requests to Garmin, outside any RPC, are counted like an RPC's.
+            background_events=metrics,
             token_parsers=TokenParsers(
                 garth=tokens_from_garth_dumps, garminconnect=tokens_from_garminconnect
             ),

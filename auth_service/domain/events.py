@@ -10,7 +10,9 @@ the domain stays free of prometheus, grpc and HTTP libraries.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import Iterator
 from typing import Protocol
 
 
@@ -113,3 +115,15 @@ current_listener: contextvars.ContextVar[ServiceEvents | None] = contextvars.Con
 def service_events() -> ServiceEvents:
     """The listener of the RPC in progress (one that ignores everything outside an RPC)."""
     return current_listener.get() or _NO_LISTENER
+
+
+@contextlib.contextmanager
+def listening(listener: ServiceEvents) -> Iterator[None]:
+    """Run the block with `listener` as the one service_events() returns: the API layer for an
+    RPC, the composition root for work outside any RPC (keep-alive's refreshes reach Garmin
+    too, and their requests must be counted like an RPC's)."""
+    token = current_listener.set(listener)
+    try:
+        yield
+    finally:
+        current_listener.reset(token)

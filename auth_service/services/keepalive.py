@@ -26,6 +26,7 @@ every pass, and a 429 at the head ends the pass before anyone behind it is refre
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import threading
@@ -42,6 +43,7 @@ from auth_service.domain.errors import (
     ReplicaStopping,
     SessionNotActive,
 )
+from auth_service.domain.events import ServiceEvents, listening
 from auth_service.domain.policies import RefreshSettings, keepalive_retry_at
 from auth_service.domain.repositories import KeepAliveCandidate
 from auth_service.services.session_refresh import RefreshAsker, RefreshBusy, SessionRefresher
@@ -80,8 +82,15 @@ class KeepAlive:
     """One keep-alive pass."""
 
     def __init__(
-        self, uow: UnitsOfWork, refresher: SessionRefresher, settings: RefreshSettings
+        self,
+        uow: UnitsOfWork,
+        refresher: SessionRefresher,
+        settings: RefreshSettings,
+        events: ServiceEvents | None = None,
     ) -> None:
+        # Hears the pass's requests to Garmin (service_events() is the RPC's listener, and
+        # a pass runs outside any RPC).
+        self._events = events
         self._uow = uow
         self._refresher = refresher
         self._settings = settings
@@ -93,6 +102,12 @@ class KeepAlive:
         self._halting.set()
 
     def run_once(self) -> KeepAliveReport:
+        if self._events is None:
+            return self._run_once()
+        with listening(self._events):
+            return self._run_once()
+
+    def _run_once(self) -> KeepAliveReport:
         now = self._uow.now()
         with self._uow.store.exclusive(LOCK_NAME) as transaction:
             if transaction is None:
@@ -146,7 +161,10 @@ class KeepAlive:
                     if pushed_back.is_set():
                         break
                     continue
-                started.append(pool.submit(self._keep, candidate, pushed_back, free))
+                # In this thread's context (a copy each, as one context cannot be entered by
+                # two threads at once): whoever listens for its calls to Garmin hears them.
+                run = contextvars.copy_context().run
+                started.append(pool.submit(run, self._keep, candidate, pushed_back, free))
                 next_start = time.monotonic() + self._spacing()
         return passed_over + Counter(future.result() for future in started)
 

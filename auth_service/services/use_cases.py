@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from auth_service.domain.change_ports import ChangeSignal, WebhookSender
 from auth_service.domain.changes import StreamSettings, WebhookSettings
 from auth_service.domain.clock import Clock
-from auth_service.domain.events import LimitEvents, RefreshEvents
+from auth_service.domain.events import LimitEvents, RefreshEvents, ServiceEvents
 from auth_service.domain.garmin_limits import GarminLimitSettings
 from auth_service.domain.paging import Pager
 from auth_service.domain.policies import LeaseSettings, LoginSettings, RefreshSettings
@@ -78,6 +78,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
     limit_events: LimitEvents | None = None,
     changes: ChangeStreamPorts,
     accounts: SignInAccounts | None = None,
+    background_events: ServiceEvents | None = None,
 ) -> UseCases:
     uow = UnitsOfWork(store, clock)
     # Every call to Garmin passes the one gate: Garmin's 429s honoured on every replica.
@@ -109,7 +110,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
         lease_refresh=LeaseRefresh(uow, refresher),
         audit_log=AuditLog(uow, pager),
         housekeeping=Housekeeping(store, clock, login),
-        keepalive=KeepAlive(uow, refresher, refresh),
+        keepalive=KeepAlive(uow, refresher, refresh, background_events),
         session_events=SessionEvents(uow, changes.signal, changes.stream),
         webhooks=None
         if changes.webhook_sender is None
