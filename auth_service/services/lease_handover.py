@@ -24,7 +24,7 @@ lease_handover --in-flight 8 --against daac961`, three pairs): 1.44, 1.50, 1.46 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from auth_service.domain.models import LeaseGrant, SessionStatusView
@@ -39,7 +39,8 @@ RELEASE_FIELDS = "release."
 class LeaseRelease:
     """The lease a caller ends on its way to the next: a ReleaseLease's fields."""
 
-    lease_id: str
+    # A bearer secret (whoever holds it ends the lease): never in a repr, as LeaseView's.
+    lease_id: str = field(repr=False)
     # Set when the sync succeeded up to this instant; None counts as an attempt.
     synced_through: datetime | None
     # Set when the sync stopped at Garmin's 429 on the Connect API: the wait it asked for.
