@@ -44,10 +44,23 @@ _SECRET_PATTERNS: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
     (
         re.compile(
             r"(?i)((?:password|passwd|secret|token|access_token|refresh_token|oauth_token"
-            r"|oauth_token_secret|authorization|api[_-]?key|cookie|mfa[_-]?code)"
+            r"|oauth_token_secret|authorization|api[_-]?key|cookie|mfa[_-]?code"
+            r"|ticket|lease[_-]?id)"
             r"[\"']?\s*[:=]\s*[\"']?)([^\"'\s,;&}]+)"
         ),
-        ("passw", "secret", "token", "authorization", "api", "cookie", "mfa"),
+        (
+            "passw",
+            "secret",
+            "token",
+            "authorization",
+            "api",
+            "cookie",
+            "mfa",
+            "ticket",
+            "lease_id",
+            "lease-id",
+            "leaseid",
+        ),
     ),
     # Long opaque strings (JWTs, base64 blobs, hex keys) anywhere in a line.
     (re.compile(r"()\b(eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9._-]{10,})"), ("eyj",)),

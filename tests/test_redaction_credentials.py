@@ -22,6 +22,17 @@ CASES = {
         "Cookie: SESSIONID=abc123; CASTGC=TGT-123456-Tr0ub4dorHorse-cas",
         "TGT-123456-Tr0ub4dorHorse-cas",
     ),
+    # A Garmin service ticket (it signs its user in, once, within about a minute) and a lease
+    # id (whoever holds it syncs, refreshes and ends the lease): 35 and 32 characters, under
+    # the opaque-run length, so only their key names give them away.
+    "service ticket": (
+        "exchanging service_ticket=ST-0123456-Tr0ub4dorHorse99-cas failed",
+        "ST-0123456-Tr0ub4dorHorse99-cas",
+    ),
+    "lease id": (
+        '{"lease_id": "Xk3dQ9vLr2TqWm8PzN4bYc7HsJ1aFgE0"}',
+        "Xk3dQ9vLr2TqWm8PzN4bYc7HsJ1aFgE0",
+    ),
     # A database URL with its password (GARMIN_AUTH_DATABASE_URL's spelling).
     "database url": (
         "could not use postgresql+psycopg://garmin:Tr0ub4dorHorse99@db.internal/garmin",
