@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -145,6 +146,22 @@ def configure_logging(level: str | int = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     quiet_third_party_loggers()
+    # Python writes warnings and a thread's uncaught exception straight to stderr, past the
+    # redaction: an exception's message may hold what a library was given (a URL with its
+    # password, a token). Both go through the logs instead.
+    logging.captureWarnings(True)
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if issubclass(args.exc_type, SystemExit):
+        return  # as Python's own hook: a thread that exits says nothing
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("uncaught").error(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
 
 
 # Third-party loggers that, below WARNING, write what must never be logged (urllib3: full URLs
