@@ -20,6 +20,11 @@ MIN_TOKEN_LENGTH = 32
 TOKEN_BYTES = 32
 HEALTH_CHECK_TIMEOUT_SECONDS = 3.0
 HEALTH_SERVICES = ("liveness", "readiness")
+# For a channel to a port on this machine: gRPC routes even a loopback target through a proxy
+# the environment names (http_proxy, https_proxy, grpc_proxy), which would report a serving
+# listener down and carry plaintext calls (tokens, passwords) to the proxy's host. The
+# worker's channel does the same (sync_worker/client.py).
+NO_PROXY_OPTIONS = (("grpc.enable_http_proxy", 0),)
 
 
 def health_check(service: str, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
@@ -40,7 +45,7 @@ def health_check(service: str, env: Mapping[str, str] | None = None) -> tuple[bo
     host, _, port = listen.rpartition(":")
     # The listener may bind every address; the probe always asks over loopback.
     target = f"[::1]:{port}" if host.strip("[]") == "::1" else f"127.0.0.1:{port}"
-    with grpc.insecure_channel(target) as channel:
+    with grpc.insecure_channel(target, options=NO_PROXY_OPTIONS) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service),
