@@ -14,7 +14,7 @@ from auth_service.serving_config import PREFIX, ServingSettings, read_serving_se
 from garmin_client.env import ConfigError, EnvReader
 
 # Shorter bearer tokens are refused by new-caller-token and hash-token. Entries already in a
-# callers file are hashes, so their tokens' length cannot be checked.
+# callers file are hashes, so their tokens cannot be checked.
 MIN_TOKEN_LENGTH = 32
 # 32 random bytes: 43 URL-safe characters.
 TOKEN_BYTES = 32
@@ -71,7 +71,16 @@ def _serving(env: Mapping[str, str] | None) -> ServingSettings:
     return read_serving_settings(EnvReader(os.environ if env is None else env, PREFIX))
 
 
-def check_token_length(token: str) -> None:
+def check_token(token: str) -> None:
+    """Refuse a bearer token no caller could use: a character gRPC metadata does not carry
+    (it takes printable ASCII only; a binary paste would otherwise be hashed, or fail to be),
+    or fewer than MIN_TOKEN_LENGTH characters. The token itself is never in the message."""
+    if not all(" " <= character <= "~" for character in token):
+        raise ConfigError(
+            "token",
+            "holds a character that is not printable ASCII; a bearer token travels in gRPC "
+            "metadata, which carries no other",
+        )
     if len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(
             "token",
@@ -90,7 +99,7 @@ def new_caller_entry(
     if unknown or not roles:
         raise ConfigError("--role", f"expected roles among {sorted(ROLES)}")
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    check_token_length(token)
+    check_token(token)
     lines = [
         "[[callers]]",
         f"name = {_toml_string(name)}",
