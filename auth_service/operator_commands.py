@@ -102,12 +102,12 @@ def new_caller_entry(
     check_token(token)
     lines = [
         "[[callers]]",
-        f"name = {_toml_string(name)}",
+        f"name = {_toml_string(name, '--name')}",
         f'token_sha256 = "{token_sha256(token)}"',
         f"roles = {json.dumps(sorted(set(roles)))}",
     ]
     if user_id_prefix is not None:
-        lines.append(f"user_id_prefix = {_toml_string(user_id_prefix)}")
+        lines.append(f"user_id_prefix = {_toml_string(user_id_prefix, '--user-id-prefix')}")
     entry = "\n".join(lines)
     # Read back by the service's own parser: an entry it would refuse, pasted into the live
     # file, would make the service refuse every caller.
@@ -119,7 +119,14 @@ def new_caller_entry(
     return token, entry
 
 
-def _toml_string(value: str) -> str:
+def _toml_string(value: str, option: str) -> str:
     """A TOML basic string: JSON's escapes are TOML's, as long as characters outside the
-    BMP are written as they are (JSON would write surrogate pairs, which TOML refuses)."""
-    return json.dumps(value, ensure_ascii=False)
+    BMP are written as they are (JSON would write surrogate pairs, which TOML refuses). JSON
+    escapes every control character TOML refuses raw but DEL, which is escaped here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # An argument whose bytes are not UTF-8 arrives holding lone surrogates: printed, they
+        # made an entry that is not UTF-8, and a callers file the service refuses whole.
+        raise ConfigError(option, "is not UTF-8 text") from None
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
