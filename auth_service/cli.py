@@ -54,6 +54,11 @@ def _serve(args: argparse.Namespace) -> int:
             "refused when GARMIN_AUTH_ENVIRONMENT=production)",
             problem,
         )
+    # Before anything connects: connecting creates a missing SQLite file, and a mistyped path
+    # was left behind as an empty database (which check-config then found "reachable"). No
+    # start needs that: serve never ran on a new file, which is not migrated; `migrate` (and
+    # `demo`, which migrates its own) create it.
+    _refuse_missing_sqlite_file(settings.database_url)
     try:
         state, revision = schema_state(settings.database_url)
     except SQLAlchemyError as exc:
@@ -204,7 +209,11 @@ def _refuse_missing_sqlite_file(url: str) -> None:
     path = parsed.database
     is_file = parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
     if is_file and not Path(str(path)).exists():
-        raise ConfigError("GARMIN_AUTH_DATABASE_URL", "the SQLite database file does not exist")
+        raise ConfigError(
+            "GARMIN_AUTH_DATABASE_URL",
+            "the SQLite database file does not exist (run `garmin-auth-service migrate` to "
+            "create it)",
+        )
 
 
 def _demo(args: argparse.Namespace) -> int:
