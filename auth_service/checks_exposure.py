@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from auth_service.api.callers import CallerRegistry
+from auth_service.api.callers import CallerRegistry, CallersFileError
 from auth_service.config import PREFIX, TlsSettings, check_host_port, load_tls_settings
 from auth_service.serving_config import (
     FILE_SUFFIX,
@@ -64,7 +64,11 @@ class _Exposure:
                 )
         if path is None:
             raise CheckFailed("GARMIN_AUTH_CALLERS_FILE is not set")
-        entries = CallerRegistry(Path(path)).entries
+        try:
+            entries = CallerRegistry(Path(path)).entries
+        except CallersFileError as exc:
+            # As `serve` says it (auth_service.server.load_callers): the variable to fix.
+            raise ConfigError(PREFIX + "CALLERS_FILE", str(exc)) from None
         by_certificate = [entry for entry in entries if entry.cert_name is not None]
         tls = self._tls_settings_or_none()
         if by_certificate and (tls is None or not tls.mutual):

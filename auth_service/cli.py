@@ -24,7 +24,7 @@ from auth_service.config import (
 )
 from auth_service.operator_commands import (
     HEALTH_SERVICES,
-    check_token_length,
+    check_token,
     health_check,
     new_caller_entry,
 )
@@ -54,6 +54,11 @@ def _serve(args: argparse.Namespace) -> int:
             "refused when GARMIN_AUTH_ENVIRONMENT=production)",
             problem,
         )
+    # Before anything connects: connecting creates a missing SQLite file, and a mistyped path
+    # was left behind as an empty database (which check-config then found "reachable"). No
+    # start needs that: serve never ran on a new file, which is not migrated; `migrate` (and
+    # `demo`, which migrates its own) create it.
+    _refuse_missing_sqlite_file(settings.database_url)
     try:
         state, revision = schema_state(settings.database_url)
     except SQLAlchemyError as exc:
@@ -204,7 +209,11 @@ def _refuse_missing_sqlite_file(url: str) -> None:
     path = parsed.database
     is_file = parsed.get_backend_name() == "sqlite" and path and path != ":memory:"
     if is_file and not Path(str(path)).exists():
-        raise ConfigError("GARMIN_AUTH_DATABASE_URL", "the SQLite database file does not exist")
+        raise ConfigError(
+            "GARMIN_AUTH_DATABASE_URL",
+            "the SQLite database file does not exist (run `garmin-auth-service migrate` to "
+            "create it)",
+        )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -247,13 +256,21 @@ def _prune_audit(args: argparse.Namespace) -> int:
 
 
 def _hash_token(args: argparse.Namespace) -> int:
-    token = sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("token: ")
+    token = getpass.getpass("token: ") if sys.stdin.isatty() else _token_from_stdin()
     if not token:
         print("garmin-auth-service: no token given", file=sys.stderr)
         return EXIT_CONFIG
-    check_token_length(token)
+    check_token(token)
     print(token_sha256(token))
     return 0
+
+
+def _token_from_stdin() -> str:
+    """The first line of stdin. Read as bytes and decoded here: bytes that are not UTF-8 (a
+    binary paste) made a traceback, from readline() in a UTF-8 locale or, under the C
+    locale, from hashing the surrogates they became. Now they are U+FFFD, which check_token
+    refuses in one line."""
+    return sys.stdin.buffer.readline().decode("utf-8", errors="replace").strip()
 
 
 def _new_caller_token(args: argparse.Namespace) -> int:

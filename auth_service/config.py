@@ -192,11 +192,24 @@ def _call_seconds(upstream: UpstreamSettings) -> float:
     return upstream.timeout_seconds * (upstream.retries + 1)
 
 
-def _refresh(reader: EnvReader, upstream: UpstreamSettings) -> RefreshSettings:
+def _refresh(
+    reader: EnvReader, upstream: UpstreamSettings, refresh_lifetime_seconds: int
+) -> RefreshSettings:
     claim = _call_seconds(upstream) + CLAIM_MARGIN_SECONDS
     interval = reader.number("KEEPALIVE_INTERVAL", 300.0, minimum=1, maximum=86400)
     # At most 29 days: a DI refresh token lives about 30 days from its last use.
     window = reader.number("KEEPALIVE_WINDOW", 604800.0, minimum=600, maximum=29 * 86400)
+    if window >= refresh_lifetime_seconds:
+        # The same rule for a configured lifetime: a session whose refresh token lives the
+        # assumed lifetime (Garmin stated none) would be inside the window from the moment it
+        # is refreshed. The window would then select nothing, and keep-alive would refresh
+        # every such session each half of its lifetime (policies.keepalive_not_before), not
+        # once as its token nears its end.
+        raise reader.error(
+            "KEEPALIVE_WINDOW",
+            "must be shorter than GARMIN_AUTH_DI_REFRESH_LIFETIME "
+            f"({refresh_lifetime_seconds} s), or every DI session is due from its refresh on",
+        )
     if window < KEEPALIVE_PASSES_PER_WINDOW * interval:
         # A session is due only within the window: passes further apart than that (their
         # +/-20% spread included) step over it, and the session dies with keep-alive running.
@@ -485,7 +498,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             flow=login_flow,
             mfa_claim_seconds=mfa_claim_seconds(upstream, di.client_ids),
         ),
-        refresh=_refresh(reader, upstream),
+        refresh=_refresh(reader, upstream, di.refresh_lifetime_seconds),
         tls=tls,
         metrics=_metrics(reader),
         housekeeping_interval_seconds=reader.number(

@@ -25,6 +25,7 @@ import grpc
 from auth_service.api.callers import token_sha256
 from auth_service.config import load_settings
 from auth_service.crypto import Keyring
+from auth_service.operator_commands import NO_PROXY_OPTIONS
 from auth_service.server import RunningServer, build_application, start_server
 from auth_service.storage.schema import upgrade_to_head
 from garmin_auth.v1 import garmin_auth_pb2 as pb
@@ -120,7 +121,8 @@ def _environment(
 def connect_demo_user(target: str, admin_token: str, out: TextIO) -> None:
     """Login + MFA over gRPC, as an application's backend would do it."""
     metadata = (("authorization", f"Bearer {admin_token}"),)
-    with grpc.insecure_channel(target) as channel:
+    # Never through a proxy: the admin token and the password would reach its host in clear.
+    with grpc.insecure_channel(target, options=NO_PROXY_OPTIONS) as channel:
         stub = pb_grpc.GarminAuthServiceStub(channel)
         answer = stub.Login(
             pb.LoginRequest(user_id=DEMO_USER_ID, email=DEMO_EMAIL, password=DEMO_PASSWORD),

@@ -14,12 +14,17 @@ from auth_service.serving_config import PREFIX, ServingSettings, read_serving_se
 from garmin_client.env import ConfigError, EnvReader
 
 # Shorter bearer tokens are refused by new-caller-token and hash-token. Entries already in a
-# callers file are hashes, so their tokens' length cannot be checked.
+# callers file are hashes, so their tokens cannot be checked.
 MIN_TOKEN_LENGTH = 32
 # 32 random bytes: 43 URL-safe characters.
 TOKEN_BYTES = 32
 HEALTH_CHECK_TIMEOUT_SECONDS = 3.0
 HEALTH_SERVICES = ("liveness", "readiness")
+# For a channel to a port on this machine: gRPC routes even a loopback target through a proxy
+# the environment names (http_proxy, https_proxy, grpc_proxy), which would report a serving
+# listener down and carry plaintext calls (tokens, passwords) to the proxy's host. The
+# worker's channel does the same (sync_worker/client.py).
+NO_PROXY_OPTIONS = (("grpc.enable_http_proxy", 0),)
 
 
 def health_check(service: str, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
@@ -40,7 +45,7 @@ def health_check(service: str, env: Mapping[str, str] | None = None) -> tuple[bo
     host, _, port = listen.rpartition(":")
     # The listener may bind every address; the probe always asks over loopback.
     target = f"[::1]:{port}" if host.strip("[]") == "::1" else f"127.0.0.1:{port}"
-    with grpc.insecure_channel(target) as channel:
+    with grpc.insecure_channel(target, options=NO_PROXY_OPTIONS) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service),
@@ -66,7 +71,16 @@ def _serving(env: Mapping[str, str] | None) -> ServingSettings:
     return read_serving_settings(EnvReader(os.environ if env is None else env, PREFIX))
 
 
-def check_token_length(token: str) -> None:
+def check_token(token: str) -> None:
+    """Refuse a bearer token no caller could use: a character gRPC metadata does not carry
+    (it takes printable ASCII only; a binary paste would otherwise be hashed, or fail to be),
+    or fewer than MIN_TOKEN_LENGTH characters. The token itself is never in the message."""
+    if not all(" " <= character <= "~" for character in token):
+        raise ConfigError(
+            "token",
+            "holds a character that is not printable ASCII; a bearer token travels in gRPC "
+            "metadata, which carries no other",
+        )
     if len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(
             "token",
@@ -85,15 +99,15 @@ def new_caller_entry(
     if unknown or not roles:
         raise ConfigError("--role", f"expected roles among {sorted(ROLES)}")
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    check_token_length(token)
+    check_token(token)
     lines = [
         "[[callers]]",
-        f"name = {_toml_string(name)}",
+        f"name = {_toml_string(name, '--name')}",
         f'token_sha256 = "{token_sha256(token)}"',
         f"roles = {json.dumps(sorted(set(roles)))}",
     ]
     if user_id_prefix is not None:
-        lines.append(f"user_id_prefix = {_toml_string(user_id_prefix)}")
+        lines.append(f"user_id_prefix = {_toml_string(user_id_prefix, '--user-id-prefix')}")
     entry = "\n".join(lines)
     # Read back by the service's own parser: an entry it would refuse, pasted into the live
     # file, would make the service refuse every caller.
@@ -105,7 +119,14 @@ def new_caller_entry(
     return token, entry
 
 
-def _toml_string(value: str) -> str:
+def _toml_string(value: str, option: str) -> str:
     """A TOML basic string: JSON's escapes are TOML's, as long as characters outside the
-    BMP are written as they are (JSON would write surrogate pairs, which TOML refuses)."""
-    return json.dumps(value, ensure_ascii=False)
+    BMP are written as they are (JSON would write surrogate pairs, which TOML refuses). JSON
+    escapes every control character TOML refuses raw but DEL, which is escaped here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # An argument whose bytes are not UTF-8 arrives holding lone surrogates: printed, they
+        # made an entry that is not UTF-8, and a callers file the service refuses whole.
+        raise ConfigError(option, "is not UTF-8 text") from None
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")

@@ -22,7 +22,7 @@ from prometheus_client import Gauge
 from sqlalchemy import Engine
 
 from auth_service.api.access_log import AccessLog
-from auth_service.api.callers import CallerRegistry
+from auth_service.api.callers import CallerRegistry, CallersFileError
 from auth_service.api.handlers import Pools
 from auth_service.api.interceptor import ServiceInterceptor
 from auth_service.api.reflection import enable_reflection
@@ -101,12 +101,25 @@ def change_stream_ports(settings: Settings, signal: ChangeSignal) -> ChangeStrea
     )
 
 
+def load_callers(settings: Settings) -> CallerRegistry:
+    """The callers file, loaded; a file that cannot be read or parsed is a bad setting, named
+    by its variable as every other one is (the path alone did not say what to fix)."""
+    try:
+        return CallerRegistry(
+            settings.callers_file, allow_unauthenticated=settings.allow_unauthenticated
+        )
+    except CallersFileError as exc:
+        raise ConfigError(PREFIX + "CALLERS_FILE", str(exc)) from None
+
+
 def build_application(
     settings: Settings,
     *,
     clock: Clock | None = None,
     upstream: GarminUpstream | None = None,
 ) -> Application:
+    # First: a callers file that cannot be loaded stops start-up before anything is opened.
+    callers = load_callers(settings)
     engine = create_engine_for(settings.database_url)
     # The database's clock rules every expiry decision, so replicas agree
     # (auth_service.storage.clock). The DI token endpoint's answers carry lifetimes ("expires
@@ -128,9 +141,6 @@ def build_application(
     sequencer = ChangeSequencer(db, committed, signal, settings.stream.poll_seconds)
     pager = Pager(settings.keyring.derived_keys(PAGE_TOKEN_KEY_LABEL))
     metrics = ServiceMetrics(engine, clock, settings.metrics)
-    callers = CallerRegistry(
-        settings.callers_file, allow_unauthenticated=settings.allow_unauthenticated
-    )
     Gauge(
         "garmin_auth_callers_file_invalid",
         "1 while the callers file cannot be read or parsed and every caller is refused.",

@@ -174,10 +174,10 @@ def keepalive_not_before(tokens: GarminTokens, now: datetime, window: timedelta)
 
     Keep-alive picks DI sessions whose refresh token dies within its `window`. A refresh
     that does not move the expiry out of the window (GARMIN_AUTH_DI_REFRESH_EXPIRY_ON_ROTATION
-    =keep, or a refresh lifetime shorter than the window) must not be repeated on every pass:
-    that is the load Garmin answers with 429s. Half the time the refresh token has left (at
-    most half the window) still refreshes a short-lived token long before it dies, and an
-    expiry that stays put is approached in halving steps.
+    =keep, or a lifetime Garmin states shorter than the window; a configured one is refused)
+    must not be repeated on every pass: that is the load Garmin answers with 429s. Half the
+    time the refresh token has left (at most half the window) still refreshes a short-lived
+    token long before it dies, and an expiry that stays put is approached in halving steps.
     """
     dies_at = tokens.oauth2.refresh_token_expires_at
     if tokens.kind is not SessionKind.DI_OAUTH2 or dies_at is None:

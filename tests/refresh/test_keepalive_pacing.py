@@ -148,18 +148,12 @@ def test_a_lifetime_shorter_than_the_window_is_refreshed_once_per_half_life(
     box: SecretBox,
     clock: FakeClock,
 ) -> None:
-    # Garmin states no refresh lifetime (an imported token file, then refresh answers without
-    # refresh_token_expires_in): GARMIN_AUTH_DI_REFRESH_LIFETIME (5 days) applies, inside the
-    # 7-day window after every rotation.
-    emulator.di.answer_overrides = {"refresh_token_expires_in": None}
+    # Garmin states a refresh lifetime of 5 days, inside the 7-day window after every
+    # rotation. (A GARMIN_AUTH_DI_REFRESH_LIFETIME this short, which applies when Garmin states
+    # none, is refused at start: tests/refresh/test_keepalive_window_lifetime.py.)
     lifetime = timedelta(days=5)
-    replica = _replica(
-        emulator,
-        db_sessionmaker,
-        box,
-        clock,
-        refresh_lifetime_seconds=int(lifetime.total_seconds()),
-    )
+    emulator.di.answer_overrides = {"refresh_token_expires_in": int(lifetime.total_seconds())}
+    replica = _replica(emulator, db_sessionmaker, box, clock)
     accounts.seed("pace-short", refresh_in=None)
 
     first_hour = _passes(replica, clock, PASSES_PER_HOUR)

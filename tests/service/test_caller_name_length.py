@@ -17,6 +17,7 @@ import pytest
 from auth_service.api.callers import CallersFileError, parse_callers, token_sha256
 from auth_service.cli import main
 from auth_service.domain.audit import CALLER_LENGTH
+from garmin_client.env import ConfigError
 from tests.fixtures.servers import ROLE_TOKENS, ServiceFactory
 
 STEM = "tenant-worker-" + "x" * (CALLER_LENGTH - len("tenant-worker-"))
@@ -61,7 +62,8 @@ def test_two_names_alike_up_to_caller_length_do_not_start_a_service(
     lease worker a was granted (it answered OK, not LEASE_LOST)."""
     callers = tmp_path / "callers.toml"
     callers.write_text(_callers(*TOKENS), encoding="utf-8")
-    with pytest.raises(CallersFileError, match="callers entry 2: name is"):
+    # A setting the service cannot start on, named by its variable (server.load_callers).
+    with pytest.raises(ConfigError, match=r"GARMIN_AUTH_CALLERS_FILE: .*callers entry 2: name is"):
         service_factory.start(callers_file=callers)
 
 
