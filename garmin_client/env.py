@@ -78,6 +78,13 @@ class EnvReader:
         if value is None:
             return None
         path = Path(value)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as exc:
+            # is_file() answers False only for a path that does not exist; it raises for one
+            # the process cannot look at (EACCES: a directory it may not search) or that the
+            # system refuses (ENAMETOOLONG): still a bad setting, not a crash.
+            raise self.error(name, f"names no file this process can see ({exc.strerror})") from None
+        if not is_file:
             raise self.error(name, "names no readable file")
         return path
