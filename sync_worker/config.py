@@ -237,7 +237,7 @@ def auth_token(env: EnvReader) -> str:
                 "AUTH_TOKEN",
                 f"is required but not set (or name its file in {env.prefix}AUTH_TOKEN_FILE)",
             )
-        return token
+        return _checked_token(env, "AUTH_TOKEN", token)
     if env.get("AUTH_TOKEN") is not None:
         raise env.error("AUTH_TOKEN_FILE", f"set either {env.prefix}AUTH_TOKEN or this, not both")
     try:
@@ -248,6 +248,16 @@ def auth_token(env: EnvReader) -> str:
         raise env.error("AUTH_TOKEN_FILE", f"cannot read {path} ({problem})") from None
     if not token:
         raise env.error("AUTH_TOKEN_FILE", f"{path} is empty")
+    return _checked_token(env, "AUTH_TOKEN_FILE", token)
+
+
+def _checked_token(env: EnvReader, name: str, token: str) -> str:
+    """Refuse a token gRPC would not send: a header value must be printable ASCII, and one
+    that is not (a byte that is not UTF-8, a stray control character) made every call fail,
+    a lone surrogate even with a UnicodeEncodeError that killed the sync threads. A bearer
+    token has no space either (RFC 6750). The token itself is never quoted."""
+    if not all("!" <= char <= "~" for char in token):
+        raise env.error(name, "must be printable ASCII without spaces (a bearer token)")
     return token
 
 
