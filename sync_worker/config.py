@@ -7,6 +7,7 @@ password) never appear in a message or a repr.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -14,12 +15,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.hosts import is_loopback_host
 from garmin_client.pem_keys import EncryptedKey, NoPrivateKey, public_der, unencrypted_private_key
+from garmin_client.settings import UpstreamSettings, read_upstream_settings
 from garmin_client.url_secrets import redacted_url, unencoded_at_after_password
 from sync_worker.client import AuthClientConfig
 from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE, DEFAULT_MAX_RATE_LIMIT_PAUSE
@@ -27,9 +30,12 @@ from sync_worker.postgres_sink import libpq_url
 from sync_worker.sinks import UnsafeUserId, check_user_id
 from sync_worker.sync import SyncOptions
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX: Final = "GARMIN_SYNC_"
 DEFAULT_TARGET: Final = "127.0.0.1:50051"
-# Dial the auth service without TLS beyond this machine (a network that encrypts it).
+# Plaintext beyond this machine, where the network encrypts it (a mesh) or in development:
+# dialling the auth service without TLS, and an http:// GARMIN_SYNC_UPSTREAM_URL.
 PLAINTEXT_FLAG: Final = "ALLOW_PLAINTEXT"
 DEFAULT_CONCURRENCY: Final = 4
 MAX_CONCURRENCY: Final = 64
@@ -164,6 +170,36 @@ def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -
         tls_key_file=key,
         tls_server_name=env.get("TLS_SERVER_NAME"),
     )
+
+
+def upstream_settings(env: EnvReader) -> UpstreamSettings:
+    """GARMIN_SYNC_UPSTREAM_* (garmin_client.settings), refusing an http:// UPSTREAM_URL
+    beyond this machine unless GARMIN_SYNC_ALLOW_PLAINTEXT: every user's Garmin access token
+    goes there as a bearer. The service refuses the same in production and warns elsewhere;
+    the worker has no environment setting, so it asks for the opt-in it already has."""
+    settings = read_upstream_settings(env, oauth_consumer=False)
+    url = settings.base_url
+    if url is None:
+        return settings
+    parts = urlsplit(url)  # checked by read_upstream_settings: http(s) with a host
+    if parts.scheme != "http" or is_loopback_host(parts.hostname or ""):
+        return settings
+    if not env.flag(PLAINTEXT_FLAG):
+        # Not quoted, as upstream_url_problem never quotes it.
+        raise env.error(
+            "UPSTREAM_URL",
+            "is http:// to a host beyond this machine (users' Garmin access tokens would "
+            f"go unencrypted): use https://, or on a network that encrypts it set {ENV_PREFIX}"
+            f"{PLAINTEXT_FLAG}=true",
+        )
+    log.warning(
+        "%sUPSTREAM_URL is http:// beyond this machine (%s%s): users' Garmin access tokens "
+        "cross the network unencrypted",
+        ENV_PREFIX,
+        ENV_PREFIX,
+        PLAINTEXT_FLAG,
+    )
+    return settings
 
 
 def on_this_machine(target: str) -> bool:
