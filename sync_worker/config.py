@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from garmin_client.env import ConfigError, EnvReader
+from garmin_client.env import ConfigError, EnvReader, read_secret_file
 from garmin_client.hosts import is_loopback_host
 from garmin_client.pem_keys import EncryptedKey, NoPrivateKey, public_der, unencrypted_private_key
 from garmin_client.settings import UpstreamSettings, read_upstream_settings
@@ -276,14 +276,9 @@ def auth_token(env: EnvReader) -> str:
         return _checked_token(env, "AUTH_TOKEN", token)
     if env.get("AUTH_TOKEN") is not None:
         raise env.error("AUTH_TOKEN_FILE", f"set either {env.prefix}AUTH_TOKEN or this, not both")
-    try:
-        # A mounted Secret often ends with a newline; the token never contains whitespace.
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        problem = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise env.error("AUTH_TOKEN_FILE", f"cannot read {path} ({problem})") from None
-    if not token:
-        raise env.error("AUTH_TOKEN_FILE", f"{path} is empty")
+    # Size-capped (a path like /dev/zero would fill the memory), and never waiting on a FIFO
+    # nobody writes to.
+    token = read_secret_file(f"{env.prefix}AUTH_TOKEN_FILE", path)
     return _checked_token(env, "AUTH_TOKEN_FILE", token)
 
 
