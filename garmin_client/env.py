@@ -1,5 +1,6 @@
 """Settings from environment variables: one reader for the service (GARMIN_AUTH_*) and the
-worker (GARMIN_SYNC_*), and the one error a bad setting raises.
+worker (GARMIN_SYNC_*), the one error a bad setting raises, and reading a secret from the
+file a ``<NAME>_FILE`` variable names.
 
 A blank variable counts as unset. Messages name the variable and what is wrong with it; they
 quote a bad value only where it cannot be a secret (numbers, flags), never a required string.
@@ -7,8 +8,15 @@ quote a bad value only where it cannot be a secret (numbers, flags), never a req
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
+
+# A secret (a token, a key, a URL) takes a few hundred bytes; a file past this is the wrong
+# one (/dev/zero, a log): refused before it fills the memory.
+MAX_SECRET_FILE_BYTES: Final = 64 * 1024
 
 
 class ConfigError(ValueError):
@@ -78,6 +86,61 @@ class EnvReader:
         if value is None:
             return None
         path = Path(value)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as exc:
+            # is_file() answers False only for a path that does not exist; it raises for one
+            # the process cannot look at (EACCES: a directory it may not search) or that the
+            # system refuses (ENAMETOOLONG): still a bad setting, not a crash.
+            raise self.error(name, f"names no file this process can see ({exc.strerror})") from None
+        if not is_file:
             raise self.error(name, "names no readable file")
         return path
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The text of the file a ``<NAME>_FILE`` variable names, surrounding whitespace dropped
+    (a mounted Secret often ends with a newline). A ConfigError naming `variable` when it
+    cannot be read, is not a regular file or a pipe, is larger than MAX_SECRET_FILE_BYTES,
+    is not UTF-8 or holds only whitespace; the content is never quoted."""
+    try:
+        data = _read_capped(path)
+    except OSError as exc:
+        raise ConfigError(variable, f"cannot read {path} ({exc.strerror})") from None
+    if data is None:
+        raise ConfigError(variable, f"{path} is not a regular file")
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise ConfigError(
+            variable, f"{path} is larger than {MAX_SECRET_FILE_BYTES // 1024} KiB (no secret is)"
+        )
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(variable, f"cannot read {path} (not UTF-8 text)") from None
+    if not text:
+        raise ConfigError(variable, f"{path} is empty")
+    return text
+
+
+def _read_capped(path: str) -> bytes | None:
+    """At most MAX_SECRET_FILE_BYTES + 1 bytes of a regular file or a pipe (a shell's
+    <(...)); None for anything else (a device, a directory). Opened without blocking: open()
+    of a FIFO nobody writes to waits for a writer forever, and then reads as empty."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            return None
+        # A pipe's writer may not have written yet: wait for it (until it closes the pipe).
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_SECRET_FILE_BYTES:
+            chunk = os.read(fd, MAX_SECRET_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -22,7 +22,6 @@ from typing import NoReturn
 
 from garmin_client.env import ConfigError, EnvReader
 from garmin_client.logging_setup import configure_logging
-from garmin_client.settings import read_upstream_settings
 from garmin_client.url_secrets import redacted_url
 from sync_worker.config import (
     DEFAULT_CONCURRENCY,
@@ -35,6 +34,7 @@ from sync_worker.config import (
     default_holder,
     parse_duration,
     rate_limit_max_wait,
+    upstream_settings,
 )
 from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE, RunControl
 from sync_worker.postgres_sink import PostgresSink
@@ -145,7 +145,7 @@ def _config(args: argparse.Namespace, env: EnvReader) -> WorkerConfig:
     return WorkerConfig(
         auth=auth_client_config(env, args.target, args.rpc_timeout.total_seconds()),
         sync=SyncOptions(
-            upstream=read_upstream_settings(env, oauth_consumer=False),
+            upstream=upstream_settings(env),
             lease_ttl=args.lease_ttl,
             backfill=timedelta(days=args.backfill_days),
             overlap=args.overlap,

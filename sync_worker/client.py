@@ -31,7 +31,12 @@ import grpc
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_auth.v1 import garmin_auth_pb2_grpc as pb_grpc
 from garmin_client.session_proto import MalformedSession
-from sync_worker.client_errors import MALFORMED_GRANT, AuthServiceError, error_from_rpc
+from sync_worker.client_errors import (
+    CALL_NOT_SENT,
+    MALFORMED_GRANT,
+    AuthServiceError,
+    error_from_rpc,
+)
 from sync_worker.lease_grants import (
     AccessToken,
     LeasedSession,
@@ -269,6 +274,16 @@ class AuthClient:
                 return method(request, metadata=self._metadata, timeout=config.timeout_seconds)
             except grpc.RpcError as raw:
                 error = error_from_rpc(raw)
+            except (ValueError, TypeError) as exc:
+                # gRPC refused to send the call (metadata it cannot encode, such as a token
+                # holding a lone surrogate: UnicodeEncodeError). The config refuses such a
+                # token; any other stays an AuthServiceError, never a dead sync thread. The
+                # exception's text may quote the token: only its type is kept.
+                raise AuthServiceError(
+                    grpc.StatusCode.INTERNAL,
+                    CALL_NOT_SENT,
+                    f"gRPC did not send the {rpc} call ({type(exc).__name__})",
+                ) from None
             if may_wait_for_garmin and error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 error.waited_for_garmin = True
             if not error.retryable or attempt >= config.attempts:

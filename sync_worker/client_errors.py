@@ -25,6 +25,8 @@ DATABASE_UNAVAILABLE: Final = "DATABASE_UNAVAILABLE"
 CALLER_REASONS: Final = frozenset({"CALLER_UNAUTHENTICATED", "CALLER_FORBIDDEN"})
 # Our own reason for a grant whose tokens cannot be read (a service bug, not the user's).
 MALFORMED_GRANT: Final = "MALFORMED_GRANT"
+# Our own reason for a call gRPC refused to send (the stub raised before any RPC).
+CALL_NOT_SENT: Final = "CALL_NOT_SENT"
 
 
 class AuthServiceError(Exception):

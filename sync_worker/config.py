@@ -7,6 +7,7 @@ password) never appear in a message or a repr.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -14,12 +15,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from garmin_client.env import ConfigError, EnvReader
+from garmin_client.env import ConfigError, EnvReader, read_secret_file
 from garmin_client.hosts import is_loopback_host
 from garmin_client.pem_keys import EncryptedKey, NoPrivateKey, public_der, unencrypted_private_key
+from garmin_client.settings import UpstreamSettings, read_upstream_settings
 from garmin_client.url_secrets import redacted_url, unencoded_at_after_password
 from sync_worker.client import AuthClientConfig
 from sync_worker.control import DEFAULT_MAX_GARMIN_UNAVAILABLE, DEFAULT_MAX_RATE_LIMIT_PAUSE
@@ -27,9 +30,12 @@ from sync_worker.postgres_sink import libpq_url
 from sync_worker.sinks import UnsafeUserId, check_user_id
 from sync_worker.sync import SyncOptions
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX: Final = "GARMIN_SYNC_"
 DEFAULT_TARGET: Final = "127.0.0.1:50051"
-# Dial the auth service without TLS beyond this machine (a network that encrypts it).
+# Plaintext beyond this machine, where the network encrypts it (a mesh) or in development:
+# dialling the auth service without TLS, and an http:// GARMIN_SYNC_UPSTREAM_URL.
 PLAINTEXT_FLAG: Final = "ALLOW_PLAINTEXT"
 DEFAULT_CONCURRENCY: Final = 4
 MAX_CONCURRENCY: Final = 64
@@ -166,6 +172,36 @@ def auth_client_config(env: EnvReader, target: str | None, rpc_timeout: float) -
     )
 
 
+def upstream_settings(env: EnvReader) -> UpstreamSettings:
+    """GARMIN_SYNC_UPSTREAM_* (garmin_client.settings), refusing an http:// UPSTREAM_URL
+    beyond this machine unless GARMIN_SYNC_ALLOW_PLAINTEXT: every user's Garmin access token
+    goes there as a bearer. The service refuses the same in production and warns elsewhere;
+    the worker has no environment setting, so it asks for the opt-in it already has."""
+    settings = read_upstream_settings(env, oauth_consumer=False)
+    url = settings.base_url
+    if url is None:
+        return settings
+    parts = urlsplit(url)  # checked by read_upstream_settings: http(s) with a host
+    if parts.scheme != "http" or is_loopback_host(parts.hostname or ""):
+        return settings
+    if not env.flag(PLAINTEXT_FLAG):
+        # Not quoted, as upstream_url_problem never quotes it.
+        raise env.error(
+            "UPSTREAM_URL",
+            "is http:// to a host beyond this machine (users' Garmin access tokens would "
+            f"go unencrypted): use https://, or on a network that encrypts it set {ENV_PREFIX}"
+            f"{PLAINTEXT_FLAG}=true",
+        )
+    log.warning(
+        "%sUPSTREAM_URL is http:// beyond this machine (%s%s): users' Garmin access tokens "
+        "cross the network unencrypted",
+        ENV_PREFIX,
+        ENV_PREFIX,
+        PLAINTEXT_FLAG,
+    )
+    return settings
+
+
 def on_this_machine(target: str) -> bool:
     """Whether a gRPC target (host:port, dns:///host:port, ipv4:/ipv6: address lists,
     unix:path) names only this machine: loopback addresses, localhost or a Unix socket."""
@@ -237,17 +273,22 @@ def auth_token(env: EnvReader) -> str:
                 "AUTH_TOKEN",
                 f"is required but not set (or name its file in {env.prefix}AUTH_TOKEN_FILE)",
             )
-        return token
+        return _checked_token(env, "AUTH_TOKEN", token)
     if env.get("AUTH_TOKEN") is not None:
         raise env.error("AUTH_TOKEN_FILE", f"set either {env.prefix}AUTH_TOKEN or this, not both")
-    try:
-        # A mounted Secret often ends with a newline; the token never contains whitespace.
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        problem = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise env.error("AUTH_TOKEN_FILE", f"cannot read {path} ({problem})") from None
-    if not token:
-        raise env.error("AUTH_TOKEN_FILE", f"{path} is empty")
+    # Size-capped (a path like /dev/zero would fill the memory), and never waiting on a FIFO
+    # nobody writes to.
+    token = read_secret_file(f"{env.prefix}AUTH_TOKEN_FILE", path)
+    return _checked_token(env, "AUTH_TOKEN_FILE", token)
+
+
+def _checked_token(env: EnvReader, name: str, token: str) -> str:
+    """Refuse a token gRPC would not send: a header value must be printable ASCII, and one
+    that is not (a byte that is not UTF-8, a stray control character) made every call fail,
+    a lone surrogate even with a UnicodeEncodeError that killed the sync threads. A bearer
+    token has no space either (RFC 6750). The token itself is never quoted."""
+    if not all("!" <= char <= "~" for char in token):
+        raise env.error(name, "must be printable ASCII without spaces (a bearer token)")
     return token
 
 

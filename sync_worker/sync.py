@@ -514,6 +514,10 @@ class UserSync:
                     # The service refreshed the session since that token: the refusal says
                     # nothing of it. The lease is still ours: given back, not held to its ttl.
                     return Outcome.FAILED, f"ReportInvalidated refused: {exc.message}", True
-                return *rpc_failed(exc, "ReportInvalidated", self._control), False
+                # Any other failure did not end the lease either (INTERNAL, say): give it
+                # back rather than lock the user until the ttl. Not when it is lost, nor
+                # when the service cannot be reached or refuses us (the run is ending).
+                release = not (exc.lease_lost or exc.fatal)
+                return *rpc_failed(exc, "ReportInvalidated", self._control), release
             return outcome, detail, False
         return outcome, detail, True

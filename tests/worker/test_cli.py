@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,8 @@ import pytest
 from auth_service.crypto import Keyring
 from garmin_client.env import EnvReader
 from garmin_emulator import ACTIVITIES_PATH, DOWNLOAD_PREFIX, GarminEmulator
-from sync_worker import cli
+from sync_worker import cli, runner
+from sync_worker.client import AuthClient, AuthClientConfig
 from sync_worker.config import ENV_PREFIX
 from sync_worker.postgres_sink import libpq_url
 from tests.fixtures.database import PostgresServer
@@ -321,20 +323,38 @@ def test_a_garmin_outage_exits_4_with_one_clear_line(
     assert json_lines(result.stdout)[-1]["users"] == 1
 
 
+@pytest.mark.parametrize("token", ["wörker-token", "abc\udcffdef"], ids=["non-ascii", "not-utf8"])
 def test_a_drain_that_gives_up_on_lease_next_session_exits_1_with_one_clear_line(
-    service: Replica, garmin: GarminEmulator, tmp_path: Path
+    service: Replica,
+    garmin: GarminEmulator,
+    tmp_path: Path,
+    main_in_process: Callable[..., tuple[int, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    token: str,
 ) -> None:
-    """Every LeaseNextSession fails INTERNAL (a token gRPC refuses to send in a header).
-    Before: exit 0, as if nothing were due, and no line but the per-call warnings."""
+    """Every LeaseNextSession fails INTERNAL: the client holds a token gRPC refuses to send
+    in a header (the configuration refuses such a token since, so the client is given it
+    behind the configuration's back). Before: exit 0, as if nothing were due, and no line but
+    the per-call warnings; and for a token gRPC cannot even encode (a lone surrogate), every
+    sync thread died of the UnicodeEncodeError the client let through, with its traceback."""
+
+    class UnsendableToken(AuthClient):
+        def __init__(self, config: AuthClientConfig) -> None:
+            super().__init__(dataclasses.replace(config, token=token))
+
+    monkeypatch.setattr(runner, "AuthClient", UnsendableToken)
     connect(service, garmin, "vic", activities=1)
-    env = worker_env(service.target, garmin, GARMIN_SYNC_AUTH_TOKEN="wörker-token")
-    result = worker(env, "run", "--all", "--concurrency", "1", "--out", str(tmp_path))
-    assert result.returncode == 1, result.stderr
-    gave_up = [line for line in result.stderr.splitlines() if "(exit 1)" in line]
-    assert len(gave_up) == 1, result.stderr
+    env = {k: v for k, v in worker_env(service.target, garmin).items() if k.startswith(ENV_PREFIX)}
+    code, out, err = main_in_process(
+        env, "run", "--all", "--concurrency", "1", "--out", str(tmp_path)
+    )
+    assert code == 1, err
+    assert "Traceback" not in err
+    gave_up = [line for line in err.splitlines() if "(exit 1)" in line]
+    assert len(gave_up) == 1, err
     assert "LeaseNextSession failed 3 times in a row (last: INTERNAL" in gave_up[0]
-    assert "wörker-token" not in result.stderr
-    assert json_lines(result.stdout)[-1]["users"] == 0
+    assert token not in err
+    assert json_lines(out)[-1]["users"] == 0
 
 
 # --- a whole run ------------------------------------------------------------------------

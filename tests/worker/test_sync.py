@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import grpc
 import pytest
 
 from auth_service.crypto import Keyring
@@ -25,6 +26,7 @@ from garmin_emulator import (
     GarminEmulator,
 )
 from sync_worker.client import AuthClient
+from sync_worker.client_errors import AuthServiceError
 from sync_worker.directory_sink import DirectorySink
 from sync_worker.lease_grants import SessionStatus
 from tests.fixtures.servers import Replica
@@ -344,6 +346,42 @@ def test_a_report_the_service_refuses_as_stale_keeps_the_session_and_releases_th
     assert result.outcome("fia") == "FAILED"
     assert client.calls[-2:] == ["ReportInvalidated", "ReleaseLease"]
     after = status(service, "fia")
+    assert after.state == pb.SESSION_STATE_ACTIVE
+    assert not after.HasField("lease")
+
+
+class _ReportFails(RecordingClient):
+    """ReportInvalidated answers INTERNAL (a service bug): neither fatal nor LEASE_LOST."""
+
+    def report_invalidated(
+        self, lease_id: str, reason: str, session_version: int = 0
+    ) -> SessionStatus:
+        self.calls.append("ReportInvalidated")
+        raise AuthServiceError(grpc.StatusCode.INTERNAL, "", "internal error")
+
+
+@pytest.mark.parametrize("all_users", [False, True], ids=["user", "all"])
+def test_a_failed_report_still_gives_the_lease_back(
+    service: Replica, garmin: GarminEmulator, tmp_path: Path, all_users: bool
+) -> None:
+    """run() "always ends the lease's story". Before: a ReportInvalidated failing in a way
+    that is neither fatal nor LEASE_LOST (INTERNAL) ended the sync without a release, though
+    the report had not ended the lease: the user stayed locked for the whole ttl (review)."""
+    connect(service, garmin, "ria", activities=2)
+    garmin.fail_next(ACTIVITIES_PATH, 401, count=2)
+    users = () if all_users else ("ria",)
+    config = make_config(service.target, garmin, tmp_path, users=users, all_users=all_users)
+    client = _ReportFails(config.auth)
+    client.calls = []
+    try:
+        result = run_worker(config, client=client)
+    finally:
+        client.close()
+
+    assert result.outcome("ria") == "FAILED"
+    released = "LeaseNextSession+release" if all_users else "ReleaseLease"
+    assert client.calls[-2:] == ["ReportInvalidated", released]
+    after = status(service, "ria")
     assert after.state == pb.SESSION_STATE_ACTIVE
     assert not after.HasField("lease")
 
