@@ -12,9 +12,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 
-from garmin_client.env import ConfigError, EnvReader
+from garmin_client.env import ConfigError, EnvReader, read_secret_file
 from garmin_client.hosts import is_loopback_host
 
 PREFIX = "GARMIN_AUTH_"
@@ -82,16 +81,11 @@ def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
             continue
         if (env.get(PREFIX + name) or "").strip():
             raise ConfigError(file_variable, f"set either {PREFIX}{name} or {file_variable}")
-        try:
-            # Secrets mounted from a Kubernetes Secret often end with a newline.
-            value = Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            problem = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise ConfigError(file_variable, f"cannot read {path} ({problem})") from None
-        if not value:
-            # A Secret whose key was left empty is a mistake, never "unset": an empty database
-            # URL would otherwise fall back to a local SQLite file and run there.
-            raise ConfigError(file_variable, f"{path} is empty")
+        # Stripped (a mounted Secret often ends with a newline), size-capped (a path such as
+        # /dev/zero would fill the memory), never waiting on a FIFO nobody writes to. Empty
+        # is refused: a Secret whose key was left empty is a mistake, never "unset" (an empty
+        # database URL would otherwise fall back to a local SQLite file and run there).
+        value = read_secret_file(file_variable, path)
         if resolved is None:
             resolved = dict(env)
         resolved[PREFIX + name] = value

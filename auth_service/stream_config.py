@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from auth_service.domain.changes import StreamSettings, WebhookSettings
 from auth_service.serving_config import MAX_WATCHERS_LIMIT
-from garmin_client.env import EnvReader
+from garmin_client.env import EnvReader, read_secret_file
 
 # Shorter secrets are guessable enough to forge signatures with.
 MIN_SECRET_LENGTH = 16
@@ -35,13 +35,8 @@ def _secret(reader: EnvReader) -> bytes:
     name = "WEBHOOK_SECRET"
     if path is not None:
         name = "WEBHOOK_SECRET_FILE"
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise reader.error(name, f"cannot read {path} ({exc.strerror})") from None
-        except UnicodeDecodeError:
-            # The content is a secret: not quoted, not even in part.
-            raise reader.error(name, f"{path} is not UTF-8 text") from None
+        # Capped, never blocking on a FIFO; the content is never quoted, not even in part.
+        value = read_secret_file(reader.prefix + name, str(path))
     if value is None:
         raise reader.error("WEBHOOK_SECRET", "is required when GARMIN_AUTH_WEBHOOK_URL is set")
     if len(value) < MIN_SECRET_LENGTH:
