@@ -180,11 +180,13 @@ KEEPALIVE_PASSES_PER_WINDOW = 3
 
 
 # The smallest GARMIN_AUTH_MAX_MESSAGE_BYTES, which bounds answers as well as requests: above
-# the largest answer the service may have to send, a worker_full grant of the largest session
-# the validation rules accept (about 200 KB) and a full page of ListSessions or ListAuditEvents.
-# Below it, a grant would commit and then not be sent (RESOURCE_EXHAUSTED), and the lease be
-# held by nobody who knows its id until its TTL ends.
-MIN_MESSAGE_BYTES: Final = 1024 * 1024
+# the largest answer the service may have to send: a worker_full grant of the largest session
+# the validation rules accept (about 200 KB), and a full page of ListSessions (1,000 sessions,
+# each up to about 2.3 KB: a 128-character user id and a worker's 512-character reason of
+# 4-byte characters; 2.2 MB in all) or of ListAuditEvents (about 1.3 MB). Below it, a grant
+# would commit and then not be sent (RESOURCE_EXHAUSTED), and the lease be held by nobody who
+# knows its id until its TTL ends; a page would be read and then refused.
+MIN_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 
 
 def _call_seconds(upstream: UpstreamSettings) -> float:
