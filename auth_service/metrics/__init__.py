@@ -13,8 +13,8 @@ unary Check. grpc_code is the status code as go-grpc-prometheus names it ("OK",
 
 The service's own work:
   garmin_auth_lease_grants_total{grpc_method}     LeaseSession / LeaseNextSession that granted
-  garmin_auth_lease_takeovers_total               LeaseSession grants that replaced an expired,
-                                                  never released lease
+  garmin_auth_lease_takeovers_total               LeaseSession / LeaseNextSession grants that
+                                                  replaced an expired, never released lease
   garmin_auth_lease_losses_total{grpc_method}     answers LEASE_LOST
   garmin_auth_upstream_requests_total{endpoint, outcome}
   garmin_auth_upstream_request_seconds{endpoint}  (histogram)

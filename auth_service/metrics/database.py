@@ -219,8 +219,8 @@ class DatabaseCollector(Collector):
 def _limit_families(figures: _Figures | None) -> list[Metric]:
     accounts = GaugeMetricFamily(
         "garmin_auth_account_cooldowns_active",
-        "Accounts that no call reaches Garmin for until Garmin's Retry-After has passed "
-        "(after a 429 from any endpoint).",
+        "Accounts in a cooldown after a 429 until Garmin's Retry-After has passed (after a "
+        "sign-in's 429 only their sign-ins wait; after any other, every call of theirs).",
     )
     breakers = GaugeMetricFamily(
         "garmin_auth_garmin_breaker_state",

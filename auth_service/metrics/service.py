@@ -87,7 +87,8 @@ class ServiceMetrics:
         )
         self.takeovers = Counter(
             "garmin_auth_lease_takeovers_total",
-            "LeaseSession grants that replaced a lease which had expired without being "
+            "LeaseSession and LeaseNextSession grants that replaced a lease which had expired "
+            "without being "
             "released (its holder stalled or died).",
             registry=self.registry,
         )
