@@ -9,13 +9,11 @@ file), so the service started the same way."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from garmin_client.env import ConfigError, EnvReader
 from tests.worker.test_cli import main_in_process, one_line  # noqa: F401 (a fixture)
 
 TOO_LONG = "/tmp/" + "a" * 300  # noqa: S108 - never created: the name alone is refused
@@ -35,18 +33,3 @@ def test_a_tls_path_the_system_cannot_stat_is_a_configuration_error(
     line = one_line(err)
     assert variable in line
     assert "File name too long" in line
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root searches any directory")
-def test_a_path_in_a_directory_the_process_may_not_search(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    (locked / "ca.crt").write_text("x", encoding="utf-8")
-    locked.chmod(0)
-    try:
-        reader = EnvReader({"GARMIN_AUTH_TLS_CERT": str(locked / "ca.crt")}, "GARMIN_AUTH_")
-        with pytest.raises(ConfigError, match="Permission denied") as raised:
-            reader.path("TLS_CERT")
-    finally:
-        locked.chmod(0o700)
-    assert raised.value.variable == "GARMIN_AUTH_TLS_CERT"
