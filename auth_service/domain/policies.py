@@ -189,13 +189,29 @@ def keepalive_not_before(tokens: GarminTokens, now: datetime, window: timedelta)
 # The shortest hold-back of a failed keep-alive refresh: a token about to die is still not
 # asked for more often than this.
 KEEPALIVE_SHORTEST_RETRY = timedelta(minutes=1)
+# The longest hold-back its doubling reaches (a longer keepalive_retry_seconds is kept as
+# is): Garmin blocks an account for hours to days, and a session that fails every time is
+# still tried once a day, whatever its trouble was.
+KEEPALIVE_LONGEST_RETRY = timedelta(days=1)
 
 
-def keepalive_retry_at(dies_at: datetime | None, now: datetime, retry: timedelta) -> datetime:
+def keepalive_retry_at(
+    dies_at: datetime | None, now: datetime, retry: timedelta, failures: int = 0
+) -> datetime:
     """When keep-alive may try again a session whose refresh just failed without a verdict
-    (a 5xx, a timeout, a 429): after `retry` (RefreshSettings.keepalive_retry_seconds), but
-    while its refresh token still lives, after half the time it has left at most (never
-    sooner than a minute), so one passing failure cannot leave it to die unrefreshed."""
+    (a 5xx, a timeout, a 429), `failures` attempts having failed before this one: after
+    `retry` (RefreshSettings.keepalive_retry_seconds), doubled for each of those (1 h, 2 h,
+    4 h, ... at most a day), so sessions Garmin keeps refusing cost keep-alive less and less;
+    but while its refresh token still lives, after half the time it has left at most (never
+    sooner than a minute), so no run of failures can leave it to die unrefreshed."""
+    longest = max(retry, KEEPALIVE_LONGEST_RETRY)
+    wait = retry
+    # Doubled step by step up to the cap (retry * 2**failures would overflow a timedelta).
+    for _ in range(failures):
+        if wait >= longest:
+            break
+        wait *= 2
+    wait = min(wait, longest)
     if dies_at is None or dies_at <= now:
-        return now + retry
-    return now + min(retry, max((dies_at - now) / 2, KEEPALIVE_SHORTEST_RETRY))
+        return now + wait
+    return now + min(wait, max((dies_at - now) / 2, KEEPALIVE_SHORTEST_RETRY))

@@ -404,6 +404,8 @@ class KeepAliveCandidate:
     user_id: str
     session_version: int
     refresh_token_expires_at: datetime | None
+    # Keep-alive's attempts on it that failed or met Garmin's 429 since its tokens changed.
+    keepalive_failures: int = 0
 
 
 class RefreshRepository(Protocol):
@@ -452,17 +454,18 @@ class RefreshRepository(Protocol):
         won)."""
         ...
 
-    def defer_keepalive(self, user_id: str, *, version: int, until: datetime) -> None:
-        """Keep-alive leaves session `version` alone until `until` (its refresh failed);
-        nothing when the row moved on."""
+    def defer_keepalive(self, user_id: str, *, version: int, until: datetime, failed: bool) -> None:
+        """Keep-alive leaves session `version` alone until `until` (its account is cooling,
+        or, `failed`, keep-alive's attempt failed or met a 429: one more failed attempt,
+        written in the same statement); nothing when the row moved on."""
         ...
 
     def keepalive_candidates(
         self, *, now: datetime, dies_before: datetime, limit: int
     ) -> list[KeepAliveCandidate]:
         """ACTIVE DI sessions whose refresh token dies before `dies_before` or at an unknown
-        time, not under a live lease or claim, nor held back past `now` (keepalive_not_before),
-        soonest (unknown first) first."""
+        time, not under a live lease or claim, nor held back past `now` (keepalive_not_before):
+        those with fewer failed keep-alive attempts first, then soonest (unknown first)."""
         ...
 
 

@@ -2,11 +2,12 @@
 
 A DI refresh token that is not used for about 30 days dies, and with it the session of a
 user who simply did not sync. Each pass takes the ACTIVE DI sessions whose refresh token dies
-within the window, or at an unknown time (tokens imported as given), soonest first, skipping
-sessions under a live lease (their holder's grant refreshes them when needed), and refreshes
-them through the single-flight refresher without waiting on anyone's claim. On PostgreSQL the
-replica that finds another one choosing its batch skips its pass (Store.exclusive); replicas
-whose passes overlap anyway never refresh a session twice, because each refresh is claimed.
+within the window, or at an unknown time (tokens imported as given), those with fewer failed
+keep-alive attempts first, then soonest first (unknown first), skipping sessions under a live
+lease (their holder's grant refreshes them when needed), and refreshes them through the
+single-flight refresher without waiting on anyone's claim. On PostgreSQL the replica that
+finds another one choosing its batch skips its pass (Store.exclusive); replicas whose passes
+overlap anyway never refresh a session twice, because each refresh is claimed.
 Garth sessions are left alone: their OAuth1 token lives about a year whatever we do.
 
 Keep-alive is the one caller that could hammer Garmin on its own, so it is the most careful
@@ -19,9 +20,14 @@ next one (auth_service.services.garmin_gate). A session it (or anyone) refreshed
 again before half its refresh token's remaining life, at most half the window (a refresh that
 leaves the expiry inside the window would otherwise be repeated every pass:
 auth_service.domain.policies.keepalive_not_before). One whose refresh failed, or met Garmin's
-429, is not picked for `keepalive_retry_seconds` (nor before its account's cooldown ends):
-sessions that fail every time, or an account Garmin blocks for hours, would otherwise head
-every pass, and a 429 at the head ends the pass before anyone behind it is refreshed.
+429, counts one more failed attempt (keepalive_failures, 0 again once new tokens are stored)
+and is not picked for `keepalive_retry_seconds`, doubled for each earlier failed attempt up
+to a day, and never before its account's cooldown ends (policies.keepalive_retry_at). Sessions
+that fail every time, or accounts Garmin blocks for days, would otherwise head every pass:
+a batch of them fills every pass, a 429 of theirs ends every pass, before anyone behind them
+is refreshed. Counted, they go behind every session that has not failed; such a session's
+429 still ends the pass, but only once the healthier ones have been started, and less and
+less often.
 """
 
 from __future__ import annotations
@@ -68,13 +74,14 @@ class KeepAliveReport:
     # Claimed, leased or refreshed elsewhere meanwhile, or no longer active.
     skipped: int = 0
     # Garmin unavailable (5xx, timeout, a refused client id), a secret no key opens or an
-    # unexpected failure: keep-alive tries again after keepalive_retry_seconds.
+    # unexpected failure: keep-alive tries again after keepalive_retry_seconds (doubled for
+    # each earlier failed attempt).
     failed: int = 0
     # Garmin rejected the refresh: the session is AUTH_EXPIRED.
     ended: int = 0
     # Left for a later pass: Garmin asked us to wait (a 429 or a cooldown: the session is
-    # held back until the cooldown ends, after a 429 for keepalive_retry_seconds too; an
-    # open breaker) or the replica is stopping.
+    # held back until the cooldown ends, after a 429 as after a failure too; an open
+    # breaker) or the replica is stopping.
     deferred: int = 0
 
 
@@ -231,7 +238,7 @@ class KeepAlive:
         # GarminUnavailable (5xx, timeout, a refused client id), SecretUnreadable or anything
         # unexpected; one session's failure must not stop the pass.
         except Exception as exc:  # noqa: BLE001
-            self._hold_back(candidate, f"failed ({type(exc).__name__})", retry=True)
+            self._hold_back(candidate, f"failed ({type(exc).__name__})", failed=True)
             return "failed"
         return "refreshed" if refreshed.by_us else "skipped"
 
@@ -242,16 +249,20 @@ class KeepAlive:
         pushed_back: threading.Event,
     ) -> None:
         """Garmin asked us to wait. A 429 or an open breaker ends the pass (Garmin wants
-        less from us; the next pass takes the rest). The session whose account is held back
-        waits out the cooldown; the one Garmin answered 429 waits like a failed one too,
-        else it would head every pass, and its 429 end each before anyone behind it."""
+        less from us; the next pass takes the rest): from one request Garmin cannot be told
+        apart blocking one account from wanting fewer calls altogether, and going on past
+        429s would soon open the breaker, refusing every account's sign-ins and refreshes.
+        The session whose account is held back waits out the cooldown; the one Garmin
+        answered 429 also counts a failed attempt and waits like a failed one, so it goes
+        behind the sessions that have not failed (an account Garmin keeps refusing cannot
+        end every pass before them) and is retried less and less often."""
         if not limited.only_this_account:
             pushed_back.set()
         if limited.held_back is None or limited.only_this_account:
             self._hold_back(
                 candidate,
                 f"deferred ({limited.message})",
-                retry=limited.held_back is None,
+                failed=limited.held_back is None,
                 cooling_seconds=limited.retry_after_seconds or 0.0,
             )
         else:
@@ -262,22 +273,31 @@ class KeepAlive:
         candidate: KeepAliveCandidate,
         why: str,
         *,
-        retry: bool,
+        failed: bool,
         cooling_seconds: float = 0.0,
     ) -> None:
-        """Leave the session alone until its account's cooldown ends and, with `retry`
-        (its refresh failed, or met Garmin's 429), for keepalive_retry_seconds, so the ones
-        that fail every time cannot fill every pass (RefreshSettings); one whose refresh
-        token dies sooner, for half the time it has left (keepalive_retry_at)."""
+        """Leave the session alone until its account's cooldown ends and, when `failed`
+        (its refresh failed, or met Garmin's 429), count the failed attempt and leave it for
+        keepalive_retry_seconds, doubled for each earlier one, so the ones that fail every
+        time cannot fill every pass (RefreshSettings); one whose refresh token dies sooner,
+        for half the time it has left (keepalive_retry_at). One statement writes both."""
         retry_for = timedelta(seconds=self._settings.keepalive_retry_seconds)
         try:
             with self._uow() as uow:
                 until = uow.now + timedelta(seconds=cooling_seconds)
-                if retry:
-                    dies_at = candidate.refresh_token_expires_at
-                    until = max(until, keepalive_retry_at(dies_at, uow.now, retry_for))
+                if failed:
+                    retry_at = keepalive_retry_at(
+                        candidate.refresh_token_expires_at,
+                        uow.now,
+                        retry_for,
+                        candidate.keepalive_failures,
+                    )
+                    until = max(until, retry_at)
                 uow.refreshes.defer_keepalive(
-                    candidate.user_id, version=candidate.session_version, until=until
+                    candidate.user_id,
+                    version=candidate.session_version,
+                    until=until,
+                    failed=failed,
                 )
                 wait = (until - uow.now).total_seconds()
         # Then it is simply tried again next pass; only the type is logged (driver messages

@@ -18,6 +18,12 @@ _ACCOUNTS = cast(Table, GarminAccountLimit.__table__)
 _BREAKERS = cast(Table, GarminEndpointBreaker.__table__)
 
 
+# Each retry of claim_call follows a purge another replica committed between our insert and
+# our UPDATE: never more than one in practice (a purge deletes only ended rows, and the one
+# we insert next claims the call).
+_PURGED_RETRIES = 3
+
+
 def _later(kept: datetime | None, other: datetime) -> datetime:
     return other if kept is None or kept < other else kept
 
@@ -96,10 +102,34 @@ class SqlGarminLimitRepository:
     def claim_call(
         self, user_id: str, now: datetime, until: datetime, *, despite_sign_in_cooldown: bool
     ) -> bool:
-        if insert_ignoring_conflict(
-            self.session, _ACCOUNTS, {"user_id": user_id, "call_claimed_until": until}
-        ):
-            return True
+        for _ in range(_PURGED_RETRIES):
+            if insert_ignoring_conflict(
+                self.session, _ACCOUNTS, {"user_id": user_id, "call_claimed_until": until}
+            ):
+                return True
+            if self._claim_existing(user_id, now, until, despite_sign_in_cooldown):
+                return True
+            # Refused: the account's call is out or a cooldown runs, unless the row is gone.
+            # The insert met it but locks nothing: housekeeping may have purged the ended row
+            # and committed before our UPDATE, which then matched nothing; try again.
+            if self._exists(user_id):
+                return False
+        # Purged under us every time (never in practice): refused as if a call were out, so
+        # the caller asks again in seconds.
+        return False
+
+    def _exists(self, user_id: str) -> bool:
+        # A query, not Session.get: the identity map may still hold the purged row.
+        found = self.session.execute(
+            select(_ACCOUNTS.c.user_id).where(_ACCOUNTS.c.user_id == user_id)
+        ).first()
+        return found is not None
+
+    def _claim_existing(
+        self, user_id: str, now: datetime, until: datetime, despite_sign_in_cooldown: bool
+    ) -> bool:
+        """Claim the call on the account's existing row, if no call is out and no cooldown
+        holds it back."""
         limit = GarminAccountLimit
         not_cooling = [limit.cooling_until.is_(None), limit.cooling_until <= now]
         if despite_sign_in_cooldown:

@@ -179,6 +179,13 @@ class GarminAuthenticationState(Base):
     # disconnect, and for garth sessions.
     rotated_refresh_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH))
 
+    # Added by migration 0016. Keep-alive's attempts on the stored session that failed or met
+    # Garmin's 429 since its tokens last changed (0 again whenever new tokens are stored, or
+    # none). Keep-alive takes sessions with fewer first and holds one back longer with each
+    # (auth_service.domain.policies.keepalive_retry_at), so accounts Garmin keeps refusing
+    # and sessions that fail every time go to the back instead of heading every pass.
+    keepalive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
     __table_args__ = (
         # LeaseNextSession walks ACTIVE sessions in sync order (never synced first, then the
         # oldest sync) and stops at the first due one: an index in exactly that order, over
@@ -193,9 +200,11 @@ class GarminAuthenticationState(Base):
             postgresql_where=text("state = 'ACTIVE'"),
             sqlite_where=text("state = 'ACTIVE'"),
         ),
-        # Keep-alive walks ACTIVE DI sessions by refresh-token expiry, soonest first.
+        # Keep-alive walks ACTIVE DI sessions by failed attempts, then refresh-token expiry,
+        # soonest first: those never failed as a range of the index, in its order.
         Index(
             "ix_garmin_authentication_state_keepalive",
+            "keepalive_failures",
             "refresh_token_expires_at",
             postgresql_where=text("state = 'ACTIVE' AND session_kind = 'DI_OAUTH2'"),
             sqlite_where=text("state = 'ACTIVE' AND session_kind = 'DI_OAUTH2'"),

@@ -51,14 +51,12 @@ _RELEASE = (
     .where(T.c.user_id == rows.USER_ID, T.c.refresh_claim_id == _CLAIM_ID)
     .values(rows.CLAIM_ENDED)
 )
-# Only the session keep-alive failed to refresh: a newer one is due on its own terms.
-_DEFER_KEEPALIVE = (
-    update(T)
-    .where(
-        T.c.user_id == rows.USER_ID, T.c.session_version == rows.VERSION, T.c.state == rows.ACTIVE
-    )
-    .values(rows.KEEPALIVE_DEFERRED)
+# Only the session keep-alive held back: a newer one is due on its own terms.
+_KEEPALIVE_HELD = update(T).where(
+    T.c.user_id == rows.USER_ID, T.c.session_version == rows.VERSION, T.c.state == rows.ACTIVE
 )
+_DEFER_KEEPALIVE = _KEEPALIVE_HELD.values(rows.KEEPALIVE_DEFERRED)
+_FAIL_KEEPALIVE = _KEEPALIVE_HELD.values(rows.KEEPALIVE_FAILED)
 
 # Keep-alive: ACTIVE DI rows (the partial index ix_garmin_authentication_state_keepalive),
 # nobody leasing or refreshing them now, and not held back (refreshed lately without leaving
@@ -70,19 +68,47 @@ _ACTIVE_DI_FREE = and_(
     _UNCLAIMED,
     or_(T.c.keepalive_not_before.is_(None), T.c.keepalive_not_before <= rows.NOW),
 )
-_CANDIDATE_COLUMNS = (T.c.user_id, T.c.session_version, T.c.refresh_token_expires_at)
-# Unknown expiries first (tokens imported as given: they may die any day), then soonest first.
-# Two queries rather than one NULLS FIRST order, so each walks the index in its own order.
+_CANDIDATE_COLUMNS = (
+    T.c.user_id,
+    T.c.session_version,
+    T.c.refresh_token_expires_at,
+    T.c.keepalive_failures,
+)
+_NEVER_FAILED = T.c.keepalive_failures == 0
+# Sessions keep-alive never failed to refresh first: a session Garmin keeps refusing (an
+# account blocked for days, a refused client id, a key left out of the ring) goes behind
+# them after its first failed attempt, so no number of such sessions starves a healthy one.
+# Among those, unknown expiries first (tokens imported as given: they may die any day),
+# then soonest first: two queries rather than one NULLS FIRST order, so each is a range of
+# the index (keepalive_failures = 0, refresh_token_expires_at) walked in its order.
 _UNKNOWN_EXPIRY = (
     select(*_CANDIDATE_COLUMNS)
-    .where(_ACTIVE_DI_FREE, T.c.refresh_token_expires_at.is_(None))
+    .where(_ACTIVE_DI_FREE, _NEVER_FAILED, T.c.refresh_token_expires_at.is_(None))
     .order_by(T.c.user_id)
     .limit(_LIMIT)
 )
 _DYING = (
     select(*_CANDIDATE_COLUMNS)
-    .where(_ACTIVE_DI_FREE, T.c.refresh_token_expires_at < _DIES_BEFORE)
+    .where(_ACTIVE_DI_FREE, _NEVER_FAILED, T.c.refresh_token_expires_at < _DIES_BEFORE)
     .order_by(T.c.refresh_token_expires_at, T.c.user_id)
+    .limit(_LIMIT)
+)
+# Then the ones that failed: fewest failed attempts first, each count in the same order. Only
+# rows whose keep-alive failed since their tokens last changed are in this range of the index
+# (keepalive_failures > 0), so sorting the due ones among them stays small.
+_FAILED_BEFORE = (
+    select(*_CANDIDATE_COLUMNS)
+    .where(
+        _ACTIVE_DI_FREE,
+        T.c.keepalive_failures > 0,
+        or_(T.c.refresh_token_expires_at.is_(None), T.c.refresh_token_expires_at < _DIES_BEFORE),
+    )
+    .order_by(
+        T.c.keepalive_failures,
+        T.c.refresh_token_expires_at.is_not(None),
+        T.c.refresh_token_expires_at,
+        T.c.user_id,
+    )
     .limit(_LIMIT)
 )
 
@@ -142,23 +168,27 @@ class SqlRefreshRepository:
             replaced=replaced,
         )
 
-    def defer_keepalive(self, user_id: str, *, version: int, until: datetime) -> None:
+    def defer_keepalive(self, user_id: str, *, version: int, until: datetime, failed: bool) -> None:
         self.session.execute(
-            _DEFER_KEEPALIVE,
+            _FAIL_KEEPALIVE if failed else _DEFER_KEEPALIVE,
             {"p_user_id": user_id, "p_version": version, "p_keepalive_not_before": until},
         )
 
     def keepalive_candidates(
         self, *, now: datetime, dies_before: datetime, limit: int
     ) -> list[KeepAliveCandidate]:
-        found = [
-            KeepAliveCandidate(row.user_id, row.session_version, row.refresh_token_expires_at)
-            for row in self.session.execute(_UNKNOWN_EXPIRY, {"p_now": now, "p_limit": limit})
-        ]
-        if len(found) < limit:
+        found: list[KeepAliveCandidate] = []
+        for query in (_UNKNOWN_EXPIRY, _DYING, _FAILED_BEFORE):
+            if len(found) >= limit:
+                break
             params = {"p_now": now, "p_dies_before": dies_before, "p_limit": limit - len(found)}
             found.extend(
-                KeepAliveCandidate(row.user_id, row.session_version, row.refresh_token_expires_at)
-                for row in self.session.execute(_DYING, params)
+                KeepAliveCandidate(
+                    row.user_id,
+                    row.session_version,
+                    row.refresh_token_expires_at,
+                    row.keepalive_failures,
+                )
+                for row in self.session.execute(query, params)
             )
         return found

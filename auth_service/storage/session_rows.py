@@ -100,8 +100,9 @@ INSTALLED: dict[str, Any] = {
     "last_validated_at": VALIDATED_AT,
     "invalidated_reason": None,
     "invalidated_at": None,
-    # New credentials: keep-alive takes them whenever they are due.
+    # New credentials: keep-alive takes them whenever they are due, none failed yet.
     "keepalive_not_before": None,
+    "keepalive_failures": 0,
     "updated_at": NOW,
 }
 
@@ -113,7 +114,7 @@ VALIDATED: dict[str, Any] = {"last_validated_at": NOW, "updated_at": NOW}
 # refreshes: auth_service.domain.policies.keepalive_not_before; a holder's report: NULL).
 # p_rotated_refresh_sha256: the digest of the DI refresh token the refresh killed, before
 # the ones kept (NULL for garth sessions), so an import retrying with one of them is known
-# for a retry (models).
+# for a retry (models). A refresh that worked ends keep-alive's count of failed attempts.
 REFRESHED: dict[str, Any] = {
     **VALIDATED,
     **CLAIM_ENDED,
@@ -124,11 +125,18 @@ REFRESHED: dict[str, Any] = {
     "session_kind": KIND,
     "refresh_token_expires_at": REFRESH_EXPIRES_AT,
     "keepalive_not_before": KEEPALIVE_NOT_BEFORE,
+    "keepalive_failures": 0,
 }
 
-# Keep-alive's refresh of the session failed without Garmin pushing back: keep-alive leaves
-# it alone until p_keepalive_not_before (bookkeeping of keep-alive only: updated_at stays).
+# Keep-alive leaves the session alone until p_keepalive_not_before (bookkeeping of keep-alive
+# only: updated_at stays): its account waits out a cooldown someone else's 429 started.
 KEEPALIVE_DEFERRED: dict[str, Any] = {"keepalive_not_before": KEEPALIVE_NOT_BEFORE}
+# The same after keep-alive's own attempt failed or met Garmin's 429: one more failed
+# attempt, in the same statement (keep-alive orders by the count and holds back longer).
+KEEPALIVE_FAILED: dict[str, Any] = {
+    **KEEPALIVE_DEFERRED,
+    "keepalive_failures": T.c.keepalive_failures + 1,
+}
 
 # No stored session any more (invalidated or deleted): secrets wiped, lease ended.
 _WIPED: dict[str, Any] = {
@@ -140,6 +148,7 @@ _WIPED: dict[str, Any] = {
     "session_kind": None,
     "refresh_token_expires_at": None,
     "keepalive_not_before": None,
+    "keepalive_failures": 0,
     "updated_at": NOW,
 }
 

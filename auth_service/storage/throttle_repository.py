@@ -173,7 +173,9 @@ class SqlThrottleRepository:
 
     def start_cooldown(self, keys: SignInKeys, until: datetime, now: datetime) -> None:
         for counters, key in _named(keys):
-            self._ensure_row(counters, key, now)
+            # Locked, not only ensured: the insert locks nothing, and housekeeping could purge
+            # the stale row it found before the UPDATE, which would then set no cooldown.
+            self._locked(counters, key, now)
             ends = counters.table.c.signin_cooldown_until
             self.session.execute(
                 update(counters.table)
