@@ -7,7 +7,10 @@ error (garmin_client.errors). Imports no garth: the worker classifies its calls 
   clock running ahead would shorten every wait it imposes.
 * When Garmin judges stored tokens: 401 on the token exchange -> SessionRejected; 401 on the
   Connect API -> AccessTokenRejected (a refresh may still save the session). 403 is not a
-  definite rejection (Garmin's edge answers 403 to clients it dislikes).
+  definite rejection (Garmin's edge answers 403 to clients it dislikes). The exchange's 401
+  is also Garmin's answer to a consumer or a clock it refuses: the service's garth provider
+  takes it as the session's end only when it has seen Garmin accept the same consumer
+  (auth_service.upstream.garth.exchange_refusals), else as Unavailable.
 * Everything else (5xx, other 4xx, a 401 while logging in, timeouts, connection errors,
   malformed JSON, HTML where JSON was expected, missing fields) -> Unavailable.
 

@@ -58,8 +58,9 @@ def read_upstream_settings(reader: EnvReader, *, oauth_consumer: bool = True) ->
             raise reader.error("UPSTREAM_URL", problem)
         base_url = base_url.rstrip("/")
     return UpstreamSettings(
-        # Required: a refresh signed with the wrong consumer is answered 401, which would
-        # read as Garmin rejecting every session.
+        # Required: a refresh signed with the wrong consumer is answered 401, as for a dead
+        # session (the service's garth provider tells them apart by the exchanges Garmin
+        # accepted: auth_service.upstream.garth.exchange_refusals).
         consumer_key=reader.required("OAUTH_CONSUMER_KEY") if oauth_consumer else "",
         consumer_secret=reader.required("OAUTH_CONSUMER_SECRET") if oauth_consumer else "",
         base_url=base_url,

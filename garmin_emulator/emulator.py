@@ -67,7 +67,7 @@ class GarminEmulator(DiControls):
         self._state = EmulatorState(on_secret)
         self._state.remember(consumer_secret)
         self._faults = Faults()
-        oauth = OAuth(
+        self._oauth = oauth = OAuth(
             self._state,
             consumer_key=consumer_key,
             consumer_secret=consumer_secret,
@@ -132,6 +132,18 @@ class GarminEmulator(DiControls):
     @latency_seconds.setter
     def latency_seconds(self, seconds: float) -> None:
         self._router.latency_seconds = seconds
+
+    @property
+    def oauth_clock_skew_seconds(self) -> float:
+        """How far Garmin's clock is ahead of the signer's (negative: behind) as the OAuth1
+        timestamps of garth's token endpoints see it: set it beyond the tolerance
+        (garmin_emulator.oauth.TIMESTAMP_TOLERANCE_SECONDS) to play a replica whose clock is
+        off, every signed request then refused (401)."""
+        return self._oauth.clock_skew_seconds
+
+    @oauth_clock_skew_seconds.setter
+    def oauth_clock_skew_seconds(self, seconds: float) -> None:
+        self._oauth.clock_skew_seconds = seconds
 
     # --- accounts and data ---------------------------------------------------------------
 

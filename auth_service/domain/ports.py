@@ -37,8 +37,9 @@ class GarminUpstream(Protocol):
         """A fresh access token: garth exchanges the OAuth1 token; DI rotates the refresh
         token (the old one dies: the answer must be stored before anything else).
 
-        Raises GarminSessionRejected (the session is dead: 401 on garth's exchange, DI's
-        invalid_grant), GarminRateLimited or GarminUnavailable (the session is untouched).
+        Raises GarminSessionRejected (the session is dead: 401 on garth's exchange, once it
+        cannot be Garmin refusing our OAuth consumer or clock; DI's invalid_grant),
+        GarminRateLimited or GarminUnavailable (the session is untouched).
         """
         ...
 

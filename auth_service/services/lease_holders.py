@@ -13,8 +13,8 @@ from auth_service.domain import audit
 from auth_service.domain.errors import FieldViolation, InvalidArgument, LeaseLost, SessionNotActive
 from auth_service.domain.jwt_payload import di_account, di_issued_at
 from auth_service.domain.lease_ids import lease_digest, matches
-from auth_service.domain.models import GarminTokens, SessionKind, SessionState
-from auth_service.domain.validation import in_scope
+from auth_service.domain.models import GarminTokens, OAuth1Token, SessionKind, SessionState
+from auth_service.domain.validation import in_scope, raise_if_any
 from auth_service.domain.views import SessionRow, rotated_away
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
@@ -77,8 +77,8 @@ def check_refresh_of(stored_version: int, session_version: int) -> None:
 
 def check_same_account(stored: GarminTokens, reported: GarminTokens) -> None:
     """Refuse (INVALID_ARGUMENT) tokens that are not a refresh of the stored session: another
-    OAuth1 token (garth), another DI client id or Garmin account, another kind of session or
-    another domain."""
+    OAuth1 token (garth: its token, secret or MFA token), another DI client id or Garmin
+    account, another kind of session or another domain."""
     if stored.kind is not reported.kind:
         raise InvalidArgument([FieldViolation("session", "is not the leased session's kind")])
     if stored.domain != reported.domain:
@@ -93,10 +93,7 @@ def check_same_account(stored: GarminTokens, reported: GarminTokens) -> None:
             ]
         )
     if stored.oauth1 is not None and reported.oauth1 is not None:
-        if stored.oauth1.oauth_token != reported.oauth1.oauth_token:
-            raise InvalidArgument(
-                [FieldViolation("session.oauth1", "is not the leased session's OAuth1 token")]
-            )
+        raise_if_any(_other_oauth1(stored.oauth1, reported.oauth1))
     elif stored.di_client_id != reported.di_client_id:
         raise InvalidArgument(
             [FieldViolation("session.di_client_id", "is not the leased session's client id")]
@@ -106,6 +103,21 @@ def check_same_account(stored: GarminTokens, reported: GarminTokens) -> None:
         # Stored, the other account's rotating refresh token would sit in two rows, and the
         # first refresh of either would end the other.
         raise InvalidArgument([FieldViolation("session", "is another Garmin account's session")])
+
+
+def _other_oauth1(stored: OAuth1Token, reported: OAuth1Token) -> list[FieldViolation]:
+    """What differs between a garth report's OAuth1 token and the stored one. A garth exchange
+    never changes the OAuth1 token, so a real refresh reports it as granted; one with another
+    secret, or without its MFA token (optional in the proto, easily dropped by a holder that
+    rebuilds the session), signs the next exchange wrongly: Garmin refuses it (401) and the
+    session, which cannot be signed in again, would end for good."""
+    if stored.oauth_token != reported.oauth_token:
+        return [FieldViolation("session.oauth1", "is not the leased session's OAuth1 token")]
+    return [
+        FieldViolation(f"session.oauth1.{name}", f"is not the leased session's {name}")
+        for name in ("oauth_token_secret", "mfa_token")
+        if getattr(stored, name) != getattr(reported, name)
+    ]
 
 
 def _other_di_account(stored: GarminTokens, reported: GarminTokens) -> bool:

@@ -502,7 +502,7 @@ class LeaseService:
                     row = uow.leases.store_refreshed(
                         digest,
                         locked=locked,
-                        tokens=_stated_lifetime_kept(tokens, stored),
+                        tokens=_stated_lifetime_kept(_oauth1_kept(tokens, stored), stored),
                         now=uow.now,
                     )
             status = _reported(uow, AuditedRpc.REPORT_REFRESHED, digest, row)
@@ -627,6 +627,16 @@ def _live_lease(row: SessionRow | None, now: datetime) -> LeaseView:
     if lease is None:
         raise _lease_lost()
     return lease
+
+
+def _oauth1_kept(reported: GarminTokens, stored: GarminTokens) -> GarminTokens:
+    """The reported garth session with the stored OAuth1 token: an exchange never changes it,
+    and check_same_account has vouched that its token, secret and MFA token are the stored
+    ones; the rest (the MFA token's expiry Garmin stated at sign-in) stays the service's
+    record, whatever a holder's copy lost on the way."""
+    if stored.oauth1 is None or reported.oauth1 is None:
+        return reported
+    return dataclasses.replace(reported, oauth1=stored.oauth1)
 
 
 def _stated_lifetime_kept(reported: GarminTokens, stored: GarminTokens) -> GarminTokens:

@@ -117,19 +117,43 @@ def test_preauthorized_accepts_a_good_signature_once(
 
 
 @pytest.mark.parametrize(
-    ("key", "secret"),
-    [(CONSUMER_KEY, "wrong-consumer-secret"), ("someone-elses-key", CONSUMER_SECRET)],
+    ("key", "secret", "message"),
+    [
+        (CONSUMER_KEY, "wrong-consumer-secret", "Signature is invalid"),
+        ("someone-elses-key", CONSUMER_SECRET, "ConsumerKey is invalid"),
+    ],
 )
 def test_preauthorized_refuses_a_bad_signature_or_consumer(
-    emulator: GarminEmulator, user: EmulatedUser, key: str, secret: str
+    emulator: GarminEmulator, user: EmulatedUser, key: str, secret: str, message: str
 ) -> None:
     path = f"{PREAUTHORIZED_PATH}?{preauthorized_query(sso_ticket(emulator, user))}"
 
     answer = signed_get(emulator, path, OAuth1Client(key, client_secret=secret))
 
+    # Garmin's API server answers its HTML status page naming the cause.
     assert answer.status_code == 401
-    assert answer.headers["Content-Type"].startswith("application/json")
+    assert answer.headers["Content-Type"].startswith("text/html")
+    assert f"<b>Message</b> {message}" in answer.text
     assert emulator.signature_failures == 1
+
+
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0])
+def test_a_timestamp_far_from_garmins_clock_is_refused(
+    emulator: GarminEmulator, user: EmulatedUser, skew: float
+) -> None:
+    good = OAuth1Client(CONSUMER_KEY, client_secret=CONSUMER_SECRET)
+    emulator.oauth_clock_skew_seconds = skew
+    late = signed_get(
+        emulator, f"{PREAUTHORIZED_PATH}?{preauthorized_query(sso_ticket(emulator, user))}", good
+    )
+    emulator.oauth_clock_skew_seconds = 0.0
+    timely = signed_get(
+        emulator, f"{PREAUTHORIZED_PATH}?{preauthorized_query(sso_ticket(emulator, user))}", good
+    )
+
+    assert late.status_code == 401
+    assert "<b>Message</b> Timestamp is invalid" in late.text
+    assert timely.status_code == 200
 
 
 def test_signature_covers_the_query(emulator: GarminEmulator, user: EmulatedUser) -> None:
@@ -171,6 +195,8 @@ def test_exchange_verifies_the_token_secret_and_revocation(
         good.json()
     )
     assert revoked.status_code == 401
+    assert "<b>Message</b> Signature is invalid" in wrong.text
+    assert "<b>Message</b> OAuthToken is invalid" in revoked.text
     assert emulator.exchange_count(user.email) == 1
 
 

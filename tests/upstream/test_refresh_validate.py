@@ -71,13 +71,15 @@ def test_refresh_of_a_revoked_session_is_session_rejected(
     assert tokens.oauth1_token().oauth_token_secret not in caught.value.message
 
 
-def test_refresh_signed_with_the_wrong_consumer_secret_is_refused(
+def test_refresh_signed_with_the_wrong_consumer_secret_is_unavailable(
     emulator: GarminEmulator, user: EmulatedUser, tokens: GarminTokens
 ) -> None:
     upstream = GarthUpstream(make_settings(emulator, consumer_secret="wrong-consumer-secret"))
 
-    # Garmin answers 401 and the adapter cannot tell a bad consumer from a dead session.
-    with pytest.raises(GarminSessionRejected):
+    # Garmin answers 401, as to a dead session; but no exchange signed with this consumer
+    # ever succeeded, so it is taken as a refusal of our consumer (tests/upstream/
+    # test_exchange_refusals.py), not of the session.
+    with pytest.raises(GarminUnavailable):
         upstream.refresh(tokens)
     assert emulator.signature_failures == 1
 

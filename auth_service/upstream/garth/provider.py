@@ -1,5 +1,7 @@
 """``GarminUpstream`` with garth: login and MFA (auth_service.upstream.garth.sso), the OAuth1
--> OAuth2 exchange, and validation against the Connect API.
+-> OAuth2 exchange (whose 401 ends the session only when it cannot be Garmin refusing our
+consumer or clock: auth_service.upstream.garth.exchange_refusals), and validation against the
+Connect API.
 
 One isolated garth client per call (``isolation``), so it is thread-safe. Raises
 only the domain's ``UpstreamError`` subclasses, with messages that never contain a token,
@@ -14,8 +16,9 @@ from typing import Final
 
 from auth_service.domain.clock import Clock, SystemClock
 from auth_service.domain.garmin_limits import GarminEndpoint
-from auth_service.domain.models import LoginResult, PendingMfa
+from auth_service.domain.models import LoginResult, LoginSucceeded, PendingMfa
 from auth_service.upstream.errors import domain_errors
+from auth_service.upstream.garth.exchange_refusals import ExchangeRecord, record_of
 from auth_service.upstream.garth.isolation import (
     GARTH_FAILURES,
     IsolatedClient,
@@ -25,9 +28,9 @@ from auth_service.upstream.garth.isolation import (
 from auth_service.upstream.garth.sso import resume, sign_in
 from auth_service.upstream.garth.tokens import bearer, oauth1_to_garth, oauth2_from_garth
 from auth_service.upstream.observer import RpcListenerObserver
-from garmin_client.answers import failure
+from garmin_client.answers import classify, failure, log_failure
 from garmin_client.endpoints import DEFAULT_DOMAIN, PROFILE_PATH
-from garmin_client.errors import AccessTokenRejected, Unavailable
+from garmin_client.errors import AccessTokenRejected, GarminError, SessionRejected, Unavailable
 from garmin_client.settings import UpstreamSettings
 from garmin_client.tokens import GarminTokens, OAuth2Token
 
@@ -54,11 +57,17 @@ class GarthUpstream:
 
     def login(self, email: str, password: str) -> LoginResult:
         with domain_errors(), self._client(DEFAULT_DOMAIN) as client:
-            return sign_in(client, email, password, self._clock.now())
+            result = sign_in(client, email, password, self._clock.now())
+        if isinstance(result, LoginSucceeded):
+            # Signed in through an exchange: Garmin accepts our consumer (and clock).
+            self._exchanges(result.tokens.domain).accepted()
+        return result
 
     def resume_mfa(self, pending: PendingMfa, code: str) -> GarminTokens:
         with domain_errors(), self._client(pending.domain) as client:
-            return resume(client, pending, code, self._clock.now())
+            tokens = resume(client, pending, code, self._clock.now())
+        self._exchanges(tokens.domain).accepted()
+        return tokens
 
     def refresh(self, tokens: GarminTokens) -> GarminTokens:
         with domain_errors(GarminEndpoint.OAUTH_EXCHANGE):
@@ -82,8 +91,27 @@ class GarthUpstream:
                 oauth2 = oauth2_from_garth(fresh, issued_at)
             except GARTH_FAILURES as exc:
                 now = self._clock.now()
-                raise failure("token refresh", exc, judging_tokens=True, now=now) from None
+                error = self._judged(classify(exc, judging_tokens=True, now=now), tokens)
+                log_failure("token refresh", error, exc, routine=False)
+                raise error from None
+        self._exchanges(tokens.domain).accepted()
         return GarminTokens(oauth1=tokens.oauth1, oauth2=oauth2, domain=tokens.domain)
+
+    def _exchanges(self, domain: str) -> ExchangeRecord:
+        consumer = self._settings
+        return record_of(consumer.consumer_key, consumer.consumer_secret, domain)
+
+    def _judged(self, error: GarminError, tokens: GarminTokens) -> GarminError:
+        """`error`, unless it is a 401 on the exchange that may be Garmin refusing our
+        consumer or clock rather than the session (exchange_refusals): then try later."""
+        if type(error) is not SessionRejected:  # AccessTokenRejected: the API's, not ours
+            return error
+        if self._exchanges(tokens.domain).refused(tokens.oauth1_token().oauth_token):
+            return error
+        return Unavailable(
+            "Garmin refused the token exchange (HTTP 401) while it may be refusing our OAuth "
+            "consumer or clock, not the session: the session is kept, try later"
+        )
 
     def _validate(self, tokens: GarminTokens, *, allow_refresh: bool) -> GarminTokens:
         current = tokens

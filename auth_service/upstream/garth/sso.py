@@ -128,7 +128,11 @@ def _login_failure(
     error = as_domain(failure(operation, exc, judging_tokens=False, now=now), endpoint)
     unauthorized = response is not None and response.status_code == HTTPStatus.UNAUTHORIZED
     if unauthorized and endpoint is GarminEndpoint.OAUTH_EXCHANGE:
-        log.error("Garmin refused a freshly issued ticket or token: check the OAuth consumer key")
+        log.error(
+            "Garmin refused a freshly issued ticket or token: check "
+            "GARMIN_AUTH_OAUTH_CONSUMER_KEY and GARMIN_AUTH_OAUTH_CONSUMER_SECRET, and this "
+            "machine's clock (OAuth1 signs its time)"
+        )
     return error
 
 
