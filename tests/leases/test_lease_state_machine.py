@@ -42,6 +42,7 @@ from auth_service.services.leases import LeaseService
 from auth_service.storage.models import GarminAuthenticationState, GarminMfaChallenge
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth.provider import GarthUpstream
+from garmin_client.settings import UpstreamSettings
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 
 from . import GarminAccounts, activate_session, build_service, delete_session, with_expiry
@@ -106,7 +107,7 @@ class LeaseMachine(RuleBasedStateMachine):
         db: sessionmaker[Session],
         box: SecretBox,
         emulator: GarminEmulator,
-        upstream: GarthUpstream,
+        upstream_settings: UpstreamSettings,
     ) -> None:
         super().__init__()
         self.db = db
@@ -114,6 +115,10 @@ class LeaseMachine(RuleBasedStateMachine):
         self.emulator = emulator
         # Garmin's tokens carry real expiry times, so the clock starts at real time.
         self.clock = FakeClock(datetime.now(UTC))
+        # On the same clock: the adapter counts a fresh token's lifetime from its clock's
+        # now. On the machine's clock (real time) a refresh after the test moved an hour
+        # ahead gave a token already expired on the service's clock (RefreshedWithoutAccess).
+        upstream = GarthUpstream(upstream_settings, clock=self.clock)
         self.accounts = GarminAccounts(emulator, upstream, self.clock, db, box)
         self.service: LeaseService = build_service(db, box, upstream, self.clock)
         self.model = {user_id: ModelUser() for user_id in USERS}
@@ -388,7 +393,7 @@ def test_random_call_sequences_follow_the_rules(
     upstream: GarthUpstream,
 ) -> None:
     run_state_machine_as_test(
-        lambda: LeaseMachine(db_sessionmaker, box, emulator, upstream),
+        lambda: LeaseMachine(db_sessionmaker, box, emulator, upstream.settings),
         settings=settings(
             max_examples=40,
             stateful_step_count=30,
