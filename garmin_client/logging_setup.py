@@ -74,7 +74,8 @@ _SECRET_PATTERNS: list[tuple[re.Pattern[str], tuple[str, ...]]] = [
 # after one search instead of five substitutions (most log lines, every access-log field).
 _SHORT = 24
 _HINTS = re.compile(
-    r"(?i)passw|secret|token|authorization|api[_-]?key|cookie|mfa|bearer|basic|://[^@\s]*@"
+    r"(?i)passw|secret|token|authorization|api[_-]?key|cookie|mfa|bearer|basic|ticket"
+    r"|lease[_-]?id|://[^@\s]*@"
 )
 
 

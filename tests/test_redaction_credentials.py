@@ -70,6 +70,11 @@ def _ungated(text: str) -> str:
 # Case variants IGNORECASE matches: the Kelvin sign for k, the long s for s, the dotless i
 # for i, upper and mixed case.
 _WORDS = [
+    "ticket",
+    "service_Ticket",
+    "lease_id",
+    "LeaseId",
+    "lease-ID",
     "Bearer",
     "bEaReR",
     "basic",
