@@ -16,7 +16,10 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[2]
 LOCKS = ROOT / "requirements"
 # `name==version ; marker \` then its `--hash=sha256:...` lines.
-ENTRY = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
+# `name==version` may name extras too (`name[extra]==version`): see scripts/lock.
+ENTRY = re.compile(
+    r"^([A-Za-z0-9._-]+)(?:\[[A-Za-z0-9._,-]+\])?==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$"
+)
 
 
 def lock(name: str) -> dict[str, tuple[str, str | None, int]]:
