@@ -21,7 +21,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
 from auth_service.api.callers import CallersFileError
-from auth_service.checks_exposure import CheckFailed, exposure_checks, without_files
+from auth_service.checks_exposure import CheckFailed, exposure_checks
 from auth_service.config import (
     PREFIX,
     load_database_url,
@@ -37,7 +37,7 @@ from auth_service.crypto import (
     blob_header,
     sealed_key_id,
 )
-from auth_service.serving_config import with_secret_files
+from auth_service.serving_config import with_secret_files, without_secret_files
 from auth_service.storage.database import (
     SQLITE_BEGIN_OPTION,
     create_engine_for,
@@ -350,7 +350,8 @@ def run_checks(env: Mapping[str, str] | None = None) -> list[CheckResult]:
         resolved = with_secret_files(raw_env)
     except ConfigError as exc:
         # Reported on its own line; the other checks read what they can without the files.
-        return [CheckResult("secret files", False, str(exc)), *run_checks(without_files(raw_env))]
+        failed = CheckResult("secret files", False, str(exc))
+        return [failed, *run_checks(without_secret_files(raw_env))]
     checks = _Checks(resolved)
     try:
         checks.run("settings", checks.settings)

@@ -13,10 +13,8 @@ from urllib.parse import urlsplit
 from auth_service.api.callers import CallerRegistry, CallersFileError
 from auth_service.config import PREFIX, TlsSettings, check_host_port, load_tls_settings
 from auth_service.serving_config import (
-    FILE_SUFFIX,
     PLAINTEXT_LISTEN_FLAG,
     PRODUCTION,
-    SECRET_VARIABLES,
     is_loopback_listen,
     plaintext_listen_refusal,
     plaintext_upstream,
@@ -32,12 +30,6 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 
 class CheckFailed(Exception):
     """A check found a problem; the message is the line's detail."""
-
-
-def without_files(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` without the *_FILE secret variables (when reading them failed)."""
-    names = {PREFIX + name + FILE_SUFFIX for name in SECRET_VARIABLES}
-    return {key: value for key, value in env.items() if key not in names}
 
 
 class _Exposure:

@@ -8,7 +8,7 @@ import getpass
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -20,6 +20,7 @@ from auth_service.config import (
     load_keyring,
     load_migration_locking,
     load_settings,
+    read_environment,
     redacted_database_url,
 )
 from auth_service.operator_commands import (
@@ -47,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
     from auth_service.storage.database import describe_database_error
     from auth_service.storage.schema import SchemaState, head_revision, schema_state
 
-    settings = load_settings()
+    settings = load_settings(args.environment())
     for problem in plaintext_upstream(settings.upstream.base_url, settings.di.plain_http):
         log.warning(
             "%s: Garmin passwords and tokens cross the network unencrypted (emulator only; "
@@ -112,8 +113,9 @@ def _migrate(args: argparse.Namespace) -> int:
         upgrade_to_head,
     )
 
-    url = load_database_url()
-    locking = load_migration_locking()
+    env = args.environment()
+    url = load_database_url(env)
+    locking = load_migration_locking(env)
     # On a database a newer release migrated (before or while this run waited for the
     # migration lock) the upgrade does nothing (migrations/env.py).
     try:
@@ -149,8 +151,9 @@ def _rotate_keys(args: argparse.Namespace) -> int:
 
     if not 1 <= args.batch_size <= MAX_ROTATION_BATCH_SIZE:
         raise ConfigError("--batch-size", f"must be 1-{MAX_ROTATION_BATCH_SIZE}")
-    keyring = load_keyring()
-    url = load_database_url()
+    env = args.environment()
+    keyring = load_keyring(env)
+    url = load_database_url(env)
     _refuse_missing_sqlite_file(url)
     if not _migrated(url, "rotate-keys"):
         return EXIT_CONFIG
@@ -239,10 +242,11 @@ def _prune_audit(args: argparse.Namespace) -> int:
     from auth_service.storage.audit_pruning import prune_audit
     from auth_service.storage.database import create_engine_for
 
-    days = args.older_than if args.older_than is not None else load_audit_retention_days()
+    env = args.environment()
+    days = args.older_than if args.older_than is not None else load_audit_retention_days(env)
     if not 1 <= days <= MAX_AUDIT_RETENTION_DAYS:
         raise ConfigError("--older-than", f"must be 1-{MAX_AUDIT_RETENTION_DAYS} days")
-    url = load_database_url()
+    url = load_database_url(env)
     _refuse_missing_sqlite_file(url)
     if not _migrated(url, "prune-audit"):
         return EXIT_CONFIG
@@ -361,9 +365,24 @@ def _log_level(command: str) -> int:
         return logging.INFO
 
 
+class _Environment:
+    """os.environ with its secret files read at the first use, then kept for the rest of the
+    command: read again, a pipe (a shell's <(...)) would be empty. Commands that need no
+    secret (hash-token, health-check) never read them."""
+
+    def __init__(self) -> None:
+        self._read: Mapping[str, str] | None = None
+
+    def __call__(self) -> Mapping[str, str]:
+        if self._read is None:
+            self._read = read_environment()
+        return self._read
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
+    args.environment = environment = _Environment()
     try:
         configure_logging(_log_level(args.command))
         return run(args)
@@ -375,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (and never exit 1, which rotate-keys keeps for "an old key is still needed").
         from auth_service.storage.database import describe_database_error
 
-        url = load_database_url()
+        url = load_database_url(environment())
         print(
             f"garmin-auth-service: database error on {redacted_database_url(url)}: "
             f"{describe_database_error(exc, url)}",

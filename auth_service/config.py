@@ -251,9 +251,16 @@ def _limits(reader: EnvReader) -> GarminLimitSettings:
     )
 
 
+def read_environment(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """`env` (default: os.environ) with its secret files read (GARMIN_AUTH_<NAME>_FILE, as
+    Kubernetes mounts them). A command reads them once and passes the result to every
+    `load_*`: a pipe (a shell's <(...)) gives its content to its first reader only."""
+    return with_secret_files(os.environ if env is None else env)
+
+
 def _reader(env: Mapping[str, str] | None) -> EnvReader:
-    # Secrets may come from files (GARMIN_AUTH_<NAME>_FILE), as Kubernetes mounts them.
-    return EnvReader(with_secret_files(os.environ if env is None else env), PREFIX)
+    # Reading an environment read_environment() returned reads no file again.
+    return EnvReader(read_environment(env), PREFIX)
 
 
 def check_host_port(name: str, listen: str) -> str:
@@ -434,7 +441,8 @@ def _login_flow(reader: EnvReader) -> LoginFlow:
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting; raises ConfigError on the first problem."""
-    reader = _reader(env)
+    env = read_environment(env)
+    reader = EnvReader(env, PREFIX)
     keyring = load_keyring(env)
     callers = reader.get("CALLERS_FILE")
     allow_unauthenticated = reader.flag("ALLOW_UNAUTHENTICATED")
@@ -471,7 +479,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     # rather than the daily prune failing on it. The log level is read before this, by
     # every command; check-config reads it here.
     load_audit_retention_days(env)
-    load_log_level(os.environ if env is None else env)
+    load_log_level(env)
     return Settings(
         database_url=_database_url(reader),
         keyring=keyring,

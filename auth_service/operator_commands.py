@@ -10,7 +10,12 @@ from collections.abc import Mapping, Sequence
 
 from auth_service.api.callers import ROLES, CallersFileError, parse_callers, token_sha256
 from auth_service.config import load_listen, load_tls_settings
-from auth_service.serving_config import PREFIX, ServingSettings, read_serving_settings
+from auth_service.serving_config import (
+    PREFIX,
+    ServingSettings,
+    read_serving_settings,
+    without_secret_files,
+)
 from garmin_client.env import ConfigError, EnvReader
 
 # Shorter bearer tokens are refused by new-caller-token and hash-token. Entries already in a
@@ -59,6 +64,9 @@ def health_check(service: str, env: Mapping[str, str] | None = None) -> tuple[bo
 
 def _probed_listener(env: Mapping[str, str] | None) -> str | None:
     """The health listener's host:port, else the main port's when plaintext (None: none)."""
+    # The probe runs every few seconds and needs no secret: a secret file it cannot read
+    # (not mounted yet, rotated) must not fail it, nor a pipe be read by it.
+    env = without_secret_files(os.environ if env is None else env)
     serving = _serving(env)
     if serving.health_listen is not None:
         return serving.health_listen
@@ -67,8 +75,8 @@ def _probed_listener(env: Mapping[str, str] | None) -> str | None:
     return load_listen(env)
 
 
-def _serving(env: Mapping[str, str] | None) -> ServingSettings:
-    return read_serving_settings(EnvReader(os.environ if env is None else env, PREFIX))
+def _serving(env: Mapping[str, str]) -> ServingSettings:
+    return read_serving_settings(EnvReader(env, PREFIX))
 
 
 def check_token(token: str) -> None:

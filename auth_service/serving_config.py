@@ -94,6 +94,13 @@ def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
     return env if resolved is None else resolved
 
 
+def without_secret_files(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the GARMIN_AUTH_<SECRET>_FILE variables: for a command that needs no
+    secret (health-check), or when reading them failed (check-config's other checks)."""
+    names = {PREFIX + name + FILE_SUFFIX for name in SECRET_VARIABLES}
+    return {key: value for key, value in env.items() if key not in names}
+
+
 def is_loopback_listen(listen: str) -> bool:
     """Whether host:port only accepts connections from this machine."""
     return is_loopback_host(listen.rpartition(":")[0].strip("[]"))
