@@ -16,6 +16,7 @@ from auth_service.serving_config import (
     read_serving_settings,
     without_secret_files,
 )
+from garmin_client.bearer_tokens import UNSENDABLE, is_sendable
 from garmin_client.env import ConfigError, EnvReader
 
 # Shorter bearer tokens are refused by new-caller-token and hash-token. Entries already in a
@@ -83,12 +84,8 @@ def check_token(token: str) -> None:
     """Refuse a bearer token no caller could use: a character gRPC metadata does not carry
     (it takes printable ASCII only; a binary paste would otherwise be hashed, or fail to be),
     or fewer than MIN_TOKEN_LENGTH characters. The token itself is never in the message."""
-    if not all(" " <= character <= "~" for character in token):
-        raise ConfigError(
-            "token",
-            "holds a character that is not printable ASCII; a bearer token travels in gRPC "
-            "metadata, which carries no other",
-        )
+    if not is_sendable(token):
+        raise ConfigError("token", UNSENDABLE)
     if len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(
             "token",

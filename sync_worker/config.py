@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
+from garmin_client.bearer_tokens import UNSENDABLE, is_sendable
 from garmin_client.env import ConfigError, EnvReader, read_secret_file
 from garmin_client.hosts import is_loopback_host
 from garmin_client.pem_keys import EncryptedKey, NoPrivateKey, public_der, unencrypted_private_key
@@ -283,12 +284,12 @@ def auth_token(env: EnvReader) -> str:
 
 
 def _checked_token(env: EnvReader, name: str, token: str) -> str:
-    """Refuse a token gRPC would not send: a header value must be printable ASCII, and one
-    that is not (a byte that is not UTF-8, a stray control character) made every call fail,
-    a lone surrogate even with a UnicodeEncodeError that killed the sync threads. A bearer
-    token has no space either (RFC 6750). The token itself is never quoted."""
-    if not all("!" <= char <= "~" for char in token):
-        raise env.error(name, "must be printable ASCII without spaces (a bearer token)")
+    """Refuse a token gRPC would not send (one that is not printable ASCII, such as a byte
+    that is not UTF-8 or a stray control character, made every call fail, a lone surrogate
+    even with a UnicodeEncodeError that killed the sync threads); take every token the
+    service's `hash-token` takes. The token itself is never quoted."""
+    if not is_sendable(token):
+        raise env.error(name, UNSENDABLE)
     return token
 
 
