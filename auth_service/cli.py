@@ -28,6 +28,7 @@ from auth_service.operator_commands import (
     check_token,
     health_check,
     new_caller_entry,
+    rotation_lines,
 )
 from auth_service.serving_config import load_log_level, plaintext_upstream
 from garmin_client.env import ConfigError
@@ -165,7 +166,8 @@ def _rotate_keys(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     finally:
         engine.dispose()
-    print(report)
+    for line in rotation_lines(report):
+        print(line)
     if not report.primary_checked:
         print(
             f"note: nothing was stored under the primary key {report.primary_kid!r} before this "

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from auth_service.api.callers import ROLES, CallersFileError, parse_callers, token_sha256
 from auth_service.config import load_listen, load_tls_settings
@@ -18,6 +19,10 @@ from auth_service.serving_config import (
 )
 from garmin_client.bearer_tokens import UNSENDABLE, is_sendable
 from garmin_client.env import ConfigError, EnvReader
+
+if TYPE_CHECKING:
+    # Only for the annotation: these commands never run the rotation's storage code.
+    from auth_service.storage.key_rotation import RotationReport
 
 # Shorter bearer tokens are refused by new-caller-token and hash-token. Entries already in a
 # callers file are hashes, so their tokens cannot be checked.
@@ -135,3 +140,30 @@ def _toml_string(value: str, option: str) -> str:
         # made an entry that is not UTF-8, and a callers file the service refuses whole.
         raise ConfigError(option, "is not UTF-8 text") from None
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def rotation_lines(report: RotationReport) -> list[str]:
+    """What `rotate-keys` did, in lines an operator reads: what was re-encrypted, then each
+    user whose secret still needs an old key, by name (the users the README says it names)."""
+    lines = [
+        f"re-encrypted under key {report.primary_kid!r}: {report.sessions_rotated} session(s), "
+        f"{report.challenges_rotated} MFA challenge(s); {report.conflicts} row(s) another "
+        "writer changed meanwhile, left as written"
+    ]
+    for what, user_ids in (
+        ("session(s) no key opens", report.undecryptable_session_user_ids),
+        ("MFA challenge(s) no key opens", report.undecryptable_challenge_user_ids),
+        (
+            "row(s) still under an old key after the last pass (written behind the scan: run "
+            "again once no replica has the old primary key)",
+            report.unfinished_user_ids,
+        ),
+    ):
+        if user_ids:
+            lines.append(f"{len(user_ids)} {what}: user(s) {', '.join(user_ids)}")
+    lines.append(
+        "done: every stored secret is under the primary key"
+        if report.complete
+        else "not done: keep the old key(s) until a run says done"
+    )
+    return lines

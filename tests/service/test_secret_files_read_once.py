@@ -73,7 +73,7 @@ PIPED = (
     ("command", "said"),
     [
         ("migrate", "is at revision"),
-        ("rotate-keys", "primary_kid='k1'"),
+        ("rotate-keys", "re-encrypted under key 'k1'"),
         ("prune-audit", "deleted 0 audit events"),
     ],
 )
