@@ -39,6 +39,9 @@ _STATE_TO_PROTO: dict[SessionState, pb.SessionState] = {
 _STATE_FROM_PROTO: dict[int, SessionState] = {
     int(value): key for key, value in _STATE_TO_PROTO.items()
 }
+_KIND_FROM_PROTO: dict[int, SessionKind] = {
+    int(value): key for key, value in session_proto.KINDS.items()
+}
 
 # google.protobuf.Duration's documented range: +-10,000 years.
 _MAX_DURATION_SECONDS = 315_576_000_000
@@ -134,6 +137,35 @@ def state_from_proto(value: int) -> SessionState | None:
     if state is None:
         raise InvalidArgument([FieldViolation("state", f"unknown session state {value}")])
     return state
+
+
+def kind_from_proto(value: int) -> SessionKind | None:
+    """None for UNSPECIFIED (no filter); InvalidArgument for an unknown number."""
+    if value == pb.SESSION_KIND_UNSPECIFIED:
+        return None
+    kind: SessionKind | None = _KIND_FROM_PROTO.get(value)
+    if kind is None:
+        raise InvalidArgument([FieldViolation("kind", f"unknown session kind {value}")])
+    return kind
+
+
+def listing_filter(
+    request: pb.ListSessionsRequest,
+) -> tuple[SessionState | None, SessionKind | None]:
+    """ListSessions' state and kind filters; InvalidArgument names every unknown number."""
+    violations: list[FieldViolation] = []
+    state: SessionState | None = None
+    kind: SessionKind | None = None
+    try:
+        state = state_from_proto(request.state)
+    except InvalidArgument as refused:
+        violations += refused.violations
+    try:
+        kind = kind_from_proto(request.kind)
+    except InvalidArgument as refused:
+        violations += refused.violations
+    validation.raise_if_any(violations)
+    return state, kind
 
 
 def access_to_proto(tokens: GarminTokens) -> pb.AccessToken:

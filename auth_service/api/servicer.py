@@ -192,10 +192,12 @@ class GarminAuthServicer(pb_grpc.GarminAuthServiceServicer):
     def ListSessions(
         self, request: pb.ListSessionsRequest, context: grpc.ServicerContext
     ) -> pb.ListSessionsResponse:
+        state, kind = convert.listing_filter(request)
         page = self._sessions.list_sessions(
             page_size=request.page_size,
             page_token=request.page_token,
-            state=convert.state_from_proto(request.state),
+            state=state,
+            kind=kind,
             user_id_prefix=_scope(),
         )
         return pb.ListSessionsResponse(

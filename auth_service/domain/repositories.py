@@ -21,7 +21,13 @@ from typing import Protocol
 from auth_service.domain.audit import AuditedRpc, AuditEventView, LeaseOwner, NewAuditEvent
 from auth_service.domain.change_ports import ChangeLogRepository, WebhookCursorRepository
 from auth_service.domain.garmin_limits import AccountLimit, Breaker, GarminEndpoint
-from auth_service.domain.models import GarminTokens, PendingMfa, SessionState, SessionStatusView
+from auth_service.domain.models import (
+    GarminTokens,
+    PendingMfa,
+    SessionKind,
+    SessionState,
+    SessionStatusView,
+)
 from auth_service.domain.signin_accounts import SignInKeys
 from auth_service.domain.views import SessionRow
 
@@ -87,12 +93,14 @@ class SessionRepository(Protocol):
         *,
         after_user_id: str | None,
         state: SessionState | None,
+        kind: SessionKind | None = None,
         limit: int,
         now: datetime,
         user_id_prefix: str | None = None,
     ) -> list[SessionRow]:
         """Up to `limit` rows as `find` sees them, by user_id, after `after_user_id`; only
-        users whose id starts with `user_id_prefix`, when given."""
+        those in `state` and those storing a session of `kind`, when given, and users whose
+        id starts with `user_id_prefix`, when given."""
         ...
 
     def lock(self, user_id: str) -> SessionRow | None:

@@ -25,6 +25,8 @@ The service's own work:
   garmin_auth_rotated_pair_unstored_seconds       how long a new token pair lived only in
                                                   memory before its commit (histogram)
   garmin_auth_sessions{state}                     read from the database at scrape time
+  garmin_auth_garth_sessions_active               ACTIVE sessions still on garth's OAuth1,
+                                                  to move to DI before those die (ditto)
   garmin_auth_keepalive_lag_seconds               seconds until the soonest refresh-token
                                                   expiry among ACTIVE DI sessions (ditto)
   garmin_auth_di_sessions_expiry_unknown          ACTIVE DI sessions of unknown refresh expiry

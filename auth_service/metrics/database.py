@@ -1,4 +1,5 @@
-"""The gauges read from the database at scrape time: sessions by state, leases, pending MFA
+"""The gauges read from the database at scrape time: sessions by state, the ACTIVE ones still
+on garth's OAuth1 (to be moved to DI before those tokens die), leases, pending MFA
 challenges, how close the soonest DI refresh token is to dying (keep-alive lag), the
 accounts whose sign-ins (or any call) wait out a cooldown after Garmin's 429, and the state of
 each Garmin endpoint's breaker."""
@@ -39,6 +40,9 @@ def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
 @dataclass(frozen=True)
 class _Figures:
     sessions: dict[SessionState, int]
+    # ACTIVE sessions of garth's legacy flow: each dies with its OAuth1 token (about a year
+    # after it was issued) unless its user signs in again with DI.
+    garth_active: int
     leases_live: int
     leases_expired: int
     mfa_pending: int
@@ -59,7 +63,8 @@ def _utc(value: datetime | str) -> datetime:
 
 
 class DatabaseCollector(Collector):
-    """Sessions by state, leases and pending MFA challenges, counted at scrape time.
+    """Sessions by state (and the ACTIVE garth ones), leases and pending MFA challenges,
+    counted at scrape time.
 
     Seven cheap aggregate queries, cached for `cache_seconds` so that frequent scrapes (or
     several Prometheus servers) do not turn into load on the database. When the database
@@ -93,11 +98,12 @@ class DatabaseCollector(Collector):
         now: datetime = self._clock.now()
         try:
             with self._engine.connect() as connection:
-                sessions = dict(
-                    connection.execute(
-                        select(state.state, func.count()).group_by(state.state)
-                    ).all()
-                )
+                # By kind as well, in the same scan: the ACTIVE garth sessions are one group.
+                by_state_and_kind = connection.execute(
+                    select(state.state, state.session_kind, func.count()).group_by(
+                        state.state, state.session_kind
+                    )
+                ).all()
                 live, expired = connection.execute(
                     select(
                         _count_if(
@@ -148,8 +154,16 @@ class DatabaseCollector(Collector):
             self._was_up = False
             return None
         self._was_up = True
+        sessions: dict[SessionState, int] = {}
+        garth_active = 0
+        for stored_state, kind, count in by_state_and_kind:
+            key = SessionState(stored_state)
+            sessions[key] = sessions.get(key, 0) + int(count)
+            if key is SessionState.ACTIVE and kind == SessionKind.GARTH:
+                garth_active = int(count)
         return _Figures(
-            sessions={SessionState(key): int(value) for key, value in sessions.items()},
+            sessions=sessions,
+            garth_active=garth_active,
             leases_live=int(live),
             leases_expired=int(expired),
             mfa_pending=int(pending),
@@ -185,9 +199,15 @@ class DatabaseCollector(Collector):
         pending = GaugeMetricFamily(
             "garmin_auth_mfa_challenges_pending", "MFA challenges waiting for their code."
         )
+        garth = GaugeMetricFamily(
+            "garmin_auth_garth_sessions_active",
+            "ACTIVE sessions still on garth's legacy OAuth1 (it lives about a year; the last "
+            "die around March 2027): their users must sign in again with DI before then.",
+        )
         if figures is not None:
             for session_state in SessionState:
                 sessions.add_metric([session_state.value], figures.sessions.get(session_state, 0))
+            garth.add_metric([], figures.garth_active)
             live.add_metric([], figures.leases_live)
             expired.add_metric([], figures.leases_expired)
             pending.add_metric([], figures.mfa_pending)
@@ -211,7 +231,7 @@ class DatabaseCollector(Collector):
                 lag.add_metric([], figures.keepalive_lag)
             unknown.add_metric([], figures.di_expiry_unknown)
             cooldowns.add_metric([], figures.signin_cooldowns)
-        families.extend([sessions, live, expired, pending, lag, unknown, cooldowns])
+        families.extend([sessions, garth, live, expired, pending, lag, unknown, cooldowns])
         families.extend(_limit_families(figures))
         return families
 

@@ -24,7 +24,7 @@ from auth_service.domain.errors import (
     SessionNotActive,
 )
 from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
-from auth_service.domain.models import GarminTokens, SessionState, SessionStatusView
+from auth_service.domain.models import GarminTokens, SessionKind, SessionState, SessionStatusView
 from auth_service.domain.paging import Pager, check_page_size
 from auth_service.domain.policies import ACCESS_EXPIRY_MARGIN
 from auth_service.domain.ports import GarminUpstream
@@ -229,12 +229,18 @@ class SessionAdmin:
         page_size: int,
         page_token: str,
         state: SessionState | None,
+        kind: SessionKind | None = None,
         user_id_prefix: str | None = None,
     ) -> SessionPage:
-        """A page of statuses by user id; a caller scoped to `user_id_prefix` sees only the
-        users whose id starts with it."""
+        """A page of statuses by user id, of one state and one session kind when given; a
+        caller scoped to `user_id_prefix` sees only the users whose id starts with it."""
         validation.raise_if_any(check_page_size(page_size))
         fingerprint: object = state.value if state else None
+        if kind is not None:
+            # A token is only good for the filter it was issued for. Without a kind the
+            # fingerprint stays what it was before kinds were filtered on, so tokens handed
+            # out by an older replica keep working during a rollout.
+            fingerprint = {"state": fingerprint, "kind": kind.value}
         if user_id_prefix is not None:
             # A token issued to one scope is refused in another (unscoped tokens unchanged).
             fingerprint = [fingerprint, user_id_prefix]
@@ -243,6 +249,7 @@ class SessionAdmin:
             rows = uow.sessions.list_page(
                 after_user_id=request.after,
                 state=state,
+                kind=kind,
                 limit=request.fetch,
                 now=uow.now,
                 user_id_prefix=user_id_prefix,

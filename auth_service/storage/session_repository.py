@@ -87,11 +87,13 @@ class SqlSessionRepository:
         *,
         after_user_id: str | None,
         state: SessionState | None,
+        kind: SessionKind | None = None,
         limit: int,
         now: datetime,
         user_id_prefix: str | None = None,
     ) -> list[SessionRow]:
-        """Keyset pagination by user_id: stable under inserts."""
+        """Keyset pagination by user_id: stable under inserts. `kind` keeps the rows that
+        store a session of that kind (only ACTIVE rows store one)."""
         query = rows.AS_SEEN.order_by(T.c.user_id)
         if after_user_id is not None:
             query = query.where(T.c.user_id > after_user_id)
@@ -99,6 +101,8 @@ class SqlSessionRepository:
             query = query.where(starts_with(T.c.user_id, user_id_prefix))
         if state is not None:
             query = query.where(rows.seen_in(state))
+        if kind is not None:
+            query = query.where(T.c.session_kind == kind)
         result = self.session.execute(query.limit(limit), {"p_now": now}).all()
         return cast("list[SessionRow]", result)
 

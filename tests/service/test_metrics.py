@@ -27,6 +27,7 @@ from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.observe import endpoint_template, observed
 from garmin_emulator import BLOCK_RATE_LIMITED, GarminEmulator
 from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory, expect_failure
+from tests.service.test_garth_sessions_to_di import connect_di, populate
 from tests.service.test_login import PASSWORD, login
 from tests.service.test_status_import_delete import garmin_tokens, import_tokens
 
@@ -221,6 +222,26 @@ def test_gauges_follow_the_database(
     assert value(after, "garmin_auth_sessions", state="AUTH_EXPIRED") == 0
     assert value(after, "garmin_auth_mfa_challenges_pending") == 1
     assert value(after, "garmin_auth_leases_live") == 0
+
+
+def test_active_garth_sessions_are_counted_apart(
+    service_factory: ServiceFactory, garmin: GarminEmulator
+) -> None:
+    """garmin_auth_garth_sessions_active: the ACTIVE garth sessions, never the DI ones nor a
+    garth user's deleted, expired or pending-MFA row."""
+    replica = with_metrics(service_factory, login_flow=LoginFlow.DI)
+    assert ("garmin_auth_garth_sessions_active", frozenset()) in scrape(replica)
+    populate(replica, garmin)  # 5 garth and 3 DI sessions ACTIVE; 3 garth users in other states
+    samples = scrape(replica)
+    assert samples[("garmin_auth_garth_sessions_active", frozenset())] == 5
+    # Every kind still counts in the sessions by state.
+    assert value(samples, "garmin_auth_sessions", state="ACTIVE") == 8
+    assert value(samples, "garmin_auth_sessions", state="NOT_CONNECTED") == 1
+    assert value(samples, "garmin_auth_sessions", state="AUTH_EXPIRED") == 1
+    assert value(samples, "garmin_auth_sessions", state="MFA_PENDING") == 1
+    # One of them signs in again with DI: a garth session fewer.
+    connect_di(replica, garmin, "u-01")
+    assert value(scrape(replica), "garmin_auth_garth_sessions_active") == 4
 
 
 def test_signin_cooldowns_are_counted(

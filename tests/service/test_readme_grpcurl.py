@@ -12,12 +12,17 @@ from pathlib import Path
 import pytest
 
 from auth_service.demo import add_demo_accounts
+from auth_service.domain.policies import LoginFlow
 from garmin_emulator import GarminEmulator
-from tests.fixtures.servers import ROLE_TOKENS, Replica
+from tests.fixtures.servers import ROLE_TOKENS, Replica, ServiceFactory
+from tests.service.test_garth_sessions_to_di import connect_di, connect_garth
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCK = re.compile(
     r"<!-- grpcurl-examples -->\s*```sh\n(.*?)```\s*<!-- /grpcurl-examples -->", re.S
+)
+GARTH_BLOCK = re.compile(
+    r"<!-- grpcurl-garth-sessions -->\s*```sh\n(.*?)```\s*<!-- /grpcurl-garth-sessions -->", re.S
 )
 README_TARGET = "127.0.0.1:50051"
 
@@ -82,6 +87,22 @@ def test_readme_examples_run_against_a_live_server(
     assert '"cursor": "1"' in out
     assert '"rpc": "SubmitMfa"' in out
     assert '"rpc": "RefreshLease"' in out
+
+
+def test_readme_lists_the_garth_sessions_to_move(
+    service_factory: ServiceFactory, garmin: GarminEmulator
+) -> None:
+    """README, Moving garth sessions to DI: the example lists the garth user, not the DI one."""
+    replica = service_factory.start(login_flow=LoginFlow.DI)
+    connect_garth(replica, "gil")
+    connect_di(replica, garmin, "dan")
+    match = GARTH_BLOCK.search(README.read_text(encoding="utf-8"))
+    assert match, "README lost its garth sessions example"
+    result = run_script(match.group(1), replica.target)
+    assert result.returncode == 0, result.stderr
+    assert '"gil"' in result.stdout
+    assert "SESSION_KIND_GARTH" in result.stdout
+    assert '"dan"' not in result.stdout
 
 
 def test_grpcurl_without_token_and_with_wrong_role(service: Replica) -> None:

@@ -179,8 +179,8 @@ class GarminAuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """ListSessions pages through session statuses, optionally by state. Roles:
-        admin, viewer.
+        """ListSessions pages through session statuses, optionally by state and by
+        session kind. Roles: admin, viewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
