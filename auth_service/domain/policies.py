@@ -215,3 +215,39 @@ def keepalive_retry_at(
     if dies_at is None or dies_at <= now:
         return now + wait
     return now + min(wait, max((dies_at - now) / 2, KEEPALIVE_SHORTEST_RETRY))
+
+
+def keepalive_retry_steps(
+    dies_at: datetime | None, now: datetime, retry: timedelta
+) -> list[datetime]:
+    """keepalive_retry_at for 0, 1, 2, ... earlier failed attempts, up to the first count
+    whose hold-back every larger count shares: the last entry stands for any more. The
+    statement that counts the failed attempt picks the entry for the count the row holds as
+    it writes (another replica's pass may have counted one since this one read it)."""
+    steps = [keepalive_retry_at(dies_at, now, retry, 0)]
+    while True:
+        following = keepalive_retry_at(dies_at, now, retry, len(steps))
+        # Never shorter with more failures: once two counts share one, all larger do too.
+        if following == steps[-1]:
+            return steps
+        steps.append(following)
+
+
+# Passes a session's last stretch (keepalive_last_stretch) spans at least, however long the
+# interval: each failed try near the end is retried after half the time left, and only the
+# passes that take it can use that.
+KEEPALIVE_LAST_PASSES = 3
+
+
+def keepalive_last_stretch(settings: RefreshSettings) -> timedelta:
+    """How long before its refresh token dies a session is taken by expiry first, whatever
+    its failed keep-alive attempts: within keepalive_retry_seconds a failed try is retried
+    after half the time left rather than the doubled hold-back (keepalive_retry_at), and
+    those few tries must each be taken as soon as they are due. Behind the sessions that
+    never failed, a session that failed once would wait out any backlog of them, even ones
+    with days left, and die. A session Garmin keeps refusing heads passes only in its last
+    stretch, a handful of times before it dies (halving its hold-back each time)."""
+    return max(
+        timedelta(seconds=settings.keepalive_retry_seconds),
+        KEEPALIVE_LAST_PASSES * timedelta(seconds=settings.keepalive_interval_seconds),
+    )

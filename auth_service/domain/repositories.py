@@ -13,6 +13,7 @@ copied into another row or rolled back to an older one).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -424,7 +425,7 @@ class RefreshRepository(Protocol):
     exactly one gets it. Every change of the stored tokens ends the claim.
     """
 
-    def claim(
+    def claim(  # noqa: PLR0913 - keyword-only: the claim and whose conditions it obeys
         self,
         user_id: str,
         *,
@@ -434,10 +435,13 @@ class RefreshRepository(Protocol):
         until: datetime,
         unleased: bool = False,
         held_by: str | None = None,
+        keepalive: bool = False,
     ) -> SessionRow | None:
         """Claim the refresh of session `version` until `until` (with `unleased`, only if
         no live lease holds the session; with `held_by`, a lease digest, only while that
-        lease is live); None when refused."""
+        lease is live; with `keepalive`, keep-alive's own, only if no live lease holds it and
+        keep-alive does not hold it back past `now`: keepalive_not_before); None when
+        refused."""
         ...
 
     def release(self, user_id: str, *, claim_id: str) -> None:
@@ -462,18 +466,29 @@ class RefreshRepository(Protocol):
         won)."""
         ...
 
-    def defer_keepalive(self, user_id: str, *, version: int, until: datetime, failed: bool) -> None:
-        """Keep-alive leaves session `version` alone until `until` (its account is cooling,
-        or, `failed`, keep-alive's attempt failed or met a 429: one more failed attempt,
-        written in the same statement); nothing when the row moved on."""
+    def defer_keepalive(self, user_id: str, *, version: int, until: datetime) -> None:
+        """Keep-alive leaves session `version` alone until `until` (its account is cooling);
+        nothing when the row moved on."""
+        ...
+
+    def fail_keepalive(
+        self, user_id: str, *, version: int, until_after: Sequence[datetime]
+    ) -> datetime | None:
+        """Keep-alive's attempt on session `version` failed or met a 429: one more failed
+        attempt, and left alone until until_after[n], n being the failed attempts the row
+        counts as it is written (another replica's may have landed since the caller read
+        it; the last entry for any more), in one statement. The hold-back written; None
+        when the row moved on."""
         ...
 
     def keepalive_candidates(
-        self, *, now: datetime, dies_before: datetime, limit: int
+        self, *, now: datetime, dies_before: datetime, last_stretch: datetime, limit: int
     ) -> list[KeepAliveCandidate]:
         """ACTIVE DI sessions whose refresh token dies before `dies_before` or at an unknown
         time, not under a live lease or claim, nor held back past `now` (keepalive_not_before):
-        those with fewer failed keep-alive attempts first, then soonest (unknown first)."""
+        those dying before `last_stretch` first, soonest first whatever their failed
+        keep-alive attempts; then those with fewer failed attempts first, then soonest
+        (unknown first)."""
         ...
 
 

@@ -2,12 +2,14 @@
 
 A DI refresh token that is not used for about 30 days dies, and with it the session of a
 user who simply did not sync. Each pass takes the ACTIVE DI sessions whose refresh token dies
-within the window, or at an unknown time (tokens imported as given), those with fewer failed
-keep-alive attempts first, then soonest first (unknown first), skipping sessions under a live
-lease (their holder's grant refreshes them when needed), and refreshes them through the
-single-flight refresher without waiting on anyone's claim. On PostgreSQL the replica that
-finds another one choosing its batch skips its pass (Store.exclusive); replicas whose passes
-overlap anyway never refresh a session twice, because each refresh is claimed.
+within the window, or at an unknown time (tokens imported as given): those in their refresh
+token's last stretch first, soonest first (policies.keepalive_last_stretch), then those with
+fewer failed keep-alive attempts first, then soonest first (unknown first), skipping sessions
+under a live lease (their holder's grant refreshes them when needed), and refreshes them
+through the single-flight refresher without waiting on anyone's claim. On PostgreSQL the
+replica that finds another one choosing its batch skips its pass (Store.exclusive); replicas
+whose passes overlap anyway never refresh a session twice, because each refresh is claimed,
+nor one the other's pass held back meanwhile: the claim reads the hold-back as it is then.
 Garth sessions are left alone: their OAuth1 token lives about a year whatever we do.
 
 Keep-alive is the one caller that could hammer Garmin on its own, so it is the most careful
@@ -27,7 +29,9 @@ that fail every time, or accounts Garmin blocks for days, would otherwise head e
 a batch of them fills every pass, a 429 of theirs ends every pass, before anyone behind them
 is refreshed. Counted, they go behind every session that has not failed; such a session's
 429 still ends the pass, but only once the healthier ones have been started, and less and
-less often.
+less often, until its last stretch: there it is taken by expiry again (a session that met one
+passing 503 would otherwise wait out any backlog of healthy ones and die), tried a handful of
+times as its hold-back halves.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
@@ -50,7 +54,11 @@ from auth_service.domain.errors import (
     SessionNotActive,
 )
 from auth_service.domain.events import ServiceEvents, listening
-from auth_service.domain.policies import RefreshSettings, keepalive_retry_at
+from auth_service.domain.policies import (
+    RefreshSettings,
+    keepalive_last_stretch,
+    keepalive_retry_steps,
+)
 from auth_service.domain.repositories import KeepAliveCandidate
 from auth_service.services.session_refresh import RefreshAsker, RefreshBusy, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
@@ -122,6 +130,7 @@ class KeepAlive:
             candidates = transaction.refreshes.keepalive_candidates(
                 now=now,
                 dies_before=now + timedelta(seconds=self._settings.keepalive_window_seconds),
+                last_stretch=now + keepalive_last_stretch(self._settings),
                 limit=self._settings.keepalive_batch,
             )
         if not candidates:
@@ -280,26 +289,30 @@ class KeepAlive:
         (its refresh failed, or met Garmin's 429), count the failed attempt and leave it for
         keepalive_retry_seconds, doubled for each earlier one, so the ones that fail every
         time cannot fill every pass (RefreshSettings); one whose refresh token dies sooner,
-        for half the time it has left (keepalive_retry_at). One statement writes both."""
+        for half the time it has left (keepalive_retry_at). One statement writes both, the
+        wait from the count the row holds as it is written: another replica's overlapping
+        pass may have counted a failure since this one chose the session."""
         retry_for = timedelta(seconds=self._settings.keepalive_retry_seconds)
         try:
             with self._uow() as uow:
-                until = uow.now + timedelta(seconds=cooling_seconds)
+                cooled = uow.now + timedelta(seconds=cooling_seconds)
+                until: datetime | None = cooled
                 if failed:
-                    retry_at = keepalive_retry_at(
-                        candidate.refresh_token_expires_at,
-                        uow.now,
-                        retry_for,
-                        candidate.keepalive_failures,
+                    until = uow.refreshes.fail_keepalive(
+                        candidate.user_id,
+                        version=candidate.session_version,
+                        until_after=[
+                            max(cooled, retry_at)
+                            for retry_at in keepalive_retry_steps(
+                                candidate.refresh_token_expires_at, uow.now, retry_for
+                            )
+                        ],
                     )
-                    until = max(until, retry_at)
-                uow.refreshes.defer_keepalive(
-                    candidate.user_id,
-                    version=candidate.session_version,
-                    until=until,
-                    failed=failed,
-                )
-                wait = (until - uow.now).total_seconds()
+                else:
+                    uow.refreshes.defer_keepalive(
+                        candidate.user_id, version=candidate.session_version, until=cooled
+                    )
+                wait = None if until is None else (until - uow.now).total_seconds()
         # Then it is simply tried again next pass; only the type is logged (driver messages
         # can echo connection parameters).
         except Exception as exc:  # noqa: BLE001
@@ -309,5 +322,8 @@ class KeepAlive:
                 why,
                 type(exc).__name__,
             )
+            return
+        if wait is None:
+            log.info("keep-alive of user %s %s; its session moved on", candidate.user_id, why)
             return
         log.warning("keep-alive of user %s %s; retried in %.0f s", candidate.user_id, why, wait)

@@ -159,9 +159,14 @@ class SessionRefresher:
     def refresh_unless_claimed(
         self, user_id: str, expected_version: int, asker: RefreshAsker
     ) -> Refreshed:
-        """Like refresh, but for sessions nobody is using: raises RefreshBusy instead of
-        waiting for another's claim, or when a live lease holds the session."""
-        return self._refresh(user_id, expected_version, asker, wait=False, unleased=True)
+        """Keep-alive's refresh: like refresh, but for sessions nobody is using and keep-alive
+        does not hold back: raises RefreshBusy instead of waiting for another's claim, or
+        when a live lease holds the session, or keep-alive's hold-back (keepalive_not_before)
+        has not ended, as the row has it at the claim (another replica's overlapping pass
+        may have failed on it since this one chose it)."""
+        return self._refresh(
+            user_id, expected_version, asker, wait=False, unleased=True, keepalive=True
+        )
 
     def refusal(self, user_id: str) -> GarminRateLimited | None:
         """Why the gate would refuse a refresh of the user's session now (None: it would
@@ -206,6 +211,7 @@ class SessionRefresher:
         wait: bool,
         unleased: bool,
         held_by: str | None = None,
+        keepalive: bool = False,
     ) -> Refreshed:
         deadline = answer_by(time.monotonic() + self._settings.wait_seconds)
         waited = False
@@ -243,7 +249,12 @@ class SessionRefresher:
                     if asker.claims_every_kind or row.session_kind is SessionKind.DI_OAUTH2:
                         claim_id = secrets.token_urlsafe(CLAIM_ID_BYTES)
                         claimed = self._claim(
-                            user_id, expected_version, claim_id, unleased=unleased, held_by=held_by
+                            user_id,
+                            expected_version,
+                            claim_id,
+                            unleased=unleased,
+                            held_by=held_by,
+                            keepalive=keepalive,
                         )
                     if claimed is None:
                         if not wait:
@@ -319,6 +330,7 @@ class SessionRefresher:
         *,
         unleased: bool,
         held_by: str | None = None,
+        keepalive: bool = False,
     ) -> SessionRow | None:
         with self._uow() as uow:
             until = uow.now + timedelta(seconds=self._settings.claim_lifetime_seconds)
@@ -330,6 +342,7 @@ class SessionRefresher:
                 until=until,
                 unleased=unleased,
                 held_by=held_by,
+                keepalive=keepalive,
             )
 
     def _release(self, user_id: str, claim_id: str | None) -> None:

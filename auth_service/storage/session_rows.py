@@ -131,12 +131,14 @@ REFRESHED: dict[str, Any] = {
 # Keep-alive leaves the session alone until p_keepalive_not_before (bookkeeping of keep-alive
 # only: updated_at stays): its account waits out a cooldown someone else's 429 started.
 KEEPALIVE_DEFERRED: dict[str, Any] = {"keepalive_not_before": KEEPALIVE_NOT_BEFORE}
-# The same after keep-alive's own attempt failed or met Garmin's 429: one more failed
-# attempt, in the same statement (keep-alive orders by the count and holds back longer).
-KEEPALIVE_FAILED: dict[str, Any] = {
-    **KEEPALIVE_DEFERRED,
-    "keepalive_failures": T.c.keepalive_failures + 1,
-}
+
+
+def keepalive_failed(hold_back: ColumnElement[Any]) -> dict[str, Any]:
+    """Keep-alive's own attempt failed or met Garmin's 429: one more failed attempt, and held
+    back until `hold_back`, in the same statement (keep-alive orders by the count and holds
+    back longer). `hold_back` may read the count: SET reads the row as it was before."""
+    return {"keepalive_not_before": hold_back, "keepalive_failures": T.c.keepalive_failures + 1}
+
 
 # No stored session any more (invalidated or deleted): secrets wiped, lease ended.
 _WIPED: dict[str, Any] = {
