@@ -45,6 +45,7 @@ from auth_service.domain import audit
 from auth_service.domain.context import answer_by, rpc_answer_by
 from auth_service.domain.errors import (
     GarminRateLimited,
+    GarminRefusalInDoubt,
     GarminSessionRejected,
     GarminUnavailable,
     LeaseHeld,
@@ -372,6 +373,12 @@ class SessionRefresher:
             self._gate.rate_limited(admission, limited, asker.rpc)
             self._release(user_id, claim_id)
             self._events.refresh_finished(kind, "rate_limited", time.monotonic() - started)
+            raise
+        except GarminRefusalInDoubt:
+            # Garmin answered (a 401 it may mean for our consumer or clock): the probe closes.
+            self._gate.answered(admission)
+            self._release(user_id, claim_id)
+            self._events.refresh_finished(kind, "unavailable", time.monotonic() - started)
             raise
         except GarminUnavailable:
             self._gate.unanswered(admission)

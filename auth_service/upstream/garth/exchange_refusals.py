@@ -17,12 +17,13 @@ domain, since the last time it refused another session:
   between two good ones is Garmin judging tokens; two in a row may as well be our consumer or
   clock failing after the last success, which would otherwise end each session in turn.
 
-A doubtful 401 leaves the session as it is (Unavailable: try later) and is logged as an error
-for the operator; the session is judged again at its next exchange, after the next accepted
-one. So a consumer or clock that fails while the service runs ends at most one session per
-replica, and a dead session waits, never ended wrongly, until some other session's exchange
-succeeds. The record is this process's own (replicas judge by what each has seen) and holds
-no secret: the consumer and the sessions are kept as digests.
+A doubtful 401 leaves the session as it is (garmin_client.errors.RefusalInDoubt, an
+Unavailable: try later; LeaseNextSession skips the session and grants the next one) and is
+logged as an error for the operator; the session is judged again at its next exchange, after
+the next accepted one. So a consumer or clock that fails while the service runs ends at most
+one session per replica, and a dead session waits, never ended wrongly, until some other
+session's exchange succeeds. The record is this process's own (replicas judge by what each
+has seen) and holds no secret: the consumer and the sessions are kept as digests.
 """
 
 from __future__ import annotations
