@@ -232,6 +232,10 @@ def _refresh(
         validate_interval_seconds=reader.number(
             "VALIDATE_INTERVAL", 60.0, minimum=0, maximum=86400
         ),
+        # At most a year: a garth session's OAuth1 token lives about that long anyway.
+        garth_refusal_grace_seconds=reader.number(
+            "GARTH_REFUSAL_GRACE", 7 * 86400.0, minimum=0, maximum=365 * 86400
+        ),
     )
 
 

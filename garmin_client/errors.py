@@ -57,3 +57,12 @@ class Unavailable(GarminError):
     def __init__(self, message: str, *, unanswered: bool = False) -> None:
         super().__init__(message)
         self.unanswered = unanswered
+
+
+class RefusalInDoubt(Unavailable):
+    """Garmin answered 401 to garth's token exchange, which may be the session's end or Garmin
+    refusing our OAuth consumer or clock (auth_service.upstream.garth.exchange_refusals).
+
+    An answer, not a missing one: Garmin's endpoint works. The session is kept, try later;
+    the service ends it when such refusals outlast a grace (GARMIN_AUTH_GARTH_REFUSAL_GRACE).
+    """

@@ -248,6 +248,18 @@ class GarminUnavailable(UpstreamError):
         self.unanswered = unanswered
 
 
+class GarminRefusalInDoubt(GarminUnavailable):
+    """Garmin answered 401 to garth's token exchange while it may be refusing our OAuth
+    consumer or clock rather than the session (auth_service.upstream.garth.
+    exchange_refusals): the session is kept and the caller tries later, as for any
+    GARMIN_UNAVAILABLE.
+
+    Yet it is Garmin's answer about this one session, not an outage: LeaseNextSession skips
+    the session instead of failing the call, the gate settles it as answered, and the
+    session refresher ends a session refused so for longer than the grace (auth_service.
+    domain.policies.doubtful_refusal_ends)."""
+
+
 # --- WatchSessionEvents (issue 16) ---------------------------------------------------------
 
 

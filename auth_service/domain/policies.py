@@ -144,6 +144,10 @@ class RefreshSettings:
     # GetStatus(validate) calls Garmin for a user at most once per this many seconds, per
     # replica (0: no limit); sooner asks answer VALIDATE_RATE_LIMITED.
     validate_interval_seconds: float = 60.0
+    # A garth session whose exchange Garmin refused in doubt (auth_service.upstream.garth.
+    # exchange_refusals) ends at a refusal this long after its first such refusal since its
+    # tokens last changed (0: never on doubtful refusals): doubtful_refusal_ends.
+    garth_refusal_grace_seconds: float = 7 * 86400.0
 
     @property
     def claim_lifetime_seconds(self) -> float:
@@ -251,3 +255,24 @@ def keepalive_last_stretch(settings: RefreshSettings) -> timedelta:
         timedelta(seconds=settings.keepalive_retry_seconds),
         KEEPALIVE_LAST_PASSES * timedelta(seconds=settings.keepalive_interval_seconds),
     )
+
+
+def doubtful_refusal_ends(
+    first_refused_at: datetime | None, now: datetime, grace_seconds: float
+) -> bool:
+    """Whether Garmin's refusal in doubt, now, of a garth session's exchange (a 401 that may
+    be Garmin refusing our OAuth consumer or clock rather than the session: auth_service.
+    upstream.garth.exchange_refusals) ends the session, the session's first such refusal since
+    its tokens last changed having come at `first_refused_at` (None: this is the first).
+
+    It does once that first refusal is `grace_seconds` (GARMIN_AUTH_GARTH_REFUSAL_GRACE) old:
+    a consumer or clock fault that lasts that long has been logged as an error, at most once a
+    minute, at every refusal of the whole grace, so by then the refusal is taken as the
+    session's. Without it, a dead garth session on a replica that sees no exchange accepted
+    (after a restart, or with every garth session left dead) would be kept, and asked about
+    at Garmin, for ever. A good session is never ended by one bad minute: a refusal before
+    the grace keeps it, and any exchange that works in between stores new tokens, which
+    clears the evidence. 0 turns it off (doubtful refusals never end a session)."""
+    if grace_seconds <= 0 or first_refused_at is None:
+        return False
+    return now - first_refused_at >= timedelta(seconds=grace_seconds)

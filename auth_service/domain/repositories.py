@@ -148,6 +148,12 @@ class SessionRepository(Protocol):
         when the row no longer holds that ACTIVE session."""
         ...
 
+    def note_doubtful_refusal(self, user_id: str, *, version: int, now: datetime) -> None:
+        """Garmin refused the exchange of garth session `version` in doubt at `now`: kept as
+        the session's first such refusal, unless one is kept already; nothing when the row no
+        longer holds that ACTIVE session."""
+        ...
+
     def settle_abandoned_mfa(self, now: datetime, user_id: str | None = None) -> list[str]:
         """MFA_PENDING rows whose challenge is gone fall back to what they were before; the
         users settled."""

@@ -67,6 +67,12 @@ class SessionRow(Protocol):
         and the session's first (rotated_history), never the tokens."""
         ...
 
+    @property
+    def first_doubtful_refusal_at(self) -> datetime | None:
+        """When Garmin first refused the garth session's exchange in doubt since its tokens
+        last changed (policies.doubtful_refusal_ends); None: not since."""
+        ...
+
 
 def live_lease(row: SessionRow, now: datetime) -> LeaseView | None:
     """The row's lease if it is still live at `now`."""

@@ -28,7 +28,12 @@ from datetime import datetime, timedelta
 from auth_service.domain import audit, passed_429s
 from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.context import answer_by
-from auth_service.domain.errors import GarminRateLimited, GarminUnavailable, UpstreamError
+from auth_service.domain.errors import (
+    GarminRateLimited,
+    GarminRefusalInDoubt,
+    GarminUnavailable,
+    UpstreamError,
+)
 from auth_service.domain.events import LimitEvents, NoLimitEvents
 from auth_service.domain.garmin_limits import (
     AccountLimit,
@@ -445,6 +450,10 @@ class GarminGate:
     def _failed(self, admission: Admission, exc: BaseException, rpc: AuditedRpc) -> None:
         if isinstance(exc, GarminRateLimited):
             self.rate_limited(admission, exc, rpc)
+        elif isinstance(exc, GarminRefusalInDoubt):
+            # Garmin's 401 to an exchange it judged (the session's, or our consumer's): the
+            # endpoint answers, so the probe closes the breaker; no outage to wait out.
+            self.answered(admission)
         elif isinstance(exc, GarminUnavailable):
             self.unanswered(admission)
         elif isinstance(exc, UpstreamError):

@@ -19,6 +19,7 @@ from auth_service.domain.audit import AuditedRpc, LeaseRef
 from auth_service.domain.errors import (
     FieldViolation,
     GarminRateLimited,
+    GarminRefusalInDoubt,
     GarminSessionRejected,
     LeaseHeld,
     LeaseLost,
@@ -309,7 +310,8 @@ class LeaseService:
         was skipped.
 
         A due session whose central refresh Garmin rejects is invalidated and skipped, and
-        so is one whose lease ended during that refresh (deleted, or signed in again): the
+        so is one whose lease ended during that refresh (deleted, or signed in again), and
+        one whose garth exchange Garmin refused in doubt (kept, GarminRefusalInDoubt): the
         worker asked for "the next session", not for that user, so it gets the next one.
         (So LeaseNextSession never answers LEASE_LOST: see services.lease_handover.) So is
         one whose stored session fails to open: one such row must not stop every worker's
@@ -329,6 +331,12 @@ class LeaseService:
             return None, False
         except GarminSessionRejected:
             log.info("due session rejected by Garmin at refresh; leasing the next one")
+        except GarminRefusalInDoubt:
+            # Garmin answered 401 to that session's exchange, maybe meaning our consumer or
+            # clock (exchange_refusals): kept, but no outage either. Every due dead garth
+            # session would otherwise answer GARMIN_UNAVAILABLE in turn, and a worker's run
+            # stops after a few of those, with the users behind them (DI ones) unsynced.
+            log.info("due garth session's exchange refused in doubt; leasing the next one")
         except LeaseLost:
             log.info("due session's lease ended during its refresh; leasing the next one")
         return None, True

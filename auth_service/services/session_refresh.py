@@ -45,6 +45,7 @@ from auth_service.domain import audit
 from auth_service.domain.context import answer_by, rpc_answer_by
 from auth_service.domain.errors import (
     GarminRateLimited,
+    GarminRefusalInDoubt,
     GarminSessionRejected,
     GarminUnavailable,
     LeaseHeld,
@@ -59,7 +60,11 @@ from auth_service.domain.garmin_limits import (
     endpoints_of,
 )
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
-from auth_service.domain.policies import RefreshSettings, keepalive_not_before
+from auth_service.domain.policies import (
+    RefreshSettings,
+    doubtful_refusal_ends,
+    keepalive_not_before,
+)
 from auth_service.domain.ports import GarminUpstream
 from auth_service.domain.views import SessionRow, live_lease, live_lease_of
 from auth_service.services.commit_retry import commit_retried
@@ -73,7 +78,7 @@ from auth_service.services.refresh_askers import (
     RefreshSlotsBusy,
     StillRefreshingElsewhere,
 )
-from auth_service.services.unit_of_work import UnitsOfWork
+from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 __all__ = [
     "RefreshAsker",
@@ -386,6 +391,17 @@ class SessionRefresher:
             self._release(user_id, claim_id)
             self._events.refresh_finished(kind, "rate_limited", time.monotonic() - started)
             raise
+        except GarminRefusalInDoubt as doubtful:
+            # Garmin answered (a 401 it may mean for our consumer or clock): the probe closes.
+            self._gate.answered(admission)
+            try:
+                newer = self._refused_in_doubt(claimed, doubtful, asker)
+            except BaseException as exc:
+                self._release(user_id, claim_id)
+                self._events.refresh_finished(kind, _outcome(exc), time.monotonic() - started)
+                raise
+            self._events.refresh_finished(kind, "superseded", time.monotonic() - started)
+            return newer
         except GarminUnavailable:
             self._gate.unanswered(admission)
             self._release(user_id, claim_id)
@@ -413,16 +429,7 @@ class SessionRefresher:
                 and locked.session_version == claimed.session_version
                 and locked.state is SessionState.ACTIVE
             ):
-                ended = live_lease(locked, uow.now)
-                uow.sessions.invalidate(
-                    user_id,
-                    version=claimed.session_version,
-                    reason=asker.reason_for(rejected.message),
-                    now=uow.now,
-                )
-                outcome = asker.rejected_outcome or audit.outcome_of(rejected)
-                # An error answered, and the session's end: the change log carries it.
-                uow.audit.record(asker.rpc, outcome, user_id=user_id, lease=ended, changed=True)
+                _end_session(uow, locked, rejected, asker)
                 log.info("session of user %s ended: Garmin rejected its refresh", user_id)
                 return "rejected", None
             if locked is None or locked.state is not SessionState.ACTIVE:
@@ -430,6 +437,48 @@ class SessionRefresher:
             newer = Refreshed(uow.sessions.open_tokens(locked), locked, by_us=False)
         log.info("user %s: Garmin rejected a token the session no longer holds", user_id)
         return "superseded", newer
+
+    def _refused_in_doubt(
+        self, claimed: SessionRow, doubtful: GarminRefusalInDoubt, asker: RefreshAsker
+    ) -> Refreshed:
+        """Garmin refused the garth session's exchange in doubt: keep the session and raise
+        `doubtful`, the first such refusal since its tokens changed noted in the row; or, once
+        that first one is the grace old (policies.doubtful_refusal_ends), end the session as
+        a believed 401 does and raise GarminSessionRejected. When the row has moved on
+        meanwhile, the newer tokens are the answer (as for a rejection)."""
+        user_id = claimed.user_id
+        grace = self._settings.garth_refusal_grace_seconds
+        with self._uow() as uow:
+            locked = uow.sessions.lock(user_id)
+            if locked is None or locked.state is not SessionState.ACTIVE:
+                raise SessionNotActive("the session is no longer active")
+            if locked.session_version != claimed.session_version:
+                newer = Refreshed(uow.sessions.open_tokens(locked), locked, by_us=False)
+                log.info("user %s: Garmin refused a token the session no longer holds", user_id)
+                return newer
+            first = locked.first_doubtful_refusal_at
+            rejected = None
+            if doubtful_refusal_ends(first, uow.now, grace):
+                assert first is not None
+                rejected = GarminSessionRejected(
+                    "Garmin has refused the session's token exchange (HTTP 401) since "
+                    f"{first.isoformat(timespec='seconds')}, longer than "
+                    f"GARMIN_AUTH_GARTH_REFUSAL_GRACE ({grace:g} s): taken as the session's end"
+                )
+                _end_session(uow, locked, rejected, asker)
+            elif first is None:
+                uow.sessions.note_doubtful_refusal(
+                    user_id, version=locked.session_version, now=uow.now
+                )
+        # Raised once the transaction has committed what it wrote.
+        if rejected is None:
+            raise doubtful
+        log.warning(
+            "session of user %s ended: Garmin has refused its garth token exchange in doubt "
+            "for longer than GARMIN_AUTH_GARTH_REFUSAL_GRACE",
+            user_id,
+        )
+        raise rejected
 
     # --- storing ---------------------------------------------------------------------------
 
@@ -471,6 +520,24 @@ class SessionRefresher:
                 lease = live_lease(row, uow.now)
                 uow.audit.record(asker.rpc, audit.SESSION_REFRESHED, user_id=user_id, lease=lease)
             return row
+
+
+def _end_session(
+    uow: UnitOfWork, locked: SessionRow, rejected: GarminSessionRejected, asker: RefreshAsker
+) -> None:
+    """In `uow`, on the row locked at the version Garmin refused: the session ends
+    (AUTH_EXPIRED, secrets wiped, lease and claim ended: one statement), and the audit trail
+    and change log say so."""
+    ended = live_lease(locked, uow.now)
+    uow.sessions.invalidate(
+        locked.user_id,
+        version=locked.session_version,
+        reason=asker.reason_for(rejected.message),
+        now=uow.now,
+    )
+    outcome = asker.rejected_outcome or audit.outcome_of(rejected)
+    # An error answered, and the session's end: the change log carries it.
+    uow.audit.record(asker.rpc, outcome, user_id=locked.user_id, lease=ended, changed=True)
 
 
 def _outcome(exc: BaseException) -> str:

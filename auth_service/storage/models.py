@@ -186,6 +186,14 @@ class GarminAuthenticationState(Base):
     # and sessions that fail every time go to the back instead of heading every pass.
     keepalive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
+    # Added by migration 0017. When Garmin first refused the stored garth session's exchange
+    # in doubt (a 401 that may be Garmin refusing our OAuth consumer or clock: auth_service.
+    # upstream.garth.exchange_refusals) since its tokens last changed; NULL again whenever new
+    # tokens are stored, or none. Kept in the row, not in a replica's memory, so a restart
+    # does not start the grace again: a refusal in doubt GARMIN_AUTH_GARTH_REFUSAL_GRACE after
+    # this ends the session (auth_service.domain.policies.doubtful_refusal_ends).
+    first_doubtful_refusal_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
     __table_args__ = (
         # LeaseNextSession walks ACTIVE sessions in sync order (never synced first, then the
         # oldest sync) and stops at the first due one: an index in exactly that order, over

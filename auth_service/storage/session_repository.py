@@ -58,6 +58,12 @@ _AT_VERSION = (_BY_USER, T.c.session_version == rows.VERSION, T.c.state == rows.
 _VALIDATED = update(T).where(*_AT_VERSION).values(rows.VALIDATED).returning(*T.c)
 _REFRESHED = update(T).where(*_AT_VERSION).values(rows.REFRESHED).returning(*T.c)
 _INVALIDATE = update(T).where(*_AT_VERSION).values(rows.INVALIDATED).returning(*T.c)
+# The first refusal in doubt since the tokens changed is kept; later ones leave it.
+_DOUBTFUL_REFUSAL = (
+    update(T)
+    .where(*_AT_VERSION, T.c.first_doubtful_refusal_at.is_(None))
+    .values(rows.DOUBTFUL_REFUSAL_NOTED)
+)
 _SETTLE = (
     update(T)
     .where(rows.ABANDONED_MFA)
@@ -204,6 +210,11 @@ class SqlSessionRepository:
             p_version=version,
             p_reason=rows.reason_param(reason),
             p_now=now,
+        )
+
+    def note_doubtful_refusal(self, user_id: str, *, version: int, now: datetime) -> None:
+        self.session.execute(
+            _DOUBTFUL_REFUSAL, {"p_user_id": user_id, "p_version": version, "p_now": now}
         )
 
     def settle_abandoned_mfa(self, now: datetime, user_id: str | None = None) -> list[str]:

@@ -100,9 +100,11 @@ INSTALLED: dict[str, Any] = {
     "last_validated_at": VALIDATED_AT,
     "invalidated_reason": None,
     "invalidated_at": None,
-    # New credentials: keep-alive takes them whenever they are due, none failed yet.
+    # New credentials: keep-alive takes them whenever they are due, none failed yet, and
+    # Garmin has refused none of their exchanges.
     "keepalive_not_before": None,
     "keepalive_failures": 0,
+    "first_doubtful_refusal_at": None,
     "updated_at": NOW,
 }
 
@@ -114,7 +116,8 @@ VALIDATED: dict[str, Any] = {"last_validated_at": NOW, "updated_at": NOW}
 # refreshes: auth_service.domain.policies.keepalive_not_before; a holder's report: NULL).
 # p_rotated_refresh_sha256: the digest of the DI refresh token the refresh killed, before
 # the ones kept (NULL for garth sessions), so an import retrying with one of them is known
-# for a retry (models). A refresh that worked ends keep-alive's count of failed attempts.
+# for a retry (models). A refresh that worked ends keep-alive's count of failed attempts,
+# and the evidence of doubtful refusals of the garth session's exchange (the tokens changed).
 REFRESHED: dict[str, Any] = {
     **VALIDATED,
     **CLAIM_ENDED,
@@ -126,6 +129,7 @@ REFRESHED: dict[str, Any] = {
     "refresh_token_expires_at": REFRESH_EXPIRES_AT,
     "keepalive_not_before": KEEPALIVE_NOT_BEFORE,
     "keepalive_failures": 0,
+    "first_doubtful_refusal_at": None,
 }
 
 # Keep-alive leaves the session alone until p_keepalive_not_before (bookkeeping of keep-alive
@@ -140,6 +144,11 @@ def keepalive_failed(hold_back: ColumnElement[Any]) -> dict[str, Any]:
     return {"keepalive_not_before": hold_back, "keepalive_failures": T.c.keepalive_failures + 1}
 
 
+# Garmin refused the garth session's exchange in doubt for the first time since its tokens
+# last changed (the session stays as it is; views.SessionRow.first_doubtful_refusal_at).
+# Evidence the refresher keeps, not a change callers see: updated_at stays.
+DOUBTFUL_REFUSAL_NOTED: dict[str, Any] = {"first_doubtful_refusal_at": NOW}
+
 # No stored session any more (invalidated or deleted): secrets wiped, lease ended.
 _WIPED: dict[str, Any] = {
     **ENDED_LEASE,
@@ -151,6 +160,7 @@ _WIPED: dict[str, Any] = {
     "refresh_token_expires_at": None,
     "keepalive_not_before": None,
     "keepalive_failures": 0,
+    "first_doubtful_refusal_at": None,
     "updated_at": NOW,
 }
 

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 
 from auth_service.domain.errors import (
     GarminRateLimited,
+    GarminRefusalInDoubt,
     GarminSessionRejected,
     GarminUnavailable,
     UpstreamError,
 )
 from auth_service.domain.garmin_limits import GarminEndpoint
-from garmin_client.errors import GarminError, RateLimited, SessionRejected
+from garmin_client.errors import GarminError, RateLimited, RefusalInDoubt, SessionRejected
 
 
 def as_domain(error: GarminError, endpoint: GarminEndpoint | None = None) -> UpstreamError:
@@ -26,6 +27,8 @@ def as_domain(error: GarminError, endpoint: GarminEndpoint | None = None) -> Ups
         return GarminSessionRejected(error.message)
     if isinstance(error, RateLimited):
         return GarminRateLimited(error.message, error.retry_after_seconds, endpoint)
+    if isinstance(error, RefusalInDoubt):
+        return GarminRefusalInDoubt(error.message)
     return GarminUnavailable(error.message, unanswered=getattr(error, "unanswered", False))
 
 

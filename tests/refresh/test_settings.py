@@ -17,6 +17,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert refresh.concurrency == 4
     assert refresh.keepalive_interval_seconds == 300
     assert refresh.keepalive_window_seconds == 604800
+    assert refresh.garth_refusal_grace_seconds == 7 * 86400
     # UPSTREAM_TIMEOUT 10 s x (2 retries + 1) + 30 s margin; a waiter waits a little longer.
     assert refresh.claim_seconds == 60
     assert refresh.wait_seconds > refresh.claim_seconds
@@ -55,9 +56,11 @@ def test_values_from_the_environment(tmp_path: Path) -> None:
         GARMIN_AUTH_KEEPALIVE_WINDOW="86400",
         GARMIN_AUTH_UPSTREAM_TIMEOUT="5",
         GARMIN_AUTH_UPSTREAM_RETRIES="0",
+        GARMIN_AUTH_GARTH_REFUSAL_GRACE="86400",
     )
     refresh = load_settings(env).refresh
     assert (refresh.concurrency, refresh.keepalive_interval_seconds) == (8, 60)
+    assert refresh.garth_refusal_grace_seconds == 86400
     assert refresh.keepalive_window_seconds == 86400
     assert refresh.claim_seconds == 35
 
@@ -71,6 +74,11 @@ def test_values_from_the_environment(tmp_path: Path) -> None:
         # A refresh token dies about 30 days after its last use: a wider window is a typo.
         ("KEEPALIVE_WINDOW", str(30 * 86400)),
         ("DI_REFRESH_EXPIRY_ON_ROTATION", "sometimes"),
+        ("GARTH_REFUSAL_GRACE", "-1"),
+        ("GARTH_REFUSAL_GRACE", "a week"),
+        # Past an OAuth1 token's whole life (about a year): a typo.
+        ("GARTH_REFUSAL_GRACE", str(366 * 86400)),
+        ("GARTH_REFUSAL_GRACE", "nan"),
     ],
 )
 def test_bad_values_stop_start_up_naming_the_variable(
@@ -84,3 +92,8 @@ def test_whether_a_rotation_restarts_the_refresh_expiry_is_configured(tmp_path: 
     assert load_settings(base_env(tmp_path)).di.rotation_restarts_refresh_expiry
     env = base_env(tmp_path, GARMIN_AUTH_DI_REFRESH_EXPIRY_ON_ROTATION="keep")
     assert not load_settings(env).di.rotation_restarts_refresh_expiry
+
+
+def test_zero_garth_refusal_grace_is_allowed(tmp_path: Path) -> None:
+    env = base_env(tmp_path, GARMIN_AUTH_GARTH_REFUSAL_GRACE="0")
+    assert load_settings(env).refresh.garth_refusal_grace_seconds == 0

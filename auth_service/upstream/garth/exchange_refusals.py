@@ -17,12 +17,18 @@ domain, since the last time it refused another session:
   between two good ones is Garmin judging tokens; two in a row may as well be our consumer or
   clock failing after the last success, which would otherwise end each session in turn.
 
-A doubtful 401 leaves the session as it is (Unavailable: try later) and is logged as an error
-for the operator; the session is judged again at its next exchange, after the next accepted
-one. So a consumer or clock that fails while the service runs ends at most one session per
-replica, and a dead session waits, never ended wrongly, until some other session's exchange
-succeeds. The record is this process's own (replicas judge by what each has seen) and holds
-no secret: the consumer and the sessions are kept as digests.
+A doubtful 401 leaves the session as it is (garmin_client.errors.RefusalInDoubt, an
+Unavailable: try later; LeaseNextSession skips the session and grants the next one) and is
+logged as an error for the operator; the session is judged again at its next exchange, after
+the next accepted one. So a consumer or clock that fails while the service runs ends at most
+one session per replica before the grace below, and a dead session waits until some other
+session's exchange succeeds, or until that grace runs out: the service's refresher notes in
+the session's row when Garmin first refused it in doubt (a restart forgets nothing of that;
+new tokens clear it), and ends it at a doubtful refusal GARMIN_AUTH_GARTH_REFUSAL_GRACE (7
+days) after that (auth_service.domain.policies.doubtful_refusal_ends): a consumer or clock
+fault that lasts that long has been logged below at every refusal of the whole grace, so the
+refusal is taken as the session's. The record here is this process's own (replicas judge by
+what each has seen) and holds no secret: the consumer and the sessions are kept as digests.
 """
 
 from __future__ import annotations

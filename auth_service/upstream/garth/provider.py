@@ -30,7 +30,13 @@ from auth_service.upstream.garth.tokens import bearer, oauth1_to_garth, oauth2_f
 from auth_service.upstream.observer import RpcListenerObserver
 from garmin_client.answers import classify, failure, log_failure
 from garmin_client.endpoints import DEFAULT_DOMAIN, PROFILE_PATH
-from garmin_client.errors import AccessTokenRejected, GarminError, SessionRejected, Unavailable
+from garmin_client.errors import (
+    AccessTokenRejected,
+    GarminError,
+    RefusalInDoubt,
+    SessionRejected,
+    Unavailable,
+)
 from garmin_client.settings import UpstreamSettings
 from garmin_client.tokens import GarminTokens, OAuth2Token
 
@@ -108,7 +114,7 @@ class GarthUpstream:
             return error
         if self._exchanges(tokens.domain).refused(tokens.oauth1_token().oauth_token):
             return error
-        return Unavailable(
+        return RefusalInDoubt(
             "Garmin refused the token exchange (HTTP 401) while it may be refusing our OAuth "
             "consumer or clock, not the session: the session is kept, try later"
         )
