@@ -21,6 +21,7 @@ from tests.fixtures.emulators import upstream_settings_for
 from tests.fixtures.package_emulator import OAuthConsumer, box, clock, emulator, running_emulator
 
 from . import DiAccounts, Replica, build_replica
+from .keepalive_bench import KeepAliveBench
 
 # The shared fixtures this package's tests use (tests/fixtures/package_emulator.py).
 __all__ = ["box", "clock", "emulator", "running_emulator"]
@@ -72,6 +73,13 @@ def accounts(
     box: SecretBox,
 ) -> DiAccounts:
     return DiAccounts(emulator, clock, db_sessionmaker, box)
+
+
+@pytest.fixture
+def bench(accounts: DiAccounts, upstream: UpstreamRouter, clock: FakeClock) -> KeepAliveBench:
+    """What the keep-alive tests build their replicas and passes on."""
+    settings = upstream_settings_for(accounts.emulator, timeout_seconds=TIMEOUT_SECONDS)
+    return KeepAliveBench(accounts, upstream, settings, clock, SETTINGS)
 
 
 @pytest.fixture
