@@ -19,9 +19,11 @@ from garmin_emulator import GarminEmulator
 from tests.fixtures.di_upstream import both_providers
 from tests.fixtures.emulators import upstream_settings_for
 from tests.fixtures.package_emulator import OAuthConsumer, box, clock, emulator, running_emulator
+from tests.reliability.cluster import PrivateCluster, migrated_cluster
 
 from . import DiAccounts, Replica, build_replica
 from .keepalive_bench import KeepAliveBench
+from .partition import Partition, partitionable
 
 # The shared fixtures this package's tests use (tests/fixtures/package_emulator.py).
 __all__ = ["box", "clock", "emulator", "running_emulator"]
@@ -80,6 +82,21 @@ def bench(accounts: DiAccounts, upstream: UpstreamRouter, clock: FakeClock) -> K
     """What the keep-alive tests build their replicas and passes on."""
     settings = upstream_settings_for(accounts.emulator, timeout_seconds=TIMEOUT_SECONDS)
     return KeepAliveBench(accounts, upstream, settings, clock, SETTINGS)
+
+
+@pytest.fixture
+def cluster() -> Iterator[PrivateCluster]:
+    """A private PostgreSQL cluster (migrated) the test may stop, touching no other test."""
+    with migrated_cluster() as running:
+        yield running
+
+
+@pytest.fixture
+def partition(
+    cluster: PrivateCluster, box: SecretBox, upstream: UpstreamRouter, clock: FakeClock
+) -> Iterator[Partition]:
+    with partitionable(cluster, box, upstream, clock) as partition:
+        yield partition
 
 
 @pytest.fixture
