@@ -3,64 +3,35 @@ real garth adapter; the database is SQLite or PostgreSQL (`db_sessionmaker`, tes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
-
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.crypto import Keyring
 from auth_service.domain.clock import FakeClock
 from auth_service.services.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth.provider import GarthUpstream
-from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
-from tests.fixtures.emulators import cleared, scanned_emulator
+from tests.fixtures.emulators import upstream_settings_for
+from tests.fixtures.package_emulator import OAuthConsumer, box, clock, emulator, running_emulator
 
 from . import GarminAccounts, build_service
+
+# The shared fixtures this package's tests use (tests/fixtures/package_emulator.py).
+__all__ = ["box", "clock", "emulator", "running_emulator"]
 
 CONSUMER_KEY = "lease-test-consumer-key"
 CONSUMER_SECRET = "lease-test-consumer-secret"
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    # Garmin's tokens carry real expiry times, so the service's clock starts at real time.
-    return FakeClock(datetime.now(UTC))
-
-
-@pytest.fixture
-def box(keyring: Keyring) -> SecretBox:
-    return SecretBox(keyring)
-
-
 @pytest.fixture(scope="package")
-def running_emulator() -> Iterator[GarminEmulator]:
-    with scanned_emulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emulator(running_emulator: GarminEmulator) -> Iterator[GarminEmulator]:
-    """The package's emulator (stopping one takes ~50 ms: one per test would add seconds),
-    cleared for each test; every test logs in its own sessions."""
-    with cleared(running_emulator) as emulator:
-        yield emulator
+def emulator_consumer() -> OAuthConsumer:
+    return OAuthConsumer(CONSUMER_KEY, CONSUMER_SECRET)
 
 
 @pytest.fixture
 def upstream(emulator: GarminEmulator) -> GarthUpstream:
-    return GarthUpstream(
-        UpstreamSettings(
-            consumer_key=CONSUMER_KEY,
-            consumer_secret=CONSUMER_SECRET,
-            base_url=emulator.url,
-            timeout_seconds=5.0,
-            # Retries would only repeat GETs of a login; the exchange (a POST) never is.
-            retries=0,
-        )
-    )
+    # Without retries: they would only repeat GETs of a login; the exchange (a POST) never is.
+    return GarthUpstream(upstream_settings_for(emulator, timeout_seconds=5.0))
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ service's real providers over HTTP, and a factory of two replicas on the test's 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.crypto import Keyring
 from auth_service.domain.clock import Clock, FakeClock
 from auth_service.domain.garmin_limits import GarminLimitSettings
 from auth_service.domain.policies import RefreshSettings
@@ -21,11 +19,15 @@ from auth_service.upstream.router import UpstreamRouter
 from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
 from tests.fixtures.di_upstream import both_providers
-from tests.fixtures.emulators import cleared, scanned_emulator
+from tests.fixtures.emulators import upstream_settings_for
+from tests.fixtures.package_emulator import OAuthConsumer, box, clock, emulator, running_emulator
 from tests.leases import GarminAccounts
 from tests.refresh import DiAccounts
 
 from . import REFRESH, Replica, build_replica
+
+# The shared fixtures this package's tests use (tests/fixtures/package_emulator.py).
+__all__ = ["box", "clock", "emulator", "running_emulator"]
 
 CONSUMER_KEY = "limits-test-consumer-key"
 CONSUMER_SECRET = "limits-test-consumer-secret"
@@ -34,38 +36,14 @@ ReplicaPair = tuple[Replica, Replica]
 MakeReplicas = Callable[..., ReplicaPair]
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    # Garmin's tokens carry real expiry times, so the service's clock starts at real time.
-    return FakeClock(datetime.now(UTC))
-
-
-@pytest.fixture
-def box(keyring: Keyring) -> SecretBox:
-    return SecretBox(keyring)
-
-
 @pytest.fixture(scope="package")
-def running_emulator() -> Iterator[GarminEmulator]:
-    with scanned_emulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emulator(running_emulator: GarminEmulator) -> Iterator[GarminEmulator]:
-    with cleared(running_emulator) as emulator:
-        yield emulator
+def emulator_consumer() -> OAuthConsumer:
+    return OAuthConsumer(CONSUMER_KEY, CONSUMER_SECRET)
 
 
 @pytest.fixture
 def upstream_settings(emulator: GarminEmulator) -> UpstreamSettings:
-    return UpstreamSettings(
-        consumer_key=CONSUMER_KEY,
-        consumer_secret=CONSUMER_SECRET,
-        base_url=emulator.url,
-        timeout_seconds=2.0,
-        retries=0,
-    )
+    return upstream_settings_for(emulator, timeout_seconds=2.0)
 
 
 @pytest.fixture

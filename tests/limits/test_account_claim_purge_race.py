@@ -15,11 +15,9 @@ The same shape lost a sign-in cooldown: test_signin_cooldown_purge_race.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event, insert
-from sqlalchemy.orm import Session
+from sqlalchemy import insert
 
 from auth_service.crypto import Keyring
 from auth_service.domain.clock import FakeClock
@@ -27,11 +25,15 @@ from auth_service.domain.errors import GarminRateLimited
 from auth_service.domain.garmin_limits import GarminEndpoint, GarminLimitSettings
 from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.unit_of_work import UnitsOfWork
-from auth_service.storage.database import create_engine_for, session_factory
+from auth_service.storage.database import session_factory
 from auth_service.storage.limit_repository import SqlGarminLimitRepository
 from auth_service.storage.models import GarminAccountLimit
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
+
+from .purge_race import purge_after_insert
+
+LIMITS = GarminLimitSettings()
 
 
 @pytest.mark.timeout(30)
@@ -39,40 +41,27 @@ def test_a_purge_between_insert_and_claim_does_not_refuse_the_call(
     pg_database_url: str, keyring: Keyring
 ) -> None:
     now = datetime.now(UTC)
-    engine = create_engine_for(pg_database_url)
-    housekeeping_engine = create_engine_for(pg_database_url)
-    try:
-        with session_factory(engine)() as setup, setup.begin():
-            # A 429's cooldown that ended a minute ago; no call in flight.
-            setup.execute(
-                insert(GarminAccountLimit).values(
-                    user_id="ann",
-                    endpoint=GarminEndpoint.DI_TOKEN.value,
-                    cooling_until=now - timedelta(minutes=1),
-                    cooling_started_at=now - timedelta(minutes=2),
-                )
-            )
-        purged: list[int] = []
-
-        def purge_after_insert(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if purged or "INSERT INTO garmin_account_limit" not in statement:
-                return
-            # Another replica's housekeeping pass, right now.
-            with Session(housekeeping_engine) as other, other.begin():
-                purged.append(SqlGarminLimitRepository(other).purge_ended(now))
-
-        event.listen(engine, "after_cursor_execute", purge_after_insert)
-        uow = UnitsOfWork(SqlStore(session_factory(engine), SecretBox(keyring)), FakeClock(now))
-        gate = GarminGate(uow, GarminLimitSettings())
+    # A 429's cooldown that ended a minute ago; no call in flight.
+    cooled = insert(GarminAccountLimit).values(
+        user_id="ann",
+        endpoint=GarminEndpoint.DI_TOKEN.value,
+        cooling_until=now - timedelta(minutes=1),
+        cooling_started_at=now - timedelta(minutes=2),
+    )
+    with purge_after_insert(
+        pg_database_url,
+        rows=[cooled],
+        table="garmin_account_limit",
+        purge=lambda other: SqlGarminLimitRepository(other).purge_ended(now),
+    ) as race:
+        db = session_factory(race.engine)
+        gate = GarminGate(UnitsOfWork(SqlStore(db, SecretBox(keyring)), FakeClock(now)), LIMITS)
         try:
             # A validation (or sign-in, ticket exchange) claims the account's one call.
             gate.admit("ann", (GarminEndpoint.CONNECT_API,), exclusive=True)
         except GarminRateLimited as refused:
             pytest.fail(
                 f"refused ({refused.held_back}: {refused}) with no call in flight, because "
-                f"housekeeping purged the account's ended row ({purged}) under the claim"
+                f"housekeeping purged the account's ended row ({race.purged}) under the claim"
             )
-        assert purged == [1]
-    finally:
-        engine.dispose()
-        housekeeping_engine.dispose()
+        assert race.purged == [1]

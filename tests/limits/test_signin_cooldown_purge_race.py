@@ -17,11 +17,9 @@ beside the same race in the gate's claim of an account's call
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event, insert
-from sqlalchemy.orm import Session
+from sqlalchemy import insert
 
 from auth_service.crypto import Keyring
 from auth_service.domain.clock import FakeClock
@@ -30,11 +28,13 @@ from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.signin_accounts import SignInAccounts
 from auth_service.services.signin_cooldown import SignInCooldown
 from auth_service.services.unit_of_work import UnitsOfWork
-from auth_service.storage.database import create_engine_for, session_factory
+from auth_service.storage.database import session_factory
 from auth_service.storage.models import GarminLoginThrottle
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.throttle_repository import SqlThrottleRepository
 from auth_service.storage.unit_of_work import SqlStore
+
+from .purge_race import purge_after_insert
 
 WINDOW = timedelta(hours=1)
 COOLDOWN_SECONDS = 900.0
@@ -46,27 +46,18 @@ def test_a_purge_under_the_cooldown_start_does_not_lose_the_users_cooldown(
 ) -> None:
     accounts = SignInAccounts([b"k" * 32])
     now = datetime.now(UTC)
-    engine = create_engine_for(pg_database_url)
-    housekeeping_engine = create_engine_for(pg_database_url)
-    try:
-        with session_factory(engine)() as setup, setup.begin():
-            # The user's counter: its window ended an hour ago, no cooldown (stale).
-            setup.execute(
-                insert(GarminLoginThrottle).values(
-                    user_id="ann", window_started_at=now - 2 * WINDOW, attempts=3
-                )
-            )
-        purged: list[int] = []
-
-        def purge_after_insert(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if purged or "INSERT INTO garmin_login_throttle" not in statement:
-                return
-            # Another replica's housekeeping pass, right now.
-            with Session(housekeeping_engine) as other, other.begin():
-                purged.append(SqlThrottleRepository(other).purge_stale(now, WINDOW))
-
-        event.listen(engine, "after_cursor_execute", purge_after_insert)
-        uow = UnitsOfWork(SqlStore(session_factory(engine), SecretBox(keyring)), FakeClock(now))
+    # The user's counter: its window ended an hour ago, no cooldown (stale).
+    stale = insert(GarminLoginThrottle).values(
+        user_id="ann", window_started_at=now - 2 * WINDOW, attempts=3
+    )
+    with purge_after_insert(
+        pg_database_url,
+        rows=[stale],
+        table="garmin_login_throttle",
+        purge=lambda other: SqlThrottleRepository(other).purge_stale(now, WINDOW),
+    ) as race:
+        db = session_factory(race.engine)
+        uow = UnitsOfWork(SqlStore(db, SecretBox(keyring)), FakeClock(now))
         cooldown = SignInCooldown(COOLDOWN_SECONDS)
         # Garmin's sign-in answers 429 to ann's login to shared@example.com.
         with (
@@ -76,7 +67,7 @@ def test_a_purge_under_the_cooldown_start_does_not_lose_the_users_cooldown(
             raise GarminRateLimited(
                 "Garmin is rate limiting (sign-in, HTTP 429)", None, GarminEndpoint.SSO
             )
-        assert purged == [1]
+        assert race.purged == [1]
 
         # ann signs in again at once, to another Garmin account: her cooldown holds.
         with uow() as unit:
@@ -86,6 +77,3 @@ def test_a_purge_under_the_cooldown_start_does_not_lose_the_users_cooldown(
             "matched no row and her sign-in cooldown was lost"
         )
         assert refusal.retry_after_seconds == pytest.approx(COOLDOWN_SECONDS)
-    finally:
-        engine.dispose()
-        housekeeping_engine.dispose()

@@ -4,7 +4,6 @@ upstream over real HTTP, and two replicas on the test's database (SQLite or Post
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine
@@ -16,12 +15,18 @@ from auth_service.domain.policies import RefreshSettings
 from auth_service.storage.database import create_engine_for, session_factory
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.router import UpstreamRouter
-from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
 from tests.fixtures.di_upstream import both_providers
-from tests.fixtures.emulators import cleared, scanned_emulator
+from tests.fixtures.emulators import upstream_settings_for
+from tests.fixtures.package_emulator import OAuthConsumer, box, clock, emulator, running_emulator
+from tests.reliability.cluster import PrivateCluster, migrated_cluster
 
 from . import DiAccounts, Replica, build_replica
+from .keepalive_bench import KeepAliveBench
+from .partition import Partition, partitionable
+
+# The shared fixtures this package's tests use (tests/fixtures/package_emulator.py).
+__all__ = ["box", "clock", "emulator", "running_emulator"]
 
 CONSUMER_KEY = "refresh-test-consumer-key"
 CONSUMER_SECRET = "refresh-test-consumer-secret"
@@ -30,40 +35,14 @@ TIMEOUT_SECONDS = 2.0
 SETTINGS = RefreshSettings(concurrency=4, claim_seconds=10.0, wait_seconds=15.0)
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    # Garmin's tokens carry real expiry times, so the service's clock starts at real time.
-    return FakeClock(datetime.now(UTC))
-
-
-@pytest.fixture
-def box(keyring: Keyring) -> SecretBox:
-    return SecretBox(keyring)
-
-
 @pytest.fixture(scope="package")
-def running_emulator() -> Iterator[GarminEmulator]:
-    with scanned_emulator(consumer_key=CONSUMER_KEY, consumer_secret=CONSUMER_SECRET) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emulator(running_emulator: GarminEmulator) -> Iterator[GarminEmulator]:
-    with cleared(running_emulator) as emulator:
-        yield emulator
+def emulator_consumer() -> OAuthConsumer:
+    return OAuthConsumer(CONSUMER_KEY, CONSUMER_SECRET)
 
 
 @pytest.fixture
 def upstream(emulator: GarminEmulator) -> UpstreamRouter:
-    return both_providers(
-        UpstreamSettings(
-            consumer_key=CONSUMER_KEY,
-            consumer_secret=CONSUMER_SECRET,
-            base_url=emulator.url,
-            timeout_seconds=TIMEOUT_SECONDS,
-            retries=0,
-        )
-    )
+    return both_providers(upstream_settings_for(emulator, timeout_seconds=TIMEOUT_SECONDS))
 
 
 @pytest.fixture
@@ -96,6 +75,28 @@ def accounts(
     box: SecretBox,
 ) -> DiAccounts:
     return DiAccounts(emulator, clock, db_sessionmaker, box)
+
+
+@pytest.fixture
+def bench(accounts: DiAccounts, upstream: UpstreamRouter, clock: FakeClock) -> KeepAliveBench:
+    """What the keep-alive tests build their replicas and passes on."""
+    settings = upstream_settings_for(accounts.emulator, timeout_seconds=TIMEOUT_SECONDS)
+    return KeepAliveBench(accounts, upstream, settings, clock, SETTINGS)
+
+
+@pytest.fixture
+def cluster() -> Iterator[PrivateCluster]:
+    """A private PostgreSQL cluster (migrated) the test may stop, touching no other test."""
+    with migrated_cluster() as running:
+        yield running
+
+
+@pytest.fixture
+def partition(
+    cluster: PrivateCluster, box: SecretBox, upstream: UpstreamRouter, clock: FakeClock
+) -> Iterator[Partition]:
+    with partitionable(cluster, box, upstream, clock) as partition:
+        yield partition
 
 
 @pytest.fixture

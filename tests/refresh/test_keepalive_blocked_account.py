@@ -28,14 +28,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.models import SessionState
 from auth_service.services.keepalive import KeepAliveReport
-from auth_service.storage.secrets import SecretBox
-from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
 from tests.leases import read_row
 
-from . import DiAccounts, build_replica
+from . import DiAccounts
 from .conftest import SETTINGS
-from .test_keepalive_pacing import _not_before
+from .keepalive_bench import KeepAliveBench
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,26 +43,23 @@ INTERVAL = SETTINGS.keepalive_interval_seconds
 SLOW = dataclasses.replace(SETTINGS, keepalive_rate=2.0)
 
 
-def _due(db: sessionmaker[Session], user_id: str, clock: FakeClock) -> bool:
-    not_before = _not_before(db, user_id)
-    return not_before is None or not_before <= clock.now()
+def _due(bench: KeepAliveBench, user_id: str) -> bool:
+    not_before = bench.not_before(user_id)
+    return not_before is None or not_before <= bench.clock.now()
 
 
 def test_a_blocked_account_at_the_head_does_not_starve_the_sessions_behind_it(
+    bench: KeepAliveBench,
     accounts: DiAccounts,
     emulator: GarminEmulator,
-    upstream: UpstreamRouter,
     db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
     clock: FakeClock,
 ) -> None:
-    replica = build_replica(db_sessionmaker, box, upstream, clock, SLOW)
+    replica = bench.replica(SLOW)
     accounts.seed("blocked", refresh_in=timedelta(hours=2))  # soonest: head of the order
     accounts.seed("behind", refresh_in=timedelta(hours=3))
-    blocked_dies = read_row(db_sessionmaker, "blocked").refresh_token_expires_at
-    behind_dies = read_row(db_sessionmaker, "behind").refresh_token_expires_at
-    assert blocked_dies is not None
-    assert behind_dies is not None
+    blocked_dies = bench.refresh_token_dies("blocked")
+    behind_dies = bench.refresh_token_dies("behind")
 
     passes: list[KeepAliveReport] = []
     tried_blocked: list[timedelta] = []
@@ -72,7 +67,7 @@ def test_a_blocked_account_at_the_head_does_not_starve_the_sessions_behind_it(
         # Garmin answers every refresh of the blocked account 429 (no Retry-After); the
         # emulator's faults are per request, so one is armed only when keep-alive would take
         # the blocked account first (it is due; a cooldown always ends before it is due).
-        blocked_first = _due(db_sessionmaker, "blocked", clock)
+        blocked_first = _due(bench, "blocked")
         if blocked_first:
             emulator.fail_next(DI_TOKEN_PATH, 429, count=1)
         before = emulator.request_count(DI_TOKEN_PATH)
@@ -97,19 +92,14 @@ def test_a_blocked_account_at_the_head_does_not_starve_the_sessions_behind_it(
 
 
 def test_a_429_holds_the_session_back_until_its_cooldown_ends_at_least(
-    accounts: DiAccounts,
-    emulator: GarminEmulator,
-    upstream: UpstreamRouter,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
+    bench: KeepAliveBench, accounts: DiAccounts, emulator: GarminEmulator, clock: FakeClock
 ) -> None:
-    replica = build_replica(db_sessionmaker, box, upstream, clock, SLOW)
+    replica = bench.replica(SLOW)
     # Its refresh token has 30 min left: half of it (15 min) is less than Garmin's wait.
     accounts.seed("long-wait", refresh_in=timedelta(minutes=30))
     emulator.fail_next(DI_TOKEN_PATH, 429, retry_after=1200)
     assert replica.keepalive.run_once() == KeepAliveReport(ran=True, deferred=1)
-    assert _not_before(db_sessionmaker, "long-wait") == clock.now() + timedelta(seconds=1200)
+    assert bench.not_before("long-wait") == clock.now() + timedelta(seconds=1200)
     clock.advance(1199)
     assert replica.keepalive.run_once() == KeepAliveReport(ran=True)
     clock.advance(1)
@@ -117,14 +107,9 @@ def test_a_429_holds_the_session_back_until_its_cooldown_ends_at_least(
 
 
 def test_cooling_accounts_at_the_head_cost_a_pass_no_time(
-    accounts: DiAccounts,
-    emulator: GarminEmulator,
-    upstream: UpstreamRouter,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
+    bench: KeepAliveBench, accounts: DiAccounts, emulator: GarminEmulator, clock: FakeClock
 ) -> None:
-    replica = build_replica(db_sessionmaker, box, upstream, clock, SLOW)
+    replica = bench.replica(SLOW)
     cooling = [f"cooling-{n:02d}" for n in range(20)]
     cooldown = timedelta(minutes=30)
     for user_id in cooling:

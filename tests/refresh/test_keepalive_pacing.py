@@ -17,30 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.crypto import Keyring
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.models import GarminTokens
-from auth_service.domain.policies import DiSettings, LoginFlow, keepalive_not_before
+from auth_service.domain.policies import keepalive_not_before
 from auth_service.services.keepalive import KeepAliveReport
-from auth_service.storage.models import GarminAuthenticationState
-from auth_service.storage.secrets import SecretBox
-from auth_service.storage.session_repository import SqlSessionRepository
-from auth_service.upstream.di.provider import DiUpstream
-from auth_service.upstream.garth.provider import GarthUpstream
-from auth_service.upstream.router import UpstreamRouter
-from garmin_client.settings import UpstreamSettings
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
 from tests.fixtures.di_upstream import di_tokens
-from tests.leases import read_row
 
-from . import DiAccounts, Replica, build_replica
-from .conftest import CONSUMER_KEY, CONSUMER_SECRET, SETTINGS, TIMEOUT_SECONDS
+from . import DiAccounts
+from .conftest import SETTINGS
+from .keepalive_bench import KeepAliveBench
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,113 +39,54 @@ RETRY = SETTINGS.keepalive_retry_seconds
 PASSES_PER_HOUR = 12  # at the default interval (300 s)
 
 
-def _replica(
-    emulator: GarminEmulator,
-    db: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
-    **di: Any,
-) -> Replica:
-    """A replica whose DI provider has these DiSettings (on our clock, as in the service)."""
-    upstream = UpstreamSettings(
-        consumer_key=CONSUMER_KEY,
-        consumer_secret=CONSUMER_SECRET,
-        base_url=emulator.url,
-        timeout_seconds=TIMEOUT_SECONDS,
-        retries=0,
-    )
-    router = UpstreamRouter(
-        garth=GarthUpstream(upstream),
-        di=DiUpstream(upstream, DiSettings(plain_http=True, **di), clock=clock),
-        login_flow=LoginFlow.DI,
-    )
-    return build_replica(db, box, router, clock, SETTINGS)
-
-
-def _passes(replica: Replica, clock: FakeClock, count: int) -> list[KeepAliveReport]:
-    """`count` keep-alive passes, one interval apart."""
-    reports = []
-    for _ in range(count):
-        reports.append(replica.keepalive.run_once())
-        clock.advance(INTERVAL)
-    return reports
-
-
-def _not_before(db: sessionmaker[Session], user_id: str) -> datetime | None:
-    table = GarminAuthenticationState.__table__
-    with db() as session:
-        value: datetime | None = session.execute(
-            select(table.c.keepalive_not_before).where(table.c.user_id == user_id)
-        ).scalar_one()
-        return value
-
-
 def test_keep_mode_rotates_an_idle_session_once_an_hour_not_every_pass(
-    accounts: DiAccounts,
-    emulator: GarminEmulator,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
+    bench: KeepAliveBench, accounts: DiAccounts, clock: FakeClock
 ) -> None:
     # keep: the rotation hands the old expiry on, so no refresh moves it out of the window.
-    replica = _replica(
-        emulator, db_sessionmaker, box, clock, rotation_restarts_refresh_expiry=False
-    )
+    replica = bench.replica_with_di(rotation_restarts_refresh_expiry=False)
     accounts.seed("pace-keep", refresh_in=timedelta(days=3))
     started = clock.now()
 
-    reports = _passes(replica, clock, PASSES_PER_HOUR)
+    reports = bench.passes(replica, PASSES_PER_HOUR)
 
     assert [report.refreshed for report in reports] == [1] + [0] * (PASSES_PER_HOUR - 1)
     assert accounts.refreshes("pace-keep") == 1
     # Half the 3 days left: the kept expiry is approached in halving steps, never missed.
-    assert _not_before(db_sessionmaker, "pace-keep") == started + timedelta(days=1.5)
+    assert bench.not_before("pace-keep") == started + timedelta(days=1.5)
 
 
 def test_keep_mode_past_the_kept_expiry_restarts_the_lifetime(
-    accounts: DiAccounts,
-    emulator: GarminEmulator,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
+    bench: KeepAliveBench, accounts: DiAccounts, clock: FakeClock
 ) -> None:
     """Garmin in fact restarts the lifetime: past the kept expiry the session still refreshes
     fine, which disproves `keep` for it; before, the row kept an expiry in the past and every
     pass (and every grant) refreshed it again, indefinitely."""
-    replica = _replica(
-        emulator, db_sessionmaker, box, clock, rotation_restarts_refresh_expiry=False
-    )
+    replica = bench.replica_with_di(rotation_restarts_refresh_expiry=False)
     accounts.seed("pace-past", refresh_in=timedelta(days=3))
     assert replica.keepalive.run_once().refreshed == 1
     # Four days on our clock: the kept expiry lies a day in the past; at Garmin the session
     # lives on.
     clock.advance(timedelta(days=4).total_seconds())
 
-    reports = _passes(replica, clock, 6)
+    reports = bench.passes(replica, 6)
 
     assert [report.refreshed for report in reports] == [1, 0, 0, 0, 0, 0]
     assert all(report.ended == 0 for report in reports)
-    expires = read_row(db_sessionmaker, "pace-past").refresh_token_expires_at
-    assert expires is not None
-    assert expires > clock.now() + timedelta(days=29)
+    assert bench.refresh_token_dies("pace-past") > clock.now() + timedelta(days=29)
 
 
 def test_a_lifetime_shorter_than_the_window_is_refreshed_once_per_half_life(
-    accounts: DiAccounts,
-    emulator: GarminEmulator,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
+    bench: KeepAliveBench, accounts: DiAccounts, emulator: GarminEmulator, clock: FakeClock
 ) -> None:
     # Garmin states a refresh lifetime of 5 days, inside the 7-day window after every
     # rotation. (A GARMIN_AUTH_DI_REFRESH_LIFETIME this short, which applies when Garmin states
     # none, is refused at start: tests/refresh/test_keepalive_window_lifetime.py.)
     lifetime = timedelta(days=5)
     emulator.di.answer_overrides = {"refresh_token_expires_in": int(lifetime.total_seconds())}
-    replica = _replica(emulator, db_sessionmaker, box, clock)
+    replica = bench.replica_with_di()
     accounts.seed("pace-short", refresh_in=None)
 
-    first_hour = _passes(replica, clock, PASSES_PER_HOUR)
+    first_hour = bench.passes(replica, PASSES_PER_HOUR)
 
     assert [report.refreshed for report in first_hour] == [1] + [0] * (PASSES_PER_HOUR - 1)
     # Due again once half the lifetime has passed, and refreshed then.
@@ -166,23 +96,12 @@ def test_a_lifetime_shorter_than_the_window_is_refreshed_once_per_half_life(
 
 
 def test_sessions_that_always_fail_do_not_starve_a_dying_one(
-    accounts: DiAccounts,
-    emulator: GarminEmulator,
-    upstream: UpstreamRouter,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
+    bench: KeepAliveBench, accounts: DiAccounts, clock: FakeClock
 ) -> None:
     batch = 2  # stands for the default 1000
-    settings = dataclasses.replace(SETTINGS, keepalive_batch=batch)
-    replica = build_replica(db_sessionmaker, box, upstream, clock, settings)
-    # `batch` imported sessions (unknown expiry: first in keep-alive's order) sealed under a
-    # key the service no longer has: their refresh can never succeed (as with a client id
-    # Garmin refuses: GarminUnavailable).
-    lost = SecretBox(Keyring.parse(Keyring.generate_key_value("lost-key")))
-    stuck = DiAccounts(emulator, clock, db_sessionmaker, lost)
-    for index in range(batch):
-        stuck.seed(f"pace-stuck-{index}", refresh_in=None)
+    replica = bench.replica(dataclasses.replace(SETTINGS, keepalive_batch=batch))
+    # `batch` sessions whose refresh can never succeed, first in keep-alive's order.
+    bench.seed_unrefreshable([f"pace-stuck-{index}" for index in range(batch)])
     accounts.seed("pace-dying", refresh_in=timedelta(days=2))
 
     first = replica.keepalive.run_once()
@@ -199,14 +118,9 @@ def test_sessions_that_always_fail_do_not_starve_a_dying_one(
 
 
 def test_a_failure_and_a_429_wait_keepalive_retry_seconds(
-    accounts: DiAccounts,
-    emulator: GarminEmulator,
-    upstream: UpstreamRouter,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
+    bench: KeepAliveBench, accounts: DiAccounts, emulator: GarminEmulator, clock: FakeClock
 ) -> None:
-    replica = build_replica(db_sessionmaker, box, upstream, clock, SETTINGS)
+    replica = bench.replica()
     accounts.seed("pace-429", refresh_in=timedelta(days=2))
     # A 429 (Garmin pushing back on the account): the session waits as a failed one does,
     # else it would head the next pass and end it again (test_keepalive_blocked_account).
@@ -228,28 +142,17 @@ def test_a_failure_and_a_429_wait_keepalive_retry_seconds(
     assert accounts.refreshes("pace-503") == 1
 
 
-def test_a_new_sign_in_clears_the_wait(
-    accounts: DiAccounts,
-    emulator: GarminEmulator,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
-) -> None:
-    replica = _replica(
-        emulator, db_sessionmaker, box, clock, rotation_restarts_refresh_expiry=False
-    )
+def test_a_new_sign_in_clears_the_wait(bench: KeepAliveBench, accounts: DiAccounts) -> None:
+    replica = bench.replica_with_di(rotation_restarts_refresh_expiry=False)
     accounts.seed("pace-relogin", refresh_in=timedelta(days=3))
     assert replica.keepalive.run_once().refreshed == 1
-    assert _not_before(db_sessionmaker, "pace-relogin") is not None
+    assert bench.not_before("pace-relogin") is not None
 
     # A login or import stores new credentials: keep-alive takes them whenever they are due.
     imported = accounts.seed("pace-relogin-source", refresh_in=None)
-    with db_sessionmaker.begin() as session:
-        sessions = SqlSessionRepository(session, box)
-        locked = sessions.lock_or_create("pace-relogin", clock.now())
-        sessions.install_tokens(locked, imported, clock.now(), validated=False)
+    bench.install_new_tokens("pace-relogin", imported)
 
-    assert _not_before(db_sessionmaker, "pace-relogin") is None
+    assert bench.not_before("pace-relogin") is None
 
 
 @pytest.mark.parametrize(

@@ -23,26 +23,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
-from auth_service.crypto import Keyring
 from auth_service.domain.clock import FakeClock
 from auth_service.domain.errors import GarminRateLimited
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import GarminTokens
 from auth_service.domain.policies import keepalive_retry_at
 from auth_service.services.keepalive import KeepAliveReport
-from auth_service.storage.models import GarminAuthenticationState
-from auth_service.storage.secrets import SecretBox
-from auth_service.storage.session_repository import SqlSessionRepository
 from auth_service.upstream.router import UpstreamRouter
 from garmin_emulator import DI_TOKEN_PATH, GarminEmulator
-from tests.leases import read_row
 
-from . import DiAccounts, build_replica
+from . import DiAccounts
 from .conftest import SETTINGS
-from .test_keepalive_pacing import _not_before
+from .keepalive_bench import KeepAliveBench
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,36 +64,17 @@ class BlockingGarmin:
         return getattr(self._real, name)
 
 
-def _failures(db: sessionmaker[Session], user_id: str) -> int:
-    table = GarminAuthenticationState.__table__
-    with db() as session:
-        value: int = session.execute(
-            select(table.c.keepalive_failures).where(table.c.user_id == user_id)
-        ).scalar_one()
-        return value
-
-
 def test_a_dozen_blocked_accounts_do_not_starve_a_healthy_session(
-    accounts: DiAccounts,
-    upstream: UpstreamRouter,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
+    bench: KeepAliveBench, accounts: DiAccounts, upstream: UpstreamRouter
 ) -> None:
     garmin = BlockingGarmin(upstream)
-    replica = build_replica(db_sessionmaker, box, garmin, clock, SETTINGS)
+    replica = bench.replica(upstream=garmin)
     for n in range(14):
         tokens = accounts.seed(f"blocked-{n:02d}", refresh_in=timedelta(days=1))
         garmin.blocked.add(tokens.oauth2.refresh_token)
     accounts.seed("healthy", refresh_in=timedelta(days=1, hours=2))
-    healthy_dies = read_row(db_sessionmaker, "healthy").refresh_token_expires_at
-    assert healthy_dies is not None
 
-    passes = 0
-    while clock.now() < healthy_dies and accounts.refreshes("healthy") == 0:
-        replica.keepalive.run_once()
-        passes += 1
-        clock.advance(INTERVAL)
+    passes = bench.passes_until_refreshed(replica, "healthy")
 
     assert accounts.refreshes("healthy") == 1, (
         f"{passes} keep-alive passes over {passes * INTERVAL / 3600:.0f} h, every one ended "
@@ -113,33 +87,19 @@ def test_a_dozen_blocked_accounts_do_not_starve_a_healthy_session(
 
 
 def test_failing_sessions_a_dozen_batches_deep_do_not_starve_a_healthy_session(
-    accounts: DiAccounts,
-    emulator: GarminEmulator,
-    upstream: UpstreamRouter,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
+    bench: KeepAliveBench, accounts: DiAccounts
 ) -> None:
     """The same with sessions whose refresh fails every time (a refused client id, a key left
     out of the ring): held back an hour, they took every pass's batch once there were more of
     them than one hour's passes take (12 x keepalive_batch; here a batch of 2 stands for
     1000, as in test_keepalive_pacing)."""
     batch = 2
-    settings = dataclasses.replace(SETTINGS, keepalive_batch=batch)
-    replica = build_replica(db_sessionmaker, box, upstream, clock, settings)
-    lost = SecretBox(Keyring.parse(Keyring.generate_key_value("lost-key")))
-    stuck = DiAccounts(emulator, clock, db_sessionmaker, lost)
-    for n in range(13 * batch):
-        stuck.seed(f"stuck-{n:02d}", refresh_in=None)  # unknown expiry: first in the order
+    replica = bench.replica(dataclasses.replace(SETTINGS, keepalive_batch=batch))
+    # Unknown expiry: first in the order.
+    bench.seed_unrefreshable([f"stuck-{n:02d}" for n in range(13 * batch)])
     accounts.seed("healthy", refresh_in=timedelta(days=1))
-    healthy_dies = read_row(db_sessionmaker, "healthy").refresh_token_expires_at
-    assert healthy_dies is not None
 
-    passes = 0
-    while clock.now() < healthy_dies and accounts.refreshes("healthy") == 0:
-        replica.keepalive.run_once()
-        passes += 1
-        clock.advance(INTERVAL)
+    passes = bench.passes_until_refreshed(replica, "healthy")
 
     assert accounts.refreshes("healthy") == 1, (
         f"{passes} keep-alive passes over {passes * INTERVAL / 3600:.0f} h, each batch taken "
@@ -149,14 +109,9 @@ def test_failing_sessions_a_dozen_batches_deep_do_not_starve_a_healthy_session(
 
 
 def test_the_wait_doubles_with_each_failed_attempt_and_new_tokens_start_over(
-    accounts: DiAccounts,
-    emulator: GarminEmulator,
-    upstream: UpstreamRouter,
-    db_sessionmaker: sessionmaker[Session],
-    box: SecretBox,
-    clock: FakeClock,
+    bench: KeepAliveBench, accounts: DiAccounts, emulator: GarminEmulator, clock: FakeClock
 ) -> None:
-    replica = build_replica(db_sessionmaker, box, upstream, clock, SETTINGS)
+    replica = bench.replica()
     # Six days left: half of it is more than any wait below.
     accounts.seed("flaky", refresh_in=timedelta(days=6))
 
@@ -164,29 +119,26 @@ def test_the_wait_doubles_with_each_failed_attempt_and_new_tokens_start_over(
     for _ in range(7):
         emulator.fail_next(DI_TOKEN_PATH, 503)
         assert replica.keepalive.run_once() == KeepAliveReport(ran=True, failed=1)
-        not_before = _not_before(db_sessionmaker, "flaky")
+        not_before = bench.not_before("flaky")
         assert not_before is not None
         waits.append(not_before - clock.now())
         clock.advance((not_before - clock.now()).total_seconds())
     assert waits == [HOUR * n for n in (1, 2, 4, 8, 16, 24, 24)]
-    assert _failures(db_sessionmaker, "flaky") == 7
+    assert bench.failures("flaky") == 7
 
     # A refresh that works clears the count: the next failure waits an hour again.
     assert replica.keepalive.run_once() == KeepAliveReport(ran=True, refreshed=1)
-    assert _failures(db_sessionmaker, "flaky") == 0
+    assert bench.failures("flaky") == 0
 
     # So does a new sign-in or import (new credentials).
     accounts.seed("flaky-2", refresh_in=timedelta(days=6))
     emulator.fail_next(DI_TOKEN_PATH, 503)
     assert replica.keepalive.run_once() == KeepAliveReport(ran=True, failed=1)
-    assert _not_before(db_sessionmaker, "flaky-2") == clock.now() + HOUR
-    assert _failures(db_sessionmaker, "flaky-2") == 1
+    assert bench.not_before("flaky-2") == clock.now() + HOUR
+    assert bench.failures("flaky-2") == 1
     imported = accounts.seed("flaky-2-source", refresh_in=timedelta(days=6))
-    with db_sessionmaker.begin() as session:
-        sessions = SqlSessionRepository(session, box)
-        locked = sessions.lock_or_create("flaky-2", clock.now())
-        sessions.install_tokens(locked, imported, clock.now(), validated=False)
-    assert _failures(db_sessionmaker, "flaky-2") == 0
+    bench.install_new_tokens("flaky-2", imported)
+    assert bench.failures("flaky-2") == 0
 
 
 @pytest.mark.parametrize(

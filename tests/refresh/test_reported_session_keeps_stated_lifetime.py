@@ -20,13 +20,12 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from auth_service.domain.clock import FakeClock
-from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.router import UpstreamRouter
 from garmin_client import session_proto
 from garmin_emulator import GarminEmulator
 from tests.leases import read_row
 from tests.refresh import ASKER, DiAccounts
-from tests.refresh.test_keepalive_pacing import _replica
+from tests.refresh.keepalive_bench import KeepAliveBench
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,7 +40,7 @@ def _wire(tokens):  # type: ignore[no-untyped-def]
 
 
 def test_keepalive_after_a_holders_report_keeps_garmins_stated_refresh_lifetime(
-    box: SecretBox,
+    bench: KeepAliveBench,
     accounts: DiAccounts,
     emulator: GarminEmulator,
     upstream: UpstreamRouter,
@@ -49,7 +48,7 @@ def test_keepalive_after_a_holders_report_keeps_garmins_stated_refresh_lifetime(
     clock: FakeClock,
 ) -> None:
     # The service's DI provider on the service's clock (as the server wires it).
-    first = _replica(emulator, db_sessionmaker, box, clock)
+    first = bench.replica_with_di()
     emulator.di.refresh_token_expires_in = int(STATED.total_seconds())
     accounts.seed(USER, refresh_in=STATED)  # the login answer stated 10 days
 

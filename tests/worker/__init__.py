@@ -331,6 +331,23 @@ def utc(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
 
 
+def run_expiring_mid_run(
+    config: WorkerConfig, garmin: GarminEmulator, out_dir: Path, email: str
+) -> tuple[WorkerRun, list[str]]:
+    """run_recorded, writing to `out_dir`; after the worker's first write Garmin considers
+    `email`'s access token expired (the service does not)."""
+    sink = RecordingSink(DirectorySink(out_dir))
+    writes: list[object] = []
+
+    def expire_after_the_first_write(event: object) -> None:
+        writes.append(event)
+        if len(writes) == 1:
+            garmin.expire_access_tokens(email)
+
+    sink.after_write = expire_after_the_first_write
+    return run_recorded(config, sink=sink)
+
+
 @dataclass
 class RevokedRun:
     """A worker run during which Garmin revoked the user's account."""

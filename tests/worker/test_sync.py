@@ -39,6 +39,7 @@ from . import (
     connect,
     email_of,
     make_config,
+    run_expiring_mid_run,
     run_recorded,
     run_revoked_mid_run,
     run_worker,
@@ -125,16 +126,7 @@ def test_a_token_expiring_mid_run_is_refreshed_once_through_refresh_lease(
     version_before = status(service, "cai").session_version
     config = make_config(service.target, garmin, tmp_path, users=("cai",), page_size=2)
     # After the first write, Garmin considers the access token expired (the service does not).
-    sink = RecordingSink(DirectorySink(tmp_path))
-    writes: list[object] = []
-
-    def expire_after_the_first_write(event: object) -> None:
-        writes.append(event)
-        if len(writes) == 1:
-            garmin.expire_access_tokens(email)
-
-    sink.after_write = expire_after_the_first_write
-    result, calls = run_recorded(config, sink=sink)
+    result, calls = run_expiring_mid_run(config, garmin, tmp_path, email)
 
     assert result.outcome("cai") == "SYNCED"
     assert result.users["cai"]["items"] == 6

@@ -23,6 +23,7 @@ from . import (
     RecordingSink,
     connect,
     make_config,
+    run_expiring_mid_run,
     run_recorded,
     run_revoked_mid_run,
     status,
@@ -55,16 +56,7 @@ def test_a_di_session_whose_token_expires_mid_run_is_synced_after_one_refresh_le
     version_before = status(di_service, "dia").session_version
     rotations_before = garmin.di_refresh_count(email)
     config = make_config(di_service.target, garmin, tmp_path, users=("dia",), page_size=2)
-    sink = RecordingSink(DirectorySink(tmp_path))
-    writes: list[object] = []
-
-    def expire_after_the_first_write(event: object) -> None:
-        writes.append(event)
-        if len(writes) == 1:
-            garmin.expire_access_tokens(email)
-
-    sink.after_write = expire_after_the_first_write
-    result, calls = run_recorded(config, sink=sink)
+    result, calls = run_expiring_mid_run(config, garmin, tmp_path, email)
 
     assert result.outcome("dia") == "SYNCED"
     assert result.users["dia"]["items"] == 6
