@@ -257,6 +257,15 @@ def keepalive_last_stretch(settings: RefreshSettings) -> timedelta:
     )
 
 
+# A garth session whose exchange Garmin refused in doubt (doubtful_refusal_ends) is not due
+# for LeaseNextSession again until this long after its last sync attempt (the skip that
+# refusal caused), whatever the worker's minimum interval: every dead one would otherwise be
+# asked about at Garmin at every run, and a call skips at most a few sessions that ask Garmin
+# before it answers "nothing due", so enough of them at the head of the due order would end
+# every run before the users behind them. Over a 7-day grace, 28 asks per dead session.
+GARTH_IN_DOUBT_RETRY = timedelta(hours=6)
+
+
 def doubtful_refusal_ends(
     first_refused_at: datetime | None, now: datetime, grace_seconds: float
 ) -> bool:

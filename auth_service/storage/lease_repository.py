@@ -52,6 +52,7 @@ from sqlalchemy import (
 from auth_service.domain.audit import OK, AuditedRpc, NewAuditEvent
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import GarminTokens
+from auth_service.domain.policies import GARTH_IN_DOUBT_RETRY
 from auth_service.domain.repositories import GrantedRow, HandoverRows
 from auth_service.domain.views import SessionRow, status_view
 from auth_service.storage import session_rows as rows
@@ -69,6 +70,7 @@ _FREE = rows.FREE
 _LIVE = rows.LIVE
 _EXPIRES_AT = bindparam("p_expires_at", type_=UTCDateTime())
 _DUE_BEFORE = bindparam("p_due_before", type_=UTCDateTime())
+_IN_DOUBT_BEFORE = bindparam("p_in_doubt_before", type_=UTCDateTime())
 _SYNCED_THROUGH = bindparam("p_synced_through", type_=UTCDateTime())
 _NEW_LEASE_ID = bindparam("p_new_lease_id", type_=T.c.lease_id.type)
 _HOLDER = bindparam("p_holder", type_=T.c.lease_holder.type)
@@ -85,19 +87,34 @@ _API_COOLING = exists().where(
     _LIMITS.c.endpoint == literal_column(f"'{GarminEndpoint.CONNECT_API.value}'", Text),
     _LIMITS.c.cooling_until > _NOW,
 )
-# Due for a sync: free, ACTIVE, neither synced nor attempted since `due_before`, and not
-# waiting out a Connect API cooldown.
+# Due for a sync: free, ACTIVE, neither synced nor attempted since `due_before`, not
+# waiting out a Connect API cooldown, and not a garth session whose exchange Garmin refused
+# in doubt, attempted within GARTH_IN_DOUBT_RETRY (`in_doubt_before`): a dead one ends only
+# after the refusal grace, and asked about at every run, enough of them at the head of the
+# due order would use up every call's skips.
 _DUE = and_(
     T.c.state == ACTIVE,
     _FREE,
     or_(T.c.last_sync_attempt_at.is_(None), T.c.last_sync_attempt_at < _DUE_BEFORE),
     or_(T.c.last_synced_at.is_(None), T.c.last_synced_at < _DUE_BEFORE),
+    or_(
+        T.c.first_doubtful_refusal_at.is_(None),
+        T.c.last_sync_attempt_at.is_(None),
+        T.c.last_sync_attempt_at < _IN_DOUBT_BEFORE,
+    ),
     ~_API_COOLING,
 )
 # Never synced first, then the oldest sync; user_id makes the order total. The partial index
 # ix_garmin_authentication_state_due has exactly this order, so the database walks it and
-# stops at the first due row instead of sorting every due row.
-_DUE_ORDER = (T.c.last_synced_at.is_not(None), T.c.last_synced_at, T.c.user_id)
+# stops at the first due row instead of sorting every due row. Sessions whose garth exchange
+# Garmin refused in doubt come after every other: never synced since, they would head the
+# order, and each costs a skip that asks Garmin; a call answers "nothing due" after a few.
+_DUE_ORDER = (
+    T.c.first_doubtful_refusal_at.is_not(None),
+    T.c.last_synced_at.is_not(None),
+    T.c.last_synced_at,
+    T.c.user_id,
+)
 
 # The fencing token grows in the same statement that grants: no two grants can ever share a
 # token, and a later grant always sees a larger one.
@@ -309,7 +326,7 @@ class SqlLeaseRepository:
         """Lease the most overdue free ACTIVE session (of a user whose id starts with
         `user_id_prefix`, when given); None when nothing is due."""
         values = {**_grant_params(lease_digest, holder, caller, now, expires_at)}
-        values["p_due_before"] = due_before
+        values.update(_due_params(now, due_before))
         if user_id_prefix is not None:
             values["p_prefix"] = user_id_prefix
             if self._postgresql:
@@ -459,7 +476,9 @@ class SqlLeaseRepository:
             )
             return HandoverRows(released, granted)
         params = _grant_params(lease_digest, holder, caller, now, expires_at)
-        params.update(p_lease_id=released_digest, p_due_before=due_before, p_trail_caller=caller)
+        params.update(
+            _due_params(now, due_before), p_lease_id=released_digest, p_trail_caller=caller
+        )
         if synced_through is not None:
             params["p_synced_through"] = synced_through
         if user_id_prefix is not None:
@@ -511,6 +530,10 @@ class SqlLeaseRepository:
 
     def _first(self, statement: Update | Select[Any], params: dict[str, Any]) -> Any:
         return _DRIVER[statement].first(self.session, params)
+
+
+def _due_params(now: datetime, due_before: datetime) -> dict[str, Any]:
+    return {"p_due_before": due_before, "p_in_doubt_before": now - GARTH_IN_DOUBT_RETRY}
 
 
 def _grant_params(

@@ -199,9 +199,11 @@ class GarminAuthenticationState(Base):
         # oldest sync) and stops at the first due one: an index in exactly that order, over
         # ACTIVE rows only, keeps it flat however many sessions are stored. The order is
         # spelled (last_synced_at IS NOT NULL, last_synced_at) because SQLite indexes cannot
-        # say NULLS FIRST and PostgreSQL's ascending order puts NULLs last.
+        # say NULLS FIRST and PostgreSQL's ascending order puts NULLs last. Sessions whose
+        # garth exchange Garmin refused in doubt come after every other (lease_repository).
         Index(
             "ix_garmin_authentication_state_due",
+            text("(first_doubtful_refusal_at IS NOT NULL)"),
             text("(last_synced_at IS NOT NULL)"),
             "last_synced_at",
             "user_id",

@@ -1,4 +1,5 @@
-"""When Garmin first refused a garth session's exchange in doubt: first_doubtful_refusal_at.
+"""When Garmin first refused a garth session's exchange in doubt: first_doubtful_refusal_at,
+and LeaseNextSession's due order puts such sessions after every other.
 
 Revision ID: 0017
 Revises: 0016
@@ -11,7 +12,9 @@ replica that sees none (after a restart; with every garth session left dead) kep
 sessions for ever, asking Garmin about each at every grant. first_doubtful_refusal_at is when
 Garmin first refused the stored session's exchange in doubt since its tokens last changed: in
 the row, so a restart does not forget it, and a refusal in doubt GARMIN_AUTH_GARTH_REFUSAL_GRACE
-after it ends the session. Existing rows start with NULL, as if never refused.
+after it ends the session. Existing rows start with NULL, as if never refused. The due
+index leads with whether the column is set, so LeaseNextSession grants every other due
+session before one refused in doubt (which it would skip, asking Garmin again).
 """
 
 from __future__ import annotations
@@ -34,19 +37,31 @@ KEEPALIVE_INDEX = "ix_garmin_authentication_state_keepalive"
 ACTIVE_DI = sa.text("state = 'ACTIVE' AND session_kind = 'DI_OAUTH2'")
 
 
-def _partial_indexes_kept() -> None:
-    """SQLite's batch mode copies the table and loses its partial indexes: put them back
-    exactly as 0003 and 0016 made them."""
+ACTIVE_ONLY = sa.text("state = 'ACTIVE'")
+# LeaseNextSession's order (0003), and now with the sessions refused in doubt after every
+# other due one: enough dead garth sessions at the head of the due order used up every call's
+# skips, and the users behind them were never granted.
+SYNC_ORDER: list[sa.TextClause | str] = [
+    sa.text("(last_synced_at IS NOT NULL)"),
+    "last_synced_at",
+    "user_id",
+]
+DUE_ORDER: list[sa.TextClause | str] = [sa.text(f"({COLUMN} IS NOT NULL)"), *SYNC_ORDER]
+
+
+def _due_index(columns: list[sa.TextClause | str]) -> None:
+    op.execute(f"DROP INDEX IF EXISTS {DUE_INDEX}")
+    op.create_index(
+        DUE_INDEX, TABLE, columns, postgresql_where=ACTIVE_ONLY, sqlite_where=ACTIVE_ONLY
+    )
+
+
+def _keepalive_index_kept() -> None:
+    """SQLite's batch mode copies the table and loses its partial indexes: put keep-alive's
+    back exactly as 0016 made it (the due index is made by _due_index)."""
     if op.get_bind().dialect.name != "sqlite":
         return
-    op.execute(f"DROP INDEX IF EXISTS {DUE_INDEX}")
     op.execute(f"DROP INDEX IF EXISTS {KEEPALIVE_INDEX}")
-    op.create_index(
-        DUE_INDEX,
-        TABLE,
-        [sa.text("(last_synced_at IS NOT NULL)"), "last_synced_at", "user_id"],
-        sqlite_where=sa.text("state = 'ACTIVE'"),
-    )
     op.create_index(
         KEEPALIVE_INDEX,
         TABLE,
@@ -66,10 +81,13 @@ def upgrade() -> None:
     with op.batch_alter_table(TABLE, recreate=_recreate()) as table:
         # models.UTCDateTime: timestamptz on PostgreSQL, naive-UTC DATETIME on SQLite.
         table.add_column(sa.Column(COLUMN, sa.DateTime(timezone=True), nullable=True))
-    _partial_indexes_kept()
+    _keepalive_index_kept()
+    _due_index(DUE_ORDER)
 
 
 def downgrade() -> None:
+    op.execute(f"DROP INDEX IF EXISTS {DUE_INDEX}")
     with op.batch_alter_table(TABLE, recreate=_recreate()) as table:
         table.drop_column(COLUMN)
-    _partial_indexes_kept()
+    _keepalive_index_kept()
+    _due_index(SYNC_ORDER)

@@ -319,3 +319,54 @@ def test_worker_runs_end_dead_garth_sessions_after_the_grace(
 
     states = {user_id: read_row(db_sessionmaker, user_id).state for user_id in DEAD}
     assert set(states.values()) == {SessionState.AUTH_EXPIRED}, states
+
+
+def _hourly_run(service: LeaseService, clock: FakeClock) -> list[str]:
+    """A worker run with a one-hour minimum interval: LeaseNextSession until nothing is due
+    (each synced user's release carried by the next call)."""
+    interval = timedelta(hours=1)
+    synced: list[str] = []
+    grant = service.lease_next_session("worker", None, interval)
+    while grant is not None:
+        synced.append(grant.lease.user_id)
+        _, grant = service.release_and_lease_next_checked(
+            grant.lease.lease_id, clock.now(), "worker", None, interval
+        )
+    return synced
+
+
+def test_more_dead_garth_sessions_than_a_call_skips_do_not_hide_the_users_behind_them(
+    accounts: GarminAccounts,
+    emulator: GarminEmulator,
+    service: LeaseService,
+    db_sessionmaker: sessionmaker[Session],
+    box: SecretBox,
+    clock: FakeClock,
+) -> None:
+    """A call skips at most MAX_REJECTED_SKIPS (5) sessions that ask Garmin, then answers
+    "nothing due", which ends the run. Before, dead garth sessions (never synced: at the head
+    of the due order) were due again once the worker's interval had passed: 40 of them used
+    up every hourly run, and the DI users behind them were never synced (review s26). Now a
+    session refused in doubt comes after every other due one, and asks Garmin again only
+    GARTH_IN_DOUBT_RETRY (6 h) after its last attempt."""
+    dead = tuple(f"a-dead-{n:02}" for n in range(40))
+    _seed_dead_garth_sessions(accounts, dead)
+    di = DiAccounts(emulator, clock, db_sessionmaker, box)
+    for user_id in DI_USERS:
+        di.seed(user_id, access_in=timedelta(days=30))
+    forget_all()  # a restart: every refusal is in doubt
+    clock.advance(2)
+
+    runs = []
+    for _hour in range(24):
+        runs.append(_hourly_run(service, clock))
+        clock.advance(timedelta(hours=1).total_seconds())
+
+    # Each dead session is asked about once before the DI users come first (8 runs of 5),
+    # then the DI users are synced whenever due: every other hourly run with a 1 h interval.
+    first = next(n for n, run in enumerate(runs) if run)
+    assert first == len(dead) // 5, runs
+    assert all(run == list(DI_USERS) for run in runs[first::2]), runs
+    # At most once per 6 h each: 24 h of runs asked Garmin 4 times per dead session at most.
+    assert len(dead) <= emulator.request_count(EXCHANGE_PATH) <= 4 * len(dead)
+    assert {read_row(db_sessionmaker, u).state for u in dead} == {SessionState.ACTIVE}

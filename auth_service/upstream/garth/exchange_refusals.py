@@ -84,10 +84,11 @@ class ExchangeRecord:
             self._logged_at = now
             accepted, refused = self._accepted, len(self._refused)
         log.error(
-            "Garmin refused a garth token exchange (HTTP 401), and %s: taken as Garmin "
-            "refusing our OAuth consumer or this machine's clock, not the session, which stays "
-            "as it is; if it lasts, check GARMIN_AUTH_OAUTH_CONSUMER_KEY and "
-            "GARMIN_AUTH_OAUTH_CONSUMER_SECRET, and the clock (OAuth1 signs its time)",
+            "Garmin refused a garth token exchange (HTTP 401), and %s: maybe Garmin refusing "
+            "our OAuth consumer or this machine's clock rather than the session, which is kept "
+            "until GARMIN_AUTH_GARTH_REFUSAL_GRACE after its first such refusal; if it lasts, "
+            "check GARMIN_AUTH_OAUTH_CONSUMER_KEY and GARMIN_AUTH_OAUTH_CONSUMER_SECRET, and "
+            "the clock (OAuth1 signs its time)",
             f"{'at least ' if refused >= _COUNTED_REFUSALS else ''}{refused} sessions were "
             "refused since the last exchange it accepted"
             if accepted
