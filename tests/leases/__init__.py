@@ -34,6 +34,7 @@ from auth_service.storage.unit_of_work import SqlStore
 from auth_service.upstream.di.provider import DiUpstream
 from auth_service.upstream.garth.provider import GarthUpstream
 from auth_service.upstream.router import UpstreamRouter
+from garmin_client.settings import UpstreamSettings
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
 
 PASSWORD = "correct horse battery staple"
@@ -232,3 +233,17 @@ def build_service(
     gate = GarminGate(uow, limits)
     refresher = SessionRefresher(uow, router, refresh or RefreshSettings(), NoRefreshEvents(), gate)
     return LeaseService(uow, refresher, settings or LeaseSettings(), gate)
+
+
+def refused_consumer_garth(emulator: GarminEmulator, consumer_key: str) -> GarthUpstream:
+    """A garth adapter signing with a consumer secret Garmin refuses (a typo in
+    GARMIN_AUTH_OAUTH_CONSUMER_SECRET): every exchange it sends is answered 401."""
+    return GarthUpstream(
+        UpstreamSettings(
+            consumer_key=consumer_key,
+            consumer_secret="typo-in-the-secret",
+            base_url=emulator.url,
+            timeout_seconds=5.0,
+            retries=0,
+        )
+    )

@@ -44,10 +44,8 @@ from auth_service.storage.models import GarminAuditEvent
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.unit_of_work import SqlStore
 from auth_service.upstream.garth.exchange_refusals import forget_all
-from auth_service.upstream.garth.provider import GarthUpstream
-from garmin_client.settings import UpstreamSettings
 from garmin_emulator import EXCHANGE_PATH, GarminEmulator
-from tests.leases import GarminAccounts, build_service, read_row
+from tests.leases import GarminAccounts, build_service, read_row, refused_consumer_garth
 from tests.refresh import DiAccounts
 
 from .conftest import CONSUMER_KEY
@@ -246,15 +244,7 @@ def test_new_tokens_clear_the_evidence_of_refusals_in_doubt(
     user_id = "good-1"
     accounts.seed(user_id, timedelta(seconds=1))  # a good session, due for an exchange
     # A replica with a consumer Garmin refuses: its every 401 is in doubt.
-    refused = GarthUpstream(
-        UpstreamSettings(
-            consumer_key=CONSUMER_KEY,
-            consumer_secret="typo-in-the-secret",
-            base_url=emulator.url,
-            timeout_seconds=5.0,
-            retries=0,
-        )
-    )
+    refused = refused_consumer_garth(emulator, CONSUMER_KEY)
     misconfigured = build_service(db_sessionmaker, box, refused, clock)
     clock.advance(2)
     with pytest.raises(GarminUnavailable):

@@ -27,10 +27,14 @@ from auth_service.domain.models import SessionState
 from auth_service.services.leases import LeaseService
 from auth_service.storage.secrets import SecretBox
 from auth_service.upstream.garth.exchange_refusals import forget_all
-from auth_service.upstream.garth.provider import GarthUpstream
-from garmin_client.settings import UpstreamSettings
 from garmin_emulator import GarminEmulator
-from tests.leases import GarminAccounts, build_service, read_row, stored_tokens
+from tests.leases import (
+    GarminAccounts,
+    build_service,
+    read_row,
+    refused_consumer_garth,
+    stored_tokens,
+)
 
 from .conftest import CONSUMER_KEY
 
@@ -44,15 +48,7 @@ def test_a_wrong_consumer_secret_does_not_end_good_garth_sessions(
     clock: FakeClock,
 ) -> None:
     tokens = accounts.seed("u-1", timedelta(seconds=1))  # a good session, due for an exchange
-    misconfigured = GarthUpstream(
-        UpstreamSettings(
-            consumer_key=CONSUMER_KEY,
-            consumer_secret="typo-in-the-secret",
-            base_url=emulator.url,
-            timeout_seconds=5.0,
-            retries=0,
-        )
-    )
+    misconfigured = refused_consumer_garth(emulator, CONSUMER_KEY)
     restarted = build_service(db_sessionmaker, box, misconfigured, clock)
     clock.advance(2)
 
