@@ -262,7 +262,9 @@ def _prune_audit(args: argparse.Namespace) -> int:
 
 
 def _hash_token(args: argparse.Namespace) -> int:
-    token = getpass.getpass("token: ") if sys.stdin.isatty() else _token_from_stdin()
+    # Stripped either way, as the service strips what follows "Bearer " (and the worker its
+    # token): a space pasted around a typed token must not be hashed into the entry.
+    token = getpass.getpass("token: ").strip() if sys.stdin.isatty() else _token_from_stdin()
     if not token:
         print("garmin-auth-service: no token given", file=sys.stderr)
         return EXIT_CONFIG

@@ -10,6 +10,8 @@ a bearer token travels, carries printable ASCII only (2 failures).
 from __future__ import annotations
 
 import hashlib
+import os
+import pty
 import subprocess
 from pathlib import Path
 
@@ -53,3 +55,34 @@ def test_printable_ascii_with_inner_spaces_is_still_hashed(tmp_path: Path) -> No
     result = hash_token(tmp_path, f"  {token} \n".encode())
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().strip() == hashlib.sha256(token.encode()).hexdigest()
+
+
+def test_a_token_typed_at_the_prompt_is_hashed_as_callers_send_it(tmp_path: Path) -> None:
+    """At a terminal the token comes from getpass(), which keeps spaces around it (a paste
+    often brings one); the service hashes what follows "Bearer " stripped, and the worker
+    strips its token too. Before, the typed spaces were hashed: an entry no caller matched."""
+    token = "a-typed-bearer-token-of-forty-characters"
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [CLI, "hash-token"],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=base_env(tmp_path),
+            # No controlling terminal to open as /dev/tty: getpass() reads the pty on stdin.
+            start_new_session=True,
+        )
+        # Typed once the prompt shows: getpass() flushes what was typed before it.
+        assert process.stderr is not None
+        prompt = b""
+        while not prompt.endswith(b"token: "):
+            prompt += process.stderr.read(1) or b"!"  # "!": end of stream, fails below
+            assert len(prompt) < 4096, prompt
+        os.write(controller, f"  {token} \n".encode())
+        out, err = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert process.returncode == 0, err.decode(errors="replace")
+    assert out.decode().splitlines()[-1] == hashlib.sha256(token.encode()).hexdigest()
