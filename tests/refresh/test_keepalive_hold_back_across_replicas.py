@@ -13,7 +13,7 @@ picks the hold-back for the count the row holds as it writes.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,21 +25,11 @@ from tests.leases import read_row
 
 from . import DiAccounts, Replica
 from .conftest import SETTINGS
+from .keepalive_bench import KeepAliveBench
 
 pytestmark = pytest.mark.timeout(120)
 
 RETRY = timedelta(seconds=SETTINGS.keepalive_retry_seconds)  # an hour
-
-
-def _failures(db: sessionmaker[Session], user_id: str) -> int:
-    failures: int = getattr(read_row(db, user_id), "keepalive_failures")  # noqa: B009
-    return failures
-
-
-def _not_before(db: sessionmaker[Session], user_id: str) -> datetime | None:
-    # Keep-alive's column, which the domain's SessionRow view does not carry.
-    held: datetime | None = getattr(read_row(db, user_id), "keepalive_not_before")  # noqa: B009
-    return held
 
 
 def _chosen(db: sessionmaker[Session], user_id: str) -> KeepAliveCandidate:
@@ -54,6 +44,7 @@ def test_a_failed_session_is_not_retried_at_once_by_an_overlapping_pass(
     replicas: tuple[Replica, Replica],
     db_sessionmaker: sessionmaker[Session],
     clock: FakeClock,
+    bench: KeepAliveBench,
 ) -> None:
     a, b = replicas
     accounts.seed("flaky", refresh_in=timedelta(days=1))  # inside the window: due
@@ -63,8 +54,8 @@ def test_a_failed_session_is_not_retried_at_once_by_an_overlapping_pass(
     before = emulator.request_count(DI_TOKEN_PATH)
     # A's pass (its batch chosen after B's) reaches the session first: 503, held back.
     assert a.keepalive._refresh_paced([chosen_by_b])["failed"] == 1
-    assert _failures(db_sessionmaker, "flaky") == 1
-    assert _not_before(db_sessionmaker, "flaky") == clock.now() + RETRY
+    assert bench.failures("flaky") == 1
+    assert bench.not_before("flaky") == clock.now() + RETRY
 
     # B's pass, overlapping, reaches the same session a moment later: left alone.
     assert b.keepalive._refresh_paced([chosen_by_b])["skipped"] == 1
@@ -73,8 +64,8 @@ def test_a_failed_session_is_not_retried_at_once_by_an_overlapping_pass(
         "the session keep-alive just held back for an hour was sent to Garmin again at once "
         "by the other replica's overlapping pass"
     )
-    assert _failures(db_sessionmaker, "flaky") == 1
-    assert _not_before(db_sessionmaker, "flaky") == clock.now() + RETRY
+    assert bench.failures("flaky") == 1
+    assert bench.not_before("flaky") == clock.now() + RETRY
 
 
 def test_a_failure_holds_back_by_the_count_the_row_has_when_written(
@@ -83,6 +74,7 @@ def test_a_failure_holds_back_by_the_count_the_row_has_when_written(
     replicas: tuple[Replica, Replica],
     db_sessionmaker: sessionmaker[Session],
     clock: FakeClock,
+    bench: KeepAliveBench,
 ) -> None:
     """B's pass is still going when A's hold-back ends (Garmin timing out for an hour), and
     B's own attempt fails too: the second failed attempt waits twice as long."""
@@ -96,8 +88,8 @@ def test_a_failure_holds_back_by_the_count_the_row_has_when_written(
 
     assert b.keepalive._refresh_paced([chosen_by_b])["failed"] == 1
 
-    assert _failures(db_sessionmaker, "flaky") == 2
-    assert _not_before(db_sessionmaker, "flaky") == clock.now() + 2 * RETRY, (
+    assert bench.failures("flaky") == 2
+    assert bench.not_before("flaky") == clock.now() + 2 * RETRY, (
         "the second failed attempt was held back as if it were the first (the count B read "
         "when its batch was chosen)"
     )
