@@ -4,11 +4,12 @@ health-check, check-config, prune-audit, demo."""
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -369,24 +370,13 @@ def _log_level(command: str) -> int:
         return logging.INFO
 
 
-class _Environment:
-    """os.environ with its secret files read at the first use, then kept for the rest of the
-    command: read again, a pipe (a shell's <(...)) would be empty. Commands that need no
-    secret (hash-token, health-check) never read them."""
-
-    def __init__(self) -> None:
-        self._read: Mapping[str, str] | None = None
-
-    def __call__(self) -> Mapping[str, str]:
-        if self._read is None:
-            self._read = read_environment()
-        return self._read
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
-    args.environment = environment = _Environment()
+    # os.environ with its secret files read at the first use, then kept for the rest of the
+    # command: read again, a pipe (a shell's <(...)) would be empty. Commands that need no
+    # secret (hash-token, health-check) never call it.
+    args.environment = environment = functools.cache(read_environment)
     try:
         configure_logging(_log_level(args.command))
         return run(args)
