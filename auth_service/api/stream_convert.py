@@ -6,20 +6,16 @@ from datetime import UTC, datetime
 
 from auth_service.api import convert
 from auth_service.domain.changes import ChangeFilter, Heartbeat, SessionChange, format_cursor
-from auth_service.domain.errors import FieldViolation, InvalidArgument
 from auth_service.domain.models import SessionState
+from auth_service.domain.validation import raise_if_any
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 
 
 def change_filter(request: pb.WatchSessionEventsRequest, scope: str | None) -> ChangeFilter:
     states: set[SessionState] = set()
     for value in request.states:
-        try:
-            state = convert.state_from_proto(value)
-        except InvalidArgument:
-            raise InvalidArgument(
-                [FieldViolation("states", f"unknown session state {value}")]
-            ) from None
+        state, unknown = convert.state_filter(value, "states")
+        raise_if_any(unknown)
         if state is not None:
             states.add(state)
     return ChangeFilter(
