@@ -49,7 +49,8 @@ class AuthServiceError(Exception):
         self.retry_after = retry_after
         # A refusal about the user named (ErrorInfo metadata scope=user: CALLER_FORBIDDEN for
         # a user outside the caller's user_id_prefix, GARMIN_RATE_LIMITED for an account
-        # waiting out its own cooldown): the worker goes on with the others.
+        # waiting out its own cooldown, GARMIN_UNAVAILABLE for Garmin's doubtful 401 to the
+        # user's garth session): the worker goes on with the others.
         self.about_user = about_user
         # The deadline passed on a call the service may spend waiting for Garmin (a grant's or
         # RefreshLease's refresh, or another replica's): Garmin slow, not the service gone.
@@ -77,8 +78,13 @@ class AuthServiceError(Exception):
     @property
     def garmin_unavailable(self) -> bool:
         """Garmin failed the service's call for this user (GARMIN_UNAVAILABLE), or kept the
-        service past the deadline: counted with the run's other Garmin outages."""
-        return self.reason == GARMIN_UNAVAILABLE or self.waited_for_garmin
+        service past the deadline: counted with the run's other Garmin outages. Not Garmin's
+        answer about this one session (GARMIN_UNAVAILABLE with scope=user: a dead garth
+        session the service keeps for its grace), which is no outage: a few of those in a
+        row must not stop the run."""
+        if self.reason == GARMIN_UNAVAILABLE:
+            return not self.about_user
+        return self.waited_for_garmin
 
     @property
     def retryable(self) -> bool:

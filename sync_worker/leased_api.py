@@ -50,6 +50,13 @@ class SessionEndedByService(Exception):
     is over, so there is nothing left to report."""
 
 
+class SessionInDoubt(Unavailable):
+    """The service's refresh found Garmin refusing this one session in doubt (GARMIN_UNAVAILABLE
+    with scope=user: a garth exchange answered 401 while Garmin may be refusing the service's
+    OAuth consumer rather than the session). The user failed, as for any Unavailable, but
+    Garmin is not down: the run counts no outage for it."""
+
+
 class LeasedApi:
     """Connect API GETs as the leased user. Not thread-safe: one per user's sync."""
 
@@ -126,8 +133,14 @@ def _meaning(exc: AuthServiceError) -> Exception:
             exc.retry_after,
             only_this_account=exc.about_user,
         )
-    if exc.reason == GARMIN_UNAVAILABLE:
-        return Unavailable("Garmin was unavailable for the service's refresh")
-    if exc.waited_for_garmin:
-        return Unavailable("the service's refresh did not answer within the call's deadline")
+    if exc.reason == GARMIN_UNAVAILABLE or exc.waited_for_garmin:
+        return _unavailable(exc)
     return exc
+
+
+def _unavailable(exc: AuthServiceError) -> Unavailable:
+    if exc.reason != GARMIN_UNAVAILABLE:
+        return Unavailable("the service's refresh did not answer within the call's deadline")
+    if exc.about_user:
+        return SessionInDoubt("Garmin refused the service's refresh of this session, in doubt")
+    return Unavailable("Garmin was unavailable for the service's refresh")

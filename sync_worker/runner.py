@@ -228,6 +228,8 @@ class _Run:
             outcome = Outcome.RATE_LIMITED
         elif exc.garmin_unavailable:
             # The service's refresh for the grant found Garmin down (or slower than the call).
+            # Not Garmin's doubtful 401 to this user's garth session (scope=user): FAILED,
+            # and no outage counted, so such users in a row do not stop the run.
             self.control.garmin_unavailable(f"LeaseSession for {user}")
         self.emit(UserResult(user, outcome, detail=f"LeaseSession: {exc}"), was_running=False)
 

@@ -53,7 +53,12 @@ from sync_worker.connect_apis import ConnectApis
 from sync_worker.control import RunControl
 from sync_worker.keeper import LeaseGone, LeaseKeeper
 from sync_worker.lease_grants import LeasedSession
-from sync_worker.leased_api import LeasedApi, ServiceRateLimited, SessionEndedByService
+from sync_worker.leased_api import (
+    LeasedApi,
+    ServiceRateLimited,
+    SessionEndedByService,
+    SessionInDoubt,
+)
 from sync_worker.renewals import Renewals
 from sync_worker.sinks import (
     Activity,
@@ -301,7 +306,7 @@ class UserSync:
             except RateLimited as exc:
                 outcome, detail = self._rate_limited(exc)
             except Unavailable as exc:
-                self._control.garmin_unavailable(f"user {self._leased.user_id}: {exc}")
+                self._garmin_failed(exc)
                 outcome, detail = Outcome.FAILED, str(exc)
             except (LeaseGone, FencingRefused) as exc:
                 outcome, detail = Outcome.LEASE_LOST, str(exc)
@@ -463,6 +468,13 @@ class UserSync:
         self._keeper.check()
         if self._control.interrupted:
             raise _Interrupted(Outcome.FAILED, "the run was stopped before this user finished")
+
+    def _garmin_failed(self, exc: Unavailable) -> None:
+        """Counted with the run's Garmin outages, unless Garmin's answer was about this
+        session alone (a doubtful refusal of its garth exchange): such users in a row must
+        not stop the run."""
+        if not isinstance(exc, SessionInDoubt):
+            self._control.garmin_unavailable(f"user {self._leased.user_id}: {exc}")
 
     def _garmin(self, call: Callable[[], T]) -> T:
         """One Garmin call, after the run's rate-limit pause (garmin_client retries it)."""

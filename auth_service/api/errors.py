@@ -112,11 +112,14 @@ def to_status(exc: BaseException) -> grpc.Status:
     """The gRPC status (with ErrorInfo and other details) answering `exc`."""
     row = row_for(exc)
     info = error_details_pb2.ErrorInfo(reason=row.reason, domain=ERROR_DOMAIN)
-    if (isinstance(exc, errors.CallerForbidden) and exc.about_user) or (
-        isinstance(exc, errors.GarminRateLimited) and exc.only_this_account
+    if (
+        (isinstance(exc, errors.CallerForbidden) and exc.about_user)
+        or (isinstance(exc, errors.GarminRefusalInDoubt))
+        or (isinstance(exc, errors.GarminRateLimited) and exc.only_this_account)
     ):
-        # About the user named (out of the caller's scope; its account waits out Garmin's
-        # 429): the caller itself may go on with others (README, Errors).
+        # About the user named (out of the caller's scope; Garmin's doubtful 401 to its
+        # garth session; its account waits out Garmin's 429): the caller itself may go on
+        # with others, and a worker does not count it as an outage (README, Errors).
         info.metadata["scope"] = "user"
     details = [_pack(info)]
     if isinstance(exc, errors.InvalidArgument):
