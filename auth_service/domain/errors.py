@@ -46,6 +46,26 @@ class InvalidArgument(DomainError):
         self.violations = list(violations)
 
 
+class RefreshTokenImportedElsewhere(InvalidArgument):
+    """An import brought the DI refresh token that the ACTIVE session of another user id was
+    imported from. Refresh tokens rotate: two sessions refreshing from one token lose the
+    account, so the import is refused before Garmin is asked, and nothing changes."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(
+            [
+                FieldViolation(
+                    field,
+                    "its refresh token was imported for another user id, whose session is "
+                    "active: one Garmin session cannot serve two user ids (each refresh "
+                    "rotates the refresh token); sign this user in instead, or disconnect "
+                    "the other user id first",
+                )
+            ]
+        )
+        self.field = field
+
+
 class CallerUnauthenticated(DomainError):
     """No or an unknown caller credential."""
 

@@ -143,6 +143,13 @@ def refresh_token_digest(refresh_token: str) -> str:
     return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
 
 
+def imported_refresh_digest(refresh_token: str) -> str:
+    """What a row keeps of the DI refresh token an import brought: its whole lowercase hex
+    SHA-256 (compared across rows, so no shortened digest may collide; unkeyed, as
+    refresh_token_digest)."""
+    return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()
+
+
 def rotated_history(kept: str | None, replaced_refresh_token: str) -> str:
     """The row's digests once a rotation replaced `replaced_refresh_token`: its digest first,
     then the ones kept before; past ROTATIONS_KEPT the second oldest is dropped (the oldest,

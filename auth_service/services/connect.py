@@ -453,13 +453,20 @@ def connect_tokens(
     *,
     validated: bool,
     rotated_away: str | None = None,
+    imported_refresh_token: str | None = None,
 ) -> SessionStatusView:
     """Make `tokens` the user's ACTIVE session (every way in: Login, SubmitMfa, ImportSession,
     ExchangeServiceTicket) and record it in the same transaction, naming the live lease it
-    ended, if any. `rotated_away`: the refresh token whose refresh gave `tokens`."""
+    ended, if any. `rotated_away`: the refresh token whose refresh gave `tokens`.
+    `imported_refresh_token`: the DI refresh token an import brought."""
     ended = live_lease(locked, uow.now)
     row = uow.sessions.install_tokens(
-        locked, tokens, uow.now, validated=validated, rotated_away=rotated_away
+        locked,
+        tokens,
+        uow.now,
+        validated=validated,
+        rotated_away=rotated_away,
+        imported_refresh_token=imported_refresh_token,
     )
     uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=ended)
     return status_view(row, uow.now)

@@ -45,6 +45,7 @@ from auth_service.domain.errors import (
     GarminUnavailable,
     InvalidArgument,
     LeaseHeld,
+    RefreshTokenImportedElsewhere,
     SecretUnreadable,
 )
 from auth_service.domain.garmin_limits import GarminCall, GarminLimitSettings, endpoints_of
@@ -129,6 +130,15 @@ class SessionImport:
             return self._import_token_file(user_id, tokens)
         return self._install_as_given(user_id, tokens)
 
+    def _refuse_if_imported_elsewhere(self, user_id: str, tokens: GarminTokens) -> None:
+        """Raise RefreshTokenImportedElsewhere when another user id's ACTIVE session was
+        imported from the token file's refresh token, before Garmin is asked: refreshing
+        from it would kill that session's chain (or, if Garmin answers a reused token by
+        revoking the newest too, the other user's session; the facts file leaves it open)."""
+        with self._uow() as uow:
+            if uow.sessions.imported_elsewhere(user_id, tokens.oauth2.refresh_token):
+                raise RefreshTokenImportedElsewhere("garminconnect_tokens")
+
     @staticmethod
     def _parsed(
         parse: Callable[[str], GarminTokens],
@@ -145,13 +155,33 @@ class SessionImport:
     # --- tokens stored as given ----------------------------------------------------------
 
     def _install_as_given(self, user_id: str, tokens: GarminTokens) -> SessionStatusView:
+        try:
+            return self._store_as_given(user_id, tokens)
+        except RefreshTokenImportedElsewhere:
+            # The check, or another user id's import of the token committed after it (the
+            # unique index): the caller's field either way.
+            raise RefreshTokenImportedElsewhere("session") from None
+
+    def _store_as_given(self, user_id: str, tokens: GarminTokens) -> SessionStatusView:
+        # A DI refresh token held by two rows would be refreshed by both, and the second
+        # refresh loses the account: one imported token, one ACTIVE session.
+        imported = tokens.oauth2.refresh_token if tokens.kind is SessionKind.DI_OAUTH2 else None
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
             retry = _retry_of(uow, row, tokens)
             if retry is not None:
                 return _unchanged(uow, row, retry)
+            if imported is not None and uow.sessions.imported_elsewhere(user_id, imported):
+                raise RefreshTokenImportedElsewhere("session")
             uow.challenges.delete_for_user(user_id)
-            return connect_tokens(uow, row, tokens, AuditedRpc.IMPORT_SESSION, validated=False)
+            return connect_tokens(
+                uow,
+                row,
+                tokens,
+                AuditedRpc.IMPORT_SESSION,
+                validated=False,
+                imported_refresh_token=imported,
+            )
 
     # --- a token file: refreshed first -----------------------------------------------------
 
@@ -161,6 +191,7 @@ class SessionImport:
             retried = self._as_retry(user_id, tokens)
             if retried is not None:
                 return retried
+            self._refuse_if_imported_elsewhere(user_id, tokens)
             try:
                 return self._refresh_and_install(user_id, tokens, waited=waited)
             except GarminRateLimited as refused:
@@ -246,6 +277,28 @@ class SessionImport:
     def _install(
         self, user_id: str, imported: GarminTokens, fresh: GarminTokens
     ) -> SessionStatusView:
+        try:
+            return self._install_marked(user_id, imported, fresh, imported_from=imported)
+        except RefreshTokenImportedElsewhere:
+            # Another user id's import of the same token (given field by field, so Garmin was
+            # not asked) committed after this one's check: the pair Garmin just rotated the
+            # file's token into is the only live one, and dropping it loses the account. It
+            # is stored all the same, unmarked.
+            log.warning(
+                "user %s: the token file was imported for another user id meanwhile; storing "
+                "the pair Garmin rotated it into all the same",
+                user_id,
+            )
+            return self._install_marked(user_id, imported, fresh, imported_from=None)
+
+    def _install_marked(
+        self,
+        user_id: str,
+        imported: GarminTokens,
+        fresh: GarminTokens,
+        *,
+        imported_from: GarminTokens | None,
+    ) -> SessionStatusView:
         with self._uow() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
             uow.challenges.delete_for_user(user_id)  # supersedes a pending login
@@ -256,6 +309,9 @@ class SessionImport:
                 AuditedRpc.IMPORT_SESSION,
                 validated=True,
                 rotated_away=imported.oauth2.refresh_token,
+                imported_refresh_token=(
+                    None if imported_from is None else imported_from.oauth2.refresh_token
+                ),
             )
 
     def _refresh_held(self, imported: SessionStatusView) -> SessionStatusView:

@@ -51,6 +51,8 @@ OUTCOME_REASON_LENGTH = 64
 CLAIM_ID_LENGTH = 64
 ENDPOINT_LENGTH = 32
 SHA256_HEX_LENGTH = 64
+# The rows whose imported refresh token no other row may share.
+IMPORTED_AND_ACTIVE = "state = 'ACTIVE' AND imported_refresh_sha256 IS NOT NULL"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -194,6 +196,14 @@ class GarminAuthenticationState(Base):
     # this ends the session (auth_service.domain.policies.doubtful_refusal_ends).
     first_doubtful_refusal_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    # Added by migration 0018. The SHA-256 (hex) of the DI refresh token an ImportSession
+    # brought (a token file's, or one given field by field), kept through the session's
+    # rotations; NULL after a sign-in, and for garth sessions. DI refresh tokens rotate, so
+    # two rows refreshing from one token lose the account: an import of a refresh token an
+    # ACTIVE row of another user id was imported from is refused before Garmin is asked, and
+    # the unique index below refuses two such rows committed at once.
+    imported_refresh_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH))
+
     __table_args__ = (
         # LeaseNextSession walks ACTIVE sessions in sync order (never synced first, then the
         # oldest sync) and stops at the first due one: an index in exactly that order, over
@@ -218,6 +228,14 @@ class GarminAuthenticationState(Base):
             "refresh_token_expires_at",
             postgresql_where=text("state = 'ACTIVE' AND session_kind = 'DI_OAUTH2'"),
             sqlite_where=text("state = 'ACTIVE' AND session_kind = 'DI_OAUTH2'"),
+        ),
+        # One imported refresh token, one ACTIVE session (imported_refresh_sha256).
+        Index(
+            "ix_garmin_authentication_state_imported_refresh",
+            "imported_refresh_sha256",
+            unique=True,
+            postgresql_where=text(IMPORTED_AND_ACTIVE),
+            sqlite_where=text(IMPORTED_AND_ACTIVE),
         ),
     )
 

@@ -13,14 +13,16 @@ import logging
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, Update, case, select, update
+from sqlalchemy import Row, Select, Update, case, exists, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from auth_service.crypto import DecryptionError
-from auth_service.domain.errors import SecretUnreadable
+from auth_service.domain.errors import RefreshTokenImportedElsewhere, SecretUnreadable
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
-from auth_service.domain.views import SessionRow, rotated_history
+from auth_service.domain.views import SessionRow, imported_refresh_digest, rotated_history
 from auth_service.storage import session_rows as rows
 from auth_service.storage.executor import Executor
+from auth_service.storage.models import IMPORTED_AND_ACTIVE
 from auth_service.storage.secrets import SecretBox
 from auth_service.storage.upsert import insert_ignoring_conflict
 from auth_service.storage.user_scope import starts_with
@@ -40,6 +42,15 @@ _INSTALL = (
     .where(_BY_USER, T.c.session_version == rows.VERSION)
     .values(rows.INSTALLED)
     .returning(*T.c)
+)
+# The partial unique index ix_garmin_authentication_state_imported_refresh serves it: its
+# predicate spelled as the index's (a bound state would not prove it to a generic plan).
+_IMPORTED_ELSEWHERE = select(
+    exists().where(
+        text(IMPORTED_AND_ACTIVE),
+        T.c.imported_refresh_sha256 == rows.IMPORTED_REFRESH_SHA256,
+        T.c.user_id != rows.USER_ID,
+    )
 )
 _MFA_PENDING = (
     update(T)
@@ -155,20 +166,44 @@ class SqlSessionRepository:
         *,
         validated: bool,
         rotated_away: str | None = None,
+        imported_refresh_token: str | None = None,
     ) -> SessionRow:
         user_id = locked.user_id
-        row = self._one(
-            _INSTALL,
-            **self.sealed_over(locked.session_version, user_id, tokens),
-            p_user_id=user_id,
-            p_now=now,
-            p_validated_at=now if validated else None,
-            p_rotated_refresh_sha256=(
-                rotated_history(None, rotated_away) if rotated_away is not None else None
-            ),
-        )
+        try:
+            row = self._one(
+                _INSTALL,
+                **self.sealed_over(locked.session_version, user_id, tokens),
+                p_user_id=user_id,
+                p_now=now,
+                p_validated_at=now if validated else None,
+                p_rotated_refresh_sha256=(
+                    rotated_history(None, rotated_away) if rotated_away is not None else None
+                ),
+                p_imported_refresh_sha256=(
+                    None
+                    if imported_refresh_token is None
+                    else imported_refresh_digest(imported_refresh_token)
+                ),
+            )
+        except IntegrityError:
+            # The statement sets no other unique column: another user id's import of the
+            # same refresh token committed after this import's check
+            # (ix_garmin_authentication_state_imported_refresh). The transaction is over.
+            if imported_refresh_token is None:
+                raise
+            raise RefreshTokenImportedElsewhere("refresh_token") from None
         assert row is not None  # the use case locked or created it in this transaction
         return row
+
+    def imported_elsewhere(self, user_id: str, refresh_token: str) -> bool:
+        found = self.session.execute(
+            _IMPORTED_ELSEWHERE,
+            {
+                "p_user_id": user_id,
+                "p_imported_refresh_sha256": imported_refresh_digest(refresh_token),
+            },
+        ).scalar()
+        return bool(found)
 
     def mark_mfa_pending(self, user_id: str, now: datetime) -> SessionRow:
         row = self._one(_MFA_PENDING, p_user_id=user_id, p_now=now)

@@ -54,6 +54,9 @@ KEEPALIVE_NOT_BEFORE = bindparam("p_keepalive_not_before", type_=UTCDateTime())
 ROTATED_REFRESH_SHA256 = bindparam(
     "p_rotated_refresh_sha256", type_=T.c.rotated_refresh_sha256.type
 )
+IMPORTED_REFRESH_SHA256 = bindparam(
+    "p_imported_refresh_sha256", type_=T.c.imported_refresh_sha256.type
+)
 
 
 def reason_param(reason: str) -> str:
@@ -87,10 +90,13 @@ NOTHING_ROTATED: dict[str, Any] = {"rotated_refresh_sha256": None}
 # p_rotated_refresh_sha256: NULL, but for a token file's pair refreshed before it was
 # stored: the digest of the file's refresh token, which that refresh killed (so the same
 # file sent again is known for a retry, views.rotated_away).
+# p_imported_refresh_sha256: the digest of the DI refresh token an ImportSession brought (the
+# file's, or the one given), NULL for a sign-in (models: no other user id may import it).
 INSTALLED: dict[str, Any] = {
     **ENDED_LEASE,
     **CLAIM_ENDED,
     "rotated_refresh_sha256": ROTATED_REFRESH_SHA256,
+    "imported_refresh_sha256": IMPORTED_REFRESH_SHA256,
     "state": ACTIVE,
     "session_ciphertext": CIPHERTEXT,
     "session_version": T.c.session_version + 1,

@@ -32,6 +32,9 @@ MAKERS: dict[type[errors.DomainError], Callable[[], errors.DomainError]] = {
     errors.InvalidArgument: lambda: errors.InvalidArgument(
         [errors.FieldViolation("user_id", "is required")]
     ),
+    errors.RefreshTokenImportedElsewhere: lambda: errors.RefreshTokenImportedElsewhere(
+        "garminconnect_tokens"
+    ),
     errors.LoginRateLimited: lambda: errors.LoginRateLimited("slow down", 12.2),
     errors.ValidateRateLimited: lambda: errors.ValidateRateLimited("not yet", 41.5),
 }
@@ -100,9 +103,10 @@ def test_what_a_caller_gets_for_each_error_class(cls: type[errors.DomainError]) 
         assert retry == []
     bad_request = _of(error_details_pb2.BadRequest, details)
     if status.code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert isinstance(exc, errors.InvalidArgument)
         assert len(bad_request) == 1
         assert [(v.field, v.description) for v in bad_request[0].field_violations] == [
-            ("user_id", "is required")
+            (v.field, v.description) for v in exc.violations
         ]
     else:
         assert bad_request == []
