@@ -95,6 +95,7 @@ class LeaseService:
     ) -> None:
         self._uow = uow
         self._settings = settings
+        self._refresher = refresher
         self._refresh = CentralRefresh(uow, refresher)
         # Garmin's 429s as every replica sees them: a worker's, reported at its release,
         # start the account's cooldown there, and a cooldown of the Connect API holds back
@@ -530,13 +531,45 @@ class LeaseService:
         """Garmin definitely rejected the session: AUTH_EXPIRED, secrets wiped, lease ended.
         Not when Garmin refused the access token of another version than the stored one
         (`session_version`; 0: unknown): the service refreshed the session since, and a
-        refusal of a replaced token says nothing of the session (INVALID_ARGUMENT)."""
+        refusal of a replaced token says nothing of the session (INVALID_ARGUMENT).
+
+        Nor while a refresh of the version refused is out at Garmin (the holder's other
+        request's RefreshLease, say): the report waits for it, as a refresh would. If Garmin
+        rotated the pair, the session lives and the report is of a replaced version; ended
+        under it, the session would lose the pair Garmin just issued. A report of an unknown
+        version (0) counts as one of the version it first found."""
         raise_if_any(
             check_opaque_id(lease_id, "lease_id"),
             check_reason(reason),
             check_known_version(session_version),
         )
         digest = lease_digest(lease_id)
+        outcome = self._invalidate_unless_refreshing(
+            lease_id, digest, reason, session_version, user_id_prefix
+        )
+        if isinstance(outcome, _RefreshUnderWay):
+            self._refresher.wait_for_claim(outcome.user_id, outcome.version)
+            outcome = self._invalidate_unless_refreshing(
+                lease_id, digest, reason, outcome.version, user_id_prefix, waited=True
+            )
+        assert not isinstance(outcome, _RefreshUnderWay)
+        if outcome is None:
+            raise _lease_lost()
+        log.info("session of user %s invalidated by its lease holder", outcome.user_id)
+        return outcome
+
+    def _invalidate_unless_refreshing(
+        self,
+        lease_id: str,
+        digest: str,
+        reason: str,
+        session_version: int,
+        user_id_prefix: str | None,
+        *,
+        waited: bool = False,
+    ) -> SessionStatusView | _RefreshUnderWay | None:
+        """One try at report_invalidated's write: the status it left (None: the lease is
+        gone), or, before any write, the refresh under way on the version refused."""
         with self._uow() as uow:
             row = None
             leased = held_by_caller(uow, lease_id, user_id_prefix)
@@ -546,12 +579,11 @@ class LeaseService:
                 locked = uow.sessions.lock(leased.user_id)
                 if locked is not None and live_lease_of(locked, digest, uow.now) is not None:
                     check_refresh_of(locked.session_version, session_version)
+                    claim = locked.refresh_claimed_until
+                    if not waited and claim is not None and claim > uow.now:
+                        return _RefreshUnderWay(locked.user_id, locked.session_version)
                 row = uow.leases.invalidate(digest, now=uow.now, reason=reason)
-            status = _reported(uow, AuditedRpc.REPORT_INVALIDATED, digest, row)
-        if status is None:
-            raise _lease_lost()
-        log.info("session of user %s invalidated by its lease holder", status.user_id)
-        return status
+            return _reported(uow, AuditedRpc.REPORT_INVALIDATED, digest, row)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -575,6 +607,14 @@ class LeaseService:
             return opened
         self._refresh.release_unused(opened.lease, opened.rpc, opened.error)
         raise opened.error
+
+
+@dataclass(frozen=True)
+class _RefreshUnderWay:
+    """A refresh of session `version` of the user is out at Garmin (a live claim)."""
+
+    user_id: str
+    version: int
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,26 @@ class SessionRefresher:
             user_id, expected_version, asker, wait=False, unleased=True, keepalive=True
         )
 
+    def wait_for_claim(self, user_id: str, version: int) -> None:
+        """Wait while a claim on session `version` of the user is live (its refresh out at
+        Garmin): until the claim ends, by a stored pair or a release, or the version moves.
+        Raises StillRefreshingElsewhere when the wait runs out (wait_seconds, or the RPC's
+        answer time), as a refresh waiting on the claim would."""
+        deadline = answer_by(time.monotonic() + self._settings.wait_seconds)
+        while True:
+            with self._uow() as uow:
+                row = uow.leases.find(user_id)
+                now = uow.now
+            if (
+                row is None
+                or row.session_version != version
+                or row.refresh_claimed_until is None
+                or row.refresh_claimed_until <= now
+            ):
+                return
+            self._may_wait(user_id, wait=True, deadline=deadline)
+            time.sleep(POLL_SECONDS)
+
     def refusal(self, user_id: str) -> GarminRateLimited | None:
         """Why the gate would refuse a refresh of the user's session now (None: it would
         let it through, or there is no session), read without claiming anything; a refusal
