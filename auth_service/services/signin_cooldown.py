@@ -1,7 +1,9 @@
-"""The per-account sign-in cooldown: after Garmin's sign-in (SSO) answered 429 for a user, the
-logins of that user and of every user signed in to the same Garmin account (its email) are
-refused (GARMIN_RATE_LIMITED, with RetryInfo) without calling Garmin, on every replica, until
-the cooldown ends. Retrying into a 429 only extends Garmin's block.
+"""The per-account sign-in cooldown: after Garmin answered 429 in a user's sign-in, the logins
+of that user and of every user signed in to the same Garmin account (its email) are refused
+(GARMIN_RATE_LIMITED, with RetryInfo) without calling Garmin, on every replica, until the
+cooldown ends. Retrying into a 429 only extends Garmin's block. The sign-in page's (SSO) 429
+costs the account hours (GARMIN_AUTH_SIGNIN_COOLDOWN); another endpoint's, or any with that
+turned off, the wait Garmin asked for.
 
 ExchangeServiceTicket is not held back: a ticket from the user's own browser is the way in
 while Garmin blocks this server's sign-ins.
@@ -80,24 +82,30 @@ class SignInCooldown:
                 )
 
     def _start_for(self, uow: UnitsOfWork, keys: SignInKeys, limited: GarminRateLimited) -> None:
-        """Start the user's cooldown for Garmin's 429 `limited`, when it is the SSO's; sets
-        its retry_after_seconds to the cooldown's length."""
+        """Start the user's and its account's cooldown for Garmin's 429 `limited`; sets its
+        retry_after_seconds to the cooldown's length.
+
+        The SSO's 429 (or one whose endpoint is unknown) costs the account `seconds` of
+        sign-ins, or Garmin's Retry-After if longer. Any other 429 met in a sign-in (the
+        token endpoint's), and every 429 with the cooldown turned off, holds the account's
+        sign-ins back for the wait the gate imposed (Garmin's own, capped): the gate keys
+        its cooldowns by user id, and another user id of the same Garmin account must not
+        sign in straight into Garmin's 429 from any replica."""
         if limited.held_back is not None:
             return  # answered without Garmin (auth_service.services.garmin_gate)
-        if self._seconds <= 0:
-            return  # turned off (GARMIN_AUTH_SIGNIN_COOLDOWN=0): Garmin's answer as it is
-        if limited.endpoint not in (None, GarminEndpoint.SSO):
-            # The ticket exchange's token endpoint, which every refresh shares: the gate
-            # holds the account back for that answer's own Retry-After. Only the SSO's
-            # 429 (or one whose endpoint is unknown) costs the user hours of sign-ins.
-            return
-        # Garmin's Retry-After as it asked, not as capped for the account's other calls.
-        asked = min(limited.asked_seconds or 0.0, SIGNIN_RETRY_AFTER_MAX_SECONDS)
-        seconds = max(self._seconds, asked)
+        if self._seconds > 0 and limited.endpoint in (None, GarminEndpoint.SSO):
+            # Garmin's Retry-After as it asked, not as capped for the account's other calls.
+            asked = min(limited.asked_seconds or 0.0, SIGNIN_RETRY_AFTER_MAX_SECONDS)
+            seconds = max(self._seconds, asked)
+        else:
+            # The gate's wait (auth_service.services.garmin_gate.rate_limited set it).
+            seconds = limited.retry_after_seconds or 0.0
+            if seconds <= 0:
+                return
         with uow() as unit:
             unit.throttle.start_cooldown(keys, unit.now + timedelta(seconds=seconds), now=unit.now)
         log.warning(
-            "Garmin's sign-in answered 429 for user %s; no login for %.0fs to its Garmin account",
+            "Garmin answered 429 in a sign-in of user %s; no login for %.0fs to its Garmin account",
             keys.user_id,
             seconds,
         )
