@@ -303,12 +303,15 @@ class GarminLimitRepository(Protocol):
         or another call's probe is still out."""
         ...
 
-    def close_breaker(self, endpoint: GarminEndpoint) -> None:
-        """The probe was answered: calls go through again, counting from zero."""
+    def close_breaker(self, endpoint: GarminEndpoint, probe_until: datetime) -> None:
+        """The probe claimed until `probe_until` was answered: calls go through again,
+        counting from zero. Nothing when that probe is no longer the breaker's (it ran out
+        and another call probed, or a 429 opened the breaker again meanwhile)."""
         ...
 
-    def release_probe(self, endpoint: GarminEndpoint) -> None:
-        """The probe did not reach Garmin (or got no answer): another call may probe."""
+    def release_probe(self, endpoint: GarminEndpoint, probe_until: datetime) -> None:
+        """The probe claimed until `probe_until` did not reach Garmin (or got no answer):
+        another call may probe. Nothing when that probe is no longer the breaker's."""
         ...
 
     def purge_ended(self, now: datetime) -> int:

@@ -62,6 +62,9 @@ class Admission:
     # Until when the account's one call was claimed for this one (None: not claimed). It
     # names the claim: releasing it releases nothing a later call claimed after it expired.
     claimed_until: datetime | None = None
+    # Until when its probes were claimed: it names them, so settling them settles nothing a
+    # later probe claimed after they ran out (None: no probe).
+    probe_until: datetime | None = None
     # Endpoints the call turned out not to reach (a sign-in that stopped at the SSO): their
     # probes are handed to the next call when it is settled, never closed by its answer.
     unreached: set[GarminEndpoint] = field(default_factory=set)
@@ -131,9 +134,16 @@ class GarminGate:
                 claimed_until = uow.now + timedelta(seconds=hold)
                 refused = self._claim_call(uow, user_id, endpoints, claimed_until)
             if refused is None:
-                probes = self._claim_probes(uow, breakers)
-                if probes is not None:
-                    return Admission(user_id, endpoints, probes, claimed_until=claimed_until)
+                claimed_probes = self._claim_probes(uow, breakers)
+                if claimed_probes is not None:
+                    probes, probe_until = claimed_probes
+                    return Admission(
+                        user_id,
+                        endpoints,
+                        probes,
+                        claimed_until=claimed_until,
+                        probe_until=probe_until if probes else None,
+                    )
                 refused = (endpoints[0], "breaker_open", self._settings.probe_seconds)
             # Raised inside: the transaction rolls back whatever was claimed.
             endpoint, reason, wait = refused
@@ -209,9 +219,9 @@ class GarminGate:
 
     def _claim_probes(
         self, uow: UnitOfWork, breakers: list[Breaker]
-    ) -> frozenset[GarminEndpoint] | None:
+    ) -> tuple[frozenset[GarminEndpoint], datetime] | None:
         """Claim the probe of every half-open breaker among `breakers`, as read in this
-        transaction (None: another call took one first)."""
+        transaction, and until when (None: another call took one first)."""
         now = uow.now
         half_open = [
             breaker.endpoint for breaker in breakers if breaker.phase(now) is BreakerPhase.HALF_OPEN
@@ -220,7 +230,7 @@ class GarminGate:
         for endpoint in half_open:
             if not uow.limits.claim_probe(endpoint, now, until):
                 return None  # the transaction rolls back with the refusal: no probe kept
-        return frozenset(half_open)
+        return frozenset(half_open), until
 
     def lease_refusal(self, uow: UnitOfWork, user_id: str) -> GarminRateLimited | None:
         """Inside the caller's transaction: why a lease on the account is refused now (None:
@@ -361,7 +371,8 @@ class GarminGate:
                 # call ends.
                 return opened
             for other in admission.probes - admission.settled - {endpoint}:
-                uow.limits.release_probe(other)
+                assert admission.probe_until is not None
+                uow.limits.release_probe(other, admission.probe_until)
             if admission.claimed_until is not None and admission.user_id is not None:
                 uow.limits.release_call(admission.user_id, admission.claimed_until)
         return opened
@@ -397,10 +408,11 @@ class GarminGate:
         try:
             with self._uow() as uow:
                 for endpoint in probes:
+                    assert admission.probe_until is not None
                     if close and endpoint not in admission.not_closing:
-                        uow.limits.close_breaker(endpoint)
+                        uow.limits.close_breaker(endpoint, admission.probe_until)
                     else:
-                        uow.limits.release_probe(endpoint)
+                        uow.limits.release_probe(endpoint, admission.probe_until)
                 if release and admission.user_id is not None:
                     assert admission.claimed_until is not None
                     uow.limits.release_call(admission.user_id, admission.claimed_until)

@@ -222,17 +222,26 @@ class SqlGarminLimitRepository:
         )
         return _rows(result) == 1
 
-    def close_breaker(self, endpoint: GarminEndpoint) -> None:
+    def close_breaker(self, endpoint: GarminEndpoint, probe_until: datetime) -> None:
+        # Named by the probe's claim, as release_call is by the call's: a probe that ran out
+        # while Garmin kept it must not close a breaker a newer probe's 429 opened again
+        # (open_breaker ends every probe).
         self.session.execute(
             update(GarminEndpointBreaker)
-            .where(GarminEndpointBreaker.endpoint == endpoint.value)
+            .where(
+                GarminEndpointBreaker.endpoint == endpoint.value,
+                GarminEndpointBreaker.probe_until == probe_until,
+            )
             .values(open_until=None, probe_until=None, rate_limited_calls=0)
         )
 
-    def release_probe(self, endpoint: GarminEndpoint) -> None:
+    def release_probe(self, endpoint: GarminEndpoint, probe_until: datetime) -> None:
         self.session.execute(
             update(GarminEndpointBreaker)
-            .where(GarminEndpointBreaker.endpoint == endpoint.value)
+            .where(
+                GarminEndpointBreaker.endpoint == endpoint.value,
+                GarminEndpointBreaker.probe_until == probe_until,
+            )
             .values(probe_until=None)
         )
 
