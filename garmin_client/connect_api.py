@@ -153,7 +153,7 @@ class ConnectApi:
         if status == HTTPStatus.NO_CONTENT:
             return None
         try:
-            return json.loads(body)
+            return _parsed(body)
         # RecursionError: nested deeper than Python's stack (about 1000 levels).
         except (ValueError, RecursionError):
             raise Unavailable("Garmin answered something unreadable (Connect API)") from None
@@ -286,3 +286,23 @@ def _query(path: str, params: Mapping[str, Any] | None) -> str:
     if not pairs:
         return ""
     return ("&" if "?" in path else "?") + urlencode(pairs)
+
+
+def _parsed(body: bytes) -> Any:
+    """Garmin's JSON. An integer longer than Python reads from text (4300 digits) is read as
+    a float (an infinity, which the sinks store as null) rather than refusing the whole
+    answer: one odd summary failed its user's page, on every run, as if Garmin were down.
+    Parsed again only then, so the usual answer costs no hook per number."""
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        if "digits" not in str(exc):
+            raise
+    return json.loads(body, parse_int=_int_or_float)
+
+
+def _int_or_float(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)

@@ -129,13 +129,55 @@ def _jsonb_text(summary: Any) -> bytes:
     infinities, which Garmin's JSON may carry: only then is the summary cleaned (NaN and
     infinities become null), so one odd value does not fail its page on every run."""
     try:
-        text = json.dumps(summary, ensure_ascii=False, allow_nan=False).encode()
+        text = _dumps(summary, allow_nan=False)
     except ValueError:  # a NaN or an infinity, or a lone surrogate (UnicodeEncodeError)
         text = None
     if text is None or b"\\u0000" in text:
         # One copy, cleaned as storable() cleans and with NaN and infinities as null.
-        text = json.dumps(mapped_leaves(summary, json_leaf), ensure_ascii=False).encode()
+        text = _dumps(mapped_leaves(summary, json_leaf), allow_nan=True)
     return text
+
+
+def _dumps(value: Any, *, allow_nan: bool) -> bytes:
+    """json.dumps of a summary, however deep: the C encoder runs deeper in the stack than
+    json.loads did (psycopg adapts the value further down), so a summary nested almost as
+    deep as the parser allows raised RecursionError here, and the user failed on every run.
+    Such a summary is written without recursion instead."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=allow_nan).encode()
+    except RecursionError:
+        return _dumps_without_recursion(value, allow_nan=allow_nan).encode()
+
+
+def _dumps_without_recursion(value: Any, *, allow_nan: bool) -> str:
+    """The JSON text of parsed JSON (dicts, lists, leaves) as json.dumps writes it, with a
+    stack of its own instead of Python's (as sinks.mapped_leaves copies)."""
+    leaf = json.JSONEncoder(ensure_ascii=False, allow_nan=allow_nan).encode
+    out: list[str] = []
+    # (True, text): text to write as it is; (False, value): a value to encode.
+    pending: list[tuple[bool, Any]] = [(False, value)]
+    while pending:
+        literal, item = pending.pop()
+        if literal:
+            out.append(item)
+        elif isinstance(item, dict):
+            parts: list[tuple[bool, Any]] = [(True, "{")]
+            for index, (key, child) in enumerate(item.items()):
+                separator = ", " if index else ""
+                name = key if isinstance(key, str) else str(key)
+                parts += [(True, f"{separator}{leaf(name)}: "), (False, child)]
+            parts.append((True, "}"))
+            pending.extend(reversed(parts))
+        elif isinstance(item, list):
+            parts = [(True, "[")]
+            for index, child in enumerate(item):
+                parts += [(True, ", ")] if index else []
+                parts.append((False, child))
+            parts.append((True, "]"))
+            pending.extend(reversed(parts))
+        else:
+            out.append(leaf(item))
+    return "".join(out)
 
 
 def _problem(exc: psycopg.Error, url: str = "") -> str:

@@ -506,7 +506,9 @@ class UserSync:
             # user first in line forever; and the next run still reads the whole window, so
             # a device that uploads late is not missed.
             return self._window_start()
-        return min(max(candidates), self._now())
+        # A complete read covers the window, however old its newest item (a start time
+        # before 1970, which the service refuses, from a device clock never set).
+        return min(max(*candidates, self._window_start()), self._now())
 
     def _update(self, outcome: Outcome, detail: str) -> tuple[Outcome, str, bool]:
         """Report what must be reported; True when the lease is still to be released."""
