@@ -16,11 +16,12 @@ Keep-alive is the one caller that could hammer Garmin on its own, so it is the m
 one: its refreshes start at most `keepalive_rate` per second per replica, spaced with jitter,
 each only once one of its workers is free (handed to a busy pool instead, the refreshes a slow
 Garmin held up would all start at once when it answers again); an account waiting out a 429
-is skipped without spending a start, and left alone until its cooldown ends; and the first
-429 of a pass, or an open breaker of the token endpoint, ends the pass: the rest waits for the
-next one (auth_service.services.garmin_gate). A session it (or anyone) refreshed is not picked
-again before half its refresh token's remaining life, at most half the window (a refresh that
-leaves the expiry inside the window would otherwise be repeated every pass:
+is skipped without spending a start, and left alone until its cooldown ends; a few refreshes
+in a row that find Garmin unavailable end the pass (OUTAGE_FAILURES_ENDING_A_PASS); and the
+first 429 of a pass, or an open breaker of the token endpoint, ends the pass: the rest waits
+for the next one (auth_service.services.garmin_gate). A session it (or anyone) refreshed is
+not picked again before half its refresh token's remaining life, at most half the window
+(a refresh that leaves the expiry inside the window would otherwise be repeated every pass:
 auth_service.domain.policies.keepalive_not_before). One whose refresh failed, or met Garmin's
 429, counts one more failed attempt (keepalive_failures, 0 again once new tokens are stored)
 and is not picked for `keepalive_retry_seconds`, doubled for each earlier failed attempt up
@@ -50,6 +51,7 @@ from auth_service.domain.audit import AuditedRpc
 from auth_service.domain.errors import (
     GarminRateLimited,
     GarminSessionRejected,
+    GarminUnavailable,
     ReplicaStopping,
     SessionNotActive,
 )
@@ -60,6 +62,7 @@ from auth_service.domain.policies import (
     keepalive_retry_steps,
 )
 from auth_service.domain.repositories import KeepAliveCandidate
+from auth_service.services.refresh_askers import RefreshSlotsBusy, StillRefreshingElsewhere
 from auth_service.services.session_refresh import RefreshAsker, RefreshBusy, SessionRefresher
 from auth_service.services.unit_of_work import UnitsOfWork
 
@@ -70,6 +73,28 @@ KEEPALIVE_REJECTED = "Garmin rejected the session when keep-alive refreshed it"
 _ASKER = RefreshAsker(AuditedRpc.KEEP_ALIVE, reason_for=lambda _message: KEEPALIVE_REJECTED)
 # How often a pass waiting for its next start looks for a pushback or a stop.
 _POLL_SECONDS = 0.1
+# Refreshes in a row that found Garmin unavailable (5xx, timeouts) before a pass ends: during
+# an outage the rest of the batch would only add to Garmin's load, each failing in turn (and
+# each counting a failed attempt against its session); the next pass tries again.
+OUTAGE_FAILURES_ENDING_A_PASS = 3
+
+
+class _OutageCount:
+    """The pass's refreshes in a row that found Garmin unavailable (its workers share it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_a_row = 0
+
+    def unavailable(self) -> bool:
+        """One more; True once they are enough to end the pass."""
+        with self._lock:
+            self._in_a_row += 1
+            return self._in_a_row >= OUTAGE_FAILURES_ENDING_A_PASS
+
+    def answered(self) -> None:
+        with self._lock:
+            self._in_a_row = 0
 
 
 @dataclass(frozen=True)
@@ -161,6 +186,7 @@ class KeepAlive:
         a refresh that may reach Garmin spends a start: one whose account waits out a
         cooldown is passed over at once."""
         pushed_back = threading.Event()
+        outage = _OutageCount()
         # As many at once as the refresher lets reach Garmin; it bounds them anyway.
         workers = min(self._settings.concurrency, len(candidates))
         free = threading.Semaphore(workers)
@@ -180,7 +206,7 @@ class KeepAlive:
                 # In this thread's context (a copy each, as one context cannot be entered by
                 # two threads at once): whoever listens for its calls to Garmin hears them.
                 run = contextvars.copy_context().run
-                started.append(pool.submit(run, self._keep, candidate, pushed_back, free))
+                started.append(pool.submit(run, self._keep, candidate, pushed_back, free, outage))
                 next_start = time.monotonic() + self._spacing()
         return passed_over + Counter(future.result() for future in started)
 
@@ -224,15 +250,18 @@ class KeepAlive:
         candidate: KeepAliveCandidate,
         pushed_back: threading.Event,
         free: threading.Semaphore,
+        outage: _OutageCount,
     ) -> str:
         try:
             if pushed_back.is_set() or self._halting.is_set():
                 return "deferred"  # handed over as the pass ended: not started
-            return self._refresh_one(candidate, pushed_back)
+            return self._refresh_one(candidate, pushed_back, outage)
         finally:
             free.release()
 
-    def _refresh_one(self, candidate: KeepAliveCandidate, pushed_back: threading.Event) -> str:
+    def _refresh_one(
+        self, candidate: KeepAliveCandidate, pushed_back: threading.Event, outage: _OutageCount
+    ) -> str:
         try:
             refreshed = self._refresher.refresh_unless_claimed(
                 candidate.user_id, candidate.session_version, _ASKER
@@ -240,15 +269,26 @@ class KeepAlive:
         except (RefreshBusy, SessionNotActive, ReplicaStopping):
             return "skipped"
         except GarminSessionRejected:
+            outage.answered()
             return "ended"
         except GarminRateLimited as limited:
             self._deferred(candidate, limited, pushed_back)
             return "deferred"
         # GarminUnavailable (5xx, timeout, a refused client id), SecretUnreadable or anything
-        # unexpected; one session's failure must not stop the pass.
+        # unexpected; one session's failure must not stop the pass, Garmin's outage does.
         except Exception as exc:  # noqa: BLE001
             self._hold_back(candidate, f"failed ({type(exc).__name__})", failed=True)
+            if _garmin_down(exc) and outage.unavailable():
+                if not pushed_back.is_set():
+                    log.warning(
+                        "keep-alive: Garmin unavailable for %d refreshes in a row; the rest "
+                        "waits for the next pass",
+                        OUTAGE_FAILURES_ENDING_A_PASS,
+                    )
+                pushed_back.set()
             return "failed"
+        if refreshed.by_us:
+            outage.answered()
         return "refreshed" if refreshed.by_us else "skipped"
 
     def _deferred(
@@ -327,3 +367,11 @@ class KeepAlive:
             log.info("keep-alive of user %s %s; its session moved on", candidate.user_id, why)
             return
         log.warning("keep-alive of user %s %s; retried in %.0f s", candidate.user_id, why, wait)
+
+
+def _garmin_down(exc: Exception) -> bool:
+    """Garmin itself failed the refresh (5xx, a timeout, an unreadable answer), as opposed to
+    this replica's own limits (its refresh slots, another replica's claim)."""
+    return isinstance(exc, GarminUnavailable) and not isinstance(
+        exc, RefreshSlotsBusy | StillRefreshingElsewhere
+    )
