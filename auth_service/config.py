@@ -173,6 +173,14 @@ def mfa_claim_seconds(upstream: UpstreamSettings, client_ids: tuple[str, ...]) -
     return max(MFA_CLAIM_FLOOR_SECONDS, _call_seconds(upstream) * calls + CLAIM_MARGIN_SECONDS)
 
 
+def signin_claim_seconds(upstream: UpstreamSettings, client_ids: tuple[str, ...]) -> float:
+    """How long a Login may be with Garmin: the sign-in page's load, then what a SubmitMfa
+    may take (the credentials' POST, the exchanges). The account is held against another
+    sign-in that long: a hold that ran out while Garmin still had the first would let a
+    second sign-in of the account reach Garmin beside it."""
+    return mfa_claim_seconds(upstream, client_ids) + _call_seconds(upstream)
+
+
 # Passes of keep-alive (GARMIN_AUTH_KEEPALIVE_INTERVAL, +/-20%) that fall within a session's
 # keep-alive window at the least: one may meet Garmin's 429 or an outage, the next still finds
 # the session in time.

@@ -13,7 +13,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 
 import grpc
@@ -27,7 +27,7 @@ from auth_service.api.handlers import Pools
 from auth_service.api.interceptor import ServiceInterceptor
 from auth_service.api.reflection import enable_reflection
 from auth_service.api.servicer import GarminAuthServicer
-from auth_service.config import PREFIX, Settings, redacted_database_url
+from auth_service.config import PREFIX, Settings, redacted_database_url, signin_claim_seconds
 from auth_service.connection_limits import new_pools, server_options
 from auth_service.domain.change_ports import ChangeSignal
 from auth_service.domain.clock import Clock
@@ -154,7 +154,13 @@ def build_application(
             clock,
             upstream,
             pager,
-            login=settings.login,
+            # The sign-in's hold, sized on the upstream calls this replica makes.
+            login=replace(
+                settings.login,
+                signin_claim_seconds=signin_claim_seconds(
+                    settings.upstream, settings.di.client_ids
+                ),
+            ),
             leases=settings.leases,
             refresh=settings.refresh,
             refresh_events=metrics,

@@ -64,6 +64,10 @@ class LoginSettings:
     # its challenge that long (config.mfa_claim_seconds: from the upstream timeout, the
     # retries and the client ids).
     mfa_claim_seconds: float = 120.0
+    # How long a Login or SubmitMfa holds the Garmin account (and the gate's call of the
+    # user) against another sign-in: all its calls at their worst (config.signin_claim_
+    # seconds); never under the gate's probe timeout. 0: the probe timeout alone.
+    signin_claim_seconds: float = 0.0
     # The service URLs a DI ticket may be issued for; the first is the default (logins ask
     # for it, ExchangeServiceTicket assumes it).
     service_urls: tuple[str, ...] = (IOS_SERVICE_URL, ANDROID_SERVICE_URL)

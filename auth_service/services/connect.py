@@ -85,6 +85,9 @@ class ConnectService:
         self._in_flight = in_flight or IssuedInFlight()
         self._cooldown = SignInCooldown(settings.signin_cooldown_seconds)
         self._gate = gate or GarminGate(uow, GarminLimitSettings())
+        # The account's sign-in (and the gate's call of the user) held that long: as long as
+        # the sign-in may be with Garmin, so another cannot reach Garmin beside it.
+        self._hold_seconds = max(self._gate.exclusive_hold_seconds, settings.signin_claim_seconds)
         kind = SessionKind.GARTH if settings.flow is LoginFlow.GARTH else SessionKind.DI_OAUTH2
         self._login_endpoints = endpoints_of(GarminCall.LOGIN, kind)
 
@@ -109,7 +112,11 @@ class ConnectService:
             self._account_claimed(keys, AuditedRpc.LOGIN),
             self._cooldown.watching(self._uow, keys),
             self._gate.calling(
-                user_id, self._login_endpoints, AuditedRpc.LOGIN, exclusive=True
+                user_id,
+                self._login_endpoints,
+                AuditedRpc.LOGIN,
+                exclusive=True,
+                hold_seconds=self._hold_seconds,
             ) as call,
         ):
             # Counted once the account's one sign-in is ours: a Login refused because another
@@ -181,7 +188,7 @@ class ConnectService:
         with self._uow() as uow:
             # As long as the gate's claim of the user for the same sign-in: a replica that
             # died making it holds the account back no longer than the user.
-            until = uow.now + timedelta(seconds=self._gate.exclusive_hold_seconds)
+            until = uow.now + timedelta(seconds=self._hold_seconds)
             refusal = None
             if not uow.throttle.claim_sign_in(keys, uow.now, until):
                 refusal = self._gate.in_flight_refusal(endpoint)
@@ -253,7 +260,13 @@ class ConnectService:
             with (
                 self._account_claimed(keys, None),
                 self._cooldown.watching(self._uow, keys),
-                self._gate.calling(user_id, endpoints, AuditedRpc.SUBMIT_MFA, exclusive=True),
+                self._gate.calling(
+                    user_id,
+                    endpoints,
+                    AuditedRpc.SUBMIT_MFA,
+                    exclusive=True,
+                    hold_seconds=self._hold_seconds,
+                ),
             ):
                 tokens = self._upstream.resume_mfa(pending, code)
         except MfaCodeRejected as rejected:

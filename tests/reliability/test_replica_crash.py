@@ -11,7 +11,6 @@ visible: a row is either as it was before the call or as a completed call leaves
 from __future__ import annotations
 
 import dataclasses
-import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -20,13 +19,14 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from auth_service.config import mfa_claim_seconds
+from auth_service.config import mfa_claim_seconds, signin_claim_seconds
 from auth_service.crypto import Keyring
 from auth_service.domain.models import SessionState
 from auth_service.domain.policies import KNOWN_DI_CLIENT_IDS
 from auth_service.storage.secrets import SecretBox
 from garmin_auth.v1 import garmin_auth_pb2 as pb
 from garmin_client.session_proto import tokens_to_proto
+from garmin_client.settings import UpstreamSettings
 from garmin_emulator import (
     EXCHANGE_PATH,
     LOGIN_PATH,
@@ -53,8 +53,16 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.postgres]
 
 HANG_SECONDS = 60  # longer than the test: the emulator wakes hung handlers when it stops
 SLOW_UPSTREAM = {"GARMIN_AUTH_UPSTREAM_TIMEOUT": "60"}  # the killed replica never gives up
-# How long the killed replica's claim on a user's one sign-in outlives it.
-SIGNIN_CLAIM_SECONDS = 2
+
+
+def doomed_upstream(service_factory: ServiceFactory) -> UpstreamSettings:
+    """The killed replica's way to Garmin (SLOW_UPSTREAM, the default retries), which sizes
+    its claims."""
+    return dataclasses.replace(
+        service_factory.base_settings.upstream,
+        timeout_seconds=float(SLOW_UPSTREAM["GARMIN_AUTH_UPSTREAM_TIMEOUT"]),
+        retries=2,  # the default
+    )
 
 
 @pytest.fixture
@@ -102,11 +110,10 @@ def test_replica_killed_mid_login_leaves_nothing_half_written(
     garmin: GarminEmulator,
     database_url: str,
 ) -> None:
-    doomed = replica_processes(
-        database_url,
-        **SLOW_UPSTREAM,
-        GARMIN_AUTH_BREAKER_PROBE_TIMEOUT=str(SIGNIN_CLAIM_SECONDS),
-    )
+    doomed = replica_processes(database_url, **SLOW_UPSTREAM)
+    # How long its hold on a Garmin account's one sign-in outlives it: the sign-in's calls
+    # at their worst.
+    doomed_hold = signin_claim_seconds(doomed_upstream(service_factory), KNOWN_DI_CLIENT_IDS)
     survivor = service_factory.start()
     garmin.add_user(email("ann"), PASSWORD)
     garmin.add_user(email("bob"), PASSWORD, mfa=True, mfa_code="246810")
@@ -139,14 +146,15 @@ def test_replica_killed_mid_login_leaves_nothing_half_written(
     assert challenges_of(database_url, "bob") == []
     status = survivor.call("GetStatus", pb.GetStatusRequest(user_id="bob")).status
     assert status.state == pb.SESSION_STATE_NOT_CONNECTED
-    # The killed replica's sign-in of bob still holds his one call to Garmin until its claim
-    # expires (GARMIN_AUTH_BREAKER_PROBE_TIMEOUT; short here): answered without Garmin.
+    # The killed replica's sign-in of bob still holds his account until its claim expires
+    # (as long as that sign-in could have taken): answered without Garmin.
     waiting = expect_failure(lambda: survivor.call("Login", login_request("bob")))
     assert waiting.reason == "GARMIN_RATE_LIMITED"
-    time.sleep(SIGNIN_CLAIM_SECONDS)
-    answer = survivor.call("Login", login_request("bob"))
+    # A replica whose clock runs the hold ahead stands for the time passing.
+    later = service_factory.start(clock=SkewedClock(timedelta(seconds=doomed_hold + 1)))
+    answer = later.call("Login", login_request("bob"))
     assert answer.outcome == pb.LOGIN_OUTCOME_MFA_REQUIRED
-    done = survivor.call(
+    done = later.call(
         "SubmitMfa", pb.SubmitMfaRequest(mfa_challenge_id=answer.mfa_challenge_id, code="246810")
     )
     assert done.status.state == pb.SESSION_STATE_ACTIVE
@@ -164,14 +172,10 @@ def test_replica_killed_mid_submit_mfa(
 ) -> None:
     # Its challenges outlive its claim on one (which its 60 s upstream timeout sizes).
     doomed = replica_processes(database_url, **SLOW_UPSTREAM, GARMIN_AUTH_MFA_CHALLENGE_TTL="3600")
-    doomed_claim = mfa_claim_seconds(
-        dataclasses.replace(
-            service_factory.base_settings.upstream,
-            timeout_seconds=float(SLOW_UPSTREAM["GARMIN_AUTH_UPSTREAM_TIMEOUT"]),
-            retries=2,  # the default
-        ),
-        KNOWN_DI_CLIENT_IDS,  # the default
-    )
+    # The challenge's claim, and the account's hold (longer: a Login's too).
+    doomed_claim = mfa_claim_seconds(doomed_upstream(service_factory), KNOWN_DI_CLIENT_IDS)
+    doomed_hold = signin_claim_seconds(doomed_upstream(service_factory), KNOWN_DI_CLIENT_IDS)
+    assert doomed_hold > doomed_claim
     survivor = service_factory.start()
     garmin.add_user(email("carl"), PASSWORD, mfa=True, mfa_code="135790")
     garmin.add_user(email("dan"), PASSWORD, mfa=True, mfa_code="975310")
@@ -210,7 +214,7 @@ def test_replica_killed_mid_submit_mfa(
 
     # Once the dead replica's claim has lapsed, any replica completes the challenge, once.
     # (A replica whose clock runs the doomed one's claim ahead stands for the time passing.)
-    later = service_factory.start(clock=SkewedClock(timedelta(seconds=doomed_claim + 1)))
+    later = service_factory.start(clock=SkewedClock(timedelta(seconds=doomed_hold + 1)))
     assert submit(later).status.state == pb.SESSION_STATE_ACTIVE
     again = expect_failure(lambda: submit(survivor))
     assert (again.code, again.reason) == (grpc.StatusCode.NOT_FOUND, "MFA_CHALLENGE_NOT_FOUND")
