@@ -41,6 +41,7 @@ from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.jwt_payload import jwt_payload
 from auth_service.domain.models import GarminTokens, OAuth2Token
 from auth_service.domain.policies import DiSettings
+from auth_service.domain.validation import check_token_text, is_credential, is_token_type
 from garmin_client.answer_cap import MAX_AUTH_ANSWER_BYTES, AnswerTooLarge
 from garmin_client.answers import retry_after_seconds
 from garmin_client.connect_api import APP_HEADERS
@@ -232,8 +233,10 @@ class TokenEndpoint:
         if not isinstance(payload, dict):
             raise GarminUnavailable("Garmin answered something unreadable (token endpoint)")
         now = self._clock.now()
-        refresh_token = _text(payload, "refresh_token")
-        access_token = _text(payload, "access_token")
+        # Texts no request header could carry are no tokens (as ImportSession refuses them):
+        # stored, they would fail every use of the session, and its holder's report of it.
+        refresh_token = _credential(payload, "refresh_token")
+        access_token = _credential(payload, "access_token")
         if refresh_token is None:
             raise GarminUnavailable("Garmin answered something unreadable (token endpoint)")
         # From here on the pair is Garmin's answer, and on a refresh the old refresh token
@@ -274,9 +277,9 @@ class TokenEndpoint:
         return GarminTokens(
             oauth1=None,
             oauth2=OAuth2Token(
-                scope=str(payload.get("scope") or ""),
-                jti=str(payload.get("jti") or ""),
-                token_type=str(payload.get("token_type") or "bearer"),
+                scope=_token_text(payload, "scope") or "",
+                jti=_token_text(payload, "jti") or "",
+                token_type=_token_type(payload) or "bearer",
                 access_token=access_token,
                 refresh_token=refresh_token,
                 expires_at=expires_at,
@@ -335,6 +338,25 @@ def _text(payload: dict[str, Any], name: str) -> str | None:
     """A non-empty text field of the answer, or None when missing or of another type."""
     value = payload.get(name)
     return value if isinstance(value, str) and value else None
+
+
+def _credential(payload: dict[str, Any], name: str) -> str | None:
+    """A token an HTTP header can carry (validation.is_credential), or None."""
+    value = _text(payload, name)
+    return value if value is not None and is_credential(value) else None
+
+
+def _token_type(payload: dict[str, Any]) -> str | None:
+    """The token type an Authorization header can open with, or None (then "bearer")."""
+    value = _text(payload, "token_type")
+    return value if value is not None and is_token_type(value) else None
+
+
+def _token_text(payload: dict[str, Any], name: str) -> str | None:
+    """Scope or jti as the service stores them (printable, bounded), or None (then empty):
+    optional texts, which must not cost a sign-in or a rotation."""
+    value = _text(payload, name)
+    return value if value is not None and not check_token_text(name, value, name) else None
 
 
 def _stated_seconds(value: object) -> int | None:
