@@ -103,7 +103,21 @@ def _cookie_pair(header: str) -> tuple[str, str] | None:
 
 
 def _cookie_header(cookies: Mapping[str, str]) -> dict[str, str]:
-    return {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
+    """The Cookie header of the cookies Garmin set that a header can carry back. A name or
+    value outside RFC 6265's cookie-octets (UTF-8 decoded by curl, say) would make the HTTP
+    client refuse to send the request (UnicodeEncodeError: an INTERNAL on every SubmitMfa):
+    left out, Garmin judges the request without it."""
+    sendable = [f"{k}={v}" for k, v in cookies.items() if _cookie_octets(k) and _cookie_octets(v)]
+    return {"Cookie": "; ".join(sendable)} if sendable else {}
+
+
+# RFC 6265's cookie-octet: visible ASCII but for these.
+_COOKIE_OCTETS = frozenset(chr(code) for code in range(0x21, 0x7F)) - set('",;\\')
+
+
+def _cookie_octets(text: str) -> bool:
+    """Whether `text` is cookie-octets only (empty too)."""
+    return all(char in _COOKIE_OCTETS for char in text)
 
 
 class _CappedBody:
