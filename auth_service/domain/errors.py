@@ -185,6 +185,11 @@ class ValidateRateLimited(DomainError):
 class UpstreamError(DomainError):
     """Base of the errors that describe Garmin's answer."""
 
+    # Raised by a SubmitMfa after Garmin accepted the code (the pending login spent): its
+    # ticket's exchange failed. The challenge is over, since no code can succeed on it, and
+    # sending the code again would only ask Garmin about a sign-in it has spent.
+    pending_login_spent: bool = False
+
 
 class GarminCredentialsRejected(UpstreamError):
     """Garmin refused the email/password."""

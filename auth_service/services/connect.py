@@ -276,14 +276,18 @@ class ConnectService:
             # Garmin no longer holds the pending login: no code can succeed on it.
             self._drop_challenge(digest, claimed_until, forgotten)
             raise
-        except GarminRateLimited as limited:
-            # Held back by the gate (an open breaker, the account's back-off) is a refusal
-            # the trail records, as Login's is; Garmin's own 429 the gate recorded already.
-            held_back = limited if limited.held_back else None
-            self._release_claim(digest, claimed_until, held_back)
-            raise
-        except GarminUnavailable as unavailable:
-            if unavailable.unanswered:
+        except (GarminRateLimited, GarminUnavailable) as failed:
+            if failed.pending_login_spent:
+                # Garmin accepted the code, then its ticket's exchange failed: no code can
+                # succeed on the spent pending login, so the challenge is over (its retry
+                # answers MFA_CHALLENGE_NOT_FOUND without sending the code to Garmin again).
+                self._drop_challenge(digest, claimed_until, failed)
+            elif isinstance(failed, GarminRateLimited):
+                # Held back by the gate (an open breaker, the account's back-off) is a
+                # refusal the trail records, as Login's is; Garmin's own 429 the gate
+                # recorded already.
+                self._release_claim(digest, claimed_until, failed if failed.held_back else None)
+            elif failed.unanswered:
                 self._count_unanswered_code(digest, claimed_until)
             else:
                 self._release_claim(digest, claimed_until)
@@ -400,7 +404,10 @@ class ConnectService:
                     uow.audit_events.add_change(user_id, AuditedRpc.SUBMIT_MFA, uow.now)
 
     def _drop_challenge(
-        self, digest: str, claimed_until: datetime, forgotten: MfaChallengeNotFound
+        self,
+        digest: str,
+        claimed_until: datetime,
+        forgotten: MfaChallengeNotFound | GarminRateLimited | GarminUnavailable,
     ) -> None:
         with self._uow() as uow:
             challenge = _still_claimed(uow, digest, claimed_until)

@@ -16,6 +16,7 @@ from auth_service.domain.errors import (
     GarminSessionRejected,
     GarminUnavailable,
     ServiceTicketRejected,
+    UpstreamError,
 )
 from auth_service.domain.garmin_limits import GarminEndpoint
 from auth_service.domain.models import (
@@ -78,9 +79,13 @@ class DiUpstream:
     def resume_mfa(self, pending: PendingMfa, code: str) -> GarminTokens:
         ticket = self._sso.verify_mfa(pending, code)
         service_url = pending.login_params.get("service", self._settings.service_url)
-        # Garmin has spent the pending login here: a failed exchange leaves the challenge
-        # to the caller's retry, which Garmin answers "no pending login" (challenge dropped).
-        return self._exchange_own(ticket, service_url)
+        try:
+            return self._exchange_own(ticket, service_url)
+        except UpstreamError as failed:
+            # Garmin has spent the pending login here: the challenge is over (the caller
+            # drops it rather than send the accepted code again).
+            failed.pending_login_spent = True
+            raise
 
     def _exchange_own(self, ticket: str, service_url: str) -> GarminTokens:
         """Exchange a ticket our own sign-in just got. SERVICE_TICKET_REJECTED is the answer
