@@ -238,6 +238,13 @@ class TokenEndpoint:
         refresh_token = _credential(payload, "refresh_token")
         access_token = _credential(payload, "access_token")
         if refresh_token is None:
+            if previous is not None and _text(payload, "refresh_token") is not None:
+                # Garmin rotated (the old token is dead), into a token no request can carry:
+                # the session ends at its next refresh. Loud, as a lost rotation is.
+                log.error(
+                    "garmin refresh answered a refresh token no request header can carry; the "
+                    "session will be refused at its next refresh"
+                )
             raise GarminUnavailable("Garmin answered something unreadable (token endpoint)")
         # From here on the pair is Garmin's answer, and on a refresh the old refresh token
         # is already dead: an optional field we cannot read must never make us drop it.
