@@ -100,6 +100,13 @@ def live_lease_of(row: SessionRow, lease_digest: str, now: datetime) -> LeaseVie
     return lease if lease is not None and lease.lease_digest == lease_digest else None
 
 
+def refresh_claimed(row: SessionRow, now: datetime) -> bool:
+    """Whether a refresh of the row's session is out at Garmin at `now`: a claim that has not
+    run out (a released or stored claim is gone; an expired one's holder died)."""
+    claimed_until = row.refresh_claimed_until
+    return claimed_until is not None and claimed_until > now
+
+
 def status_view(row: SessionRow, now: datetime) -> SessionStatusView:
     # Why and when the session ended belong to AUTH_EXPIRED only (the contract); the row keeps
     # them through a new login's MFA_PENDING, which falls back to AUTH_EXPIRED if abandoned.

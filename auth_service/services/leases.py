@@ -49,7 +49,13 @@ from auth_service.domain.validation import (
     in_scope,
     raise_if_any,
 )
-from auth_service.domain.views import SessionRow, live_lease, live_lease_of, status_view
+from auth_service.domain.views import (
+    SessionRow,
+    live_lease,
+    live_lease_of,
+    refresh_claimed,
+    status_view,
+)
 from auth_service.services.central_refresh import CentralRefresh, Granted
 from auth_service.services.garmin_gate import GarminGate
 from auth_service.services.lease_holders import (
@@ -60,7 +66,7 @@ from auth_service.services.lease_holders import (
     check_same_account,
     held_by_caller,
 )
-from auth_service.services.session_refresh import SessionRefresher
+from auth_service.services.session_refresh import RefreshUnderWay, SessionRefresher
 from auth_service.services.unit_of_work import UnitOfWork, UnitsOfWork
 
 log = logging.getLogger(__name__)
@@ -544,15 +550,11 @@ class LeaseService:
             check_known_version(session_version),
         )
         digest = lease_digest(lease_id)
-        outcome = self._invalidate_unless_refreshing(
-            lease_id, digest, reason, session_version, user_id_prefix
-        )
-        if isinstance(outcome, _RefreshUnderWay):
-            self._refresher.wait_for_claim(outcome.user_id, outcome.version)
-            outcome = self._invalidate_unless_refreshing(
-                lease_id, digest, reason, outcome.version, user_id_prefix, waited=True
+        outcome = self._refresher.after_refresh_under_way(
+            lambda under_way: self._invalidate_unless_refreshing(
+                lease_id, digest, reason, session_version, user_id_prefix, under_way
             )
-        assert not isinstance(outcome, _RefreshUnderWay)
+        )
         if outcome is None:
             raise _lease_lost()
         log.info("session of user %s invalidated by its lease holder", outcome.user_id)
@@ -565,11 +567,15 @@ class LeaseService:
         reason: str,
         session_version: int,
         user_id_prefix: str | None,
-        *,
-        waited: bool = False,
-    ) -> SessionStatusView | _RefreshUnderWay | None:
+        waited_for: RefreshUnderWay | None,
+    ) -> SessionStatusView | RefreshUnderWay | None:
         """One try at report_invalidated's write: the status it left (None: the lease is
-        gone), or, before any write, the refresh under way on the version refused."""
+        gone); or, when a first try (`waited_for` None) finds a refresh of the version
+        refused out at Garmin, that RefreshUnderWay, before any write. The try after the
+        wait takes the version the first one found: a report of an unknown version (0)
+        counts as one of it."""
+        if waited_for is not None:
+            session_version = waited_for.version
         with self._uow() as uow:
             row = None
             leased = held_by_caller(uow, lease_id, user_id_prefix)
@@ -579,9 +585,8 @@ class LeaseService:
                 locked = uow.sessions.lock(leased.user_id)
                 if locked is not None and live_lease_of(locked, digest, uow.now) is not None:
                     check_refresh_of(locked.session_version, session_version)
-                    claim = locked.refresh_claimed_until
-                    if not waited and claim is not None and claim > uow.now:
-                        return _RefreshUnderWay(locked.user_id, locked.session_version)
+                    if waited_for is None and refresh_claimed(locked, uow.now):
+                        return RefreshUnderWay(locked.user_id, locked.session_version)
                 row = uow.leases.invalidate(digest, now=uow.now, reason=reason)
             return _reported(uow, AuditedRpc.REPORT_INVALIDATED, digest, row)
 
@@ -607,14 +612,6 @@ class LeaseService:
             return opened
         self._refresh.release_unused(opened.lease, opened.rpc, opened.error)
         raise opened.error
-
-
-@dataclass(frozen=True)
-class _RefreshUnderWay:
-    """A refresh of session `version` of the user is out at Garmin (a live claim)."""
-
-    user_id: str
-    version: int
 
 
 @dataclass(frozen=True)
@@ -647,12 +644,11 @@ def _opened(
     except Exception as exc:  # noqa: BLE001 - the grant is committed: any failure releases it
         return Unopened(lease, rpc, exc)
     log.debug("lease granted on user %s (fencing token %d)", row.user_id, row.fencing_token)
-    claimed_until = row.refresh_claimed_until
     return Granted(
         grant=LeaseGrant(lease=lease, tokens=tokens, status=status),
         session_version=row.session_version,
         rpc=rpc,
-        refresh_in_flight=claimed_until is not None and claimed_until > uow.now,
+        refresh_in_flight=refresh_claimed(row, uow.now),
     )
 
 

@@ -28,9 +28,13 @@ from auth_service.domain.models import GarminTokens, SessionKind, SessionState, 
 from auth_service.domain.paging import Pager, check_page_size
 from auth_service.domain.policies import ACCESS_EXPIRY_MARGIN
 from auth_service.domain.ports import GarminUpstream
-from auth_service.domain.views import live_lease, status_view
+from auth_service.domain.views import live_lease, refresh_claimed, status_view
 from auth_service.services.garmin_gate import GarminGate
-from auth_service.services.session_refresh import RefreshAsker, SessionRefresher
+from auth_service.services.session_refresh import (
+    RefreshAsker,
+    RefreshUnderWay,
+    SessionRefresher,
+)
 from auth_service.services.unit_of_work import UnitsOfWork
 from auth_service.services.validation_limit import ValidationLimit
 
@@ -186,31 +190,28 @@ class SessionAdmin:
     def _apply_validation(
         self, user_id: str, version: int, *, rejected: str | None = None
     ) -> SessionStatusView:
-        applied = self._apply_validation_once(user_id, version, rejected=rejected)
-        if applied is None:
-            # A refresh of the version Garmin refused is out at Garmin (a lease holder's
-            # RefreshLease): its answer is the better word on the session. Ended under it,
-            # the session would lose the pair Garmin is issuing; once it is stored, the
-            # refusal is of a replaced token.
-            self._refresher.wait_for_claim(user_id, version)
-            applied = self._apply_validation_once(user_id, version, rejected=rejected, waited=True)
-        assert applied is not None
-        return applied
+        # A refresh of the version Garmin refused may be out at Garmin (a lease holder's
+        # RefreshLease): its answer is the better word on the session.
+        return self._refresher.after_refresh_under_way(
+            lambda under_way: self._apply_validation_once(
+                user_id, version, rejected=rejected, waited=under_way is not None
+            )
+        )
 
     def _apply_validation_once(
-        self, user_id: str, version: int, *, rejected: str | None, waited: bool = False
-    ) -> SessionStatusView | None:
-        """Garmin's answer stored against session `version`; None, with nothing written, when
-        it refused it while a refresh of that version is under way (unless `waited`)."""
+        self, user_id: str, version: int, *, rejected: str | None, waited: bool
+    ) -> SessionStatusView | RefreshUnderWay:
+        """Garmin's answer stored against session `version`; RefreshUnderWay, with nothing
+        written, when it refused it while a refresh of that version is under way (unless
+        `waited`)."""
         with self._uow() as uow:
             locked = uow.sessions.lock(user_id)
             assert locked is not None  # rows are never deleted
             if locked.session_version != version or locked.state != SessionState.ACTIVE:
                 # Changed since we read it: Garmin's answer is about a session that is gone.
                 return status_view(locked, uow.now)
-            claim = locked.refresh_claimed_until
-            if rejected is not None and not waited and claim is not None and claim > uow.now:
-                return None
+            if rejected is not None and not waited and refresh_claimed(locked, uow.now):
+                return RefreshUnderWay(user_id, version)
             ended = None
             if rejected is not None:
                 ended = live_lease(locked, uow.now)  # invalidating ends it

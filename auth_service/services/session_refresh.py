@@ -38,8 +38,10 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from auth_service.domain import audit
 from auth_service.domain.context import answer_by, rpc_answer_by
@@ -66,7 +68,7 @@ from auth_service.domain.policies import (
     keepalive_not_before,
 )
 from auth_service.domain.ports import GarminUpstream
-from auth_service.domain.views import SessionRow, live_lease, live_lease_of
+from auth_service.domain.views import SessionRow, live_lease, live_lease_of, refresh_claimed
 from auth_service.services.commit_retry import commit_retried
 from auth_service.services.garmin_gate import Admission, GarminGate
 from auth_service.services.issued_in_flight import IssuedInFlight
@@ -95,6 +97,18 @@ log = logging.getLogger(__name__)
 CLAIM_ID_BYTES = 24
 # How often a waiting caller looks at the row again.
 POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class RefreshUnderWay:
+    """A refresh of session `version` of the user is out at Garmin (a live claim), found by
+    an attempt of SessionRefresher.after_refresh_under_way before it wrote anything."""
+
+    user_id: str
+    version: int
+
+
+Outcome = TypeVar("Outcome")
 
 
 class SessionRefresher:
@@ -173,7 +187,26 @@ class SessionRefresher:
             user_id, expected_version, asker, wait=False, unleased=True, keepalive=True
         )
 
-    def wait_for_claim(self, user_id: str, version: int) -> None:
+    def after_refresh_under_way(
+        self, attempt: Callable[[RefreshUnderWay | None], Outcome | RefreshUnderWay]
+    ) -> Outcome:
+        """A write that must not end a session whose refresh is out at Garmin (a report or a
+        check that Garmin refused a token): `attempt(None)`, which answers RefreshUnderWay,
+        having written nothing, when it finds a live claim on the version refused; then, once
+        that claim has ended, `attempt(under_way)`, which writes whatever it finds. If Garmin
+        rotated the pair meanwhile, the refusal is of a replaced token; ended under the
+        claim, the session would lose the pair Garmin was issuing. Raises
+        StillRefreshingElsewhere when the wait runs out, as a refresh waiting would."""
+        outcome = attempt(None)
+        if not isinstance(outcome, RefreshUnderWay):
+            return outcome
+        self._wait_for_claim(outcome.user_id, outcome.version)
+        retried = attempt(outcome)
+        if isinstance(retried, RefreshUnderWay):
+            raise TypeError("an attempt after the wait found the claim again: a bug")
+        return retried
+
+    def _wait_for_claim(self, user_id: str, version: int) -> None:
         """Wait while a claim on session `version` of the user is live (its refresh out at
         Garmin): until the claim ends, by a stored pair or a release, or the version moves.
         Raises StillRefreshingElsewhere when the wait runs out (wait_seconds, or the RPC's
@@ -183,12 +216,7 @@ class SessionRefresher:
             with self._uow() as uow:
                 row = uow.leases.find(user_id)
                 now = uow.now
-            if (
-                row is None
-                or row.session_version != version
-                or row.refresh_claimed_until is None
-                or row.refresh_claimed_until <= now
-            ):
+            if row is None or row.session_version != version or not refresh_claimed(row, now):
                 return
             self._may_wait(user_id, wait=True, deadline=deadline)
             time.sleep(POLL_SECONDS)
@@ -251,7 +279,7 @@ class SessionRefresher:
                 _refuse_if_leased(row, now)
             if held_by is not None:
                 _refuse_unless_held(row, now, held_by)
-            if row.refresh_claimed_until is not None and row.refresh_claimed_until > now:
+            if refresh_claimed(row, now):
                 self._may_wait(user_id, wait=wait, deadline=deadline)
                 waited = True
                 time.sleep(POLL_SECONDS)
@@ -333,7 +361,7 @@ class SessionRefresher:
             row = uow.leases.find(user_id)
             if row is None or row.state is not SessionState.ACTIVE or not row.session_ciphertext:
                 raise SessionNotActive("the session is no longer active")
-            claimed = row.refresh_claimed_until is not None and row.refresh_claimed_until > uow.now
+            claimed = refresh_claimed(row, uow.now)
             refused = None
             if refusing_version == row.session_version and not claimed:
                 refused = self._gate.refusal(uow, user_id, _endpoints(row))
