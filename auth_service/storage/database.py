@@ -179,7 +179,7 @@ def _postgres_engine(
             "application_name": "garmin-auth",
         },
     )
-    _ping_after_idle(engine, POSTGRES_PING_AFTER_IDLE_SECONDS)
+    _check_at_checkout(engine, POSTGRES_PING_AFTER_IDLE_SECONDS)
     if os.environ.get("PGTZ"):
         _utc_despite_pgtz(engine)
     return engine
@@ -202,9 +202,11 @@ def _utc_despite_pgtz(engine: Engine) -> None:
 _RETURNED_AT = "garmin_auth_returned_at"
 
 
-def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
+def _check_at_checkout(engine: Engine, idle_seconds: float) -> None:
     """Ping a pooled connection at checkout only if it sat idle longer than `idle_seconds`;
-    a dead one is replaced (the pool retries the checkout with a new connection)."""
+    a dead one is replaced (the pool retries the checkout with a new connection), and so is
+    one left in autocommit, where a transaction would commit statement by statement (a unit
+    in autocommit switches it back, or drops the connection: storage.unit_of_work)."""
 
     @event.listens_for(engine, "connect")
     def _connected(_dbapi: Any, record: ConnectionPoolEntry) -> None:
@@ -216,6 +218,9 @@ def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
 
     @event.listens_for(engine, "checkout")
     def _checked_out(dbapi: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        if dbapi.autocommit:
+            log.error("pooled connection returned in autocommit (a bug); reconnecting")
+            raise DisconnectionError()
         returned = record.info.get(_RETURNED_AT)
         if returned is not None and time.monotonic() - returned < idle_seconds:
             return

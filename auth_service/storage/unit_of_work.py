@@ -178,7 +178,7 @@ class SqlStore:
         """A pooled connection in a transaction committed when the block ends, or in
         autocommit."""
         if autocommit:
-            return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            return _autocommitted(self._engine)
         return self._engine.begin()
 
     def _after_changes(self) -> None:
@@ -186,6 +186,28 @@ class SqlStore:
         (auth_service.storage.change_sequencer)."""
         if self._on_changes is not None:
             self._on_changes()
+
+
+@contextmanager
+def _autocommitted(engine: Engine) -> Iterator[Connection]:
+    """A pooled PostgreSQL connection in autocommit for the block, put back out of it.
+
+    Switched on the driver's connection, not with SQLAlchemy's isolation_level option, which
+    reads and restores the isolation level through the dialect at every checkout and return:
+    28-40 against 20-26 us of CPU per unit (a one-off loop of 20,000 empty units). A
+    connection that cannot leave autocommit (broken, or inside a transaction) never returns
+    to the pool: a later unit on it would commit each statement on its own. The pool also
+    refuses one that comes back in autocommit (storage.database)."""
+    with engine.connect() as connection:
+        driver: Any = connection.connection.driver_connection  # psycopg.Connection
+        driver.autocommit = True
+        try:
+            yield connection
+        finally:
+            try:
+                driver.autocommit = False
+            except Exception:  # noqa: BLE001 - any failure: the connection is not reused
+                connection.invalidate()
 
 
 def advisory_lock_key(name: str) -> int:
