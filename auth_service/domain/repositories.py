@@ -121,13 +121,16 @@ class SessionRepository(Protocol):
         validated: bool,
         rotated_away: str | None = None,
         imported_refresh_token: str | None = None,
+        exchanged_ticket_sha256: str | None = None,
     ) -> SessionRow:
         """Make `tokens` the user's ACTIVE session (login, MFA, import) over `locked`, the
         row this transaction locked (lock_or_create); a live lease ends. `rotated_away`: the
         refresh token whose refresh gave `tokens` (an imported file's), then the only one
         that counts as rotated away; else none does any more. `imported_refresh_token`: the
         DI refresh token an import brought (raises RefreshTokenImportedElsewhere when the
-        ACTIVE session of another user id was imported from it)."""
+        ACTIVE session of another user id was imported from it). `exchanged_ticket_sha256`: the
+        digest of the service ticket ExchangeServiceTicket exchanged for `tokens`
+        (views.service_ticket_digest)."""
         ...
 
     def imported_elsewhere(self, user_id: str, refresh_token: str) -> bool:

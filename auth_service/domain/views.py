@@ -68,6 +68,12 @@ class SessionRow(Protocol):
         ...
 
     @property
+    def exchanged_ticket_sha256(self) -> str | None:
+        """The digest of the service ticket the session was exchanged from (None: another
+        way in): service_ticket_digest."""
+        ...
+
+    @property
     def first_doubtful_refusal_at(self) -> datetime | None:
         """When Garmin first refused the garth session's exchange in doubt since its tokens
         last changed (policies.doubtful_refusal_ends); None: not since."""
@@ -155,6 +161,24 @@ def imported_refresh_digest(refresh_token: str) -> str:
     SHA-256 (compared across rows, so no shortened digest may collide; unkeyed, as
     refresh_token_digest)."""
     return hashlib.sha256(refresh_token.encode("utf-8")).hexdigest()
+
+
+def service_ticket_digest(service_ticket: str, service_url: str) -> str:
+    """What a row keeps of the service ticket its session was exchanged from, with the service
+    URL it was exchanged for: their lowercase hex SHA-256 (a ticket is single-use and lives
+    about a minute; what is kept only recognises the same exchange asked again)."""
+    return hashlib.sha256(f"{service_url}\n{service_ticket}".encode()).hexdigest()
+
+
+def exchanged_from(row: SessionRow, ticket_digest: str) -> bool:
+    """Whether the row's ACTIVE session is the one ExchangeServiceTicket got for the ticket
+    and service URL of `ticket_digest` (service_ticket_digest): the ticket is spent, and the
+    session is its answer."""
+    return (
+        row.state is SessionState.ACTIVE
+        and row.exchanged_ticket_sha256 is not None
+        and hmac.compare_digest(row.exchanged_ticket_sha256, ticket_digest)
+    )
 
 
 def rotated_history(kept: str | None, replaced_refresh_token: str) -> str:

@@ -465,7 +465,7 @@ def _abandon(uow: UnitOfWork, digest: str, user_id: str) -> list[str]:
     return uow.sessions.settle_abandoned_mfa(uow.now, user_id)
 
 
-def connect_tokens(
+def connect_tokens(  # noqa: PLR0913 - keyword-only: where the tokens came from
     uow: UnitOfWork,
     locked: SessionRow,
     tokens: GarminTokens,
@@ -474,11 +474,13 @@ def connect_tokens(
     validated: bool,
     rotated_away: str | None = None,
     imported_refresh_token: str | None = None,
+    exchanged_ticket_sha256: str | None = None,
 ) -> SessionStatusView:
     """Make `tokens` the user's ACTIVE session (every way in: Login, SubmitMfa, ImportSession,
     ExchangeServiceTicket) and record it in the same transaction, naming the live lease it
     ended, if any. `rotated_away`: the refresh token whose refresh gave `tokens`.
-    `imported_refresh_token`: the DI refresh token an import brought."""
+    `imported_refresh_token`: the DI refresh token an import brought.
+    `exchanged_ticket_sha256`: the digest of the service ticket exchanged for `tokens`."""
     ended = live_lease(locked, uow.now)
     row = uow.sessions.install_tokens(
         locked,
@@ -487,6 +489,7 @@ def connect_tokens(
         validated=validated,
         rotated_away=rotated_away,
         imported_refresh_token=imported_refresh_token,
+        exchanged_ticket_sha256=exchanged_ticket_sha256,
     )
     uow.audit.record(rpc, audit.OK, user_id=row.user_id, lease=ended)
     return status_view(row, uow.now)
@@ -498,16 +501,27 @@ def store_signed_in(
     tokens: GarminTokens,
     rpc: AuditedRpc,
     commit_retry_seconds: float,
+    *,
+    exchanged_ticket_sha256: str | None = None,
 ) -> SessionStatusView:
     """Store a session Garmin has just issued for a sign-in (Login without MFA, a service
     ticket): the ticket behind it is spent, so the commit is retried while the database
-    refuses it, for at most `commit_retry_seconds`; a pending MFA login is superseded."""
+    refuses it, for at most `commit_retry_seconds`; a pending MFA login is superseded.
+    `exchanged_ticket_sha256`: the digest of the service ticket the caller gave
+    (ExchangeServiceTicket: views.service_ticket_digest)."""
 
     def store() -> SessionStatusView:
         with units() as uow:
             row = uow.sessions.lock_or_create(user_id, uow.now)
             uow.challenges.delete_for_user(user_id)
-            return connect_tokens(uow, row, tokens, rpc, validated=True)
+            return connect_tokens(
+                uow,
+                row,
+                tokens,
+                rpc,
+                validated=True,
+                exchanged_ticket_sha256=exchanged_ticket_sha256,
+            )
 
     return commit_retried(
         store, seconds=commit_retry_seconds, what=f"{rpc.value} sign-in", user_id=user_id

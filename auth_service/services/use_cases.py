@@ -93,9 +93,7 @@ def build_use_cases(  # noqa: PLR0913 - what the composition root hands in, by n
             uow, upstream, login, gate, refresh.commit_retry_seconds, issued, accounts
         ),
         imports=SessionImport(uow, refresher, token_parsers, refresh, gate),
-        tickets=TicketExchange(
-            uow, upstream, login.service_urls, gate, refresh.commit_retry_seconds, issued
-        ),
+        tickets=TicketExchange(uow, upstream, login.service_urls, gate, refresh, issued),
         issued_in_flight=issued,
         sessions=SessionAdmin(
             uow,

@@ -204,6 +204,12 @@ class GarminAuthenticationState(Base):
     # the unique index below refuses two such rows committed at once.
     imported_refresh_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH))
 
+    # Added by migration 0019. The SHA-256 (hex) of the service ticket the session was
+    # exchanged from (ExchangeServiceTicket), kept through its rotations; NULL after any other
+    # sign-in or import. Tickets are single-use: the same ticket sent again for the user (a
+    # retry after a lost answer) is answered from the row instead of being refused by Garmin.
+    exchanged_ticket_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH))
+
     __table_args__ = (
         # LeaseNextSession walks ACTIVE sessions in sync order (never synced first, then the
         # oldest sync) and stops at the first due one: an index in exactly that order, over

@@ -19,7 +19,11 @@ from sqlalchemy.exc import IntegrityError
 from auth_service.crypto import DecryptionError
 from auth_service.domain.errors import RefreshTokenImportedElsewhere, SecretUnreadable
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
-from auth_service.domain.views import SessionRow, imported_refresh_digest, rotated_history
+from auth_service.domain.views import (
+    SessionRow,
+    imported_refresh_digest,
+    rotated_history,
+)
 from auth_service.storage import session_rows as rows
 from auth_service.storage.executor import Executor
 from auth_service.storage.models import IMPORTED_AND_ACTIVE
@@ -167,6 +171,7 @@ class SqlSessionRepository:
         validated: bool,
         rotated_away: str | None = None,
         imported_refresh_token: str | None = None,
+        exchanged_ticket_sha256: str | None = None,
     ) -> SessionRow:
         user_id = locked.user_id
         try:
@@ -184,6 +189,7 @@ class SqlSessionRepository:
                     if imported_refresh_token is None
                     else imported_refresh_digest(imported_refresh_token)
                 ),
+                p_exchanged_ticket_sha256=exchanged_ticket_sha256,
             )
         except IntegrityError:
             # The statement sets no other unique column: another user id's import of the

@@ -57,6 +57,9 @@ ROTATED_REFRESH_SHA256 = bindparam(
 IMPORTED_REFRESH_SHA256 = bindparam(
     "p_imported_refresh_sha256", type_=T.c.imported_refresh_sha256.type
 )
+EXCHANGED_TICKET_SHA256 = bindparam(
+    "p_exchanged_ticket_sha256", type_=T.c.exchanged_ticket_sha256.type
+)
 
 
 def reason_param(reason: str) -> str:
@@ -92,11 +95,14 @@ NOTHING_ROTATED: dict[str, Any] = {"rotated_refresh_sha256": None}
 # file sent again is known for a retry, views.rotated_away).
 # p_imported_refresh_sha256: the digest of the DI refresh token an ImportSession brought (the
 # file's, or the one given), NULL for a sign-in (models: no other user id may import it).
+# p_exchanged_ticket_sha256: the digest of the service ticket an ExchangeServiceTicket
+# exchanged, NULL for any other way in (a retry with that ticket is answered from the row).
 INSTALLED: dict[str, Any] = {
     **ENDED_LEASE,
     **CLAIM_ENDED,
     "rotated_refresh_sha256": ROTATED_REFRESH_SHA256,
     "imported_refresh_sha256": IMPORTED_REFRESH_SHA256,
+    "exchanged_ticket_sha256": EXCHANGED_TICKET_SHA256,
     "state": ACTIVE,
     "session_ciphertext": CIPHERTEXT,
     "session_version": T.c.session_version + 1,

@@ -234,11 +234,9 @@ def test_exchange_service_ticket(di_pair: tuple[Replica, Replica], garmin: Garmi
     assert status.state == pb.SESSION_STATE_ACTIVE
     assert status.kind == pb.SESSION_KIND_DI_OAUTH2
 
-    reused = expect_failure(lambda: exchange(second, ticket))
-    assert (reused.code, reused.reason) == (
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "SERVICE_TICKET_REJECTED",
-    )
+    # The same ticket again for the same user id: the stored session answers (a retry after
+    # a lost answer; tests/service/test_ticket_retry.py), Garmin is not asked.
+    assert exchange(second, ticket).state == pb.SESSION_STATE_ACTIVE
 
     ios_ticket = ticket_for(garmin, "tia@example.com", PASSWORD)
     wrong_url = expect_failure(lambda: exchange(first, ios_ticket, ANDROID_SERVICE_URL))

@@ -156,7 +156,7 @@ def test_enum_check_constraint_is_created_by_the_migration(engine: Engine) -> No
 def test_migrations_are_installed_with_the_package() -> None:
     directory = Path(migrations_directory())
     assert (directory / "env.py").is_file()
-    assert head_revision() == "0018"
+    assert head_revision() == "0019"
 
 
 def test_revisions_do_not_import_the_models() -> None:
