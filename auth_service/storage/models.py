@@ -204,10 +204,11 @@ class GarminAuthenticationState(Base):
     # the unique index below refuses two such rows committed at once.
     imported_refresh_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH))
 
-    # Added by migration 0019. The SHA-256 (hex) of the service ticket the session was
-    # exchanged from (ExchangeServiceTicket), kept through its rotations; NULL after any other
-    # sign-in or import. Tickets are single-use: the same ticket sent again for the user (a
-    # retry after a lost answer) is answered from the row instead of being refused by Garmin.
+    # Added by migration 0019. The SHA-256 (hex) of the service URL and service ticket the
+    # session was exchanged from (ExchangeServiceTicket; views.service_ticket_digest), kept
+    # through its rotations; NULL after any other sign-in or import. Tickets are single-use:
+    # the same exchange asked again for the user (a retry after a lost answer) is answered
+    # from the row instead of being refused by Garmin.
     exchanged_ticket_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LENGTH))
 
     __table_args__ = (

@@ -19,11 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from auth_service.crypto import DecryptionError
 from auth_service.domain.errors import RefreshTokenImportedElsewhere, SecretUnreadable
 from auth_service.domain.models import GarminTokens, SessionKind, SessionState
-from auth_service.domain.views import (
-    SessionRow,
-    imported_refresh_digest,
-    rotated_history,
-)
+from auth_service.domain.views import SessionRow, imported_refresh_digest, rotated_history
 from auth_service.storage import session_rows as rows
 from auth_service.storage.executor import Executor
 from auth_service.storage.models import IMPORTED_AND_ACTIVE

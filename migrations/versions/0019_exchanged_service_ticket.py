@@ -7,9 +7,10 @@ Create Date: 2026-12-08
 A service ticket is single-use. A caller that lost ExchangeServiceTicket's answer (its
 deadline, a cut connection) and sent the same ticket again had it sent to Garmin again,
 which refused it (SERVICE_TICKET_REJECTED) while the session it had issued was stored.
-exchanged_ticket_sha256 is the SHA-256 of the ticket the row's session was exchanged from,
-kept through its rotations and cleared by any other sign-in or import: the same ticket for
-the same user id is answered from the row, without Garmin. Existing rows start with NULL.
+exchanged_ticket_sha256 is the SHA-256 of the service URL and ticket the row's session was
+exchanged from, kept through its rotations and cleared by any other sign-in or import: the
+same ticket and URL for the same user id are answered from the row, without Garmin.
+Existing rows start with NULL.
 """
 
 from __future__ import annotations
