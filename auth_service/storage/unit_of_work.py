@@ -194,7 +194,8 @@ def _autocommitted(engine: Engine) -> Iterator[Connection]:
 
     Switched on the driver's connection, not with SQLAlchemy's isolation_level option, which
     reads and restores the isolation level through the dialect at every checkout and return:
-    28-40 against 20-26 us of CPU per unit (a one-off loop of 20,000 empty units). A
+    34-58 against 25-35 us of CPU per unit (a one-off loop of 20,000 empty units per variant,
+    five rounds side by side; docs/PERFORMANCE_LOG.md, twenty-eighth session). A
     connection that cannot leave autocommit (broken, or inside a transaction) never returns
     to the pool: a later unit on it would commit each statement on its own. The pool also
     refuses one that comes back in autocommit (storage.database)."""
